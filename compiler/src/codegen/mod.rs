@@ -1,0 +1,1 @@
+//! Code generation: CUDA C for every fused kernel of a plan. (Being built: issue 5.)

@@ -1,0 +1,353 @@
+//! The tensor graph: nodes in an arena, referred to by `NodeId`, spans in a side table.
+//!
+//! Two graphs use this type. The *checked* graph mirrors the source (built-ins such as
+//! `softmax` are single nodes); the *primitive* graph (after `decompose`) has only the ops
+//! a kernel can compute. Invariants (checked by `verify`):
+//! 1. operands precede their users (handles point backwards);
+//! 2. `Binary` operands have the result's shape and dtype (broadcasts and promotions are
+//!    explicit `Expand { implicit: true }` views and `Cast { implicit: true }` nodes);
+//! 3. every node's type agrees with what its op computes from its operands' types.
+
+use super::types::{DType, TensorType};
+use crate::diag::Span;
+use serde::Serialize;
+use std::fmt;
+
+/// A handle to a node of a `Graph`. Handles only point backwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Sin,
+    Cos,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Gelu,
+    Silu,
+    Erf,
+    Square,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 15] = [
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+        UnaryOp::Silu,
+        UnaryOp::Erf,
+        UnaryOp::Square,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Erf => "erf",
+            UnaryOp::Square => "square",
+        }
+    }
+
+    /// The built-in function of this name (`neg` is the unary minus, not a function).
+    pub fn from_function(name: &str) -> Option<UnaryOp> {
+        UnaryOp::ALL.into_iter().find(|op| *op != UnaryOp::Neg && op.name() == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Maximum,
+    Minimum,
+}
+
+impl BinaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    Min,
+}
+
+impl ReduceOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+        }
+    }
+}
+
+/// Views never copy: each is an index map onto its operand's storage (see `layout`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewOp {
+    /// Swap the last two axes.
+    Transpose,
+    /// `permute(x, perm)`: result axis `i` is operand axis `perm[i]`.
+    Permute(Vec<usize>),
+    /// To the node's shape; the operand's layout must allow it (else the checker put a
+    /// `Copy` in front).
+    Reshape,
+    /// NumPy `broadcast_to` to the node's shape (stride 0 on new or size-1 axes).
+    /// `implicit` marks the broadcasts the checker inserted for a binary operator.
+    Expand { implicit: bool },
+}
+
+/// What a node computes. A closed set: `match` checks every pass handles every op.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// The `index`th `input` statement.
+    Input { index: usize },
+    /// The `index`th `param` statement.
+    Param { index: usize },
+    /// A rank-0 constant: a number literal or a dim used as a value.
+    Scalar(f64),
+    Unary(UnaryOp, NodeId),
+    Binary(BinaryOp, NodeId, NodeId),
+    /// Reduce over `axes` (sorted, distinct, non-negative).
+    Reduce { op: ReduceOp, arg: NodeId, axes: Vec<usize>, keepdim: bool },
+    /// `softmax` or (`log: true`) `log_softmax` along `axis`. Checked graph only.
+    Softmax { arg: NodeId, axis: usize, log: bool },
+    /// `layernorm` along `axis`. Checked graph only.
+    LayerNorm { arg: NodeId, axis: usize, eps: f64 },
+    /// `rmsnorm` along `axis`. Checked graph only.
+    RmsNorm { arg: NodeId, axis: usize, eps: f64 },
+    /// `a @ b`; batch dims already broadcast to equal sizes.
+    MatMul(NodeId, NodeId),
+    /// Convert to the node's dtype (round to nearest, ties to even). `implicit` marks the
+    /// promotions the checker inserted.
+    Cast { arg: NodeId, implicit: bool },
+    View(ViewOp, NodeId),
+    /// Materialise a view contiguously (a `reshape` no strides can express).
+    Copy(NodeId),
+}
+
+impl Op {
+    /// The operands, in order.
+    pub fn operands(&self) -> Vec<NodeId> {
+        match self {
+            Op::Input { .. } | Op::Param { .. } | Op::Scalar(_) => Vec::new(),
+            Op::Unary(_, a)
+            | Op::Reduce { arg: a, .. }
+            | Op::Softmax { arg: a, .. }
+            | Op::LayerNorm { arg: a, .. }
+            | Op::RmsNorm { arg: a, .. }
+            | Op::Cast { arg: a, .. }
+            | Op::View(_, a)
+            | Op::Copy(a) => vec![*a],
+            Op::Binary(_, a, b) | Op::MatMul(a, b) => vec![*a, *b],
+        }
+    }
+
+    /// A short name for reports and kernel headers (`add`, `gelu`, `sum`, `matmul`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Param { .. } => "param",
+            Op::Scalar(_) => "scalar",
+            Op::Unary(op, _) => op.name(),
+            Op::Binary(op, ..) => op.name(),
+            Op::Reduce { op, .. } => op.name(),
+            Op::Softmax { log: false, .. } => "softmax",
+            Op::Softmax { log: true, .. } => "log_softmax",
+            Op::LayerNorm { .. } => "layernorm",
+            Op::RmsNorm { .. } => "rmsnorm",
+            Op::MatMul(..) => "matmul",
+            Op::Cast { .. } => "cast",
+            Op::View(ViewOp::Transpose, _) => "transpose",
+            Op::View(ViewOp::Permute(_), _) => "permute",
+            Op::View(ViewOp::Reshape, _) => "reshape",
+            Op::View(ViewOp::Expand { .. }, _) => "expand",
+            Op::Copy(_) => "copy",
+        }
+    }
+
+    pub fn is_view(&self) -> bool {
+        matches!(self, Op::View(..))
+    }
+
+    /// Inputs, params and scalars: values no kernel computes.
+    pub fn is_leaf(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::Scalar(_))
+    }
+}
+
+/// Where a node came from in the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The span of the expression that produced the node.
+    pub span: Span,
+    /// 1-based source line of `span.start`.
+    pub line: u32,
+    /// For nodes of the primitive graph: the checked-graph node they were decomposed from
+    /// (all nodes of one `softmax` share it). In the checked graph, the node itself.
+    pub group: Option<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Node {
+    pub op: Op,
+    pub ty: TensorType,
+    /// The name the program bound this value to (`h = …`), if it is a bound value.
+    pub name: Option<String>,
+}
+
+/// One `output` entry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Output {
+    pub name: String,
+    pub node: NodeId,
+    pub span: Span,
+}
+
+/// One `input` or `param` declaration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Leaf {
+    pub name: String,
+    pub node: NodeId,
+    pub ty: TensorType,
+}
+
+/// A tensor program as a DAG of typed nodes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    /// Side table, indexed like `nodes`.
+    origins: Vec<Origin>,
+    pub inputs: Vec<Leaf>,
+    pub params: Vec<Leaf>,
+    pub outputs: Vec<Output>,
+    /// The dims after `--dim` overrides, in declaration order.
+    pub dims: Vec<(String, u64)>,
+}
+
+impl Graph {
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// Appends a node. Operands must already be in the graph.
+    pub fn push(&mut self, node: Node, origin: Origin) -> NodeId {
+        debug_assert!(node.op.operands().iter().all(|o| o.index() < self.nodes.len()));
+        let id = NodeId(self.nodes.len() as u32);
+        self.nodes.push(node);
+        self.origins.push(origin);
+        id
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.index()]
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id.index()]
+    }
+
+    pub fn origin(&self, id: NodeId) -> &Origin {
+        &self.origins[id.index()]
+    }
+
+    pub fn ty(&self, id: NodeId) -> &TensorType {
+        &self.nodes[id.index()].ty
+    }
+
+    pub fn dtype(&self, id: NodeId) -> DType {
+        self.nodes[id.index()].ty.dtype
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// All node ids in order (a topological order, by invariant 1).
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.nodes.len() as u32).map(NodeId)
+    }
+
+    /// For each node, the nodes that use it (in order, with repeats for `x * x`).
+    pub fn users(&self) -> Vec<Vec<NodeId>> {
+        let mut users = vec![Vec::new(); self.nodes.len()];
+        for id in self.ids() {
+            for o in self.node(id).op.operands() {
+                users[o.index()].push(id);
+            }
+        }
+        users
+    }
+
+    /// A display name for a node: its bound name, else `%N`.
+    pub fn display_name(&self, id: NodeId) -> String {
+        match &self.node(id).name {
+            Some(n) => n.clone(),
+            None => id.to_string(),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The tensor-graph IR: types, the node arena, layouts of views, and passes over graphs.
+
+pub mod decompose;
+pub mod graph;
+pub mod layout;
+pub mod types;
+
+pub use graph::{BinaryOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp};
+pub use layout::Layout;
+pub use types::{DType, Dim, TensorType};

@@ -1,0 +1,154 @@
+//! Element types and tensor types: dtypes, named dims and shapes.
+//!
+//! Shapes are concrete (dims are substituted before checking) but each axis remembers the
+//! dim name it came from, so diagnostics can print `f32[B=64, D=1024]`.
+
+use serde::Serialize;
+use std::fmt;
+
+/// The element types of the language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// The name used in source, in reports and in file formats.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DType> {
+        match name {
+            "f32" => Some(DType::F32),
+            "f16" => Some(DType::F16),
+            "bf16" => Some(DType::BF16),
+            _ => None,
+        }
+    }
+
+    /// PyTorch's promotion between two tensors of equal category:
+    /// equal types stay, anything else (f16 with bf16, either with f32) gives f32.
+    pub fn promote(a: DType, b: DType) -> DType {
+        if a == b {
+            a
+        } else {
+            DType::F32
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One axis of a shape: its size, and the dim name it was written with, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Dim {
+    pub size: u64,
+    pub name: Option<String>,
+}
+
+impl Dim {
+    pub fn new(size: u64) -> Dim {
+        Dim { size, name: None }
+    }
+
+    pub fn named(name: impl Into<String>, size: u64) -> Dim {
+        Dim { size, name: Some(name.into()) }
+    }
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{n}={}", self.size),
+            None => write!(f, "{}", self.size),
+        }
+    }
+}
+
+/// The static type of a tensor value: dtype and shape.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct TensorType {
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+}
+
+impl TensorType {
+    pub fn new(dtype: DType, shape: Vec<Dim>) -> TensorType {
+        TensorType { dtype, shape }
+    }
+
+    /// A rank-0 tensor.
+    pub fn scalar(dtype: DType) -> TensorType {
+        TensorType { dtype, shape: Vec::new() }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Axis sizes without names.
+    pub fn sizes(&self) -> Vec<u64> {
+        self.shape.iter().map(|d| d.size).collect()
+    }
+
+    /// Number of elements; `None` when it overflows 64 bits.
+    pub fn numel(&self) -> Option<u64> {
+        numel(&self.sizes())
+    }
+
+    /// Bytes of a contiguous buffer of this type; `None` on overflow.
+    pub fn bytes(&self) -> Option<u64> {
+        self.numel()?.checked_mul(self.dtype.size())
+    }
+}
+
+impl fmt::Display for TensorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[", self.dtype)?;
+        for (i, d) in self.shape.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// Product of sizes, `None` on 64-bit overflow.
+pub fn numel(sizes: &[u64]) -> Option<u64> {
+    sizes.iter().try_fold(1u64, |acc, &s| acc.checked_mul(s))
+}
+
+/// Row-major (C-order) strides, in elements, of a contiguous tensor of `sizes`.
+pub fn contiguous_strides(sizes: &[u64]) -> Vec<i64> {
+    let mut strides = vec![0i64; sizes.len()];
+    let mut acc: i64 = 1;
+    for i in (0..sizes.len()).rev() {
+        strides[i] = acc;
+        acc = acc.saturating_mul(sizes[i].max(1) as i64);
+    }
+    strides
+}

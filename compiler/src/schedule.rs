@@ -1,0 +1,251 @@
+//! The schedule: the contract between the planner and every executor.
+//!
+//! A `Plan` is a list of kernels run in order (kernel `i` runs at *step* `i`) over buffers:
+//! inputs and params (supplied per run, outside the arena) and arena buffers (at planned
+//! byte offsets in one allocation). A kernel names everything it touches by `BufferId`, with
+//! element offsets and strides, so an executor needs neither the graph nor the planner:
+//! the CPU executor interprets `FusedKernel`s as loops; `codegen` turns them into CUDA C.
+//!
+//! Semantics of a `FusedKernel` (the only thing an executor must get right):
+//! - The kernel iterates over `domain`. Axes in `reduce_axes` are reduced; the others form
+//!   the *row index*. With no reduce axes each element is its own row.
+//! - `body` is in topological order. An `Element` inst has a value per domain element; a
+//!   `Row` inst one value per row (constant along the reduce axes). `Reduce` turns an
+//!   `Element` operand into a `Row` value by folding it over the row's reduce axes.
+//!   A `Row` inst never depends on an `Element` inst except through a `Reduce`.
+//! - A `Load` reads `buffer[offset + Σ idx[d]·strides[d]]` (elements of the buffer's dtype)
+//!   for domain index `idx`; a `Row` load has stride 0 on every reduce axis.
+//! - A `Store` of an `Element` inst writes the buffer contiguously in `domain` order; of a
+//!   `Row` inst, contiguously in row order (the non-reduced axes, in order).
+//! - Arithmetic is done in f32 whatever the dtypes; `Cast` rounds to its dtype (ties to even)
+//!   and back, so a fused program rounds exactly where the unfused one stores.
+//! - A store may target a buffer the kernel also loads (in-place) only when every load of
+//!   it reads the same element the store writes, at the same domain index (the planner
+//!   guarantees it); a row kernel writes a row only after all its reductions are done.
+
+use crate::ir::{BinaryOp, DType, NodeId, ReduceOp, UnaryOp};
+use serde::Serialize;
+
+/// A buffer of the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct BufferId(pub u32);
+
+impl BufferId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferKind {
+    /// The `index`th program input; its own allocation, never written.
+    Input { index: usize },
+    /// The `index`th program param; its own allocation, never written.
+    Param { index: usize },
+    /// A kernel output in the arena at `offset` bytes.
+    Arena,
+    /// Scratch memory for one kernel (a cuBLAS workspace), in the arena.
+    Workspace,
+}
+
+/// One storage region: a tensor of `dtype` and `shape`, contiguous.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Buffer {
+    /// The tensor name from the source, else the producing kernel's output name (`k3.out`).
+    pub name: String,
+    pub kind: BufferKind,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    /// `numel · dtype size` (the workspace's size in bytes for `Workspace`).
+    pub bytes: u64,
+    /// Byte offset in the arena (16-byte aligned); 0 for inputs and params.
+    pub offset: u64,
+    /// First and last step (kernel index) at which the buffer is live. Inputs and params
+    /// are live from step 0; outputs to the last step.
+    pub first_step: usize,
+    pub last_step: usize,
+    /// Set when this buffer shares storage with an earlier one whose last use is the kernel
+    /// that writes this one (same offset, same bytes).
+    pub in_place_of: Option<BufferId>,
+    /// The primitive-graph node whose value the buffer holds, if any.
+    pub node: Option<NodeId>,
+}
+
+/// Whether an inst varies over the whole domain or only over rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Element,
+    Row,
+}
+
+/// A strided read of a buffer, indexed by the kernel's domain.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Load {
+    pub buffer: BufferId,
+    /// The buffer's dtype (repeated here so codegen needs no lookup).
+    pub dtype: DType,
+    /// Element offset.
+    pub offset: i64,
+    /// Element stride per domain axis; 0 on broadcast axes (and on reduce axes for `Row`).
+    pub strides: Vec<i64>,
+}
+
+/// Index of an inst within its kernel's `body`.
+pub type InstId = usize;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstOp {
+    /// The value of `loads[i]` at the current index, converted to f32.
+    Load(usize),
+    /// A constant.
+    Const(f64),
+    Unary(UnaryOp, InstId),
+    Binary(BinaryOp, InstId, InstId),
+    /// Round the operand to the inst's dtype (the value stays an f32 holding it).
+    Cast(InstId),
+    /// Fold the `Element` operand over the reduce axes (f32 accumulation; `Mean` divides by
+    /// the number of reduced elements).
+    Reduce(ReduceOp, InstId),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Inst {
+    pub op: InstOp,
+    /// The value's dtype: a value that is stored is rounded to it; arithmetic is in f32.
+    pub dtype: DType,
+    pub level: Level,
+    /// The primitive-graph node this inst computes, for comments and the report.
+    pub node: Option<NodeId>,
+}
+
+/// Writes inst `inst` to `buffer` (contiguous; see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Store {
+    pub inst: InstId,
+    pub buffer: BufferId,
+}
+
+/// A loop nest of elementwise maths with optional row reductions, fused into one kernel.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FusedKernel {
+    pub domain: Vec<u64>,
+    /// Sorted, distinct axes of `domain`. Empty for a pointwise kernel.
+    pub reduce_axes: Vec<usize>,
+    pub loads: Vec<Load>,
+    pub body: Vec<Inst>,
+    pub stores: Vec<Store>,
+}
+
+impl FusedKernel {
+    /// Number of rows (product of the non-reduced domain axes).
+    pub fn rows(&self) -> u64 {
+        self.domain
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.reduce_axes.contains(i))
+            .map(|(_, &s)| s)
+            .product()
+    }
+
+    /// Elements per row (product of the reduced axes; 1 for a pointwise kernel).
+    pub fn row_len(&self) -> u64 {
+        self.reduce_axes.iter().map(|&a| self.domain[a]).product()
+    }
+}
+
+/// An operand of a matrix product: `[batch…, rows, cols]` read through strides.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct MatOperand {
+    pub buffer: BufferId,
+    pub dtype: DType,
+    /// Element offset.
+    pub offset: i64,
+    /// Element strides for each batch axis, then the two matrix axes.
+    pub strides: Vec<i64>,
+}
+
+/// `out[b…, m, n] = Σ_k a[b…, m, k] · b[b…, k, n]`, accumulated in f32, out contiguous.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MatMulKernel {
+    pub batch: Vec<u64>,
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    pub a: MatOperand,
+    pub b: MatOperand,
+    pub out: BufferId,
+    pub out_dtype: DType,
+    /// Scratch for the GPU library, if the target wants one.
+    pub workspace: Option<BufferId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelKind {
+    Fused(FusedKernel),
+    MatMul(MatMulKernel),
+}
+
+/// One step of the schedule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Kernel {
+    /// `k0`, `k1`, … (generated, never a user identifier).
+    pub name: String,
+    pub kind: KernelKind,
+    /// Short names of the source-level ops it computes, in order (`["add", "gelu"]`).
+    pub ops: Vec<String>,
+    /// 1-based source lines it fuses, sorted and distinct.
+    pub lines: Vec<u32>,
+}
+
+/// A program output: `name`, read from `buffer` through a layout (an output may be a view).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanOutput {
+    pub name: String,
+    pub buffer: BufferId,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub offset: i64,
+    pub strides: Vec<i64>,
+}
+
+/// How the plan was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlanOptions {
+    /// Fuse ops into kernels (`--no-fuse` turns it off: one kernel per source-level op).
+    pub fuse: bool,
+    /// In-place reuse and offset packing (`--no-reuse`: every arena buffer gets its own
+    /// region, nothing shared).
+    pub reuse: bool,
+    /// Bytes of scratch each matmul kernel gets (0 for the CPU).
+    pub matmul_workspace: u64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { fuse: true, reuse: true, matmul_workspace: 0 }
+    }
+}
+
+/// The executable schedule: kernels in order over buffers in one arena.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub kernels: Vec<Kernel>,
+    pub buffers: Vec<Buffer>,
+    /// Bytes of the one arena allocation: every `Arena`/`Workspace` buffer fits below it.
+    pub arena_bytes: u64,
+    /// Buffers of the inputs and params, by declaration index.
+    pub inputs: Vec<BufferId>,
+    pub params: Vec<BufferId>,
+    pub outputs: Vec<PlanOutput>,
+    pub options: PlanOptions,
+}
+
+impl Plan {
+    pub fn buffer(&self, id: BufferId) -> &Buffer {
+        &self.buffers[id.index()]
+    }
+}

@@ -1,0 +1,1 @@
+//! The `tc` command line: argument parsing, diagnostics rendering and the subcommands.

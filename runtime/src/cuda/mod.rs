@@ -1,0 +1,1 @@
+//! The CUDA executor: NVRTC, cuBLAS and one device arena. (Being built: issue 5.)

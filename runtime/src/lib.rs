@@ -1,0 +1,11 @@
+//! tc runtime: runs a compiled plan on the CPU or on CUDA, moves data in and out, and
+//! holds the `tc` command line.
+
+pub mod cli;
+pub mod cpu;
+pub mod cuda;
+pub mod data;
+pub mod reference;
+pub mod tensor;
+
+pub use tensor::HostTensor;

@@ -1,0 +1,2 @@
+//! The tc command line.
+fn main() {}

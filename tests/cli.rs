@@ -1,0 +1,1 @@
+//! End-to-end command-line tests: exit codes, data in and out.

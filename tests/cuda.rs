@@ -1,0 +1,1 @@
+//! CUDA: generated kernels compiled by NVRTC; on a GPU, CUDA against the CPU executor.

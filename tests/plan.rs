@@ -1,0 +1,1 @@
+//! Planner: plan invariants, memory figures and snapshots of plans and reports.
