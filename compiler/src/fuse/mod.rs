@@ -37,7 +37,13 @@ pub fn is_compute(op: &Op) -> bool {
 /// Maps strides over a node's shape onto the kernel domain: the identity for an `Element`
 /// node (its shape is the domain); for a `Row` node (shape = the domain with the reduce axes
 /// set to 1 or dropped) stride 0 on every reduce axis.
-pub fn to_domain(strides: &[i64], rank: usize, level: Level, domain: &[u64], reduce: &[usize]) -> Vec<i64> {
+pub fn to_domain(
+    strides: &[i64],
+    rank: usize,
+    level: Level,
+    domain: &[u64],
+    reduce: &[usize],
+) -> Vec<i64> {
     if level == Level::Element || reduce.is_empty() {
         return strides.to_vec();
     }
@@ -50,7 +56,13 @@ pub fn to_domain(strides: &[i64], rank: usize, level: Level, domain: &[u64], red
     }
     let mut it = strides.iter();
     (0..domain.len())
-        .map(|d| if reduce.contains(&d) { 0 } else { it.next().copied().unwrap_or(0) })
+        .map(|d| {
+            if reduce.contains(&d) {
+                0
+            } else {
+                it.next().copied().unwrap_or(0)
+            }
+        })
         .collect()
 }
 
@@ -72,16 +84,28 @@ pub fn row_shapes(domain: &[u64], reduce: &[usize]) -> (Vec<u64>, Vec<u64>) {
 
 /// Strides equal on every axis of size > 1.
 pub fn strides_agree(a: &[i64], b: &[i64], sizes: &[u64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).zip(sizes).all(|((x, y), &s)| s <= 1 || x == y)
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .zip(sizes)
+            .all(|((x, y), &s)| s <= 1 || x == y)
 }
 
 /// Domain, reduce axes and levels of a candidate group, or `None` when the nodes cannot
 /// form one kernel (mixed domains, different reductions, an in-kernel edge that does not
 /// read the producer's element at the consumer's index, a matmul with anything else).
-pub fn analyze(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Option<(Vec<u64>, Vec<usize>, Vec<Level>)> {
+pub fn analyze(
+    graph: &Graph,
+    lays: &[Layout],
+    nodes: &[NodeId],
+) -> Option<(Vec<u64>, Vec<usize>, Vec<Level>)> {
     let set: BTreeSet<NodeId> = nodes.iter().copied().collect();
-    if nodes.iter().any(|&n| matches!(graph.node(n).op, Op::MatMul(..))) {
-        return (nodes.len() == 1).then(|| (graph.ty(nodes[0]).sizes(), Vec::new(), vec![Level::Element]));
+    if nodes
+        .iter()
+        .any(|&n| matches!(graph.node(n).op, Op::MatMul(..)))
+    {
+        return (nodes.len() == 1)
+            .then(|| (graph.ty(nodes[0]).sizes(), Vec::new(), vec![Level::Element]));
     }
     let mut domain: Option<(Vec<u64>, Vec<usize>)> = None;
     for &n in nodes {
@@ -120,7 +144,8 @@ pub fn analyze(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Option<(Vec<
         let lvl = match &node.op {
             Op::Reduce { .. } => Level::Row,
             _ => {
-                let all_row = !in_group.is_empty() && in_group.iter().all(|r| level.get(r) == Some(&Level::Row));
+                let all_row = !in_group.is_empty()
+                    && in_group.iter().all(|r| level.get(r) == Some(&Level::Row));
                 if shape == domain && !(!reduce.is_empty() && shape == keep && all_row) {
                     Level::Element
                 } else if !reduce.is_empty() && (shape == keep || shape == drop) {
@@ -130,7 +155,11 @@ pub fn analyze(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Option<(Vec<
                 }
             }
         };
-        let consumer = if matches!(node.op, Op::Reduce { .. }) { Level::Element } else { lvl };
+        let consumer = if matches!(node.op, Op::Reduce { .. }) {
+            Level::Element
+        } else {
+            lvl
+        };
         for o in node.op.operands() {
             let lay = &lays[o.index()];
             let r = lay.root;
@@ -147,7 +176,13 @@ pub fn analyze(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Option<(Vec<
             let o_rank = graph.ty(o).rank();
             let v = to_domain(&lay.strides, o_rank, consumer, &domain, &reduce);
             let r_sizes = graph.ty(r).sizes();
-            let s = to_domain(&contiguous_strides(&r_sizes), r_sizes.len(), producer, &domain, &reduce);
+            let s = to_domain(
+                &contiguous_strides(&r_sizes),
+                r_sizes.len(),
+                producer,
+                &domain,
+                &reduce,
+            );
             if v.len() != domain.len() || !strides_agree(&v, &s, &domain) {
                 return None;
             }
@@ -174,7 +209,11 @@ impl Fuser<'_> {
         if a == b {
             return false;
         }
-        let mut nodes: Vec<NodeId> = self.members[a].iter().chain(&self.members[b]).copied().collect();
+        let mut nodes: Vec<NodeId> = self.members[a]
+            .iter()
+            .chain(&self.members[b])
+            .copied()
+            .collect();
         nodes.sort();
         if analyze(self.graph, &self.lays, &nodes).is_none() || self.creates_cycle(a, b) {
             return false;
@@ -232,10 +271,20 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
             }
         }
     }
-    let mut f = Fuser { graph, lays, consumers, gid: vec![None; graph.len()], members: Vec::new() };
+    let mut f = Fuser {
+        graph,
+        lays,
+        consumers,
+        gid: vec![None; graph.len()],
+        members: Vec::new(),
+    };
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
     // Scalars that must exist in memory: an output, or a matmul operand.
-    let mut fills: BTreeSet<NodeId> = graph.outputs.iter().map(|o| f.lays[o.node.index()].root).collect();
+    let mut fills: BTreeSet<NodeId> = graph
+        .outputs
+        .iter()
+        .map(|o| f.lays[o.node.index()].root)
+        .collect();
     for id in graph.ids() {
         if let Op::MatMul(a, b) = graph.node(id).op {
             fills.insert(f.lays[a.index()].root);
@@ -260,7 +309,8 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
             let mine = f.gid[id.index()].unwrap_or(g);
             let allowed = enabled
                 || key(r) == key(id)
-                || (matches!(graph.node(r).op, Op::Cast { implicit: true, .. }) && f.members[h] == [r]);
+                || (matches!(graph.node(r).op, Op::Cast { implicit: true, .. })
+                    && f.members[h] == [r]);
             if allowed && !matches!(graph.node(r).op, Op::MatMul(..) | Op::Scalar(_)) {
                 // Merge into the producer's group so the consumer's index stays stable.
                 if f.merge(h, mine) {
@@ -274,25 +324,43 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
 
 /// The live groups in a topological order (ties broken by first node).
 fn order(f: &Fuser<'_>) -> Vec<Group> {
-    let live: Vec<usize> = (0..f.members.len()).filter(|&g| !f.members[g].is_empty()).collect();
+    let live: Vec<usize> = (0..f.members.len())
+        .filter(|&g| !f.members[g].is_empty())
+        .collect();
     let mut indeg: HashMap<usize, usize> = live.iter().map(|&g| (g, 0)).collect();
-    let succ: HashMap<usize, BTreeSet<usize>> = live.iter().map(|&g| (g, f.successors(g))).collect();
+    let succ: HashMap<usize, BTreeSet<usize>> =
+        live.iter().map(|&g| (g, f.successors(g))).collect();
     for s in succ.values() {
         for h in s {
             *indeg.entry(*h).or_default() += 1;
         }
     }
     let first = |g: usize| f.members[g][0];
-    let mut ready: BTreeSet<(NodeId, usize)> =
-        live.iter().filter(|g| indeg[g] == 0).map(|&g| (first(g), g)).collect();
+    let mut ready: BTreeSet<(NodeId, usize)> = live
+        .iter()
+        .filter(|g| indeg[g] == 0)
+        .map(|&g| (first(g), g))
+        .collect();
     let mut out = Vec::new();
     while let Some(&(n, g)) = ready.iter().next() {
         ready.remove(&(n, g));
         let nodes = f.members[g].clone();
-        let (domain, reduce_axes, levels) = analyze(f.graph, &f.lays, &nodes)
-            .unwrap_or_else(|| (f.graph.ty(nodes[0]).sizes(), Vec::new(), vec![Level::Element; nodes.len()]));
+        let (domain, reduce_axes, levels) =
+            analyze(f.graph, &f.lays, &nodes).unwrap_or_else(|| {
+                (
+                    f.graph.ty(nodes[0]).sizes(),
+                    Vec::new(),
+                    vec![Level::Element; nodes.len()],
+                )
+            });
         let matmul = matches!(f.graph.node(nodes[0]).op, Op::MatMul(..));
-        out.push(Group { nodes, domain, reduce_axes, levels, matmul });
+        out.push(Group {
+            nodes,
+            domain,
+            reduce_axes,
+            levels,
+            matmul,
+        });
         for &h in &succ[&g] {
             if let Some(d) = indeg.get_mut(&h) {
                 *d -= 1;
@@ -312,7 +380,10 @@ mod tests {
     use crate::ir::{BinaryOp as B, DType, ReduceOp as R, UnaryOp as U};
 
     fn names(graph: &Graph, groups: &[Group]) -> Vec<Vec<&'static str>> {
-        groups.iter().map(|g| g.nodes.iter().map(|&n| graph.node(n).op.name()).collect()).collect()
+        groups
+            .iter()
+            .map(|g| g.nodes.iter().map(|&n| graph.node(n).op.name()).collect())
+            .collect()
     }
 
     #[test]
@@ -343,14 +414,31 @@ mod tests {
         let groups = fuse(&b.g, true);
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].reduce_axes, vec![1]);
-        assert_eq!(groups[0].levels, vec![Level::Row, Level::Element, Level::Element, Level::Row, Level::Element]);
+        assert_eq!(
+            groups[0].levels,
+            vec![
+                Level::Row,
+                Level::Element,
+                Level::Element,
+                Level::Row,
+                Level::Element
+            ]
+        );
     }
 
     #[test]
     fn decomposed_builtins_stay_one_kernel_unfused() {
         let mut b = G::new();
         let x = b.input("x", DType::F16, &[4, 8]);
-        let y = b.op(Op::LayerNorm { arg: x, axis: 1, eps: 1e-5 }, DType::F16, &[4, 8]);
+        let y = b.op(
+            Op::LayerNorm {
+                arg: x,
+                axis: 1,
+                eps: 1e-5,
+            },
+            DType::F16,
+            &[4, 8],
+        );
         let z = b.un(U::Relu, y);
         b.output("z", z);
         let p = crate::ir::decompose::decompose(&b.g);
@@ -372,7 +460,10 @@ mod tests {
         let g = b.un(U::Gelu, h);
         b.output("h", g);
         let groups = fuse(&b.g, true);
-        assert_eq!(names(&b.g, &groups), vec![vec!["matmul"], vec!["add", "gelu"]]);
+        assert_eq!(
+            names(&b.g, &groups),
+            vec![vec!["matmul"], vec!["add", "gelu"]]
+        );
         assert!(groups[0].matmul);
     }
 
@@ -406,7 +497,10 @@ mod tests {
         b.output("y", y);
         let groups = fuse(&b.g, true);
         assert_eq!(groups.len(), 1);
-        assert_eq!(groups[0].levels, vec![Level::Row, Level::Row, Level::Element]);
+        assert_eq!(
+            groups[0].levels,
+            vec![Level::Row, Level::Row, Level::Element]
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! A tiny test-only graph builder that keeps the checked graph's invariants (explicit
 //! broadcasts and promotions), for unit tests of decomposition, fusion and planning.
 
-use crate::ir::{BinaryOp, DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, TensorType, UnaryOp, ViewOp};
+use crate::ir::{
+    BinaryOp, DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, TensorType,
+    UnaryOp, ViewOp,
+};
 
 pub(crate) struct G {
     pub g: Graph,
@@ -10,7 +13,10 @@ pub(crate) struct G {
 
 impl G {
     pub fn new() -> G {
-        G { g: Graph::new(), line: 1 }
+        G {
+            g: Graph::new(),
+            line: 1,
+        }
     }
 
     /// Following ops are attributed to source line `line`.
@@ -21,7 +27,11 @@ impl G {
     pub fn op(&mut self, op: Op, dtype: DType, shape: &[u64]) -> NodeId {
         let ty = TensorType::new(dtype, shape.iter().map(|&s| Dim::new(s)).collect());
         let id = NodeId(self.g.len() as u32);
-        let origin = Origin { span: 0..0, line: self.line, group: Some(id) };
+        let origin = Origin {
+            span: 0..0,
+            line: self.line,
+            group: Some(id),
+        };
         self.g.push(Node { op, ty, name: None }, origin)
     }
 
@@ -34,7 +44,11 @@ impl G {
         let id = self.op(Op::Input { index }, dtype, shape);
         self.name(id, name);
         let ty = self.g.ty(id).clone();
-        self.g.inputs.push(Leaf { name: name.to_string(), node: id, ty });
+        self.g.inputs.push(Leaf {
+            name: name.to_string(),
+            node: id,
+            ty,
+        });
         id
     }
 
@@ -43,12 +57,20 @@ impl G {
         let id = self.op(Op::Param { index }, dtype, shape);
         self.name(id, name);
         let ty = self.g.ty(id).clone();
-        self.g.params.push(Leaf { name: name.to_string(), node: id, ty });
+        self.g.params.push(Leaf {
+            name: name.to_string(),
+            node: id,
+            ty,
+        });
         id
     }
 
     pub fn output(&mut self, name: &str, node: NodeId) {
-        self.g.outputs.push(Output { name: name.to_string(), node, span: 0..0 });
+        self.g.outputs.push(Output {
+            name: name.to_string(),
+            node,
+            span: 0..0,
+        });
     }
 
     pub fn sizes(&self, id: NodeId) -> Vec<u64> {
@@ -69,8 +91,16 @@ impl G {
         let n = a.len().max(b.len());
         (0..n)
             .map(|i| {
-                let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-                let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+                let x = if i + a.len() >= n {
+                    a[i + a.len() - n]
+                } else {
+                    1
+                };
+                let y = if i + b.len() >= n {
+                    b[i + b.len() - n]
+                } else {
+                    1
+                };
                 x.max(y)
             })
             .collect()
@@ -114,7 +144,16 @@ impl G {
             }
         }
         let dt = self.g.dtype(a);
-        self.op(Op::Reduce { op, arg: a, axes: axes.to_vec(), keepdim }, dt, &shape)
+        self.op(
+            Op::Reduce {
+                op,
+                arg: a,
+                axes: axes.to_vec(),
+                keepdim,
+            },
+            dt,
+            &shape,
+        )
     }
 
     pub fn matmul(&mut self, a: NodeId, b: NodeId) -> NodeId {

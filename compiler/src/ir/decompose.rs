@@ -14,31 +14,71 @@ pub fn decompose(graph: &Graph) -> Graph {
     let mut map: Vec<NodeId> = Vec::with_capacity(graph.len());
     for id in graph.ids() {
         let node = graph.node(id);
-        let origin = Origin { group: Some(id), ..graph.origin(id).clone() };
+        let origin = Origin {
+            group: Some(id),
+            ..graph.origin(id).clone()
+        };
         let new_id = match &node.op {
             Op::Softmax { arg, axis, log } => {
-                let mut b = Builder { g: &mut out, origin };
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
                 b.softmax(map[arg.index()], *axis, *log, node)
             }
             Op::LayerNorm { arg, axis, eps } => {
-                let mut b = Builder { g: &mut out, origin };
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
                 b.norm(map[arg.index()], *axis, *eps, true, node)
             }
             Op::RmsNorm { arg, axis, eps } => {
-                let mut b = Builder { g: &mut out, origin };
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
                 b.norm(map[arg.index()], *axis, *eps, false, node)
             }
             op => {
                 let op = remap(op, &map);
-                out.push(Node { op, ty: node.ty.clone(), name: node.name.clone() }, origin)
+                out.push(
+                    Node {
+                        op,
+                        ty: node.ty.clone(),
+                        name: node.name.clone(),
+                    },
+                    origin,
+                )
             }
         };
         map.push(new_id);
     }
     let m = |n: NodeId| map[n.index()];
-    out.inputs = graph.inputs.iter().map(|l| super::Leaf { node: m(l.node), ..l.clone() }).collect();
-    out.params = graph.params.iter().map(|l| super::Leaf { node: m(l.node), ..l.clone() }).collect();
-    out.outputs = graph.outputs.iter().map(|o| super::Output { node: m(o.node), ..o.clone() }).collect();
+    out.inputs = graph
+        .inputs
+        .iter()
+        .map(|l| super::Leaf {
+            node: m(l.node),
+            ..l.clone()
+        })
+        .collect();
+    out.params = graph
+        .params
+        .iter()
+        .map(|l| super::Leaf {
+            node: m(l.node),
+            ..l.clone()
+        })
+        .collect();
+    out.outputs = graph
+        .outputs
+        .iter()
+        .map(|o| super::Output {
+            node: m(o.node),
+            ..o.clone()
+        })
+        .collect();
     out
 }
 
@@ -50,14 +90,37 @@ fn remap(op: &Op, map: &[NodeId]) -> Op {
         Op::Scalar(v) => Op::Scalar(*v),
         Op::Unary(u, a) => Op::Unary(*u, m(a)),
         Op::Binary(b, x, y) => Op::Binary(*b, m(x), m(y)),
-        Op::Reduce { op, arg, axes, keepdim } => {
-            Op::Reduce { op: *op, arg: m(arg), axes: axes.clone(), keepdim: *keepdim }
-        }
-        Op::Softmax { arg, axis, log } => Op::Softmax { arg: m(arg), axis: *axis, log: *log },
-        Op::LayerNorm { arg, axis, eps } => Op::LayerNorm { arg: m(arg), axis: *axis, eps: *eps },
-        Op::RmsNorm { arg, axis, eps } => Op::RmsNorm { arg: m(arg), axis: *axis, eps: *eps },
+        Op::Reduce {
+            op,
+            arg,
+            axes,
+            keepdim,
+        } => Op::Reduce {
+            op: *op,
+            arg: m(arg),
+            axes: axes.clone(),
+            keepdim: *keepdim,
+        },
+        Op::Softmax { arg, axis, log } => Op::Softmax {
+            arg: m(arg),
+            axis: *axis,
+            log: *log,
+        },
+        Op::LayerNorm { arg, axis, eps } => Op::LayerNorm {
+            arg: m(arg),
+            axis: *axis,
+            eps: *eps,
+        },
+        Op::RmsNorm { arg, axis, eps } => Op::RmsNorm {
+            arg: m(arg),
+            axis: *axis,
+            eps: *eps,
+        },
         Op::MatMul(a, b) => Op::MatMul(m(a), m(b)),
-        Op::Cast { arg, implicit } => Op::Cast { arg: m(arg), implicit: *implicit },
+        Op::Cast { arg, implicit } => Op::Cast {
+            arg: m(arg),
+            implicit: *implicit,
+        },
         Op::View(v, a) => Op::View(v.clone(), m(a)),
         Op::Copy(a) => Op::Copy(m(a)),
     }
@@ -71,7 +134,8 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn push(&mut self, op: Op, ty: TensorType) -> NodeId {
-        self.g.push(Node { op, ty, name: None }, self.origin.clone())
+        self.g
+            .push(Node { op, ty, name: None }, self.origin.clone())
     }
 
     fn ty(&self, id: NodeId) -> TensorType {
@@ -84,13 +148,25 @@ impl Builder<'_> {
         if ty.dtype == DType::F32 {
             return x;
         }
-        self.push(Op::Cast { arg: x, implicit: true }, TensorType::new(DType::F32, ty.shape))
+        self.push(
+            Op::Cast {
+                arg: x,
+                implicit: true,
+            },
+            TensorType::new(DType::F32, ty.shape),
+        )
     }
 
     /// Finishes a built-in: casts back to `node`'s dtype and gives the last node its name.
     fn finish(&mut self, mut y: NodeId, node: &Node) -> NodeId {
         if self.g.dtype(y) != node.ty.dtype {
-            y = self.push(Op::Cast { arg: y, implicit: true }, node.ty.clone());
+            y = self.push(
+                Op::Cast {
+                    arg: y,
+                    implicit: true,
+                },
+                node.ty.clone(),
+            );
         }
         self.g.node_mut(y).name = node.name.clone();
         y
@@ -102,7 +178,15 @@ impl Builder<'_> {
         if let Some(d) = ty.shape.get_mut(axis) {
             *d = Dim::new(1);
         }
-        self.push(Op::Reduce { op, arg: x, axes: vec![axis], keepdim: true }, ty)
+        self.push(
+            Op::Reduce {
+                op,
+                arg: x,
+                axes: vec![axis],
+                keepdim: true,
+            },
+            ty,
+        )
     }
 
     /// An implicit broadcast of `x` to `ty`'s shape (a no-op when the shapes agree).
@@ -111,7 +195,10 @@ impl Builder<'_> {
         if ty.sizes() == shape.iter().map(|d| d.size).collect::<Vec<_>>() {
             return x;
         }
-        self.push(Op::View(ViewOp::Expand { implicit: true }, x), TensorType::new(ty.dtype, shape.to_vec()))
+        self.push(
+            Op::View(ViewOp::Expand { implicit: true }, x),
+            TensorType::new(ty.dtype, shape.to_vec()),
+        )
     }
 
     fn binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
@@ -178,11 +265,22 @@ mod tests {
     fn softmax_becomes_max_sub_exp_sum_div() {
         let mut b = G::new();
         let x = b.input("x", DType::F32, &[4, 8]);
-        let s = b.op(Op::Softmax { arg: x, axis: 1, log: false }, DType::F32, &[4, 8]);
+        let s = b.op(
+            Op::Softmax {
+                arg: x,
+                axis: 1,
+                log: false,
+            },
+            DType::F32,
+            &[4, 8],
+        );
         b.name(s, "p");
         b.output("p", s);
         let p = decompose(&b.g);
-        assert_eq!(ops(&p), ["input", "max", "expand", "sub", "exp", "sum", "expand", "div"]);
+        assert_eq!(
+            ops(&p),
+            ["input", "max", "expand", "sub", "exp", "sum", "expand", "div"]
+        );
         let last = p.outputs[0].node;
         assert_eq!(p.node(last).name.as_deref(), Some("p"));
         assert!(p.ids().skip(1).all(|i| p.origin(i).group == Some(s)));
@@ -193,7 +291,15 @@ mod tests {
     fn half_layernorm_upcasts_and_casts_back() {
         let mut b = G::new();
         let x = b.input("x", DType::F16, &[2, 6]);
-        let y = b.op(Op::LayerNorm { arg: x, axis: 1, eps: 1e-5 }, DType::F16, &[2, 6]);
+        let y = b.op(
+            Op::LayerNorm {
+                arg: x,
+                axis: 1,
+                eps: 1e-5,
+            },
+            DType::F16,
+            &[2, 6],
+        );
         b.output("y", y);
         let p = decompose(&b.g);
         assert_eq!(
@@ -213,8 +319,24 @@ mod tests {
     fn log_softmax_and_rmsnorm_shapes() {
         let mut b = G::new();
         let x = b.input("x", DType::BF16, &[3, 5]);
-        let l = b.op(Op::Softmax { arg: x, axis: 0, log: true }, DType::BF16, &[3, 5]);
-        let r = b.op(Op::RmsNorm { arg: l, axis: 1, eps: 1e-6 }, DType::BF16, &[3, 5]);
+        let l = b.op(
+            Op::Softmax {
+                arg: x,
+                axis: 0,
+                log: true,
+            },
+            DType::BF16,
+            &[3, 5],
+        );
+        let r = b.op(
+            Op::RmsNorm {
+                arg: l,
+                axis: 1,
+                eps: 1e-6,
+            },
+            DType::BF16,
+            &[3, 5],
+        );
         b.output("r", r);
         let p = decompose(&b.g);
         // Reductions keep the reduced axis as 1.
