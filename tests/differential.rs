@@ -1,1 +1,111 @@
-//! Differential execution: the planned CPU executor against the f64 reference evaluator.
+//! Differential execution: the planned CPU executor against the f64 reference evaluator, on
+//! every example (small dims), on fixed hazard programs, and on random generated programs,
+//! each in all four fuse/reuse combinations. Tolerances: `tc_tests::tolerance`.
+
+use tc_tests::differential;
+
+/// Small sizes for each example, so each runs in well under a second in debug builds.
+const SMALL_DIMS: &[(&str, &[(&str, u64)])] = &[
+    ("attention", &[("B", 2), ("H", 2), ("S", 16), ("Dh", 8)]),
+    ("broadcast", &[("B", 24), ("D", 40)]),
+    ("chain", &[("N", 5000)]),
+    ("layernorm", &[("N", 12), ("D", 96)]),
+    ("mixed_precision", &[("N", 8), ("D", 48)]),
+    ("mlp", &[("B", 8), ("D", 24), ("H", 40), ("C", 16)]),
+    ("softmax", &[("N", 12), ("V", 80)]),
+    ("transformer_block", &[("B", 2), ("S", 8), ("D", 16), ("H", 2), ("Dh", 8), ("F", 32)]),
+];
+
+#[test]
+fn every_example_matches_the_reference_in_every_plan_variant() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "tx"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "expected the examples, found {files:?}");
+    let mut failures = Vec::new();
+    for path in &files {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some((_, dims)) = SMALL_DIMS.iter().find(|(n, _)| *n == stem) else {
+            failures.push(format!("{stem}: add small dims for it to SMALL_DIMS"));
+            continue;
+        };
+        let dims: Vec<(String, u64)> = dims.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        let source = std::fs::read_to_string(path).expect("readable example");
+        for seed in [0, 1] {
+            if let Err(e) = differential(&source, &dims, seed) {
+                failures.push(format!("{stem} (seed {seed}): {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Programs where a buffer reused in place, or a view, could be clobbered while still needed.
+const HAZARDS: &[(&str, &str)] = &[
+    (
+        "transpose of an intermediate read after an elementwise op on it",
+        "input x : f32[6, 6]\nx2 = x * 2\ny = exp(x2)\nz = y + transpose(x2)\noutput z",
+    ),
+    (
+        "permuted view of an intermediate",
+        "input x : f32[2, 3, 4]\na = x + 1\nb = tanh(a)\nc = b * permute(reshape(a, [4, 3, 2]), [2, 1, 0])\noutput c",
+    ),
+    (
+        "value needed after a row op on it",
+        "input x : f32[5, 7]\na = x + 1\ns = softmax(a, axis=-1)\nb = s * a\noutput b",
+    ),
+    (
+        "reduction and elementwise use of one value",
+        "input x : f32[5, 7]\na = exp(x)\nb = a + 1\nc = sum(a, axis=0)\nd = b / c\noutput d, c",
+    ),
+    (
+        "outputs that are views",
+        "input x : f32[4, 6]\na = x * 3\nt = transpose(a)\nr = reshape(a, [2, 12])\ne = expand(sum(a, axis=-1, keepdim=true), [4, 6])\noutput t, r, e",
+    ),
+    ("an output that is an input", "input x : f32[3, 4]\nparam w : f32[4]\ny = x * w\noutput x, y, w"),
+    (
+        "an intermediate both output and overwritten downstream",
+        "input x : f32[8, 8]\na = x - 1\nb = exp(a)\nc = b * 2\nd = layernorm(c, axis=0)\noutput a, b, d",
+    ),
+    (
+        "a transposed view read by a row reduction of the same value",
+        "input x : f32[6, 5]\na = sigmoid(x)\nm = max(a, axis=-1, keepdim=true)\nb = a - m + transpose(transpose(a))\nc = transpose(a) @ b\noutput c, m",
+    ),
+    (
+        "expanded row value broadcast back over its source",
+        "input x : f32[4, 9]\na = x * x\nr = rmsnorm(a, axis=-1)\nm = mean(a, axis=-1, keepdim=true)\ny = r + expand(m, [4, 9]) + a\noutput y",
+    ),
+    (
+        "half-precision chain written in place",
+        "input x : f16[4, 8]\na = x * 2\nb = exp(a / 4)\nc = f32(b) + 1\nd = bf16(c) * 3\noutput d, b",
+    ),
+];
+
+#[test]
+fn in_place_and_view_hazards_match_the_reference() {
+    let mut failures = Vec::new();
+    for (what, source) in HAZARDS {
+        if let Err(e) = differential(source, &[], 7) {
+            failures.push(format!("{what}: {e}\n{source}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn random_programs_match_the_reference() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let cases = std::env::var("TC_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&proptest::prelude::any::<u64>(), |seed| {
+        let program = tc_tests::gen::program(seed);
+        differential(&program, &[], seed).map_err(|e| TestCaseError::fail(format!("{e}\n--- program (seed {seed}) ---\n{program}")))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

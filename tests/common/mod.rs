@@ -1,1 +1,119 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: per-dtype tolerances, comparing a computed
+//! tensor with the reference, and the differential check (every fuse/reuse combination of
+//! the CPU executor against the f64 reference evaluator).
+
+use tc_compiler::ir::DType;
+use tc_compiler::{CompileOptions, PlanOptions};
+use tc_runtime::reference::{self, RefTensor};
+use tc_runtime::HostTensor;
+
+pub mod gen;
+
+/// How far a computed value may be from the reference: `|got - want| <= abs · scale +
+/// rel · |want|`, where `scale` is `max(1, max |want|)` over the tensor (so a value that
+/// comes out near zero by cancellation is judged against the size of its neighbours).
+///
+/// - f32: 1e-4 / 1e-4 — f32 arithmetic and f32 accumulation against f64 rounded per node.
+/// - f16: 1e-2 / 1e-2 — the executor rounds where it stores (and at casts), the reference
+///   at every node, so the two differ by a few f16 ulps (2^-11 relative each).
+/// - bf16: 5e-2 / 5e-2 — the same with 2^-8 ulps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    pub rel: f64,
+    pub abs: f64,
+}
+
+pub fn tolerance(dtype: DType) -> Tolerance {
+    match dtype {
+        DType::F32 => Tolerance { rel: 1e-4, abs: 1e-4 },
+        DType::F16 => Tolerance { rel: 1e-2, abs: 1e-2 },
+        DType::BF16 => Tolerance { rel: 5e-2, abs: 5e-2 },
+    }
+}
+
+/// Compares `got` with the reference `want` (dtype, shape, then every value).
+pub fn compare(name: &str, got: &HostTensor, want: &RefTensor) -> Result<(), String> {
+    if got.dtype != want.dtype || got.shape != want.shape {
+        return Err(format!(
+            "output {name}: got {}{:?}, reference {}{:?}",
+            got.dtype, got.shape, want.dtype, want.shape
+        ));
+    }
+    let tol = tolerance(want.dtype);
+    let scale = want.values.iter().filter(|v| v.is_finite()).fold(1f64, |m, v| m.max(v.abs()));
+    let got = got.to_f32();
+    let mut worst: Option<(usize, f64, f64, f64)> = None;
+    for (i, (&g, &w)) in got.iter().zip(&want.values).enumerate() {
+        let g = g as f64;
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= tol.abs * scale + tol.rel * w.abs()
+        };
+        if !ok {
+            let err = if g.is_finite() { (g - w).abs() } else { f64::INFINITY };
+            if worst.is_none_or(|(_, _, _, e)| err > e) {
+                worst = Some((i, g, w, err));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, g, w, err)) => {
+            let bad = got
+                .iter()
+                .zip(&want.values)
+                .filter(|(g, w)| {
+                    let (g, w) = (**g as f64, **w);
+                    !(g == w || (g - w).abs() <= tol.abs * scale + tol.rel * w.abs() || (g.is_nan() && w.is_nan()))
+                })
+                .count();
+            Err(format!(
+                "output {name} ({}{:?}): {bad} of {} values out of tolerance; worst at flat index {i}: got {g}, reference {w} (error {err:.3e}, scale {scale:.3})",
+                want.dtype,
+                want.shape,
+                got.len()
+            ))
+        }
+    }
+}
+
+/// The four plan variants every differential test runs: (fuse, reuse).
+pub const COMBOS: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
+
+/// Compiles `source` with `dims` in every fuse/reuse combination, runs each plan on the
+/// CPU with seeded random inputs and params, and compares every output with the reference
+/// evaluation of the checked graph. The error says which combination and output failed.
+pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(), String> {
+    let mut reference: Option<(Vec<HostTensor>, Vec<HostTensor>, Vec<RefTensor>)> = None;
+    for (fuse, reuse) in COMBOS {
+        let options =
+            CompileOptions { dims: dims.to_vec(), plan: PlanOptions { fuse, reuse, ..PlanOptions::default() } };
+        let program = tc_compiler::compile(source, &options).map_err(|d| {
+            let msgs: Vec<String> = d.iter().map(|d| format!("{}: {}", d.code, d.message)).collect();
+            format!("fuse={fuse} reuse={reuse}: does not compile: {}", msgs.join("; "))
+        })?;
+        if reference.is_none() {
+            let g = &program.checked;
+            let leaf = |l: &tc_compiler::ir::Leaf| {
+                tc_runtime::data::random_tensor(seed, &l.name, l.ty.dtype, &l.ty.sizes())
+            };
+            let inputs: Vec<HostTensor> = g.inputs.iter().map(leaf).collect();
+            let params: Vec<HostTensor> = g.params.iter().map(leaf).collect();
+            let want = reference::evaluate(g, &inputs, &params).map_err(|e| format!("reference: {e}"))?;
+            reference = Some((inputs, params, want));
+        }
+        let Some((inputs, params, want)) = &reference else { unreachable!() };
+        let got = tc_runtime::cpu::run(&program.plan, inputs, params)
+            .map_err(|e| format!("fuse={fuse} reuse={reuse}: cpu executor: {e}"))?;
+        if got.len() != want.len() {
+            return Err(format!("fuse={fuse} reuse={reuse}: {} outputs, reference has {}", got.len(), want.len()));
+        }
+        for ((out, g), w) in program.plan.outputs.iter().zip(&got).zip(want) {
+            compare(&out.name, g, w).map_err(|e| format!("fuse={fuse} reuse={reuse}: {e}"))?;
+        }
+    }
+    Ok(())
+}

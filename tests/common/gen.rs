@@ -1,0 +1,418 @@
+//! A generator of random, valid-by-construction `.tx` programs for the differential tests:
+//! DAGs of elementwise ops with NumPy broadcasting, reductions, row ops, views, matmuls and
+//! casts over small shapes and mixed dtypes. Shapes and dtypes are tracked while generating;
+//! magnitudes are kept bounded (`tanh` where they could grow) so that f32-vs-f64 differences
+//! stay at rounding level.
+
+/// SplitMix64: a tiny deterministic source for one program.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len())]
+    }
+}
+
+/// The dims every program declares: name, size.
+const DIMS: [(&str, u64); 4] = [("A", 2), ("B", 3), ("C", 4), ("D", 5)];
+
+#[derive(Clone, Debug)]
+struct Var {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<u64>,
+    /// A rough bound on |value|.
+    bound: f64,
+}
+
+struct Gen {
+    rng: Rng,
+    decls: Vec<String>,
+    body: Vec<String>,
+    vars: Vec<Var>,
+    leaves: usize,
+}
+
+/// Writes a size as a dim name when one has that size (sometimes), else as a literal.
+fn size_text(rng: &mut Rng, s: u64) -> String {
+    match DIMS.iter().find(|(_, v)| *v == s) {
+        Some((n, _)) if rng.chance(60) => n.to_string(),
+        _ => s.to_string(),
+    }
+}
+
+fn shape_text(rng: &mut Rng, shape: &[u64]) -> String {
+    let parts: Vec<String> = shape.iter().map(|&s| size_text(rng, s)).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// PyTorch promotion with rank-0 tensors promoting like scalars.
+fn promote(a: &Var, b: &Var) -> &'static str {
+    if a.dtype == b.dtype {
+        a.dtype
+    } else if a.shape.is_empty() && !b.shape.is_empty() {
+        b.dtype
+    } else if b.shape.is_empty() && !a.shape.is_empty() {
+        a.dtype
+    } else {
+        "f32"
+    }
+}
+
+fn broadcast(a: &[u64], b: &[u64]) -> Option<Vec<u64>> {
+    let r = a.len().max(b.len());
+    (0..r)
+        .map(|i| {
+            let x = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+            let y = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            if x == y || y == 1 {
+                Some(x)
+            } else if x == 1 {
+                Some(y)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+impl Gen {
+    fn fresh(&mut self) -> String {
+        format!("v{}", self.vars.len())
+    }
+
+    /// A random shape over the dims, rank 0..=3, sometimes with size-1 axes.
+    fn shape(&mut self, base: &[u64]) -> Vec<u64> {
+        // Suffixes of `base` with random axes set to 1: these broadcast against each other.
+        let rank = self.rng.below(base.len() + 1);
+        base[base.len() - rank..].iter().map(|&s| if self.rng.chance(20) { 1 } else { s }).collect()
+    }
+
+    fn dtype(&mut self) -> &'static str {
+        *self.rng.pick(&["f32", "f32", "f32", "f32", "f16", "bf16"])
+    }
+
+    fn leaf(&mut self, dtype: &'static str, shape: Vec<u64>) -> Var {
+        let kind = if self.rng.chance(60) { "input" } else { "param" };
+        let name = format!("{}{}", if kind == "input" { "x" } else { "w" }, self.leaves);
+        self.leaves += 1;
+        let st = shape_text(&mut self.rng, &shape);
+        self.decls.push(format!("{kind} {name} : {dtype}{st}"));
+        let v = Var { name, dtype, shape, bound: 4.5 };
+        self.vars.push(v.clone());
+        v
+    }
+
+    /// Binds `expr` to a new name, wrapping it in `tanh` when it could grow too large.
+    fn bind(&mut self, expr: String, dtype: &'static str, shape: Vec<u64>, bound: f64) -> Var {
+        let name = self.fresh();
+        let (expr, bound) = if bound > 8.0 { (format!("tanh({expr})"), 1.0) } else { (expr, bound) };
+        self.body.push(format!("{name} = {expr}"));
+        let v = Var { name, dtype, shape, bound };
+        self.vars.push(v.clone());
+        v
+    }
+
+    fn any_var(&mut self) -> Var {
+        // Prefer recent values, so programs are deep rather than wide.
+        let n = self.vars.len();
+        let i = if self.rng.chance(60) { n - 1 - self.rng.below(n.min(3)) } else { self.rng.below(n) };
+        self.vars[i].clone()
+    }
+
+    fn unary(&mut self, x: &Var) -> Var {
+        let n = &x.name;
+        let (expr, bound) = match self.rng.below(16) {
+            0 => (format!("abs({n})"), x.bound),
+            1 => (format!("exp({n})"), x.bound.exp()),
+            2 => (format!("log(abs({n}) + 0.5)"), (x.bound + 0.5).ln().abs().max(0.7)),
+            3 => (format!("sqrt(abs({n}) + 0.25)"), (x.bound + 0.25).sqrt()),
+            4 => (format!("rsqrt(abs({n}) + 0.25)"), 2.0),
+            5 => (format!("sin({n})"), 1.0),
+            6 => (format!("cos({n})"), 1.0),
+            7 => (format!("tanh({n})"), 1.0),
+            8 => (format!("sigmoid({n})"), 1.0),
+            9 => (format!("relu({n})"), x.bound),
+            10 => (format!("gelu({n})"), x.bound),
+            11 => (format!("silu({n})"), x.bound),
+            12 => (format!("erf({n})"), 1.0),
+            13 => (format!("square({n})"), x.bound * x.bound),
+            14 => (format!("-{n}"), x.bound),
+            _ => (format!("-{n} ** 2"), x.bound * x.bound),
+        };
+        self.bind(expr, x.dtype, x.shape.clone(), bound)
+    }
+
+    fn binary(&mut self) -> Var {
+        let x = self.any_var();
+        // A partner that broadcasts with x: an existing value, a new leaf, or a weak scalar.
+        let candidates: Vec<Var> = self.vars.iter().filter(|v| broadcast(&x.shape, &v.shape).is_some()).cloned().collect();
+        let y = if self.rng.chance(15) {
+            let lit = if self.rng.chance(50) {
+                self.rng.pick(&["0.5", "2", "1.5", "3", "0.25"]).to_string()
+            } else {
+                self.rng.pick(&DIMS).0.to_string()
+            };
+            Var { name: lit, dtype: x.dtype, shape: vec![], bound: 5.0 }
+        } else if candidates.is_empty() || self.rng.chance(25) {
+            let base: Vec<u64> = x.shape.iter().map(|&s| if s == 1 { self.rng.pick(&DIMS).1 } else { s }).collect();
+            let mut shape = self.shape(&base);
+            if x.shape.len() < 3 && self.rng.chance(20) {
+                shape.insert(0, self.rng.pick(&DIMS).1);
+            }
+            let dt = self.dtype();
+            self.leaf(dt, shape)
+        } else {
+            self.rng.pick(&candidates).clone()
+        };
+        let shape = broadcast(&x.shape, &y.shape).unwrap_or_default();
+        let dtype = if y.name.starts_with(|c: char| c.is_ascii_uppercase() || c.is_ascii_digit()) { x.dtype } else { promote(&x, &y) };
+        let (a, b) = if self.rng.chance(50) { (&x, &y) } else { (&y, &x) };
+        let (an, bn) = (&a.name, &b.name);
+        let (expr, bound) = match self.rng.below(8) {
+            0 => (format!("{an} + {bn}"), a.bound + b.bound),
+            1 => (format!("{an} - {bn}"), a.bound + b.bound),
+            2 => (format!("{an} * {bn}"), a.bound * b.bound),
+            3 => (format!("{an} / (1 + abs({bn}))"), a.bound),
+            4 => (format!("maximum({an}, {bn})"), a.bound.max(b.bound)),
+            5 => (format!("minimum({an}, {bn})"), a.bound.max(b.bound)),
+            6 => (format!("(abs({an}) + 0.5) ** {}", self.rng.pick(&["1.5", "0.5", "-1", "2"])), (a.bound + 0.5).powi(2).max(2.0)),
+            _ => (format!("{an} ** {} + {bn}", self.rng.pick(&["2", "3"])), a.bound.powi(3) + b.bound),
+        };
+        self.bind(expr, dtype, shape, bound)
+    }
+
+    fn axis_text(&mut self, axis: usize, rank: usize) -> String {
+        if self.rng.chance(40) {
+            format!("-{}", rank - axis)
+        } else {
+            axis.to_string()
+        }
+    }
+
+    fn reduction(&mut self, x: &Var) -> Var {
+        let op = *self.rng.pick(&["sum", "mean", "max", "min"]);
+        let r = x.shape.len();
+        let count: u64;
+        let (expr, shape) = if r == 0 || self.rng.chance(15) {
+            count = x.shape.iter().product();
+            (format!("{op}({})", x.name), vec![])
+        } else {
+            let mut axes: Vec<usize> = (0..r).filter(|_| self.rng.chance(40)).collect();
+            if axes.is_empty() {
+                axes.push(self.rng.below(r));
+            }
+            count = axes.iter().map(|&a| x.shape[a]).product();
+            let keep = self.rng.chance(50);
+            let mut texts: Vec<String> = axes.iter().map(|&a| self.axis_text(a, r)).collect();
+            if self.rng.chance(30) {
+                texts.reverse();
+            }
+            let axis = if texts.len() == 1 && self.rng.chance(50) { texts[0].clone() } else { format!("[{}]", texts.join(", ")) };
+            let shape = (0..r).filter_map(|d| if axes.contains(&d) { keep.then_some(1) } else { Some(x.shape[d]) }).collect();
+            (format!("{op}({}, axis={axis}, keepdim={keep})", x.name), shape)
+        };
+        let bound = if op == "sum" { x.bound * count as f64 } else { x.bound };
+        self.bind(expr, x.dtype, shape, bound)
+    }
+
+    fn row_op(&mut self, x: &Var) -> Var {
+        let r = x.shape.len();
+        let axis = self.rng.below(r);
+        let at = self.axis_text(axis, r);
+        let axis_arg = if axis == r - 1 && self.rng.chance(30) { String::new() } else { format!(", axis={at}") };
+        let (expr, bound) = match self.rng.below(4) {
+            0 => (format!("softmax({}{axis_arg})", x.name), 1.0),
+            1 => (format!("log_softmax({}{axis_arg})", x.name), 2.0 * x.bound + 3.0),
+            2 => {
+                let eps = if self.rng.chance(50) { ", eps=0.001".to_string() } else { String::new() };
+                (format!("layernorm({}{axis_arg}{eps})", x.name), (x.shape[axis] as f64).sqrt() + 1.0)
+            }
+            _ => (format!("rmsnorm({}{axis_arg})", x.name), (x.shape[axis] as f64).sqrt() + 1.0),
+        };
+        self.bind(expr, x.dtype, x.shape.clone(), bound)
+    }
+
+    fn view(&mut self, x: &Var) -> Var {
+        let r = x.shape.len();
+        let n = &x.name;
+        match self.rng.below(4) {
+            0 if r >= 2 => {
+                let mut s = x.shape.clone();
+                s.swap(r - 1, r - 2);
+                self.bind(format!("transpose({n})"), x.dtype, s, x.bound)
+            }
+            1 if r >= 2 => {
+                let mut perm: Vec<usize> = (0..r).collect();
+                for i in (1..r).rev() {
+                    let j = self.rng.below(i + 1);
+                    perm.swap(i, j);
+                }
+                let s = perm.iter().map(|&p| x.shape[p]).collect();
+                let pt: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
+                self.bind(format!("permute({n}, [{}])", pt.join(", ")), x.dtype, s, x.bound)
+            }
+            2 if r >= 1 => {
+                // Merge two adjacent axes, split an axis into a known factorisation, or flatten.
+                let mut s = x.shape.clone();
+                let choice = self.rng.below(3);
+                if choice == 0 && r >= 2 {
+                    let i = self.rng.below(r - 1);
+                    let m = s[i] * s[i + 1];
+                    s.splice(i..i + 2, [m]);
+                } else if choice == 1 && s.iter().any(|&v| v == 4 || v == 6 || v == 2) {
+                    let i = s.iter().position(|&v| v == 4 || v == 6 || v == 2).unwrap_or(0);
+                    let parts: &[u64] = match s[i] {
+                        4 => &[2, 2],
+                        6 => &[2, 3],
+                        _ => &[1, 2],
+                    };
+                    s.splice(i..=i, parts.iter().copied());
+                } else {
+                    s = vec![s.iter().product()];
+                }
+                let mut text = shape_text(&mut self.rng, &s);
+                if s.len() > 1 && self.rng.chance(30) {
+                    // One -1 entry is inferred.
+                    let j = self.rng.below(s.len());
+                    let mut parts: Vec<String> = s.iter().map(|&v| v.to_string()).collect();
+                    parts[j] = "-1".into();
+                    text = format!("[{}]", parts.join(", "));
+                }
+                self.bind(format!("reshape({n}, {text})"), x.dtype, s, x.bound)
+            }
+            _ => {
+                // expand: fill size-1 axes, sometimes add a leading axis.
+                let mut s: Vec<u64> = x.shape.iter().map(|&v| if v == 1 && self.rng.chance(70) { self.rng.pick(&DIMS).1 } else { v }).collect();
+                if r < 3 && (s == x.shape || self.rng.chance(50)) {
+                    s.insert(0, self.rng.pick(&DIMS).1);
+                }
+                let text = shape_text(&mut self.rng, &s);
+                self.bind(format!("expand({n}, {text})"), x.dtype, s, x.bound)
+            }
+        }
+    }
+
+    fn matmul(&mut self, x: &Var) -> Var {
+        let r = x.shape.len();
+        let k = x.shape[r - 1];
+        let n = self.rng.pick(&DIMS).1;
+        // The right operand: an existing value of a fitting shape, else a new leaf [.., K, N].
+        let fits: Vec<Var> = self
+            .vars
+            .iter()
+            .filter(|v| {
+                v.shape.len() >= 2
+                    && v.dtype == x.dtype
+                    && v.shape[v.shape.len() - 2] == k
+                    && broadcast(&x.shape[..r - 2], &v.shape[..v.shape.len() - 2]).is_some()
+            })
+            .cloned()
+            .collect();
+        let y = if !fits.is_empty() && self.rng.chance(50) {
+            self.rng.pick(&fits).clone()
+        } else {
+            let mut s = vec![k, n];
+            if r > 2 && self.rng.chance(50) {
+                s.insert(0, x.shape[r - 3]);
+            }
+            self.leaf(x.dtype, s)
+        };
+        let yr = y.shape.len();
+        let mut shape = broadcast(&x.shape[..r - 2], &y.shape[..yr - 2]).unwrap_or_default();
+        shape.extend([x.shape[r - 2], y.shape[yr - 1]]);
+        self.bind(format!("{} @ {}", x.name, y.name), x.dtype, shape, x.bound * y.bound * k as f64)
+    }
+
+    fn cast(&mut self, x: &Var) -> Var {
+        let to = *self.rng.pick(&["f32", "f16", "bf16"]);
+        self.bind(format!("{to}({})", x.name), to, x.shape.clone(), x.bound)
+    }
+
+    fn statement(&mut self) {
+        let x = self.any_var();
+        match self.rng.below(12) {
+            0..=2 => {
+                self.unary(&x);
+            }
+            3..=5 => {
+                self.binary();
+            }
+            6 => {
+                self.reduction(&x);
+            }
+            7 if !x.shape.is_empty() => {
+                self.row_op(&x);
+            }
+            8 => {
+                self.view(&x);
+            }
+            9 if x.shape.len() >= 2 => {
+                self.matmul(&x);
+            }
+            9 if x.shape.len() == 1 => {
+                // Lift to a matrix first, then multiply.
+                let s = vec![1, x.shape[0]];
+                let m = self.bind(format!("reshape({}, [1, {}])", x.name, x.shape[0]), x.dtype, s, x.bound);
+                self.matmul(&m);
+            }
+            10 => {
+                self.cast(&x);
+            }
+            _ => {
+                self.unary(&x);
+            }
+        }
+    }
+}
+
+/// A random valid program, fully determined by `seed`.
+pub fn program(seed: u64) -> String {
+    let mut g = Gen { rng: Rng(seed), decls: Vec::new(), body: Vec::new(), vars: Vec::new(), leaves: 0 };
+    let base: Vec<u64> = (0..3).map(|_| g.rng.pick(&DIMS).1).collect();
+    for _ in 0..1 + g.rng.below(2) {
+        let mut shape = g.shape(&base);
+        if shape.is_empty() && g.rng.chance(70) {
+            shape = base.clone();
+        }
+        let dt = g.dtype();
+        g.leaf(dt, shape);
+    }
+    for _ in 0..2 + g.rng.below(7) {
+        g.statement();
+    }
+    // Outputs: the last value, and sometimes others (an input, a view, an early value).
+    let mut outs = vec![g.vars[g.vars.len() - 1].name.clone()];
+    for _ in 0..g.rng.below(3) {
+        let v = g.rng.pick(&g.vars).name.clone();
+        if !outs.contains(&v) {
+            outs.push(v);
+        }
+    }
+    let mut text = String::new();
+    for (n, v) in DIMS {
+        text.push_str(&format!("dim {n} = {v}\n"));
+    }
+    for l in g.decls.iter().chain(&g.body) {
+        text.push_str(l);
+        text.push('\n');
+    }
+    text.push_str(&format!("output {}\n", outs.join(", ")));
+    text
+}
