@@ -13,7 +13,17 @@ const SMALL_DIMS: &[(&str, &[(&str, u64)])] = &[
     ("mixed_precision", &[("N", 8), ("D", 48)]),
     ("mlp", &[("B", 8), ("D", 24), ("H", 40), ("C", 16)]),
     ("softmax", &[("N", 12), ("V", 80)]),
-    ("transformer_block", &[("B", 2), ("S", 8), ("D", 16), ("H", 2), ("Dh", 8), ("F", 32)]),
+    (
+        "transformer_block",
+        &[
+            ("B", 2),
+            ("S", 8),
+            ("D", 16),
+            ("H", 2),
+            ("Dh", 8),
+            ("F", 32),
+        ],
+    ),
 ];
 
 #[test]
@@ -28,7 +38,10 @@ fn every_example_matches_the_reference_in_every_plan_variant() {
     assert!(files.len() >= 8, "expected the examples, found {files:?}");
     let mut failures = Vec::new();
     for path in &files {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let Some((_, dims)) = SMALL_DIMS.iter().find(|(n, _)| *n == stem) else {
             failures.push(format!("{stem}: add small dims for it to SMALL_DIMS"));
             continue;
@@ -99,11 +112,20 @@ fn in_place_and_view_hazards_match_the_reference() {
 #[test]
 fn random_programs_match_the_reference() {
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
-    let cases = std::env::var("TC_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let cases = std::env::var("TC_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
     let result = runner.run(&proptest::prelude::any::<u64>(), |seed| {
         let program = tc_tests::gen::program(seed);
-        differential(&program, &[], seed).map_err(|e| TestCaseError::fail(format!("{e}\n--- program (seed {seed}) ---\n{program}")))
+        differential(&program, &[], seed).map_err(|e| {
+            TestCaseError::fail(format!("{e}\n--- program (seed {seed}) ---\n{program}"))
+        })
     });
     if let Err(e) = result {
         panic!("{e}");

@@ -2,7 +2,7 @@
 //! DAGs of elementwise ops with NumPy broadcasting, reductions, row ops, views, matmuls and
 //! casts over small shapes and mixed dtypes. Shapes and dtypes are tracked while generating;
 //! magnitudes are kept bounded (`tanh` where they could grow) so that f32-vs-f64 differences
-//! stay at rounding level.
+//! stay at rounding level. Every value nobody reads is an output, except a few left dead.
 
 /// SplitMix64: a tiny deterministic source for one program.
 struct Rng(u64);
@@ -79,8 +79,16 @@ fn broadcast(a: &[u64], b: &[u64]) -> Option<Vec<u64>> {
     let r = a.len().max(b.len());
     (0..r)
         .map(|i| {
-            let x = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-            let y = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            let x = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let y = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
             if x == y || y == 1 {
                 Some(x)
             } else if x == 1 {
@@ -101,20 +109,32 @@ impl Gen {
     fn shape(&mut self, base: &[u64]) -> Vec<u64> {
         // Suffixes of `base` with random axes set to 1: these broadcast against each other.
         let rank = self.rng.below(base.len() + 1);
-        base[base.len() - rank..].iter().map(|&s| if self.rng.chance(20) { 1 } else { s }).collect()
+        base[base.len() - rank..]
+            .iter()
+            .map(|&s| if self.rng.chance(20) { 1 } else { s })
+            .collect()
     }
 
     fn dtype(&mut self) -> &'static str {
-        *self.rng.pick(&["f32", "f32", "f32", "f32", "f16", "bf16"])
+        self.rng.pick(&["f32", "f32", "f32", "f32", "f16", "bf16"])
     }
 
     fn leaf(&mut self, dtype: &'static str, shape: Vec<u64>) -> Var {
-        let kind = if self.rng.chance(60) { "input" } else { "param" };
+        let kind = if self.rng.chance(60) {
+            "input"
+        } else {
+            "param"
+        };
         let name = format!("{}{}", if kind == "input" { "x" } else { "w" }, self.leaves);
         self.leaves += 1;
         let st = shape_text(&mut self.rng, &shape);
         self.decls.push(format!("{kind} {name} : {dtype}{st}"));
-        let v = Var { name, dtype, shape, bound: 4.5 };
+        let v = Var {
+            name,
+            dtype,
+            shape,
+            bound: 4.5,
+        };
         self.vars.push(v.clone());
         v
     }
@@ -122,9 +142,18 @@ impl Gen {
     /// Binds `expr` to a new name, wrapping it in `tanh` when it could grow too large.
     fn bind(&mut self, expr: String, dtype: &'static str, shape: Vec<u64>, bound: f64) -> Var {
         let name = self.fresh();
-        let (expr, bound) = if bound > 8.0 { (format!("tanh({expr})"), 1.0) } else { (expr, bound) };
+        let (expr, bound) = if bound > 8.0 {
+            (format!("tanh({expr})"), 1.0)
+        } else {
+            (expr, bound)
+        };
         self.body.push(format!("{name} = {expr}"));
-        let v = Var { name, dtype, shape, bound };
+        let v = Var {
+            name,
+            dtype,
+            shape,
+            bound,
+        };
         self.vars.push(v.clone());
         v
     }
@@ -132,7 +161,11 @@ impl Gen {
     fn any_var(&mut self) -> Var {
         // Prefer recent values, so programs are deep rather than wide.
         let n = self.vars.len();
-        let i = if self.rng.chance(60) { n - 1 - self.rng.below(n.min(3)) } else { self.rng.below(n) };
+        let i = if self.rng.chance(60) {
+            n - 1 - self.rng.below(n.min(3))
+        } else {
+            self.rng.below(n)
+        };
         self.vars[i].clone()
     }
 
@@ -141,7 +174,10 @@ impl Gen {
         let (expr, bound) = match self.rng.below(16) {
             0 => (format!("abs({n})"), x.bound),
             1 => (format!("exp({n})"), x.bound.exp()),
-            2 => (format!("log(abs({n}) + 0.5)"), (x.bound + 0.5).ln().abs().max(0.7)),
+            2 => (
+                format!("log(abs({n}) + 0.5)"),
+                (x.bound + 0.5).ln().abs().max(0.7),
+            ),
             3 => (format!("sqrt(abs({n}) + 0.25)"), (x.bound + 0.25).sqrt()),
             4 => (format!("rsqrt(abs({n}) + 0.25)"), 2.0),
             5 => (format!("sin({n})"), 1.0),
@@ -162,18 +198,32 @@ impl Gen {
     fn binary(&mut self) -> Var {
         let x = self.any_var();
         // A partner that broadcasts with x: an existing value, a new leaf, or a weak scalar.
-        let candidates: Vec<Var> = self.vars.iter().filter(|v| broadcast(&x.shape, &v.shape).is_some()).cloned().collect();
+        let candidates: Vec<Var> = self
+            .vars
+            .iter()
+            .filter(|v| broadcast(&x.shape, &v.shape).is_some())
+            .cloned()
+            .collect();
         let y = if self.rng.chance(15) {
             let lit = if self.rng.chance(50) {
                 self.rng.pick(&["0.5", "2", "1.5", "3", "0.25"]).to_string()
             } else {
                 self.rng.pick(&DIMS).0.to_string()
             };
-            Var { name: lit, dtype: x.dtype, shape: vec![], bound: 5.0 }
+            Var {
+                name: lit,
+                dtype: x.dtype,
+                shape: vec![],
+                bound: 5.0,
+            }
         } else if candidates.is_empty() || self.rng.chance(25) {
-            let base: Vec<u64> = x.shape.iter().map(|&s| if s == 1 { self.rng.pick(&DIMS).1 } else { s }).collect();
+            let base: Vec<u64> = x
+                .shape
+                .iter()
+                .map(|&s| if s == 1 { self.rng.pick(&DIMS).1 } else { s })
+                .collect();
             let mut shape = self.shape(&base);
-            if x.shape.len() < 3 && self.rng.chance(20) {
+            if shape.len() == x.shape.len() && x.shape.len() < 3 && self.rng.chance(20) {
                 shape.insert(0, self.rng.pick(&DIMS).1);
             }
             let dt = self.dtype();
@@ -182,8 +232,19 @@ impl Gen {
             self.rng.pick(&candidates).clone()
         };
         let shape = broadcast(&x.shape, &y.shape).unwrap_or_default();
-        let dtype = if y.name.starts_with(|c: char| c.is_ascii_uppercase() || c.is_ascii_digit()) { x.dtype } else { promote(&x, &y) };
-        let (a, b) = if self.rng.chance(50) { (&x, &y) } else { (&y, &x) };
+        let dtype = if y
+            .name
+            .starts_with(|c: char| c.is_ascii_uppercase() || c.is_ascii_digit())
+        {
+            x.dtype
+        } else {
+            promote(&x, &y)
+        };
+        let (a, b) = if self.rng.chance(50) {
+            (&x, &y)
+        } else {
+            (&y, &x)
+        };
         let (an, bn) = (&a.name, &b.name);
         let (expr, bound) = match self.rng.below(8) {
             0 => (format!("{an} + {bn}"), a.bound + b.bound),
@@ -192,8 +253,17 @@ impl Gen {
             3 => (format!("{an} / (1 + abs({bn}))"), a.bound),
             4 => (format!("maximum({an}, {bn})"), a.bound.max(b.bound)),
             5 => (format!("minimum({an}, {bn})"), a.bound.max(b.bound)),
-            6 => (format!("(abs({an}) + 0.5) ** {}", self.rng.pick(&["1.5", "0.5", "-1", "2"])), (a.bound + 0.5).powi(2).max(2.0)),
-            _ => (format!("{an} ** {} + {bn}", self.rng.pick(&["2", "3"])), a.bound.powi(3) + b.bound),
+            6 => (
+                format!(
+                    "(abs({an}) + 0.5) ** {} * {bn}",
+                    self.rng.pick(&["1.5", "0.5", "-1", "2"])
+                ),
+                (a.bound + 0.5).powi(2).max(2.0) * b.bound,
+            ),
+            _ => (
+                format!("{an} ** {} + {bn}", self.rng.pick(&["2", "3"])),
+                a.bound.powi(3) + b.bound,
+            ),
         };
         self.bind(expr, dtype, shape, bound)
     }
@@ -224,11 +294,30 @@ impl Gen {
             if self.rng.chance(30) {
                 texts.reverse();
             }
-            let axis = if texts.len() == 1 && self.rng.chance(50) { texts[0].clone() } else { format!("[{}]", texts.join(", ")) };
-            let shape = (0..r).filter_map(|d| if axes.contains(&d) { keep.then_some(1) } else { Some(x.shape[d]) }).collect();
-            (format!("{op}({}, axis={axis}, keepdim={keep})", x.name), shape)
+            let axis = if texts.len() == 1 && self.rng.chance(50) {
+                texts[0].clone()
+            } else {
+                format!("[{}]", texts.join(", "))
+            };
+            let shape = (0..r)
+                .filter_map(|d| {
+                    if axes.contains(&d) {
+                        keep.then_some(1)
+                    } else {
+                        Some(x.shape[d])
+                    }
+                })
+                .collect();
+            (
+                format!("{op}({}, axis={axis}, keepdim={keep})", x.name),
+                shape,
+            )
         };
-        let bound = if op == "sum" { x.bound * count as f64 } else { x.bound };
+        let bound = if op == "sum" {
+            x.bound * count as f64
+        } else {
+            x.bound
+        };
         self.bind(expr, x.dtype, shape, bound)
     }
 
@@ -236,15 +325,32 @@ impl Gen {
         let r = x.shape.len();
         let axis = self.rng.below(r);
         let at = self.axis_text(axis, r);
-        let axis_arg = if axis == r - 1 && self.rng.chance(30) { String::new() } else { format!(", axis={at}") };
+        let axis_arg = if axis == r - 1 && self.rng.chance(30) {
+            String::new()
+        } else {
+            format!(", axis={at}")
+        };
         let (expr, bound) = match self.rng.below(4) {
             0 => (format!("softmax({}{axis_arg})", x.name), 1.0),
-            1 => (format!("log_softmax({}{axis_arg})", x.name), 2.0 * x.bound + 3.0),
+            1 => (
+                format!("log_softmax({}{axis_arg})", x.name),
+                2.0 * x.bound + 3.0,
+            ),
             2 => {
-                let eps = if self.rng.chance(50) { ", eps=0.001".to_string() } else { String::new() };
-                (format!("layernorm({}{axis_arg}{eps})", x.name), (x.shape[axis] as f64).sqrt() + 1.0)
+                let eps = if self.rng.chance(50) {
+                    ", eps=0.001".to_string()
+                } else {
+                    String::new()
+                };
+                (
+                    format!("layernorm({}{axis_arg}{eps})", x.name),
+                    (x.shape[axis] as f64).sqrt() + 1.0,
+                )
             }
-            _ => (format!("rmsnorm({}{axis_arg})", x.name), (x.shape[axis] as f64).sqrt() + 1.0),
+            _ => (
+                format!("rmsnorm({}{axis_arg})", x.name),
+                (x.shape[axis] as f64).sqrt() + 1.0,
+            ),
         };
         self.bind(expr, x.dtype, x.shape.clone(), bound)
     }
@@ -266,7 +372,12 @@ impl Gen {
                 }
                 let s = perm.iter().map(|&p| x.shape[p]).collect();
                 let pt: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
-                self.bind(format!("permute({n}, [{}])", pt.join(", ")), x.dtype, s, x.bound)
+                self.bind(
+                    format!("permute({n}, [{}])", pt.join(", ")),
+                    x.dtype,
+                    s,
+                    x.bound,
+                )
             }
             2 if r >= 1 => {
                 // Merge two adjacent axes, split an axis into a known factorisation, or flatten.
@@ -277,7 +388,10 @@ impl Gen {
                     let m = s[i] * s[i + 1];
                     s.splice(i..i + 2, [m]);
                 } else if choice == 1 && s.iter().any(|&v| v == 4 || v == 6 || v == 2) {
-                    let i = s.iter().position(|&v| v == 4 || v == 6 || v == 2).unwrap_or(0);
+                    let i = s
+                        .iter()
+                        .position(|&v| v == 4 || v == 6 || v == 2)
+                        .unwrap_or(0);
                     let parts: &[u64] = match s[i] {
                         4 => &[2, 2],
                         6 => &[2, 3],
@@ -299,7 +413,17 @@ impl Gen {
             }
             _ => {
                 // expand: fill size-1 axes, sometimes add a leading axis.
-                let mut s: Vec<u64> = x.shape.iter().map(|&v| if v == 1 && self.rng.chance(70) { self.rng.pick(&DIMS).1 } else { v }).collect();
+                let mut s: Vec<u64> = x
+                    .shape
+                    .iter()
+                    .map(|&v| {
+                        if v == 1 && self.rng.chance(70) {
+                            self.rng.pick(&DIMS).1
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
                 if r < 3 && (s == x.shape || self.rng.chance(50)) {
                     s.insert(0, self.rng.pick(&DIMS).1);
                 }
@@ -337,7 +461,12 @@ impl Gen {
         let yr = y.shape.len();
         let mut shape = broadcast(&x.shape[..r - 2], &y.shape[..yr - 2]).unwrap_or_default();
         shape.extend([x.shape[r - 2], y.shape[yr - 1]]);
-        self.bind(format!("{} @ {}", x.name, y.name), x.dtype, shape, x.bound * y.bound * k as f64)
+        self.bind(
+            format!("{} @ {}", x.name, y.name),
+            x.dtype,
+            shape,
+            x.bound * y.bound * k as f64,
+        )
     }
 
     fn cast(&mut self, x: &Var) -> Var {
@@ -369,7 +498,12 @@ impl Gen {
             9 if x.shape.len() == 1 => {
                 // Lift to a matrix first, then multiply.
                 let s = vec![1, x.shape[0]];
-                let m = self.bind(format!("reshape({}, [1, {}])", x.name, x.shape[0]), x.dtype, s, x.bound);
+                let m = self.bind(
+                    format!("reshape({}, [1, {}])", x.name, x.shape[0]),
+                    x.dtype,
+                    s,
+                    x.bound,
+                );
                 self.matmul(&m);
             }
             10 => {
@@ -384,7 +518,13 @@ impl Gen {
 
 /// A random valid program, fully determined by `seed`.
 pub fn program(seed: u64) -> String {
-    let mut g = Gen { rng: Rng(seed), decls: Vec::new(), body: Vec::new(), vars: Vec::new(), leaves: 0 };
+    let mut g = Gen {
+        rng: Rng(seed),
+        decls: Vec::new(),
+        body: Vec::new(),
+        vars: Vec::new(),
+        leaves: 0,
+    };
     let base: Vec<u64> = (0..3).map(|_| g.rng.pick(&DIMS).1).collect();
     for _ in 0..1 + g.rng.below(2) {
         let mut shape = g.shape(&base);
@@ -397,8 +537,29 @@ pub fn program(seed: u64) -> String {
     for _ in 0..2 + g.rng.below(7) {
         g.statement();
     }
-    // Outputs: the last value, and sometimes others (an input, a view, an early value).
-    let mut outs = vec![g.vars[g.vars.len() - 1].name.clone()];
+    // Outputs: every computed value nothing else reads (so no statement is dead code), and
+    // sometimes others (an input, a view, an intermediate).
+    let read: std::collections::HashSet<&str> = g
+        .body
+        .iter()
+        .flat_map(|l| {
+            l.split_once('=')
+                .map(|(_, rhs)| rhs)
+                .unwrap_or("")
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        })
+        .collect();
+    // A few are left dead on purpose: the planner must cope with values nobody reads.
+    let sinks: Vec<String> = g
+        .vars
+        .iter()
+        .filter(|v| v.name.starts_with('v') && !read.contains(v.name.as_str()))
+        .map(|v| v.name.clone())
+        .collect();
+    let mut outs: Vec<String> = sinks.into_iter().filter(|_| g.rng.chance(85)).collect();
+    if outs.is_empty() {
+        outs.push(g.vars[g.vars.len() - 1].name.clone());
+    }
     for _ in 0..g.rng.below(3) {
         let v = g.rng.pick(&g.vars).name.clone();
         if !outs.contains(&v) {

@@ -25,9 +25,18 @@ pub struct Tolerance {
 
 pub fn tolerance(dtype: DType) -> Tolerance {
     match dtype {
-        DType::F32 => Tolerance { rel: 1e-4, abs: 1e-4 },
-        DType::F16 => Tolerance { rel: 1e-2, abs: 1e-2 },
-        DType::BF16 => Tolerance { rel: 5e-2, abs: 5e-2 },
+        DType::F32 => Tolerance {
+            rel: 1e-4,
+            abs: 1e-4,
+        },
+        DType::F16 => Tolerance {
+            rel: 1e-2,
+            abs: 1e-2,
+        },
+        DType::BF16 => Tolerance {
+            rel: 5e-2,
+            abs: 5e-2,
+        },
     }
 }
 
@@ -40,7 +49,11 @@ pub fn compare(name: &str, got: &HostTensor, want: &RefTensor) -> Result<(), Str
         ));
     }
     let tol = tolerance(want.dtype);
-    let scale = want.values.iter().filter(|v| v.is_finite()).fold(1f64, |m, v| m.max(v.abs()));
+    let scale = want
+        .values
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1f64, |m, v| m.max(v.abs()));
     let got = got.to_f32();
     let mut worst: Option<(usize, f64, f64, f64)> = None;
     for (i, (&g, &w)) in got.iter().zip(&want.values).enumerate() {
@@ -53,7 +66,11 @@ pub fn compare(name: &str, got: &HostTensor, want: &RefTensor) -> Result<(), Str
             (g - w).abs() <= tol.abs * scale + tol.rel * w.abs()
         };
         if !ok {
-            let err = if g.is_finite() { (g - w).abs() } else { f64::INFINITY };
+            let err = if g.is_finite() {
+                (g - w).abs()
+            } else {
+                f64::INFINITY
+            };
             if worst.is_none_or(|(_, _, _, e)| err > e) {
                 worst = Some((i, g, w, err));
             }
@@ -67,7 +84,9 @@ pub fn compare(name: &str, got: &HostTensor, want: &RefTensor) -> Result<(), Str
                 .zip(&want.values)
                 .filter(|(g, w)| {
                     let (g, w) = (**g as f64, **w);
-                    !(g == w || (g - w).abs() <= tol.abs * scale + tol.rel * w.abs() || (g.is_nan() && w.is_nan()))
+                    !(g == w
+                        || (g - w).abs() <= tol.abs * scale + tol.rel * w.abs()
+                        || (g.is_nan() && w.is_nan()))
                 })
                 .count();
             Err(format!(
@@ -89,11 +108,23 @@ pub const COMBOS: [(bool, bool); 4] = [(true, true), (true, false), (false, true
 pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(), String> {
     let mut reference: Option<(Vec<HostTensor>, Vec<HostTensor>, Vec<RefTensor>)> = None;
     for (fuse, reuse) in COMBOS {
-        let options =
-            CompileOptions { dims: dims.to_vec(), plan: PlanOptions { fuse, reuse, ..PlanOptions::default() } };
+        let options = CompileOptions {
+            dims: dims.to_vec(),
+            plan: PlanOptions {
+                fuse,
+                reuse,
+                ..PlanOptions::default()
+            },
+        };
         let program = tc_compiler::compile(source, &options).map_err(|d| {
-            let msgs: Vec<String> = d.iter().map(|d| format!("{}: {}", d.code, d.message)).collect();
-            format!("fuse={fuse} reuse={reuse}: does not compile: {}", msgs.join("; "))
+            let msgs: Vec<String> = d
+                .iter()
+                .map(|d| format!("{}: {}", d.code, d.message))
+                .collect();
+            format!(
+                "fuse={fuse} reuse={reuse}: does not compile: {}",
+                msgs.join("; ")
+            )
         })?;
         if reference.is_none() {
             let g = &program.checked;
@@ -102,14 +133,21 @@ pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(
             };
             let inputs: Vec<HostTensor> = g.inputs.iter().map(leaf).collect();
             let params: Vec<HostTensor> = g.params.iter().map(leaf).collect();
-            let want = reference::evaluate(g, &inputs, &params).map_err(|e| format!("reference: {e}"))?;
+            let want =
+                reference::evaluate(g, &inputs, &params).map_err(|e| format!("reference: {e}"))?;
             reference = Some((inputs, params, want));
         }
-        let Some((inputs, params, want)) = &reference else { unreachable!() };
+        let Some((inputs, params, want)) = &reference else {
+            unreachable!()
+        };
         let got = tc_runtime::cpu::run(&program.plan, inputs, params)
             .map_err(|e| format!("fuse={fuse} reuse={reuse}: cpu executor: {e}"))?;
         if got.len() != want.len() {
-            return Err(format!("fuse={fuse} reuse={reuse}: {} outputs, reference has {}", got.len(), want.len()));
+            return Err(format!(
+                "fuse={fuse} reuse={reuse}: {} outputs, reference has {}",
+                got.len(),
+                want.len()
+            ));
         }
         for ((out, g), w) in program.plan.outputs.iter().zip(&got).zip(want) {
             compare(&out.name, g, w).map_err(|e| format!("fuse={fuse} reuse={reuse}: {e}"))?;

@@ -5,6 +5,8 @@
 //! inputs are ready, then walks the row in blocks, computing the `Element` insts that the
 //! reductions of that pass fold; the last pass computes and stores the outputs, so a row is
 //! written only after all its reductions. A pointwise kernel is one pass over element chunks.
+//! Every inst's value is rounded to its dtype as it is computed (a no-op for f32), so a
+//! fused kernel rounds exactly where the unfused program stores.
 
 use super::math::{self, KahanSum, Operand};
 use super::{CpuError, Mem};
@@ -531,15 +533,18 @@ impl Scratch {
         match inst.op {
             // SAFETY: bounds checked in `prepare`.
             InstOp::Load(l) => unsafe { p.loads[l].mem.read(self.bases[l]) },
-            InstOp::Const(c) => c as f32,
-            InstOp::Unary(op, a) => math::unary(op, v(a)),
-            InstOp::Binary(op, a, b) => math::binary(op, v(a), v(b)),
+            InstOp::Const(c) => math::round_to(inst.dtype, c as f32),
+            InstOp::Unary(op, a) => math::round_to(inst.dtype, math::unary(op, v(a))),
+            InstOp::Binary(op, a, b) => math::round_to(inst.dtype, math::binary(op, v(a), v(b))),
             InstOp::Cast(a) => math::round_to(inst.dtype, v(a)),
             // A reduction of a row-constant value.
-            InstOp::Reduce(op, a) => match op {
-                ReduceOp::Sum => v(a) * p.row_len as f32,
-                ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min => v(a),
-            },
+            InstOp::Reduce(op, a) => math::round_to(
+                inst.dtype,
+                match op {
+                    ReduceOp::Sum => v(a) * p.row_len as f32,
+                    ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min => v(a),
+                },
+            ),
         }
     }
 
@@ -568,12 +573,18 @@ impl Scratch {
                     // SAFETY: bounds checked in `prepare`.
                     unsafe { gather(acc, &p.inner_sizes, self.bases[l], at, dst) };
                 }
-                InstOp::Const(c) => dst.fill(c as f32),
-                InstOp::Unary(op, a) => match operand(a) {
-                    Operand::Block(src) => math::unary_block(op, src, dst),
-                    Operand::Scalar(x) => dst.fill(math::unary(op, x)),
-                },
-                InstOp::Binary(op, a, b) => math::binary_block(op, operand(a), operand(b), dst),
+                InstOp::Const(c) => dst.fill(math::round_to(body[i].dtype, c as f32)),
+                InstOp::Unary(op, a) => {
+                    match operand(a) {
+                        Operand::Block(src) => math::unary_block(op, src, dst),
+                        Operand::Scalar(x) => dst.fill(math::unary(op, x)),
+                    }
+                    math::round_block(body[i].dtype, dst);
+                }
+                InstOp::Binary(op, a, b) => {
+                    math::binary_block(op, operand(a), operand(b), dst);
+                    math::round_block(body[i].dtype, dst);
+                }
                 InstOp::Cast(a) => {
                     match operand(a) {
                         Operand::Block(src) => dst.copy_from_slice(src),
