@@ -116,7 +116,8 @@ impl Gen {
     }
 
     fn dtype(&mut self) -> &'static str {
-        self.rng.pick(&["f32", "f32", "f32", "f32", "f16", "bf16"])
+        const DTYPES: [&str; 6] = ["f32", "f32", "f32", "f32", "f16", "bf16"];
+        DTYPES[self.rng.below(DTYPES.len())]
     }
 
     fn leaf(&mut self, dtype: &'static str, shape: Vec<u64>) -> Var {
