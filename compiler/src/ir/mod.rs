@@ -5,6 +5,8 @@ pub mod graph;
 pub mod layout;
 pub mod types;
 
-pub use graph::{BinaryOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp};
+pub use graph::{
+    BinaryOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp,
+};
 pub use layout::Layout;
 pub use types::{DType, Dim, TensorType};

@@ -7,5 +7,8 @@ use crate::schedule::{Plan, PlanOptions};
 
 /// Builds the schedule for the fused groups of a primitive graph.
 pub fn plan(_graph: &Graph, _groups: &[Group], _options: &PlanOptions) -> Result<Plan, Diagnostic> {
-    Err(Diagnostic::error("not-built", "the planner is not built yet"))
+    Err(Diagnostic::error(
+        "not-built",
+        "the planner is not built yet",
+    ))
 }
