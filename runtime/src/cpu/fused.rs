@@ -609,11 +609,11 @@ impl Scratch {
                     ReduceOp::Sum | ReduceOp::Mean => self.sums[i].add(math::block_sum(xs)),
                     ReduceOp::Max => {
                         self.extrema[i] =
-                            xs.iter().fold(self.extrema[i], |m, &x| math::maximum(m, x))
+                            math::maximum(self.extrema[i], math::block_extremum(xs, true))
                     }
                     ReduceOp::Min => {
                         self.extrema[i] =
-                            xs.iter().fold(self.extrema[i], |m, &x| math::minimum(m, x))
+                            math::minimum(self.extrema[i], math::block_extremum(xs, false))
                     }
                 }
             }
@@ -773,6 +773,18 @@ impl Mem {
     /// Every element written is in bounds and owned by this thread.
     #[inline]
     unsafe fn write_run(&self, off: i64, step: i64, src: &[f32]) {
+        if step == 1 && self.dtype == DType::F32 {
+            // SAFETY: in bounds and owned by this thread (the caller); byte copies need no
+            // alignment.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr().cast::<u8>(),
+                    self.ptr.cast::<f32>().offset(off as isize).cast::<u8>(),
+                    src.len() * 4,
+                )
+            };
+            return;
+        }
         for (j, &v) in src.iter().enumerate() {
             // SAFETY: in bounds by the caller.
             unsafe { self.write(off + j as i64 * step, v) };

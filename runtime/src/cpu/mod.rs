@@ -73,6 +73,44 @@ impl Mem {
     }
 }
 
+/// One zeroed, 16-byte aligned host allocation, freed on drop.
+struct Arena {
+    ptr: *mut u8,
+    layout: Option<std::alloc::Layout>,
+}
+
+impl Arena {
+    fn new(bytes: u64) -> Result<Arena, CpuError> {
+        let too_large = || CpuError::ArenaTooLarge(bytes);
+        let size = usize::try_from(bytes).map_err(|_| too_large())?;
+        if size == 0 {
+            return Ok(Arena {
+                ptr: std::ptr::NonNull::<u128>::dangling().as_ptr().cast(),
+                layout: None,
+            });
+        }
+        let layout = std::alloc::Layout::from_size_align(size, 16).map_err(|_| too_large())?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(too_large());
+        }
+        Ok(Arena {
+            ptr,
+            layout: Some(layout),
+        })
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if let Some(layout) = self.layout {
+            // SAFETY: allocated in `new` with this very layout, freed once.
+            unsafe { std::alloc::dealloc(self.ptr, layout) };
+        }
+    }
+}
+
 /// Runs `plan` on the host and returns its outputs in `plan.outputs` order, each gathered
 /// into a contiguous tensor of its dtype.
 pub fn run(
@@ -83,15 +121,9 @@ pub fn run(
     check_leaves(plan, "input", &plan.inputs, inputs)?;
     check_leaves(plan, "param", &plan.params, params)?;
 
-    // The arena: 16-byte aligned, zeroed lazily by the allocator.
-    let words = usize::try_from(plan.arena_bytes.div_ceil(16))
-        .map_err(|_| CpuError::ArenaTooLarge(plan.arena_bytes))?;
-    let mut arena: Vec<u128> = Vec::new();
-    arena
-        .try_reserve_exact(words)
-        .map_err(|_| CpuError::ArenaTooLarge(plan.arena_bytes))?;
-    arena.resize(words, 0);
-    let base = arena.as_mut_ptr().cast::<u8>();
+    // The arena: 16-byte aligned, zeroed lazily by the allocator (fresh pages, no memset).
+    let arena = Arena::new(plan.arena_bytes)?;
+    let base = arena.ptr;
 
     let mut mems = Vec::with_capacity(plan.buffers.len());
     for buf in &plan.buffers {
@@ -185,6 +217,20 @@ pub fn run(
             &shape,
         )?;
         let numel: usize = shape.iter().product();
+        if o.strides == contiguous_strides(&shape) || numel <= 1 {
+            let size = o.dtype.size() as usize;
+            // SAFETY: elements offset .. offset + numel are in bounds (checked above), and a
+            // byte copy has no alignment requirement.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(mem.ptr.add(o.offset as usize * size), numel * size)
+            };
+            outs.push(HostTensor {
+                dtype: o.dtype,
+                shape: o.shape.clone(),
+                bytes: bytes.to_vec(),
+            });
+            continue;
+        }
         let mut vals = Vec::with_capacity(numel);
         let mut idx = vec![0usize; shape.len()];
         for _ in 0..numel {
@@ -209,6 +255,16 @@ pub fn run(
     }
     drop(arena);
     Ok(outs)
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
+    let mut s = vec![0i64; shape.len()];
+    let mut acc = 1i64;
+    for i in (0..shape.len()).rev() {
+        s[i] = acc;
+        acc *= shape[i] as i64;
+    }
+    s
 }
 
 fn check_leaves(

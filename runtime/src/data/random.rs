@@ -23,16 +23,30 @@ pub fn random_tensor(seed: u64, name: &str, dtype: DType, shape: &[u64]) -> Host
     key[24..32].copy_from_slice(&(name.len() as u64).to_le_bytes());
     let mut rng = ChaCha8Rng::from_seed(key);
     let n = shape.iter().product::<u64>() as usize;
-    let mut values = Vec::with_capacity(n + 1);
+    let size = dtype.size() as usize;
+    // Written straight into the tensor's bytes: no second full-size copy.
+    let mut bytes = Vec::with_capacity(n * size);
+    let mut push = |v: f32| match dtype {
+        DType::F32 => bytes.extend_from_slice(&v.to_le_bytes()),
+        DType::F16 => bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+        DType::BF16 => bytes.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+    };
     // Uniform in (0, 1]: 53 random bits, never zero.
     let mut uniform = || ((rng.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
-    while values.len() < n {
+    let mut written = 0;
+    while written < n {
         let (u1, u2) = (uniform(), uniform());
         let r = (-2.0 * u1.ln()).sqrt();
         let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
-        values.push((r * c) as f32);
-        values.push((r * s) as f32);
+        push((r * c) as f32);
+        if written + 1 < n {
+            push((r * s) as f32);
+        }
+        written += 2;
     }
-    values.truncate(n);
-    HostTensor::from_f32(dtype, shape.to_vec(), &values)
+    HostTensor {
+        dtype,
+        shape: shape.to_vec(),
+        bytes,
+    }
 }
