@@ -50,13 +50,21 @@ impl Diagnostic {
 
     /// Adds the primary label: the caret goes under `span`.
     pub fn with_primary(mut self, span: Span, message: impl Into<String>) -> Self {
-        self.labels.push(Label { span, message: message.into(), primary: true });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: true,
+        });
         self
     }
 
     /// Adds a secondary label pointing at related source.
     pub fn with_secondary(mut self, span: Span, message: impl Into<String>) -> Self {
-        self.labels.push(Label { span, message: message.into(), primary: false });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: false,
+        });
         self
     }
 
@@ -72,7 +80,10 @@ impl Diagnostic {
 
     /// The span of the first primary label, if any.
     pub fn primary_span(&self) -> Option<Span> {
-        self.labels.iter().find(|l| l.primary).map(|l| l.span.clone())
+        self.labels
+            .iter()
+            .find(|l| l.primary)
+            .map(|l| l.span.clone())
     }
 }
 

@@ -52,5 +52,10 @@ pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagno
     let groups = fuse::fuse(&primitive, options.plan.fuse);
     let plan = plan::plan(&primitive, &groups, &options.plan).map_err(|d| vec![d])?;
     let memory = report::memory_report(&checked, &primitive, &plan);
-    Ok(Program { checked, primitive, plan, memory })
+    Ok(Program {
+        checked,
+        primitive,
+        plan,
+        memory,
+    })
 }

@@ -226,7 +226,11 @@ pub struct PlanOptions {
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { fuse: true, reuse: true, matmul_workspace: 0 }
+        PlanOptions {
+            fuse: true,
+            reuse: true,
+            matmul_workspace: 0,
+        }
     }
 }
 

@@ -90,7 +90,9 @@ impl UnaryOp {
 
     /// The built-in function of this name (`neg` is the unary minus, not a function).
     pub fn from_function(name: &str) -> Option<UnaryOp> {
-        UnaryOp::ALL.into_iter().find(|op| *op != UnaryOp::Neg && op.name() == name)
+        UnaryOp::ALL
+            .into_iter()
+            .find(|op| *op != UnaryOp::Neg && op.name() == name)
     }
 }
 
@@ -161,26 +163,50 @@ pub enum ViewOp {
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     /// The `index`th `input` statement.
-    Input { index: usize },
+    Input {
+        index: usize,
+    },
     /// The `index`th `param` statement.
-    Param { index: usize },
+    Param {
+        index: usize,
+    },
     /// A rank-0 constant: a number literal or a dim used as a value.
     Scalar(f64),
     Unary(UnaryOp, NodeId),
     Binary(BinaryOp, NodeId, NodeId),
     /// Reduce over `axes` (sorted, distinct, non-negative).
-    Reduce { op: ReduceOp, arg: NodeId, axes: Vec<usize>, keepdim: bool },
+    Reduce {
+        op: ReduceOp,
+        arg: NodeId,
+        axes: Vec<usize>,
+        keepdim: bool,
+    },
     /// `softmax` or (`log: true`) `log_softmax` along `axis`. Checked graph only.
-    Softmax { arg: NodeId, axis: usize, log: bool },
+    Softmax {
+        arg: NodeId,
+        axis: usize,
+        log: bool,
+    },
     /// `layernorm` along `axis`. Checked graph only.
-    LayerNorm { arg: NodeId, axis: usize, eps: f64 },
+    LayerNorm {
+        arg: NodeId,
+        axis: usize,
+        eps: f64,
+    },
     /// `rmsnorm` along `axis`. Checked graph only.
-    RmsNorm { arg: NodeId, axis: usize, eps: f64 },
+    RmsNorm {
+        arg: NodeId,
+        axis: usize,
+        eps: f64,
+    },
     /// `a @ b`; batch dims already broadcast to equal sizes.
     MatMul(NodeId, NodeId),
     /// Convert to the node's dtype (round to nearest, ties to even). `implicit` marks the
     /// promotions the checker inserted.
-    Cast { arg: NodeId, implicit: bool },
+    Cast {
+        arg: NodeId,
+        implicit: bool,
+    },
     View(ViewOp, NodeId),
     /// Materialise a view contiguously (a `reshape` no strides can express).
     Copy(NodeId),
@@ -292,7 +318,11 @@ impl Graph {
 
     /// Appends a node. Operands must already be in the graph.
     pub fn push(&mut self, node: Node, origin: Origin) -> NodeId {
-        debug_assert!(node.op.operands().iter().all(|o| o.index() < self.nodes.len()));
+        debug_assert!(node
+            .op
+            .operands()
+            .iter()
+            .all(|o| o.index() < self.nodes.len()));
         let id = NodeId(self.nodes.len() as u32);
         self.nodes.push(node);
         self.origins.push(origin);

@@ -23,7 +23,11 @@ pub struct Layout {
 impl Layout {
     /// The layout of a materialised value: itself, contiguous.
     pub fn contiguous(root: NodeId, sizes: &[u64]) -> Layout {
-        Layout { root, offset: 0, strides: contiguous_strides(sizes) }
+        Layout {
+            root,
+            offset: 0,
+            strides: contiguous_strides(sizes),
+        }
     }
 
     /// True when the layout reads the root's storage in plain row-major order.
@@ -34,7 +38,11 @@ impl Layout {
 
 /// Strides equal up to axes of size 1 (whose stride never matters).
 fn strides_match(a: &[i64], b: &[i64], sizes: &[u64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).zip(sizes).all(|((x, y), &s)| s == 1 || x == y)
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .zip(sizes)
+            .all(|((x, y), &s)| s == 1 || x == y)
 }
 
 /// Applies a view to its operand's layout. `None` only for a `Reshape` that no strides can
@@ -74,14 +82,22 @@ pub fn apply_view(
         }
         ViewOp::Reshape => reshape_strides(in_sizes, &input.strides, out_sizes)?,
     };
-    Some(Layout { root: input.root, offset: input.offset, strides })
+    Some(Layout {
+        root: input.root,
+        offset: input.offset,
+        strides,
+    })
 }
 
 /// Strides for viewing (`old_sizes`, `old_strides`) as `new_sizes`, if any exist.
 /// Same element count is the caller's invariant. This is PyTorch's `computeStride`:
 /// split the old shape into chunks that are contiguous among themselves and match each
 /// chunk to a run of new axes of the same element count.
-pub fn reshape_strides(old_sizes: &[u64], old_strides: &[i64], new_sizes: &[u64]) -> Option<Vec<i64>> {
+pub fn reshape_strides(
+    old_sizes: &[u64],
+    old_strides: &[i64],
+    new_sizes: &[u64],
+) -> Option<Vec<i64>> {
     let numel: u64 = old_sizes.iter().product();
     if numel == 0 {
         return Some(contiguous_strides(new_sizes));

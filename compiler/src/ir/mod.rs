@@ -3,8 +3,12 @@
 pub mod decompose;
 pub mod graph;
 pub mod layout;
+pub mod text;
 pub mod types;
+pub mod verify;
 
-pub use graph::{BinaryOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp};
+pub use graph::{
+    BinaryOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp,
+};
 pub use layout::Layout;
 pub use types::{DType, Dim, TensorType};

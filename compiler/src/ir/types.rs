@@ -74,7 +74,10 @@ impl Dim {
     }
 
     pub fn named(name: impl Into<String>, size: u64) -> Dim {
-        Dim { size, name: Some(name.into()) }
+        Dim {
+            size,
+            name: Some(name.into()),
+        }
     }
 }
 
@@ -101,7 +104,10 @@ impl TensorType {
 
     /// A rank-0 tensor.
     pub fn scalar(dtype: DType) -> TensorType {
-        TensorType { dtype, shape: Vec::new() }
+        TensorType {
+            dtype,
+            shape: Vec::new(),
+        }
     }
 
     pub fn rank(&self) -> usize {
