@@ -138,7 +138,7 @@ fn compile(source: &Source, options: &CompileOptions) -> Result<Program, CliErro
 
 /// Inputs and params for one run: from files where given, else seeded random.
 fn bind_data(program: &Program, exec: &ExecArgs) -> Result<(Vec<HostTensor>, Vec<HostTensor>), CliError> {
-    data::bind(&program.checked, &exec.inputs, exec.params.as_deref(), exec.seed)
+    data::load_leaves(&program.checked, &exec.inputs, exec.params.as_deref(), exec.seed)
         .map_err(|e| CliError::Program(format!("error: {e}")))
 }
 
@@ -180,7 +180,7 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     let device = select_device(args.exec.device, false)?;
     let program = compile(&source, &compile_options(&args.compile, device))?;
     if let Some(save) = &args.save {
-        data::check_save_target(save).map_err(|e| CliError::Program(format!("error: {e}")))?;
+        check_save_target(save)?;
     }
     let (inputs, params) = bind_data(&program, &args.exec)?;
     let executed = execute(&program, device, &args.exec, &inputs, &params)?;
@@ -197,7 +197,7 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
             .zip(&executed.outputs)
             .map(|(o, t)| (o.name.clone(), t.clone()))
             .collect();
-        data::save(save, &named).map_err(|e| CliError::Program(format!("error: {e}")))?;
+        data::save_outputs(save, &named).map_err(|e| CliError::Program(format!("error: {e}")))?;
         println!("saved {} output(s) to {}", named.len(), save.display());
     }
 
@@ -205,6 +205,26 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     report.peaks.measured = executed.measured;
     write_reports(&report, args)?;
     Ok(())
+}
+
+/// Fails fast, before any work, when `--save` could not be honoured: a `.safetensors` path
+/// needs an existing folder, any other path must be an existing folder.
+fn check_save_target(save: &Path) -> Result<(), CliError> {
+    let folder = if save.extension().is_some_and(|e| e == "safetensors") {
+        match save.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    } else {
+        save.to_path_buf()
+    };
+    if folder.is_dir() {
+        Ok(())
+    } else if folder.exists() {
+        Err(CliError::Program(format!("error: --save {}: `{}` is not a folder", save.display(), folder.display())))
+    } else {
+        Err(CliError::Program(format!("error: --save {}: the folder `{}` does not exist", save.display(), folder.display())))
+    }
 }
 
 fn device_name(device: Device) -> &'static str {
@@ -230,7 +250,7 @@ fn write_reports(report: &MemoryReport, args: &RunArgs) -> Result<(), CliError> 
 
 /// Writes a whole file through a temporary name and a rename: never a half-written file.
 fn write_file(path: &PathBuf, contents: &str) -> Result<(), CliError> {
-    data::write_atomic(path, contents.as_bytes()).map_err(|e| CliError::Program(format!("error: {e}")))
+    data::write_file_atomically(path, contents.as_bytes()).map_err(|e| CliError::Program(format!("error: {e}")))
 }
 
 fn emit(args: &EmitArgs) -> Result<(), CliError> {
@@ -281,7 +301,7 @@ fn bench(args: &BenchArgs) -> Result<(), CliError> {
             median * 1e3,
             times.iter().cloned().fold(f64::INFINITY, f64::min) * 1e3,
             program.plan.kernels.len(),
-            tc_compiler::report::text::human_bytes(program.plan.arena_bytes),
+            tc_compiler::report::text::human(program.plan.arena_bytes),
         );
     }
     if let [(_, _, fast), (_, _, slow)] = &rows[..] {

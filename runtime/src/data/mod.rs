@@ -215,3 +215,8 @@ pub fn save_outputs(
     }
     Ok(written)
 }
+
+/// Writes a whole file (a report, say) through a temporary name and a rename.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    write_atomically(path, |w| std::io::Write::write_all(w, bytes))
+}
