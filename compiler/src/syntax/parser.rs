@@ -9,6 +9,7 @@
 use super::ast::*;
 use super::lexer::{lex, Token};
 use crate::diag::{Diagnostic, Span};
+use chumsky::error::RichPattern;
 use chumsky::input::{Input as _, ValueInput};
 use chumsky::prelude::*;
 
@@ -187,7 +188,18 @@ fn syntax_diag(e: &Rich<'_, Tok<'_>, SimpleSpan>) -> Diagnostic {
         Some(t) => t.to_string(),
         None => "end of statement".to_string(),
     };
-    let mut expected: Vec<String> = e.expected().map(|p| p.to_string()).collect();
+    let mut expected: Vec<String> = e
+        .expected()
+        .filter_map(|p| match p {
+            RichPattern::Token(t) if **t == Token::Newline => None,
+            RichPattern::Token(t) => Some((**t).to_string()),
+            RichPattern::Label(l) => Some(l.to_string()),
+            RichPattern::Identifier(i) => Some(format!("`{i}`")),
+            RichPattern::Any => Some("more input".to_string()),
+            RichPattern::SomethingElse => None,
+            RichPattern::EndOfInput => Some("end of statement".to_string()),
+        })
+        .collect();
     expected.sort();
     expected.dedup();
     let label = if expected.is_empty() {
