@@ -78,7 +78,16 @@ pub fn parse(source: &str) -> (Program, Vec<Diagnostic>) {
         let input = toks.as_slice().map(eoi, |(t, s)| (t, s));
         let (out, errs) = stmt_parser().parse(input).into_output_errors();
         let ok = errs.is_empty();
-        diags.extend(errs.into_iter().map(|e| syntax_diag(&e)));
+        let unclosed = unclosed_bracket(stmt);
+        diags.extend(errs.into_iter().map(|e| {
+            let d = syntax_diag(&e);
+            match (&unclosed, e.found()) {
+                (Some(open), None) => d
+                    .with_secondary(open.clone(), "this bracket is never closed")
+                    .with_help("close the bracket; a statement ends at the end of its line"),
+                _ => d,
+            }
+        }));
         match out {
             Some(kind) if ok => program.stmts.push(Stmt { kind, span }),
             _ => program.stmts.push(broken(binds)),
@@ -138,6 +147,21 @@ fn starts_statement(tokens: &[(Tok, Span)], i: usize) -> bool {
         (Some((Token::Ident(_), s)), Some((Token::Eq, _))) => s.start == tokens[i].1.end,
         _ => false,
     }
+}
+
+/// The span of the innermost bracket the statement leaves open, if any.
+fn unclosed_bracket(stmt: &[(Tok, Span)]) -> Option<Span> {
+    let mut open: Vec<&Span> = Vec::new();
+    for (t, s) in stmt {
+        match t {
+            Token::LParen | Token::LBracket => open.push(s),
+            Token::RParen | Token::RBracket => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    open.last().map(|s| (*s).clone())
 }
 
 /// A `too-deep` diagnostic when the statement nests deeper than `MAX_NESTING`.
