@@ -4,6 +4,7 @@
 //! 1 for the program or its data, 2 for usage, 3 for a device or compiler failure.
 
 pub mod args;
+pub mod diagnostics;
 pub mod error;
 
 use crate::tensor::HostTensor;
