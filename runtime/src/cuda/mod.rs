@@ -43,3 +43,15 @@ pub enum CudaError {
     #[error("bad data for the CUDA run: {0}")]
     Data(String),
 }
+
+mod executor;
+
+pub use executor::{
+    available, bench, copy_bandwidth, gather, run, CopyBandwidth, CudaBench, CudaOptions, CudaRun,
+    DeviceInfo,
+};
+
+/// Bytes of cuBLAS workspace to ask the planner for (`PlanOptions::matmul_workspace`) when
+/// planning for CUDA: NVIDIA's recommendation for Hopper. It is a `Workspace` buffer in the
+/// arena, so `planned` and `measured` count it.
+pub const CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
