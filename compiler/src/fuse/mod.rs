@@ -1,15 +1,516 @@
-//! Fusion: groups the primitive graph's ops into kernels. (Being built: issue 3.)
+//! Fusion: groups the primitive graph's computing nodes into kernels.
+//!
+//! Rules (see `docs/memory-planning.md`): views, inputs, params and scalars are never
+//! kernels; elementwise chains fuse; a reduction fuses with its elementwise producers and
+//! consumers when every reduction of the kernel folds the same axes of the same domain;
+//! matmul is a kernel of its own; an in-kernel edge must read the producer's element at the
+//! consumer's domain index (no transposed read, no recomputation of a smaller value).
 
-use crate::ir::{Graph, NodeId};
+#[cfg(test)]
+pub(crate) mod testgraph;
 
-/// The nodes one kernel computes, in topological order.
+use crate::ir::layout::{layouts, Layout};
+use crate::ir::types::contiguous_strides;
+use crate::ir::{Graph, NodeId, Op};
+use crate::schedule::Level;
+use std::collections::{BTreeSet, HashMap};
+
+/// The nodes one kernel computes, in topological order, with the kernel's iteration domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
     pub nodes: Vec<NodeId>,
+    /// The loop domain: the shape every `Element` node of the group has.
+    pub domain: Vec<u64>,
+    /// Sorted axes of `domain` that the group's reductions fold (empty: pointwise).
+    pub reduce_axes: Vec<usize>,
+    /// The level of each node of `nodes`, in the same order.
+    pub levels: Vec<Level>,
+    /// The group is one matrix product.
+    pub matmul: bool,
 }
 
-/// Groups the computing nodes of `graph` into kernels; `enabled: false` gives one group per
-/// source-level op.
-pub fn fuse(_graph: &Graph, _enabled: bool) -> Vec<Group> {
-    Vec::new()
+/// True for the nodes a kernel computes (everything but views, inputs, params, scalars).
+pub fn is_compute(op: &Op) -> bool {
+    !(op.is_view() || op.is_leaf())
+}
+
+/// Maps strides over a node's shape onto the kernel domain: the identity for an `Element`
+/// node (its shape is the domain); for a `Row` node (shape = the domain with the reduce axes
+/// set to 1 or dropped) stride 0 on every reduce axis.
+pub fn to_domain(
+    strides: &[i64],
+    rank: usize,
+    level: Level,
+    domain: &[u64],
+    reduce: &[usize],
+) -> Vec<i64> {
+    if level == Level::Element || reduce.is_empty() {
+        return strides.to_vec();
+    }
+    if rank == domain.len() {
+        return strides
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| if reduce.contains(&i) { 0 } else { s })
+            .collect();
+    }
+    let mut it = strides.iter();
+    (0..domain.len())
+        .map(|d| {
+            if reduce.contains(&d) {
+                0
+            } else {
+                it.next().copied().unwrap_or(0)
+            }
+        })
+        .collect()
+}
+
+/// The two shapes a row value may have: reduce axes kept as 1, or dropped.
+pub fn row_shapes(domain: &[u64], reduce: &[usize]) -> (Vec<u64>, Vec<u64>) {
+    let keep = domain
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| if reduce.contains(&i) { 1 } else { s })
+        .collect();
+    let drop = domain
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !reduce.contains(i))
+        .map(|(_, &s)| s)
+        .collect();
+    (keep, drop)
+}
+
+/// Strides equal on every axis of size > 1.
+pub fn strides_agree(a: &[i64], b: &[i64], sizes: &[u64]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .zip(sizes)
+            .all(|((x, y), &s)| s <= 1 || x == y)
+}
+
+/// Domain, reduce axes and levels of a candidate group, or `None` when the nodes cannot
+/// form one kernel (mixed domains, different reductions, an in-kernel edge that does not
+/// read the producer's element at the consumer's index, a matmul with anything else).
+pub fn analyze(
+    graph: &Graph,
+    lays: &[Layout],
+    nodes: &[NodeId],
+) -> Option<(Vec<u64>, Vec<usize>, Vec<Level>)> {
+    let set: BTreeSet<NodeId> = nodes.iter().copied().collect();
+    if nodes
+        .iter()
+        .any(|&n| matches!(graph.node(n).op, Op::MatMul(..)))
+    {
+        return (nodes.len() == 1)
+            .then(|| (graph.ty(nodes[0]).sizes(), Vec::new(), vec![Level::Element]));
+    }
+    let mut domain: Option<(Vec<u64>, Vec<usize>)> = None;
+    for &n in nodes {
+        if let Op::Reduce { arg, axes, .. } = &graph.node(n).op {
+            let d = (graph.ty(*arg).sizes(), axes.clone());
+            match &domain {
+                None => domain = Some(d),
+                Some(prev) if *prev != d => return None,
+                Some(_) => {}
+            }
+        }
+    }
+    let (domain, reduce) = match domain {
+        Some(d) => d,
+        None => {
+            let d = graph.ty(nodes[0]).sizes();
+            if nodes.iter().any(|&n| graph.ty(n).sizes() != d) {
+                return None;
+            }
+            (d, Vec::new())
+        }
+    };
+    let (keep, drop) = row_shapes(&domain, &reduce);
+    let mut level: HashMap<NodeId, Level> = HashMap::new();
+    let mut levels = Vec::with_capacity(nodes.len());
+    for &n in nodes {
+        let node = graph.node(n);
+        let shape = node.ty.sizes();
+        let in_group: Vec<NodeId> = node
+            .op
+            .operands()
+            .iter()
+            .map(|o| lays[o.index()].root)
+            .filter(|r| set.contains(r))
+            .collect();
+        let lvl = match &node.op {
+            Op::Reduce { .. } => Level::Row,
+            _ => {
+                let all_row = !in_group.is_empty()
+                    && in_group.iter().all(|r| level.get(r) == Some(&Level::Row));
+                if shape == domain && !(!reduce.is_empty() && shape == keep && all_row) {
+                    Level::Element
+                } else if !reduce.is_empty() && (shape == keep || shape == drop) {
+                    Level::Row
+                } else {
+                    return None;
+                }
+            }
+        };
+        let consumer = if matches!(node.op, Op::Reduce { .. }) {
+            Level::Element
+        } else {
+            lvl
+        };
+        for o in node.op.operands() {
+            let lay = &lays[o.index()];
+            let r = lay.root;
+            if !set.contains(&r) {
+                continue;
+            }
+            let producer = *level.get(&r)?;
+            if consumer == Level::Row && producer == Level::Element {
+                return None;
+            }
+            if lay.offset != 0 {
+                return None;
+            }
+            let o_rank = graph.ty(o).rank();
+            let v = to_domain(&lay.strides, o_rank, consumer, &domain, &reduce);
+            let r_sizes = graph.ty(r).sizes();
+            let s = to_domain(
+                &contiguous_strides(&r_sizes),
+                r_sizes.len(),
+                producer,
+                &domain,
+                &reduce,
+            );
+            if v.len() != domain.len() || !strides_agree(&v, &s, &domain) {
+                return None;
+            }
+        }
+        level.insert(n, lvl);
+        levels.push(lvl);
+    }
+    Some((domain, reduce, levels))
+}
+
+struct Fuser<'a> {
+    graph: &'a Graph,
+    lays: Vec<Layout>,
+    /// Compute nodes reading each node (directly or through views), with repeats.
+    consumers: Vec<Vec<NodeId>>,
+    /// Group index of each compute node.
+    gid: Vec<Option<usize>>,
+    /// Members of each group (empty once merged away).
+    members: Vec<Vec<NodeId>>,
+}
+
+impl Fuser<'_> {
+    fn merge(&mut self, a: usize, b: usize) -> bool {
+        if a == b {
+            return false;
+        }
+        let mut nodes: Vec<NodeId> = self.members[a]
+            .iter()
+            .chain(&self.members[b])
+            .copied()
+            .collect();
+        nodes.sort();
+        if analyze(self.graph, &self.lays, &nodes).is_none() || self.creates_cycle(a, b) {
+            return false;
+        }
+        for &n in &self.members[b] {
+            self.gid[n.index()] = Some(a);
+        }
+        let moved = std::mem::take(&mut self.members[b]);
+        self.members[a] = nodes;
+        drop(moved);
+        true
+    }
+
+    fn successors(&self, g: usize) -> BTreeSet<usize> {
+        self.members[g]
+            .iter()
+            .flat_map(|n| self.consumers[n.index()].iter())
+            .filter_map(|c| self.gid[c.index()])
+            .filter(|&h| h != g)
+            .collect()
+    }
+
+    /// Would merging `a` and `b` close a cycle through a third group?
+    fn creates_cycle(&self, a: usize, b: usize) -> bool {
+        let mut stack: Vec<usize> = self
+            .successors(a)
+            .into_iter()
+            .chain(self.successors(b))
+            .filter(|&g| g != a && g != b)
+            .collect();
+        let mut seen: BTreeSet<usize> = stack.iter().copied().collect();
+        while let Some(g) = stack.pop() {
+            for h in self.successors(g) {
+                if h == a || h == b {
+                    return true;
+                }
+                if seen.insert(h) {
+                    stack.push(h);
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Groups the computing nodes of `graph` into kernels, in an order they can run in;
+/// `enabled: false` gives one group per source-level op (`Origin.group`), as eager runs it.
+pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
+    let lays = layouts(graph);
+    let mut consumers = vec![Vec::new(); graph.len()];
+    for id in graph.ids() {
+        if is_compute(&graph.node(id).op) {
+            for o in graph.node(id).op.operands() {
+                consumers[lays[o.index()].root.index()].push(id);
+            }
+        }
+    }
+    let mut f = Fuser {
+        graph,
+        lays,
+        consumers,
+        gid: vec![None; graph.len()],
+        members: Vec::new(),
+    };
+    let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
+    // Scalars that must exist in memory: an output, or a matmul operand.
+    let mut fills: BTreeSet<NodeId> = graph
+        .outputs
+        .iter()
+        .map(|o| f.lays[o.node.index()].root)
+        .collect();
+    for id in graph.ids() {
+        if let Op::MatMul(a, b) = graph.node(id).op {
+            fills.insert(f.lays[a.index()].root);
+            fills.insert(f.lays[b.index()].root);
+        }
+    }
+    for id in graph.ids() {
+        let op = &graph.node(id).op;
+        let fill = matches!(op, Op::Scalar(_)) && fills.contains(&id);
+        if !is_compute(op) && !fill {
+            continue;
+        }
+        let g = f.members.len();
+        f.members.push(vec![id]);
+        f.gid[id.index()] = Some(g);
+        if matches!(op, Op::MatMul(..)) || fill {
+            continue;
+        }
+        for o in op.operands() {
+            let r = f.lays[o.index()].root;
+            let Some(h) = f.gid[r.index()] else { continue };
+            let mine = f.gid[id.index()].unwrap_or(g);
+            let allowed = enabled
+                || key(r) == key(id)
+                || (matches!(graph.node(r).op, Op::Cast { implicit: true, .. })
+                    && f.members[h] == [r]);
+            if allowed && !matches!(graph.node(r).op, Op::MatMul(..) | Op::Scalar(_)) {
+                // Merge into the producer's group so the consumer's index stays stable.
+                if f.merge(h, mine) {
+                    continue;
+                }
+            }
+        }
+    }
+    order(&f)
+}
+
+/// The live groups in a topological order (ties broken by first node).
+fn order(f: &Fuser<'_>) -> Vec<Group> {
+    let live: Vec<usize> = (0..f.members.len())
+        .filter(|&g| !f.members[g].is_empty())
+        .collect();
+    let mut indeg: HashMap<usize, usize> = live.iter().map(|&g| (g, 0)).collect();
+    let succ: HashMap<usize, BTreeSet<usize>> =
+        live.iter().map(|&g| (g, f.successors(g))).collect();
+    for s in succ.values() {
+        for h in s {
+            *indeg.entry(*h).or_default() += 1;
+        }
+    }
+    let first = |g: usize| f.members[g][0];
+    let mut ready: BTreeSet<(NodeId, usize)> = live
+        .iter()
+        .filter(|g| indeg[g] == 0)
+        .map(|&g| (first(g), g))
+        .collect();
+    let mut out = Vec::new();
+    while let Some(&(n, g)) = ready.iter().next() {
+        ready.remove(&(n, g));
+        let nodes = f.members[g].clone();
+        let (domain, reduce_axes, levels) =
+            analyze(f.graph, &f.lays, &nodes).unwrap_or_else(|| {
+                (
+                    f.graph.ty(nodes[0]).sizes(),
+                    Vec::new(),
+                    vec![Level::Element; nodes.len()],
+                )
+            });
+        let matmul = matches!(f.graph.node(nodes[0]).op, Op::MatMul(..));
+        out.push(Group {
+            nodes,
+            domain,
+            reduce_axes,
+            levels,
+            matmul,
+        });
+        for &h in &succ[&g] {
+            if let Some(d) = indeg.get_mut(&h) {
+                *d -= 1;
+                if *d == 0 {
+                    ready.insert((first(h), h));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testgraph::G;
+    use super::*;
+    use crate::ir::{BinaryOp as B, DType, ReduceOp as R, UnaryOp as U};
+
+    fn names(graph: &Graph, groups: &[Group]) -> Vec<Vec<&'static str>> {
+        groups
+            .iter()
+            .map(|g| g.nodes.iter().map(|&n| graph.node(n).op.name()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn elementwise_chain_is_one_kernel() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[16]);
+        let a = b.bin_s(B::Mul, x, 2.0);
+        let c = b.bin_s(B::Add, a, 1.0);
+        let e = b.un(U::Exp, c);
+        b.output("y", e);
+        let groups = fuse(&b.g, true);
+        assert_eq!(names(&b.g, &groups), vec![vec!["mul", "add", "exp"]]);
+        assert_eq!(groups[0].domain, vec![16]);
+        // Unfused: one kernel per op.
+        assert_eq!(fuse(&b.g, false).len(), 3);
+    }
+
+    #[test]
+    fn hand_written_softmax_is_one_row_kernel() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[4, 8]);
+        let m = b.reduce(R::Max, x, &[1], true);
+        let s = b.bin(B::Sub, x, m);
+        let e = b.un(U::Exp, s);
+        let sum = b.reduce(R::Sum, e, &[1], true);
+        let p = b.bin(B::Div, e, sum);
+        b.output("p", p);
+        let groups = fuse(&b.g, true);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].reduce_axes, vec![1]);
+        assert_eq!(
+            groups[0].levels,
+            vec![
+                Level::Row,
+                Level::Element,
+                Level::Element,
+                Level::Row,
+                Level::Element
+            ]
+        );
+    }
+
+    #[test]
+    fn decomposed_builtins_stay_one_kernel_unfused() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F16, &[4, 8]);
+        let y = b.op(
+            Op::LayerNorm {
+                arg: x,
+                axis: 1,
+                eps: 1e-5,
+            },
+            DType::F16,
+            &[4, 8],
+        );
+        let z = b.un(U::Relu, y);
+        b.output("z", z);
+        let p = crate::ir::decompose::decompose(&b.g);
+        let unfused = fuse(&p, false);
+        assert_eq!(unfused.len(), 2);
+        assert_eq!(unfused[0].nodes.len(), 9);
+        let fused = fuse(&p, true);
+        assert_eq!(fused.len(), 1);
+    }
+
+    #[test]
+    fn matmul_is_alone_and_bias_gelu_fuse() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[4, 8]);
+        let w = b.param("w", DType::F32, &[8, 6]);
+        let bias = b.param("b", DType::F32, &[6]);
+        let mm = b.matmul(x, w);
+        let h = b.bin(B::Add, mm, bias);
+        let g = b.un(U::Gelu, h);
+        b.output("h", g);
+        let groups = fuse(&b.g, true);
+        assert_eq!(
+            names(&b.g, &groups),
+            vec![vec!["matmul"], vec!["add", "gelu"]]
+        );
+        assert!(groups[0].matmul);
+    }
+
+    #[test]
+    fn transposed_read_is_a_kernel_boundary() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[8, 8]);
+        let e = b.un(U::Exp, x);
+        let t = b.transpose(e);
+        let y = b.bin(B::Add, t, x);
+        b.output("y", y);
+        let groups = fuse(&b.g, true);
+        assert_eq!(names(&b.g, &groups), vec![vec!["exp"], vec!["add"]]);
+    }
+
+    #[test]
+    fn small_producer_is_not_recomputed_in_a_bigger_domain() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[4, 8]);
+        let v = b.param("v", DType::F32, &[8]);
+        let e = b.un(U::Exp, v);
+        let y = b.bin(B::Mul, x, e);
+        b.output("y", y);
+        assert_eq!(fuse(&b.g, true).len(), 2);
+        // ...but a row value broadcast along the reduce axes is fine.
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[4, 8]);
+        let s = b.reduce(R::Sum, x, &[1], true);
+        let r = b.un(U::Rsqrt, s);
+        let y = b.bin(B::Mul, x, r);
+        b.output("y", y);
+        let groups = fuse(&b.g, true);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            groups[0].levels,
+            vec![Level::Row, Level::Row, Level::Element]
+        );
+    }
+
+    #[test]
+    fn different_reductions_split() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[4, 8]);
+        let s = b.reduce(R::Sum, x, &[1], false);
+        let t = b.reduce(R::Max, x, &[0], false);
+        b.output("s", s);
+        b.output("t", t);
+        assert_eq!(fuse(&b.g, true).len(), 2);
+    }
 }

@@ -1,9 +1,352 @@
-//! Decomposition: rewrites built-ins (softmax, log_softmax, layernorm, rmsnorm) into the
-//! primitive ops a kernel computes. (Being built: issue 3.)
+//! Decomposition: rewrites the built-ins (softmax, log_softmax, layernorm, rmsnorm) into the
+//! primitive ops a kernel computes (reductions, elementwise maths, implicit broadcasts and
+//! casts). f16/bf16 inputs are upcast to f32 and the result is cast back to the input dtype.
 
-use super::Graph;
+use super::graph::{BinaryOp, Graph, Node, NodeId, Op, Origin, ReduceOp, UnaryOp, ViewOp};
+use super::types::{DType, Dim, TensorType};
 
-/// The primitive form of a checked graph.
+/// The primitive form of a checked graph. Every new node's `Origin.group` is the checked
+/// node it came from; every copied node's group is its own checked id. The final node of a
+/// built-in keeps the built-in's name.
 pub fn decompose(graph: &Graph) -> Graph {
-    graph.clone()
+    let mut out = Graph::new();
+    out.dims = graph.dims.clone();
+    let mut map: Vec<NodeId> = Vec::with_capacity(graph.len());
+    for id in graph.ids() {
+        let node = graph.node(id);
+        let origin = Origin {
+            group: Some(id),
+            ..graph.origin(id).clone()
+        };
+        let new_id = match &node.op {
+            Op::Softmax { arg, axis, log } => {
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
+                b.softmax(map[arg.index()], *axis, *log, node)
+            }
+            Op::LayerNorm { arg, axis, eps } => {
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
+                b.norm(map[arg.index()], *axis, *eps, true, node)
+            }
+            Op::RmsNorm { arg, axis, eps } => {
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
+                b.norm(map[arg.index()], *axis, *eps, false, node)
+            }
+            op => {
+                let op = remap(op, &map);
+                out.push(
+                    Node {
+                        op,
+                        ty: node.ty.clone(),
+                        name: node.name.clone(),
+                    },
+                    origin,
+                )
+            }
+        };
+        map.push(new_id);
+    }
+    let m = |n: NodeId| map[n.index()];
+    out.inputs = graph
+        .inputs
+        .iter()
+        .map(|l| super::Leaf {
+            node: m(l.node),
+            ..l.clone()
+        })
+        .collect();
+    out.params = graph
+        .params
+        .iter()
+        .map(|l| super::Leaf {
+            node: m(l.node),
+            ..l.clone()
+        })
+        .collect();
+    out.outputs = graph
+        .outputs
+        .iter()
+        .map(|o| super::Output {
+            node: m(o.node),
+            ..o.clone()
+        })
+        .collect();
+    out
+}
+
+fn remap(op: &Op, map: &[NodeId]) -> Op {
+    let m = |n: &NodeId| map[n.index()];
+    match op {
+        Op::Input { index } => Op::Input { index: *index },
+        Op::Param { index } => Op::Param { index: *index },
+        Op::Scalar(v) => Op::Scalar(*v),
+        Op::Unary(u, a) => Op::Unary(*u, m(a)),
+        Op::Binary(b, x, y) => Op::Binary(*b, m(x), m(y)),
+        Op::Reduce {
+            op,
+            arg,
+            axes,
+            keepdim,
+        } => Op::Reduce {
+            op: *op,
+            arg: m(arg),
+            axes: axes.clone(),
+            keepdim: *keepdim,
+        },
+        Op::Softmax { arg, axis, log } => Op::Softmax {
+            arg: m(arg),
+            axis: *axis,
+            log: *log,
+        },
+        Op::LayerNorm { arg, axis, eps } => Op::LayerNorm {
+            arg: m(arg),
+            axis: *axis,
+            eps: *eps,
+        },
+        Op::RmsNorm { arg, axis, eps } => Op::RmsNorm {
+            arg: m(arg),
+            axis: *axis,
+            eps: *eps,
+        },
+        Op::MatMul(a, b) => Op::MatMul(m(a), m(b)),
+        Op::Cast { arg, implicit } => Op::Cast {
+            arg: m(arg),
+            implicit: *implicit,
+        },
+        Op::View(v, a) => Op::View(v.clone(), m(a)),
+        Op::Copy(a) => Op::Copy(m(a)),
+    }
+}
+
+/// Pushes the nodes of one built-in, all with the same origin.
+struct Builder<'a> {
+    g: &'a mut Graph,
+    origin: Origin,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, op: Op, ty: TensorType) -> NodeId {
+        self.g
+            .push(Node { op, ty, name: None }, self.origin.clone())
+    }
+
+    fn ty(&self, id: NodeId) -> TensorType {
+        self.g.ty(id).clone()
+    }
+
+    /// `x` upcast to f32 when it is f16/bf16.
+    fn upcast(&mut self, x: NodeId) -> NodeId {
+        let ty = self.ty(x);
+        if ty.dtype == DType::F32 {
+            return x;
+        }
+        self.push(
+            Op::Cast {
+                arg: x,
+                implicit: true,
+            },
+            TensorType::new(DType::F32, ty.shape),
+        )
+    }
+
+    /// Finishes a built-in: casts back to `node`'s dtype and gives the last node its name.
+    fn finish(&mut self, mut y: NodeId, node: &Node) -> NodeId {
+        if self.g.dtype(y) != node.ty.dtype {
+            y = self.push(
+                Op::Cast {
+                    arg: y,
+                    implicit: true,
+                },
+                node.ty.clone(),
+            );
+        }
+        self.g.node_mut(y).name = node.name.clone();
+        y
+    }
+
+    /// `op(x, axis, keepdim=true)`.
+    fn reduce(&mut self, op: ReduceOp, x: NodeId, axis: usize) -> NodeId {
+        let mut ty = self.ty(x);
+        if let Some(d) = ty.shape.get_mut(axis) {
+            *d = Dim::new(1);
+        }
+        self.push(
+            Op::Reduce {
+                op,
+                arg: x,
+                axes: vec![axis],
+                keepdim: true,
+            },
+            ty,
+        )
+    }
+
+    /// An implicit broadcast of `x` to `ty`'s shape (a no-op when the shapes agree).
+    fn expand(&mut self, x: NodeId, shape: &[Dim]) -> NodeId {
+        let ty = self.ty(x);
+        if ty.sizes() == shape.iter().map(|d| d.size).collect::<Vec<_>>() {
+            return x;
+        }
+        self.push(
+            Op::View(ViewOp::Expand { implicit: true }, x),
+            TensorType::new(ty.dtype, shape.to_vec()),
+        )
+    }
+
+    fn binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
+        let shape = self.ty(a).shape;
+        let b = self.expand(b, &shape);
+        let ty = self.ty(a);
+        self.push(Op::Binary(op, a, b), ty)
+    }
+
+    fn unary(&mut self, op: UnaryOp, a: NodeId) -> NodeId {
+        let ty = self.ty(a);
+        self.push(Op::Unary(op, a), ty)
+    }
+
+    fn scalar(&mut self, v: f64) -> NodeId {
+        self.push(Op::Scalar(v), TensorType::scalar(DType::F32))
+    }
+
+    /// softmax = exp(x - max) / sum; log_softmax = (x - max) - log(sum(exp(x - max))).
+    fn softmax(&mut self, x: NodeId, axis: usize, log: bool, node: &Node) -> NodeId {
+        let x = self.upcast(x);
+        let m = self.reduce(ReduceOp::Max, x, axis);
+        let s = self.binary(BinaryOp::Sub, x, m);
+        let e = self.unary(UnaryOp::Exp, s);
+        let sum = self.reduce(ReduceOp::Sum, e, axis);
+        let y = if log {
+            let l = self.unary(UnaryOp::Log, sum);
+            self.binary(BinaryOp::Sub, s, l)
+        } else {
+            self.binary(BinaryOp::Div, e, sum)
+        };
+        self.finish(y, node)
+    }
+
+    /// layernorm = (x - mean) · rsqrt(mean((x - mean)²) + eps); rmsnorm = x · rsqrt(mean(x²) + eps).
+    fn norm(&mut self, x: NodeId, axis: usize, eps: f64, center: bool, node: &Node) -> NodeId {
+        let x = self.upcast(x);
+        let xc = if center {
+            let mean = self.reduce(ReduceOp::Mean, x, axis);
+            self.binary(BinaryOp::Sub, x, mean)
+        } else {
+            x
+        };
+        let sq = self.binary(BinaryOp::Mul, xc, xc);
+        let var = self.reduce(ReduceOp::Mean, sq, axis);
+        let eps = self.scalar(eps);
+        let v = self.binary(BinaryOp::Add, var, eps);
+        let r = self.unary(UnaryOp::Rsqrt, v);
+        let y = self.binary(BinaryOp::Mul, xc, r);
+        self.finish(y, node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::testgraph::G;
+
+    fn ops(g: &Graph) -> Vec<&'static str> {
+        g.ids().map(|i| g.node(i).op.name()).collect()
+    }
+
+    #[test]
+    fn softmax_becomes_max_sub_exp_sum_div() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[4, 8]);
+        let s = b.op(
+            Op::Softmax {
+                arg: x,
+                axis: 1,
+                log: false,
+            },
+            DType::F32,
+            &[4, 8],
+        );
+        b.name(s, "p");
+        b.output("p", s);
+        let p = decompose(&b.g);
+        assert_eq!(
+            ops(&p),
+            ["input", "max", "expand", "sub", "exp", "sum", "expand", "div"]
+        );
+        let last = p.outputs[0].node;
+        assert_eq!(p.node(last).name.as_deref(), Some("p"));
+        assert!(p.ids().skip(1).all(|i| p.origin(i).group == Some(s)));
+        assert_eq!(p.ty(NodeId(1)).sizes(), vec![4, 1]);
+    }
+
+    #[test]
+    fn half_layernorm_upcasts_and_casts_back() {
+        let mut b = G::new();
+        let x = b.input("x", DType::F16, &[2, 6]);
+        let y = b.op(
+            Op::LayerNorm {
+                arg: x,
+                axis: 1,
+                eps: 1e-5,
+            },
+            DType::F16,
+            &[2, 6],
+        );
+        b.output("y", y);
+        let p = decompose(&b.g);
+        assert_eq!(
+            ops(&p),
+            [
+                "input", "cast", "mean", "expand", "sub", "mul", "mean", "scalar", "expand", "add",
+                "rsqrt", "expand", "mul", "cast"
+            ]
+        );
+        let out = p.outputs[0].node;
+        assert_eq!(p.dtype(out), DType::F16);
+        assert_eq!(p.dtype(NodeId(4)), DType::F32);
+        assert_eq!(p.node(NodeId(7)).op, Op::Scalar(1e-5));
+    }
+
+    #[test]
+    fn log_softmax_and_rmsnorm_shapes() {
+        let mut b = G::new();
+        let x = b.input("x", DType::BF16, &[3, 5]);
+        let l = b.op(
+            Op::Softmax {
+                arg: x,
+                axis: 0,
+                log: true,
+            },
+            DType::BF16,
+            &[3, 5],
+        );
+        let r = b.op(
+            Op::RmsNorm {
+                arg: l,
+                axis: 1,
+                eps: 1e-6,
+            },
+            DType::BF16,
+            &[3, 5],
+        );
+        b.output("r", r);
+        let p = decompose(&b.g);
+        // Reductions keep the reduced axis as 1.
+        let shapes: Vec<Vec<u64>> = p
+            .ids()
+            .filter(|&i| matches!(p.node(i).op, Op::Reduce { .. }))
+            .map(|i| p.ty(i).sizes())
+            .collect();
+        assert_eq!(shapes, vec![vec![1, 5], vec![1, 5], vec![3, 1]]);
+        assert_eq!(p.dtype(p.outputs[0].node), DType::BF16);
+        assert_eq!(p.inputs[0].node, NodeId(0));
+    }
 }

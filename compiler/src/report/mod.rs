@@ -1,9 +1,19 @@
 //! The memory report: naive, eager, planned and lower-bound peaks, every buffer and every
-//! kernel, as data (rendered to text, JSON and SVG by the submodules). (Being built: issue 3.)
+//! kernel, as data. `text`, `json` and `svg` render it; definitions of the figures are in
+//! `docs/memory-planning.md`.
 
-use crate::ir::{DType, Graph};
-use crate::schedule::Plan;
+pub mod json;
+pub mod svg;
+pub mod text;
+
+pub use json::to_json;
+pub use svg::render_svg;
+pub use text::render_text;
+
+use crate::ir::{DType, Graph, NodeId, Op};
+use crate::schedule::{BufferId, BufferKind, Plan, PlanOptions};
 use serde::Serialize;
+use std::collections::BTreeSet;
 
 /// One peak figure, counted with and without the program's inputs and params.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -41,6 +51,8 @@ pub struct BufferEntry {
     pub offset: u64,
     pub view_of: Option<String>,
     pub in_place_of: Option<String>,
+    /// `input`, `param`, `arena`, `workspace` or `view`.
+    pub kind: String,
 }
 
 /// Everything `--report-memory`, `--memory-json` and `--memory-svg` show.
@@ -51,9 +63,254 @@ pub struct MemoryReport {
     pub buffers: Vec<BufferEntry>,
     /// Plain-language remarks (a `reshape` that copies, say).
     pub notes: Vec<String>,
+    /// Bytes of the one arena allocation.
+    pub arena_bytes: u64,
+    /// Number of steps (kernels) of the planned schedule.
+    pub steps: usize,
+}
+
+/// The memory of running a graph op by op, without fusion (see `unfused_model`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unfused {
+    /// Sum of every op's result buffer (nothing freed).
+    pub naive: u64,
+    /// Largest total live at one op when each buffer is freed after its last use.
+    pub eager: u64,
+    /// Bytes of the inputs and params.
+    pub inputs: u64,
+}
+
+/// Follows views and checker-inserted promotions (free: PyTorch does them inside the
+/// consuming kernel) down to the value that owns memory.
+fn owner(graph: &Graph, mut id: NodeId) -> NodeId {
+    loop {
+        match &graph.node(id).op {
+            Op::View(_, a) => id = *a,
+            Op::Cast {
+                arg,
+                implicit: true,
+            } if graph.origin(id).group.unwrap_or(id) == id => id = *arg,
+            _ => return id,
+        }
+    }
+}
+
+/// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
+/// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
+/// figures), ops run in order, each op's result a buffer; a matmul also holds a
+/// `workspace` at its step. Views and checker-inserted casts are free.
+pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
+    let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
+    let is_op = |n: NodeId| {
+        let op = &graph.node(n).op;
+        !op.is_view() && !op.is_leaf() && owner(graph, n) == n
+    };
+    // Steps: source-level ops in order of first node.
+    let mut step_of_key: std::collections::HashMap<NodeId, usize> = Default::default();
+    let mut matmul_steps = BTreeSet::new();
+    for id in graph.ids() {
+        if is_op(id) {
+            let n = step_of_key.len();
+            let s = *step_of_key.entry(key(id)).or_insert(n);
+            if matches!(graph.node(id).op, Op::MatMul(..)) {
+                matmul_steps.insert(s);
+            }
+        }
+    }
+    let steps = step_of_key.len();
+    let last = steps.saturating_sub(1);
+    // Result buffers: values read by another op or by an output.
+    let mut life: std::collections::BTreeMap<NodeId, (usize, usize)> = Default::default();
+    let outputs: BTreeSet<NodeId> = graph.outputs.iter().map(|o| owner(graph, o.node)).collect();
+    for id in graph.ids() {
+        if !is_op(id) {
+            continue;
+        }
+        let s = step_of_key[&key(id)];
+        for o in graph.node(id).op.operands() {
+            let r = owner(graph, o);
+            if is_op(r) && key(r) != key(id) {
+                let e = life.entry(r).or_insert((step_of_key[&key(r)], s));
+                e.1 = e.1.max(s);
+            }
+        }
+    }
+    for &r in &outputs {
+        if is_op(r) {
+            let e = life.entry(r).or_insert((step_of_key[&key(r)], last));
+            e.1 = last;
+        } else if matches!(graph.node(r).op, Op::Scalar(_)) {
+            life.insert(r, (0, last));
+        }
+    }
+    let bytes = |n: NodeId| graph.ty(n).bytes().unwrap_or(u64::MAX);
+    let ws_total = workspace.saturating_mul(matmul_steps.len() as u64);
+    let naive = life
+        .keys()
+        .fold(ws_total, |acc, &n| acc.saturating_add(bytes(n)));
+    let eager = (0..steps.max(1))
+        .map(|s| {
+            let live = life
+                .iter()
+                .filter(|(_, (a, b))| *a <= s && s <= *b)
+                .fold(0u64, |acc, (&n, _)| acc.saturating_add(bytes(n)));
+            live.saturating_add(if matmul_steps.contains(&s) {
+                workspace
+            } else {
+                0
+            })
+        })
+        .max()
+        .unwrap_or(0);
+    let inputs = graph
+        .inputs
+        .iter()
+        .chain(&graph.params)
+        .fold(0u64, |acc, l| {
+            acc.saturating_add(l.ty.bytes().unwrap_or(u64::MAX))
+        });
+    Unfused {
+        naive,
+        eager,
+        inputs,
+    }
+}
+
+/// The eager figure (without inputs) the planner must not exceed.
+pub fn eager_budget(graph: &Graph, options: &PlanOptions) -> u64 {
+    unfused_model(graph, options.matmul_workspace).eager
+}
+
+/// The storage object of a buffer (first of its in-place chain).
+fn storage(plan: &Plan, mut id: BufferId) -> BufferId {
+    while let Some(p) = plan.buffer(id).in_place_of {
+        id = p;
+    }
+    id
+}
+
+/// The largest total of arena bytes live at one step of the plan (shared storage once).
+pub fn lower_bound(plan: &Plan) -> u64 {
+    (0..plan.kernels.len().max(1))
+        .map(|s| {
+            let roots: BTreeSet<BufferId> = (0..plan.buffers.len() as u32)
+                .map(BufferId)
+                .filter(|&id| {
+                    let b = plan.buffer(id);
+                    matches!(b.kind, BufferKind::Arena | BufferKind::Workspace)
+                        && b.first_step <= s
+                        && s <= b.last_step
+                })
+                .map(|id| storage(plan, id))
+                .collect();
+            roots.iter().map(|&r| plan.buffer(r).bytes).sum()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn kind_name(kind: &BufferKind) -> &'static str {
+    match kind {
+        BufferKind::Input { .. } => "input",
+        BufferKind::Param { .. } => "param",
+        BufferKind::Arena => "arena",
+        BufferKind::Workspace => "workspace",
+    }
 }
 
 /// Builds the report of a plan.
-pub fn memory_report(_checked: &Graph, _primitive: &Graph, _plan: &Plan) -> MemoryReport {
-    MemoryReport::default()
+pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryReport {
+    let unfused = unfused_model(checked, plan.options.matmul_workspace);
+    let with = |x: u64| Peak {
+        with_inputs: x.saturating_add(unfused.inputs),
+        without_inputs: x,
+    };
+    let lb = lower_bound(plan);
+    let peaks = Peaks {
+        naive: with(unfused.naive),
+        eager: with(unfused.eager),
+        planned: with(plan.arena_bytes),
+        lower_bound: with(lb),
+        measured: None,
+    };
+    let kernels = plan
+        .kernels
+        .iter()
+        .map(|k| KernelEntry {
+            name: k.name.clone(),
+            ops: k.ops.clone(),
+            lines: k.lines.clone(),
+        })
+        .collect();
+    let mut buffers: Vec<BufferEntry> = plan
+        .buffers
+        .iter()
+        .map(|b| BufferEntry {
+            name: b.name.clone(),
+            dtype: b.dtype,
+            shape: b.shape.clone(),
+            bytes: b.bytes,
+            first_step: b.first_step,
+            last_step: b.last_step,
+            offset: b.offset,
+            view_of: None,
+            in_place_of: b.in_place_of.map(|p| plan.buffer(p).name.clone()),
+            kind: kind_name(&b.kind).to_string(),
+        })
+        .collect();
+    // Named views: 0 bytes, over their root's storage.
+    let lays = crate::ir::layout::layouts(primitive);
+    let mut seen: BTreeSet<String> = buffers.iter().map(|b| b.name.clone()).collect();
+    for id in primitive.ids() {
+        let node = primitive.node(id);
+        let (Op::View(..), Some(name)) = (&node.op, &node.name) else {
+            continue;
+        };
+        let root = lays[id.index()].root;
+        let Some(rb) = plan.buffers.iter().find(|b| b.node == Some(root)) else {
+            continue;
+        };
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        buffers.push(BufferEntry {
+            name: name.clone(),
+            dtype: node.ty.dtype,
+            shape: node.ty.sizes(),
+            bytes: 0,
+            first_step: rb.first_step,
+            last_step: rb.last_step,
+            offset: rb.offset,
+            view_of: Some(rb.name.clone()),
+            in_place_of: None,
+            kind: "view".to_string(),
+        });
+    }
+    let mut notes = Vec::new();
+    for id in checked.ids() {
+        if let Op::Copy(a) = checked.node(id).op {
+            let bytes = checked.ty(id).bytes().unwrap_or(u64::MAX);
+            notes.push(format!(
+                "line {}: this `reshape` of {} cannot be expressed with strides, so it copies {} ({} bytes), as torch.reshape does",
+                checked.origin(id).line,
+                checked.display_name(a),
+                text::human(bytes),
+                bytes
+            ));
+        }
+    }
+    if plan.options.reuse && plan.arena_bytes > unfused.eager {
+        notes.push(format!(
+            "the planned arena ({} bytes) exceeds the eager figure ({} bytes): no packing order found fits",
+            plan.arena_bytes, unfused.eager
+        ));
+    }
+    MemoryReport {
+        peaks,
+        kernels,
+        buffers,
+        notes,
+        arena_bytes: plan.arena_bytes,
+        steps: plan.kernels.len(),
+    }
 }

@@ -1,0 +1,292 @@
+//! Unit tests of the planner on hand-built graphs: kernels, stores, in-place, packing,
+//! the verifier catching broken plans, and the report's figures.
+
+use super::*;
+use crate::fuse::{fuse, testgraph::G};
+use crate::ir::decompose::decompose;
+use crate::ir::{BinaryOp as B, DType, ReduceOp as R, UnaryOp as U};
+use crate::report::memory_report;
+
+fn opts(fuse: bool, reuse: bool) -> PlanOptions {
+    PlanOptions {
+        fuse,
+        reuse,
+        matmul_workspace: 0,
+    }
+}
+
+fn planned(b: &G, o: &PlanOptions) -> Plan {
+    let p = decompose(&b.g);
+    let groups = fuse(&p, o.fuse);
+    let plan = plan(&p, &groups, o).expect("plans");
+    verify(&plan).unwrap_or_else(|e| panic!("{e}\n{}", print(&plan)));
+    plan
+}
+
+fn chain() -> G {
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[64]);
+    let a = b.bin_s(B::Mul, x, 2.0);
+    let c = b.bin_s(B::Add, a, 1.0);
+    let e = b.un(U::Exp, c);
+    b.name(e, "y");
+    b.output("y", e);
+    b
+}
+
+#[test]
+fn chain_is_one_kernel_storing_only_the_output() {
+    let b = chain();
+    let plan = planned(&b, &opts(true, true));
+    assert_eq!(plan.kernels.len(), 1);
+    assert_eq!(plan.kernels[0].ops, ["mul", "add", "exp"]);
+    let KernelKind::Fused(f) = &plan.kernels[0].kind else {
+        panic!("fused")
+    };
+    assert_eq!(f.stores.len(), 1);
+    assert_eq!(f.loads.len(), 1);
+    assert_eq!(plan.arena_bytes, 256);
+    let report = memory_report(&b.g, &decompose(&b.g), &plan);
+    // Unfused: three f32[64] results; at most two are live at once.
+    assert_eq!(report.peaks.naive.without_inputs, 3 * 256);
+    assert_eq!(report.peaks.eager.without_inputs, 2 * 256);
+    assert_eq!(report.peaks.planned.without_inputs, 256);
+    assert_eq!(report.peaks.planned.with_inputs, 512);
+    assert_eq!(report.peaks.lower_bound.without_inputs, 256);
+}
+
+#[test]
+fn unfused_chain_runs_in_place() {
+    let b = chain();
+    let plan = planned(&b, &opts(false, true));
+    assert_eq!(plan.kernels.len(), 3);
+    // Each op overwrites its operand: one 256-byte region suffices.
+    assert_eq!(plan.arena_bytes, 256);
+    assert!(
+        plan.buffers
+            .iter()
+            .filter(|b| b.in_place_of.is_some())
+            .count()
+            == 2
+    );
+    let no_reuse = planned(&b, &opts(false, false));
+    assert_eq!(no_reuse.arena_bytes, 3 * 256);
+    assert!(no_reuse.buffers.iter().all(|b| b.in_place_of.is_none()));
+}
+
+#[test]
+fn hand_written_softmax_is_one_row_kernel() {
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[4, 8]);
+    let m = b.reduce(R::Max, x, &[1], true);
+    let s = b.bin(B::Sub, x, m);
+    let e = b.un(U::Exp, s);
+    let sum = b.reduce(R::Sum, e, &[1], true);
+    let p = b.bin(B::Div, e, sum);
+    b.output("p", p);
+    let plan = planned(&b, &opts(true, true));
+    assert_eq!(plan.kernels.len(), 1);
+    let KernelKind::Fused(f) = &plan.kernels[0].kind else {
+        panic!("fused")
+    };
+    assert_eq!(f.reduce_axes, vec![1]);
+    assert_eq!(f.rows(), 4);
+    assert_eq!(plan.arena_bytes, 4 * 8 * 4);
+    let levels: Vec<Level> = f.body.iter().map(|i| i.level).collect();
+    assert_eq!(levels.iter().filter(|l| **l == Level::Row).count(), 2);
+}
+
+#[test]
+fn matmul_bias_gelu_writes_in_place_of_the_product() {
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[4, 8]);
+    let w = b.param("w", DType::F32, &[8, 6]);
+    let bias = b.param("b", DType::F32, &[6]);
+    let mm = b.matmul(x, w);
+    let h = b.bin(B::Add, mm, bias);
+    let g = b.un(U::Gelu, h);
+    b.name(g, "h");
+    b.output("h", g);
+    let plan = planned(&b, &opts(true, true));
+    assert_eq!(plan.kernels.len(), 2);
+    let hb = plan.buffers.iter().find(|b| b.name == "h").expect("h");
+    let mb = plan
+        .buffers
+        .iter()
+        .find(|b| b.name == "k0.out")
+        .expect("k0.out");
+    assert_eq!(
+        hb.in_place_of.map(|p| plan.buffer(p).name.clone()),
+        Some("k0.out".to_string())
+    );
+    assert_eq!(hb.offset, mb.offset);
+    assert_eq!(plan.arena_bytes, 96);
+    let KernelKind::MatMul(m) = &plan.kernels[0].kind else {
+        panic!("matmul")
+    };
+    assert_eq!((m.m, m.n, m.k), (4, 6, 8));
+    assert_eq!(m.b.strides, vec![6, 1]);
+}
+
+#[test]
+fn transposed_read_is_never_in_place() {
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[8, 8]);
+    let e = b.un(U::Exp, x);
+    let t = b.transpose(e);
+    let y = b.bin(B::Add, t, x);
+    b.output("y", y);
+    let plan = planned(&b, &opts(true, true));
+    assert_eq!(plan.kernels.len(), 2);
+    assert!(plan.buffers.iter().all(|b| b.in_place_of.is_none()));
+    assert_eq!(plan.arena_bytes, 2 * 256);
+    let KernelKind::Fused(f) = &plan.kernels[1].kind else {
+        panic!("fused")
+    };
+    let tl = f
+        .loads
+        .iter()
+        .find(|l| plan.buffer(l.buffer).kind == BufferKind::Arena)
+        .expect("load of e");
+    assert_eq!(tl.strides, vec![1, 8]);
+}
+
+#[test]
+fn workspace_lives_only_at_its_matmul() {
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[4, 4]);
+    let m1 = b.matmul(x, x);
+    let e = b.un(U::Exp, m1);
+    let m2 = b.matmul(e, x);
+    b.output("y", m2);
+    let o = PlanOptions {
+        fuse: true,
+        reuse: true,
+        matmul_workspace: 100,
+    };
+    let plan = planned(&b, &o);
+    let ws: Vec<&Buffer> = plan
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Workspace)
+        .collect();
+    assert_eq!(ws.len(), 2);
+    assert!(ws
+        .iter()
+        .all(|w| w.first_step == w.last_step && w.bytes == 100));
+    // Step 0: k0.out + ws; step 1: exp in place; step 2: e, y, ws.
+    assert_eq!(plan.arena_bytes, 64 + 64 + 112);
+}
+
+#[test]
+fn verify_catches_overlap_misaligned_in_place_and_out_of_bounds() {
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[8, 8]);
+    let e = b.un(U::Exp, x);
+    let t = b.transpose(e);
+    let y = b.bin(B::Add, t, x);
+    b.output("y", y);
+    let good = planned(&b, &opts(true, true));
+    let mut overlap = good.clone();
+    for buf in &mut overlap.buffers {
+        buf.offset = 0;
+    }
+    assert!(verify(&overlap).is_err_and(|e| e.contains("overlap")));
+    let mut bad_in_place = good.clone();
+    let (ei, yi) = (
+        bad_in_place.buffers.len() - 2,
+        bad_in_place.buffers.len() - 1,
+    );
+    bad_in_place.buffers[yi].in_place_of = Some(BufferId(ei as u32));
+    bad_in_place.buffers[yi].offset = bad_in_place.buffers[ei].offset;
+    assert!(verify(&bad_in_place).is_err_and(|e| e.contains("another element")));
+    let mut oob = good.clone();
+    if let KernelKind::Fused(f) = &mut oob.kernels[1].kind {
+        f.loads[0].offset = 1;
+    }
+    assert!(verify(&oob).is_err_and(|e| e.contains("reads elements")));
+    let mut unaligned = good;
+    unaligned.buffers[yi].offset += 4;
+    unaligned.arena_bytes += 16;
+    assert!(verify(&unaligned).is_err_and(|e| e.contains("aligned")));
+}
+
+#[test]
+fn layernorm_builtin_is_one_kernel_with_source_op_name() {
+    let mut b = G::new();
+    let x = b.input("x", DType::F16, &[4, 8]);
+    let g = b.param("g", DType::F16, &[8]);
+    let y = b.op(
+        crate::ir::Op::LayerNorm {
+            arg: x,
+            axis: 1,
+            eps: 1e-5,
+        },
+        DType::F16,
+        &[4, 8],
+    );
+    let z = b.bin(B::Mul, y, g);
+    b.output("z", z);
+    let plan = planned(&b, &opts(true, true));
+    assert_eq!(plan.kernels.len(), 1);
+    assert_eq!(plan.kernels[0].ops, ["layernorm", "mul"]);
+    assert_eq!(plan.arena_bytes, 64);
+    let unfused = planned(&b, &opts(false, true));
+    assert_eq!(unfused.kernels.len(), 2);
+    assert_eq!(unfused.kernels[0].ops, ["layernorm"]);
+}
+
+#[test]
+fn report_renders_text_json_and_svg() {
+    let b = chain();
+    let plan = planned(&b, &opts(true, true));
+    let report = memory_report(&b.g, &decompose(&b.g), &plan);
+    let text = crate::report::render_text(&report);
+    assert!(text.contains("n/a (not run on CUDA)"));
+    assert!(text.contains("256 B (256 bytes)"));
+    assert!(text.contains("step   0 |0000"));
+    let json: serde_json::Value =
+        serde_json::from_str(&crate::report::to_json(&report)).expect("json");
+    assert!(json["peaks"]["measured"].is_null());
+    assert_eq!(json["peaks"]["planned"]["without_inputs"], 256);
+    assert_eq!(json["buffers"][1]["dtype"], "f32");
+    for key in [
+        "name",
+        "dtype",
+        "shape",
+        "bytes",
+        "first_step",
+        "last_step",
+        "offset",
+        "view_of",
+        "in_place_of",
+    ] {
+        assert!(json["buffers"][1].get(key).is_some(), "{key}");
+    }
+    let svg = crate::report::render_svg(&report);
+    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<title>").count(), 1);
+    assert!(svg.contains("peak 256 B at step 0"));
+}
+
+#[test]
+fn implicit_promotion_joins_its_consumer_when_unfused() {
+    let mut b = G::new();
+    let x = b.input("x", DType::F16, &[16]);
+    let y = b.input("y", DType::F32, &[16]);
+    b.line(3);
+    let xc = b.cast(x, DType::F32, true);
+    let s = b.bin(B::Add, xc, y);
+    b.line(4);
+    let e = b.un(U::Exp, s);
+    b.output("e", e);
+    let plan = planned(&b, &opts(false, true));
+    assert_eq!(plan.kernels.len(), 2);
+    assert_eq!(plan.kernels[0].ops, ["cast", "add"]);
+    assert_eq!(plan.kernels[0].lines, [3]);
+    assert_eq!(plan.kernels[1].lines, [4]);
+    let report = memory_report(&b.g, &decompose(&b.g), &plan);
+    // The promotion is free in the eager model: add and exp results only.
+    assert_eq!(report.peaks.naive.without_inputs, 128);
+    assert_eq!(report.peaks.planned.without_inputs, 64);
+}

@@ -1,0 +1,147 @@
+//! The plan as text (`tc emit --plan`): the schedule with each kernel's loads, insts and
+//! stores, then the buffers table with offsets and lifetimes, then the outputs.
+
+use crate::schedule::{BufferKind, InstOp, KernelKind, Level, Plan};
+use std::fmt::Write;
+
+fn list<T: std::fmt::Display>(xs: &[T]) -> String {
+    let v: Vec<String> = xs.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", v.join(", "))
+}
+
+pub fn print(plan: &Plan) -> String {
+    let mut out = String::new();
+    let o = &plan.options;
+    let _ = writeln!(
+        out,
+        "plan: {} kernels, {} buffers, arena {} bytes (fuse: {}, reuse: {}, matmul workspace: {})",
+        plan.kernels.len(),
+        plan.buffers.len(),
+        plan.arena_bytes,
+        o.fuse,
+        o.reuse,
+        o.matmul_workspace
+    );
+    let bname = |id: crate::schedule::BufferId| format!("b{}:{}", id.0, plan.buffer(id).name);
+    for k in &plan.kernels {
+        let lines: Vec<String> = k.lines.iter().map(|l| l.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "\n{}  ops {}  lines {}",
+            k.name,
+            k.ops.join(", "),
+            lines.join(", ")
+        );
+        match &k.kind {
+            KernelKind::MatMul(m) => {
+                let _ = writeln!(
+                    out,
+                    "  matmul batch {} m {} n {} k {} -> {} {}",
+                    list(&m.batch),
+                    m.m,
+                    m.n,
+                    m.k,
+                    bname(m.out),
+                    m.out_dtype
+                );
+                for (tag, op) in [("a", &m.a), ("b", &m.b)] {
+                    let _ = writeln!(
+                        out,
+                        "  {tag} = {} {} +{} strides {}",
+                        bname(op.buffer),
+                        op.dtype,
+                        op.offset,
+                        list(&op.strides)
+                    );
+                }
+                if let Some(w) = m.workspace {
+                    let _ = writeln!(out, "  workspace {}", bname(w));
+                }
+            }
+            KernelKind::Fused(f) => {
+                let _ = writeln!(
+                    out,
+                    "  domain {} reduce {}",
+                    list(&f.domain),
+                    list(&f.reduce_axes)
+                );
+                for (i, l) in f.loads.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "  load l{i} = {} {} +{} strides {}",
+                        bname(l.buffer),
+                        l.dtype,
+                        l.offset,
+                        list(&l.strides)
+                    );
+                }
+                for (i, inst) in f.body.iter().enumerate() {
+                    let rhs = match &inst.op {
+                        InstOp::Load(l) => format!("load l{l}"),
+                        InstOp::Const(v) => format!("const {v}"),
+                        InstOp::Unary(u, a) => format!("{} %{a}", u.name()),
+                        InstOp::Binary(b, x, y) => format!("{} %{x}, %{y}", b.name(),),
+                        InstOp::Cast(a) => format!("cast %{a}"),
+                        InstOp::Reduce(r, a) => format!("reduce {} %{a}", r.name()),
+                    };
+                    let level = match inst.level {
+                        Level::Element => "elem",
+                        Level::Row => "row",
+                    };
+                    let _ = writeln!(out, "  %{i:<3} = {rhs:<22} : {} {level}", inst.dtype);
+                }
+                for s in &f.stores {
+                    let b = plan.buffer(s.buffer);
+                    let inplace = b
+                        .in_place_of
+                        .map(|p| format!(" (in place of {})", bname(p)))
+                        .unwrap_or_default();
+                    let _ = writeln!(out, "  store %{} -> {}{inplace}", s.inst, bname(s.buffer));
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "\nbuffers");
+    for (i, b) in plan.buffers.iter().enumerate() {
+        let kind = match b.kind {
+            BufferKind::Input { index } => format!("input {index}"),
+            BufferKind::Param { index } => format!("param {index}"),
+            BufferKind::Arena => "arena".to_string(),
+            BufferKind::Workspace => "workspace".to_string(),
+        };
+        let off = match b.kind {
+            BufferKind::Arena | BufferKind::Workspace => format!("@{}", b.offset),
+            _ => "-".to_string(),
+        };
+        let inplace = b
+            .in_place_of
+            .map(|p| format!("  in place of b{}", p.0))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  b{i:<3} {:<14} {:<9} {} {:<20} {:>12} bytes {:>12} steps {}..{}{inplace}",
+            b.name,
+            kind,
+            b.dtype,
+            list(&b.shape),
+            b.bytes,
+            off,
+            b.first_step,
+            b.last_step
+        );
+    }
+    let _ = writeln!(out, "\noutputs");
+    for o in &plan.outputs {
+        let _ = writeln!(
+            out,
+            "  {} = {} {} {} +{} strides {}",
+            o.name,
+            bname(o.buffer),
+            o.dtype,
+            list(&o.shape),
+            o.offset,
+            list(&o.strides)
+        );
+    }
+    out
+}

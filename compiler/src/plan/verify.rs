@@ -1,0 +1,340 @@
+//! An independent checker of a `Plan`, written from the schedule contract alone (it shares
+//! no code with the planner). Invariants:
+//! 1. arena and workspace offsets are 16-byte aligned and every such buffer fits in `arena_bytes`;
+//! 2. two arena buffers live at a common step never overlap in the arena, except an in-place
+//!    pair (same offset and bytes, handed over at the step that writes the second);
+//! 3. every load, store and matmul operand stays inside its buffer for every domain index;
+//! 4. inputs and params are never written; every arena buffer is written once, at its first
+//!    step, and read only in `first_step + 1 ..= last_step`; outputs live to the last step;
+//! 5. an in-place write hits a buffer no later kernel and no output still reads, and reads
+//!    it only at exactly the element it writes.
+
+use crate::schedule::{BufferId, BufferKind, KernelKind, Level, Plan};
+
+/// Lowest and highest element offset of `offset + Σ i·strides` over `0 ≤ i < sizes`.
+fn span(offset: i64, strides: &[i64], sizes: &[u64]) -> (i128, i128) {
+    let mut lo = offset as i128;
+    let mut hi = offset as i128;
+    for (&st, &n) in strides.iter().zip(sizes) {
+        let ext = st as i128 * (n as i128 - 1);
+        if ext < 0 {
+            lo += ext;
+        } else {
+            hi += ext;
+        }
+    }
+    (lo, hi)
+}
+
+fn numel(s: &[u64]) -> i128 {
+    s.iter().map(|&d| d as i128).product()
+}
+
+fn contiguous(sizes: &[u64]) -> Vec<i64> {
+    let mut st = vec![0i64; sizes.len()];
+    let mut acc = 1i64;
+    for i in (0..sizes.len()).rev() {
+        st[i] = acc;
+        acc = acc.saturating_mul(sizes[i] as i64);
+    }
+    st
+}
+
+pub fn verify(plan: &Plan) -> Result<(), String> {
+    let nb = plan.buffers.len();
+    let in_arena = |id: usize| {
+        matches!(
+            plan.buffers[id].kind,
+            BufferKind::Arena | BufferKind::Workspace
+        )
+    };
+    let last_step = plan.kernels.len().saturating_sub(1);
+    // 1.
+    for (i, b) in plan.buffers.iter().enumerate() {
+        if in_arena(i) {
+            if b.offset % 16 != 0 {
+                return Err(format!(
+                    "buffer {} at offset {} is not 16-byte aligned",
+                    b.name, b.offset
+                ));
+            }
+            if b.offset
+                .checked_add(b.bytes)
+                .is_none_or(|e| e > plan.arena_bytes)
+            {
+                return Err(format!(
+                    "buffer {} ends past the arena ({} bytes)",
+                    b.name, plan.arena_bytes
+                ));
+            }
+        }
+        if b.first_step > b.last_step {
+            return Err(format!(
+                "buffer {} is live from step {} to {}",
+                b.name, b.first_step, b.last_step
+            ));
+        }
+        if let BufferKind::Arena | BufferKind::Input { .. } | BufferKind::Param { .. } = b.kind {
+            let want = numel(&b.shape) * b.dtype.size() as i128;
+            if want != b.bytes as i128 {
+                return Err(format!(
+                    "buffer {} has {} bytes for {} elements",
+                    b.name,
+                    b.bytes,
+                    numel(&b.shape)
+                ));
+            }
+        }
+    }
+    // 4. writers and readers.
+    let mut written_at: Vec<Vec<usize>> = vec![Vec::new(); nb];
+    let mut read_at: Vec<Vec<usize>> = vec![Vec::new(); nb];
+    let check_id = |id: BufferId| {
+        if id.index() < nb {
+            Ok(())
+        } else {
+            Err(format!("buffer {} does not exist", id.0))
+        }
+    };
+    for (s, k) in plan.kernels.iter().enumerate() {
+        match &k.kind {
+            KernelKind::Fused(f) => {
+                if f.reduce_axes.iter().any(|&a| a >= f.domain.len())
+                    || f.reduce_axes.windows(2).any(|w| w[0] >= w[1])
+                {
+                    return Err(format!("{}: bad reduce axes {:?}", k.name, f.reduce_axes));
+                }
+                for l in &f.loads {
+                    check_id(l.buffer)?;
+                    let b = plan.buffer(l.buffer);
+                    if l.dtype != b.dtype || l.strides.len() != f.domain.len() {
+                        return Err(format!(
+                            "{}: load of {} has the wrong dtype or rank",
+                            k.name, b.name
+                        ));
+                    }
+                    let (lo, hi) = span(l.offset, &l.strides, &f.domain);
+                    if lo < 0 || hi >= numel(&b.shape) {
+                        return Err(format!(
+                            "{}: load of {} reads elements {lo}..={hi} of {}",
+                            k.name,
+                            b.name,
+                            numel(&b.shape)
+                        ));
+                    }
+                    read_at[l.buffer.index()].push(s);
+                }
+                for st in &f.stores {
+                    check_id(st.buffer)?;
+                    let b = plan.buffer(st.buffer);
+                    let inst = f
+                        .body
+                        .get(st.inst)
+                        .ok_or_else(|| format!("{}: store of a missing inst", k.name))?;
+                    let n = match inst.level {
+                        Level::Element => numel(&f.domain),
+                        Level::Row => f.rows() as i128,
+                    };
+                    if n != numel(&b.shape) || inst.dtype != b.dtype {
+                        return Err(format!(
+                            "{}: store of {n} elements into {} of {} {}",
+                            k.name,
+                            b.name,
+                            numel(&b.shape),
+                            b.dtype
+                        ));
+                    }
+                    written_at[st.buffer.index()].push(s);
+                }
+            }
+            KernelKind::MatMul(m) => {
+                for (op, rows, cols) in [(&m.a, m.m, m.k), (&m.b, m.k, m.n)] {
+                    check_id(op.buffer)?;
+                    let b = plan.buffer(op.buffer);
+                    let mut sizes = m.batch.clone();
+                    sizes.extend([rows, cols]);
+                    if op.strides.len() != sizes.len() {
+                        return Err(format!(
+                            "{}: operand {} has {} strides for rank {}",
+                            k.name,
+                            b.name,
+                            op.strides.len(),
+                            sizes.len()
+                        ));
+                    }
+                    let (lo, hi) = span(op.offset, &op.strides, &sizes);
+                    if lo < 0 || hi >= numel(&b.shape) {
+                        return Err(format!(
+                            "{}: operand {} reads elements {lo}..={hi} of {}",
+                            k.name,
+                            b.name,
+                            numel(&b.shape)
+                        ));
+                    }
+                    read_at[op.buffer.index()].push(s);
+                }
+                check_id(m.out)?;
+                let mut sizes = m.batch.clone();
+                sizes.extend([m.m, m.n]);
+                if numel(&sizes) != numel(&plan.buffer(m.out).shape) {
+                    return Err(format!(
+                        "{}: output {} has the wrong size",
+                        k.name,
+                        plan.buffer(m.out).name
+                    ));
+                }
+                written_at[m.out.index()].push(s);
+                if let Some(w) = m.workspace {
+                    check_id(w)?;
+                    let b = plan.buffer(w);
+                    if b.kind != BufferKind::Workspace || b.first_step != s || b.last_step != s {
+                        return Err(format!(
+                            "{}: workspace {} is not live exactly at its step",
+                            k.name, b.name
+                        ));
+                    }
+                    written_at[w.index()].push(s);
+                }
+            }
+        }
+    }
+    let mut output_bufs = vec![false; nb];
+    for o in &plan.outputs {
+        check_id(o.buffer)?;
+        let b = plan.buffer(o.buffer);
+        let (lo, hi) = span(o.offset, &o.strides, &o.shape);
+        if lo < 0 || hi >= numel(&b.shape) {
+            return Err(format!("output {} reads outside {}", o.name, b.name));
+        }
+        if b.last_step != last_step {
+            return Err(format!(
+                "output {} ({}) is freed at step {} before the end",
+                o.name, b.name, b.last_step
+            ));
+        }
+        output_bufs[o.buffer.index()] = true;
+    }
+    for (i, b) in plan.buffers.iter().enumerate() {
+        match b.kind {
+            BufferKind::Input { .. } | BufferKind::Param { .. } => {
+                if !written_at[i].is_empty() {
+                    return Err(format!("input/param {} is written", b.name));
+                }
+            }
+            _ => {
+                if written_at[i] != [b.first_step] {
+                    return Err(format!(
+                        "buffer {} is written at steps {:?}, not once at {}",
+                        b.name, written_at[i], b.first_step
+                    ));
+                }
+                if let Some(&r) = read_at[i]
+                    .iter()
+                    .find(|&&r| r <= b.first_step || r > b.last_step)
+                {
+                    return Err(format!(
+                        "buffer {} is read at step {r} outside its life {}..{}",
+                        b.name, b.first_step, b.last_step
+                    ));
+                }
+            }
+        }
+        if in_arena(i) && read_at[i].iter().max().is_some_and(|&r| r > b.last_step) {
+            return Err(format!("buffer {} is read after its last step", b.name));
+        }
+    }
+    // 5. in-place pairs.
+    for (i, b) in plan.buffers.iter().enumerate() {
+        let Some(prev) = b.in_place_of else { continue };
+        check_id(prev)?;
+        let p = plan.buffer(prev);
+        let s = b.first_step;
+        if p.kind != BufferKind::Arena || b.kind != BufferKind::Arena {
+            return Err(format!(
+                "{} is in place of {}, which is not an arena buffer",
+                b.name, p.name
+            ));
+        }
+        if p.offset != b.offset || p.bytes != b.bytes || p.dtype != b.dtype {
+            return Err(format!(
+                "{} in place of {} with different storage",
+                b.name, p.name
+            ));
+        }
+        if output_bufs[prev.index()]
+            || read_at[prev.index()].iter().any(|&r| r > s)
+            || p.last_step != s
+        {
+            return Err(format!(
+                "{} overwrites {}, which is still read after step {s}",
+                b.name, p.name
+            ));
+        }
+        let KernelKind::Fused(f) = &plan.kernels[s].kind else {
+            return Err(format!("{} is in place of {} in a matmul", b.name, p.name));
+        };
+        for st in f.stores.iter().filter(|st| st.buffer.index() == i) {
+            let want = match f.body[st.inst].level {
+                Level::Element => contiguous(&f.domain),
+                Level::Row => {
+                    let rows: Vec<u64> = (0..f.domain.len())
+                        .map(|a| {
+                            if f.reduce_axes.contains(&a) {
+                                1
+                            } else {
+                                f.domain[a]
+                            }
+                        })
+                        .collect();
+                    let mut c = contiguous(&rows);
+                    for &a in &f.reduce_axes {
+                        c[a] = 0;
+                    }
+                    c
+                }
+            };
+            for l in f.loads.iter().filter(|l| l.buffer == prev) {
+                let aligned = l.offset == 0
+                    && l.strides
+                        .iter()
+                        .zip(&want)
+                        .zip(&f.domain)
+                        .all(|((a, b), &n)| n == 1 || a == b);
+                if !aligned {
+                    return Err(format!(
+                        "{}: in-place store to {} reads {} at another element",
+                        plan.kernels[s].name, b.name, p.name
+                    ));
+                }
+            }
+        }
+    }
+    // 2. no overlap of live arena buffers.
+    for i in 0..nb {
+        for j in 0..i {
+            if !(in_arena(i) && in_arena(j)) {
+                continue;
+            }
+            let (a, b) = (&plan.buffers[i], &plan.buffers[j]);
+            let time = a.first_step <= b.last_step && b.first_step <= a.last_step;
+            let space = a.offset < b.offset + b.bytes && b.offset < a.offset + a.bytes;
+            if time && space {
+                let handover = (a.in_place_of == Some(BufferId(j as u32))
+                    && b.last_step == a.first_step)
+                    || (b.in_place_of == Some(BufferId(i as u32)) && a.last_step == b.first_step);
+                if !handover {
+                    return Err(format!(
+                        "{} [{}, {}) and {} [{}, {}) overlap while both live",
+                        a.name,
+                        a.offset,
+                        a.offset + a.bytes,
+                        b.name,
+                        b.offset,
+                        b.offset + b.bytes
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

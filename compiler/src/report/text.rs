@@ -1,0 +1,168 @@
+//! The memory report as text (`tc run --report-memory`): kernels, buffers, the five peaks
+//! in human units and bytes, notes, and an ASCII chart of the arena over the steps in the
+//! manner of TensorFlow Lite Micro's memory-plan printout.
+
+use super::{MemoryReport, Peak};
+use std::fmt::Write;
+
+/// Bytes in binary units: `512 B`, `1.5 KiB`, `128.0 MiB`, `2.00 GiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+fn shape(s: &[u64]) -> String {
+    let inner: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", inner.join(", "))
+}
+
+fn cell(p: Option<u64>) -> String {
+    match p {
+        Some(b) => format!("{} ({b} bytes)", human(b)),
+        None => "n/a (not run on CUDA)".to_string(),
+    }
+}
+
+/// Symbols for buffers in the chart: 0-9, a-z, A-Z, then `*`.
+fn symbol(i: usize) -> char {
+    const S: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    S.get(i).map_or('*', |&c| c as char)
+}
+
+/// Width of the arena in the chart, in characters.
+const CHART_WIDTH: u64 = 64;
+
+pub fn render_text(report: &MemoryReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "memory report: {} kernels, arena {} ({} bytes)",
+        report.kernels.len(),
+        human(report.arena_bytes),
+        report.arena_bytes
+    );
+    let _ = writeln!(out, "\nkernels");
+    for k in &report.kernels {
+        let lines: Vec<String> = k.lines.iter().map(|l| l.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<40} lines {}",
+            k.name,
+            k.ops.join(", "),
+            lines.join(", ")
+        );
+    }
+    let _ = writeln!(out, "\nbuffers");
+    let _ = writeln!(
+        out,
+        "  {:<14} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  note",
+        "name", "kind", "dtype", "shape", "bytes", "steps", "offset"
+    );
+    for b in &report.buffers {
+        let offset = match b.kind.as_str() {
+            "input" | "param" => "-".to_string(),
+            _ => b.offset.to_string(),
+        };
+        let note = match (&b.view_of, &b.in_place_of) {
+            (Some(v), _) => format!("view of {v}"),
+            (_, Some(p)) => format!("in place of {p}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  {}",
+            b.name,
+            b.kind,
+            b.dtype.name(),
+            shape(&b.shape),
+            format!("{} ({})", human(b.bytes), b.bytes),
+            format!("{}..{}", b.first_step, b.last_step),
+            offset,
+            note
+        );
+    }
+    let p = &report.peaks;
+    let _ = writeln!(out, "\npeaks                {:<36} with inputs and params", "without inputs and params");
+    let rows: [(&str, Option<Peak>); 5] = [
+        ("naive", Some(p.naive)),
+        ("eager", Some(p.eager)),
+        ("planned", Some(p.planned)),
+        ("lower bound", Some(p.lower_bound)),
+        ("measured", p.measured),
+    ];
+    for (name, peak) in rows {
+        let _ = writeln!(
+            out,
+            "  {:<18} {:<36} {}",
+            name,
+            cell(peak.map(|x| x.without_inputs)),
+            cell(peak.map(|x| x.with_inputs))
+        );
+    }
+    if !report.notes.is_empty() {
+        let _ = writeln!(out, "\nnotes");
+        for n in &report.notes {
+            let _ = writeln!(out, "  - {n}");
+        }
+    }
+    out.push_str(&chart(report));
+    out
+}
+
+/// One row per step, the arena drawn `CHART_WIDTH` characters wide; each live arena buffer
+/// fills its offset range with its symbol, `.` is free.
+fn chart(report: &MemoryReport) -> String {
+    let mut out = String::new();
+    let arena: Vec<(usize, &super::BufferEntry)> = report
+        .buffers
+        .iter()
+        .filter(|b| matches!(b.kind.as_str(), "arena" | "workspace"))
+        .enumerate()
+        .collect();
+    if arena.is_empty() || report.arena_bytes == 0 {
+        return out;
+    }
+    let total = report.arena_bytes;
+    let _ = writeln!(
+        out,
+        "\narena over steps ({} per character)",
+        human(total.div_ceil(CHART_WIDTH))
+    );
+    for (i, b) in &arena {
+        let _ = writeln!(
+            out,
+            "  {} = {} ({}, offset {})",
+            symbol(*i),
+            b.name,
+            human(b.bytes),
+            b.offset
+        );
+    }
+    for step in 0..report.steps.max(1) {
+        let mut row = vec!['.'; CHART_WIDTH as usize];
+        let mut live = 0u64;
+        for (i, b) in &arena {
+            if b.first_step <= step && step <= b.last_step {
+                live += b.bytes;
+                let lo = (b.offset as u128 * CHART_WIDTH as u128 / total as u128) as usize;
+                let hi = ((b.offset as u128 + b.bytes as u128) * CHART_WIDTH as u128)
+                    .div_ceil(total as u128) as usize;
+                for c in row.iter_mut().take(hi.min(CHART_WIDTH as usize)).skip(lo) {
+                    *c = symbol(*i);
+                }
+            }
+        }
+        let row: String = row.into_iter().collect();
+        let _ = writeln!(out, "  step {step:>3} |{row}| {}", human(live));
+    }
+    out
+}
