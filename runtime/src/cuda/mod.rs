@@ -51,7 +51,4 @@ pub use executor::{
     DeviceInfo,
 };
 
-/// Bytes of cuBLAS workspace to ask the planner for (`PlanOptions::matmul_workspace`) when
-/// planning for CUDA: NVIDIA's recommendation for Hopper. It is a `Workspace` buffer in the
-/// arena, so `planned` and `measured` count it.
-pub const CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
+pub use tc_compiler::codegen::CUBLAS_WORKSPACE_BYTES;
