@@ -32,7 +32,13 @@ const fn case(
     code: i32,
     mentions: &'static [&'static str],
 ) -> Case {
-    Case { name, source: source.as_bytes(), args, code, mentions }
+    Case {
+        name,
+        source: source.as_bytes(),
+        args,
+        code,
+        mentions,
+    }
 }
 
 /// Source, dims, usage and device cases that need nothing but a program and a command.
@@ -108,8 +114,18 @@ fn catalogue() {
             failures.push(format!("[{}] {}", case.name, msg));
         }
     }
-    assert!(CATALOGUE.len() >= 40, "the catalogue holds {} cases", CATALOGUE.len());
-    assert!(failures.is_empty(), "{} of {} catalogue cases failed:\n\n{}", failures.len(), CATALOGUE.len(), failures.join("\n\n"));
+    assert!(
+        CATALOGUE.len() >= 40,
+        "the catalogue holds {} cases",
+        CATALOGUE.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} catalogue cases failed:\n\n{}",
+        failures.len(),
+        CATALOGUE.len(),
+        failures.join("\n\n")
+    );
 }
 
 fn small_program(dir: &Path) -> String {
@@ -121,9 +137,19 @@ fn npy_wrong_shape_names_input_and_shapes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prog = small_program(dir.path());
     let npy = write_npy_f32(dir.path(), "x.npy", &[5], &[1.0; 5]);
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--input", &format!("x={npy}")])
-        .expect_code(1)
-        .expect_mentions(&["x", "5", "4"]);
+    tc_in(
+        dir.path(),
+        &[
+            "run",
+            &prog,
+            "--device",
+            "cpu",
+            "--input",
+            &format!("x={npy}"),
+        ],
+    )
+    .expect_code(1)
+    .expect_mentions(&["x", "5", "4"]);
 }
 
 #[test]
@@ -131,9 +157,19 @@ fn npy_wrong_dtype_names_input() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prog = small_program(dir.path());
     let npy = npy_bytes(dir.path(), "x.npy", "<f8", "(4,)", &[0u8; 32]);
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--input", &format!("x={npy}")])
-        .expect_code(1)
-        .expect_mentions(&["x", "f32"]);
+    tc_in(
+        dir.path(),
+        &[
+            "run",
+            &prog,
+            "--device",
+            "cpu",
+            "--input",
+            &format!("x={npy}"),
+        ],
+    )
+    .expect_code(1)
+    .expect_mentions(&["x", "f32"]);
 }
 
 #[test]
@@ -141,9 +177,19 @@ fn npy_truncated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prog = small_program(dir.path());
     let npy = npy_bytes(dir.path(), "x.npy", "<f4", "(4,)", &[0u8; 7]);
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--input", &format!("x={npy}")])
-        .expect_code(1)
-        .expect_mentions(&["x.npy"]);
+    tc_in(
+        dir.path(),
+        &[
+            "run",
+            &prog,
+            "--device",
+            "cpu",
+            "--input",
+            &format!("x={npy}"),
+        ],
+    )
+    .expect_code(1)
+    .expect_mentions(&["x.npy"]);
 }
 
 #[test]
@@ -151,19 +197,36 @@ fn npy_not_an_npy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prog = small_program(dir.path());
     let npy = write(dir.path(), "x.npy", "this is a text file, not numpy\n");
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--input", &format!("x={npy}")])
-        .expect_code(1)
-        .expect_mentions(&["x.npy"]);
+    tc_in(
+        dir.path(),
+        &[
+            "run",
+            &prog,
+            "--device",
+            "cpu",
+            "--input",
+            &format!("x={npy}"),
+        ],
+    )
+    .expect_code(1)
+    .expect_mentions(&["x.npy"]);
 }
 
 #[test]
 fn safetensors_corrupt() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prog = small_program(dir.path());
-    let st = write(dir.path(), "w.safetensors", b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json");
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--params", &st])
-        .expect_code(1)
-        .expect_mentions(&["w.safetensors"]);
+    let st = write(
+        dir.path(),
+        "w.safetensors",
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json",
+    );
+    tc_in(
+        dir.path(),
+        &["run", &prog, "--device", "cpu", "--params", &st],
+    )
+    .expect_code(1)
+    .expect_mentions(&["w.safetensors"]);
 }
 
 /// A safetensors file built by hand: header JSON then raw little-endian data.
@@ -201,10 +264,17 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 fn safetensors_missing_a_param_names_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prog = small_program(dir.path());
-    let st = safetensors(dir.path(), "w.safetensors", &[("x", "F32", &[4], f32_bytes(&[1.0; 4]))]);
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--params", &st])
-        .expect_code(1)
-        .expect_mentions(&["`w`"]);
+    let st = safetensors(
+        dir.path(),
+        "w.safetensors",
+        &[("x", "F32", &[4], f32_bytes(&[1.0; 4]))],
+    );
+    tc_in(
+        dir.path(),
+        &["run", &prog, "--device", "cpu", "--params", &st],
+    )
+    .expect_code(1)
+    .expect_mentions(&["`w`"]);
 }
 
 #[test]
@@ -214,32 +284,66 @@ fn safetensors_unknown_name_names_it() {
     let st = safetensors(
         dir.path(),
         "w.safetensors",
-        &[("w", "F32", &[4], f32_bytes(&[1.0; 4])), ("stray", "F32", &[4], f32_bytes(&[1.0; 4]))],
+        &[
+            ("w", "F32", &[4], f32_bytes(&[1.0; 4])),
+            ("stray", "F32", &[4], f32_bytes(&[1.0; 4])),
+        ],
     );
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--params", &st])
-        .expect_code(1)
-        .expect_mentions(&["stray"]);
+    tc_in(
+        dir.path(),
+        &["run", &prog, "--device", "cpu", "--params", &st],
+    )
+    .expect_code(1)
+    .expect_mentions(&["stray"]);
 }
 
 #[test]
 fn safetensors_wrong_shape_names_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prog = small_program(dir.path());
-    let st = safetensors(dir.path(), "w.safetensors", &[("w", "F32", &[3], f32_bytes(&[1.0; 3]))]);
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--params", &st])
-        .expect_code(1)
-        .expect_mentions(&["`w`", "3"]);
+    let st = safetensors(
+        dir.path(),
+        "w.safetensors",
+        &[("w", "F32", &[3], f32_bytes(&[1.0; 3]))],
+    );
+    tc_in(
+        dir.path(),
+        &["run", &prog, "--device", "cpu", "--params", &st],
+    )
+    .expect_code(1)
+    .expect_mentions(&["`w`", "3"]);
 }
 
 #[test]
 fn nan_and_inf_flow_through_as_ieee_says() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let prog = write(dir.path(), "prog.tx", "dim N = 4\ninput x : f32[N]\ny = x * 2 + 1\nz = exp(x)\noutput y, z\n");
-    let npy = write_npy_f32(dir.path(), "x.npy", &[4], &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0]);
+    let prog = write(
+        dir.path(),
+        "prog.tx",
+        "dim N = 4\ninput x : f32[N]\ny = x * 2 + 1\nz = exp(x)\noutput y, z\n",
+    );
+    let npy = write_npy_f32(
+        dir.path(),
+        "x.npy",
+        &[4],
+        &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0],
+    );
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("mkdir");
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--input", &format!("x={npy}"), "--save", &out.display().to_string()])
-        .expect_code(0);
+    tc_in(
+        dir.path(),
+        &[
+            "run",
+            &prog,
+            "--device",
+            "cpu",
+            "--input",
+            &format!("x={npy}"),
+            "--save",
+            &out.display().to_string(),
+        ],
+    )
+    .expect_code(0);
     let (_, y) = cli::read_npy_f32(&out.join("y.npy"));
     assert!(y[0].is_nan());
     assert_eq!(y[1], f32::INFINITY);
@@ -258,14 +362,30 @@ fn save_failure_leaves_no_file_behind() {
     // A file where a folder is expected: the save cannot happen.
     write(dir.path(), "blocker", "i am a file");
     let target = dir.path().join("blocker").join("out.safetensors");
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--save", &target.display().to_string()])
-        .expect_code(1)
-        .expect_mentions(&["blocker"]);
-    let names: Vec<String> =
-        std::fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    tc_in(
+        dir.path(),
+        &[
+            "run",
+            &prog,
+            "--device",
+            "cpu",
+            "--save",
+            &target.display().to_string(),
+        ],
+    )
+    .expect_code(1)
+    .expect_mentions(&["blocker"]);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     let mut sorted = names.clone();
     sorted.sort();
-    assert_eq!(sorted, vec!["blocker".to_string(), "prog.tx".to_string()], "stray files left: {names:?}");
+    assert_eq!(
+        sorted,
+        vec!["blocker".to_string(), "prog.tx".to_string()],
+        "stray files left: {names:?}"
+    );
 }
 
 #[test]
@@ -274,9 +394,22 @@ fn save_into_directory_and_safetensors_leave_only_the_outputs() {
     let prog = small_program(dir.path());
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("mkdir");
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--save", &out.display().to_string()]).expect_code(0);
-    let names: Vec<String> =
-        std::fs::read_dir(&out).expect("ls").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    tc_in(
+        dir.path(),
+        &[
+            "run",
+            &prog,
+            "--device",
+            "cpu",
+            "--save",
+            &out.display().to_string(),
+        ],
+    )
+    .expect_code(0);
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, vec!["y.npy".to_string()]);
 }
 
@@ -288,7 +421,9 @@ fn c_and_cuda_keywords_are_ordinary_names() {
         "prog.tx",
         "dim int = 4\ninput float : f32[int]\nparam __global__ : f32[int]\nmain = float * __global__ + 1\nvoid = exp(main)\noutput void, main\n",
     );
-    tc_in(dir.path(), &["run", &prog, "--device", "cpu"]).expect_code(0).expect_mentions(&["void", "main"]);
+    tc_in(dir.path(), &["run", &prog, "--device", "cpu"])
+        .expect_code(0)
+        .expect_mentions(&["void", "main"]);
     tc_in(dir.path(), &["emit", &prog, "--kernels"]).expect_code(0);
 }
 
@@ -296,19 +431,33 @@ fn c_and_cuda_keywords_are_ordinary_names() {
 fn deep_nesting_is_handled_without_stack_overflow() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = 100_000;
-    let src = format!("dim N = 4\ninput x : f32[N]\ny = {}x{}\noutput y\n", "(".repeat(n), ")".repeat(n));
+    let src = format!(
+        "dim N = 4\ninput x : f32[N]\ny = {}x{}\noutput y\n",
+        "(".repeat(n),
+        ")".repeat(n)
+    );
     let prog = write(dir.path(), "prog.tx", src);
     let run = tc_in(dir.path(), &["check", &prog]);
-    assert!(run.code == 0 || (run.code == 1 && run.all().contains("deep")), "unexpected: {run:?}");
+    assert!(
+        run.code == 0 || (run.code == 1 && run.all().contains("deep")),
+        "unexpected: {run:?}"
+    );
 }
 
 #[test]
 fn very_long_expression_is_handled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let terms = vec!["x"; 100_000].join(" + ");
-    let prog = write(dir.path(), "prog.tx", format!("dim N = 4\ninput x : f32[N]\ny = {terms}\noutput y\n"));
+    let prog = write(
+        dir.path(),
+        "prog.tx",
+        format!("dim N = 4\ninput x : f32[N]\ny = {terms}\noutput y\n"),
+    );
     let run = tc_in(dir.path(), &["check", &prog]);
-    assert!(run.code == 0 || (run.code == 1 && run.all().contains("deep")), "unexpected: {run:?}");
+    assert!(
+        run.code == 0 || (run.code == 1 && run.all().contains("deep")),
+        "unexpected: {run:?}"
+    );
 }
 
 #[test]
@@ -330,7 +479,10 @@ fn cuda_without_a_gpu_exits_3_and_suggests_the_cpu() {
     let run = tc_in(dir.path(), &["run", &prog, "--device", "cuda"]);
     if run.code == 0 {
         // A GPU is here: this case is about machines without one.
-        assert!(std::env::var("TC_REQUIRE_NO_GPU").is_err(), "a GPU answered");
+        assert!(
+            std::env::var("TC_REQUIRE_NO_GPU").is_err(),
+            "a GPU answered"
+        );
         eprintln!("skipped: a GPU is present, so --device cuda succeeds");
         return;
     }
@@ -347,7 +499,12 @@ fn auto_device_falls_back_to_cpu_in_one_line() {
         eprintln!("skipped: a GPU is present");
         return;
     }
-    assert_eq!(run.stderr.lines().filter(|l| l.contains("CPU")).count(), 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.lines().filter(|l| l.contains("CPU")).count(),
+        1,
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -361,8 +518,20 @@ fn same_seed_same_bits_different_seed_different_bits() {
     let mut saved = Vec::new();
     for (i, seed) in ["7", "7", "8"].iter().enumerate() {
         let path = dir.path().join(format!("out{i}.safetensors"));
-        tc_in(dir.path(), &["run", &prog, "--device", "cpu", "--seed", seed, "--save", &path.display().to_string()])
-            .expect_code(0);
+        tc_in(
+            dir.path(),
+            &[
+                "run",
+                &prog,
+                "--device",
+                "cpu",
+                "--seed",
+                seed,
+                "--save",
+                &path.display().to_string(),
+            ],
+        )
+        .expect_code(0);
         saved.push(std::fs::read(&path).expect("saved file"));
     }
     assert_eq!(saved[0], saved[1], "the same seed gave different bits");

@@ -23,7 +23,11 @@ impl Run {
     /// Asserts the exit code, with the whole output in the failure message.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Run {
-        assert_eq!(self.code, code, "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
         self
     }
 
@@ -32,7 +36,12 @@ impl Run {
     pub fn expect_mentions(&self, needles: &[&str]) -> &Run {
         let all = self.all().to_lowercase();
         for n in needles {
-            assert!(all.contains(&n.to_lowercase()), "output does not mention `{n}`\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+            assert!(
+                all.contains(&n.to_lowercase()),
+                "output does not mention `{n}`\n--- stdout\n{}\n--- stderr\n{}",
+                self.stdout,
+                self.stderr
+            );
         }
         self
     }
@@ -52,14 +61,21 @@ pub fn tc_in(dir: &Path, args: &[&str]) -> Run {
 #[track_caller]
 pub fn tc_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(tc_path());
-    cmd.args(args).current_dir(dir).stdin(Stdio::null()).env("NO_COLOR", "1");
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("the tc binary runs");
     let code = match out.status.code() {
         Some(c) => c,
-        None => panic!("tc was killed by a signal: {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr)),
+        None => panic!(
+            "tc was killed by a signal: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
     };
     let run = Run {
         code,
@@ -67,13 +83,20 @@ pub fn tc_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     assert_ne!(run.code, 101, "tc panicked (exit 101):\n{}", run.stderr);
-    assert!(!run.stderr.contains("panicked at"), "tc panicked:\n{}", run.stderr);
+    assert!(
+        !run.stderr.contains("panicked at"),
+        "tc panicked:\n{}",
+        run.stderr
+    );
     run
 }
 
 /// The repository root (for `examples/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Writes `contents` to `dir/name` and returns the path as a string.
@@ -87,13 +110,27 @@ pub fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> String {
 /// trust the code under test to make their fixtures).
 pub fn write_npy_f32(dir: &Path, name: &str, shape: &[usize], values: &[f32]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    npy_bytes(dir, name, "<f4", &shape_txt, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+    let shape_txt = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    npy_bytes(
+        dir,
+        name,
+        "<f4",
+        &shape_txt,
+        &values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
 }
 
 /// Writes a `.npy` with the given descr, shape text and raw data.
 pub fn npy_bytes(dir: &Path, name: &str, descr: &str, shape_txt: &str, data: &[u8]) -> String {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     let total = 10 + header.len() + 1;
     let pad = (64 - total % 64) % 64;
     header.push_str(&" ".repeat(pad));
@@ -108,16 +145,32 @@ pub fn npy_bytes(dir: &Path, name: &str, descr: &str, shape_txt: &str, data: &[u
 /// Reads a little-endian f32 `.npy` written by tc: (shape, values).
 pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).expect("read npy");
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "not an npy file: {}", path.display());
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "not an npy file: {}",
+        path.display()
+    );
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
     };
     let header = std::str::from_utf8(&bytes[start..start + hlen]).expect("ascii header");
     assert!(header.contains("'<f4'"), "expected f32 data: {header}");
     let shape_part = header.split("'shape':").nth(1).expect("shape key");
     let inner = &shape_part[shape_part.find('(').expect("(") + 1..shape_part.find(')').expect(")")];
-    let shape: Vec<usize> = inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().expect("dim")).collect();
-    let values = bytes[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let shape: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("dim"))
+        .collect();
+    let values = bytes[start + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     (shape, values)
 }

@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "tc", version, about = "tc: a tensor compiler that shows and shrinks where memory goes")]
+#[command(
+    name = "tc",
+    version,
+    about = "tc: a tensor compiler that shows and shrinks where memory goes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -128,7 +132,9 @@ pub struct BenchArgs {
 }
 
 fn parse_dim(s: &str) -> Result<(String, u64), String> {
-    let (name, value) = s.split_once('=').ok_or_else(|| format!("expected NAME=INT, got `{s}`"))?;
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=INT, got `{s}`"))?;
     let value: u64 = value
         .trim()
         .parse()
@@ -140,7 +146,9 @@ fn parse_dim(s: &str) -> Result<(String, u64), String> {
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
-    let (name, path) = s.split_once('=').ok_or_else(|| format!("expected NAME=FILE.npy, got `{s}`"))?;
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=FILE.npy, got `{s}`"))?;
     if name.is_empty() || path.is_empty() {
         return Err(format!("expected NAME=FILE.npy, got `{s}`"));
     }

@@ -72,7 +72,12 @@ fn read_source(file: &Path) -> Result<Source, CliError> {
 
 fn render(source: &Source, diags: &[tc_compiler::Diagnostic]) -> CliError {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    CliError::Program(diagnostics::render(&source.path, &source.text, diags, color))
+    CliError::Program(diagnostics::render(
+        &source.path,
+        &source.text,
+        diags,
+        color,
+    ))
 }
 
 fn check(file: &Path, dims: &[(String, u64)]) -> Result<(), CliError> {
@@ -127,7 +132,7 @@ fn compile_options(args: &CompileArgs, device: Device) -> CompileOptions {
             reuse: !args.no_reuse,
             matmul_workspace: match device {
                 Device::Cpu => 0,
-                Device::Cuda => cuda::MATMUL_WORKSPACE_BYTES,
+                Device::Cuda => cuda::CUBLAS_WORKSPACE_BYTES,
             },
         },
     }
@@ -138,9 +143,17 @@ fn compile(source: &Source, options: &CompileOptions) -> Result<Program, CliErro
 }
 
 /// Inputs and params for one run: from files where given, else seeded random.
-fn bind_data(program: &Program, exec: &ExecArgs) -> Result<(Vec<HostTensor>, Vec<HostTensor>), CliError> {
-    data::load_leaves(&program.checked, &exec.inputs, exec.params.as_deref(), exec.seed)
-        .map_err(|e| CliError::Program(format!("error: {e}")))
+fn bind_data(
+    program: &Program,
+    exec: &ExecArgs,
+) -> Result<(Vec<HostTensor>, Vec<HostTensor>), CliError> {
+    data::load_leaves(
+        &program.checked,
+        &exec.inputs,
+        exec.params.as_deref(),
+        exec.seed,
+    )
+    .map_err(|e| CliError::Program(format!("error: {e}")))
 }
 
 /// What one execution produced.
@@ -160,18 +173,28 @@ fn execute(
         Device::Cpu => {
             let outputs = cpu::run(&program.plan, inputs, params)
                 .map_err(|e| CliError::Program(format!("error: {e}")))?;
-            Ok(Executed { outputs, measured: None })
+            Ok(Executed {
+                outputs,
+                measured: None,
+            })
         }
         Device::Cuda => {
-            let options = cuda::CudaOptions { allow_tf32: exec.allow_tf32, no_cache: exec.no_cache };
+            let options = cuda_options(exec);
             let run = cuda::run(&program.plan, inputs, params, &options)
                 .map_err(|e| CliError::Device(e.to_string()))?;
-            let inputs_bytes: u64 = inputs.iter().chain(params).map(|t| t.bytes.len() as u64).sum();
+            let inputs_bytes: u64 = inputs
+                .iter()
+                .chain(params)
+                .map(|t| t.bytes.len() as u64)
+                .sum();
             let measured = tc_compiler::report::Peak {
                 with_inputs: run.measured_bytes,
                 without_inputs: run.measured_bytes.saturating_sub(inputs_bytes),
             };
-            Ok(Executed { outputs: run.outputs, measured: Some(measured) })
+            Ok(Executed {
+                outputs: run.outputs,
+                measured: Some(measured),
+            })
         }
     }
 }
@@ -222,9 +245,17 @@ fn check_save_target(save: &Path) -> Result<(), CliError> {
     if folder.is_dir() {
         Ok(())
     } else if folder.exists() {
-        Err(CliError::Program(format!("error: --save {}: `{}` is not a folder", save.display(), folder.display())))
+        Err(CliError::Program(format!(
+            "error: --save {}: `{}` is not a folder",
+            save.display(),
+            folder.display()
+        )))
     } else {
-        Err(CliError::Program(format!("error: --save {}: the folder `{}` does not exist", save.display(), folder.display())))
+        Err(CliError::Program(format!(
+            "error: --save {}: the folder `{}` does not exist",
+            save.display(),
+            folder.display()
+        )))
     }
 }
 
@@ -250,14 +281,16 @@ fn write_reports(report: &MemoryReport, args: &RunArgs) -> Result<(), CliError> 
 }
 
 /// Writes a whole file through a temporary name and a rename: never a half-written file.
-fn write_file(path: &PathBuf, contents: &str) -> Result<(), CliError> {
-    data::write_file_atomically(path, contents.as_bytes()).map_err(|e| CliError::Program(format!("error: {e}")))
+fn write_file(path: &Path, contents: &str) -> Result<(), CliError> {
+    data::write_file_atomically(path, contents.as_bytes())
+        .map_err(|e| CliError::Program(format!("error: {e}")))
 }
 
 fn emit(args: &EmitArgs) -> Result<(), CliError> {
     let source = read_source(&args.file)?;
     if args.ir {
-        let graph = tc_compiler::check(&source.text, &args.compile.dims).map_err(|d| render(&source, &d))?;
+        let graph = tc_compiler::check(&source.text, &args.compile.dims)
+            .map_err(|d| render(&source, &d))?;
         print!("{}", tc_compiler::ir::text::print(&graph));
         return Ok(());
     }
@@ -277,6 +310,14 @@ fn emit(args: &EmitArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+fn cuda_options(exec: &ExecArgs) -> cuda::CudaOptions {
+    cuda::CudaOptions {
+        allow_tf32: exec.allow_tf32,
+        no_cache: exec.no_cache,
+        ..Default::default()
+    }
+}
+
 fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let source = read_source(&args.file)?;
     let device = select_device(args.exec.device, false)?;
@@ -289,29 +330,85 @@ fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let naive = compile(&source, &naive_opts)?;
     let (inputs, params) = bind_data(&planned, &args.exec)?;
 
-    println!("bench {} on {} ({} runs, {} warm-up)", source.path, device_name(device), args.runs, args.warmup);
-    let mut rows = Vec::new();
+    println!(
+        "bench {} on {} ({} timed runs after {} warm-up)",
+        source.path,
+        device_name(device),
+        args.runs,
+        args.warmup
+    );
+    let floor = match device {
+        Device::Cuda => {
+            let bw = cuda::copy_bandwidth(256 << 20, 20, 0)
+                .map_err(|e| CliError::Device(e.to_string()))?;
+            println!(
+                "  device: {}; copy bandwidth {:.0} GB/s (read + write, measured now)",
+                bw.device.name, bw.gbps
+            );
+            Some(bw.gbps)
+        }
+        Device::Cpu => None,
+    };
+    let mut medians = Vec::new();
     for (label, program) in [("planned", &planned), ("unfused, unplanned", &naive)] {
-        let times = time_program(program, device, &args.exec, &inputs, &params, args)?;
-        rows.push((label, program, times));
-    }
-    for (label, program, times) in &rows {
-        let median = median(times);
+        let t = time_program(program, device, &args.exec, &inputs, &params, args)?;
+        let traffic = traffic_bytes(&program.plan) as f64;
+        let gbps = traffic / (t.median_ms * 1e-3) / 1e9;
+        let vs_floor = match floor {
+            Some(f) => format!("   {:.2}x the copy floor", f / gbps.max(1e-12)),
+            None => String::new(),
+        };
         println!(
-            "  {label:<20} median {:>10.3} ms   min {:>10.3} ms   kernels {:>3}   arena {}",
-            median * 1e3,
-            times.iter().cloned().fold(f64::INFINITY, f64::min) * 1e3,
+            "  {label:<20} median {:>10.3} ms   min {:>10.3} ms   {:>3} kernels   arena {:>12}   {:>8.1} GB/s{vs_floor}",
+            t.median_ms,
+            t.min_ms,
             program.plan.kernels.len(),
             tc_compiler::report::text::human(program.plan.arena_bytes),
+            gbps,
         );
+        if let Some(s) = t.startup_s {
+            println!(
+                "  {:<20} start-up (open, compile or cache, allocate, upload) {:.1} ms",
+                "",
+                s * 1e3
+            );
+        }
+        medians.push(t.median_ms);
     }
-    if let [(_, _, fast), (_, _, slow)] = &rows[..] {
-        println!("  speed-up of the plan: {:.2}x", median(slow) / median(fast));
-    }
+    println!("  speed-up of the plan: {:.2}x", medians[1] / medians[0]);
     Ok(())
 }
 
-/// Wall-clock seconds of each timed run (CUDA times itself with device events).
+/// Bytes a plan must move at the least: each kernel reads every buffer it loads once and
+/// writes every buffer it stores once (what a bandwidth figure is measured against).
+pub fn traffic_bytes(plan: &tc_compiler::Plan) -> u64 {
+    use tc_compiler::schedule::KernelKind;
+    let mut total = 0u64;
+    for kernel in &plan.kernels {
+        let mut touched: Vec<tc_compiler::schedule::BufferId> = match &kernel.kind {
+            KernelKind::Fused(f) => f
+                .loads
+                .iter()
+                .map(|l| l.buffer)
+                .chain(f.stores.iter().map(|s| s.buffer))
+                .collect(),
+            KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer, m.out],
+        };
+        touched.sort();
+        touched.dedup();
+        total += touched.iter().map(|b| plan.buffer(*b).bytes).sum::<u64>();
+    }
+    total
+}
+
+/// Timings of one variant, in milliseconds.
+struct Timing {
+    median_ms: f64,
+    min_ms: f64,
+    startup_s: Option<f64>,
+}
+
+/// Times the plan: device events on CUDA, wall clock on the CPU.
 fn time_program(
     program: &Program,
     device: Device,
@@ -319,30 +416,40 @@ fn time_program(
     inputs: &[HostTensor],
     params: &[HostTensor],
     args: &BenchArgs,
-) -> Result<Vec<f64>, CliError> {
+) -> Result<Timing, CliError> {
     match device {
         Device::Cuda => {
-            let options = cuda::CudaOptions { allow_tf32: exec.allow_tf32, no_cache: exec.no_cache };
-            let report = cuda::bench(&program.plan, inputs, params, &options, args.warmup, args.runs)
-                .map_err(|e| CliError::Device(e.to_string()))?;
-            Ok(report.times_s)
+            let b = cuda::bench(
+                &program.plan,
+                inputs,
+                params,
+                &cuda_options(exec),
+                args.warmup,
+                args.runs.max(1),
+            )
+            .map_err(|e| CliError::Device(e.to_string()))?;
+            Ok(Timing {
+                median_ms: b.median_ms,
+                min_ms: b.min_ms,
+                startup_s: Some(b.startup_seconds),
+            })
         }
         Device::Cpu => {
             let mut times = Vec::with_capacity(args.runs);
             for i in 0..args.warmup + args.runs.max(1) {
                 let start = Instant::now();
-                cpu::run(&program.plan, inputs, params).map_err(|e| CliError::Program(format!("error: {e}")))?;
+                cpu::run(&program.plan, inputs, params)
+                    .map_err(|e| CliError::Program(format!("error: {e}")))?;
                 if i >= args.warmup {
-                    times.push(start.elapsed().as_secs_f64());
+                    times.push(start.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            Ok(times)
+            times.sort_by(|a, b| a.total_cmp(b));
+            Ok(Timing {
+                median_ms: times[times.len() / 2],
+                min_ms: times[0],
+                startup_s: None,
+            })
         }
     }
-}
-
-fn median(times: &[f64]) -> f64 {
-    let mut t = times.to_vec();
-    t.sort_by(|a, b| a.total_cmp(b));
-    t.get(t.len() / 2).copied().unwrap_or(f64::NAN)
 }
