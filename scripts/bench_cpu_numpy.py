@@ -117,13 +117,16 @@ def numpy_child(name, dims, reps):
     baseline = status_bytes("VmRSS:")
     xs = scope["inputs"](dims)
     times = []
+    cpu0 = time.process_time()
     for _ in range(max(reps, 1)):
         t = time.perf_counter()
         outs = scope["program"](*xs)
         times.append(time.perf_counter() - t)
         del outs
+    cpu_per_run = (time.process_time() - cpu0) / len(times)
     times.sort()
     print(json.dumps({
+        "cpu_s_per_run": cpu_per_run,
         "best_s": times[0], "median_s": times[len(times) // 2],
         "rss_baseline_bytes": baseline, "peak_rss_bytes": status_bytes("VmHWM:"),
         "threads_note": "NumPy ufuncs single-threaded; matmul via its BLAS",
@@ -153,15 +156,19 @@ def main():
             check=True, capture_output=True, text=True).stdout)
         rows.append({"program": name, "dims": dims, "tc": tc, "numpy": npy})
     mib = 1024 * 1024
-    print("| program | dims | tc best (s) | NumPy best (s) | speed-up | tc peak (MiB) | NumPy peak (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+    load = os.getloadavg()[0]
+    print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores")
+    print("| program | dims | tc best (s) | NumPy best (s) | speed-up | tc CPU s/run | NumPy CPU s/run "
+          "| tc peak (MiB) | NumPy peak (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t, n = r["tc"], r["numpy"]
         tp = (t["peak_rss_bytes"] - t["rss_baseline_bytes"]) / mib
         npk = (n["peak_rss_bytes"] - n["rss_baseline_bytes"]) / mib
         dims = ", ".join(f"{k}={v}" for k, v in r["dims"].items())
         print(f"| {r['program']} | {dims} | {t['best_s']:.3f} | {n['best_s']:.3f} | "
-              f"{n['best_s'] / t['best_s']:.1f}x | {tp:.0f} | {npk:.0f} |")
+              f"{n['best_s'] / t['best_s']:.1f}x | {t['cpu_s_per_run']:.2f} | {n['cpu_s_per_run']:.2f} "
+              f"| {tp:.0f} | {npk:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -21,6 +21,20 @@ fn status_bytes(key: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// User + system CPU seconds of this process so far (all threads), from /proc/self/stat
+/// (clock ticks of 1/100 s, as on every Linux x86 system).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("cpubench: {e}");
@@ -81,6 +95,7 @@ fn run() -> Result<(), String> {
     let (inputs, params) =
         data::load_leaves(&program.checked, &[], None, 0).map_err(|e| e.to_string())?;
     let mut times = Vec::with_capacity(reps);
+    let cpu0 = cpu_seconds();
     let mut outputs = 0;
     for _ in 0..reps.max(1) {
         let t = Instant::now();
@@ -89,11 +104,12 @@ fn run() -> Result<(), String> {
         outputs = outs.len();
         drop(outs);
     }
+    let cpu_per_run = (cpu_seconds() - cpu0) / times.len() as f64;
     let peak = status_bytes("VmHWM:");
     times.sort_by(f64::total_cmp);
     let dims_json: Vec<String> = dims.iter().map(|(n, v)| format!("\"{n}\": {v}")).collect();
     println!(
-        "{{\"file\": \"{file}\", \"dims\": {{{}}}, \"fuse\": {}, \"reuse\": {}, \"reps\": {}, \"outputs\": {outputs}, \"kernels\": {}, \"best_s\": {:.6}, \"median_s\": {:.6}, \"arena_bytes\": {}, \"rss_baseline_bytes\": {baseline}, \"peak_rss_bytes\": {peak}, \"threads\": {}}}",
+        "{{\"file\": \"{file}\", \"dims\": {{{}}}, \"fuse\": {}, \"reuse\": {}, \"reps\": {}, \"outputs\": {outputs}, \"kernels\": {}, \"best_s\": {:.6}, \"median_s\": {:.6}, \"cpu_s_per_run\": {cpu_per_run:.3}, \"arena_bytes\": {}, \"rss_baseline_bytes\": {baseline}, \"peak_rss_bytes\": {peak}, \"threads\": {}}}",
         dims_json.join(", "),
         plan.fuse,
         plan.reuse,

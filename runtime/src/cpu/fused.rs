@@ -18,6 +18,9 @@ use tc_compiler::schedule::{FusedKernel, InstOp, Level, Plan};
 const BLOCK: usize = 1024;
 /// Elements per parallel task of a pointwise kernel.
 const CHUNK: usize = 16 * BLOCK;
+/// Rows up to this long are computed as one block, so each pass reuses the values the
+/// earlier passes computed (per-thread scratch of one row per inst, never full-size).
+const ROW_CACHE: usize = 16 * 1024;
 
 /// Element offset and per-dim strides of one load or store over the coalesced dims.
 #[derive(Clone, Debug)]
@@ -56,6 +59,10 @@ struct Prepared<'k> {
     loads: Vec<Access>,
     stores: Vec<(usize, Access)>,
     passes: Vec<Pass>,
+    /// Elements per block: `BLOCK`, or the whole row when rows are cached.
+    block: usize,
+    /// The value of each `Const` inst.
+    konst: Vec<Option<f32>>,
 }
 
 /// Runs `kernel` of `plan`, reading and writing the resolved buffers `mems`.
@@ -173,6 +180,16 @@ fn prepare<'k>(
         level.push(lv);
     }
 
+    // Constants, rounded to their dtype once.
+    let konst: Vec<Option<f32>> = kernel
+        .body
+        .iter()
+        .map(|inst| match inst.op {
+            InstOp::Const(c) => Some(math::round_to(inst.dtype, c as f32)),
+            _ => None,
+        })
+        .collect();
+
     // Phases: the pass in which a value becomes available.
     let mut phase = vec![0usize; n];
     for (i, inst) in kernel.body.iter().enumerate() {
@@ -229,8 +246,10 @@ fn prepare<'k>(
                 }
             }
         }
+        // Element constants are read as scalars; one is only materialised when stored.
         passes[q].elem_insts = (0..n)
             .filter(|&i| need[i] && level[i] == Level::Element)
+            .filter(|&i| konst[i].is_none() || kernel.stores.iter().any(|st| st.inst == i))
             .collect();
     }
 
@@ -339,16 +358,35 @@ fn prepare<'k>(
         })
         .collect();
     let store_access = accesses.split_off(kernel.loads.len());
+    let row_len: usize = inner_sizes.iter().product();
+    let block = if !pointwise && row_len <= ROW_CACHE {
+        row_len.max(1)
+    } else {
+        BLOCK
+    };
+    if block == row_len && !pointwise {
+        // The whole row is one block: a value computed in an earlier pass is still in its
+        // slot, so later passes skip it.
+        let mut done = vec![false; n];
+        for pass in passes.iter_mut() {
+            pass.elem_insts.retain(|&i| !done[i]);
+            for &i in &pass.elem_insts {
+                done[i] = true;
+            }
+        }
+    }
     Ok(Prepared {
         kernel,
         level,
         rows: row_sizes.iter().product(),
-        row_len: inner_sizes.iter().product(),
+        row_len,
         row_sizes,
         inner_sizes,
         loads: accesses,
         stores: store_insts.into_iter().zip(store_access).collect(),
         passes,
+        block,
+        konst,
     })
 }
 
@@ -450,7 +488,7 @@ impl Scratch {
             slots: (0..n)
                 .map(|i| {
                     if p.level[i] == Level::Element {
-                        vec![0f32; BLOCK]
+                        vec![0f32; p.block]
                     } else {
                         Vec::new()
                     }
@@ -497,10 +535,13 @@ impl Scratch {
                     _ => f32::INFINITY,
                 };
             }
-            if !pass.elem_insts.is_empty() || !pass.reduces.is_empty() {
+            if !pass.elem_insts.is_empty()
+                || !pass.reduces.is_empty()
+                || !pass.elem_stores.is_empty()
+            {
                 let mut at = 0;
                 while at < p.row_len {
-                    let n = BLOCK.min(p.row_len - at);
+                    let n = p.block.min(p.row_len - at);
                     // SAFETY: forwarded from the caller.
                     unsafe { self.block(p, pass, at, n) };
                     at += n;
@@ -560,8 +601,11 @@ impl Scratch {
             let dst = &mut rest[0][..n];
             let rv = &self.row_vals;
             let level = &p.level;
+            let konst = &p.konst;
             let operand = |o: usize| -> Operand<'_> {
-                if level[o] == Level::Element {
+                if let Some(c) = konst[o] {
+                    Operand::Scalar(c)
+                } else if level[o] == Level::Element {
                     Operand::Block(&before[o][..n])
                 } else {
                     Operand::Scalar(rv[o])

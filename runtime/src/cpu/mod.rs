@@ -102,6 +102,62 @@ impl Arena {
     }
 }
 
+impl Arena {
+    /// Gives the pages of the arena outside `keep` (absolute address ranges) back to the
+    /// system; they read as zero afterwards. Only whole pages inside the allocation.
+    fn release_except(&self, keep: &[(usize, usize)]) {
+        #[cfg(target_os = "linux")]
+        {
+            const PAGE: usize = 4096;
+            const MIN_ARENA: usize = 1 << 20;
+            let Some(layout) = self.layout else { return };
+            if layout.size() < MIN_ARENA {
+                return;
+            }
+            let (start, end) = (self.ptr as usize, self.ptr as usize + layout.size());
+            let mut keep: Vec<(usize, usize)> =
+                keep.iter().copied().filter(|(a, b)| a < b).collect();
+            keep.sort_unstable();
+            let mut from = start;
+            for (a, b) in keep.into_iter().chain([(end, end)]) {
+                let (lo, hi) = (from.next_multiple_of(PAGE), a.min(end) / PAGE * PAGE);
+                if lo < hi {
+                    // SAFETY: [lo, hi) is whole pages inside our own allocation that no
+                    // output still needs; MADV_DONTNEED on private anonymous memory only
+                    // drops their contents.
+                    unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+                }
+                from = from.max(b);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = keep;
+    }
+}
+
+/// The absolute address range of the arena bytes output `o` reads (empty when the output
+/// is not in the arena).
+fn arena_range(plan: &Plan, o: &tc_compiler::schedule::PlanOutput, base: usize) -> (usize, usize) {
+    let Some(buf) = plan.buffers.get(o.buffer.index()) else {
+        return (0, 0);
+    };
+    if !matches!(buf.kind, BufferKind::Arena | BufferKind::Workspace) {
+        return (0, 0);
+    }
+    let size = buf.dtype.size() as i64;
+    let (mut lo, mut hi) = (o.offset, o.offset);
+    for (&st, &n) in o.strides.iter().zip(&o.shape) {
+        let span = st * (n as i64 - 1).max(0);
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    let at = |e: i64| (base as i64 + buf.offset as i64 + e * size).max(0) as usize;
+    (at(lo), at(hi + 1))
+}
+
 impl Drop for Arena {
     fn drop(&mut self) {
         if let Some(layout) = self.layout {
@@ -189,8 +245,19 @@ pub fn run(
         }
     }
 
+    // Output bytes still to copy out of the arena; everything else is handed back to the
+    // system before and while copying, so the copies do not add to the peak.
+    let mut keep: Vec<(usize, usize)> = plan
+        .outputs
+        .iter()
+        .map(|o| arena_range(plan, o, base as usize))
+        .collect();
+    arena.release_except(&keep);
     let mut outs = Vec::with_capacity(plan.outputs.len());
     for o in &plan.outputs {
+        if !keep.is_empty() {
+            keep.remove(0);
+        }
         let mem = *mems.get(o.buffer.index()).ok_or_else(|| {
             CpuError::BadPlan(format!(
                 "output {} reads buffer {}, which does not exist",
@@ -229,6 +296,7 @@ pub fn run(
                 shape: o.shape.clone(),
                 bytes: bytes.to_vec(),
             });
+            arena.release_except(&keep);
             continue;
         }
         let mut vals = Vec::with_capacity(numel);
@@ -252,6 +320,7 @@ pub fn run(
         }
         // Exact: the values were widened from this very dtype.
         outs.push(HostTensor::from_f32(o.dtype, o.shape.clone(), &vals));
+        arena.release_except(&keep);
     }
     drop(arena);
     Ok(outs)

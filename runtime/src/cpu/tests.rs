@@ -796,3 +796,100 @@ fn long_sums_are_accurate() {
         got[0]
     );
 }
+
+#[test]
+fn a_row_kernel_stores_values_its_reduction_pass_already_computed() {
+    // y = exp(x) (element store) and s = sum(exp(x)) (row store): with whole rows cached,
+    // the last pass computes nothing new but must still store y.
+    let (r, c) = (3u64, 50u64);
+    let x = values((r * c) as usize, 51);
+    let body = vec![
+        el(InstOp::Load(0)),
+        el(InstOp::Unary(UnaryOp::Exp, 0)),
+        row(InstOp::Reduce(ReduceOp::Sum, 1)),
+    ];
+    let k = fused(
+        &[r, c],
+        &[1],
+        vec![ld(0, DType::F32, 0, &[c as i64, 1])],
+        body,
+        &[(1, 1), (2, 2)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+            arena("y", DType::F32, &[r, c], 0),
+            arena("s", DType::F32, &[r], 608),
+        ],
+        &[0],
+        vec![
+            out("y", 1, DType::F32, &[r, c], 0, &[c as i64, 1]),
+            out("s", 2, DType::F32, &[r], 0, &[1]),
+        ],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F32, vec![r, c], &x)], &[]).expect("runs");
+    let y: Vec<f64> = x.iter().map(|&v| (v as f64).exp()).collect();
+    let s: Vec<f64> = y.chunks(c as usize).map(|row| row.iter().sum()).collect();
+    assert_close(&got[0].to_f32(), &y, 1e-6);
+    assert_close(&got[1].to_f32(), &s, 1e-6);
+}
+
+#[test]
+fn outputs_survive_the_release_of_the_rest_of_a_large_arena() {
+    // Arena of ~3.6 MB: t = x + 1 (intermediate, not an output), then y = t * 2 and
+    // z = transpose view of t * 3, each at its own offset; the pages of t are released
+    // before the copies, and y's after its copy, without touching z.
+    let (r, c) = (300u64, 1000u64);
+    let n = r * c;
+    let x = values(n as usize, 61);
+    let bytes = n * 4;
+    let k0 = fused(
+        &[r, c],
+        &[],
+        vec![ld(0, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Const(1.0)),
+            el(InstOp::Binary(BinaryOp::Add, 0, 1)),
+        ],
+        &[(2, 1)],
+    );
+    let k1 = fused(
+        &[r, c],
+        &[],
+        vec![ld(1, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Const(2.0)),
+            el(InstOp::Binary(BinaryOp::Mul, 0, 1)),
+            el(InstOp::Const(3.0)),
+            el(InstOp::Binary(BinaryOp::Mul, 0, 3)),
+        ],
+        &[(2, 2), (4, 3)],
+    );
+    let p = plan(
+        vec![k0, k1],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+            arena("t", DType::F32, &[r, c], 0),
+            arena("y", DType::F32, &[r, c], bytes),
+            arena("z", DType::F32, &[r, c], 2 * bytes),
+        ],
+        &[0],
+        vec![
+            out("y", 2, DType::F32, &[r, c], 0, &[c as i64, 1]),
+            out("zt", 3, DType::F32, &[c, r], 0, &[1, c as i64]),
+        ],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F32, vec![r, c], &x)], &[]).expect("runs");
+    let y: Vec<f64> = x.iter().map(|&v| (v as f64 + 1.0) * 2.0).collect();
+    let mut zt = vec![0f64; n as usize];
+    for i in 0..r as usize {
+        for j in 0..c as usize {
+            zt[j * r as usize + i] = (x[i * c as usize + j] as f64 + 1.0) * 3.0;
+        }
+    }
+    assert_close(&got[0].to_f32(), &y, 1e-6);
+    assert_close(&got[1].to_f32(), &zt, 1e-6);
+}
