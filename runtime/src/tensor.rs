@@ -22,7 +22,9 @@ impl HostTensor {
     pub fn from_f32(dtype: DType, shape: Vec<u64>, values: &[f32]) -> HostTensor {
         let mut bytes = Vec::with_capacity(values.len() * dtype.size() as usize);
         match dtype {
-            DType::F32 => values.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+            DType::F32 => values
+                .iter()
+                .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
             DType::F16 => values
                 .iter()
                 .for_each(|v| bytes.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
@@ -30,7 +32,11 @@ impl HostTensor {
                 .iter()
                 .for_each(|v| bytes.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
         }
-        HostTensor { dtype, shape, bytes }
+        HostTensor {
+            dtype,
+            shape,
+            bytes,
+        }
     }
 
     /// The values widened to f32 (exact for every dtype).

@@ -93,9 +93,9 @@ impl Lcg {
 }
 
 /// Packs `items`: tries the orderings (size, lifetime length, size × length, first step,
-/// last step) with best fit and first fit and keeps the smallest arena. If that still
-/// exceeds `budget`, up to 512 seeded random orderings are tried as well. Stops early once
-/// the arena equals `max_live`, which no packing can beat.
+/// last step) with best fit and first fit and keeps the smallest arena; then, while the
+/// arena exceeds `max_live` (which no packing can beat), 256 seeded random orderings, and
+/// up to 2048 while it also exceeds `budget` (the eager figure the plan must not exceed).
 pub fn pack(items: &[Item], budget: u64) -> (Vec<u64>, u64) {
     let n = items.len();
     let floor = max_live(items);
@@ -138,7 +138,11 @@ pub fn pack(items: &[Item], budget: u64) -> (Vec<u64>, u64) {
     }
     let mut rng = Lcg(0x5eed);
     let mut tries = 0;
-    while tries < 512 && best.as_ref().is_some_and(|(_, a)| *a > budget.max(floor)) {
+    // Random orderings: a few hundred while above the floor, more while above the budget.
+    while best
+        .as_ref()
+        .is_some_and(|(_, a)| *a > floor && (tries < 256 || (*a > budget && tries < 2048)))
+    {
         let mut order: Vec<usize> = (0..n).collect();
         for i in (1..n).rev() {
             order.swap(i, (rng.next() % (i as u64 + 1)) as usize);

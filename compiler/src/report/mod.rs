@@ -11,6 +11,7 @@ pub use svg::render_svg;
 pub use text::render_text;
 
 use crate::ir::{DType, Graph, NodeId, Op};
+use crate::plan::pack::align_up;
 use crate::schedule::{BufferId, BufferKind, Plan, PlanOptions};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -98,7 +99,8 @@ fn owner(graph: &Graph, mut id: NodeId) -> NodeId {
 /// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
 /// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
 /// figures), ops run in order, each op's result a buffer; a matmul also holds a
-/// `workspace` at its step. Views and checker-inserted casts are free.
+/// `workspace` at its step. Views and checker-inserted casts are free. Every buffer is
+/// counted rounded up to 16 bytes, the alignment any allocator (and the arena) gives it.
 pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
     let is_op = |n: NodeId| {
@@ -143,7 +145,8 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
             life.insert(r, (0, last));
         }
     }
-    let bytes = |n: NodeId| graph.ty(n).bytes().unwrap_or(u64::MAX);
+    let bytes = |n: NodeId| align_up(graph.ty(n).bytes().unwrap_or(u64::MAX));
+    let workspace = align_up(workspace);
     let ws_total = workspace.saturating_mul(matmul_steps.len() as u64);
     let naive = life
         .keys()
@@ -189,7 +192,8 @@ fn storage(plan: &Plan, mut id: BufferId) -> BufferId {
     id
 }
 
-/// The largest total of arena bytes live at one step of the plan (shared storage once).
+/// The largest total of arena bytes (each rounded up to 16) live at one step of the plan,
+/// storage shared in place counted once.
 pub fn lower_bound(plan: &Plan) -> u64 {
     (0..plan.kernels.len().max(1))
         .map(|s| {
@@ -203,7 +207,7 @@ pub fn lower_bound(plan: &Plan) -> u64 {
                 })
                 .map(|id| storage(plan, id))
                 .collect();
-            roots.iter().map(|&r| plan.buffer(r).bytes).sum()
+            roots.iter().map(|&r| align_up(plan.buffer(r).bytes)).sum()
         })
         .max()
         .unwrap_or(0)

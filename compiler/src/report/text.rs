@@ -91,7 +91,11 @@ pub fn render_text(report: &MemoryReport) -> String {
         );
     }
     let p = &report.peaks;
-    let _ = writeln!(out, "\npeaks                {:<36} with inputs and params", "without inputs and params");
+    let _ = writeln!(
+        out,
+        "\npeaks                {:<36} with inputs and params",
+        "without inputs and params"
+    );
     let rows: [(&str, Option<Peak>); 5] = [
         ("naive", Some(p.naive)),
         ("eager", Some(p.eager)),
