@@ -1,2 +1,635 @@
-//! The reference evaluator: every op of the checked graph materialised in f64, written for
-//! clarity, the oracle of the differential tests. (Being built: issue 4.)
+//! The reference evaluator: every node of the checked graph materialised in f64 and rounded
+//! to its dtype as it is stored, built-ins (softmax, layernorm, …) evaluated directly.
+//! Written for clarity, not speed: the oracle the differential tests compare against.
+
+use crate::tensor::HostTensor;
+use half::{bf16, f16};
+use tc_compiler::ir::{BinaryOp, DType, Graph, Op, ReduceOp, UnaryOp, ViewOp};
+
+/// A materialised value: row-major f64 values, each exactly representable in `dtype`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefTensor {
+    pub shape: Vec<u64>,
+    pub values: Vec<f64>,
+    pub dtype: DType,
+}
+
+/// Evaluates `graph` and returns its outputs in `graph.outputs` order.
+pub fn evaluate(
+    graph: &Graph,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<Vec<RefTensor>, String> {
+    let mut vals: Vec<RefTensor> = Vec::with_capacity(graph.len());
+    for id in graph.ids() {
+        let node = graph.node(id);
+        let shape = node.ty.sizes();
+        let dtype = node.ty.dtype;
+        let get = |o: tc_compiler::ir::NodeId| &vals[o.index()];
+        let (out_shape, values): (Vec<u64>, Vec<f64>) = match &node.op {
+            Op::Input { index } | Op::Param { index } => {
+                let (what, list) = if matches!(node.op, Op::Input { .. }) {
+                    ("input", inputs)
+                } else {
+                    ("param", params)
+                };
+                let t = list
+                    .get(*index)
+                    .ok_or_else(|| format!("{what} {index} was not supplied"))?;
+                if t.dtype != dtype || t.shape != shape {
+                    return Err(format!(
+                        "{what} {} is {}{:?} but was given {}{:?}",
+                        graph.display_name(id),
+                        dtype,
+                        shape,
+                        t.dtype,
+                        t.shape
+                    ));
+                }
+                (
+                    shape.clone(),
+                    t.to_f32().into_iter().map(f64::from).collect(),
+                )
+            }
+            Op::Scalar(v) => (vec![], vec![*v]),
+            Op::Unary(op, a) => {
+                let a = get(*a);
+                (
+                    a.shape.clone(),
+                    a.values.iter().map(|&x| unary(*op, x)).collect(),
+                )
+            }
+            Op::Binary(op, a, b) => {
+                let (a, b) = (get(*a), get(*b));
+                let s = broadcast_shape(&a.shape, &b.shape)?;
+                let n = numel(&s);
+                let v = (0..n)
+                    .map(|i| {
+                        let idx = unravel(i, &s);
+                        binary(
+                            *op,
+                            a.values[broadcast_index(&idx, &a.shape)],
+                            b.values[broadcast_index(&idx, &b.shape)],
+                        )
+                    })
+                    .collect();
+                (s, v)
+            }
+            Op::Reduce {
+                op,
+                arg,
+                axes,
+                keepdim,
+            } => reduce(get(*arg), *op, axes, *keepdim)?,
+            Op::Softmax { arg, axis, log } => {
+                let log = *log;
+                along_axis(get(*arg), *axis, |line| {
+                    let m = line.iter().copied().fold(f64::NEG_INFINITY, nan_max);
+                    let s: f64 = line.iter().map(|&x| (x - m).exp()).sum();
+                    line.iter()
+                        .map(|&x| {
+                            if log {
+                                x - m - s.ln()
+                            } else {
+                                (x - m).exp() / s
+                            }
+                        })
+                        .collect()
+                })?
+            }
+            Op::LayerNorm { arg, axis, eps } => along_axis(get(*arg), *axis, |line| {
+                let n = line.len() as f64;
+                let mean = line.iter().sum::<f64>() / n;
+                let var = line.iter().map(|&x| (x - mean) * (x - mean)).sum::<f64>() / n;
+                line.iter()
+                    .map(|&x| (x - mean) / (var + eps).sqrt())
+                    .collect()
+            })?,
+            Op::RmsNorm { arg, axis, eps } => along_axis(get(*arg), *axis, |line| {
+                let ms = line.iter().map(|&x| x * x).sum::<f64>() / line.len() as f64;
+                line.iter().map(|&x| x / (ms + eps).sqrt()).collect()
+            })?,
+            Op::MatMul(a, b) => matmul(get(*a), get(*b))?,
+            Op::Cast { arg, .. } => {
+                let a = get(*arg);
+                (a.shape.clone(), a.values.clone())
+            }
+            Op::Copy(a) => {
+                let a = get(*a);
+                (a.shape.clone(), a.values.clone())
+            }
+            Op::View(view, a) => apply_view(view, get(*a), &shape)?,
+        };
+        if out_shape != shape {
+            return Err(format!(
+                "node {} ({}) computes shape {:?} but its type says {:?}",
+                graph.display_name(id),
+                node.op.name(),
+                out_shape,
+                shape
+            ));
+        }
+        let values = values.into_iter().map(|v| round(dtype, v)).collect();
+        vals.push(RefTensor {
+            shape,
+            values,
+            dtype,
+        });
+    }
+    graph
+        .outputs
+        .iter()
+        .map(|o| {
+            vals.get(o.node.index())
+                .cloned()
+                .ok_or_else(|| format!("output {} has no node", o.name))
+        })
+        .collect()
+}
+
+/// Rounds an f64 to the nearest value of `dtype` (ties to even), as f64.
+pub fn round(dtype: DType, v: f64) -> f64 {
+    match dtype {
+        DType::F32 => v as f32 as f64,
+        DType::F16 => f16::from_f64(v).to_f64(),
+        DType::BF16 => bf16::from_f64(v).to_f64(),
+    }
+}
+
+fn unary(op: UnaryOp, x: f64) -> f64 {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        UnaryOp::Relu => {
+            if x.is_nan() {
+                x
+            } else {
+                x.max(0.0)
+            }
+        }
+        UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+        UnaryOp::Erf => libm::erf(x),
+        UnaryOp::Square => x * x,
+    }
+}
+
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+fn nan_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+fn binary(op: BinaryOp, a: f64, b: f64) -> f64 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Pow => a.powf(b),
+        BinaryOp::Maximum => nan_max(a, b),
+        BinaryOp::Minimum => nan_min(a, b),
+    }
+}
+
+fn numel(shape: &[u64]) -> usize {
+    shape.iter().product::<u64>() as usize
+}
+
+/// The multi-index of row-major position `i` in `shape`.
+fn unravel(mut i: usize, shape: &[u64]) -> Vec<usize> {
+    let mut idx = vec![0usize; shape.len()];
+    for d in (0..shape.len()).rev() {
+        let s = shape[d] as usize;
+        idx[d] = i % s;
+        i /= s;
+    }
+    idx
+}
+
+/// The row-major position of `idx` in `shape`.
+fn ravel(idx: &[usize], shape: &[u64]) -> usize {
+    idx.iter()
+        .zip(shape)
+        .fold(0, |acc, (&i, &s)| acc * s as usize + i)
+}
+
+/// NumPy's broadcast of two shapes.
+fn broadcast_shape(a: &[u64], b: &[u64]) -> Result<Vec<u64>, String> {
+    let r = a.len().max(b.len());
+    (0..r)
+        .map(|i| {
+            let x = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let y = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
+            match (x, y) {
+                _ if x == y => Ok(x),
+                (1, _) => Ok(y),
+                (_, 1) => Ok(x),
+                _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+            }
+        })
+        .collect()
+}
+
+/// The position in a tensor of `shape` that broadcast index `idx` (of a larger rank) reads.
+fn broadcast_index(idx: &[usize], shape: &[u64]) -> usize {
+    let lead = idx.len() - shape.len();
+    let own: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| if s == 1 { 0 } else { idx[lead + k] })
+        .collect();
+    ravel(&own, shape)
+}
+
+fn reduce(
+    a: &RefTensor,
+    op: ReduceOp,
+    axes: &[usize],
+    keepdim: bool,
+) -> Result<(Vec<u64>, Vec<f64>), String> {
+    if axes.iter().any(|&x| x >= a.shape.len()) {
+        return Err(format!(
+            "reduce axes {axes:?} out of range for {:?}",
+            a.shape
+        ));
+    }
+    let kept: Vec<u64> = a
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| if axes.contains(&d) { 1 } else { s })
+        .collect();
+    let count: usize = axes.iter().map(|&d| a.shape[d] as usize).product();
+    let n = numel(&kept);
+    let init = match op {
+        ReduceOp::Sum | ReduceOp::Mean => 0.0,
+        ReduceOp::Max => f64::NEG_INFINITY,
+        ReduceOp::Min => f64::INFINITY,
+    };
+    let mut acc = vec![init; n];
+    for (i, &x) in a.values.iter().enumerate() {
+        let mut idx = unravel(i, &a.shape);
+        for &d in axes {
+            idx[d] = 0;
+        }
+        let j = ravel(&idx, &kept);
+        acc[j] = match op {
+            ReduceOp::Sum | ReduceOp::Mean => acc[j] + x,
+            ReduceOp::Max => nan_max(acc[j], x),
+            ReduceOp::Min => nan_min(acc[j], x),
+        };
+    }
+    if op == ReduceOp::Mean {
+        acc.iter_mut().for_each(|v| *v /= count as f64);
+    }
+    let shape = if keepdim {
+        kept
+    } else {
+        a.shape
+            .iter()
+            .enumerate()
+            .filter(|(d, _)| !axes.contains(d))
+            .map(|(_, &s)| s)
+            .collect()
+    };
+    Ok((shape, acc))
+}
+
+/// Applies `f` to every line of `a` along `axis`.
+fn along_axis(
+    a: &RefTensor,
+    axis: usize,
+    f: impl Fn(&[f64]) -> Vec<f64>,
+) -> Result<(Vec<u64>, Vec<f64>), String> {
+    if axis >= a.shape.len() {
+        return Err(format!("axis {axis} out of range for {:?}", a.shape));
+    }
+    let len = a.shape[axis] as usize;
+    let mut out = vec![0.0; a.values.len()];
+    let mut outer = a.shape.clone();
+    outer[axis] = 1;
+    for o in 0..numel(&outer) {
+        let mut idx = unravel(o, &outer);
+        let positions: Vec<usize> = (0..len)
+            .map(|k| {
+                idx[axis] = k;
+                ravel(&idx, &a.shape)
+            })
+            .collect();
+        let line: Vec<f64> = positions.iter().map(|&p| a.values[p]).collect();
+        for (p, v) in positions.iter().zip(f(&line)) {
+            out[*p] = v;
+        }
+    }
+    Ok((a.shape.clone(), out))
+}
+
+fn matmul(a: &RefTensor, b: &RefTensor) -> Result<(Vec<u64>, Vec<f64>), String> {
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    if ra < 2 || rb < 2 || a.shape[ra - 1] != b.shape[rb - 2] {
+        return Err(format!("matmul of {:?} and {:?}", a.shape, b.shape));
+    }
+    let (m, k, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 1]);
+    let batch = broadcast_shape(&a.shape[..ra - 2], &b.shape[..rb - 2])?;
+    let mut shape = batch.clone();
+    shape.extend([m, n]);
+    let mut out = Vec::with_capacity(numel(&shape));
+    for bi in 0..numel(&batch) {
+        let bidx = unravel(bi, &batch);
+        let a0 = broadcast_index(&bidx, &a.shape[..ra - 2]) * (m * k) as usize;
+        let b0 = broadcast_index(&bidx, &b.shape[..rb - 2]) * (k * n) as usize;
+        for i in 0..m as usize {
+            for j in 0..n as usize {
+                let s: f64 = (0..k as usize)
+                    .map(|l| a.values[a0 + i * k as usize + l] * b.values[b0 + l * n as usize + j])
+                    .sum();
+                out.push(s);
+            }
+        }
+    }
+    Ok((shape, out))
+}
+
+fn apply_view(view: &ViewOp, a: &RefTensor, shape: &[u64]) -> Result<(Vec<u64>, Vec<f64>), String> {
+    let r = a.shape.len();
+    let gather = |out_shape: Vec<u64>, src: &dyn Fn(&[usize]) -> usize| {
+        let v = (0..numel(&out_shape))
+            .map(|i| a.values[src(&unravel(i, &out_shape))])
+            .collect();
+        (out_shape, v)
+    };
+    match view {
+        ViewOp::Transpose => {
+            if r < 2 {
+                return Err(format!("transpose of rank {r}"));
+            }
+            let mut s = a.shape.clone();
+            s.swap(r - 1, r - 2);
+            Ok(gather(s, &|idx| {
+                let mut i = idx.to_vec();
+                i.swap(r - 1, r - 2);
+                ravel(&i, &a.shape)
+            }))
+        }
+        ViewOp::Permute(perm) => {
+            let mut sorted = perm.clone();
+            sorted.sort_unstable();
+            if sorted != (0..r).collect::<Vec<_>>() {
+                return Err(format!("permutation {perm:?} of rank {r}"));
+            }
+            let s: Vec<u64> = perm.iter().map(|&p| a.shape[p]).collect();
+            Ok(gather(s, &|idx| {
+                // Result axis i is operand axis perm[i].
+                let mut i = vec![0usize; r];
+                for (k, &p) in perm.iter().enumerate() {
+                    i[p] = idx[k];
+                }
+                ravel(&i, &a.shape)
+            }))
+        }
+        ViewOp::Reshape => {
+            if numel(shape) != a.values.len() {
+                return Err(format!("reshape of {:?} to {shape:?}", a.shape));
+            }
+            Ok((shape.to_vec(), a.values.clone()))
+        }
+        ViewOp::Expand { .. } => {
+            broadcast_shape(&a.shape, shape)?;
+            Ok(gather(shape.to_vec(), &|idx| {
+                broadcast_index(idx, &a.shape)
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tc_compiler::ir::{Dim, Leaf, Node, NodeId, Origin, Output, TensorType};
+
+    struct G(Graph);
+
+    impl G {
+        fn push(&mut self, op: Op, dtype: DType, shape: &[u64]) -> NodeId {
+            let ty = TensorType::new(dtype, shape.iter().map(|&s| Dim::new(s)).collect());
+            self.0.push(
+                Node { op, ty, name: None },
+                Origin {
+                    span: 0..0,
+                    line: 1,
+                    group: None,
+                },
+            )
+        }
+        fn input(&mut self, name: &str, dtype: DType, shape: &[u64]) -> NodeId {
+            let index = self.0.inputs.len();
+            let id = self.push(Op::Input { index }, dtype, shape);
+            let ty = self.0.ty(id).clone();
+            self.0.inputs.push(Leaf {
+                name: name.into(),
+                node: id,
+                ty,
+            });
+            id
+        }
+        fn output(&mut self, name: &str, node: NodeId) {
+            self.0.outputs.push(Output {
+                name: name.into(),
+                node,
+                span: 0..0,
+            });
+        }
+    }
+
+    fn t(dtype: DType, shape: &[u64], v: &[f32]) -> HostTensor {
+        HostTensor::from_f32(dtype, shape.to_vec(), v)
+    }
+
+    #[test]
+    fn softmax_layernorm_and_reductions_by_hand() {
+        let mut g = G(Graph::new());
+        let x = g.input("x", DType::F32, &[2, 3]);
+        let sm = g.push(
+            Op::Softmax {
+                arg: x,
+                axis: 1,
+                log: false,
+            },
+            DType::F32,
+            &[2, 3],
+        );
+        let ls = g.push(
+            Op::Softmax {
+                arg: x,
+                axis: 0,
+                log: true,
+            },
+            DType::F32,
+            &[2, 3],
+        );
+        let ln = g.push(
+            Op::LayerNorm {
+                arg: x,
+                axis: 1,
+                eps: 0.0,
+            },
+            DType::F32,
+            &[2, 3],
+        );
+        let s = g.push(
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                arg: x,
+                axes: vec![0],
+                keepdim: false,
+            },
+            DType::F32,
+            &[3],
+        );
+        let m = g.push(
+            Op::Reduce {
+                op: ReduceOp::Max,
+                arg: x,
+                axes: vec![0, 1],
+                keepdim: true,
+            },
+            DType::F32,
+            &[1, 1],
+        );
+        for (n, id) in [("sm", sm), ("ls", ls), ("ln", ln), ("s", s), ("m", m)] {
+            g.output(n, id);
+        }
+        let out = evaluate(
+            &g.0,
+            &[t(DType::F32, &[2, 3], &[1.0, 2.0, 3.0, 0.0, 0.0, 0.0])],
+            &[],
+        )
+        .expect("evaluates");
+        let e = [1f64.exp(), 2f64.exp(), 3f64.exp()];
+        let z: f64 = e.iter().sum();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        assert!(
+            close(out[0].values[0], e[0] / z) && close(out[0].values[4], 1.0 / 3.0),
+            "{:?}",
+            out[0]
+        );
+        // log_softmax over axis 0 of column [1, 0].
+        assert!(
+            close(out[1].values[0], 1.0 - (1f64.exp() + 1.0).ln()),
+            "{:?}",
+            out[1]
+        );
+        // layernorm of [1, 2, 3]: (x - 2) / sqrt(2/3).
+        assert!(
+            close(out[2].values[2], 1.0 / (2.0f64 / 3.0).sqrt()),
+            "{:?}",
+            out[2]
+        );
+        assert_eq!(out[3].values, vec![1.0, 2.0, 3.0]);
+        assert_eq!(
+            (out[4].shape.clone(), out[4].values.clone()),
+            (vec![1, 1], vec![3.0])
+        );
+    }
+
+    #[test]
+    fn views_and_batched_matmul_by_index() {
+        let mut g = G(Graph::new());
+        let a = g.input("a", DType::F32, &[2, 2, 3]);
+        let b = g.input("b", DType::F32, &[3, 2]);
+        let tr = g.push(Op::View(ViewOp::Transpose, a), DType::F32, &[2, 3, 2]);
+        let pm = g.push(
+            Op::View(ViewOp::Permute(vec![2, 0, 1]), a),
+            DType::F32,
+            &[3, 2, 2],
+        );
+        let bx = g.push(
+            Op::View(ViewOp::Expand { implicit: false }, b),
+            DType::F32,
+            &[2, 3, 2],
+        );
+        let mm = g.push(Op::MatMul(a, bx), DType::F32, &[2, 2, 2]);
+        let rs = g.push(Op::View(ViewOp::Reshape, mm), DType::F32, &[4, 2]);
+        for (n, id) in [("tr", tr), ("pm", pm), ("mm", mm), ("rs", rs)] {
+            g.output(n, id);
+        }
+        let av: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let bv = [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let out = evaluate(
+            &g.0,
+            &[t(DType::F32, &[2, 2, 3], &av), t(DType::F32, &[3, 2], &bv)],
+            &[],
+        )
+        .expect("evaluates");
+        assert_eq!(
+            out[0].values[..6].to_vec(),
+            vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+        );
+        // pm[i, j, k] = a[j, k, i]
+        assert_eq!(out[1].values[..4].to_vec(), vec![0.0, 3.0, 6.0, 9.0]);
+        // [0 1 2] @ b = [0 + 2, 1 + 2]
+        assert_eq!(out[2].values[..2].to_vec(), vec![2.0, 3.0]);
+        assert_eq!(out[3].shape, vec![4, 2]);
+    }
+
+    #[test]
+    fn every_node_is_rounded_to_its_dtype_and_bad_inputs_are_errors() {
+        let mut g = G(Graph::new());
+        let x = g.input("x", DType::F16, &[1]);
+        let third = g.push(Op::Scalar(3.0), DType::F16, &[]);
+        let e = g.push(
+            Op::View(ViewOp::Expand { implicit: true }, third),
+            DType::F16,
+            &[1],
+        );
+        let d = g.push(Op::Binary(BinaryOp::Div, x, e), DType::F16, &[1]);
+        let c = g.push(
+            Op::Cast {
+                arg: d,
+                implicit: false,
+            },
+            DType::F32,
+            &[1],
+        );
+        let u = g.push(Op::Unary(UnaryOp::Gelu, c), DType::F32, &[1]);
+        g.output("c", c);
+        g.output("u", u);
+        let out = evaluate(&g.0, &[t(DType::F16, &[1], &[1.0])], &[]).expect("evaluates");
+        assert_eq!(out[0].values, vec![f16::from_f64(1.0 / 3.0).to_f64()]);
+        assert_eq!(out[0].dtype, DType::F32);
+        let v = out[0].values[0];
+        assert_eq!(
+            out[1].values,
+            vec![(0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt()))) as f32 as f64]
+        );
+        assert!(evaluate(&g.0, &[t(DType::F32, &[1], &[1.0])], &[]).is_err());
+        assert!(evaluate(&g.0, &[], &[]).is_err());
+    }
+}

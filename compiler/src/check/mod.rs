@@ -1,13 +1,423 @@
-//! The checker: names, dtypes and shapes; lowers the AST into the checked `ir::Graph`.
-//! (Being built: issue 2.)
+//! The checker: names, dims, dtypes and shapes; lowers the AST into the checked `ir::Graph`.
+//!
+//! Statements are checked in order; an error never stops the checker (a failed value is
+//! `Val::Error` and errors about it are not repeated), but a program with errors never
+//! produces a graph. Expressions (`expr.rs`) and built-ins (`builtins.rs`) live apart.
 
-use crate::diag::{Diagnostic, Diagnostics};
-use crate::ir::Graph;
+mod builtins;
+mod expr;
+mod hint;
+
+use crate::diag::{Diagnostic, Diagnostics, Span};
+use crate::ir::layout::{apply_view, Layout};
+use crate::ir::{DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, TensorType};
+use crate::syntax::ast::{DeclKind, Expr, Ident, Program, StmtKind, TypeExpr};
+use std::collections::HashMap;
 
 /// Parses and checks `source` with the `--dim` overrides `dims`.
-pub fn check_source(_source: &str, _dims: &[(String, u64)]) -> Result<Graph, Diagnostics> {
-    Err(vec![Diagnostic::error(
-        "not-built",
-        "the front end is not built yet",
-    )])
+pub fn check_source(source: &str, dims: &[(String, u64)]) -> Result<Graph, Diagnostics> {
+    let (program, mut diags) = crate::syntax::parse(source);
+    let mut cx = Checker::new(source, dims);
+    cx.program(&program);
+    diags.append(&mut cx.diags);
+    diags.sort_by_key(|d| d.primary_span().map_or(usize::MAX, |s| s.start));
+    if diags.is_empty() {
+        Ok(cx.graph)
+    } else {
+        Err(diags)
+    }
+}
+
+/// What a name is bound to.
+#[derive(Clone, Debug)]
+enum Binding {
+    Dim(u64),
+    Tensor(NodeId),
+    /// A weak scalar (`two = 2`): keeps the dtype of whatever tensor it meets.
+    Weak(f64),
+    /// The statement binding it failed; uses report nothing more.
+    Poison,
+}
+
+/// The value of an expression while checking.
+#[derive(Clone, Copy, Debug)]
+enum Val {
+    Tensor(NodeId),
+    /// A number literal or a dim (or arithmetic on them): dtype decided by its partner.
+    Weak(f64),
+    /// Already reported.
+    Error,
+}
+
+struct Checker<'s> {
+    source: &'s str,
+    line_starts: Vec<usize>,
+    graph: Graph,
+    layouts: Vec<Layout>,
+    env: HashMap<String, (Binding, Span)>,
+    /// Every name some statement binds, with its span (to say "used before it is bound").
+    later: HashMap<String, Span>,
+    overrides: Vec<(String, u64, bool)>,
+    diags: Diagnostics,
+    /// Set when a node of the current statement overflowed (reported once per statement).
+    overflowed: bool,
+}
+
+impl<'s> Checker<'s> {
+    fn new(source: &'s str, dims: &[(String, u64)]) -> Checker<'s> {
+        let mut line_starts = vec![0];
+        line_starts.extend(source.match_indices('\n').map(|(i, _)| i + 1));
+        Checker {
+            source,
+            line_starts,
+            graph: Graph::new(),
+            layouts: Vec::new(),
+            env: HashMap::new(),
+            later: HashMap::new(),
+            overrides: dims.iter().map(|(n, v)| (n.clone(), *v, false)).collect(),
+            diags: Vec::new(),
+            overflowed: false,
+        }
+    }
+
+    fn error(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    fn line(&self, pos: usize) -> u32 {
+        (self.line_starts.partition_point(|&s| s <= pos)) as u32
+    }
+
+    /// Appends a node with its origin (group = itself) and layout.
+    fn push(&mut self, op: Op, ty: TensorType, span: &Span) -> NodeId {
+        if ty.bytes().is_none() && !self.overflowed {
+            self.overflowed = true;
+            self.error(
+                Diagnostic::error(
+                    "size-overflow",
+                    format!("the tensor {ty} has more elements than 64 bits can count"),
+                )
+                .with_primary(span.clone(), format!("this is {ty}"))
+                .with_help("check the dims (and any `--dim` overrides)"),
+            );
+        }
+        let sizes = ty.sizes();
+        let id = NodeId(self.graph.len() as u32);
+        let layout = match &op {
+            Op::View(view, arg) => {
+                let in_sizes = self.graph.ty(*arg).sizes();
+                apply_view(view, &self.layouts[arg.index()], &in_sizes, &sizes)
+                    .unwrap_or_else(|| Layout::contiguous(id, &sizes))
+            }
+            _ => Layout::contiguous(id, &sizes),
+        };
+        let origin = Origin {
+            span: span.clone(),
+            line: self.line(span.start),
+            group: Some(id),
+        };
+        let id = self.graph.push(Node { op, ty, name: None }, origin);
+        self.layouts.push(layout);
+        id
+    }
+
+    fn program(&mut self, program: &Program) {
+        for stmt in &program.stmts {
+            let name = match &stmt.kind {
+                StmtKind::Dim { name, .. }
+                | StmtKind::Decl { name, .. }
+                | StmtKind::Assign { name, .. } => Some(name),
+                StmtKind::Broken { binds } => binds.as_ref(),
+                StmtKind::Output { .. } => None,
+            };
+            if let Some(n) = name {
+                self.later
+                    .entry(n.name.clone())
+                    .or_insert_with(|| n.span.clone());
+            }
+        }
+        let mut broken = false;
+        let mut saw_output = false;
+        for stmt in &program.stmts {
+            self.overflowed = false;
+            match &stmt.kind {
+                StmtKind::Dim { name, size } => self.dim(name, size),
+                StmtKind::Decl { kind, name, ty } => self.decl(*kind, name, ty),
+                StmtKind::Assign { name, value } => {
+                    let v = self.expr(value);
+                    let b = match v {
+                        Val::Tensor(id) => {
+                            let node = self.graph.node_mut(id);
+                            if node.name.is_none() {
+                                node.name = Some(name.name.clone());
+                            }
+                            Binding::Tensor(id)
+                        }
+                        Val::Weak(x) => Binding::Weak(x),
+                        Val::Error => Binding::Poison,
+                    };
+                    self.bind(name, b);
+                }
+                StmtKind::Output { names } => {
+                    saw_output = true;
+                    for n in names {
+                        self.output(n);
+                    }
+                }
+                StmtKind::Broken { binds } => {
+                    broken = true;
+                    if let Some(n) = binds {
+                        if !self.env.contains_key(&n.name) {
+                            self.env
+                                .insert(n.name.clone(), (Binding::Poison, n.span.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        for (name, value, used) in std::mem::take(&mut self.overrides) {
+            if !used {
+                let dims: Vec<&str> = self.graph.dims.iter().map(|(n, _)| n.as_str()).collect();
+                let mut d = Diagnostic::error(
+                    "unknown-dim-override",
+                    format!("`--dim {name}={value}` names no dim of this program"),
+                );
+                d = match hint::nearest(&name, dims.iter().copied()) {
+                    Some(h) => d.with_help(format!("did you mean `--dim {h}={value}`?")),
+                    None if dims.is_empty() => d.with_note("the program declares no dims"),
+                    None => d.with_note(format!("the program's dims are {}", dims.join(", "))),
+                };
+                self.error(d);
+            }
+        }
+        if !saw_output && !broken {
+            let end = self.source.len();
+            self.error(
+                Diagnostic::error("no-output", "the program has no `output` statement")
+                    .with_primary(end..end, "expected `output NAME` by here")
+                    .with_help("mark at least one result, e.g. `output y`"),
+            );
+        }
+    }
+
+    /// Binds `name`, reporting a second binding.
+    fn bind(&mut self, name: &Ident, b: Binding) {
+        if let Some((_, first)) = self.env.get(&name.name) {
+            let first = first.clone();
+            self.error(
+                Diagnostic::error(
+                    "duplicate-name",
+                    format!("`{}` is already bound", name.name),
+                )
+                .with_primary(name.span.clone(), "bound a second time here")
+                .with_secondary(first, "first bound here")
+                .with_help("every name is bound once; pick a new name"),
+            );
+            return;
+        }
+        self.env.insert(name.name.clone(), (b, name.span.clone()));
+    }
+
+    fn dim(&mut self, name: &Ident, size: &Expr) {
+        let written = self.const_int(size, "bad-dim");
+        let mut value = written;
+        if let Some(o) = self.overrides.iter_mut().find(|o| o.0 == name.name) {
+            o.2 = true;
+            value = Some(i128::from(o.1));
+            if o.1 == 0 {
+                self.error(
+                    Diagnostic::error(
+                        "bad-dim",
+                        format!("`--dim {}=0`: a dim must be positive", name.name),
+                    )
+                    .with_primary(name.span.clone(), "the dim declared here"),
+                );
+                self.bind(name, Binding::Poison);
+                return;
+            }
+        }
+        let Some(v) = value else {
+            self.bind(name, Binding::Poison);
+            return;
+        };
+        if v <= 0 || v > i128::from(u64::MAX) {
+            let msg = if v <= 0 {
+                "a dim must be positive"
+            } else {
+                "a dim must fit in 64 bits"
+            };
+            self.error(
+                Diagnostic::error("bad-dim", format!("dim `{}` is {v}: {msg}", name.name))
+                    .with_primary(size.span.clone(), format!("this is {v}")),
+            );
+            self.bind(name, Binding::Poison);
+            return;
+        }
+        let v = v as u64;
+        if !self.env.contains_key(&name.name) {
+            self.graph.dims.push((name.name.clone(), v));
+        }
+        self.bind(name, Binding::Dim(v));
+    }
+
+    fn decl(&mut self, kind: DeclKind, name: &Ident, ty: &TypeExpr) {
+        let Some(t) = self.type_expr(ty) else {
+            self.bind(name, Binding::Poison);
+            return;
+        };
+        if t.bytes().is_none() {
+            self.error(
+                Diagnostic::error(
+                    "size-overflow",
+                    format!("`{}` has more elements than 64 bits can count", name.name),
+                )
+                .with_primary(ty.span.clone(), format!("this is {t}")),
+            );
+            self.bind(name, Binding::Poison);
+            return;
+        }
+        if self.env.contains_key(&name.name) {
+            self.bind(name, Binding::Poison);
+            return;
+        }
+        let op = match kind {
+            DeclKind::Input => Op::Input {
+                index: self.graph.inputs.len(),
+            },
+            DeclKind::Param => Op::Param {
+                index: self.graph.params.len(),
+            },
+        };
+        let span = name.span.start..ty.span.end;
+        let id = self.push(op, t.clone(), &span);
+        self.graph.node_mut(id).name = Some(name.name.clone());
+        let leaf = Leaf {
+            name: name.name.clone(),
+            node: id,
+            ty: t,
+        };
+        match kind {
+            DeclKind::Input => self.graph.inputs.push(leaf),
+            DeclKind::Param => self.graph.params.push(leaf),
+        }
+        self.bind(name, Binding::Tensor(id));
+    }
+
+    /// `DTYPE[SHAPE]` to a type.
+    fn type_expr(&mut self, ty: &TypeExpr) -> Option<TensorType> {
+        let dtype = DType::from_name(&ty.dtype.name);
+        if dtype.is_none() {
+            let mut d = Diagnostic::error(
+                "unknown-dtype",
+                format!("unknown dtype `{}`", ty.dtype.name),
+            )
+            .with_primary(ty.dtype.span.clone(), "not a dtype")
+            .with_note("the dtypes are f32, f16 and bf16");
+            if let Some(h) = hint::nearest(&ty.dtype.name, ["f32", "f16", "bf16"]) {
+                d = d.with_help(format!("did you mean `{h}`?"));
+            }
+            self.error(d);
+        }
+        let shape = self.shape_list(&ty.shape, false)?;
+        Some(TensorType::new(
+            dtype?,
+            shape.into_iter().map(|(d, _)| d).collect(),
+        ))
+    }
+
+    /// A shape list (`[B, 4, 256]`): dims keep their names. With `allow_infer`, entries may
+    /// be -1 (returned as size 0, flagged true).
+    fn shape_list(&mut self, items: &[Expr], allow_infer: bool) -> Option<Vec<(Dim, bool)>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let Some(v) = self.const_int(item, "bad-shape") else {
+                ok = false;
+                continue;
+            };
+            if allow_infer && v == -1 {
+                out.push((Dim::new(0), true));
+                continue;
+            }
+            if v <= 0 || v > i128::from(u64::MAX) {
+                self.error(
+                    Diagnostic::error("bad-shape", format!("a size must be positive, got {v}"))
+                        .with_primary(item.span.clone(), format!("this is {v}")),
+                );
+                ok = false;
+                continue;
+            }
+            let name = match &item.kind {
+                crate::syntax::ast::ExprKind::Name(n) => Some(n.clone()),
+                _ => None,
+            };
+            out.push((
+                Dim {
+                    size: v as u64,
+                    name,
+                },
+                false,
+            ));
+        }
+        ok.then_some(out)
+    }
+
+    fn output(&mut self, n: &Ident) {
+        if self.graph.outputs.iter().any(|o| o.name == n.name) {
+            self.error(
+                Diagnostic::error(
+                    "duplicate-output",
+                    format!("`{}` is already an output", n.name),
+                )
+                .with_primary(n.span.clone(), "listed again here"),
+            );
+            return;
+        }
+        let node = match self.lookup(&n.name, &n.span) {
+            Val::Tensor(id) => id,
+            Val::Weak(x) => {
+                let id = self.push(Op::Scalar(x), TensorType::scalar(DType::F32), &n.span);
+                self.graph.node_mut(id).name = Some(n.name.clone());
+                id
+            }
+            Val::Error => return,
+        };
+        self.graph.outputs.push(Output {
+            name: n.name.clone(),
+            node,
+            span: n.span.clone(),
+        });
+    }
+
+    /// The value of a name, reporting unknown names with a hint.
+    fn lookup(&mut self, name: &str, span: &Span) -> Val {
+        match self.env.get(name) {
+            Some((Binding::Tensor(id), _)) => Val::Tensor(*id),
+            Some((Binding::Dim(v), _)) => Val::Weak(*v as f64),
+            Some((Binding::Weak(v), _)) => Val::Weak(*v),
+            Some((Binding::Poison, _)) => Val::Error,
+            None => {
+                self.unknown_name(name, span);
+                Val::Error
+            }
+        }
+    }
+
+    fn unknown_name(&mut self, name: &str, span: &Span) {
+        let mut d = Diagnostic::error("unknown-name", format!("unknown name `{name}`"))
+            .with_primary(span.clone(), "not bound before this line");
+        if let Some(later) = self.later.get(name).cloned() {
+            d = d
+                .with_secondary(later, "bound here, later")
+                .with_help(format!("bind `{name}` before using it"));
+        } else if builtins::is_builtin(name) {
+            d = d.with_help(format!("`{name}` is a function: call it as `{name}(…)`"));
+        } else {
+            let names: Vec<String> = self.env.keys().cloned().collect();
+            if let Some(h) = hint::nearest(name, names.iter().map(String::as_str)) {
+                d = d.with_help(format!("did you mean `{h}`?"));
+            }
+        }
+        self.error(d);
+    }
 }

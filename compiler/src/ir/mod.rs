@@ -3,7 +3,9 @@
 pub mod decompose;
 pub mod graph;
 pub mod layout;
+pub mod text;
 pub mod types;
+pub mod verify;
 
 pub use graph::{
     BinaryOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp,

@@ -1,1 +1,248 @@
-//! The CPU executor: runs a plan's kernels on one host arena. (Being built: issue 4.)
+//! The CPU executor: runs a plan's kernels in order over one host arena, every arena
+//! buffer at its planned offset — the same plan CUDA runs, so a planning mistake shows up
+//! here as wrong numbers. Fused kernels are interpreted block by block (`fused`), matrix
+//! products go to the `gemm` crate (`matmul`); elementwise numerics live in `math`.
+
+mod fused;
+mod math;
+mod matmul;
+#[cfg(test)]
+mod tests;
+
+use crate::tensor::HostTensor;
+use tc_compiler::ir::DType;
+use tc_compiler::schedule::{BufferKind, KernelKind, Plan};
+use thiserror::Error;
+
+/// Why a plan could not run on the CPU.
+#[derive(Debug, Error, PartialEq)]
+pub enum CpuError {
+    #[error("the program has {expected} {what}s but {found} were supplied")]
+    Count {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{what} `{name}` is {expected_dtype}{expected_shape:?} but the data is {found_dtype}{found_shape:?}")]
+    Mismatch {
+        what: &'static str,
+        name: String,
+        expected_dtype: DType,
+        expected_shape: Vec<u64>,
+        found_dtype: DType,
+        found_shape: Vec<u64>,
+    },
+    #[error("the arena of {0} bytes does not fit in this machine's memory")]
+    ArenaTooLarge(u64),
+    /// The plan breaks its own contract (a planner bug).
+    #[error("invalid plan: {0}")]
+    BadPlan(String),
+}
+
+/// One resolved buffer: where its elements are, their dtype and count.
+#[derive(Clone, Copy, Debug)]
+struct Mem {
+    ptr: *mut u8,
+    dtype: DType,
+    numel: usize,
+    /// False for inputs and params, which are borrowed from the caller.
+    writable: bool,
+}
+
+// SAFETY: a `Mem` is a view of the arena or of a caller's tensor that outlives every
+// kernel; kernels only write disjoint elements from different threads (the plan's
+// contract, bounds checked before each kernel runs).
+unsafe impl Send for Mem {}
+// SAFETY: as above.
+unsafe impl Sync for Mem {}
+
+impl Mem {
+    /// The first byte (a method, so closures capture the whole `Send` value).
+    fn base(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn bytes(&self) -> usize {
+        self.numel * self.dtype.size() as usize
+    }
+
+    /// True when the two buffers share a byte.
+    fn overlaps(&self, other: &Mem) -> bool {
+        let (a, b) = (self.ptr as usize, other.ptr as usize);
+        a < b + other.bytes() && b < a + self.bytes()
+    }
+}
+
+/// Runs `plan` on the host and returns its outputs in `plan.outputs` order, each gathered
+/// into a contiguous tensor of its dtype.
+pub fn run(
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<Vec<HostTensor>, CpuError> {
+    check_leaves(plan, "input", &plan.inputs, inputs)?;
+    check_leaves(plan, "param", &plan.params, params)?;
+
+    // The arena: 16-byte aligned, zeroed lazily by the allocator.
+    let words = usize::try_from(plan.arena_bytes.div_ceil(16))
+        .map_err(|_| CpuError::ArenaTooLarge(plan.arena_bytes))?;
+    let mut arena: Vec<u128> = Vec::new();
+    arena
+        .try_reserve_exact(words)
+        .map_err(|_| CpuError::ArenaTooLarge(plan.arena_bytes))?;
+    arena.resize(words, 0);
+    let base = arena.as_mut_ptr().cast::<u8>();
+
+    let mut mems = Vec::with_capacity(plan.buffers.len());
+    for buf in &plan.buffers {
+        let numel = usize::try_from(buf.shape.iter().product::<u64>())
+            .map_err(|_| CpuError::BadPlan(format!("buffer {} is too large", buf.name)))?;
+        let mem = match buf.kind {
+            BufferKind::Input { index } | BufferKind::Param { index } => {
+                let (what, list) = if matches!(buf.kind, BufferKind::Input { .. }) {
+                    ("input", inputs)
+                } else {
+                    ("param", params)
+                };
+                let t = list.get(index).ok_or_else(|| {
+                    CpuError::BadPlan(format!(
+                        "buffer {} is {what} {index}, which does not exist",
+                        buf.name
+                    ))
+                })?;
+                // Never written (stores to it are rejected), so the const data may be shared.
+                Mem {
+                    ptr: t.bytes.as_ptr().cast_mut(),
+                    dtype: t.dtype,
+                    numel: t.numel(),
+                    writable: false,
+                }
+            }
+            BufferKind::Arena | BufferKind::Workspace => {
+                let end = buf.offset.checked_add(buf.bytes);
+                if end.is_none_or(|e| e > plan.arena_bytes) {
+                    return Err(CpuError::BadPlan(format!(
+                        "buffer {} ({} bytes at offset {}) does not fit in the {}-byte arena",
+                        buf.name, buf.bytes, buf.offset, plan.arena_bytes
+                    )));
+                }
+                let numel = if buf.kind == BufferKind::Workspace {
+                    buf.bytes as usize / buf.dtype.size() as usize
+                } else {
+                    numel
+                };
+                if buf.kind == BufferKind::Arena && numel as u64 * buf.dtype.size() > buf.bytes {
+                    return Err(CpuError::BadPlan(format!(
+                        "buffer {} holds {numel} {} elements in {} bytes",
+                        buf.name, buf.dtype, buf.bytes
+                    )));
+                }
+                // SAFETY: offset + bytes <= arena_bytes <= the allocation (checked above).
+                let ptr = unsafe { base.add(buf.offset as usize) };
+                Mem {
+                    ptr,
+                    dtype: buf.dtype,
+                    numel,
+                    writable: true,
+                }
+            }
+        };
+        mems.push(mem);
+    }
+
+    for kernel in &plan.kernels {
+        match &kernel.kind {
+            KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, &mems)?,
+            KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, &mems)?,
+        }
+    }
+
+    let mut outs = Vec::with_capacity(plan.outputs.len());
+    for o in &plan.outputs {
+        let mem = *mems.get(o.buffer.index()).ok_or_else(|| {
+            CpuError::BadPlan(format!(
+                "output {} reads buffer {}, which does not exist",
+                o.name, o.buffer.0
+            ))
+        })?;
+        let bad = |m: String| CpuError::BadPlan(format!("output {}: {m}", o.name));
+        if mem.dtype != o.dtype || o.strides.len() != o.shape.len() {
+            return Err(bad(format!(
+                "reads a {} buffer as {} with {} strides",
+                mem.dtype,
+                o.dtype,
+                o.strides.len()
+            )));
+        }
+        let shape: Vec<usize> = o.shape.iter().map(|&s| s as usize).collect();
+        fused::check_bounds(
+            "output",
+            &o.name,
+            &plan.buffer(o.buffer).name,
+            mem,
+            o.offset,
+            &o.strides,
+            &shape,
+        )?;
+        let numel: usize = shape.iter().product();
+        let mut vals = Vec::with_capacity(numel);
+        let mut idx = vec![0usize; shape.len()];
+        for _ in 0..numel {
+            let off = o.offset
+                + idx
+                    .iter()
+                    .zip(&o.strides)
+                    .map(|(&i, &s)| i as i64 * s)
+                    .sum::<i64>();
+            // SAFETY: every index of the shape is in bounds (checked above).
+            vals.push(unsafe { mem.read(off) });
+            for d in (0..shape.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        // Exact: the values were widened from this very dtype.
+        outs.push(HostTensor::from_f32(o.dtype, o.shape.clone(), &vals));
+    }
+    drop(arena);
+    Ok(outs)
+}
+
+fn check_leaves(
+    plan: &Plan,
+    what: &'static str,
+    ids: &[tc_compiler::schedule::BufferId],
+    data: &[HostTensor],
+) -> Result<(), CpuError> {
+    if ids.len() != data.len() {
+        return Err(CpuError::Count {
+            what,
+            expected: ids.len(),
+            found: data.len(),
+        });
+    }
+    for (&id, t) in ids.iter().zip(data) {
+        let buf = plan
+            .buffers
+            .get(id.index())
+            .ok_or_else(|| CpuError::BadPlan(format!("{what} buffer {} does not exist", id.0)))?;
+        let numel: u64 = t.shape.iter().product();
+        if buf.dtype != t.dtype
+            || buf.shape != t.shape
+            || t.bytes.len() as u64 != numel * t.dtype.size()
+        {
+            return Err(CpuError::Mismatch {
+                what,
+                name: buf.name.clone(),
+                expected_dtype: buf.dtype,
+                expected_shape: buf.shape.clone(),
+                found_dtype: t.dtype,
+                found_shape: t.shape.clone(),
+            });
+        }
+    }
+    Ok(())
+}

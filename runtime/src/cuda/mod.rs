@@ -1,1 +1,45 @@
-//! The CUDA executor: NVRTC, cuBLAS and one device arena. (Being built: issue 5.)
+//! The CUDA executor: generated kernels compiled by NVRTC (cached on disk), matrix products
+//! through cuBLAS, every buffer of the plan in one device arena, kernels on one stream.
+//!
+//! Every entry point checks that the driver, NVRTC and cuBLAS libraries can be loaded before
+//! touching them, so a machine without CUDA gets a `CudaError` saying why, never a panic.
+
+pub mod nvrtc;
+
+pub use nvrtc::{compile, compile_cached, nvrtc_available, nvrtc_version, preload_nvrtc, Compiled};
+
+/// Why CUDA could not be used or a run failed. Messages carry the driver's / NVRTC's text.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("CUDA unavailable: the {library} library could not be loaded: {detail}")]
+    NoLibrary {
+        library: &'static str,
+        detail: String,
+    },
+    #[error("CUDA unavailable: no CUDA device found")]
+    NoDevice,
+    #[error("CUDA driver error in {call}: {message}")]
+    Driver { call: &'static str, message: String },
+    #[error("cuBLAS error in {call}: {message}")]
+    Cublas { call: &'static str, message: String },
+    #[error("NVRTC error: {0}")]
+    Nvrtc(String),
+    #[error("NVRTC failed to compile the generated CUDA C for {arch} ({error}); the source is in {source_path}\n{log}")]
+    Compile {
+        arch: String,
+        error: String,
+        log: String,
+        source_path: String,
+    },
+    #[error(
+        "the plan needs {needed} bytes of device memory but only {free} bytes are free on {device}; \
+         try smaller dims (--dim NAME=INT)"
+    )]
+    OutOfMemory {
+        needed: u64,
+        free: u64,
+        device: String,
+    },
+    #[error("bad data for the CUDA run: {0}")]
+    Data(String),
+}

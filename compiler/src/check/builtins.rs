@@ -1,0 +1,618 @@
+//! Built-in functions: argument binding (positional and keyword), then the dtype and shape
+//! rule of each built-in (elementwise, reductions, row ops, views, casts).
+
+use super::{hint, Checker, Val};
+use crate::diag::{Diagnostic, Span};
+use crate::ir::{BinaryOp, DType, Dim, Op, ReduceOp, TensorType, UnaryOp, ViewOp};
+use crate::syntax::ast::{Arg, Expr, ExprKind, Ident};
+
+/// The parameters of each built-in, in positional order. The first is the tensor argument.
+fn params(name: &str) -> Option<&'static [&'static str]> {
+    Some(match name {
+        "maximum" | "minimum" => &["a", "b"],
+        "sum" | "mean" | "max" | "min" => &["x", "axis", "keepdim"],
+        "softmax" | "log_softmax" => &["x", "axis"],
+        "layernorm" | "rmsnorm" => &["x", "axis", "eps"],
+        "transpose" | "f32" | "f16" | "bf16" => &["x"],
+        "permute" => &["x", "dims"],
+        "reshape" | "expand" => &["x", "shape"],
+        _ if UnaryOp::from_function(name).is_some() => &["x"],
+        _ => return None,
+    })
+}
+
+/// Every built-in function name (for hints).
+const BUILTINS: &[&str] = &[
+    "abs",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "sin",
+    "cos",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "gelu",
+    "silu",
+    "erf",
+    "square",
+    "maximum",
+    "minimum",
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "softmax",
+    "log_softmax",
+    "layernorm",
+    "rmsnorm",
+    "transpose",
+    "permute",
+    "reshape",
+    "expand",
+    "f32",
+    "f16",
+    "bf16",
+];
+
+pub(super) fn is_builtin(name: &str) -> bool {
+    params(name).is_some()
+}
+
+impl Checker<'_> {
+    pub(super) fn call(&mut self, func: &Ident, args: &[Arg], span: &Span, depth: usize) -> Val {
+        let name = func.name.as_str();
+        let Some(params) = params(name) else {
+            let mut d = Diagnostic::error("unknown-function", format!("unknown function `{name}`"))
+                .with_primary(func.span.clone(), "not a built-in function");
+            if self.env.contains_key(name) {
+                d = d.with_note(format!("`{name}` is a value; only built-ins can be called"));
+            }
+            if let Some(h) = hint::nearest(name, BUILTINS.iter().copied()) {
+                d = d.with_help(format!("did you mean `{h}`?"));
+            }
+            self.error(d);
+            // Still check the arguments, for their own errors.
+            for a in args {
+                if !matches!(a.value.kind, ExprKind::List(_) | ExprKind::Bool(_)) {
+                    self.expr_at(&a.value, depth + 1);
+                }
+            }
+            return Val::Error;
+        };
+        let Some(bound) = self.bind_args(func, params, args, span) else {
+            return Val::Error;
+        };
+        let (x_expr, x) = match bound[0] {
+            Some(e) => (e, self.expr_at(e, depth + 1)),
+            None => return Val::Error,
+        };
+        if let Some(op) = UnaryOp::from_function(name) {
+            return self.unary(op, x, &x_expr.span, span);
+        }
+        match name {
+            "maximum" | "minimum" => {
+                let Some(b_expr) = bound[1] else {
+                    return Val::Error;
+                };
+                let b = self.expr_at(b_expr, depth + 1);
+                let op = if name == "maximum" {
+                    BinaryOp::Maximum
+                } else {
+                    BinaryOp::Minimum
+                };
+                self.binary(op, (x, &x_expr.span), (b, &b_expr.span), span)
+            }
+            "f32" | "f16" | "bf16" => {
+                let dtype = DType::from_name(name).unwrap_or(DType::F32);
+                let Some(id) = self.materialize(x, dtype, &x_expr.span) else {
+                    return Val::Error;
+                };
+                if self.graph.dtype(id) == dtype {
+                    return Val::Tensor(id);
+                }
+                let ty = TensorType::new(dtype, self.graph.ty(id).shape.clone());
+                Val::Tensor(self.push(
+                    Op::Cast {
+                        arg: id,
+                        implicit: false,
+                    },
+                    ty,
+                    span,
+                ))
+            }
+            _ => {
+                let Some(id) = self.materialize(x, DType::F32, &x_expr.span) else {
+                    return Val::Error;
+                };
+                let ty = self.graph.ty(id).clone();
+                self.tensor_builtin(name, id, &ty, &x_expr.span, &bound, span)
+            }
+        }
+    }
+
+    /// Matches arguments to parameters; `None` after reporting a mismatch.
+    fn bind_args<'e>(
+        &mut self,
+        func: &Ident,
+        params: &[&'static str],
+        args: &'e [Arg],
+        span: &Span,
+    ) -> Option<Vec<Option<&'e Expr>>> {
+        let mut bound: Vec<Option<&Expr>> = vec![None; params.len()];
+        let mut ok = true;
+        let mut positional = 0;
+        for a in args {
+            let slot = match &a.name {
+                None => {
+                    positional += 1;
+                    if positional > params.len() {
+                        self.error(
+                            Diagnostic::error(
+                                "bad-argument",
+                                format!("`{}` takes at most {} arguments", func.name, params.len()),
+                            )
+                            .with_primary(a.span.clone(), "one too many")
+                            .with_note(signature(&func.name, params)),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    positional - 1
+                }
+                Some(k) => match params.iter().position(|p| *p == k.name) {
+                    Some(i) if i > 0 => i,
+                    _ => {
+                        let mut d = Diagnostic::error(
+                            "bad-argument",
+                            format!("`{}` has no argument `{}`", func.name, k.name),
+                        )
+                        .with_primary(k.span.clone(), "unknown keyword")
+                        .with_note(signature(&func.name, params));
+                        if let Some(h) = hint::nearest(&k.name, params[1..].iter().copied()) {
+                            d = d.with_help(format!("did you mean `{h}=`?"));
+                        }
+                        self.error(d);
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            if bound[slot].is_some() {
+                self.error(
+                    Diagnostic::error(
+                        "bad-argument",
+                        format!("argument `{}` given twice", params[slot]),
+                    )
+                    .with_primary(a.span.clone(), "given again here"),
+                );
+                ok = false;
+                continue;
+            }
+            bound[slot] = Some(&a.value);
+        }
+        let required = match func.name.as_str() {
+            "maximum" | "minimum" | "permute" | "reshape" | "expand" => 2,
+            _ => 1,
+        };
+        for (i, p) in params.iter().enumerate().take(required) {
+            if bound[i].is_none() {
+                self.error(
+                    Diagnostic::error(
+                        "bad-argument",
+                        format!("`{}` is missing its argument `{p}`", func.name),
+                    )
+                    .with_primary(span.clone(), "in this call")
+                    .with_note(signature(&func.name, params)),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(bound)
+    }
+
+    /// Reductions, row operations and views on the tensor `id` of type `ty`.
+    fn tensor_builtin(
+        &mut self,
+        name: &str,
+        id: crate::ir::NodeId,
+        ty: &TensorType,
+        x_span: &Span,
+        bound: &[Option<&Expr>],
+        span: &Span,
+    ) -> Val {
+        let rank = ty.rank();
+        match name {
+            "sum" | "mean" | "max" | "min" => {
+                let op = match name {
+                    "sum" => ReduceOp::Sum,
+                    "mean" => ReduceOp::Mean,
+                    "max" => ReduceOp::Max,
+                    _ => ReduceOp::Min,
+                };
+                let axes = match bound[1] {
+                    None => (0..rank).collect(),
+                    Some(e) => match self.axes(e, ty) {
+                        Some(a) => a,
+                        None => return Val::Error,
+                    },
+                };
+                let keepdim = match bound[2] {
+                    None => false,
+                    Some(e) => match self.boolean(e, "keepdim") {
+                        Some(b) => b,
+                        None => return Val::Error,
+                    },
+                };
+                if axes.is_empty() {
+                    // A rank-0 reduction over all (no) axes is its argument.
+                    return Val::Tensor(id);
+                }
+                let shape: Vec<Dim> = ty
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
+                        (false, _) => Some(d.clone()),
+                        (true, true) => Some(Dim::new(1)),
+                        (true, false) => None,
+                    })
+                    .collect();
+                let out = TensorType::new(ty.dtype, shape);
+                Val::Tensor(self.push(
+                    Op::Reduce {
+                        op,
+                        arg: id,
+                        axes,
+                        keepdim,
+                    },
+                    out,
+                    span,
+                ))
+            }
+            "softmax" | "log_softmax" | "layernorm" | "rmsnorm" => {
+                let axis = match bound[1] {
+                    None => self.normalize_axis(-1, ty, x_span),
+                    Some(e) => self
+                        .const_int(e, "bad-axis")
+                        .and_then(|a| self.normalize_axis(a, ty, &e.span)),
+                };
+                let Some(axis) = axis else { return Val::Error };
+                let default_eps = if name == "layernorm" { 1e-5 } else { 1e-6 };
+                let eps = match bound.get(2).copied().flatten() {
+                    None => default_eps,
+                    Some(e) => match self.float(e, "eps") {
+                        Some(v) => v,
+                        None => return Val::Error,
+                    },
+                };
+                let op = match name {
+                    "softmax" => Op::Softmax {
+                        arg: id,
+                        axis,
+                        log: false,
+                    },
+                    "log_softmax" => Op::Softmax {
+                        arg: id,
+                        axis,
+                        log: true,
+                    },
+                    "layernorm" => Op::LayerNorm { arg: id, axis, eps },
+                    _ => Op::RmsNorm { arg: id, axis, eps },
+                };
+                Val::Tensor(self.push(op, ty.clone(), span))
+            }
+            "transpose" => {
+                if rank < 2 {
+                    self.error(
+                        Diagnostic::error(
+                            "bad-rank",
+                            format!("`transpose` needs rank 2 or more, but this is {ty}"),
+                        )
+                        .with_primary(x_span.clone(), format!("this is {ty}"))
+                        .with_note(
+                            "`transpose(x)` swaps the last two axes; use `permute` for others",
+                        ),
+                    );
+                    return Val::Error;
+                }
+                let mut shape = ty.shape.clone();
+                shape.swap(rank - 1, rank - 2);
+                Val::Tensor(self.push(
+                    Op::View(ViewOp::Transpose, id),
+                    TensorType::new(ty.dtype, shape),
+                    span,
+                ))
+            }
+            "permute" => {
+                let Some(e) = bound[1] else { return Val::Error };
+                let Some(perm) = self.permutation(e, ty) else {
+                    return Val::Error;
+                };
+                let shape = perm.iter().map(|&p| ty.shape[p].clone()).collect();
+                Val::Tensor(self.push(
+                    Op::View(ViewOp::Permute(perm), id),
+                    TensorType::new(ty.dtype, shape),
+                    span,
+                ))
+            }
+            "reshape" => {
+                let Some(e) = bound[1] else { return Val::Error };
+                let Some(shape) = self.reshape_target(e, ty) else {
+                    return Val::Error;
+                };
+                let out = TensorType::new(ty.dtype, shape);
+                let layout = &self.layouts[id.index()];
+                let fits = crate::ir::layout::apply_view(
+                    &ViewOp::Reshape,
+                    layout,
+                    &ty.sizes(),
+                    &out.sizes(),
+                )
+                .is_some();
+                // No strides express it (after a permute, say): copy first, as torch.reshape.
+                let src = if fits {
+                    id
+                } else {
+                    self.push(Op::Copy(id), ty.clone(), x_span)
+                };
+                Val::Tensor(self.push(Op::View(ViewOp::Reshape, src), out, span))
+            }
+            "expand" => {
+                let Some(e) = bound[1] else { return Val::Error };
+                let Some(shape) = self.expand_target(e, ty) else {
+                    return Val::Error;
+                };
+                let out = TensorType::new(ty.dtype, shape);
+                Val::Tensor(self.push(Op::View(ViewOp::Expand { implicit: false }, id), out, span))
+            }
+            _ => Val::Error,
+        }
+    }
+
+    fn normalize_axis(&mut self, axis: i128, ty: &TensorType, span: &Span) -> Option<usize> {
+        let rank = ty.rank() as i128;
+        if axis < -rank || axis >= rank {
+            let range = if rank == 0 {
+                "a rank-0 tensor has no axes".to_string()
+            } else {
+                format!("axes run from {} to {}", -rank, rank - 1)
+            };
+            self.error(
+                Diagnostic::error("bad-axis", format!("axis {axis} is out of range for {ty}"))
+                    .with_primary(span.clone(), format!("axis {axis}"))
+                    .with_note(range),
+            );
+            return None;
+        }
+        Some(if axis < 0 {
+            (axis + rank) as usize
+        } else {
+            axis as usize
+        })
+    }
+
+    /// An axis or a list of axes: normalised, distinct, sorted.
+    fn axes(&mut self, e: &Expr, ty: &TensorType) -> Option<Vec<usize>> {
+        let items: Vec<&Expr> = match &e.kind {
+            ExprKind::List(items) => items.iter().collect(),
+            _ => vec![e],
+        };
+        let mut out: Vec<(usize, &Span)> = Vec::new();
+        for item in items {
+            let a = self.const_int(item, "bad-axis")?;
+            let a = self.normalize_axis(a, ty, &item.span)?;
+            if let Some((_, first)) = out.iter().find(|(x, _)| *x == a) {
+                let first = (*first).clone();
+                self.error(
+                    Diagnostic::error("bad-axis", format!("axis {a} is repeated"))
+                        .with_primary(item.span.clone(), "repeated here")
+                        .with_secondary(first, "first here")
+                        .with_note(format!("for {ty}, negative axes count from the end")),
+                );
+                return None;
+            }
+            out.push((a, &item.span));
+        }
+        let mut axes: Vec<usize> = out.into_iter().map(|(a, _)| a).collect();
+        axes.sort_unstable();
+        Some(axes)
+    }
+
+    fn permutation(&mut self, e: &Expr, ty: &TensorType) -> Option<Vec<usize>> {
+        let ExprKind::List(items) = &e.kind else {
+            self.error(
+                Diagnostic::error("bad-argument", "`permute` needs a list of axes")
+                    .with_primary(e.span.clone(), "expected a list such as `[0, 2, 1]`"),
+            );
+            return None;
+        };
+        if items.len() != ty.rank() {
+            self.error(
+                Diagnostic::error(
+                    "bad-view",
+                    format!(
+                        "`permute` of {ty} needs {} axes, got {}",
+                        ty.rank(),
+                        items.len()
+                    ),
+                )
+                .with_primary(e.span.clone(), format!("{} axes", items.len())),
+            );
+            return None;
+        }
+        let perm = self.axes(e, ty)?;
+        // `axes` sorted them; keep the written order.
+        let mut written = Vec::with_capacity(items.len());
+        for item in items {
+            let a = self.const_int(item, "bad-axis")?;
+            written.push(self.normalize_axis(a, ty, &item.span)?);
+        }
+        debug_assert_eq!(perm.len(), written.len());
+        Some(written)
+    }
+
+    fn reshape_target(&mut self, e: &Expr, ty: &TensorType) -> Option<Vec<Dim>> {
+        let ExprKind::List(items) = &e.kind else {
+            self.error(
+                Diagnostic::error("bad-argument", "`reshape` needs a shape list")
+                    .with_primary(e.span.clone(), "expected a list such as `[B, -1]`"),
+            );
+            return None;
+        };
+        let mut dims = self.shape_list(items, true)?;
+        let infer: Vec<usize> = dims
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.1)
+            .map(|(i, _)| i)
+            .collect();
+        let numel = ty.numel()?;
+        let known = crate::ir::types::numel(
+            &dims
+                .iter()
+                .filter(|d| !d.1)
+                .map(|d| d.0.size)
+                .collect::<Vec<_>>(),
+        );
+        let mismatch = |cx: &mut Self, what: String| {
+            let shown: Vec<String> = dims_text(&dims);
+            cx.error(
+                Diagnostic::error(
+                    "bad-view",
+                    format!("cannot reshape {ty} to [{}]", shown.join(", ")),
+                )
+                .with_primary(e.span.clone(), what)
+                .with_note(format!("{ty} has {numel} elements")),
+            );
+        };
+        match (infer.as_slice(), known) {
+            (_, None) => {
+                mismatch(
+                    self,
+                    "this shape has more elements than 64 bits can count".into(),
+                );
+                None
+            }
+            ([], Some(k)) if k != numel => {
+                mismatch(self, format!("this shape has {k} elements"));
+                None
+            }
+            ([], Some(_)) => Some(dims.into_iter().map(|d| d.0).collect()),
+            ([i], Some(k)) if numel % k == 0 => {
+                dims[*i].0.size = numel / k;
+                Some(dims.into_iter().map(|d| d.0).collect())
+            }
+            ([_], Some(k)) => {
+                mismatch(
+                    self,
+                    format!("{numel} elements do not divide into rows of {k}"),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    Diagnostic::error("bad-view", "only one `-1` is allowed in a reshape")
+                        .with_primary(e.span.clone(), format!("{} entries are -1", infer.len())),
+                );
+                None
+            }
+        }
+    }
+
+    fn expand_target(&mut self, e: &Expr, ty: &TensorType) -> Option<Vec<Dim>> {
+        let ExprKind::List(items) = &e.kind else {
+            self.error(
+                Diagnostic::error("bad-argument", "`expand` needs a shape list")
+                    .with_primary(e.span.clone(), "expected a list such as `[B, D]`"),
+            );
+            return None;
+        };
+        let dims = self.shape_list(items, true)?;
+        let n = dims.len();
+        let r = ty.rank();
+        let fail = |cx: &mut Self, msg: String| {
+            cx.error(
+                Diagnostic::error("bad-view", format!("cannot expand {ty} to [{}]", dims_text(&dims).join(", ")))
+                    .with_primary(e.span.clone(), msg)
+                    .with_note("`expand` (NumPy `broadcast_to`) may add leading axes and stretch axes of size 1"),
+            );
+            None
+        };
+        if n < r {
+            return fail(self, format!("{n} axes, fewer than the {r} of the tensor"));
+        }
+        let mut out = Vec::with_capacity(n);
+        for (i, (d, infer)) in dims.iter().enumerate() {
+            let src = (i + r).checked_sub(n).map(|j| &ty.shape[j]);
+            match (src, infer) {
+                (None, true) => return fail(self, format!("-1 at new axis {i}")),
+                (None, false) => out.push(d.clone()),
+                (Some(s), true) => out.push(s.clone()),
+                (Some(s), false) if s.size == d.size || s.size == 1 => out.push(d.clone()),
+                (Some(s), false) => return fail(self, format!("axis {i}: {s} cannot become {d}")),
+            }
+        }
+        Some(out)
+    }
+
+    fn boolean(&mut self, e: &Expr, what: &str) -> Option<bool> {
+        if let ExprKind::Bool(b) = e.kind {
+            return Some(b);
+        }
+        self.error(
+            Diagnostic::error(
+                "bad-argument",
+                format!("`{what}` must be `true` or `false`"),
+            )
+            .with_primary(e.span.clone(), "expected `true` or `false`"),
+        );
+        None
+    }
+
+    fn float(&mut self, e: &Expr, what: &str) -> Option<f64> {
+        let (neg, inner) = match &e.kind {
+            ExprKind::Neg(a) => (true, &**a),
+            _ => (false, e),
+        };
+        if let ExprKind::Number(t) = &inner.kind {
+            if let Ok(v) = t.parse::<f64>() {
+                if v.is_finite() {
+                    return Some(if neg { -v } else { v });
+                }
+            }
+        }
+        self.error(
+            Diagnostic::error("bad-argument", format!("`{what}` must be a number literal"))
+                .with_primary(e.span.clone(), "expected a number such as `1e-5`"),
+        );
+        None
+    }
+}
+
+fn dims_text(dims: &[(Dim, bool)]) -> Vec<String> {
+    dims.iter()
+        .map(|(d, infer)| {
+            if *infer {
+                "-1".to_string()
+            } else {
+                d.to_string()
+            }
+        })
+        .collect()
+}
+
+fn signature(name: &str, params: &[&str]) -> String {
+    let rest: Vec<String> = params[1..].iter().map(|p| format!("{p}=…")).collect();
+    let mut all = vec![params[0].to_string()];
+    if matches!(
+        name,
+        "maximum" | "minimum" | "permute" | "reshape" | "expand"
+    ) {
+        all.extend(params[1..].iter().map(|p| p.to_string()));
+    } else {
+        all.extend(rest);
+    }
+    format!("usage: `{name}({})`", all.join(", "))
+}

@@ -1,0 +1,450 @@
+//! Expressions: operators, weak scalars, promotion and broadcasting, matmul, constants.
+//!
+//! Chains of left-associative operators and runs of unary minus are walked in a loop, so a
+//! 100 000-term sum checks in constant stack; other nesting is bounded by the parser.
+
+use super::{Checker, Val};
+use crate::diag::{Diagnostic, Span};
+use crate::ir::{BinaryOp, DType, Dim, NodeId, Op, TensorType, UnaryOp, ViewOp};
+use crate::syntax::ast::{BinOp, Expr, ExprKind};
+
+/// Recursion guard for the checker (the parser already limits nesting to 64).
+const MAX_DEPTH: usize = 512;
+
+impl Checker<'_> {
+    pub(super) fn expr(&mut self, e: &Expr) -> Val {
+        self.expr_at(e, 0)
+    }
+
+    pub(super) fn expr_at(&mut self, e: &Expr, depth: usize) -> Val {
+        if depth > MAX_DEPTH {
+            self.error(
+                Diagnostic::error("too-deep", "expression nested too deeply")
+                    .with_primary(e.span.clone(), "nesting too deep here")
+                    .with_help("split the expression into several statements"),
+            );
+            return Val::Error;
+        }
+        match &e.kind {
+            ExprKind::Number(text) => match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => Val::Weak(v),
+                _ => {
+                    self.error(
+                        Diagnostic::error(
+                            "bad-number",
+                            format!("the number `{text}` is too large"),
+                        )
+                        .with_primary(e.span.clone(), "not a finite number"),
+                    );
+                    Val::Error
+                }
+            },
+            ExprKind::Bool(b) => {
+                self.error(
+                    Diagnostic::error("bad-expression", format!("`{b}` is not a value"))
+                        .with_primary(e.span.clone(), "only allowed as a keyword argument")
+                        .with_note("`true` and `false` are for arguments such as `keepdim=true`"),
+                );
+                Val::Error
+            }
+            ExprKind::List(_) => {
+                self.error(
+                    Diagnostic::error("bad-expression", "a list is not a value")
+                        .with_primary(e.span.clone(), "a list here")
+                        .with_note("lists are axis lists and shapes: `sum(x, axis=[0, 1])`, `reshape(x, [B, -1])`"),
+                );
+                Val::Error
+            }
+            ExprKind::Name(n) => self.lookup(n, &e.span),
+            ExprKind::Error => Val::Error,
+            ExprKind::Neg(_) => {
+                // A run of unary minus, walked in a loop.
+                let mut negs = Vec::new();
+                let mut cur = e;
+                while let ExprKind::Neg(inner) = &cur.kind {
+                    negs.push(cur.span.clone());
+                    cur = inner;
+                }
+                let mut v = self.expr_at(cur, depth + 1);
+                let mut vspan = cur.span.clone();
+                for span in negs.into_iter().rev() {
+                    v = self.unary(UnaryOp::Neg, v, &vspan, &span);
+                    vspan = span;
+                }
+                v
+            }
+            ExprKind::Binary { .. } => {
+                // The left spine of the tree, walked in a loop.
+                let mut spine = Vec::new();
+                let mut cur = e;
+                while let ExprKind::Binary { lhs, .. } = &cur.kind {
+                    spine.push(cur);
+                    cur = lhs;
+                }
+                let mut acc = self.expr_at(cur, depth + 1);
+                let mut acc_span = cur.span.clone();
+                for node in spine.into_iter().rev() {
+                    if let ExprKind::Binary { op, rhs, .. } = &node.kind {
+                        let r = self.expr_at(rhs, depth + 1);
+                        acc = self.binop(*op, (acc, &acc_span), (r, &rhs.span), &node.span);
+                        acc_span = node.span.clone();
+                    }
+                }
+                acc
+            }
+            ExprKind::Call { func, args } => self.call(func, args, &e.span, depth),
+        }
+    }
+
+    fn binop(&mut self, op: BinOp, a: (Val, &Span), b: (Val, &Span), span: &Span) -> Val {
+        let op = match op {
+            BinOp::Add => BinaryOp::Add,
+            BinOp::Sub => BinaryOp::Sub,
+            BinOp::Mul => BinaryOp::Mul,
+            BinOp::Div => BinaryOp::Div,
+            BinOp::Pow => BinaryOp::Pow,
+            BinOp::MatMul => return self.matmul(a, b, span),
+        };
+        self.binary(op, a, b, span)
+    }
+
+    /// A tensor for `v`: a weak scalar becomes a rank-0 `Scalar` of `dtype`.
+    pub(super) fn materialize(&mut self, v: Val, dtype: DType, span: &Span) -> Option<NodeId> {
+        match v {
+            Val::Tensor(id) => Some(id),
+            Val::Weak(x) => Some(self.push(Op::Scalar(x), TensorType::scalar(dtype), span)),
+            Val::Error => None,
+        }
+    }
+
+    /// Converts `id` to `dtype` with an implicit cast, if it differs.
+    fn coerce_dtype(&mut self, id: NodeId, dtype: DType, span: &Span) -> NodeId {
+        if self.graph.dtype(id) == dtype {
+            return id;
+        }
+        let ty = TensorType::new(dtype, self.graph.ty(id).shape.clone());
+        self.push(
+            Op::Cast {
+                arg: id,
+                implicit: true,
+            },
+            ty,
+            span,
+        )
+    }
+
+    /// Broadcasts `id` to `shape` with an implicit expand, if its sizes differ.
+    fn coerce_shape(&mut self, id: NodeId, shape: &[Dim], span: &Span) -> NodeId {
+        let sizes: Vec<u64> = shape.iter().map(|d| d.size).collect();
+        if self.graph.ty(id).sizes() == sizes {
+            return id;
+        }
+        let ty = TensorType::new(self.graph.dtype(id), shape.to_vec());
+        self.push(Op::View(ViewOp::Expand { implicit: true }, id), ty, span)
+    }
+
+    /// The dtype two values compute in: dimensioned tensors decide over rank-0 tensors,
+    /// which decide over weak scalars (PyTorch's rule); f32 when all are weak.
+    pub(super) fn result_dtype(&self, vals: &[Val]) -> DType {
+        let mut best: Option<(u8, DType)> = None;
+        for v in vals {
+            if let Val::Tensor(id) = v {
+                let class = if self.graph.ty(*id).rank() > 0 { 2 } else { 1 };
+                let dt = self.graph.dtype(*id);
+                best = Some(match best {
+                    None => (class, dt),
+                    Some((c, d)) if c == class => (c, DType::promote(d, dt)),
+                    Some((c, d)) if c > class => (c, d),
+                    Some(_) => (class, dt),
+                });
+            }
+        }
+        best.map_or(DType::F32, |(_, d)| d)
+    }
+
+    /// An elementwise operator on two values, with promotion and broadcasting made explicit.
+    pub(super) fn binary(
+        &mut self,
+        op: BinaryOp,
+        a: (Val, &Span),
+        b: (Val, &Span),
+        span: &Span,
+    ) -> Val {
+        match (a.0, b.0) {
+            (Val::Error, _) | (_, Val::Error) => return Val::Error,
+            (Val::Weak(x), Val::Weak(y)) => return Val::Weak(fold_binary(op, x, y)),
+            _ => {}
+        }
+        let dtype = self.result_dtype(&[a.0, b.0]);
+        let (Some(ia), Some(ib)) = (
+            self.materialize(a.0, dtype, a.1),
+            self.materialize(b.0, dtype, b.1),
+        ) else {
+            return Val::Error;
+        };
+        let (ta, tb) = (self.graph.ty(ia).clone(), self.graph.ty(ib).clone());
+        let Some(shape) = broadcast(&ta.shape, &tb.shape) else {
+            let sym = match op {
+                BinaryOp::Add => "+",
+                BinaryOp::Sub => "-",
+                BinaryOp::Mul => "*",
+                BinaryOp::Div => "/",
+                BinaryOp::Pow => "**",
+                BinaryOp::Maximum | BinaryOp::Minimum => ",",
+            };
+            let mut d = Diagnostic::error(
+                "shape-mismatch",
+                format!("shapes do not broadcast: {ta} {sym} {tb}"),
+            )
+            .with_primary(a.1.clone(), format!("this is {ta}"))
+            .with_secondary(b.1.clone(), format!("this is {tb}"));
+            if let Some(note) = mismatch_note(&ta.shape, &tb.shape) {
+                d = d.with_note(note);
+            }
+            self.error(d.with_note(
+                "shapes align from the right; two sizes broadcast when equal or when one is 1",
+            ));
+            return Val::Error;
+        };
+        let ia = self.coerce_dtype(ia, dtype, a.1);
+        let ib = self.coerce_dtype(ib, dtype, b.1);
+        let ia = self.coerce_shape(ia, &shape, a.1);
+        let ib = self.coerce_shape(ib, &shape, b.1);
+        Val::Tensor(self.push(Op::Binary(op, ia, ib), TensorType::new(dtype, shape), span))
+    }
+
+    /// An elementwise function of one value; folded when the value is a weak scalar and
+    /// the function is simple to fold exactly.
+    pub(super) fn unary(&mut self, op: UnaryOp, v: Val, arg_span: &Span, span: &Span) -> Val {
+        if let Val::Weak(x) = v {
+            if let Some(y) = fold_unary(op, x) {
+                return Val::Weak(y);
+            }
+        }
+        let Some(id) = self.materialize(v, DType::F32, arg_span) else {
+            return Val::Error;
+        };
+        let ty = self.graph.ty(id).clone();
+        Val::Tensor(self.push(Op::Unary(op, id), ty, span))
+    }
+
+    /// `a @ b` with batch broadcasting and promotion made explicit.
+    fn matmul(&mut self, a: (Val, &Span), b: (Val, &Span), span: &Span) -> Val {
+        let (ia, ib) = match (a.0, b.0) {
+            (Val::Error, _) | (_, Val::Error) => return Val::Error,
+            (Val::Tensor(x), Val::Tensor(y)) => (x, y),
+            (x, _) => {
+                let bad = if matches!(x, Val::Weak(_)) { a.1 } else { b.1 };
+                self.error(
+                    Diagnostic::error("bad-rank", "`@` needs two tensors of rank 2 or more")
+                        .with_primary(bad.clone(), "this is a scalar")
+                        .with_help("to scale a tensor by a number, use `*`"),
+                );
+                return Val::Error;
+            }
+        };
+        let (ta, tb) = (self.graph.ty(ia).clone(), self.graph.ty(ib).clone());
+        let mut bad = false;
+        for (t, s) in [(&ta, a.1), (&tb, b.1)] {
+            if t.rank() < 2 {
+                bad = true;
+                self.error(
+                    Diagnostic::error(
+                        "bad-rank",
+                        format!("`@` needs rank 2 or more, but this is {t}"),
+                    )
+                    .with_primary(s.clone(), format!("this is {t}"))
+                    .with_help("make a vector a matrix with `reshape`, e.g. `reshape(v, [1, -1])`"),
+                );
+            }
+        }
+        if bad {
+            return Val::Error;
+        }
+        let (ra, rb) = (ta.rank(), tb.rank());
+        let (m, k) = (&ta.shape[ra - 2], &ta.shape[ra - 1]);
+        let (k2, n) = (&tb.shape[rb - 2], &tb.shape[rb - 1]);
+        if k.size != k2.size {
+            let mut d = Diagnostic::error("shape-mismatch", format!("matmul inner dims differ: {ta} @ {tb}"))
+                .with_primary(span.clone(), format!("{k} against {k2}"))
+                .with_secondary(a.1.clone(), format!("this is {ta}"))
+                .with_secondary(b.1.clone(), format!("this is {tb}"))
+                .with_note("`[…, M, K] @ […, K, N]`: the last dim of the left must equal the second-to-last of the right");
+            if k.size == n.size {
+                let text = self.source.get(b.1.clone()).unwrap_or("…");
+                d = d.with_help(format!("did you mean `transpose({text})`?"));
+            }
+            self.error(d);
+            return Val::Error;
+        }
+        let Some(batch) = broadcast(&ta.shape[..ra - 2], &tb.shape[..rb - 2]) else {
+            self.error(
+                Diagnostic::error(
+                    "shape-mismatch",
+                    format!("matmul batch dims do not broadcast: {ta} @ {tb}"),
+                )
+                .with_primary(a.1.clone(), format!("this is {ta}"))
+                .with_secondary(b.1.clone(), format!("this is {tb}"))
+                .with_note("the dims before the last two broadcast as for elementwise operators"),
+            );
+            return Val::Error;
+        };
+        let dtype = self.result_dtype(&[a.0, b.0]);
+        let ia = self.coerce_dtype(ia, dtype, a.1);
+        let ib = self.coerce_dtype(ib, dtype, b.1);
+        let sa: Vec<Dim> = batch
+            .iter()
+            .cloned()
+            .chain([m.clone(), k.clone()])
+            .collect();
+        let sb: Vec<Dim> = batch
+            .iter()
+            .cloned()
+            .chain([k2.clone(), n.clone()])
+            .collect();
+        let ia = self.coerce_shape(ia, &sa, a.1);
+        let ib = self.coerce_shape(ib, &sb, b.1);
+        let out: Vec<Dim> = batch.into_iter().chain([m.clone(), n.clone()]).collect();
+        Val::Tensor(self.push(Op::MatMul(ia, ib), TensorType::new(dtype, out), span))
+    }
+
+    /// A constant integer (dims, sizes, axes): literals, dims, `+ - *` and parentheses.
+    pub(super) fn const_int(&mut self, e: &Expr, code: &'static str) -> Option<i128> {
+        let mut err = None;
+        let v = self.const_int_at(e, 0, &mut err);
+        if let Some((span, msg)) = err {
+            self.error(Diagnostic::error(code, msg).with_primary(span, "expected an integer here"));
+        }
+        v
+    }
+
+    fn const_int_at(
+        &mut self,
+        e: &Expr,
+        depth: usize,
+        err: &mut Option<(Span, String)>,
+    ) -> Option<i128> {
+        fn fail(err: &mut Option<(Span, String)>, span: &Span, msg: String) -> Option<i128> {
+            if err.is_none() {
+                *err = Some((span.clone(), msg));
+            }
+            None
+        }
+        if depth > 64 {
+            return fail(
+                err,
+                &e.span,
+                "this constant expression is nested too deeply".into(),
+            );
+        }
+        match &e.kind {
+            ExprKind::Number(t) => {
+                if !Expr::is_int_literal(t) {
+                    return fail(err, &e.span, format!("`{t}` is not an integer"));
+                }
+                match t.parse::<i128>() {
+                    Ok(v) if v <= i128::from(u64::MAX) => Some(v),
+                    _ => fail(err, &e.span, format!("`{t}` does not fit in 64 bits")),
+                }
+            }
+            ExprKind::Name(n) => match self.env.get(n) {
+                Some((super::Binding::Dim(v), _)) => Some(i128::from(*v)),
+                Some((super::Binding::Poison, _)) => None,
+                Some(_) => fail(err, &e.span, format!("`{n}` is a tensor, not a dim")),
+                None => {
+                    self.unknown_name(n, &e.span);
+                    None
+                }
+            },
+            ExprKind::Neg(a) => self.const_int_at(a, depth + 1, err).map(|v| -v),
+            ExprKind::Binary { op, lhs, rhs } => {
+                let l = self.const_int_at(lhs, depth + 1, err)?;
+                let r = self.const_int_at(rhs, depth + 1, err)?;
+                let v = match op {
+                    BinOp::Add => l.checked_add(r),
+                    BinOp::Sub => l.checked_sub(r),
+                    BinOp::Mul => l.checked_mul(r),
+                    _ => {
+                        return fail(
+                            err,
+                            &e.span,
+                            format!("`{}` is not allowed in a size", op.symbol()),
+                        )
+                    }
+                };
+                match v {
+                    Some(v) if v.abs() <= i128::from(u64::MAX) => Some(v),
+                    _ => fail(err, &e.span, "this size does not fit in 64 bits".into()),
+                }
+            }
+            ExprKind::Error => None,
+            _ => fail(err, &e.span, "expected an integer".into()),
+        }
+    }
+}
+
+/// NumPy broadcasting of two shapes; dim names come from the side whose size wins.
+pub(super) fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    let n = a.len().max(b.len());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let da = (i + a.len()).checked_sub(n).map(|j| &a[j]);
+        let db = (i + b.len()).checked_sub(n).map(|j| &b[j]);
+        out.push(match (da, db) {
+            (Some(x), None) | (None, Some(x)) => x.clone(),
+            (Some(x), Some(y)) if x.size == y.size => {
+                if x.name.is_some() {
+                    x.clone()
+                } else {
+                    y.clone()
+                }
+            }
+            (Some(x), Some(y)) if y.size == 1 => x.clone(),
+            (Some(x), Some(y)) if x.size == 1 => y.clone(),
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+/// "axis -1: D=1024 against H=4096" for the first axis that does not broadcast.
+fn mismatch_note(a: &[Dim], b: &[Dim]) -> Option<String> {
+    let n = a.len().min(b.len());
+    (1..=n).find_map(|k| {
+        let (x, y) = (&a[a.len() - k], &b[b.len() - k]);
+        (x.size != y.size && x.size != 1 && y.size != 1)
+            .then(|| format!("axis -{k}: {x} against {y}"))
+    })
+}
+
+fn fold_binary(op: BinaryOp, x: f64, y: f64) -> f64 {
+    match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        BinaryOp::Pow => x.powf(y),
+        BinaryOp::Maximum => x.max(y),
+        BinaryOp::Minimum => x.min(y),
+    }
+}
+
+/// Folds a function of a weak scalar, where f64 has it (`erf` and `gelu` stay nodes).
+fn fold_unary(op: UnaryOp, x: f64) -> Option<f64> {
+    Some(match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+        UnaryOp::Square => x * x,
+        UnaryOp::Gelu | UnaryOp::Erf => return None,
+    })
+}

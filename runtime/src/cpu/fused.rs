@@ -1,0 +1,770 @@
+//! The fused-kernel interpreter: runs one `FusedKernel` as a loop nest over blocks of its
+//! domain, with per-thread scratch of one block per inst (no full-size temporaries).
+//!
+//! A row kernel runs each row in passes: pass `q` first computes the `Row` insts whose
+//! inputs are ready, then walks the row in blocks, computing the `Element` insts that the
+//! reductions of that pass fold; the last pass computes and stores the outputs, so a row is
+//! written only after all its reductions. A pointwise kernel is one pass over element chunks.
+
+use super::math::{self, KahanSum, Operand};
+use super::{CpuError, Mem};
+use rayon::prelude::*;
+use tc_compiler::ir::{DType, ReduceOp};
+use tc_compiler::schedule::{FusedKernel, InstOp, Level, Plan};
+
+/// Elements per block: one block per inst fits in L2 for kernels of a few dozen insts.
+const BLOCK: usize = 1024;
+/// Elements per parallel task of a pointwise kernel.
+const CHUNK: usize = 16 * BLOCK;
+
+/// Element offset and per-dim strides of one load or store over the coalesced dims.
+#[derive(Clone, Debug)]
+struct Access {
+    mem: Mem,
+    offset: i64,
+    /// Strides over the coalesced row dims, then over the coalesced inner dims.
+    row_strides: Vec<i64>,
+    inner_strides: Vec<i64>,
+}
+
+/// What one pass over a row computes.
+#[derive(Clone, Debug, Default)]
+struct Pass {
+    /// Row insts computed before the block loop, in order.
+    row_insts: Vec<usize>,
+    /// Element insts computed per block, in order.
+    elem_insts: Vec<usize>,
+    /// Element-operand reductions folded per block.
+    reduces: Vec<usize>,
+    /// Indices into `stores` (only in the last pass).
+    elem_stores: Vec<usize>,
+    row_stores: Vec<usize>,
+}
+
+/// A kernel checked against its plan and split into passes.
+#[derive(Debug)]
+struct Prepared<'k> {
+    kernel: &'k FusedKernel,
+    /// Effective level of each inst (all `Element` in a pointwise kernel).
+    level: Vec<Level>,
+    row_sizes: Vec<usize>,
+    inner_sizes: Vec<usize>,
+    rows: usize,
+    row_len: usize,
+    loads: Vec<Access>,
+    stores: Vec<(usize, Access)>,
+    passes: Vec<Pass>,
+}
+
+/// Runs `kernel` of `plan`, reading and writing the resolved buffers `mems`.
+pub(super) fn run(
+    plan: &Plan,
+    name: &str,
+    kernel: &FusedKernel,
+    mems: &[Mem],
+) -> Result<(), CpuError> {
+    let p = prepare(plan, name, kernel, mems)?;
+    if p.rows == 0 || p.row_len == 0 {
+        return Ok(());
+    }
+    if kernel.reduce_axes.is_empty() {
+        let total = p.row_len;
+        let chunks = total.div_ceil(CHUNK);
+        (0..chunks).into_par_iter().for_each_init(
+            || Scratch::new(&p),
+            |s, c| {
+                let start = c * CHUNK;
+                let end = (start + CHUNK).min(total);
+                s.bases_for_row(&p, 0);
+                let pass = &p.passes[0];
+                let mut at = start;
+                while at < end {
+                    let n = BLOCK.min(end - at);
+                    // SAFETY: every access was bounds-checked over the whole domain in
+                    // `prepare`; parallel tasks store disjoint element ranges.
+                    unsafe { s.block(&p, pass, at, n) };
+                    at += n;
+                }
+            },
+        );
+    } else {
+        (0..p.rows)
+            .into_par_iter()
+            .with_min_len(rows_per_task(p.row_len))
+            .for_each_init(
+                || Scratch::new(&p),
+                // SAFETY: as above; each row is computed and stored by one task.
+                |s, r| unsafe { s.row(&p, r) },
+            );
+    }
+    Ok(())
+}
+
+/// Enough rows per task that a task does at least a few blocks of work.
+fn rows_per_task(row_len: usize) -> usize {
+    (4 * BLOCK / row_len.max(1)).max(1)
+}
+
+fn bad(name: &str, msg: impl std::fmt::Display) -> CpuError {
+    CpuError::BadPlan(format!("kernel {name}: {msg}"))
+}
+
+fn prepare<'k>(
+    plan: &Plan,
+    name: &str,
+    kernel: &'k FusedKernel,
+    mems: &[Mem],
+) -> Result<Prepared<'k>, CpuError> {
+    let rank = kernel.domain.len();
+    let domain: Vec<usize> = kernel.domain.iter().map(|&d| d as usize).collect();
+    let mut seen = vec![false; rank];
+    for &a in &kernel.reduce_axes {
+        if a >= rank || seen[a] {
+            return Err(bad(
+                name,
+                format!("reduce axis {a} is out of range or repeated"),
+            ));
+        }
+        seen[a] = true;
+    }
+    let pointwise = kernel.reduce_axes.is_empty();
+    let row_axes: Vec<usize> = (0..rank).filter(|a| !seen[*a]).collect();
+    let inner_axes: Vec<usize> = if pointwise {
+        (0..rank).collect()
+    } else {
+        kernel.reduce_axes.clone()
+    };
+    let row_axes: Vec<usize> = if pointwise { Vec::new() } else { row_axes };
+
+    // Levels, operand order, and the Row-never-reads-Element rule.
+    let n = kernel.body.len();
+    let mut level = Vec::with_capacity(n);
+    for (i, inst) in kernel.body.iter().enumerate() {
+        let operands = inst_operands(&inst.op);
+        if let Some(&o) = operands.iter().find(|&&o| o >= i) {
+            return Err(bad(
+                name,
+                format!("inst {i} uses inst {o}, which does not precede it"),
+            ));
+        }
+        if let InstOp::Load(l) = inst.op {
+            if l >= kernel.loads.len() {
+                return Err(bad(
+                    name,
+                    format!("inst {i} loads load {l}, which does not exist"),
+                ));
+            }
+        }
+        let lv = if pointwise {
+            Level::Element
+        } else {
+            inst.level
+        };
+        if lv == Level::Row && !matches!(inst.op, InstOp::Reduce(..)) {
+            if let Some(&o) = operands.iter().find(|&&o| level[o] == Level::Element) {
+                return Err(bad(name, format!("row inst {i} reads element inst {o}")));
+            }
+        }
+        if !pointwise && matches!(inst.op, InstOp::Reduce(..)) && lv != Level::Row {
+            return Err(bad(name, format!("reduce inst {i} is not at row level")));
+        }
+        level.push(lv);
+    }
+
+    // Phases: the pass in which a value becomes available.
+    let mut phase = vec![0usize; n];
+    for (i, inst) in kernel.body.iter().enumerate() {
+        let base = inst_operands(&inst.op)
+            .iter()
+            .map(|&o| phase[o])
+            .max()
+            .unwrap_or(0);
+        phase[i] = match inst.op {
+            InstOp::Reduce(_, a) if !pointwise && level[a] == Level::Element => base + 1,
+            _ => base,
+        };
+    }
+    let last = phase.iter().copied().max().unwrap_or(0);
+    let mut passes = vec![Pass::default(); last + 1];
+    // Element targets per pass: operands of reductions, and stored element insts.
+    let mut targets: Vec<Vec<usize>> = vec![Vec::new(); last + 1];
+    for (i, inst) in kernel.body.iter().enumerate() {
+        match (level[i], &inst.op) {
+            (Level::Row, InstOp::Reduce(_, a)) if level[*a] == Level::Element => {
+                passes[phase[*a]].reduces.push(i);
+                targets[phase[*a]].push(*a);
+            }
+            (Level::Row, _) => passes[phase[i]].row_insts.push(i),
+            _ => {}
+        }
+    }
+    for (si, st) in kernel.stores.iter().enumerate() {
+        if st.inst >= n {
+            return Err(bad(
+                name,
+                format!("store {si} stores inst {}, which does not exist", st.inst),
+            ));
+        }
+        match level[st.inst] {
+            Level::Element => {
+                passes[last].elem_stores.push(si);
+                targets[last].push(st.inst);
+            }
+            Level::Row => passes[last].row_stores.push(si),
+        }
+    }
+    for (q, t) in targets.iter().enumerate() {
+        let mut need = vec![false; n];
+        for &i in t {
+            need[i] = true;
+        }
+        for i in (0..n).rev() {
+            if need[i] && level[i] == Level::Element {
+                for o in inst_operands(&kernel.body[i].op) {
+                    if level[o] == Level::Element {
+                        need[o] = true;
+                    }
+                }
+            }
+        }
+        passes[q].elem_insts = (0..n)
+            .filter(|&i| need[i] && level[i] == Level::Element)
+            .collect();
+    }
+
+    // Accesses: loads as given, stores contiguous in domain or row order.
+    let contiguous = contiguous_strides(&domain);
+    let row_contiguous = {
+        let row_domain: Vec<usize> = row_axes.iter().map(|&a| domain[a]).collect();
+        let rs = contiguous_strides(&row_domain);
+        let mut s = vec![0i64; rank];
+        for (k, &a) in row_axes.iter().enumerate() {
+            s[a] = rs[k];
+        }
+        s
+    };
+    let mut raw: Vec<(Mem, i64, Vec<i64>)> = Vec::new();
+    for (li, load) in kernel.loads.iter().enumerate() {
+        let mem = *mems.get(load.buffer.index()).ok_or_else(|| {
+            bad(
+                name,
+                format!(
+                    "load {li} reads buffer {} which does not exist",
+                    load.buffer.0
+                ),
+            )
+        })?;
+        if load.dtype != mem.dtype {
+            return Err(bad(
+                name,
+                format!("load {li} reads {} as {}", mem.dtype, load.dtype),
+            ));
+        }
+        if load.strides.len() != rank {
+            return Err(bad(
+                name,
+                format!(
+                    "load {li} has {} strides for a rank-{rank} domain",
+                    load.strides.len()
+                ),
+            ));
+        }
+        check_bounds(
+            name,
+            &format!("load {li}"),
+            &plan.buffer(load.buffer).name,
+            mem,
+            load.offset,
+            &load.strides,
+            &domain,
+        )?;
+        raw.push((mem, load.offset, load.strides.clone()));
+    }
+    let mut store_insts = Vec::new();
+    for (si, st) in kernel.stores.iter().enumerate() {
+        let mem = *mems.get(st.buffer.index()).ok_or_else(|| {
+            bad(
+                name,
+                format!(
+                    "store {si} writes buffer {} which does not exist",
+                    st.buffer.0
+                ),
+            )
+        })?;
+        if !mem.writable {
+            return Err(bad(
+                name,
+                format!(
+                    "store {si} writes input or param {}",
+                    plan.buffer(st.buffer).name
+                ),
+            ));
+        }
+        let strides = if level[st.inst] == Level::Element {
+            contiguous.clone()
+        } else {
+            row_contiguous.clone()
+        };
+        check_bounds(
+            name,
+            &format!("store {si}"),
+            &plan.buffer(st.buffer).name,
+            mem,
+            0,
+            &strides,
+            &domain,
+        )?;
+        raw.push((mem, 0, strides));
+        store_insts.push(st.inst);
+    }
+
+    let all: Vec<&[i64]> = raw.iter().map(|r| r.2.as_slice()).collect();
+    let (row_sizes, row_groups) = coalesce(&domain, &row_axes, &all);
+    let (inner_sizes, inner_groups) = coalesce(&domain, &inner_axes, &all);
+    let strides_over = |s: &[i64], groups: &[usize]| -> Vec<i64> {
+        groups
+            .iter()
+            .map(|&a| s.get(a).copied().unwrap_or(0))
+            .collect()
+    };
+    let mut accesses: Vec<Access> = raw
+        .iter()
+        .map(|(mem, offset, s)| Access {
+            mem: *mem,
+            offset: *offset,
+            row_strides: strides_over(s, &row_groups),
+            inner_strides: strides_over(s, &inner_groups),
+        })
+        .collect();
+    let store_access = accesses.split_off(kernel.loads.len());
+    Ok(Prepared {
+        kernel,
+        level,
+        rows: row_sizes.iter().product(),
+        row_len: inner_sizes.iter().product(),
+        row_sizes,
+        inner_sizes,
+        loads: accesses,
+        stores: store_insts.into_iter().zip(store_access).collect(),
+        passes,
+    })
+}
+
+pub(super) fn inst_operands(op: &InstOp) -> Vec<usize> {
+    match *op {
+        InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
+        InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
+        InstOp::Binary(_, a, b) => vec![a, b],
+    }
+}
+
+fn contiguous_strides(sizes: &[usize]) -> Vec<i64> {
+    let mut s = vec![0i64; sizes.len()];
+    let mut acc = 1i64;
+    for i in (0..sizes.len()).rev() {
+        s[i] = acc;
+        acc *= sizes[i] as i64;
+    }
+    s
+}
+
+/// Checks that an access over `domain` stays inside its buffer.
+pub(super) fn check_bounds(
+    kernel: &str,
+    what: &str,
+    buffer: &str,
+    mem: Mem,
+    offset: i64,
+    strides: &[i64],
+    domain: &[usize],
+) -> Result<(), CpuError> {
+    let (mut lo, mut hi) = (offset as i128, offset as i128);
+    for (&s, &d) in strides.iter().zip(domain) {
+        let span = s as i128 * (d as i128 - 1).max(0);
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    if domain.contains(&0) {
+        return Ok(());
+    }
+    if lo < 0 || hi >= mem.numel as i128 {
+        return Err(bad(
+            kernel,
+            format!(
+                "{what} reaches elements {lo}..={hi} of buffer {buffer}, which has {}",
+                mem.numel
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Groups `axes` (ascending) into runs that every access walks as one flat axis; drops
+/// size-1 axes. Returns the group sizes and, per group, its innermost axis (whose strides
+/// stand for the group). Always at least one group (size 1 when nothing is left).
+fn coalesce(domain: &[usize], axes: &[usize], accesses: &[&[i64]]) -> (Vec<usize>, Vec<usize>) {
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut inner_axis: Vec<usize> = Vec::new();
+    for &a in axes {
+        if domain[a] == 1 {
+            continue;
+        }
+        if let (Some(prev), Some(size)) = (inner_axis.last_mut(), sizes.last_mut()) {
+            // The group (innermost axis `prev`) absorbs `a` when every access steps over
+            // `a`'s whole extent exactly where the group's next step lands.
+            if accesses.iter().all(|s| s[*prev] == s[a] * domain[a] as i64) {
+                *size *= domain[a];
+                *prev = a;
+                continue;
+            }
+        }
+        sizes.push(domain[a]);
+        inner_axis.push(a);
+    }
+    if sizes.is_empty() {
+        sizes.push(1);
+        inner_axis.push(usize::MAX);
+    }
+    (sizes, inner_axis)
+}
+
+/// Per-thread state: one block per inst, row values, reduction accumulators, access bases.
+struct Scratch {
+    slots: Vec<Vec<f32>>,
+    row_vals: Vec<f32>,
+    sums: Vec<KahanSum>,
+    extrema: Vec<f32>,
+    /// Element offset of each load, then each store, at the current row.
+    bases: Vec<i64>,
+}
+
+impl Scratch {
+    fn new(p: &Prepared<'_>) -> Scratch {
+        let n = p.kernel.body.len();
+        Scratch {
+            slots: (0..n)
+                .map(|i| {
+                    if p.level[i] == Level::Element {
+                        vec![0f32; BLOCK]
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect(),
+            row_vals: vec![0f32; n],
+            sums: vec![KahanSum::default(); n],
+            extrema: vec![0f32; n],
+            bases: vec![0i64; p.loads.len() + p.stores.len()],
+        }
+    }
+
+    /// Sets each access's base offset for row `r`.
+    fn bases_for_row(&mut self, p: &Prepared<'_>, r: usize) {
+        let accesses = p.loads.iter().chain(p.stores.iter().map(|(_, a)| a));
+        for (b, acc) in self.bases.iter_mut().zip(accesses) {
+            let mut q = r;
+            let mut off = acc.offset;
+            for d in (0..p.row_sizes.len()).rev() {
+                let stride = acc.row_strides.get(d).copied().unwrap_or(0);
+                off += (q % p.row_sizes[d]) as i64 * stride;
+                q /= p.row_sizes[d];
+            }
+            *b = off;
+        }
+    }
+
+    /// Runs every pass of row `r`.
+    ///
+    /// # Safety
+    /// The kernel was prepared (bounds checked) and no other thread touches row `r`'s stores.
+    unsafe fn row(&mut self, p: &Prepared<'_>, r: usize) {
+        self.bases_for_row(p, r);
+        let body = &p.kernel.body;
+        for pass in &p.passes {
+            for &i in &pass.row_insts {
+                // SAFETY: forwarded from the caller.
+                self.row_vals[i] = unsafe { self.row_inst(p, i) };
+            }
+            for &i in &pass.reduces {
+                self.sums[i] = KahanSum::default();
+                self.extrema[i] = match body[i].op {
+                    InstOp::Reduce(ReduceOp::Max, _) => f32::NEG_INFINITY,
+                    _ => f32::INFINITY,
+                };
+            }
+            if !pass.elem_insts.is_empty() || !pass.reduces.is_empty() {
+                let mut at = 0;
+                while at < p.row_len {
+                    let n = BLOCK.min(p.row_len - at);
+                    // SAFETY: forwarded from the caller.
+                    unsafe { self.block(p, pass, at, n) };
+                    at += n;
+                }
+            }
+            for &i in &pass.reduces {
+                let v = match body[i].op {
+                    InstOp::Reduce(ReduceOp::Sum, _) => self.sums[i].value(),
+                    InstOp::Reduce(ReduceOp::Mean, _) => self.sums[i].value() / p.row_len as f32,
+                    _ => self.extrema[i],
+                };
+                self.row_vals[i] = math::round_to(body[i].dtype, v);
+            }
+            for &si in &pass.row_stores {
+                let (inst, acc) = &p.stores[si];
+                let base = self.bases[p.loads.len() + si];
+                // SAFETY: bounds checked in `prepare`.
+                unsafe { acc.mem.write(base, self.row_vals[*inst]) };
+            }
+        }
+    }
+
+    /// One row-level value.
+    ///
+    /// # Safety
+    /// The kernel was prepared (bounds checked).
+    unsafe fn row_inst(&self, p: &Prepared<'_>, i: usize) -> f32 {
+        let inst = &p.kernel.body[i];
+        let v = |o: usize| self.row_vals[o];
+        match inst.op {
+            // SAFETY: bounds checked in `prepare`.
+            InstOp::Load(l) => unsafe { p.loads[l].mem.read(self.bases[l]) },
+            InstOp::Const(c) => c as f32,
+            InstOp::Unary(op, a) => math::unary(op, v(a)),
+            InstOp::Binary(op, a, b) => math::binary(op, v(a), v(b)),
+            InstOp::Cast(a) => math::round_to(inst.dtype, v(a)),
+            // A reduction of a row-constant value.
+            InstOp::Reduce(op, a) => match op {
+                ReduceOp::Sum => v(a) * p.row_len as f32,
+                ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min => v(a),
+            },
+        }
+    }
+
+    /// Computes `n` elements of `pass` starting at inner index `at` of the current row:
+    /// its element insts, its reductions and (last pass) its element stores.
+    ///
+    /// # Safety
+    /// The kernel was prepared (bounds checked) and no other thread touches these elements.
+    unsafe fn block(&mut self, p: &Prepared<'_>, pass: &Pass, at: usize, n: usize) {
+        let body = &p.kernel.body;
+        for &i in &pass.elem_insts {
+            let (before, rest) = self.slots.split_at_mut(i);
+            let dst = &mut rest[0][..n];
+            let rv = &self.row_vals;
+            let level = &p.level;
+            let operand = |o: usize| -> Operand<'_> {
+                if level[o] == Level::Element {
+                    Operand::Block(&before[o][..n])
+                } else {
+                    Operand::Scalar(rv[o])
+                }
+            };
+            match body[i].op {
+                InstOp::Load(l) => {
+                    let acc = &p.loads[l];
+                    // SAFETY: bounds checked in `prepare`.
+                    unsafe { gather(acc, &p.inner_sizes, self.bases[l], at, dst) };
+                }
+                InstOp::Const(c) => dst.fill(c as f32),
+                InstOp::Unary(op, a) => match operand(a) {
+                    Operand::Block(src) => math::unary_block(op, src, dst),
+                    Operand::Scalar(x) => dst.fill(math::unary(op, x)),
+                },
+                InstOp::Binary(op, a, b) => math::binary_block(op, operand(a), operand(b), dst),
+                InstOp::Cast(a) => {
+                    match operand(a) {
+                        Operand::Block(src) => dst.copy_from_slice(src),
+                        Operand::Scalar(x) => dst.fill(x),
+                    }
+                    math::round_block(body[i].dtype, dst);
+                }
+                // Only in a pointwise kernel: a reduction over no axes is the identity.
+                InstOp::Reduce(_, a) => match operand(a) {
+                    Operand::Block(src) => {
+                        dst.copy_from_slice(src);
+                        math::round_block(body[i].dtype, dst);
+                    }
+                    Operand::Scalar(x) => dst.fill(math::round_to(body[i].dtype, x)),
+                },
+            }
+        }
+        for &i in &pass.reduces {
+            if let InstOp::Reduce(op, a) = body[i].op {
+                let xs = &self.slots[a][..n];
+                match op {
+                    ReduceOp::Sum | ReduceOp::Mean => self.sums[i].add(math::block_sum(xs)),
+                    ReduceOp::Max => {
+                        self.extrema[i] =
+                            xs.iter().fold(self.extrema[i], |m, &x| math::maximum(m, x))
+                    }
+                    ReduceOp::Min => {
+                        self.extrema[i] =
+                            xs.iter().fold(self.extrema[i], |m, &x| math::minimum(m, x))
+                    }
+                }
+            }
+        }
+        for &si in &pass.elem_stores {
+            let (inst, acc) = &p.stores[si];
+            let base = self.bases[p.loads.len() + si];
+            // SAFETY: bounds checked in `prepare`; the caller owns these elements.
+            unsafe { scatter(acc, &p.inner_sizes, base, at, &self.slots[*inst][..n]) };
+        }
+    }
+}
+
+/// Walks `n` consecutive inner indices from `at` as runs along the innermost dim, calling
+/// `f(position in block, element offset of the run start, run length, run stride)`.
+#[inline]
+fn runs(
+    sizes: &[usize],
+    strides: &[i64],
+    base: i64,
+    at: usize,
+    n: usize,
+    mut f: impl FnMut(usize, i64, usize, i64),
+) {
+    let nd = sizes.len();
+    let last = sizes[nd - 1];
+    let step = strides[nd - 1];
+    let mut pos = 0;
+    let mut p = at;
+    while pos < n {
+        let i_last = p % last;
+        let len = (last - i_last).min(n - pos);
+        let mut off = base + i_last as i64 * step;
+        let mut q = p / last;
+        for d in (0..nd - 1).rev() {
+            off += (q % sizes[d]) as i64 * strides[d];
+            q /= sizes[d];
+        }
+        f(pos, off, len, step);
+        pos += len;
+        p += len;
+    }
+}
+
+/// Reads `dst.len()` elements of `acc` from inner index `at`, widened to f32.
+///
+/// # Safety
+/// Every element read lies inside `acc.mem` (checked in `prepare`).
+unsafe fn gather(acc: &Access, sizes: &[usize], base: i64, at: usize, dst: &mut [f32]) {
+    let n = dst.len();
+    runs(
+        sizes,
+        &acc.inner_strides,
+        base,
+        at,
+        n,
+        |pos, off, len, step| {
+            let out = &mut dst[pos..pos + len];
+            // SAFETY: forwarded from the caller.
+            unsafe { acc.mem.read_run(off, step, out) };
+        },
+    );
+}
+
+/// Writes `src` to `acc` from inner index `at`, rounded to the buffer's dtype.
+///
+/// # Safety
+/// Every element written lies inside `acc.mem`, and no other thread touches it.
+unsafe fn scatter(acc: &Access, sizes: &[usize], base: i64, at: usize, src: &[f32]) {
+    runs(
+        sizes,
+        &acc.inner_strides,
+        base,
+        at,
+        src.len(),
+        |pos, off, len, step| {
+            // SAFETY: forwarded from the caller.
+            unsafe { acc.mem.write_run(off, step, &src[pos..pos + len]) };
+        },
+    );
+}
+
+impl Mem {
+    /// Reads element `i` as f32.
+    ///
+    /// # Safety
+    /// `0 <= i < numel`.
+    #[inline]
+    pub(super) unsafe fn read(&self, i: i64) -> f32 {
+        // SAFETY: in bounds by the caller; reads are unaligned-safe.
+        unsafe {
+            match self.dtype {
+                DType::F32 => self.ptr.cast::<f32>().offset(i as isize).read_unaligned(),
+                DType::F16 => {
+                    half::f16::from_bits(self.ptr.cast::<u16>().offset(i as isize).read_unaligned())
+                        .to_f32()
+                }
+                DType::BF16 => half::bf16::from_bits(
+                    self.ptr.cast::<u16>().offset(i as isize).read_unaligned(),
+                )
+                .to_f32(),
+            }
+        }
+    }
+
+    /// Writes `v` rounded to the buffer's dtype at element `i`.
+    ///
+    /// # Safety
+    /// `0 <= i < numel`, the buffer is writable, and no other thread touches element `i`.
+    #[inline]
+    pub(super) unsafe fn write(&self, i: i64, v: f32) {
+        // SAFETY: in bounds by the caller; writes are unaligned-safe.
+        unsafe {
+            match self.dtype {
+                DType::F32 => self.ptr.cast::<f32>().offset(i as isize).write_unaligned(v),
+                DType::F16 => self
+                    .ptr
+                    .cast::<u16>()
+                    .offset(i as isize)
+                    .write_unaligned(half::f16::from_f32(v).to_bits()),
+                DType::BF16 => self
+                    .ptr
+                    .cast::<u16>()
+                    .offset(i as isize)
+                    .write_unaligned(half::bf16::from_f32(v).to_bits()),
+            }
+        }
+    }
+
+    /// Reads `out.len()` elements from `off` with stride `step`.
+    ///
+    /// # Safety
+    /// Every element read is in bounds.
+    #[inline]
+    unsafe fn read_run(&self, off: i64, step: i64, out: &mut [f32]) {
+        if step == 1 && self.dtype == DType::F32 {
+            // SAFETY: in bounds by the caller; `out` is a distinct Rust allocation, and an
+            // unaligned byte copy is always valid.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.ptr.cast::<f32>().offset(off as isize).cast::<u8>(),
+                    out.as_mut_ptr().cast::<u8>(),
+                    out.len() * 4,
+                )
+            };
+            return;
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            // SAFETY: in bounds by the caller.
+            *o = unsafe { self.read(off + j as i64 * step) };
+        }
+    }
+
+    /// Writes `src` to `off` with stride `step`, rounded to the buffer's dtype.
+    ///
+    /// # Safety
+    /// Every element written is in bounds and owned by this thread.
+    #[inline]
+    unsafe fn write_run(&self, off: i64, step: i64, src: &[f32]) {
+        for (j, &v) in src.iter().enumerate() {
+            // SAFETY: in bounds by the caller.
+            unsafe { self.write(off + j as i64 * step, v) };
+        }
+    }
+}

@@ -1,0 +1,798 @@
+//! Unit tests of the CPU executor on hand-built plans: pointwise and row kernels, strided
+//! and broadcast loads, in-place stores, matrix products, dtypes, views as outputs, errors.
+
+use super::{run, CpuError};
+use crate::tensor::HostTensor;
+use tc_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
+use tc_compiler::schedule::*;
+
+fn numel(shape: &[u64]) -> u64 {
+    shape.iter().product()
+}
+
+fn leaf(name: &str, kind: BufferKind, dtype: DType, shape: &[u64]) -> Buffer {
+    Buffer {
+        name: name.into(),
+        kind,
+        dtype,
+        shape: shape.to_vec(),
+        bytes: numel(shape) * dtype.size(),
+        offset: 0,
+        first_step: 0,
+        last_step: 0,
+        in_place_of: None,
+        node: None,
+    }
+}
+
+fn arena(name: &str, dtype: DType, shape: &[u64], offset: u64) -> Buffer {
+    Buffer {
+        offset,
+        ..leaf(name, BufferKind::Arena, dtype, shape)
+    }
+}
+
+fn ld(buffer: u32, dtype: DType, offset: i64, strides: &[i64]) -> Load {
+    Load {
+        buffer: BufferId(buffer),
+        dtype,
+        offset,
+        strides: strides.to_vec(),
+    }
+}
+
+fn el(op: InstOp) -> Inst {
+    Inst {
+        op,
+        dtype: DType::F32,
+        level: Level::Element,
+        node: None,
+    }
+}
+
+fn row(op: InstOp) -> Inst {
+    Inst {
+        op,
+        dtype: DType::F32,
+        level: Level::Row,
+        node: None,
+    }
+}
+
+fn fused(
+    domain: &[u64],
+    reduce_axes: &[usize],
+    loads: Vec<Load>,
+    body: Vec<Inst>,
+    stores: &[(usize, u32)],
+) -> Kernel {
+    Kernel {
+        name: "k".into(),
+        kind: KernelKind::Fused(FusedKernel {
+            domain: domain.to_vec(),
+            reduce_axes: reduce_axes.to_vec(),
+            loads,
+            body,
+            stores: stores
+                .iter()
+                .map(|&(inst, b)| Store {
+                    inst,
+                    buffer: BufferId(b),
+                })
+                .collect(),
+        }),
+        ops: vec![],
+        lines: vec![],
+    }
+}
+
+fn out(
+    name: &str,
+    buffer: u32,
+    dtype: DType,
+    shape: &[u64],
+    offset: i64,
+    strides: &[i64],
+) -> PlanOutput {
+    PlanOutput {
+        name: name.into(),
+        buffer: BufferId(buffer),
+        dtype,
+        shape: shape.to_vec(),
+        offset,
+        strides: strides.to_vec(),
+    }
+}
+
+fn contiguous(shape: &[u64]) -> Vec<i64> {
+    let mut s = vec![0i64; shape.len()];
+    let mut acc = 1;
+    for i in (0..shape.len()).rev() {
+        s[i] = acc;
+        acc *= shape[i] as i64;
+    }
+    s
+}
+
+fn plan(
+    kernels: Vec<Kernel>,
+    buffers: Vec<Buffer>,
+    inputs: &[u32],
+    outputs: Vec<PlanOutput>,
+) -> Plan {
+    let arena_bytes = buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Arena)
+        .map(|b| b.offset + b.bytes.div_ceil(16) * 16)
+        .max()
+        .unwrap_or(0);
+    Plan {
+        kernels,
+        buffers,
+        arena_bytes,
+        inputs: inputs.iter().map(|&i| BufferId(i)).collect(),
+        params: vec![],
+        outputs,
+        options: PlanOptions::default(),
+    }
+}
+
+/// Deterministic test values in roughly [-2, 2].
+fn values(n: usize, salt: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            (((i as u32)
+                .wrapping_mul(2654435761)
+                .wrapping_add(salt.wrapping_mul(40503))
+                >> 8)
+                % 4001) as f32
+                / 1000.0
+                - 2.0
+        })
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= tol * (1.0 + w.abs()),
+            "element {i}: got {g}, want {w} (err {err})"
+        );
+    }
+}
+
+fn gelu64(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+#[test]
+fn pointwise_chain_with_broadcast_and_transposed_loads() {
+    // y[i, j] = gelu(x[i, j] * 1.5 + b[j]) - xt[j, i]   with x [3, 70] and xt read transposed.
+    let (r, c) = (3u64, 70u64);
+    let x = values((r * c) as usize, 1);
+    let b = values(c as usize, 2);
+    let t = values((r * c) as usize, 3); // stored as [c, r]
+    let body = vec![
+        el(InstOp::Load(0)),
+        el(InstOp::Const(1.5)),
+        el(InstOp::Binary(BinaryOp::Mul, 0, 1)),
+        el(InstOp::Load(1)),
+        el(InstOp::Binary(BinaryOp::Add, 2, 3)),
+        el(InstOp::Unary(UnaryOp::Gelu, 4)),
+        el(InstOp::Load(2)),
+        el(InstOp::Binary(BinaryOp::Sub, 5, 6)),
+    ];
+    let p = plan(
+        vec![fused(
+            &[r, c],
+            &[],
+            vec![
+                ld(0, DType::F32, 0, &[70, 1]),
+                ld(1, DType::F32, 0, &[0, 1]),
+                ld(2, DType::F32, 0, &[1, 3]),
+            ],
+            body,
+            &[(7, 3)],
+        )],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+            leaf("b", BufferKind::Input { index: 1 }, DType::F32, &[c]),
+            leaf("t", BufferKind::Input { index: 2 }, DType::F32, &[c, r]),
+            arena("y", DType::F32, &[r, c], 0),
+        ],
+        &[0, 1, 2],
+        vec![out("y", 3, DType::F32, &[r, c], 0, &[70, 1])],
+    );
+    let inputs = [
+        HostTensor::from_f32(DType::F32, vec![r, c], &x),
+        HostTensor::from_f32(DType::F32, vec![c], &b),
+        HostTensor::from_f32(DType::F32, vec![c, r], &t),
+    ];
+    let got = run(&p, &inputs, &[]).expect("runs");
+    let mut want = Vec::new();
+    for i in 0..r as usize {
+        for j in 0..c as usize {
+            let v = gelu64(x[i * 70 + j] as f64 * 1.5 + b[j] as f64) - t[j * 3 + i] as f64;
+            want.push(v);
+        }
+    }
+    assert_close(&got[0].to_f32(), &want, 1e-5);
+}
+
+#[test]
+fn large_pointwise_kernel_over_a_permuted_domain() {
+    // A [37, 41, 29] domain read through a permuted layout, many blocks and parallel chunks.
+    let shape = [37u64, 41, 29];
+    let n = numel(&shape) as usize;
+    let x = values(n, 7); // stored as [29, 37, 41]
+    let strides = [41, 1, 37 * 41];
+    let p = plan(
+        vec![fused(
+            &shape,
+            &[],
+            vec![ld(0, DType::F32, 0, &strides)],
+            vec![el(InstOp::Load(0)), el(InstOp::Unary(UnaryOp::Tanh, 0))],
+            &[(1, 1)],
+        )],
+        vec![
+            leaf(
+                "x",
+                BufferKind::Input { index: 0 },
+                DType::F32,
+                &[29, 37, 41],
+            ),
+            arena("y", DType::F32, &shape, 0),
+        ],
+        &[0],
+        vec![out("y", 1, DType::F32, &shape, 0, &contiguous(&shape))],
+    );
+    let got = run(
+        &p,
+        &[HostTensor::from_f32(DType::F32, vec![29, 37, 41], &x)],
+        &[],
+    )
+    .expect("runs")[0]
+        .to_f32();
+    let mut want = Vec::new();
+    for i in 0..37 {
+        for j in 0..41 {
+            for k in 0..29 {
+                want.push((x[i * 41 + j + k * 37 * 41] as f64).tanh());
+            }
+        }
+    }
+    assert_close(&got, &want, 1e-6);
+}
+
+fn softmax_kernel(rows: u64, cols: u64, input: u32, output: u32, row_strides: [i64; 2]) -> Kernel {
+    let body = vec![
+        el(InstOp::Load(0)),
+        row(InstOp::Reduce(ReduceOp::Max, 0)),
+        el(InstOp::Binary(BinaryOp::Sub, 0, 1)),
+        el(InstOp::Unary(UnaryOp::Exp, 2)),
+        row(InstOp::Reduce(ReduceOp::Sum, 3)),
+        el(InstOp::Binary(BinaryOp::Div, 3, 4)),
+    ];
+    fused(
+        &[rows, cols],
+        &[1],
+        vec![ld(input, DType::F32, 0, &row_strides)],
+        body,
+        &[(5, output)],
+    )
+}
+
+fn softmax_rows(x: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+    let mut want = Vec::new();
+    for r in 0..rows {
+        let row = &x[r * cols..(r + 1) * cols];
+        let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+        want.extend(row.iter().map(|&v| (v as f64 - m).exp() / s));
+    }
+    want
+}
+
+#[test]
+fn row_softmax_matches_f64_and_runs_in_place() {
+    // k0: a = x * 1 into the arena; k1: softmax(a) written over a (in place).
+    let (r, c) = (9u64, 2500u64); // rows longer than a block
+    let x = values((r * c) as usize, 11);
+    let copy = fused(
+        &[r, c],
+        &[],
+        vec![ld(0, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Const(1.0)),
+            el(InstOp::Binary(BinaryOp::Mul, 0, 1)),
+        ],
+        &[(2, 1)],
+    );
+    let mut bufs = vec![
+        leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+        arena("a", DType::F32, &[r, c], 0),
+    ];
+    bufs.push(Buffer {
+        in_place_of: Some(BufferId(1)),
+        ..arena("s", DType::F32, &[r, c], 0)
+    });
+    let p = plan(
+        vec![copy, softmax_kernel(r, c, 1, 2, [c as i64, 1])],
+        bufs,
+        &[0],
+        vec![out("s", 2, DType::F32, &[r, c], 0, &[c as i64, 1])],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F32, vec![r, c], &x)], &[]).expect("runs")[0]
+        .to_f32();
+    assert_close(&got, &softmax_rows(&x, r as usize, c as usize), 1e-6);
+}
+
+#[test]
+fn reduction_over_a_leading_axis_with_row_and_element_stores() {
+    // Domain [5, 6] reducing axis 0: colmean[j] = mean_i x[i, j] (row store), and
+    // centred[i, j] = x[i, j] - colmean[j] (element store, contiguous in domain order).
+    let x = values(30, 5);
+    let body = vec![
+        el(InstOp::Load(0)),
+        row(InstOp::Reduce(ReduceOp::Mean, 0)),
+        el(InstOp::Binary(BinaryOp::Sub, 0, 1)),
+        row(InstOp::Reduce(ReduceOp::Min, 0)),
+    ];
+    let k = fused(
+        &[5, 6],
+        &[0],
+        vec![ld(0, DType::F32, 0, &[6, 1])],
+        body,
+        &[(1, 1), (2, 2), (3, 3)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[5, 6]),
+            arena("m", DType::F32, &[6], 0),
+            arena("c", DType::F32, &[5, 6], 32),
+            arena("lo", DType::F32, &[6], 160),
+        ],
+        &[0],
+        vec![
+            out("m", 1, DType::F32, &[6], 0, &[1]),
+            out("c", 2, DType::F32, &[5, 6], 0, &[6, 1]),
+            out("lo", 3, DType::F32, &[6], 0, &[1]),
+        ],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F32, vec![5, 6], &x)], &[]).expect("runs");
+    let mean: Vec<f64> = (0..6)
+        .map(|j| (0..5).map(|i| x[i * 6 + j] as f64).sum::<f64>() / 5.0)
+        .collect();
+    let lo: Vec<f64> = (0..6)
+        .map(|j| {
+            (0..5)
+                .map(|i| x[i * 6 + j] as f64)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    let centred: Vec<f64> = (0..30).map(|e| x[e] as f64 - mean[e % 6]).collect();
+    assert_close(&got[0].to_f32(), &mean, 1e-6);
+    assert_close(&got[1].to_f32(), &centred, 1e-6);
+    assert_close(&got[2].to_f32(), &lo, 0.0);
+}
+
+#[test]
+fn max_reduction_and_maximum_propagate_nan() {
+    let x = [1.0f32, f32::NAN, 3.0, -1.0, 0.5, 2.0];
+    let body = vec![
+        el(InstOp::Load(0)),
+        row(InstOp::Reduce(ReduceOp::Max, 0)),
+        el(InstOp::Const(0.0)),
+        el(InstOp::Binary(BinaryOp::Maximum, 0, 2)),
+        el(InstOp::Unary(UnaryOp::Relu, 0)),
+    ];
+    let k = fused(
+        &[2, 3],
+        &[1],
+        vec![ld(0, DType::F32, 0, &[3, 1])],
+        body,
+        &[(1, 1), (3, 2), (4, 3)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[2, 3]),
+            arena("m", DType::F32, &[2], 0),
+            arena("y", DType::F32, &[2, 3], 16),
+            arena("z", DType::F32, &[2, 3], 48),
+        ],
+        &[0],
+        vec![
+            out("m", 1, DType::F32, &[2], 0, &[1]),
+            out("y", 2, DType::F32, &[2, 3], 0, &[3, 1]),
+            out("z", 3, DType::F32, &[2, 3], 0, &[3, 1]),
+        ],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F32, vec![2, 3], &x)], &[]).expect("runs");
+    let m = got[0].to_f32();
+    assert!(m[0].is_nan() && m[1] == 2.0, "{m:?}");
+    let y = got[1].to_f32();
+    assert!(y[1].is_nan() && y[0] == 1.0 && y[3] == 0.0, "{y:?}");
+    let z = got[2].to_f32();
+    assert!(z[1].is_nan() && z[3] == 0.0 && z[5] == 2.0, "{z:?}");
+}
+
+#[test]
+fn half_precision_loads_casts_and_stores_round_to_nearest_even() {
+    // y16 = f16(x16 / 3) stored as f16; yb = bf16 store of x16 / 3 (rounded at the store).
+    let x = [1.0f32, 2.0, -7.0, 1000.0];
+    let body = vec![
+        Inst {
+            op: InstOp::Load(0),
+            dtype: DType::F16,
+            level: Level::Element,
+            node: None,
+        },
+        el(InstOp::Const(3.0)),
+        el(InstOp::Binary(BinaryOp::Div, 0, 1)),
+        Inst {
+            op: InstOp::Cast(2),
+            dtype: DType::F16,
+            level: Level::Element,
+            node: None,
+        },
+        el(InstOp::Binary(BinaryOp::Mul, 3, 1)),
+    ];
+    let k = fused(
+        &[4],
+        &[],
+        vec![ld(0, DType::F16, 0, &[1])],
+        body,
+        &[(3, 1), (2, 2), (4, 3)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F16, &[4]),
+            arena("y16", DType::F16, &[4], 0),
+            arena("yb", DType::BF16, &[4], 16),
+            arena("back", DType::F32, &[4], 32),
+        ],
+        &[0],
+        vec![
+            out("y16", 1, DType::F16, &[4], 0, &[1]),
+            out("yb", 2, DType::BF16, &[4], 0, &[1]),
+            out("back", 3, DType::F32, &[4], 0, &[1]),
+        ],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F16, vec![4], &x)], &[]).expect("runs");
+    let want16: Vec<f32> = x
+        .iter()
+        .map(|v| half::f16::from_f32(v / 3.0).to_f32())
+        .collect();
+    let wantb: Vec<f32> = x
+        .iter()
+        .map(|v| half::bf16::from_f32(v / 3.0).to_f32())
+        .collect();
+    assert_eq!(got[0].to_f32(), want16);
+    assert_eq!(got[1].to_f32(), wantb);
+    let back: Vec<f32> = want16.iter().map(|v| v * 3.0).collect();
+    assert_eq!(got[2].to_f32(), back);
+    assert_eq!(got[0].dtype, DType::F16);
+    assert_eq!(got[1].dtype, DType::BF16);
+}
+
+fn matmul_ref(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a_at: impl Fn(usize, usize) -> usize,
+    b_at: impl Fn(usize, usize) -> usize,
+) -> Vec<f64> {
+    let mut o = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            o[i * n + j] = (0..k)
+                .map(|l| a[a_at(i, l)] as f64 * b[b_at(l, j)] as f64)
+                .sum();
+        }
+    }
+    o
+}
+
+#[test]
+fn batched_matmul_with_transposed_and_broadcast_operands() {
+    // out[b] = a[b] @ transpose(w) with a [3, 4, 5] and w [6, 5] broadcast over the batch.
+    let (bt, m, k, n) = (3usize, 4usize, 5usize, 6usize);
+    let a = values(bt * m * k, 21);
+    let w = values(n * k, 22);
+    let mm = MatMulKernel {
+        batch: vec![bt as u64],
+        m: m as u64,
+        n: n as u64,
+        k: k as u64,
+        a: MatOperand {
+            buffer: BufferId(0),
+            dtype: DType::F32,
+            offset: 0,
+            strides: vec![(m * k) as i64, k as i64, 1],
+        },
+        b: MatOperand {
+            buffer: BufferId(1),
+            dtype: DType::F32,
+            offset: 0,
+            strides: vec![0, 1, k as i64],
+        },
+        out: BufferId(2),
+        out_dtype: DType::F32,
+        workspace: None,
+    };
+    let shape = [bt as u64, m as u64, n as u64];
+    let p = plan(
+        vec![Kernel {
+            name: "k0".into(),
+            kind: KernelKind::MatMul(mm),
+            ops: vec![],
+            lines: vec![],
+        }],
+        vec![
+            leaf("a", BufferKind::Input { index: 0 }, DType::F32, &[3, 4, 5]),
+            leaf("w", BufferKind::Input { index: 1 }, DType::F32, &[6, 5]),
+            arena("o", DType::F32, &shape, 0),
+        ],
+        &[0, 1],
+        vec![out("o", 2, DType::F32, &shape, 0, &contiguous(&shape))],
+    );
+    let inputs = [
+        HostTensor::from_f32(DType::F32, vec![3, 4, 5], &a),
+        HostTensor::from_f32(DType::F32, vec![6, 5], &w),
+    ];
+    let got = run(&p, &inputs, &[]).expect("runs")[0].to_f32();
+    let mut want = Vec::new();
+    for b in 0..bt {
+        want.extend(matmul_ref(
+            &a,
+            &w,
+            m,
+            n,
+            k,
+            |i, l| b * m * k + i * k + l,
+            |l, j| j * k + l,
+        ));
+    }
+    assert_close(&got, &want, 1e-5);
+}
+
+#[test]
+fn half_matmul_accumulates_in_f32_and_rounds_the_result() {
+    let (m, k, n) = (7usize, 300usize, 5usize);
+    let a = values(m * k, 31);
+    let b = values(k * n, 32);
+    let a16 = HostTensor::from_f32(DType::F16, vec![m as u64, k as u64], &a);
+    let bb = HostTensor::from_f32(DType::BF16, vec![k as u64, n as u64], &b);
+    let mm = MatMulKernel {
+        batch: vec![],
+        m: m as u64,
+        n: n as u64,
+        k: k as u64,
+        a: MatOperand {
+            buffer: BufferId(0),
+            dtype: DType::F16,
+            offset: 0,
+            strides: vec![k as i64, 1],
+        },
+        b: MatOperand {
+            buffer: BufferId(1),
+            dtype: DType::BF16,
+            offset: 0,
+            strides: vec![n as i64, 1],
+        },
+        out: BufferId(2),
+        out_dtype: DType::BF16,
+        workspace: None,
+    };
+    let p = plan(
+        vec![Kernel {
+            name: "k0".into(),
+            kind: KernelKind::MatMul(mm),
+            ops: vec![],
+            lines: vec![],
+        }],
+        vec![
+            leaf(
+                "a",
+                BufferKind::Input { index: 0 },
+                DType::F16,
+                &[m as u64, k as u64],
+            ),
+            leaf(
+                "b",
+                BufferKind::Input { index: 1 },
+                DType::BF16,
+                &[k as u64, n as u64],
+            ),
+            arena("o", DType::BF16, &[m as u64, n as u64], 0),
+        ],
+        &[0, 1],
+        vec![out(
+            "o",
+            2,
+            DType::BF16,
+            &[m as u64, n as u64],
+            0,
+            &[n as i64, 1],
+        )],
+    );
+    let got = run(&p, &[a16.clone(), bb.clone()], &[]).expect("runs");
+    assert_eq!(got[0].dtype, DType::BF16);
+    let want = matmul_ref(
+        &a16.to_f32(),
+        &bb.to_f32(),
+        m,
+        n,
+        k,
+        |i, l| i * k + l,
+        |l, j| l * n + j,
+    );
+    // bf16 keeps 8 bits of mantissa: the result is the exact product rounded once.
+    assert_close(&got[0].to_f32(), &want, 1.0 / 128.0);
+}
+
+#[test]
+fn outputs_may_be_views_and_inputs() {
+    // Output 0 is the input itself; output 1 is a transposed view of an arena buffer.
+    let x = values(6, 41);
+    let k = fused(
+        &[2, 3],
+        &[],
+        vec![ld(0, DType::F32, 0, &[3, 1])],
+        vec![el(InstOp::Load(0)), el(InstOp::Unary(UnaryOp::Neg, 0))],
+        &[(1, 1)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[2, 3]),
+            arena("y", DType::F32, &[2, 3], 0),
+        ],
+        &[0],
+        vec![
+            out("x", 0, DType::F32, &[2, 3], 0, &[3, 1]),
+            out("yt", 1, DType::F32, &[3, 2], 0, &[1, 3]),
+        ],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F32, vec![2, 3], &x)], &[]).expect("runs");
+    assert_eq!(got[0].to_f32(), x.to_vec());
+    assert_eq!(got[1].shape, vec![3, 2]);
+    let want: Vec<f32> = vec![-x[0], -x[3], -x[1], -x[4], -x[2], -x[5]];
+    assert_eq!(got[1].to_f32(), want);
+}
+
+#[test]
+fn data_that_does_not_match_the_plan_is_an_error() {
+    let k = fused(
+        &[4],
+        &[],
+        vec![ld(0, DType::F32, 0, &[1])],
+        vec![el(InstOp::Load(0))],
+        &[(0, 1)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[4]),
+            arena("y", DType::F32, &[4], 0),
+        ],
+        &[0],
+        vec![out("y", 1, DType::F32, &[4], 0, &[1])],
+    );
+    let wrong_shape = HostTensor::from_f32(DType::F32, vec![5], &[0.0; 5]);
+    match run(&p, &[wrong_shape], &[]) {
+        Err(CpuError::Mismatch {
+            name, found_shape, ..
+        }) => {
+            assert_eq!(name, "x");
+            assert_eq!(found_shape, vec![5]);
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    let wrong_dtype = HostTensor::from_f32(DType::F16, vec![4], &[0.0; 4]);
+    assert!(matches!(
+        run(&p, &[wrong_dtype], &[]),
+        Err(CpuError::Mismatch { .. })
+    ));
+    assert_eq!(
+        run(&p, &[], &[]),
+        Err(CpuError::Count {
+            what: "input",
+            expected: 1,
+            found: 0
+        })
+    );
+}
+
+#[test]
+fn a_plan_reading_out_of_bounds_is_rejected_not_run() {
+    // The load walks 4 elements with stride 2 over a 4-element buffer.
+    let k = fused(
+        &[4],
+        &[],
+        vec![ld(0, DType::F32, 0, &[2])],
+        vec![el(InstOp::Load(0))],
+        &[(0, 1)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[4]),
+            arena("y", DType::F32, &[4], 0),
+        ],
+        &[0],
+        vec![out("y", 1, DType::F32, &[4], 0, &[1])],
+    );
+    let err = run(
+        &p,
+        &[HostTensor::from_f32(DType::F32, vec![4], &[1.0; 4])],
+        &[],
+    )
+    .expect_err("out of bounds");
+    assert!(
+        matches!(&err, CpuError::BadPlan(m) if m.contains("load 0")),
+        "{err}"
+    );
+    // A store into an input is refused too.
+    let k = fused(
+        &[4],
+        &[],
+        vec![ld(0, DType::F32, 0, &[1])],
+        vec![el(InstOp::Load(0))],
+        &[(0, 0)],
+    );
+    let p2 = plan(
+        vec![k],
+        vec![leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[4])],
+        &[0],
+        vec![out("x", 0, DType::F32, &[4], 0, &[1])],
+    );
+    assert!(matches!(
+        run(
+            &p2,
+            &[HostTensor::from_f32(DType::F32, vec![4], &[1.0; 4])],
+            &[]
+        ),
+        Err(CpuError::BadPlan(_))
+    ));
+}
+
+#[test]
+fn long_sums_are_accurate() {
+    // One row of 1e6 values 0.1: a naive f32 running sum is off by ~1e-3 relative.
+    let n = 1_000_000u64;
+    let x = vec![0.1f32; n as usize];
+    let body = vec![el(InstOp::Load(0)), row(InstOp::Reduce(ReduceOp::Sum, 0))];
+    let k = fused(
+        &[n],
+        &[0],
+        vec![ld(0, DType::F32, 0, &[1])],
+        body,
+        &[(1, 1)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[n]),
+            arena("s", DType::F32, &[], 0),
+        ],
+        &[0],
+        vec![out("s", 1, DType::F32, &[], 0, &[])],
+    );
+    let got =
+        run(&p, &[HostTensor::from_f32(DType::F32, vec![n], &x)], &[]).expect("runs")[0].to_f32();
+    let want = 0.1f32 as f64 * n as f64;
+    assert!(
+        ((got[0] as f64) - want).abs() / want < 1e-6,
+        "{} vs {want}",
+        got[0]
+    );
+}

@@ -1,0 +1,80 @@
+//! safetensors files: params and inputs by name, in f32, f16 or bf16.
+
+use super::{checked_tensor, io_err, write_atomically, DataError};
+use crate::tensor::HostTensor;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+use tc_compiler::ir::{DType, TensorType};
+
+/// Reads every tensor of the file at `path`; each must be one of `declared` (by name) with
+/// its shape, and its dtype or f32 (converted). Returns them in file order.
+pub fn read_safetensors(
+    path: &Path,
+    declared: &HashMap<&str, &TensorType>,
+) -> Result<Vec<(String, HostTensor)>, DataError> {
+    let bytes = std::fs::read(path).map_err(io_err("read", path))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| DataError::Safetensors {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    let mut names: Vec<&str> = file.names();
+    names.sort_unstable();
+    for name in names {
+        let ty = declared.get(name).ok_or_else(|| DataError::UnknownName {
+            name: name.into(),
+            from: Some(path.into()),
+        })?;
+        let view = file.tensor(name).map_err(|e| DataError::Safetensors {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let found = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(DataError::DType {
+                    name: name.into(),
+                    path: path.into(),
+                    expected: ty.dtype,
+                    found: format!("{other:?}"),
+                })
+            }
+        };
+        let shape: Vec<u64> = view.shape().iter().map(|&s| s as u64).collect();
+        let t = HostTensor {
+            dtype: found,
+            shape: shape.clone(),
+            bytes: view.data().to_vec(),
+        };
+        out.push((
+            name.to_string(),
+            checked_tensor(name, path, ty, found, shape, t)?,
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes `tensors` to one safetensors file, each in its own dtype, atomically.
+pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), DataError> {
+    let bad = |message: String| DataError::Safetensors {
+        path: path.into(),
+        message,
+    };
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let dtype = match t.dtype {
+            DType::F32 => Dtype::F32,
+            DType::F16 => Dtype::F16,
+            DType::BF16 => Dtype::BF16,
+        };
+        let shape = t.shape.iter().map(|&s| s as usize).collect();
+        let view = safetensors::tensor::TensorView::new(dtype, shape, &t.bytes)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        views.push((name.clone(), view));
+    }
+    let bytes = safetensors::serialize(views, None).map_err(|e| bad(e.to_string()))?;
+    write_atomically(path, |w| std::io::Write::write_all(w, &bytes))
+}

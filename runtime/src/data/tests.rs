@@ -1,0 +1,207 @@
+//! Tests of data in and out: round trips, conversions, errors naming the culprit, seeded
+//! random tensors, atomic saves and summaries.
+
+use super::*;
+use tc_compiler::ir::Dim;
+
+fn ty(dtype: DType, shape: &[u64]) -> TensorType {
+    TensorType::new(dtype, shape.iter().map(|&s| Dim::new(s)).collect())
+}
+
+fn tensor(dtype: DType, shape: &[u64]) -> HostTensor {
+    let n = shape.iter().product::<u64>() as usize;
+    let v: Vec<f32> = (0..n).map(|i| i as f32 / 3.0 - 1.0).collect();
+    HostTensor::from_f32(dtype, shape.to_vec(), &v)
+}
+
+#[test]
+fn npy_round_trips_every_dtype_and_bf16_as_exact_f32() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for dtype in DType::ALL {
+        let t = tensor(dtype, &[3, 4]);
+        let p = dir.path().join(format!("{dtype}.npy"));
+        write_npy(&p, &t).expect("writes");
+        let file_dtype = if dtype == DType::F16 {
+            DType::F16
+        } else {
+            DType::F32
+        };
+        let back = read_npy(&p, "x", &ty(file_dtype, &[3, 4])).expect("reads");
+        assert_eq!(back.dtype, file_dtype);
+        assert_eq!(back.to_f32(), t.to_f32(), "{dtype}");
+        // f32 data may feed an f16/bf16 input; the bf16 file read back as bf16 is bit-exact.
+        let as_declared = read_npy(&p, "x", &ty(dtype, &[3, 4])).expect("reads");
+        assert_eq!(as_declared, t, "{dtype}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("lists")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn npy_mismatches_name_the_input_the_file_and_both_sides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("x.npy");
+    write_npy(&p, &tensor(DType::F16, &[2, 5])).expect("writes");
+    let e = read_npy(&p, "x", &ty(DType::F16, &[5, 2])).expect_err("shape");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("`x`")
+            && msg.contains("x.npy")
+            && msg.contains("[5, 2]")
+            && msg.contains("[2, 5]"),
+        "{msg}"
+    );
+    // f16 data cannot feed an f32 input (only f32 converts down).
+    let e = read_npy(&p, "x", &ty(DType::F32, &[2, 5])).expect_err("dtype");
+    assert!(
+        matches!(&e, DataError::DType { expected: DType::F32, found, .. } if found == "f16"),
+        "{e}"
+    );
+    std::fs::write(&p, b"not a npy file").expect("writes");
+    assert!(matches!(
+        read_npy(&p, "x", &ty(DType::F32, &[2, 5])),
+        Err(DataError::Npy { .. })
+    ));
+    assert!(matches!(
+        read_npy(&dir.path().join("none.npy"), "x", &ty(DType::F32, &[1])),
+        Err(DataError::Io { .. })
+    ));
+}
+
+#[test]
+fn fortran_order_npy_is_read_in_row_major_order() {
+    use npyz::WriterBuilder;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("f.npy");
+    // The 2x3 matrix [[0, 1, 2], [3, 4, 5]] stored column by column.
+    let mut file = std::fs::File::create(&p).expect("creates");
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[2, 3])
+        .order(npyz::Order::Fortran)
+        .writer(&mut file)
+        .begin_nd()
+        .expect("begins");
+    w.extend([0f32, 3.0, 1.0, 4.0, 2.0, 5.0]).expect("writes");
+    w.finish().expect("finishes");
+    let t = read_npy(&p, "f", &ty(DType::F32, &[2, 3])).expect("reads");
+    assert_eq!(t.to_f32(), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+}
+
+#[test]
+fn safetensors_round_trip_and_unknown_or_corrupt_files_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("w.safetensors");
+    let tensors = vec![
+        ("a".to_string(), tensor(DType::BF16, &[2, 2])),
+        ("b".to_string(), tensor(DType::F32, &[3])),
+    ];
+    write_safetensors(&p, &tensors).expect("writes");
+    let (ta, tb) = (ty(DType::BF16, &[2, 2]), ty(DType::F16, &[3]));
+    let declared: HashMap<&str, &TensorType> = [("a", &ta), ("b", &tb)].into_iter().collect();
+    let back = read_safetensors(&p, &declared).expect("reads");
+    assert_eq!(back[0], tensors[0].clone());
+    // f32 data feeding an f16 tensor is rounded.
+    assert_eq!(
+        back[1].1,
+        HostTensor::from_f32(DType::F16, vec![3], &tensors[1].1.to_f32())
+    );
+    let only_a: HashMap<&str, &TensorType> = [("a", &ta)].into_iter().collect();
+    let e = read_safetensors(&p, &only_a).expect_err("unknown b");
+    assert!(
+        matches!(&e, DataError::UnknownName { name, .. } if name == "b"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("w.safetensors"), "{e}");
+    std::fs::write(&p, [1u8, 2, 3]).expect("writes");
+    assert!(matches!(
+        read_safetensors(&p, &declared),
+        Err(DataError::Safetensors { .. })
+    ));
+}
+
+#[test]
+fn random_tensors_depend_only_on_seed_and_name() {
+    let a = random_tensor(0, "x", DType::F32, &[1000]);
+    assert_eq!(a, random_tensor(0, "x", DType::F32, &[1000]));
+    assert_ne!(a, random_tensor(1, "x", DType::F32, &[1000]));
+    assert_ne!(a, random_tensor(0, "y", DType::F32, &[1000]));
+    // A prefix of a larger tensor of the same name is the same stream.
+    assert_eq!(
+        a.to_f32()[..500],
+        random_tensor(0, "x", DType::F32, &[10, 50]).to_f32()[..]
+    );
+    let v = a.to_f32();
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / 1000.0;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / 1000.0;
+    assert!(
+        mean.abs() < 0.1 && (var - 1.0).abs() < 0.15,
+        "mean {mean} var {var}"
+    );
+    assert_eq!(
+        random_tensor(3, "h", DType::BF16, &[4]).to_f32(),
+        random_tensor(3, "h", DType::F32, &[4])
+            .to_f32()
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn save_to_a_folder_a_safetensors_file_or_fail_on_a_missing_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outs = vec![
+        ("y".to_string(), tensor(DType::BF16, &[2])),
+        ("z".to_string(), tensor(DType::F16, &[1, 2])),
+    ];
+    let files = save_outputs(dir.path(), &outs).expect("saves");
+    assert_eq!(
+        files,
+        vec![dir.path().join("y.npy"), dir.path().join("z.npy")]
+    );
+    assert_eq!(
+        read_npy(&files[0], "y", &ty(DType::F32, &[2]))
+            .expect("reads")
+            .to_f32(),
+        outs[0].1.to_f32()
+    );
+    let st = dir.path().join("out.safetensors");
+    save_outputs(&st, &outs).expect("saves");
+    let (ty_y, ty_z) = (ty(DType::BF16, &[2]), ty(DType::F16, &[1, 2]));
+    let declared: HashMap<&str, &TensorType> = [("y", &ty_y), ("z", &ty_z)].into_iter().collect();
+    let back = read_safetensors(&st, &declared).expect("reads");
+    assert_eq!(back, outs);
+    let missing = dir.path().join("nope");
+    assert!(
+        matches!(save_outputs(&missing, &outs), Err(DataError::MissingFolder(p)) if p == missing)
+    );
+    assert!(matches!(
+        save_outputs(&missing.join("o.safetensors"), &outs),
+        Err(DataError::MissingFolder(_))
+    ));
+}
+
+#[test]
+fn summaries_show_dtype_shape_statistics_and_non_finite_counts() {
+    let t = HostTensor::from_f32(
+        DType::F32,
+        vec![2, 3],
+        &[1.0, -2.0, 0.5, f32::NAN, f32::INFINITY, 3.0],
+    );
+    let s = summarize(&t);
+    assert_eq!(
+        s,
+        "f32[2, 3]  min -2 max 3 mean 0.625  [1, -2, 0.5, NaN, inf, 3]  1 NaN, 1 Inf"
+    );
+    let s = summarize(&tensor(DType::F16, &[10]));
+    assert!(
+        s.starts_with("f16[10]  min -1 max 2  mean") || s.starts_with("f16[10]  min -1 max 2 mean"),
+        "{s}"
+    );
+    assert!(s.ends_with(", …]"), "{s}");
+}
