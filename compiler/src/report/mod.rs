@@ -213,6 +213,18 @@ pub fn lower_bound(plan: &Plan) -> u64 {
         .unwrap_or(0)
 }
 
+/// True when `b` takes over its in-place predecessor's storage at `step`, which is then
+/// still counted under the predecessor (one region, not two).
+pub fn handed_over_at(report: &MemoryReport, b: &BufferEntry, step: usize) -> bool {
+    b.first_step == step
+        && b.in_place_of.as_ref().is_some_and(|p| {
+            report
+                .buffers
+                .iter()
+                .any(|q| &q.name == p && q.view_of.is_none() && q.last_step == step)
+        })
+}
+
 fn kind_name(kind: &BufferKind) -> &'static str {
     match kind {
         BufferKind::Input { .. } => "input",
@@ -297,7 +309,10 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             notes.push(format!(
                 "line {}: this `reshape` of {} cannot be expressed with strides, so it copies {} ({} bytes), as torch.reshape does",
                 checked.origin(id).line,
-                checked.display_name(a),
+                match &checked.node(a).name {
+                    Some(n) => format!("`{n}`"),
+                    None => format!("a `{}` view", checked.node(a).op.name()),
+                },
                 text::human(bytes),
                 bytes
             ));
