@@ -8,7 +8,7 @@ use tc_compiler::ir::{
     BinaryOp, DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, TensorType,
     UnaryOp, ViewOp,
 };
-use tc_compiler::plan::pack::{align_up, max_live, pack, Item};
+use tc_compiler::plan::pack::{align_up, max_live, pack, pack_with, Item};
 use tc_compiler::report::{memory_report, MemoryReport};
 use tc_compiler::{CompileOptions, PlanOptions, Program};
 
@@ -97,6 +97,15 @@ fn every_example_plans_verifies_and_orders_its_figures() {
                 reuse,
             );
             assert_eq!(p.memory.peaks.planned.without_inputs, p.plan.arena_bytes);
+            let pk = &p.memory.peaks;
+            println!(
+                "{name:<18} fuse {fuse:<5} reuse {reuse:<5} kernels {:>2}  naive {:>10}  eager {:>10}  planned {:>10}  lower {:>10}",
+                p.plan.kernels.len(),
+                pk.naive.without_inputs,
+                pk.eager.without_inputs,
+                pk.planned.without_inputs,
+                pk.lower_bound.without_inputs
+            );
             assert!(p.memory.peaks.measured.is_none());
         }
     }
@@ -402,12 +411,22 @@ fn optimum(items: &[Item], bound: u64) -> u64 {
     best
 }
 
+/// Figures of one packer over random instances.
+#[derive(Default)]
+struct Figures {
+    worst_opt: f64,
+    sum_opt: f64,
+    worst_live: f64,
+    sum_live: f64,
+    optimal: usize,
+}
+
 #[test]
 fn packing_stays_close_to_the_exhaustive_optimum() {
     let mut rng = Lcg(42);
-    let (mut worst_opt, mut sum_opt, mut worst_live, mut sum_live, mut optimal) =
-        (1.0f64, 0.0f64, 1.0f64, 0.0f64, 0);
     let trials = 3000;
+    let mut heuristic = Figures::default();
+    let mut full = Figures::default();
     for _ in 0..trials {
         let n = 1 + rng.next(8) as usize;
         let items: Vec<Item> = (0..n)
@@ -421,34 +440,67 @@ fn packing_stays_close_to_the_exhaustive_optimum() {
                 }
             })
             .collect();
-        let (offs, arena) = pack(&items, u64::MAX);
-        // The packing is valid.
-        for i in 0..n {
-            for j in 0..i {
-                let time = items[i].first <= items[j].last && items[j].first <= items[i].last;
-                let space = offs[i] < offs[j] + items[j].size && offs[j] < offs[i] + items[i].size;
-                assert!(!(time && space), "{items:?} {offs:?}");
-            }
-        }
-        let opt = optimum(&items, arena + 1);
         let live = max_live(&items);
-        assert!(
-            live <= opt && opt <= arena,
-            "{items:?}: live {live} opt {opt} arena {arena}"
-        );
-        let (r_opt, r_live) = (arena as f64 / opt as f64, arena as f64 / live as f64);
-        worst_opt = worst_opt.max(r_opt);
-        worst_live = worst_live.max(r_live);
-        sum_opt += r_opt;
-        sum_live += r_live;
-        optimal += usize::from(arena == opt);
+        let runs = [
+            (pack_with(&items, u64::MAX, 0), &mut heuristic),
+            (pack(&items, u64::MAX), &mut full),
+        ];
+        let worst_arena = runs.iter().map(|((_, a), _)| *a).max().unwrap_or(0);
+        let opt = optimum(&items, worst_arena + 1);
+        for ((offs, arena), f) in runs {
+            // The packing is valid.
+            for i in 0..n {
+                for j in 0..i {
+                    let time = items[i].first <= items[j].last && items[j].first <= items[i].last;
+                    let space =
+                        offs[i] < offs[j] + items[j].size && offs[j] < offs[i] + items[i].size;
+                    assert!(!(time && space), "{items:?} {offs:?}");
+                }
+            }
+            assert!(
+                live <= opt && opt <= arena,
+                "{items:?}: live {live} opt {opt} arena {arena}"
+            );
+            let (r_opt, r_live) = (arena as f64 / opt as f64, arena as f64 / live as f64);
+            f.worst_opt = f.worst_opt.max(r_opt);
+            f.worst_live = f.worst_live.max(r_live);
+            f.sum_opt += r_opt;
+            f.sum_live += r_live;
+            f.optimal += usize::from(arena == opt);
+        }
     }
-    let (mean_opt, mean_live) = (sum_opt / trials as f64, sum_live / trials as f64);
-    println!(
-        "packing over {trials} instances: optimal in {optimal}; arena/optimum worst {worst_opt:.4} mean {mean_opt:.5}; arena/max-live worst {worst_live:.4} mean {mean_live:.5}"
-    );
+    for (name, f) in [
+        ("heuristic orders only", &heuristic),
+        ("with 256 random restarts", &full),
+    ] {
+        println!(
+            "packing ({name}) over {trials} instances: optimal in {}; arena/optimum worst {:.4} mean {:.5}; arena/max-live worst {:.4} mean {:.5}",
+            f.optimal,
+            f.worst_opt,
+            f.sum_opt / trials as f64,
+            f.worst_live,
+            f.sum_live / trials as f64
+        );
+    }
     // Bounds measured on this generator (see docs/memory-planning.md), with a little slack.
-    assert!(worst_opt <= 1.01, "worst arena/optimum {worst_opt}");
-    assert!(mean_opt <= 1.0001, "mean arena/optimum {mean_opt}");
-    assert!(worst_live <= 1.35, "worst arena/max-live {worst_live}");
+    assert!(
+        heuristic.worst_opt <= 1.25,
+        "heuristic worst arena/optimum {}",
+        heuristic.worst_opt
+    );
+    assert!(
+        heuristic.sum_opt / trials as f64 <= 1.001,
+        "heuristic mean arena/optimum"
+    );
+    assert!(
+        full.worst_opt <= 1.01,
+        "worst arena/optimum {}",
+        full.worst_opt
+    );
+    assert!(full.sum_opt / trials as f64 <= 1.0001, "mean arena/optimum");
+    assert!(
+        full.worst_live <= 1.35,
+        "worst arena/max-live {}",
+        full.worst_live
+    );
 }

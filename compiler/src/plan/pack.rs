@@ -97,6 +97,12 @@ impl Lcg {
 /// arena exceeds `max_live` (which no packing can beat), 256 seeded random orderings, and
 /// up to 2048 while it also exceeds `budget` (the eager figure the plan must not exceed).
 pub fn pack(items: &[Item], budget: u64) -> (Vec<u64>, u64) {
+    pack_with(items, budget, 256)
+}
+
+/// `pack` with `restarts` random orderings while above the floor (0: the five heuristic
+/// orderings only, plus the budget fallback).
+pub fn pack_with(items: &[Item], budget: u64, restarts: usize) -> (Vec<u64>, u64) {
     let n = items.len();
     let floor = max_live(items);
     let len = |i: usize| (items[i].last - items[i].first + 1) as u64;
@@ -141,7 +147,7 @@ pub fn pack(items: &[Item], budget: u64) -> (Vec<u64>, u64) {
     // Random orderings: a few hundred while above the floor, more while above the budget.
     while best
         .as_ref()
-        .is_some_and(|(_, a)| *a > floor && (tries < 256 || (*a > budget && tries < 2048)))
+        .is_some_and(|(_, a)| *a > floor && (tries < restarts || (*a > budget && tries < 2048)))
     {
         let mut order: Vec<usize> = (0..n).collect();
         for i in (1..n).rev() {
