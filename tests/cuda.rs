@@ -506,3 +506,560 @@ fn launch_shapes_follow_the_kernel_kind() {
         matches!(mm[1].launch, Launch::Grid { .. }) && mm[1].source.contains("__shared__ float ta")
     );
 }
+
+// ------------------------------------------------------------------ the examples
+
+fn examples() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut v: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("examples folder")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tx"))
+        .map(|p| {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            (name, std::fs::read_to_string(&p).expect("readable example"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn cuda_options(dims: &[(String, u64)]) -> tc_compiler::CompileOptions {
+    tc_compiler::CompileOptions {
+        dims: dims.to_vec(),
+        plan: tc_compiler::codegen::cuda_plan_options(&PlanOptions::default()),
+    }
+}
+
+fn compile_example(name: &str, source: &str, dims: &[(String, u64)]) -> tc_compiler::Program {
+    match tc_compiler::compile(source, &cuda_options(dims)) {
+        Ok(p) => p,
+        Err(d) => panic!("{name}: does not compile: {d:?}"),
+    }
+}
+
+#[test]
+fn examples_kernels_snapshot() {
+    let all = examples();
+    assert!(all.len() >= 8, "expected the examples, found {}", all.len());
+    for (name, source) in all {
+        let program = compile_example(&name, &source, &[]);
+        insta::assert_snapshot!(format!("example_{name}"), emit_program(&program.plan));
+    }
+}
+
+#[test]
+fn examples_kernels_compile_with_nvrtc() {
+    if !nvrtc_ready() {
+        return;
+    }
+    for (name, source) in examples() {
+        let program = compile_example(&name, &source, &[]);
+        check_compiles(&name, &program.plan);
+    }
+}
+
+/// Small dims for running the examples: each example's `dim` lines get these values
+/// (D = H·Dh keeps the transformer's reshapes valid; N = 1000 leaves a vector tail).
+fn small_dims(source: &str) -> Vec<(String, u64)> {
+    let table: [(&str, u64); 9] = [
+        ("B", 2),
+        ("S", 8),
+        ("D", 8),
+        ("H", 2),
+        ("Dh", 4),
+        ("F", 16),
+        ("N", 1000),
+        ("V", 24),
+        ("C", 6),
+    ];
+    let declared: Vec<String> = source
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("dim "))
+        .filter_map(|l| l.split('=').next())
+        .map(|n| n.trim().to_string())
+        .collect();
+    table
+        .iter()
+        .filter(|(n, _)| declared.iter().any(|d| d == n))
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect()
+}
+
+// ------------------------------------------------------------------ cuBLAS call semantics on the host
+
+/// A deterministic generator for test data and random programs (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+    fn value(&mut self) -> f64 {
+        (self.below(2001) as f64 - 1000.0) / 250.0
+    }
+}
+
+/// Executes a `GemmCall` exactly as cuBLAS defines it (column-major, op(A)·op(B)) over
+/// host arrays indexed by buffer; returns C's buffer.
+fn simulate_gemm(
+    call: &tc_compiler::codegen::GemmCall,
+    a: &[f64],
+    b: &[f64],
+    c_len: usize,
+) -> Vec<f64> {
+    let mut c = vec![f64::NAN; c_len];
+    for off in &call.calls {
+        for batch in 0..call.batch_count as i64 {
+            let (ao, bo, co) = (
+                call.a_offset + off[0] + batch * call.stride_a,
+                call.b_offset + off[1] + batch * call.stride_b,
+                off[2] + batch * call.stride_c,
+            );
+            for i in 0..call.m as i64 {
+                for j in 0..call.n as i64 {
+                    let mut acc = 0.0;
+                    for l in 0..call.k as i64 {
+                        let av = if call.trans_a {
+                            a[(ao + l + i * call.lda as i64) as usize]
+                        } else {
+                            a[(ao + i + l * call.lda as i64) as usize]
+                        };
+                        let bv = if call.trans_b {
+                            b[(bo + j + l * call.ldb as i64) as usize]
+                        } else {
+                            b[(bo + l + j * call.ldb as i64) as usize]
+                        };
+                        acc += av * bv;
+                    }
+                    c[(co + i + j * call.ldc as i64) as usize] = acc;
+                }
+            }
+        }
+    }
+    c
+}
+
+/// `MatMulKernel` semantics straight from `schedule`'s definition.
+fn reference_matmul(mm: &MatMulKernel, a: &[f64], b: &[f64]) -> Vec<f64> {
+    let nb = mm.batch.len();
+    let batches: u64 = mm.batch.iter().product();
+    let mut out = Vec::new();
+    for z in 0..batches {
+        let mut rem = z;
+        let mut idx = vec![0u64; nb];
+        for d in (0..nb).rev() {
+            idx[d] = rem % mm.batch[d];
+            rem /= mm.batch[d];
+        }
+        let ao: i64 = mm.a.offset
+            + idx
+                .iter()
+                .zip(&mm.a.strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum::<i64>();
+        let bo: i64 = mm.b.offset
+            + idx
+                .iter()
+                .zip(&mm.b.strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum::<i64>();
+        for i in 0..mm.m as i64 {
+            for j in 0..mm.n as i64 {
+                let mut acc = 0.0;
+                for l in 0..mm.k as i64 {
+                    acc += a[(ao + i * mm.a.strides[nb] + l * mm.a.strides[nb + 1]) as usize]
+                        * b[(bo + l * mm.b.strides[nb] + j * mm.b.strides[nb + 1]) as usize];
+                }
+                out.push(acc);
+            }
+        }
+    }
+    out
+}
+
+/// Every cuBLAS call the code generator plans computes the plan's matrix product: checked
+/// on the host by running the call's exact column-major definition (no GPU needed).
+fn check_gemm_calls(label: &str, plan: &Plan) {
+    let mut rng = Rng(0x9e37_79b9 ^ plan.kernels.len() as u64);
+    for (kernel, cuda_kernel) in plan.kernels.iter().zip(emit_kernels(plan)) {
+        let (KernelKind::MatMul(mm), Launch::Cublas(call)) = (&kernel.kind, &cuda_kernel.launch)
+        else {
+            continue;
+        };
+        let numel = |id: BufferId| plan.buffer(id).shape.iter().product::<u64>() as usize;
+        let a: Vec<f64> = (0..numel(mm.a.buffer)).map(|_| rng.value()).collect();
+        let b: Vec<f64> = if mm.b.buffer == mm.a.buffer {
+            a.clone()
+        } else {
+            (0..numel(mm.b.buffer)).map(|_| rng.value()).collect()
+        };
+        // cuBLAS's A is the plan's b and its B the plan's a.
+        assert_eq!(
+            (call.a, call.b, call.c),
+            (mm.b.buffer, mm.a.buffer, mm.out),
+            "{label} {}",
+            kernel.name
+        );
+        let got = simulate_gemm(call, &b, &a, numel(mm.out));
+        let want = reference_matmul(mm, &a, &b);
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-9 * (1.0 + w.abs()),
+                "{label} {}: element {i}: cuBLAS call gives {g}, matmul is {w}",
+                kernel.name
+            );
+        }
+    }
+}
+
+#[test]
+fn cublas_calls_compute_the_planned_products() {
+    for d in DType::ALL {
+        check_gemm_calls(&format!("hand matmul {d}"), &matmul_plan(d));
+    }
+    for (name, source) in examples() {
+        let program = compile_example(&name, &source, &small_dims(&source));
+        check_gemm_calls(&name, &program.plan);
+    }
+    for (i, source) in random_programs(120, 7).iter().enumerate() {
+        if let Ok(program) = tc_compiler::compile(source, &cuda_options(&[])) {
+            check_gemm_calls(&format!("random program {i}:\n{source}"), &program.plan);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ random programs
+
+/// A random, well-typed `.tx` program: elementwise chains, broadcasts, reductions over
+/// various axes, row built-ins, views, casts and matrix products.
+fn random_program(rng: &mut Rng) -> String {
+    let dims = [
+        ("A", 1 + rng.below(4)),
+        ("R", 1 + rng.below(40)),
+        ("C", *rng.pick(&[1u64, 3, 8, 33, 64, 300, 1100, 4100])),
+    ];
+    let dt = *rng.pick(&["f32", "f32", "f16", "bf16"]);
+    let mut src = String::new();
+    for (n, v) in dims {
+        src.push_str(&format!("dim {n} = {v}\n"));
+    }
+    src.push_str(&format!(
+        "input x : {dt}[A, R, C]\ninput y : {dt}[R, C]\nparam w : {dt}[C, R]\nparam g : f32[C]\n"
+    ));
+    // (name, axes as dim names, dtype)
+    let mut vals: Vec<(String, Vec<&str>, String)> = vec![
+        ("x".into(), vec!["A", "R", "C"], dt.into()),
+        ("y".into(), vec!["R", "C"], dt.into()),
+        ("g".into(), vec!["C"], "f32".into()),
+    ];
+    let unary = [
+        "abs", "exp", "sin", "cos", "tanh", "sigmoid", "relu", "gelu", "silu", "erf", "square",
+    ];
+    let steps = 2 + rng.below(7);
+    for s in 0..steps {
+        let name = format!("t{s}");
+        let (v, shape, vdt) = rng.pick(&vals).clone();
+        let (expr, out_shape, out_dt): (String, Vec<&str>, String) = match rng.below(11) {
+            0 | 1 => (
+                format!("{}({v})", rng.pick(&unary)),
+                shape.clone(),
+                vdt.clone(),
+            ),
+            2 => (
+                "log(abs(".to_string() + &v + ") + 1)",
+                shape.clone(),
+                vdt.clone(),
+            ),
+            3 | 4 => {
+                // A partner that broadcasts against `v`: any value whose shape is a suffix.
+                let partners: Vec<&(String, Vec<&str>, String)> = vals
+                    .iter()
+                    .filter(|(_, s2, _)| s2.len() <= shape.len() && shape.ends_with(s2))
+                    .collect();
+                let (p, _, pdt) = (*rng.pick(&partners)).clone();
+                let op = *rng.pick(&["+", "-", "*", "maximum", "minimum"]);
+                let e = if op.len() > 1 {
+                    format!("{op}({v}, {p})")
+                } else {
+                    format!("{v} {op} {p} * 0.5")
+                };
+                let odt = if pdt == vdt {
+                    vdt.clone()
+                } else {
+                    "f32".to_string()
+                };
+                (e, shape.clone(), odt)
+            }
+            5 => {
+                let (f, keep) = (*rng.pick(&["sum", "mean", "max", "min"]), rng.below(2) == 0);
+                let axis = rng.below(shape.len() as u64 + 1);
+                if axis == shape.len() as u64 {
+                    (format!("{f}({v})"), vec![], vdt.clone())
+                } else {
+                    let mut out = shape.clone();
+                    if keep {
+                        out[axis as usize] = "1";
+                    } else {
+                        out.remove(axis as usize);
+                    }
+                    (
+                        format!("{f}({v}, axis={axis}, keepdim={keep})"),
+                        out,
+                        vdt.clone(),
+                    )
+                }
+            }
+            6 if !shape.is_empty() => {
+                let f = *rng.pick(&["softmax", "log_softmax", "layernorm", "rmsnorm"]);
+                (format!("{f}({v}, axis=-1)"), shape.clone(), vdt.clone())
+            }
+            7 if shape.len() >= 2 && shape.last() == Some(&"C") && vdt == dt => {
+                let mut out = shape.clone();
+                *out.last_mut().expect("non-empty") = "R";
+                (format!("{v} @ w"), out, vdt.clone())
+            }
+            8 if shape.len() >= 2 && !shape.contains(&"1") => {
+                let mut out = shape.clone();
+                let n = out.len();
+                out.swap(n - 1, n - 2);
+                (format!("transpose({v}) * 1"), out, vdt.clone())
+            }
+            9 => {
+                let to = *rng.pick(&["f32", "f16", "bf16"]);
+                (format!("{to}({v})"), shape.clone(), to.to_string())
+            }
+            _ => (format!("-{v} * 2 + 1"), shape.clone(), vdt.clone()),
+        };
+        src.push_str(&format!("{name} = {expr}\n"));
+        vals.push((name, out_shape, out_dt));
+    }
+    let last = vals.len() - 1;
+    let other = 3 + rng.below((vals.len() - 3) as u64) as usize;
+    src.push_str(&format!("output {}\n", vals[last].0));
+    if other != last {
+        src.push_str(&format!("output {}\n", vals[other].0));
+    }
+    src
+}
+
+fn random_programs(count: usize, seed: u64) -> Vec<String> {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    (0..count).map(|_| random_program(&mut rng)).collect()
+}
+
+#[test]
+fn random_programs_are_well_typed() {
+    // The generator is only useful if the front end accepts everything it writes. (Whether
+    // the later stages handle them is what the NVRTC and GPU tests below check.)
+    let programs = random_programs(200, 1);
+    let failures: Vec<String> = programs
+        .iter()
+        .filter_map(|s| {
+            tc_compiler::check(s, &[])
+                .err()
+                .map(|d| format!("{s}\n{d:?}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 200 random programs are rejected by the checker; first:\n{}",
+        failures.len(),
+        failures.first().cloned().unwrap_or_default()
+    );
+}
+
+#[test]
+fn random_programs_compile_with_nvrtc() {
+    if !nvrtc_ready() {
+        return;
+    }
+    let mut compiled = 0;
+    for (i, source) in random_programs(60, 2).iter().enumerate() {
+        if let Ok(program) = tc_compiler::compile(source, &cuda_options(&[])) {
+            check_compiles(&format!("random program {i}:\n{source}"), &program.plan);
+            compiled += 1;
+        }
+    }
+    assert!(
+        compiled == 60,
+        "only {compiled} of 60 random programs reached NVRTC"
+    );
+}
+
+// ------------------------------------------------------------------ on a GPU
+
+/// Whether a GPU is usable; prints the skip line, or panics when `TC_REQUIRE_CUDA=1`.
+fn gpu_ready() -> bool {
+    let nvrtc = nvrtc_ready();
+    match cuda::available() {
+        Ok(info) if nvrtc => {
+            println!("GPU: {} ({})", info.name, info.arch);
+            true
+        }
+        other => {
+            let why = match other {
+                Ok(_) => "NVRTC not found".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var("TC_REQUIRE_CUDA").as_deref() == Ok("1") {
+                panic!("TC_REQUIRE_CUDA=1 but CUDA is unavailable: {why}");
+            }
+            println!("skipped: no GPU ({why})");
+            false
+        }
+    }
+}
+
+fn tolerance(dtype: DType) -> (f32, f32) {
+    match dtype {
+        DType::F32 => (2e-3, 2e-4),
+        DType::F16 => (2e-2, 2e-2),
+        DType::BF16 => (6e-2, 6e-2),
+    }
+}
+
+/// Runs `source` on CUDA and on the CPU executor with the same seeded data; outputs must
+/// agree within the dtype's tolerance and `measured` must equal `planned`.
+fn check_cuda_against_cpu(label: &str, source: &str, dims: &[(String, u64)]) -> Result<(), String> {
+    let program =
+        tc_compiler::compile(source, &cuda_options(dims)).map_err(|d| format!("{label}: {d:?}"))?;
+    let (inputs, params) = tc_runtime::data::load_leaves(&program.checked, &[], None, 0)
+        .map_err(|e| format!("{label}: {e}"))?;
+    let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &params)
+        .map_err(|e| format!("{label}: CPU: {e}"))?;
+    let gpu = cuda::run(
+        &program.plan,
+        &inputs,
+        &params,
+        &cuda::CudaOptions::default(),
+    )
+    .map_err(|e| format!("{label}: CUDA: {e}"))?;
+    let planned = program.memory.peaks.planned.with_inputs;
+    if gpu.measured_bytes != planned {
+        return Err(format!(
+            "{label}: measured {} bytes, planned {planned}",
+            gpu.measured_bytes
+        ));
+    }
+    for ((want, got), out) in cpu.iter().zip(&gpu.outputs).zip(&program.plan.outputs) {
+        if want.shape != got.shape || want.dtype != got.dtype {
+            return Err(format!(
+                "{label}: output {} is {:?} on CUDA, {:?} on the CPU",
+                out.name, got.shape, want.shape
+            ));
+        }
+        let (rtol, atol) = tolerance(want.dtype);
+        for (i, (w, g)) in want.to_f32().iter().zip(got.to_f32()).enumerate() {
+            let ok =
+                (w.is_nan() && g.is_nan()) || w == &g || (w - g).abs() <= atol + rtol * w.abs();
+            if !ok {
+                return Err(format!(
+                    "{label}: output {} element {i}: CUDA {g}, CPU {w}\n{source}",
+                    out.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gpu_examples_match_the_cpu() {
+    if !gpu_ready() {
+        return;
+    }
+    let failures: Vec<String> = examples()
+        .iter()
+        .filter_map(|(name, source)| {
+            check_cuda_against_cpu(name, source, &small_dims(source)).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn gpu_random_programs_match_the_cpu() {
+    if !gpu_ready() {
+        return;
+    }
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (i, source) in random_programs(240, 3).iter().enumerate() {
+        if tc_compiler::compile(source, &cuda_options(&[])).is_err() {
+            continue;
+        }
+        checked += 1;
+        if let Err(e) = check_cuda_against_cpu(&format!("random program {i}"), source, &[]) {
+            failures.push(e);
+        }
+    }
+    assert!(checked >= 200, "only {checked} random programs compiled");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} disagree:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn cuda_entry_points_never_panic_without_a_gpu() {
+    // On any machine: `available` and `run` answer with a value, and on a machine without
+    // CUDA the error says why.
+    let plan = pointwise_plan(DType::F32, 4, 8);
+    let x = tc_runtime::HostTensor::from_f32(DType::F32, vec![4, 8], &[1.0; 32]);
+    let bias = tc_runtime::HostTensor::from_f32(DType::F32, vec![8], &[0.5; 8]);
+    match (
+        cuda::available(),
+        cuda::run(&plan, &[x, bias], &[], &cuda::CudaOptions::default()),
+    ) {
+        (Ok(_), Ok(run)) => {
+            assert_eq!(run.measured_bytes, plan.arena_bytes + 4 * 32 + 4 * 8);
+            let y = run.outputs[0].to_f32();
+            let want = {
+                let v = 1.5f32 + 0.5;
+                0.5 * v * (1.0 + libm_erf(v / std::f32::consts::SQRT_2))
+            };
+            assert!((y[0] - want).abs() < 1e-5, "{} vs {want}", y[0]);
+        }
+        (Err(e), Err(e2)) => {
+            assert!(
+                e.to_string().contains("CUDA unavailable") || e.to_string().contains("CUDA driver"),
+                "{e}"
+            );
+            assert!(!e2.to_string().is_empty());
+        }
+        (a, b) => panic!(
+            "available() and run() disagree: {:?} / {:?}",
+            a.map(|i| i.name),
+            b.map(|r| r.measured_bytes)
+        ),
+    }
+}
+
+/// erf for the one check above (Abramowitz–Stegun 7.1.26 is too coarse; use the series).
+fn libm_erf(x: f32) -> f32 {
+    let x = x as f64;
+    let mut sum = 0.0;
+    let mut term = x;
+    for n in 0..60 {
+        sum += term / (2 * n + 1) as f64;
+        term *= -x * x / (n + 1) as f64;
+    }
+    (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
+}

@@ -19,6 +19,19 @@ pub use matmul::{gemm_plan, GemmCall};
 /// NVRTC needs no include path), NaN-propagating min/max and warp/block reductions.
 pub const PRELUDE: &str = include_str!("prelude.cu");
 
+/// Bytes of cuBLAS workspace to ask the planner for (`PlanOptions::matmul_workspace`) when
+/// planning for CUDA: NVIDIA's recommendation for Hopper. It is a `Workspace` buffer in the
+/// arena, so `planned` and `measured` count it.
+pub const CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
+
+/// Plan options for the CUDA target: `base` with the cuBLAS workspace set.
+pub fn cuda_plan_options(base: &crate::schedule::PlanOptions) -> crate::schedule::PlanOptions {
+    crate::schedule::PlanOptions {
+        matmul_workspace: CUBLAS_WORKSPACE_BYTES,
+        ..base.clone()
+    }
+}
+
 /// How the executor runs one kernel.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -43,3 +43,12 @@ pub enum CudaError {
     #[error("bad data for the CUDA run: {0}")]
     Data(String),
 }
+
+mod executor;
+
+pub use executor::{
+    available, bench, copy_bandwidth, gather, run, CopyBandwidth, CudaBench, CudaOptions, CudaRun,
+    DeviceInfo,
+};
+
+pub use tc_compiler::codegen::CUBLAS_WORKSPACE_BYTES;
