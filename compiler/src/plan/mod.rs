@@ -705,12 +705,28 @@ impl Builder<'_> {
                     )))
                 }
             };
+            // Arithmetic is in f32; a half-precision result is rounded right away, so the
+            // fused kernel rounds exactly where the unfused program stores.
+            let rounds = dtype != crate::ir::DType::F32
+                && matches!(
+                    op,
+                    InstOp::Unary(..) | InstOp::Binary(..) | InstOp::Reduce(..)
+                );
             k.body.push(Inst {
                 op,
                 dtype,
                 level,
                 node: Some(n),
             });
+            if rounds {
+                let v = k.body.len() - 1;
+                k.body.push(Inst {
+                    op: InstOp::Cast(v),
+                    dtype,
+                    level,
+                    node: Some(n),
+                });
+            }
             inst_of.insert(n, k.body.len() - 1);
         }
         for (&n, &buffer) in outs.iter().zip(out_bufs) {
