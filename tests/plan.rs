@@ -504,3 +504,57 @@ fn packing_stays_close_to_the_exhaustive_optimum() {
         full.worst_live
     );
 }
+
+// ---------------------------------------------------------------- edge programs
+
+/// Small programs at the edges of the planner: no kernel at all, outputs that are views or
+/// inputs, scalars, multi-axis reductions, dead code, a transposed self-read.
+const EDGES: [&str; 9] = [
+    "input x : f32[4]\noutput x",
+    "input x : f32[3, 4]\ny = transpose(x)\noutput y",
+    "input x : f32[3, 4]\ns = sum(x)\noutput s",
+    "input x : f32[3, 4]\ny = 2\noutput y",
+    "input x : f32[4, 4]\ny = expand(2, [4, 4]) @ x\noutput y",
+    "input x : f16[4, 4]\ny = x @ x\nz = softmax(y, axis=0)\noutput z, y",
+    "input x : f32[2, 3, 4]\ny = sum(x, axis=[0, 2], keepdim=true) * x\noutput y",
+    "input x : f32[4]\nunused = exp(x)\ny = x * 2\noutput y",
+    "input x : f32[4, 4]\ny = exp(x)\nz = y + transpose(y)\noutput z, x",
+];
+
+#[test]
+fn edge_programs_plan_verify_and_render() {
+    let mut planned = 0;
+    for src in EDGES {
+        for (fuse, reuse) in COMBOS {
+            let options = CompileOptions {
+                dims: Vec::new(),
+                plan: PlanOptions {
+                    fuse,
+                    reuse,
+                    matmul_workspace: 64,
+                },
+            };
+            // A program the front end rejects is fine here; one it accepts must plan.
+            if tc_compiler::check(src, &[]).is_err() {
+                continue;
+            }
+            let p = match tc_compiler::compile(src, &options) {
+                Ok(p) => p,
+                Err(d) => panic!("{src}: {d:?}"),
+            };
+            if let Err(e) = tc_compiler::plan::verify(&p.plan) {
+                panic!("{src}: {e}\n{}", tc_compiler::plan::print(&p.plan));
+            }
+            check_figures(src, &p.memory, reuse);
+            assert_eq!(p.plan.outputs.len(), p.checked.outputs.len());
+            let svg = tc_compiler::report::render_svg(&p.memory);
+            assert!(svg.trim_end().ends_with("</svg>"));
+            let json: serde_json::Value =
+                serde_json::from_str(&tc_compiler::report::to_json(&p.memory)).expect("json");
+            assert!(json["peaks"]["naive"]["with_inputs"].is_u64());
+            assert!(!tc_compiler::report::render_text(&p.memory).is_empty());
+            planned += 1;
+        }
+    }
+    assert!(planned >= 4 * 7, "only {planned} edge plans");
+}

@@ -120,6 +120,10 @@ pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Pl
             }
         }
     }
+    // The independent verifier runs on every plan in debug builds (and in every test).
+    if cfg!(debug_assertions) {
+        verify(&best).map_err(|e| internal(format!("the plan fails verification: {e}")))?;
+    }
     Ok(best)
 }
 

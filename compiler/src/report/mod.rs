@@ -131,6 +131,12 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
         let s = step_of_key[&key(id)];
         for o in graph.node(id).op.operands() {
             let r = owner(graph, o);
+            if matches!(graph.node(id).op, Op::MatMul(..))
+                && matches!(graph.node(r).op, Op::Scalar(_))
+            {
+                // A broadcast constant a matrix product reads is materialised (one element).
+                life.insert(r, (0, last));
+            }
             if is_op(r) && key(r) != key(id) {
                 let e = life.entry(r).or_insert((step_of_key[&key(r)], s));
                 e.1 = e.1.max(s);
