@@ -319,7 +319,7 @@ fn random_graph(instrs: &[(u8, u8, u8)], outs: &[u8]) -> Graph {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
     #[test]
     fn random_graphs_plan_within_the_invariants(
         instrs in prop::collection::vec((0u8..10, any::<u8>(), any::<u8>()), 1..14),
