@@ -551,7 +551,9 @@ mod mutation {
         let root = super::cli::repo_root();
         let mut out = Vec::new();
         for dir in ["examples", "tests/in/bad"] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
             for e in entries.flatten() {
                 if let Ok(text) = std::fs::read_to_string(e.path()) {
                     out.push(text);
@@ -576,9 +578,43 @@ mod mutation {
     }
 
     const TOKENS: &[&str] = &[
-        "(", ")", "[", "]", ",", "=", ":", "+", "-", "*", "/", "**", "@", "\n", ";", "x", "dim", "input",
-        "param", "output", "f16", "bf16", "f32", "axis=", "keepdim=true", "-1", "0", "1e-5",
-        "softmax(", "sum(", "reshape(", "permute(", "transpose(", "expand(", "matmul", "1e30", "4294967296",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "=",
+        ":",
+        "+",
+        "-",
+        "*",
+        "/",
+        "**",
+        "@",
+        "\n",
+        ";",
+        "x",
+        "dim",
+        "input",
+        "param",
+        "output",
+        "f16",
+        "bf16",
+        "f32",
+        "axis=",
+        "keepdim=true",
+        "-1",
+        "0",
+        "1e-5",
+        "softmax(",
+        "sum(",
+        "reshape(",
+        "permute(",
+        "transpose(",
+        "expand(",
+        "matmul",
+        "1e30",
+        "4294967296",
     ];
 
     fn mutation() -> impl Strategy<Value = Mutation> {
@@ -589,7 +625,17 @@ mod mutation {
             (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
             any::<usize>().prop_map(Mutation::DropLine),
             any::<usize>().prop_map(Mutation::DuplicateLine),
-            (any::<usize>(), prop_oneof![Just(0u64), Just(1), Just(3), Just(7), Just(1 << 20), Just(u64::MAX)])
+            (
+                any::<usize>(),
+                prop_oneof![
+                    Just(0u64),
+                    Just(1),
+                    Just(3),
+                    Just(7),
+                    Just(1 << 20),
+                    Just(u64::MAX)
+                ]
+            )
                 .prop_map(|(i, n)| Mutation::ChangeNumber(i, n)),
             (any::<usize>(), 0..TOKENS.len()).prop_map(|(i, t)| Mutation::InsertToken(i, t)),
         ]
@@ -633,7 +679,9 @@ mod mutation {
                 return lines.join("\n").into_bytes();
             }
             Mutation::ChangeNumber(i, n) => {
-                let digits: Vec<usize> = (0..bytes.len()).filter(|&k| bytes[k].is_ascii_digit()).collect();
+                let digits: Vec<usize> = (0..bytes.len())
+                    .filter(|&k| bytes[k].is_ascii_digit())
+                    .collect();
                 if !digits.is_empty() {
                     let at = digits[i % digits.len()];
                     let mut end = at;
@@ -653,7 +701,9 @@ mod mutation {
 
     /// Small dims so that a mutated program that does plan stays cheap to plan.
     fn check_one(bytes: &[u8]) {
-        let Ok(source) = std::str::from_utf8(bytes) else { return };
+        let Ok(source) = std::str::from_utf8(bytes) else {
+            return;
+        };
         for (fuse, reuse) in [(true, true), (false, false)] {
             let mut options = CompileOptions::default();
             options.plan.fuse = fuse;
@@ -664,22 +714,41 @@ mod mutation {
                         panic!("plan verifier: {e}\n--- source\n{source}");
                     }
                     let p = &program.memory.peaks;
-                    assert!(p.lower_bound.without_inputs <= p.planned.without_inputs, "{source}");
+                    assert!(
+                        p.lower_bound.without_inputs <= p.planned.without_inputs,
+                        "{source}"
+                    );
                     // With reuse off every buffer has its own region: only `planned <= naive` holds.
                     if reuse {
-                        assert!(p.planned.without_inputs <= p.eager.without_inputs, "{source}");
+                        assert!(
+                            p.planned.without_inputs <= p.eager.without_inputs,
+                            "{source}"
+                        );
                     }
-                    assert!(p.planned.without_inputs <= p.naive.without_inputs, "{source}");
+                    assert!(
+                        p.planned.without_inputs <= p.naive.without_inputs,
+                        "{source}"
+                    );
                     assert!(p.eager.without_inputs <= p.naive.without_inputs, "{source}");
                     let cuda = tc_compiler::codegen::emit_program(&program.plan);
                     assert!(program.plan.kernels.is_empty() || !cuda.is_empty());
                 }
                 Err(diags) => {
-                    assert!(!diags.is_empty(), "an error without a diagnostic:\n{source}");
+                    assert!(
+                        !diags.is_empty(),
+                        "an error without a diagnostic:\n{source}"
+                    );
                     for d in &diags {
                         for l in &d.labels {
-                            assert!(l.span.start <= l.span.end && l.span.end <= source.len(), "{d:?}\n{source}");
-                            assert!(source.is_char_boundary(l.span.start) && source.is_char_boundary(l.span.end), "{d:?}");
+                            assert!(
+                                l.span.start <= l.span.end && l.span.end <= source.len(),
+                                "{d:?}\n{source}"
+                            );
+                            assert!(
+                                source.is_char_boundary(l.span.start)
+                                    && source.is_char_boundary(l.span.end),
+                                "{d:?}"
+                            );
                         }
                     }
                 }
