@@ -106,7 +106,23 @@ pub const COMBOS: [(bool, bool); 4] = [(true, true), (true, false), (false, true
 /// CPU with seeded random inputs and params, and compares every output with the reference
 /// evaluation of the checked graph. The error says which combination and output failed.
 pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(), String> {
-    let mut reference: Option<(Vec<HostTensor>, Vec<HostTensor>, Vec<RefTensor>)> = None;
+    let diag = |d: tc_compiler::Diagnostics| {
+        let msgs: Vec<String> = d
+            .iter()
+            .map(|d| format!("{}: {}", d.code, d.message))
+            .collect();
+        msgs.join("; ")
+    };
+    // The reference runs the checked graph, which no plan option changes.
+    let checked =
+        tc_compiler::check(source, dims).map_err(|d| format!("does not check: {}", diag(d)))?;
+    let leaf = |l: &tc_compiler::ir::Leaf| {
+        tc_runtime::data::random_tensor(seed, &l.name, l.ty.dtype, &l.ty.sizes())
+    };
+    let inputs: Vec<HostTensor> = checked.inputs.iter().map(leaf).collect();
+    let params: Vec<HostTensor> = checked.params.iter().map(leaf).collect();
+    let want =
+        reference::evaluate(&checked, &inputs, &params).map_err(|e| format!("reference: {e}"))?;
     for (fuse, reuse) in COMBOS {
         let options = CompileOptions {
             dims: dims.to_vec(),
@@ -116,31 +132,9 @@ pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(
                 ..PlanOptions::default()
             },
         };
-        let program = tc_compiler::compile(source, &options).map_err(|d| {
-            let msgs: Vec<String> = d
-                .iter()
-                .map(|d| format!("{}: {}", d.code, d.message))
-                .collect();
-            format!(
-                "fuse={fuse} reuse={reuse}: does not compile: {}",
-                msgs.join("; ")
-            )
-        })?;
-        if reference.is_none() {
-            let g = &program.checked;
-            let leaf = |l: &tc_compiler::ir::Leaf| {
-                tc_runtime::data::random_tensor(seed, &l.name, l.ty.dtype, &l.ty.sizes())
-            };
-            let inputs: Vec<HostTensor> = g.inputs.iter().map(leaf).collect();
-            let params: Vec<HostTensor> = g.params.iter().map(leaf).collect();
-            let want =
-                reference::evaluate(g, &inputs, &params).map_err(|e| format!("reference: {e}"))?;
-            reference = Some((inputs, params, want));
-        }
-        let Some((inputs, params, want)) = &reference else {
-            unreachable!()
-        };
-        let got = tc_runtime::cpu::run(&program.plan, inputs, params)
+        let program = tc_compiler::compile(source, &options)
+            .map_err(|d| format!("fuse={fuse} reuse={reuse}: does not compile: {}", diag(d)))?;
+        let got = tc_runtime::cpu::run(&program.plan, &inputs, &params)
             .map_err(|e| format!("fuse={fuse} reuse={reuse}: cpu executor: {e}"))?;
         if got.len() != want.len() {
             return Err(format!(
@@ -149,7 +143,7 @@ pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(
                 want.len()
             ));
         }
-        for ((out, g), w) in program.plan.outputs.iter().zip(&got).zip(want) {
+        for ((out, g), w) in program.plan.outputs.iter().zip(&got).zip(&want) {
             compare(&out.name, g, w).map_err(|e| format!("fuse={fuse} reuse={reuse}: {e}"))?;
         }
     }

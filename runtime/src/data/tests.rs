@@ -205,3 +205,36 @@ fn summaries_show_dtype_shape_statistics_and_non_finite_counts() {
     );
     assert!(s.ends_with(", …]"), "{s}");
 }
+
+#[test]
+fn leaves_come_from_npy_then_safetensors_then_seeded_random() {
+    let src = "input x : f32[2, 3]\ninput y : f16[3]\nparam w : bf16[3]\nz = x * f32(y) + f32(w)\noutput z\n";
+    let graph = tc_compiler::check(src, &[]).expect("checks");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let xfile = dir.path().join("x.npy");
+    write_npy(&xfile, &tensor(DType::F32, &[2, 3])).expect("writes");
+    let params = dir.path().join("p.safetensors");
+    write_safetensors(&params, &[("w".into(), tensor(DType::BF16, &[3]))]).expect("writes");
+
+    let (inputs, ps) =
+        load_leaves(&graph, &[("x".into(), xfile.clone())], Some(&params), 5).expect("loads");
+    assert_eq!(inputs[0], tensor(DType::F32, &[2, 3]));
+    assert_eq!(inputs[1], random_tensor(5, "y", DType::F16, &[3]));
+    assert_eq!(ps[0], tensor(DType::BF16, &[3]));
+
+    // An unknown --input name, and the same name twice, are errors naming it.
+    let e = load_leaves(&graph, &[("nope".into(), xfile.clone())], None, 0).expect_err("unknown");
+    assert!(
+        matches!(&e, DataError::UnknownName { name, .. } if name == "nope"),
+        "{e}"
+    );
+    let twice = [("x".to_string(), xfile.clone()), ("x".to_string(), xfile)];
+    assert!(matches!(
+        load_leaves(&graph, &twice, None, 0),
+        Err(DataError::Duplicate { .. })
+    ));
+    // Without files everything is seeded random, and the seed matters.
+    let (a, _) = load_leaves(&graph, &[], None, 1).expect("loads");
+    let (b, _) = load_leaves(&graph, &[], None, 2).expect("loads");
+    assert_ne!(a[0], b[0]);
+}
