@@ -174,6 +174,18 @@ fn prepare<'k>(
                 return Err(bad(name, format!("row inst {i} reads element inst {o}")));
             }
         }
+        if let (InstOp::Load(l), Level::Row, false) = (&inst.op, lv, pointwise) {
+            if kernel
+                .reduce_axes
+                .iter()
+                .any(|&a| domain[a] > 1 && kernel.loads[*l].strides.get(a).is_some_and(|&s| s != 0))
+            {
+                return Err(bad(
+                    name,
+                    format!("row inst {i} loads load {l}, which moves along a reduce axis"),
+                ));
+            }
+        }
         if !pointwise && matches!(inst.op, InstOp::Reduce(..)) && lv != Level::Row {
             return Err(bad(name, format!("reduce inst {i} is not at row level")));
         }

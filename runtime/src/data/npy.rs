@@ -9,12 +9,13 @@ use tc_compiler::ir::{DType, TensorType};
 
 /// Reads the `.npy` file at `path` as the tensor `name` of type `ty`.
 pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, DataError> {
-    let bytes = std::fs::read(path).map_err(io_err("read", path))?;
+    // Streamed: the file's bytes are never all in memory next to the values.
+    let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err("read", path))?);
     let bad = |message: String| DataError::Npy {
         path: path.to_path_buf(),
         message,
     };
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(e.to_string()))?;
+    let npy = npyz::NpyFile::new(file).map_err(|e| bad(e.to_string()))?;
     let shape = npy.shape().to_vec();
     let fortran = npy.order() == npyz::Order::Fortran;
     let descr = match npy.dtype() {
