@@ -52,7 +52,7 @@ fn nvrtc_ready() -> bool {
 
 /// Compiles every kernel of `plan` as one translation unit for each arch; panics with the
 /// NVRTC log on failure.
-fn check_compiles(label: &str, plan: &Plan) {
+fn check_compiles(label: &str, plan: &Plan) -> Vec<f64> {
     let kernels = emit_kernels(plan);
     assert_eq!(
         kernels.len(),
@@ -60,12 +60,17 @@ fn check_compiles(label: &str, plan: &Plan) {
         "{label}: one CUDA kernel per plan kernel"
     );
     let unit = translation_unit(&kernels);
+    let mut seconds = Vec::new();
     for arch in ["sm_80", "sm_90"] {
         match cuda::compile(&unit, arch, &[]) {
-            Ok(c) => assert!(!c.cubin.is_empty(), "{label}: empty CUBIN for {arch}"),
+            Ok(c) => {
+                assert!(!c.cubin.is_empty(), "{label}: empty CUBIN for {arch}");
+                seconds.push(c.compile_seconds);
+            }
             Err(e) => panic!("{label}: {e}"),
         }
     }
+    seconds
 }
 
 // ------------------------------------------------------------------ hand-built plans
@@ -510,7 +515,11 @@ fn launch_shapes_follow_the_kernel_kind() {
 // ------------------------------------------------------------------ the examples
 
 fn examples() -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    // `TC_EXAMPLES_DIR` for a prebuilt test binary run elsewhere (scripts/gpu.sh).
+    let dir = match std::env::var_os("TC_EXAMPLES_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
+    };
     let mut v: Vec<(String, String)> = std::fs::read_dir(&dir)
         .expect("examples folder")
         .flatten()
@@ -557,9 +566,16 @@ fn examples_kernels_compile_with_nvrtc() {
     if !nvrtc_ready() {
         return;
     }
+    // Prints the cold NVRTC time per example (docs/benchmarks.md quotes it).
     for (name, source) in examples() {
         let program = compile_example(&name, &source, &[]);
-        check_compiles(&name, &program.plan);
+        let s = check_compiles(&name, &program.plan);
+        println!(
+            "nvrtc {name}: {} kernels, sm_80 {:.3} s, sm_90 {:.3} s",
+            program.plan.kernels.len(),
+            s[0],
+            s[1]
+        );
     }
 }
 
