@@ -369,11 +369,11 @@ fn prepare(
         blas("cublasSetMathMode", unsafe {
             cb::cublasSetMathMode(b.handle, mode)
         })?;
-        // No hidden workspace: each call gets the plan's Workspace buffer or none.
-        // SAFETY: a live handle; a null workspace of size 0 is allowed.
-        blas("cublasSetWorkspace", unsafe {
-            cb::cublasSetWorkspace_v2(b.handle, std::ptr::null_mut(), 0)
-        })?;
+        // No hidden workspace: each call gets the plan's Workspace buffer or none. (Should a
+        // cuBLAS refuse a null workspace, it keeps its default one; only the driver figure,
+        // not tc's `measured`, would show that.)
+        // SAFETY: a live handle.
+        let _ = unsafe { cb::cublasSetWorkspace_v2(b.handle, std::ptr::null_mut(), 0) };
         Some(b)
     } else {
         None
@@ -537,14 +537,25 @@ impl Prepared {
         } else {
             cb::cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
+        // cuBLAS wants a 256-byte aligned workspace: use the aligned part of the buffer.
         let (ws_ptr, ws_bytes) = match call.workspace {
-            Some(ws) => (self.ptr(plan, ws)?, plan.buffer(ws).bytes as usize),
+            Some(ws) => {
+                let (start, bytes) = (self.ptr(plan, ws)?, plan.buffer(ws).bytes);
+                let aligned = start.div_ceil(256) * 256;
+                let usable = bytes.saturating_sub(aligned - start) / 256 * 256;
+                if usable == 0 {
+                    (0, 0)
+                } else {
+                    (aligned, usable as usize)
+                }
+            }
             None => (0, 0),
         };
         // SAFETY: a live handle; the workspace lies inside the arena (or is null, size 0).
-        blas("cublasSetWorkspace", unsafe {
-            cb::cublasSetWorkspace_v2(handle, ws_ptr as *mut c_void, ws_bytes)
-        })?;
+        let set = unsafe { cb::cublasSetWorkspace_v2(handle, ws_ptr as *mut c_void, ws_bytes) };
+        if ws_bytes > 0 {
+            blas("cublasSetWorkspace", set)?;
+        }
         let (alpha, beta) = (1.0f32, 0.0f32);
         let (a, b, c) = (
             self.ptr(plan, call.a)?,
