@@ -1079,3 +1079,43 @@ fn libm_erf(x: f32) -> f32 {
     }
     (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
 }
+
+#[test]
+fn nvrtc_failure_carries_log_arch_and_source_file() {
+    if !nvrtc_ready() {
+        return;
+    }
+    let bad = "extern \"C\" __global__ void k0(float* p) { p[0] = undeclared_name; }\n";
+    let err = match cuda::compile(bad, "sm_90", &[]) {
+        Ok(_) => panic!("NVRTC accepted an undeclared identifier"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("sm_90") && err.contains("undeclared_name"),
+        "{err}"
+    );
+    let path = err
+        .split("the source is in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("a path in the message");
+    let saved = std::fs::read_to_string(path).expect("the source file named in the message");
+    assert_eq!(saved, bad);
+}
+
+#[test]
+fn compiled_kernels_are_cached_on_disk() {
+    if !nvrtc_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let unit = translation_unit(&emit_kernels(&softmax_plan(DType::F16, 10, 70)));
+    let first = cuda::compile_in_cache(&unit, "sm_80", &[], Some(dir.path())).expect("compiles");
+    let second = cuda::compile_in_cache(&unit, "sm_80", &[], Some(dir.path())).expect("cached");
+    assert!(!first.cached && second.cached);
+    assert_eq!(first.cubin, second.cubin);
+    // Another arch or other source is another entry.
+    let other = cuda::compile_in_cache(&unit, "sm_90", &[], Some(dir.path())).expect("compiles");
+    assert!(!other.cached);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("cache dir").count(), 2);
+}
