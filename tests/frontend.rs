@@ -44,3 +44,306 @@ fn examples_check_verify_and_print() {
         insta::assert_snapshot!(format!("ir_{}", stem(&path)), text::print(&graph));
     }
 }
+
+/// `--dim` overrides written in a bad program's first line: `# dims: N=0, M=8`.
+fn header_dims(source: &str) -> Vec<(String, u64)> {
+    let Some(rest) = source
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# dims:"))
+    else {
+        return Vec::new();
+    };
+    rest.split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every bad program fails to check, every diagnostic has a code and (unless it is about a
+/// `--dim` override) a primary span, and the rendered diagnostics are snapshotted.
+#[test]
+fn bad_programs_render_their_diagnostics() {
+    let files = tx_files("tests/in/bad");
+    assert!(files.len() >= 30, "only {} bad programs", files.len());
+    for path in files {
+        let source = std::fs::read_to_string(&path).expect("readable bad program");
+        let name = format!("{}.tx", stem(&path));
+        let diags = match tc_compiler::check(&source, &header_dims(&source)) {
+            Ok(_) => panic!("{name} checked without errors"),
+            Err(d) => d,
+        };
+        assert!(!diags.is_empty(), "{name}: empty error list");
+        for d in &diags {
+            assert!(!d.code.is_empty(), "{name}: a diagnostic without a code");
+            if !d.code.starts_with("unknown-dim-override") {
+                assert!(
+                    d.primary_span().is_some(),
+                    "{name}: {} has no primary span",
+                    d.code
+                );
+            }
+            spans_ok(&source, d);
+        }
+        let rendered = tc_runtime::cli::diagnostics::render(&name, &source, &diags, false);
+        insta::assert_snapshot!(format!("bad_{}", stem(&path)), rendered);
+    }
+}
+
+fn spans_ok(source: &str, d: &tc_compiler::Diagnostic) {
+    for l in &d.labels {
+        assert!(
+            l.span.start <= l.span.end
+                && l.span.end <= source.len()
+                && source.is_char_boundary(l.span.start)
+                && source.is_char_boundary(l.span.end),
+            "{}: span {:?} outside the source or off a char boundary",
+            d.code,
+            l.span
+        );
+    }
+}
+
+fn check_ok(source: &str) -> tc_compiler::ir::Graph {
+    let g = match tc_compiler::check(source, &[]) {
+        Ok(g) => g,
+        Err(d) => panic!(
+            "{source}\n{}",
+            tc_runtime::cli::diagnostics::render("t.tx", source, &d, false)
+        ),
+    };
+    if let Err(e) = verify(&g) {
+        panic!("{source}\n{e}\n{}", text::print(&g));
+    }
+    g
+}
+
+fn codes(source: &str, dims: &[(String, u64)]) -> Vec<&'static str> {
+    match tc_compiler::check(source, dims) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.iter().map(|d| d.code).collect(),
+    }
+}
+
+fn output_type(g: &tc_compiler::ir::Graph, i: usize) -> String {
+    g.ty(g.outputs[i].node).to_string()
+}
+
+#[test]
+fn promotion_follows_pytorch() {
+    let g = check_ok(
+        "dim N = 4\ninput a : f16[N]\ninput s : f32[]\ninput b : bf16[N]\ninput h : f16[]\n\
+         x = a * s\ny = a + b\nz = h * 2\nw = s * h\nv = 3 * 4\noutput x, y, z, w, v",
+    );
+    assert_eq!(
+        output_type(&g, 0),
+        "f16[N=4]",
+        "rank-0 f32 promotes like a scalar"
+    );
+    assert_eq!(output_type(&g, 1), "f32[N=4]", "f16 with bf16 gives f32");
+    assert_eq!(
+        output_type(&g, 2),
+        "f16[]",
+        "a literal takes the tensor's dtype"
+    );
+    assert_eq!(
+        output_type(&g, 3),
+        "f32[]",
+        "two rank-0 tensors promote normally"
+    );
+    assert_eq!(output_type(&g, 4), "f32[]", "weak scalars alone are f32");
+    let v = g.outputs[4].node;
+    assert_eq!(g.node(v).op, tc_compiler::ir::Op::Scalar(12.0));
+}
+
+#[test]
+fn matmul_batch_dims_are_expanded() {
+    let g = check_ok("input a : f32[2, 3, 4, 5]\ninput w : f32[5, 6]\ny = a @ w\noutput y");
+    let text = text::print(&g);
+    assert!(
+        text.contains("expand %1 implicit : f32[2, 3, 5, 6]"),
+        "{text}"
+    );
+    assert_eq!(output_type(&g, 0), "f32[2, 3, 4, 6]");
+}
+
+#[test]
+fn reshape_copies_only_when_strides_cannot_express_it() {
+    let g = check_ok("input x : f32[4, 6]\na = reshape(x, [2, 2, -1])\nb = reshape(transpose(x), [24])\noutput a, b");
+    let ops: Vec<&str> = g.ids().map(|id| g.node(id).op.name()).collect();
+    assert_eq!(ops, ["input", "reshape", "transpose", "copy", "reshape"]);
+    assert_eq!(output_type(&g, 0), "f32[2, 2, 6]");
+}
+
+#[test]
+fn reductions_axes_and_keepdim() {
+    let g = check_ok(
+        "input x : f32[2, 3, 4]\na = sum(x, axis=[-1, 0])\nb = max(x, axis=1, keepdim=true)\nc = mean(x)\noutput a, b, c",
+    );
+    assert_eq!(output_type(&g, 0), "f32[3]");
+    assert_eq!(output_type(&g, 1), "f32[2, 1, 4]");
+    assert_eq!(output_type(&g, 2), "f32[]");
+    match &g.node(g.outputs[0].node).op {
+        tc_compiler::ir::Op::Reduce { axes, .. } => assert_eq!(axes, &[0, 2]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dims_overrides_and_errors() {
+    let src = "dim N = 4\ninput x : f32[N]\noutput x";
+    let g = tc_compiler::check(src, &[("N".into(), 9)]).expect("override applies");
+    assert_eq!(g.dims, vec![("N".to_string(), 9)]);
+    assert_eq!(codes(src, &[("M".into(), 9)]), ["unknown-dim-override"]);
+    assert_eq!(codes(src, &[("N".into(), 0)]), ["bad-dim"]);
+}
+
+#[test]
+fn ordinary_identifiers_that_look_special() {
+    let g = check_ok("dim int = 4\ninput float : f32[int]\nmain = float * 2\n__global__ = exp(main)\nsum = __global__\noutput sum");
+    assert_eq!(output_type(&g, 0), "f32[int=4]");
+}
+
+#[test]
+fn dims_are_weak_scalars_and_names_are_recorded() {
+    let g = check_ok("dim D = 64\ninput x : f16[D]\ny = x / sqrt(D)\noutput y");
+    let text = text::print(&g);
+    assert!(text.contains("scalar 8.0 : f16[]"), "{text}");
+    assert_eq!(g.display_name(g.outputs[0].node), "y");
+}
+
+#[test]
+fn errors_in_several_statements_are_all_reported() {
+    let c = codes(
+        "input x : f32[4]\na = x + * 2\nb = nope + 1\nc = sum(x, axis=5)\nd = (x\noutput x",
+        &[],
+    );
+    assert_eq!(c, ["syntax", "unknown-name", "bad-axis", "syntax"]);
+}
+
+#[test]
+fn deep_nesting_and_long_expressions_do_not_overflow() {
+    let n = 100_000;
+    let parens = format!(
+        "input x : f32[4]\ny = {}x{}\noutput y",
+        "(".repeat(n),
+        ")".repeat(n)
+    );
+    assert_eq!(codes(&parens, &[]), ["too-deep"]);
+    let d = tc_compiler::check(&parens, &[]).expect_err("too deep");
+    assert!(tc_runtime::cli::diagnostics::render("t.tx", &parens, &d, false).contains("too-deep"));
+    let negs = format!("input x : f32[4]\ny = {}x\noutput y", "-".repeat(n));
+    assert_eq!(codes(&negs, &[]), ["too-deep"]);
+    let pows = format!("input x : f32[4]\ny = x{}\noutput y", " ** x".repeat(n));
+    assert_eq!(codes(&pows, &[]), ["too-deep"]);
+    let calls = format!(
+        "input x : f32[4]\ny = {}x{}\noutput y",
+        "exp(".repeat(n),
+        ")".repeat(n)
+    );
+    assert_eq!(codes(&calls, &[]), ["too-deep"]);
+    // 63 levels is fine.
+    let ok = format!(
+        "input x : f32[4]\ny = {}x{}\noutput y",
+        "exp(".repeat(63),
+        ")".repeat(63)
+    );
+    check_ok(&ok);
+    // A 100 000-term sum checks (the checker walks left-associative chains in a loop).
+    let sum = format!("input x : f32[4]\ny = x{}\noutput y", " + x * 2".repeat(n));
+    let g = check_ok(&sum);
+    assert!(g.len() > 3 * n);
+}
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    const VOCAB: &[&str] = &[
+        "dim",
+        "input",
+        "param",
+        "output",
+        "true",
+        "false",
+        "x",
+        "y",
+        "N",
+        "D",
+        "f32",
+        "f16",
+        "bf16",
+        "sum",
+        "softmax",
+        "reshape",
+        "permute",
+        "expand",
+        "transpose",
+        "layernorm",
+        "maximum",
+        "axis",
+        "keepdim",
+        "eps",
+        "0",
+        "1",
+        "-1",
+        "4",
+        "2.5",
+        "1e-5",
+        "99999999999999999999999",
+        "+",
+        "-",
+        "*",
+        "**",
+        "/",
+        "@",
+        "=",
+        ":",
+        ",",
+        "(",
+        ")",
+        "[",
+        "]",
+        ";",
+        "\n",
+        "\n",
+        "# c\n",
+        "é",
+        "$",
+    ];
+    const PRELUDE: &str = "dim N = 4\ndim D = 8\ninput x : f32[N, D]\nparam y : f16[D]\n";
+
+    fn check_one(source: &str) {
+        if let Err(diags) = tc_compiler::check(source, &[]) {
+            assert!(!diags.is_empty());
+            for d in &diags {
+                super::spans_ok(source, d);
+            }
+            let _ = tc_runtime::cli::diagnostics::render("p.tx", source, &diags, false);
+        } else if let Ok(g) = tc_compiler::check(source, &[]) {
+            if let Err(e) = tc_compiler::ir::verify::verify(&g) {
+                panic!("{source}\n{e}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            check_one(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn random_tokens(toks in proptest::collection::vec(proptest::sample::select(VOCAB), 0..40)) {
+            check_one(&format!("{PRELUDE}{}", toks.join(" ")));
+        }
+
+        #[test]
+        fn random_statements(toks in proptest::collection::vec(proptest::sample::select(VOCAB), 0..12)) {
+            check_one(&format!("{PRELUDE}z = {}\noutput z", toks.join(" ")));
+        }
+    }
+}

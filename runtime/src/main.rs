@@ -1,2 +1,5 @@
-//! The tc command line.
-fn main() {}
+//! The `tc` command line; everything lives in `tc_runtime::cli`.
+
+fn main() -> std::process::ExitCode {
+    tc_runtime::cli::main()
+}

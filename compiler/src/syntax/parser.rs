@@ -9,6 +9,7 @@
 use super::ast::*;
 use super::lexer::{lex, Token};
 use crate::diag::{Diagnostic, Span};
+use chumsky::error::RichPattern;
 use chumsky::input::{Input as _, ValueInput};
 use chumsky::prelude::*;
 
@@ -77,7 +78,16 @@ pub fn parse(source: &str) -> (Program, Vec<Diagnostic>) {
         let input = toks.as_slice().map(eoi, |(t, s)| (t, s));
         let (out, errs) = stmt_parser().parse(input).into_output_errors();
         let ok = errs.is_empty();
-        diags.extend(errs.into_iter().map(|e| syntax_diag(&e)));
+        let unclosed = unclosed_bracket(stmt);
+        diags.extend(errs.into_iter().map(|e| {
+            let d = syntax_diag(&e);
+            match (&unclosed, e.found()) {
+                (Some(open), None) => d
+                    .with_secondary(open.clone(), "this bracket is never closed")
+                    .with_help("close the bracket; a statement ends at the end of its line"),
+                _ => d,
+            }
+        }));
         match out {
             Some(kind) if ok => program.stmts.push(Stmt { kind, span }),
             _ => program.stmts.push(broken(binds)),
@@ -139,6 +149,21 @@ fn starts_statement(tokens: &[(Tok, Span)], i: usize) -> bool {
     }
 }
 
+/// The span of the innermost bracket the statement leaves open, if any.
+fn unclosed_bracket(stmt: &[(Tok, Span)]) -> Option<Span> {
+    let mut open: Vec<&Span> = Vec::new();
+    for (t, s) in stmt {
+        match t {
+            Token::LParen | Token::LBracket => open.push(s),
+            Token::RParen | Token::RBracket => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    open.last().map(|s| (*s).clone())
+}
+
 /// A `too-deep` diagnostic when the statement nests deeper than `MAX_NESTING`.
 fn nesting_error(stmt: &[(Tok, Span)]) -> Option<Diagnostic> {
     let mut brackets = 0usize;
@@ -187,7 +212,18 @@ fn syntax_diag(e: &Rich<'_, Tok<'_>, SimpleSpan>) -> Diagnostic {
         Some(t) => t.to_string(),
         None => "end of statement".to_string(),
     };
-    let mut expected: Vec<String> = e.expected().map(|p| p.to_string()).collect();
+    let mut expected: Vec<String> = e
+        .expected()
+        .filter_map(|p| match p {
+            RichPattern::Token(t) if **t == Token::Newline => None,
+            RichPattern::Token(t) => Some((**t).to_string()),
+            RichPattern::Label(l) => Some(l.to_string()),
+            RichPattern::Identifier(i) => Some(format!("`{i}`")),
+            RichPattern::Any => Some("more input".to_string()),
+            RichPattern::SomethingElse => None,
+            RichPattern::EndOfInput => Some("end of statement".to_string()),
+        })
+        .collect();
     expected.sort();
     expected.dedup();
     let label = if expected.is_empty() {

@@ -51,6 +51,8 @@ pub enum DataError {
     UnknownName { name: String, from: Option<PathBuf> },
     #[error("`{name}` is given twice with --input")]
     Duplicate { name: String },
+    #[error("param `{name}` is not in {path} (with --params, every param must come from the file or from --input; nothing is silently made up)")]
+    MissingParam { name: String, path: PathBuf },
     #[error("the folder {0} does not exist")]
     MissingFolder(PathBuf),
     #[error("cannot save to {0}: give an existing folder or a path ending in .safetensors")]
@@ -104,7 +106,8 @@ fn checked_tensor(
 
 /// Every input and param of `graph`: from `--input NAME=FILE.npy` (inputs or params), else
 /// from the `--params` safetensors file (by name; a name in the file that the program does
-/// not declare is an error), else seeded random N(0, 1) from `seed` and the tensor's name.
+/// not declare is an error, and so is a param the file lacks), else seeded random N(0, 1)
+/// from `seed` and the tensor's name.
 /// Returns (inputs, params) in declaration order.
 pub fn load_leaves(
     graph: &Graph,
@@ -136,6 +139,18 @@ pub fn load_leaves(
             return Err(DataError::Duplicate { name: name.clone() });
         }
         supplied.insert(name.clone(), read_npy(path, name, ty)?);
+    }
+    if let Some(path) = params_file {
+        if let Some(missing) = graph
+            .params
+            .iter()
+            .find(|l| !supplied.contains_key(&l.name))
+        {
+            return Err(DataError::MissingParam {
+                name: missing.name.clone(),
+                path: path.to_path_buf(),
+            });
+        }
     }
     let mut take = |leaves: &[tc_compiler::ir::Leaf]| -> Vec<HostTensor> {
         leaves
@@ -214,4 +229,9 @@ pub fn save_outputs(
         written.push(file);
     }
     Ok(written)
+}
+
+/// Writes a whole file (a report, say) through a temporary name and a rename.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    write_atomically(path, |w| std::io::Write::write_all(w, bytes))
 }

@@ -1,0 +1,156 @@
+//! The command line's grammar (clap): `tc check|run|emit|bench`, exactly as SPEC §2 lists.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tc",
+    version,
+    about = "tc: a tensor compiler that shows and shrinks where memory goes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and shape-check; exit 1 on any error.
+    Check {
+        file: PathBuf,
+        /// Override a dim: NAME=INT (repeatable).
+        #[arg(long = "dim", value_name = "NAME=INT", value_parser = parse_dim)]
+        dims: Vec<(String, u64)>,
+    },
+    /// Compile, run, print a summary of each output.
+    Run(RunArgs),
+    /// Print the generated CUDA C, the schedule and buffer plan, or the IR.
+    Emit(EmitArgs),
+    /// Time the planned program against the unfused, unplanned one.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Options shared by everything that compiles a program.
+#[derive(Debug, Args, Clone)]
+pub struct CompileArgs {
+    /// Override a dim: NAME=INT (repeatable).
+    #[arg(long = "dim", value_name = "NAME=INT", value_parser = parse_dim)]
+    pub dims: Vec<(String, u64)>,
+    /// Switch off fusion (one kernel per source-level op).
+    #[arg(long)]
+    pub no_fuse: bool,
+    /// Switch off in-place reuse and offset packing.
+    #[arg(long)]
+    pub no_reuse: bool,
+}
+
+/// Options of `run` (and of `bench`).
+#[derive(Debug, Args, Clone)]
+pub struct ExecArgs {
+    /// Where to run: CUDA when a GPU and its driver are found (auto), or force one.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Load an input from a .npy file: NAME=FILE.npy (repeatable).
+    #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_input)]
+    pub inputs: Vec<(String, PathBuf)>,
+    /// Load params (and inputs) by name from a safetensors file.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub params: Option<PathBuf>,
+    /// Seed for every tensor not supplied.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Allow TF32 tensor cores for f32 matmuls on CUDA (off by default: full f32 precision).
+    #[arg(long)]
+    pub allow_tf32: bool,
+    /// Do not read or write the on-disk cache of compiled CUDA kernels.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    /// Write the outputs: a directory gets NAME.npy each; FILE.safetensors gets one file.
+    #[arg(long, value_name = "PATH")]
+    pub save: Option<PathBuf>,
+    /// Print the memory report.
+    #[arg(long)]
+    pub report_memory: bool,
+    /// Write the memory report as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub memory_json: Option<PathBuf>,
+    /// Write the memory report as an SVG picture of buffers over time.
+    #[arg(long, value_name = "FILE")]
+    pub memory_svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["kernels", "plan", "ir"])))]
+pub struct EmitArgs {
+    pub file: PathBuf,
+    /// Print the generated CUDA C.
+    #[arg(long)]
+    pub kernels: bool,
+    /// Print the schedule and buffer plan.
+    #[arg(long)]
+    pub plan: bool,
+    /// Print the checked tensor graph (an extension).
+    #[arg(long)]
+    pub ir: bool,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+    /// Plan for this device (matters for the cuBLAS workspace).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    /// Timed runs per variant (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+}
+
+fn parse_dim(s: &str) -> Result<(String, u64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=INT, got `{s}`"))?;
+    let value: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a positive integer (in --dim {s})"))?;
+    if value == 0 {
+        return Err(format!("a dim must be positive (in --dim {s})"));
+    }
+    Ok((name.trim().to_string(), value))
+}
+
+fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=FILE.npy, got `{s}`"))?;
+    if name.is_empty() || path.is_empty() {
+        return Err(format!("expected NAME=FILE.npy, got `{s}`"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
