@@ -141,13 +141,41 @@ fn driver_present() -> Result<(), CudaError> {
 fn cublas_present() -> Result<(), CudaError> {
     // SAFETY: only tries to open the cuBLAS library by its usual names.
     if unsafe { cb::is_culib_present() } {
-        Ok(())
-    } else {
-        Err(CudaError::NoLibrary {
-            library: "cuBLAS",
-            detail: "libcublas.so not found on the loader path".into(),
-        })
+        return Ok(());
     }
+    // Not on the loader path: load it (and cuBLASLt, which it needs) from the CUDA
+    // toolkit's folder so that the lookup by name finds it already loaded.
+    for dir in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+    ] {
+        let dir = std::path::Path::new(dir);
+        for major in ["13", "12"] {
+            let lt = dir.join(format!("libcublasLt.so.{major}"));
+            let blas = dir.join(format!("libcublas.so.{major}"));
+            if lt.is_file() && blas.is_file() {
+                // SAFETY: loading NVIDIA's libraries runs their initialisers, which have no
+                // preconditions; they stay loaded for the life of the process.
+                unsafe {
+                    if let (Ok(a), Ok(b)) = (
+                        libloading::Library::new(&lt),
+                        libloading::Library::new(&blas),
+                    ) {
+                        std::mem::forget(a);
+                        std::mem::forget(b);
+                    }
+                }
+                // SAFETY: as above.
+                if unsafe { cb::is_culib_present() } {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(CudaError::NoLibrary {
+        library: "cuBLAS",
+        detail: "libcublas.so not found on the loader path or in /usr/local/cuda/lib64".into(),
+    })
 }
 
 /// An open device: its primary context, current on this thread.
@@ -661,9 +689,13 @@ pub fn gather(out: &PlanOutput, raw: &[u8]) -> Result<HostTensor, CudaError> {
     })
 }
 
-/// Whether CUDA can run here: driver library, a device, and which one.
+/// Whether tc can run on CUDA here: the driver library, a device, and NVRTC (without which
+/// no kernel can be built); says which device, or why not. cuBLAS is checked when a plan
+/// first needs it.
 pub fn available() -> Result<DeviceInfo, CudaError> {
-    Gpu::open(0).map(|g| g.info.clone())
+    let info = Gpu::open(0)?.info.clone();
+    nvrtc_available()?;
+    Ok(info)
 }
 
 /// Events on the default stream, timing GPU work.
