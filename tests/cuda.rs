@@ -576,6 +576,12 @@ fn examples_kernels_compile_with_nvrtc() {
             s[0],
             s[1]
         );
+        // Unfused: one kernel per op, the plan `tc bench` compares against.
+        let mut options = cuda_options(&[]);
+        options.plan.fuse = false;
+        options.plan.reuse = false;
+        let unfused = tc_compiler::compile(&source, &options).expect("unfused plan");
+        check_compiles(&format!("{name} --no-fuse"), &unfused.plan);
     }
 }
 
@@ -952,8 +958,15 @@ fn tolerance(dtype: DType) -> (f32, f32) {
 /// Runs `source` on CUDA and on the CPU executor with the same seeded data; outputs must
 /// agree within the dtype's tolerance and `measured` must equal `planned`.
 fn check_cuda_against_cpu(label: &str, source: &str, dims: &[(String, u64)]) -> Result<(), String> {
-    let program =
-        tc_compiler::compile(source, &cuda_options(dims)).map_err(|d| format!("{label}: {d:?}"))?;
+    check_cuda_against_cpu_with(label, source, &cuda_options(dims))
+}
+
+fn check_cuda_against_cpu_with(
+    label: &str,
+    source: &str,
+    options: &tc_compiler::CompileOptions,
+) -> Result<(), String> {
+    let program = tc_compiler::compile(source, options).map_err(|d| format!("{label}: {d:?}"))?;
     let (inputs, params) = tc_runtime::data::load_leaves(&program.checked, &[], None, 0)
         .map_err(|e| format!("{label}: {e}"))?;
     let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &params)
@@ -999,12 +1012,18 @@ fn gpu_examples_match_the_cpu() {
     if !gpu_ready() {
         return;
     }
-    let failures: Vec<String> = examples()
-        .iter()
-        .filter_map(|(name, source)| {
-            check_cuda_against_cpu(name, source, &small_dims(source)).err()
-        })
-        .collect();
+    // Each example as planned, and with fusion and reuse off (one kernel per op).
+    let mut failures = Vec::new();
+    for (name, source) in examples() {
+        let mut options = cuda_options(&small_dims(&source));
+        failures.extend(check_cuda_against_cpu_with(&name, &source, &options).err());
+        options.plan.fuse = false;
+        options.plan.reuse = false;
+        failures.extend(
+            check_cuda_against_cpu_with(&format!("{name} --no-fuse --no-reuse"), &source, &options)
+                .err(),
+        );
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
