@@ -762,7 +762,8 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         .collect();
     let cache = !cached.is_empty()
         && items <= MAX_ITEMS
-        && cached.len() as u64 * items <= MAX_CACHED_VALUES;
+        // 1024-thread blocks have at most 64 registers per thread: cache less there.
+        && cached.len() as u64 * items <= if threads >= 1024 { MAX_CACHED_VALUES / 2 } else { MAX_CACHED_VALUES };
     let block: u64 = if slices > 1 {
         32 * slices
     } else if warp_mode {
