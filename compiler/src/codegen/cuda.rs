@@ -161,7 +161,8 @@ fn arith_expr(k: &FusedKernel, inst: &Inst) -> String {
                 BinaryOp::Pow => match k.body.get(*b).map(|i| &i.op) {
                     Some(InstOp::Const(c)) if *c == 2.0 => format!("{x} * {x}"),
                     Some(InstOp::Const(c)) if *c == 1.0 => x,
-                    _ => format!("powf({x}, {y})"),
+                    // As the CPU executor: a square is exact, not `powf`'s approximation.
+                    _ => format!("({y} == 2.0f ? {x} * {x} : powf({x}, {y}))"),
                 },
                 BinaryOp::Maximum => format!("tc_max({x}, {y})"),
                 BinaryOp::Minimum => format!("tc_min({x}, {y})"),
