@@ -7,6 +7,11 @@
 #
 #   bash scripts/gpu.sh [all|tests|sanitize|bench|torch]...     (default: all)
 #
+# One device command may run 10 minutes: `all` may not fit (torch.compile alone takes
+# minutes), so on the device tool run it as `gpu.sh tests sanitize`, then `gpu.sh bench`,
+# then `gpu.sh torch` (each call with `carry: [".devbin"]`; the files of the last call are
+# what comes back, so copy what you need from each).
+#
 # Writes at most 8 files to $OUT (default ./gpu-out): env.txt, tests.log, sanitizer.log,
 # bench.log, memory.jsonl, torch.json, torch.log, summary.md.
 set -uo pipefail
