@@ -79,6 +79,21 @@ small_dims() {
 
 status=0
 
+# Appends tc's memory report of example $1 (default dims, on CUDA) to memory.jsonl; the
+# run's output goes to file $2.
+memory_of() {
+  local f=$1 log=$2 name mj
+  name=$(basename "$f" .tx)
+  mj=$(mktemp)
+  if "$TC" run "$f" --device cuda --report-memory --memory-json "$mj" >>"$log" 2>&1 && [ -s "$mj" ]; then
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["example"]=sys.argv[2]; print(json.dumps(d))' \
+      "$mj" "$name" >>"$OUT/memory.jsonl"
+  else
+    note "- tc run $name: FAIL"; status=1
+  fi
+  rm -f "$mj"
+}
+
 # ---- 1. GPU tests: CUDA against the CPU executor on every example and >= 200 random
 # programs, measured == planned; the NVRTC compile tests too.
 if want tests; then
@@ -123,14 +138,7 @@ if want bench; then
     name=$(basename "$f" .tx)
     echo "==== bench $name" >>"$OUT/bench.log"
     "$TC" bench "$f" --device cuda >>"$OUT/bench.log" 2>&1 || { note "- tc bench $name: FAIL"; status=1; }
-    mj=$(mktemp)
-    if "$TC" run "$f" --device cuda --report-memory --memory-json "$mj" >>"$OUT/bench.log" 2>&1 && [ -s "$mj" ]; then
-      python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["example"]=sys.argv[2]; print(json.dumps(d))' \
-        "$mj" "$name" >>"$OUT/memory.jsonl"
-    else
-      note "- tc run $name: FAIL"; status=1
-    fi
-    rm -f "$mj"
+    memory_of "$f" "$OUT/bench.log"
     # Cold compile (empty cache) and cached start, whole process, small dims.
     cache=$(mktemp -d)
     dims=$(small_dims "$f")
@@ -165,7 +173,11 @@ fi
 
 # ---- 4. PyTorch eager and torch.compile on the same programs.
 if want torch; then
-  if python3 scripts/torch_compare.py --out "$OUT/torch.json" --memory "$OUT/memory.jsonl" >"$OUT/torch.log" 2>&1; then
+  # $OUT starts empty on each device call: make tc's figures here if bench did not run.
+  if [ ! -s "$OUT/memory.jsonl" ]; then
+    for f in examples/*.tx; do memory_of "$f" "$OUT/torch.log"; done
+  fi
+  if python3 scripts/torch_compare.py --out "$OUT/torch.json" --memory "$OUT/memory.jsonl" >>"$OUT/torch.log" 2>&1; then
     note "- torch_compare: done (torch.json, torch.log)"
     sed -n '/^| example/,$p' "$OUT/torch.log" >>"$summary"
   else
