@@ -1124,3 +1124,49 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
     };
     (w.finish(), launch)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_literals_read_back_exactly() {
+        for x in [
+            0.0,
+            1.0,
+            -1.0,
+            0.1,
+            1e-5,
+            1.5e-45,
+            3.4028235e38,
+            -2.5e7,
+            0.70710677,
+        ] {
+            let lit = float_literal(x);
+            let body = lit
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .trim_end_matches('f');
+            let back: f32 = body.parse().expect("a C float literal Rust can parse");
+            assert_eq!(back.to_bits(), (x as f32).to_bits(), "{x} -> {lit}");
+            assert!(
+                lit.contains('.') || lit.contains('e'),
+                "{lit} must be a float literal"
+            );
+        }
+        assert_eq!(float_literal(f64::INFINITY), "__int_as_float(0x7f800000)");
+        assert_eq!(
+            float_literal(f64::NEG_INFINITY),
+            "__int_as_float(0xff800000)"
+        );
+        assert!(float_literal(f64::NAN).contains("0x7fc00000"));
+    }
+
+    #[test]
+    fn addresses_skip_zero_terms() {
+        let idx = vec!["i0".to_string(), "i1".to_string()];
+        assert_eq!(address(0, &idx, &[0, 1]), "i1");
+        assert_eq!(address(5, &idx, &[7, 0]), "5 + i0 * 7");
+        assert_eq!(address(0, &idx, &[0, 0]), "0");
+    }
+}
