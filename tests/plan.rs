@@ -1,1 +1,560 @@
-//! Planner: plan invariants, memory figures and snapshots of plans and reports.
+//! Planner: plan invariants and the four memory figures on every example under all four
+//! fuse/reuse combinations, snapshots of plans and reports, a random-graph property test of
+//! the planner, and the arena packer measured against the exhaustive optimum.
+
+use proptest::prelude::*;
+use std::path::PathBuf;
+use tc_compiler::ir::{
+    BinaryOp, DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, TensorType,
+    UnaryOp, ViewOp,
+};
+use tc_compiler::plan::pack::{align_up, max_live, pack, pack_with, Item};
+use tc_compiler::report::{memory_report, MemoryReport};
+use tc_compiler::{CompileOptions, PlanOptions, Program};
+
+fn examples() -> Vec<(String, String)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("examples dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tx"))
+        .map(|p| {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            (name, std::fs::read_to_string(&p).expect("readable example"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+const COMBOS: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
+
+fn compile(name: &str, src: &str, fuse: bool, reuse: bool) -> Program {
+    let options = CompileOptions {
+        dims: Vec::new(),
+        plan: PlanOptions {
+            fuse,
+            reuse,
+            matmul_workspace: 0,
+        },
+    };
+    match tc_compiler::compile(src, &options) {
+        Ok(p) => p,
+        Err(d) => panic!("{name} (fuse {fuse}, reuse {reuse}) does not compile: {d:?}"),
+    }
+}
+
+/// The figures' order: lower bound ≤ planned ≤ naive, eager ≤ naive, and planned ≤ eager
+/// whenever reuse is on (without reuse every buffer has its own region, so the arena is a
+/// sum and may exceed what eager frees as it goes).
+fn check_figures(what: &str, r: &MemoryReport, reuse: bool) {
+    let p = &r.peaks;
+    type Get = fn(&tc_compiler::report::Peak) -> u64;
+    let figures: [(&str, Get); 2] = [
+        ("without", |x| x.without_inputs),
+        ("with", |x| x.with_inputs),
+    ];
+    for (label, f) in figures {
+        let (lb, pl, ea, na) = (f(&p.lower_bound), f(&p.planned), f(&p.eager), f(&p.naive));
+        assert!(
+            lb <= pl,
+            "{what} ({label} inputs): lower bound {lb} > planned {pl}"
+        );
+        assert!(
+            pl <= na,
+            "{what} ({label} inputs): planned {pl} > naive {na}"
+        );
+        assert!(ea <= na, "{what} ({label} inputs): eager {ea} > naive {na}");
+        if reuse {
+            assert!(
+                pl <= ea,
+                "{what} ({label} inputs): planned {pl} > eager {ea}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_example_plans_verifies_and_orders_its_figures() {
+    let all = examples();
+    assert!(all.len() >= 8, "examples found: {}", all.len());
+    for (name, src) in &all {
+        for (fuse, reuse) in COMBOS {
+            let p = compile(name, src, fuse, reuse);
+            if let Err(e) = tc_compiler::plan::verify(&p.plan) {
+                panic!(
+                    "{name} (fuse {fuse}, reuse {reuse}): {e}\n{}",
+                    tc_compiler::plan::print(&p.plan)
+                );
+            }
+            check_figures(
+                &format!("{name} fuse {fuse} reuse {reuse}"),
+                &p.memory,
+                reuse,
+            );
+            assert_eq!(p.memory.peaks.planned.without_inputs, p.plan.arena_bytes);
+            let pk = &p.memory.peaks;
+            println!(
+                "{name:<18} fuse {fuse:<5} reuse {reuse:<5} kernels {:>2}  naive {:>10}  eager {:>10}  planned {:>10}  lower {:>10}",
+                p.plan.kernels.len(),
+                pk.naive.without_inputs,
+                pk.eager.without_inputs,
+                pk.planned.without_inputs,
+                pk.lower_bound.without_inputs
+            );
+            assert!(p.memory.peaks.measured.is_none());
+        }
+    }
+}
+
+fn outputs_bytes(p: &Program) -> u64 {
+    let mut bufs: Vec<_> = p.plan.outputs.iter().map(|o| o.buffer).collect();
+    bufs.sort();
+    bufs.dedup();
+    bufs.iter().map(|&b| align_up(p.plan.buffer(b).bytes)).sum()
+}
+
+#[test]
+fn row_kernels_and_chains_store_only_their_outputs() {
+    for (name, src) in examples() {
+        if ["softmax", "layernorm", "chain"].contains(&name.as_str()) {
+            let p = compile(&name, &src, true, true);
+            assert_eq!(
+                p.memory.peaks.planned.without_inputs,
+                outputs_bytes(&p),
+                "{name}\n{}",
+                tc_compiler::plan::print(&p.plan)
+            );
+        }
+    }
+}
+
+#[test]
+fn mlp_and_attention_reach_the_lower_bound() {
+    for (name, src) in examples() {
+        if ["mlp", "attention"].contains(&name.as_str()) {
+            let p = compile(&name, &src, true, true);
+            assert_eq!(
+                p.memory.peaks.planned,
+                p.memory.peaks.lower_bound,
+                "{name}\n{}",
+                tc_compiler::plan::print(&p.plan)
+            );
+        }
+    }
+}
+
+#[test]
+fn snapshots_of_every_plan_and_report() {
+    for (name, src) in examples() {
+        let p = compile(&name, &src, true, true);
+        insta::assert_snapshot!(format!("plan_{name}"), tc_compiler::plan::print(&p.plan));
+        insta::assert_snapshot!(
+            format!("report_{name}"),
+            tc_compiler::report::render_text(&p.memory)
+        );
+    }
+}
+
+// ---------------------------------------------------------------- random graphs
+
+/// Builds checked graphs over f32[4, 4] values, [4, 1] and [1, 4] row values.
+struct Rg {
+    g: Graph,
+    full: Vec<NodeId>,
+    rows: Vec<NodeId>,
+}
+
+impl Rg {
+    fn push(&mut self, op: Op, shape: &[u64]) -> NodeId {
+        let id = NodeId(self.g.len() as u32);
+        let ty = TensorType::new(DType::F32, shape.iter().map(|&s| Dim::new(s)).collect());
+        self.g.push(
+            Node { op, ty, name: None },
+            Origin {
+                span: 0..0,
+                line: id.0 + 1,
+                group: Some(id),
+            },
+        )
+    }
+
+    fn pick(v: &[NodeId], i: u8) -> NodeId {
+        v[i as usize % v.len()]
+    }
+}
+
+fn random_graph(instrs: &[(u8, u8, u8)], outs: &[u8]) -> Graph {
+    let mut r = Rg {
+        g: Graph::new(),
+        full: Vec::new(),
+        rows: Vec::new(),
+    };
+    let x = r.push(Op::Input { index: 0 }, &[4, 4]);
+    let w = r.push(Op::Param { index: 0 }, &[4, 4]);
+    let v = r.push(Op::Param { index: 1 }, &[4, 1]);
+    r.g.inputs.push(Leaf {
+        name: "x".into(),
+        node: x,
+        ty: r.g.ty(x).clone(),
+    });
+    r.g.params.push(Leaf {
+        name: "w".into(),
+        node: w,
+        ty: r.g.ty(w).clone(),
+    });
+    r.g.params.push(Leaf {
+        name: "v".into(),
+        node: v,
+        ty: r.g.ty(v).clone(),
+    });
+    r.full.extend([x, w]);
+    r.rows.push(v);
+    for &(kind, a, b) in instrs {
+        let (fa, fb) = (Rg::pick(&r.full, a), Rg::pick(&r.full, b));
+        let n = match kind % 10 {
+            0 => r.push(
+                Op::Unary(
+                    if b % 2 == 0 {
+                        UnaryOp::Exp
+                    } else {
+                        UnaryOp::Tanh
+                    },
+                    fa,
+                ),
+                &[4, 4],
+            ),
+            1 => r.push(
+                Op::Binary(
+                    if b % 2 == 0 {
+                        BinaryOp::Add
+                    } else {
+                        BinaryOp::Mul
+                    },
+                    fa,
+                    fb,
+                ),
+                &[4, 4],
+            ),
+            2 => {
+                let row = Rg::pick(&r.rows, b);
+                let e = r.push(Op::View(ViewOp::Expand { implicit: true }, row), &[4, 4]);
+                r.push(Op::Binary(BinaryOp::Sub, fa, e), &[4, 4])
+            }
+            3 => {
+                let s = r.push(
+                    Op::Reduce {
+                        op: ReduceOp::Sum,
+                        arg: fa,
+                        axes: vec![1],
+                        keepdim: true,
+                    },
+                    &[4, 1],
+                );
+                r.rows.push(s);
+                continue;
+            }
+            4 => {
+                let s = r.push(
+                    Op::Reduce {
+                        op: ReduceOp::Max,
+                        arg: fa,
+                        axes: vec![0],
+                        keepdim: true,
+                    },
+                    &[1, 4],
+                );
+                r.rows.push(s);
+                continue;
+            }
+            5 => r.push(Op::View(ViewOp::Transpose, fa), &[4, 4]),
+            6 => r.push(Op::MatMul(fa, fb), &[4, 4]),
+            7 => {
+                let row = Rg::pick(&r.rows, a);
+                let shape = r.g.ty(row).sizes();
+                let u = r.push(Op::Unary(UnaryOp::Exp, row), &shape);
+                r.rows.push(u);
+                continue;
+            }
+            8 => r.push(
+                Op::Softmax {
+                    arg: fa,
+                    axis: (b % 2) as usize,
+                    log: a % 3 == 0,
+                },
+                &[4, 4],
+            ),
+            _ => r.push(
+                Op::LayerNorm {
+                    arg: fa,
+                    axis: 1,
+                    eps: 1e-5,
+                },
+                &[4, 4],
+            ),
+        };
+        r.full.push(n);
+    }
+    let mut picked: Vec<NodeId> = outs.iter().map(|&i| Rg::pick(&r.full, i)).collect();
+    picked.push(*r.full.last().unwrap_or(&x));
+    if let Some(&row) = r.rows.last() {
+        if outs.len() % 2 == 1 {
+            picked.push(row);
+        }
+    }
+    picked.sort();
+    picked.dedup();
+    for (i, n) in picked.into_iter().enumerate() {
+        r.g.outputs.push(Output {
+            name: format!("o{i}"),
+            node: n,
+            span: 0..0,
+        });
+    }
+    r.g
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #[test]
+    fn random_graphs_plan_within_the_invariants(
+        instrs in prop::collection::vec((0u8..10, any::<u8>(), any::<u8>()), 1..14),
+        outs in prop::collection::vec(any::<u8>(), 0..3),
+        ws in prop::sample::select(vec![0u64, 40, 4096]),
+    ) {
+        let checked = random_graph(&instrs, &outs);
+        let primitive = tc_compiler::ir::decompose::decompose(&checked);
+        for (fuse, reuse) in COMBOS {
+            let options = PlanOptions { fuse, reuse, matmul_workspace: ws };
+            let groups = tc_compiler::fuse::fuse(&primitive, fuse);
+            let plan = tc_compiler::plan::plan(&primitive, &groups, &options);
+            let plan = match plan { Ok(p) => p, Err(d) => panic!("{d:?}") };
+            if let Err(e) = tc_compiler::plan::verify(&plan) {
+                panic!("fuse {fuse} reuse {reuse}: {e}\n{}", tc_compiler::plan::print(&plan));
+            }
+            prop_assert_eq!(plan.outputs.len(), checked.outputs.len());
+            let report = memory_report(&checked, &primitive, &plan);
+            check_figures(&format!("fuse {fuse} reuse {reuse}\n{}", tc_compiler::plan::print(&plan)), &report, reuse);
+            // Every node computed somewhere exactly once.
+            let mut seen = std::collections::BTreeSet::new();
+            for g in &groups {
+                for n in &g.nodes {
+                    prop_assert!(seen.insert(*n));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- packing vs the optimum
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// The exact optimum: some optimal packing is first-fit-lowest over the order of its
+/// offsets, so a branch and bound over placement orders (lowest fitting offset each) finds it.
+fn optimum(items: &[Item], bound: u64) -> u64 {
+    fn rec(
+        items: &[Item],
+        offs: &mut Vec<Option<u64>>,
+        placed: usize,
+        height: u64,
+        best: &mut u64,
+    ) {
+        if height >= *best {
+            return;
+        }
+        if placed == items.len() {
+            *best = height;
+            return;
+        }
+        for i in 0..items.len() {
+            if offs[i].is_some() {
+                continue;
+            }
+            let size = align_up(items[i].size);
+            let mut busy: Vec<(u64, u64)> = (0..items.len())
+                .filter_map(|j| offs[j].map(|o| (j, o)))
+                .filter(|&(j, _)| {
+                    items[i].first <= items[j].last && items[j].first <= items[i].last
+                })
+                .map(|(j, o)| (o, o + align_up(items[j].size)))
+                .collect();
+            busy.sort_unstable();
+            let mut off = 0;
+            for (lo, hi) in busy {
+                if lo >= off + size {
+                    break;
+                }
+                off = off.max(hi);
+            }
+            offs[i] = Some(off);
+            rec(items, offs, placed + 1, height.max(off + size), best);
+            offs[i] = None;
+        }
+    }
+    let mut best = bound;
+    rec(items, &mut vec![None; items.len()], 0, 0, &mut best);
+    best
+}
+
+/// Figures of one packer over random instances.
+#[derive(Default)]
+struct Figures {
+    worst_opt: f64,
+    sum_opt: f64,
+    worst_live: f64,
+    sum_live: f64,
+    optimal: usize,
+}
+
+#[test]
+fn packing_stays_close_to_the_exhaustive_optimum() {
+    let mut rng = Lcg(42);
+    let trials = 3000;
+    let mut heuristic = Figures::default();
+    let mut full = Figures::default();
+    for _ in 0..trials {
+        let n = 1 + rng.next(8) as usize;
+        let items: Vec<Item> = (0..n)
+            .map(|_| {
+                let first = rng.next(8) as usize;
+                let last = first + rng.next(4) as usize;
+                Item {
+                    size: 16 * (1 + rng.next(16)),
+                    first,
+                    last,
+                }
+            })
+            .collect();
+        let live = max_live(&items);
+        let runs = [
+            (pack_with(&items, u64::MAX, 0), &mut heuristic),
+            (pack(&items, u64::MAX), &mut full),
+        ];
+        let worst_arena = runs.iter().map(|((_, a), _)| *a).max().unwrap_or(0);
+        let opt = optimum(&items, worst_arena + 1);
+        for ((offs, arena), f) in runs {
+            // The packing is valid.
+            for i in 0..n {
+                for j in 0..i {
+                    let time = items[i].first <= items[j].last && items[j].first <= items[i].last;
+                    let space =
+                        offs[i] < offs[j] + items[j].size && offs[j] < offs[i] + items[i].size;
+                    assert!(!(time && space), "{items:?} {offs:?}");
+                }
+            }
+            assert!(
+                live <= opt && opt <= arena,
+                "{items:?}: live {live} opt {opt} arena {arena}"
+            );
+            let (r_opt, r_live) = (arena as f64 / opt as f64, arena as f64 / live as f64);
+            f.worst_opt = f.worst_opt.max(r_opt);
+            f.worst_live = f.worst_live.max(r_live);
+            f.sum_opt += r_opt;
+            f.sum_live += r_live;
+            f.optimal += usize::from(arena == opt);
+        }
+    }
+    for (name, f) in [
+        ("heuristic orders only", &heuristic),
+        ("with 256 random restarts", &full),
+    ] {
+        println!(
+            "packing ({name}) over {trials} instances: optimal in {}; arena/optimum worst {:.4} mean {:.5}; arena/max-live worst {:.4} mean {:.5}",
+            f.optimal,
+            f.worst_opt,
+            f.sum_opt / trials as f64,
+            f.worst_live,
+            f.sum_live / trials as f64
+        );
+    }
+    // Bounds measured on this generator (see docs/memory-planning.md), with a little slack.
+    assert!(
+        heuristic.worst_opt <= 1.25,
+        "heuristic worst arena/optimum {}",
+        heuristic.worst_opt
+    );
+    assert!(
+        heuristic.sum_opt / trials as f64 <= 1.001,
+        "heuristic mean arena/optimum"
+    );
+    assert!(
+        full.worst_opt <= 1.01,
+        "worst arena/optimum {}",
+        full.worst_opt
+    );
+    assert!(full.sum_opt / trials as f64 <= 1.0001, "mean arena/optimum");
+    assert!(
+        full.worst_live <= 1.35,
+        "worst arena/max-live {}",
+        full.worst_live
+    );
+}
+
+// ---------------------------------------------------------------- edge programs
+
+/// Small programs at the edges of the planner: no kernel at all, outputs that are views or
+/// inputs, scalars, multi-axis reductions, dead code, a transposed self-read.
+const EDGES: [&str; 9] = [
+    "input x : f32[4]\noutput x",
+    "input x : f32[3, 4]\ny = transpose(x)\noutput y",
+    "input x : f32[3, 4]\ns = sum(x)\noutput s",
+    "input x : f32[3, 4]\ny = 2\noutput y",
+    "input x : f32[4, 4]\ny = expand(2, [4, 4]) @ x\noutput y",
+    "input x : f16[4, 4]\ny = x @ x\nz = softmax(y, axis=0)\noutput z, y",
+    "input x : f32[2, 3, 4]\ny = sum(x, axis=[0, 2], keepdim=true) * x\noutput y",
+    "input x : f32[4]\nunused = exp(x)\ny = x * 2\noutput y",
+    "input x : f32[4, 4]\ny = exp(x)\nz = y + transpose(y)\noutput z, x",
+];
+
+#[test]
+fn edge_programs_plan_verify_and_render() {
+    let mut planned = 0;
+    for src in EDGES {
+        for (fuse, reuse) in COMBOS {
+            let options = CompileOptions {
+                dims: Vec::new(),
+                plan: PlanOptions {
+                    fuse,
+                    reuse,
+                    matmul_workspace: 64,
+                },
+            };
+            // A program the front end rejects is fine here; one it accepts must plan.
+            if tc_compiler::check(src, &[]).is_err() {
+                continue;
+            }
+            let p = match tc_compiler::compile(src, &options) {
+                Ok(p) => p,
+                Err(d) => panic!("{src}: {d:?}"),
+            };
+            if let Err(e) = tc_compiler::plan::verify(&p.plan) {
+                panic!("{src}: {e}\n{}", tc_compiler::plan::print(&p.plan));
+            }
+            check_figures(src, &p.memory, reuse);
+            assert_eq!(p.plan.outputs.len(), p.checked.outputs.len());
+            let svg = tc_compiler::report::render_svg(&p.memory);
+            assert!(svg.trim_end().ends_with("</svg>"));
+            let json: serde_json::Value =
+                serde_json::from_str(&tc_compiler::report::to_json(&p.memory)).expect("json");
+            assert!(json["peaks"]["naive"]["with_inputs"].is_u64());
+            assert!(!tc_compiler::report::render_text(&p.memory).is_empty());
+            planned += 1;
+        }
+    }
+    assert!(planned >= 4 * 7, "only {planned} edge plans");
+}

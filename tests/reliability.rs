@@ -537,3 +537,235 @@ fn same_seed_same_bits_different_seed_different_bits() {
     assert_eq!(saved[0], saved[1], "the same seed gave different bits");
     assert_ne!(saved[0], saved[2], "a different seed gave the same bits");
 }
+
+mod mutation {
+    //! The CI-sized version of the fuzz target (`fuzz/fuzz_targets/compile.rs`): examples and
+    //! bad programs, mutated at random (bytes inserted, deleted, replaced; lines swapped,
+    //! duplicated, dropped; numbers changed), through the whole compiler. Each must give a
+    //! plan that passes the independent verifier, or diagnostics inside the source.
+
+    use proptest::prelude::*;
+    use tc_compiler::{compile, CompileOptions};
+
+    fn corpus() -> Vec<String> {
+        let root = super::cli::repo_root();
+        let mut out = Vec::new();
+        for dir in ["examples", "tests/in/bad"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(e.path()) {
+                    out.push(text);
+                }
+            }
+        }
+        out.sort();
+        assert!(out.len() >= 8, "the mutation corpus is empty");
+        out
+    }
+
+    #[derive(Clone, Debug)]
+    enum Mutation {
+        InsertByte(usize, u8),
+        DeleteRange(usize, usize),
+        ReplaceByte(usize, u8),
+        SwapLines(usize, usize),
+        DropLine(usize),
+        DuplicateLine(usize),
+        ChangeNumber(usize, u64),
+        InsertToken(usize, usize),
+    }
+
+    const TOKENS: &[&str] = &[
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "=",
+        ":",
+        "+",
+        "-",
+        "*",
+        "/",
+        "**",
+        "@",
+        "\n",
+        ";",
+        "x",
+        "dim",
+        "input",
+        "param",
+        "output",
+        "f16",
+        "bf16",
+        "f32",
+        "axis=",
+        "keepdim=true",
+        "-1",
+        "0",
+        "1e-5",
+        "softmax(",
+        "sum(",
+        "reshape(",
+        "permute(",
+        "transpose(",
+        "expand(",
+        "matmul",
+        "1e30",
+        "4294967296",
+    ];
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::InsertByte(i, b)),
+            (any::<usize>(), 1usize..12).prop_map(|(i, n)| Mutation::DeleteRange(i, n)),
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::ReplaceByte(i, b)),
+            (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
+            any::<usize>().prop_map(Mutation::DropLine),
+            any::<usize>().prop_map(Mutation::DuplicateLine),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    Just(0u64),
+                    Just(1),
+                    Just(3),
+                    Just(7),
+                    Just(1 << 20),
+                    Just(u64::MAX)
+                ]
+            )
+                .prop_map(|(i, n)| Mutation::ChangeNumber(i, n)),
+            (any::<usize>(), 0..TOKENS.len()).prop_map(|(i, t)| Mutation::InsertToken(i, t)),
+        ]
+    }
+
+    fn apply(src: &str, m: &Mutation) -> Vec<u8> {
+        let mut bytes = src.as_bytes().to_vec();
+        let len = bytes.len().max(1);
+        let mut lines: Vec<String> = src.lines().map(str::to_string).collect();
+        let nl = lines.len().max(1);
+        match *m {
+            Mutation::InsertByte(i, b) => bytes.insert(i % (bytes.len() + 1), b),
+            Mutation::DeleteRange(i, n) => {
+                let start = i % len;
+                let end = (start + n).min(bytes.len());
+                bytes.drain(start.min(end)..end);
+            }
+            Mutation::ReplaceByte(i, b) => {
+                if !bytes.is_empty() {
+                    let k = i % bytes.len();
+                    bytes[k] = b;
+                }
+            }
+            Mutation::SwapLines(a, b) => {
+                if !lines.is_empty() {
+                    lines.swap(a % nl, b % nl);
+                }
+                return lines.join("\n").into_bytes();
+            }
+            Mutation::DropLine(a) => {
+                if !lines.is_empty() {
+                    lines.remove(a % nl);
+                }
+                return lines.join("\n").into_bytes();
+            }
+            Mutation::DuplicateLine(a) => {
+                if !lines.is_empty() {
+                    let l = lines[a % nl].clone();
+                    lines.insert(a % nl, l);
+                }
+                return lines.join("\n").into_bytes();
+            }
+            Mutation::ChangeNumber(i, n) => {
+                let digits: Vec<usize> = (0..bytes.len())
+                    .filter(|&k| bytes[k].is_ascii_digit())
+                    .collect();
+                if !digits.is_empty() {
+                    let at = digits[i % digits.len()];
+                    let mut end = at;
+                    while end < bytes.len() && bytes[end].is_ascii_digit() {
+                        end += 1;
+                    }
+                    bytes.splice(at..end, n.to_string().into_bytes());
+                }
+            }
+            Mutation::InsertToken(i, t) => {
+                let at = i % (bytes.len() + 1);
+                bytes.splice(at..at, format!(" {} ", TOKENS[t]).into_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// Small dims so that a mutated program that does plan stays cheap to plan.
+    fn check_one(bytes: &[u8]) {
+        let Ok(source) = std::str::from_utf8(bytes) else {
+            return;
+        };
+        for (fuse, reuse) in [(true, true), (false, false)] {
+            let mut options = CompileOptions::default();
+            options.plan.fuse = fuse;
+            options.plan.reuse = reuse;
+            match compile(source, &options) {
+                Ok(program) => {
+                    if let Err(e) = tc_compiler::plan::verify::verify(&program.plan) {
+                        panic!("plan verifier: {e}\n--- source\n{source}");
+                    }
+                    let p = &program.memory.peaks;
+                    assert!(
+                        p.lower_bound.without_inputs <= p.planned.without_inputs,
+                        "{source}"
+                    );
+                    // With reuse off every buffer has its own region: only `planned <= naive` holds.
+                    if reuse {
+                        assert!(
+                            p.planned.without_inputs <= p.eager.without_inputs,
+                            "{source}"
+                        );
+                    }
+                    assert!(
+                        p.planned.without_inputs <= p.naive.without_inputs,
+                        "{source}"
+                    );
+                    assert!(p.eager.without_inputs <= p.naive.without_inputs, "{source}");
+                    let cuda = tc_compiler::codegen::emit_program(&program.plan);
+                    assert!(program.plan.kernels.is_empty() || !cuda.is_empty());
+                }
+                Err(diags) => {
+                    assert!(
+                        !diags.is_empty(),
+                        "an error without a diagnostic:\n{source}"
+                    );
+                    for d in &diags {
+                        for l in &d.labels {
+                            assert!(
+                                l.span.start <= l.span.end && l.span.end <= source.len(),
+                                "{d:?}\n{source}"
+                            );
+                            assert!(
+                                source.is_char_boundary(l.span.start)
+                                    && source.is_char_boundary(l.span.end),
+                                "{d:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn mutated_programs_compile_or_fail_cleanly(pick in any::<usize>(), muts in proptest::collection::vec(mutation(), 1..4)) {
+            let corpus = corpus();
+            let mut text = corpus[pick % corpus.len()].clone().into_bytes();
+            for m in &muts {
+                text = apply(&String::from_utf8_lossy(&text), m);
+            }
+            check_one(&text);
+        }
+    }
+}

@@ -94,7 +94,88 @@ pub fn source_op_name(graph: &Graph, nodes: &[NodeId]) -> &'static str {
 }
 
 /// Builds the schedule for the fused groups of a primitive graph.
+///
+/// The groups run in the order given; if the packed arena then exceeds the eager figure
+/// (fusion can compute a value earlier than eager would and keep it live longer), the same
+/// groups are tried in an as-late-as-possible order, and as a last resort the unfused
+/// groups; the smallest arena wins, so `planned <= eager` whenever any of them achieves it.
 pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Plan, Diagnostic> {
+    let budget = crate::report::eager_budget(graph, options);
+    let mut best = plan_in_order(graph, groups, options, budget)?;
+    if options.reuse && best.arena_bytes > budget {
+        let late = late_order(graph, groups);
+        let mut candidates = vec![late];
+        if options.fuse {
+            let unfused = crate::fuse::fuse(graph, false);
+            candidates.push(late_order(graph, &unfused));
+            candidates.push(unfused);
+        }
+        for cand in candidates {
+            let p = plan_in_order(graph, &cand, options, budget)?;
+            if p.arena_bytes < best.arena_bytes {
+                best = p;
+            }
+            if best.arena_bytes <= budget {
+                break;
+            }
+        }
+    }
+    // The independent verifier runs on every plan in debug builds (and in every test).
+    if cfg!(debug_assertions) {
+        verify(&best).map_err(|e| internal(format!("the plan fails verification: {e}")))?;
+    }
+    Ok(best)
+}
+
+/// The groups in a topological order that runs each group as late as its last node
+/// (ties by first node), so a value is not computed long before eager would compute it.
+fn late_order(graph: &Graph, groups: &[Group]) -> Vec<Group> {
+    let lays = layouts(graph);
+    let mut group_of = vec![usize::MAX; graph.len()];
+    for (g, group) in groups.iter().enumerate() {
+        for &n in &group.nodes {
+            group_of[n.index()] = g;
+        }
+    }
+    let mut preds: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); groups.len()];
+    for (g, group) in groups.iter().enumerate() {
+        for &n in &group.nodes {
+            for o in graph.node(n).op.operands() {
+                let h = group_of[lays[o.index()].root.index()];
+                if h != usize::MAX && h != g {
+                    preds[g].insert(h);
+                }
+            }
+        }
+    }
+    let key = |g: usize| {
+        (
+            groups[g].nodes.iter().max().copied(),
+            groups[g].nodes.first().copied(),
+            g,
+        )
+    };
+    let mut done = vec![false; groups.len()];
+    let mut out = Vec::with_capacity(groups.len());
+    while out.len() < groups.len() {
+        let next = (0..groups.len())
+            .filter(|&g| !done[g] && preds[g].iter().all(|&h| done[h]))
+            .min_by_key(|&g| key(g));
+        let Some(g) = next else {
+            return groups.to_vec();
+        };
+        done[g] = true;
+        out.push(groups[g].clone());
+    }
+    out
+}
+
+fn plan_in_order(
+    graph: &Graph,
+    groups: &[Group],
+    options: &PlanOptions,
+    budget: u64,
+) -> Result<Plan, Diagnostic> {
     let lays = layouts(graph);
     for id in graph.ids() {
         if graph.node(id).op.is_view() && lays[id.index()].root == id {
@@ -199,10 +280,16 @@ pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Pl
         let kind = if group.matmul {
             b.matmul(group, out_bufs[0], options, step)?
         } else {
-            KernelKind::Fused(b.fused(group, &outs, &out_bufs)?)
+            KernelKind::Fused(b.fused(group, &live, &outs, &out_bufs)?)
         };
+        let computed: Vec<NodeId> = group
+            .nodes
+            .iter()
+            .copied()
+            .filter(|n| live[n.index()])
+            .collect();
         let mut keys: Vec<NodeId> = Vec::new();
-        for &n in &group.nodes {
+        for &n in &computed {
             let key = source_key(graph, n);
             if !keys.contains(&key) {
                 keys.push(key);
@@ -220,7 +307,7 @@ pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Pl
                 source_op_name(graph, &members).to_string()
             })
             .collect();
-        let lines: BTreeSet<u32> = group.nodes.iter().map(|&n| graph.origin(n).line).collect();
+        let lines: BTreeSet<u32> = computed.iter().map(|&n| graph.origin(n).line).collect();
         kernels.push(Kernel {
             name,
             kind,
@@ -259,11 +346,7 @@ pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Pl
     if options.reuse {
         in_place(&kernels, &mut buffers, &output_bufs);
     }
-    let arena_bytes = assign_offsets(
-        &mut buffers,
-        options,
-        crate::report::eager_budget(graph, options),
-    );
+    let arena_bytes = assign_offsets(&mut buffers, options, budget);
     Ok(Plan {
         kernels,
         buffers,
@@ -519,6 +602,7 @@ impl Builder<'_> {
     fn fused(
         &self,
         group: &Group,
+        live: &[bool],
         outs: &[NodeId],
         out_bufs: &[BufferId],
     ) -> Result<FusedKernel, Diagnostic> {
@@ -538,6 +622,9 @@ impl Builder<'_> {
             Level::Row
         };
         for (i, &n) in group.nodes.iter().enumerate() {
+            if !live[n.index()] {
+                continue; // computed for nobody
+            }
             let level = group.levels.get(i).copied().unwrap_or(Level::Element);
             let node = self.graph.node(n);
             let dtype = node.ty.dtype;
@@ -622,12 +709,28 @@ impl Builder<'_> {
                     )))
                 }
             };
+            // Arithmetic is in f32; a half-precision result is rounded right away, so the
+            // fused kernel rounds exactly where the unfused program stores.
+            let rounds = dtype != crate::ir::DType::F32
+                && matches!(
+                    op,
+                    InstOp::Unary(..) | InstOp::Binary(..) | InstOp::Reduce(..)
+                );
             k.body.push(Inst {
                 op,
                 dtype,
                 level,
                 node: Some(n),
             });
+            if rounds {
+                let v = k.body.len() - 1;
+                k.body.push(Inst {
+                    op: InstOp::Cast(v),
+                    dtype,
+                    level,
+                    node: Some(n),
+                });
+            }
             inst_of.insert(n, k.body.len() - 1);
         }
         for (&n, &buffer) in outs.iter().zip(out_bufs) {

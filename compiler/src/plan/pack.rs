@@ -93,10 +93,16 @@ impl Lcg {
 }
 
 /// Packs `items`: tries the orderings (size, lifetime length, size × length, first step,
-/// last step) with best fit and first fit and keeps the smallest arena. If that still
-/// exceeds `budget`, up to 512 seeded random orderings are tried as well. Stops early once
-/// the arena equals `max_live`, which no packing can beat.
+/// last step) with best fit and first fit and keeps the smallest arena; then, while the
+/// arena exceeds `max_live` (which no packing can beat), 256 seeded random orderings, and
+/// up to 2048 while it also exceeds `budget` (the eager figure the plan must not exceed).
 pub fn pack(items: &[Item], budget: u64) -> (Vec<u64>, u64) {
+    pack_with(items, budget, 256)
+}
+
+/// `pack` with `restarts` random orderings while above the floor (0: the five heuristic
+/// orderings only, plus the budget fallback).
+pub fn pack_with(items: &[Item], budget: u64, restarts: usize) -> (Vec<u64>, u64) {
     let n = items.len();
     let floor = max_live(items);
     let len = |i: usize| (items[i].last - items[i].first + 1) as u64;
@@ -138,7 +144,11 @@ pub fn pack(items: &[Item], budget: u64) -> (Vec<u64>, u64) {
     }
     let mut rng = Lcg(0x5eed);
     let mut tries = 0;
-    while tries < 512 && best.as_ref().is_some_and(|(_, a)| *a > budget.max(floor)) {
+    // Random orderings: a few hundred while above the floor, more while above the budget.
+    while best
+        .as_ref()
+        .is_some_and(|(_, a)| *a > floor && (tries < restarts || (*a > budget && tries < 2048)))
+    {
         let mut order: Vec<usize> = (0..n).collect();
         for i in (1..n).rev() {
             order.swap(i, (rng.next() % (i as u64 + 1)) as usize);

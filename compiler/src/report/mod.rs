@@ -11,6 +11,7 @@ pub use svg::render_svg;
 pub use text::render_text;
 
 use crate::ir::{DType, Graph, NodeId, Op};
+use crate::plan::pack::align_up;
 use crate::schedule::{BufferId, BufferKind, Plan, PlanOptions};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -98,7 +99,8 @@ fn owner(graph: &Graph, mut id: NodeId) -> NodeId {
 /// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
 /// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
 /// figures), ops run in order, each op's result a buffer; a matmul also holds a
-/// `workspace` at its step. Views and checker-inserted casts are free.
+/// `workspace` at its step. Views and checker-inserted casts are free. Every buffer is
+/// counted rounded up to 16 bytes, the alignment any allocator (and the arena) gives it.
 pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
     let is_op = |n: NodeId| {
@@ -129,6 +131,12 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
         let s = step_of_key[&key(id)];
         for o in graph.node(id).op.operands() {
             let r = owner(graph, o);
+            if matches!(graph.node(id).op, Op::MatMul(..))
+                && matches!(graph.node(r).op, Op::Scalar(_))
+            {
+                // A broadcast constant a matrix product reads is materialised (one element).
+                life.insert(r, (0, last));
+            }
             if is_op(r) && key(r) != key(id) {
                 let e = life.entry(r).or_insert((step_of_key[&key(r)], s));
                 e.1 = e.1.max(s);
@@ -143,7 +151,8 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
             life.insert(r, (0, last));
         }
     }
-    let bytes = |n: NodeId| graph.ty(n).bytes().unwrap_or(u64::MAX);
+    let bytes = |n: NodeId| align_up(graph.ty(n).bytes().unwrap_or(u64::MAX));
+    let workspace = align_up(workspace);
     let ws_total = workspace.saturating_mul(matmul_steps.len() as u64);
     let naive = life
         .keys()
@@ -189,7 +198,8 @@ fn storage(plan: &Plan, mut id: BufferId) -> BufferId {
     id
 }
 
-/// The largest total of arena bytes live at one step of the plan (shared storage once).
+/// The largest total of arena bytes (each rounded up to 16) live at one step of the plan,
+/// storage shared in place counted once.
 pub fn lower_bound(plan: &Plan) -> u64 {
     (0..plan.kernels.len().max(1))
         .map(|s| {
@@ -203,10 +213,22 @@ pub fn lower_bound(plan: &Plan) -> u64 {
                 })
                 .map(|id| storage(plan, id))
                 .collect();
-            roots.iter().map(|&r| plan.buffer(r).bytes).sum()
+            roots.iter().map(|&r| align_up(plan.buffer(r).bytes)).sum()
         })
         .max()
         .unwrap_or(0)
+}
+
+/// True when `b` takes over its in-place predecessor's storage at `step`, which is then
+/// still counted under the predecessor (one region, not two).
+pub fn handed_over_at(report: &MemoryReport, b: &BufferEntry, step: usize) -> bool {
+    b.first_step == step
+        && b.in_place_of.as_ref().is_some_and(|p| {
+            report
+                .buffers
+                .iter()
+                .any(|q| &q.name == p && q.view_of.is_none() && q.last_step == step)
+        })
 }
 
 fn kind_name(kind: &BufferKind) -> &'static str {
@@ -293,7 +315,10 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             notes.push(format!(
                 "line {}: this `reshape` of {} cannot be expressed with strides, so it copies {} ({} bytes), as torch.reshape does",
                 checked.origin(id).line,
-                checked.display_name(a),
+                match &checked.node(a).name {
+                    Some(n) => format!("`{n}`"),
+                    None => format!("a `{}` view", checked.node(a).op.name()),
+                },
                 text::human(bytes),
                 bytes
             ));

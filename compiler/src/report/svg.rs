@@ -82,7 +82,7 @@ pub fn render_svg(report: &MemoryReport) -> String {
         .enumerate()
     {
         for (st, l) in live_at.iter_mut().enumerate() {
-            if b.first_step <= st && st <= b.last_step {
+            if b.first_step <= st && st <= b.last_step && !super::handed_over_at(report, b, st) {
                 *l += b.bytes;
             }
         }

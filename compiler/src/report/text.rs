@@ -156,7 +156,9 @@ fn chart(report: &MemoryReport) -> String {
         let mut live = 0u64;
         for (i, b) in &arena {
             if b.first_step <= step && step <= b.last_step {
-                live += b.bytes;
+                if !super::handed_over_at(report, b, step) {
+                    live += b.bytes;
+                }
                 let lo = (b.offset as u128 * CHART_WIDTH as u128 / total as u128) as usize;
                 let hi = ((b.offset as u128 + b.bytes as u128) * CHART_WIDTH as u128)
                     .div_ceil(total as u128) as usize;
