@@ -52,7 +52,7 @@ fn nvrtc_ready() -> bool {
 
 /// Compiles every kernel of `plan` as one translation unit for each arch; panics with the
 /// NVRTC log on failure.
-fn check_compiles(label: &str, plan: &Plan) {
+fn check_compiles(label: &str, plan: &Plan) -> Vec<f64> {
     let kernels = emit_kernels(plan);
     assert_eq!(
         kernels.len(),
@@ -60,12 +60,17 @@ fn check_compiles(label: &str, plan: &Plan) {
         "{label}: one CUDA kernel per plan kernel"
     );
     let unit = translation_unit(&kernels);
+    let mut seconds = Vec::new();
     for arch in ["sm_80", "sm_90"] {
         match cuda::compile(&unit, arch, &[]) {
-            Ok(c) => assert!(!c.cubin.is_empty(), "{label}: empty CUBIN for {arch}"),
+            Ok(c) => {
+                assert!(!c.cubin.is_empty(), "{label}: empty CUBIN for {arch}");
+                seconds.push(c.compile_seconds);
+            }
             Err(e) => panic!("{label}: {e}"),
         }
     }
+    seconds
 }
 
 // ------------------------------------------------------------------ hand-built plans
@@ -510,7 +515,11 @@ fn launch_shapes_follow_the_kernel_kind() {
 // ------------------------------------------------------------------ the examples
 
 fn examples() -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    // `TC_EXAMPLES_DIR` for a prebuilt test binary run elsewhere (scripts/gpu.sh).
+    let dir = match std::env::var_os("TC_EXAMPLES_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
+    };
     let mut v: Vec<(String, String)> = std::fs::read_dir(&dir)
         .expect("examples folder")
         .flatten()
@@ -557,9 +566,22 @@ fn examples_kernels_compile_with_nvrtc() {
     if !nvrtc_ready() {
         return;
     }
+    // Prints the cold NVRTC time per example (docs/benchmarks.md quotes it).
     for (name, source) in examples() {
         let program = compile_example(&name, &source, &[]);
-        check_compiles(&name, &program.plan);
+        let s = check_compiles(&name, &program.plan);
+        println!(
+            "nvrtc {name}: {} kernels, sm_80 {:.3} s, sm_90 {:.3} s",
+            program.plan.kernels.len(),
+            s[0],
+            s[1]
+        );
+        // Unfused: one kernel per op, the plan `tc bench` compares against.
+        let mut options = cuda_options(&[]);
+        options.plan.fuse = false;
+        options.plan.reuse = false;
+        let unfused = tc_compiler::compile(&source, &options).expect("unfused plan");
+        check_compiles(&format!("{name} --no-fuse"), &unfused.plan);
     }
 }
 
@@ -863,21 +885,20 @@ fn random_programs(count: usize, seed: u64) -> Vec<String> {
 }
 
 #[test]
-fn random_programs_are_well_typed() {
-    // The generator is only useful if the front end accepts everything it writes. (Whether
-    // the later stages handle them is what the NVRTC and GPU tests below check.)
+fn random_programs_compile() {
+    // The generator is only useful if the whole compiler accepts everything it writes.
     let programs = random_programs(200, 1);
     let failures: Vec<String> = programs
         .iter()
         .filter_map(|s| {
-            tc_compiler::check(s, &[])
+            tc_compiler::compile(s, &cuda_options(&[]))
                 .err()
                 .map(|d| format!("{s}\n{d:?}"))
         })
         .collect();
     assert!(
         failures.is_empty(),
-        "{} of 200 random programs are rejected by the checker; first:\n{}",
+        "{} of 200 random programs do not compile; first:\n{}",
         failures.len(),
         failures.first().cloned().unwrap_or_default()
     );
@@ -936,8 +957,15 @@ fn tolerance(dtype: DType) -> (f32, f32) {
 /// Runs `source` on CUDA and on the CPU executor with the same seeded data; outputs must
 /// agree within the dtype's tolerance and `measured` must equal `planned`.
 fn check_cuda_against_cpu(label: &str, source: &str, dims: &[(String, u64)]) -> Result<(), String> {
-    let program =
-        tc_compiler::compile(source, &cuda_options(dims)).map_err(|d| format!("{label}: {d:?}"))?;
+    check_cuda_against_cpu_with(label, source, &cuda_options(dims))
+}
+
+fn check_cuda_against_cpu_with(
+    label: &str,
+    source: &str,
+    options: &tc_compiler::CompileOptions,
+) -> Result<(), String> {
+    let program = tc_compiler::compile(source, options).map_err(|d| format!("{label}: {d:?}"))?;
     let (inputs, params) = tc_runtime::data::load_leaves(&program.checked, &[], None, 0)
         .map_err(|e| format!("{label}: {e}"))?;
     let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &params)
@@ -983,12 +1011,18 @@ fn gpu_examples_match_the_cpu() {
     if !gpu_ready() {
         return;
     }
-    let failures: Vec<String> = examples()
-        .iter()
-        .filter_map(|(name, source)| {
-            check_cuda_against_cpu(name, source, &small_dims(source)).err()
-        })
-        .collect();
+    // Each example as planned, and with fusion and reuse off (one kernel per op).
+    let mut failures = Vec::new();
+    for (name, source) in examples() {
+        let mut options = cuda_options(&small_dims(&source));
+        failures.extend(check_cuda_against_cpu_with(&name, &source, &options).err());
+        options.plan.fuse = false;
+        options.plan.reuse = false;
+        failures.extend(
+            check_cuda_against_cpu_with(&format!("{name} --no-fuse --no-reuse"), &source, &options)
+                .err(),
+        );
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -1062,4 +1096,44 @@ fn libm_erf(x: f32) -> f32 {
         term *= -x * x / (n + 1) as f64;
     }
     (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
+}
+
+#[test]
+fn nvrtc_failure_carries_log_arch_and_source_file() {
+    if !nvrtc_ready() {
+        return;
+    }
+    let bad = "extern \"C\" __global__ void k0(float* p) { p[0] = undeclared_name; }\n";
+    let err = match cuda::compile(bad, "sm_90", &[]) {
+        Ok(_) => panic!("NVRTC accepted an undeclared identifier"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("sm_90") && err.contains("undeclared_name"),
+        "{err}"
+    );
+    let path = err
+        .split("the source is in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("a path in the message");
+    let saved = std::fs::read_to_string(path).expect("the source file named in the message");
+    assert_eq!(saved, bad);
+}
+
+#[test]
+fn compiled_kernels_are_cached_on_disk() {
+    if !nvrtc_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let unit = translation_unit(&emit_kernels(&softmax_plan(DType::F16, 10, 70)));
+    let first = cuda::compile_in_cache(&unit, "sm_80", &[], Some(dir.path())).expect("compiles");
+    let second = cuda::compile_in_cache(&unit, "sm_80", &[], Some(dir.path())).expect("cached");
+    assert!(!first.cached && second.cached);
+    assert_eq!(first.cubin, second.cubin);
+    // Another arch or other source is another entry.
+    let other = cuda::compile_in_cache(&unit, "sm_90", &[], Some(dir.path())).expect("compiles");
+    assert!(!other.cached);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("cache dir").count(), 2);
 }

@@ -550,7 +550,7 @@ mod mutation {
     fn corpus() -> Vec<String> {
         let root = super::cli::repo_root();
         let mut out = Vec::new();
-        for dir in ["examples", "tests/in/bad"] {
+        for dir in ["examples", "tests/in/bad", "tests/in/regress"] {
             let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
                 continue;
             };
@@ -754,6 +754,18 @@ mod mutation {
                 }
             }
         }
+    }
+
+    /// Every input the fuzzer ever crashed on, kept in `tests/in/regress/`.
+    #[test]
+    fn fuzz_regressions_stay_fixed() {
+        let dir = super::cli::repo_root().join("tests/in/regress");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).expect("tests/in/regress").flatten() {
+            check_one(&std::fs::read(e.path()).expect("read"));
+            n += 1;
+        }
+        assert!(n >= 1, "no regression inputs in {}", dir.display());
     }
 
     proptest! {

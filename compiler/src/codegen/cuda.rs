@@ -16,6 +16,8 @@ const BLOCK: u32 = 256;
 const MAX_GRID: u64 = 8192;
 /// Most blocks of a row kernel (rows beyond are looped over).
 const MAX_ROW_GRID: u64 = 65536;
+/// Threads a column-reduction kernel aims to have running (about 2048 per SM on 132 SMs).
+const TARGET_THREADS: u64 = 1 << 18;
 /// Rows up to this length get one warp each; longer rows one block.
 const WARP_ROW_MAX: u64 = 512;
 /// Most row elements a thread keeps in registers, and most cached values per thread.
@@ -159,7 +161,8 @@ fn arith_expr(k: &FusedKernel, inst: &Inst) -> String {
                 BinaryOp::Pow => match k.body.get(*b).map(|i| &i.op) {
                     Some(InstOp::Const(c)) if *c == 2.0 => format!("{x} * {x}"),
                     Some(InstOp::Const(c)) if *c == 1.0 => x,
-                    _ => format!("powf({x}, {y})"),
+                    // As the CPU executor: a square is exact, not `powf`'s approximation.
+                    _ => format!("({y} == 2.0f ? {x} * {x} : powf({x}, {y}))"),
                 },
                 BinaryOp::Maximum => format!("tc_max({x}, {y})"),
                 BinaryOp::Minimum => format!("tc_min({x}, {y})"),
@@ -687,6 +690,24 @@ fn element_closure(k: &FusedKernel, info: &RowInfo, targets: &[usize]) -> Vec<us
     (0..k.body.len()).filter(|&i| need[i]).collect()
 }
 
+/// Whether two buffers can share memory (the same buffer, the same input or param, or
+/// overlapping arena ranges).
+fn overlaps(plan: &Plan, a: BufferId, b: BufferId) -> bool {
+    use crate::schedule::BufferKind as K;
+    if a == b {
+        return true;
+    }
+    let (x, y) = (plan.buffer(a), plan.buffer(b));
+    match (&x.kind, &y.kind) {
+        (K::Arena | K::Workspace, K::Arena | K::Workspace) => {
+            x.offset < y.offset + y.bytes && y.offset < x.offset + x.bytes
+        }
+        (K::Input { index: i }, K::Input { index: j })
+        | (K::Param { index: i }, K::Param { index: j }) => i == j,
+        _ => false,
+    }
+}
+
 fn reduce_parts(op: ReduceOp) -> (&'static str, &'static str, &'static str) {
     // (initial value, combine function, reduction suffix)
     match op {
@@ -722,8 +743,15 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
     } else {
         len.div_ceil(8).next_power_of_two().clamp(128, 1024)
     };
+    // Row-per-thread kernels with few rows split each row over `slices` warps-worth of
+    // threads (lane = row, warp = slice) so enough loads are in flight.
+    let slices: u64 = if innermost_is_row {
+        (TARGET_THREADS / rows.max(1)).clamp(1, 32).min(len.max(1))
+    } else {
+        1
+    };
     let warp_mode = group <= 32;
-    let threads = group;
+    let threads = if innermost_is_row { slices } else { group };
     let items = len.div_ceil(threads);
     let cached: Vec<usize> = (0..k.loads.len())
         .filter(|&l| {
@@ -735,9 +763,22 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         .collect();
     let cache = !cached.is_empty()
         && items <= MAX_ITEMS
-        && cached.len() as u64 * items <= MAX_CACHED_VALUES;
-    let block: u64 = if warp_mode { BLOCK as u64 } else { threads };
-    let rows_per_block = if warp_mode { block / group } else { 1 };
+        // 1024-thread blocks have at most 64 registers per thread: cache less there.
+        && cached.len() as u64 * items <= if threads >= 1024 { MAX_CACHED_VALUES / 2 } else { MAX_CACHED_VALUES };
+    let block: u64 = if slices > 1 {
+        32 * slices
+    } else if warp_mode {
+        BLOCK as u64
+    } else {
+        threads
+    };
+    let rows_per_block = if slices > 1 {
+        32
+    } else if warp_mode {
+        block / group
+    } else {
+        1
+    };
     let grid = rows.div_ceil(rows_per_block).clamp(1, MAX_ROW_GRID);
     let wide = max_index(k).max(rows.saturating_mul(len)) >= NARROW_LIMIT;
     let idx_t = if wide { "long long" } else { "int" };
@@ -748,6 +789,7 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         rows,
         len,
         match group {
+            1 if slices > 1 => format!("32 rows per block, each split over {slices} threads"),
             1 => "one thread per row".to_string(),
             32 => "one warp per row".to_string(),
             _ => format!("one block of {threads} threads per row"),
@@ -766,11 +808,17 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         kernel.name,
         params.signature(plan)
     ));
-    if !warp_mode {
+    if slices > 1 {
+        w.line("__shared__ float tc_smem[33 * 32];");
+    } else if !warp_mode {
         w.line("__shared__ float tc_smem[32];");
     }
     consts(&mut w, k);
-    if group == 1 {
+    if slices > 1 {
+        w.line("const int tid = threadIdx.x >> 5;");
+        w.line(format!("const {idx_t} tc_row0 = ({idx_t})blockIdx.x * 32;"));
+        w.line(format!("const {idx_t} tc_rstep = ({idx_t})gridDim.x * 32;"));
+    } else if group == 1 {
         w.line("const int tid = 0;");
         w.line(format!(
             "const {idx_t} tc_row0 = ({idx_t})blockIdx.x * {rows_per_block} + threadIdx.x;"
@@ -791,9 +839,24 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         w.line(format!("const {idx_t} tc_row0 = blockIdx.x;"));
         w.line(format!("const {idx_t} tc_rstep = gridDim.x;"));
     }
-    w.open(format!(
-        "for ({idx_t} r = tc_row0; r < {rows}; r += tc_rstep)"
-    ));
+    if slices > 1 {
+        // Every thread of the block runs every iteration (the reductions synchronise the
+        // block); lanes past the last row work on the last row and store nothing.
+        w.open(format!(
+            "for ({idx_t} tc_rb = tc_row0; tc_rb < {rows}; tc_rb += tc_rstep)"
+        ));
+        w.line(format!(
+            "const bool tc_live = tc_rb + (threadIdx.x & 31) < {rows};"
+        ));
+        w.line(format!(
+            "const {idx_t} r = tc_live ? tc_rb + (threadIdx.x & 31) : {};",
+            rows - 1
+        ));
+    } else {
+        w.open(format!(
+            "for ({idx_t} r = tc_row0; r < {rows}; r += tc_rstep)"
+        ));
+    }
     let ridx = decompose(&mut w, idx_t, "r", "r", &row_sizes);
     let used: Vec<bool> = (0..k.loads.len())
         .map(|l| {
@@ -920,6 +983,38 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
             }
         }
     };
+    // Element stores that need no reduction are written during the first pass (saving a
+    // second read of the row) unless their memory is something the kernel loads.
+    let loaded: Vec<BufferId> = k.loads.iter().map(|l| l.buffer).collect();
+    let early: Vec<usize> = elem_stores
+        .iter()
+        .copied()
+        .filter(|&s| {
+            let st = &k.stores[s];
+            max_depth >= 1
+                && info.depth.get(st.inst) == Some(&0)
+                && !loaded.iter().any(|&b| overlaps(plan, b, st.buffer))
+        })
+        .collect();
+    let late: Vec<usize> = elem_stores
+        .iter()
+        .copied()
+        .filter(|s| !early.contains(s))
+        .collect();
+    let cs: Vec<i64> = red_axes.iter().map(|&d| cstrides[d]).collect();
+    let store_lines = |w: &mut Writer, stores: &[usize], jidx: &[String]| {
+        let off = address(0, jidx, &cs);
+        for &s in stores {
+            let st = &k.stores[s];
+            let dt = plan.buffer(st.buffer).dtype;
+            w.line(format!(
+                "{}{}[obase + {off}] = {};",
+                if slices > 1 { "if (tc_live) " } else { "" },
+                params.name(st.buffer),
+                store_conv(dt, &v(st.inst))
+            ));
+        }
+    };
     row_insts_at(&mut w, 0);
     for phase in 1..=max_depth {
         let reduces: Vec<usize> = (0..k.body.len())
@@ -942,14 +1037,19 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
                 w.line(format!("float acc{i} = {};", reduce_parts(op).0));
             }
         }
-        let list = element_closure(k, &info, &operands);
-        open_loop(&mut w, needs_jidx(&list, false));
-        let jidx = if needs_jidx(&list, false) {
+        let stores_here: &[usize] = if phase == 1 { &early } else { &[] };
+        let mut targets = operands.clone();
+        targets.extend(stores_here.iter().map(|&s| k.stores[s].inst));
+        let list = element_closure(k, &info, &targets);
+        let need_j = needs_jidx(&list, !stores_here.is_empty());
+        open_loop(&mut w, need_j);
+        let jidx = if need_j {
             decompose(&mut w, idx_t, "j", "j", &red_sizes)
         } else {
             Vec::new()
         };
         emit_elems(&mut w, &list, &jidx);
+        store_lines(&mut w, stores_here, &jidx);
         for &i in &reduces {
             if let InstOp::Reduce(op, a) = k.body[i].op {
                 w.line(format!(
@@ -963,7 +1063,9 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         for &i in &reduces {
             if let InstOp::Reduce(op, _) = k.body[i].op {
                 let suffix = reduce_parts(op).2;
-                if group == 1 {
+                if slices > 1 {
+                    w.line(format!("acc{i} = tc_slice_{suffix}(acc{i}, tc_smem);"));
+                } else if group == 1 {
                     // one thread holds the whole row: nothing to combine
                 } else if warp_mode {
                     w.line(format!("acc{i} = tc_warp_{suffix}(acc{i});"));
@@ -983,31 +1085,25 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         }
         row_insts_at(&mut w, phase);
     }
-    if !elem_stores.is_empty() {
+    if !late.is_empty() {
         w.line("// write the row");
-        let targets: Vec<usize> = elem_stores.iter().map(|&s| k.stores[s].inst).collect();
+        let targets: Vec<usize> = late.iter().map(|&s| k.stores[s].inst).collect();
         let list = element_closure(k, &info, &targets);
         open_loop(&mut w, true);
         let jidx = decompose(&mut w, idx_t, "j", "j", &red_sizes);
         emit_elems(&mut w, &list, &jidx);
-        let cs: Vec<i64> = red_axes.iter().map(|&d| cstrides[d]).collect();
-        let off = address(0, &jidx, &cs);
-        for &s in &elem_stores {
-            let st = &k.stores[s];
-            let dt = plan.buffer(st.buffer).dtype;
-            w.line(format!(
-                "{}[obase + {off}] = {};",
-                params.name(st.buffer),
-                store_conv(dt, &v(st.inst))
-            ));
-        }
+        store_lines(&mut w, &late, &jidx);
         close_loop(&mut w);
     }
     let row_stores: Vec<usize> = (0..k.stores.len())
         .filter(|s| !elem_stores.contains(s))
         .collect();
     if !row_stores.is_empty() {
-        w.open("if (tid == 0)");
+        w.open(if slices > 1 {
+            "if (tid == 0 && tc_live)"
+        } else {
+            "if (tid == 0)"
+        });
         for &s in &row_stores {
             let st = &k.stores[s];
             let dt = plan.buffer(st.buffer).dtype;
@@ -1027,4 +1123,50 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         shared_bytes: 0,
     };
     (w.finish(), launch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_literals_read_back_exactly() {
+        for x in [
+            0.0,
+            1.0,
+            -1.0,
+            0.1,
+            1e-5,
+            1.5e-45,
+            3.4028235e38,
+            -2.5e7,
+            0.70710677,
+        ] {
+            let lit = float_literal(x);
+            let body = lit
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .trim_end_matches('f');
+            let back: f32 = body.parse().expect("a C float literal Rust can parse");
+            assert_eq!(back.to_bits(), (x as f32).to_bits(), "{x} -> {lit}");
+            assert!(
+                lit.contains('.') || lit.contains('e'),
+                "{lit} must be a float literal"
+            );
+        }
+        assert_eq!(float_literal(f64::INFINITY), "__int_as_float(0x7f800000)");
+        assert_eq!(
+            float_literal(f64::NEG_INFINITY),
+            "__int_as_float(0xff800000)"
+        );
+        assert!(float_literal(f64::NAN).contains("0x7fc00000"));
+    }
+
+    #[test]
+    fn addresses_skip_zero_terms() {
+        let idx = vec!["i0".to_string(), "i1".to_string()];
+        assert_eq!(address(0, &idx, &[0, 1]), "i1");
+        assert_eq!(address(5, &idx, &[7, 0]), "5 + i0 * 7");
+        assert_eq!(address(0, &idx, &[0, 0]), "0");
+    }
 }

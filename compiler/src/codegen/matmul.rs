@@ -439,3 +439,54 @@ fn emit_fallback(plan: &Plan, index: usize, kernel: &Kernel, mm: &MatMulKernel) 
         params,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blas_layouts() {
+        // Row-major 3×4: not transposed, ld 4; its transpose view (strides [1, 3]) of a 4×3.
+        assert_eq!(blas_layout(3, 4, 4, 1), Some((false, 4)));
+        assert_eq!(blas_layout(3, 4, 1, 3), Some((true, 3)));
+        // Padded rows are fine; overlapping rows (ld < cols) and broadcast axes are not.
+        assert_eq!(blas_layout(3, 4, 8, 1), Some((false, 8)));
+        assert_eq!(blas_layout(3, 4, 2, 1), None);
+        assert_eq!(blas_layout(3, 4, 0, 1), None);
+        assert_eq!(blas_layout(3, 4, 4, 2), None);
+        // One row: its stride never matters.
+        assert_eq!(blas_layout(1, 4, 0, 1), Some((false, 4)));
+    }
+
+    #[test]
+    fn shared_weight_batches_fold_into_one_gemm() {
+        let op = |buffer: u32, strides: Vec<i64>| MatOperand {
+            buffer: BufferId(buffer),
+            dtype: DType::F32,
+            offset: 0,
+            strides,
+        };
+        let mm = MatMulKernel {
+            batch: vec![2, 3],
+            m: 5,
+            n: 7,
+            k: 4,
+            a: op(0, vec![60, 20, 4, 1]),
+            b: op(1, vec![0, 0, 7, 1]),
+            out: BufferId(2),
+            out_dtype: DType::F32,
+            workspace: None,
+        };
+        let call = gemm_plan(&mm).expect("cuBLAS can take it");
+        assert_eq!((call.m, call.n, call.k, call.batch_count), (7, 30, 4, 1));
+        assert_eq!(call.calls, vec![[0, 0, 0]]);
+        // With a per-batch weight it stays batched: 6 products of 5×7.
+        let batched = MatMulKernel {
+            b: op(1, vec![84, 28, 7, 1]),
+            ..mm
+        };
+        let call = gemm_plan(&batched).expect("cuBLAS can take it");
+        assert_eq!((call.m, call.n, call.batch_count), (7, 5, 6));
+        assert_eq!((call.stride_a, call.stride_b, call.stride_c), (28, 20, 35));
+    }
+}

@@ -67,4 +67,26 @@ TC_WARP_REDUCE(tc_warp_min, tc_min)
 TC_BLOCK_REDUCE(tc_block_sum, tc_warp_sum, tc_add, 0.0f)
 TC_BLOCK_REDUCE(tc_block_max, tc_warp_max, tc_max, __int_as_float(0xff800000))
 TC_BLOCK_REDUCE(tc_block_min, tc_warp_min, tc_min, __int_as_float(0x7f800000))
+// Reduce across the warps of a block whose lane l of every warp works on row l (a row
+// split over blockDim.x / 32 "slices", at most 32); every thread gets its row's result.
+// `sh` holds 33 * 32 floats (padded against bank conflicts).
+#define TC_SLICE_REDUCE(NAME, OP)                                        \
+    __device__ __forceinline__ float NAME(float v, float* sh) {          \
+        const int lane = threadIdx.x & 31;                               \
+        const int slice = threadIdx.x >> 5;                              \
+        __syncthreads();                                                 \
+        sh[slice * 33 + lane] = v;                                       \
+        __syncthreads();                                                 \
+        if (slice == 0) {                                                \
+            for (int s = 1; s < (int)(blockDim.x >> 5); ++s) {           \
+                v = OP(v, sh[s * 33 + lane]);                            \
+            }                                                            \
+            sh[lane] = v;                                                \
+        }                                                                \
+        __syncthreads();                                                 \
+        return sh[lane];                                                 \
+    }
+TC_SLICE_REDUCE(tc_slice_sum, tc_add)
+TC_SLICE_REDUCE(tc_slice_max, tc_max)
+TC_SLICE_REDUCE(tc_slice_min, tc_min)
 // ---- end of prelude ----

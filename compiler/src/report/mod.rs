@@ -82,30 +82,52 @@ pub struct Unfused {
 }
 
 /// Follows views and checker-inserted promotions (free: PyTorch does them inside the
-/// consuming kernel) down to the value that owns memory.
-fn owner(graph: &Graph, mut id: NodeId) -> NodeId {
+/// consuming kernel) down to the value that owns memory. A promotion in `kept` (one a
+/// matrix product reads: no GEMM converts its operand on the fly) owns memory itself.
+fn owner(graph: &Graph, kept: &BTreeSet<NodeId>, mut id: NodeId) -> NodeId {
     loop {
         match &graph.node(id).op {
             Op::View(_, a) => id = *a,
             Op::Cast {
                 arg,
                 implicit: true,
-            } if graph.origin(id).group.unwrap_or(id) == id => id = *arg,
+            } if graph.origin(id).group.unwrap_or(id) == id && !kept.contains(&id) => id = *arg,
             _ => return id,
         }
     }
 }
 
+/// The checker-inserted promotions that a matrix product reads (through views): they are
+/// materialised before the product, in the unfused models as in the plan.
+fn promotions_read_by_matmul(graph: &Graph) -> BTreeSet<NodeId> {
+    let mut kept = BTreeSet::new();
+    for id in graph.ids() {
+        if let Op::MatMul(a, b) = graph.node(id).op {
+            for mut o in [a, b] {
+                while let Op::View(_, inner) = graph.node(o).op {
+                    o = inner;
+                }
+                if matches!(graph.node(o).op, Op::Cast { implicit: true, .. }) {
+                    kept.insert(o);
+                }
+            }
+        }
+    }
+    kept
+}
+
 /// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
 /// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
 /// figures), ops run in order, each op's result a buffer; a matmul also holds a
-/// `workspace` at its step. Views and checker-inserted casts are free. Every buffer is
+/// `workspace` at its step. Views and checker-inserted casts are free, except a cast a
+/// matmul reads. Every buffer is
 /// counted rounded up to 16 bytes, the alignment any allocator (and the arena) gives it.
 pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
+    let kept = promotions_read_by_matmul(graph);
     let is_op = |n: NodeId| {
         let op = &graph.node(n).op;
-        !op.is_view() && !op.is_leaf() && owner(graph, n) == n
+        !op.is_view() && !op.is_leaf() && owner(graph, &kept, n) == n
     };
     // Steps: source-level ops in order of first node.
     let mut step_of_key: std::collections::HashMap<NodeId, usize> = Default::default();
@@ -123,14 +145,18 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     let last = steps.saturating_sub(1);
     // Result buffers: values read by another op or by an output.
     let mut life: std::collections::BTreeMap<NodeId, (usize, usize)> = Default::default();
-    let outputs: BTreeSet<NodeId> = graph.outputs.iter().map(|o| owner(graph, o.node)).collect();
+    let outputs: BTreeSet<NodeId> = graph
+        .outputs
+        .iter()
+        .map(|o| owner(graph, &kept, o.node))
+        .collect();
     for id in graph.ids() {
         if !is_op(id) {
             continue;
         }
         let s = step_of_key[&key(id)];
         for o in graph.node(id).op.operands() {
-            let r = owner(graph, o);
+            let r = owner(graph, &kept, o);
             if matches!(graph.node(id).op, Op::MatMul(..))
                 && matches!(graph.node(r).op, Op::Scalar(_))
             {

@@ -141,13 +141,41 @@ fn driver_present() -> Result<(), CudaError> {
 fn cublas_present() -> Result<(), CudaError> {
     // SAFETY: only tries to open the cuBLAS library by its usual names.
     if unsafe { cb::is_culib_present() } {
-        Ok(())
-    } else {
-        Err(CudaError::NoLibrary {
-            library: "cuBLAS",
-            detail: "libcublas.so not found on the loader path".into(),
-        })
+        return Ok(());
     }
+    // Not on the loader path: load it (and cuBLASLt, which it needs) from the CUDA
+    // toolkit's folder so that the lookup by name finds it already loaded.
+    for dir in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+    ] {
+        let dir = std::path::Path::new(dir);
+        for major in ["13", "12"] {
+            let lt = dir.join(format!("libcublasLt.so.{major}"));
+            let blas = dir.join(format!("libcublas.so.{major}"));
+            if lt.is_file() && blas.is_file() {
+                // SAFETY: loading NVIDIA's libraries runs their initialisers, which have no
+                // preconditions; they stay loaded for the life of the process.
+                unsafe {
+                    if let (Ok(a), Ok(b)) = (
+                        libloading::Library::new(&lt),
+                        libloading::Library::new(&blas),
+                    ) {
+                        std::mem::forget(a);
+                        std::mem::forget(b);
+                    }
+                }
+                // SAFETY: as above.
+                if unsafe { cb::is_culib_present() } {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(CudaError::NoLibrary {
+        library: "cuBLAS",
+        detail: "libcublas.so not found on the loader path or in /usr/local/cuda/lib64".into(),
+    })
 }
 
 /// An open device: its primary context, current on this thread.
@@ -369,11 +397,11 @@ fn prepare(
         blas("cublasSetMathMode", unsafe {
             cb::cublasSetMathMode(b.handle, mode)
         })?;
-        // No hidden workspace: each call gets the plan's Workspace buffer or none.
-        // SAFETY: a live handle; a null workspace of size 0 is allowed.
-        blas("cublasSetWorkspace", unsafe {
-            cb::cublasSetWorkspace_v2(b.handle, std::ptr::null_mut(), 0)
-        })?;
+        // No hidden workspace: each call gets the plan's Workspace buffer or none. (Should a
+        // cuBLAS refuse a null workspace, it keeps its default one; only the driver figure,
+        // not tc's `measured`, would show that.)
+        // SAFETY: a live handle.
+        let _ = unsafe { cb::cublasSetWorkspace_v2(b.handle, std::ptr::null_mut(), 0) };
         Some(b)
     } else {
         None
@@ -537,14 +565,25 @@ impl Prepared {
         } else {
             cb::cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
+        // cuBLAS wants a 256-byte aligned workspace: use the aligned part of the buffer.
         let (ws_ptr, ws_bytes) = match call.workspace {
-            Some(ws) => (self.ptr(plan, ws)?, plan.buffer(ws).bytes as usize),
+            Some(ws) => {
+                let (start, bytes) = (self.ptr(plan, ws)?, plan.buffer(ws).bytes);
+                let aligned = start.div_ceil(256) * 256;
+                let usable = bytes.saturating_sub(aligned - start) / 256 * 256;
+                if usable == 0 {
+                    (0, 0)
+                } else {
+                    (aligned, usable as usize)
+                }
+            }
             None => (0, 0),
         };
         // SAFETY: a live handle; the workspace lies inside the arena (or is null, size 0).
-        blas("cublasSetWorkspace", unsafe {
-            cb::cublasSetWorkspace_v2(handle, ws_ptr as *mut c_void, ws_bytes)
-        })?;
+        let set = unsafe { cb::cublasSetWorkspace_v2(handle, ws_ptr as *mut c_void, ws_bytes) };
+        if ws_bytes > 0 {
+            blas("cublasSetWorkspace", set)?;
+        }
         let (alpha, beta) = (1.0f32, 0.0f32);
         let (a, b, c) = (
             self.ptr(plan, call.a)?,
@@ -650,9 +689,13 @@ pub fn gather(out: &PlanOutput, raw: &[u8]) -> Result<HostTensor, CudaError> {
     })
 }
 
-/// Whether CUDA can run here: driver library, a device, and which one.
+/// Whether tc can run on CUDA here: the driver library, a device, and NVRTC (without which
+/// no kernel can be built); says which device, or why not. cuBLAS is checked when a plan
+/// first needs it.
 pub fn available() -> Result<DeviceInfo, CudaError> {
-    Gpu::open(0).map(|g| g.info.clone())
+    let info = Gpu::open(0)?.info.clone();
+    nvrtc_available()?;
+    Ok(info)
 }
 
 /// Events on the default stream, timing GPU work.

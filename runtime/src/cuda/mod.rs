@@ -3,10 +3,23 @@
 //!
 //! Every entry point checks that the driver, NVRTC and cuBLAS libraries can be loaded before
 //! touching them, so a machine without CUDA gets a `CudaError` saying why, never a panic.
+//!
+//! For the command line:
+//! - `--device auto`: `available()` → `Ok(DeviceInfo)` or an error whose text says why not.
+//! - `tc run --device cuda`: plan with `tc_compiler::codegen::cuda_plan_options(&opts)` (adds
+//!   the cuBLAS workspace), then `run(&plan, &inputs, &params, &CudaOptions::default())`;
+//!   `CudaRun::measured_bytes` is the report's `measured` (with inputs; subtract the inputs'
+//!   and params' bytes for "without"). Errors map to exit code 3.
+//! - `tc bench`: `bench(&plan, …, warmup, runs)` for the planned and the unfused plan;
+//!   `copy_bandwidth(bytes, runs, device)` for the memory-bandwidth floor.
+//! - `tc emit --kernels`: `tc_compiler::codegen::emit_program(&plan)` (no device needed).
 
 pub mod nvrtc;
 
-pub use nvrtc::{compile, compile_cached, nvrtc_available, nvrtc_version, preload_nvrtc, Compiled};
+pub use nvrtc::{
+    cache_dir, compile, compile_cached, compile_in_cache, nvrtc_available, nvrtc_version,
+    preload_nvrtc, Compiled, NVRTC_OPTIONS,
+};
 
 /// Why CUDA could not be used or a run failed. Messages carry the driver's / NVRTC's text.
 #[derive(Debug, thiserror::Error)]

@@ -239,42 +239,47 @@ pub fn cache_key(source: &str, arch: &str, extra: &[String], version: (i32, i32)
     )
 }
 
-/// `compile`, through the disk cache unless `no_cache`. A cache that cannot be read or
-/// written is skipped silently (the compile still happens).
+/// `compile`, through the disk cache (`cache_dir()`) unless `no_cache`.
 pub fn compile_cached(
     source: &str,
     arch: &str,
     extra: &[String],
     no_cache: bool,
 ) -> Result<Compiled, CudaError> {
-    if no_cache {
+    let dir = if no_cache { None } else { cache_dir() };
+    compile_in_cache(source, arch, extra, dir.as_deref())
+}
+
+/// `compile`, reading and writing compiled code in `dir` (none: no cache). A cache that
+/// cannot be read or written is skipped silently (the compile still happens).
+pub fn compile_in_cache(
+    source: &str,
+    arch: &str,
+    extra: &[String],
+    dir: Option<&Path>,
+) -> Result<Compiled, CudaError> {
+    let Some(dir) = dir else {
         return compile(source, arch, extra);
-    }
+    };
     let version = nvrtc_version()?;
     let key = cache_key(source, arch, extra, version);
-    let path = cache_dir().map(|d| d.join(format!("{key}.cubin")));
-    if let Some(p) = &path {
-        if let Ok(cubin) = std::fs::read(p) {
-            if !cubin.is_empty() {
-                return Ok(Compiled {
-                    cubin,
-                    log: String::new(),
-                    cached: true,
-                    compile_seconds: 0.0,
-                });
-            }
+    let path = dir.join(format!("{key}.cubin"));
+    if let Ok(cubin) = std::fs::read(&path) {
+        if !cubin.is_empty() {
+            return Ok(Compiled {
+                cubin,
+                log: String::new(),
+                cached: true,
+                compile_seconds: 0.0,
+            });
         }
     }
     let compiled = compile(source, arch, extra)?;
-    if let Some(p) = &path {
-        if let Some(dir) = p.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        // Write to a temporary name first so a concurrent reader never sees half a file.
-        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &compiled.cubin).is_ok() {
-            let _ = std::fs::rename(&tmp, p);
-        }
+    let _ = std::fs::create_dir_all(dir);
+    // Write to a temporary name first so a concurrent reader never sees half a file.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, &compiled.cubin).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
     }
     Ok(compiled)
 }

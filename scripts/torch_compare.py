@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""scripts/torch_compare.py — every examples/*.tx written in PyTorch, run eager and under
+torch.compile on the GPU: median time (CUDA events) and peak memory
+(torch.cuda.max_memory_allocated, inputs and params included, as tc's `planned` with
+inputs), printed beside tc's planned/measured bytes from scripts/gpu.sh's memory.jsonl.
+Also measures device-to-device copy bandwidth, the floor for memory-bound kernels.
+
+    python3 scripts/torch_compare.py --out torch.json [--memory memory.jsonl] [--runs 20]
+"""
+import argparse
+import json
+import math
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+DEV = "cuda"
+
+
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, device=DEV, dtype=torch.float32).to(dtype)
+
+
+# Each example: (inputs and params as a dict of tensors, function of them -> outputs).
+# Dims are the examples' defaults; the maths is the .tx program's, line by line.
+def ex_mlp():
+    B, D, H, C = 8192, 1024, 4096, 1024
+    t = dict(x=randn(B, D), w1=randn(D, H), b1=randn(H), w2=randn(H, C), b2=randn(C))
+
+    def f(x, w1, b1, w2, b2):
+        h = F.gelu(x @ w1 + b1)
+        logits = h @ w2 + b2
+        return (torch.softmax(logits, dim=-1),)
+
+    return t, f
+
+
+def ex_attention():
+    B, H, S, Dh = 8, 16, 1024, 64
+    t = dict(q=randn(B, H, S, Dh), k=randn(B, H, S, Dh), v=randn(B, H, S, Dh))
+
+    def f(q, k, v):
+        scores = q @ k.transpose(-1, -2) / math.sqrt(Dh)
+        p = torch.softmax(scores, dim=-1)
+        return (p @ v,)
+
+    return t, f
+
+
+def ex_broadcast():
+    B, D = 4096, 4096
+    t = dict(x=randn(B, D), bias=randn(D), rowscale=randn(B, 1))
+
+    def f(x, bias, rowscale):
+        implicit = x + bias
+        wide = bias.expand(B, D)
+        explicit = x * wide
+        scaled = (implicit + explicit) * rowscale
+        total = scaled.sum(dim=0)
+        return scaled, total
+
+    return t, f
+
+
+def ex_chain():
+    N = 67108864
+    t = dict(x=randn(N))
+
+    def f(x):
+        a = x * 1.5 + 0.25
+        b = torch.tanh(a) * torch.sigmoid(x)
+        c = b**2 - a.abs() / (1 + torch.exp(-x))
+        d = torch.clamp_min(c, -1) + torch.clamp_max(torch.sqrt(b.abs()), 2)
+        y = F.silu(d) + F.gelu(a) * 0.5
+        return (y,)
+
+    return t, f
+
+
+def ex_layernorm():
+    N, D = 16384, 4096
+    t = dict(x=randn(N, D), gamma=randn(D), beta=randn(D))
+
+    def f(x, gamma, beta):
+        y = F.layer_norm(x, (D,), eps=1e-5) * gamma + beta
+        mu = x.mean(dim=-1, keepdim=True)
+        xc = x - mu
+        var = (xc * xc).mean(dim=-1, keepdim=True)
+        manual = xc / torch.sqrt(var + 1e-5) * gamma + beta
+        return y, manual
+
+    return t, f
+
+
+def ex_mixed_precision():
+    N, D = 8192, 2048
+    t = dict(x=randn(N, D, dtype=torch.float16), w=randn(D, D, dtype=torch.bfloat16), g=randn(D))
+
+    def f(x, w, g):
+        h = x.float() * g
+        hb = h.bfloat16()
+        y = hb @ w
+        yf = y.float()
+        z = (yf / torch.sqrt((yf * yf).mean(dim=-1, keepdim=True) + 1e-6)).bfloat16()
+        mix = z.float().half() + x
+        s = torch.softmax(mix, dim=-1)
+        return s, y
+
+    return t, f
+
+
+def ex_softmax():
+    N, V = 16384, 4096
+    t = dict(x=randn(N, V))
+
+    def f(x):
+        m = x.max(dim=-1, keepdim=True).values
+        e = torch.exp(x - m)
+        manual = e / e.sum(dim=-1, keepdim=True)
+        return manual, torch.softmax(x, dim=-1)
+
+    return t, f
+
+
+def ex_transformer_block():
+    B, S, D, H, Dh, Fd = 4, 1024, 1024, 16, 64, 4096
+    t = dict(
+        x=randn(B, S, D), ln1_g=randn(D), ln1_b=randn(D), wq=randn(D, D), wk=randn(D, D),
+        wv=randn(D, D), wo=randn(D, D), ln2_g=randn(D), ln2_b=randn(D), w1=randn(D, Fd),
+        b1=randn(Fd), w2=randn(Fd, D), b2=randn(D),
+    )
+
+    def f(x, ln1_g, ln1_b, wq, wk, wv, wo, ln2_g, ln2_b, w1, b1, w2, b2):
+        xn = F.layer_norm(x, (D,)) * ln1_g + ln1_b
+        q = (xn @ wq).reshape(B, S, H, Dh).permute(0, 2, 1, 3)
+        k = (xn @ wk).reshape(B, S, H, Dh).permute(0, 2, 1, 3)
+        v = (xn @ wv).reshape(B, S, H, Dh).permute(0, 2, 1, 3)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(Dh), dim=-1)
+        ctx = (att @ v).permute(0, 2, 1, 3).reshape(B, S, D)
+        x1 = x + ctx @ wo
+        hn = F.layer_norm(x1, (D,)) * ln2_g + ln2_b
+        ff = F.gelu(hn @ w1 + b1) @ w2 + b2
+        return (x1 + ff,)
+
+    return t, f
+
+
+EXAMPLES = {
+    "attention": ex_attention, "broadcast": ex_broadcast, "chain": ex_chain,
+    "layernorm": ex_layernorm, "mixed_precision": ex_mixed_precision, "mlp": ex_mlp,
+    "softmax": ex_softmax, "transformer_block": ex_transformer_block,
+}
+
+
+def measure(fn, tensors, runs, warmup=3):
+    """Median milliseconds (CUDA events) and peak bytes with inputs allocated."""
+    args = list(tensors.values())
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(*args)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn(*args)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        del out
+        times = []
+        for _ in range(runs):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn(*args)
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e))
+    inputs = sum(t.numel() * t.element_size() for t in args)
+    return dict(median_ms=statistics.median(times), peak_bytes=peak, inputs_bytes=inputs,
+                peak_without_inputs=peak - inputs, allocated_before=base)
+
+
+def copy_bandwidth(nbytes=4 << 30, runs=20):
+    src = torch.empty(nbytes, dtype=torch.uint8, device=DEV).fill_(1)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(runs):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        dst.copy_(src)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    ms = statistics.median(times)
+    del src, dst
+    torch.cuda.empty_cache()
+    return dict(bytes=nbytes, median_ms=ms, gbps_read_plus_write=2 * nbytes / (ms * 1e-3) / 1e9)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--memory", help="memory.jsonl from scripts/gpu.sh (tc's figures)")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--only", nargs="*", help="example names")
+    a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False  # tc's default: exact f32 products
+    torch.backends.cudnn.allow_tf32 = False
+    tc = {}
+    if a.memory:
+        try:
+            for line in open(a.memory):
+                d = json.loads(line)
+                tc[d["example"]] = d["peaks"]
+        except OSError:
+            pass
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                  copy=copy_bandwidth(), examples={})
+    print(f"device {result['device']}, torch {result['torch']}")
+    print(f"device-to-device copy: {result['copy']['gbps_read_plus_write']:.0f} GB/s (read + write)")
+    for name, make in EXAMPLES.items():
+        if a.only and name not in a.only:
+            continue
+        tensors, f = make()
+        row = {}
+        try:
+            row["eager"] = measure(f, tensors, a.runs)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            row["eager"] = dict(error=repr(e))
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+        try:
+            row["compile"] = measure(torch.compile(f), tensors, a.runs)
+        except Exception as e:  # noqa: BLE001
+            row["compile"] = dict(error=repr(e))
+        if name in tc:
+            row["tc"] = tc[name]
+        result["examples"][name] = row
+        del tensors
+        torch.cuda.empty_cache()
+        print(f"{name}: {json.dumps(row)}", flush=True)
+    json.dump(result, open(a.out, "w"), indent=2)
+
+    mib = lambda b: f"{b / 2**20:.1f}" if isinstance(b, (int, float)) else "-"
+    print("\n| example | tc planned MiB | tc measured MiB | eager peak MiB | compile peak MiB | "
+          "planned <= compile | eager ms | compile ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, row in result["examples"].items():
+        p = row.get("tc", {}).get("planned", {}).get("with_inputs")
+        m = (row.get("tc", {}).get("measured") or {}).get("with_inputs")
+        ep, cp = row["eager"].get("peak_bytes"), row["compile"].get("peak_bytes")
+        ok = "yes" if (p is not None and cp is not None and p <= cp) else ("NO" if p is not None and cp is not None else "-")
+        em, cm = row["eager"].get("median_ms"), row["compile"].get("median_ms")
+        print(f"| {name} | {mib(p)} | {mib(m)} | {mib(ep)} | {mib(cp)} | {ok} | "
+              f"{em if em is None else f'{em:.3f}'} | {cm if cm is None else f'{cm:.3f}'} |")
+
+
+if __name__ == "__main__":
+    main()
