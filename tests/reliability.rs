@@ -781,3 +781,43 @@ mod mutation {
         }
     }
 }
+
+#[test]
+fn a_tensor_past_two_to_the_31_elements_works_with_64_bit_indexing() {
+    // 2^31 + 64 f16 elements (4 GiB), materialised as an output; the input is one number.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = write(
+        dir.path(),
+        "big.tx",
+        "dim N = 2147483712\ninput x : f32[1]\nh = f16(expand(x, [N]) * 2 + 1)\noutput h\n",
+    );
+    let x = write_npy_f32(dir.path(), "x.npy", &[1], &[0.25]);
+    tc_in(
+        dir.path(),
+        &[
+            "run",
+            &prog,
+            "--device",
+            "cpu",
+            "--input",
+            &format!("x={x}"),
+        ],
+    )
+    .expect_code(0)
+    .expect_mentions(&["h: f16[2147483712]  min 1.5 max 1.5 mean 1.5"]);
+    // The CUDA C for it indexes with 64 bits; a small program's does not.
+    let big = tc_in(dir.path(), &["emit", &prog, "--kernels"]);
+    big.expect_code(0);
+    assert!(
+        big.stdout.contains("long long"),
+        "no 64-bit indexing in:\n{}",
+        big.stdout
+    );
+    let small = tc_in(dir.path(), &["emit", &prog, "--kernels", "--dim", "N=1024"]);
+    small.expect_code(0);
+    let body = small.stdout.split("__global__").skip(1).collect::<String>();
+    assert!(
+        !body.contains("long long"),
+        "a small kernel should index with 32 bits:\n{body}"
+    );
+}

@@ -39,24 +39,21 @@ impl HostTensor {
         }
     }
 
+    /// The values widened to f32 (exact for every dtype), one at a time: no copy of the
+    /// tensor is made, so a summary of a 4 GiB output costs no memory.
+    pub fn iter_f32(&self) -> impl Iterator<Item = f32> + '_ {
+        let dtype = self.dtype;
+        self.bytes
+            .chunks_exact(dtype.size() as usize)
+            .map(move |c| match dtype {
+                DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                DType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                DType::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+            })
+    }
+
     /// The values widened to f32 (exact for every dtype).
     pub fn to_f32(&self) -> Vec<f32> {
-        match self.dtype {
-            DType::F32 => self
-                .bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 => self
-                .bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => self
-                .bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        }
+        self.iter_f32().collect()
     }
 }

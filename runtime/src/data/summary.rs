@@ -6,7 +6,6 @@ use std::fmt::Write;
 
 /// `f32[2, 3]  min -1.5 max 2 mean 0.25  [0.1, -1.5, 2, …]` (+ `  2 NaN, 1 Inf` if any).
 pub fn summarize(t: &HostTensor) -> String {
-    let values = t.to_f32();
     let shape: Vec<String> = t.shape.iter().map(|s| s.to_string()).collect();
     let mut out = format!("{}[{}]", t.dtype, shape.join(", "));
     let (mut lo, mut hi, mut sum, mut finite, mut nan, mut inf) = (
@@ -17,7 +16,7 @@ pub fn summarize(t: &HostTensor) -> String {
         0usize,
         0usize,
     );
-    for &v in &values {
+    for v in t.iter_f32() {
         if v.is_nan() {
             nan += 1;
         } else if v.is_infinite() {
@@ -38,8 +37,8 @@ pub fn summarize(t: &HostTensor) -> String {
             fmt((sum / finite as f64) as f32)
         );
     }
-    let head: Vec<String> = values.iter().take(6).map(|&v| fmt(v)).collect();
-    let more = if values.len() > 6 { ", …" } else { "" };
+    let head: Vec<String> = t.iter_f32().take(6).map(fmt).collect();
+    let more = if t.numel() > 6 { ", …" } else { "" };
     let _ = write!(out, "  [{}{more}]", head.join(", "));
     if nan + inf > 0 {
         let _ = write!(out, "  {nan} NaN, {inf} Inf");
