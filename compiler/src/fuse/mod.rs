@@ -34,6 +34,34 @@ pub fn is_compute(op: &Op) -> bool {
     !(op.is_view() || op.is_leaf())
 }
 
+/// The promotions that are never a kernel of their own: an implicit cast (inserted by the
+/// checker or by `decompose`) of an input or param that no matmul reads and no output is. Each consumer kernel loads the
+/// leaf through the same views and rounds with a `Cast` inst, as PyTorch converts inside
+/// the consuming kernel (an f16 bias added to f32 activations costs no buffer).
+pub fn folded_casts(graph: &Graph, lays: &[Layout]) -> Vec<bool> {
+    let mut folded = vec![false; graph.len()];
+    for id in graph.ids() {
+        if let Op::Cast {
+            arg,
+            implicit: true,
+        } = graph.node(id).op
+        {
+            let leaf = &graph.node(lays[arg.index()].root).op;
+            folded[id.index()] = matches!(leaf, Op::Input { .. } | Op::Param { .. });
+        }
+    }
+    for id in graph.ids() {
+        if let Op::MatMul(a, b) = graph.node(id).op {
+            folded[lays[a.index()].root.index()] = false;
+            folded[lays[b.index()].root.index()] = false;
+        }
+    }
+    for o in &graph.outputs {
+        folded[lays[o.node.index()].root.index()] = false;
+    }
+    folded
+}
+
 /// Maps strides over a node's shape onto the kernel domain: the identity for an `Element`
 /// node (its shape is the domain); for a `Row` node (shape = the domain with the reduce axes
 /// set to 1 or dropped) stride 0 on every reduce axis.
@@ -271,6 +299,7 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
             }
         }
     }
+    let folded = folded_casts(graph, &lays);
     let mut f = Fuser {
         graph,
         lays,
@@ -294,7 +323,7 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
     for id in graph.ids() {
         let op = &graph.node(id).op;
         let fill = matches!(op, Op::Scalar(_)) && fills.contains(&id);
-        if !is_compute(op) && !fill {
+        if (!is_compute(op) || folded[id.index()]) && !fill {
             continue;
         }
         let g = f.members.len();
@@ -444,7 +473,8 @@ mod tests {
         let p = crate::ir::decompose::decompose(&b.g);
         let unfused = fuse(&p, false);
         assert_eq!(unfused.len(), 2);
-        assert_eq!(unfused[0].nodes.len(), 9);
+        // 8 primitives: the f16 input's upcast is a converting load (`folded_casts`).
+        assert_eq!(unfused[0].nodes.len(), 8);
         let fused = fuse(&p, true);
         assert_eq!(fused.len(), 1);
     }

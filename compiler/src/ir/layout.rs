@@ -141,6 +141,13 @@ pub fn reshape_strides(
 /// its own contiguous root. A `Reshape` that cannot be expressed (the checker prevents
 /// this) is reported as its own root.
 pub fn layouts(graph: &Graph) -> Vec<Layout> {
+    layouts_through(graph, &[])
+}
+
+/// `layouts`, but a node marked in `through` (an elementwise node such as a folded
+/// promotion, whose shape is its operand's) takes its operand's layout, like a view: the
+/// views above it then index the operand's storage directly.
+pub fn layouts_through(graph: &Graph, through: &[bool]) -> Vec<Layout> {
     let mut out: Vec<Layout> = Vec::with_capacity(graph.len());
     for id in graph.ids() {
         let node = graph.node(id);
@@ -150,6 +157,9 @@ pub fn layouts(graph: &Graph) -> Vec<Layout> {
                 let in_sizes = graph.ty(*arg).sizes();
                 apply_view(view, &out[arg.index()], &in_sizes, &sizes)
                     .unwrap_or_else(|| Layout::contiguous(id, &sizes))
+            }
+            Op::Cast { arg, .. } if through.get(id.index()).copied().unwrap_or(false) => {
+                out[arg.index()].clone()
             }
             _ => Layout::contiguous(id, &sizes),
         };

@@ -10,8 +10,8 @@ pub use text::print;
 pub use verify::verify;
 
 use crate::diag::Diagnostic;
-use crate::fuse::{is_compute, strides_agree, to_domain, Group};
-use crate::ir::layout::{layouts, Layout};
+use crate::fuse::{folded_casts, is_compute, strides_agree, to_domain, Group};
+use crate::ir::layout::{layouts, layouts_through, Layout};
 use crate::ir::types::contiguous_strides;
 use crate::ir::{Graph, NodeId, Op, ReduceOp, UnaryOp};
 use crate::schedule::{
@@ -177,6 +177,8 @@ fn plan_in_order(
     budget: u64,
 ) -> Result<Plan, Diagnostic> {
     let lays = layouts(graph);
+    let folded = folded_casts(graph, &lays);
+    let flays = layouts_through(graph, &folded);
     for id in graph.ids() {
         if graph.node(id).op.is_view() && lays[id.index()].root == id {
             return Err(internal(format!(
@@ -213,7 +215,7 @@ fn plan_in_order(
         stored[r.index()] = true;
     }
     for id in graph.ids() {
-        if !live[id.index()] || !is_compute(&graph.node(id).op) {
+        if !live[id.index()] || !is_compute(&graph.node(id).op) || folded[id.index()] {
             continue;
         }
         for o in graph.node(id).op.operands() {
@@ -224,7 +226,11 @@ fn plan_in_order(
         }
     }
     for id in graph.ids() {
-        if is_compute(&graph.node(id).op) && group_of[id.index()].is_none() && live[id.index()] {
+        if is_compute(&graph.node(id).op)
+            && !folded[id.index()]
+            && group_of[id.index()].is_none()
+            && live[id.index()]
+        {
             return Err(internal(format!(
                 "the node {id} ({}) is in no kernel",
                 graph.node(id).op.name()
@@ -235,6 +241,8 @@ fn plan_in_order(
     let mut b = Builder {
         graph,
         lays: &lays,
+        folded: &folded,
+        flays: &flays,
         buffers: Vec::new(),
         buf_of: HashMap::new(),
     };
@@ -489,6 +497,10 @@ fn assign_offsets(buffers: &mut [Buffer], options: &PlanOptions, budget: u64) ->
 struct Builder<'a> {
     graph: &'a Graph,
     lays: &'a [Layout],
+    /// Promotions read through converting loads (`fuse::folded_casts`), and the layouts
+    /// that see through them.
+    folded: &'a [bool],
+    flays: &'a [Layout],
     buffers: Vec<Buffer>,
     buf_of: HashMap<NodeId, BufferId>,
 }
@@ -616,6 +628,7 @@ impl Builder<'_> {
         let mut inst_of: HashMap<NodeId, InstId> = HashMap::new();
         let mut loads: HashMap<(BufferId, i64, Vec<i64>), InstId> = HashMap::new();
         let mut consts: HashMap<(u64, crate::ir::DType), InstId> = HashMap::new();
+        let mut casts: HashMap<(InstId, crate::ir::DType), InstId> = HashMap::new();
         let row_level = if k.reduce_axes.is_empty() {
             Level::Element
         } else {
@@ -651,6 +664,13 @@ impl Builder<'_> {
                     });
                     return Ok(id);
                 }
+                // A folded promotion: load its input or param through the same views,
+                // then round to the promoted dtype.
+                let (lay, cast_to) = if self.folded[lay.root.index()] {
+                    (&self.flays[o.index()], Some(self.graph.dtype(lay.root)))
+                } else {
+                    (lay, None)
+                };
                 let buffer = *self
                     .buf_of
                     .get(&lay.root)
@@ -668,28 +688,45 @@ impl Builder<'_> {
                     )));
                 }
                 let key = (buffer, lay.offset, strides.clone());
-                if let Some(&i) = loads.get(&key) {
-                    return Ok(i);
+                let loaded = match loads.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        let is_row = !k.reduce_axes.is_empty()
+                            && k.reduce_axes
+                                .iter()
+                                .all(|&a| strides[a] == 0 || k.domain[a] == 1);
+                        let bdt = self.buffers[buffer.index()].dtype;
+                        k.loads.push(Load {
+                            buffer,
+                            dtype: bdt,
+                            offset: lay.offset,
+                            strides,
+                        });
+                        k.body.push(Inst {
+                            op: InstOp::Load(k.loads.len() - 1),
+                            dtype: bdt,
+                            level: if is_row { row_level } else { Level::Element },
+                            node: None,
+                        });
+                        loads.insert(key, k.body.len() - 1);
+                        k.body.len() - 1
+                    }
+                };
+                match cast_to {
+                    Some(dt) if dt != k.body[loaded].dtype => {
+                        let level = k.body[loaded].level;
+                        Ok(*casts.entry((loaded, dt)).or_insert_with(|| {
+                            k.body.push(Inst {
+                                op: InstOp::Cast(loaded),
+                                dtype: dt,
+                                level,
+                                node: None,
+                            });
+                            k.body.len() - 1
+                        }))
+                    }
+                    _ => Ok(loaded),
                 }
-                let is_row = !k.reduce_axes.is_empty()
-                    && k.reduce_axes
-                        .iter()
-                        .all(|&a| strides[a] == 0 || k.domain[a] == 1);
-                let bdt = self.buffers[buffer.index()].dtype;
-                k.loads.push(Load {
-                    buffer,
-                    dtype: bdt,
-                    offset: lay.offset,
-                    strides,
-                });
-                k.body.push(Inst {
-                    op: InstOp::Load(k.loads.len() - 1),
-                    dtype: bdt,
-                    level: if is_row { row_level } else { Level::Element },
-                    node: None,
-                });
-                loads.insert(key, k.body.len() - 1);
-                Ok(k.body.len() - 1)
             };
             let op = match &node.op {
                 Op::Unary(u, a) => InstOp::Unary(*u, value(*a, &mut k)?),

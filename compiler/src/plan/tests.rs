@@ -282,11 +282,43 @@ fn implicit_promotion_joins_its_consumer_when_unfused() {
     b.output("e", e);
     let plan = planned(&b, &opts(false, true));
     assert_eq!(plan.kernels.len(), 2);
-    assert_eq!(plan.kernels[0].ops, ["cast", "add"]);
+    // The promotion of an input is a converting load inside the add's kernel.
+    assert_eq!(plan.kernels[0].ops, ["add"]);
     assert_eq!(plan.kernels[0].lines, [3]);
     assert_eq!(plan.kernels[1].lines, [4]);
     let report = memory_report(&b.g, &decompose(&b.g), &plan);
     // The promotion is free in the eager model: add and exp results only.
     assert_eq!(report.peaks.naive.without_inputs, 128);
     assert_eq!(report.peaks.planned.without_inputs, 64);
+}
+
+#[test]
+fn promoted_broadcast_param_costs_no_kernel_and_no_buffer() {
+    // f32 activations plus an f16 bias: PyTorch converts inside the add; so does tc.
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[4, 8]);
+    let bias = b.param("bias", DType::F16, &[8]);
+    let bc = b.cast(bias, DType::F32, true);
+    let s = b.bin(B::Add, x, bc);
+    b.output("s", s);
+    for fuse in [true, false] {
+        let plan = planned(&b, &opts(fuse, true));
+        assert_eq!(plan.kernels.len(), 1, "fuse={fuse}");
+        assert_eq!(
+            plan.buffers
+                .iter()
+                .filter(|b| b.kind == BufferKind::Arena)
+                .count(),
+            1
+        );
+        let crate::schedule::KernelKind::Fused(k) = &plan.kernels[0].kind else {
+            panic!("a fused kernel")
+        };
+        let bias_load = k
+            .loads
+            .iter()
+            .find(|l| l.dtype == DType::F16)
+            .expect("the f16 bias is loaded");
+        assert_eq!(bias_load.strides, vec![0, 1], "read through the broadcast");
+    }
 }
