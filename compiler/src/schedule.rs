@@ -11,14 +11,17 @@
 //!   the *row index*. With no reduce axes each element is its own row.
 //! - `body` is in topological order. An `Element` inst has a value per domain element; a
 //!   `Row` inst one value per row (constant along the reduce axes). `Reduce` turns an
-//!   `Element` operand into a `Row` value by folding it over the row's reduce axes.
+//!   `Element` operand into a `Row` value by folding it over the row's reduce axes (a fold
+//!   of a row-constant value is closed-form and the planner emits it as such).
 //!   A `Row` inst never depends on an `Element` inst except through a `Reduce`.
 //! - A `Load` reads `buffer[offset + Σ idx[d]·strides[d]]` (elements of the buffer's dtype)
 //!   for domain index `idx`; a `Row` load has stride 0 on every reduce axis.
 //! - A `Store` of an `Element` inst writes the buffer contiguously in `domain` order; of a
 //!   `Row` inst, contiguously in row order (the non-reduced axes, in order).
 //! - Arithmetic is done in f32 whatever the dtypes; `Cast` rounds to its dtype (ties to even)
-//!   and back, so a fused program rounds exactly where the unfused one stores.
+//!   and back. The planner follows every f16/bf16 arithmetic result with a `Cast`, so a
+//!   fused program rounds exactly where the unfused one stores (an executor that rounds
+//!   every inst to its dtype computes the same values).
 //! - A store may target a buffer the kernel also loads (in-place) only when every load of
 //!   it reads the same element the store writes, at the same domain index (the planner
 //!   guarantees it); a row kernel writes a row only after all its reductions are done.

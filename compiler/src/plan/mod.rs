@@ -13,7 +13,7 @@ use crate::diag::Diagnostic;
 use crate::fuse::{folded_casts, is_compute, strides_agree, to_domain, Group};
 use crate::ir::layout::{layouts, layouts_through, Layout};
 use crate::ir::types::contiguous_strides;
-use crate::ir::{Graph, NodeId, Op, ReduceOp, UnaryOp};
+use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp, UnaryOp};
 use crate::schedule::{
     Buffer, BufferId, BufferKind, FusedKernel, Inst, InstId, InstOp, Kernel, KernelKind, Level,
     Load, MatMulKernel, MatOperand, Plan, PlanOptions, PlanOutput, Store,
@@ -735,7 +735,27 @@ impl Builder<'_> {
                     InstOp::Binary(*bop, a, value(*c, &mut k)?)
                 }
                 Op::Cast { arg, .. } => InstOp::Cast(value(*arg, &mut k)?),
-                Op::Reduce { op, arg, .. } => InstOp::Reduce(*op, value(*arg, &mut k)?),
+                Op::Reduce { op, arg, .. } => {
+                    let a = value(*arg, &mut k)?;
+                    if k.body[a].level == Level::Element || k.reduce_axes.is_empty() {
+                        InstOp::Reduce(*op, a)
+                    } else {
+                        // A row-constant operand (a broadcast read): the fold is closed-form,
+                        // so every executor computes the same exact figure.
+                        match op {
+                            ReduceOp::Sum => {
+                                k.body.push(Inst {
+                                    op: InstOp::Const(k.row_len() as f64),
+                                    dtype: crate::ir::DType::F32,
+                                    level: row_level,
+                                    node: None,
+                                });
+                                InstOp::Binary(BinaryOp::Mul, a, k.body.len() - 1)
+                            }
+                            ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min => InstOp::Cast(a),
+                        }
+                    }
+                }
                 Op::Scalar(v) => InstOp::Const(*v),
                 // A copy rounds to its own dtype: the identity on a loaded value.
                 Op::Copy(a) => InstOp::Cast(value(*a, &mut k)?),

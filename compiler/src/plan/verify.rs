@@ -7,9 +7,11 @@
 //! 4. inputs and params are never written; every arena buffer is written once, at its first
 //!    step, and read only in `first_step + 1 ..= last_step`; outputs live to the last step;
 //! 5. an in-place write hits a buffer no later kernel and no output still reads, and reads
-//!    it only at exactly the element it writes.
+//!    it only at exactly the element it writes;
+//! 6. in every fused kernel, insts refer only to earlier insts and existing loads, and a
+//!    `Reduce` folds an `Element` operand into a `Row` value.
 
-use crate::schedule::{BufferId, BufferKind, KernelKind, Level, Plan};
+use crate::schedule::{BufferId, BufferKind, InstOp, KernelKind, Level, Plan};
 
 /// Lowest and highest element offset of `offset + Σ i·strides` over `0 ≤ i < sizes`.
 fn span(offset: i64, strides: &[i64], sizes: &[u64]) -> (i128, i128) {
@@ -41,6 +43,39 @@ fn contiguous(sizes: &[u64]) -> Vec<i64> {
 }
 
 pub fn verify(plan: &Plan) -> Result<(), String> {
+    // 6.
+    for kernel in &plan.kernels {
+        let KernelKind::Fused(k) = &kernel.kind else {
+            continue;
+        };
+        for (i, inst) in k.body.iter().enumerate() {
+            let operands: Vec<usize> = match inst.op {
+                InstOp::Load(l) if l >= k.loads.len() => {
+                    return Err(format!(
+                        "{}: inst {i} loads l{l}, which does not exist",
+                        kernel.name
+                    ))
+                }
+                InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
+                InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
+                InstOp::Binary(_, a, b) => vec![a, b],
+            };
+            if let Some(a) = operands.iter().find(|&&a| a >= i) {
+                return Err(format!(
+                    "{}: inst {i} reads inst {a}, which is not earlier",
+                    kernel.name
+                ));
+            }
+            if let InstOp::Reduce(_, a) = inst.op {
+                if k.body[a].level != Level::Element || inst.level != Level::Row {
+                    return Err(format!(
+                        "{}: inst {i} reduces a {:?} operand into a {:?} value",
+                        kernel.name, k.body[a].level, inst.level
+                    ));
+                }
+            }
+        }
+    }
     let nb = plan.buffers.len();
     let in_arena = |id: usize| {
         matches!(
