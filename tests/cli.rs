@@ -5,7 +5,7 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use cli::{read_npy_f32, repo_root, tc_in, write, write_npy_f32};
+use cli::{f32_bytes, read_npy_f32, repo_root, safetensors, tc_in, write, write_npy_f32};
 use std::path::Path;
 
 /// Small dims for every example so a debug-build CPU run stays fast.
@@ -112,29 +112,13 @@ fn readme_first_command_works() {
 
 const AFFINE: &str = "dim N = 4\ninput x : f32[N]\nparam w : f32[N]\nparam b : f32[]\ny = x * w + b\nh = f16(y)\nbh = bf16(y)\noutput y, h, bh\n";
 
-/// A safetensors file of f32 tensors, built by hand.
+/// A safetensors file of f32 tensors.
 fn safetensors_f32(dir: &Path, name: &str, tensors: &[(&str, &[usize], &[f32])]) -> String {
-    let mut header = String::from("{");
-    let mut data = Vec::new();
-    for (i, (tname, shape, values)) in tensors.iter().enumerate() {
-        if i > 0 {
-            header.push(',');
-        }
-        let shape: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        header.push_str(&format!(
-            "\"{tname}\":{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-            shape.join(","),
-            data.len(),
-            data.len() + bytes.len()
-        ));
-        data.extend_from_slice(&bytes);
-    }
-    header.push('}');
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(&data);
-    write(dir, name, bytes)
+    let tensors: Vec<(&str, &str, &[usize], Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, shape, v)| (*n, "F32", *shape, f32_bytes(v)))
+        .collect();
+    safetensors(dir, name, &tensors)
 }
 
 #[test]

@@ -8,8 +8,10 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/invariants.rs"]
+mod invariants;
 
-use cli::{npy_bytes, tc_in, write, write_npy_f32};
+use cli::{f32_bytes, npy_bytes, safetensors, tc_in, write, write_npy_f32};
 use std::path::Path;
 
 /// A small valid program most data cases use.
@@ -227,37 +229,6 @@ fn safetensors_corrupt() {
     )
     .expect_code(1)
     .expect_mentions(&["w.safetensors"]);
-}
-
-/// A safetensors file built by hand: header JSON then raw little-endian data.
-fn safetensors(dir: &Path, name: &str, tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> String {
-    let mut header = String::from("{");
-    let mut data = Vec::new();
-    for (i, (tname, dtype, shape, bytes)) in tensors.iter().enumerate() {
-        if i > 0 {
-            header.push(',');
-        }
-        let shape: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
-        header.push_str(&format!(
-            "\"{tname}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-            shape.join(","),
-            data.len(),
-            data.len() + bytes.len()
-        ));
-        data.extend_from_slice(bytes);
-    }
-    header.push('}');
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(&data);
-    write(dir, name, bytes)
-}
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 #[test]
@@ -544,8 +515,8 @@ mod mutation {
     //! duplicated, dropped; numbers changed), through the whole compiler. Each must give a
     //! plan that passes the independent verifier, or diagnostics inside the source.
 
+    use super::invariants::check_one;
     use proptest::prelude::*;
-    use tc_compiler::{compile, CompileOptions};
 
     fn corpus() -> Vec<String> {
         let root = super::cli::repo_root();
@@ -697,63 +668,6 @@ mod mutation {
             }
         }
         bytes
-    }
-
-    /// Small dims so that a mutated program that does plan stays cheap to plan.
-    fn check_one(bytes: &[u8]) {
-        let Ok(source) = std::str::from_utf8(bytes) else {
-            return;
-        };
-        for (fuse, reuse) in [(true, true), (false, false)] {
-            let mut options = CompileOptions::default();
-            options.plan.fuse = fuse;
-            options.plan.reuse = reuse;
-            match compile(source, &options) {
-                Ok(program) => {
-                    if let Err(e) = tc_compiler::plan::verify::verify(&program.plan) {
-                        panic!("plan verifier: {e}\n--- source\n{source}");
-                    }
-                    let p = &program.memory.peaks;
-                    assert!(
-                        p.lower_bound.without_inputs <= p.planned.without_inputs,
-                        "{source}"
-                    );
-                    // With reuse off every buffer has its own region: only `planned <= naive` holds.
-                    if reuse {
-                        assert!(
-                            p.planned.without_inputs <= p.eager.without_inputs,
-                            "{source}"
-                        );
-                    }
-                    assert!(
-                        p.planned.without_inputs <= p.naive.without_inputs,
-                        "{source}"
-                    );
-                    assert!(p.eager.without_inputs <= p.naive.without_inputs, "{source}");
-                    let cuda = tc_compiler::codegen::emit_program(&program.plan);
-                    assert!(program.plan.kernels.is_empty() || !cuda.is_empty());
-                }
-                Err(diags) => {
-                    assert!(
-                        !diags.is_empty(),
-                        "an error without a diagnostic:\n{source}"
-                    );
-                    for d in &diags {
-                        for l in &d.labels {
-                            assert!(
-                                l.span.start <= l.span.end && l.span.end <= source.len(),
-                                "{d:?}\n{source}"
-                            );
-                            assert!(
-                                source.is_char_boundary(l.span.start)
-                                    && source.is_char_boundary(l.span.end),
-                                "{d:?}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Every input the fuzzer ever crashed on, kept in `tests/in/regress/`.

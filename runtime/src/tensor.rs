@@ -57,3 +57,31 @@ impl HostTensor {
         self.iter_f32().collect()
     }
 }
+
+/// Element offsets `offset + Σ idx[d]·strides[d]` of a strided view of `shape`, in row-major
+/// order of `idx`: how an executor gathers a view (an output that is a transpose, say) into
+/// a contiguous tensor.
+pub fn strided_offsets<'a>(
+    offset: i64,
+    strides: &'a [i64],
+    shape: &'a [u64],
+) -> impl Iterator<Item = i64> + 'a {
+    let numel: u64 = shape.iter().product();
+    let mut idx = vec![0u64; shape.len()];
+    (0..numel).map(move |_| {
+        let at = offset
+            + idx
+                .iter()
+                .zip(strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum::<i64>();
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+        at
+    })
+}

@@ -174,3 +174,34 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (shape, values)
 }
+
+/// A safetensors file built by hand: header JSON then raw little-endian data.
+pub fn safetensors(dir: &Path, name: &str, tensors: &[(&str, &str, &[usize], Vec<u8>)]) -> String {
+    let mut header = String::from("{");
+    let mut data = Vec::new();
+    for (i, (tname, dtype, shape, bytes)) in tensors.iter().enumerate() {
+        if i > 0 {
+            header.push(',');
+        }
+        let shape: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
+        header.push_str(&format!(
+            "\"{tname}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+            shape.join(","),
+            data.len(),
+            data.len() + bytes.len()
+        ));
+        data.extend_from_slice(bytes);
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&data);
+    write(dir, name, bytes)
+}
+
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}

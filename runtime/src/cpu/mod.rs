@@ -299,25 +299,10 @@ pub fn run(
             arena.release_except(&keep);
             continue;
         }
-        let mut vals = Vec::with_capacity(numel);
-        let mut idx = vec![0usize; shape.len()];
-        for _ in 0..numel {
-            let off = o.offset
-                + idx
-                    .iter()
-                    .zip(&o.strides)
-                    .map(|(&i, &s)| i as i64 * s)
-                    .sum::<i64>();
+        let vals: Vec<f32> = crate::tensor::strided_offsets(o.offset, &o.strides, &o.shape)
             // SAFETY: every index of the shape is in bounds (checked above).
-            vals.push(unsafe { mem.read(off) });
-            for d in (0..shape.len()).rev() {
-                idx[d] += 1;
-                if idx[d] < shape[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
-        }
+            .map(|off| unsafe { mem.read(off) })
+            .collect();
         // Exact: the values were widened from this very dtype.
         outs.push(HostTensor::from_f32(o.dtype, o.shape.clone(), &vals));
         arena.release_except(&keep);

@@ -654,15 +654,7 @@ pub fn gather(out: &PlanOutput, raw: &[u8]) -> Result<HostTensor, CudaError> {
     let size = out.dtype.size() as usize;
     let numel: u64 = out.shape.iter().product();
     let mut bytes = Vec::with_capacity(numel as usize * size);
-    let rank = out.shape.len();
-    let mut idx = vec![0u64; rank];
-    for _ in 0..numel {
-        let e = out.offset
-            + idx
-                .iter()
-                .zip(&out.strides)
-                .map(|(&i, &s)| i as i64 * s)
-                .sum::<i64>();
+    for e in crate::tensor::strided_offsets(out.offset, &out.strides, &out.shape) {
         let at = usize::try_from(e)
             .ok()
             .map(|e| e * size)
@@ -674,13 +666,6 @@ pub fn gather(out: &PlanOutput, raw: &[u8]) -> Result<HostTensor, CudaError> {
                 ))
             })?;
         bytes.extend_from_slice(&raw[at..at + size]);
-        for d in (0..rank).rev() {
-            idx[d] += 1;
-            if idx[d] < out.shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
     }
     Ok(HostTensor {
         dtype: out.dtype,
