@@ -98,7 +98,7 @@ memory_of() {
 # programs, measured == planned; the NVRTC compile tests too.
 if want tests; then
   if [ -x "$BIN/tests/cuda" ]; then
-    if "$BIN/tests/cuda" --test-threads 1 --nocapture gpu_ nvrtc cuda_entry_points cublas_calls >"$OUT/tests.log" 2>&1; then
+    if "$BIN/tests/cuda" --include-ignored --test-threads 1 --nocapture gpu_ nvrtc cuda_entry_points cublas_calls >"$OUT/tests.log" 2>&1; then
       note "- GPU tests: PASS ($(grep -c '^test .* ok$' "$OUT/tests.log") tests)"
     else
       note "- GPU tests: FAIL (see tests.log)"; status=1

@@ -199,6 +199,68 @@ fn execute(
     }
 }
 
+/// Refuses, before any data is made or anything launched, a program whose memory cannot
+/// fit: on CUDA the arena plus inputs and params against the device's free memory; on the
+/// host the inputs, params and outputs (and on the CPU the arena) against the memory the
+/// kernel says is available. Exit 3, naming the bytes needed and free.
+fn preflight(program: &Program, device: Device) -> Result<(), CliError> {
+    use tc_compiler::report::text::human;
+    let peaks = &program.memory.peaks;
+    let leaves = peaks
+        .planned
+        .with_inputs
+        .saturating_sub(peaks.planned.without_inputs);
+    let outputs: u64 = program
+        .plan
+        .outputs
+        .iter()
+        .map(|o| {
+            o.shape
+                .iter()
+                .product::<u64>()
+                .saturating_mul(o.dtype.size())
+        })
+        .fold(0u64, u64::saturating_add);
+    let refuse = |what: &str, needed: u64, free: u64| {
+        CliError::Device(format!(
+            "the program needs {} ({needed} bytes) of {what} memory but only {} ({free} bytes) \
+             is free; nothing was run\n  = help: try smaller dims (--dim NAME=INT)",
+            human(needed),
+            human(free)
+        ))
+    };
+    if device == Device::Cuda {
+        if let Ok(info) = cuda::available() {
+            let needed = peaks.planned.with_inputs;
+            if needed > info.free_bytes {
+                return Err(refuse(
+                    &format!("device ({})", info.name),
+                    needed,
+                    info.free_bytes,
+                ));
+            }
+        }
+    }
+    let host_needed = match device {
+        Device::Cpu => peaks.planned.with_inputs.saturating_add(outputs),
+        Device::Cuda => leaves.saturating_add(outputs),
+    };
+    if let Some(free) = host_available_bytes() {
+        if host_needed > free {
+            return Err(refuse("host", host_needed, free));
+        }
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from `/proc/meminfo`, where there is one.
+fn host_available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 fn run(args: &RunArgs) -> Result<(), CliError> {
     let source = read_source(&args.file)?;
     let device = select_device(args.exec.device, false)?;
@@ -206,6 +268,7 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     if let Some(save) = &args.save {
         check_save_target(save)?;
     }
+    preflight(&program, device)?;
     let (inputs, params) = bind_data(&program, &args.exec)?;
     let executed = execute(&program, device, &args.exec, &inputs, &params)?;
 
@@ -328,6 +391,7 @@ fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let naive_opts = compile_options(&naive_args, device);
     let planned = compile(&source, &planned_opts)?;
     let naive = compile(&source, &naive_opts)?;
+    preflight(&naive, device)?;
     let (inputs, params) = bind_data(&planned, &args.exec)?;
 
     println!(
