@@ -160,6 +160,9 @@ fn bind_data(
 struct Executed {
     outputs: Vec<HostTensor>,
     measured: Option<tc_compiler::report::Peak>,
+    /// On CUDA: how far the driver's free-memory figure fell across tc's allocations (the
+    /// cross-check of `measured`; the driver rounds each allocation up to its page size).
+    driver_bytes: Option<u64>,
 }
 
 fn execute(
@@ -291,6 +294,20 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     let mut report: MemoryReport = program.memory.clone();
     report.peaks.measured = executed.measured;
     write_reports(&report, args)?;
+    if let (true, Some(m), Some(driver)) =
+        (args.report_memory, executed.measured, executed.driver_bytes)
+    {
+        let verdict = if m.with_inputs == report.peaks.planned.with_inputs {
+            "equals"
+        } else {
+            "DIFFERS FROM"
+        };
+        println!(
+            "measured: tc allocated {} bytes on the device, which {verdict} planned; the driver's free \
+             memory fell by {driver} bytes (each allocation rounded up to the driver's page size)",
+            m.with_inputs
+        );
+    }
     Ok(())
 }
 
