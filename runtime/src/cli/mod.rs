@@ -179,6 +179,7 @@ fn execute(
             Ok(Executed {
                 outputs,
                 measured: None,
+                driver_bytes: None,
             })
         }
         Device::Cuda => {
@@ -197,6 +198,7 @@ fn execute(
             Ok(Executed {
                 outputs: run.outputs,
                 measured: Some(measured),
+                driver_bytes: Some(run.driver_bytes),
             })
         }
     }
