@@ -215,6 +215,25 @@ fn dims_are_weak_scalars_and_names_are_recorded() {
 }
 
 #[test]
+fn line_breaks_inside_brackets_are_ignored() {
+    // SPEC §1: inside ( ) and [ ] line breaks are ignored, whatever the indentation.
+    let g = check_ok(
+        "dim N = 4\ninput x : f32[\nN,\nN]\ny = softmax(x,\naxis=-1)\nz = sum(x,\naxis=[0,\n1],\nkeepdim=true\n)\noutput y, z\n",
+    );
+    assert_eq!(output_type(&g, 0), "f32[N=4, N=4]");
+    assert_eq!(output_type(&g, 1), "f32[1, 1]");
+    // An unclosed bracket still does not swallow the following statements.
+    let c = codes(
+        "dim N = 4\ninput x : f32[N]\ny = exp((x + 1)\nz = q * 2\noutput y\n",
+        &[],
+    );
+    assert!(
+        c.contains(&"syntax") && c.contains(&"unknown-name"),
+        "{c:?}"
+    );
+}
+
+#[test]
 fn errors_in_several_statements_are_all_reported() {
     let c = codes(
         "input x : f32[4]\na = x + * 2\nb = nope + 1\nc = sum(x, axis=5)\nd = (x\noutput x",

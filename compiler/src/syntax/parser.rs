@@ -97,22 +97,23 @@ pub fn parse(source: &str) -> (Program, Vec<Diagnostic>) {
 }
 
 /// Splits the token stream into statements at `;` and at line ends outside brackets. A
-/// line break inside brackets still ends the statement when the next line starts with a
-/// statement keyword (an unclosed bracket must not swallow the rest of the file).
+/// line break inside a bracket that never closes still ends the statement when the next
+/// line starts a statement (see `starts_statement`).
 fn split_statements<'t, 'a>(tokens: &'t [(Tok<'a>, Span)]) -> Vec<&'t [(Tok<'a>, Span)]> {
     let mut out = Vec::new();
-    let mut depth = 0usize;
+    // The brackets open at this point, innermost last (`true` for `(`, `false` for `[`).
+    let mut open: Vec<bool> = Vec::new();
     let mut start = 0;
     for (i, (t, _)) in tokens.iter().enumerate() {
         let ends = match t {
             Token::Semi => true,
-            Token::Newline => depth == 0 || starts_statement(tokens, i),
+            Token::Newline => open.is_empty() || starts_statement(tokens, i, &open),
             Token::LParen | Token::LBracket => {
-                depth += 1;
+                open.push(*t == Token::LParen);
                 false
             }
             Token::RParen | Token::RBracket => {
-                depth = depth.saturating_sub(1);
+                open.pop();
                 false
             }
             _ => false,
@@ -120,7 +121,7 @@ fn split_statements<'t, 'a>(tokens: &'t [(Tok<'a>, Span)]) -> Vec<&'t [(Tok<'a>,
         if ends {
             out.push(without_newlines(&tokens[start..i]));
             start = i + 1;
-            depth = 0;
+            open.clear();
         }
     }
     out.push(without_newlines(&tokens[start..]));
@@ -138,15 +139,50 @@ fn without_newlines<'t, 'a>(tokens: &'t [(Tok<'a>, Span)]) -> Option<&'t [(Tok<'
     }
 }
 
-/// Whether the line after the newline at `i` (inside an unclosed bracket) starts a new
-/// statement: it begins with a statement keyword, or with `NAME =` in the first column
-/// (continuation lines such as `axis=-1)` are indented by convention).
-fn starts_statement(tokens: &[(Tok, Span)], i: usize) -> bool {
+/// Whether the line after the newline at `i` (inside brackets `depth` deep) starts a new
+/// statement. SPEC: line breaks inside brackets are ignored, so this is only ever true for
+/// a bracket that is never closed (a broken program must not swallow the rest of the file):
+/// the next line begins with a statement keyword (which no expression can continue with),
+/// or with `NAME =` in the first column while the brackets do not close before the next
+/// keyword line or the end of the file (`axis=-1)` on its own line is a continuation).
+fn starts_statement(tokens: &[(Tok, Span)], i: usize, open: &[bool]) -> bool {
     match (tokens.get(i + 1), tokens.get(i + 2)) {
         (Some((Token::Dim | Token::Input | Token::Param | Token::Output, _)), _) => true,
-        (Some((Token::Ident(_), s)), Some((Token::Eq, _))) => s.start == tokens[i].1.end,
+        (Some((Token::Ident(_), s)), Some((Token::Eq, _))) if s.start == tokens[i].1.end => {
+            !brackets_close(tokens, i + 1, open)
+        }
         _ => false,
     }
+}
+
+/// Whether the brackets `open` (innermost last; `true` for `(`) all close, each by its own
+/// kind, from token `from` on, before a `;`, a line that starts with a statement keyword, a
+/// mismatched closer, or the end of the file.
+fn brackets_close(tokens: &[(Tok, Span)], from: usize, open: &[bool]) -> bool {
+    let mut open = open.to_vec();
+    for (k, (t, _)) in tokens.iter().enumerate().skip(from) {
+        match t {
+            Token::LParen | Token::LBracket => open.push(*t == Token::LParen),
+            Token::RParen | Token::RBracket => {
+                if open.pop() != Some(*t == Token::RParen) {
+                    return false;
+                }
+                if open.is_empty() {
+                    return true;
+                }
+            }
+            Token::Semi => return false,
+            Token::Newline => {
+                if let Some((Token::Dim | Token::Input | Token::Param | Token::Output, _)) =
+                    tokens.get(k + 1)
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The span of the innermost bracket the statement leaves open, if any.
