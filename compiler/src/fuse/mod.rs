@@ -348,6 +348,39 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
             }
         }
     }
+    // A promotion the merging left alone in a kernel of its own (its consumer could not take
+    // it in: a broadcast, another domain) is dissolved like a leaf's (`folded_casts`): each
+    // consumer loads the stored operand and converts, so a promotion never costs a buffer.
+    let materialised: BTreeSet<NodeId> = graph
+        .ids()
+        .filter_map(|id| match graph.node(id).op {
+            Op::MatMul(a, b) => Some([f.lays[a.index()].root, f.lays[b.index()].root]),
+            _ => None,
+        })
+        .flatten()
+        .chain(graph.outputs.iter().map(|o| f.lays[o.node.index()].root))
+        .collect();
+    for id in graph.ids() {
+        let Op::Cast {
+            arg,
+            implicit: true,
+        } = graph.node(id).op
+        else {
+            continue;
+        };
+        let src = f.lays[arg.index()].root;
+        let Some(g) = f.gid[id.index()] else { continue };
+        if f.members[g] != [id]
+            || materialised.contains(&id)
+            || matches!(graph.node(src).op, Op::Scalar(_))
+        {
+            continue;
+        }
+        let users = std::mem::take(&mut f.consumers[id.index()]);
+        f.consumers[src.index()].extend(users);
+        f.members[g].clear();
+        f.gid[id.index()] = None;
+    }
     order(&f)
 }
 

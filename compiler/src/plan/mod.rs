@@ -10,7 +10,7 @@ pub use text::print;
 pub use verify::verify;
 
 use crate::diag::Diagnostic;
-use crate::fuse::{folded_casts, is_compute, strides_agree, to_domain, Group};
+use crate::fuse::{is_compute, strides_agree, to_domain, Group};
 use crate::ir::layout::{layouts, layouts_through, Layout};
 use crate::ir::types::contiguous_strides;
 use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp, UnaryOp};
@@ -177,8 +177,6 @@ fn plan_in_order(
     budget: u64,
 ) -> Result<Plan, Diagnostic> {
     let lays = layouts(graph);
-    let folded = folded_casts(graph, &lays);
-    let flays = layouts_through(graph, &folded);
     for id in graph.ids() {
         if graph.node(id).op.is_view() && lays[id.index()].root == id {
             return Err(internal(format!(
@@ -192,6 +190,16 @@ fn plan_in_order(
             group_of[n.index()] = Some(g);
         }
     }
+    // Promotions in no kernel (`fuse` folded them): each consumer loads the operand through
+    // the same views and converts; `flays` are the layouts that see through them.
+    let folded: Vec<bool> = graph
+        .ids()
+        .map(|id| {
+            matches!(graph.node(id).op, Op::Cast { implicit: true, .. })
+                && group_of[id.index()].is_none()
+        })
+        .collect();
+    let flays = layouts_through(graph, &folded);
     // Values the outputs need, and everything they depend on.
     let output_roots: BTreeSet<NodeId> = graph
         .outputs
@@ -219,7 +227,7 @@ fn plan_in_order(
             continue;
         }
         for o in graph.node(id).op.operands() {
-            let r = lays[o.index()].root;
+            let r = flays[o.index()].root;
             if group_of[r.index()].is_some() && group_of[r.index()] != group_of[id.index()] {
                 stored[r.index()] = true;
             }
