@@ -10,11 +10,11 @@ pub use json::to_json;
 pub use svg::render_svg;
 pub use text::render_text;
 
-use crate::ir::{DType, Graph, NodeId, Op};
+use crate::ir::{DType, Graph, NodeId, Op, ViewOp};
 use crate::plan::pack::align_up;
 use crate::schedule::{BufferId, BufferKind, Plan, PlanOptions};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 /// One peak figure, counted with and without the program's inputs and params.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -266,6 +266,26 @@ fn kind_name(kind: &BufferKind) -> &'static str {
     }
 }
 
+/// A view's name in the report: its bound name, else what it does to what
+/// (`transpose(k)`, `broadcast(b1)`, `reshape(k1.out)`); `stored` names the buffers of
+/// unnamed values.
+fn view_name(graph: &Graph, id: NodeId, stored: &HashMap<NodeId, String>) -> String {
+    let node = graph.node(id);
+    if let Some(n) = &node.name {
+        return n.clone();
+    }
+    match &node.op {
+        Op::View(ViewOp::Expand { implicit: true }, a) => {
+            format!("broadcast({})", view_name(graph, *a, stored))
+        }
+        Op::View(_, a) => format!("{}({})", node.op.name(), view_name(graph, *a, stored)),
+        _ => stored
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| graph.display_name(id)),
+    }
+}
+
 /// Builds the report of a plan.
 pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryReport {
     let unfused = unfused_model(checked, plan.options.matmul_workspace);
@@ -306,14 +326,21 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             kind: kind_name(&b.kind).to_string(),
         })
         .collect();
-    // Named views: 0 bytes, over their root's storage.
+    // Views, named or written inline (`transpose(k)`, a broadcast of `b1`): 0 bytes, over
+    // their root's storage. Views of constants have no storage and are not listed.
     let lays = crate::ir::layout::layouts(primitive);
     let mut seen: BTreeSet<String> = buffers.iter().map(|b| b.name.clone()).collect();
+    let stored: HashMap<NodeId, String> = plan
+        .buffers
+        .iter()
+        .filter_map(|b| Some((b.node?, b.name.clone())))
+        .collect();
     for id in primitive.ids() {
         let node = primitive.node(id);
-        let (Op::View(..), Some(name)) = (&node.op, &node.name) else {
+        if !node.op.is_view() {
             continue;
-        };
+        }
+        let name = &view_name(primitive, id, &stored);
         let root = lays[id.index()].root;
         let Some(rb) = plan.buffers.iter().find(|b| b.node == Some(root)) else {
             continue;

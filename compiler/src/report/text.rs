@@ -62,15 +62,32 @@ pub fn render_text(report: &MemoryReport) -> String {
         );
     }
     let _ = writeln!(out, "\nbuffers");
+    // The name column fits the longest name (`broadcast(rowscale)`), 14 at the least.
+    let w = report
+        .buffers
+        .iter()
+        .map(|b| b.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(14);
     let _ = writeln!(
         out,
-        "  {:<14} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  note",
+        "  {:<w$} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  note",
         "name", "kind", "dtype", "shape", "bytes", "steps", "offset"
     );
     for b in &report.buffers {
-        let offset = match b.kind.as_str() {
-            "input" | "param" => "-".to_string(),
-            _ => b.offset.to_string(),
+        // Inputs and params (and views of them) live outside the arena.
+        let outside = |kind: &str| kind == "input" || kind == "param";
+        let root_outside = b.view_of.as_ref().is_some_and(|v| {
+            report
+                .buffers
+                .iter()
+                .any(|r| &r.name == v && outside(&r.kind))
+        });
+        let offset = if outside(&b.kind) || root_outside {
+            "-".to_string()
+        } else {
+            b.offset.to_string()
         };
         let note = match (&b.view_of, &b.in_place_of) {
             (Some(v), _) => format!("view of {v}"),
@@ -79,7 +96,7 @@ pub fn render_text(report: &MemoryReport) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<14} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  {}",
+            "  {:<w$} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  {}",
             b.name,
             b.kind,
             b.dtype.name(),
