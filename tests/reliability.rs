@@ -25,7 +25,11 @@ struct Case {
     args: &'static [&'static str],
     code: i32,
     mentions: &'static [&'static str],
+    /// Writes the data files the command names into the case's folder.
+    setup: fn(&Path),
 }
+
+fn no_files(_: &Path) {}
 
 const fn case(
     name: &'static str,
@@ -40,14 +44,42 @@ const fn case(
         args,
         code,
         mentions,
+        setup: no_files,
     }
 }
+
+/// A data case: the small program, data files made by `setup`, a command on the CPU.
+const fn data_case(
+    name: &'static str,
+    setup: fn(&Path),
+    args: &'static [&'static str],
+    mentions: &'static [&'static str],
+) -> Case {
+    Case {
+        name,
+        source: SMALL.as_bytes(),
+        args,
+        code: 1,
+        mentions,
+        setup,
+    }
+}
+
+const WITH_X_NPY: &[&str] = &["run", "prog.tx", "--device", "cpu", "--input", "x=x.npy"];
+const WITH_PARAMS: &[&str] = &[
+    "run",
+    "prog.tx",
+    "--device",
+    "cpu",
+    "--params",
+    "w.safetensors",
+];
 
 /// Source, dims, usage and device cases that need nothing but a program and a command.
 const CATALOGUE: &[Case] = &[
     // --- source: lexing and parsing
-    Case { name: "invalid utf-8", source: b"dim N = 4\ninput x : f32[N]\ny = x \xff\xfe 2\noutput y\n", args: &["check", "prog.tx"], code: 1, mentions: &["utf-8", "line 3"] },
-    Case { name: "random bytes", source: b"\x00\x13\x37\xde\xad\xbe\xef\x7f\x01\x02garbage\x00", args: &["check", "prog.tx"], code: 1, mentions: &["prog.tx"] },
+    Case { name: "invalid utf-8", source: b"dim N = 4\ninput x : f32[N]\ny = x \xff\xfe 2\noutput y\n", args: &["check", "prog.tx"], code: 1, mentions: &["utf-8", "line 3"], setup: no_files },
+    Case { name: "random bytes", source: b"\x00\x13\x37\xde\xad\xbe\xef\x7f\x01\x02garbage\x00", args: &["check", "prog.tx"], code: 1, mentions: &["prog.tx"], setup: no_files },
     case("empty file", "", &["check", "prog.tx"], 1, &["output"]),
     case("only comments", "# nothing here\n# at all\n", &["check", "prog.tx"], 1, &["output"]),
     case("stray character", "dim N = 4\ninput x : f32[N]\ny = x $ 2\noutput y\n", &["check", "prog.tx"], 1, &["$"]),
@@ -94,10 +126,68 @@ const CATALOGUE: &[Case] = &[
     case("--input of an unknown name", SMALL, &["run", "prog.tx", "--device", "cpu", "--input", "nope=x.npy"], 1, &["nope"]),
     case("--input file missing", SMALL, &["run", "prog.tx", "--device", "cpu", "--input", "x=missing.npy"], 1, &["missing.npy"]),
     case("--params file missing", SMALL, &["run", "prog.tx", "--device", "cpu", "--params", "missing.safetensors"], 1, &["missing.safetensors"]),
+    // --- data files: each names the tensor and the file, expected against found
+    data_case("npy of the wrong shape", npy_wrong_shape, WITH_X_NPY, &["`x`", "[5]", "[4]"]),
+    data_case("npy of the wrong dtype", npy_f64, WITH_X_NPY, &["`x`", "f32"]),
+    data_case("npy truncated", npy_truncated, WITH_X_NPY, &["x.npy"]),
+    data_case("not an npy at all", npy_text, WITH_X_NPY, &["x.npy"]),
+    data_case("safetensors corrupt", st_corrupt, WITH_PARAMS, &["w.safetensors"]),
+    data_case("safetensors lacking a param", st_lacks_w, WITH_PARAMS, &["`w`", "w.safetensors"]),
+    data_case("safetensors holding an unknown name", st_stray, WITH_PARAMS, &["stray"]),
+    data_case("safetensors tensor of the wrong shape", st_wrong_shape, WITH_PARAMS, &["`w`", "[3]"]),
     // --- output
     case("--save into a missing folder", SMALL, &["run", "prog.tx", "--device", "cpu", "--save", "no/such/dir"], 1, &["no/such/dir"]),
     case("--memory-json into a missing folder", SMALL, &["run", "prog.tx", "--device", "cpu", "--memory-json", "no/such/r.json"], 1, &["no/such"]),
 ];
+
+fn npy_wrong_shape(dir: &Path) {
+    write_npy_f32(dir, "x.npy", &[5], &[1.0; 5]);
+}
+
+fn npy_f64(dir: &Path) {
+    npy_bytes(dir, "x.npy", "<f8", "(4,)", &[0u8; 32]);
+}
+
+fn npy_truncated(dir: &Path) {
+    npy_bytes(dir, "x.npy", "<f4", "(4,)", &[0u8; 7]);
+}
+
+fn npy_text(dir: &Path) {
+    write(dir, "x.npy", "this is a text file, not numpy\n");
+}
+
+fn st_corrupt(dir: &Path) {
+    write(
+        dir,
+        "w.safetensors",
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json",
+    );
+}
+
+fn st_lacks_w(dir: &Path) {
+    safetensors(
+        dir,
+        "w.safetensors",
+        &[("x", "F32", &[4], f32_bytes(&[1.0; 4]))],
+    );
+}
+
+fn st_stray(dir: &Path) {
+    let four = || f32_bytes(&[1.0; 4]);
+    safetensors(
+        dir,
+        "w.safetensors",
+        &[("w", "F32", &[4], four()), ("stray", "F32", &[4], four())],
+    );
+}
+
+fn st_wrong_shape(dir: &Path) {
+    safetensors(
+        dir,
+        "w.safetensors",
+        &[("w", "F32", &[3], f32_bytes(&[1.0; 3]))],
+    );
+}
 
 #[test]
 fn catalogue() {
@@ -105,6 +195,7 @@ fn catalogue() {
     for case in CATALOGUE {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "prog.tx", case.source);
+        (case.setup)(dir.path());
         let result = std::panic::catch_unwind(|| {
             let run = tc_in(dir.path(), case.args);
             run.expect_code(case.code).expect_mentions(case.mentions);
@@ -134,157 +225,6 @@ fn catalogue() {
 
 fn small_program(dir: &Path) -> String {
     write(dir, "prog.tx", SMALL)
-}
-
-#[test]
-fn npy_wrong_shape_names_input_and_shapes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prog = small_program(dir.path());
-    let npy = write_npy_f32(dir.path(), "x.npy", &[5], &[1.0; 5]);
-    tc_in(
-        dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--input",
-            &format!("x={npy}"),
-        ],
-    )
-    .expect_code(1)
-    .expect_mentions(&["x", "5", "4"]);
-}
-
-#[test]
-fn npy_wrong_dtype_names_input() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prog = small_program(dir.path());
-    let npy = npy_bytes(dir.path(), "x.npy", "<f8", "(4,)", &[0u8; 32]);
-    tc_in(
-        dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--input",
-            &format!("x={npy}"),
-        ],
-    )
-    .expect_code(1)
-    .expect_mentions(&["x", "f32"]);
-}
-
-#[test]
-fn npy_truncated() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prog = small_program(dir.path());
-    let npy = npy_bytes(dir.path(), "x.npy", "<f4", "(4,)", &[0u8; 7]);
-    tc_in(
-        dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--input",
-            &format!("x={npy}"),
-        ],
-    )
-    .expect_code(1)
-    .expect_mentions(&["x.npy"]);
-}
-
-#[test]
-fn npy_not_an_npy() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prog = small_program(dir.path());
-    let npy = write(dir.path(), "x.npy", "this is a text file, not numpy\n");
-    tc_in(
-        dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--input",
-            &format!("x={npy}"),
-        ],
-    )
-    .expect_code(1)
-    .expect_mentions(&["x.npy"]);
-}
-
-#[test]
-fn safetensors_corrupt() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prog = small_program(dir.path());
-    let st = write(
-        dir.path(),
-        "w.safetensors",
-        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json",
-    );
-    tc_in(
-        dir.path(),
-        &["run", &prog, "--device", "cpu", "--params", &st],
-    )
-    .expect_code(1)
-    .expect_mentions(&["w.safetensors"]);
-}
-
-#[test]
-fn safetensors_missing_a_param_names_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prog = small_program(dir.path());
-    let st = safetensors(
-        dir.path(),
-        "w.safetensors",
-        &[("x", "F32", &[4], f32_bytes(&[1.0; 4]))],
-    );
-    tc_in(
-        dir.path(),
-        &["run", &prog, "--device", "cpu", "--params", &st],
-    )
-    .expect_code(1)
-    .expect_mentions(&["`w`"]);
-}
-
-#[test]
-fn safetensors_unknown_name_names_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prog = small_program(dir.path());
-    let st = safetensors(
-        dir.path(),
-        "w.safetensors",
-        &[
-            ("w", "F32", &[4], f32_bytes(&[1.0; 4])),
-            ("stray", "F32", &[4], f32_bytes(&[1.0; 4])),
-        ],
-    );
-    tc_in(
-        dir.path(),
-        &["run", &prog, "--device", "cpu", "--params", &st],
-    )
-    .expect_code(1)
-    .expect_mentions(&["stray"]);
-}
-
-#[test]
-fn safetensors_wrong_shape_names_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prog = small_program(dir.path());
-    let st = safetensors(
-        dir.path(),
-        "w.safetensors",
-        &[("w", "F32", &[3], f32_bytes(&[1.0; 3]))],
-    );
-    tc_in(
-        dir.path(),
-        &["run", &prog, "--device", "cpu", "--params", &st],
-    )
-    .expect_code(1)
-    .expect_mentions(&["`w`", "3"]);
 }
 
 #[test]
