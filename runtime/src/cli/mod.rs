@@ -13,7 +13,7 @@ use args::{BenchArgs, Cli, Command, CompileArgs, DeviceChoice, EmitArgs, ExecArg
 use clap::Parser;
 pub use error::CliError;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 use tc_compiler::report::MemoryReport;
@@ -271,7 +271,8 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     let device = select_device(args.exec.device, false)?;
     let program = compile(&source, &compile_options(&args.compile, device))?;
     if let Some(save) = &args.save {
-        check_save_target(save)?;
+        data::check_save_path(save)
+            .map_err(|e| CliError::Program(format!("error: --save {}: {e}", save.display())))?;
     }
     preflight(&program, device)?;
     let (inputs, params) = bind_data(&program, &args.exec)?;
@@ -311,34 +312,6 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
         );
     }
     Ok(())
-}
-
-/// Fails fast, before any work, when `--save` could not be honoured: a `.safetensors` path
-/// needs an existing folder, any other path must be an existing folder.
-fn check_save_target(save: &Path) -> Result<(), CliError> {
-    let folder = if save.extension().is_some_and(|e| e == "safetensors") {
-        match save.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    } else {
-        save.to_path_buf()
-    };
-    if folder.is_dir() {
-        Ok(())
-    } else if folder.exists() {
-        Err(CliError::Program(format!(
-            "error: --save {}: `{}` is not a folder",
-            save.display(),
-            folder.display()
-        )))
-    } else {
-        Err(CliError::Program(format!(
-            "error: --save {}: the folder `{}` does not exist",
-            save.display(),
-            folder.display()
-        )))
-    }
 }
 
 fn device_name(device: Device) -> &'static str {

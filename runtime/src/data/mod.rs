@@ -53,6 +53,8 @@ pub enum DataError {
     Duplicate { name: String },
     #[error("param `{name}` is not in {path} (with --params, every param must come from the file or from --input; nothing is silently made up)")]
     MissingParam { name: String, path: PathBuf },
+    #[error("`{0}` is not a folder")]
+    NotAFolder(PathBuf),
     #[error("the folder {0} does not exist")]
     MissingFolder(PathBuf),
     #[error("cannot save to {0}: give an existing folder or a path ending in .safetensors")]
@@ -205,6 +207,35 @@ fn write_atomically(
     Ok(())
 }
 
+fn is_safetensors(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// Whether `--save PATH` can be honoured: a `.safetensors` path needs an existing folder to
+/// hold it, any other path must be an existing folder. The command line asks before the
+/// program runs, so a long run never ends in a save that cannot happen.
+pub fn check_save_path(path: &Path) -> Result<(), DataError> {
+    if is_safetensors(path) {
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if folder.is_dir() {
+            Ok(())
+        } else if folder.exists() {
+            Err(DataError::NotAFolder(folder.to_path_buf()))
+        } else {
+            Err(DataError::MissingFolder(folder.to_path_buf()))
+        }
+    } else if !path.exists() {
+        Err(DataError::MissingFolder(path.to_path_buf()))
+    } else if !path.is_dir() {
+        Err(DataError::BadSavePath(path.to_path_buf()))
+    } else {
+        Ok(())
+    }
+}
+
 /// `--save PATH`: an existing folder gets `NAME.npy` per output (bf16 written as f32,
 /// exactly); a path ending in `.safetensors` gets one file with every output in its own
 /// dtype. Returns the files written.
@@ -212,15 +243,10 @@ pub fn save_outputs(
     path: &Path,
     outputs: &[(String, HostTensor)],
 ) -> Result<Vec<PathBuf>, DataError> {
-    if path.extension().is_some_and(|e| e == "safetensors") {
+    check_save_path(path)?;
+    if is_safetensors(path) {
         write_safetensors(path, outputs)?;
         return Ok(vec![path.to_path_buf()]);
-    }
-    if !path.exists() {
-        return Err(DataError::MissingFolder(path.to_path_buf()));
-    }
-    if !path.is_dir() {
-        return Err(DataError::BadSavePath(path.to_path_buf()));
     }
     let mut written = Vec::new();
     for (name, t) in outputs {
