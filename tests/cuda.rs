@@ -11,6 +11,9 @@ use tc_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 use tc_compiler::schedule::*;
 use tc_runtime::cuda;
 
+#[path = "cuda/emu.rs"]
+mod emu;
+
 // ------------------------------------------------------------------ NVRTC setup
 
 /// Finds NVRTC: the loader path, `$TC_NVRTC_LIB`, /usr/local/cuda, or the pip wheel

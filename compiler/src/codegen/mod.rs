@@ -17,7 +17,20 @@ pub use matmul::{gemm_plan, GemmCall};
 
 /// Helpers every generated kernel uses: f16/bf16 conversions (plain C and one PTX `cvt`, so
 /// NVRTC needs no include path), NaN-propagating min/max and warp/block reductions.
-pub const PRELUDE: &str = include_str!("prelude.cu");
+/// `PRELUDE_PTX` followed by `PRELUDE_PORTABLE`.
+pub const PRELUDE: &str = concat!(
+    include_str!("prelude_ptx.cu"),
+    include_str!("prelude_portable.cu")
+);
+
+/// The part of `PRELUDE` written in inline PTX: f16 <-> f32 conversions. The host
+/// emulation of the CUDA backend (`tc_runtime::cuda::emu`) replaces it with C++ of the same
+/// semantics and compiles the rest of the prelude unchanged.
+pub const PRELUDE_PTX: &str = include_str!("prelude_ptx.cu");
+
+/// The part of `PRELUDE` in plain CUDA C (no inline assembly): bf16 conversions, rounding,
+/// NaN-propagating min/max, warp, block and slice reductions.
+pub const PRELUDE_PORTABLE: &str = include_str!("prelude_portable.cu");
 
 /// Bytes of cuBLAS workspace to ask the planner for (`PlanOptions::matmul_workspace`) when
 /// planning for CUDA: NVIDIA's recommendation for Hopper. It is a `Workspace` buffer in the

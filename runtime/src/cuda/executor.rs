@@ -6,6 +6,7 @@
 //! `CudaError` carrying the driver's text.
 
 use super::nvrtc::{compile_cached, nvrtc_available, nvrtc_version};
+use super::place::{gemm_offsets, place, workspace_window, Allocation};
 use super::CudaError;
 use crate::tensor::HostTensor;
 use cudarc::cublas::sys as cb;
@@ -14,7 +15,7 @@ use cudarc::driver::sys as ds;
 use std::ffi::{c_void, CString};
 use tc_compiler::codegen::{emit_kernels, translation_unit, CudaKernel, GemmCall, Launch};
 use tc_compiler::ir::DType;
-use tc_compiler::schedule::{BufferId, BufferKind, Plan, PlanOutput};
+use tc_compiler::schedule::{BufferId, Plan, PlanOutput};
 
 /// What `available` found.
 #[derive(Clone, Debug, PartialEq)]
@@ -473,23 +474,17 @@ fn prepare(
 impl Prepared {
     /// Device address of a buffer's first element.
     fn ptr(&self, plan: &Plan, id: BufferId) -> Result<ds::CUdeviceptr, CudaError> {
-        let b = plan.buffer(id);
-        let base = |x: &Option<DeviceBuffer>| x.as_ref().map(|d| d.ptr).unwrap_or(0);
-        match b.kind {
-            BufferKind::Arena | BufferKind::Workspace => {
-                Ok(self.arena.as_ref().map(|a| a.ptr).unwrap_or(0) + b.offset)
-            }
-            BufferKind::Input { index } => self
-                .inputs
-                .get(index)
-                .map(base)
-                .ok_or_else(|| CudaError::Data(format!("input {index} missing"))),
-            BufferKind::Param { index } => self
-                .params
-                .get(index)
-                .map(base)
-                .ok_or_else(|| CudaError::Data(format!("param {index} missing"))),
-        }
+        let base = |x: Option<&Option<DeviceBuffer>>, what: &str, index: usize| {
+            x.map(|d| d.as_ref().map(|d| d.ptr).unwrap_or(0))
+                .ok_or_else(|| CudaError::Data(format!("{what} {index} missing")))
+        };
+        let (allocation, offset) = place(plan, id);
+        let start = match allocation {
+            Allocation::Arena => Ok(self.arena.as_ref().map(|a| a.ptr).unwrap_or(0)),
+            Allocation::Input(i) => base(self.inputs.get(i), "input", i),
+            Allocation::Param(i) => base(self.params.get(i), "param", i),
+        }?;
+        Ok(start + offset)
     }
 
     /// Enqueues every kernel of the plan, in order, on the default stream.
@@ -568,14 +563,8 @@ impl Prepared {
         // cuBLAS wants a 256-byte aligned workspace: use the aligned part of the buffer.
         let (ws_ptr, ws_bytes) = match call.workspace {
             Some(ws) => {
-                let (start, bytes) = (self.ptr(plan, ws)?, plan.buffer(ws).bytes);
-                let aligned = start.div_ceil(256) * 256;
-                let usable = bytes.saturating_sub(aligned - start) / 256 * 256;
-                if usable == 0 {
-                    (0, 0)
-                } else {
-                    (aligned, usable as usize)
-                }
+                let (at, bytes) = workspace_window(self.ptr(plan, ws)?, plan.buffer(ws).bytes);
+                (at, bytes as usize)
             }
             None => (0, 0),
         };
@@ -590,11 +579,8 @@ impl Prepared {
             self.ptr(plan, call.b)?,
             self.ptr(plan, call.c)?,
         );
-        let (sa, sb, sc) = (call.a_type.size(), call.b_type.size(), call.c_type.size());
-        for off in &call.calls {
-            let pa = a + ((call.a_offset + off[0]) as u64) * sa;
-            let pb = b + ((call.b_offset + off[1]) as u64) * sb;
-            let pc = c + (off[2] as u64) * sc;
+        for [oa, ob, oc] in gemm_offsets(call) {
+            let (pa, pb, pc) = (a + oa, b + ob, c + oc);
             // SAFETY: pointers and leading dimensions come from `gemm_plan`, which checked
             // every access stays inside the operands' buffers' layouts; alpha/beta are f32
             // host scalars as COMPUTE_32F requires.

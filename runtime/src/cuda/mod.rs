@@ -14,7 +14,9 @@
 //!   `copy_bandwidth(bytes, runs, device)` for the memory-bandwidth floor.
 //! - `tc emit --kernels`: `tc_compiler::codegen::emit_program(&plan)` (no device needed).
 
+pub mod emu;
 pub mod nvrtc;
+mod place;
 
 pub use nvrtc::{
     cache_dir, compile, compile_cached, compile_in_cache, nvrtc_available, nvrtc_version,

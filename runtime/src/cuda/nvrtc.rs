@@ -202,7 +202,7 @@ pub fn compile(source: &str, arch: &str, extra: &[String]) -> Result<Compiled, C
 }
 
 /// FNV-1a, 64-bit, with a seed folded in: a stable hash for cache keys.
-fn fnv(bytes: &[u8], seed: u64) -> u64 {
+pub(super) fn fnv(bytes: &[u8], seed: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     for &b in bytes {
         h ^= b as u64;

@@ -1,0 +1,434 @@
+//! The CUDA backend run on the host, for testing it on machines without a GPU: the CUDA C
+//! `codegen` generated for a plan, compiled by the host C++ compiler against an emulation of
+//! the CUDA execution model (`emu_runtime.hpp`: a fiber per thread, barriers and warp
+//! shuffles as scheduling points, guard pages after every allocation, cuBLAS's GEMM by its
+//! definition), then the plan's launches and cuBLAS calls replayed in order at the addresses
+//! the executor uses (`place`). Never used by `tc run`: the executor is the real thing; this
+//! is how the generated kernels' indexing, reductions, vector accesses and launch shapes are
+//! checked against the CPU executor before (and besides) a GPU run.
+//!
+//! What it finds: wrong results (compared by the caller), reads and writes past the end of
+//! an allocation, a barrier or shuffle not reached by every thread of a block, block or
+//! grid shapes the driver would refuse, cuBLAS calls cuBLAS would refuse, misaligned vector
+//! accesses, signed overflow in 32-bit index arithmetic and out-of-range register-array
+//! indices (UBSan). Races between threads that need no barrier on the device show up as a
+//! difference between `EmuOptions::reverse` and forward runs. What it cannot find: timing,
+//! occupancy, register or shared-memory limits, and ulp differences of the device's maths.
+
+use super::executor::gather;
+use super::nvrtc::fnv;
+use super::place::{gemm_offsets, place, Allocation};
+use crate::tensor::HostTensor;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tc_compiler::codegen::{CudaKernel, GemmCall, Launch, PRELUDE_PORTABLE};
+use tc_compiler::ir::DType;
+use tc_compiler::schedule::{BufferId, Plan};
+
+/// The emulation runtime every emulated program starts with.
+pub const EMU_RUNTIME: &str = include_str!("emu_runtime.hpp");
+
+/// Flags of every emulated compile: C++17, IEEE maths as NVRTC is asked for (no
+/// contraction), UBSan stopping at the first finding.
+const CXX_FLAGS: &[&str] = &[
+    "-std=c++17",
+    "-O1",
+    "-w",
+    "-fno-strict-aliasing",
+    "-ffp-contract=off",
+    "-fsanitize=undefined",
+    "-fno-sanitize-recover=undefined",
+];
+
+/// Options of an emulated run.
+#[derive(Clone, Debug)]
+pub struct EmuOptions {
+    /// Run the blocks of every grid, and the threads of every block between two barriers,
+    /// last first.
+    pub reverse: bool,
+    /// Give up on a run after this long.
+    pub timeout: Duration,
+}
+
+impl Default for EmuOptions {
+    fn default() -> Self {
+        EmuOptions {
+            reverse: false,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why an emulated run did not produce outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum EmuError {
+    #[error("no host C++ compiler for the CUDA emulation: {0}")]
+    NoCompiler(String),
+    #[error("the host C++ compiler rejected the emulated program {source_path}:\n{log}")]
+    Compile { log: String, source_path: String },
+    #[error("the emulated run of {source_path} failed:\n{log}")]
+    Run { log: String, source_path: String },
+    #[error("CUDA emulation: {0}")]
+    Io(String),
+    #[error("bad data for the emulated run: {0}")]
+    Data(String),
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> EmuError {
+    EmuError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+/// The host C++ compiler: `$TC_EMU_CXX`, else the first of `g++`, `c++`, `clang++` that
+/// answers `--version`.
+pub fn compiler() -> Result<String, EmuError> {
+    let candidates: Vec<String> = match std::env::var("TC_EMU_CXX") {
+        Ok(c) if !c.is_empty() => vec![c],
+        _ => ["g++", "c++", "clang++"].map(String::from).to_vec(),
+    };
+    for c in &candidates {
+        let ok = Command::new(c)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return Ok(c.clone());
+        }
+    }
+    Err(EmuError::NoCompiler(format!(
+        "none of {} runs (set TC_EMU_CXX)",
+        candidates.join(", ")
+    )))
+}
+
+/// A name safe inside a C string literal and a comment.
+fn c_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// Index of an allocation in the program's table: the arena, the inputs, the params.
+fn alloc_index(plan: &Plan, a: Allocation) -> usize {
+    match a {
+        Allocation::Arena => 0,
+        Allocation::Input(i) => 1 + i,
+        Allocation::Param(i) => 1 + plan.inputs.len() + i,
+    }
+}
+
+/// `tc_allocs[i].base + offset`, the address of `id`'s first element plus `extra` bytes.
+fn address(plan: &Plan, id: BufferId, extra: u64) -> String {
+    let (a, offset) = place(plan, id);
+    format!(
+        "tc_allocs[{}].base + {}",
+        alloc_index(plan, a),
+        offset + extra
+    )
+}
+
+fn type_code(d: DType) -> u32 {
+    match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
+    }
+}
+
+/// The `N` of `__launch_bounds__(N)` in a kernel's source (0: none).
+fn launch_bound(source: &str) -> u32 {
+    source
+        .split("__launch_bounds__(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn gemm_lines(out: &mut String, plan: &Plan, call: &GemmCall) {
+    for [oa, ob, oc] in gemm_offsets(call) {
+        let _ = writeln!(
+            out,
+            "    tc_gemm({}, {}, {}, {}, {}, {}, {}, {}, {}LL, {}, {}, {}, {}LL, {}, {}, {}, {}LL, {});",
+            call.trans_a as u32,
+            call.trans_b as u32,
+            call.m,
+            call.n,
+            call.k,
+            address(plan, call.a, oa),
+            type_code(call.a_type),
+            call.lda,
+            call.stride_a,
+            address(plan, call.b, ob),
+            type_code(call.b_type),
+            call.ldb,
+            call.stride_b,
+            address(plan, call.c, oc),
+            type_code(call.c_type),
+            call.ldc,
+            call.stride_c,
+            call.batch_count,
+        );
+    }
+}
+
+/// The whole emulated program for `kernels` (as `codegen::emit_kernels` gives them for
+/// `plan`, possibly altered by a test): the runtime, the portable prelude, every kernel,
+/// the allocation table, the launch sequence and `main`.
+pub fn program_source(plan: &Plan, kernels: &[CudaKernel]) -> String {
+    let mut s = String::new();
+    s.push_str(EMU_RUNTIME);
+    s.push('\n');
+    s.push_str(PRELUDE_PORTABLE);
+    for k in kernels.iter().filter(|k| !k.source.is_empty()) {
+        s.push('\n');
+        s.push_str(&k.source);
+    }
+    s.push_str("\n// ---- the plan\n");
+    for k in kernels.iter().filter(|k| !k.source.is_empty()) {
+        let _ = writeln!(
+            s,
+            "static void tc_thunk_{0}(void** a) {{ tc_call({0}, a); }}",
+            k.name
+        );
+    }
+    s.push_str("static TcAlloc tc_allocs[] = {\n");
+    let _ = writeln!(
+        s,
+        "    {{\"the arena\", {}ULL, nullptr, nullptr}},",
+        plan.arena_bytes
+    );
+    for (what, ids) in [("input", &plan.inputs), ("param", &plan.params)] {
+        for id in ids.iter() {
+            let b = plan.buffer(*id);
+            let _ = writeln!(
+                s,
+                "    {{\"{what} {}\", {}ULL, nullptr, nullptr}},",
+                c_name(&b.name),
+                b.bytes
+            );
+        }
+    }
+    s.push_str("};\n\nstatic void tc_program() {\n");
+    for k in kernels {
+        match &k.launch {
+            Launch::Grid {
+                grid,
+                block,
+                shared_bytes,
+            } => {
+                let args: Vec<String> = k.params.iter().map(|b| address(plan, *b, 0)).collect();
+                let _ = writeln!(
+                    s,
+                    "    {{\n        void* a[] = {{{}}};\n        tc_launch(\"{}\", tc_thunk_{}, {}, {}, {}, {}, {}, {}, {}, {}, a);\n    }}",
+                    args.join(", "),
+                    k.name,
+                    k.name,
+                    grid[0],
+                    grid[1],
+                    grid[2],
+                    block[0],
+                    block[1],
+                    block[2],
+                    shared_bytes,
+                    launch_bound(&k.source)
+                );
+            }
+            Launch::Cublas(call) => gemm_lines(&mut s, plan, call),
+        }
+    }
+    s.push_str("}\n\nint main(int argc, char** argv) {\n");
+    s.push_str("    if (argc != 2) return 2;\n");
+    s.push_str("    const int count = sizeof tc_allocs / sizeof tc_allocs[0];\n");
+    s.push_str("    tc_start(tc_allocs, count);\n");
+    s.push_str("    char name[64];\n");
+    s.push_str("    for (int i = 1; i < count; ++i) {\n");
+    s.push_str("        snprintf(name, sizeof name, \"alloc%d.bin\", i);\n");
+    s.push_str("        tc_read_file(argv[1], name, tc_allocs[i].base, tc_allocs[i].bytes);\n");
+    s.push_str("    }\n    tc_program();\n");
+    for (j, out) in plan.outputs.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "    tc_write_file(argv[1], \"out{j}.bin\", {}, {}ULL);",
+            address(plan, out.buffer, 0),
+            plan.buffer(out.buffer).bytes
+        );
+    }
+    s.push_str("    return 0;\n}\n");
+    s
+}
+
+/// A fresh, empty folder under the system's temporary folder.
+fn fresh_dir(prefix: &str) -> Result<PathBuf, EmuError> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
+    Ok(dir)
+}
+
+/// Compiles `source` once per distinct text (a binary cached under the temporary folder);
+/// returns the binary and the saved source.
+fn build(source: &str) -> Result<(PathBuf, PathBuf), EmuError> {
+    let cxx = compiler()?;
+    let mut key = String::from(source);
+    key.push_str(&cxx);
+    key.push_str(&CXX_FLAGS.join(" "));
+    let tag = format!(
+        "{:016x}{:016x}",
+        fnv(key.as_bytes(), 1),
+        fnv(key.as_bytes(), 2)
+    );
+    let dir = std::env::temp_dir().join("tc-emu-cache");
+    std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
+    let src = dir.join(format!("{tag}.cpp"));
+    let bin = dir.join(format!("{tag}.bin"));
+    if bin.is_file() && src.is_file() {
+        return Ok((bin, src));
+    }
+    // Build under unique names, then rename: parallel tests may build the same program.
+    let work = fresh_dir("tc-emu-build")?;
+    let (wsrc, wbin) = (work.join("program.cpp"), work.join("program.bin"));
+    std::fs::write(&wsrc, source).map_err(|e| io("cannot write", &wsrc, e))?;
+    let out = Command::new(&cxx)
+        .args(CXX_FLAGS)
+        .arg("-o")
+        .arg(&wbin)
+        .arg(&wsrc)
+        .output()
+        .map_err(|e| EmuError::NoCompiler(format!("{cxx}: {e}")))?;
+    if !out.status.success() {
+        let _ = std::fs::rename(&wsrc, &src);
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(EmuError::Compile {
+            log: String::from_utf8_lossy(&out.stderr).into_owned(),
+            source_path: src.display().to_string(),
+        });
+    }
+    std::fs::rename(&wsrc, &src).map_err(|e| io("cannot move", &wsrc, e))?;
+    std::fs::rename(&wbin, &bin).map_err(|e| io("cannot move", &wbin, e))?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok((bin, src))
+}
+
+/// Runs `kernels` (the plan's, from `codegen::emit_kernels`) over `plan`'s allocations on
+/// the host: `inputs` and `params` by declaration index, as `cuda::run` takes them. Returns
+/// the outputs, gathered through their layouts as the executor does.
+pub fn run(
+    plan: &Plan,
+    kernels: &[CudaKernel],
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+    opts: &EmuOptions,
+) -> Result<Vec<HostTensor>, EmuError> {
+    for (ids, data, what) in [
+        (&plan.inputs, inputs, "input"),
+        (&plan.params, params, "param"),
+    ] {
+        if ids.len() != data.len() {
+            return Err(EmuError::Data(format!(
+                "the plan has {} {what}s but {} were given",
+                ids.len(),
+                data.len()
+            )));
+        }
+        for (id, t) in ids.iter().zip(data) {
+            let b = plan.buffer(*id);
+            if t.bytes.len() as u64 != b.bytes || t.dtype != b.dtype {
+                return Err(EmuError::Data(format!(
+                    "{what} `{}`: {} bytes of {} given, the plan wants {} of {}",
+                    b.name,
+                    t.bytes.len(),
+                    t.dtype,
+                    b.bytes,
+                    b.dtype
+                )));
+            }
+        }
+    }
+    let (bin, src) = build(&program_source(plan, kernels))?;
+    let dir = fresh_dir("tc-emu-run")?;
+    let result = run_in(plan, &bin, &src, &dir, inputs, params, opts);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(
+    plan: &Plan,
+    bin: &Path,
+    src: &Path,
+    dir: &Path,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+    opts: &EmuOptions,
+) -> Result<Vec<HostTensor>, EmuError> {
+    for (i, t) in inputs.iter().chain(params).enumerate() {
+        let p = dir.join(format!("alloc{}.bin", i + 1));
+        std::fs::write(&p, &t.bytes).map_err(|e| io("cannot write", &p, e))?;
+    }
+    let log_path = dir.join("stderr.txt");
+    let log = std::fs::File::create(&log_path).map_err(|e| io("cannot create", &log_path, e))?;
+    let mut child = Command::new(bin)
+        .arg(dir)
+        .env(
+            "TC_EMU_ORDER",
+            if opts.reverse { "reverse" } else { "forward" },
+        )
+        .env(
+            "UBSAN_OPTIONS",
+            "halt_on_error=1:abort_on_error=1:print_stacktrace=0",
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| io("cannot start", bin, e))?;
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() > opts.timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(EmuError::Run {
+                    log: format!("no result after {:?}: killed", opts.timeout),
+                    source_path: src.display().to_string(),
+                });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(io("cannot wait for", bin, e)),
+        }
+    };
+    if !status.success() {
+        let mut log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.trim().is_empty() {
+            log = format!("{status} with nothing on stderr");
+        }
+        return Err(EmuError::Run {
+            log,
+            source_path: src.display().to_string(),
+        });
+    }
+    plan.outputs
+        .iter()
+        .enumerate()
+        .map(|(j, out)| {
+            let p = dir.join(format!("out{j}.bin"));
+            let raw = std::fs::read(&p).map_err(|e| io("cannot read", &p, e))?;
+            gather(out, &raw).map_err(|e| EmuError::Data(e.to_string()))
+        })
+        .collect()
+}

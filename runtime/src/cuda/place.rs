@@ -1,0 +1,56 @@
+//! Where a run puts things: which allocation holds each buffer of a plan (the one arena,
+//! or an input's or param's own allocation) and at which byte offset, and the byte offsets
+//! of a cuBLAS call's operands. Shared by the executor and its host emulation (`emu`), so
+//! the emulation replays exactly the addresses the GPU run uses.
+
+use tc_compiler::codegen::GemmCall;
+use tc_compiler::schedule::{BufferId, BufferKind, Plan};
+
+/// One of a run's device allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Allocation {
+    /// The plan's arena (`Plan::arena_bytes`; no allocation when 0).
+    Arena,
+    /// The allocation of input `i` (declaration order).
+    Input(usize),
+    /// The allocation of param `i`.
+    Param(usize),
+}
+
+/// The allocation holding `id`'s first element, and its byte offset there.
+pub(crate) fn place(plan: &Plan, id: BufferId) -> (Allocation, u64) {
+    let b = plan.buffer(id);
+    match b.kind {
+        BufferKind::Arena | BufferKind::Workspace => (Allocation::Arena, b.offset),
+        BufferKind::Input { index } => (Allocation::Input(index), 0),
+        BufferKind::Param { index } => (Allocation::Param(index), 0),
+    }
+}
+
+/// Byte offsets of A, B and C, from the start of each operand's buffer, of each of the
+/// strided-batched calls `call` makes.
+pub(crate) fn gemm_offsets(call: &GemmCall) -> Vec<[u64; 3]> {
+    let (sa, sb, sc) = (call.a_type.size(), call.b_type.size(), call.c_type.size());
+    call.calls
+        .iter()
+        .map(|off| {
+            [
+                (call.a_offset + off[0]) as u64 * sa,
+                (call.b_offset + off[1]) as u64 * sb,
+                off[2] as u64 * sc,
+            ]
+        })
+        .collect()
+}
+
+/// The part of a workspace buffer at device address `start` (`bytes` long) that cuBLAS
+/// may use: 256-byte aligned at both ends. `(address, bytes)`, `(0, 0)` when none is left.
+pub(crate) fn workspace_window(start: u64, bytes: u64) -> (u64, u64) {
+    let aligned = start.div_ceil(256) * 256;
+    let usable = bytes.saturating_sub(aligned - start) / 256 * 256;
+    if usable == 0 {
+        (0, 0)
+    } else {
+        (aligned, usable)
+    }
+}

@@ -1,0 +1,319 @@
+//! The CUDA backend on the host (`tc_runtime::cuda::emu`): every generated kernel run under
+//! the emulated CUDA execution model against the CPU executor — the hand-built kernels, the
+//! examples (as planned, and unfused), and random programs — forward and in reverse order
+//! (which must agree bit for bit: a difference is a race), and hand-written faulty kernels
+//! that the emulation must catch.
+//!
+//! Needs a host C++ compiler; without one these tests print "skipped: no host C++
+//! compiler", and fail instead when `TC_REQUIRE_EMU=1` (as `.ci/run` sets).
+
+use super::*;
+use tc_compiler::codegen::CudaKernel;
+use tc_runtime::cuda::emu::{self, EmuError, EmuOptions};
+use tc_runtime::HostTensor;
+
+fn emu_ready() -> bool {
+    match emu::compiler() {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("TC_REQUIRE_EMU").as_deref() == Ok("1") {
+                panic!("TC_REQUIRE_EMU=1 but {e}");
+            }
+            println!("skipped: no host C++ compiler ({e})");
+            false
+        }
+    }
+}
+
+fn random_data(plan: &Plan, ids: &[BufferId], seed: u64) -> Vec<HostTensor> {
+    ids.iter()
+        .map(|id| {
+            let b = plan.buffer(*id);
+            tc_runtime::data::random_tensor(seed, &b.name, b.dtype, &b.shape)
+        })
+        .collect()
+}
+
+/// Emulates `plan`'s kernels forward and in reverse; both must match the CPU executor
+/// within the dtype's tolerance and each other bit for bit.
+fn check_plan(
+    label: &str,
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<(), String> {
+    let kernels = emit_kernels(plan);
+    let cpu =
+        tc_runtime::cpu::run(plan, inputs, params).map_err(|e| format!("{label}: CPU: {e}"))?;
+    let mut runs = Vec::new();
+    for reverse in [false, true] {
+        let opts = EmuOptions {
+            reverse,
+            ..EmuOptions::default()
+        };
+        let out = emu::run(plan, &kernels, inputs, params, &opts)
+            .map_err(|e| format!("{label} (reverse: {reverse}): {e}"))?;
+        runs.push(out);
+    }
+    for (j, out) in plan.outputs.iter().enumerate() {
+        if runs[0][j].bytes != runs[1][j].bytes {
+            return Err(format!(
+                "{label}: output {} differs between forward and reverse order: a race between threads",
+                out.name
+            ));
+        }
+        let (want, got) = (&cpu[j], &runs[0][j]);
+        if want.shape != got.shape || want.dtype != got.dtype {
+            return Err(format!(
+                "{label}: output {} is {:?} emulated, {:?} on the CPU",
+                out.name, got.shape, want.shape
+            ));
+        }
+        let (rtol, atol) = tolerance(want.dtype);
+        for (i, (w, g)) in want.to_f32().iter().zip(got.to_f32()).enumerate() {
+            let ok =
+                (w.is_nan() && g.is_nan()) || w == &g || (w - g).abs() <= atol + rtol * w.abs();
+            if !ok {
+                return Err(format!(
+                    "{label}: output {} element {i}: emulated CUDA {g}, CPU {w}",
+                    out.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_source(
+    label: &str,
+    source: &str,
+    options: &tc_compiler::CompileOptions,
+) -> Result<(), String> {
+    let program = tc_compiler::compile(source, options).map_err(|d| format!("{label}: {d:?}"))?;
+    let (inputs, params) = tc_runtime::data::load_leaves(&program.checked, &[], None, 0)
+        .map_err(|e| format!("{label}: {e}"))?;
+    check_plan(label, &program.plan, &inputs, &params).map_err(|e| format!("{e}\n{source}"))
+}
+
+#[test]
+fn emu_hand_built_kernels_match_the_cpu() {
+    if !emu_ready() {
+        return;
+    }
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (name, plan) in hand_built() {
+        // 2^32 elements: the 64-bit indexing case is for NVRTC and the CPU, not emulation.
+        if name == "pointwise_huge" {
+            continue;
+        }
+        let inputs = random_data(&plan, &plan.inputs, 1);
+        let params = random_data(&plan, &plan.params, 2);
+        checked += 1;
+        failures.extend(check_plan(&name, &plan, &inputs, &params).err());
+    }
+    assert!(checked >= 20, "only {checked} hand-built plans");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn emu_examples_match_the_cpu() {
+    if !emu_ready() {
+        return;
+    }
+    let mut failures = Vec::new();
+    for (name, source) in examples() {
+        let mut options = cuda_options(&small_dims(&source));
+        failures.extend(check_source(&name, &source, &options).err());
+        options.plan.fuse = false;
+        options.plan.reuse = false;
+        failures
+            .extend(check_source(&format!("{name} --no-fuse --no-reuse"), &source, &options).err());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn emu_random_programs_match_the_cpu() {
+    if !emu_ready() {
+        return;
+    }
+    let count = std::env::var("TC_EMU_PROGRAMS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(60);
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (i, source) in random_programs(count, 3).iter().enumerate() {
+        let options = cuda_options(&[]);
+        if tc_compiler::compile(source, &options).is_err() {
+            continue;
+        }
+        checked += 1;
+        failures.extend(check_source(&format!("random program {i}"), source, &options).err());
+    }
+    assert!(
+        checked * 10 >= count * 9,
+        "only {checked} of {count} random programs compiled"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} disagree:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+// ---------------------------------------------------------------- faults the emulation must catch
+
+const N: u64 = 1024;
+
+/// `y = f(x)` over N floats, as one hand-written kernel of 4 blocks of 256 threads.
+fn faulty(body: &str, block: u32) -> (Plan, Vec<CudaKernel>, Vec<HostTensor>) {
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, &[N]);
+    let y = b.arena("y", DType::F32, &[N]);
+    let f = FusedKernel {
+        domain: vec![N],
+        reduce_axes: vec![],
+        loads: vec![load(x, DType::F32, 0, vec![1])],
+        body: vec![el(InstOp::Load(0), DType::F32)],
+        stores: vec![Store { inst: 0, buffer: y }],
+    };
+    b.kernel(KernelKind::Fused(f), &["copy"], &[1]);
+    b.output("y", y);
+    let plan = b.finish();
+    let source = format!(
+        "extern \"C\" __global__ void __launch_bounds__(256) k0(const float* b0, float* b1) {{\n\
+         const int i = blockIdx.x * blockDim.x + threadIdx.x;\n{body}\n}}\n"
+    );
+    let kernel = CudaKernel {
+        kernel_index: 0,
+        name: "k0".into(),
+        source,
+        launch: Launch::Grid {
+            grid: [(N as u32).div_ceil(block), 1, 1],
+            block: [block, 1, 1],
+            shared_bytes: 0,
+        },
+        params: vec![x, y],
+    };
+    let inputs = random_data(&plan, &plan.inputs, 5);
+    (plan, vec![kernel], inputs)
+}
+
+fn fault(body: &str, block: u32, reverse: bool) -> Result<Vec<HostTensor>, EmuError> {
+    let (plan, kernels, inputs) = faulty(body, block);
+    let opts = EmuOptions {
+        reverse,
+        ..EmuOptions::default()
+    };
+    emu::run(&plan, &kernels, &inputs, &[], &opts)
+}
+
+fn expect_error(body: &str, block: u32, needles: &[&str]) {
+    match fault(body, block, false) {
+        Ok(_) => panic!("the emulation missed a fault in:\n{body}"),
+        Err(e) => {
+            let msg = e.to_string();
+            for n in needles {
+                assert!(msg.contains(n), "expected `{n}` in:\n{msg}");
+            }
+        }
+    }
+}
+
+#[test]
+fn emu_runs_a_correct_hand_written_kernel() {
+    if !emu_ready() {
+        return;
+    }
+    // The harness of the fault tests, without a fault: outputs are x * 2.
+    let (plan, kernels, inputs) = faulty("b1[i] = b0[i] * 2.0f;", 256);
+    let out = emu::run(&plan, &kernels, &inputs, &[], &EmuOptions::default()).expect("runs");
+    let want: Vec<f32> = inputs[0].to_f32().iter().map(|v| v * 2.0).collect();
+    assert_eq!(out[0].to_f32(), want);
+}
+
+#[test]
+fn emu_catches_a_write_past_the_end() {
+    if !emu_ready() {
+        return;
+    }
+    expect_error(
+        "b1[i + 1] = b0[i];",
+        256,
+        &["past the end of the arena", "kernel k0", "block (3, 0, 0)"],
+    );
+    expect_error(
+        "b1[i] = b0[i + 4];",
+        256,
+        &["past the end of input x", "kernel k0"],
+    );
+}
+
+#[test]
+fn emu_catches_barrier_divergence() {
+    if !emu_ready() {
+        return;
+    }
+    expect_error(
+        "if (threadIdx.x < 32) __syncthreads();\nb1[i] = b0[i];",
+        256,
+        &[
+            "barrier divergence",
+            "32 wait at __syncthreads",
+            "224 have finished",
+        ],
+    );
+    expect_error(
+        "float v = b0[i];\nif (threadIdx.x & 1) v = __shfl_xor_sync(0xffffffffu, v, 1);\nb1[i] = v;",
+        256,
+        &["barrier divergence", "at __shfl_xor_sync"],
+    );
+}
+
+#[test]
+fn emu_catches_a_race_between_threads() {
+    if !emu_ready() {
+        return;
+    }
+    // Each thread writes its element, then reads its neighbour's with no barrier between:
+    // whichever of the pair runs first sees the poison of an unwritten element.
+    let body = "b1[i] = b0[i];\nconst float n = b1[i ^ 1];\nb1[i] = n == n ? 1.0f : 2.0f;";
+    let forward = fault(body, 256, false).expect("forward runs");
+    let reverse = fault(body, 256, true).expect("reverse runs");
+    assert!(forward[0].bytes != reverse[0].bytes, "the race went unseen");
+    // With the barrier it needs, both orders agree.
+    let fixed = "b1[i] = b0[i];\n__syncthreads();\nconst float n = b1[i ^ 1];\n__syncthreads();\nb1[i] = n == n ? 1.0f : 2.0f;";
+    let forward = fault(fixed, 256, false).expect("forward runs");
+    let reverse = fault(fixed, 256, true).expect("reverse runs");
+    assert!(
+        forward[0].bytes == reverse[0].bytes,
+        "orders differ with the barrier"
+    );
+    assert!(forward[0].to_f32().iter().all(|v| *v == 1.0));
+}
+
+#[test]
+fn emu_catches_index_overflow_misalignment_and_bad_launches() {
+    if !emu_ready() {
+        return;
+    }
+    expect_error(
+        "const int big = 2147483647 - (int)threadIdx.x;\nb1[i] = (float)(big + 8);",
+        256,
+        &["signed integer overflow"],
+    );
+    expect_error(
+        "if (i % 4 == 0 && i + 5 < 1024) { const float4 v = *reinterpret_cast<const float4*>(b0 + i + 1); b1[i] = v.x; }",
+        256,
+        &["misaligned"],
+    );
+    expect_error("b1[i] = b0[i];", 512, &["__launch_bounds__(256)"]);
+    expect_error(
+        "float r[4];\nfor (int t = 0; t <= (int)(threadIdx.x % 5); ++t) r[t] = b0[i];\nb1[i] = r[0];",
+        256,
+        &["out of bounds"],
+    );
+}
