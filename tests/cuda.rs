@@ -405,6 +405,8 @@ fn hand_built() -> Vec<(String, Plan)> {
     }
     v.push(("reductions".into(), reductions_plan()));
     v.push(("layernorm".into(), layernorm_plan(8, 2048)));
+    // Rows too long for registers: Welford mean and variance in one read.
+    v.push(("layernorm_long".into(), layernorm_plan(4, 40000)));
     v.push((
         "pointwise_huge".into(),
         pointwise_plan(DType::F16, 1 << 16, 1 << 16),
@@ -443,6 +445,39 @@ fn hand_built_kernels_snapshot() {
     insta::assert_snapshot!("hand_reductions", emit_program(&reductions_plan()));
     insta::assert_snapshot!("hand_layernorm", emit_program(&layernorm_plan(8, 2048)));
     insta::assert_snapshot!("hand_matmul_bf16", emit_program(&matmul_plan(DType::BF16)));
+}
+
+#[test]
+fn long_rows_fold_dependent_reductions_into_one_read() {
+    // Rows held in registers keep the exact two-pass maths; rows re-read from memory
+    // compute max and sum (softmax) or mean and variance (layernorm) in one read.
+    let short = emit_program(&softmax_plan(DType::F32, 16, 4096));
+    assert!(short.contains("read once") && !short.contains("tc_block_softmax(acc"));
+    for d in DType::ALL {
+        let long = emit_program(&softmax_plan(d, 2, 100_000));
+        assert!(long.contains("online softmax in one"), "{d}");
+        assert!(
+            long.contains("tc_block_softmax(acc1, acc4, tc_smem2);"),
+            "{d}"
+        );
+        assert!(!long.contains("reduction pass 2"), "{d}");
+    }
+    let long = emit_program(&layernorm_plan(4, 40_000));
+    assert!(long.contains("Welford mean and variance in one"));
+    assert!(long.contains("tc_block_welford(tc_n1, acc1, acc4, tc_smem2);"));
+    assert!(!emit_program(&layernorm_plan(8, 2048)).contains("welford(tc_n"));
+    // A rounding between the steps (an f16 program) keeps the passes apart.
+    let mut plan = softmax_plan(DType::F16, 2, 100_000);
+    if let KernelKind::Fused(f) = &mut plan.kernels[0].kind {
+        f.body.insert(3, el(InstOp::Cast(2), DType::F16));
+        f.body[4].op = InstOp::Unary(UnaryOp::Exp, 3);
+        f.body[5].op = InstOp::Reduce(ReduceOp::Sum, 4);
+        f.body[6].op = InstOp::Binary(BinaryOp::Div, 4, 5);
+        f.body[7].op = InstOp::Cast(6);
+        f.stores[0].inst = 7;
+    }
+    let rounded = emit_program(&plan);
+    assert!(rounded.contains("reduction pass 2") && !rounded.contains("online softmax"));
 }
 
 #[test]

@@ -164,6 +164,101 @@ fn emu_random_programs_match_the_cpu() {
     );
 }
 
+#[test]
+fn emu_single_pass_row_statistics_keep_ieee_special_values() {
+    if !emu_ready() {
+        return;
+    }
+    // Rows too long for registers (online softmax, Welford) with -inf (masked), NaN and
+    // +inf placed first, last and alone: the single pass must give what the CPU's two
+    // passes give, NaN for NaN.
+    let cols = 40_000u64;
+    let specials: [&[(usize, f32)]; 6] = [
+        &[],
+        &[
+            (0, f32::NEG_INFINITY),
+            (1, f32::NEG_INFINITY),
+            (39_999, f32::NEG_INFINITY),
+        ],
+        &[(5, f32::NAN)],
+        &[(7, f32::INFINITY)],
+        &[(0, 1e30), (1, -1e30)],
+        &[(39_999, 88.0)],
+    ];
+    let rows = specials.len() as u64 + 1;
+    let mut values = Vec::new();
+    for r in 0..rows as usize {
+        let mut row: Vec<f32> = (0..cols)
+            .map(|j| ((j * 7919 + r as u64 * 31) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        match specials.get(r) {
+            Some(s) => {
+                for &(j, x) in s.iter() {
+                    row[j] = x;
+                }
+            }
+            None => row.iter_mut().for_each(|x| *x = f32::NEG_INFINITY),
+        }
+        values.extend(row);
+    }
+    for (name, plan) in [
+        ("softmax_long_f32", softmax_plan(DType::F32, rows, cols)),
+        ("layernorm_long_f32_input", {
+            let mut p = layernorm_plan(rows, cols);
+            // f32 data in the bf16 plan's place: same kernel shape.
+            for b in &mut p.buffers {
+                if b.dtype == DType::BF16 {
+                    b.dtype = DType::F32;
+                    b.bytes *= 2;
+                }
+            }
+            let mut off = 0;
+            for b in &mut p.buffers {
+                if b.kind == BufferKind::Arena {
+                    b.offset = off;
+                    off += b.bytes.div_ceil(16) * 16;
+                }
+            }
+            p.arena_bytes = off;
+            if let KernelKind::Fused(f) = &mut p.kernels[0].kind {
+                f.loads[0].dtype = DType::F32;
+                for i in &mut f.body {
+                    if i.dtype == DType::BF16 {
+                        i.dtype = DType::F32;
+                    }
+                }
+            }
+            for o in &mut p.outputs {
+                o.dtype = DType::F32;
+            }
+            p
+        }),
+    ] {
+        assert!(emit_program(&plan).contains("in the same read"), "{name}");
+        let mut inputs = random_data(&plan, &plan.inputs, 3);
+        inputs[0] = HostTensor::from_f32(DType::F32, vec![rows, cols], &values);
+        let cpu = tc_runtime::cpu::run(&plan, &inputs, &[]).expect("CPU");
+        let emulated = emu::run(
+            &plan,
+            &emit_kernels(&plan),
+            &inputs,
+            &[],
+            &EmuOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (want, got) = (cpu[0].to_f32(), emulated[0].to_f32());
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            let ok = (w.is_nan() && g.is_nan()) || w == g || (w - g).abs() <= 2e-4 + 2e-3 * w.abs();
+            assert!(
+                ok,
+                "{name}: row {} element {}: emulated {g}, CPU {w}",
+                i as u64 / cols,
+                i as u64 % cols
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- faults the emulation must catch
 
 const N: u64 = 1024;

@@ -717,6 +717,91 @@ fn reduce_parts(op: ReduceOp) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// A reduction that needs the result of a reduction of the pass before, computed in that
+/// pass's read of the row instead, for rows too long to keep in registers (which would
+/// otherwise be read from memory once more).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Online {
+    /// `sum` = Σ exp(a − `max`), `max` = max(a): online softmax.
+    Softmax { max: usize, sum: usize },
+    /// `var` = Σ or mean of (a − `mean`)², `mean` = mean(a): Welford.
+    Welford { mean: usize, var: usize },
+}
+
+impl Online {
+    /// The reduction of the earlier pass, and the one folded into it.
+    fn parts(self) -> (usize, usize) {
+        match self {
+            Online::Softmax { max, sum } => (max, sum),
+            Online::Welford { mean, var } => (mean, var),
+        }
+    }
+}
+
+/// `r` as the second half of an `Online` pair, if its operand has exactly that shape. No
+/// `Cast` may stand between the steps: a rounding there (f16/bf16 programs round after each
+/// op) depends on the final max or mean, which a single pass does not know yet.
+fn online_form(k: &FusedKernel, info: &RowInfo, r: usize) -> Option<Online> {
+    let op = |i: usize| &k.body[i].op;
+    let elem = |ids: &[usize]| ids.iter().all(|&i| !info.row[i]);
+    let InstOp::Reduce(red, x) = *op(r) else {
+        return None;
+    };
+    match (red, op(x)) {
+        (ReduceOp::Sum, &InstOp::Unary(UnaryOp::Exp, d)) => {
+            let InstOp::Binary(BinaryOp::Sub, a, m) = *op(d) else {
+                return None;
+            };
+            let same = matches!(*op(m), InstOp::Reduce(ReduceOp::Max, a2) if a2 == a);
+            (same && elem(&[x, d, a])).then_some(Online::Softmax { max: m, sum: r })
+        }
+        (ReduceOp::Sum | ReduceOp::Mean, &InstOp::Binary(bop, d, e)) => {
+            let square = match bop {
+                BinaryOp::Mul => d == e,
+                BinaryOp::Pow => matches!(*op(e), InstOp::Const(c) if c == 2.0),
+                _ => false,
+            };
+            let InstOp::Binary(BinaryOp::Sub, a, u) = *op(d) else {
+                return None;
+            };
+            let same = matches!(*op(u), InstOp::Reduce(ReduceOp::Mean, a2) if a2 == a);
+            (square && same && elem(&[x, d, a])).then_some(Online::Welford { mean: u, var: r })
+        }
+        _ => None,
+    }
+}
+
+/// The `Online` pairs of a kernel whose rows are re-read in each pass: a pass is folded
+/// into the one before when every reduction of it pairs with a distinct reduction there.
+/// Welford counts in f32, so rows must stay below 2^24 elements.
+fn online_pairs(k: &FusedKernel, info: &RowInfo, len: u64) -> Vec<Online> {
+    let max_depth = info.depth.iter().copied().max().unwrap_or(0);
+    let mut pairs: Vec<Online> = Vec::new();
+    let mut folded = vec![false; max_depth + 1];
+    for phase in 2..=max_depth {
+        if folded[phase - 1] {
+            continue;
+        }
+        let reduces: Vec<usize> = (0..k.body.len())
+            .filter(|&i| matches!(k.body[i].op, InstOp::Reduce(..)) && info.depth[i] == phase)
+            .collect();
+        let forms: Option<Vec<Online>> = reduces.iter().map(|&r| online_form(k, info, r)).collect();
+        let Some(forms) = forms.filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        let mut firsts: Vec<usize> = forms.iter().map(|f| f.parts().0).collect();
+        let earlier = firsts.iter().all(|&f| info.depth[f] == phase - 1);
+        let welford = forms.iter().any(|f| matches!(f, Online::Welford { .. }));
+        firsts.sort_unstable();
+        firsts.dedup();
+        if earlier && firsts.len() == forms.len() && !(welford && len >= 1 << 24) {
+            folded[phase] = true;
+            pairs.extend(forms);
+        }
+    }
+    pairs
+}
+
 fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> (String, Launch) {
     let axes = collapse(k);
     let row_axes: Vec<usize> = (0..axes.sizes.len()).filter(|&d| !axes.reduce[d]).collect();
@@ -783,6 +868,13 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
     let wide = max_index(k).max(rows.saturating_mul(len)) >= NARROW_LIMIT;
     let idx_t = if wide { "long long" } else { "int" };
     let exact = len.is_multiple_of(threads);
+    // Rows re-read in each pass: fold a pass into the one before where the maths allows.
+    let online = if cache || slices > 1 {
+        Vec::new()
+    } else {
+        online_pairs(k, &info, len)
+    };
+    let block_mode = !warp_mode && group > 1;
 
     let strategy = format!(
         "{} rows of {} elements; {}; {}; {} indices",
@@ -796,8 +888,20 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         },
         if cache {
             format!("row held in registers ({items} per thread), read once")
-        } else {
+        } else if online.is_empty() {
             "re-read from memory in each pass".into()
+        } else {
+            let names: Vec<&str> = online
+                .iter()
+                .map(|o| match o {
+                    Online::Softmax { .. } => "online softmax",
+                    Online::Welford { .. } => "Welford mean and variance",
+                })
+                .collect();
+            format!(
+                "re-read from memory in each pass, {} in one",
+                names.join(", ")
+            )
         },
         if wide { "64-bit" } else { "32-bit" }
     );
@@ -812,6 +916,9 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         w.line("__shared__ float tc_smem[33 * 32];");
     } else if !warp_mode {
         w.line("__shared__ float tc_smem[32];");
+    }
+    if block_mode && !online.is_empty() {
+        w.line("__shared__ float tc_smem2[96];");
     }
     consts(&mut w, k);
     if slices > 1 {
@@ -1016,15 +1123,26 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         }
     };
     row_insts_at(&mut w, 0);
+    let pair_of = |i: usize| online.iter().copied().find(|o| o.parts().0 == i);
     for phase in 1..=max_depth {
         let reduces: Vec<usize> = (0..k.body.len())
             .filter(|&i| matches!(k.body[i].op, InstOp::Reduce(..)) && info.depth[i] == phase)
             .collect();
-        if reduces.is_empty() {
+        let folded = online.iter().any(|o| info.depth[o.parts().1] == phase);
+        if reduces.is_empty() || folded {
+            // (a folded pass's reductions were finished with the pass before)
             row_insts_at(&mut w, phase);
             continue;
         }
-        w.line(format!("// reduction pass {phase}"));
+        let pairs: Vec<Online> = reduces.iter().filter_map(|&i| pair_of(i)).collect();
+        if pairs.is_empty() {
+            w.line(format!("// reduction pass {phase}"));
+        } else {
+            w.line(format!(
+                "// reduction pass {phase}, and pass {} in the same read",
+                phase + 1
+            ));
+        }
         let operands: Vec<usize> = reduces
             .iter()
             .filter_map(|&i| match k.body[i].op {
@@ -1035,6 +1153,15 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         for &i in &reduces {
             if let InstOp::Reduce(op, _) = k.body[i].op {
                 w.line(format!("float acc{i} = {};", reduce_parts(op).0));
+            }
+        }
+        for p in &pairs {
+            match *p {
+                Online::Softmax { sum, .. } => w.line(format!("float acc{sum} = 0.0f;")),
+                Online::Welford { mean, var } => {
+                    w.line(format!("float tc_n{mean} = 0.0f;"));
+                    w.line(format!("float acc{var} = 0.0f;"));
+                }
             }
         }
         let stores_here: &[usize] = if phase == 1 { &early } else { &[] };
@@ -1051,16 +1178,59 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         emit_elems(&mut w, &list, &jidx);
         store_lines(&mut w, stores_here, &jidx);
         for &i in &reduces {
-            if let InstOp::Reduce(op, a) = k.body[i].op {
-                w.line(format!(
-                    "acc{i} = {}(acc{i}, {});",
-                    reduce_parts(op).1,
-                    v(a)
-                ));
+            let InstOp::Reduce(op, a) = k.body[i].op else {
+                continue;
+            };
+            let a = v(a);
+            match pair_of(i) {
+                Some(Online::Softmax { sum, .. }) => {
+                    w.line(format!("const float tc_m{i} = tc_max(acc{i}, {a});"));
+                    w.line(format!(
+                        "if (tc_m{i} != acc{i}) {{ acc{sum} *= expf(acc{i} - tc_m{i}); acc{i} = tc_m{i}; }}"
+                    ));
+                    w.line(format!(
+                        "if ({a} != __int_as_float(0xff800000)) acc{sum} += expf({a} - acc{i});"
+                    ));
+                }
+                Some(Online::Welford { var, .. }) => {
+                    w.line(format!("tc_n{i} += 1.0f;"));
+                    w.line(format!("const float tc_d{i} = {a} - acc{i};"));
+                    w.line(format!("acc{i} += tc_d{i} / tc_n{i};"));
+                    w.line(format!("acc{var} += tc_d{i} * ({a} - acc{i});"));
+                }
+                None => w.line(format!("acc{i} = {}(acc{i}, {a});", reduce_parts(op).1)),
             }
         }
         close_loop(&mut w);
+        for p in &pairs {
+            let (combine, vars) = match *p {
+                Online::Softmax { max, sum } => ("softmax", format!("acc{max}, acc{sum}")),
+                Online::Welford { mean, var } => {
+                    ("welford", format!("tc_n{mean}, acc{mean}, acc{var}"))
+                }
+            };
+            if block_mode {
+                w.line(format!("tc_block_{combine}({vars}, tc_smem2);"));
+            } else if warp_mode && group > 1 {
+                w.line(format!("tc_warp_{combine}({vars});"));
+            }
+            let (first, second) = p.parts();
+            w.line(format!("const float {} = acc{first};", v(first)));
+            let mean_of = matches!(k.body[second].op, InstOp::Reduce(ReduceOp::Mean, _));
+            if mean_of && matches!(p, Online::Welford { .. }) {
+                w.line(format!(
+                    "const float {} = acc{second} / {};",
+                    v(second),
+                    float_literal(len as f64)
+                ));
+            } else {
+                w.line(format!("const float {} = acc{second};", v(second)));
+            }
+        }
         for &i in &reduces {
+            if pair_of(i).is_some() {
+                continue;
+            }
             if let InstOp::Reduce(op, _) = k.body[i].op {
                 let suffix = reduce_parts(op).2;
                 if slices > 1 {

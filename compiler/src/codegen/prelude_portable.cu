@@ -73,4 +73,98 @@ TC_BLOCK_REDUCE(tc_block_min, tc_warp_min, tc_min, __int_as_float(0x7f800000))
 TC_SLICE_REDUCE(tc_slice_sum, tc_add)
 TC_SLICE_REDUCE(tc_slice_max, tc_max)
 TC_SLICE_REDUCE(tc_slice_min, tc_min)
+// Single-pass row statistics for rows too long to keep in registers. The lane whose bit `o`
+// is clear is always the left operand of a merge, so both lanes of a shuffle compute the
+// same bits and every thread of a row ends with the same result.
+// Online softmax: (m, s) = running max and sum of exp(x - m); a merge rescales to the
+// larger max (`m == mn` keeps exp(-inf - -inf) out, so an all -inf side adds 0).
+__device__ __forceinline__ void tc_softmax_merge(float& m, float& s, float m2, float s2) {
+    const float mn = tc_max(m, m2);
+    const float a = (m == mn) ? s : s * expf(m - mn);
+    const float b = (m2 == mn) ? s2 : s2 * expf(m2 - mn);
+    m = mn;
+    s = a + b;
+}
+__device__ __forceinline__ void tc_warp_softmax(float& m, float& s) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        if (threadIdx.x & o) {
+            const float m1 = m, s1 = s;
+            m = m2;
+            s = s2;
+            tc_softmax_merge(m, s, m1, s1);
+        } else {
+            tc_softmax_merge(m, s, m2, s2);
+        }
+    }
+}
+// `sh` holds 64 floats.
+__device__ __forceinline__ void tc_block_softmax(float& m, float& s, float* sh) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    tc_warp_softmax(m, s);
+    __syncthreads();
+    if (lane == 0) { sh[warp] = m; sh[32 + warp] = s; }
+    __syncthreads();
+    if (warp == 0) {
+        const bool live = lane < (int)(blockDim.x >> 5);
+        float wm = live ? sh[lane] : __int_as_float(0xff800000);
+        float ws = live ? sh[32 + lane] : 0.0f;
+        tc_warp_softmax(wm, ws);
+        if (lane == 0) { sh[0] = wm; sh[32] = ws; }
+    }
+    __syncthreads();
+    m = sh[0];
+    s = sh[32];
+}
+// Welford: (n, mean, m2) = count, mean and sum of squared deviations of the values seen;
+// merged by Chan et al.'s formula.
+__device__ __forceinline__ void tc_welford_merge(float& n, float& mean, float& m2, float nb, float meanb, float m2b) {
+    if (nb == 0.0f) return;
+    if (n == 0.0f) { n = nb; mean = meanb; m2 = m2b; return; }
+    const float nn = n + nb;
+    const float d = meanb - mean;
+    const float f = nb / nn;
+    mean = mean + d * f;
+    m2 = m2 + m2b + d * d * n * f;
+    n = nn;
+}
+__device__ __forceinline__ void tc_warp_welford(float& n, float& mean, float& m2) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float n2 = __shfl_xor_sync(0xffffffffu, n, o);
+        const float mean2 = __shfl_xor_sync(0xffffffffu, mean, o);
+        const float m22 = __shfl_xor_sync(0xffffffffu, m2, o);
+        if (threadIdx.x & o) {
+            const float n1 = n, mean1 = mean, m21 = m2;
+            n = n2;
+            mean = mean2;
+            m2 = m22;
+            tc_welford_merge(n, mean, m2, n1, mean1, m21);
+        } else {
+            tc_welford_merge(n, mean, m2, n2, mean2, m22);
+        }
+    }
+}
+// `sh` holds 96 floats.
+__device__ __forceinline__ void tc_block_welford(float& n, float& mean, float& m2, float* sh) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    tc_warp_welford(n, mean, m2);
+    __syncthreads();
+    if (lane == 0) { sh[warp] = n; sh[32 + warp] = mean; sh[64 + warp] = m2; }
+    __syncthreads();
+    if (warp == 0) {
+        const bool live = lane < (int)(blockDim.x >> 5);
+        float wn = live ? sh[lane] : 0.0f;
+        float wmean = live ? sh[32 + lane] : 0.0f;
+        float wm2 = live ? sh[64 + lane] : 0.0f;
+        tc_warp_welford(wn, wmean, wm2);
+        if (lane == 0) { sh[0] = wn; sh[32] = wmean; sh[64] = wm2; }
+    }
+    __syncthreads();
+    n = sh[0];
+    mean = sh[32];
+    m2 = sh[64];
+}
 // ---- end of prelude ----
