@@ -1024,10 +1024,23 @@ fn check_cuda_against_cpu_with(
             gpu.measured_bytes
         ));
     }
-    for ((want, got), out) in cpu.iter().zip(&gpu.outputs).zip(&program.plan.outputs) {
+    compare_with_cpu(label, "CUDA", &program.plan, &cpu, &gpu.outputs)
+        .map_err(|e| format!("{e}\n{source}"))
+}
+
+/// Every output of `got` (from `device`) equals the CPU executor's within the dtype's
+/// tolerance, NaN where the CPU has NaN.
+fn compare_with_cpu(
+    label: &str,
+    device: &str,
+    plan: &Plan,
+    cpu: &[tc_runtime::HostTensor],
+    got: &[tc_runtime::HostTensor],
+) -> Result<(), String> {
+    for ((want, got), out) in cpu.iter().zip(got).zip(&plan.outputs) {
         if want.shape != got.shape || want.dtype != got.dtype {
             return Err(format!(
-                "{label}: output {} is {:?} on CUDA, {:?} on the CPU",
+                "{label}: output {} is {:?} on {device}, {:?} on the CPU",
                 out.name, got.shape, want.shape
             ));
         }
@@ -1037,7 +1050,7 @@ fn check_cuda_against_cpu_with(
                 (w.is_nan() && g.is_nan()) || w == &g || (w - g).abs() <= atol + rtol * w.abs();
             if !ok {
                 return Err(format!(
-                    "{label}: output {} element {i}: CUDA {g}, CPU {w}\n{source}",
+                    "{label}: output {} element {i}: {device} {g}, CPU {w}",
                     out.name
                 ));
             }

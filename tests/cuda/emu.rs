@@ -62,26 +62,8 @@ fn check_plan(
                 out.name
             ));
         }
-        let (want, got) = (&cpu[j], &runs[0][j]);
-        if want.shape != got.shape || want.dtype != got.dtype {
-            return Err(format!(
-                "{label}: output {} is {:?} emulated, {:?} on the CPU",
-                out.name, got.shape, want.shape
-            ));
-        }
-        let (rtol, atol) = tolerance(want.dtype);
-        for (i, (w, g)) in want.to_f32().iter().zip(got.to_f32()).enumerate() {
-            let ok =
-                (w.is_nan() && g.is_nan()) || w == &g || (w - g).abs() <= atol + rtol * w.abs();
-            if !ok {
-                return Err(format!(
-                    "{label}: output {} element {i}: emulated CUDA {g}, CPU {w}",
-                    out.name
-                ));
-            }
-        }
     }
-    Ok(())
+    compare_with_cpu(label, "emulated CUDA", plan, &cpu, &runs[0])
 }
 
 fn check_source(
@@ -246,15 +228,8 @@ fn emu_single_pass_row_statistics_keep_ieee_special_values() {
             &EmuOptions::default(),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let (want, got) = (cpu[0].to_f32(), emulated[0].to_f32());
-        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-            let ok = (w.is_nan() && g.is_nan()) || w == g || (w - g).abs() <= 2e-4 + 2e-3 * w.abs();
-            assert!(
-                ok,
-                "{name}: row {} element {}: emulated {g}, CPU {w}",
-                i as u64 / cols,
-                i as u64 % cols
-            );
+        if let Err(e) = compare_with_cpu(name, "emulated CUDA", &plan, &cpu, &emulated) {
+            panic!("{e}");
         }
     }
 }
