@@ -98,11 +98,24 @@ pub fn source_op_name(graph: &Graph, nodes: &[NodeId]) -> &'static str {
 /// 1. The groups run in the order given; if the packed arena then exceeds the eager figure
 ///    (fusion can compute a value earlier than eager would and keep it live longer), they are
 ///    also tried in an as-late-as-possible order, and the smaller arena is kept.
-/// 2. If the arena still exceeds the eager figure, the unfused groups are tried as a last
+/// 2. With fusion on, `fuse::siblings` proposes merging kernels that load the same data
+///    (horizontal fusion); each merge is planned as in 1 and kept only when its arena is not
+///    larger than the best so far, so sibling fusion never raises the planned peak.
+/// 3. If the arena still exceeds the eager figure, the unfused groups are tried as a last
 ///    resort; the smallest arena wins, so `planned <= eager` whenever any of them achieves it.
 pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Plan, Diagnostic> {
     let budget = crate::report::eager_budget(graph, options);
     let mut best = plan_ordered(graph, groups, options, budget)?;
+    if options.fuse {
+        crate::fuse::siblings(graph, groups, |merged| {
+            let p = plan_ordered(graph, merged, options, budget)?;
+            let keep = p.arena_bytes <= best.arena_bytes;
+            if keep {
+                best = p;
+            }
+            Ok::<bool, Diagnostic>(keep)
+        })?;
+    }
     if options.reuse && options.fuse && best.arena_bytes > budget {
         let unfused = crate::fuse::fuse(graph, false);
         for cand in [late_order(graph, &unfused), unfused] {
