@@ -625,6 +625,69 @@ fn examples_kernels_compile_with_nvrtc() {
     }
 }
 
+/// Sibling fusion (docs/memory-planning.md §2 rule 10) makes kernels with several stores and
+/// several sets of reductions: one of each code path of the generator, each a single kernel
+/// loading `x` once, storing both values, and compiling with NVRTC.
+#[test]
+fn sibling_fused_kernels_in_every_strategy_compile() {
+    let two_rows = |shape: &str, axis: i32, a: &str, b: &str| {
+        format!(
+            "input x : f32[{shape}]\na = {a}(x, axis={axis})\nb = {b}(x, axis={axis})\noutput a, b\n"
+        )
+    };
+    let cases = [
+        (
+            "softmax pair, short rows",
+            two_rows("64, 80", -1, "softmax", "log_softmax"),
+            "one warp per row",
+        ),
+        (
+            "softmax pair, long rows",
+            two_rows("8, 4096", -1, "softmax", "log_softmax"),
+            "one block of",
+        ),
+        (
+            "column sums, few rows",
+            two_rows("64, 8", 0, "sum", "max"),
+            "each split over",
+        ),
+        (
+            "column sums, many rows",
+            two_rows("4, 262144", 0, "sum", "min"),
+            "one thread per row",
+        ),
+        (
+            "pointwise pair",
+            "input x : f32[64, 1024]\na = exp(x)\nb = sin(x) * 2\noutput a, b\n".to_string(),
+            "pointwise over",
+        ),
+    ];
+    let nvrtc = nvrtc_ready();
+    for (label, source, strategy) in cases {
+        let program = compile_example(label, &source, &[]);
+        let plan = &program.plan;
+        assert_eq!(
+            plan.kernels.len(),
+            1,
+            "{label}:\n{}",
+            tc_compiler::plan::print(plan)
+        );
+        let KernelKind::Fused(f) = &plan.kernels[0].kind else {
+            panic!("{label}: not a fused kernel")
+        };
+        assert_eq!((f.loads.len(), f.stores.len()), (1, 2), "{label}");
+        let kernel = &emit_kernels(plan)[0];
+        assert!(
+            kernel.source.contains(strategy),
+            "{label}: expected `{strategy}` in\n{}",
+            kernel.source
+        );
+        if nvrtc {
+            check_compiles(label, plan);
+        }
+    }
+}
+
 /// Small dims for running the examples: each example's `dim` lines get these values
 /// (D = H·Dh keeps the transformer's reshapes valid; N = 1000 leaves a vector tail).
 fn small_dims(source: &str) -> Vec<(String, u64)> {

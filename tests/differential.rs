@@ -93,6 +93,14 @@ const HAZARDS: &[(&str, &str)] = &[
         "input x : f32[4, 9]\na = x * x\nr = rmsnorm(a, axis=-1)\nm = mean(a, axis=-1, keepdim=true)\ny = r + expand(m, [4, 9]) + a\noutput y",
     ),
     (
+        "sibling row kernels over one value, one written in place of it",
+        "input x : f32[6, 8]\nparam w : f32[8, 8]\nm = x @ w\na = softmax(m, axis=-1)\nb = log_softmax(m, axis=-1) * 2\noutput a, b",
+    ),
+    (
+        "sibling pointwise kernels over one value, one written in place of it",
+        "input x : f32[6, 8]\nparam w : f32[8, 8]\nm = x @ w\na = exp(m)\nb = m * m - 1\noutput a, b",
+    ),
+    (
         "half-precision chain written in place",
         "input x : f16[4, 8]\na = x * 2\nb = exp(a / 4)\nc = f32(b) + 1\nd = bf16(c) * 3\noutput d, b",
     ),

@@ -3,7 +3,8 @@
 //! The pipeline, one module per stage (see `docs/architecture.md`):
 //! `syntax` (lex, parse) → `check` (names, dtypes, shapes → checked `ir::Graph`) →
 //! `ir::decompose` (built-ins to primitives) → `fuse` (group ops into kernels) →
-//! `plan` (buffers, liveness, in-place reuse, arena packing → `schedule::Plan`) →
+//! `plan` (sibling merges that do not grow the arena, buffers, liveness, in-place reuse,
+//! arena packing → `schedule::Plan`) →
 //! `report` (the memory report) and `codegen` (CUDA C).
 //! This crate does no I/O and touches no device.
 
@@ -50,6 +51,7 @@ pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagno
     let checked = check::check_source(source, &options.dims)?;
     let primitive = ir::decompose::decompose(&checked);
     let groups = fuse::fuse(&primitive, options.plan.fuse);
+    // The planner also merges sibling kernels (`fuse::siblings`) where the arena does not grow.
     let plan = plan::plan(&primitive, &groups, &options.plan).map_err(|d| vec![d])?;
     let memory = report::memory_report(&checked, &primitive, &plan);
     Ok(Program {

@@ -5,9 +5,14 @@
 //! consumers when every reduction of the kernel folds the same axes of the same domain;
 //! matmul is a kernel of its own; an in-kernel edge must read the producer's element at the
 //! consumer's domain index (no transposed read, no recomputation of a smaller value).
+//! `siblings` then merges kernels that load the same data (horizontal fusion), each merge
+//! kept only when the caller (the planner: the arena must not grow) accepts it.
 
+mod siblings;
 #[cfg(test)]
 pub(crate) mod testgraph;
+
+pub use siblings::{siblings, MAX_SIBLING_TRIALS};
 
 use crate::ir::layout::{layouts, Layout};
 use crate::ir::types::contiguous_strides;
@@ -232,7 +237,32 @@ struct Fuser<'a> {
     members: Vec<Vec<NodeId>>,
 }
 
-impl Fuser<'_> {
+impl<'a> Fuser<'a> {
+    /// The state after fusion, rebuilt from its groups (`group i` keeps index `i`) with
+    /// `flays`, the layouts that see through promotions in no group (folded or dissolved):
+    /// the readers of such a promotion count as readers of its operand's storage.
+    fn from_groups(graph: &'a Graph, groups: &[Group], flays: &[Layout]) -> Fuser<'a> {
+        let mut gid = vec![None; graph.len()];
+        for (g, group) in groups.iter().enumerate() {
+            for n in &group.nodes {
+                gid[n.index()] = Some(g);
+            }
+        }
+        let mut consumers = vec![Vec::new(); graph.len()];
+        for id in graph.ids().filter(|id| gid[id.index()].is_some()) {
+            for o in graph.node(id).op.operands() {
+                consumers[flays[o.index()].root.index()].push(id);
+            }
+        }
+        Fuser {
+            graph,
+            lays: layouts(graph),
+            consumers,
+            gid,
+            members: groups.iter().map(|g| g.nodes.clone()).collect(),
+        }
+    }
+
     fn merge(&mut self, a: usize, b: usize) -> bool {
         if a == b {
             return false;
@@ -253,6 +283,15 @@ impl Fuser<'_> {
         self.members[a] = nodes;
         drop(moved);
         true
+    }
+
+    /// Undoes `merge(a, b)`, given the members both had before it.
+    fn unmerge(&mut self, a: usize, b: usize, old_a: Vec<NodeId>, old_b: Vec<NodeId>) {
+        for &n in &old_b {
+            self.gid[n.index()] = Some(b);
+        }
+        self.members[a] = old_a;
+        self.members[b] = old_b;
     }
 
     fn successors(&self, g: usize) -> BTreeSet<usize> {

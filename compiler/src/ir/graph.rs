@@ -373,6 +373,22 @@ impl Graph {
         users
     }
 
+    /// For each node, whether an output depends on it (the output nodes included).
+    pub fn needed(&self) -> Vec<bool> {
+        let mut needed = vec![false; self.nodes.len()];
+        for o in &self.outputs {
+            needed[o.node.index()] = true;
+        }
+        for id in (0..self.nodes.len() as u32).rev().map(NodeId) {
+            if needed[id.index()] {
+                for o in self.node(id).op.operands() {
+                    needed[o.index()] = true;
+                }
+            }
+        }
+        needed
+    }
+
     /// A display name for a node: its bound name, else `%N`.
     pub fn display_name(&self, id: NodeId) -> String {
         match &self.node(id).name {

@@ -95,22 +95,30 @@ pub fn source_op_name(graph: &Graph, nodes: &[NodeId]) -> &'static str {
 
 /// Builds the schedule for the fused groups of a primitive graph.
 ///
-/// The groups run in the order given; if the packed arena then exceeds the eager figure
-/// (fusion can compute a value earlier than eager would and keep it live longer), the same
-/// groups are tried in an as-late-as-possible order, and as a last resort the unfused
-/// groups; the smallest arena wins, so `planned <= eager` whenever any of them achieves it.
+/// 1. The groups run in the order given; if the packed arena then exceeds the eager figure
+///    (fusion can compute a value earlier than eager would and keep it live longer), they are
+///    also tried in an as-late-as-possible order, and the smaller arena is kept.
+/// 2. With fusion on, `fuse::siblings` proposes merging kernels that load the same data
+///    (horizontal fusion); each merge is planned as in 1 and kept only when its arena is not
+///    larger than the best so far, so sibling fusion never raises the planned peak.
+/// 3. If the arena still exceeds the eager figure, the unfused groups are tried as a last
+///    resort; the smallest arena wins, so `planned <= eager` whenever any of them achieves it.
 pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Plan, Diagnostic> {
     let budget = crate::report::eager_budget(graph, options);
-    let mut best = plan_in_order(graph, groups, options, budget)?;
-    if options.reuse && best.arena_bytes > budget {
-        let late = late_order(graph, groups);
-        let mut candidates = vec![late];
-        if options.fuse {
-            let unfused = crate::fuse::fuse(graph, false);
-            candidates.push(late_order(graph, &unfused));
-            candidates.push(unfused);
-        }
-        for cand in candidates {
+    let mut best = plan_ordered(graph, groups, options, budget)?;
+    if options.fuse {
+        crate::fuse::siblings(graph, groups, |merged| {
+            let p = plan_ordered(graph, merged, options, budget)?;
+            let keep = p.arena_bytes <= best.arena_bytes;
+            if keep {
+                best = p;
+            }
+            Ok::<bool, Diagnostic>(keep)
+        })?;
+    }
+    if options.reuse && options.fuse && best.arena_bytes > budget {
+        let unfused = crate::fuse::fuse(graph, false);
+        for cand in [late_order(graph, &unfused), unfused] {
             let p = plan_in_order(graph, &cand, options, budget)?;
             if p.arena_bytes < best.arena_bytes {
                 best = p;
@@ -125,6 +133,26 @@ pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Pl
         verify(&best).map_err(|e| internal(format!("the plan fails verification: {e}")))?;
     }
     Ok(best)
+}
+
+/// The plan of `groups` in their order, or in the as-late-as-possible order when that packs
+/// smaller and the first exceeds the eager figure `budget`.
+pub(crate) fn plan_ordered(
+    graph: &Graph,
+    groups: &[Group],
+    options: &PlanOptions,
+    budget: u64,
+) -> Result<Plan, Diagnostic> {
+    let best = plan_in_order(graph, groups, options, budget)?;
+    if !options.reuse || best.arena_bytes <= budget {
+        return Ok(best);
+    }
+    let late = plan_in_order(graph, &late_order(graph, groups), options, budget)?;
+    Ok(if late.arena_bytes < best.arena_bytes {
+        late
+    } else {
+        best
+    })
 }
 
 /// The groups in a topological order that runs each group as late as its last node
@@ -206,17 +234,7 @@ fn plan_in_order(
         .iter()
         .map(|o| lays[o.node.index()].root)
         .collect();
-    let mut live = vec![false; graph.len()];
-    for o in &graph.outputs {
-        live[o.node.index()] = true;
-    }
-    for id in (0..graph.len() as u32).rev().map(NodeId) {
-        if live[id.index()] {
-            for o in graph.node(id).op.operands() {
-                live[o.index()] = true;
-            }
-        }
-    }
+    let live = graph.needed();
     // Stored values: outputs, and values a later kernel reads.
     let mut stored = vec![false; graph.len()];
     for r in &output_roots {
