@@ -350,3 +350,46 @@ fn no_fuse_and_no_reuse_never_plan_less_than_the_default() {
         "planning should save memory on a transformer block"
     );
 }
+
+#[test]
+fn output_into_a_pipe_closed_early_ends_quietly() {
+    // `tc emit --kernels x.tx | head -1`: the reader goes away after one line; tc must not
+    // panic on the failed write (it ends by SIGPIPE, as other command-line tools do).
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    // 400 unfused kernels: far more CUDA C than a pipe buffers.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut source = String::from("dim N = 1000\ninput x : f32[N]\ny0 = exp(x)\n");
+    for i in 1..400 {
+        source.push_str(&format!("y{i} = exp(y{})\n", i - 1));
+    }
+    source.push_str("output y399\n");
+    let file = write(dir.path(), "long.tx", source);
+    let mut child = std::process::Command::new(cli::tc_path())
+        .args(["emit", "--kernels", "--no-fuse", &file])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tc starts");
+    let mut first = [0u8; 64];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("tc writes");
+    // The read end is dropped here, long before tc has written its ~500 KB.
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    let status = child.wait().expect("tc ends");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        status.success() || status.signal() == Some(13),
+        "tc ended with {status:?}: {stderr}"
+    );
+}

@@ -14,9 +14,9 @@ pub fn print(plan: &Plan) -> String {
     let o = &plan.options;
     let _ = writeln!(
         out,
-        "plan: {} kernels, {} buffers, arena {} bytes (fuse: {}, reuse: {}, matmul workspace: {})",
-        plan.kernels.len(),
-        plan.buffers.len(),
+        "plan: {}, {}, arena {} bytes (fuse: {}, reuse: {}, matmul workspace: {})",
+        crate::report::text::count(plan.kernels.len(), "kernel"),
+        crate::report::text::count(plan.buffers.len(), "buffer"),
         plan.arena_bytes,
         o.fuse,
         o.reuse,

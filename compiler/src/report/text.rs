@@ -41,12 +41,21 @@ fn symbol(i: usize) -> char {
 /// Width of the arena in the chart, in characters.
 const CHART_WIDTH: u64 = 64;
 
+/// `n` and `noun`, plural unless `n` is 1: "1 kernel", "3 kernels".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub fn render_text(report: &MemoryReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "memory report: {} kernels, arena {} ({} bytes)",
-        report.kernels.len(),
+        "memory report: {}, arena {} ({} bytes)",
+        count(report.kernels.len(), "kernel"),
         human(report.arena_bytes),
         report.arena_bytes
     );

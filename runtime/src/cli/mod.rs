@@ -21,6 +21,12 @@ use tc_compiler::{CompileOptions, PlanOptions, Program};
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`tc emit --kernels x.tx | head`): end
+    // quietly as other command-line tools do, instead of panicking on the failed write.
+    // SAFETY: called first, before tc starts any thread; SIG_DFL is always a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
