@@ -655,6 +655,9 @@ impl Builder<'_> {
         let mut loads: HashMap<(BufferId, i64, Vec<i64>), InstId> = HashMap::new();
         let mut consts: HashMap<(u64, crate::ir::DType), InstId> = HashMap::new();
         let mut casts: HashMap<(InstId, crate::ir::DType), InstId> = HashMap::new();
+        // Value numbering: the same op on the same insts is computed once (sibling kernels
+        // merged by `fuse` often share their row statistics, softmax's max and sum, say).
+        let mut computed: HashMap<(Computed, crate::ir::DType, Level), InstId> = HashMap::new();
         let row_level = if k.reduce_axes.is_empty() {
             Level::Element
         } else {
@@ -792,6 +795,11 @@ impl Builder<'_> {
                     )))
                 }
             };
+            let key = Computed::of(&op).map(|c| (c, dtype, level));
+            if let Some(&same) = key.as_ref().and_then(|key| computed.get(key)) {
+                inst_of.insert(n, same);
+                continue;
+            }
             // Arithmetic is in f32; a half-precision result is rounded right away, so the
             // fused kernel rounds exactly where the unfused program stores.
             let rounds = dtype != crate::ir::DType::F32
@@ -815,6 +823,9 @@ impl Builder<'_> {
                 });
             }
             inst_of.insert(n, k.body.len() - 1);
+            if let Some(key) = key {
+                computed.insert(key, k.body.len() - 1);
+            }
         }
         for (&n, &buffer) in outs.iter().zip(out_bufs) {
             let inst = *inst_of
@@ -823,6 +834,27 @@ impl Builder<'_> {
             k.stores.push(Store { inst, buffer });
         }
         Ok(k)
+    }
+}
+
+/// A computing inst's op, hashable (no `Const`: constants are numbered by their bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Computed {
+    Unary(crate::ir::UnaryOp, InstId),
+    Binary(BinaryOp, InstId, InstId),
+    Cast(InstId),
+    Reduce(ReduceOp, InstId),
+}
+
+impl Computed {
+    fn of(op: &InstOp) -> Option<Computed> {
+        match *op {
+            InstOp::Unary(u, a) => Some(Computed::Unary(u, a)),
+            InstOp::Binary(b, x, y) => Some(Computed::Binary(b, x, y)),
+            InstOp::Cast(a) => Some(Computed::Cast(a)),
+            InstOp::Reduce(r, a) => Some(Computed::Reduce(r, a)),
+            InstOp::Load(_) | InstOp::Const(_) => None,
+        }
     }
 }
 
