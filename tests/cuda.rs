@@ -100,6 +100,7 @@ impl Builder {
                 params: Vec::new(),
                 outputs: Vec::new(),
                 options: PlanOptions::default(),
+                unfused_fallback: false,
             },
         }
     }

@@ -558,3 +558,36 @@ fn edge_programs_plan_verify_and_render() {
     }
     assert!(planned >= 4 * 7, "only {planned} edge plans");
 }
+
+#[test]
+fn an_unfused_fallback_is_said_in_the_plan_and_the_report() {
+    // A random-program find (seed 135 of the generator): every fused plan of it packs
+    // larger than eager execution; the unfused kernels fit.
+    let src = "dim C = 4\ndim D = 5\nparam w0 : bf16[C, 5, 1]\ninput x1 : f32[D, C]\n\
+               v1 = tanh(square(w0))\nv3 = minimum(v1, x1)\noutput v3\n";
+    let fused = compile("fallback", src, true, true);
+    let unfused = compile("fallback", src, false, true);
+    assert!(fused.plan.unfused_fallback);
+    assert!(!unfused.plan.unfused_fallback);
+    assert_eq!(fused.plan.kernels.len(), unfused.plan.kernels.len());
+    assert!(fused.plan.arena_bytes <= fused.memory.peaks.eager.without_inputs);
+    assert!(
+        fused
+            .memory
+            .notes
+            .iter()
+            .any(|n| n.contains("kernels are the unfused ones")),
+        "{:?}",
+        fused.memory.notes
+    );
+    assert!(tc_compiler::plan::text::print(&fused.plan).contains("unfused fallback"));
+    // An ordinary fused program says nothing of the kind.
+    let chain = compile(
+        "chain",
+        "dim N = 64\ninput x : f32[N]\ny = exp(x) * 2\noutput y\n",
+        true,
+        true,
+    );
+    assert!(!chain.plan.unfused_fallback);
+    assert!(chain.memory.notes.is_empty());
+}

@@ -249,6 +249,9 @@ pub struct Plan {
     pub params: Vec<BufferId>,
     pub outputs: Vec<PlanOutput>,
     pub options: PlanOptions,
+    /// Fusion was asked for, but every fused plan needed a larger arena than eager
+    /// execution, so these are the unfused kernels (`plan::plan`, stage 3).
+    pub unfused_fallback: bool,
 }
 
 impl Plan {

@@ -121,7 +121,10 @@ pub fn plan(graph: &Graph, groups: &[Group], options: &PlanOptions) -> Result<Pl
         for cand in [late_order(graph, &unfused), unfused] {
             let p = plan_in_order(graph, &cand, options, budget)?;
             if p.arena_bytes < best.arena_bytes {
-                best = p;
+                best = Plan {
+                    unfused_fallback: true,
+                    ..p
+                };
             }
             if best.arena_bytes <= budget {
                 break;
@@ -389,6 +392,7 @@ fn plan_in_order(
         params,
         outputs,
         options: options.clone(),
+        unfused_fallback: false,
     })
 }
 

@@ -22,6 +22,12 @@ pub fn print(plan: &Plan) -> String {
         o.reuse,
         o.matmul_workspace
     );
+    if plan.unfused_fallback {
+        let _ = writeln!(
+            out,
+            "(unfused fallback: every fused plan needed a larger arena than eager execution)"
+        );
+    }
     let bname = |id: crate::schedule::BufferId| format!("b{}:{}", id.0, plan.buffer(id).name);
     for k in &plan.kernels {
         let lines: Vec<String> = k.lines.iter().map(|l| l.to_string()).collect();

@@ -377,6 +377,12 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             ));
         }
     }
+    if plan.unfused_fallback {
+        notes.push(format!(
+            "fused, this program needed a larger arena than eager execution ({} bytes), so its kernels are the unfused ones (one per op, as with --no-fuse), which fit: memory comes first",
+            unfused.eager
+        ));
+    }
     if plan.options.reuse && plan.arena_bytes > unfused.eager {
         notes.push(format!(
             "the planned arena ({} bytes) exceeds the eager figure ({} bytes): no packing order found fits",

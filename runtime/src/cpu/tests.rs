@@ -134,6 +134,7 @@ fn plan(
         params: vec![],
         outputs,
         options: PlanOptions::default(),
+        unfused_fallback: false,
     }
 }
 
