@@ -2,7 +2,7 @@
 //! every example (small dims), on fixed hazard programs, and on random generated programs,
 //! each in all four fuse/reuse combinations. Tolerances: `tc_tests::tolerance`.
 
-use tc_tests::differential;
+use tc_tests::{differential, LARGE_REDUCTIONS};
 
 /// Small sizes for each example, so each runs in well under a second in debug builds.
 const SMALL_DIMS: &[(&str, &[(&str, u64)])] = &[
@@ -138,4 +138,15 @@ fn random_programs_match_the_reference() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+#[test]
+fn large_reductions_into_one_value_match_the_reference() {
+    let mut failures = Vec::new();
+    for (i, src) in LARGE_REDUCTIONS.iter().enumerate() {
+        if let Err(e) = differential(src, &[], i as u64) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

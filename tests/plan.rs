@@ -591,3 +591,55 @@ fn an_unfused_fallback_is_said_in_the_plan_and_the_report() {
     assert!(!chain.plan.unfused_fallback);
     assert!(chain.memory.notes.is_empty());
 }
+
+#[test]
+fn a_large_reduction_into_one_value_runs_as_partials_and_their_fold() {
+    let src = "dim N = 16777216\ninput x : f32[N]\ninput t : f32[N]\nloss = mean((x - t) ** 2)\noutput loss\n";
+    let p = compile("loss", src, true, true);
+    assert_eq!(
+        p.plan.kernels.len(),
+        2,
+        "{}",
+        tc_compiler::plan::text::print(&p.plan)
+    );
+    let partials: Vec<_> = p
+        .plan
+        .buffers
+        .iter()
+        .filter(|b| b.name.ends_with(".partials"))
+        .collect();
+    assert_eq!(partials.len(), 1);
+    assert_eq!(
+        (partials[0].shape.clone(), partials[0].bytes),
+        (vec![1024], 4096)
+    );
+    assert_eq!(p.plan.kernels[1].ops, ["sum of partials"]);
+    for source in tc_tests::LARGE_REDUCTIONS {
+        let q = compile("large reduction", source, true, true);
+        if let Err(e) = tc_compiler::plan::verify(&q.plan) {
+            panic!("{source}: {e}");
+        }
+        check_figures(source, &q.memory, true);
+    }
+    assert!(p.memory.notes.is_empty(), "{:?}", p.memory.notes);
+    // The eager model stages the same partials: a plain sum plans at eager, with no note.
+    let sum = compile(
+        "sum",
+        "dim N = 16777216\ninput x : f32[N]\ns = sum(x)\noutput s\n",
+        true,
+        true,
+    );
+    assert_eq!(sum.plan.kernels.len(), 2);
+    assert_eq!(sum.memory.peaks.planned.without_inputs, 4096 + 16);
+    assert_eq!(sum.memory.peaks.eager.without_inputs, 4096 + 16);
+    assert!(sum.memory.notes.is_empty(), "{:?}", sum.memory.notes);
+    // Below 2^18 elements, one kernel as before.
+    let small = compile(
+        "small",
+        "dim N = 1000\ninput x : f32[N]\ns = sum(x)\noutput s\n",
+        true,
+        true,
+    );
+    assert_eq!(small.plan.kernels.len(), 1);
+    assert_eq!(small.memory.peaks.eager.without_inputs, 16);
+}

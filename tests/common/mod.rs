@@ -184,3 +184,18 @@ pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(
     }
     Ok(())
 }
+
+/// Reductions of 2^18+ elements into one value, which the planner splits into a kernel of
+/// partials and a fold of them (`plan::split`): sums, means, max/min, f16 data, a
+/// row-level tail after the fold, an element output beside the reduction, a transposed
+/// read (not split: one stride cannot read it in order) and a prime count (not split).
+pub const LARGE_REDUCTIONS: &[&str] = &[
+    "dim N = 262144\ninput x : f32[N]\ns = sum(x)\noutput s\n",
+    "dim N = 512\ndim M = 1024\ninput x : f32[N, M]\ninput t : f32[N, M]\nloss = mean((x - t) ** 2)\noutput loss\n",
+    "dim N = 300000\ninput x : f32[N]\na = max(x)\nb = min(exp(x))\noutput a, b\n",
+    "dim N = 262144\ninput x : f16[N]\ns = sum(x * 0.5)\nm = mean(x)\noutput s, m\n",
+    "dim N = 262144\ninput x : f32[N]\nparam w : f32[1]\ny = exp(x)\ns = sqrt(sum(y)) * w + 1\noutput y, s\n",
+    "dim N = 512\ndim M = 1024\ninput x : f32[N, M]\ns = sum(transpose(x) * 2)\noutput s\n",
+    "dim N = 262147\ninput x : f32[N]\ns = sum(x)\noutput s\n",
+    "dim N = 1048576\ninput x : f32[N]\ns = mean(abs(x))\noutput s\n",
+];

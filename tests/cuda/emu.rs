@@ -147,6 +147,21 @@ fn emu_random_programs_match_the_cpu() {
 }
 
 #[test]
+fn emu_large_reductions_into_one_value_match_the_cpu() {
+    if !emu_ready() {
+        return;
+    }
+    // Split by the planner into partials and their fold (warp and block rows).
+    let mut failures = Vec::new();
+    for (i, source) in tc_tests::LARGE_REDUCTIONS.iter().enumerate() {
+        failures.extend(
+            check_source(&format!("large reduction {i}"), source, &cuda_options(&[])).err(),
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
 fn emu_single_pass_row_statistics_keep_ieee_special_values() {
     if !emu_ready() {
         return;

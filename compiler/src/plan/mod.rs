@@ -3,6 +3,7 @@
 //! `verify` checks a plan independently; `text` prints it for `tc emit --plan`.
 
 pub mod pack;
+pub mod split;
 pub mod text;
 pub mod verify;
 
@@ -344,13 +345,76 @@ fn plan_in_order(
                 source_op_name(graph, &members).to_string()
             })
             .collect();
-        let lines: BTreeSet<u32> = computed.iter().map(|&n| graph.origin(n).line).collect();
-        kernels.push(Kernel {
-            name,
-            kind,
-            ops,
-            lines: lines.into_iter().collect(),
-        });
+        let lines: Vec<u32> = computed
+            .iter()
+            .map(|&n| graph.origin(n).line)
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        // A large reduction into one value: two kernels over a small buffer of partials.
+        let halves = match &kind {
+            KernelKind::Fused(f) => split::splittable(f).map(|sp| {
+                let partials: Vec<BufferId> = (0..sp.reduces.len())
+                    .map(|i| {
+                        b.push(Buffer {
+                            name: format!(
+                                "{name}.partials{}",
+                                if sp.reduces.len() > 1 {
+                                    i.to_string()
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                            kind: BufferKind::Arena,
+                            dtype: crate::ir::DType::F32,
+                            shape: vec![sp.rows],
+                            bytes: sp.rows * 4,
+                            offset: 0,
+                            first_step: step,
+                            last_step: step + 1,
+                            in_place_of: None,
+                            node: None,
+                        })
+                    })
+                    .collect();
+                split::split(f, &sp, &partials)
+            }),
+            KernelKind::MatMul(_) => None,
+        };
+        match halves {
+            Some((first, second)) => {
+                // The values stored after the fold are written one step later.
+                for st in &second.stores {
+                    b.buffers[st.buffer.index()].first_step = step + 1;
+                }
+                let folds: Vec<String> = second
+                    .body
+                    .iter()
+                    .filter_map(|i| match i.op {
+                        InstOp::Reduce(op, _) => Some(format!("{} of partials", op.name())),
+                        _ => None,
+                    })
+                    .collect();
+                kernels.push(Kernel {
+                    name,
+                    kind: KernelKind::Fused(first),
+                    ops,
+                    lines: lines.clone(),
+                });
+                kernels.push(Kernel {
+                    name: format!("k{}", step + 1),
+                    kind: KernelKind::Fused(second),
+                    ops: folds,
+                    lines,
+                });
+            }
+            None => kernels.push(Kernel {
+                name,
+                kind,
+                ops,
+                lines,
+            }),
+        }
     }
 
     let mut buffers = b.buffers;

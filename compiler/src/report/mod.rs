@@ -119,7 +119,7 @@ fn promotions_read_by_matmul(graph: &Graph) -> BTreeSet<NodeId> {
 /// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
 /// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
 /// figures), ops run in order, each op's result a buffer; a matmul also holds a
-/// `workspace` at its step. Views and checker-inserted casts are free, except a cast a
+/// `workspace` at its step, a large reduction into one value its staged partials. Views and checker-inserted casts are free, except a cast a
 /// matmul reads. Every buffer is
 /// counted rounded up to 16 bytes, the alignment any allocator (and the arena) gives it.
 pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
@@ -143,6 +143,27 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     }
     let steps = step_of_key.len();
     let last = steps.saturating_sub(1);
+    // A reduction of a large operand into one value stages partials (`plan::split`; PyTorch's
+    // reduction kernel also allocates a staging buffer for a grid-wide reduction): an op all
+    // of whose nodes are one element, with a reduction of at least `SPLIT_MIN` elements.
+    let mut staging = vec![0u64; steps];
+    let mut not_scalar = vec![false; steps];
+    for id in graph.ids() {
+        if !is_op(id) {
+            continue;
+        }
+        let s = step_of_key[&key(id)];
+        not_scalar[s] |= graph.ty(id).numel() != Some(1);
+        if let Op::Reduce { arg, .. } = graph.node(id).op {
+            let n = graph.ty(arg).numel().unwrap_or(0);
+            staging[s] = staging[s].max(crate::plan::split::staging_bytes(n));
+        }
+    }
+    for (s, bytes) in staging.iter_mut().enumerate() {
+        if not_scalar[s] {
+            *bytes = 0;
+        }
+    }
     // Result buffers: values read by another op or by an output.
     let mut life: std::collections::BTreeMap<NodeId, (usize, usize)> = Default::default();
     let outputs: BTreeSet<NodeId> = graph
@@ -180,9 +201,10 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     let bytes = |n: NodeId| align_up(graph.ty(n).bytes().unwrap_or(u64::MAX));
     let workspace = align_up(workspace);
     let ws_total = workspace.saturating_mul(matmul_steps.len() as u64);
-    let naive = life
-        .keys()
-        .fold(ws_total, |acc, &n| acc.saturating_add(bytes(n)));
+    let naive = life.keys().fold(
+        ws_total.saturating_add(staging.iter().sum::<u64>()),
+        |acc, &n| acc.saturating_add(bytes(n)),
+    );
     let eager = (0..steps.max(1))
         .map(|s| {
             let live = life
@@ -194,6 +216,7 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
             } else {
                 0
             })
+            .saturating_add(staging.get(s).copied().unwrap_or(0))
         })
         .max()
         .unwrap_or(0);

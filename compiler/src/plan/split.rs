@@ -1,0 +1,344 @@
+//! Two-level reductions. A kernel that folds its whole domain into one value (`sum(x)`,
+//! `mean((y - t) ** 2)`) has one row, and a row is one block of threads on a GPU: a large
+//! one would be read by a single multiprocessor. Such a kernel runs as two instead: the
+//! first reads the domain as `rows × len` and folds each row into a partial (one block per
+//! row, every multiprocessor busy), the second folds the partials and computes what the
+//! kernel computed after its reductions. Deterministic: the partials and their fold have a
+//! fixed order. The partials are one small f32 arena buffer per reduction, live across the
+//! two steps; the eager model counts the same staging for the same reduction (PyTorch's
+//! reduction kernel allocates one for a grid-wide reduction), see `report::unfused_model`.
+
+use crate::ir::{BinaryOp, DType, ReduceOp};
+use crate::schedule::{BufferId, FusedKernel, Inst, InstId, InstOp, Level, Load, Store};
+
+/// Fewest elements a whole-domain reduction needs before it is split.
+pub const SPLIT_MIN: u64 = 1 << 18;
+
+/// Rows of partials for a reduction of `n` elements into one value: the largest divisor of
+/// `n` in 64..=1024 leaving rows of at least 256 elements; `None` below `SPLIT_MIN` or when
+/// `n` has no such divisor.
+pub fn partial_rows(n: u64) -> Option<u64> {
+    if n < SPLIT_MIN {
+        return None;
+    }
+    (64..=1024u64)
+        .rev()
+        .find(|r| n.is_multiple_of(*r) && n / r >= 256)
+}
+
+/// Bytes of partials a reduction of `n` elements into one value stages (0: not split).
+pub fn staging_bytes(n: u64) -> u64 {
+    partial_rows(n).map_or(0, |r| r * 4)
+}
+
+/// How a kernel splits: the rows of partials and, in body order, its reductions (one
+/// partial buffer each).
+pub struct Split {
+    pub rows: u64,
+    pub reduces: Vec<InstId>,
+}
+
+fn operands(op: &InstOp) -> Vec<InstId> {
+    match *op {
+        InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
+        InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
+        InstOp::Binary(_, a, b) => vec![a, b],
+    }
+}
+
+/// Whether `k` splits: it folds its whole domain (one row) of at least `SPLIT_MIN`
+/// elements; no reduction reads another's result, nor does any element store; and every
+/// load reads the domain in order (one stride over the flattened index) or not at all.
+pub fn splittable(k: &FusedKernel) -> Option<Split> {
+    if k.reduce_axes.is_empty() || k.rows() != 1 {
+        return None;
+    }
+    let rows = partial_rows(k.row_len())?;
+    // Insts that depend on a reduction.
+    let mut after = vec![false; k.body.len()];
+    for (i, inst) in k.body.iter().enumerate() {
+        let ops = operands(&inst.op);
+        if matches!(inst.op, InstOp::Reduce(..)) && ops.iter().any(|&o| after[o]) {
+            return None;
+        }
+        after[i] = matches!(inst.op, InstOp::Reduce(..)) || ops.iter().any(|&o| after[o]);
+    }
+    for st in &k.stores {
+        if k.body[st.inst].level == Level::Element && after[st.inst] {
+            return None;
+        }
+    }
+    for ld in &k.loads {
+        flat_stride(&k.domain, &ld.strides)?;
+    }
+    let reduces = (0..k.body.len())
+        .filter(|&i| matches!(k.body[i].op, InstOp::Reduce(..)))
+        .collect();
+    Some(Split { rows, reduces })
+}
+
+/// The one stride that reads a domain in its own (row-major) order: `strides[d]` is it
+/// times the elements after axis `d`, on every axis longer than 1.
+fn flat_stride(domain: &[u64], strides: &[i64]) -> Option<i64> {
+    let last = (0..domain.len())
+        .rev()
+        .find(|&d| domain[d] > 1)
+        .map_or(0, |d| strides[d]);
+    let mut after: i64 = 1;
+    for d in (0..domain.len()).rev() {
+        if domain[d] > 1 && strides[d] != last.checked_mul(after)? {
+            return None;
+        }
+        after = after.checked_mul(i64::try_from(domain[d]).ok()?)?;
+    }
+    Some(last)
+}
+
+/// The two kernels of a split `k`: the first folds `rows` rows into `partials` (one per
+/// reduction of `split.reduces`, f32, `rows` long) and makes `k`'s element stores; the
+/// second folds the partials and makes `k`'s row stores.
+pub fn split(k: &FusedKernel, split: &Split, partials: &[BufferId]) -> (FusedKernel, FusedKernel) {
+    let n = k.row_len();
+    let rows = split.rows;
+    let len = n / rows;
+    let len_i = len as i64;
+    // First: the domain as [rows, len]; a mean's partial is a sum.
+    let loads = k
+        .loads
+        .iter()
+        .map(|ld| {
+            let s = flat_stride(&k.domain, &ld.strides).unwrap_or(0);
+            Load {
+                strides: vec![s * len_i, s],
+                ..ld.clone()
+            }
+        })
+        .collect();
+    let mut body = k.body.clone();
+    for inst in &mut body {
+        if let InstOp::Reduce(op, _) = &mut inst.op {
+            if *op == ReduceOp::Mean {
+                *op = ReduceOp::Sum;
+            }
+            // A partial is stored as the f32 it accumulates; the fold rounds, as before.
+            inst.dtype = DType::F32;
+        }
+    }
+    let mut stores: Vec<Store> = k
+        .stores
+        .iter()
+        .filter(|s| k.body[s.inst].level == Level::Element)
+        .cloned()
+        .collect();
+    for (&r, &buffer) in split.reduces.iter().zip(partials) {
+        stores.push(Store { inst: r, buffer });
+    }
+    let first = FusedKernel {
+        domain: vec![rows, len],
+        reduce_axes: vec![1],
+        loads,
+        body,
+        stores,
+    };
+
+    // Second: fold the partials, then the row-level insts of `k` after its reductions.
+    let mut second = FusedKernel {
+        domain: vec![rows],
+        reduce_axes: vec![0],
+        loads: Vec::new(),
+        body: Vec::new(),
+        stores: Vec::new(),
+    };
+    let mut map: Vec<Option<InstId>> = vec![None; k.body.len()];
+    let push = |kern: &mut FusedKernel, op: InstOp, dtype: DType, level: Level, inst: &Inst| {
+        kern.body.push(Inst {
+            op,
+            dtype,
+            level,
+            node: inst.node,
+        });
+        kern.body.len() - 1
+    };
+    for (i, inst) in k.body.iter().enumerate() {
+        let m = |o: InstId| map[o].unwrap_or(0);
+        let new = match inst.op {
+            InstOp::Reduce(op, _) => {
+                let which = split.reduces.iter().position(|&r| r == i).unwrap_or(0);
+                second.loads.push(Load {
+                    buffer: partials[which],
+                    dtype: DType::F32,
+                    offset: 0,
+                    strides: vec![1],
+                });
+                let l = second.loads.len() - 1;
+                let load = push(
+                    &mut second,
+                    InstOp::Load(l),
+                    DType::F32,
+                    Level::Element,
+                    inst,
+                );
+                let fold = match op {
+                    ReduceOp::Mean => ReduceOp::Sum,
+                    other => other,
+                };
+                let red = push(
+                    &mut second,
+                    InstOp::Reduce(fold, load),
+                    inst.dtype,
+                    Level::Row,
+                    inst,
+                );
+                Some(if op == ReduceOp::Mean {
+                    let c = push(
+                        &mut second,
+                        InstOp::Const(n as f64),
+                        DType::F32,
+                        Level::Row,
+                        inst,
+                    );
+                    push(
+                        &mut second,
+                        InstOp::Binary(BinaryOp::Div, red, c),
+                        inst.dtype,
+                        Level::Row,
+                        inst,
+                    )
+                } else {
+                    red
+                })
+            }
+            _ if inst.level == Level::Element => None,
+            InstOp::Load(l) => {
+                second.loads.push(Load {
+                    strides: vec![0],
+                    ..k.loads[l].clone()
+                });
+                let l = second.loads.len() - 1;
+                Some(push(
+                    &mut second,
+                    InstOp::Load(l),
+                    inst.dtype,
+                    Level::Row,
+                    inst,
+                ))
+            }
+            InstOp::Const(c) => Some(push(
+                &mut second,
+                InstOp::Const(c),
+                inst.dtype,
+                Level::Row,
+                inst,
+            )),
+            InstOp::Unary(u, a) => Some(push(
+                &mut second,
+                InstOp::Unary(u, m(a)),
+                inst.dtype,
+                Level::Row,
+                inst,
+            )),
+            InstOp::Binary(b, x, y) => Some(push(
+                &mut second,
+                InstOp::Binary(b, m(x), m(y)),
+                inst.dtype,
+                Level::Row,
+                inst,
+            )),
+            InstOp::Cast(a) => Some(push(
+                &mut second,
+                InstOp::Cast(m(a)),
+                inst.dtype,
+                Level::Row,
+                inst,
+            )),
+        };
+        map[i] = new;
+    }
+    for st in k
+        .stores
+        .iter()
+        .filter(|s| k.body[s.inst].level == Level::Row)
+    {
+        second.stores.push(Store {
+            inst: map[st.inst].unwrap_or(0),
+            buffer: st.buffer,
+        });
+    }
+    (prune(first), prune(second))
+}
+
+/// `k` without the insts no store needs and the loads no inst reads.
+fn prune(k: FusedKernel) -> FusedKernel {
+    let mut need = vec![false; k.body.len()];
+    let mut stack: Vec<InstId> = k.stores.iter().map(|s| s.inst).collect();
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut need[i], true) {
+            stack.extend(operands(&k.body[i].op));
+        }
+    }
+    let mut load_map: Vec<Option<usize>> = vec![None; k.loads.len()];
+    let mut loads = Vec::new();
+    let mut inst_map: Vec<InstId> = vec![0; k.body.len()];
+    let mut body = Vec::new();
+    for (i, inst) in k.body.iter().enumerate() {
+        if !need[i] {
+            continue;
+        }
+        let m = |o: InstId| inst_map[o];
+        let op = match inst.op {
+            InstOp::Load(l) => InstOp::Load(*load_map[l].get_or_insert_with(|| {
+                loads.push(k.loads[l].clone());
+                loads.len() - 1
+            })),
+            InstOp::Const(c) => InstOp::Const(c),
+            InstOp::Unary(u, a) => InstOp::Unary(u, m(a)),
+            InstOp::Binary(b, x, y) => InstOp::Binary(b, m(x), m(y)),
+            InstOp::Cast(a) => InstOp::Cast(m(a)),
+            InstOp::Reduce(r, a) => InstOp::Reduce(r, m(a)),
+        };
+        body.push(Inst { op, ..inst.clone() });
+        inst_map[i] = body.len() - 1;
+    }
+    let stores = k
+        .stores
+        .iter()
+        .map(|s| Store {
+            inst: inst_map[s.inst],
+            buffer: s.buffer,
+        })
+        .collect();
+    FusedKernel {
+        loads,
+        body,
+        stores,
+        ..k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_rows_divide_large_counts_only() {
+        assert_eq!(partial_rows(SPLIT_MIN - 1), None);
+        assert_eq!(partial_rows(1 << 26), Some(1024));
+        assert_eq!(partial_rows(3 * (1 << 18)), Some(1024));
+        // A prime count has no divisor: not split.
+        assert_eq!(partial_rows(1_000_003), None);
+        let r = partial_rows(50257 * 64).expect("splits");
+        assert!((50257 * 64u64).is_multiple_of(r));
+        assert!(50257 * 64 / r >= 256);
+    }
+
+    #[test]
+    fn flat_strides_read_the_domain_in_order() {
+        assert_eq!(flat_stride(&[4, 8], &[8, 1]), Some(1));
+        assert_eq!(flat_stride(&[4, 1, 8], &[8, 99, 1]), Some(1));
+        assert_eq!(flat_stride(&[4, 8], &[0, 0]), Some(0));
+        assert_eq!(flat_stride(&[4, 8], &[16, 2]), Some(2));
+        // Transposed, or broadcast along one axis only: not one stride.
+        assert_eq!(flat_stride(&[4, 8], &[1, 4]), None);
+        assert_eq!(flat_stride(&[4, 8], &[0, 1]), None);
+    }
+}
