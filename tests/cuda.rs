@@ -578,6 +578,21 @@ fn examples() -> Vec<(String, String)> {
     v
 }
 
+/// Each example at small dims as planned, and with fusion and reuse off (one kernel per
+/// op): (label, source, options).
+fn example_variants() -> Vec<(String, String, tc_compiler::CompileOptions)> {
+    let mut v = Vec::new();
+    for (name, source) in examples() {
+        let options = cuda_options(&small_dims(&source));
+        let mut unfused = options.clone();
+        unfused.plan.fuse = false;
+        unfused.plan.reuse = false;
+        v.push((name.clone(), source.clone(), options));
+        v.push((format!("{name} --no-fuse --no-reuse"), source, unfused));
+    }
+    v
+}
+
 fn cuda_options(dims: &[(String, u64)]) -> tc_compiler::CompileOptions {
     tc_compiler::CompileOptions {
         dims: dims.to_vec(),
@@ -1129,18 +1144,12 @@ fn gpu_examples_match_the_cpu() {
     if !gpu_ready() {
         return;
     }
-    // Each example as planned, and with fusion and reuse off (one kernel per op).
-    let mut failures = Vec::new();
-    for (name, source) in examples() {
-        let mut options = cuda_options(&small_dims(&source));
-        failures.extend(check_cuda_against_cpu_with(&name, &source, &options).err());
-        options.plan.fuse = false;
-        options.plan.reuse = false;
-        failures.extend(
-            check_cuda_against_cpu_with(&format!("{name} --no-fuse --no-reuse"), &source, &options)
-                .err(),
-        );
-    }
+    let failures: Vec<String> = example_variants()
+        .iter()
+        .filter_map(|(label, source, options)| {
+            check_cuda_against_cpu_with(label, source, options).err()
+        })
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 

@@ -103,15 +103,10 @@ fn emu_examples_match_the_cpu() {
     if !emu_ready() {
         return;
     }
-    let mut failures = Vec::new();
-    for (name, source) in examples() {
-        let mut options = cuda_options(&small_dims(&source));
-        failures.extend(check_source(&name, &source, &options).err());
-        options.plan.fuse = false;
-        options.plan.reuse = false;
-        failures
-            .extend(check_source(&format!("{name} --no-fuse --no-reuse"), &source, &options).err());
-    }
+    let failures: Vec<String> = example_variants()
+        .iter()
+        .filter_map(|(label, source, options)| check_source(label, source, options).err())
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
