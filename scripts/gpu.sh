@@ -160,6 +160,22 @@ if want bench; then
     fi
     rm -rf "$cache"
   done
+  # The bandwidth targets of issue 5: time against the program's least traffic.
+  python3 - "$OUT/bench.log" <<'PY' | tee -a "$summary"
+import re, sys
+target = {"chain": 1.15, "softmax": 1.2, "layernorm": 1.2}
+print("\n| example | planned median | x its traffic's floor | x the program's floor | target |\n|---|---|---|---|---|")
+name = None
+for line in open(sys.argv[1]):
+    m = re.match(r"==== bench (\S+)", line)
+    if m:
+        name = m.group(1)
+    m = re.search(r"planned\s+median\s+([\d.]+) ms.*?([\d.]+)x the copy floor of its traffic, ([\d.]+)x the program's floor", line)
+    if m and name:
+        t = target.get(name)
+        verdict = "-" if t is None else (f"<= {t}: " + ("yes" if float(m.group(3)) <= t else "NO"))
+        print(f"| {name} | {m.group(1)} ms | {m.group(2)} | {m.group(3)} | {verdict} |")
+PY
   python3 - "$OUT/memory.jsonl" <<'PY' | tee -a "$summary"
 import json, sys
 print("\n| example | planned (with inputs) | measured | equal |\n|---|---|---|---|")
