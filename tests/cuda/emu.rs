@@ -376,6 +376,24 @@ fn emu_catches_a_race_between_threads() {
 }
 
 #[test]
+fn emu_shared_memory_starts_each_block_undefined() {
+    if !emu_ready() {
+        return;
+    }
+    // Thread 0 of each block reads a shared slot nobody wrote: NaN, not a stale or zero value.
+    let body = "__shared__ float sh[256];\nif (threadIdx.x > 0) sh[threadIdx.x] = b0[i];\n__syncthreads();\nb1[i] = sh[threadIdx.x];";
+    let out = fault(body, 256, false).expect("runs")[0].to_f32();
+    for block in 0..4 {
+        assert!(
+            out[block * 256].is_nan(),
+            "block {block}: {}",
+            out[block * 256]
+        );
+        assert!(!out[block * 256 + 1].is_nan());
+    }
+}
+
+#[test]
 fn emu_catches_index_overflow_misalignment_and_bad_launches() {
     if !emu_ready() {
         return;

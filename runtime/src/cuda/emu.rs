@@ -192,7 +192,7 @@ pub fn program_source(plan: &Plan, kernels: &[CudaKernel]) -> String {
     s.push_str(PRELUDE_PORTABLE);
     for k in kernels.iter().filter(|k| !k.source.is_empty()) {
         s.push('\n');
-        s.push_str(&k.source);
+        s.push_str(&poison_shared(&k.source));
     }
     s.push_str("\n// ---- the plan\n");
     for k in kernels.iter().filter(|k| !k.source.is_empty()) {
@@ -266,6 +266,28 @@ pub fn program_source(plan: &Plan, kernels: &[CudaKernel]) -> String {
     }
     s.push_str("    return 0;\n}\n");
     s
+}
+
+/// `source` with a `tc_poison_shared` call after each `__shared__ T name[...];` line: shared
+/// memory starts each block as NaN bytes, as undefined as on the device.
+fn poison_shared(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    for line in source.lines() {
+        out.push_str(line);
+        out.push('\n');
+        let t = line.trim();
+        let name = t
+            .strip_prefix("__shared__ ")
+            .and_then(|rest| rest.split('[').next())
+            .and_then(|decl| decl.split_whitespace().last());
+        if let Some(name) = name.filter(|_| t.ends_with(';')) {
+            let _ = writeln!(
+                out,
+                "{{ static unsigned long long tc_epoch; tc_poison_shared({name}, sizeof {name}, &tc_epoch); }}"
+            );
+        }
+    }
+    out
 }
 
 /// A fresh, empty folder under the system's temporary folder.

@@ -98,6 +98,17 @@ static inline unsigned short tc_f32_to_f16(float x) {
 }
 
 static ucontext_t tc_scheduler;
+static unsigned long long tc_block_epoch;  // counts blocks run, across launches
+
+// Shared memory is undefined when a block starts: the first thread of each block to reach a
+// `__shared__` declaration fills the array with NaN bytes (the emulation adds this call
+// after each declaration), so a read before any write shows in the results.
+static inline void tc_poison_shared(void* p, unsigned long long bytes, unsigned long long* epoch) {
+    if (*epoch != tc_block_epoch) {
+        *epoch = tc_block_epoch;
+        memset(p, 0xff, bytes);
+    }
+}
 static float tc_lanes[2][1024];  // shuffle exchange, double-buffered by phase
 static int tc_warp_phase[32];
 
@@ -228,6 +239,7 @@ static const char* tc_state_name(TcState s) {
 
 static void tc_run_block() {
     const int n = tc_threads;
+    ++tc_block_epoch;
     for (int i = 0; i < n; ++i) {
         TcFiber& f = tc_fibers[i];
         f.linear = i;
