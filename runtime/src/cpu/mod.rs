@@ -3,6 +3,7 @@
 //! here as wrong numbers. Fused kernels are interpreted block by block (`fused`), matrix
 //! products go to the `gemm` crate (`matmul`); elementwise numerics live in `math`.
 
+mod arena;
 mod fused;
 mod math;
 mod matmul;
@@ -10,6 +11,7 @@ mod matmul;
 mod tests;
 
 use crate::tensor::HostTensor;
+use arena::Arena;
 use tc_compiler::ir::DType;
 use tc_compiler::schedule::{BufferKind, KernelKind, Plan};
 use thiserror::Error;
@@ -73,68 +75,6 @@ impl Mem {
     }
 }
 
-/// One zeroed, 16-byte aligned host allocation, freed on drop.
-struct Arena {
-    ptr: *mut u8,
-    layout: Option<std::alloc::Layout>,
-}
-
-impl Arena {
-    fn new(bytes: u64) -> Result<Arena, CpuError> {
-        let too_large = || CpuError::ArenaTooLarge(bytes);
-        let size = usize::try_from(bytes).map_err(|_| too_large())?;
-        if size == 0 {
-            return Ok(Arena {
-                ptr: std::ptr::NonNull::<u128>::dangling().as_ptr().cast(),
-                layout: None,
-            });
-        }
-        let layout = std::alloc::Layout::from_size_align(size, 16).map_err(|_| too_large())?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(too_large());
-        }
-        Ok(Arena {
-            ptr,
-            layout: Some(layout),
-        })
-    }
-}
-
-impl Arena {
-    /// Gives the pages of the arena outside `keep` (absolute address ranges) back to the
-    /// system; they read as zero afterwards. Only whole pages inside the allocation.
-    fn release_except(&self, keep: &[(usize, usize)]) {
-        #[cfg(target_os = "linux")]
-        {
-            const PAGE: usize = 4096;
-            const MIN_ARENA: usize = 1 << 20;
-            let Some(layout) = self.layout else { return };
-            if layout.size() < MIN_ARENA {
-                return;
-            }
-            let (start, end) = (self.ptr as usize, self.ptr as usize + layout.size());
-            let mut keep: Vec<(usize, usize)> =
-                keep.iter().copied().filter(|(a, b)| a < b).collect();
-            keep.sort_unstable();
-            let mut from = start;
-            for (a, b) in keep.into_iter().chain([(end, end)]) {
-                let (lo, hi) = (from.next_multiple_of(PAGE), a.min(end) / PAGE * PAGE);
-                if lo < hi {
-                    // SAFETY: [lo, hi) is whole pages inside our own allocation that no
-                    // output still needs; MADV_DONTNEED on private anonymous memory only
-                    // drops their contents.
-                    unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
-                }
-                from = from.max(b);
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = keep;
-    }
-}
-
 /// The absolute address range of the arena bytes output `o` reads (empty when the output
 /// is not in the arena).
 fn arena_range(plan: &Plan, o: &tc_compiler::schedule::PlanOutput, base: usize) -> (usize, usize) {
@@ -158,15 +98,6 @@ fn arena_range(plan: &Plan, o: &tc_compiler::schedule::PlanOutput, base: usize) 
     (at(lo), at(hi + 1))
 }
 
-impl Drop for Arena {
-    fn drop(&mut self) {
-        if let Some(layout) = self.layout {
-            // SAFETY: allocated in `new` with this very layout, freed once.
-            unsafe { std::alloc::dealloc(self.ptr, layout) };
-        }
-    }
-}
-
 /// Runs `plan` on the host and returns its outputs in `plan.outputs` order, each gathered
 /// into a contiguous tensor of its dtype.
 pub fn run(
@@ -177,7 +108,7 @@ pub fn run(
     check_leaves(plan, "input", &plan.inputs, inputs)?;
     check_leaves(plan, "param", &plan.params, params)?;
 
-    // The arena: 16-byte aligned, zeroed lazily by the allocator (fresh pages, no memset).
+    // The arena: 16-byte aligned, zeroed lazily by the system (fresh pages, no memset).
     let arena = Arena::new(plan.arena_bytes)?;
     let base = arena.ptr;
 
@@ -294,7 +225,7 @@ pub fn run(
             outs.push(HostTensor {
                 dtype: o.dtype,
                 shape: o.shape.clone(),
-                bytes: bytes.to_vec(),
+                bytes: arena::copy_out(bytes),
             });
             arena.release_except(&keep);
             continue;
