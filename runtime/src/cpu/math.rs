@@ -208,33 +208,57 @@ fn unary_block_impl(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// The largest (`max: true`) or smallest value of a block over eight lanes; NaN if any is.
+/// The largest (`max: true`) or smallest value of a block; NaN if any is.
 #[inline(always)]
 fn block_extremum_impl(xs: &[f32], max: bool) -> f32 {
-    let mut lanes = [if max {
-        f32::NEG_INFINITY
+    if max {
+        extremum::<true>(xs)
     } else {
-        f32::INFINITY
-    }; 8];
-    let mut nan = false;
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            nan |= x.is_nan();
-            *l = if (x > *l) == max && x != *l { x } else { *l };
-        }
+        extremum::<false>(xs)
     }
-    let mut m = if max {
+}
+
+/// The extremum over 32 interleaved lanes (four vector accumulators, so the compare-select
+/// chains overlap), NaN tracked on the side: each lane step is one `maxps`/`minps` and one
+/// unordered compare. Lanes fold in a fixed order, so the result depends only on `xs`.
+#[inline(always)]
+fn extremum<const MAX: bool>(xs: &[f32]) -> f32 {
+    const LANES: usize = 32;
+    let init = if MAX {
         f32::NEG_INFINITY
     } else {
         f32::INFINITY
     };
-    for &x in lanes.iter().chain(rest) {
-        nan |= x.is_nan();
-        m = if max { maximum(m, x) } else { minimum(m, x) };
+    let pick = |l: f32, x: f32| -> f32 {
+        if MAX {
+            if x > l {
+                x
+            } else {
+                l
+            }
+        } else if x < l {
+            x
+        } else {
+            l
+        }
+    };
+    let mut lanes = [init; LANES];
+    let mut nan = [0u32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for ((l, n), &x) in lanes.iter_mut().zip(nan.iter_mut()).zip(c) {
+            *n |= x.is_nan() as u32;
+            *l = pick(*l, x);
+        }
     }
-    if nan {
+    let mut m = init;
+    let mut any_nan = nan.iter().any(|&n| n != 0);
+    for &x in lanes.iter().chain(rest) {
+        any_nan |= x.is_nan();
+        m = pick(m, x);
+    }
+    if any_nan {
         f32::NAN
     } else {
         m
@@ -297,29 +321,98 @@ pub fn round_block(dtype: DType, dst: &mut [f32]) {
     }
 }
 
-/// The sum of a block in f32, pairwise: halves down to 64-element leaves summed over eight
-/// interleaved lanes (error grows with log n, and the leaves vectorise).
-#[inline(always)]
-fn block_sum_impl(xs: &[f32]) -> f32 {
-    if xs.len() > 64 {
-        let (a, b) = xs.split_at(xs.len() / 2);
-        return block_sum_impl(a) + block_sum_impl(b);
-    }
-    let mut lanes = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
+/// Elements per leaf of the pairwise sum.
+const SUM_LEAF: usize = 256;
+
+/// The sum of a block in f32, pairwise: halves down to leaves of at most 256 elements, each
+/// summed over 32 interleaved lanes (four 8-lane accumulators), so the error grows with
+/// log n and the leaves run at vector speed. The AVX2 build writes its leaf with
+/// intrinsics (the auto-vectoriser does not keep four accumulators apart) and both builds
+/// do the same additions in the same order, so they agree to the bit.
+fn block_sum_leaf(xs: &[f32]) -> f32 {
+    let mut acc = [[0f32; 8]; 4];
+    let chunks = xs.chunks_exact(32);
     let rest = chunks.remainder();
     for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += x;
+        for (a, c) in acc.iter_mut().zip(c.chunks_exact(8)) {
+            for (l, &x) in a.iter_mut().zip(c) {
+                *l += x;
+            }
         }
     }
+    let mut s = [0f32; 8];
+    for (j, s) in s.iter_mut().enumerate() {
+        *s = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+    }
+    fold_leaf(s, rest)
+}
+
+/// The end of a leaf: its eight lane sums and the elements after the last whole 32.
+#[inline(always)]
+fn fold_leaf(s: [f32; 8], rest: &[f32]) -> f32 {
     let mut tail = 0f32;
     for &x in rest {
         tail += x;
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail
+    ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])) + tail
+}
+
+/// `block_sum_leaf` with AVX2 intrinsics: the same lanes, the same order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_sum_leaf_avx2(xs: &[f32]) -> f32 {
+    use std::arch::x86_64::{_mm256_add_ps, _mm256_loadu_ps, _mm256_storeu_ps};
+    let chunks = xs.chunks_exact(32);
+    let rest = chunks.remainder();
+    let zero = [0f32; 8];
+    // SAFETY: `zero` has 8 elements (a load, not `_mm256_setzero_ps`, which needs no
+    // `unsafe` on newer compilers and does on the oldest one supported).
+    let mut acc = [unsafe { _mm256_loadu_ps(zero.as_ptr()) }; 4];
+    for c in chunks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c has 32 elements, so 8k .. 8k + 8 is in bounds.
+            *a = unsafe { _mm256_add_ps(*a, _mm256_loadu_ps(c.as_ptr().add(8 * k))) };
+        }
+    }
+    let mut s = [0f32; 8];
+    // SAFETY: `s` has room for the 8 lanes stored.
+    unsafe {
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        _mm256_storeu_ps(s.as_mut_ptr(), v);
+    }
+    fold_leaf(s, rest)
+}
+
+/// The pairwise f32 sum of a block (baseline build).
+fn block_sum_base(xs: &[f32]) -> f32 {
+    if xs.len() > SUM_LEAF {
+        let (a, b) = xs.split_at(xs.len() / 2);
+        return block_sum_base(a) + block_sum_base(b);
+    }
+    block_sum_leaf(xs)
+}
+
+/// The pairwise f32 sum of a block (AVX2 build).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_sum_avx2(xs: &[f32]) -> f32 {
+    if xs.len() > SUM_LEAF {
+        let (a, b) = xs.split_at(xs.len() / 2);
+        // SAFETY: this very function runs only where AVX2 is present.
+        return unsafe { block_sum_avx2(a) + block_sum_avx2(b) };
+    }
+    // SAFETY: as above.
+    unsafe { block_sum_leaf_avx2(xs) }
+}
+
+/// The pairwise f32 sum of a block.
+pub fn block_sum(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { block_sum_avx2(xs) };
+    }
+    block_sum_base(xs)
 }
 
 /// A running f32 sum with Kahan compensation, fed block sums.
@@ -401,6 +494,75 @@ mod tests {
         assert!(block_extremum(&ys, true).is_nan() && block_extremum(&ys, false).is_nan());
         assert_eq!(block_extremum(&[-0.5], true), -0.5);
     }
+
+    /// Deterministic values of mixed sign and magnitude (a small LCG).
+    fn mixed(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let u = (state >> 8) as f32 / (1u32 << 24) as f32;
+                (u - 0.3) * 10f32.powi((state % 7) as i32 - 3)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn block_extremum_finds_the_extremum_at_every_length_and_position() {
+        // Lengths around the 32-lane width and its tail; the extremum and a NaN put in
+        // every lane position of the vector part and the scalar tail.
+        for n in [1usize, 7, 31, 32, 33, 64, 95, 257] {
+            let xs = mixed(n, n as u32);
+            let fold = |max: bool| {
+                xs.iter().copied().fold(
+                    if max {
+                        f32::NEG_INFINITY
+                    } else {
+                        f32::INFINITY
+                    },
+                    |m, x| if max { m.max(x) } else { m.min(x) },
+                )
+            };
+            assert_eq!(block_extremum(&xs, true), fold(true), "max, n = {n}");
+            assert_eq!(block_extremum(&xs, false), fold(false), "min, n = {n}");
+            for at in 0..n {
+                let mut ys = xs.clone();
+                ys[at] = 1e30;
+                assert_eq!(block_extremum(&ys, true), 1e30, "n = {n}, at = {at}");
+                ys[at] = -1e30;
+                assert_eq!(block_extremum(&ys, false), -1e30, "n = {n}, at = {at}");
+                ys[at] = f32::NAN;
+                assert!(block_extremum(&ys, true).is_nan(), "n = {n}, at = {at}");
+                assert!(block_extremum(&ys, false).is_nan(), "n = {n}, at = {at}");
+            }
+        }
+        let infs = [f32::NEG_INFINITY, f32::INFINITY, 0.0];
+        assert_eq!(block_extremum(&infs, true), f32::INFINITY);
+        assert_eq!(block_extremum(&infs, false), f32::NEG_INFINITY);
+        assert_eq!(
+            block_extremum(&[f32::NEG_INFINITY; 40], true),
+            f32::NEG_INFINITY
+        );
+    }
+
+    #[test]
+    fn block_sum_is_accurate_and_the_same_in_every_build() {
+        for n in [0usize, 1, 5, 31, 32, 33, 255, 256, 257, 1000, 4096, 10_001] {
+            let xs = mixed(n, 7 + n as u32);
+            let got = block_sum(&xs);
+            assert_eq!(got.to_bits(), block_sum_base(&xs).to_bits(), "n = {n}");
+            let exact: f64 = xs.iter().map(|&x| x as f64).sum();
+            let mag: f64 = xs.iter().map(|&x| (x as f64).abs()).sum();
+            // Pairwise summation: error within a few ulps of the sum of magnitudes.
+            assert!(
+                (got as f64 - exact).abs() <= 4.0 * f32::EPSILON as f64 * mag,
+                "n = {n}: {got} vs {exact}"
+            );
+        }
+        assert!(block_sum(&[1.0, f32::NAN, 2.0]).is_nan());
+        assert_eq!(block_sum(&[f32::INFINITY; 300]), f32::INFINITY);
+        assert!(block_sum(&[f32::INFINITY, f32::NEG_INFINITY]).is_nan());
+    }
 }
 
 /// Declares `pub fn $name` that runs `$imp` compiled for AVX2 when the CPU has it (8 lanes
@@ -433,10 +595,6 @@ dispatch! {
 dispatch! {
     /// `dst[i] = a[i] op b[i]`, either side possibly a scalar.
     fn binary_block / binary_block_avx2 (op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f32]) -> () = binary_block_impl
-}
-dispatch! {
-    /// The pairwise f32 sum of a block.
-    fn block_sum / block_sum_avx2 (xs: &[f32]) -> f32 = block_sum_impl
 }
 dispatch! {
     /// The largest (`max: true`) or smallest value of a block; NaN if any is.
