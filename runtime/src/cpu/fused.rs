@@ -63,6 +63,9 @@ struct Prepared<'k> {
     block: usize,
     /// The value of each `Const` inst.
     konst: Vec<Option<f32>>,
+    /// Per load: f32, 4-byte aligned, and in a buffer no store of this kernel writes, so a
+    /// block of it that is one contiguous run is read in place instead of copied.
+    direct: Vec<bool>,
 }
 
 /// Runs `kernel` of `plan`, reading and writing the resolved buffers `mems`.
@@ -79,8 +82,9 @@ pub(super) fn run(
     if kernel.reduce_axes.is_empty() {
         let total = p.row_len;
         let chunks = total.div_ceil(CHUNK);
-        (0..chunks).into_par_iter().for_each_init(
-            || Scratch::new(&p),
+        for_each_task(
+            chunks,
+            1,
             |s, c| {
                 let start = c * CHUNK;
                 let end = (start + CHUNK).min(total);
@@ -95,18 +99,39 @@ pub(super) fn run(
                     at += n;
                 }
             },
+            &p,
         );
     } else {
-        (0..p.rows)
-            .into_par_iter()
-            .with_min_len(rows_per_task(p.row_len))
-            .for_each_init(
-                || Scratch::new(&p),
-                // SAFETY: as above; each row is computed and stored by one task.
-                |s, r| unsafe { s.row(&p, r) },
-            );
+        // SAFETY: as above; each row is computed and stored by one task.
+        for_each_task(
+            p.rows,
+            rows_per_task(p.row_len),
+            |s, r| unsafe { s.row(&p, r) },
+            &p,
+        );
     }
     Ok(())
+}
+
+/// Runs `f(scratch, i)` for every `i < n` over the rayon pool, in tasks of consecutive
+/// indices (at least `min_len`, about eight tasks per thread for balance), each with its
+/// own scratch: one allocation per task, not one per work item or per rayon split.
+fn for_each_task(
+    n: usize,
+    min_len: usize,
+    f: impl Fn(&mut Scratch, usize) + Sync,
+    p: &Prepared<'_>,
+) {
+    let per_task = n
+        .div_ceil(8 * rayon::current_num_threads())
+        .max(min_len)
+        .max(1);
+    (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        let mut s = Scratch::new(p);
+        for i in t * per_task..((t + 1) * per_task).min(n) {
+            f(&mut s, i);
+        }
+    });
 }
 
 /// Enough rows per task that a task does at least a few blocks of work.
@@ -370,6 +395,14 @@ fn prepare<'k>(
         })
         .collect();
     let store_access = accesses.split_off(kernel.loads.len());
+    let direct: Vec<bool> = accesses
+        .iter()
+        .map(|a| {
+            a.mem.dtype == DType::F32
+                && (a.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
+                && store_access.iter().all(|st| !st.mem.overlaps(&a.mem))
+        })
+        .collect();
     let row_len: usize = inner_sizes.iter().product();
     let block = if !pointwise && row_len <= ROW_CACHE {
         row_len.max(1)
@@ -399,6 +432,7 @@ fn prepare<'k>(
         passes,
         block,
         konst,
+        direct,
     })
 }
 
@@ -486,6 +520,9 @@ fn coalesce(domain: &[usize], axes: &[usize], accesses: &[&[i64]]) -> (Vec<usize
 /// Per-thread state: one block per inst, row values, reduction accumulators, access bases.
 struct Scratch {
     slots: Vec<Vec<f32>>,
+    /// Per inst: where a load read in place starts (its block is there, not in its slot),
+    /// else null.
+    views: Vec<*const f32>,
     row_vals: Vec<f32>,
     sums: Vec<KahanSum>,
     extrema: Vec<f32>,
@@ -506,6 +543,7 @@ impl Scratch {
                     }
                 })
                 .collect(),
+            views: vec![std::ptr::null(); n],
             row_vals: vec![0f32; n],
             sums: vec![KahanSum::default(); n],
             extrema: vec![0f32; n],
@@ -609,26 +647,51 @@ impl Scratch {
     unsafe fn block(&mut self, p: &Prepared<'_>, pass: &Pass, at: usize, n: usize) {
         let body = &p.kernel.body;
         for &i in &pass.elem_insts {
+            if let InstOp::Load(l) = body[i].op {
+                let acc = &p.loads[l];
+                let run = single_run(&p.inner_sizes, &acc.inner_strides, self.bases[l], at, n);
+                self.views[i] = match run {
+                    // SAFETY: bounds checked in `prepare`; the whole run is inside the buffer.
+                    Some(off) if p.direct[l] => unsafe {
+                        acc.mem.ptr.cast::<f32>().offset(off as isize)
+                    },
+                    _ => {
+                        // SAFETY: bounds checked in `prepare`.
+                        unsafe {
+                            gather(
+                                acc,
+                                &p.inner_sizes,
+                                self.bases[l],
+                                at,
+                                &mut self.slots[i][..n],
+                            )
+                        };
+                        std::ptr::null()
+                    }
+                };
+                continue;
+            }
             let (before, rest) = self.slots.split_at_mut(i);
             let dst = &mut rest[0][..n];
             let rv = &self.row_vals;
+            let views = &self.views;
             let level = &p.level;
             let konst = &p.konst;
             let operand = |o: usize| -> Operand<'_> {
                 if let Some(c) = konst[o] {
                     Operand::Scalar(c)
                 } else if level[o] == Level::Element {
-                    Operand::Block(&before[o][..n])
+                    // SAFETY: a view is set only for a load computed for this very block
+                    // (same row, `at` and `n`), pointing at n f32 that nothing writes
+                    // while this kernel runs.
+                    Operand::Block(unsafe { block_of(views[o], &before[o], n) })
                 } else {
                     Operand::Scalar(rv[o])
                 }
             };
             match body[i].op {
-                InstOp::Load(l) => {
-                    let acc = &p.loads[l];
-                    // SAFETY: bounds checked in `prepare`.
-                    unsafe { gather(acc, &p.inner_sizes, self.bases[l], at, dst) };
-                }
+                // Read above, into `views` or the slot.
+                InstOp::Load(_) => {}
                 InstOp::Const(c) => dst.fill(math::round_to(body[i].dtype, c as f32)),
                 InstOp::Unary(op, a) => {
                     match operand(a) {
@@ -660,7 +723,8 @@ impl Scratch {
         }
         for &i in &pass.reduces {
             if let InstOp::Reduce(op, a) = body[i].op {
-                let xs = &self.slots[a][..n];
+                // SAFETY: as for `operand` above.
+                let xs = unsafe { block_of(self.views[a], &self.slots[a], n) };
                 match op {
                     ReduceOp::Sum | ReduceOp::Mean => self.sums[i].add(math::block_sum(xs)),
                     ReduceOp::Max => {
@@ -677,10 +741,46 @@ impl Scratch {
         for &si in &pass.elem_stores {
             let (inst, acc) = &p.stores[si];
             let base = self.bases[p.loads.len() + si];
+            // SAFETY: as for `operand` above.
+            let src = unsafe { block_of(self.views[*inst], &self.slots[*inst], n) };
             // SAFETY: bounds checked in `prepare`; the caller owns these elements.
-            unsafe { scatter(acc, &p.inner_sizes, base, at, &self.slots[*inst][..n]) };
+            unsafe { scatter(acc, &p.inner_sizes, base, at, src) };
         }
     }
+}
+
+/// The `n` values of an element inst in the current block: in place where `view` is set,
+/// else in its slot.
+///
+/// # Safety
+/// A non-null `view` points at `n` valid f32 that nothing writes while the result lives.
+#[inline]
+unsafe fn block_of(view: *const f32, slot: &[f32], n: usize) -> &[f32] {
+    if view.is_null() {
+        &slot[..n]
+    } else {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::slice::from_raw_parts(view, n) }
+    }
+}
+
+/// The element offset where `n` consecutive inner indices from `at` start, when they are
+/// one contiguous run (unit stride along the innermost dim, not crossing its end).
+#[inline]
+fn single_run(sizes: &[usize], strides: &[i64], base: i64, at: usize, n: usize) -> Option<i64> {
+    let nd = sizes.len();
+    let last = sizes[nd - 1];
+    let i_last = at % last;
+    if strides[nd - 1] != 1 || i_last + n > last {
+        return None;
+    }
+    let mut off = base + i_last as i64;
+    let mut q = at / last;
+    for d in (0..nd - 1).rev() {
+        off += (q % sizes[d]) as i64 * strides[d];
+        q /= sizes[d];
+    }
+    Some(off)
 }
 
 /// Walks `n` consecutive inner indices from `at` as runs along the innermost dim, calling
