@@ -1,7 +1,8 @@
 //! The CPU executor: runs a plan's kernels in order over one host arena, every arena
 //! buffer at its planned offset — the same plan CUDA runs, so a planning mistake shows up
 //! here as wrong numbers. Fused kernels are interpreted block by block (`fused`), matrix
-//! products go to the `gemm` crate (`matmul`); elementwise numerics live in `math`.
+//! products go to the `gemm` crate (`matmul`); elementwise numerics live in `math`; the
+//! arena's memory and how outputs leave it (moved page by page where possible) in `arena`.
 
 mod arena;
 mod fused;
@@ -108,8 +109,18 @@ pub fn run(
     check_leaves(plan, "input", &plan.inputs, inputs)?;
     check_leaves(plan, "param", &plan.params, params)?;
 
+    // Large contiguous outputs that share no byte with another output get their vectors
+    // now, so the arena can be placed where the largest one's pages line up with its
+    // vector's and its pages can be moved there instead of copied (see `arena`).
+    let mut dests = output_vectors(plan);
+    let line_up = dests
+        .iter()
+        .zip(&plan.outputs)
+        .filter_map(|(d, o)| Some((d.as_ref()?, arena_range(plan, o, 0).0)))
+        .max_by_key(|(d, _)| d.capacity())
+        .map(|(d, lo)| (lo, d.as_ptr() as usize));
     // The arena: 16-byte aligned, zeroed lazily by the system (fresh pages, no memset).
-    let arena = Arena::new(plan.arena_bytes)?;
+    let arena = Arena::new(plan.arena_bytes, line_up)?;
     let base = arena.ptr;
 
     let mut mems = Vec::with_capacity(plan.buffers.len());
@@ -185,7 +196,7 @@ pub fn run(
         .collect();
     arena.release_except(&keep);
     let mut outs = Vec::with_capacity(plan.outputs.len());
-    for o in &plan.outputs {
+    for (o, dest) in plan.outputs.iter().zip(dests.iter_mut()) {
         if !keep.is_empty() {
             keep.remove(0);
         }
@@ -217,15 +228,26 @@ pub fn run(
         let numel: usize = shape.iter().product();
         if o.strides == contiguous_strides(&shape) || numel <= 1 {
             let size = o.dtype.size() as usize;
-            // SAFETY: elements offset .. offset + numel are in bounds (checked above), and a
-            // byte copy has no alignment requirement.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(mem.ptr.add(o.offset as usize * size), numel * size)
+            let (start, len) = (o.offset as usize * size, numel * size);
+            let in_arena = (mem.ptr as usize)
+                .checked_sub(base as usize)
+                .filter(|at| at + start + len <= plan.arena_bytes as usize);
+            let bytes = match (dest.take(), in_arena) {
+                // SAFETY: the output's bytes are in bounds (checked above) and in the arena,
+                // and no other output shares a byte with them (`output_vectors`).
+                (Some(v), Some(at)) if v.capacity() >= len => unsafe {
+                    arena.take(at + start, len, v)
+                },
+                // SAFETY: elements offset .. offset + numel are in bounds (checked above),
+                // and a byte copy has no alignment requirement.
+                _ => {
+                    arena::copy_out(unsafe { std::slice::from_raw_parts(mem.ptr.add(start), len) })
+                }
             };
             outs.push(HostTensor {
                 dtype: o.dtype,
                 shape: o.shape.clone(),
-                bytes: arena::copy_out(bytes),
+                bytes,
             });
             arena.release_except(&keep);
             continue;
@@ -240,6 +262,33 @@ pub fn run(
     }
     drop(arena);
     Ok(outs)
+}
+
+/// Per output: an empty vector with room for its bytes when they may be moved out of the
+/// arena: a contiguous arena output of at least `arena::MOVE_MIN` bytes whose bytes no other
+/// output reads (moving takes pages away from the arena).
+fn output_vectors(plan: &Plan) -> Vec<Option<Vec<u8>>> {
+    let ranges: Vec<(usize, usize)> = plan
+        .outputs
+        .iter()
+        .map(|o| arena_range(plan, o, 0))
+        .collect();
+    plan.outputs
+        .iter()
+        .enumerate()
+        .map(|(k, o)| {
+            let shape: Vec<usize> = o.shape.iter().map(|&s| s as usize).collect();
+            let (lo, hi) = ranges[k];
+            let len = hi - lo;
+            let alone = ranges
+                .iter()
+                .enumerate()
+                .all(|(j, &(a, b))| j == k || a >= b || b <= lo || hi <= a);
+            let contiguous = o.strides == contiguous_strides(&shape)
+                && shape.iter().product::<usize>() * o.dtype.size() as usize == len;
+            (len >= arena::MOVE_MIN && contiguous && alone).then(|| Vec::with_capacity(len))
+        })
+        .collect()
 }
 
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {

@@ -893,3 +893,151 @@ fn outputs_survive_the_release_of_the_rest_of_a_large_arena() {
     assert_close(&got[0].to_f32(), &y, 1e-6);
     assert_close(&got[1].to_f32(), &zt, 1e-6);
 }
+
+#[test]
+fn outputs_moved_out_of_a_mapped_arena_keep_their_values() {
+    // Arena of ~12 MB (a huge-page mapping): t = x + 1, y = t * 2, z = t * 3. Outputs: y
+    // (contiguous and alone: its pages move), t both contiguous and as a transposed view
+    // (shared: copied), z at an offset 16 bytes off the page grid (copied unless it lines
+    // up), and y's first row as a small view (y is then shared too, so it is copied).
+    // Then the same without the small view, so y moves.
+    let (r, c) = (1000u64, 1000u64);
+    let n = r * c;
+    let x = values(n as usize, 71);
+    let bytes = n * 4;
+    let k0 = fused(
+        &[r, c],
+        &[],
+        vec![ld(0, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Const(1.0)),
+            el(InstOp::Binary(BinaryOp::Add, 0, 1)),
+        ],
+        &[(2, 1)],
+    );
+    let k1 = fused(
+        &[r, c],
+        &[],
+        vec![ld(1, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Const(2.0)),
+            el(InstOp::Binary(BinaryOp::Mul, 0, 1)),
+            el(InstOp::Const(3.0)),
+            el(InstOp::Binary(BinaryOp::Mul, 0, 3)),
+        ],
+        &[(2, 2), (4, 3)],
+    );
+    let buffers = vec![
+        leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+        arena("t", DType::F32, &[r, c], 0),
+        arena("y", DType::F32, &[r, c], bytes + 4096),
+        arena("z", DType::F32, &[r, c], 2 * bytes + 3 * 4096 + 16),
+    ];
+    let t: Vec<f64> = x.iter().map(|&v| v as f64 + 1.0).collect();
+    let y: Vec<f64> = t.iter().map(|&v| v * 2.0).collect();
+    let z: Vec<f64> = t.iter().map(|&v| v * 3.0).collect();
+    let mut tt = vec![0f64; n as usize];
+    for i in 0..r as usize {
+        for j in 0..c as usize {
+            tt[j * r as usize + i] = t[i * c as usize + j];
+        }
+    }
+    let input = [HostTensor::from_f32(DType::F32, vec![r, c], &x)];
+    let full = |name: &str, b: u32| out(name, b, DType::F32, &[r, c], 0, &[c as i64, 1]);
+    for with_row in [true, false] {
+        let mut outputs = vec![
+            full("y", 2),
+            full("t", 1),
+            full("z", 3),
+            out("tt", 1, DType::F32, &[c, r], 0, &[1, c as i64]),
+        ];
+        if with_row {
+            outputs.push(out("y0", 2, DType::F32, &[c], 0, &[1]));
+        }
+        let p = plan(vec![k0.clone(), k1.clone()], buffers.clone(), &[0], outputs);
+        let got = run(&p, &input, &[]).expect("runs");
+        assert_close(&got[0].to_f32(), &y, 1e-6);
+        assert_close(&got[1].to_f32(), &t, 1e-6);
+        assert_close(&got[2].to_f32(), &z, 1e-6);
+        assert_close(&got[3].to_f32(), &tt, 1e-6);
+        if with_row {
+            assert_close(&got[4].to_f32(), &y[..c as usize], 1e-6);
+        }
+    }
+}
+
+#[test]
+fn loads_read_in_place_and_gathered_agree() {
+    // One pointwise kernel reads x in place (contiguous rows) and through a transposed
+    // view (gathered), and stores the loaded values themselves as well as their sum; a
+    // row kernel then reads a buffer it also writes in place (so it must copy its loads).
+    let (r, c) = (64u64, 64u64);
+    let x = values((r * c) as usize, 81);
+    let k0 = fused(
+        &[r, c],
+        &[],
+        vec![
+            ld(0, DType::F32, 0, &[c as i64, 1]),
+            ld(0, DType::F32, 0, &[1, c as i64]),
+        ],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Load(1)),
+            el(InstOp::Binary(BinaryOp::Add, 0, 1)),
+        ],
+        &[(0, 1), (1, 2), (2, 3)],
+    );
+    let k1 = fused(
+        &[r, c],
+        &[1],
+        vec![ld(3, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            row(InstOp::Reduce(ReduceOp::Max, 0)),
+            el(InstOp::Binary(BinaryOp::Sub, 0, 1)),
+        ],
+        &[(2, 4), (0, 5)],
+    );
+    let size = r * c * 4;
+    let mut s3 = arena("s", DType::F32, &[r, c], 3 * size);
+    s3.last_step = 1;
+    let mut s4 = arena("d", DType::F32, &[r, c], 3 * size);
+    s4.in_place_of = Some(BufferId(3));
+    s4.first_step = 1;
+    s4.last_step = 1;
+    let p = plan(
+        vec![k0, k1],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+            arena("a", DType::F32, &[r, c], 0),
+            arena("b", DType::F32, &[r, c], size),
+            s3,
+            s4,
+            arena("e", DType::F32, &[r, c], 2 * size),
+        ],
+        &[0],
+        vec![
+            out("a", 1, DType::F32, &[r, c], 0, &[c as i64, 1]),
+            out("b", 2, DType::F32, &[r, c], 0, &[c as i64, 1]),
+            out("d", 4, DType::F32, &[r, c], 0, &[c as i64, 1]),
+            out("e", 5, DType::F32, &[r, c], 0, &[c as i64, 1]),
+        ],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F32, vec![r, c], &x)], &[]).expect("runs");
+    let (ru, cu) = (r as usize, c as usize);
+    let xt: Vec<f32> = (0..ru * cu).map(|k| x[(k % cu) * cu + k / cu]).collect();
+    let s: Vec<f32> = x.iter().zip(&xt).map(|(a, b)| a + b).collect();
+    assert_eq!(got[0].to_f32(), x);
+    assert_eq!(got[1].to_f32(), xt);
+    assert_eq!(got[3].to_f32(), s);
+    let d: Vec<f32> = s
+        .chunks(cu)
+        .flat_map(|row| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            row.iter().map(move |&v| v - m)
+        })
+        .collect();
+    assert_eq!(got[2].to_f32(), d);
+}
