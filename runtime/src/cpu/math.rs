@@ -36,14 +36,18 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
     }
 }
 
-/// `e^x` in f32, within 2 ulp: Cody–Waite reduction `x = n·ln2 + r`, a degree-6
-/// polynomial for `e^r` (Cephes `expf`), and `2^n` built in the exponent bits. Branch-free,
-/// so loops over it vectorise. Overflow gives +inf, underflow 0, NaN stays NaN.
+/// `e^x` in f32, within 1 ulp: Cody–Waite reduction `x = n·ln2 + r`, a degree-6
+/// polynomial for `e^r` (Cephes `expf`), and `2^n` built in the exponent bits as two
+/// factors. Branch-free and select-free, so loops over it vectorise tightly: the clamp
+/// keeps `n` in [-151, 128], where the two factors are normal and their product with
+/// `e^r` rounds once, to +inf above ln(f32::MAX) and to 0 below ln(2^-150), as the exact
+/// value would; NaN passes through the arithmetic as NaN.
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes coefficients, as published
 pub fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
-    let xc = x.clamp(-103.972_08, 88.72283);
+                                     // 89 and -104.5 are past both ends of the finite, non-zero results.
+    let xc = x.clamp(-104.5, 89.0);
     let t = xc * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
     let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -54,18 +58,12 @@ pub fn exp(x: f32) -> f32 {
     let er = p * r * r + r + 1.0;
     // The integer n sits in the low mantissa bits of t.
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    // Split 2^n in two factors so n = 128 (x near the top of the range) stays finite.
+    // 2^n as two normal factors (n = 128 overflows only in the last product, n = -151
+    // underflows only there), so the result is rounded once.
     let half = ni >> 1;
-    let s1 = f32::from_bits(((half + 127) << 23) as u32);
-    let s2 = f32::from_bits(((ni - half + 127) << 23) as u32);
-    let y = er * s1 * s2;
-    let y = if x > 88.72283 { f32::INFINITY } else { y };
-    let y = if x < -103.972_08 { 0.0 } else { y };
-    if x.is_nan() {
-        x
-    } else {
-        y
-    }
+    let s1 = f32::from_bits((half.wrapping_add(127) << 23) as u32);
+    let s2 = f32::from_bits((ni.wrapping_sub(half).wrapping_add(127) << 23) as u32);
+    er * s1 * s2
 }
 
 /// `tanh x` in f32: an odd polynomial near 0 (Cephes `tanhf`), else `1 - 2/(e^{2|x|} + 1)`.
@@ -482,6 +480,84 @@ mod tests {
         assert_eq!(exp(-104.0), 0.0);
         assert_eq!(tanh(f32::INFINITY), 1.0);
         assert_eq!(tanh(f32::NEG_INFINITY), -1.0);
+    }
+
+    /// `got`'s distance from `want` in units of the last place of the f32 nearest `want`
+    /// (2^-149 for subnormal results).
+    fn ulps(got: f32, want: f64) -> f64 {
+        let w = want as f32;
+        let exp2 = if w == 0.0 || !w.is_normal() {
+            -149
+        } else {
+            ((w.abs().to_bits() >> 23) as i32) - 127 - 23
+        };
+        (got as f64 - want).abs() / 2f64.powi(exp2)
+    }
+
+    #[test]
+    fn exp_is_within_one_ulp_and_the_same_in_blocks() {
+        // Every 61st f32 from -110 to 90 (both signs, so tiny inputs too): normal, subnormal
+        // and zero results, the overflow boundary, against f64 `exp`; the block form must
+        // give the same bits as the scalar one.
+        let mut xs: Vec<f32> = Vec::new();
+        for sign in [0u32, 0x8000_0000] {
+            let top = if sign == 0 { 90f32 } else { 110f32 }.to_bits();
+            xs.extend((0..top).step_by(61).map(|b| f32::from_bits(b | sign)));
+        }
+        let ln_max = (f32::MAX as f64).ln();
+        xs.extend([
+            88.72283,
+            88.722_84,
+            ln_max as f32,
+            f32::from_bits((ln_max as f32).to_bits() + 1),
+            -87.336_55,
+            -103.278_93,
+            -103.972_08,
+            -103.972_09,
+            -104.0,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+        ]);
+        let mut block = vec![0f32; xs.len()];
+        unary_block(UnaryOp::Exp, &xs, &mut block);
+        let mut worst = (0f64, 0f32);
+        for (&x, &b) in xs.iter().zip(&block) {
+            let got = exp(x);
+            assert_eq!(
+                got.to_bits(),
+                b.to_bits(),
+                "exp({x}): scalar {got}, block {b}"
+            );
+            let want = (x as f64).exp();
+            if want > f32::MAX as f64 * (1.0 + f32::EPSILON as f64 / 2.0) {
+                assert_eq!(got, f32::INFINITY, "exp({x})");
+                continue;
+            }
+            let u = ulps(got, want);
+            if u > worst.0 {
+                worst = (u, x);
+            }
+        }
+        eprintln!("exp: worst {} ulp at {}", worst.0, worst.1);
+        assert!(worst.0 <= 1.0, "exp: {} ulp at x = {}", worst.0, worst.1);
+        for (x, want) in [
+            (f32::INFINITY, f32::INFINITY),
+            (f32::NEG_INFINITY, 0.0),
+            (1000.0, f32::INFINITY),
+            (-1000.0, 0.0),
+            (0.0, 1.0),
+            (-0.0, 1.0),
+        ] {
+            assert_eq!(exp(x), want, "exp({x})");
+        }
+        for nan in [f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001)] {
+            assert!(exp(nan).is_nan(), "exp({nan})");
+            let mut out = [0f32; 9];
+            unary_block(UnaryOp::Exp, &[nan; 9], &mut out);
+            assert!(out.iter().all(|v| v.is_nan()));
+        }
     }
 
     #[test]
