@@ -44,6 +44,9 @@ struct Pass {
     /// Indices into `stores` (only in the last pass).
     elem_stores: Vec<usize>,
     row_stores: Vec<usize>,
+    /// Per inst (only in the last pass): the store its block may be computed straight
+    /// into, skipping the slot and the copy (see `Prepared::direct`).
+    store_into: Vec<Option<usize>>,
 }
 
 /// A kernel checked against its plan and split into passes.
@@ -420,6 +423,32 @@ fn prepare<'k>(
             }
         }
     }
+    // An element inst computed in the last pass and stored to an f32 buffer that no load
+    // of this kernel reads and no other store writes is computed straight into that buffer
+    // (where the block is one contiguous run there): nothing reads the buffer before the
+    // row is done, so writing it early changes nothing, and the copy is saved.
+    let store_ok: Vec<bool> = store_access
+        .iter()
+        .enumerate()
+        .map(|(si, st)| {
+            st.mem.dtype == DType::F32
+                && (st.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
+                && accesses.iter().all(|a| !a.mem.overlaps(&st.mem))
+                && store_access
+                    .iter()
+                    .enumerate()
+                    .all(|(sj, o)| sj == si || !o.mem.overlaps(&st.mem))
+        })
+        .collect();
+    let mut store_into = vec![None; n];
+    for &si in &passes[last].elem_stores {
+        let i = kernel.stores[si].inst;
+        let computed_here = passes[last].elem_insts.contains(&i);
+        if store_ok[si] && computed_here && !matches!(kernel.body[i].op, InstOp::Load(_)) {
+            store_into[i].get_or_insert(si);
+        }
+    }
+    passes[last].store_into = store_into;
     Ok(Prepared {
         kernel,
         level,
@@ -520,9 +549,11 @@ fn coalesce(domain: &[usize], axes: &[usize], accesses: &[&[i64]]) -> (Vec<usize
 /// Per-thread state: one block per inst, row values, reduction accumulators, access bases.
 struct Scratch {
     slots: Vec<Vec<f32>>,
-    /// Per inst: where a load read in place starts (its block is there, not in its slot),
-    /// else null.
+    /// Per inst: where its block is when not in its slot (a load read in place, a value
+    /// computed straight into a store's buffer), else null.
     views: Vec<*const f32>,
+    /// Per store: whether the current block was computed straight into its buffer.
+    stored: Vec<bool>,
     row_vals: Vec<f32>,
     sums: Vec<KahanSum>,
     extrema: Vec<f32>,
@@ -544,6 +575,7 @@ impl Scratch {
                 })
                 .collect(),
             views: vec![std::ptr::null(); n],
+            stored: vec![false; p.stores.len()],
             row_vals: vec![0f32; n],
             sums: vec![KahanSum::default(); n],
             extrema: vec![0f32; n],
@@ -671,8 +703,27 @@ impl Scratch {
                 };
                 continue;
             }
+            // Straight into a store's buffer, or into the slot.
+            let into = pass.store_into.get(i).copied().flatten().and_then(|si| {
+                let acc = &p.stores[si].1;
+                let base = self.bases[p.loads.len() + si];
+                let off = single_run(&p.inner_sizes, &acc.inner_strides, base, at, n)?;
+                // SAFETY: bounds checked in `prepare`; the whole run is inside the buffer.
+                Some((si, unsafe {
+                    acc.mem.ptr.cast::<f32>().offset(off as isize)
+                }))
+            });
+            self.views[i] = into.map_or(std::ptr::null(), |(_, ptr)| ptr.cast_const());
             let (before, rest) = self.slots.split_at_mut(i);
-            let dst = &mut rest[0][..n];
+            let dst: &mut [f32] = match into {
+                Some((si, ptr)) => {
+                    self.stored[si] = true;
+                    // SAFETY: n f32 of a buffer this task alone writes (this row, this block)
+                    // and that no load or other store of the kernel touches (`store_into`).
+                    unsafe { std::slice::from_raw_parts_mut(ptr, n) }
+                }
+                None => &mut rest[0][..n],
+            };
             let rv = &self.row_vals;
             let views = &self.views;
             let level = &p.level;
@@ -681,9 +732,10 @@ impl Scratch {
                 if let Some(c) = konst[o] {
                     Operand::Scalar(c)
                 } else if level[o] == Level::Element {
-                    // SAFETY: a view is set only for a load computed for this very block
-                    // (same row, `at` and `n`), pointing at n f32 that nothing writes
-                    // while this kernel runs.
+                    // SAFETY: a view is set only for an inst computed for this very block
+                    // (same row, `at` and `n`): n f32 of a load's buffer that nothing
+                    // writes while this kernel runs, or of a store's buffer that only this
+                    // task writes, and not while the block lives (`store_into`).
                     Operand::Block(unsafe { block_of(views[o], &before[o], n) })
                 } else {
                     Operand::Scalar(rv[o])
@@ -739,6 +791,9 @@ impl Scratch {
             }
         }
         for &si in &pass.elem_stores {
+            if std::mem::take(&mut self.stored[si]) {
+                continue; // computed straight into the buffer
+            }
             let (inst, acc) = &p.stores[si];
             let base = self.bases[p.loads.len() + si];
             // SAFETY: as for `operand` above.

@@ -1041,3 +1041,117 @@ fn loads_read_in_place_and_gathered_agree() {
         .collect();
     assert_eq!(got[2].to_f32(), d);
 }
+
+#[test]
+fn values_computed_straight_into_outputs_match_their_copies() {
+    // Softmax storing its result twice (once computed straight into the buffer, once
+    // copied from there) and its exp once, for short rows (one cached block) and long
+    // ones (blocks of 1024 over several passes); then the same kernel where a transposed
+    // load keeps the row from being one run, so every value goes through its slot.
+    for (rows, cols) in [(3u64, 50u64), (3, 20_000)] {
+        let n = (rows * cols) as usize;
+        let x = values(n, 91);
+        let mut k = softmax_kernel(rows, cols, 0, 1, [cols as i64, 1]);
+        if let KernelKind::Fused(f) = &mut k.kind {
+            f.stores = vec![
+                Store {
+                    inst: 5,
+                    buffer: BufferId(1),
+                },
+                Store {
+                    inst: 5,
+                    buffer: BufferId(2),
+                },
+                Store {
+                    inst: 3,
+                    buffer: BufferId(3),
+                },
+            ];
+        }
+        let bytes = n as u64 * 4;
+        let p = plan(
+            vec![k],
+            vec![
+                leaf(
+                    "x",
+                    BufferKind::Input { index: 0 },
+                    DType::F32,
+                    &[rows, cols],
+                ),
+                arena("y", DType::F32, &[rows, cols], 0),
+                arena("y2", DType::F32, &[rows, cols], bytes.div_ceil(16) * 16),
+                arena("e", DType::F32, &[rows, cols], 2 * bytes.div_ceil(16) * 16),
+            ],
+            &[0],
+            (1..4)
+                .map(|b| out("o", b, DType::F32, &[rows, cols], 0, &[cols as i64, 1]))
+                .collect(),
+        );
+        let input = [HostTensor::from_f32(DType::F32, vec![rows, cols], &x)];
+        let got = run(&p, &input, &[]).expect("runs");
+        assert_close(
+            &got[0].to_f32(),
+            &softmax_rows(&x, rows as usize, cols as usize),
+            1e-6,
+        );
+        assert_eq!(got[0].bytes, got[1].bytes);
+        let m: Vec<f64> = x
+            .chunks(cols as usize)
+            .flat_map(|r| {
+                let m = r.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+                r.iter().map(move |&v| (v as f64 - m).exp())
+            })
+            .collect();
+        assert_close(&got[2].to_f32(), &m, 1e-6);
+    }
+    // Softmax over two inner axes plus a load that walks them transposed: the inner axes
+    // do not coalesce, so a row is several runs and every value goes through its slot.
+    let (r, a, b) = (2u64, 8u64, 5u64);
+    let x = values((r * a * b) as usize, 93);
+    let body = vec![
+        el(InstOp::Load(0)),
+        row(InstOp::Reduce(ReduceOp::Max, 0)),
+        el(InstOp::Binary(BinaryOp::Sub, 0, 1)),
+        el(InstOp::Unary(UnaryOp::Exp, 2)),
+        row(InstOp::Reduce(ReduceOp::Sum, 3)),
+        el(InstOp::Binary(BinaryOp::Div, 3, 4)),
+        el(InstOp::Load(1)),
+        el(InstOp::Binary(BinaryOp::Add, 5, 6)),
+    ];
+    let k = fused(
+        &[r, a, b],
+        &[1, 2],
+        vec![
+            ld(0, DType::F32, 0, &[(a * b) as i64, b as i64, 1]),
+            ld(0, DType::F32, 0, &[(a * b) as i64, 1, a as i64]),
+        ],
+        body,
+        &[(7, 1), (5, 2)],
+    );
+    let n = r * a * b;
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, a, b]),
+            arena("y", DType::F32, &[r, a, b], 0),
+            arena("s", DType::F32, &[r, a, b], n * 4),
+        ],
+        &[0],
+        vec![
+            out("y", 1, DType::F32, &[r, a, b], 0, &contiguous(&[r, a, b])),
+            out("s", 2, DType::F32, &[r, a, b], 0, &contiguous(&[r, a, b])),
+        ],
+    );
+    let input = [HostTensor::from_f32(DType::F32, vec![r, a, b], &x)];
+    let got = run(&p, &input, &[]).expect("runs");
+    let s = got[1].to_f32();
+    let (a, b) = (a as usize, b as usize);
+    let want: Vec<f32> = (0..n as usize)
+        .map(|k| {
+            let (row, i, j) = (k / (a * b), k / b % a, k % b);
+            s[k] + x[row * a * b + j * a + i]
+        })
+        .collect();
+    assert_eq!(got[0].to_f32(), want);
+    assert_close(&s, &softmax_rows(&x, r as usize, a * b), 1e-6);
+}
