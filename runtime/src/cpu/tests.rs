@@ -1155,3 +1155,62 @@ fn values_computed_straight_into_outputs_match_their_copies() {
     assert_eq!(got[0].to_f32(), want);
     assert_close(&s, &softmax_rows(&x, r as usize, a * b), 1e-6);
 }
+
+#[test]
+fn results_are_the_same_bits_whatever_the_thread_count() {
+    // Row kernels with cached rows and with rows longer than the cache (blocked, several
+    // passes, Kahan-combined block sums), a pointwise chain, half precision and a matmul,
+    // each run in pools of 1, 2, 3 and 5 threads: every output byte must agree.
+    let cases: &[(&str, &[(&str, u64)])] = &[
+        (
+            include_str!("../../../examples/softmax.tx"),
+            &[("N", 37), ("V", 300)],
+        ),
+        (
+            include_str!("../../../examples/softmax.tx"),
+            &[("N", 5), ("V", 40_000)],
+        ),
+        (
+            include_str!("../../../examples/layernorm.tx"),
+            &[("N", 9), ("D", 20_000)],
+        ),
+        (
+            include_str!("../../../examples/chain.tx"),
+            &[("N", 100_003)],
+        ),
+        (
+            include_str!("../../../examples/mixed_precision.tx"),
+            &[("N", 64), ("D", 256)],
+        ),
+        (
+            include_str!("../../../examples/mlp.tx"),
+            &[("B", 33), ("D", 64), ("H", 96), ("C", 50)],
+        ),
+    ];
+    for (source, dims) in cases {
+        let options = tc_compiler::CompileOptions {
+            dims: dims.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            plan: Default::default(),
+        };
+        let program = tc_compiler::compile(source, &options).expect("compiles");
+        let (inputs, params) =
+            crate::data::load_leaves(&program.checked, &[], None, 0).expect("data");
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| run(&program.plan, &inputs, &params).expect("runs"))
+        };
+        let one = in_pool(1);
+        for threads in [2, 3, 5] {
+            let got = in_pool(threads);
+            for (a, b) in one.iter().zip(&got) {
+                assert!(
+                    a.bytes == b.bytes,
+                    "{dims:?}: 1 and {threads} threads differ"
+                );
+            }
+        }
+    }
+}
