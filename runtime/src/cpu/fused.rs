@@ -6,7 +6,10 @@
 //! reductions of that pass fold; the last pass computes and stores the outputs, so a row is
 //! written only after all its reductions. A pointwise kernel is one pass over element chunks.
 //! Every inst's value is rounded to its dtype as it is computed (a no-op for f32), so a
-//! fused kernel rounds exactly where the unfused program stores.
+//! fused kernel rounds exactly where the unfused program stores. A block of a load that is
+//! one contiguous f32 run is read where it lies rather than copied into its slot, and a
+//! value stored in the last pass is computed straight into its buffer where nothing else
+//! of the kernel touches that buffer.
 
 use super::math::{self, KahanSum, Operand};
 use super::{CpuError, Mem};
