@@ -48,7 +48,7 @@ struct Pass {
     elem_stores: Vec<usize>,
     row_stores: Vec<usize>,
     /// Per inst (only in the last pass): the store its block may be computed straight
-    /// into, skipping the slot and the copy (see `Prepared::direct`).
+    /// into, skipping the slot and the copy (see `prepare`).
     store_into: Vec<Option<usize>>,
 }
 

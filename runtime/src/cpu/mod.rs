@@ -187,8 +187,9 @@ pub fn run(
         }
     }
 
-    // Output bytes still to copy out of the arena; everything else is handed back to the
-    // system before and while copying, so the copies do not add to the peak.
+    // Output bytes still to take out of the arena (moved or copied); everything else is
+    // handed back to the system before and while they leave, so copies do not add to the
+    // peak.
     let mut keep: Vec<(usize, usize)> = plan
         .outputs
         .iter()
