@@ -8,8 +8,9 @@ median wall time of N runs after the inputs exist, and peak resident memory (VmH
 the resident memory just before the inputs were created (VmRSS), so interpreter and library
 start-up are not counted. Prints a Markdown table and writes JSON next to it.
 
-Usage: scripts/bench_cpu_numpy.py [--reps N] [--json out.json]
-(build first: cargo build --release -p tc-runtime --bin cpubench)
+Usage: scripts/bench_cpu_numpy.py [--reps N] [--json out.json] [--cpubench PATH]
+(build first: cargo build --release -p tc-runtime --bin cpubench; --cpubench runs another
+build, an older commit's say, for a before/after comparison)
 """
 
 import argparse
@@ -137,17 +138,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cpubench", default=CPUBENCH, help="the cpubench binary to run")
     ap.add_argument("--numpy", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.numpy:
         name, dims, reps = args.numpy
         numpy_child(name, json.loads(dims), int(reps))
         return
-    if not os.path.exists(CPUBENCH):
+    if not os.path.exists(args.cpubench):
         sys.exit("build cpubench first: cargo build --release -p tc-runtime --bin cpubench")
     rows = []
     for name, file, dims in CASES:
-        cmd = [CPUBENCH, os.path.join(ROOT, "examples", file), "--reps", str(args.reps)]
+        cmd = [args.cpubench, os.path.join(ROOT, "examples", file), "--reps", str(args.reps)]
         for k, v in dims.items():
             cmd += ["--dim", f"{k}={v}"]
         tc = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)

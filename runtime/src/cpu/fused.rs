@@ -6,7 +6,10 @@
 //! reductions of that pass fold; the last pass computes and stores the outputs, so a row is
 //! written only after all its reductions. A pointwise kernel is one pass over element chunks.
 //! Every inst's value is rounded to its dtype as it is computed (a no-op for f32), so a
-//! fused kernel rounds exactly where the unfused program stores.
+//! fused kernel rounds exactly where the unfused program stores. A block of a load that is
+//! one contiguous f32 run is read where it lies rather than copied into its slot, and a
+//! value stored in the last pass is computed straight into its buffer where nothing else
+//! of the kernel touches that buffer.
 
 use super::math::{self, KahanSum, Operand};
 use super::{CpuError, Mem};
@@ -44,6 +47,9 @@ struct Pass {
     /// Indices into `stores` (only in the last pass).
     elem_stores: Vec<usize>,
     row_stores: Vec<usize>,
+    /// Per inst (only in the last pass): the store its block may be computed straight
+    /// into, skipping the slot and the copy (see `prepare`).
+    store_into: Vec<Option<usize>>,
 }
 
 /// A kernel checked against its plan and split into passes.
@@ -63,6 +69,9 @@ struct Prepared<'k> {
     block: usize,
     /// The value of each `Const` inst.
     konst: Vec<Option<f32>>,
+    /// Per load: f32, 4-byte aligned, and in a buffer no store of this kernel writes, so a
+    /// block of it that is one contiguous run is read in place instead of copied.
+    direct: Vec<bool>,
 }
 
 /// Runs `kernel` of `plan`, reading and writing the resolved buffers `mems`.
@@ -79,8 +88,9 @@ pub(super) fn run(
     if kernel.reduce_axes.is_empty() {
         let total = p.row_len;
         let chunks = total.div_ceil(CHUNK);
-        (0..chunks).into_par_iter().for_each_init(
-            || Scratch::new(&p),
+        for_each_task(
+            chunks,
+            1,
             |s, c| {
                 let start = c * CHUNK;
                 let end = (start + CHUNK).min(total);
@@ -95,18 +105,39 @@ pub(super) fn run(
                     at += n;
                 }
             },
+            &p,
         );
     } else {
-        (0..p.rows)
-            .into_par_iter()
-            .with_min_len(rows_per_task(p.row_len))
-            .for_each_init(
-                || Scratch::new(&p),
-                // SAFETY: as above; each row is computed and stored by one task.
-                |s, r| unsafe { s.row(&p, r) },
-            );
+        // SAFETY: as above; each row is computed and stored by one task.
+        for_each_task(
+            p.rows,
+            rows_per_task(p.row_len),
+            |s, r| unsafe { s.row(&p, r) },
+            &p,
+        );
     }
     Ok(())
+}
+
+/// Runs `f(scratch, i)` for every `i < n` over the rayon pool, in tasks of consecutive
+/// indices (at least `min_len`, about eight tasks per thread for balance), each with its
+/// own scratch: one allocation per task, not one per work item or per rayon split.
+fn for_each_task(
+    n: usize,
+    min_len: usize,
+    f: impl Fn(&mut Scratch, usize) + Sync,
+    p: &Prepared<'_>,
+) {
+    let per_task = n
+        .div_ceil(8 * rayon::current_num_threads())
+        .max(min_len)
+        .max(1);
+    (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        let mut s = Scratch::new(p);
+        for i in t * per_task..((t + 1) * per_task).min(n) {
+            f(&mut s, i);
+        }
+    });
 }
 
 /// Enough rows per task that a task does at least a few blocks of work.
@@ -370,6 +401,14 @@ fn prepare<'k>(
         })
         .collect();
     let store_access = accesses.split_off(kernel.loads.len());
+    let direct: Vec<bool> = accesses
+        .iter()
+        .map(|a| {
+            a.mem.dtype == DType::F32
+                && (a.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
+                && store_access.iter().all(|st| !st.mem.overlaps(&a.mem))
+        })
+        .collect();
     let row_len: usize = inner_sizes.iter().product();
     let block = if !pointwise && row_len <= ROW_CACHE {
         row_len.max(1)
@@ -387,6 +426,32 @@ fn prepare<'k>(
             }
         }
     }
+    // An element inst computed in the last pass and stored to an f32 buffer that no load
+    // of this kernel reads and no other store writes is computed straight into that buffer
+    // (where the block is one contiguous run there): nothing reads the buffer before the
+    // row is done, so writing it early changes nothing, and the copy is saved.
+    let store_ok: Vec<bool> = store_access
+        .iter()
+        .enumerate()
+        .map(|(si, st)| {
+            st.mem.dtype == DType::F32
+                && (st.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
+                && accesses.iter().all(|a| !a.mem.overlaps(&st.mem))
+                && store_access
+                    .iter()
+                    .enumerate()
+                    .all(|(sj, o)| sj == si || !o.mem.overlaps(&st.mem))
+        })
+        .collect();
+    let mut store_into = vec![None; n];
+    for &si in &passes[last].elem_stores {
+        let i = kernel.stores[si].inst;
+        let computed_here = passes[last].elem_insts.contains(&i);
+        if store_ok[si] && computed_here && !matches!(kernel.body[i].op, InstOp::Load(_)) {
+            store_into[i].get_or_insert(si);
+        }
+    }
+    passes[last].store_into = store_into;
     Ok(Prepared {
         kernel,
         level,
@@ -399,6 +464,7 @@ fn prepare<'k>(
         passes,
         block,
         konst,
+        direct,
     })
 }
 
@@ -486,6 +552,11 @@ fn coalesce(domain: &[usize], axes: &[usize], accesses: &[&[i64]]) -> (Vec<usize
 /// Per-thread state: one block per inst, row values, reduction accumulators, access bases.
 struct Scratch {
     slots: Vec<Vec<f32>>,
+    /// Per inst: where its block is when not in its slot (a load read in place, a value
+    /// computed straight into a store's buffer), else null.
+    views: Vec<*const f32>,
+    /// Per store: whether the current block was computed straight into its buffer.
+    stored: Vec<bool>,
     row_vals: Vec<f32>,
     sums: Vec<KahanSum>,
     extrema: Vec<f32>,
@@ -506,6 +577,8 @@ impl Scratch {
                     }
                 })
                 .collect(),
+            views: vec![std::ptr::null(); n],
+            stored: vec![false; p.stores.len()],
             row_vals: vec![0f32; n],
             sums: vec![KahanSum::default(); n],
             extrema: vec![0f32; n],
@@ -609,26 +682,71 @@ impl Scratch {
     unsafe fn block(&mut self, p: &Prepared<'_>, pass: &Pass, at: usize, n: usize) {
         let body = &p.kernel.body;
         for &i in &pass.elem_insts {
+            if let InstOp::Load(l) = body[i].op {
+                let acc = &p.loads[l];
+                let run = single_run(&p.inner_sizes, &acc.inner_strides, self.bases[l], at, n);
+                self.views[i] = match run {
+                    // SAFETY: bounds checked in `prepare`; the whole run is inside the buffer.
+                    Some(off) if p.direct[l] => unsafe {
+                        acc.mem.ptr.cast::<f32>().offset(off as isize)
+                    },
+                    _ => {
+                        // SAFETY: bounds checked in `prepare`.
+                        unsafe {
+                            gather(
+                                acc,
+                                &p.inner_sizes,
+                                self.bases[l],
+                                at,
+                                &mut self.slots[i][..n],
+                            )
+                        };
+                        std::ptr::null()
+                    }
+                };
+                continue;
+            }
+            // Straight into a store's buffer, or into the slot.
+            let into = pass.store_into.get(i).copied().flatten().and_then(|si| {
+                let acc = &p.stores[si].1;
+                let base = self.bases[p.loads.len() + si];
+                let off = single_run(&p.inner_sizes, &acc.inner_strides, base, at, n)?;
+                // SAFETY: bounds checked in `prepare`; the whole run is inside the buffer.
+                Some((si, unsafe {
+                    acc.mem.ptr.cast::<f32>().offset(off as isize)
+                }))
+            });
+            self.views[i] = into.map_or(std::ptr::null(), |(_, ptr)| ptr.cast_const());
             let (before, rest) = self.slots.split_at_mut(i);
-            let dst = &mut rest[0][..n];
+            let dst: &mut [f32] = match into {
+                Some((si, ptr)) => {
+                    self.stored[si] = true;
+                    // SAFETY: n f32 of a buffer this task alone writes (this row, this block)
+                    // and that no load or other store of the kernel touches (`store_into`).
+                    unsafe { std::slice::from_raw_parts_mut(ptr, n) }
+                }
+                None => &mut rest[0][..n],
+            };
             let rv = &self.row_vals;
+            let views = &self.views;
             let level = &p.level;
             let konst = &p.konst;
             let operand = |o: usize| -> Operand<'_> {
                 if let Some(c) = konst[o] {
                     Operand::Scalar(c)
                 } else if level[o] == Level::Element {
-                    Operand::Block(&before[o][..n])
+                    // SAFETY: a view is set only for an inst computed for this very block
+                    // (same row, `at` and `n`): n f32 of a load's buffer that nothing
+                    // writes while this kernel runs, or of a store's buffer that only this
+                    // task writes, and not while the block lives (`store_into`).
+                    Operand::Block(unsafe { block_of(views[o], &before[o], n) })
                 } else {
                     Operand::Scalar(rv[o])
                 }
             };
             match body[i].op {
-                InstOp::Load(l) => {
-                    let acc = &p.loads[l];
-                    // SAFETY: bounds checked in `prepare`.
-                    unsafe { gather(acc, &p.inner_sizes, self.bases[l], at, dst) };
-                }
+                // Read above, into `views` or the slot.
+                InstOp::Load(_) => {}
                 InstOp::Const(c) => dst.fill(math::round_to(body[i].dtype, c as f32)),
                 InstOp::Unary(op, a) => {
                     match operand(a) {
@@ -660,7 +778,8 @@ impl Scratch {
         }
         for &i in &pass.reduces {
             if let InstOp::Reduce(op, a) = body[i].op {
-                let xs = &self.slots[a][..n];
+                // SAFETY: as for `operand` above.
+                let xs = unsafe { block_of(self.views[a], &self.slots[a], n) };
                 match op {
                     ReduceOp::Sum | ReduceOp::Mean => self.sums[i].add(math::block_sum(xs)),
                     ReduceOp::Max => {
@@ -675,12 +794,51 @@ impl Scratch {
             }
         }
         for &si in &pass.elem_stores {
+            if std::mem::take(&mut self.stored[si]) {
+                continue; // computed straight into the buffer
+            }
             let (inst, acc) = &p.stores[si];
             let base = self.bases[p.loads.len() + si];
+            // SAFETY: as for `operand` above.
+            let src = unsafe { block_of(self.views[*inst], &self.slots[*inst], n) };
             // SAFETY: bounds checked in `prepare`; the caller owns these elements.
-            unsafe { scatter(acc, &p.inner_sizes, base, at, &self.slots[*inst][..n]) };
+            unsafe { scatter(acc, &p.inner_sizes, base, at, src) };
         }
     }
+}
+
+/// The `n` values of an element inst in the current block: in place where `view` is set,
+/// else in its slot.
+///
+/// # Safety
+/// A non-null `view` points at `n` valid f32 that nothing writes while the result lives.
+#[inline]
+unsafe fn block_of(view: *const f32, slot: &[f32], n: usize) -> &[f32] {
+    if view.is_null() {
+        &slot[..n]
+    } else {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::slice::from_raw_parts(view, n) }
+    }
+}
+
+/// The element offset where `n` consecutive inner indices from `at` start, when they are
+/// one contiguous run (unit stride along the innermost dim, not crossing its end).
+#[inline]
+fn single_run(sizes: &[usize], strides: &[i64], base: i64, at: usize, n: usize) -> Option<i64> {
+    let nd = sizes.len();
+    let last = sizes[nd - 1];
+    let i_last = at % last;
+    if strides[nd - 1] != 1 || i_last + n > last {
+        return None;
+    }
+    let mut off = base + i_last as i64;
+    let mut q = at / last;
+    for d in (0..nd - 1).rev() {
+        off += (q % sizes[d]) as i64 * strides[d];
+        q /= sizes[d];
+    }
+    Some(off)
 }
 
 /// Walks `n` consecutive inner indices from `at` as runs along the innermost dim, calling

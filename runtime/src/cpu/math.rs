@@ -36,14 +36,18 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
     }
 }
 
-/// `e^x` in f32, within 2 ulp: Cody–Waite reduction `x = n·ln2 + r`, a degree-6
-/// polynomial for `e^r` (Cephes `expf`), and `2^n` built in the exponent bits. Branch-free,
-/// so loops over it vectorise. Overflow gives +inf, underflow 0, NaN stays NaN.
+/// `e^x` in f32, within 1 ulp: Cody–Waite reduction `x = n·ln2 + r`, a degree-6
+/// polynomial for `e^r` (Cephes `expf`), and `2^n` built in the exponent bits as two
+/// factors. Branch-free and select-free, so loops over it vectorise tightly: the clamp
+/// keeps `n` in [-151, 128], where the two factors are normal and their product with
+/// `e^r` rounds once, to +inf above ln(f32::MAX) and to 0 below ln(2^-150), as the exact
+/// value would; NaN passes through the arithmetic as NaN.
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes coefficients, as published
 pub fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
-    let xc = x.clamp(-103.972_08, 88.72283);
+                                     // 89 and -104.5 are past both ends of the finite, non-zero results.
+    let xc = x.clamp(-104.5, 89.0);
     let t = xc * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
     let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -54,18 +58,12 @@ pub fn exp(x: f32) -> f32 {
     let er = p * r * r + r + 1.0;
     // The integer n sits in the low mantissa bits of t.
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    // Split 2^n in two factors so n = 128 (x near the top of the range) stays finite.
+    // 2^n as two normal factors (n = 128 overflows only in the last product, n = -151
+    // underflows only there), so the result is rounded once.
     let half = ni >> 1;
-    let s1 = f32::from_bits(((half + 127) << 23) as u32);
-    let s2 = f32::from_bits(((ni - half + 127) << 23) as u32);
-    let y = er * s1 * s2;
-    let y = if x > 88.72283 { f32::INFINITY } else { y };
-    let y = if x < -103.972_08 { 0.0 } else { y };
-    if x.is_nan() {
-        x
-    } else {
-        y
-    }
+    let s1 = f32::from_bits((half.wrapping_add(127) << 23) as u32);
+    let s2 = f32::from_bits((ni.wrapping_sub(half).wrapping_add(127) << 23) as u32);
+    er * s1 * s2
 }
 
 /// `tanh x` in f32: an odd polynomial near 0 (Cephes `tanhf`), else `1 - 2/(e^{2|x|} + 1)`.
@@ -208,33 +206,57 @@ fn unary_block_impl(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// The largest (`max: true`) or smallest value of a block over eight lanes; NaN if any is.
+/// The largest (`max: true`) or smallest value of a block; NaN if any is.
 #[inline(always)]
 fn block_extremum_impl(xs: &[f32], max: bool) -> f32 {
-    let mut lanes = [if max {
-        f32::NEG_INFINITY
+    if max {
+        extremum::<true>(xs)
     } else {
-        f32::INFINITY
-    }; 8];
-    let mut nan = false;
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            nan |= x.is_nan();
-            *l = if (x > *l) == max && x != *l { x } else { *l };
-        }
+        extremum::<false>(xs)
     }
-    let mut m = if max {
+}
+
+/// The extremum over 32 interleaved lanes (four vector accumulators, so the compare-select
+/// chains overlap), NaN tracked on the side: each lane step is one `maxps`/`minps` and one
+/// unordered compare. Lanes fold in a fixed order, so the result depends only on `xs`.
+#[inline(always)]
+fn extremum<const MAX: bool>(xs: &[f32]) -> f32 {
+    const LANES: usize = 32;
+    let init = if MAX {
         f32::NEG_INFINITY
     } else {
         f32::INFINITY
     };
-    for &x in lanes.iter().chain(rest) {
-        nan |= x.is_nan();
-        m = if max { maximum(m, x) } else { minimum(m, x) };
+    let pick = |l: f32, x: f32| -> f32 {
+        if MAX {
+            if x > l {
+                x
+            } else {
+                l
+            }
+        } else if x < l {
+            x
+        } else {
+            l
+        }
+    };
+    let mut lanes = [init; LANES];
+    let mut nan = [0u32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for ((l, n), &x) in lanes.iter_mut().zip(nan.iter_mut()).zip(c) {
+            *n |= x.is_nan() as u32;
+            *l = pick(*l, x);
+        }
     }
-    if nan {
+    let mut m = init;
+    let mut any_nan = nan.iter().any(|&n| n != 0);
+    for &x in lanes.iter().chain(rest) {
+        any_nan |= x.is_nan();
+        m = pick(m, x);
+    }
+    if any_nan {
         f32::NAN
     } else {
         m
@@ -297,29 +319,98 @@ pub fn round_block(dtype: DType, dst: &mut [f32]) {
     }
 }
 
-/// The sum of a block in f32, pairwise: halves down to 64-element leaves summed over eight
-/// interleaved lanes (error grows with log n, and the leaves vectorise).
-#[inline(always)]
-fn block_sum_impl(xs: &[f32]) -> f32 {
-    if xs.len() > 64 {
-        let (a, b) = xs.split_at(xs.len() / 2);
-        return block_sum_impl(a) + block_sum_impl(b);
-    }
-    let mut lanes = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
+/// Elements per leaf of the pairwise sum.
+const SUM_LEAF: usize = 256;
+
+/// The sum of a block in f32, pairwise: halves down to leaves of at most 256 elements, each
+/// summed over 32 interleaved lanes (four 8-lane accumulators), so the error grows with
+/// log n and the leaves run at vector speed. The AVX2 build writes its leaf with
+/// intrinsics (the auto-vectoriser does not keep four accumulators apart) and both builds
+/// do the same additions in the same order, so they agree to the bit.
+fn block_sum_leaf(xs: &[f32]) -> f32 {
+    let mut acc = [[0f32; 8]; 4];
+    let chunks = xs.chunks_exact(32);
     let rest = chunks.remainder();
     for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += x;
+        for (a, c) in acc.iter_mut().zip(c.chunks_exact(8)) {
+            for (l, &x) in a.iter_mut().zip(c) {
+                *l += x;
+            }
         }
     }
+    let mut s = [0f32; 8];
+    for (j, s) in s.iter_mut().enumerate() {
+        *s = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+    }
+    fold_leaf(s, rest)
+}
+
+/// The end of a leaf: its eight lane sums and the elements after the last whole 32.
+#[inline(always)]
+fn fold_leaf(s: [f32; 8], rest: &[f32]) -> f32 {
     let mut tail = 0f32;
     for &x in rest {
         tail += x;
     }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail
+    ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])) + tail
+}
+
+/// `block_sum_leaf` with AVX2 intrinsics: the same lanes, the same order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_sum_leaf_avx2(xs: &[f32]) -> f32 {
+    use std::arch::x86_64::{_mm256_add_ps, _mm256_loadu_ps, _mm256_storeu_ps};
+    let chunks = xs.chunks_exact(32);
+    let rest = chunks.remainder();
+    let zero = [0f32; 8];
+    // SAFETY: `zero` has 8 elements (a load, not `_mm256_setzero_ps`, which needs no
+    // `unsafe` on newer compilers and does on the oldest one supported).
+    let mut acc = [unsafe { _mm256_loadu_ps(zero.as_ptr()) }; 4];
+    for c in chunks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c has 32 elements, so 8k .. 8k + 8 is in bounds.
+            *a = unsafe { _mm256_add_ps(*a, _mm256_loadu_ps(c.as_ptr().add(8 * k))) };
+        }
+    }
+    let mut s = [0f32; 8];
+    // SAFETY: `s` has room for the 8 lanes stored.
+    unsafe {
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        _mm256_storeu_ps(s.as_mut_ptr(), v);
+    }
+    fold_leaf(s, rest)
+}
+
+/// The pairwise f32 sum of a block (baseline build).
+fn block_sum_base(xs: &[f32]) -> f32 {
+    if xs.len() > SUM_LEAF {
+        let (a, b) = xs.split_at(xs.len() / 2);
+        return block_sum_base(a) + block_sum_base(b);
+    }
+    block_sum_leaf(xs)
+}
+
+/// The pairwise f32 sum of a block (AVX2 build).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_sum_avx2(xs: &[f32]) -> f32 {
+    if xs.len() > SUM_LEAF {
+        let (a, b) = xs.split_at(xs.len() / 2);
+        // SAFETY: this very function runs only where AVX2 is present.
+        return unsafe { block_sum_avx2(a) + block_sum_avx2(b) };
+    }
+    // SAFETY: as above.
+    unsafe { block_sum_leaf_avx2(xs) }
+}
+
+/// The pairwise f32 sum of a block.
+pub fn block_sum(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { block_sum_avx2(xs) };
+    }
+    block_sum_base(xs)
 }
 
 /// A running f32 sum with Kahan compensation, fed block sums.
@@ -391,6 +482,84 @@ mod tests {
         assert_eq!(tanh(f32::NEG_INFINITY), -1.0);
     }
 
+    /// `got`'s distance from `want` in units of the last place of the f32 nearest `want`
+    /// (2^-149 for subnormal results).
+    fn ulps(got: f32, want: f64) -> f64 {
+        let w = want as f32;
+        let exp2 = if w == 0.0 || !w.is_normal() {
+            -149
+        } else {
+            ((w.abs().to_bits() >> 23) as i32) - 127 - 23
+        };
+        (got as f64 - want).abs() / 2f64.powi(exp2)
+    }
+
+    #[test]
+    fn exp_is_within_one_ulp_and_the_same_in_blocks() {
+        // Every 61st f32 from -110 to 90 (both signs, so tiny inputs too): normal, subnormal
+        // and zero results, the overflow boundary, against f64 `exp`; the block form must
+        // give the same bits as the scalar one.
+        let mut xs: Vec<f32> = Vec::new();
+        for sign in [0u32, 0x8000_0000] {
+            let top = if sign == 0 { 90f32 } else { 110f32 }.to_bits();
+            xs.extend((0..top).step_by(61).map(|b| f32::from_bits(b | sign)));
+        }
+        let ln_max = (f32::MAX as f64).ln();
+        xs.extend([
+            88.72283,
+            88.722_84,
+            ln_max as f32,
+            f32::from_bits((ln_max as f32).to_bits() + 1),
+            -87.336_55,
+            -103.278_93,
+            -103.972_08,
+            -103.972_09,
+            -104.0,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+        ]);
+        let mut block = vec![0f32; xs.len()];
+        unary_block(UnaryOp::Exp, &xs, &mut block);
+        let mut worst = (0f64, 0f32);
+        for (&x, &b) in xs.iter().zip(&block) {
+            let got = exp(x);
+            assert_eq!(
+                got.to_bits(),
+                b.to_bits(),
+                "exp({x}): scalar {got}, block {b}"
+            );
+            let want = (x as f64).exp();
+            if want > f32::MAX as f64 * (1.0 + f32::EPSILON as f64 / 2.0) {
+                assert_eq!(got, f32::INFINITY, "exp({x})");
+                continue;
+            }
+            let u = ulps(got, want);
+            if u > worst.0 {
+                worst = (u, x);
+            }
+        }
+        eprintln!("exp: worst {} ulp at {}", worst.0, worst.1);
+        assert!(worst.0 <= 1.0, "exp: {} ulp at x = {}", worst.0, worst.1);
+        for (x, want) in [
+            (f32::INFINITY, f32::INFINITY),
+            (f32::NEG_INFINITY, 0.0),
+            (1000.0, f32::INFINITY),
+            (-1000.0, 0.0),
+            (0.0, 1.0),
+            (-0.0, 1.0),
+        ] {
+            assert_eq!(exp(x), want, "exp({x})");
+        }
+        for nan in [f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001)] {
+            assert!(exp(nan).is_nan(), "exp({nan})");
+            let mut out = [0f32; 9];
+            unary_block(UnaryOp::Exp, &[nan; 9], &mut out);
+            assert!(out.iter().all(|v| v.is_nan()));
+        }
+    }
+
     #[test]
     fn block_extremum_matches_a_fold_and_propagates_nan() {
         let xs: Vec<f32> = (0..77).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
@@ -400,6 +569,75 @@ mod tests {
         ys[70] = f32::NAN;
         assert!(block_extremum(&ys, true).is_nan() && block_extremum(&ys, false).is_nan());
         assert_eq!(block_extremum(&[-0.5], true), -0.5);
+    }
+
+    /// Deterministic values of mixed sign and magnitude (a small LCG).
+    fn mixed(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let u = (state >> 8) as f32 / (1u32 << 24) as f32;
+                (u - 0.3) * 10f32.powi((state % 7) as i32 - 3)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn block_extremum_finds_the_extremum_at_every_length_and_position() {
+        // Lengths around the 32-lane width and its tail; the extremum and a NaN put in
+        // every lane position of the vector part and the scalar tail.
+        for n in [1usize, 7, 31, 32, 33, 64, 95, 257] {
+            let xs = mixed(n, n as u32);
+            let fold = |max: bool| {
+                xs.iter().copied().fold(
+                    if max {
+                        f32::NEG_INFINITY
+                    } else {
+                        f32::INFINITY
+                    },
+                    |m, x| if max { m.max(x) } else { m.min(x) },
+                )
+            };
+            assert_eq!(block_extremum(&xs, true), fold(true), "max, n = {n}");
+            assert_eq!(block_extremum(&xs, false), fold(false), "min, n = {n}");
+            for at in 0..n {
+                let mut ys = xs.clone();
+                ys[at] = 1e30;
+                assert_eq!(block_extremum(&ys, true), 1e30, "n = {n}, at = {at}");
+                ys[at] = -1e30;
+                assert_eq!(block_extremum(&ys, false), -1e30, "n = {n}, at = {at}");
+                ys[at] = f32::NAN;
+                assert!(block_extremum(&ys, true).is_nan(), "n = {n}, at = {at}");
+                assert!(block_extremum(&ys, false).is_nan(), "n = {n}, at = {at}");
+            }
+        }
+        let infs = [f32::NEG_INFINITY, f32::INFINITY, 0.0];
+        assert_eq!(block_extremum(&infs, true), f32::INFINITY);
+        assert_eq!(block_extremum(&infs, false), f32::NEG_INFINITY);
+        assert_eq!(
+            block_extremum(&[f32::NEG_INFINITY; 40], true),
+            f32::NEG_INFINITY
+        );
+    }
+
+    #[test]
+    fn block_sum_is_accurate_and_the_same_in_every_build() {
+        for n in [0usize, 1, 5, 31, 32, 33, 255, 256, 257, 1000, 4096, 10_001] {
+            let xs = mixed(n, 7 + n as u32);
+            let got = block_sum(&xs);
+            assert_eq!(got.to_bits(), block_sum_base(&xs).to_bits(), "n = {n}");
+            let exact: f64 = xs.iter().map(|&x| x as f64).sum();
+            let mag: f64 = xs.iter().map(|&x| (x as f64).abs()).sum();
+            // Pairwise summation: error within a few ulps of the sum of magnitudes.
+            assert!(
+                (got as f64 - exact).abs() <= 4.0 * f32::EPSILON as f64 * mag,
+                "n = {n}: {got} vs {exact}"
+            );
+        }
+        assert!(block_sum(&[1.0, f32::NAN, 2.0]).is_nan());
+        assert_eq!(block_sum(&[f32::INFINITY; 300]), f32::INFINITY);
+        assert!(block_sum(&[f32::INFINITY, f32::NEG_INFINITY]).is_nan());
     }
 }
 
@@ -433,10 +671,6 @@ dispatch! {
 dispatch! {
     /// `dst[i] = a[i] op b[i]`, either side possibly a scalar.
     fn binary_block / binary_block_avx2 (op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f32]) -> () = binary_block_impl
-}
-dispatch! {
-    /// The pairwise f32 sum of a block.
-    fn block_sum / block_sum_avx2 (xs: &[f32]) -> f32 = block_sum_impl
 }
 dispatch! {
     /// The largest (`max: true`) or smallest value of a block; NaN if any is.

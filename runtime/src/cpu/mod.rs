@@ -1,8 +1,10 @@
 //! The CPU executor: runs a plan's kernels in order over one host arena, every arena
 //! buffer at its planned offset — the same plan CUDA runs, so a planning mistake shows up
 //! here as wrong numbers. Fused kernels are interpreted block by block (`fused`), matrix
-//! products go to the `gemm` crate (`matmul`); elementwise numerics live in `math`.
+//! products go to the `gemm` crate (`matmul`); elementwise numerics live in `math`; the
+//! arena's memory and how outputs leave it (moved page by page where possible) in `arena`.
 
+mod arena;
 mod fused;
 mod math;
 mod matmul;
@@ -10,6 +12,7 @@ mod matmul;
 mod tests;
 
 use crate::tensor::HostTensor;
+use arena::Arena;
 use tc_compiler::ir::DType;
 use tc_compiler::schedule::{BufferKind, KernelKind, Plan};
 use thiserror::Error;
@@ -73,68 +76,6 @@ impl Mem {
     }
 }
 
-/// One zeroed, 16-byte aligned host allocation, freed on drop.
-struct Arena {
-    ptr: *mut u8,
-    layout: Option<std::alloc::Layout>,
-}
-
-impl Arena {
-    fn new(bytes: u64) -> Result<Arena, CpuError> {
-        let too_large = || CpuError::ArenaTooLarge(bytes);
-        let size = usize::try_from(bytes).map_err(|_| too_large())?;
-        if size == 0 {
-            return Ok(Arena {
-                ptr: std::ptr::NonNull::<u128>::dangling().as_ptr().cast(),
-                layout: None,
-            });
-        }
-        let layout = std::alloc::Layout::from_size_align(size, 16).map_err(|_| too_large())?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(too_large());
-        }
-        Ok(Arena {
-            ptr,
-            layout: Some(layout),
-        })
-    }
-}
-
-impl Arena {
-    /// Gives the pages of the arena outside `keep` (absolute address ranges) back to the
-    /// system; they read as zero afterwards. Only whole pages inside the allocation.
-    fn release_except(&self, keep: &[(usize, usize)]) {
-        #[cfg(target_os = "linux")]
-        {
-            const PAGE: usize = 4096;
-            const MIN_ARENA: usize = 1 << 20;
-            let Some(layout) = self.layout else { return };
-            if layout.size() < MIN_ARENA {
-                return;
-            }
-            let (start, end) = (self.ptr as usize, self.ptr as usize + layout.size());
-            let mut keep: Vec<(usize, usize)> =
-                keep.iter().copied().filter(|(a, b)| a < b).collect();
-            keep.sort_unstable();
-            let mut from = start;
-            for (a, b) in keep.into_iter().chain([(end, end)]) {
-                let (lo, hi) = (from.next_multiple_of(PAGE), a.min(end) / PAGE * PAGE);
-                if lo < hi {
-                    // SAFETY: [lo, hi) is whole pages inside our own allocation that no
-                    // output still needs; MADV_DONTNEED on private anonymous memory only
-                    // drops their contents.
-                    unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
-                }
-                from = from.max(b);
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = keep;
-    }
-}
-
 /// The absolute address range of the arena bytes output `o` reads (empty when the output
 /// is not in the arena).
 fn arena_range(plan: &Plan, o: &tc_compiler::schedule::PlanOutput, base: usize) -> (usize, usize) {
@@ -158,15 +99,6 @@ fn arena_range(plan: &Plan, o: &tc_compiler::schedule::PlanOutput, base: usize) 
     (at(lo), at(hi + 1))
 }
 
-impl Drop for Arena {
-    fn drop(&mut self) {
-        if let Some(layout) = self.layout {
-            // SAFETY: allocated in `new` with this very layout, freed once.
-            unsafe { std::alloc::dealloc(self.ptr, layout) };
-        }
-    }
-}
-
 /// Runs `plan` on the host and returns its outputs in `plan.outputs` order, each gathered
 /// into a contiguous tensor of its dtype.
 pub fn run(
@@ -177,8 +109,18 @@ pub fn run(
     check_leaves(plan, "input", &plan.inputs, inputs)?;
     check_leaves(plan, "param", &plan.params, params)?;
 
-    // The arena: 16-byte aligned, zeroed lazily by the allocator (fresh pages, no memset).
-    let arena = Arena::new(plan.arena_bytes)?;
+    // Large contiguous outputs that share no byte with another output get their vectors
+    // now, so the arena can be placed where the largest one's pages line up with its
+    // vector's and its pages can be moved there instead of copied (see `arena`).
+    let mut dests = output_vectors(plan);
+    let line_up = dests
+        .iter()
+        .zip(&plan.outputs)
+        .filter_map(|(d, o)| Some((d.as_ref()?, arena_range(plan, o, 0).0)))
+        .max_by_key(|(d, _)| d.capacity())
+        .map(|(d, lo)| (lo, d.as_ptr() as usize));
+    // The arena: 16-byte aligned, zeroed lazily by the system (fresh pages, no memset).
+    let arena = Arena::new(plan.arena_bytes, line_up)?;
     let base = arena.ptr;
 
     let mut mems = Vec::with_capacity(plan.buffers.len());
@@ -245,8 +187,9 @@ pub fn run(
         }
     }
 
-    // Output bytes still to copy out of the arena; everything else is handed back to the
-    // system before and while copying, so the copies do not add to the peak.
+    // Output bytes still to take out of the arena (moved or copied); everything else is
+    // handed back to the system before and while they leave, so copies do not add to the
+    // peak.
     let mut keep: Vec<(usize, usize)> = plan
         .outputs
         .iter()
@@ -254,7 +197,7 @@ pub fn run(
         .collect();
     arena.release_except(&keep);
     let mut outs = Vec::with_capacity(plan.outputs.len());
-    for o in &plan.outputs {
+    for (o, dest) in plan.outputs.iter().zip(dests.iter_mut()) {
         if !keep.is_empty() {
             keep.remove(0);
         }
@@ -286,15 +229,26 @@ pub fn run(
         let numel: usize = shape.iter().product();
         if o.strides == contiguous_strides(&shape) || numel <= 1 {
             let size = o.dtype.size() as usize;
-            // SAFETY: elements offset .. offset + numel are in bounds (checked above), and a
-            // byte copy has no alignment requirement.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(mem.ptr.add(o.offset as usize * size), numel * size)
+            let (start, len) = (o.offset as usize * size, numel * size);
+            let in_arena = (mem.ptr as usize)
+                .checked_sub(base as usize)
+                .filter(|at| at + start + len <= plan.arena_bytes as usize);
+            let bytes = match (dest.take(), in_arena) {
+                // SAFETY: the output's bytes are in bounds (checked above) and in the arena,
+                // and no other output shares a byte with them (`output_vectors`).
+                (Some(v), Some(at)) if v.capacity() >= len => unsafe {
+                    arena.take(at + start, len, v)
+                },
+                // SAFETY: elements offset .. offset + numel are in bounds (checked above),
+                // and a byte copy has no alignment requirement.
+                _ => {
+                    arena::copy_out(unsafe { std::slice::from_raw_parts(mem.ptr.add(start), len) })
+                }
             };
             outs.push(HostTensor {
                 dtype: o.dtype,
                 shape: o.shape.clone(),
-                bytes: bytes.to_vec(),
+                bytes,
             });
             arena.release_except(&keep);
             continue;
@@ -309,6 +263,33 @@ pub fn run(
     }
     drop(arena);
     Ok(outs)
+}
+
+/// Per output: an empty vector with room for its bytes when they may be moved out of the
+/// arena: a contiguous arena output of at least `arena::MOVE_MIN` bytes whose bytes no other
+/// output reads (moving takes pages away from the arena).
+fn output_vectors(plan: &Plan) -> Vec<Option<Vec<u8>>> {
+    let ranges: Vec<(usize, usize)> = plan
+        .outputs
+        .iter()
+        .map(|o| arena_range(plan, o, 0))
+        .collect();
+    plan.outputs
+        .iter()
+        .enumerate()
+        .map(|(k, o)| {
+            let shape: Vec<usize> = o.shape.iter().map(|&s| s as usize).collect();
+            let (lo, hi) = ranges[k];
+            let len = hi - lo;
+            let alone = ranges
+                .iter()
+                .enumerate()
+                .all(|(j, &(a, b))| j == k || a >= b || b <= lo || hi <= a);
+            let contiguous = o.strides == contiguous_strides(&shape)
+                && shape.iter().product::<usize>() * o.dtype.size() as usize == len;
+            (len >= arena::MOVE_MIN && contiguous && alone).then(|| Vec::with_capacity(len))
+        })
+        .collect()
 }
 
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {

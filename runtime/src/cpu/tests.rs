@@ -894,3 +894,324 @@ fn outputs_survive_the_release_of_the_rest_of_a_large_arena() {
     assert_close(&got[0].to_f32(), &y, 1e-6);
     assert_close(&got[1].to_f32(), &zt, 1e-6);
 }
+
+#[test]
+fn outputs_moved_out_of_a_mapped_arena_keep_their_values() {
+    // Arena of ~12 MB (a huge-page mapping): t = x + 1, y = t * 2, z = t * 3. Outputs: y
+    // (contiguous and alone: its pages move), t both contiguous and as a transposed view
+    // (shared: copied), z at an offset 16 bytes off the page grid (copied unless it lines
+    // up), and y's first row as a small view (y is then shared too, so it is copied).
+    // Then the same without the small view, so y moves.
+    let (r, c) = (1000u64, 1000u64);
+    let n = r * c;
+    let x = values(n as usize, 71);
+    let bytes = n * 4;
+    let k0 = fused(
+        &[r, c],
+        &[],
+        vec![ld(0, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Const(1.0)),
+            el(InstOp::Binary(BinaryOp::Add, 0, 1)),
+        ],
+        &[(2, 1)],
+    );
+    let k1 = fused(
+        &[r, c],
+        &[],
+        vec![ld(1, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Const(2.0)),
+            el(InstOp::Binary(BinaryOp::Mul, 0, 1)),
+            el(InstOp::Const(3.0)),
+            el(InstOp::Binary(BinaryOp::Mul, 0, 3)),
+        ],
+        &[(2, 2), (4, 3)],
+    );
+    let buffers = vec![
+        leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+        arena("t", DType::F32, &[r, c], 0),
+        arena("y", DType::F32, &[r, c], bytes + 4096),
+        arena("z", DType::F32, &[r, c], 2 * bytes + 3 * 4096 + 16),
+    ];
+    let t: Vec<f64> = x.iter().map(|&v| v as f64 + 1.0).collect();
+    let y: Vec<f64> = t.iter().map(|&v| v * 2.0).collect();
+    let z: Vec<f64> = t.iter().map(|&v| v * 3.0).collect();
+    let mut tt = vec![0f64; n as usize];
+    for i in 0..r as usize {
+        for j in 0..c as usize {
+            tt[j * r as usize + i] = t[i * c as usize + j];
+        }
+    }
+    let input = [HostTensor::from_f32(DType::F32, vec![r, c], &x)];
+    let full = |name: &str, b: u32| out(name, b, DType::F32, &[r, c], 0, &[c as i64, 1]);
+    for with_row in [true, false] {
+        let mut outputs = vec![
+            full("y", 2),
+            full("t", 1),
+            full("z", 3),
+            out("tt", 1, DType::F32, &[c, r], 0, &[1, c as i64]),
+        ];
+        if with_row {
+            outputs.push(out("y0", 2, DType::F32, &[c], 0, &[1]));
+        }
+        let p = plan(vec![k0.clone(), k1.clone()], buffers.clone(), &[0], outputs);
+        let got = run(&p, &input, &[]).expect("runs");
+        assert_close(&got[0].to_f32(), &y, 1e-6);
+        assert_close(&got[1].to_f32(), &t, 1e-6);
+        assert_close(&got[2].to_f32(), &z, 1e-6);
+        assert_close(&got[3].to_f32(), &tt, 1e-6);
+        if with_row {
+            assert_close(&got[4].to_f32(), &y[..c as usize], 1e-6);
+        }
+    }
+}
+
+#[test]
+fn loads_read_in_place_and_gathered_agree() {
+    // One pointwise kernel reads x in place (contiguous rows) and through a transposed
+    // view (gathered), and stores the loaded values themselves as well as their sum; a
+    // row kernel then reads a buffer it also writes in place (so it must copy its loads).
+    let (r, c) = (64u64, 64u64);
+    let x = values((r * c) as usize, 81);
+    let k0 = fused(
+        &[r, c],
+        &[],
+        vec![
+            ld(0, DType::F32, 0, &[c as i64, 1]),
+            ld(0, DType::F32, 0, &[1, c as i64]),
+        ],
+        vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Load(1)),
+            el(InstOp::Binary(BinaryOp::Add, 0, 1)),
+        ],
+        &[(0, 1), (1, 2), (2, 3)],
+    );
+    let k1 = fused(
+        &[r, c],
+        &[1],
+        vec![ld(3, DType::F32, 0, &[c as i64, 1])],
+        vec![
+            el(InstOp::Load(0)),
+            row(InstOp::Reduce(ReduceOp::Max, 0)),
+            el(InstOp::Binary(BinaryOp::Sub, 0, 1)),
+        ],
+        &[(2, 4), (0, 5)],
+    );
+    let size = r * c * 4;
+    let mut s3 = arena("s", DType::F32, &[r, c], 3 * size);
+    s3.last_step = 1;
+    let mut s4 = arena("d", DType::F32, &[r, c], 3 * size);
+    s4.in_place_of = Some(BufferId(3));
+    s4.first_step = 1;
+    s4.last_step = 1;
+    let p = plan(
+        vec![k0, k1],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+            arena("a", DType::F32, &[r, c], 0),
+            arena("b", DType::F32, &[r, c], size),
+            s3,
+            s4,
+            arena("e", DType::F32, &[r, c], 2 * size),
+        ],
+        &[0],
+        vec![
+            out("a", 1, DType::F32, &[r, c], 0, &[c as i64, 1]),
+            out("b", 2, DType::F32, &[r, c], 0, &[c as i64, 1]),
+            out("d", 4, DType::F32, &[r, c], 0, &[c as i64, 1]),
+            out("e", 5, DType::F32, &[r, c], 0, &[c as i64, 1]),
+        ],
+    );
+    let got = run(&p, &[HostTensor::from_f32(DType::F32, vec![r, c], &x)], &[]).expect("runs");
+    let (ru, cu) = (r as usize, c as usize);
+    let xt: Vec<f32> = (0..ru * cu).map(|k| x[(k % cu) * cu + k / cu]).collect();
+    let s: Vec<f32> = x.iter().zip(&xt).map(|(a, b)| a + b).collect();
+    assert_eq!(got[0].to_f32(), x);
+    assert_eq!(got[1].to_f32(), xt);
+    assert_eq!(got[3].to_f32(), s);
+    let d: Vec<f32> = s
+        .chunks(cu)
+        .flat_map(|row| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            row.iter().map(move |&v| v - m)
+        })
+        .collect();
+    assert_eq!(got[2].to_f32(), d);
+}
+
+#[test]
+fn values_computed_straight_into_outputs_match_their_copies() {
+    // Softmax storing its result twice (once computed straight into the buffer, once
+    // copied from there) and its exp once, for short rows (one cached block) and long
+    // ones (blocks of 1024 over several passes); then the same kernel where a transposed
+    // load keeps the row from being one run, so every value goes through its slot.
+    for (rows, cols) in [(3u64, 50u64), (3, 20_000)] {
+        let n = (rows * cols) as usize;
+        let x = values(n, 91);
+        let mut k = softmax_kernel(rows, cols, 0, 1, [cols as i64, 1]);
+        if let KernelKind::Fused(f) = &mut k.kind {
+            f.stores = vec![
+                Store {
+                    inst: 5,
+                    buffer: BufferId(1),
+                },
+                Store {
+                    inst: 5,
+                    buffer: BufferId(2),
+                },
+                Store {
+                    inst: 3,
+                    buffer: BufferId(3),
+                },
+            ];
+        }
+        let bytes = n as u64 * 4;
+        let p = plan(
+            vec![k],
+            vec![
+                leaf(
+                    "x",
+                    BufferKind::Input { index: 0 },
+                    DType::F32,
+                    &[rows, cols],
+                ),
+                arena("y", DType::F32, &[rows, cols], 0),
+                arena("y2", DType::F32, &[rows, cols], bytes.div_ceil(16) * 16),
+                arena("e", DType::F32, &[rows, cols], 2 * bytes.div_ceil(16) * 16),
+            ],
+            &[0],
+            (1..4)
+                .map(|b| out("o", b, DType::F32, &[rows, cols], 0, &[cols as i64, 1]))
+                .collect(),
+        );
+        let input = [HostTensor::from_f32(DType::F32, vec![rows, cols], &x)];
+        let got = run(&p, &input, &[]).expect("runs");
+        assert_close(
+            &got[0].to_f32(),
+            &softmax_rows(&x, rows as usize, cols as usize),
+            1e-6,
+        );
+        assert_eq!(got[0].bytes, got[1].bytes);
+        let m: Vec<f64> = x
+            .chunks(cols as usize)
+            .flat_map(|r| {
+                let m = r.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+                r.iter().map(move |&v| (v as f64 - m).exp())
+            })
+            .collect();
+        assert_close(&got[2].to_f32(), &m, 1e-6);
+    }
+    // Softmax over two inner axes plus a load that walks them transposed: the inner axes
+    // do not coalesce, so a row is several runs and every value goes through its slot.
+    let (r, a, b) = (2u64, 8u64, 5u64);
+    let x = values((r * a * b) as usize, 93);
+    let body = vec![
+        el(InstOp::Load(0)),
+        row(InstOp::Reduce(ReduceOp::Max, 0)),
+        el(InstOp::Binary(BinaryOp::Sub, 0, 1)),
+        el(InstOp::Unary(UnaryOp::Exp, 2)),
+        row(InstOp::Reduce(ReduceOp::Sum, 3)),
+        el(InstOp::Binary(BinaryOp::Div, 3, 4)),
+        el(InstOp::Load(1)),
+        el(InstOp::Binary(BinaryOp::Add, 5, 6)),
+    ];
+    let k = fused(
+        &[r, a, b],
+        &[1, 2],
+        vec![
+            ld(0, DType::F32, 0, &[(a * b) as i64, b as i64, 1]),
+            ld(0, DType::F32, 0, &[(a * b) as i64, 1, a as i64]),
+        ],
+        body,
+        &[(7, 1), (5, 2)],
+    );
+    let n = r * a * b;
+    let p = plan(
+        vec![k],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, a, b]),
+            arena("y", DType::F32, &[r, a, b], 0),
+            arena("s", DType::F32, &[r, a, b], n * 4),
+        ],
+        &[0],
+        vec![
+            out("y", 1, DType::F32, &[r, a, b], 0, &contiguous(&[r, a, b])),
+            out("s", 2, DType::F32, &[r, a, b], 0, &contiguous(&[r, a, b])),
+        ],
+    );
+    let input = [HostTensor::from_f32(DType::F32, vec![r, a, b], &x)];
+    let got = run(&p, &input, &[]).expect("runs");
+    let s = got[1].to_f32();
+    let (a, b) = (a as usize, b as usize);
+    let want: Vec<f32> = (0..n as usize)
+        .map(|k| {
+            let (row, i, j) = (k / (a * b), k / b % a, k % b);
+            s[k] + x[row * a * b + j * a + i]
+        })
+        .collect();
+    assert_eq!(got[0].to_f32(), want);
+    assert_close(&s, &softmax_rows(&x, r as usize, a * b), 1e-6);
+}
+
+#[test]
+fn results_are_the_same_bits_whatever_the_thread_count() {
+    // Row kernels with cached rows and with rows longer than the cache (blocked, several
+    // passes, Kahan-combined block sums), a pointwise chain, half precision and a matmul,
+    // each run in pools of 1, 2, 3 and 5 threads: every output byte must agree.
+    let cases: &[(&str, &[(&str, u64)])] = &[
+        (
+            include_str!("../../../examples/softmax.tx"),
+            &[("N", 37), ("V", 300)],
+        ),
+        (
+            include_str!("../../../examples/softmax.tx"),
+            &[("N", 5), ("V", 40_000)],
+        ),
+        (
+            include_str!("../../../examples/layernorm.tx"),
+            &[("N", 9), ("D", 20_000)],
+        ),
+        (
+            include_str!("../../../examples/chain.tx"),
+            &[("N", 100_003)],
+        ),
+        (
+            include_str!("../../../examples/mixed_precision.tx"),
+            &[("N", 64), ("D", 256)],
+        ),
+        (
+            include_str!("../../../examples/mlp.tx"),
+            &[("B", 33), ("D", 64), ("H", 96), ("C", 50)],
+        ),
+    ];
+    for (source, dims) in cases {
+        let options = tc_compiler::CompileOptions {
+            dims: dims.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            plan: Default::default(),
+        };
+        let program = tc_compiler::compile(source, &options).expect("compiles");
+        let (inputs, params) =
+            crate::data::load_leaves(&program.checked, &[], None, 0).expect("data");
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| run(&program.plan, &inputs, &params).expect("runs"))
+        };
+        let one = in_pool(1);
+        for threads in [2, 3, 5] {
+            let got = in_pool(threads);
+            for (a, b) in one.iter().zip(&got) {
+                assert!(
+                    a.bytes == b.bytes,
+                    "{dims:?}: 1 and {threads} threads differ"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The host arena: one zeroed, 16-byte aligned allocation holding every arena buffer at its
+//! planned offset, and how outputs leave it. On Linux a large arena is its own anonymous
+//! mapping backed by transparent huge pages (one page fault per 2 MiB instead of per
+//! 4 KiB); an output's whole pages are moved into its vector (`mremap`) instead of copied,
+//! and pages no output still needs go back to the system as soon as possible.
+//!
+//! Moving pages into a vector: the vector is allocated before the kernels run, and the
+//! arena is placed so that the largest output's bytes and its vector's bytes sit at the
+//! same offset within a 4 KiB page (and the arena otherwise starts on a huge-page
+//! boundary, so the plan's buffers share huge pages as little as they can: a touched huge
+//! page is resident whole, untouched neighbours included). After the kernels, the bytes before the output's
+//! first whole page and after its last are copied, and the whole pages in between replace
+//! the vector's pages, which were never touched: the vector then holds exactly the output's
+//! bytes in ordinary private anonymous memory, as if they had been copied. Where the
+//! offsets do not line up, or anything fails, the bytes are copied.
+
+use super::CpuError;
+use rayon::prelude::*;
+
+/// Arenas and outputs at least this large ask for transparent huge pages.
+#[cfg(target_os = "linux")]
+const HUGE_MIN: usize = 4 << 20;
+/// The huge page size on x86-64 and most aarch64 kernels; only a hint either way.
+#[cfg(target_os = "linux")]
+const HUGE: usize = 2 << 20;
+#[cfg(target_os = "linux")]
+const PAGE: usize = 4096;
+/// Outputs at least this large are worth moving rather than copying.
+pub(super) const MOVE_MIN: usize = 1 << 20;
+/// Copies larger than this are split over the rayon pool.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Where an arena's memory came from.
+#[derive(Debug)]
+enum Backing {
+    /// A zero-byte arena: a dangling, aligned pointer.
+    Empty,
+    /// The global allocator (small arenas, and systems other than Linux).
+    Heap(std::alloc::Layout),
+    /// An anonymous mapping of `len` bytes at `start`, page-aligned, huge-page advised;
+    /// the arena begins at most one page into it. Moves leave holes in it.
+    #[cfg(target_os = "linux")]
+    Map { start: usize, len: usize },
+}
+
+/// One zeroed, 16-byte aligned host allocation, freed on drop.
+#[derive(Debug)]
+pub(super) struct Arena {
+    pub(super) ptr: *mut u8,
+    size: usize,
+    backing: Backing,
+}
+
+impl Arena {
+    /// An arena of `bytes`. With `line_up = Some((offset, address))`, a mapped arena is
+    /// placed so that arena byte `offset` and `address` have the same offset within a page
+    /// (when that keeps the arena 16-byte aligned), so the output at `offset` can move
+    /// into the vector at `address`.
+    pub(super) fn new(bytes: u64, line_up: Option<(usize, usize)>) -> Result<Arena, CpuError> {
+        let too_large = || CpuError::ArenaTooLarge(bytes);
+        let size = usize::try_from(bytes).map_err(|_| too_large())?;
+        if size == 0 {
+            return Ok(Arena {
+                ptr: std::ptr::NonNull::<u128>::dangling().as_ptr().cast(),
+                size,
+                backing: Backing::Empty,
+            });
+        }
+        #[cfg(target_os = "linux")]
+        if size >= HUGE_MIN {
+            let residue = line_up
+                .map(|(offset, address)| address.wrapping_sub(offset) % PAGE)
+                .filter(|r| r % 16 == 0)
+                .unwrap_or(0);
+            return map_huge(size, residue).ok_or_else(too_large);
+        }
+        let _ = line_up;
+        let layout = std::alloc::Layout::from_size_align(size, 16).map_err(|_| too_large())?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(too_large());
+        }
+        Ok(Arena {
+            ptr,
+            size,
+            backing: Backing::Heap(layout),
+        })
+    }
+
+    /// Gives the pages of the arena outside `keep` (absolute address ranges) back to the
+    /// system; they read as zero afterwards. Only whole pages inside the allocation.
+    pub(super) fn release_except(&self, keep: &[(usize, usize)]) {
+        #[cfg(target_os = "linux")]
+        {
+            const MIN_ARENA: usize = 1 << 20;
+            if self.size < MIN_ARENA {
+                return;
+            }
+            let (start, end) = (self.ptr as usize, self.ptr as usize + self.size);
+            let mut keep: Vec<(usize, usize)> =
+                keep.iter().copied().filter(|(a, b)| a < b).collect();
+            keep.sort_unstable();
+            let mut from = start;
+            for (a, b) in keep.into_iter().chain([(end, end)]) {
+                let (lo, hi) = (from.next_multiple_of(PAGE), a.min(end) / PAGE * PAGE);
+                if lo < hi {
+                    // SAFETY: [lo, hi) is whole pages inside our own allocation that no
+                    // output still needs; MADV_DONTNEED on private anonymous memory only
+                    // drops their contents (pages already moved out are holes, which
+                    // madvise skips, reporting ENOMEM, ignored).
+                    unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+                }
+                from = from.max(b);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = keep;
+    }
+
+    /// Arena bytes `lo .. lo + len` as a vector: `dst` (empty, capacity at least `len`,
+    /// allocated by the caller) filled by moving whole pages where the arena is a mapping
+    /// and the two line up, else by copying. The moved pages leave the arena (reading them afterwards would
+    /// fault), so the caller moves each byte range at most once and reads no output that
+    /// shares its pages after moving it.
+    ///
+    /// # Safety
+    /// `lo + len <= size`, and the kernels have finished.
+    pub(super) unsafe fn take(&self, lo: usize, len: usize, mut dst: Vec<u8>) -> Vec<u8> {
+        // SAFETY: in bounds by the caller's contract.
+        let src = unsafe { std::slice::from_raw_parts(self.ptr.add(lo), len) };
+        #[cfg(target_os = "linux")]
+        if let Backing::Map { .. } = self.backing {
+            // SAFETY: forwarded from the caller.
+            match unsafe { move_pages(src, &mut dst) } {
+                Moved::Done => return dst,
+                Moved::Not => {}
+                Moved::Lost => {
+                    // The vector's middle could neither be replaced nor restored: never
+                    // hand its memory back to the allocator.
+                    std::mem::forget(dst);
+                    return copy_out(src);
+                }
+            }
+        }
+        copy_into(src, &mut dst);
+        dst
+    }
+}
+
+/// How a move went.
+#[cfg(target_os = "linux")]
+enum Moved {
+    /// `dst` holds the bytes.
+    Done,
+    /// Nothing was changed; copy instead.
+    Not,
+    /// Part of `dst`'s memory is unmapped (never seen in practice).
+    Lost,
+}
+
+/// Moves `src`'s whole pages into `dst` (empty, capacity `src.len()`), copying the partial
+/// pages at either end.
+///
+/// # Safety
+/// `src` lies in the arena's mapping; nothing reads its whole pages afterwards.
+#[cfg(target_os = "linux")]
+unsafe fn move_pages(src: &[u8], dst: &mut Vec<u8>) -> Moved {
+    let len = src.len();
+    let (s, d) = (src.as_ptr() as usize, dst.as_mut_ptr() as usize);
+    if len < MOVE_MIN || len > dst.capacity() || !s.wrapping_sub(d).is_multiple_of(PAGE) {
+        return Moved::Not;
+    }
+    let head = s.next_multiple_of(PAGE) - s;
+    let mid = (len - head) / PAGE * PAGE;
+    if mid == 0 {
+        return Moved::Not;
+    }
+    // SAFETY: [d + head, d + head + mid) is whole pages strictly inside `dst`'s allocation,
+    // which we own and have not written: replacing them touches no allocator metadata
+    // (that lives outside [d, d + len)). [s + head, ..) is whole pages of our own mapping,
+    // one VMA (the arena's is never split except by earlier moves of other outputs, whose
+    // pages do not overlap these).
+    let moved = unsafe {
+        libc::mremap(
+            (s + head) as *mut libc::c_void,
+            mid,
+            mid,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            (d + head) as *mut libc::c_void,
+        )
+    };
+    if moved != (d + head) as *mut libc::c_void {
+        // Some kernels unmap the destination before they find the move impossible: put
+        // fresh pages back there (still our allocation) and copy instead.
+        // SAFETY: as above, whole pages inside our own allocation.
+        let back = unsafe {
+            libc::mmap(
+                (d + head) as *mut libc::c_void,
+                mid,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        return if back == (d + head) as *mut libc::c_void {
+            Moved::Not
+        } else {
+            Moved::Lost
+        };
+    }
+    // SAFETY: the partial pages at either end are still mapped in both; `dst` has room.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr(), head);
+        std::ptr::copy_nonoverlapping(
+            src.as_ptr().add(head + mid),
+            dst.as_mut_ptr().add(head + mid),
+            len - head - mid,
+        );
+        dst.set_len(len);
+    }
+    Moved::Done
+}
+
+/// A fresh anonymous mapping holding `size` bytes from an address `residue` (< 4 KiB) past
+/// a 2 MiB boundary, advised to use transparent huge pages. Only the pages the arena covers stay
+/// mapped, so a huge page never reaches past the arena's ends: the resident set is what
+/// the plan says, rounded to 4 KiB.
+#[cfg(target_os = "linux")]
+fn map_huge(size: usize, residue: usize) -> Option<Arena> {
+    let over = size.checked_add(residue)?.checked_add(HUGE + PAGE)?;
+    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            over,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return None;
+    }
+    let raw = raw as usize;
+    let ptr = raw.next_multiple_of(HUGE) + residue;
+    let (start, end) = (ptr / PAGE * PAGE, (ptr + size).next_multiple_of(PAGE));
+    // SAFETY: [raw, start) and [end, raw + over) are whole pages of the mapping just made,
+    // outside the part kept; unmapping them touches nothing else.
+    unsafe {
+        if start > raw {
+            libc::munmap(raw as *mut libc::c_void, start - raw);
+        }
+        if raw + over > end {
+            libc::munmap(end as *mut libc::c_void, raw + over - end);
+        }
+        // Advice on our own mapping (all of it, so it stays one VMA); failure (no THP
+        // support) is harmless.
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+    }
+    Some(Arena {
+        ptr: ptr as *mut u8,
+        size,
+        backing: Backing::Map {
+            start,
+            len: end - start,
+        },
+    })
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        match self.backing {
+            Backing::Empty => {}
+            // SAFETY: allocated in `new` with this very layout, freed once.
+            Backing::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr, layout) },
+            #[cfg(target_os = "linux")]
+            // SAFETY: the mapping made in `map_huge`, unmapped once (holes left by moves
+            // are fine to include).
+            Backing::Map { start, len } => unsafe {
+                libc::munmap(start as *mut libc::c_void, len);
+            },
+        }
+    }
+}
+
+/// `src` copied into a fresh vector (see `copy_into`).
+pub(super) fn copy_out(src: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(src.len());
+    copy_into(src, &mut v);
+    v
+}
+
+/// `src` copied into `dst` (empty, capacity at least `src.len()`): when large, advised to
+/// use huge pages and filled by the rayon pool in 1 MiB chunks (the page faults of fresh
+/// memory are most of the cost, and they run in parallel too).
+fn copy_into(src: &[u8], dst: &mut Vec<u8>) {
+    let n = src.len();
+    dst.clear();
+    if n < 2 * COPY_CHUNK {
+        dst.extend_from_slice(src);
+        return;
+    }
+    dst.reserve(n);
+    #[cfg(target_os = "linux")]
+    if n >= HUGE_MIN {
+        let (lo, hi) = (
+            (dst.as_ptr() as usize).next_multiple_of(HUGE),
+            (dst.as_ptr() as usize + n) / HUGE * HUGE,
+        );
+        if lo < hi {
+            // SAFETY: advice on whole huge pages inside our own allocation; it changes no
+            // contents, and failure is harmless.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+        }
+    }
+    dst.spare_capacity_mut()[..n]
+        .par_chunks_mut(COPY_CHUNK)
+        .zip(src.par_chunks(COPY_CHUNK))
+        .for_each(|(d, s)| {
+            // SAFETY: `d` and `s` have the same length, and `d` is uninitialised spare
+            // capacity of a different allocation.
+            unsafe {
+                std::ptr::copy_nonoverlapping(s.as_ptr(), d.as_mut_ptr().cast::<u8>(), s.len())
+            };
+        });
+    // SAFETY: the first n bytes were all written just above.
+    unsafe { dst.set_len(n) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An arena of `size` bytes holding byte `i % 251` at offset `i`.
+    fn filled(size: usize, line_up: Option<(usize, usize)>) -> Arena {
+        let arena = Arena::new(size as u64, line_up).expect("arena");
+        // SAFETY: the arena has `size` writable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(arena.ptr, size) };
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        arena
+    }
+
+    fn expected(lo: usize, len: usize) -> Vec<u8> {
+        (lo..lo + len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn outputs_come_out_whole_whether_moved_or_copied() {
+        // Output a lines up with its vector (moved, partial pages at both ends); b starts
+        // 16 bytes after a page offset that matches (copied unless it happens to line up);
+        // c is too small to move. Each comes out byte for byte, and the arena's remaining
+        // bytes stay readable.
+        let size = 12 << 20;
+        let (a_lo, a_len) = (48, (5 << 20) + 100);
+        let (b_lo, b_len) = (6 << 20, (3 << 20) + 16);
+        let (c_lo, c_len) = ((10 << 20) + 32, 4000);
+        let (va, vb, vc) = (
+            Vec::with_capacity(a_len),
+            Vec::with_capacity(b_len),
+            Vec::with_capacity(c_len),
+        );
+        let arena = filled(size, Some((a_lo, va.as_ptr() as usize)));
+        #[cfg(target_os = "linux")]
+        {
+            let (s, d) = (arena.ptr as usize + a_lo, va.as_ptr() as usize);
+            assert_eq!((s - d) % PAGE, 0, "the arena lines up with a's vector");
+            assert!(
+                (arena.ptr as usize) % HUGE < PAGE,
+                "and otherwise on a huge page"
+            );
+        }
+        // SAFETY: every range is inside the arena and taken once; the kernels are done.
+        unsafe {
+            assert_eq!(arena.take(a_lo, a_len, va), expected(a_lo, a_len));
+            assert_eq!(arena.take(b_lo, b_len, vb), expected(b_lo, b_len));
+            assert_eq!(arena.take(c_lo, c_len, vc), expected(c_lo, c_len));
+        }
+        // Bytes outside the moved whole pages of a are still there.
+        // SAFETY: in bounds; not moved (before a's first whole page, after b's last).
+        unsafe {
+            assert_eq!(*arena.ptr.add(a_lo), (a_lo % 251) as u8);
+            assert_eq!(*arena.ptr.add(size - 1), ((size - 1) % 251) as u8);
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pages_move_only_when_they_line_up() {
+        let size = 8 << 20;
+        let len = 3 << 20;
+        let mut v: Vec<u8> = Vec::with_capacity(len);
+        let arena = filled(size, Some((0, v.as_ptr() as usize)));
+        // SAFETY: both ranges are inside the arena; only the first is moved.
+        unsafe {
+            let off = std::slice::from_raw_parts(arena.ptr.add(16), len);
+            assert!(matches!(move_pages(off, &mut v), Moved::Not));
+            assert!(v.is_empty());
+            let src = std::slice::from_raw_parts(arena.ptr, len);
+            assert!(matches!(move_pages(src, &mut v), Moved::Done));
+        }
+        assert_eq!(v, expected(0, len));
+        // The vector is ordinary memory: it can be written, grown and freed.
+        v[len / 2] = 7;
+        v.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(v[len / 2], 7);
+        assert_eq!(v.len(), len + 3);
+    }
+
+    #[test]
+    fn small_and_empty_arenas_work() {
+        for size in [0usize, 16, 4096, 1 << 20] {
+            let arena = filled(size, None);
+            let len = size.min(100);
+            // SAFETY: in bounds.
+            let got = unsafe { arena.take(0, len, Vec::with_capacity(len)) };
+            assert_eq!(got, expected(0, len));
+        }
+    }
+}
