@@ -836,15 +836,9 @@ fn a_row_kernel_stores_values_its_reduction_pass_already_computed() {
     assert_close(&got[1].to_f32(), &s, 1e-6);
 }
 
-#[test]
-fn outputs_survive_the_release_of_the_rest_of_a_large_arena() {
-    // Arena of ~3.6 MB: t = x + 1 (intermediate, not an output), then y = t * 2 and
-    // z = transpose view of t * 3, each at its own offset; the pages of t are released
-    // before the copies, and y's after its copy, without touching z.
-    let (r, c) = (300u64, 1000u64);
-    let n = r * c;
-    let x = values(n as usize, 61);
-    let bytes = n * 4;
+/// Two pointwise kernels over [r, c]: t = x + 1 (buffer 1), then y = t * 2 and z = t * 3
+/// (buffers 2 and 3).
+fn plus_one_then_scaled(r: u64, c: u64) -> (Kernel, Kernel) {
     let k0 = fused(
         &[r, c],
         &[],
@@ -869,6 +863,19 @@ fn outputs_survive_the_release_of_the_rest_of_a_large_arena() {
         ],
         &[(2, 2), (4, 3)],
     );
+    (k0, k1)
+}
+
+#[test]
+fn outputs_survive_the_release_of_the_rest_of_a_large_arena() {
+    // Arena of ~3.6 MB: t = x + 1 (intermediate, not an output), then y = t * 2 and
+    // z = transpose view of t * 3, each at its own offset; the pages of t are released
+    // before the copies, and y's after its copy, without touching z.
+    let (r, c) = (300u64, 1000u64);
+    let n = r * c;
+    let x = values(n as usize, 61);
+    let bytes = n * 4;
+    let (k0, k1) = plus_one_then_scaled(r, c);
     let p = plan(
         vec![k0, k1],
         vec![
@@ -906,30 +913,7 @@ fn outputs_moved_out_of_a_mapped_arena_keep_their_values() {
     let n = r * c;
     let x = values(n as usize, 71);
     let bytes = n * 4;
-    let k0 = fused(
-        &[r, c],
-        &[],
-        vec![ld(0, DType::F32, 0, &[c as i64, 1])],
-        vec![
-            el(InstOp::Load(0)),
-            el(InstOp::Const(1.0)),
-            el(InstOp::Binary(BinaryOp::Add, 0, 1)),
-        ],
-        &[(2, 1)],
-    );
-    let k1 = fused(
-        &[r, c],
-        &[],
-        vec![ld(1, DType::F32, 0, &[c as i64, 1])],
-        vec![
-            el(InstOp::Load(0)),
-            el(InstOp::Const(2.0)),
-            el(InstOp::Binary(BinaryOp::Mul, 0, 1)),
-            el(InstOp::Const(3.0)),
-            el(InstOp::Binary(BinaryOp::Mul, 0, 3)),
-        ],
-        &[(2, 2), (4, 3)],
-    );
+    let (k0, k1) = plus_one_then_scaled(r, c);
     let buffers = vec![
         leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
         arena("t", DType::F32, &[r, c], 0),
