@@ -26,9 +26,10 @@ pub fn partial_rows(n: u64) -> Option<u64> {
         .find(|r| n.is_multiple_of(*r) && n / r >= 256)
 }
 
-/// Bytes of partials a reduction of `n` elements into one value stages (0: not split).
+/// Bytes of partials a reduction of `n` elements into one value stages (0: not split),
+/// rounded up to 16 as the arena rounds the partials buffer.
 pub fn staging_bytes(n: u64) -> u64 {
-    partial_rows(n).map_or(0, |r| r * 4)
+    partial_rows(n).map_or(0, |r| (r * 4).div_ceil(16) * 16)
 }
 
 /// How a kernel splits: the rows of partials and, in body order, its reductions (one
@@ -321,6 +322,9 @@ mod tests {
 
     #[test]
     fn partial_rows_divide_large_counts_only() {
+        // 2^26 + 1 = 5 · 53 · 157 · 1613: 785 rows, partials rounded up as the arena does.
+        assert_eq!(partial_rows((1 << 26) + 1), Some(785));
+        assert_eq!(staging_bytes((1 << 26) + 1), 3152);
         assert_eq!(partial_rows(SPLIT_MIN - 1), None);
         assert_eq!(partial_rows(1 << 26), Some(1024));
         assert_eq!(partial_rows(3 * (1 << 18)), Some(1024));
