@@ -620,6 +620,8 @@ fn a_large_reduction_into_one_value_runs_as_partials_and_their_fold() {
             panic!("{source}: {e}");
         }
         check_figures(source, &q.memory, true);
+        // Two reductions in one kernel share one staging's bytes: no fallback to unfused.
+        assert!(!q.plan.unfused_fallback, "{source}");
     }
     assert!(p.memory.notes.is_empty(), "{:?}", p.memory.notes);
     // The eager model stages the same partials: a plain sum plans at eager, with no note.

@@ -198,4 +198,5 @@ pub const LARGE_REDUCTIONS: &[&str] = &[
     "dim N = 512\ndim M = 1024\ninput x : f32[N, M]\ns = sum(transpose(x) * 2)\noutput s\n",
     "dim N = 262147\ninput x : f32[N]\ns = sum(x)\noutput s\n",
     "dim N = 1048576\ninput x : f32[N]\ns = mean(abs(x))\noutput s\n",
+    "dim N = 1048576\ninput x : f32[N]\ny = sum(x) + max(x)\noutput y\n",
 ];

@@ -54,7 +54,11 @@ pub fn splittable(k: &FusedKernel) -> Option<Split> {
     if k.reduce_axes.is_empty() || k.rows() != 1 {
         return None;
     }
-    let rows = partial_rows(k.row_len())?;
+    let n = k.row_len();
+    let reduces: Vec<InstId> = (0..k.body.len())
+        .filter(|&i| matches!(k.body[i].op, InstOp::Reduce(..)))
+        .collect();
+    let rows = shared_rows(n, reduces.len())?;
     // Insts that depend on a reduction.
     let mut after = vec![false; k.body.len()];
     for (i, inst) in k.body.iter().enumerate() {
@@ -72,10 +76,22 @@ pub fn splittable(k: &FusedKernel) -> Option<Split> {
     for ld in &k.loads {
         flat_stride(&k.domain, &ld.strides)?;
     }
-    let reduces = (0..k.body.len())
-        .filter(|&i| matches!(k.body[i].op, InstOp::Reduce(..)))
-        .collect();
     Some(Split { rows, reduces })
+}
+
+/// Rows of partials when `count` reductions of `n` elements share one kernel: together their
+/// partials take no more than one reduction's staging (what the eager model counts for
+/// each), so fusing them never costs memory. One reduction: `partial_rows`. Several: a
+/// multiple of 4 (each buffer a whole number of 16-byte units) dividing `n`, rows of at
+/// least 256, at least 32 rows, else no split.
+fn shared_rows(n: u64, count: usize) -> Option<u64> {
+    let alone = partial_rows(n)?;
+    if count <= 1 {
+        return Some(alone);
+    }
+    (32..=alone / count as u64)
+        .rev()
+        .find(|&r| r % 4 == 0 && n.is_multiple_of(r) && n / r >= 256)
 }
 
 /// The one stride that reads a domain in its own (row-major) order: `strides[d]` is it
@@ -333,6 +349,22 @@ mod tests {
         let r = partial_rows(50257 * 64).expect("splits");
         assert!((50257 * 64u64).is_multiple_of(r));
         assert!(50257 * 64 / r >= 256);
+    }
+
+    #[test]
+    fn reductions_sharing_a_kernel_share_one_staging() {
+        let n = 1u64 << 20;
+        assert_eq!(shared_rows(n, 1), Some(1024));
+        assert_eq!(shared_rows(n, 2), Some(512));
+        assert_eq!(shared_rows(n, 3), Some(256));
+        // 785 rows alone; shared, a multiple of 4 dividing 2^26 + 1 does not exist.
+        assert_eq!(shared_rows((1 << 26) + 1, 1), Some(785));
+        assert_eq!(shared_rows((1 << 26) + 1, 2), None);
+        for count in 1..6 {
+            if let Some(r) = shared_rows(n, count) {
+                assert!(r * 4 * count as u64 <= staging_bytes(n));
+            }
+        }
     }
 
     #[test]
