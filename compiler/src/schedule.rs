@@ -114,6 +114,29 @@ pub enum InstOp {
     Reduce(ReduceOp, InstId),
 }
 
+impl InstOp {
+    /// The insts this one reads, in operand order.
+    pub fn operands(&self) -> Vec<InstId> {
+        match *self {
+            InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
+            InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
+            InstOp::Binary(_, a, b) => vec![a, b],
+        }
+    }
+
+    /// The same op reading `f(operand)` for each operand (a renumbering of the body).
+    pub fn map_operands(&self, f: impl Fn(InstId) -> InstId) -> InstOp {
+        match *self {
+            InstOp::Load(l) => InstOp::Load(l),
+            InstOp::Const(c) => InstOp::Const(c),
+            InstOp::Unary(u, a) => InstOp::Unary(u, f(a)),
+            InstOp::Binary(b, x, y) => InstOp::Binary(b, f(x), f(y)),
+            InstOp::Cast(a) => InstOp::Cast(f(a)),
+            InstOp::Reduce(r, a) => InstOp::Reduce(r, f(a)),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Inst {
     pub op: InstOp,

@@ -642,11 +642,7 @@ fn row_info(k: &FusedKernel, reduce_strides_zero: &[bool]) -> RowInfo {
     let mut row = vec![false; n];
     let mut depth = vec![0usize; n];
     for (i, inst) in k.body.iter().enumerate() {
-        let ops: Vec<usize> = match &inst.op {
-            InstOp::Load(_) | InstOp::Const(_) => vec![],
-            InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![*a],
-            InstOp::Binary(_, a, b) => vec![*a, *b],
-        };
+        let ops = inst.op.operands();
         let d = ops
             .iter()
             .map(|&o| depth.get(o).copied().unwrap_or(0))
@@ -680,12 +676,14 @@ fn element_closure(k: &FusedKernel, info: &RowInfo, targets: &[usize]) -> Vec<us
             continue;
         }
         need[i] = true;
-        let ops: Vec<usize> = match &k.body[i].op {
-            InstOp::Unary(_, a) | InstOp::Cast(a) => vec![*a],
-            InstOp::Binary(_, a, b) => vec![*a, *b],
-            _ => vec![],
-        };
-        stack.extend(ops.into_iter().filter(|&o| !info.row[o]));
+        // (a `Reduce` is a row value, so never on the stack: only element insts are walked)
+        stack.extend(
+            k.body[i]
+                .op
+                .operands()
+                .into_iter()
+                .filter(|&o| !info.row[o]),
+        );
     }
     (0..k.body.len()).filter(|&i| need[i]).collect()
 }

@@ -39,14 +39,6 @@ pub struct Split {
     pub reduces: Vec<InstId>,
 }
 
-fn operands(op: &InstOp) -> Vec<InstId> {
-    match *op {
-        InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
-        InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
-        InstOp::Binary(_, a, b) => vec![a, b],
-    }
-}
-
 /// Whether `k` splits: it folds its whole domain (one row) of at least `SPLIT_MIN`
 /// elements; no reduction reads another's result, nor does any element store; and every
 /// load reads the domain in order (one stride over the flattened index) or not at all.
@@ -62,7 +54,7 @@ pub fn splittable(k: &FusedKernel) -> Option<Split> {
     // Insts that depend on a reduction.
     let mut after = vec![false; k.body.len()];
     for (i, inst) in k.body.iter().enumerate() {
-        let ops = operands(&inst.op);
+        let ops = inst.op.operands();
         if matches!(inst.op, InstOp::Reduce(..)) && ops.iter().any(|&o| after[o]) {
             return None;
         }
@@ -240,30 +232,10 @@ pub fn split(k: &FusedKernel, split: &Split, partials: &[BufferId]) -> (FusedKer
                     inst,
                 ))
             }
-            InstOp::Const(c) => Some(push(
+            // A row-level constant or computation after the reductions.
+            _ => Some(push(
                 &mut second,
-                InstOp::Const(c),
-                inst.dtype,
-                Level::Row,
-                inst,
-            )),
-            InstOp::Unary(u, a) => Some(push(
-                &mut second,
-                InstOp::Unary(u, m(a)),
-                inst.dtype,
-                Level::Row,
-                inst,
-            )),
-            InstOp::Binary(b, x, y) => Some(push(
-                &mut second,
-                InstOp::Binary(b, m(x), m(y)),
-                inst.dtype,
-                Level::Row,
-                inst,
-            )),
-            InstOp::Cast(a) => Some(push(
-                &mut second,
-                InstOp::Cast(m(a)),
+                inst.op.map_operands(m),
                 inst.dtype,
                 Level::Row,
                 inst,
@@ -290,7 +262,7 @@ fn prune(k: FusedKernel) -> FusedKernel {
     let mut stack: Vec<InstId> = k.stores.iter().map(|s| s.inst).collect();
     while let Some(i) = stack.pop() {
         if !std::mem::replace(&mut need[i], true) {
-            stack.extend(operands(&k.body[i].op));
+            stack.extend(k.body[i].op.operands());
         }
     }
     let mut load_map: Vec<Option<usize>> = vec![None; k.loads.len()];
@@ -301,17 +273,12 @@ fn prune(k: FusedKernel) -> FusedKernel {
         if !need[i] {
             continue;
         }
-        let m = |o: InstId| inst_map[o];
         let op = match inst.op {
             InstOp::Load(l) => InstOp::Load(*load_map[l].get_or_insert_with(|| {
                 loads.push(k.loads[l].clone());
                 loads.len() - 1
             })),
-            InstOp::Const(c) => InstOp::Const(c),
-            InstOp::Unary(u, a) => InstOp::Unary(u, m(a)),
-            InstOp::Binary(b, x, y) => InstOp::Binary(b, m(x), m(y)),
-            InstOp::Cast(a) => InstOp::Cast(m(a)),
-            InstOp::Reduce(r, a) => InstOp::Reduce(r, m(a)),
+            _ => inst.op.map_operands(|o| inst_map[o]),
         };
         body.push(Inst { op, ..inst.clone() });
         inst_map[i] = body.len() - 1;

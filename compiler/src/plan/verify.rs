@@ -49,17 +49,15 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
             continue;
         };
         for (i, inst) in k.body.iter().enumerate() {
-            let operands: Vec<usize> = match inst.op {
-                InstOp::Load(l) if l >= k.loads.len() => {
+            if let InstOp::Load(l) = inst.op {
+                if l >= k.loads.len() {
                     return Err(format!(
                         "{}: inst {i} loads l{l}, which does not exist",
                         kernel.name
-                    ))
+                    ));
                 }
-                InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
-                InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
-                InstOp::Binary(_, a, b) => vec![a, b],
-            };
+            }
+            let operands = inst.op.operands();
             if let Some(a) = operands.iter().find(|&&a| a >= i) {
                 return Err(format!(
                     "{}: inst {i} reads inst {a}, which is not earlier",

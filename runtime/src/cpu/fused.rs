@@ -180,7 +180,7 @@ fn prepare<'k>(
     let n = kernel.body.len();
     let mut level = Vec::with_capacity(n);
     for (i, inst) in kernel.body.iter().enumerate() {
-        let operands = inst_operands(&inst.op);
+        let operands = inst.op.operands();
         if let Some(&o) = operands.iter().find(|&&o| o >= i) {
             return Err(bad(
                 name,
@@ -236,7 +236,9 @@ fn prepare<'k>(
     // Phases: the pass in which a value becomes available.
     let mut phase = vec![0usize; n];
     for (i, inst) in kernel.body.iter().enumerate() {
-        let base = inst_operands(&inst.op)
+        let base = inst
+            .op
+            .operands()
             .iter()
             .map(|&o| phase[o])
             .max()
@@ -282,7 +284,7 @@ fn prepare<'k>(
         }
         for i in (0..n).rev() {
             if need[i] && level[i] == Level::Element {
-                for o in inst_operands(&kernel.body[i].op) {
+                for o in kernel.body[i].op.operands() {
                     if level[o] == Level::Element {
                         need[o] = true;
                     }
@@ -466,14 +468,6 @@ fn prepare<'k>(
         konst,
         direct,
     })
-}
-
-pub(super) fn inst_operands(op: &InstOp) -> Vec<usize> {
-    match *op {
-        InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
-        InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
-        InstOp::Binary(_, a, b) => vec![a, b],
-    }
 }
 
 fn contiguous_strides(sizes: &[usize]) -> Vec<i64> {
