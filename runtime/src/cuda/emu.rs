@@ -17,7 +17,7 @@
 
 use super::executor::gather;
 use super::nvrtc::fnv;
-use super::place::{gemm_offsets, place, Allocation};
+use super::place::{check_data, gemm_offsets, place, Allocation};
 use crate::tensor::HostTensor;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -357,31 +357,8 @@ pub fn run(
     params: &[HostTensor],
     opts: &EmuOptions,
 ) -> Result<Vec<HostTensor>, EmuError> {
-    for (ids, data, what) in [
-        (&plan.inputs, inputs, "input"),
-        (&plan.params, params, "param"),
-    ] {
-        if ids.len() != data.len() {
-            return Err(EmuError::Data(format!(
-                "the plan has {} {what}s but {} were given",
-                ids.len(),
-                data.len()
-            )));
-        }
-        for (id, t) in ids.iter().zip(data) {
-            let b = plan.buffer(*id);
-            if t.bytes.len() as u64 != b.bytes || t.dtype != b.dtype {
-                return Err(EmuError::Data(format!(
-                    "{what} `{}`: {} bytes of {} given, the plan wants {} of {}",
-                    b.name,
-                    t.bytes.len(),
-                    t.dtype,
-                    b.bytes,
-                    b.dtype
-                )));
-            }
-        }
-    }
+    check_data(plan, &plan.inputs, inputs, "input").map_err(EmuError::Data)?;
+    check_data(plan, &plan.params, params, "param").map_err(EmuError::Data)?;
     let (bin, src) = build(&program_source(plan, kernels))?;
     let dir = fresh_dir("tc-emu-run")?;
     let result = run_in(plan, &bin, &src, &dir, inputs, params, opts);

@@ -6,7 +6,7 @@
 //! `CudaError` carrying the driver's text.
 
 use super::nvrtc::{compile_cached, nvrtc_available, nvrtc_version};
-use super::place::{gemm_offsets, place, workspace_window, Allocation};
+use super::place::{check_data, gemm_offsets, place, workspace_window, Allocation};
 use super::CudaError;
 use crate::tensor::HostTensor;
 use cudarc::cublas::sys as cb;
@@ -307,46 +307,14 @@ struct Prepared {
     gpu: Gpu,
 }
 
-/// Checks the supplied tensors against the plan's input (or param) buffers.
-fn check_data(
-    plan: &Plan,
-    ids: &[BufferId],
-    data: &[HostTensor],
-    what: &str,
-) -> Result<(), CudaError> {
-    if ids.len() != data.len() {
-        return Err(CudaError::Data(format!(
-            "the plan has {} {what}s but {} were given",
-            ids.len(),
-            data.len()
-        )));
-    }
-    for (id, t) in ids.iter().zip(data) {
-        let b = plan.buffer(*id);
-        if b.dtype != t.dtype || b.shape != t.shape || t.bytes.len() as u64 != b.bytes {
-            return Err(CudaError::Data(format!(
-                "{what} `{}` is {}{:?} ({} bytes) but the plan wants {}{:?} ({} bytes)",
-                b.name,
-                t.dtype,
-                t.shape,
-                t.bytes.len(),
-                b.dtype,
-                b.shape,
-                b.bytes
-            )));
-        }
-    }
-    Ok(())
-}
-
 fn prepare(
     plan: &Plan,
     inputs: &[HostTensor],
     params: &[HostTensor],
     opts: &CudaOptions,
 ) -> Result<Prepared, CudaError> {
-    check_data(plan, &plan.inputs, inputs, "input")?;
-    check_data(plan, &plan.params, params, "param")?;
+    check_data(plan, &plan.inputs, inputs, "input").map_err(CudaError::Data)?;
+    check_data(plan, &plan.params, params, "param").map_err(CudaError::Data)?;
     let gpu = Gpu::open(opts.device)?;
     let kernels = emit_kernels(plan);
 

@@ -1,8 +1,10 @@
 //! Where a run puts things: which allocation holds each buffer of a plan (the one arena,
 //! or an input's or param's own allocation) and at which byte offset, and the byte offsets
-//! of a cuBLAS call's operands. Shared by the executor and its host emulation (`emu`), so
-//! the emulation replays exactly the addresses the GPU run uses.
+//! of a cuBLAS call's operands; and the check of the tensors given for a run. Shared by
+//! the executor and its host emulation (`emu`), so the emulation replays exactly the
+//! addresses, and refuses exactly the data, the GPU run does.
 
+use crate::tensor::HostTensor;
 use tc_compiler::codegen::GemmCall;
 use tc_compiler::schedule::{BufferId, BufferKind, Plan};
 
@@ -53,4 +55,37 @@ pub(crate) fn workspace_window(start: u64, bytes: u64) -> (u64, u64) {
     } else {
         (aligned, usable)
     }
+}
+
+/// Checks the tensors given for a run against the plan's input (or param) buffers `ids`:
+/// as many, each of the buffer's dtype, shape and size. `what` names them in the message.
+pub(crate) fn check_data(
+    plan: &Plan,
+    ids: &[BufferId],
+    data: &[HostTensor],
+    what: &str,
+) -> Result<(), String> {
+    if ids.len() != data.len() {
+        return Err(format!(
+            "the plan has {} {what}s but {} were given",
+            ids.len(),
+            data.len()
+        ));
+    }
+    for (id, t) in ids.iter().zip(data) {
+        let b = plan.buffer(*id);
+        if b.dtype != t.dtype || b.shape != t.shape || t.bytes.len() as u64 != b.bytes {
+            return Err(format!(
+                "{what} `{}` is {}{:?} ({} bytes) but the plan wants {}{:?} ({} bytes)",
+                b.name,
+                t.dtype,
+                t.shape,
+                t.bytes.len(),
+                b.dtype,
+                b.shape,
+                b.bytes
+            ));
+        }
+    }
+    Ok(())
 }
