@@ -722,9 +722,9 @@ impl Builder<'_> {
         let mut inst_of: HashMap<NodeId, InstId> = HashMap::new();
         let mut loads: HashMap<(BufferId, i64, Vec<i64>), InstId> = HashMap::new();
         let mut consts: HashMap<(u64, crate::ir::DType), InstId> = HashMap::new();
-        let mut casts: HashMap<(InstId, crate::ir::DType), InstId> = HashMap::new();
-        // Value numbering: the same op on the same insts is computed once (sibling kernels
-        // merged by `fuse` often share their row statistics, softmax's max and sum, say).
+        // Value numbering: the same op on the same insts is computed once (a folded promotion
+        // read twice converts once; sibling kernels merged by `fuse` often share their row
+        // statistics, softmax's max and sum, say).
         let mut computed: HashMap<(Computed, crate::ir::DType, Level), InstId> = HashMap::new();
         let row_level = if k.reduce_axes.is_empty() {
             Level::Element
@@ -812,7 +812,8 @@ impl Builder<'_> {
                 match cast_to {
                     Some(dt) if dt != k.body[loaded].dtype => {
                         let level = k.body[loaded].level;
-                        Ok(*casts.entry((loaded, dt)).or_insert_with(|| {
+                        let key = (Computed::Cast(loaded), dt, level);
+                        Ok(*computed.entry(key).or_insert_with(|| {
                             k.body.push(Inst {
                                 op: InstOp::Cast(loaded),
                                 dtype: dt,
