@@ -119,8 +119,8 @@ fn promotions_read_by_matmul(graph: &Graph) -> BTreeSet<NodeId> {
 /// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
 /// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
 /// figures), ops run in order, each op's result a buffer; a matmul also holds a
-/// `workspace` at its step, a large reduction into one value its staged partials. Views and checker-inserted casts are free, except a cast a
-/// matmul reads. Every buffer is
+/// `workspace` at its step, a large reduction into one value its staged partials. Views
+/// and checker-inserted casts are free, except a cast a matmul reads. Every buffer is
 /// counted rounded up to 16 bytes, the alignment any allocator (and the arena) gives it.
 pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
