@@ -58,7 +58,7 @@ fn nvrtc_ready() -> bool {
 /// Compiles every kernel of `plan` as one translation unit for each arch; panics with the
 /// NVRTC log on failure.
 fn check_compiles(label: &str, plan: &Plan) -> Vec<f64> {
-    let kernels = emit_kernels(plan);
+    let kernels = emit_kernels(plan).expect("the plan lowers");
     assert_eq!(
         kernels.len(),
         plan.kernels.len(),
@@ -484,7 +484,7 @@ fn long_rows_fold_dependent_reductions_into_one_read() {
 #[test]
 fn launch_shapes_follow_the_kernel_kind() {
     // Vector path: 64×1024 f32 elements in float4s → 16384 vectors → 64 blocks of 256.
-    let k = &emit_kernels(&pointwise_plan(DType::F32, 64, 1024))[0];
+    let k = &emit_kernels(&pointwise_plan(DType::F32, 64, 1024)).expect("the plan lowers")[0];
     assert_eq!(
         k.launch,
         Launch::Grid {
@@ -504,14 +504,15 @@ fn launch_shapes_follow_the_kernel_kind() {
         k.source
     );
     // 2^32 elements need 64-bit indices.
-    let huge = &emit_kernels(&pointwise_plan(DType::F16, 1 << 16, 1 << 16))[0];
+    let huge =
+        &emit_kernels(&pointwise_plan(DType::F16, 1 << 16, 1 << 16)).expect("the plan lowers")[0];
     assert!(
         huge.source.contains("long long vi"),
         "64-bit indices expected:\n{}",
         huge.source
     );
     // A 4096-wide row: one block per row, kept in registers.
-    let sm = &emit_kernels(&softmax_plan(DType::F32, 16, 4096))[0];
+    let sm = &emit_kernels(&softmax_plan(DType::F32, 16, 4096)).expect("the plan lowers")[0];
     assert_eq!(
         sm.launch,
         Launch::Grid {
@@ -526,14 +527,14 @@ fn launch_shapes_follow_the_kernel_kind() {
         sm.source
     );
     // A 100000-wide row does not fit: re-read per pass.
-    let long = &emit_kernels(&softmax_plan(DType::F32, 2, 100_000))[0];
+    let long = &emit_kernels(&softmax_plan(DType::F32, 2, 100_000)).expect("the plan lowers")[0];
     assert!(
         !long.source.contains("float c0["),
         "long row must not be cached:\n{}",
         long.source
     );
     // cuBLAS for the transposed operand, fallback kernel for the stride-0 one.
-    let mm = emit_kernels(&matmul_plan(DType::F16));
+    let mm = emit_kernels(&matmul_plan(DType::F16)).expect("the plan lowers");
     match &mm[0].launch {
         Launch::Cublas(call) => {
             // cuBLAS's A is w (n×k row-major read as [k, n] with strides [1, k]) → transposed.
@@ -692,7 +693,7 @@ fn sibling_fused_kernels_in_every_strategy_compile() {
             panic!("{label}: not a fused kernel")
         };
         assert_eq!((f.loads.len(), f.stores.len()), (1, 2), "{label}");
-        let kernel = &emit_kernels(plan)[0];
+        let kernel = &emit_kernels(plan).expect("the plan lowers")[0];
         assert!(
             kernel.source.contains(strategy),
             "{label}: expected `{strategy}` in\n{}",
@@ -836,7 +837,11 @@ fn reference_matmul(mm: &MatMulKernel, a: &[f64], b: &[f64]) -> Vec<f64> {
 /// on the host by running the call's exact column-major definition (no GPU needed).
 fn check_gemm_calls(label: &str, plan: &Plan) {
     let mut rng = Rng(0x9e37_79b9 ^ plan.kernels.len() as u64);
-    for (kernel, cuda_kernel) in plan.kernels.iter().zip(emit_kernels(plan)) {
+    for (kernel, cuda_kernel) in plan
+        .kernels
+        .iter()
+        .zip(emit_kernels(plan).expect("the plan lowers"))
+    {
         let (KernelKind::MatMul(mm), Launch::Cublas(call)) = (&kernel.kind, &cuda_kernel.launch)
         else {
             continue;
@@ -1320,7 +1325,9 @@ fn compiled_kernels_are_cached_on_disk() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let unit = translation_unit(&emit_kernels(&softmax_plan(DType::F16, 10, 70)));
+    let unit = translation_unit(
+        &emit_kernels(&softmax_plan(DType::F16, 10, 70)).expect("the plan lowers"),
+    );
     let first = cuda::compile_in_cache(&unit, "sm_80", &[], Some(dir.path())).expect("compiles");
     let second = cuda::compile_in_cache(&unit, "sm_80", &[], Some(dir.path())).expect("cached");
     assert!(!first.cached && second.cached);

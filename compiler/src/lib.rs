@@ -13,6 +13,7 @@ pub mod codegen;
 pub mod diag;
 pub mod fuse;
 pub mod ir;
+pub mod lower;
 pub mod plan;
 pub mod report;
 pub mod schedule;
@@ -38,6 +39,8 @@ pub struct Program {
     /// Built-ins decomposed into primitives: what the kernels compute.
     pub primitive: ir::Graph,
     pub plan: Plan,
+    /// Every fused kernel of the plan as kernel IR (`lower`), what both backends read.
+    pub kernels: lower::Lowered,
     pub memory: report::MemoryReport,
 }
 
@@ -54,10 +57,12 @@ pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagno
     // The planner also merges sibling kernels (`fuse::siblings`) where the arena does not grow.
     let plan = plan::plan(&primitive, &groups, &options.plan).map_err(|d| vec![d])?;
     let memory = report::memory_report(&checked, &primitive, &plan);
+    let kernels = lower::lower(&plan).map_err(|e| vec![lower::internal(&e)])?;
     Ok(Program {
         checked,
         primitive,
         plan,
+        kernels,
         memory,
     })
 }

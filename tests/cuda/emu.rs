@@ -42,7 +42,7 @@ fn check_plan(
     inputs: &[HostTensor],
     params: &[HostTensor],
 ) -> Result<(), String> {
-    let kernels = emit_kernels(plan);
+    let kernels = emit_kernels(plan).expect("the plan lowers");
     let cpu =
         tc_runtime::cpu::run(plan, inputs, params).map_err(|e| format!("{label}: CPU: {e}"))?;
     let mut runs = Vec::new();
@@ -232,7 +232,7 @@ fn emu_single_pass_row_statistics_keep_ieee_special_values() {
         let cpu = tc_runtime::cpu::run(&plan, &inputs, &[]).expect("CPU");
         let emulated = emu::run(
             &plan,
-            &emit_kernels(&plan),
+            &emit_kernels(&plan).expect("the plan lowers"),
             &inputs,
             &[],
             &EmuOptions::default(),

@@ -14,6 +14,7 @@
 //!   `copy_bandwidth(bytes, runs, device)` for the memory-bandwidth floor.
 //! - `tc emit --kernels`: `tc_compiler::codegen::emit_program(&plan)` (no device needed).
 
+#[cfg(feature = "test-support")]
 pub mod emu;
 pub mod nvrtc;
 mod place;
@@ -57,6 +58,9 @@ pub enum CudaError {
     },
     #[error("bad data for the CUDA run: {0}")]
     Data(String),
+    /// A plan that does not lower to kernel IR: a bug in tc.
+    #[error("internal error (a bug in tc): {0}")]
+    Internal(String),
 }
 
 mod executor;
