@@ -364,3 +364,229 @@ fn online_pairs(k: &KernelIr, len: u64) -> Vec<Online> {
     }
     pairs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::UnaryOp;
+    use crate::lower::lower_fused;
+    use crate::schedule::{
+        Buffer, BufferId, BufferKind, FusedKernel, Inst, InstOp, Kernel, KernelKind, Load, Plan,
+        PlanOptions, Store,
+    };
+
+    fn buffer(kind: BufferKind, dtype: DType, numel: u64, offset: u64) -> Buffer {
+        Buffer {
+            name: "b".into(),
+            kind,
+            dtype,
+            shape: vec![numel],
+            bytes: numel * dtype.size(),
+            offset,
+            first_step: 0,
+            last_step: 0,
+            in_place_of: None,
+            node: None,
+        }
+    }
+
+    fn inst(op: InstOp, level: Level) -> Inst {
+        Inst {
+            op,
+            dtype: DType::F32,
+            level,
+            node: None,
+        }
+    }
+
+    /// The strategy of one kernel over `domain` reading input `x` (strides `strides`) with
+    /// `body`, storing `stores` (inst, order) to separate arena buffers.
+    fn strategy(
+        dtype: DType,
+        domain: &[u64],
+        reduce_axes: &[usize],
+        strides: &[i64],
+        body: Vec<Inst>,
+        stores: &[(usize, Level)],
+    ) -> Strategy {
+        let numel: u64 = domain.iter().product();
+        let rows: u64 = domain
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !reduce_axes.contains(i))
+            .map(|(_, s)| s)
+            .product();
+        let mut buffers = vec![buffer(BufferKind::Input { index: 0 }, dtype, numel, 0)];
+        let mut offset = 0;
+        for &(_, order) in stores {
+            let n = if order == Level::Row { rows } else { numel };
+            buffers.push(buffer(BufferKind::Arena, dtype, n, offset));
+            offset += (n * dtype.size()).div_ceil(16) * 16;
+        }
+        let kernel = FusedKernel {
+            domain: domain.to_vec(),
+            reduce_axes: reduce_axes.to_vec(),
+            loads: vec![Load {
+                buffer: BufferId(0),
+                dtype,
+                offset: 0,
+                strides: strides.to_vec(),
+            }],
+            body,
+            stores: stores
+                .iter()
+                .enumerate()
+                .map(|(i, &(inst, _))| Store {
+                    inst,
+                    buffer: BufferId(i as u32 + 1),
+                })
+                .collect(),
+        };
+        let plan = Plan {
+            kernels: vec![Kernel {
+                name: "k0".into(),
+                kind: KernelKind::Fused(kernel.clone()),
+                ops: Vec::new(),
+                lines: Vec::new(),
+            }],
+            buffers,
+            arena_bytes: offset,
+            inputs: vec![BufferId(0)],
+            params: Vec::new(),
+            outputs: Vec::new(),
+            options: PlanOptions::default(),
+            unfused_fallback: false,
+        };
+        Strategy::of(&lower_fused(&plan, "k0", &kernel).expect("lowers"))
+    }
+
+    fn exp_of_load() -> Vec<Inst> {
+        vec![
+            inst(InstOp::Load(0), Level::Element),
+            inst(InstOp::Unary(UnaryOp::Exp, 0), Level::Element),
+        ]
+    }
+
+    /// softmax's statistics over the last axis: max, then Σ exp(x − max).
+    fn softmax_body() -> Vec<Inst> {
+        vec![
+            inst(InstOp::Load(0), Level::Element),
+            inst(InstOp::Reduce(ReduceOp::Max, 0), Level::Row),
+            inst(InstOp::Binary(BinaryOp::Sub, 0, 1), Level::Element),
+            inst(InstOp::Unary(UnaryOp::Exp, 2), Level::Element),
+            inst(InstOp::Reduce(ReduceOp::Sum, 3), Level::Row),
+        ]
+    }
+
+    #[test]
+    fn pointwise_kernels_use_vectors_where_the_layout_allows() {
+        let Strategy::Pointwise(p) = strategy(
+            DType::F32,
+            &[64, 1024],
+            &[],
+            &[1024, 1],
+            exp_of_load(),
+            &[(1, Level::Element)],
+        ) else {
+            panic!("pointwise")
+        };
+        // Both axes merge; 4 f32 lanes; 65536 / 4 / 256 blocks.
+        assert_eq!(p.sizes, [65536]);
+        assert_eq!((p.lanes, p.vectorize, p.grid, p.wide), (4, true, 64, false));
+        // f16 only: 8 lanes; an odd inner size of a transposed read stays scalar.
+        let Strategy::Pointwise(p) = strategy(
+            DType::F16,
+            &[7, 13],
+            &[],
+            &[1, 7],
+            exp_of_load(),
+            &[(1, Level::Element)],
+        ) else {
+            panic!("pointwise")
+        };
+        assert_eq!(p.sizes, [7, 13]);
+        assert_eq!((p.lanes, p.vectorize, p.grid), (8, false, 1));
+        // 2^32 elements need 64-bit indices; the grid is capped.
+        let Strategy::Pointwise(p) = strategy(
+            DType::F16,
+            &[1 << 16, 1 << 16],
+            &[],
+            &[1 << 16, 1],
+            exp_of_load(),
+            &[(1, Level::Element)],
+        ) else {
+            panic!("pointwise")
+        };
+        assert!(p.wide);
+        assert_eq!(p.grid, MAX_GRID);
+    }
+
+    #[test]
+    fn short_rows_take_a_warp_long_rows_a_block_and_registers_while_they_fit() {
+        let rows = |cols: u64| match strategy(
+            DType::F32,
+            &[16, cols],
+            &[1],
+            &[cols as i64, 1],
+            softmax_body(),
+            &[(4, Level::Row)],
+        ) {
+            Strategy::Rows(r) => r,
+            Strategy::Pointwise(_) => panic!("rows"),
+        };
+        let warp = rows(300);
+        assert_eq!((warp.group, warp.threads, warp.block), (32, 32, 256));
+        assert_eq!((warp.rows_per_block, warp.grid, warp.items), (8, 2, 10));
+        assert!(warp.cache() && !warp.exact && warp.online.is_empty());
+        let block = rows(4096);
+        assert_eq!((block.group, block.threads, block.block), (512, 512, 512));
+        assert_eq!((block.rows_per_block, block.grid, block.items), (1, 16, 8));
+        assert!(block.cache() && block.exact && block.block_mode());
+        // 100 000 per row: too long for registers, re-read, softmax's passes in one.
+        let long = rows(100_000);
+        assert_eq!(long.group, 1024);
+        assert!(!long.cache());
+        assert_eq!(
+            long.online,
+            [Online::Softmax {
+                max: ValueId(1),
+                sum: ValueId(4)
+            }]
+        );
+        assert!(Strategy::Rows(long.clone())
+            .describe()
+            .contains("online softmax"));
+        assert_eq!(
+            Strategy::Rows(long).launch(),
+            Launch::Grid {
+                grid: [16, 1, 1],
+                block: [1024, 1, 1],
+                shared_bytes: 0
+            }
+        );
+    }
+
+    #[test]
+    fn column_reductions_give_each_thread_a_row_and_split_few_rows() {
+        // sum over axis 0 of [4096, 64]: the innermost axis is a row axis.
+        let Strategy::Rows(r) = strategy(
+            DType::F32,
+            &[4096, 64],
+            &[0],
+            &[64, 1],
+            vec![
+                inst(InstOp::Load(0), Level::Element),
+                inst(InstOp::Reduce(ReduceOp::Sum, 0), Level::Row),
+            ],
+            &[(1, Level::Row)],
+        ) else {
+            panic!("rows")
+        };
+        assert_eq!((r.group, r.rows, r.len), (1, 64, 4096));
+        // 64 rows: each split over 32 slices of threads, 32 rows per block.
+        assert_eq!(
+            (r.slices, r.threads, r.block, r.rows_per_block, r.grid),
+            (32, 32, 1024, 32, 2)
+        );
+    }
+}
