@@ -245,6 +245,8 @@ pub fn verify(k: &KernelIr) -> Result<(), Error> {
     for (i, v) in k.values.iter().enumerate() {
         let value = ValueId::new(i);
         let is_reduce = matches!(v.op, ValueOp::Reduce(..));
+        // A reduction over a row (not the identity of a pointwise kernel).
+        let folds = is_reduce && !pointwise;
         if let ValueOp::Load(l) = v.op {
             let Some(load) = k.loads.get(l.index()) else {
                 return Err(Error::Missing {
@@ -259,7 +261,7 @@ pub fn verify(k: &KernelIr) -> Result<(), Error> {
                 });
             }
         }
-        if is_reduce && !pointwise && v.level != Level::Row {
+        if folds && v.level != Level::Row {
             return Err(Error::ReduceNotRow {
                 kernel: kernel(),
                 value,
@@ -274,7 +276,7 @@ pub fn verify(k: &KernelIr) -> Result<(), Error> {
                 });
             }
             let ov = k.value(o);
-            if v.level == Level::Row && ov.level == Level::Element && !(is_reduce && !pointwise) {
+            if v.level == Level::Row && ov.level == Level::Element && !folds {
                 return Err(Error::RowReadsElement {
                     kernel: kernel(),
                     value,
@@ -282,7 +284,7 @@ pub fn verify(k: &KernelIr) -> Result<(), Error> {
                 });
             }
             // 6.
-            let need = ov.pass.0 + u32::from(is_reduce && !pointwise);
+            let need = ov.pass.0 + u32::from(folds);
             if v.pass.0 < need {
                 return Err(Error::PassOrder {
                     kernel: kernel(),
