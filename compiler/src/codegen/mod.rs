@@ -103,21 +103,31 @@ pub fn storage_type(dtype: DType) -> &'static str {
 /// One `CudaKernel` per kernel of `plan`, in schedule order (its fused kernels lowered
 /// first; an error is a tc bug).
 pub fn emit_kernels(plan: &Plan) -> Result<Vec<CudaKernel>, lower::Error> {
-    Ok(emit_lowered(plan, &lower::lower(plan)?))
+    emit_lowered(plan, &lower::lower(plan)?)
 }
 
 /// One `CudaKernel` per kernel of `plan`, whose fused kernels are lowered in `lowered`
-/// (`lower::lower(plan)`, as `Program::kernels` holds it).
-pub fn emit_lowered(plan: &Plan, lowered: &lower::Lowered) -> Vec<CudaKernel> {
+/// (`lower::lower(plan)`, as `Program::kernels` holds it); an error when a fused kernel
+/// has no kernel IR there.
+pub fn emit_lowered(
+    plan: &Plan,
+    lowered: &lower::Lowered,
+) -> Result<Vec<CudaKernel>, lower::Error> {
     plan.kernels
         .iter()
-        .zip(&lowered.kernels)
         .enumerate()
-        .filter_map(|(index, (kernel, ir))| match (&kernel.kind, ir) {
-            (KernelKind::Fused(_), Some(ir)) => Some(cuda::emit_fused(plan, index, kernel, ir)),
-            (KernelKind::MatMul(mm), _) => Some(matmul::emit_matmul(plan, index, kernel, mm)),
-            (KernelKind::Fused(_), None) => None,
-        })
+        .map(
+            |(index, kernel)| match (&kernel.kind, lowered.kernels.get(index)) {
+                (KernelKind::Fused(_), Some(Some(ir))) => {
+                    Ok(cuda::emit_fused(plan, index, kernel, ir))
+                }
+                (KernelKind::MatMul(mm), _) => Ok(matmul::emit_matmul(plan, index, kernel, mm)),
+                (KernelKind::Fused(_), _) => Err(lower::Error::Missing {
+                    kernel: kernel.name.clone(),
+                    what: "its kernel IR".into(),
+                }),
+            },
+        )
         .collect()
 }
 
