@@ -743,14 +743,22 @@ fn bench_runs_and_warmup_out_of_range_are_usage_errors() {
     ] {
         tc_in(
             dir.path(),
-            &["bench", &prog, "--device", "cpu", &format!("{flag}={value}")],
+            &[
+                "bench",
+                &prog,
+                "--device",
+                "cpu",
+                &format!("{flag}={value}"),
+            ],
         )
         .expect_code(2)
         .expect_mentions(&[flag, value]);
     }
     tc_in(
         dir.path(),
-        &["bench", &prog, "--device", "cpu", "--runs", "1", "--warmup", "0"],
+        &[
+            "bench", &prog, "--device", "cpu", "--runs", "1", "--warmup", "0",
+        ],
     )
     .expect_code(0)
     .expect_mentions(&["1 timed runs after 0 warm-up", "speed-up"]);
@@ -778,12 +786,24 @@ fn peak_resident_memory_of_every_example_is_what_the_report_plans() {
     // inputs. Dims are small enough to run quickly, large enough (25-100 MB) that the
     // baseline's noise is well under 5%.
     let examples: &[(&str, &[&str], &[&str])] = &[
-        ("attention.tx", &["B=2", "H=8", "S=512", "Dh=64"], &["B=1", "H=1", "S=1", "Dh=1"]),
+        (
+            "attention.tx",
+            &["B=2", "H=8", "S=512", "Dh=64"],
+            &["B=1", "H=1", "S=1", "Dh=1"],
+        ),
         ("broadcast.tx", &["B=2048", "D=4096"], &["B=1", "D=1"]),
         ("chain.tx", &["N=8388608"], &["N=1"]),
         ("layernorm.tx", &["N=2048", "D=4096"], &["N=1", "D=1"]),
-        ("mixed_precision.tx", &["N=16384", "D=1024"], &["N=1", "D=1"]),
-        ("mlp.tx", &["B=2048", "D=1024", "H=4096", "C=1024"], &["B=1", "D=1", "H=1", "C=1"]),
+        (
+            "mixed_precision.tx",
+            &["N=16384", "D=1024"],
+            &["N=1", "D=1"],
+        ),
+        (
+            "mlp.tx",
+            &["B=2048", "D=1024", "H=4096", "C=1024"],
+            &["B=1", "D=1", "H=1", "C=1"],
+        ),
         ("softmax.tx", &["N=2048", "V=4096"], &["N=1", "V=1"]),
         (
             "transformer_block.tx",

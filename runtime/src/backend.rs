@@ -73,10 +73,16 @@ impl Repeats {
     /// `warmup` in 0..=MAX, `runs` in 1..=MAX; otherwise says which is out of range.
     pub fn new(warmup: u64, runs: u64) -> Result<Repeats, String> {
         if !(1..=Self::MAX).contains(&runs) {
-            return Err(format!("--runs must be between 1 and {}, not {runs}", Self::MAX));
+            return Err(format!(
+                "--runs must be between 1 and {}, not {runs}",
+                Self::MAX
+            ));
         }
         if warmup > Self::MAX {
-            return Err(format!("--warmup must be at most {}, not {warmup}", Self::MAX));
+            return Err(format!(
+                "--warmup must be at most {}, not {warmup}",
+                Self::MAX
+            ));
         }
         Ok(Repeats {
             warmup: warmup as usize,
@@ -320,7 +326,9 @@ mod tests {
             .expect("an arena buffer");
         arena.offset = 1 << 40;
         let x = HostTensor::from_f32(tc_compiler::ir::DType::F32, vec![64], &[0.5; 64]);
-        let err = CpuBackend.run(&p, &[x], &[]).expect_err("the plan is broken");
+        let err = CpuBackend
+            .run(&p, &[x], &[])
+            .expect_err("the plan is broken");
         assert!(matches!(err, BackendError::Internal(_)), "{err:?}");
         assert_eq!(err.exit_code(), 3);
     }
@@ -350,13 +358,23 @@ mod tests {
         fn plan_options(&self, base: PlanOptions) -> PlanOptions {
             base
         }
-        fn check_data(&self, _: &Plan, _: &[HostTensor], _: &[HostTensor]) -> Result<(), BackendError> {
+        fn check_data(
+            &self,
+            _: &Plan,
+            _: &[HostTensor],
+            _: &[HostTensor],
+        ) -> Result<(), BackendError> {
             Ok(())
         }
         fn free_memory(&self) -> FreeMemory {
             self.0.clone()
         }
-        fn run(&self, _: &Plan, _: &[HostTensor], _: &[HostTensor]) -> Result<RunResult, BackendError> {
+        fn run(
+            &self,
+            _: &Plan,
+            _: &[HostTensor],
+            _: &[HostTensor],
+        ) -> Result<RunResult, BackendError> {
             unreachable!("the preflight runs nothing")
         }
         fn bench(
@@ -382,7 +400,12 @@ mod tests {
             })
         };
         // On the host alone: arena + input + the output's copy = 12000.
-        let cpu = |bytes| Fixed(FreeMemory { host: host(bytes), device: None });
+        let cpu = |bytes| {
+            Fixed(FreeMemory {
+                host: host(bytes),
+                device: None,
+            })
+        };
         assert!(preflight(&p, &cpu(12000)).is_ok());
         let err = preflight(&p, &cpu(11999)).expect_err("does not fit");
         assert_eq!(err.exit_code(), 3);

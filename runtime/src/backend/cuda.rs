@@ -1,7 +1,10 @@
 //! The CUDA backend: `crate::cuda`'s executor behind `Backend`. It opens nothing until a
 //! plan runs, so it also gives the CUDA plan options (`tc emit`) on a machine without a GPU.
 
-use super::{host_memory, Backend, BackendError, Bandwidth, DeviceFree, FreeMemory, Repeats, RunResult, Timing};
+use super::{
+    host_memory, Backend, BackendError, Bandwidth, DeviceFree, FreeMemory, Repeats, RunResult,
+    Timing,
+};
 use crate::cuda::{self, CudaError, CudaOptions};
 use crate::tensor::HostTensor;
 use tc_compiler::report::Peak;

@@ -111,7 +111,8 @@ fn cgroup_left(proc_cgroup: &str, root: &Path) -> Option<u64> {
     let mut least: Option<u64> = None;
     for line in proc_cgroup.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -159,8 +160,13 @@ fn level_left(dir: &Path, [max_file, usage_file, inactive_key]: [&str; 3]) -> Op
     let usage: u64 = read(usage_file)?.trim().parse().ok()?;
     let inactive = read("memory.stat")
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(inactive_key)?.strip_prefix(' ')?.trim().parse().ok())
+            s.lines().find_map(|l| {
+                l.strip_prefix(inactive_key)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
         })
         .unwrap_or(0u64);
     Some(max.saturating_sub(usage.saturating_sub(inactive)))
@@ -191,7 +197,11 @@ mod tests {
         let parent = root.join("user.slice");
         write(&parent, "memory.max", "1073741824\n");
         write(&parent, "memory.current", "943718400\n");
-        write(&parent, "memory.stat", "anon 1\ninactive_file 104857600\nactive_file 5\n");
+        write(
+            &parent,
+            "memory.stat",
+            "anon 1\ninactive_file 104857600\nactive_file 5\n",
+        );
         // The process's own cgroup has no limit.
         let own = parent.join("tc.scope");
         write(&own, "memory.max", "max\n");
@@ -215,7 +225,10 @@ mod tests {
         write(&own, "memory.usage_in_bytes", "1073741824\n");
         write(&own, "memory.stat", "cache 9\ntotal_inactive_file 4096\n");
         let cgroup = "9:pids:/\n4:memory:/jobs/42\n0::/\n";
-        assert_eq!(cgroup_left(cgroup, root), Some(2147483648 - (1073741824 - 4096)));
+        assert_eq!(
+            cgroup_left(cgroup, root),
+            Some(2147483648 - (1073741824 - 4096))
+        );
         // A namespaced path that is not visible: the levels that are.
         assert_eq!(cgroup_left("4:memory:/elsewhere/7\n", root), None);
     }

@@ -11,7 +11,10 @@ use tc_runtime::cli::{self, args::BenchArgs, CliError};
 
 /// `tc bench`'s arguments (`--device` is ignored: this times the CPU backend).
 #[derive(Debug, Parser)]
-#[command(name = "cpubench", about = "times tc's CPU backend on one plan; prints JSON")]
+#[command(
+    name = "cpubench",
+    about = "times tc's CPU backend on one plan; prints JSON"
+)]
 struct Args {
     #[command(flatten)]
     bench: BenchArgs,

@@ -405,3 +405,63 @@ unsafe fn widen(v: &mut Vec<f32>, mem: Mem, off: i64, rs: i64, cs: i64, rows: us
             }
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::tensor::HostTensor;
+    use tc_compiler::ir::DType;
+
+    /// Products whose tiles do not cover the matrices in one (the scratch budget is at its
+    /// floor for so small a plan), batched, with a transposed (strided) operand and a bf16
+    /// output: every element as an f64 product of the same rounded inputs, rounded to bf16.
+    #[test]
+    fn tiled_products_match_the_whole_product() {
+        let (b, m, k, n) = (2usize, 300usize, 300usize, 290usize);
+        let source = format!(
+            "dim B = {b}\ndim M = {m}\ndim K = {k}\ndim N = {n}\n\
+             input a : bf16[B, M, K]\ninput w : bf16[K, N]\ninput v : f16[N, K]\n\
+             y = a @ w\nz = f16(a) @ transpose(v)\noutput y, z\n"
+        );
+        let program = tc_compiler::compile(&source, &Default::default()).expect("compiles");
+        // The tiles really are smaller than the matrices.
+        assert!(super::scratch_bytes(&program.plan) < k * n * 4);
+        let vals = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
+                .collect()
+        };
+        let a = HostTensor::from_f32(
+            DType::BF16,
+            vec![b as u64, m as u64, k as u64],
+            &vals(b * m * k, 1),
+        );
+        let w = HostTensor::from_f32(DType::BF16, vec![k as u64, n as u64], &vals(k * n, 2));
+        let v = HostTensor::from_f32(DType::F16, vec![n as u64, k as u64], &vals(n * k, 3));
+        let (af, wf, vf) = (a.to_f32(), w.to_f32(), v.to_f32());
+        let outs = super::super::run(&program.plan, &[a, w, v], &[]).expect("runs");
+        let (y, z) = (outs[0].to_f32(), outs[1].to_f32());
+        let a16: Vec<f32> = af
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_f32())
+            .collect();
+        for bi in 0..b {
+            for r in 0..m {
+                for c in 0..n {
+                    let (mut sy, mut sz) = (0f64, 0f64);
+                    for kk in 0..k {
+                        let at = (bi * m + r) * k + kk;
+                        sy += af[at] as f64 * wf[kk * n + c] as f64;
+                        sz += a16[at] as f64 * vf[c * k + kk] as f64;
+                    }
+                    let at = (bi * m + r) * n + c;
+                    for (got, want, ulp) in [(y[at], sy, 1.0 / 128.0), (z[at], sz, 1.0 / 1024.0)] {
+                        assert!(
+                            (got as f64 - want).abs() <= ulp * want.abs() + 1e-3,
+                            "[{bi}, {r}, {c}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -101,7 +101,11 @@ fn arena_range(plan: &Plan, o: &tc_compiler::schedule::PlanOutput, base: usize) 
 
 /// Checks the tensors given for a run against the plan's inputs and params: as many, each
 /// of its buffer's dtype, shape and size (the check `run` makes first).
-pub fn check_data(plan: &Plan, inputs: &[HostTensor], params: &[HostTensor]) -> Result<(), CpuError> {
+pub fn check_data(
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<(), CpuError> {
     check_leaves(plan, "input", &plan.inputs, inputs)?;
     check_leaves(plan, "param", &plan.params, params)
 }
