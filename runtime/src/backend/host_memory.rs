@@ -96,9 +96,11 @@ fn address_space_left() -> Option<u64> {
         .and_then(|s| kib_field(&s, "VmSize:"))
         .unwrap_or(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // `rlim_t` is u64 on Linux, not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    let soft = limit.rlim_cur as u64;
     Some(
-        (limit.rlim_cur as u64)
-            .saturating_sub(mapped)
+        soft.saturating_sub(mapped)
             .saturating_sub(threads.saturating_mul(PER_THREAD_RESERVE)),
     )
 }
