@@ -141,13 +141,17 @@ pub fn compile_options(args: &CompileArgs, backend: &dyn Backend) -> CompileOpti
 /// Compiles a program; a planner-internal diagnostic (a bug in tc) exits 3, every other
 /// diagnostic (the program's fault) 1.
 pub fn compile(source: &Source, options: &CompileOptions) -> Result<Program, CliError> {
-    tc_compiler::compile(&source.text, options).map_err(|d| {
-        let internal = d.iter().any(|d| d.code == "planner-internal");
-        match render(source, &d) {
-            CliError::Program(text) if internal => CliError::Internal(text),
-            e => e,
-        }
-    })
+    tc_compiler::compile(&source.text, options).map_err(|d| compile_error(source, &d))
+}
+
+/// The error of a failed compile: the rendered diagnostics, exit 3 when one is tc's own
+/// (`planner-internal`), else 1.
+fn compile_error(source: &Source, diags: &[tc_compiler::Diagnostic]) -> CliError {
+    let internal = diags.iter().any(|d| d.code == "planner-internal");
+    match render(source, diags) {
+        CliError::Program(text) if internal => CliError::Internal(text),
+        e => e,
+    }
 }
 
 /// Inputs and params for one run: from files where given, else seeded random.
@@ -369,4 +373,27 @@ pub fn time_variant(
         least_traffic_bytes: backend::least_traffic_bytes(&program.plan),
         timing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compile_error, Source};
+    use tc_compiler::Diagnostic;
+
+    #[test]
+    fn a_planner_internal_diagnostic_exits_3_and_a_programs_error_1() {
+        let source = Source {
+            path: "p.tx".into(),
+            text: "dim N = 4\n".into(),
+        };
+        let internal = compile_error(&source, &[Diagnostic::error("planner-internal", "oops")]);
+        assert_eq!(internal.exit_code(), 3);
+        let text = internal.to_string();
+        assert!(
+            text.contains("planner-internal") && text.contains("bug in tc"),
+            "{text}"
+        );
+        let user = compile_error(&source, &[Diagnostic::error("unknown-name", "no `z`")]);
+        assert_eq!(user.exit_code(), 1);
+    }
 }
