@@ -36,9 +36,10 @@ pub struct HostFree {
     pub limit: Limit,
 }
 
-/// Address space a thread may reserve beyond what tc allocates: glibc gives each thread
-/// that allocates its own malloc arena, reserving up to 64 MiB of address space at once.
-const PER_THREAD_RESERVE: u64 = 64 << 20;
+/// Address space each worker thread takes beyond what tc allocates: its stack (2 MiB) and
+/// guard page, and room for its first allocations. (glibc's per-thread malloc arenas
+/// reserve 64 MiB each, but where the limit refuses one glibc shares an existing arena.)
+const PER_THREAD_RESERVE: u64 = 8 << 20;
 
 /// The free host memory now, where any figure is known.
 pub fn available() -> Option<HostFree> {

@@ -1,7 +1,9 @@
 //! The `tc` command line: argument parsing, diagnostics rendering and the subcommands.
 //!
 //! Every failure becomes a `CliError` whose kind fixes the exit code of SPEC §2:
-//! 1 for the program or its data, 2 for usage, 3 for a device or compiler failure.
+//! 1 for the program or its data, 2 for usage, 3 for a device or compiler failure or a bug
+//! in tc. `run` and `bench` reach the CPU and CUDA executors only through
+//! `backend::Backend`; the functions they share with `cpubench` are public.
 
 pub mod args;
 pub mod diagnostics;
