@@ -178,12 +178,21 @@ fn save_to_a_folder_a_safetensors_file_or_fail_on_a_missing_folder() {
     assert_eq!(back, outs);
     let missing = dir.path().join("nope");
     assert!(
-        matches!(save_outputs(&missing, &outs), Err(DataError::MissingFolder(p)) if p == missing)
+        matches!(save_outputs(&missing, &outs), Err(DataError::BadSavePath(p)) if p == missing)
     );
     assert!(matches!(
         save_outputs(&missing.join("o.safetensors"), &outs),
-        Err(DataError::MissingFolder(_))
+        Err(DataError::Sink(
+            crate::data::sink::SinkError::MissingFolder(_)
+        ))
     ));
+    // `__metadata__` is the safetensors header's own key.
+    let reserved = vec![("__metadata__".to_string(), tensor(DType::F32, &[2]))];
+    assert!(matches!(
+        save_outputs(&dir.path().join("m.safetensors"), &reserved),
+        Err(DataError::ReservedName { .. })
+    ));
+    assert!(!dir.path().join("m.safetensors").exists());
 }
 
 #[test]
