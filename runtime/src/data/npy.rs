@@ -76,9 +76,9 @@ pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, 
         .iter()
         .try_fold(1u64, |a, &s| a.checked_mul(s))
         .ok_or_else(|| bad("shape overflows".into()))?;
-    let item = match &descr[1..] {
-        "f4" => 4u64,
-        "f2" => 2,
+    let (item, dtype_name) = match &descr[1..] {
+        "f4" => (4u64, "f32"),
+        "f2" => (2, "f16"),
         _ => return Err(wrong_dtype(name, path, ty, descr)),
     };
     // The data must be all there before room for it is made.
@@ -87,10 +87,18 @@ pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, 
     if needed.is_none_or(|n| n > held) {
         let needed = needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
         return Err(bad(format!(
-            "it is truncated: shape {shape:?} of {} needs {needed} bytes of data, the file \
-             holds {held}",
-            &descr[1..]
+            "it is truncated: shape {shape:?} of {dtype_name} needs {needed} bytes of data, \
+             the file holds {held}"
         )));
+    }
+    // Nor is room made for data of the wrong shape.
+    if shape != ty.sizes() {
+        return Err(DataError::Shape {
+            name: name.into(),
+            path: path.into(),
+            expected: ty.sizes(),
+            found: shape,
+        });
     }
     let (found, mut values): (DType, Vec<f32>) = if item == 4 {
         (

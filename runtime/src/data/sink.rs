@@ -167,6 +167,9 @@ pub fn resolve(path: &Path) -> Result<Resolved, SinkError> {
             })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => resolve_new(path),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Err(SinkError::LinkLoop(path.to_path_buf()))
+        }
         Err(source) => Err(SinkError::Io {
             path: path.to_path_buf(),
             source,

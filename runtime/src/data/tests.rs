@@ -247,3 +247,37 @@ fn leaves_come_from_npy_then_safetensors_then_seeded_random() {
     let (b, _) = load_leaves(&graph, &[], None, 2).expect("loads");
     assert_ne!(a[0], b[0]);
 }
+
+#[test]
+fn a_set_of_files_is_written_whole_or_not_at_all() {
+    use super::sink::{resolve, write_all, Content, SinkError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.bin");
+    let a_sink = resolve(&a).expect("a new file").sink;
+    // The second file is a full device: writing it fails after `a` is ready.
+    let full = resolve(Path::new("/dev/full")).expect("a device").sink;
+    assert!(matches!(full, super::sink::Sink::InPlace { .. }));
+    let e = write_all(&[
+        (&a_sink, Content::Bytes(b"a")),
+        (&full, Content::Bytes(b"b")),
+    ])
+    .expect_err("the device is full");
+    assert_eq!(e.0, 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("ls").count(),
+        0,
+        "a file or a temporary was left"
+    );
+    write_all(&[(&a_sink, Content::Bytes(b"a"))]).expect("writes");
+    assert_eq!(std::fs::read(&a).expect("a"), b"a");
+
+    // A symlink that points at itself ends nowhere.
+    let looped = dir.path().join("loop");
+    std::os::unix::fs::symlink(&looped, &looped).expect("symlink");
+    assert!(matches!(resolve(&looped), Err(SinkError::LinkLoop(_))));
+    // A character device may be named by any number of destinations; a file may not.
+    let null = resolve(Path::new("/dev/null")).expect("null").identity;
+    assert!(!null.clashes_with(&null));
+    let file = resolve(&a).expect("a").identity;
+    assert!(file.clashes_with(&file));
+}
