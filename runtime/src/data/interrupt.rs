@@ -10,6 +10,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// The signals that end a process by default and that a user sends to stop one.
 const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -18,6 +19,9 @@ const SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 /// another thread may still be reading it when the guard ends (one small list per save).
 static TEMPS: AtomicPtr<Vec<CString>> = AtomicPtr::new(std::ptr::null_mut());
 
+/// One guard at a time: saves from several threads (the library's tests) take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// While alive, an interrupting signal removes `paths` before tc ends; when dropped, it
 /// removes whichever of them still exist (a save that failed or was abandoned) and restores
 /// the signals' default actions.
@@ -25,10 +29,12 @@ static TEMPS: AtomicPtr<Vec<CString>> = AtomicPtr::new(std::ptr::null_mut());
 pub struct TempGuard {
     paths: Vec<PathBuf>,
     installed: Vec<libc::c_int>,
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl TempGuard {
     pub fn new(paths: Vec<PathBuf>) -> TempGuard {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let list: Vec<CString> = paths
             .iter()
             .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
@@ -53,7 +59,11 @@ impl TempGuard {
                 }
             }
         }
-        TempGuard { paths, installed }
+        TempGuard {
+            paths,
+            installed,
+            _turn: turn,
+        }
     }
 }
 
