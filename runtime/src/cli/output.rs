@@ -17,7 +17,7 @@ use tc_compiler::Program;
 /// One file to write: the option that asked for it, as the user wrote it, and where it goes.
 #[derive(Debug)]
 struct Destination {
-    /// `--memory-json m.json`, or `--save out (out/y.npy)`.
+    /// `--memory-json m.json`, or `--save out (out/y.npy)`: the option, as given.
     label: String,
     /// The path it stands for, for messages.
     path: PathBuf,
@@ -40,15 +40,22 @@ pub struct Outputs {
     svg: Option<Destination>,
 }
 
-fn destination(option: &str, path: &Path) -> Result<Destination, CliError> {
-    let resolved = sink::resolve(path).map_err(|e| {
-        CliError::Program(format!(
-            "error: {option} {}: {e}; nothing was run",
-            path.display()
-        ))
-    })?;
+/// `path` for a message, its end cut where it is very long (a 300-character output name).
+fn clip(path: &Path) -> String {
+    let shown = path.display().to_string();
+    if shown.chars().count() <= 80 {
+        shown
+    } else {
+        format!("{}…", shown.chars().take(60).collect::<String>())
+    }
+}
+
+/// Resolves `path`, which `label` (`--memory-json m.json`) asked for.
+fn destination(label: String, path: &Path) -> Result<Destination, CliError> {
+    let resolved = sink::resolve(path)
+        .map_err(|e| CliError::Program(format!("error: {label}: {e}; nothing was run")))?;
     Ok(Destination {
-        label: format!("{option} {}", path.display()),
+        label,
         path: path.to_path_buf(),
         resolved,
     })
@@ -71,15 +78,13 @@ pub fn plan(args: &RunArgs, program: &Program) -> Result<Outputs, CliError> {
                 CliError::Program(format!("error: --save {shown}: {e}; nothing was run"))
             })?;
             Some(match layout {
-                SaveLayout::Safetensors(file) => Save::Safetensors(destination("--save", &file)?),
+                SaveLayout::Safetensors(file) => {
+                    Save::Safetensors(destination(format!("--save {shown}"), &file)?)
+                }
                 SaveLayout::Folder(files) => Save::Folder(
                     files
                         .iter()
-                        .map(|f| {
-                            let mut d = destination(&format!("--save {shown}:"), f)?;
-                            d.label = format!("--save {shown} (writing {})", f.display());
-                            Ok(d)
-                        })
+                        .map(|f| destination(format!("--save {shown} ({})", clip(f)), f))
                         .collect::<Result<_, CliError>>()?,
                 ),
             })
@@ -88,12 +93,12 @@ pub fn plan(args: &RunArgs, program: &Program) -> Result<Outputs, CliError> {
     let json = args
         .memory_json
         .as_deref()
-        .map(|p| destination("--memory-json", p))
+        .map(|p| destination(format!("--memory-json {}", p.display()), p))
         .transpose()?;
     let svg = args
         .memory_svg
         .as_deref()
-        .map(|p| destination("--memory-svg", p))
+        .map(|p| destination(format!("--memory-svg {}", p.display()), p))
         .transpose()?;
     let outputs = Outputs { save, json, svg };
     outputs.check_clashes(args)?;

@@ -166,7 +166,12 @@ pub fn resolve(path: &Path) -> Result<Resolved, SinkError> {
                 identity: identity(&meta),
             })
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => resolve_new(path),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENAMETOOLONG) =>
+        {
+            resolve_new(path)
+        }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             Err(SinkError::LinkLoop(path.to_path_buf()))
         }
@@ -211,8 +216,9 @@ fn resolve_new(path: &Path) -> Result<Resolved, SinkError> {
     let max = name_max(&folder);
     let len = name.as_bytes().len();
     if len > max {
+        let shown: String = name.to_string_lossy().chars().take(40).collect();
         return Err(SinkError::NameTooLong {
-            name: name.to_string_lossy().into_owned(),
+            name: format!("{shown}…"),
             len,
             max,
             folder: given_folder,
