@@ -284,9 +284,12 @@ fn temp_in(folder: &Path) -> PathBuf {
     folder.join(format!(".tc-{}-{n}.tmp", std::process::id()))
 }
 
-/// Checks that `folder` takes a new file by making one and removing it.
+/// Checks that `folder` takes a new file by making one and removing it (SIGTERM between
+/// the two removes it too).
 fn probe_folder(folder: &Path) -> Result<(), SinkError> {
-    let probe = temp_in(folder);
+    let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+    let probe = folder.join(format!(".tc-{}-{n}.probe", std::process::id()));
+    let _guard = TempGuard::new(vec![probe.clone()]);
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
