@@ -7,7 +7,7 @@
 //! go to standard error. `Outputs::commit` writes them all after the run, or none.
 
 use super::{console, CliError, RunArgs};
-use crate::data::sink::{self, Content, Identity, Resolved, Sink};
+use crate::data::sink::{self, Content, Resolved, Sink};
 use crate::data::{self, SaveLayout};
 use crate::tensor::HostTensor;
 use std::path::{Path, PathBuf};
@@ -102,24 +102,18 @@ pub fn plan(args: &RunArgs, program: &Program) -> Result<Outputs, CliError> {
         .transpose()?;
     let outputs = Outputs { save, json, svg };
     outputs.check_clashes(args)?;
+    // A report on standard output (`-`, or another name of the same pipe or file) keeps it
+    // to itself; a terminal or /dev/null is shared, as everywhere.
     let stdout = sink::fd_identity(1);
     if outputs.all().iter().any(|d| {
-        d.resolved.sink == Sink::Stdout || same_file(Some(&d.resolved.identity), stdout.as_ref())
+        d.resolved.sink == Sink::Stdout
+            || stdout
+                .as_ref()
+                .is_some_and(|s| d.resolved.identity.clashes_with(s))
     }) {
         console::give_stdout_to_a_report();
     }
     Ok(outputs)
-}
-
-/// Whether two identities are one existing file (shared or not).
-fn same_file(a: Option<&Identity>, b: Option<&Identity>) -> bool {
-    matches!(
-        (a, b),
-        (
-            Some(Identity::Inode { dev, ino, .. }),
-            Some(Identity::Inode { dev: d2, ino: i2, .. })
-        ) if dev == d2 && ino == i2
-    )
 }
 
 impl Outputs {
