@@ -281,3 +281,33 @@ fn a_set_of_files_is_written_whole_or_not_at_all() {
     let file = resolve(&a).expect("a").identity;
     assert!(file.clashes_with(&file));
 }
+
+#[test]
+fn npy_files_cut_short_or_corrupted_are_refused_without_a_panic() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.npy");
+    write_npy(&good, &tensor(DType::F32, &[3, 4])).expect("writes");
+    let bytes = std::fs::read(&good).expect("reads");
+    let want = ty(DType::F32, &[3, 4]);
+    let p = dir.path().join("bad.npy");
+    // Every prefix: refused, and a prefix that ends in the data says it is truncated.
+    for len in 0..bytes.len() {
+        std::fs::write(&p, &bytes[..len]).expect("writes");
+        let e = read_npy(&p, "x", &want).expect_err("a prefix is not the file");
+        if len >= 128 {
+            assert!(e.to_string().contains("truncated"), "{len}: {e}");
+        }
+    }
+    // Random bytes changed anywhere: an answer either way, never a panic.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    for _ in 0..200 {
+        let mut b = bytes.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..b.len());
+            b[at] = rng.random();
+        }
+        std::fs::write(&p, &b).expect("writes");
+        let _ = read_npy(&p, "x", &want);
+    }
+}
