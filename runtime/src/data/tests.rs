@@ -270,6 +270,14 @@ fn a_set_of_files_is_written_whole_or_not_at_all() {
     );
     write_all(&[(&a_sink, Content::Bytes(b"a"))]).expect("writes");
     assert_eq!(std::fs::read(&a).expect("a"), b"a");
+    // A file replaced keeps its permissions.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let a_sink = resolve(&a).expect("a regular file").sink;
+    write_all(&[(&a_sink, Content::Bytes(b"again"))]).expect("writes");
+    assert_eq!(std::fs::read(&a).expect("a"), b"again");
+    let mode = std::fs::metadata(&a).expect("a").permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
 
     // A symlink that points at itself ends nowhere.
     let looped = dir.path().join("loop");
