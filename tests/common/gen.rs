@@ -4,6 +4,8 @@
 //! magnitudes are kept bounded (`tanh` where they could grow) so that f32-vs-f64 differences
 //! stay at rounding level. Every value nobody reads is an output, except a few left dead.
 
+use tc_compiler::ir::broadcast;
+
 /// SplitMix64: a tiny deterministic source for one program.
 struct Rng(u64);
 
@@ -73,31 +75,6 @@ fn promote(a: &Var, b: &Var) -> &'static str {
     } else {
         "f32"
     }
-}
-
-fn broadcast(a: &[u64], b: &[u64]) -> Option<Vec<u64>> {
-    let r = a.len().max(b.len());
-    (0..r)
-        .map(|i| {
-            let x = if i + a.len() >= r {
-                a[i + a.len() - r]
-            } else {
-                1
-            };
-            let y = if i + b.len() >= r {
-                b[i + b.len() - r]
-            } else {
-                1
-            };
-            if x == y || y == 1 {
-                Some(x)
-            } else if x == 1 {
-                Some(y)
-            } else {
-                None
-            }
-        })
-        .collect()
 }
 
 impl Gen {
