@@ -26,12 +26,12 @@ pub fn unary(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::Cos => x.cos(),
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        // torch.relu propagates NaN (`f64::max` would drop it).
+        // torch.relu propagates NaN (`f64::max` would drop it); relu(-0) is +0.
         UnaryOp::Relu => {
-            if x.is_nan() {
+            if x > 0.0 || x.is_nan() {
                 x
             } else {
-                x.max(0.0)
+                0.0
             }
         }
         UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
@@ -61,21 +61,26 @@ pub fn erf(x: f64) -> f64 {
     libm::erf(x)
 }
 
-/// `torch.maximum`: NaN if either operand is NaN (unlike `f64::max`, which drops it).
+/// `torch.maximum`: NaN if either operand is NaN (unlike `f64::max`, which drops it); of
+/// two equal values (`-0` and `+0`) the second, as a vector `max` instruction gives.
 pub fn maximum(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() {
         f64::NAN
+    } else if a > b {
+        a
     } else {
-        a.max(b)
+        b
     }
 }
 
-/// `torch.minimum`: NaN if either operand is NaN.
+/// `torch.minimum`: NaN if either operand is NaN; of two equal values the second.
 pub fn minimum(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() {
         f64::NAN
+    } else if a < b {
+        a
     } else {
-        a.min(b)
+        b
     }
 }
 
@@ -89,7 +94,8 @@ pub fn reduce_init(op: ReduceOp) -> f64 {
     }
 }
 
-/// One element `x` folded into the running value `acc`.
+/// One element `x` folded into the running value `acc`. (Which zero the `max` of `-0` and
+/// `+0` is depends on the order a reduction folds in, which executors choose freely.)
 pub fn reduce_step(op: ReduceOp, acc: f64, x: f64) -> f64 {
     match op {
         ReduceOp::Sum | ReduceOp::Mean => acc + x,
@@ -144,10 +150,14 @@ impl Accuracy {
     };
 
     /// Whether `got` (an f32 result) is within this accuracy of `want` (the meaning in
-    /// f64, exact or already rounded to f32).
+    /// f64, exact or already rounded to f32). `EXACT` asks for the very bits of `want`
+    /// rounded to f32, the sign of a zero included.
     pub fn admits(self, got: f32, want: f64) -> bool {
         if want.is_nan() || got.is_nan() {
             return want.is_nan() && got.is_nan();
+        }
+        if self == Accuracy::EXACT {
+            return got.to_bits() == (want as f32).to_bits();
         }
         let w = want as f32;
         if w.is_infinite() || got.is_infinite() {
@@ -233,6 +243,9 @@ mod tests {
     #[test]
     fn signed_zeros_infinities_and_subnormals() {
         assert!(unary(UnaryOp::Neg, 0.0).is_sign_negative());
+        assert!(unary(UnaryOp::Relu, -0.0).is_sign_positive());
+        assert!(maximum(0.0, -0.0).is_sign_negative() && maximum(-0.0, 0.0).is_sign_positive());
+        assert!(minimum(-0.0, 0.0).is_sign_positive() && minimum(0.0, -0.0).is_sign_negative());
         assert_eq!(unary(UnaryOp::Rsqrt, -0.0), f64::NEG_INFINITY);
         assert_eq!(unary(UnaryOp::Exp, f64::NEG_INFINITY), 0.0);
         assert_eq!(unary(UnaryOp::Sigmoid, f64::NEG_INFINITY), 0.0);
@@ -262,5 +275,11 @@ mod tests {
         assert!(Accuracy::EXACT.admits(f32::INFINITY, 1e300));
         assert!(!Accuracy::EXACT.admits(f32::MAX, f64::INFINITY));
         assert!(!Accuracy::EXACT.admits(0.0, f64::NAN));
+        assert!(!Accuracy::EXACT.admits(-0.0, 0.0));
+        assert!(Accuracy {
+            ulps: 1.0,
+            abs: 0.0
+        }
+        .admits(-0.0, 0.0));
     }
 }
