@@ -123,12 +123,16 @@ pub fn reduce(op: ReduceOp, xs: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// `v` rounded to the nearest value of `dtype` (ties to even; overflow to ±inf, NaN stays
-/// NaN), as f64: what storing a value, or casting it, does.
+/// NaN), as f64: what storing a value, or casting it, does. f16 and bf16 round by way of
+/// f32, as PyTorch's `Half`/`BFloat16` do from a double and as the executors do (they compute
+/// in f32); written out, not `f16::from_f64`, whose result depends on whether the CPU has
+/// F16C (with it, via f32; without, directly).
 pub fn round(dtype: DType, v: f64) -> f64 {
+    let v32 = v as f32;
     match dtype {
-        DType::F32 => v as f32 as f64,
-        DType::F16 => f16::from_f64(v).to_f64(),
-        DType::BF16 => bf16::from_f64(v).to_f64(),
+        DType::F32 => v32 as f64,
+        DType::F16 => f16::from_f32(v32).to_f64(),
+        DType::BF16 => bf16::from_f32(v32).to_f64(),
     }
 }
 
@@ -259,6 +263,10 @@ mod tests {
         assert_eq!(round(DType::F16, 65520.0), f64::INFINITY);
         assert_eq!(round(DType::BF16, 1.0 + 2f64.powi(-8)), 1.0);
         assert!(round(DType::BF16, f64::NAN).is_nan());
+        // Just above the f16 tie 1 + 2^-11: f32 drops the 2^-40, and the tie goes to even.
+        let above_tie = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(round(DType::F16, above_tie), 1.0);
+        assert_eq!(round(DType::BF16, 1.0 + 2f64.powi(-8) + 2f64.powi(-40)), 1.0);
     }
 
     #[test]
