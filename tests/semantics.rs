@@ -1,5 +1,6 @@
 //! One scalar semantics: an op whose operands are literals is folded by the checker; the same
-//! op on tensors is run by the f64 reference evaluator and by the CPU executor. All three
+//! op on tensors (f32, f16, bf16) is run by the f64 reference evaluator and by the CPU
+//! executor. All three
 //! must agree on NaN, ±inf, ±0, subnormals and ordinary values, for every elementwise op:
 //! the folded value and the reference bit for bit (or both NaN, whatever the payload), the
 //! CPU executor bit for bit on the correctly rounded ops and within the op's documented
@@ -90,14 +91,14 @@ fn binary_text(op: BinaryOp, a: &str, b: &str) -> String {
     }
 }
 
-/// Compiles `source`, feeds `args` as the rank-0 f32 inputs, and returns the single output
-/// as the reference evaluator and the CPU executor compute it.
-fn run(source: &str, args: &[f32]) -> Result<(f32, f32), String> {
+/// Compiles `source`, feeds `args` as the rank-0 inputs of `dtype`, and returns the single
+/// output as the reference evaluator and the CPU executor compute it.
+fn run(source: &str, dtype: DType, args: &[f32]) -> Result<(f32, f32), String> {
     let program = tc_compiler::compile(source, &CompileOptions::default())
         .map_err(|d| format!("does not compile: {d:?}\n{source}"))?;
     let inputs: Vec<HostTensor> = args
         .iter()
-        .map(|&v| HostTensor::from_f32(DType::F32, vec![], &[v]))
+        .map(|&v| HostTensor::from_f32(dtype, vec![], &[v]))
         .collect();
     let want = reference::evaluate(&program.checked, &inputs, &[])
         .map_err(|e| format!("reference: {e}\n{source}"))?;
@@ -111,19 +112,63 @@ fn same(a: f32, b: f32) -> bool {
     (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits()
 }
 
-/// The CPU executor's `got` against the reference's `want`: bit for bit, or (for the ops
-/// that are not correctly rounded in f32) within the op's documented accuracy.
-fn cpu_agrees(acc: eval::Accuracy, got: f32, want: f32) -> bool {
-    same(got, want) || acc.admits(got, want as f64)
+/// Where `x` of `dtype` lies among that dtype's values, in order (±0 both at 0).
+fn rank(dtype: DType, x: f32) -> i64 {
+    let bits = match dtype {
+        DType::F32 => x.to_bits() as i64,
+        DType::F16 => half::f16::from_f32(x).to_bits() as i64,
+        DType::BF16 => half::bf16::from_f32(x).to_bits() as i64,
+    };
+    let sign = 1i64 << (8 * dtype.size() - 1);
+    if bits & sign != 0 {
+        -(bits & (sign - 1))
+    } else {
+        bits
+    }
 }
 
-/// Checks one unary op at `x`: folded, reference and CPU executor.
-fn check_unary(op: UnaryOp, x: f32) -> Result<(), String> {
-    let folded = format!("y = {}\noutput y\n", unary_text(op, &literal(x)));
-    let tensor = format!("input a : f32[]\ny = {}\noutput y\n", unary_text(op, "a"));
-    let (fold_ref, fold_cpu) = run(&folded, &[])?;
-    let (ten_ref, ten_cpu) = run(&tensor, &[x])?;
-    let what = format!("{}({x:e} = {:#x})", op.name(), x.to_bits());
+/// The CPU executor's `got` against the reference's `want`, both of `dtype`: bit for bit,
+/// or (for the ops that are not correctly rounded in f32) within the op's documented
+/// accuracy, or, in f16 and bf16, one step of that dtype away (an f32 result within its
+/// accuracy may round to the neighbour of the exact value's rounding).
+fn cpu_agrees(dtype: DType, acc: eval::Accuracy, got: f32, want: f32) -> bool {
+    if same(got, want) {
+        return true;
+    }
+    if acc == eval::Accuracy::EXACT || got.is_nan() || want.is_nan() {
+        return false;
+    }
+    acc.admits(got, want as f64)
+        || (dtype != DType::F32
+            && got.is_finite()
+            && want.is_finite()
+            && (rank(dtype, got) - rank(dtype, want)).abs() <= 1)
+}
+
+/// `x` rounded to `dtype` (the value an input of that dtype can hold).
+fn to(dtype: DType, x: f32) -> f32 {
+    eval::round(dtype, x as f64) as f32
+}
+
+/// `y = expr` in `dtype`: a cast of a folded weak scalar, which keeps its value until then.
+fn folded_in(dtype: DType, expr: &str) -> String {
+    match dtype {
+        DType::F32 => format!("y = {expr}\noutput y\n"),
+        _ => format!("y = {dtype}({expr})\noutput y\n"),
+    }
+}
+
+/// Checks one unary op at `x` in `dtype`: folded, reference and CPU executor.
+fn check_unary(dtype: DType, op: UnaryOp, x: f32) -> Result<(), String> {
+    let x = to(dtype, x);
+    let folded = folded_in(dtype, &unary_text(op, &literal(x)));
+    let tensor = format!(
+        "input a : {dtype}[]\ny = {}\noutput y\n",
+        unary_text(op, "a")
+    );
+    let (fold_ref, fold_cpu) = run(&folded, dtype, &[])?;
+    let (ten_ref, ten_cpu) = run(&tensor, dtype, &[x])?;
+    let what = format!("{dtype} {}({x:e} = {:#x})", op.name(), x.to_bits());
     if !same(fold_ref, ten_ref) {
         return Err(format!(
             "{what}: folded {fold_ref:e} but the reference runs it to {ten_ref:e}\n{folded}"
@@ -131,12 +176,12 @@ fn check_unary(op: UnaryOp, x: f32) -> Result<(), String> {
     }
     // Folded, a constant the CPU stores as is (`gelu` and `erf` of a literal stay nodes).
     let acc = eval::unary_accuracy(op);
-    if !cpu_agrees(acc, fold_cpu, fold_ref) {
+    if !cpu_agrees(dtype, acc, fold_cpu, fold_ref) {
         return Err(format!(
             "{what}: folded to {fold_ref:e}, the CPU computes {fold_cpu:e}"
         ));
     }
-    if !cpu_agrees(acc, ten_cpu, ten_ref) {
+    if !cpu_agrees(dtype, acc, ten_cpu, ten_ref) {
         return Err(format!(
             "{what}: the CPU executor computes {ten_cpu:e}, the reference {ten_ref:e}"
         ));
@@ -144,20 +189,18 @@ fn check_unary(op: UnaryOp, x: f32) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks one binary op at `(x, y)`: folded, reference and CPU executor.
-fn check_binary(op: BinaryOp, x: f32, y: f32) -> Result<(), String> {
-    let folded = format!(
-        "y = {}\noutput y\n",
-        binary_text(op, &literal(x), &literal(y))
-    );
+/// Checks one binary op at `(x, y)` in `dtype`: folded, reference and CPU executor.
+fn check_binary(dtype: DType, op: BinaryOp, x: f32, y: f32) -> Result<(), String> {
+    let (x, y) = (to(dtype, x), to(dtype, y));
+    let folded = folded_in(dtype, &binary_text(op, &literal(x), &literal(y)));
     let tensor = format!(
-        "input a : f32[]\ninput b : f32[]\ny = {}\noutput y\n",
+        "input a : {dtype}[]\ninput b : {dtype}[]\ny = {}\noutput y\n",
         binary_text(op, "a", "b")
     );
-    let (fold_ref, fold_cpu) = run(&folded, &[])?;
-    let (ten_ref, ten_cpu) = run(&tensor, &[x, y])?;
+    let (fold_ref, fold_cpu) = run(&folded, dtype, &[])?;
+    let (ten_ref, ten_cpu) = run(&tensor, dtype, &[x, y])?;
     let what = format!(
-        "{}({x:e} = {:#x}, {y:e} = {:#x})",
+        "{dtype} {}({x:e} = {:#x}, {y:e} = {:#x})",
         op.name(),
         x.to_bits(),
         y.to_bits()
@@ -169,12 +212,12 @@ fn check_binary(op: BinaryOp, x: f32, y: f32) -> Result<(), String> {
     }
     // Folded, a constant the CPU stores as is (`gelu` and `erf` of a literal stay nodes).
     let acc = eval::binary_accuracy(op);
-    if !cpu_agrees(acc, fold_cpu, fold_ref) {
+    if !cpu_agrees(dtype, acc, fold_cpu, fold_ref) {
         return Err(format!(
             "{what}: folded to {fold_ref:e}, the CPU computes {fold_cpu:e}"
         ));
     }
-    if !cpu_agrees(acc, ten_cpu, ten_ref) {
+    if !cpu_agrees(dtype, acc, ten_cpu, ten_ref) {
         return Err(format!(
             "{what}: the CPU executor computes {ten_cpu:e}, the reference {ten_ref:e}"
         ));
@@ -186,15 +229,17 @@ fn check_binary(op: BinaryOp, x: f32, y: f32) -> Result<(), String> {
 fn folding_and_running_agree_on_special_values_for_every_op() {
     let mut failures = Vec::new();
     let xs = specials();
-    for op in UnaryOp::ALL {
-        for &x in &xs {
-            failures.extend(check_unary(op, x).err());
+    for dtype in DType::ALL {
+        for op in UnaryOp::ALL {
+            for &x in &xs {
+                failures.extend(check_unary(dtype, op, x).err());
+            }
         }
-    }
-    for op in BINARY {
-        for &x in &xs {
-            for &y in &xs {
-                failures.extend(check_binary(op, x, y).err());
+        for op in BINARY {
+            for &x in &xs {
+                for &y in &xs {
+                    failures.extend(check_binary(dtype, op, x, y).err());
+                }
             }
         }
     }
@@ -230,17 +275,19 @@ fn folding_and_running_agree_on_random_values() {
         failure_persistence: None,
         ..Config::default()
     });
+    let dtype = || proptest::sample::select(DType::ALL.to_vec());
     let unary = proptest::sample::select(UnaryOp::ALL.to_vec());
-    let result = runner.run(&(unary, any_f32()), |(op, x)| {
-        check_unary(op, x).map_err(TestCaseError::fail)
+    let result = runner.run(&(dtype(), unary, any_f32()), |(dt, op, x)| {
+        check_unary(dt, op, x).map_err(TestCaseError::fail)
     });
     if let Err(e) = result {
         panic!("{e}");
     }
     let binary = proptest::sample::select(BINARY.to_vec());
-    let result = runner.run(&(binary, any_f32(), any_f32()), |(op, x, y)| {
-        check_binary(op, x, y).map_err(TestCaseError::fail)
-    });
+    let result = runner.run(
+        &(dtype(), binary, any_f32(), any_f32()),
+        |(dt, op, x, y)| check_binary(dt, op, x, y).map_err(TestCaseError::fail),
+    );
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -250,10 +297,11 @@ fn folding_and_running_agree_on_random_values() {
 /// `maximum(log(z), 0)` with `z = -1` runs to NaN on every path.
 #[test]
 fn a_folded_maximum_of_nan_is_nan_as_on_tensors() {
-    let (fold_ref, fold_cpu) =
-        run("y = maximum(log(0 - 1), 0)\noutput y\n", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let (fold_ref, fold_cpu) = run("y = maximum(log(0 - 1), 0)\noutput y\n", DType::F32, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
     let (ten_ref, ten_cpu) = run(
         "input z : f32[]\ny = maximum(log(z), 0)\noutput y\n",
+        DType::F32,
         &[-1.0],
     )
     .unwrap_or_else(|e| panic!("{e}"));

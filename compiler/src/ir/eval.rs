@@ -266,7 +266,10 @@ mod tests {
         // Just above the f16 tie 1 + 2^-11: f32 drops the 2^-40, and the tie goes to even.
         let above_tie = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
         assert_eq!(round(DType::F16, above_tie), 1.0);
-        assert_eq!(round(DType::BF16, 1.0 + 2f64.powi(-8) + 2f64.powi(-40)), 1.0);
+        assert_eq!(
+            round(DType::BF16, 1.0 + 2f64.powi(-8) + 2f64.powi(-40)),
+            1.0
+        );
     }
 
     #[test]
