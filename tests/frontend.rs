@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use tc_compiler::ir::{text, verify::verify};
+use tc_compiler::ErrorKind;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -62,27 +63,44 @@ fn header_dims(source: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Every bad program fails to check, every diagnostic has a code and (unless it is about a
-/// `--dim` override) a primary span, and the rendered diagnostics are snapshotted.
+/// A bad program's diagnostics: those of `check`, or, for a program that checks, those of the
+/// whole pipeline (errors only the planner can see, such as `tensor-too-large`).
+fn bad_diagnostics(path: &Path) -> (String, Vec<tc_compiler::Diagnostic>) {
+    let source = std::fs::read_to_string(path).expect("readable bad program");
+    let name = format!("{}.tx", stem(path));
+    let dims = header_dims(&source);
+    let diags = match tc_compiler::check(&source, &dims) {
+        Err(d) => d,
+        Ok(_) => {
+            let options = tc_compiler::CompileOptions {
+                dims,
+                ..Default::default()
+            };
+            match tc_compiler::compile(&source, &options) {
+                Ok(_) => panic!("{name} checked and compiled without errors"),
+                Err(d) => d,
+            }
+        }
+    };
+    (source, diags)
+}
+
+/// Every bad program fails to check (or to compile), every diagnostic has (unless it is about
+/// a `--dim` override) a primary span, and the rendered diagnostics are snapshotted.
 #[test]
 fn bad_programs_render_their_diagnostics() {
     let files = tx_files("tests/in/bad");
     assert!(files.len() >= 30, "only {} bad programs", files.len());
     for path in files {
-        let source = std::fs::read_to_string(&path).expect("readable bad program");
         let name = format!("{}.tx", stem(&path));
-        let diags = match tc_compiler::check(&source, &header_dims(&source)) {
-            Ok(_) => panic!("{name} checked without errors"),
-            Err(d) => d,
-        };
+        let (source, diags) = bad_diagnostics(&path);
         assert!(!diags.is_empty(), "{name}: empty error list");
         for d in &diags {
-            assert!(!d.code.is_empty(), "{name}: a diagnostic without a code");
-            if !d.code.starts_with("unknown-dim-override") {
+            if d.kind != ErrorKind::UnknownDimOverride {
                 assert!(
                     d.primary_span().is_some(),
                     "{name}: {} has no primary span",
-                    d.code
+                    d.kind
                 );
             }
             spans_ok(&source, d);
@@ -100,7 +118,7 @@ fn spans_ok(source: &str, d: &tc_compiler::Diagnostic) {
                 && source.is_char_boundary(l.span.start)
                 && source.is_char_boundary(l.span.end),
             "{}: span {:?} outside the source or off a char boundary",
-            d.code,
+            d.kind,
             l.span
         );
     }
@@ -123,7 +141,7 @@ fn check_ok(source: &str) -> tc_compiler::ir::Graph {
 fn codes(source: &str, dims: &[(String, u64)]) -> Vec<&'static str> {
     match tc_compiler::check(source, dims) {
         Ok(_) => Vec::new(),
-        Err(d) => d.iter().map(|d| d.code).collect(),
+        Err(d) => d.iter().map(|d| d.code()).collect(),
     }
 }
 
@@ -363,6 +381,76 @@ mod never_panics {
         #[test]
         fn random_statements(toks in proptest::collection::vec(proptest::sample::select(VOCAB), 0..12)) {
             check_one(&format!("{PRELUDE}z = {}\noutput z", toks.join(" ")));
+        }
+    }
+}
+
+// ---- Error kinds (issue 11) and front-end defects (issue 12) ----
+
+/// The rows of the error-kind table in `docs/reliability.md`: code, meaning, exit, case.
+fn error_kind_table() -> Vec<[String; 4]> {
+    let doc = std::fs::read_to_string(root().join("docs/reliability.md")).expect("the doc");
+    let section = doc
+        .split("\n## Error kinds\n")
+        .nth(1)
+        .expect("docs/reliability.md has an `## Error kinds` section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect();
+            assert_eq!(cells.len(), 4, "a row of four cells: {l}");
+            [
+                cells[0].trim_matches('`').to_string(),
+                cells[1].clone(),
+                cells[2].clone(),
+                cells[3].clone(),
+            ]
+        })
+        .collect()
+}
+
+/// Every `ErrorKind` has one row in `docs/reliability.md` with its exit code, and each error
+/// case the row names is a file in `tests/in/bad/` that gives that kind; a kind with no case
+/// says why it cannot come from a program.
+#[test]
+fn every_error_kind_is_documented_and_has_a_case() {
+    let rows = error_kind_table();
+    let documented: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+    assert_eq!(
+        documented, kinds,
+        "the table lists every kind once, in enum order"
+    );
+    for [code, meaning, exit, case] in &rows {
+        let kind = ErrorKind::from_code(code).expect("a known code");
+        assert!(!meaning.is_empty(), "{code}: no meaning");
+        assert_eq!(exit, &kind.exit_code().to_string(), "{code}: exit code");
+        if let Some(reason) = case.strip_prefix("none:") {
+            assert!(reason.trim().len() > 10, "{code}: say why there is no case");
+            continue;
+        }
+        let files: Vec<&str> = case
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|f| f.ends_with(".tx"))
+            .collect();
+        assert!(!files.is_empty(), "{code}: no error case named in `{case}`");
+        for f in files {
+            let path = root().join("tests/in/bad").join(f);
+            assert!(path.exists(), "{code}: {f} is not in tests/in/bad");
+            let (_, diags) = bad_diagnostics(&path);
+            assert!(
+                diags.iter().any(|d| d.kind == kind),
+                "{code}: {f} gives {:?}",
+                diags.iter().map(|d| d.code()).collect::<Vec<_>>()
+            );
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod report;
 pub mod schedule;
 pub mod syntax;
 
-pub use diag::{Diagnostic, Diagnostics, Span};
+pub use diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 pub use schedule::{Plan, PlanOptions};
 
 /// Everything `compile` needs besides the source.

@@ -8,7 +8,7 @@ mod builtins;
 mod expr;
 mod hint;
 
-use crate::diag::{Diagnostic, Diagnostics, Span};
+use crate::diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 use crate::ir::layout::{apply_view, Layout};
 use crate::ir::{DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, TensorType};
 use crate::syntax::ast::{DeclKind, Expr, Ident, Program, StmtKind, TypeExpr};
@@ -94,7 +94,7 @@ impl<'s> Checker<'s> {
             self.overflowed = true;
             self.error(
                 Diagnostic::error(
-                    "size-overflow",
+                    ErrorKind::SizeOverflow,
                     format!("the tensor {ty} has more elements than 64 bits can count"),
                 )
                 .with_primary(span.clone(), format!("this is {ty}"))
@@ -179,7 +179,7 @@ impl<'s> Checker<'s> {
             if !used {
                 let dims: Vec<&str> = self.graph.dims.iter().map(|(n, _)| n.as_str()).collect();
                 let mut d = Diagnostic::error(
-                    "unknown-dim-override",
+                    ErrorKind::UnknownDimOverride,
                     format!("`--dim {name}={value}` names no dim of this program"),
                 );
                 d = match hint::nearest(&name, dims.iter().copied()) {
@@ -193,7 +193,7 @@ impl<'s> Checker<'s> {
         if !saw_output && !broken {
             let end = self.source.len();
             self.error(
-                Diagnostic::error("no-output", "the program has no `output` statement")
+                Diagnostic::error(ErrorKind::NoOutput, "the program has no `output` statement")
                     .with_primary(end..end, "expected `output NAME` by here")
                     .with_help("mark at least one result, e.g. `output y`"),
             );
@@ -206,7 +206,7 @@ impl<'s> Checker<'s> {
             let first = first.clone();
             self.error(
                 Diagnostic::error(
-                    "duplicate-name",
+                    ErrorKind::DuplicateName,
                     format!("`{}` is already bound", name.name),
                 )
                 .with_primary(name.span.clone(), "bound a second time here")
@@ -219,7 +219,7 @@ impl<'s> Checker<'s> {
     }
 
     fn dim(&mut self, name: &Ident, size: &Expr) {
-        let written = self.const_int(size, "bad-dim");
+        let written = self.const_int(size, ErrorKind::BadDim);
         let mut value = written;
         if let Some(o) = self.overrides.iter_mut().find(|o| o.0 == name.name) {
             o.2 = true;
@@ -227,7 +227,7 @@ impl<'s> Checker<'s> {
             if o.1 == 0 {
                 self.error(
                     Diagnostic::error(
-                        "bad-dim",
+                        ErrorKind::BadDim,
                         format!("`--dim {}=0`: a dim must be positive", name.name),
                     )
                     .with_primary(name.span.clone(), "the dim declared here"),
@@ -247,8 +247,11 @@ impl<'s> Checker<'s> {
                 "a dim must fit in 64 bits"
             };
             self.error(
-                Diagnostic::error("bad-dim", format!("dim `{}` is {v}: {msg}", name.name))
-                    .with_primary(size.span.clone(), format!("this is {v}")),
+                Diagnostic::error(
+                    ErrorKind::BadDim,
+                    format!("dim `{}` is {v}: {msg}", name.name),
+                )
+                .with_primary(size.span.clone(), format!("this is {v}")),
             );
             self.bind(name, Binding::Poison);
             return;
@@ -268,7 +271,7 @@ impl<'s> Checker<'s> {
         if t.bytes().is_none() {
             self.error(
                 Diagnostic::error(
-                    "size-overflow",
+                    ErrorKind::SizeOverflow,
                     format!("`{}` has more elements than 64 bits can count", name.name),
                 )
                 .with_primary(ty.span.clone(), format!("this is {t}")),
@@ -308,7 +311,7 @@ impl<'s> Checker<'s> {
         let dtype = DType::from_name(&ty.dtype.name);
         if dtype.is_none() {
             let mut d = Diagnostic::error(
-                "unknown-dtype",
+                ErrorKind::UnknownDtype,
                 format!("unknown dtype `{}`", ty.dtype.name),
             )
             .with_primary(ty.dtype.span.clone(), "not a dtype")
@@ -331,7 +334,7 @@ impl<'s> Checker<'s> {
         let mut out = Vec::new();
         let mut ok = true;
         for item in items {
-            let Some(v) = self.const_int(item, "bad-shape") else {
+            let Some(v) = self.const_int(item, ErrorKind::BadShape) else {
                 ok = false;
                 continue;
             };
@@ -341,8 +344,11 @@ impl<'s> Checker<'s> {
             }
             if v <= 0 || v > i128::from(u64::MAX) {
                 self.error(
-                    Diagnostic::error("bad-shape", format!("a size must be positive, got {v}"))
-                        .with_primary(item.span.clone(), format!("this is {v}")),
+                    Diagnostic::error(
+                        ErrorKind::BadShape,
+                        format!("a size must be positive, got {v}"),
+                    )
+                    .with_primary(item.span.clone(), format!("this is {v}")),
                 );
                 ok = false;
                 continue;
@@ -366,7 +372,7 @@ impl<'s> Checker<'s> {
         if self.graph.outputs.iter().any(|o| o.name == n.name) {
             self.error(
                 Diagnostic::error(
-                    "duplicate-output",
+                    ErrorKind::DuplicateOutput,
                     format!("`{}` is already an output", n.name),
                 )
                 .with_primary(n.span.clone(), "listed again here"),
@@ -404,7 +410,7 @@ impl<'s> Checker<'s> {
     }
 
     fn unknown_name(&mut self, name: &str, span: &Span) {
-        let mut d = Diagnostic::error("unknown-name", format!("unknown name `{name}`"))
+        let mut d = Diagnostic::error(ErrorKind::UnknownName, format!("unknown name `{name}`"))
             .with_primary(span.clone(), "not bound before this line");
         if let Some(later) = self.later.get(name).cloned() {
             d = d

@@ -8,7 +8,7 @@
 
 use super::ast::*;
 use super::lexer::{lex, Token};
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Diagnostic, ErrorKind, Span};
 use chumsky::error::RichPattern;
 use chumsky::input::{Input as _, ValueInput};
 use chumsky::prelude::*;
@@ -53,7 +53,7 @@ pub fn parse(source: &str) -> (Program, Vec<Diagnostic>) {
                 let text = &source[s.clone()];
                 diags.push(
                     Diagnostic::error(
-                        "bad-token",
+                        ErrorKind::BadToken,
                         format!("unexpected character `{}`", text.escape_debug()),
                     )
                     .with_primary(s.clone(), "not part of the language")
@@ -229,7 +229,7 @@ fn nesting_error(stmt: &[(Tok, Span)]) -> Option<Diagnostic> {
         negs = if unary_minus { negs + 1 } else { 0 };
         if brackets + pows + negs > MAX_NESTING {
             return Some(
-                Diagnostic::error("too-deep", "nesting too deep")
+                Diagnostic::error(ErrorKind::TooDeep, "nesting too deep")
                     .with_primary(
                         s.clone(),
                         format!("more than {MAX_NESTING} levels of nesting here"),
@@ -268,8 +268,8 @@ fn syntax_diag(e: &Rich<'_, Tok<'_>, SimpleSpan>) -> Diagnostic {
         format!("expected {}", expected.join(", "))
     };
     let span = e.span().into_range();
-    let mut d =
-        Diagnostic::error("syntax", format!("unexpected {found}")).with_primary(span, label);
+    let mut d = Diagnostic::error(ErrorKind::Syntax, format!("unexpected {found}"))
+        .with_primary(span, label);
     if let Some((ctx, cspan)) = e.contexts().next() {
         d = d.with_secondary(cspan.into_range(), format!("in this {ctx}"));
     }
@@ -563,7 +563,7 @@ mod tests {
     fn deep_nesting_is_a_diagnostic() {
         let src = format!("y = {}x{}", "(".repeat(100_000), ")".repeat(100_000));
         let (_, d) = parse(&src);
-        assert_eq!(d[0].code, "too-deep");
+        assert_eq!(d[0].kind, ErrorKind::TooDeep);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub fn render(path: &str, source: &str, diags: &[Diagnostic], color: bool) -> St
         if let Err(e) = report(path, source, d, color).write((path, Source::from(source)), &mut out)
         {
             // Writing to a Vec cannot fail in practice; fall back to the plain message.
-            out.extend(format!("error[{}]: {} ({e})\n", d.code, d.message).into_bytes());
+            out.extend(format!("error[{}]: {} ({e})\n", d.code(), d.message).into_bytes());
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -29,7 +29,7 @@ fn plain(d: &Diagnostic) -> String {
         Severity::Error => "Error",
         Severity::Warning => "Warning",
     };
-    let mut s = format!("[{}] {kind}: {}\n", d.code, d.message);
+    let mut s = format!("[{}] {kind}: {}\n", d.code(), d.message);
     for n in &d.notes {
         s.push_str(&format!("    Note: {n}\n"));
     }
@@ -60,7 +60,7 @@ fn report<'a>(
                 .with_color(color)
                 .with_index_type(IndexType::Byte),
         )
-        .with_code(d.code)
+        .with_code(d.code())
         .with_message(&d.message);
     for l in &d.labels {
         let c = if l.primary { Color::Red } else { Color::Blue };
@@ -95,12 +95,13 @@ fn clamp(source: &str, span: std::ops::Range<usize>) -> std::ops::Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tc_compiler::ErrorKind;
 
     #[test]
     fn caret_lands_under_the_span_after_non_ascii() {
         let src = "# é€\ny = zz\n";
         let start = src.find("zz").expect("zz");
-        let d = Diagnostic::error("unknown-name", "unknown name `zz`")
+        let d = Diagnostic::error(ErrorKind::UnknownName, "unknown name `zz`")
             .with_primary(start..start + 2, "here");
         let out = render("t.tx", src, &[d], false);
         assert!(out.contains("[unknown-name]"), "{out}");

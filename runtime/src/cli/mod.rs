@@ -69,8 +69,9 @@ fn read_source(file: &Path) -> Result<Source, CliError> {
             let at = e.utf8_error().valid_up_to();
             let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
             Err(CliError::Program(format!(
-                "error[invalid-utf8]: `{path}` is not valid UTF-8 (line {line}, byte {at})\n  \
-                 = help: .tx files are UTF-8 text; re-save the file as UTF-8"
+                "error[{}]: `{path}` is not valid UTF-8 (line {line}, byte {at})\n  \
+                 = help: .tx files are UTF-8 text; re-save the file as UTF-8",
+                tc_compiler::ErrorKind::InvalidUtf8
             )))
         }
     }
