@@ -454,3 +454,30 @@ fn every_error_kind_is_documented_and_has_a_case() {
         }
     }
 }
+
+/// The invariants listed in `docs/architecture.md` are `Invariant::ALL`: same numbers, same
+/// titles, in order.
+#[test]
+fn invariants_are_numbered_once() {
+    use tc_compiler::invariant::Invariant;
+    let doc = std::fs::read_to_string(root().join("docs/architecture.md")).expect("the doc");
+    let section = doc
+        .split("\n## Invariants\n")
+        .nth(1)
+        .expect("an Invariants section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let items: Vec<(u32, String)> = section
+        .lines()
+        .filter_map(|l| {
+            let (n, rest) = l.split_once(". **")?;
+            let n: u32 = n.parse().ok()?;
+            let title = rest.split_once(".**")?.0;
+            Some((n, title.to_string()))
+        })
+        .collect();
+    let want: Vec<(u32, String)> = Invariant::ALL
+        .iter()
+        .map(|i| (i.number(), i.title().to_string()))
+        .collect();
+    assert_eq!(items, want);
+}
