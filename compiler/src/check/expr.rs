@@ -355,7 +355,7 @@ impl Checker<'_> {
                 Some((super::Binding::Poison, _)) => None,
                 Some(_) => fail(err, &e.span, format!("`{n}` is a tensor, not a dim")),
                 None => {
-                    self.unknown_name(n, &e.span);
+                    self.unknown_name(n, &e.span, super::Want::Dim);
                     None
                 }
             },

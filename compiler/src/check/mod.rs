@@ -28,6 +28,30 @@ pub fn check_source(source: &str, dims: &[(String, u64)]) -> Result<Graph, Diagn
     }
 }
 
+/// The message of a `size-overflow` about `what` (of type `ty`): the element count when it
+/// does not fit in 64 bits, else the byte count, which is what overflowed.
+fn too_big(what: &str, ty: &TensorType) -> String {
+    match ty.numel() {
+        None => format!("{what} has more elements than 64 bits can count"),
+        Some(n) => format!(
+            "{what} has {n} elements of {} bytes: more bytes than 64 bits can count",
+            ty.dtype.size()
+        ),
+    }
+}
+
+/// Near-miss hints are looked for only for this many unknown names.
+const MAX_HINTS: usize = 100;
+
+/// What kind of name a place in the program needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// A tensor or a weak scalar: an operand in an expression.
+    Value,
+    /// A dim: in a shape, a dim's size or an axis.
+    Dim,
+}
+
 /// What a name is bound to.
 #[derive(Clone, Debug)]
 enum Binding {
@@ -61,6 +85,8 @@ struct Checker<'s> {
     diags: Diagnostics,
     /// Set when a node of the current statement overflowed (reported once per statement).
     overflowed: bool,
+    /// How many unknown names have been given a near-miss hint (see `MAX_HINTS`).
+    hints: usize,
 }
 
 impl<'s> Checker<'s> {
@@ -77,6 +103,7 @@ impl<'s> Checker<'s> {
             overrides: dims.iter().map(|(n, v)| (n.clone(), *v, false)).collect(),
             diags: Vec::new(),
             overflowed: false,
+            hints: 0,
         }
     }
 
@@ -95,7 +122,7 @@ impl<'s> Checker<'s> {
             self.error(
                 Diagnostic::error(
                     ErrorKind::SizeOverflow,
-                    format!("the tensor {ty} has more elements than 64 bits can count"),
+                    too_big(&format!("the tensor {ty}"), &ty),
                 )
                 .with_primary(span.clone(), format!("this is {ty}"))
                 .with_help("check the dims (and any `--dim` overrides)"),
@@ -272,7 +299,7 @@ impl<'s> Checker<'s> {
             self.error(
                 Diagnostic::error(
                     ErrorKind::SizeOverflow,
-                    format!("`{}` has more elements than 64 bits can count", name.name),
+                    too_big(&format!("`{}`", name.name), &t),
                 )
                 .with_primary(ty.span.clone(), format!("this is {t}")),
             );
@@ -403,24 +430,35 @@ impl<'s> Checker<'s> {
             Some((Binding::Weak(v), _)) => Val::Weak(*v),
             Some((Binding::Poison, _)) => Val::Error,
             None => {
-                self.unknown_name(name, span);
+                self.unknown_name(name, span, Want::Value);
                 Val::Error
             }
         }
     }
 
-    fn unknown_name(&mut self, name: &str, span: &Span) {
+    /// Reports an unknown `name` used where a `want` belongs. A near-miss hint offers only
+    /// names of that kind, and only for the first `MAX_HINTS` unknown names: finding one
+    /// scans every bound name, and a file of thousands of errors must stay linear (the
+    /// command line prints only the first errors anyway).
+    fn unknown_name(&mut self, name: &str, span: &Span, want: Want) {
         let mut d = Diagnostic::error(ErrorKind::UnknownName, format!("unknown name `{name}`"))
             .with_primary(span.clone(), "not bound before this line");
         if let Some(later) = self.later.get(name).cloned() {
             d = d
                 .with_secondary(later, "bound here, later")
                 .with_help(format!("bind `{name}` before using it"));
-        } else if builtins::is_builtin(name) {
+        } else if want == Want::Value && builtins::is_builtin(name) {
             d = d.with_help(format!("`{name}` is a function: call it as `{name}(…)`"));
-        } else {
-            let names: Vec<String> = self.env.keys().cloned().collect();
-            if let Some(h) = hint::nearest(name, names.iter().map(String::as_str)) {
+        } else if self.hints < MAX_HINTS {
+            self.hints += 1;
+            let names = self.env.iter().filter_map(|(n, (b, _))| {
+                let kind = match b {
+                    Binding::Dim(_) => Want::Dim,
+                    Binding::Tensor(_) | Binding::Weak(_) | Binding::Poison => Want::Value,
+                };
+                (kind == want).then_some(n.as_str())
+            });
+            if let Some(h) = hint::nearest(name, names) {
                 d = d.with_help(format!("did you mean `{h}`?"));
             }
         }
