@@ -307,4 +307,44 @@ mod tests {
         assert_eq!(e.invariant, Invariant::ExplicitBroadcast, "{e}");
         assert!(e.message.contains("left operand"), "{e}");
     }
+
+    fn node(g: &mut Graph, op: Op, dtype: DType, sizes: &[u64]) -> NodeId {
+        let ty = TensorType::new(dtype, sizes.iter().map(|&s| Dim::new(s)).collect());
+        g.push(Node { op, ty, name: None }, origin())
+    }
+
+    /// Each broken graph names the invariant of `docs/architecture.md` it breaks.
+    #[test]
+    fn violations_name_their_invariant() {
+        use crate::ir::UnaryOp;
+        let f32 = DType::F32;
+        // 3: a reshape of a transposed tensor has no strides (the checker would copy first).
+        let mut g = Graph::new();
+        let x = node(&mut g, Op::Input { index: 0 }, f32, &[4, 6]);
+        let t = node(&mut g, Op::View(ViewOp::Transpose, x), f32, &[6, 4]);
+        node(&mut g, Op::View(ViewOp::Reshape, t), f32, &[24]);
+        assert_eq!(
+            verify(&g).map_err(|e| e.invariant),
+            Err(Invariant::ViewsNeverCopy)
+        );
+        // 11: exp changes the shape.
+        let mut g = Graph::new();
+        let x = node(&mut g, Op::Input { index: 0 }, f32, &[4]);
+        node(&mut g, Op::Unary(UnaryOp::Exp, x), f32, &[5]);
+        assert_eq!(
+            verify(&g).map_err(|e| e.invariant),
+            Err(Invariant::TypesFollowOps)
+        );
+        // 1: an operand that does not precede its user.
+        let mut g = Graph::new();
+        node(&mut g, Op::Unary(UnaryOp::Exp, NodeId(1)), f32, &[4]);
+        node(&mut g, Op::Input { index: 0 }, f32, &[4]);
+        let e = verify(&g).expect_err("operand after its user");
+        assert_eq!(e.invariant, Invariant::OperandsFirst, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("invariant 1 (Operands come first): "),
+            "{e}"
+        );
+    }
 }
