@@ -1,5 +1,6 @@
 //! The command line's grammar (clap): `tc check|run|emit|bench`, exactly as SPEC §2 lists.
 
+use crate::backend::Repeats;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -116,19 +117,19 @@ pub struct EmitArgs {
     pub device: DeviceChoice,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub compile: CompileArgs,
     #[command(flatten)]
     pub exec: ExecArgs,
-    /// Timed runs per variant (the median is reported).
-    #[arg(long, default_value_t = 20)]
-    pub runs: usize,
-    /// Untimed runs before timing.
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
+    /// Timed runs per variant (the median is reported), 1 to 1000000.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=Repeats::MAX))]
+    pub runs: u64,
+    /// Untimed runs before timing, 0 to 1000000.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=Repeats::MAX))]
+    pub warmup: u64,
 }
 
 fn parse_dim(s: &str) -> Result<(String, u64), String> {
@@ -153,4 +154,50 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
         return Err(format!("expected NAME=FILE.npy, got `{s}`"));
     }
     Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// Checks across options that clap cannot make: a dim given twice with `--dim` (exit 1, as
+/// an input given twice with `--input` is), and standard input (`-`) named more than once —
+/// as the program, an `--input` or `--params` — since it can be read only once (exit 2).
+pub fn validate(command: &Command) -> Result<(), super::CliError> {
+    let (file, dims, exec) = match command {
+        Command::Check { file, dims } => (file, dims, None),
+        Command::Run(a) => (&a.file, &a.compile.dims, Some(&a.exec)),
+        Command::Emit(a) => (&a.file, &a.compile.dims, None),
+        Command::Bench(a) => (&a.file, &a.compile.dims, Some(&a.exec)),
+    };
+    for (i, (name, _)) in dims.iter().enumerate() {
+        if dims[..i].iter().any(|(n, _)| n == name) {
+            let values: Vec<String> = dims
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| format!("--dim {name}={v}"))
+                .collect();
+            return Err(super::CliError::Program(format!(
+                "error: `{name}` is given twice with --dim ({})",
+                values.join(", ")
+            )));
+        }
+    }
+    let mut readers: Vec<String> = Vec::new();
+    if file.as_os_str() == "-" {
+        readers.push("the program".into());
+    }
+    if let Some(exec) = exec {
+        for (name, path) in &exec.inputs {
+            if path.as_os_str() == "-" {
+                readers.push(format!("--input {name}=-"));
+            }
+        }
+        if exec.params.as_ref().is_some_and(|p| p.as_os_str() == "-") {
+            readers.push("--params -".into());
+        }
+    }
+    if readers.len() > 1 {
+        return Err(super::CliError::Usage(format!(
+            "standard input (`-`) is given to {}, but it can be read only once",
+            readers.join(" and ")
+        )));
+    }
+    Ok(())
 }
