@@ -161,7 +161,7 @@ pub fn compile(source: &Source, options: &CompileOptions) -> Result<Program, Cli
 /// The error of a failed compile: the rendered diagnostics, exit 3 when one is tc's own
 /// (`planner-internal`), else 1.
 fn compile_error(source: &Source, diags: &[tc_compiler::Diagnostic]) -> CliError {
-    let internal = diags.iter().any(|d| d.code == "planner-internal");
+    let internal = diags.iter().any(|d| d.kind.is_internal());
     match render(source, diags) {
         CliError::Program(text) if internal => CliError::Internal(text),
         e => e,
@@ -379,14 +379,26 @@ mod tests {
             path: "p.tx".into(),
             text: "dim N = 4\n".into(),
         };
-        let internal = compile_error(&source, &[Diagnostic::error("planner-internal", "oops")]);
+        let internal = compile_error(
+            &source,
+            &[Diagnostic::error(
+                tc_compiler::ErrorKind::PlannerInternal,
+                "oops",
+            )],
+        );
         assert_eq!(internal.exit_code(), 3);
         let text = internal.to_string();
         assert!(
             text.contains("planner-internal") && text.contains("bug in tc"),
             "{text}"
         );
-        let user = compile_error(&source, &[Diagnostic::error("unknown-name", "no `z`")]);
+        let user = compile_error(
+            &source,
+            &[Diagnostic::error(
+                tc_compiler::ErrorKind::UnknownName,
+                "no `z`",
+            )],
+        );
         assert_eq!(user.exit_code(), 1);
     }
 }
