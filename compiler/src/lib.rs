@@ -12,6 +12,7 @@ pub mod check;
 pub mod codegen;
 pub mod diag;
 pub mod fuse;
+pub mod invariant;
 pub mod ir;
 pub mod lower;
 pub mod plan;
@@ -19,7 +20,7 @@ pub mod report;
 pub mod schedule;
 pub mod syntax;
 
-pub use diag::{Diagnostic, Diagnostics, Span};
+pub use diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 pub use schedule::{Plan, PlanOptions};
 
 /// Everything `compile` needs besides the source.

@@ -325,10 +325,11 @@ pub fn lower(plan: &Plan) -> Result<Lowered, Error> {
     Ok(Lowered { kernels })
 }
 
-/// A lowering error as a diagnostic: a bug in tc, not in the program.
+/// A lowering error as a diagnostic: a plan that breaks the schedule's rules, or kernel IR
+/// that fails its verifier, is a bug in tc (`planner-internal`, exit 3), not in the program.
 pub fn internal(e: &Error) -> crate::Diagnostic {
-    crate::Diagnostic::error("lower-internal", e.to_string())
-        .with_note("this is a bug in tc's kernel lowering, not in your program")
+    crate::Diagnostic::error(crate::diag::ErrorKind::PlannerInternal, e.to_string())
+        .with_note("this is a bug in tc's planner or kernel lowering, not in your program")
 }
 
 /// Lowers one plan kernel (no split marks: those need its neighbours, see `lower`).

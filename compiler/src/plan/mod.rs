@@ -10,7 +10,7 @@ pub mod verify;
 pub use text::print;
 pub use verify::verify;
 
-use crate::diag::Diagnostic;
+use crate::diag::{Diagnostic, ErrorKind};
 use crate::fuse::{is_compute, strides_agree, to_domain, Group};
 use crate::ir::layout::{layouts, layouts_through, Layout};
 use crate::ir::types::contiguous_strides;
@@ -22,14 +22,14 @@ use crate::schedule::{
 use std::collections::{BTreeSet, HashMap};
 
 fn internal(msg: impl Into<String>) -> Diagnostic {
-    Diagnostic::error("planner-internal", msg)
+    Diagnostic::error(ErrorKind::PlannerInternal, msg)
         .with_note("this is a bug in tc's planner, not in your program")
 }
 
 fn too_large(graph: &Graph, id: NodeId) -> Diagnostic {
     let o = graph.origin(id);
     Diagnostic::error(
-        "tensor-too-large",
+        ErrorKind::TensorTooLarge,
         format!(
             "the tensor {} has more bytes than fit in 64 bits",
             graph.ty(id)
