@@ -250,6 +250,52 @@ fn emu_single_pass_row_statistics_keep_ieee_special_values() {
     }
 }
 
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_signed_zeros_and_nan_give_the_cpus_bits() {
+    require_emu();
+    // The ops whose zero sign or NaN handling is a choice (ir::eval defines it): the
+    // generated CUDA C must make the same choice as the CPU executor, bit for bit.
+    let source = "input x : f32[8]\n\
+                  r = relu(x)\n\
+                  hi = maximum(x, 0)\n\
+                  lo = minimum(x, 0)\n\
+                  a = abs(x)\n\
+                  output r, hi, lo, a\n";
+    let program =
+        tc_compiler::compile(source, &tc_compiler::CompileOptions::default()).expect("compiles");
+    let plan = &program.plan;
+    let values = [
+        -0.0f32,
+        0.0,
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -1.5,
+        2.5,
+    ];
+    let inputs = vec![HostTensor::from_f32(DType::F32, vec![8], &values)];
+    let cpu = tc_runtime::cpu::run(plan, &inputs, &[]).expect("CPU");
+    let kernels = emit_kernels(plan).expect("the plan lowers");
+    let emulated =
+        emu::run(plan, &kernels, &inputs, &[], &EmuOptions::default()).expect("emulated");
+    // Bit for bit, zero signs included; a NaN's sign and payload are the hardware's (the
+    // GPU makes its own canonical NaN), so any NaN matches any NaN.
+    let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    for (j, out) in plan.outputs.iter().enumerate() {
+        let (c, e) = (cpu[j].to_f32(), emulated[j].to_f32());
+        assert!(
+            c.iter().zip(&e).all(|(&a, &b)| same(a, b)),
+            "{}: for {values:?} the CPU gives {c:?}, the emulated CUDA C {e:?}",
+            out.name
+        );
+    }
+}
+
 // ---------------------------------------------------------------- faults the emulation must catch
 
 const N: u64 = 1024;

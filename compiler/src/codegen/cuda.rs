@@ -130,7 +130,7 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
                 UnaryOp::Cos => format!("cosf({a})"),
                 UnaryOp::Tanh => format!("tanhf({a})"),
                 UnaryOp::Sigmoid => format!("1.0f / (1.0f + expf(-{a}))"),
-                UnaryOp::Relu => format!("({a} < 0.0f ? 0.0f : {a})"),
+                UnaryOp::Relu => format!("({a} <= 0.0f ? 0.0f : {a})"),
                 UnaryOp::Gelu => format!("0.5f * {a} * (1.0f + erff({a} * 0.70710678118654752f))"),
                 UnaryOp::Silu => format!("{a} / (1.0f + expf(-{a}))"),
                 UnaryOp::Erf => format!("erff({a})"),
