@@ -677,3 +677,6 @@ fn a_tensor_past_two_to_the_31_elements_works_with_64_bit_indexing() {
         "a small kernel should index with 32 bits:\n{body}"
     );
 }
+
+#[path = "reliability/planner.rs"]
+mod planner;
