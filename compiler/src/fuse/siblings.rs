@@ -84,8 +84,8 @@ pub fn siblings<E>(
                 continue;
             }
             let (old_a, old_b) = (f.members[a].clone(), f.members[b].clone());
-            // `merge` runs `analyze` on the union and refuses a path through a third group.
-            if !f.merge(a, b) {
+            // `merge_into` runs `analyze` on the union and refuses a path through a third group.
+            if !f.merge_into(a, b) {
                 continue;
             }
             trials += 1;
