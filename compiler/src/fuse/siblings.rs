@@ -153,8 +153,9 @@ mod tests {
     use crate::fuse::testgraph::G;
     use crate::ir::decompose::decompose;
     use crate::ir::{BinaryOp as B, DType, ReduceOp as R, UnaryOp as U};
-    use crate::plan::{plan, plan_ordered, print};
+    use crate::plan::{plan_ordered, print};
     use crate::schedule::{KernelKind, Plan, PlanOptions};
+    use crate::search as plan;
 
     /// The groups after sibling fusion when every merge is accepted.
     fn merged(graph: &Graph) -> Vec<Group> {
@@ -338,7 +339,7 @@ mod tests {
     fn a_merge_that_would_raise_the_arena_is_not_kept() {
         let g = arena_raising();
         let options = PlanOptions::default();
-        let budget = crate::report::eager_budget(&g.g, &options);
+        let budget = crate::memory::eager_budget(&g.g, &options);
         let groups = fuse(&g.g, true);
         assert_eq!(groups.len(), 4);
         let apart = plan_ordered(&g.g, &groups, &options, budget).expect("plans");

@@ -2,6 +2,10 @@
 //! storage in place) a 16-byte-aligned offset so that objects live at a common step never
 //! overlap. Greedy placement over several orderings, best-fit and first-fit, keeps the smallest.
 
+use super::inplace::storage_objects;
+pub use super::sizes::{align_up, ALIGN};
+use crate::schedule::Buffer;
+
 /// One storage object: `size` bytes live from step `first` to step `last` (inclusive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Item {
@@ -10,11 +14,39 @@ pub struct Item {
     pub last: usize,
 }
 
-/// Arena offsets are multiples of this.
-pub const ALIGN: u64 = 16;
-
-pub fn align_up(x: u64) -> u64 {
-    x.div_ceil(ALIGN).saturating_mul(ALIGN)
+/// Gives every arena and workspace buffer its offset: the storage objects (in-place chains
+/// share one) are packed (`reuse`) or laid end to end; returns the arena's bytes. `budget`
+/// is the eager figure the packer tries harder to reach (see `pack`).
+pub fn pack_arena(buffers: &mut [Buffer], reuse: bool, budget: u64) -> u64 {
+    let (objects, object_of) = storage_objects(buffers);
+    let items: Vec<Item> = objects
+        .iter()
+        .map(|o| Item {
+            size: o.bytes,
+            first: o.first,
+            last: o.last,
+        })
+        .collect();
+    let (offsets, arena) = if reuse {
+        pack(&items, budget)
+    } else {
+        let mut acc = 0u64;
+        let offs = items
+            .iter()
+            .map(|it| {
+                let o = acc;
+                acc = acc.saturating_add(align_up(it.size));
+                o
+            })
+            .collect();
+        (offs, acc)
+    };
+    for (b, k) in buffers.iter_mut().zip(object_of) {
+        if let Some(k) = k {
+            b.offset = offsets[k];
+        }
+    }
+    arena
 }
 
 fn overlaps(a: &Item, b: &Item) -> bool {
@@ -23,17 +55,7 @@ fn overlaps(a: &Item, b: &Item) -> bool {
 
 /// The largest total of (aligned) bytes live at one step: no packing can beat it.
 pub fn max_live(items: &[Item]) -> u64 {
-    let steps = items.iter().map(|i| i.last + 1).max().unwrap_or(0);
-    (0..steps)
-        .map(|s| {
-            items
-                .iter()
-                .filter(|i| i.first <= s && s <= i.last)
-                .map(|i| align_up(i.size))
-                .sum()
-        })
-        .max()
-        .unwrap_or(0)
+    super::liveness::peak(items.iter().map(|i| (i.first, i.last, align_up(i.size))))
 }
 
 /// Places items in `order`, each at the lowest offset that fits (`best_fit: false`) or in the

@@ -5,7 +5,9 @@ use super::*;
 use crate::fuse::{fuse, testgraph::G};
 use crate::ir::decompose::decompose;
 use crate::ir::{BinaryOp as B, DType, ReduceOp as R, UnaryOp as U};
-use crate::report::memory_report;
+use crate::memory::memory_report;
+use crate::schedule::Level;
+use crate::search as plan;
 
 fn opts(fuse: bool, reuse: bool) -> PlanOptions {
     PlanOptions {

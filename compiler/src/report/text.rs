@@ -5,20 +5,7 @@
 use super::{MemoryReport, Peak};
 use std::fmt::Write;
 
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `128.0 MiB`, `2.00 GiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
+pub use crate::units::{count, human};
 
 fn shape(s: &[u64]) -> String {
     let inner: Vec<String> = s.iter().map(|d| d.to_string()).collect();
@@ -42,14 +29,6 @@ fn symbol(i: usize) -> char {
 const CHART_WIDTH: u64 = 64;
 
 /// `n` and `noun`, plural unless `n` is 1: "1 kernel", "3 kernels".
-pub fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
 pub fn render_text(report: &MemoryReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
