@@ -2,7 +2,8 @@
 """Benchmark: tc's CPU executor against the same programs in NumPy.
 
 For chain.tx, softmax.tx, layernorm.tx and mlp.tx at sizes that take 0.1-2 s on a 2-core
-machine, runs `cpubench` (tc's executor, see runtime/src/bin/cpubench.rs) and the NumPy
+machine, runs `cpubench` (`tc bench`'s path on the CPU backend for one plan, see
+runtime/src/bin/cpubench.rs) and the NumPy
 version of the program, each in a fresh process, and measures both the same way: best and
 median wall time of N runs after the inputs exist, and peak resident memory (VmHWM) minus
 the resident memory just before the inputs were created (VmRSS), so interpreter and library
@@ -147,9 +148,16 @@ def main():
         return
     if not os.path.exists(args.cpubench):
         sys.exit("build cpubench first: cargo build --release -p tc-runtime --bin cpubench")
+    # cpubench takes `tc bench`'s --runs/--warmup; builds before the backend interface took
+    # --reps (and made no warm-up run), so an older build given by --cpubench still works.
+    help_text = subprocess.run([args.cpubench, "--help"], capture_output=True, text=True).stdout
+    if "--runs" in help_text:
+        reps = ["--runs", str(args.reps), "--warmup", "0"]
+    else:
+        reps = ["--reps", str(args.reps)]
     rows = []
     for name, file, dims in CASES:
-        cmd = [args.cpubench, os.path.join(ROOT, "examples", file), "--reps", str(args.reps)]
+        cmd = [args.cpubench, os.path.join(ROOT, "examples", file)] + reps
         for k, v in dims.items():
             cmd += ["--dim", f"{k}={v}"]
         tc = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)

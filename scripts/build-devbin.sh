@@ -10,6 +10,7 @@ mkdir -p "$out/tests"
 
 cargo build --release -p tc-runtime --bin tc
 cp target/release/tc "$out/tc"
+git rev-parse --short HEAD >"$out/COMMIT" 2>/dev/null || true
 
 # Test executables: `cargo test --no-run` prints one JSON line per artifact.
 cargo test --release -p tc-tests --test cuda --no-run --message-format=json 2>/dev/null \
@@ -33,4 +34,4 @@ for f in "$out/tc" "$out"/tests/*; do
   strip --strip-debug "$f" 2>/dev/null || true
 done
 du -sh "$out"
-echo "built $out; on the GPU machine run: bash scripts/gpu.sh [all|tests|sanitize|bench|torch]"
+echo "built $out; on the GPU machine run: bash scripts/gpu.sh (one device call, timeout_s 450)"

@@ -1,30 +1,55 @@
 #!/usr/bin/env bash
-# scripts/gpu.sh — everything tc checks and measures on a GPU, on a machine with no Rust:
-# the GPU tests (CUDA against the CPU executor, TC_REQUIRE_CUDA=1), compute-sanitizer
-# memcheck and racecheck on every example, `tc bench` and memory figures on every example,
-# cold-compile and cached-start times, and scripts/torch_compare.py (PyTorch eager and
-# torch.compile beside tc). Binaries come prebuilt in .devbin/ (scripts/build-devbin.sh).
+# scripts/gpu.sh — everything tc checks and measures on a GPU, in ONE device call, on a
+# machine with no Rust (binaries prebuilt in .devbin/ by scripts/build-devbin.sh).
 #
-#   bash scripts/gpu.sh [all|tests|sanitize|bench|torch]...     (default: all)
+#   bash scripts/gpu.sh            (the device tool: carry [".devbin"], timeout_s ~450)
 #
-# One device command may run 10 minutes: `all` may not fit (torch.compile alone takes
-# minutes), so on the device tool run it as `gpu.sh tests sanitize`, then `gpu.sh bench`,
-# then `gpu.sh torch` (each call with `carry: [".devbin"]`; the files of the last call are
-# what comes back, so copy what you need from each).
+# Stages run in this order (issue 10), each writing its result to $OUT before the next
+# starts, so a run cut off by the time limit still reports what it reached:
+#   1 differential      CUDA against the CPU executor: every example variant, >= 200 random
+#                       programs (the test binary's gpu_examples_*, gpu_random_programs_*)
+#   2 measured          every example at its default dims: tc's device allocation equals
+#                       `planned`, and the driver's free-memory drop agrees
+#   3 figures           `tc bench` of every example, then scripts/torch_compare.py (PyTorch
+#                       eager and torch.compile: CUDA-event median, max_memory_allocated;
+#                       device copy bandwidth)
+#   4 sanitize          compute-sanitizer memcheck and racecheck, every example, small dims
+#   5 start             cold compile (empty kernel cache) and cached start of `tc run`
+#   6 reliability       bitwise-identical runs, a plan larger than free memory refused
+#                       (exit 3, library and CLI), an NVRTC failure carries log and source
 #
-# Writes at most 8 files to $OUT (default ./gpu-out): env.txt, tests.log, sanitizer.log,
-# bench.log, memory.jsonl, torch.json, torch.log, summary.md.
+# Every stage has a share of one time budget (TC_GPU_BUDGET seconds, default 400, so one
+# call fits in 7 minutes with the machine's start outside it); a stage past its share is cut
+# by `timeout` and says so. Writes to $OUT (default ./gpu-out): summary.md first of all,
+# then env.txt, differential.log, memory.jsonl, measured.log, bench.log, torch.json,
+# torch.log, sanitizer.log, start.log, reliability.log.
+#
+# Without a GPU (a dry run on the build machine: TC_DEVBIN=target/release TC_TESTS_BIN=…)
+# every CUDA step must fail cleanly with exit 3, never hang or crash the script:
+# tests/gpu_script.rs runs it so on every CI run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
-BIN=.devbin
+BIN="${TC_DEVBIN:-.devbin}"
 TC="$BIN/tc"
-stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(all)
-want() { for s in "${stages[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
+TESTS="${TC_TESTS_BIN:-$BIN/tests/cuda}"
+BUDGET="${TC_GPU_BUDGET:-400}"
+T0=$(date +%s)
 summary="$OUT/summary.md"
 note() { echo "$*" | tee -a "$summary"; }
+left() { echo $((BUDGET - ($(date +%s) - T0))); }
+# limited SECS CMD…: runs CMD for at most SECS (and never past the budget); exit 124 if cut.
+limited() {
+  local s=$1; shift
+  local l; l=$(left)
+  [ "$s" -gt "$l" ] && s=$l
+  [ "$s" -lt 1 ] && return 124
+  timeout --kill-after=5 "$s" "$@"
+}
+stage() { note ""; note "## $1 (at $(($(date +%s) - T0)) s of $BUDGET)"; }
+status=0
+fail() { note "- $*: FAIL"; status=1; }
 
 # ---- libraries: the driver is on the loader path; cuBLAS and NVRTC may be in the CUDA
 # toolkit or in PyTorch's pip wheels.
@@ -51,7 +76,8 @@ export TC_REQUIRE_CUDA=1 TC_REQUIRE_NVRTC=1 TC_EXAMPLES_DIR="$PWD/examples"
 # The kernel cache lives outside $OUT (only files under $OUT come back).
 mkdir -p /tmp/tc-cache && export XDG_CACHE_HOME=/tmp/tc-cache
 
-echo "# tc on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(date -u +%F)" >"$summary"
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+echo "# tc on ${gpu_name:-no GPU}, $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || cat "$BIN/COMMIT" 2>/dev/null || echo '?')" >"$summary"
 {
   date -u
   nvidia-smi || true
@@ -77,94 +103,77 @@ small_dims() {
   echo "$args"
 }
 
-status=0
-
-# Appends tc's memory report of example $1 (default dims, on CUDA) to memory.jsonl; the
-# run's output goes to file $2.
-memory_of() {
-  local f=$1 log=$2 name mj
-  name=$(basename "$f" .tx)
-  mj=$(mktemp)
-  if "$TC" run "$f" --device cuda --report-memory --memory-json "$mj" >>"$log" 2>&1 && [ -s "$mj" ]; then
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["example"]=sys.argv[2]; print(json.dumps(d))' \
-      "$mj" "$name" >>"$OUT/memory.jsonl"
-  else
-    note "- tc run $name: FAIL"; status=1
+# run_tests LOG SECS FILTER…: the GPU test binary, ignored tests included, one thread.
+run_tests() {
+  local log=$1 secs=$2; shift 2
+  if [ ! -x "$TESTS" ]; then
+    echo "$TESTS missing" >>"$log"; return 2
   fi
-  rm -f "$mj"
+  limited "$secs" "$TESTS" --include-ignored --test-threads 1 --nocapture "$@" >>"$log" 2>&1
+}
+tests_verdict() { # LABEL RC LOG
+  case $2 in
+    0) note "- $1: PASS ($(grep -c '^test .* ok$' "$3") tests)" ;;
+    124|137) fail "$1 (cut at its time share; see $(basename "$3"))" ;;
+    *) fail "$1 (exit $2; see $(basename "$3"))" ;;
+  esac
 }
 
-# ---- 1. GPU tests: CUDA against the CPU executor on every example and >= 200 random
-# programs, measured == planned; the NVRTC compile tests too.
-if want tests; then
-  if [ -x "$BIN/tests/cuda" ]; then
-    if "$BIN/tests/cuda" --include-ignored --test-threads 1 --nocapture gpu_ nvrtc cuda_entry_points cublas_calls >"$OUT/tests.log" 2>&1; then
-      note "- GPU tests: PASS ($(grep -c '^test .* ok$' "$OUT/tests.log") tests)"
-    else
-      note "- GPU tests: FAIL (see tests.log)"; status=1
-    fi
-  else
-    note "- GPU tests: FAIL ($BIN/tests/cuda missing)"; status=1
-  fi
-fi
+# ---- 1. differential: CUDA against the CPU executor.
+stage "1 differential"
+: >"$OUT/differential.log"
+run_tests "$OUT/differential.log" 120 gpu_examples_match_the_cpu gpu_random_programs_match_the_cpu
+tests_verdict "examples and random programs, CUDA = CPU" $? "$OUT/differential.log"
 
-# ---- 2. compute-sanitizer memcheck and racecheck on every example (small dims).
-if want sanitize; then
-  : >"$OUT/sanitizer.log"
-  if command -v compute-sanitizer >/dev/null; then
-    for f in examples/*.tx; do
-      for tool in memcheck racecheck; do
-        extra=""; [ $tool = memcheck ] && extra="--leak-check full"
-        echo "==== $tool $f" >>"$OUT/sanitizer.log"
-        # shellcheck disable=SC2046
-        if compute-sanitizer --tool $tool $extra --error-exitcode 9 "$TC" run "$f" --device cuda $(small_dims "$f") \
-            >>"$OUT/sanitizer.log" 2>&1; then
-          echo "ok" >>"$OUT/sanitizer.log"
-        else
-          note "- $tool $(basename "$f"): FAIL (see sanitizer.log)"; status=1
-        fi
-      done
-    done
-    grep -q FAIL "$summary" || note "- compute-sanitizer memcheck + racecheck: clean on every example"
+# ---- 2. measured == planned, and the driver's free-memory drop agrees.
+stage "2 measured == planned"
+: >"$OUT/memory.jsonl"; : >"$OUT/measured.log"
+for f in examples/*.tx; do
+  name=$(basename "$f" .tx)
+  mj=$(mktemp); log=$(mktemp)
+  limited 40 "$TC" run "$f" --device cuda --report-memory --memory-json "$mj" >"$log" 2>&1
+  rc=$?
+  { echo "==== $name (exit $rc)"; grep -E '^(measured|planned|error)' "$log"; } >>"$OUT/measured.log"
+  if [ $rc -eq 0 ] && [ -s "$mj" ]; then
+    driver=$(sed -n 's/.*free memory fell by \([0-9]*\) bytes.*/\1/p' "$log")
+    python3 - "$mj" "$name" "${driver:-}" >>"$OUT/memory.jsonl" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["example"] = sys.argv[2]
+d["driver_free_drop"] = int(sys.argv[3]) if sys.argv[3] else None
+print(json.dumps(d))
+PY
   else
-    note "- compute-sanitizer: not found on this machine"
+    fail "tc run $name --device cuda (exit $rc)"
   fi
-fi
+  rm -f "$mj" "$log"
+done
+python3 - "$OUT/memory.jsonl" <<'PY' | tee -a "$summary"
+import json, sys
+print("| example | planned (with inputs) | measured | equal | driver's free-memory drop | agrees (within 2 MiB an allocation) |")
+print("|---|---|---|---|---|---|")
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    p = d["peaks"]["planned"]["with_inputs"]
+    m = (d["peaks"].get("measured") or {}).get("with_inputs")
+    drv = d.get("driver_free_drop")
+    allocs = 1 + sum(1 for b in d.get("buffers", []) if b.get("kind") in ("input", "param"))
+    ok = drv is not None and m is not None and m <= drv <= m + allocs * (2 << 20)
+    print(f"| {d['example']} | {p} | {m} | {'yes' if p == m else 'NO'} | {drv} | {'yes' if ok else 'NO'} |")
+PY
 
-# ---- 3. tc bench and memory on every example (default dims), cold compile and cached start.
-if want bench; then
-  : >"$OUT/bench.log"; : >"$OUT/memory.jsonl"
-  for f in examples/*.tx; do
-    name=$(basename "$f" .tx)
-    echo "==== bench $name" >>"$OUT/bench.log"
-    "$TC" bench "$f" --device cuda >>"$OUT/bench.log" 2>&1 || { note "- tc bench $name: FAIL"; status=1; }
-    memory_of "$f" "$OUT/bench.log"
-    # Cold compile (empty cache) and cached start, whole process, small dims.
-    cache=$(mktemp -d)
-    dims=$(small_dims "$f")
-    t0=$(date +%s.%N)
-    # shellcheck disable=SC2086
-    XDG_CACHE_HOME=$cache "$TC" run "$f" --device cuda $dims >/dev/null 2>&1; r1=$?
-    t1=$(date +%s.%N)
-    # shellcheck disable=SC2086
-    XDG_CACHE_HOME=$cache "$TC" run "$f" --device cuda $dims >/dev/null 2>&1; r2=$?
-    t2=$(date +%s.%N)
-    # shellcheck disable=SC2086
-    XDG_CACHE_HOME=$cache "$TC" run "$f" --device cuda $dims >/dev/null 2>&1; r3=$?
-    t3=$(date +%s.%N)
-    if [ $r1 -eq 0 ] && [ $r2 -eq 0 ] && [ $r3 -eq 0 ]; then
-      python3 -c "import sys; a,b,c,d=map(float,sys.argv[1:]); print(f'start $name: cold {b-a:.3f} s, cached {d-c:.3f} s (whole tc run, small dims)')" \
-        "$t0" "$t1" "$t2" "$t3" | tee -a "$OUT/bench.log"
-    else
-      echo "start $name: FAIL (exit $r1/$r2/$r3)" | tee -a "$OUT/bench.log"
-    fi
-    rm -rf "$cache"
-  done
-  # The bandwidth targets of issue 5: time against the program's least traffic.
-  python3 - "$OUT/bench.log" <<'PY' | tee -a "$summary"
+# ---- 3. figures: tc bench, then PyTorch eager and torch.compile on the same GPU.
+stage "3 figures beside PyTorch"
+: >"$OUT/bench.log"
+for f in examples/*.tx; do
+  name=$(basename "$f" .tx)
+  echo "==== bench $name" >>"$OUT/bench.log"
+  limited 20 "$TC" bench "$f" --device cuda >>"$OUT/bench.log" 2>&1 || fail "tc bench $name"
+done
+python3 - "$OUT/bench.log" <<'PY' | tee -a "$summary"
 import re, sys
 target = {"chain": 1.15, "softmax": 1.2, "layernorm": 1.2}
-print("\n| example | planned median | x its traffic's floor | x the program's floor | target |\n|---|---|---|---|---|")
+print("| example | planned median | x its traffic's floor | x the program's floor | target |\n|---|---|---|---|---|")
 name = None
 for line in open(sys.argv[1]):
     m = re.match(r"==== bench (\S+)", line)
@@ -176,31 +185,74 @@ for line in open(sys.argv[1]):
         verdict = "-" if t is None else (f"<= {t}: " + ("yes" if float(m.group(3)) <= t else "NO"))
         print(f"| {name} | {m.group(1)} ms | {m.group(2)} | {m.group(3)} | {verdict} |")
 PY
-  python3 - "$OUT/memory.jsonl" <<'PY' | tee -a "$summary"
-import json, sys
-print("\n| example | planned (with inputs) | measured | equal |\n|---|---|---|---|")
-for line in open(sys.argv[1]):
-    d = json.loads(line)
-    p = d["peaks"]["planned"]["with_inputs"]
-    m = (d["peaks"].get("measured") or {}).get("with_inputs")
-    print(f"| {d['example']} | {p} | {m} | {'yes' if p == m else 'NO'} |")
-PY
+limited 150 python3 scripts/torch_compare.py --out "$OUT/torch.json" --memory "$OUT/memory.jsonl" \
+  --bench "$OUT/bench.log" >"$OUT/torch.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ]; then
+  note "- torch_compare: done (torch.json, torch.log)"
+else
+  fail "torch_compare (exit $rc; what it reached is in torch.json)"
+fi
+sed -n '/^| example/,$p' "$OUT/torch.log" >>"$summary"
+
+# ---- 4. compute-sanitizer memcheck and racecheck on every example (small dims).
+stage "4 compute-sanitizer"
+: >"$OUT/sanitizer.log"
+if command -v compute-sanitizer >/dev/null; then
+  clean=1
+  for f in examples/*.tx; do
+    for tool in memcheck racecheck; do
+      extra=""; [ $tool = memcheck ] && extra="--leak-check full"
+      echo "==== $tool $f" >>"$OUT/sanitizer.log"
+      # shellcheck disable=SC2046,SC2086
+      if limited 25 compute-sanitizer --tool $tool $extra --error-exitcode 9 "$TC" run "$f" --device cuda $(small_dims "$f") \
+          >>"$OUT/sanitizer.log" 2>&1; then
+        echo "ok" >>"$OUT/sanitizer.log"
+      else
+        fail "$tool $(basename "$f") (see sanitizer.log)"; clean=0
+      fi
+    done
+  done
+  [ $clean = 1 ] && note "- compute-sanitizer memcheck + racecheck: clean on every example"
+else
+  fail "compute-sanitizer: not found on this machine"
 fi
 
-# ---- 4. PyTorch eager and torch.compile on the same programs.
-if want torch; then
-  # $OUT starts empty on each device call: make tc's figures here if bench did not run.
-  if [ ! -s "$OUT/memory.jsonl" ]; then
-    for f in examples/*.tx; do memory_of "$f" "$OUT/torch.log"; done
-  fi
-  if python3 scripts/torch_compare.py --out "$OUT/torch.json" --memory "$OUT/memory.jsonl" >>"$OUT/torch.log" 2>&1; then
-    note "- torch_compare: done (torch.json, torch.log)"
-    sed -n '/^| example/,$p' "$OUT/torch.log" >>"$summary"
+# ---- 5. cold compile (empty cache) and cached start, whole process, small dims.
+stage "5 cold and cached start"
+: >"$OUT/start.log"
+for f in examples/*.tx; do
+  name=$(basename "$f" .tx)
+  cache=$(mktemp -d)
+  dims=$(small_dims "$f")
+  t0=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  XDG_CACHE_HOME=$cache limited 30 "$TC" run "$f" --device cuda $dims >/dev/null 2>&1; r1=$?
+  t1=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  XDG_CACHE_HOME=$cache limited 30 "$TC" run "$f" --device cuda $dims >/dev/null 2>&1; r2=$?
+  t2=$(date +%s.%N)
+  if [ $r1 -eq 0 ] && [ $r2 -eq 0 ]; then
+    python3 -c "import sys; a,b,c=map(float,sys.argv[1:]); print(f'| $name | {b-a:.3f} s | {c-b:.3f} s |')" \
+      "$t0" "$t1" "$t2" >>"$OUT/start.log"
   else
-    note "- torch_compare: FAIL (see torch.log)"; status=1
+    echo "| $name | FAIL (exit $r1) | FAIL (exit $r2) |" >>"$OUT/start.log"; status=1
   fi
-fi
+  rm -rf "$cache"
+done
+{ echo "| example | cold start (empty cache) | cached start |"; echo "|---|---|---|"; cat "$OUT/start.log"; } >>"$summary"
+
+# ---- 6. the GPU cases of reliability.
+stage "6 reliability"
+: >"$OUT/reliability.log"
+run_tests "$OUT/reliability.log" 60 gpu_runs_are_bitwise_deterministic \
+  gpu_refuses_a_plan_larger_than_free_memory_before_any_launch nvrtc_failure_carries_log_arch_and_source_file
+tests_verdict "determinism, refusal above free memory, NVRTC failure" $? "$OUT/reliability.log"
+# Through the CLI: a plan far larger than any GPU is refused before launch with exit 3.
+limited 30 "$TC" run examples/mlp.tx --device cuda --dim B=16777216 >>"$OUT/reliability.log" 2>&1
+rc=$?
+if [ $rc -eq 3 ]; then note "- tc run of a 64 GiB+ mlp on CUDA: refused, exit 3"; else fail "tc run of a 64 GiB+ mlp: exit $rc, expected 3"; fi
 
 note ""
-note "exit status $status"
+note "done at $(($(date +%s) - T0)) s; exit status $status"
 exit $status

@@ -10,6 +10,7 @@ Also measures device-to-device copy bandwidth, the floor for memory-bound kernel
 import argparse
 import json
 import math
+import re
 import statistics
 
 import torch
@@ -203,6 +204,7 @@ def main():
     ap.add_argument("--memory", help="memory.jsonl from scripts/gpu.sh (tc's figures)")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--only", nargs="*", help="example names")
+    ap.add_argument("--bench", help="bench.log from scripts/gpu.sh (tc's median times)")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False  # tc's default: exact f32 products
     torch.backends.cudnn.allow_tf32 = False
@@ -212,6 +214,19 @@ def main():
             for line in open(a.memory):
                 d = json.loads(line)
                 tc[d["example"]] = d["peaks"]
+        except OSError:
+            pass
+    tc_ms = {}
+    if a.bench:
+        try:
+            name = None
+            for line in open(a.bench):
+                m = re.match(r"==== bench (\S+)", line)
+                if m:
+                    name = m.group(1)
+                m = re.search(r"planned\s+median\s+([\d.]+) ms", line)
+                if m and name:
+                    tc_ms[name] = float(m.group(1))
         except OSError:
             pass
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
@@ -235,7 +250,11 @@ def main():
             row["compile"] = dict(error=repr(e))
         if name in tc:
             row["tc"] = tc[name]
+        if name in tc_ms:
+            row["tc_median_ms"] = tc_ms[name]
         result["examples"][name] = row
+        # Written after every example: a run cut off by its time share keeps what it reached.
+        json.dump(result, open(a.out, "w"), indent=2)
         del tensors
         torch.cuda.empty_cache()
         print(f"{name}: {json.dumps(row)}", flush=True)
@@ -243,16 +262,17 @@ def main():
 
     mib = lambda b: f"{b / 2**20:.1f}" if isinstance(b, (int, float)) else "-"
     print("\n| example | tc planned MiB | tc measured MiB | eager peak MiB | compile peak MiB | "
-          "planned <= compile | eager ms | compile ms |")
-    print("|---|---|---|---|---|---|---|---|")
+          "planned <= compile | tc ms | eager ms | compile ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, row in result["examples"].items():
         p = row.get("tc", {}).get("planned", {}).get("with_inputs")
         m = (row.get("tc", {}).get("measured") or {}).get("with_inputs")
         ep, cp = row["eager"].get("peak_bytes"), row["compile"].get("peak_bytes")
         ok = "yes" if (p is not None and cp is not None and p <= cp) else ("NO" if p is not None and cp is not None else "-")
         em, cm = row["eager"].get("median_ms"), row["compile"].get("median_ms")
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"
         print(f"| {name} | {mib(p)} | {mib(m)} | {mib(ep)} | {mib(cp)} | {ok} | "
-              f"{em if em is None else f'{em:.3f}'} | {cm if cm is None else f'{cm:.3f}'} |")
+              f"{fmt(row.get('tc_median_ms'))} | {fmt(em)} | {fmt(cm)} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-//! tc runtime: runs a compiled plan on the CPU or on CUDA, moves data in and out, and
-//! holds the `tc` command line.
+//! tc runtime: runs a compiled plan on the CPU or on CUDA (both behind `backend::Backend`),
+//! moves data in and out, and holds the `tc` command line.
 
+pub mod backend;
 pub mod cli;
 pub mod cpu;
 pub mod cuda;

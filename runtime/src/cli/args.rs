@@ -1,5 +1,6 @@
 //! The command line's grammar (clap): `tc check|run|emit|bench`, exactly as SPEC §2 lists.
 
+use crate::backend::Repeats;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -116,19 +117,19 @@ pub struct EmitArgs {
     pub device: DeviceChoice,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub compile: CompileArgs,
     #[command(flatten)]
     pub exec: ExecArgs,
-    /// Timed runs per variant (the median is reported).
-    #[arg(long, default_value_t = 20)]
-    pub runs: usize,
-    /// Untimed runs before timing.
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
+    /// Timed runs per variant (the median is reported), 1 to 1000000.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=Repeats::MAX))]
+    pub runs: u64,
+    /// Untimed runs before timing, 0 to 1000000.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=Repeats::MAX))]
+    pub warmup: u64,
 }
 
 fn parse_dim(s: &str) -> Result<(String, u64), String> {

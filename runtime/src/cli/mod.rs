@@ -1,21 +1,23 @@
 //! The `tc` command line: argument parsing, diagnostics rendering and the subcommands.
 //!
 //! Every failure becomes a `CliError` whose kind fixes the exit code of SPEC §2:
-//! 1 for the program or its data, 2 for usage, 3 for a device or compiler failure.
+//! 1 for the program or its data, 2 for usage, 3 for a device or compiler failure or a bug
+//! in tc. `run` and `bench` reach the CPU and CUDA executors only through
+//! `backend::Backend`; the functions they share with `cpubench` are public.
 
 pub mod args;
 pub mod diagnostics;
 pub mod error;
 
+use crate::backend::{self, Backend, CpuBackend, CudaBackend, Repeats, Timing};
 use crate::tensor::HostTensor;
-use crate::{cpu, cuda, data};
+use crate::{cuda, data};
 use args::{BenchArgs, Cli, Command, CompileArgs, DeviceChoice, EmitArgs, ExecArgs, RunArgs};
 use clap::Parser;
 pub use error::CliError;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
 use tc_compiler::report::MemoryReport;
 use tc_compiler::{CompileOptions, PlanOptions, Program};
 
@@ -54,12 +56,14 @@ fn dispatch(command: Command) -> Result<(), CliError> {
 }
 
 /// A source file read for compilation.
-struct Source {
-    path: String,
-    text: String,
+#[derive(Debug)]
+pub struct Source {
+    pub path: String,
+    pub text: String,
 }
 
-fn read_source(file: &Path) -> Result<Source, CliError> {
+/// Reads a program (exit 2 when it cannot be read, 1 when it is not UTF-8).
+pub fn read_source(file: &Path) -> Result<Source, CliError> {
     let bytes = std::fs::read(file)
         .map_err(|e| CliError::Usage(format!("cannot read `{}`: {e}", file.display())))?;
     let path = file.display().to_string();
@@ -100,56 +104,60 @@ fn check(file: &Path, dims: &[(String, u64)]) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The device a command runs on, after `auto` is resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Device {
-    Cpu,
-    Cuda,
-}
-
-/// Resolves `--device`. `auto` falls back to the CPU and says so in one line; an explicit
-/// `cuda` that cannot be had is a device failure (exit 3).
-fn select_device(choice: DeviceChoice, quiet: bool) -> Result<Device, CliError> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
+/// Resolves `--device` to a backend. `auto` falls back to the CPU and says so in one line
+/// (unless `quiet`); an explicit `cuda` that cannot be had is a device failure (exit 3).
+pub fn select_backend(exec: &ExecArgs, quiet: bool) -> Result<Box<dyn Backend>, CliError> {
+    let cuda = || Box::new(CudaBackend::new(cuda_options(exec))) as Box<dyn Backend>;
+    match exec.device {
+        DeviceChoice::Cpu => Ok(Box::new(CpuBackend)),
         DeviceChoice::Cuda => match cuda::available() {
-            Ok(_) => Ok(Device::Cuda),
+            Ok(_) => Ok(cuda()),
             Err(why) => Err(CliError::Device(format!(
                 "--device cuda: no usable GPU: {why}\n  = help: `--device cpu` runs the same plan on the CPU"
             ))),
         },
         DeviceChoice::Auto => match cuda::available() {
-            Ok(_) => Ok(Device::Cuda),
+            Ok(_) => Ok(cuda()),
             Err(why) => {
                 if !quiet {
                     eprintln!("note: no GPU found ({why}); running on the CPU");
                 }
-                Ok(Device::Cpu)
+                Ok(Box::new(CpuBackend))
             }
         },
     }
 }
 
-fn compile_options(args: &CompileArgs, device: Device) -> CompileOptions {
+/// The compile options of `args` for `backend`'s target.
+pub fn compile_options(args: &CompileArgs, backend: &dyn Backend) -> CompileOptions {
     CompileOptions {
         dims: args.dims.clone(),
-        plan: PlanOptions {
+        plan: backend.plan_options(PlanOptions {
             fuse: !args.no_fuse,
             reuse: !args.no_reuse,
-            matmul_workspace: match device {
-                Device::Cpu => 0,
-                Device::Cuda => cuda::CUBLAS_WORKSPACE_BYTES,
-            },
-        },
+            ..PlanOptions::default()
+        }),
     }
 }
 
-fn compile(source: &Source, options: &CompileOptions) -> Result<Program, CliError> {
-    tc_compiler::compile(&source.text, options).map_err(|d| render(source, &d))
+/// Compiles a program; a planner-internal diagnostic (a bug in tc) exits 3, every other
+/// diagnostic (the program's fault) 1.
+pub fn compile(source: &Source, options: &CompileOptions) -> Result<Program, CliError> {
+    tc_compiler::compile(&source.text, options).map_err(|d| compile_error(source, &d))
+}
+
+/// The error of a failed compile: the rendered diagnostics, exit 3 when one is tc's own
+/// (`planner-internal`), else 1.
+fn compile_error(source: &Source, diags: &[tc_compiler::Diagnostic]) -> CliError {
+    let internal = diags.iter().any(|d| d.code == "planner-internal");
+    match render(source, diags) {
+        CliError::Program(text) if internal => CliError::Internal(text),
+        e => e,
+    }
 }
 
 /// Inputs and params for one run: from files where given, else seeded random.
-fn bind_data(
+pub fn bind_data(
     program: &Program,
     exec: &ExecArgs,
 ) -> Result<(Vec<HostTensor>, Vec<HostTensor>), CliError> {
@@ -162,129 +170,26 @@ fn bind_data(
     .map_err(|e| CliError::Program(format!("error: {e}")))
 }
 
-/// What one execution produced.
-struct Executed {
-    outputs: Vec<HostTensor>,
-    measured: Option<tc_compiler::report::Peak>,
-    /// On CUDA: how far the driver's free-memory figure fell across tc's allocations (the
-    /// cross-check of `measured`; the driver rounds each allocation up to its page size).
-    driver_bytes: Option<u64>,
-}
-
-fn execute(
-    program: &Program,
-    device: Device,
-    exec: &ExecArgs,
-    inputs: &[HostTensor],
-    params: &[HostTensor],
-) -> Result<Executed, CliError> {
-    match device {
-        Device::Cpu => {
-            let outputs = cpu::run(&program.plan, inputs, params)
-                .map_err(|e| CliError::Program(format!("error: {e}")))?;
-            Ok(Executed {
-                outputs,
-                measured: None,
-                driver_bytes: None,
-            })
-        }
-        Device::Cuda => {
-            let options = cuda_options(exec);
-            let run = cuda::run(&program.plan, inputs, params, &options)
-                .map_err(|e| CliError::Device(e.to_string()))?;
-            let inputs_bytes: u64 = inputs
-                .iter()
-                .chain(params)
-                .map(|t| t.bytes.len() as u64)
-                .sum();
-            let measured = tc_compiler::report::Peak {
-                with_inputs: run.measured_bytes,
-                without_inputs: run.measured_bytes.saturating_sub(inputs_bytes),
-            };
-            Ok(Executed {
-                outputs: run.outputs,
-                measured: Some(measured),
-                driver_bytes: Some(run.driver_bytes),
-            })
-        }
-    }
-}
-
 /// Refuses, before any data is made or anything launched, a program whose memory cannot
-/// fit: on CUDA the arena plus inputs and params against the device's free memory; on the
-/// host the inputs, params and outputs (and on the CPU the arena) against the memory the
-/// kernel says is available. Exit 3, naming the bytes needed and free.
-fn preflight(program: &Program, device: Device) -> Result<(), CliError> {
-    use tc_compiler::report::text::human;
-    let peaks = &program.memory.peaks;
-    let leaves = peaks
-        .planned
-        .with_inputs
-        .saturating_sub(peaks.planned.without_inputs);
-    let outputs: u64 = program
-        .plan
-        .outputs
-        .iter()
-        .map(|o| {
-            o.shape
-                .iter()
-                .product::<u64>()
-                .saturating_mul(o.dtype.size())
-        })
-        .fold(0u64, u64::saturating_add);
-    let refuse = |what: &str, needed: u64, free: u64| {
-        CliError::Device(format!(
-            "the program needs {} ({needed} bytes) of {what} memory but only {} ({free} bytes) \
-             is free; nothing was run\n  = help: try smaller dims (--dim NAME=INT)",
-            human(needed),
-            human(free)
-        ))
-    };
-    if device == Device::Cuda {
-        if let Ok(info) = cuda::available() {
-            let needed = peaks.planned.with_inputs;
-            if needed > info.free_bytes {
-                return Err(refuse(
-                    &format!("device ({})", info.name),
-                    needed,
-                    info.free_bytes,
-                ));
-            }
-        }
-    }
-    let host_needed = match device {
-        Device::Cpu => peaks.planned.with_inputs.saturating_add(outputs),
-        Device::Cuda => leaves.saturating_add(outputs),
-    };
-    if let Some(free) = host_available_bytes() {
-        if host_needed > free {
-            return Err(refuse("host", host_needed, free));
-        }
-    }
-    Ok(())
-}
-
-/// `MemAvailable` from `/proc/meminfo`, where there is one.
-fn host_available_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+/// fit where `backend` runs it (`backend::preflight`; exit 3, naming the bytes needed and
+/// free).
+pub fn preflight(program: &Program, backend: &dyn Backend) -> Result<(), CliError> {
+    Ok(backend::preflight(program, backend)?)
 }
 
 fn run(args: &RunArgs) -> Result<(), CliError> {
     let source = read_source(&args.file)?;
-    let device = select_device(args.exec.device, false)?;
-    let program = compile(&source, &compile_options(&args.compile, device))?;
+    let backend = select_backend(&args.exec, false)?;
+    let program = compile(&source, &compile_options(&args.compile, backend.as_ref()))?;
     if let Some(save) = &args.save {
         data::check_save_path(save)
             .map_err(|e| CliError::Program(format!("error: --save {}: {e}", save.display())))?;
     }
-    preflight(&program, device)?;
+    preflight(&program, backend.as_ref())?;
     let (inputs, params) = bind_data(&program, &args.exec)?;
-    let executed = execute(&program, device, &args.exec, &inputs, &params)?;
+    let executed = backend.run(&program.plan, &inputs, &params)?;
 
-    println!("ran {} on {}", source.path, device_name(device));
+    println!("ran {} on {}", source.path, backend.name());
     for (out, tensor) in program.plan.outputs.iter().zip(&executed.outputs) {
         println!("{}: {}", out.name, data::summarize(tensor));
     }
@@ -320,13 +225,6 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn device_name(device: Device) -> &'static str {
-    match device {
-        Device::Cpu => "the CPU",
-        Device::Cuda => "CUDA",
-    }
-}
-
 fn write_reports(report: &MemoryReport, args: &RunArgs) -> Result<(), CliError> {
     if args.report_memory {
         println!();
@@ -357,11 +255,11 @@ fn emit(args: &EmitArgs) -> Result<(), CliError> {
     }
     // Emitting needs no device: plan for CUDA unless the CPU is asked for, since the CUDA
     // plan is the one the kernels belong to.
-    let device = match args.device {
-        DeviceChoice::Cpu => Device::Cpu,
-        DeviceChoice::Cuda | DeviceChoice::Auto => Device::Cuda,
+    let backend: Box<dyn Backend> = match args.device {
+        DeviceChoice::Cpu => Box::new(CpuBackend),
+        DeviceChoice::Cuda | DeviceChoice::Auto => Box::new(CudaBackend::default()),
     };
-    let program = compile(&source, &compile_options(&args.compile, device))?;
+    let program = compile(&source, &compile_options(&args.compile, backend.as_ref()))?;
     if args.plan {
         print!("{}", tc_compiler::plan::text::print(&program.plan));
     }
@@ -380,54 +278,45 @@ fn cuda_options(exec: &ExecArgs) -> cuda::CudaOptions {
 }
 
 fn bench(args: &BenchArgs) -> Result<(), CliError> {
+    let repeats = repeats(args)?;
     let source = read_source(&args.file)?;
-    let device = select_device(args.exec.device, false)?;
-    let planned_opts = compile_options(&args.compile, device);
+    let backend = select_backend(&args.exec, false)?;
+    let backend = backend.as_ref();
+    let planned = compile(&source, &compile_options(&args.compile, backend))?;
     let mut naive_args = args.compile.clone();
     naive_args.no_fuse = true;
     naive_args.no_reuse = true;
-    let naive_opts = compile_options(&naive_args, device);
-    let planned = compile(&source, &planned_opts)?;
-    let naive = compile(&source, &naive_opts)?;
-    preflight(&naive, device)?;
+    let naive = compile(&source, &compile_options(&naive_args, backend))?;
+    preflight(&naive, backend)?;
     let (inputs, params) = bind_data(&planned, &args.exec)?;
 
     println!(
         "bench {} on {} ({} timed runs after {} warm-up)",
         source.path,
-        device_name(device),
-        args.runs,
-        args.warmup
+        backend.name(),
+        repeats.runs,
+        repeats.warmup
     );
-    let floor = match device {
-        Device::Cuda => {
-            let bw = cuda::copy_bandwidth(256 << 20, 20, 0)
-                .map_err(|e| CliError::Device(e.to_string()))?;
-            println!(
-                "  device: {}; copy bandwidth {:.0} GB/s (read + write, measured now)",
-                bw.device.name, bw.gbps
-            );
-            Some(bw.gbps)
-        }
-        Device::Cpu => None,
-    };
+    let floor = backend.copy_bandwidth()?;
+    if let Some(bw) = &floor {
+        println!(
+            "  device: {}; copy bandwidth {:.0} GB/s (read + write, measured now)",
+            bw.device, bw.gbps
+        );
+    }
     let mut medians = Vec::new();
     for (label, program) in [("planned", &planned), ("unfused, unplanned", &naive)] {
-        let t = time_program(program, device, &args.exec, &inputs, &params, args)?;
-        let traffic = traffic_bytes(&program.plan) as f64;
-        let gbps = traffic / (t.median_ms * 1e-3) / 1e9;
+        let b = time_variant(backend, program, &inputs, &params, repeats)?;
+        let t = &b.timing;
         // Against the copy bandwidth: the plan's own traffic (how well its kernels use the
         // memory system) and the program's least traffic (how far from the best any plan
         // could do: each input and param read once, each output written once).
-        let vs_floor = match floor {
-            Some(f) => {
-                let least = least_traffic_bytes(&program.plan) as f64;
-                format!(
-                    "   {:.2}x the copy floor of its traffic, {:.2}x the program's floor",
-                    f / gbps.max(1e-12),
-                    t.median_ms * 1e-3 / (least / (f * 1e9)).max(1e-15)
-                )
-            }
+        let vs_floor = match &floor {
+            Some(f) => format!(
+                "   {:.2}x the copy floor of its traffic, {:.2}x the program's floor",
+                f.gbps / b.gbps.max(1e-12),
+                t.median_ms * 1e-3 / (b.least_traffic_bytes as f64 / (f.gbps * 1e9)).max(1e-15)
+            ),
             None => String::new(),
         };
         println!(
@@ -436,7 +325,7 @@ fn bench(args: &BenchArgs) -> Result<(), CliError> {
             t.min_ms,
             program.plan.kernels.len(),
             tc_compiler::report::text::human(program.plan.arena_bytes),
-            gbps,
+            b.gbps,
         );
         if let Some(s) = t.startup_s {
             println!(
@@ -451,122 +340,62 @@ fn bench(args: &BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Bytes a plan must move at the least: each kernel reads every buffer it loads once and
-/// writes every buffer it stores once (what a bandwidth figure is measured against).
-pub fn traffic_bytes(plan: &tc_compiler::Plan) -> u64 {
-    use tc_compiler::schedule::KernelKind;
-    let mut total = 0u64;
-    for kernel in &plan.kernels {
-        let mut touched: Vec<tc_compiler::schedule::BufferId> = match &kernel.kind {
-            KernelKind::Fused(f) => f
-                .loads
-                .iter()
-                .map(|l| l.buffer)
-                .chain(f.stores.iter().map(|s| s.buffer))
-                .collect(),
-            KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer, m.out],
-        };
-        touched.sort();
-        touched.dedup();
-        total += touched.iter().map(|b| plan.buffer(*b).bytes).sum::<u64>();
-    }
-    total
+/// `--warmup` and `--runs`, within `Repeats`' bounds (exit 2 otherwise; clap checks them
+/// first, this keeps the library's callers to the same bounds).
+pub fn repeats(args: &BenchArgs) -> Result<Repeats, CliError> {
+    Repeats::new(args.warmup, args.runs).map_err(CliError::Usage)
 }
 
-/// Bytes any plan of the program must move: every input and param read once, every output
-/// written once (the floor `tc bench` and the issue's bandwidth targets compare with).
-pub fn least_traffic_bytes(plan: &tc_compiler::Plan) -> u64 {
-    let mut buffers: Vec<tc_compiler::schedule::BufferId> = plan
-        .inputs
-        .iter()
-        .chain(&plan.params)
-        .copied()
-        .chain(plan.outputs.iter().map(|o| o.buffer))
-        .collect();
-    buffers.sort();
-    buffers.dedup();
-    buffers.iter().map(|b| plan.buffer(*b).bytes).sum()
+/// One variant timed, with the bytes it moves.
+#[derive(Clone, Debug)]
+pub struct BenchFigures {
+    pub timing: Timing,
+    /// `backend::traffic_bytes` of the plan.
+    pub traffic_bytes: u64,
+    /// `backend::least_traffic_bytes` of the plan.
+    pub least_traffic_bytes: u64,
+    /// The plan's traffic over its median time, GB/s (10^9).
+    pub gbps: f64,
 }
 
-/// Timings of one variant, in milliseconds.
-struct Timing {
-    median_ms: f64,
-    min_ms: f64,
-    startup_s: Option<f64>,
-}
-
-/// Times the plan: device events on CUDA, wall clock on the CPU.
-fn time_program(
+/// Times one compiled variant on `backend` (what `tc bench` does for each of its two, and
+/// `cpubench` for its one).
+pub fn time_variant(
+    backend: &dyn Backend,
     program: &Program,
-    device: Device,
-    exec: &ExecArgs,
     inputs: &[HostTensor],
     params: &[HostTensor],
-    args: &BenchArgs,
-) -> Result<Timing, CliError> {
-    match device {
-        Device::Cuda => {
-            let b = cuda::bench(
-                &program.plan,
-                inputs,
-                params,
-                &cuda_options(exec),
-                args.warmup,
-                args.runs.max(1),
-            )
-            .map_err(|e| CliError::Device(e.to_string()))?;
-            Ok(Timing {
-                median_ms: b.median_ms,
-                min_ms: b.min_ms,
-                startup_s: Some(b.startup_seconds),
-            })
-        }
-        Device::Cpu => {
-            let mut times = Vec::with_capacity(args.runs);
-            for i in 0..args.warmup + args.runs.max(1) {
-                let start = Instant::now();
-                cpu::run(&program.plan, inputs, params)
-                    .map_err(|e| CliError::Program(format!("error: {e}")))?;
-                if i >= args.warmup {
-                    times.push(start.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            times.sort_by(|a, b| a.total_cmp(b));
-            Ok(Timing {
-                median_ms: times[times.len() / 2],
-                min_ms: times[0],
-                startup_s: None,
-            })
-        }
-    }
+    repeats: Repeats,
+) -> Result<BenchFigures, CliError> {
+    let timing = backend.bench(&program.plan, inputs, params, repeats)?;
+    let traffic_bytes = backend::traffic_bytes(&program.plan);
+    Ok(BenchFigures {
+        gbps: traffic_bytes as f64 / (timing.median_ms * 1e-3) / 1e9,
+        traffic_bytes,
+        least_traffic_bytes: backend::least_traffic_bytes(&program.plan),
+        timing,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{least_traffic_bytes, traffic_bytes};
-
-    fn plan(source: &str) -> tc_compiler::Plan {
-        tc_compiler::compile(source, &tc_compiler::CompileOptions::default())
-            .expect("compiles")
-            .plan
-    }
+    use super::{compile_error, Source};
+    use tc_compiler::Diagnostic;
 
     #[test]
-    fn one_kernel_moves_exactly_the_programs_least_traffic() {
-        let p = plan("dim N = 1000\ninput x : f32[N]\ny = exp(x) * 2 + 1\noutput y\n");
-        assert_eq!(least_traffic_bytes(&p), 8000);
-        assert_eq!(traffic_bytes(&p), 8000);
-    }
-
-    #[test]
-    fn least_traffic_counts_each_input_and_output_once() {
-        // Two row kernels read x; the least traffic reads it once.
-        let p = plan(
-            "dim N = 10\ndim D = 100\ninput x : f32[N, D]\n\
-             a = softmax(x, axis=-1)\nb = sum(x, axis=-1)\nc = x\noutput a, b, c\n",
+    fn a_planner_internal_diagnostic_exits_3_and_a_programs_error_1() {
+        let source = Source {
+            path: "p.tx".into(),
+            text: "dim N = 4\n".into(),
+        };
+        let internal = compile_error(&source, &[Diagnostic::error("planner-internal", "oops")]);
+        assert_eq!(internal.exit_code(), 3);
+        let text = internal.to_string();
+        assert!(
+            text.contains("planner-internal") && text.contains("bug in tc"),
+            "{text}"
         );
-        let x = 10 * 100 * 4;
-        assert_eq!(least_traffic_bytes(&p), x + x + 10 * 4);
-        assert!(traffic_bytes(&p) >= least_traffic_bytes(&p));
+        let user = compile_error(&source, &[Diagnostic::error("unknown-name", "no `z`")]);
+        assert_eq!(user.exit_code(), 1);
     }
 }

@@ -81,121 +81,387 @@ pub(super) fn run(
         && (out.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
         && !out.overlaps(&a_mem)
         && !out.overlaps(&b_mem);
-    let base_off = |op: &MatOperand, bi: usize| -> i64 {
+    let tiled = Tiled {
+        a: (&mm.a, a_mem, direct_a),
+        b: (&mm.b, b_mem, direct_b),
+        nb,
+        scratch: scratch_bytes(plan),
+        batch: &batch,
+        m,
+        n,
+        k,
+    };
+    if direct_a && direct_b && direct_out {
+        // Everything in place: one gemm per batch matrix, batches in parallel (gemm's own
+        // threads for a single matrix), no scratch.
+        let par_inside = if nbatch == 1 {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        };
+        (0..nbatch).into_par_iter().for_each(|bi| {
+            // SAFETY: batch `bi` owns output elements bi·m·n .. (bi+1)·m·n (checked above).
+            let dst = unsafe { out.base().cast::<f32>().add(bi * m * n) };
+            // SAFETY: `dst` holds m·n f32 owned by this call; the operands hold the m×k
+            // and k×n elements their strides reach (bounds checked).
+            unsafe {
+                tiled.gemm(
+                    (m, n),
+                    (tiled.a_ptr(bi, 0), tiled.b_ptr(bi, 0)),
+                    None,
+                    (dst, n),
+                    par_inside,
+                )
+            };
+        });
+        return Ok(());
+    }
+    if out.overlaps(&a_mem) || out.overlaps(&b_mem) {
+        // Only a wrong plan gets here: compute every batch first, then round into the
+        // output, so that no operand is clobbered mid-product.
+        let mut tmp = vec![0f32; nbatch * m * n];
+        let base = tmp.as_mut_ptr() as usize;
+        tiled.run(None, &|bi, r, c, v| {
+            // SAFETY: `(bi·m + r)·n + c < nbatch·m·n`; each element is written once.
+            unsafe { *(base as *mut f32).add((bi * m + r) * n + c) = v };
+        });
+        for (i, &v) in tmp.iter().enumerate() {
+            // SAFETY: `i < nbatch·m·n <= out.numel`, checked above; single-threaded.
+            unsafe { out.write(i as i64, v) };
+        }
+    } else {
+        let direct = direct_out.then(|| out.base() as usize);
+        tiled.run(direct, &|bi, r, c, v| {
+            // SAFETY: `(bi·m + r)·n + c < nbatch·m·n <= out.numel` (checked above); each
+            // element is written once, by one thread.
+            unsafe { out.write(((bi * m + r) * n + c) as i64, v) };
+        });
+    }
+    Ok(())
+}
+
+/// Bytes of f32 scratch a product that cannot be read and written in place (f16/bf16 or
+/// oddly strided operands, a non-f32 output) may use at once: the widened rows of A and
+/// columns of B of one output tile, and the tile itself when the output is not f32. The
+/// memory report counts no scratch, so it is a small share of the plan's memory (the arena
+/// plus inputs and params) — 1/40, between 256 KiB and 64 MiB — instead of whole widened
+/// matrices (which took up to twice the operands and the output again). Larger tiles
+/// mean fewer gemm calls, each packing its operands again.
+pub(super) fn scratch_bytes(plan: &Plan) -> usize {
+    let leaves: u64 = plan
+        .inputs
+        .iter()
+        .chain(&plan.params)
+        .map(|&b| plan.buffer(b).bytes)
+        .fold(0, u64::saturating_add);
+    let planned = plan.arena_bytes.saturating_add(leaves);
+    (planned / 40).clamp(256 << 10, 64 << 20) as usize
+}
+
+/// A product's operands and sizes, computed whole or tile by tile. Each tile is one gemm
+/// call over the whole `k`, so every element sums in the same order as untiled.
+struct Tiled<'a> {
+    /// Each operand, its memory and whether it is read in place (f32, positive strides).
+    a: (&'a MatOperand, Mem, bool),
+    b: (&'a MatOperand, Mem, bool),
+    /// Batch axes.
+    nb: usize,
+    /// The scratch budget (`scratch_bytes`).
+    scratch: usize,
+    batch: &'a [usize],
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+impl Tiled<'_> {
+    /// Rows and columns per tile. B's widened block (`k × cols`, made once per column
+    /// block) takes at most half the scratch budget, A's widened rows (`rows × k`, made
+    /// once per tile) and the f32 tile (`rows × cols`) the other half; each side between 16
+    /// and 512, then spread evenly so that no tile is a thin remainder.
+    fn tile(&self, out_scratch: bool) -> (usize, usize) {
+        let half = self.scratch / 4 / 2;
+        let cols = if self.b.2 {
+            512
+        } else {
+            (half / self.k.max(1)).clamp(16, 512)
+        };
+        let cols = self.n.div_ceil(self.n.div_ceil(cols));
+        let per_row = if self.a.2 { 0 } else { self.k } + if out_scratch { cols } else { 0 };
+        let rows = (half / per_row.max(1)).clamp(16, 512);
+        (self.m.div_ceil(self.m.div_ceil(rows)), cols)
+    }
+
+    /// Element offset of batch `bi`'s first element in an operand.
+    fn base_off(&self, op: &MatOperand, bi: usize) -> i64 {
         let mut q = bi;
         let mut off = op.offset;
-        for d in (0..nb).rev() {
-            off += (q % batch[d]) as i64 * op.strides[d];
-            q /= batch[d];
+        for d in (0..self.nb).rev() {
+            off += (q % self.batch[d]) as i64 * op.strides[d];
+            q /= self.batch[d];
         }
         off
-    };
-    let par_inside = if nbatch == 1 {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
+    }
 
-    // One batch matrix into `dst` (m·n f32, row-major).
-    let one = |bi: usize, dst: *mut f32| {
-        let a_off = base_off(&mm.a, bi);
-        let b_off = base_off(&mm.b, bi);
-        let (a_tmp, b_tmp);
-        let (a_ptr, a_rs, a_cs) = if direct_a {
-            // SAFETY: bounds checked above; f32 and aligned.
-            (
-                unsafe {
-                    a_mem
-                        .base()
-                        .cast::<f32>()
-                        .cast_const()
-                        .offset(a_off as isize)
-                },
-                mm.a.strides[nb],
-                mm.a.strides[nb + 1],
-            )
+    /// The element of batch `bi`'s row `r0` (column 0) of A, read in place as f32.
+    fn a_ptr(&self, bi: usize, r0: usize) -> *const f32 {
+        let (a, mem, _) = self.a;
+        let at = self.base_off(a, bi) + r0 as i64 * a.strides[self.nb];
+        // SAFETY: inside the operand, whose bounds were checked; called only when it is f32.
+        unsafe { mem.base().cast::<f32>().cast_const().offset(at as isize) }
+    }
+
+    /// The element of batch `bi`'s column `c0` (row 0) of B, read in place as f32.
+    fn b_ptr(&self, bi: usize, c0: usize) -> *const f32 {
+        let (b, mem, _) = self.b;
+        let at = self.base_off(b, bi) + c0 as i64 * b.strides[self.nb + 1];
+        // SAFETY: as for A.
+        unsafe { mem.base().cast::<f32>().cast_const().offset(at as isize) }
+    }
+
+    /// `dst := A·B` for a `rows × cols` tile: A and B in place at
+    /// `ptrs` through their strides, or widened (`widened = Some((a, b))`, each `true` for
+    /// a contiguous copy: A `rows × k`, B `k × cols`); `dst` at row stride `dst.1`.
+    ///
+    /// # Safety
+    /// `dst` holds the tile, owned by this call; the operands hold every element read.
+    unsafe fn gemm(
+        &self,
+        (rows, cols): (usize, usize),
+        (a_ptr, b_ptr): (*const f32, *const f32),
+        widened: Option<(bool, bool)>,
+        (dst, dst_rs): (*mut f32, usize),
+        parallelism: Parallelism,
+    ) {
+        let nb = self.nb;
+        let (wa, wb) = widened.unwrap_or((false, false));
+        let (a_rs, a_cs) = if wa {
+            (self.k as isize, 1)
         } else {
-            // SAFETY: bounds checked above.
-            a_tmp = unsafe { widen(a_mem, a_off, mm.a.strides[nb], mm.a.strides[nb + 1], m, k) };
-            (a_tmp.as_ptr(), k as i64, 1)
-        };
-        let (b_ptr, b_rs, b_cs) = if direct_b {
-            // SAFETY: as above.
             (
-                unsafe {
-                    b_mem
-                        .base()
-                        .cast::<f32>()
-                        .cast_const()
-                        .offset(b_off as isize)
-                },
-                mm.b.strides[nb],
-                mm.b.strides[nb + 1],
+                self.a.0.strides[nb] as isize,
+                self.a.0.strides[nb + 1] as isize,
             )
-        } else {
-            // SAFETY: bounds checked above.
-            b_tmp = unsafe { widen(b_mem, b_off, mm.b.strides[nb], mm.b.strides[nb + 1], k, n) };
-            (b_tmp.as_ptr(), n as i64, 1)
         };
-        // SAFETY: `dst` holds m·n f32 owned by this call; the operands hold the m×k and
-        // k×n elements their strides reach (bounds checked); dst := 0·dst + 1·a·b.
+        let (b_rs, b_cs) = if wb {
+            (cols as isize, 1)
+        } else {
+            (
+                self.b.0.strides[nb] as isize,
+                self.b.0.strides[nb + 1] as isize,
+            )
+        };
+        // SAFETY: forwarded from the caller; dst := 0·dst + 1·a·b.
         unsafe {
             gemm::gemm(
-                m,
-                n,
-                k,
+                rows,
+                cols,
+                self.k,
                 dst,
                 1,
-                n as isize,
+                dst_rs as isize,
                 false,
                 a_ptr,
-                a_cs as isize,
-                a_rs as isize,
+                a_cs,
+                a_rs,
                 b_ptr,
-                b_cs as isize,
-                b_rs as isize,
+                b_cs,
+                b_rs,
                 0.0f32,
                 1.0f32,
                 false,
                 false,
                 false,
-                par_inside,
+                parallelism,
             )
         };
-    };
+    }
 
-    if direct_out {
-        (0..nbatch).into_par_iter().for_each(|bi| {
-            // SAFETY: batch `bi` owns output elements bi·m·n .. (bi+1)·m·n (checked above).
-            let dst = unsafe { out.base().cast::<f32>().add(bi * m * n) };
-            one(bi, dst);
-        });
-    } else {
-        // Compute every batch first, then round into the output: the output may overlap an
-        // operand only in a wrong plan, and then no operand is clobbered mid-product.
-        let mut tmp = vec![0f32; nbatch * m * n];
-        tmp.par_chunks_mut(m * n)
-            .enumerate()
-            .for_each(|(bi, chunk)| one(bi, chunk.as_mut_ptr()));
-        for (i, &v) in tmp.iter().enumerate() {
-            // SAFETY: `i < nbatch·m·n <= out.numel`, checked above; single-threaded.
-            unsafe { out.write(i as i64, v) };
+    /// Computes every tile in turn (gemm's own threads inside each), handing each f32
+    /// result to `put(batch, row, col, value)`; or, with `direct = Some(address)`, letting
+    /// gemm write it into the f32 output at that address (row-major, `m × n` per batch).
+    fn run(&self, direct: Option<usize>, put: &(dyn Fn(usize, usize, usize, f32) + Sync)) {
+        let (m, n, k, nb) = (self.m, self.n, self.k, self.nb);
+        let (mb, nbc) = self.tile(direct.is_none());
+        let nbatch: usize = self.batch.iter().product();
+        let (a, a_mem, direct_a) = self.a;
+        let (b, b_mem, direct_b) = self.b;
+        let (mut a_tmp, mut b_tmp, mut o_tmp) = (Vec::new(), Vec::new(), Vec::new());
+        for bi in 0..nbatch {
+            let (a_off, b_off) = (self.base_off(a, bi), self.base_off(b, bi));
+            for c0 in (0..n).step_by(nbc) {
+                let cols = nbc.min(n - c0);
+                let b_ptr = if direct_b {
+                    self.b_ptr(bi, c0)
+                } else {
+                    let at = b_off + c0 as i64 * b.strides[nb + 1];
+                    // SAFETY: the block lies inside the operand, whose bounds were checked.
+                    unsafe {
+                        widen(
+                            &mut b_tmp,
+                            b_mem,
+                            at,
+                            b.strides[nb],
+                            b.strides[nb + 1],
+                            k,
+                            cols,
+                        )
+                    };
+                    b_tmp.as_ptr()
+                };
+                for r0 in (0..m).step_by(mb) {
+                    let rows = mb.min(m - r0);
+                    let a_ptr = if direct_a {
+                        self.a_ptr(bi, r0)
+                    } else {
+                        let at = a_off + r0 as i64 * a.strides[nb];
+                        // SAFETY: as for B.
+                        unsafe {
+                            widen(
+                                &mut a_tmp,
+                                a_mem,
+                                at,
+                                a.strides[nb],
+                                a.strides[nb + 1],
+                                rows,
+                                k,
+                            )
+                        };
+                        a_tmp.as_ptr()
+                    };
+                    let dst = match direct {
+                        // SAFETY: the tile is inside batch `bi` of the output.
+                        Some(base) => (
+                            unsafe { (base as *mut f32).add(bi * m * n + r0 * n + c0) },
+                            n,
+                        ),
+                        None => {
+                            o_tmp.clear();
+                            o_tmp.resize(rows * cols, 0f32);
+                            (o_tmp.as_mut_ptr(), cols)
+                        }
+                    };
+                    // SAFETY: `dst` holds the rows × cols tile; the operands (in place or
+                    // widened) hold every element the strides reach.
+                    unsafe {
+                        self.gemm(
+                            (rows, cols),
+                            (a_ptr, b_ptr),
+                            Some((!direct_a, !direct_b)),
+                            dst,
+                            Parallelism::Rayon(0),
+                        )
+                    };
+                    if direct.is_none() {
+                        o_tmp.par_chunks(cols).enumerate().for_each(|(r, row)| {
+                            for (c, &v) in row.iter().enumerate() {
+                                put(bi, r0 + r, c0 + c, v);
+                            }
+                        });
+                    }
+                }
+            }
         }
     }
-    Ok(())
 }
 
-/// A `rows × cols` matrix read through strides, widened to contiguous row-major f32.
+/// A `rows × cols` block read through strides into `v` (reused across calls), widened to
+/// contiguous row-major f32, rows in parallel. Contiguous f16/bf16 rows convert a slice at a
+/// time (SIMD where the CPU has it), since the same rows are widened once per tile.
 ///
 /// # Safety
 /// Every element the strides reach is inside `mem`.
-unsafe fn widen(mem: Mem, off: i64, rs: i64, cs: i64, rows: usize, cols: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(rows * cols);
-    for r in 0..rows {
-        for c in 0..cols {
-            // SAFETY: forwarded from the caller.
-            v.push(unsafe { mem.read(off + r as i64 * rs + c as i64 * cs) });
+unsafe fn widen(v: &mut Vec<f32>, mem: Mem, off: i64, rs: i64, cs: i64, rows: usize, cols: usize) {
+    use half::slice::HalfFloatSliceExt;
+    v.clear();
+    v.resize(rows * cols, 0f32);
+    let base = mem.base() as usize;
+    v.par_chunks_mut(cols.max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            let at = off + r as i64 * rs;
+            // The row's first element, when the row is contiguous 2-byte elements.
+            let halves = (cs == 1 && mem.dtype != DType::F32)
+                .then(|| base.wrapping_add((at as usize).wrapping_mul(2)))
+                .filter(|p| p % 2 == 0);
+            match (mem.dtype, halves) {
+                // SAFETY: the row's `cols` elements are inside `mem` (the caller's promise)
+                // and 2-byte aligned; f16 has the layout of u16.
+                (DType::F16, Some(p)) => {
+                    unsafe { std::slice::from_raw_parts(p as *const half::f16, row.len()) }
+                        .convert_to_f32_slice(row)
+                }
+                // SAFETY: as above, for bf16.
+                (DType::BF16, Some(p)) => {
+                    unsafe { std::slice::from_raw_parts(p as *const half::bf16, row.len()) }
+                        .convert_to_f32_slice(row)
+                }
+                _ => {
+                    for (c, x) in row.iter_mut().enumerate() {
+                        // SAFETY: forwarded from the caller.
+                        *x = unsafe { mem.read(at + c as i64 * cs) };
+                    }
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tensor::HostTensor;
+    use tc_compiler::ir::DType;
+
+    /// Products whose tiles do not cover the matrices in one (the scratch budget is at its
+    /// floor for so small a plan), batched, with a transposed (strided) operand and a bf16
+    /// output: every element as an f64 product of the same rounded inputs, rounded to bf16.
+    #[test]
+    fn tiled_products_match_the_whole_product() {
+        let (b, m, k, n) = (2usize, 300usize, 300usize, 290usize);
+        let source = format!(
+            "dim B = {b}\ndim M = {m}\ndim K = {k}\ndim N = {n}\n\
+             input a : bf16[B, M, K]\ninput w : bf16[K, N]\ninput v : f16[N, K]\n\
+             y = a @ w\nz = f16(a) @ transpose(v)\noutput y, z\n"
+        );
+        let program = tc_compiler::compile(&source, &Default::default()).expect("compiles");
+        // The tiles really are smaller than the matrices.
+        assert!(super::scratch_bytes(&program.plan) < k * n * 4);
+        let vals = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
+                .collect()
+        };
+        let a = HostTensor::from_f32(
+            DType::BF16,
+            vec![b as u64, m as u64, k as u64],
+            &vals(b * m * k, 1),
+        );
+        let w = HostTensor::from_f32(DType::BF16, vec![k as u64, n as u64], &vals(k * n, 2));
+        let v = HostTensor::from_f32(DType::F16, vec![n as u64, k as u64], &vals(n * k, 3));
+        let (af, wf, vf) = (a.to_f32(), w.to_f32(), v.to_f32());
+        let outs = super::super::run(&program.plan, &[a, w, v], &[]).expect("runs");
+        let (y, z) = (outs[0].to_f32(), outs[1].to_f32());
+        let a16: Vec<f32> = af
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_f32())
+            .collect();
+        for bi in 0..b {
+            for r in 0..m {
+                for c in 0..n {
+                    let (mut sy, mut sz) = (0f64, 0f64);
+                    for kk in 0..k {
+                        let at = (bi * m + r) * k + kk;
+                        sy += af[at] as f64 * wf[kk * n + c] as f64;
+                        sz += a16[at] as f64 * vf[c * k + kk] as f64;
+                    }
+                    let at = (bi * m + r) * n + c;
+                    for (got, want, ulp) in [(y[at], sy, 1.0 / 128.0), (z[at], sz, 1.0 / 1024.0)] {
+                        assert!(
+                            (got as f64 - want).abs() <= ulp * want.abs() + 1e-3,
+                            "[{bi}, {r}, {c}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
-    v
 }

@@ -99,6 +99,17 @@ fn arena_range(plan: &Plan, o: &tc_compiler::schedule::PlanOutput, base: usize) 
     (at(lo), at(hi + 1))
 }
 
+/// Checks the tensors given for a run against the plan's inputs and params: as many, each
+/// of its buffer's dtype, shape and size (the check `run` makes first).
+pub fn check_data(
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<(), CpuError> {
+    check_leaves(plan, "input", &plan.inputs, inputs)?;
+    check_leaves(plan, "param", &plan.params, params)
+}
+
 /// Runs `plan` on the host and returns its outputs in `plan.outputs` order, each gathered
 /// into a contiguous tensor of its dtype.
 pub fn run(
@@ -106,8 +117,7 @@ pub fn run(
     inputs: &[HostTensor],
     params: &[HostTensor],
 ) -> Result<Vec<HostTensor>, CpuError> {
-    check_leaves(plan, "input", &plan.inputs, inputs)?;
-    check_leaves(plan, "param", &plan.params, params)?;
+    check_data(plan, inputs, params)?;
 
     // Large contiguous outputs that share no byte with another output get their vectors
     // now, so the arena can be placed where the largest one's pages line up with its

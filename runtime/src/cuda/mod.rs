@@ -4,15 +4,10 @@
 //! Every entry point checks that the driver, NVRTC and cuBLAS libraries can be loaded before
 //! touching them, so a machine without CUDA gets a `CudaError` saying why, never a panic.
 //!
-//! For the command line:
-//! - `--device auto`: `available()` → `Ok(DeviceInfo)` or an error whose text says why not.
-//! - `tc run --device cuda`: plan with `tc_compiler::codegen::cuda_plan_options(&opts)` (adds
-//!   the cuBLAS workspace), then `run(&plan, &inputs, &params, &CudaOptions::default())`;
-//!   `CudaRun::measured_bytes` is the report's `measured` (with inputs; subtract the inputs'
-//!   and params' bytes for "without"). Errors map to exit code 3.
-//! - `tc bench`: `bench(&plan, …, warmup, runs)` for the planned and the unfused plan;
-//!   `copy_bandwidth(bytes, runs, device)` for the memory-bandwidth floor.
-//! - `tc emit --kernels`: `tc_compiler::codegen::emit_program(&plan)` (no device needed).
+//! The command line and the benchmarks reach it through `backend::CudaBackend` (the plan
+//! options with the cuBLAS workspace, the data check, free memory, `run`, `bench`,
+//! `copy_bandwidth`), whose errors map to exit code 3; `available()` answers `--device
+//! auto`. `tc emit --kernels` needs no device (`tc_compiler::codegen::emit_program`).
 
 pub mod emu;
 pub mod nvrtc;
@@ -67,3 +62,15 @@ pub use executor::{
 };
 
 pub use tc_compiler::codegen::CUBLAS_WORKSPACE_BYTES;
+
+/// Checks the tensors given for a run against the plan's inputs and params (as many, each
+/// of its buffer's dtype, shape and size): the check `run` makes first, for
+/// `backend::CudaBackend` to make before any device is opened.
+pub fn check_data(
+    plan: &tc_compiler::Plan,
+    inputs: &[crate::tensor::HostTensor],
+    params: &[crate::tensor::HostTensor],
+) -> Result<(), String> {
+    place::check_data(plan, &plan.inputs, inputs, "input")?;
+    place::check_data(plan, &plan.params, params, "param")
+}
