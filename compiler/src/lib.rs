@@ -12,6 +12,7 @@ pub mod check;
 pub mod codegen;
 pub mod diag;
 pub mod fuse;
+pub mod invariant;
 pub mod ir;
 pub mod memory;
 pub mod plan;
