@@ -62,18 +62,51 @@ pub struct MemoryReport {
     pub arena_bytes: u64,
     /// Number of steps (kernels) of the planned schedule.
     pub steps: usize,
+    /// Bytes of arena and workspace buffers live at each step (at least one step), a region
+    /// handed over in place counted once: what the text chart and the SVG draw. Not part of
+    /// the JSON (SPEC §2 fixes its keys).
+    #[serde(skip)]
+    pub live: Vec<u64>,
 }
 
-/// True when `b` takes over its in-place predecessor's storage at `step`, which is then
-/// still counted under the predecessor (one region, not two).
-pub fn handed_over_at(report: &MemoryReport, b: &BufferEntry, step: usize) -> bool {
-    b.first_step == step
-        && b.in_place_of.as_ref().is_some_and(|p| {
-            report
-                .buffers
-                .iter()
-                .any(|q| &q.name == p && q.view_of.is_none() && q.last_step == step)
+/// `MemoryReport::live`: each arena or workspace buffer counts its bytes from its first to
+/// its last step, except at its first step when it takes over there the storage of its
+/// in-place predecessor, whose last step that is (one region, counted under the predecessor).
+fn live_per_step(buffers: &[BufferEntry], steps: usize) -> Vec<u64> {
+    let steps = steps.max(1);
+    // (name, last step) of every buffer a successor may take over.
+    let ends: BTreeSet<(&str, usize)> = buffers
+        .iter()
+        .filter(|q| q.view_of.is_none())
+        .map(|q| (q.name.as_str(), q.last_step))
+        .collect();
+    let mut delta = vec![0i128; steps + 1];
+    for b in buffers
+        .iter()
+        .filter(|b| matches!(b.kind.as_str(), "arena" | "workspace"))
+    {
+        let (first, last) = (b.first_step, b.last_step.min(steps - 1));
+        if first > last {
+            continue;
+        }
+        let handed = b
+            .in_place_of
+            .as_deref()
+            .is_some_and(|p| ends.contains(&(p, first)));
+        let from = if handed { first + 1 } else { first };
+        if from <= last {
+            delta[from] += b.bytes as i128;
+            delta[last + 1] -= b.bytes as i128;
+        }
+    }
+    let mut live = 0i128;
+    delta[..steps]
+        .iter()
+        .map(|d| {
+            live += d;
+            live.clamp(0, u64::MAX as i128) as u64
         })
+        .collect()
 }
 
 fn kind_name(kind: &BufferKind) -> &'static str {
@@ -214,6 +247,7 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             plan.arena_bytes, unfused.eager
         ));
     }
+    let live = live_per_step(&buffers, plan.kernels.len());
     MemoryReport {
         peaks,
         kernels,
@@ -221,5 +255,6 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
         notes,
         arena_bytes: plan.arena_bytes,
         steps: plan.kernels.len(),
+        live,
     }
 }

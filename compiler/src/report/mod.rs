@@ -6,9 +6,7 @@ pub mod json;
 pub mod svg;
 pub mod text;
 
-pub use crate::memory::report::{
-    handed_over_at, memory_report, BufferEntry, KernelEntry, MemoryReport, Peak, Peaks,
-};
+pub use crate::memory::report::{BufferEntry, KernelEntry, MemoryReport, Peak, Peaks};
 pub use json::to_json;
 pub use svg::render_svg;
 pub use text::render_text;

@@ -158,12 +158,8 @@ fn chart(report: &MemoryReport) -> String {
     }
     for step in 0..report.steps.max(1) {
         let mut row = vec!['.'; CHART_WIDTH as usize];
-        let mut live = 0u64;
         for (i, b) in &arena {
             if b.first_step <= step && step <= b.last_step {
-                if !super::handed_over_at(report, b, step) {
-                    live += b.bytes;
-                }
                 let lo = (b.offset as u128 * CHART_WIDTH as u128 / total as u128) as usize;
                 let hi = ((b.offset as u128 + b.bytes as u128) * CHART_WIDTH as u128)
                     .div_ceil(total as u128) as usize;
@@ -173,6 +169,7 @@ fn chart(report: &MemoryReport) -> String {
             }
         }
         let row: String = row.into_iter().collect();
+        let live = report.live.get(step).copied().unwrap_or(0);
         let _ = writeln!(out, "  step {step:>3} |{row}| {}", human(live));
     }
     out
