@@ -49,10 +49,6 @@ pub fn pack_arena(buffers: &mut [Buffer], reuse: bool, budget: u64) -> u64 {
     arena
 }
 
-fn overlaps(a: &Item, b: &Item) -> bool {
-    a.first <= b.last && b.first <= a.last
-}
-
 /// The largest total of (aligned) bytes live at one step: no packing can beat it.
 pub fn max_live(items: &[Item]) -> u64 {
     super::liveness::peak(items.iter().map(|i| (i.first, i.last, align_up(i.size))))
@@ -63,13 +59,14 @@ pub fn max_live(items: &[Item]) -> u64 {
 /// Returns the offsets (by item index) and the arena size.
 pub fn place(items: &[Item], order: &[usize], best_fit: bool) -> (Vec<u64>, u64) {
     let mut offsets = vec![0u64; items.len()];
-    let mut placed: Vec<usize> = Vec::with_capacity(items.len());
+    let mut placed = Placed::new(items);
+    let mut met: Vec<usize> = Vec::new();
     let mut arena = 0u64;
     for &i in order {
         let size = align_up(items[i].size);
-        let mut busy: Vec<(u64, u64)> = placed
+        placed.meeting(&items[i], &mut met);
+        let mut busy: Vec<(u64, u64)> = met
             .iter()
-            .filter(|&&j| overlaps(&items[i], &items[j]))
             .map(|&j| {
                 (
                     offsets[j],
@@ -96,9 +93,101 @@ pub fn place(items: &[Item], order: &[usize], best_fit: bool) -> (Vec<u64>, u64)
         let off = chosen.map_or(end, |(_, o)| o);
         offsets[i] = off;
         arena = arena.max(off.saturating_add(size));
-        placed.push(i);
+        placed.insert(i);
     }
     (offsets, arena)
+}
+
+/// The items placed so far, indexed by time: a segment tree over the steps, each item kept
+/// at the O(log steps) nodes that cover its lifetime, so the placed items a new one meets are
+/// found without looking at every placed item (the packer was quadratic in their number).
+struct Placed<'a> {
+    items: &'a [Item],
+    steps: usize,
+    /// Items kept at each node, and how many are kept in each node's subtree.
+    at: Vec<Vec<usize>>,
+    below: Vec<usize>,
+    /// The query that last reported each item (an item kept at several nodes is reported once).
+    seen: Vec<usize>,
+    query: usize,
+}
+
+impl<'a> Placed<'a> {
+    fn new(items: &'a [Item]) -> Placed<'a> {
+        let steps = items.iter().map(|i| i.last + 1).max().unwrap_or(1).max(1);
+        Placed {
+            items,
+            steps,
+            at: vec![Vec::new(); 4 * steps],
+            below: vec![0; 4 * steps],
+            seen: vec![usize::MAX; items.len()],
+            query: 0,
+        }
+    }
+
+    fn insert(&mut self, i: usize) {
+        let it = self.items[i];
+        if it.first <= it.last {
+            self.insert_at(1, 0, self.steps - 1, it.first, it.last, i);
+        }
+    }
+
+    fn insert_at(&mut self, node: usize, lo: usize, hi: usize, f: usize, l: usize, i: usize) {
+        self.below[node] += 1;
+        if f <= lo && hi <= l {
+            self.at[node].push(i);
+            return;
+        }
+        let mid = (lo + hi) / 2;
+        if f <= mid {
+            self.insert_at(2 * node, lo, mid, f, l, i);
+        }
+        if l > mid {
+            self.insert_at(2 * node + 1, mid + 1, hi, f, l, i);
+        }
+        // `below[node]` is non-zero exactly when some item is kept in the subtree.
+    }
+
+    /// The placed items whose lifetime meets `it`'s, into `out` (in no particular order).
+    fn meeting(&mut self, it: &Item, out: &mut Vec<usize>) {
+        out.clear();
+        self.query += 1;
+        if it.first <= it.last {
+            self.meeting_at(
+                1,
+                0,
+                self.steps - 1,
+                it.first,
+                it.last.min(self.steps - 1),
+                out,
+            );
+        }
+    }
+
+    fn meeting_at(
+        &mut self,
+        node: usize,
+        lo: usize,
+        hi: usize,
+        f: usize,
+        l: usize,
+        out: &mut Vec<usize>,
+    ) {
+        if self.below[node] == 0 || hi < f || l < lo || f > l {
+            return;
+        }
+        for &j in &self.at[node] {
+            if self.seen[j] != self.query {
+                self.seen[j] = self.query;
+                out.push(j);
+            }
+        }
+        if lo < hi {
+            let mid = (lo + hi) / 2;
+            self.meeting_at(2 * node, lo, mid, f, l, out);
+            self.meeting_at(2 * node + 1, mid + 1, hi, f, l, out);
+        }
+    }
 }
 
 /// A tiny deterministic generator for the fallback orderings.
@@ -185,8 +274,74 @@ pub fn pack_with(items: &[Item], budget: u64, restarts: usize) -> (Vec<u64>, u64
 mod tests {
     use super::*;
 
+    fn overlaps(a: &Item, b: &Item) -> bool {
+        a.first <= b.last && b.first <= a.last
+    }
+
     fn it(size: u64, first: usize, last: usize) -> Item {
         Item { size, first, last }
+    }
+
+    /// `place` as it was before the time index: every placed item looked at.
+    fn place_by_scan(items: &[Item], order: &[usize], best_fit: bool) -> (Vec<u64>, u64) {
+        let mut offsets = vec![0u64; items.len()];
+        let mut placed: Vec<usize> = Vec::new();
+        let mut arena = 0u64;
+        for &i in order {
+            let size = align_up(items[i].size);
+            let mut busy: Vec<(u64, u64)> = placed
+                .iter()
+                .filter(|&&j| overlaps(&items[i], &items[j]))
+                .map(|&j| (offsets[j], offsets[j] + align_up(items[j].size)))
+                .collect();
+            busy.sort_unstable();
+            let mut chosen: Option<(u64, u64)> = None;
+            let mut end = 0u64;
+            for &(lo, hi) in &busy {
+                if lo > end && lo - end >= size {
+                    let gap = lo - end;
+                    if !best_fit {
+                        chosen = Some((gap, end));
+                        break;
+                    }
+                    if chosen.is_none_or(|(g, _)| gap < g) {
+                        chosen = Some((gap, end));
+                    }
+                }
+                end = end.max(hi);
+            }
+            let off = chosen.map_or(end, |(_, o)| o);
+            offsets[i] = off;
+            arena = arena.max(off + size);
+            placed.push(i);
+        }
+        (offsets, arena)
+    }
+
+    #[test]
+    fn the_time_index_finds_exactly_the_items_a_scan_finds() {
+        let mut rng = Lcg(7);
+        for round in 0..300 {
+            let n = 1 + (rng.next() % 40) as usize;
+            let items: Vec<Item> = (0..n)
+                .map(|_| {
+                    let first = (rng.next() % 30) as usize;
+                    let len = (rng.next() % if round % 3 == 0 { 30 } else { 4 }) as usize;
+                    it(16 * (1 + rng.next() % 16), first, first + len)
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            }
+            for best_fit in [true, false] {
+                assert_eq!(
+                    place(&items, &order, best_fit),
+                    place_by_scan(&items, &order, best_fit),
+                    "{items:?}"
+                );
+            }
+        }
     }
 
     #[test]
