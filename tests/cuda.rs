@@ -733,7 +733,7 @@ fn small_dims(source: &str) -> Vec<(String, u64)> {
 
 // ------------------------------------------------------------------ cuBLAS call semantics on the host
 
-/// A deterministic generator for test data and random programs (xorshift64*).
+/// A deterministic generator of test data (xorshift64*).
 struct Rng(u64);
 
 impl Rng {
@@ -745,9 +745,6 @@ impl Rng {
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
     }
     fn value(&mut self) -> f64 {
         (self.below(2001) as f64 - 1000.0) / 250.0
@@ -886,121 +883,16 @@ fn cublas_calls_compute_the_planned_products() {
 
 // ------------------------------------------------------------------ random programs
 
-/// A random, well-typed `.tx` program: elementwise chains, broadcasts, reductions over
-/// various axes, row built-ins, views, casts and matrix products.
-fn random_program(rng: &mut Rng) -> String {
-    let dims = [
-        ("A", 1 + rng.below(4)),
-        ("R", 1 + rng.below(40)),
-        ("C", *rng.pick(&[1u64, 3, 8, 33, 64, 300, 1100, 4100])),
-    ];
-    let dt = *rng.pick(&["f32", "f32", "f16", "bf16"]);
-    let mut src = String::new();
-    for (n, v) in dims {
-        src.push_str(&format!("dim {n} = {v}\n"));
-    }
-    src.push_str(&format!(
-        "input x : {dt}[A, R, C]\ninput y : {dt}[R, C]\nparam w : {dt}[C, R]\nparam g : f32[C]\n"
-    ));
-    // (name, axes as dim names, dtype)
-    let mut vals: Vec<(String, Vec<&str>, String)> = vec![
-        ("x".into(), vec!["A", "R", "C"], dt.into()),
-        ("y".into(), vec!["R", "C"], dt.into()),
-        ("g".into(), vec!["C"], "f32".into()),
-    ];
-    let unary = [
-        "abs", "exp", "sin", "cos", "tanh", "sigmoid", "relu", "gelu", "silu", "erf", "square",
-    ];
-    let steps = 2 + rng.below(7);
-    for s in 0..steps {
-        let name = format!("t{s}");
-        let (v, shape, vdt) = rng.pick(&vals).clone();
-        let (expr, out_shape, out_dt): (String, Vec<&str>, String) = match rng.below(11) {
-            0 | 1 => (
-                format!("{}({v})", rng.pick(&unary)),
-                shape.clone(),
-                vdt.clone(),
-            ),
-            2 => (
-                "log(abs(".to_string() + &v + ") + 1)",
-                shape.clone(),
-                vdt.clone(),
-            ),
-            3 | 4 => {
-                // A partner that broadcasts against `v`: any value whose shape is a suffix.
-                let partners: Vec<&(String, Vec<&str>, String)> = vals
-                    .iter()
-                    .filter(|(_, s2, _)| s2.len() <= shape.len() && shape.ends_with(s2))
-                    .collect();
-                let (p, _, pdt) = (*rng.pick(&partners)).clone();
-                let op = *rng.pick(&["+", "-", "*", "maximum", "minimum"]);
-                let e = if op.len() > 1 {
-                    format!("{op}({v}, {p})")
-                } else {
-                    format!("{v} {op} {p} * 0.5")
-                };
-                let odt = if pdt == vdt {
-                    vdt.clone()
-                } else {
-                    "f32".to_string()
-                };
-                (e, shape.clone(), odt)
-            }
-            5 => {
-                let (f, keep) = (*rng.pick(&["sum", "mean", "max", "min"]), rng.below(2) == 0);
-                let axis = rng.below(shape.len() as u64 + 1);
-                if axis == shape.len() as u64 {
-                    (format!("{f}({v})"), vec![], vdt.clone())
-                } else {
-                    let mut out = shape.clone();
-                    if keep {
-                        out[axis as usize] = "1";
-                    } else {
-                        out.remove(axis as usize);
-                    }
-                    (
-                        format!("{f}({v}, axis={axis}, keepdim={keep})"),
-                        out,
-                        vdt.clone(),
-                    )
-                }
-            }
-            6 if !shape.is_empty() => {
-                let f = *rng.pick(&["softmax", "log_softmax", "layernorm", "rmsnorm"]);
-                (format!("{f}({v}, axis=-1)"), shape.clone(), vdt.clone())
-            }
-            7 if shape.len() >= 2 && shape.last() == Some(&"C") && vdt == dt => {
-                let mut out = shape.clone();
-                *out.last_mut().expect("non-empty") = "R";
-                (format!("{v} @ w"), out, vdt.clone())
-            }
-            8 if shape.len() >= 2 && !shape.contains(&"1") => {
-                let mut out = shape.clone();
-                let n = out.len();
-                out.swap(n - 1, n - 2);
-                (format!("transpose({v}) * 1"), out, vdt.clone())
-            }
-            9 => {
-                let to = *rng.pick(&["f32", "f16", "bf16"]);
-                (format!("{to}({v})"), shape.clone(), to.to_string())
-            }
-            _ => (format!("-{v} * 2 + 1"), shape.clone(), vdt.clone()),
-        };
-        src.push_str(&format!("{name} = {expr}\n"));
-        vals.push((name, out_shape, out_dt));
-    }
-    let last = vals.len() - 1;
-    let other = 3 + rng.below((vals.len() - 3) as u64) as usize;
-    src.push_str(&format!("output {}\n", vals[last].0));
-    if other != last {
-        src.push_str(&format!("output {}\n", vals[other].0));
-    }
-    src
-}
-
+/// `count` random programs from the one generator (`tc_tests::gen`), over the long rows and
+/// odd widths of `Sizes::rows`, so every launch strategy of a row kernel comes up.
 fn random_programs(count: usize, seed: u64) -> Vec<String> {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    (0..count).map(|_| random_program(&mut rng)).collect()
+    use tc_tests::gen::{program_with, Sizes};
+    (0..count as u64)
+        .map(|i| {
+            let s = seed.wrapping_mul(1_000_003).wrapping_add(i);
+            program_with(s, &Sizes::rows(s))
+        })
+        .collect()
 }
 
 #[test]
@@ -1065,14 +957,6 @@ fn gpu_ready() -> bool {
     }
 }
 
-fn tolerance(dtype: DType) -> (f32, f32) {
-    match dtype {
-        DType::F32 => (2e-3, 2e-4),
-        DType::F16 => (2e-2, 2e-2),
-        DType::BF16 => (6e-2, 6e-2),
-    }
-}
-
 /// Runs `source` on CUDA and on the CPU executor with the same seeded data; outputs must
 /// agree within the dtype's tolerance and `measured` must equal `planned`.
 fn check_cuda_against_cpu(label: &str, source: &str, dims: &[(String, u64)]) -> Result<(), String> {
@@ -1108,7 +992,7 @@ fn check_cuda_against_cpu_with(
 }
 
 /// Every output of `got` (from `device`) equals the CPU executor's within the dtype's
-/// tolerance, NaN where the CPU has NaN.
+/// tolerance between executors (`tc_tests::between_executors`), NaN where the CPU has NaN.
 fn compare_with_cpu(
     label: &str,
     device: &str,
@@ -1123,11 +1007,9 @@ fn compare_with_cpu(
                 out.name, got.shape, want.shape
             ));
         }
-        let (rtol, atol) = tolerance(want.dtype);
+        let tol = tc_tests::between_executors(want.dtype);
         for (i, (w, g)) in want.to_f32().iter().zip(got.to_f32()).enumerate() {
-            let ok =
-                (w.is_nan() && g.is_nan()) || w == &g || (w - g).abs() <= atol + rtol * w.abs();
-            if !ok {
+            if !tol.admits(g as f64, *w as f64, 1.0) {
                 return Err(format!(
                     "{label}: output {} element {i}: {device} {g}, CPU {w}",
                     out.name
@@ -1258,10 +1140,8 @@ fn cuda_entry_points_never_panic_without_a_gpu() {
         (Ok(_), Ok(run)) => {
             assert_eq!(run.measured_bytes, plan.arena_bytes + 4 * 32 + 4 * 8);
             let y = run.outputs[0].to_f32();
-            let want = {
-                let v = 1.5f32 + 0.5;
-                0.5 * v * (1.0 + libm_erf(v / std::f32::consts::SQRT_2))
-            };
+            // gelu(1 · 1.5 + 0.5), as `ir::eval` defines it.
+            let want = tc_compiler::ir::eval::unary(UnaryOp::Gelu, 2.0) as f32;
             assert!((y[0] - want).abs() < 1e-5, "{} vs {want}", y[0]);
         }
         (Err(e), Err(e2)) => {
@@ -1277,18 +1157,6 @@ fn cuda_entry_points_never_panic_without_a_gpu() {
             b.map(|r| r.measured_bytes)
         ),
     }
-}
-
-/// erf for the one check above (Abramowitz–Stegun 7.1.26 is too coarse; use the series).
-fn libm_erf(x: f32) -> f32 {
-    let x = x as f64;
-    let mut sum = 0.0;
-    let mut term = x;
-    for n in 0..60 {
-        sum += term / (2 * n + 1) as f64;
-        term *= -x * x / (n + 1) as f64;
-    }
-    (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
+#[cfg(any(test, feature = "test-support"))]
 pub mod reference;
 pub mod tensor;
 

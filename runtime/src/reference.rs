@@ -1,10 +1,12 @@
 //! The reference evaluator: every node of the checked graph materialised in f64 and rounded
 //! to its dtype as it is stored, built-ins (softmax, layernorm, …) evaluated directly.
 //! Written for clarity, not speed: the oracle the differential tests compare against.
+//! Scalar maths, reductions and rounding are `ir::eval`'s, the meaning the constant folder
+//! uses too; shapes broadcast by `ir::broadcast`. Test support only (the `test-support`
+//! feature): the `tc` binary does not contain it.
 
 use crate::tensor::HostTensor;
-use half::{bf16, f16};
-use tc_compiler::ir::{BinaryOp, DType, Graph, Op, ReduceOp, UnaryOp, ViewOp};
+use tc_compiler::ir::{eval, DType, Graph, Op, ReduceOp, ViewOp};
 
 /// A materialised value: row-major f64 values, each exactly representable in `dtype`.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +58,7 @@ pub fn evaluate(
                 let a = get(*a);
                 (
                     a.shape.clone(),
-                    a.values.iter().map(|&x| unary(*op, x)).collect(),
+                    a.values.iter().map(|&x| eval::unary(*op, x)).collect(),
                 )
             }
             Op::Binary(op, a, b) => {
@@ -66,7 +68,7 @@ pub fn evaluate(
                 let v = (0..n)
                     .map(|i| {
                         let idx = unravel(i, &s);
-                        binary(
+                        eval::binary(
                             *op,
                             a.values[broadcast_index(&idx, &a.shape)],
                             b.values[broadcast_index(&idx, &b.shape)],
@@ -84,7 +86,7 @@ pub fn evaluate(
             Op::Softmax { arg, axis, log } => {
                 let log = *log;
                 along_axis(get(*arg), *axis, |line| {
-                    let m = line.iter().copied().fold(f64::NEG_INFINITY, nan_max);
+                    let m = eval::reduce(ReduceOp::Max, line.iter().copied());
                     let s: f64 = line.iter().map(|&x| (x - m).exp()).sum();
                     line.iter()
                         .map(|&x| {
@@ -149,65 +151,7 @@ pub fn evaluate(
 
 /// Rounds an f64 to the nearest value of `dtype` (ties to even), as f64.
 pub fn round(dtype: DType, v: f64) -> f64 {
-    match dtype {
-        DType::F32 => v as f32 as f64,
-        DType::F16 => f16::from_f64(v).to_f64(),
-        DType::BF16 => bf16::from_f64(v).to_f64(),
-    }
-}
-
-fn unary(op: UnaryOp, x: f64) -> f64 {
-    match op {
-        UnaryOp::Neg => -x,
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Sin => x.sin(),
-        UnaryOp::Cos => x.cos(),
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        UnaryOp::Relu => {
-            if x.is_nan() {
-                x
-            } else {
-                x.max(0.0)
-            }
-        }
-        UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        UnaryOp::Silu => x / (1.0 + (-x).exp()),
-        UnaryOp::Erf => libm::erf(x),
-        UnaryOp::Square => x * x,
-    }
-}
-
-fn nan_max(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.max(b)
-    }
-}
-
-fn nan_min(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.min(b)
-    }
-}
-
-fn binary(op: BinaryOp, a: f64, b: f64) -> f64 {
-    match op {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div => a / b,
-        BinaryOp::Pow => a.powf(b),
-        BinaryOp::Maximum => nan_max(a, b),
-        BinaryOp::Minimum => nan_min(a, b),
-    }
+    eval::round(dtype, v)
 }
 
 fn numel(shape: &[u64]) -> usize {
@@ -232,29 +176,10 @@ fn ravel(idx: &[usize], shape: &[u64]) -> usize {
         .fold(0, |acc, (&i, &s)| acc * s as usize + i)
 }
 
-/// NumPy's broadcast of two shapes.
+/// NumPy's broadcast of two shapes (`ir::broadcast`), as an error when they do not.
 fn broadcast_shape(a: &[u64], b: &[u64]) -> Result<Vec<u64>, String> {
-    let r = a.len().max(b.len());
-    (0..r)
-        .map(|i| {
-            let x = if i + a.len() >= r {
-                a[i + a.len() - r]
-            } else {
-                1
-            };
-            let y = if i + b.len() >= r {
-                b[i + b.len() - r]
-            } else {
-                1
-            };
-            match (x, y) {
-                _ if x == y => Ok(x),
-                (1, _) => Ok(y),
-                (_, 1) => Ok(x),
-                _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
-            }
-        })
-        .collect()
+    tc_compiler::ir::broadcast(a, b)
+        .ok_or_else(|| format!("shapes {a:?} and {b:?} do not broadcast"))
 }
 
 /// The position in a tensor of `shape` that broadcast index `idx` (of a larger rank) reads.
@@ -288,27 +213,17 @@ fn reduce(
         .collect();
     let count: usize = axes.iter().map(|&d| a.shape[d] as usize).product();
     let n = numel(&kept);
-    let init = match op {
-        ReduceOp::Sum | ReduceOp::Mean => 0.0,
-        ReduceOp::Max => f64::NEG_INFINITY,
-        ReduceOp::Min => f64::INFINITY,
-    };
-    let mut acc = vec![init; n];
+    let mut acc = vec![eval::reduce_init(op); n];
     for (i, &x) in a.values.iter().enumerate() {
         let mut idx = unravel(i, &a.shape);
         for &d in axes {
             idx[d] = 0;
         }
         let j = ravel(&idx, &kept);
-        acc[j] = match op {
-            ReduceOp::Sum | ReduceOp::Mean => acc[j] + x,
-            ReduceOp::Max => nan_max(acc[j], x),
-            ReduceOp::Min => nan_min(acc[j], x),
-        };
+        acc[j] = eval::reduce_step(op, acc[j], x);
     }
-    if op == ReduceOp::Mean {
-        acc.iter_mut().for_each(|v| *v /= count as f64);
-    }
+    acc.iter_mut()
+        .for_each(|v| *v = eval::reduce_finish(op, *v, count as u64));
     let shape = if keepdim {
         kept
     } else {
@@ -432,7 +347,8 @@ fn apply_view(view: &ViewOp, a: &RefTensor, shape: &[u64]) -> Result<(Vec<u64>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tc_compiler::ir::{Dim, Leaf, Node, NodeId, Origin, Output, TensorType};
+    use half::f16;
+    use tc_compiler::ir::{BinaryOp, Dim, Leaf, Node, NodeId, Origin, Output, TensorType, UnaryOp};
 
     struct G(Graph);
 
@@ -627,7 +543,7 @@ mod tests {
         let v = out[0].values[0];
         assert_eq!(
             out[1].values,
-            vec![(0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt()))) as f32 as f64]
+            vec![(0.5 * v * (1.0 + eval::erf(v / 2f64.sqrt()))) as f32 as f64]
         );
         assert!(evaluate(&g.0, &[t(DType::F32, &[1], &[1.0])], &[]).is_err());
         assert!(evaluate(&g.0, &[], &[]).is_err());

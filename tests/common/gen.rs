@@ -3,6 +3,12 @@
 //! casts over small shapes and mixed dtypes. Shapes and dtypes are tracked while generating;
 //! magnitudes are kept bounded (`tanh` where they could grow) so that f32-vs-f64 differences
 //! stay at rounding level. Every value nobody reads is an output, except a few left dead.
+//!
+//! The one generator of the tests: `program` (dims 2..5, the differential tests) and
+//! `program_with` over other `Sizes` (`Sizes::rows`: the long rows and odd widths the CUDA
+//! tests need for their launch strategies).
+
+use tc_compiler::ir::broadcast;
 
 /// SplitMix64: a tiny deterministic source for one program.
 struct Rng(u64);
@@ -29,8 +35,46 @@ impl Rng {
     }
 }
 
-/// The dims every program declares: name, size.
+/// The dims of `Sizes::small`: name, size.
 const DIMS: [(&str, u64); 4] = [("A", 2), ("B", 3), ("C", 4), ("D", 5)];
+
+/// The sizes a generated program works over.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sizes {
+    /// The dims the program declares (name, size); sizes are written as these names.
+    pub dims: Vec<(&'static str, u64)>,
+    /// The axes of the first leaves (other shapes are suffixes of it, some axes set to 1);
+    /// three sizes drawn from `dims` when `None`.
+    pub base: Option<Vec<u64>>,
+    /// Sizes for new axes: a size-1 axis of a new broadcast partner, a leading axis added
+    /// by `expand`, the columns of a matrix product.
+    pub extra: Vec<u64>,
+}
+
+impl Sizes {
+    /// Dims 2, 3, 4 and 5, every shape drawn from them.
+    pub fn small() -> Sizes {
+        Sizes {
+            dims: DIMS.to_vec(),
+            base: None,
+            extra: DIMS.iter().map(|d| d.1).collect(),
+        }
+    }
+
+    /// Shapes within `[A, R, C]`: up to 4 batches of up to 40 rows of 1 to 4100 columns
+    /// (widths below, at and past a warp, a block and a vector), drawn from `seed`.
+    pub fn rows(seed: u64) -> Sizes {
+        let mut rng = Rng(seed ^ 0x5eed_0f5a_e5e5_0001);
+        let a = 1 + rng.below(4) as u64;
+        let r = 1 + rng.below(40) as u64;
+        let c = *rng.pick(&[1u64, 3, 8, 33, 64, 300, 1100, 4100]);
+        Sizes {
+            dims: vec![("A", a), ("R", r), ("C", c)],
+            base: Some(vec![a, r, c]),
+            extra: vec![a, r],
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 struct Var {
@@ -41,8 +85,9 @@ struct Var {
     bound: f64,
 }
 
-struct Gen {
+struct Gen<'s> {
     rng: Rng,
+    sizes: &'s Sizes,
     decls: Vec<String>,
     body: Vec<String>,
     vars: Vec<Var>,
@@ -50,15 +95,15 @@ struct Gen {
 }
 
 /// Writes a size as a dim name when one has that size (sometimes), else as a literal.
-fn size_text(rng: &mut Rng, s: u64) -> String {
-    match DIMS.iter().find(|(_, v)| *v == s) {
+fn size_text(rng: &mut Rng, dims: &[(&str, u64)], s: u64) -> String {
+    match dims.iter().find(|(_, v)| *v == s) {
         Some((n, _)) if rng.chance(60) => n.to_string(),
         _ => s.to_string(),
     }
 }
 
-fn shape_text(rng: &mut Rng, shape: &[u64]) -> String {
-    let parts: Vec<String> = shape.iter().map(|&s| size_text(rng, s)).collect();
+fn shape_text(rng: &mut Rng, dims: &[(&str, u64)], shape: &[u64]) -> String {
+    let parts: Vec<String> = shape.iter().map(|&s| size_text(rng, dims, s)).collect();
     format!("[{}]", parts.join(", "))
 }
 
@@ -75,32 +120,7 @@ fn promote(a: &Var, b: &Var) -> &'static str {
     }
 }
 
-fn broadcast(a: &[u64], b: &[u64]) -> Option<Vec<u64>> {
-    let r = a.len().max(b.len());
-    (0..r)
-        .map(|i| {
-            let x = if i + a.len() >= r {
-                a[i + a.len() - r]
-            } else {
-                1
-            };
-            let y = if i + b.len() >= r {
-                b[i + b.len() - r]
-            } else {
-                1
-            };
-            if x == y || y == 1 {
-                Some(x)
-            } else if x == 1 {
-                Some(y)
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
-impl Gen {
+impl Gen<'_> {
     fn fresh(&mut self) -> String {
         format!("v{}", self.vars.len())
     }
@@ -128,7 +148,7 @@ impl Gen {
         };
         let name = format!("{}{}", if kind == "input" { "x" } else { "w" }, self.leaves);
         self.leaves += 1;
-        let st = shape_text(&mut self.rng, &shape);
+        let st = shape_text(&mut self.rng, &self.sizes.dims, &shape);
         self.decls.push(format!("{kind} {name} : {dtype}{st}"));
         let v = Var {
             name,
@@ -209,7 +229,19 @@ impl Gen {
             let lit = if self.rng.chance(50) {
                 self.rng.pick(&["0.5", "2", "1.5", "3", "0.25"]).to_string()
             } else {
-                self.rng.pick(&DIMS).0.to_string()
+                // A dim as a value, if one is small enough to keep magnitudes bounded.
+                let small: Vec<&str> = self
+                    .sizes
+                    .dims
+                    .iter()
+                    .filter(|d| d.1 <= 5)
+                    .map(|d| d.0)
+                    .collect();
+                if small.is_empty() {
+                    self.rng.pick(&["2", "3"]).to_string()
+                } else {
+                    self.rng.pick(&small).to_string()
+                }
             };
             Var {
                 name: lit,
@@ -221,11 +253,17 @@ impl Gen {
             let base: Vec<u64> = x
                 .shape
                 .iter()
-                .map(|&s| if s == 1 { self.rng.pick(&DIMS).1 } else { s })
+                .map(|&s| {
+                    if s == 1 {
+                        *self.rng.pick(&self.sizes.extra)
+                    } else {
+                        s
+                    }
+                })
                 .collect();
             let mut shape = self.shape(&base);
             if shape.len() == x.shape.len() && x.shape.len() < 3 && self.rng.chance(20) {
-                shape.insert(0, self.rng.pick(&DIMS).1);
+                shape.insert(0, *self.rng.pick(&self.sizes.extra));
             }
             let dt = self.dtype();
             self.leaf(dt, shape)
@@ -402,7 +440,7 @@ impl Gen {
                 } else {
                     s = vec![s.iter().product()];
                 }
-                let mut text = shape_text(&mut self.rng, &s);
+                let mut text = shape_text(&mut self.rng, &self.sizes.dims, &s);
                 if s.len() > 1 && self.rng.chance(30) {
                     // One -1 entry is inferred.
                     let j = self.rng.below(s.len());
@@ -419,16 +457,16 @@ impl Gen {
                     .iter()
                     .map(|&v| {
                         if v == 1 && self.rng.chance(70) {
-                            self.rng.pick(&DIMS).1
+                            *self.rng.pick(&self.sizes.extra)
                         } else {
                             v
                         }
                     })
                     .collect();
                 if r < 3 && (s == x.shape || self.rng.chance(50)) {
-                    s.insert(0, self.rng.pick(&DIMS).1);
+                    s.insert(0, *self.rng.pick(&self.sizes.extra));
                 }
-                let text = shape_text(&mut self.rng, &s);
+                let text = shape_text(&mut self.rng, &self.sizes.dims, &s);
                 self.bind(format!("expand({n}, {text})"), x.dtype, s, x.bound)
             }
         }
@@ -437,7 +475,7 @@ impl Gen {
     fn matmul(&mut self, x: &Var) -> Var {
         let r = x.shape.len();
         let k = x.shape[r - 1];
-        let n = self.rng.pick(&DIMS).1;
+        let n = *self.rng.pick(&self.sizes.extra);
         // The right operand: an existing value of a fitting shape, else a new leaf [.., K, N].
         let fits: Vec<Var> = self
             .vars
@@ -517,16 +555,25 @@ impl Gen {
     }
 }
 
-/// A random valid program, fully determined by `seed`.
+/// A random valid program over `Sizes::small`, fully determined by `seed`.
 pub fn program(seed: u64) -> String {
+    program_with(seed, &Sizes::small())
+}
+
+/// A random valid program over `sizes`, fully determined by `seed` and `sizes`.
+pub fn program_with(seed: u64, sizes: &Sizes) -> String {
     let mut g = Gen {
         rng: Rng(seed),
+        sizes,
         decls: Vec::new(),
         body: Vec::new(),
         vars: Vec::new(),
         leaves: 0,
     };
-    let base: Vec<u64> = (0..3).map(|_| g.rng.pick(&DIMS).1).collect();
+    let base: Vec<u64> = match &sizes.base {
+        Some(b) => b.clone(),
+        None => (0..3).map(|_| g.rng.pick(&sizes.dims).1).collect(),
+    };
     for _ in 0..1 + g.rng.below(2) {
         let mut shape = g.shape(&base);
         if shape.is_empty() && g.rng.chance(70) {
@@ -568,7 +615,7 @@ pub fn program(seed: u64) -> String {
         }
     }
     let mut text = String::new();
-    for (n, v) in DIMS {
+    for (n, v) in &sizes.dims {
         text.push_str(&format!("dim {n} = {v}\n"));
     }
     for l in g.decls.iter().chain(&g.body) {

@@ -68,7 +68,50 @@ pub fn tc_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("the tc binary runs");
+    finish(cmd.output().expect("the tc binary runs"))
+}
+
+/// Runs `tc ARGS` in `dir` with `stdin` fed to its standard input (`-` as a file).
+#[track_caller]
+pub fn tc_stdin(dir: &Path, args: &[&str], stdin: &[u8]) -> Run {
+    let mut cmd = Command::new(tc_path());
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
+    let mut child = cmd.spawn().expect("the tc binary runs");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let feed = stdin.to_vec();
+    // Fed from a thread: tc may read only part of it, or write before it reads.
+    let feeder = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut pipe, &feed);
+    });
+    let out = child.wait_with_output().expect("tc finishes");
+    let _ = feeder.join();
+    finish(out)
+}
+
+/// Runs `tc ARGS` in `dir` with its standard output and error sent where the caller says
+/// (a device, a file); whatever is not captured reads as empty.
+#[track_caller]
+pub fn tc_redirected(dir: &Path, args: &[&str], stdout: Stdio, stderr: Stdio) -> Run {
+    let out = Command::new(tc_path())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the tc binary runs");
+    finish(out)
+}
+
+/// A finished process as a `Run`, failing on a signal or a panic.
+#[track_caller]
+fn finish(out: std::process::Output) -> Run {
     let code = match out.status.code() {
         Some(c) => c,
         None => panic!(

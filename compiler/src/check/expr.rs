@@ -1,11 +1,14 @@
 //! Expressions: operators, weak scalars, promotion and broadcasting, matmul, constants.
+//! Weak scalars fold with the scalar semantics of `ir::eval`; shapes broadcast by
+//! `ir::types::broadcast_dims`.
 //!
 //! Chains of left-associative operators and runs of unary minus are walked in a loop, so a
 //! 100 000-term sum checks in constant stack; other nesting is bounded by the parser.
 
 use super::{Checker, Val};
 use crate::diag::{Diagnostic, Span};
-use crate::ir::{BinaryOp, DType, Dim, NodeId, Op, TensorType, UnaryOp, ViewOp};
+use crate::ir::types::broadcast_dims as broadcast;
+use crate::ir::{eval, BinaryOp, DType, Dim, NodeId, Op, TensorType, UnaryOp, ViewOp};
 use crate::syntax::ast::{BinOp, Expr, ExprKind};
 
 /// Recursion guard for the checker (the parser already limits nesting to 64).
@@ -172,7 +175,7 @@ impl Checker<'_> {
     ) -> Val {
         match (a.0, b.0) {
             (Val::Error, _) | (_, Val::Error) => return Val::Error,
-            (Val::Weak(x), Val::Weak(y)) => return Val::Weak(fold_binary(op, x, y)),
+            (Val::Weak(x), Val::Weak(y)) => return Val::Weak(eval::binary(op, x, y)),
             _ => {}
         }
         let dtype = self.result_dtype(&[a.0, b.0]);
@@ -383,30 +386,6 @@ impl Checker<'_> {
     }
 }
 
-/// NumPy broadcasting of two shapes; dim names come from the side whose size wins.
-pub(super) fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
-    let n = a.len().max(b.len());
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let da = (i + a.len()).checked_sub(n).map(|j| &a[j]);
-        let db = (i + b.len()).checked_sub(n).map(|j| &b[j]);
-        out.push(match (da, db) {
-            (Some(x), None) | (None, Some(x)) => x.clone(),
-            (Some(x), Some(y)) if x.size == y.size => {
-                if x.name.is_some() {
-                    x.clone()
-                } else {
-                    y.clone()
-                }
-            }
-            (Some(x), Some(y)) if y.size == 1 => x.clone(),
-            (Some(x), Some(y)) if x.size == 1 => y.clone(),
-            _ => return None,
-        });
-    }
-    Some(out)
-}
-
 /// "axis -1: D=1024 against H=4096" for the first axis that does not broadcast.
 fn mismatch_note(a: &[Dim], b: &[Dim]) -> Option<String> {
     let n = a.len().min(b.len());
@@ -417,34 +396,12 @@ fn mismatch_note(a: &[Dim], b: &[Dim]) -> Option<String> {
     })
 }
 
-fn fold_binary(op: BinaryOp, x: f64, y: f64) -> f64 {
-    match op {
-        BinaryOp::Add => x + y,
-        BinaryOp::Sub => x - y,
-        BinaryOp::Mul => x * y,
-        BinaryOp::Div => x / y,
-        BinaryOp::Pow => x.powf(y),
-        BinaryOp::Maximum => x.max(y),
-        BinaryOp::Minimum => x.min(y),
-    }
-}
-
-/// Folds a function of a weak scalar, where f64 has it (`erf` and `gelu` stay nodes).
+/// Folds an elementwise function of a weak scalar with its meaning (`ir::eval`). `erf` and
+/// `gelu` of a literal stay nodes, computed in the dtype the literal takes, as they always
+/// have been (folding them would change the graphs of programs that use them).
 fn fold_unary(op: UnaryOp, x: f64) -> Option<f64> {
-    Some(match op {
-        UnaryOp::Neg => -x,
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Sin => x.sin(),
-        UnaryOp::Cos => x.cos(),
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        UnaryOp::Relu => x.max(0.0),
-        UnaryOp::Silu => x / (1.0 + (-x).exp()),
-        UnaryOp::Square => x * x,
-        UnaryOp::Gelu | UnaryOp::Erf => return None,
-    })
+    match op {
+        UnaryOp::Gelu | UnaryOp::Erf => None,
+        _ => Some(eval::unary(op, x)),
+    }
 }

@@ -86,26 +86,6 @@ impl G {
         self.op(Op::View(v, a), dt, shape)
     }
 
-    /// NumPy broadcast of two shapes.
-    fn broadcast(a: &[u64], b: &[u64]) -> Vec<u64> {
-        let n = a.len().max(b.len());
-        (0..n)
-            .map(|i| {
-                let x = if i + a.len() >= n {
-                    a[i + a.len() - n]
-                } else {
-                    1
-                };
-                let y = if i + b.len() >= n {
-                    b[i + b.len() - n]
-                } else {
-                    1
-                };
-                x.max(y)
-            })
-            .collect()
-    }
-
     fn to(&mut self, a: NodeId, shape: &[u64]) -> NodeId {
         if self.sizes(a) == shape {
             a
@@ -115,7 +95,8 @@ impl G {
     }
 
     pub fn bin(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
-        let shape = Self::broadcast(&self.sizes(a), &self.sizes(b));
+        let shape =
+            crate::ir::broadcast(&self.sizes(a), &self.sizes(b)).expect("test graphs broadcast");
         let dt = self.g.dtype(a);
         let a = self.to(a, &shape);
         let b = self.to(b, &shape);

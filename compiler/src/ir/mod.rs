@@ -1,6 +1,7 @@
 //! The tensor-graph IR: types, the node arena, layouts of views, and passes over graphs.
 
 pub mod decompose;
+pub mod eval;
 pub mod graph;
 pub mod layout;
 pub mod text;
@@ -11,4 +12,4 @@ pub use graph::{
     BinaryOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp,
 };
 pub use layout::Layout;
-pub use types::{DType, Dim, TensorType};
+pub use types::{broadcast, DType, Dim, TensorType};

@@ -158,3 +158,61 @@ pub fn contiguous_strides(sizes: &[u64]) -> Vec<i64> {
     }
     strides
 }
+
+/// NumPy broadcasting, the one rule every part of tc follows: shapes align from the right
+/// (a missing axis counts as 1) and two sizes broadcast when equal or when one is 1. Each
+/// result axis is the axis of the side whose size wins; where the sizes are equal, `a`'s
+/// if `prefer_a(a_axis, b_axis)`, else `b`'s. `None` when the shapes do not broadcast.
+pub fn broadcast_axes<T: Clone>(
+    a: &[T],
+    b: &[T],
+    size: impl Fn(&T) -> u64,
+    prefer_a: impl Fn(&T, &T) -> bool,
+) -> Option<Vec<T>> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let x = (i + a.len()).checked_sub(n).map(|j| &a[j]);
+            let y = (i + b.len()).checked_sub(n).map(|j| &b[j]);
+            match (x, y) {
+                (Some(x), None) | (None, Some(x)) => Some(x.clone()),
+                (Some(x), Some(y)) if size(x) == size(y) => {
+                    Some(if prefer_a(x, y) { x } else { y }.clone())
+                }
+                (Some(x), Some(y)) if size(y) == 1 => Some(x.clone()),
+                (Some(x), Some(y)) if size(x) == 1 => Some(y.clone()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// NumPy broadcasting of two shapes given by their sizes (see `broadcast_axes`).
+pub fn broadcast(a: &[u64], b: &[u64]) -> Option<Vec<u64>> {
+    broadcast_axes(a, b, |&s| s, |_, _| true)
+}
+
+/// NumPy broadcasting of two shapes with dim names: a result axis keeps the name of the
+/// side whose size wins, `a`'s when both sizes are equal and `a`'s axis is named.
+pub fn broadcast_dims(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    broadcast_axes(a, b, |d| d.size, |x, _| x.name.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_aligns_from_the_right_and_stretches_ones() {
+        assert_eq!(broadcast(&[2, 1, 4], &[3, 1]), Some(vec![2, 3, 4]));
+        assert_eq!(broadcast(&[], &[5]), Some(vec![5]));
+        assert_eq!(broadcast(&[1], &[0]), Some(vec![0]));
+        assert_eq!(broadcast(&[2, 3], &[3, 2]), None);
+        let a = [Dim::named("B", 4), Dim::new(1)];
+        let b = [Dim::new(4), Dim::named("D", 8)];
+        let out = broadcast_dims(&a, &b).expect("broadcasts");
+        assert_eq!(out, vec![Dim::named("B", 4), Dim::named("D", 8)]);
+        let out = broadcast_dims(&[Dim::new(4)], &[Dim::named("N", 4)]).expect("broadcasts");
+        assert_eq!(out, vec![Dim::named("N", 4)]);
+    }
+}

@@ -155,3 +155,49 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     }
     Ok((name.to_string(), PathBuf::from(path)))
 }
+
+/// Checks across options that clap cannot make: a dim given twice with `--dim` (exit 1, as
+/// an input given twice with `--input` is), and standard input (`-`) named more than once —
+/// as the program, an `--input` or `--params` — since it can be read only once (exit 2).
+pub fn validate(command: &Command) -> Result<(), super::CliError> {
+    let (file, dims, exec) = match command {
+        Command::Check { file, dims } => (file, dims, None),
+        Command::Run(a) => (&a.file, &a.compile.dims, Some(&a.exec)),
+        Command::Emit(a) => (&a.file, &a.compile.dims, None),
+        Command::Bench(a) => (&a.file, &a.compile.dims, Some(&a.exec)),
+    };
+    for (i, (name, _)) in dims.iter().enumerate() {
+        if dims[..i].iter().any(|(n, _)| n == name) {
+            let values: Vec<String> = dims
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| format!("--dim {name}={v}"))
+                .collect();
+            return Err(super::CliError::Program(format!(
+                "error: `{name}` is given twice with --dim ({})",
+                values.join(", ")
+            )));
+        }
+    }
+    let mut readers: Vec<String> = Vec::new();
+    if file.as_os_str() == "-" {
+        readers.push("the program".into());
+    }
+    if let Some(exec) = exec {
+        for (name, path) in &exec.inputs {
+            if path.as_os_str() == "-" {
+                readers.push(format!("--input {name}=-"));
+            }
+        }
+        if exec.params.as_ref().is_some_and(|p| p.as_os_str() == "-") {
+            readers.push("--params -".into());
+        }
+    }
+    if readers.len() > 1 {
+        return Err(super::CliError::Usage(format!(
+            "standard input (`-`) is given to {}, but it can be read only once",
+            readers.join(" and ")
+        )));
+    }
+    Ok(())
+}

@@ -5,9 +5,14 @@
 //! in tc. `run` and `bench` reach the CPU and CUDA executors only through
 //! `backend::Backend`; the functions they share with `cpubench` are public.
 
+// First: `console`'s `print!`, `println!` and `eprintln!` shadow the standard ones in this
+// module and every module declared after it (a failed write is an error exit, not a panic).
+#[macro_use]
+mod console;
 pub mod args;
 pub mod diagnostics;
 pub mod error;
+mod output;
 
 use crate::backend::{self, Backend, CpuBackend, CudaBackend, Repeats, Timing};
 use crate::tensor::HostTensor;
@@ -37,7 +42,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    match dispatch(cli.command) {
+    match args::validate(&cli.command)
+        .and_then(|()| dispatch(cli.command))
+        .and_then(|()| console::check_stdout())
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -62,11 +70,14 @@ pub struct Source {
     pub text: String,
 }
 
-/// Reads a program (exit 2 when it cannot be read, 1 when it is not UTF-8).
+/// Reads a program, `-` from standard input (exit 2 when it cannot be read, 1 when it is
+/// not UTF-8).
 pub fn read_source(file: &Path) -> Result<Source, CliError> {
-    let bytes = std::fs::read(file)
-        .map_err(|e| CliError::Usage(format!("cannot read `{}`: {e}", file.display())))?;
-    let path = file.display().to_string();
+    let bytes = data::read_path(file).map_err(|e| CliError::Usage(e.to_string()))?;
+    let path = match file.to_str() {
+        Some("-") => "<stdin>".to_string(),
+        _ => file.display().to_string(),
+    };
     match String::from_utf8(bytes) {
         Ok(text) => Ok(Source { path, text }),
         Err(e) => {
@@ -181,10 +192,7 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     let source = read_source(&args.file)?;
     let backend = select_backend(&args.exec, false)?;
     let program = compile(&source, &compile_options(&args.compile, backend.as_ref()))?;
-    if let Some(save) = &args.save {
-        data::check_save_path(save)
-            .map_err(|e| CliError::Program(format!("error: --save {}: {e}", save.display())))?;
-    }
+    let destinations = output::plan(args, &program)?;
     preflight(&program, backend.as_ref())?;
     let (inputs, params) = bind_data(&program, &args.exec)?;
     let executed = backend.run(&program.plan, &inputs, &params)?;
@@ -193,21 +201,23 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     for (out, tensor) in program.plan.outputs.iter().zip(&executed.outputs) {
         println!("{}: {}", out.name, data::summarize(tensor));
     }
-    if let Some(save) = &args.save {
-        let named: Vec<(String, HostTensor)> = program
-            .plan
-            .outputs
-            .iter()
-            .zip(&executed.outputs)
-            .map(|(o, t)| (o.name.clone(), t.clone()))
-            .collect();
-        data::save_outputs(save, &named).map_err(|e| CliError::Program(format!("error: {e}")))?;
-        println!("saved {} output(s) to {}", named.len(), save.display());
-    }
-
     let mut report: MemoryReport = program.memory.clone();
     report.peaks.measured = executed.measured;
-    write_reports(&report, args)?;
+    let named: Vec<(String, HostTensor)> = program
+        .plan
+        .outputs
+        .iter()
+        .map(|o| o.name.clone())
+        .zip(executed.outputs)
+        .collect();
+    destinations.commit(&named, &report)?;
+    if let Some(save) = &args.save {
+        println!("saved {} output(s) to {}", named.len(), save.display());
+    }
+    if args.report_memory {
+        println!();
+        print!("{}", tc_compiler::report::text::render_text(&report));
+    }
     if let (true, Some(m), Some(driver)) =
         (args.report_memory, executed.measured, executed.driver_bytes)
     {
@@ -223,26 +233,6 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
         );
     }
     Ok(())
-}
-
-fn write_reports(report: &MemoryReport, args: &RunArgs) -> Result<(), CliError> {
-    if args.report_memory {
-        println!();
-        print!("{}", tc_compiler::report::text::render_text(report));
-    }
-    if let Some(path) = &args.memory_json {
-        write_file(path, &tc_compiler::report::json::to_json(report))?;
-    }
-    if let Some(path) = &args.memory_svg {
-        write_file(path, &tc_compiler::report::svg::render_svg(report))?;
-    }
-    Ok(())
-}
-
-/// Writes a whole file through a temporary name and a rename: never a half-written file.
-fn write_file(path: &Path, contents: &str) -> Result<(), CliError> {
-    data::write_file_atomically(path, contents.as_bytes())
-        .map_err(|e| CliError::Program(format!("error: {e}")))
 }
 
 fn emit(args: &EmitArgs) -> Result<(), CliError> {

@@ -1,9 +1,11 @@
-//! Data in and out: `.npy` and safetensors files, seeded random tensors for everything not
-//! supplied, saving outputs (atomically: temporary name, then rename) and one-line summaries.
-//! Every error names the tensor and the file at fault.
+//! Data in and out: `.npy` and safetensors files (`-` reads standard input), seeded random
+//! tensors for everything not supplied, saving outputs (all or nothing, through `sink`) and
+//! one-line summaries. Every error names the tensor and the file at fault.
 
+mod interrupt;
 mod npy;
 mod random;
+pub mod sink;
 mod st;
 mod summary;
 #[cfg(test)]
@@ -33,12 +35,14 @@ pub enum DataError {
     Npy { path: PathBuf, message: String },
     #[error("{path} is not a valid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
-    #[error("`{name}` from {path}: expected dtype {expected}, found {found}")]
+    #[error("`{name}` from {path}: expected dtype {expected}, found {found}{help}")]
     DType {
         name: String,
         path: PathBuf,
         expected: DType,
         found: String,
+        /// A `\n  = help: …` line, or nothing.
+        help: String,
     },
     #[error("`{name}` from {path}: expected shape {expected:?}, found {found:?}")]
     Shape {
@@ -53,12 +57,12 @@ pub enum DataError {
     Duplicate { name: String },
     #[error("param `{name}` is not in {path} (with --params, every param must come from the file or from --input; nothing is silently made up)")]
     MissingParam { name: String, path: PathBuf },
-    #[error("`{0}` is not a folder")]
-    NotAFolder(PathBuf),
-    #[error("the folder {0} does not exist")]
-    MissingFolder(PathBuf),
-    #[error("cannot save to {0}: give an existing folder or a path ending in .safetensors")]
+    #[error("{}: --save takes an existing folder (one NAME.npy per output) or a path ending in .safetensors (one file)", if .0.exists() { format!("{} is not a folder", .0.display()) } else { format!("there is no folder {}", .0.display()) })]
     BadSavePath(PathBuf),
+    #[error("the output `{name}` cannot be saved to {path}: safetensors keeps the name `{name}` for the file's metadata\n  = help: rename the output, or save into a folder (one .npy per output)")]
+    ReservedName { name: String, path: PathBuf },
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
 }
 
 fn io_err<'a>(
@@ -75,6 +79,17 @@ fn io_err<'a>(
 /// Converts `values` read from a file of dtype `found` into a tensor of `ty` for `name`:
 /// the dtypes must match, except that f32 data may feed an f16/bf16 tensor (rounded to
 /// nearest, ties to even).
+/// The whole of the file at `path`, or of standard input for `-`.
+pub fn read_path(path: &Path) -> Result<Vec<u8>, DataError> {
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .map_err(io_err("read", Path::new("standard input")))?;
+        return Ok(bytes);
+    }
+    std::fs::read(path).map_err(io_err("read", path))
+}
+
 fn checked_tensor(
     name: &str,
     path: &Path,
@@ -102,6 +117,7 @@ fn checked_tensor(
             path: path.into(),
             expected: ty.dtype,
             found: found.name().into(),
+            help: String::new(),
         })
     }
 }
@@ -169,95 +185,79 @@ pub fn load_leaves(
     Ok((inputs, params))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
-/// no reader ever sees a half-written file.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> Result<(), DataError> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(DataError::MissingFolder(dir));
-    }
-    let file_name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::new(file);
-        write(&mut w)?;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::Io {
-            action: "write",
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
-}
-
 fn is_safetensors(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "safetensors")
 }
 
-/// Whether `--save PATH` can be honoured: a `.safetensors` path needs an existing folder to
-/// hold it, any other path must be an existing folder. The command line asks before the
-/// program runs, so a long run never ends in a save that cannot happen.
-pub fn check_save_path(path: &Path) -> Result<(), DataError> {
-    if is_safetensors(path) {
-        let folder = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if folder.is_dir() {
-            Ok(())
-        } else if folder.exists() {
-            Err(DataError::NotAFolder(folder.to_path_buf()))
-        } else {
-            Err(DataError::MissingFolder(folder.to_path_buf()))
-        }
-    } else if !path.exists() {
-        Err(DataError::MissingFolder(path.to_path_buf()))
-    } else if !path.is_dir() {
-        Err(DataError::BadSavePath(path.to_path_buf()))
-    } else {
-        Ok(())
-    }
+/// The files `--save PATH` writes for outputs named `names`, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaveLayout {
+    /// `PATH/NAME.npy`, one per output.
+    Folder(Vec<PathBuf>),
+    /// One safetensors file holding every output.
+    Safetensors(PathBuf),
 }
 
-/// `--save PATH`: an existing folder gets `NAME.npy` per output (bf16 written as f32,
-/// exactly); a path ending in `.safetensors` gets one file with every output in its own
-/// dtype. Returns the files written.
+/// What `--save PATH` writes: a path ending in `.safetensors` is one file (whose folder the
+/// destination check asks about; no output may be named `__metadata__`), any other path must
+/// be an existing folder and gets `NAME.npy` per output. Asked before the program runs.
+pub fn save_layout(path: &Path, names: &[&str]) -> Result<SaveLayout, DataError> {
+    if is_safetensors(path) {
+        if let Some(name) = names.iter().find(|n| **n == st::METADATA) {
+            return Err(DataError::ReservedName {
+                name: name.to_string(),
+                path: path.into(),
+            });
+        }
+        return Ok(SaveLayout::Safetensors(path.to_path_buf()));
+    }
+    if !path.is_dir() {
+        return Err(DataError::BadSavePath(path.to_path_buf()));
+    }
+    Ok(SaveLayout::Folder(
+        names
+            .iter()
+            .map(|n| path.join(format!("{n}.npy")))
+            .collect(),
+    ))
+}
+
+/// The bytes of one safetensors file holding `outputs`, each in its own dtype.
+pub fn safetensors_bytes(
+    path: &Path,
+    outputs: &[(String, HostTensor)],
+) -> Result<Vec<u8>, DataError> {
+    st::encode(path, outputs)
+}
+
+/// `--save PATH` (see `save_layout`), all or nothing: every file is resolved first, then
+/// written by `sink::write_all`. Returns the files written.
 pub fn save_outputs(
     path: &Path,
     outputs: &[(String, HostTensor)],
 ) -> Result<Vec<PathBuf>, DataError> {
-    check_save_path(path)?;
-    if is_safetensors(path) {
-        write_safetensors(path, outputs)?;
-        return Ok(vec![path.to_path_buf()]);
+    let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
+    match save_layout(path, &names)? {
+        SaveLayout::Safetensors(file) => {
+            write_safetensors(&file, outputs)?;
+            Ok(vec![file])
+        }
+        SaveLayout::Folder(files) => {
+            let sinks = files
+                .iter()
+                .map(|f| sink::resolve(f).map(|r| r.sink))
+                .collect::<Result<Vec<_>, _>>()?;
+            let set: Vec<(&sink::Sink, sink::Content<'_>)> = sinks
+                .iter()
+                .zip(outputs)
+                .map(|(s, (_, t))| (s, sink::Content::Npy(t)))
+                .collect();
+            sink::write_all(&set).map_err(|(i, source)| DataError::Io {
+                action: "write",
+                path: files[i].clone(),
+                source,
+            })?;
+            Ok(files)
+        }
     }
-    let mut written = Vec::new();
-    for (name, t) in outputs {
-        let file = path.join(format!("{name}.npy"));
-        write_npy(&file, t)?;
-        written.push(file);
-    }
-    Ok(written)
-}
-
-/// Writes a whole file (a report, say) through a temporary name and a rename.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    write_atomically(path, |w| std::io::Write::write_all(w, bytes))
 }

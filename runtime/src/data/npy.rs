@@ -1,59 +1,119 @@
 //! `.npy` files: f32 and f16 natively (either byte order, C or Fortran order when reading);
-//! bf16 has no NumPy dtype and is written as f32, exactly.
+//! bf16 has no NumPy dtype and is written as f32, exactly. Read from a file or from
+//! standard input (`-`); every size a file states is checked against what it holds.
 
-use super::{checked_tensor, io_err, write_atomically, DataError};
+use super::sink::Content;
+use super::{checked_tensor, io_err, DataError};
 use crate::tensor::HostTensor;
 use npyz::WriterBuilder;
+use std::io::{Read, Write};
 use std::path::Path;
 use tc_compiler::ir::{DType, TensorType};
 
-/// Reads the `.npy` file at `path` as the tensor `name` of type `ty`.
+/// Reads the `.npy` file at `path` (`-`: standard input) as the tensor `name` of type `ty`.
+/// Every size the file states — its header's length, its data's — is checked against the
+/// bytes it holds before anything that size is allocated.
 pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, DataError> {
-    // Streamed: the file's bytes are never all in memory next to the values.
-    let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err("read", path))?);
     let bad = |message: String| DataError::Npy {
         path: path.to_path_buf(),
         message,
     };
-    let npy = npyz::NpyFile::new(file).map_err(|e| bad(e.to_string()))?;
+    // A regular file is streamed: its bytes are never all in memory next to the values.
+    // Anything else (standard input, a pipe) has no length until it is read whole.
+    let (mut reader, file_len): (Box<dyn Read>, u64) = match open_regular(path)? {
+        Some((file, len)) => (Box::new(std::io::BufReader::new(file)), len),
+        None => {
+            let bytes = super::read_path(path)?;
+            let len = bytes.len() as u64;
+            (Box::new(std::io::Cursor::new(bytes)), len)
+        }
+    };
+    // The preamble: magic, version, and the header's length, which must fit in the file.
+    let mut pre = [0u8; 12];
+    let got = read_up_to(&mut reader, &mut pre[..8]).map_err(io_err("read", path))?;
+    if got < 8 || &pre[..6] != b"\x93NUMPY" {
+        return Err(bad(
+            "it does not start with the .npy magic bytes (\\x93NUMPY)".into(),
+        ));
+    }
+    let size_bytes = match pre[6] {
+        1 => 2,
+        2 | 3 => 4,
+        v => {
+            return Err(bad(format!(
+                "format version {v}.{} is not one tc reads",
+                pre[7]
+            )))
+        }
+    };
+    let got = read_up_to(&mut reader, &mut pre[8..8 + size_bytes]).map_err(io_err("read", path))?;
+    if got < size_bytes {
+        return Err(bad(format!(
+            "it is truncated: {file_len} bytes, not even the header's length"
+        )));
+    }
+    let header_len = if size_bytes == 2 {
+        u16::from_le_bytes([pre[8], pre[9]]) as u64
+    } else {
+        u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as u64
+    };
+    let data_start = 8 + size_bytes as u64 + header_len;
+    if data_start > file_len {
+        return Err(bad(format!(
+            "it is truncated or corrupt: its header claims {header_len} bytes but the whole \
+             file has {file_len} bytes"
+        )));
+    }
+    let prefix = std::io::Cursor::new(pre[..8 + size_bytes].to_vec());
+    let npy = npyz::NpyFile::new(prefix.chain(reader)).map_err(|e| bad(e.to_string()))?;
     let shape = npy.shape().to_vec();
     let fortran = npy.order() == npyz::Order::Fortran;
     let descr = match npy.dtype() {
         npyz::DType::Plain(ts) => ts.to_string(),
-        other => {
-            return Err(DataError::DType {
-                name: name.into(),
-                path: path.into(),
-                expected: ty.dtype,
-                found: other.descr(),
-            })
-        }
+        other => return Err(wrong_dtype(name, path, ty, other.descr())),
     };
     let numel = shape
         .iter()
         .try_fold(1u64, |a, &s| a.checked_mul(s))
         .ok_or_else(|| bad("shape overflows".into()))?;
-    let (found, mut values): (DType, Vec<f32>) = match &descr[1..] {
-        "f4" => (
+    let (item, dtype_name) = match &descr[1..] {
+        "f4" => (4u64, "f32"),
+        "f2" => (2, "f16"),
+        _ => return Err(wrong_dtype(name, path, ty, descr)),
+    };
+    // The data must be all there before room for it is made.
+    let needed = numel.checked_mul(item);
+    let held = file_len - data_start;
+    if needed.is_none_or(|n| n > held) {
+        let needed = needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+        return Err(bad(format!(
+            "it is truncated: shape {shape:?} of {dtype_name} needs {needed} bytes of data, \
+             the file holds {held}"
+        )));
+    }
+    // Nor is room made for data of the wrong shape.
+    if shape != ty.sizes() {
+        return Err(DataError::Shape {
+            name: name.into(),
+            path: path.into(),
+            expected: ty.sizes(),
+            found: shape,
+        });
+    }
+    let (found, mut values): (DType, Vec<f32>) = if item == 4 {
+        (
             DType::F32,
             npy.into_vec::<f32>().map_err(|e| bad(e.to_string()))?,
-        ),
-        "f2" => (
+        )
+    } else {
+        (
             DType::F16,
             npy.into_vec::<half::f16>()
                 .map_err(|e| bad(e.to_string()))?
                 .into_iter()
                 .map(|v| v.to_f32())
                 .collect(),
-        ),
-        _ => {
-            return Err(DataError::DType {
-                name: name.into(),
-                path: path.into(),
-                expected: ty.dtype,
-                found: descr,
-            })
-        }
+        )
     };
     if values.len() as u64 != numel {
         return Err(bad(format!("{} values for shape {shape:?}", values.len())));
@@ -63,6 +123,51 @@ pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, 
     }
     let t = HostTensor::from_f32(found, shape.clone(), &values);
     checked_tensor(name, path, ty, found, shape, t)
+}
+
+/// A regular file, open, and its length; `None` for anything else (`-`, a pipe, a device).
+fn open_regular(path: &Path) -> Result<Option<(std::fs::File, u64)>, DataError> {
+    if path.as_os_str() == "-" {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).map_err(io_err("read", path))?;
+    let meta = file.metadata().map_err(io_err("read", path))?;
+    Ok(meta.is_file().then_some((file, meta.len())))
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A dtype tc does not take for this tensor; float64, NumPy's default, gets the fix.
+fn wrong_dtype(name: &str, path: &Path, ty: &TensorType, found: String) -> DataError {
+    let help = if found.ends_with("f8") {
+        let to = if ty.dtype == DType::F16 {
+            "float16"
+        } else {
+            "float32"
+        };
+        format!("\n  = help: NumPy makes float64 by default; save `a.astype(np.{to})` instead")
+    } else {
+        String::new()
+    };
+    DataError::DType {
+        name: name.into(),
+        path: path.into(),
+        expected: ty.dtype,
+        found,
+        help,
+    }
 }
 
 /// Reorders column-major values into row-major.
@@ -90,8 +195,13 @@ fn fortran_to_c(values: &[f32], shape: &[u64]) -> Vec<f32> {
 
 /// Writes `t` to `path` as `.npy` (f32 or f16; bf16 as f32, exactly), atomically.
 pub fn write_npy(path: &Path, t: &HostTensor) -> Result<(), DataError> {
+    super::sink::write_one(path, Content::Npy(t)).map_err(DataError::from)
+}
+
+/// `t` as `.npy` bytes into `w`: f32 and f16 as themselves, bf16 as f32 (exactly).
+pub(crate) fn encode(w: &mut dyn Write, t: &HostTensor) -> std::io::Result<()> {
     let shape = t.shape.clone();
-    write_atomically(path, |w| match t.dtype {
+    match t.dtype {
         DType::F16 => {
             let mut out = npyz::WriteOptions::<half::f16>::new()
                 .default_dtype()
@@ -114,5 +224,5 @@ pub fn write_npy(path: &Path, t: &HostTensor) -> Result<(), DataError> {
             out.extend(t.to_f32())?;
             out.finish()
         }
-    })
+    }
 }

@@ -1,6 +1,7 @@
 //! safetensors files: params and inputs by name, in f32, f16 or bf16.
 
-use super::{checked_tensor, io_err, write_atomically, DataError};
+use super::sink::Content;
+use super::{checked_tensor, DataError};
 use crate::tensor::HostTensor;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ pub fn read_safetensors(
     path: &Path,
     declared: &HashMap<&str, &TensorType>,
 ) -> Result<Vec<(String, HostTensor)>, DataError> {
-    let bytes = std::fs::read(path).map_err(io_err("read", path))?;
+    let bytes = super::read_path(path)?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| DataError::Safetensors {
         path: path.into(),
         message: e.to_string(),
@@ -40,6 +41,11 @@ pub fn read_safetensors(
                     path: path.into(),
                     expected: ty.dtype,
                     found: format!("{other:?}"),
+                    help: if other == Dtype::F64 {
+                        "\n  = help: save the tensor as float32 (`t.float()` in PyTorch)".into()
+                    } else {
+                        String::new()
+                    },
                 })
             }
         };
@@ -59,12 +65,25 @@ pub fn read_safetensors(
 
 /// Writes `tensors` to one safetensors file, each in its own dtype, atomically.
 pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), DataError> {
+    let bytes = encode(path, tensors)?;
+    super::sink::write_one(path, Content::Bytes(&bytes)).map_err(DataError::from)
+}
+
+/// `tensors` as the bytes of one safetensors file (`path` names it in errors). The format
+/// keeps the name `__metadata__` for itself: no tensor may have it.
+pub(crate) fn encode(path: &Path, tensors: &[(String, HostTensor)]) -> Result<Vec<u8>, DataError> {
     let bad = |message: String| DataError::Safetensors {
         path: path.into(),
         message,
     };
     let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
+        if name == METADATA {
+            return Err(DataError::ReservedName {
+                name: name.clone(),
+                path: path.into(),
+            });
+        }
         let dtype = match t.dtype {
             DType::F32 => Dtype::F32,
             DType::F16 => Dtype::F16,
@@ -75,6 +94,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Resul
             .map_err(|e| bad(format!("{name}: {e}")))?;
         views.push((name.clone(), view));
     }
-    let bytes = safetensors::serialize(views, None).map_err(|e| bad(e.to_string()))?;
-    write_atomically(path, |w| std::io::Write::write_all(w, &bytes))
+    safetensors::serialize(views, None).map_err(|e| bad(e.to_string()))
 }
+
+/// The key a safetensors header keeps for its metadata.
+pub(crate) const METADATA: &str = "__metadata__";

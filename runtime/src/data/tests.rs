@@ -178,12 +178,21 @@ fn save_to_a_folder_a_safetensors_file_or_fail_on_a_missing_folder() {
     assert_eq!(back, outs);
     let missing = dir.path().join("nope");
     assert!(
-        matches!(save_outputs(&missing, &outs), Err(DataError::MissingFolder(p)) if p == missing)
+        matches!(save_outputs(&missing, &outs), Err(DataError::BadSavePath(p)) if p == missing)
     );
     assert!(matches!(
         save_outputs(&missing.join("o.safetensors"), &outs),
-        Err(DataError::MissingFolder(_))
+        Err(DataError::Sink(
+            crate::data::sink::SinkError::MissingFolder(_)
+        ))
     ));
+    // `__metadata__` is the safetensors header's own key.
+    let reserved = vec![("__metadata__".to_string(), tensor(DType::F32, &[2]))];
+    assert!(matches!(
+        save_outputs(&dir.path().join("m.safetensors"), &reserved),
+        Err(DataError::ReservedName { .. })
+    ));
+    assert!(!dir.path().join("m.safetensors").exists());
 }
 
 #[test]
@@ -237,4 +246,76 @@ fn leaves_come_from_npy_then_safetensors_then_seeded_random() {
     let (a, _) = load_leaves(&graph, &[], None, 1).expect("loads");
     let (b, _) = load_leaves(&graph, &[], None, 2).expect("loads");
     assert_ne!(a[0], b[0]);
+}
+
+#[test]
+fn a_set_of_files_is_written_whole_or_not_at_all() {
+    use super::sink::{resolve, write_all, Content, SinkError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.bin");
+    let a_sink = resolve(&a).expect("a new file").sink;
+    // The second file is a full device: writing it fails after `a` is ready.
+    let full = resolve(Path::new("/dev/full")).expect("a device").sink;
+    assert!(matches!(full, super::sink::Sink::InPlace { .. }));
+    let e = write_all(&[
+        (&a_sink, Content::Bytes(b"a")),
+        (&full, Content::Bytes(b"b")),
+    ])
+    .expect_err("the device is full");
+    assert_eq!(e.0, 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("ls").count(),
+        0,
+        "a file or a temporary was left"
+    );
+    write_all(&[(&a_sink, Content::Bytes(b"a"))]).expect("writes");
+    assert_eq!(std::fs::read(&a).expect("a"), b"a");
+    // A file replaced keeps its permissions.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let a_sink = resolve(&a).expect("a regular file").sink;
+    write_all(&[(&a_sink, Content::Bytes(b"again"))]).expect("writes");
+    assert_eq!(std::fs::read(&a).expect("a"), b"again");
+    let mode = std::fs::metadata(&a).expect("a").permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
+
+    // A symlink that points at itself ends nowhere.
+    let looped = dir.path().join("loop");
+    std::os::unix::fs::symlink(&looped, &looped).expect("symlink");
+    assert!(matches!(resolve(&looped), Err(SinkError::LinkLoop(_))));
+    // A character device may be named by any number of destinations; a file may not.
+    let null = resolve(Path::new("/dev/null")).expect("null").identity;
+    assert!(!null.clashes_with(&null));
+    let file = resolve(&a).expect("a").identity;
+    assert!(file.clashes_with(&file));
+}
+
+#[test]
+fn npy_files_cut_short_or_corrupted_are_refused_without_a_panic() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.npy");
+    write_npy(&good, &tensor(DType::F32, &[3, 4])).expect("writes");
+    let bytes = std::fs::read(&good).expect("reads");
+    let want = ty(DType::F32, &[3, 4]);
+    let p = dir.path().join("bad.npy");
+    // Every prefix: refused, and a prefix that ends in the data says it is truncated.
+    for len in 0..bytes.len() {
+        std::fs::write(&p, &bytes[..len]).expect("writes");
+        let e = read_npy(&p, "x", &want).expect_err("a prefix is not the file");
+        if len >= 128 {
+            assert!(e.to_string().contains("truncated"), "{len}: {e}");
+        }
+    }
+    // Random bytes changed anywhere: an answer either way, never a panic.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    for _ in 0..200 {
+        let mut b = bytes.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..b.len());
+            b[at] = rng.random();
+        }
+        std::fs::write(&p, &b).expect("writes");
+        let _ = read_npy(&p, "x", &want);
+    }
 }

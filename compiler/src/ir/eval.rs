@@ -1,0 +1,296 @@
+//! The meaning of every elementwise op, reduction and dtype rounding on scalars, defined
+//! once: f64 maths with PyTorch's rules for special values (`maximum`, `minimum`, `max`,
+//! `min` and `relu` propagate NaN; `gelu` is the exact-erf form; IEEE ±0, ±inf and
+//! subnormals throughout), and rounding to each dtype to nearest, ties to even.
+//!
+//! The constant folder (`check::expr`) and the f64 reference evaluator (tc-runtime's
+//! `reference`, a test-support module) compute with these functions, so a folded literal
+//! and the same maths run on a tensor cannot disagree. The executors compute in f32 with
+//! their own fast kernels; `accuracy` says how close each op's f32 form must come to the
+//! meaning, and the CPU's kernels are tested against it.
+
+use super::graph::{BinaryOp, ReduceOp, UnaryOp};
+use super::types::DType;
+use half::{bf16, f16};
+
+/// `op(x)`.
+pub fn unary(op: UnaryOp, x: f64) -> f64 {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        // torch.relu propagates NaN (`f64::max` would drop it); relu(-0) is +0.
+        UnaryOp::Relu => {
+            if x > 0.0 || x.is_nan() {
+                x
+            } else {
+                0.0
+            }
+        }
+        UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
+        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+        UnaryOp::Erf => erf(x),
+        UnaryOp::Square => x * x,
+    }
+}
+
+/// `a op b`.
+pub fn binary(op: BinaryOp, a: f64, b: f64) -> f64 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        // C `pow`: a negative base with an integral exponent is fine, with a fractional
+        // one NaN; `pow(x, 0)` and `pow(1, y)` are 1 even for NaN.
+        BinaryOp::Pow => a.powf(b),
+        BinaryOp::Maximum => maximum(a, b),
+        BinaryOp::Minimum => minimum(a, b),
+    }
+}
+
+/// The error function (`libm`'s, within 1 ulp in f64).
+pub fn erf(x: f64) -> f64 {
+    libm::erf(x)
+}
+
+/// `torch.maximum`: NaN if either operand is NaN (unlike `f64::max`, which drops it); of
+/// two equal values (`-0` and `+0`) the second, as a vector `max` instruction gives.
+pub fn maximum(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// `torch.minimum`: NaN if either operand is NaN; of two equal values the second.
+pub fn minimum(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The value a reduction starts from: 0 for sums and means, -inf for `max`, +inf for `min`
+/// (so the max of nothing is -inf, as an empty fold gives).
+pub fn reduce_init(op: ReduceOp) -> f64 {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => 0.0,
+        ReduceOp::Max => f64::NEG_INFINITY,
+        ReduceOp::Min => f64::INFINITY,
+    }
+}
+
+/// One element `x` folded into the running value `acc`. (Which zero the `max` of `-0` and
+/// `+0` is depends on the order a reduction folds in, which executors choose freely.)
+pub fn reduce_step(op: ReduceOp, acc: f64, x: f64) -> f64 {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => acc + x,
+        ReduceOp::Max => maximum(acc, x),
+        ReduceOp::Min => minimum(acc, x),
+    }
+}
+
+/// The result of a reduction of `count` elements whose fold is `acc`.
+pub fn reduce_finish(op: ReduceOp, acc: f64, count: u64) -> f64 {
+    match op {
+        ReduceOp::Mean => acc / count as f64,
+        ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => acc,
+    }
+}
+
+/// The reduction of `xs` in order.
+pub fn reduce(op: ReduceOp, xs: impl IntoIterator<Item = f64>) -> f64 {
+    let mut count = 0u64;
+    let acc = xs.into_iter().fold(reduce_init(op), |acc, x| {
+        count += 1;
+        reduce_step(op, acc, x)
+    });
+    reduce_finish(op, acc, count)
+}
+
+/// `v` rounded to the nearest value of `dtype` (ties to even; overflow to ±inf, NaN stays
+/// NaN), as f64: what storing a value, or casting it, does. f16 and bf16 round by way of
+/// f32, as PyTorch's `Half`/`BFloat16` do from a double and as the executors do (they compute
+/// in f32); written out, not `f16::from_f64`, whose result depends on whether the CPU has
+/// F16C (with it, via f32; without, directly).
+pub fn round(dtype: DType, v: f64) -> f64 {
+    let v32 = v as f32;
+    match dtype {
+        DType::F32 => v32 as f64,
+        DType::F16 => f16::from_f32(v32).to_f64(),
+        DType::BF16 => bf16::from_f32(v32).to_f64(),
+    }
+}
+
+/// How close an f32 implementation of an op must come to its meaning, where both are
+/// finite: `|got - exact| <= ulps · ulp + abs`, `ulp` the unit in the last place of the f32
+/// nearest `exact` (2^-149 below the normal range). Where the meaning is NaN or ±inf the
+/// implementation must give NaN or the same infinity. `ulps: 0.5` is correct rounding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Accuracy {
+    pub ulps: f64,
+    pub abs: f64,
+}
+
+impl Accuracy {
+    /// Correctly rounded: IEEE `+ - * /`, `sqrt`, and the ops that only move bits.
+    pub const EXACT: Accuracy = Accuracy {
+        ulps: 0.5,
+        abs: 0.0,
+    };
+
+    /// Whether `got` (an f32 result) is within this accuracy of `want` (the meaning in
+    /// f64, exact or already rounded to f32). `EXACT` asks for the very bits of `want`
+    /// rounded to f32, the sign of a zero included.
+    pub fn admits(self, got: f32, want: f64) -> bool {
+        if want.is_nan() || got.is_nan() {
+            return want.is_nan() && got.is_nan();
+        }
+        if self == Accuracy::EXACT {
+            return got.to_bits() == (want as f32).to_bits();
+        }
+        let w = want as f32;
+        if w.is_infinite() || got.is_infinite() {
+            // Past f32's range: only the same infinity will do (a finite `want` that rounds
+            // to infinity admits infinity).
+            return got == w || (got as f64 - want).abs() <= self.abs;
+        }
+        (got as f64 - want).abs() <= self.ulps * ulp_f32(want) + self.abs
+    }
+}
+
+/// The unit in the last place of the f32 nearest `x` (2^-149 for zero and subnormals).
+pub fn ulp_f32(x: f64) -> f64 {
+    let w = (x as f32).abs();
+    if !w.is_normal() {
+        return 2f64.powi(-149);
+    }
+    let e = ((w.to_bits() >> 23) as i32) - 127;
+    2f64.powi(e - 23)
+}
+
+/// The smallest normal f32: f32 formulas whose intermediate overflows (`1 / (1 + e^-x)`
+/// once `e^-x` is infinite) give 0 where the exact result is below it.
+const FLUSH: f64 = f32::MIN_POSITIVE as f64;
+
+/// The accuracy an executor's f32 `op` must reach (see `Accuracy`). Measured on the CPU
+/// kernels (`cpu::math`, whose tests hold them to it); CUDA's maths is held to the CPU's
+/// results by the tests of that backend.
+pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
+    let a = |ulps: f64, abs: f64| Accuracy { ulps, abs };
+    match op {
+        UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sqrt | UnaryOp::Square | UnaryOp::Relu => {
+            Accuracy::EXACT
+        }
+        // 1 / sqrt(x): two correctly rounded operations.
+        UnaryOp::Rsqrt => a(1.5, 0.0),
+        // Polynomial `e^x` within 1 ulp; the platform's `logf`, `sinf`, `cosf`.
+        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos => a(1.0, 0.0),
+        UnaryOp::Tanh => a(2.0, 0.0),
+        UnaryOp::Sigmoid => a(3.0, FLUSH),
+        // x / (1 + e^-x): 0 once e^-x overflows, where the exact value is still ~1e-37.
+        UnaryOp::Silu => a(3.0, 1e-36),
+        // Abramowitz–Stegun 7.1.26 above 1: absolute error near 1.5e-7.
+        UnaryOp::Erf => a(2.0, 3e-7),
+        // 0.5·x·(1 + erf(x/√2)): erf's absolute error, scaled by x/2 where 1 + erf cancels.
+        UnaryOp::Gelu => a(4.0, 1e-6),
+    }
+}
+
+/// The accuracy an executor's f32 `op` must reach (see `Accuracy`).
+pub fn binary_accuracy(op: BinaryOp) -> Accuracy {
+    match op {
+        BinaryOp::Add
+        | BinaryOp::Sub
+        | BinaryOp::Mul
+        | BinaryOp::Div
+        | BinaryOp::Maximum
+        | BinaryOp::Minimum => Accuracy::EXACT,
+        // The platform's `powf`.
+        BinaryOp::Pow => Accuracy {
+            ulps: 1.0,
+            abs: 0.0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maximum_minimum_max_min_and_relu_propagate_nan() {
+        let nan = f64::NAN;
+        assert!(binary(BinaryOp::Maximum, (-1f64).ln(), 0.0).is_nan());
+        assert!(binary(BinaryOp::Minimum, 0.0, nan).is_nan());
+        assert!(unary(UnaryOp::Relu, nan).is_nan());
+        assert!(reduce(ReduceOp::Max, [1.0, nan, 2.0]).is_nan());
+        assert!(reduce(ReduceOp::Min, [nan, 1.0]).is_nan());
+        assert_eq!(reduce(ReduceOp::Max, []), f64::NEG_INFINITY);
+        assert_eq!(reduce(ReduceOp::Mean, [1.0, 2.0, 6.0]), 3.0);
+    }
+
+    #[test]
+    fn signed_zeros_infinities_and_subnormals() {
+        assert!(unary(UnaryOp::Neg, 0.0).is_sign_negative());
+        assert!(unary(UnaryOp::Relu, -0.0).is_sign_positive());
+        assert!(maximum(0.0, -0.0).is_sign_negative() && maximum(-0.0, 0.0).is_sign_positive());
+        assert!(minimum(-0.0, 0.0).is_sign_positive() && minimum(0.0, -0.0).is_sign_negative());
+        assert_eq!(unary(UnaryOp::Rsqrt, -0.0), f64::NEG_INFINITY);
+        assert_eq!(unary(UnaryOp::Exp, f64::NEG_INFINITY), 0.0);
+        assert_eq!(unary(UnaryOp::Sigmoid, f64::NEG_INFINITY), 0.0);
+        assert!(unary(UnaryOp::Silu, f64::NEG_INFINITY).is_nan());
+        assert_eq!(binary(BinaryOp::Pow, f64::NAN, 0.0), 1.0);
+        assert_eq!(binary(BinaryOp::Div, 1.0, -0.0), f64::NEG_INFINITY);
+        let sub = 2f64.powi(-149);
+        assert_eq!(round(DType::F32, sub), sub);
+        assert_eq!(round(DType::F32, sub * 0.49), 0.0);
+        assert_eq!(round(DType::F16, 2f64.powi(-24)), 2f64.powi(-24));
+        assert_eq!(round(DType::F16, 65520.0), f64::INFINITY);
+        assert_eq!(round(DType::BF16, 1.0 + 2f64.powi(-8)), 1.0);
+        assert!(round(DType::BF16, f64::NAN).is_nan());
+        // Just above the f16 tie 1 + 2^-11: f32 drops the 2^-40, and the tie goes to even.
+        let above_tie = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(round(DType::F16, above_tie), 1.0);
+        assert_eq!(
+            round(DType::BF16, 1.0 + 2f64.powi(-8) + 2f64.powi(-40)),
+            1.0
+        );
+    }
+
+    #[test]
+    fn accuracy_is_in_ulps_of_the_result() {
+        assert_eq!(ulp_f32(1.0), 2f64.powi(-23));
+        assert_eq!(ulp_f32(0.0), 2f64.powi(-149));
+        let one_up = f32::from_bits(1f32.to_bits() + 1);
+        assert!(Accuracy {
+            ulps: 1.0,
+            abs: 0.0
+        }
+        .admits(one_up, 1.0));
+        assert!(!Accuracy::EXACT.admits(one_up, 1.0));
+        assert!(Accuracy::EXACT.admits(f32::INFINITY, 1e300));
+        assert!(!Accuracy::EXACT.admits(f32::MAX, f64::INFINITY));
+        assert!(!Accuracy::EXACT.admits(0.0, f64::NAN));
+        assert!(!Accuracy::EXACT.admits(-0.0, 0.0));
+        assert!(Accuracy {
+            ulps: 1.0,
+            abs: 0.0
+        }
+        .admits(-0.0, 0.0));
+    }
+}
