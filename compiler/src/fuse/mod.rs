@@ -6,7 +6,7 @@
 //! matmul is a kernel of its own; an in-kernel edge must read the producer's element at the
 //! consumer's domain index (no transposed read, no recomputation of a smaller value).
 //! `siblings` then merges kernels that load the same data (horizontal fusion), each merge
-//! kept only when the caller (the planner: the arena must not grow) accepts it.
+//! kept only when the caller (the driver's `search`: the arena must not grow) accepts it.
 
 mod siblings;
 #[cfg(test)]

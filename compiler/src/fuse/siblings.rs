@@ -1,6 +1,6 @@
 //! Horizontal (sibling) fusion: after the producer→consumer merging, kernels that load the
 //! same data over the same domain and reduce axes, with no path between them, are merged so
-//! the data is read once. The caller judges each merge (the planner keeps it only when the
+//! the data is read once. The caller judges each merge (`crate::search` keeps it only when the
 //! planned arena does not grow); `analyze` and the cycle check are the vertical fusion's own.
 
 use super::{order, to_domain, Fuser, Group};
