@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use tc_compiler::ir::{text, verify::verify};
+use tc_compiler::ErrorKind;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -62,27 +63,44 @@ fn header_dims(source: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Every bad program fails to check, every diagnostic has a code and (unless it is about a
-/// `--dim` override) a primary span, and the rendered diagnostics are snapshotted.
+/// A bad program's diagnostics: those of `check`, or, for a program that checks, those of the
+/// whole pipeline (errors only the planner can see, such as `tensor-too-large`).
+fn bad_diagnostics(path: &Path) -> (String, Vec<tc_compiler::Diagnostic>) {
+    let source = std::fs::read_to_string(path).expect("readable bad program");
+    let name = format!("{}.tx", stem(path));
+    let dims = header_dims(&source);
+    let diags = match tc_compiler::check(&source, &dims) {
+        Err(d) => d,
+        Ok(_) => {
+            let options = tc_compiler::CompileOptions {
+                dims,
+                ..Default::default()
+            };
+            match tc_compiler::compile(&source, &options) {
+                Ok(_) => panic!("{name} checked and compiled without errors"),
+                Err(d) => d,
+            }
+        }
+    };
+    (source, diags)
+}
+
+/// Every bad program fails to check (or to compile), every diagnostic has (unless it is about
+/// a `--dim` override) a primary span, and the rendered diagnostics are snapshotted.
 #[test]
 fn bad_programs_render_their_diagnostics() {
     let files = tx_files("tests/in/bad");
     assert!(files.len() >= 30, "only {} bad programs", files.len());
     for path in files {
-        let source = std::fs::read_to_string(&path).expect("readable bad program");
         let name = format!("{}.tx", stem(&path));
-        let diags = match tc_compiler::check(&source, &header_dims(&source)) {
-            Ok(_) => panic!("{name} checked without errors"),
-            Err(d) => d,
-        };
+        let (source, diags) = bad_diagnostics(&path);
         assert!(!diags.is_empty(), "{name}: empty error list");
         for d in &diags {
-            assert!(!d.code.is_empty(), "{name}: a diagnostic without a code");
-            if !d.code.starts_with("unknown-dim-override") {
+            if d.kind != ErrorKind::UnknownDimOverride {
                 assert!(
                     d.primary_span().is_some(),
                     "{name}: {} has no primary span",
-                    d.code
+                    d.kind
                 );
             }
             spans_ok(&source, d);
@@ -100,7 +118,7 @@ fn spans_ok(source: &str, d: &tc_compiler::Diagnostic) {
                 && source.is_char_boundary(l.span.start)
                 && source.is_char_boundary(l.span.end),
             "{}: span {:?} outside the source or off a char boundary",
-            d.code,
+            d.kind,
             l.span
         );
     }
@@ -123,7 +141,7 @@ fn check_ok(source: &str) -> tc_compiler::ir::Graph {
 fn codes(source: &str, dims: &[(String, u64)]) -> Vec<&'static str> {
     match tc_compiler::check(source, dims) {
         Ok(_) => Vec::new(),
-        Err(d) => d.iter().map(|d| d.code).collect(),
+        Err(d) => d.iter().map(|d| d.code()).collect(),
     }
 }
 
@@ -365,4 +383,280 @@ mod never_panics {
             check_one(&format!("{PRELUDE}z = {}\noutput z", toks.join(" ")));
         }
     }
+}
+
+// ---- Error kinds (issue 11) and front-end defects (issue 12) ----
+
+/// The rows of the error-kind table in `docs/reliability.md`: code, meaning, exit, case.
+fn error_kind_table() -> Vec<[String; 4]> {
+    let doc = std::fs::read_to_string(root().join("docs/reliability.md")).expect("the doc");
+    let section = doc
+        .split("\n## Error kinds\n")
+        .nth(1)
+        .expect("docs/reliability.md has an `## Error kinds` section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect();
+            assert_eq!(cells.len(), 4, "a row of four cells: {l}");
+            [
+                cells[0].trim_matches('`').to_string(),
+                cells[1].clone(),
+                cells[2].clone(),
+                cells[3].clone(),
+            ]
+        })
+        .collect()
+}
+
+/// Every `ErrorKind` has one row in `docs/reliability.md` with its exit code, and each error
+/// case the row names is a file in `tests/in/bad/` that gives that kind; a kind with no case
+/// says why it cannot come from a program.
+#[test]
+fn every_error_kind_is_documented_and_has_a_case() {
+    let rows = error_kind_table();
+    let documented: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+    assert_eq!(
+        documented, kinds,
+        "the table lists every kind once, in enum order"
+    );
+    for [code, meaning, exit, case] in &rows {
+        let kind = ErrorKind::from_code(code).expect("a known code");
+        assert!(!meaning.is_empty(), "{code}: no meaning");
+        assert_eq!(exit, &kind.exit_code().to_string(), "{code}: exit code");
+        if let Some(reason) = case.strip_prefix("none:") {
+            assert!(reason.trim().len() > 10, "{code}: say why there is no case");
+            continue;
+        }
+        let files: Vec<&str> = case
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|f| f.ends_with(".tx"))
+            .collect();
+        assert!(!files.is_empty(), "{code}: no error case named in `{case}`");
+        for f in files {
+            let path = root().join("tests/in/bad").join(f);
+            assert!(path.exists(), "{code}: {f} is not in tests/in/bad");
+            let (_, diags) = bad_diagnostics(&path);
+            assert!(
+                diags.iter().any(|d| d.kind == kind),
+                "{code}: {f} gives {:?}",
+                diags.iter().map(|d| d.code()).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// The invariants listed in `docs/architecture.md` are `Invariant::ALL`: same numbers, same
+/// titles, in order.
+#[test]
+fn invariants_are_numbered_once() {
+    use tc_compiler::invariant::Invariant;
+    let doc = std::fs::read_to_string(root().join("docs/architecture.md")).expect("the doc");
+    let section = doc
+        .split("\n## Invariants\n")
+        .nth(1)
+        .expect("an Invariants section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let items: Vec<(u32, String)> = section
+        .lines()
+        .filter_map(|l| {
+            let (n, rest) = l.split_once(". **")?;
+            let n: u32 = n.parse().ok()?;
+            let title = rest.split_once(".**")?.0;
+            Some((n, title.to_string()))
+        })
+        .collect();
+    let want: Vec<(u32, String)> = Invariant::ALL
+        .iter()
+        .map(|i| (i.number(), i.title().to_string()))
+        .collect();
+    assert_eq!(items, want);
+}
+
+fn render(source: &str, diags: &[tc_compiler::Diagnostic]) -> String {
+    tc_runtime::cli::diagnostics::render("t.tx", source, diags, false)
+}
+
+fn help_of(source: &str) -> Vec<Option<String>> {
+    match tc_compiler::check(source, &[]) {
+        Ok(_) => panic!("{source} checks"),
+        Err(d) => d.into_iter().map(|d| d.help).collect(),
+    }
+}
+
+/// Issue 12 item 10: SPEC §1 ignores line breaks anywhere inside `( )` and `[ ]`, not only
+/// next to `(`, `,` and `)`.
+#[test]
+fn line_breaks_anywhere_inside_brackets_are_ignored() {
+    let pre = "dim N = 6\ninput x : f32[N, N]\n";
+    for body in [
+        "y = (x * 2 +\n x)",
+        "y = (x\n + 1)",
+        "y = reshape(x, [3 *\n 2, 6])",
+        "y = sum(x\n * 2, axis=0)",
+        "y = (x *\n\n 2)",
+        "y = exp(\n-\nx)",
+        "y = x[\n]",
+        "y = maximum(x, 0\n)\n",
+    ] {
+        let src = format!("{pre}{body}\noutput y\n");
+        if body == "y = x[\n]" {
+            // Not an expression at all: the break does not hide that (one syntax error).
+            assert_eq!(codes(&src, &[]), ["syntax"], "{src}");
+            continue;
+        }
+        check_ok(&src);
+    }
+    let g = check_ok(&format!("{pre}y = reshape(x, [3 *\n 2, 6])\noutput y\n"));
+    assert_eq!(output_type(&g, 0), "f32[6, 6]");
+}
+
+/// Issue 12 item 17: the second label of `duplicate-name` is in the same box, under its own
+/// line, not under a header naming the later line.
+#[test]
+fn duplicate_name_labels_share_one_box() {
+    let src = "dim N = 4\ninput x : f32[N]\ny = x + 1\ny = x * 2\noutput y\n";
+    let d = tc_compiler::check(src, &[]).expect_err("bound twice");
+    let out = render(src, &d);
+    assert_eq!(out.matches("─[ ").count(), 1, "{out}");
+    assert!(out.contains("─[ t.tx:4:1 ]"), "{out}");
+    let first = out.find("first bound here").expect("label");
+    let second = out.find("bound a second time here").expect("label");
+    assert!(first < second, "labels in source order:\n{out}");
+}
+
+/// Issue 12 item 18: when the element count fits but the byte count does not, the message
+/// says bytes.
+#[test]
+fn size_overflow_blames_the_bytes() {
+    // 2^62 f32 elements: the count fits in 64 bits, the 2^64 bytes do not.
+    for src in [
+        "dim N = 4611686018427387904\ninput x : f32[N]\noutput x\n",
+        "dim N = 4611686018427387904\ninput x : f16[N]\ninput s : f32[1]\ny = x + s\noutput y\n",
+    ] {
+        let d = tc_compiler::check(src, &[]).expect_err("too many bytes");
+        assert_eq!(d[0].kind, ErrorKind::SizeOverflow, "{src}");
+        assert!(d[0].message.contains("bytes"), "{}", d[0].message);
+        assert!(!d[0].message.contains("elements than"), "{}", d[0].message);
+    }
+    // A count that does not fit still says elements.
+    let src = "dim N = 4294967296\ninput x : f32[N, N, N]\noutput x\n";
+    let d = tc_compiler::check(src, &[]).expect_err("too many elements");
+    assert!(d[0].message.contains("elements"), "{}", d[0].message);
+}
+
+/// Issue 12 item 19: a UTF-8 byte order mark at the start of a file is accepted.
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    let g = check_ok("\u{FEFF}dim N = 4\ninput x : f32[N]\ny = x * 2\noutput y\n");
+    assert_eq!(output_type(&g, 0), "f32[N=4]");
+    // Elsewhere it is still a stray character.
+    assert_eq!(
+        codes(
+            "dim N = 4\ninput x : f32[N]\ny = x \u{FEFF}* 2\noutput y\n",
+            &[]
+        ),
+        ["bad-token"]
+    );
+}
+
+/// Issue 12 item 19: an error at the end of a 4 MB line prints a clipped line, not 12 MB;
+/// the header still names the true line and column.
+#[test]
+fn long_lines_are_clipped_in_messages() {
+    let n = 4 << 20;
+    let src = format!(
+        "dim N = 4\ninput x : f32[N]\ny = x{} + zz\noutput y\n",
+        " ".repeat(n)
+    );
+    let d = tc_compiler::check(&src, &[]).expect_err("unknown name");
+    let out = render(&src, &d);
+    assert!(out.len() < 4000, "{} bytes", out.len());
+    let col = n + "y = x + ".len() + 1;
+    assert!(out.contains(&format!("─[ t.tx:3:{col} ]")), "{out}");
+    assert!(out.contains("zz"), "{out}");
+    assert!(out.contains("…"), "{out}");
+    // A long line far from the error is not shown at all; a short one is shown whole.
+    let src = format!(
+        "dim N = 4\ninput x : f32[N]\ny = x{}\nz = zz\noutput y\n",
+        " ".repeat(n)
+    );
+    let d = tc_compiler::check(&src, &[]).expect_err("unknown name");
+    let out = render(&src, &d);
+    assert!(out.len() < 4000, "{} bytes", out.len());
+    assert!(out.contains(" 4 │ z = zz"), "{out}");
+}
+
+/// Issue 12 item 12: many errors print the first ones and a count, and checking and
+/// rendering take time linear in their number.
+#[test]
+fn many_errors_are_capped_and_linear() {
+    fn program(n: usize) -> String {
+        let mut s = String::from("dim N = 4\ninput x : f32[N]\n");
+        for i in 0..n {
+            s.push_str(&format!("y{i} = x + zz{i}\n"));
+        }
+        s.push_str("output y0\n");
+        s
+    }
+    let time = |n: usize| {
+        let src = program(n);
+        let t = std::time::Instant::now();
+        let d = tc_compiler::check(&src, &[]).expect_err("unknown names");
+        assert_eq!(d.len(), n);
+        let out = render(&src, &d);
+        (t.elapsed().as_secs_f64(), out)
+    };
+    let (small, _) = time(2_000);
+    let (large, out) = time(16_000);
+    let shown = tc_runtime::cli::diagnostics::MAX_SHOWN;
+    assert_eq!(out.matches("[unknown-name]").count(), shown, "{out}");
+    assert!(
+        out.contains(&format!("and {} more errors", 16_000 - shown)),
+        "{}",
+        &out[out.len().saturating_sub(300)..]
+    );
+    // 8 times the errors: linear is about 8 times the time, quadratic 64.
+    assert!(
+        large < 20.0 * small + 0.5,
+        "2 000 errors: {small:.3} s, 16 000: {large:.3} s"
+    );
+}
+
+/// Issue 12 item 21: near-miss hints offer names of the kind the place needs: tensors (and
+/// weak scalars) in expressions, dims in shapes.
+#[test]
+fn hints_offer_names_of_the_right_kind() {
+    let pre = "dim B = 2\ndim Dh = 8\ninput x : f32[B, Dh]\n";
+    let no_dim = |body: &str| {
+        let src = format!("{pre}{body}\noutput x\n");
+        let h = help_of(&src);
+        assert!(
+            h.iter()
+                .flatten()
+                .all(|h| !h.contains("`B`") && !h.contains("`Dh`")),
+            "{src}: {h:?}"
+        );
+    };
+    no_dim("y = q * 2");
+    no_dim("y = hh + x");
+    // A tensor is offered in an expression …
+    let h = help_of(&format!("{pre}hx = x * 2\ny = hh + 1\noutput x\n"));
+    assert_eq!(h, [Some("did you mean `hx`?".to_string())]);
+    // … and a dim in a shape, never a tensor.
+    let h = help_of(&format!(
+        "{pre}input Dx : f32[B]\ninput z : f32[Dd]\noutput x\n"
+    ));
+    assert_eq!(h, [Some("did you mean `Dh`?".to_string())]);
+    let h = help_of(&format!("{pre}xs = x * 2\ninput z : f32[xx]\noutput x\n"));
+    assert_eq!(h, [None]);
 }

@@ -1,9 +1,12 @@
 //! Diagnostics: the one plain error value every compiler stage produces.
 //!
 //! A `Diagnostic` knows nothing about printing. Stages build them from their own small
-//! error enums; only the command line renders them (with ariadne, counting bytes).
+//! error enums; only the command line renders them (with ariadne, counting bytes). Every
+//! kind of error is an `ErrorKind`, listed with its code and exit code in
+//! `docs/reliability.md` (a test keeps the two equal).
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use std::fmt;
 
 /// A byte range into the source text (logos and chumsky both count bytes).
 pub type Span = std::ops::Range<usize>;
@@ -13,6 +16,116 @@ pub type Span = std::ops::Range<usize>;
 pub enum Severity {
     Error,
     Warning,
+}
+
+/// Declares `ErrorKind` and its list `ErrorKind::ALL` from one table, so no kind can be
+/// left out of the list.
+macro_rules! error_kinds {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $code:literal, )*) => {
+        /// Every kind of error tc reports about a program or its source file. The code
+        /// (`unknown-name`, …) is what users see in `[code]` and search the docs for; it never
+        /// changes once released.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum ErrorKind {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [ErrorKind] = &[$(ErrorKind::$variant),*];
+
+            /// The stable short name shown as `[code]`.
+            pub fn code(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+error_kinds! {
+    /// The source file is not UTF-8 text (reported by the command line, before parsing).
+    InvalidUtf8 = "invalid-utf8",
+    /// A character that starts no token.
+    BadToken = "bad-token",
+    /// A statement that does not parse.
+    Syntax = "syntax",
+    /// Brackets, `**` or unary minus nested deeper than the parser allows.
+    TooDeep = "too-deep",
+    /// A number literal that is not a finite f64.
+    BadNumber = "bad-number",
+    /// A name used before it is bound, or never bound.
+    UnknownName = "unknown-name",
+    /// A name bound a second time.
+    DuplicateName = "duplicate-name",
+    /// A call of a function that is not a built-in.
+    UnknownFunction = "unknown-function",
+    /// A type whose dtype is not f32, f16 or bf16.
+    UnknownDtype = "unknown-dtype",
+    /// A name listed twice in `output`.
+    DuplicateOutput = "duplicate-output",
+    /// A program without an `output` statement.
+    NoOutput = "no-output",
+    /// A `--dim NAME=INT` whose name is no dim of the program.
+    UnknownDimOverride = "unknown-dim-override",
+    /// A dim that is not a positive integer that fits in 64 bits.
+    BadDim = "bad-dim",
+    /// A shape entry that is not a positive integer (or a dim).
+    BadShape = "bad-shape",
+    /// A tensor whose element or byte count does not fit in 64 bits.
+    SizeOverflow = "size-overflow",
+    /// Something used as a value that is not one (a function, a list, a bool).
+    BadExpression = "bad-expression",
+    /// Shapes that do not broadcast, or matmul dims that do not match.
+    ShapeMismatch = "shape-mismatch",
+    /// An operand of the wrong rank (`@` or `transpose` of rank < 2).
+    BadRank = "bad-rank",
+    /// A wrong number, name or kind of argument to a built-in.
+    BadArgument = "bad-argument",
+    /// An axis out of range or repeated.
+    BadAxis = "bad-axis",
+    /// A `reshape`, `permute` or `expand` that cannot produce the shape asked for.
+    BadView = "bad-view",
+    /// A buffer the planner makes whose byte count does not fit in 64 bits (the planner's own
+    /// guard: the checker reports `SizeOverflow` for every value first).
+    TensorTooLarge = "tensor-too-large",
+    /// The planner produced, or was about to produce, a plan its verifier rejects: a bug in
+    /// tc, not in the program.
+    PlannerInternal = "planner-internal",
+}
+
+impl ErrorKind {
+    /// The kind with this code, if any.
+    pub fn from_code(code: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.iter().copied().find(|k| k.code() == code)
+    }
+
+    /// Whether the error is a bug in tc rather than in the user's program.
+    pub fn is_internal(self) -> bool {
+        matches!(self, ErrorKind::PlannerInternal)
+    }
+
+    /// The exit code of SPEC §2: 1 for an error in the program, 3 for a compiler failure.
+    pub fn exit_code(self) -> u8 {
+        if self.is_internal() {
+            3
+        } else {
+            1
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Serialize for ErrorKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
 }
 
 /// One labelled span. The first primary label is where the caret goes.
@@ -27,9 +140,10 @@ pub struct Label {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
     pub severity: Severity,
-    /// A short stable name for the error kind (`unknown-name`, `shape-mismatch`, …), for tests
-    /// and for users searching the docs.
-    pub code: &'static str,
+    /// What kind of error this is; its code (`unknown-name`, `shape-mismatch`, …) is what
+    /// tests and users searching the docs see.
+    #[serde(rename = "code")]
+    pub kind: ErrorKind,
     pub message: String,
     pub labels: Vec<Label>,
     pub notes: Vec<String>,
@@ -37,10 +151,10 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
-            code,
+            kind,
             message: message.into(),
             labels: Vec::new(),
             notes: Vec::new(),
@@ -76,6 +190,11 @@ impl Diagnostic {
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
+    }
+
+    /// The stable short name of this diagnostic's kind.
+    pub fn code(&self) -> &'static str {
+        self.kind.code()
     }
 
     /// The span of the first primary label, if any.

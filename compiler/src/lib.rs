@@ -14,6 +14,7 @@ pub mod diag;
 pub mod fuse;
 pub mod invariant;
 pub mod ir;
+pub mod lower;
 pub mod memory;
 pub mod plan;
 pub mod report;
@@ -21,7 +22,7 @@ pub mod schedule;
 pub mod syntax;
 pub mod units;
 
-pub use diag::{Diagnostic, Diagnostics, Span};
+pub use diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 pub use schedule::{Plan, PlanOptions};
 
 /// Everything `compile` needs besides the source.
@@ -41,6 +42,8 @@ pub struct Program {
     /// Built-ins decomposed into primitives: what the kernels compute.
     pub primitive: ir::Graph,
     pub plan: Plan,
+    /// Every fused kernel of the plan as kernel IR (`lower`), what both backends read.
+    pub kernels: lower::Lowered,
     pub memory: memory::MemoryReport,
 }
 
@@ -56,10 +59,12 @@ pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagno
     let groups = fuse::fuse(&primitive, options.plan.fuse);
     let plan = search(&primitive, &groups, &options.plan).map_err(|d| vec![d])?;
     let memory = memory::memory_report(&checked, &primitive, &plan);
+    let kernels = lower::lower(&plan).map_err(|e| vec![lower::internal(&e)])?;
     Ok(Program {
         checked,
         primitive,
         plan,
+        kernels,
         memory,
     })
 }

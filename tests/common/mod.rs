@@ -167,7 +167,7 @@ pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(
     let diag = |d: tc_compiler::Diagnostics| {
         let msgs: Vec<String> = d
             .iter()
-            .map(|d| format!("{}: {}", d.code, d.message))
+            .map(|d| format!("{}: {}", d.code(), d.message))
             .collect();
         msgs.join("; ")
     };

@@ -4,24 +4,20 @@
 //! (which must agree bit for bit: a difference is a race), and hand-written faulty kernels
 //! that the emulation must catch.
 //!
-//! Needs a host C++ compiler; without one these tests print "skipped: no host C++
-//! compiler", and fail instead when `TC_REQUIRE_EMU=1` (as `.ci/run` sets).
+//! Needs a host C++ compiler; without one these tests are reported as ignored, "needs a
+//! host C++ compiler" (`tests/build.rs` decides when the tests are built); they run, and
+//! fail, when `TC_REQUIRE_EMU=1` (as `.ci/run` sets) or with `--include-ignored`.
 
 use super::*;
 use tc_compiler::codegen::CudaKernel;
 use tc_runtime::cuda::emu::{self, EmuError, EmuOptions};
 use tc_runtime::HostTensor;
 
-fn emu_ready() -> bool {
-    match emu::compiler() {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("TC_REQUIRE_EMU").as_deref() == Ok("1") {
-                panic!("TC_REQUIRE_EMU=1 but {e}");
-            }
-            println!("skipped: no host C++ compiler ({e})");
-            false
-        }
+/// Fails a test that runs without a host C++ compiler: it runs only where `tests/build.rs`
+/// found one, under `TC_REQUIRE_EMU=1`, or when asked to with `--include-ignored`.
+fn require_emu() {
+    if let Err(e) = emu::compiler() {
+        panic!("no host C++ compiler: {e}");
     }
 }
 
@@ -42,7 +38,7 @@ fn check_plan(
     inputs: &[HostTensor],
     params: &[HostTensor],
 ) -> Result<(), String> {
-    let kernels = emit_kernels(plan);
+    let kernels = emit_kernels(plan).expect("the plan lowers");
     let cpu =
         tc_runtime::cpu::run(plan, inputs, params).map_err(|e| format!("{label}: CPU: {e}"))?;
     let mut runs = Vec::new();
@@ -78,10 +74,12 @@ fn check_source(
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_hand_built_kernels_match_the_cpu() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     let mut failures = Vec::new();
     let mut checked = 0;
     for (name, plan) in hand_built() {
@@ -99,10 +97,12 @@ fn emu_hand_built_kernels_match_the_cpu() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_examples_match_the_cpu() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     let failures: Vec<String> = example_variants()
         .iter()
         .filter_map(|(label, source, options)| check_source(label, source, options).err())
@@ -111,10 +111,12 @@ fn emu_examples_match_the_cpu() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_random_programs_match_the_cpu() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     let count = std::env::var("TC_EMU_PROGRAMS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -142,10 +144,12 @@ fn emu_random_programs_match_the_cpu() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_large_reductions_into_one_value_match_the_cpu() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     // Split by the planner into partials and their fold (warp and block rows).
     let mut failures = Vec::new();
     for (i, source) in tc_tests::LARGE_REDUCTIONS.iter().enumerate() {
@@ -157,10 +161,12 @@ fn emu_large_reductions_into_one_value_match_the_cpu() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_single_pass_row_statistics_keep_ieee_special_values() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     // Rows too long for registers (online softmax, Welford) with -inf (masked), NaN and
     // +inf placed first, last and alone: the single pass must give what the CPU's two
     // passes give, NaN for NaN.
@@ -232,7 +238,7 @@ fn emu_single_pass_row_statistics_keep_ieee_special_values() {
         let cpu = tc_runtime::cpu::run(&plan, &inputs, &[]).expect("CPU");
         let emulated = emu::run(
             &plan,
-            &emit_kernels(&plan),
+            &emit_kernels(&plan).expect("the plan lowers"),
             &inputs,
             &[],
             &EmuOptions::default(),
@@ -241,6 +247,52 @@ fn emu_single_pass_row_statistics_keep_ieee_special_values() {
         if let Err(e) = compare_with_cpu(name, "emulated CUDA", &plan, &cpu, &emulated) {
             panic!("{e}");
         }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_signed_zeros_and_nan_give_the_cpus_bits() {
+    require_emu();
+    // The ops whose zero sign or NaN handling is a choice (ir::eval defines it): the
+    // generated CUDA C must make the same choice as the CPU executor, bit for bit.
+    let source = "input x : f32[8]\n\
+                  r = relu(x)\n\
+                  hi = maximum(x, 0)\n\
+                  lo = minimum(x, 0)\n\
+                  a = abs(x)\n\
+                  output r, hi, lo, a\n";
+    let program =
+        tc_compiler::compile(source, &tc_compiler::CompileOptions::default()).expect("compiles");
+    let plan = &program.plan;
+    let values = [
+        -0.0f32,
+        0.0,
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -1.5,
+        2.5,
+    ];
+    let inputs = vec![HostTensor::from_f32(DType::F32, vec![8], &values)];
+    let cpu = tc_runtime::cpu::run(plan, &inputs, &[]).expect("CPU");
+    let kernels = emit_kernels(plan).expect("the plan lowers");
+    let emulated =
+        emu::run(plan, &kernels, &inputs, &[], &EmuOptions::default()).expect("emulated");
+    // Bit for bit, zero signs included; a NaN's sign and payload are the hardware's (the
+    // GPU makes its own canonical NaN), so any NaN matches any NaN.
+    let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    for (j, out) in plan.outputs.iter().enumerate() {
+        let (c, e) = (cpu[j].to_f32(), emulated[j].to_f32());
+        assert!(
+            c.iter().zip(&e).all(|(&a, &b)| same(a, b)),
+            "{}: for {values:?} the CPU gives {c:?}, the emulated CUDA C {e:?}",
+            out.name
+        );
     }
 }
 
@@ -304,10 +356,12 @@ fn expect_error(body: &str, block: u32, needles: &[&str]) {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_runs_a_correct_hand_written_kernel() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     // The harness of the fault tests, without a fault: outputs are x * 2.
     let (plan, kernels, inputs) = faulty("b1[i] = b0[i] * 2.0f;", 256);
     let out = emu::run(&plan, &kernels, &inputs, &[], &EmuOptions::default()).expect("runs");
@@ -316,10 +370,12 @@ fn emu_runs_a_correct_hand_written_kernel() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_catches_a_write_past_the_end() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     expect_error(
         "b1[i + 1] = b0[i];",
         256,
@@ -333,10 +389,12 @@ fn emu_catches_a_write_past_the_end() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_catches_barrier_divergence() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     expect_error(
         "if (threadIdx.x < 32) __syncthreads();\nb1[i] = b0[i];",
         256,
@@ -354,10 +412,12 @@ fn emu_catches_barrier_divergence() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_catches_a_race_between_threads() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     // Each thread writes its element, then reads its neighbour's with no barrier between:
     // whichever of the pair runs first sees the poison of an unwritten element.
     let body = "b1[i] = b0[i];\nconst float n = b1[i ^ 1];\nb1[i] = n == n ? 1.0f : 2.0f;";
@@ -376,10 +436,12 @@ fn emu_catches_a_race_between_threads() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_shared_memory_starts_each_block_undefined() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     // Thread 0 of each block reads a shared slot nobody wrote: NaN, not a stale or zero value.
     let body = "__shared__ float sh[256];\nif (threadIdx.x > 0) sh[threadIdx.x] = b0[i];\n__syncthreads();\nb1[i] = sh[threadIdx.x];";
     let out = fault(body, 256, false).expect("runs")[0].to_f32();
@@ -394,10 +456,12 @@ fn emu_shared_memory_starts_each_block_undefined() {
 }
 
 #[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
 fn emu_catches_index_overflow_misalignment_and_bad_launches() {
-    if !emu_ready() {
-        return;
-    }
+    require_emu();
     expect_error(
         "const int big = 2147483647 - (int)threadIdx.x;\nb1[i] = (float)(big + 8);",
         256,

@@ -2,7 +2,7 @@
 //! rule of each built-in (elementwise, reductions, row ops, views, casts).
 
 use super::{hint, Checker, Val};
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Diagnostic, ErrorKind, Span};
 use crate::ir::{BinaryOp, DType, Dim, Op, ReduceOp, TensorType, UnaryOp, ViewOp};
 use crate::syntax::ast::{Arg, Expr, ExprKind, Ident};
 
@@ -64,8 +64,11 @@ impl Checker<'_> {
     pub(super) fn call(&mut self, func: &Ident, args: &[Arg], span: &Span, depth: usize) -> Val {
         let name = func.name.as_str();
         let Some(params) = params(name) else {
-            let mut d = Diagnostic::error("unknown-function", format!("unknown function `{name}`"))
-                .with_primary(func.span.clone(), "not a built-in function");
+            let mut d = Diagnostic::error(
+                ErrorKind::UnknownFunction,
+                format!("unknown function `{name}`"),
+            )
+            .with_primary(func.span.clone(), "not a built-in function");
             if self.env.contains_key(name) {
                 d = d.with_note(format!("`{name}` is a value; only built-ins can be called"));
             }
@@ -150,7 +153,7 @@ impl Checker<'_> {
                     if positional > params.len() {
                         self.error(
                             Diagnostic::error(
-                                "bad-argument",
+                                ErrorKind::BadArgument,
                                 format!("`{}` takes at most {} arguments", func.name, params.len()),
                             )
                             .with_primary(a.span.clone(), "one too many")
@@ -165,7 +168,7 @@ impl Checker<'_> {
                     Some(i) if i > 0 => i,
                     _ => {
                         let mut d = Diagnostic::error(
-                            "bad-argument",
+                            ErrorKind::BadArgument,
                             format!("`{}` has no argument `{}`", func.name, k.name),
                         )
                         .with_primary(k.span.clone(), "unknown keyword")
@@ -182,7 +185,7 @@ impl Checker<'_> {
             if bound[slot].is_some() {
                 self.error(
                     Diagnostic::error(
-                        "bad-argument",
+                        ErrorKind::BadArgument,
                         format!("argument `{}` given twice", params[slot]),
                     )
                     .with_primary(a.span.clone(), "given again here"),
@@ -200,7 +203,7 @@ impl Checker<'_> {
             if bound[i].is_none() {
                 self.error(
                     Diagnostic::error(
-                        "bad-argument",
+                        ErrorKind::BadArgument,
                         format!("`{}` is missing its argument `{p}`", func.name),
                     )
                     .with_primary(span.clone(), "in this call")
@@ -275,7 +278,7 @@ impl Checker<'_> {
                 let axis = match bound[1] {
                     None => self.normalize_axis(-1, ty, x_span),
                     Some(e) => self
-                        .const_int(e, "bad-axis")
+                        .const_int(e, ErrorKind::BadAxis)
                         .and_then(|a| self.normalize_axis(a, ty, &e.span)),
                 };
                 let Some(axis) = axis else { return Val::Error };
@@ -307,7 +310,7 @@ impl Checker<'_> {
                 if rank < 2 {
                     self.error(
                         Diagnostic::error(
-                            "bad-rank",
+                            ErrorKind::BadRank,
                             format!("`transpose` needs rank 2 or more, but this is {ty}"),
                         )
                         .with_primary(x_span.clone(), format!("this is {ty}"))
@@ -380,9 +383,12 @@ impl Checker<'_> {
                 format!("axes run from {} to {}", -rank, rank - 1)
             };
             self.error(
-                Diagnostic::error("bad-axis", format!("axis {axis} is out of range for {ty}"))
-                    .with_primary(span.clone(), format!("axis {axis}"))
-                    .with_note(range),
+                Diagnostic::error(
+                    ErrorKind::BadAxis,
+                    format!("axis {axis} is out of range for {ty}"),
+                )
+                .with_primary(span.clone(), format!("axis {axis}"))
+                .with_note(range),
             );
             return None;
         }
@@ -401,12 +407,12 @@ impl Checker<'_> {
         };
         let mut out: Vec<(usize, &Span)> = Vec::new();
         for item in items {
-            let a = self.const_int(item, "bad-axis")?;
+            let a = self.const_int(item, ErrorKind::BadAxis)?;
             let a = self.normalize_axis(a, ty, &item.span)?;
             if let Some((_, first)) = out.iter().find(|(x, _)| *x == a) {
                 let first = (*first).clone();
                 self.error(
-                    Diagnostic::error("bad-axis", format!("axis {a} is repeated"))
+                    Diagnostic::error(ErrorKind::BadAxis, format!("axis {a} is repeated"))
                         .with_primary(item.span.clone(), "repeated here")
                         .with_secondary(first, "first here")
                         .with_note(format!("for {ty}, negative axes count from the end")),
@@ -423,7 +429,7 @@ impl Checker<'_> {
     fn permutation(&mut self, e: &Expr, ty: &TensorType) -> Option<Vec<usize>> {
         let ExprKind::List(items) = &e.kind else {
             self.error(
-                Diagnostic::error("bad-argument", "`permute` needs a list of axes")
+                Diagnostic::error(ErrorKind::BadArgument, "`permute` needs a list of axes")
                     .with_primary(e.span.clone(), "expected a list such as `[0, 2, 1]`"),
             );
             return None;
@@ -431,7 +437,7 @@ impl Checker<'_> {
         if items.len() != ty.rank() {
             self.error(
                 Diagnostic::error(
-                    "bad-view",
+                    ErrorKind::BadView,
                     format!(
                         "`permute` of {ty} needs {} axes, got {}",
                         ty.rank(),
@@ -446,7 +452,7 @@ impl Checker<'_> {
         // `axes` sorted them; keep the written order.
         let mut written = Vec::with_capacity(items.len());
         for item in items {
-            let a = self.const_int(item, "bad-axis")?;
+            let a = self.const_int(item, ErrorKind::BadAxis)?;
             written.push(self.normalize_axis(a, ty, &item.span)?);
         }
         debug_assert_eq!(perm.len(), written.len());
@@ -456,7 +462,7 @@ impl Checker<'_> {
     fn reshape_target(&mut self, e: &Expr, ty: &TensorType) -> Option<Vec<Dim>> {
         let ExprKind::List(items) = &e.kind else {
             self.error(
-                Diagnostic::error("bad-argument", "`reshape` needs a shape list")
+                Diagnostic::error(ErrorKind::BadArgument, "`reshape` needs a shape list")
                     .with_primary(e.span.clone(), "expected a list such as `[B, -1]`"),
             );
             return None;
@@ -480,7 +486,7 @@ impl Checker<'_> {
             let shown: Vec<String> = dims_text(&dims);
             cx.error(
                 Diagnostic::error(
-                    "bad-view",
+                    ErrorKind::BadView,
                     format!("cannot reshape {ty} to [{}]", shown.join(", ")),
                 )
                 .with_primary(e.span.clone(), what)
@@ -513,7 +519,7 @@ impl Checker<'_> {
             }
             _ => {
                 self.error(
-                    Diagnostic::error("bad-view", "only one `-1` is allowed in a reshape")
+                    Diagnostic::error(ErrorKind::BadView, "only one `-1` is allowed in a reshape")
                         .with_primary(e.span.clone(), format!("{} entries are -1", infer.len())),
                 );
                 None
@@ -524,7 +530,7 @@ impl Checker<'_> {
     fn expand_target(&mut self, e: &Expr, ty: &TensorType) -> Option<Vec<Dim>> {
         let ExprKind::List(items) = &e.kind else {
             self.error(
-                Diagnostic::error("bad-argument", "`expand` needs a shape list")
+                Diagnostic::error(ErrorKind::BadArgument, "`expand` needs a shape list")
                     .with_primary(e.span.clone(), "expected a list such as `[B, D]`"),
             );
             return None;
@@ -534,7 +540,7 @@ impl Checker<'_> {
         let r = ty.rank();
         let fail = |cx: &mut Self, msg: String| {
             cx.error(
-                Diagnostic::error("bad-view", format!("cannot expand {ty} to [{}]", dims_text(&dims).join(", ")))
+                Diagnostic::error(ErrorKind::BadView, format!("cannot expand {ty} to [{}]", dims_text(&dims).join(", ")))
                     .with_primary(e.span.clone(), msg)
                     .with_note("`expand` (NumPy `broadcast_to`) may add leading axes and stretch axes of size 1"),
             );
@@ -563,7 +569,7 @@ impl Checker<'_> {
         }
         self.error(
             Diagnostic::error(
-                "bad-argument",
+                ErrorKind::BadArgument,
                 format!("`{what}` must be `true` or `false`"),
             )
             .with_primary(e.span.clone(), "expected `true` or `false`"),
@@ -584,8 +590,11 @@ impl Checker<'_> {
             }
         }
         self.error(
-            Diagnostic::error("bad-argument", format!("`{what}` must be a number literal"))
-                .with_primary(e.span.clone(), "expected a number such as `1e-5`"),
+            Diagnostic::error(
+                ErrorKind::BadArgument,
+                format!("`{what}` must be a number literal"),
+            )
+            .with_primary(e.span.clone(), "expected a number such as `1e-5`"),
         );
         None
     }

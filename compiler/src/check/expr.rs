@@ -6,7 +6,7 @@
 //! 100 000-term sum checks in constant stack; other nesting is bounded by the parser.
 
 use super::{Checker, Val};
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Diagnostic, ErrorKind, Span};
 use crate::ir::types::broadcast_dims as broadcast;
 use crate::ir::{eval, BinaryOp, DType, Dim, NodeId, Op, TensorType, UnaryOp, ViewOp};
 use crate::syntax::ast::{BinOp, Expr, ExprKind};
@@ -22,7 +22,7 @@ impl Checker<'_> {
     pub(super) fn expr_at(&mut self, e: &Expr, depth: usize) -> Val {
         if depth > MAX_DEPTH {
             self.error(
-                Diagnostic::error("too-deep", "expression nested too deeply")
+                Diagnostic::error(ErrorKind::TooDeep, "expression nested too deeply")
                     .with_primary(e.span.clone(), "nesting too deep here")
                     .with_help("split the expression into several statements"),
             );
@@ -34,7 +34,7 @@ impl Checker<'_> {
                 _ => {
                     self.error(
                         Diagnostic::error(
-                            "bad-number",
+                            ErrorKind::BadNumber,
                             format!("the number `{text}` is too large"),
                         )
                         .with_primary(e.span.clone(), "not a finite number"),
@@ -44,7 +44,7 @@ impl Checker<'_> {
             },
             ExprKind::Bool(b) => {
                 self.error(
-                    Diagnostic::error("bad-expression", format!("`{b}` is not a value"))
+                    Diagnostic::error(ErrorKind::BadExpression, format!("`{b}` is not a value"))
                         .with_primary(e.span.clone(), "only allowed as a keyword argument")
                         .with_note("`true` and `false` are for arguments such as `keepdim=true`"),
                 );
@@ -52,7 +52,7 @@ impl Checker<'_> {
             }
             ExprKind::List(_) => {
                 self.error(
-                    Diagnostic::error("bad-expression", "a list is not a value")
+                    Diagnostic::error(ErrorKind::BadExpression, "a list is not a value")
                         .with_primary(e.span.clone(), "a list here")
                         .with_note("lists are axis lists and shapes: `sum(x, axis=[0, 1])`, `reshape(x, [B, -1])`"),
                 );
@@ -196,7 +196,7 @@ impl Checker<'_> {
                 BinaryOp::Maximum | BinaryOp::Minimum => ",",
             };
             let mut d = Diagnostic::error(
-                "shape-mismatch",
+                ErrorKind::ShapeMismatch,
                 format!("shapes do not broadcast: {ta} {sym} {tb}"),
             )
             .with_primary(a.1.clone(), format!("this is {ta}"))
@@ -239,9 +239,12 @@ impl Checker<'_> {
             (x, _) => {
                 let bad = if matches!(x, Val::Weak(_)) { a.1 } else { b.1 };
                 self.error(
-                    Diagnostic::error("bad-rank", "`@` needs two tensors of rank 2 or more")
-                        .with_primary(bad.clone(), "this is a scalar")
-                        .with_help("to scale a tensor by a number, use `*`"),
+                    Diagnostic::error(
+                        ErrorKind::BadRank,
+                        "`@` needs two tensors of rank 2 or more",
+                    )
+                    .with_primary(bad.clone(), "this is a scalar")
+                    .with_help("to scale a tensor by a number, use `*`"),
                 );
                 return Val::Error;
             }
@@ -253,7 +256,7 @@ impl Checker<'_> {
                 bad = true;
                 self.error(
                     Diagnostic::error(
-                        "bad-rank",
+                        ErrorKind::BadRank,
                         format!("`@` needs rank 2 or more, but this is {t}"),
                     )
                     .with_primary(s.clone(), format!("this is {t}"))
@@ -268,7 +271,7 @@ impl Checker<'_> {
         let (m, k) = (&ta.shape[ra - 2], &ta.shape[ra - 1]);
         let (k2, n) = (&tb.shape[rb - 2], &tb.shape[rb - 1]);
         if k.size != k2.size {
-            let mut d = Diagnostic::error("shape-mismatch", format!("matmul inner dims differ: {ta} @ {tb}"))
+            let mut d = Diagnostic::error(ErrorKind::ShapeMismatch, format!("matmul inner dims differ: {ta} @ {tb}"))
                 .with_primary(span.clone(), format!("{k} against {k2}"))
                 .with_secondary(a.1.clone(), format!("this is {ta}"))
                 .with_secondary(b.1.clone(), format!("this is {tb}"))
@@ -283,7 +286,7 @@ impl Checker<'_> {
         let Some(batch) = broadcast(&ta.shape[..ra - 2], &tb.shape[..rb - 2]) else {
             self.error(
                 Diagnostic::error(
-                    "shape-mismatch",
+                    ErrorKind::ShapeMismatch,
                     format!("matmul batch dims do not broadcast: {ta} @ {tb}"),
                 )
                 .with_primary(a.1.clone(), format!("this is {ta}"))
@@ -312,7 +315,7 @@ impl Checker<'_> {
     }
 
     /// A constant integer (dims, sizes, axes): literals, dims, `+ - *` and parentheses.
-    pub(super) fn const_int(&mut self, e: &Expr, code: &'static str) -> Option<i128> {
+    pub(super) fn const_int(&mut self, e: &Expr, code: ErrorKind) -> Option<i128> {
         let mut err = None;
         let v = self.const_int_at(e, 0, &mut err);
         if let Some((span, msg)) = err {
@@ -355,7 +358,7 @@ impl Checker<'_> {
                 Some((super::Binding::Poison, _)) => None,
                 Some(_) => fail(err, &e.span, format!("`{n}` is a tensor, not a dim")),
                 None => {
-                    self.unknown_name(n, &e.span);
+                    self.unknown_name(n, &e.span, super::Want::Dim);
                     None
                 }
             },

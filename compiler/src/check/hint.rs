@@ -5,10 +5,12 @@ pub(super) fn nearest<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
+    let len = name.chars().count();
+    let limit = (len / 3).max(1);
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
-        if c == name {
+        // The distance is at least the difference in length: skip the table for those.
+        if c == name || c.chars().count().abs_diff(len) > limit {
             continue;
         }
         let d = distance(name, c);

@@ -8,7 +8,7 @@ mod builtins;
 mod expr;
 mod hint;
 
-use crate::diag::{Diagnostic, Diagnostics, Span};
+use crate::diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 use crate::ir::layout::{apply_view, Layout};
 use crate::ir::{DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, TensorType};
 use crate::syntax::ast::{DeclKind, Expr, Ident, Program, StmtKind, TypeExpr};
@@ -26,6 +26,30 @@ pub fn check_source(source: &str, dims: &[(String, u64)]) -> Result<Graph, Diagn
     } else {
         Err(diags)
     }
+}
+
+/// The message of a `size-overflow` about `what` (of type `ty`): the element count when it
+/// does not fit in 64 bits, else the byte count, which is what overflowed.
+fn too_big(what: &str, ty: &TensorType) -> String {
+    match ty.numel() {
+        None => format!("{what} has more elements than 64 bits can count"),
+        Some(n) => format!(
+            "{what} has {n} elements of {} bytes: more bytes than 64 bits can count",
+            ty.dtype.size()
+        ),
+    }
+}
+
+/// Near-miss hints are looked for only for this many unknown names.
+const MAX_HINTS: usize = 100;
+
+/// What kind of name a place in the program needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// A tensor or a weak scalar: an operand in an expression.
+    Value,
+    /// A dim: in a shape, a dim's size or an axis.
+    Dim,
 }
 
 /// What a name is bound to.
@@ -61,6 +85,8 @@ struct Checker<'s> {
     diags: Diagnostics,
     /// Set when a node of the current statement overflowed (reported once per statement).
     overflowed: bool,
+    /// How many unknown names have been given a near-miss hint (see `MAX_HINTS`).
+    hints: usize,
 }
 
 impl<'s> Checker<'s> {
@@ -77,6 +103,7 @@ impl<'s> Checker<'s> {
             overrides: dims.iter().map(|(n, v)| (n.clone(), *v, false)).collect(),
             diags: Vec::new(),
             overflowed: false,
+            hints: 0,
         }
     }
 
@@ -94,8 +121,8 @@ impl<'s> Checker<'s> {
             self.overflowed = true;
             self.error(
                 Diagnostic::error(
-                    "size-overflow",
-                    format!("the tensor {ty} has more elements than 64 bits can count"),
+                    ErrorKind::SizeOverflow,
+                    too_big(&format!("the tensor {ty}"), &ty),
                 )
                 .with_primary(span.clone(), format!("this is {ty}"))
                 .with_help("check the dims (and any `--dim` overrides)"),
@@ -179,7 +206,7 @@ impl<'s> Checker<'s> {
             if !used {
                 let dims: Vec<&str> = self.graph.dims.iter().map(|(n, _)| n.as_str()).collect();
                 let mut d = Diagnostic::error(
-                    "unknown-dim-override",
+                    ErrorKind::UnknownDimOverride,
                     format!("`--dim {name}={value}` names no dim of this program"),
                 );
                 d = match hint::nearest(&name, dims.iter().copied()) {
@@ -193,7 +220,7 @@ impl<'s> Checker<'s> {
         if !saw_output && !broken {
             let end = self.source.len();
             self.error(
-                Diagnostic::error("no-output", "the program has no `output` statement")
+                Diagnostic::error(ErrorKind::NoOutput, "the program has no `output` statement")
                     .with_primary(end..end, "expected `output NAME` by here")
                     .with_help("mark at least one result, e.g. `output y`"),
             );
@@ -206,7 +233,7 @@ impl<'s> Checker<'s> {
             let first = first.clone();
             self.error(
                 Diagnostic::error(
-                    "duplicate-name",
+                    ErrorKind::DuplicateName,
                     format!("`{}` is already bound", name.name),
                 )
                 .with_primary(name.span.clone(), "bound a second time here")
@@ -219,7 +246,7 @@ impl<'s> Checker<'s> {
     }
 
     fn dim(&mut self, name: &Ident, size: &Expr) {
-        let written = self.const_int(size, "bad-dim");
+        let written = self.const_int(size, ErrorKind::BadDim);
         let mut value = written;
         if let Some(o) = self.overrides.iter_mut().find(|o| o.0 == name.name) {
             o.2 = true;
@@ -227,7 +254,7 @@ impl<'s> Checker<'s> {
             if o.1 == 0 {
                 self.error(
                     Diagnostic::error(
-                        "bad-dim",
+                        ErrorKind::BadDim,
                         format!("`--dim {}=0`: a dim must be positive", name.name),
                     )
                     .with_primary(name.span.clone(), "the dim declared here"),
@@ -247,8 +274,11 @@ impl<'s> Checker<'s> {
                 "a dim must fit in 64 bits"
             };
             self.error(
-                Diagnostic::error("bad-dim", format!("dim `{}` is {v}: {msg}", name.name))
-                    .with_primary(size.span.clone(), format!("this is {v}")),
+                Diagnostic::error(
+                    ErrorKind::BadDim,
+                    format!("dim `{}` is {v}: {msg}", name.name),
+                )
+                .with_primary(size.span.clone(), format!("this is {v}")),
             );
             self.bind(name, Binding::Poison);
             return;
@@ -268,8 +298,8 @@ impl<'s> Checker<'s> {
         if t.bytes().is_none() {
             self.error(
                 Diagnostic::error(
-                    "size-overflow",
-                    format!("`{}` has more elements than 64 bits can count", name.name),
+                    ErrorKind::SizeOverflow,
+                    too_big(&format!("`{}`", name.name), &t),
                 )
                 .with_primary(ty.span.clone(), format!("this is {t}")),
             );
@@ -308,7 +338,7 @@ impl<'s> Checker<'s> {
         let dtype = DType::from_name(&ty.dtype.name);
         if dtype.is_none() {
             let mut d = Diagnostic::error(
-                "unknown-dtype",
+                ErrorKind::UnknownDtype,
                 format!("unknown dtype `{}`", ty.dtype.name),
             )
             .with_primary(ty.dtype.span.clone(), "not a dtype")
@@ -331,7 +361,7 @@ impl<'s> Checker<'s> {
         let mut out = Vec::new();
         let mut ok = true;
         for item in items {
-            let Some(v) = self.const_int(item, "bad-shape") else {
+            let Some(v) = self.const_int(item, ErrorKind::BadShape) else {
                 ok = false;
                 continue;
             };
@@ -341,8 +371,11 @@ impl<'s> Checker<'s> {
             }
             if v <= 0 || v > i128::from(u64::MAX) {
                 self.error(
-                    Diagnostic::error("bad-shape", format!("a size must be positive, got {v}"))
-                        .with_primary(item.span.clone(), format!("this is {v}")),
+                    Diagnostic::error(
+                        ErrorKind::BadShape,
+                        format!("a size must be positive, got {v}"),
+                    )
+                    .with_primary(item.span.clone(), format!("this is {v}")),
                 );
                 ok = false;
                 continue;
@@ -366,7 +399,7 @@ impl<'s> Checker<'s> {
         if self.graph.outputs.iter().any(|o| o.name == n.name) {
             self.error(
                 Diagnostic::error(
-                    "duplicate-output",
+                    ErrorKind::DuplicateOutput,
                     format!("`{}` is already an output", n.name),
                 )
                 .with_primary(n.span.clone(), "listed again here"),
@@ -397,24 +430,35 @@ impl<'s> Checker<'s> {
             Some((Binding::Weak(v), _)) => Val::Weak(*v),
             Some((Binding::Poison, _)) => Val::Error,
             None => {
-                self.unknown_name(name, span);
+                self.unknown_name(name, span, Want::Value);
                 Val::Error
             }
         }
     }
 
-    fn unknown_name(&mut self, name: &str, span: &Span) {
-        let mut d = Diagnostic::error("unknown-name", format!("unknown name `{name}`"))
+    /// Reports an unknown `name` used where a `want` belongs. A near-miss hint offers only
+    /// names of that kind, and only for the first `MAX_HINTS` unknown names: finding one
+    /// scans every bound name, and a file of thousands of errors must stay linear (the
+    /// command line prints only the first errors anyway).
+    fn unknown_name(&mut self, name: &str, span: &Span, want: Want) {
+        let mut d = Diagnostic::error(ErrorKind::UnknownName, format!("unknown name `{name}`"))
             .with_primary(span.clone(), "not bound before this line");
         if let Some(later) = self.later.get(name).cloned() {
             d = d
                 .with_secondary(later, "bound here, later")
                 .with_help(format!("bind `{name}` before using it"));
-        } else if builtins::is_builtin(name) {
+        } else if want == Want::Value && builtins::is_builtin(name) {
             d = d.with_help(format!("`{name}` is a function: call it as `{name}(…)`"));
-        } else {
-            let names: Vec<String> = self.env.keys().cloned().collect();
-            if let Some(h) = hint::nearest(name, names.iter().map(String::as_str)) {
+        } else if self.hints < MAX_HINTS {
+            self.hints += 1;
+            let names = self.env.iter().filter_map(|(n, (b, _))| {
+                let kind = match b {
+                    Binding::Dim(_) => Want::Dim,
+                    Binding::Tensor(_) | Binding::Weak(_) | Binding::Poison => Want::Value,
+                };
+                (kind == want).then_some(n.as_str())
+            });
+            if let Some(h) = hint::nearest(name, names) {
                 d = d.with_help(format!("did you mean `{h}`?"));
             }
         }

@@ -5,26 +5,12 @@
 //! Every size, offset and stride is a constant in the source; the only parameters are the
 //! buffers' base pointers. Semantics are `schedule`'s module doc, exactly.
 
+use super::launch::{Online, PointwiseLaunch, RowLaunch, Strategy, BLOCK};
 use super::writer::Writer;
-use super::{storage_type, CudaKernel, Launch};
+use super::{storage_type, CudaKernel};
 use crate::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
-use crate::schedule::{BufferId, FusedKernel, Inst, InstOp, Kernel, Level, Plan};
-
-/// Threads per block of a pointwise kernel and of a warp-per-row kernel.
-const BLOCK: u32 = 256;
-/// Most blocks a grid-stride kernel launches.
-const MAX_GRID: u64 = 8192;
-/// Most blocks of a row kernel (rows beyond are looped over).
-const MAX_ROW_GRID: u64 = 65536;
-/// Threads a column-reduction kernel aims to have running (about 2048 per SM on 132 SMs).
-const TARGET_THREADS: u64 = 1 << 18;
-/// Rows up to this length get one warp each; longer rows one block.
-const WARP_ROW_MAX: u64 = 512;
-/// Most row elements a thread keeps in registers, and most cached values per thread.
-const MAX_ITEMS: u64 = 16;
-const MAX_CACHED_VALUES: u64 = 64;
-/// Index arithmetic is 32-bit when every index stays below this (room for grid strides).
-const NARROW_LIMIT: u64 = (1 << 31) - (1 << 24);
+use crate::lower::{KernelIr, Level, LoadId, StoreId, Value, ValueId, ValueOp};
+use crate::schedule::{BufferId, Kernel, Plan};
 
 /// The kernel's pointer parameters: each distinct buffer once, loads first.
 struct Params {
@@ -33,7 +19,7 @@ struct Params {
 }
 
 impl Params {
-    fn new(k: &FusedKernel) -> Params {
+    fn new(k: &KernelIr) -> Params {
         let mut buffers = Vec::new();
         for b in k
             .loads
@@ -123,15 +109,15 @@ pub(crate) fn store_conv(dtype: DType, value: &str) -> String {
     }
 }
 
-fn v(i: usize) -> String {
-    format!("v{i}")
+fn v(i: ValueId) -> String {
+    i.to_string()
 }
 
-/// The f32 expression of an arithmetic inst (not `Load`/`Reduce`).
-fn arith_expr(k: &FusedKernel, inst: &Inst) -> String {
+/// The f32 expression of an arithmetic value (not `Load`/`Reduce`).
+fn arith_expr(k: &KernelIr, inst: &Value) -> String {
     match &inst.op {
-        InstOp::Const(c) => float_literal(*c),
-        InstOp::Unary(op, a) => {
+        ValueOp::Const(c) => float_literal(*c),
+        ValueOp::Unary(op, a) => {
             let a = v(*a);
             match op {
                 UnaryOp::Neg => format!("-{a}"),
@@ -144,23 +130,23 @@ fn arith_expr(k: &FusedKernel, inst: &Inst) -> String {
                 UnaryOp::Cos => format!("cosf({a})"),
                 UnaryOp::Tanh => format!("tanhf({a})"),
                 UnaryOp::Sigmoid => format!("1.0f / (1.0f + expf(-{a}))"),
-                UnaryOp::Relu => format!("({a} < 0.0f ? 0.0f : {a})"),
+                UnaryOp::Relu => format!("({a} <= 0.0f ? 0.0f : {a})"),
                 UnaryOp::Gelu => format!("0.5f * {a} * (1.0f + erff({a} * 0.70710678118654752f))"),
                 UnaryOp::Silu => format!("{a} / (1.0f + expf(-{a}))"),
                 UnaryOp::Erf => format!("erff({a})"),
                 UnaryOp::Square => format!("{a} * {a}"),
             }
         }
-        InstOp::Binary(op, a, b) => {
+        ValueOp::Binary(op, a, b) => {
             let (x, y) = (v(*a), v(*b));
             match op {
                 BinaryOp::Add => format!("{x} + {y}"),
                 BinaryOp::Sub => format!("{x} - {y}"),
                 BinaryOp::Mul => format!("{x} * {y}"),
                 BinaryOp::Div => format!("{x} / {y}"),
-                BinaryOp::Pow => match k.body.get(*b).map(|i| &i.op) {
-                    Some(InstOp::Const(c)) if *c == 2.0 => format!("{x} * {x}"),
-                    Some(InstOp::Const(c)) if *c == 1.0 => x,
+                BinaryOp::Pow => match k.values.get(b.index()).map(|i| &i.op) {
+                    Some(ValueOp::Const(c)) if *c == 2.0 => format!("{x} * {x}"),
+                    Some(ValueOp::Const(c)) if *c == 1.0 => x,
                     // As the CPU executor: a square is exact, not `powf`'s approximation.
                     _ => format!("({y} == 2.0f ? {x} * {x} : powf({x}, {y}))"),
                 },
@@ -168,14 +154,14 @@ fn arith_expr(k: &FusedKernel, inst: &Inst) -> String {
                 BinaryOp::Minimum => format!("tc_min({x}, {y})"),
             }
         }
-        InstOp::Cast(a) => match inst.dtype {
+        ValueOp::Cast(a) => match inst.dtype {
             DType::F32 => v(*a),
             DType::F16 => format!("tc_round_f16({})", v(*a)),
             DType::BF16 => format!("tc_round_bf16({})", v(*a)),
         },
         // Only reached for a reduction over no axes, which is the identity.
-        InstOp::Reduce(_, a) => v(*a),
-        InstOp::Load(_) => "0.0f".into(),
+        ValueOp::Reduce(_, a) => v(*a),
+        ValueOp::Load(_) => "0.0f".into(),
     }
 }
 
@@ -225,77 +211,11 @@ fn decompose(w: &mut Writer, idx_t: &str, var: &str, prefix: &str, sizes: &[u64]
     }
 }
 
-/// The kernel's domain after dropping size-1 axes and merging neighbours that every load
-/// walks contiguously (stores are contiguous in domain order, so they always merge).
-struct Axes {
-    sizes: Vec<u64>,
-    reduce: Vec<bool>,
-    /// Per load, a stride per collapsed axis.
-    strides: Vec<Vec<i64>>,
-}
-
-fn collapse(k: &FusedKernel) -> Axes {
-    let keep: Vec<usize> = (0..k.domain.len()).filter(|&d| k.domain[d] != 1).collect();
-    let mut axes = Axes {
-        sizes: keep.iter().map(|&d| k.domain[d]).collect(),
-        reduce: keep.iter().map(|d| k.reduce_axes.contains(d)).collect(),
-        strides: k
-            .loads
-            .iter()
-            .map(|l| {
-                keep.iter()
-                    .map(|&d| l.strides.get(d).copied().unwrap_or(0))
-                    .collect()
-            })
-            .collect(),
-    };
-    let mut d = 0;
-    while d + 1 < axes.sizes.len() {
-        let inner = axes.sizes[d + 1] as i64;
-        let mergeable = axes.reduce[d] == axes.reduce[d + 1]
-            && axes
-                .strides
-                .iter()
-                .all(|s| s[d] == s[d + 1].saturating_mul(inner));
-        if mergeable {
-            axes.sizes[d] *= axes.sizes[d + 1];
-            axes.sizes.remove(d + 1);
-            axes.reduce.remove(d);
-            for s in &mut axes.strides {
-                s.remove(d);
-            }
-        } else {
-            d += 1;
-        }
-    }
-    axes
-}
-
-fn contiguous(sizes: &[u64]) -> Vec<i64> {
-    crate::ir::types::contiguous_strides(sizes)
-}
-
-/// Largest element index any access of the kernel reaches (and the domain size).
-fn max_index(k: &FusedKernel) -> u64 {
-    let numel: u64 = k.domain.iter().product();
-    let mut m = numel;
-    for l in &k.loads {
-        let reach: i128 = l.offset as i128
-            + k.domain
-                .iter()
-                .zip(&l.strides)
-                .map(|(&s, &st)| (s as i128 - 1) * (st as i128).abs())
-                .sum::<i128>();
-        m = m.max(reach.clamp(0, u64::MAX as i128) as u64);
-    }
-    m
-}
-
 fn header(
     w: &mut Writer,
     plan: &Plan,
     kernel: &Kernel,
-    k: &FusedKernel,
+    k: &KernelIr,
     params: &Params,
     strategy: &str,
 ) {
@@ -318,42 +238,38 @@ fn header(
             b.name,
             l.dtype,
             l.offset,
-            l.strides
+            l.domain_strides
         ));
     }
     for s in &k.stores {
         let b = plan.buffer(s.buffer);
-        let level = match k.body.get(s.inst).map(|i| i.level) {
-            Some(Level::Row) => "row order",
-            _ => "domain order",
+        let level = match s.order {
+            Level::Row => "row order",
+            Level::Element => "domain order",
         };
         w.line(format!(
-            "//   store: {} = {} ({}) <- v{}, {level}",
+            "//   store: {} = {} ({}) <- {}, {level}",
             params.name(s.buffer),
             b.name,
             b.dtype,
-            s.inst
+            s.value
         ));
     }
 }
 
-pub(crate) fn emit_fused(
-    plan: &Plan,
-    index: usize,
-    kernel: &Kernel,
-    k: &FusedKernel,
-) -> CudaKernel {
+/// The CUDA C of plan kernel `index` (`kernel`, lowered to `k`).
+pub(crate) fn emit_fused(plan: &Plan, index: usize, kernel: &Kernel, k: &KernelIr) -> CudaKernel {
     let params = Params::new(k);
-    let (source, launch) = if k.reduce_axes.is_empty() {
-        emit_pointwise(plan, kernel, k, &params)
-    } else {
-        emit_rows(plan, kernel, k, &params)
+    let strategy = Strategy::of(k);
+    let source = match &strategy {
+        Strategy::Pointwise(s) => emit_pointwise(plan, kernel, k, &params, s, &strategy),
+        Strategy::Rows(s) => emit_rows(plan, kernel, k, &params, s, &strategy),
     };
     CudaKernel {
         kernel_index: index,
         name: kernel.name.clone(),
         source,
-        launch,
+        launch: strategy.launch(),
         params: params.buffers,
     }
 }
@@ -421,22 +337,27 @@ fn pack_store(w: &mut Writer, dtype: DType, lanes: u64, ptr: &str, o: &str, tmp:
     w.line(format!("*reinterpret_cast<{ty}*>({ptr}) = {tmp};"));
 }
 
-/// The body of one element: `const float vI = …;` for every inst, with `load(l)` giving the
+/// The body of one element: `const float vI = …;` for every value, with `load(l)` giving the
 /// f32 value of load `l`.
-fn pointwise_body(w: &mut Writer, k: &FusedKernel, load: &dyn Fn(usize) -> String) {
-    for (i, inst) in k.body.iter().enumerate() {
+fn pointwise_body(w: &mut Writer, k: &KernelIr, load: &dyn Fn(LoadId) -> String) {
+    for (i, inst) in k.values.iter().enumerate() {
+        let i = ValueId::new(i);
         match &inst.op {
-            InstOp::Const(_) => {}
-            InstOp::Load(l) => w.line(format!("const float {} = {};", v(i), load(*l))),
+            ValueOp::Const(_) => {}
+            ValueOp::Load(l) => w.line(format!("const float {} = {};", v(i), load(*l))),
             _ => w.line(format!("const float {} = {};", v(i), arith_expr(k, inst))),
         }
     }
 }
 
-fn consts(w: &mut Writer, k: &FusedKernel) {
-    for (i, inst) in k.body.iter().enumerate() {
-        if let InstOp::Const(c) = inst.op {
-            w.line(format!("const float {} = {};", v(i), float_literal(c)));
+fn consts(w: &mut Writer, k: &KernelIr) {
+    for (i, inst) in k.values.iter().enumerate() {
+        if let ValueOp::Const(c) = inst.op {
+            w.line(format!(
+                "const float {} = {};",
+                v(ValueId::new(i)),
+                float_literal(c)
+            ));
         }
     }
 }
@@ -444,44 +365,21 @@ fn consts(w: &mut Writer, k: &FusedKernel) {
 fn emit_pointwise(
     plan: &Plan,
     kernel: &Kernel,
-    k: &FusedKernel,
+    k: &KernelIr,
     params: &Params,
-) -> (String, Launch) {
-    let axes = collapse(k);
-    let (sizes, strides) = if axes.sizes.is_empty() {
-        (vec![1u64], vec![vec![0i64]; k.loads.len()])
+    s: &PointwiseLaunch,
+    strategy: &Strategy,
+) -> String {
+    let sizes = &s.sizes;
+    let strides: Vec<Vec<i64>> = if k.axes.sizes.is_empty() {
+        vec![vec![0i64]; k.loads.len()]
     } else {
-        (axes.sizes.clone(), axes.strides.clone())
+        k.loads.iter().map(|l| l.strides.clone()).collect()
     };
-    let n: u64 = sizes.iter().product();
+    let (n, lanes, vectorize) = (s.n, s.lanes, s.vectorize);
     let rank = sizes.len();
-    let last = sizes[rank - 1];
-    let any_f32 = k
-        .loads
-        .iter()
-        .map(|l| l.dtype)
-        .chain(k.stores.iter().map(|s| plan.buffer(s.buffer).dtype))
-        .any(|d| d == DType::F32);
-    let lanes: u64 = if any_f32 { 4 } else { 8 };
-    let vectorize = n >= lanes && (rank == 1 || last % lanes == 0) && !k.stores.is_empty();
-    let work = if vectorize { n / lanes } else { n };
-    let grid = work.div_ceil(BLOCK as u64).clamp(1, MAX_GRID);
-    let wide = max_index(k).max(n) >= NARROW_LIMIT;
-    let idx_t = if wide { "long long" } else { "int" };
-
-    let strategy =
-        if vectorize {
-            format!(
-            "pointwise over {n} elements ({sizes:?} collapsed), {lanes}-wide vectors{}, {} indices",
-            if !n.is_multiple_of(lanes) { " with a scalar tail" } else { "" },
-            if wide { "64-bit" } else { "32-bit" }
-        )
-        } else {
-            format!(
-                "pointwise over {n} elements ({sizes:?} collapsed), scalar, {} indices",
-                if wide { "64-bit" } else { "32-bit" }
-            )
-        };
+    let idx_t = if s.wide { "long long" } else { "int" };
+    let strategy = strategy.describe();
     let mut w = Writer::new();
     header(&mut w, plan, kernel, k, params, &strategy);
     w.open(format!(
@@ -499,19 +397,18 @@ fn emit_pointwise(
 
     let scalar_loop = |w: &mut Writer, from: &str| {
         w.open(format!("for ({idx_t} i = {from}; i < {n}; i += tc_step)"));
-        let idx = decompose(w, idx_t, "i", "i", &sizes);
-        let load = |l: usize| {
-            let ld = &k.loads[l];
-            let addr = address(ld.offset, &idx, &strides[l]);
+        let idx = decompose(w, idx_t, "i", "i", sizes);
+        let load = |l: LoadId| {
+            let ld = k.load(l);
+            let addr = address(ld.offset, &idx, &strides[l.index()]);
             load_conv(ld.dtype, &format!("{}[{addr}]", params.name(ld.buffer)))
         };
         pointwise_body(w, k, &load);
         for s in &k.stores {
-            let dt = plan.buffer(s.buffer).dtype;
             w.line(format!(
                 "{}[i] = {};",
                 params.name(s.buffer),
-                store_conv(dt, &v(s.inst))
+                store_conv(s.dtype, &v(s.value))
             ));
         }
         w.close();
@@ -523,7 +420,7 @@ fn emit_pointwise(
             "for ({idx_t} vi = tc_start; vi < {nv}; vi += tc_step)"
         ));
         w.line(format!("const {idx_t} i = vi * {lanes};"));
-        let idx = decompose(&mut w, idx_t, "i", "i", &sizes);
+        let idx = decompose(&mut w, idx_t, "i", "i", sizes);
         let kinds: Vec<VecLoad> = k
             .loads
             .iter()
@@ -541,15 +438,8 @@ fn emit_pointwise(
                 }
             })
             .collect();
-        let used: Vec<bool> = (0..k.loads.len())
-            .map(|l| {
-                k.body
-                    .iter()
-                    .any(|i| matches!(i.op, InstOp::Load(x) if x == l))
-            })
-            .collect();
         for (l, ld) in k.loads.iter().enumerate() {
-            if !used[l] {
+            if !k.load_is_read(LoadId::new(l)) {
                 continue;
             }
             let b = params.name(ld.buffer);
@@ -581,8 +471,9 @@ fn emit_pointwise(
         }
         w.line("#pragma unroll");
         w.open(format!("for (int e = 0; e < {lanes}; ++e)"));
-        let load = |l: usize| {
-            let ld = &k.loads[l];
+        let load = |l: LoadId| {
+            let ld = k.load(l);
+            let l = l.index();
             match kinds[l] {
                 VecLoad::Vector => format!("a{l}[e]"),
                 VecLoad::Broadcast => format!("s{l}"),
@@ -597,14 +488,13 @@ fn emit_pointwise(
         };
         pointwise_body(&mut w, k, &load);
         for (si, s) in k.stores.iter().enumerate() {
-            w.line(format!("o{si}[e] = {};", v(s.inst)));
+            w.line(format!("o{si}[e] = {};", v(s.value)));
         }
         w.close();
         for (si, s) in k.stores.iter().enumerate() {
-            let dt = plan.buffer(s.buffer).dtype;
             pack_store(
                 &mut w,
-                dt,
+                s.dtype,
                 lanes,
                 &format!("{} + i", params.name(s.buffer)),
                 &format!("o{si}"),
@@ -620,91 +510,10 @@ fn emit_pointwise(
         scalar_loop(&mut w, "tc_start");
     }
     w.close();
-    let launch = Launch::Grid {
-        grid: [grid as u32, 1, 1],
-        block: [BLOCK, 1, 1],
-        shared_bytes: 0,
-    };
-    (w.finish(), launch)
+    w.finish()
 }
 
 // ---------------------------------------------------------------- row kernels
-
-/// Whether each inst is a per-row value (computed once per row) and after which reduction
-/// phase it can be computed (0: before any).
-struct RowInfo {
-    row: Vec<bool>,
-    depth: Vec<usize>,
-}
-
-fn row_info(k: &FusedKernel, reduce_strides_zero: &[bool]) -> RowInfo {
-    let n = k.body.len();
-    let mut row = vec![false; n];
-    let mut depth = vec![0usize; n];
-    for (i, inst) in k.body.iter().enumerate() {
-        let ops = inst.op.operands();
-        let d = ops
-            .iter()
-            .map(|&o| depth.get(o).copied().unwrap_or(0))
-            .max()
-            .unwrap_or(0);
-        match &inst.op {
-            InstOp::Reduce(..) => {
-                row[i] = true;
-                depth[i] = d + 1;
-            }
-            InstOp::Const(_) => row[i] = true,
-            InstOp::Load(l) => {
-                row[i] = inst.level == Level::Row
-                    && reduce_strides_zero.get(*l).copied().unwrap_or(false);
-            }
-            _ => {
-                row[i] = ops.iter().all(|&o| row.get(o).copied().unwrap_or(false));
-                depth[i] = d;
-            }
-        }
-    }
-    RowInfo { row, depth }
-}
-
-/// The element-level insts `targets` need, in body order.
-fn element_closure(k: &FusedKernel, info: &RowInfo, targets: &[usize]) -> Vec<usize> {
-    let mut need = vec![false; k.body.len()];
-    let mut stack: Vec<usize> = targets.iter().copied().filter(|&t| !info.row[t]).collect();
-    while let Some(i) = stack.pop() {
-        if need[i] {
-            continue;
-        }
-        need[i] = true;
-        // (a `Reduce` is a row value, so never on the stack: only element insts are walked)
-        stack.extend(
-            k.body[i]
-                .op
-                .operands()
-                .into_iter()
-                .filter(|&o| !info.row[o]),
-        );
-    }
-    (0..k.body.len()).filter(|&i| need[i]).collect()
-}
-
-/// Whether two buffers can share memory (the same buffer, the same input or param, or
-/// overlapping arena ranges).
-fn overlaps(plan: &Plan, a: BufferId, b: BufferId) -> bool {
-    use crate::schedule::BufferKind as K;
-    if a == b {
-        return true;
-    }
-    let (x, y) = (plan.buffer(a), plan.buffer(b));
-    match (&x.kind, &y.kind) {
-        (K::Arena | K::Workspace, K::Arena | K::Workspace) => {
-            x.offset < y.offset + y.bytes && y.offset < x.offset + x.bytes
-        }
-        (K::Input { index: i }, K::Input { index: j })
-        | (K::Param { index: i }, K::Param { index: j }) => i == j,
-        _ => false,
-    }
-}
 
 fn reduce_parts(op: ReduceOp) -> (&'static str, &'static str, &'static str) {
     // (initial value, combine function, reduction suffix)
@@ -715,196 +524,29 @@ fn reduce_parts(op: ReduceOp) -> (&'static str, &'static str, &'static str) {
     }
 }
 
-/// A reduction that needs the result of a reduction of the pass before, computed in that
-/// pass's read of the row instead, for rows too long to keep in registers (which would
-/// otherwise be read from memory once more).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Online {
-    /// `sum` = Σ exp(a − `max`), `max` = max(a): online softmax.
-    Softmax { max: usize, sum: usize },
-    /// `var` = Σ or mean of (a − `mean`)², `mean` = mean(a): Welford.
-    Welford { mean: usize, var: usize },
-}
+fn emit_rows(
+    plan: &Plan,
+    kernel: &Kernel,
+    k: &KernelIr,
+    params: &Params,
+    s: &RowLaunch,
+    strategy: &Strategy,
+) -> String {
+    let row_axes = k.axes.row_axes();
+    let red_axes = k.axes.reduce_axes();
+    let row_sizes = k.axes.row_sizes();
+    let red_sizes = k.axes.reduce_sizes();
+    let (rows, len, group, slices, threads, items) =
+        (s.rows, s.len, s.group, s.slices, s.threads, s.items);
+    let (cache, exact, warp_mode, block_mode) = (s.cache(), s.exact, s.warp_mode(), s.block_mode());
+    let rows_per_block = s.rows_per_block;
+    let block = s.block;
+    let idx_t = if s.wide { "long long" } else { "int" };
+    let online = &s.online;
+    let value = |i: ValueId| k.value(i);
 
-impl Online {
-    /// The reduction of the earlier pass, and the one folded into it.
-    fn parts(self) -> (usize, usize) {
-        match self {
-            Online::Softmax { max, sum } => (max, sum),
-            Online::Welford { mean, var } => (mean, var),
-        }
-    }
-}
-
-/// `r` as the second half of an `Online` pair, if its operand has exactly that shape. No
-/// `Cast` may stand between the steps: a rounding there (f16/bf16 programs round after each
-/// op) depends on the final max or mean, which a single pass does not know yet.
-fn online_form(k: &FusedKernel, info: &RowInfo, r: usize) -> Option<Online> {
-    let op = |i: usize| &k.body[i].op;
-    let elem = |ids: &[usize]| ids.iter().all(|&i| !info.row[i]);
-    let InstOp::Reduce(red, x) = *op(r) else {
-        return None;
-    };
-    match (red, op(x)) {
-        (ReduceOp::Sum, &InstOp::Unary(UnaryOp::Exp, d)) => {
-            let InstOp::Binary(BinaryOp::Sub, a, m) = *op(d) else {
-                return None;
-            };
-            let same = matches!(*op(m), InstOp::Reduce(ReduceOp::Max, a2) if a2 == a);
-            (same && elem(&[x, d, a])).then_some(Online::Softmax { max: m, sum: r })
-        }
-        (ReduceOp::Sum | ReduceOp::Mean, &InstOp::Binary(bop, d, e)) => {
-            let square = match bop {
-                BinaryOp::Mul => d == e,
-                BinaryOp::Pow => matches!(*op(e), InstOp::Const(c) if c == 2.0),
-                _ => false,
-            };
-            let InstOp::Binary(BinaryOp::Sub, a, u) = *op(d) else {
-                return None;
-            };
-            let same = matches!(*op(u), InstOp::Reduce(ReduceOp::Mean, a2) if a2 == a);
-            (square && same && elem(&[x, d, a])).then_some(Online::Welford { mean: u, var: r })
-        }
-        _ => None,
-    }
-}
-
-/// The `Online` pairs of a kernel whose rows are re-read in each pass: a pass is folded
-/// into the one before when every reduction of it pairs with a distinct reduction there.
-/// Welford counts in f32, so rows must stay below 2^24 elements.
-fn online_pairs(k: &FusedKernel, info: &RowInfo, len: u64) -> Vec<Online> {
-    let max_depth = info.depth.iter().copied().max().unwrap_or(0);
-    let mut pairs: Vec<Online> = Vec::new();
-    let mut folded = vec![false; max_depth + 1];
-    for phase in 2..=max_depth {
-        if folded[phase - 1] {
-            continue;
-        }
-        let reduces: Vec<usize> = (0..k.body.len())
-            .filter(|&i| matches!(k.body[i].op, InstOp::Reduce(..)) && info.depth[i] == phase)
-            .collect();
-        let forms: Option<Vec<Online>> = reduces.iter().map(|&r| online_form(k, info, r)).collect();
-        let Some(forms) = forms.filter(|f| !f.is_empty()) else {
-            continue;
-        };
-        let mut firsts: Vec<usize> = forms.iter().map(|f| f.parts().0).collect();
-        let earlier = firsts.iter().all(|&f| info.depth[f] == phase - 1);
-        let welford = forms.iter().any(|f| matches!(f, Online::Welford { .. }));
-        firsts.sort_unstable();
-        firsts.dedup();
-        if earlier && firsts.len() == forms.len() && !(welford && len >= 1 << 24) {
-            folded[phase] = true;
-            pairs.extend(forms);
-        }
-    }
-    pairs
-}
-
-fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> (String, Launch) {
-    let axes = collapse(k);
-    let row_axes: Vec<usize> = (0..axes.sizes.len()).filter(|&d| !axes.reduce[d]).collect();
-    let red_axes: Vec<usize> = (0..axes.sizes.len()).filter(|&d| axes.reduce[d]).collect();
-    let row_sizes: Vec<u64> = row_axes.iter().map(|&d| axes.sizes[d]).collect();
-    let red_sizes: Vec<u64> = red_axes.iter().map(|&d| axes.sizes[d]).collect();
-    let rows: u64 = row_sizes.iter().product();
-    let len: u64 = red_sizes.iter().product();
-    let cstrides = contiguous(&axes.sizes);
-    let reduce_zero: Vec<bool> = axes
-        .strides
-        .iter()
-        .map(|s| red_axes.iter().all(|&d| s[d] == 0))
-        .collect();
-    let info = row_info(k, &reduce_zero);
-
-    // Threads that share one row: 1 when the innermost axis is a row axis (neighbouring
-    // threads then read neighbouring rows, coalesced), a warp for short rows, else a block.
-    let innermost_is_row = axes.reduce.last() == Some(&false);
-    let group: u64 = if innermost_is_row {
-        1
-    } else if len <= WARP_ROW_MAX {
-        32
-    } else {
-        len.div_ceil(8).next_power_of_two().clamp(128, 1024)
-    };
-    // Row-per-thread kernels with few rows split each row over `slices` warps-worth of
-    // threads (lane = row, warp = slice) so enough loads are in flight.
-    let slices: u64 = if innermost_is_row {
-        (TARGET_THREADS / rows.max(1)).clamp(1, 32).min(len.max(1))
-    } else {
-        1
-    };
-    let warp_mode = group <= 32;
-    let threads = if innermost_is_row { slices } else { group };
-    let items = len.div_ceil(threads);
-    let cached: Vec<usize> = (0..k.loads.len())
-        .filter(|&l| {
-            k.body
-                .iter()
-                .enumerate()
-                .any(|(i, inst)| matches!(inst.op, InstOp::Load(x) if x == l) && !info.row[i])
-        })
-        .collect();
-    let cache = !cached.is_empty()
-        && items <= MAX_ITEMS
-        // 1024-thread blocks have at most 64 registers per thread: cache less there.
-        && cached.len() as u64 * items <= if threads >= 1024 { MAX_CACHED_VALUES / 2 } else { MAX_CACHED_VALUES };
-    let block: u64 = if slices > 1 {
-        32 * slices
-    } else if warp_mode {
-        BLOCK as u64
-    } else {
-        threads
-    };
-    let rows_per_block = if slices > 1 {
-        32
-    } else if warp_mode {
-        block / group
-    } else {
-        1
-    };
-    let grid = rows.div_ceil(rows_per_block).clamp(1, MAX_ROW_GRID);
-    let wide = max_index(k).max(rows.saturating_mul(len)) >= NARROW_LIMIT;
-    let idx_t = if wide { "long long" } else { "int" };
-    let exact = len.is_multiple_of(threads);
-    // Rows re-read in each pass: fold a pass into the one before where the maths allows.
-    let online = if cache || slices > 1 {
-        Vec::new()
-    } else {
-        online_pairs(k, &info, len)
-    };
-    let block_mode = !warp_mode && group > 1;
-
-    let strategy = format!(
-        "{} rows of {} elements; {}; {}; {} indices",
-        rows,
-        len,
-        match group {
-            1 if slices > 1 => format!("32 rows per block, each split over {slices} threads"),
-            1 => "one thread per row".to_string(),
-            32 => "one warp per row".to_string(),
-            _ => format!("one block of {threads} threads per row"),
-        },
-        if cache {
-            format!("row held in registers ({items} per thread), read once")
-        } else if online.is_empty() {
-            "re-read from memory in each pass".into()
-        } else {
-            let names: Vec<&str> = online
-                .iter()
-                .map(|o| match o {
-                    Online::Softmax { .. } => "online softmax",
-                    Online::Welford { .. } => "Welford mean and variance",
-                })
-                .collect();
-            format!(
-                "re-read from memory in each pass, {} in one",
-                names.join(", ")
-            )
-        },
-        if wide { "64-bit" } else { "32-bit" }
-    );
     let mut w = Writer::new();
-    header(&mut w, plan, kernel, k, params, &strategy);
+    header(&mut w, plan, kernel, k, params, &strategy.describe());
     w.open(format!(
         "extern \"C\" __global__ void __launch_bounds__({block}) {}({})",
         kernel.name,
@@ -963,37 +605,36 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         ));
     }
     let ridx = decompose(&mut w, idx_t, "r", "r", &row_sizes);
-    let used: Vec<bool> = (0..k.loads.len())
-        .map(|l| {
-            k.body
-                .iter()
-                .any(|i| matches!(i.op, InstOp::Load(x) if x == l))
-        })
-        .collect();
     for (l, ld) in k.loads.iter().enumerate() {
-        if used[l] {
-            let s: Vec<i64> = row_axes.iter().map(|&d| axes.strides[l][d]).collect();
+        if k.load_is_read(LoadId::new(l)) {
+            let st: Vec<i64> = row_axes.iter().map(|&d| ld.strides[d]).collect();
             w.line(format!(
                 "const {idx_t} base{l} = {};",
-                address(ld.offset, &ridx, &s)
+                address(ld.offset, &ridx, &st)
             ));
         }
     }
-    let elem_stores: Vec<usize> = (0..k.stores.len())
-        .filter(|&s| k.body.get(k.stores[s].inst).map(|i| i.level) != Some(Level::Row))
+    let elem_stores: Vec<StoreId> = (0..k.stores.len())
+        .map(StoreId::new)
+        .filter(|&st| k.store(st).order == Level::Element)
         .collect();
+    // Element stores are contiguous over the merged domain: one base per row for all.
+    let store_strides: Vec<i64> = elem_stores.first().map_or_else(
+        || vec![0; k.axes.sizes.len()],
+        |&st| k.store(st).strides.clone(),
+    );
     if !elem_stores.is_empty() {
-        let s: Vec<i64> = row_axes.iter().map(|&d| cstrides[d]).collect();
-        w.line(format!("const {idx_t} obase = {};", address(0, &ridx, &s)));
+        let st: Vec<i64> = row_axes.iter().map(|&d| store_strides[d]).collect();
+        w.line(format!("const {idx_t} obase = {};", address(0, &ridx, &st)));
     }
     let red_strides =
-        |l: usize| -> Vec<i64> { red_axes.iter().map(|&d| axes.strides[l][d]).collect() };
-    let global_load = |l: usize, jidx: &[String]| {
-        let ld = &k.loads[l];
+        |l: LoadId| -> Vec<i64> { red_axes.iter().map(|&d| k.load(l).strides[d]).collect() };
+    let global_load = |l: LoadId, jidx: &[String]| {
+        let ld = k.load(l);
         let off = address(0, jidx, &red_strides(l));
         load_conv(
             ld.dtype,
-            &format!("{}[base{l} + {off}]", params.name(ld.buffer)),
+            &format!("{}[base{} + {off}]", params.name(ld.buffer), l.index()),
         )
     };
 
@@ -1018,14 +659,14 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         }
         w.close();
     };
-    // Element insts `list` inside the loop; `jidx` names the reduce-axis indices.
-    let emit_elems = |w: &mut Writer, list: &[usize], jidx: &[String]| {
+    // Element values `list` inside the loop; `jidx` names the reduce-axis indices.
+    let emit_elems = |w: &mut Writer, list: &[ValueId], jidx: &[String]| {
         for &i in list {
-            let inst = &k.body[i];
+            let inst = value(i);
             match &inst.op {
-                InstOp::Load(l) => {
+                ValueOp::Load(l) => {
                     let val = if cache {
-                        format!("c{l}[t]")
+                        format!("c{}[t]", l.index())
                     } else {
                         global_load(*l, jidx)
                     };
@@ -1035,17 +676,17 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
             }
         }
     };
-    let needs_jidx = |list: &[usize], stores: bool| {
+    let needs_jidx = |list: &[ValueId], stores: bool| {
         stores
             || (!cache
                 && list
                     .iter()
-                    .any(|&i| matches!(k.body[i].op, InstOp::Load(_))))
+                    .any(|&i| matches!(value(i).op, ValueOp::Load(_))))
     };
 
     if cache {
-        for &l in &cached {
-            w.line(format!("float c{l}[{items}];"));
+        for &l in &s.cached {
+            w.line(format!("float c{}[{items}];", l.index()));
         }
         w.line("#pragma unroll");
         w.open(format!("for (int t = 0; t < {items}; ++t)"));
@@ -1054,85 +695,74 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
             w.open(format!("if (j < {len})"));
         }
         let jidx = decompose(&mut w, idx_t, "j", "j", &red_sizes);
-        for &l in &cached {
-            w.line(format!("c{l}[t] = {};", global_load(l, &jidx)));
+        for &l in &s.cached {
+            w.line(format!("c{}[t] = {};", l.index(), global_load(l, &jidx)));
         }
         if !exact {
             w.close();
             w.open("else");
-            for &l in &cached {
-                w.line(format!("c{l}[t] = 0.0f;"));
+            for &l in &s.cached {
+                w.line(format!("c{}[t] = 0.0f;", l.index()));
             }
             w.close();
         }
         w.close();
     }
-    // Row values available before any reduction, then each reduction phase.
-    let max_depth = info.depth.iter().copied().max().unwrap_or(0);
-    let row_insts_at = |w: &mut Writer, depth: usize| {
-        for (i, inst) in k.body.iter().enumerate() {
-            if !info.row[i] || info.depth[i] != depth {
-                continue;
-            }
+    // Each pass: its row values, then (but for the last) a walk of the row folding its
+    // reductions.
+    let last = k.passes.len() - 1;
+    let row_values = |w: &mut Writer, pass: usize| {
+        for &i in &k.passes[pass].row {
+            let inst = value(i);
             match &inst.op {
-                InstOp::Const(_) | InstOp::Reduce(..) => {}
-                InstOp::Load(l) => {
-                    let ld = &k.loads[*l];
+                ValueOp::Load(l) => {
+                    let ld = k.load(*l);
                     w.line(format!(
                         "const float {} = {};",
                         v(i),
-                        load_conv(ld.dtype, &format!("{}[base{l}]", params.name(ld.buffer)))
+                        load_conv(
+                            ld.dtype,
+                            &format!("{}[base{}]", params.name(ld.buffer), l.index())
+                        )
                     ));
                 }
                 _ => w.line(format!("const float {} = {};", v(i), arith_expr(k, inst))),
             }
         }
     };
-    // Element stores that need no reduction are written during the first pass (saving a
-    // second read of the row) unless their memory is something the kernel loads.
-    let loaded: Vec<BufferId> = k.loads.iter().map(|l| l.buffer).collect();
-    let early: Vec<usize> = elem_stores
-        .iter()
-        .copied()
-        .filter(|&s| {
-            let st = &k.stores[s];
-            max_depth >= 1
-                && info.depth.get(st.inst) == Some(&0)
-                && !loaded.iter().any(|&b| overlaps(plan, b, st.buffer))
-        })
-        .collect();
-    let late: Vec<usize> = elem_stores
-        .iter()
-        .copied()
-        .filter(|s| !early.contains(s))
-        .collect();
-    let cs: Vec<i64> = red_axes.iter().map(|&d| cstrides[d]).collect();
-    let store_lines = |w: &mut Writer, stores: &[usize], jidx: &[String]| {
+    let cs: Vec<i64> = red_axes.iter().map(|&d| store_strides[d]).collect();
+    let store_lines = |w: &mut Writer, stores: &[StoreId], jidx: &[String]| {
         let off = address(0, jidx, &cs);
-        for &s in stores {
-            let st = &k.stores[s];
-            let dt = plan.buffer(st.buffer).dtype;
+        for &st in stores {
+            let st = k.store(st);
             w.line(format!(
                 "{}{}[obase + {off}] = {};",
                 if slices > 1 { "if (tc_live) " } else { "" },
                 params.name(st.buffer),
-                store_conv(dt, &v(st.inst))
+                store_conv(st.dtype, &v(st.value))
             ));
         }
     };
-    row_insts_at(&mut w, 0);
-    let pair_of = |i: usize| online.iter().copied().find(|o| o.parts().0 == i);
-    for phase in 1..=max_depth {
-        let reduces: Vec<usize> = (0..k.body.len())
-            .filter(|&i| matches!(k.body[i].op, InstOp::Reduce(..)) && info.depth[i] == phase)
-            .collect();
-        let folded = online.iter().any(|o| info.depth[o.parts().1] == phase);
-        if reduces.is_empty() || folded {
-            // (a folded pass's reductions were finished with the pass before)
-            row_insts_at(&mut w, phase);
+    let elem_stores_of = |pass: usize| -> Vec<StoreId> {
+        k.passes[pass]
+            .stores
+            .iter()
+            .copied()
+            .filter(|&st| k.store(st).order == Level::Element)
+            .collect()
+    };
+    row_values(&mut w, 0);
+    for q in 0..last {
+        let phase = q + 1;
+        let pass = &k.passes[q];
+        let reduces = &pass.reduces;
+        // (a moved pass's reductions were finished with the pass before)
+        let moved = online.iter().any(|o| reduces.contains(&o.parts().1));
+        if reduces.is_empty() || moved {
+            row_values(&mut w, phase);
             continue;
         }
-        let pairs: Vec<Online> = reduces.iter().filter_map(|&i| pair_of(i)).collect();
+        let pairs: Vec<Online> = reduces.iter().filter_map(|&i| s.pair_of(i)).collect();
         if pairs.is_empty() {
             w.line(format!("// reduction pass {phase}"));
         } else {
@@ -1141,47 +771,40 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
                 phase + 1
             ));
         }
-        let operands: Vec<usize> = reduces
-            .iter()
-            .filter_map(|&i| match k.body[i].op {
-                InstOp::Reduce(_, a) => Some(a),
-                _ => None,
-            })
-            .collect();
-        for &i in &reduces {
-            if let InstOp::Reduce(op, _) = k.body[i].op {
-                w.line(format!("float acc{i} = {};", reduce_parts(op).0));
+        for &i in reduces {
+            if let ValueOp::Reduce(op, _) = value(i).op {
+                w.line(format!("float acc{} = {};", i.index(), reduce_parts(op).0));
             }
         }
         for p in &pairs {
             match *p {
-                Online::Softmax { sum, .. } => w.line(format!("float acc{sum} = 0.0f;")),
+                Online::Softmax { sum, .. } => w.line(format!("float acc{} = 0.0f;", sum.index())),
                 Online::Welford { mean, var } => {
-                    w.line(format!("float tc_n{mean} = 0.0f;"));
-                    w.line(format!("float acc{var} = 0.0f;"));
+                    w.line(format!("float tc_n{} = 0.0f;", mean.index()));
+                    w.line(format!("float acc{} = 0.0f;", var.index()));
                 }
             }
         }
-        let stores_here: &[usize] = if phase == 1 { &early } else { &[] };
-        let mut targets = operands.clone();
-        targets.extend(stores_here.iter().map(|&s| k.stores[s].inst));
-        let list = element_closure(k, &info, &targets);
-        let need_j = needs_jidx(&list, !stores_here.is_empty());
+        let stores_here = elem_stores_of(q);
+        let list = &pass.elements;
+        let need_j = needs_jidx(list, !stores_here.is_empty());
         open_loop(&mut w, need_j);
         let jidx = if need_j {
             decompose(&mut w, idx_t, "j", "j", &red_sizes)
         } else {
             Vec::new()
         };
-        emit_elems(&mut w, &list, &jidx);
-        store_lines(&mut w, stores_here, &jidx);
-        for &i in &reduces {
-            let InstOp::Reduce(op, a) = k.body[i].op else {
+        emit_elems(&mut w, list, &jidx);
+        store_lines(&mut w, &stores_here, &jidx);
+        for &r in reduces {
+            let ValueOp::Reduce(op, a) = value(r).op else {
                 continue;
             };
             let a = v(a);
-            match pair_of(i) {
+            let i = r.index();
+            match s.pair_of(r) {
                 Some(Online::Softmax { sum, .. }) => {
+                    let sum = sum.index();
                     w.line(format!("const float tc_m{i} = tc_max(acc{i}, {a});"));
                     w.line(format!(
                         "if (tc_m{i} != acc{i}) {{ acc{sum} *= expf(acc{i} - tc_m{i}); acc{i} = tc_m{i}; }}"
@@ -1191,6 +814,7 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
                     ));
                 }
                 Some(Online::Welford { var, .. }) => {
+                    let var = var.index();
                     w.line(format!("tc_n{i} += 1.0f;"));
                     w.line(format!("const float tc_d{i} = {a} - acc{i};"));
                     w.line(format!("acc{i} += tc_d{i} / tc_n{i};"));
@@ -1202,10 +826,18 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         close_loop(&mut w);
         for p in &pairs {
             let (combine, vars) = match *p {
-                Online::Softmax { max, sum } => ("softmax", format!("acc{max}, acc{sum}")),
-                Online::Welford { mean, var } => {
-                    ("welford", format!("tc_n{mean}, acc{mean}, acc{var}"))
+                Online::Softmax { max, sum } => {
+                    ("softmax", format!("acc{}, acc{}", max.index(), sum.index()))
                 }
+                Online::Welford { mean, var } => (
+                    "welford",
+                    format!(
+                        "tc_n{}, acc{}, acc{}",
+                        mean.index(),
+                        mean.index(),
+                        var.index()
+                    ),
+                ),
             };
             if block_mode {
                 w.line(format!("tc_block_{combine}({vars}, tc_smem2);"));
@@ -1213,23 +845,29 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
                 w.line(format!("tc_warp_{combine}({vars});"));
             }
             let (first, second) = p.parts();
-            w.line(format!("const float {} = acc{first};", v(first)));
-            let mean_of = matches!(k.body[second].op, InstOp::Reduce(ReduceOp::Mean, _));
+            w.line(format!("const float {} = acc{};", v(first), first.index()));
+            let mean_of = matches!(value(second).op, ValueOp::Reduce(ReduceOp::Mean, _));
             if mean_of && matches!(p, Online::Welford { .. }) {
                 w.line(format!(
-                    "const float {} = acc{second} / {};",
+                    "const float {} = acc{} / {};",
                     v(second),
+                    second.index(),
                     float_literal(len as f64)
                 ));
             } else {
-                w.line(format!("const float {} = acc{second};", v(second)));
+                w.line(format!(
+                    "const float {} = acc{};",
+                    v(second),
+                    second.index()
+                ));
             }
         }
-        for &i in &reduces {
-            if pair_of(i).is_some() {
+        for &r in reduces {
+            if s.pair_of(r).is_some() {
                 continue;
             }
-            if let InstOp::Reduce(op, _) = k.body[i].op {
+            if let ValueOp::Reduce(op, _) = value(r).op {
+                let i = r.index();
                 let suffix = reduce_parts(op).2;
                 if slices > 1 {
                     w.line(format!("acc{i} = tc_slice_{suffix}(acc{i}, tc_smem);"));
@@ -1243,28 +881,28 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
                 if op == ReduceOp::Mean {
                     w.line(format!(
                         "const float {} = acc{i} / {};",
-                        v(i),
+                        v(r),
                         float_literal(len as f64)
                     ));
                 } else {
-                    w.line(format!("const float {} = acc{i};", v(i)));
+                    w.line(format!("const float {} = acc{i};", v(r)));
                 }
             }
         }
-        row_insts_at(&mut w, phase);
+        row_values(&mut w, phase);
     }
+    let late = elem_stores_of(last);
     if !late.is_empty() {
         w.line("// write the row");
-        let targets: Vec<usize> = late.iter().map(|&s| k.stores[s].inst).collect();
-        let list = element_closure(k, &info, &targets);
         open_loop(&mut w, true);
         let jidx = decompose(&mut w, idx_t, "j", "j", &red_sizes);
-        emit_elems(&mut w, &list, &jidx);
+        emit_elems(&mut w, &k.passes[last].elements, &jidx);
         store_lines(&mut w, &late, &jidx);
         close_loop(&mut w);
     }
-    let row_stores: Vec<usize> = (0..k.stores.len())
-        .filter(|s| !elem_stores.contains(s))
+    let row_stores: Vec<StoreId> = (0..k.stores.len())
+        .map(StoreId::new)
+        .filter(|&st| k.store(st).order == Level::Row)
         .collect();
     if !row_stores.is_empty() {
         w.open(if slices > 1 {
@@ -1272,25 +910,19 @@ fn emit_rows(plan: &Plan, kernel: &Kernel, k: &FusedKernel, params: &Params) -> 
         } else {
             "if (tid == 0)"
         });
-        for &s in &row_stores {
-            let st = &k.stores[s];
-            let dt = plan.buffer(st.buffer).dtype;
+        for &st in &row_stores {
+            let st = k.store(st);
             w.line(format!(
                 "{}[r] = {};",
                 params.name(st.buffer),
-                store_conv(dt, &v(st.inst))
+                store_conv(st.dtype, &v(st.value))
             ));
         }
         w.close();
     }
     w.close();
     w.close();
-    let launch = Launch::Grid {
-        grid: [grid as u32, 1, 1],
-        block: [block as u32, 1, 1],
-        shared_bytes: 0,
-    };
-    (w.finish(), launch)
+    w.finish()
 }
 
 #[cfg(test)]

@@ -1,35 +1,41 @@
-//! The graph verifier: checks the invariants every pass must keep, in every test.
-//!
-//! Invariants:
-//! 1. operands precede their users (handles point backwards); outputs and leaves name
-//!    nodes that exist, and `Input { index }` / `Param { index }` match their `Leaf`;
-//! 2. `Binary` operands have exactly the result's sizes and dtype (broadcasts and promotions
-//!    are explicit `Expand` views and `Cast` nodes); `MatMul` operands have the result's
-//!    dtype, equal rank ≥ 2, equal batch sizes and equal inner sizes;
-//! 3. every node's type is what its op computes from its operands' types: elementwise and
-//!    row ops keep the type, reductions drop (or keep as 1) sorted, distinct, in-range
-//!    axes, casts keep sizes, views are consistent (`Permute` is a permutation, `Reshape`
-//!    keeps the element count and has strides, `Expand` follows NumPy `broadcast_to`);
-//! 4. scalars are rank 0; every dim and every size is positive, and element counts fit u64.
+//! The graph verifier: checks the graph invariants of `docs/architecture.md` that every pass
+//! must keep, in every test, and names the one that breaks (`invariant::Violation`):
+//! - 1 (operands come first): operands precede their users; outputs and leaves name nodes
+//!   that exist, and `Input { index }` / `Param { index }` match their `Leaf`;
+//! - 2 (explicit broadcasts): `Binary` operands have exactly the result's sizes and dtype;
+//!   `MatMul` operands have the result's dtype, equal rank ≥ 2 and equal batch sizes;
+//! - 3 (views never copy): a `Reshape` view has strides;
+//! - 11 (types follow ops): elementwise and row ops keep the type, reductions drop (or keep
+//!   as 1) sorted, distinct, in-range axes, matmul's matrix dims match, casts keep sizes,
+//!   views are consistent (`Permute` is a permutation, `Reshape` keeps the element count,
+//!   `Expand` follows NumPy `broadcast_to`);
+//! - 12 (sizes are positive and countable): scalars are rank 0; every dim and every size is
+//!   positive, and element counts fit u64.
 
 use super::graph::{Graph, NodeId, Op, ViewOp};
 use super::layout::{apply_view, layouts};
+use crate::invariant::{Invariant, Violation};
+use Invariant::{ExplicitBroadcast, OperandsFirst, SizesPositive, TypesFollowOps, ViewsNeverCopy};
+
+fn bad(invariant: Invariant, message: String) -> Result<(), Violation> {
+    Err(Violation::new(invariant, message))
+}
 
 /// `Ok` when `graph` keeps every invariant above, else the first violation.
-pub fn verify(graph: &Graph) -> Result<(), String> {
+pub fn verify(graph: &Graph) -> Result<(), Violation> {
     let lay = layouts(graph);
     for (name, v) in &graph.dims {
         if *v == 0 {
-            return Err(format!("dim {name} is 0"));
+            return bad(SizesPositive, format!("dim {name} is 0"));
         }
     }
     for (kind, leaves) in [("input", &graph.inputs), ("param", &graph.params)] {
         for (i, leaf) in leaves.iter().enumerate() {
             if leaf.node.index() >= graph.len() {
-                return Err(format!(
-                    "{kind} {} names missing node {}",
-                    leaf.name, leaf.node
-                ));
+                return bad(
+                    OperandsFirst,
+                    format!("{kind} {} names missing node {}", leaf.name, leaf.node),
+                );
             }
             let ok = match graph.node(leaf.node).op {
                 Op::Input { index } => kind == "input" && index == i,
@@ -37,44 +43,52 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                 _ => false,
             };
             if !ok || graph.ty(leaf.node) != &leaf.ty {
-                return Err(format!(
-                    "{kind} {} does not match node {}",
-                    leaf.name, leaf.node
-                ));
+                return bad(
+                    OperandsFirst,
+                    format!("{kind} {} does not match node {}", leaf.name, leaf.node),
+                );
             }
         }
     }
     for o in &graph.outputs {
         if o.node.index() >= graph.len() {
-            return Err(format!("output {} names missing node {}", o.name, o.node));
+            return bad(
+                OperandsFirst,
+                format!("output {} names missing node {}", o.name, o.node),
+            );
         }
     }
     for id in graph.ids() {
-        node(graph, id, &lay)
-            .map_err(|e| format!("{id} = {}: {e}", super::text::op_text(&graph.node(id).op)))?;
+        node(graph, id, &lay).map_err(|e| {
+            let op = super::text::op_text(&graph.node(id).op);
+            Violation::new(e.invariant, format!("{id} = {op}: {}", e.message))
+        })?;
     }
     Ok(())
 }
 
-fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), String> {
+fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violation> {
     let n = graph.node(id);
     let ty = &n.ty;
     let sizes = ty.sizes();
     for o in n.op.operands() {
         if o >= id {
-            return Err(format!("operand {o} does not precede its user"));
+            return bad(
+                OperandsFirst,
+                format!("operand {o} does not precede its user"),
+            );
         }
     }
     if sizes.contains(&0) {
-        return Err(format!("size 0 in {ty}"));
+        return bad(SizesPositive, format!("size 0 in {ty}"));
     }
     if ty.numel().is_none() {
-        return Err(format!("{ty} overflows u64"));
+        return bad(SizesPositive, format!("{ty} overflows u64"));
     }
-    let same = |a: NodeId, what: &str| -> Result<(), String> {
+    let same = |a: NodeId, what: &str, inv: Invariant| -> Result<(), Violation> {
         let t = graph.ty(a);
         if t.sizes() != sizes || t.dtype != ty.dtype {
-            return Err(format!("{what} {a} is {t}, result is {ty}"));
+            return bad(inv, format!("{what} {a} is {t}, result is {ty}"));
         }
         Ok(())
     };
@@ -82,21 +96,21 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), String> 
         Op::Input { .. } | Op::Param { .. } => Ok(()),
         Op::Scalar(_) => {
             if ty.rank() != 0 {
-                return Err(format!("scalar of rank {}", ty.rank()));
+                return bad(SizesPositive, format!("scalar of rank {}", ty.rank()));
             }
             Ok(())
         }
-        Op::Unary(_, a) | Op::Copy(a) => same(*a, "operand"),
+        Op::Unary(_, a) | Op::Copy(a) => same(*a, "operand", TypesFollowOps),
         Op::Binary(_, a, b) => {
-            same(*a, "left operand")?;
-            same(*b, "right operand")
+            same(*a, "left operand", ExplicitBroadcast)?;
+            same(*b, "right operand", ExplicitBroadcast)
         }
         Op::Softmax { arg, axis, .. }
         | Op::LayerNorm { arg, axis, .. }
         | Op::RmsNorm { arg, axis, .. } => {
-            same(*arg, "operand")?;
+            same(*arg, "operand", TypesFollowOps)?;
             if *axis >= ty.rank() {
-                return Err(format!("axis {axis} out of range for {ty}"));
+                return bad(TypesFollowOps, format!("axis {axis} out of range for {ty}"));
             }
             Ok(())
         }
@@ -105,13 +119,16 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), String> 
         } => {
             let t = graph.ty(*arg);
             if t.dtype != ty.dtype {
-                return Err(format!("operand is {t}, result is {ty}"));
+                return bad(TypesFollowOps, format!("operand is {t}, result is {ty}"));
             }
             if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= t.rank()) {
-                return Err(format!(
-                    "axes {axes:?} not sorted, distinct and within rank {}",
-                    t.rank()
-                ));
+                return bad(
+                    TypesFollowOps,
+                    format!(
+                        "axes {axes:?} not sorted, distinct and within rank {}",
+                        t.rank()
+                    ),
+                );
             }
             let want: Vec<u64> = t
                 .sizes()
@@ -124,9 +141,10 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), String> 
                 })
                 .collect();
             if want != sizes {
-                return Err(format!(
-                    "reducing {t} over {axes:?} gives {want:?}, node says {ty}"
-                ));
+                return bad(
+                    TypesFollowOps,
+                    format!("reducing {t} over {axes:?} gives {want:?}, node says {ty}"),
+                );
             }
             Ok(())
         }
@@ -134,30 +152,39 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), String> 
             let (ta, tb) = (graph.ty(*a), graph.ty(*b));
             let r = ty.rank();
             if ta.rank() < 2 || ta.rank() != tb.rank() || r != ta.rank() {
-                return Err(format!("ranks of {ta} @ {tb} -> {ty}"));
+                return bad(ExplicitBroadcast, format!("ranks of {ta} @ {tb} -> {ty}"));
             }
             let (sa, sb) = (ta.sizes(), tb.sizes());
             if ta.dtype != ty.dtype || tb.dtype != ty.dtype {
-                return Err(format!("dtypes of {ta} @ {tb} -> {ty}"));
+                return bad(ExplicitBroadcast, format!("dtypes of {ta} @ {tb} -> {ty}"));
             }
             if sa[..r - 2] != sb[..r - 2] || sa[..r - 2] != sizes[..r - 2] {
-                return Err(format!("batch dims of {ta} @ {tb} -> {ty}"));
+                return bad(
+                    ExplicitBroadcast,
+                    format!("batch dims of {ta} @ {tb} -> {ty}"),
+                );
             }
             if sa[r - 1] != sb[r - 2] || sizes[r - 2] != sa[r - 2] || sizes[r - 1] != sb[r - 1] {
-                return Err(format!("matrix dims of {ta} @ {tb} -> {ty}"));
+                return bad(
+                    TypesFollowOps,
+                    format!("matrix dims of {ta} @ {tb} -> {ty}"),
+                );
             }
             Ok(())
         }
         Op::Cast { arg, .. } => {
             if graph.ty(*arg).sizes() != sizes {
-                return Err(format!("cast changes the shape of {}", graph.ty(*arg)));
+                return bad(
+                    TypesFollowOps,
+                    format!("cast changes the shape of {}", graph.ty(*arg)),
+                );
             }
             Ok(())
         }
         Op::View(view, arg) => {
             let t = graph.ty(*arg);
             if t.dtype != ty.dtype {
-                return Err(format!("view changes dtype of {t}"));
+                return bad(TypesFollowOps, format!("view changes dtype of {t}"));
             }
             let ins = t.sizes();
             match view {
@@ -165,42 +192,49 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), String> 
                     let mut want = ins.clone();
                     let r = want.len();
                     if r < 2 {
-                        return Err(format!("transpose of rank {r}"));
+                        return bad(TypesFollowOps, format!("transpose of rank {r}"));
                     }
                     want.swap(r - 1, r - 2);
                     if want != sizes {
-                        return Err(format!("transpose of {t} is not {ty}"));
+                        return bad(TypesFollowOps, format!("transpose of {t} is not {ty}"));
                     }
                 }
                 ViewOp::Permute(perm) => {
                     let mut seen = vec![false; ins.len()];
                     for &p in perm {
                         if p >= ins.len() || seen[p] {
-                            return Err(format!(
-                                "{perm:?} is not a permutation of rank {}",
-                                ins.len()
-                            ));
+                            return bad(
+                                TypesFollowOps,
+                                format!("{perm:?} is not a permutation of rank {}", ins.len()),
+                            );
                         }
                         seen[p] = true;
                     }
                     let want: Vec<u64> = perm.iter().map(|&p| ins[p]).collect();
                     if perm.len() != ins.len() || want != sizes {
-                        return Err(format!("permute {perm:?} of {t} is not {ty}"));
+                        return bad(
+                            TypesFollowOps,
+                            format!("permute {perm:?} of {t} is not {ty}"),
+                        );
                     }
                 }
                 ViewOp::Reshape => {
                     if t.numel() != ty.numel() {
-                        return Err(format!("reshape of {t} to {ty} changes the element count"));
+                        return bad(
+                            TypesFollowOps,
+                            format!("reshape of {t} to {ty} changes the element count"),
+                        );
                     }
                     if apply_view(view, &lay[arg.index()], &ins, &sizes).is_none() {
-                        return Err(format!(
-                            "reshape of {t} to {ty} has no strides (needs a copy)"
-                        ));
+                        return bad(
+                            ViewsNeverCopy,
+                            format!("reshape of {t} to {ty} has no strides (needs a copy)"),
+                        );
                     }
                 }
                 ViewOp::Expand { .. } => {
                     if sizes.len() < ins.len() {
-                        return Err(format!("expand of {t} to lower rank {ty}"));
+                        return bad(TypesFollowOps, format!("expand of {t} to lower rank {ty}"));
                     }
                     let lead = sizes.len() - ins.len();
                     if ins
@@ -208,7 +242,7 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), String> 
                         .zip(&sizes[lead..])
                         .any(|(&i, &o)| i != o && i != 1)
                     {
-                        return Err(format!("{t} does not broadcast to {ty}"));
+                        return bad(TypesFollowOps, format!("{t} does not broadcast to {ty}"));
                     }
                 }
             }
@@ -249,7 +283,8 @@ mod tests {
             },
             origin(),
         );
-        assert!(verify(&g).is_err(), "a rank-1 scalar is wrong");
+        let e = verify(&g).expect_err("a rank-1 scalar is wrong");
+        assert_eq!(e.invariant, Invariant::SizesPositive, "{e}");
         let mut g = Graph::new();
         let a2 = g.push(
             Node {
@@ -269,6 +304,47 @@ mod tests {
             origin(),
         );
         let e = verify(&g).expect_err("operands are not broadcast");
-        assert!(e.contains("left operand"), "{e}");
+        assert_eq!(e.invariant, Invariant::ExplicitBroadcast, "{e}");
+        assert!(e.message.contains("left operand"), "{e}");
+    }
+
+    fn node(g: &mut Graph, op: Op, dtype: DType, sizes: &[u64]) -> NodeId {
+        let ty = TensorType::new(dtype, sizes.iter().map(|&s| Dim::new(s)).collect());
+        g.push(Node { op, ty, name: None }, origin())
+    }
+
+    /// Each broken graph names the invariant of `docs/architecture.md` it breaks.
+    #[test]
+    fn violations_name_their_invariant() {
+        use crate::ir::UnaryOp;
+        let f32 = DType::F32;
+        // 3: a reshape of a transposed tensor has no strides (the checker would copy first).
+        let mut g = Graph::new();
+        let x = node(&mut g, Op::Input { index: 0 }, f32, &[4, 6]);
+        let t = node(&mut g, Op::View(ViewOp::Transpose, x), f32, &[6, 4]);
+        node(&mut g, Op::View(ViewOp::Reshape, t), f32, &[24]);
+        assert_eq!(
+            verify(&g).map_err(|e| e.invariant),
+            Err(Invariant::ViewsNeverCopy)
+        );
+        // 11: exp changes the shape.
+        let mut g = Graph::new();
+        let x = node(&mut g, Op::Input { index: 0 }, f32, &[4]);
+        node(&mut g, Op::Unary(UnaryOp::Exp, x), f32, &[5]);
+        assert_eq!(
+            verify(&g).map_err(|e| e.invariant),
+            Err(Invariant::TypesFollowOps)
+        );
+        // 1: an operand that does not precede its user.
+        let mut g = Graph::new();
+        node(&mut g, Op::Unary(UnaryOp::Exp, NodeId(1)), f32, &[4]);
+        node(&mut g, Op::Input { index: 0 }, f32, &[4]);
+        let e = verify(&g).expect_err("operand after its user");
+        assert_eq!(e.invariant, Invariant::OperandsFirst, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("invariant 1 (Operands come first): "),
+            "{e}"
+        );
     }
 }

@@ -17,7 +17,7 @@ pub use label::{source_key, source_op_name};
 pub use text::print;
 pub use verify::verify;
 
-use crate::diag::Diagnostic;
+use crate::diag::{Diagnostic, ErrorKind};
 use crate::fuse::{is_compute, Group};
 use crate::ir::layout::{layouts, layouts_through};
 use crate::ir::{Graph, NodeId, Op};
@@ -30,14 +30,14 @@ use std::collections::{BTreeSet, HashMap};
 
 /// An error that is tc's fault, not the program's.
 pub fn internal(msg: impl Into<String>) -> Diagnostic {
-    Diagnostic::error("planner-internal", msg)
+    Diagnostic::error(ErrorKind::PlannerInternal, msg)
         .with_note("this is a bug in tc's planner, not in your program")
 }
 
 fn too_large(graph: &Graph, id: NodeId) -> Diagnostic {
     let o = graph.origin(id);
     Diagnostic::error(
-        "tensor-too-large",
+        ErrorKind::TensorTooLarge,
         format!(
             "the tensor {} has more bytes than fit in 64 bits",
             graph.ty(id)

@@ -95,10 +95,17 @@ impl fmt::Display for Token<'_> {
 }
 
 /// Lexes `source` into tokens with byte spans. Error tokens are merged when adjacent and
-/// their spans always lie on character boundaries.
+/// their spans always lie on character boundaries. A UTF-8 byte order mark at the very
+/// start (which some editors write) is skipped; anywhere else it is a stray character.
 pub fn lex(source: &str) -> Vec<(Token<'_>, Span)> {
+    let skip = if source.starts_with('\u{FEFF}') {
+        '\u{FEFF}'.len_utf8()
+    } else {
+        0
+    };
     let mut out: Vec<(Token<'_>, Span)> = Vec::new();
-    for (tok, span) in Token::lexer(source).spanned() {
+    for (tok, span) in Token::lexer(&source[skip..]).spanned() {
+        let span = span.start + skip..span.end + skip;
         let tok = tok.unwrap_or(Token::Error);
         if tok == Token::Error {
             let span = widen_to_chars(source, span);

@@ -1,14 +1,14 @@
 //! The parser: tokens to the AST (chumsky), one statement at a time.
 //!
 //! Statements are split at line ends and `;` first (line breaks inside `( )` and `[ ]` do
-//! not end a statement), so an error in one statement never hides those of the next: every
+//! not end a statement, and the statement parser never sees them), so an error in one statement never hides those of the next: every
 //! error of a file is reported in one run. Within a statement the parser recovers at
 //! delimiters. Nesting (brackets, `**`, runs of unary minus) is limited before parsing, so
 //! no input can overflow the stack (`too-deep`).
 
 use super::ast::*;
 use super::lexer::{lex, Token};
-use crate::diag::{Diagnostic, Span};
+use crate::diag::{Diagnostic, ErrorKind, Span};
 use chumsky::error::RichPattern;
 use chumsky::input::{Input as _, ValueInput};
 use chumsky::prelude::*;
@@ -26,9 +26,14 @@ pub fn parse(source: &str) -> (Program, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut program = Program::default();
     for stmt in split_statements(&tokens) {
-        if stmt.is_empty() {
+        // Line breaks at the ends of a statement (inside a bracket left open) are not part of
+        // it: the statement's span, and the end the parser reports, is its last token's.
+        let first = stmt.iter().position(|(t, _)| *t != Token::Newline);
+        let last = stmt.iter().rposition(|(t, _)| *t != Token::Newline);
+        let (Some(first), Some(last)) = (first, last) else {
             continue;
-        }
+        };
+        let stmt = &stmt[first..=last];
         let span = stmt[0].1.start..stmt[stmt.len() - 1].1.end;
         let binds = match (stmt.first(), stmt.get(1)) {
             (Some((Token::Ident(n), s)), Some((Token::Eq, _))) => Some(Ident {
@@ -53,7 +58,7 @@ pub fn parse(source: &str) -> (Program, Vec<Diagnostic>) {
                 let text = &source[s.clone()];
                 diags.push(
                     Diagnostic::error(
-                        "bad-token",
+                        ErrorKind::BadToken,
                         format!("unexpected character `{}`", text.escape_debug()),
                     )
                     .with_primary(s.clone(), "not part of the language")
@@ -71,8 +76,10 @@ pub fn parse(source: &str) -> (Program, Vec<Diagnostic>) {
             continue;
         }
         let eoi = SimpleSpan::from(span.end..span.end);
+        // Every line break left in a statement is inside brackets, where SPEC §1 ignores it.
         let toks: Vec<(Tok, SimpleSpan)> = stmt
             .iter()
+            .filter(|(t, _)| *t != Token::Newline)
             .map(|(t, s)| (*t, SimpleSpan::from(s.clone())))
             .collect();
         let input = toks.as_slice().map(eoi, |(t, s)| (t, s));
@@ -128,10 +135,9 @@ fn split_statements<'t, 'a>(tokens: &'t [(Tok<'a>, Span)]) -> Vec<&'t [(Tok<'a>,
     out.into_iter().flatten().collect()
 }
 
-/// A statement's tokens; line breaks inside brackets are removed by splitting around them.
+/// A statement's tokens, or `None` for an empty statement. Line breaks inside brackets stay
+/// in the slice; `parse` drops them before the statement parser sees the tokens.
 fn without_newlines<'t, 'a>(tokens: &'t [(Tok<'a>, Span)]) -> Option<&'t [(Tok<'a>, Span)]> {
-    // Newlines inside brackets cannot be removed from a borrowed slice; the statement parser
-    // skips them instead (see `nl`). Empty statements are dropped here.
     if tokens.iter().all(|(t, _)| *t == Token::Newline) {
         None
     } else {
@@ -229,7 +235,7 @@ fn nesting_error(stmt: &[(Tok, Span)]) -> Option<Diagnostic> {
         negs = if unary_minus { negs + 1 } else { 0 };
         if brackets + pows + negs > MAX_NESTING {
             return Some(
-                Diagnostic::error("too-deep", "nesting too deep")
+                Diagnostic::error(ErrorKind::TooDeep, "nesting too deep")
                     .with_primary(
                         s.clone(),
                         format!("more than {MAX_NESTING} levels of nesting here"),
@@ -268,8 +274,8 @@ fn syntax_diag(e: &Rich<'_, Tok<'_>, SimpleSpan>) -> Diagnostic {
         format!("expected {}", expected.join(", "))
     };
     let span = e.span().into_range();
-    let mut d =
-        Diagnostic::error("syntax", format!("unexpected {found}")).with_primary(span, label);
+    let mut d = Diagnostic::error(ErrorKind::Syntax, format!("unexpected {found}"))
+        .with_primary(span, label);
     if let Some((ctx, cspan)) = e.contexts().next() {
         d = d.with_secondary(cspan.into_range(), format!("in this {ctx}"));
     }
@@ -287,7 +293,6 @@ where
             span: span_of(e.span()),
         })
         .labelled("a name");
-    let nl = just(Token::Newline).repeated();
     let expr = expr_parser().boxed();
 
     let dim = just(Token::Dim)
@@ -298,11 +303,9 @@ where
 
     let shape = expr
         .clone()
-        .padded_by(nl)
         .separated_by(just(Token::Comma))
         .allow_trailing()
         .collect::<Vec<_>>()
-        .padded_by(nl)
         .delimited_by(just(Token::LBracket), just(Token::RBracket));
     let ty = ident
         .then(shape)
@@ -348,8 +351,7 @@ where
     I: ValueInput<'a, Token = Tok<'a>, Span = SimpleSpan>,
 {
     recursive(|expr| {
-        let nl = just(Token::Newline).repeated();
-        let inner = expr.clone().padded_by(nl);
+        let inner = expr.clone();
         let ident = select! { Token::Ident(n) => n }.map_with(|n: &str, e| Ident {
             name: n.to_string(),
             span: span_of(e.span()),
@@ -370,11 +372,9 @@ where
                 span: span_of(e.span()),
             });
         let args = arg
-            .padded_by(nl)
             .separated_by(just(Token::Comma))
             .allow_trailing()
             .collect::<Vec<_>>()
-            .padded_by(nl)
             .delimited_by(just(Token::LParen), just(Token::RParen));
         let name_or_call = ident.then(args.or_not()).map_with(|(func, args), e| {
             let span = span_of(e.span());
@@ -389,7 +389,6 @@ where
             .separated_by(just(Token::Comma))
             .allow_trailing()
             .collect::<Vec<_>>()
-            .padded_by(nl)
             .delimited_by(just(Token::LBracket), just(Token::RBracket))
             .map_with(|items, e| Expr::new(ExprKind::List(items), span_of(e.span())));
 
@@ -563,7 +562,7 @@ mod tests {
     fn deep_nesting_is_a_diagnostic() {
         let src = format!("y = {}x{}", "(".repeat(100_000), ")".repeat(100_000));
         let (_, d) = parse(&src);
-        assert_eq!(d[0].code, "too-deep");
+        assert_eq!(d[0].kind, ErrorKind::TooDeep);
     }
 
     #[test]

@@ -28,6 +28,7 @@ impl From<CudaError> for BackendError {
     fn from(e: CudaError) -> Self {
         match e {
             CudaError::OutOfMemory { .. } => BackendError::OutOfMemory(e.to_string()),
+            CudaError::Internal(_) => BackendError::Internal(e.to_string()),
             _ => BackendError::Device(e.to_string()),
         }
     }

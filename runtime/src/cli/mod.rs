@@ -84,8 +84,9 @@ pub fn read_source(file: &Path) -> Result<Source, CliError> {
             let at = e.utf8_error().valid_up_to();
             let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
             Err(CliError::Program(format!(
-                "error[invalid-utf8]: `{path}` is not valid UTF-8 (line {line}, byte {at})\n  \
-                 = help: .tx files are UTF-8 text; re-save the file as UTF-8"
+                "error[{}]: `{path}` is not valid UTF-8 (line {line}, byte {at})\n  \
+                 = help: .tx files are UTF-8 text; re-save the file as UTF-8",
+                tc_compiler::ErrorKind::InvalidUtf8
             )))
         }
     }
@@ -160,7 +161,7 @@ pub fn compile(source: &Source, options: &CompileOptions) -> Result<Program, Cli
 /// The error of a failed compile: the rendered diagnostics, exit 3 when one is tc's own
 /// (`planner-internal`), else 1.
 fn compile_error(source: &Source, diags: &[tc_compiler::Diagnostic]) -> CliError {
-    let internal = diags.iter().any(|d| d.code == "planner-internal");
+    let internal = diags.iter().any(|d| d.kind.is_internal());
     match render(source, diags) {
         CliError::Program(text) if internal => CliError::Internal(text),
         e => e,
@@ -378,14 +379,26 @@ mod tests {
             path: "p.tx".into(),
             text: "dim N = 4\n".into(),
         };
-        let internal = compile_error(&source, &[Diagnostic::error("planner-internal", "oops")]);
+        let internal = compile_error(
+            &source,
+            &[Diagnostic::error(
+                tc_compiler::ErrorKind::PlannerInternal,
+                "oops",
+            )],
+        );
         assert_eq!(internal.exit_code(), 3);
         let text = internal.to_string();
         assert!(
             text.contains("planner-internal") && text.contains("bug in tc"),
             "{text}"
         );
-        let user = compile_error(&source, &[Diagnostic::error("unknown-name", "no `z`")]);
+        let user = compile_error(
+            &source,
+            &[Diagnostic::error(
+                tc_compiler::ErrorKind::UnknownName,
+                "no `z`",
+            )],
+        );
         assert_eq!(user.exit_code(), 1);
     }
 }

@@ -15,7 +15,8 @@ use super::math::{self, KahanSum, Operand};
 use super::{CpuError, Mem};
 use rayon::prelude::*;
 use tc_compiler::ir::{DType, ReduceOp};
-use tc_compiler::schedule::{FusedKernel, InstOp, Level, Plan};
+use tc_compiler::lower::{self, KernelIr, Level, ValueOp};
+use tc_compiler::schedule::{FusedKernel, Plan};
 
 /// Elements per block: one block per inst fits in L2 for kernels of a few dozen insts.
 const BLOCK: usize = 1024;
@@ -35,29 +36,34 @@ struct Access {
     inner_strides: Vec<i64>,
 }
 
-/// What one pass over a row computes.
+/// What one pass over a row computes: the kernel IR's pass (`tc_compiler::lower::Pass`) as
+/// indices, with what this executor adds (`store_into`).
 #[derive(Clone, Debug, Default)]
 struct Pass {
-    /// Row insts computed before the block loop, in order.
+    /// Row values computed before the block loop, in order.
     row_insts: Vec<usize>,
-    /// Element insts computed per block, in order.
+    /// Element values computed per block, in order (less, when rows are one block, those
+    /// an earlier pass left in their slots).
     elem_insts: Vec<usize>,
-    /// Element-operand reductions folded per block.
+    /// Reductions folded per block.
     reduces: Vec<usize>,
-    /// Indices into `stores` (only in the last pass).
+    /// Indices into `stores`.
     elem_stores: Vec<usize>,
     row_stores: Vec<usize>,
-    /// Per inst (only in the last pass): the store its block may be computed straight
-    /// into, skipping the slot and the copy (see `prepare`).
+    /// Per value: the store its block may be computed straight into, skipping the slot
+    /// and the copy (see `prepare`).
     store_into: Vec<Option<usize>>,
 }
 
-/// A kernel checked against its plan and split into passes.
+/// A kernel lowered, checked against its buffers and split into passes.
 #[derive(Debug)]
-struct Prepared<'k> {
-    kernel: &'k FusedKernel,
-    /// Effective level of each inst (all `Element` in a pointwise kernel).
+struct Prepared {
+    ir: KernelIr,
+    /// Level of each value (from the kernel IR).
     level: Vec<Level>,
+    /// Per value: whether it has a block-sized slot (element values, and row values that
+    /// are stored in domain order or folded by a reduction, filled when needed).
+    slot: Vec<bool>,
     row_sizes: Vec<usize>,
     inner_sizes: Vec<usize>,
     rows: usize,
@@ -67,8 +73,6 @@ struct Prepared<'k> {
     passes: Vec<Pass>,
     /// Elements per block: `BLOCK`, or the whole row when rows are cached.
     block: usize,
-    /// The value of each `Const` inst.
-    konst: Vec<Option<f32>>,
     /// Per load: f32, 4-byte aligned, and in a buffer no store of this kernel writes, so a
     /// block of it that is one contiguous run is read in place instead of copied.
     direct: Vec<bool>,
@@ -96,6 +100,8 @@ pub(super) fn run(
                 let end = (start + CHUNK).min(total);
                 s.bases_for_row(&p, 0);
                 let pass = &p.passes[0];
+                // SAFETY: as below (a pointwise kernel's row values read no load).
+                unsafe { s.row_values(&p, pass) };
                 let mut at = start;
                 while at < end {
                     let n = BLOCK.min(end - at);
@@ -122,12 +128,7 @@ pub(super) fn run(
 /// Runs `f(scratch, i)` for every `i < n` over the rayon pool, in tasks of consecutive
 /// indices (at least `min_len`, about eight tasks per thread for balance), each with its
 /// own scratch: one allocation per task, not one per work item or per rayon split.
-fn for_each_task(
-    n: usize,
-    min_len: usize,
-    f: impl Fn(&mut Scratch, usize) + Sync,
-    p: &Prepared<'_>,
-) {
+fn for_each_task(n: usize, min_len: usize, f: impl Fn(&mut Scratch, usize) + Sync, p: &Prepared) {
     let per_task = n
         .div_ceil(8 * rayon::current_num_threads())
         .max(min_len)
@@ -149,168 +150,48 @@ fn bad(name: &str, msg: impl std::fmt::Display) -> CpuError {
     CpuError::BadPlan(format!("kernel {name}: {msg}"))
 }
 
-fn prepare<'k>(
+/// Lowers `kernel` (`tc_compiler::lower`: merged axes, levels, passes) and binds it to the
+/// resolved buffers `mems`: every access checked in bounds over the whole domain.
+fn prepare(
     plan: &Plan,
     name: &str,
-    kernel: &'k FusedKernel,
+    kernel: &FusedKernel,
     mems: &[Mem],
-) -> Result<Prepared<'k>, CpuError> {
-    let rank = kernel.domain.len();
-    let domain: Vec<usize> = kernel.domain.iter().map(|&d| d as usize).collect();
-    let mut seen = vec![false; rank];
-    for &a in &kernel.reduce_axes {
-        if a >= rank || seen[a] {
-            return Err(bad(
-                name,
-                format!("reduce axis {a} is out of range or repeated"),
-            ));
-        }
-        seen[a] = true;
-    }
-    let pointwise = kernel.reduce_axes.is_empty();
-    let row_axes: Vec<usize> = (0..rank).filter(|a| !seen[*a]).collect();
-    let inner_axes: Vec<usize> = if pointwise {
-        (0..rank).collect()
+) -> Result<Prepared, CpuError> {
+    let ir =
+        lower::lower_fused(plan, name, kernel).map_err(|e| CpuError::BadPlan(e.to_string()))?;
+    let pointwise = ir.is_pointwise();
+    let n = ir.values.len();
+    let level: Vec<Level> = ir.values.iter().map(|v| v.level).collect();
+
+    // The merged axes as the row index (outer) and the walk along a row (inner); a
+    // pointwise kernel is one row of every element.
+    let merged_rank = ir.axes.sizes.len();
+    let (row_dims, inner_dims) = if pointwise {
+        (Vec::new(), (0..merged_rank).collect())
     } else {
-        kernel.reduce_axes.clone()
+        (ir.axes.row_axes(), ir.axes.reduce_axes())
     };
-    let row_axes: Vec<usize> = if pointwise { Vec::new() } else { row_axes };
-
-    // Levels, operand order, and the Row-never-reads-Element rule.
-    let n = kernel.body.len();
-    let mut level = Vec::with_capacity(n);
-    for (i, inst) in kernel.body.iter().enumerate() {
-        let operands = inst.op.operands();
-        if let Some(&o) = operands.iter().find(|&&o| o >= i) {
-            return Err(bad(
-                name,
-                format!("inst {i} uses inst {o}, which does not precede it"),
-            ));
-        }
-        if let InstOp::Load(l) = inst.op {
-            if l >= kernel.loads.len() {
-                return Err(bad(
-                    name,
-                    format!("inst {i} loads load {l}, which does not exist"),
-                ));
-            }
-        }
-        let lv = if pointwise {
-            Level::Element
+    let domain: Vec<usize> = ir.axes.sizes.iter().map(|&d| d as usize).collect();
+    let row_sizes: Vec<usize> = row_dims.iter().map(|&d| domain[d]).collect();
+    let mut inner_sizes: Vec<usize> = inner_dims.iter().map(|&d| domain[d]).collect();
+    let no_inner = inner_sizes.is_empty();
+    if no_inner {
+        inner_sizes.push(1);
+    }
+    let access = |mem: Mem, offset: i64, strides: &[i64]| Access {
+        mem,
+        offset,
+        row_strides: row_dims.iter().map(|&d| strides[d]).collect(),
+        inner_strides: if no_inner {
+            vec![0]
         } else {
-            inst.level
-        };
-        if lv == Level::Row && !matches!(inst.op, InstOp::Reduce(..)) {
-            if let Some(&o) = operands.iter().find(|&&o| level[o] == Level::Element) {
-                return Err(bad(name, format!("row inst {i} reads element inst {o}")));
-            }
-        }
-        if let (InstOp::Load(l), Level::Row, false) = (&inst.op, lv, pointwise) {
-            if kernel
-                .reduce_axes
-                .iter()
-                .any(|&a| domain[a] > 1 && kernel.loads[*l].strides.get(a).is_some_and(|&s| s != 0))
-            {
-                return Err(bad(
-                    name,
-                    format!("row inst {i} loads load {l}, which moves along a reduce axis"),
-                ));
-            }
-        }
-        if !pointwise && matches!(inst.op, InstOp::Reduce(..)) && lv != Level::Row {
-            return Err(bad(name, format!("reduce inst {i} is not at row level")));
-        }
-        level.push(lv);
-    }
-
-    // Constants, rounded to their dtype once.
-    let konst: Vec<Option<f32>> = kernel
-        .body
-        .iter()
-        .map(|inst| match inst.op {
-            InstOp::Const(c) => Some(math::round_to(inst.dtype, c as f32)),
-            _ => None,
-        })
-        .collect();
-
-    // Phases: the pass in which a value becomes available.
-    let mut phase = vec![0usize; n];
-    for (i, inst) in kernel.body.iter().enumerate() {
-        let base = inst
-            .op
-            .operands()
-            .iter()
-            .map(|&o| phase[o])
-            .max()
-            .unwrap_or(0);
-        phase[i] = match inst.op {
-            InstOp::Reduce(_, a) if !pointwise && level[a] == Level::Element => base + 1,
-            _ => base,
-        };
-    }
-    let last = phase.iter().copied().max().unwrap_or(0);
-    let mut passes = vec![Pass::default(); last + 1];
-    // Element targets per pass: operands of reductions, and stored element insts.
-    let mut targets: Vec<Vec<usize>> = vec![Vec::new(); last + 1];
-    for (i, inst) in kernel.body.iter().enumerate() {
-        match (level[i], &inst.op) {
-            (Level::Row, InstOp::Reduce(_, a)) if level[*a] == Level::Element => {
-                passes[phase[*a]].reduces.push(i);
-                targets[phase[*a]].push(*a);
-            }
-            (Level::Row, _) => passes[phase[i]].row_insts.push(i),
-            _ => {}
-        }
-    }
-    for (si, st) in kernel.stores.iter().enumerate() {
-        if st.inst >= n {
-            return Err(bad(
-                name,
-                format!("store {si} stores inst {}, which does not exist", st.inst),
-            ));
-        }
-        match level[st.inst] {
-            Level::Element => {
-                passes[last].elem_stores.push(si);
-                targets[last].push(st.inst);
-            }
-            Level::Row => passes[last].row_stores.push(si),
-        }
-    }
-    for (q, t) in targets.iter().enumerate() {
-        let mut need = vec![false; n];
-        for &i in t {
-            need[i] = true;
-        }
-        for i in (0..n).rev() {
-            if need[i] && level[i] == Level::Element {
-                for o in kernel.body[i].op.operands() {
-                    if level[o] == Level::Element {
-                        need[o] = true;
-                    }
-                }
-            }
-        }
-        // Element constants are read as scalars; one is only materialised when stored.
-        passes[q].elem_insts = (0..n)
-            .filter(|&i| need[i] && level[i] == Level::Element)
-            .filter(|&i| konst[i].is_none() || kernel.stores.iter().any(|st| st.inst == i))
-            .collect();
-    }
-
-    // Accesses: loads as given, stores contiguous in domain or row order.
-    let contiguous = contiguous_strides(&domain);
-    let row_contiguous = {
-        let row_domain: Vec<usize> = row_axes.iter().map(|&a| domain[a]).collect();
-        let rs = contiguous_strides(&row_domain);
-        let mut s = vec![0i64; rank];
-        for (k, &a) in row_axes.iter().enumerate() {
-            s[a] = rs[k];
-        }
-        s
+            inner_dims.iter().map(|&d| strides[d]).collect()
+        },
     };
-    let mut raw: Vec<(Mem, i64, Vec<i64>)> = Vec::new();
-    for (li, load) in kernel.loads.iter().enumerate() {
+
+    let mut accesses = Vec::with_capacity(ir.loads.len());
+    for (li, load) in ir.loads.iter().enumerate() {
         let mem = *mems.get(load.buffer.index()).ok_or_else(|| {
             bad(
                 name,
@@ -326,15 +207,6 @@ fn prepare<'k>(
                 format!("load {li} reads {} as {}", mem.dtype, load.dtype),
             ));
         }
-        if load.strides.len() != rank {
-            return Err(bad(
-                name,
-                format!(
-                    "load {li} has {} strides for a rank-{rank} domain",
-                    load.strides.len()
-                ),
-            ));
-        }
         check_bounds(
             name,
             &format!("load {li}"),
@@ -344,10 +216,10 @@ fn prepare<'k>(
             &load.strides,
             &domain,
         )?;
-        raw.push((mem, load.offset, load.strides.clone()));
+        accesses.push(access(mem, load.offset, &load.strides));
     }
-    let mut store_insts = Vec::new();
-    for (si, st) in kernel.stores.iter().enumerate() {
+    let mut stores = Vec::with_capacity(ir.stores.len());
+    for (si, st) in ir.stores.iter().enumerate() {
         let mem = *mems.get(st.buffer.index()).ok_or_else(|| {
             bad(
                 name,
@@ -366,49 +238,24 @@ fn prepare<'k>(
                 ),
             ));
         }
-        let strides = if level[st.inst] == Level::Element {
-            contiguous.clone()
-        } else {
-            row_contiguous.clone()
-        };
         check_bounds(
             name,
             &format!("store {si}"),
             &plan.buffer(st.buffer).name,
             mem,
             0,
-            &strides,
+            &st.strides,
             &domain,
         )?;
-        raw.push((mem, 0, strides));
-        store_insts.push(st.inst);
+        stores.push((st.value.index(), access(mem, 0, &st.strides)));
     }
 
-    let all: Vec<&[i64]> = raw.iter().map(|r| r.2.as_slice()).collect();
-    let (row_sizes, row_groups) = coalesce(&domain, &row_axes, &all);
-    let (inner_sizes, inner_groups) = coalesce(&domain, &inner_axes, &all);
-    let strides_over = |s: &[i64], groups: &[usize]| -> Vec<i64> {
-        groups
-            .iter()
-            .map(|&a| s.get(a).copied().unwrap_or(0))
-            .collect()
-    };
-    let mut accesses: Vec<Access> = raw
-        .iter()
-        .map(|(mem, offset, s)| Access {
-            mem: *mem,
-            offset: *offset,
-            row_strides: strides_over(s, &row_groups),
-            inner_strides: strides_over(s, &inner_groups),
-        })
-        .collect();
-    let store_access = accesses.split_off(kernel.loads.len());
     let direct: Vec<bool> = accesses
         .iter()
         .map(|a| {
             a.mem.dtype == DType::F32
                 && (a.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
-                && store_access.iter().all(|st| !st.mem.overlaps(&a.mem))
+                && stores.iter().all(|(_, st)| !st.mem.overlaps(&a.mem))
         })
         .collect();
     let row_len: usize = inner_sizes.iter().product();
@@ -417,6 +264,42 @@ fn prepare<'k>(
     } else {
         BLOCK
     };
+
+    let idx = |ids: &[lower::ValueId]| ids.iter().map(|v| v.index()).collect::<Vec<usize>>();
+    let mut passes: Vec<Pass> = ir
+        .passes
+        .iter()
+        .map(|q| {
+            let of = |order: Level| -> Vec<usize> {
+                q.stores
+                    .iter()
+                    .filter(|s| ir.store(**s).order == order)
+                    .map(|s| s.index())
+                    .collect()
+            };
+            Pass {
+                row_insts: idx(&q.row),
+                elem_insts: idx(&q.elements),
+                reduces: idx(&q.reduces),
+                elem_stores: of(Level::Element),
+                row_stores: of(Level::Row),
+                store_into: Vec::new(),
+            }
+        })
+        .collect();
+    let mut slot: Vec<bool> = level.iter().map(|&l| l == Level::Element).collect();
+    for st in &ir.stores {
+        if st.order == Level::Element {
+            slot[st.value.index()] = true;
+        }
+    }
+    for q in &ir.passes {
+        for &r in &q.reduces {
+            for a in ir.value(r).op.operands() {
+                slot[a.index()] = true;
+            }
+        }
+    }
     if block == row_len && !pointwise {
         // The whole row is one block: a value computed in an earlier pass is still in its
         // slot, so later passes skip it.
@@ -428,56 +311,48 @@ fn prepare<'k>(
             }
         }
     }
-    // An element inst computed in the last pass and stored to an f32 buffer that no load
-    // of this kernel reads and no other store writes is computed straight into that buffer
-    // (where the block is one contiguous run there): nothing reads the buffer before the
-    // row is done, so writing it early changes nothing, and the copy is saved.
-    let store_ok: Vec<bool> = store_access
+    // An element value computed in the pass that stores it, to an f32 buffer that no load
+    // of this kernel reads and no other store writes, is computed straight into that
+    // buffer (where the block is one contiguous run there): nothing reads the buffer
+    // before the row is done, so writing it early changes nothing, and the copy is saved.
+    let store_ok: Vec<bool> = stores
         .iter()
         .enumerate()
-        .map(|(si, st)| {
+        .map(|(si, (_, st))| {
             st.mem.dtype == DType::F32
                 && (st.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
                 && accesses.iter().all(|a| !a.mem.overlaps(&st.mem))
-                && store_access
+                && stores
                     .iter()
                     .enumerate()
-                    .all(|(sj, o)| sj == si || !o.mem.overlaps(&st.mem))
+                    .all(|(sj, (_, o))| sj == si || !o.mem.overlaps(&st.mem))
         })
         .collect();
-    let mut store_into = vec![None; n];
-    for &si in &passes[last].elem_stores {
-        let i = kernel.stores[si].inst;
-        let computed_here = passes[last].elem_insts.contains(&i);
-        if store_ok[si] && computed_here && !matches!(kernel.body[i].op, InstOp::Load(_)) {
-            store_into[i].get_or_insert(si);
+    for pass in passes.iter_mut() {
+        let mut store_into = vec![None; n];
+        for &si in &pass.elem_stores {
+            let i = stores[si].0;
+            let computed_here = pass.elem_insts.contains(&i);
+            if store_ok[si] && computed_here && !matches!(ir.values[i].op, ValueOp::Load(_)) {
+                store_into[i].get_or_insert(si);
+            }
         }
+        pass.store_into = store_into;
     }
-    passes[last].store_into = store_into;
     Ok(Prepared {
-        kernel,
+        ir,
         level,
+        slot,
         rows: row_sizes.iter().product(),
         row_len,
         row_sizes,
         inner_sizes,
         loads: accesses,
-        stores: store_insts.into_iter().zip(store_access).collect(),
+        stores,
         passes,
         block,
-        konst,
         direct,
     })
-}
-
-fn contiguous_strides(sizes: &[usize]) -> Vec<i64> {
-    let mut s = vec![0i64; sizes.len()];
-    let mut acc = 1i64;
-    for i in (0..sizes.len()).rev() {
-        s[i] = acc;
-        acc *= sizes[i] as i64;
-    }
-    s
 }
 
 /// Checks that an access over `domain` stays inside its buffer.
@@ -514,35 +389,6 @@ pub(super) fn check_bounds(
     Ok(())
 }
 
-/// Groups `axes` (ascending) into runs that every access walks as one flat axis; drops
-/// size-1 axes. Returns the group sizes and, per group, its innermost axis (whose strides
-/// stand for the group). Always at least one group (size 1 when nothing is left).
-fn coalesce(domain: &[usize], axes: &[usize], accesses: &[&[i64]]) -> (Vec<usize>, Vec<usize>) {
-    let mut sizes: Vec<usize> = Vec::new();
-    let mut inner_axis: Vec<usize> = Vec::new();
-    for &a in axes {
-        if domain[a] == 1 {
-            continue;
-        }
-        if let (Some(prev), Some(size)) = (inner_axis.last_mut(), sizes.last_mut()) {
-            // The group (innermost axis `prev`) absorbs `a` when every access steps over
-            // `a`'s whole extent exactly where the group's next step lands.
-            if accesses.iter().all(|s| s[*prev] == s[a] * domain[a] as i64) {
-                *size *= domain[a];
-                *prev = a;
-                continue;
-            }
-        }
-        sizes.push(domain[a]);
-        inner_axis.push(a);
-    }
-    if sizes.is_empty() {
-        sizes.push(1);
-        inner_axis.push(usize::MAX);
-    }
-    (sizes, inner_axis)
-}
-
 /// Per-thread state: one block per inst, row values, reduction accumulators, access bases.
 struct Scratch {
     slots: Vec<Vec<f32>>,
@@ -559,12 +405,12 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(p: &Prepared<'_>) -> Scratch {
-        let n = p.kernel.body.len();
+    fn new(p: &Prepared) -> Scratch {
+        let n = p.ir.values.len();
         Scratch {
             slots: (0..n)
                 .map(|i| {
-                    if p.level[i] == Level::Element {
+                    if p.slot[i] {
                         vec![0f32; p.block]
                     } else {
                         Vec::new()
@@ -573,7 +419,16 @@ impl Scratch {
                 .collect(),
             views: vec![std::ptr::null(); n],
             stored: vec![false; p.stores.len()],
-            row_vals: vec![0f32; n],
+            // Constants, rounded to their dtype once.
+            row_vals: p
+                .ir
+                .values
+                .iter()
+                .map(|v| match v.op {
+                    ValueOp::Const(c) => math::round_to(v.dtype, c as f32),
+                    _ => 0.0,
+                })
+                .collect(),
             sums: vec![KahanSum::default(); n],
             extrema: vec![0f32; n],
             bases: vec![0i64; p.loads.len() + p.stores.len()],
@@ -581,7 +436,7 @@ impl Scratch {
     }
 
     /// Sets each access's base offset for row `r`.
-    fn bases_for_row(&mut self, p: &Prepared<'_>, r: usize) {
+    fn bases_for_row(&mut self, p: &Prepared, r: usize) {
         let accesses = p.loads.iter().chain(p.stores.iter().map(|(_, a)| a));
         for (b, acc) in self.bases.iter_mut().zip(accesses) {
             let mut q = r;
@@ -599,18 +454,16 @@ impl Scratch {
     ///
     /// # Safety
     /// The kernel was prepared (bounds checked) and no other thread touches row `r`'s stores.
-    unsafe fn row(&mut self, p: &Prepared<'_>, r: usize) {
+    unsafe fn row(&mut self, p: &Prepared, r: usize) {
         self.bases_for_row(p, r);
-        let body = &p.kernel.body;
+        let body = &p.ir.values;
         for pass in &p.passes {
-            for &i in &pass.row_insts {
-                // SAFETY: forwarded from the caller.
-                self.row_vals[i] = unsafe { self.row_inst(p, i) };
-            }
+            // SAFETY: forwarded from the caller.
+            unsafe { self.row_values(p, pass) };
             for &i in &pass.reduces {
                 self.sums[i] = KahanSum::default();
                 self.extrema[i] = match body[i].op {
-                    InstOp::Reduce(ReduceOp::Max, _) => f32::NEG_INFINITY,
+                    ValueOp::Reduce(ReduceOp::Max, _) => f32::NEG_INFINITY,
                     _ => f32::INFINITY,
                 };
             }
@@ -628,8 +481,8 @@ impl Scratch {
             }
             for &i in &pass.reduces {
                 let v = match body[i].op {
-                    InstOp::Reduce(ReduceOp::Sum, _) => self.sums[i].value(),
-                    InstOp::Reduce(ReduceOp::Mean, _) => self.sums[i].value() / p.row_len as f32,
+                    ValueOp::Reduce(ReduceOp::Sum, _) => self.sums[i].value(),
+                    ValueOp::Reduce(ReduceOp::Mean, _) => self.sums[i].value() / p.row_len as f32,
                     _ => self.extrema[i],
                 };
                 self.row_vals[i] = math::round_to(body[i].dtype, v);
@@ -643,28 +496,32 @@ impl Scratch {
         }
     }
 
-    /// One row-level value.
+    /// Computes the row values of `pass` for the current row.
+    ///
+    /// # Safety
+    /// The kernel was prepared (bounds checked) and the bases are set for the current row.
+    unsafe fn row_values(&mut self, p: &Prepared, pass: &Pass) {
+        for &i in &pass.row_insts {
+            // SAFETY: forwarded from the caller.
+            self.row_vals[i] = unsafe { self.row_inst(p, i) };
+        }
+    }
+
+    /// One row-level value (never a reduction over a row: those are folded by the passes;
+    /// in a pointwise kernel a reduction is the identity).
     ///
     /// # Safety
     /// The kernel was prepared (bounds checked).
-    unsafe fn row_inst(&self, p: &Prepared<'_>, i: usize) -> f32 {
-        let inst = &p.kernel.body[i];
-        let v = |o: usize| self.row_vals[o];
+    unsafe fn row_inst(&self, p: &Prepared, i: usize) -> f32 {
+        let inst = &p.ir.values[i];
+        let v = |o: lower::ValueId| self.row_vals[o.index()];
         match inst.op {
             // SAFETY: bounds checked in `prepare`.
-            InstOp::Load(l) => unsafe { p.loads[l].mem.read(self.bases[l]) },
-            InstOp::Const(c) => math::round_to(inst.dtype, c as f32),
-            InstOp::Unary(op, a) => math::round_to(inst.dtype, math::unary(op, v(a))),
-            InstOp::Binary(op, a, b) => math::round_to(inst.dtype, math::binary(op, v(a), v(b))),
-            InstOp::Cast(a) => math::round_to(inst.dtype, v(a)),
-            // A reduction of a row-constant value.
-            InstOp::Reduce(op, a) => math::round_to(
-                inst.dtype,
-                match op {
-                    ReduceOp::Sum => v(a) * p.row_len as f32,
-                    ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min => v(a),
-                },
-            ),
+            ValueOp::Load(l) => unsafe { p.loads[l.index()].mem.read(self.bases[l.index()]) },
+            ValueOp::Const(c) => math::round_to(inst.dtype, c as f32),
+            ValueOp::Unary(op, a) => math::round_to(inst.dtype, math::unary(op, v(a))),
+            ValueOp::Binary(op, a, b) => math::round_to(inst.dtype, math::binary(op, v(a), v(b))),
+            ValueOp::Cast(a) | ValueOp::Reduce(_, a) => math::round_to(inst.dtype, v(a)),
         }
     }
 
@@ -673,10 +530,11 @@ impl Scratch {
     ///
     /// # Safety
     /// The kernel was prepared (bounds checked) and no other thread touches these elements.
-    unsafe fn block(&mut self, p: &Prepared<'_>, pass: &Pass, at: usize, n: usize) {
-        let body = &p.kernel.body;
+    unsafe fn block(&mut self, p: &Prepared, pass: &Pass, at: usize, n: usize) {
+        let body = &p.ir.values;
         for &i in &pass.elem_insts {
-            if let InstOp::Load(l) = body[i].op {
+            if let ValueOp::Load(l) = body[i].op {
+                let l = l.index();
                 let acc = &p.loads[l];
                 let run = single_run(&p.inner_sizes, &acc.inner_strides, self.bases[l], at, n);
                 self.views[i] = match run {
@@ -724,11 +582,9 @@ impl Scratch {
             let rv = &self.row_vals;
             let views = &self.views;
             let level = &p.level;
-            let konst = &p.konst;
-            let operand = |o: usize| -> Operand<'_> {
-                if let Some(c) = konst[o] {
-                    Operand::Scalar(c)
-                } else if level[o] == Level::Element {
+            let operand = |o: lower::ValueId| -> Operand<'_> {
+                let o = o.index();
+                if level[o] == Level::Element {
                     // SAFETY: a view is set only for an inst computed for this very block
                     // (same row, `at` and `n`): n f32 of a load's buffer that nothing
                     // writes while this kernel runs, or of a store's buffer that only this
@@ -740,20 +596,20 @@ impl Scratch {
             };
             match body[i].op {
                 // Read above, into `views` or the slot.
-                InstOp::Load(_) => {}
-                InstOp::Const(c) => dst.fill(math::round_to(body[i].dtype, c as f32)),
-                InstOp::Unary(op, a) => {
+                ValueOp::Load(_) => {}
+                ValueOp::Const(c) => dst.fill(math::round_to(body[i].dtype, c as f32)),
+                ValueOp::Unary(op, a) => {
                     match operand(a) {
                         Operand::Block(src) => math::unary_block(op, src, dst),
                         Operand::Scalar(x) => dst.fill(math::unary(op, x)),
                     }
                     math::round_block(body[i].dtype, dst);
                 }
-                InstOp::Binary(op, a, b) => {
+                ValueOp::Binary(op, a, b) => {
                     math::binary_block(op, operand(a), operand(b), dst);
                     math::round_block(body[i].dtype, dst);
                 }
-                InstOp::Cast(a) => {
+                ValueOp::Cast(a) => {
                     match operand(a) {
                         Operand::Block(src) => dst.copy_from_slice(src),
                         Operand::Scalar(x) => dst.fill(x),
@@ -761,7 +617,7 @@ impl Scratch {
                     math::round_block(body[i].dtype, dst);
                 }
                 // Only in a pointwise kernel: a reduction over no axes is the identity.
-                InstOp::Reduce(_, a) => match operand(a) {
+                ValueOp::Reduce(_, a) => match operand(a) {
                     Operand::Block(src) => {
                         dst.copy_from_slice(src);
                         math::round_block(body[i].dtype, dst);
@@ -771,7 +627,9 @@ impl Scratch {
             }
         }
         for &i in &pass.reduces {
-            if let InstOp::Reduce(op, a) = body[i].op {
+            if let ValueOp::Reduce(op, a) = body[i].op {
+                let a = a.index();
+                self.spread_row(p, a, n);
                 // SAFETY: as for `operand` above.
                 let xs = unsafe { block_of(self.views[a], &self.slots[a], n) };
                 match op {
@@ -793,10 +651,20 @@ impl Scratch {
             }
             let (inst, acc) = &p.stores[si];
             let base = self.bases[p.loads.len() + si];
+            self.spread_row(p, *inst, n);
             // SAFETY: as for `operand` above.
             let src = unsafe { block_of(self.views[*inst], &self.slots[*inst], n) };
             // SAFETY: bounds checked in `prepare`; the caller owns these elements.
             unsafe { scatter(acc, &p.inner_sizes, base, at, src) };
+        }
+    }
+
+    /// Spreads row value `i` over the first `n` entries of its slot, for a reduction that
+    /// folds it or an element-order store that writes it (nothing for an element value).
+    #[inline]
+    fn spread_row(&mut self, p: &Prepared, i: usize, n: usize) {
+        if p.level[i] == Level::Row {
+            self.slots[i][..n].fill(self.row_vals[i]);
         }
     }
 }

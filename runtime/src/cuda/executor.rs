@@ -316,7 +316,7 @@ fn prepare(
     check_data(plan, &plan.inputs, inputs, "input").map_err(CudaError::Data)?;
     check_data(plan, &plan.params, params, "param").map_err(CudaError::Data)?;
     let gpu = Gpu::open(opts.device)?;
-    let kernels = emit_kernels(plan);
+    let kernels = emit_kernels(plan).map_err(|e| CudaError::Internal(e.to_string()))?;
 
     // Compile (or load from the cache) every CUDA C kernel as one module.
     let mut functions = vec![None; kernels.len()];

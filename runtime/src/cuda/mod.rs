@@ -9,6 +9,7 @@
 //! `copy_bandwidth`), whose errors map to exit code 3; `available()` answers `--device
 //! auto`. `tc emit --kernels` needs no device (`tc_compiler::codegen::emit_program`).
 
+#[cfg(feature = "test-support")]
 pub mod emu;
 pub mod nvrtc;
 mod place;
@@ -52,6 +53,9 @@ pub enum CudaError {
     },
     #[error("bad data for the CUDA run: {0}")]
     Data(String),
+    /// A plan that does not lower to kernel IR: a bug in tc.
+    #[error("internal error (a bug in tc): {0}")]
+    Internal(String),
 }
 
 mod executor;

@@ -1,0 +1,585 @@
+//! Lowering: each fused kernel of a plan as an explicit kernel IR, the one description of
+//! its work that both backends read (the CPU executor interprets it, `codegen` prints it as
+//! CUDA C). Computed once per kernel from `schedule::FusedKernel`; checked by `verify`;
+//! printed by `text` (what tests snapshot).
+//!
+//! What lowering writes out, which the schedule leaves implicit:
+//! - **Merged axes**: the domain without size-1 axes, neighbours of the same kind (both
+//!   reduced or both not) merged where every load walks them as one axis; every load's and
+//!   store's strides over them.
+//! - **Levels**: a value is `Row` when it is constant along the row (consts, row loads,
+//!   reductions, and maths over row values only), computed once per row; else `Element`.
+//!   (In a pointwise kernel a `Row` value is one value for the whole kernel.) The planner's
+//!   level of an inst may be `Element` for a value that is in fact row-constant; the
+//!   lowered level never is, and a value the planner calls `Row` never reads an element
+//!   value except through a reduction (checked here: `Error::RowReadsElement`).
+//! - **Passes** over each row: pass `q` first computes its row values (those that depend on
+//!   the reductions closed by pass `q - 1`), then walks the row computing its element values,
+//!   folding its reductions and writing its element stores; row stores are written at the
+//!   end of the last pass. An element store that depends on no reduction, of a buffer no
+//!   load of the kernel may read, is written in pass 0 (saving a second walk); every other
+//!   one in the last pass.
+//! - **Split reductions** (`plan::split`): the partials kernel and its fold are marked as
+//!   such (`KernelIr::split`).
+
+pub mod text;
+pub mod verify;
+
+use crate::ir::{BinaryOp, DType, NodeId, ReduceOp, UnaryOp};
+pub use crate::schedule::Level;
+use crate::schedule::{BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, Plan};
+use serde::Serialize;
+use std::fmt;
+
+pub use verify::{verify, Error};
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        pub struct $name(pub u32);
+
+        impl $name {
+            pub fn new(index: usize) -> $name {
+                $name(index as u32)
+            }
+
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{}"), self.0)
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// A value of a kernel: the index of the schedule inst it computes.
+    ValueId,
+    "v"
+);
+typed_id!(
+    /// A load of a kernel (its index in `FusedKernel::loads`).
+    LoadId,
+    "l"
+);
+typed_id!(
+    /// A store of a kernel (its index in `FusedKernel::stores`).
+    StoreId,
+    "s"
+);
+typed_id!(
+    /// A pass over the row.
+    PassId,
+    "p"
+);
+
+/// What a value computes (the schedule's `InstOp` with typed operands).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueOp {
+    Load(LoadId),
+    Const(f64),
+    Unary(UnaryOp, ValueId),
+    Binary(BinaryOp, ValueId, ValueId),
+    Cast(ValueId),
+    /// Folds the operand over the row (the identity in a pointwise kernel).
+    Reduce(ReduceOp, ValueId),
+}
+
+impl ValueOp {
+    /// The values this one reads, in operand order.
+    pub fn operands(&self) -> Vec<ValueId> {
+        match *self {
+            ValueOp::Load(_) | ValueOp::Const(_) => Vec::new(),
+            ValueOp::Unary(_, a) | ValueOp::Cast(a) | ValueOp::Reduce(_, a) => vec![a],
+            ValueOp::Binary(_, a, b) => vec![a, b],
+        }
+    }
+
+    fn of(op: &InstOp) -> ValueOp {
+        let v = ValueId::new;
+        match *op {
+            InstOp::Load(l) => ValueOp::Load(LoadId::new(l)),
+            InstOp::Const(c) => ValueOp::Const(c),
+            InstOp::Unary(u, a) => ValueOp::Unary(u, v(a)),
+            InstOp::Binary(b, x, y) => ValueOp::Binary(b, v(x), v(y)),
+            InstOp::Cast(a) => ValueOp::Cast(v(a)),
+            InstOp::Reduce(r, a) => ValueOp::Reduce(r, v(a)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Value {
+    pub op: ValueOp,
+    /// Rounded to it as computed; arithmetic is in f32.
+    pub dtype: DType,
+    /// Where it is computed: once per row (`Row`) or per element.
+    pub level: Level,
+    /// The first pass in which it is available: the pass after the one that closes the
+    /// last reduction it depends on (a reduction itself is available in the pass after the
+    /// one that folds it).
+    pub pass: PassId,
+    pub node: Option<NodeId>,
+}
+
+/// The kernel's domain after merging (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MergedAxes {
+    pub sizes: Vec<u64>,
+    /// Whether each merged axis is reduced.
+    pub reduce: Vec<bool>,
+}
+
+impl MergedAxes {
+    /// The merged axes of the row index, in order.
+    pub fn row_axes(&self) -> Vec<usize> {
+        (0..self.sizes.len()).filter(|&d| !self.reduce[d]).collect()
+    }
+
+    /// The merged reduced axes, in order.
+    pub fn reduce_axes(&self) -> Vec<usize> {
+        (0..self.sizes.len()).filter(|&d| self.reduce[d]).collect()
+    }
+
+    pub fn row_sizes(&self) -> Vec<u64> {
+        self.row_axes().iter().map(|&d| self.sizes[d]).collect()
+    }
+
+    pub fn reduce_sizes(&self) -> Vec<u64> {
+        self.reduce_axes().iter().map(|&d| self.sizes[d]).collect()
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> u64 {
+        self.row_sizes().iter().product()
+    }
+
+    /// Elements per row.
+    pub fn row_len(&self) -> u64 {
+        self.reduce_sizes().iter().product()
+    }
+}
+
+/// A strided read, indexed by the merged domain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoadIr {
+    pub buffer: BufferId,
+    pub dtype: DType,
+    /// Element offset.
+    pub offset: i64,
+    /// Element stride per axis of the kernel's (unmerged) domain, as planned.
+    pub domain_strides: Vec<i64>,
+    /// Element stride per merged axis.
+    pub strides: Vec<i64>,
+}
+
+/// A write of a value: contiguous in domain order (`order` = `Element`) or row order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoreIr {
+    pub value: ValueId,
+    pub buffer: BufferId,
+    /// The buffer's dtype: the value is rounded to it.
+    pub dtype: DType,
+    pub order: Level,
+    /// Element stride per merged axis (0 on reduced axes for a row-order store).
+    pub strides: Vec<i64>,
+    /// The pass that writes it.
+    pub pass: PassId,
+}
+
+/// What one pass over a row computes, in this order: `row`, then a walk of the row
+/// computing `elements`, folding `reduces` and writing the element stores of `stores`;
+/// the row stores of `stores` (last pass only) once the walk is done.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pass {
+    /// Row values (not consts, not reductions) available from this pass, in value order.
+    pub row: Vec<ValueId>,
+    /// Element values computed per element, in value order: what `reduces` and the
+    /// element stores of this pass need.
+    pub elements: Vec<ValueId>,
+    /// Reductions folded in this pass's walk (available from the next pass).
+    pub reduces: Vec<ValueId>,
+    pub stores: Vec<StoreId>,
+}
+
+/// The role of a kernel in a split reduction (`plan::split`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitPart {
+    /// Folds each of its rows into partials, one buffer per reduction; `fold` finishes.
+    Partials {
+        fold: String,
+        partials: Vec<BufferId>,
+    },
+    /// Folds the partials `of` wrote, then computes what follows the reductions.
+    Fold { of: String },
+}
+
+/// One fused kernel, lowered.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelIr {
+    /// The plan's kernel name (`k3`).
+    pub name: String,
+    /// As planned (before merging).
+    pub domain: Vec<u64>,
+    pub reduce_axes: Vec<usize>,
+    pub axes: MergedAxes,
+    pub values: Vec<Value>,
+    pub loads: Vec<LoadIr>,
+    pub stores: Vec<StoreIr>,
+    /// One pass for a pointwise kernel; for a row kernel one more than the longest chain
+    /// of dependent reductions.
+    pub passes: Vec<Pass>,
+    pub split: Option<SplitPart>,
+}
+
+impl KernelIr {
+    /// No reduce axes: every element is its own row, computed in one pass.
+    pub fn is_pointwise(&self) -> bool {
+        self.reduce_axes.is_empty()
+    }
+
+    pub fn value(&self, id: ValueId) -> &Value {
+        &self.values[id.index()]
+    }
+
+    pub fn load(&self, id: LoadId) -> &LoadIr {
+        &self.loads[id.index()]
+    }
+
+    pub fn store(&self, id: StoreId) -> &StoreIr {
+        &self.stores[id.index()]
+    }
+
+    /// The last pass.
+    pub fn last_pass(&self) -> PassId {
+        PassId::new(self.passes.len() - 1)
+    }
+
+    /// Whether some value reads load `l`.
+    pub fn load_is_read(&self, l: LoadId) -> bool {
+        self.values.iter().any(|v| v.op == ValueOp::Load(l))
+    }
+
+    /// Whether some element value reads load `l` (it is read along the row).
+    pub fn load_is_read_per_element(&self, l: LoadId) -> bool {
+        self.values
+            .iter()
+            .any(|v| v.op == ValueOp::Load(l) && v.level == Level::Element)
+    }
+
+    /// Largest element index any access of the kernel reaches (and the domain size).
+    pub fn max_index(&self) -> u64 {
+        let numel: u64 = self.domain.iter().product();
+        let mut m = numel;
+        for l in &self.loads {
+            let reach: i128 = l.offset as i128
+                + self
+                    .domain
+                    .iter()
+                    .zip(&l.domain_strides)
+                    .map(|(&s, &st)| (s as i128 - 1) * (st as i128).abs())
+                    .sum::<i128>();
+            m = m.max(reach.clamp(0, u64::MAX as i128) as u64);
+        }
+        m
+    }
+}
+
+/// Every kernel of a plan, lowered: `kernels[i]` is plan kernel `i` (`None` for a matrix
+/// product, which has no kernel IR).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Lowered {
+    pub kernels: Vec<Option<KernelIr>>,
+}
+
+/// Lowers every fused kernel of `plan` (and marks split reductions), verifying each in
+/// debug builds.
+pub fn lower(plan: &Plan) -> Result<Lowered, Error> {
+    let mut kernels = Vec::with_capacity(plan.kernels.len());
+    for kernel in &plan.kernels {
+        kernels.push(match &kernel.kind {
+            KernelKind::Fused(f) => Some(lower_fused(plan, &kernel.name, f)?),
+            KernelKind::MatMul(_) => None,
+        });
+    }
+    for i in 0..plan.kernels.len().saturating_sub(1) {
+        if let (Some(first), Some(second)) = (&kernels[i], &kernels[i + 1]) {
+            if let Some(partials) = split_partials(plan, first, second) {
+                let (fold, of) = (second.name.clone(), first.name.clone());
+                if let Some(k) = kernels[i].as_mut() {
+                    k.split = Some(SplitPart::Partials { fold, partials });
+                }
+                if let Some(k) = kernels[i + 1].as_mut() {
+                    k.split = Some(SplitPart::Fold { of });
+                }
+            }
+        }
+    }
+    Ok(Lowered { kernels })
+}
+
+/// A lowering error as a diagnostic: a plan that breaks the schedule's rules, or kernel IR
+/// that fails its verifier, is a bug in tc (`planner-internal`, exit 3), not in the program.
+pub fn internal(e: &Error) -> crate::Diagnostic {
+    crate::Diagnostic::error(crate::diag::ErrorKind::PlannerInternal, e.to_string())
+        .with_note("this is a bug in tc's planner or kernel lowering, not in your program")
+}
+
+/// Lowers one plan kernel (no split marks: those need its neighbours, see `lower`).
+pub fn lower_kernel(plan: &Plan, kernel: &Kernel) -> Result<Option<KernelIr>, Error> {
+    match &kernel.kind {
+        KernelKind::Fused(f) => lower_fused(plan, &kernel.name, f).map(Some),
+        KernelKind::MatMul(_) => Ok(None),
+    }
+}
+
+/// The partials of a split reduction, when `first` and `second` are its two kernels: the
+/// first folds rows into f32 arena buffers `*.partials*` (row stores), and every element
+/// load of the second reads one of them.
+fn split_partials(plan: &Plan, first: &KernelIr, second: &KernelIr) -> Option<Vec<BufferId>> {
+    let is_partials = |b: BufferId| {
+        let buf = plan.buffer(b);
+        buf.kind == BufferKind::Arena && buf.dtype == DType::F32 && buf.name.contains(".partials")
+    };
+    let partials: Vec<BufferId> = first
+        .stores
+        .iter()
+        .filter(|s| s.order == Level::Row && is_partials(s.buffer))
+        .map(|s| s.buffer)
+        .collect();
+    let folds: Vec<BufferId> = second
+        .values
+        .iter()
+        .filter_map(|v| match v.op {
+            ValueOp::Load(l) if v.level == Level::Element => Some(second.load(l).buffer),
+            _ => None,
+        })
+        .collect();
+    let shaped = first.domain.len() == 2
+        && first.reduce_axes == [1]
+        && second.domain == [first.domain[0]]
+        && second.reduce_axes == [0];
+    (shaped && !partials.is_empty() && folds.iter().all(|b| partials.contains(b)))
+        .then_some(partials)
+}
+
+/// Whether two buffers can share memory (the same buffer, the same input or param, or
+/// overlapping arena ranges).
+pub fn may_overlap(plan: &Plan, a: BufferId, b: BufferId) -> bool {
+    if a == b {
+        return true;
+    }
+    let (x, y) = (plan.buffer(a), plan.buffer(b));
+    match (&x.kind, &y.kind) {
+        (BufferKind::Arena | BufferKind::Workspace, BufferKind::Arena | BufferKind::Workspace) => {
+            x.offset < y.offset + y.bytes && y.offset < x.offset + x.bytes
+        }
+        (BufferKind::Input { index: i }, BufferKind::Input { index: j })
+        | (BufferKind::Param { index: i }, BufferKind::Param { index: j }) => i == j,
+        _ => false,
+    }
+}
+
+/// Lowers one fused kernel of `plan` named `name`: checks the schedule's rules first
+/// (`verify::check_fused`), then verifies the result in debug builds.
+pub fn lower_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<KernelIr, Error> {
+    verify::check_fused(plan, name, k)?;
+    let pointwise = k.reduce_axes.is_empty();
+    let (axes, inner) = merge_axes(k);
+    let merged = |strides: &[i64]| -> Vec<i64> {
+        inner
+            .iter()
+            .map(|&d| strides.get(d).copied().unwrap_or(0))
+            .collect()
+    };
+
+    // Levels and passes.
+    let n = k.body.len();
+    let mut values: Vec<Value> = Vec::with_capacity(n);
+    for inst in &k.body {
+        let op = ValueOp::of(&inst.op);
+        let operands = op.operands();
+        let row = |vs: &[Value]| operands.iter().all(|o| vs[o.index()].level == Level::Row);
+        let level = match op {
+            ValueOp::Const(_) => Level::Row,
+            ValueOp::Load(_) if pointwise => Level::Element,
+            ValueOp::Load(_) => inst.level,
+            ValueOp::Reduce(..) if !pointwise => Level::Row,
+            _ if row(&values) => Level::Row,
+            _ => Level::Element,
+        };
+        let after = operands
+            .iter()
+            .map(|o| values[o.index()].pass.0)
+            .max()
+            .unwrap_or(0);
+        let pass = match op {
+            ValueOp::Reduce(..) if !pointwise => after + 1,
+            _ => after,
+        };
+        values.push(Value {
+            op,
+            dtype: inst.dtype,
+            level,
+            pass: PassId(pass),
+            node: inst.node,
+        });
+    }
+    let last = values.iter().map(|v| v.pass.index()).max().unwrap_or(0);
+
+    let loads: Vec<LoadIr> = k
+        .loads
+        .iter()
+        .map(|l| LoadIr {
+            buffer: l.buffer,
+            dtype: l.dtype,
+            offset: l.offset,
+            domain_strides: l.strides.clone(),
+            strides: merged(&l.strides),
+        })
+        .collect();
+
+    // Stores: element order contiguous over the merged domain, row order over its rows.
+    let contiguous = crate::ir::types::contiguous_strides(&axes.sizes);
+    let row_contiguous = {
+        let rs = crate::ir::types::contiguous_strides(&axes.row_sizes());
+        let mut s = vec![0i64; axes.sizes.len()];
+        for (j, d) in axes.row_axes().into_iter().enumerate() {
+            s[d] = rs[j];
+        }
+        s
+    };
+    let stores: Vec<StoreIr> = k
+        .stores
+        .iter()
+        .map(|st| {
+            let value = ValueId::new(st.inst);
+            let order = if pointwise {
+                Level::Element
+            } else {
+                k.body[st.inst].level
+            };
+            let early = order == Level::Element
+                && last >= 1
+                && values[st.inst].pass.0 == 0
+                && !k
+                    .loads
+                    .iter()
+                    .any(|l| may_overlap(plan, l.buffer, st.buffer));
+            StoreIr {
+                value,
+                buffer: st.buffer,
+                dtype: plan.buffer(st.buffer).dtype,
+                order,
+                strides: match order {
+                    Level::Element => contiguous.clone(),
+                    Level::Row => row_contiguous.clone(),
+                },
+                pass: PassId::new(if early { 0 } else { last }),
+            }
+        })
+        .collect();
+
+    let mut passes = vec![Pass::default(); last + 1];
+    for (i, v) in values.iter().enumerate() {
+        let id = ValueId::new(i);
+        match v.op {
+            ValueOp::Reduce(..) if !pointwise => passes[v.pass.index() - 1].reduces.push(id),
+            ValueOp::Const(_) => {}
+            _ if v.level == Level::Row => passes[v.pass.index()].row.push(id),
+            _ => {}
+        }
+    }
+    for (s, st) in stores.iter().enumerate() {
+        passes[st.pass.index()].stores.push(StoreId::new(s));
+    }
+    for pass in &mut passes {
+        let mut targets: Vec<ValueId> = pass
+            .reduces
+            .iter()
+            .flat_map(|&r| values[r.index()].op.operands())
+            .collect();
+        targets.extend(
+            pass.stores
+                .iter()
+                .filter(|&&s| stores[s.index()].order == Level::Element)
+                .map(|&s| stores[s.index()].value),
+        );
+        pass.elements = element_closure(&values, &targets);
+    }
+
+    let ir = KernelIr {
+        name: name.to_string(),
+        domain: k.domain.clone(),
+        reduce_axes: k.reduce_axes.clone(),
+        axes,
+        values,
+        loads,
+        stores,
+        passes,
+        split: None,
+    };
+    if cfg!(debug_assertions) {
+        verify(&ir)?;
+    }
+    Ok(ir)
+}
+
+/// The element values `targets` need, in value order.
+fn element_closure(values: &[Value], targets: &[ValueId]) -> Vec<ValueId> {
+    let element = |v: &ValueId| values[v.index()].level == Level::Element;
+    let mut need = vec![false; values.len()];
+    let mut stack: Vec<ValueId> = targets.iter().copied().filter(element).collect();
+    while let Some(v) = stack.pop() {
+        if std::mem::replace(&mut need[v.index()], true) {
+            continue;
+        }
+        // (a reduction is a row value, so never on the stack: only element values are walked)
+        stack.extend(
+            values[v.index()]
+                .op
+                .operands()
+                .iter()
+                .filter(|o| element(o)),
+        );
+    }
+    (0..values.len())
+        .filter(|&i| need[i])
+        .map(ValueId::new)
+        .collect()
+}
+
+/// The merged axes (see the module doc), and for each the innermost domain axis it stands
+/// for (whose strides are its strides). Size-1 axes are dropped; neighbours of the same kind
+/// merge where every load walks them as one axis (stores are contiguous in domain or row
+/// order, so they always do).
+fn merge_axes(k: &FusedKernel) -> (MergedAxes, Vec<usize>) {
+    let keep: Vec<usize> = (0..k.domain.len()).filter(|&d| k.domain[d] != 1).collect();
+    let mut sizes: Vec<u64> = keep.iter().map(|&d| k.domain[d]).collect();
+    let mut reduce: Vec<bool> = keep.iter().map(|d| k.reduce_axes.contains(d)).collect();
+    let mut inner = keep;
+    let stride = |l: usize, d: usize| k.loads[l].strides.get(d).copied().unwrap_or(0);
+    let mut d = 0;
+    while d + 1 < sizes.len() {
+        let next = sizes[d + 1] as i64;
+        let mergeable = reduce[d] == reduce[d + 1]
+            && (0..k.loads.len())
+                .all(|l| stride(l, inner[d]) == stride(l, inner[d + 1]).saturating_mul(next));
+        if mergeable {
+            sizes[d] *= sizes[d + 1];
+            sizes.remove(d + 1);
+            reduce.remove(d);
+            inner.remove(d);
+        } else {
+            d += 1;
+        }
+    }
+    (MergedAxes { sizes, reduce }, inner)
+}
