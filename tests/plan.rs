@@ -8,8 +8,8 @@ use tc_compiler::ir::{
     BinaryOp, DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, TensorType,
     UnaryOp, ViewOp,
 };
-use tc_compiler::plan::pack::{align_up, max_live, pack, pack_with, Item};
-use tc_compiler::report::{memory_report, MemoryReport};
+use tc_compiler::memory::pack::{align_up, max_live, pack, pack_with, Item};
+use tc_compiler::memory::{memory_report, MemoryReport};
 use tc_compiler::{CompileOptions, PlanOptions, Program};
 
 fn examples() -> Vec<(String, String)> {
@@ -331,7 +331,7 @@ proptest! {
         for (fuse, reuse) in COMBOS {
             let options = PlanOptions { fuse, reuse, matmul_workspace: ws };
             let groups = tc_compiler::fuse::fuse(&primitive, fuse);
-            let plan = tc_compiler::plan::plan(&primitive, &groups, &options);
+            let plan = tc_compiler::search(&primitive, &groups, &options);
             let plan = match plan { Ok(p) => p, Err(d) => panic!("{d:?}") };
             if let Err(e) = tc_compiler::plan::verify(&plan) {
                 panic!("fuse {fuse} reuse {reuse}: {e}\n{}", tc_compiler::plan::print(&plan));

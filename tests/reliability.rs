@@ -842,3 +842,6 @@ fn peak_resident_memory_of_every_example_is_what_the_report_plans() {
     }
     assert!(failures.is_empty(), "peak RSS off the plan: {failures:?}");
 }
+
+#[path = "reliability/planner.rs"]
+mod planner;

@@ -3,9 +3,9 @@
 //! The pipeline, one module per stage (see `docs/architecture.md`):
 //! `syntax` (lex, parse) → `check` (names, dtypes, shapes → checked `ir::Graph`) →
 //! `ir::decompose` (built-ins to primitives) → `fuse` (group ops into kernels) →
-//! `plan` (sibling merges that do not grow the arena, buffers, liveness, in-place reuse,
-//! arena packing → `schedule::Plan`) →
-//! `report` (the memory report) and `codegen` (CUDA C).
+//! `plan` (kernels and buffers from groups → `schedule::Plan`, with `memory`'s liveness,
+//! in-place reuse and arena packing), under `search` (which fusion variant to keep) →
+//! `memory` (the memory report's figures), rendered by `report`; `codegen` (CUDA C).
 //! This crate does no I/O and touches no device.
 
 pub mod check;
@@ -15,10 +15,12 @@ pub mod fuse;
 pub mod invariant;
 pub mod ir;
 pub mod lower;
+pub mod memory;
 pub mod plan;
 pub mod report;
 pub mod schedule;
 pub mod syntax;
+pub mod units;
 
 pub use diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 pub use schedule::{Plan, PlanOptions};
@@ -42,7 +44,7 @@ pub struct Program {
     pub plan: Plan,
     /// Every fused kernel of the plan as kernel IR (`lower`), what both backends read.
     pub kernels: lower::Lowered,
-    pub memory: report::MemoryReport,
+    pub memory: memory::MemoryReport,
 }
 
 /// Parse and check only (`tc check`).
@@ -50,14 +52,13 @@ pub fn check(source: &str, dims: &[(String, u64)]) -> Result<ir::Graph, Diagnost
     check::check_source(source, dims)
 }
 
-/// The whole pipeline: parse → check → decompose → fuse → plan → report.
+/// The whole pipeline: parse → check → decompose → fuse → plan (the search below) → report.
 pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagnostics> {
     let checked = check::check_source(source, &options.dims)?;
     let primitive = ir::decompose::decompose(&checked);
     let groups = fuse::fuse(&primitive, options.plan.fuse);
-    // The planner also merges sibling kernels (`fuse::siblings`) where the arena does not grow.
-    let plan = plan::plan(&primitive, &groups, &options.plan).map_err(|d| vec![d])?;
-    let memory = report::memory_report(&checked, &primitive, &plan);
+    let plan = search(&primitive, &groups, &options.plan).map_err(|d| vec![d])?;
+    let memory = memory::memory_report(&checked, &primitive, &plan);
     let kernels = lower::lower(&plan).map_err(|e| vec![lower::internal(&e)])?;
     Ok(Program {
         checked,
@@ -66,4 +67,53 @@ pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagno
         kernels,
         memory,
     })
+}
+
+/// The search over fusion variants: the plan of `groups` (the fusion's result), improved
+/// where memory allows, never above the eager figure when any variant fits under it.
+///
+/// 1. `groups` in their order, or as late as possible when that packs smaller and the first
+///    exceeds the eager figure (`plan::plan_ordered`).
+/// 2. With fusion on, each sibling merge `fuse::siblings` proposes is planned as in 1 and
+///    kept only when its arena is not larger than the best so far.
+/// 3. If the arena still exceeds the eager figure, the unfused groups (as late as possible,
+///    then in order) are a last resort; the smallest arena wins.
+pub fn search(
+    primitive: &ir::Graph,
+    groups: &[fuse::Group],
+    options: &PlanOptions,
+) -> Result<Plan, Diagnostic> {
+    let budget = memory::eager_budget(primitive, options);
+    let mut best = plan::plan_ordered(primitive, groups, options, budget)?;
+    if options.fuse {
+        fuse::siblings(primitive, groups, |merged| {
+            let p = plan::plan_ordered(primitive, merged, options, budget)?;
+            let keep = p.arena_bytes <= best.arena_bytes;
+            if keep {
+                best = p;
+            }
+            Ok::<bool, Diagnostic>(keep)
+        })?;
+    }
+    if options.reuse && options.fuse && best.arena_bytes > budget {
+        let unfused = fuse::fuse(primitive, false);
+        for order in [plan::late_order(primitive, &unfused), unfused] {
+            let p = plan::plan_in_order(primitive, &order, options, budget)?;
+            if p.arena_bytes < best.arena_bytes {
+                best = Plan {
+                    unfused_fallback: true,
+                    ..p
+                };
+            }
+            if best.arena_bytes <= budget {
+                break;
+            }
+        }
+    }
+    // The independent verifier runs on every plan in debug builds (and in every test).
+    if cfg!(debug_assertions) {
+        plan::verify(&best)
+            .map_err(|e| plan::internal(format!("the plan fails verification: {e}")))?;
+    }
+    Ok(best)
 }

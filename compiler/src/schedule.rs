@@ -273,7 +273,7 @@ pub struct Plan {
     pub outputs: Vec<PlanOutput>,
     pub options: PlanOptions,
     /// Fusion was asked for, but every fused plan needed a larger arena than eager
-    /// execution, so these are the unfused kernels (`plan::plan`, stage 3).
+    /// execution, so these are the unfused kernels (`crate::search`, stage 3).
     pub unfused_fallback: bool,
 }
 

@@ -6,7 +6,7 @@
 //! matmul is a kernel of its own; an in-kernel edge must read the producer's element at the
 //! consumer's domain index (no transposed read, no recomputation of a smaller value).
 //! `siblings` then merges kernels that load the same data (horizontal fusion), each merge
-//! kept only when the caller (the planner: the arena must not grow) accepts it.
+//! kept only when the caller (the driver's `search`: the arena must not grow) accepts it.
 
 mod siblings;
 #[cfg(test)]
@@ -18,7 +18,7 @@ use crate::ir::layout::{layouts, Layout};
 use crate::ir::types::contiguous_strides;
 use crate::ir::{Graph, NodeId, Op};
 use crate::schedule::Level;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// The nodes one kernel computes, in topological order, with the kernel's iteration domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,12 +133,46 @@ pub fn analyze(
     nodes: &[NodeId],
 ) -> Option<(Vec<u64>, Vec<usize>, Vec<Level>)> {
     let set: BTreeSet<NodeId> = nodes.iter().copied().collect();
+    let shape = shape_of(graph, nodes)?;
+    let mut level: HashMap<NodeId, Level> = HashMap::new();
+    let mut levels = Vec::with_capacity(nodes.len());
+    for &n in nodes {
+        let lvl = shape.level(graph, lays, n, |r| {
+            if set.contains(&r) {
+                Some(level.get(&r).copied())
+            } else {
+                None
+            }
+        })?;
+        level.insert(n, lvl);
+        levels.push(lvl);
+    }
+    Some((shape.domain, shape.reduce, levels))
+}
+
+/// What a group's nodes decide together: the loop domain, the reduce axes, whether a
+/// reduction set them, whether the group is a matrix product.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shape {
+    domain: Vec<u64>,
+    reduce: Vec<usize>,
+    reduces: bool,
+    matmul: bool,
+}
+
+/// The shape of a candidate group (`analyze`'s first half): `None` when its reductions
+/// disagree, its pointwise nodes differ in shape, or a matmul is not alone.
+fn shape_of(graph: &Graph, nodes: &[NodeId]) -> Option<Shape> {
     if nodes
         .iter()
         .any(|&n| matches!(graph.node(n).op, Op::MatMul(..)))
     {
-        return (nodes.len() == 1)
-            .then(|| (graph.ty(nodes[0]).sizes(), Vec::new(), vec![Level::Element]));
+        return (nodes.len() == 1).then(|| Shape {
+            domain: graph.ty(nodes[0]).sizes(),
+            reduce: Vec::new(),
+            reduces: false,
+            matmul: true,
+        });
     }
     let mut domain: Option<(Vec<u64>, Vec<usize>)> = None;
     for &n in nodes {
@@ -151,35 +185,70 @@ pub fn analyze(
             }
         }
     }
-    let (domain, reduce) = match domain {
-        Some(d) => d,
+    Some(match domain {
+        Some((domain, reduce)) => Shape {
+            domain,
+            reduce,
+            reduces: true,
+            matmul: false,
+        },
         None => {
             let d = graph.ty(nodes[0]).sizes();
             if nodes.iter().any(|&n| graph.ty(n).sizes() != d) {
                 return None;
             }
-            (d, Vec::new())
+            Shape {
+                domain: d,
+                reduce: Vec::new(),
+                reduces: false,
+                matmul: false,
+            }
         }
-    };
-    let (keep, drop) = row_shapes(&domain, &reduce);
-    let mut level: HashMap<NodeId, Level> = HashMap::new();
-    let mut levels = Vec::with_capacity(nodes.len());
-    for &n in nodes {
+    })
+}
+
+impl Shape {
+    /// The shape of the union of two groups of shapes `self` and `other`, when `self`'s
+    /// decides it (its domain stays, so its nodes' levels stand): `Some(Ok)`; `Some(Err)`
+    /// when the union cannot be one kernel whatever its edges; `None` when `other`'s
+    /// reductions would set the domain.
+    fn absorbs(&self, other: &Shape) -> Option<Result<(), ()>> {
+        if self.matmul || other.matmul {
+            return Some(Err(()));
+        }
+        match (self.reduces, other.reduces) {
+            (true, true) | (false, false) => Some(if self == other { Ok(()) } else { Err(()) }),
+            (true, false) => Some(Ok(())),
+            (false, true) => None,
+        }
+    }
+
+    /// The level of node `n` in a group of this shape, or `None` when it cannot be part of
+    /// it. `member(r)` says whether the storage root `r` is in the group (`Some`) and, if
+    /// so, its level (`Some(None)`: not decided yet, which refuses the group).
+    fn level(
+        &self,
+        graph: &Graph,
+        lays: &[Layout],
+        n: NodeId,
+        member: impl Fn(NodeId) -> Option<Option<Level>>,
+    ) -> Option<Level> {
+        let (domain, reduce) = (&self.domain, &self.reduce);
         let node = graph.node(n);
-        let shape = node.ty.sizes();
-        let in_group: Vec<NodeId> = node
-            .op
-            .operands()
-            .iter()
-            .map(|o| lays[o.index()].root)
-            .filter(|r| set.contains(r))
-            .collect();
         let lvl = match &node.op {
             Op::Reduce { .. } => Level::Row,
             _ => {
-                let all_row = !in_group.is_empty()
-                    && in_group.iter().all(|r| level.get(r) == Some(&Level::Row));
-                if shape == domain && !(!reduce.is_empty() && shape == keep && all_row) {
+                let shape = node.ty.sizes();
+                let (keep, drop) = row_shapes(domain, reduce);
+                let mut in_group = node
+                    .op
+                    .operands()
+                    .into_iter()
+                    .filter_map(|o| member(lays[o.index()].root))
+                    .peekable();
+                let any = in_group.peek().is_some();
+                let all_row = any && in_group.all(|l| l == Some(Level::Row));
+                if shape == *domain && !(!reduce.is_empty() && shape == keep && all_row) {
                     Level::Element
                 } else if !reduce.is_empty() && (shape == keep || shape == drop) {
                     Level::Row
@@ -196,10 +265,8 @@ pub fn analyze(
         for o in node.op.operands() {
             let lay = &lays[o.index()];
             let r = lay.root;
-            if !set.contains(&r) {
-                continue;
-            }
-            let producer = *level.get(&r)?;
+            let Some(producer) = member(r) else { continue };
+            let producer = producer?;
             if consumer == Level::Row && producer == Level::Element {
                 return None;
             }
@@ -207,23 +274,21 @@ pub fn analyze(
                 return None;
             }
             let o_rank = graph.ty(o).rank();
-            let v = to_domain(&lay.strides, o_rank, consumer, &domain, &reduce);
+            let v = to_domain(&lay.strides, o_rank, consumer, domain, reduce);
             let r_sizes = graph.ty(r).sizes();
             let s = to_domain(
                 &contiguous_strides(&r_sizes),
                 r_sizes.len(),
                 producer,
-                &domain,
-                &reduce,
+                domain,
+                reduce,
             );
-            if v.len() != domain.len() || !strides_agree(&v, &s, &domain) {
+            if v.len() != domain.len() || !strides_agree(&v, &s, domain) {
                 return None;
             }
         }
-        level.insert(n, lvl);
-        levels.push(lvl);
+        Some(lvl)
     }
-    Some((domain, reduce, levels))
 }
 
 struct Fuser<'a> {
@@ -233,8 +298,16 @@ struct Fuser<'a> {
     consumers: Vec<Vec<NodeId>>,
     /// Group index of each compute node.
     gid: Vec<Option<usize>>,
-    /// Members of each group (empty once merged away).
+    /// Members of each group, in no particular order (empty once merged away).
     members: Vec<Vec<NodeId>>,
+    /// The group edges: `succ[g]` holds the other groups that read a value of `g`
+    /// (`consumers` seen through `gid`), `pred[g]` those `g` reads.
+    succ: Vec<HashSet<usize>>,
+    pred: Vec<HashSet<usize>>,
+    /// Each group's `analyze` result, kept while it is known (`None`: recompute): its shape,
+    /// and in `level` the level of each of its nodes.
+    shape: Vec<Option<Shape>>,
+    level: Vec<Level>,
 }
 
 impl<'a> Fuser<'a> {
@@ -254,18 +327,130 @@ impl<'a> Fuser<'a> {
                 consumers[flays[o.index()].root.index()].push(id);
             }
         }
-        Fuser {
+        let mut f = Fuser {
             graph,
             lays: layouts(graph),
             consumers,
             gid,
             members: groups.iter().map(|g| g.nodes.clone()).collect(),
+            succ: Vec::new(),
+            pred: Vec::new(),
+            shape: vec![None; groups.len()],
+            level: vec![Level::Element; graph.len()],
+        };
+        f.rebuild_edges();
+        f
+    }
+
+    /// Recomputes `succ` and `pred` from `members`, `consumers` and `gid`.
+    fn rebuild_edges(&mut self) {
+        let n = self.members.len();
+        self.succ = vec![HashSet::new(); n];
+        self.pred = vec![HashSet::new(); n];
+        for g in 0..n {
+            for m in &self.members[g] {
+                for c in &self.consumers[m.index()] {
+                    if let Some(h) = self.gid[c.index()].filter(|&h| h != g) {
+                        self.succ[g].insert(h);
+                        self.pred[h].insert(g);
+                    }
+                }
+            }
         }
     }
 
+    /// A new group of the one node `id`, read from the groups of its operands.
+    fn add(&mut self, id: NodeId) -> usize {
+        let g = self.members.len();
+        self.members.push(vec![id]);
+        self.gid[id.index()] = Some(g);
+        self.succ.push(HashSet::new());
+        self.pred.push(HashSet::new());
+        for o in self.graph.node(id).op.operands() {
+            let r = self.lays[o.index()].root;
+            if let Some(h) = self.gid[r.index()].filter(|&h| h != g) {
+                self.succ[h].insert(g);
+                self.pred[g].insert(h);
+            }
+        }
+        // One node is always a group (a reduction its own domain, anything else its shape).
+        self.shape.push(shape_of(self.graph, &[id]));
+        if let Some(l) = analyze(self.graph, &self.lays, &[id]).and_then(|a| a.2.first().copied()) {
+            self.level[id.index()] = l;
+        }
+        g
+    }
+
+    /// Merges groups `a` and `b` into one, at the index of the larger (so that a long chain
+    /// of merges moves each node few times); returns whether they could merge.
     fn merge(&mut self, a: usize, b: usize) -> bool {
-        if a == b {
+        if self.members[a].len() >= self.members[b].len() {
+            self.merge_into(a, b)
+        } else {
+            self.merge_into(b, a)
+        }
+    }
+
+    /// Merges group `b` into group `a` (which keeps its index) when their union is one
+    /// kernel (`analyze`) and no path through a third group leads from one to the other.
+    fn merge_into(&mut self, a: usize, b: usize) -> bool {
+        if a == b || self.creates_cycle(a, b) {
             return false;
+        }
+        let levels = self.union_levels(a, b);
+        #[cfg(debug_assertions)]
+        self.check_union(a, b, levels.as_deref());
+        let Some(levels) = levels else {
+            return false;
+        };
+        for (n, l) in levels {
+            self.level[n.index()] = l;
+        }
+        for &n in &self.members[b] {
+            self.gid[n.index()] = Some(a);
+        }
+        let moved = std::mem::take(&mut self.members[b]);
+        self.members[a].extend(moved);
+        for x in std::mem::take(&mut self.pred[b]) {
+            self.succ[x].remove(&b);
+            if x != a {
+                self.succ[x].insert(a);
+                self.pred[a].insert(x);
+            }
+        }
+        for x in std::mem::take(&mut self.succ[b]) {
+            self.pred[x].remove(&b);
+            if x != a {
+                self.pred[x].insert(a);
+                self.succ[a].insert(x);
+            }
+        }
+        self.shape[b] = None;
+        true
+    }
+
+    /// The shape of the union of `a` and `b` (stored at `a`), and the levels that change,
+    /// or `None` when the union is not one kernel. When both groups' analyses are known and
+    /// one group's shape decides the union's, only the other's nodes and the nodes their
+    /// levels reach are analysed again (the result is `analyze`'s on the union: a node's
+    /// level depends only on the shape and on its operands in the group); otherwise the
+    /// whole union is.
+    fn union_levels(&mut self, a: usize, b: usize) -> Option<Vec<(NodeId, Level)>> {
+        let known = self.shape[a].clone().zip(self.shape[b].clone());
+        if let Some((sa, sb)) = known {
+            for (keep, other, sk, so) in [(a, b, &sa, &sb), (b, a, &sb, &sa)] {
+                let decides = match sk.absorbs(so) {
+                    Some(Err(())) => return None,
+                    Some(Ok(())) => true,
+                    None => false,
+                };
+                // `a` first: `merge` makes it the larger group, so fewer nodes are revisited.
+                if decides {
+                    let changed = self.relevel(sk, keep, other)?;
+                    self.shape[a] = Some(sk.clone());
+                    return Some(changed);
+                }
+            }
         }
         let mut nodes: Vec<NodeId> = self.members[a]
             .iter()
@@ -273,47 +458,106 @@ impl<'a> Fuser<'a> {
             .copied()
             .collect();
         nodes.sort();
-        if analyze(self.graph, &self.lays, &nodes).is_none() || self.creates_cycle(a, b) {
-            return false;
-        }
-        for &n in &self.members[b] {
-            self.gid[n.index()] = Some(a);
-        }
-        let moved = std::mem::take(&mut self.members[b]);
-        self.members[a] = nodes;
-        drop(moved);
-        true
+        let (_, _, levels) = analyze(self.graph, &self.lays, &nodes)?;
+        self.shape[a] = shape_of(self.graph, &nodes);
+        Some(nodes.into_iter().zip(levels).collect())
     }
 
-    /// Undoes `merge(a, b)`, given the members both had before it.
+    /// The levels in the union of `keep` and `other` of shape `shape` (`keep`'s), in node
+    /// order: every node of `other` and every node reading one (its operands in the group
+    /// changed), then every node whose operand's level changed; the others' stand (a node's
+    /// level depends only on the shape, its operands in the group and their levels).
+    /// `None` when a node cannot belong.
+    fn relevel(&self, shape: &Shape, keep: usize, other: usize) -> Option<Vec<(NodeId, Level)>> {
+        let in_union =
+            |n: NodeId| matches!(self.gid[n.index()], Some(g) if g == keep || g == other);
+        let mut todo: BTreeSet<NodeId> = self.members[other].iter().copied().collect();
+        for m in &self.members[other] {
+            todo.extend(
+                self.consumers[m.index()]
+                    .iter()
+                    .copied()
+                    .filter(|&c| in_union(c)),
+            );
+        }
+        let mut new: HashMap<NodeId, Level> = HashMap::new();
+        let mut out = Vec::new();
+        while let Some(n) = todo.pop_first() {
+            let lvl = shape.level(self.graph, &self.lays, n, |r| {
+                if !in_union(r) {
+                    return None;
+                }
+                Some(match new.get(&r) {
+                    Some(&l) => Some(l),
+                    None if self.gid[r.index()] == Some(other) => None,
+                    None => Some(self.level[r.index()]),
+                })
+            })?;
+            let was = (self.gid[n.index()] == Some(keep)).then(|| self.level[n.index()]);
+            if was != Some(lvl) {
+                todo.extend(
+                    self.consumers[n.index()]
+                        .iter()
+                        .copied()
+                        .filter(|&c| in_union(c)),
+                );
+            }
+            new.insert(n, lvl);
+            out.push((n, lvl));
+        }
+        Some(out)
+    }
+
+    /// Debug builds: the incremental analysis of a small union agrees with `analyze`.
+    #[cfg(debug_assertions)]
+    fn check_union(&self, a: usize, b: usize, levels: Option<&[(NodeId, Level)]>) {
+        if self.members[a].len() + self.members[b].len() > 256 {
+            return;
+        }
+        let mut nodes: Vec<NodeId> = self.members[a]
+            .iter()
+            .chain(&self.members[b])
+            .copied()
+            .collect();
+        nodes.sort();
+        let full = analyze(self.graph, &self.lays, &nodes);
+        debug_assert_eq!(full.is_some(), levels.is_some(), "fusion of {nodes:?}");
+        if let (Some((_, _, full)), Some(changed)) = (full, levels) {
+            let changed: HashMap<NodeId, Level> = changed.iter().copied().collect();
+            for (n, l) in nodes.iter().zip(full) {
+                let got = changed.get(n).copied().unwrap_or(self.level[n.index()]);
+                debug_assert_eq!(got, l, "level of {n} in {nodes:?}");
+            }
+        }
+    }
+
+    /// Undoes `merge_into(a, b)`, given the members both had before it.
     fn unmerge(&mut self, a: usize, b: usize, old_a: Vec<NodeId>, old_b: Vec<NodeId>) {
         for &n in &old_b {
             self.gid[n.index()] = Some(b);
         }
         self.members[a] = old_a;
         self.members[b] = old_b;
+        self.shape[a] = None;
+        self.shape[b] = None;
+        self.rebuild_edges();
     }
 
     fn successors(&self, g: usize) -> BTreeSet<usize> {
-        self.members[g]
-            .iter()
-            .flat_map(|n| self.consumers[n.index()].iter())
-            .filter_map(|c| self.gid[c.index()])
-            .filter(|&h| h != g)
-            .collect()
+        self.succ[g].iter().copied().collect()
     }
 
     /// Would merging `a` and `b` close a cycle through a third group?
     fn creates_cycle(&self, a: usize, b: usize) -> bool {
-        let mut stack: Vec<usize> = self
-            .successors(a)
-            .into_iter()
-            .chain(self.successors(b))
+        let mut stack: Vec<usize> = self.succ[a]
+            .iter()
+            .chain(&self.succ[b])
+            .copied()
             .filter(|&g| g != a && g != b)
             .collect();
-        let mut seen: BTreeSet<usize> = stack.iter().copied().collect();
+        let mut seen: HashSet<usize> = stack.iter().copied().collect();
         while let Some(g) = stack.pop() {
-            for h in self.successors(g) {
+            for &h in &self.succ[g] {
                 if h == a || h == b {
                     return true;
                 }
@@ -345,6 +589,10 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
         consumers,
         gid: vec![None; graph.len()],
         members: Vec::new(),
+        succ: Vec::new(),
+        pred: Vec::new(),
+        shape: Vec::new(),
+        level: vec![Level::Element; graph.len()],
     };
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
     // Scalars that must exist in memory: an output, or a matmul operand.
@@ -365,9 +613,7 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
         if (!is_compute(op) || folded[id.index()]) && !fill {
             continue;
         }
-        let g = f.members.len();
-        f.members.push(vec![id]);
-        f.gid[id.index()] = Some(g);
+        let g = f.add(id);
         if matches!(op, Op::MatMul(..)) || fill {
             continue;
         }
@@ -420,6 +666,7 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
         f.members[g].clear();
         f.gid[id.index()] = None;
     }
+    f.rebuild_edges();
     order(&f)
 }
 
@@ -436,8 +683,8 @@ fn order(f: &Fuser<'_>) -> Vec<Group> {
             *indeg.entry(*h).or_default() += 1;
         }
     }
-    let first = |g: usize| f.members[g][0];
-    let mut ready: BTreeSet<(NodeId, usize)> = live
+    let first = |g: usize| f.members[g].iter().min().copied();
+    let mut ready: BTreeSet<(Option<NodeId>, usize)> = live
         .iter()
         .filter(|g| indeg[g] == 0)
         .map(|&g| (first(g), g))
@@ -445,7 +692,8 @@ fn order(f: &Fuser<'_>) -> Vec<Group> {
     let mut out = Vec::new();
     while let Some(&(n, g)) = ready.iter().next() {
         ready.remove(&(n, g));
-        let nodes = f.members[g].clone();
+        let mut nodes = f.members[g].clone();
+        nodes.sort();
         let (domain, reduce_axes, levels) =
             analyze(f.graph, &f.lays, &nodes).unwrap_or_else(|| {
                 (

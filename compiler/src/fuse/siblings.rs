@@ -1,6 +1,6 @@
 //! Horizontal (sibling) fusion: after the producer→consumer merging, kernels that load the
 //! same data over the same domain and reduce axes, with no path between them, are merged so
-//! the data is read once. The caller judges each merge (the planner keeps it only when the
+//! the data is read once. The caller judges each merge (`crate::search` keeps it only when the
 //! planned arena does not grow); `analyze` and the cycle check are the vertical fusion's own.
 
 use super::{order, to_domain, Fuser, Group};
@@ -84,8 +84,8 @@ pub fn siblings<E>(
                 continue;
             }
             let (old_a, old_b) = (f.members[a].clone(), f.members[b].clone());
-            // `merge` runs `analyze` on the union and refuses a path through a third group.
-            if !f.merge(a, b) {
+            // `merge_into` runs `analyze` on the union and refuses a path through a third group.
+            if !f.merge_into(a, b) {
                 continue;
             }
             trials += 1;
@@ -153,8 +153,9 @@ mod tests {
     use crate::fuse::testgraph::G;
     use crate::ir::decompose::decompose;
     use crate::ir::{BinaryOp as B, DType, ReduceOp as R, UnaryOp as U};
-    use crate::plan::{plan, plan_ordered, print};
+    use crate::plan::{plan_ordered, print};
     use crate::schedule::{KernelKind, Plan, PlanOptions};
+    use crate::search as plan;
 
     /// The groups after sibling fusion when every merge is accepted.
     fn merged(graph: &Graph) -> Vec<Group> {
@@ -338,7 +339,7 @@ mod tests {
     fn a_merge_that_would_raise_the_arena_is_not_kept() {
         let g = arena_raising();
         let options = PlanOptions::default();
-        let budget = crate::report::eager_budget(&g.g, &options);
+        let budget = crate::memory::eager_budget(&g.g, &options);
         let groups = fuse(&g.g, true);
         assert_eq!(groups.len(), 4);
         let apart = plan_ordered(&g.g, &groups, &options, budget).expect("plans");

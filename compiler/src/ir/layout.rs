@@ -99,6 +99,11 @@ pub fn reshape_strides(
     new_sizes: &[u64],
 ) -> Option<Vec<i64>> {
     let numel: u64 = old_sizes.iter().product();
+    // A scalar's one element is every new axis's (all of size 1): PyTorch's `computeStride`
+    // gives them stride 1.
+    if old_sizes.is_empty() {
+        return Some(vec![1; new_sizes.len()]);
+    }
     if numel == 0 {
         return Some(contiguous_strides(new_sizes));
     }

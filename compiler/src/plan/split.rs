@@ -5,32 +5,13 @@
 //! row, every multiprocessor busy), the second folds the partials and computes what the
 //! kernel computed after its reductions. Deterministic: the partials and their fold have a
 //! fixed order. The partials are one small f32 arena buffer per reduction, live across the
-//! two steps; the eager model counts the same staging for the same reduction (PyTorch's
-//! reduction kernel allocates one for a grid-wide reduction), see `report::unfused_model`.
+//! two steps. How many rows, and so how many bytes, is `memory::sizes`'s rule, which the eager
+//! model counts for the same reduction (PyTorch's reduction kernel allocates one staging
+//! buffer for a grid-wide reduction).
 
 use crate::ir::{BinaryOp, DType, ReduceOp};
+use crate::memory::sizes::shared_rows;
 use crate::schedule::{BufferId, FusedKernel, Inst, InstId, InstOp, Level, Load, Store};
-
-/// Fewest elements a whole-domain reduction needs before it is split.
-pub const SPLIT_MIN: u64 = 1 << 18;
-
-/// Rows of partials for a reduction of `n` elements into one value: the largest divisor of
-/// `n` in 64..=1024 leaving rows of at least 256 elements; `None` below `SPLIT_MIN` or when
-/// `n` has no such divisor.
-pub fn partial_rows(n: u64) -> Option<u64> {
-    if n < SPLIT_MIN {
-        return None;
-    }
-    (64..=1024u64)
-        .rev()
-        .find(|r| n.is_multiple_of(*r) && n / r >= 256)
-}
-
-/// Bytes of partials a reduction of `n` elements into one value stages (0: not split),
-/// rounded up to 16 as the arena rounds the partials buffer.
-pub fn staging_bytes(n: u64) -> u64 {
-    partial_rows(n).map_or(0, |r| (r * 4).div_ceil(16) * 16)
-}
 
 /// How a kernel splits: the rows of partials and, in body order, its reductions (one
 /// partial buffer each).
@@ -39,7 +20,7 @@ pub struct Split {
     pub reduces: Vec<InstId>,
 }
 
-/// Whether `k` splits: it folds its whole domain (one row) of at least `SPLIT_MIN`
+/// Whether `k` splits: it folds its whole domain (one row) of at least `sizes::SPLIT_MIN`
 /// elements; no reduction reads another's result, nor does any element store; and every
 /// load reads the domain in order (one stride over the flattened index) or not at all.
 pub fn splittable(k: &FusedKernel) -> Option<Split> {
@@ -69,21 +50,6 @@ pub fn splittable(k: &FusedKernel) -> Option<Split> {
         flat_stride(&k.domain, &ld.strides)?;
     }
     Some(Split { rows, reduces })
-}
-
-/// Rows of partials when `count` reductions of `n` elements share one kernel: together their
-/// partials take no more than one reduction's staging (what the eager model counts for
-/// each), so fusing them never costs memory. One reduction: `partial_rows`. Several: a
-/// multiple of 4 (each buffer a whole number of 16-byte units) dividing `n`, rows of at
-/// least 256, at least 32 rows, else no split.
-fn shared_rows(n: u64, count: usize) -> Option<u64> {
-    let alone = partial_rows(n)?;
-    if count <= 1 {
-        return Some(alone);
-    }
-    (32..=alone / count as u64)
-        .rev()
-        .find(|&r| r % 4 == 0 && n.is_multiple_of(r) && n / r >= 256)
 }
 
 /// The one stride that reads a domain in its own (row-major) order: `strides[d]` is it
@@ -302,37 +268,6 @@ fn prune(k: FusedKernel) -> FusedKernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn partial_rows_divide_large_counts_only() {
-        // 2^26 + 1 = 5 · 53 · 157 · 1613: 785 rows, partials rounded up as the arena does.
-        assert_eq!(partial_rows((1 << 26) + 1), Some(785));
-        assert_eq!(staging_bytes((1 << 26) + 1), 3152);
-        assert_eq!(partial_rows(SPLIT_MIN - 1), None);
-        assert_eq!(partial_rows(1 << 26), Some(1024));
-        assert_eq!(partial_rows(3 * (1 << 18)), Some(1024));
-        // A prime count has no divisor: not split.
-        assert_eq!(partial_rows(1_000_003), None);
-        let r = partial_rows(50257 * 64).expect("splits");
-        assert!((50257 * 64u64).is_multiple_of(r));
-        assert!(50257 * 64 / r >= 256);
-    }
-
-    #[test]
-    fn reductions_sharing_a_kernel_share_one_staging() {
-        let n = 1u64 << 20;
-        assert_eq!(shared_rows(n, 1), Some(1024));
-        assert_eq!(shared_rows(n, 2), Some(512));
-        assert_eq!(shared_rows(n, 3), Some(256));
-        // 785 rows alone; shared, a multiple of 4 dividing 2^26 + 1 does not exist.
-        assert_eq!(shared_rows((1 << 26) + 1, 1), Some(785));
-        assert_eq!(shared_rows((1 << 26) + 1, 2), None);
-        for count in 1..6 {
-            if let Some(r) = shared_rows(n, count) {
-                assert!(r * 4 * count as u64 <= staging_bytes(n));
-            }
-        }
-    }
 
     #[test]
     fn flat_strides_read_the_domain_in_order() {

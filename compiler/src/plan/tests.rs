@@ -3,9 +3,12 @@
 
 use super::*;
 use crate::fuse::{fuse, testgraph::G};
+use crate::invariant::Invariant;
 use crate::ir::decompose::decompose;
 use crate::ir::{BinaryOp as B, DType, ReduceOp as R, UnaryOp as U};
-use crate::report::memory_report;
+use crate::memory::memory_report;
+use crate::schedule::Level;
+use crate::search as plan;
 
 fn opts(fuse: bool, reuse: bool) -> PlanOptions {
     PlanOptions {
@@ -191,7 +194,9 @@ fn verify_catches_overlap_misaligned_in_place_and_out_of_bounds() {
     for buf in &mut overlap.buffers {
         buf.offset = 0;
     }
-    assert!(verify(&overlap).is_err_and(|e| e.contains("overlap")));
+    let e = verify(&overlap).expect_err("overlap passes");
+    assert_eq!(e.invariant, Invariant::NoOverlap, "{e}");
+    assert!(e.message.contains("overlap"), "{e}");
     let mut bad_in_place = good.clone();
     let (ei, yi) = (
         bad_in_place.buffers.len() - 2,
@@ -199,16 +204,39 @@ fn verify_catches_overlap_misaligned_in_place_and_out_of_bounds() {
     );
     bad_in_place.buffers[yi].in_place_of = Some(BufferId(ei as u32));
     bad_in_place.buffers[yi].offset = bad_in_place.buffers[ei].offset;
-    assert!(verify(&bad_in_place).is_err_and(|e| e.contains("another element")));
+    let e = verify(&bad_in_place).expect_err("bad_in_place passes");
+    assert_eq!(e.invariant, Invariant::InPlaceSafe, "{e}");
+    assert!(e.message.contains("another element"), "{e}");
     let mut oob = good.clone();
     if let KernelKind::Fused(f) = &mut oob.kernels[1].kind {
         f.loads[0].offset = 1;
     }
-    assert!(verify(&oob).is_err_and(|e| e.contains("reads elements")));
+    let e = verify(&oob).expect_err("oob passes");
+    assert_eq!(e.invariant, Invariant::InBounds, "{e}");
+    assert!(e.message.contains("reads elements"), "{e}");
+    let mut writes_input = good.clone();
+    let x_buf = writes_input.inputs[0];
+    if let KernelKind::Fused(f) = &mut writes_input.kernels[0].kind {
+        f.stores[0].buffer = x_buf;
+    }
+    let e = verify(&writes_input).expect_err("writes_input passes");
+    assert_eq!(e.invariant, Invariant::LeavesReadOnly, "{e}");
+    let mut forward_read = good.clone();
+    if let KernelKind::Fused(f) = &mut forward_read.kernels[0].kind {
+        let last = f.body.len() - 1;
+        f.body[0].op = InstOp::Unary(U::Exp, last);
+    }
+    let e = verify(&forward_read).expect_err("forward_read passes");
+    assert_eq!(e.invariant, Invariant::KernelBody, "{e}");
+    assert!(e
+        .to_string()
+        .starts_with("invariant 10 (Kernel bodies are well formed)"));
     let mut unaligned = good;
     unaligned.buffers[yi].offset += 4;
     unaligned.arena_bytes += 16;
-    assert!(verify(&unaligned).is_err_and(|e| e.contains("aligned")));
+    let e = verify(&unaligned).expect_err("unaligned passes");
+    assert_eq!(e.invariant, Invariant::InBounds, "{e}");
+    assert!(e.message.contains("aligned"), "{e}");
 }
 
 #[test]

@@ -15,8 +15,8 @@ pub fn print(plan: &Plan) -> String {
     let _ = writeln!(
         out,
         "plan: {}, {}, arena {} bytes (fuse: {}, reuse: {}, matmul workspace: {})",
-        crate::report::text::count(plan.kernels.len(), "kernel"),
-        crate::report::text::count(plan.buffers.len(), "buffer"),
+        crate::units::count(plan.kernels.len(), "kernel"),
+        crate::units::count(plan.buffers.len(), "buffer"),
         plan.arena_bytes,
         o.fuse,
         o.reuse,

@@ -1,17 +1,26 @@
 //! An independent checker of a `Plan`, written from the schedule contract alone (it shares
-//! no code with the planner). Invariants:
-//! 1. arena and workspace offsets are 16-byte aligned and every such buffer fits in `arena_bytes`;
-//! 2. two arena buffers live at a common step never overlap in the arena, except an in-place
-//!    pair (same offset and bytes, handed over at the step that writes the second);
-//! 3. every load, store and matmul operand stays inside its buffer for every domain index;
-//! 4. inputs and params are never written; every arena buffer is written once, at its first
-//!    step, and read only in `first_step + 1 ..= last_step`; outputs live to the last step;
-//! 5. an in-place write hits a buffer no later kernel and no output still reads, and reads
-//!    it only at exactly the element it writes;
-//! 6. in every fused kernel, insts refer only to earlier insts and existing loads, and a
-//!    `Reduce` folds an `Element` operand into a `Row` value.
+//! no code with the planner). It checks these invariants of `docs/architecture.md` and
+//! names the one that breaks (`invariant::Violation`):
+//! - 4 (inputs and params are read-only): no kernel writes them;
+//! - 5 (live buffers do not overlap): two arena buffers live at a common step never overlap
+//!   in the arena, except an in-place pair (same offset and bytes, handed over at the step
+//!   that writes the second);
+//! - 6 (in-place writes are safe): an in-place write hits a buffer no later kernel and no
+//!   output still reads, and reads it only at exactly the element it writes;
+//! - 7 (aligned and in bounds): arena and workspace offsets are 16-byte aligned and every
+//!   such buffer fits in `arena_bytes`; a buffer's bytes are its elements'; every load,
+//!   store, matmul operand and output stays inside its buffer;
+//! - 10 (kernel bodies are well formed): insts refer only to earlier insts and existing
+//!   loads, a `Reduce` folds an `Element` operand into a `Row` value, reduce axes are
+//!   sorted and in range, loads have the domain's rank (the f16 rounding casts are not
+//!   checked here);
+//! - 13 (buffers are written before they are read): every arena buffer is written once, at
+//!   its first step, and read only in `first_step + 1 ..= last_step`; outputs live to the
+//!   last step; a workspace lives exactly at its kernel's step.
 
+use crate::invariant::{Invariant, Violation};
 use crate::schedule::{BufferId, BufferKind, InstOp, KernelKind, Level, Plan};
+use Invariant::{InBounds, InPlaceSafe, KernelBody, LeavesReadOnly, Lifetimes, NoOverlap};
 
 /// Lowest and highest element offset of `offset + Σ i·strides` over `0 ≤ i < sizes`.
 fn span(offset: i64, strides: &[i64], sizes: &[u64]) -> (i128, i128) {
@@ -42,8 +51,13 @@ fn contiguous(sizes: &[u64]) -> Vec<i64> {
     st
 }
 
-pub fn verify(plan: &Plan) -> Result<(), String> {
-    // 6.
+fn bad(invariant: Invariant, message: String) -> Violation {
+    Violation::new(invariant, message)
+}
+
+/// `Ok` when `plan` keeps every invariant above, else the first violation, naming it.
+pub fn verify(plan: &Plan) -> Result<(), Violation> {
+    // 10.
     for kernel in &plan.kernels {
         let KernelKind::Fused(k) = &kernel.kind else {
             continue;
@@ -51,24 +65,30 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
         for (i, inst) in k.body.iter().enumerate() {
             if let InstOp::Load(l) = inst.op {
                 if l >= k.loads.len() {
-                    return Err(format!(
-                        "{}: inst {i} loads l{l}, which does not exist",
-                        kernel.name
+                    return Err(bad(
+                        KernelBody,
+                        format!("{}: inst {i} loads l{l}, which does not exist", kernel.name),
                     ));
                 }
             }
             let operands = inst.op.operands();
             if let Some(a) = operands.iter().find(|&&a| a >= i) {
-                return Err(format!(
-                    "{}: inst {i} reads inst {a}, which is not earlier",
-                    kernel.name
+                return Err(bad(
+                    KernelBody,
+                    format!(
+                        "{}: inst {i} reads inst {a}, which is not earlier",
+                        kernel.name
+                    ),
                 ));
             }
             if let InstOp::Reduce(_, a) = inst.op {
                 if k.body[a].level != Level::Element || inst.level != Level::Row {
-                    return Err(format!(
-                        "{}: inst {i} reduces a {:?} operand into a {:?} value",
-                        kernel.name, k.body[a].level, inst.level
+                    return Err(bad(
+                        KernelBody,
+                        format!(
+                            "{}: inst {i} reduces a {:?} operand into a {:?} value",
+                            kernel.name, k.body[a].level, inst.level
+                        ),
                     ));
                 }
             }
@@ -82,51 +102,63 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
         )
     };
     let last_step = plan.kernels.len().saturating_sub(1);
-    // 1.
+    // 7 (and 13: lifetimes in order).
     for (i, b) in plan.buffers.iter().enumerate() {
         if in_arena(i) {
             if b.offset % 16 != 0 {
-                return Err(format!(
-                    "buffer {} at offset {} is not 16-byte aligned",
-                    b.name, b.offset
+                return Err(bad(
+                    InBounds,
+                    format!(
+                        "buffer {} at offset {} is not 16-byte aligned",
+                        b.name, b.offset
+                    ),
                 ));
             }
             if b.offset
                 .checked_add(b.bytes)
                 .is_none_or(|e| e > plan.arena_bytes)
             {
-                return Err(format!(
-                    "buffer {} ends past the arena ({} bytes)",
-                    b.name, plan.arena_bytes
+                return Err(bad(
+                    InBounds,
+                    format!(
+                        "buffer {} ends past the arena ({} bytes)",
+                        b.name, plan.arena_bytes
+                    ),
                 ));
             }
         }
         if b.first_step > b.last_step {
-            return Err(format!(
-                "buffer {} is live from step {} to {}",
-                b.name, b.first_step, b.last_step
+            return Err(bad(
+                Lifetimes,
+                format!(
+                    "buffer {} is live from step {} to {}",
+                    b.name, b.first_step, b.last_step
+                ),
             ));
         }
         if let BufferKind::Arena | BufferKind::Input { .. } | BufferKind::Param { .. } = b.kind {
             let want = numel(&b.shape) * b.dtype.size() as i128;
             if want != b.bytes as i128 {
-                return Err(format!(
-                    "buffer {} has {} bytes for {} elements",
-                    b.name,
-                    b.bytes,
-                    numel(&b.shape)
+                return Err(bad(
+                    InBounds,
+                    format!(
+                        "buffer {} has {} bytes for {} elements",
+                        b.name,
+                        b.bytes,
+                        numel(&b.shape)
+                    ),
                 ));
             }
         }
     }
-    // 4. writers and readers.
+    // Writers and readers (4, 7, 10, 13).
     let mut written_at: Vec<Vec<usize>> = vec![Vec::new(); nb];
     let mut read_at: Vec<Vec<usize>> = vec![Vec::new(); nb];
     let check_id = |id: BufferId| {
         if id.index() < nb {
             Ok(())
         } else {
-            Err(format!("buffer {} does not exist", id.0))
+            Err(bad(InBounds, format!("buffer {} does not exist", id.0)))
         }
     };
     for (s, k) in plan.kernels.iter().enumerate() {
@@ -135,24 +167,30 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                 if f.reduce_axes.iter().any(|&a| a >= f.domain.len())
                     || f.reduce_axes.windows(2).any(|w| w[0] >= w[1])
                 {
-                    return Err(format!("{}: bad reduce axes {:?}", k.name, f.reduce_axes));
+                    return Err(bad(
+                        KernelBody,
+                        format!("{}: bad reduce axes {:?}", k.name, f.reduce_axes),
+                    ));
                 }
                 for l in &f.loads {
                     check_id(l.buffer)?;
                     let b = plan.buffer(l.buffer);
                     if l.dtype != b.dtype || l.strides.len() != f.domain.len() {
-                        return Err(format!(
-                            "{}: load of {} has the wrong dtype or rank",
-                            k.name, b.name
+                        return Err(bad(
+                            KernelBody,
+                            format!("{}: load of {} has the wrong dtype or rank", k.name, b.name),
                         ));
                     }
                     let (lo, hi) = span(l.offset, &l.strides, &f.domain);
                     if lo < 0 || hi >= numel(&b.shape) {
-                        return Err(format!(
-                            "{}: load of {} reads elements {lo}..={hi} of {}",
-                            k.name,
-                            b.name,
-                            numel(&b.shape)
+                        return Err(bad(
+                            InBounds,
+                            format!(
+                                "{}: load of {} reads elements {lo}..={hi} of {}",
+                                k.name,
+                                b.name,
+                                numel(&b.shape)
+                            ),
                         ));
                     }
                     read_at[l.buffer.index()].push(s);
@@ -160,21 +198,23 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                 for st in &f.stores {
                     check_id(st.buffer)?;
                     let b = plan.buffer(st.buffer);
-                    let inst = f
-                        .body
-                        .get(st.inst)
-                        .ok_or_else(|| format!("{}: store of a missing inst", k.name))?;
+                    let inst = f.body.get(st.inst).ok_or_else(|| {
+                        bad(KernelBody, format!("{}: store of a missing inst", k.name))
+                    })?;
                     let n = match inst.level {
                         Level::Element => numel(&f.domain),
                         Level::Row => f.rows() as i128,
                     };
                     if n != numel(&b.shape) || inst.dtype != b.dtype {
-                        return Err(format!(
-                            "{}: store of {n} elements into {} of {} {}",
-                            k.name,
-                            b.name,
-                            numel(&b.shape),
-                            b.dtype
+                        return Err(bad(
+                            InBounds,
+                            format!(
+                                "{}: store of {n} elements into {} of {} {}",
+                                k.name,
+                                b.name,
+                                numel(&b.shape),
+                                b.dtype
+                            ),
                         ));
                     }
                     written_at[st.buffer.index()].push(s);
@@ -187,21 +227,27 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                     let mut sizes = m.batch.clone();
                     sizes.extend([rows, cols]);
                     if op.strides.len() != sizes.len() {
-                        return Err(format!(
-                            "{}: operand {} has {} strides for rank {}",
-                            k.name,
-                            b.name,
-                            op.strides.len(),
-                            sizes.len()
+                        return Err(bad(
+                            InBounds,
+                            format!(
+                                "{}: operand {} has {} strides for rank {}",
+                                k.name,
+                                b.name,
+                                op.strides.len(),
+                                sizes.len()
+                            ),
                         ));
                     }
                     let (lo, hi) = span(op.offset, &op.strides, &sizes);
                     if lo < 0 || hi >= numel(&b.shape) {
-                        return Err(format!(
-                            "{}: operand {} reads elements {lo}..={hi} of {}",
-                            k.name,
-                            b.name,
-                            numel(&b.shape)
+                        return Err(bad(
+                            InBounds,
+                            format!(
+                                "{}: operand {} reads elements {lo}..={hi} of {}",
+                                k.name,
+                                b.name,
+                                numel(&b.shape)
+                            ),
                         ));
                     }
                     read_at[op.buffer.index()].push(s);
@@ -210,10 +256,13 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                 let mut sizes = m.batch.clone();
                 sizes.extend([m.m, m.n]);
                 if numel(&sizes) != numel(&plan.buffer(m.out).shape) {
-                    return Err(format!(
-                        "{}: output {} has the wrong size",
-                        k.name,
-                        plan.buffer(m.out).name
+                    return Err(bad(
+                        InBounds,
+                        format!(
+                            "{}: output {} has the wrong size",
+                            k.name,
+                            plan.buffer(m.out).name
+                        ),
                     ));
                 }
                 written_at[m.out.index()].push(s);
@@ -221,9 +270,12 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                     check_id(w)?;
                     let b = plan.buffer(w);
                     if b.kind != BufferKind::Workspace || b.first_step != s || b.last_step != s {
-                        return Err(format!(
-                            "{}: workspace {} is not live exactly at its step",
-                            k.name, b.name
+                        return Err(bad(
+                            Lifetimes,
+                            format!(
+                                "{}: workspace {} is not live exactly at its step",
+                                k.name, b.name
+                            ),
                         ));
                     }
                     written_at[w.index()].push(s);
@@ -237,12 +289,18 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
         let b = plan.buffer(o.buffer);
         let (lo, hi) = span(o.offset, &o.strides, &o.shape);
         if lo < 0 || hi >= numel(&b.shape) {
-            return Err(format!("output {} reads outside {}", o.name, b.name));
+            return Err(bad(
+                InBounds,
+                format!("output {} reads outside {}", o.name, b.name),
+            ));
         }
         if b.last_step != last_step {
-            return Err(format!(
-                "output {} ({}) is freed at step {} before the end",
-                o.name, b.name, b.last_step
+            return Err(bad(
+                Lifetimes,
+                format!(
+                    "output {} ({}) is freed at step {} before the end",
+                    o.name, b.name, b.last_step
+                ),
             ));
         }
         output_bufs[o.buffer.index()] = true;
@@ -251,60 +309,81 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
         match b.kind {
             BufferKind::Input { .. } | BufferKind::Param { .. } => {
                 if !written_at[i].is_empty() {
-                    return Err(format!("input/param {} is written", b.name));
+                    return Err(bad(
+                        LeavesReadOnly,
+                        format!("input/param {} is written", b.name),
+                    ));
                 }
             }
             _ => {
                 if written_at[i] != [b.first_step] {
-                    return Err(format!(
-                        "buffer {} is written at steps {:?}, not once at {}",
-                        b.name, written_at[i], b.first_step
+                    return Err(bad(
+                        Lifetimes,
+                        format!(
+                            "buffer {} is written at steps {:?}, not once at {}",
+                            b.name, written_at[i], b.first_step
+                        ),
                     ));
                 }
                 if let Some(&r) = read_at[i]
                     .iter()
                     .find(|&&r| r <= b.first_step || r > b.last_step)
                 {
-                    return Err(format!(
-                        "buffer {} is read at step {r} outside its life {}..{}",
-                        b.name, b.first_step, b.last_step
+                    return Err(bad(
+                        Lifetimes,
+                        format!(
+                            "buffer {} is read at step {r} outside its life {}..{}",
+                            b.name, b.first_step, b.last_step
+                        ),
                     ));
                 }
             }
         }
         if in_arena(i) && read_at[i].iter().max().is_some_and(|&r| r > b.last_step) {
-            return Err(format!("buffer {} is read after its last step", b.name));
+            return Err(bad(
+                Lifetimes,
+                format!("buffer {} is read after its last step", b.name),
+            ));
         }
     }
-    // 5. in-place pairs.
+    // 6. in-place pairs.
     for (i, b) in plan.buffers.iter().enumerate() {
         let Some(prev) = b.in_place_of else { continue };
         check_id(prev)?;
         let p = plan.buffer(prev);
         let s = b.first_step;
         if p.kind != BufferKind::Arena || b.kind != BufferKind::Arena {
-            return Err(format!(
-                "{} is in place of {}, which is not an arena buffer",
-                b.name, p.name
+            return Err(bad(
+                InPlaceSafe,
+                format!(
+                    "{} is in place of {}, which is not an arena buffer",
+                    b.name, p.name
+                ),
             ));
         }
         if p.offset != b.offset || p.bytes != b.bytes || p.dtype != b.dtype {
-            return Err(format!(
-                "{} in place of {} with different storage",
-                b.name, p.name
+            return Err(bad(
+                InPlaceSafe,
+                format!("{} in place of {} with different storage", b.name, p.name),
             ));
         }
         if output_bufs[prev.index()]
             || read_at[prev.index()].iter().any(|&r| r > s)
             || p.last_step != s
         {
-            return Err(format!(
-                "{} overwrites {}, which is still read after step {s}",
-                b.name, p.name
+            return Err(bad(
+                InPlaceSafe,
+                format!(
+                    "{} overwrites {}, which is still read after step {s}",
+                    b.name, p.name
+                ),
             ));
         }
         let KernelKind::Fused(f) = &plan.kernels[s].kind else {
-            return Err(format!("{} is in place of {} in a matmul", b.name, p.name));
+            return Err(bad(
+                InPlaceSafe,
+                format!("{} is in place of {} in a matmul", b.name, p.name),
+            ));
         };
         for st in f.stores.iter().filter(|st| st.buffer.index() == i) {
             let want = match f.body[st.inst].level {
@@ -334,15 +413,18 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                         .zip(&f.domain)
                         .all(|((a, b), &n)| n == 1 || a == b);
                 if !aligned {
-                    return Err(format!(
-                        "{}: in-place store to {} reads {} at another element",
-                        plan.kernels[s].name, b.name, p.name
+                    return Err(bad(
+                        InPlaceSafe,
+                        format!(
+                            "{}: in-place store to {} reads {} at another element",
+                            plan.kernels[s].name, b.name, p.name
+                        ),
                     ));
                 }
             }
         }
     }
-    // 2. no overlap of live arena buffers.
+    // 5. no overlap of live arena buffers.
     for i in 0..nb {
         for j in 0..i {
             if !(in_arena(i) && in_arena(j)) {
@@ -356,14 +438,17 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                     && b.last_step == a.first_step)
                     || (b.in_place_of == Some(BufferId(i as u32)) && a.last_step == b.first_step);
                 if !handover {
-                    return Err(format!(
-                        "{} [{}, {}) and {} [{}, {}) overlap while both live",
-                        a.name,
-                        a.offset,
-                        a.offset + a.bytes,
-                        b.name,
-                        b.offset,
-                        b.offset + b.bytes
+                    return Err(bad(
+                        NoOverlap,
+                        format!(
+                            "{} [{}, {}) and {} [{}, {}) overlap while both live",
+                            a.name,
+                            a.offset,
+                            a.offset + a.bytes,
+                            b.name,
+                            b.offset,
+                            b.offset + b.bytes
+                        ),
                     ));
                 }
             }

@@ -74,18 +74,12 @@ pub fn render_svg(report: &MemoryReport) -> String {
             esc(&human(off as u64))
         );
     }
-    let mut live_at = vec![0u64; steps];
     for (i, b) in report
         .buffers
         .iter()
         .filter(|b| matches!(b.kind.as_str(), "arena" | "workspace"))
         .enumerate()
     {
-        for (st, l) in live_at.iter_mut().enumerate() {
-            if b.first_step <= st && st <= b.last_step && !super::handed_over_at(report, b, st) {
-                *l += b.bytes;
-            }
-        }
         let x = LEFT + b.first_step as f64 * cw;
         let w = ((b.last_step + 1 - b.first_step.min(b.last_step + 1)) as f64 * cw).max(1.0);
         let y = TOP + b.offset as f64 / arena * PLOT_H;
@@ -115,7 +109,8 @@ pub fn render_svg(report: &MemoryReport) -> String {
             );
         }
     }
-    let (peak_step, peak) = live_at
+    let (peak_step, peak) = report
+        .live
         .iter()
         .enumerate()
         .max_by_key(|(i, l)| (**l, usize::MAX - i))

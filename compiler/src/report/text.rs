@@ -5,20 +5,7 @@
 use super::{MemoryReport, Peak};
 use std::fmt::Write;
 
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `128.0 MiB`, `2.00 GiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
+pub use crate::units::{count, human};
 
 fn shape(s: &[u64]) -> String {
     let inner: Vec<String> = s.iter().map(|d| d.to_string()).collect();
@@ -42,14 +29,6 @@ fn symbol(i: usize) -> char {
 const CHART_WIDTH: u64 = 64;
 
 /// `n` and `noun`, plural unless `n` is 1: "1 kernel", "3 kernels".
-pub fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
 pub fn render_text(report: &MemoryReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -179,12 +158,8 @@ fn chart(report: &MemoryReport) -> String {
     }
     for step in 0..report.steps.max(1) {
         let mut row = vec!['.'; CHART_WIDTH as usize];
-        let mut live = 0u64;
         for (i, b) in &arena {
             if b.first_step <= step && step <= b.last_step {
-                if !super::handed_over_at(report, b, step) {
-                    live += b.bytes;
-                }
                 let lo = (b.offset as u128 * CHART_WIDTH as u128 / total as u128) as usize;
                 let hi = ((b.offset as u128 + b.bytes as u128) * CHART_WIDTH as u128)
                     .div_ceil(total as u128) as usize;
@@ -194,6 +169,7 @@ fn chart(report: &MemoryReport) -> String {
             }
         }
         let row: String = row.into_iter().collect();
+        let live = report.live.get(step).copied().unwrap_or(0);
         let _ = writeln!(out, "  step {step:>3} |{row}| {}", human(live));
     }
     out

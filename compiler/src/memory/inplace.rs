@@ -1,0 +1,123 @@
+//! In-place reuse: a kernel's store takes over the storage of an arena buffer it reads for
+//! the last time, and the walk from any buffer to the *storage object* it lives in (the
+//! first buffer of its in-place chain). Packing, the lower bound and the report all see
+//! storage through `storage_root`, the one walk of a chain.
+
+use crate::fuse::{row_shapes, strides_agree, to_domain};
+use crate::ir::types::contiguous_strides;
+use crate::schedule::{Buffer, BufferId, BufferKind, FusedKernel, Kernel, KernelKind, Level};
+use std::collections::BTreeSet;
+
+/// Strides, over the domain, of the contiguous store of an inst of `level`.
+pub fn store_strides(kernel: &FusedKernel, level: Level) -> Vec<i64> {
+    match level {
+        Level::Element => contiguous_strides(&kernel.domain),
+        Level::Row => {
+            let (_, drop) = row_shapes(&kernel.domain, &kernel.reduce_axes);
+            to_domain(
+                &contiguous_strides(&drop),
+                drop.len(),
+                Level::Row,
+                &kernel.domain,
+                &kernel.reduce_axes,
+            )
+        }
+    }
+}
+
+/// Sets `in_place_of` where a kernel's store can take over the storage of an arena buffer it
+/// reads for the last time (its `last_step` is this kernel's; not an output), of the same
+/// bytes and dtype, when every load of it reads exactly the element the store writes.
+pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<BufferId>) {
+    for (step, kernel) in kernels.iter().enumerate() {
+        let KernelKind::Fused(f) = &kernel.kind else {
+            continue;
+        };
+        let mut taken: BTreeSet<BufferId> = BTreeSet::new();
+        for store in &f.stores {
+            let out = store.buffer;
+            if buffers[out.index()].kind != BufferKind::Arena {
+                continue;
+            }
+            let want = store_strides(f, f.body[store.inst].level);
+            let candidates: BTreeSet<BufferId> = f.loads.iter().map(|l| l.buffer).collect();
+            for cand in candidates {
+                let c = &buffers[cand.index()];
+                let o = &buffers[out.index()];
+                let ok = c.kind == BufferKind::Arena
+                    && c.last_step == step
+                    && !outputs.contains(&cand)
+                    && !taken.contains(&cand)
+                    && c.bytes == o.bytes
+                    && c.dtype == o.dtype
+                    && f.loads
+                        .iter()
+                        .filter(|l| l.buffer == cand)
+                        .all(|l| l.offset == 0 && strides_agree(&l.strides, &want, &f.domain));
+                if ok {
+                    taken.insert(cand);
+                    buffers[out.index()].in_place_of = Some(cand);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The storage object (first buffer of its in-place chain) a buffer lives in.
+pub fn storage_root(buffers: &[Buffer], mut id: BufferId) -> BufferId {
+    while let Some(prev) = buffers[id.index()].in_place_of {
+        id = prev;
+    }
+    id
+}
+
+/// Whether a buffer lives in the arena (a kernel's value, or a workspace).
+pub fn in_arena(b: &Buffer) -> bool {
+    matches!(b.kind, BufferKind::Arena | BufferKind::Workspace)
+}
+
+/// One storage object of the arena: the root buffer of an in-place chain, its bytes, and
+/// the steps from the root's first to the chain's last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Storage {
+    pub root: BufferId,
+    pub bytes: u64,
+    pub first: usize,
+    pub last: usize,
+}
+
+/// The storage objects of the arena, in buffer order of their roots, and for each buffer the
+/// index of the object it lives in (`None` outside the arena).
+pub fn storage_objects(buffers: &[Buffer]) -> (Vec<Storage>, Vec<Option<usize>>) {
+    let mut objects: Vec<Storage> = Vec::new();
+    let mut object_of: Vec<Option<usize>> = vec![None; buffers.len()];
+    for (i, b) in buffers.iter().enumerate() {
+        if in_arena(b) && b.in_place_of.is_none() {
+            object_of[i] = Some(objects.len());
+            objects.push(Storage {
+                root: BufferId(i as u32),
+                bytes: b.bytes,
+                first: b.first_step,
+                last: b.last_step,
+            });
+        }
+    }
+    for (i, b) in buffers.iter().enumerate() {
+        let Some(prev) = b.in_place_of.filter(|_| in_arena(b)) else {
+            continue;
+        };
+        // A chain points backwards (a kernel takes over a buffer written before it), so the
+        // object of `prev` is known; walk the chain only if not.
+        let k = if prev.index() < i {
+            object_of[prev.index()]
+        } else {
+            object_of[storage_root(buffers, prev).index()]
+        };
+        if let Some(k) = k {
+            object_of[i] = Some(k);
+            objects[k].last = objects[k].last.max(b.last_step);
+        }
+    }
+    (objects, object_of)
+}

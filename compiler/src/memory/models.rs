@@ -1,0 +1,188 @@
+//! The memory models of SPEC §2 side by side: *naive* (every op's result kept) and *eager*
+//! (each freed after its last use) over the graph run op by op without fusion, and the
+//! *lower bound* of a plan (the most bytes its storage holds live at one step). The planned
+//! figure is the arena the packer (`pack`) returns. Sizes and staging come from `sizes`,
+//! lifetimes' peaks from `liveness::peak`, storage from `inplace`: the same rules the planner
+//! follows, so the figures compare like with like.
+
+use super::inplace::storage_objects;
+use super::liveness::peak;
+use super::sizes::{align_up, staging_bytes};
+use crate::ir::{Graph, NodeId, Op};
+use crate::schedule::{Plan, PlanOptions};
+use std::collections::BTreeSet;
+
+/// The memory of running a graph op by op, without fusion (see `unfused_model`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unfused {
+    /// Sum of every op's result buffer (nothing freed).
+    pub naive: u64,
+    /// Largest total live at one op when each buffer is freed after its last use.
+    pub eager: u64,
+    /// Bytes of the inputs and params.
+    pub inputs: u64,
+}
+
+/// Follows views and checker-inserted promotions (free: PyTorch does them inside the
+/// consuming kernel) down to the value that owns memory. A promotion in `kept` (one a
+/// matrix product reads: no GEMM converts its operand on the fly) owns memory itself.
+fn owner(graph: &Graph, kept: &BTreeSet<NodeId>, mut id: NodeId) -> NodeId {
+    loop {
+        match &graph.node(id).op {
+            Op::View(_, a) => id = *a,
+            Op::Cast {
+                arg,
+                implicit: true,
+            } if graph.origin(id).group.unwrap_or(id) == id && !kept.contains(&id) => id = *arg,
+            _ => return id,
+        }
+    }
+}
+
+/// The checker-inserted promotions that a matrix product reads (through views): they are
+/// materialised before the product, in the unfused models as in the plan.
+fn promotions_read_by_matmul(graph: &Graph) -> BTreeSet<NodeId> {
+    let mut kept = BTreeSet::new();
+    for id in graph.ids() {
+        if let Op::MatMul(a, b) = graph.node(id).op {
+            for mut o in [a, b] {
+                while let Op::View(_, inner) = graph.node(o).op {
+                    o = inner;
+                }
+                if matches!(graph.node(o).op, Op::Cast { implicit: true, .. }) {
+                    kept.insert(o);
+                }
+            }
+        }
+    }
+    kept
+}
+
+/// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
+/// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
+/// figures), ops run in order, each op's result a buffer; a matmul also holds a
+/// `workspace` at its step, a large reduction into one value its staged partials. Views
+/// and checker-inserted casts are free, except a cast a matmul reads. Every buffer is
+/// counted rounded up to 16 bytes, the alignment any allocator (and the arena) gives it.
+pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
+    let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
+    let kept = promotions_read_by_matmul(graph);
+    let is_op = |n: NodeId| {
+        let op = &graph.node(n).op;
+        !op.is_view() && !op.is_leaf() && owner(graph, &kept, n) == n
+    };
+    // Steps: source-level ops in order of first node.
+    let mut step_of_key: std::collections::HashMap<NodeId, usize> = Default::default();
+    let mut matmul_steps = BTreeSet::new();
+    for id in graph.ids() {
+        if is_op(id) {
+            let n = step_of_key.len();
+            let s = *step_of_key.entry(key(id)).or_insert(n);
+            if matches!(graph.node(id).op, Op::MatMul(..)) {
+                matmul_steps.insert(s);
+            }
+        }
+    }
+    let steps = step_of_key.len();
+    let last = steps.saturating_sub(1);
+    // A reduction of a large operand into one value stages partials (`sizes::staging_bytes`; PyTorch's
+    // reduction kernel also allocates a staging buffer for a grid-wide reduction): an op all
+    // of whose nodes are one element, with a reduction of at least `SPLIT_MIN` elements.
+    let mut staging = vec![0u64; steps];
+    let mut not_scalar = vec![false; steps];
+    for id in graph.ids() {
+        if !is_op(id) {
+            continue;
+        }
+        let s = step_of_key[&key(id)];
+        not_scalar[s] |= graph.ty(id).numel() != Some(1);
+        if let Op::Reduce { arg, .. } = graph.node(id).op {
+            let n = graph.ty(arg).numel().unwrap_or(0);
+            staging[s] = staging[s].max(staging_bytes(n));
+        }
+    }
+    for (s, bytes) in staging.iter_mut().enumerate() {
+        if not_scalar[s] {
+            *bytes = 0;
+        }
+    }
+    // Result buffers: values read by another op or by an output.
+    let mut life: std::collections::BTreeMap<NodeId, (usize, usize)> = Default::default();
+    let outputs: BTreeSet<NodeId> = graph
+        .outputs
+        .iter()
+        .map(|o| owner(graph, &kept, o.node))
+        .collect();
+    for id in graph.ids() {
+        if !is_op(id) {
+            continue;
+        }
+        let s = step_of_key[&key(id)];
+        for o in graph.node(id).op.operands() {
+            let r = owner(graph, &kept, o);
+            if matches!(graph.node(id).op, Op::MatMul(..))
+                && matches!(graph.node(r).op, Op::Scalar(_))
+            {
+                // A broadcast constant a matrix product reads is materialised (one element).
+                life.insert(r, (0, last));
+            }
+            if is_op(r) && key(r) != key(id) {
+                let e = life.entry(r).or_insert((step_of_key[&key(r)], s));
+                e.1 = e.1.max(s);
+            }
+        }
+    }
+    for &r in &outputs {
+        if is_op(r) {
+            let e = life.entry(r).or_insert((step_of_key[&key(r)], last));
+            e.1 = last;
+        } else if matches!(graph.node(r).op, Op::Scalar(_)) {
+            life.insert(r, (0, last));
+        }
+    }
+    let bytes = |n: NodeId| align_up(graph.ty(n).bytes().unwrap_or(u64::MAX));
+    let workspace = align_up(workspace);
+    let ws_total = workspace.saturating_mul(matmul_steps.len() as u64);
+    let naive = life.keys().fold(
+        ws_total.saturating_add(staging.iter().sum::<u64>()),
+        |acc, &n| acc.saturating_add(bytes(n)),
+    );
+    // Each step also holds its own workspace and staging (one step long).
+    let scratch = (0..steps).map(|s| {
+        let ws = if matmul_steps.contains(&s) {
+            workspace
+        } else {
+            0
+        };
+        (s, s, ws.saturating_add(staging[s]))
+    });
+    let eager = peak(
+        life.iter()
+            .map(|(&n, &(a, b))| (a, b, bytes(n)))
+            .chain(scratch),
+    );
+    let inputs = graph
+        .inputs
+        .iter()
+        .chain(&graph.params)
+        .fold(0u64, |acc, l| {
+            acc.saturating_add(l.ty.bytes().unwrap_or(u64::MAX))
+        });
+    Unfused {
+        naive,
+        eager,
+        inputs,
+    }
+}
+
+/// The eager figure (without inputs) the planner must not exceed.
+pub fn eager_budget(graph: &Graph, options: &PlanOptions) -> u64 {
+    unfused_model(graph, options.matmul_workspace).eager
+}
+
+/// The largest total of arena bytes (each rounded up to 16) live at one step of the plan,
+/// storage shared in place counted once.
+pub fn lower_bound(plan: &Plan) -> u64 {
+    let (objects, _) = storage_objects(&plan.buffers);
+    peak(objects.iter().map(|o| (o.first, o.last, align_up(o.bytes))))
+}
