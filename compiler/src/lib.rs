@@ -57,7 +57,7 @@ pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagno
     let checked = check::check_source(source, &options.dims)?;
     let primitive = ir::decompose::decompose(&checked);
     let groups = fuse::fuse(&primitive, options.plan.fuse);
-    let plan = search(&primitive, &groups, &options.plan).map_err(|d| vec![d])?;
+    let plan = search(&checked, &primitive, &groups, &options.plan).map_err(|d| vec![d])?;
     let memory = memory::memory_report(&checked, &primitive, &plan);
     let kernels = lower::lower(&plan).map_err(|e| vec![lower::internal(&e)])?;
     Ok(Program {
@@ -77,13 +77,20 @@ pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagno
 /// 2. With fusion on, each sibling merge `fuse::siblings` proposes is planned as in 1 and
 ///    kept only when its arena is not larger than the best so far.
 /// 3. If the arena still exceeds the eager figure, the unfused groups (as late as possible,
-///    then in order) are a last resort; the smallest arena wins.
+///    then in order) are a last resort; the smallest arena wins. Without reuse (every
+///    buffer its own region) the bar is the naive figure instead: a fused plan that stores a
+///    value the unfused kernels keep in registers can exceed it.
+///
+/// The eager and naive figures are the memory report's, of the program as written
+/// (`checked`), so the search judges by the same numbers the user reads.
 pub fn search(
+    checked: &ir::Graph,
     primitive: &ir::Graph,
     groups: &[fuse::Group],
     options: &PlanOptions,
 ) -> Result<Plan, Diagnostic> {
-    let budget = memory::eager_budget(primitive, options);
+    let figures = memory::unfused_model(checked, options.matmul_workspace);
+    let budget = figures.eager;
     let mut best = plan::plan_ordered(primitive, groups, options, budget)?;
     if options.fuse {
         fuse::siblings(primitive, groups, |merged| {
@@ -94,6 +101,16 @@ pub fn search(
             }
             Ok::<bool, Diagnostic>(keep)
         })?;
+    }
+    if options.fuse && !options.reuse && best.arena_bytes > figures.naive {
+        let unfused = fuse::fuse(primitive, false);
+        let p = plan::plan_in_order(primitive, &unfused, options, budget)?;
+        if p.arena_bytes < best.arena_bytes {
+            best = Plan {
+                unfused_fallback: true,
+                ..p
+            };
+        }
     }
     if options.reuse && options.fuse && best.arena_bytes > budget {
         let unfused = fuse::fuse(primitive, false);
