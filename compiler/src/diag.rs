@@ -87,8 +87,9 @@ error_kinds! {
     BadAxis = "bad-axis",
     /// A `reshape`, `permute` or `expand` that cannot produce the shape asked for.
     BadView = "bad-view",
-    /// A buffer the planner makes whose byte count does not fit in 64 bits (the planner's own
-    /// guard: the checker reports `SizeOverflow` for every value first).
+    /// A buffer the planner makes, or the whole arena with the inputs and params, whose byte
+    /// count does not fit in 64 bits (the checker sizes every value first, with
+    /// `SizeOverflow`, but not their sum).
     TensorTooLarge = "tensor-too-large",
     /// The planner produced, or was about to produce, a plan its verifier rejects: a bug in
     /// tc, not in the program.

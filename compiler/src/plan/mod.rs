@@ -46,6 +46,27 @@ fn too_large(graph: &Graph, id: NodeId) -> Diagnostic {
     .with_primary(o.span.clone(), "this value")
 }
 
+/// The whole arena (with the inputs and params) needs more bytes than 64 bits count: names
+/// the largest arena buffer, the one most to blame.
+fn arena_too_large(graph: &Graph, buffers: &[Buffer]) -> Diagnostic {
+    let largest = buffers
+        .iter()
+        .filter(|b| !matches!(b.kind, BufferKind::Input { .. } | BufferKind::Param { .. }))
+        .max_by_key(|b| b.bytes);
+    let d = Diagnostic::error(
+        ErrorKind::TensorTooLarge,
+        "the program's tensors together need more bytes than fit in 64 bits (its arena of \
+         intermediate and output tensors, with the inputs and params, cannot be addressed)",
+    );
+    match largest.and_then(|b| b.node) {
+        Some(n) => d.with_primary(
+            graph.origin(n).span.clone(),
+            format!("the largest of them, {}", graph.ty(n)),
+        ),
+        None => d,
+    }
+}
+
 /// The plan of `groups` in their order, or in the as-late-as-possible order when that packs
 /// smaller and the first exceeds the eager figure `budget`.
 pub fn plan_ordered(
@@ -319,6 +340,15 @@ pub fn plan_in_order(
         inplace::in_place(&kernels, &mut buffers, &output_bufs);
     }
     let arena_bytes = pack::pack_arena(&mut buffers, options.reuse, budget);
+    // Packing saturates instead of wrapping: an arena of u64::MAX bytes is one whose
+    // offsets overflowed, and so is one that, with the inputs and params, cannot be counted.
+    let leaves: u64 = buffers
+        .iter()
+        .filter(|b| matches!(b.kind, BufferKind::Input { .. } | BufferKind::Param { .. }))
+        .fold(0u64, |acc, b| acc.saturating_add(b.bytes));
+    if arena_bytes == u64::MAX || arena_bytes.checked_add(leaves).is_none() {
+        return Err(arena_too_large(graph, &buffers));
+    }
     Ok(Plan {
         kernels,
         buffers,
