@@ -165,7 +165,7 @@ mod tests {
 
     fn planned(graph: &Graph) -> Plan {
         let groups = fuse(graph, true);
-        let p = plan(graph, &groups, &PlanOptions::default()).expect("plans");
+        let p = plan(graph, graph, &groups, &PlanOptions::default()).expect("plans");
         crate::plan::verify(&p).unwrap_or_else(|e| panic!("{e}\n{}", print(&p)));
         p
     }

@@ -21,7 +21,7 @@ fn opts(fuse: bool, reuse: bool) -> PlanOptions {
 fn planned(b: &G, o: &PlanOptions) -> Plan {
     let p = decompose(&b.g);
     let groups = fuse(&p, o.fuse);
-    let plan = plan(&p, &groups, o).expect("plans");
+    let plan = plan(&b.g, &p, &groups, o).expect("plans");
     verify(&plan).unwrap_or_else(|e| panic!("{e}\n{}", print(&plan)));
     plan
 }
