@@ -64,8 +64,33 @@ pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, 
              file has {file_len} bytes"
         )));
     }
-    let prefix = std::io::Cursor::new(pre[..8 + size_bytes].to_vec());
-    let npy = npyz::NpyFile::new(prefix.chain(reader)).map_err(|e| bad(e.to_string()))?;
+    // The header is a Python literal, which npyz parses with a backtracking grammar: a
+    // header of nested brackets (fuzzing found `{{{{…` in 140 bytes) takes time exponential
+    // in their depth. NumPy itself refuses headers over 10 000 bytes for the same reason;
+    // a real header nests three deep at most (a dict, a shape tuple, a structured descr).
+    if header_len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "its header claims {header_len} bytes; NumPy writes at most {MAX_HEADER_BYTES} \
+             (it is not an .npy file tc reads)"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    let got = read_up_to(&mut reader, &mut header).map_err(io_err("read", path))?;
+    if got < header.len() {
+        return Err(bad(format!(
+            "it is truncated: {file_len} bytes, in the middle of its header"
+        )));
+    }
+    if let Some(depth) = bracket_depth_over(&header, MAX_HEADER_DEPTH) {
+        return Err(bad(format!(
+            "its header nests brackets {depth} deep, where a NumPy header nests \
+             {MAX_HEADER_DEPTH} at most (it is not an .npy header)"
+        )));
+    }
+    let mut head = pre[..8 + size_bytes].to_vec();
+    head.extend_from_slice(&header);
+    let npy = npyz::NpyFile::new(std::io::Cursor::new(head).chain(reader))
+        .map_err(|e| bad(e.to_string()))?;
     let shape = npy.shape().to_vec();
     let fortran = npy.order() == npyz::Order::Fortran;
     let descr = match npy.dtype() {
@@ -123,6 +148,27 @@ pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, 
     }
     let t = HostTensor::from_f32(found, shape.clone(), &values);
     checked_tensor(name, path, ty, found, shape, t)
+}
+
+/// The longest header tc reads (NumPy's own `max_header_size`).
+const MAX_HEADER_BYTES: u64 = 10_000;
+/// The deepest bracket nesting of a header tc reads.
+const MAX_HEADER_DEPTH: usize = 3;
+
+/// The depth of bracket nesting in `header` when it exceeds `max`, else `None`.
+fn bracket_depth_over(header: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for &b in header {
+        match b {
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    (deepest > max).then_some(deepest)
 }
 
 /// A regular file, open, and its length; `None` for anything else (`-`, a pipe, a device).

@@ -319,3 +319,33 @@ fn npy_files_cut_short_or_corrupted_are_refused_without_a_panic() {
         let _ = read_npy(&p, "x", &want);
     }
 }
+
+#[test]
+fn npy_headers_of_nested_brackets_or_too_long_are_refused_at_once() {
+    // Found by fuzzing (the `data` target): 140 bytes whose header opens 60 `{` took npyz's
+    // literal parser longer than libFuzzer's 10 s limit. Refused before it is parsed now.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut header = b"{'descr': '<f4', ".to_vec();
+    header.extend(std::iter::repeat_n(b'{', 60));
+    header.extend_from_slice(b"'fortran_order': False, 'shape': (), }");
+    let mut file = b"\x93NUMPY\x01\x00".to_vec();
+    file.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&1.5f32.to_le_bytes());
+    let p = dir.path().join("deep.npy");
+    std::fs::write(&p, &file).expect("write");
+    let started = std::time::Instant::now();
+    let e = read_npy(&p, "x", &ty(DType::F32, &[])).expect_err("refused");
+    assert!(e.to_string().contains("nests brackets 62 deep"), "{e}");
+    // Not a timing test: the refusal needs no parse at all, so even a loaded machine gives
+    // it in far less than the minutes the parse took.
+    assert!(started.elapsed().as_secs() < 5);
+    // A header longer than NumPy's 10 000-byte limit.
+    let mut file = b"\x93NUMPY\x02\x00".to_vec();
+    file.extend_from_slice(&20_000u32.to_le_bytes());
+    file.extend(std::iter::repeat_n(b' ', 20_004));
+    let p = dir.path().join("long.npy");
+    std::fs::write(&p, &file).expect("write");
+    let e = read_npy(&p, "x", &ty(DType::F32, &[])).expect_err("refused");
+    assert!(e.to_string().contains("NumPy writes at most 10000"), "{e}");
+}
