@@ -349,3 +349,33 @@ fn npy_headers_of_nested_brackets_or_too_long_are_refused_at_once() {
     let e = read_npy(&p, "x", &ty(DType::F32, &[])).expect_err("refused");
     assert!(e.to_string().contains("NumPy writes at most 10000"), "{e}");
 }
+
+#[test]
+fn data_fuzz_finds_stay_fixed() {
+    // Each file in tests/in/regress_data is an input of the `data` fuzz target: its first
+    // byte picks the reader (even: .npy) and the declared type, the rest is the file. Each
+    // must be read or refused, promptly and without a panic.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/in/regress_data");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir)
+        .expect("tests/in/regress_data")
+        .flatten()
+    {
+        let bytes = std::fs::read(e.path()).expect("read");
+        let Some((&which, rest)) = bytes.split_first() else {
+            continue;
+        };
+        let p = tmp.path().join("case");
+        std::fs::write(&p, rest).expect("write");
+        if which % 2 == 0 {
+            let _ = read_npy(&p, "x", &ty(DType::F32, &[]));
+        } else {
+            let declared: std::collections::HashMap<&str, &TensorType> =
+                std::collections::HashMap::new();
+            let _ = super::read_safetensors(&p, &declared);
+        }
+        n += 1;
+    }
+    assert!(n >= 1, "no inputs in {}", dir.display());
+}
