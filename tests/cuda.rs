@@ -560,28 +560,7 @@ fn launch_shapes_follow_the_kernel_kind() {
 
 // ------------------------------------------------------------------ the examples
 
-fn examples() -> Vec<(String, String)> {
-    // `TC_EXAMPLES_DIR` for a prebuilt test binary run elsewhere (scripts/gpu.sh).
-    let dir = match std::env::var_os("TC_EXAMPLES_DIR") {
-        Some(d) => std::path::PathBuf::from(d),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
-    };
-    let mut v: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .expect("examples folder")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tx"))
-        .map(|p| {
-            let name = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
-            (name, std::fs::read_to_string(&p).expect("readable example"))
-        })
-        .collect();
-    v.sort();
-    v
-}
+use tc_tests::examples;
 
 /// Each example at small dims as planned, and with fusion and reuse off (one kernel per
 /// op): (label, source, options).

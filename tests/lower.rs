@@ -3,30 +3,12 @@
 //! fuse/reuse combinations and both targets, and the verifier catching what it must:
 //! a planned kernel that breaks the row/element rule, and kernel IR bent out of shape.
 
-use std::path::PathBuf;
 use tc_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 use tc_compiler::lower::{self, Error, KernelIr, Level, PassId, SplitPart, ValueId};
 use tc_compiler::schedule::*;
 use tc_compiler::{CompileOptions, PlanOptions, Program};
 
-fn examples() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .expect("examples dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tx"))
-        .map(|p| {
-            let name = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
-            (name, std::fs::read_to_string(&p).expect("readable example"))
-        })
-        .collect();
-    out.sort();
-    out
-}
+use tc_tests::examples;
 
 fn compile(label: &str, source: &str, plan: PlanOptions) -> Program {
     let options = CompileOptions {

@@ -3,7 +3,6 @@
 //! the planner, and the arena packer measured against the exhaustive optimum.
 
 use proptest::prelude::*;
-use std::path::PathBuf;
 use tc_compiler::ir::{
     BinaryOp, DType, Dim, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, TensorType,
     UnaryOp, ViewOp,
@@ -12,24 +11,7 @@ use tc_compiler::memory::pack::{align_up, max_live, pack, pack_with, Item};
 use tc_compiler::memory::{memory_report, MemoryReport};
 use tc_compiler::{CompileOptions, PlanOptions, Program};
 
-fn examples() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .expect("examples dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tx"))
-        .map(|p| {
-            let name = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
-            (name, std::fs::read_to_string(&p).expect("readable example"))
-        })
-        .collect();
-    out.sort();
-    out
-}
+use tc_tests::examples;
 
 const COMBOS: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
 

@@ -231,3 +231,27 @@ pub const LARGE_REDUCTIONS: &[&str] = &[
     "dim N = 1048576\ninput x : f32[N]\ns = mean(abs(x))\noutput s\n",
     "dim N = 1048576\ninput x : f32[N]\ny = sum(x) + max(x)\noutput y\n",
 ];
+
+/// Every `examples/*.tx` as (name, source), sorted by name. `TC_EXAMPLES_DIR` points
+/// elsewhere: the GPU machine runs a test binary built here, far from this checkout.
+pub fn examples() -> Vec<(String, String)> {
+    let dir = match std::env::var_os("TC_EXAMPLES_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"),
+    };
+    let mut v: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("examples folder")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tx"))
+        .map(|p| {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            (name, std::fs::read_to_string(&p).expect("readable example"))
+        })
+        .collect();
+    v.sort();
+    v
+}
