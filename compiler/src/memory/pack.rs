@@ -54,6 +54,28 @@ pub fn max_live(items: &[Item]) -> u64 {
     super::liveness::peak(items.iter().map(|i| (i.first, i.last, align_up(i.size))))
 }
 
+/// The offset for `size` bytes among the `busy` ranges `[lo, hi)` of the items it meets:
+/// the first gap that fits (`best_fit: false`), the smallest one (`true`), else the end of
+/// the highest range. Sorts `busy`.
+fn lowest_fit(busy: &mut [(u64, u64)], size: u64, best_fit: bool) -> u64 {
+    busy.sort_unstable();
+    let mut chosen: Option<(u64, u64)> = None; // (gap size, offset)
+    let mut end = 0u64;
+    for &(lo, hi) in busy.iter() {
+        if lo > end && lo - end >= size {
+            let gap = lo - end;
+            if !best_fit {
+                return end;
+            }
+            if chosen.is_none_or(|(g, _)| gap < g) {
+                chosen = Some((gap, end));
+            }
+        }
+        end = end.max(hi);
+    }
+    chosen.map_or(end, |(_, o)| o)
+}
+
 /// Places items in `order`, each at the lowest offset that fits (`best_fit: false`) or in the
 /// smallest gap that fits (`best_fit: true`) among the already placed items it meets in time.
 /// Returns the offsets (by item index) and the arena size.
@@ -74,23 +96,7 @@ pub fn place(items: &[Item], order: &[usize], best_fit: bool) -> (Vec<u64>, u64)
                 )
             })
             .collect();
-        busy.sort_unstable();
-        let mut chosen: Option<(u64, u64)> = None; // (gap size, offset)
-        let mut end = 0u64;
-        for &(lo, hi) in &busy {
-            if lo > end && lo - end >= size {
-                let gap = lo - end;
-                if !best_fit {
-                    chosen = Some((gap, end));
-                    break;
-                }
-                if chosen.is_none_or(|(g, _)| gap < g) {
-                    chosen = Some((gap, end));
-                }
-            }
-            end = end.max(hi);
-        }
-        let off = chosen.map_or(end, |(_, o)| o);
+        let off = lowest_fit(&mut busy, size, best_fit);
         offsets[i] = off;
         arena = arena.max(off.saturating_add(size));
         placed.insert(i);
@@ -294,23 +300,7 @@ mod tests {
                 .filter(|&&j| overlaps(&items[i], &items[j]))
                 .map(|&j| (offsets[j], offsets[j] + align_up(items[j].size)))
                 .collect();
-            busy.sort_unstable();
-            let mut chosen: Option<(u64, u64)> = None;
-            let mut end = 0u64;
-            for &(lo, hi) in &busy {
-                if lo > end && lo - end >= size {
-                    let gap = lo - end;
-                    if !best_fit {
-                        chosen = Some((gap, end));
-                        break;
-                    }
-                    if chosen.is_none_or(|(g, _)| gap < g) {
-                        chosen = Some((gap, end));
-                    }
-                }
-                end = end.max(hi);
-            }
-            let off = chosen.map_or(end, |(_, o)| o);
+            let off = lowest_fit(&mut busy, size, best_fit);
             offsets[i] = off;
             arena = arena.max(off + size);
             placed.push(i);
