@@ -324,7 +324,7 @@ def main():
     first = "; ".join(f"{TITLES[s]}: {firsts(s)}" for s in ("xla", "inductor") if s in sides)
     text = "\n".join([
         f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
-        f"`scripts/bench_peers.py --reps {reps}`{' --label ' + label if label != 'latest' else ''}; "
+        f"`scripts/bench_peers.py --reps {reps}{' --label ' + label if label != 'latest' else ''}`; "
         f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), load average "
         f"{load_before[0]:.1f} before and {load_after[0]:.1f} after (1-minute). "
         f"Versions: tc {v['tc']}" + (f" (`{cpubench}`)" if cpubench != CPUBENCH else "") +
