@@ -39,8 +39,8 @@ fn owner(graph: &Graph, kept: &BTreeSet<NodeId>, mut id: NodeId) -> NodeId {
     }
 }
 
-/// The checker-inserted promotions that a matrix product reads (through views): they are
-/// materialised before the product, in the unfused models as in the plan.
+/// The checker-inserted promotions that a matrix product reads or that an output is (through
+/// views): they are materialised, in the unfused models as in the plan.
 fn promotions_read_by_matmul(graph: &Graph) -> BTreeSet<NodeId> {
     let mut kept = BTreeSet::new();
     for id in graph.ids() {
@@ -53,6 +53,17 @@ fn promotions_read_by_matmul(graph: &Graph) -> BTreeSet<NodeId> {
                     kept.insert(o);
                 }
             }
+        }
+    }
+    // An output must be stored in its own dtype: a promotion it is (through views) owns
+    // memory, as PyTorch materialises `x.to(dtype)` that a program returns.
+    for o in &graph.outputs {
+        let mut id = o.node;
+        while let Op::View(_, inner) = graph.node(id).op {
+            id = inner;
+        }
+        if matches!(graph.node(id).op, Op::Cast { implicit: true, .. }) {
+            kept.insert(id);
         }
     }
     kept
