@@ -104,6 +104,18 @@ const HAZARDS: &[(&str, &str)] = &[
         "half-precision chain written in place",
         "input x : f16[4, 8]\na = x * 2\nb = exp(a / 4)\nc = f32(b) + 1\nd = bf16(c) * 3\noutput d, b",
     ),
+    (
+        "a slice of a value read beside the value itself (no in-place through an offset)",
+        "input x : f32[6, 8]\na = exp(x)\nb = a[:, 1:] * 2\nc = a[:, :7] + b\noutput c",
+    ),
+    (
+        "strided slices feeding a matmul and a reduction",
+        "input x : f32[6, 8]\nparam w : f32[8, 8]\na = x[::2, 1::2] @ w[:4, -5:]\nb = sum(x[1:-1:3], axis=0)\noutput a, b",
+    ),
+    (
+        "integer indices, squeeze, unsqueeze and a two-axis transpose",
+        "input x : f32[3, 4, 5]\na = transpose(x, 0, 2)[1:, 2]\nb = unsqueeze(squeeze(x[:, :1], axis=1), axis=0) * 2\nc = exp(x[-1, -2]) + a[0, 0]\noutput a, b, c",
+    ),
 ];
 
 #[test]

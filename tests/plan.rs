@@ -673,3 +673,40 @@ fn a_large_reduction_into_one_value_runs_as_partials_and_their_fold() {
     assert_eq!(small.plan.kernels.len(), 1);
     assert_eq!(small.memory.peaks.eager.without_inputs, 16);
 }
+
+/// Indexing is a view: the slice has no buffer of its own (0 bytes, `view of` its root in
+/// the report), no kernel copies it, and the arena holds only the computed values.
+#[test]
+fn a_slice_costs_no_bytes() {
+    let src = "input x : f32[64, 64]\na = exp(x)\nb = a[1:, ::2]\nc = b[:, 3] * 2\noutput c\n";
+    for (fuse, reuse) in COMBOS {
+        let p = compile("slice", src, fuse, reuse);
+        let b = p
+            .memory
+            .buffers
+            .iter()
+            .find(|e| e.name == "b")
+            .unwrap_or_else(|| panic!("no entry for b: {:?}", p.memory.buffers));
+        assert_eq!((b.bytes, b.kind.as_str()), (0, "view"), "{b:?}");
+        assert_eq!(b.view_of.as_deref(), Some("a"), "{b:?}");
+        assert!(
+            p.plan.buffers.iter().all(|x| x.name != "b"),
+            "the slice has a buffer of its own"
+        );
+        assert!(
+            p.plan
+                .kernels
+                .iter()
+                .all(|k| !k.ops.iter().any(|o| o == "copy" || o == "slice")),
+            "a kernel copies the slice"
+        );
+        // `a` (64·64·4 bytes) and `c` (63·4 bytes) are all the arena ever holds.
+        assert!(
+            p.plan.arena_bytes <= align_up(64 * 64 * 4) + align_up(63 * 4),
+            "arena {} bytes\n{}",
+            p.plan.arena_bytes,
+            tc_compiler::plan::print(&p.plan)
+        );
+        check_figures("slice", &p.memory, reuse);
+    }
+}

@@ -87,6 +87,9 @@ error_kinds! {
     BadAxis = "bad-axis",
     /// A `reshape`, `permute` or `expand` that cannot produce the shape asked for.
     BadView = "bad-view",
+    /// An index `x[…]` out of range, a slice that selects nothing, a step below 1, or more
+    /// entries than the tensor has axes.
+    BadIndex = "bad-index",
     /// A buffer the planner makes, or the whole arena with the inputs and params, whose byte
     /// count does not fit in 64 bits (the checker sizes every value first, with
     /// `SizeOverflow`, but not their sum).

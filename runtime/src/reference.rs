@@ -335,6 +335,26 @@ fn apply_view(view: &ViewOp, a: &RefTensor, shape: &[u64]) -> Result<(Vec<u64>, 
             }
             Ok((shape.to_vec(), a.values.clone()))
         }
+        ViewOp::Slice(axes) => {
+            if axes.len() != r {
+                return Err(format!("slice of {} axes of rank {r}", axes.len()));
+            }
+            Ok(gather(shape.to_vec(), &|idx| {
+                let mut kept = idx.iter();
+                let i: Vec<usize> = axes
+                    .iter()
+                    .map(|ax| {
+                        let k = if ax.keep {
+                            *kept.next().unwrap_or(&0)
+                        } else {
+                            0
+                        };
+                        (ax.start + k as u64 * ax.step) as usize
+                    })
+                    .collect();
+                ravel(&i, &a.shape)
+            }))
+        }
         ViewOp::Expand { .. } => {
             broadcast_shape(&a.shape, shape)?;
             Ok(gather(shape.to_vec(), &|idx| {

@@ -156,6 +156,18 @@ pub enum ViewOp {
     /// NumPy `broadcast_to` to the node's shape (stride 0 on new or size-1 axes).
     /// `implicit` marks the broadcasts the checker inserted for a binary operator.
     Expand { implicit: bool },
+    /// Basic indexing `x[…]`: one entry per operand axis (see `SliceAxis`); the kept axes'
+    /// sizes are the node's.
+    Slice(Vec<SliceAxis>),
+}
+
+/// One operand axis of a `Slice`: result index `i` reads operand index `start + i·step`;
+/// an integer index (`keep: false`) reads `start` and removes the axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct SliceAxis {
+    pub start: u64,
+    pub step: u64,
+    pub keep: bool,
 }
 
 /// What a node computes. A closed set: `match` checks every pass handles every op.
@@ -248,6 +260,7 @@ impl Op {
             Op::View(ViewOp::Permute(_), _) => "permute",
             Op::View(ViewOp::Reshape, _) => "reshape",
             Op::View(ViewOp::Expand { .. }, _) => "expand",
+            Op::View(ViewOp::Slice(_), _) => "slice",
             Op::Copy(_) => "copy",
         }
     }

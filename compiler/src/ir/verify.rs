@@ -232,6 +232,34 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
                         );
                     }
                 }
+                ViewOp::Slice(axes) => {
+                    let kept: Vec<u64> = axes
+                        .iter()
+                        .zip(&ins)
+                        .filter(|(a, _)| a.keep)
+                        .map(|(_, &n)| n)
+                        .collect();
+                    let in_range = axes.len() == ins.len()
+                        && kept.len() == sizes.len()
+                        && axes
+                            .iter()
+                            .zip(&ins)
+                            .all(|(a, &n)| a.step >= 1 && a.start < n);
+                    let fits = in_range && {
+                        let mut out = sizes.iter();
+                        axes.iter().zip(&ins).all(|(a, &n)| {
+                            !a.keep
+                                || out.next().is_some_and(|&k| {
+                                    k >= 1
+                                        && (a.start as u128 + (k as u128 - 1) * a.step as u128)
+                                            < u128::from(n)
+                                })
+                        })
+                    };
+                    if !fits {
+                        return bad(TypesFollowOps, format!("slice {axes:?} of {t} is not {ty}"));
+                    }
+                }
                 ViewOp::Expand { .. } => {
                     if sizes.len() < ins.len() {
                         return bad(TypesFollowOps, format!("expand of {t} to lower rank {ty}"));
