@@ -223,7 +223,11 @@ fn pointwise_plan(dtype: DType, rows: u64, cols: u64) -> Plan {
             el(InstOp::Unary(UnaryOp::Gelu, 4), dtype),
             el(InstOp::Cast(5), dtype),
         ],
-        stores: vec![Store { inst: 6, buffer: y }],
+        stores: vec![Store {
+            inst: 6,
+            buffer: y,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(f), &["mul", "add", "gelu"], &[3, 4]);
     b.output("y", y);
@@ -248,7 +252,11 @@ fn softmax_plan(dtype: DType, rows: u64, cols: u64) -> Plan {
             el(InstOp::Binary(BinaryOp::Div, 3, 4), DType::F32),
             el(InstOp::Cast(5), dtype),
         ],
-        stores: vec![Store { inst: 6, buffer: y }],
+        stores: vec![Store {
+            inst: 6,
+            buffer: y,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(f), &["softmax"], &[2]);
     b.output("y", y);
@@ -271,7 +279,11 @@ fn reductions_plan() -> Plan {
             el(InstOp::Load(0), DType::F32),
             row(InstOp::Reduce(ReduceOp::Mean, 0), DType::F32),
         ],
-        stores: vec![Store { inst: 1, buffer: t }],
+        stores: vec![Store {
+            inst: 1,
+            buffer: t,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(col), &["mean"], &[2]);
     let all = FusedKernel {
@@ -284,7 +296,11 @@ fn reductions_plan() -> Plan {
             row(InstOp::Reduce(ReduceOp::Sum, 1), DType::F32),
             row(InstOp::Unary(UnaryOp::Sqrt, 2), DType::F32),
         ],
-        stores: vec![Store { inst: 3, buffer: s }],
+        stores: vec![Store {
+            inst: 3,
+            buffer: s,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(all), &["square", "sum", "sqrt"], &[3]);
     b.output("total", t);
@@ -323,6 +339,7 @@ fn layernorm_plan(rows: u64, cols: u64) -> Plan {
         stores: vec![Store {
             inst: 11,
             buffer: y,
+            region: None,
         }],
     };
     b.kernel(KernelKind::Fused(f), &["layernorm", "mul"], &[5]);

@@ -116,6 +116,14 @@ const HAZARDS: &[(&str, &str)] = &[
         "integer indices, squeeze, unsqueeze and a two-axis transpose",
         "input x : f32[3, 4, 5]\na = transpose(x, 0, 2)[1:, 2]\nb = unsqueeze(squeeze(x[:, :1], axis=1), axis=0) * 2\nc = exp(x[-1, -2]) + a[0, 0]\noutput a, b, c",
     ),
+    (
+        "concat and stack: parts written in place by their producers, copied, promoted",
+        "input x : f32[4, 6]\ninput y : f16[4, 2]\na = exp(x)\nb = tanh(y) * 2\nc = concat([a, b], axis=-1)\nd = stack([x, x * 3], axis=1)\ne = concat([softmax(x), x[:, :2] + 1, y], axis=1)\nf = c * 2 + sum(e, axis=1, keepdim=true)\noutput f, d, e",
+    ),
+    (
+        "a concat whose operand is also read after it, and a part of a row kernel",
+        "input x : f32[3, 5]\na = x * 2\nc = concat([a, layernorm(x), a[:, 1:]], axis=1)\nd = a + 1\ne = concat([sum(x, axis=1, keepdim=true), d], axis=-1)\noutput c, d, e",
+    ),
 ];
 
 #[test]

@@ -54,6 +54,19 @@ pub fn evaluate(
                 )
             }
             Op::Scalar(v) => (vec![], vec![*v]),
+            Op::Concat { args, axis } => {
+                // Row-major: for each index of the axes before `axis`, every operand's run.
+                let outer: u64 = shape[..*axis].iter().product();
+                let mut v = Vec::with_capacity(numel(&shape));
+                for o in 0..outer as usize {
+                    for a in args {
+                        let t = get(*a);
+                        let run = t.shape[*axis..].iter().product::<u64>() as usize;
+                        v.extend_from_slice(&t.values[o * run..(o + 1) * run]);
+                    }
+                }
+                (shape.clone(), v)
+            }
             Op::Unary(op, a) => {
                 let a = get(*a);
                 (

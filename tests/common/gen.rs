@@ -565,6 +565,67 @@ impl Gen<'_> {
         self.bind(expr, x.dtype, shape, x.bound)
     }
 
+    /// `concat([x, …], axis=A)` with partners of fitting shape (existing values, slices of
+    /// `x`, or new leaves), or `stack([x, …])` of values of `x`'s shape; dtypes promote.
+    fn join(&mut self, x: &Var) -> Var {
+        let r = x.shape.len();
+        let stack = self.rng.chance(30);
+        let axis = self.rng.below(if stack { r + 1 } else { r });
+        let mut parts = vec![x.clone()];
+        for _ in 0..1 + self.rng.below(2) {
+            let fits: Vec<Var> = self
+                .vars
+                .iter()
+                .filter(|v| {
+                    v.shape.len() == r
+                        && (0..r).all(|d| (!stack && d == axis) || v.shape[d] == x.shape[d])
+                })
+                .cloned()
+                .collect();
+            let p = if !fits.is_empty() && self.rng.chance(60) {
+                self.rng.pick(&fits).clone()
+            } else {
+                let mut s = x.shape.clone();
+                if !stack {
+                    s[axis] = *self.rng.pick(&self.sizes.extra);
+                }
+                let dt = self.dtype();
+                self.leaf(dt, s)
+            };
+            parts.push(p);
+        }
+        if self.rng.chance(50) {
+            parts.reverse();
+        }
+        let mut dtype = parts[0].dtype;
+        for p in &parts[1..] {
+            if p.dtype != dtype {
+                dtype = "f32";
+            }
+        }
+        let mut shape = x.shape.clone();
+        if stack {
+            shape.insert(axis, parts.len() as u64);
+        } else {
+            shape[axis] = parts.iter().map(|p| p.shape[axis]).sum();
+        }
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        let at = self.axis_text(axis, shape.len());
+        let arg = if axis == 0 && self.rng.chance(30) {
+            String::new()
+        } else {
+            format!(", axis={at}")
+        };
+        let f = if stack { "stack" } else { "concat" };
+        let bound = parts.iter().map(|p| p.bound).fold(0.0, f64::max);
+        self.bind(
+            format!("{f}([{}]{arg})", names.join(", ")),
+            dtype,
+            shape,
+            bound,
+        )
+    }
+
     fn matmul(&mut self, x: &Var) -> Var {
         let r = x.shape.len();
         let k = x.shape[r - 1];
@@ -637,6 +698,9 @@ impl Gen<'_> {
                     x.bound,
                 );
                 self.matmul(&m);
+            }
+            10 if !x.shape.is_empty() && self.rng.chance(40) => {
+                self.join(&x);
             }
             10 => {
                 self.cast(&x);

@@ -15,6 +15,7 @@ fn params(name: &str) -> Option<&'static [&'static str]> {
         "layernorm" | "rmsnorm" => &["x", "axis", "eps"],
         "transpose" => &["x", "dim0", "dim1"],
         "squeeze" | "unsqueeze" => &["x", "axis"],
+        "concat" | "stack" => &["tensors", "axis"],
         "f32" | "f16" | "bf16" => &["x"],
         "permute" => &["x", "dims"],
         "reshape" | "expand" => &["x", "shape"],
@@ -52,6 +53,8 @@ const BUILTINS: &[&str] = &[
     "transpose",
     "squeeze",
     "unsqueeze",
+    "concat",
+    "stack",
     "permute",
     "reshape",
     "expand",
@@ -91,6 +94,9 @@ impl Checker<'_> {
         let Some(bound) = self.bind_args(func, params, args, span) else {
             return Val::Error;
         };
+        if matches!(name, "concat" | "stack") {
+            return self.join(name, &bound, span, depth);
+        }
         let (x_expr, x) = match bound[0] {
             Some(e) => (e, self.expr_at(e, depth + 1)),
             None => return Val::Error,
@@ -456,7 +462,12 @@ impl Checker<'_> {
         }
     }
 
-    fn normalize_axis(&mut self, axis: i128, ty: &TensorType, span: &Span) -> Option<usize> {
+    pub(super) fn normalize_axis(
+        &mut self,
+        axis: i128,
+        ty: &TensorType,
+        span: &Span,
+    ) -> Option<usize> {
         let rank = ty.rank() as i128;
         if axis < -rank || axis >= rank {
             let range = if rank == 0 {

@@ -125,7 +125,7 @@ impl Checker<'_> {
     }
 
     /// Converts `id` to `dtype` with an implicit cast, if it differs.
-    fn coerce_dtype(&mut self, id: NodeId, dtype: DType, span: &Span) -> NodeId {
+    pub(super) fn coerce_dtype(&mut self, id: NodeId, dtype: DType, span: &Span) -> NodeId {
         if self.graph.dtype(id) == dtype {
             return id;
         }

@@ -220,7 +220,11 @@ fn pointwise(k: &KernelIr) -> PointwiseLaunch {
         .chain(k.stores.iter().map(|s| s.dtype))
         .any(|d| d == DType::F32);
     let lanes: u64 = if any_f32 { 4 } else { 8 };
-    let vectorize = n >= lanes && (rank == 1 || last % lanes == 0) && !k.stores.is_empty();
+    // A store into a region (a concat part) is strided: scalar stores.
+    let vectorize = n >= lanes
+        && (rank == 1 || last % lanes == 0)
+        && !k.stores.is_empty()
+        && k.stores.iter().all(|s| s.is_plain(&k.axes));
     let work = if vectorize { n / lanes } else { n };
     PointwiseLaunch {
         grid: work.div_ceil(BLOCK as u64).clamp(1, MAX_GRID),
@@ -439,6 +443,7 @@ mod tests {
                 .map(|(i, &(inst, _))| Store {
                     inst,
                     buffer: BufferId(i as u32 + 1),
+                    region: None,
                 })
                 .collect(),
         };

@@ -220,8 +220,16 @@ pub enum Op {
         implicit: bool,
     },
     View(ViewOp, NodeId),
-    /// Materialise a view contiguously (a `reshape` no strides can express).
+    /// Materialise a view contiguously (a `reshape` no strides can express). In the
+    /// primitive graph also each operand of a `Concat`, written into its place.
     Copy(NodeId),
+    /// `concat(args, axis)`: the operands (same dtype, same sizes but on `axis`) one after
+    /// another along `axis`. In the primitive graph its operands are `Copy` nodes whose
+    /// kernels store straight into their place in its buffer (`plan`): it has no kernel.
+    Concat {
+        args: Vec<NodeId>,
+        axis: usize,
+    },
 }
 
 impl Op {
@@ -238,6 +246,7 @@ impl Op {
             | Op::View(_, a)
             | Op::Copy(a) => vec![*a],
             Op::Binary(_, a, b) | Op::MatMul(a, b) => vec![*a, *b],
+            Op::Concat { args, .. } => args.clone(),
         }
     }
 
@@ -262,6 +271,7 @@ impl Op {
             Op::View(ViewOp::Expand { .. }, _) => "expand",
             Op::View(ViewOp::Slice(_), _) => "slice",
             Op::Copy(_) => "copy",
+            Op::Concat { .. } => "concat",
         }
     }
 

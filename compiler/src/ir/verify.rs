@@ -101,6 +101,30 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
             Ok(())
         }
         Op::Unary(_, a) | Op::Copy(a) => same(*a, "operand", TypesFollowOps),
+        Op::Concat { args, axis } => {
+            let mut total = 0u64;
+            for &a in args {
+                let t = graph.ty(a);
+                let fits = t.dtype == ty.dtype
+                    && t.rank() == ty.rank()
+                    && *axis < ty.rank()
+                    && (0..ty.rank()).all(|d| d == *axis || t.shape[d].size == sizes[d]);
+                if !fits {
+                    return bad(
+                        TypesFollowOps,
+                        format!("concat operand {a} {t} does not fit {ty}"),
+                    );
+                }
+                total = total.saturating_add(t.shape[*axis].size);
+            }
+            if args.is_empty() || total != sizes[*axis] {
+                return bad(
+                    TypesFollowOps,
+                    format!("concat of {} operands is not {ty}", args.len()),
+                );
+            }
+            Ok(())
+        }
         Op::Binary(_, a, b) => {
             same(*a, "left operand", ExplicitBroadcast)?;
             same(*b, "right operand", ExplicitBroadcast)
