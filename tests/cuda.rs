@@ -715,7 +715,7 @@ fn sibling_fused_kernels_in_every_strategy_compile() {
 /// Small dims for running the examples: each example's `dim` lines get these values
 /// (D = H·Dh keeps the transformer's reshapes valid; N = 1000 leaves a vector tail).
 fn small_dims(source: &str) -> Vec<(String, u64)> {
-    let table: [(&str, u64); 9] = [
+    let table: [(&str, u64); 10] = [
         ("B", 2),
         ("S", 8),
         ("D", 8),
@@ -725,6 +725,7 @@ fn small_dims(source: &str) -> Vec<(String, u64)> {
         ("N", 1000),
         ("V", 24),
         ("C", 6),
+        ("Hf", 2),
     ];
     let declared: Vec<String> = source
         .lines()

@@ -82,9 +82,27 @@ impl Checker<'_> {
         let axis = match bound[1] {
             None => Some(0),
             Some(e) => {
-                let probe = TensorType::new(first.dtype, vec![Dim::new(1); out_rank]);
-                self.const_int(e, ErrorKind::BadAxis)
-                    .and_then(|a| self.normalize_axis(a, &probe, &e.span))
+                // The axis counts in the result (one axis more than the operands for `stack`).
+                let r = out_rank as i128;
+                match self.const_int(e, ErrorKind::BadAxis) {
+                    Some(a) if (-r..r).contains(&a) => Some(if a < 0 { a + r } else { a } as usize),
+                    Some(a) => {
+                        self.error(
+                            Diagnostic::error(
+                                ErrorKind::BadAxis,
+                                format!("axis {a} is out of range for `{name}` of {first}"),
+                            )
+                            .with_primary(e.span.clone(), format!("axis {a}"))
+                            .with_note(format!(
+                                "the result has {r} axes: axes run from {} to {}",
+                                -r,
+                                r - 1
+                            )),
+                        );
+                        None
+                    }
+                    None => None,
+                }
             }
         };
         let Some(axis) = axis else { return Val::Error };

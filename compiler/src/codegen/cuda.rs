@@ -247,8 +247,13 @@ fn header(
             Level::Row => "row order",
             Level::Element => "domain order",
         };
+        let region = if s.is_plain(&k.axes) {
+            String::new()
+        } else {
+            format!(", a part at offset {}, strides {:?}", s.offset, s.strides)
+        };
         w.line(format!(
-            "//   store: {} = {} ({}) <- {}, {level}",
+            "//   store: {} = {} ({}) <- {}, {level}{region}",
             params.name(s.buffer),
             b.name,
             b.dtype,

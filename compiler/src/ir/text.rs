@@ -75,6 +75,7 @@ pub fn op_text(op: &Op) -> String {
                 .collect();
             format!("slice {args} [{}]", axes.join(", "))
         }
+        Op::Concat { axis, .. } => format!("concat {args} axis={axis}"),
         _ => format!("{} {args}", op.name()),
     }
 }
