@@ -11,7 +11,7 @@ use std::path::Path;
 /// Small dims for every example so a debug-build CPU run stays fast.
 const SMALL_DIMS: &[&str] = &[
     "--dim", "B=2", "--dim", "D=16", "--dim", "H=4", "--dim", "C=8", "--dim", "N=8", "--dim",
-    "V=16", "--dim", "S=8", "--dim", "Dh=4", "--dim", "F=32",
+    "V=16", "--dim", "S=8", "--dim", "Dh=4", "--dim", "F=32", "--dim", "Hf=2",
 ];
 
 fn examples() -> Vec<String> {

@@ -226,7 +226,11 @@ fn pointwise_plan(dtype: DType, rows: u64, cols: u64) -> Plan {
             el(InstOp::Unary(UnaryOp::Gelu, 4), dtype),
             el(InstOp::Cast(5), dtype),
         ],
-        stores: vec![Store { inst: 6, buffer: y }],
+        stores: vec![Store {
+            inst: 6,
+            buffer: y,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(f), &["mul", "add", "gelu"], &[3, 4]);
     b.output("y", y);
@@ -251,7 +255,11 @@ fn softmax_plan(dtype: DType, rows: u64, cols: u64) -> Plan {
             el(InstOp::Binary(BinaryOp::Div, 3, 4), DType::F32),
             el(InstOp::Cast(5), dtype),
         ],
-        stores: vec![Store { inst: 6, buffer: y }],
+        stores: vec![Store {
+            inst: 6,
+            buffer: y,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(f), &["softmax"], &[2]);
     b.output("y", y);
@@ -274,7 +282,11 @@ fn reductions_plan() -> Plan {
             el(InstOp::Load(0), DType::F32),
             row(InstOp::Reduce(ReduceOp::Mean, 0), DType::F32),
         ],
-        stores: vec![Store { inst: 1, buffer: t }],
+        stores: vec![Store {
+            inst: 1,
+            buffer: t,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(col), &["mean"], &[2]);
     let all = FusedKernel {
@@ -287,7 +299,11 @@ fn reductions_plan() -> Plan {
             row(InstOp::Reduce(ReduceOp::Sum, 1), DType::F32),
             row(InstOp::Unary(UnaryOp::Sqrt, 2), DType::F32),
         ],
-        stores: vec![Store { inst: 3, buffer: s }],
+        stores: vec![Store {
+            inst: 3,
+            buffer: s,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(all), &["square", "sum", "sqrt"], &[3]);
     b.output("total", t);
@@ -326,6 +342,7 @@ fn layernorm_plan(rows: u64, cols: u64) -> Plan {
         stores: vec![Store {
             inst: 11,
             buffer: y,
+            region: None,
         }],
     };
     b.kernel(KernelKind::Fused(f), &["layernorm", "mul"], &[5]);
@@ -701,7 +718,7 @@ fn sibling_fused_kernels_in_every_strategy_compile() {
 /// Small dims for running the examples: each example's `dim` lines get these values
 /// (D = H·Dh keeps the transformer's reshapes valid; N = 1000 leaves a vector tail).
 fn small_dims(source: &str) -> Vec<(String, u64)> {
-    let table: [(&str, u64); 9] = [
+    let table: [(&str, u64); 10] = [
         ("B", 2),
         ("S", 8),
         ("D", 8),
@@ -711,6 +728,7 @@ fn small_dims(source: &str) -> Vec<(String, u64)> {
         ("N", 1000),
         ("V", 24),
         ("C", 6),
+        ("Hf", 2),
     ];
     let declared: Vec<String> = source
         .lines()

@@ -14,6 +14,10 @@ const SMALL_DIMS: &[(&str, &[(&str, u64)])] = &[
     ("mlp", &[("B", 8), ("D", 24), ("H", 40), ("C", 16)]),
     ("softmax", &[("N", 12), ("V", 80)]),
     (
+        "rotary",
+        &[("B", 2), ("H", 2), ("S", 8), ("Dh", 8), ("Hf", 4)],
+    ),
+    (
         "transformer_block",
         &[
             ("B", 2),
@@ -103,6 +107,26 @@ const HAZARDS: &[(&str, &str)] = &[
     (
         "half-precision chain written in place",
         "input x : f16[4, 8]\na = x * 2\nb = exp(a / 4)\nc = f32(b) + 1\nd = bf16(c) * 3\noutput d, b",
+    ),
+    (
+        "a slice of a value read beside the value itself (no in-place through an offset)",
+        "input x : f32[6, 8]\na = exp(x)\nb = a[:, 1:] * 2\nc = a[:, :7] + b\noutput c",
+    ),
+    (
+        "strided slices feeding a matmul and a reduction",
+        "input x : f32[6, 8]\nparam w : f32[8, 8]\na = x[::2, 1::2] @ w[:4, -5:]\nb = sum(x[1:-1:3], axis=0)\noutput a, b",
+    ),
+    (
+        "integer indices, squeeze, unsqueeze and a two-axis transpose",
+        "input x : f32[3, 4, 5]\na = transpose(x, 0, 2)[1:, 2]\nb = unsqueeze(squeeze(x[:, :1], axis=1), axis=0) * 2\nc = exp(x[-1, -2]) + a[0, 0]\noutput a, b, c",
+    ),
+    (
+        "concat and stack: parts written in place by their producers, copied, promoted",
+        "input x : f32[4, 6]\ninput y : f16[4, 2]\na = exp(x)\nb = tanh(y) * 2\nc = concat([a, b], axis=-1)\nd = stack([x, x * 3], axis=1)\ne = concat([softmax(x), x[:, :2] + 1, y], axis=1)\nf = c * 2 + sum(e, axis=1, keepdim=true)\noutput f, d, e",
+    ),
+    (
+        "a concat whose operand is also read after it, and a part of a row kernel",
+        "input x : f32[3, 5]\na = x * 2\nc = concat([a, layernorm(x), a[:, 1:]], axis=1)\nd = a + 1\ne = concat([sum(x, axis=1, keepdim=true), d], axis=-1)\noutput c, d, e",
     ),
 ];
 

@@ -177,10 +177,12 @@ fn good_body() -> (Vec<Inst>, Vec<Store>) {
             Store {
                 inst: 3,
                 buffer: BufferId(1),
+                region: None,
             },
             Store {
                 inst: 2,
                 buffer: BufferId(2),
+                region: None,
             },
         ],
     )

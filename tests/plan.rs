@@ -673,3 +673,119 @@ fn a_large_reduction_into_one_value_runs_as_partials_and_their_fold() {
     assert_eq!(small.plan.kernels.len(), 1);
     assert_eq!(small.memory.peaks.eager.without_inputs, 16);
 }
+
+/// Indexing is a view: the slice has no buffer of its own (0 bytes, `view of` its root in
+/// the report), no kernel copies it, and the arena holds only the computed values.
+#[test]
+fn a_slice_costs_no_bytes() {
+    let src = "input x : f32[64, 64]\na = exp(x)\nb = a[1:, ::2]\nc = b[:, 3] * 2\noutput c\n";
+    for (fuse, reuse) in COMBOS {
+        let p = compile("slice", src, fuse, reuse);
+        let b = p
+            .memory
+            .buffers
+            .iter()
+            .find(|e| e.name == "b")
+            .unwrap_or_else(|| panic!("no entry for b: {:?}", p.memory.buffers));
+        assert_eq!((b.bytes, b.kind.as_str()), (0, "view"), "{b:?}");
+        assert_eq!(b.view_of.as_deref(), Some("a"), "{b:?}");
+        assert!(
+            p.plan.buffers.iter().all(|x| x.name != "b"),
+            "the slice has a buffer of its own"
+        );
+        assert!(
+            p.plan
+                .kernels
+                .iter()
+                .all(|k| !k.ops.iter().any(|o| o == "copy" || o == "slice")),
+            "a kernel copies the slice"
+        );
+        // `a` (64·64·4 bytes) and `c` (63·4 bytes) are all the arena ever holds.
+        assert!(
+            p.plan.arena_bytes <= align_up(64 * 64 * 4) + align_up(63 * 4),
+            "arena {} bytes\n{}",
+            p.plan.arena_bytes,
+            tc_compiler::plan::print(&p.plan)
+        );
+        check_figures("slice", &p.memory, reuse);
+    }
+}
+
+/// `concat` of two computed operands: each operand's kernel stores straight into its place
+/// in the result (a store into a region), so no kernel only copies and the operands have no
+/// buffers of their own; the report lists them as parts written in place. An input operand
+/// is copied into its place (a copy kernel), and the report says from where.
+#[test]
+fn concat_of_computed_operands_has_no_copy_kernel() {
+    let src = "input x : f32[64, 32]\ninput y : f32[64, 16]\na = exp(x)\nb = tanh(y)\nc = concat([a, b], axis=-1)\nd = softmax(c)\noutput d\n";
+    let p = compile("concat", src, true, true);
+    let plan = tc_compiler::plan::print(&p.plan);
+    tc_compiler::plan::verify(&p.plan).unwrap_or_else(|e| panic!("{e}\n{plan}"));
+    assert!(
+        p.plan
+            .kernels
+            .iter()
+            .all(|k| !k.ops.iter().all(|o| o == "copy" || o == "concat")),
+        "a kernel only copies:\n{plan}"
+    );
+    assert!(
+        p.plan
+            .buffers
+            .iter()
+            .all(|b| b.name != "a" && b.name != "b"),
+        "an operand has a buffer of its own:\n{plan}"
+    );
+    let c = p
+        .plan
+        .buffers
+        .iter()
+        .position(|b| b.name == "c")
+        .unwrap_or_else(|| panic!("no buffer c:\n{plan}"));
+    let parts: Vec<_> = p
+        .plan
+        .kernels
+        .iter()
+        .filter_map(|k| match &k.kind {
+            tc_compiler::schedule::KernelKind::Fused(f) => Some(f),
+            _ => None,
+        })
+        .flat_map(|f| f.stores.iter())
+        .filter(|s| s.buffer.index() == c)
+        .collect();
+    assert_eq!(parts.len(), 2, "{plan}");
+    assert!(parts.iter().all(|s| s.region.is_some()), "{plan}");
+    let entries: Vec<_> = p
+        .memory
+        .buffers
+        .iter()
+        .filter(|e| e.part_of.as_deref() == Some("c"))
+        .collect();
+    assert_eq!(entries.len(), 2, "{:?}", p.memory.buffers);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.bytes == 0 && e.copied_from.is_none()),
+        "{entries:?}"
+    );
+    // c and d: all the arena holds.
+    assert!(
+        p.plan.arena_bytes <= 2 * align_up(64 * 48 * 4),
+        "arena {}:\n{plan}",
+        p.plan.arena_bytes
+    );
+    // An input operand is copied into place.
+    let src =
+        "input x : f32[64, 32]\ninput y : f32[64, 16]\nc = concat([exp(x), y], axis=1)\noutput c\n";
+    let p = compile("concat of an input", src, true, true);
+    let copied: Vec<_> = p
+        .memory
+        .buffers
+        .iter()
+        .filter_map(|e| e.copied_from.clone())
+        .collect();
+    assert_eq!(copied, ["y"], "{:?}", p.memory.buffers);
+    for (fuse, reuse) in COMBOS {
+        let p = compile("concat", src, fuse, reuse);
+        check_figures("concat", &p.memory, reuse);
+    }
+}

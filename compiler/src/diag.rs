@@ -92,6 +92,9 @@ error_kinds! {
     /// An operand of a dtype the operation does not take (`@` of integers, `logical_and` of
     /// floats, `where` with a float condition, an integer constant too large to be exact).
     BadDtype = "bad-dtype",
+    /// An index `x[…]` out of range, a slice that selects nothing, a step below 1, or more
+    /// entries than the tensor has axes.
+    BadIndex = "bad-index",
     /// A buffer the planner makes, or the whole arena with the inputs and params, whose byte
     /// count does not fit in 64 bits (the checker sizes every value first, with
     /// `SizeOverflow`, but not their sum).

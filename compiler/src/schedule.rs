@@ -17,7 +17,9 @@
 //! - A `Load` reads `buffer[offset + Σ idx[d]·strides[d]]` (elements of the buffer's dtype)
 //!   for domain index `idx`; a `Row` load has stride 0 on every reduce axis.
 //! - A `Store` of an `Element` inst writes the buffer contiguously in `domain` order; of a
-//!   `Row` inst, contiguously in row order (the non-reduced axes, in order).
+//!   `Row` inst, contiguously in row order (the non-reduced axes, in order). A store with a
+//!   `region` writes `buffer[offset + Σ idx[d]·strides[d]]` instead: one part of a buffer
+//!   that several kernels fill (a `concat`), never read by the kernel that writes it.
 //! - Float arithmetic is done in f32 whatever the float dtypes; `Cast` rounds to its dtype
 //!   (ties to even) and back. The planner follows every f16/bf16 arithmetic result with a
 //!   `Cast`, so a fused program rounds exactly where the unfused one stores (an executor
@@ -155,11 +157,22 @@ pub struct Inst {
     pub node: Option<NodeId>,
 }
 
-/// Writes inst `inst` to `buffer` (contiguous; see the module doc).
+/// Writes inst `inst` to `buffer` (contiguous, or into a region; see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Store {
     pub inst: InstId,
     pub buffer: BufferId,
+    /// `None`: the whole buffer, contiguously. Else the value is one part of a larger
+    /// buffer (a `concat` operand written straight into its place).
+    pub region: Option<Region>,
+}
+
+/// Where a store writes in a buffer larger than its value: element `idx` of the domain
+/// goes to `buffer[offset + Σ idx[d]·strides[d]]` (0 on the reduce axes for a `Row` inst).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Region {
+    pub offset: i64,
+    pub strides: Vec<i64>,
 }
 
 /// A loop nest of elementwise maths with optional row reductions, fused into one kernel.

@@ -81,6 +81,19 @@ pub fn evaluate(
                 (shape.clone(), v)
             }
             Op::Scalar(v) => (vec![], vec![Value::constant(dtype, *v)]),
+            Op::Concat { args, axis } => {
+                // Row-major: for each index of the axes before `axis`, every operand's run.
+                let outer: u64 = shape[..*axis].iter().product();
+                let mut v = Vec::with_capacity(numel(&shape));
+                for o in 0..outer as usize {
+                    for a in args {
+                        let t = get(*a);
+                        let run = t.shape[*axis..].iter().product::<u64>() as usize;
+                        v.extend((o * run..(o + 1) * run).map(|i| t.at(i)));
+                    }
+                }
+                (shape.clone(), v)
+            }
             Op::Unary(op, a) => {
                 let a = get(*a);
                 (
@@ -412,6 +425,26 @@ fn view_positions(
                 return Err(format!("reshape of {:?} to {shape:?}", a.shape));
             }
             Ok((shape.to_vec(), (0..a.values.len()).collect()))
+        }
+        ViewOp::Slice(axes) => {
+            if axes.len() != r {
+                return Err(format!("slice of {} axes of rank {r}", axes.len()));
+            }
+            Ok(gather(shape.to_vec(), &|idx| {
+                let mut kept = idx.iter();
+                let i: Vec<usize> = axes
+                    .iter()
+                    .map(|ax| {
+                        let k = if ax.keep {
+                            *kept.next().unwrap_or(&0)
+                        } else {
+                            0
+                        };
+                        (ax.start + k as u64 * ax.step) as usize
+                    })
+                    .collect();
+                ravel(&i, &a.shape)
+            }))
         }
         ViewOp::Expand { .. } => {
             broadcast_shape(&a.shape, shape)?;

@@ -694,7 +694,40 @@ impl Gen<'_> {
     fn view(&mut self, x: &Var) -> Var {
         let r = x.shape.len();
         let n = &x.name;
-        match self.rng.below(4) {
+        match self.rng.below(7) {
+            4 if r >= 1 => self.slice(x),
+            5 if r >= 1 && self.rng.chance(50) => {
+                // squeeze: every size-1 axis, or one axis (a no-op when its size is not 1).
+                let (arg, s) = if self.rng.chance(40) {
+                    (
+                        String::new(),
+                        x.shape.iter().copied().filter(|&v| v != 1).collect(),
+                    )
+                } else {
+                    let a = self.rng.below(r);
+                    let at = self.axis_text(a, r);
+                    let mut s = x.shape.clone();
+                    if s[a] == 1 {
+                        s.remove(a);
+                    }
+                    (format!(", axis={at}"), s)
+                };
+                self.bind(format!("squeeze({n}{arg})"), x.dtype, s, x.bound)
+            }
+            5 if r < 4 => {
+                let a = self.rng.below(r + 1);
+                let at = self.axis_text(a, r + 1);
+                let mut s = x.shape.clone();
+                s.insert(a, 1);
+                self.bind(format!("unsqueeze({n}, axis={at})"), x.dtype, s, x.bound)
+            }
+            6 if r >= 2 => {
+                let (a, b) = (self.rng.below(r), self.rng.below(r));
+                let (at, bt) = (self.axis_text(a, r), self.axis_text(b, r));
+                let mut s = x.shape.clone();
+                s.swap(a, b);
+                self.bind(format!("transpose({n}, {at}, {bt})"), x.dtype, s, x.bound)
+            }
             0 if r >= 2 => {
                 let mut s = x.shape.clone();
                 s.swap(r - 1, r - 2);
@@ -767,6 +800,127 @@ impl Gen<'_> {
                 self.bind(format!("expand({n}, {text})"), x.dtype, s, x.bound)
             }
         }
+    }
+
+    /// `x[…]`: per axis an integer (sometimes negative), or a slice with optional bounds
+    /// (literals or dims, sometimes past the end or negative, clamped as Python) and step;
+    /// trailing entries sometimes left out. The result shape is computed here, apart from
+    /// the checker, by Python's rules.
+    fn slice(&mut self, x: &Var) -> Var {
+        let r = x.shape.len();
+        let written = if self.rng.chance(30) {
+            1 + self.rng.below(r)
+        } else {
+            r
+        };
+        let mut parts = Vec::new();
+        let mut shape = Vec::new();
+        for (k, &n) in x.shape.iter().enumerate() {
+            if k >= written {
+                shape.push(n);
+                continue;
+            }
+            let ni = n as i64;
+            if self.rng.chance(25) {
+                let i = self.rng.below(n as usize) as i64;
+                let text = if self.rng.chance(40) {
+                    (i - ni).to_string()
+                } else {
+                    i.to_string()
+                };
+                parts.push(text);
+                continue;
+            }
+            // A slice selecting at least one element: start in range, stop after it.
+            let start = self.rng.below(n as usize) as i64;
+            let stop = start + 1 + self.rng.below((ni - start) as usize) as i64;
+            let step = if self.rng.chance(30) {
+                1 + self.rng.below(3) as i64
+            } else {
+                1
+            };
+            let start_text = match self.rng.below(4) {
+                0 if start == 0 => String::new(),
+                1 if start > 0 => (start - ni).to_string(),
+                _ => size_text(&mut self.rng, &self.sizes.dims, start as u64),
+            };
+            let stop_text = match self.rng.below(5) {
+                0 if stop == ni => String::new(),
+                1 if stop == ni => (ni + 1 + self.rng.below(3) as i64).to_string(),
+                2 if stop < ni => (stop - ni).to_string(),
+                _ => size_text(&mut self.rng, &self.sizes.dims, stop as u64),
+            };
+            let text = if step > 1 || self.rng.chance(10) {
+                format!("{start_text}:{stop_text}:{step}")
+            } else {
+                format!("{start_text}:{stop_text}")
+            };
+            parts.push(text);
+            shape.push(((stop - start + step - 1) / step) as u64);
+        }
+        let expr = format!("{}[{}]", x.name, parts.join(", "));
+        self.bind(expr, x.dtype, shape, x.bound)
+    }
+
+    /// `concat([x, …], axis=A)` with partners of fitting shape (existing values, slices of
+    /// `x`, or new leaves), or `stack([x, …])` of values of `x`'s shape; dtypes promote.
+    fn join(&mut self, x: &Var) -> Var {
+        let r = x.shape.len();
+        let stack = self.rng.chance(30);
+        let axis = self.rng.below(if stack { r + 1 } else { r });
+        let mut parts = vec![x.clone()];
+        for _ in 0..1 + self.rng.below(2) {
+            let fits: Vec<Var> = self
+                .vars
+                .iter()
+                .filter(|v| {
+                    v.shape.len() == r
+                        && (0..r).all(|d| (!stack && d == axis) || v.shape[d] == x.shape[d])
+                })
+                .cloned()
+                .collect();
+            let p = if !fits.is_empty() && self.rng.chance(60) {
+                self.rng.pick(&fits).clone()
+            } else {
+                let mut s = x.shape.clone();
+                if !stack {
+                    s[axis] = *self.rng.pick(&self.sizes.extra);
+                }
+                let dt = self.dtype();
+                self.leaf(dt, s)
+            };
+            parts.push(p);
+        }
+        if self.rng.chance(50) {
+            parts.reverse();
+        }
+        let mut dtype = parts[0].dtype;
+        for p in &parts[1..] {
+            if p.dtype != dtype {
+                dtype = "f32";
+            }
+        }
+        let mut shape = x.shape.clone();
+        if stack {
+            shape.insert(axis, parts.len() as u64);
+        } else {
+            shape[axis] = parts.iter().map(|p| p.shape[axis]).sum();
+        }
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        let at = self.axis_text(axis, shape.len());
+        let arg = if axis == 0 && self.rng.chance(30) {
+            String::new()
+        } else {
+            format!(", axis={at}")
+        };
+        let f = if stack { "stack" } else { "concat" };
+        let bound = parts.iter().map(|p| p.bound).fold(0.0, f64::max);
+        self.bind(
+            format!("{f}([{}]{arg})", names.join(", ")),
+            dtype,
+            shape,
+            bound,
+        )
     }
 
     fn matmul(&mut self, x: &Var) -> Var {
@@ -846,6 +1000,9 @@ impl Gen<'_> {
                     x.bound,
                 );
                 self.matmul(&m);
+            }
+            10 if !x.shape.is_empty() && self.rng.chance(40) => {
+                self.join(&x);
             }
             10 => {
                 self.cast(&x);

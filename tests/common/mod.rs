@@ -213,6 +213,9 @@ pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(
         };
         let program = tc_compiler::compile(source, &options)
             .map_err(|d| format!("fuse={fuse} reuse={reuse}: does not compile: {}", diag(d)))?;
+        // The independent plan checker, in release builds too (compile runs it in debug only).
+        tc_compiler::plan::verify(&program.plan)
+            .map_err(|e| format!("fuse={fuse} reuse={reuse}: plan fails verification: {e}"))?;
         let got = tc_runtime::cpu::run(&program.plan, &inputs, &params)
             .map_err(|e| format!("fuse={fuse} reuse={reuse}: cpu executor: {e}"))?;
         if got.len() != want.len() {

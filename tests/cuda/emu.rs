@@ -310,7 +310,11 @@ fn faulty(body: &str, block: u32) -> (Plan, Vec<CudaKernel>, Vec<HostTensor>) {
         reduce_axes: vec![],
         loads: vec![load(x, DType::F32, 0, vec![1])],
         body: vec![el(InstOp::Load(0), DType::F32)],
-        stores: vec![Store { inst: 0, buffer: y }],
+        stores: vec![Store {
+            inst: 0,
+            buffer: y,
+            region: None,
+        }],
     };
     b.kernel(KernelKind::Fused(f), &["copy"], &[1]);
     b.output("y", y);

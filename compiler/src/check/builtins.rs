@@ -14,7 +14,10 @@ fn params(name: &str) -> Option<&'static [&'static str]> {
         "sum" | "mean" | "max" | "min" | "any" | "all" => &["x", "axis", "keepdim"],
         "softmax" | "log_softmax" => &["x", "axis"],
         "layernorm" | "rmsnorm" => &["x", "axis", "eps"],
-        "transpose" | "f32" | "f16" | "bf16" | "i32" | "i64" | "bool" => &["x"],
+        "transpose" => &["x", "dim0", "dim1"],
+        "squeeze" | "unsqueeze" => &["x", "axis"],
+        "concat" | "stack" => &["tensors", "axis"],
+        "f32" | "f16" | "bf16" | "i32" | "i64" | "bool" => &["x"],
         "permute" => &["x", "dims"],
         "reshape" | "expand" => &["x", "shape"],
         _ if UnaryOp::from_function(name).is_some() => &["x"],
@@ -55,6 +58,10 @@ const BUILTINS: &[&str] = &[
     "layernorm",
     "rmsnorm",
     "transpose",
+    "squeeze",
+    "unsqueeze",
+    "concat",
+    "stack",
     "permute",
     "reshape",
     "expand",
@@ -97,6 +104,9 @@ impl Checker<'_> {
         let Some(bound) = self.bind_args(func, params, args, span) else {
             return Val::Error;
         };
+        if matches!(name, "concat" | "stack") {
+            return self.join(name, &bound, span, depth);
+        }
         let (x_expr, x) = match bound[0] {
             Some(e) => (e, self.expr_at(e, depth + 1)),
             None => return Val::Error,
@@ -227,7 +237,7 @@ impl Checker<'_> {
         }
         let required = match func.name.as_str() {
             "maximum" | "minimum" | "permute" | "reshape" | "expand" | "logical_and"
-            | "logical_or" => 2,
+            | "logical_or" | "unsqueeze" => 2,
             "where" => 3,
             _ => 1,
         };
@@ -351,6 +361,36 @@ impl Checker<'_> {
                 };
                 Val::Tensor(self.push(op, ty.clone(), span))
             }
+            "transpose" if bound[1].is_some() || bound[2].is_some() => {
+                let (Some(a), Some(b)) = (bound[1], bound[2]) else {
+                    self.error(
+                        Diagnostic::error(
+                            ErrorKind::BadArgument,
+                            "`transpose` takes two axes or none",
+                        )
+                        .with_primary(span.clone(), "one axis given")
+                        .with_note("`transpose(x)` swaps the last two axes; `transpose(x, 0, 2)` swaps axes 0 and 2"),
+                    );
+                    return Val::Error;
+                };
+                let a = self
+                    .const_int(a, ErrorKind::BadAxis)
+                    .and_then(|v| self.normalize_axis(v, ty, &a.span));
+                let b = self
+                    .const_int(b, ErrorKind::BadAxis)
+                    .and_then(|v| self.normalize_axis(v, ty, &b.span));
+                let (Some(a), Some(b)) = (a, b) else {
+                    return Val::Error;
+                };
+                let mut perm: Vec<usize> = (0..rank).collect();
+                perm.swap(a, b);
+                let shape = perm.iter().map(|&p| ty.shape[p].clone()).collect();
+                Val::Tensor(self.push(
+                    Op::View(ViewOp::Permute(perm), id),
+                    TensorType::new(ty.dtype, shape),
+                    span,
+                ))
+            }
             "transpose" => {
                 if rank < 2 {
                     self.error(
@@ -372,6 +412,54 @@ impl Checker<'_> {
                     TensorType::new(ty.dtype, shape),
                     span,
                 ))
+            }
+            "squeeze" | "unsqueeze" => {
+                let shape = if name == "squeeze" {
+                    // PyTorch: without `axis` every size-1 axis goes; a named axis whose size
+                    // is not 1 stays (no error).
+                    let axes = match bound[1] {
+                        None => (0..rank).collect(),
+                        Some(e) => match self.axes(e, ty) {
+                            Some(a) => a,
+                            None => return Val::Error,
+                        },
+                    };
+                    ty.shape
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, d)| !(axes.contains(i) && d.size == 1))
+                        .map(|(_, d)| d.clone())
+                        .collect::<Vec<Dim>>()
+                } else {
+                    let Some(e) = bound[1] else { return Val::Error };
+                    let Some(v) = self.const_int(e, ErrorKind::BadAxis) else {
+                        return Val::Error;
+                    };
+                    // The new axis's position in the result, of rank + 1 axes.
+                    let r = rank as i128 + 1;
+                    if v < -r || v >= r {
+                        self.error(
+                            Diagnostic::error(
+                                ErrorKind::BadAxis,
+                                format!("axis {v} is out of range for `unsqueeze` of {ty}"),
+                            )
+                            .with_primary(e.span.clone(), format!("axis {v}"))
+                            .with_note(format!(
+                                "the result has {r} axes: the new one may be at {} to {}",
+                                -r,
+                                r - 1
+                            )),
+                        );
+                        return Val::Error;
+                    }
+                    let axis = if v < 0 { v + r } else { v } as usize;
+                    let mut s = ty.shape.clone();
+                    s.insert(axis, Dim::new(1));
+                    s
+                };
+                // Adding or removing axes of size 1 always has strides: a view.
+                let out = TensorType::new(ty.dtype, shape);
+                Val::Tensor(self.push(Op::View(ViewOp::Reshape, id), out, span))
             }
             "permute" => {
                 let Some(e) = bound[1] else { return Val::Error };
@@ -485,7 +573,12 @@ impl Checker<'_> {
         Val::Tensor(self.push(Op::Where(ic, ia, ib), TensorType::new(dtype, shape), span))
     }
 
-    fn normalize_axis(&mut self, axis: i128, ty: &TensorType, span: &Span) -> Option<usize> {
+    pub(super) fn normalize_axis(
+        &mut self,
+        axis: i128,
+        ty: &TensorType,
+        span: &Span,
+    ) -> Option<usize> {
         let rank = ty.rank() as i128;
         if axis < -rank || axis >= rank {
             let range = if rank == 0 {
@@ -736,6 +829,8 @@ fn signature(name: &str, params: &[&str]) -> String {
             | "logical_and"
             | "logical_or"
             | "where"
+            | "transpose"
+            | "unsqueeze"
     ) {
         all.extend(params[1..].iter().map(|p| p.to_string()));
     } else {

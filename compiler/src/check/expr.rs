@@ -110,6 +110,10 @@ impl Checker<'_> {
                 acc
             }
             ExprKind::Call { func, args } => self.call(func, args, &e.span, depth),
+            ExprKind::Index { base, entries } => {
+                let v = self.expr_at(base, depth + 1);
+                self.index(v, &base.span, entries, &e.span)
+            }
         }
     }
 

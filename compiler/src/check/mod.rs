@@ -2,11 +2,14 @@
 //!
 //! Statements are checked in order; an error never stops the checker (a failed value is
 //! `Val::Error` and errors about it are not repeated), but a program with errors never
-//! produces a graph. Expressions (`expr.rs`) and built-ins (`builtins.rs`) live apart.
+//! produces a graph. Expressions (`expr.rs`) and built-ins (`builtins.rs`) live apart; indexing
+//! (`x[…]`) is `index.rs`, `concat`/`stack` `join.rs`.
 
 mod builtins;
 mod expr;
 mod hint;
+mod index;
+mod join;
 
 use crate::diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 use crate::ir::layout::{apply_view, Layout};

@@ -360,8 +360,13 @@ fn header(
             Level::Row => "row order",
             Level::Element => "domain order",
         };
+        let region = if s.is_plain(&k.axes) {
+            String::new()
+        } else {
+            format!(", a part at offset {}, strides {:?}", s.offset, s.strides)
+        };
         w.line(format!(
-            "//   store: {} = {} ({}) <- {}, {level}",
+            "//   store: {} = {} ({}) <- {}, {level}{region}",
             params.name(s.buffer),
             b.name,
             b.dtype,
@@ -529,8 +534,14 @@ fn emit_pointwise(
         };
         pointwise_body(w, k, &load);
         for s in &k.stores {
+            // A store into a region (a concat part) has its own offset and strides.
+            let at = if s.is_plain(&k.axes) {
+                "i".to_string()
+            } else {
+                address(s.offset, &idx, &s.strides)
+            };
             w.line(format!(
-                "{}[i] = {};",
+                "{}[{at}] = {};",
                 params.name(s.buffer),
                 store_conv(s.dtype, &v(s.value))
             ));
@@ -752,14 +763,29 @@ fn emit_rows(
         .map(StoreId::new)
         .filter(|&st| k.store(st).order == Level::Element)
         .collect();
-    // Element stores are contiguous over the merged domain: one base per row for all.
-    let store_strides: Vec<i64> = elem_stores.first().map_or_else(
-        || vec![0; k.axes.sizes.len()],
-        |&st| k.store(st).strides.clone(),
-    );
-    if !elem_stores.is_empty() {
+    // Element stores contiguous over the merged domain share one base per row; a store into
+    // a region (a concat part) has its own base and strides.
+    let store_strides: Vec<i64> = elem_stores
+        .iter()
+        .find(|&&st| k.store(st).is_plain(&k.axes))
+        .map_or_else(
+            || vec![0; k.axes.sizes.len()],
+            |&st| k.store(st).strides.clone(),
+        );
+    if elem_stores.iter().any(|&st| k.store(st).is_plain(&k.axes)) {
         let st: Vec<i64> = row_axes.iter().map(|&d| store_strides[d]).collect();
         w.line(format!("const {idx_t} obase = {};", address(0, &ridx, &st)));
+    }
+    for &si in &elem_stores {
+        let st = k.store(si);
+        if !st.is_plain(&k.axes) {
+            let rs: Vec<i64> = row_axes.iter().map(|&d| st.strides[d]).collect();
+            w.line(format!(
+                "const {idx_t} obase{} = {};",
+                si.index(),
+                address(st.offset, &ridx, &rs)
+            ));
+        }
     }
     let red_strides =
         |l: LoadId| -> Vec<i64> { red_axes.iter().map(|&d| k.load(l).strides[d]).collect() };
@@ -886,10 +912,16 @@ fn emit_rows(
     let cs: Vec<i64> = red_axes.iter().map(|&d| store_strides[d]).collect();
     let store_lines = |w: &mut Writer, stores: &[StoreId], jidx: &[String]| {
         let off = address(0, jidx, &cs);
-        for &st in stores {
-            let st = k.store(st);
+        for &si in stores {
+            let st = k.store(si);
+            let at = if st.is_plain(&k.axes) {
+                format!("obase + {off}")
+            } else {
+                let rcs: Vec<i64> = red_axes.iter().map(|&d| st.strides[d]).collect();
+                format!("obase{} + {}", si.index(), address(0, jidx, &rcs))
+            };
             w.line(format!(
-                "{}{}[obase + {off}] = {};",
+                "{}{}[{at}] = {};",
                 if slices > 1 { "if (tc_live) " } else { "" },
                 params.name(st.buffer),
                 store_conv(st.dtype, &v(st.value))
@@ -1079,8 +1111,14 @@ fn emit_rows(
         });
         for &st in &row_stores {
             let st = k.store(st);
+            let at = if st.is_plain(&k.axes) {
+                "r".to_string()
+            } else {
+                let rs: Vec<i64> = row_axes.iter().map(|&d| st.strides[d]).collect();
+                address(st.offset, &ridx, &rs)
+            };
             w.line(format!(
-                "{}[r] = {};",
+                "{}[{at}] = {};",
                 params.name(st.buffer),
                 store_conv(st.dtype, &v(st.value))
             ));

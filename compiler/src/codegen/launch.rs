@@ -221,15 +221,18 @@ fn pointwise(k: &KernelIr) -> PointwiseLaunch {
         .any(|d| d == DType::F32);
     let lanes: u64 = if any_f32 { 4 } else { 8 };
     // Vector accesses pack f32 or 16-bit floats; integer and bool buffers go element by
-    // element.
+    // element, and a store into a region (a concat part) is strided: scalar accesses.
     let integral = k
         .loads
         .iter()
         .map(|l| l.dtype)
         .chain(k.stores.iter().map(|s| s.dtype))
         .any(|d| d.is_integral());
-    let vectorize =
-        n >= lanes && (rank == 1 || last % lanes == 0) && !k.stores.is_empty() && !integral;
+    let vectorize = n >= lanes
+        && (rank == 1 || last % lanes == 0)
+        && !k.stores.is_empty()
+        && !integral
+        && k.stores.iter().all(|s| s.is_plain(&k.axes));
     let work = if vectorize { n / lanes } else { n };
     PointwiseLaunch {
         grid: work.div_ceil(BLOCK as u64).clamp(1, MAX_GRID),
@@ -468,6 +471,7 @@ mod tests {
                 .map(|(i, &(inst, _))| Store {
                     inst,
                     buffer: BufferId(i as u32 + 1),
+                    region: None,
                 })
                 .collect(),
         };

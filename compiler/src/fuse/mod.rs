@@ -614,7 +614,9 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
             continue;
         }
         let g = f.add(id);
-        if matches!(op, Op::MatMul(..)) || fill {
+        // A concat is a group of its own with no kernel: its operands' kernels write its
+        // buffer (`plan`); the group orders its readers after them.
+        if matches!(op, Op::MatMul(..) | Op::Concat { .. }) || fill {
             continue;
         }
         for o in op.operands() {
@@ -625,7 +627,12 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
                 || key(r) == key(id)
                 || (matches!(graph.node(r).op, Op::Cast { implicit: true, .. })
                     && f.members[h] == [r]);
-            if allowed && !matches!(graph.node(r).op, Op::MatMul(..) | Op::Scalar(_)) {
+            if allowed
+                && !matches!(
+                    graph.node(r).op,
+                    Op::MatMul(..) | Op::Scalar(_) | Op::Concat { .. }
+                )
+            {
                 // Merge into the producer's group so the consumer's index stays stable.
                 if f.merge(h, mine) {
                     continue;

@@ -76,6 +76,11 @@ pub fn siblings<E>(
                 && !f.members[b].is_empty()
                 && !ga.matmul
                 && !gb.matmul
+                && ![ga, gb].iter().any(|g| {
+                    g.nodes
+                        .iter()
+                        .any(|&n| matches!(graph.node(n).op, crate::ir::Op::Concat { .. }))
+                })
                 && ga.domain == gb.domain
                 && ga.reduce_axes == gb.reduce_axes
                 && !f.successors(a).contains(&b)

@@ -40,6 +40,36 @@ pub fn decompose(graph: &Graph) -> Graph {
                 };
                 b.norm(map[arg.index()], *axis, *eps, false, node)
             }
+            Op::Concat { args, axis } => {
+                // Each operand is copied into its place: the copy fuses into the operand's
+                // kernel where it can, which then writes the place directly (`plan`).
+                let parts: Vec<NodeId> = args
+                    .iter()
+                    .map(|a| {
+                        let a = map[a.index()];
+                        let ty = out.ty(a).clone();
+                        out.push(
+                            Node {
+                                op: Op::Copy(a),
+                                ty,
+                                name: None,
+                            },
+                            origin.clone(),
+                        )
+                    })
+                    .collect();
+                out.push(
+                    Node {
+                        op: Op::Concat {
+                            args: parts,
+                            axis: *axis,
+                        },
+                        ty: node.ty.clone(),
+                        name: node.name.clone(),
+                    },
+                    origin,
+                )
+            }
             op => {
                 let op = remap(op, &map);
                 out.push(
@@ -124,6 +154,10 @@ fn remap(op: &Op, map: &[NodeId]) -> Op {
         Op::View(v, a) => Op::View(v.clone(), m(a)),
         Op::Copy(a) => Op::Copy(m(a)),
         Op::Where(c, a, b) => Op::Where(m(c), m(a), m(b)),
+        Op::Concat { args, axis } => Op::Concat {
+            args: args.iter().map(m).collect(),
+            axis: *axis,
+        },
     }
 }
 

@@ -229,6 +229,18 @@ pub enum ViewOp {
     /// NumPy `broadcast_to` to the node's shape (stride 0 on new or size-1 axes).
     /// `implicit` marks the broadcasts the checker inserted for a binary operator.
     Expand { implicit: bool },
+    /// Basic indexing `x[…]`: one entry per operand axis (see `SliceAxis`); the kept axes'
+    /// sizes are the node's.
+    Slice(Vec<SliceAxis>),
+}
+
+/// One operand axis of a `Slice`: result index `i` reads operand index `start + i·step`;
+/// an integer index (`keep: false`) reads `start` and removes the axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct SliceAxis {
+    pub start: u64,
+    pub step: u64,
+    pub keep: bool,
 }
 
 /// What a node computes. A closed set: `match` checks every pass handles every op.
@@ -281,11 +293,19 @@ pub enum Op {
         implicit: bool,
     },
     View(ViewOp, NodeId),
-    /// Materialise a view contiguously (a `reshape` no strides can express).
+    /// Materialise a view contiguously (a `reshape` no strides can express). In the
+    /// primitive graph also each operand of a `Concat`, written into its place.
     Copy(NodeId),
     /// `where(cond, a, b)`: `cond` is `bool`; all three have the node's shape (implicit
     /// expands), `a` and `b` its dtype (implicit casts).
     Where(NodeId, NodeId, NodeId),
+    /// `concat(args, axis)`: the operands (same dtype, same sizes but on `axis`) one after
+    /// another along `axis`. In the primitive graph its operands are `Copy` nodes whose
+    /// kernels store straight into their place in its buffer (`plan`): it has no kernel.
+    Concat {
+        args: Vec<NodeId>,
+        axis: usize,
+    },
 }
 
 impl Op {
@@ -303,6 +323,7 @@ impl Op {
             | Op::Copy(a) => vec![*a],
             Op::Binary(_, a, b) | Op::MatMul(a, b) => vec![*a, *b],
             Op::Where(c, a, b) => vec![*c, *a, *b],
+            Op::Concat { args, .. } => args.clone(),
         }
     }
 
@@ -325,8 +346,10 @@ impl Op {
             Op::View(ViewOp::Permute(_), _) => "permute",
             Op::View(ViewOp::Reshape, _) => "reshape",
             Op::View(ViewOp::Expand { .. }, _) => "expand",
+            Op::View(ViewOp::Slice(_), _) => "slice",
             Op::Copy(_) => "copy",
             Op::Where(..) => "where",
+            Op::Concat { .. } => "concat",
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Every materialised value is contiguous (row-major). A view is an index map onto its
 //! root's storage: element `[i0, i1, …]` lives at `offset + Σ ik·strides[k]` (in elements).
-//! Broadcast axes have stride 0. A `reshape` gets strides when they exist (the rule of
+//! Broadcast axes have stride 0. A slice (`x[2:, ::2]`) moves the offset and multiplies
+//! strides by its steps; an integer index moves the offset and drops the axis. A `reshape` gets strides when they exist (the rule of
 //! `torch.Tensor.view`); when none exist the checker materialises the operand first.
 
 use super::graph::{Graph, NodeId, Op, ViewOp};
@@ -53,6 +54,7 @@ pub fn apply_view(
     in_sizes: &[u64],
     out_sizes: &[u64],
 ) -> Option<Layout> {
+    let mut offset = input.offset;
     let strides = match view {
         ViewOp::Transpose => {
             let mut s = input.strides.clone();
@@ -81,10 +83,20 @@ pub fn apply_view(
                 .collect()
         }
         ViewOp::Reshape => reshape_strides(in_sizes, &input.strides, out_sizes)?,
+        ViewOp::Slice(axes) => {
+            let mut s = Vec::with_capacity(out_sizes.len());
+            for (a, &st) in axes.iter().zip(&input.strides) {
+                offset += a.start as i64 * st;
+                if a.keep {
+                    s.push(st * a.step as i64);
+                }
+            }
+            s
+        }
     };
     Some(Layout {
         root: input.root,
-        offset: input.offset,
+        offset,
         strides,
     })
 }
@@ -194,6 +206,43 @@ mod tests {
         // [6, 4] with strides [1, 6]: splitting the first axis into [2, 3] is fine.
         let s = reshape_strides(&[6, 4], &[1, 6], &[2, 3, 4]).expect("expressible");
         assert_eq!(s, vec![3, 1, 6]);
+    }
+
+    #[test]
+    fn slices_move_the_offset_and_scale_strides() {
+        use crate::ir::SliceAxis;
+        // x: [4, 6]; x[1, 2::2] is [2] at offset 1·6 + 2 = 8, stride 2.
+        let x = Layout::contiguous(NodeId(0), &[4, 6]);
+        let view = ViewOp::Slice(vec![
+            SliceAxis {
+                start: 1,
+                step: 1,
+                keep: false,
+            },
+            SliceAxis {
+                start: 2,
+                step: 2,
+                keep: true,
+            },
+        ]);
+        let l = apply_view(&view, &x, &[4, 6], &[2]).expect("a view");
+        assert_eq!((l.offset, l.strides.clone()), (8, vec![2]));
+        // A slice of a transposed slice composes: offsets add, strides multiply.
+        let t = apply_view(&ViewOp::Transpose, &x, &[4, 6], &[6, 4]).expect("a view");
+        let view = ViewOp::Slice(vec![
+            SliceAxis {
+                start: 3,
+                step: 1,
+                keep: true,
+            },
+            SliceAxis {
+                start: 1,
+                step: 2,
+                keep: true,
+            },
+        ]);
+        let l = apply_view(&view, &t, &[6, 4], &[3, 2]).expect("a view");
+        assert_eq!((l.offset, l.strides), (3 + 6, vec![1, 12]));
     }
 
     #[test]

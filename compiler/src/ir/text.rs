@@ -64,6 +64,18 @@ pub fn op_text(op: &Op) -> String {
             let perm: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
             format!("permute {args} [{}]", perm.join(", "))
         }
+        Op::View(ViewOp::Slice(axes), _) => {
+            let axes: Vec<String> = axes
+                .iter()
+                .map(|a| match (a.keep, a.step) {
+                    (false, _) => a.start.to_string(),
+                    (true, 1) => format!("{}:", a.start),
+                    (true, s) => format!("{}::{s}", a.start),
+                })
+                .collect();
+            format!("slice {args} [{}]", axes.join(", "))
+        }
+        Op::Concat { axis, .. } => format!("concat {args} axis={axis}"),
         _ => format!("{} {args}", op.name()),
     }
 }

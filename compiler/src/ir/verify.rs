@@ -115,6 +115,30 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
             }
             Ok(())
         }
+        Op::Concat { args, axis } => {
+            let mut total = 0u64;
+            for &a in args {
+                let t = graph.ty(a);
+                let fits = t.dtype == ty.dtype
+                    && t.rank() == ty.rank()
+                    && *axis < ty.rank()
+                    && (0..ty.rank()).all(|d| d == *axis || t.shape[d].size == sizes[d]);
+                if !fits {
+                    return bad(
+                        TypesFollowOps,
+                        format!("concat operand {a} {t} does not fit {ty}"),
+                    );
+                }
+                total = total.saturating_add(t.shape[*axis].size);
+            }
+            if args.is_empty() || total != sizes[*axis] {
+                return bad(
+                    TypesFollowOps,
+                    format!("concat of {} operands is not {ty}", args.len()),
+                );
+            }
+            Ok(())
+        }
         Op::Binary(op, a, b) => {
             same(*a, "left operand", ExplicitBroadcast)?;
             same(*b, "right operand", ExplicitBroadcast)?;
@@ -259,6 +283,34 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
                             ViewsNeverCopy,
                             format!("reshape of {t} to {ty} has no strides (needs a copy)"),
                         );
+                    }
+                }
+                ViewOp::Slice(axes) => {
+                    let kept: Vec<u64> = axes
+                        .iter()
+                        .zip(&ins)
+                        .filter(|(a, _)| a.keep)
+                        .map(|(_, &n)| n)
+                        .collect();
+                    let in_range = axes.len() == ins.len()
+                        && kept.len() == sizes.len()
+                        && axes
+                            .iter()
+                            .zip(&ins)
+                            .all(|(a, &n)| a.step >= 1 && a.start < n);
+                    let fits = in_range && {
+                        let mut out = sizes.iter();
+                        axes.iter().zip(&ins).all(|(a, &n)| {
+                            !a.keep
+                                || out.next().is_some_and(|&k| {
+                                    k >= 1
+                                        && (a.start as u128 + (k as u128 - 1) * a.step as u128)
+                                            < u128::from(n)
+                                })
+                        })
+                    };
+                    if !fits {
+                        return bad(TypesFollowOps, format!("slice {axes:?} of {t} is not {ty}"));
                     }
                 }
                 ViewOp::Expand { .. } => {

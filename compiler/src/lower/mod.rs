@@ -191,10 +191,37 @@ pub struct StoreIr {
     /// The buffer's dtype: the value is rounded to it.
     pub dtype: DType,
     pub order: Level,
+    /// Element offset (0 unless the store writes a region: a part of a concat).
+    pub offset: i64,
     /// Element stride per merged axis (0 on reduced axes for a row-order store).
     pub strides: Vec<i64>,
     /// The pass that writes it.
     pub pass: PassId,
+}
+
+impl StoreIr {
+    /// Whether the store writes its buffer whole, contiguously in its order (no region).
+    pub fn is_plain(&self, axes: &MergedAxes) -> bool {
+        let want = match self.order {
+            Level::Element => crate::ir::types::contiguous_strides(&axes.sizes),
+            Level::Row => {
+                let rs = crate::ir::types::contiguous_strides(&axes.row_sizes());
+                let mut s = vec![0i64; axes.sizes.len()];
+                for (j, d) in axes.row_axes().into_iter().enumerate() {
+                    s[d] = rs[j];
+                }
+                s
+            }
+        };
+        self.offset == 0
+            && self.strides.len() == want.len()
+            && self
+                .strides
+                .iter()
+                .zip(&want)
+                .zip(&axes.sizes)
+                .all(|((a, b), &n)| n == 1 || a == b)
+    }
 }
 
 /// What one pass over a row computes, in this order: `row`, then a walk of the row
@@ -282,6 +309,17 @@ impl KernelIr {
     pub fn max_index(&self) -> u64 {
         let numel: u64 = self.domain.iter().product();
         let mut m = numel;
+        for st in &self.stores {
+            let reach: i128 = st.offset as i128
+                + self
+                    .axes
+                    .sizes
+                    .iter()
+                    .zip(&st.strides)
+                    .map(|(&s, &t)| (s as i128 - 1) * (t as i128).abs())
+                    .sum::<i128>();
+            m = m.max(reach.clamp(0, u64::MAX as i128) as u64);
+        }
         for l in &self.loads {
             let reach: i128 = l.offset as i128
                 + self
@@ -482,9 +520,11 @@ pub fn lower_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<KernelIr,
                 buffer: st.buffer,
                 dtype: plan.buffer(st.buffer).dtype,
                 order,
-                strides: match order {
-                    Level::Element => contiguous.clone(),
-                    Level::Row => row_contiguous.clone(),
+                offset: st.region.as_ref().map_or(0, |r| r.offset),
+                strides: match (&st.region, order) {
+                    (Some(r), _) => merged(&r.strides),
+                    (None, Level::Element) => contiguous.clone(),
+                    (None, Level::Row) => row_contiguous.clone(),
                 },
                 pass: PassId::new(if early { 0 } else { last }),
             }
@@ -562,20 +602,29 @@ fn element_closure(values: &[Value], targets: &[ValueId]) -> Vec<ValueId> {
 
 /// The merged axes (see the module doc), and for each the innermost domain axis it stands
 /// for (whose strides are its strides). Size-1 axes are dropped; neighbours of the same kind
-/// merge where every load walks them as one axis (stores are contiguous in domain or row
-/// order, so they always do).
+/// merge where every load, and every store into a region, walks them as one axis (other
+/// stores are contiguous in domain or row order, so they always do).
 fn merge_axes(k: &FusedKernel) -> (MergedAxes, Vec<usize>) {
     let keep: Vec<usize> = (0..k.domain.len()).filter(|&d| k.domain[d] != 1).collect();
     let mut sizes: Vec<u64> = keep.iter().map(|&d| k.domain[d]).collect();
     let mut reduce: Vec<bool> = keep.iter().map(|d| k.reduce_axes.contains(d)).collect();
     let mut inner = keep;
     let stride = |l: usize, d: usize| k.loads[l].strides.get(d).copied().unwrap_or(0);
+    let regions: Vec<&Vec<i64>> = k
+        .stores
+        .iter()
+        .filter_map(|s| s.region.as_ref().map(|r| &r.strides))
+        .collect();
+    let rstride = |r: &Vec<i64>, d: usize| r.get(d).copied().unwrap_or(0);
     let mut d = 0;
     while d + 1 < sizes.len() {
         let next = sizes[d + 1] as i64;
         let mergeable = reduce[d] == reduce[d + 1]
             && (0..k.loads.len())
-                .all(|l| stride(l, inner[d]) == stride(l, inner[d + 1]).saturating_mul(next));
+                .all(|l| stride(l, inner[d]) == stride(l, inner[d + 1]).saturating_mul(next))
+            && regions
+                .iter()
+                .all(|r| rstride(r, inner[d]) == rstride(r, inner[d + 1]).saturating_mul(next));
         if mergeable {
             sizes[d] *= sizes[d + 1];
             sizes.remove(d + 1);

@@ -198,6 +198,16 @@ pub fn check_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<(), Error
                 what: format!("v{} (stored by s{s})", st.inst),
             });
         }
+        if let Some(r) = &st.region {
+            if r.strides.len() != rank {
+                return Err(Error::StrideCount {
+                    kernel: kernel(),
+                    access: format!("store s{s} (a region)"),
+                    strides: r.strides.len(),
+                    rank,
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -36,7 +36,8 @@ pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<B
         let mut taken: BTreeSet<BufferId> = BTreeSet::new();
         for store in &f.stores {
             let out = store.buffer;
-            if buffers[out.index()].kind != BufferKind::Arena {
+            // A part of a concat shares its buffer with the other parts: never in place.
+            if buffers[out.index()].kind != BufferKind::Arena || store.region.is_some() {
                 continue;
             }
             let want = store_strides(f, f.body[store.inst].level);

@@ -46,7 +46,14 @@ pub struct BufferEntry {
     pub offset: u64,
     pub view_of: Option<String>,
     pub in_place_of: Option<String>,
-    /// `input`, `param`, `arena`, `workspace` or `view`.
+    /// For a `concat` operand (kind `part`): the concat whose buffer holds it, at `offset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<String>,
+    /// For a `part`: whether its own kernel wrote it straight into place (else a copy
+    /// kernel copied it there from `copied_from`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<String>,
+    /// `input`, `param`, `arena`, `workspace`, `view` or `part`.
     pub kind: String,
 }
 
@@ -175,6 +182,8 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             offset: b.offset,
             view_of: None,
             in_place_of: b.in_place_of.map(|p| plan.buffer(p).name.clone()),
+            part_of: None,
+            copied_from: None,
             kind: kind_name(&b.kind).to_string(),
         })
         .collect();
@@ -216,8 +225,51 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             offset: rb.offset,
             view_of: Some(rb.name.clone()),
             in_place_of: None,
+            part_of: None,
+            copied_from: None,
             kind: "view".to_string(),
         });
+    }
+    // The operands of each concat: 0 bytes of their own, at their place in its buffer;
+    // written there by the kernel computing them, or copied there from where they live.
+    for id in primitive.ids() {
+        let Op::Concat { args, axis } = &primitive.node(id).op else {
+            continue;
+        };
+        let Some(cb) = buffer_of.get(&id).map(|&i| &plan.buffers[i]) else {
+            continue;
+        };
+        let inner: u64 = primitive.ty(id).sizes()[*axis..].iter().skip(1).product();
+        let mut at = 0u64;
+        for (i, &part) in args.iter().enumerate() {
+            let size = primitive.ty(part).sizes()[*axis];
+            let Op::Copy(src) = primitive.node(part).op else {
+                continue;
+            };
+            let root = lays[src.index()].root;
+            let copied_from = buffer_of
+                .contains_key(&root)
+                .then(|| view_name(primitive, src, &stored));
+            let name = match &primitive.node(src).name {
+                Some(n) => format!("{n} (part {i} of {})", cb.name),
+                None => format!("part {i} of {}", cb.name),
+            };
+            buffers.push(BufferEntry {
+                name,
+                dtype: primitive.ty(part).dtype,
+                shape: primitive.ty(part).sizes(),
+                bytes: 0,
+                first_step: cb.first_step,
+                last_step: cb.last_step,
+                offset: cb.offset + at * inner * cb.dtype.size(),
+                view_of: None,
+                in_place_of: None,
+                part_of: Some(cb.name.clone()),
+                copied_from,
+                kind: "part".to_string(),
+            });
+            at += size;
+        }
     }
     let mut notes = Vec::new();
     for id in checked.ids() {

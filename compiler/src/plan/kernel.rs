@@ -349,7 +349,11 @@ impl Builder<'_> {
             let inst = *inst_of
                 .get(&n)
                 .ok_or_else(|| internal(format!("stored value {n} was not computed")))?;
-            k.stores.push(Store { inst, buffer });
+            k.stores.push(Store {
+                inst,
+                buffer,
+                region: None,
+            });
         }
         Ok(k)
     }

@@ -18,12 +18,13 @@ pub use text::print;
 pub use verify::verify;
 
 use crate::diag::{Diagnostic, ErrorKind};
-use crate::fuse::{is_compute, Group};
+use crate::fuse::{is_compute, to_domain, Group};
 use crate::ir::layout::{layouts, layouts_through};
+use crate::ir::types::contiguous_strides;
 use crate::ir::{Graph, NodeId, Op};
 use crate::memory::{inplace, liveness, pack, sizes::PARTIAL_BYTES};
 use crate::schedule::{
-    Buffer, BufferId, BufferKind, InstOp, Kernel, KernelKind, Plan, PlanOptions, PlanOutput,
+    Buffer, BufferId, BufferKind, InstOp, Kernel, KernelKind, Plan, PlanOptions, PlanOutput, Region,
 };
 use kernel::Builder;
 use std::collections::{BTreeSet, HashMap};
@@ -215,6 +216,19 @@ pub fn plan_in_order(
         params.push(b.leaf(leaf.node, &leaf.name, BufferKind::Param { index })?);
     }
 
+    // Each operand (a `Copy`) of a concat: the concat and the element offset of its place.
+    let mut part_of: HashMap<NodeId, (NodeId, i64)> = HashMap::new();
+    for id in graph.ids() {
+        if let Op::Concat { args, axis } = &graph.node(id).op {
+            let stride = contiguous_strides(&graph.ty(id).sizes())[*axis];
+            let mut at = 0i64;
+            for &a in args {
+                part_of.insert(a, (id, at * stride));
+                at += graph.ty(a).shape[*axis].size as i64;
+            }
+        }
+    }
+
     let mut kernels: Vec<Kernel> = Vec::new();
     for group in groups {
         let outs: Vec<NodeId> = group
@@ -228,13 +242,60 @@ pub fn plan_in_order(
         }
         let step = kernels.len();
         let name = format!("k{step}");
+        // A concat has no kernel: its operands' kernels wrote its buffer (made by the first).
+        if let [c] = group.nodes[..] {
+            if matches!(graph.node(c).op, Op::Concat { .. }) {
+                if !b.buf_of.contains_key(&c) {
+                    return Err(internal(format!("no kernel wrote the concat {c}")));
+                }
+                continue;
+            }
+        }
         let unnamed = outs
             .iter()
-            .filter(|n| graph.node(**n).name.is_none())
+            .filter(|n| graph.node(**n).name.is_none() && !part_of.contains_key(n))
             .count();
         let mut out_bufs = Vec::new();
+        let mut regions: Vec<Option<Region>> = Vec::new();
         let mut k = 0;
-        for &n in &outs {
+        for (pos, &n) in outs.iter().enumerate() {
+            if let Some(&(c, offset)) = part_of.get(&n) {
+                // Stored straight into its place in the concat's buffer.
+                let buf = match b.buf_of.get(&c) {
+                    Some(&id) => id,
+                    None => {
+                        let cname = graph
+                            .node(c)
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| format!("{name}.concat"));
+                        b.arena(c, cname, step)?
+                    }
+                };
+                let at = group.nodes.iter().position(|&m| m == n).unwrap_or(pos);
+                let level = group
+                    .levels
+                    .get(at)
+                    .copied()
+                    .unwrap_or(crate::schedule::Level::Element);
+                let rank = graph.ty(n).rank();
+                let strides = to_domain(
+                    &contiguous_strides(&graph.ty(c).sizes()),
+                    rank,
+                    level,
+                    &group.domain,
+                    &group.reduce_axes,
+                );
+                if group.matmul || strides.len() != group.domain.len() {
+                    return Err(internal(format!(
+                        "the concat operand {n} does not match its kernel's domain"
+                    )));
+                }
+                out_bufs.push(buf);
+                regions.push(Some(Region { offset, strides }));
+                continue;
+            }
+            regions.push(None);
             let bname = match &graph.node(n).name {
                 Some(s) => s.clone(),
                 None if unnamed == 1 => format!("{name}.out"),
@@ -248,7 +309,11 @@ pub fn plan_in_order(
         let kind = if group.matmul {
             b.matmul(group, out_bufs[0], options, step)?
         } else {
-            KernelKind::Fused(b.fused(group, &live, &outs, &out_bufs)?)
+            let mut f = b.fused(group, &live, &outs, &out_bufs)?;
+            for (st, region) in f.stores.iter_mut().zip(&regions) {
+                st.region = region.clone();
+            }
+            KernelKind::Fused(f)
         };
         let (ops, lines) = label::kernel_label(graph, group, &live);
         // A large reduction into one value: two kernels over a small buffer of partials.

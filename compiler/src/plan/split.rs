@@ -24,7 +24,9 @@ pub struct Split {
 /// elements; no reduction reads another's result, nor does any element store; and every
 /// load reads the domain in order (one stride over the flattened index) or not at all.
 pub fn splittable(k: &FusedKernel) -> Option<Split> {
-    if k.reduce_axes.is_empty() || k.rows() != 1 {
+    // A store into a region (a `concat` part) keeps the kernel whole: its strides are over
+    // this domain, not the halves'.
+    if k.reduce_axes.is_empty() || k.rows() != 1 || k.stores.iter().any(|s| s.region.is_some()) {
         return None;
     }
     let n = k.row_len();
@@ -106,7 +108,11 @@ pub fn split(k: &FusedKernel, split: &Split, partials: &[BufferId]) -> (FusedKer
         .cloned()
         .collect();
     for (&r, &buffer) in split.reduces.iter().zip(partials) {
-        stores.push(Store { inst: r, buffer });
+        stores.push(Store {
+            inst: r,
+            buffer,
+            region: None,
+        });
     }
     let first = FusedKernel {
         domain: vec![rows, len],
@@ -217,6 +223,7 @@ pub fn split(k: &FusedKernel, split: &Split, partials: &[BufferId]) -> (FusedKer
         second.stores.push(Store {
             inst: map[st.inst].unwrap_or(0),
             buffer: st.buffer,
+            region: None,
         });
     }
     (prune(first), prune(second))
@@ -255,6 +262,7 @@ fn prune(k: FusedKernel) -> FusedKernel {
         .map(|s| Store {
             inst: inst_map[s.inst],
             buffer: s.buffer,
+            region: None,
         })
         .collect();
     FusedKernel {

@@ -103,7 +103,17 @@ pub fn print(plan: &Plan) -> String {
                         .in_place_of
                         .map(|p| format!(" (in place of {})", bname(p)))
                         .unwrap_or_default();
-                    let _ = writeln!(out, "  store %{} -> {}{inplace}", s.inst, bname(s.buffer));
+                    let region = s
+                        .region
+                        .as_ref()
+                        .map(|r| format!(" at +{} strides {:?} (a part)", r.offset, r.strides))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "  store %{} -> {}{region}{inplace}",
+                        s.inst,
+                        bname(s.buffer)
+                    );
                 }
             }
         }

@@ -15,7 +15,8 @@
 //!   sorted and in range, loads have the domain's rank (the f16 rounding casts are not
 //!   checked here);
 //! - 13 (buffers are written before they are read): every arena buffer is written once, at
-//!   its first step, and read only in `first_step + 1 ..= last_step`; outputs live to the
+//!   its first step (a buffer written in parts, a concat's, from its first step on, and
+//!   read only after its last part), and read only in `first_step + 1 ..= last_step`; outputs live to the
 //!   last step; a workspace lives exactly at its kernel's step.
 
 use crate::invariant::{Invariant, Violation};
@@ -153,6 +154,8 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
     }
     // Writers and readers (4, 7, 10, 13).
     let mut written_at: Vec<Vec<usize>> = vec![Vec::new(); nb];
+    // Buffers written in parts (a concat's): by several stores, at one or more steps.
+    let mut parts = vec![false; nb];
     let mut read_at: Vec<Vec<usize>> = vec![Vec::new(); nb];
     let check_id = |id: BufferId| {
         if id.index() < nb {
@@ -201,6 +204,29 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     let inst = f.body.get(st.inst).ok_or_else(|| {
                         bad(KernelBody, format!("{}: store of a missing inst", k.name))
                     })?;
+                    if let Some(r) = &st.region {
+                        // A part of a larger buffer (a concat operand): inside it.
+                        let (lo, hi) = span(r.offset, &r.strides, &f.domain);
+                        if r.strides.len() != f.domain.len()
+                            || lo < 0
+                            || hi >= numel(&b.shape)
+                            || inst.dtype != b.dtype
+                        {
+                            return Err(bad(
+                                InBounds,
+                                format!(
+                                    "{}: store into a region {lo}..={hi} of {} of {} {}",
+                                    k.name,
+                                    b.name,
+                                    numel(&b.shape),
+                                    b.dtype
+                                ),
+                            ));
+                        }
+                        written_at[st.buffer.index()].push(s);
+                        parts[st.buffer.index()] = true;
+                        continue;
+                    }
                     let n = match inst.level {
                         Level::Element => numel(&f.domain),
                         Level::Row => f.rows() as i128,
@@ -312,6 +338,31 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     return Err(bad(
                         LeavesReadOnly,
                         format!("input/param {} is written", b.name),
+                    ));
+                }
+            }
+            _ if parts[i] => {
+                // Written part by part from its first step on, read only once complete.
+                let last_write = written_at[i].iter().max().copied().unwrap_or(0);
+                if written_at[i].iter().min() != Some(&b.first_step) {
+                    return Err(bad(
+                        Lifetimes,
+                        format!(
+                            "buffer {} is written in parts at steps {:?}, first not at {}",
+                            b.name, written_at[i], b.first_step
+                        ),
+                    ));
+                }
+                if let Some(&r) = read_at[i]
+                    .iter()
+                    .find(|&&r| r <= last_write || r > b.last_step)
+                {
+                    return Err(bad(
+                        Lifetimes,
+                        format!(
+                            "buffer {} is read at step {r}, before its last part is written ({last_write}) or after {}",
+                            b.name, b.last_step
+                        ),
                     ));
                 }
             }

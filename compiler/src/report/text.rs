@@ -77,9 +77,13 @@ pub fn render_text(report: &MemoryReport) -> String {
         } else {
             b.offset.to_string()
         };
-        let note = match (&b.view_of, &b.in_place_of) {
-            (Some(v), _) => format!("view of {v}"),
-            (_, Some(p)) => format!("in place of {p}"),
+        let note = match (&b.view_of, &b.in_place_of, &b.part_of) {
+            (Some(v), _, _) => format!("view of {v}"),
+            (_, Some(p), _) => format!("in place of {p}"),
+            (_, _, Some(c)) => match &b.copied_from {
+                Some(src) => format!("part of {c} (copied from {src})"),
+                None => format!("part of {c} (written in place by its kernel)"),
+            },
             _ => String::new(),
         };
         let _ = writeln!(

@@ -109,8 +109,52 @@ pub enum ExprKind {
     Call { func: Ident, args: Vec<Arg> },
     /// `[a, b, …]` (axis lists and shapes).
     List(Vec<Expr>),
+    /// `x[i, a:b:s, …]`: basic indexing (`[` right after an expression).
+    Index {
+        base: Box<Expr>,
+        entries: Vec<IndexEntry>,
+    },
     /// Something that did not parse (already reported).
     Error,
+}
+
+/// One entry of an index: an integer (`i`, removes the axis) or a slice (`a:b:s`, each
+/// part optional).
+#[derive(Debug)]
+pub struct IndexEntry {
+    pub kind: IndexKind,
+    pub span: Span,
+}
+
+#[derive(Debug)]
+pub enum IndexKind {
+    At(Expr),
+    Range {
+        start: Option<Expr>,
+        stop: Option<Expr>,
+        step: Option<Expr>,
+    },
+}
+
+impl IndexEntry {
+    /// The expressions it holds, in source order.
+    pub fn exprs(&self) -> Vec<&Expr> {
+        match &self.kind {
+            IndexKind::At(e) => vec![e],
+            IndexKind::Range { start, stop, step } => {
+                [start, stop, step].into_iter().flatten().collect()
+            }
+        }
+    }
+
+    fn into_exprs(self) -> Vec<Expr> {
+        match self.kind {
+            IndexKind::At(e) => vec![e],
+            IndexKind::Range { start, stop, step } => {
+                [start, stop, step].into_iter().flatten().collect()
+            }
+        }
+    }
 }
 
 /// One call argument, positional (`name: None`) or keyword.
@@ -141,6 +185,7 @@ impl Drop for Expr {
                     | ExprKind::Binary { .. }
                     | ExprKind::Call { .. }
                     | ExprKind::List(_)
+                    | ExprKind::Index { .. }
             ) {
                 return;
             }
@@ -152,6 +197,10 @@ impl Drop for Expr {
                 }
                 ExprKind::Call { args, .. } => stack.extend(args.into_iter().map(|a| a.value)),
                 ExprKind::List(items) => stack.extend(items),
+                ExprKind::Index { base, entries } => {
+                    stack.push(*base);
+                    stack.extend(entries.into_iter().flat_map(IndexEntry::into_exprs));
+                }
                 _ => {}
             }
         }

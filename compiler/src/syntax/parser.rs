@@ -428,9 +428,51 @@ where
             )))
             .boxed();
 
-        // unary := '-'* power ; power := atom ('**' unary)?
+        // index := '[' entry (',' entry)* ']' ; entry := expr | expr? ':' expr? (':' expr?)?
+        let bound = inner.clone().or_not();
+        let range = bound
+            .clone()
+            .then_ignore(just(Token::Colon))
+            .then(bound.clone())
+            .then(just(Token::Colon).ignore_then(bound).or_not())
+            .map(|((start, stop), step)| IndexKind::Range {
+                start,
+                stop,
+                step: step.flatten(),
+            });
+        let entry = choice((range, inner.clone().map(IndexKind::At)))
+            .map_with(|kind, e| IndexEntry {
+                kind,
+                span: span_of(e.span()),
+            })
+            .labelled("an index such as `0`, `a:b` or `::2`");
+        let index = entry
+            .separated_by(just(Token::Comma))
+            .allow_trailing()
+            .at_least(1)
+            .collect::<Vec<_>>()
+            .delimited_by(just(Token::LBracket), just(Token::RBracket))
+            .map_with(|entries, e| (entries, span_of(e.span()).end));
+        // postfix := atom index*
+        let postfix = atom
+            .foldl(
+                index.repeated(),
+                |base: Expr, (entries, end): (Vec<IndexEntry>, usize)| {
+                    let span = base.span.start..end;
+                    Expr::new(
+                        ExprKind::Index {
+                            base: Box::new(base),
+                            entries,
+                        },
+                        span,
+                    )
+                },
+            )
+            .boxed();
+
+        // unary := '-'* power ; power := postfix ('**' unary)?
         let unary = recursive(|unary| {
-            let power = atom
+            let power = postfix
                 .clone()
                 .then(just(Token::StarStar).ignore_then(unary).or_not())
                 .map_with(|(base, exp): (Expr, Option<Expr>), e| match exp {
@@ -546,6 +588,22 @@ mod tests {
                     items.iter().map(show).collect::<Vec<_>>().join(", ")
                 )
             }
+            ExprKind::Index { base, entries } => {
+                let e: Vec<String> = entries
+                    .iter()
+                    .map(|en| match &en.kind {
+                        IndexKind::At(x) => show(x),
+                        IndexKind::Range { start, stop, step } => {
+                            let part = |p: &Option<Expr>| p.as_ref().map(show).unwrap_or_default();
+                            match step {
+                                Some(_) => format!("{}:{}:{}", part(start), part(stop), part(step)),
+                                None => format!("{}:{}", part(start), part(stop)),
+                            }
+                        }
+                    })
+                    .collect();
+                format!("{}[{}]", show(base), e.join(", "))
+            }
             ExprKind::Error => "<error>".into(),
         }
     }
@@ -570,6 +628,20 @@ mod tests {
         );
         assert_eq!(parse_expr("y = -a * b"), "((-a) * b)");
         assert_eq!(parse_expr("y = (a + b) / 2"), "((a + b) / 2)");
+    }
+
+    #[test]
+    fn indexing_binds_tighter_than_power_and_minus() {
+        assert_eq!(parse_expr("y = x[0]"), "x[0]");
+        assert_eq!(
+            parse_expr("y = -x[1:, :-1, ::2]**2"),
+            "(-(x[1:, :(-1), ::2] ** 2))"
+        );
+        assert_eq!(parse_expr("y = f(x)[:, D:2*D][0]"), "f(x)[:, D:(2 * D)][0]");
+        assert_eq!(parse_expr("y = x[a:b:s, :, 1::]"), "x[a:b:s, :, 1:]");
+        assert_eq!(parse_expr("y = (a + b)[0]"), "(a + b)[0]");
+        let (_, d) = parse("y = x[]");
+        assert!(!d.is_empty(), "an empty index is a syntax error");
     }
 
     #[test]

@@ -248,11 +248,11 @@ fn prepare(
             &format!("store {si}"),
             &plan.buffer(st.buffer).name,
             mem,
-            0,
+            st.offset,
             &st.strides,
             &domain,
         )?;
-        stores.push((st.value.index(), access(mem, 0, &st.strides)));
+        stores.push((st.value.index(), access(mem, st.offset, &st.strides)));
     }
 
     let direct: Vec<bool> = accesses

@@ -78,6 +78,7 @@ fn fused(
                 .map(|&(inst, b)| Store {
                     inst,
                     buffer: BufferId(b),
+                    region: None,
                 })
                 .collect(),
         }),
@@ -1042,14 +1043,17 @@ fn values_computed_straight_into_outputs_match_their_copies() {
                 Store {
                     inst: 5,
                     buffer: BufferId(1),
+                    region: None,
                 },
                 Store {
                     inst: 5,
                     buffer: BufferId(2),
+                    region: None,
                 },
                 Store {
                     inst: 3,
                     buffer: BufferId(3),
+                    region: None,
                 },
             ];
         }
