@@ -17,7 +17,7 @@ fn params(name: &str) -> Option<&'static [&'static str]> {
         "permute" => &["x", "dims"],
         "reshape" | "expand" => &["x", "shape"],
         _ if UnaryOp::from_function(name).is_some() => &["x"],
-        _ => return None,
+        _ => return super::indices::params(name),
     })
 }
 
@@ -72,7 +72,8 @@ impl Checker<'_> {
             if self.env.contains_key(name) {
                 d = d.with_note(format!("`{name}` is a value; only built-ins can be called"));
             }
-            if let Some(h) = hint::nearest(name, BUILTINS.iter().copied()) {
+            let names = BUILTINS.iter().chain(super::indices::NAMES).copied();
+            if let Some(h) = hint::nearest(name, names) {
                 d = d.with_help(format!("did you mean `{h}`?"));
             }
             self.error(d);
@@ -87,6 +88,9 @@ impl Checker<'_> {
         let Some(bound) = self.bind_args(func, params, args, span) else {
             return Val::Error;
         };
+        if super::indices::params(name).is_some() {
+            return self.index_call(name, &bound, span, depth);
+        }
         let (x_expr, x) = match bound[0] {
             Some(e) => (e, self.expr_at(e, depth + 1)),
             None => return Val::Error,
@@ -197,7 +201,7 @@ impl Checker<'_> {
         }
         let required = match func.name.as_str() {
             "maximum" | "minimum" | "permute" | "reshape" | "expand" => 2,
-            _ => 1,
+            _ => super::indices::required(&func.name),
         };
         for (i, p) in params.iter().enumerate().take(required) {
             if bound[i].is_none() {
@@ -374,7 +378,7 @@ impl Checker<'_> {
         }
     }
 
-    fn normalize_axis(&mut self, axis: i128, ty: &TensorType, span: &Span) -> Option<usize> {
+    pub(super) fn normalize_axis(&mut self, axis: i128, ty: &TensorType, span: &Span) -> Option<usize> {
         let rank = ty.rank() as i128;
         if axis < -rank || axis >= rank {
             let range = if rank == 0 {
@@ -563,7 +567,7 @@ impl Checker<'_> {
         Some(out)
     }
 
-    fn boolean(&mut self, e: &Expr, what: &str) -> Option<bool> {
+    pub(super) fn boolean(&mut self, e: &Expr, what: &str) -> Option<bool> {
         if let ExprKind::Bool(b) = e.kind {
             return Some(b);
         }
@@ -613,6 +617,12 @@ fn dims_text(dims: &[(Dim, bool)]) -> Vec<String> {
 }
 
 fn signature(name: &str, params: &[&str]) -> String {
+    if super::indices::params(name).is_some() {
+        let k = super::indices::required(name);
+        let mut all: Vec<String> = params[..k].iter().map(|p| p.to_string()).collect();
+        all.extend(params[k..].iter().map(|p| format!("{p}=…")));
+        return format!("usage: `{name}({})`", all.join(", "));
+    }
     let rest: Vec<String> = params[1..].iter().map(|p| format!("{p}=…")).collect();
     let mut all = vec![params[0].to_string()];
     if matches!(

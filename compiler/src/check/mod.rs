@@ -7,6 +7,7 @@
 mod builtins;
 mod expr;
 mod hint;
+mod indices;
 
 use crate::diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 use crate::ir::layout::{apply_view, Layout};

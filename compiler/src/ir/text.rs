@@ -64,6 +64,10 @@ pub fn op_text(op: &Op) -> String {
             let perm: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
             format!("permute {args} [{}]", perm.join(", "))
         }
+        Op::Take { axis, .. } | Op::Gather { axis, .. } | Op::Cumsum { axis, .. } => {
+            format!("{} {args} axis={axis}", op.name())
+        }
+        Op::OneHot { classes, .. } => format!("one_hot {args} classes={classes}"),
         _ => format!("{} {args}", op.name()),
     }
 }

@@ -82,6 +82,17 @@ pub fn print_kernel(k: &KernelIr) -> String {
             ValueOp::Binary(b, x, y) => format!("{} {x}, {y}", b.name()),
             ValueOp::Cast(a) => format!("cast {a}"),
             ValueOp::Reduce(r, a) => format!("reduce {} {a}", r.name()),
+            ValueOp::Index { offset, strides } => {
+                format!("index +{offset} strides {}", list(strides))
+            }
+            ValueOp::Gather {
+                load,
+                index,
+                stride,
+                size,
+                ..
+            } => format!("gather {load} at {index}*{stride} < {size}"),
+            ValueOp::Scan(a) => format!("scan sum {a}"),
         };
         let _ = writeln!(
             out,

@@ -89,6 +89,17 @@ pub fn print(plan: &Plan) -> String {
                         InstOp::Binary(b, x, y) => format!("{} %{x}, %{y}", b.name(),),
                         InstOp::Cast(a) => format!("cast %{a}"),
                         InstOp::Reduce(r, a) => format!("reduce {} %{a}", r.name()),
+                        InstOp::Index { offset, strides } => {
+                            format!("index +{offset} strides {}", list(strides))
+                        }
+                        InstOp::Gather {
+                            load,
+                            index,
+                            stride,
+                            size,
+                            ..
+                        } => format!("gather l{load} at %{index}*{stride} < {size}"),
+                        InstOp::Scan(a) => format!("scan sum %{a}"),
                     };
                     let level = match inst.level {
                         Level::Element => "elem",
