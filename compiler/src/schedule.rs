@@ -123,8 +123,10 @@ pub enum InstOp {
     /// `index` times `stride`: a gathered read (`take`, `gather`). The index must lie in
     /// `[0, size)`; an executor that meets one outside it reads nothing there and reports
     /// an error in the data naming `what` (the index tensor and the axis it indexes).
+    /// Without a load the table is an `arange`'s index map along the axis, and the value is
+    /// the checked index times `stride` (what `one_hot` compares with).
     Gather {
-        load: usize,
+        load: Option<usize>,
         index: InstId,
         stride: i64,
         size: u64,

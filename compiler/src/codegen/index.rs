@@ -137,7 +137,6 @@ pub(super) fn emit_value(w: &mut Writer, k: &KernelIr, i: ValueId, site: &Site<'
                 .iter()
                 .filter(|v| matches!(v.op, ValueOp::Gather { .. }))
                 .count();
-            let (buf, at) = (site.at)(*load);
             let g = format!("tc_g{}", i.index());
             w.line(format!("const long long {g} = (long long)({index});"));
             w.line(format!("const bool {g}_ok = {g} >= 0 && {g} < {size}LL;"));
@@ -145,11 +144,18 @@ pub(super) fn emit_value(w: &mut Writer, k: &KernelIr, i: ValueId, site: &Site<'
                 "if (!{g}_ok) atomicMin(&{}[{slot}], {g});",
                 check_symbol(site.kernel)
             ));
-            let raw = format!("{buf}[{at} + ({g}_ok ? {g} : 0LL) * {stride}LL]");
-            w.line(format!(
-                "const {vt} {i} = {};",
-                super::cuda::load_conv(k.load(*load).dtype, &raw)
-            ));
+            let pos = format!("({g}_ok ? {g} : 0LL) * {stride}LL");
+            match load {
+                Some(l) => {
+                    let (buf, at) = (site.at)(*l);
+                    let raw = format!("{buf}[{at} + {pos}]");
+                    w.line(format!(
+                        "const {vt} {i} = {};",
+                        super::cuda::load_conv(k.load(*l).dtype, &raw)
+                    ));
+                }
+                None => w.line(format!("const {vt} {i} = {pos};")),
+            }
             true
         }
         _ => false,

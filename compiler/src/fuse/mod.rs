@@ -620,7 +620,11 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
                 fills.insert(f.lays[b.index()].root);
             }
             Op::Gather { arg, .. } => {
-                fills.insert(f.lays[arg.index()].root);
+                // (a gathered arange is the checked index itself: no table)
+                let r = f.lays[arg.index()].root;
+                if graph.node(r).op != Op::Arange {
+                    fills.insert(r);
+                }
             }
             _ => {}
         }

@@ -205,8 +205,11 @@ impl Decomposer<'_> {
         self.reshape(g, node.ty.shape.clone())
     }
 
-    /// `one_hot(idx, N)` = `i64(reshape(idx, [..., 1]) == arange(N))`: an elementwise
-    /// comparison with the index computed in the kernel (no buffer for either).
+    /// `one_hot(idx, N)` = `i64(checked(reshape(idx, [..., 1])) == arange(N))`: an
+    /// elementwise comparison with the index computed in the kernel (no buffer for
+    /// either). The index is first gathered from `arange(N)` (`[1, …, 1, N]`), which is
+    /// the index itself checked to lie in `[0, N)`: an error in the data otherwise, as
+    /// PyTorch's `one_hot` raises.
     pub fn one_hot(&mut self, index: NodeId, classes: u64, node: &Node) -> NodeId {
         let it = self.g.ty(index).clone();
         let out = node.ty.shape.clone();
@@ -227,10 +230,20 @@ impl Decomposer<'_> {
             )
         };
         let i = self.expand(i, &out);
-        let a = self.push(
-            Op::Arange,
-            TensorType::new(DType::I64, vec![out[out.len() - 1].clone()]),
+        let n = out[out.len() - 1].clone();
+        let table = self.push(Op::Arange, TensorType::new(DType::I64, vec![n.clone()]));
+        let mut ones: Vec<Dim> = out.iter().map(|_| Dim::new(1)).collect();
+        *ones.last_mut().unwrap_or(&mut Dim::new(1)) = n.clone();
+        let table = self.reshape(table, ones);
+        let i = self.push(
+            Op::Gather {
+                arg: table,
+                index: i,
+                axis: out.len() - 1,
+            },
+            TensorType::new(DType::I64, out.clone()),
         );
+        let a = self.push(Op::Arange, TensorType::new(DType::I64, vec![n]));
         let a = self.expand(a, &out);
         let eq = self.push(
             Op::Binary(BinaryOp::Cmp(CmpOp::Eq), i, a),

@@ -94,7 +94,7 @@ pub enum ValueOp {
     /// Load `load` at its position plus `index`'s value times `stride`, the index checked
     /// to lie in `[0, size)` (see `schedule::InstOp::Gather`).
     Gather {
-        load: LoadId,
+        load: Option<LoadId>,
         index: ValueId,
         stride: i64,
         size: u64,
@@ -132,7 +132,7 @@ impl ValueOp {
                 size,
                 what,
             } => ValueOp::Gather {
-                load: LoadId::new(*load),
+                load: load.map(LoadId::new),
                 index: ValueId::new(*index),
                 stride: *stride,
                 size: *size,
@@ -324,7 +324,7 @@ impl KernelIr {
 
     /// Whether value `v` is a gathered read of load `l`.
     pub fn gathers_from(&self, v: &Value, l: LoadId) -> bool {
-        matches!(v.op, ValueOp::Gather { load, .. } if load == l)
+        matches!(v.op, ValueOp::Gather { load: Some(load), .. } if load == l)
     }
 
     /// Whether load `l` is read at gathered positions (its index comes from a value).
@@ -355,7 +355,10 @@ impl KernelIr {
                 .iter()
                 .filter_map(|v| match v.op {
                     ValueOp::Gather {
-                        load, stride, size, ..
+                        load: Some(load),
+                        stride,
+                        size,
+                        ..
                     } if load.index() == li => Some((size as i128 - 1) * (stride as i128).abs()),
                     _ => None,
                 })
@@ -520,7 +523,13 @@ pub fn lower_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<KernelIr,
                 _ => Level::Element,
             },
             ValueOp::Scan(_) => Level::Element,
-            ValueOp::Gather { load, .. } if !pointwise && !along_row(&k.loads[load.index()].strides) && row(&values) => Level::Row,
+            ValueOp::Gather { load, .. }
+                if !pointwise
+                    && load.is_none_or(|l| !along_row(&k.loads[l.index()].strides))
+                    && row(&values) =>
+            {
+                Level::Row
+            }
             ValueOp::Gather { .. } => Level::Element,
             ValueOp::Reduce(..) if !pointwise => Level::Row,
             _ if row(&values) => Level::Row,

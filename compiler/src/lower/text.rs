@@ -91,7 +91,10 @@ pub fn print_kernel(k: &KernelIr) -> String {
                 stride,
                 size,
                 ..
-            } => format!("gather {load} at {index}*{stride} < {size}"),
+            } => match load {
+                Some(l) => format!("gather {l} at {index}*{stride} < {size}"),
+                None => format!("checked index {index}*{stride} < {size}"),
+            },
             ValueOp::Scan(a) => format!("scan sum {a}"),
         };
         let _ = writeln!(

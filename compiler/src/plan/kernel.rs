@@ -332,13 +332,20 @@ impl Builder<'_> {
                 },
                 Op::Gather { arg, index, axis } => {
                     let index_inst = value(*index, &mut k)?;
-                    let (load, stride, size) = self.gathered_load(&mut k, *arg, *axis, level)?;
-                    InstOp::Gather {
-                        load,
-                        index: index_inst,
-                        stride,
-                        size,
-                        what: self.gather_what(n, *index, *arg),
+                    let what = self.gather_what(n, *index, *arg);
+                    let root = self.lays[arg.index()].root;
+                    if self.graph.node(root).op == Op::Arange && !self.buf_of.contains_key(&root) {
+                        self.gathered_arange(&mut k, *arg, *axis, level, index_inst, what)
+                    } else {
+                        let (load, stride, size) =
+                            self.gathered_load(&mut k, *arg, *axis, level)?;
+                        InstOp::Gather {
+                            load: Some(load),
+                            index: index_inst,
+                            stride,
+                            size,
+                            what,
+                        }
                     }
                 }
                 other => {
@@ -428,6 +435,56 @@ impl Builder<'_> {
         Ok((k.loads.len() - 1, lay.strides[axis], sizes[axis]))
     }
 
+    /// A gather from an arange (`one_hot`'s range check, `take(arange(N), idx)`): the
+    /// checked index times the arange's stride along `axis`, plus its index map at the other
+    /// axes when that is not 0 — no table in memory.
+    fn gathered_arange(
+        &self,
+        k: &mut FusedKernel,
+        arg: NodeId,
+        axis: usize,
+        level: Level,
+        index: InstId,
+        what: String,
+    ) -> InstOp {
+        let lay = &self.lays[arg.index()];
+        let sizes = self.graph.ty(arg).sizes();
+        let checked = InstOp::Gather {
+            load: None,
+            index,
+            stride: lay.strides[axis],
+            size: sizes[axis],
+            what,
+        };
+        let mut own = lay.strides.clone();
+        for (d, s) in own.iter_mut().enumerate() {
+            if d == axis || sizes[d] == 1 {
+                *s = 0;
+            }
+        }
+        let strides = to_domain(&own, sizes.len(), level, &k.domain, &k.reduce_axes);
+        if lay.offset == 0 && strides.iter().all(|&s| s == 0) {
+            return checked;
+        }
+        let dtype = crate::ir::DType::I64;
+        k.body.push(Inst {
+            op: checked,
+            dtype,
+            level,
+            node: None,
+        });
+        k.body.push(Inst {
+            op: InstOp::Index {
+                offset: lay.offset,
+                strides,
+            },
+            dtype,
+            level,
+            node: None,
+        });
+        InstOp::Binary(BinaryOp::Add, k.body.len() - 2, k.body.len() - 1)
+    }
+
     /// What an out-of-range index of gather `n` is reported as: the index tensor (by name
     /// where it has one), the source line and the tensor it indexes.
     fn gather_what(&self, n: NodeId, index: NodeId, arg: NodeId) -> String {
@@ -437,6 +494,14 @@ impl Builder<'_> {
             Some(name) => format!("{what} `{name}`"),
             None => what.to_string(),
         };
+        if g.node(root(arg)).op == Op::Arange {
+            // `one_hot`'s check (or a take from an arange).
+            return format!(
+                "{} (line {}), as a class index",
+                named(index, "the index tensor"),
+                g.origin(n).line
+            );
+        }
         format!(
             "{} (line {}) indexing {} {}",
             named(index, "the index tensor"),

@@ -98,7 +98,10 @@ pub fn print(plan: &Plan) -> String {
                             stride,
                             size,
                             ..
-                        } => format!("gather l{load} at %{index}*{stride} < {size}"),
+                        } => match load {
+                            Some(l) => format!("gather l{l} at %{index}*{stride} < {size}"),
+                            None => format!("checked index %{index}*{stride} < {size}"),
+                        },
                         InstOp::Scan(a) => format!("scan sum %{a}"),
                     };
                     let level = match inst.level {

@@ -64,7 +64,10 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
         };
         for (i, inst) in k.body.iter().enumerate() {
             let loaded = match inst.op {
-                InstOp::Load(l) | InstOp::Gather { load: l, .. } => Some(l),
+                InstOp::Load(l)
+                | InstOp::Gather {
+                    load: Some(l), ..
+                } => Some(l),
                 _ => None,
             };
             if let Some(l) = loaded {
@@ -192,7 +195,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                             load, stride, size, ..
                         } = inst.op
                         {
-                            if load == li {
+                            if load == Some(li) {
                                 strides.push(stride);
                                 sizes.push(size);
                             }
