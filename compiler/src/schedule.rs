@@ -22,10 +22,14 @@
 //! - A `Scan` inst is the running sum of its operand along the row, in row order.
 //! - A `Store` of an `Element` inst writes the buffer contiguously in `domain` order; of a
 //!   `Row` inst, contiguously in row order (the non-reduced axes, in order).
-//! - Arithmetic is done in f32 whatever the dtypes; `Cast` rounds to its dtype (ties to even)
-//!   and back. The planner follows every f16/bf16 arithmetic result with a `Cast`, so a
-//!   fused program rounds exactly where the unfused one stores (an executor that rounds
-//!   every inst to its dtype computes the same values).
+//! - Float arithmetic is done in f32 whatever the float dtypes; `Cast` rounds to its dtype
+//!   (ties to even) and back. The planner follows every f16/bf16 arithmetic result with a
+//!   `Cast`, so a fused program rounds exactly where the unfused one stores (an executor
+//!   that rounds every inst to its dtype computes the same values).
+//! - Integer and `bool` values (`DType::is_integral`) are exact: an executor holds them as
+//!   64-bit integers (never in f32), with `ir::eval`'s integer meaning (`binary_int`, …:
+//!   wrapping to the dtype); a `Cast` between kinds is `ir::eval::cast`. A comparison's
+//!   inst has dtype `bool` and operands of one dtype; `Where` picks per element.
 //! - A store may target a buffer the kernel also loads (in-place) only when every load of
 //!   it reads the same element the store writes, at the same domain index (the planner
 //!   guarantees it); a row kernel writes a row only after all its reductions are done.
@@ -114,11 +118,17 @@ pub enum InstOp {
     /// Round the operand to the inst's dtype (the value stays an f32 holding it).
     Cast(InstId),
     /// Fold the `Element` operand over the reduce axes (f32 accumulation; `Mean` divides by
-    /// the number of reduced elements; `ArgMax`/`ArgMin` give the position along the row).
+    /// the number of reduced elements; integers fold exactly, sums wrapping; `ArgMax`/`ArgMin`
+    /// give the position along the row).
     Reduce(ReduceOp, InstId),
+    /// `where(c, a, b)`: `c` is `bool`; `a` and `b` have the inst's dtype.
+    Where(InstId, InstId, InstId),
     /// The domain index through a strided map, `offset + Σ idx[d]·strides[d]`, as an `i64`
     /// value: an `arange` read through its views (element `e` of an arange is `e`).
-    Index { offset: i64, strides: Vec<i64> },
+    Index {
+        offset: i64,
+        strides: Vec<i64>,
+    },
     /// `loads[load]` read at its own position for the current index plus the value of
     /// `index` times `stride`: a gathered read (`take`, `gather`). The index must lie in
     /// `[0, size)`; an executor that meets one outside it reads nothing there and reports
@@ -148,6 +158,7 @@ impl InstOp {
             | InstOp::Scan(a)
             | InstOp::Gather { index: a, .. } => vec![a],
             InstOp::Binary(_, a, b) => vec![a, b],
+            InstOp::Where(c, a, b) => vec![c, a, b],
         }
     }
 
@@ -181,6 +192,7 @@ impl InstOp {
                 what: what.clone(),
             },
             InstOp::Scan(a) => InstOp::Scan(f(a)),
+            InstOp::Where(c, a, b) => InstOp::Where(f(c), f(a), f(b)),
         }
     }
 }

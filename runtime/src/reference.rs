@@ -6,14 +6,35 @@
 //! feature): the `tc` binary does not contain it.
 
 use crate::tensor::HostTensor;
-use tc_compiler::ir::{eval, DType, Graph, Op, ReduceOp, ViewOp};
+use tc_compiler::ir::eval::{self, Value};
+use tc_compiler::ir::{DType, Graph, Op, ReduceOp, ViewOp};
 
-/// A materialised value: row-major f64 values, each exactly representable in `dtype`.
+/// A materialised value: row-major f64 values, each exactly representable in `dtype`; for
+/// an integer or `bool` dtype also `ints`, the exact values (`values` then holds them as
+/// f64, exact up to 2^53).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefTensor {
     pub shape: Vec<u64>,
     pub values: Vec<f64>,
+    /// The exact values of an integral dtype; empty for a float dtype.
+    pub ints: Vec<i64>,
     pub dtype: DType,
+}
+
+impl RefTensor {
+    /// Element `i` as a scalar of its dtype.
+    fn at(&self, i: usize) -> Value {
+        if self.dtype.is_integral() {
+            Value::Int(self.ints[i])
+        } else {
+            Value::Float(self.values[i])
+        }
+    }
+
+    /// Every element as a scalar of its dtype.
+    fn vals(&self) -> Vec<Value> {
+        (0..self.values.len()).map(|i| self.at(i)).collect()
+    }
 }
 
 /// Evaluates `graph` and returns its outputs in `graph.outputs` order.
@@ -28,7 +49,8 @@ pub fn evaluate(
         let shape = node.ty.sizes();
         let dtype = node.ty.dtype;
         let get = |o: tc_compiler::ir::NodeId| &vals[o.index()];
-        let (out_shape, values): (Vec<u64>, Vec<f64>) = match &node.op {
+        let floats = |(s, v): (Vec<u64>, Vec<f64>)| (s, v.into_iter().map(Value::Float).collect());
+        let (out_shape, values): (Vec<u64>, Vec<Value>) = match &node.op {
             Op::Input { index } | Op::Param { index } => {
                 let (what, list) = if matches!(node.op, Op::Input { .. }) {
                     ("input", inputs)
@@ -48,17 +70,25 @@ pub fn evaluate(
                         t.shape
                     ));
                 }
-                (
-                    shape.clone(),
-                    t.to_f32().into_iter().map(f64::from).collect(),
-                )
+                let v = if dtype.is_integral() {
+                    t.to_i64().into_iter().map(Value::Int).collect()
+                } else {
+                    t.to_f32()
+                        .into_iter()
+                        .map(|x| Value::Float(f64::from(x)))
+                        .collect()
+                };
+                (shape.clone(), v)
             }
-            Op::Scalar(v) => (vec![], vec![*v]),
+            Op::Scalar(v) => (vec![], vec![Value::constant(dtype, *v)]),
             Op::Unary(op, a) => {
                 let a = get(*a);
                 (
                     a.shape.clone(),
-                    a.values.iter().map(|&x| eval::unary(*op, x)).collect(),
+                    a.vals()
+                        .into_iter()
+                        .map(|x| eval::unary_value(*op, a.dtype, x))
+                        .collect(),
                 )
             }
             Op::Binary(op, a, b) => {
@@ -68,10 +98,26 @@ pub fn evaluate(
                 let v = (0..n)
                     .map(|i| {
                         let idx = unravel(i, &s);
-                        eval::binary(
+                        eval::binary_value(
                             *op,
-                            a.values[broadcast_index(&idx, &a.shape)],
-                            b.values[broadcast_index(&idx, &b.shape)],
+                            a.dtype,
+                            a.at(broadcast_index(&idx, &a.shape)),
+                            b.at(broadcast_index(&idx, &b.shape)),
+                        )
+                    })
+                    .collect();
+                (s, v)
+            }
+            Op::Where(c, a, b) => {
+                let (c, a, b) = (get(*c), get(*a), get(*b));
+                let s = broadcast_shape(&c.shape, &broadcast_shape(&a.shape, &b.shape)?)?;
+                let v = (0..numel(&s))
+                    .map(|i| {
+                        let idx = unravel(i, &s);
+                        eval::select(
+                            c.at(broadcast_index(&idx, &c.shape)),
+                            a.at(broadcast_index(&idx, &a.shape)),
+                            b.at(broadcast_index(&idx, &b.shape)),
                         )
                     })
                     .collect();
@@ -89,29 +135,21 @@ pub fn evaluate(
                 axes,
                 keepdim,
             } => reduce(get(*arg), *op, axes, *keepdim)?,
-            Op::Arange => (shape.clone(), (0..shape[0]).map(|i| i as f64).collect()),
+            Op::Arange => (
+                shape.clone(),
+                (0..shape[0]).map(|i| Value::Int(i as i64)).collect(),
+            ),
             Op::Take { arg, index, axis } => {
                 take(get(*arg), get(*index), *axis, &index_name(graph, *index))?
             }
             Op::Gather { arg, index, axis } => {
                 gather_along(get(*arg), get(*index), *axis, &index_name(graph, *index))?
             }
-            Op::OneHot { arg, classes } => {
-                one_hot(get(*arg), *classes, &index_name(graph, *arg))?
-            }
-            Op::Cumsum { arg, axis } => along_axis(get(*arg), *axis, |line| {
-                // Floats add in f32 or f64 as the oracle does everything: exactly enough.
-                let mut acc = 0.0;
-                line.iter()
-                    .map(|&x| {
-                        acc += x;
-                        acc
-                    })
-                    .collect()
-            })?,
+            Op::OneHot { arg, classes } => one_hot(get(*arg), *classes, &index_name(graph, *arg))?,
+            Op::Cumsum { arg, axis } => cumsum(get(*arg), *axis)?,
             Op::Softmax { arg, axis, log } => {
                 let log = *log;
-                along_axis(get(*arg), *axis, |line| {
+                floats(along_axis(get(*arg), *axis, |line| {
                     let m = eval::reduce(ReduceOp::Max, line.iter().copied());
                     let s: f64 = line.iter().map(|&x| (x - m).exp()).sum();
                     line.iter()
@@ -123,30 +161,37 @@ pub fn evaluate(
                             }
                         })
                         .collect()
-                })?
+                })?)
             }
-            Op::LayerNorm { arg, axis, eps } => along_axis(get(*arg), *axis, |line| {
+            Op::LayerNorm { arg, axis, eps } => floats(along_axis(get(*arg), *axis, |line| {
                 let n = line.len() as f64;
                 let mean = line.iter().sum::<f64>() / n;
                 let var = line.iter().map(|&x| (x - mean) * (x - mean)).sum::<f64>() / n;
                 line.iter()
                     .map(|&x| (x - mean) / (var + eps).sqrt())
                     .collect()
-            })?,
-            Op::RmsNorm { arg, axis, eps } => along_axis(get(*arg), *axis, |line| {
+            })?),
+            Op::RmsNorm { arg, axis, eps } => floats(along_axis(get(*arg), *axis, |line| {
                 let ms = line.iter().map(|&x| x * x).sum::<f64>() / line.len() as f64;
                 line.iter().map(|&x| x / (ms + eps).sqrt()).collect()
-            })?,
-            Op::MatMul(a, b) => matmul(get(*a), get(*b))?,
+            })?),
+            Op::MatMul(a, b) => floats(matmul(get(*a), get(*b))?),
             Op::Cast { arg, .. } => {
                 let a = get(*arg);
-                (a.shape.clone(), a.values.clone())
+                (
+                    a.shape.clone(),
+                    a.vals().into_iter().map(|x| eval::cast(dtype, x)).collect(),
+                )
             }
             Op::Copy(a) => {
                 let a = get(*a);
-                (a.shape.clone(), a.values.clone())
+                (a.shape.clone(), a.vals())
             }
-            Op::View(view, a) => apply_view(view, get(*a), &shape)?,
+            Op::View(view, a) => {
+                let a = get(*a);
+                let (s, pos) = view_positions(view, a, &shape)?;
+                (s, pos.into_iter().map(|p| a.at(p)).collect())
+            }
         };
         if out_shape != shape {
             return Err(format!(
@@ -157,10 +202,17 @@ pub fn evaluate(
                 shape
             ));
         }
-        let values = values.into_iter().map(|v| round(dtype, v)).collect();
+        // Stored: rounded (or wrapped) to the node's dtype.
+        let stored: Vec<Value> = values.into_iter().map(|v| eval::cast(dtype, v)).collect();
+        let ints = if dtype.is_integral() {
+            stored.iter().map(|v| v.as_i64()).collect()
+        } else {
+            Vec::new()
+        };
         vals.push(RefTensor {
             shape,
-            values,
+            values: stored.iter().map(|v| v.as_f64()).collect(),
+            ints,
             dtype,
         });
     }
@@ -224,7 +276,7 @@ fn reduce(
     op: ReduceOp,
     axes: &[usize],
     keepdim: bool,
-) -> Result<(Vec<u64>, Vec<f64>), String> {
+) -> Result<(Vec<u64>, Vec<Value>), String> {
     if axes.iter().any(|&x| x >= a.shape.len()) {
         return Err(format!(
             "reduce axes {axes:?} out of range for {:?}",
@@ -239,17 +291,30 @@ fn reduce(
         .collect();
     let count: usize = axes.iter().map(|&d| a.shape[d] as usize).product();
     let n = numel(&kept);
-    let mut acc = vec![eval::reduce_init(op); n];
-    for (i, &x) in a.values.iter().enumerate() {
+    let target = |i: usize| {
         let mut idx = unravel(i, &a.shape);
         for &d in axes {
             idx[d] = 0;
         }
-        let j = ravel(&idx, &kept);
-        acc[j] = eval::reduce_step(op, acc[j], x);
-    }
-    acc.iter_mut()
-        .for_each(|v| *v = eval::reduce_finish(op, *v, count as u64));
+        ravel(&idx, &kept)
+    };
+    let acc: Vec<Value> = if a.dtype.is_integral() {
+        let mut acc = vec![eval::reduce_init_int(op, a.dtype); n];
+        for (i, &x) in a.ints.iter().enumerate() {
+            let j = target(i);
+            acc[j] = eval::reduce_step_int(op, a.dtype, acc[j], x);
+        }
+        acc.into_iter().map(Value::Int).collect()
+    } else {
+        let mut acc = vec![eval::reduce_init(op); n];
+        for (i, &x) in a.values.iter().enumerate() {
+            let j = target(i);
+            acc[j] = eval::reduce_step(op, acc[j], x);
+        }
+        acc.into_iter()
+            .map(|v| Value::Float(eval::reduce_finish(op, v, count as u64)))
+            .collect()
+    };
     let shape = if keepdim {
         kept
     } else {
@@ -270,9 +335,12 @@ fn arg_reduce(
     op: ReduceOp,
     axes: &[usize],
     keepdim: bool,
-) -> Result<(Vec<u64>, Vec<f64>), String> {
+) -> Result<(Vec<u64>, Vec<Value>), String> {
     if axes.iter().any(|&x| x >= a.shape.len()) {
-        return Err(format!("argmax axes {axes:?} out of range for {:?}", a.shape));
+        return Err(format!(
+            "argmax axes {axes:?} out of range for {:?}",
+            a.shape
+        ));
     }
     let kept: Vec<u64> = a
         .shape
@@ -280,7 +348,6 @@ fn arg_reduce(
         .enumerate()
         .map(|(d, &s)| if axes.contains(&d) { 1 } else { s })
         .collect();
-    let red: Vec<u64> = axes.iter().map(|&d| a.shape[d]).collect();
     let mut lines: Vec<Vec<f64>> = vec![Vec::new(); numel(&kept)];
     // Row-major over the whole tensor visits each line's elements in their own row-major
     // order over the reduced axes.
@@ -291,10 +358,9 @@ fn arg_reduce(
         }
         lines[ravel(&idx, &kept)].push(x);
     }
-    debug_assert!(lines.iter().all(|l| l.len() == numel(&red)));
     let values = lines
         .into_iter()
-        .map(|l| eval::arg_reduce(op == ReduceOp::ArgMax, l) as f64)
+        .map(|l| Value::Int(eval::arg_reduce(op == ReduceOp::ArgMax, l) as i64))
         .collect();
     let shape = if keepdim {
         kept
@@ -309,19 +375,48 @@ fn arg_reduce(
     Ok((shape, values))
 }
 
+/// `cumsum` along `axis`: floats in f64 (rounded to the dtype when stored), integers
+/// exactly, wrapping in 64 bits.
+fn cumsum(a: &RefTensor, axis: usize) -> Result<(Vec<u64>, Vec<Value>), String> {
+    if axis >= a.shape.len() {
+        return Err(format!("cumsum axis {axis} out of range for {:?}", a.shape));
+    }
+    let mut out = vec![Value::Int(0); a.values.len()];
+    let mut outer = a.shape.clone();
+    outer[axis] = 1;
+    for o in 0..numel(&outer) {
+        let mut idx = unravel(o, &outer);
+        let (mut f, mut n) = (0.0f64, 0i64);
+        for k in 0..a.shape[axis] as usize {
+            idx[axis] = k;
+            let p = ravel(&idx, &a.shape);
+            out[p] = match a.at(p) {
+                Value::Float(x) => {
+                    f += x;
+                    Value::Float(f)
+                }
+                Value::Int(x) => {
+                    n = n.wrapping_add(x);
+                    Value::Int(n)
+                }
+            };
+        }
+    }
+    Ok((a.shape.clone(), out))
+}
+
 /// The name an out-of-range index is reported under.
 fn index_name(graph: &Graph, id: tc_compiler::ir::NodeId) -> String {
     graph.display_name(id)
 }
 
 /// An index value checked against `size`, as a position.
-fn checked_index(v: f64, size: u64, what: &str) -> Result<usize, String> {
-    if v >= 0.0 && v < size as f64 && v.fract() == 0.0 {
+fn checked_index(v: Value, size: u64, what: &str) -> Result<usize, String> {
+    let v = v.as_i64();
+    if v >= 0 && (v as u64) < size {
         Ok(v as usize)
     } else {
-        Err(format!(
-            "index {v} of {what} is out of range [0, {size})"
-        ))
+        Err(format!("index {v} of {what} is out of range [0, {size})"))
     }
 }
 
@@ -331,7 +426,7 @@ fn take(
     idx: &RefTensor,
     axis: usize,
     what: &str,
-) -> Result<(Vec<u64>, Vec<f64>), String> {
+) -> Result<(Vec<u64>, Vec<Value>), String> {
     let pre = &x.shape[..axis];
     let post = &x.shape[axis + 1..];
     let mut shape = pre.to_vec();
@@ -342,14 +437,14 @@ fn take(
     for i in 0..numel(&shape) {
         let o = unravel(i, &shape);
         let k = checked_index(
-            idx.values[ravel(&o[np..np + ni], &idx.shape)],
+            idx.at(ravel(&o[np..np + ni], &idx.shape)),
             x.shape[axis],
             what,
         )?;
         let mut src: Vec<usize> = o[..np].to_vec();
         src.push(k);
         src.extend_from_slice(&o[np + ni..]);
-        values.push(x.values[ravel(&src, &x.shape)]);
+        values.push(x.at(ravel(&src, &x.shape)));
     }
     Ok((shape, values))
 }
@@ -360,7 +455,7 @@ fn gather_along(
     idx: &RefTensor,
     axis: usize,
     what: &str,
-) -> Result<(Vec<u64>, Vec<f64>), String> {
+) -> Result<(Vec<u64>, Vec<Value>), String> {
     if x.shape.len() != idx.shape.len() || axis >= x.shape.len() {
         return Err(format!("gather of {:?} by {:?}", x.shape, idx.shape));
     }
@@ -376,22 +471,22 @@ fn gather_along(
     let mut values = Vec::with_capacity(numel(&shape));
     for i in 0..numel(&shape) {
         let o = unravel(i, &shape);
-        let k = checked_index(idx.values[broadcast_index(&o, &idx.shape)], x.shape[axis], what)?;
+        let k = checked_index(idx.at(broadcast_index(&o, &idx.shape)), x.shape[axis], what)?;
         let mut src = o.clone();
         src[axis] = k;
-        values.push(x.values[broadcast_index(&src, &x.shape)]);
+        values.push(x.at(broadcast_index(&src, &x.shape)));
     }
     Ok((shape, values))
 }
 
 /// `torch.nn.functional.one_hot(idx, classes)`.
-fn one_hot(idx: &RefTensor, classes: u64, what: &str) -> Result<(Vec<u64>, Vec<f64>), String> {
+fn one_hot(idx: &RefTensor, classes: u64, what: &str) -> Result<(Vec<u64>, Vec<Value>), String> {
     let mut shape = idx.shape.clone();
     shape.push(classes);
     let mut values = Vec::with_capacity(numel(&shape));
-    for &v in &idx.values {
-        let k = checked_index(v, classes, what)?;
-        values.extend((0..classes as usize).map(|c| f64::from(u8::from(c == k))));
+    for i in 0..idx.values.len() {
+        let k = checked_index(idx.at(i), classes, what)?;
+        values.extend((0..classes as usize).map(|c| Value::Int(i64::from(c == k))));
     }
     Ok((shape, values))
 }
@@ -451,11 +546,16 @@ fn matmul(a: &RefTensor, b: &RefTensor) -> Result<(Vec<u64>, Vec<f64>), String> 
     Ok((shape, out))
 }
 
-fn apply_view(view: &ViewOp, a: &RefTensor, shape: &[u64]) -> Result<(Vec<u64>, Vec<f64>), String> {
+/// The shape of a view of `a` and, per element of it, the position in `a` it reads.
+fn view_positions(
+    view: &ViewOp,
+    a: &RefTensor,
+    shape: &[u64],
+) -> Result<(Vec<u64>, Vec<usize>), String> {
     let r = a.shape.len();
     let gather = |out_shape: Vec<u64>, src: &dyn Fn(&[usize]) -> usize| {
         let v = (0..numel(&out_shape))
-            .map(|i| a.values[src(&unravel(i, &out_shape))])
+            .map(|i| src(&unravel(i, &out_shape)))
             .collect();
         (out_shape, v)
     };
@@ -492,7 +592,7 @@ fn apply_view(view: &ViewOp, a: &RefTensor, shape: &[u64]) -> Result<(Vec<u64>, 
             if numel(shape) != a.values.len() {
                 return Err(format!("reshape of {:?} to {shape:?}", a.shape));
             }
-            Ok((shape.to_vec(), a.values.clone()))
+            Ok((shape.to_vec(), (0..a.values.len()).collect()))
         }
         ViewOp::Expand { .. } => {
             broadcast_shape(&a.shape, shape)?;

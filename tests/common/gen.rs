@@ -566,7 +566,8 @@ impl Gen<'_> {
         match self.rng.below(5) {
             0 if r >= 1 => {
                 // take(x, idx, axis): an index whose range fits the axis.
-                let (idx, range) = self.index(self.rng.chance(30))?;
+                let keep = self.rng.chance(30);
+                let (idx, range) = self.index(keep)?;
                 let axes: Vec<usize> = (0..r).filter(|&a| x.shape[a] >= range).collect();
                 if axes.is_empty() || r - 1 + idx.shape.len() > 4 {
                     return None;

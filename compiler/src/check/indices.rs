@@ -72,7 +72,9 @@ impl Checker<'_> {
                     self.error(
                         Diagnostic::error(
                             ErrorKind::BadRank,
-                            format!("`{name}` needs a tensor with an axis to index, but this is {xt}"),
+                            format!(
+                                "`{name}` needs a tensor with an axis to index, but this is {xt}"
+                            ),
                         )
                         .with_primary(xe.span.clone(), format!("this is {xt}")),
                     );
@@ -159,16 +161,15 @@ impl Checker<'_> {
                     _ => Dim::new(n),
                 });
                 Val::Tensor(self.push(
-                    Op::OneHot {
-                        arg: i,
-                        classes: n,
-                    },
+                    Op::OneHot { arg: i, classes: n },
                     TensorType::new(DType::I64, shape),
                     span,
                 ))
             }
             "argmax" | "argmin" => {
-                let Some(xe) = bound[0] else { return Val::Error };
+                let Some(xe) = bound[0] else {
+                    return Val::Error;
+                };
                 let x = self.expr_at(xe, depth + 1);
                 let Some(x) = self.materialize(x, DType::F32, &xe.span) else {
                     return Val::Error;
@@ -281,10 +282,13 @@ impl Checker<'_> {
     fn index_tensor(&mut self, v: Val, e: &Expr, what: &str) -> Option<NodeId> {
         match v {
             Val::Error => None,
-            Val::Weak(x) if x.fract() == 0.0 && x.abs() < 9.007_199_254_740_992e15 => {
-                Some(self.push(Op::Scalar(x), TensorType::scalar(DType::I64), &e.span))
-            }
+            Val::Weak(super::Weak::Int(i)) => Some(self.push(
+                Op::Scalar(i as f64),
+                TensorType::scalar(DType::I64),
+                &e.span,
+            )),
             Val::Weak(x) => {
+                let x = x.as_f64();
                 self.error(
                     Diagnostic::error(
                         ErrorKind::BadArgument,

@@ -192,6 +192,7 @@ fn remap(op: &Op, map: &[NodeId]) -> Op {
             arg: m(arg),
             axis: *axis,
         },
+        Op::Where(c, a, b) => Op::Where(m(c), m(a), m(b)),
     }
 }
 

@@ -68,7 +68,10 @@ pub fn verify(graph: &Graph, op: &Op, ty: &TensorType) -> Result<(), (Invariant,
         Op::Gather { arg, index, axis } => {
             let (x, i) = (graph.ty(arg), graph.ty(index));
             if axis >= x.rank() || x.rank() != i.rank() || !integral(index) {
-                return bad(TypesFollowOps, format!("gather of {x} by {i} on axis {axis}"));
+                return bad(
+                    TypesFollowOps,
+                    format!("gather of {x} by {i} on axis {axis}"),
+                );
             }
             let want = gather_shape(&x.shape, &i.shape, axis)
                 .map(|s| s.iter().map(|d| d.size).collect::<Vec<u64>>());
@@ -103,7 +106,10 @@ pub fn verify(graph: &Graph, op: &Op, ty: &TensorType) -> Result<(), (Invariant,
             }
             Ok(())
         }
-        _ => bad(ExplicitBroadcast, format!("{} is not an index op", op.name())),
+        _ => bad(
+            ExplicitBroadcast,
+            format!("{} is not an index op", op.name()),
+        ),
     }
 }
 
@@ -125,7 +131,8 @@ pub(super) struct Decomposer<'a> {
 
 impl Decomposer<'_> {
     fn push(&mut self, op: Op, ty: TensorType) -> NodeId {
-        self.g.push(Node { op, ty, name: None }, self.origin.clone())
+        self.g
+            .push(Node { op, ty, name: None }, self.origin.clone())
     }
 
     /// A reshape view of `x` to `shape` (a no-op when the sizes agree). Only size-1 axes
@@ -157,7 +164,14 @@ impl Decomposer<'_> {
     pub fn gather(&mut self, x: NodeId, index: NodeId, axis: usize, node: &Node) -> NodeId {
         let out = node.ty.shape.clone();
         let index = self.expand(index, &out);
-        self.push(Op::Gather { arg: x, index, axis }, node.ty.clone())
+        self.push(
+            Op::Gather {
+                arg: x,
+                index,
+                axis,
+            },
+            node.ty.clone(),
+        )
     }
 
     /// `take(x, idx, axis)` as `take_along_axis` of `x` with one size-1 axis per index

@@ -90,7 +90,10 @@ pub enum ValueOp {
     /// Folds the operand over the row (the identity in a pointwise kernel).
     Reduce(ReduceOp, ValueId),
     /// The index map `offset + Σ idx[d]·strides[d]` over the merged domain (an `arange`).
-    Index { offset: i64, strides: Vec<i64> },
+    Index {
+        offset: i64,
+        strides: Vec<i64>,
+    },
     /// Load `load` at its position plus `index`'s value times `stride`, the index checked
     /// to lie in `[0, size)` (see `schedule::InstOp::Gather`).
     Gather {
@@ -102,6 +105,8 @@ pub enum ValueOp {
     },
     /// The running sum of the operand along the row, in row order.
     Scan(ValueId),
+    /// `where(c, a, b)`.
+    Where(ValueId, ValueId, ValueId),
 }
 
 impl ValueOp {
@@ -115,6 +120,7 @@ impl ValueOp {
             | ValueOp::Scan(a)
             | ValueOp::Gather { index: a, .. } => vec![a],
             ValueOp::Binary(_, a, b) => vec![a, b],
+            ValueOp::Where(c, a, b) => vec![c, a, b],
         }
     }
 
@@ -155,6 +161,7 @@ impl ValueOp {
             InstOp::Binary(b, x, y) => ValueOp::Binary(b, v(x), v(y)),
             InstOp::Cast(a) => ValueOp::Cast(v(a)),
             InstOp::Reduce(r, a) => ValueOp::Reduce(r, v(a)),
+            InstOp::Where(c, a, b) => ValueOp::Where(v(c), v(a), v(b)),
         }
     }
 }

@@ -96,6 +96,7 @@ pub fn print_kernel(k: &KernelIr) -> String {
                 None => format!("checked index {index}*{stride} < {size}"),
             },
             ValueOp::Scan(a) => format!("scan sum {a}"),
+            ValueOp::Where(c, a, b) => format!("where {c}, {a}, {b}"),
         };
         let _ = writeln!(
             out,

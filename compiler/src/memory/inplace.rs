@@ -45,7 +45,9 @@ pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<B
                 .body
                 .iter()
                 .filter_map(|i| match i.op {
-                    crate::schedule::InstOp::Gather { load: Some(l), .. } => Some(f.loads[l].buffer),
+                    crate::schedule::InstOp::Gather { load: Some(l), .. } => {
+                        Some(f.loads[l].buffer)
+                    }
                     _ => None,
                 })
                 .collect();

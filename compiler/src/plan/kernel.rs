@@ -307,9 +307,15 @@ impl Builder<'_> {
                         // so every executor computes the same exact figure.
                         match op {
                             ReduceOp::Sum => {
+                                // Integers multiply exactly (wrapping) by an integer count.
+                                let cdt = if dtype.is_integral() {
+                                    dtype
+                                } else {
+                                    crate::ir::DType::F32
+                                };
                                 k.body.push(Inst {
                                     op: InstOp::Const(k.row_len() as f64),
-                                    dtype: crate::ir::DType::F32,
+                                    dtype: cdt,
                                     level: row_level,
                                     node: None,
                                 });
@@ -322,6 +328,11 @@ impl Builder<'_> {
                     }
                 }
                 Op::Scalar(v) => InstOp::Const(*v),
+                Op::Where(c, a, b) => {
+                    let c = value(*c, &mut k)?;
+                    let a = value(*a, &mut k)?;
+                    InstOp::Where(c, a, value(*b, &mut k)?)
+                }
                 // A copy rounds to its own dtype: the identity on a loaded value.
                 Op::Copy(a) => InstOp::Cast(value(*a, &mut k)?),
                 Op::Cumsum { arg, .. } => InstOp::Scan(value(*arg, &mut k)?),
@@ -360,9 +371,10 @@ impl Builder<'_> {
                 inst_of.insert(n, same);
                 continue;
             }
-            // Arithmetic is in f32; a half-precision result is rounded right away, so the
-            // fused kernel rounds exactly where the unfused program stores.
-            let rounds = dtype != crate::ir::DType::F32
+            // Float arithmetic is in f32; a half-precision result is rounded right away, so
+            // the fused kernel rounds exactly where the unfused program stores. (Integer
+            // arithmetic is exact and wraps by itself.)
+            let rounds = matches!(dtype, crate::ir::DType::F16 | crate::ir::DType::BF16)
                 && matches!(
                     op,
                     InstOp::Unary(..) | InstOp::Binary(..) | InstOp::Reduce(..) | InstOp::Scan(..)
@@ -410,9 +422,10 @@ impl Builder<'_> {
         level: Level,
     ) -> Result<(usize, i64, u64), Diagnostic> {
         let lay = &self.lays[arg.index()];
-        let buffer = *self.buf_of.get(&lay.root).ok_or_else(|| {
-            internal(format!("the gathered table {} is not in memory", lay.root))
-        })?;
+        let buffer = *self
+            .buf_of
+            .get(&lay.root)
+            .ok_or_else(|| internal(format!("the gathered table {} is not in memory", lay.root)))?;
         let sizes = self.graph.ty(arg).sizes();
         let mut own = lay.strides.clone();
         for (d, s) in own.iter_mut().enumerate() {
@@ -520,6 +533,7 @@ enum Computed {
     Cast(InstId),
     Reduce(ReduceOp, InstId),
     Scan(InstId),
+    Where(InstId, InstId, InstId),
 }
 
 impl Computed {
@@ -530,6 +544,7 @@ impl Computed {
             InstOp::Cast(a) => Some(Computed::Cast(a)),
             InstOp::Reduce(r, a) => Some(Computed::Reduce(r, a)),
             InstOp::Scan(a) => Some(Computed::Scan(a)),
+            InstOp::Where(c, a, b) => Some(Computed::Where(c, a, b)),
             // (aranges are numbered by their index map where they are made; a gather reads
             // through a load of its own)
             InstOp::Load(_) | InstOp::Const(_) | InstOp::Index { .. } | InstOp::Gather { .. } => {

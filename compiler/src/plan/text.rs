@@ -103,6 +103,7 @@ pub fn print(plan: &Plan) -> String {
                             None => format!("checked index %{index}*{stride} < {size}"),
                         },
                         InstOp::Scan(a) => format!("scan sum %{a}"),
+                        InstOp::Where(c, a, b) => format!("where %{c}, %{a}, %{b}"),
                     };
                     let level = match inst.level {
                         Level::Element => "elem",

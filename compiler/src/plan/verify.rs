@@ -64,10 +64,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
         };
         for (i, inst) in k.body.iter().enumerate() {
             let loaded = match inst.op {
-                InstOp::Load(l)
-                | InstOp::Gather {
-                    load: Some(l), ..
-                } => Some(l),
+                InstOp::Load(l) | InstOp::Gather { load: Some(l), .. } => Some(l),
                 _ => None,
             };
             if let Some(l) = loaded {

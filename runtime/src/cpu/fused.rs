@@ -28,12 +28,12 @@ const ROW_CACHE: usize = 16 * 1024;
 
 /// Element offset and per-dim strides of one load or store over the coalesced dims.
 #[derive(Clone, Debug)]
-struct Access {
-    mem: Mem,
-    offset: i64,
+pub(super) struct Access {
+    pub(super) mem: Mem,
+    pub(super) offset: i64,
     /// Strides over the coalesced row dims, then over the coalesced inner dims.
-    row_strides: Vec<i64>,
-    inner_strides: Vec<i64>,
+    pub(super) row_strides: Vec<i64>,
+    pub(super) inner_strides: Vec<i64>,
 }
 
 /// What one pass over a row computes: the kernel IR's pass (`tc_compiler::lower::Pass`) as
@@ -57,25 +57,27 @@ struct Pass {
 
 /// A kernel lowered, checked against its buffers and split into passes.
 #[derive(Debug)]
-struct Prepared {
-    ir: KernelIr,
+pub(super) struct Prepared {
+    pub(super) ir: KernelIr,
     /// Level of each value (from the kernel IR).
     level: Vec<Level>,
     /// Per value: whether it has a block-sized slot (element values, and row values that
     /// are stored in domain order or folded by a reduction, filled when needed).
     slot: Vec<bool>,
-    row_sizes: Vec<usize>,
-    inner_sizes: Vec<usize>,
-    rows: usize,
-    row_len: usize,
-    loads: Vec<Access>,
-    stores: Vec<(usize, Access)>,
+    pub(super) row_sizes: Vec<usize>,
+    pub(super) inner_sizes: Vec<usize>,
+    pub(super) rows: usize,
+    pub(super) row_len: usize,
+    pub(super) loads: Vec<Access>,
+    pub(super) stores: Vec<(usize, Access)>,
     passes: Vec<Pass>,
     /// Elements per block: `BLOCK`, or the whole row when rows are cached.
     block: usize,
     /// Per load: f32, 4-byte aligned, and in a buffer no store of this kernel writes, so a
     /// block of it that is one contiguous run is read in place instead of copied.
     direct: Vec<bool>,
+    /// Per value: the smallest bad index a gather met (`cpu::index`).
+    pub(super) bad: Vec<std::sync::atomic::AtomicI64>,
 }
 
 /// Runs `kernel` of `plan`, reading and writing the resolved buffers `mems`.
@@ -88,6 +90,14 @@ pub(super) fn run(
     let p = prepare(plan, name, kernel, mems)?;
     if p.rows == 0 || p.row_len == 0 {
         return Ok(());
+    }
+    if super::typed::needed(&p) || super::index::needed(&p) {
+        // SAFETY: every access was bounds-checked over the whole domain in `prepare`.
+        unsafe { super::typed::run(&p) };
+        return match super::index::first_error(&p, name) {
+            Some(msg) => Err(CpuError::IndexOutOfRange(msg)),
+            None => Ok(()),
+        };
     }
     if kernel.reduce_axes.is_empty() {
         let total = p.row_len;
@@ -207,14 +217,30 @@ fn prepare(
                 format!("load {li} reads {} as {}", mem.dtype, load.dtype),
             ));
         }
+        // A gathered read also reaches every in-range index along its axis.
+        let (mut strides, mut sizes) = (load.strides.clone(), domain.clone());
+        for v in &ir.values {
+            if let ValueOp::Gather {
+                load: Some(l),
+                stride,
+                size,
+                ..
+            } = v.op
+            {
+                if l.index() == li {
+                    strides.push(stride);
+                    sizes.push(size as usize);
+                }
+            }
+        }
         check_bounds(
             name,
             &format!("load {li}"),
             &plan.buffer(load.buffer).name,
             mem,
             load.offset,
-            &load.strides,
-            &domain,
+            &strides,
+            &sizes,
         )?;
         accesses.push(access(mem, load.offset, &load.strides));
     }
@@ -352,6 +378,7 @@ fn prepare(
         passes,
         block,
         direct,
+        bad: super::index::bad_indices(n),
     })
 }
 
@@ -522,6 +549,15 @@ impl Scratch {
             ValueOp::Unary(op, a) => math::round_to(inst.dtype, math::unary(op, v(a))),
             ValueOp::Binary(op, a, b) => math::round_to(inst.dtype, math::binary(op, v(a), v(b))),
             ValueOp::Cast(a) | ValueOp::Reduce(_, a) => math::round_to(inst.dtype, v(a)),
+            // Kernels with index values run in `typed` (`index::needed`).
+            ValueOp::Index { .. } | ValueOp::Gather { .. } | ValueOp::Scan(_) => 0.0,
+            ValueOp::Where(c, a, b) => {
+                if v(c) != 0.0 {
+                    v(a)
+                } else {
+                    v(b)
+                }
+            }
         }
     }
 
@@ -616,6 +652,12 @@ impl Scratch {
                     }
                     math::round_block(body[i].dtype, dst);
                 }
+                // Kernels with a `where` hold a `bool` and run in `typed`; so do kernels
+                // with index values (`index::needed`).
+                ValueOp::Where(..)
+                | ValueOp::Index { .. }
+                | ValueOp::Gather { .. }
+                | ValueOp::Scan(_) => {}
                 // Only in a pointwise kernel: a reduction over no axes is the identity.
                 ValueOp::Reduce(_, a) => match operand(a) {
                     Operand::Block(src) => {
@@ -642,6 +684,8 @@ impl Scratch {
                         self.extrema[i] =
                             math::minimum(self.extrema[i], math::block_extremum(xs, false))
                     }
+                    // (an i64 result: such kernels run in `typed`)
+                    ReduceOp::ArgMax | ReduceOp::ArgMin => {}
                 }
             }
         }
@@ -791,6 +835,10 @@ impl Mem {
                     self.ptr.cast::<u16>().offset(i as isize).read_unaligned(),
                 )
                 .to_f32(),
+                // Integral buffers are read exactly by `typed`; as f32 here for completeness.
+                DType::I32 => self.ptr.cast::<i32>().offset(i as isize).read_unaligned() as f32,
+                DType::I64 => self.ptr.cast::<i64>().offset(i as isize).read_unaligned() as f32,
+                DType::Bool => f32::from(self.ptr.offset(i as isize).read()),
             }
         }
     }
@@ -815,6 +863,18 @@ impl Mem {
                     .cast::<u16>()
                     .offset(i as isize)
                     .write_unaligned(half::bf16::from_f32(v).to_bits()),
+                // Integral buffers are written exactly by `typed`; converted here as a cast.
+                DType::I32 => self
+                    .ptr
+                    .cast::<i32>()
+                    .offset(i as isize)
+                    .write_unaligned(v as i32),
+                DType::I64 => self
+                    .ptr
+                    .cast::<i64>()
+                    .offset(i as isize)
+                    .write_unaligned(v as i64),
+                DType::Bool => self.ptr.offset(i as isize).write(u8::from(v != 0.0)),
             }
         }
     }

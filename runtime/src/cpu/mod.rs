@@ -6,10 +6,12 @@
 
 mod arena;
 mod fused;
+mod index;
 mod math;
 mod matmul;
 #[cfg(test)]
 mod tests;
+mod typed;
 
 use crate::tensor::HostTensor;
 use arena::Arena;
