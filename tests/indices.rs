@@ -309,3 +309,18 @@ fn the_emulated_gpu_kernel_flags_an_out_of_range_index() {
         assert!((x - y).abs() <= 1e-5, "{a:?} vs {b:?}");
     }
 }
+
+#[test]
+fn the_random_program_generator_draws_every_index_op() {
+    let programs: Vec<String> = (0..400).map(tc_tests::gen::program).collect();
+    for op in [
+        "take(", "gather(", "one_hot(", "argmax(", "argmin(", "cumsum(", "arange(",
+    ] {
+        let n = programs.iter().filter(|p| p.contains(op)).count();
+        assert!(n >= 5, "{op} in only {n} of 400 programs");
+    }
+    // Every one checks: indices are in range by construction, shapes fit.
+    for p in &programs {
+        tc_compiler::check(p, &[]).unwrap_or_else(|d| panic!("{d:?}\n{p}"));
+    }
+}

@@ -93,6 +93,8 @@ struct Gen<'s> {
     vars: Vec<Var>,
     /// The `i64` index tensors (`arange`, `argmax`, `argmin`), kept apart from `vars`.
     index_vars: Vec<Var>,
+    /// Names bound so far that are not in `vars` (see `fresh`).
+    extra_names: usize,
     leaves: usize,
 }
 
@@ -124,7 +126,9 @@ fn promote(a: &Var, b: &Var) -> &'static str {
 
 impl Gen<'_> {
     fn fresh(&mut self) -> String {
-        format!("v{}", self.vars.len())
+        // (index tensors and gathers' indices are bound too, outside `vars`)
+        self.extra_names += 1;
+        format!("v{}", self.vars.len() + self.extra_names - 1)
     }
 
     /// A random shape over the dims, rank 0..=3, sometimes with size-1 axes.
@@ -722,6 +726,7 @@ pub fn program_with(seed: u64, sizes: &Sizes) -> String {
         body: Vec::new(),
         vars: Vec::new(),
         index_vars: Vec::new(),
+        extra_names: 0,
         leaves: 0,
     };
     let base: Vec<u64> = match &sizes.base {
