@@ -305,12 +305,15 @@ pub fn is_index_expr(g: &Graph, n: NodeId) -> bool {
 }
 
 /// Whether a broadcast of `x` is better written as `x` computed again at the broadcast
-/// shape (`Decomposer::broadcast`): `x` is elementwise maths over aranges and constants.
+/// shape (`Decomposer::broadcast`): `x` is elementwise maths over aranges and constants,
+/// or a gather by such an index (a position embedding `take(wpe, arange(S))` added to
+/// `[B, S, D]` activations: read where it is used, never stored).
 pub fn sinks(g: &Graph, x: NodeId) -> bool {
-    matches!(
-        g.node(x).op,
-        Op::Unary(..) | Op::Cast { .. } | Op::Binary(..) | Op::Where(..)
-    ) && is_index_expr(g, x)
+    match g.node(x).op {
+        Op::Unary(..) | Op::Cast { .. } | Op::Binary(..) | Op::Where(..) => is_index_expr(g, x),
+        Op::Gather { index, .. } => is_index_expr(g, index),
+        _ => false,
+    }
 }
 
 impl Decomposer<'_> {
@@ -324,6 +327,20 @@ impl Decomposer<'_> {
             return self.expand(x, shape);
         }
         let op = match node.op {
+            Op::Gather { arg, index, axis } => {
+                // The table with leading size-1 axes for the new ones (it broadcasts on
+                // every axis but `axis`), the index broadcast to the whole shape.
+                let at = self.g.ty(arg).clone();
+                let k = shape.len() - at.rank();
+                let mut s: Vec<Dim> = (0..k).map(|_| Dim::new(1)).collect();
+                s.extend(at.shape.iter().cloned());
+                let arg = self.reshape(arg, s);
+                Op::Gather {
+                    arg,
+                    index: self.broadcast(index, shape),
+                    axis: axis + k,
+                }
+            }
             Op::Unary(u, a) => Op::Unary(u, self.broadcast(a, shape)),
             Op::Cast { arg, implicit } => Op::Cast {
                 arg: self.broadcast(arg, shape),
