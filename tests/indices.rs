@@ -212,7 +212,8 @@ fn an_out_of_range_index_is_an_error_in_the_data_and_nothing_is_saved() {
     let tokens = npy_bytes(dir.path(), "tokens.npy", "<i8", "(12,)", &data);
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("out dir");
-    for device in ["cpu"] {
+    {
+        let device = "cpu";
         tc_in(
             dir.path(),
             &[
@@ -291,7 +292,13 @@ fn the_emulated_gpu_kernel_flags_an_out_of_range_index() {
             reverse,
             ..EmuOptions::default()
         };
-        match emu::run(&p.plan, &kernels, &[bad.clone()], &[table.clone()], &opts) {
+        match emu::run(
+            &p.plan,
+            &kernels,
+            std::slice::from_ref(&bad),
+            std::slice::from_ref(&table),
+            &opts,
+        ) {
             Err(EmuError::IndexOutOfRange(msg)) => assert!(
                 msg.contains("index 50 is out of range [0, 50)") && msg.contains("`tokens`"),
                 "{msg}"
@@ -301,7 +308,12 @@ fn the_emulated_gpu_kernel_flags_an_out_of_range_index() {
     }
     // In range: the emulation agrees with the CPU.
     let good = i64_tensor(&[12], &[3, 7, 49, 1, 0, 2, 9, 9, 4, 0, 5, 6]);
-    let cpu = tc_runtime::cpu::run(&p.plan, &[good.clone()], &[table.clone()]).expect("cpu");
+    let cpu = tc_runtime::cpu::run(
+        &p.plan,
+        std::slice::from_ref(&good),
+        std::slice::from_ref(&table),
+    )
+    .expect("cpu");
     let gpu =
         emu::run(&p.plan, &kernels, &[good], &[table], &EmuOptions::default()).expect("emulated");
     let (a, b) = (cpu[0].to_f32(), gpu[0].to_f32());
