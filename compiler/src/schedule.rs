@@ -15,7 +15,11 @@
 //!   of a row-constant value is closed-form and the planner emits it as such).
 //!   A `Row` inst never depends on an `Element` inst except through a `Reduce`.
 //! - A `Load` reads `buffer[offset + Σ idx[d]·strides[d]]` (elements of the buffer's dtype)
-//!   for domain index `idx`; a `Row` load has stride 0 on every reduce axis.
+//!   for domain index `idx`; a `Row` load has stride 0 on every reduce axis. A `Gather`
+//!   inst reads its load's element plus its index value times its stride (the load's
+//!   strides are 0 along the gathered axis), after checking the index is in range; an
+//!   `Index` inst is the address computation alone (an `arange`, never a buffer).
+//! - A `Scan` inst is the running sum of its operand along the row, in row order.
 //! - A `Store` of an `Element` inst writes the buffer contiguously in `domain` order; of a
 //!   `Row` inst, contiguously in row order (the non-reduced axes, in order). A store with a
 //!   `region` writes `buffer[offset + Σ idx[d]·strides[d]]` instead: one part of a buffer
@@ -116,18 +120,45 @@ pub enum InstOp {
     /// Round the operand to the inst's dtype (the value stays an f32 holding it).
     Cast(InstId),
     /// Fold the `Element` operand over the reduce axes (f32 accumulation; `Mean` divides by
-    /// the number of reduced elements; integers fold exactly, sums wrapping).
+    /// the number of reduced elements; integers fold exactly, sums wrapping; `ArgMax`/`ArgMin`
+    /// give the position along the row).
     Reduce(ReduceOp, InstId),
     /// `where(c, a, b)`: `c` is `bool`; `a` and `b` have the inst's dtype.
     Where(InstId, InstId, InstId),
+    /// The domain index through a strided map, `offset + Σ idx[d]·strides[d]`, as an `i64`
+    /// value: an `arange` read through its views (element `e` of an arange is `e`).
+    Index {
+        offset: i64,
+        strides: Vec<i64>,
+    },
+    /// `loads[load]` read at its own position for the current index plus the value of
+    /// `index` times `stride`: a gathered read (`take`, `gather`). The index must lie in
+    /// `[0, size)`; an executor that meets one outside it reads nothing there and reports
+    /// an error in the data naming `what` (the index tensor and the axis it indexes).
+    /// Without a load the table is an `arange`'s index map along the axis, and the value is
+    /// the checked index times `stride` (what `one_hot` compares with).
+    Gather {
+        load: Option<usize>,
+        index: InstId,
+        stride: i64,
+        size: u64,
+        what: String,
+    },
+    /// The inclusive prefix sum of the operand along the row, in row order (`cumsum`; a
+    /// float sum accumulates in f32, an integer one exactly). An `Element` value.
+    Scan(InstId),
 }
 
 impl InstOp {
     /// The insts this one reads, in operand order.
     pub fn operands(&self) -> Vec<InstId> {
         match *self {
-            InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
-            InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
+            InstOp::Load(_) | InstOp::Const(_) | InstOp::Index { .. } => Vec::new(),
+            InstOp::Unary(_, a)
+            | InstOp::Cast(a)
+            | InstOp::Reduce(_, a)
+            | InstOp::Scan(a)
+            | InstOp::Gather { index: a, .. } => vec![a],
             InstOp::Binary(_, a, b) => vec![a, b],
             InstOp::Where(c, a, b) => vec![c, a, b],
         }
@@ -142,6 +173,27 @@ impl InstOp {
             InstOp::Binary(b, x, y) => InstOp::Binary(b, f(x), f(y)),
             InstOp::Cast(a) => InstOp::Cast(f(a)),
             InstOp::Reduce(r, a) => InstOp::Reduce(r, f(a)),
+            InstOp::Index {
+                offset,
+                ref strides,
+            } => InstOp::Index {
+                offset,
+                strides: strides.clone(),
+            },
+            InstOp::Gather {
+                load,
+                index,
+                stride,
+                size,
+                ref what,
+            } => InstOp::Gather {
+                load,
+                index: f(index),
+                stride,
+                size,
+                what: what.clone(),
+            },
+            InstOp::Scan(a) => InstOp::Scan(f(a)),
             InstOp::Where(c, a, b) => InstOp::Where(f(c), f(a), f(b)),
         }
     }

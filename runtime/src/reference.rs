@@ -141,7 +141,25 @@ pub fn evaluate(
                 arg,
                 axes,
                 keepdim,
+            } if op.is_arg() => arg_reduce(get(*arg), *op, axes, *keepdim)?,
+            Op::Reduce {
+                op,
+                arg,
+                axes,
+                keepdim,
             } => reduce(get(*arg), *op, axes, *keepdim)?,
+            Op::Arange => (
+                shape.clone(),
+                (0..shape[0]).map(|i| Value::Int(i as i64)).collect(),
+            ),
+            Op::Take { arg, index, axis } => {
+                take(get(*arg), get(*index), *axis, &index_name(graph, *index))?
+            }
+            Op::Gather { arg, index, axis } => {
+                gather_along(get(*arg), get(*index), *axis, &index_name(graph, *index))?
+            }
+            Op::OneHot { arg, classes } => one_hot(get(*arg), *classes, &index_name(graph, *arg))?,
+            Op::Cumsum { arg, axis } => cumsum(get(*arg), *axis)?,
             Op::Softmax { arg, axis, log } => {
                 let log = *log;
                 floats(along_axis(get(*arg), *axis, |line| {
@@ -321,6 +339,169 @@ fn reduce(
             .collect()
     };
     Ok((shape, acc))
+}
+
+/// `argmax`/`argmin` over `axes`: the row-major position within the reduced axes of
+/// the first extreme element (`eval::arg_reduce`: NaN counts as the extreme).
+fn arg_reduce(
+    a: &RefTensor,
+    op: ReduceOp,
+    axes: &[usize],
+    keepdim: bool,
+) -> Result<(Vec<u64>, Vec<Value>), String> {
+    if axes.iter().any(|&x| x >= a.shape.len()) {
+        return Err(format!(
+            "argmax axes {axes:?} out of range for {:?}",
+            a.shape
+        ));
+    }
+    let kept: Vec<u64> = a
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| if axes.contains(&d) { 1 } else { s })
+        .collect();
+    let mut lines: Vec<Vec<f64>> = vec![Vec::new(); numel(&kept)];
+    // Row-major over the whole tensor visits each line's elements in their own row-major
+    // order over the reduced axes.
+    for (i, &x) in a.values.iter().enumerate() {
+        let mut idx = unravel(i, &a.shape);
+        for &d in axes {
+            idx[d] = 0;
+        }
+        lines[ravel(&idx, &kept)].push(x);
+    }
+    let values = lines
+        .into_iter()
+        .map(|l| Value::Int(eval::arg_reduce(op == ReduceOp::ArgMax, l) as i64))
+        .collect();
+    let shape = if keepdim {
+        kept
+    } else {
+        a.shape
+            .iter()
+            .enumerate()
+            .filter(|(d, _)| !axes.contains(d))
+            .map(|(_, &s)| s)
+            .collect()
+    };
+    Ok((shape, values))
+}
+
+/// `cumsum` along `axis`: floats in f64 (rounded to the dtype when stored), integers
+/// exactly, wrapping in 64 bits.
+fn cumsum(a: &RefTensor, axis: usize) -> Result<(Vec<u64>, Vec<Value>), String> {
+    if axis >= a.shape.len() {
+        return Err(format!("cumsum axis {axis} out of range for {:?}", a.shape));
+    }
+    let mut out = vec![Value::Int(0); a.values.len()];
+    let mut outer = a.shape.clone();
+    outer[axis] = 1;
+    for o in 0..numel(&outer) {
+        let mut idx = unravel(o, &outer);
+        let (mut f, mut n) = (0.0f64, 0i64);
+        for k in 0..a.shape[axis] as usize {
+            idx[axis] = k;
+            let p = ravel(&idx, &a.shape);
+            out[p] = match a.at(p) {
+                Value::Float(x) => {
+                    f += x;
+                    Value::Float(f)
+                }
+                Value::Int(x) => {
+                    n = n.wrapping_add(x);
+                    Value::Int(n)
+                }
+            };
+        }
+    }
+    Ok((a.shape.clone(), out))
+}
+
+/// The name an out-of-range index is reported under.
+fn index_name(graph: &Graph, id: tc_compiler::ir::NodeId) -> String {
+    graph.display_name(id)
+}
+
+/// An index value checked against `size`, as a position.
+fn checked_index(v: Value, size: u64, what: &str) -> Result<usize, String> {
+    let v = v.as_i64();
+    if v >= 0 && (v as u64) < size {
+        Ok(v as usize)
+    } else {
+        Err(format!("index {v} of {what} is out of range [0, {size})"))
+    }
+}
+
+/// `numpy.take(x, idx, axis)`.
+fn take(
+    x: &RefTensor,
+    idx: &RefTensor,
+    axis: usize,
+    what: &str,
+) -> Result<(Vec<u64>, Vec<Value>), String> {
+    let pre = &x.shape[..axis];
+    let post = &x.shape[axis + 1..];
+    let mut shape = pre.to_vec();
+    shape.extend_from_slice(&idx.shape);
+    shape.extend_from_slice(post);
+    let (np, ni) = (pre.len(), idx.shape.len());
+    let mut values = Vec::with_capacity(numel(&shape));
+    for i in 0..numel(&shape) {
+        let o = unravel(i, &shape);
+        let k = checked_index(
+            idx.at(ravel(&o[np..np + ni], &idx.shape)),
+            x.shape[axis],
+            what,
+        )?;
+        let mut src: Vec<usize> = o[..np].to_vec();
+        src.push(k);
+        src.extend_from_slice(&o[np + ni..]);
+        values.push(x.at(ravel(&src, &x.shape)));
+    }
+    Ok((shape, values))
+}
+
+/// `numpy.take_along_axis(x, idx, axis)` with the other axes broadcast.
+fn gather_along(
+    x: &RefTensor,
+    idx: &RefTensor,
+    axis: usize,
+    what: &str,
+) -> Result<(Vec<u64>, Vec<Value>), String> {
+    if x.shape.len() != idx.shape.len() || axis >= x.shape.len() {
+        return Err(format!("gather of {:?} by {:?}", x.shape, idx.shape));
+    }
+    let shape: Vec<u64> = (0..x.shape.len())
+        .map(|d| {
+            if d == axis {
+                idx.shape[d]
+            } else {
+                x.shape[d].max(idx.shape[d])
+            }
+        })
+        .collect();
+    let mut values = Vec::with_capacity(numel(&shape));
+    for i in 0..numel(&shape) {
+        let o = unravel(i, &shape);
+        let k = checked_index(idx.at(broadcast_index(&o, &idx.shape)), x.shape[axis], what)?;
+        let mut src = o.clone();
+        src[axis] = k;
+        values.push(x.at(broadcast_index(&src, &x.shape)));
+    }
+    Ok((shape, values))
+}
+
+/// `torch.nn.functional.one_hot(idx, classes)`.
+fn one_hot(idx: &RefTensor, classes: u64, what: &str) -> Result<(Vec<u64>, Vec<Value>), String> {
+    let mut shape = idx.shape.clone();
+    shape.push(classes);
+    let mut values = Vec::with_capacity(numel(&shape));
+    for i in 0..idx.values.len() {
+        let k = checked_index(idx.at(i), classes, what)?;
+        values.extend((0..classes as usize).map(|c| Value::Int(i64::from(c == k))));
+    }
+    Ok((shape, values))
 }
 
 /// Applies `f` to every line of `a` along `axis`.

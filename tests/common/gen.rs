@@ -96,6 +96,10 @@ struct Gen<'s> {
     decls: Vec<String>,
     body: Vec<String>,
     vars: Vec<Var>,
+    /// The `i64` index tensors (`arange`, `argmax`, `argmin`), kept apart from `vars`.
+    index_vars: Vec<Var>,
+    /// Names bound so far that are not in `vars` (see `fresh`).
+    extra_names: usize,
     leaves: usize,
 }
 
@@ -158,7 +162,9 @@ fn promote(a: &Var, b: &Var) -> &'static str {
 
 impl Gen<'_> {
     fn fresh(&mut self) -> String {
-        format!("v{}", self.vars.len())
+        // (index tensors and gathers' indices are bound too, outside `vars`)
+        self.extra_names += 1;
+        format!("v{}", self.vars.len() + self.extra_names - 1)
     }
 
     /// A random shape over the dims, rank 0..=3, sometimes with size-1 axes.
@@ -960,6 +966,152 @@ impl Gen<'_> {
         )
     }
 
+    /// An index tensor (`i64`) whose values are known to lie in `[0, range)`: the `argmax`
+    /// or `argmin` of a leaf (its data is exact on every executor, so the position cannot
+    /// differ by a rounding) along an axis, or an `arange`. `None` when no leaf fits.
+    fn index(&mut self, keepdim: bool) -> Option<(Var, u64)> {
+        let leaves: Vec<Var> = self
+            .vars
+            .iter()
+            .filter(|v| !v.name.starts_with('v') && !v.shape.is_empty())
+            .cloned()
+            .collect();
+        if leaves.is_empty() || self.rng.chance(20) {
+            let (d, n) = *self.rng.pick(&self.sizes.dims);
+            let name = self.fresh();
+            self.body.push(format!("{name} = arange({d})"));
+            let v = Var {
+                name,
+                dtype: "i64",
+                shape: vec![n],
+                bound: n as f64,
+            };
+            self.index_vars.push(v.clone());
+            return Some((v, n));
+        }
+        let l = self.rng.pick(&leaves).clone();
+        let r = l.shape.len();
+        let axis = self.rng.below(r);
+        let op = *self.rng.pick(&["argmax", "argmin"]);
+        let at = self.axis_text(axis, r);
+        let shape: Vec<u64> = (0..r)
+            .filter_map(|d| match (d == axis, keepdim) {
+                (false, _) => Some(l.shape[d]),
+                (true, true) => Some(1),
+                (true, false) => None,
+            })
+            .collect();
+        let name = self.fresh();
+        let keep = if keepdim { ", keepdim=true" } else { "" };
+        self.body
+            .push(format!("{name} = {op}({}, axis={at}{keep})", l.name));
+        let v = Var {
+            name,
+            dtype: "i64",
+            shape,
+            bound: l.shape[axis] as f64,
+        };
+        self.index_vars.push(v.clone());
+        Some((v, l.shape[axis]))
+    }
+
+    /// One of SPEC §3.3's ops over `x`: `take`, `gather`, `one_hot`, `cumsum`, or an
+    /// `arange` as a value; indices are always in range.
+    fn index_op(&mut self, x: &Var) -> Option<Var> {
+        let r = x.shape.len();
+        match self.rng.below(5) {
+            0 if r >= 1 => {
+                // take(x, idx, axis): an index whose range fits the axis.
+                let keep = self.rng.chance(30);
+                let (idx, range) = self.index(keep)?;
+                let axes: Vec<usize> = (0..r).filter(|&a| x.shape[a] >= range).collect();
+                if axes.is_empty() || r - 1 + idx.shape.len() > 4 {
+                    return None;
+                }
+                let axis = *self.rng.pick(&axes);
+                let at = self.axis_text(axis, r);
+                let mut shape = x.shape[..axis].to_vec();
+                shape.extend_from_slice(&idx.shape);
+                shape.extend_from_slice(&x.shape[axis + 1..]);
+                let arg = if axis == 0 && self.rng.chance(40) {
+                    String::new()
+                } else {
+                    format!(", axis={at}")
+                };
+                Some(self.bind(
+                    format!("take({}, {}{arg})", x.name, idx.name),
+                    x.dtype,
+                    shape,
+                    x.bound,
+                ))
+            }
+            1 if r >= 1 => {
+                // gather(x, argmax(leaf of x's shape, axis=a, keepdim=true), axis=a).
+                let axis = self.rng.below(r);
+                let mut ls = x.shape.clone();
+                for (d, s) in ls.iter_mut().enumerate() {
+                    if d != axis && self.rng.chance(20) {
+                        *s = 1;
+                    }
+                }
+                let l = self.leaf("f32", ls);
+                let op = *self.rng.pick(&["argmax", "argmin"]);
+                let at = self.axis_text(axis, r);
+                let name = self.fresh();
+                self.body.push(format!(
+                    "{name} = {op}({}, axis={at}, keepdim=true)",
+                    l.name
+                ));
+                let mut shape = x.shape.clone();
+                shape[axis] = 1;
+                Some(self.bind(
+                    format!("gather({}, {name}, axis={at})", x.name),
+                    x.dtype,
+                    shape,
+                    x.bound,
+                ))
+            }
+            2 => {
+                // one_hot of an index, as f32 maths.
+                let (idx, range) = self.index(false)?;
+                if idx.shape.len() >= 3 {
+                    return None;
+                }
+                let n = range + self.rng.below(2) as u64;
+                let mut shape = idx.shape.clone();
+                shape.push(n);
+                Some(self.bind(
+                    format!("f32(one_hot({}, {n}))", idx.name),
+                    "f32",
+                    shape,
+                    1.0,
+                ))
+            }
+            3 if r >= 1 => {
+                let axis = self.rng.below(r);
+                let at = self.axis_text(axis, r);
+                Some(self.bind(
+                    format!("cumsum({}, axis={at})", x.name),
+                    x.dtype,
+                    x.shape.clone(),
+                    x.bound * x.shape[axis] as f64,
+                ))
+            }
+            _ if r >= 1 => {
+                // An arange read through a broadcast, as maths: x * f32(arange(N)).
+                let n = x.shape[r - 1];
+                let d = size_text(&mut self.rng, &self.sizes.dims, n);
+                Some(self.bind(
+                    format!("{} * f32(arange({d}))", x.name),
+                    x.dtype,
+                    x.shape.clone(),
+                    x.bound * n as f64,
+                ))
+            }
+            _ => None,
+        }
+    }
+
     fn cast(&mut self, x: &Var) -> Var {
         let to = *self.rng.pick(&["f32", "f16", "bf16"]);
         self.bind(format!("{to}({})", x.name), to, x.shape.clone(), x.bound)
@@ -1007,6 +1159,11 @@ impl Gen<'_> {
             10 => {
                 self.cast(&x);
             }
+            11 if self.rng.chance(60) => {
+                if self.index_op(&x).is_none() {
+                    self.unary(&x);
+                }
+            }
             _ => {
                 self.unary(&x);
             }
@@ -1027,6 +1184,8 @@ pub fn program_with(seed: u64, sizes: &Sizes) -> String {
         decls: Vec::new(),
         body: Vec::new(),
         vars: Vec::new(),
+        index_vars: Vec::new(),
+        extra_names: 0,
         leaves: 0,
     };
     let base: Vec<u64> = match &sizes.base {
@@ -1064,6 +1223,12 @@ pub fn program_with(seed: u64, sizes: &Sizes) -> String {
         .map(|v| v.name.clone())
         .collect();
     let mut outs: Vec<String> = sinks.into_iter().filter(|_| g.rng.chance(85)).collect();
+    // Index tensors are outputs too, sometimes (compared exactly).
+    for v in &g.index_vars {
+        if !read.contains(v.name.as_str()) || g.rng.chance(20) {
+            outs.push(v.name.clone());
+        }
+    }
     if outs.is_empty() {
         outs.push(g.vars[g.vars.len() - 1].name.clone());
     }

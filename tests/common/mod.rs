@@ -195,9 +195,7 @@ pub fn differential(source: &str, dims: &[(String, u64)], seed: u64) -> Result<(
     // The reference runs the checked graph, which no plan option changes.
     let checked =
         tc_compiler::check(source, dims).map_err(|d| format!("does not check: {}", diag(d)))?;
-    let leaf = |l: &tc_compiler::ir::Leaf| {
-        tc_runtime::data::random_tensor(seed, &l.name, l.ty.dtype, &l.ty.sizes())
-    };
+    let leaf = |l: &tc_compiler::ir::Leaf| tc_runtime::data::random_leaf(&checked, l, seed);
     let inputs: Vec<HostTensor> = checked.inputs.iter().map(leaf).collect();
     let params: Vec<HostTensor> = checked.params.iter().map(leaf).collect();
     let want =

@@ -333,6 +333,7 @@ fn faulty(body: &str, block: u32) -> (Plan, Vec<CudaKernel>, Vec<HostTensor>) {
             shared_bytes: 0,
         },
         params: vec![x, y],
+        checks: Vec::new(),
     };
     let inputs = random_data(&plan, &plan.inputs, 5);
     (plan, vec![kernel], inputs)

@@ -21,7 +21,7 @@ fn params(name: &str) -> Option<&'static [&'static str]> {
         "permute" => &["x", "dims"],
         "reshape" | "expand" => &["x", "shape"],
         _ if UnaryOp::from_function(name).is_some() => &["x"],
-        _ => return None,
+        _ => return super::indices::params(name),
     })
 }
 
@@ -89,7 +89,8 @@ impl Checker<'_> {
             if self.env.contains_key(name) {
                 d = d.with_note(format!("`{name}` is a value; only built-ins can be called"));
             }
-            if let Some(h) = hint::nearest(name, BUILTINS.iter().copied()) {
+            let names = BUILTINS.iter().chain(super::indices::NAMES).copied();
+            if let Some(h) = hint::nearest(name, names) {
                 d = d.with_help(format!("did you mean `{h}`?"));
             }
             self.error(d);
@@ -106,6 +107,9 @@ impl Checker<'_> {
         };
         if matches!(name, "concat" | "stack") {
             return self.join(name, &bound, span, depth);
+        }
+        if super::indices::params(name).is_some() {
+            return self.index_call(name, &bound, span, depth);
         }
         let (x_expr, x) = match bound[0] {
             Some(e) => (e, self.expr_at(e, depth + 1)),
@@ -239,7 +243,7 @@ impl Checker<'_> {
             "maximum" | "minimum" | "permute" | "reshape" | "expand" | "logical_and"
             | "logical_or" | "unsqueeze" => 2,
             "where" => 3,
-            _ => 1,
+            _ => super::indices::required(&func.name),
         };
         for (i, p) in params.iter().enumerate().take(required) {
             if bound[i].is_none() {
@@ -767,7 +771,7 @@ impl Checker<'_> {
         Some(out)
     }
 
-    fn boolean(&mut self, e: &Expr, what: &str) -> Option<bool> {
+    pub(super) fn boolean(&mut self, e: &Expr, what: &str) -> Option<bool> {
         if let ExprKind::Bool(b) = e.kind {
             return Some(b);
         }
@@ -817,6 +821,12 @@ fn dims_text(dims: &[(Dim, bool)]) -> Vec<String> {
 }
 
 fn signature(name: &str, params: &[&str]) -> String {
+    if super::indices::params(name).is_some() {
+        let k = super::indices::required(name);
+        let mut all: Vec<String> = params[..k].iter().map(|p| p.to_string()).collect();
+        all.extend(params[k..].iter().map(|p| format!("{p}=…")));
+        return format!("usage: `{name}({})`", all.join(", "));
+    }
     let rest: Vec<String> = params[1..].iter().map(|p| format!("{p}=…")).collect();
     let mut all = vec![params[0].to_string()];
     if matches!(

@@ -10,6 +10,7 @@ mod expr;
 mod hint;
 mod index;
 mod join;
+mod indices;
 
 use crate::diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 use crate::ir::layout::{apply_view, Layout};

@@ -274,12 +274,14 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
         ValueOp::Where(c, a, b) => format!("({} != 0 ? {} : {})", v(*c), v(*a), v(*b)),
         // Only reached for a reduction over no axes, which is the identity.
         ValueOp::Reduce(_, a) => v(*a),
+        // Written by `index::emit_value` and `index::emit_scan`, never as an expression.
+        ValueOp::Index { .. } | ValueOp::Gather { .. } | ValueOp::Scan(_) => "0".into(),
         ValueOp::Load(_) => "0.0f".into(),
     }
 }
 
 /// `offset + Σ idx·stride` as C, skipping zero terms.
-fn address(offset: i64, idx: &[String], strides: &[i64]) -> String {
+pub(super) fn address(offset: i64, idx: &[String], strides: &[i64]) -> String {
     let mut terms: Vec<String> = Vec::new();
     if offset != 0 {
         terms.push(offset.to_string());
@@ -389,6 +391,7 @@ pub(crate) fn emit_fused(plan: &Plan, index: usize, kernel: &Kernel, k: &KernelI
         source,
         launch: strategy.launch(),
         params: params.buffers,
+        checks: super::index::checks(&kernel.name, k),
     }
 }
 
@@ -457,9 +460,17 @@ fn pack_store(w: &mut Writer, dtype: DType, lanes: u64, ptr: &str, o: &str, tmp:
 
 /// The body of one element: `const float vI = …;` for every value, with `load(l)` giving the
 /// f32 value of load `l`.
-fn pointwise_body(w: &mut Writer, k: &KernelIr, load: &dyn Fn(LoadId) -> String) {
+fn pointwise_body(
+    w: &mut Writer,
+    k: &KernelIr,
+    load: &dyn Fn(LoadId) -> String,
+    site: Option<&super::index::Site<'_>>,
+) {
     for (i, inst) in k.values.iter().enumerate() {
         let i = ValueId::new(i);
+        if site.is_some_and(|s| super::index::emit_value(w, k, i, s)) {
+            continue;
+        }
         match &inst.op {
             ValueOp::Const(_) => {}
             ValueOp::Load(l) => w.line(format!(
@@ -511,6 +522,7 @@ fn emit_pointwise(
     let strategy = strategy.describe();
     let mut w = Writer::new();
     header(&mut w, plan, kernel, k, params, &strategy);
+    super::index::declare_checks(&mut w, &kernel.name, k);
     w.open(format!(
         "extern \"C\" __global__ void __launch_bounds__({BLOCK}) {}({})",
         kernel.name,
@@ -532,7 +544,19 @@ fn emit_pointwise(
             let addr = address(ld.offset, &idx, &strides[l.index()]);
             load_conv(ld.dtype, &format!("{}[{addr}]", params.name(ld.buffer)))
         };
-        pointwise_body(w, k, &load);
+        let at = |l: LoadId| {
+            let ld = k.load(l);
+            (
+                params.name(ld.buffer),
+                address(ld.offset, &idx, &strides[l.index()]),
+            )
+        };
+        let site = super::index::Site {
+            kernel: &kernel.name,
+            names: idx.clone(),
+            at: &at,
+        };
+        pointwise_body(w, k, &load, Some(&site));
         for s in &k.stores {
             // A store into a region (a concat part) has its own offset and strides.
             let at = if s.is_plain(&k.axes) {
@@ -621,7 +645,7 @@ fn emit_pointwise(
                 }
             }
         };
-        pointwise_body(&mut w, k, &load);
+        pointwise_body(&mut w, k, &load, None);
         for (si, s) in k.stores.iter().enumerate() {
             w.line(format!("o{si}[e] = {};", v(s.value)));
         }
@@ -656,6 +680,8 @@ fn reduce_parts(op: ReduceOp) -> (&'static str, &'static str, &'static str) {
         ReduceOp::Sum | ReduceOp::Mean => ("0.0f", "tc_add", "sum"),
         ReduceOp::Max => ("__int_as_float(0xff800000)", "tc_max", "max"),
         ReduceOp::Min => ("__int_as_float(0x7f800000)", "tc_min", "min"),
+        // (folded by `index::arg_step`, never by these)
+        ReduceOp::ArgMax | ReduceOp::ArgMin => ("0.0f", "tc_max", "max"),
     }
 }
 
@@ -682,6 +708,7 @@ fn emit_rows(
 
     let mut w = Writer::new();
     header(&mut w, plan, kernel, k, params, &strategy.describe());
+    super::index::declare_checks(&mut w, &kernel.name, k);
     w.open(format!(
         "extern \"C\" __global__ void __launch_bounds__({block}) {}({})",
         kernel.name,
@@ -789,6 +816,21 @@ fn emit_rows(
     }
     let red_strides =
         |l: LoadId| -> Vec<i64> { red_axes.iter().map(|&d| k.load(l).strides[d]).collect() };
+    // The index of each merged axis by name, for aranges and gathers: the row's, then the
+    // position along the row where it is known ("0" elsewhere: row values do not move
+    // along the row).
+    let axis_names = |jidx: &[String]| -> Vec<String> {
+        let mut names = vec!["0".to_string(); k.axes.sizes.len()];
+        for (p, &d) in row_axes.iter().enumerate() {
+            names[d] = ridx[p].clone();
+        }
+        for (p, &d) in red_axes.iter().enumerate() {
+            if let Some(j) = jidx.get(p) {
+                names[d] = j.clone();
+            }
+        }
+        names
+    };
     let global_load = |l: LoadId, jidx: &[String]| {
         let ld = k.load(l);
         let off = address(0, jidx, &red_strides(l));
@@ -821,7 +863,21 @@ fn emit_rows(
     };
     // Element values `list` inside the loop; `jidx` names the reduce-axis indices.
     let emit_elems = |w: &mut Writer, list: &[ValueId], jidx: &[String]| {
+        let at = |l: LoadId| {
+            (
+                params.name(k.load(l).buffer),
+                format!("base{} + {}", l.index(), address(0, jidx, &red_strides(l))),
+            )
+        };
+        let site = super::index::Site {
+            kernel: &kernel.name,
+            names: axis_names(jidx),
+            at: &at,
+        };
         for &i in list {
+            if super::index::emit_scan(w, k, i) || super::index::emit_value(w, k, i, &site) {
+                continue;
+            }
             let inst = value(i);
             match &inst.op {
                 ValueOp::Load(l) => {
@@ -848,6 +904,9 @@ fn emit_rows(
     let needs_jidx = |list: &[ValueId], stores: bool| {
         // (a load not held in registers is read from memory at `j`)
         stores
+            || list
+                .iter()
+                .any(|&i| matches!(value(i).op, ValueOp::Index { .. } | ValueOp::Gather { .. }))
             || list
                 .iter()
                 .any(|&i| matches!(value(i).op, ValueOp::Load(l) if !s.cached.contains(&l)))
@@ -885,7 +944,16 @@ fn emit_rows(
     // reductions.
     let last = k.passes.len() - 1;
     let row_values = |w: &mut Writer, pass: usize| {
+        let at = |l: LoadId| (params.name(k.load(l).buffer), format!("base{}", l.index()));
+        let site = super::index::Site {
+            kernel: &kernel.name,
+            names: axis_names(&[]),
+            at: &at,
+        };
         for &i in &k.passes[pass].row {
+            if super::index::emit_value(w, k, i, &site) {
+                continue;
+            }
             let inst = value(i);
             match &inst.op {
                 ValueOp::Load(l) => {
@@ -957,7 +1025,11 @@ fn emit_rows(
             ));
         }
         for &i in reduces {
-            if let ValueOp::Reduce(op, _) = value(i).op {
+            if let ValueOp::Reduce(op, a) = value(i).op {
+                if op.is_arg() {
+                    super::index::arg_init(&mut w, k, i, a);
+                    continue;
+                }
                 let dt = value(i).dtype;
                 let init = if dt.is_integral() {
                     literal(dt, crate::ir::eval::reduce_init_int(op, dt) as f64)
@@ -978,7 +1050,11 @@ fn emit_rows(
         }
         let stores_here = elem_stores_of(q);
         let list = &pass.elements;
-        let need_j = needs_jidx(list, !stores_here.is_empty());
+        let has_arg = reduces
+            .iter()
+            .any(|&r| matches!(value(r).op, ValueOp::Reduce(op, _) if op.is_arg()));
+        let need_j = needs_jidx(list, !stores_here.is_empty()) || has_arg;
+        super::index::scan_inits(&mut w, k, list);
         open_loop(&mut w, need_j);
         let jidx = if need_j {
             decompose(&mut w, idx_t, "j", "j", &red_sizes)
@@ -1010,6 +1086,9 @@ fn emit_rows(
                     w.line(format!("const float tc_d{i} = {a} - acc{i};"));
                     w.line(format!("acc{i} += tc_d{i} / tc_n{i};"));
                     w.line(format!("acc{var} += tc_d{i} * ({a} - acc{i});"));
+                }
+                None if op.is_arg() => {
+                    super::index::arg_step(&mut w, k, op, r, value(r).op.operands()[0])
                 }
                 None => w.line(format!("acc{i} = {}(acc{i}, {a});", reduce_parts(op).1)),
             }
@@ -1058,6 +1137,11 @@ fn emit_rows(
                 continue;
             }
             if let ValueOp::Reduce(op, _) = value(r).op {
+                if op.is_arg() {
+                    // one thread walked the whole row (`index::needs_row_order`)
+                    super::index::arg_finish(&mut w, r);
+                    continue;
+                }
                 let i = r.index();
                 let suffix = reduce_parts(op).2;
                 let dt = value(r).dtype;
@@ -1093,6 +1177,7 @@ fn emit_rows(
     let late = elem_stores_of(last);
     if !late.is_empty() {
         w.line("// write the row");
+        super::index::scan_inits(&mut w, k, &k.passes[last].elements);
         open_loop(&mut w, true);
         let jidx = decompose(&mut w, idx_t, "j", "j", &red_sizes);
         emit_elems(&mut w, &k.passes[last].elements, &jidx);

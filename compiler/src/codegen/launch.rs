@@ -221,7 +221,8 @@ fn pointwise(k: &KernelIr) -> PointwiseLaunch {
         .any(|d| d == DType::F32);
     let lanes: u64 = if any_f32 { 4 } else { 8 };
     // Vector accesses pack f32 or 16-bit floats; integer and bool buffers go element by
-    // element, and a store into a region (a concat part) is strided: scalar accesses.
+    // element, and a store into a region (a concat part) is strided: scalar accesses; so do
+    // kernels that compute indices (aranges, gathers).
     let integral = k
         .loads
         .iter()
@@ -232,7 +233,8 @@ fn pointwise(k: &KernelIr) -> PointwiseLaunch {
         && (rank == 1 || last % lanes == 0)
         && !k.stores.is_empty()
         && !integral
-        && k.stores.iter().all(|s| s.is_plain(&k.axes));
+        && k.stores.iter().all(|s| s.is_plain(&k.axes))
+        && !super::index::has_index_values(k);
     let work = if vectorize { n / lanes } else { n };
     PointwiseLaunch {
         grid: work.div_ceil(BLOCK as u64).clamp(1, MAX_GRID),
@@ -248,20 +250,26 @@ fn rows(k: &KernelIr) -> RowLaunch {
     let rows = k.axes.rows();
     let len = k.axes.row_len();
     let innermost_is_row = k.axes.reduce.last() == Some(&false);
-    let group: u64 = if innermost_is_row {
+    // A scan or an argmax walks each row in order, in one thread.
+    let in_order = super::index::needs_row_order(k);
+    let group: u64 = if innermost_is_row || in_order {
         1
     } else if len <= WARP_ROW_MAX {
         32
     } else {
         len.div_ceil(8).next_power_of_two().clamp(128, 1024)
     };
-    let slices: u64 = if innermost_is_row {
+    let slices: u64 = if innermost_is_row && !in_order {
         (TARGET_THREADS / rows.max(1)).clamp(1, 32).min(len.max(1))
     } else {
         1
     };
     let warp_mode = group <= 32;
-    let threads = if innermost_is_row { slices } else { group };
+    let threads = if innermost_is_row || in_order {
+        slices
+    } else {
+        group
+    };
     let items = len.div_ceil(threads);
     let per_element: Vec<LoadId> = (0..k.loads.len())
         .map(LoadId::new)

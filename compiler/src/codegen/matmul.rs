@@ -209,6 +209,7 @@ pub(crate) fn emit_matmul(
             source: String::new(),
             launch: Launch::Cublas(call),
             params: Vec::new(),
+            checks: Vec::new(),
         },
         None => emit_fallback(plan, index, kernel, mm),
     }
@@ -448,6 +449,7 @@ fn emit_fallback(plan: &Plan, index: usize, kernel: &Kernel, mm: &MatMulKernel) 
             shared_bytes: 0,
         },
         params,
+        checks: Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! kernel's `source` as one translation unit and launches by `name`.
 
 mod cuda;
+pub mod index;
 pub mod launch;
 mod matmul;
 mod writer;
@@ -78,6 +79,9 @@ pub struct CudaKernel {
     /// that buffer's first element (arena base + `Buffer::offset`, or the input's allocation).
     /// Element offsets and strides are constants in the source. Empty for `Launch::Cublas`.
     pub params: Vec<BufferId>,
+    /// The kernel's index checks (one per gathered read, `index`): the `__device__` array
+    /// the host reads after the launch for out-of-range indices. Empty for most kernels.
+    pub checks: Vec<index::IndexCheck>,
 }
 
 impl CudaKernel {

@@ -176,8 +176,14 @@ fn shape_of(graph: &Graph, nodes: &[NodeId]) -> Option<Shape> {
     }
     let mut domain: Option<(Vec<u64>, Vec<usize>)> = None;
     for &n in nodes {
-        if let Op::Reduce { arg, axes, .. } = &graph.node(n).op {
-            let d = (graph.ty(*arg).sizes(), axes.clone());
+        // A scan walks its axis as a row, as a reduction does.
+        let folds = match &graph.node(n).op {
+            Op::Reduce { arg, axes, .. } => Some((*arg, axes.clone())),
+            Op::Cumsum { arg, axis } => Some((*arg, vec![*axis])),
+            _ => None,
+        };
+        if let Some((arg, axes)) = folds {
+            let d = (graph.ty(arg).sizes(), axes);
             match &domain {
                 None => domain = Some(d),
                 Some(prev) if *prev != d => return None,
@@ -237,6 +243,7 @@ impl Shape {
         let node = graph.node(n);
         let lvl = match &node.op {
             Op::Reduce { .. } => Level::Row,
+            Op::Cumsum { .. } => Level::Element,
             _ => {
                 let shape = node.ty.sizes();
                 let (keep, drop) = row_shapes(domain, reduce);
@@ -257,7 +264,7 @@ impl Shape {
                 }
             }
         };
-        let consumer = if matches!(node.op, Op::Reduce { .. }) {
+        let consumer = if matches!(node.op, Op::Reduce { .. } | Op::Cumsum { .. }) {
             Level::Element
         } else {
             lvl
@@ -266,6 +273,10 @@ impl Shape {
             let lay = &lays[o.index()];
             let r = lay.root;
             let Some(producer) = member(r) else { continue };
+            if matches!(node.op, Op::Gather { arg, .. } if arg == o) {
+                // A gathered table is read at computed positions: it must be in memory.
+                return None;
+            }
             let producer = producer?;
             if consumer == Level::Row && producer == Level::Element {
                 return None;
@@ -595,21 +606,32 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
         level: vec![Level::Element; graph.len()],
     };
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
-    // Scalars that must exist in memory: an output, or a matmul operand.
+    // Scalars and aranges that must exist in memory: an output, a matmul operand, a gathered
+    // table.
     let mut fills: BTreeSet<NodeId> = graph
         .outputs
         .iter()
         .map(|o| f.lays[o.node.index()].root)
         .collect();
     for id in graph.ids() {
-        if let Op::MatMul(a, b) = graph.node(id).op {
-            fills.insert(f.lays[a.index()].root);
-            fills.insert(f.lays[b.index()].root);
+        match graph.node(id).op {
+            Op::MatMul(a, b) => {
+                fills.insert(f.lays[a.index()].root);
+                fills.insert(f.lays[b.index()].root);
+            }
+            Op::Gather { arg, .. } => {
+                // (a gathered arange is the checked index itself: no table)
+                let r = f.lays[arg.index()].root;
+                if graph.node(r).op != Op::Arange {
+                    fills.insert(r);
+                }
+            }
+            _ => {}
         }
     }
     for id in graph.ids() {
         let op = &graph.node(id).op;
-        let fill = matches!(op, Op::Scalar(_)) && fills.contains(&id);
+        let fill = op.is_synthesized() && fills.contains(&id);
         if (!is_compute(op) || folded[id.index()]) && !fill {
             continue;
         }
@@ -632,6 +654,7 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
                     graph.node(r).op,
                     Op::MatMul(..) | Op::Scalar(_) | Op::Concat { .. }
                 )
+                && !graph.node(r).op.is_synthesized()
             {
                 // Merge into the producer's group so the consumer's index stays stable.
                 if f.merge(h, mine) {

@@ -122,13 +122,13 @@ fn full_loads(
         }
         let op = &graph.node(n).op;
         let consumer = match op {
-            Op::Reduce { .. } => Level::Element,
+            Op::Reduce { .. } | Op::Cumsum { .. } => Level::Element,
             _ => group.levels.get(i).copied().unwrap_or(Level::Element),
         };
         for o in op.operands() {
             let lay = &flays[o.index()];
             let r = lay.root;
-            if f.gid[r.index()] == Some(g) || matches!(graph.node(r).op, Op::Scalar(_)) {
+            if f.gid[r.index()] == Some(g) || graph.node(r).op.is_synthesized() {
                 continue;
             }
             let strides = to_domain(

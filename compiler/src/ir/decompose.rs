@@ -1,6 +1,7 @@
 //! Decomposition: rewrites the built-ins (softmax, log_softmax, layernorm, rmsnorm) into the
 //! primitive ops a kernel computes (reductions, elementwise maths, implicit broadcasts and
-//! casts). f16/bf16 inputs are upcast to f32 and the result is cast back to the input dtype.
+//! casts); `take` and `one_hot` as `index_ops` writes them (views and a `gather`; an
+//! `arange` comparison). f16/bf16 inputs are upcast to f32 and the result is cast back to the input dtype.
 
 use super::graph::{BinaryOp, Graph, Node, NodeId, Op, Origin, ReduceOp, UnaryOp, ViewOp};
 use super::types::{DType, Dim, TensorType};
@@ -12,6 +13,7 @@ pub fn decompose(graph: &Graph) -> Graph {
     let mut out = Graph::new();
     out.dims = graph.dims.clone();
     let mut map: Vec<NodeId> = Vec::with_capacity(graph.len());
+    let users = graph.users();
     for id in graph.ids() {
         let node = graph.node(id);
         let origin = Origin {
@@ -69,6 +71,54 @@ pub fn decompose(graph: &Graph) -> Graph {
                     },
                     origin,
                 )
+            }
+            Op::Take { arg, index, axis } => {
+                let mut d = super::index_ops::Decomposer {
+                    g: &mut out,
+                    origin,
+                };
+                let y = d.take(map[arg.index()], map[index.index()], *axis, node);
+                out.node_mut(y).name = node.name.clone();
+                y
+            }
+            Op::Gather { arg, index, axis } => {
+                let mut d = super::index_ops::Decomposer {
+                    g: &mut out,
+                    origin,
+                };
+                let y = d.gather(map[arg.index()], map[index.index()], *axis, node);
+                out.node_mut(y).name = node.name.clone();
+                y
+            }
+            Op::OneHot { arg, classes } => {
+                let mut d = super::index_ops::Decomposer {
+                    g: &mut out,
+                    origin,
+                };
+                let y = d.one_hot(map[arg.index()], *classes, node);
+                out.node_mut(y).name = node.name.clone();
+                y
+            }
+            Op::View(ViewOp::Expand { implicit }, a)
+                if super::index_ops::sinks(&out, map[a.index()]) =>
+            {
+                // A broadcast index expression (a causal mask): computed again at the
+                // broadcast shape, so the kernel reading it computes it in place. The
+                // copy counts as part of the op the checker broadcast it for.
+                let origin = match users[id.index()].as_slice() {
+                    [user] if *implicit => Origin {
+                        group: Some(*user),
+                        ..origin
+                    },
+                    _ => origin,
+                };
+                let mut d = super::index_ops::Decomposer {
+                    g: &mut out,
+                    origin,
+                };
+                let y = d.broadcast(map[a.index()], &node.ty.shape);
+                out.node_mut(y).name = node.name.clone();
+                y
             }
             op => {
                 let op = remap(op, &map);
@@ -153,6 +203,25 @@ fn remap(op: &Op, map: &[NodeId]) -> Op {
         },
         Op::View(v, a) => Op::View(v.clone(), m(a)),
         Op::Copy(a) => Op::Copy(m(a)),
+        Op::Arange => Op::Arange,
+        Op::Take { arg, index, axis } => Op::Take {
+            arg: m(arg),
+            index: m(index),
+            axis: *axis,
+        },
+        Op::Gather { arg, index, axis } => Op::Gather {
+            arg: m(arg),
+            index: m(index),
+            axis: *axis,
+        },
+        Op::OneHot { arg, classes } => Op::OneHot {
+            arg: m(arg),
+            classes: *classes,
+        },
+        Op::Cumsum { arg, axis } => Op::Cumsum {
+            arg: m(arg),
+            axis: *axis,
+        },
         Op::Where(c, a, b) => Op::Where(m(c), m(a), m(b)),
         Op::Concat { args, axis } => Op::Concat {
             args: args.iter().map(m).collect(),

@@ -273,8 +273,8 @@ pub fn reduce_init_int(op: ReduceOp, dtype: DType) -> i64 {
     };
     match op {
         ReduceOp::Sum | ReduceOp::Mean => 0,
-        ReduceOp::Max => lo,
-        ReduceOp::Min => hi,
+        ReduceOp::Max | ReduceOp::ArgMax => lo,
+        ReduceOp::Min | ReduceOp::ArgMin => hi,
     }
 }
 
@@ -282,8 +282,8 @@ pub fn reduce_init_int(op: ReduceOp, dtype: DType) -> i64 {
 pub fn reduce_step_int(op: ReduceOp, dtype: DType, acc: i64, x: i64) -> i64 {
     match op {
         ReduceOp::Sum | ReduceOp::Mean => wrap(dtype, acc.wrapping_add(x)),
-        ReduceOp::Max => acc.max(x),
-        ReduceOp::Min => acc.min(x),
+        ReduceOp::Max | ReduceOp::ArgMax => acc.max(x),
+        ReduceOp::Min | ReduceOp::ArgMin => acc.min(x),
     }
 }
 
@@ -320,8 +320,8 @@ pub fn minimum(a: f64, b: f64) -> f64 {
 pub fn reduce_init(op: ReduceOp) -> f64 {
     match op {
         ReduceOp::Sum | ReduceOp::Mean => 0.0,
-        ReduceOp::Max => f64::NEG_INFINITY,
-        ReduceOp::Min => f64::INFINITY,
+        ReduceOp::Max | ReduceOp::ArgMax => f64::NEG_INFINITY,
+        ReduceOp::Min | ReduceOp::ArgMin => f64::INFINITY,
     }
 }
 
@@ -330,21 +330,53 @@ pub fn reduce_init(op: ReduceOp) -> f64 {
 pub fn reduce_step(op: ReduceOp, acc: f64, x: f64) -> f64 {
     match op {
         ReduceOp::Sum | ReduceOp::Mean => acc + x,
-        ReduceOp::Max => maximum(acc, x),
-        ReduceOp::Min => minimum(acc, x),
+        ReduceOp::Max | ReduceOp::ArgMax => maximum(acc, x),
+        ReduceOp::Min | ReduceOp::ArgMin => minimum(acc, x),
     }
 }
 
-/// The result of a reduction of `count` elements whose fold is `acc`.
+/// The result of a reduction of `count` elements whose fold is `acc`. (For `argmax` and
+/// `argmin` the fold and this are of the extreme value; `reduce` gives the position.)
 pub fn reduce_finish(op: ReduceOp, acc: f64, count: u64) -> f64 {
     match op {
         ReduceOp::Mean => acc / count as f64,
-        ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => acc,
+        ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min | ReduceOp::ArgMax | ReduceOp::ArgMin => acc,
     }
 }
 
-/// The reduction of `xs` in order.
+/// Whether the candidate `(x, j)` replaces the best so far `(best, i)` of an `argmax`
+/// (`max`) or `argmin`: NaN beats every number (PyTorch), and of equal values (or two
+/// NaNs) the first position wins. Order-free: any fold of pairs by this rule picks the
+/// same element.
+pub fn arg_better(max: bool, x: f64, j: u64, best: f64, i: u64) -> bool {
+    match (x.is_nan(), best.is_nan()) {
+        (true, true) => j < i,
+        (true, false) => true,
+        (false, true) => false,
+        _ if x == best => j < i,
+        _ => (x > best) == max,
+    }
+}
+
+/// The position of the first largest (`max`) or smallest element of `xs`, NaN counting
+/// as both (0 for no elements).
+pub fn arg_reduce(max: bool, xs: impl IntoIterator<Item = f64>) -> u64 {
+    let mut best: Option<(f64, u64)> = None;
+    for (j, x) in xs.into_iter().enumerate() {
+        let j = j as u64;
+        match best {
+            Some((b, i)) if !arg_better(max, x, j, b, i) => {}
+            _ => best = Some((x, j)),
+        }
+    }
+    best.map_or(0, |(_, i)| i)
+}
+
+/// The reduction of `xs` in order (for `argmax`/`argmin`, the position, see `arg_reduce`).
 pub fn reduce(op: ReduceOp, xs: impl IntoIterator<Item = f64>) -> f64 {
+    if op.is_arg() {
+        return arg_reduce(op == ReduceOp::ArgMax, xs) as f64;
+    }
     let mut count = 0u64;
     let acc = xs.into_iter().fold(reduce_init(op), |acc, x| {
         count += 1;

@@ -202,6 +202,11 @@ pub enum ReduceOp {
     Mean,
     Max,
     Min,
+    /// The position along the row (row-major over the reduced axes) of the first largest
+    /// element, NaN counting as the largest (PyTorch's `argmax`); an `i64` result.
+    ArgMax,
+    /// As `ArgMax`, of the first smallest element, NaN counting as the smallest.
+    ArgMin,
 }
 
 impl ReduceOp {
@@ -211,7 +216,14 @@ impl ReduceOp {
             ReduceOp::Mean => "mean",
             ReduceOp::Max => "max",
             ReduceOp::Min => "min",
+            ReduceOp::ArgMax => "argmax",
+            ReduceOp::ArgMin => "argmin",
         }
+    }
+
+    /// `argmax` and `argmin`: the result is a position, not a value.
+    pub fn is_arg(self) -> bool {
+        matches!(self, ReduceOp::ArgMax | ReduceOp::ArgMin)
     }
 }
 
@@ -296,6 +308,39 @@ pub enum Op {
     /// Materialise a view contiguously (a `reshape` no strides can express). In the
     /// primitive graph also each operand of a `Concat`, written into its place.
     Copy(NodeId),
+    /// `arange(N)`: an `i64[N]` whose element `i` is `i`. Like a `Scalar`, a value no
+    /// kernel loads: each reader computes it from its own index through the views it is
+    /// read by, so it never has a buffer unless it must exist in memory (an output, a
+    /// matmul operand, a gathered table).
+    Arange,
+    /// `take(arg, index, axis)` (`numpy.take`). Checked graph only: `decompose` writes it
+    /// as views and a `Gather`.
+    Take {
+        arg: NodeId,
+        index: NodeId,
+        axis: usize,
+    },
+    /// `gather(arg, index, axis)` (`numpy.take_along_axis` with broadcasting): element `p`
+    /// is `arg[p with p[axis] = index[p]]`, where `arg`'s other axes broadcast. In the
+    /// primitive graph `index` has the node's shape (an explicit broadcast). An index
+    /// outside `[0, arg.shape[axis])` is an error in the data.
+    Gather {
+        arg: NodeId,
+        index: NodeId,
+        axis: usize,
+    },
+    /// `one_hot(arg, classes)`: `i64[..., classes]`. Checked graph only: `decompose` writes
+    /// it as a comparison of the index with an `arange`.
+    OneHot {
+        arg: NodeId,
+        classes: u64,
+    },
+    /// `cumsum(arg, axis)`: the inclusive prefix sum along `axis` (a scan; f16/bf16 add
+    /// in f32 and round each result).
+    Cumsum {
+        arg: NodeId,
+        axis: usize,
+    },
     /// `where(cond, a, b)`: `cond` is `bool`; all three have the node's shape (implicit
     /// expands), `a` and `b` its dtype (implicit casts).
     Where(NodeId, NodeId, NodeId),
@@ -312,7 +357,7 @@ impl Op {
     /// The operands, in order.
     pub fn operands(&self) -> Vec<NodeId> {
         match self {
-            Op::Input { .. } | Op::Param { .. } | Op::Scalar(_) => Vec::new(),
+            Op::Input { .. } | Op::Param { .. } | Op::Scalar(_) | Op::Arange => Vec::new(),
             Op::Unary(_, a)
             | Op::Reduce { arg: a, .. }
             | Op::Softmax { arg: a, .. }
@@ -320,8 +365,11 @@ impl Op {
             | Op::RmsNorm { arg: a, .. }
             | Op::Cast { arg: a, .. }
             | Op::View(_, a)
-            | Op::Copy(a) => vec![*a],
+            | Op::Copy(a)
+            | Op::OneHot { arg: a, .. }
+            | Op::Cumsum { arg: a, .. } => vec![*a],
             Op::Binary(_, a, b) | Op::MatMul(a, b) => vec![*a, *b],
+            Op::Take { arg, index, .. } | Op::Gather { arg, index, .. } => vec![*arg, *index],
             Op::Where(c, a, b) => vec![*c, *a, *b],
             Op::Concat { args, .. } => args.clone(),
         }
@@ -348,6 +396,11 @@ impl Op {
             Op::View(ViewOp::Expand { .. }, _) => "expand",
             Op::View(ViewOp::Slice(_), _) => "slice",
             Op::Copy(_) => "copy",
+            Op::Arange => "arange",
+            Op::Take { .. } => "take",
+            Op::Gather { .. } => "gather",
+            Op::OneHot { .. } => "one_hot",
+            Op::Cumsum { .. } => "cumsum",
             Op::Where(..) => "where",
             Op::Concat { .. } => "concat",
         }
@@ -357,9 +410,20 @@ impl Op {
         matches!(self, Op::View(..))
     }
 
-    /// Inputs, params and scalars: values no kernel computes.
+    /// Inputs, params, scalars and aranges: values no kernel computes (a kernel that reads
+    /// a scalar or an arange writes it down itself, see `is_synthesized`).
     pub fn is_leaf(&self) -> bool {
-        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::Scalar(_))
+        matches!(
+            self,
+            Op::Input { .. } | Op::Param { .. } | Op::Scalar(_) | Op::Arange
+        )
+    }
+
+    /// Scalars and aranges: leaves with no storage, which every reading kernel computes
+    /// from its own index (a constant; the index through the views it is read by), and
+    /// which are written to memory only where they must exist there (a "fill").
+    pub fn is_synthesized(&self) -> bool {
+        matches!(self, Op::Scalar(_) | Op::Arange)
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod decompose;
 pub mod eval;
 pub mod graph;
+pub mod index_ops;
 pub mod layout;
 pub mod text;
 pub mod types;

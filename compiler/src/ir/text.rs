@@ -76,6 +76,10 @@ pub fn op_text(op: &Op) -> String {
             format!("slice {args} [{}]", axes.join(", "))
         }
         Op::Concat { axis, .. } => format!("concat {args} axis={axis}"),
+        Op::Take { axis, .. } | Op::Gather { axis, .. } | Op::Cumsum { axis, .. } => {
+            format!("{} {args} axis={axis}", op.name())
+        }
+        Op::OneHot { classes, .. } => format!("one_hot {args} classes={classes}"),
         _ => format!("{} {args}", op.name()),
     }
 }

@@ -168,10 +168,13 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
             Ok(())
         }
         Op::Reduce {
-            arg, axes, keepdim, ..
+            op,
+            arg,
+            axes,
+            keepdim,
         } => {
             let t = graph.ty(*arg);
-            if t.dtype != ty.dtype {
+            if !op.is_arg() && t.dtype != ty.dtype {
                 return bad(TypesFollowOps, format!("operand is {t}, result is {ty}"));
             }
             if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= t.rank()) {
@@ -225,6 +228,12 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
             }
             Ok(())
         }
+        Op::Arange
+        | Op::Take { .. }
+        | Op::Gather { .. }
+        | Op::OneHot { .. }
+        | Op::Cumsum { .. } => super::index_ops::verify(graph, &n.op, ty)
+            .map_err(|(inv, msg)| Violation::new(inv, msg)),
         Op::Cast { arg, .. } => {
             if graph.ty(*arg).sizes() != sizes {
                 return bad(

@@ -89,6 +89,22 @@ pub enum ValueOp {
     Cast(ValueId),
     /// Folds the operand over the row (the identity in a pointwise kernel).
     Reduce(ReduceOp, ValueId),
+    /// The index map `offset + Σ idx[d]·strides[d]` over the merged domain (an `arange`).
+    Index {
+        offset: i64,
+        strides: Vec<i64>,
+    },
+    /// Load `load` at its position plus `index`'s value times `stride`, the index checked
+    /// to lie in `[0, size)` (see `schedule::InstOp::Gather`).
+    Gather {
+        load: Option<LoadId>,
+        index: ValueId,
+        stride: i64,
+        size: u64,
+        what: String,
+    },
+    /// The running sum of the operand along the row, in row order.
+    Scan(ValueId),
     /// `where(c, a, b)`.
     Where(ValueId, ValueId, ValueId),
 }
@@ -97,16 +113,48 @@ impl ValueOp {
     /// The values this one reads, in operand order.
     pub fn operands(&self) -> Vec<ValueId> {
         match *self {
-            ValueOp::Load(_) | ValueOp::Const(_) => Vec::new(),
-            ValueOp::Unary(_, a) | ValueOp::Cast(a) | ValueOp::Reduce(_, a) => vec![a],
+            ValueOp::Load(_) | ValueOp::Const(_) | ValueOp::Index { .. } => Vec::new(),
+            ValueOp::Unary(_, a)
+            | ValueOp::Cast(a)
+            | ValueOp::Reduce(_, a)
+            | ValueOp::Scan(a)
+            | ValueOp::Gather { index: a, .. } => vec![a],
             ValueOp::Binary(_, a, b) => vec![a, b],
             ValueOp::Where(c, a, b) => vec![c, a, b],
+        }
+    }
+
+    /// `of`, with an `Index`'s strides over the merged axes (`merged` maps domain strides).
+    fn lowered(op: &InstOp, merged: &dyn Fn(&[i64]) -> Vec<i64>) -> ValueOp {
+        match op {
+            InstOp::Index { offset, strides } => ValueOp::Index {
+                offset: *offset,
+                strides: merged(strides),
+            },
+            InstOp::Gather {
+                load,
+                index,
+                stride,
+                size,
+                what,
+            } => ValueOp::Gather {
+                load: load.map(LoadId::new),
+                index: ValueId::new(*index),
+                stride: *stride,
+                size: *size,
+                what: what.clone(),
+            },
+            InstOp::Scan(a) => ValueOp::Scan(ValueId::new(*a)),
+            other => ValueOp::of(other),
         }
     }
 
     fn of(op: &InstOp) -> ValueOp {
         let v = ValueId::new;
         match *op {
+            InstOp::Index { .. } | InstOp::Gather { .. } | InstOp::Scan(_) => {
+                ValueOp::lowered(op, &|s| s.to_vec())
+            }
             InstOp::Load(l) => ValueOp::Load(LoadId::new(l)),
             InstOp::Const(c) => ValueOp::Const(c),
             InstOp::Unary(u, a) => ValueOp::Unary(u, v(a)),
@@ -293,16 +341,41 @@ impl KernelIr {
         PassId::new(self.passes.len() - 1)
     }
 
-    /// Whether some value reads load `l`.
+    /// Whether some value reads load `l` (plainly or gathered).
     pub fn load_is_read(&self, l: LoadId) -> bool {
-        self.values.iter().any(|v| v.op == ValueOp::Load(l))
+        self.values
+            .iter()
+            .any(|v| v.op == ValueOp::Load(l) || self.gathers_from(v, l))
     }
 
-    /// Whether some element value reads load `l` (it is read along the row).
+    /// Whether some element value reads load `l` plainly (it is read along the row, at
+    /// positions known before the kernel runs).
     pub fn load_is_read_per_element(&self, l: LoadId) -> bool {
         self.values
             .iter()
             .any(|v| v.op == ValueOp::Load(l) && v.level == Level::Element)
+    }
+
+    /// Whether value `v` is a gathered read of load `l`.
+    pub fn gathers_from(&self, v: &Value, l: LoadId) -> bool {
+        matches!(v.op, ValueOp::Gather { load: Some(load), .. } if load == l)
+    }
+
+    /// Whether load `l` is read at gathered positions (its index comes from a value).
+    pub fn load_is_gathered(&self, l: LoadId) -> bool {
+        self.values.iter().any(|v| self.gathers_from(v, l))
+    }
+
+    /// Whether the kernel has a scan (which walks each row in order, in one thread).
+    pub fn has_scan(&self) -> bool {
+        self.values.iter().any(|v| matches!(v.op, ValueOp::Scan(_)))
+    }
+
+    /// Whether the kernel gathers (and so checks indices).
+    pub fn has_gather(&self) -> bool {
+        self.values
+            .iter()
+            .any(|v| matches!(v.op, ValueOp::Gather { .. }))
     }
 
     /// Largest element index any access of the kernel reaches (and the domain size).
@@ -320,8 +393,24 @@ impl KernelIr {
                     .sum::<i128>();
             m = m.max(reach.clamp(0, u64::MAX as i128) as u64);
         }
-        for l in &self.loads {
+        for (li, l) in self.loads.iter().enumerate() {
+            // A gathered read also reaches the last index of its axis.
+            let gathered: i128 = self
+                .values
+                .iter()
+                .filter_map(|v| match v.op {
+                    ValueOp::Gather {
+                        load: Some(load),
+                        stride,
+                        size,
+                        ..
+                    } if load.index() == li => Some((size as i128 - 1) * (stride as i128).abs()),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
             let reach: i128 = l.offset as i128
+                + gathered
                 + self
                     .domain
                     .iter()
@@ -329,6 +418,20 @@ impl KernelIr {
                     .map(|(&s, &st)| (s as i128 - 1) * (st as i128).abs())
                     .sum::<i128>();
             m = m.max(reach.clamp(0, u64::MAX as i128) as u64);
+        }
+        for v in &self.values {
+            // An arange's largest value.
+            if let ValueOp::Index { offset, strides } = &v.op {
+                let reach: i128 = *offset as i128
+                    + self
+                        .axes
+                        .sizes
+                        .iter()
+                        .zip(strides)
+                        .map(|(&s, &st)| (s as i128 - 1) * (st as i128).abs())
+                        .sum::<i128>();
+                m = m.max(reach.clamp(0, u64::MAX as i128) as u64);
+            }
         }
         m
     }
@@ -445,14 +548,34 @@ pub fn lower_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<KernelIr,
     // Levels and passes.
     let n = k.body.len();
     let mut values: Vec<Value> = Vec::with_capacity(n);
+    let along_row = |strides: &[i64]| {
+        k.reduce_axes
+            .iter()
+            .any(|&a| strides.get(a).copied().unwrap_or(0) != 0 && k.domain[a] != 1)
+    };
     for inst in &k.body {
-        let op = ValueOp::of(&inst.op);
+        let op = ValueOp::lowered(&inst.op, &merged);
         let operands = op.operands();
         let row = |vs: &[Value]| operands.iter().all(|o| vs[o.index()].level == Level::Row);
-        let level = match op {
+        let level = match &op {
             ValueOp::Const(_) => Level::Row,
-            ValueOp::Load(_) if pointwise => Level::Element,
+            ValueOp::Load(_) | ValueOp::Index { .. } | ValueOp::Scan(_) if pointwise => {
+                Level::Element
+            }
             ValueOp::Load(_) => inst.level,
+            ValueOp::Index { .. } => match &inst.op {
+                InstOp::Index { strides, .. } if !along_row(strides) => Level::Row,
+                _ => Level::Element,
+            },
+            ValueOp::Scan(_) => Level::Element,
+            ValueOp::Gather { load, .. }
+                if !pointwise
+                    && load.is_none_or(|l| !along_row(&k.loads[l.index()].strides))
+                    && row(&values) =>
+            {
+                Level::Row
+            }
+            ValueOp::Gather { .. } => Level::Element,
             ValueOp::Reduce(..) if !pointwise => Level::Row,
             _ if row(&values) => Level::Row,
             _ => Level::Element,
@@ -462,7 +585,7 @@ pub fn lower_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<KernelIr,
             .map(|o| values[o.index()].pass.0)
             .max()
             .unwrap_or(0);
-        let pass = match op {
+        let pass = match &op {
             ValueOp::Reduce(..) if !pointwise => after + 1,
             _ => after,
         };
@@ -609,7 +732,17 @@ fn merge_axes(k: &FusedKernel) -> (MergedAxes, Vec<usize>) {
     let mut sizes: Vec<u64> = keep.iter().map(|&d| k.domain[d]).collect();
     let mut reduce: Vec<bool> = keep.iter().map(|d| k.reduce_axes.contains(d)).collect();
     let mut inner = keep;
-    let stride = |l: usize, d: usize| k.loads[l].strides.get(d).copied().unwrap_or(0);
+    // Every access walks the merged axes: the loads, and the index maps of aranges.
+    let maps: Vec<&[i64]> = k
+        .loads
+        .iter()
+        .map(|l| &l.strides[..])
+        .chain(k.body.iter().filter_map(|i| match &i.op {
+            InstOp::Index { strides, .. } => Some(&strides[..]),
+            _ => None,
+        }))
+        .collect();
+    let stride = |l: usize, d: usize| maps[l].get(d).copied().unwrap_or(0);
     let regions: Vec<&Vec<i64>> = k
         .stores
         .iter()
@@ -620,7 +753,7 @@ fn merge_axes(k: &FusedKernel) -> (MergedAxes, Vec<usize>) {
     while d + 1 < sizes.len() {
         let next = sizes[d + 1] as i64;
         let mergeable = reduce[d] == reduce[d + 1]
-            && (0..k.loads.len())
+            && (0..maps.len())
                 .all(|l| stride(l, inner[d]) == stride(l, inner[d + 1]).saturating_mul(next))
             && regions
                 .iter()

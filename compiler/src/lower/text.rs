@@ -82,6 +82,20 @@ pub fn print_kernel(k: &KernelIr) -> String {
             ValueOp::Binary(b, x, y) => format!("{} {x}, {y}", b.name()),
             ValueOp::Cast(a) => format!("cast {a}"),
             ValueOp::Reduce(r, a) => format!("reduce {} {a}", r.name()),
+            ValueOp::Index { offset, strides } => {
+                format!("index +{offset} strides {}", list(strides))
+            }
+            ValueOp::Gather {
+                load,
+                index,
+                stride,
+                size,
+                ..
+            } => match load {
+                Some(l) => format!("gather {l} at {index}*{stride} < {size}"),
+                None => format!("checked index {index}*{stride} < {size}"),
+            },
+            ValueOp::Scan(a) => format!("scan sum {a}"),
             ValueOp::Where(c, a, b) => format!("where {c}, {a}, {b}"),
         };
         let _ = writeln!(

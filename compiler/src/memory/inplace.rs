@@ -41,7 +41,23 @@ pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<B
                 continue;
             }
             let want = store_strides(f, f.body[store.inst].level);
-            let candidates: BTreeSet<BufferId> = f.loads.iter().map(|l| l.buffer).collect();
+            // (a gathered table is read at positions only known at run time: never reused)
+            let gathered: BTreeSet<BufferId> = f
+                .body
+                .iter()
+                .filter_map(|i| match i.op {
+                    crate::schedule::InstOp::Gather { load: Some(l), .. } => {
+                        Some(f.loads[l].buffer)
+                    }
+                    _ => None,
+                })
+                .collect();
+            let candidates: BTreeSet<BufferId> = f
+                .loads
+                .iter()
+                .map(|l| l.buffer)
+                .filter(|b| !gathered.contains(b))
+                .collect();
             for cand in candidates {
                 let c = &buffers[cand.index()];
                 let o = &buffers[out.index()];

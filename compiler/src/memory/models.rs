@@ -80,7 +80,8 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     let kept = promotions_read_by_matmul(graph);
     let is_op = |n: NodeId| {
         let op = &graph.node(n).op;
-        !op.is_view() && !op.is_leaf() && owner(graph, &kept, n) == n
+        // (an `arange` is an op of its own in eager execution: a buffer of N integers)
+        !op.is_view() && (!op.is_leaf() || *op == Op::Arange) && owner(graph, &kept, n) == n
     };
     // Steps: source-level ops in order of first node.
     let mut step_of_key: std::collections::HashMap<NodeId, usize> = Default::default();
@@ -107,8 +108,13 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
         }
         let s = step_of_key[&key(id)];
         not_scalar[s] |= graph.ty(id).numel() != Some(1);
-        if let Op::Reduce { arg, .. } = graph.node(id).op {
-            let n = graph.ty(arg).numel().unwrap_or(0);
+        // (argmax and argmin are never split: `plan::split`)
+        if let Op::Reduce { arg, op, .. } = graph.node(id).op {
+            let n = if op.is_arg() {
+                0
+            } else {
+                graph.ty(arg).numel().unwrap_or(0)
+            };
             staging[s] = staging[s].max(staging_bytes(n));
         }
     }

@@ -175,7 +175,7 @@ impl Builder<'_> {
             let level = group.levels.get(i).copied().unwrap_or(Level::Element);
             let node = self.graph.node(n);
             let dtype = node.ty.dtype;
-            let consumer = if matches!(node.op, Op::Reduce { .. }) {
+            let consumer = if matches!(node.op, Op::Reduce { .. } | Op::Cumsum { .. }) {
                 Level::Element
             } else {
                 level
@@ -197,6 +197,34 @@ impl Builder<'_> {
                         k.body.len() - 1
                     });
                     return Ok(id);
+                }
+                if let Op::Arange = self.graph.node(lay.root).op {
+                    // An arange read through its views: the index map itself, no buffer.
+                    let strides = to_domain(
+                        &lay.strides,
+                        self.graph.ty(o).rank(),
+                        consumer,
+                        &k.domain,
+                        &k.reduce_axes,
+                    );
+                    let is_row = !k.reduce_axes.is_empty()
+                        && k.reduce_axes
+                            .iter()
+                            .all(|&a| strides[a] == 0 || k.domain[a] == 1);
+                    let op = InstOp::Index {
+                        offset: lay.offset,
+                        strides,
+                    };
+                    if let Some(i) = k.body.iter().position(|x| x.op == op) {
+                        return Ok(i);
+                    }
+                    k.body.push(Inst {
+                        op,
+                        dtype: self.graph.dtype(lay.root),
+                        level: if is_row { row_level } else { Level::Element },
+                        node: Some(lay.root),
+                    });
+                    return Ok(k.body.len() - 1);
                 }
                 // A folded promotion: load its input or param through the same views,
                 // then round to the promoted dtype.
@@ -294,6 +322,8 @@ impl Builder<'_> {
                                 InstOp::Binary(BinaryOp::Mul, a, k.body.len() - 1)
                             }
                             ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min => InstOp::Cast(a),
+                            // Every element ties: the first position (NaN or not).
+                            ReduceOp::ArgMax | ReduceOp::ArgMin => InstOp::Const(0.0),
                         }
                     }
                 }
@@ -305,6 +335,30 @@ impl Builder<'_> {
                 }
                 // A copy rounds to its own dtype: the identity on a loaded value.
                 Op::Copy(a) => InstOp::Cast(value(*a, &mut k)?),
+                Op::Cumsum { arg, .. } => InstOp::Scan(value(*arg, &mut k)?),
+                // An arange that must be in memory (a fill): its own index.
+                Op::Arange => InstOp::Index {
+                    offset: 0,
+                    strides: vec![1],
+                },
+                Op::Gather { arg, index, axis } => {
+                    let index_inst = value(*index, &mut k)?;
+                    let what = self.gather_what(n, *index, *arg);
+                    let root = self.lays[arg.index()].root;
+                    if self.graph.node(root).op == Op::Arange && !self.buf_of.contains_key(&root) {
+                        self.gathered_arange(&mut k, *arg, *axis, level, index_inst, what)
+                    } else {
+                        let (load, stride, size) =
+                            self.gathered_load(&mut k, *arg, *axis, level)?;
+                        InstOp::Gather {
+                            load: Some(load),
+                            index: index_inst,
+                            stride,
+                            size,
+                            what,
+                        }
+                    }
+                }
                 other => {
                     return Err(internal(format!(
                         "{} cannot be part of a fused kernel",
@@ -323,7 +377,7 @@ impl Builder<'_> {
             let rounds = matches!(dtype, crate::ir::DType::F16 | crate::ir::DType::BF16)
                 && matches!(
                     op,
-                    InstOp::Unary(..) | InstOp::Binary(..) | InstOp::Reduce(..)
+                    InstOp::Unary(..) | InstOp::Binary(..) | InstOp::Reduce(..) | InstOp::Scan(..)
                 );
             k.body.push(Inst {
                 op,
@@ -359,6 +413,122 @@ impl Builder<'_> {
     }
 }
 
+impl Builder<'_> {
+    /// The load a `Gather` of `arg` along `axis` reads through, in a kernel where the
+    /// gather is at `level`: `arg`'s layout over the domain with stride 0 along `axis` and
+    /// wherever `arg` broadcasts (size 1); and the stride and size of `axis`, which the
+    /// index's value moves along.
+    fn gathered_load(
+        &self,
+        k: &mut FusedKernel,
+        arg: NodeId,
+        axis: usize,
+        level: Level,
+    ) -> Result<(usize, i64, u64), Diagnostic> {
+        let lay = &self.lays[arg.index()];
+        let buffer = *self
+            .buf_of
+            .get(&lay.root)
+            .ok_or_else(|| internal(format!("the gathered table {} is not in memory", lay.root)))?;
+        let sizes = self.graph.ty(arg).sizes();
+        let mut own = lay.strides.clone();
+        for (d, s) in own.iter_mut().enumerate() {
+            if d == axis || sizes[d] == 1 {
+                *s = 0;
+            }
+        }
+        let strides = to_domain(&own, sizes.len(), level, &k.domain, &k.reduce_axes);
+        if strides.len() != k.domain.len() || axis >= sizes.len() {
+            return Err(internal(format!(
+                "gather of {arg} does not match the kernel domain"
+            )));
+        }
+        k.loads.push(Load {
+            buffer,
+            dtype: self.buffers[buffer.index()].dtype,
+            offset: lay.offset,
+            strides,
+        });
+        Ok((k.loads.len() - 1, lay.strides[axis], sizes[axis]))
+    }
+
+    /// A gather from an arange (`one_hot`'s range check, `take(arange(N), idx)`): the
+    /// checked index times the arange's stride along `axis`, plus its index map at the other
+    /// axes when that is not 0 — no table in memory.
+    fn gathered_arange(
+        &self,
+        k: &mut FusedKernel,
+        arg: NodeId,
+        axis: usize,
+        level: Level,
+        index: InstId,
+        what: String,
+    ) -> InstOp {
+        let lay = &self.lays[arg.index()];
+        let sizes = self.graph.ty(arg).sizes();
+        let checked = InstOp::Gather {
+            load: None,
+            index,
+            stride: lay.strides[axis],
+            size: sizes[axis],
+            what,
+        };
+        let mut own = lay.strides.clone();
+        for (d, s) in own.iter_mut().enumerate() {
+            if d == axis || sizes[d] == 1 {
+                *s = 0;
+            }
+        }
+        let strides = to_domain(&own, sizes.len(), level, &k.domain, &k.reduce_axes);
+        if lay.offset == 0 && strides.iter().all(|&s| s == 0) {
+            return checked;
+        }
+        let dtype = crate::ir::DType::I64;
+        k.body.push(Inst {
+            op: checked,
+            dtype,
+            level,
+            node: None,
+        });
+        k.body.push(Inst {
+            op: InstOp::Index {
+                offset: lay.offset,
+                strides,
+            },
+            dtype,
+            level,
+            node: None,
+        });
+        InstOp::Binary(BinaryOp::Add, k.body.len() - 2, k.body.len() - 1)
+    }
+
+    /// What an out-of-range index of gather `n` is reported as: the index tensor (by name
+    /// where it has one), the source line and the tensor it indexes.
+    fn gather_what(&self, n: NodeId, index: NodeId, arg: NodeId) -> String {
+        let g = self.graph;
+        let root = |x: NodeId| self.lays[x.index()].root;
+        let named = |x: NodeId, what: &str| match &g.node(root(x)).name {
+            Some(name) => format!("{what} `{name}`"),
+            None => what.to_string(),
+        };
+        if g.node(root(arg)).op == Op::Arange {
+            // `one_hot`'s check (or a take from an arange).
+            return format!(
+                "{} (line {}), as a class index",
+                named(index, "the index tensor"),
+                g.origin(n).line
+            );
+        }
+        format!(
+            "{} (line {}) indexing {} {}",
+            named(index, "the index tensor"),
+            g.origin(n).line,
+            named(arg, "the table"),
+            g.ty(root(arg)),
+        )
+    }
+}
+
 /// A computing inst's op, hashable (no `Const`: constants are numbered by their bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Computed {
@@ -366,6 +536,7 @@ enum Computed {
     Binary(BinaryOp, InstId, InstId),
     Cast(InstId),
     Reduce(ReduceOp, InstId),
+    Scan(InstId),
     Where(InstId, InstId, InstId),
 }
 
@@ -376,8 +547,13 @@ impl Computed {
             InstOp::Binary(b, x, y) => Some(Computed::Binary(b, x, y)),
             InstOp::Cast(a) => Some(Computed::Cast(a)),
             InstOp::Reduce(r, a) => Some(Computed::Reduce(r, a)),
+            InstOp::Scan(a) => Some(Computed::Scan(a)),
             InstOp::Where(c, a, b) => Some(Computed::Where(c, a, b)),
-            InstOp::Load(_) | InstOp::Const(_) => None,
+            // (aranges are numbered by their index map where they are made; a gather reads
+            // through a load of its own)
+            InstOp::Load(_) | InstOp::Const(_) | InstOp::Index { .. } | InstOp::Gather { .. } => {
+                None
+            }
         }
     }
 }

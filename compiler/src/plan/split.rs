@@ -21,12 +21,22 @@ pub struct Split {
 }
 
 /// Whether `k` splits: it folds its whole domain (one row) of at least `sizes::SPLIT_MIN`
-/// elements; no reduction reads another's result, nor does any element store; and every
+/// elements; it has no scan, argmax/argmin, arange or gather; no reduction reads another's result, nor does any element store; and every
 /// load reads the domain in order (one stride over the flattened index) or not at all.
 pub fn splittable(k: &FusedKernel) -> Option<Split> {
     // A store into a region (a `concat` part) keeps the kernel whole: its strides are over
     // this domain, not the halves'.
     if k.reduce_axes.is_empty() || k.rows() != 1 || k.stores.iter().any(|s| s.region.is_some()) {
+        return None;
+    }
+    // A scan and an argmax/argmin need the row in one order; an arange's or a gather's
+    // index map is not the loads' flattened one.
+    let whole_row = k.body.iter().any(|i| match i.op {
+        InstOp::Scan(_) | InstOp::Index { .. } | InstOp::Gather { .. } => true,
+        InstOp::Reduce(op, _) => op.is_arg(),
+        _ => false,
+    });
+    if whole_row {
         return None;
     }
     let n = k.row_len();

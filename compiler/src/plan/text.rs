@@ -89,6 +89,20 @@ pub fn print(plan: &Plan) -> String {
                         InstOp::Binary(b, x, y) => format!("{} %{x}, %{y}", b.name(),),
                         InstOp::Cast(a) => format!("cast %{a}"),
                         InstOp::Reduce(r, a) => format!("reduce {} %{a}", r.name()),
+                        InstOp::Index { offset, strides } => {
+                            format!("index +{offset} strides {}", list(strides))
+                        }
+                        InstOp::Gather {
+                            load,
+                            index,
+                            stride,
+                            size,
+                            ..
+                        } => match load {
+                            Some(l) => format!("gather l{l} at %{index}*{stride} < {size}"),
+                            None => format!("checked index %{index}*{stride} < {size}"),
+                        },
+                        InstOp::Scan(a) => format!("scan sum %{a}"),
                         InstOp::Where(c, a, b) => format!("where %{c}, %{a}, %{b}"),
                     };
                     let level = match inst.level {

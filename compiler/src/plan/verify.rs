@@ -64,7 +64,11 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
             continue;
         };
         for (i, inst) in k.body.iter().enumerate() {
-            if let InstOp::Load(l) = inst.op {
+            let loaded = match inst.op {
+                InstOp::Load(l) | InstOp::Gather { load: Some(l), .. } => Some(l),
+                _ => None,
+            };
+            if let Some(l) = loaded {
                 if l >= k.loads.len() {
                     return Err(bad(
                         KernelBody,
@@ -175,7 +179,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                         format!("{}: bad reduce axes {:?}", k.name, f.reduce_axes),
                     ));
                 }
-                for l in &f.loads {
+                for (li, l) in f.loads.iter().enumerate() {
                     check_id(l.buffer)?;
                     let b = plan.buffer(l.buffer);
                     if l.dtype != b.dtype || l.strides.len() != f.domain.len() {
@@ -184,7 +188,20 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                             format!("{}: load of {} has the wrong dtype or rank", k.name, b.name),
                         ));
                     }
-                    let (lo, hi) = span(l.offset, &l.strides, &f.domain);
+                    // A gathered read also reaches every in-range index along its axis.
+                    let (mut strides, mut sizes) = (l.strides.clone(), f.domain.clone());
+                    for inst in &f.body {
+                        if let InstOp::Gather {
+                            load, stride, size, ..
+                        } = inst.op
+                        {
+                            if load == Some(li) {
+                                strides.push(stride);
+                                sizes.push(size);
+                            }
+                        }
+                    }
+                    let (lo, hi) = span(l.offset, &strides, &sizes);
                     if lo < 0 || hi >= numel(&b.shape) {
                         return Err(bad(
                             InBounds,

@@ -14,7 +14,9 @@ pub struct CpuBackend;
 impl From<CpuError> for BackendError {
     fn from(e: CpuError) -> Self {
         match e {
-            CpuError::Count { .. } | CpuError::Mismatch { .. } => BackendError::Data(e.to_string()),
+            CpuError::Count { .. } | CpuError::Mismatch { .. } | CpuError::IndexOutOfRange(_) => {
+                BackendError::Data(e.to_string())
+            }
             CpuError::ArenaTooLarge(_) => BackendError::OutOfMemory(e.to_string()),
             CpuError::BadPlan(_) => BackendError::Internal(e.to_string()),
         }

@@ -29,6 +29,7 @@ impl From<CudaError> for BackendError {
         match e {
             CudaError::OutOfMemory { .. } => BackendError::OutOfMemory(e.to_string()),
             CudaError::Internal(_) => BackendError::Internal(e.to_string()),
+            CudaError::IndexOutOfRange(_) => BackendError::Data(e.to_string()),
             _ => BackendError::Device(e.to_string()),
         }
     }

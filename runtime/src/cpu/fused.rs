@@ -76,6 +76,8 @@ pub(super) struct Prepared {
     /// Per load: f32, 4-byte aligned, and in a buffer no store of this kernel writes, so a
     /// block of it that is one contiguous run is read in place instead of copied.
     direct: Vec<bool>,
+    /// Per value: the smallest bad index a gather met (`cpu::index`).
+    pub(super) bad: Vec<std::sync::atomic::AtomicI64>,
 }
 
 /// Runs `kernel` of `plan`, reading and writing the resolved buffers `mems`.
@@ -89,10 +91,13 @@ pub(super) fn run(
     if p.rows == 0 || p.row_len == 0 {
         return Ok(());
     }
-    if super::typed::needed(&p) {
+    if super::typed::needed(&p) || super::index::needed(&p) {
         // SAFETY: every access was bounds-checked over the whole domain in `prepare`.
         unsafe { super::typed::run(&p) };
-        return Ok(());
+        return match super::index::first_error(&p, name) {
+            Some(msg) => Err(CpuError::IndexOutOfRange(msg)),
+            None => Ok(()),
+        };
     }
     if kernel.reduce_axes.is_empty() {
         let total = p.row_len;
@@ -212,14 +217,30 @@ fn prepare(
                 format!("load {li} reads {} as {}", mem.dtype, load.dtype),
             ));
         }
+        // A gathered read also reaches every in-range index along its axis.
+        let (mut strides, mut sizes) = (load.strides.clone(), domain.clone());
+        for v in &ir.values {
+            if let ValueOp::Gather {
+                load: Some(l),
+                stride,
+                size,
+                ..
+            } = v.op
+            {
+                if l.index() == li {
+                    strides.push(stride);
+                    sizes.push(size as usize);
+                }
+            }
+        }
         check_bounds(
             name,
             &format!("load {li}"),
             &plan.buffer(load.buffer).name,
             mem,
             load.offset,
-            &load.strides,
-            &domain,
+            &strides,
+            &sizes,
         )?;
         accesses.push(access(mem, load.offset, &load.strides));
     }
@@ -357,6 +378,7 @@ fn prepare(
         passes,
         block,
         direct,
+        bad: super::index::bad_indices(n),
     })
 }
 
@@ -527,6 +549,8 @@ impl Scratch {
             ValueOp::Unary(op, a) => math::round_to(inst.dtype, math::unary(op, v(a))),
             ValueOp::Binary(op, a, b) => math::round_to(inst.dtype, math::binary(op, v(a), v(b))),
             ValueOp::Cast(a) | ValueOp::Reduce(_, a) => math::round_to(inst.dtype, v(a)),
+            // Kernels with index values run in `typed` (`index::needed`).
+            ValueOp::Index { .. } | ValueOp::Gather { .. } | ValueOp::Scan(_) => 0.0,
             ValueOp::Where(c, a, b) => {
                 if v(c) != 0.0 {
                     v(a)
@@ -628,8 +652,12 @@ impl Scratch {
                     }
                     math::round_block(body[i].dtype, dst);
                 }
-                // Kernels with a `where` hold a `bool` and run in `typed`.
-                ValueOp::Where(..) => {}
+                // Kernels with a `where` hold a `bool` and run in `typed`; so do kernels
+                // with index values (`index::needed`).
+                ValueOp::Where(..)
+                | ValueOp::Index { .. }
+                | ValueOp::Gather { .. }
+                | ValueOp::Scan(_) => {}
                 // Only in a pointwise kernel: a reduction over no axes is the identity.
                 ValueOp::Reduce(_, a) => match operand(a) {
                     Operand::Block(src) => {
@@ -656,6 +684,8 @@ impl Scratch {
                         self.extrema[i] =
                             math::minimum(self.extrema[i], math::block_extremum(xs, false))
                     }
+                    // (an i64 result: such kernels run in `typed`)
+                    ReduceOp::ArgMax | ReduceOp::ArgMin => {}
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 mod arena;
 mod fused;
+mod index;
 mod math;
 mod matmul;
 #[cfg(test)]
@@ -41,6 +42,9 @@ pub enum CpuError {
     /// The plan breaks its own contract (a planner bug).
     #[error("invalid plan: {0}")]
     BadPlan(String),
+    /// A gathered read met an index out of range (`take`, `gather`): an error in the data.
+    #[error("{0}")]
+    IndexOutOfRange(String),
 }
 
 /// One resolved buffer: where its elements are, their dtype and count.

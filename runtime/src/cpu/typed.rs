@@ -68,18 +68,39 @@ fn cast(to: DType, v: Lane) -> Lane {
     }
 }
 
+/// Whether `x`, met later along the row, replaces `best` in an `argmax` (`max`) or
+/// `argmin`: strictly better (a tie keeps the first), NaN beating every number.
+fn arg_better(max: bool, x: Lane, best: Lane) -> bool {
+    match (x, best) {
+        (Lane::I(a), Lane::I(b)) => (a > b) == max && a != b,
+        (x, b) => {
+            let (a, b) = (x.f(), b.f());
+            (a.is_nan() && !b.is_nan()) || (if max { a > b } else { a < b })
+        }
+    }
+}
+
 /// A running reduction.
 #[derive(Clone, Copy, Debug)]
 enum Acc {
     Sum(KahanSum),
     Ext(f32),
     Int(i64),
+    /// `argmax`/`argmin`: the best value so far and its position (-1: none yet).
+    Arg {
+        best: Lane,
+        pos: i64,
+    },
 }
 
 /// Per-row (per-task) state: every value's current lane, and the reductions' accumulators.
 struct State {
     vals: Vec<Lane>,
     accs: Vec<Acc>,
+    /// The current row (for `arange` values: `cpu::index`).
+    row: usize,
+    /// Each scan's running sum along the current row (reset at each pass).
+    scans: Vec<Lane>,
 }
 
 /// Runs `p` (prepared against its buffers) one element at a time.
@@ -102,6 +123,8 @@ pub(super) unsafe fn run(p: &Prepared) {
             })
             .collect(),
         accs: vec![Acc::Int(0); p.ir.values.len()],
+        row: 0,
+        scans: vec![Lane::I(0); p.ir.values.len()],
     };
     if p.ir.is_pointwise() {
         const CHUNK: usize = 16 * 1024;
@@ -110,6 +133,8 @@ pub(super) unsafe fn run(p: &Prepared) {
             let mut s = State {
                 vals: init.vals.clone(),
                 accs: init.accs.clone(),
+                row: 0,
+                scans: init.scans.clone(),
             };
             let bases = bases(p, 0);
             let pass = &p.ir.passes[0];
@@ -127,6 +152,8 @@ pub(super) unsafe fn run(p: &Prepared) {
             let mut s = State {
                 vals: init.vals.clone(),
                 accs: init.accs.clone(),
+                row: 0,
+                scans: init.scans.clone(),
             };
             // SAFETY: forwarded from the caller; each row is one task's.
             unsafe { s.row(p, r) };
@@ -171,7 +198,18 @@ impl State {
     unsafe fn row(&mut self, p: &Prepared, r: usize) {
         let bases = bases(p, r);
         let nl = p.loads.len();
+        self.row = r;
         for (q, pass) in p.ir.passes.iter().enumerate() {
+            // A scan walks the row again from its start in each pass that computes it.
+            for (i, v) in p.ir.values.iter().enumerate() {
+                if let ValueOp::Scan(_) = v.op {
+                    self.scans[i] = if v.dtype.is_integral() {
+                        Lane::I(0)
+                    } else {
+                        Lane::F(0.0)
+                    };
+                }
+            }
             for &v in &pass.row {
                 // SAFETY: forwarded from the caller.
                 self.vals[v.index()] = unsafe { self.compute(p, v.index(), &bases, None) };
@@ -182,13 +220,19 @@ impl State {
                 let ValueOp::Reduce(op, _) = inst.op else {
                     continue;
                 };
-                self.accs[i] = if inst.dtype.is_integral() {
+                self.accs[i] = if op.is_arg() {
+                    Acc::Arg {
+                        best: Lane::I(0),
+                        pos: -1,
+                    }
+                } else if inst.dtype.is_integral() {
                     Acc::Int(eval::reduce_init_int(op, inst.dtype))
                 } else {
                     match op {
                         ReduceOp::Sum | ReduceOp::Mean => Acc::Sum(KahanSum::default()),
                         ReduceOp::Max => Acc::Ext(f32::NEG_INFINITY),
                         ReduceOp::Min => Acc::Ext(f32::INFINITY),
+                        ReduceOp::ArgMax | ReduceOp::ArgMin => Acc::Int(0),
                     }
                 };
             }
@@ -212,6 +256,7 @@ impl State {
                 };
                 self.vals[i] = match self.accs[i] {
                     Acc::Int(x) => Lane::I(x),
+                    Acc::Arg { pos, .. } => Lane::I(pos),
                     Acc::Sum(k) if op == ReduceOp::Mean => {
                         Lane::F(math::round_to(inst.dtype, k.value() / p.row_len as f32))
                     }
@@ -239,8 +284,18 @@ impl State {
     unsafe fn element(&mut self, p: &Prepared, q: usize, bases: &[i64], j: usize) {
         let pass = &p.ir.passes[q];
         for &v in &pass.elements {
+            let i = v.index();
+            if let ValueOp::Scan(a) = p.ir.values[i].op {
+                // The running sum: f32 as the GPU's one thread per row adds, or exact.
+                self.scans[i] = match (self.scans[i], self.vals[a.index()]) {
+                    (Lane::I(s), x) => Lane::I(s.wrapping_add(x.i())),
+                    (Lane::F(s), x) => Lane::F(s + x.f()),
+                };
+                self.vals[i] = self.scans[i];
+                continue;
+            }
             // SAFETY: forwarded from the caller.
-            self.vals[v.index()] = unsafe { self.compute(p, v.index(), bases, Some(j)) };
+            self.vals[i] = unsafe { self.compute(p, i, bases, Some(j)) };
         }
         for &v in &pass.reduces {
             let i = v.index();
@@ -250,6 +305,16 @@ impl State {
             };
             let x = self.vals[a.index()];
             self.accs[i] = match self.accs[i] {
+                Acc::Arg { best, pos } => {
+                    if pos < 0 || arg_better(op == ReduceOp::ArgMax, x, best) {
+                        Acc::Arg {
+                            best: x,
+                            pos: j as i64,
+                        }
+                    } else {
+                        Acc::Arg { best, pos }
+                    }
+                }
                 Acc::Int(acc) => Acc::Int(eval::reduce_step_int(op, inst.dtype, acc, x.i())),
                 Acc::Sum(mut k) => {
                     k.add(x.f());
@@ -319,6 +384,34 @@ impl State {
             }
             // Only in a pointwise kernel: a reduction over no axes is the identity.
             ValueOp::Reduce(_, a) => cast(dt, v(a)),
+            ValueOp::Index {
+                offset,
+                ref strides,
+            } => Lane::I(super::index::index_value(p, offset, strides, self.row, j)),
+            ValueOp::Gather {
+                load,
+                index,
+                stride,
+                size,
+                ..
+            } => {
+                let g = super::index::checked(p, i, v(index).i(), size);
+                match load {
+                    None => Lane::I(g.wrapping_mul(stride)),
+                    Some(l) => {
+                        let acc = &p.loads[l.index()];
+                        let off = match j {
+                            Some(j) => at(p, acc, bases[l.index()], j),
+                            None => bases[l.index()],
+                        };
+                        // SAFETY: `prepare` checked every in-range index along the axis;
+                        // `checked` gives one.
+                        unsafe { read(acc.mem, off + g * stride) }
+                    }
+                }
+            }
+            // Computed by `element` (a running sum along the row).
+            ValueOp::Scan(_) => self.vals[i],
         }
     }
 }

@@ -74,6 +74,10 @@ pub enum EmuError {
     Io(String),
     #[error("bad data for the emulated run: {0}")]
     Data(String),
+    /// A kernel met an index out of range (its check array said so after the run): an
+    /// error in the data, as the executor reports it.
+    #[error("{0}")]
+    IndexOutOfRange(String),
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> EmuError {
@@ -261,6 +265,15 @@ pub fn program_source(plan: &Plan, kernels: &[CudaKernel]) -> String {
     s.push_str("        snprintf(name, sizeof name, \"alloc%d.bin\", i);\n");
     s.push_str("        tc_read_file(argv[1], name, tc_allocs[i].base, tc_allocs[i].bytes);\n");
     s.push_str("    }\n    tc_program();\n");
+    for (i, k) in kernels.iter().enumerate() {
+        if let Some(c) = k.checks.first() {
+            let _ = writeln!(
+                s,
+                "    tc_write_file(argv[1], \"check{i}.bin\", (const unsigned char*){0}, sizeof {0});",
+                c.symbol
+            );
+        }
+    }
     for (j, out) in plan.outputs.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -366,13 +379,15 @@ pub fn run(
     check_data(plan, &plan.params, params, "param").map_err(EmuError::Data)?;
     let (bin, src) = build(&program_source(plan, kernels))?;
     let dir = fresh_dir("tc-emu-run")?;
-    let result = run_in(plan, &bin, &src, &dir, inputs, params, opts);
+    let result = run_in(plan, kernels, &bin, &src, &dir, inputs, params, opts);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_in(
     plan: &Plan,
+    kernels: &[CudaKernel],
     bin: &Path,
     src: &Path,
     dir: &Path,
@@ -425,6 +440,21 @@ fn run_in(
             log,
             source_path: src.display().to_string(),
         });
+    }
+    // The kernels' index checks, read back as the executor reads them after the launches.
+    for (i, k) in kernels.iter().enumerate() {
+        if k.checks.is_empty() {
+            continue;
+        }
+        let p = dir.join(format!("check{i}.bin"));
+        let raw = std::fs::read(&p).map_err(|e| io("cannot read", &p, e))?;
+        let values: Vec<i64> = raw
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        if let Some(msg) = tc_compiler::codegen::index::first_error(&k.checks, &values) {
+            return Err(EmuError::IndexOutOfRange(msg));
+        }
     }
     plan.outputs
         .iter()

@@ -474,4 +474,11 @@ static void tc_write_file(const char* dir, const char* file, const unsigned char
     if (bytes != 0 && fwrite(src, 1, bytes, f) != bytes) tc_fail("cannot write %s", path);
     fclose(f);
 }
+// atomicMin on a 64-bit integer (the kernels' index checks): one block runs at a time and its
+// fibers switch only at barriers and shuffles, so a plain read-modify-write is atomic here.
+static inline long long atomicMin(long long* p, long long v) {
+    const long long old = *p;
+    if (v < old) *p = v;
+    return old;
+}
 // ---- end of the emulation runtime ----

@@ -455,6 +455,32 @@ impl Prepared {
         Ok(start + offset)
     }
 
+    /// After the launches (synchronised): every kernel's index checks (`codegen::index`), read
+    /// back from their `__device__` arrays; the first bad index is an error in the data.
+    fn check_indices(&self) -> Result<(), CudaError> {
+        let Some(m) = &self._module else {
+            return Ok(());
+        };
+        for k in &self.kernels {
+            let Some(c) = k.checks.first() else { continue };
+            let name = CString::new(c.symbol.clone())
+                .map_err(|_| CudaError::Nvrtc("check symbol has a NUL".into()))?;
+            // SAFETY: the module is loaded; the symbol is a `__device__ long long` array.
+            let (ptr, bytes) = drv("cuModuleGetGlobal", unsafe {
+                dr::module::get_global(m.module, name)
+            })?;
+            let mut values = vec![0i64; bytes / 8];
+            // SAFETY: `values` holds the global's `bytes` bytes (rounded down to whole i64).
+            drv("cuMemcpyDtoH", unsafe {
+                dr::memcpy_dtoh_sync(&mut values, ptr)
+            })?;
+            if let Some(msg) = tc_compiler::codegen::index::first_error(&k.checks, &values) {
+                return Err(CudaError::IndexOutOfRange(msg));
+            }
+        }
+        Ok(())
+    }
+
     /// Enqueues every kernel of the plan, in order, on the default stream.
     fn launch_all(&self, plan: &Plan) -> Result<(), CudaError> {
         for (k, f) in self.kernels.iter().zip(&self.functions) {
@@ -705,6 +731,7 @@ pub fn run(
     let timer = Timer::new()?;
     let gpu_ms = timer.time(|| p.launch_all(plan))?;
     drv("cuCtxSynchronize", dr::ctx::synchronize())?;
+    p.check_indices()?;
     let outputs = p.outputs(plan)?;
     Ok(CudaRun {
         outputs,
@@ -753,6 +780,8 @@ pub fn bench(
     for _ in 0..runs.max(1) {
         times.push(timer.time(|| p.launch_all(plan))?);
     }
+    drv("cuCtxSynchronize", dr::ctx::synchronize())?;
+    p.check_indices()?;
     let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let max_ms = times.iter().copied().fold(0.0, f64::max);
     Ok(CudaBench {

@@ -53,6 +53,9 @@ pub enum CudaError {
     },
     #[error("bad data for the CUDA run: {0}")]
     Data(String),
+    /// A kernel met an index out of range (`take`, `gather`): an error in the data.
+    #[error("{0}")]
+    IndexOutOfRange(String),
     /// A plan that does not lower to kernel IR: a bug in tc.
     #[error("internal error (a bug in tc): {0}")]
     Internal(String),

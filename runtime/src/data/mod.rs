@@ -2,6 +2,7 @@
 //! tensors for everything not supplied, saving outputs (all or nothing, through `sink`) and
 //! one-line summaries. Every error names the tensor and the file at fault.
 
+mod index_range;
 mod interrupt;
 mod npy;
 mod random;
@@ -11,6 +12,7 @@ mod summary;
 #[cfg(test)]
 mod tests;
 
+pub use index_range::{index_range, random_leaf};
 pub use npy::{read_npy, write_npy};
 pub use random::random_tensor;
 pub use st::{read_safetensors, write_safetensors};
@@ -195,7 +197,7 @@ pub fn load_leaves(
             .map(|l| {
                 supplied
                     .remove(&l.name)
-                    .unwrap_or_else(|| random_tensor(seed, &l.name, l.ty.dtype, &l.ty.sizes()))
+                    .unwrap_or_else(|| random_leaf(graph, l, seed))
             })
             .collect()
     };
