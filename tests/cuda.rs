@@ -103,6 +103,7 @@ impl Builder {
                 outputs: Vec::new(),
                 options: PlanOptions::default(),
                 unfused_fallback: false,
+                notes: Vec::new(),
             },
         }
     }

@@ -162,6 +162,7 @@ fn row_plan(body: Vec<Inst>, stores: Vec<Store>) -> Plan {
         outputs: Vec::new(),
         options: PlanOptions::default(),
         unfused_fallback: false,
+        notes: Vec::new(),
     }
 }
 

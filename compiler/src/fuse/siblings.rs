@@ -76,6 +76,8 @@ pub fn siblings<E>(
                 && !f.members[b].is_empty()
                 && !ga.matmul
                 && !gb.matmul
+                && ga.attention.is_none()
+                && gb.attention.is_none()
                 && ga.domain == gb.domain
                 && ga.reduce_axes == gb.reduce_axes
                 && !f.successors(a).contains(&b)

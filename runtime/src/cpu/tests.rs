@@ -135,6 +135,7 @@ fn plan(
         outputs,
         options: PlanOptions::default(),
         unfused_fallback: false,
+        notes: Vec::new(),
     }
 }
 
