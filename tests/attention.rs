@@ -87,7 +87,10 @@ fn fully_masked_rows_are_nan_as_in_pytorch_and_others_are_exact() {
             if r < 10 {
                 assert!(x.is_nan() && y.is_nan(), "row {r}: {x} vs {y}");
             } else {
-                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "row {r} col {c}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "row {r} col {c}: {x} vs {y}"
+                );
             }
         }
     }

@@ -85,7 +85,8 @@ pub fn programs(sizes: Sizes, count: usize) -> Vec<(String, String)> {
             }
         };
         src += &format!("out = softmax({logits}, axis=-1) @ v\noutput out\n");
-        let label = format!(
+        let label =
+            format!(
             "attention {i}: B={b} H={h} S={s} T={t} Dh={dh} Dv={dv} {dt} prologue {prologue}{}{}",
             if shared_k { " shared k" } else { "" },
             if k_transposed { " k stored transposed" } else { "" }

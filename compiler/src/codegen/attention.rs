@@ -132,7 +132,10 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
         "sq[r][c] = qi < {m} ? {} : 0.0f;",
         load_conv(
             a.q.dtype,
-            &format!("{}[oq + qi * {sqm} + (long long)c * {sqd}]", pname(a.q.buffer))
+            &format!(
+                "{}[oq + qi * {sqm} + (long long)c * {sqd}]",
+                pname(a.q.buffer)
+            )
         )
     ));
     w.close();
@@ -150,18 +153,27 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
         "sk[r][c] = j < {n} ? {} : 0.0f;",
         load_conv(
             a.k.dtype,
-            &format!("{}[ok + (long long)c * {skd} + j * {skn}]", pname(a.k.buffer))
+            &format!(
+                "{}[ok + (long long)c * {skd} + j * {skn}]",
+                pname(a.k.buffer)
+            )
         )
     ));
     w.close();
-    w.open(format!("for (int e = tid; e < {}; e += {THREADS})", bk * dv));
+    w.open(format!(
+        "for (int e = tid; e < {}; e += {THREADS})",
+        bk * dv
+    ));
     w.line(format!("const int r = e / {dv}, c = e % {dv};"));
     w.line("const long long j = kt + r;");
     w.line(format!(
         "sv[r][c] = j < {n} ? {} : 0.0f;",
         load_conv(
             a.v.dtype,
-            &format!("{}[ov + j * {svn} + (long long)c * {svc}]", pname(a.v.buffer))
+            &format!(
+                "{}[ov + j * {svn} + (long long)c * {svc}]",
+                pname(a.v.buffer)
+            )
         )
     ));
     w.close();
@@ -177,7 +189,9 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     w.line(format!(
         "for (int c = 0; c < {d}; ++c) s += sq[row][c] * sk[jj][c];"
     ));
-    w.line(format!("s = {};", round_expr(a.score_dtype, "s")));
+    if a.score_dtype != DType::F32 {
+        w.line(format!("s = {};", round_expr(a.score_dtype, "s")));
+    }
     prologue(&mut w, a, &pname, &zs);
     w.line(format!("lg = t{};", a.logits));
     w.close();
@@ -244,7 +258,12 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
 }
 
 /// The prologue's insts as `float tN = …;` for query `i`, key `j` (batch indices `zs`).
-fn prologue(w: &mut Writer, a: &AttentionKernel, pname: &dyn Fn(BufferId) -> String, zs: &[String]) {
+fn prologue(
+    w: &mut Writer,
+    a: &AttentionKernel,
+    pname: &dyn Fn(BufferId) -> String,
+    zs: &[String],
+) {
     let nb = a.batch.len();
     for (idx, inst) in a.body.iter().enumerate() {
         let t = |x: usize| format!("t{x}");

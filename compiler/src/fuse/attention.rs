@@ -164,7 +164,10 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
 /// The groups after vertical fusion, each attention triple merged: `q @ kᵀ`'s group (which
 /// keeps its index), the softmax group and `p @ v`'s group. Edges are rebuilt after.
 pub(super) fn merge(f: &mut Fuser<'_>) {
-    for (g1, g2, g3) in triples(f).into_iter().filter_map(|(t, why)| why.is_ok().then_some(t)) {
+    for (g1, g2, g3) in triples(f)
+        .into_iter()
+        .filter_map(|(t, why)| why.is_ok().then_some(t))
+    {
         // Two products feeding one softmax: the first takes it, the other stays stored.
         if [g1, g2, g3].iter().any(|&g| f.members[g].is_empty()) || f.members[g1].len() != 1 {
             continue;
@@ -182,7 +185,8 @@ pub(super) fn merge(f: &mut Fuser<'_>) {
     f.rebuild_edges();
 }
 
-/// Each candidate (a matmul whose value some group folds with `max` over the last axis):
+/// Each candidate (a matmul whose value some group folds with `max` over the last axis,
+/// a group with a value that another product reads):
 /// its three groups and whether they form attention (else why not).
 fn triples(f: &Fuser<'_>) -> Vec<((usize, usize, usize), Result<(), String>)> {
     let graph = f.graph;
@@ -211,6 +215,15 @@ fn triples(f: &Fuser<'_>) -> Vec<((usize, usize, usize), Result<(), String>)> {
         let Some(&g2) = readers.iter().find(|&&g| softmax_like(g)) else {
             continue;
         };
+        // A candidate only when a value of that group feeds a product (`softmax(…) @ v`).
+        let feeds_product = f.members[g2].iter().any(|&n| {
+            f.consumers[n.index()].iter().any(|&c| {
+                f.gid[c.index()] != Some(g2) && matches!(graph.node(c).op, Op::MatMul(..))
+            })
+        });
+        if !feeds_product {
+            continue;
+        }
         let why = (|| {
             if readers.len() > 1 || outputs.contains(&mm1) {
                 return Err("the scores are read by another kernel or are an output".into());

@@ -251,7 +251,12 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
         }
     }
     // Attention candidates that keep their stored scores, and why.
-    notes.extend(plan.notes.iter().filter(|n| n.starts_with("attention at")).cloned());
+    notes.extend(
+        plan.notes
+            .iter()
+            .filter(|n| n.starts_with("attention at"))
+            .cloned(),
+    );
     if plan.unfused_fallback {
         notes.push(format!(
             "fused, this program needed a larger arena than eager execution ({} bytes), so its kernels are the unfused ones (one per op, as with --no-fuse), which fit: memory comes first",

@@ -11,8 +11,8 @@ use crate::fuse::{to_domain, Group};
 use crate::ir::layout::Layout;
 use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp};
 use crate::schedule::{
-    AttentionKernel, Buffer, BufferId, BufferKind, FusedKernel, Inst, InstId, InstOp, KernelKind, Level, Load,
-    MatMulKernel, MatOperand, PlanOptions, Store, SCORE,
+    AttentionKernel, Buffer, BufferId, BufferKind, FusedKernel, Inst, InstId, InstOp, KernelKind,
+    Level, Load, MatMulKernel, MatOperand, PlanOptions, Store, SCORE,
 };
 use std::collections::HashMap;
 
@@ -187,7 +187,8 @@ impl Builder<'_> {
         let built = if att.prologue.is_empty() {
             Ok(None)
         } else {
-            self.fused(&prologue, live, &[att.logits], &[stand_in]).map(Some)
+            self.fused(&prologue, live, &[att.logits], &[stand_in])
+                .map(Some)
         };
         self.buffers.pop();
         self.buf_of.remove(&att.scores);

@@ -233,18 +233,28 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     if !ok {
                         return Err(bad(
                             KernelBody,
-                            format!("{}: prologue inst {i} is not elementwise over earlier insts", k.name),
+                            format!(
+                                "{}: prologue inst {i} is not elementwise over earlier insts",
+                                k.name
+                            ),
                         ));
                     }
                 }
                 if a.logits >= a.body.len() {
-                    return Err(bad(KernelBody, format!("{}: the logits are no inst", k.name)));
+                    return Err(bad(
+                        KernelBody,
+                        format!("{}: the logits are no inst", k.name),
+                    ));
                 }
                 for l in &a.loads {
                     check_id(l.buffer)?;
                     let b = plan.buffer(l.buffer);
                     let (lo, hi) = span(l.offset, &l.strides, &dom);
-                    if l.dtype != b.dtype || l.strides.len() != dom.len() || lo < 0 || hi >= numel(&b.shape) {
+                    if l.dtype != b.dtype
+                        || l.strides.len() != dom.len()
+                        || lo < 0
+                        || hi >= numel(&b.shape)
+                    {
                         return Err(bad(
                             InBounds,
                             format!("{}: prologue load of {} is out of bounds", k.name, b.name),

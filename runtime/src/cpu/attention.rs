@@ -8,27 +8,28 @@
 //! at a time. Every sum runs in a fixed order, so results do not depend on the threads.
 
 use super::fused::check_bounds;
-use super::{math, CpuError, Mem};
+use super::math::{self, Operand};
+use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
-use tc_compiler::ir::DType;
+use tc_compiler::ir::{BinaryOp, DType, UnaryOp};
 use tc_compiler::schedule::{AttentionKernel, BufferId, InstOp, MatOperand, Plan, SCORE};
 
 /// Queries per tile (one task).
-pub const BQ: usize = 64;
+pub const BQ: usize = 128;
 /// Keys per tile: a tile of scores is `BQ × BK` f32 (64 KiB), with the key and value tiles
 /// it reads, within a core's L2.
-pub const BK: usize = 256;
+pub const BK: usize = 512;
 
 /// Where one operand's batch matrix is: its buffer, element offset and matrix strides, and
 /// whether it may be read in place (f32, aligned).
-struct Operand<'a> {
+struct MatRef<'a> {
     op: &'a MatOperand,
     mem: Mem,
     direct: bool,
 }
 
-impl Operand<'_> {
+impl MatRef<'_> {
     fn batch_offset(&self, idx: &[usize]) -> i64 {
         self.op.offset
             + idx
@@ -46,7 +47,10 @@ impl Operand<'_> {
     unsafe fn at(&self, base: i64, nb: usize, r: usize, c: usize) -> f32 {
         let s = &self.op.strides;
         // SAFETY: forwarded.
-        unsafe { self.mem.read(base + r as i64 * s[nb] + c as i64 * s[nb + 1]) }
+        unsafe {
+            self.mem
+                .read(base + r as i64 * s[nb] + c as i64 * s[nb + 1])
+        }
     }
 
     /// Pointer to element (`r`, `c`) for a direct operand.
@@ -92,7 +96,7 @@ pub(super) fn run(
         )?;
         let direct = mem.dtype == DType::F32
             && (mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>());
-        ops.push(Operand { op, mem, direct });
+        ops.push(MatRef { op, mem, direct });
     }
     let mut dom = batch.clone();
     dom.extend([m, n]);
@@ -172,6 +176,8 @@ struct Scratch {
     s: Vec<f32>,
     acc: Vec<f32>,
     regs: Vec<f32>,
+    kinds: Vec<Reg>,
+    tmp: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
 }
@@ -181,9 +187,9 @@ struct Ctx<'a> {
     nb: usize,
     batch: &'a [usize],
     dims: (usize, usize, usize, usize),
-    q: &'a Operand<'a>,
-    k: &'a Operand<'a>,
-    v: &'a Operand<'a>,
+    q: &'a MatRef<'a>,
+    k: &'a MatRef<'a>,
+    v: &'a MatRef<'a>,
     loads: &'a [Mem],
     out: Mem,
 }
@@ -223,6 +229,7 @@ impl Ctx<'_> {
         sc.sum.clear();
         sc.sum.resize(rows, 0.0);
         sc.s.resize(BQ * BK, 0.0);
+        sc.tmp.resize(BK, 0.0);
         let body = &self.a.body;
         let bare = body.len() == 1 && self.a.logits == 0;
         if !bare {
@@ -291,18 +298,23 @@ impl Ctx<'_> {
                     self.prologue(&idx, q0 + r, k0, cols, r, sc);
                 }
                 let srow = &mut sc.s[r * BK..r * BK + cols];
-                // Online softmax: the row's new max, the old terms rescaled.
-                let tmax = srow.iter().fold(f32::NEG_INFINITY, |x, &y| math::maximum(x, y));
+                // Online softmax: the row's new max (NaN if a logit is), the old terms
+                // rescaled.
+                let tmax = math::block_extremum(srow, true);
                 let old = sc.max[r];
                 let mnew = math::maximum(old, tmax);
                 // A row all of whose logits so far are -inf keeps p = 0 (exp(-inf - 0)).
                 let mref = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
                 let alpha = math::exp(old - mref);
-                let mut tsum = 0.0f32;
-                for x in srow.iter_mut() {
-                    *x = math::exp(*x - mref);
-                    tsum += *x;
-                }
+                let tmp = &mut sc.tmp[..cols];
+                math::binary_block(
+                    BinaryOp::Sub,
+                    Operand::Block(srow),
+                    Operand::Scalar(mref),
+                    tmp,
+                );
+                math::unary_block(UnaryOp::Exp, tmp, srow);
+                let tsum = math::block_sum(srow);
                 sc.sum[r] = sc.sum[r] * alpha + tsum;
                 sc.max[r] = mnew;
                 if alpha != 1.0 {
@@ -352,16 +364,33 @@ impl Ctx<'_> {
     }
 
     /// Runs the prologue over one row's tile of scores (`sc.s`, row `r`), leaving the
-    /// logits there: each inst over the whole row of `cols` keys at once.
-    fn prologue(&self, idx: &[usize], qi: usize, k0: usize, cols: usize, r: usize, sc: &mut Scratch) {
+    /// logits there: each inst over the whole row of `cols` keys at once, a value that is
+    /// the same for every key (a constant, a row-constant load, maths on those) as one
+    /// number.
+    fn prologue(
+        &self,
+        idx: &[usize],
+        qi: usize,
+        k0: usize,
+        cols: usize,
+        r: usize,
+        sc: &mut Scratch,
+    ) {
         let a = self.a;
         let nb = self.nb;
+        sc.kinds.clear();
         for (i, inst) in a.body.iter().enumerate() {
             let (done, rest) = sc.regs.split_at_mut(i * BK);
             let dst = &mut rest[..cols];
-            let reg = |x: usize| &done[x * BK..x * BK + cols];
-            match inst.op {
-                InstOp::Load(SCORE) => dst.copy_from_slice(&sc.s[r * BK..r * BK + cols]),
+            let score = &sc.s[r * BK..r * BK + cols];
+            let kinds = &sc.kinds;
+            let operand = |x: usize| match kinds[x] {
+                Reg::Score => Operand::Block(score),
+                Reg::Scalar(v) => Operand::Scalar(v),
+                Reg::Row => Operand::Block(&done[x * BK..x * BK + cols]),
+            };
+            let kind = match inst.op {
+                InstOp::Load(SCORE) => Reg::Score,
                 InstOp::Load(l) => {
                     let load = &a.loads[l - 1];
                     let mem = self.loads[l - 1];
@@ -373,30 +402,61 @@ impl Ctx<'_> {
                             .sum::<i64>()
                         + qi as i64 * load.strides[nb];
                     let step = load.strides[nb + 1];
-                    for (c, x) in dst.iter_mut().enumerate() {
+                    if step == 0 {
                         // SAFETY: inside the load's checked domain.
-                        *x = unsafe { mem.read(base + (k0 + c) as i64 * step) };
+                        Reg::Scalar(unsafe { mem.read(base) })
+                    } else {
+                        for (c, x) in dst.iter_mut().enumerate() {
+                            // SAFETY: inside the load's checked domain.
+                            *x = unsafe { mem.read(base + (k0 + c) as i64 * step) };
+                        }
+                        Reg::Row
                     }
                 }
-                InstOp::Const(v) => dst.fill(math::round_to(inst.dtype, v as f32)),
-                InstOp::Unary(u, x) => {
-                    for (o, &y) in dst.iter_mut().zip(reg(x)) {
-                        *o = math::unary(u, y);
+                InstOp::Const(v) => Reg::Scalar(math::round_to(inst.dtype, v as f32)),
+                InstOp::Unary(u, x) => match operand(x) {
+                    Operand::Scalar(v) => Reg::Scalar(math::unary(u, v)),
+                    Operand::Block(src) => {
+                        math::unary_block(u, src, dst);
+                        Reg::Row
                     }
-                }
-                InstOp::Binary(b, x, y) => {
-                    for ((o, &p), &q) in dst.iter_mut().zip(reg(x)).zip(reg(y)) {
-                        *o = math::binary(b, p, q);
+                },
+                InstOp::Binary(b, x, y) => match (operand(x), operand(y)) {
+                    (Operand::Scalar(p), Operand::Scalar(q)) => Reg::Scalar(math::binary(b, p, q)),
+                    (p, q) => {
+                        math::binary_block(b, p, q, dst);
+                        Reg::Row
                     }
-                }
-                InstOp::Cast(x) => {
-                    dst.copy_from_slice(reg(x));
-                    math::round_block(inst.dtype, dst);
-                }
-                InstOp::Reduce(_, x) => dst.copy_from_slice(reg(x)),
-            }
+                },
+                InstOp::Cast(x) => match operand(x) {
+                    Operand::Scalar(v) => Reg::Scalar(math::round_to(inst.dtype, v)),
+                    Operand::Block(src) => {
+                        dst.copy_from_slice(src);
+                        math::round_block(inst.dtype, dst);
+                        Reg::Row
+                    }
+                },
+                // Never in a prologue (checked in `run`).
+                InstOp::Reduce(..) => Reg::Scalar(f32::NAN),
+            };
+            sc.kinds.push(kind);
         }
         let l = a.logits;
-        sc.s[r * BK..r * BK + cols].copy_from_slice(&sc.regs[l * BK..l * BK + cols]);
+        match sc.kinds[l] {
+            Reg::Score => {}
+            Reg::Scalar(v) => sc.s[r * BK..r * BK + cols].fill(v),
+            Reg::Row => {
+                sc.s[r * BK..r * BK + cols].copy_from_slice(&sc.regs[l * BK..l * BK + cols])
+            }
+        }
     }
+}
+
+/// Where a prologue value is: the scores' row, one number for the whole row, or its own
+/// row of `Scratch::regs`.
+#[derive(Clone, Copy)]
+enum Reg {
+    Score,
+    Scalar(f32),
+    Row,
 }
