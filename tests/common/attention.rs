@@ -1,8 +1,8 @@
 //! Attention programs for the fused attention kernel's tests: `softmax(f(q @ kᵀ)) @ v` over
 //! seeded random shapes (query and key counts that are not multiples of any tile, head
 //! sizes 16 to 128, a value head of its own size), dtypes (f32, f16, bf16) and prologues
-//! (scale by `/ sqrt(Dh)` or `*`, an additive mask, a per-head bias of another dtype, a
-//! soft cap with `tanh`, none), keys shared across heads (a broadcast batch axis) and keys
+//! (scale by `/ sqrt(Dh)` or `*`, an additive mask, a `where` mask of `bool`, a per-head
+//! bias of another dtype, a soft cap with `tanh`, none), keys shared across heads (a broadcast batch axis) and keys
 //! stored already transposed.
 
 /// Sizes for one family of programs: CPU-sized (several query and key tiles of the CPU
@@ -54,7 +54,11 @@ pub fn programs(sizes: Sizes, count: usize) -> Vec<(String, String)> {
         };
         let shared_k = g.pick(&[false, false, true]);
         let k_transposed = g.pick(&[false, false, true]);
-        let prologue = if i < 5 { i } else { g.pick(&[0, 1, 2, 3, 4]) };
+        let prologue = if i < 6 {
+            i
+        } else {
+            g.pick(&[0, 1, 2, 3, 4, 5])
+        };
         let kh = if shared_k { "1" } else { "H" };
         let mut src = format!(
             "dim B = {b}\ndim H = {h}\ndim S = {s}\ndim T = {t}\ndim Dh = {dh}\ndim Dv = {dv}\n\
@@ -79,6 +83,10 @@ pub fn programs(sizes: Sizes, count: usize) -> Vec<(String, String)> {
                 format!("tanh(q @ {kt} / 8) * 4 + bias")
             }
             3 => format!("q @ {kt}"),
+            5 => {
+                src += "input keep : bool[S, T]\n";
+                format!("where(keep, q @ {kt} / sqrt(Dh), -10000)")
+            }
             _ => {
                 src += "input rowbias : f32[S, 1]\n";
                 format!("maximum(q @ {kt} / sqrt(Dh), -2) - rowbias * 2")

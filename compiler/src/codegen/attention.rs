@@ -36,6 +36,9 @@ fn round_expr(dtype: DType, x: &str) -> String {
         DType::F32 => x.to_string(),
         DType::F16 => format!("tc_round_f16({x})"),
         DType::BF16 => format!("tc_round_bf16({x})"),
+        DType::Bool => format!("({x} != 0.0f ? 1.0f : 0.0f)"),
+        // The pattern keeps integer maths out of prologues (`fuse::attention`).
+        DType::I32 | DType::I64 => format!("truncf({x})"),
     }
 }
 
@@ -298,6 +301,7 @@ fn prologue(
                 binary_expr(*b, &t(*x), &t(*y), exponent)
             }
             InstOp::Cast(x) => round_expr(inst.dtype, &t(*x)),
+            InstOp::Where(c, x, y) => format!("({} != 0.0f ? {} : {})", t(*c), t(*x), t(*y)),
             // The planner never puts a reduction in a prologue (`plan::verify`).
             InstOp::Reduce(_, x) => t(*x),
         };

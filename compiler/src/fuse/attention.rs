@@ -14,7 +14,7 @@
 
 use super::Fuser;
 use crate::ir::layout::Layout;
-use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp, UnaryOp};
+use crate::ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, UnaryOp};
 use std::collections::BTreeSet;
 
 /// The largest head size (of `q`/`k` and of `v`) an attention kernel takes: the CUDA kernel
@@ -120,7 +120,10 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
             continue;
         }
         let node = graph.node(n);
-        if !matches!(node.op, Op::Unary(..) | Op::Binary(..) | Op::Cast { .. }) {
+        if !matches!(
+            node.op,
+            Op::Unary(..) | Op::Binary(..) | Op::Cast { .. } | Op::Where(..)
+        ) {
             return Err(format!(
                 "the logits are computed with {}, not elementwise",
                 node.op.name()
@@ -128,6 +131,11 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
         }
         if node.ty.sizes() != shape {
             return Err("a prologue value does not have the scores' shape".into());
+        }
+        // Integer maths would lose digits in the kernel's f32 values (masks are bool).
+        let integral = |dt: DType| dt.is_integral() && dt != DType::Bool;
+        if integral(node.ty.dtype) || node.op.operands().iter().any(|&o| integral(graph.dtype(o))) {
+            return Err("the prologue computes with integers".into());
         }
         for o in node.op.operands() {
             let r = root(o);

@@ -17,6 +17,7 @@ fn inst_text(op: &InstOp, load: impl Fn(usize) -> String) -> String {
         InstOp::Binary(b, x, y) => format!("{} %{x}, %{y}", b.name(),),
         InstOp::Cast(a) => format!("cast %{a}"),
         InstOp::Reduce(r, a) => format!("reduce {} %{a}", r.name()),
+        InstOp::Where(c, a, b) => format!("where %{c}, %{a}, %{b}"),
     }
 }
 

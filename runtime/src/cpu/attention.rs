@@ -428,6 +428,16 @@ impl Ctx<'_> {
                         Reg::Row
                     }
                 },
+                // A cast to bool is `x != 0`: 1 or 0.
+                InstOp::Cast(x) if inst.dtype == DType::Bool => match operand(x) {
+                    Operand::Scalar(v) => Reg::Scalar(f32::from(v != 0.0)),
+                    Operand::Block(src) => {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = f32::from(v != 0.0);
+                        }
+                        Reg::Row
+                    }
+                },
                 InstOp::Cast(x) => match operand(x) {
                     Operand::Scalar(v) => Reg::Scalar(math::round_to(inst.dtype, v)),
                     Operand::Block(src) => {
@@ -436,6 +446,30 @@ impl Ctx<'_> {
                         Reg::Row
                     }
                 },
+                InstOp::Where(c, x, y) => {
+                    let at = |o: Operand<'_>, j: usize| match o {
+                        Operand::Scalar(v) => v,
+                        Operand::Block(b) => b[j],
+                    };
+                    match (operand(c), operand(x), operand(y)) {
+                        (Operand::Scalar(c), x, y) => {
+                            let pick = if c != 0.0 { x } else { y };
+                            match pick {
+                                Operand::Scalar(v) => Reg::Scalar(v),
+                                Operand::Block(src) => {
+                                    dst.copy_from_slice(src);
+                                    Reg::Row
+                                }
+                            }
+                        }
+                        (c, x, y) => {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = if at(c, j) != 0.0 { at(x, j) } else { at(y, j) };
+                            }
+                            Reg::Row
+                        }
+                    }
+                }
                 // Never in a prologue (checked in `run`).
                 InstOp::Reduce(..) => Reg::Scalar(f32::NAN),
             };
