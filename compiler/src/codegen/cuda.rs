@@ -201,8 +201,8 @@ pub(crate) fn binary_expr(op: BinaryOp, x: &str, y: &str, exponent: Option<f64>)
         BinaryOp::Mul => format!("{x} * {y}"),
         BinaryOp::Div => format!("{x} / {y}"),
         BinaryOp::Pow => match exponent {
-            Some(c) if c == 2.0 => format!("{x} * {x}"),
-            Some(c) if c == 1.0 => x.to_string(),
+            Some(2.0) => format!("{x} * {x}"),
+            Some(1.0) => x.to_string(),
             _ => format!("({y} == 2.0f ? {x} * {x} : powf({x}, {y}))"),
         },
         BinaryOp::Maximum => format!("tc_max({x}, {y})"),

@@ -193,10 +193,14 @@ pub(super) fn merge(f: &mut Fuser<'_>) {
     f.rebuild_edges();
 }
 
+/// The groups of `q @ kᵀ`, the softmax and `p @ v` (`usize::MAX` when not found), and
+/// whether they form attention (else why not).
+type Candidate = ((usize, usize, usize), Result<(), String>);
+
 /// Each candidate (a matmul whose value some group folds with `max` over the last axis,
 /// a group with a value that another product reads):
 /// its three groups and whether they form attention (else why not).
-fn triples(f: &Fuser<'_>) -> Vec<((usize, usize, usize), Result<(), String>)> {
+fn triples(f: &Fuser<'_>) -> Vec<Candidate> {
     let graph = f.graph;
     let outputs: BTreeSet<NodeId> = graph
         .outputs
