@@ -248,6 +248,15 @@ def main():
             row["compile"] = measure(torch.compile(f), tensors, a.runs)
         except Exception as e:  # noqa: BLE001
             row["compile"] = dict(error=repr(e))
+        if name == "attention":
+            # PyTorch's fused attention on the same shapes (flash or memory-efficient
+            # kernel, whichever it picks for f32): tc's flash kernel should be within 1.5x.
+            torch.cuda.empty_cache()
+            try:
+                sdpa = lambda q, k, v: (torch.nn.functional.scaled_dot_product_attention(q, k, v),)
+                row["sdpa"] = measure(sdpa, tensors, a.runs)
+            except Exception as e:  # noqa: BLE001
+                row["sdpa"] = dict(error=repr(e))
         if name in tc:
             row["tc"] = tc[name]
         if name in tc_ms:
@@ -258,6 +267,10 @@ def main():
         del tensors
         torch.cuda.empty_cache()
         print(f"{name}: {json.dumps(row)}", flush=True)
+        if name == "attention" and row.get("sdpa", {}).get("median_ms") and name in tc_ms:
+            ratio = tc_ms[name] / row["sdpa"]["median_ms"]
+            print(f"attention: tc {tc_ms[name]:.3f} ms vs scaled_dot_product_attention "
+                  f"{row['sdpa']['median_ms']:.3f} ms: {ratio:.2f}x (target <= 1.5x)", flush=True)
     json.dump(result, open(a.out, "w"), indent=2)
 
     mib = lambda b: f"{b / 2**20:.1f}" if isinstance(b, (int, float)) else "-"

@@ -106,6 +106,7 @@ impl Builder {
                 outputs: Vec::new(),
                 options: PlanOptions::default(),
                 unfused_fallback: false,
+                notes: Vec::new(),
             },
         }
     }
@@ -644,6 +645,29 @@ fn examples_kernels_compile_with_nvrtc() {
         options.plan.reuse = false;
         let unfused = tc_compiler::compile(&source, &options).expect("unfused plan");
         check_compiles(&format!("{name} --no-fuse"), &unfused.plan);
+    }
+}
+
+/// The fused attention kernel over every head size, dtype, prologue and operand layout of
+/// `tc_tests::attention`'s programs compiles for sm_80 and sm_90.
+#[test]
+#[cfg_attr(
+    tc_no_nvrtc,
+    ignore = "needs NVRTC, not found when the tests were built (tests/build.rs)"
+)]
+fn attention_programs_compile_with_nvrtc() {
+    require_nvrtc();
+    for (label, source) in tc_tests::attention::programs(tc_tests::attention::Sizes::Cpu, 10) {
+        let program = tc_compiler::compile(&source, &cuda_options(&[])).expect("compiles");
+        assert!(
+            program
+                .plan
+                .kernels
+                .iter()
+                .any(|k| matches!(k.kind, KernelKind::Attention(_))),
+            "{label}: not fused"
+        );
+        check_compiles(&label, &program.plan);
     }
 }
 

@@ -82,7 +82,7 @@ fn every_example_and_large_reduction_verifies() {
                             lower::verify(ir).unwrap_or_else(|e| panic!("{label}: {e}"));
                             checked += 1;
                         }
-                        (KernelKind::MatMul(_), None) => {}
+                        (KernelKind::MatMul(_) | KernelKind::Attention(_), None) => {}
                         _ => panic!("{label}: {} lowered as the wrong kind", kernel.name),
                     }
                 }
@@ -162,6 +162,7 @@ fn row_plan(body: Vec<Inst>, stores: Vec<Store>) -> Plan {
         outputs: Vec::new(),
         options: PlanOptions::default(),
         unfused_fallback: false,
+        notes: Vec::new(),
     }
 }
 

@@ -56,8 +56,11 @@ pub fn check(source: &str, dims: &[(String, u64)]) -> Result<ir::Graph, Diagnost
 pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagnostics> {
     let checked = check::check_source(source, &options.dims)?;
     let primitive = ir::decompose::decompose(&checked);
-    let groups = fuse::fuse(&primitive, options.plan.fuse);
-    let plan = search(&checked, &primitive, &groups, &options.plan).map_err(|d| vec![d])?;
+    let (groups, misses) = fuse::fuse_explained(&primitive, options.plan.fuse);
+    let mut plan = search(&checked, &primitive, &groups, &options.plan).map_err(|d| vec![d])?;
+    if !plan.unfused_fallback {
+        plan.notes.extend(misses);
+    }
     let memory = memory::memory_report(&checked, &primitive, &plan);
     let kernels = lower::lower(&plan).map_err(|e| vec![lower::internal(&e)])?;
     Ok(Program {

@@ -281,11 +281,49 @@ pub struct MatMulKernel {
     pub workspace: Option<BufferId>,
 }
 
+/// Index of the score `q·kᵀ` in an `AttentionKernel`'s prologue: `InstOp::Load(SCORE)`
+/// reads it; `InstOp::Load(i)` for `i > SCORE` reads `loads[i - 1]`.
+pub const SCORE: usize = 0;
+
+/// `out[b…, i, :] = Σ_j softmax_j(f(s[b…, i, j], …)) · v[b…, j, :]` with
+/// `s = q[b…, i, :] · k[b…, :, j]` rounded to `score_dtype`, computed by tiles of keys with
+/// an online max and sum, so neither the scores nor the probabilities are ever stored
+/// (flash attention). `f` is the elementwise prologue `body` over the domain
+/// `batch ++ [m, n]` (scale, masks, biases), whose result `logits` the softmax normalises
+/// (f32 accumulation throughout; the probabilities are not rounded to a half dtype, as
+/// PyTorch's fused attention does not round them).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AttentionKernel {
+    pub batch: Vec<u64>,
+    /// Queries, keys, the head size of `q`/`k` and of `v`.
+    pub m: u64,
+    pub n: u64,
+    pub d: u64,
+    pub dv: u64,
+    /// `[batch…, m, d]`.
+    pub q: MatOperand,
+    /// `[batch…, d, n]`: the right operand of `q @ kᵀ` (a transposed view of `k`).
+    pub k: MatOperand,
+    /// `[batch…, n, dv]`.
+    pub v: MatOperand,
+    pub score_dtype: DType,
+    /// Extra operands of the prologue, strided over `batch ++ [m, n]`.
+    pub loads: Vec<Load>,
+    /// The prologue, all `Element` insts (see `SCORE` for its loads).
+    pub body: Vec<Inst>,
+    /// The inst of `body` holding the logits the softmax normalises.
+    pub logits: InstId,
+    /// `[batch…, m, dv]`, contiguous.
+    pub out: BufferId,
+    pub out_dtype: DType,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KernelKind {
     Fused(FusedKernel),
     MatMul(MatMulKernel),
+    Attention(AttentionKernel),
 }
 
 /// One step of the schedule.
@@ -348,6 +386,9 @@ pub struct Plan {
     /// Fusion was asked for, but every fused plan needed a larger arena than eager
     /// execution, so these are the unfused kernels (`crate::search`, stage 3).
     pub unfused_fallback: bool,
+    /// What the planner decided about each attention candidate, one line each (the fused
+    /// kernel, or why the scores had to be stored), for `tc emit --plan`.
+    pub notes: Vec<String>,
 }
 
 impl Plan {

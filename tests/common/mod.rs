@@ -8,6 +8,7 @@ use tc_compiler::{CompileOptions, PlanOptions};
 use tc_runtime::reference::{self, RefTensor};
 use tc_runtime::HostTensor;
 
+pub mod attention;
 pub mod gen;
 
 /// The one tolerance table of the tests (the accuracy of single ops in f32 is

@@ -484,3 +484,27 @@ fn emu_catches_index_overflow_misalignment_and_bad_launches() {
         &["out of bounds"],
     );
 }
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_attention_programs_match_the_cpu() {
+    require_emu();
+    let mut failures = Vec::new();
+    for (label, source) in tc_tests::attention::programs(tc_tests::attention::Sizes::Emu, 12) {
+        let options = cuda_options(&[]);
+        let program = tc_compiler::compile(&source, &options).expect("compiles");
+        assert!(
+            program
+                .plan
+                .kernels
+                .iter()
+                .any(|k| matches!(k.kind, KernelKind::Attention(_))),
+            "{label}: not fused"
+        );
+        failures.extend(check_source(&label, &source, &options).err());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

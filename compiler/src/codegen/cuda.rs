@@ -168,6 +168,51 @@ fn v(i: ValueId) -> String {
     i.to_string()
 }
 
+/// The f32 expression of `op` on the f32 variable `a` (the attention prologue's maths,
+/// `codegen::attention`; float values only).
+pub(crate) fn unary_expr(op: UnaryOp, a: &str) -> String {
+    match op {
+        UnaryOp::Neg => format!("-{a}"),
+        UnaryOp::Abs => format!("fabsf({a})"),
+        UnaryOp::Exp => format!("expf({a})"),
+        UnaryOp::Log => format!("logf({a})"),
+        UnaryOp::Sqrt => format!("sqrtf({a})"),
+        UnaryOp::Rsqrt => format!("1.0f / sqrtf({a})"),
+        UnaryOp::Sin => format!("sinf({a})"),
+        UnaryOp::Cos => format!("cosf({a})"),
+        UnaryOp::Tanh => format!("tanhf({a})"),
+        UnaryOp::Sigmoid => format!("1.0f / (1.0f + expf(-{a}))"),
+        UnaryOp::Relu => format!("({a} <= 0.0f ? 0.0f : {a})"),
+        UnaryOp::Gelu => format!("0.5f * {a} * (1.0f + erff({a} * 0.70710678118654752f))"),
+        UnaryOp::Silu => format!("{a} / (1.0f + expf(-{a}))"),
+        UnaryOp::Erf => format!("erff({a})"),
+        UnaryOp::Square => format!("{a} * {a}"),
+        UnaryOp::Not => format!("({a} == 0.0f ? 1.0f : 0.0f)"),
+    }
+}
+
+/// The f32 expression of `op` on the f32 variables `x` and `y` (comparisons and logic give
+/// 0 or 1); `exponent` is `y`'s value when it is a constant (`** 2` is an exact square, as
+/// on the CPU).
+pub(crate) fn binary_expr(op: BinaryOp, x: &str, y: &str, exponent: Option<f64>) -> String {
+    match op {
+        BinaryOp::Add => format!("{x} + {y}"),
+        BinaryOp::Sub => format!("{x} - {y}"),
+        BinaryOp::Mul => format!("{x} * {y}"),
+        BinaryOp::Div => format!("{x} / {y}"),
+        BinaryOp::Pow => match exponent {
+            Some(2.0) => format!("{x} * {x}"),
+            Some(1.0) => x.to_string(),
+            _ => format!("({y} == 2.0f ? {x} * {x} : powf({x}, {y}))"),
+        },
+        BinaryOp::Maximum => format!("tc_max({x}, {y})"),
+        BinaryOp::Minimum => format!("tc_min({x}, {y})"),
+        BinaryOp::Cmp(c) => format!("(({x} {} {y}) ? 1.0f : 0.0f)", c.symbol()),
+        BinaryOp::And => format!("(({x} != 0.0f && {y} != 0.0f) ? 1.0f : 0.0f)"),
+        BinaryOp::Or => format!("(({x} != 0.0f || {y} != 0.0f) ? 1.0f : 0.0f)"),
+    }
+}
+
 /// `e` (a `long long` expression) wrapped to the integral `dtype`.
 fn wrap_int(dtype: DType, e: String) -> String {
     match dtype {

@@ -497,6 +497,7 @@ mod tests {
             outputs: Vec::new(),
             options: PlanOptions::default(),
             unfused_fallback: false,
+            notes: Vec::new(),
         };
         Strategy::of(&lower_fused(&plan, "k0", &kernel).expect("lowers"))
     }

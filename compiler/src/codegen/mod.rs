@@ -7,6 +7,7 @@
 //! all, readable, for `tc emit --kernels`. The executor compiles `PRELUDE` followed by every
 //! kernel's `source` as one translation unit and launches by `name`.
 
+pub mod attention;
 mod cuda;
 pub mod index;
 pub mod launch;
@@ -129,6 +130,7 @@ pub fn emit_lowered(
                     Ok(cuda::emit_fused(plan, index, kernel, ir))
                 }
                 (KernelKind::MatMul(mm), _) => Ok(matmul::emit_matmul(plan, index, kernel, mm)),
+                (KernelKind::Attention(a), _) => Ok(attention::emit(plan, index, kernel, a)),
                 (KernelKind::Fused(_), _) => Err(lower::Error::Missing {
                     kernel: kernel.name.clone(),
                     what: "its kernel IR".into(),

@@ -8,6 +8,7 @@
 //! `siblings` then merges kernels that load the same data (horizontal fusion), each merge
 //! kept only when the caller (the driver's `search`: the arena must not grow) accepts it.
 
+pub mod attention;
 mod siblings;
 #[cfg(test)]
 pub(crate) mod testgraph;
@@ -32,6 +33,8 @@ pub struct Group {
     pub levels: Vec<Level>,
     /// The group is one matrix product.
     pub matmul: bool,
+    /// The group is attention (`attention`): two products and the softmax between them.
+    pub attention: Option<attention::Attention>,
 }
 
 /// True for the nodes a kernel computes (everything but views, inputs, params, scalars).
@@ -584,6 +587,11 @@ impl<'a> Fuser<'a> {
 /// Groups the computing nodes of `graph` into kernels, in an order they can run in;
 /// `enabled: false` gives one group per source-level op (`Origin.group`), as eager runs it.
 pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
+    fuse_explained(graph, enabled).0
+}
+
+/// `fuse`, and one line for each attention candidate that stays unfused, saying why.
+pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>) {
     let lays = layouts(graph);
     let mut consumers = vec![Vec::new(); graph.len()];
     for id in graph.ids() {
@@ -697,7 +705,50 @@ pub fn fuse(graph: &Graph, enabled: bool) -> Vec<Group> {
         f.gid[id.index()] = None;
     }
     f.rebuild_edges();
-    order(&f)
+    let mut misses = Vec::new();
+    if enabled {
+        attention::merge(&mut f);
+        misses = attention::misses(&f);
+    }
+    (order(&f), misses)
+}
+
+/// The group of `nodes` (sorted): attention when they are two products and the softmax
+/// between them (`attention::parts`), else what `analyze` makes of them.
+fn group_of(f: &Fuser<'_>, nodes: Vec<NodeId>) -> Group {
+    let graph = f.graph;
+    let products = nodes
+        .iter()
+        .filter(|&&n| matches!(graph.node(n).op, Op::MatMul(..)))
+        .count();
+    if products == 2 {
+        if let Ok(att) = attention::parts(graph, &f.lays, &nodes) {
+            return Group {
+                domain: graph.ty(att.out).sizes(),
+                reduce_axes: Vec::new(),
+                levels: vec![Level::Element; nodes.len()],
+                nodes,
+                matmul: false,
+                attention: Some(att),
+            };
+        }
+    }
+    let (domain, reduce_axes, levels) = analyze(graph, &f.lays, &nodes).unwrap_or_else(|| {
+        (
+            graph.ty(nodes[0]).sizes(),
+            Vec::new(),
+            vec![Level::Element; nodes.len()],
+        )
+    });
+    let matmul = matches!(graph.node(nodes[0]).op, Op::MatMul(..));
+    Group {
+        nodes,
+        domain,
+        reduce_axes,
+        levels,
+        matmul,
+        attention: None,
+    }
 }
 
 /// The live groups in a topological order (ties broken by first node).
@@ -724,22 +775,7 @@ fn order(f: &Fuser<'_>) -> Vec<Group> {
         ready.remove(&(n, g));
         let mut nodes = f.members[g].clone();
         nodes.sort();
-        let (domain, reduce_axes, levels) =
-            analyze(f.graph, &f.lays, &nodes).unwrap_or_else(|| {
-                (
-                    f.graph.ty(nodes[0]).sizes(),
-                    Vec::new(),
-                    vec![Level::Element; nodes.len()],
-                )
-            });
-        let matmul = matches!(f.graph.node(nodes[0]).op, Op::MatMul(..));
-        out.push(Group {
-            nodes,
-            domain,
-            reduce_axes,
-            levels,
-            matmul,
-        });
+        out.push(group_of(f, nodes));
         for &h in &succ[&g] {
             if let Some(d) = indeg.get_mut(&h) {
                 *d -= 1;

@@ -81,6 +81,8 @@ pub fn siblings<E>(
                         .iter()
                         .any(|&n| matches!(graph.node(n).op, crate::ir::Op::Concat { .. }))
                 })
+                && ga.attention.is_none()
+                && gb.attention.is_none()
                 && ga.domain == gb.domain
                 && ga.reduce_axes == gb.reduce_axes
                 && !f.successors(a).contains(&b)

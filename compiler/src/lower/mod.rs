@@ -438,7 +438,8 @@ impl KernelIr {
 }
 
 /// Every kernel of a plan, lowered: `kernels[i]` is plan kernel `i` (`None` for a matrix
-/// product, which has no kernel IR).
+/// product or an attention kernel, which have no kernel IR: their executors read the
+/// schedule's kernel as it is).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Lowered {
     pub kernels: Vec<Option<KernelIr>>,
@@ -451,7 +452,7 @@ pub fn lower(plan: &Plan) -> Result<Lowered, Error> {
     for kernel in &plan.kernels {
         kernels.push(match &kernel.kind {
             KernelKind::Fused(f) => Some(lower_fused(plan, &kernel.name, f)?),
-            KernelKind::MatMul(_) => None,
+            KernelKind::MatMul(_) | KernelKind::Attention(_) => None,
         });
     }
     for i in 0..plan.kernels.len().saturating_sub(1) {
@@ -481,7 +482,7 @@ pub fn internal(e: &Error) -> crate::Diagnostic {
 pub fn lower_kernel(plan: &Plan, kernel: &Kernel) -> Result<Option<KernelIr>, Error> {
     match &kernel.kind {
         KernelKind::Fused(f) => lower_fused(plan, &kernel.name, f).map(Some),
-        KernelKind::MatMul(_) => Ok(None),
+        KernelKind::MatMul(_) | KernelKind::Attention(_) => Ok(None),
     }
 }
 

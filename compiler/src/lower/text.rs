@@ -16,7 +16,8 @@ fn level(l: Level) -> &'static str {
     }
 }
 
-/// Every lowered kernel, in schedule order (a matrix product is named, it has no IR).
+/// Every lowered kernel, in schedule order (a matrix product or an attention kernel is
+/// named: it has no IR).
 pub fn print(lowered: &Lowered) -> String {
     let mut out = String::new();
     for (i, k) in lowered.kernels.iter().enumerate() {
@@ -26,7 +27,10 @@ pub fn print(lowered: &Lowered) -> String {
         match k {
             Some(k) => out.push_str(&print_kernel(k)),
             None => {
-                let _ = writeln!(out, "kernel {i}: matrix product (no kernel IR)");
+                let _ = writeln!(
+                    out,
+                    "kernel {i}: matrix product or attention (no kernel IR)"
+                );
             }
         }
     }

@@ -9,6 +9,10 @@ pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
     match &kernel.kind {
         KernelKind::Fused(f) => f.loads.iter().map(|l| l.buffer).collect(),
         KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer],
+        KernelKind::Attention(a) => [a.q.buffer, a.k.buffer, a.v.buffer]
+            .into_iter()
+            .chain(a.loads.iter().map(|l| l.buffer))
+            .collect(),
     }
 }
 
@@ -17,6 +21,7 @@ pub fn writes(kernel: &Kernel) -> Vec<BufferId> {
     match &kernel.kind {
         KernelKind::Fused(f) => f.stores.iter().map(|s| s.buffer).collect(),
         KernelKind::MatMul(m) => std::iter::once(m.out).chain(m.workspace).collect(),
+        KernelKind::Attention(a) => vec![a.out],
     }
 }
 

@@ -287,6 +287,28 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             ));
         }
     }
+    for k in &plan.kernels {
+        if let crate::schedule::KernelKind::Attention(a) = &k.kind {
+            let elems: u64 = a.batch.iter().product::<u64>() * a.m * a.n;
+            let bytes = elems.saturating_mul(a.score_dtype.size());
+            notes.push(format!(
+                "{} (attention, lines {}): the scores and the probabilities ({} {:?}, {} ({} bytes) each) are never materialised: one kernel walks the keys in tiles with an online softmax; naive and eager count them as PyTorch eager stores them",
+                k.name,
+                k.lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+                a.score_dtype,
+                a.batch.iter().chain([&a.m, &a.n]).collect::<Vec<_>>(),
+                human(bytes),
+                bytes
+            ));
+        }
+    }
+    // Attention candidates that keep their stored scores, and why.
+    notes.extend(
+        plan.notes
+            .iter()
+            .filter(|n| n.starts_with("attention at"))
+            .cloned(),
+    );
     if plan.unfused_fallback {
         notes.push(format!(
             "fused, this program needed a larger arena than eager execution ({} bytes), so its kernels are the unfused ones (one per op, as with --no-fuse), which fit: memory comes first",

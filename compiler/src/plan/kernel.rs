@@ -6,12 +6,13 @@
 
 use super::{internal, too_large};
 use crate::diag::Diagnostic;
+use crate::fuse::attention::Attention;
 use crate::fuse::{to_domain, Group};
 use crate::ir::layout::Layout;
 use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp};
 use crate::schedule::{
-    Buffer, BufferId, BufferKind, FusedKernel, Inst, InstId, InstOp, KernelKind, Level, Load,
-    MatMulKernel, MatOperand, PlanOptions, Store,
+    AttentionKernel, Buffer, BufferId, BufferKind, FusedKernel, Inst, InstId, InstOp, KernelKind,
+    Level, Load, MatMulKernel, MatOperand, PlanOptions, Store, SCORE,
 };
 use std::collections::HashMap;
 
@@ -139,6 +140,115 @@ impl Builder<'_> {
             out,
             out_dtype: self.graph.dtype(n),
             workspace,
+        }))
+    }
+
+    /// The attention kernel of `group` (`fuse::attention`): the products' operands, and
+    /// the prologue built as a fused kernel over the scores' shape that loads the scores
+    /// from a stand-in buffer, whose load becomes `SCORE`.
+    pub(super) fn attention(
+        &mut self,
+        att: &Attention,
+        live: &[bool],
+        out: BufferId,
+    ) -> Result<KernelKind, Diagnostic> {
+        let (Op::MatMul(qa, kb), Op::MatMul(_, vb)) = (
+            &self.graph.node(att.scores).op,
+            &self.graph.node(att.out).op,
+        ) else {
+            return Err(internal("an attention group without its products"));
+        };
+        let shape = self.graph.ty(att.scores).sizes();
+        let r = shape.len();
+        let out_shape = self.graph.ty(att.out).sizes();
+        let q_shape = self.graph.ty(*qa).sizes();
+        let score_dtype = self.graph.dtype(att.scores);
+        // The stand-in for the scores, removed before anyone sees it.
+        let stand_in = self.push(Buffer {
+            name: "scores".into(),
+            kind: BufferKind::Arena,
+            dtype: score_dtype,
+            shape: shape.clone(),
+            bytes: 0,
+            offset: 0,
+            first_step: 0,
+            last_step: 0,
+            in_place_of: None,
+            node: Some(att.scores),
+        });
+        let prologue = Group {
+            nodes: att.prologue.clone(),
+            domain: shape.clone(),
+            reduce_axes: Vec::new(),
+            levels: vec![Level::Element; att.prologue.len()],
+            matmul: false,
+            attention: None,
+        };
+        let built = if att.prologue.is_empty() {
+            Ok(None)
+        } else {
+            self.fused(&prologue, live, &[att.logits], &[stand_in])
+                .map(Some)
+        };
+        self.buffers.pop();
+        self.buf_of.remove(&att.scores);
+        let built = built?;
+        let contiguous = crate::ir::types::contiguous_strides(&shape);
+        let (loads, body, logits) = match built {
+            None => (
+                Vec::new(),
+                vec![Inst {
+                    op: InstOp::Load(SCORE),
+                    dtype: score_dtype,
+                    level: Level::Element,
+                    node: Some(att.scores),
+                }],
+                0,
+            ),
+            Some(k) => {
+                let mut map = Vec::with_capacity(k.loads.len());
+                let mut loads = Vec::new();
+                for l in &k.loads {
+                    if l.buffer == stand_in {
+                        if l.offset != 0 || l.strides != contiguous {
+                            return Err(internal("the prologue reads the scores through a view"));
+                        }
+                        map.push(SCORE);
+                    } else {
+                        loads.push(l.clone());
+                        map.push(SCORE + loads.len());
+                    }
+                }
+                let body = k
+                    .body
+                    .iter()
+                    .map(|i| Inst {
+                        op: match i.op {
+                            InstOp::Load(l) => InstOp::Load(map[l]),
+                            ref op => op.clone(),
+                        },
+                        level: Level::Element,
+                        ..i.clone()
+                    })
+                    .collect();
+                (loads, body, k.stores[0].inst)
+            }
+        };
+        Ok(KernelKind::Attention(AttentionKernel {
+            batch: shape[..r - 2].to_vec(),
+            m: shape[r - 2],
+            n: shape[r - 1],
+            d: q_shape[r - 1],
+            dv: out_shape[r - 1],
+            q: self.operand(*qa)?,
+            k: self.operand(*kb)?,
+            v: self.operand(*vb)?,
+            score_dtype,
+            loads,
+            body,
+            logits,
+            out,
+            out_dtype: self.graph.dtype(att.out),
         }))
     }
 

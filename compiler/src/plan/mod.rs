@@ -230,6 +230,7 @@ pub fn plan_in_order(
     }
 
     let mut kernels: Vec<Kernel> = Vec::new();
+    let mut notes = Vec::new();
     for group in groups {
         let outs: Vec<NodeId> = group
             .nodes
@@ -306,7 +307,20 @@ pub fn plan_in_order(
             };
             out_bufs.push(b.arena(n, bname, step)?);
         }
-        let kind = if group.matmul {
+        let kind = if let Some(att) = &group.attention {
+            if outs != [att.out] {
+                return Err(internal("an attention kernel stores more than its output"));
+            }
+            let k = b.attention(att, &live, out_bufs[0])?;
+            notes.push(format!(
+                "{name}: attention (line {}): {} scores {} never materialised (flash attention: \
+                 tiles of keys, online softmax)",
+                graph.origin(att.scores).line,
+                graph.dtype(att.scores),
+                list(&graph.ty(att.scores).sizes()),
+            ));
+            k
+        } else if group.matmul {
             b.matmul(group, out_bufs[0], options, step)?
         } else {
             let mut f = b.fused(group, &live, &outs, &out_bufs)?;
@@ -344,7 +358,7 @@ pub fn plan_in_order(
                     .collect();
                 split::split(f, &sp, &partials)
             }),
-            KernelKind::MatMul(_) => None,
+            KernelKind::MatMul(_) | KernelKind::Attention(_) => None,
         };
         match halves {
             Some((first, second)) => {
@@ -423,7 +437,13 @@ pub fn plan_in_order(
         outputs,
         options: options.clone(),
         unfused_fallback: false,
+        notes,
     })
+}
+
+fn list(xs: &[u64]) -> String {
+    let v: Vec<String> = xs.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", v.join(", "))
 }
 
 #[cfg(test)]

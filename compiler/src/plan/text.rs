@@ -9,6 +9,40 @@ fn list<T: std::fmt::Display>(xs: &[T]) -> String {
     format!("[{}]", v.join(", "))
 }
 
+fn inst_text(op: &InstOp, load: impl Fn(usize) -> String) -> String {
+    match op {
+        InstOp::Load(l) => load(*l),
+        InstOp::Const(v) => format!("const {v}"),
+        InstOp::Unary(u, a) => format!("{} %{a}", u.name()),
+        InstOp::Binary(b, x, y) => format!("{} %{x}, %{y}", b.name(),),
+        InstOp::Cast(a) => format!("cast %{a}"),
+        InstOp::Reduce(r, a) => format!("reduce {} %{a}", r.name()),
+        InstOp::Index { offset, strides } => {
+            format!("index +{offset} strides {}", list(strides))
+        }
+        InstOp::Gather {
+            load,
+            index,
+            stride,
+            size,
+            ..
+        } => match load {
+            Some(l) => format!("gather l{l} at %{index}*{stride} < {size}"),
+            None => format!("checked index %{index}*{stride} < {size}"),
+        },
+        InstOp::Scan(a) => format!("scan sum %{a}"),
+        InstOp::Where(c, a, b) => format!("where %{c}, %{a}, %{b}"),
+    }
+}
+
+fn inst_type(inst: &crate::schedule::Inst) -> String {
+    let level = match inst.level {
+        Level::Element => "elem",
+        Level::Row => "row",
+    };
+    format!("{} {level}", inst.dtype)
+}
+
 pub fn print(plan: &Plan) -> String {
     let mut out = String::new();
     let o = &plan.options;
@@ -22,6 +56,9 @@ pub fn print(plan: &Plan) -> String {
         o.reuse,
         o.matmul_workspace
     );
+    for note in &plan.notes {
+        let _ = writeln!(out, "({note})");
+    }
     if plan.unfused_fallback {
         let _ = writeln!(
             out,
@@ -82,34 +119,8 @@ pub fn print(plan: &Plan) -> String {
                     );
                 }
                 for (i, inst) in f.body.iter().enumerate() {
-                    let rhs = match &inst.op {
-                        InstOp::Load(l) => format!("load l{l}"),
-                        InstOp::Const(v) => format!("const {v}"),
-                        InstOp::Unary(u, a) => format!("{} %{a}", u.name()),
-                        InstOp::Binary(b, x, y) => format!("{} %{x}, %{y}", b.name(),),
-                        InstOp::Cast(a) => format!("cast %{a}"),
-                        InstOp::Reduce(r, a) => format!("reduce {} %{a}", r.name()),
-                        InstOp::Index { offset, strides } => {
-                            format!("index +{offset} strides {}", list(strides))
-                        }
-                        InstOp::Gather {
-                            load,
-                            index,
-                            stride,
-                            size,
-                            ..
-                        } => match load {
-                            Some(l) => format!("gather l{l} at %{index}*{stride} < {size}"),
-                            None => format!("checked index %{index}*{stride} < {size}"),
-                        },
-                        InstOp::Scan(a) => format!("scan sum %{a}"),
-                        InstOp::Where(c, a, b) => format!("where %{c}, %{a}, %{b}"),
-                    };
-                    let level = match inst.level {
-                        Level::Element => "elem",
-                        Level::Row => "row",
-                    };
-                    let _ = writeln!(out, "  %{i:<3} = {rhs:<22} : {} {level}", inst.dtype);
+                    let rhs = inst_text(&inst.op, |l| format!("load l{l}"));
+                    let _ = writeln!(out, "  %{i:<3} = {rhs:<22} : {}", inst_type(inst));
                 }
                 for s in &f.stores {
                     let b = plan.buffer(s.buffer);
@@ -129,6 +140,56 @@ pub fn print(plan: &Plan) -> String {
                         bname(s.buffer)
                     );
                 }
+            }
+            KernelKind::Attention(a) => {
+                let _ = writeln!(
+                    out,
+                    "  attention batch {} m {} n {} d {} dv {} -> {} {} (scores {} never stored)",
+                    list(&a.batch),
+                    a.m,
+                    a.n,
+                    a.d,
+                    a.dv,
+                    bname(a.out),
+                    a.out_dtype,
+                    a.score_dtype
+                );
+                for (tag, op) in [("q", &a.q), ("k", &a.k), ("v", &a.v)] {
+                    let _ = writeln!(
+                        out,
+                        "  {tag} = {} {} +{} strides {}",
+                        bname(op.buffer),
+                        op.dtype,
+                        op.offset,
+                        list(&op.strides)
+                    );
+                }
+                for (i, l) in a.loads.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "  load l{} = {} {} +{} strides {}",
+                        i + 1,
+                        bname(l.buffer),
+                        l.dtype,
+                        l.offset,
+                        list(&l.strides)
+                    );
+                }
+                for (i, inst) in a.body.iter().enumerate() {
+                    let rhs = inst_text(&inst.op, |l| {
+                        if l == crate::schedule::SCORE {
+                            "score q·k".to_string()
+                        } else {
+                            format!("load l{l}")
+                        }
+                    });
+                    let _ = writeln!(out, "  %{i:<3} = {rhs:<22} : {}", inst_type(inst));
+                }
+                let _ = writeln!(
+                    out,
+                    "  softmax over n of %{}, online (max, sum) by tiles of keys; @ v",
+                    a.logits
+                );
             }
         }
     }

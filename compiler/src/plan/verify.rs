@@ -263,6 +263,74 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     written_at[st.buffer.index()].push(s);
                 }
             }
+            KernelKind::Attention(a) => {
+                let mut dom = a.batch.clone();
+                dom.extend([a.m, a.n]);
+                for (i, inst) in a.body.iter().enumerate() {
+                    let ok = inst.level == Level::Element
+                        && match inst.op {
+                            InstOp::Load(l) => l <= a.loads.len(),
+                            InstOp::Reduce(..) => false,
+                            ref op => op.operands().iter().all(|&o| o < i),
+                        };
+                    if !ok {
+                        return Err(bad(
+                            KernelBody,
+                            format!(
+                                "{}: prologue inst {i} is not elementwise over earlier insts",
+                                k.name
+                            ),
+                        ));
+                    }
+                }
+                if a.logits >= a.body.len() {
+                    return Err(bad(
+                        KernelBody,
+                        format!("{}: the logits are no inst", k.name),
+                    ));
+                }
+                for l in &a.loads {
+                    check_id(l.buffer)?;
+                    let b = plan.buffer(l.buffer);
+                    let (lo, hi) = span(l.offset, &l.strides, &dom);
+                    if l.dtype != b.dtype
+                        || l.strides.len() != dom.len()
+                        || lo < 0
+                        || hi >= numel(&b.shape)
+                    {
+                        return Err(bad(
+                            InBounds,
+                            format!("{}: prologue load of {} is out of bounds", k.name, b.name),
+                        ));
+                    }
+                    read_at[l.buffer.index()].push(s);
+                }
+                for (op, rows, cols) in [(&a.q, a.m, a.d), (&a.k, a.d, a.n), (&a.v, a.n, a.dv)] {
+                    check_id(op.buffer)?;
+                    let b = plan.buffer(op.buffer);
+                    let mut sizes = a.batch.clone();
+                    sizes.extend([rows, cols]);
+                    let (lo, hi) = span(op.offset, &op.strides, &sizes);
+                    if op.strides.len() != sizes.len() || lo < 0 || hi >= numel(&b.shape) {
+                        return Err(bad(
+                            InBounds,
+                            format!("{}: operand {} is out of bounds", k.name, b.name),
+                        ));
+                    }
+                    read_at[op.buffer.index()].push(s);
+                }
+                check_id(a.out)?;
+                let mut sizes = a.batch.clone();
+                sizes.extend([a.m, a.dv]);
+                let b = plan.buffer(a.out);
+                if numel(&sizes) != numel(&b.shape) || b.dtype != a.out_dtype {
+                    return Err(bad(
+                        InBounds,
+                        format!("{}: output {} has the wrong size", k.name, b.name),
+                    ));
+                }
+                written_at[a.out.index()].push(s);
+            }
             KernelKind::MatMul(m) => {
                 for (op, rows, cols) in [(&m.a, m.m, m.k), (&m.b, m.k, m.n)] {
                     check_id(op.buffer)?;

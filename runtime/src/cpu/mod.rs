@@ -5,6 +5,7 @@
 //! arena's memory and how outputs leave it (moved page by page where possible) in `arena`.
 
 mod arena;
+mod attention;
 mod fused;
 mod index;
 mod math;
@@ -199,6 +200,7 @@ pub fn run(
         match &kernel.kind {
             KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, &mems)?,
             KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, &mems)?,
+            KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, &mems)?,
         }
     }
 

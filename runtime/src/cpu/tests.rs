@@ -136,6 +136,7 @@ fn plan(
         outputs,
         options: PlanOptions::default(),
         unfused_fallback: false,
+        notes: Vec::new(),
     }
 }
 

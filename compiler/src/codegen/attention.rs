@@ -1,0 +1,317 @@
+//! CUDA C for an `AttentionKernel` (flash attention): one block per (batch, tile of `BQ`
+//! queries); the block's queries stay in shared memory while tiles of `BK` keys and values
+//! are staged through it; each tile's logits (the scores `q·k`, rounded to the score dtype,
+//! through the prologue) are folded into a running max and sum per query (online softmax)
+//! and the rescaled f32 accumulator of `Σ p·v`. Four threads share a query: they split a
+//! tile's logits for the max and the sum (combined by warp shuffles, in a fixed order) and
+//! the output columns for the accumulator. Every sum runs in one fixed order, so the result
+//! does not depend on scheduling.
+
+use super::cuda::{binary_expr, float_literal, load_conv, store_conv, unary_expr};
+use super::writer::Writer;
+use super::{storage_type, CudaKernel, Launch};
+use crate::ir::{BinaryOp, DType};
+use crate::schedule::{AttentionKernel, BufferId, InstOp, Kernel, MatOperand, Plan, SCORE};
+
+/// Queries per block.
+pub const BQ: u64 = 32;
+/// Threads per query.
+pub const TPQ: u64 = 4;
+/// Threads per block.
+pub const THREADS: u64 = BQ * TPQ;
+pub use crate::fuse::attention::MAX_HEAD;
+
+/// Keys per tile: shared memory (queries, keys, values and a tile of logits, f32) stays
+/// under the 48 KiB of static shared memory for heads up to `MAX_HEAD`.
+pub fn keys_per_tile(d: u64, dv: u64) -> u64 {
+    if d.max(dv) <= 64 {
+        32
+    } else {
+        16
+    }
+}
+
+fn round_expr(dtype: DType, x: &str) -> String {
+    match dtype {
+        DType::F32 => x.to_string(),
+        DType::F16 => format!("tc_round_f16({x})"),
+        DType::BF16 => format!("tc_round_bf16({x})"),
+        DType::Bool => format!("({x} != 0.0f ? 1.0f : 0.0f)"),
+        // The pattern keeps integer maths out of prologues (`fuse::attention`).
+        DType::I32 | DType::I64 => format!("truncf({x})"),
+    }
+}
+
+pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKernel) -> CudaKernel {
+    let mut params: Vec<BufferId> = Vec::new();
+    for b in [a.q.buffer, a.k.buffer, a.v.buffer]
+        .into_iter()
+        .chain(a.loads.iter().map(|l| l.buffer))
+        .chain([a.out])
+    {
+        if !params.contains(&b) {
+            params.push(b);
+        }
+    }
+    let pname = |b: BufferId| format!("b{}", params.iter().position(|x| *x == b).unwrap_or(0));
+    let nb = a.batch.len();
+    let batches: u64 = a.batch.iter().product();
+    let bk = keys_per_tile(a.d, a.dv);
+    let (d, dv, n, m) = (a.d, a.dv, a.n, a.m);
+    let cols = dv.div_ceil(TPQ);
+    let qtiles = m.div_ceil(BQ);
+
+    let mut w = Writer::new();
+    w.line(format!(
+        "// {}: attention (lines {:?}): batch {:?} m {m} n {n} d {d} dv {dv}; the scores are never stored",
+        kernel.name, kernel.lines, a.batch
+    ));
+    w.line(format!(
+        "// flash attention: {BQ} queries per block, {bk} keys per tile, {TPQ} threads per query, online softmax"
+    ));
+    let sig: Vec<String> = params
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let ty = storage_type(plan.buffer(*b).dtype);
+            if *b == a.out {
+                format!("{ty}* __restrict__ b{i}")
+            } else {
+                format!("const {ty}* __restrict__ b{i}")
+            }
+        })
+        .collect();
+    w.open(format!(
+        "extern \"C\" __global__ void __launch_bounds__({THREADS}) {}({})",
+        kernel.name,
+        sig.join(", ")
+    ));
+    w.line(format!("__shared__ float sq[{BQ}][{}];", d + 1));
+    w.line(format!("__shared__ float sk[{bk}][{}];", d + 1));
+    w.line(format!("__shared__ float sv[{bk}][{dv}];"));
+    w.line(format!("__shared__ float sp[{BQ}][{}];", bk + 1));
+    w.line("const int tid = threadIdx.x;");
+    w.line(format!("const int row = tid / {TPQ};"));
+    w.line(format!("const int part = tid % {TPQ};"));
+    w.open(format!(
+        "for (long long bz = blockIdx.y; bz < {batches}; bz += gridDim.y)"
+    ));
+    // Batch indices and each operand's batch offset.
+    let mut zs: Vec<String> = Vec::new();
+    w.line("long long bq = bz;");
+    for dd in (0..nb).rev() {
+        w.line(format!(
+            "const long long z{dd} = bq % {}; bq /= {};",
+            a.batch[dd], a.batch[dd]
+        ));
+    }
+    for dd in 0..nb {
+        zs.push(format!("z{dd}"));
+    }
+    let boff = |o: &MatOperand| -> String {
+        let mut t = vec![o.offset.to_string()];
+        for (dd, z) in zs.iter().enumerate() {
+            if o.strides[dd] != 0 {
+                t.push(format!("{z} * {}", o.strides[dd]));
+            }
+        }
+        t.join(" + ")
+    };
+    w.line(format!("const long long oq = {};", boff(&a.q)));
+    w.line(format!("const long long ok = {};", boff(&a.k)));
+    w.line(format!("const long long ov = {};", boff(&a.v)));
+    let (sqm, sqd) = (a.q.strides[nb], a.q.strides[nb + 1]);
+    let (skd, skn) = (a.k.strides[nb], a.k.strides[nb + 1]);
+    let (svn, svc) = (a.v.strides[nb], a.v.strides[nb + 1]);
+    w.open(format!(
+        "for (long long qt = blockIdx.x; qt < {qtiles}; qt += gridDim.x)"
+    ));
+    w.line(format!("const long long i = qt * {BQ} + row;"));
+    // Stage the block's queries.
+    w.open(format!("for (int e = tid; e < {}; e += {THREADS})", BQ * d));
+    w.line(format!("const int r = e / {d}, c = e % {d};"));
+    w.line(format!("const long long qi = qt * {BQ} + r;"));
+    w.line(format!(
+        "sq[r][c] = qi < {m} ? {} : 0.0f;",
+        load_conv(
+            a.q.dtype,
+            &format!(
+                "{}[oq + qi * {sqm} + (long long)c * {sqd}]",
+                pname(a.q.buffer)
+            )
+        )
+    ));
+    w.close();
+    w.line("float mx = -__int_as_float(0x7f800000);");
+    w.line("float sum = 0.0f;");
+    w.line(format!("float acc[{cols}];"));
+    w.line("#pragma unroll");
+    w.line(format!("for (int c = 0; c < {cols}; ++c) acc[c] = 0.0f;"));
+    w.open(format!("for (long long kt = 0; kt < {n}; kt += {bk})"));
+    w.line("__syncthreads();");
+    w.open(format!("for (int e = tid; e < {}; e += {THREADS})", bk * d));
+    w.line(format!("const int r = e / {d}, c = e % {d};"));
+    w.line("const long long j = kt + r;");
+    w.line(format!(
+        "sk[r][c] = j < {n} ? {} : 0.0f;",
+        load_conv(
+            a.k.dtype,
+            &format!(
+                "{}[ok + (long long)c * {skd} + j * {skn}]",
+                pname(a.k.buffer)
+            )
+        )
+    ));
+    w.close();
+    w.open(format!(
+        "for (int e = tid; e < {}; e += {THREADS})",
+        bk * dv
+    ));
+    w.line(format!("const int r = e / {dv}, c = e % {dv};"));
+    w.line("const long long j = kt + r;");
+    w.line(format!(
+        "sv[r][c] = j < {n} ? {} : 0.0f;",
+        load_conv(
+            a.v.dtype,
+            &format!(
+                "{}[ov + j * {svn} + (long long)c * {svc}]",
+                pname(a.v.buffer)
+            )
+        )
+    ));
+    w.close();
+    w.line("__syncthreads();");
+    // Logits of this thread's share of the tile; its max.
+    w.line("float tmax = -__int_as_float(0x7f800000);");
+    w.open(format!("for (int jj = part; jj < {bk}; jj += {TPQ})"));
+    w.line("const long long j = kt + jj;");
+    w.line("float lg = -__int_as_float(0x7f800000);");
+    w.open(format!("if (j < {n} && i < {m})"));
+    w.line("float s = 0.0f;");
+    w.line("#pragma unroll 8");
+    w.line(format!(
+        "for (int c = 0; c < {d}; ++c) s += sq[row][c] * sk[jj][c];"
+    ));
+    if a.score_dtype != DType::F32 {
+        w.line(format!("s = {};", round_expr(a.score_dtype, "s")));
+    }
+    prologue(&mut w, a, &pname, &zs);
+    w.line(format!("lg = t{};", a.logits));
+    w.close();
+    w.line("sp[row][jj] = lg;");
+    w.line("tmax = tc_max(tmax, lg);");
+    w.close();
+    // The four threads of a query are adjacent lanes of one warp.
+    w.line("tmax = tc_max(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));");
+    w.line("tmax = tc_max(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));");
+    w.line("const float mnew = tc_max(mx, tmax);");
+    w.line("// A query all of whose logits so far are -inf: exp(-inf - 0) = 0 keeps it at 0.");
+    w.line("const float mref = mnew == -__int_as_float(0x7f800000) ? 0.0f : mnew;");
+    w.line("const float alpha = expf(mx - mref);");
+    w.line("float tsum = 0.0f;");
+    w.open(format!("for (int jj = part; jj < {bk}; jj += {TPQ})"));
+    w.line("const float p = expf(sp[row][jj] - mref);");
+    w.line("sp[row][jj] = p;");
+    w.line("tsum += p;");
+    w.close();
+    w.line("tsum += __shfl_xor_sync(0xffffffffu, tsum, 1);");
+    w.line("tsum += __shfl_xor_sync(0xffffffffu, tsum, 2);");
+    w.line("sum = sum * alpha + tsum;");
+    w.line("mx = mnew;");
+    w.line("__syncthreads();");
+    w.line("#pragma unroll");
+    w.line(format!("for (int c = 0; c < {cols}; ++c) acc[c] *= alpha;"));
+    w.open(format!("for (int jj = 0; jj < {bk}; ++jj)"));
+    w.line("const float p = sp[row][jj];");
+    w.line("#pragma unroll");
+    w.line(format!(
+        "for (int c = 0; c < {cols}; ++c) if (part + c * {TPQ} < {dv}) acc[c] += p * sv[jj][part + c * {TPQ}];"
+    ));
+    w.close();
+    w.close();
+    // Write the row.
+    w.open(format!("if (i < {m})"));
+    w.line(format!("const long long oo = bz * {} + i * {dv};", m * dv));
+    w.line("const float inv = 1.0f / sum;");
+    w.open(format!("for (int c = 0; c < {cols}; ++c)"));
+    w.line(format!("const int col = part + c * {TPQ};"));
+    w.line(format!(
+        "if (col < {dv}) {}[oo + col] = {};",
+        pname(a.out),
+        store_conv(a.out_dtype, "acc[c] * inv")
+    ));
+    w.close();
+    w.close();
+    w.line("__syncthreads();");
+    w.close();
+    w.close();
+    w.close();
+    let g = |x: u64| x.clamp(1, 65535) as u32;
+    CudaKernel {
+        kernel_index: index,
+        name: kernel.name.clone(),
+        source: w.finish(),
+        launch: Launch::Grid {
+            grid: [g(qtiles), g(batches), 1],
+            block: [THREADS as u32, 1, 1],
+            shared_bytes: 0,
+        },
+        params,
+        // The prologue reads no index (`fuse::attention` takes only elementwise nodes).
+        checks: Vec::new(),
+    }
+}
+
+/// The prologue's insts as `float tN = …;` for query `i`, key `j` (batch indices `zs`).
+fn prologue(
+    w: &mut Writer,
+    a: &AttentionKernel,
+    pname: &dyn Fn(BufferId) -> String,
+    zs: &[String],
+) {
+    let nb = a.batch.len();
+    for (idx, inst) in a.body.iter().enumerate() {
+        let t = |x: usize| format!("t{x}");
+        let rhs = match &inst.op {
+            InstOp::Load(SCORE) => "s".to_string(),
+            InstOp::Load(l) => {
+                let load = &a.loads[l - 1];
+                let mut terms = vec![load.offset.to_string()];
+                for (dd, z) in zs.iter().enumerate() {
+                    if load.strides[dd] != 0 {
+                        terms.push(format!("{z} * {}", load.strides[dd]));
+                    }
+                }
+                if load.strides[nb] != 0 {
+                    terms.push(format!("i * {}", load.strides[nb]));
+                }
+                if load.strides[nb + 1] != 0 {
+                    terms.push(format!("j * {}", load.strides[nb + 1]));
+                }
+                load_conv(
+                    load.dtype,
+                    &format!("{}[{}]", pname(load.buffer), terms.join(" + ")),
+                )
+            }
+            InstOp::Const(c) => round_expr(inst.dtype, &float_literal(*c)),
+            InstOp::Unary(u, x) => unary_expr(*u, &t(*x)),
+            InstOp::Binary(b, x, y) => {
+                let exponent = match (b, &a.body[*y].op) {
+                    (BinaryOp::Pow, InstOp::Const(c)) => Some(*c),
+                    _ => None,
+                };
+                binary_expr(*b, &t(*x), &t(*y), exponent)
+            }
+            InstOp::Cast(x) => round_expr(inst.dtype, &t(*x)),
+            InstOp::Where(c, x, y) => format!("({} != 0.0f ? {} : {})", t(*c), t(*x), t(*y)),
+            // The planner never puts a reduction in a prologue (`plan::verify`).
+            InstOp::Reduce(_, x) => t(*x),
+            // `fuse::attention` takes only unary, binary, cast and `where` nodes into a
+            // prologue, so no arange, gather or scan reaches here.
+            InstOp::Index { .. } | InstOp::Gather { .. } | InstOp::Scan(_) => {
+                unreachable!("an index inst in an attention prologue (fuse::attention refuses it)")
+            }
+        };
+        w.line(format!("const float t{idx} = {rhs};"));
+    }
+}

@@ -1,0 +1,503 @@
+//! Attention on the CPU (flash attention): for each batch matrix and tile of `BQ` queries
+//! (in parallel, rayon), the keys and values are walked in tiles of `BK`; each tile's scores
+//! `q·k` are one small product (the `gemm` crate), rounded to the score dtype and run through
+//! the prologue a row at a time, then folded into a running max and sum per query (online
+//! softmax) and into an f32 accumulator of `Σ p·v` (a second small product). The scores
+//! never exist beyond one tile of `BQ × BK` floats per thread, so the plan stores none.
+//! f32 operands are read in place through their strides; f16/bf16 ones are widened a tile
+//! at a time. Every sum runs in a fixed order, so results do not depend on the threads.
+
+use super::fused::check_bounds;
+use super::math::{self, Operand};
+use super::{CpuError, Mem};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use tc_compiler::ir::{BinaryOp, DType, UnaryOp};
+use tc_compiler::schedule::{AttentionKernel, BufferId, InstOp, MatOperand, Plan, SCORE};
+
+/// Queries per tile (one task).
+pub const BQ: usize = 128;
+/// Keys per tile: a tile of scores is `BQ × BK` f32 (64 KiB), with the key and value tiles
+/// it reads, within a core's L2.
+pub const BK: usize = 512;
+
+/// Where one operand's batch matrix is: its buffer, element offset and matrix strides, and
+/// whether it may be read in place (f32, aligned).
+struct MatRef<'a> {
+    op: &'a MatOperand,
+    mem: Mem,
+    direct: bool,
+}
+
+impl MatRef<'_> {
+    fn batch_offset(&self, idx: &[usize]) -> i64 {
+        self.op.offset
+            + idx
+                .iter()
+                .zip(&self.op.strides)
+                .map(|(&z, &s)| z as i64 * s)
+                .sum::<i64>()
+    }
+
+    /// Element (`r`, `c`) of the batch matrix at `base` as f32.
+    ///
+    /// # Safety
+    /// In bounds (the kernel's bounds check covers every (r, c) of the matrix).
+    #[inline]
+    unsafe fn at(&self, base: i64, nb: usize, r: usize, c: usize) -> f32 {
+        let s = &self.op.strides;
+        // SAFETY: forwarded.
+        unsafe {
+            self.mem
+                .read(base + r as i64 * s[nb] + c as i64 * s[nb + 1])
+        }
+    }
+
+    /// Pointer to element (`r`, `c`) for a direct operand.
+    fn ptr(&self, base: i64, nb: usize, r: usize, c: usize) -> *const f32 {
+        let s = &self.op.strides;
+        let i = base + r as i64 * s[nb] + c as i64 * s[nb + 1];
+        self.mem.base().cast::<f32>().wrapping_offset(i as isize)
+    }
+}
+
+pub(super) fn run(
+    plan: &Plan,
+    name: &str,
+    a: &AttentionKernel,
+    mems: &[Mem],
+) -> Result<(), CpuError> {
+    let bad = |msg: String| CpuError::BadPlan(format!("kernel {name}: {msg}"));
+    let nb = a.batch.len();
+    let batch: Vec<usize> = a.batch.iter().map(|&b| b as usize).collect();
+    let nbatch: usize = batch.iter().product();
+    let (m, n, d, dv) = (a.m as usize, a.n as usize, a.d as usize, a.dv as usize);
+    let mem_of = |id: BufferId, what: &str| {
+        mems.get(id.index())
+            .copied()
+            .ok_or_else(|| bad(format!("{what} buffer {} does not exist", id.0)))
+    };
+    let mut ops = Vec::new();
+    for (what, op, rows, cols) in [("q", &a.q, m, d), ("k", &a.k, d, n), ("v", &a.v, n, dv)] {
+        let mem = mem_of(op.buffer, what)?;
+        if op.strides.len() != nb + 2 || op.dtype != mem.dtype {
+            return Err(bad(format!("operand {what} does not match its buffer")));
+        }
+        let mut dom = batch.clone();
+        dom.extend([rows, cols]);
+        check_bounds(
+            name,
+            &format!("operand {what}"),
+            &plan.buffer(op.buffer).name,
+            mem,
+            op.offset,
+            &op.strides,
+            &dom,
+        )?;
+        let direct = mem.dtype == DType::F32
+            && (mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>());
+        ops.push(MatRef { op, mem, direct });
+    }
+    let mut dom = batch.clone();
+    dom.extend([m, n]);
+    let mut loads = Vec::new();
+    for l in &a.loads {
+        let mem = mem_of(l.buffer, "prologue load")?;
+        if l.strides.len() != nb + 2 || l.dtype != mem.dtype {
+            return Err(bad("a prologue load does not match its buffer".into()));
+        }
+        check_bounds(
+            name,
+            "prologue load",
+            &plan.buffer(l.buffer).name,
+            mem,
+            l.offset,
+            &l.strides,
+            &dom,
+        )?;
+        loads.push(mem);
+    }
+    for (i, inst) in a.body.iter().enumerate() {
+        let ok = match inst.op {
+            InstOp::Load(l) => l <= a.loads.len(),
+            InstOp::Reduce(..)
+            | InstOp::Index { .. }
+            | InstOp::Gather { .. }
+            | InstOp::Scan(_) => false,
+            ref op => op.operands().iter().all(|&o| o < i),
+        };
+        if !ok {
+            return Err(bad(format!("prologue inst {i} is not elementwise")));
+        }
+    }
+    if a.logits >= a.body.len() {
+        return Err(bad("the logits are no inst".into()));
+    }
+    let out = mem_of(a.out, "output")?;
+    if !out.writable
+        || out.dtype != a.out_dtype
+        || out.numel < nbatch * m * dv
+        || ops.iter().any(|o| o.mem.overlaps(&out))
+        || loads.iter().any(|l| l.overlaps(&out))
+    {
+        return Err(bad(format!(
+            "output {} is not a writable {} buffer of {} elements apart from the operands",
+            plan.buffer(a.out).name,
+            a.out_dtype,
+            nbatch * m * dv
+        )));
+    }
+    if nbatch == 0 || m == 0 || n == 0 || dv == 0 {
+        return Ok(());
+    }
+    let ctx = Ctx {
+        a,
+        nb,
+        batch: &batch,
+        dims: (m, n, d, dv),
+        q: &ops[0],
+        k: &ops[1],
+        v: &ops[2],
+        loads: &loads,
+        out,
+    };
+    let qtiles = m.div_ceil(BQ);
+    (0..nbatch * qtiles)
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, task| {
+            ctx.tile(task / qtiles, (task % qtiles) * BQ, scratch)
+        });
+    Ok(())
+}
+
+/// One thread's buffers, reused across its tasks.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    s: Vec<f32>,
+    acc: Vec<f32>,
+    regs: Vec<f32>,
+    kinds: Vec<Reg>,
+    tmp: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+struct Ctx<'a> {
+    a: &'a AttentionKernel,
+    nb: usize,
+    batch: &'a [usize],
+    dims: (usize, usize, usize, usize),
+    q: &'a MatRef<'a>,
+    k: &'a MatRef<'a>,
+    v: &'a MatRef<'a>,
+    loads: &'a [Mem],
+    out: Mem,
+}
+
+// SAFETY: `Mem` is Send + Sync (see cpu/mod.rs); the rest is shared immutable data.
+unsafe impl Sync for Ctx<'_> {}
+
+impl Ctx<'_> {
+    /// Queries `q0 .. q0 + BQ` of batch matrix `bi`.
+    fn tile(&self, bi: usize, q0: usize, sc: &mut Scratch) {
+        let (m, n, d, dv) = self.dims;
+        let nb = self.nb;
+        let rows = BQ.min(m - q0);
+        let mut idx = vec![0usize; nb];
+        let mut rest = bi;
+        for ax in (0..nb).rev() {
+            idx[ax] = rest % self.batch[ax];
+            rest /= self.batch[ax];
+        }
+        let (qb, kb, vb) = (
+            self.q.batch_offset(&idx),
+            self.k.batch_offset(&idx),
+            self.v.batch_offset(&idx),
+        );
+        // The queries, contiguous f32 (`rows × d`).
+        sc.q.clear();
+        for r in 0..rows {
+            for c in 0..d {
+                // SAFETY: (q0 + r, c) is inside the matrix checked in `run`.
+                sc.q.push(unsafe { self.q.at(qb, nb, q0 + r, c) });
+            }
+        }
+        sc.acc.clear();
+        sc.acc.resize(rows * dv, 0.0);
+        sc.max.clear();
+        sc.max.resize(rows, f32::NEG_INFINITY);
+        sc.sum.clear();
+        sc.sum.resize(rows, 0.0);
+        sc.s.resize(BQ * BK, 0.0);
+        sc.tmp.resize(BK, 0.0);
+        let body = &self.a.body;
+        let bare = body.len() == 1 && self.a.logits == 0;
+        if !bare {
+            sc.regs.resize(body.len() * BK, 0.0);
+        }
+        for k0 in (0..n).step_by(BK) {
+            let cols = BK.min(n - k0);
+            // Keys (`d × cols`) and values (`cols × dv`): in place, or widened.
+            let (k_ptr, k_rs, k_cs) = if self.k.direct {
+                let s = &self.k.op.strides;
+                (self.k.ptr(kb, nb, 0, k0), s[nb], s[nb + 1])
+            } else {
+                sc.k.clear();
+                for r in 0..d {
+                    for c in 0..cols {
+                        // SAFETY: (r, k0 + c) is inside the matrix.
+                        sc.k.push(unsafe { self.k.at(kb, nb, r, k0 + c) });
+                    }
+                }
+                (sc.k.as_ptr(), cols as i64, 1)
+            };
+            let (v_ptr, v_rs, v_cs) = if self.v.direct {
+                let s = &self.v.op.strides;
+                (self.v.ptr(vb, nb, k0, 0), s[nb], s[nb + 1])
+            } else {
+                sc.v.clear();
+                for r in 0..cols {
+                    for c in 0..dv {
+                        // SAFETY: (k0 + r, c) is inside the matrix.
+                        sc.v.push(unsafe { self.v.at(vb, nb, k0 + r, c) });
+                    }
+                }
+                (sc.v.as_ptr(), dv as i64, 1)
+            };
+            // Scores: s = q · k (rows × cols, row stride BK).
+            // SAFETY: every pointer covers the elements its strides reach for these sizes.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    cols,
+                    d,
+                    sc.s.as_mut_ptr(),
+                    1,
+                    BK as isize,
+                    false,
+                    sc.q.as_ptr(),
+                    1,
+                    d as isize,
+                    k_ptr,
+                    k_cs as isize,
+                    k_rs as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            };
+            for r in 0..rows {
+                let srow = &mut sc.s[r * BK..r * BK + cols];
+                if self.a.score_dtype != DType::F32 {
+                    math::round_block(self.a.score_dtype, srow);
+                }
+                if !bare {
+                    self.prologue(&idx, q0 + r, k0, cols, r, sc);
+                }
+                let srow = &mut sc.s[r * BK..r * BK + cols];
+                // Online softmax: the row's new max (NaN if a logit is), the old terms
+                // rescaled.
+                let tmax = math::block_extremum(srow, true);
+                let old = sc.max[r];
+                let mnew = math::maximum(old, tmax);
+                // A row all of whose logits so far are -inf keeps p = 0 (exp(-inf - 0)).
+                let mref = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
+                let alpha = math::exp(old - mref);
+                let tmp = &mut sc.tmp[..cols];
+                math::binary_block(
+                    BinaryOp::Sub,
+                    Operand::Block(srow),
+                    Operand::Scalar(mref),
+                    tmp,
+                );
+                math::unary_block(UnaryOp::Exp, tmp, srow);
+                let tsum = math::block_sum(srow);
+                sc.sum[r] = sc.sum[r] * alpha + tsum;
+                sc.max[r] = mnew;
+                if alpha != 1.0 {
+                    for x in &mut sc.acc[r * dv..(r + 1) * dv] {
+                        *x *= alpha;
+                    }
+                }
+            }
+            // acc += p · v (rows × dv).
+            // SAFETY: as above.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    dv,
+                    cols,
+                    sc.acc.as_mut_ptr(),
+                    1,
+                    dv as isize,
+                    true,
+                    sc.s.as_ptr(),
+                    1,
+                    BK as isize,
+                    v_ptr,
+                    v_cs as isize,
+                    v_rs as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            };
+        }
+        let base = (bi * m + q0) * dv;
+        for r in 0..rows {
+            let inv = 1.0 / sc.sum[r];
+            for c in 0..dv {
+                // SAFETY: batch `bi`, rows q0.. of the output belong to this task alone;
+                // the output holds nbatch·m·dv elements (checked in `run`).
+                unsafe {
+                    self.out
+                        .write((base + r * dv + c) as i64, sc.acc[r * dv + c] * inv)
+                };
+            }
+        }
+    }
+
+    /// Runs the prologue over one row's tile of scores (`sc.s`, row `r`), leaving the
+    /// logits there: each inst over the whole row of `cols` keys at once, a value that is
+    /// the same for every key (a constant, a row-constant load, maths on those) as one
+    /// number.
+    fn prologue(
+        &self,
+        idx: &[usize],
+        qi: usize,
+        k0: usize,
+        cols: usize,
+        r: usize,
+        sc: &mut Scratch,
+    ) {
+        let a = self.a;
+        let nb = self.nb;
+        sc.kinds.clear();
+        for (i, inst) in a.body.iter().enumerate() {
+            let (done, rest) = sc.regs.split_at_mut(i * BK);
+            let dst = &mut rest[..cols];
+            let score = &sc.s[r * BK..r * BK + cols];
+            let kinds = &sc.kinds;
+            let operand = |x: usize| match kinds[x] {
+                Reg::Score => Operand::Block(score),
+                Reg::Scalar(v) => Operand::Scalar(v),
+                Reg::Row => Operand::Block(&done[x * BK..x * BK + cols]),
+            };
+            let kind = match inst.op {
+                InstOp::Load(SCORE) => Reg::Score,
+                InstOp::Load(l) => {
+                    let load = &a.loads[l - 1];
+                    let mem = self.loads[l - 1];
+                    let base = load.offset
+                        + idx
+                            .iter()
+                            .zip(&load.strides)
+                            .map(|(&z, &s)| z as i64 * s)
+                            .sum::<i64>()
+                        + qi as i64 * load.strides[nb];
+                    let step = load.strides[nb + 1];
+                    if step == 0 {
+                        // SAFETY: inside the load's checked domain.
+                        Reg::Scalar(unsafe { mem.read(base) })
+                    } else {
+                        for (c, x) in dst.iter_mut().enumerate() {
+                            // SAFETY: inside the load's checked domain.
+                            *x = unsafe { mem.read(base + (k0 + c) as i64 * step) };
+                        }
+                        Reg::Row
+                    }
+                }
+                InstOp::Const(v) => Reg::Scalar(math::round_to(inst.dtype, v as f32)),
+                InstOp::Unary(u, x) => match operand(x) {
+                    Operand::Scalar(v) => Reg::Scalar(math::unary(u, v)),
+                    Operand::Block(src) => {
+                        math::unary_block(u, src, dst);
+                        Reg::Row
+                    }
+                },
+                InstOp::Binary(b, x, y) => match (operand(x), operand(y)) {
+                    (Operand::Scalar(p), Operand::Scalar(q)) => Reg::Scalar(math::binary(b, p, q)),
+                    (p, q) => {
+                        math::binary_block(b, p, q, dst);
+                        Reg::Row
+                    }
+                },
+                // A cast to bool is `x != 0`: 1 or 0.
+                InstOp::Cast(x) if inst.dtype == DType::Bool => match operand(x) {
+                    Operand::Scalar(v) => Reg::Scalar(f32::from(v != 0.0)),
+                    Operand::Block(src) => {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = f32::from(v != 0.0);
+                        }
+                        Reg::Row
+                    }
+                },
+                InstOp::Cast(x) => match operand(x) {
+                    Operand::Scalar(v) => Reg::Scalar(math::round_to(inst.dtype, v)),
+                    Operand::Block(src) => {
+                        dst.copy_from_slice(src);
+                        math::round_block(inst.dtype, dst);
+                        Reg::Row
+                    }
+                },
+                InstOp::Where(c, x, y) => {
+                    let at = |o: Operand<'_>, j: usize| match o {
+                        Operand::Scalar(v) => v,
+                        Operand::Block(b) => b[j],
+                    };
+                    match (operand(c), operand(x), operand(y)) {
+                        (Operand::Scalar(c), x, y) => {
+                            let pick = if c != 0.0 { x } else { y };
+                            match pick {
+                                Operand::Scalar(v) => Reg::Scalar(v),
+                                Operand::Block(src) => {
+                                    dst.copy_from_slice(src);
+                                    Reg::Row
+                                }
+                            }
+                        }
+                        (c, x, y) => {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = if at(c, j) != 0.0 { at(x, j) } else { at(y, j) };
+                            }
+                            Reg::Row
+                        }
+                    }
+                }
+                // Never in a prologue (checked in `run`).
+                // Refused when the kernel is prepared (above).
+                InstOp::Reduce(..)
+                | InstOp::Index { .. }
+                | InstOp::Gather { .. }
+                | InstOp::Scan(_) => Reg::Scalar(f32::NAN),
+            };
+            sc.kinds.push(kind);
+        }
+        let l = a.logits;
+        match sc.kinds[l] {
+            Reg::Score => {}
+            Reg::Scalar(v) => sc.s[r * BK..r * BK + cols].fill(v),
+            Reg::Row => {
+                sc.s[r * BK..r * BK + cols].copy_from_slice(&sc.regs[l * BK..l * BK + cols])
+            }
+        }
+    }
+}
+
+/// Where a prologue value is: the scores' row, one number for the whole row, or its own
+/// row of `Scratch::regs`.
+#[derive(Clone, Copy)]
+enum Reg {
+    Score,
+    Scalar(f32),
+    Row,
+}

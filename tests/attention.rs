@@ -1,0 +1,211 @@
+//! Fused attention (`fuse::attention`, `schedule::AttentionKernel`, `cpu::attention`): the
+//! pattern is found where it should be and refused, with a reason in `tc emit --plan`, where
+//! it should not; the CPU kernel matches the f64 reference on random shapes, dtypes, masks
+//! and biases in every plan variant; and the memory figures of the examples: the scores are
+//! never planned, while naive and eager still count them.
+
+use tc_compiler::schedule::KernelKind;
+use tc_compiler::{CompileOptions, PlanOptions, Program};
+use tc_tests::attention::{programs, Sizes};
+use tc_tests::{differential, examples};
+
+fn compile(src: &str, dims: &[(&str, u64)], plan: PlanOptions) -> Program {
+    let options = CompileOptions {
+        dims: dims.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        plan,
+    };
+    match tc_compiler::compile(src, &options) {
+        Ok(p) => p,
+        Err(d) => panic!("does not compile: {d:?}\n{src}"),
+    }
+}
+
+fn attention_kernels(p: &Program) -> usize {
+    p.plan
+        .kernels
+        .iter()
+        .filter(|k| matches!(k.kind, KernelKind::Attention(_)))
+        .count()
+}
+
+#[test]
+fn random_attention_programs_fuse_and_match_the_reference() {
+    let mut failures = Vec::new();
+    for (label, src) in programs(Sizes::Cpu, 24) {
+        let p = compile(&src, &[], PlanOptions::default());
+        if attention_kernels(&p) != 1 {
+            failures.push(format!(
+                "{label}: not fused into one attention kernel:\n{}",
+                tc_compiler::plan::print(&p.plan)
+            ));
+            continue;
+        }
+        if let Err(e) = differential(&src, &[], 7) {
+            failures.push(format!("{label}: {e}\n{src}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn fully_masked_rows_are_nan_as_in_pytorch_and_others_are_exact() {
+    // A mask of -inf on every key of some rows: PyTorch's softmax gives NaN there; a key
+    // masked only in some tiles must not disturb the other rows.
+    let src = "dim S = 70\ndim T = 300\ninput q : f32[S, 16]\ninput k : f32[T, 16]\n\
+               input v : f32[T, 8]\ninput m : f32[S, T]\n\
+               out = softmax(q @ transpose(k) + log(m), axis=-1) @ v\noutput out\n";
+    let p = compile(src, &[], PlanOptions::default());
+    assert_eq!(attention_kernels(&p), 1);
+    let q = tc_runtime::data::random_tensor(1, "q", tc_compiler::ir::DType::F32, &[70, 16]);
+    let k = tc_runtime::data::random_tensor(2, "k", tc_compiler::ir::DType::F32, &[300, 16]);
+    let v = tc_runtime::data::random_tensor(3, "v", tc_compiler::ir::DType::F32, &[300, 8]);
+    // m = 0 (log: -inf) for rows 0..10 entirely and for keys 0..260 of rows 10..20 (only the
+    // last tile of keys is visible there); 1 elsewhere.
+    let mut m = vec![1.0f32; 70 * 300];
+    for r in 0..20 {
+        let upto = if r < 10 { 300 } else { 260 };
+        for c in 0..upto {
+            m[r * 300 + c] = 0.0;
+        }
+    }
+    let mt = tc_runtime::HostTensor::from_f32(tc_compiler::ir::DType::F32, vec![70, 300], &m);
+    let inputs = vec![q, k, v, mt];
+    let got = tc_runtime::cpu::run(&p.plan, &inputs, &[]).expect("runs");
+    let unfused = compile(
+        src,
+        &[],
+        PlanOptions {
+            fuse: false,
+            ..PlanOptions::default()
+        },
+    );
+    let want = tc_runtime::cpu::run(&unfused.plan, &inputs, &[]).expect("runs");
+    let (g, w) = (got[0].to_f32(), want[0].to_f32());
+    for r in 0..70 {
+        for c in 0..8 {
+            let (x, y) = (g[r * 8 + c], w[r * 8 + c]);
+            if r < 10 {
+                assert!(x.is_nan() && y.is_nan(), "row {r}: {x} vs {y}");
+            } else {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "row {r} col {c}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
+
+/// Programs close to attention that must keep their stored scores, and the reason
+/// `tc emit --plan` gives.
+const MISSES: &[(&str, &str, &str)] = &[
+    (
+        "scores also an output",
+        "input q : f32[8, 4]\ninput k : f32[8, 4]\ninput v : f32[8, 4]\ns = q @ transpose(k)\n\
+         out = softmax(s, axis=-1) @ v\noutput out, s\n",
+        "the scores are read by another kernel or are an output",
+    ),
+    (
+        "probabilities also an output",
+        "input q : f32[8, 4]\ninput k : f32[8, 4]\ninput v : f32[8, 4]\n\
+         p = softmax(q @ transpose(k), axis=-1)\nout = p @ v\noutput out, p\n",
+        "the probabilities are an output",
+    ),
+    (
+        "the scaled scores also an output",
+        "input q : f32[8, 4]\ninput k : f32[8, 4]\ninput v : f32[8, 4]\n\
+         x = q @ transpose(k) * 2\nout = softmax(x, axis=-1) @ v\noutput out, x\n",
+        "the softmax kernel stores more than the probabilities",
+    ),
+    (
+        "probabilities on the right of the product",
+        "input q : f32[8, 4]\ninput k : f32[8, 4]\ninput v : f32[4, 8]\n\
+         p = softmax(q @ transpose(k), axis=-1)\nout = v @ p\noutput out\n",
+        "the probabilities are not only the left operand of `@ v`",
+    ),
+    (
+        "log_softmax, not softmax",
+        "input q : f32[8, 4]\ninput k : f32[8, 4]\ninput v : f32[8, 4]\n\
+         out = log_softmax(q @ transpose(k), axis=-1) @ v\noutput out\n",
+        "the kernel between the products is not softmax(…)",
+    ),
+    (
+        "head size above the kernel's",
+        "input q : f32[8, 256]\ninput k : f32[8, 256]\ninput v : f32[8, 4]\n\
+         out = softmax(q @ transpose(k), axis=-1) @ v\noutput out\n",
+        "head size 256 is above the fused kernel's 128",
+    ),
+];
+
+#[test]
+fn near_misses_keep_their_scores_and_say_why() {
+    for (what, src, why) in MISSES {
+        let p = compile(src, &[], PlanOptions::default());
+        assert_eq!(attention_kernels(&p), 0, "{what}: fused");
+        let text = tc_compiler::plan::print(&p.plan);
+        assert!(
+            text.contains(why) && text.contains("not fused"),
+            "{what}: the plan does not say `{why}`:\n{text}"
+        );
+        differential(src, &[], 3).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
+#[test]
+fn no_fuse_plans_no_attention_kernel() {
+    let (_, src) = examples()
+        .into_iter()
+        .find(|(n, _)| n == "attention")
+        .expect("examples/attention.tx");
+    let p = compile(
+        &src,
+        &[],
+        PlanOptions {
+            fuse: false,
+            ..PlanOptions::default()
+        },
+    );
+    assert_eq!(attention_kernels(&p), 0);
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn attention_examples_never_plan_the_scores() {
+    let cuda = tc_compiler::codegen::cuda_plan_options(&PlanOptions::default());
+    for (name, planned_with_inputs, eager_at_least) in [
+        // q, k, v (inputs) and out: 4 × 32 MiB; no cuBLAS workspace (no cuBLAS call).
+        ("attention", 128 * MIB, 1024 * MIB),
+        // x and the weights (4 + 4·4 + 2·16 MiB and the vectors) and the arena.
+        ("transformer_block", 0, 0),
+    ] {
+        let (_, src) = examples()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .expect("the example");
+        for options in [PlanOptions::default(), cuda.clone()] {
+            let p = compile(&src, &[], options);
+            assert_eq!(attention_kernels(&p), 1, "{name}");
+            let peaks = &p.memory.peaks;
+            if planned_with_inputs > 0 {
+                assert_eq!(peaks.planned.with_inputs, planned_with_inputs, "{name}");
+            }
+            assert!(peaks.eager.with_inputs >= eager_at_least, "{name}");
+            // No buffer of the plan has the scores' shape.
+            for b in &p.plan.buffers {
+                assert!(
+                    !(b.shape.len() == 4 && b.shape[2] == 1024 && b.shape[3] == 1024),
+                    "{name}: {} is planned",
+                    b.name
+                );
+            }
+            assert!(
+                p.memory
+                    .notes
+                    .iter()
+                    .any(|n| n.contains("never materialised")),
+                "{name}: the report does not say the scores are never materialised"
+            );
+        }
+    }
+}

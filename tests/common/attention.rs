@@ -1,0 +1,105 @@
+//! Attention programs for the fused attention kernel's tests: `softmax(f(q @ kᵀ)) @ v` over
+//! seeded random shapes (query and key counts that are not multiples of any tile, head
+//! sizes 16 to 128, a value head of its own size), dtypes (f32, f16, bf16) and prologues
+//! (scale by `/ sqrt(Dh)` or `*`, an additive mask, a `where` mask of `bool`, a per-head
+//! bias of another dtype, a soft cap with `tanh`, none), keys shared across heads (a broadcast batch axis) and keys
+//! stored already transposed.
+
+/// Sizes for one family of programs: CPU-sized (several query and key tiles of the CPU
+/// kernel) or emulation-sized (small, but several tiles of the CUDA kernel).
+#[derive(Clone, Copy, Debug)]
+pub enum Sizes {
+    Cpu,
+    Emu,
+}
+
+/// A tiny deterministic generator (the programs must not change between runs).
+struct Lcg(u64);
+
+impl Lcg {
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        xs[((self.0 >> 33) % xs.len() as u64) as usize]
+    }
+}
+
+/// `count` attention programs as (label, source); every one is the pattern the planner
+/// fuses (`tests/attention.rs` checks that it does).
+pub fn programs(sizes: Sizes, count: usize) -> Vec<(String, String)> {
+    let mut g = Lcg(0x5eed);
+    let mut out = Vec::new();
+    for i in 0..count {
+        let (b, h) = match sizes {
+            Sizes::Cpu => (g.pick(&[1, 2]), g.pick(&[1, 3])),
+            Sizes::Emu => (1, g.pick(&[1, 2])),
+        };
+        let (s, t) = match sizes {
+            Sizes::Cpu => (g.pick(&[1, 5, 70, 130]), g.pick(&[3, 77, 300])),
+            Sizes::Emu => (g.pick(&[1, 5, 33, 40]), g.pick(&[3, 17, 40])),
+        };
+        // Every head size once early on, then at random.
+        let dh = if i < 4 {
+            [16, 32, 64, 128][i]
+        } else {
+            g.pick(&[16, 32, 64, 128])
+        };
+        let dv = g.pick(&[dh, 24]);
+        let dt = if i < 3 {
+            ["f32", "f16", "bf16"][i]
+        } else {
+            g.pick(&["f32", "f32", "f16", "bf16"])
+        };
+        let shared_k = g.pick(&[false, false, true]);
+        let k_transposed = g.pick(&[false, false, true]);
+        let prologue = if i < 6 {
+            i
+        } else {
+            g.pick(&[0, 1, 2, 3, 4, 5])
+        };
+        let kh = if shared_k { "1" } else { "H" };
+        let mut src = format!(
+            "dim B = {b}\ndim H = {h}\ndim S = {s}\ndim T = {t}\ndim Dh = {dh}\ndim Dv = {dv}\n\
+             input q : {dt}[B, H, S, Dh]\n"
+        );
+        let kt = if k_transposed {
+            src += &format!("input k : {dt}[B, {kh}, Dh, T]\n");
+            "k"
+        } else {
+            src += &format!("input k : {dt}[B, {kh}, T, Dh]\n");
+            "transpose(k)"
+        };
+        src += &format!("input v : {dt}[B, {kh}, T, Dv]\n");
+        let logits = match prologue {
+            0 => format!("q @ {kt} / sqrt(Dh)"),
+            1 => {
+                src += &format!("input mask : {dt}[S, T]\n");
+                format!("q @ {kt} * 0.125 + mask")
+            }
+            2 => {
+                src += "param bias : f32[H, 1, T]\n";
+                format!("tanh(q @ {kt} / 8) * 4 + bias")
+            }
+            3 => format!("q @ {kt}"),
+            5 => {
+                src += "input keep : bool[S, T]\n";
+                format!("where(keep, q @ {kt} / sqrt(Dh), -10000)")
+            }
+            _ => {
+                src += "input rowbias : f32[S, 1]\n";
+                format!("maximum(q @ {kt} / sqrt(Dh), -2) - rowbias * 2")
+            }
+        };
+        src += &format!("out = softmax({logits}, axis=-1) @ v\noutput out\n");
+        let label =
+            format!(
+            "attention {i}: B={b} H={h} S={s} T={t} Dh={dh} Dv={dv} {dt} prologue {prologue}{}{}",
+            if shared_k { " shared k" } else { "" },
+            if k_transposed { " k stored transposed" } else { "" }
+        );
+        out.push((label, src));
+    }
+    out
+}
