@@ -89,12 +89,24 @@ pub fn search(
     groups: &[fuse::Group],
     options: &PlanOptions,
 ) -> Result<Plan, Diagnostic> {
+    search_with(checked, primitive, groups, options, true)
+}
+
+/// `search`, with the reordering for peak memory (`plan::plan_ordered`) on or off: off is
+/// the planner as it was before it, which the tests compare against.
+pub fn search_with(
+    checked: &ir::Graph,
+    primitive: &ir::Graph,
+    groups: &[fuse::Group],
+    options: &PlanOptions,
+    reorder: bool,
+) -> Result<Plan, Diagnostic> {
     let figures = memory::unfused_model(checked, options.matmul_workspace);
     let budget = figures.eager;
-    let mut best = plan::plan_ordered(primitive, groups, options, budget)?;
+    let mut best = plan::plan_ordered(primitive, groups, options, budget, reorder)?;
     if options.fuse {
         fuse::siblings(primitive, groups, |merged| {
-            let p = plan::plan_ordered(primitive, merged, options, budget)?;
+            let p = plan::plan_ordered(primitive, merged, options, budget, reorder)?;
             let keep = p.arena_bytes <= best.arena_bytes;
             if keep {
                 best = p;
@@ -114,8 +126,18 @@ pub fn search(
     }
     if options.reuse && options.fuse && best.arena_bytes > budget {
         let unfused = fuse::fuse(primitive, false);
-        for order in [plan::late_order(primitive, &unfused), unfused] {
-            let p = plan::plan_in_order(primitive, &order, options, budget)?;
+        let orders = if reorder {
+            vec![plan::plan_ordered(
+                primitive, &unfused, options, budget, true,
+            )?]
+        } else {
+            let late = plan::late_order(primitive, &unfused);
+            vec![
+                plan::plan_in_order(primitive, &late, options, budget)?,
+                plan::plan_in_order(primitive, &unfused, options, budget)?,
+            ]
+        };
+        for p in orders {
             if p.arena_bytes < best.arena_bytes {
                 best = Plan {
                     unfused_fallback: true,

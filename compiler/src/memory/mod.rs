@@ -10,6 +10,7 @@
 pub mod inplace;
 pub mod liveness;
 pub mod models;
+pub mod order;
 pub mod pack;
 pub mod report;
 pub mod sizes;
