@@ -134,17 +134,21 @@ impl OrderModel {
         self.n == 0
     }
 
+    /// Whether `prefix` runs kernels once each, each after the kernels it reads from.
+    pub fn is_prefix(&self, prefix: &[usize]) -> bool {
+        let mut done = vec![false; self.n];
+        prefix.iter().all(|&k| {
+            let ok = k < self.n && !done[k] && self.preds[k].iter().all(|&p| done[p]);
+            if ok {
+                done[k] = true;
+            }
+            ok
+        })
+    }
+
     /// Whether `order` runs every kernel once, each after the kernels it reads from.
     pub fn is_topological(&self, order: &[usize]) -> bool {
-        let mut done = vec![false; self.n];
-        order.len() == self.n
-            && order.iter().all(|&k| {
-                let ok = k < self.n && !done[k] && self.preds[k].iter().all(|&p| done[p]);
-                if ok {
-                    done[k] = true;
-                }
-                ok
-            })
+        order.len() == self.n && self.is_prefix(order)
     }
 
     /// Bytes saved at kernel `k` by in-place reuse when the buffers `dying` are read there
