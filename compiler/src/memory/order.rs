@@ -376,7 +376,7 @@ impl OrderModel {
     /// the least peak of any order running exactly those kernels first (the bytes live after
     /// them depend on the set alone). It gives up past `max_states` sets, and then the least
     /// value of the last complete layer (every order passes through one set of each size) is
-    /// a bound, with `static_bound`.
+    /// a bound, with `static_bound`; likewise past `32 · max_states` (set, kernel) pairs.
     pub fn best_order(
         &self,
         upper: (u64, &[usize]),
@@ -421,11 +421,15 @@ impl OrderModel {
             kernel: usize::MAX,
         }]];
         let mut total = 1usize;
+        // Pairs (set, kernel) looked at: a wide graph of many kernels gives up early.
+        let mut work = 0usize;
+        let max_work = max_states.saturating_mul(32);
         for _ in 0..self.n {
             let prev = layers.last().map_or(&[][..], |l| &l[..]);
             let mut next: Vec<State> = Vec::new();
             let mut at: HashMap<Vec<u64>, usize> = HashMap::new();
             for (si, s) in prev.iter().enumerate() {
+                work += self.n;
                 for k in 0..self.n {
                     if has(&s.set, k) || !self.preds[k].iter().all(|&p| has(&s.set, p)) {
                         continue;
@@ -469,7 +473,7 @@ impl OrderModel {
                     ub_order.to_vec(),
                 );
             }
-            if total > max_states {
+            if total > max_states || work > max_work {
                 // Sets pruned above had peaks of at least `ub`.
                 let least = next.iter().map(|s| s.peak).min().unwrap_or(ub);
                 let bytes = floor.max(least).min(ub);
