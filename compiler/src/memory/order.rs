@@ -155,6 +155,9 @@ impl OrderModel {
     /// for the last time: the largest matching of written to dying buffers among the
     /// allowed pairs (the planner's greedy choice saves at most this).
     fn saving(&self, k: usize, dying: &dyn Fn(usize) -> bool) -> u64 {
+        if self.pairs[k].is_empty() {
+            return 0;
+        }
         let pairs: Vec<(usize, usize)> = self.pairs[k]
             .iter()
             .copied()
@@ -376,7 +379,7 @@ impl OrderModel {
     /// the least peak of any order running exactly those kernels first (the bytes live after
     /// them depend on the set alone). It gives up past `max_states` sets, and then the least
     /// value of the last complete layer (every order passes through one set of each size) is
-    /// a bound, with `static_bound`; likewise past `32 · max_states` (set, kernel) pairs.
+    /// a bound, with `static_bound`; likewise past `4 · max_states` (set, kernel) pairs.
     pub fn best_order(
         &self,
         upper: (u64, &[usize]),
@@ -423,13 +426,18 @@ impl OrderModel {
         let mut total = 1usize;
         // Pairs (set, kernel) looked at: a wide graph of many kernels gives up early.
         let mut work = 0usize;
-        let max_work = max_states.saturating_mul(32);
+        let max_work = max_states.saturating_mul(4);
         for _ in 0..self.n {
             let prev = layers.last().map_or(&[][..], |l| &l[..]);
             let mut next: Vec<State> = Vec::new();
             let mut at: HashMap<Vec<u64>, usize> = HashMap::new();
+            let mut overflow = false;
             for (si, s) in prev.iter().enumerate() {
                 work += self.n;
+                if total + next.len() > max_states || work > max_work {
+                    overflow = true;
+                    break;
+                }
                 for k in 0..self.n {
                     if has(&s.set, k) || !self.preds[k].iter().all(|&p| has(&s.set, p)) {
                         continue;
@@ -462,6 +470,19 @@ impl OrderModel {
                     }
                 }
             }
+            if overflow {
+                // Every order passes through one set of the last complete layer, `prev`;
+                // sets pruned there had peaks of at least `ub`.
+                let least = prev.iter().map(|s| s.peak).min().unwrap_or(ub);
+                let bytes = floor.max(least).min(ub);
+                return (
+                    OrderBound {
+                        bytes,
+                        exact: bytes == ub,
+                    },
+                    ub_order.to_vec(),
+                );
+            }
             total += next.len();
             if next.is_empty() {
                 // No order beats the known one.
@@ -469,18 +490,6 @@ impl OrderModel {
                     OrderBound {
                         bytes: ub,
                         exact: true,
-                    },
-                    ub_order.to_vec(),
-                );
-            }
-            if total > max_states || work > max_work {
-                // Sets pruned above had peaks of at least `ub`.
-                let least = next.iter().map(|s| s.peak).min().unwrap_or(ub);
-                let bytes = floor.max(least).min(ub);
-                return (
-                    OrderBound {
-                        bytes,
-                        exact: bytes == ub,
                     },
                     ub_order.to_vec(),
                 );
