@@ -13,6 +13,9 @@ use crate::schedule::{BufferId, BufferKind, KernelKind, Plan};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 
+/// A greedy order's choice: `(kernel, bytes during its step, bytes after)` to a sort key.
+type GreedyKey<'a> = dyn Fn(usize, u64, u64) -> (u64, u64, usize) + 'a;
+
 /// One arena buffer (or workspace) of the model.
 #[derive(Clone, Debug)]
 struct MBuf {
@@ -239,11 +242,8 @@ impl OrderModel {
         peak
     }
 
-    /// Greedy orders: each step runs a ready kernel chosen by `key(done, live, k)` (least).
-    fn greedy(
-        &self,
-        key: &dyn Fn(&[bool], u64, usize, u64, u64) -> (u64, u64, usize),
-    ) -> Vec<usize> {
+    /// Greedy orders: each step runs a ready kernel chosen by `key(k, bytes during, bytes after)` (least).
+    fn greedy(&self, key: &GreedyKey<'_>) -> Vec<usize> {
         let mut done = vec![false; self.n];
         let mut missing: Vec<usize> = self.preds.iter().map(|p| p.len()).collect();
         let mut succs = vec![Vec::new(); self.n];
@@ -259,7 +259,7 @@ impl OrderModel {
             let mut best = (first, (u64::MAX, u64::MAX, usize::MAX), 0u64);
             for &k in &ready {
                 let (during, after) = self.step(&|j| done[j], live, k);
-                let kk = key(&done, live, k, during, after);
+                let kk = key(k, during, after);
                 if kk < best.1 {
                     best = (k, kk, after);
                 }
@@ -282,7 +282,7 @@ impl OrderModel {
     /// Least peak memory first (Inductor's `lpmf`): run the ready kernel whose step holds the
     /// fewest bytes, then the one leaving the fewest live.
     pub fn lpmf(&self) -> Vec<usize> {
-        self.greedy(&|_, _, k, during, after| (during, after, k))
+        self.greedy(&|k, during, after| (during, after, k))
     }
 
     /// Breadth first: by depth (the longest path of kernels before it), then source order.
@@ -301,7 +301,7 @@ impl OrderModel {
         if self.is_topological(&order) {
             order
         } else {
-            self.greedy(&|_, _, k, _, _| (depth[k], 0, k))
+            self.greedy(&|k, _, _| (depth[k], 0, k))
         }
     }
 
