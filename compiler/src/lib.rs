@@ -61,7 +61,7 @@ pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagno
     if !plan.unfused_fallback {
         plan.notes.extend(misses);
     }
-    let memory = memory::memory_report(&checked, &primitive, &plan);
+    let memory = memory::memory_report_for(&checked, &primitive, &plan, Some(source));
     let kernels = lower::lower(&plan).map_err(|e| vec![lower::internal(&e)])?;
     Ok(Program {
         checked,
@@ -92,12 +92,37 @@ pub fn search(
     groups: &[fuse::Group],
     options: &PlanOptions,
 ) -> Result<Plan, Diagnostic> {
+    // The stages above are greedy (a sibling merge is judged against the best so far; the
+    // unfused last resort only runs above the eager figure), so a plan reordered at stage 1
+    // can steer them elsewhere than the source order did: both searches run, the smaller
+    // arena wins, the source order's on a tie. Reordering never raises the peak.
+    let kept = search_with(checked, primitive, groups, options, false)?;
+    if !options.reuse {
+        return Ok(kept); // every buffer its own region: the order changes nothing
+    }
+    let reordered = search_with(checked, primitive, groups, options, true)?;
+    Ok(if reordered.arena_bytes < kept.arena_bytes {
+        reordered
+    } else {
+        kept
+    })
+}
+
+/// `search`'s stages, with the reordering for peak memory (`plan::plan_ordered`) on or off:
+/// off is the planner as it was before it.
+pub fn search_with(
+    checked: &ir::Graph,
+    primitive: &ir::Graph,
+    groups: &[fuse::Group],
+    options: &PlanOptions,
+    reorder: bool,
+) -> Result<Plan, Diagnostic> {
     let figures = memory::unfused_model(checked, options.matmul_workspace);
     let budget = figures.eager;
-    let mut best = plan::plan_ordered(primitive, groups, options, budget)?;
+    let mut best = plan::plan_ordered(primitive, groups, options, budget, reorder)?;
     if options.fuse {
         fuse::siblings(primitive, groups, |merged| {
-            let p = plan::plan_ordered(primitive, merged, options, budget)?;
+            let p = plan::plan_ordered(primitive, merged, options, budget, reorder)?;
             let keep = p.arena_bytes <= best.arena_bytes;
             if keep {
                 best = p;
@@ -117,8 +142,18 @@ pub fn search(
     }
     if options.reuse && options.fuse && best.arena_bytes > budget {
         let unfused = fuse::fuse(primitive, false);
-        for order in [plan::late_order(primitive, &unfused), unfused] {
-            let p = plan::plan_in_order(primitive, &order, options, budget)?;
+        let orders = if reorder {
+            vec![plan::plan_ordered(
+                primitive, &unfused, options, budget, true,
+            )?]
+        } else {
+            let late = plan::late_order(primitive, &unfused);
+            vec![
+                plan::plan_in_order(primitive, &late, options, budget)?,
+                plan::plan_in_order(primitive, &unfused, options, budget)?,
+            ]
+        };
+        for p in orders {
             if p.arena_bytes < best.arena_bytes {
                 best = Plan {
                     unfused_fallback: true,

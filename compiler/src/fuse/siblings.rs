@@ -349,10 +349,10 @@ mod tests {
         let budget = crate::memory::eager_budget(&g.g, &options);
         let groups = fuse(&g.g, true);
         assert_eq!(groups.len(), 4);
-        let apart = plan_ordered(&g.g, &groups, &options, budget).expect("plans");
+        let apart = plan_ordered(&g.g, &groups, &options, budget, true).expect("plans");
         let all_merged = merged(&g.g);
         assert_eq!(all_merged.len(), 3);
-        let together = plan_ordered(&g.g, &all_merged, &options, budget).expect("plans");
+        let together = plan_ordered(&g.g, &all_merged, &options, budget, true).expect("plans");
         // One 16 KiB intermediate live at a time, against both at once.
         assert_eq!(apart.arena_bytes, 16384 + 2 * 256);
         assert!(together.arena_bytes > apart.arena_bytes);

@@ -5,7 +5,9 @@
 
 use crate::fuse::{row_shapes, strides_agree, to_domain};
 use crate::ir::types::contiguous_strides;
-use crate::schedule::{Buffer, BufferId, BufferKind, FusedKernel, Kernel, KernelKind, Level};
+use crate::schedule::{
+    Buffer, BufferId, BufferKind, FusedKernel, Kernel, KernelKind, Level, Store,
+};
 use std::collections::BTreeSet;
 
 /// Strides, over the domain, of the contiguous store of an inst of `level`.
@@ -40,7 +42,6 @@ pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<B
             if buffers[out.index()].kind != BufferKind::Arena || store.region.is_some() {
                 continue;
             }
-            let want = store_strides(f, f.body[store.inst].level);
             // (a gathered table is read at positions only known at run time: never reused)
             let gathered: BTreeSet<BufferId> = f
                 .body
@@ -59,18 +60,10 @@ pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<B
                 .filter(|b| !gathered.contains(b))
                 .collect();
             for cand in candidates {
-                let c = &buffers[cand.index()];
-                let o = &buffers[out.index()];
-                let ok = c.kind == BufferKind::Arena
-                    && c.last_step == step
+                let ok = buffers[cand.index()].last_step == step
                     && !outputs.contains(&cand)
                     && !taken.contains(&cand)
-                    && c.bytes == o.bytes
-                    && c.dtype == o.dtype
-                    && f.loads
-                        .iter()
-                        .filter(|l| l.buffer == cand)
-                        .all(|l| l.offset == 0 && strides_agree(&l.strides, &want, &f.domain));
+                    && can_take_over(f, store, cand, buffers);
                 if ok {
                     taken.insert(cand);
                     buffers[out.index()].in_place_of = Some(cand);
@@ -79,6 +72,24 @@ pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<B
             }
         }
     }
+}
+
+/// Whether `store` of kernel `f` may take over the storage of `cand` once `cand` is read
+/// for the last time there (and is no output): both arena buffers of the same bytes and
+/// dtype, every load of `cand` reading exactly the element the store writes. What does not
+/// depend on the order of kernels; `crate::memory::order` models the rest.
+pub fn can_take_over(f: &FusedKernel, store: &Store, cand: BufferId, buffers: &[Buffer]) -> bool {
+    let c = &buffers[cand.index()];
+    let o = &buffers[store.buffer.index()];
+    let want = store_strides(f, f.body[store.inst].level);
+    c.kind == BufferKind::Arena
+        && o.kind == BufferKind::Arena
+        && c.bytes == o.bytes
+        && c.dtype == o.dtype
+        && f.loads
+            .iter()
+            .filter(|l| l.buffer == cand)
+            .all(|l| l.offset == 0 && strides_agree(&l.strides, &want, &f.domain))
 }
 
 /// The storage object (first buffer of its in-place chain) a buffer lives in.

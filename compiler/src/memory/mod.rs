@@ -10,9 +10,10 @@
 pub mod inplace;
 pub mod liveness;
 pub mod models;
+pub mod order;
 pub mod pack;
 pub mod report;
 pub mod sizes;
 
 pub use models::{eager_budget, lower_bound, unfused_model, Unfused};
-pub use report::{memory_report, MemoryReport};
+pub use report::{memory_report, memory_report_for, MemoryReport};

@@ -4,6 +4,7 @@
 //! computes nothing; definitions of the figures are in `docs/memory-planning.md`.
 
 use super::models::{lower_bound, unfused_model};
+use super::order::OrderModel;
 use crate::ir::{DType, Graph, NodeId, Op, ViewOp};
 use crate::schedule::{BufferKind, Plan};
 use crate::units::human;
@@ -17,6 +18,14 @@ pub struct Peak {
     pub without_inputs: u64,
 }
 
+/// `best_order_bound`: a peak figure, and whether it is exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BoundPeak {
+    pub with_inputs: u64,
+    pub without_inputs: u64,
+    pub exact: bool,
+}
+
 /// The peaks of SPEC §2, in bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Peaks {
@@ -24,6 +33,9 @@ pub struct Peaks {
     pub eager: Peak,
     pub planned: Peak,
     pub lower_bound: Peak,
+    /// No order of the same kernels can hold fewer bytes live at its peak
+    /// (`memory::order`, SPEC §3.8); `exact` when it is the least peak over every order.
+    pub best_order_bound: BoundPeak,
     /// Device memory tc really took; set by the CUDA runtime, `None` elsewhere.
     pub measured: Option<Peak>,
 }
@@ -38,6 +50,9 @@ pub struct KernelEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BufferEntry {
     pub name: String,
+    /// What the buffer holds, for people: the source expression and its line
+    /// (`x @ w1 (line 14)`), from the graph node's origin (`label`).
+    pub label: String,
     pub dtype: DType,
     pub shape: Vec<u64>,
     pub bytes: u64,
@@ -116,6 +131,47 @@ fn live_per_step(buffers: &[BufferEntry], steps: usize) -> Vec<u64> {
         .collect()
 }
 
+/// A plan buffer's label: its value's (`label`), or for scratch what it serves.
+fn buffer_label(plan: &Plan, primitive: &Graph, i: usize, source: Option<&str>) -> String {
+    let b = &plan.buffers[i];
+    if let Some(n) = b.node {
+        let l = label(primitive, n, source);
+        return match &b.kind {
+            BufferKind::Input { .. } => {
+                format!("input {} (line {})", b.name, primitive.origin(n).line)
+            }
+            BufferKind::Param { .. } => {
+                format!("param {} (line {})", b.name, primitive.origin(n).line)
+            }
+            _ => l,
+        };
+    }
+    // Scratch: the kernel that writes it, named by the label of what that kernel stores.
+    let id = crate::schedule::BufferId(i as u32);
+    let writer = plan
+        .kernels
+        .iter()
+        .find(|k| super::liveness::writes(k).contains(&id));
+    let stored = writer.and_then(|k| {
+        super::liveness::writes(k)
+            .into_iter()
+            .chain(
+                plan.kernels
+                    .iter()
+                    .skip_while(|j| j.name != k.name)
+                    .nth(1)
+                    .map(super::liveness::writes)
+                    .unwrap_or_default(),
+            )
+            .find_map(|w| plan.buffer(w).node)
+    });
+    let of = stored.map_or_else(|| "a kernel".to_string(), |n| label(primitive, n, source));
+    match b.kind {
+        BufferKind::Workspace => format!("matmul workspace of {of}"),
+        _ => format!("partial results of {of}"),
+    }
+}
+
 fn kind_name(kind: &BufferKind) -> &'static str {
     match kind {
         BufferKind::Input { .. } => "input",
@@ -145,19 +201,62 @@ fn view_name(graph: &Graph, id: NodeId, stored: &HashMap<NodeId, String>) -> Str
     }
 }
 
-/// Builds the report of a plan.
+/// The source text of a node's expression, on one line and at most 48 characters.
+fn expression(graph: &Graph, id: NodeId, source: Option<&str>) -> Option<String> {
+    let span = graph.origin(id).span.clone();
+    let text = source?.get(span)?;
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        return None;
+    }
+    Some(if text.chars().count() > 48 {
+        format!("{}…", text.chars().take(47).collect::<String>())
+    } else {
+        text
+    })
+}
+
+/// The label of the value of node `id`: its source expression and line, derived from the
+/// node's origin alone (so values other stages make — a gradient — are labelled by what
+/// their origin says). Without the source, the bound name or node and the line.
+pub fn label(graph: &Graph, id: NodeId, source: Option<&str>) -> String {
+    let line = graph.origin(id).line;
+    let what = match expression(graph, id, source) {
+        Some(e) => e,
+        None => graph.display_name(id),
+    };
+    format!("{what} (line {line})")
+}
+
+/// Builds the report of a plan (labels without source text: `memory_report_for`).
 pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryReport {
+    memory_report_for(checked, primitive, plan, None)
+}
+
+/// Builds the report of a plan of `source`'s program.
+pub fn memory_report_for(
+    checked: &Graph,
+    primitive: &Graph,
+    plan: &Plan,
+    source: Option<&str>,
+) -> MemoryReport {
     let unfused = unfused_model(checked, plan.options.matmul_workspace);
     let with = |x: u64| Peak {
         with_inputs: x.saturating_add(unfused.inputs),
         without_inputs: x,
     };
     let lb = lower_bound(plan);
+    let (bound, _) = OrderModel::of_plan(plan).bound();
     let peaks = Peaks {
         naive: with(unfused.naive),
         eager: with(unfused.eager),
         planned: with(plan.arena_bytes),
         lower_bound: with(lb),
+        best_order_bound: BoundPeak {
+            with_inputs: bound.bytes.saturating_add(unfused.inputs),
+            without_inputs: bound.bytes,
+            exact: bound.exact,
+        },
         measured: None,
     };
     let kernels = plan
@@ -172,8 +271,10 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
     let mut buffers: Vec<BufferEntry> = plan
         .buffers
         .iter()
-        .map(|b| BufferEntry {
+        .enumerate()
+        .map(|(i, b)| BufferEntry {
             name: b.name.clone(),
+            label: buffer_label(plan, primitive, i, source),
             dtype: b.dtype,
             shape: b.shape.clone(),
             bytes: b.bytes,
@@ -217,6 +318,7 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
         }
         buffers.push(BufferEntry {
             name: name.clone(),
+            label: label(primitive, id, source),
             dtype: node.ty.dtype,
             shape: node.ty.sizes(),
             bytes: 0,
@@ -256,6 +358,7 @@ pub fn memory_report(checked: &Graph, primitive: &Graph, plan: &Plan) -> MemoryR
             };
             buffers.push(BufferEntry {
                 name,
+                label: label(primitive, src, source),
                 dtype: primitive.ty(part).dtype,
                 shape: primitive.ty(part).sizes(),
                 bytes: 0,

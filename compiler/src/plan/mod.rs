@@ -22,6 +22,7 @@ use crate::fuse::{is_compute, to_domain, Group};
 use crate::ir::layout::{layouts, layouts_through};
 use crate::ir::types::contiguous_strides;
 use crate::ir::{Graph, NodeId, Op};
+use crate::memory::order::OrderModel;
 use crate::memory::{inplace, liveness, pack, sizes::PARTIAL_BYTES};
 use crate::schedule::{
     Buffer, BufferId, BufferKind, InstOp, Kernel, KernelKind, Plan, PlanOptions, PlanOutput, Region,
@@ -68,24 +69,88 @@ fn arena_too_large(graph: &Graph, buffers: &[Buffer]) -> Diagnostic {
     }
 }
 
-/// The plan of `groups` in their order, or in the as-late-as-possible order when that packs
-/// smaller and the first exceeds the eager figure `budget`.
+/// The plan of `groups` in their order, or in another topological order of them when that
+/// packs smaller: with `reorder`, the orders `memory::order` proposes for peak memory (least
+/// peak memory first, breadth first, depth first, the exact search's best) and the
+/// as-late-as-possible order; without, only the latter, and only when the first exceeds the
+/// eager figure `budget`. The first order wins ties, so reordering never raises the arena.
 pub fn plan_ordered(
     graph: &Graph,
     groups: &[Group],
     options: &PlanOptions,
     budget: u64,
+    reorder: bool,
 ) -> Result<Plan, Diagnostic> {
-    let best = plan_in_order(graph, groups, options, budget)?;
-    if !options.reuse || best.arena_bytes <= budget {
+    let (mut best, trace) = plan_traced(graph, groups, options, budget)?;
+    if !options.reuse {
         return Ok(best);
     }
-    let late = plan_in_order(graph, &late_order(graph, groups), options, budget)?;
-    Ok(if late.arena_bytes < best.arena_bytes {
-        late
-    } else {
-        best
-    })
+    if !reorder {
+        if best.arena_bytes <= budget {
+            return Ok(best);
+        }
+        let late = plan_in_order(graph, &late_order(graph, groups), options, budget)?;
+        return Ok(if late.arena_bytes < best.arena_bytes {
+            late
+        } else {
+            best
+        });
+    }
+    let model = OrderModel::of_plan(&best);
+    let mut candidates: Vec<Vec<usize>> = model.heuristics();
+    let own: Vec<usize> = (0..model.len()).collect();
+    let mut known = (model.peak(&own), own);
+    for o in &candidates {
+        let p = model.peak(o);
+        if p < known.0 {
+            known = (p, o.clone());
+        }
+    }
+    let (_, exact_order) = model.best_order((known.0, &known.1), SEARCH_STATES);
+    candidates.push(exact_order);
+    let mut tried: BTreeSet<Vec<usize>> = BTreeSet::new();
+    tried.insert((0..groups.len()).collect());
+    let mut orders: Vec<Vec<usize>> = Vec::new();
+    for o in candidates {
+        if model.peak(&o) >= best.arena_bytes {
+            continue; // cannot pack below the arena already found
+        }
+        let g = group_order(&o, &trace, groups.len());
+        if tried.insert(g.clone()) {
+            orders.push(g);
+        }
+    }
+    let late = late_order(graph, groups);
+    for order in std::iter::once(late).chain(
+        orders
+            .into_iter()
+            .map(|o| o.iter().map(|&g| groups[g].clone()).collect()),
+    ) {
+        let p = plan_in_order(graph, &order, options, budget)?;
+        if p.arena_bytes < best.arena_bytes {
+            best = p;
+        }
+    }
+    Ok(best)
+}
+
+/// States the exact order search may visit while planning (the report's bound allows more).
+const SEARCH_STATES: usize = 20_000;
+
+/// The order of groups that runs the kernels in `kernel_order` (`trace[k]` is kernel `k`'s
+/// group; a group's place is that of its first kernel; groups with no kernel go last).
+fn group_order(kernel_order: &[usize], trace: &[usize], groups: usize) -> Vec<usize> {
+    let mut seen = vec![false; groups];
+    let mut out = Vec::with_capacity(groups);
+    for &k in kernel_order {
+        let g = trace[k];
+        if !seen[g] {
+            seen[g] = true;
+            out.push(g);
+        }
+    }
+    out.extend((0..groups).filter(|&g| !seen[g]));
+    out
 }
 
 /// The groups in a topological order that runs each group as late as its last node
@@ -139,6 +204,16 @@ pub fn plan_in_order(
     options: &PlanOptions,
     budget: u64,
 ) -> Result<Plan, Diagnostic> {
+    plan_traced(graph, groups, options, budget).map(|(p, _)| p)
+}
+
+/// `plan_in_order`, with the index of the group each kernel comes from.
+fn plan_traced(
+    graph: &Graph,
+    groups: &[Group],
+    options: &PlanOptions,
+    budget: u64,
+) -> Result<(Plan, Vec<usize>), Diagnostic> {
     let lays = layouts(graph);
     for id in graph.ids() {
         if graph.node(id).op.is_view() && lays[id.index()].root == id {
@@ -231,7 +306,8 @@ pub fn plan_in_order(
 
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut notes = Vec::new();
-    for group in groups {
+    let mut trace: Vec<usize> = Vec::new();
+    for (gi, group) in groups.iter().enumerate() {
         let outs: Vec<NodeId> = group
             .nodes
             .iter()
@@ -374,6 +450,7 @@ pub fn plan_in_order(
                         _ => None,
                     })
                     .collect();
+                trace.extend([gi, gi]);
                 kernels.push(Kernel {
                     name,
                     kind: KernelKind::Fused(first),
@@ -387,12 +464,15 @@ pub fn plan_in_order(
                     lines,
                 });
             }
-            None => kernels.push(Kernel {
-                name,
-                kind,
-                ops,
-                lines,
-            }),
+            None => {
+                trace.push(gi);
+                kernels.push(Kernel {
+                    name,
+                    kind,
+                    ops,
+                    lines,
+                })
+            }
         }
     }
 
@@ -428,17 +508,20 @@ pub fn plan_in_order(
     if arena_bytes == u64::MAX || arena_bytes.checked_add(leaves).is_none() {
         return Err(arena_too_large(graph, &buffers));
     }
-    Ok(Plan {
-        kernels,
-        buffers,
-        arena_bytes,
-        inputs,
-        params,
-        outputs,
-        options: options.clone(),
-        unfused_fallback: false,
-        notes,
-    })
+    Ok((
+        Plan {
+            kernels,
+            buffers,
+            arena_bytes,
+            inputs,
+            params,
+            outputs,
+            options: options.clone(),
+            unfused_fallback: false,
+            notes,
+        },
+        trace,
+    ))
 }
 
 fn list(xs: &[u64]) -> String {

@@ -293,7 +293,10 @@ fn report_renders_text_json_and_svg() {
     }
     let svg = crate::report::render_svg(&report);
     assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
-    assert_eq!(svg.matches("<title>").count(), 1);
+    // One shape (with its title) per arena storage object and per input or param.
+    let shapes = crate::report::svg::layout(&report).shapes;
+    assert_eq!(shapes.iter().filter(|s| !s.leaf).count(), 1);
+    assert_eq!(svg.matches("<title>").count(), shapes.len());
     assert!(svg.contains("peak 256 B at step 0"));
 }
 

@@ -6,7 +6,7 @@ pub mod json;
 pub mod svg;
 pub mod text;
 
-pub use crate::memory::report::{BufferEntry, KernelEntry, MemoryReport, Peak, Peaks};
+pub use crate::memory::report::{BoundPeak, BufferEntry, KernelEntry, MemoryReport, Peak, Peaks};
 pub use json::to_json;
 pub use svg::render_svg;
 pub use text::render_text;

@@ -58,10 +58,17 @@ pub fn render_text(report: &MemoryReport) -> String {
         .max()
         .unwrap_or(0)
         .max(14);
+    let n = report
+        .buffers
+        .iter()
+        .map(|b| note_of(b).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
     let _ = writeln!(
         out,
-        "  {:<w$} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  note",
-        "name", "kind", "dtype", "shape", "bytes", "steps", "offset"
+        "  {:<w$} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  {:<n$}  label",
+        "name", "kind", "dtype", "shape", "bytes", "steps", "offset", "note"
     );
     for b in &report.buffers {
         // Inputs and params (and views of them) live outside the arena.
@@ -77,18 +84,10 @@ pub fn render_text(report: &MemoryReport) -> String {
         } else {
             b.offset.to_string()
         };
-        let note = match (&b.view_of, &b.in_place_of, &b.part_of) {
-            (Some(v), _, _) => format!("view of {v}"),
-            (_, Some(p), _) => format!("in place of {p}"),
-            (_, _, Some(c)) => match &b.copied_from {
-                Some(src) => format!("part of {c} (copied from {src})"),
-                None => format!("part of {c} (written in place by its kernel)"),
-            },
-            _ => String::new(),
-        };
+        let note = note_of(b);
         let _ = writeln!(
             out,
-            "  {:<w$} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  {}",
+            "  {:<w$} {:<9} {:<5} {:<22} {:>22} {:>7} {:>12}  {:<n$}  {}",
             b.name,
             b.kind,
             b.dtype.name(),
@@ -96,7 +95,8 @@ pub fn render_text(report: &MemoryReport) -> String {
             format!("{} ({})", human(b.bytes), b.bytes),
             format!("{}..{}", b.first_step, b.last_step),
             offset,
-            note
+            note,
+            b.label
         );
     }
     let p = &report.peaks;
@@ -121,6 +121,19 @@ pub fn render_text(report: &MemoryReport) -> String {
             cell(peak.map(|x| x.with_inputs))
         );
     }
+    let b = &p.best_order_bound;
+    let _ = writeln!(
+        out,
+        "  {:<18} {:<36} {}  ({})",
+        "best order bound",
+        cell(Some(b.without_inputs)),
+        cell(Some(b.with_inputs)),
+        if b.exact {
+            "exact: the least peak of any order of these kernels"
+        } else {
+            "a bound: no order of these kernels peaks lower"
+        }
+    );
     if !report.notes.is_empty() {
         let _ = writeln!(out, "\nnotes");
         for n in &report.notes {
@@ -129,6 +142,19 @@ pub fn render_text(report: &MemoryReport) -> String {
     }
     out.push_str(&chart(report));
     out
+}
+
+/// A buffer's note: `view of X` or `in place of X`.
+fn note_of(b: &super::BufferEntry) -> String {
+    match (&b.view_of, &b.in_place_of, &b.part_of) {
+        (Some(v), _, _) => format!("view of {v}"),
+        (_, Some(p), _) => format!("in place of {p}"),
+        (_, _, Some(c)) => match &b.copied_from {
+            Some(src) => format!("part of {c} (copied from {src})"),
+            None => format!("part of {c} (written in place by its kernel)"),
+        },
+        _ => String::new(),
+    }
 }
 
 /// One row per step, the arena drawn `CHART_WIDTH` characters wide; each live arena buffer

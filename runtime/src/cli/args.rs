@@ -1,4 +1,6 @@
-//! The command line's grammar (clap): `tc check|run|emit|bench`, exactly as SPEC §2 lists.
+//! The command line's grammar (clap): `tc check|run|emit|bench` as SPEC §2 lists, and
+//! `tc plan` (SPEC §3.7). `parse_size` reads a memory size (`--memory 2GiB`) for any option
+//! that takes one.
 
 use crate::backend::Repeats;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -30,6 +32,36 @@ pub enum Command {
     Emit(EmitArgs),
     /// Time the planned program against the unfused, unplanned one.
     Bench(BenchArgs),
+    /// Plan and report memory without running or allocating the program's data; with
+    /// `--fit DIM --memory SIZE`, the largest DIM whose planned peak fits SIZE.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+    /// Plan for this device; `cuda` includes the cuBLAS workspace, with or without a GPU
+    /// here; `auto` is what `tc run` would use.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Print the memory report.
+    #[arg(long)]
+    pub report_memory: bool,
+    /// Write the memory report as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub memory_json: Option<PathBuf>,
+    /// Write the memory report as an SVG picture of buffers over time.
+    #[arg(long, value_name = "FILE")]
+    pub memory_svg: Option<PathBuf>,
+    /// Find the largest value of this dim whose planned peak, with inputs and params, is at
+    /// most --memory.
+    #[arg(long, value_name = "DIM", requires = "memory")]
+    pub fit: Option<String>,
+    /// The memory to fit in: bytes, or with a unit (512MiB, 2GiB, 80GB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "fit")]
+    pub memory: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -146,6 +178,63 @@ fn parse_dim(s: &str) -> Result<(String, u64), String> {
     Ok((name.trim().to_string(), value))
 }
 
+/// A memory size: a whole number of bytes (`1048576`), or a number and a unit (`512MiB`,
+/// `1.5GiB`, `80GB`, `64 KiB`): B, KiB, MiB, GiB, TiB, PiB (powers of 1024), kB, MB, GB, TB,
+/// PB (powers of 1000), units in any case. At least one byte; at most 2^64 − 1.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let bad = || {
+        format!(
+            "`{s}` is not a memory size: give bytes (1073741824) or a number and a unit \
+             (512MiB, 2GiB, 80GB)"
+        )
+    };
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1
+    {
+        return Err(bad());
+    }
+    let scale: u128 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        "pib" | "p" => 1 << 50,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "pb" => 1_000_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    // Exact arithmetic: whole part × scale + fraction × scale, rounded down to a byte.
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if frac.len() > 18 || (scale == 1 && !frac.is_empty()) {
+        return Err(bad());
+    }
+    let whole: u128 = whole.parse().map_err(|_| bad())?;
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
+    let bytes = whole
+        .checked_mul(scale)
+        .and_then(|w| w.checked_add(frac_value * scale / 10u128.pow(frac.len() as u32)))
+        .ok_or_else(|| format!("`{s}` is more bytes than tc can count (2^64 - 1)"))?;
+    if bytes > u64::MAX as u128 {
+        return Err(format!("`{s}` is more bytes than tc can count (2^64 - 1)"));
+    }
+    if bytes == 0 {
+        return Err(format!("`{s}`: a memory size must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = s
         .split_once('=')
@@ -165,7 +254,20 @@ pub fn validate(command: &Command) -> Result<(), super::CliError> {
         Command::Run(a) => (&a.file, &a.compile.dims, Some(&a.exec)),
         Command::Emit(a) => (&a.file, &a.compile.dims, None),
         Command::Bench(a) => (&a.file, &a.compile.dims, Some(&a.exec)),
+        Command::Plan(a) => (&a.file, &a.compile.dims, None),
     };
+    if let Command::Plan(PlanArgs {
+        fit: Some(dim),
+        compile,
+        ..
+    }) = command
+    {
+        if compile.dims.iter().any(|(n, _)| n == dim) {
+            return Err(super::CliError::Usage(format!(
+                "--fit {dim} searches for the value of `{dim}`: do not also give it with --dim"
+            )));
+        }
+    }
     for (i, (name, _)) in dims.iter().enumerate() {
         if dims[..i].iter().any(|(n, _)| n == name) {
             let values: Vec<String> = dims
@@ -200,4 +302,43 @@ pub fn validate(command: &Command) -> Result<(), super::CliError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_bytes_and_units() {
+        let cases: [(&str, u64); 10] = [
+            ("1", 1),
+            ("1048576", 1 << 20),
+            ("512MiB", 512 << 20),
+            ("2GiB", 2 << 30),
+            ("2 gib", 2 << 30),
+            ("1.5GiB", 3 << 29),
+            ("80GB", 80_000_000_000),
+            ("64KiB", 64 << 10),
+            ("1TiB", 1 << 40),
+            ("16EiB0", 0),
+        ];
+        for (text, want) in &cases[..9] {
+            assert_eq!(parse_size(text), Ok(*want), "{text}");
+        }
+        for bad in [
+            cases[9].0,
+            "",
+            "MiB",
+            "1.5",
+            "-1",
+            "0",
+            "0GiB",
+            "1.2.3GiB",
+            "20000PiB",
+            "12 parsecs",
+            ".5GiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad} was taken");
+        }
+    }
 }

@@ -39,6 +39,7 @@ static STDOUT_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// A message for standard output.
 pub fn out(args: fmt::Arguments<'_>) {
+    clear_status();
     if STDOUT_TAKEN.load(Ordering::Relaxed) {
         return err(args);
     }
@@ -56,6 +57,7 @@ pub fn err(args: fmt::Arguments<'_>) {
     if STDERR_FAILED.load(Ordering::Relaxed) {
         return;
     }
+    clear_status();
     if std::io::stderr().lock().write_fmt(args).is_err() {
         STDERR_FAILED.store(true, Ordering::Relaxed);
     }
@@ -82,4 +84,32 @@ pub fn check_stdout() -> Result<(), super::CliError> {
             "error: cannot write to standard output: {e}"
         ))),
     }
+}
+
+/// Whether a status line is showing on standard error (to be cleared before other text).
+static STATUS_SHOWN: AtomicBool = AtomicBool::new(false);
+
+/// Progress of long work (`planning`, `compiling kernels`, `running`, `saving`): one status
+/// line on standard error, rewritten in place, when standard error is a terminal; nothing
+/// otherwise (a log, a pipe, a test). `NO_PROGRESS` in the environment turns it off.
+pub fn status(what: &str) {
+    if !progress_wanted() {
+        return;
+    }
+    STATUS_SHOWN.store(true, Ordering::Relaxed);
+    let mut e = std::io::stderr().lock();
+    let _ = write!(e, "\r\x1b[2K{what}…").and_then(|()| e.flush());
+}
+
+/// Clears the status line, if one is showing.
+pub fn clear_status() {
+    if STATUS_SHOWN.swap(false, Ordering::Relaxed) {
+        let _ = std::io::stderr().lock().write_all(b"\r\x1b[2K");
+    }
+}
+
+/// Progress is shown only on a terminal, and not when `NO_PROGRESS` is set.
+pub fn progress_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_PROGRESS").is_none()
 }

@@ -13,6 +13,7 @@ pub mod args;
 pub mod diagnostics;
 pub mod error;
 mod output;
+mod plan;
 
 use crate::backend::{self, Backend, CpuBackend, CudaBackend, Repeats, Timing};
 use crate::tensor::HostTensor;
@@ -60,6 +61,7 @@ fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Run(args) => run(&args),
         Command::Emit(args) => emit(&args),
         Command::Bench(args) => bench(&args),
+        Command::Plan(args) => plan::plan(&args),
     }
 }
 
@@ -192,11 +194,20 @@ pub fn preflight(program: &Program, backend: &dyn Backend) -> Result<(), CliErro
 fn run(args: &RunArgs) -> Result<(), CliError> {
     let source = read_source(&args.file)?;
     let backend = select_backend(&args.exec, false)?;
+    console::status("planning");
     let program = compile(&source, &compile_options(&args.compile, backend.as_ref()))?;
     let destinations = output::plan(args, &program)?;
     preflight(&program, backend.as_ref())?;
+    console::status("preparing inputs and params");
     let (inputs, params) = bind_data(&program, &args.exec)?;
-    let executed = backend.run(&program.plan, &inputs, &params)?;
+    console::status(&format!(
+        "compiling and running {} kernels on {}",
+        program.plan.kernels.len(),
+        backend.name()
+    ));
+    let executed = backend.run(&program.plan, &inputs, &params);
+    console::clear_status();
+    let executed = executed?;
 
     println!("ran {} on {}", source.path, backend.name());
     for (out, tensor) in program.plan.outputs.iter().zip(&executed.outputs) {
@@ -211,7 +222,12 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
         .map(|o| o.name.clone())
         .zip(executed.outputs)
         .collect();
-    destinations.commit(&named, &report)?;
+    if args.save.is_some() || args.memory_json.is_some() || args.memory_svg.is_some() {
+        console::status("saving");
+    }
+    let committed = destinations.commit(&named, &report);
+    console::clear_status();
+    committed?;
     if let Some(save) = &args.save {
         println!("saved {} output(s) to {}", named.len(), save.display());
     }
@@ -244,12 +260,9 @@ fn emit(args: &EmitArgs) -> Result<(), CliError> {
         print!("{}", tc_compiler::ir::text::print(&graph));
         return Ok(());
     }
-    // Emitting needs no device: plan for CUDA unless the CPU is asked for, since the CUDA
-    // plan is the one the kernels belong to.
-    let backend: Box<dyn Backend> = match args.device {
-        DeviceChoice::Cpu => Box::new(CpuBackend),
-        DeviceChoice::Cuda | DeviceChoice::Auto => Box::new(CudaBackend::default()),
-    };
+    // Emitting needs no device: `auto` plans for the device `tc run` would use here, so
+    // `emit --plan` shows the plan `run` runs; `--device cuda` shows the CUDA plan anywhere.
+    let backend = plan::planning_backend(args.device);
     let program = compile(&source, &compile_options(&args.compile, backend.as_ref()))?;
     if args.plan {
         print!("{}", tc_compiler::plan::text::print(&program.plan));

@@ -90,18 +90,48 @@ pub fn plan(args: &RunArgs, program: &Program) -> Result<Outputs, CliError> {
             })
         }
     };
-    let json = args
-        .memory_json
-        .as_deref()
+    let mut sources: Vec<(String, &Path)> =
+        vec![(format!("the program {}", args.file.display()), &args.file)];
+    for (name, path) in &args.exec.inputs {
+        sources.push((format!("--input {name}={}", path.display()), path));
+    }
+    if let Some(p) = &args.exec.params {
+        sources.push((format!("--params {}", p.display()), p));
+    }
+    reports(
+        save,
+        args.memory_json.as_deref(),
+        args.memory_svg.as_deref(),
+        &sources,
+    )
+}
+
+/// The destinations of `tc plan`: the report files only, checked against the program.
+pub fn plan_reports(
+    file: &Path,
+    json: Option<&Path>,
+    svg: Option<&Path>,
+) -> Result<Outputs, CliError> {
+    let sources = [(format!("the program {}", file.display()), file)];
+    reports(None, json, svg, &sources)
+}
+
+/// Resolves the report destinations next to `save`'s and checks them all against each
+/// other and against the files the command reads (`sources`).
+fn reports(
+    save: Option<Save>,
+    json: Option<&Path>,
+    svg: Option<&Path>,
+    sources: &[(String, &Path)],
+) -> Result<Outputs, CliError> {
+    let json = json
         .map(|p| destination(format!("--memory-json {}", p.display()), p))
         .transpose()?;
-    let svg = args
-        .memory_svg
-        .as_deref()
+    let svg = svg
         .map(|p| destination(format!("--memory-svg {}", p.display()), p))
         .transpose()?;
     let outputs = Outputs { save, json, svg };
-    outputs.check_clashes(args)?;
+    outputs.check_clashes(sources)?;
     // A report on standard output (`-`, or another name of the same pipe or file) keeps it
     // to itself; a terminal or /dev/null is shared, as everywhere.
     let stdout = sink::fd_identity(1);
@@ -128,7 +158,7 @@ impl Outputs {
     }
 
     /// No destination may be another destination, the program, an input or the params.
-    fn check_clashes(&self, args: &RunArgs) -> Result<(), CliError> {
+    fn check_clashes(&self, sources: &[(String, &Path)]) -> Result<(), CliError> {
         let all = self.all();
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
@@ -147,15 +177,7 @@ impl Outputs {
                 }
             }
         }
-        let mut sources: Vec<(String, &Path)> =
-            vec![(format!("the program {}", args.file.display()), &args.file)];
-        for (name, path) in &args.exec.inputs {
-            sources.push((format!("--input {name}={}", path.display()), path));
-        }
-        if let Some(p) = &args.exec.params {
-            sources.push((format!("--params {}", p.display()), p));
-        }
-        for (label, path) in &sources {
+        for (label, path) in sources {
             let Some(source) = sink::source_identity(path) else {
                 continue;
             };

@@ -1,0 +1,261 @@
+//! `tc plan` and `--fit` (SPEC §3.7), `tc emit --plan` agreeing with `tc run` on `--device
+//! auto`, and the memory picture's geometry (`report::svg::layout`, SPEC §3.8): every buffer
+//! visible however small, in-place chains as one shape, distinct colours, inputs and params
+//! in their own lane, clean ticks, kernels and lines on the steps axis.
+
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{repo_root, tc_in, write};
+
+fn planned_with_inputs(json: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(json).expect("JSON report");
+    v["peaks"]["planned"]["with_inputs"]
+        .as_u64()
+        .expect("planned")
+}
+
+#[test]
+fn plan_reports_without_running_and_cuda_adds_the_workspace() {
+    let root = repo_root();
+    let cpu = tc_in(
+        &root,
+        &[
+            "plan",
+            "examples/mlp.tx",
+            "--device",
+            "cpu",
+            "--memory-json",
+            "-",
+        ],
+    );
+    cpu.expect_code(0);
+    let cuda = tc_in(
+        &root,
+        &[
+            "plan",
+            "examples/mlp.tx",
+            "--device",
+            "cuda",
+            "--memory-json",
+            "-",
+        ],
+    );
+    cuda.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&cuda.stdout).expect("JSON");
+    assert!(v["peaks"]["measured"].is_null());
+    assert!(v["peaks"]["best_order_bound"]["exact"].is_boolean());
+    assert!(v["buffers"].as_array().is_some_and(|b| b
+        .iter()
+        .all(|b| b["label"].as_str().is_some_and(|l| l.contains("line ")))));
+    // Two matmuls, a 32 MiB workspace each at its own step: the arena grows by one.
+    assert_eq!(
+        planned_with_inputs(&cuda.stdout) - planned_with_inputs(&cpu.stdout),
+        32 << 20
+    );
+    // A program needing terabytes is planned, not refused: nothing is allocated.
+    let big = tc_in(
+        &root,
+        &[
+            "plan",
+            "examples/mlp.tx",
+            "--dim",
+            "B=268435456",
+            "--memory-json",
+            "-",
+        ],
+    );
+    big.expect_code(0);
+    assert!(planned_with_inputs(&big.stdout) > 1 << 40);
+}
+
+#[test]
+fn fit_finds_the_largest_dim_checked_one_above_and_one_below() {
+    let root = repo_root();
+    for (file, dim, size, bytes) in [
+        ("examples/mlp.tx", "B", "1GiB", 1u64 << 30),
+        ("examples/branches.tx", "B", "300MB", 300_000_000),
+        ("examples/softmax.tx", "N", "123456789", 123_456_789),
+    ] {
+        let r = tc_in(&root, &["plan", file, "--fit", dim, "--memory", size]);
+        r.expect_code(0);
+        let answer: u64 = r
+            .stdout
+            .split(&format!("{dim} = "))
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no answer in {}", r.stdout));
+        let at = |v: u64| {
+            let d = format!("{dim}={v}");
+            let r = tc_in(&root, &["plan", file, "--dim", &d, "--memory-json", "-"]);
+            r.expect_code(0);
+            planned_with_inputs(&r.stdout)
+        };
+        assert!(at(answer) <= bytes, "{file}: {dim}={answer} does not fit");
+        assert!(
+            at(answer + 1) > bytes,
+            "{file}: {dim}={} fits too",
+            answer + 1
+        );
+        assert!(answer > 1, "{file}: {answer}");
+    }
+    // Even 1 does not fit: exit 1, saying so.
+    tc_in(
+        &root,
+        &["plan", "examples/mlp.tx", "--fit", "B", "--memory", "1KiB"],
+    )
+    .expect_code(1)
+    .expect_mentions(&["even B = 1 does not fit"]);
+    // Bad sizes, a dim the program lacks, the dim given twice.
+    tc_in(
+        &root,
+        &["plan", "examples/mlp.tx", "--fit", "B", "--memory", "lots"],
+    )
+    .expect_code(2);
+    tc_in(
+        &root,
+        &["plan", "examples/mlp.tx", "--fit", "Q", "--memory", "1GiB"],
+    )
+    .expect_code(1)
+    .expect_mentions(&["no dim `Q`"]);
+    tc_in(
+        &root,
+        &[
+            "plan",
+            "examples/mlp.tx",
+            "--fit",
+            "B",
+            "--memory",
+            "1GiB",
+            "--dim",
+            "B=4",
+        ],
+    )
+    .expect_code(2);
+}
+
+#[test]
+fn emit_plan_and_run_agree_on_auto() {
+    let root = repo_root();
+    let dims = [
+        "--dim", "B=4", "--dim", "D=8", "--dim", "H=8", "--dim", "C=8",
+    ];
+    let mut emit = vec!["emit", "examples/mlp.tx", "--plan"];
+    emit.extend(dims);
+    let e = tc_in(&root, &emit);
+    e.expect_code(0);
+    let mut run = vec!["run", "examples/mlp.tx", "--memory-json", "-"];
+    run.extend(dims);
+    let r = tc_in(&root, &run);
+    r.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    let arena = v["peaks"]["planned"]["without_inputs"]
+        .as_u64()
+        .expect("planned");
+    assert!(
+        e.stdout.contains(&format!("arena {arena} bytes")),
+        "emit --plan shows another arena than run's {arena}:\n{}",
+        e.stdout
+    );
+}
+
+#[test]
+fn the_picture_shows_every_buffer_chains_leaves_and_clean_ticks() {
+    use tc_compiler::report::svg::{colour, layout, tick_label, ticks, MIN_H};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A 4-byte loss beside 4 MiB values, an in-place chain, eleven-plus buffers.
+    let src = "dim N = 1024\ninput x : f32[N, N]\nparam w : f32[N, N]\n\
+               h = tanh(x @ w)\na = exp(h) * 2\nb = sin(h)\nc = a + b\nd = c @ w\n\
+               e = relu(d)\nf = e @ w\ng = f @ w\nk = g @ w\nloss = mean(h * h)\n\
+               output loss, k, b\n";
+    let path = write(dir.path(), "p.tx", src);
+    let p = tc_compiler::compile(src, &Default::default()).expect("compiles");
+    let l = layout(&p.memory);
+    let arena: Vec<_> = p
+        .memory
+        .buffers
+        .iter()
+        .filter(|b| b.kind == "arena" || b.kind == "workspace")
+        .collect();
+    // Every arena buffer in exactly one shape; each shape at least MIN_H tall, inside the plot.
+    for b in &arena {
+        let n = l
+            .shapes
+            .iter()
+            .filter(|s| s.names.contains(&b.name))
+            .count();
+        assert_eq!(n, 1, "{} drawn {n} times", b.name);
+    }
+    assert!(l.shapes.iter().all(|s| s.h >= MIN_H && s.w >= 2.0));
+    let loss = l
+        .shapes
+        .iter()
+        .find(|s| s.names.contains(&"loss".into()))
+        .expect("loss");
+    assert!(loss.h >= MIN_H);
+    // A chain is one shape naming its buffers in order.
+    let chained: Vec<_> = arena.iter().filter(|b| b.in_place_of.is_some()).collect();
+    assert!(!chained.is_empty(), "the program has an in-place chain");
+    for b in chained {
+        let s = l
+            .shapes
+            .iter()
+            .find(|s| s.names.contains(&b.name))
+            .expect("drawn");
+        let prev = b.in_place_of.as_ref().expect("chained");
+        let (i, j) = (
+            s.names
+                .iter()
+                .position(|n| n == prev)
+                .expect("predecessor in the same shape"),
+            s.names.iter().position(|n| n == &b.name).expect("itself"),
+        );
+        assert!(i < j);
+    }
+    // Distinct colours, past ten.
+    let fills: std::collections::BTreeSet<_> = l.shapes.iter().map(|s| s.fill.clone()).collect();
+    assert_eq!(fills.len(), l.shapes.len());
+    assert!(l.shapes.len() >= 6, "{}", l.shapes.len());
+    let many: std::collections::BTreeSet<String> = (0..40).map(colour).collect();
+    assert_eq!(many.len(), 40);
+    // Inputs and params in their own lane, below the arena's shapes.
+    let leaves: Vec<_> = l.shapes.iter().filter(|s| s.leaf).collect();
+    assert_eq!(leaves.len(), 2);
+    let arena_bottom = l
+        .shapes
+        .iter()
+        .filter(|s| !s.leaf)
+        .map(|s| s.y + s.h)
+        .fold(0.0, f64::max);
+    assert!(leaves
+        .iter()
+        .all(|s| s.y >= l.lane_top && s.y + s.h <= l.lane_top + l.lane_h + 0.01));
+    assert!(arena_bottom < l.lane_top);
+    // Steps named by kernel and lines; ticks are clean.
+    assert_eq!(l.steps.len(), p.plan.kernels.len());
+    for ((_, text), k) in l.steps.iter().zip(&p.plan.kernels) {
+        assert!(
+            text.starts_with(&k.name) && text.contains("line "),
+            "{text}"
+        );
+    }
+    for (_, t) in &l.ticks {
+        let num = t.split(' ').next().unwrap_or("");
+        assert!(num.len() <= 6 && num.parse::<f64>().is_ok(), "tick {t}");
+    }
+    assert_eq!(tick_label(1536 << 10), "1.5 MiB");
+    assert_eq!(tick_label(64 << 20), "64 MiB");
+    assert_eq!(tick_label(4), "4 B");
+    assert!(ticks(4198416).len() <= 10);
+    // The CLI writes the same picture.
+    let svg = dir.path().join("m.svg");
+    tc_in(
+        dir.path(),
+        &["plan", &path, "--memory-svg", svg.to_str().expect("utf-8")],
+    )
+    .expect_code(0);
+    let text = std::fs::read_to_string(&svg).expect("svg written");
+    assert_eq!(text, tc_compiler::report::svg::render_svg(&p.memory));
+    assert!(text.contains("inputs and params") && text.contains("loss"));
+}
