@@ -22,6 +22,26 @@ pub fn evaluate(
     inputs: &[HostTensor],
     params: &[HostTensor],
 ) -> Result<Vec<RefTensor>, String> {
+    evaluate_with(graph, inputs, params, true)
+}
+
+/// `evaluate` in exact f64: no value is rounded to its dtype (casts included), so the
+/// program is a smooth function of its inputs wherever its maths is; what the gradient
+/// tests take finite differences of.
+pub fn evaluate_exact(
+    graph: &Graph,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<Vec<RefTensor>, String> {
+    evaluate_with(graph, inputs, params, false)
+}
+
+fn evaluate_with(
+    graph: &Graph,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+    rounding: bool,
+) -> Result<Vec<RefTensor>, String> {
     let mut vals: Vec<RefTensor> = Vec::with_capacity(graph.len());
     for id in graph.ids() {
         let node = graph.node(id);
@@ -131,7 +151,11 @@ pub fn evaluate(
                 shape
             ));
         }
-        let values = values.into_iter().map(|v| round(dtype, v)).collect();
+        let values = if rounding {
+            values.into_iter().map(|v| round(dtype, v)).collect()
+        } else {
+            values
+        };
         vals.push(RefTensor {
             shape,
             values,

@@ -16,6 +16,8 @@ fn params(name: &str) -> Option<&'static [&'static str]> {
         "transpose" | "f32" | "f16" | "bf16" => &["x"],
         "permute" => &["x", "dims"],
         "reshape" | "expand" => &["x", "shape"],
+        "grad" => &["loss", "wrt"],
+        "detach" => &["x"],
         _ if UnaryOp::from_function(name).is_some() => &["x"],
         _ => return None,
     })
@@ -54,6 +56,8 @@ const BUILTINS: &[&str] = &[
     "f32",
     "f16",
     "bf16",
+    "grad",
+    "detach",
 ];
 
 pub(super) fn is_builtin(name: &str) -> bool {
@@ -87,6 +91,9 @@ impl Checker<'_> {
         let Some(bound) = self.bind_args(func, params, args, span) else {
             return Val::Error;
         };
+        if name == "grad" || name == "detach" {
+            return self.grad_builtin(name, &bound, span, depth);
+        }
         let (x_expr, x) = match bound[0] {
             Some(e) => (e, self.expr_at(e, depth + 1)),
             None => return Val::Error,
@@ -196,7 +203,7 @@ impl Checker<'_> {
             bound[slot] = Some(&a.value);
         }
         let required = match func.name.as_str() {
-            "maximum" | "minimum" | "permute" | "reshape" | "expand" => 2,
+            "maximum" | "minimum" | "permute" | "reshape" | "expand" | "grad" => 2,
             _ => 1,
         };
         for (i, p) in params.iter().enumerate().take(required) {

@@ -79,10 +79,13 @@ pub fn decompose(graph: &Graph) -> Graph {
             ..o.clone()
         })
         .collect();
+    // Backward passes, in checked-graph ids (the primitive nodes' `Origin.group`s).
+    out.passes = graph.passes.clone();
     out
 }
 
-fn remap(op: &Op, map: &[NodeId]) -> Op {
+/// `op` with each operand `n` replaced by `map[n]`.
+pub(crate) fn remap(op: &Op, map: &[NodeId]) -> Op {
     let m = |n: &NodeId| map[n.index()];
     match op {
         Op::Input { index } => Op::Input { index: *index },

@@ -11,6 +11,7 @@ pub mod inplace;
 pub mod liveness;
 pub mod models;
 pub mod pack;
+pub mod remat;
 pub mod report;
 pub mod sizes;
 

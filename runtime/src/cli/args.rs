@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// Write the memory report as an SVG picture of buffers over time.
     #[arg(long, value_name = "FILE")]
     pub memory_svg: Option<PathBuf>,
+    /// Plan within SIZE bytes with inputs and params (`512MiB`, `2GiB`, or bytes),
+    /// recomputing forward values in the backward pass of a program with `grad`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +148,47 @@ fn parse_dim(s: &str) -> Result<(String, u64), String> {
         return Err(format!("a dim must be positive (in --dim {s})"));
     }
     Ok((name.trim().to_string(), value))
+}
+
+/// A byte count: an integer, optionally with a unit (`B`, `KiB`, `MiB`, `GiB`, `TiB`, or
+/// the decimal `kB`, `MB`, `GB`, `TB`), a fraction allowed before a unit (`1.5GiB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (use B, KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    let bad = || format!("`{s}` is not a size (bytes, or e.g. `512MiB`, `2GiB`)");
+    if num.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n
+            .checked_mul(scale)
+            .ok_or_else(|| format!("`{s}` is more bytes than 64 bits count"));
+    }
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = v * scale as f64;
+    if scale == 1 || !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes.floor() as u64)
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
