@@ -55,13 +55,15 @@ error_kinds! {
     TooDeep = "too-deep",
     /// A number literal that is not a finite f64.
     BadNumber = "bad-number",
+    /// `a < b < c`: comparisons do not chain.
+    ChainedComparison = "chained-comparison",
     /// A name used before it is bound, or never bound.
     UnknownName = "unknown-name",
     /// A name bound a second time.
     DuplicateName = "duplicate-name",
     /// A call of a function that is not a built-in.
     UnknownFunction = "unknown-function",
-    /// A type whose dtype is not f32, f16 or bf16.
+    /// A type whose dtype is not one of tc's (`f32 f16 bf16 i32 i64 bool`).
     UnknownDtype = "unknown-dtype",
     /// A name listed twice in `output`.
     DuplicateOutput = "duplicate-output",
@@ -87,6 +89,9 @@ error_kinds! {
     BadAxis = "bad-axis",
     /// A `reshape`, `permute` or `expand` that cannot produce the shape asked for.
     BadView = "bad-view",
+    /// An operand of a dtype the operation does not take (`@` of integers, `logical_and` of
+    /// floats, `where` with a float condition, an integer constant too large to be exact).
+    BadDtype = "bad-dtype",
     /// A `grad` whose loss is not a rank-0 float tensor, whose variable is not a float
     /// input or param, or whose loss depends on the variable through an op with no
     /// derivative.

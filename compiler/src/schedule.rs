@@ -18,10 +18,14 @@
 //!   for domain index `idx`; a `Row` load has stride 0 on every reduce axis.
 //! - A `Store` of an `Element` inst writes the buffer contiguously in `domain` order; of a
 //!   `Row` inst, contiguously in row order (the non-reduced axes, in order).
-//! - Arithmetic is done in f32 whatever the dtypes; `Cast` rounds to its dtype (ties to even)
-//!   and back. The planner follows every f16/bf16 arithmetic result with a `Cast`, so a
-//!   fused program rounds exactly where the unfused one stores (an executor that rounds
-//!   every inst to its dtype computes the same values).
+//! - Float arithmetic is done in f32 whatever the float dtypes; `Cast` rounds to its dtype
+//!   (ties to even) and back. The planner follows every f16/bf16 arithmetic result with a
+//!   `Cast`, so a fused program rounds exactly where the unfused one stores (an executor
+//!   that rounds every inst to its dtype computes the same values).
+//! - Integer and `bool` values (`DType::is_integral`) are exact: an executor holds them as
+//!   64-bit integers (never in f32), with `ir::eval`'s integer meaning (`binary_int`, …:
+//!   wrapping to the dtype); a `Cast` between kinds is `ir::eval::cast`. A comparison's
+//!   inst has dtype `bool` and operands of one dtype; `Where` picks per element.
 //! - A store may target a buffer the kernel also loads (in-place) only when every load of
 //!   it reads the same element the store writes, at the same domain index (the planner
 //!   guarantees it); a row kernel writes a row only after all its reductions are done.
@@ -110,8 +114,10 @@ pub enum InstOp {
     /// Round the operand to the inst's dtype (the value stays an f32 holding it).
     Cast(InstId),
     /// Fold the `Element` operand over the reduce axes (f32 accumulation; `Mean` divides by
-    /// the number of reduced elements).
+    /// the number of reduced elements; integers fold exactly, sums wrapping).
     Reduce(ReduceOp, InstId),
+    /// `where(c, a, b)`: `c` is `bool`; `a` and `b` have the inst's dtype.
+    Where(InstId, InstId, InstId),
 }
 
 impl InstOp {
@@ -121,6 +127,7 @@ impl InstOp {
             InstOp::Load(_) | InstOp::Const(_) => Vec::new(),
             InstOp::Unary(_, a) | InstOp::Cast(a) | InstOp::Reduce(_, a) => vec![a],
             InstOp::Binary(_, a, b) => vec![a, b],
+            InstOp::Where(c, a, b) => vec![c, a, b],
         }
     }
 
@@ -133,6 +140,7 @@ impl InstOp {
             InstOp::Binary(b, x, y) => InstOp::Binary(b, f(x), f(y)),
             InstOp::Cast(a) => InstOp::Cast(f(a)),
             InstOp::Reduce(r, a) => InstOp::Reduce(r, f(a)),
+            InstOp::Where(c, a, b) => InstOp::Where(f(c), f(a), f(b)),
         }
     }
 }

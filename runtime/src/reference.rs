@@ -6,14 +6,35 @@
 //! feature): the `tc` binary does not contain it.
 
 use crate::tensor::HostTensor;
-use tc_compiler::ir::{eval, DType, Graph, Op, ReduceOp, ViewOp};
+use tc_compiler::ir::eval::{self, Value};
+use tc_compiler::ir::{DType, Graph, Op, ReduceOp, ViewOp};
 
-/// A materialised value: row-major f64 values, each exactly representable in `dtype`.
+/// A materialised value: row-major f64 values, each exactly representable in `dtype`; for
+/// an integer or `bool` dtype also `ints`, the exact values (`values` then holds them as
+/// f64, exact up to 2^53).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefTensor {
     pub shape: Vec<u64>,
     pub values: Vec<f64>,
+    /// The exact values of an integral dtype; empty for a float dtype.
+    pub ints: Vec<i64>,
     pub dtype: DType,
+}
+
+impl RefTensor {
+    /// Element `i` as a scalar of its dtype.
+    fn at(&self, i: usize) -> Value {
+        if self.dtype.is_integral() {
+            Value::Int(self.ints[i])
+        } else {
+            Value::Float(self.values[i])
+        }
+    }
+
+    /// Every element as a scalar of its dtype.
+    fn vals(&self) -> Vec<Value> {
+        (0..self.values.len()).map(|i| self.at(i)).collect()
+    }
 }
 
 /// Evaluates `graph` and returns its outputs in `graph.outputs` order.
@@ -48,7 +69,8 @@ fn evaluate_with(
         let shape = node.ty.sizes();
         let dtype = node.ty.dtype;
         let get = |o: tc_compiler::ir::NodeId| &vals[o.index()];
-        let (out_shape, values): (Vec<u64>, Vec<f64>) = match &node.op {
+        let floats = |(s, v): (Vec<u64>, Vec<f64>)| (s, v.into_iter().map(Value::Float).collect());
+        let (out_shape, values): (Vec<u64>, Vec<Value>) = match &node.op {
             Op::Input { index } | Op::Param { index } => {
                 let (what, list) = if matches!(node.op, Op::Input { .. }) {
                     ("input", inputs)
@@ -68,17 +90,28 @@ fn evaluate_with(
                         t.shape
                     ));
                 }
-                (
-                    shape.clone(),
-                    t.to_f32().into_iter().map(f64::from).collect(),
-                )
+                let v = if dtype.is_integral() {
+                    t.to_i64().into_iter().map(Value::Int).collect()
+                } else {
+                    t.to_f32()
+                        .into_iter()
+                        .map(|x| Value::Float(f64::from(x)))
+                        .collect()
+                };
+                (shape.clone(), v)
             }
-            Op::Scalar(v) => (vec![], vec![*v]),
+            Op::Scalar(v) => (vec![], vec![Value::constant(dtype, *v)]),
             Op::Unary(op, a) => {
                 let a = get(*a);
                 (
                     a.shape.clone(),
-                    a.values.iter().map(|&x| eval::unary(*op, x)).collect(),
+                    a.vals()
+                        .into_iter()
+                        .map(|x| match x {
+                            Value::Float(f) if !rounding => Value::Float(eval::unary(*op, f)),
+                            x => eval::unary_value(*op, a.dtype, x),
+                        })
+                        .collect(),
                 )
             }
             Op::Binary(op, a, b) => {
@@ -88,10 +121,30 @@ fn evaluate_with(
                 let v = (0..n)
                     .map(|i| {
                         let idx = unravel(i, &s);
-                        eval::binary(
-                            *op,
-                            a.values[broadcast_index(&idx, &a.shape)],
-                            b.values[broadcast_index(&idx, &b.shape)],
+                        let (x, y) = (
+                            a.at(broadcast_index(&idx, &a.shape)),
+                            b.at(broadcast_index(&idx, &b.shape)),
+                        );
+                        match (x, y) {
+                            (Value::Float(p), Value::Float(q)) if !rounding && !op.is_cmp() => {
+                                Value::Float(eval::binary(*op, p, q))
+                            }
+                            (x, y) => eval::binary_value(*op, a.dtype, x, y),
+                        }
+                    })
+                    .collect();
+                (s, v)
+            }
+            Op::Where(c, a, b) => {
+                let (c, a, b) = (get(*c), get(*a), get(*b));
+                let s = broadcast_shape(&c.shape, &broadcast_shape(&a.shape, &b.shape)?)?;
+                let v = (0..numel(&s))
+                    .map(|i| {
+                        let idx = unravel(i, &s);
+                        eval::select(
+                            c.at(broadcast_index(&idx, &c.shape)),
+                            a.at(broadcast_index(&idx, &a.shape)),
+                            b.at(broadcast_index(&idx, &b.shape)),
                         )
                     })
                     .collect();
@@ -105,7 +158,7 @@ fn evaluate_with(
             } => reduce(get(*arg), *op, axes, *keepdim)?,
             Op::Softmax { arg, axis, log } => {
                 let log = *log;
-                along_axis(get(*arg), *axis, |line| {
+                floats(along_axis(get(*arg), *axis, |line| {
                     let m = eval::reduce(ReduceOp::Max, line.iter().copied());
                     let s: f64 = line.iter().map(|&x| (x - m).exp()).sum();
                     line.iter()
@@ -117,30 +170,43 @@ fn evaluate_with(
                             }
                         })
                         .collect()
-                })?
+                })?)
             }
-            Op::LayerNorm { arg, axis, eps } => along_axis(get(*arg), *axis, |line| {
+            Op::LayerNorm { arg, axis, eps } => floats(along_axis(get(*arg), *axis, |line| {
                 let n = line.len() as f64;
                 let mean = line.iter().sum::<f64>() / n;
                 let var = line.iter().map(|&x| (x - mean) * (x - mean)).sum::<f64>() / n;
                 line.iter()
                     .map(|&x| (x - mean) / (var + eps).sqrt())
                     .collect()
-            })?,
-            Op::RmsNorm { arg, axis, eps } => along_axis(get(*arg), *axis, |line| {
+            })?),
+            Op::RmsNorm { arg, axis, eps } => floats(along_axis(get(*arg), *axis, |line| {
                 let ms = line.iter().map(|&x| x * x).sum::<f64>() / line.len() as f64;
                 line.iter().map(|&x| x / (ms + eps).sqrt()).collect()
-            })?,
-            Op::MatMul(a, b) => matmul(get(*a), get(*b))?,
+            })?),
+            Op::MatMul(a, b) => floats(matmul(get(*a), get(*b))?),
             Op::Cast { arg, .. } => {
                 let a = get(*arg);
-                (a.shape.clone(), a.values.clone())
+                (
+                    a.shape.clone(),
+                    a.vals()
+                        .into_iter()
+                        .map(|x| match x {
+                            Value::Float(f) if !rounding && dtype.is_float() => Value::Float(f),
+                            x => eval::cast(dtype, x),
+                        })
+                        .collect(),
+                )
             }
             Op::Copy(a) => {
                 let a = get(*a);
-                (a.shape.clone(), a.values.clone())
+                (a.shape.clone(), a.vals())
             }
-            Op::View(view, a) => apply_view(view, get(*a), &shape)?,
+            Op::View(view, a) => {
+                let a = get(*a);
+                let (s, pos) = view_positions(view, a, &shape)?;
+                (s, pos.into_iter().map(|p| a.at(p)).collect())
+            }
         };
         if out_shape != shape {
             return Err(format!(
@@ -151,14 +217,26 @@ fn evaluate_with(
                 shape
             ));
         }
-        let values = if rounding {
-            values.into_iter().map(|v| round(dtype, v)).collect()
+        // Stored: rounded (or wrapped) to the node's dtype; exact floats stay as computed.
+        let stored: Vec<Value> = values
+            .into_iter()
+            .map(|v| {
+                if rounding || dtype.is_integral() {
+                    eval::cast(dtype, v)
+                } else {
+                    Value::Float(v.as_f64())
+                }
+            })
+            .collect();
+        let ints = if dtype.is_integral() {
+            stored.iter().map(|v| v.as_i64()).collect()
         } else {
-            values
+            Vec::new()
         };
         vals.push(RefTensor {
             shape,
-            values,
+            values: stored.iter().map(|v| v.as_f64()).collect(),
+            ints,
             dtype,
         });
     }
@@ -222,7 +300,7 @@ fn reduce(
     op: ReduceOp,
     axes: &[usize],
     keepdim: bool,
-) -> Result<(Vec<u64>, Vec<f64>), String> {
+) -> Result<(Vec<u64>, Vec<Value>), String> {
     if axes.iter().any(|&x| x >= a.shape.len()) {
         return Err(format!(
             "reduce axes {axes:?} out of range for {:?}",
@@ -237,17 +315,30 @@ fn reduce(
         .collect();
     let count: usize = axes.iter().map(|&d| a.shape[d] as usize).product();
     let n = numel(&kept);
-    let mut acc = vec![eval::reduce_init(op); n];
-    for (i, &x) in a.values.iter().enumerate() {
+    let target = |i: usize| {
         let mut idx = unravel(i, &a.shape);
         for &d in axes {
             idx[d] = 0;
         }
-        let j = ravel(&idx, &kept);
-        acc[j] = eval::reduce_step(op, acc[j], x);
-    }
-    acc.iter_mut()
-        .for_each(|v| *v = eval::reduce_finish(op, *v, count as u64));
+        ravel(&idx, &kept)
+    };
+    let acc: Vec<Value> = if a.dtype.is_integral() {
+        let mut acc = vec![eval::reduce_init_int(op, a.dtype); n];
+        for (i, &x) in a.ints.iter().enumerate() {
+            let j = target(i);
+            acc[j] = eval::reduce_step_int(op, a.dtype, acc[j], x);
+        }
+        acc.into_iter().map(Value::Int).collect()
+    } else {
+        let mut acc = vec![eval::reduce_init(op); n];
+        for (i, &x) in a.values.iter().enumerate() {
+            let j = target(i);
+            acc[j] = eval::reduce_step(op, acc[j], x);
+        }
+        acc.into_iter()
+            .map(|v| Value::Float(eval::reduce_finish(op, v, count as u64)))
+            .collect()
+    };
     let shape = if keepdim {
         kept
     } else {
@@ -316,11 +407,16 @@ fn matmul(a: &RefTensor, b: &RefTensor) -> Result<(Vec<u64>, Vec<f64>), String> 
     Ok((shape, out))
 }
 
-fn apply_view(view: &ViewOp, a: &RefTensor, shape: &[u64]) -> Result<(Vec<u64>, Vec<f64>), String> {
+/// The shape of a view of `a` and, per element of it, the position in `a` it reads.
+fn view_positions(
+    view: &ViewOp,
+    a: &RefTensor,
+    shape: &[u64],
+) -> Result<(Vec<u64>, Vec<usize>), String> {
     let r = a.shape.len();
     let gather = |out_shape: Vec<u64>, src: &dyn Fn(&[usize]) -> usize| {
         let v = (0..numel(&out_shape))
-            .map(|i| a.values[src(&unravel(i, &out_shape))])
+            .map(|i| src(&unravel(i, &out_shape)))
             .collect();
         (out_shape, v)
     };
@@ -357,7 +453,7 @@ fn apply_view(view: &ViewOp, a: &RefTensor, shape: &[u64]) -> Result<(Vec<u64>, 
             if numel(shape) != a.values.len() {
                 return Err(format!("reshape of {:?} to {shape:?}", a.shape));
             }
-            Ok((shape.to_vec(), a.values.clone()))
+            Ok((shape.to_vec(), (0..a.values.len()).collect()))
         }
         ViewOp::Expand { .. } => {
             broadcast_shape(&a.shape, shape)?;

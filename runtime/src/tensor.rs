@@ -31,6 +31,14 @@ impl HostTensor {
             DType::BF16 => values
                 .iter()
                 .for_each(|v| bytes.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+            // As a cast (`ir::eval::float_to_int`): truncated, saturating, NaN 0; bool x != 0.
+            DType::I32 | DType::I64 | DType::Bool => {
+                let ints: Vec<i64> = values
+                    .iter()
+                    .map(|&v| tc_compiler::ir::eval::float_to_int(dtype, v as f64))
+                    .collect();
+                return HostTensor::from_i64(dtype, shape, &ints);
+            }
         }
         HostTensor {
             dtype,
@@ -39,22 +47,73 @@ impl HostTensor {
         }
     }
 
-    /// The values widened to f32 (exact for every dtype), one at a time: no copy of the
-    /// tensor is made, so a summary of a 4 GiB output costs no memory.
-    pub fn iter_f32(&self) -> impl Iterator<Item = f32> + '_ {
+    /// Builds a tensor of an integral `dtype` from integers (wrapped to the dtype: i32 to
+    /// 32 bits, bool to `v != 0`). A float `dtype` gets the values rounded.
+    pub fn from_i64(dtype: DType, shape: Vec<u64>, values: &[i64]) -> HostTensor {
+        let mut bytes = Vec::with_capacity(values.len() * dtype.size() as usize);
+        match dtype {
+            DType::I32 => values
+                .iter()
+                .for_each(|&v| bytes.extend_from_slice(&(v as i32).to_le_bytes())),
+            DType::I64 => values
+                .iter()
+                .for_each(|&v| bytes.extend_from_slice(&v.to_le_bytes())),
+            DType::Bool => values.iter().for_each(|&v| bytes.push(u8::from(v != 0))),
+            _ => {
+                let f: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                return HostTensor::from_f32(dtype, shape, &f);
+            }
+        }
+        HostTensor {
+            dtype,
+            shape,
+            bytes,
+        }
+    }
+
+    /// The values as exact integers (floats truncated as a cast would, NaN 0).
+    pub fn iter_i64(&self) -> impl Iterator<Item = i64> + '_ {
         let dtype = self.dtype;
         self.bytes
             .chunks_exact(dtype.size() as usize)
             .map(move |c| match dtype {
-                DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                DType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
-                DType::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                DType::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
+                DType::I64 => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+                DType::Bool => i64::from(c[0] != 0),
+                _ => tc_compiler::ir::eval::float_to_int(DType::I64, decode_f32(dtype, c) as f64),
             })
     }
 
-    /// The values widened to f32 (exact for every dtype).
+    /// The values as exact integers.
+    pub fn to_i64(&self) -> Vec<i64> {
+        self.iter_i64().collect()
+    }
+
+    /// The values widened to f32 (exact for the float dtypes and `bool`, and for integers
+    /// up to 2^24), one at a time: no copy of the tensor is made, so a summary of a 4 GiB
+    /// output costs no memory.
+    pub fn iter_f32(&self) -> impl Iterator<Item = f32> + '_ {
+        let dtype = self.dtype;
+        self.bytes
+            .chunks_exact(dtype.size() as usize)
+            .map(move |c| decode_f32(dtype, c))
+    }
+
+    /// The values widened to f32 (exact for the float dtypes).
     pub fn to_f32(&self) -> Vec<f32> {
         self.iter_f32().collect()
+    }
+}
+
+/// One element's bytes as f32.
+fn decode_f32(dtype: DType, c: &[u8]) -> f32 {
+    match dtype {
+        DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        DType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+        DType::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        DType::I32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
+        DType::I64 => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+        DType::Bool => f32::from(c[0] != 0),
     }
 }
 

@@ -45,8 +45,10 @@ impl Tolerance {
 ///   slightly different f32/f64 values, and decomposed row ops round at different points, so
 ///   a value may land one or two f16 ulps away and carry that through later ops.
 /// - bf16: 5e-2 / 5e-2 — the same with 2^-8 ulps.
+/// - i32, i64, bool: exact (0 / 0) — integers are computed exactly everywhere.
 pub fn tolerance(dtype: DType) -> Tolerance {
     match dtype {
+        DType::I32 | DType::I64 | DType::Bool => Tolerance { rel: 0.0, abs: 0.0 },
         DType::F32 => Tolerance {
             rel: 1e-4,
             abs: 1e-4,
@@ -69,8 +71,10 @@ pub fn tolerance(dtype: DType) -> Tolerance {
 ///
 /// - f32: rel 2e-3, abs 2e-4 — long sums and matrix products over thousands of terms.
 /// - f16: 2e-2 / 2e-2, bf16: 6e-2 / 6e-2 — an f16/bf16 rounding that lands the other way.
+/// - i32, i64, bool: exact.
 pub fn between_executors(dtype: DType) -> Tolerance {
     match dtype {
+        DType::I32 | DType::I64 | DType::Bool => Tolerance { rel: 0.0, abs: 0.0 },
         DType::F32 => Tolerance {
             rel: 2e-3,
             abs: 2e-4,
@@ -119,6 +123,23 @@ pub fn compare(
             "output {name}: got {}{:?}, reference {}{:?}",
             got.dtype, got.shape, want.dtype, want.shape
         ));
+    }
+    if want.dtype.is_integral() {
+        // Integers and bools are exact: every value must be the reference's.
+        let got = got.to_i64();
+        let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want.ints[i]).collect();
+        return match bad.first() {
+            None => Ok(()),
+            Some(&i) => Err(format!(
+                "output {name} ({}{:?}): {} of {} values differ; first at flat index {i}: got {}, reference {}",
+                want.dtype,
+                want.shape,
+                bad.len(),
+                got.len(),
+                got[i],
+                want.ints[i]
+            )),
+        };
     }
     let scale = want
         .values

@@ -3,6 +3,7 @@
 //! first, as the checker does), and the origin group of the backward function being built.
 
 use crate::diag::Span;
+use crate::ir::graph::CmpOp;
 use crate::ir::graph::Saved;
 use crate::ir::layout::{apply_view, Layout};
 use crate::ir::types::broadcast_dims;
@@ -119,6 +120,51 @@ impl<'g> Tape<'g> {
         let a = self.expand(a, &shape);
         let b = self.expand(b, &shape);
         self.push(Op::Binary(op, a, b), TensorType::new(DType::F32, shape))
+    }
+
+    /// `a cmp b` (both read as f32, broadcast): a `bool` tensor.
+    pub fn cmp(&mut self, op: CmpOp, a: NodeId, b: NodeId) -> NodeId {
+        let a = self.f32(a);
+        let b = self.f32(b);
+        let (ta, tb) = (self.ty(a), self.ty(b));
+        let shape = broadcast_dims(&ta.shape, &tb.shape).unwrap_or_else(|| ta.shape.clone());
+        let a = self.expand(a, &shape);
+        let b = self.expand(b, &shape);
+        self.push(
+            Op::Binary(BinaryOp::Cmp(op), a, b),
+            TensorType::new(DType::Bool, shape),
+        )
+    }
+
+    /// `a cmp c` for a constant `c`.
+    pub fn cmp_const(&mut self, op: CmpOp, a: NodeId, c: f64) -> NodeId {
+        let s = self.scalar(c, DType::F32);
+        self.cmp(op, a, s)
+    }
+
+    /// `logical_and(a, b)` of two `bool` tensors of one shape.
+    pub fn and(&mut self, a: NodeId, b: NodeId) -> NodeId {
+        let t = self.ty(a);
+        self.push(Op::Binary(BinaryOp::And, a, b), t)
+    }
+
+    /// `where(cond, a, b)` in f32, the three broadcast to one shape.
+    pub fn select(&mut self, cond: NodeId, a: NodeId, b: NodeId) -> NodeId {
+        let a = self.f32(a);
+        let b = self.f32(b);
+        let (tc, ta, tb) = (self.ty(cond), self.ty(a), self.ty(b));
+        let shape = broadcast_dims(&ta.shape, &tb.shape)
+            .and_then(|s| broadcast_dims(&tc.shape, &s))
+            .unwrap_or_else(|| tc.shape.clone());
+        let c = self.expand(cond, &shape);
+        let a = self.expand(a, &shape);
+        let b = self.expand(b, &shape);
+        self.push(Op::Where(c, a, b), TensorType::new(DType::F32, shape))
+    }
+
+    /// A `bool` tensor as f32 ones and zeros.
+    pub fn as_f32(&mut self, mask: NodeId) -> NodeId {
+        self.cast_to(mask, DType::F32)
     }
 
     pub fn add(&mut self, a: NodeId, b: NodeId) -> NodeId {

@@ -4,6 +4,7 @@
 //! eager model and the planned schedule keep the same tensors for the backward.
 
 use super::build::Tape;
+use crate::ir::graph::CmpOp;
 use crate::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, UnaryOp, ViewOp};
 
 /// The contributions of `id`'s gradient `g` to each of its operands that carries gradient
@@ -115,6 +116,16 @@ pub fn node_backward(
                     let at = t.transpose(a);
                     out.push((b, t.matmul(at, g)));
                 }
+            }
+        }
+        Op::Where(c, a, b) => {
+            // where(cond, grad, 0) and where(cond, 0, grad): nothing into the condition.
+            let z = t.scalar(0.0, crate::ir::DType::F32);
+            if need(a) {
+                out.push((a, t.select(c, g, z)));
+            }
+            if need(b) {
+                out.push((b, t.select(c, z, g)));
             }
         }
         Op::Cast { arg, .. } | Op::Copy(arg) => {
@@ -249,7 +260,24 @@ fn unary(t: &mut Tape, u: UnaryOp, x: NodeId, y: NodeId, g: NodeId) -> Result<No
             let gx = t.mul(g, x);
             t.scale(gx, 2.0)
         }
-        UnaryOp::Abs | UnaryOp::Relu => return Err(format!("`{}`", u.name())),
+        UnaryOp::Abs => {
+            // grad * self.sgn(): slope 0 at 0.
+            t.save(x);
+            let pos = t.cmp_const(CmpOp::Gt, x, 0.0);
+            let neg = t.cmp_const(CmpOp::Lt, x, 0.0);
+            let p = t.as_f32(pos);
+            let n = t.as_f32(neg);
+            let sgn = t.sub(p, n);
+            t.mul(g, sgn)
+        }
+        UnaryOp::Relu => {
+            // threshold_backward(grad, result, 0): where(result <= 0, 0, grad).
+            t.save(y);
+            let off = t.cmp_const(CmpOp::Le, y, 0.0);
+            let z = t.scalar(0.0, crate::ir::DType::F32);
+            t.select(off, z, g)
+        }
+        UnaryOp::Not => return Err("`logical_not`".into()),
     })
 }
 
@@ -321,16 +349,61 @@ fn binary(
                         let k = t.scale(p, c);
                         r.push((x, t.mul(g, k)));
                     }
-                    None => return Err("`**` with a tensor exponent".into()),
+                    None => {
+                        // pow_backward_self: where(exponent == 0, 0, grad * e * self^(e-1)).
+                        t.save(y);
+                        let one = t.scalar(1.0, crate::ir::DType::F32);
+                        let e1 = t.sub(y, one);
+                        let p = t.bin(BinaryOp::Pow, x, e1);
+                        let k = t.mul(y, p);
+                        let gk = t.mul(g, k);
+                        let zero_e = t.cmp_const(CmpOp::Eq, y, 0.0);
+                        let z = t.scalar(0.0, crate::ir::DType::F32);
+                        r.push((x, t.select(zero_e, z, gk)));
+                    }
                 }
             }
             if ny {
-                return Err("`**` with respect to its exponent".into());
+                // pow_backward_exponent: where(self == 0 & exponent >= 0, 0, grad * result * log(self)).
+                t.save(x);
+                t.save(y);
+                t.save(out);
+                let l = t.un(UnaryOp::Log, x);
+                let rl = t.mul(out, l);
+                let gr = t.mul(g, rl);
+                let x0 = t.cmp_const(CmpOp::Eq, x, 0.0);
+                let e0 = t.cmp_const(CmpOp::Ge, y, 0.0);
+                let both = t.and(x0, e0);
+                let z = t.scalar(0.0, crate::ir::DType::F32);
+                r.push((y, t.select(both, z, gr)));
             }
         }
-        BinaryOp::Maximum | BinaryOp::Minimum => return Err(format!("`{}`", b.name())),
+        BinaryOp::Maximum | BinaryOp::Minimum => {
+            // where(self == other, grad / 2, grad).masked_fill_(self < other, 0) for maximum's
+            // self (self > other for minimum's), and the mirror for other.
+            t.save(x);
+            t.save(y);
+            let half = t.scale(g, 0.5);
+            let tie = t.cmp(CmpOp::Eq, x, y);
+            let shared = t.select(tie, half, g);
+            let z = t.scalar(0.0, crate::ir::DType::F32);
+            let (lose_x, lose_y) = if b == BinaryOp::Maximum {
+                (CmpOp::Lt, CmpOp::Gt)
+            } else {
+                (CmpOp::Gt, CmpOp::Lt)
+            };
+            if nx {
+                let m = t.cmp(lose_x, x, y);
+                r.push((x, t.select(m, z, shared)));
+            }
+            if ny {
+                let m = t.cmp(lose_y, x, y);
+                r.push((y, t.select(m, z, shared)));
+            }
+        }
+        // Comparisons and logic give `bool`: no gradient passes through them.
+        BinaryOp::Cmp(_) | BinaryOp::And | BinaryOp::Or => {}
     }
-    let _ = out;
     Ok(r)
 }
 
@@ -370,8 +443,15 @@ fn reduce(
             t.expand(s, &xs)
         }
         ReduceOp::Max | ReduceOp::Min => {
-            let _ = y;
-            return Err(format!("`{}`", op.name()));
+            // amax/amin: scale_grad_by_count(grad, result == self) = grad / count * mask.
+            t.save(x);
+            t.save(y);
+            let yk = if keepdim { y } else { t.reshape(y, &kept) };
+            let eq = t.cmp(CmpOp::Eq, x, yk);
+            let mask = t.as_f32(eq);
+            let count = t.reduce(ReduceOp::Sum, mask, axes, true);
+            let share = t.div(gk, count);
+            t.mul(share, mask)
         }
     })
 }

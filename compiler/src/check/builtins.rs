@@ -9,11 +9,12 @@ use crate::syntax::ast::{Arg, Expr, ExprKind, Ident};
 /// The parameters of each built-in, in positional order. The first is the tensor argument.
 fn params(name: &str) -> Option<&'static [&'static str]> {
     Some(match name {
-        "maximum" | "minimum" => &["a", "b"],
-        "sum" | "mean" | "max" | "min" => &["x", "axis", "keepdim"],
+        "maximum" | "minimum" | "logical_and" | "logical_or" => &["a", "b"],
+        "where" => &["cond", "a", "b"],
+        "sum" | "mean" | "max" | "min" | "any" | "all" => &["x", "axis", "keepdim"],
         "softmax" | "log_softmax" => &["x", "axis"],
         "layernorm" | "rmsnorm" => &["x", "axis", "eps"],
-        "transpose" | "f32" | "f16" | "bf16" => &["x"],
+        "transpose" | "f32" | "f16" | "bf16" | "i32" | "i64" | "bool" => &["x"],
         "permute" => &["x", "dims"],
         "reshape" | "expand" => &["x", "shape"],
         "grad" => &["loss", "wrt"],
@@ -39,12 +40,18 @@ const BUILTINS: &[&str] = &[
     "silu",
     "erf",
     "square",
+    "logical_not",
+    "logical_and",
+    "logical_or",
+    "where",
     "maximum",
     "minimum",
     "sum",
     "mean",
     "max",
     "min",
+    "any",
+    "all",
     "softmax",
     "log_softmax",
     "layernorm",
@@ -56,6 +63,9 @@ const BUILTINS: &[&str] = &[
     "f32",
     "f16",
     "bf16",
+    "i32",
+    "i64",
+    "bool",
     "grad",
     "detach",
 ];
@@ -102,21 +112,41 @@ impl Checker<'_> {
             return self.unary(op, x, &x_expr.span, span);
         }
         match name {
-            "maximum" | "minimum" => {
+            "maximum" | "minimum" | "logical_and" | "logical_or" => {
                 let Some(b_expr) = bound[1] else {
                     return Val::Error;
                 };
                 let b = self.expr_at(b_expr, depth + 1);
-                let op = if name == "maximum" {
-                    BinaryOp::Maximum
-                } else {
-                    BinaryOp::Minimum
+                let op = match name {
+                    "maximum" => BinaryOp::Maximum,
+                    "minimum" => BinaryOp::Minimum,
+                    "logical_and" => BinaryOp::And,
+                    _ => BinaryOp::Or,
                 };
                 self.binary(op, (x, &x_expr.span), (b, &b_expr.span), span)
             }
-            "f32" | "f16" | "bf16" => {
+            "where" => {
+                let (Some(a_expr), Some(b_expr)) = (bound[1], bound[2]) else {
+                    return Val::Error;
+                };
+                let a = self.expr_at(a_expr, depth + 1);
+                let b = self.expr_at(b_expr, depth + 1);
+                self.select(
+                    (x, &x_expr.span),
+                    (a, &a_expr.span),
+                    (b, &b_expr.span),
+                    span,
+                )
+            }
+            "f32" | "f16" | "bf16" | "i32" | "i64" | "bool" => {
                 let dtype = DType::from_name(name).unwrap_or(DType::F32);
-                let Some(id) = self.materialize(x, dtype, &x_expr.span) else {
+                // A weak scalar becomes a tensor of the target dtype; to an integer or
+                // `bool` by way of its own dtype, so `bool(0.5)` is true.
+                let via = match x {
+                    Val::Weak(w) if dtype.is_integral() => w.dtype(),
+                    _ => dtype,
+                };
+                let Some(id) = self.materialize(x, via, &x_expr.span) else {
                     return Val::Error;
                 };
                 if self.graph.dtype(id) == dtype {
@@ -203,7 +233,9 @@ impl Checker<'_> {
             bound[slot] = Some(&a.value);
         }
         let required = match func.name.as_str() {
-            "maximum" | "minimum" | "permute" | "reshape" | "expand" | "grad" => 2,
+            "maximum" | "minimum" | "permute" | "reshape" | "expand" | "logical_and"
+            | "logical_or" | "grad" => 2,
+            "where" => 3,
             _ => 1,
         };
         for (i, p) in params.iter().enumerate().take(required) {
@@ -234,13 +266,23 @@ impl Checker<'_> {
     ) -> Val {
         let rank = ty.rank();
         match name {
-            "sum" | "mean" | "max" | "min" => {
+            "sum" | "mean" | "max" | "min" | "any" | "all" => {
                 let op = match name {
                     "sum" => ReduceOp::Sum,
                     "mean" => ReduceOp::Mean,
-                    "max" => ReduceOp::Max,
+                    "max" | "any" => ReduceOp::Max,
                     _ => ReduceOp::Min,
                 };
+                // `sum` of `bool`/`i32` is i64; `mean` of integers is f32; `any`/`all` are
+                // the `max`/`min` of the operand read as `bool`.
+                let to = match name {
+                    "sum" if ty.dtype.is_integral() => DType::I64,
+                    "mean" => ty.dtype.float_or_f32(),
+                    "any" | "all" => DType::Bool,
+                    _ => ty.dtype,
+                };
+                let id = self.coerce_dtype(id, to, x_span);
+                let ty = &self.graph.ty(id).clone();
                 let axes = match bound[1] {
                     None => (0..rank).collect(),
                     Some(e) => match self.axes(e, ty) {
@@ -282,6 +324,9 @@ impl Checker<'_> {
                 ))
             }
             "softmax" | "log_softmax" | "layernorm" | "rmsnorm" => {
+                // Float-only: integers and `bool` compute in f32.
+                let id = self.coerce_dtype(id, ty.dtype.float_or_f32(), x_span);
+                let ty = &self.graph.ty(id).clone();
                 let axis = match bound[1] {
                     None => self.normalize_axis(-1, ty, x_span),
                     Some(e) => self
@@ -379,6 +424,72 @@ impl Checker<'_> {
             }
             _ => Val::Error,
         }
+    }
+
+    /// `where(cond, a, b)`: `cond` must be `bool`; `a` and `b` promote as for arithmetic;
+    /// the three broadcast.
+    fn select(&mut self, c: (Val, &Span), a: (Val, &Span), b: (Val, &Span), span: &Span) -> Val {
+        if matches!(c.0, Val::Error) || matches!(a.0, Val::Error) || matches!(b.0, Val::Error) {
+            return Val::Error;
+        }
+        let cond = match c.0 {
+            Val::Tensor(id) if self.graph.dtype(id) == DType::Bool => id,
+            other => {
+                let what = match other {
+                    Val::Tensor(id) => self.graph.ty(id).to_string(),
+                    _ => "a number".to_string(),
+                };
+                self.error(
+                    Diagnostic::error(
+                        ErrorKind::BadDtype,
+                        format!("the condition of `where` must be bool, but this is {what}"),
+                    )
+                    .with_primary(c.1.clone(), format!("this is {what}"))
+                    .with_help("compare to make a condition, e.g. `where(x > 0, x, 0)`"),
+                );
+                return Val::Error;
+            }
+        };
+        let dtype = match (a.0, b.0) {
+            // Two weak scalars alone take their own kind: f32, or i64 for two integers.
+            (Val::Weak(x), Val::Weak(y)) => DType::promote(x.dtype(), y.dtype()),
+            _ => self.result_dtype(&[a.0, b.0]),
+        };
+        let (Some(ia), Some(ib)) = (
+            self.materialize(a.0, dtype, a.1),
+            self.materialize(b.0, dtype, b.1),
+        ) else {
+            return Val::Error;
+        };
+        let (tc, ta, tb) = (
+            self.graph.ty(cond).clone(),
+            self.graph.ty(ia).clone(),
+            self.graph.ty(ib).clone(),
+        );
+        let shape = crate::ir::types::broadcast_dims(&ta.shape, &tb.shape)
+            .and_then(|s| crate::ir::types::broadcast_dims(&tc.shape, &s));
+        let Some(shape) = shape else {
+            self.error(
+                Diagnostic::error(
+                    ErrorKind::ShapeMismatch,
+                    format!("shapes do not broadcast: where({tc}, {ta}, {tb})"),
+                )
+                .with_primary(span.clone(), "in this `where`")
+                .with_secondary(c.1.clone(), format!("this is {tc}"))
+                .with_secondary(a.1.clone(), format!("this is {ta}"))
+                .with_secondary(b.1.clone(), format!("this is {tb}"))
+                .with_note(
+                    "shapes align from the right; two sizes broadcast when equal or when one is 1",
+                ),
+            );
+            return Val::Error;
+        };
+        let ia = self.coerce_dtype(ia, dtype, a.1);
+        let ib = self.coerce_dtype(ib, dtype, b.1);
+        let ic = self.coerce_shape(cond, &shape, c.1);
+        let ia = self.coerce_shape(ia, &shape, a.1);
+        let ib = self.coerce_shape(ib, &shape, b.1);
+        Val::Tensor(self.push(Op::Where(ic, ia, ib), TensorType::new(dtype, shape), span))
     }
 
     fn normalize_axis(&mut self, axis: i128, ty: &TensorType, span: &Span) -> Option<usize> {
@@ -624,7 +735,14 @@ fn signature(name: &str, params: &[&str]) -> String {
     let mut all = vec![params[0].to_string()];
     if matches!(
         name,
-        "maximum" | "minimum" | "permute" | "reshape" | "expand"
+        "maximum"
+            | "minimum"
+            | "permute"
+            | "reshape"
+            | "expand"
+            | "logical_and"
+            | "logical_or"
+            | "where"
     ) {
         all.extend(params[1..].iter().map(|p| p.to_string()));
     } else {

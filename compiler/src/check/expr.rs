@@ -5,7 +5,7 @@
 //! Chains of left-associative operators and runs of unary minus are walked in a loop, so a
 //! 100 000-term sum checks in constant stack; other nesting is bounded by the parser.
 
-use super::{Checker, Val};
+use super::{Checker, Val, Weak};
 use crate::diag::{Diagnostic, ErrorKind, Span};
 use crate::ir::types::broadcast_dims as broadcast;
 use crate::ir::{eval, BinaryOp, DType, Dim, NodeId, Op, TensorType, UnaryOp, ViewOp};
@@ -29,8 +29,22 @@ impl Checker<'_> {
             return Val::Error;
         }
         match &e.kind {
+            ExprKind::Number(text) if Expr::is_int_literal(text) => match text.parse::<i64>() {
+                Ok(v) => Val::Weak(Weak::Int(v)),
+                Err(_) => {
+                    self.error(
+                        Diagnostic::error(
+                            ErrorKind::BadNumber,
+                            format!("the integer `{text}` is too large"),
+                        )
+                        .with_primary(e.span.clone(), "does not fit in 64 bits")
+                        .with_help(format!("write it as a float, `{text}.0`")),
+                    );
+                    Val::Error
+                }
+            },
             ExprKind::Number(text) => match text.parse::<f64>() {
-                Ok(v) if v.is_finite() => Val::Weak(v),
+                Ok(v) if v.is_finite() => Val::Weak(Weak::Float(v)),
                 _ => {
                     self.error(
                         Diagnostic::error(
@@ -106,22 +120,41 @@ impl Checker<'_> {
             BinOp::Mul => BinaryOp::Mul,
             BinOp::Div => BinaryOp::Div,
             BinOp::Pow => BinaryOp::Pow,
+            BinOp::Cmp(c) => BinaryOp::Cmp(c),
             BinOp::MatMul => return self.matmul(a, b, span),
         };
         self.binary(op, a, b, span)
     }
 
-    /// A tensor for `v`: a weak scalar becomes a rank-0 `Scalar` of `dtype`.
+    /// A tensor for `v`: a weak scalar becomes a rank-0 `Scalar` of `dtype` (an integer
+    /// constant of an integer dtype must be exact in f64, as `Op::Scalar` holds it).
     pub(super) fn materialize(&mut self, v: Val, dtype: DType, span: &Span) -> Option<NodeId> {
         match v {
             Val::Tensor(id) => Some(id),
-            Val::Weak(x) => Some(self.push(Op::Scalar(x), TensorType::scalar(dtype), span)),
+            Val::Weak(Weak::Int(i)) if dtype.is_integral() => {
+                let c = eval::wrap(dtype, i);
+                if (c as f64) as i64 != c || c == i64::MAX {
+                    self.error(
+                        Diagnostic::error(
+                            ErrorKind::BadDtype,
+                            format!("the integer constant {c} is too large for tc to hold exactly"),
+                        )
+                        .with_primary(span.clone(), format!("{dtype} constant {c}"))
+                        .with_note("integer constants of i64 tensors are limited to ±2^53"),
+                    );
+                    return None;
+                }
+                Some(self.push(Op::Scalar(c as f64), TensorType::scalar(dtype), span))
+            }
+            Val::Weak(x) => {
+                Some(self.push(Op::Scalar(x.as_f64()), TensorType::scalar(dtype), span))
+            }
             Val::Error => None,
         }
     }
 
     /// Converts `id` to `dtype` with an implicit cast, if it differs.
-    fn coerce_dtype(&mut self, id: NodeId, dtype: DType, span: &Span) -> NodeId {
+    pub(super) fn coerce_dtype(&mut self, id: NodeId, dtype: DType, span: &Span) -> NodeId {
         if self.graph.dtype(id) == dtype {
             return id;
         }
@@ -137,7 +170,7 @@ impl Checker<'_> {
     }
 
     /// Broadcasts `id` to `shape` with an implicit expand, if its sizes differ.
-    fn coerce_shape(&mut self, id: NodeId, shape: &[Dim], span: &Span) -> NodeId {
+    pub(super) fn coerce_shape(&mut self, id: NodeId, shape: &[Dim], span: &Span) -> NodeId {
         let sizes: Vec<u64> = shape.iter().map(|d| d.size).collect();
         if self.graph.ty(id).sizes() == sizes {
             return id;
@@ -146,26 +179,65 @@ impl Checker<'_> {
         self.push(Op::View(ViewOp::Expand { implicit: true }, id), ty, span)
     }
 
-    /// The dtype two values compute in: dimensioned tensors decide over rank-0 tensors,
-    /// which decide over weak scalars (PyTorch's rule); f32 when all are weak.
+    /// The dtype values compute in, PyTorch's rule: the highest category (`bool` <
+    /// integers < floats) among all operands decides the kind; within it, dimensioned
+    /// tensors decide over rank-0 tensors, which decide over weak scalars (a weak float is
+    /// f32, a weak integer i64: `i32[N] + 1` is i32, `i32[N] + 1.5` is f32, `bool[N] + 1`
+    /// is i64, `f16[N] * f32[]` is f16). f32 when there are no operands.
     pub(super) fn result_dtype(&self, vals: &[Val]) -> DType {
-        let mut best: Option<(u8, DType)> = None;
+        let mut groups: [Option<DType>; 3] = [None; 3];
         for v in vals {
-            if let Val::Tensor(id) = v {
-                let class = if self.graph.ty(*id).rank() > 0 { 2 } else { 1 };
-                let dt = self.graph.dtype(*id);
-                best = Some(match best {
-                    None => (class, dt),
-                    Some((c, d)) if c == class => (c, DType::promote(d, dt)),
-                    Some((c, d)) if c > class => (c, d),
-                    Some(_) => (class, dt),
-                });
-            }
+            let (g, dt) = match v {
+                Val::Tensor(id) => {
+                    let g = if self.graph.ty(*id).rank() > 0 { 2 } else { 1 };
+                    (g, self.graph.dtype(*id))
+                }
+                Val::Weak(w) => (0, w.dtype()),
+                Val::Error => continue,
+            };
+            groups[g] = Some(groups[g].map_or(dt, |d| DType::promote(d, dt)));
         }
-        best.map_or(DType::F32, |(_, d)| d)
+        let Some(top) = groups.iter().flatten().map(|d| d.category()).max() else {
+            return DType::F32;
+        };
+        groups
+            .iter()
+            .rev()
+            .flatten()
+            .copied()
+            .find(|d| d.category() == top)
+            .unwrap_or(DType::F32)
+    }
+
+    /// Two weak scalars: folded (integers exactly, wrapping in 64 bits; `/`, and `**`
+    /// with a negative integer exponent, give floats as in Python); a comparison gives a
+    /// rank-0 `bool` tensor.
+    fn fold_weak(&mut self, op: BinaryOp, x: Weak, y: Weak, span: &Span) -> Val {
+        if let BinaryOp::Cmp(c) = op {
+            let b = match (x, y) {
+                (Weak::Int(a), Weak::Int(b)) => eval::compare_int(c, a, b),
+                _ => eval::compare(c, x.as_f64(), y.as_f64()),
+            };
+            let id = self.push(
+                Op::Scalar(if b { 1.0 } else { 0.0 }),
+                TensorType::scalar(DType::Bool),
+                span,
+            );
+            return Val::Tensor(id);
+        }
+        match (x, y) {
+            (Weak::Int(a), Weak::Int(b))
+                if !matches!(op, BinaryOp::Div) && !(op == BinaryOp::Pow && b < 0) =>
+            {
+                Val::Weak(Weak::Int(eval::binary_int(op, DType::I64, a, b)))
+            }
+            _ => Val::Weak(Weak::Float(eval::binary(op, x.as_f64(), y.as_f64()))),
+        }
     }
 
     /// An elementwise operator on two values, with promotion and broadcasting made explicit.
+    /// `/` of integers divides in f32; comparisons give `bool`; `logical_and`/`logical_or`
+    /// read their operands as `bool` (`x != 0`).
     pub(super) fn binary(
         &mut self,
         op: BinaryOp,
@@ -175,14 +247,24 @@ impl Checker<'_> {
     ) -> Val {
         match (a.0, b.0) {
             (Val::Error, _) | (_, Val::Error) => return Val::Error,
-            (Val::Weak(x), Val::Weak(y)) => return Val::Weak(eval::binary(op, x, y)),
+            (Val::Weak(x), Val::Weak(y)) if !matches!(op, BinaryOp::And | BinaryOp::Or) => {
+                return self.fold_weak(op, x, y, span)
+            }
             _ => {}
         }
-        let dtype = self.result_dtype(&[a.0, b.0]);
-        let (Some(ia), Some(ib)) = (
-            self.materialize(a.0, dtype, a.1),
-            self.materialize(b.0, dtype, b.1),
-        ) else {
+        let mut dtype = self.result_dtype(&[a.0, b.0]);
+        if op == BinaryOp::Div {
+            dtype = dtype.float_or_f32();
+        }
+        if matches!(op, BinaryOp::And | BinaryOp::Or) {
+            dtype = DType::Bool;
+        }
+        let mat = |cx: &mut Self, v: Val, s: &Span| match v {
+            // A weak operand of a logical op is read as `bool` first, as a tensor would be.
+            Val::Weak(w) if dtype == DType::Bool => cx.materialize(v, w.dtype(), s),
+            _ => cx.materialize(v, dtype, s),
+        };
+        let (Some(ia), Some(ib)) = (mat(self, a.0, a.1), mat(self, b.0, b.1)) else {
             return Val::Error;
         };
         let (ta, tb) = (self.graph.ty(ia).clone(), self.graph.ty(ib).clone());
@@ -193,7 +275,8 @@ impl Checker<'_> {
                 BinaryOp::Mul => "*",
                 BinaryOp::Div => "/",
                 BinaryOp::Pow => "**",
-                BinaryOp::Maximum | BinaryOp::Minimum => ",",
+                BinaryOp::Cmp(c) => c.symbol(),
+                BinaryOp::Maximum | BinaryOp::Minimum | BinaryOp::And | BinaryOp::Or => ",",
             };
             let mut d = Diagnostic::error(
                 ErrorKind::ShapeMismatch,
@@ -213,20 +296,42 @@ impl Checker<'_> {
         let ib = self.coerce_dtype(ib, dtype, b.1);
         let ia = self.coerce_shape(ia, &shape, a.1);
         let ib = self.coerce_shape(ib, &shape, b.1);
-        Val::Tensor(self.push(Op::Binary(op, ia, ib), TensorType::new(dtype, shape), span))
+        let out = if op.is_cmp() { DType::Bool } else { dtype };
+        Val::Tensor(self.push(Op::Binary(op, ia, ib), TensorType::new(out, shape), span))
     }
 
     /// An elementwise function of one value; folded when the value is a weak scalar and
-    /// the function is simple to fold exactly.
+    /// the function is simple to fold exactly. On an integer or `bool` tensor, `abs`,
+    /// unary `-`, `square` and `relu` keep its dtype, `logical_not` reads it as `bool`, and
+    /// every other function computes in f32.
     pub(super) fn unary(&mut self, op: UnaryOp, v: Val, arg_span: &Span, span: &Span) -> Val {
         if let Val::Weak(x) = v {
-            if let Some(y) = fold_unary(op, x) {
-                return Val::Weak(y);
+            match (x, op) {
+                (Weak::Int(i), _) if op.keeps_int() => {
+                    return Val::Weak(Weak::Int(eval::unary_int(op, DType::I64, i)))
+                }
+                (_, UnaryOp::Not) => {}
+                _ => {
+                    if let Some(y) = fold_unary(op, x.as_f64()) {
+                        return Val::Weak(Weak::Float(y));
+                    }
+                }
             }
         }
-        let Some(id) = self.materialize(v, DType::F32, arg_span) else {
+        let want = match v {
+            Val::Weak(w) if op == UnaryOp::Not => w.dtype(),
+            _ => DType::F32,
+        };
+        let Some(id) = self.materialize(v, want, arg_span) else {
             return Val::Error;
         };
+        let dt = self.graph.dtype(id);
+        let to = match op {
+            UnaryOp::Not => DType::Bool,
+            _ if op.keeps_int() => dt,
+            _ => dt.float_or_f32(),
+        };
+        let id = self.coerce_dtype(id, to, arg_span);
         let ty = self.graph.ty(id).clone();
         Val::Tensor(self.push(Op::Unary(op, id), ty, span))
     }
@@ -296,6 +401,17 @@ impl Checker<'_> {
             return Val::Error;
         };
         let dtype = self.result_dtype(&[a.0, b.0]);
+        if dtype.is_integral() {
+            self.error(
+                Diagnostic::error(
+                    ErrorKind::BadDtype,
+                    format!("`@` needs floating operands, but this is {ta} @ {tb}"),
+                )
+                .with_primary(span.clone(), format!("a product of {dtype}"))
+                .with_help("convert one operand first, e.g. `f32(a) @ b`"),
+            );
+            return Val::Error;
+        }
         let ia = self.coerce_dtype(ia, dtype, a.1);
         let ib = self.coerce_dtype(ib, dtype, b.1);
         let sa: Vec<Dim> = batch

@@ -154,7 +154,7 @@ impl Checker<'_> {
                         ErrorKind::BadGrad,
                         "the loss of `grad` must be a tensor of the program",
                     )
-                    .with_primary(span.clone(), format!("this is the number {x}"))
+                    .with_primary(span.clone(), format!("this is the number {}", x.as_f64()))
                     .with_note("a constant has no gradient"),
                 );
                 return None;

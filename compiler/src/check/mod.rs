@@ -59,9 +59,34 @@ enum Binding {
     Dim(u64),
     Tensor(NodeId),
     /// A weak scalar (`two = 2`): keeps the dtype of whatever tensor it meets.
-    Weak(f64),
+    Weak(Weak),
     /// The statement binding it failed; uses report nothing more.
     Poison,
+}
+
+/// A weak scalar's value: an integer (integer literals, dims, and `+ - * **` on them,
+/// wrapping in 64 bits) or a float (float literals, `/`, functions of weak scalars).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Weak {
+    Float(f64),
+    Int(i64),
+}
+
+impl Weak {
+    fn as_f64(self) -> f64 {
+        match self {
+            Weak::Float(x) => x,
+            Weak::Int(i) => i as f64,
+        }
+    }
+
+    /// The dtype the scalar has on its own: f32 for a float, i64 for an integer.
+    fn dtype(self) -> DType {
+        match self {
+            Weak::Float(_) => DType::F32,
+            Weak::Int(_) => DType::I64,
+        }
+    }
 }
 
 /// The value of an expression while checking.
@@ -69,7 +94,7 @@ enum Binding {
 enum Val {
     Tensor(NodeId),
     /// A number literal or a dim (or arithmetic on them): dtype decided by its partner.
-    Weak(f64),
+    Weak(Weak),
     /// Already reported.
     Error,
 }
@@ -356,8 +381,8 @@ impl<'s> Checker<'s> {
                 format!("unknown dtype `{}`", ty.dtype.name),
             )
             .with_primary(ty.dtype.span.clone(), "not a dtype")
-            .with_note("the dtypes are f32, f16 and bf16");
-            if let Some(h) = hint::nearest(&ty.dtype.name, ["f32", "f16", "bf16"]) {
+            .with_note("the dtypes are f32, f16, bf16, i32, i64 and bool");
+            if let Some(h) = hint::nearest(&ty.dtype.name, DType::ALL.map(|d| d.name())) {
                 d = d.with_help(format!("did you mean `{h}`?"));
             }
             self.error(d);
@@ -423,7 +448,13 @@ impl<'s> Checker<'s> {
         let node = match self.lookup(&n.name, &n.span) {
             Val::Tensor(id) => id,
             Val::Weak(x) => {
-                let id = self.push(Op::Scalar(x), TensorType::scalar(DType::F32), &n.span);
+                // A weak value alone is f32, integers included (§1: an output of literals
+                // and dims has always been f32).
+                let id = self.push(
+                    Op::Scalar(x.as_f64()),
+                    TensorType::scalar(DType::F32),
+                    &n.span,
+                );
                 self.graph.node_mut(id).name = Some(n.name.clone());
                 id
             }
@@ -440,7 +471,7 @@ impl<'s> Checker<'s> {
     fn lookup(&mut self, name: &str, span: &Span) -> Val {
         match self.env.get(name) {
             Some((Binding::Tensor(id), _)) => Val::Tensor(*id),
-            Some((Binding::Dim(v), _)) => Val::Weak(*v as f64),
+            Some((Binding::Dim(v), _)) => Val::Weak(Weak::Int(*v as i64)),
             Some((Binding::Weak(v), _)) => Val::Weak(*v),
             Some((Binding::Poison, _)) => Val::Error,
             None => {

@@ -91,21 +91,43 @@ pub(crate) fn float_literal(x: f64) -> String {
     }
 }
 
-/// Widening a stored element to f32.
-pub(crate) fn load_conv(dtype: DType, raw: &str) -> String {
-    match dtype {
-        DType::F32 => raw.to_string(),
-        DType::F16 => format!("tc_f16_to_f32({raw})"),
-        DType::BF16 => format!("tc_bf16_to_f32({raw})"),
+/// The C type a value of `dtype` is held in: `float` for the float dtypes (arithmetic is
+/// in f32), `long long` for integers and `bool` (exact, wrapped to the dtype after each op).
+pub(crate) fn value_type(dtype: DType) -> &'static str {
+    if dtype.is_integral() {
+        "long long"
+    } else {
+        "float"
     }
 }
 
-/// Rounding an f32 to a stored element.
+/// Widening a stored element to its value type (f32, or `long long` for integers).
+pub(crate) fn load_conv(dtype: DType, raw: &str) -> String {
+    match dtype {
+        DType::F32 | DType::I64 => raw.to_string(),
+        DType::F16 => format!("tc_f16_to_f32({raw})"),
+        DType::BF16 => format!("tc_bf16_to_f32({raw})"),
+        DType::I32 | DType::Bool => format!("(long long)({raw})"),
+    }
+}
+
+/// Rounding a value to a stored element.
 pub(crate) fn store_conv(dtype: DType, value: &str) -> String {
     match dtype {
-        DType::F32 => value.to_string(),
+        DType::F32 | DType::I64 => value.to_string(),
         DType::F16 => format!("tc_f32_to_f16({value})"),
         DType::BF16 => format!("tc_f32_to_bf16({value})"),
+        DType::I32 => format!("(int)({value})"),
+        DType::Bool => format!("(unsigned char)({value} != 0)"),
+    }
+}
+
+/// A constant of `dtype` as a C literal.
+fn literal(dtype: DType, c: f64) -> String {
+    match crate::ir::eval::Value::constant(dtype, c) {
+        crate::ir::eval::Value::Int(i) if i == i64::MIN => "(-9223372036854775807LL - 1)".into(),
+        crate::ir::eval::Value::Int(i) => format!("{i}LL"),
+        crate::ir::eval::Value::Float(_) => float_literal(c),
     }
 }
 
@@ -113,10 +135,33 @@ fn v(i: ValueId) -> String {
     i.to_string()
 }
 
-/// The f32 expression of an arithmetic value (not `Load`/`Reduce`).
+/// `e` (a `long long` expression) wrapped to the integral `dtype`.
+fn wrap_int(dtype: DType, e: String) -> String {
+    match dtype {
+        DType::I32 => format!("tc_wrap_i32({e})"),
+        DType::Bool => format!("(long long)(({e}) != 0)"),
+        _ => e,
+    }
+}
+
+/// The expression of an arithmetic value (not `Load`/`Reduce`), in its value type.
 fn arith_expr(k: &KernelIr, inst: &Value) -> String {
+    let dt = |i: &ValueId| k.values.get(i.index()).map_or(DType::F32, |x| x.dtype);
     match &inst.op {
-        ValueOp::Const(c) => float_literal(*c),
+        ValueOp::Const(c) => literal(inst.dtype, *c),
+        ValueOp::Unary(op, a) if inst.dtype.is_integral() => {
+            let x = v(*a);
+            let e = match op {
+                UnaryOp::Neg => format!("tc_isub(0LL, {x})"),
+                UnaryOp::Abs => format!("({x} < 0 ? tc_isub(0LL, {x}) : {x})"),
+                UnaryOp::Square => format!("tc_imul({x}, {x})"),
+                UnaryOp::Relu => format!("({x} < 0 ? 0LL : {x})"),
+                UnaryOp::Not => format!("(long long)({x} == 0)"),
+                // Not made by the checker on integers (they compute in f32).
+                _ => format!("tc_f2i64((float){x})"),
+            };
+            wrap_int(inst.dtype, e)
+        }
         ValueOp::Unary(op, a) => {
             let a = v(*a);
             match op {
@@ -135,7 +180,29 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
                 UnaryOp::Silu => format!("{a} / (1.0f + expf(-{a}))"),
                 UnaryOp::Erf => format!("erff({a})"),
                 UnaryOp::Square => format!("{a} * {a}"),
+                UnaryOp::Not => format!("({a} == 0.0f ? 1.0f : 0.0f)"),
             }
+        }
+        ValueOp::Binary(op, a, b) if op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or) => {
+            let (x, y) = (v(*a), v(*b));
+            match op {
+                BinaryOp::Cmp(c) => format!("(long long)({x} {} {y})", c.symbol()),
+                BinaryOp::And => format!("(long long)({x} != 0 && {y} != 0)"),
+                _ => format!("(long long)({x} != 0 || {y} != 0)"),
+            }
+        }
+        ValueOp::Binary(op, a, b) if inst.dtype.is_integral() => {
+            let (x, y) = (v(*a), v(*b));
+            let e = match op {
+                BinaryOp::Add => format!("tc_iadd({x}, {y})"),
+                BinaryOp::Sub => format!("tc_isub({x}, {y})"),
+                BinaryOp::Mul => format!("tc_imul({x}, {y})"),
+                BinaryOp::Div => format!("({y} == 0 ? 0LL : {x} / {y})"),
+                BinaryOp::Pow => format!("tc_ipow({x}, {y})"),
+                BinaryOp::Maximum => format!("({x} > {y} ? {x} : {y})"),
+                _ => format!("({x} < {y} ? {x} : {y})"),
+            };
+            wrap_int(inst.dtype, e)
         }
         ValueOp::Binary(op, a, b) => {
             let (x, y) = (v(*a), v(*b));
@@ -152,13 +219,26 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
                 },
                 BinaryOp::Maximum => format!("tc_max({x}, {y})"),
                 BinaryOp::Minimum => format!("tc_min({x}, {y})"),
+                // Comparisons and logical ops are handled above.
+                BinaryOp::Cmp(_) | BinaryOp::And | BinaryOp::Or => "0.0f".into(),
             }
         }
-        ValueOp::Cast(a) => match inst.dtype {
-            DType::F32 => v(*a),
-            DType::F16 => format!("tc_round_f16({})", v(*a)),
-            DType::BF16 => format!("tc_round_bf16({})", v(*a)),
-        },
+        ValueOp::Cast(a) => {
+            let x = v(*a);
+            match (dt(a).is_integral(), inst.dtype) {
+                (false, DType::F32) => x,
+                (false, DType::F16) => format!("tc_round_f16({x})"),
+                (false, DType::BF16) => format!("tc_round_bf16({x})"),
+                (false, DType::I32) => format!("tc_f2i32({x})"),
+                (false, DType::I64) => format!("tc_f2i64({x})"),
+                (false, DType::Bool) => format!("(long long)({x} != 0.0f)"),
+                (true, DType::F32) => format!("(float)({x})"),
+                (true, DType::F16) => format!("tc_round_f16((float)({x}))"),
+                (true, DType::BF16) => format!("tc_round_bf16((float)({x}))"),
+                (true, d) => wrap_int(d, x),
+            }
+        }
+        ValueOp::Where(c, a, b) => format!("({} != 0 ? {} : {})", v(*c), v(*a), v(*b)),
         // Only reached for a reduction over no axes, which is the identity.
         ValueOp::Reduce(_, a) => v(*a),
         ValueOp::Load(_) => "0.0f".into(),
@@ -344,8 +424,18 @@ fn pointwise_body(w: &mut Writer, k: &KernelIr, load: &dyn Fn(LoadId) -> String)
         let i = ValueId::new(i);
         match &inst.op {
             ValueOp::Const(_) => {}
-            ValueOp::Load(l) => w.line(format!("const float {} = {};", v(i), load(*l))),
-            _ => w.line(format!("const float {} = {};", v(i), arith_expr(k, inst))),
+            ValueOp::Load(l) => w.line(format!(
+                "const {} {} = {};",
+                value_type(inst.dtype),
+                v(i),
+                load(*l)
+            )),
+            _ => w.line(format!(
+                "const {} {} = {};",
+                value_type(inst.dtype),
+                v(i),
+                arith_expr(k, inst)
+            )),
         }
     }
 }
@@ -354,9 +444,10 @@ fn consts(w: &mut Writer, k: &KernelIr) {
     for (i, inst) in k.values.iter().enumerate() {
         if let ValueOp::Const(c) = inst.op {
             w.line(format!(
-                "const float {} = {};",
+                "const {} {} = {};",
+                value_type(inst.dtype),
                 v(ValueId::new(i)),
-                float_literal(c)
+                literal(inst.dtype, c)
             ));
         }
     }
@@ -560,6 +651,16 @@ fn emit_rows(
     if block_mode && !online.is_empty() {
         w.line("__shared__ float tc_smem2[96];");
     }
+    // Integer reductions combine across threads in 64-bit shared memory.
+    let int_reduce = k
+        .values
+        .iter()
+        .any(|x| matches!(x.op, ValueOp::Reduce(..)) && x.dtype.is_integral());
+    if int_reduce && slices > 1 {
+        w.line("__shared__ long long tc_smemi[33 * 32];");
+    } else if int_reduce && !warp_mode {
+        w.line("__shared__ long long tc_smemi[32];");
+    }
     consts(&mut w, k);
     if slices > 1 {
         w.line("const int tid = threadIdx.x >> 5;");
@@ -670,9 +771,18 @@ fn emit_rows(
                     } else {
                         global_load(*l, jidx)
                     };
-                    w.line(format!("const float {} = {val};", v(i)));
+                    w.line(format!(
+                        "const {} {} = {val};",
+                        value_type(inst.dtype),
+                        v(i)
+                    ));
                 }
-                _ => w.line(format!("const float {} = {};", v(i), arith_expr(k, inst))),
+                _ => w.line(format!(
+                    "const {} {} = {};",
+                    value_type(inst.dtype),
+                    v(i),
+                    arith_expr(k, inst)
+                )),
             }
         }
     };
@@ -686,7 +796,11 @@ fn emit_rows(
 
     if cache {
         for &l in &s.cached {
-            w.line(format!("float c{}[{items}];", l.index()));
+            w.line(format!(
+                "{} c{}[{items}];",
+                value_type(k.load(l).dtype),
+                l.index()
+            ));
         }
         w.line("#pragma unroll");
         w.open(format!("for (int t = 0; t < {items}; ++t)"));
@@ -702,7 +816,7 @@ fn emit_rows(
             w.close();
             w.open("else");
             for &l in &s.cached {
-                w.line(format!("c{}[t] = 0.0f;", l.index()));
+                w.line(format!("c{}[t] = 0;", l.index()));
             }
             w.close();
         }
@@ -718,7 +832,8 @@ fn emit_rows(
                 ValueOp::Load(l) => {
                     let ld = k.load(*l);
                     w.line(format!(
-                        "const float {} = {};",
+                        "const {} {} = {};",
+                        value_type(inst.dtype),
                         v(i),
                         load_conv(
                             ld.dtype,
@@ -726,7 +841,12 @@ fn emit_rows(
                         )
                     ));
                 }
-                _ => w.line(format!("const float {} = {};", v(i), arith_expr(k, inst))),
+                _ => w.line(format!(
+                    "const {} {} = {};",
+                    value_type(inst.dtype),
+                    v(i),
+                    arith_expr(k, inst)
+                )),
             }
         }
     };
@@ -773,7 +893,13 @@ fn emit_rows(
         }
         for &i in reduces {
             if let ValueOp::Reduce(op, _) = value(i).op {
-                w.line(format!("float acc{} = {};", i.index(), reduce_parts(op).0));
+                let dt = value(i).dtype;
+                let init = if dt.is_integral() {
+                    literal(dt, crate::ir::eval::reduce_init_int(op, dt) as f64)
+                } else {
+                    reduce_parts(op).0.to_string()
+                };
+                w.line(format!("{} acc{} = {init};", value_type(dt), i.index()));
             }
         }
         for p in &pairs {
@@ -869,16 +995,24 @@ fn emit_rows(
             if let ValueOp::Reduce(op, _) = value(r).op {
                 let i = r.index();
                 let suffix = reduce_parts(op).2;
+                let dt = value(r).dtype;
+                let smem = if dt.is_integral() {
+                    "tc_smemi"
+                } else {
+                    "tc_smem"
+                };
                 if slices > 1 {
-                    w.line(format!("acc{i} = tc_slice_{suffix}(acc{i}, tc_smem);"));
+                    w.line(format!("acc{i} = tc_slice_{suffix}(acc{i}, {smem});"));
                 } else if group == 1 {
                     // one thread holds the whole row: nothing to combine
                 } else if warp_mode {
                     w.line(format!("acc{i} = tc_warp_{suffix}(acc{i});"));
                 } else {
-                    w.line(format!("acc{i} = tc_block_{suffix}(acc{i}, tc_smem);"));
+                    w.line(format!("acc{i} = tc_block_{suffix}(acc{i}, {smem});"));
                 }
-                if op == ReduceOp::Mean {
+                if dt.is_integral() {
+                    w.line(format!("const long long {} = acc{i};", v(r)));
+                } else if op == ReduceOp::Mean {
                     w.line(format!(
                         "const float {} = acc{i} / {};",
                         v(r),

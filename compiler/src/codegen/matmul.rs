@@ -257,6 +257,10 @@ pub(crate) fn describe_call(plan: &Plan, name: &str, call: &GemmCall) -> String 
         DType::F32 => "CUDA_R_32F",
         DType::F16 => "CUDA_R_16F",
         DType::BF16 => "CUDA_R_16BF",
+        // The checker makes no integer products; named for completeness.
+        DType::I32 => "CUDA_R_32I",
+        DType::I64 => "CUDA_R_64I",
+        DType::Bool => "CUDA_R_8U",
     };
     let buf = |b: BufferId| plan.buffer(b).name.clone();
     w.line(format!(

@@ -97,6 +97,9 @@ pub fn storage_type(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "float",
         DType::F16 | DType::BF16 => "unsigned short",
+        DType::I32 => "int",
+        DType::I64 => "long long",
+        DType::Bool => "unsigned char",
     }
 }
 

@@ -19,6 +19,58 @@ __device__ __forceinline__ float tc_max(float a, float b) { return (a != a || a 
 __device__ __forceinline__ float tc_min(float a, float b) { return (a != a || a < b) ? a : b; }
 __device__ __forceinline__ float tc_add(float a, float b) { return a + b; }
 
+// Integers (i32, i64 and bool values are held as long long): two's-complement wrapping
+// arithmetic (by way of unsigned, so overflow is defined), i32 wrapping, and the float to
+// integer conversions of ir::eval (truncate; NaN gives 0; out of range saturates).
+__device__ __forceinline__ long long tc_iadd(long long a, long long b) {
+    return (long long)((unsigned long long)a + (unsigned long long)b);
+}
+__device__ __forceinline__ long long tc_isub(long long a, long long b) {
+    return (long long)((unsigned long long)a - (unsigned long long)b);
+}
+__device__ __forceinline__ long long tc_imul(long long a, long long b) {
+    return (long long)((unsigned long long)a * (unsigned long long)b);
+}
+__device__ __forceinline__ long long tc_wrap_i32(long long v) {
+    return (long long)(int)(unsigned int)(unsigned long long)v;
+}
+__device__ __forceinline__ long long tc_ipow(long long a, long long b) {
+    if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);
+    long long acc = 1;
+    while (b > 0) {
+        if (b & 1) acc = tc_imul(acc, a);
+        a = tc_imul(a, a);
+        b >>= 1;
+    }
+    return acc;
+}
+__device__ __forceinline__ long long tc_f2i64(float x) {
+    if (x != x) return 0;
+    if (x >= 9223372036854775808.0f) return 9223372036854775807LL;
+    if (x < -9223372036854775808.0f) return (-9223372036854775807LL - 1);
+    return (long long)x;
+}
+__device__ __forceinline__ long long tc_f2i32(float x) {
+    if (x != x) return 0;
+    if (x >= 2147483648.0f) return 2147483647LL;
+    if (x < -2147483648.0f) return -2147483648LL;
+    return (long long)(int)x;
+}
+__device__ __forceinline__ long long tc_max(long long a, long long b) { return a > b ? a : b; }
+__device__ __forceinline__ long long tc_min(long long a, long long b) { return a < b ? a : b; }
+__device__ __forceinline__ long long tc_add(long long a, long long b) { return tc_iadd(a, b); }
+
+#define TC_WARP_REDUCE_T(T, NAME, OP)                                    \
+    __device__ __forceinline__ T NAME(T v) {                             \
+        for (int o = 16; o > 0; o >>= 1) {                               \
+            v = OP(v, __shfl_xor_sync(0xffffffffu, v, o));               \
+        }                                                                \
+        return v;                                                        \
+    }
+TC_WARP_REDUCE_T(long long, tc_warp_sum, tc_add)
+TC_WARP_REDUCE_T(long long, tc_warp_max, tc_max)
+TC_WARP_REDUCE_T(long long, tc_warp_min, tc_min)
+
 #define TC_WARP_REDUCE(NAME, OP)                                         \
     __device__ __forceinline__ float NAME(float v) {                     \
         for (int o = 16; o > 0; o >>= 1) {                               \
@@ -48,6 +100,25 @@ TC_WARP_REDUCE(tc_warp_min, tc_min)
         __syncthreads();                                                 \
         return sh[0];                                                    \
     }
+#define TC_BLOCK_REDUCE_T(T, NAME, WARP, OP, IDENTITY)                   \
+    __device__ __forceinline__ T NAME(T v, T* sh) {                      \
+        const int lane = threadIdx.x & 31;                               \
+        const int warp = threadIdx.x >> 5;                               \
+        v = WARP(v);                                                     \
+        __syncthreads();                                                 \
+        if (lane == 0) sh[warp] = v;                                     \
+        __syncthreads();                                                 \
+        if (warp == 0) {                                                 \
+            T w = (lane < (int)(blockDim.x >> 5)) ? sh[lane] : (IDENTITY); \
+            w = WARP(w);                                                 \
+            if (lane == 0) sh[0] = w;                                    \
+        }                                                                \
+        __syncthreads();                                                 \
+        return sh[0];                                                    \
+    }
+TC_BLOCK_REDUCE_T(long long, tc_block_sum, tc_warp_sum, tc_add, 0LL)
+TC_BLOCK_REDUCE_T(long long, tc_block_max, tc_warp_max, tc_max, (-9223372036854775807LL - 1))
+TC_BLOCK_REDUCE_T(long long, tc_block_min, tc_warp_min, tc_min, 9223372036854775807LL)
 TC_BLOCK_REDUCE(tc_block_sum, tc_warp_sum, tc_add, 0.0f)
 TC_BLOCK_REDUCE(tc_block_max, tc_warp_max, tc_max, __int_as_float(0xff800000))
 TC_BLOCK_REDUCE(tc_block_min, tc_warp_min, tc_min, __int_as_float(0x7f800000))
@@ -70,6 +141,25 @@ TC_BLOCK_REDUCE(tc_block_min, tc_warp_min, tc_min, __int_as_float(0x7f800000))
         __syncthreads();                                                 \
         return sh[lane];                                                 \
     }
+#define TC_SLICE_REDUCE_T(T, NAME, OP)                                   \
+    __device__ __forceinline__ T NAME(T v, T* sh) {                      \
+        const int lane = threadIdx.x & 31;                               \
+        const int slice = threadIdx.x >> 5;                              \
+        __syncthreads();                                                 \
+        sh[slice * 33 + lane] = v;                                       \
+        __syncthreads();                                                 \
+        if (slice == 0) {                                                \
+            for (int s = 1; s < (int)(blockDim.x >> 5); ++s) {           \
+                v = OP(v, sh[s * 33 + lane]);                            \
+            }                                                            \
+            sh[lane] = v;                                                \
+        }                                                                \
+        __syncthreads();                                                 \
+        return sh[lane];                                                 \
+    }
+TC_SLICE_REDUCE_T(long long, tc_slice_sum, tc_add)
+TC_SLICE_REDUCE_T(long long, tc_slice_max, tc_max)
+TC_SLICE_REDUCE_T(long long, tc_slice_min, tc_min)
 TC_SLICE_REDUCE(tc_slice_sum, tc_add)
 TC_SLICE_REDUCE(tc_slice_max, tc_max)
 TC_SLICE_REDUCE(tc_slice_min, tc_min)

@@ -126,6 +126,7 @@ pub(crate) fn remap(op: &Op, map: &[NodeId]) -> Op {
         },
         Op::View(v, a) => Op::View(v.clone(), m(a)),
         Op::Copy(a) => Op::Copy(m(a)),
+        Op::Where(c, a, b) => Op::Where(m(c), m(a), m(b)),
     }
 }
 

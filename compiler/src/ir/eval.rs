@@ -3,13 +3,19 @@
 //! `min` and `relu` propagate NaN; `gelu` is the exact-erf form; IEEE ±0, ±inf and
 //! subnormals throughout), and rounding to each dtype to nearest, ties to even.
 //!
+//! Integers and `bool` are exact: `i32`/`i64` values are `i64`s that wrap to their width
+//! (two's complement) after every `+ - * **` and unary minus; `bool` is 0 or 1, and storing
+//! an integer to `bool` gives `v != 0`. `Value` carries a scalar of either kind, and
+//! `unary_value`, `binary_value`, `select` and `cast` are the one meaning of each op on
+//! it: the executors call the integer functions directly, exactly.
+//!
 //! The constant folder (`check::expr`) and the f64 reference evaluator (tc-runtime's
 //! `reference`, a test-support module) compute with these functions, so a folded literal
 //! and the same maths run on a tensor cannot disagree. The executors compute in f32 with
 //! their own fast kernels; `accuracy` says how close each op's f32 form must come to the
 //! meaning, and the CPU's kernels are tested against it.
 
-use super::graph::{BinaryOp, ReduceOp, UnaryOp};
+use super::graph::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use super::types::DType;
 use half::{bf16, f16};
 
@@ -38,6 +44,39 @@ pub fn unary(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::Silu => x / (1.0 + (-x).exp()),
         UnaryOp::Erf => erf(x),
         UnaryOp::Square => x * x,
+        UnaryOp::Not => bool_f64(x == 0.0),
+    }
+}
+
+fn bool_f64(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// `a op b` for a comparison (IEEE: every comparison with NaN is false except `!=`).
+pub fn compare(op: CmpOp, a: f64, b: f64) -> bool {
+    match op {
+        CmpOp::Lt => a < b,
+        CmpOp::Le => a <= b,
+        CmpOp::Gt => a > b,
+        CmpOp::Ge => a >= b,
+        CmpOp::Eq => a == b,
+        CmpOp::Ne => a != b,
+    }
+}
+
+/// `a op b` for a comparison of integers.
+pub fn compare_int(op: CmpOp, a: i64, b: i64) -> bool {
+    match op {
+        CmpOp::Lt => a < b,
+        CmpOp::Le => a <= b,
+        CmpOp::Gt => a > b,
+        CmpOp::Ge => a >= b,
+        CmpOp::Eq => a == b,
+        CmpOp::Ne => a != b,
     }
 }
 
@@ -53,6 +92,198 @@ pub fn binary(op: BinaryOp, a: f64, b: f64) -> f64 {
         BinaryOp::Pow => a.powf(b),
         BinaryOp::Maximum => maximum(a, b),
         BinaryOp::Minimum => minimum(a, b),
+        BinaryOp::Cmp(c) => bool_f64(compare(c, a, b)),
+        BinaryOp::And => bool_f64(a != 0.0 && b != 0.0),
+        BinaryOp::Or => bool_f64(a != 0.0 || b != 0.0),
+    }
+}
+
+/// `v` wrapped to the integral `dtype`: two's complement to 32 bits for `i32`, `v != 0` for
+/// `bool` (a float dtype leaves it as it is).
+pub fn wrap(dtype: DType, v: i64) -> i64 {
+    match dtype {
+        DType::I32 => v as i32 as i64,
+        DType::Bool => (v != 0) as i64,
+        _ => v,
+    }
+}
+
+/// `op(x)` on an integer or `bool` operand of `dtype` (the result's dtype too), exact and
+/// wrapping. Only the ops that keep integer dtypes (`UnaryOp::keeps_int`) and `Not` are
+/// given integer operands by the checker; the others are defined as their f64 meaning
+/// truncated, so that this function is total.
+pub fn unary_int(op: UnaryOp, dtype: DType, x: i64) -> i64 {
+    let v = match op {
+        UnaryOp::Neg => x.wrapping_neg(),
+        UnaryOp::Abs => x.wrapping_abs(),
+        UnaryOp::Square => x.wrapping_mul(x),
+        UnaryOp::Relu => x.max(0),
+        UnaryOp::Not => (x == 0) as i64,
+        _ => float_to_int(dtype, unary(op, x as f64)),
+    };
+    wrap(dtype, v)
+}
+
+/// `a op b` on integer or `bool` operands of `dtype`, exact: `+ - * **` wrap to the
+/// dtype, comparisons and logical ops give 0 or 1. `x ** n` for `n < 0` is the exact
+/// power truncated toward zero (1 for `x = 1`, ±1 for `x = -1`, else 0, and 0 for
+/// `x = 0`). `/` is not an integer op (the checker divides in f32); here it truncates, and
+/// division by zero gives 0.
+pub fn binary_int(op: BinaryOp, dtype: DType, a: i64, b: i64) -> i64 {
+    let v = match op {
+        BinaryOp::Add => a.wrapping_add(b),
+        BinaryOp::Sub => a.wrapping_sub(b),
+        BinaryOp::Mul => a.wrapping_mul(b),
+        BinaryOp::Div => a.checked_div(b).unwrap_or(0),
+        BinaryOp::Pow => pow_int(a, b),
+        BinaryOp::Maximum => a.max(b),
+        BinaryOp::Minimum => a.min(b),
+        BinaryOp::Cmp(c) => return compare_int(c, a, b) as i64,
+        BinaryOp::And => return (a != 0 && b != 0) as i64,
+        BinaryOp::Or => return (a != 0 || b != 0) as i64,
+    };
+    wrap(dtype, v)
+}
+
+/// `a ** b` on integers, wrapping (see `binary_int`).
+fn pow_int(a: i64, b: i64) -> i64 {
+    if b < 0 {
+        return match a {
+            1 => 1,
+            -1 if b % 2 == 0 => 1,
+            -1 => -1,
+            _ => 0,
+        };
+    }
+    let (mut base, mut e, mut acc) = (a, b as u64, 1i64);
+    while e > 0 {
+        if e & 1 == 1 {
+            acc = acc.wrapping_mul(base);
+        }
+        base = base.wrapping_mul(base);
+        e >>= 1;
+    }
+    acc
+}
+
+/// A float converted to an integer dtype: truncated toward zero, NaN gives 0 and values
+/// beyond the dtype's range saturate to its least or greatest value (tc's choice, as
+/// Rust's `as` and the CUDA `__float2int_rz` family; PyTorch leaves these undefined).
+/// To `bool`: `x != 0` (NaN is true, as PyTorch).
+pub fn float_to_int(dtype: DType, x: f64) -> i64 {
+    match dtype {
+        DType::I32 => x as i32 as i64,
+        DType::Bool => (x != 0.0) as i64,
+        _ => x as i64,
+    }
+}
+
+/// An integer converted to a float dtype, rounded once to nearest, ties to even (an i64
+/// beyond 2^24 goes straight to f32, not by way of f64, so it is not rounded twice; f16
+/// and bf16 go by way of f32, as every float rounding here does).
+pub fn int_to_float(dtype: DType, v: i64) -> f64 {
+    round(dtype, v as f32 as f64)
+}
+
+/// A scalar of any dtype: floats as f64 (already rounded to their dtype), integers and
+/// `bool` as exact i64 (already wrapped).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Float(f64),
+    Int(i64),
+}
+
+impl Value {
+    /// The constant `c` (an `Op::Scalar` or `InstOp::Const`) as a value of `dtype`: rounded
+    /// for floats, truncated and wrapped for integers.
+    pub fn constant(dtype: DType, c: f64) -> Value {
+        if dtype.is_float() {
+            Value::Float(round(dtype, c))
+        } else {
+            Value::Int(wrap(dtype, float_to_int(DType::I64, c)))
+        }
+    }
+
+    /// The value as f64 (exact for floats and for integers up to 2^53).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Float(x) => x,
+            Value::Int(i) => i as f64,
+        }
+    }
+
+    /// The value as an integer (floats truncated, saturating, NaN 0).
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Value::Float(x) => float_to_int(DType::I64, x),
+            Value::Int(i) => i,
+        }
+    }
+}
+
+/// `v` converted to `to`: the meaning of `Cast` between any two dtypes.
+pub fn cast(to: DType, v: Value) -> Value {
+    match (v, to.is_float()) {
+        (Value::Float(x), true) => Value::Float(round(to, x)),
+        (Value::Float(x), false) => Value::Int(float_to_int(to, x)),
+        (Value::Int(i), true) => Value::Float(int_to_float(to, i)),
+        (Value::Int(i), false) => Value::Int(wrap(to, i)),
+    }
+}
+
+/// `op(x)` with operand and result of `dtype`.
+pub fn unary_value(op: UnaryOp, dtype: DType, x: Value) -> Value {
+    match x {
+        Value::Float(x) => Value::Float(round(dtype, unary(op, x))),
+        Value::Int(i) => Value::Int(unary_int(op, dtype, i)),
+    }
+}
+
+/// `a op b` with operands of `dtype` (the result's dtype, or `bool` for a comparison).
+pub fn binary_value(op: BinaryOp, dtype: DType, a: Value, b: Value) -> Value {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Value::Int(binary_int(op, dtype, x, y)),
+        (a, b) => {
+            let r = binary(op, a.as_f64(), b.as_f64());
+            if op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or) {
+                Value::Int(r as i64)
+            } else {
+                Value::Float(round(dtype, r))
+            }
+        }
+    }
+}
+
+/// `where(c, a, b)` for one element.
+pub fn select(c: Value, a: Value, b: Value) -> Value {
+    if c.as_f64() != 0.0 {
+        a
+    } else {
+        b
+    }
+}
+
+/// The value an integer reduction starts from: 0 for sums, the dtype's least value for
+/// `max` (false for `bool`: `any`), its greatest for `min` (true for `bool`: `all`).
+pub fn reduce_init_int(op: ReduceOp, dtype: DType) -> i64 {
+    let (lo, hi) = match dtype {
+        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        DType::Bool => (0, 1),
+        _ => (i64::MIN, i64::MAX),
+    };
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => 0,
+        ReduceOp::Max => lo,
+        ReduceOp::Min => hi,
+    }
+}
+
+/// One integer element folded into the running value (sums wrap to `dtype`).
+pub fn reduce_step_int(op: ReduceOp, dtype: DType, acc: i64, x: i64) -> i64 {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => wrap(dtype, acc.wrapping_add(x)),
+        ReduceOp::Max => acc.max(x),
+        ReduceOp::Min => acc.min(x),
     }
 }
 
@@ -130,9 +361,10 @@ pub fn reduce(op: ReduceOp, xs: impl IntoIterator<Item = f64>) -> f64 {
 pub fn round(dtype: DType, v: f64) -> f64 {
     let v32 = v as f32;
     match dtype {
-        DType::F32 => v32 as f64,
         DType::F16 => f16::from_f32(v32).to_f64(),
         DType::BF16 => bf16::from_f32(v32).to_f64(),
+        // Integral dtypes hold their values exactly (see `Value`); as f64, f32's rounding.
+        _ => v32 as f64,
     }
 }
 
@@ -206,6 +438,7 @@ pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
         UnaryOp::Silu => a(3.0, 1e-36),
         // Abramowitz–Stegun 7.1.26 above 1: absolute error near 1.5e-7.
         UnaryOp::Erf => a(2.0, 3e-7),
+        UnaryOp::Not => Accuracy::EXACT,
         // 0.5·x·(1 + erf(x/√2)): erf's absolute error, scaled by x/2 where 1 + erf cancels.
         UnaryOp::Gelu => a(4.0, 1e-6),
     }
@@ -219,7 +452,10 @@ pub fn binary_accuracy(op: BinaryOp) -> Accuracy {
         | BinaryOp::Mul
         | BinaryOp::Div
         | BinaryOp::Maximum
-        | BinaryOp::Minimum => Accuracy::EXACT,
+        | BinaryOp::Minimum
+        | BinaryOp::Cmp(_)
+        | BinaryOp::And
+        | BinaryOp::Or => Accuracy::EXACT,
         // The platform's `powf`.
         BinaryOp::Pow => Accuracy {
             ulps: 1.0,

@@ -47,10 +47,13 @@ pub enum UnaryOp {
     Silu,
     Erf,
     Square,
+    /// `logical_not`: on `bool` only.
+    Not,
 }
 
 impl UnaryOp {
-    pub const ALL: [UnaryOp; 15] = [
+    /// Every unary op (`Not` included: it is defined on 0/1 values, `bool`'s).
+    pub const ALL: [UnaryOp; 16] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
         UnaryOp::Exp,
@@ -66,6 +69,7 @@ impl UnaryOp {
         UnaryOp::Silu,
         UnaryOp::Erf,
         UnaryOp::Square,
+        UnaryOp::Not,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +89,7 @@ impl UnaryOp {
             UnaryOp::Silu => "silu",
             UnaryOp::Erf => "erf",
             UnaryOp::Square => "square",
+            UnaryOp::Not => "logical_not",
         }
     }
 
@@ -93,6 +98,61 @@ impl UnaryOp {
         UnaryOp::ALL
             .into_iter()
             .find(|op| *op != UnaryOp::Neg && op.name() == name)
+    }
+
+    /// Whether the op keeps an integer operand's dtype (SPEC §3.1: `abs`, unary `-`,
+    /// `square`, `relu`); the other functions compute in f32 on integers and `bool`.
+    pub fn keeps_int(self) -> bool {
+        matches!(
+            self,
+            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Square | UnaryOp::Relu
+        )
+    }
+}
+
+/// A comparison: `a < b` and friends. Operands have one dtype; the result is `bool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl CmpOp {
+    pub const ALL: [CmpOp; 6] = [
+        CmpOp::Lt,
+        CmpOp::Le,
+        CmpOp::Gt,
+        CmpOp::Ge,
+        CmpOp::Eq,
+        CmpOp::Ne,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CmpOp::Lt => "lt",
+            CmpOp::Le => "le",
+            CmpOp::Gt => "gt",
+            CmpOp::Ge => "ge",
+            CmpOp::Eq => "eq",
+            CmpOp::Ne => "ne",
+        }
+    }
+
+    /// The operator as written in source (and in C).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+        }
     }
 }
 
@@ -106,11 +166,24 @@ pub enum BinaryOp {
     Pow,
     Maximum,
     Minimum,
+    /// A comparison: the result is `bool` (operands of one dtype, any dtype).
+    Cmp(CmpOp),
+    /// `logical_and`, `logical_or`: `bool` operands and result.
+    And,
+    Or,
 }
 
 impl BinaryOp {
+    /// Whether the result is `bool` whatever the operands' dtype (the comparisons).
+    pub fn is_cmp(self) -> bool {
+        matches!(self, BinaryOp::Cmp(_))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
+            BinaryOp::Cmp(c) => c.name(),
+            BinaryOp::And => "logical_and",
+            BinaryOp::Or => "logical_or",
             BinaryOp::Add => "add",
             BinaryOp::Sub => "sub",
             BinaryOp::Mul => "mul",
@@ -210,6 +283,9 @@ pub enum Op {
     View(ViewOp, NodeId),
     /// Materialise a view contiguously (a `reshape` no strides can express).
     Copy(NodeId),
+    /// `where(cond, a, b)`: `cond` is `bool`; all three have the node's shape (implicit
+    /// expands), `a` and `b` its dtype (implicit casts).
+    Where(NodeId, NodeId, NodeId),
 }
 
 impl Op {
@@ -226,6 +302,7 @@ impl Op {
             | Op::View(_, a)
             | Op::Copy(a) => vec![*a],
             Op::Binary(_, a, b) | Op::MatMul(a, b) => vec![*a, *b],
+            Op::Where(c, a, b) => vec![*c, *a, *b],
         }
     }
 
@@ -249,6 +326,7 @@ impl Op {
             Op::View(ViewOp::Reshape, _) => "reshape",
             Op::View(ViewOp::Expand { .. }, _) => "expand",
             Op::Copy(_) => "copy",
+            Op::Where(..) => "where",
         }
     }
 

@@ -9,7 +9,7 @@ pub mod types;
 pub mod verify;
 
 pub use graph::{
-    BinaryOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp,
+    BinaryOp, CmpOp, Graph, Leaf, Node, NodeId, Op, Origin, Output, ReduceOp, UnaryOp, ViewOp,
 };
 pub use layout::Layout;
 pub use types::{broadcast, DType, Dim, TensorType};

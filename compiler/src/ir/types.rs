@@ -13,16 +13,70 @@ pub enum DType {
     F32,
     F16,
     BF16,
+    I32,
+    I64,
+    Bool,
 }
 
 impl DType {
-    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+    pub const ALL: [DType; 6] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I32,
+        DType::I64,
+        DType::Bool,
+    ];
 
-    /// Bytes per element.
+    /// The floating dtypes.
+    pub const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    /// Bytes per element (`bool` is one byte).
     pub fn size(self) -> u64 {
         match self {
-            DType::F32 => 4,
+            DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::I64 => 8,
+            DType::Bool => 1,
+        }
+    }
+
+    /// `f32`, `f16`, `bf16`.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// `i32`, `i64`.
+    pub fn is_int(self) -> bool {
+        matches!(self, DType::I32 | DType::I64)
+    }
+
+    pub fn is_bool(self) -> bool {
+        self == DType::Bool
+    }
+
+    /// Integers and `bool`: the dtypes whose values are exact integers (held in i64 by
+    /// the executors, never in f32 lanes).
+    pub fn is_integral(self) -> bool {
+        !self.is_float()
+    }
+
+    /// The category in PyTorch's promotion order: `bool` < integers < floats.
+    pub fn category(self) -> u8 {
+        match self {
+            DType::Bool => 0,
+            DType::I32 | DType::I64 => 1,
+            DType::F32 | DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// The dtype a float-only function (`exp`, `softmax`, `mean`, `/`, …) computes in for
+    /// an operand of this dtype: floats stay, integers and `bool` give f32.
+    pub fn float_or_f32(self) -> DType {
+        if self.is_float() {
+            self
+        } else {
+            DType::F32
         }
     }
 
@@ -32,25 +86,29 @@ impl DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::Bool => "bool",
         }
     }
 
     pub fn from_name(name: &str) -> Option<DType> {
-        match name {
-            "f32" => Some(DType::F32),
-            "f16" => Some(DType::F16),
-            "bf16" => Some(DType::BF16),
-            _ => None,
-        }
+        DType::ALL.into_iter().find(|d| d.name() == name)
     }
 
-    /// PyTorch's promotion between two tensors of equal category:
-    /// equal types stay, anything else (f16 with bf16, either with f32) gives f32.
+    /// PyTorch's promotion between two tensors of the same priority (both dimensioned, or
+    /// both rank 0): the higher category wins (`bool` < integers < floats; `i64 + f16` is
+    /// f16); within integers the wider; within floats equal types stay and anything else
+    /// (f16 with bf16, either with f32) gives f32.
     pub fn promote(a: DType, b: DType) -> DType {
         if a == b {
-            a
-        } else {
-            DType::F32
+            return a;
+        }
+        match a.category().cmp(&b.category()) {
+            std::cmp::Ordering::Greater => a,
+            std::cmp::Ordering::Less => b,
+            std::cmp::Ordering::Equal if a.is_int() => DType::I64,
+            std::cmp::Ordering::Equal => DType::F32,
         }
     }
 }

@@ -12,8 +12,9 @@
 //! - 12 (sizes are positive and countable): scalars are rank 0; every dim and every size is
 //!   positive, and element counts fit u64.
 
-use super::graph::{Graph, NodeId, Op, ViewOp};
+use super::graph::{BinaryOp, Graph, NodeId, Op, ViewOp};
 use super::layout::{apply_view, layouts};
+use super::types::DType;
 use crate::invariant::{Invariant, Violation};
 use Invariant::{ExplicitBroadcast, OperandsFirst, SizesPositive, TypesFollowOps, ViewsNeverCopy};
 
@@ -101,9 +102,37 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
             Ok(())
         }
         Op::Unary(_, a) | Op::Copy(a) => same(*a, "operand", TypesFollowOps),
-        Op::Binary(_, a, b) => {
+        Op::Binary(op, a, b) if op.is_cmp() => {
+            let (ta, tb) = (graph.ty(*a), graph.ty(*b));
+            if ta.sizes() != sizes || tb.sizes() != sizes || ta.dtype != tb.dtype {
+                return bad(
+                    ExplicitBroadcast,
+                    format!("{ta} {} {tb} -> {ty}", op.name()),
+                );
+            }
+            if ty.dtype != DType::Bool {
+                return bad(TypesFollowOps, format!("a comparison gives {ty}, not bool"));
+            }
+            Ok(())
+        }
+        Op::Binary(op, a, b) => {
             same(*a, "left operand", ExplicitBroadcast)?;
-            same(*b, "right operand", ExplicitBroadcast)
+            same(*b, "right operand", ExplicitBroadcast)?;
+            if matches!(op, BinaryOp::And | BinaryOp::Or) && ty.dtype != DType::Bool {
+                return bad(TypesFollowOps, format!("{} of {ty}", op.name()));
+            }
+            Ok(())
+        }
+        Op::Where(c, a, b) => {
+            let tc = graph.ty(*c);
+            if tc.sizes() != sizes || tc.dtype != DType::Bool {
+                return bad(
+                    ExplicitBroadcast,
+                    format!("where's condition {c} is {tc}, result is {ty}"),
+                );
+            }
+            same(*a, "where's first choice", ExplicitBroadcast)?;
+            same(*b, "where's second choice", ExplicitBroadcast)
         }
         Op::Softmax { arg, axis, .. }
         | Op::LayerNorm { arg, axis, .. }

@@ -89,6 +89,8 @@ pub enum ValueOp {
     Cast(ValueId),
     /// Folds the operand over the row (the identity in a pointwise kernel).
     Reduce(ReduceOp, ValueId),
+    /// `where(c, a, b)`.
+    Where(ValueId, ValueId, ValueId),
 }
 
 impl ValueOp {
@@ -98,6 +100,7 @@ impl ValueOp {
             ValueOp::Load(_) | ValueOp::Const(_) => Vec::new(),
             ValueOp::Unary(_, a) | ValueOp::Cast(a) | ValueOp::Reduce(_, a) => vec![a],
             ValueOp::Binary(_, a, b) => vec![a, b],
+            ValueOp::Where(c, a, b) => vec![c, a, b],
         }
     }
 
@@ -110,6 +113,7 @@ impl ValueOp {
             InstOp::Binary(b, x, y) => ValueOp::Binary(b, v(x), v(y)),
             InstOp::Cast(a) => ValueOp::Cast(v(a)),
             InstOp::Reduce(r, a) => ValueOp::Reduce(r, v(a)),
+            InstOp::Where(c, a, b) => ValueOp::Where(v(c), v(a), v(b)),
         }
     }
 }

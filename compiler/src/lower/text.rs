@@ -82,6 +82,7 @@ pub fn print_kernel(k: &KernelIr) -> String {
             ValueOp::Binary(b, x, y) => format!("{} {x}, {y}", b.name()),
             ValueOp::Cast(a) => format!("cast {a}"),
             ValueOp::Reduce(r, a) => format!("reduce {} {a}", r.name()),
+            ValueOp::Where(c, a, b) => format!("where {c}, {a}, {b}"),
         };
         let _ = writeln!(
             out,

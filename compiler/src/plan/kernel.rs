@@ -279,9 +279,15 @@ impl Builder<'_> {
                         // so every executor computes the same exact figure.
                         match op {
                             ReduceOp::Sum => {
+                                // Integers multiply exactly (wrapping) by an integer count.
+                                let cdt = if dtype.is_integral() {
+                                    dtype
+                                } else {
+                                    crate::ir::DType::F32
+                                };
                                 k.body.push(Inst {
                                     op: InstOp::Const(k.row_len() as f64),
-                                    dtype: crate::ir::DType::F32,
+                                    dtype: cdt,
                                     level: row_level,
                                     node: None,
                                 });
@@ -292,6 +298,11 @@ impl Builder<'_> {
                     }
                 }
                 Op::Scalar(v) => InstOp::Const(*v),
+                Op::Where(c, a, b) => {
+                    let c = value(*c, &mut k)?;
+                    let a = value(*a, &mut k)?;
+                    InstOp::Where(c, a, value(*b, &mut k)?)
+                }
                 // A copy rounds to its own dtype: the identity on a loaded value.
                 Op::Copy(a) => InstOp::Cast(value(*a, &mut k)?),
                 other => {
@@ -306,9 +317,10 @@ impl Builder<'_> {
                 inst_of.insert(n, same);
                 continue;
             }
-            // Arithmetic is in f32; a half-precision result is rounded right away, so the
-            // fused kernel rounds exactly where the unfused program stores.
-            let rounds = dtype != crate::ir::DType::F32
+            // Float arithmetic is in f32; a half-precision result is rounded right away, so
+            // the fused kernel rounds exactly where the unfused program stores. (Integer
+            // arithmetic is exact and wraps by itself.)
+            let rounds = matches!(dtype, crate::ir::DType::F16 | crate::ir::DType::BF16)
                 && matches!(
                     op,
                     InstOp::Unary(..) | InstOp::Binary(..) | InstOp::Reduce(..)
@@ -350,6 +362,7 @@ enum Computed {
     Binary(BinaryOp, InstId, InstId),
     Cast(InstId),
     Reduce(ReduceOp, InstId),
+    Where(InstId, InstId, InstId),
 }
 
 impl Computed {
@@ -359,6 +372,7 @@ impl Computed {
             InstOp::Binary(b, x, y) => Some(Computed::Binary(b, x, y)),
             InstOp::Cast(a) => Some(Computed::Cast(a)),
             InstOp::Reduce(r, a) => Some(Computed::Reduce(r, a)),
+            InstOp::Where(c, a, b) => Some(Computed::Where(c, a, b)),
             InstOp::Load(_) | InstOp::Const(_) => None,
         }
     }

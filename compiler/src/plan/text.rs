@@ -89,6 +89,7 @@ pub fn print(plan: &Plan) -> String {
                         InstOp::Binary(b, x, y) => format!("{} %{x}, %{y}", b.name(),),
                         InstOp::Cast(a) => format!("cast %{a}"),
                         InstOp::Reduce(r, a) => format!("reduce {} %{a}", r.name()),
+                        InstOp::Where(c, a, b) => format!("where %{c}, %{a}, %{b}"),
                     };
                     let level = match inst.level {
                         Level::Element => "elem",

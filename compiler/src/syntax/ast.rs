@@ -4,6 +4,7 @@
 //! not overflow the stack when its tree is freed.
 
 use crate::diag::Span;
+pub use crate::ir::CmpOp;
 
 /// A name as written, with its span.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +66,8 @@ pub enum BinOp {
     Div,
     MatMul,
     Pow,
+    /// `< <= > >= == !=`: looser than `+ -`, and they do not chain.
+    Cmp(CmpOp),
 }
 
 impl BinOp {
@@ -76,6 +79,7 @@ impl BinOp {
             BinOp::Div => "/",
             BinOp::MatMul => "@",
             BinOp::Pow => "**",
+            BinOp::Cmp(c) => c.symbol(),
         }
     }
 }

@@ -44,6 +44,18 @@ pub enum Token<'a> {
     At,
     #[token("=")]
     Eq,
+    #[token("<")]
+    Lt,
+    #[token("<=")]
+    Le,
+    #[token(">")]
+    Gt,
+    #[token(">=")]
+    Ge,
+    #[token("==")]
+    EqEq,
+    #[token("!=")]
+    Ne,
     #[token(":")]
     Colon,
     #[token(",")]
@@ -81,6 +93,12 @@ impl fmt::Display for Token<'_> {
             Token::Slash => "`/`",
             Token::At => "`@`",
             Token::Eq => "`=`",
+            Token::Lt => "`<`",
+            Token::Le => "`<=`",
+            Token::Gt => "`>`",
+            Token::Ge => "`>=`",
+            Token::EqEq => "`==`",
+            Token::Ne => "`!=`",
             Token::Colon => "`:`",
             Token::Comma => "`,`",
             Token::LParen => "`(`",

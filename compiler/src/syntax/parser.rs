@@ -250,6 +250,16 @@ fn nesting_error(stmt: &[(Tok, Span)]) -> Option<Diagnostic> {
 }
 
 fn syntax_diag(e: &Rich<'_, Tok<'_>, SimpleSpan>) -> Diagnostic {
+    if let chumsky::error::RichReason::Custom(msg) = e.reason() {
+        if let Some(rest) = msg.strip_prefix(CHAINED) {
+            return Diagnostic::error(
+                ErrorKind::ChainedComparison,
+                format!("comparisons do not chain: {rest}"),
+            )
+            .with_primary(e.span().into_range(), "a second comparison")
+            .with_help("compare two at a time and combine: `logical_and(a < b, b < c)`");
+        }
+    }
     let found = match e.found() {
         Some(t) => t.to_string(),
         None => "end of statement".to_string(),
@@ -345,7 +355,8 @@ fn span_of(s: SimpleSpan) -> Span {
     s.into_range()
 }
 
-/// Expressions, loosest first: `+ -` < `* / @` < unary `-` < `**` (right) < atoms.
+/// Expressions, loosest first: comparisons (`< <= > >= == !=`, not chaining) < `+ -` <
+/// `* / @` < unary `-` < `**` (right) < atoms.
 fn expr_parser<'a, I>() -> impl Parser<'a, I, Expr, Err<'a>> + Clone
 where
     I: ValueInput<'a, Token = Tok<'a>, Span = SimpleSpan>,
@@ -456,11 +467,41 @@ where
             just(Token::Plus).to(BinOp::Add),
             just(Token::Minus).to(BinOp::Sub),
         ));
-        product
+        let sum = product
             .clone()
             .foldl(sum_op.then(product).repeated(), fold_binary)
+            .boxed();
+        let cmp_op = choice((
+            just(Token::Lt).to(CmpOp::Lt),
+            just(Token::Le).to(CmpOp::Le),
+            just(Token::Gt).to(CmpOp::Gt),
+            just(Token::Ge).to(CmpOp::Ge),
+            just(Token::EqEq).to(CmpOp::Eq),
+            just(Token::Ne).to(CmpOp::Ne),
+        ))
+        .map_with(|op, e| (op, span_of(e.span())));
+        // `a < b < c` is an error (Python would chain it, C would compare a bool): the
+        // second operator is reported, and the comparisons fold left so checking goes on.
+        sum.clone()
+            .then(cmp_op.then(sum).repeated().collect::<Vec<_>>())
+            .validate(
+                |(first, rest): (Expr, Vec<((CmpOp, Span), Expr)>), _, emitter| {
+                    if let Some(((op, span), _)) = rest.get(1) {
+                        emitter.emit(Rich::custom(
+                            SimpleSpan::from(span.clone()),
+                            format!("{CHAINED}`{}` after another comparison", op.symbol()),
+                        ));
+                    }
+                    rest.into_iter().fold(first, |lhs, ((op, _), rhs)| {
+                        fold_binary(lhs, (BinOp::Cmp(op), rhs))
+                    })
+                },
+            )
     })
 }
+
+/// The start of the message of a chained comparison (a custom parser error).
+const CHAINED: &str = "comparisons do not chain: ";
 
 fn fold_binary(lhs: Expr, (op, rhs): (BinOp, Expr)) -> Expr {
     let span = lhs.span.start..rhs.span.end;

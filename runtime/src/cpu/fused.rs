@@ -28,12 +28,12 @@ const ROW_CACHE: usize = 16 * 1024;
 
 /// Element offset and per-dim strides of one load or store over the coalesced dims.
 #[derive(Clone, Debug)]
-struct Access {
-    mem: Mem,
-    offset: i64,
+pub(super) struct Access {
+    pub(super) mem: Mem,
+    pub(super) offset: i64,
     /// Strides over the coalesced row dims, then over the coalesced inner dims.
-    row_strides: Vec<i64>,
-    inner_strides: Vec<i64>,
+    pub(super) row_strides: Vec<i64>,
+    pub(super) inner_strides: Vec<i64>,
 }
 
 /// What one pass over a row computes: the kernel IR's pass (`tc_compiler::lower::Pass`) as
@@ -57,19 +57,19 @@ struct Pass {
 
 /// A kernel lowered, checked against its buffers and split into passes.
 #[derive(Debug)]
-struct Prepared {
-    ir: KernelIr,
+pub(super) struct Prepared {
+    pub(super) ir: KernelIr,
     /// Level of each value (from the kernel IR).
     level: Vec<Level>,
     /// Per value: whether it has a block-sized slot (element values, and row values that
     /// are stored in domain order or folded by a reduction, filled when needed).
     slot: Vec<bool>,
-    row_sizes: Vec<usize>,
-    inner_sizes: Vec<usize>,
-    rows: usize,
-    row_len: usize,
-    loads: Vec<Access>,
-    stores: Vec<(usize, Access)>,
+    pub(super) row_sizes: Vec<usize>,
+    pub(super) inner_sizes: Vec<usize>,
+    pub(super) rows: usize,
+    pub(super) row_len: usize,
+    pub(super) loads: Vec<Access>,
+    pub(super) stores: Vec<(usize, Access)>,
     passes: Vec<Pass>,
     /// Elements per block: `BLOCK`, or the whole row when rows are cached.
     block: usize,
@@ -87,6 +87,11 @@ pub(super) fn run(
 ) -> Result<(), CpuError> {
     let p = prepare(plan, name, kernel, mems)?;
     if p.rows == 0 || p.row_len == 0 {
+        return Ok(());
+    }
+    if super::typed::needed(&p) {
+        // SAFETY: every access was bounds-checked over the whole domain in `prepare`.
+        unsafe { super::typed::run(&p) };
         return Ok(());
     }
     if kernel.reduce_axes.is_empty() {
@@ -522,6 +527,13 @@ impl Scratch {
             ValueOp::Unary(op, a) => math::round_to(inst.dtype, math::unary(op, v(a))),
             ValueOp::Binary(op, a, b) => math::round_to(inst.dtype, math::binary(op, v(a), v(b))),
             ValueOp::Cast(a) | ValueOp::Reduce(_, a) => math::round_to(inst.dtype, v(a)),
+            ValueOp::Where(c, a, b) => {
+                if v(c) != 0.0 {
+                    v(a)
+                } else {
+                    v(b)
+                }
+            }
         }
     }
 
@@ -616,6 +628,8 @@ impl Scratch {
                     }
                     math::round_block(body[i].dtype, dst);
                 }
+                // Kernels with a `where` hold a `bool` and run in `typed`.
+                ValueOp::Where(..) => {}
                 // Only in a pointwise kernel: a reduction over no axes is the identity.
                 ValueOp::Reduce(_, a) => match operand(a) {
                     Operand::Block(src) => {
@@ -791,6 +805,10 @@ impl Mem {
                     self.ptr.cast::<u16>().offset(i as isize).read_unaligned(),
                 )
                 .to_f32(),
+                // Integral buffers are read exactly by `typed`; as f32 here for completeness.
+                DType::I32 => self.ptr.cast::<i32>().offset(i as isize).read_unaligned() as f32,
+                DType::I64 => self.ptr.cast::<i64>().offset(i as isize).read_unaligned() as f32,
+                DType::Bool => f32::from(self.ptr.offset(i as isize).read()),
             }
         }
     }
@@ -815,6 +833,18 @@ impl Mem {
                     .cast::<u16>()
                     .offset(i as isize)
                     .write_unaligned(half::bf16::from_f32(v).to_bits()),
+                // Integral buffers are written exactly by `typed`; converted here as a cast.
+                DType::I32 => self
+                    .ptr
+                    .cast::<i32>()
+                    .offset(i as isize)
+                    .write_unaligned(v as i32),
+                DType::I64 => self
+                    .ptr
+                    .cast::<i64>()
+                    .offset(i as isize)
+                    .write_unaligned(v as i64),
+                DType::Bool => self.ptr.offset(i as isize).write(u8::from(v != 0.0)),
             }
         }
     }

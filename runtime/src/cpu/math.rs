@@ -34,6 +34,7 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Silu => x / (1.0 + exp(-x)),
         UnaryOp::Erf => erf(x),
         UnaryOp::Square => x * x,
+        UnaryOp::Not => flag(x == 0.0),
     }
 }
 
@@ -130,6 +131,19 @@ pub fn binary(op: BinaryOp, a: f32, b: f32) -> f32 {
         BinaryOp::Pow => pow(a, b),
         BinaryOp::Maximum => maximum(a, b),
         BinaryOp::Minimum => minimum(a, b),
+        BinaryOp::Cmp(c) => flag(tc_compiler::ir::eval::compare(c, a as f64, b as f64)),
+        BinaryOp::And => flag(a != 0.0 && b != 0.0),
+        BinaryOp::Or => flag(a != 0.0 || b != 0.0),
+    }
+}
+
+/// A truth value as f32 (1 or 0).
+#[inline]
+fn flag(b: bool) -> f32 {
+    if b {
+        1.0
+    } else {
+        0.0
     }
 }
 
@@ -168,13 +182,15 @@ pub fn minimum(a: f32, b: f32) -> f32 {
     }
 }
 
-/// Rounds `x` to `dtype` (nearest, ties to even) and widens it back to f32.
+/// Rounds `x` to `dtype` (nearest, ties to even) and widens it back to f32. (Integral
+/// dtypes never travel in f32 lanes: the fused interpreter runs kernels with integer or
+/// `bool` values exactly, in `cpu::typed`; here they pass unchanged.)
 #[inline]
 pub fn round_to(dtype: DType, x: f32) -> f32 {
     match dtype {
-        DType::F32 => x,
         DType::F16 => f16::from_f32(x).to_f32(),
         DType::BF16 => bf16::from_f32(x).to_f32(),
+        _ => x,
     }
 }
 
@@ -204,6 +220,7 @@ fn unary_block_impl(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
         UnaryOp::Log => each!(|x| x.ln()),
         UnaryOp::Sin => each!(|x| x.sin()),
         UnaryOp::Cos => each!(|x| x.cos()),
+        UnaryOp::Not => each!(|x| flag(x == 0.0)),
     }
 }
 
@@ -306,13 +323,16 @@ fn binary_block_impl(op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f3
         },
         BinaryOp::Maximum => apply(a, b, dst, maximum),
         BinaryOp::Minimum => apply(a, b, dst, minimum),
+        BinaryOp::Cmp(_) | BinaryOp::And | BinaryOp::Or => {
+            apply(a, b, dst, |x, y| binary(op, x, y))
+        }
     }
 }
 
 /// Rounds every value of `dst` to `dtype` in place.
 pub fn round_block(dtype: DType, dst: &mut [f32]) {
     match dtype {
-        DType::F32 => {}
+        DType::F32 | DType::I32 | DType::I64 | DType::Bool => {}
         DType::F16 => dst.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32()),
         DType::BF16 => dst
             .iter_mut()

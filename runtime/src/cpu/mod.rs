@@ -10,6 +10,7 @@ mod math;
 mod matmul;
 #[cfg(test)]
 mod tests;
+mod typed;
 
 use crate::tensor::HostTensor;
 use arena::Arena;

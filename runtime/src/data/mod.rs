@@ -109,7 +109,7 @@ fn checked_tensor(
     }
     if found == ty.dtype {
         Ok(values)
-    } else if found == DType::F32 {
+    } else if found == DType::F32 && ty.dtype.is_float() {
         Ok(HostTensor::from_f32(ty.dtype, shape, &values.to_f32()))
     } else {
         Err(DataError::DType {
@@ -117,9 +117,28 @@ fn checked_tensor(
             path: path.into(),
             expected: ty.dtype,
             found: found.name().into(),
-            help: String::new(),
+            help: kind_help(ty.dtype, found),
         })
     }
+}
+
+/// The fix for data of the wrong kind (float data for an integer tensor, or the reverse):
+/// tc never converts between kinds silently.
+pub(crate) fn kind_help(expected: DType, found: DType) -> String {
+    if expected.category() == found.category() {
+        return String::new();
+    }
+    let np = match expected {
+        DType::I32 => "int32",
+        DType::I64 => "int64",
+        DType::Bool => "bool",
+        DType::F16 => "float16",
+        _ => "float32",
+    };
+    format!(
+        "\n  = help: tc does not convert {} data to {expected}; save `a.astype(np.{np})` instead",
+        found.name()
+    )
 }
 
 /// Every input and param of `graph`: from `--input NAME=FILE.npy` (inputs or params), else

@@ -1,5 +1,5 @@
-//! `.npy` files: f32 and f16 natively (either byte order, C or Fortran order when reading);
-//! bf16 has no NumPy dtype and is written as f32, exactly. Read from a file or from
+//! `.npy` files: f32, f16, int32, int64 and bool natively (either byte order, C or Fortran
+//! order when reading); bf16 has no NumPy dtype and is written as f32, exactly. Read from a file or from
 //! standard input (`-`); every size a file states is checked against what it holds.
 
 use super::sink::Content;
@@ -104,8 +104,12 @@ pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, 
     let (item, dtype_name) = match &descr[1..] {
         "f4" => (4u64, "f32"),
         "f2" => (2, "f16"),
+        "i4" => (4, "i32"),
+        "i8" => (8, "i64"),
+        "b1" => (1, "bool"),
         _ => return Err(wrong_dtype(name, path, ty, descr)),
     };
+    let found = DType::from_name(dtype_name).unwrap_or(DType::F32);
     // The data must be all there before room for it is made.
     let needed = numel.checked_mul(item);
     let held = file_len - data_start;
@@ -125,20 +129,39 @@ pub fn read_npy(path: &Path, name: &str, ty: &TensorType) -> Result<HostTensor, 
             found: shape,
         });
     }
-    let (found, mut values): (DType, Vec<f32>) = if item == 4 {
-        (
-            DType::F32,
-            npy.into_vec::<f32>().map_err(|e| bad(e.to_string()))?,
-        )
-    } else {
-        (
-            DType::F16,
-            npy.into_vec::<half::f16>()
+    if found.is_integral() {
+        let mut ints: Vec<i64> = match found {
+            DType::I32 => npy
+                .into_vec::<i32>()
                 .map_err(|e| bad(e.to_string()))?
                 .into_iter()
-                .map(|v| v.to_f32())
+                .map(i64::from)
                 .collect(),
-        )
+            DType::I64 => npy.into_vec::<i64>().map_err(|e| bad(e.to_string()))?,
+            _ => npy
+                .into_vec::<bool>()
+                .map_err(|e| bad(e.to_string()))?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        };
+        if ints.len() as u64 != numel {
+            return Err(bad(format!("{} values for shape {shape:?}", ints.len())));
+        }
+        if fortran && shape.len() > 1 {
+            ints = fortran_to_c(&ints, &shape);
+        }
+        let t = HostTensor::from_i64(found, shape.clone(), &ints);
+        return checked_tensor(name, path, ty, found, shape, t);
+    }
+    let mut values: Vec<f32> = if item == 4 {
+        npy.into_vec::<f32>().map_err(|e| bad(e.to_string()))?
+    } else {
+        npy.into_vec::<half::f16>()
+            .map_err(|e| bad(e.to_string()))?
+            .into_iter()
+            .map(|v| v.to_f32())
+            .collect()
     };
     if values.len() as u64 != numel {
         return Err(bad(format!("{} values for shape {shape:?}", values.len())));
@@ -217,9 +240,9 @@ fn wrong_dtype(name: &str, path: &Path, ty: &TensorType, found: String) -> DataE
 }
 
 /// Reorders column-major values into row-major.
-fn fortran_to_c(values: &[f32], shape: &[u64]) -> Vec<f32> {
+fn fortran_to_c<T: Copy + Default>(values: &[T], shape: &[u64]) -> Vec<T> {
     let n = values.len();
-    let mut out = vec![0f32; n];
+    let mut out = vec![T::default(); n];
     let mut idx = vec![0u64; shape.len()];
     for o in out.iter_mut() {
         // Column-major position of the row-major index `idx`.
@@ -239,7 +262,8 @@ fn fortran_to_c(values: &[f32], shape: &[u64]) -> Vec<f32> {
     out
 }
 
-/// Writes `t` to `path` as `.npy` (f32 or f16; bf16 as f32, exactly), atomically.
+/// Writes `t` to `path` as `.npy` (f32, f16, int32, int64, bool; bf16 as f32, exactly),
+/// atomically.
 pub fn write_npy(path: &Path, t: &HostTensor) -> Result<(), DataError> {
     super::sink::write_one(path, Content::Npy(t)).map_err(DataError::from)
 }
@@ -268,6 +292,33 @@ pub(crate) fn encode(w: &mut dyn Write, t: &HostTensor) -> std::io::Result<()> {
                 .writer(w)
                 .begin_nd()?;
             out.extend(t.to_f32())?;
+            out.finish()
+        }
+        DType::I32 => {
+            let mut out = npyz::WriteOptions::<i32>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(w)
+                .begin_nd()?;
+            out.extend(t.iter_i64().map(|v| v as i32))?;
+            out.finish()
+        }
+        DType::I64 => {
+            let mut out = npyz::WriteOptions::<i64>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(w)
+                .begin_nd()?;
+            out.extend(t.iter_i64())?;
+            out.finish()
+        }
+        DType::Bool => {
+            let mut out = npyz::WriteOptions::<bool>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(w)
+                .begin_nd()?;
+            out.extend(t.iter_i64().map(|v| v != 0))?;
             out.finish()
         }
     }

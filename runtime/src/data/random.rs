@@ -1,6 +1,8 @@
 //! Seeded random N(0, 1) tensors: each tensor's stream depends only on the seed and its
 //! name (ChaCha8 keyed by both; Box–Muller), so adding an input never changes the others and
-//! the values are the same on every platform and crate version.
+//! the values are the same on every platform and crate version. Integer tensors take each
+//! sample `z` as `trunc(4·z)` (small integers of both signs, mostly within ±8); `bool`
+//! tensors as `z > 0` (true half the time).
 
 use crate::tensor::HostTensor;
 use rand::{RngCore, SeedableRng};
@@ -30,6 +32,9 @@ pub fn random_tensor(seed: u64, name: &str, dtype: DType, shape: &[u64]) -> Host
         DType::F32 => bytes.extend_from_slice(&v.to_le_bytes()),
         DType::F16 => bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
         DType::BF16 => bytes.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+        DType::I32 => bytes.extend_from_slice(&((4.0 * v) as i32).to_le_bytes()),
+        DType::I64 => bytes.extend_from_slice(&((4.0 * v) as i64).to_le_bytes()),
+        DType::Bool => bytes.push(u8::from(v > 0.0)),
     };
     // Uniform in (0, 1]: 53 random bits, never zero.
     let mut uniform = || ((rng.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);

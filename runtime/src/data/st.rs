@@ -1,4 +1,4 @@
-//! safetensors files: params and inputs by name, in f32, f16 or bf16.
+//! safetensors files: params and inputs by name, in f32, f16, bf16, int32, int64 or bool.
 
 use super::sink::Content;
 use super::{checked_tensor, DataError};
@@ -35,6 +35,9 @@ pub fn read_safetensors(
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::BF16,
+            Dtype::I32 => DType::I32,
+            Dtype::I64 => DType::I64,
+            Dtype::BOOL => DType::Bool,
             other => {
                 return Err(DataError::DType {
                     name: name.into(),
@@ -50,10 +53,15 @@ pub fn read_safetensors(
             }
         };
         let shape: Vec<u64> = view.shape().iter().map(|&s| s as u64).collect();
+        let mut bytes = view.data().to_vec();
+        if found == DType::Bool {
+            // A bool byte other than 0 is true.
+            bytes.iter_mut().for_each(|b| *b = u8::from(*b != 0));
+        }
         let t = HostTensor {
             dtype: found,
             shape: shape.clone(),
-            bytes: view.data().to_vec(),
+            bytes,
         };
         out.push((
             name.to_string(),
@@ -88,6 +96,9 @@ pub(crate) fn encode(path: &Path, tensors: &[(String, HostTensor)]) -> Result<Ve
             DType::F32 => Dtype::F32,
             DType::F16 => Dtype::F16,
             DType::BF16 => Dtype::BF16,
+            DType::I32 => Dtype::I32,
+            DType::I64 => Dtype::I64,
+            DType::Bool => Dtype::BOOL,
         };
         let shape = t.shape.iter().map(|&s| s as usize).collect();
         let view = safetensors::tensor::TensorView::new(dtype, shape, &t.bytes)

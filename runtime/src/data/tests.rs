@@ -21,10 +21,11 @@ fn npy_round_trips_every_dtype_and_bf16_as_exact_f32() {
         let t = tensor(dtype, &[3, 4]);
         let p = dir.path().join(format!("{dtype}.npy"));
         write_npy(&p, &t).expect("writes");
-        let file_dtype = if dtype == DType::F16 {
-            DType::F16
-        } else {
+        // bf16 is written as f32; every other dtype as itself.
+        let file_dtype = if dtype == DType::BF16 {
             DType::F32
+        } else {
+            dtype
         };
         let back = read_npy(&p, "x", &ty(file_dtype, &[3, 4])).expect("reads");
         assert_eq!(back.dtype, file_dtype);
@@ -378,4 +379,65 @@ fn data_fuzz_finds_stay_fixed() {
         n += 1;
     }
     assert!(n >= 1, "no inputs in {}", dir.display());
+}
+
+/// Integers past f32's exact range and both bools survive `.npy` and safetensors exactly;
+/// integer data never feeds a float tensor, nor float data an integer one (exit 1 naming
+/// both dtypes and the fix).
+#[test]
+fn integer_and_bool_data_round_trip_exactly_and_kinds_never_convert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = [i64::MIN, -3, 0, 1, (1 << 53) + 1, i64::MAX];
+    let cases = [
+        HostTensor::from_i64(DType::I64, vec![2, 3], &big),
+        HostTensor::from_i64(
+            DType::I32,
+            vec![2, 3],
+            &[i32::MIN as i64, -1, 0, 7, 1 << 30, i32::MAX as i64],
+        ),
+        HostTensor::from_i64(DType::Bool, vec![2, 3], &[1, 0, 0, 1, 1, 0]),
+    ];
+    let mut named = Vec::new();
+    for t in &cases {
+        let p = dir.path().join(format!("{}.npy", t.dtype));
+        write_npy(&p, t).expect("writes");
+        let back = read_npy(&p, "x", &ty(t.dtype, &[2, 3])).expect("reads");
+        assert_eq!(&back, t, "{}", t.dtype);
+        // An integer file for an f32 input, and an f32 file for this input: refused.
+        let e = read_npy(&p, "x", &ty(DType::F32, &[2, 3])).expect_err("kind");
+        assert!(e.to_string().contains("expected dtype f32"), "{e}");
+        named.push((format!("t_{}", t.dtype), t.clone()));
+    }
+    assert_eq!(cases[0].to_i64(), big);
+    let f = dir.path().join("f32.npy");
+    write_npy(&f, &tensor(DType::F32, &[2, 3])).expect("writes");
+    let e = read_npy(&f, "idx", &ty(DType::I64, &[2, 3])).expect_err("kind");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("`idx`")
+            && msg.contains("expected dtype i64, found f32")
+            && msg.contains("astype(np.int64)"),
+        "{msg}"
+    );
+    let st = dir.path().join("all.safetensors");
+    write_safetensors(&st, &named).expect("writes");
+    let types: Vec<TensorType> = cases.iter().map(|t| ty(t.dtype, &[2, 3])).collect();
+    let declared: HashMap<&str, &TensorType> = named
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .zip(types.iter())
+        .collect();
+    let back = read_safetensors(&st, &declared).expect("reads");
+    for (name, t) in &named {
+        let got = back.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        assert_eq!(got, Some(t), "{name}");
+    }
+    let wrong: HashMap<&str, &TensorType> = [("t_i64", &types[1])].into_iter().collect();
+    let st1 = dir.path().join("one.safetensors");
+    write_safetensors(&st1, &named[..1]).expect("writes");
+    let e = read_safetensors(&st1, &wrong).expect_err("i64 data for an i32 tensor");
+    assert!(
+        e.to_string().contains("expected dtype i32, found i64"),
+        "{e}"
+    );
 }
