@@ -342,7 +342,7 @@ fn binary(
                 t.save(x);
                 match constant(t, y) {
                     // pow_backward(grad, self, exponent): zeros for exponent 0.
-                    Some(c) if c == 0.0 => r.push((x, t.zeros(&shape(t, x)))),
+                    Some(0.0) => r.push((x, t.zeros(&shape(t, x)))),
                     Some(c) => {
                         let c1 = t.scalar(c - 1.0, crate::ir::DType::F32);
                         let p = t.bin(BinaryOp::Pow, x, c1);

@@ -6,16 +6,18 @@ use super::graph::{BinaryOp, Graph, Node, NodeId, Op, Origin, ReduceOp, UnaryOp,
 use super::types::{DType, Dim, TensorType};
 
 /// The primitive form of a checked graph. Every new node's `Origin.group` is the checked
-/// node it came from; every copied node's group is its own checked id. The final node of a
-/// built-in keeps the built-in's name.
+/// node it came from; every copied node's group is its checked group (its own id, or the
+/// first node of its backward function). The final node of a built-in keeps its name.
 pub fn decompose(graph: &Graph) -> Graph {
     let mut out = Graph::new();
     out.dims = graph.dims.clone();
     let mut map: Vec<NodeId> = Vec::with_capacity(graph.len());
     for id in graph.ids() {
         let node = graph.node(id);
+        // A node of a backward function (`autodiff`) keeps that function's group: it is one
+        // source-level op, as a built-in's primitives are.
         let origin = Origin {
-            group: Some(id),
+            group: graph.origin(id).group.or(Some(id)),
             ..graph.origin(id).clone()
         };
         let new_id = match &node.op {

@@ -273,27 +273,50 @@ pub fn choose(
                     }
                 }
             }
-            let mut round_best: Option<(f64, NodeId, Planned, u64)> = None;
+            let saved = saved_values(graph);
+            let mut round_best: Option<(f64, BTreeSet<NodeId>, Planned, u64)> = None;
             for &c in &cands {
                 if chosen.contains(&c) || (phase == 1 && !cheap(&graph.node(c).op)) {
                     continue;
                 }
+                // The unit: `c` and what it is computed from back to values kept anyway
+                // (saved for the backward, leaves, or already chosen).
+                let mut unit = BTreeSet::new();
+                let mut stack = vec![c];
+                while let Some(n) = stack.pop() {
+                    if !unit.insert(n) {
+                        continue;
+                    }
+                    for mut o in graph.node(n).op.operands() {
+                        while let Op::View(_, a) = &graph.node(o).op {
+                            o = *a;
+                        }
+                        let op = &graph.node(o).op;
+                        if !op.is_leaf() && !saved.contains(&o) && !chosen.contains(&o) {
+                            stack.push(o);
+                        }
+                    }
+                }
+                if phase == 1 && unit.iter().any(|&n| !cheap(&graph.node(n).op)) {
+                    continue;
+                }
                 let mut trial = chosen.clone();
-                trial.insert(c);
+                trial.extend(unit.iter().copied());
                 let p = plan_of(&rewrite(graph, &trial))?;
                 let peak = with(&p);
                 if peak >= best_peak {
                     continue;
                 }
-                let gain = (best_peak - peak) as f64 / flops(graph, c).max(1) as f64;
+                let cost: u64 = unit.iter().map(|&n| flops(graph, n).max(1)).sum();
+                let gain = (best_peak - peak) as f64 / cost as f64;
                 if round_best.as_ref().is_none_or(|(g, ..)| gain > *g) {
-                    round_best = Some((gain, c, p, peak));
+                    round_best = Some((gain, unit, p, peak));
                 }
             }
-            let Some((_, c, p, peak)) = round_best else {
+            let Some((_, unit, p, peak)) = round_best else {
                 break;
             };
-            chosen.insert(c);
+            chosen.extend(unit);
             best = p;
             best_peak = peak;
         }
