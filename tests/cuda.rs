@@ -398,7 +398,7 @@ fn matmul_plan(dtype: DType) -> Plan {
 
 fn hand_built() -> Vec<(String, Plan)> {
     let mut v = Vec::new();
-    for d in DType::ALL {
+    for d in DType::FLOATS {
         v.push((format!("pointwise_{d}"), pointwise_plan(d, 64, 1024)));
         v.push((format!("pointwise_odd_{d}"), pointwise_plan(d, 7, 13)));
         v.push((format!("softmax_warp_{d}"), softmax_plan(d, 100, 300)));
@@ -458,7 +458,7 @@ fn long_rows_fold_dependent_reductions_into_one_read() {
     // compute max and sum (softmax) or mean and variance (layernorm) in one read.
     let short = emit_program(&softmax_plan(DType::F32, 16, 4096));
     assert!(short.contains("read once") && !short.contains("tc_block_softmax(acc"));
-    for d in DType::ALL {
+    for d in DType::FLOATS {
         let long = emit_program(&softmax_plan(d, 2, 100_000));
         assert!(long.contains("online softmax in one"), "{d}");
         assert!(
@@ -862,7 +862,7 @@ fn check_gemm_calls(label: &str, plan: &Plan) {
 
 #[test]
 fn cublas_calls_compute_the_planned_products() {
-    for d in DType::ALL {
+    for d in DType::FLOATS {
         check_gemm_calls(&format!("hand matmul {d}"), &matmul_plan(d));
     }
     for (name, source) in examples() {

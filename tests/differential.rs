@@ -177,3 +177,35 @@ fn large_reductions_into_one_value_match_the_reference() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The generator draws every dtype and op of SPEC §3.1–3.2 within the programs the random
+/// differential test runs (the first 300 seeds hold each at least once).
+#[test]
+fn the_generator_draws_every_dtype_and_comparison_op() {
+    let text: String = (0..300u64).map(tc_tests::gen::program).collect();
+    for needle in [
+        ": i32[",
+        ": i64[",
+        ": bool[",
+        " < ",
+        " <= ",
+        " > ",
+        " >= ",
+        " == ",
+        " != ",
+        "where(",
+        "logical_and(",
+        "logical_or(",
+        "logical_not(",
+        "any(",
+        "all(",
+        "i32(",
+        "i64(",
+        "bool(",
+        "sum(v",
+        "max(v",
+        "min(v",
+    ] {
+        assert!(text.contains(needle), "no generated program has `{needle}`");
+    }
+}

@@ -4,6 +4,11 @@
 //! magnitudes are kept bounded (`tanh` where they could grow) so that f32-vs-f64 differences
 //! stay at rounding level. Every value nobody reads is an output, except a few left dead.
 //!
+//! Integer and `bool` values (SPEC §3.1–3.2) come from comparisons, casts and integer leaves,
+//! go through wrapping integer arithmetic, logical ops, integer reductions and `any`/`all`,
+//! and return to floats through `where`, casts, `/` and mixed arithmetic; the float
+//! statements read only float values.
+//!
 //! The one generator of the tests: `program` (dims 2..5, the differential tests) and
 //! `program_with` over other `Sizes` (`Sizes::rows`: the long rows and odd widths the CUDA
 //! tests need for their launch strategies).
@@ -109,6 +114,37 @@ fn shape_text(rng: &mut Rng, dims: &[(&str, u64)], shape: &[u64]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// Whether a dtype name is a float dtype.
+fn is_float(d: &str) -> bool {
+    matches!(d, "f32" | "f16" | "bf16")
+}
+
+/// The rank of an integral dtype in promotion (bool < i32 < i64).
+fn int_rank(d: &str) -> u8 {
+    match d {
+        "bool" => 0,
+        "i32" => 1,
+        _ => 2,
+    }
+}
+
+/// PyTorch promotion of two integral values (rank-0 values promoting like scalars within
+/// a category).
+fn promote_int(a: &Var, b: &Var) -> &'static str {
+    let (ca, cb) = (a.dtype != "bool", b.dtype != "bool");
+    if ca != cb {
+        return if ca { a.dtype } else { b.dtype };
+    }
+    if a.shape.is_empty() != b.shape.is_empty() {
+        return if a.shape.is_empty() { b.dtype } else { a.dtype };
+    }
+    if int_rank(a.dtype) >= int_rank(b.dtype) {
+        a.dtype
+    } else {
+        b.dtype
+    }
+}
+
 /// PyTorch promotion with rank-0 tensors promoting like scalars.
 fn promote(a: &Var, b: &Var) -> &'static str {
     if a.dtype == b.dtype {
@@ -183,14 +219,275 @@ impl Gen<'_> {
     }
 
     fn any_var(&mut self) -> Var {
-        // Prefer recent values, so programs are deep rather than wide.
-        let n = self.vars.len();
+        self.pick_var(true)
+    }
+
+    /// A float value (`float`) or an integral one, preferring recent values so programs
+    /// are deep rather than wide. `None` only for an integral value when there is none.
+    fn pick_of(&mut self, float: bool) -> Option<Var> {
+        let pool: Vec<Var> = self
+            .vars
+            .iter()
+            .filter(|v| is_float(v.dtype) == float)
+            .cloned()
+            .collect();
+        let n = pool.len();
+        if n == 0 {
+            return None;
+        }
         let i = if self.rng.chance(60) {
             n - 1 - self.rng.below(n.min(3))
         } else {
             self.rng.below(n)
         };
-        self.vars[i].clone()
+        Some(pool[i].clone())
+    }
+
+    fn pick_var(&mut self, float: bool) -> Var {
+        match self.pick_of(float) {
+            Some(v) => v,
+            None => {
+                let dt = *self.rng.pick(&["i32", "i64", "bool"]);
+                let shape = self.vars[self.vars.len() - 1].shape.clone();
+                self.leaf(dt, shape)
+            }
+        }
+    }
+
+    /// A value that broadcasts with `x`, of the given kind, or a new leaf of `dtype`.
+    fn partner(&mut self, x: &Var, float: bool, dtype: &'static str) -> Var {
+        let candidates: Vec<Var> = self
+            .vars
+            .iter()
+            .filter(|v| is_float(v.dtype) == float && broadcast(&x.shape, &v.shape).is_some())
+            .cloned()
+            .collect();
+        if candidates.is_empty() || self.rng.chance(30) {
+            let shape = self.shape(&x.shape.clone());
+            self.leaf(dtype, shape)
+        } else {
+            self.rng.pick(&candidates).clone()
+        }
+    }
+
+    /// A statement of the integer and `bool` world (SPEC §3.1–3.2).
+    fn dtype_statement(&mut self) {
+        let cmp = ["<", "<=", ">", ">=", "==", "!="];
+        match self.rng.below(9) {
+            // A comparison of floats (or of a float with a literal): a bool.
+            0 | 1 => {
+                let x = self.any_var();
+                let op = *self.rng.pick(&cmp);
+                let (rhs, shape) = if self.rng.chance(30) {
+                    (
+                        self.rng.pick(&["0", "0.5", "-1", "B"]).to_string(),
+                        x.shape.clone(),
+                    )
+                } else {
+                    let dt = self.dtype();
+                    let y = self.partner(&x, true, dt);
+                    let s = broadcast(&x.shape, &y.shape).unwrap_or_default();
+                    (y.name, s)
+                };
+                let rhs = if rhs == "B" && !self.sizes.dims.iter().any(|d| d.0 == "B") {
+                    "2".to_string()
+                } else {
+                    rhs
+                };
+                self.bind(format!("{} {op} {rhs}", x.name), "bool", shape, 1.0);
+            }
+            // A float cast to an integer (truncating) or to bool.
+            2 => {
+                let x = self.any_var();
+                let to = *self.rng.pick(&["i32", "i64", "bool"]);
+                let scale = self.rng.pick(&["", " * 4"]).to_string();
+                let bound = if scale.is_empty() {
+                    x.bound
+                } else {
+                    4.0 * x.bound
+                };
+                // Integral: exact, never wrapped in `tanh`.
+                let name = self.fresh();
+                self.body.push(format!("{name} = {to}({}{scale})", x.name));
+                self.vars.push(Var {
+                    name,
+                    dtype: to,
+                    shape: x.shape.clone(),
+                    bound,
+                });
+            }
+            // Integer arithmetic, wrapping, with integers, bools and integer literals.
+            3 => {
+                let k = self.pick_var(false);
+                let dt = if k.dtype == "bool" { "i64" } else { k.dtype };
+                let j = self.partner(&k, false, dt);
+                let shape = broadcast(&k.shape, &j.shape).unwrap_or_default();
+                let (kn, jn) = (&k.name, &j.name);
+                let pd = promote_int(&k, &j);
+                let (expr, dtype, bound) = match self.rng.below(8) {
+                    0 => (format!("{kn} + {jn}"), pd, k.bound + j.bound),
+                    1 => (format!("{kn} - {jn}"), pd, k.bound + j.bound),
+                    2 => (format!("{kn} * {jn}"), pd, k.bound * j.bound),
+                    3 => (format!("maximum({kn}, {jn})"), pd, k.bound.max(j.bound)),
+                    4 => (format!("minimum({kn}, -{jn})"), pd, k.bound.max(j.bound)),
+                    5 => (
+                        format!("{kn} * 3 - 7"),
+                        if k.dtype == "bool" { "i64" } else { k.dtype },
+                        3.0 * k.bound + 7.0,
+                    ),
+                    6 => (
+                        format!("abs({kn}) + square({jn})"),
+                        pd,
+                        k.bound + j.bound * j.bound,
+                    ),
+                    _ => (
+                        format!("{kn} * 1000003 * 1000003"),
+                        if k.dtype == "bool" { "i64" } else { k.dtype },
+                        1e12 * k.bound,
+                    ),
+                };
+                let shape = if expr.contains(jn.as_str()) {
+                    shape
+                } else {
+                    k.shape.clone()
+                };
+                // Integers are exact: no tanh; the bound only guides later float uses.
+                let name = self.fresh();
+                self.body.push(format!("{name} = {expr}"));
+                self.vars.push(Var {
+                    name,
+                    dtype,
+                    shape,
+                    bound,
+                });
+            }
+            // Logical ops and comparisons of integers: bools.
+            4 => {
+                let k = self.pick_var(false);
+                let j = self.partner(&k, false, "bool");
+                let shape = broadcast(&k.shape, &j.shape).unwrap_or_default();
+                let expr = match self.rng.below(4) {
+                    0 => format!("logical_and({}, {})", k.name, j.name),
+                    1 => format!("logical_or({}, logical_not({}))", k.name, j.name),
+                    2 => format!("{} {} {}", k.name, self.rng.pick(&cmp), j.name),
+                    _ => {
+                        return {
+                            self.bind(
+                                format!("logical_not({})", k.name),
+                                "bool",
+                                k.shape.clone(),
+                                1.0,
+                            );
+                        }
+                    }
+                };
+                self.bind(expr, "bool", shape, 1.0);
+            }
+            // Reductions of integers and bools.
+            5 => {
+                let k = self.pick_var(false);
+                let r = k.shape.len();
+                let op = *self.rng.pick(&["sum", "max", "min", "any", "all"]);
+                let (args, shape) = if r == 0 || self.rng.chance(30) {
+                    (String::new(), vec![])
+                } else {
+                    let a = self.rng.below(r);
+                    let keep = self.rng.chance(50);
+                    let mut s = k.shape.clone();
+                    if keep {
+                        s[a] = 1;
+                    } else {
+                        s.remove(a);
+                    }
+                    (
+                        format!(", axis={}, keepdim={keep}", self.axis_text(a, r)),
+                        s,
+                    )
+                };
+                let (dtype, bound) = match op {
+                    "sum" => ("i64", k.bound * k.shape.iter().product::<u64>() as f64),
+                    "any" | "all" => ("bool", 1.0),
+                    _ => (k.dtype, k.bound),
+                };
+                let name = self.fresh();
+                self.body.push(format!("{name} = {op}({}{args})", k.name));
+                self.vars.push(Var {
+                    name,
+                    dtype,
+                    shape,
+                    bound,
+                });
+            }
+            // Back to floats: where, casts, division and mixed arithmetic, mean.
+            6 | 7 => {
+                let m = self.pick_var(false);
+                let x = self.any_var();
+                match self.rng.below(5) {
+                    0 | 1 if m.dtype == "bool" => {
+                        let y = self.partner(&x, true, x.dtype);
+                        let s = broadcast(&x.shape, &y.shape).and_then(|s| broadcast(&m.shape, &s));
+                        match s {
+                            Some(s) => {
+                                let dtype = promote(&x, &y);
+                                let b = x.bound.max(y.bound);
+                                let (xn, yn) = (x.name.clone(), y.name.clone());
+                                self.bind(format!("where({}, {xn}, {yn})", m.name), dtype, s, b);
+                            }
+                            None => {
+                                self.bind(
+                                    format!("where({}, 1.5, -0.5)", m.name),
+                                    "f32",
+                                    m.shape.clone(),
+                                    1.5,
+                                );
+                            }
+                        }
+                    }
+                    0 | 1 => {
+                        let to = *self.rng.pick(&["f32", "f16", "bf16"]);
+                        self.bind(format!("{to}({})", m.name), to, m.shape.clone(), m.bound);
+                    }
+                    2 => {
+                        self.bind(format!("{} / 3", m.name), "f32", m.shape.clone(), m.bound);
+                    }
+                    3 => match broadcast(&m.shape, &x.shape) {
+                        Some(s) => {
+                            // An integer meeting a float takes the float's dtype.
+                            self.bind(
+                                format!("{} * {}", m.name, x.name),
+                                x.dtype,
+                                s,
+                                m.bound * x.bound,
+                            );
+                        }
+                        None => {
+                            self.bind(format!("{} + 0.5", m.name), "f32", m.shape.clone(), m.bound);
+                        }
+                    },
+                    _ => {
+                        self.bind(format!("mean({})", m.name), "f32", vec![], m.bound);
+                    }
+                }
+            }
+            // An integer or bool leaf, sometimes cast to another integral dtype.
+            _ => {
+                let x = self.any_var();
+                let dt = *self.rng.pick(&["i32", "i64", "bool"]);
+                let shape = self.shape(&x.shape.clone());
+                let k = self.leaf(dt, shape);
+                if self.rng.chance(40) {
+                    let to = *self.rng.pick(&["i32", "i64", "bool"]);
+                    let name = self.fresh();
+                    self.body.push(format!("{name} = {to}({})", k.name));
+                    self.vars.push(Var {
+                        name,
+                        dtype: to,
+                        shape: k.shape.clone(),
+                        bound: k.bound,
+                    });
+                }
+            }
+        }
     }
 
     fn unary(&mut self, x: &Var) -> Var {
@@ -225,7 +522,7 @@ impl Gen<'_> {
         let candidates: Vec<Var> = self
             .vars
             .iter()
-            .filter(|v| broadcast(&x.shape, &v.shape).is_some())
+            .filter(|v| is_float(v.dtype) && broadcast(&x.shape, &v.shape).is_some())
             .cloned()
             .collect();
         let y = if self.rng.chance(15) {
@@ -486,6 +783,7 @@ impl Gen<'_> {
             .filter(|v| {
                 v.shape.len() >= 2
                     && v.dtype == x.dtype
+                    && is_float(v.dtype)
                     && v.shape[v.shape.len() - 2] == k
                     && broadcast(&x.shape[..r - 2], &v.shape[..v.shape.len() - 2]).is_some()
             })
@@ -517,6 +815,10 @@ impl Gen<'_> {
     }
 
     fn statement(&mut self) {
+        if self.rng.chance(30) {
+            self.dtype_statement();
+            return;
+        }
         let x = self.any_var();
         match self.rng.below(12) {
             0..=2 => {

@@ -227,7 +227,7 @@ impl Checker<'_> {
         }
         match (x, y) {
             (Weak::Int(a), Weak::Int(b))
-                if !matches!(op, BinaryOp::Div) && !(op == BinaryOp::Pow && b < 0) =>
+                if !(op == BinaryOp::Div || op == BinaryOp::Pow && b < 0) =>
             {
                 Val::Weak(Weak::Int(eval::binary_int(op, DType::I64, a, b)))
             }

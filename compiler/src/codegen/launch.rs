@@ -220,7 +220,16 @@ fn pointwise(k: &KernelIr) -> PointwiseLaunch {
         .chain(k.stores.iter().map(|s| s.dtype))
         .any(|d| d == DType::F32);
     let lanes: u64 = if any_f32 { 4 } else { 8 };
-    let vectorize = n >= lanes && (rank == 1 || last % lanes == 0) && !k.stores.is_empty();
+    // Vector accesses pack f32 or 16-bit floats; integer and bool buffers go element by
+    // element.
+    let integral = k
+        .loads
+        .iter()
+        .map(|l| l.dtype)
+        .chain(k.stores.iter().map(|s| s.dtype))
+        .any(|d| d.is_integral());
+    let vectorize =
+        n >= lanes && (rank == 1 || last % lanes == 0) && !k.stores.is_empty() && !integral;
     let work = if vectorize { n / lanes } else { n };
     PointwiseLaunch {
         grid: work.div_ceil(BLOCK as u64).clamp(1, MAX_GRID),
@@ -309,6 +318,9 @@ fn online_form(k: &KernelIr, r: ValueId) -> Option<Online> {
     let ValueOp::Reduce(red, x) = *op(r) else {
         return None;
     };
+    if k.value(r).dtype.is_integral() {
+        return None;
+    }
     match (red, op(x)) {
         (ReduceOp::Sum, &ValueOp::Unary(UnaryOp::Exp, d)) => {
             let ValueOp::Binary(BinaryOp::Sub, a, m) = *op(d) else {

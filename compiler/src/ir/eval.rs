@@ -529,4 +529,81 @@ mod tests {
         }
         .admits(-0.0, 0.0));
     }
+
+    #[test]
+    fn integers_wrap_and_bools_are_nonzero() {
+        assert_eq!(
+            binary_int(BinaryOp::Add, DType::I32, i32::MAX as i64, 1),
+            i32::MIN as i64
+        );
+        assert_eq!(binary_int(BinaryOp::Mul, DType::I64, i64::MAX, 2), -2);
+        assert_eq!(binary_int(BinaryOp::Sub, DType::I64, i64::MIN, 1), i64::MAX);
+        assert_eq!(
+            unary_int(UnaryOp::Neg, DType::I32, i32::MIN as i64),
+            i32::MIN as i64
+        );
+        assert_eq!(unary_int(UnaryOp::Abs, DType::I64, i64::MIN), i64::MIN);
+        assert_eq!(
+            binary_int(BinaryOp::Pow, DType::I32, 3, 21),
+            3i32.wrapping_pow(21) as i64
+        );
+        assert_eq!(binary_int(BinaryOp::Pow, DType::I64, -1, -3), -1);
+        assert_eq!(binary_int(BinaryOp::Pow, DType::I64, 2, -1), 0);
+        assert_eq!(binary_int(BinaryOp::Add, DType::Bool, 1, 1), 1);
+        assert_eq!(binary_int(BinaryOp::Sub, DType::Bool, 1, 1), 0);
+        assert_eq!(binary_int(BinaryOp::Cmp(CmpOp::Lt), DType::I64, -5, 3), 1);
+        assert_eq!(binary_int(BinaryOp::And, DType::Bool, 1, 0), 0);
+        assert_eq!(unary_int(UnaryOp::Not, DType::Bool, 0), 1);
+        assert_eq!(reduce_init_int(ReduceOp::Max, DType::Bool), 0);
+        assert_eq!(reduce_init_int(ReduceOp::Min, DType::Bool), 1);
+        assert_eq!(
+            reduce_step_int(ReduceOp::Sum, DType::I64, i64::MAX, 1),
+            i64::MIN
+        );
+    }
+
+    #[test]
+    fn casts_truncate_saturate_and_read_nan_as_zero() {
+        assert_eq!(float_to_int(DType::I32, 2.9), 2);
+        assert_eq!(float_to_int(DType::I32, -2.9), -2);
+        assert_eq!(float_to_int(DType::I32, f64::NAN), 0);
+        assert_eq!(float_to_int(DType::I32, 1e10), i32::MAX as i64);
+        assert_eq!(float_to_int(DType::I64, f64::NEG_INFINITY), i64::MIN);
+        assert_eq!(float_to_int(DType::Bool, f64::NAN), 1);
+        assert_eq!(float_to_int(DType::Bool, -0.0), 0);
+        // i64 to f32 rounds once: 2^53 + 1 goes to 2^53 in f32 directly.
+        assert_eq!(int_to_float(DType::F32, (1 << 53) + 1), 2f64.powi(53));
+        assert_eq!(int_to_float(DType::F32, (1 << 24) + 1), 2f64.powi(24));
+        assert_eq!(cast(DType::Bool, Value::Float(0.25)), Value::Int(1));
+        assert_eq!(cast(DType::I32, Value::Int(1 << 32)), Value::Int(0));
+        assert_eq!(Value::constant(DType::I64, -3.0), Value::Int(-3));
+    }
+
+    #[test]
+    fn comparisons_follow_ieee_nan_and_signed_zero() {
+        let nan = f64::NAN;
+        for op in CmpOp::ALL {
+            assert_eq!(compare(op, nan, 1.0), op == CmpOp::Ne, "{op:?}");
+            assert_eq!(compare(op, nan, nan), op == CmpOp::Ne, "{op:?}");
+        }
+        assert!(compare(CmpOp::Eq, 0.0, -0.0));
+        assert!(compare(CmpOp::Lt, f64::NEG_INFINITY, -f64::MAX));
+        assert_eq!(
+            binary_value(
+                BinaryOp::Cmp(CmpOp::Ge),
+                DType::F32,
+                Value::Float(1.0),
+                Value::Float(1.0)
+            ),
+            Value::Int(1)
+        );
+        assert_eq!(
+            select(
+                Value::Int(0),
+                Value::Float(1.0),
+                Value::Float(f64::INFINITY)
+            ),
+            Value::Float(f64::INFINITY)
+        );
+    }
 }

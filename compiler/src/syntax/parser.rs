@@ -484,21 +484,22 @@ where
         // second operator is reported, and the comparisons fold left so checking goes on.
         sum.clone()
             .then(cmp_op.then(sum).repeated().collect::<Vec<_>>())
-            .validate(
-                |(first, rest): (Expr, Vec<((CmpOp, Span), Expr)>), _, emitter| {
-                    if let Some(((op, span), _)) = rest.get(1) {
-                        emitter.emit(Rich::custom(
-                            SimpleSpan::from(span.clone()),
-                            format!("{CHAINED}`{}` after another comparison", op.symbol()),
-                        ));
-                    }
-                    rest.into_iter().fold(first, |lhs, ((op, _), rhs)| {
-                        fold_binary(lhs, (BinOp::Cmp(op), rhs))
-                    })
-                },
-            )
+            .validate(|(first, rest): (Expr, Vec<CmpTail>), _, emitter| {
+                if let Some(((op, span), _)) = rest.get(1) {
+                    emitter.emit(Rich::custom(
+                        SimpleSpan::from(span.clone()),
+                        format!("{CHAINED}`{}` after another comparison", op.symbol()),
+                    ));
+                }
+                rest.into_iter().fold(first, |lhs, ((op, _), rhs)| {
+                    fold_binary(lhs, (BinOp::Cmp(op), rhs))
+                })
+            })
     })
 }
+
+/// One `< rhs` of a comparison: the operator, its span, and the right operand.
+type CmpTail = ((CmpOp, Span), Expr);
 
 /// The start of the message of a chained comparison (a custom parser error).
 const CHAINED: &str = "comparisons do not chain: ";

@@ -110,6 +110,7 @@ static inline void tc_poison_shared(void* p, unsigned long long bytes, unsigned 
     }
 }
 static float tc_lanes[2][1024];  // shuffle exchange, double-buffered by phase
+static long long tc_ilanes[2][1024];  // the same for 64-bit integers
 static int tc_warp_phase[32];
 
 static inline void tc_yield(TcState why) {
@@ -130,6 +131,19 @@ static inline float __shfl_xor_sync(unsigned int mask, float v, int lane_mask) {
     tc_lanes[phase][me] = v;
     tc_yield(TC_AT_SHUFFLE);
     return tc_lanes[phase][(warp << 5) | ((me & 31) ^ lane_mask)];
+}
+
+// The 64-bit integer overload (integer and bool reductions hold `long long`).
+static inline long long __shfl_xor_sync(unsigned int mask, long long v, int lane_mask) {
+    if (mask != 0xffffffffu) tc_fail("__shfl_xor_sync with a partial mask (0x%x) is not emulated", mask);
+    if (tc_threads % 32 != 0) tc_fail("__shfl_xor_sync in a block of %d threads: its last warp is partial", tc_threads);
+    if (lane_mask < 0 || lane_mask > 31) tc_fail("__shfl_xor_sync lane mask %d outside the warp", lane_mask);
+    const int me = tc_cur->linear;
+    const int warp = me >> 5;
+    const int phase = tc_warp_phase[warp] & 1;
+    tc_ilanes[phase][me] = v;
+    tc_yield(TC_AT_SHUFFLE);
+    return tc_ilanes[phase][(warp << 5) | ((me & 31) ^ lane_mask)];
 }
 
 // ---- the host side: allocations at guard pages, launches, cuBLAS's GEMM
