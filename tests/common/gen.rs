@@ -179,7 +179,11 @@ impl Gen<'_> {
     }
 
     fn leaf(&mut self, dtype: &'static str, shape: Vec<u64>) -> Var {
-        let dtype = if self.f32_leaves { "f32" } else { dtype };
+        let dtype = if self.f32_leaves && matches!(dtype, "f16" | "bf16") {
+            "f32"
+        } else {
+            dtype
+        };
         let kind = if self.rng.chance(60) {
             "input"
         } else {
@@ -870,9 +874,9 @@ pub fn program_with(seed: u64, sizes: &Sizes) -> String {
     generate(seed, sizes, false)
 }
 
-/// A random training step over `Sizes::small`: a program of `program`'s kind with f32
-/// inputs and params, a loss over its outputs (`sum(tanh(out))` each, so every gradient
-/// is non-uniform) and the gradient of the loss with respect to every input and param.
+/// A random training step over `Sizes::small`: a program of `program`'s kind with f32 (or
+/// integer and bool) inputs and params, a loss over its outputs (`sum(tanh(out))` each, so every gradient
+/// is non-uniform) and the gradient of the loss with respect to every f32 input and param.
 pub fn differentiable(seed: u64) -> String {
     let text = generate(seed, &Sizes::small(), true);
     let mut leaves = Vec::new();
@@ -882,7 +886,11 @@ pub fn differentiable(seed: u64) -> String {
         let mut words = line.split_whitespace();
         match words.next() {
             Some("input") | Some("param") => {
-                leaves.push(words.next().unwrap_or_default().to_string());
+                let name = words.next().unwrap_or_default().to_string();
+                // Integer and bool leaves carry no gradient.
+                if line.contains(": f32") {
+                    leaves.push(name);
+                }
             }
             Some("output") => {
                 outs = line["output".len()..]
