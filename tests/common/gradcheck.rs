@@ -57,7 +57,7 @@ pub fn gradcheck(source: &str, dims: &[(String, u64)], seed: u64) -> Result<usiz
         for i in (0..n).step_by(step) {
             let x = values[i];
             let h = 1e-6f32 * x.abs().max(1.0);
-            let mut loss_at = |v: f32| -> Result<f64, String> {
+            let loss_at = |v: f32| -> Result<f64, String> {
                 let mut vals = values.clone();
                 vals[i] = v;
                 let t = HostTensor::from_f32(base.dtype, base.shape.clone(), &vals);
