@@ -15,6 +15,9 @@ use tc_runtime::cuda;
 #[path = "cuda/emu.rs"]
 mod emu;
 
+#[path = "cuda/static_figures.rs"]
+mod static_figures;
+
 // ------------------------------------------------------------------ NVRTC setup
 
 /// Loads NVRTC: the loader path, `$TC_NVRTC_LIB`, /usr/local/cuda, or the pip wheel

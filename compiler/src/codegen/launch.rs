@@ -260,10 +260,27 @@ fn rows(k: &KernelIr) -> RowLaunch {
     let warp_mode = group <= 32;
     let threads = if innermost_is_row { slices } else { group };
     let items = len.div_ceil(threads);
-    let cached: Vec<LoadId> = (0..k.loads.len())
+    let per_element: Vec<LoadId> = (0..k.loads.len())
         .map(LoadId::new)
         .filter(|&l| k.load_is_read_per_element(l))
         .collect();
+    // A load that only the last (writing) pass reads — layernorm's gamma and beta — is read
+    // there, once, from memory: holding it in registers from the start saves no traffic and
+    // costs `items` registers a thread through every pass.
+    let last = k.passes.len().saturating_sub(1);
+    let read_before_last = |l: LoadId| {
+        k.passes[..last].iter().any(|p| {
+            p.elements
+                .iter()
+                .any(|&i| k.value(i).op == ValueOp::Load(l))
+        })
+    };
+    let early: Vec<LoadId> = per_element
+        .iter()
+        .copied()
+        .filter(|&l| read_before_last(l))
+        .collect();
+    let cached = if early.is_empty() { per_element } else { early };
     // 1024-thread blocks have at most 64 registers per thread: cache less there.
     let register_budget = if threads >= 1024 {
         MAX_CACHED_VALUES / 2

@@ -4,7 +4,7 @@
 //!
 //! The fallback needs no extra memory, so the plan's figures hold whichever path runs.
 
-use super::cuda::{load_conv, store_conv};
+use super::cuda::{load_conv, may_alias, store_conv};
 use super::writer::Writer;
 use super::{storage_type, CudaKernel, Launch};
 use crate::ir::DType;
@@ -339,10 +339,17 @@ fn emit_fallback(plan: &Plan, index: usize, kernel: &Kernel, mm: &MatMulKernel) 
         .enumerate()
         .map(|(i, b)| {
             let ty = storage_type(plan.buffer(*b).dtype);
-            if *b == mm.out {
-                format!("{ty}* b{i}")
+            // `__restrict__` where the output shares no bytes with an operand.
+            let alone = if *b == mm.out {
+                params.iter().all(|o| o == b || !may_alias(plan, *b, *o))
             } else {
-                format!("const {ty}* b{i}")
+                !may_alias(plan, *b, mm.out)
+            };
+            let q = if alone { " __restrict__" } else { "" };
+            if *b == mm.out {
+                format!("{ty}*{q} b{i}")
+            } else {
+                format!("const {ty}*{q} b{i}")
             }
         })
         .collect();

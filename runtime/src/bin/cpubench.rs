@@ -1,7 +1,7 @@
-//! `cpubench FILE.tx [tc bench's options] [--print-plan]`: `tc bench`'s own path (the same
+//! `cpubench FILE.tx [tc bench's options] [--reps N] [--print-plan]`: `tc bench`'s own path (the same
 //! arguments, compile, preflight, data and `Backend::bench`), for one variant on the CPU
 //! backend — the default plan, or `--no-fuse`/`--no-reuse` — printed as one JSON object
-//! for `scripts/bench_cpu_numpy.py`: best and median seconds, CPU seconds per run, arena
+//! for `scripts/bench_cpu_numpy.py` and `scripts/bench_peers.py`: best and median seconds, CPU seconds per run, arena
 //! bytes, resident memory before the data and at its peak. Errors exit as `tc` does.
 
 use clap::Parser;
@@ -21,6 +21,10 @@ struct Args {
     /// Print the plan to stderr first.
     #[arg(long)]
     print_plan: bool,
+    /// Timed runs with no warm-up (`--runs N --warmup 0`), as the peer scripts time their
+    /// sides: best of N after the inputs exist.
+    #[arg(long, value_name = "N")]
+    reps: Option<u64>,
 }
 
 /// A `VmRSS`/`VmHWM`-style line of /proc/self/status, in bytes (0 where unavailable).
@@ -55,7 +59,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), CliError> {
-    let a = &args.bench;
+    let mut a = args.bench.clone();
+    if let Some(n) = args.reps {
+        a.runs = n;
+        a.warmup = 0;
+    }
+    let a = &a;
     let backend = CpuBackend;
     let repeats = cli::repeats(a)?;
     let source = cli::read_source(&a.file)?;
