@@ -147,17 +147,65 @@ def ex_transformer_block():
     return t, f
 
 
+def ex_train_mlp():
+    """examples/train_mlp.tx: one SGD step (loss, backward, update), one-hot labels."""
+    B, D, H, C = 1024, 1024, 4096, 1024
+    onehot = F.one_hot(torch.randint(0, C, (B,), device=DEV), C).float()
+    t = dict(x=randn(B, D), onehot=onehot, w1=randn(D, H) * D ** -0.5, b1=randn(H),
+             w2=randn(H, C) * H ** -0.5, b2=randn(C))
+
+    def f(x, onehot, w1, b1, w2, b2):
+        ps = [p.detach().requires_grad_() for p in (w1, b1, w2, b2)]
+        h = F.gelu(x @ ps[0] + ps[1])
+        logits = h @ ps[2] + ps[3]
+        loss = -(F.log_softmax(logits, -1) * onehot).sum() / B
+        grads = torch.autograd.grad(loss, ps)
+        return (loss.detach(),) + tuple(p.detach() - 0.01 * g for p, g in zip(ps, grads))
+
+    return t, f
+
+
+def ex_train_block():
+    """examples/train_block.tx: the block's loss and the gradient of every param."""
+    B, S, D, H, Dh, Fd = 1, 512, 512, 8, 64, 2048
+    shapes = dict(ln1_g=(D,), ln1_b=(D,), wq=(D, D), wk=(D, D), wv=(D, D), wo=(D, D),
+                  ln2_g=(D,), ln2_b=(D,), w1=(D, Fd), b1=(Fd,), w2=(Fd, D), b2=(D,))
+    t = dict(x=randn(B, S, D),
+             onehot=F.one_hot(torch.randint(0, D, (B, S), device=DEV), D).float())
+    t.update({k: randn(*v) * (v[0] ** -0.5 if len(v) == 2 else 0.1) for k, v in shapes.items()})
+
+    def f(x, onehot, *params):
+        ps = [p.detach().requires_grad_() for p in params]
+        ln1_g, ln1_b, wq, wk, wv, wo, ln2_g, ln2_b, w1, b1, w2, b2 = ps
+        xn = F.layer_norm(x, (D,)) * ln1_g + ln1_b
+        heads = lambda u: u.reshape(B, S, H, Dh).permute(0, 2, 1, 3)
+        q, k, v = heads(xn @ wq), heads(xn @ wk), heads(xn @ wv)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(Dh), -1)
+        x1 = x + (att @ v).permute(0, 2, 1, 3).reshape(B, S, D) @ wo
+        out = x1 + F.gelu((F.layer_norm(x1, (D,)) * ln2_g + ln2_b) @ w1 + b1) @ w2 + b2
+        loss = -(F.log_softmax(out, -1) * onehot).sum() / (B * S)
+        return (loss.detach(),) + torch.autograd.grad(loss, ps)
+
+    return t, f
+
+
+# Training steps: measured with autograd on (the step's peak, `torch.cuda.max_memory_allocated`
+# around forward + backward + update, beside tc's planned with inputs).
+TRAINING = {"train_mlp", "train_block"}
+
 EXAMPLES = {
     "attention": ex_attention, "broadcast": ex_broadcast, "chain": ex_chain,
     "layernorm": ex_layernorm, "mixed_precision": ex_mixed_precision, "mlp": ex_mlp,
     "softmax": ex_softmax, "transformer_block": ex_transformer_block,
+    "train_mlp": ex_train_mlp, "train_block": ex_train_block,
 }
 
 
-def measure(fn, tensors, runs, warmup=3):
-    """Median milliseconds (CUDA events) and peak bytes with inputs allocated."""
+def measure(fn, tensors, runs, warmup=3, grad=False):
+    """Median milliseconds (CUDA events) and peak bytes with inputs allocated (`grad`: a
+    training step, autograd on)."""
     args = list(tensors.values())
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for _ in range(warmup):
             fn(*args)
         torch.cuda.synchronize()
@@ -239,13 +287,13 @@ def main():
         tensors, f = make()
         row = {}
         try:
-            row["eager"] = measure(f, tensors, a.runs)
+            row["eager"] = measure(f, tensors, a.runs, grad=name in TRAINING)
         except Exception as e:  # noqa: BLE001 - report and go on
             row["eager"] = dict(error=repr(e))
         torch._dynamo.reset()
         torch.cuda.empty_cache()
         try:
-            row["compile"] = measure(torch.compile(f), tensors, a.runs)
+            row["compile"] = measure(torch.compile(f), tensors, a.runs, grad=name in TRAINING)
         except Exception as e:  # noqa: BLE001
             row["compile"] = dict(error=repr(e))
         if name == "attention":

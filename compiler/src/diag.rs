@@ -95,6 +95,13 @@ error_kinds! {
     /// An index `x[…]` out of range, a slice that selects nothing, a step below 1, or more
     /// entries than the tensor has axes.
     BadIndex = "bad-index",
+    /// A `grad` whose loss is not a rank-0 float tensor, whose variable is not a float
+    /// input or param, or whose loss depends on the variable through an op with no
+    /// derivative.
+    BadGrad = "bad-grad",
+    /// `--memory-budget`: no plan tc finds (recomputing forward values in the backward
+    /// included) fits the budget.
+    OverBudget = "over-budget",
     /// A buffer the planner makes, or the whole arena with the inputs and params, whose byte
     /// count does not fit in 64 bits (the checker sizes every value first, with
     /// `SizeOverflow`, but not their sum).

@@ -8,6 +8,7 @@
 //! `memory` (the memory report's figures), rendered by `report`; `codegen` (CUDA C).
 //! This crate does no I/O and touches no device.
 
+pub mod autodiff;
 pub mod check;
 pub mod codegen;
 pub mod diag;
@@ -54,14 +55,63 @@ pub fn check(source: &str, dims: &[(String, u64)]) -> Result<ir::Graph, Diagnost
 
 /// The whole pipeline: parse → check → decompose → fuse → plan (the search below) → report.
 pub fn compile(source: &str, options: &CompileOptions) -> Result<Program, Diagnostics> {
+    compile_with_budget(source, options, None)
+}
+
+/// `compile` under `--memory-budget`: the planned arena with inputs and params at most
+/// `budget` bytes. A program with `grad` recomputes forward values in its backward pass to
+/// get there (`memory::remat`; without a budget, only the elementwise ones that lower the
+/// peak); on one without, the budget is a check. A budget no plan meets is an
+/// `over-budget` error naming the smallest peak reached.
+pub fn compile_with_budget(
+    source: &str,
+    options: &CompileOptions,
+    budget: Option<u64>,
+) -> Result<Program, Diagnostics> {
     let checked = check::check_source(source, &options.dims)?;
-    let primitive = ir::decompose::decompose(&checked);
-    let (groups, misses) = fuse::fuse_explained(&primitive, options.plan.fuse);
-    let mut plan = search(&checked, &primitive, &groups, &options.plan).map_err(|d| vec![d])?;
-    if !plan.unfused_fallback {
-        plan.notes.extend(misses);
+    let inputs = memory::unfused_model(&checked, options.plan.matmul_workspace).inputs;
+    let mut plan_of = |g: &ir::Graph| -> Result<memory::remat::Planned, Diagnostic> {
+        let primitive = ir::decompose::decompose(g);
+        let (groups, misses) = fuse::fuse_explained(&primitive, options.plan.fuse);
+        let mut plan = search(&checked, &primitive, &groups, &options.plan)?;
+        if !plan.unfused_fallback {
+            plan.notes.extend(misses);
+        }
+        Ok(memory::remat::Planned {
+            graph: g.clone(),
+            primitive,
+            plan,
+        })
+    };
+    let chosen =
+        memory::remat::choose(&checked, inputs, budget, &mut plan_of).map_err(|d| vec![d])?;
+    let (planned, recompute) = match chosen {
+        Ok(x) => x,
+        Err(peak) => {
+            let b = budget.unwrap_or(0);
+            let what = if checked.passes.is_empty() {
+                "the planned peak"
+            } else {
+                "the smallest peak tc reached, recomputing forward values in the backward pass,"
+            };
+            return Err(vec![Diagnostic::error(
+                ErrorKind::OverBudget,
+                format!(
+                    "no plan fits the memory budget of {}: {what} is {} (inputs and params included)",
+                    units::human(b),
+                    units::human(peak)
+                ),
+            )
+            .with_help("raise `--memory-budget`, or lower a dim (`--dim`)")]);
+        }
+    };
+    let memory::remat::Planned {
+        primitive, plan, ..
+    } = planned;
+    let mut memory = memory::memory_report_for(&checked, &primitive, &plan, Some(source));
+    if !checked.passes.is_empty() || budget.is_some() {
+        memory.recompute = Some(recompute);
     }
-    let memory = memory::memory_report_for(&checked, &primitive, &plan, Some(source));
     let kernels = lower::lower(&plan).map_err(|e| vec![lower::internal(&e)])?;
     Ok(Program {
         checked,

@@ -43,6 +43,26 @@ pub fn evaluate(
     inputs: &[HostTensor],
     params: &[HostTensor],
 ) -> Result<Vec<RefTensor>, String> {
+    evaluate_with(graph, inputs, params, true)
+}
+
+/// `evaluate` in exact f64: no value is rounded to its dtype (casts included), so the
+/// program is a smooth function of its inputs wherever its maths is; what the gradient
+/// tests take finite differences of.
+pub fn evaluate_exact(
+    graph: &Graph,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<Vec<RefTensor>, String> {
+    evaluate_with(graph, inputs, params, false)
+}
+
+fn evaluate_with(
+    graph: &Graph,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+    rounding: bool,
+) -> Result<Vec<RefTensor>, String> {
     let mut vals: Vec<RefTensor> = Vec::with_capacity(graph.len());
     for id in graph.ids() {
         let node = graph.node(id);
@@ -100,7 +120,10 @@ pub fn evaluate(
                     a.shape.clone(),
                     a.vals()
                         .into_iter()
-                        .map(|x| eval::unary_value(*op, a.dtype, x))
+                        .map(|x| match x {
+                            Value::Float(f) if !rounding => Value::Float(eval::unary(*op, f)),
+                            x => eval::unary_value(*op, a.dtype, x),
+                        })
                         .collect(),
                 )
             }
@@ -111,12 +134,16 @@ pub fn evaluate(
                 let v = (0..n)
                     .map(|i| {
                         let idx = unravel(i, &s);
-                        eval::binary_value(
-                            *op,
-                            a.dtype,
+                        let (x, y) = (
                             a.at(broadcast_index(&idx, &a.shape)),
                             b.at(broadcast_index(&idx, &b.shape)),
-                        )
+                        );
+                        match (x, y) {
+                            (Value::Float(p), Value::Float(q)) if !rounding && !op.is_cmp() => {
+                                Value::Float(eval::binary(*op, p, q))
+                            }
+                            (x, y) => eval::binary_value(*op, a.dtype, x, y),
+                        }
                     })
                     .collect();
                 (s, v)
@@ -193,7 +220,13 @@ pub fn evaluate(
                 let a = get(*arg);
                 (
                     a.shape.clone(),
-                    a.vals().into_iter().map(|x| eval::cast(dtype, x)).collect(),
+                    a.vals()
+                        .into_iter()
+                        .map(|x| match x {
+                            Value::Float(f) if !rounding && dtype.is_float() => Value::Float(f),
+                            x => eval::cast(dtype, x),
+                        })
+                        .collect(),
                 )
             }
             Op::Copy(a) => {
@@ -215,8 +248,17 @@ pub fn evaluate(
                 shape
             ));
         }
-        // Stored: rounded (or wrapped) to the node's dtype.
-        let stored: Vec<Value> = values.into_iter().map(|v| eval::cast(dtype, v)).collect();
+        // Stored: rounded (or wrapped) to the node's dtype; exact floats stay as computed.
+        let stored: Vec<Value> = values
+            .into_iter()
+            .map(|v| {
+                if rounding || dtype.is_integral() {
+                    eval::cast(dtype, v)
+                } else {
+                    Value::Float(v.as_f64())
+                }
+            })
+            .collect();
         let ints = if dtype.is_integral() {
             stored.iter().map(|v| v.as_i64()).collect()
         } else {

@@ -101,6 +101,8 @@ struct Gen<'s> {
     /// Names bound so far that are not in `vars` (see `fresh`).
     extra_names: usize,
     leaves: usize,
+    /// Inputs and params are all f32 (`differentiable`: finite differences perturb them).
+    f32_leaves: bool,
 }
 
 /// Writes a size as a dim name when one has that size (sometimes), else as a literal.
@@ -183,6 +185,11 @@ impl Gen<'_> {
     }
 
     fn leaf(&mut self, dtype: &'static str, shape: Vec<u64>) -> Var {
+        let dtype = if self.f32_leaves && matches!(dtype, "f16" | "bf16") {
+            "f32"
+        } else {
+            dtype
+        };
         let kind = if self.rng.chance(60) {
             "input"
         } else {
@@ -1178,6 +1185,52 @@ pub fn program(seed: u64) -> String {
 
 /// A random valid program over `sizes`, fully determined by `seed` and `sizes`.
 pub fn program_with(seed: u64, sizes: &Sizes) -> String {
+    generate(seed, sizes, false)
+}
+
+/// A random training step over `Sizes::small`: a program of `program`'s kind with f32 (or
+/// integer and bool) inputs and params, a loss over its outputs (`sum(tanh(out))` each, so every gradient
+/// is non-uniform) and the gradient of the loss with respect to every f32 input and param.
+pub fn differentiable(seed: u64) -> String {
+    let text = generate(seed, &Sizes::small(), true);
+    let mut leaves = Vec::new();
+    let mut body = String::new();
+    let mut outs: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("input") | Some("param") => {
+                let name = words.next().unwrap_or_default().to_string();
+                // Integer and bool leaves carry no gradient.
+                if line.contains(": f32") {
+                    leaves.push(name);
+                }
+            }
+            Some("output") => {
+                outs = line["output".len()..]
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .collect();
+                continue;
+            }
+            _ => {}
+        }
+        body.push_str(line);
+        body.push('\n');
+    }
+    let terms: Vec<String> = outs.iter().map(|o| format!("sum(tanh({o}))")).collect();
+    body.push_str(&format!("loss_ = {}\n", terms.join(" + ")));
+    let mut results = outs;
+    results.push("loss_".into());
+    for l in &leaves {
+        body.push_str(&format!("g_{l} = grad(loss_, {l})\n"));
+        results.push(format!("g_{l}"));
+    }
+    body.push_str(&format!("output {}\n", results.join(", ")));
+    body
+}
+
+fn generate(seed: u64, sizes: &Sizes, f32_leaves: bool) -> String {
     let mut g = Gen {
         rng: Rng(seed),
         sizes,
@@ -1187,6 +1240,7 @@ pub fn program_with(seed: u64, sizes: &Sizes) -> String {
         index_vars: Vec::new(),
         extra_names: 0,
         leaves: 0,
+        f32_leaves,
     };
     let base: Vec<u64> = match &sizes.base {
         Some(b) => b.clone(),

@@ -10,6 +10,7 @@ use tc_runtime::HostTensor;
 
 pub mod attention;
 pub mod gen;
+pub mod gradcheck;
 
 /// The one tolerance table of the tests (the accuracy of single ops in f32 is
 /// `ir::eval::unary_accuracy` / `binary_accuracy`, which the executors' kernels are held to).

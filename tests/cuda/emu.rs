@@ -73,6 +73,29 @@ fn check_source(
     check_plan(label, &program.plan, &inputs, &params).map_err(|e| format!("{e}\n{source}"))
 }
 
+/// Training steps under the emulation: every op's gradient program and random training
+/// steps from the one generator, emulated against the CPU executor (which the gradient
+/// tests hold to the oracle, and the oracle to finite differences).
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_gradients_match_the_cpu() {
+    require_emu();
+    let mut sources: Vec<(String, String)> = tc_tests::gradcheck::OPS
+        .iter()
+        .map(|(l, d, e)| (l.to_string(), tc_tests::gradcheck::op_program(d, e)))
+        .collect();
+    sources.extend((0..40u64).map(|s| (format!("seed {s}"), tc_tests::gen::differentiable(s))));
+    let options = tc_compiler::CompileOptions::default();
+    let failures: Vec<String> = sources
+        .iter()
+        .filter_map(|(label, src)| check_source(label, src, &options).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 #[cfg_attr(
     tc_no_emu,

@@ -20,6 +20,8 @@ fn params(name: &str) -> Option<&'static [&'static str]> {
         "f32" | "f16" | "bf16" | "i32" | "i64" | "bool" => &["x"],
         "permute" => &["x", "dims"],
         "reshape" | "expand" => &["x", "shape"],
+        "grad" => &["loss", "wrt"],
+        "detach" => &["x"],
         _ if UnaryOp::from_function(name).is_some() => &["x"],
         _ => return super::indices::params(name),
     })
@@ -71,6 +73,8 @@ const BUILTINS: &[&str] = &[
     "i32",
     "i64",
     "bool",
+    "grad",
+    "detach",
 ];
 
 pub(super) fn is_builtin(name: &str) -> bool {
@@ -110,6 +114,9 @@ impl Checker<'_> {
         }
         if super::indices::params(name).is_some() {
             return self.index_call(name, &bound, span, depth);
+        }
+        if name == "grad" || name == "detach" {
+            return self.grad_builtin(name, &bound, span, depth);
         }
         let (x_expr, x) = match bound[0] {
             Some(e) => (e, self.expr_at(e, depth + 1)),
@@ -241,7 +248,7 @@ impl Checker<'_> {
         }
         let required = match func.name.as_str() {
             "maximum" | "minimum" | "permute" | "reshape" | "expand" | "logical_and"
-            | "logical_or" | "unsqueeze" => 2,
+            | "logical_or" | "unsqueeze" | "grad" => 2,
             "where" => 3,
             _ => super::indices::required(&func.name),
         };

@@ -7,6 +7,7 @@
 
 mod builtins;
 mod expr;
+mod grad;
 mod hint;
 mod index;
 mod join;
@@ -116,6 +117,14 @@ struct Checker<'s> {
     overflowed: bool,
     /// How many unknown names have been given a near-miss hint (see `MAX_HINTS`).
     hints: usize,
+    /// For each loss name, the variables some `grad` differentiates it against.
+    grad_requests: HashMap<String, Vec<String>>,
+    /// Each loss's backward pass so far: (variable, its gradient).
+    backwards: HashMap<NodeId, Vec<(NodeId, NodeId)>>,
+    /// The `detach` nodes: no gradient flows through them.
+    detached: Vec<NodeId>,
+    /// Losses whose backward pass failed (reported once).
+    grad_failed: Vec<NodeId>,
 }
 
 impl<'s> Checker<'s> {
@@ -133,6 +142,10 @@ impl<'s> Checker<'s> {
             diags: Vec::new(),
             overflowed: false,
             hints: 0,
+            grad_requests: HashMap::new(),
+            backwards: HashMap::new(),
+            detached: Vec::new(),
+            grad_failed: Vec::new(),
         }
     }
 
@@ -178,6 +191,7 @@ impl<'s> Checker<'s> {
     }
 
     fn program(&mut self, program: &Program) {
+        self.grad_requests = grad::grad_requests(program);
         for stmt in &program.stmts {
             let name = match &stmt.kind {
                 StmtKind::Dim { name, .. }

@@ -614,6 +614,8 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
         level: vec![Level::Element; graph.len()],
     };
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
+    // The backward pass (`autodiff`) a source-level node belongs to, if any.
+    let backward = |k: NodeId| graph.passes.iter().position(|&(s, e)| s <= k && k < e);
     // Scalars and aranges that must exist in memory: an output, a matmul operand, a gathered
     // table.
     let mut fills: BTreeSet<NodeId> = graph
@@ -653,7 +655,10 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
             let r = f.lays[o.index()].root;
             let Some(h) = f.gid[r.index()] else { continue };
             let mine = f.gid[id.index()].unwrap_or(g);
-            let allowed = enabled
+            // A backward node never joins a forward kernel (nor the reverse): computed
+            // early, its result would be stored across the whole pass.
+            let same_pass = backward(key(r)) == backward(key(id));
+            let allowed = (enabled && same_pass)
                 || key(r) == key(id)
                 || (matches!(graph.node(r).op, Op::Cast { implicit: true, .. })
                     && f.members[h] == [r]);

@@ -7,8 +7,8 @@ use super::graph::{BinaryOp, Graph, Node, NodeId, Op, Origin, ReduceOp, UnaryOp,
 use super::types::{DType, Dim, TensorType};
 
 /// The primitive form of a checked graph. Every new node's `Origin.group` is the checked
-/// node it came from; every copied node's group is its own checked id. The final node of a
-/// built-in keeps the built-in's name.
+/// node it came from; every copied node's group is its checked group (its own id, or the
+/// first node of its backward function). The final node of a built-in keeps its name.
 pub fn decompose(graph: &Graph) -> Graph {
     let mut out = Graph::new();
     out.dims = graph.dims.clone();
@@ -16,8 +16,10 @@ pub fn decompose(graph: &Graph) -> Graph {
     let users = graph.users();
     for id in graph.ids() {
         let node = graph.node(id);
+        // A node of a backward function (`autodiff`) keeps that function's group: it is one
+        // source-level op, as a built-in's primitives are.
         let origin = Origin {
-            group: Some(id),
+            group: graph.origin(id).group.or(Some(id)),
             ..graph.origin(id).clone()
         };
         let new_id = match &node.op {
@@ -159,10 +161,13 @@ pub fn decompose(graph: &Graph) -> Graph {
             ..o.clone()
         })
         .collect();
+    // Backward passes, in checked-graph ids (the primitive nodes' `Origin.group`s).
+    out.passes = graph.passes.clone();
     out
 }
 
-fn remap(op: &Op, map: &[NodeId]) -> Op {
+/// `op` with each operand `n` replaced by `map[n]`.
+pub(crate) fn remap(op: &Op, map: &[NodeId]) -> Op {
     let m = |n: &NodeId| map[n.index()];
     match op {
         Op::Input { index } => Op::Input { index: *index },

@@ -463,6 +463,22 @@ pub struct Leaf {
     pub ty: TensorType,
 }
 
+/// A forward value a backward function saves (PyTorch's `SavedVariable`): live in the
+/// eager model until that function runs (the first node of its `Origin.group`, `until`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Saved {
+    pub value: NodeId,
+    pub until: NodeId,
+}
+
+/// One `grad(loss, wrt)` of the program and the node holding its result.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GradOf {
+    pub loss: NodeId,
+    pub wrt: NodeId,
+    pub grad: NodeId,
+}
+
 /// A tensor program as a DAG of typed nodes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Graph {
@@ -474,6 +490,12 @@ pub struct Graph {
     pub outputs: Vec<Output>,
     /// The dims after `--dim` overrides, in declaration order.
     pub dims: Vec<(String, u64)>,
+    /// The forward values each backward pass (`autodiff`) saves, for the eager model.
+    pub saved: Vec<Saved>,
+    /// Every gradient `autodiff` computed, with its loss and variable.
+    pub grads: Vec<GradOf>,
+    /// The node ranges `[start, end)` of the backward passes `autodiff` appended.
+    pub passes: Vec<(NodeId, NodeId)>,
 }
 
 impl Graph {

@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod models;
 pub mod order;
 pub mod pack;
+pub mod remat;
 pub mod report;
 pub mod sizes;
 

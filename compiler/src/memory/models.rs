@@ -1,5 +1,6 @@
 //! The memory models of SPEC §2 side by side: *naive* (every op's result kept) and *eager*
-//! (each freed after its last use) over the graph run op by op without fusion, and the
+//! (each freed after its last use; with `grad`, PyTorch autograd's saved tensors kept until
+//! their backward function runs, SPEC §3.6) over the graph run op by op without fusion, and the
 //! *lower bound* of a plan (the most bytes its storage holds live at one step). The planned
 //! figure is the arena the packer (`pack`) returns. Sizes and staging come from `sizes`,
 //! lifetimes' peaks from `liveness::peak`, storage from `inplace`: the same rules the planner
@@ -148,6 +149,20 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
                 e.1 = e.1.max(s);
             }
         }
+    }
+    // PyTorch autograd's saved tensors (`Graph::saved`, from `autodiff`): live until the
+    // backward function that saved them runs (the first step at or after its first node).
+    let mut firsts: Vec<(NodeId, usize)> = step_of_key.iter().map(|(&k, &s)| (k, s)).collect();
+    firsts.sort();
+    for saved in &graph.saved {
+        let r = owner(graph, &kept, saved.value);
+        if !is_op(r) {
+            continue;
+        }
+        let at = firsts.partition_point(|(k, _)| *k < saved.until);
+        let until = firsts.get(at).map_or(last, |&(_, s)| s);
+        let e = life.entry(r).or_insert((step_of_key[&key(r)], until));
+        e.1 = e.1.max(until);
     }
     for &r in &outputs {
         if is_op(r) {

@@ -84,6 +84,9 @@ pub struct MemoryReport {
     pub arena_bytes: u64,
     /// Number of steps (kernels) of the planned schedule.
     pub steps: usize,
+    /// What the plan recomputes in the backward pass (programs with `grad`, or a budget).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recompute: Option<super::remat::Recompute>,
     /// Bytes of arena and workspace buffers live at each step (at least one step), a region
     /// handed over in place counted once: what the text chart and the SVG draw. Not part of
     /// the JSON (SPEC §2 fixes its keys).
@@ -432,6 +435,7 @@ pub fn memory_report_for(
         notes,
         arena_bytes: plan.arena_bytes,
         steps: plan.kernels.len(),
+        recompute: None,
         live,
     }
 }

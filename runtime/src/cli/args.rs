@@ -127,6 +127,10 @@ pub struct RunArgs {
     /// Write the memory report as an SVG picture of buffers over time.
     #[arg(long, value_name = "FILE")]
     pub memory_svg: Option<PathBuf>,
+    /// Plan within SIZE bytes with inputs and params (`512MiB`, `2GiB`, or bytes),
+    /// recomputing forward values in the backward pass of a program with `grad`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
 }
 
 #[derive(Debug, Args)]

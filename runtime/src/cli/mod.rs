@@ -160,6 +160,16 @@ pub fn compile(source: &Source, options: &CompileOptions) -> Result<Program, Cli
     tc_compiler::compile(&source.text, options).map_err(|d| compile_error(source, &d))
 }
 
+/// `compile` under `--memory-budget` (`None`: no budget).
+pub fn compile_budgeted(
+    source: &Source,
+    options: &CompileOptions,
+    budget: Option<u64>,
+) -> Result<Program, CliError> {
+    tc_compiler::compile_with_budget(&source.text, options, budget)
+        .map_err(|d| compile_error(source, &d))
+}
+
 /// The error of a failed compile: the rendered diagnostics, exit 3 when one is tc's own
 /// (`planner-internal`), else 1.
 fn compile_error(source: &Source, diags: &[tc_compiler::Diagnostic]) -> CliError {
@@ -195,7 +205,8 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
     let source = read_source(&args.file)?;
     let backend = select_backend(&args.exec, false)?;
     console::status("planning");
-    let program = compile(&source, &compile_options(&args.compile, backend.as_ref()))?;
+    let options = compile_options(&args.compile, backend.as_ref());
+    let program = compile_budgeted(&source, &options, args.memory_budget)?;
     let destinations = output::plan(args, &program)?;
     preflight(&program, backend.as_ref())?;
     console::status("preparing inputs and params");

@@ -1,0 +1,470 @@
+//! The derivative of each op: PyTorch's formulas (`tools/autograd/derivatives.yaml`) and
+//! what each of its backward functions saves from the forward (`Tape::save`; the table is
+//! in `docs/memory-planning.md`). Each formula reads only the values PyTorch saves, so the
+//! eager model and the planned schedule keep the same tensors for the backward.
+
+use super::build::Tape;
+use crate::ir::graph::CmpOp;
+use crate::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, UnaryOp, ViewOp};
+
+/// The contributions of `id`'s gradient `g` to each of its operands that carries gradient
+/// (`req`), as (operand, contribution in f32 of the operand's shape). Emitted as one
+/// backward function (one origin group). `Err` names an op with no derivative yet.
+pub fn node_backward(
+    t: &mut Tape,
+    id: NodeId,
+    g: NodeId,
+    req: &[bool],
+) -> Result<Vec<(NodeId, NodeId)>, String> {
+    let op = t.graph().node(id).op.clone();
+    let need = |n: NodeId| req[n.index()];
+    t.begin();
+    let mut out = Vec::new();
+    match op {
+        // Integer results: no gradient flows through them (SPEC §3.6).
+        Op::Input { .. } | Op::Param { .. } | Op::Scalar(_) | Op::Arange | Op::OneHot { .. } => {}
+        // Their backward needs a scatter-add (`take`, `gather`), a slice's zero padding
+        // (`concat`, `x[…]`) or a reversed scan (`cumsum`): not built yet.
+        Op::Take { .. } | Op::Gather { .. } | Op::Cumsum { .. } | Op::Concat { .. } => {
+            return Err(format!("`{}` (its gradient is not implemented yet)", op.name()));
+        }
+        Op::Unary(u, x) => {
+            if need(x) {
+                out.push((x, unary(t, u, x, id, g)?));
+            }
+        }
+        Op::Binary(b, x, y) => {
+            for (operand, gx) in binary(t, b, x, y, id, g, need(x), need(y))? {
+                out.push((operand, gx));
+            }
+        }
+        Op::Reduce {
+            op,
+            arg,
+            axes,
+            keepdim,
+        } => {
+            if need(arg) {
+                out.push((arg, reduce(t, op, arg, &axes, keepdim, id, g)?));
+            }
+        }
+        Op::Softmax { arg, axis, log } => {
+            if need(arg) {
+                // _softmax_backward_data(grad, result) / _log_softmax_backward_data.
+                t.save(id);
+                let gx = if log {
+                    let s = t.reduce(ReduceOp::Sum, g, &[axis], true);
+                    let p = t.un(UnaryOp::Exp, id);
+                    let ps = t.mul(p, s);
+                    t.sub(g, ps)
+                } else {
+                    let gy = t.mul(g, id);
+                    let s = t.reduce(ReduceOp::Sum, gy, &[axis], true);
+                    let d = t.sub(g, s);
+                    t.mul(id, d)
+                };
+                out.push((arg, gx));
+            }
+        }
+        Op::LayerNorm { arg, axis, eps } => {
+            if need(arg) {
+                // native_layer_norm_backward(grad, input, mean, rstd): mean and rstd are
+                // the forward's small per-row statistics, recomputed here from the input.
+                t.save(arg);
+                let mu = t.reduce(ReduceOp::Mean, arg, &[axis], true);
+                let xc = t.sub(arg, mu);
+                let sq = t.mul(xc, xc);
+                let var = t.reduce(ReduceOp::Mean, sq, &[axis], true);
+                let ve = t.offset(var, eps);
+                let rstd = t.un(UnaryOp::Rsqrt, ve);
+                let xhat = t.mul(xc, rstd);
+                let mg = t.reduce(ReduceOp::Mean, g, &[axis], true);
+                let gx = t.mul(g, xhat);
+                let mgx = t.reduce(ReduceOp::Mean, gx, &[axis], true);
+                let a = t.sub(g, mg);
+                let b = t.mul(xhat, mgx);
+                let c = t.sub(a, b);
+                out.push((arg, t.mul(c, rstd)));
+            }
+        }
+        Op::RmsNorm { arg, axis, eps } => {
+            if need(arg) {
+                // rms_norm = x * rsqrt(mean(x²) + eps): saves the input (and the small rstd).
+                t.save(arg);
+                let sq = t.mul(arg, arg);
+                let ms = t.reduce(ReduceOp::Mean, sq, &[axis], true);
+                let me = t.offset(ms, eps);
+                let r = t.un(UnaryOp::Rsqrt, me);
+                let gx = t.mul(g, arg);
+                let mgx = t.reduce(ReduceOp::Mean, gx, &[axis], true);
+                let r2 = t.mul(r, r);
+                let k = t.mul(r2, mgx);
+                let xk = t.mul(arg, k);
+                let d = t.sub(g, xk);
+                out.push((arg, t.mul(d, r)));
+            }
+        }
+        Op::MatMul(a, b) => {
+            // mm_mat1_backward(grad, mat2) and mm_mat2_backward(grad, mat1): each operand is
+            // saved only when the other needs a gradient. The product that reads a computed
+            // value (an activation) comes first, so that value can be freed before the other
+            // product's result is allocated (PyTorch runs both in one backward function).
+            let leaf = |n: NodeId| t.graph().node(n).op.is_leaf();
+            let a_first = leaf(a) || !leaf(b);
+            for first in [a_first, !a_first] {
+                if first && need(a) {
+                    t.save(b);
+                    let bt = t.transpose(b);
+                    out.push((a, t.matmul(g, bt)));
+                }
+                if !first && need(b) {
+                    t.save(a);
+                    let at = t.transpose(a);
+                    out.push((b, t.matmul(at, g)));
+                }
+            }
+        }
+        Op::Where(c, a, b) => {
+            // where(cond, grad, 0) and where(cond, 0, grad): nothing into the condition.
+            let z = t.scalar(0.0, crate::ir::DType::F32);
+            if need(a) {
+                out.push((a, t.select(c, g, z)));
+            }
+            if need(b) {
+                out.push((b, t.select(c, z, g)));
+            }
+        }
+        Op::Cast { arg, .. } | Op::Copy(arg) => {
+            // _to_copy and clone: the gradient passes through (gradients stay f32).
+            if need(arg) {
+                out.push((arg, g));
+            }
+        }
+        Op::View(view, arg) => {
+            if need(arg) {
+                let shape = t.graph().ty(arg).shape.clone();
+                let gx = match view {
+                    ViewOp::Transpose => t.transpose(g),
+                    ViewOp::Permute(perm) => {
+                        let mut inv = vec![0; perm.len()];
+                        for (i, &p) in perm.iter().enumerate() {
+                            inv[p] = i;
+                        }
+                        t.permute(g, &inv)
+                    }
+                    ViewOp::Reshape => t.reshape(g, &shape),
+                    // expand's backward is sum_to_size: a reduction, saving nothing.
+                    ViewOp::Expand { .. } => t.sum_to(g, &shape),
+                    ViewOp::Slice(_) => {
+                        return Err("a slice `x[…]` (its gradient is not implemented yet)".into())
+                    }
+                };
+                out.push((arg, gx));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The value of a constant (a `Scalar`, through broadcasts and casts), if `id` is one.
+fn constant(t: &Tape, mut id: NodeId) -> Option<f64> {
+    loop {
+        match &t.graph().node(id).op {
+            Op::Scalar(v) => return Some(*v),
+            Op::View(ViewOp::Expand { .. }, a) | Op::Cast { arg: a, .. } => id = *a,
+            _ => return None,
+        }
+    }
+}
+
+/// `d op(x) / dx · g`; `y` is the forward result.
+fn unary(t: &mut Tape, u: UnaryOp, x: NodeId, y: NodeId, g: NodeId) -> Result<NodeId, String> {
+    use std::f64::consts::PI;
+    Ok(match u {
+        UnaryOp::Neg => t.scale(g, -1.0),
+        UnaryOp::Exp => {
+            t.save(y);
+            t.mul(g, y)
+        }
+        UnaryOp::Log => {
+            t.save(x);
+            t.div(g, x)
+        }
+        UnaryOp::Sqrt => {
+            // grad / (2 * result)
+            t.save(y);
+            let d = t.scale(y, 2.0);
+            t.div(g, d)
+        }
+        UnaryOp::Rsqrt => {
+            // -0.5 * grad * result³
+            t.save(y);
+            let y2 = t.mul(y, y);
+            let y3 = t.mul(y2, y);
+            let gy = t.mul(g, y3);
+            t.scale(gy, -0.5)
+        }
+        UnaryOp::Sin => {
+            t.save(x);
+            let c = t.un(UnaryOp::Cos, x);
+            t.mul(g, c)
+        }
+        UnaryOp::Cos => {
+            t.save(x);
+            let s = t.un(UnaryOp::Sin, x);
+            let gs = t.mul(g, s);
+            t.scale(gs, -1.0)
+        }
+        UnaryOp::Tanh => {
+            // tanh_backward(grad, result) = grad * (1 - result²)
+            t.save(y);
+            let y2 = t.mul(y, y);
+            let d = t.rsub(1.0, y2);
+            t.mul(g, d)
+        }
+        UnaryOp::Sigmoid => {
+            // sigmoid_backward(grad, result) = grad * result * (1 - result)
+            t.save(y);
+            let d = t.rsub(1.0, y);
+            let yd = t.mul(y, d);
+            t.mul(g, yd)
+        }
+        UnaryOp::Gelu => {
+            // gelu_backward(grad, self): Φ(x) + x·φ(x)
+            t.save(x);
+            let xs = t.scale(x, std::f64::consts::FRAC_1_SQRT_2);
+            let e = t.un(UnaryOp::Erf, xs);
+            let e1 = t.offset(e, 1.0);
+            let cdf = t.scale(e1, 0.5);
+            let x2 = t.mul(x, x);
+            let h = t.scale(x2, -0.5);
+            let ex = t.un(UnaryOp::Exp, h);
+            let pdf = t.scale(ex, 1.0 / (2.0 * PI).sqrt());
+            let xp = t.mul(x, pdf);
+            let d = t.add(cdf, xp);
+            t.mul(g, d)
+        }
+        UnaryOp::Silu => {
+            // silu_backward(grad, self) = grad * s * (1 + x * (1 - s)), s = sigmoid(x)
+            t.save(x);
+            let s = t.un(UnaryOp::Sigmoid, x);
+            let one_s = t.rsub(1.0, s);
+            let xs = t.mul(x, one_s);
+            let k = t.offset(xs, 1.0);
+            let sk = t.mul(s, k);
+            t.mul(g, sk)
+        }
+        UnaryOp::Erf => {
+            // 2 / sqrt(pi) * exp(-x²) * grad
+            t.save(x);
+            let x2 = t.mul(x, x);
+            let n = t.scale(x2, -1.0);
+            let e = t.un(UnaryOp::Exp, n);
+            let d = t.scale(e, 2.0 / PI.sqrt());
+            t.mul(g, d)
+        }
+        UnaryOp::Square => {
+            // pow(self, 2): 2 * self * grad
+            t.save(x);
+            let gx = t.mul(g, x);
+            t.scale(gx, 2.0)
+        }
+        UnaryOp::Abs => {
+            // grad * self.sgn(): slope 0 at 0.
+            t.save(x);
+            let pos = t.cmp_const(CmpOp::Gt, x, 0.0);
+            let neg = t.cmp_const(CmpOp::Lt, x, 0.0);
+            let p = t.as_f32(pos);
+            let n = t.as_f32(neg);
+            let sgn = t.sub(p, n);
+            t.mul(g, sgn)
+        }
+        UnaryOp::Relu => {
+            // threshold_backward(grad, result, 0): where(result <= 0, 0, grad).
+            t.save(y);
+            let off = t.cmp_const(CmpOp::Le, y, 0.0);
+            let z = t.scalar(0.0, crate::ir::DType::F32);
+            t.select(off, z, g)
+        }
+        UnaryOp::Not => return Err("`logical_not`".into()),
+    })
+}
+
+/// The contributions of a binary op to its operands that carry gradient.
+#[allow(clippy::too_many_arguments)]
+fn binary(
+    t: &mut Tape,
+    b: BinaryOp,
+    x: NodeId,
+    y: NodeId,
+    out: NodeId,
+    g: NodeId,
+    nx: bool,
+    ny: bool,
+) -> Result<Vec<(NodeId, NodeId)>, String> {
+    let mut r = Vec::new();
+    match b {
+        BinaryOp::Add => {
+            if nx {
+                r.push((x, g));
+            }
+            if ny {
+                r.push((y, g));
+            }
+        }
+        BinaryOp::Sub => {
+            if nx {
+                r.push((x, g));
+            }
+            if ny {
+                r.push((y, t.scale(g, -1.0)));
+            }
+        }
+        BinaryOp::Mul => {
+            if nx {
+                t.save(y);
+                r.push((x, t.mul(g, y)));
+            }
+            if ny {
+                t.save(x);
+                r.push((y, t.mul(g, x)));
+            }
+        }
+        BinaryOp::Div => {
+            // self: grad / other; other: -grad * self / (other * other)
+            if nx || ny {
+                t.save(y);
+            }
+            if nx {
+                r.push((x, t.div(g, y)));
+            }
+            if ny {
+                t.save(x);
+                let gx = t.mul(g, x);
+                let yy = t.mul(y, y);
+                let q = t.div(gx, yy);
+                r.push((y, t.scale(q, -1.0)));
+            }
+        }
+        BinaryOp::Pow => {
+            if nx {
+                t.save(x);
+                match constant(t, y) {
+                    // pow_backward(grad, self, exponent): zeros for exponent 0.
+                    Some(0.0) => r.push((x, t.zeros(&shape(t, x)))),
+                    Some(c) => {
+                        let c1 = t.scalar(c - 1.0, crate::ir::DType::F32);
+                        let p = t.bin(BinaryOp::Pow, x, c1);
+                        let k = t.scale(p, c);
+                        r.push((x, t.mul(g, k)));
+                    }
+                    None => {
+                        // pow_backward_self: where(exponent == 0, 0, grad * e * self^(e-1)).
+                        t.save(y);
+                        let one = t.scalar(1.0, crate::ir::DType::F32);
+                        let e1 = t.sub(y, one);
+                        let p = t.bin(BinaryOp::Pow, x, e1);
+                        let k = t.mul(y, p);
+                        let gk = t.mul(g, k);
+                        let zero_e = t.cmp_const(CmpOp::Eq, y, 0.0);
+                        let z = t.scalar(0.0, crate::ir::DType::F32);
+                        r.push((x, t.select(zero_e, z, gk)));
+                    }
+                }
+            }
+            if ny {
+                // pow_backward_exponent: where(self == 0 & exponent >= 0, 0, grad * result * log(self)).
+                t.save(x);
+                t.save(y);
+                t.save(out);
+                let l = t.un(UnaryOp::Log, x);
+                let rl = t.mul(out, l);
+                let gr = t.mul(g, rl);
+                let x0 = t.cmp_const(CmpOp::Eq, x, 0.0);
+                let e0 = t.cmp_const(CmpOp::Ge, y, 0.0);
+                let both = t.and(x0, e0);
+                let z = t.scalar(0.0, crate::ir::DType::F32);
+                r.push((y, t.select(both, z, gr)));
+            }
+        }
+        BinaryOp::Maximum | BinaryOp::Minimum => {
+            // where(self == other, grad / 2, grad).masked_fill_(self < other, 0) for maximum's
+            // self (self > other for minimum's), and the mirror for other.
+            t.save(x);
+            t.save(y);
+            let half = t.scale(g, 0.5);
+            let tie = t.cmp(CmpOp::Eq, x, y);
+            let shared = t.select(tie, half, g);
+            let z = t.scalar(0.0, crate::ir::DType::F32);
+            let (lose_x, lose_y) = if b == BinaryOp::Maximum {
+                (CmpOp::Lt, CmpOp::Gt)
+            } else {
+                (CmpOp::Gt, CmpOp::Lt)
+            };
+            if nx {
+                let m = t.cmp(lose_x, x, y);
+                r.push((x, t.select(m, z, shared)));
+            }
+            if ny {
+                let m = t.cmp(lose_y, x, y);
+                r.push((y, t.select(m, z, shared)));
+            }
+        }
+        // Comparisons and logic give `bool`: no gradient passes through them.
+        BinaryOp::Cmp(_) | BinaryOp::And | BinaryOp::Or => {}
+    }
+    Ok(r)
+}
+
+fn shape(t: &Tape, id: NodeId) -> Vec<Dim> {
+    t.graph().ty(id).shape.clone()
+}
+
+/// The gradient of a reduction: `g` broadcast back over the reduced axes.
+fn reduce(
+    t: &mut Tape,
+    op: ReduceOp,
+    x: NodeId,
+    axes: &[usize],
+    keepdim: bool,
+    y: NodeId,
+    g: NodeId,
+) -> Result<NodeId, String> {
+    let xs = shape(t, x);
+    let kept: Vec<Dim> = xs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if axes.contains(&i) {
+                Dim::new(1)
+            } else {
+                d.clone()
+            }
+        })
+        .collect();
+    let gk = if keepdim { g } else { t.reshape(g, &kept) };
+    Ok(match op {
+        // sum_backward: grad.expand(sizes); saves nothing.
+        ReduceOp::Sum => t.expand(gk, &xs),
+        ReduceOp::Mean => {
+            let n: u64 = axes.iter().map(|&a| xs[a].size).product();
+            let s = t.scale(gk, 1.0 / n as f64);
+            t.expand(s, &xs)
+        }
+        ReduceOp::Max | ReduceOp::Min => {
+            // amax/amin: scale_grad_by_count(grad, result == self) = grad / count * mask.
+            t.save(x);
+            t.save(y);
+            let yk = if keepdim { y } else { t.reshape(y, &kept) };
+            let eq = t.cmp(CmpOp::Eq, x, yk);
+            let mask = t.as_f32(eq);
+            let count = t.reduce(ReduceOp::Sum, mask, axes, true);
+            let share = t.div(gk, count);
+            t.mul(share, mask)
+        }
+        // argmax/argmin give integers: nothing to differentiate.
+        ReduceOp::ArgMax | ReduceOp::ArgMin => {
+            return Err(format!("`{}` (an integer result)", op.name()))
+        }
+    })
+}
