@@ -253,6 +253,23 @@ limited 30 "$TC" run examples/mlp.tx --device cuda --dim B=16777216 >>"$OUT/reli
 rc=$?
 if [ $rc -eq 3 ]; then note "- tc run of a 64 GiB+ mlp on CUDA: refused, exit 3"; else fail "tc run of a 64 GiB+ mlp: exit $rc, expected 3"; fi
 
+# An out-of-range token id on the GPU (SPEC §3.3): the kernel's index check, read back after
+# the launch, gives exit 1 naming the tensor, the value and the range; nothing is saved.
+BADDIR="$OUT/bad_index_save"; mkdir -p "$BADDIR"
+python3 -c "import numpy as np; t=np.zeros((4,256),dtype=np.int64); t[1,7]=9000; np.save('$OUT/bad_tokens.npy', t)" \
+  >>"$OUT/reliability.log" 2>&1
+limited 30 "$TC" run examples/gpt_block.tx --device cuda --input tokens="$OUT/bad_tokens.npy" \
+  --save "$BADDIR" >"$OUT/bad_index.log" 2>&1
+rc=$?
+cat "$OUT/bad_index.log" >>"$OUT/reliability.log"
+if [ $rc -eq 1 ] && grep -q 9000 "$OUT/bad_index.log" && grep -q tokens "$OUT/bad_index.log" \
+  && [ -z "$(ls -A "$BADDIR")" ]; then
+  note "- out-of-range token 9000 on CUDA: exit 1, named, nothing saved"
+else
+  fail "out-of-range token on CUDA: exit $rc (expected 1 naming tokens and 9000, nothing saved)"
+fi
+rm -f "$OUT/bad_tokens.npy"
+
 note ""
 note "done at $(($(date +%s) - T0)) s; exit status $status"
 exit $status

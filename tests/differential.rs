@@ -7,6 +7,7 @@ use tc_tests::{differential, LARGE_REDUCTIONS};
 /// Small sizes for each example, so each runs in well under a second in debug builds.
 const SMALL_DIMS: &[(&str, &[(&str, u64)])] = &[
     ("attention", &[("B", 2), ("H", 2), ("S", 16), ("Dh", 8)]),
+    ("branches", &[("B", 8), ("D", 16), ("H", 24)]),
     ("broadcast", &[("B", 24), ("D", 40)]),
     ("chain", &[("N", 5000)]),
     (

@@ -26,7 +26,7 @@ pub fn node_backward(
         // Their backward needs a scatter-add (`take`, `gather`), a slice's zero padding
         // (`concat`, `x[…]`) or a reversed scan (`cumsum`): not built yet.
         Op::Take { .. } | Op::Gather { .. } | Op::Cumsum { .. } | Op::Concat { .. } => {
-            return Err(format!("`{}` (its gradient is not implemented yet)", op.name()));
+            return Err(format!("`{}`", op.name()));
         }
         Op::Unary(u, x) => {
             if need(x) {
@@ -155,9 +155,7 @@ pub fn node_backward(
                     ViewOp::Reshape => t.reshape(g, &shape),
                     // expand's backward is sum_to_size: a reduction, saving nothing.
                     ViewOp::Expand { .. } => t.sum_to(g, &shape),
-                    ViewOp::Slice(_) => {
-                        return Err("a slice `x[…]` (its gradient is not implemented yet)".into())
-                    }
+                    ViewOp::Slice(_) => return Err("a slice `x[…]`".into()),
                 };
                 out.push((arg, gx));
             }
@@ -463,8 +461,6 @@ fn reduce(
             t.mul(share, mask)
         }
         // argmax/argmin give integers: nothing to differentiate.
-        ReduceOp::ArgMax | ReduceOp::ArgMin => {
-            return Err(format!("`{}` (an integer result)", op.name()))
-        }
+        ReduceOp::ArgMax | ReduceOp::ArgMin => return Err(format!("`{}`", op.name())),
     })
 }

@@ -10,8 +10,8 @@ mod expr;
 mod grad;
 mod hint;
 mod index;
-mod join;
 mod indices;
+mod join;
 
 use crate::diag::{Diagnostic, Diagnostics, ErrorKind, Span};
 use crate::ir::layout::{apply_view, Layout};

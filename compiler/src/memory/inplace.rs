@@ -29,7 +29,8 @@ pub fn store_strides(kernel: &FusedKernel, level: Level) -> Vec<i64> {
 
 /// Sets `in_place_of` where a kernel's store can take over the storage of an arena buffer it
 /// reads for the last time (its `last_step` is this kernel's; not an output), of the same
-/// bytes and dtype, when every load of it reads exactly the element the store writes.
+/// bytes and dtype, when every load of it reads exactly the element the store writes (and no
+/// gathered read does: `can_take_over`).
 pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<BufferId>) {
     for (step, kernel) in kernels.iter().enumerate() {
         let KernelKind::Fused(f) = &kernel.kind else {
@@ -42,23 +43,7 @@ pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<B
             if buffers[out.index()].kind != BufferKind::Arena || store.region.is_some() {
                 continue;
             }
-            // (a gathered table is read at positions only known at run time: never reused)
-            let gathered: BTreeSet<BufferId> = f
-                .body
-                .iter()
-                .filter_map(|i| match i.op {
-                    crate::schedule::InstOp::Gather { load: Some(l), .. } => {
-                        Some(f.loads[l].buffer)
-                    }
-                    _ => None,
-                })
-                .collect();
-            let candidates: BTreeSet<BufferId> = f
-                .loads
-                .iter()
-                .map(|l| l.buffer)
-                .filter(|b| !gathered.contains(b))
-                .collect();
+            let candidates: BTreeSet<BufferId> = f.loads.iter().map(|l| l.buffer).collect();
             for cand in candidates {
                 let ok = buffers[cand.index()].last_step == step
                     && !outputs.contains(&cand)
@@ -82,7 +67,13 @@ pub fn can_take_over(f: &FusedKernel, store: &Store, cand: BufferId, buffers: &[
     let c = &buffers[cand.index()];
     let o = &buffers[store.buffer.index()];
     let want = store_strides(f, f.body[store.inst].level);
-    c.kind == BufferKind::Arena
+    // A gathered table is read at positions only known at run time: never taken over.
+    let gathered = f.body.iter().any(|i| match i.op {
+        crate::schedule::InstOp::Gather { load: Some(l), .. } => f.loads[l].buffer == cand,
+        _ => false,
+    });
+    !gathered
+        && c.kind == BufferKind::Arena
         && o.kind == BufferKind::Arena
         && c.bytes == o.bytes
         && c.dtype == o.dtype

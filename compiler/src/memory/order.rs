@@ -74,12 +74,22 @@ impl OrderModel {
         let mut outs = vec![Vec::new(); n];
         let mut ins = vec![Vec::new(); n];
         let mut pairs = vec![Vec::new(); n];
+        // A buffer several kernels write (the parts of a `concat`): the first writer in the
+        // plan's order allocates it; each later writer runs after that one and counts as a
+        // consumer (it keeps the buffer live); readers run after every writer.
+        let mut later_writers: Vec<Vec<usize>> = vec![Vec::new(); bufs.len()];
         for (k, kernel) in plan.kernels.iter().enumerate() {
             for id in writes(kernel) {
                 if let Some(&b) = index.get(&id) {
-                    producer[b] = k;
-                    if !outs[k].contains(&b) {
-                        outs[k].push(b);
+                    if producer[b] == usize::MAX || producer[b] == k {
+                        producer[b] = k;
+                        if !outs[k].contains(&b) {
+                            outs[k].push(b);
+                        }
+                    } else if !ins[k].contains(&b) {
+                        ins[k].push(b);
+                        bufs[b].consumers.push(k);
+                        later_writers[b].push(k);
                     }
                 }
             }
@@ -116,6 +126,14 @@ impl OrderModel {
                 let p = producer[b];
                 if p != usize::MAX && p != k && !preds[k].contains(&p) {
                     preds[k].push(p);
+                }
+                if later_writers[b].contains(&k) {
+                    continue;
+                }
+                for &w in &later_writers[b] {
+                    if w != k && !preds[k].contains(&w) {
+                        preds[k].push(w);
+                    }
                 }
             }
         }

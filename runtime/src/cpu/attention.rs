@@ -120,10 +120,9 @@ pub(super) fn run(
     for (i, inst) in a.body.iter().enumerate() {
         let ok = match inst.op {
             InstOp::Load(l) => l <= a.loads.len(),
-            InstOp::Reduce(..)
-            | InstOp::Index { .. }
-            | InstOp::Gather { .. }
-            | InstOp::Scan(_) => false,
+            InstOp::Reduce(..) | InstOp::Index { .. } | InstOp::Gather { .. } | InstOp::Scan(_) => {
+                false
+            }
             ref op => op.operands().iter().all(|&o| o < i),
         };
         if !ok {
