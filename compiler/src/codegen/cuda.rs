@@ -168,8 +168,8 @@ fn v(i: ValueId) -> String {
     i.to_string()
 }
 
-/// The f32 expression of `op` on the f32 variable `a` (the attention prologue's maths,
-/// `codegen::attention`; float values only).
+/// The f32 expression of `op` on the f32 variable `a` (fused kernels and the attention prologue;
+/// float values only).
 pub(crate) fn unary_expr(op: UnaryOp, a: &str) -> String {
     match op {
         UnaryOp::Neg => format!("-{a}"),
@@ -240,27 +240,7 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
             };
             wrap_int(inst.dtype, e)
         }
-        ValueOp::Unary(op, a) => {
-            let a = v(*a);
-            match op {
-                UnaryOp::Neg => format!("-{a}"),
-                UnaryOp::Abs => format!("fabsf({a})"),
-                UnaryOp::Exp => format!("expf({a})"),
-                UnaryOp::Log => format!("logf({a})"),
-                UnaryOp::Sqrt => format!("sqrtf({a})"),
-                UnaryOp::Rsqrt => format!("1.0f / sqrtf({a})"),
-                UnaryOp::Sin => format!("sinf({a})"),
-                UnaryOp::Cos => format!("cosf({a})"),
-                UnaryOp::Tanh => format!("tanhf({a})"),
-                UnaryOp::Sigmoid => format!("1.0f / (1.0f + expf(-{a}))"),
-                UnaryOp::Relu => format!("({a} <= 0.0f ? 0.0f : {a})"),
-                UnaryOp::Gelu => format!("0.5f * {a} * (1.0f + erff({a} * 0.70710678118654752f))"),
-                UnaryOp::Silu => format!("{a} / (1.0f + expf(-{a}))"),
-                UnaryOp::Erf => format!("erff({a})"),
-                UnaryOp::Square => format!("{a} * {a}"),
-                UnaryOp::Not => format!("({a} == 0.0f ? 1.0f : 0.0f)"),
-            }
-        }
+        ValueOp::Unary(op, a) => unary_expr(*op, &v(*a)),
         ValueOp::Binary(op, a, b) if op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or) => {
             let (x, y) = (v(*a), v(*b));
             match op {
@@ -282,24 +262,13 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
             };
             wrap_int(inst.dtype, e)
         }
+        // Comparisons and logical ops are handled above.
         ValueOp::Binary(op, a, b) => {
-            let (x, y) = (v(*a), v(*b));
-            match op {
-                BinaryOp::Add => format!("{x} + {y}"),
-                BinaryOp::Sub => format!("{x} - {y}"),
-                BinaryOp::Mul => format!("{x} * {y}"),
-                BinaryOp::Div => format!("{x} / {y}"),
-                BinaryOp::Pow => match k.values.get(b.index()).map(|i| &i.op) {
-                    Some(ValueOp::Const(c)) if *c == 2.0 => format!("{x} * {x}"),
-                    Some(ValueOp::Const(c)) if *c == 1.0 => x,
-                    // As the CPU executor: a square is exact, not `powf`'s approximation.
-                    _ => format!("({y} == 2.0f ? {x} * {x} : powf({x}, {y}))"),
-                },
-                BinaryOp::Maximum => format!("tc_max({x}, {y})"),
-                BinaryOp::Minimum => format!("tc_min({x}, {y})"),
-                // Comparisons and logical ops are handled above.
-                BinaryOp::Cmp(_) | BinaryOp::And | BinaryOp::Or => "0.0f".into(),
-            }
+            let exponent = match k.values.get(b.index()).map(|i| &i.op) {
+                Some(ValueOp::Const(c)) => Some(*c),
+                _ => None,
+            };
+            binary_expr(*op, &v(*a), &v(*b), exponent)
         }
         ValueOp::Cast(a) => {
             let x = v(*a);
