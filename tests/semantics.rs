@@ -76,7 +76,7 @@ fn unary_extras() -> Vec<f32> {
         f32::from_bits(20f32.to_bits() + 1),
         f32::from_bits(20f32.to_bits() - 1),
         1.5707964,
-        -1.5707963,
+        -std::f32::consts::FRAC_PI_2,
         1e-7,
         -1e-7,
         -0.99999994,
