@@ -951,6 +951,56 @@ mod tests {
         );
     }
 
+    /// The cost of each block loop, for tuning (not a check: timings say nothing on a
+    /// loaded machine). `cargo test --release -p tc-runtime --lib block_costs -- --ignored
+    /// --nocapture` prints nanoseconds per element over a 1024-element block (the fused
+    /// interpreter's), the best of five runs in the thread's own CPU time.
+    #[test]
+    #[ignore = "a timing, not a check: run by hand"]
+    fn block_costs() {
+        fn cpu_now() -> f64 {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `t` is a valid timespec to write.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+        }
+        const N: usize = 1024;
+        let src: Vec<f32> = (0..N)
+            .map(|i| (i * 7919 % 1000) as f32 / 125.0 - 4.0)
+            .collect();
+        let mut dst = vec![0f32; N];
+        let reps = (1 << 24) / N;
+        let time = |f: &mut dyn FnMut()| -> f64 {
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = cpu_now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(cpu_now() - t);
+            }
+            best / (reps * N) as f64 * 1e9
+        };
+        for op in UnaryOp::ALL {
+            let ns = time(&mut || unary_block(op, std::hint::black_box(&src), &mut dst));
+            eprintln!("{:>10}: {ns:.3} ns/element", op.name());
+        }
+        for op in [BinaryOp::Add, BinaryOp::Div, BinaryOp::Maximum] {
+            let ns = time(&mut || {
+                binary_block(
+                    op,
+                    Operand::Block(std::hint::black_box(&src)),
+                    Operand::Scalar(0.5),
+                    &mut dst,
+                )
+            });
+            eprintln!("{:>10}: {ns:.3} ns/element", op.name());
+        }
+    }
+
     #[test]
     fn block_sum_is_accurate_and_the_same_in_every_build() {
         for n in [0usize, 1, 5, 31, 32, 33, 255, 256, 257, 1000, 4096, 10_001] {
