@@ -793,6 +793,25 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
+    /// `exp_normal` (tanh's and sigmoid's `e^x`) gives `exp`'s very bits over its whole
+    /// range [-87, 88]: every f32 there with a low mantissa bit pattern of 0 mod 13, about
+    /// 1.6 million inputs, both signs.
+    #[test]
+    fn exp_normal_is_exp_over_its_range() {
+        let (lo, hi) = (-87f32, 88f32);
+        let mut n = 0;
+        for bits in (0..0x4300_0000u32).step_by(13) {
+            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                if (lo..=hi).contains(&x) {
+                    assert_eq!(exp_normal(x).to_bits(), exp(x).to_bits(), "x = {x:e}");
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 1_000_000, "{n} inputs");
+        assert!(exp_normal(f32::NAN).is_nan());
+    }
+
     #[test]
     fn exp_tanh_erf_special_values() {
         assert_eq!(exp(89.0), f32::INFINITY);
