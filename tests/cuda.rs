@@ -648,6 +648,35 @@ fn examples_kernels_compile_with_nvrtc() {
     }
 }
 
+/// Every op of SPEC §3.5 (each unary arm, integer ones included, `clamp`, `leaky_relu`,
+/// the `logsumexp`/`var`/`std` row kernels) in f32, f16, bf16 and i32 compiles for sm_80
+/// and sm_90, fused and unfused.
+#[test]
+#[cfg_attr(
+    tc_no_nvrtc,
+    ignore = "needs NVRTC, not found when the tests were built (tests/build.rs)"
+)]
+fn more_maths_kernels_compile_with_nvrtc() {
+    require_nvrtc();
+    for dtype in ["f32", "f16", "bf16"] {
+        let source = format!(
+            "dim R = 40\ndim C = 1100\ninput x : {dtype}[R, C]\ninput k : i32[R, C]\n\
+             a = log1p(abs(x)) + expm1(x) + floor(x) + ceil(x) + round(x) + sign(x)\n\
+             b = reciprocal(x) + tan(x) + softplus(x) + gelu_tanh(x) + leaky_relu(x, slope=0.1)\n\
+             c = clamp(x, min=-1, max=2) + clamp(x, max=0.5)\n\
+             i = clamp(k, min=0) + sign(k) + floor(k) + round(k)\n\
+             l = logsumexp(x, axis=-1)\nv = var(x, axis=0, correction=0)\ns = std(x, axis=-1, keepdim=true)\n\
+             output a, b, c, i, l, v, s\n"
+        );
+        for fuse in [true, false] {
+            let mut options = cuda_options(&[]);
+            options.plan.fuse = fuse;
+            let program = tc_compiler::compile(&source, &options).expect("compiles");
+            check_compiles(&format!("more maths {dtype} fuse={fuse}"), &program.plan);
+        }
+    }
+}
+
 /// The fused attention kernel over every head size, dtype, prologue and operand layout of
 /// `tc_tests::attention`'s programs compiles for sm_80 and sm_90.
 #[test]

@@ -531,3 +531,82 @@ fn emu_attention_programs_match_the_cpu() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// SPEC §3.5's maths in the generated CUDA C against the CPU executor on special values:
+/// the correctly rounded ones (`floor`, `ceil`, `round` half to even, `sign` with +0 for ±0
+/// and NaN, `reciprocal`, `clamp` with crossed bounds) bit for bit, the transcendental ones
+/// (CUDA's `log1pf`, `expm1f`, `tanf`, `expf` against the CPU's) within the executors'
+/// tolerance with the same infinities and NaNs; `logsumexp`, `var`, `std` as row kernels.
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_more_maths_matches_the_cpu_on_special_values() {
+    require_emu();
+    let source = "input x : f32[4, 8]\n\
+                  f = floor(x)\nc = ceil(x)\nr = round(x)\ns = sign(x)\nq = reciprocal(x)\n\
+                  k = clamp(x, min=-1, max=2)\nkx = clamp(x, min=2, max=-1)\nl = leaky_relu(x)\n\
+                  p = log1p(x)\ne = expm1(x)\nt = tan(x)\nsp = softplus(x)\ng = gelu_tanh(x)\n\
+                  lse = logsumexp(x, axis=-1)\nv = var(x, axis=1, keepdim=true)\nsd = std(x, axis=0)\n\
+                  output f, c, r, s, q, k, kx, l, p, e, t, sp, g, lse, v, sd\n";
+    let exact = ["f", "c", "r", "s", "q", "k", "kx"];
+    let program =
+        tc_compiler::compile(source, &tc_compiler::CompileOptions::default()).expect("compiles");
+    let plan = &program.plan;
+    let values = [
+        -0.0f32,
+        0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.5,
+        -0.5,
+        1.5,
+        2.5,
+        -2.5,
+        8388607.5,
+        f32::from_bits(1),
+        -1e-7,
+        20.0,
+        20.5,
+        -30.0,
+        1.5707964,
+        -0.999,
+        3.0,
+        -100.0,
+        0.1,
+        7.25,
+        -3.75,
+        1e30,
+        -1e30,
+        2.0,
+        -1.0,
+        0.75,
+        4.5,
+        -4.5,
+        90.0,
+        -0.25,
+    ];
+    let inputs = vec![HostTensor::from_f32(DType::F32, vec![4, 8], &values)];
+    let cpu = tc_runtime::cpu::run(plan, &inputs, &[]).expect("CPU");
+    let kernels = emit_kernels(plan).expect("the plan lowers");
+    let emulated =
+        emu::run(plan, &kernels, &inputs, &[], &EmuOptions::default()).expect("emulated");
+    let tol = tc_tests::between_executors(DType::F32);
+    for (j, out) in plan.outputs.iter().enumerate() {
+        let (c, e) = (cpu[j].to_f32(), emulated[j].to_f32());
+        for (i, (&a, &b)) in c.iter().zip(&e).enumerate() {
+            let ok = if exact.contains(&out.name.as_str()) {
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+            } else {
+                tol.admits(b as f64, a as f64, 1.0)
+            };
+            assert!(
+                ok,
+                "{}[{i}]: the CPU gives {a:e}, the emulated CUDA C {b:e}",
+                out.name
+            );
+        }
+    }
+}

@@ -188,6 +188,21 @@ pub(crate) fn unary_expr(op: UnaryOp, a: &str) -> String {
         UnaryOp::Erf => format!("erff({a})"),
         UnaryOp::Square => format!("{a} * {a}"),
         UnaryOp::Not => format!("({a} == 0.0f ? 1.0f : 0.0f)"),
+        UnaryOp::Log1p => format!("log1pf({a})"),
+        UnaryOp::Expm1 => format!("expm1f({a})"),
+        UnaryOp::Floor => format!("floorf({a})"),
+        UnaryOp::Ceil => format!("ceilf({a})"),
+        // rintf rounds half to even (the default rounding mode), as torch.round.
+        UnaryOp::Round => format!("rintf({a})"),
+        // torch.sign: ±0 and NaN give +0.
+        UnaryOp::Sign => format!("((0.0f < {a} ? 1.0f : 0.0f) - ({a} < 0.0f ? 1.0f : 0.0f))"),
+        UnaryOp::Reciprocal => format!("1.0f / {a}"),
+        UnaryOp::Tan => format!("tanf({a})"),
+        UnaryOp::Softplus => format!("({a} > 20.0f ? {a} : log1pf(expf({a})))"),
+        // x / (1 + e^(-2u)) = x/2 · (1 + tanh u), u = √(2/π)(x + 0.044715x³), as on the CPU.
+        UnaryOp::GeluTanh => format!(
+            "{a} / (1.0f + expf(-1.5957691216057308f * fmaf(0.044715f * {a} * {a}, {a}, {a})))"
+        ),
     }
 }
 
@@ -235,6 +250,8 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
                 UnaryOp::Square => format!("tc_imul({x}, {x})"),
                 UnaryOp::Relu => format!("({x} < 0 ? 0LL : {x})"),
                 UnaryOp::Not => format!("(long long)({x} == 0)"),
+                UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => x.clone(),
+                UnaryOp::Sign => format!("(long long)(({x} > 0) - ({x} < 0))"),
                 // Not made by the checker on integers (they compute in f32).
                 _ => format!("tc_f2i64((float){x})"),
             };

@@ -35,6 +35,16 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Erf => erf(x),
         UnaryOp::Square => x * x,
         UnaryOp::Not => flag(x == 0.0),
+        UnaryOp::Log1p => x.ln_1p(),
+        UnaryOp::Expm1 => x.exp_m1(),
+        UnaryOp::Floor => x.floor(),
+        UnaryOp::Ceil => x.ceil(),
+        UnaryOp::Round => x.round_ties_even(),
+        UnaryOp::Sign => sign(x),
+        UnaryOp::Reciprocal => 1.0 / x,
+        UnaryOp::Tan => x.tan(),
+        UnaryOp::Softplus => softplus(x),
+        UnaryOp::GeluTanh => gelu_tanh(x),
     }
 }
 
@@ -231,6 +241,35 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// `torch.sign` in f32: `(0 < x) - (x < 0)`, so ±0 and NaN give +0.
+#[inline(always)]
+pub fn sign(x: f32) -> f32 {
+    flag(0.0 < x) - flag(x < 0.0)
+}
+
+/// `softplus x` (beta 1, threshold 20, PyTorch's defaults) in f32: `x` above 20, else
+/// `log1p(e^x)`, within 3 ulp (0 once `e^x` underflows).
+#[inline(always)]
+pub fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        exp(x).ln_1p()
+    }
+}
+
+/// `gelu_tanh x = x/2 · (1 + tanh u)`, `u = √(2/π)(x + 0.044715x³)`, in f32 as
+/// `x / (1 + e^(-2u))` (the same value: `1 + tanh u = 2 / (1 + e^(-2u))`), which does not
+/// cancel for negative `x` as `1 + tanh u` would; within 8 ulp or 1e-6.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const BETA: f32 = 0.797_884_560_802_865_4;
+    const KAPPA: f32 = 0.044715;
+    let u = BETA * fma(KAPPA * x * x, x, x);
+    x / (1.0 + exp(-2.0 * u))
+}
+
 /// The documented error of each vectorised transcendental function against its meaning
 /// (`ir::eval`'s f64 value), as `(op, ulps, abs)`: every f32 input gives a result within
 /// `ulps` units in the last place or within `abs` absolutely. Measured by the dense sweep
@@ -358,6 +397,16 @@ fn unary_block_impl(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
         UnaryOp::Sin => each!(|x| x.sin()),
         UnaryOp::Cos => each!(|x| x.cos()),
         UnaryOp::Not => each!(|x| flag(x == 0.0)),
+        UnaryOp::Log1p => each!(|x| x.ln_1p()),
+        UnaryOp::Expm1 => each!(|x| x.exp_m1()),
+        UnaryOp::Floor => each!(|x| x.floor()),
+        UnaryOp::Ceil => each!(|x| x.ceil()),
+        UnaryOp::Round => each!(|x| x.round_ties_even()),
+        UnaryOp::Sign => each!(|x| sign(x)),
+        UnaryOp::Reciprocal => each!(|x| 1.0 / x),
+        UnaryOp::Tan => each!(|x| x.tan()),
+        UnaryOp::Softplus => each!(|x| softplus(x)),
+        UnaryOp::GeluTanh => each!(|x| gelu_tanh(x)),
     }
 }
 
