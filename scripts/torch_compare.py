@@ -148,17 +148,17 @@ def ex_transformer_block():
 
 
 def ex_train_mlp():
-    """examples/train_mlp.tx: one SGD step (loss, backward, update), one-hot labels."""
+    """examples/train_mlp.tx: one SGD step (loss, backward, update), integer labels."""
     B, D, H, C = 1024, 1024, 4096, 1024
-    onehot = F.one_hot(torch.randint(0, C, (B,), device=DEV), C).float()
-    t = dict(x=randn(B, D), onehot=onehot, w1=randn(D, H) * D ** -0.5, b1=randn(H),
+    labels = torch.randint(0, C, (B,), device=DEV)
+    t = dict(x=randn(B, D), labels=labels, w1=randn(D, H) * D ** -0.5, b1=randn(H),
              w2=randn(H, C) * H ** -0.5, b2=randn(C))
 
-    def f(x, onehot, w1, b1, w2, b2):
+    def f(x, labels, w1, b1, w2, b2):
         ps = [p.detach().requires_grad_() for p in (w1, b1, w2, b2)]
         h = F.gelu(x @ ps[0] + ps[1])
         logits = h @ ps[2] + ps[3]
-        loss = -(F.log_softmax(logits, -1) * onehot).sum() / B
+        loss = -torch.gather(F.log_softmax(logits, -1), -1, labels[:, None]).mean()
         grads = torch.autograd.grad(loss, ps)
         return (loss.detach(),) + tuple(p.detach() - 0.01 * g for p, g in zip(ps, grads))
 
@@ -170,11 +170,10 @@ def ex_train_block():
     B, S, D, H, Dh, Fd = 1, 512, 512, 8, 64, 2048
     shapes = dict(ln1_g=(D,), ln1_b=(D,), wq=(D, D), wk=(D, D), wv=(D, D), wo=(D, D),
                   ln2_g=(D,), ln2_b=(D,), w1=(D, Fd), b1=(Fd,), w2=(Fd, D), b2=(D,))
-    t = dict(x=randn(B, S, D),
-             onehot=F.one_hot(torch.randint(0, D, (B, S), device=DEV), D).float())
+    t = dict(x=randn(B, S, D), labels=torch.randint(0, D, (B, S), device=DEV))
     t.update({k: randn(*v) * (v[0] ** -0.5 if len(v) == 2 else 0.1) for k, v in shapes.items()})
 
-    def f(x, onehot, *params):
+    def f(x, labels, *params):
         ps = [p.detach().requires_grad_() for p in params]
         ln1_g, ln1_b, wq, wk, wv, wo, ln2_g, ln2_b, w1, b1, w2, b2 = ps
         xn = F.layer_norm(x, (D,)) * ln1_g + ln1_b
@@ -183,7 +182,7 @@ def ex_train_block():
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(Dh), -1)
         x1 = x + (att @ v).permute(0, 2, 1, 3).reshape(B, S, D) @ wo
         out = x1 + F.gelu((F.layer_norm(x1, (D,)) * ln2_g + ln2_b) @ w1 + b1) @ w2 + b2
-        loss = -(F.log_softmax(out, -1) * onehot).sum() / (B * S)
+        loss = -torch.gather(F.log_softmax(out, -1), -1, labels[..., None]).mean()
         return (loss.detach(),) + torch.autograd.grad(loss, ps)
 
     return t, f
@@ -257,11 +256,13 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False  # tc's default: exact f32 products
     torch.backends.cudnn.allow_tf32 = False
     tc = {}
+    tc_reports = {}  # the whole memory reports, for training_table
     if a.memory:
         try:
             for line in open(a.memory):
                 d = json.loads(line)
                 tc[d["example"]] = d["peaks"]
+                tc_reports[d["example"]] = d
         except OSError:
             pass
     tc_ms = {}
@@ -334,6 +335,46 @@ def main():
         fmt = lambda v: "-" if v is None else f"{v:.3f}"
         print(f"| {name} | {mib(p)} | {mib(m)} | {mib(ep)} | {mib(cp)} | {ok} | "
               f"{fmt(row.get('tc_median_ms'))} | {fmt(em)} | {fmt(cm)} |")
+    training_table(result, tc_reports)
+    json.dump(result, open(a.out, "w"), indent=2)
+
+
+def training_table(result, tc_reports):
+    """The training steps' memory as scripts/../shared/bench/train_anchors.py gives it on the
+    CPU, here on CUDA: PyTorch's peak *above* what is resident before the step
+    (`max_memory_allocated` minus `memory_allocated` after the warm-ups: inputs, params and
+    PyTorch's persistent cuBLAS workspace), eager and torch.compile, beside tc's figures
+    without inputs and params (planned, measured, and tc's model of PyTorch eager) less one
+    cuBLAS workspace (tc plans one per matmul step; PyTorch keeps one resident). Measured by
+    the examples' rows (`measure(grad=True)`): nothing is run again."""
+    rows = []
+    for name in sorted(TRAINING):
+        row = result["examples"].get(name)
+        rep = tc_reports.get(name)
+        if row is None:
+            continue
+        above = lambda m: (m["peak_bytes"] - m["allocated_before"]) if "peak_bytes" in m else None
+        peaks = (rep or {}).get("peaks", {})
+        ws = max((b.get("bytes", 0) for b in (rep or {}).get("buffers", [])
+                  if str(b.get("name", "")).endswith(".workspace")), default=0)
+        tc_fig = lambda k: (None if not peaks.get(k) else peaks[k]["without_inputs"] - ws)
+        r = dict(program=name, workspace=ws, tc_planned=tc_fig("planned"),
+                 tc_measured=tc_fig("measured"), tc_eager_model=tc_fig("eager"),
+                 torch_eager=above(row.get("eager", {})), torch_compile=above(row.get("compile", {})))
+        rows.append(r)
+    result["training"] = rows
+    if not rows:
+        return
+    mib = lambda b: f"{b / 2**20:.1f}" if isinstance(b, (int, float)) else "-"
+    ratio = lambda a, b: f"{a / b:.3f}" if isinstance(a, int) and isinstance(b, int) and b > 0 else "-"
+    print("\n| training step (MiB above inputs and params, less one cuBLAS workspace) | tc planned | "
+          "tc measured | tc eager model | PyTorch eager | torch.compile | tc eager model / PyTorch eager "
+          "(within 5%) | tc planned / torch.compile |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['program']} | {mib(r['tc_planned'])} | {mib(r['tc_measured'])} | "
+              f"{mib(r['tc_eager_model'])} | {mib(r['torch_eager'])} | {mib(r['torch_compile'])} | "
+              f"{ratio(r['tc_eager_model'], r['torch_eager'])} | {ratio(r['tc_planned'], r['torch_compile'])} |")
 
 
 if __name__ == "__main__":

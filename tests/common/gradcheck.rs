@@ -19,9 +19,8 @@ pub fn gradcheck(source: &str, dims: &[(String, u64)], seed: u64) -> Result<usiz
             .collect::<Vec<_>>()
             .join("; ")
     })?;
-    let leaf = |l: &tc_compiler::ir::Leaf| {
-        tc_runtime::data::random_tensor(seed, &l.name, l.ty.dtype, &l.ty.sizes())
-    };
+    // (an integer leaf used as an index gets values in range)
+    let leaf = |l: &tc_compiler::ir::Leaf| tc_runtime::data::random_leaf(&checked, l, seed);
     let inputs: Vec<HostTensor> = checked.inputs.iter().map(leaf).collect();
     let params: Vec<HostTensor> = checked.params.iter().map(leaf).collect();
     let exact = reference::evaluate_exact(&checked, &inputs, &params)?;
@@ -181,13 +180,64 @@ pub const OPS: &[(&str, &str, &str)] = &[
         "x - logsumexp(x, axis=0, keepdim=true)",
     ),
     ("logsumexp_all", "", "logsumexp(x * 3) - x"),
+    // take/gather: the gradient added back into the rows read (indices repeat: 6 or 8
+    // reads of 3 or 4 rows).
+    ("take_rows", "input i : i64[2, 3]", "take(x, i, axis=0) * 2"),
+    ("take_cols", "input j : i32[5]", "take(x, j, axis=1)"),
+    ("take_scalar", "input k : i64[]", "take(x, k, axis=0) + x"),
+    (
+        "gather_labels",
+        "input l : i64[3, 1]",
+        "gather(log_softmax(x, axis=-1), l, axis=-1) + x",
+    ),
+    (
+        "gather_rows",
+        "input m : i64[5, 4]",
+        "reshape(gather(x, m, axis=0), [4, 5]) * 3",
+    ),
+    (
+        "gather_broadcast",
+        "param b : f32[1, 4]\ninput n : i64[3, 2]",
+        "gather(b, n, axis=1) + sum(x)",
+    ),
+    // cumsum: the reversed cumulative sum; concat/stack: slices of the gradient; slices:
+    // the gradient padded with zeros (steps, integer indices, several axes).
+    ("cumsum", "", "cumsum(x, axis=1) * x"),
+    ("cumsum_axis0", "", "cumsum(x * x, axis=0)"),
+    (
+        "concat",
+        "param y : f32[2, 4]",
+        "concat([x, y, x * 2], axis=0)",
+    ),
+    (
+        "concat_last",
+        "input y : f32[3, 2]",
+        "concat([y, x], axis=-1)",
+    ),
+    ("stack", "input y : f32[3, 4]", "stack([x, y], axis=1)"),
+    ("slice_rows", "", "x[1:] * 2"),
+    ("slice_step", "", "x[:, 1::2] + x[:, ::3]"),
+    ("slice_index", "", "x[1, 0:2] * x[-1, 1:3]"),
+    ("slice_both", "", "x[0:2, 1:3] * 3"),
+    (
+        "squeeze",
+        "param s : f32[3, 1]",
+        "x * unsqueeze(squeeze(s, axis=1), axis=1)",
+    ),
+    (
+        "transpose_axes",
+        "input a : f32[4, 2, 3]",
+        "transpose(a, 0, 2) + sum(x)",
+    ),
 ];
 
 /// The training step of one `OPS` entry.
 pub fn op_program(decls: &str, expr: &str) -> String {
     let mut leaves = vec!["x".to_string()];
     for line in decls.lines() {
-        if let Some(name) = line.split_whitespace().nth(1) {
+        // (integer leaves, indices, carry no gradient)
+        let float = line.contains(": f");
+        if let Some(name) = line.split_whitespace().nth(1).filter(|_| float) {
             leaves.push(name.to_string());
         }
     }
