@@ -659,7 +659,10 @@ mod tests {
         };
         let warp = rows(300);
         assert_eq!((warp.group, warp.threads, warp.block), (32, 32, 256));
-        assert_eq!((warp.rows_per_block, warp.grid, warp.items), (8, 2, 10));
+        // 300 f32 a row, a whole number of float4s: each thread's 10 values round up to
+        // 3 vectors (12 slots, the last ones past the row's end on some threads).
+        assert_eq!((warp.rows_per_block, warp.grid, warp.items), (8, 2, 12));
+        assert_eq!(warp.lanes, 4);
         // In registers, max and sum still combine across the warp once (online softmax).
         let pair = [Online::Softmax {
             max: ValueId(1),
@@ -671,6 +674,9 @@ mod tests {
         assert_eq!((block.rows_per_block, block.grid, block.items), (1, 16, 8));
         assert!(block.cache() && block.exact && block.block_mode());
         assert_eq!(block.online, pair);
+        assert_eq!(block.lanes, 4);
+        // A row not a whole number of vectors is read element by element.
+        assert_eq!(rows(301).lanes, 1);
         assert!(Strategy::Rows(block)
             .describe()
             .contains("read once, online softmax in one reduction"));
