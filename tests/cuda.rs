@@ -475,10 +475,16 @@ fn hand_built_kernels_snapshot() {
 
 #[test]
 fn long_rows_fold_dependent_reductions_into_one_read() {
-    // Rows held in registers keep the exact two-pass maths; rows re-read from memory
-    // compute max and sum (softmax) or mean and variance (layernorm) in one read.
+    // Rows held in registers are read once and combine max and sum across the block once
+    // (one block reduction, 3 barriers, not two); layernorm's mean and variance there keep
+    // two reductions (Welford's divide per element would cost more). Rows re-read from
+    // memory compute max and sum (softmax) or mean and variance (layernorm) in one read.
     let short = emit_program(&softmax_plan(DType::F32, 16, 4096));
-    assert!(short.contains("read once") && !short.contains("tc_block_softmax(acc"));
+    assert!(short.contains("read once, online softmax in one reduction"));
+    assert!(short.contains("tc_block_softmax(acc1, acc4, tc_smem2);"));
+    assert!(!short.contains("reduction pass 2") && !short.contains("= tc_block_max(acc"));
+    // ... and read 16 bytes at a time: 4096 = 2 float4s for each of 512 threads.
+    assert!(short.contains("float4 r0 = *reinterpret_cast<const float4*>(b0 + base0 + j);"));
     for d in DType::FLOATS {
         let long = emit_program(&softmax_plan(d, 2, 100_000));
         assert!(long.contains("online softmax in one"), "{d}");

@@ -610,3 +610,120 @@ fn emu_more_maths_matches_the_cpu_on_special_values() {
         }
     }
 }
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_argmax_over_threads_keeps_the_first_position() {
+    require_emu();
+    // argmax/argmin whose rows are shared by a warp (300), a block (3000) and split over
+    // slices (a column reduction), on data made of ties (5 values) with NaNs in some rows
+    // (first, last, twice, alone): the threads' combine must give the CPU's first
+    // position, exactly, and the same bits forward and in reverse.
+    let source = "input x : f32[6, 3000]\n\
+                  input s : f32[6, 300]\n\
+                  input n : i32[6, 3000]\n\
+                  a = argmax(x, axis=1)\n\
+                  b = argmin(x, axis=1)\n\
+                  c = argmax(x, axis=0)\n\
+                  d = argmin(s, axis=1)\n\
+                  e = argmax(n, axis=1)\n\
+                  f = argmin(x, axis=0)\n\
+                  output a, b, c, d, e, f\n";
+    let program =
+        tc_compiler::compile(source, &tc_compiler::CompileOptions::default()).expect("compiles");
+    let plan = &program.plan;
+    let ties = |rows: usize, cols: usize, nan_rows: bool| {
+        let mut v: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 + i / cols * 13) % 5) as f32 - 2.0)
+            .collect();
+        if nan_rows {
+            v[cols - 1] = f32::NAN;
+            v[2 * cols] = f32::NAN;
+            v[3 * cols + 1700] = f32::NAN;
+            v[3 * cols + 2100] = f32::NAN;
+            // a row of one value but for a NaN in the middle
+            for x in &mut v[4 * cols..5 * cols] {
+                *x = 1.0;
+            }
+            v[4 * cols + 1234] = f32::NAN;
+        }
+        v
+    };
+    let x = ties(6, 3000, true);
+    let s = ties(6, 300, false);
+    let n: Vec<i64> = (0..6 * 3000).map(|i| ((i * 31) % 7) as i64).collect();
+    let inputs = vec![
+        HostTensor::from_f32(DType::F32, vec![6, 3000], &x),
+        HostTensor::from_f32(DType::F32, vec![6, 300], &s),
+        HostTensor::from_i64(DType::I32, vec![6, 3000], &n),
+    ];
+    let kernels = emit_kernels(plan).expect("the plan lowers");
+    let modes = ["one warp per row", "one block of", "32 rows per block"];
+    for m in modes {
+        assert!(
+            kernels.iter().any(|k| k.source.contains(m)),
+            "no argmax kernel runs with {m}"
+        );
+    }
+    assert!(
+        kernels
+            .iter()
+            .all(|k| !k.source.contains("one thread per row")),
+        "argmax no longer walks a row in one thread"
+    );
+    check_plan("argmax over threads", plan, &inputs, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let cpu = tc_runtime::cpu::run(plan, &inputs, &[]).expect("CPU");
+    let emulated =
+        emu::run(plan, &kernels, &inputs, &[], &EmuOptions::default()).expect("emulated");
+    for (j, out) in plan.outputs.iter().enumerate() {
+        assert_eq!(cpu[j].to_i64(), emulated[j].to_i64(), "{}", out.name);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_cumsum_scans_rows_in_tiles() {
+    require_emu();
+    // cumsum over rows a block (3000) and a warp (300) share, scanned tile by tile, with a
+    // reduction and an elementwise consumer fused in, f32, f16 and integers; and a column
+    // cumsum (one thread per row, neighbouring rows in neighbouring threads).
+    let source = "input x : f32[5, 3000]\n\
+                  input s : f32[7, 300]\n\
+                  input h : f16[3, 1000]\n\
+                  input n : i32[5, 3000]\n\
+                  a = cumsum(x, axis=1)\n\
+                  m = sum(cumsum(x * 2, axis=1), axis=1)\n\
+                  b = cumsum(s, axis=1) * 2\n\
+                  c = cumsum(n, axis=1)\n\
+                  d = cumsum(x, axis=0)\n\
+                  e = cumsum(h, axis=1)\n\
+                  output a, m, b, c, d, e\n";
+    let program = tc_compiler::compile(source, &cuda_options(&[])).expect("compiles");
+    let kernels = emit_kernels(&program.plan).expect("the plan lowers");
+    for m in [
+        "one warp per row, scanned in tiles",
+        "threads per row, scanned in tiles",
+    ] {
+        assert!(
+            kernels.iter().any(|k| k.source.contains(m)),
+            "no cumsum kernel runs with {m}"
+        );
+    }
+    for fuse in [true, false] {
+        let options = tc_compiler::CompileOptions {
+            dims: Vec::new(),
+            plan: tc_compiler::codegen::cuda_plan_options(&PlanOptions {
+                fuse,
+                ..PlanOptions::default()
+            }),
+        };
+        check_source(&format!("cumsum (fuse: {fuse})"), source, &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
