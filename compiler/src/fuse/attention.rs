@@ -7,14 +7,15 @@
 //! group over `s`'s shape whose reductions fold the last axis; that group computes the logits
 //! `x` from `s` and other operands by elementwise ops only (the *prologue*: scale, additive
 //! masks and biases, any elementwise function; a mask built from indices is one more
-//! operand), then exactly softmax's primitives, `exp(x - max(x)) / sum(exp(x - max(x)))`
+//! operand, or computed in the prologue from `arange`s: `where(i >= j, s, -inf)` compares the
+//! query and key positions, exactly in integers), then exactly softmax's primitives, `exp(x - max(x)) / sum(exp(x - max(x)))`
 //! (and a rounding cast to a half dtype); its one stored value is the left operand of one
 //! matmul `p @ v` and nothing else. Anything else keeps today's kernels, and `misses` says
 //! why for `tc emit --plan`.
 
 use super::Fuser;
 use crate::ir::layout::Layout;
-use crate::ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, UnaryOp};
+use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp, UnaryOp};
 use std::collections::BTreeSet;
 
 /// The largest head size (of `q`/`k` and of `v`) an attention kernel takes: the CUDA kernel
@@ -106,6 +107,9 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
     if !set.contains(&x) {
         return Err("the logits are read through a view".into());
     }
+    if graph.dtype(x).is_integral() {
+        return Err("the logits are integers".into());
+    }
     let softmax: BTreeSet<NodeId> = [mx, s, e, sum, y, probs].into_iter().collect();
     // The prologue: the nodes of the group the logits depend on.
     let mut prologue = BTreeSet::new();
@@ -129,13 +133,18 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
                 node.op.name()
             ));
         }
-        if node.ty.sizes() != shape {
-            return Err("a prologue value does not have the scores' shape".into());
-        }
-        // Integer maths would lose digits in the kernel's f32 values (masks are bool).
-        let integral = |dt: DType| dt.is_integral() && dt != DType::Bool;
-        if integral(node.ty.dtype) || node.op.operands().iter().any(|&o| integral(graph.dtype(o))) {
-            return Err("the prologue computes with integers".into());
+        // A value of a lower rank (a mask over `[S, S]` compared from `arange`s) is read
+        // through a broadcast, as in the softmax kernel the fuser made: the prologue runs
+        // over the same domain.
+        let sizes = node.ty.sizes();
+        if sizes.len() > rank
+            || sizes
+                .iter()
+                .rev()
+                .zip(shape.iter().rev())
+                .any(|(&a, &b)| a != b && a != 1)
+        {
+            return Err("a prologue value does not broadcast to the scores' shape".into());
         }
         for o in node.op.operands() {
             let r = root(o);
@@ -145,9 +154,6 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
             if set.contains(&r) {
                 if softmax.contains(&r) {
                     return Err(not_softmax());
-                }
-                if r != o {
-                    return Err("a prologue value is read through a view".into());
                 }
                 stack.push(r);
             }
