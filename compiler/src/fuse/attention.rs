@@ -288,9 +288,10 @@ fn triples(f: &Fuser<'_>) -> Vec<Candidate> {
     out
 }
 
-/// One line per attention candidate that stays unfused, naming its line and why.
+/// One line per attention candidate that stays unfused, naming its line and why; then one
+/// per fused attention whose output a kernel reads elementwise (see `epilogues`).
 pub(super) fn misses(f: &Fuser<'_>) -> Vec<String> {
-    triples(f)
+    let mut out: Vec<String> = triples(f)
         .into_iter()
         .filter_map(|((g1, _, _), why)| {
             let mm1 = *f.members[g1].first()?;
@@ -301,5 +302,56 @@ pub(super) fn misses(f: &Fuser<'_>) -> Vec<String> {
                 )
             })
         })
-        .collect()
+        .collect();
+    out.extend(epilogues(f));
+    out
+}
+
+/// The epilogues left out of fused attention kernels: for each attention group, each other
+/// kernel that reads its output and is not a matrix product (a scale, the head-merge copy
+/// of `permute(att @ v)`, a residual add), a line naming its ops and lines. The attention
+/// kernel writes its output contiguously as `[batch…, m, dv]` and takes no epilogue, so the
+/// output is stored and read again by that kernel.
+fn epilogues(f: &Fuser<'_>) -> Vec<String> {
+    let graph = f.graph;
+    let mut out = Vec::new();
+    for (g, members) in f.members.iter().enumerate() {
+        if members.iter().filter(|&&n| matches!(graph.node(n).op, Op::MatMul(..))).count() != 2 {
+            continue;
+        }
+        let mut nodes = members.clone();
+        nodes.sort();
+        let Ok(att) = parts(graph, &f.lays, &nodes) else {
+            continue;
+        };
+        let readers: BTreeSet<usize> = f.consumers[att.out.index()]
+            .iter()
+            .filter_map(|c| f.gid[c.index()])
+            .filter(|&h| h != g)
+            .collect();
+        for h in readers {
+            if f.members[h]
+                .iter()
+                .all(|&n| matches!(graph.node(n).op, Op::MatMul(..)))
+            {
+                continue;
+            }
+            let mut ops: Vec<&str> = Vec::new();
+            let mut lines: BTreeSet<u32> = BTreeSet::new();
+            for &n in &f.members[h] {
+                let name = graph.node(n).op.name();
+                if !ops.contains(&name) {
+                    ops.push(name);
+                }
+                lines.insert(graph.origin(n).line);
+            }
+            out.push(format!(
+                "attention at line {}: epilogue not fused: the kernel of {} (line {}) reads its output; the attention kernel writes `[batch…, m, dv]` contiguously and takes no epilogue yet, so the output is stored",
+                graph.origin(att.scores).line,
+                ops.join(", "),
+                lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    out
 }
