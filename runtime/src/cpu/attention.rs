@@ -567,6 +567,9 @@ impl Ctx<'_> {
             }
             _ => {}
         }
+        if let Some(kind) = Self::fast(inst, i, cols, r, sc) {
+            return kind;
+        }
         let Scratch {
             kinds,
             regs,
@@ -626,6 +629,65 @@ impl Ctx<'_> {
         kind
     }
 
+    /// The masks' common shapes without `Lane`s (the same values as `typed`'s general
+    /// path): an integer comparison of two rows or a row and a number (`i >= j`), and a
+    /// `where` of an integral condition row between float values (`where(causal, s, -inf)`).
+    fn fast(inst: &Inst, i: usize, cols: usize, r: usize, sc: &mut Scratch) -> Option<Reg> {
+        let Scratch {
+            kinds,
+            regs,
+            iregs,
+            s,
+            ..
+        } = sc;
+        let (done, rest) = iregs.split_at_mut(i * BK);
+        let idst = &mut rest[..cols];
+        match inst.op {
+            InstOp::Binary(BinaryOp::Cmp(c), x, y) => {
+                let int = |k: Reg, o: usize| match k {
+                    Reg::IScalar(v) => Some(Val::One(v)),
+                    Reg::IRow => Some(Val::Row(&done[o * BK..o * BK + cols])),
+                    _ => None,
+                };
+                let (p, q) = (int(kinds[x], x)?, int(kinds[y], y)?);
+                if let (Val::One(_), Val::One(_)) = (p, q) {
+                    return None;
+                }
+                let at = |o: Val<'_, i64>, j: usize| match o {
+                    Val::One(v) => v,
+                    Val::Row(b) => b[j],
+                };
+                for (j, d) in idst.iter_mut().enumerate() {
+                    *d = eval::compare_int(c, at(p, j), at(q, j)) as i64;
+                }
+                Some(Reg::IRow)
+            }
+            InstOp::Where(k, x, y) if !inst.dtype.is_integral() => {
+                let Reg::IRow = kinds[k] else { return None };
+                let cond = &done[k * BK..k * BK + cols];
+                let (done, rest) = regs.split_at_mut(i * BK);
+                let dst = &mut rest[..cols];
+                let score = &s[r * BK..r * BK + cols];
+                let float = |o: usize| match kinds[o] {
+                    Reg::Score => Some(Val::Row(score)),
+                    Reg::Scalar(v) => Some(Val::One(v)),
+                    Reg::Row => Some(Val::Row(&done[o * BK..o * BK + cols])),
+                    _ => None,
+                };
+                let (p, q) = (float(x)?, float(y)?);
+                let at = |o: Val<'_, f32>, j: usize| match o {
+                    Val::One(v) => v,
+                    Val::Row(b) => b[j],
+                };
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = if cond[j] != 0 { at(p, j) } else { at(q, j) };
+                }
+                Some(Reg::Row)
+            }
+            _ => None,
+        }
+    }
+
     /// Stores inst `i`'s values (`value(c)` for key `c`, or one number when not `per_key`)
     /// in the register of its dtype's kind.
     fn put(
@@ -656,6 +718,13 @@ impl Ctx<'_> {
             Reg::Row
         }
     }
+}
+
+/// A prologue operand in `Ctx::fast`: a row of values, or one for the whole row.
+#[derive(Clone, Copy)]
+enum Val<'a, T> {
+    Row(&'a [T]),
+    One(T),
 }
 
 /// Element `i` of `mem` as a lane: exact for the integral dtypes.
