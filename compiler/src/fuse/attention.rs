@@ -316,7 +316,12 @@ fn epilogues(f: &Fuser<'_>) -> Vec<String> {
     let graph = f.graph;
     let mut out = Vec::new();
     for (g, members) in f.members.iter().enumerate() {
-        if members.iter().filter(|&&n| matches!(graph.node(n).op, Op::MatMul(..))).count() != 2 {
+        if members
+            .iter()
+            .filter(|&&n| matches!(graph.node(n).op, Op::MatMul(..)))
+            .count()
+            != 2
+        {
             continue;
         }
         let mut nodes = members.clone();
