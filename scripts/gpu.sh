@@ -12,7 +12,8 @@
 #                       `planned`, and the driver's free-memory drop agrees
 #   3 figures           `tc bench` of every example, then scripts/torch_compare.py (PyTorch
 #                       eager and torch.compile: CUDA-event median, max_memory_allocated;
-#                       device copy bandwidth)
+#                       device copy bandwidth; for attention also PyTorch's fused
+#                       scaled_dot_product_attention, with tc's time over it in the table)
 #   4 sanitize          compute-sanitizer memcheck and racecheck, every example, small dims
 #   5 start             cold compile (empty kernel cache) and cached start of `tc run`
 #   6 reliability       bitwise-identical runs, a plan larger than free memory refused

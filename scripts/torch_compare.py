@@ -323,18 +323,36 @@ def main():
     json.dump(result, open(a.out, "w"), indent=2)
 
     mib = lambda b: f"{b / 2**20:.1f}" if isinstance(b, (int, float)) else "-"
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    # The table (and what follows it) goes into gpu.sh's summary: PyTorch's fused attention
+    # (`scaled_dot_product_attention`, measured for `attention` only) is a column of it,
+    # with tc's time over it (issue 15: at most 1.5x).
     print("\n| example | tc planned MiB | tc measured MiB | eager peak MiB | compile peak MiB | "
-          "planned <= compile | tc ms | eager ms | compile ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "planned <= compile | tc ms | eager ms | compile ms | sdpa ms | tc / sdpa |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    verdicts = []
     for name, row in result["examples"].items():
         p = row.get("tc", {}).get("planned", {}).get("with_inputs")
         m = (row.get("tc", {}).get("measured") or {}).get("with_inputs")
         ep, cp = row["eager"].get("peak_bytes"), row["compile"].get("peak_bytes")
         ok = "yes" if (p is not None and cp is not None and p <= cp) else ("NO" if p is not None and cp is not None else "-")
         em, cm = row["eager"].get("median_ms"), row["compile"].get("median_ms")
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"
+        sm = row.get("sdpa", {}).get("median_ms")
+        tm = row.get("tc_median_ms")
+        ratio = tm / sm if (tm is not None and sm) else None
+        if "sdpa" in row:
+            if ratio is None:
+                why = row["sdpa"].get("error") or "no tc time (tc bench failed or was cut)"
+                verdicts.append(f"- {name}: tc / scaled_dot_product_attention not measured: {why}")
+            else:
+                verdicts.append(f"- {name}: tc {tm:.3f} ms, scaled_dot_product_attention {sm:.3f} ms: "
+                                f"{ratio:.2f}x (target <= 1.5x: {'yes' if ratio <= 1.5 else 'NO'})")
         print(f"| {name} | {mib(p)} | {mib(m)} | {mib(ep)} | {mib(cp)} | {ok} | "
-              f"{fmt(row.get('tc_median_ms'))} | {fmt(em)} | {fmt(cm)} |")
+              f"{fmt(tm)} | {fmt(em)} | {fmt(cm)} | {fmt(sm)} | "
+              f"{'-' if ratio is None else f'{ratio:.2f}x'} |")
+    print()
+    for v in verdicts:
+        print(v)
     training_table(result, tc_reports)
     json.dump(result, open(a.out, "w"), indent=2)
 

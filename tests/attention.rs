@@ -209,3 +209,63 @@ fn attention_examples_never_plan_the_scores() {
         }
     }
 }
+
+/// `examples/gpt_block.tx`: `q`, `k` and `v` are slices of one `xn @ w_qkv` product and the
+/// attention is causal, its mask compared from `arange`s. Both are one flash kernel that
+/// reads the three thirds of that buffer in place and computes the mask from the positions:
+/// no `S×S` buffer (mask, scores or probabilities) is planned, on either target, and the
+/// planned peak is the lower bound.
+#[test]
+fn gpt_block_causal_attention_on_sliced_qkv_is_one_kernel() {
+    let (_, src) = examples()
+        .into_iter()
+        .find(|(n, _)| n == "gpt_block")
+        .expect("examples/gpt_block.tx");
+    let cuda = tc_compiler::codegen::cuda_plan_options(&PlanOptions::default());
+    for options in [PlanOptions::default(), cuda] {
+        let p = compile(&src, &[], options);
+        let text = tc_compiler::plan::print(&p.plan);
+        assert_eq!(attention_kernels(&p), 1, "{text}");
+        let a = p
+            .plan
+            .kernels
+            .iter()
+            .find_map(|k| match &k.kind {
+                KernelKind::Attention(a) => Some(a),
+                _ => None,
+            })
+            .expect("an attention kernel");
+        // One buffer, its thirds at 0, D and 2·D (D = 512), rows 3·D apart.
+        assert!(
+            a.q.buffer == a.k.buffer && a.k.buffer == a.v.buffer,
+            "{text}"
+        );
+        assert_eq!(
+            (a.q.offset, a.k.offset, a.v.offset),
+            (0, 512, 1024),
+            "{text}"
+        );
+        assert_eq!(a.q.strides[2], 1536, "{text}");
+        // The mask is two index maps in the prologue, compared there: no load.
+        assert!(a.loads.is_empty(), "{text}");
+        for b in &p.plan.buffers {
+            let s = &b.shape;
+            assert!(
+                !(s.len() >= 2 && s[s.len() - 2] == 256 && s[s.len() - 1] == 256),
+                "{} {:?} is planned:\n{text}",
+                b.name,
+                b.shape
+            );
+        }
+        let peaks = &p.memory.peaks;
+        assert_eq!(
+            peaks.planned.without_inputs,
+            peaks.lower_bound.without_inputs
+        );
+        // The head-merge copy after it stays a kernel of its own, and the plan says so.
+        assert!(
+            text.contains("attention at line 41: epilogue not fused: the kernel of copy (line 42)"),
+            "{text}"
+        );
+    }
+}

@@ -2,7 +2,9 @@
 //! seeded random shapes (query and key counts that are not multiples of any tile, head
 //! sizes 16 to 128, a value head of its own size), dtypes (f32, f16, bf16) and prologues
 //! (scale by `/ sqrt(Dh)` or `*`, an additive mask, a `where` mask of `bool`, a per-head
-//! bias of another dtype, a soft cap with `tanh`, none), keys shared across heads (a broadcast batch axis) and keys
+//! bias of another dtype, a soft cap with `tanh`, none, and masks computed from `arange`:
+//! causal by `where`, an additive causal mask, a sliding window with an integer distance
+//! penalty), keys shared across heads (a broadcast batch axis) and keys
 //! stored already transposed.
 
 /// Sizes for one family of programs: CPU-sized (several query and key tiles of the CPU
@@ -25,6 +27,9 @@ impl Lcg {
         xs[((self.0 >> 33) % xs.len() as u64) as usize]
     }
 }
+
+/// How many prologues `programs` draws from (the first `PROLOGUES` programs take each once).
+pub const PROLOGUES: usize = 9;
 
 /// `count` attention programs as (label, source); every one is the pattern the planner
 /// fuses (`tests/attention.rs` checks that it does).
@@ -54,10 +59,10 @@ pub fn programs(sizes: Sizes, count: usize) -> Vec<(String, String)> {
         };
         let shared_k = g.pick(&[false, false, true]);
         let k_transposed = g.pick(&[false, false, true]);
-        let prologue = if i < 6 {
+        let prologue = if i < PROLOGUES {
             i
         } else {
-            g.pick(&[0, 1, 2, 3, 4, 5])
+            g.pick(&[0, 1, 2, 3, 4, 5, 6, 7, 8])
         };
         let kh = if shared_k { "1" } else { "H" };
         let mut src = format!(
@@ -87,9 +92,28 @@ pub fn programs(sizes: Sizes, count: usize) -> Vec<(String, String)> {
                 src += "input keep : bool[S, T]\n";
                 format!("where(keep, q @ {kt} / sqrt(Dh), -10000)")
             }
-            _ => {
+            4 => {
                 src += "input rowbias : f32[S, 1]\n";
                 format!("maximum(q @ {kt} / sqrt(Dh), -2) - rowbias * 2")
+            }
+            // Causal, compared from the query and key positions (no mask in memory).
+            6 => {
+                src += "qi = reshape(arange(S), [S, 1])\n";
+                format!("where(qi >= arange(T), q @ {kt} / sqrt(Dh), -1e30)")
+            }
+            // An additive causal mask built from the positions.
+            7 => {
+                src += "mask = where(arange(T) > reshape(arange(S), [S, 1]), -1e9, 0)\n";
+                format!("q @ {kt} * 0.125 + mask")
+            }
+            // A causal sliding window of 8 keys with a linear distance penalty (ALiBi-like):
+            // integer maths on the positions, cast to f32.
+            _ => {
+                src += "qi = reshape(arange(S), [S, 1])\nkj = arange(T)\n";
+                format!(
+                    "where(logical_and(qi >= kj, qi - kj < 8), \
+                     q @ {kt} / sqrt(Dh) - f32(qi - kj) * 0.25, -1e30)"
+                )
             }
         };
         src += &format!("out = softmax({logits}, axis=-1) @ v\noutput out\n");

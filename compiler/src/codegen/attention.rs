@@ -7,10 +7,11 @@
 //! the output columns for the accumulator. Every sum runs in one fixed order, so the result
 //! does not depend on scheduling.
 
-use super::cuda::{binary_expr, float_literal, load_conv, store_conv, unary_expr};
+use super::cuda::{address, float_literal, load_conv, op_expr, store_conv, value_type};
 use super::writer::Writer;
 use super::{storage_type, CudaKernel, Launch};
-use crate::ir::{BinaryOp, DType};
+use crate::ir::DType;
+use crate::lower::{ValueId, ValueOp};
 use crate::schedule::{AttentionKernel, BufferId, InstOp, Kernel, MatOperand, Plan, SCORE};
 
 /// Queries per block.
@@ -31,14 +32,13 @@ pub fn keys_per_tile(d: u64, dv: u64) -> u64 {
     }
 }
 
+/// `x` (an f32 expression) rounded to the float `dtype` (integral values are never rounded
+/// here: they are `long long`, see `prologue`).
 fn round_expr(dtype: DType, x: &str) -> String {
     match dtype {
-        DType::F32 => x.to_string(),
         DType::F16 => format!("tc_round_f16({x})"),
         DType::BF16 => format!("tc_round_bf16({x})"),
-        DType::Bool => format!("({x} != 0.0f ? 1.0f : 0.0f)"),
-        // The pattern keeps integer maths out of prologues (`fuse::attention`).
-        DType::I32 | DType::I64 => format!("truncf({x})"),
+        _ => x.to_string(),
     }
 }
 
@@ -196,7 +196,7 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
         w.line(format!("s = {};", round_expr(a.score_dtype, "s")));
     }
     prologue(&mut w, a, &pname, &zs);
-    w.line(format!("lg = t{};", a.logits));
+    w.line(format!("lg = {};", ValueId::new(a.logits)));
     w.close();
     w.line("sp[row][jj] = lg;");
     w.line("tmax = tc_max(tmax, lg);");
@@ -257,12 +257,16 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
             shared_bytes: 0,
         },
         params,
-        // The prologue reads no index (`fuse::attention` takes only elementwise nodes).
+        // The prologue gathers nothing (`fuse::attention` takes only elementwise nodes and
+        // aranges), so no index is checked.
         checks: Vec::new(),
     }
 }
 
-/// The prologue's insts as `float tN = …;` for query `i`, key `j` (batch indices `zs`).
+/// The prologue's insts as `const T vN = …;` (`T` the value type: `float`, or `long long`
+/// for integers and `bool`, exact as in fused kernels) for query `i`, key `j` (batch indices
+/// `zs`): an `arange` read through its views is its index map over `batch ++ [i, j]`, so a
+/// causal mask is compared from the positions, never loaded.
 fn prologue(
     w: &mut Writer,
     a: &AttentionKernel,
@@ -270,48 +274,41 @@ fn prologue(
     zs: &[String],
 ) {
     let nb = a.batch.len();
+    let mut axes: Vec<String> = zs.to_vec();
+    axes.extend(["i".to_string(), "j".to_string()]);
+    let dt = |x: ValueId| a.body.get(x.index()).map_or(DType::F32, |i| i.dtype);
+    let konst = |x: ValueId| match a.body.get(x.index()).map(|i| &i.op) {
+        Some(InstOp::Const(c)) => Some(*c),
+        _ => None,
+    };
     for (idx, inst) in a.body.iter().enumerate() {
-        let t = |x: usize| format!("t{x}");
         let rhs = match &inst.op {
             InstOp::Load(SCORE) => "s".to_string(),
             InstOp::Load(l) => {
                 let load = &a.loads[l - 1];
-                let mut terms = vec![load.offset.to_string()];
-                for (dd, z) in zs.iter().enumerate() {
-                    if load.strides[dd] != 0 {
-                        terms.push(format!("{z} * {}", load.strides[dd]));
-                    }
-                }
-                if load.strides[nb] != 0 {
-                    terms.push(format!("i * {}", load.strides[nb]));
-                }
-                if load.strides[nb + 1] != 0 {
-                    terms.push(format!("j * {}", load.strides[nb + 1]));
-                }
-                load_conv(
-                    load.dtype,
-                    &format!("{}[{}]", pname(load.buffer), terms.join(" + ")),
+                let at = address(load.offset, &axes[..nb + 2], &load.strides);
+                load_conv(load.dtype, &format!("{}[{at}]", pname(load.buffer)))
+            }
+            InstOp::Const(c) if !inst.dtype.is_integral() => {
+                round_expr(inst.dtype, &float_literal(*c))
+            }
+            InstOp::Index { offset, strides } => {
+                format!(
+                    "(long long)({})",
+                    address(*offset, &axes[..nb + 2], strides)
                 )
             }
-            InstOp::Const(c) => round_expr(inst.dtype, &float_literal(*c)),
-            InstOp::Unary(u, x) => unary_expr(*u, &t(*x)),
-            InstOp::Binary(b, x, y) => {
-                let exponent = match (b, &a.body[*y].op) {
-                    (BinaryOp::Pow, InstOp::Const(c)) => Some(*c),
-                    _ => None,
-                };
-                binary_expr(*b, &t(*x), &t(*y), exponent)
+            // `fuse::attention` takes only unary, binary, cast and `where` nodes (and the
+            // aranges they read) into a prologue, and `plan::verify` refuses the rest.
+            InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => {
+                unreachable!("a reduction, gather or scan in an attention prologue")
             }
-            InstOp::Cast(x) => round_expr(inst.dtype, &t(*x)),
-            InstOp::Where(c, x, y) => format!("({} != 0.0f ? {} : {})", t(*c), t(*x), t(*y)),
-            // The planner never puts a reduction in a prologue (`plan::verify`).
-            InstOp::Reduce(_, x) => t(*x),
-            // `fuse::attention` takes only unary, binary, cast and `where` nodes into a
-            // prologue, so no arange, gather or scan reaches here.
-            InstOp::Index { .. } | InstOp::Gather { .. } | InstOp::Scan(_) => {
-                unreachable!("an index inst in an attention prologue (fuse::attention refuses it)")
-            }
+            op => op_expr(&ValueOp::of(op), inst.dtype, &dt, &konst),
         };
-        w.line(format!("const float t{idx} = {rhs};"));
+        w.line(format!(
+            "const {} {} = {rhs};",
+            value_type(inst.dtype),
+            ValueId::new(idx)
+        ));
     }
 }

@@ -156,7 +156,7 @@ pub(crate) fn store_conv(dtype: DType, value: &str) -> String {
 }
 
 /// A constant of `dtype` as a C literal.
-fn literal(dtype: DType, c: f64) -> String {
+pub(crate) fn literal(dtype: DType, c: f64) -> String {
     match crate::ir::eval::Value::constant(dtype, c) {
         crate::ir::eval::Value::Int(i) if i == i64::MIN => "(-9223372036854775807LL - 1)".into(),
         crate::ir::eval::Value::Int(i) => format!("{i}LL"),
@@ -239,10 +239,26 @@ fn wrap_int(dtype: DType, e: String) -> String {
 
 /// The expression of an arithmetic value (not `Load`/`Reduce`), in its value type.
 fn arith_expr(k: &KernelIr, inst: &Value) -> String {
-    let dt = |i: &ValueId| k.values.get(i.index()).map_or(DType::F32, |x| x.dtype);
-    match &inst.op {
-        ValueOp::Const(c) => literal(inst.dtype, *c),
-        ValueOp::Unary(op, a) if inst.dtype.is_integral() => {
+    let dt = |i: ValueId| k.values.get(i.index()).map_or(DType::F32, |x| x.dtype);
+    let konst = |i: ValueId| match k.values.get(i.index()).map(|x| &x.op) {
+        Some(ValueOp::Const(c)) => Some(*c),
+        _ => None,
+    };
+    op_expr(&inst.op, inst.dtype, &dt, &konst)
+}
+
+/// The expression of arithmetic `op` computing a value of `dtype` in its value type (fused
+/// kernels and the attention prologue): its operands are the variables `v0`, `v1`, … whose
+/// dtypes `dt` gives, `konst` the value of an operand that is a constant.
+pub(crate) fn op_expr(
+    op: &ValueOp,
+    dtype: DType,
+    dt: &dyn Fn(ValueId) -> DType,
+    konst: &dyn Fn(ValueId) -> Option<f64>,
+) -> String {
+    match op {
+        ValueOp::Const(c) => literal(dtype, *c),
+        ValueOp::Unary(op, a) if dtype.is_integral() => {
             let x = v(*a);
             let e = match op {
                 UnaryOp::Neg => format!("tc_isub(0LL, {x})"),
@@ -255,7 +271,7 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
                 // Not made by the checker on integers (they compute in f32).
                 _ => format!("tc_f2i64((float){x})"),
             };
-            wrap_int(inst.dtype, e)
+            wrap_int(dtype, e)
         }
         ValueOp::Unary(op, a) => unary_expr(*op, &v(*a)),
         ValueOp::Binary(op, a, b) if op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or) => {
@@ -266,7 +282,7 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
                 _ => format!("(long long)({x} != 0 || {y} != 0)"),
             }
         }
-        ValueOp::Binary(op, a, b) if inst.dtype.is_integral() => {
+        ValueOp::Binary(op, a, b) if dtype.is_integral() => {
             let (x, y) = (v(*a), v(*b));
             let e = match op {
                 BinaryOp::Add => format!("tc_iadd({x}, {y})"),
@@ -277,19 +293,13 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
                 BinaryOp::Maximum => format!("({x} > {y} ? {x} : {y})"),
                 _ => format!("({x} < {y} ? {x} : {y})"),
             };
-            wrap_int(inst.dtype, e)
+            wrap_int(dtype, e)
         }
         // Comparisons and logical ops are handled above.
-        ValueOp::Binary(op, a, b) => {
-            let exponent = match k.values.get(b.index()).map(|i| &i.op) {
-                Some(ValueOp::Const(c)) => Some(*c),
-                _ => None,
-            };
-            binary_expr(*op, &v(*a), &v(*b), exponent)
-        }
+        ValueOp::Binary(op, a, b) => binary_expr(*op, &v(*a), &v(*b), konst(*b)),
         ValueOp::Cast(a) => {
             let x = v(*a);
-            match (dt(a).is_integral(), inst.dtype) {
+            match (dt(*a).is_integral(), dtype) {
                 (false, DType::F32) => x,
                 (false, DType::F16) => format!("tc_round_f16({x})"),
                 (false, DType::BF16) => format!("tc_round_bf16({x})"),

@@ -7,14 +7,15 @@
 //! group over `s`'s shape whose reductions fold the last axis; that group computes the logits
 //! `x` from `s` and other operands by elementwise ops only (the *prologue*: scale, additive
 //! masks and biases, any elementwise function; a mask built from indices is one more
-//! operand), then exactly softmax's primitives, `exp(x - max(x)) / sum(exp(x - max(x)))`
+//! operand, or computed in the prologue from `arange`s: `where(i >= j, s, -inf)` compares the
+//! query and key positions, exactly in integers), then exactly softmax's primitives, `exp(x - max(x)) / sum(exp(x - max(x)))`
 //! (and a rounding cast to a half dtype); its one stored value is the left operand of one
 //! matmul `p @ v` and nothing else. Anything else keeps today's kernels, and `misses` says
 //! why for `tc emit --plan`.
 
 use super::Fuser;
 use crate::ir::layout::Layout;
-use crate::ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceOp, UnaryOp};
+use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp, UnaryOp};
 use std::collections::BTreeSet;
 
 /// The largest head size (of `q`/`k` and of `v`) an attention kernel takes: the CUDA kernel
@@ -106,6 +107,9 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
     if !set.contains(&x) {
         return Err("the logits are read through a view".into());
     }
+    if graph.dtype(x).is_integral() {
+        return Err("the logits are integers".into());
+    }
     let softmax: BTreeSet<NodeId> = [mx, s, e, sum, y, probs].into_iter().collect();
     // The prologue: the nodes of the group the logits depend on.
     let mut prologue = BTreeSet::new();
@@ -129,13 +133,18 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
                 node.op.name()
             ));
         }
-        if node.ty.sizes() != shape {
-            return Err("a prologue value does not have the scores' shape".into());
-        }
-        // Integer maths would lose digits in the kernel's f32 values (masks are bool).
-        let integral = |dt: DType| dt.is_integral() && dt != DType::Bool;
-        if integral(node.ty.dtype) || node.op.operands().iter().any(|&o| integral(graph.dtype(o))) {
-            return Err("the prologue computes with integers".into());
+        // A value of a lower rank (a mask over `[S, S]` compared from `arange`s) is read
+        // through a broadcast, as in the softmax kernel the fuser made: the prologue runs
+        // over the same domain.
+        let sizes = node.ty.sizes();
+        if sizes.len() > rank
+            || sizes
+                .iter()
+                .rev()
+                .zip(shape.iter().rev())
+                .any(|(&a, &b)| a != b && a != 1)
+        {
+            return Err("a prologue value does not broadcast to the scores' shape".into());
         }
         for o in node.op.operands() {
             let r = root(o);
@@ -145,9 +154,6 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
             if set.contains(&r) {
                 if softmax.contains(&r) {
                     return Err(not_softmax());
-                }
-                if r != o {
-                    return Err("a prologue value is read through a view".into());
                 }
                 stack.push(r);
             }
@@ -282,9 +288,10 @@ fn triples(f: &Fuser<'_>) -> Vec<Candidate> {
     out
 }
 
-/// One line per attention candidate that stays unfused, naming its line and why.
+/// One line per attention candidate that stays unfused, naming its line and why; then one
+/// per fused attention whose output a kernel reads elementwise (see `epilogues`).
 pub(super) fn misses(f: &Fuser<'_>) -> Vec<String> {
-    triples(f)
+    let mut out: Vec<String> = triples(f)
         .into_iter()
         .filter_map(|((g1, _, _), why)| {
             let mm1 = *f.members[g1].first()?;
@@ -295,5 +302,61 @@ pub(super) fn misses(f: &Fuser<'_>) -> Vec<String> {
                 )
             })
         })
-        .collect()
+        .collect();
+    out.extend(epilogues(f));
+    out
+}
+
+/// The epilogues left out of fused attention kernels: for each attention group, each other
+/// kernel that reads its output and is not a matrix product (a scale, the head-merge copy
+/// of `permute(att @ v)`, a residual add), a line naming its ops and lines. The attention
+/// kernel writes its output contiguously as `[batch…, m, dv]` and takes no epilogue, so the
+/// output is stored and read again by that kernel.
+fn epilogues(f: &Fuser<'_>) -> Vec<String> {
+    let graph = f.graph;
+    let mut out = Vec::new();
+    for (g, members) in f.members.iter().enumerate() {
+        if members
+            .iter()
+            .filter(|&&n| matches!(graph.node(n).op, Op::MatMul(..)))
+            .count()
+            != 2
+        {
+            continue;
+        }
+        let mut nodes = members.clone();
+        nodes.sort();
+        let Ok(att) = parts(graph, &f.lays, &nodes) else {
+            continue;
+        };
+        let readers: BTreeSet<usize> = f.consumers[att.out.index()]
+            .iter()
+            .filter_map(|c| f.gid[c.index()])
+            .filter(|&h| h != g)
+            .collect();
+        for h in readers {
+            if f.members[h]
+                .iter()
+                .all(|&n| matches!(graph.node(n).op, Op::MatMul(..)))
+            {
+                continue;
+            }
+            let mut ops: Vec<&str> = Vec::new();
+            let mut lines: BTreeSet<u32> = BTreeSet::new();
+            for &n in &f.members[h] {
+                let name = graph.node(n).op.name();
+                if !ops.contains(&name) {
+                    ops.push(name);
+                }
+                lines.insert(graph.origin(n).line);
+            }
+            out.push(format!(
+                "attention at line {}: epilogue not fused: the kernel of {} (line {}) reads its output; the attention kernel writes `[batch…, m, dv]` contiguously and takes no epilogue yet, so the output is stored",
+                graph.origin(att.scores).line,
+                ops.join(", "),
+                lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    out
 }

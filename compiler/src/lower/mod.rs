@@ -149,7 +149,7 @@ impl ValueOp {
         }
     }
 
-    fn of(op: &InstOp) -> ValueOp {
+    pub(crate) fn of(op: &InstOp) -> ValueOp {
         let v = ValueId::new;
         match *op {
             InstOp::Index { .. } | InstOp::Gather { .. } | InstOp::Scan(_) => {

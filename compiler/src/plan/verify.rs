@@ -270,7 +270,8 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     let ok = inst.level == Level::Element
                         && match inst.op {
                             InstOp::Load(l) => l <= a.loads.len(),
-                            InstOp::Reduce(..) => false,
+                            InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => false,
+                            InstOp::Index { ref strides, .. } => strides.len() == dom.len(),
                             ref op => op.operands().iter().all(|&o| o < i),
                         };
                     if !ok {

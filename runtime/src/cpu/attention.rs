@@ -9,11 +9,12 @@
 
 use super::fused::check_bounds;
 use super::math::{self, Operand};
+use super::typed::{self, Lane};
 use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
-use tc_compiler::ir::{BinaryOp, DType, UnaryOp};
-use tc_compiler::schedule::{AttentionKernel, BufferId, InstOp, MatOperand, Plan, SCORE};
+use tc_compiler::ir::{eval, BinaryOp, DType, UnaryOp};
+use tc_compiler::schedule::{AttentionKernel, BufferId, Inst, InstOp, MatOperand, Plan, SCORE};
 
 /// Queries per tile (one task).
 pub const BQ: usize = 128;
@@ -120,17 +121,16 @@ pub(super) fn run(
     for (i, inst) in a.body.iter().enumerate() {
         let ok = match inst.op {
             InstOp::Load(l) => l <= a.loads.len(),
-            InstOp::Reduce(..) | InstOp::Index { .. } | InstOp::Gather { .. } | InstOp::Scan(_) => {
-                false
-            }
+            InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => false,
+            InstOp::Index { ref strides, .. } => strides.len() == nb + 2,
             ref op => op.operands().iter().all(|&o| o < i),
         };
         if !ok {
             return Err(bad(format!("prologue inst {i} is not elementwise")));
         }
     }
-    if a.logits >= a.body.len() {
-        return Err(bad("the logits are no inst".into()));
+    if a.logits >= a.body.len() || a.body[a.logits].dtype.is_integral() {
+        return Err(bad("the logits are no float inst".into()));
     }
     let out = mem_of(a.out, "output")?;
     if !out.writable
@@ -178,6 +178,10 @@ struct Scratch {
     s: Vec<f32>,
     acc: Vec<f32>,
     regs: Vec<f32>,
+    /// Integer and `bool` prologue values, exact (`typed`'s meaning).
+    iregs: Vec<i64>,
+    /// One integral inst's values for a row, before they are stored.
+    lanes: Vec<Lane>,
     kinds: Vec<Reg>,
     tmp: Vec<f32>,
     max: Vec<f32>,
@@ -236,6 +240,9 @@ impl Ctx<'_> {
         let bare = body.len() == 1 && self.a.logits == 0;
         if !bare {
             sc.regs.resize(body.len() * BK, 0.0);
+            if body.iter().any(|i| i.dtype.is_integral()) {
+                sc.iregs.resize(body.len() * BK, 0);
+            }
         }
         for k0 in (0..n).step_by(BK) {
             let cols = BK.min(n - k0);
@@ -382,6 +389,17 @@ impl Ctx<'_> {
         let nb = self.nb;
         sc.kinds.clear();
         for (i, inst) in a.body.iter().enumerate() {
+            if inst.dtype.is_integral()
+                || inst
+                    .op
+                    .operands()
+                    .iter()
+                    .any(|&o| a.body[o].dtype.is_integral())
+            {
+                let kind = self.typed(inst, i, idx, qi, k0, cols, r, sc);
+                sc.kinds.push(kind);
+                continue;
+            }
             let (done, rest) = sc.regs.split_at_mut(i * BK);
             let dst = &mut rest[..cols];
             let score = &sc.s[r * BK..r * BK + cols];
@@ -390,6 +408,8 @@ impl Ctx<'_> {
                 Reg::Score => Operand::Block(score),
                 Reg::Scalar(v) => Operand::Scalar(v),
                 Reg::Row => Operand::Block(&done[x * BK..x * BK + cols]),
+                // Integral operands take the `typed` path (above).
+                Reg::IScalar(_) | Reg::IRow => Operand::Scalar(f32::NAN),
             };
             let kind = match inst.op {
                 InstOp::Load(SCORE) => Reg::Score,
@@ -472,8 +492,7 @@ impl Ctx<'_> {
                         }
                     }
                 }
-                // Never in a prologue (checked in `run`).
-                // Refused when the kernel is prepared (above).
+                // Never in a prologue (refused in `run`); an index is integral (`typed`).
                 InstOp::Reduce(..)
                 | InstOp::Index { .. }
                 | InstOp::Gather { .. }
@@ -488,15 +507,250 @@ impl Ctx<'_> {
             Reg::Row => {
                 sc.s[r * BK..r * BK + cols].copy_from_slice(&sc.regs[l * BK..l * BK + cols])
             }
+            // The logits are a float inst (checked in `run`).
+            Reg::IScalar(_) | Reg::IRow => sc.s[r * BK..r * BK + cols].fill(f32::NAN),
+        }
+    }
+
+    /// Prologue inst `i` when it or an operand is integral (`i32`, `i64`, `bool`): one
+    /// element at a time, each value a `typed::Lane` (exact integers, f32 floats rounded to
+    /// their dtype), with `typed`'s meaning; once for the row when every operand is one
+    /// number. An `arange` read through its views is its index map at (batch `idx`, query
+    /// `qi`, key `k0 + c`): a causal mask is compared from the positions.
+    #[allow(clippy::too_many_arguments)]
+    fn typed(
+        &self,
+        inst: &Inst,
+        i: usize,
+        idx: &[usize],
+        qi: usize,
+        k0: usize,
+        cols: usize,
+        r: usize,
+        sc: &mut Scratch,
+    ) -> Reg {
+        let a = self.a;
+        let nb = self.nb;
+        let dt = inst.dtype;
+        // The element offset (or index value) at key 0 of the tile, and the step per key.
+        let row_base = |offset: i64, strides: &[i64]| {
+            let base = offset
+                + idx
+                    .iter()
+                    .zip(strides)
+                    .map(|(&z, &s)| z as i64 * s)
+                    .sum::<i64>()
+                + qi as i64 * strides[nb];
+            (base + k0 as i64 * strides[nb + 1], strides[nb + 1])
+        };
+        match inst.op {
+            InstOp::Index {
+                offset,
+                ref strides,
+            } => {
+                let (base, step) = row_base(offset, strides);
+                if step == 0 {
+                    return Reg::IScalar(base);
+                }
+                for (c, x) in sc.iregs[i * BK..i * BK + cols].iter_mut().enumerate() {
+                    *x = base + c as i64 * step;
+                }
+                return Reg::IRow;
+            }
+            InstOp::Load(l) if l != SCORE => {
+                let load = &a.loads[l - 1];
+                let mem = self.loads[l - 1];
+                let (base, step) = row_base(load.offset, &load.strides);
+                // SAFETY: inside the load's checked domain (`run`).
+                let read = |c: usize| unsafe { read_lane(mem, base + c as i64 * step) };
+                return self.put(dt, i, cols, step != 0, read, sc);
+            }
+            _ => {}
+        }
+        if let Some(kind) = Self::fast(inst, i, cols, r, sc) {
+            return kind;
+        }
+        let Scratch {
+            kinds,
+            regs,
+            iregs,
+            s,
+            lanes,
+            ..
+        } = sc;
+        let score = &s[r * BK..r * BK + cols];
+        let lane = |x: usize, c: usize| match kinds[x] {
+            Reg::Score => Lane::F(score[c]),
+            Reg::Scalar(v) => Lane::F(v),
+            Reg::Row => Lane::F(regs[x * BK + c]),
+            Reg::IScalar(v) => Lane::I(v),
+            Reg::IRow => Lane::I(iregs[x * BK + c]),
+        };
+        let odt = |x: usize| a.body[x].dtype;
+        let value = |c: usize| match inst.op {
+            InstOp::Const(v) => typed::constant(dt, v),
+            InstOp::Unary(u, x) => match lane(x, c) {
+                Lane::F(v) => Lane::F(math::round_to(dt, math::unary(u, v))),
+                Lane::I(v) => Lane::I(eval::unary_int(u, dt, v)),
+            },
+            InstOp::Binary(b, x, y) => match (lane(x, c), lane(y, c)) {
+                (Lane::I(p), Lane::I(q)) => Lane::I(eval::binary_int(b, odt(x), p, q)),
+                (p, q) => {
+                    let v = math::binary(b, p.f(), q.f());
+                    if b.is_cmp() || matches!(b, BinaryOp::And | BinaryOp::Or) {
+                        Lane::I(v as i64)
+                    } else {
+                        Lane::F(math::round_to(dt, v))
+                    }
+                }
+            },
+            InstOp::Cast(x) => typed::cast(dt, lane(x, c)),
+            InstOp::Where(k, x, y) => {
+                if lane(k, c).i() != 0 {
+                    lane(x, c)
+                } else {
+                    lane(y, c)
+                }
+            }
+            // Refused in `run`; the score is a float (never here).
+            _ => Lane::F(f32::NAN),
+        };
+        let per_key = inst
+            .op
+            .operands()
+            .iter()
+            .any(|&o| matches!(kinds[o], Reg::Score | Reg::Row | Reg::IRow));
+        // Computed before inst `i`'s own row is written (its operands come earlier).
+        lanes.clear();
+        lanes.extend((0..if per_key { cols } else { 1 }).map(value));
+        let lanes = std::mem::take(lanes);
+        let kind = self.put(dt, i, cols, per_key, |c| lanes[c], sc);
+        sc.lanes = lanes;
+        kind
+    }
+
+    /// The masks' common shapes without `Lane`s (the same values as `typed`'s general
+    /// path): an integer comparison of two rows or a row and a number (`i >= j`), and a
+    /// `where` of an integral condition row between float values (`where(causal, s, -inf)`).
+    fn fast(inst: &Inst, i: usize, cols: usize, r: usize, sc: &mut Scratch) -> Option<Reg> {
+        let Scratch {
+            kinds,
+            regs,
+            iregs,
+            s,
+            ..
+        } = sc;
+        let (done, rest) = iregs.split_at_mut(i * BK);
+        let idst = &mut rest[..cols];
+        match inst.op {
+            InstOp::Binary(BinaryOp::Cmp(c), x, y) => {
+                let int = |k: Reg, o: usize| match k {
+                    Reg::IScalar(v) => Some(Val::One(v)),
+                    Reg::IRow => Some(Val::Row(&done[o * BK..o * BK + cols])),
+                    _ => None,
+                };
+                let (p, q) = (int(kinds[x], x)?, int(kinds[y], y)?);
+                if let (Val::One(_), Val::One(_)) = (p, q) {
+                    return None;
+                }
+                let at = |o: Val<'_, i64>, j: usize| match o {
+                    Val::One(v) => v,
+                    Val::Row(b) => b[j],
+                };
+                for (j, d) in idst.iter_mut().enumerate() {
+                    *d = eval::compare_int(c, at(p, j), at(q, j)) as i64;
+                }
+                Some(Reg::IRow)
+            }
+            InstOp::Where(k, x, y) if !inst.dtype.is_integral() => {
+                let Reg::IRow = kinds[k] else { return None };
+                let cond = &done[k * BK..k * BK + cols];
+                let (done, rest) = regs.split_at_mut(i * BK);
+                let dst = &mut rest[..cols];
+                let score = &s[r * BK..r * BK + cols];
+                let float = |o: usize| match kinds[o] {
+                    Reg::Score => Some(Val::Row(score)),
+                    Reg::Scalar(v) => Some(Val::One(v)),
+                    Reg::Row => Some(Val::Row(&done[o * BK..o * BK + cols])),
+                    _ => None,
+                };
+                let (p, q) = (float(x)?, float(y)?);
+                let at = |o: Val<'_, f32>, j: usize| match o {
+                    Val::One(v) => v,
+                    Val::Row(b) => b[j],
+                };
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = if cond[j] != 0 { at(p, j) } else { at(q, j) };
+                }
+                Some(Reg::Row)
+            }
+            _ => None,
+        }
+    }
+
+    /// Stores inst `i`'s values (`value(c)` for key `c`, or one number when not `per_key`)
+    /// in the register of its dtype's kind.
+    fn put(
+        &self,
+        dt: DType,
+        i: usize,
+        cols: usize,
+        per_key: bool,
+        value: impl Fn(usize) -> Lane,
+        sc: &mut Scratch,
+    ) -> Reg {
+        if !per_key {
+            return match value(0) {
+                Lane::I(v) if dt.is_integral() => Reg::IScalar(v),
+                v if dt.is_integral() => Reg::IScalar(v.i()),
+                v => Reg::Scalar(v.f()),
+            };
+        }
+        if dt.is_integral() {
+            for (c, x) in sc.iregs[i * BK..i * BK + cols].iter_mut().enumerate() {
+                *x = value(c).i();
+            }
+            Reg::IRow
+        } else {
+            for (c, x) in sc.regs[i * BK..i * BK + cols].iter_mut().enumerate() {
+                *x = value(c).f();
+            }
+            Reg::Row
+        }
+    }
+}
+
+/// A prologue operand in `Ctx::fast`: a row of values, or one for the whole row.
+#[derive(Clone, Copy)]
+enum Val<'a, T> {
+    Row(&'a [T]),
+    One(T),
+}
+
+/// Element `i` of `mem` as a lane: exact for the integral dtypes.
+///
+/// # Safety
+/// `0 <= i < mem.numel`.
+unsafe fn read_lane(mem: Mem, i: i64) -> Lane {
+    // SAFETY: in bounds by the caller; unaligned reads are fine.
+    unsafe {
+        match mem.dtype {
+            DType::I32 => Lane::I(mem.ptr.cast::<i32>().offset(i as isize).read_unaligned() as i64),
+            DType::I64 => Lane::I(mem.ptr.cast::<i64>().offset(i as isize).read_unaligned()),
+            DType::Bool => Lane::I((mem.ptr.offset(i as isize).read() != 0) as i64),
+            _ => Lane::F(mem.read(i)),
         }
     }
 }
 
 /// Where a prologue value is: the scores' row, one number for the whole row, or its own
-/// row of `Scratch::regs`.
+/// row of `Scratch::regs`; an integral one (`i32`, `i64`, `bool`), one exact number or its
+/// own row of `Scratch::iregs`.
 #[derive(Clone, Copy)]
 enum Reg {
     Score,
     Scalar(f32),
     Row,
+    IScalar(i64),
+    IRow,
 }

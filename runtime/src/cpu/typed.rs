@@ -23,14 +23,14 @@ pub(super) enum Lane {
 }
 
 impl Lane {
-    fn f(self) -> f32 {
+    pub(super) fn f(self) -> f32 {
         match self {
             Lane::F(x) => x,
             Lane::I(i) => i as f32,
         }
     }
 
-    fn i(self) -> i64 {
+    pub(super) fn i(self) -> i64 {
         match self {
             Lane::F(x) => eval::float_to_int(DType::I64, x as f64),
             Lane::I(i) => i,
@@ -46,7 +46,7 @@ pub(super) fn needed(p: &Prepared) -> bool {
 }
 
 /// A constant of `dtype`, as `fused` rounds it (floats through f32).
-fn constant(dtype: DType, c: f64) -> Lane {
+pub(super) fn constant(dtype: DType, c: f64) -> Lane {
     if dtype.is_integral() {
         match eval::Value::constant(dtype, c) {
             eval::Value::Int(i) => Lane::I(i),
@@ -58,7 +58,7 @@ fn constant(dtype: DType, c: f64) -> Lane {
 }
 
 /// `v` converted to `to` (`ir::eval::cast`, floats in f32).
-fn cast(to: DType, v: Lane) -> Lane {
+pub(super) fn cast(to: DType, v: Lane) -> Lane {
     match (v, to.is_integral()) {
         (Lane::F(x), false) => Lane::F(math::round_to(to, x)),
         (Lane::F(x), true) => Lane::I(eval::float_to_int(to, x as f64)),
