@@ -38,9 +38,16 @@ enum Backing {
     /// The global allocator (small arenas, and systems other than Linux).
     Heap(std::alloc::Layout),
     /// An anonymous mapping of `len` bytes at `start`, page-aligned, huge-page advised;
-    /// the arena begins at most one page into it. Moves leave holes in it.
+    /// the arena begins at most one page into it. Moves leave holes in it: `holes` lists
+    /// them (absolute address ranges), because the system may hand a hole's addresses to
+    /// any other mapping at once (another thread's stack, say), which the arena must then
+    /// never advise on nor unmap.
     #[cfg(target_os = "linux")]
-    Map { start: usize, len: usize },
+    Map {
+        start: usize,
+        len: usize,
+        holes: std::sync::Mutex<Vec<(usize, usize)>>,
+    },
 }
 
 /// One zeroed, 16-byte aligned host allocation, freed on drop.
@@ -88,6 +95,17 @@ impl Arena {
         })
     }
 
+    /// The address ranges moves have taken out of the mapping, in address order.
+    #[cfg(target_os = "linux")]
+    fn holes(&self) -> Vec<(usize, usize)> {
+        let mut holes = match &self.backing {
+            Backing::Map { holes, .. } => holes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            _ => Vec::new(),
+        };
+        holes.sort_unstable();
+        holes
+    }
+
     /// Gives the pages of the arena outside `keep` (absolute address ranges) back to the
     /// system; they read as zero afterwards. Only whole pages inside the allocation.
     pub(super) fn release_except(&self, keep: &[(usize, usize)]) {
@@ -100,15 +118,17 @@ impl Arena {
             let (start, end) = (self.ptr as usize, self.ptr as usize + self.size);
             let mut keep: Vec<(usize, usize)> =
                 keep.iter().copied().filter(|(a, b)| a < b).collect();
+            // Holes are no longer ours: skipped like the ranges to keep.
+            keep.extend(self.holes());
             keep.sort_unstable();
             let mut from = start;
             for (a, b) in keep.into_iter().chain([(end, end)]) {
                 let (lo, hi) = (from.next_multiple_of(PAGE), a.min(end) / PAGE * PAGE);
                 if lo < hi {
                     // SAFETY: [lo, hi) is whole pages inside our own allocation that no
-                    // output still needs; MADV_DONTNEED on private anonymous memory only
-                    // drops their contents (pages already moved out are holes, which
-                    // madvise skips, reporting ENOMEM, ignored).
+                    // output still needs and that no move has taken (holes are skipped
+                    // above); MADV_DONTNEED on private anonymous memory only drops their
+                    // contents.
                     unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
                 }
                 from = from.max(b);
@@ -130,10 +150,13 @@ impl Arena {
         // SAFETY: in bounds by the caller's contract.
         let src = unsafe { std::slice::from_raw_parts(self.ptr.add(lo), len) };
         #[cfg(target_os = "linux")]
-        if let Backing::Map { .. } = self.backing {
+        if let Backing::Map { holes, .. } = &self.backing {
             // SAFETY: forwarded from the caller.
             match unsafe { move_pages(src, &mut dst) } {
-                Moved::Done => return dst,
+                Moved::Done(hole) => {
+                    holes.lock().unwrap_or_else(|e| e.into_inner()).push(hole);
+                    return dst;
+                }
                 Moved::Not => {}
                 Moved::Lost => {
                     // The vector's middle could neither be replaced nor restored: never
@@ -151,8 +174,8 @@ impl Arena {
 /// How a move went.
 #[cfg(target_os = "linux")]
 enum Moved {
-    /// `dst` holds the bytes.
-    Done,
+    /// `dst` holds the bytes; the source's whole pages `(from, to)` left the arena.
+    Done((usize, usize)),
     /// Nothing was changed; copy instead.
     Not,
     /// Part of `dst`'s memory is unmapped (never seen in practice).
@@ -220,7 +243,7 @@ unsafe fn move_pages(src: &[u8], dst: &mut Vec<u8>) -> Moved {
         );
         dst.set_len(len);
     }
-    Moved::Done
+    Moved::Done((s + head, s + head + mid))
 }
 
 /// A fresh anonymous mapping holding `size` bytes from an address `residue` (< 4 KiB) past
@@ -266,6 +289,7 @@ fn map_huge(size: usize, residue: usize) -> Option<Arena> {
         backing: Backing::Map {
             start,
             len: end - start,
+            holes: Default::default(),
         },
     })
 }
@@ -277,11 +301,18 @@ impl Drop for Arena {
             // SAFETY: allocated in `new` with this very layout, freed once.
             Backing::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr, layout) },
             #[cfg(target_os = "linux")]
-            // SAFETY: the mapping made in `map_huge`, unmapped once (holes left by moves
-            // are fine to include).
-            Backing::Map { start, len } => unsafe {
-                libc::munmap(start as *mut libc::c_void, len);
-            },
+            // SAFETY: the mapping made in `map_huge`, unmapped once, less the holes left
+            // by moves (their addresses may belong to another mapping by now).
+            Backing::Map { start, len, .. } => {
+                let (mut from, end) = (start, start + len);
+                for (a, b) in self.holes().into_iter().chain([(end, end)]) {
+                    if from < a {
+                        // SAFETY: [from, a) is pages of our own mapping, not moved out.
+                        unsafe { libc::munmap(from as *mut libc::c_void, a - from) };
+                    }
+                    from = from.max(b);
+                }
+            }
         }
     }
 }
@@ -401,7 +432,7 @@ mod tests {
             assert!(matches!(move_pages(off, &mut v), Moved::Not));
             assert!(v.is_empty());
             let src = std::slice::from_raw_parts(arena.ptr, len);
-            assert!(matches!(move_pages(src, &mut v), Moved::Done));
+            assert!(matches!(move_pages(src, &mut v), Moved::Done(_)));
         }
         assert_eq!(v, expected(0, len));
         // The vector is ordinary memory: it can be written, grown and freed.
@@ -420,5 +451,50 @@ mod tests {
             let got = unsafe { arena.take(0, len, Vec::with_capacity(len)) };
             assert_eq!(got, expected(0, len));
         }
+    }
+
+    /// A hole a move leaves may at once become another mapping's (a thread's stack, say):
+    /// releasing the arena's other pages and dropping the arena must leave that mapping
+    /// alone. Seen to fail (the mapping zeroed by `release_except`, then unmapped by the
+    /// drop: a SIGSEGV reading it) before the arena kept its holes.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_mapping_placed_in_a_moved_out_hole_survives_the_arena() {
+        let size = 8 << 20;
+        let len = 3 << 20;
+        let v: Vec<u8> = Vec::with_capacity(len);
+        let arena = filled(size, Some((0, v.as_ptr() as usize)));
+        // SAFETY: in the arena, taken once.
+        let out = unsafe { arena.take(0, len, v) };
+        assert_eq!(out, expected(0, len));
+        let hole = arena.holes();
+        assert_eq!(hole.len(), 1, "the output's whole pages moved");
+        let (a, b) = hole[0];
+        // Another mapping, asked for exactly at the hole (the kernel gives the hint when
+        // the range is free, as it is after the move).
+        // SAFETY: a fresh private anonymous mapping; MAP_FIXED_NOREPLACE never replaces.
+        let other = unsafe {
+            libc::mmap(
+                a as *mut libc::c_void,
+                b - a,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(other as usize, a, "the hole is free for another mapping");
+        // SAFETY: the mapping just made, b - a bytes.
+        let theirs = unsafe { std::slice::from_raw_parts_mut(other as *mut u8, b - a) };
+        theirs.fill(0x5a);
+        arena.release_except(&[]);
+        assert!(
+            theirs.iter().all(|&x| x == 0x5a),
+            "release_except spared the hole"
+        );
+        drop(arena);
+        assert!(theirs.iter().all(|&x| x == 0x5a), "the drop left it mapped");
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(other, b - a) };
     }
 }
