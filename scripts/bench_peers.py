@@ -297,13 +297,18 @@ def main():
     if a and a[0] == "--child":
         child(a[1], a[2], json.loads(a[3]), int(a[4]))
         return
-    def opt(flag, default):
-        return a[a.index(flag) + 1] if flag in a else default
-    reps = int(opt("--reps", "7"))
-    only = opt("--only", None)
-    sides = opt("--sides", ",".join(SIDES)).split(",")
-    cpubench = opt("--cpubench", CPUBENCH)
-    label = opt("--label", "latest")
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0] if __doc__ else None)
+    ap.add_argument("--reps", type=int, default=7, help="runs per side and program (best kept)")
+    ap.add_argument("--only", default=None, help="comma-separated programs (default: all)")
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides: " + ",".join(SIDES))
+    ap.add_argument("--cpubench", default=CPUBENCH, help="the tc cpubench binary")
+    ap.add_argument("--label", default="latest", help="which docs/benchmarks.md block to replace")
+    ap.add_argument("--json", default=None, help="also write the measurements to this file")
+    ap.add_argument("--no-docs", action="store_true", help="print the table only")
+    o = ap.parse_args(a)
+    reps, only, cpubench, label = o.reps, o.only, o.cpubench, o.label
+    sides = o.sides.split(",")
     load_before = os.getloadavg()
     rows = []
     for name, file, dims in CASES:
@@ -338,10 +343,10 @@ def main():
         f"First calls (compile), seconds: {first}." if first else "",
     ]).rstrip() + "\n"
     print(text)
-    if "--json" in a:
-        with open(opt("--json", ""), "w") as f:
+    if o.json:
+        with open(o.json, "w") as f:
             json.dump({"load": [load_before, load_after], "versions": v, "rows": rows}, f, indent=1)
-    if "--no-docs" not in a:
+    if not o.no_docs:
         write_docs(DOCS, label, text)
 
 
