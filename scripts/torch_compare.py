@@ -148,17 +148,17 @@ def ex_transformer_block():
 
 
 def ex_train_mlp():
-    """examples/train_mlp.tx: one SGD step (loss, backward, update), one-hot labels."""
+    """examples/train_mlp.tx: one SGD step (loss, backward, update), integer labels."""
     B, D, H, C = 1024, 1024, 4096, 1024
-    onehot = F.one_hot(torch.randint(0, C, (B,), device=DEV), C).float()
-    t = dict(x=randn(B, D), onehot=onehot, w1=randn(D, H) * D ** -0.5, b1=randn(H),
+    labels = torch.randint(0, C, (B,), device=DEV)
+    t = dict(x=randn(B, D), labels=labels, w1=randn(D, H) * D ** -0.5, b1=randn(H),
              w2=randn(H, C) * H ** -0.5, b2=randn(C))
 
-    def f(x, onehot, w1, b1, w2, b2):
+    def f(x, labels, w1, b1, w2, b2):
         ps = [p.detach().requires_grad_() for p in (w1, b1, w2, b2)]
         h = F.gelu(x @ ps[0] + ps[1])
         logits = h @ ps[2] + ps[3]
-        loss = -(F.log_softmax(logits, -1) * onehot).sum() / B
+        loss = -torch.gather(F.log_softmax(logits, -1), -1, labels[:, None]).mean()
         grads = torch.autograd.grad(loss, ps)
         return (loss.detach(),) + tuple(p.detach() - 0.01 * g for p, g in zip(ps, grads))
 
@@ -170,11 +170,10 @@ def ex_train_block():
     B, S, D, H, Dh, Fd = 1, 512, 512, 8, 64, 2048
     shapes = dict(ln1_g=(D,), ln1_b=(D,), wq=(D, D), wk=(D, D), wv=(D, D), wo=(D, D),
                   ln2_g=(D,), ln2_b=(D,), w1=(D, Fd), b1=(Fd,), w2=(Fd, D), b2=(D,))
-    t = dict(x=randn(B, S, D),
-             onehot=F.one_hot(torch.randint(0, D, (B, S), device=DEV), D).float())
+    t = dict(x=randn(B, S, D), labels=torch.randint(0, D, (B, S), device=DEV))
     t.update({k: randn(*v) * (v[0] ** -0.5 if len(v) == 2 else 0.1) for k, v in shapes.items()})
 
-    def f(x, onehot, *params):
+    def f(x, labels, *params):
         ps = [p.detach().requires_grad_() for p in params]
         ln1_g, ln1_b, wq, wk, wv, wo, ln2_g, ln2_b, w1, b1, w2, b2 = ps
         xn = F.layer_norm(x, (D,)) * ln1_g + ln1_b
@@ -183,7 +182,7 @@ def ex_train_block():
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(Dh), -1)
         x1 = x + (att @ v).permute(0, 2, 1, 3).reshape(B, S, D) @ wo
         out = x1 + F.gelu((F.layer_norm(x1, (D,)) * ln2_g + ln2_b) @ w1 + b1) @ w2 + b2
-        loss = -(F.log_softmax(out, -1) * onehot).sum() / (B * S)
+        loss = -torch.gather(F.log_softmax(out, -1), -1, labels[..., None]).mean()
         return (loss.detach(),) + torch.autograd.grad(loss, ps)
 
     return t, f

@@ -19,9 +19,8 @@ pub fn gradcheck(source: &str, dims: &[(String, u64)], seed: u64) -> Result<usiz
             .collect::<Vec<_>>()
             .join("; ")
     })?;
-    let leaf = |l: &tc_compiler::ir::Leaf| {
-        tc_runtime::data::random_tensor(seed, &l.name, l.ty.dtype, &l.ty.sizes())
-    };
+    // (an integer leaf used as an index gets values in range)
+    let leaf = |l: &tc_compiler::ir::Leaf| tc_runtime::data::random_leaf(&checked, l, seed);
     let inputs: Vec<HostTensor> = checked.inputs.iter().map(leaf).collect();
     let params: Vec<HostTensor> = checked.params.iter().map(leaf).collect();
     let exact = reference::evaluate_exact(&checked, &inputs, &params)?;
@@ -151,13 +150,35 @@ pub const OPS: &[(&str, &str, &str)] = &[
     ("expand", "param b : f32[4]", "expand(b, [2, 3, 4]) * x"),
     ("cast_f16", "", "f32(f16(x)) * x"),
     ("cast_bf16", "", "bf16(x * 2)"),
+    // take/gather: the gradient added back into the rows read (indices repeat: 6 or 8
+    // reads of 3 or 4 rows).
+    ("take_rows", "input i : i64[2, 3]", "take(x, i, axis=0) * 2"),
+    ("take_cols", "input j : i32[5]", "take(x, j, axis=1)"),
+    ("take_scalar", "input k : i64[]", "take(x, k, axis=0) + x"),
+    (
+        "gather_labels",
+        "input l : i64[3, 1]",
+        "gather(log_softmax(x, axis=-1), l, axis=-1) + x",
+    ),
+    (
+        "gather_rows",
+        "input m : i64[5, 4]",
+        "reshape(gather(x, m, axis=0), [4, 5]) * 3",
+    ),
+    (
+        "gather_broadcast",
+        "param b : f32[1, 4]\ninput n : i64[3, 2]",
+        "gather(b, n, axis=1) + sum(x)",
+    ),
 ];
 
 /// The training step of one `OPS` entry.
 pub fn op_program(decls: &str, expr: &str) -> String {
     let mut leaves = vec!["x".to_string()];
     for line in decls.lines() {
-        if let Some(name) = line.split_whitespace().nth(1) {
+        // (integer leaves, indices, carry no gradient)
+        let float = line.contains(": f");
+        if let Some(name) = line.split_whitespace().nth(1).filter(|_| float) {
             leaves.push(name.to_string());
         }
     }

@@ -297,6 +297,29 @@ impl<'g> Tape<'g> {
         self.reshape(s, shape)
     }
 
+    /// `arange(n)` (`i64[n]`) viewed with `n` on axis `axis` of a rank-`rank` shape of ones.
+    pub fn arange_on(&mut self, n: &Dim, axis: usize, rank: usize) -> NodeId {
+        let a = self.push(Op::Arange, TensorType::new(DType::I64, vec![n.clone()]));
+        let mut shape = vec![Dim::new(1); rank];
+        shape[axis] = n.clone();
+        self.reshape(a, &shape)
+    }
+
+    /// `a == b` of two integer tensors compared as `i64` (no rounding through f32, so a
+    /// vocabulary beyond 2^24 compares exactly), broadcast: a `bool` tensor.
+    pub fn index_eq(&mut self, a: NodeId, b: NodeId) -> NodeId {
+        let a = self.cast(a, DType::I64, true);
+        let b = self.cast(b, DType::I64, true);
+        let (ta, tb) = (self.ty(a), self.ty(b));
+        let shape = broadcast_dims(&ta.shape, &tb.shape).unwrap_or_else(|| ta.shape.clone());
+        let a = self.expand(a, &shape);
+        let b = self.expand(b, &shape);
+        self.push(
+            Op::Binary(BinaryOp::Cmp(CmpOp::Eq), a, b),
+            TensorType::new(DType::Bool, shape),
+        )
+    }
+
     /// Zeros of `shape` (f32): a broadcast constant, no memory.
     pub fn zeros(&mut self, shape: &[Dim]) -> NodeId {
         let z = self.scalar(0.0, DType::F32);

@@ -23,10 +23,20 @@ pub fn node_backward(
     match op {
         // Integer results: no gradient flows through them (SPEC §3.6).
         Op::Input { .. } | Op::Param { .. } | Op::Scalar(_) | Op::Arange | Op::OneHot { .. } => {}
-        // Their backward needs a scatter-add (`take`, `gather`), a slice's zero padding
-        // (`concat`, `x[…]`) or a reversed scan (`cumsum`): not built yet.
-        Op::Take { .. } | Op::Gather { .. } | Op::Cumsum { .. } | Op::Concat { .. } => {
+        // Their backward needs a slice's zero padding (`concat`, `x[…]`) or a reversed
+        // scan (`cumsum`): not built yet.
+        Op::Cumsum { .. } | Op::Concat { .. } => {
             return Err(format!("`{}`", op.name()));
+        }
+        Op::Take { arg, index, axis } => {
+            if need(arg) {
+                out.push((arg, take_backward(t, arg, index, axis, g)));
+            }
+        }
+        Op::Gather { arg, index, axis } => {
+            if need(arg) {
+                out.push((arg, gather_backward(t, arg, index, axis, g)));
+            }
         }
         Op::Unary(u, x) => {
             if need(x) {
@@ -126,6 +136,10 @@ pub fn node_backward(
         }
         Op::Where(c, a, b) => {
             // where(cond, grad, 0) and where(cond, 0, grad): nothing into the condition.
+            // (WhereBackward0 saves the condition.)
+            if need(a) || need(b) {
+                t.save(c);
+            }
             let z = t.scalar(0.0, crate::ir::DType::F32);
             if need(a) {
                 out.push((a, t.select(c, g, z)));
@@ -463,4 +477,94 @@ fn reduce(
         // argmax/argmin give integers: nothing to differentiate.
         ReduceOp::ArgMax | ReduceOp::ArgMin => return Err(format!("`{}`", op.name())),
     })
+}
+
+/// `take(x, idx, axis)`'s gradient: `g` added back into the rows of `x` it read
+/// (`index_select_backward`: `zeros(x.shape).index_add_(axis, idx, grad)`; saves `idx`).
+/// Written as a deterministic sum with no scatter: row `v` of the result is the sum over
+/// the index positions `p` of `where(idx[p] == v, g[p], 0)` — one reduction over the index
+/// axes of a comparison with an `arange`, which fuses into one kernel (each result element
+/// loops over the indices in a fixed order: no atomics, the same bits every run) and
+/// stores nothing of the `[…, V, idx…, …]` comparison. Its cost is `V × idx.numel()` per
+/// element of a row: memory-cheap, but quadratic work for a large vocabulary.
+fn take_backward(t: &mut Tape, x: NodeId, idx: NodeId, axis: usize, g: NodeId) -> NodeId {
+    t.save(idx);
+    let xs = shape(t, x);
+    let is = shape(t, idx);
+    let (pre, post) = (&xs[..axis], &xs[axis + 1..]);
+    let rank = xs.len() + is.len();
+    let one = || Dim::new(1);
+    // [pre, 1, idx…, post]: the gradient with a size-1 axis for the table's rows.
+    let mut gs = pre.to_vec();
+    gs.push(one());
+    gs.extend_from_slice(&is);
+    gs.extend_from_slice(post);
+    let gr = t.reshape(g, &gs);
+    // [1…, 1, idx…, 1…]: the index; [1…, V, 1…]: the row numbers.
+    let mut ishape: Vec<Dim> = pre.iter().map(|_| one()).collect();
+    ishape.push(one());
+    ishape.extend_from_slice(&is);
+    ishape.extend(post.iter().map(|_| one()));
+    let ir = t.reshape(idx, &ishape);
+    let rows = t.arange_on(&xs[axis], axis, rank);
+    let hit = t.index_eq(ir, rows);
+    let z = t.scalar(0.0, crate::ir::DType::F32);
+    let picked = t.select(hit, gr, z);
+    let axes: Vec<usize> = (axis + 1..axis + 1 + is.len()).collect();
+    sum_out(t, picked, &axes, &xs)
+}
+
+/// `gather(x, idx, axis)`'s gradient (`take_along_axis` with broadcasting): `g` added back
+/// into the entries it read (`gather_backward`: `zeros(x.shape).scatter_add_(axis, idx,
+/// grad)`; saves `idx` and `x`), then summed over the axes on which `x` was broadcast. As
+/// for `take`, a sum over the index's `axis` of `where(idx == v, g, 0)` with `v` the
+/// entry's position along `axis`: one fused reduction, or (an index of one entry per row,
+/// a label) one elementwise kernel.
+fn gather_backward(t: &mut Tape, x: NodeId, idx: NodeId, axis: usize, g: NodeId) -> NodeId {
+    t.save(idx);
+    t.save(x);
+    let xs = shape(t, x);
+    let os = shape(t, g);
+    let is = shape(t, idx);
+    if os[axis].size == 1 {
+        // One entry per row (a label): `where(idx == v, g, 0)` at x's size on `axis`,
+        // elementwise, with no extra axis to sum (nor a reshape between it and the next
+        // gradient's kernel).
+        let rows = t.arange_on(&xs[axis], axis, os.len());
+        let hit = t.index_eq(idx, rows);
+        let z = t.scalar(0.0, crate::ir::DType::F32);
+        let picked = t.select(hit, g, z);
+        return t.sum_to(picked, &xs);
+    }
+    let rank = os.len() + 1;
+    // Insert an axis after `axis` for the index's entries: [out[..=axis'], K, out[axis+1..]]
+    // where axis' holds the entry positions (size V for the rows, 1 for the rest).
+    let widen = |s: &[Dim], at: Dim| {
+        let mut v = s[..axis].to_vec();
+        v.push(at);
+        v.extend_from_slice(&s[axis..]);
+        v
+    };
+    let gr = t.reshape(g, &widen(&os, Dim::new(1)));
+    let ir = t.reshape(idx, &widen(&is, Dim::new(1)));
+    let rows = t.arange_on(&xs[axis], axis, rank);
+    let hit = t.index_eq(ir, rows);
+    let z = t.scalar(0.0, crate::ir::DType::F32);
+    let picked = t.select(hit, gr, z);
+    // The result's shape but with x's size on `axis` (x may broadcast on the others).
+    let mut full = os.clone();
+    full[axis] = xs[axis].clone();
+    let s = sum_out(t, picked, &[axis + 1], &full);
+    t.sum_to(s, &xs)
+}
+
+/// `x` summed over `axes` (sorted) down to `shape`: a reshape when those axes all have
+/// size 1.
+fn sum_out(t: &mut Tape, x: NodeId, axes: &[usize], to: &[Dim]) -> NodeId {
+    let xs = shape(t, x);
+    if axes.iter().all(|&a| xs[a].size == 1) {
+        return t.reshape(x, to);
+    }
+    let s = t.reduce(ReduceOp::Sum, x, axes, false);
+    t.reshape(s, to)
 }
