@@ -256,11 +256,13 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False  # tc's default: exact f32 products
     torch.backends.cudnn.allow_tf32 = False
     tc = {}
+    tc_reports = {}  # the whole memory reports, for training_table
     if a.memory:
         try:
             for line in open(a.memory):
                 d = json.loads(line)
                 tc[d["example"]] = d["peaks"]
+                tc_reports[d["example"]] = d
         except OSError:
             pass
     tc_ms = {}
@@ -333,6 +335,46 @@ def main():
         fmt = lambda v: "-" if v is None else f"{v:.3f}"
         print(f"| {name} | {mib(p)} | {mib(m)} | {mib(ep)} | {mib(cp)} | {ok} | "
               f"{fmt(row.get('tc_median_ms'))} | {fmt(em)} | {fmt(cm)} |")
+    training_table(result, tc_reports)
+    json.dump(result, open(a.out, "w"), indent=2)
+
+
+def training_table(result, tc_reports):
+    """The training steps' memory as scripts/../shared/bench/train_anchors.py gives it on the
+    CPU, here on CUDA: PyTorch's peak *above* what is resident before the step
+    (`max_memory_allocated` minus `memory_allocated` after the warm-ups: inputs, params and
+    PyTorch's persistent cuBLAS workspace), eager and torch.compile, beside tc's figures
+    without inputs and params (planned, measured, and tc's model of PyTorch eager) less one
+    cuBLAS workspace (tc plans one per matmul step; PyTorch keeps one resident). Measured by
+    the examples' rows (`measure(grad=True)`): nothing is run again."""
+    rows = []
+    for name in sorted(TRAINING):
+        row = result["examples"].get(name)
+        rep = tc_reports.get(name)
+        if row is None:
+            continue
+        above = lambda m: (m["peak_bytes"] - m["allocated_before"]) if "peak_bytes" in m else None
+        peaks = (rep or {}).get("peaks", {})
+        ws = max((b.get("bytes", 0) for b in (rep or {}).get("buffers", [])
+                  if str(b.get("name", "")).endswith(".workspace")), default=0)
+        tc_fig = lambda k: (None if not peaks.get(k) else peaks[k]["without_inputs"] - ws)
+        r = dict(program=name, workspace=ws, tc_planned=tc_fig("planned"),
+                 tc_measured=tc_fig("measured"), tc_eager_model=tc_fig("eager"),
+                 torch_eager=above(row.get("eager", {})), torch_compile=above(row.get("compile", {})))
+        rows.append(r)
+    result["training"] = rows
+    if not rows:
+        return
+    mib = lambda b: f"{b / 2**20:.1f}" if isinstance(b, (int, float)) else "-"
+    ratio = lambda a, b: f"{a / b:.3f}" if isinstance(a, int) and isinstance(b, int) and b > 0 else "-"
+    print("\n| training step (MiB above inputs and params, less one cuBLAS workspace) | tc planned | "
+          "tc measured | tc eager model | PyTorch eager | torch.compile | tc eager model / PyTorch eager "
+          "(within 5%) | tc planned / torch.compile |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['program']} | {mib(r['tc_planned'])} | {mib(r['tc_measured'])} | "
+              f"{mib(r['tc_eager_model'])} | {mib(r['torch_eager'])} | {mib(r['torch_compile'])} | "
+              f"{ratio(r['tc_eager_model'], r['torch_eager'])} | {ratio(r['tc_planned'], r['torch_compile'])} |")
 
 
 if __name__ == "__main__":

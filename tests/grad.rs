@@ -36,8 +36,13 @@ fn every_op_matches_finite_differences() {
 fn random_training_steps_match_finite_differences() {
     let mut failures = Vec::new();
     let mut compared = 0;
+    // The ops whose gradients came last are drawn too.
+    let mut drawn = std::collections::BTreeMap::new();
     for seed in 0..200u64 {
         let source = gen::differentiable(seed);
+        for op in ["take(", "gather(", "cumsum(", "concat(", "stack(", "]\n"] {
+            *drawn.entry(op).or_insert(0) += usize::from(source.contains(op));
+        }
         match gradcheck(&source, &[], seed) {
             Ok(n) => compared += n,
             Err(e) => failures.push(format!("seed {seed}: {e}\n{source}")),
@@ -55,6 +60,10 @@ fn random_training_steps_match_finite_differences() {
     assert!(
         compared > 2000,
         "only {compared} gradient elements compared"
+    );
+    assert!(
+        drawn.values().all(|&n| n >= 3),
+        "programs drawing each op: {drawn:?}"
     );
 }
 

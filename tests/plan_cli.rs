@@ -135,6 +135,148 @@ fn fit_finds_the_largest_dim_checked_one_above_and_one_below() {
     .expect_code(2);
 }
 
+/// A deep narrow network whose activations dwarf its weights: recomputation can cut its
+/// training step's peak (as `tests/grad.rs`'s).
+const DEEP: &str = "dim B = 512\ndim D = 32\ninput x : f32[B, D]\nparam w1 : f32[D, D]\nparam w2 : f32[D, D]\nparam w3 : f32[D, D]\nparam w4 : f32[D, D]\nparam w5 : f32[D, D]\nparam w6 : f32[D, D]\nh1 = tanh(x @ w1)\nh2 = tanh(h1 @ w2)\nh3 = tanh(h2 @ w3)\nh4 = tanh(h3 @ w4)\nh5 = tanh(h4 @ w5)\nh6 = tanh(h5 @ w6)\nloss = mean(h6 * h6)\ng1 = grad(loss, w1)\ng2 = grad(loss, w2)\ng3 = grad(loss, w3)\ng4 = grad(loss, w4)\ng5 = grad(loss, w5)\ng6 = grad(loss, w6)\noutput loss, g1, g2, g3, g4, g5, g6\n";
+
+/// `tc plan --memory-budget` (SPEC §3.6: `run` and `plan`): the plan and exit codes of `tc
+/// run --memory-budget` without running; and `--fit B --memory SIZE` on a training step
+/// buys, by recomputation, a batch whose plan without it would not fit.
+#[test]
+fn plan_takes_the_memory_budget_and_fit_recomputes_to_buy_a_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deep = write(dir.path(), "deep.tx", DEEP);
+    let json = |args: &[&str]| {
+        let r = tc_in(dir.path(), args);
+        r.expect_code(0);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).expect("JSON report")
+    };
+    let free = json(&["plan", &deep, "--device", "cpu", "--memory-json", "-"]);
+    let with = free["peaks"]["planned"]["with_inputs"]
+        .as_u64()
+        .expect("with");
+    let without = free["peaks"]["planned"]["without_inputs"]
+        .as_u64()
+        .expect("without");
+    let budget = (with - without) + without * 3 / 4;
+    let b = budget.to_string();
+    let planned = json(&[
+        "plan",
+        &deep,
+        "--device",
+        "cpu",
+        "--memory-budget",
+        &b,
+        "--memory-json",
+        "-",
+    ]);
+    let got = planned["peaks"]["planned"]["with_inputs"]
+        .as_u64()
+        .expect("planned");
+    assert!(got <= budget, "planned {got} above the budget {budget}");
+    let values = planned["recompute"]["values"]
+        .as_array()
+        .expect("recompute");
+    assert!(!values.is_empty(), "nothing recomputed: {planned}");
+    // `tc run` under the same budget plans the same peak.
+    let ran = json(&[
+        "run",
+        &deep,
+        "--device",
+        "cpu",
+        "--memory-budget",
+        &b,
+        "--memory-json",
+        "-",
+    ]);
+    assert_eq!(ran["peaks"]["planned"]["with_inputs"].as_u64(), Some(got));
+    // A budget no plan meets: exit 1 with the smallest peak reached, as `tc run`'s.
+    let tiny = (with - without).to_string();
+    for cmd in ["plan", "run"] {
+        tc_in(
+            dir.path(),
+            &[cmd, &deep, "--device", "cpu", "--memory-budget", &tiny],
+        )
+        .expect_code(1)
+        .expect_mentions(&["smallest peak"]);
+    }
+    // Not with --fit (its --memory is the budget there), and a bad size: usage errors.
+    tc_in(
+        dir.path(),
+        &[
+            "plan",
+            &deep,
+            "--fit",
+            "B",
+            "--memory",
+            "1MiB",
+            "--memory-budget",
+            "1MiB",
+        ],
+    )
+    .expect_code(2);
+    tc_in(dir.path(), &["plan", &deep, "--memory-budget", "lots"]).expect_code(2);
+
+    // --fit: the budget at B = 512 buys B >= 512, where the plan without recomputation is
+    // above it; one more does not fit even recomputing.
+    let r = tc_in(
+        dir.path(),
+        &[
+            "plan", &deep, "--device", "cpu", "--fit", "B", "--memory", &b,
+        ],
+    );
+    r.expect_code(0).expect_mentions(&["recomputes"]);
+    let answer: u64 = r
+        .stdout
+        .split("B = ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no answer in {}", r.stdout));
+    assert!(answer >= 512, "{}", r.stdout);
+    let at = |v: u64, budgeted: bool| {
+        let d = format!("B={v}");
+        let mut args = vec!["plan", &deep, "--device", "cpu", "--dim", &d];
+        if budgeted {
+            args.extend(["--memory-budget", &b]);
+        }
+        tc_in(dir.path(), &args)
+    };
+    at(answer, true).expect_code(0);
+    at(answer + 1, true).expect_code(1);
+    let unbudgeted = at(answer, false);
+    unbudgeted.expect_code(0);
+    let line = unbudgeted.stdout.lines().next().unwrap_or_default();
+    let peak: u64 = line
+        .rsplit('(')
+        .next()
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {line}"));
+    assert!(
+        peak > budget,
+        "B={answer} fits without recomputation: {line}"
+    );
+
+    // The training examples: the batch 80 MiB buys for train_mlp.
+    let root = repo_root();
+    tc_in(
+        &root,
+        &[
+            "plan",
+            "examples/train_mlp.tx",
+            "--device",
+            "cpu",
+            "--fit",
+            "B",
+            "--memory",
+            "80MiB",
+        ],
+    )
+    .expect_code(0)
+    .expect_mentions(&["largest B that fits in 80.0 MiB"]);
+}
+
 #[test]
 fn emit_plan_and_run_agree_on_auto() {
     let root = repo_root();

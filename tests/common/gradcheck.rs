@@ -170,6 +170,35 @@ pub const OPS: &[(&str, &str, &str)] = &[
         "param b : f32[1, 4]\ninput n : i64[3, 2]",
         "gather(b, n, axis=1) + sum(x)",
     ),
+    // cumsum: the reversed cumulative sum; concat/stack: slices of the gradient; slices:
+    // the gradient padded with zeros (steps, integer indices, several axes).
+    ("cumsum", "", "cumsum(x, axis=1) * x"),
+    ("cumsum_axis0", "", "cumsum(x * x, axis=0)"),
+    (
+        "concat",
+        "param y : f32[2, 4]",
+        "concat([x, y, x * 2], axis=0)",
+    ),
+    (
+        "concat_last",
+        "input y : f32[3, 2]",
+        "concat([y, x], axis=-1)",
+    ),
+    ("stack", "input y : f32[3, 4]", "stack([x, y], axis=1)"),
+    ("slice_rows", "", "x[1:] * 2"),
+    ("slice_step", "", "x[:, 1::2] + x[:, ::3]"),
+    ("slice_index", "", "x[1, 0:2] * x[-1, 1:3]"),
+    ("slice_both", "", "x[0:2, 1:3] * 3"),
+    (
+        "squeeze",
+        "param s : f32[3, 1]",
+        "x * unsqueeze(squeeze(s, axis=1), axis=1)",
+    ),
+    (
+        "transpose_axes",
+        "input a : f32[4, 2, 3]",
+        "transpose(a, 0, 2) + sum(x)",
+    ),
 ];
 
 /// The training step of one `OPS` entry.

@@ -8,7 +8,8 @@ use crate::ir::graph::Saved;
 use crate::ir::layout::{apply_view, Layout};
 use crate::ir::types::broadcast_dims;
 use crate::ir::{
-    BinaryOp, DType, Dim, Graph, Node, NodeId, Op, Origin, ReduceOp, TensorType, UnaryOp, ViewOp,
+    BinaryOp, DType, Dim, Graph, Node, NodeId, Op, Origin, ReduceOp, SliceAxis, TensorType,
+    UnaryOp, ViewOp,
 };
 
 /// Appends nodes to a graph on behalf of one backward pass.
@@ -317,6 +318,62 @@ impl<'g> Tape<'g> {
         self.push(
             Op::Binary(BinaryOp::Cmp(CmpOp::Eq), a, b),
             TensorType::new(DType::Bool, shape),
+        )
+    }
+
+    /// `x[…]` along one axis: `len` entries from `start` (step 1), the other axes whole (a
+    /// view).
+    pub fn narrow(&mut self, x: NodeId, axis: usize, start: u64, len: u64) -> NodeId {
+        let t = self.ty(x);
+        let axes = (0..t.rank())
+            .map(|a| SliceAxis {
+                start: if a == axis { start } else { 0 },
+                step: 1,
+                keep: true,
+            })
+            .collect();
+        let mut shape = t.shape.clone();
+        shape[axis] = Dim::new(len);
+        self.push(
+            Op::View(ViewOp::Slice(axes), x),
+            TensorType::new(t.dtype, shape),
+        )
+    }
+
+    /// `concat(parts, axis)` of f32 tensors (each part written into its place).
+    pub fn concat(&mut self, parts: Vec<NodeId>, axis: usize) -> NodeId {
+        let parts: Vec<NodeId> = parts.into_iter().map(|p| self.f32(p)).collect();
+        let mut shape = self.ty(parts[0]).shape;
+        shape[axis] = Dim::new(parts.iter().map(|&p| self.ty(p).shape[axis].size).sum());
+        self.push(
+            Op::Concat { args: parts, axis },
+            TensorType::new(DType::F32, shape),
+        )
+    }
+
+    /// `x` with its entries reversed along `axis` (`torch.flip`): a gather by the index
+    /// expression `n - 1 - arange(n)`, computed in the kernel that reads it.
+    pub fn flip(&mut self, x: NodeId, axis: usize) -> NodeId {
+        let t = self.ty(x);
+        let n = t.shape[axis].clone();
+        let last = self.push(
+            Op::Scalar((n.size - 1) as f64),
+            TensorType::scalar(DType::I64),
+        );
+        let a = self.arange_on(&n, axis, t.rank());
+        let sizes = self.ty(a).shape;
+        let last = self.expand(last, &sizes);
+        let rev = self.push(
+            Op::Binary(BinaryOp::Sub, last, a),
+            TensorType::new(DType::I64, sizes),
+        );
+        self.push(
+            Op::Gather {
+                arg: x,
+                index: rev,
+                axis,
+            },
+            t,
         )
     }
 

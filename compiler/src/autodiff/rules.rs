@@ -5,7 +5,7 @@
 
 use super::build::Tape;
 use crate::ir::graph::CmpOp;
-use crate::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, UnaryOp, ViewOp};
+use crate::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, SliceAxis, UnaryOp, ViewOp};
 
 /// The contributions of `id`'s gradient `g` to each of its operands that carries gradient
 /// (`req`), as (operand, contribution in f32 of the operand's shape). Emitted as one
@@ -23,10 +23,22 @@ pub fn node_backward(
     match op {
         // Integer results: no gradient flows through them (SPEC §3.6).
         Op::Input { .. } | Op::Param { .. } | Op::Scalar(_) | Op::Arange | Op::OneHot { .. } => {}
-        // Their backward needs a slice's zero padding (`concat`, `x[…]`) or a reversed
-        // scan (`cumsum`): not built yet.
-        Op::Cumsum { .. } | Op::Concat { .. } => {
-            return Err(format!("`{}`", op.name()));
+        Op::Cumsum { arg, axis } => {
+            if need(arg) {
+                out.push((arg, cumsum_backward(t, axis, g)));
+            }
+        }
+        Op::Concat { args, axis } => {
+            // cat's backward (CatBackward0, saves only the sizes): the slice of the gradient
+            // at each operand's place, a view. (`stack`'s operands are size-1 reshapes.)
+            let mut at = 0;
+            for a in args {
+                let len = t.graph().ty(a).shape[axis].size;
+                if need(a) {
+                    out.push((a, t.narrow(g, axis, at, len)));
+                }
+                at += len;
+            }
         }
         Op::Take { arg, index, axis } => {
             if need(arg) {
@@ -169,7 +181,7 @@ pub fn node_backward(
                     ViewOp::Reshape => t.reshape(g, &shape),
                     // expand's backward is sum_to_size: a reduction, saving nothing.
                     ViewOp::Expand { .. } => t.sum_to(g, &shape),
-                    ViewOp::Slice(_) => return Err("a slice `x[…]`".into()),
+                    ViewOp::Slice(axes) => slice_backward(t, &shape, &axes, g),
                 };
                 out.push((arg, gx));
             }
@@ -567,4 +579,92 @@ fn sum_out(t: &mut Tape, x: NodeId, axes: &[usize], to: &[Dim]) -> NodeId {
     }
     let s = t.reduce(ReduceOp::Sum, x, axes, false);
     t.reshape(s, to)
+}
+
+/// `cumsum`'s gradient, the reversed cumulative sum of `g` (`cumsum_backward`:
+/// `grad.flip(dim).cumsum(dim).flip(dim)`; saves nothing): each flip a gather by an index
+/// computed in its kernel. Three ops, as PyTorch runs them (each its own step of the eager
+/// model: PyTorch allocates each result).
+fn cumsum_backward(t: &mut Tape, axis: usize, g: NodeId) -> NodeId {
+    if shape(t, g)[axis].size == 1 {
+        return g;
+    }
+    let r = t.flip(g, axis);
+    t.begin();
+    let ty = t.graph().ty(r).clone();
+    let c = t.push(Op::Cumsum { arg: r, axis }, ty);
+    t.begin();
+    t.flip(c, axis)
+}
+
+/// A slice's gradient (`slice_backward`: zeros of the operand's shape with `g` written at
+/// the region; saves nothing): `g` padded with zeros by a `concat` on each axis the slice
+/// does not take whole, so `g` is written straight into its place (the region write of a
+/// concat) and the zeros are a fill. A step `s > 1` first interleaves `s - 1` zeros after
+/// each entry (a concat on a new axis, reshaped). Each axis's concat is its own step of the
+/// eager model (tc allocates each; PyTorch's one zero-filled tensor is the last of them).
+fn slice_backward(t: &mut Tape, xs: &[Dim], axes: &[SliceAxis], g: NodeId) -> NodeId {
+    // The gradient with the axes an integer index removed put back (size 1).
+    let gs = shape(t, g);
+    let mut kept = gs.iter();
+    let mut cur_shape: Vec<Dim> = axes
+        .iter()
+        .map(|a| {
+            if a.keep {
+                kept.next().cloned().unwrap_or_else(|| Dim::new(1))
+            } else {
+                Dim::new(1)
+            }
+        })
+        .collect();
+    let mut cur = t.reshape(g, &cur_shape);
+    for (k, a) in axes.iter().enumerate() {
+        let n = cur_shape[k].size;
+        let whole = xs[k].size;
+        let step = if a.keep && n > 1 { a.step } else { 1 };
+        if a.start == 0 && n == whole && step == 1 {
+            continue;
+        }
+        t.begin();
+        let mut len = n;
+        if step > 1 {
+            // [.., n, 1, ..] beside zeros [.., n, s - 1, ..] → [.., n·s, ..] → its first
+            // (n - 1)·s + 1 entries.
+            let mut col = cur_shape.clone();
+            col.insert(k + 1, Dim::new(1));
+            let c = t.reshape(cur, &col);
+            let mut zs = col.clone();
+            zs[k + 1] = Dim::new(step - 1);
+            let z = t.zeros(&zs);
+            let wide = t.concat(vec![c, z], k + 1);
+            let mut flat = cur_shape.clone();
+            flat[k] = Dim::new(n * step);
+            let w = t.reshape(wide, &flat);
+            len = (n - 1) * step + 1;
+            cur = t.narrow(w, k, 0, len);
+        }
+        let after = whole - a.start - len;
+        let mut parts = Vec::new();
+        for (pad, at_end) in [(a.start, false), (after, true)] {
+            if pad == 0 {
+                continue;
+            }
+            let mut zs = cur_shape.clone();
+            zs[k] = Dim::new(pad);
+            let z = t.zeros(&zs);
+            if at_end {
+                parts.push(z);
+            } else {
+                parts.insert(0, z);
+            }
+        }
+        // (the region itself between the two paddings)
+        let mid = usize::from(a.start > 0);
+        parts.insert(mid, cur);
+        if parts.len() > 1 {
+            cur = t.concat(parts, k);
+        }
+        cur_shape[k] = xs[k].clone();
+    }
+    t.reshape(cur, xs)
 }

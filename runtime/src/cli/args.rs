@@ -59,9 +59,15 @@ pub struct PlanArgs {
     /// most --memory.
     #[arg(long, value_name = "DIM", requires = "memory")]
     pub fit: Option<String>,
-    /// The memory to fit in: bytes, or with a unit (512MiB, 2GiB, 80GB).
+    /// The memory to fit in: bytes, or with a unit (512MiB, 2GiB, 80GB). A program with
+    /// `grad` may recompute forward values to fit, as under --memory-budget.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "fit")]
     pub memory: Option<u64>,
+    /// Plan within SIZE bytes with inputs and params (`512MiB`, `2GiB`, or bytes),
+    /// recomputing forward values in the backward pass of a program with `grad`; exit 1
+    /// when no plan fits, as `tc run --memory-budget`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "fit")]
+    pub memory_budget: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,7 +1,9 @@
 //! `tc plan` (SPEC §3.7): plans a program and reports its memory without running it or
 //! allocating its data, for the CPU or for CUDA (cuBLAS workspace included) whether or not
-//! a GPU is here; and `--fit DIM --memory SIZE`, the largest value of a dim whose planned
-//! peak with inputs and params fits SIZE, found by doubling then bisection over compiles.
+//! a GPU is here, within `--memory-budget` (recomputation in a program with `grad`, as `tc
+//! run`'s); and `--fit DIM --memory SIZE`, the largest value of a dim whose planned peak
+//! with inputs and params fits SIZE (recomputing, in a program with `grad`, where that
+//! makes it fit), found by doubling then bisection over compiles.
 
 use super::args::{DeviceChoice, PlanArgs};
 use super::{compile_error, compile_options, console, output, read_source, CliError, Source};
@@ -36,7 +38,7 @@ pub fn plan(args: &PlanArgs) -> Result<(), CliError> {
         (Some(dim), Some(size)) => fit(&source, &options, dim, size)?,
         _ => {
             console::status("planning");
-            let p = super::compile(&source, &options)?;
+            let p = super::compile_budgeted(&source, &options, args.memory_budget)?;
             console::clear_status();
             p
         }
@@ -62,22 +64,39 @@ pub fn plan(args: &PlanArgs) -> Result<(), CliError> {
     destinations.commit(&[], &program.memory)
 }
 
-/// The planned peak with inputs and params at `dim = value`, or `None` when some tensor or
-/// the arena has more bytes than 64 bits count (it fits nothing).
+/// The plan at `dim = value` for a memory of `size` bytes, or `None` when some tensor or the
+/// arena has more bytes than 64 bits count (it fits nothing). A program with `grad` whose
+/// plan is above `size` is planned again under the budget `size` (recomputation, as
+/// `--memory-budget`): the budgeted plan when it fits, else the unbudgeted one (whose
+/// peak the answer names).
 fn peak_at(
     source: &Source,
     options: &CompileOptions,
     dim: &str,
     value: u64,
+    size: u64,
 ) -> Result<Option<Program>, CliError> {
     let mut opts = options.clone();
     opts.dims.push((dim.to_string(), value));
     console::status(&format!("planning with {dim} = {value}"));
     let result = tc_compiler::compile(&source.text, &opts);
     console::clear_status();
-    match result {
-        Ok(p) => Ok(Some(p)),
-        Err(d) if d.iter().all(|d| d.kind == ErrorKind::TensorTooLarge) => Ok(None),
+    let p = match result {
+        Ok(p) => p,
+        Err(d) if d.iter().all(|d| d.kind == ErrorKind::TensorTooLarge) => return Ok(None),
+        Err(d) => return Err(compile_error(source, &d)),
+    };
+    if p.memory.peaks.planned.with_inputs <= size || p.checked.grads.is_empty() {
+        return Ok(Some(p));
+    }
+    console::status(&format!(
+        "planning with {dim} = {value}, recomputing within the budget"
+    ));
+    let budgeted = tc_compiler::compile_with_budget(&source.text, &opts, Some(size));
+    console::clear_status();
+    match budgeted {
+        Ok(b) => Ok(Some(b)),
+        Err(d) if d.iter().all(|d| d.kind == ErrorKind::OverBudget) => Ok(Some(p)),
         Err(d) => Err(compile_error(source, &d)),
     }
 }
@@ -110,7 +129,7 @@ fn fit(
             }
         )));
     }
-    let one = peak_at(source, options, dim, 1)?;
+    let one = peak_at(source, options, dim, 1, size)?;
     if !fits(&one, size) {
         let need = one.as_ref().map_or_else(
             || "more bytes than 64 bits count".to_string(),
@@ -129,7 +148,7 @@ fn fit(
     let mut hi: Option<(u64, Option<Program>)> = None;
     let mut v = 2u64;
     while hi.is_none() {
-        let p = peak_at(source, options, dim, v)?;
+        let p = peak_at(source, options, dim, v, size)?;
         if fits(&p, size) {
             (lo, best) = (v, p);
             match v.checked_mul(2) {
@@ -149,7 +168,7 @@ fn fit(
     };
     while hi_v - lo > 1 {
         let mid = lo + (hi_v - lo) / 2;
-        let p = peak_at(source, options, dim, mid)?;
+        let p = peak_at(source, options, dim, mid, size)?;
         if fits(&p, size) {
             (lo, best) = (mid, p);
         } else {
@@ -171,5 +190,19 @@ fn fit(
         human(size),
         human(at)
     );
+    if let Some(r) = best
+        .memory
+        .recompute
+        .as_ref()
+        .filter(|r| !r.values.is_empty())
+    {
+        println!(
+            "at {dim} = {lo} tc recomputes {} in the backward pass ({} FLOPs, {:.1}% of the \
+             forward's)",
+            r.values.join(", "),
+            r.flops,
+            100.0 * r.flops as f64 / r.forward_flops.max(1) as f64
+        );
+    }
     Ok(best)
 }
