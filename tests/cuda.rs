@@ -475,10 +475,16 @@ fn hand_built_kernels_snapshot() {
 
 #[test]
 fn long_rows_fold_dependent_reductions_into_one_read() {
-    // Rows held in registers keep the exact two-pass maths; rows re-read from memory
-    // compute max and sum (softmax) or mean and variance (layernorm) in one read.
+    // Rows held in registers are read once and combine max and sum across the block once
+    // (one block reduction, 3 barriers, not two); layernorm's mean and variance there keep
+    // two reductions (Welford's divide per element would cost more). Rows re-read from
+    // memory compute max and sum (softmax) or mean and variance (layernorm) in one read.
     let short = emit_program(&softmax_plan(DType::F32, 16, 4096));
-    assert!(short.contains("read once") && !short.contains("tc_block_softmax(acc"));
+    assert!(short.contains("read once, online softmax in one reduction"));
+    assert!(short.contains("tc_block_softmax(acc1, acc4, tc_smem2);"));
+    assert!(!short.contains("reduction pass 2") && !short.contains("= tc_block_max(acc"));
+    // ... and read 16 bytes at a time: 4096 = 2 float4s for each of 512 threads.
+    assert!(short.contains("float4 r0 = *reinterpret_cast<const float4*>(b0 + base0 + j);"));
     for d in DType::FLOATS {
         let long = emit_program(&softmax_plan(d, 2, 100_000));
         assert!(long.contains("online softmax in one"), "{d}");
@@ -645,6 +651,35 @@ fn examples_kernels_compile_with_nvrtc() {
         options.plan.reuse = false;
         let unfused = tc_compiler::compile(&source, &options).expect("unfused plan");
         check_compiles(&format!("{name} --no-fuse"), &unfused.plan);
+    }
+}
+
+/// Every op of SPEC §3.5 (each unary arm, integer ones included, `clamp`, `leaky_relu`,
+/// the `logsumexp`/`var`/`std` row kernels) in f32, f16, bf16 and i32 compiles for sm_80
+/// and sm_90, fused and unfused.
+#[test]
+#[cfg_attr(
+    tc_no_nvrtc,
+    ignore = "needs NVRTC, not found when the tests were built (tests/build.rs)"
+)]
+fn more_maths_kernels_compile_with_nvrtc() {
+    require_nvrtc();
+    for dtype in ["f32", "f16", "bf16"] {
+        let source = format!(
+            "dim R = 40\ndim C = 1100\ninput x : {dtype}[R, C]\ninput k : i32[R, C]\n\
+             a = log1p(abs(x)) + expm1(x) + floor(x) + ceil(x) + round(x) + sign(x)\n\
+             b = reciprocal(x) + tan(x) + softplus(x) + gelu_tanh(x) + leaky_relu(x, slope=0.1)\n\
+             c = clamp(x, min=-1, max=2) + clamp(x, max=0.5)\n\
+             i = clamp(k, min=0) + sign(k) + floor(k) + round(k)\n\
+             l = logsumexp(x, axis=-1)\nv = var(x, axis=0, correction=0)\ns = std(x, axis=-1, keepdim=true)\n\
+             output a, b, c, i, l, v, s\n"
+        );
+        for fuse in [true, false] {
+            let mut options = cuda_options(&[]);
+            options.plan.fuse = fuse;
+            let program = tc_compiler::compile(&source, &options).expect("compiles");
+            check_compiles(&format!("more maths {dtype} fuse={fuse}"), &program.plan);
+        }
     }
 }
 

@@ -243,6 +243,22 @@ fn the_generator_draws_every_dtype_and_comparison_op() {
         "sum(v",
         "max(v",
         "min(v",
+        "clamp(",
+        "leaky_relu(",
+        "log1p(",
+        "expm1(",
+        "floor(",
+        "ceil(",
+        "round(",
+        "sign(",
+        "reciprocal(",
+        "tan(",
+        "softplus(",
+        "gelu_tanh(",
+        "var(",
+        "std(",
+        "logsumexp(",
+        "correction=0",
     ] {
         assert!(text.contains(needle), "no generated program has `{needle}`");
     }

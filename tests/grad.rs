@@ -330,3 +330,42 @@ fn eager_matches_pytorch_autograd() {
         }
     }
 }
+
+/// PyTorch's rules at the kinks of SPEC §3.5's maths, on exact data: `clamp` passes the
+/// gradient where `min <= x <= max` (both ends inclusive), `leaky_relu` has the slope at
+/// 0, `floor`/`ceil`/`round`/`sign` have slope 0, `std` of a constant row is 0 (not NaN).
+#[test]
+fn maths_kinks_follow_pytorch() {
+    let x = vector(&[-0.5, 0.7, 0.0, 2.0, -1.0]);
+    let cases: &[(&str, &[f32])] = &[
+        (
+            "v = sum(clamp(x, min=-0.5, max=0.7))\ng = grad(v, x)",
+            &[1.0, 1.0, 1.0, 0.0, 0.0],
+        ),
+        (
+            "v = sum(clamp(x, min=0))\ng = grad(v, x)",
+            &[0.0, 1.0, 1.0, 1.0, 0.0],
+        ),
+        (
+            "v = sum(clamp(x, min=1, max=-1))\ng = grad(v, x)",
+            &[0.0, 0.0, 0.0, 0.0, 0.0],
+        ),
+        (
+            "v = sum(leaky_relu(x, slope=0.25))\ng = grad(v, x)",
+            &[0.25, 1.0, 0.25, 1.0, 0.25],
+        ),
+        (
+            "v = sum(floor(x) + ceil(x) + round(x) + sign(x))\ng = grad(v, x)",
+            &[0.0, 0.0, 0.0, 0.0, 0.0],
+        ),
+        (
+            "v = std(x * 0 + 2)\ng = grad(v, x)",
+            &[0.0, 0.0, 0.0, 0.0, 0.0],
+        ),
+    ];
+    for (body, want) in cases {
+        let source = format!("input x : f32[5]\n{body}\noutput g\n");
+        let got = run_cpu(&source, std::slice::from_ref(&x));
+        assert_eq!(&got[0], want, "{body}");
+    }
+}

@@ -57,6 +57,36 @@ fn specials() -> Vec<f32> {
     ]
 }
 
+/// More values for the one-operand ops: half-way cases of `round` (ties to even, in f32
+/// and, once rounded to them, in f16 and bf16), the largest non-integral f32s, `softplus`'s
+/// threshold and its neighbours, `tan` near its pole, `log1p`/`expm1` near 0 and -1.
+fn unary_extras() -> Vec<f32> {
+    vec![
+        -0.5,
+        1.5,
+        2.5,
+        -1.5,
+        -3.5,
+        0.49999997,
+        8388607.5,
+        -8388607.5,
+        4194304.5,
+        1.0000001,
+        20.0,
+        f32::from_bits(20f32.to_bits() + 1),
+        f32::from_bits(20f32.to_bits() - 1),
+        1.5707964,
+        -std::f32::consts::FRAC_PI_2,
+        1e-7,
+        -1e-7,
+        -0.99999994,
+        -1.0,
+        -20.0,
+        -90.0,
+        9.5,
+    ]
+}
+
 /// `x` written as an expression the checker folds to exactly `x` (as f64).
 fn literal(x: f32) -> String {
     if x.is_nan() {
@@ -236,7 +266,7 @@ fn folding_and_running_agree_on_special_values_for_every_op() {
     let xs = specials();
     for dtype in DType::FLOATS {
         for op in UnaryOp::ALL {
-            for &x in &xs {
+            for &x in xs.iter().chain(&unary_extras()) {
                 failures.extend(check_unary(dtype, op, x).err());
             }
         }
@@ -362,5 +392,160 @@ fn integer_and_bool_programs_match_the_reference() {
                 panic!("program {i}, seed {seed}: {e}\n{src}");
             }
         }
+    }
+}
+
+/// `clamp` and `leaky_relu` (SPEC §3.5, decomposed into `maximum`/`minimum` and a `where`):
+/// the call on a literal and on a rank-0 tensor agree in the reference, and the CPU
+/// executor agrees with it (bit for bit for `clamp`; `leaky_relu` multiplies by the f32
+/// slope, as PyTorch's kernel does, within an ulp of the exact product), in f32, f16 and
+/// bf16, on the special values: NaN stays NaN, bounds cross (`min > max` gives `max`).
+#[test]
+fn clamp_and_leaky_relu_agree_on_special_values() {
+    let calls: &[(&str, eval::Accuracy)] = &[
+        ("clamp({}, min=-1, max=2)", eval::Accuracy::EXACT),
+        ("clamp({}, min=0)", eval::Accuracy::EXACT),
+        ("clamp({}, max=-0.5)", eval::Accuracy::EXACT),
+        ("clamp({}, min=2, max=-1)", eval::Accuracy::EXACT),
+        ("clamp({}, min=0.1, max=1e30)", eval::Accuracy::EXACT),
+        (
+            "leaky_relu({})",
+            eval::Accuracy {
+                ulps: 1.0,
+                abs: 0.0,
+            },
+        ),
+        (
+            "leaky_relu({}, slope=-2)",
+            eval::Accuracy {
+                ulps: 1.0,
+                abs: 0.0,
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for dtype in DType::FLOATS {
+        for (call, acc) in calls {
+            for &x in specials().iter().chain(&unary_extras()) {
+                let x = to(dtype, x);
+                let folded = folded_in(dtype, &call.replace("{}", &literal(x)));
+                let tensor = format!(
+                    "input a : {dtype}[]\ny = {}\noutput y\n",
+                    call.replace("{}", "a")
+                );
+                let what = format!("{dtype} {}", call.replace("{}", &format!("{x:e}")));
+                let result =
+                    run(&folded, dtype, &[]).and_then(|f| Ok((f, run(&tensor, dtype, &[x])?)));
+                match result {
+                    Err(e) => failures.push(format!("{what}: {e}")),
+                    Ok(((fold_ref, fold_cpu), (ten_ref, ten_cpu))) => {
+                        if !same(fold_ref, ten_ref) {
+                            failures
+                                .push(format!("{what}: folded {fold_ref:e}, tensor {ten_ref:e}"));
+                        }
+                        for got in [fold_cpu, ten_cpu] {
+                            if !cpu_agrees(dtype, *acc, got, ten_ref) {
+                                failures
+                                    .push(format!("{what}: CPU {got:e}, reference {ten_ref:e}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}",
+        failures[..failures.len().min(12)].join("\n")
+    );
+}
+
+/// The clamp of an integer stays an integer (exact), a float bound makes it f32, and
+/// `floor`/`ceil`/`round`/`sign` keep integer dtypes, as PyTorch's.
+#[test]
+fn integer_maths_keeps_its_dtype() {
+    let src = "dim N = 7\ninput k : i32[N]\ninput b : bool[N]\n\
+               c = clamp(k, min=-2, max=3)\nf = clamp(k, max=1.5)\ns = sign(k)\nr = round(k) + floor(k) - ceil(k)\n\
+               cb = clamp(b, min=0)\nsb = sign(b)\nl = log1p(abs(k))\noutput c, f, s, r, cb, sb, l\n";
+    let checked = tc_compiler::check(src, &[]).expect("checks");
+    let dtypes: Vec<DType> = checked
+        .outputs
+        .iter()
+        .map(|o| checked.dtype(o.node))
+        .collect();
+    use DType::*;
+    assert_eq!(dtypes, [I32, F32, I32, I32, I64, Bool, F32]);
+    for seed in 0..3 {
+        if let Err(e) = tc_tests::differential(src, &[], seed) {
+            panic!("seed {seed}: {e}");
+        }
+    }
+}
+
+/// `logsumexp`, `var` and `std` over rows holding NaN, ±inf, ±0, huge and subnormal
+/// values: the CPU executor (every fuse/reuse combination) against the f64 reference.
+/// PyTorch's special cases: a row of -inf has logsumexp -inf, a row with +inf +inf (not
+/// NaN), a NaN anywhere NaN; the variance of a row with an infinity is NaN, of one
+/// element with `correction=1` NaN (0/0).
+#[test]
+fn row_maths_on_special_values_match_the_reference() {
+    let rows: &[[f32; 4]] = &[
+        [f32::NAN, 1.0, 2.0, 3.0],
+        [f32::INFINITY, 1.0, -2.0, 0.5],
+        [f32::NEG_INFINITY; 4],
+        [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, -1.0],
+        [f32::INFINITY, f32::NEG_INFINITY, 0.0, 0.0],
+        [1e18, 1e18, -1e18, 3e18],
+        [0.0, -0.0, f32::from_bits(1), -f32::from_bits(1)],
+        [100.0, 100.0, 100.0, 100.0],
+        [-88.0, -104.0, -200.0, -1e15],
+        [1.0, 2.0, 3.0, 4.0],
+    ];
+    let values: Vec<f32> = rows.iter().flatten().copied().collect();
+    let n = rows.len() as u64;
+    for dtype in DType::FLOATS {
+        let src = format!(
+            "input x : {dtype}[{n}, 4]\nl = logsumexp(x, axis=-1)\nlk = logsumexp(x, axis=[1], keepdim=true)\n\
+             v = var(x, axis=1)\nv0 = var(x, axis=-1, correction=0)\ns = std(x, axis=-1, keepdim=true)\n\
+             t = std(x[:, :1], axis=1)\nla = logsumexp(x[2:4])\noutput l, lk, v, v0, s, t, la\n"
+        );
+        let program = tc_compiler::compile(&src, &CompileOptions::default()).expect("compiles");
+        let x = HostTensor::from_f32(dtype, vec![n, 4], &values);
+        let want = reference::evaluate(&program.checked, std::slice::from_ref(&x), &[])
+            .expect("reference");
+        for (fuse, reuse) in tc_tests::COMBOS {
+            let options = CompileOptions {
+                plan: tc_compiler::PlanOptions {
+                    fuse,
+                    reuse,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let program = tc_compiler::compile(&src, &options).expect("compiles");
+            let got =
+                tc_runtime::cpu::run(&program.plan, std::slice::from_ref(&x), &[]).expect("runs");
+            for ((g, w), o) in got.iter().zip(&want).zip(&program.checked.outputs) {
+                let tol = tc_tests::tolerance(dtype);
+                for (i, (&gv, &wv)) in g.to_f32().iter().zip(&w.values).enumerate() {
+                    assert!(
+                        tol.admits(gv as f64, wv, 1.0),
+                        "{dtype} {} [{i}] fuse={fuse} reuse={reuse}: CPU {gv}, reference {wv}",
+                        o.name
+                    );
+                }
+            }
+        }
+        // PyTorch's special cases, in the reference itself.
+        let l = &want[0].values;
+        assert!(l[0].is_nan() && l[1] == f64::INFINITY && l[2] == f64::NEG_INFINITY);
+        assert!(l[4] == f64::INFINITY && (l[3] - (1.0f64 + (-1f64).exp()).ln()).abs() < 1e-2);
+        let v = &want[2].values;
+        assert!(v[0].is_nan() && v[1].is_nan() && v[7] == 0.0);
+        assert!(
+            want[5].values.iter().all(|t| t.is_nan()),
+            "std of one element, correction 1"
+        );
     }
 }

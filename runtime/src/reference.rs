@@ -215,6 +215,55 @@ fn evaluate_with(
                 let ms = line.iter().map(|&x| x * x).sum::<f64>() / line.len() as f64;
                 line.iter().map(|&x| x / (ms + eps).sqrt()).collect()
             })?),
+            Op::Clamp { arg, min, max } => {
+                let a = get(*arg);
+                let bound = |b: &Option<f64>| b.map(|v| Value::constant(a.dtype, v));
+                let (lo, hi) = (bound(min), bound(max));
+                (
+                    a.shape.clone(),
+                    a.vals()
+                        .into_iter()
+                        .map(|x| clamp(a.dtype, x, lo, hi, rounding))
+                        .collect(),
+                )
+            }
+            Op::LeakyRelu { arg, slope } => {
+                let a = get(*arg);
+                (
+                    a.shape.clone(),
+                    a.values
+                        .iter()
+                        .map(|&x| Value::Float(if x > 0.0 { x } else { x * slope }))
+                        .collect(),
+                )
+            }
+            Op::Var {
+                arg,
+                axes,
+                keepdim,
+                correction,
+                sqrt,
+            } => {
+                let (correction, sqrt) = (*correction, *sqrt);
+                floats(over_lines(get(*arg), axes, *keepdim, |line| {
+                    let n = line.len() as f64;
+                    let mean = line.iter().sum::<f64>() / n;
+                    let m2: f64 = line.iter().map(|&x| (x - mean) * (x - mean)).sum();
+                    let var = m2 / (n - correction).max(0.0);
+                    if sqrt {
+                        var.sqrt()
+                    } else {
+                        var
+                    }
+                })?)
+            }
+            Op::LogSumExp { arg, axes, keepdim } => {
+                floats(over_lines(get(*arg), axes, *keepdim, |line| {
+                    let m = eval::reduce(ReduceOp::Max, line.iter().copied());
+                    let m = if m.is_infinite() { 0.0 } else { m };
+                    line.iter().map(|&x| (x - m).exp()).sum::<f64>().ln() + m
+                })?)
+            }
             Op::MatMul(a, b) => floats(matmul(get(*a), get(*b))?),
             Op::Cast { arg, .. } => {
                 let a = get(*arg);
@@ -381,6 +430,62 @@ fn reduce(
             .collect()
     };
     Ok((shape, acc))
+}
+
+/// `clamp(x, lo, hi)`: `minimum(hi, maximum(lo, x))` in `dtype` (NaN stays NaN); floats
+/// are not rounded unless `rounding` (`evaluate_exact` keeps them as computed).
+fn clamp(dtype: DType, x: Value, lo: Option<Value>, hi: Option<Value>, rounding: bool) -> Value {
+    use tc_compiler::ir::BinaryOp;
+    let op = |op: BinaryOp, c: Value, x: Value| match (c, x) {
+        (Value::Float(c), Value::Float(x)) if !rounding => Value::Float(eval::binary(op, c, x)),
+        (c, x) => eval::binary_value(op, dtype, c, x),
+    };
+    let x = match lo {
+        Some(lo) => op(BinaryOp::Maximum, lo, x),
+        None => x,
+    };
+    match hi {
+        Some(hi) => op(BinaryOp::Minimum, hi, x),
+        None => x,
+    }
+}
+
+/// `f` of each line over `axes` (its elements in row-major order over the reduced axes),
+/// as a reduction's result (`keepdim` as for `reduce`); no axes: `f` of each element.
+fn over_lines(
+    a: &RefTensor,
+    axes: &[usize],
+    keepdim: bool,
+    f: impl Fn(&[f64]) -> f64,
+) -> Result<(Vec<u64>, Vec<f64>), String> {
+    if axes.iter().any(|&x| x >= a.shape.len()) {
+        return Err(format!("axes {axes:?} out of range for {:?}", a.shape));
+    }
+    let kept: Vec<u64> = a
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| if axes.contains(&d) { 1 } else { s })
+        .collect();
+    let mut lines: Vec<Vec<f64>> = vec![Vec::new(); numel(&kept)];
+    for (i, &x) in a.values.iter().enumerate() {
+        let mut idx = unravel(i, &a.shape);
+        for &d in axes {
+            idx[d] = 0;
+        }
+        lines[ravel(&idx, &kept)].push(x);
+    }
+    let shape = if keepdim {
+        kept
+    } else {
+        a.shape
+            .iter()
+            .enumerate()
+            .filter(|(d, _)| !axes.contains(d))
+            .map(|(_, &s)| s)
+            .collect()
+    };
+    Ok((shape, lines.iter().map(|l| f(l)).collect()))
 }
 
 /// `argmax`/`argmin` over `axes`: the row-major position within the reduced axes of

@@ -334,7 +334,7 @@ impl Gen<'_> {
                 let shape = broadcast(&k.shape, &j.shape).unwrap_or_default();
                 let (kn, jn) = (&k.name, &j.name);
                 let pd = promote_int(&k, &j);
-                let (expr, dtype, bound) = match self.rng.below(8) {
+                let (expr, dtype, bound) = match self.rng.below(10) {
                     0 => (format!("{kn} + {jn}"), pd, k.bound + j.bound),
                     1 => (format!("{kn} - {jn}"), pd, k.bound + j.bound),
                     2 => (format!("{kn} * {jn}"), pd, k.bound * j.bound),
@@ -350,11 +350,22 @@ impl Gen<'_> {
                         pd,
                         k.bound + j.bound * j.bound,
                     ),
-                    _ => (
+                    7 => (
                         format!("{kn} * 1000003 * 1000003"),
                         if k.dtype == "bool" { "i64" } else { k.dtype },
                         1e12 * k.bound,
                     ),
+                    // SPEC §3.5 on integers: clamp keeps the dtype (bool meets an integer
+                    // literal: i64), floor/ceil/round/sign are exact and keep it too.
+                    8 => (
+                        format!("clamp({kn}, min=-3, max=5)"),
+                        if k.dtype == "bool" { "i64" } else { k.dtype },
+                        5.0,
+                    ),
+                    _ => {
+                        let op = *self.rng.pick(&["floor", "ceil", "round"]);
+                        (format!("sign({kn}) * {op}({jn})"), pd, j.bound)
+                    }
                 };
                 let shape = if expr.contains(jn.as_str()) {
                     shape
@@ -626,12 +637,34 @@ impl Gen<'_> {
     }
 
     fn reduction(&mut self, x: &Var) -> Var {
-        let op = *self.rng.pick(&["sum", "mean", "max", "min"]);
+        let op = *self.rng.pick(&[
+            "sum",
+            "mean",
+            "max",
+            "min",
+            "sum",
+            "mean",
+            "max",
+            "min",
+            "var",
+            "std",
+            "logsumexp",
+        ]);
+        // (`std`'s gradient divides by the result, which rounding makes 1e-8 in f32 where
+        // it is 1e-17 in f64 when the row's values are all equal: not in training steps)
+        let op = if op == "std" && self.f32_leaves {
+            "var"
+        } else {
+            op
+        };
         let r = x.shape.len();
         let count: u64;
         let (expr, shape) = if r == 0 || self.rng.chance(15) {
             count = x.shape.iter().product();
-            (format!("{op}({})", x.name), vec![])
+            (
+                format!("{op}({}{})", x.name, self.correction(op, count)),
+                vec![],
+            )
         } else {
             let mut axes: Vec<usize> = (0..r).filter(|_| self.rng.chance(40)).collect();
             if axes.is_empty() {
@@ -657,17 +690,79 @@ impl Gen<'_> {
                     }
                 })
                 .collect();
+            let correction = self.correction(op, count);
             (
-                format!("{op}({}, axis={axis}, keepdim={keep})", x.name),
+                format!("{op}({}, axis={axis}, keepdim={keep}{correction})", x.name),
                 shape,
             )
         };
-        let bound = if op == "sum" {
-            x.bound * count as f64
-        } else {
-            x.bound
+        let bound = match op {
+            "sum" => x.bound * count as f64,
+            "var" => 2.0 * x.bound * x.bound,
+            "std" => 1.5 * x.bound,
+            "logsumexp" => x.bound + (count as f64).ln(),
+            _ => x.bound,
         };
         self.bind(expr, x.dtype, shape, bound)
+    }
+
+    /// `var`/`std`'s `correction` argument: 0 for a row of one element (whose corrected
+    /// variance divides by 0), else the default or an explicit 0 or 1.
+    fn correction(&mut self, op: &str, count: u64) -> String {
+        if !matches!(op, "var" | "std") {
+            return String::new();
+        }
+        if count <= 1 {
+            return ", correction=0".into();
+        }
+        self.rng
+            .pick(&["", "", ", correction=0", ", correction=1"])
+            .to_string()
+    }
+
+    /// The maths of SPEC §3.5 on a float value: `clamp`, `leaky_relu`, `log1p`, `expm1`,
+    /// `tan`, `reciprocal`, `softplus`, `gelu_tanh` (arguments kept where they are well
+    /// conditioned), and `floor`/`ceil`/`round`/`sign` of a leaf (doubled: exact on every
+    /// path, so no rounding difference moves a value across a step).
+    fn maths(&mut self, x: &Var) -> Var {
+        let n = &x.name;
+        let b = x.bound;
+        let (expr, bound) = match self.rng.below(11) {
+            0 => (format!("clamp({n}, min=-1, max=1.5)"), 1.5),
+            1 => {
+                let bounds =
+                    *self
+                        .rng
+                        .pick(&["min=0.25", "max=-0.5", "min=-2, max=-3", "max=2, min=0"]);
+                (format!("clamp({n}, {bounds})"), b.max(3.0))
+            }
+            2 => {
+                let slope = *self.rng.pick(&["", ", slope=0.2", ", slope=-0.5"]);
+                (format!("leaky_relu({n}{slope})"), b)
+            }
+            3 => (format!("log1p(abs({n}))"), (1.0 + b).ln().max(1.0)),
+            4 => (format!("expm1(tanh({n}))"), 2.0),
+            5 => (format!("tan(tanh({n}))"), 1.6),
+            6 => (format!("reciprocal(abs({n}) + 0.5)"), 2.0),
+            7 => (format!("softplus({n})"), b + 1.0),
+            8 => (format!("gelu_tanh({n})"), b),
+            _ => {
+                let leaves: Vec<Var> = self
+                    .vars
+                    .iter()
+                    .filter(|v| !v.name.starts_with('v') && is_float(v.dtype))
+                    .cloned()
+                    .collect();
+                if leaves.is_empty() {
+                    return self.bind(format!("softplus({n})"), x.dtype, x.shape.clone(), b + 1.0);
+                }
+                let l = self.rng.pick(&leaves).clone();
+                let op = *self.rng.pick(&["floor", "ceil", "round", "sign"]);
+                let e = format!("{op}({} * 2)", l.name);
+                return self.bind(e, l.dtype, l.shape.clone(), 2.0 * l.bound + 1.0);
+            }
+        };
+        self.bind(expr, x.dtype, x.shape.clone(), bound)
     }
 
     fn row_op(&mut self, x: &Var) -> Var {
@@ -1131,6 +1226,9 @@ impl Gen<'_> {
         }
         let x = self.any_var();
         match self.rng.below(12) {
+            0..=2 if self.rng.chance(35) => {
+                self.maths(&x);
+            }
             0..=2 => {
                 self.unary(&x);
             }

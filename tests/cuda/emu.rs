@@ -531,3 +531,199 @@ fn emu_attention_programs_match_the_cpu() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// SPEC §3.5's maths in the generated CUDA C against the CPU executor on special values:
+/// the correctly rounded ones (`floor`, `ceil`, `round` half to even, `sign` with +0 for ±0
+/// and NaN, `reciprocal`, `clamp` with crossed bounds) bit for bit, the transcendental ones
+/// (CUDA's `log1pf`, `expm1f`, `tanf`, `expf` against the CPU's) within the executors'
+/// tolerance with the same infinities and NaNs; `logsumexp`, `var`, `std` as row kernels.
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_more_maths_matches_the_cpu_on_special_values() {
+    require_emu();
+    let source = "input x : f32[4, 8]\n\
+                  f = floor(x)\nc = ceil(x)\nr = round(x)\ns = sign(x)\nq = reciprocal(x)\n\
+                  k = clamp(x, min=-1, max=2)\nkx = clamp(x, min=2, max=-1)\nl = leaky_relu(x)\n\
+                  p = log1p(x)\ne = expm1(x)\nt = tan(x)\nsp = softplus(x)\ng = gelu_tanh(x)\n\
+                  lse = logsumexp(x, axis=-1)\nv = var(x, axis=1, keepdim=true)\nsd = std(x, axis=0)\n\
+                  output f, c, r, s, q, k, kx, l, p, e, t, sp, g, lse, v, sd\n";
+    let exact = ["f", "c", "r", "s", "q", "k", "kx"];
+    let program =
+        tc_compiler::compile(source, &tc_compiler::CompileOptions::default()).expect("compiles");
+    let plan = &program.plan;
+    let values = [
+        -0.0f32,
+        0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.5,
+        -0.5,
+        1.5,
+        2.5,
+        -2.5,
+        8388607.5,
+        f32::from_bits(1),
+        -1e-7,
+        20.0,
+        20.5,
+        -30.0,
+        1.5707964,
+        -0.999,
+        3.0,
+        -100.0,
+        0.1,
+        7.25,
+        -3.75,
+        1e30,
+        -1e30,
+        2.0,
+        -1.0,
+        0.75,
+        4.5,
+        -4.5,
+        90.0,
+        -0.25,
+    ];
+    let inputs = vec![HostTensor::from_f32(DType::F32, vec![4, 8], &values)];
+    let cpu = tc_runtime::cpu::run(plan, &inputs, &[]).expect("CPU");
+    let kernels = emit_kernels(plan).expect("the plan lowers");
+    let emulated =
+        emu::run(plan, &kernels, &inputs, &[], &EmuOptions::default()).expect("emulated");
+    let tol = tc_tests::between_executors(DType::F32);
+    for (j, out) in plan.outputs.iter().enumerate() {
+        let (c, e) = (cpu[j].to_f32(), emulated[j].to_f32());
+        for (i, (&a, &b)) in c.iter().zip(&e).enumerate() {
+            let ok = if exact.contains(&out.name.as_str()) {
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+            } else {
+                tol.admits(b as f64, a as f64, 1.0)
+            };
+            assert!(
+                ok,
+                "{}[{i}]: the CPU gives {a:e}, the emulated CUDA C {b:e}",
+                out.name
+            );
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_argmax_over_threads_keeps_the_first_position() {
+    require_emu();
+    // argmax/argmin whose rows are shared by a warp (300), a block (3000) and split over
+    // slices (a column reduction), on data made of ties (5 values) with NaNs in some rows
+    // (first, last, twice, alone): the threads' combine must give the CPU's first
+    // position, exactly, and the same bits forward and in reverse.
+    let source = "input x : f32[6, 3000]\n\
+                  input s : f32[6, 300]\n\
+                  input n : i32[6, 3000]\n\
+                  a = argmax(x, axis=1)\n\
+                  b = argmin(x, axis=1)\n\
+                  c = argmax(x, axis=0)\n\
+                  d = argmin(s, axis=1)\n\
+                  e = argmax(n, axis=1)\n\
+                  f = argmin(x, axis=0)\n\
+                  output a, b, c, d, e, f\n";
+    let program =
+        tc_compiler::compile(source, &tc_compiler::CompileOptions::default()).expect("compiles");
+    let plan = &program.plan;
+    let ties = |rows: usize, cols: usize, nan_rows: bool| {
+        let mut v: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 + i / cols * 13) % 5) as f32 - 2.0)
+            .collect();
+        if nan_rows {
+            v[cols - 1] = f32::NAN;
+            v[2 * cols] = f32::NAN;
+            v[3 * cols + 1700] = f32::NAN;
+            v[3 * cols + 2100] = f32::NAN;
+            // a row of one value but for a NaN in the middle
+            for x in &mut v[4 * cols..5 * cols] {
+                *x = 1.0;
+            }
+            v[4 * cols + 1234] = f32::NAN;
+        }
+        v
+    };
+    let x = ties(6, 3000, true);
+    let s = ties(6, 300, false);
+    let n: Vec<i64> = (0..6 * 3000).map(|i| ((i * 31) % 7) as i64).collect();
+    let inputs = vec![
+        HostTensor::from_f32(DType::F32, vec![6, 3000], &x),
+        HostTensor::from_f32(DType::F32, vec![6, 300], &s),
+        HostTensor::from_i64(DType::I32, vec![6, 3000], &n),
+    ];
+    let kernels = emit_kernels(plan).expect("the plan lowers");
+    let modes = ["one warp per row", "one block of", "32 rows per block"];
+    for m in modes {
+        assert!(
+            kernels.iter().any(|k| k.source.contains(m)),
+            "no argmax kernel runs with {m}"
+        );
+    }
+    assert!(
+        kernels
+            .iter()
+            .all(|k| !k.source.contains("one thread per row")),
+        "argmax no longer walks a row in one thread"
+    );
+    check_plan("argmax over threads", plan, &inputs, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let cpu = tc_runtime::cpu::run(plan, &inputs, &[]).expect("CPU");
+    let emulated =
+        emu::run(plan, &kernels, &inputs, &[], &EmuOptions::default()).expect("emulated");
+    for (j, out) in plan.outputs.iter().enumerate() {
+        assert_eq!(cpu[j].to_i64(), emulated[j].to_i64(), "{}", out.name);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_cumsum_scans_rows_in_tiles() {
+    require_emu();
+    // cumsum over rows a block (3000) and a warp (300) share, scanned tile by tile, with a
+    // reduction and an elementwise consumer fused in, f32, f16 and integers; and a column
+    // cumsum (one thread per row, neighbouring rows in neighbouring threads).
+    let source = "input x : f32[5, 3000]\n\
+                  input s : f32[7, 300]\n\
+                  input h : f16[3, 1000]\n\
+                  input n : i32[5, 3000]\n\
+                  a = cumsum(x, axis=1)\n\
+                  m = sum(cumsum(x * 2, axis=1), axis=1)\n\
+                  b = cumsum(s, axis=1) * 2\n\
+                  c = cumsum(n, axis=1)\n\
+                  d = cumsum(x, axis=0)\n\
+                  e = cumsum(h, axis=1)\n\
+                  output a, m, b, c, d, e\n";
+    let program = tc_compiler::compile(source, &cuda_options(&[])).expect("compiles");
+    let kernels = emit_kernels(&program.plan).expect("the plan lowers");
+    for m in [
+        "one warp per row, scanned in tiles",
+        "threads per row, scanned in tiles",
+    ] {
+        assert!(
+            kernels.iter().any(|k| k.source.contains(m)),
+            "no cumsum kernel runs with {m}"
+        );
+    }
+    for fuse in [true, false] {
+        let options = tc_compiler::CompileOptions {
+            dims: Vec::new(),
+            plan: tc_compiler::codegen::cuda_plan_options(&PlanOptions {
+                fuse,
+                ..PlanOptions::default()
+            }),
+        };
+        check_source(&format!("cumsum (fuse: {fuse})"), source, &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -160,6 +160,47 @@ pub fn node_backward(
                 out.push((b, t.select(c, z, g)));
             }
         }
+        Op::Clamp { arg, min, max } => {
+            if need(arg) {
+                out.push((arg, clamp(t, arg, min, max, g)));
+            }
+        }
+        Op::LeakyRelu { arg, slope } => {
+            if need(arg) {
+                // leaky_relu_backward(grad, self, slope): self > 0 ? grad : grad * slope.
+                t.save(arg);
+                let pos = t.cmp_const(CmpOp::Gt, arg, 0.0);
+                let gs = t.scale(g, slope);
+                out.push((arg, t.select(pos, g, gs)));
+            }
+        }
+        Op::Var {
+            arg,
+            axes,
+            keepdim,
+            correction,
+            sqrt,
+        } => {
+            if need(arg) {
+                out.push((arg, var(t, arg, &axes, keepdim, correction, sqrt, id, g)));
+            }
+        }
+        Op::LogSumExp { arg, axes, keepdim } => {
+            if need(arg) {
+                // logsumexp_backward(grad, self, result): grad * exp(self - result).
+                t.save(arg);
+                t.save(id);
+                let kept = kept_shape(t, arg, &axes);
+                let (gk, yk) = if keepdim {
+                    (g, id)
+                } else {
+                    (t.reshape(g, &kept), t.reshape(id, &kept))
+                };
+                let d = t.sub(arg, yk);
+                let e = t.un(UnaryOp::Exp, d);
+                out.push((arg, t.mul(gk, e)));
+            }
+        }
         Op::Cast { arg, .. } | Op::Copy(arg) => {
             // _to_copy and clone: the gradient passes through (gradients stay f32).
             if need(arg) {
@@ -311,7 +352,129 @@ fn unary(t: &mut Tape, u: UnaryOp, x: NodeId, y: NodeId, g: NodeId) -> Result<No
             t.select(off, z, g)
         }
         UnaryOp::Not => return Err("`logical_not`".into()),
+        UnaryOp::Log1p => {
+            // grad / (self + 1)
+            t.save(x);
+            let x1 = t.offset(x, 1.0);
+            t.div(g, x1)
+        }
+        UnaryOp::Expm1 => {
+            // grad * (result + 1)
+            t.save(y);
+            let y1 = t.offset(y, 1.0);
+            t.mul(g, y1)
+        }
+        // zeros_like(grad): piecewise constant; nothing saved.
+        UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Sign => t.zeros(&shape(t, x)),
+        UnaryOp::Reciprocal => {
+            // -grad * (result * result)
+            t.save(y);
+            let y2 = t.mul(y, y);
+            let gy = t.mul(g, y2);
+            t.scale(gy, -1.0)
+        }
+        UnaryOp::Tan => {
+            // grad * (1 + result²)
+            t.save(y);
+            let y2 = t.mul(y, y);
+            let d = t.offset(y2, 1.0);
+            t.mul(g, d)
+        }
+        UnaryOp::Softplus => {
+            // softplus_backward(grad, self, 1, 20): self > 20 ? grad : grad * z / (z + 1),
+            // z = exp(self); z / (z + 1) is sigmoid(self).
+            t.save(x);
+            let s = t.un(UnaryOp::Sigmoid, x);
+            let gs = t.mul(g, s);
+            let over = t.cmp_const(CmpOp::Gt, x, 20.0);
+            t.select(over, g, gs)
+        }
+        UnaryOp::GeluTanh => {
+            // gelu_backward(grad, self, "tanh"): 0.5·(1 + tanh u) + 0.5·x·(1 - tanh² u)·u',
+            // u = β(x + κx³), u' = β(1 + 3κx²).
+            use crate::ir::eval::{GELU_TANH_BETA as BETA, GELU_TANH_KAPPA as KAPPA};
+            t.save(x);
+            let x2 = t.mul(x, x);
+            let x3 = t.mul(x2, x);
+            let kx3 = t.scale(x3, KAPPA);
+            let inner = t.add(x, kx3);
+            let u = t.scale(inner, BETA);
+            let th = t.un(UnaryOp::Tanh, u);
+            let right = t.offset(th, 1.0);
+            let left_d = t.scale(right, 0.5);
+            let th2 = t.mul(th, th);
+            let sech2 = t.rsub(1.0, th2);
+            let k = t.scale(x2, 3.0 * KAPPA);
+            let k1 = t.offset(k, 1.0);
+            let du = t.scale(k1, BETA);
+            let hx = t.scale(x, 0.5);
+            let a = t.mul(hx, sech2);
+            let right_d = t.mul(a, du);
+            let d = t.add(left_d, right_d);
+            t.mul(g, d)
+        }
     })
+}
+
+/// `x`'s shape with the `axes` set to 1 (a reduction's result with `keepdim`).
+fn kept_shape(t: &Tape, x: NodeId, axes: &[usize]) -> Vec<Dim> {
+    shape(t, x)
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| if axes.contains(&i) { Dim::new(1) } else { d })
+        .collect()
+}
+
+/// clamp_backward(grad, self, min, max): the gradient where `min <= self <= max`
+/// (inclusive; NaN passes none), zero elsewhere. Saves `self`.
+fn clamp(t: &mut Tape, x: NodeId, min: Option<f64>, max: Option<f64>, g: NodeId) -> NodeId {
+    t.save(x);
+    let lo = min.map(|m| t.cmp_const(CmpOp::Ge, x, m));
+    let hi = max.map(|m| t.cmp_const(CmpOp::Le, x, m));
+    let mask = match (lo, hi) {
+        (Some(a), Some(b)) => t.and(a, b),
+        (Some(m), None) | (None, Some(m)) => m,
+        // (the checker requires a bound)
+        (None, None) => return g,
+    };
+    let z = t.scalar(0.0, crate::ir::DType::F32);
+    t.select(mask, g, z)
+}
+
+/// var_backward(grad, self, dim, correction, keepdim) = (2 / (N - correction)) · grad ·
+/// (self - mean(self)); std_backward first divides the gradient by 2·result (0 where the
+/// result is 0). Saves `self` (and std's `result`).
+#[allow(clippy::too_many_arguments)]
+fn var(
+    t: &mut Tape,
+    x: NodeId,
+    axes: &[usize],
+    keepdim: bool,
+    correction: f64,
+    sqrt: bool,
+    y: NodeId,
+    g: NodeId,
+) -> NodeId {
+    t.save(x);
+    let kept = kept_shape(t, x, axes);
+    let xs = shape(t, x);
+    let count: f64 = axes.iter().map(|&a| xs[a].size as f64).product();
+    let gk = if keepdim { g } else { t.reshape(g, &kept) };
+    let gv = if sqrt {
+        t.save(y);
+        let yk = if keepdim { y } else { t.reshape(y, &kept) };
+        let y2 = t.scale(yk, 2.0);
+        let q = t.div(gk, y2);
+        let zero = t.cmp_const(CmpOp::Eq, yk, 0.0);
+        let z = t.scalar(0.0, crate::ir::DType::F32);
+        t.select(zero, z, q)
+    } else {
+        gk
+    };
+    let mean = t.reduce(ReduceOp::Mean, x, axes, true);
+    let xc = t.sub(x, mean);
+    let k = t.scale(gv, 2.0 / (count - correction));
+    t.mul(k, xc)
 }
 
 /// The contributions of a binary op to its operands that carry gradient.

@@ -1,7 +1,7 @@
 //! Built-in functions: argument binding (positional and keyword), then the dtype and shape
 //! rule of each built-in (elementwise, reductions, row ops, views, casts).
 
-use super::{hint, Checker, Val};
+use super::{hint, Checker, Val, Weak};
 use crate::diag::{Diagnostic, ErrorKind, Span};
 use crate::ir::{BinaryOp, DType, Dim, Op, ReduceOp, TensorType, UnaryOp, ViewOp};
 use crate::syntax::ast::{Arg, Expr, ExprKind, Ident};
@@ -11,7 +11,10 @@ fn params(name: &str) -> Option<&'static [&'static str]> {
     Some(match name {
         "maximum" | "minimum" | "logical_and" | "logical_or" => &["a", "b"],
         "where" => &["cond", "a", "b"],
-        "sum" | "mean" | "max" | "min" | "any" | "all" => &["x", "axis", "keepdim"],
+        "sum" | "mean" | "max" | "min" | "any" | "all" | "logsumexp" => &["x", "axis", "keepdim"],
+        "var" | "std" => &["x", "axis", "keepdim", "correction"],
+        "clamp" => &["x", "min", "max"],
+        "leaky_relu" => &["x", "slope"],
         "softmax" | "log_softmax" => &["x", "axis"],
         "layernorm" | "rmsnorm" => &["x", "axis", "eps"],
         "transpose" => &["x", "dim0", "dim1"],
@@ -43,6 +46,21 @@ const BUILTINS: &[&str] = &[
     "silu",
     "erf",
     "square",
+    "log1p",
+    "expm1",
+    "floor",
+    "ceil",
+    "round",
+    "sign",
+    "reciprocal",
+    "tan",
+    "softplus",
+    "gelu_tanh",
+    "clamp",
+    "leaky_relu",
+    "var",
+    "std",
+    "logsumexp",
     "logical_not",
     "logical_and",
     "logical_or",
@@ -138,6 +156,23 @@ impl Checker<'_> {
                     _ => BinaryOp::Or,
                 };
                 self.binary(op, (x, &x_expr.span), (b, &b_expr.span), span)
+            }
+            "clamp" => self.clamp(x, &x_expr.span, &bound, span, depth),
+            "leaky_relu" => {
+                let slope = match bound[1] {
+                    None => 0.01,
+                    Some(e) => match self.number_arg(e, "slope", "leaky_relu", depth) {
+                        Some(w) => w.as_f64(),
+                        None => return Val::Error,
+                    },
+                };
+                let Some(id) = self.materialize(x, DType::F32, &x_expr.span) else {
+                    return Val::Error;
+                };
+                let dt = self.graph.dtype(id).float_or_f32();
+                let id = self.coerce_dtype(id, dt, &x_expr.span);
+                let ty = self.graph.ty(id).clone();
+                Val::Tensor(self.push(Op::LeakyRelu { arg: id, slope }, ty, span))
             }
             "where" => {
                 let (Some(a_expr), Some(b_expr)) = (bound[1], bound[2]) else {
@@ -337,6 +372,57 @@ impl Checker<'_> {
                     span,
                 ))
             }
+            "var" | "std" | "logsumexp" => {
+                // Float-only: integers and `bool` compute in f32.
+                let id = self.coerce_dtype(id, ty.dtype.float_or_f32(), x_span);
+                let ty = &self.graph.ty(id).clone();
+                let axes = match bound[1] {
+                    None => (0..rank).collect(),
+                    Some(e) => match self.axes(e, ty) {
+                        Some(a) => a,
+                        None => return Val::Error,
+                    },
+                };
+                let keepdim = match bound[2] {
+                    None => false,
+                    Some(e) => match self.boolean(e, "keepdim") {
+                        Some(b) => b,
+                        None => return Val::Error,
+                    },
+                };
+                let correction = match bound.get(3).copied().flatten() {
+                    None => 1.0,
+                    Some(e) => match self.float(e, "correction") {
+                        Some(v) => v,
+                        None => return Val::Error,
+                    },
+                };
+                let shape: Vec<Dim> = ty
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
+                        (false, _) => Some(d.clone()),
+                        (true, true) => Some(Dim::new(1)),
+                        (true, false) => None,
+                    })
+                    .collect();
+                let op = match name {
+                    "logsumexp" => Op::LogSumExp {
+                        arg: id,
+                        axes,
+                        keepdim,
+                    },
+                    _ => Op::Var {
+                        arg: id,
+                        axes,
+                        keepdim,
+                        correction,
+                        sqrt: name == "std",
+                    },
+                };
+                Val::Tensor(self.push(op, TensorType::new(ty.dtype, shape), span))
+            }
             "softmax" | "log_softmax" | "layernorm" | "rmsnorm" => {
                 // Float-only: integers and `bool` compute in f32.
                 let id = self.coerce_dtype(id, ty.dtype.float_or_f32(), x_span);
@@ -516,6 +602,86 @@ impl Checker<'_> {
             }
             _ => Val::Error,
         }
+    }
+
+    /// A number argument (`min=`, `slope=`): a constant expression of literals and dims,
+    /// finite; `None` after reporting anything else.
+    fn number_arg(&mut self, e: &Expr, what: &str, func: &str, depth: usize) -> Option<Weak> {
+        match self.expr_at(e, depth + 1) {
+            Val::Weak(w) if w.as_f64().is_finite() => Some(w),
+            Val::Error => None,
+            v => {
+                let this = match v {
+                    Val::Tensor(id) => format!("this is {}", self.graph.ty(id)),
+                    _ => "this is not finite".to_string(),
+                };
+                let mut d = Diagnostic::error(
+                    ErrorKind::BadArgument,
+                    format!("`{what}` of `{func}` must be a finite number"),
+                )
+                .with_primary(e.span.clone(), this);
+                if func == "clamp" && matches!(v, Val::Tensor(_)) {
+                    d = d.with_help(
+                        "to clamp by a tensor, use `maximum(x, lo)` and `minimum(x, hi)`",
+                    );
+                }
+                self.error(d);
+                None
+            }
+        }
+    }
+
+    /// `clamp(x, min=…, max=…)`: at least one bound, each a number; `x` and the bounds
+    /// promote as for arithmetic (`clamp(i32, min=0)` is i32, `clamp(i32, min=0.5)` f32).
+    fn clamp(
+        &mut self,
+        x: Val,
+        x_span: &Span,
+        bound: &[Option<&Expr>],
+        span: &Span,
+        depth: usize,
+    ) -> Val {
+        let mut bounds: [Option<Weak>; 2] = [None, None];
+        let mut ok = true;
+        for (slot, what) in [(1, "min"), (2, "max")] {
+            if let Some(e) = bound[slot] {
+                match self.number_arg(e, what, "clamp", depth) {
+                    Some(w) => bounds[slot - 1] = Some(w),
+                    None => ok = false,
+                }
+            }
+        }
+        if !ok || matches!(x, Val::Error) {
+            return Val::Error;
+        }
+        if bounds.iter().all(Option::is_none) {
+            self.error(
+                Diagnostic::error(
+                    ErrorKind::BadArgument,
+                    "`clamp` needs `min=`, `max=` or both",
+                )
+                .with_primary(span.clone(), "no bound given")
+                .with_note(signature("clamp", &["x", "min", "max"])),
+            );
+            return Val::Error;
+        }
+        let mut vals = vec![x];
+        vals.extend(bounds.iter().flatten().map(|w| Val::Weak(*w)));
+        let dtype = match x {
+            // A number alone takes its own kind with its bounds': f32, or i64 for integers.
+            Val::Weak(w) => bounds
+                .iter()
+                .flatten()
+                .fold(w.dtype(), |d, b| DType::promote(d, b.dtype())),
+            _ => self.result_dtype(&vals),
+        };
+        let Some(id) = self.materialize(x, dtype, x_span) else {
+            return Val::Error;
+        };
+        let id = self.coerce_dtype(id, dtype, x_span);
+        let ty = self.graph.ty(id).clone();
+        let [min, max] = bounds.map(|b| b.map(Weak::as_f64));
+        Val::Tensor(self.push(Op::Clamp { arg: id, min, max }, ty, span))
     }
 
     /// `where(cond, a, b)`: `cond` must be `bool`; `a` and `b` promote as for arithmetic;

@@ -188,6 +188,21 @@ pub(crate) fn unary_expr(op: UnaryOp, a: &str) -> String {
         UnaryOp::Erf => format!("erff({a})"),
         UnaryOp::Square => format!("{a} * {a}"),
         UnaryOp::Not => format!("({a} == 0.0f ? 1.0f : 0.0f)"),
+        UnaryOp::Log1p => format!("log1pf({a})"),
+        UnaryOp::Expm1 => format!("expm1f({a})"),
+        UnaryOp::Floor => format!("floorf({a})"),
+        UnaryOp::Ceil => format!("ceilf({a})"),
+        // rintf rounds half to even (the default rounding mode), as torch.round.
+        UnaryOp::Round => format!("rintf({a})"),
+        // torch.sign: ±0 and NaN give +0.
+        UnaryOp::Sign => format!("((0.0f < {a} ? 1.0f : 0.0f) - ({a} < 0.0f ? 1.0f : 0.0f))"),
+        UnaryOp::Reciprocal => format!("1.0f / {a}"),
+        UnaryOp::Tan => format!("tanf({a})"),
+        UnaryOp::Softplus => format!("({a} > 20.0f ? {a} : log1pf(expf({a})))"),
+        // x / (1 + e^(-2u)) = x/2 · (1 + tanh u), u = √(2/π)(x + 0.044715x³), as on the CPU.
+        UnaryOp::GeluTanh => format!(
+            "{a} / (1.0f + expf(-1.5957691216057308f * fmaf(0.044715f * {a} * {a}, {a}, {a})))"
+        ),
     }
 }
 
@@ -235,6 +250,8 @@ fn arith_expr(k: &KernelIr, inst: &Value) -> String {
                 UnaryOp::Square => format!("tc_imul({x}, {x})"),
                 UnaryOp::Relu => format!("({x} < 0 ? 0LL : {x})"),
                 UnaryOp::Not => format!("(long long)({x} == 0)"),
+                UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => x.clone(),
+                UnaryOp::Sign => format!("(long long)(({x} > 0) - ({x} < 0))"),
                 // Not made by the checker on integers (they compute in f32).
                 _ => format!("tc_f2i64((float){x})"),
             };
@@ -714,6 +731,7 @@ fn emit_rows(
     let (rows, len, group, slices, threads, items) =
         (s.rows, s.len, s.group, s.slices, s.threads, s.items);
     let (cache, exact, warp_mode, block_mode) = (s.cache(), s.exact, s.warp_mode(), s.block_mode());
+    let tiled = s.tiled;
     let rows_per_block = s.rows_per_block;
     let block = s.block;
     let idx_t = if s.wide { "long long" } else { "int" };
@@ -745,6 +763,42 @@ fn emit_rows(
         w.line("__shared__ long long tc_smemi[33 * 32];");
     } else if int_reduce && !warp_mode {
         w.line("__shared__ long long tc_smemi[32];");
+    }
+    // Scans of a row a block shares add up each tile's warp totals in shared memory.
+    if tiled && block_mode {
+        let scans = || k.values.iter().filter(|x| matches!(x.op, ValueOp::Scan(_)));
+        if scans().any(|x| !x.dtype.is_integral()) {
+            w.line("__shared__ float tc_smemsf[32];");
+        }
+        if scans().any(|x| x.dtype.is_integral()) {
+            w.line("__shared__ long long tc_smemsl[32];");
+        }
+    }
+    // argmax/argmin combine (value, position) pairs: the values in an array of their
+    // operand's type, the positions in `tc_smemaj`.
+    let arg_operands: Vec<DType> = k
+        .values
+        .iter()
+        .filter_map(|x| match x.op {
+            ValueOp::Reduce(op, a) if op.is_arg() => Some(k.value(a).dtype),
+            _ => None,
+        })
+        .collect();
+    let arg_slots = if slices > 1 {
+        Some("33 * 32")
+    } else if !warp_mode {
+        Some("32")
+    } else {
+        None
+    };
+    if let (Some(n), false) = (arg_slots, arg_operands.is_empty()) {
+        if arg_operands.iter().any(|d| !d.is_integral()) {
+            w.line(format!("__shared__ float tc_smemaf[{n}];"));
+        }
+        if arg_operands.iter().any(|d| d.is_integral()) {
+            w.line(format!("__shared__ long long tc_smemal[{n}];"));
+        }
+        w.line(format!("__shared__ long long tc_smemaj[{n}];"));
     }
     consts(&mut w, k);
     if slices > 1 {
@@ -855,19 +909,43 @@ fn emit_rows(
     };
 
     // The loop over the row's elements: cached (unrolled over register slots) or strided.
+    // The row position of register slot `t`: whole vectors of `lanes` per thread.
+    let lanes = s.lanes;
+    let slot_j = if lanes > 1 {
+        format!("((t / {lanes}) * {threads} + tid) * {lanes} + t % {lanes}")
+    } else {
+        format!("tid + t * {threads}")
+    };
     let open_loop = |w: &mut Writer, need_j: bool| {
         if cache {
             w.line("#pragma unroll");
             w.open(format!("for (int t = 0; t < {items}; ++t)"));
             if need_j || !exact {
-                w.line(format!("const {idx_t} j = tid + t * {threads};"));
+                w.line(format!("const {idx_t} j = {slot_j};"));
             }
             if !exact {
                 w.open(format!("if (j < {len})"));
             }
+        } else if tiled {
+            // every thread through every tile; past the row's end on its last element
+            w.open(format!(
+                "for ({idx_t} tc_jt = 0; tc_jt < {len}; tc_jt += {threads})"
+            ));
+            w.line(format!("const bool tc_in = tc_jt + tid < {len};"));
+            w.line(format!(
+                "const {idx_t} j = tc_in ? tc_jt + tid : {};",
+                len.saturating_sub(1)
+            ));
         } else {
             w.open(format!("for ({idx_t} j = tid; j < {len}; j += {threads})"));
         }
+    };
+    let scan_mode = if !tiled {
+        super::index::ScanMode::Thread
+    } else if warp_mode {
+        super::index::ScanMode::Warp
+    } else {
+        super::index::ScanMode::Block
     };
     let close_loop = |w: &mut Writer| {
         if cache && !exact {
@@ -889,7 +967,9 @@ fn emit_rows(
             at: &at,
         };
         for &i in list {
-            if super::index::emit_scan(w, k, i) || super::index::emit_value(w, k, i, &site) {
+            if super::index::emit_scan(w, k, i, scan_mode)
+                || super::index::emit_value(w, k, i, &site)
+            {
                 continue;
             }
             let inst = value(i);
@@ -934,25 +1014,68 @@ fn emit_rows(
                 l.index()
             ));
         }
-        w.line("#pragma unroll");
-        w.open(format!("for (int t = 0; t < {items}; ++t)"));
-        w.line(format!("const {idx_t} j = tid + t * {threads};"));
-        if !exact {
-            w.open(format!("if (j < {len})"));
-        }
-        let jidx = decompose(&mut w, idx_t, "j", "j", &red_sizes);
-        for &l in &s.cached {
-            w.line(format!("c{}[t] = {};", l.index(), global_load(l, &jidx)));
-        }
-        if !exact {
-            w.close();
-            w.open("else");
+        if lanes > 1 {
+            // 16-byte reads: vector `tv` of this thread is elements (tid + tv·threads)·lanes…
+            w.line("#pragma unroll");
+            w.open(format!("for (int tv = 0; tv < {}; ++tv)", items / lanes));
+            w.line(format!(
+                "const {idx_t} j = (tid + tv * {threads}) * {lanes};"
+            ));
+            if !exact {
+                w.open(format!("if (j < {len})"));
+            }
             for &l in &s.cached {
-                w.line(format!("c{}[t] = 0;", l.index()));
+                let ld = k.load(l);
+                let ty = vector_type(ld.dtype, lanes);
+                let b = params.name(ld.buffer);
+                w.line(format!(
+                    "const {ty} r{li} = *reinterpret_cast<const {ty}*>({b} + base{li} + j);",
+                    li = l.index()
+                ));
+                for (e, raw) in unpack(ld.dtype, lanes, &format!("r{}", l.index()))
+                    .iter()
+                    .enumerate()
+                {
+                    w.line(format!(
+                        "c{}[tv * {lanes} + {e}] = {};",
+                        l.index(),
+                        load_conv(ld.dtype, raw)
+                    ));
+                }
+            }
+            if !exact {
+                w.close();
+                w.open("else");
+                w.line("#pragma unroll");
+                w.open(format!("for (int e = 0; e < {lanes}; ++e)"));
+                for &l in &s.cached {
+                    w.line(format!("c{}[tv * {lanes} + e] = 0;", l.index()));
+                }
+                w.close();
+                w.close();
+            }
+            w.close();
+        } else {
+            w.line("#pragma unroll");
+            w.open(format!("for (int t = 0; t < {items}; ++t)"));
+            w.line(format!("const {idx_t} j = tid + t * {threads};"));
+            if !exact {
+                w.open(format!("if (j < {len})"));
+            }
+            let jidx = decompose(&mut w, idx_t, "j", "j", &red_sizes);
+            for &l in &s.cached {
+                w.line(format!("c{}[t] = {};", l.index(), global_load(l, &jidx)));
+            }
+            if !exact {
+                w.close();
+                w.open("else");
+                for &l in &s.cached {
+                    w.line(format!("c{}[t] = 0;", l.index()));
+                }
+                w.close();
             }
             w.close();
         }
-        w.close();
     }
     // Each pass: its row values, then (but for the last) a walk of the row folding its
     // reductions.
@@ -1004,7 +1127,13 @@ fn emit_rows(
             };
             w.line(format!(
                 "{}{}[{at}] = {};",
-                if slices > 1 { "if (tc_live) " } else { "" },
+                if slices > 1 {
+                    "if (tc_live) "
+                } else if tiled {
+                    "if (tc_in) "
+                } else {
+                    ""
+                },
                 params.name(st.buffer),
                 store_conv(st.dtype, &v(st.value))
             ));
@@ -1077,6 +1206,9 @@ fn emit_rows(
         };
         emit_elems(&mut w, list, &jidx);
         store_lines(&mut w, &stores_here, &jidx);
+        if tiled {
+            w.open("if (tc_in)");
+        }
         for &r in reduces {
             let ValueOp::Reduce(op, a) = value(r).op else {
                 continue;
@@ -1084,6 +1216,10 @@ fn emit_rows(
             let a = v(a);
             let i = r.index();
             match s.pair_of(r) {
+                // (in registers: this thread's max here, its sum in a second walk below)
+                Some(Online::Softmax { .. }) if cache => {
+                    w.line(format!("acc{i} = tc_max(acc{i}, {a});"));
+                }
                 Some(Online::Softmax { sum, .. }) => {
                     let sum = sum.index();
                     w.line(format!("const float tc_m{i} = tc_max(acc{i}, {a});"));
@@ -1107,7 +1243,37 @@ fn emit_rows(
                 None => w.line(format!("acc{i} = {}(acc{i}, {a});", reduce_parts(op).1)),
             }
         }
+        if tiled {
+            w.close();
+        }
         close_loop(&mut w);
+        // A row in registers: each thread sums exp(x − its own max) over its registers (one
+        // exp an element, as two passes), and the block merges the (max, sum) pairs once.
+        let softmax_pairs: Vec<(ValueId, ValueId)> = pairs
+            .iter()
+            .filter_map(|p| match *p {
+                Online::Softmax { max, sum } if cache => Some((max, sum)),
+                _ => None,
+            })
+            .collect();
+        if !softmax_pairs.is_empty() {
+            let need_j = needs_jidx(list, false);
+            open_loop(&mut w, need_j);
+            let jidx = if need_j {
+                decompose(&mut w, idx_t, "j", "j", &red_sizes)
+            } else {
+                Vec::new()
+            };
+            emit_elems(&mut w, list, &jidx);
+            for (max, sum) in &softmax_pairs {
+                let a = v(value(*max).op.operands()[0]);
+                let (m, s) = (max.index(), sum.index());
+                w.line(format!(
+                    "if ({a} != __int_as_float(0xff800000)) acc{s} += expf({a} - acc{m});"
+                ));
+            }
+            close_loop(&mut w);
+        }
         for p in &pairs {
             let (combine, vars) = match *p {
                 Online::Softmax { max, sum } => {
@@ -1152,7 +1318,22 @@ fn emit_rows(
             }
             if let ValueOp::Reduce(op, _) = value(r).op {
                 if op.is_arg() {
-                    // one thread walked the whole row (`index::needs_row_order`)
+                    let mode = if slices > 1 {
+                        super::index::ArgMode::Slices
+                    } else if group == 1 {
+                        super::index::ArgMode::Thread
+                    } else if warp_mode {
+                        super::index::ArgMode::Warp
+                    } else {
+                        super::index::ArgMode::Block
+                    };
+                    let operand = value(r).op.operands()[0];
+                    let smem = if value(operand).dtype.is_integral() {
+                        "tc_smemal"
+                    } else {
+                        "tc_smemaf"
+                    };
+                    super::index::arg_combine(&mut w, op, r, mode, smem);
                     super::index::arg_finish(&mut w, r);
                     continue;
                 }
@@ -1192,10 +1373,47 @@ fn emit_rows(
     if !late.is_empty() {
         w.line("// write the row");
         super::index::scan_inits(&mut w, k, &k.passes[last].elements);
+        // Rows read in vectors are written in vectors where every store is plain and of a
+        // width a vector of `lanes` holds (f32 in 4, f16/bf16 in 4 or 8).
+        let vector_stores = lanes > 1
+            && late.iter().all(|&st| {
+                let st = k.store(st);
+                st.is_plain(&k.axes)
+                    && match st.dtype {
+                        DType::F32 => lanes == 4,
+                        DType::F16 | DType::BF16 => true,
+                        _ => false,
+                    }
+            });
+        if vector_stores {
+            for &si in &late {
+                w.line(format!("float o{}[{lanes}];", si.index()));
+            }
+        }
         open_loop(&mut w, true);
         let jidx = decompose(&mut w, idx_t, "j", "j", &red_sizes);
         emit_elems(&mut w, &k.passes[last].elements, &jidx);
-        store_lines(&mut w, &late, &jidx);
+        if vector_stores {
+            for &si in &late {
+                let st = k.store(si);
+                w.line(format!("o{}[t % {lanes}] = {};", si.index(), v(st.value)));
+            }
+            w.open(format!("if (t % {lanes} == {})", lanes - 1));
+            for &si in &late {
+                let st = k.store(si);
+                pack_store(
+                    &mut w,
+                    st.dtype,
+                    lanes,
+                    &format!("{} + obase + j - {}", params.name(st.buffer), lanes - 1),
+                    &format!("o{}", si.index()),
+                    &format!("w{}", si.index()),
+                );
+            }
+            w.close();
+        } else {
+            store_lines(&mut w, &late, &jidx);
+        }
         close_loop(&mut w);
     }
     let row_stores: Vec<StoreId> = (0..k.stores.len())

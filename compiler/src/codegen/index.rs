@@ -97,14 +97,11 @@ pub(super) fn has_index_values(k: &KernelIr) -> bool {
     })
 }
 
-/// Whether a kernel must walk each row in order in one thread: a scan, or an
-/// `argmax`/`argmin` (whose first position on ties the order gives).
+/// Whether a kernel must walk each row in order in one thread: a scan. (An
+/// `argmax`/`argmin` need not: each thread keeps the first best of the elements it walks,
+/// in increasing position, and `arg_combine` merges threads by value, then position.)
 pub fn needs_row_order(k: &KernelIr) -> bool {
-    k.values.iter().any(|v| match v.op {
-        ValueOp::Scan(_) => true,
-        ValueOp::Reduce(op, _) => op.is_arg(),
-        _ => false,
-    })
+    k.values.iter().any(|v| matches!(v.op, ValueOp::Scan(_)))
 }
 
 /// Where a value is computed: the C name of each merged axis's index (`"0"` for an axis
@@ -172,20 +169,53 @@ pub(super) fn scan_inits(w: &mut Writer, k: &KernelIr, list: &[ValueId]) {
     }
 }
 
-/// Emits scan value `i` inside the walk (`false` for any other value).
-pub(super) fn emit_scan(w: &mut Writer, k: &KernelIr, i: ValueId) -> bool {
+/// How the threads of a row scan it (`RowLaunch::tiled`): one thread walks the whole row,
+/// or a warp or a block scans each tile of the row together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ScanMode {
+    Thread,
+    Warp,
+    Block,
+}
+
+/// Emits scan value `i` inside the walk (`false` for any other value). In a tiled walk the
+/// tile's inclusive prefix (`tc_warp_scan`/`tc_block_scan`; threads past the row's end add
+/// 0) is added to the running sum of the tiles before, which then grows by the tile's total.
+pub(super) fn emit_scan(w: &mut Writer, k: &KernelIr, i: ValueId, mode: ScanMode) -> bool {
     let inst = k.value(i);
     let ValueOp::Scan(a) = inst.op else {
         return false;
     };
     let n = i.index();
-    if inst.dtype.is_integral() {
-        w.line(format!("tc_scan{n} = tc_iadd(tc_scan{n}, {a});"));
-        w.line(format!("const long long {i} = tc_scan{n};"));
-    } else {
-        w.line(format!("tc_scan{n} += {a};"));
-        w.line(format!("const float {i} = tc_scan{n};"));
+    let int = inst.dtype.is_integral();
+    if mode == ScanMode::Thread {
+        if int {
+            w.line(format!("tc_scan{n} = tc_iadd(tc_scan{n}, {a});"));
+            w.line(format!("const long long {i} = tc_scan{n};"));
+        } else {
+            w.line(format!("tc_scan{n} += {a};"));
+            w.line(format!("const float {i} = tc_scan{n};"));
+        }
+        return true;
     }
+    let (vt, zero, smem) = if int {
+        ("long long", "0LL", "tc_smemsl")
+    } else {
+        ("float", "0.0f", "tc_smemsf")
+    };
+    w.line(format!("{vt} tc_p{n}, tc_t{n};"));
+    match mode {
+        ScanMode::Warp => w.line(format!(
+            "tc_warp_scan(({vt})(tc_in ? {a} : {zero}), tc_p{n}, tc_t{n});"
+        )),
+        _ => w.line(format!(
+            "tc_block_scan(({vt})(tc_in ? {a} : {zero}), tc_p{n}, tc_t{n}, {smem});"
+        )),
+    }
+    w.line(format!(
+        "const {vt} {i} = tc_scan_add(tc_scan{n}, tc_p{n});"
+    ));
+    w.line(format!("tc_scan{n} = tc_scan_add(tc_scan{n}, tc_t{n});"));
     true
 }
 
@@ -210,6 +240,35 @@ pub(super) fn arg_step(w: &mut Writer, k: &KernelIr, op: ReduceOp, r: ValueId, a
     w.line(format!(
         "if (acc{n}_j < 0 || {better}) {{ acc{n} = {a}; acc{n}_j = (long long)j; }}"
     ));
+}
+
+/// Combines the `(value, position)` pairs of `argmax`/`argmin` `r` across the threads that
+/// share a row (after the walk; `mode` as `RowLaunch`: slices, a warp or a block per row;
+/// nothing for one thread per row): the better value wins, NaN above every number, and of
+/// equal values (or two NaNs) the smaller position: the first, as the walk in order gives.
+/// Deterministic: the winner is the least pair of a total order, whatever the tree.
+pub(super) fn arg_combine(w: &mut Writer, op: ReduceOp, r: ValueId, mode: ArgMode, smem: &str) {
+    let n = r.index();
+    let max = op == ReduceOp::ArgMax;
+    match mode {
+        ArgMode::Thread => {}
+        ArgMode::Warp => w.line(format!("tc_warp_arg<{max}>(acc{n}, acc{n}_j);")),
+        ArgMode::Block => w.line(format!(
+            "tc_block_arg<{max}>(acc{n}, acc{n}_j, {smem}, tc_smemaj);"
+        )),
+        ArgMode::Slices => w.line(format!(
+            "tc_slice_arg<{max}>(acc{n}, acc{n}_j, {smem}, tc_smemaj);"
+        )),
+    }
+}
+
+/// How the threads of a row share it, for `arg_combine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ArgMode {
+    Thread,
+    Warp,
+    Block,
+    Slices,
 }
 
 /// The result of `argmax`/`argmin` `r` once the walk is done.

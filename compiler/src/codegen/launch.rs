@@ -76,8 +76,16 @@ pub struct RowLaunch {
     pub wide: bool,
     /// `len` is a multiple of `threads` (no bounds test in the register loops).
     pub exact: bool,
-    /// Reductions computed in the pass before theirs (rows re-read in each pass only).
+    /// Reductions computed in the pass before theirs.
     pub online: Vec<Online>,
+    /// The row is walked in tiles of `threads` consecutive elements, every thread through
+    /// every tile (those past the row's end on its last element, storing and folding
+    /// nothing), so that a scan can combine each tile across the warp or block in order.
+    pub tiled: bool,
+    /// Elements per 16-byte read of a row held in registers (4 f32, 8 f16/bf16), 1 for
+    /// scalar reads. Thread `tid`'s slot `t` is then element
+    /// `((t / lanes) * threads + tid) * lanes + t % lanes` of the row.
+    pub lanes: u64,
 }
 
 impl RowLaunch {
@@ -177,14 +185,15 @@ impl Strategy {
                     1 if r.slices > 1 =>
                         format!("32 rows per block, each split over {} threads", r.slices),
                     1 => "one thread per row".to_string(),
+                    32 if r.tiled => "one warp per row, scanned in tiles of 32".to_string(),
                     32 => "one warp per row".to_string(),
+                    _ if r.tiled => format!(
+                        "one block of {} threads per row, scanned in tiles of {}",
+                        r.threads, r.threads
+                    ),
                     _ => format!("one block of {} threads per row", r.threads),
                 },
-                if r.cache() {
-                    format!("row held in registers ({} per thread), read once", r.items)
-                } else if r.online.is_empty() {
-                    "re-read from memory in each pass".into()
-                } else {
+                {
                     let names: Vec<&str> = r
                         .online
                         .iter()
@@ -193,10 +202,21 @@ impl Strategy {
                             Online::Welford { .. } => "Welford mean and variance",
                         })
                         .collect();
-                    format!(
-                        "re-read from memory in each pass, {} in one",
-                        names.join(", ")
-                    )
+                    match (r.cache(), names.is_empty()) {
+                        (true, true) => {
+                            format!("row held in registers ({} per thread), read once", r.items)
+                        }
+                        (true, false) => format!(
+                            "row held in registers ({} per thread), read once, {} in one reduction",
+                            r.items,
+                            names.join(", ")
+                        ),
+                        (false, true) => "re-read from memory in each pass".into(),
+                        (false, false) => format!(
+                            "re-read from memory in each pass, {} in one",
+                            names.join(", ")
+                        ),
+                    }
                 },
                 width(r.wide)
             ),
@@ -250,9 +270,13 @@ fn rows(k: &KernelIr) -> RowLaunch {
     let rows = k.axes.rows();
     let len = k.axes.row_len();
     let innermost_is_row = k.axes.reduce.last() == Some(&false);
-    // A scan or an argmax walks each row in order, in one thread.
+    // A scan walks each row in order: in one thread where neighbouring threads take
+    // neighbouring rows (the innermost axis is a row axis), else in tiles of `threads`
+    // elements that a warp or a block scans together (`tiled`). An argmax/argmin needs no
+    // order: each thread keeps the first best of its elements, and threads combine by
+    // value, then by position (`tc_warp_arg`).
     let in_order = super::index::needs_row_order(k);
-    let group: u64 = if innermost_is_row || in_order {
+    let group: u64 = if innermost_is_row {
         1
     } else if len <= WARP_ROW_MAX {
         32
@@ -265,11 +289,8 @@ fn rows(k: &KernelIr) -> RowLaunch {
         1
     };
     let warp_mode = group <= 32;
-    let threads = if innermost_is_row || in_order {
-        slices
-    } else {
-        group
-    };
+    let threads = if innermost_is_row { slices } else { group };
+    let tiled = in_order && group > 1;
     let items = len.div_ceil(threads);
     let per_element: Vec<LoadId> = (0..k.loads.len())
         .map(LoadId::new)
@@ -298,8 +319,30 @@ fn rows(k: &KernelIr) -> RowLaunch {
     } else {
         MAX_CACHED_VALUES
     };
-    let cache =
-        !cached.is_empty() && items <= MAX_ITEMS && cached.len() as u64 * items <= register_budget;
+    // (a tiled scan walks the row tile by tile, every thread in step: not from registers)
+    let cache = !tiled
+        && !cached.is_empty()
+        && items <= MAX_ITEMS
+        && cached.len() as u64 * items <= register_budget;
+    // Rows held in registers by a warp or a block are read 16 bytes at a time where every
+    // cached load allows: one reduce axis, read with stride 1 from a 16-byte aligned start
+    // on every row, all of one float width, and a row a whole number of vectors.
+    let lanes = if cache && group > 1 {
+        vector_lanes(k, &cached, len)
+    } else {
+        1
+    };
+    // A thread's slots are whole vectors: `items` rounds up to them (scalar reads where
+    // that would not fit).
+    let vector_items = len.div_ceil(threads * lanes) * lanes;
+    let (lanes, items) = if lanes > 1
+        && vector_items <= MAX_ITEMS
+        && cached.len() as u64 * vector_items <= register_budget
+    {
+        (lanes, vector_items)
+    } else {
+        (1, items)
+    };
     let block: u64 = if slices > 1 {
         32 * slices
     } else if warp_mode {
@@ -314,11 +357,16 @@ fn rows(k: &KernelIr) -> RowLaunch {
     } else {
         1
     };
-    // Rows re-read in each pass: fold a pass into the one before where the maths allows.
-    let online = if cache || slices > 1 {
+    // Fold a pass into the one before where the maths allows: rows re-read in each pass
+    // then read memory once less; rows held in registers combine across threads once (one
+    // block reduction of (max, sum) instead of two: 3 barriers a row, not 6). Welford stays
+    // for rows re-read only: in registers its divide per element costs more than the
+    // block reduction it saves.
+    // (a scan in registers would be walked twice)
+    let online = if slices > 1 || (cache && in_order) {
         Vec::new()
     } else {
-        online_pairs(k, len)
+        online_pairs(k, len, cache)
     };
     RowLaunch {
         rows,
@@ -332,8 +380,40 @@ fn rows(k: &KernelIr) -> RowLaunch {
         rows_per_block,
         grid: rows.div_ceil(rows_per_block).clamp(1, MAX_ROW_GRID),
         wide: k.max_index().max(rows.saturating_mul(len)) >= NARROW_LIMIT,
-        exact: len.is_multiple_of(threads),
+        exact: len.is_multiple_of(threads * lanes),
         online,
+        tiled,
+        lanes,
+    }
+}
+
+/// Elements per 16-byte vector for reading the `cached` loads of a row of `len`, or 1.
+fn vector_lanes(k: &KernelIr, cached: &[LoadId], len: u64) -> u64 {
+    let red = k.axes.reduce_axes();
+    let rows = k.axes.row_axes();
+    let Some(first) = cached.first() else {
+        return 1;
+    };
+    let dtype = k.load(*first).dtype;
+    let lanes = match dtype {
+        DType::F32 => 4,
+        DType::F16 | DType::BF16 => 8,
+        _ => return 1,
+    };
+    let fits = red.len() == 1
+        && len.is_multiple_of(lanes as u64)
+        && cached.iter().all(|&l| {
+            let ld = k.load(l);
+            ld.dtype.size() == dtype.size()
+                && !ld.dtype.is_integral()
+                && ld.strides[red[0]] == 1
+                && ld.offset % lanes == 0
+                && rows.iter().all(|&d| ld.strides[d] % lanes == 0)
+        });
+    if fits {
+        lanes as u64
+    } else {
+        1
     }
 }
 
@@ -375,8 +455,9 @@ fn online_form(k: &KernelIr, r: ValueId) -> Option<Online> {
 
 /// The `Online` pairs of a kernel whose rows are re-read in each pass: the reductions of a
 /// pass are moved into the pass before when every one pairs with a distinct reduction
-/// there. Welford counts in f32, so rows must stay below 2^24 elements.
-fn online_pairs(k: &KernelIr, len: u64) -> Vec<Online> {
+/// there. Welford counts in f32, so rows must stay below 2^24 elements; rows in registers
+/// (`cache`) take online softmax only.
+fn online_pairs(k: &KernelIr, len: u64, cache: bool) -> Vec<Online> {
     let mut pairs: Vec<Online> = Vec::new();
     let mut moved = vec![false; k.passes.len()];
     // Pass `q`'s reductions into pass `q - 1`, unless that pass's own were moved.
@@ -397,7 +478,7 @@ fn online_pairs(k: &KernelIr, len: u64) -> Vec<Online> {
         let welford = forms.iter().any(|f| matches!(f, Online::Welford { .. }));
         firsts.sort_unstable();
         firsts.dedup();
-        if earlier && firsts.len() == forms.len() && !(welford && len >= 1 << 24) {
+        if earlier && firsts.len() == forms.len() && !(welford && (cache || len >= 1 << 24)) {
             moved[q] = true;
             pairs.extend(forms);
         }
@@ -578,12 +659,27 @@ mod tests {
         };
         let warp = rows(300);
         assert_eq!((warp.group, warp.threads, warp.block), (32, 32, 256));
-        assert_eq!((warp.rows_per_block, warp.grid, warp.items), (8, 2, 10));
-        assert!(warp.cache() && !warp.exact && warp.online.is_empty());
+        // 300 f32 a row, a whole number of float4s: each thread's 10 values round up to
+        // 3 vectors (12 slots, the last ones past the row's end on some threads).
+        assert_eq!((warp.rows_per_block, warp.grid, warp.items), (8, 2, 12));
+        assert_eq!(warp.lanes, 4);
+        // In registers, max and sum still combine across the warp once (online softmax).
+        let pair = [Online::Softmax {
+            max: ValueId(1),
+            sum: ValueId(4),
+        }];
+        assert!(warp.cache() && !warp.exact && warp.online == pair);
         let block = rows(4096);
         assert_eq!((block.group, block.threads, block.block), (512, 512, 512));
         assert_eq!((block.rows_per_block, block.grid, block.items), (1, 16, 8));
         assert!(block.cache() && block.exact && block.block_mode());
+        assert_eq!(block.online, pair);
+        assert_eq!(block.lanes, 4);
+        // A row not a whole number of vectors is read element by element.
+        assert_eq!(rows(301).lanes, 1);
+        assert!(Strategy::Rows(block)
+            .describe()
+            .contains("read once, online softmax in one reduction"));
         // 100 000 per row: too long for registers, re-read, softmax's passes in one.
         let long = rows(100_000);
         assert_eq!(long.group, 1024);

@@ -257,4 +257,105 @@ __device__ __forceinline__ void tc_block_welford(float& n, float& mean, float& m
     mean = sh[32];
     m2 = sh[64];
 }
+// argmax/argmin across the threads of a row: each thread holds (v, j), the first best of
+// the elements it walked (j < 0: none). Whether (v2, j2) beats (v, j): NaN above every
+// number, of equal values (or two NaNs) the smaller position (ir::eval::arg_better). A
+// total order on distinct positions, so both lanes of a shuffle pick the same pair and the
+// result is the same whatever the tree: deterministic.
+__device__ __forceinline__ bool tc_is_nan(float v) { return v != v; }
+__device__ __forceinline__ bool tc_is_nan(long long) { return false; }
+template <bool MAX, typename T>
+__device__ __forceinline__ bool tc_arg_takes(T v, long long j, T v2, long long j2) {
+    if (j2 < 0) return false;
+    if (j < 0) return true;
+    const bool n = tc_is_nan(v), n2 = tc_is_nan(v2);
+    if (n || n2) return n2 && (!n || j2 < j);
+    if (v2 == v) return j2 < j;
+    return MAX ? v2 > v : v2 < v;
+}
+template <bool MAX, typename T>
+__device__ __forceinline__ void tc_warp_arg(T& v, long long& j) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const T v2 = __shfl_xor_sync(0xffffffffu, v, o);
+        const long long j2 = __shfl_xor_sync(0xffffffffu, j, o);
+        if (tc_arg_takes<MAX>(v, j, v2, j2)) { v = v2; j = j2; }
+    }
+}
+// `shv` and `shj` hold 32 entries each.
+template <bool MAX, typename T>
+__device__ __forceinline__ void tc_block_arg(T& v, long long& j, T* shv, long long* shj) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    tc_warp_arg<MAX>(v, j);
+    __syncthreads();
+    if (lane == 0) { shv[warp] = v; shj[warp] = j; }
+    __syncthreads();
+    if (warp == 0) {
+        const bool live = lane < (int)(blockDim.x >> 5);
+        T wv = live ? shv[lane] : v;
+        long long wj = live ? shj[lane] : -1;
+        tc_warp_arg<MAX>(wv, wj);
+        if (lane == 0) { shv[0] = wv; shj[0] = wj; }
+    }
+    __syncthreads();
+    v = shv[0];
+    j = shj[0];
+}
+// Lane l of every warp on row l (as TC_SLICE_REDUCE); `shv` and `shj` hold 33 * 32.
+template <bool MAX, typename T>
+__device__ __forceinline__ void tc_slice_arg(T& v, long long& j, T* shv, long long* shj) {
+    const int lane = threadIdx.x & 31;
+    const int slice = threadIdx.x >> 5;
+    __syncthreads();
+    shv[slice * 33 + lane] = v;
+    shj[slice * 33 + lane] = j;
+    __syncthreads();
+    if (slice == 0) {
+        for (int s = 1; s < (int)(blockDim.x >> 5); ++s) {
+            const T v2 = shv[s * 33 + lane];
+            const long long j2 = shj[s * 33 + lane];
+            if (tc_arg_takes<MAX>(v, j, v2, j2)) { v = v2; j = j2; }
+        }
+        shv[lane] = v;
+        shj[lane] = j;
+    }
+    __syncthreads();
+    v = shv[lane];
+    j = shj[lane];
+}
+// Inclusive scans of one tile of a row (a cumsum whose row a warp or a block shares):
+// `p` = the sum of x over this thread and the ones before it, `t` = the tile's total, the
+// same in every thread. A butterfly (lane l adds its partner group's total when bit `o` of
+// l is set), so only xor shuffles; a fixed order of additions: deterministic.
+__device__ __forceinline__ float tc_scan_add(float a, float b) { return a + b; }
+__device__ __forceinline__ long long tc_scan_add(long long a, long long b) { return tc_iadd(a, b); }
+template <typename T>
+__device__ __forceinline__ void tc_warp_scan(T x, T& p, T& t) {
+    p = x;
+    t = x;
+    for (int o = 1; o < 32; o <<= 1) {
+        const T y = __shfl_xor_sync(0xffffffffu, t, o);
+        if (threadIdx.x & o) p = tc_scan_add(y, p);
+        t = (threadIdx.x & o) ? tc_scan_add(y, t) : tc_scan_add(t, y);
+    }
+}
+// `sh` holds 32 entries; every thread adds the warp totals in the same order.
+template <typename T>
+__device__ __forceinline__ void tc_block_scan(T x, T& p, T& t, T* sh) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    T wp, wt;
+    tc_warp_scan(x, wp, wt);
+    __syncthreads();
+    if (lane == 0) sh[warp] = wt;
+    __syncthreads();
+    T before = (T)0, all = (T)0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+        const T s = sh[w];
+        if (w < warp) before = tc_scan_add(before, s);
+        all = tc_scan_add(all, s);
+    }
+    p = tc_scan_add(before, wp);
+    t = all;
+}
 // ---- end of prelude ----

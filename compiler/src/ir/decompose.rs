@@ -44,6 +44,40 @@ pub fn decompose(graph: &Graph) -> Graph {
                 };
                 b.norm(map[arg.index()], *axis, *eps, false, node)
             }
+            Op::Clamp { arg, min, max } => {
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
+                b.clamp(map[arg.index()], *min, *max, node)
+            }
+            Op::LeakyRelu { arg, slope } => {
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
+                b.leaky_relu(map[arg.index()], *slope, node)
+            }
+            Op::Var {
+                arg,
+                axes,
+                keepdim,
+                correction,
+                sqrt,
+            } => {
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
+                b.var(map[arg.index()], axes, *keepdim, *correction, *sqrt, node)
+            }
+            Op::LogSumExp { arg, axes, keepdim } => {
+                let mut b = Builder {
+                    g: &mut out,
+                    origin,
+                };
+                b.logsumexp(map[arg.index()], axes, *keepdim, node)
+            }
             Op::Concat { args, axis } => {
                 // Each operand is copied into its place: the copy fuses into the operand's
                 // kernel where it can, which then writes the place directly (`plan`).
@@ -232,6 +266,33 @@ pub(crate) fn remap(op: &Op, map: &[NodeId]) -> Op {
             args: args.iter().map(m).collect(),
             axis: *axis,
         },
+        Op::Clamp { arg, min, max } => Op::Clamp {
+            arg: m(arg),
+            min: *min,
+            max: *max,
+        },
+        Op::LeakyRelu { arg, slope } => Op::LeakyRelu {
+            arg: m(arg),
+            slope: *slope,
+        },
+        Op::Var {
+            arg,
+            axes,
+            keepdim,
+            correction,
+            sqrt,
+        } => Op::Var {
+            arg: m(arg),
+            axes: axes.clone(),
+            keepdim: *keepdim,
+            correction: *correction,
+            sqrt: *sqrt,
+        },
+        Op::LogSumExp { arg, axes, keepdim } => Op::LogSumExp {
+            arg: m(arg),
+            axes: axes.clone(),
+            keepdim: *keepdim,
+        },
     }
 }
 
@@ -339,6 +400,143 @@ impl Builder<'_> {
         } else {
             self.binary(BinaryOp::Div, e, sum)
         };
+        self.finish(y, node)
+    }
+
+    /// `op(x, axes)` with the result's shape as `keepdim` says.
+    /// (No axes, a rank-0 operand's: `x` itself, each element its own line.)
+    fn reduce_axes(&mut self, op: ReduceOp, x: NodeId, axes: &[usize], keepdim: bool) -> NodeId {
+        let ty = self.ty(x);
+        if axes.is_empty() {
+            return x;
+        }
+        let shape = ty
+            .shape
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
+                (false, _) => Some(d.clone()),
+                (true, true) => Some(Dim::new(1)),
+                (true, false) => None,
+            })
+            .collect();
+        self.push(
+            Op::Reduce {
+                op,
+                arg: x,
+                axes: axes.to_vec(),
+                keepdim,
+            },
+            TensorType::new(ty.dtype, shape),
+        )
+    }
+
+    /// A rank-0 constant of `dtype`.
+    fn constant(&mut self, v: f64, dtype: DType) -> NodeId {
+        self.push(Op::Scalar(v), TensorType::scalar(dtype))
+    }
+
+    /// `op(c, x)` for a constant `c` broadcast to `x`'s shape (the constant first: of two
+    /// equal values `maximum` and `minimum` give the second, `x`, so `clamp(-0.0, min=0)`
+    /// is `-0.0`, as PyTorch's).
+    fn const_first(&mut self, op: BinaryOp, c: NodeId, x: NodeId) -> NodeId {
+        let ty = self.ty(x);
+        let c = self.expand(c, &ty.shape);
+        let ty = if op.is_cmp() {
+            TensorType::new(DType::Bool, ty.shape)
+        } else {
+            ty
+        };
+        self.push(Op::Binary(op, c, x), ty)
+    }
+
+    /// clamp = minimum(max, maximum(min, x)), in `x`'s own dtype (the bounds are rounded to
+    /// it first, as PyTorch converts them to the tensor's scalar type).
+    fn clamp(&mut self, x: NodeId, min: Option<f64>, max: Option<f64>, node: &Node) -> NodeId {
+        let dtype = self.ty(x).dtype;
+        let mut y = x;
+        if let Some(lo) = min {
+            let c = self.constant(lo, dtype);
+            y = self.const_first(BinaryOp::Maximum, c, y);
+        }
+        if let Some(hi) = max {
+            let c = self.constant(hi, dtype);
+            y = self.const_first(BinaryOp::Minimum, c, y);
+        }
+        if y == x {
+            // (no bound: the checker refuses it; a copy keeps the operand's own name)
+            let ty = self.ty(x);
+            y = self.push(Op::Copy(x), ty);
+        }
+        self.finish(y, node)
+    }
+
+    /// leaky_relu = where(0 < x, x, x · slope), in f32.
+    fn leaky_relu(&mut self, x: NodeId, slope: f64, node: &Node) -> NodeId {
+        let x = self.upcast(x);
+        let zero = self.scalar(0.0);
+        let pos = self.const_first(BinaryOp::Cmp(super::graph::CmpOp::Lt), zero, x);
+        let k = self.scalar(slope);
+        let neg = self.binary(BinaryOp::Mul, x, k);
+        let ty = self.ty(x);
+        let y = self.push(Op::Where(pos, x, neg), ty);
+        self.finish(y, node)
+    }
+
+    /// var = sum((x - mean)²) / max(count - correction, 0), two passes over the row (as
+    /// layernorm's); std = sqrt(var).
+    fn var(
+        &mut self,
+        x: NodeId,
+        axes: &[usize],
+        keepdim: bool,
+        correction: f64,
+        sqrt: bool,
+        node: &Node,
+    ) -> NodeId {
+        let x = self.upcast(x);
+        let count: f64 = axes
+            .iter()
+            .map(|&a| self.ty(x).shape[a].size as f64)
+            .product();
+        let mean = self.reduce_axes(ReduceOp::Mean, x, axes, true);
+        let xc = self.binary(BinaryOp::Sub, x, mean);
+        let sq = self.binary(BinaryOp::Mul, xc, xc);
+        let s = self.reduce_axes(ReduceOp::Sum, sq, axes, keepdim);
+        let dof = self.scalar((count - correction).max(0.0));
+        let v = self.binary(BinaryOp::Div, s, dof);
+        let y = if sqrt {
+            self.unary(UnaryOp::Sqrt, v)
+        } else {
+            v
+        };
+        self.finish(y, node)
+    }
+
+    /// logsumexp = log(sum(exp(x - m))) + m, `m` the max with ±inf replaced by 0 (as
+    /// PyTorch, so a row of -inf gives -inf and a row with +inf gives +inf, not NaN): a max
+    /// and a sum over the row, one row kernel.
+    fn logsumexp(&mut self, x: NodeId, axes: &[usize], keepdim: bool, node: &Node) -> NodeId {
+        let x = self.upcast(x);
+        let m = self.reduce_axes(ReduceOp::Max, x, axes, true);
+        let a = self.unary(UnaryOp::Abs, m);
+        let inf = self.scalar(f64::INFINITY);
+        let infinite = self.const_first(BinaryOp::Cmp(super::graph::CmpOp::Eq), inf, a);
+        let zero = self.scalar(0.0);
+        let mty = self.ty(m);
+        let zero = self.expand(zero, &mty.shape);
+        let mz = self.push(Op::Where(infinite, zero, m), mty);
+        let s = self.binary(BinaryOp::Sub, x, mz);
+        let e = self.unary(UnaryOp::Exp, s);
+        let sum = self.reduce_axes(ReduceOp::Sum, e, axes, keepdim);
+        let l = self.unary(UnaryOp::Log, sum);
+        let mz = if keepdim {
+            mz
+        } else {
+            let lty = self.ty(l);
+            self.push(Op::View(ViewOp::Reshape, mz), lty)
+        };
+        let y = self.binary(BinaryOp::Add, l, mz);
         self.finish(y, node)
     }
 

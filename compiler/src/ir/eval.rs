@@ -45,8 +45,34 @@ pub fn unary(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::Erf => erf(x),
         UnaryOp::Square => x * x,
         UnaryOp::Not => bool_f64(x == 0.0),
+        UnaryOp::Log1p => x.ln_1p(),
+        UnaryOp::Expm1 => x.exp_m1(),
+        UnaryOp::Floor => x.floor(),
+        UnaryOp::Ceil => x.ceil(),
+        UnaryOp::Round => x.round_ties_even(),
+        // torch.sign: (0 < x) - (x < 0), so ±0 and NaN give +0.
+        UnaryOp::Sign => bool_f64(0.0 < x) - bool_f64(x < 0.0),
+        UnaryOp::Reciprocal => 1.0 / x,
+        UnaryOp::Tan => x.tan(),
+        // beta 1, threshold 20 (PyTorch's defaults): x itself above the threshold.
+        UnaryOp::Softplus => {
+            if x > 20.0 {
+                x
+            } else {
+                x.exp().ln_1p()
+            }
+        }
+        UnaryOp::GeluTanh => {
+            let inner = GELU_TANH_BETA * (x + GELU_TANH_KAPPA * x * x * x);
+            0.5 * x * (1.0 + inner.tanh())
+        }
     }
 }
+
+/// √(2/π), the scale inside `gelu_tanh` (PyTorch's `kBeta`).
+pub const GELU_TANH_BETA: f64 = 0.797_884_560_802_865_4;
+/// The cubic coefficient inside `gelu_tanh` (PyTorch's `kKappa`).
+pub const GELU_TANH_KAPPA: f64 = 0.044715;
 
 fn bool_f64(b: bool) -> f64 {
     if b {
@@ -119,6 +145,8 @@ pub fn unary_int(op: UnaryOp, dtype: DType, x: i64) -> i64 {
         UnaryOp::Square => x.wrapping_mul(x),
         UnaryOp::Relu => x.max(0),
         UnaryOp::Not => (x == 0) as i64,
+        UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => x,
+        UnaryOp::Sign => x.signum(),
         _ => float_to_int(dtype, unary(op, x as f64)),
     };
     wrap(dtype, v)
@@ -473,6 +501,18 @@ pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
         UnaryOp::Not => Accuracy::EXACT,
         // 0.5·x·(1 + erf(x/√2)): erf's absolute error, scaled by x/2 where 1 + erf cancels.
         UnaryOp::Gelu => a(4.0, 1e-6),
+        UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Sign | UnaryOp::Reciprocal => {
+            Accuracy::EXACT
+        }
+        // The platform's `log1pf`, `expm1f`; `tanf` near its poles loses what the argument
+        // reduction of an f32 loses.
+        UnaryOp::Log1p | UnaryOp::Expm1 => a(1.0, 0.0),
+        UnaryOp::Tan => a(2.0, 0.0),
+        // log1p(e^x): e^x's ulp, then log1p's; 0 once e^x underflows (exact ~1e-45).
+        UnaryOp::Softplus => a(3.0, FLUSH),
+        // x / (1 + e^(-2u)), u = √(2/π)(x + 0.044715x³): the exponential's error, amplified
+        // by u's rounding (2·u·ulp relative) where |u| is large and the result tiny.
+        UnaryOp::GeluTanh => a(8.0, 1e-6),
     }
 }
 

@@ -49,11 +49,31 @@ pub enum UnaryOp {
     Square,
     /// `logical_not`: on `bool` only.
     Not,
+    /// `log(1 + x)`, accurate near 0.
+    Log1p,
+    /// `exp(x) - 1`, accurate near 0.
+    Expm1,
+    /// Round toward -inf (integers: themselves).
+    Floor,
+    /// Round toward +inf (integers: themselves).
+    Ceil,
+    /// Round to nearest, half to even (`torch.round`; integers: themselves).
+    Round,
+    /// -1, 0 or 1 (`torch.sign`: 0 for ±0 and for NaN; integers keep their dtype).
+    Sign,
+    /// `1 / x`.
+    Reciprocal,
+    Tan,
+    /// `torch.nn.functional.softplus` with beta 1, threshold 20: `x` above 20, else
+    /// `log1p(exp(x))`.
+    Softplus,
+    /// The tanh approximation of `gelu`: `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    GeluTanh,
 }
 
 impl UnaryOp {
     /// Every unary op (`Not` included: it is defined on 0/1 values, `bool`'s).
-    pub const ALL: [UnaryOp; 16] = [
+    pub const ALL: [UnaryOp; 26] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
         UnaryOp::Exp,
@@ -70,6 +90,16 @@ impl UnaryOp {
         UnaryOp::Erf,
         UnaryOp::Square,
         UnaryOp::Not,
+        UnaryOp::Log1p,
+        UnaryOp::Expm1,
+        UnaryOp::Floor,
+        UnaryOp::Ceil,
+        UnaryOp::Round,
+        UnaryOp::Sign,
+        UnaryOp::Reciprocal,
+        UnaryOp::Tan,
+        UnaryOp::Softplus,
+        UnaryOp::GeluTanh,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +120,16 @@ impl UnaryOp {
             UnaryOp::Erf => "erf",
             UnaryOp::Square => "square",
             UnaryOp::Not => "logical_not",
+            UnaryOp::Log1p => "log1p",
+            UnaryOp::Expm1 => "expm1",
+            UnaryOp::Floor => "floor",
+            UnaryOp::Ceil => "ceil",
+            UnaryOp::Round => "round",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Reciprocal => "reciprocal",
+            UnaryOp::Tan => "tan",
+            UnaryOp::Softplus => "softplus",
+            UnaryOp::GeluTanh => "gelu_tanh",
         }
     }
 
@@ -101,11 +141,19 @@ impl UnaryOp {
     }
 
     /// Whether the op keeps an integer operand's dtype (SPEC §3.1: `abs`, unary `-`,
-    /// `square`, `relu`); the other functions compute in f32 on integers and `bool`.
+    /// `square`, `relu`; and, as PyTorch, `floor`, `ceil`, `round` and `sign`); the other
+    /// functions compute in f32 on integers and `bool`.
     pub fn keeps_int(self) -> bool {
         matches!(
             self,
-            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Square | UnaryOp::Relu
+            UnaryOp::Neg
+                | UnaryOp::Abs
+                | UnaryOp::Square
+                | UnaryOp::Relu
+                | UnaryOp::Floor
+                | UnaryOp::Ceil
+                | UnaryOp::Round
+                | UnaryOp::Sign
         )
     }
 }
@@ -344,6 +392,40 @@ pub enum Op {
     /// `where(cond, a, b)`: `cond` is `bool`; all three have the node's shape (implicit
     /// expands), `a` and `b` its dtype (implicit casts).
     Where(NodeId, NodeId, NodeId),
+    /// `clamp(arg, min=…, max=…)`: `minimum(maximum(x, min), max)` with either bound left
+    /// out, as PyTorch (NaN stays NaN; `min > max` gives `max`). The bounds are constants
+    /// of the node's dtype (the checker promoted the operand to it). Checked graph only:
+    /// `decompose` writes it as `maximum` and `minimum` with constants, which fuse.
+    Clamp {
+        arg: NodeId,
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    /// `leaky_relu(arg, slope)`: `x > 0 ? x : x·slope`, as PyTorch. Checked graph only:
+    /// `decompose` writes it as a comparison, a product and a `where` (one fused kernel).
+    LeakyRelu {
+        arg: NodeId,
+        slope: f64,
+    },
+    /// `var` (`std` with `sqrt: true`) over `axes` (sorted, distinct): the sum of squared
+    /// deviations from the mean over `max(count - correction, 0)`, as `torch.var`.
+    /// Checked graph only: `decompose` writes it as two passes over the row (the mean, then
+    /// the squared deviations), which fuse into one row kernel.
+    Var {
+        arg: NodeId,
+        axes: Vec<usize>,
+        keepdim: bool,
+        correction: f64,
+        sqrt: bool,
+    },
+    /// `logsumexp` over `axes` (sorted, distinct): `log(sum(exp(x - m))) + m` with `m` the
+    /// row's max (0 where it is infinite), as `torch.logsumexp`. Checked graph only:
+    /// `decompose` writes it as a max and a sum of exponentials in one row kernel.
+    LogSumExp {
+        arg: NodeId,
+        axes: Vec<usize>,
+        keepdim: bool,
+    },
     /// `concat(args, axis)`: the operands (same dtype, same sizes but on `axis`) one after
     /// another along `axis`. In the primitive graph its operands are `Copy` nodes whose
     /// kernels store straight into their place in its buffer (`plan`): it has no kernel.
@@ -367,7 +449,11 @@ impl Op {
             | Op::View(_, a)
             | Op::Copy(a)
             | Op::OneHot { arg: a, .. }
-            | Op::Cumsum { arg: a, .. } => vec![*a],
+            | Op::Cumsum { arg: a, .. }
+            | Op::Clamp { arg: a, .. }
+            | Op::LeakyRelu { arg: a, .. }
+            | Op::Var { arg: a, .. }
+            | Op::LogSumExp { arg: a, .. } => vec![*a],
             Op::Binary(_, a, b) | Op::MatMul(a, b) => vec![*a, *b],
             Op::Take { arg, index, .. } | Op::Gather { arg, index, .. } => vec![*arg, *index],
             Op::Where(c, a, b) => vec![*c, *a, *b],
@@ -403,6 +489,11 @@ impl Op {
             Op::Cumsum { .. } => "cumsum",
             Op::Where(..) => "where",
             Op::Concat { .. } => "concat",
+            Op::Clamp { .. } => "clamp",
+            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::Var { sqrt: false, .. } => "var",
+            Op::Var { sqrt: true, .. } => "std",
+            Op::LogSumExp { .. } => "logsumexp",
         }
     }
 

@@ -80,6 +80,30 @@ pub fn op_text(op: &Op) -> String {
             format!("{} {args} axis={axis}", op.name())
         }
         Op::OneHot { classes, .. } => format!("one_hot {args} classes={classes}"),
+        Op::Clamp { min, max, .. } => {
+            let b = |k: &str, v: &Option<f64>| v.map(|v| format!(" {k}={v:?}")).unwrap_or_default();
+            format!("clamp {args}{}{}", b("min", min), b("max", max))
+        }
+        Op::LeakyRelu { slope, .. } => format!("leaky_relu {args} slope={slope:?}"),
+        Op::Var {
+            axes,
+            keepdim,
+            correction,
+            ..
+        } => {
+            let axes: Vec<String> = axes.iter().map(|a| a.to_string()).collect();
+            let keep = if *keepdim { " keepdim" } else { "" };
+            format!(
+                "{} {args} axes=[{}]{keep} correction={correction:?}",
+                op.name(),
+                axes.join(", ")
+            )
+        }
+        Op::LogSumExp { axes, keepdim, .. } => {
+            let axes: Vec<String> = axes.iter().map(|a| a.to_string()).collect();
+            let keep = if *keepdim { " keepdim" } else { "" };
+            format!("logsumexp {args} axes=[{}]{keep}", axes.join(", "))
+        }
         _ => format!("{} {args}", op.name()),
     }
 }

@@ -68,6 +68,41 @@ pub fn verify(graph: &Graph) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Whether `ty` is `t` reduced over `axes` (sorted, distinct, within its rank).
+fn reduced_shape(
+    t: &super::TensorType,
+    axes: &[usize],
+    keepdim: bool,
+    ty: &super::TensorType,
+) -> Result<(), Violation> {
+    if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= t.rank()) {
+        return bad(
+            TypesFollowOps,
+            format!(
+                "axes {axes:?} not sorted, distinct and within rank {}",
+                t.rank()
+            ),
+        );
+    }
+    let want: Vec<u64> = t
+        .sizes()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| match (axes.contains(&i), keepdim) {
+            (false, _) => Some(s),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect();
+    if want != ty.sizes() {
+        return bad(
+            TypesFollowOps,
+            format!("reducing {t} over {axes:?} gives {want:?}, node says {ty}"),
+        );
+    }
+    Ok(())
+}
+
 fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violation> {
     let n = graph.node(id);
     let ty = &n.ty;
@@ -166,6 +201,17 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
                 return bad(TypesFollowOps, format!("axis {axis} out of range for {ty}"));
             }
             Ok(())
+        }
+        Op::Clamp { arg, .. } | Op::LeakyRelu { arg, .. } => same(*arg, "operand", TypesFollowOps),
+        Op::Var {
+            arg, axes, keepdim, ..
+        }
+        | Op::LogSumExp { arg, axes, keepdim } => {
+            let t = graph.ty(*arg);
+            if t.dtype != ty.dtype || !ty.dtype.is_float() {
+                return bad(TypesFollowOps, format!("operand is {t}, result is {ty}"));
+            }
+            reduced_shape(t, axes, *keepdim, ty)
         }
         Op::Reduce {
             op,

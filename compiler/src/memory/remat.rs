@@ -180,6 +180,9 @@ pub fn flops(graph: &Graph, id: NodeId) -> u64 {
         Op::Softmax { .. } => n.saturating_mul(5),
         Op::LayerNorm { .. } => n.saturating_mul(8),
         Op::RmsNorm { .. } => n.saturating_mul(5),
+        Op::Var { arg, .. } | Op::LogSumExp { arg, .. } => {
+            graph.ty(*arg).numel().unwrap_or(0).saturating_mul(4)
+        }
         _ => n,
     }
 }

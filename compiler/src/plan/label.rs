@@ -36,6 +36,9 @@ pub fn source_op_name(graph: &Graph, nodes: &[NodeId]) -> &'static str {
         .iter()
         .filter(|op| matches!(op, Op::Reduce { .. }))
         .count();
+    if let Some(name) = maths_name(graph, &computing, reduces) {
+        return name;
+    }
     if computing.len() > 1 && reduces > 0 {
         if has(&|op| matches!(op, Op::Unary(UnaryOp::Log, _))) {
             return "log_softmax";
@@ -60,6 +63,62 @@ pub fn source_op_name(graph: &Graph, nodes: &[NodeId]) -> &'static str {
         .rev()
         .find(|op| !matches!(op, Op::Cast { implicit: true, .. }));
     main.or(computing.last()).map_or("fill", |op| op.name())
+}
+
+/// The built-ins of SPEC §3.5 that `decompose` writes as several primitives, recognised
+/// by shapes only their decompositions have: `clamp` (`maximum`/`minimum` with the
+/// constant first), `leaky_relu` (`0 < x`, `x · slope`, `where`), `logsumexp` (a max, the
+/// ±inf guard's `where`, a log), `var`/`std` (a mean, a sum, a division, no `rsqrt`).
+fn maths_name(graph: &Graph, computing: &[&Op], reduces: usize) -> Option<&'static str> {
+    use crate::ir::{BinaryOp, CmpOp};
+    let ops: Vec<&Op> = computing
+        .iter()
+        .copied()
+        .filter(|op| !matches!(op, Op::Cast { implicit: true, .. }))
+        .collect();
+    let constant = |id: &crate::ir::NodeId| {
+        let mut id = *id;
+        while let Op::View(_, a) = &graph.node(id).op {
+            id = *a;
+        }
+        matches!(graph.node(id).op, Op::Scalar(_))
+    };
+    let has = |f: &dyn Fn(&Op) -> bool| ops.iter().any(|op| f(op));
+    let reduce = |r: ReduceOp| has(&|op| matches!(op, Op::Reduce { op, .. } if *op == r));
+    if reduces == 0 {
+        let clamp = !ops.is_empty()
+            && ops.iter().all(|op| {
+                matches!(op, Op::Binary(BinaryOp::Maximum | BinaryOp::Minimum, c, _) if constant(c))
+            });
+        if clamp {
+            return Some("clamp");
+        }
+        let leaky = ops.len() == 3
+            && has(&|op| matches!(op, Op::Binary(BinaryOp::Cmp(CmpOp::Lt), c, _) if constant(c)))
+            && has(&|op| matches!(op, Op::Binary(BinaryOp::Mul, ..)))
+            && has(&|op| matches!(op, Op::Where(..)));
+        return leaky.then_some("leaky_relu");
+    }
+    if reduce(ReduceOp::Max)
+        && has(&|op| matches!(op, Op::Unary(UnaryOp::Log, _)))
+        && has(&|op| matches!(op, Op::Where(..)))
+    {
+        return Some("logsumexp");
+    }
+    let var = reduce(ReduceOp::Mean)
+        && reduce(ReduceOp::Sum)
+        && has(&|op| matches!(op, Op::Binary(BinaryOp::Div, ..)))
+        && !has(&|op| {
+            matches!(
+                op,
+                Op::Unary(UnaryOp::Rsqrt | UnaryOp::Log | UnaryOp::Exp, _)
+            )
+        });
+    if var {
+        let sqrt = has(&|op| matches!(op, Op::Unary(UnaryOp::Sqrt, _)));
+        return Some(if sqrt { "std" } else { "var" });
+    }
+    None
 }
 
 /// The ops (`source_op_name` of each source-level op, in order of first node) and the
