@@ -52,6 +52,10 @@ pub struct OrderBound {
 /// How many sets of run kernels the exact search may hold before it settles for a bound.
 pub const MAX_STATES: usize = 200_000;
 
+/// How many kernel steps `improve` may evaluate (each order it tries costs one per kernel):
+/// about 10 ms of planning time, however many kernels.
+pub const MAX_MOVES: usize = 2_000_000;
+
 impl OrderModel {
     /// The model of `plan`'s kernels and arena buffers (inputs and params are outside).
     pub fn of_plan(plan: &Plan) -> OrderModel {
@@ -549,8 +553,98 @@ impl OrderModel {
         self.best_order((best.0, &best.1), MAX_STATES)
     }
 
-    /// The heuristic orders (least peak memory first, breadth first, depth first).
+    /// The heuristic orders (least peak memory first, breadth first, depth first), and the
+    /// best of them and the plan's own order improved by `improve`.
     pub fn heuristics(&self) -> Vec<Vec<usize>> {
-        vec![self.lpmf(), self.bfs(), self.dfs()]
+        let mut orders = vec![self.lpmf(), self.bfs(), self.dfs()];
+        let own: Vec<usize> = (0..self.n).collect();
+        let start = orders
+            .iter()
+            .chain(std::iter::once(&own))
+            .min_by_key(|o| self.peak(o))
+            .cloned()
+            .unwrap_or(own);
+        orders.push(self.improve(start, MAX_MOVES));
+        orders
+    }
+
+    /// The bytes live during each step of `order`, in order.
+    fn steps(&self, order: &[usize]) -> Vec<u64> {
+        let mut done = vec![false; self.n];
+        let mut live = 0u64;
+        order
+            .iter()
+            .map(|&k| {
+                let (during, after) = self.step(&|j| done[j], live, k);
+                live = after;
+                done[k] = true;
+                during
+            })
+            .collect()
+    }
+
+    /// What a local move must lower: the peak, then how many steps reach it, then the bytes
+    /// summed over the steps (freeing sooner), so that moves off a plateau are taken.
+    fn cost(&self, order: &[usize]) -> (u64, usize, u64) {
+        let steps = self.steps(order);
+        let peak = steps.iter().copied().max().unwrap_or(0);
+        let at = steps.iter().filter(|&&s| s == peak).count();
+        let sum = steps.iter().fold(0u64, |a, &s| a.saturating_add(s));
+        (peak, at, sum)
+    }
+
+    /// Local search from `order`: move one kernel to another place between its last
+    /// predecessor and its first successor whenever that lowers `cost`, until no move does
+    /// or `max_moves` kernel steps have been evaluated. The order stays topological and its
+    /// peak never rises.
+    pub fn improve(&self, mut order: Vec<usize>, max_moves: usize) -> Vec<usize> {
+        let mut succs = vec![Vec::new(); self.n];
+        for (k, ps) in self.preds.iter().enumerate() {
+            for &p in ps {
+                succs[p].push(k);
+            }
+        }
+        let mut best = self.cost(&order);
+        let mut evaluated = 0usize;
+        let mut improved = true;
+        while improved {
+            improved = false;
+            for i in 0..order.len() {
+                let k = order[i];
+                let mut pos = vec![0usize; self.n];
+                for (at, &j) in order.iter().enumerate() {
+                    pos[j] = at;
+                }
+                let lo = self.preds[k].iter().map(|&p| pos[p] + 1).max().unwrap_or(0);
+                let hi = succs[k]
+                    .iter()
+                    .map(|&s| pos[s])
+                    .min()
+                    .unwrap_or(order.len());
+                // Without `k`, it may go back at any index in `lo..hi` (shifted past `i`).
+                let mut rest = order.clone();
+                rest.remove(i);
+                let (lo, hi) = (lo.min(rest.len()), (hi - 1).min(rest.len()));
+                for j in lo..=hi {
+                    if j == i {
+                        continue;
+                    }
+                    evaluated += self.n;
+                    if evaluated > max_moves {
+                        return order;
+                    }
+                    let mut trial = rest.clone();
+                    trial.insert(j, k);
+                    let c = self.cost(&trial);
+                    if c < best {
+                        best = c;
+                        order = trial;
+                        improved = true;
+                        break;
+                    }
+                }
+            }
+        }
+        order
     }
 }

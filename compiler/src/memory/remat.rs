@@ -12,10 +12,12 @@
 //! planned arena rather than a cut's size: each round tries every candidate (a forward value
 //! the backward reads, or an operand of one already chosen) and keeps the one that lowers the
 //! peak most per FLOP recomputed; it stops at the budget (or, without one, when no cheap
-//! elementwise recomputation lowers the peak), then drops every chosen value the budget can
-//! do without, most expensive first. Its limits: greedy, one value per round (a pair that
-//! only helps together is missed), and no reordering of the backward beyond the planner's
-//! own; Checkmate's integer program would find the optimum at a far higher cost.
+//! elementwise recomputation lowers the peak: then every cheap value at once is tried, for
+//! those that only help together, and each is dropped again where the peak allows), then
+//! drops every chosen value the budget can do without, most expensive first. Its limits:
+//! greedy, one value per round beyond that (a pair of expensive values that only helps
+//! together is missed), and no reordering of the backward beyond the planner's own;
+//! Checkmate's integer program would find the optimum at a far higher cost.
 
 use crate::diag::Diagnostic;
 use crate::ir::{decompose, Graph, Node, NodeId, Op, Origin};
@@ -223,6 +225,33 @@ fn saved_values(graph: &Graph) -> BTreeSet<NodeId> {
     out
 }
 
+/// The unit recomputing `c`: `c` and what it is computed from back to values kept anyway
+/// (saved for the backward, leaves, or already chosen).
+fn unit_of(
+    graph: &Graph,
+    c: NodeId,
+    saved: &BTreeSet<NodeId>,
+    chosen: &BTreeSet<NodeId>,
+) -> BTreeSet<NodeId> {
+    let mut unit = BTreeSet::new();
+    let mut stack = vec![c];
+    while let Some(n) = stack.pop() {
+        if !unit.insert(n) {
+            continue;
+        }
+        for mut o in graph.node(n).op.operands() {
+            while let Op::View(_, a) = &graph.node(o).op {
+                o = *a;
+            }
+            let op = &graph.node(o).op;
+            if !op.is_leaf() && !saved.contains(&o) && !chosen.contains(&o) {
+                stack.push(o);
+            }
+        }
+    }
+    unit
+}
+
 /// A plan of a (rewritten) graph and its primitive form.
 pub struct Planned {
     pub graph: Graph,
@@ -282,24 +311,7 @@ pub fn choose(
                 if chosen.contains(&c) || (phase == 1 && !cheap(&graph.node(c).op)) {
                     continue;
                 }
-                // The unit: `c` and what it is computed from back to values kept anyway
-                // (saved for the backward, leaves, or already chosen).
-                let mut unit = BTreeSet::new();
-                let mut stack = vec![c];
-                while let Some(n) = stack.pop() {
-                    if !unit.insert(n) {
-                        continue;
-                    }
-                    for mut o in graph.node(n).op.operands() {
-                        while let Op::View(_, a) = &graph.node(o).op {
-                            o = *a;
-                        }
-                        let op = &graph.node(o).op;
-                        if !op.is_leaf() && !saved.contains(&o) && !chosen.contains(&o) {
-                            stack.push(o);
-                        }
-                    }
-                }
+                let unit = unit_of(graph, c, &saved, &chosen);
                 if phase == 1 && unit.iter().any(|&n| !cheap(&graph.node(n).op)) {
                     continue;
                 }
@@ -324,6 +336,38 @@ pub fn choose(
             best_peak = peak;
         }
         if phase == 1 {
+            // Values that lower the peak only together (each alone leaves another step at
+            // it): every cheap unit at once, then each dropped again, most expensive first,
+            // where the peak does not rise without it.
+            let saved = saved_values(graph);
+            let units: Vec<BTreeSet<NodeId>> = saved
+                .iter()
+                .filter(|&&c| !chosen.contains(&c) && cheap(&graph.node(c).op))
+                .map(|&c| unit_of(graph, c, &saved, &chosen))
+                .filter(|u| u.iter().all(|&n| cheap(&graph.node(n).op)))
+                .collect();
+            if units.len() > 1 {
+                let mut all = chosen.clone();
+                all.extend(units.iter().flatten().copied());
+                let p = plan_of(&rewrite(graph, &all))?;
+                if with(&p) < best_peak {
+                    (chosen, best_peak, best) = (all, with(&p), p);
+                    let mut by_cost = units;
+                    by_cost.sort_by_key(|u| {
+                        std::cmp::Reverse(u.iter().map(|&n| flops(graph, n)).sum::<u64>())
+                    });
+                    for u in by_cost {
+                        let trial: BTreeSet<NodeId> = chosen.difference(&u).copied().collect();
+                        if trial.len() == chosen.len() {
+                            continue;
+                        }
+                        let p = plan_of(&rewrite(graph, &trial))?;
+                        if with(&p) <= best_peak {
+                            (chosen, best_peak, best) = (trial, with(&p), p);
+                        }
+                    }
+                }
+            }
             free = chosen.clone();
         }
     }
