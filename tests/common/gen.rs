@@ -974,7 +974,7 @@ impl Gen<'_> {
     /// `x`, or new leaves), or `stack([x, …])` of values of `x`'s shape; dtypes promote.
     fn join(&mut self, x: &Var) -> Var {
         let r = x.shape.len();
-        let stack = self.rng.chance(30);
+        let stack = self.rng.chance(45);
         let axis = self.rng.below(if stack { r + 1 } else { r });
         let mut parts = vec![x.clone()];
         for _ in 0..1 + self.rng.below(2) {
