@@ -369,3 +369,27 @@ fn maths_kinks_follow_pytorch() {
         assert_eq!(&got[0], want, "{body}");
     }
 }
+
+/// A backward buffer is labelled by the forward expression whose backward function made it,
+/// not by the `grad` call every backward node shares.
+#[test]
+fn backward_buffers_name_the_forward_expression_they_flow_back_through() {
+    let source = include_str!("../examples/train_mlp.tx");
+    let program = tc_compiler::compile(source, &CompileOptions::default()).expect("compiles");
+    let labels: Vec<&str> = program
+        .memory
+        .buffers
+        .iter()
+        .map(|b| b.label.as_str())
+        .collect();
+    for want in [
+        "backward of log_softmax(logits, axis=-1) (line",
+        "backward of gelu(x @ w1 + b1) (line",
+        "backward of h @ w2 (line",
+    ] {
+        assert!(
+            labels.iter().any(|l| l.starts_with(want)),
+            "no buffer labelled {want:?}: {labels:#?}"
+        );
+    }
+}

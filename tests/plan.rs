@@ -161,6 +161,7 @@ impl Rg {
                 span: 0..0,
                 line: id.0 + 1,
                 group: Some(id),
+                backward_of: None,
             },
         )
     }

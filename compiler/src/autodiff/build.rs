@@ -6,6 +6,7 @@ use crate::diag::Span;
 use crate::ir::graph::CmpOp;
 use crate::ir::graph::Saved;
 use crate::ir::layout::{apply_view, Layout};
+use crate::ir::reduced_shape;
 use crate::ir::types::broadcast_dims;
 use crate::ir::{
     BinaryOp, DType, Dim, Graph, Node, NodeId, Op, Origin, ReduceOp, SliceAxis, TensorType,
@@ -20,6 +21,9 @@ pub struct Tape<'g> {
     line: u32,
     /// The first node of the backward function being emitted (its nodes' `Origin.group`).
     group: Option<NodeId>,
+    /// The forward expression whose backward function is being emitted (span and line),
+    /// for the nodes' `Origin.backward_of`.
+    backward_of: Option<(Span, u32)>,
 }
 
 impl<'g> Tape<'g> {
@@ -30,6 +34,7 @@ impl<'g> Tape<'g> {
             span,
             line,
             group: None,
+            backward_of: None,
         }
     }
 
@@ -40,6 +45,15 @@ impl<'g> Tape<'g> {
     /// Starts a new backward function: the next node opens a new origin group.
     pub fn begin(&mut self) {
         self.group = None;
+    }
+
+    /// The nodes emitted from now on belong to the backward function of forward node
+    /// `forward` (`None`: to no one op's, as gradient accumulation and the results' casts).
+    pub fn backward_of(&mut self, forward: Option<NodeId>) {
+        self.backward_of = forward.map(|f| {
+            let o = self.graph.origin(f);
+            (o.span.clone(), o.line)
+        });
     }
 
     /// Records that PyTorch's backward function being emitted saves `value` from the
@@ -65,6 +79,7 @@ impl<'g> Tape<'g> {
             span: self.span.clone(),
             line: self.line,
             group: Some(group),
+            backward_of: self.backward_of.clone(),
         };
         let id = self.graph.push(Node { op, ty, name: None }, origin);
         self.layouts.push(layout);
@@ -215,16 +230,7 @@ impl<'g> Tape<'g> {
             return x;
         }
         let t = self.ty(x);
-        let shape: Vec<Dim> = t
-            .shape
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
-                (false, _) => Some(d.clone()),
-                (true, true) => Some(Dim::new(1)),
-                (true, false) => None,
-            })
-            .collect();
+        let shape: Vec<Dim> = reduced_shape(&t.shape, axes, keepdim);
         self.push(
             Op::Reduce {
                 op,

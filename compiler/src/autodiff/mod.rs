@@ -62,7 +62,9 @@ pub fn backward(
         if tape.graph().node(id).op.is_leaf() {
             continue;
         }
+        tape.backward_of(Some(id));
         let contributions = rules::node_backward(&mut tape, id, g, &req)?;
+        tape.backward_of(None);
         for (operand, c) in contributions {
             let total = match grads[operand.index()] {
                 None => c,

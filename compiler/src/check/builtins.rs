@@ -3,7 +3,7 @@
 
 use super::{hint, Checker, Val, Weak};
 use crate::diag::{Diagnostic, ErrorKind, Span};
-use crate::ir::{BinaryOp, DType, Dim, Op, ReduceOp, TensorType, UnaryOp, ViewOp};
+use crate::ir::{reduced_shape, BinaryOp, DType, Dim, Op, ReduceOp, TensorType, UnaryOp, ViewOp};
 use crate::syntax::ast::{Arg, Expr, ExprKind, Ident};
 
 /// The parameters of each built-in, in positional order. The first is the tensor argument.
@@ -350,16 +350,7 @@ impl Checker<'_> {
                     // A rank-0 reduction over all (no) axes is its argument.
                     return Val::Tensor(id);
                 }
-                let shape: Vec<Dim> = ty
-                    .shape
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
-                        (false, _) => Some(d.clone()),
-                        (true, true) => Some(Dim::new(1)),
-                        (true, false) => None,
-                    })
-                    .collect();
+                let shape: Vec<Dim> = reduced_shape(&ty.shape, &axes, keepdim);
                 let out = TensorType::new(ty.dtype, shape);
                 Val::Tensor(self.push(
                     Op::Reduce {
@@ -397,16 +388,7 @@ impl Checker<'_> {
                         None => return Val::Error,
                     },
                 };
-                let shape: Vec<Dim> = ty
-                    .shape
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
-                        (false, _) => Some(d.clone()),
-                        (true, true) => Some(Dim::new(1)),
-                        (true, false) => None,
-                    })
-                    .collect();
+                let shape: Vec<Dim> = reduced_shape(&ty.shape, &axes, keepdim);
                 let op = match name {
                     "logsumexp" => Op::LogSumExp {
                         arg: id,

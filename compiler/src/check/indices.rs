@@ -5,7 +5,7 @@
 use super::{Checker, Val};
 use crate::diag::{Diagnostic, ErrorKind, Span};
 use crate::ir::index_ops::{cumsum_dtype, gather_shape, take_shape};
-use crate::ir::{DType, Dim, NodeId, Op, ReduceOp, TensorType};
+use crate::ir::{reduced_shape, DType, Dim, NodeId, Op, ReduceOp, TensorType};
 use crate::syntax::ast::{Expr, ExprKind};
 
 /// The index built-ins and their parameters, in positional order.
@@ -217,16 +217,7 @@ impl Checker<'_> {
                     let z = self.push(Op::Scalar(0.0), TensorType::scalar(DType::I64), span);
                     return Val::Tensor(z);
                 }
-                let shape: Vec<Dim> = xt
-                    .shape
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
-                        (false, _) => Some(d.clone()),
-                        (true, true) => Some(Dim::new(1)),
-                        (true, false) => None,
-                    })
-                    .collect();
+                let shape: Vec<Dim> = reduced_shape(&xt.shape, &axes, keepdim);
                 Val::Tensor(self.push(
                     Op::Reduce {
                         op,

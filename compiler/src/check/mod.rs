@@ -184,6 +184,7 @@ impl<'s> Checker<'s> {
             span: span.clone(),
             line: self.line(span.start),
             group: Some(id),
+            backward_of: None,
         };
         let id = self.graph.push(Node { op, ty, name: None }, origin);
         self.layouts.push(layout);

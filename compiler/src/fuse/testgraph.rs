@@ -31,6 +31,7 @@ impl G {
             span: 0..0,
             line: self.line,
             group: Some(id),
+            backward_of: None,
         };
         self.g.push(Node { op, ty, name: None }, origin)
     }

@@ -4,7 +4,7 @@
 //! `arange` comparison). f16/bf16 inputs are upcast to f32 and the result is cast back to the input dtype.
 
 use super::graph::{BinaryOp, Graph, Node, NodeId, Op, Origin, ReduceOp, UnaryOp, ViewOp};
-use super::types::{DType, Dim, TensorType};
+use super::types::{reduced_shape, DType, Dim, TensorType};
 
 /// The primitive form of a checked graph. Every new node's `Origin.group` is the checked
 /// node it came from; every copied node's group is its checked group (its own id, or the
@@ -410,16 +410,7 @@ impl Builder<'_> {
         if axes.is_empty() {
             return x;
         }
-        let shape = ty
-            .shape
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
-                (false, _) => Some(d.clone()),
-                (true, true) => Some(Dim::new(1)),
-                (true, false) => None,
-            })
-            .collect();
+        let shape = reduced_shape(&ty.shape, axes, keepdim);
         self.push(
             Op::Reduce {
                 op,

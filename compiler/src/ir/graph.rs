@@ -528,6 +528,11 @@ pub struct Origin {
     /// For nodes of the primitive graph: the checked-graph node they were decomposed from
     /// (all nodes of one `softmax` share it). In the checked graph, the node itself.
     pub group: Option<NodeId>,
+    /// For nodes of a backward pass (`grad`), whose `span` is the `grad` call's: the span
+    /// and line of the forward expression whose backward function made the node, so the
+    /// report can say which gradient a buffer holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backward_of: Option<(Span, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -14,4 +14,4 @@ pub use graph::{
     ViewOp,
 };
 pub use layout::Layout;
-pub use types::{broadcast, DType, Dim, TensorType};
+pub use types::{broadcast, reduced_shape, DType, Dim, TensorType};

@@ -256,6 +256,20 @@ pub fn broadcast_dims(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
     broadcast_axes(a, b, |d| d.size, |x, _| x.name.is_some())
 }
 
+/// The shape of a reduction of `shape` over `axes`: each reduced axis kept as 1 with
+/// `keepdim`, else dropped.
+pub fn reduced_shape(shape: &[Dim], axes: &[usize], keepdim: bool) -> Vec<Dim> {
+    shape
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match (axes.contains(&i), keepdim) {
+            (false, _) => Some(d.clone()),
+            (true, true) => Some(Dim::new(1)),
+            (true, false) => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +286,16 @@ mod tests {
         assert_eq!(out, vec![Dim::named("B", 4), Dim::named("D", 8)]);
         let out = broadcast_dims(&[Dim::new(4)], &[Dim::named("N", 4)]).expect("broadcasts");
         assert_eq!(out, vec![Dim::named("N", 4)]);
+    }
+
+    #[test]
+    fn reduced_shapes_keep_or_drop_their_axes() {
+        let s = [Dim::named("B", 2), Dim::new(3), Dim::named("D", 4)];
+        assert_eq!(
+            reduced_shape(&s, &[1], true),
+            vec![Dim::named("B", 2), Dim::new(1), Dim::named("D", 4)]
+        );
+        assert_eq!(reduced_shape(&s, &[0, 2], false), vec![Dim::new(3)]);
+        assert_eq!(reduced_shape(&s, &[], false), s.to_vec());
     }
 }

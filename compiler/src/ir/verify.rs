@@ -397,6 +397,7 @@ mod tests {
             span: 0..0,
             line: 1,
             group: None,
+            backward_of: None,
         }
     }
 

@@ -206,7 +206,11 @@ fn view_name(graph: &Graph, id: NodeId, stored: &HashMap<NodeId, String>) -> Str
 
 /// The source text of a node's expression, on one line and at most 48 characters.
 fn expression(graph: &Graph, id: NodeId, source: Option<&str>) -> Option<String> {
-    let span = graph.origin(id).span.clone();
+    span_text(graph.origin(id).span.clone(), source)
+}
+
+/// The source text of `span`, on one line and at most 48 characters.
+fn span_text(span: crate::diag::Span, source: Option<&str>) -> Option<String> {
     let text = source?.get(span)?;
     let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
@@ -223,7 +227,15 @@ fn expression(graph: &Graph, id: NodeId, source: Option<&str>) -> Option<String>
 /// node's origin alone (so values other stages make — a gradient — are labelled by what
 /// their origin says). Without the source, the bound name or node and the line.
 pub fn label(graph: &Graph, id: NodeId, source: Option<&str>) -> String {
-    let line = graph.origin(id).line;
+    let origin = graph.origin(id);
+    if let Some((span, line)) = &origin.backward_of {
+        // A gradient: named by the forward expression whose backward function made it.
+        return match span_text(span.clone(), source) {
+            Some(t) => format!("backward of {t} (line {line})"),
+            None => format!("backward of line {line}"),
+        };
+    }
+    let line = origin.line;
     let what = match expression(graph, id, source) {
         Some(e) => e,
         None => graph.display_name(id),
