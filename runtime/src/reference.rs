@@ -452,12 +452,12 @@ fn clamp(dtype: DType, x: Value, lo: Option<Value>, hi: Option<Value>, rounding:
 
 /// `f` of each line over `axes` (its elements in row-major order over the reduced axes),
 /// as a reduction's result (`keepdim` as for `reduce`); no axes: `f` of each element.
-fn over_lines(
+fn over_lines<T>(
     a: &RefTensor,
     axes: &[usize],
     keepdim: bool,
-    f: impl Fn(&[f64]) -> f64,
-) -> Result<(Vec<u64>, Vec<f64>), String> {
+    f: impl Fn(&[f64]) -> T,
+) -> Result<(Vec<u64>, Vec<T>), String> {
     if axes.iter().any(|&x| x >= a.shape.len()) {
         return Err(format!("axes {axes:?} out of range for {:?}", a.shape));
     }
@@ -496,43 +496,9 @@ fn arg_reduce(
     axes: &[usize],
     keepdim: bool,
 ) -> Result<(Vec<u64>, Vec<Value>), String> {
-    if axes.iter().any(|&x| x >= a.shape.len()) {
-        return Err(format!(
-            "argmax axes {axes:?} out of range for {:?}",
-            a.shape
-        ));
-    }
-    let kept: Vec<u64> = a
-        .shape
-        .iter()
-        .enumerate()
-        .map(|(d, &s)| if axes.contains(&d) { 1 } else { s })
-        .collect();
-    let mut lines: Vec<Vec<f64>> = vec![Vec::new(); numel(&kept)];
-    // Row-major over the whole tensor visits each line's elements in their own row-major
-    // order over the reduced axes.
-    for (i, &x) in a.values.iter().enumerate() {
-        let mut idx = unravel(i, &a.shape);
-        for &d in axes {
-            idx[d] = 0;
-        }
-        lines[ravel(&idx, &kept)].push(x);
-    }
-    let values = lines
-        .into_iter()
-        .map(|l| Value::Int(eval::arg_reduce(op == ReduceOp::ArgMax, l) as i64))
-        .collect();
-    let shape = if keepdim {
-        kept
-    } else {
-        a.shape
-            .iter()
-            .enumerate()
-            .filter(|(d, _)| !axes.contains(d))
-            .map(|(_, &s)| s)
-            .collect()
-    };
-    Ok((shape, values))
+    over_lines(a, axes, keepdim, |line| {
+        Value::Int(eval::arg_reduce(op == ReduceOp::ArgMax, line.iter().copied()) as i64)
+    })
 }
 
 /// `cumsum` along `axis`: floats in f64 (rounded to the dtype when stored), integers
