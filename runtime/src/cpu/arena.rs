@@ -460,41 +460,49 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_mapping_placed_in_a_moved_out_hole_survives_the_arena() {
-        let size = 8 << 20;
-        let len = 3 << 20;
-        let v: Vec<u8> = Vec::with_capacity(len);
-        let arena = filled(size, Some((0, v.as_ptr() as usize)));
-        // SAFETY: in the arena, taken once.
-        let out = unsafe { arena.take(0, len, v) };
-        assert_eq!(out, expected(0, len));
-        let hole = arena.holes();
-        assert_eq!(hole.len(), 1, "the output's whole pages moved");
-        let (a, b) = hole[0];
-        // Another mapping, asked for exactly at the hole (the kernel gives the hint when
-        // the range is free, as it is after the move).
-        // SAFETY: a fresh private anonymous mapping; MAP_FIXED_NOREPLACE never replaces.
-        let other = unsafe {
-            libc::mmap(
-                a as *mut libc::c_void,
-                b - a,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        assert_eq!(other as usize, a, "the hole is free for another mapping");
-        // SAFETY: the mapping just made, b - a bytes.
-        let theirs = unsafe { std::slice::from_raw_parts_mut(other as *mut u8, b - a) };
-        theirs.fill(0x5a);
-        arena.release_except(&[]);
-        assert!(
-            theirs.iter().all(|&x| x == 0x5a),
-            "release_except spared the hole"
-        );
-        drop(arena);
-        assert!(theirs.iter().all(|&x| x == 0x5a), "the drop left it mapped");
-        // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(other, b - a) };
+        // Other tests running beside this one may take the hole first (the very race the
+        // arena guards against): then try again with a fresh arena, up to 20 times.
+        for _ in 0..20 {
+            let size = 8 << 20;
+            let len = 3 << 20;
+            let v: Vec<u8> = Vec::with_capacity(len);
+            let arena = filled(size, Some((0, v.as_ptr() as usize)));
+            // SAFETY: in the arena, taken once.
+            let out = unsafe { arena.take(0, len, v) };
+            assert_eq!(out, expected(0, len));
+            let hole = arena.holes();
+            assert_eq!(hole.len(), 1, "the output's whole pages moved");
+            let (a, b) = hole[0];
+            // Another mapping, asked for exactly at the hole.
+            // SAFETY: a fresh private anonymous mapping; MAP_FIXED_NOREPLACE never replaces.
+            let other = unsafe {
+                libc::mmap(
+                    a as *mut libc::c_void,
+                    b - a,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if other == libc::MAP_FAILED {
+                continue;
+            }
+            assert_eq!(other as usize, a, "the mapping is at the hole");
+            // SAFETY: the mapping just made, b - a bytes.
+            let theirs = unsafe { std::slice::from_raw_parts_mut(other as *mut u8, b - a) };
+            theirs.fill(0x5a);
+            arena.release_except(&[]);
+            assert!(
+                theirs.iter().all(|&x| x == 0x5a),
+                "release_except spared the hole"
+            );
+            drop(arena);
+            assert!(theirs.iter().all(|&x| x == 0x5a), "the drop left it mapped");
+            // SAFETY: our own mapping, unmapped once.
+            unsafe { libc::munmap(other, b - a) };
+            return;
+        }
+        panic!("in 20 tries, another mapping always took the hole before the test could");
     }
 }
