@@ -262,10 +262,125 @@ fn gpt_block_causal_attention_on_sliced_qkv_is_one_kernel() {
             peaks.planned.without_inputs,
             peaks.lower_bound.without_inputs
         );
-        // The head-merge copy after it stays a kernel of its own, and the plan says so.
+        // The head-merge copy is the attention kernel's epilogue: it writes `[B, S, H, Dh]`
+        // (strides over `[B, H, S, Dh]`: 131072, 64, 512, 1) and no copy kernel follows.
+        head_merge_is_written_by_attention(&p, &[131072, 64, 512, 1]);
+    }
+}
+
+/// The plan of a block whose head-merge copy `reshape(permute(att @ v, [0, 2, 1, 3]), …)`
+/// the attention kernel writes: no kernel after it reads its output but a product, no
+/// kernel copies, the attention kernel's output strides are `strides` (the merged layout)
+/// with a one-cast epilogue, and the plan says nothing was left out.
+fn head_merge_is_written_by_attention(p: &Program, strides: &[i64]) {
+    let text = tc_compiler::plan::print(&p.plan);
+    let (at, a) = p
+        .plan
+        .kernels
+        .iter()
+        .enumerate()
+        .find_map(|(i, k)| match &k.kind {
+            KernelKind::Attention(a) => Some((i, a)),
+            _ => None,
+        })
+        .expect("an attention kernel");
+    assert_eq!(a.out_strides, strides, "{text}");
+    let e = a.epilogue.as_ref().expect("an epilogue");
+    assert_eq!(e.body.len(), 2, "{text}");
+    for k in &p.plan.kernels[at + 1..] {
+        assert!(!k.ops.iter().any(|o| o == "copy"), "{}: {text}", k.name);
+        if tc_compiler::memory::liveness::reads(k).contains(&a.out) {
+            assert!(matches!(k.kind, KernelKind::MatMul(_)), "{}: {text}", k.name);
+        }
+    }
+    assert!(!text.contains("epilogue not fused"), "{text}");
+}
+
+#[test]
+fn transformer_block_head_merge_is_no_copy() {
+    let (_, src) = examples()
+        .into_iter()
+        .find(|(n, _)| n == "transformer_block")
+        .expect("examples/transformer_block.tx");
+    let cuda = tc_compiler::codegen::cuda_plan_options(&PlanOptions::default());
+    for options in [PlanOptions::default(), cuda] {
+        let p = compile(&src, &[], options);
+        // B 4, H 16, S 1024, Dh 64: [B, S, H, Dh] seen over [B, H, S, Dh].
+        head_merge_is_written_by_attention(&p, &[1048576, 64, 1024, 1]);
+        // One kernel fewer than with the copy (12), and no `[B, H, S, Dh]` buffer.
+        assert_eq!(p.plan.kernels.len(), 11);
+        assert!(!p.plan.buffers.iter().any(|b| b.shape == [4, 16, 1024, 64]));
+    }
+}
+
+/// Epilogues the attention kernel cannot compute: its output stays stored, the kernel that
+/// reads it stays, and the plan says why.
+const EPILOGUE_MISSES: &[(&str, &str, &str)] = &[
+    (
+        "a reduction of the output",
+        "input q : f32[2, 8, 4]\ninput k : f32[2, 8, 4]\ninput v : f32[2, 8, 4]\n\
+         out = sum(softmax(q @ transpose(k), axis=-1) @ v, axis=-1)\noutput out\n",
+        "that kernel is not elementwise",
+    ),
+    (
+        "the output read by two kernels",
+        "input q : f32[2, 8, 4]\ninput k : f32[2, 8, 4]\ninput v : f32[2, 8, 4]\n\
+         a = softmax(q @ transpose(k), axis=-1) @ v\nout = a * 2\nm = sum(a, axis=-1)\n\
+         output out, m\n",
+        "the output is read by more than one kernel",
+    ),
+    (
+        "the output also an output",
+        "input q : f32[2, 8, 4]\ninput k : f32[2, 8, 4]\ninput v : f32[2, 8, 4]\n\
+         a = softmax(q @ transpose(k), axis=-1) @ v\nout = a * 2\noutput out, a\n",
+        "the output is also a program output",
+    ),
+    (
+        "a broadcast read of the output",
+        "input q : f32[8, 4]\ninput k : f32[8, 4]\ninput v : f32[8, 4]\n\
+         a = softmax(q @ transpose(k), axis=-1) @ v\nout = reshape(a, [8, 1, 4]) + reshape(a, [1, 8, 4])\n\
+         output out\n",
+        "",
+    ),
+];
+
+#[test]
+fn epilogues_left_out_say_why() {
+    for (what, src, why) in EPILOGUE_MISSES {
+        let p = compile(src, &[], PlanOptions::default());
+        assert_eq!(attention_kernels(&p), 1, "{what}");
+        let text = tc_compiler::plan::print(&p.plan);
+        let a = p
+            .plan
+            .kernels
+            .iter()
+            .find_map(|k| match &k.kind {
+                KernelKind::Attention(a) => Some(a),
+                _ => None,
+            })
+            .expect("attention");
+        assert!(a.epilogue.is_none(), "{what}: {text}");
         assert!(
-            text.contains("attention at line 41: epilogue not fused: the kernel of copy (line 42)"),
-            "{text}"
+            text.contains("epilogue not fused") && text.contains(why),
+            "{what}: the plan does not say `{why}`:\n{text}"
         );
+        differential(src, &[], 3).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
+/// Every epilogue of `tc_tests::attention`'s programs is taken into the attention kernel:
+/// it is the plan's last kernel, with an epilogue exactly when the program has one.
+#[test]
+fn elementwise_epilogues_join_the_attention_kernel() {
+    for (label, src) in programs(Sizes::Cpu, 12) {
+        let p = compile(&src, &[], PlanOptions::default());
+        let text = tc_compiler::plan::print(&p.plan);
+        let Some(KernelKind::Attention(a)) = p.plan.kernels.last().map(|k| &k.kind) else {
+            panic!("{label}: attention is not the last kernel:\n{text}");
+        };
+        // (The head merge of a single head is a view, no copy: nothing to take in.)
+        let has = ["epilogue 2", "epilogue 3"].iter().any(|e| label.contains(e))
+            || (label.contains("epilogue 1") && !label.contains(" H=1 "));
+        assert_eq!(a.epilogue.is_some(), has, "{label}:\n{text}");
     }
 }

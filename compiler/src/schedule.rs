@@ -313,9 +313,61 @@ pub struct AttentionKernel {
     pub body: Vec<Inst>,
     /// The inst of `body` holding the logits the softmax normalises.
     pub logits: InstId,
-    /// `[batch…, m, dv]`, contiguous.
+    /// The elementwise epilogue on `p @ v` (a cast, a scale, the head-merge copy), if any.
+    pub epilogue: Option<Epilogue>,
+    /// The buffer written: the value (or the epilogue's result) at `batch ++ [i, c]` goes
+    /// to `out[out_offset + Σ idx·out_strides]` (a permutation of the output's elements:
+    /// `permute(att @ v, [0, 2, 1, 3])` is written in `[B, S, H, Dh]` order).
     pub out: BufferId,
+    /// The buffer's dtype.
     pub out_dtype: DType,
+    pub out_offset: i64,
+    /// Element strides over `batch ++ [m, dv]`.
+    pub out_strides: Vec<i64>,
+}
+
+/// Index of the attention value `p @ v` in an `Epilogue`'s body: `InstOp::Load(RESULT)`
+/// reads it (rounded to that inst's dtype); `InstOp::Load(i)` for `i > RESULT` reads
+/// `loads[i - 1]`.
+pub const RESULT: usize = 0;
+
+/// An elementwise epilogue of an `AttentionKernel`: `body` over the output domain
+/// `batch ++ [m, dv]`, all `Element` insts (no reduction, gather or scan); `result` is the
+/// inst stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Epilogue {
+    /// Other operands, strided over `batch ++ [m, dv]`.
+    pub loads: Vec<Load>,
+    pub body: Vec<Inst>,
+    pub result: InstId,
+}
+
+impl AttentionKernel {
+    /// The dtype `p @ v` is rounded to before the epilogue (the stored dtype without one).
+    pub fn value_dtype(&self) -> DType {
+        self.epilogue
+            .as_ref()
+            .and_then(|e| {
+                e.body
+                    .iter()
+                    .find(|i| i.op == InstOp::Load(RESULT))
+                    .map(|i| i.dtype)
+            })
+            .unwrap_or(self.out_dtype)
+    }
+
+    /// Every buffer the kernel reads: `q`, `k`, `v`, the prologue's and epilogue's loads.
+    pub fn reads(&self) -> Vec<BufferId> {
+        [self.q.buffer, self.k.buffer, self.v.buffer]
+            .into_iter()
+            .chain(self.loads.iter().map(|l| l.buffer))
+            .chain(
+                self.epilogue
+                    .iter()
+                    .flat_map(|e| e.loads.iter().map(|l| l.buffer)),
+            )
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -239,10 +239,7 @@ pub fn traffic_bytes(plan: &Plan) -> u64 {
                 .chain(f.stores.iter().map(|s| s.buffer))
                 .collect(),
             KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer, m.out],
-            KernelKind::Attention(a) => [a.q.buffer, a.k.buffer, a.v.buffer, a.out]
-                .into_iter()
-                .chain(a.loads.iter().map(|l| l.buffer))
-                .collect(),
+            KernelKind::Attention(a) => a.reads().into_iter().chain([a.out]).collect(),
         };
         touched.sort();
         touched.dedup();

@@ -4,8 +4,9 @@
 //! (scale by `/ sqrt(Dh)` or `*`, an additive mask, a `where` mask of `bool`, a per-head
 //! bias of another dtype, a soft cap with `tanh`, none, and masks computed from `arange`:
 //! causal by `where`, an additive causal mask, a sliding window with an integer distance
-//! penalty), keys shared across heads (a broadcast batch axis) and keys
-//! stored already transposed.
+//! penalty), keys shared across heads (a broadcast batch axis), keys
+//! stored already transposed, and epilogues the attention kernel computes as it writes its
+//! output (the head-merge copy of `permute(att @ v)`, a scale and cast, a residual add).
 
 /// Sizes for one family of programs: CPU-sized (several query and key tiles of the CPU
 /// kernel) or emulation-sized (small, but several tiles of the CUDA kernel).
@@ -30,6 +31,10 @@ impl Lcg {
 
 /// How many prologues `programs` draws from (the first `PROLOGUES` programs take each once).
 pub const PROLOGUES: usize = 9;
+
+/// How many epilogues `programs` draws from (none, the head-merge copy, a scale and cast, a
+/// residual add; the first `EPILOGUES` programs take each once).
+pub const EPILOGUES: usize = 4;
 
 /// `count` attention programs as (label, source); every one is the pattern the planner
 /// fuses (`tests/attention.rs` checks that it does).
@@ -116,10 +121,29 @@ pub fn programs(sizes: Sizes, count: usize) -> Vec<(String, String)> {
                 )
             }
         };
-        src += &format!("out = softmax({logits}, axis=-1) @ v\noutput out\n");
-        let label =
-            format!(
-            "attention {i}: B={b} H={h} S={s} T={t} Dh={dh} Dv={dv} {dt} prologue {prologue}{}{}",
+        // The epilogue, drawn last (the draws above stay those of the programs without one).
+        let epilogue = if i < EPILOGUES {
+            i % EPILOGUES
+        } else {
+            g.pick(&[0, 0, 1, 2, 3])
+        };
+        let att = format!("softmax({logits}, axis=-1) @ v");
+        let line = match epilogue {
+            0 => format!("out = {att}\n"),
+            // The head-merge copy: written by the attention kernel in `[B, S, H, Dv]` order.
+            1 => format!("out = reshape(permute({att}, [0, 2, 1, 3]), [B, S, H * Dv])\n"),
+            // A scale and a cast to another dtype.
+            2 => format!("out = f16({att} * 2)\n"),
+            // A residual of another dtype added to the merged heads.
+            _ => {
+                src += "input r : f32[B, S, H, Dv]\n";
+                format!("out = permute({att}, [0, 2, 1, 3]) + r\n")
+            }
+        };
+        src += &line;
+        src += "output out\n";
+        let label = format!(
+            "attention {i}: B={b} H={h} S={s} T={t} Dh={dh} Dv={dv} {dt} prologue {prologue} epilogue {epilogue}{}{}",
             if shared_k { " shared k" } else { "" },
             if k_transposed { " k stored transposed" } else { "" }
         );

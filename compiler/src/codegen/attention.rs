@@ -12,7 +12,9 @@ use super::writer::Writer;
 use super::{storage_type, CudaKernel, Launch};
 use crate::ir::DType;
 use crate::lower::{ValueId, ValueOp};
-use crate::schedule::{AttentionKernel, BufferId, InstOp, Kernel, MatOperand, Plan, SCORE};
+use crate::schedule::{
+    AttentionKernel, BufferId, Inst, InstOp, Kernel, Load, MatOperand, Plan, SCORE,
+};
 
 /// Queries per block.
 pub const BQ: u64 = 32;
@@ -44,11 +46,7 @@ fn round_expr(dtype: DType, x: &str) -> String {
 
 pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKernel) -> CudaKernel {
     let mut params: Vec<BufferId> = Vec::new();
-    for b in [a.q.buffer, a.k.buffer, a.v.buffer]
-        .into_iter()
-        .chain(a.loads.iter().map(|l| l.buffer))
-        .chain([a.out])
-    {
+    for b in a.reads().into_iter().chain([a.out]) {
         if !params.contains(&b) {
             params.push(b);
         }
@@ -195,7 +193,9 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     if a.score_dtype != DType::F32 {
         w.line(format!("s = {};", round_expr(a.score_dtype, "s")));
     }
-    prologue(&mut w, a, &pname, &zs);
+    let mut axes: Vec<String> = zs.clone();
+    axes.extend(["i".to_string(), "j".to_string()]);
+    insts(&mut w, &a.body, &a.loads, "s", &pname, &axes);
     w.line(format!("lg = {};", ValueId::new(a.logits)));
     w.close();
     w.line("sp[row][jj] = lg;");
@@ -229,17 +229,43 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     ));
     w.close();
     w.close();
-    // Write the row.
+    // Write the row, through the output's strides (the epilogue computed per element).
     w.open(format!("if (i < {m})"));
-    w.line(format!("const long long oo = bz * {} + i * {dv};", m * dv));
+    let (osm, osc) = (a.out_strides[nb], a.out_strides[nb + 1]);
+    let mut oo = vec![a.out_offset.to_string()];
+    for (dd, z) in zs.iter().enumerate() {
+        if a.out_strides[dd] != 0 {
+            oo.push(format!("{z} * {}", a.out_strides[dd]));
+        }
+    }
+    w.line(format!("const long long oo = {} + i * {osm};", oo.join(" + ")));
     w.line("const float inv = 1.0f / sum;");
     w.open(format!("for (int c = 0; c < {cols}; ++c)"));
     w.line(format!("const int col = part + c * {TPQ};"));
-    w.line(format!(
-        "if (col < {dv}) {}[oo + col] = {};",
-        pname(a.out),
-        store_conv(a.out_dtype, "acc[c] * inv")
-    ));
+    match &a.epilogue {
+        None => w.line(format!(
+            "if (col < {dv}) {}[oo + (long long)col * {osc}] = {};",
+            pname(a.out),
+            store_conv(a.out_dtype, "acc[c] * inv")
+        )),
+        Some(e) => {
+            w.open(format!("if (col < {dv})"));
+            let value_dtype = a.value_dtype();
+            w.line(format!(
+                "const float val = {};",
+                round_expr(value_dtype, "acc[c] * inv")
+            ));
+            let mut axes: Vec<String> = zs.clone();
+            axes.extend(["i".to_string(), "(long long)col".to_string()]);
+            insts(&mut w, &e.body, &e.loads, "val", &pname, &axes);
+            w.line(format!(
+                "{}[oo + (long long)col * {osc}] = {};",
+                pname(a.out),
+                store_conv(a.out_dtype, &ValueId::new(e.result).to_string())
+            ));
+            w.close();
+        }
+    }
     w.close();
     w.close();
     w.line("__syncthreads();");
@@ -263,43 +289,42 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     }
 }
 
-/// The prologue's insts as `const T vN = …;` (`T` the value type: `float`, or `long long`
-/// for integers and `bool`, exact as in fused kernels) for query `i`, key `j` (batch indices
-/// `zs`): an `arange` read through its views is its index map over `batch ++ [i, j]`, so a
-/// causal mask is compared from the positions, never loaded.
-fn prologue(
+/// The prologue's or the epilogue's insts as `const T vN = …;` (`T` the value type:
+/// `float`, or `long long` for integers and `bool`, exact as in fused kernels) at the index
+/// `axes` (batch indices, then query `i` and key `j` for the prologue, or query `i` and
+/// column `col` for the epilogue); `InstOp::Load(0)` (`SCORE`, `RESULT`) is the variable
+/// `first`: an `arange` read through its views is its index map over the axes, so a causal
+/// mask is compared from the positions, never loaded.
+fn insts(
     w: &mut Writer,
-    a: &AttentionKernel,
+    body: &[Inst],
+    loads: &[Load],
+    first: &str,
     pname: &dyn Fn(BufferId) -> String,
-    zs: &[String],
+    axes: &[String],
 ) {
-    let nb = a.batch.len();
-    let mut axes: Vec<String> = zs.to_vec();
-    axes.extend(["i".to_string(), "j".to_string()]);
-    let dt = |x: ValueId| a.body.get(x.index()).map_or(DType::F32, |i| i.dtype);
-    let konst = |x: ValueId| match a.body.get(x.index()).map(|i| &i.op) {
+    let dt = |x: ValueId| body.get(x.index()).map_or(DType::F32, |i| i.dtype);
+    let konst = |x: ValueId| match body.get(x.index()).map(|i| &i.op) {
         Some(InstOp::Const(c)) => Some(*c),
         _ => None,
     };
-    for (idx, inst) in a.body.iter().enumerate() {
+    for (idx, inst) in body.iter().enumerate() {
         let rhs = match &inst.op {
-            InstOp::Load(SCORE) => "s".to_string(),
+            InstOp::Load(SCORE) => first.to_string(),
             InstOp::Load(l) => {
-                let load = &a.loads[l - 1];
-                let at = address(load.offset, &axes[..nb + 2], &load.strides);
+                let load = &loads[l - 1];
+                let at = address(load.offset, axes, &load.strides);
                 load_conv(load.dtype, &format!("{}[{at}]", pname(load.buffer)))
             }
             InstOp::Const(c) if !inst.dtype.is_integral() => {
                 round_expr(inst.dtype, &float_literal(*c))
             }
             InstOp::Index { offset, strides } => {
-                format!(
-                    "(long long)({})",
-                    address(*offset, &axes[..nb + 2], strides)
-                )
+                format!("(long long)({})", address(*offset, axes, strides))
             }
-            // `fuse::attention` takes only unary, binary, cast and `where` nodes (and the
-            // aranges they read) into a prologue, and `plan::verify` refuses the rest.
+            // `fuse::attention` takes only unary, binary, cast, copy and `where` nodes (and
+            // the aranges they read) into a prologue or an epilogue, and `plan::verify`
+            // refuses the rest.
             InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => {
                 unreachable!("a reduction, gather or scan in an attention prologue")
             }

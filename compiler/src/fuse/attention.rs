@@ -12,6 +12,13 @@
 //! (and a rounding cast to a half dtype); its one stored value is the left operand of one
 //! matmul `p @ v` and nothing else. Anything else keeps today's kernels, and `misses` says
 //! why for `tc emit --plan`.
+//!
+//! The *epilogue*: when the one kernel other than a product that reads `p @ v` is
+//! elementwise, stores one value and reads the output through a permutation of its axes
+//! (the head-merge copy `reshape(permute(att @ v, [0, 2, 1, 3]), [B, S, D])`, a cast, a
+//! scale), it joins the attention group: the attention kernel computes it per output
+//! element and writes its value through strides, so `p @ v` is never stored. Anything else
+//! (a second reader, a reduction, a view that is no permutation) is said in `misses`.
 
 use super::Fuser;
 use crate::ir::layout::Layout;
@@ -35,6 +42,41 @@ pub struct Attention {
     pub probs: NodeId,
     /// `probs @ v`.
     pub out: NodeId,
+    /// The elementwise epilogue's nodes (sorted): a kernel that read the output through a
+    /// permutation of its axes (the head-merge copy of `permute(att @ v)`, a cast, a scale),
+    /// taken into the attention kernel, which writes that kernel's one value instead of
+    /// `out`; empty when there is none.
+    pub epilogue: Vec<NodeId>,
+}
+
+/// For each axis of a value of shape `to` read from a contiguous `from`-shaped value
+/// through `offset` and `strides`, the axis of `from` it walks, when the read is a
+/// permutation of `from`'s axes (same rank and sizes, each element read once); else `None`.
+pub fn permutation(from: &[u64], to: &[u64], offset: i64, strides: &[i64]) -> Option<Vec<usize>> {
+    if from.len() != to.len() || strides.len() != to.len() || offset != 0 {
+        return None;
+    }
+    let contiguous = crate::ir::types::contiguous_strides(from);
+    let mut taken = vec![false; from.len()];
+    let mut perm = vec![usize::MAX; to.len()];
+    for d in 0..to.len() {
+        if to[d] == 1 {
+            continue;
+        }
+        let a = (0..from.len())
+            .find(|&a| !taken[a] && from[a] == to[d] && contiguous[a] == strides[d])?;
+        taken[a] = true;
+        perm[d] = a;
+    }
+    // Axes of size 1 match the remaining ones of size 1, in order.
+    for d in 0..to.len() {
+        if perm[d] == usize::MAX {
+            let a = (0..from.len()).find(|&a| !taken[a] && from[a] == 1)?;
+            taken[a] = true;
+            perm[d] = a;
+        }
+    }
+    Some(perm)
 }
 
 /// The attention parts of a group's `nodes` (sorted), or why they are not attention.
@@ -162,9 +204,52 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
     if !reads_scores {
         return Err("the softmax does not read the scores".into());
     }
-    let accounted = prologue.len() + softmax.len() + 2;
-    if accounted != set.len() {
-        return Err("the softmax kernel computes more than the probabilities".into());
+    // The epilogue: every other node, elementwise over one shape, reading the output (and
+    // nothing else of the kernel) through a permutation of its axes.
+    let mut epilogue: Vec<NodeId> = set
+        .iter()
+        .copied()
+        .filter(|n| !prologue.contains(n) && !softmax.contains(n) && ![scores, out].contains(n))
+        .collect();
+    epilogue.sort();
+    let inner: BTreeSet<NodeId> = epilogue.iter().copied().collect();
+    let mut read: Option<(i64, Vec<i64>)> = None;
+    for &n in &epilogue {
+        let node = graph.node(n);
+        if !matches!(
+            node.op,
+            Op::Unary(..) | Op::Binary(..) | Op::Cast { .. } | Op::Where(..) | Op::Copy(_)
+        ) {
+            return Err("the softmax kernel computes more than the probabilities".into());
+        }
+        if node.ty.sizes() != graph.ty(epilogue[0]).sizes() {
+            return Err("the epilogue's values have different shapes".into());
+        }
+        for o in node.op.operands() {
+            let r = root(o);
+            if r == out {
+                let l = &lays[o.index()];
+                let this = (l.offset, l.strides.clone());
+                if read.as_ref().is_some_and(|r| *r != this) {
+                    return Err("the epilogue reads the output through two views".into());
+                }
+                read = Some(this);
+            } else if set.contains(&r) && !inner.contains(&r) {
+                return Err("the softmax kernel computes more than the probabilities".into());
+            }
+        }
+    }
+    if !epilogue.is_empty() {
+        let Some((offset, strides)) = read else {
+            return Err("the softmax kernel computes more than the probabilities".into());
+        };
+        let eshape = graph.ty(epilogue[0]).sizes();
+        if permutation(&graph.ty(out).sizes(), &eshape, offset, &strides).is_none() {
+            return Err(
+                "the epilogue reads the output through a view that is not a permutation of its axes"
+                    .into(),
+            );
+        }
     }
     Ok(Attention {
         scores,
@@ -172,6 +257,7 @@ pub fn parts(graph: &Graph, lays: &[Layout], nodes: &[NodeId]) -> Result<Attenti
         logits: x,
         probs,
         out,
+        epilogue,
     })
 }
 
@@ -197,6 +283,110 @@ pub(super) fn merge(f: &mut Fuser<'_>) {
         f.shape[g1] = None;
     }
     f.rebuild_edges();
+    // Then the epilogue of each: the one elementwise kernel reading its output.
+    for g in 0..f.members.len() {
+        if let Ok(Some(h)) = epilogue_of(f, g) {
+            for &n in &f.members[h] {
+                f.gid[n.index()] = Some(g);
+            }
+            let moved = std::mem::take(&mut f.members[h]);
+            f.members[g].extend(moved);
+            f.shape[h] = None;
+            f.shape[g] = None;
+            f.rebuild_edges();
+        }
+    }
+}
+
+/// The attention parts of group `g`, when it is attention.
+fn attention_of(f: &Fuser<'_>, g: usize) -> Option<Attention> {
+    let members = &f.members[g];
+    let products = members
+        .iter()
+        .filter(|&&n| matches!(f.graph.node(n).op, Op::MatMul(..)))
+        .count();
+    if products != 2 {
+        return None;
+    }
+    let mut nodes = members.clone();
+    nodes.sort();
+    parts(f.graph, &f.lays, &nodes).ok()
+}
+
+/// For an attention group `g` without an epilogue: the kernel its output's one reader is,
+/// when the attention kernel can compute it as its epilogue (`Ok(Some)`); `Ok(None)` when
+/// nothing but products reads the output (or `g` is no attention); else why not.
+fn epilogue_of(f: &Fuser<'_>, g: usize) -> Result<Option<usize>, String> {
+    let graph = f.graph;
+    let Some(att) = attention_of(f, g) else {
+        return Ok(None);
+    };
+    if !att.epilogue.is_empty() {
+        return Ok(None);
+    }
+    let readers: BTreeSet<usize> = f.consumers[att.out.index()]
+        .iter()
+        .filter_map(|c| f.gid[c.index()])
+        .filter(|&h| h != g)
+        .collect();
+    let only_products = |h: usize| {
+        f.members[h]
+            .iter()
+            .all(|&n| matches!(graph.node(n).op, Op::MatMul(..)))
+    };
+    if readers.iter().all(|&h| only_products(h)) {
+        return Ok(None);
+    }
+    let is_output = graph
+        .outputs
+        .iter()
+        .any(|o| f.lays[o.node.index()].root == att.out);
+    if is_output {
+        return Err("the output is also a program output".into());
+    }
+    let [h] = readers.iter().copied().collect::<Vec<_>>()[..] else {
+        return Err("the output is read by more than one kernel".into());
+    };
+    let elementwise = f.members[h].iter().all(|&n| {
+        matches!(
+            graph.node(n).op,
+            Op::Unary(..) | Op::Binary(..) | Op::Cast { .. } | Op::Where(..) | Op::Copy(_)
+        )
+    });
+    if !elementwise {
+        return Err("that kernel is not elementwise".into());
+    }
+    let outputs: BTreeSet<NodeId> = graph
+        .outputs
+        .iter()
+        .map(|o| f.lays[o.node.index()].root)
+        .collect();
+    let escaping: Vec<NodeId> = f.members[h]
+        .iter()
+        .copied()
+        .filter(|&n| {
+            outputs.contains(&n)
+                || f.consumers[n.index()]
+                    .iter()
+                    .any(|c| f.gid[c.index()] != Some(h))
+        })
+        .collect();
+    let [result] = escaping[..] else {
+        return Err("that kernel stores more than one value".into());
+    };
+    if f.consumers[result.index()]
+        .iter()
+        .any(|&c| matches!(graph.node(c).op, Op::Concat { .. }))
+    {
+        return Err("that kernel writes a part of a concat".into());
+    }
+    let mut nodes: Vec<NodeId> = f.members[g]
+        .iter()
+        .chain(&f.members[h])
+        .copied()
+        .collect();
+    nodes.sort();
+    parts(graph, &f.lays, &nodes).map(|_| Some(h))
 }
 
 /// The groups of `q @ kᵀ`, the softmax and `p @ v` (`usize::MAX` when not found), and
@@ -307,26 +497,17 @@ pub(super) fn misses(f: &Fuser<'_>) -> Vec<String> {
     out
 }
 
-/// The epilogues left out of fused attention kernels: for each attention group, each other
-/// kernel that reads its output and is not a matrix product (a scale, the head-merge copy
-/// of `permute(att @ v)`, a residual add), a line naming its ops and lines. The attention
-/// kernel writes its output contiguously as `[batch…, m, dv]` and takes no epilogue, so the
-/// output is stored and read again by that kernel.
+/// The epilogues left out of fused attention kernels: for each attention group whose
+/// output a kernel other than a product reads and `epilogue_of` refused, a line naming that
+/// kernel's ops and lines and why; the output is then stored and read again.
 fn epilogues(f: &Fuser<'_>) -> Vec<String> {
     let graph = f.graph;
     let mut out = Vec::new();
-    for (g, members) in f.members.iter().enumerate() {
-        if members
-            .iter()
-            .filter(|&&n| matches!(graph.node(n).op, Op::MatMul(..)))
-            .count()
-            != 2
-        {
+    for g in 0..f.members.len() {
+        let Err(why) = epilogue_of(f, g) else {
             continue;
-        }
-        let mut nodes = members.clone();
-        nodes.sort();
-        let Ok(att) = parts(graph, &f.lays, &nodes) else {
+        };
+        let Some(att) = attention_of(f, g) else {
             continue;
         };
         let readers: BTreeSet<usize> = f.consumers[att.out.index()]
@@ -351,7 +532,7 @@ fn epilogues(f: &Fuser<'_>) -> Vec<String> {
                 lines.insert(graph.origin(n).line);
             }
             out.push(format!(
-                "attention at line {}: epilogue not fused: the kernel of {} (line {}) reads its output; the attention kernel writes `[batch…, m, dv]` contiguously and takes no epilogue yet, so the output is stored",
+                "attention at line {}: epilogue not fused: the kernel of {} (line {}) reads its output: {why}; the output is stored",
                 graph.origin(att.scores).line,
                 ops.join(", "),
                 lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")

@@ -9,10 +9,7 @@ pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
     match &kernel.kind {
         KernelKind::Fused(f) => f.loads.iter().map(|l| l.buffer).collect(),
         KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer],
-        KernelKind::Attention(a) => [a.q.buffer, a.k.buffer, a.v.buffer]
-            .into_iter()
-            .chain(a.loads.iter().map(|l| l.buffer))
-            .collect(),
+        KernelKind::Attention(a) => a.reads(),
     }
 }
 

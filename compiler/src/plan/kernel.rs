@@ -11,8 +11,8 @@ use crate::fuse::{to_domain, Group};
 use crate::ir::layout::Layout;
 use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp};
 use crate::schedule::{
-    AttentionKernel, Buffer, BufferId, BufferKind, FusedKernel, Inst, InstId, InstOp, KernelKind,
-    Level, Load, MatMulKernel, MatOperand, PlanOptions, Store, SCORE,
+    AttentionKernel, Buffer, BufferId, BufferKind, Epilogue, FusedKernel, Inst, InstId, InstOp,
+    KernelKind, Level, Load, MatMulKernel, MatOperand, PlanOptions, Store, RESULT, SCORE,
 };
 use std::collections::HashMap;
 
@@ -150,6 +150,7 @@ impl Builder<'_> {
         &mut self,
         att: &Attention,
         live: &[bool],
+        result: NodeId,
         out: BufferId,
     ) -> Result<KernelKind, Diagnostic> {
         let (Op::MatMul(qa, kb), Op::MatMul(_, vb)) = (
@@ -234,6 +235,7 @@ impl Builder<'_> {
                 (loads, body, k.stores[0].inst)
             }
         };
+        let (epilogue, out_strides) = self.epilogue(att, live, result, out)?;
         Ok(KernelKind::Attention(AttentionKernel {
             batch: shape[..r - 2].to_vec(),
             m: shape[r - 2],
@@ -247,9 +249,112 @@ impl Builder<'_> {
             loads,
             body,
             logits,
+            epilogue,
             out,
-            out_dtype: self.graph.dtype(att.out),
+            out_dtype: self.buffers[out.index()].dtype,
+            out_offset: 0,
+            out_strides,
         }))
+    }
+
+    /// The epilogue of `att` (its nodes built as a fused kernel over their own shape that
+    /// loads `p @ v` from a stand-in buffer, whose load becomes `RESULT`), with every stride
+    /// taken onto the output's axes `batch ++ [m, dv]`; and the strides `result`'s buffer
+    /// `out` is written through over those axes (contiguous without an epilogue).
+    fn epilogue(
+        &mut self,
+        att: &Attention,
+        live: &[bool],
+        result: NodeId,
+        out: BufferId,
+    ) -> Result<(Option<Epilogue>, Vec<i64>), Diagnostic> {
+        let oshape = self.graph.ty(att.out).sizes();
+        if att.epilogue.is_empty() {
+            return Ok((None, crate::ir::types::contiguous_strides(&oshape)));
+        }
+        let eshape = self.graph.ty(result).sizes();
+        let stand_in = self.push(Buffer {
+            name: "attention".into(),
+            kind: BufferKind::Arena,
+            dtype: self.graph.dtype(att.out),
+            shape: oshape.clone(),
+            bytes: 0,
+            offset: 0,
+            first_step: 0,
+            last_step: 0,
+            in_place_of: None,
+            node: Some(att.out),
+        });
+        let group = Group {
+            nodes: att.epilogue.clone(),
+            domain: eshape.clone(),
+            reduce_axes: Vec::new(),
+            levels: vec![Level::Element; att.epilogue.len()],
+            matmul: false,
+            attention: None,
+        };
+        let built = self.fused(&group, live, &[result], &[out]);
+        self.buffers.pop();
+        self.buf_of.remove(&att.out);
+        let k = built?;
+        let Some(read) = k.loads.iter().find(|l| l.buffer == stand_in) else {
+            return Err(internal("the attention epilogue does not read the output"));
+        };
+        // Epilogue axis `d` walks output axis `perm[d]`: strides over the epilogue's axes
+        // become strides over the output's.
+        let perm = crate::fuse::attention::permutation(&oshape, &eshape, read.offset, &read.strides)
+            .ok_or_else(|| internal("the attention epilogue's read is no permutation"))?;
+        let onto = |strides: &[i64]| {
+            let mut o = vec![0i64; strides.len()];
+            for (d, &a) in perm.iter().enumerate() {
+                o[a] = strides[d];
+            }
+            o
+        };
+        let mut map = Vec::with_capacity(k.loads.len());
+        let mut loads = Vec::new();
+        for l in &k.loads {
+            if l.buffer == stand_in {
+                if (l.offset, &l.strides) != (read.offset, &read.strides) {
+                    return Err(internal("the attention epilogue reads the output twice"));
+                }
+                map.push(RESULT);
+            } else {
+                loads.push(Load {
+                    strides: onto(&l.strides),
+                    ..l.clone()
+                });
+                map.push(RESULT + loads.len());
+            }
+        }
+        let body = k
+            .body
+            .iter()
+            .map(|i| Inst {
+                op: match i.op {
+                    InstOp::Load(l) => InstOp::Load(map[l]),
+                    InstOp::Index {
+                        offset,
+                        ref strides,
+                    } => InstOp::Index {
+                        offset,
+                        strides: onto(strides),
+                    },
+                    ref op => op.clone(),
+                },
+                level: Level::Element,
+                ..i.clone()
+            })
+            .collect();
+        let out_strides = onto(&crate::ir::types::contiguous_strides(&eshape));
+        Ok((
+            Some(Epilogue {
+                loads,
+                body,
+                result: k.stores[0].inst,
+            }),
+            out_strides,
+        ))
     }
 
     pub(super) fn fused(

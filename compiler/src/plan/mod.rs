@@ -384,10 +384,15 @@ fn plan_traced(
             out_bufs.push(b.arena(n, bname, step)?);
         }
         let kind = if let Some(att) = &group.attention {
-            if outs != [att.out] {
+            let stored_ok = match outs[..] {
+                [n] if att.epilogue.is_empty() => n == att.out,
+                [n] => att.epilogue.contains(&n) && regions[0].is_none(),
+                _ => false,
+            };
+            if !stored_ok {
                 return Err(internal("an attention kernel stores more than its output"));
             }
-            let k = b.attention(att, &live, out_bufs[0])?;
+            let k = b.attention(att, &live, outs[0], out_bufs[0])?;
             notes.push(format!(
                 "{name}: attention (line {}): {} scores {} never materialised (flash attention: \
                  tiles of keys, online softmax)",

@@ -190,6 +190,49 @@ pub fn print(plan: &Plan) -> String {
                     "  softmax over n of %{}, online (max, sum) by tiles of keys; @ v",
                     a.logits
                 );
+                if let Some(e) = &a.epilogue {
+                    let _ = writeln!(out, "  epilogue over [batch…, m, dv]:");
+                    for (i, l) in e.loads.iter().enumerate() {
+                        let _ = writeln!(
+                            out,
+                            "  load e{} = {} {} +{} strides {}",
+                            i + 1,
+                            bname(l.buffer),
+                            l.dtype,
+                            l.offset,
+                            list(&l.strides)
+                        );
+                    }
+                    for (i, inst) in e.body.iter().enumerate() {
+                        let rhs = inst_text(&inst.op, |l| {
+                            if l == crate::schedule::RESULT {
+                                "p @ v".to_string()
+                            } else {
+                                format!("load e{l}")
+                            }
+                        });
+                        let _ = writeln!(out, "  %{i:<3} = {rhs:<22} : {}", inst_type(inst));
+                    }
+                }
+                let default = crate::ir::types::contiguous_strides(
+                    &a.batch.iter().copied().chain([a.m, a.dv]).collect::<Vec<_>>(),
+                );
+                let store = match &a.epilogue {
+                    Some(e) => format!("%{}", e.result),
+                    None => "p @ v".to_string(),
+                };
+                if a.out_strides == default {
+                    if a.epilogue.is_some() {
+                        let _ = writeln!(out, "  store {store} -> {}", bname(a.out));
+                    }
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "  store {store} -> {} strides {} (the output's axes, permuted)",
+                        bname(a.out),
+                        list(&a.out_strides)
+                    );
+                }
             }
         }
     }

@@ -323,11 +323,82 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 check_id(a.out)?;
                 let mut sizes = a.batch.clone();
                 sizes.extend([a.m, a.dv]);
+                if let Some(e) = &a.epilogue {
+                    for (i, inst) in e.body.iter().enumerate() {
+                        let ok = inst.level == Level::Element
+                            && match inst.op {
+                                InstOp::Load(l) => l <= e.loads.len(),
+                                InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => {
+                                    false
+                                }
+                                InstOp::Index { ref strides, .. } => strides.len() == sizes.len(),
+                                ref op => op.operands().iter().all(|&o| o < i),
+                            };
+                        if !ok {
+                            return Err(bad(
+                                KernelBody,
+                                format!(
+                                    "{}: epilogue inst {i} is not elementwise over earlier insts",
+                                    k.name
+                                ),
+                            ));
+                        }
+                    }
+                    if e.result >= e.body.len() {
+                        return Err(bad(
+                            KernelBody,
+                            format!("{}: the epilogue's result is no inst", k.name),
+                        ));
+                    }
+                    for l in &e.loads {
+                        check_id(l.buffer)?;
+                        let b = plan.buffer(l.buffer);
+                        let (lo, hi) = span(l.offset, &l.strides, &sizes);
+                        if l.dtype != b.dtype
+                            || l.strides.len() != sizes.len()
+                            || lo < 0
+                            || hi >= numel(&b.shape)
+                        {
+                            return Err(bad(
+                                InBounds,
+                                format!(
+                                    "{}: epilogue load of {} is out of bounds",
+                                    k.name, b.name
+                                ),
+                            ));
+                        }
+                        read_at[l.buffer.index()].push(s);
+                    }
+                }
                 let b = plan.buffer(a.out);
-                if numel(&sizes) != numel(&b.shape) || b.dtype != a.out_dtype {
+                // The output's strides write each element of the buffer once: sorted by
+                // stride, the axes longer than 1 tile it contiguously.
+                let mut axes: Vec<(i64, u64)> = a
+                    .out_strides
+                    .iter()
+                    .zip(&sizes)
+                    .filter(|(_, &n)| n > 1)
+                    .map(|(&st, &n)| (st, n))
+                    .collect();
+                axes.sort();
+                let mut next = 1i64;
+                let tiles = axes.iter().all(|&(st, n)| {
+                    let ok = st == next;
+                    next = next.saturating_mul(n as i64);
+                    ok
+                });
+                if numel(&sizes) != numel(&b.shape)
+                    || b.dtype != a.out_dtype
+                    || a.out_strides.len() != sizes.len()
+                    || a.out_offset != 0
+                    || !tiles
+                {
                     return Err(bad(
                         InBounds,
-                        format!("{}: output {} has the wrong size", k.name, b.name),
+                        format!(
+                            "{}: output {} has the wrong size or strides",
+                            k.name, b.name
+                        ),
                     ));
                 }
                 written_at[a.out.index()].push(s);

@@ -14,7 +14,9 @@ use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use tc_compiler::ir::{eval, BinaryOp, DType, UnaryOp};
-use tc_compiler::schedule::{AttentionKernel, BufferId, Inst, InstOp, MatOperand, Plan, SCORE};
+use tc_compiler::schedule::{
+    AttentionKernel, BufferId, Epilogue, Inst, InstOp, MatOperand, Plan, RESULT, SCORE,
+};
 
 /// Queries per tile (one task).
 pub const BQ: usize = 128;
@@ -132,12 +134,59 @@ pub(super) fn run(
     if a.logits >= a.body.len() || a.body[a.logits].dtype.is_integral() {
         return Err(bad("the logits are no float inst".into()));
     }
+    let mut odom = batch.clone();
+    odom.extend([m, dv]);
+    let mut eloads = Vec::new();
+    if let Some(e) = &a.epilogue {
+        for l in &e.loads {
+            let mem = mem_of(l.buffer, "epilogue load")?;
+            if l.strides.len() != nb + 2 || l.dtype != mem.dtype {
+                return Err(bad("an epilogue load does not match its buffer".into()));
+            }
+            check_bounds(
+                name,
+                "epilogue load",
+                &plan.buffer(l.buffer).name,
+                mem,
+                l.offset,
+                &l.strides,
+                &odom,
+            )?;
+            eloads.push(mem);
+        }
+        for (i, inst) in e.body.iter().enumerate() {
+            let ok = match inst.op {
+                InstOp::Load(l) => l <= e.loads.len(),
+                InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => false,
+                InstOp::Index { ref strides, .. } => strides.len() == nb + 2,
+                ref op => op.operands().iter().all(|&o| o < i),
+            };
+            if !ok {
+                return Err(bad(format!("epilogue inst {i} is not elementwise")));
+            }
+        }
+        if e.result >= e.body.len() {
+            return Err(bad("the epilogue's result is no inst".into()));
+        }
+    }
     let out = mem_of(a.out, "output")?;
+    if a.out_strides.len() != nb + 2 {
+        return Err(bad("the output's strides do not match its domain".into()));
+    }
+    check_bounds(
+        name,
+        "output",
+        &plan.buffer(a.out).name,
+        out,
+        a.out_offset,
+        &a.out_strides,
+        &odom,
+    )?;
     if !out.writable
         || out.dtype != a.out_dtype
         || out.numel < nbatch * m * dv
         || ops.iter().any(|o| o.mem.overlaps(&out))
-        || loads.iter().any(|l| l.overlaps(&out))
+        || loads.iter().chain(&eloads).any(|l| l.overlaps(&out))
     {
         return Err(bad(format!(
             "output {} is not a writable {} buffer of {} elements apart from the operands",
@@ -158,6 +207,7 @@ pub(super) fn run(
         k: &ops[1],
         v: &ops[2],
         loads: &loads,
+        eloads: &eloads,
         out,
     };
     let qtiles = m.div_ceil(BQ);
@@ -186,6 +236,8 @@ struct Scratch {
     tmp: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
+    /// The epilogue's values at one output element.
+    elanes: Vec<Lane>,
 }
 
 struct Ctx<'a> {
@@ -197,6 +249,8 @@ struct Ctx<'a> {
     k: &'a MatRef<'a>,
     v: &'a MatRef<'a>,
     loads: &'a [Mem],
+    /// The epilogue's loads.
+    eloads: &'a [Mem],
     out: Mem,
 }
 
@@ -358,18 +412,79 @@ impl Ctx<'_> {
                 )
             };
         }
-        let base = (bi * m + q0) * dv;
+        let os = &self.a.out_strides;
+        let base = self.a.out_offset
+            + idx
+                .iter()
+                .zip(os)
+                .map(|(&z, &s)| z as i64 * s)
+                .sum::<i64>();
         for r in 0..rows {
             let inv = 1.0 / sc.sum[r];
-            for c in 0..dv {
-                // SAFETY: batch `bi`, rows q0.. of the output belong to this task alone;
-                // the output holds nbatch·m·dv elements (checked in `run`).
-                unsafe {
-                    self.out
-                        .write((base + r * dv + c) as i64, sc.acc[r * dv + c] * inv)
-                };
+            let row = base + (q0 + r) as i64 * os[nb];
+            match &self.a.epilogue {
+                None => {
+                    for c in 0..dv {
+                        // SAFETY: batch `bi`, rows q0.. of the output belong to this task
+                        // alone; its strides stay inside the buffer (checked in `run`).
+                        unsafe {
+                            self.out
+                                .write(row + c as i64 * os[nb + 1], sc.acc[r * dv + c] * inv)
+                        };
+                    }
+                }
+                Some(e) => {
+                    for c in 0..dv {
+                        let value = sc.acc[r * dv + c] * inv;
+                        let v = self.epilogue(e, &idx, q0 + r, c, value, &mut sc.elanes);
+                        // SAFETY: as above.
+                        unsafe { typed::write(self.out, row + c as i64 * os[nb + 1], v) };
+                    }
+                }
             }
         }
+    }
+
+    /// The epilogue at output element (batch `idx`, query `qi`, column `c`) of the value
+    /// `value` (`p @ v`, before its rounding): each inst one lane, with `typed`'s meaning.
+    fn epilogue(
+        &self,
+        e: &Epilogue,
+        idx: &[usize],
+        qi: usize,
+        c: usize,
+        value: f32,
+        lanes: &mut Vec<Lane>,
+    ) -> Lane {
+        let nb = self.nb;
+        let at = |offset: i64, strides: &[i64]| {
+            offset
+                + idx
+                    .iter()
+                    .zip(strides)
+                    .map(|(&z, &s)| z as i64 * s)
+                    .sum::<i64>()
+                + qi as i64 * strides[nb]
+                + c as i64 * strides[nb + 1]
+        };
+        lanes.clear();
+        for inst in &e.body {
+            let v = match inst.op {
+                InstOp::Load(RESULT) => Lane::F(math::round_to(inst.dtype, value)),
+                InstOp::Load(l) => {
+                    let load = &e.loads[l - 1];
+                    // SAFETY: inside the load's checked domain (`run`).
+                    unsafe { typed::read(self.eloads[l - 1], at(load.offset, &load.strides)) }
+                }
+                InstOp::Index {
+                    offset,
+                    ref strides,
+                } => Lane::I(at(offset, strides)),
+                ref op => lane_value(op, inst.dtype, |x| lanes[x], |x| e.body[x].dtype),
+            };
+            lanes.push(v);
+        }
+        lanes[e.result]
     }
 
     /// Runs the prologue over one row's tile of scores (`sc.s`, row `r`), leaving the
@@ -587,34 +702,7 @@ impl Ctx<'_> {
             Reg::IRow => Lane::I(iregs[x * BK + c]),
         };
         let odt = |x: usize| a.body[x].dtype;
-        let value = |c: usize| match inst.op {
-            InstOp::Const(v) => typed::constant(dt, v),
-            InstOp::Unary(u, x) => match lane(x, c) {
-                Lane::F(v) => Lane::F(math::round_to(dt, math::unary(u, v))),
-                Lane::I(v) => Lane::I(eval::unary_int(u, dt, v)),
-            },
-            InstOp::Binary(b, x, y) => match (lane(x, c), lane(y, c)) {
-                (Lane::I(p), Lane::I(q)) => Lane::I(eval::binary_int(b, odt(x), p, q)),
-                (p, q) => {
-                    let v = math::binary(b, p.f(), q.f());
-                    if b.is_cmp() || matches!(b, BinaryOp::And | BinaryOp::Or) {
-                        Lane::I(v as i64)
-                    } else {
-                        Lane::F(math::round_to(dt, v))
-                    }
-                }
-            },
-            InstOp::Cast(x) => typed::cast(dt, lane(x, c)),
-            InstOp::Where(k, x, y) => {
-                if lane(k, c).i() != 0 {
-                    lane(x, c)
-                } else {
-                    lane(y, c)
-                }
-            }
-            // Refused in `run`; the score is a float (never here).
-            _ => Lane::F(f32::NAN),
-        };
+        let value = |c: usize| lane_value(&inst.op, dt, |x| lane(x, c), odt);
         let per_key = inst
             .op
             .operands()
@@ -717,6 +805,44 @@ impl Ctx<'_> {
             }
             Reg::Row
         }
+    }
+}
+
+/// Inst `op` of dtype `dt` on its operands' lanes (`lane(x)`; `odt(x)` their dtypes), with
+/// `typed`'s meaning: a constant, unary, binary, cast or `where` (loads and indices are the
+/// caller's; anything else, refused in `run`, is NaN).
+fn lane_value(
+    op: &InstOp,
+    dt: DType,
+    lane: impl Fn(usize) -> Lane,
+    odt: impl Fn(usize) -> DType,
+) -> Lane {
+    match *op {
+        InstOp::Const(v) => typed::constant(dt, v),
+        InstOp::Unary(u, x) => match lane(x) {
+            Lane::F(v) => Lane::F(math::round_to(dt, math::unary(u, v))),
+            Lane::I(v) => Lane::I(eval::unary_int(u, dt, v)),
+        },
+        InstOp::Binary(b, x, y) => match (lane(x), lane(y)) {
+            (Lane::I(p), Lane::I(q)) => Lane::I(eval::binary_int(b, odt(x), p, q)),
+            (p, q) => {
+                let v = math::binary(b, p.f(), q.f());
+                if b.is_cmp() || matches!(b, BinaryOp::And | BinaryOp::Or) {
+                    Lane::I(v as i64)
+                } else {
+                    Lane::F(math::round_to(dt, v))
+                }
+            }
+        },
+        InstOp::Cast(x) => typed::cast(dt, lane(x)),
+        InstOp::Where(k, x, y) => {
+            if lane(k).i() != 0 {
+                lane(x)
+            } else {
+                lane(y)
+            }
+        }
+        _ => Lane::F(f32::NAN),
     }
 }
 

@@ -420,7 +420,7 @@ impl State {
 ///
 /// # Safety
 /// `0 <= i < mem.numel`.
-unsafe fn read(mem: Mem, i: i64) -> Lane {
+pub(super) unsafe fn read(mem: Mem, i: i64) -> Lane {
     // SAFETY: in bounds by the caller; unaligned reads are fine.
     unsafe {
         match mem.dtype {
@@ -436,7 +436,7 @@ unsafe fn read(mem: Mem, i: i64) -> Lane {
 ///
 /// # Safety
 /// `0 <= i < mem.numel`, the buffer is writable and no other thread touches element `i`.
-unsafe fn write(mem: Mem, i: i64, v: Lane) {
+pub(super) unsafe fn write(mem: Mem, i: i64, v: Lane) {
     // SAFETY: in bounds and owned by the caller; unaligned writes are fine.
     unsafe {
         match mem.dtype {
