@@ -384,3 +384,44 @@ fn elementwise_epilogues_join_the_attention_kernel() {
         assert_eq!(a.epilogue.is_some(), has, "{label}:\n{text}");
     }
 }
+
+/// Causal and sliding-window masks compared from `arange`s: the CPU kernel computes no key
+/// tile the mask hides entirely from a tile of queries (its tile log counts them: about
+/// half of them for a causal mask), and the results still match the reference. A mask of
+/// `-inf` (`-1e39` rounds to it) is skipped by its position alone; a finite one (`-1e9`) once the rows' running
+/// max is far above it.
+#[test]
+fn masked_key_tiles_are_not_computed_on_the_cpu() {
+    // 1000 queries and keys: 8 tiles of 128 each way; causal leaves 1 + 2 + … + 8 = 36 of
+    // the 64 tiles per head.
+    for (what, mask, dh, want) in [
+        ("causal, -inf", "where(qi >= kj, s, -1e39)", 24, Some(2 * 36)),
+        ("causal, -1e9", "where(kj > qi, -1e9, s)", 40, Some(2 * 36)),
+        (
+            "sliding window of 200, -inf",
+            "where(logical_and(qi >= kj, qi - kj < 200), s, -1e39)",
+            56,
+            None,
+        ),
+    ] {
+        let src = format!(
+            "dim S = 1000\ndim Dh = {dh}\ninput q : f32[2, S, Dh]\ninput k : f32[2, S, Dh]\n\
+             input v : f32[2, S, 8]\nqi = reshape(arange(S), [S, 1])\nkj = arange(S)\n\
+             s = q @ transpose(k) / sqrt(Dh)\nout = softmax({mask}, axis=-1) @ v\noutput out\n"
+        );
+        let p = compile(&src, &[], PlanOptions::default());
+        assert_eq!(attention_kernels(&p), 1, "{what}");
+        differential(&src, &[], 5).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let log = tc_runtime::cpu::TILE_LOG.lock().expect("the tile log");
+        let run = log
+            .iter()
+            .rev()
+            .find(|t| t.dims == (1000, 1000, dh, 8))
+            .expect("the attention kernel ran");
+        assert_eq!(run.all, 2 * 64, "{what}");
+        match want {
+            Some(n) => assert_eq!(run.computed, n, "{what}"),
+            None => assert!(run.computed < run.all / 2, "{what}: {run:?}"),
+        }
+    }
+}

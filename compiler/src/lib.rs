@@ -16,6 +16,7 @@ pub mod fuse;
 pub mod invariant;
 pub mod ir;
 pub mod lower;
+pub mod masked;
 pub mod memory;
 pub mod plan;
 pub mod report;

@@ -14,6 +14,7 @@ use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use tc_compiler::ir::{eval, BinaryOp, DType, UnaryOp};
+use tc_compiler::masked::{self, KeyTiles, SKIP_MARGIN};
 use tc_compiler::schedule::{
     AttentionKernel, BufferId, Epilogue, Inst, InstOp, MatOperand, Plan, RESULT, SCORE,
 };
@@ -198,6 +199,19 @@ pub(super) fn run(
     if nbatch == 0 || m == 0 || n == 0 || dv == 0 {
         return Ok(());
     }
+    let masked = masked::key_tiles(a, BQ as u64, BK_MASKED as u64);
+    let (bk, tiles) = if masked.masked.is_some() {
+        (BK_MASKED, masked)
+    } else {
+        let kt = n.div_ceil(BK) as u64;
+        (
+            BK,
+            KeyTiles {
+                ranges: vec![(0, kt); m.div_ceil(BQ)],
+                masked: None,
+            },
+        )
+    };
     let ctx = Ctx {
         a,
         nb,
@@ -209,15 +223,51 @@ pub(super) fn run(
         loads: &loads,
         eloads: &eloads,
         out,
+        bk,
+        tiles,
     };
     let qtiles = m.div_ceil(BQ);
-    (0..nbatch * qtiles)
+    let computed: u64 = (0..nbatch * qtiles)
         .into_par_iter()
-        .for_each_init(Scratch::default, |scratch, task| {
+        .map_init(Scratch::default, |scratch, task| {
             ctx.tile(task / qtiles, (task % qtiles) * BQ, scratch)
+        })
+        .sum();
+    #[cfg(feature = "test-support")]
+    if let Ok(mut log) = TILE_LOG.lock() {
+        log.push(TileCount {
+            kernel: name.to_string(),
+            dims: (m, n, d, dv),
+            computed,
+            all: (nbatch * qtiles * n.div_ceil(bk)) as u64,
         });
+    }
+    #[cfg(not(feature = "test-support"))]
+    let _ = computed;
     Ok(())
 }
+
+/// Keys per tile: `BK`, or `BK_MASKED` when some tiles are masked (`tc_compiler::masked`),
+/// so that a causal mask leaves about half the tiles (with `BK` keys a tile, `S = 1024`
+/// has two key tiles per query tile, one of which is masked for only half the query tiles).
+pub const BK_MASKED: usize = 128;
+
+/// The key tiles computed in one run of an attention kernel (tests only).
+#[cfg(feature = "test-support")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TileCount {
+    pub kernel: String,
+    /// `m`, `n`, `d`, `dv`.
+    pub dims: (usize, usize, usize, usize),
+    /// (batch, query tile, key tile) triples computed, and all there are.
+    pub computed: u64,
+    pub all: u64,
+}
+
+/// Every attention run's `TileCount`, in order (tests only: a test finds its own run by
+/// its kernel's dims).
+#[cfg(feature = "test-support")]
+pub static TILE_LOG: std::sync::Mutex<Vec<TileCount>> = std::sync::Mutex::new(Vec::new());
 
 /// One thread's buffers, reused across its tasks.
 #[derive(Default)]
@@ -252,14 +302,17 @@ struct Ctx<'a> {
     /// The epilogue's loads.
     eloads: &'a [Mem],
     out: Mem,
+    /// Keys per tile (at most `BK`) and the key tiles each tile of `BQ` queries computes.
+    bk: usize,
+    tiles: KeyTiles,
 }
 
 // SAFETY: `Mem` is Send + Sync (see cpu/mod.rs); the rest is shared immutable data.
 unsafe impl Sync for Ctx<'_> {}
 
 impl Ctx<'_> {
-    /// Queries `q0 .. q0 + BQ` of batch matrix `bi`.
-    fn tile(&self, bi: usize, q0: usize, sc: &mut Scratch) {
+    /// Queries `q0 .. q0 + BQ` of batch matrix `bi`; the number of key tiles computed.
+    fn tile(&self, bi: usize, q0: usize, sc: &mut Scratch) -> u64 {
         let (m, n, d, dv) = self.dims;
         let nb = self.nb;
         let rows = BQ.min(m - q0);
@@ -298,8 +351,28 @@ impl Ctx<'_> {
                 sc.iregs.resize(body.len() * BK, 0);
             }
         }
-        for k0 in (0..n).step_by(BK) {
-            let cols = BK.min(n - k0);
+        // The key tiles that are not masked for these queries, in order; then, with a
+        // finite mask constant, the masked ones, each skipped once every row's running max
+        // is far enough above it (`tc_compiler::masked`); with `-inf`, never visited.
+        let bk = self.bk;
+        let kt = n.div_ceil(bk);
+        let (first, end) = self.tiles.ranges[q0 / BQ];
+        let (first, end) = (first as usize, end as usize);
+        let late = match self.tiles.masked {
+            Some(c) if c != f32::NEG_INFINITY => (0..first).chain(end..kt),
+            _ => (0..0).chain(0..0),
+        };
+        let mut computed = 0u64;
+        for j in (first..end).chain(late) {
+            if j < first || j >= end {
+                let c = self.tiles.masked.unwrap_or(f32::NAN);
+                if sc.max[..rows].iter().all(|&mx| mx - c > SKIP_MARGIN) {
+                    continue;
+                }
+            }
+            computed += 1;
+            let k0 = j * bk;
+            let cols = bk.min(n - k0);
             // Keys (`d × cols`) and values (`cols × dv`): in place, or widened.
             let (k_ptr, k_rs, k_cs) = if self.k.direct {
                 let s = &self.k.op.strides;
@@ -443,6 +516,7 @@ impl Ctx<'_> {
                 }
             }
         }
+        computed
     }
 
     /// The epilogue at output element (batch `idx`, query `qi`, column `c`) of the value

@@ -6,6 +6,8 @@
 
 mod arena;
 mod attention;
+#[cfg(feature = "test-support")]
+pub use attention::{TileCount, TILE_LOG};
 mod fused;
 mod index;
 mod math;
