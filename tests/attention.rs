@@ -425,3 +425,32 @@ fn masked_key_tiles_are_not_computed_on_the_cpu() {
         }
     }
 }
+
+/// The CUDA kernel of `examples/gpt_block.tx`'s causal attention walks, for each tile of 32
+/// queries, only the key tiles its mask does not hide: a table of ranges in constant memory
+/// (36 of the 8 × 8 tiles of 32 at S = 256), and the masked tiles (a finite `-1e9`) after
+/// them, each skipped by a block vote once every row's running max is far above the mask.
+#[test]
+fn cuda_attention_walks_only_the_unmasked_key_tiles() {
+    let (_, src) = examples()
+        .into_iter()
+        .find(|(n, _)| n == "gpt_block")
+        .expect("examples/gpt_block.tx");
+    let cuda = tc_compiler::codegen::cuda_plan_options(&PlanOptions::default());
+    let p = compile(&src, &[], cuda);
+    let kernels = tc_compiler::codegen::emit_kernels(&p.plan).expect("CUDA C");
+    let at = p
+        .plan
+        .kernels
+        .iter()
+        .position(|k| matches!(k.kind, KernelKind::Attention(_)))
+        .expect("attention");
+    let k = kernels
+        .iter()
+        .find(|k| k.kernel_index == at)
+        .expect("the attention kernel's CUDA C");
+    let table = "__constant__ int k2_key_tiles[16] = {0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 0, 8};";
+    assert!(k.source.contains(table), "{}", k.source);
+    assert!(k.source.contains("(36 of 64 tiles computed)"), "{}", k.source);
+    assert!(k.source.contains("if (skip) continue;"), "{}", k.source);
+}

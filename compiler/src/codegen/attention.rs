@@ -24,6 +24,10 @@ pub const TPQ: u64 = 4;
 pub const THREADS: u64 = BQ * TPQ;
 pub use crate::fuse::attention::MAX_HEAD;
 
+/// The most query tiles whose key-tile table (two `int`s each) goes to constant memory;
+/// a larger kernel computes every tile.
+pub const MAX_TILE_TABLE: u64 = 4096;
+
 /// Keys per tile: shared memory (queries, keys, values and a tile of logits, f32) stays
 /// under the 48 KiB of static shared memory for heads up to `MAX_HEAD`.
 pub fn keys_per_tile(d: u64, dv: u64) -> u64 {
@@ -60,6 +64,30 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     let qtiles = m.div_ceil(BQ);
 
     let mut w = Writer::new();
+    let ktiles = n.div_ceil(bk);
+    // Key tiles a mask hides entirely from a tile of queries (`masked`): each query tile's
+    // range of the others, in constant memory.
+    let tiles = crate::masked::key_tiles(a, BQ, bk);
+    let skipping = tiles.masked.is_some() && qtiles <= MAX_TILE_TABLE;
+    let table = format!("{}_key_tiles", kernel.name);
+    if skipping {
+        w.line(format!(
+            "// key tiles [first, end) per tile of {BQ} queries; the others are masked to {} ({} of {} tiles computed)",
+            float_literal(tiles.masked.unwrap_or(0.0) as f64),
+            tiles.computed(),
+            qtiles * ktiles
+        ));
+        let body: Vec<String> = tiles
+            .ranges
+            .iter()
+            .flat_map(|&(a, b)| [a.to_string(), b.to_string()])
+            .collect();
+        w.line(format!(
+            "__constant__ int {table}[{}] = {{{}}};",
+            2 * qtiles,
+            body.join(", ")
+        ));
+    }
     w.line(format!(
         "// {}: attention (lines {:?}): batch {:?} m {m} n {n} d {d} dv {dv}; the scores are never stored",
         kernel.name, kernel.lines, a.batch
@@ -88,6 +116,9 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     w.line(format!("__shared__ float sk[{bk}][{}];", d + 1));
     w.line(format!("__shared__ float sv[{bk}][{dv}];"));
     w.line(format!("__shared__ float sp[{BQ}][{}];", bk + 1));
+    if skipping && tiles.masked != Some(f32::NEG_INFINITY) {
+        w.line("__shared__ int svote[1];");
+    }
     w.line("const int tid = threadIdx.x;");
     w.line(format!("const int row = tid / {TPQ};"));
     w.line(format!("const int part = tid % {TPQ};"));
@@ -145,7 +176,40 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     w.line(format!("float acc[{cols}];"));
     w.line("#pragma unroll");
     w.line(format!("for (int c = 0; c < {cols}; ++c) acc[c] = 0.0f;"));
-    w.open(format!("for (long long kt = 0; kt < {n}; kt += {bk})"));
+    let finite = tiles.masked.filter(|c| *c != f32::NEG_INFINITY);
+    if skipping {
+        w.line(format!("const int kfirst = {table}[2 * qt], kend = {table}[2 * qt + 1];"));
+        // The tiles in range, in order; then, with a finite mask, the masked ones, each
+        // skipped when every row's running max is `SKIP_MARGIN` above the mask (a block
+        // vote); with `-inf`, never visited.
+        let steps = if finite.is_some() {
+            ktiles.to_string()
+        } else {
+            "kend - kfirst".to_string()
+        };
+        w.open(format!("for (int step = 0; step < {steps}; ++step)"));
+        w.line("const int late = step - (kend - kfirst);");
+        w.line("const int jt = late < 0 ? kfirst + step : late < kfirst ? late : kend + late - kfirst;");
+        if let Some(c) = finite {
+            w.open("if (late >= 0)");
+            w.line("__syncthreads();");
+            w.line("if (tid == 0) svote[0] = 1;");
+            w.line("__syncthreads();");
+            w.line(format!(
+                "if (!(i >= {m} || mx - ({}) > {})) svote[0] = 0;",
+                float_literal(c as f64),
+                float_literal(crate::masked::SKIP_MARGIN as f64)
+            ));
+            w.line("__syncthreads();");
+            w.line("const int skip = svote[0];");
+            w.line("__syncthreads();");
+            w.line("if (skip) continue;");
+            w.close();
+        }
+        w.line(format!("const long long kt = (long long)jt * {bk};"));
+    } else {
+        w.open(format!("for (long long kt = 0; kt < {n}; kt += {bk})"));
+    }
     w.line("__syncthreads();");
     w.open(format!("for (int e = tid; e < {}; e += {THREADS})", bk * d));
     w.line(format!("const int r = e / {d}, c = e % {d};"));

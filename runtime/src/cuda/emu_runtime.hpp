@@ -59,6 +59,7 @@ static int tc_threads;  // threads in a block
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static  // one block runs at a time, so a static is the block's own
+#define __constant__ static  // a table the kernel only reads
 
 static void tc_fail(const char* fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
