@@ -290,7 +290,11 @@ fn head_merge_is_written_by_attention(p: &Program, strides: &[i64]) {
     for k in &p.plan.kernels[at + 1..] {
         assert!(!k.ops.iter().any(|o| o == "copy"), "{}: {text}", k.name);
         if tc_compiler::memory::liveness::reads(k).contains(&a.out) {
-            assert!(matches!(k.kind, KernelKind::MatMul(_)), "{}: {text}", k.name);
+            assert!(
+                matches!(k.kind, KernelKind::MatMul(_)),
+                "{}: {text}",
+                k.name
+            );
         }
     }
     assert!(!text.contains("epilogue not fused"), "{text}");
@@ -379,7 +383,9 @@ fn elementwise_epilogues_join_the_attention_kernel() {
             panic!("{label}: attention is not the last kernel:\n{text}");
         };
         // (The head merge of a single head is a view, no copy: nothing to take in.)
-        let has = ["epilogue 2", "epilogue 3"].iter().any(|e| label.contains(e))
+        let has = ["epilogue 2", "epilogue 3"]
+            .iter()
+            .any(|e| label.contains(e))
             || (label.contains("epilogue 1") && !label.contains(" H=1 "));
         assert_eq!(a.epilogue.is_some(), has, "{label}:\n{text}");
     }
@@ -395,7 +401,12 @@ fn masked_key_tiles_are_not_computed_on_the_cpu() {
     // 1000 queries and keys: 8 tiles of 128 each way; causal leaves 1 + 2 + … + 8 = 36 of
     // the 64 tiles per head.
     for (what, mask, dh, want) in [
-        ("causal, -inf", "where(qi >= kj, s, -1e39)", 24, Some(2 * 36)),
+        (
+            "causal, -inf",
+            "where(qi >= kj, s, -1e39)",
+            24,
+            Some(2 * 36),
+        ),
         ("causal, -1e9", "where(kj > qi, -1e9, s)", 40, Some(2 * 36)),
         (
             "sliding window of 200, -inf",
@@ -449,8 +460,13 @@ fn cuda_attention_walks_only_the_unmasked_key_tiles() {
         .iter()
         .find(|k| k.kernel_index == at)
         .expect("the attention kernel's CUDA C");
-    let table = "__constant__ int k2_key_tiles[16] = {0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 0, 8};";
+    let table =
+        "__constant__ int k2_key_tiles[16] = {0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 0, 8};";
     assert!(k.source.contains(table), "{}", k.source);
-    assert!(k.source.contains("(36 of 64 tiles computed)"), "{}", k.source);
+    assert!(
+        k.source.contains("(36 of 64 tiles computed)"),
+        "{}",
+        k.source
+    );
     assert!(k.source.contains("if (skip) continue;"), "{}", k.source);
 }

@@ -127,7 +127,11 @@ fn binary(b: BinaryOp, dt: DType, x: Iv, y: Iv) -> Iv {
             BinaryOp::Sub => int(dt, a0 - b1, a1 - b0),
             BinaryOp::Mul => {
                 let ps = [a0 * b0, a0 * b1, a1 * b0, a1 * b1];
-                int(dt, *ps.iter().min().unwrap_or(&0), *ps.iter().max().unwrap_or(&0))
+                int(
+                    dt,
+                    *ps.iter().min().unwrap_or(&0),
+                    *ps.iter().max().unwrap_or(&0),
+                )
             }
             BinaryOp::Maximum => int(dt, a0.max(b0), a1.max(b1)),
             BinaryOp::Minimum => int(dt, a0.min(b0), a1.min(b1)),

@@ -5,7 +5,9 @@
 //! and the rescaled f32 accumulator of `Σ p·v`. Four threads share a query: they split a
 //! tile's logits for the max and the sum (combined by warp shuffles, in a fixed order) and
 //! the output columns for the accumulator. Every sum runs in one fixed order, so the result
-//! does not depend on scheduling.
+//! does not depend on scheduling. Key tiles a mask hides entirely (`crate::masked`) are not
+//! walked: each query tile reads its range of the others from a table in constant memory;
+//! the output is written through strides, with the epilogue computed per element.
 
 use super::cuda::{address, float_literal, load_conv, op_expr, store_conv, value_type};
 use super::writer::Writer;
@@ -178,7 +180,9 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     w.line(format!("for (int c = 0; c < {cols}; ++c) acc[c] = 0.0f;"));
     let finite = tiles.masked.filter(|c| *c != f32::NEG_INFINITY);
     if skipping {
-        w.line(format!("const int kfirst = {table}[2 * qt], kend = {table}[2 * qt + 1];"));
+        w.line(format!(
+            "const int kfirst = {table}[2 * qt], kend = {table}[2 * qt + 1];"
+        ));
         // The tiles in range, in order; then, with a finite mask, the masked ones, each
         // skipped when every row's running max is `SKIP_MARGIN` above the mask (a block
         // vote); with `-inf`, never visited.
@@ -302,7 +306,10 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
             oo.push(format!("{z} * {}", a.out_strides[dd]));
         }
     }
-    w.line(format!("const long long oo = {} + i * {osm};", oo.join(" + ")));
+    w.line(format!(
+        "const long long oo = {} + i * {osm};",
+        oo.join(" + ")
+    ));
     w.line("const float inv = 1.0f / sum;");
     w.open(format!("for (int c = 0; c < {cols}; ++c)"));
     w.line(format!("const int col = part + c * {TPQ};"));

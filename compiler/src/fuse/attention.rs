@@ -69,12 +69,10 @@ pub fn permutation(from: &[u64], to: &[u64], offset: i64, strides: &[i64]) -> Op
         perm[d] = a;
     }
     // Axes of size 1 match the remaining ones of size 1, in order.
-    for d in 0..to.len() {
-        if perm[d] == usize::MAX {
-            let a = (0..from.len()).find(|&a| !taken[a] && from[a] == 1)?;
-            taken[a] = true;
-            perm[d] = a;
-        }
+    for p in perm.iter_mut().filter(|p| **p == usize::MAX) {
+        let a = (0..from.len()).find(|&a| !taken[a] && from[a] == 1)?;
+        taken[a] = true;
+        *p = a;
     }
     Some(perm)
 }
@@ -380,11 +378,7 @@ fn epilogue_of(f: &Fuser<'_>, g: usize) -> Result<Option<usize>, String> {
     {
         return Err("that kernel writes a part of a concat".into());
     }
-    let mut nodes: Vec<NodeId> = f.members[g]
-        .iter()
-        .chain(&f.members[h])
-        .copied()
-        .collect();
+    let mut nodes: Vec<NodeId> = f.members[g].iter().chain(&f.members[h]).copied().collect();
     nodes.sort();
     parts(graph, &f.lays, &nodes).map(|_| Some(h))
 }

@@ -302,8 +302,9 @@ impl Builder<'_> {
         };
         // Epilogue axis `d` walks output axis `perm[d]`: strides over the epilogue's axes
         // become strides over the output's.
-        let perm = crate::fuse::attention::permutation(&oshape, &eshape, read.offset, &read.strides)
-            .ok_or_else(|| internal("the attention epilogue's read is no permutation"))?;
+        let perm =
+            crate::fuse::attention::permutation(&oshape, &eshape, read.offset, &read.strides)
+                .ok_or_else(|| internal("the attention epilogue's read is no permutation"))?;
         let onto = |strides: &[i64]| {
             let mut o = vec![0i64; strides.len()];
             for (d, &a) in perm.iter().enumerate() {

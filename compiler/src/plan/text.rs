@@ -215,7 +215,11 @@ pub fn print(plan: &Plan) -> String {
                     }
                 }
                 let default = crate::ir::types::contiguous_strides(
-                    &a.batch.iter().copied().chain([a.m, a.dv]).collect::<Vec<_>>(),
+                    &a.batch
+                        .iter()
+                        .copied()
+                        .chain([a.m, a.dv])
+                        .collect::<Vec<_>>(),
                 );
                 let store = match &a.epilogue {
                     Some(e) => format!("%{}", e.result),

@@ -361,10 +361,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                         {
                             return Err(bad(
                                 InBounds,
-                                format!(
-                                    "{}: epilogue load of {} is out of bounds",
-                                    k.name, b.name
-                                ),
+                                format!("{}: epilogue load of {} is out of bounds", k.name, b.name),
                             ));
                         }
                         read_at[l.buffer.index()].push(s);

@@ -6,6 +6,8 @@
 //! never exist beyond one tile of `BQ × BK` floats per thread, so the plan stores none.
 //! f32 operands are read in place through their strides; f16/bf16 ones are widened a tile
 //! at a time. Every sum runs in a fixed order, so results do not depend on the threads.
+//! Key tiles a mask hides entirely (`tc_compiler::masked`) are not computed; the output is
+//! written through its strides, the epilogue computed per element (`typed`'s meaning).
 
 use super::fused::check_bounds;
 use super::math::{self, Operand};
@@ -486,12 +488,7 @@ impl Ctx<'_> {
             };
         }
         let os = &self.a.out_strides;
-        let base = self.a.out_offset
-            + idx
-                .iter()
-                .zip(os)
-                .map(|(&z, &s)| z as i64 * s)
-                .sum::<i64>();
+        let base = self.a.out_offset + idx.iter().zip(os).map(|(&z, &s)| z as i64 * s).sum::<i64>();
         for r in 0..rows {
             let inv = 1.0 / sc.sum[r];
             let row = base + (q0 + r) as i64 * os[nb];
