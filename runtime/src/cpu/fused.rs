@@ -152,7 +152,7 @@ fn for_each_task(n: usize, min_len: usize, f: impl Fn(&mut Scratch, usize) + Syn
 }
 
 /// Enough rows per task that a task does at least a few blocks of work.
-fn rows_per_task(row_len: usize) -> usize {
+pub(super) fn rows_per_task(row_len: usize) -> usize {
     (4 * BLOCK / row_len.max(1)).max(1)
 }
 
@@ -750,7 +750,7 @@ fn single_run(sizes: &[usize], strides: &[i64], base: i64, at: usize, n: usize) 
 /// Walks `n` consecutive inner indices from `at` as runs along the innermost dim, calling
 /// `f(position in block, element offset of the run start, run length, run stride)`.
 #[inline]
-fn runs(
+pub(super) fn runs(
     sizes: &[usize],
     strides: &[i64],
     base: i64,
@@ -884,7 +884,7 @@ impl Mem {
     /// # Safety
     /// Every element read is in bounds.
     #[inline]
-    unsafe fn read_run(&self, off: i64, step: i64, out: &mut [f32]) {
+    pub(super) unsafe fn read_run(&self, off: i64, step: i64, out: &mut [f32]) {
         if step == 1 && self.dtype == DType::F32 {
             // SAFETY: in bounds by the caller; `out` is a distinct Rust allocation, and an
             // unaligned byte copy is always valid.
@@ -908,7 +908,7 @@ impl Mem {
     /// # Safety
     /// Every element written is in bounds and owned by this thread.
     #[inline]
-    unsafe fn write_run(&self, off: i64, step: i64, src: &[f32]) {
+    pub(super) unsafe fn write_run(&self, off: i64, step: i64, src: &[f32]) {
         if step == 1 && self.dtype == DType::F32 {
             // SAFETY: in bounds and owned by this thread (the caller); byte copies need no
             // alignment.
