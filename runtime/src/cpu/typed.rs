@@ -15,7 +15,6 @@
 use super::fused::{self, Prepared};
 use super::math::{self, KahanSum, Operand};
 use super::Mem;
-use rayon::prelude::*;
 use tc_compiler::ir::{eval, BinaryOp, CmpOp, DType, ReduceOp, UnaryOp};
 use tc_compiler::lower::{Level, ValueId, ValueOp};
 
@@ -149,7 +148,8 @@ pub(super) unsafe fn run(p: &Prepared) {
     }
     if p.ir.is_pointwise() {
         let total = p.row_len;
-        tasks(p, total.div_ceil(CHUNK), 1, |s, c| {
+        let new = || State::new(p);
+        fused::for_each_task(total.div_ceil(CHUNK), 1, new, |s, c| {
             s.set_row(p, 0);
             // SAFETY: forwarded from the caller.
             unsafe { s.row_values(p, 0) };
@@ -164,31 +164,13 @@ pub(super) unsafe fn run(p: &Prepared) {
         });
     } else {
         // SAFETY: forwarded from the caller; each row is one task's.
-        tasks(p, p.rows, fused::rows_per_task(p.row_len), |s, r| unsafe {
-            s.row(p, r)
-        });
-    }
-}
-
-/// Runs `f(state, i)` for every `i < n` over the rayon pool in tasks of consecutive
-/// indices (at least `min_len`, about eight tasks per thread), one state per task; a
-/// single task runs on the calling thread.
-fn tasks(p: &Prepared, n: usize, min_len: usize, f: impl Fn(&mut State, usize) + Sync) {
-    let per_task = n
-        .div_ceil(8 * rayon::current_num_threads())
-        .max(min_len)
-        .max(1);
-    let task = |t: usize| {
-        let mut s = State::new(p);
-        for i in t * per_task..((t + 1) * per_task).min(n) {
-            f(&mut s, i);
-        }
-    };
-    let count = n.div_ceil(per_task);
-    if count == 1 {
-        task(0);
-    } else {
-        (0..count).into_par_iter().for_each(task);
+        let per_task = fused::rows_per_task(p.row_len);
+        fused::for_each_task(
+            p.rows,
+            per_task,
+            || State::new(p),
+            |s, r| unsafe { s.row(p, r) },
+        );
     }
 }
 
@@ -326,17 +308,7 @@ impl State {
     /// Sets the current row and each access's base offset there.
     fn set_row(&mut self, p: &Prepared, r: usize) {
         self.row = r;
-        let accesses = p.loads.iter().chain(p.stores.iter().map(|(_, a)| a));
-        for (b, acc) in self.bases.iter_mut().zip(accesses) {
-            let mut q = r;
-            let mut off = acc.offset;
-            for d in (0..p.row_sizes.len()).rev() {
-                let stride = acc.row_strides.get(d).copied().unwrap_or(0);
-                off += (q % p.row_sizes[d]) as i64 * stride;
-                q /= p.row_sizes[d];
-            }
-            *b = off;
-        }
+        fused::row_bases(p, r, &mut self.bases);
     }
 
     /// Computes the row values of pass `q` for the current row.
