@@ -14,7 +14,7 @@ pub(super) fn bad_indices(values: usize) -> Vec<AtomicI64> {
     (0..values).map(|_| AtomicI64::new(NO_ERROR)).collect()
 }
 
-/// Whether a kernel must run element at a time (`typed`): it has an index value (an
+/// Whether a kernel must run in the typed interpreter (`typed`): it has an index value (an
 /// `arange`, a gather, a scan or an `argmax`/`argmin`).
 pub(super) fn needed(p: &Prepared) -> bool {
     p.ir.values.iter().any(|v| match v.op {
