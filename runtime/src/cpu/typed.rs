@@ -525,18 +525,17 @@ impl State {
                 if a_int {
                     let [t0, _, t2] = &mut self.tmp_i;
                     let xs = Self::ints(p, &self.vals, &self.slots, a, t0, n);
-                    let out = grown(t2, n);
-                    unary_ints(op, dt, xs, out);
-                    put_ints(&mut slot, out);
+                    ints_out(&mut slot, t2, n, |out| unary_ints(op, dt, xs, out));
                 } else {
                     let [t0, _, t2] = &mut self.tmp_f;
-                    let out = grown(t2, n);
-                    match Self::floats(p, &self.vals, &self.slots, a, t0, n) {
-                        Operand::Block(src) => math::unary_block(op, src, out),
-                        Operand::Scalar(x) => out.fill(math::unary(op, x)),
-                    }
-                    math::round_block(dt, out);
-                    put_floats(&mut slot, out);
+                    let xs = Self::floats(p, &self.vals, &self.slots, a, t0, n);
+                    floats_out(&mut slot, t2, n, |out| {
+                        match xs {
+                            Operand::Block(src) => math::unary_block(op, src, out),
+                            Operand::Scalar(x) => out.fill(math::unary(op, x)),
+                        }
+                        math::round_block(dt, out);
+                    });
                 }
             }
             ValueOp::Binary(op, a, b) => {
@@ -545,25 +544,20 @@ impl State {
                     let [t0, t1, t2] = &mut self.tmp_i;
                     let x = Self::ints(p, &self.vals, &self.slots, a, t0, n);
                     let y = Self::ints(p, &self.vals, &self.slots, b, t1, n);
-                    let out = grown(t2, n);
-                    binary_ints(op, da, x, y, out);
-                    put_ints(&mut slot, out);
+                    ints_out(&mut slot, t2, n, |out| binary_ints(op, da, x, y, out));
                 } else {
                     let [t0, t1, t2] = &mut self.tmp_f;
                     let x = Self::floats(p, &self.vals, &self.slots, a, t0, n);
                     let y = Self::floats(p, &self.vals, &self.slots, b, t1, n);
-                    let out = grown(t2, n);
-                    math::binary_block(op, x, y, out);
-                    if op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or) {
-                        // A truth value (1 or 0) as an exact integer.
-                        match &mut slot {
-                            Slot::I(v) => to_ints(out, grown(v, n)),
-                            Slot::F(v) => grown(v, n).copy_from_slice(out),
+                    // A comparison or logical op gives a truth value (1 or 0), an exact
+                    // integer in its `bool` slot; the others are rounded to their dtype.
+                    let flag = op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or);
+                    floats_out(&mut slot, t2, n, |out| {
+                        math::binary_block(op, x, y, out);
+                        if !flag {
+                            math::round_block(dt, out);
                         }
-                    } else {
-                        math::round_block(dt, out);
-                        put_floats(&mut slot, out);
-                    }
+                    });
                 }
             }
             ValueOp::Cast(a) | ValueOp::Reduce(_, a) => {
@@ -571,13 +565,17 @@ impl State {
                 self.cast_into(p, a, dt, &mut slot, n);
             }
             ValueOp::Where(c, a, b) => {
-                let mut cond = std::mem::take(&mut self.tmp_i[2]);
-                match Self::ints(p, &self.vals, &self.slots, c, &mut self.tmp_i[0], n) {
-                    Ints::Block(v) => grown(&mut cond, n).copy_from_slice(v),
-                    Ints::Scalar(x) => grown(&mut cond, n).fill(x),
-                }
                 self.spread(p, a.index(), n);
                 self.spread(p, b.index(), n);
+                let cond = match Self::ints(p, &self.vals, &self.slots, c, &mut self.tmp_i[0], n) {
+                    Ints::Block(v) => v,
+                    // One condition for the block: a copy of one side.
+                    Ints::Scalar(x) => {
+                        let cond = &mut self.tmp_i[1];
+                        grown(cond, n).fill(x);
+                        &cond[..n]
+                    }
+                };
                 let (sa, sb) = (&self.slots[a.index()], &self.slots[b.index()]);
                 let pick = |k: usize, s: &Slot| -> Lane {
                     match s {
@@ -607,7 +605,6 @@ impl State {
                         }
                     }
                 }
-                self.tmp_i[2] = cond;
             }
             ValueOp::Index {
                 offset,
@@ -615,11 +612,9 @@ impl State {
             } => {
                 let base = super::index::index_value(p, offset, strides, self.row, None);
                 let inner = super::index::inner_strides(p, strides);
-                let mut r = std::mem::take(&mut self.tmp_i[2]);
-                let out = grown(&mut r, n);
-                offsets(&p.inner_sizes, &inner, base, at, out);
-                put_ints(&mut slot, out);
-                self.tmp_i[2] = r;
+                ints_out(&mut slot, &mut self.tmp_i[2], n, |out| {
+                    offsets(&p.inner_sizes, &inner, base, at, out)
+                });
             }
             ValueOp::Gather {
                 load,
@@ -641,7 +636,9 @@ impl State {
                         for g in idx[..n].iter_mut() {
                             *g = g.wrapping_mul(stride);
                         }
-                        put_ints(&mut slot, &idx[..n]);
+                        ints_out(&mut slot, &mut self.tmp_i[1], n, |out| {
+                            out.copy_from_slice(&idx[..n])
+                        });
                     }
                     Some(l) => {
                         let acc = &p.loads[l.index()];
@@ -912,20 +909,29 @@ fn unary_ints(op: UnaryOp, dtype: DType, xs: Ints<'_>, dst: &mut [i64]) {
     }
 }
 
-/// Integer results into a value's slot (as f32 into a float slot, as `Lane::f`).
-fn put_ints(slot: &mut Slot, src: &[i64]) {
+/// Runs `f` on a block of `n` integer results: the slot itself when it is an integer
+/// one, else `tmp`, converted into the slot after (as `Lane::f`).
+fn ints_out(slot: &mut Slot, tmp: &mut Vec<i64>, n: usize, f: impl FnOnce(&mut [i64])) {
     match slot {
-        Slot::I(v) => grown(v, src.len()).copy_from_slice(src),
-        Slot::F(v) => to_floats(src, grown(v, src.len())),
+        Slot::I(v) => f(grown(v, n)),
+        Slot::F(v) => {
+            let t = grown(tmp, n);
+            f(t);
+            to_floats(t, grown(v, n));
+        }
     }
 }
 
-/// f32 results into a value's slot (as exact integers into an integral slot, as
-/// `Lane::i`).
-fn put_floats(slot: &mut Slot, src: &[f32]) {
+/// Runs `f` on a block of `n` f32 results: the slot itself when it is a float one, else
+/// `tmp`, converted into the slot after (as exact integers, `Lane::i`).
+fn floats_out(slot: &mut Slot, tmp: &mut Vec<f32>, n: usize, f: impl FnOnce(&mut [f32])) {
     match slot {
-        Slot::F(v) => grown(v, src.len()).copy_from_slice(src),
-        Slot::I(v) => to_ints(src, grown(v, src.len())),
+        Slot::F(v) => f(grown(v, n)),
+        Slot::I(v) => {
+            let t = grown(tmp, n);
+            f(t);
+            to_ints(t, grown(v, n));
+        }
     }
 }
 
