@@ -339,7 +339,8 @@ fn the_random_program_generator_draws_every_index_op() {
 
 /// The typed interpreter (`cpu::typed`) walks rows in blocks of 1024 elements: masks from
 /// `arange`, ties of `argmax`/`argmin`, running sums (f32 and wrapping i32), wrapping
-/// products, gathers and a one-hot over rows of 2500 (three blocks, the last partial), and
+/// products, gathers, a one-hot and NaN first met in the second block (`log` of negatives
+/// past 1500) over rows of 2500 (three blocks, the last partial), and
 /// an integer pointwise kernel longer than one parallel task (16384), against the reference.
 #[test]
 fn integer_kernels_over_several_blocks_match_the_reference() {
@@ -361,7 +362,10 @@ s = cumsum(x, axis=1)
 g = gather(x, reshape(a, [N, 1]), axis=1)
 oh = one_hot(b, 2500)
 y = z * z - 3 * z + (z > 2)
-output m, a, b, c, w, s, g, oh, y
+n = where(pos > 1500, log(x), x)
+na = argmax(n, axis=1)
+nb = argmin(n, axis=1)
+output m, a, b, c, w, s, g, oh, y, na, nb
 ";
     for seed in 0..2 {
         if let Err(e) = tc_tests::differential(src, &[], seed) {

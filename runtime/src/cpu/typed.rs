@@ -584,14 +584,17 @@ impl State {
                     }
                 };
                 match (&mut slot, sa, sb) {
+                    // (Zipped, so the loops have no bounds checks and vectorise as blends.)
                     (Slot::F(d), Slot::F(x), Slot::F(y)) => {
-                        for (k, d) in grown(d, n).iter_mut().enumerate() {
-                            *d = if cond[k] != 0 { x[k] } else { y[k] };
+                        let lanes = grown(d, n).iter_mut().zip(cond).zip(x).zip(y);
+                        for (((d, &c), &x), &y) in lanes {
+                            *d = if c != 0 { x } else { y };
                         }
                     }
                     (Slot::I(d), Slot::I(x), Slot::I(y)) => {
-                        for (k, d) in grown(d, n).iter_mut().enumerate() {
-                            *d = if cond[k] != 0 { x[k] } else { y[k] };
+                        let lanes = grown(d, n).iter_mut().zip(cond).zip(x).zip(y);
+                        for (((d, &c), &x), &y) in lanes {
+                            *d = if c != 0 { x } else { y };
                         }
                     }
                     (Slot::F(d), _, _) => {
@@ -760,18 +763,22 @@ impl State {
                     }
                 };
                 match s {
-                    // `arg_better` on two floats, without lanes.
+                    // Floats: the block's extremum (NaN if any is) by the vector loop, then
+                    // its first position. That is where the element-by-element fold ends:
+                    // within the block the first occurrence of its extremum (or of its
+                    // first NaN), taken only if strictly better than the best so far.
                     Slot::F(v) => {
-                        let (mut b, mut at_best) = (best.f(), *pos);
-                        for (k, &x) in v[..n].iter().enumerate() {
-                            let better = if max { x > b } else { x < b };
-                            if at_best < 0 || (x.is_nan() && !b.is_nan()) || better {
-                                b = x;
-                                at_best = (at + k) as i64;
+                        let xs = &v[..n];
+                        let m = math::block_extremum(xs, max);
+                        let first = if m.is_nan() {
+                            xs.iter().position(|x| x.is_nan())
+                        } else {
+                            xs.iter().position(|&x| x == m)
+                        };
+                        if let Some(k) = first {
+                            if *pos < 0 || arg_better(max, Lane::F(m), *best) {
+                                (*best, *pos) = (Lane::F(xs[k]), (at + k) as i64);
                             }
-                        }
-                        if at_best >= 0 {
-                            (*best, *pos) = (Lane::F(b), at_best);
                         }
                     }
                     Slot::I(v) => v[..n]
