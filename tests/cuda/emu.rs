@@ -338,6 +338,7 @@ fn faulty(body: &str, block: u32) -> (Plan, Vec<CudaKernel>, Vec<HostTensor>) {
             buffer: y,
             region: None,
         }],
+        workspace: None,
     };
     b.kernel(KernelKind::Fused(f), &["copy"], &[1]);
     b.output("y", y);
@@ -726,4 +727,68 @@ fn emu_cumsum_scans_rows_in_tiles() {
         check_source(&format!("cumsum (fuse: {fuse})"), source, &options)
             .unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// Column reductions (the innermost axis kept) as the GPU plan runs them: split over blocks
+/// with partials in a workspace and a second launch folding them in order, where the GPU
+/// would otherwise be underfilled, and whole where not; against the CPU executor, forward
+/// and in reverse block order (bit for bit: the fold's order is fixed).
+pub(crate) const COLUMN_REDUCTIONS: &str = "input a : f32[8192, 64]\n\
+     input o : f32[1501, 777]\n\
+     input h : f16[4096, 100]\n\
+     input g : bf16[2048, 130]\n\
+     input n : i32[4096, 96]\n\
+     input t : f32[64, 128, 40]\n\
+     input s : f32[300, 200]\n\
+     input q : f32[1024, 300]\n\
+     sa = sum(a, axis=0)\n\
+     ma = mean(exp(a) * 2, axis=0)\n\
+     mo = max(o, axis=0)\n\
+     no = min(o * 3, axis=0) + 1\n\
+     sh = sum(h, axis=0)\n\
+     sg = sum(g * g, axis=0)\n\
+     sn = sum(n, axis=0)\n\
+     st = sum(t, axis=[0, 1])\n\
+     ss = sum(s, axis=0)\n\
+     am = argmax(q, axis=0)\n\
+     output sa, ma, mo, no, sh, sg, sn, st, ss, am\n";
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_split_column_reductions_match_the_cpu() {
+    require_emu();
+    let program = tc_compiler::compile(COLUMN_REDUCTIONS, &cuda_options(&[])).expect("compiles");
+    let plan = &program.plan;
+    let kernels = emit_kernels(plan).expect("the plan lowers");
+    let split: Vec<&str> = kernels
+        .iter()
+        .filter(|k| matches!(k.launch, tc_compiler::codegen::Launch::Split { .. }))
+        .map(|k| k.source.lines().next().unwrap_or(""))
+        .collect();
+    // Every column reduction above SPLIT_MIN elements splits (f32 alone and fused, odd
+    // sizes, max and min fused, f16, bf16, integers, two reduced axes); the small one and the
+    // argmax do not.
+    assert!(split.len() >= 6, "{split:#?}");
+    let whole: Vec<&str> = kernels
+        .iter()
+        .filter(|k| matches!(k.launch, tc_compiler::codegen::Launch::Grid { .. }))
+        .map(|k| k.source.as_str())
+        .collect();
+    assert!(
+        whole.iter().any(|k| k.contains("argmax"))
+            && whole.iter().any(|k| k.contains("[300, 200]")),
+        "the argmax and the small reduction run whole"
+    );
+    let workspaces = plan
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Workspace)
+        .count();
+    assert_eq!(workspaces, split.len());
+    let (inputs, params) =
+        tc_runtime::data::load_leaves(&program.checked, &[], None, 0).expect("data");
+    check_plan("column reductions", plan, &inputs, &params).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -64,6 +64,19 @@ pub enum Launch {
     },
     /// Call cuBLAS (no CUDA C): `cublasGemmStridedBatchedEx`, see `GemmCall`.
     Cublas(GemmCall),
+    /// A column reduction split over blocks (`launch::ColumnSplit`), two launches at the
+    /// kernel's step on the same stream: `CudaKernel::name` over `grid` and `block` (each
+    /// block writes its partials into the kernel's workspace), then `fold`, a second
+    /// `__global__` function of the same source taking the same parameters, over
+    /// `fold_grid` and `fold_block` (each column's partials folded in part order). No
+    /// dynamic shared memory.
+    Split {
+        grid: [u32; 3],
+        block: [u32; 3],
+        fold: String,
+        fold_grid: [u32; 3],
+        fold_block: [u32; 3],
+    },
 }
 
 /// One plan kernel turned into something a GPU runs.
@@ -193,6 +206,20 @@ pub fn emit_program(plan: &Plan) -> String {
                 out.push_str(&format!(
                     "// launch {}: grid [{}, {}, {}], block [{}, {}, {}], {} bytes dynamic shared memory\n",
                     k.name, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared_bytes
+                ));
+                out.push_str(&k.source);
+            }
+            Launch::Split {
+                grid,
+                block,
+                fold,
+                fold_grid,
+                fold_block,
+            } => {
+                out.push_str(&format!(
+                    "// launch {}: grid [{}, {}, {}], block [{}, {}, {}]; then {fold}: grid [{}, {}, {}], block [{}, {}, {}]\n",
+                    k.name, grid[0], grid[1], grid[2], block[0], block[1], block[2],
+                    fold_grid[0], fold_grid[1], fold_grid[2], fold_block[0], fold_block[1], fold_block[2]
                 ));
                 out.push_str(&k.source);
             }
