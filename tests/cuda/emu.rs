@@ -792,3 +792,51 @@ fn emu_split_column_reductions_match_the_cpu() {
         tc_runtime::data::load_leaves(&program.checked, &[], None, 0).expect("data");
     check_plan("column reductions", plan, &inputs, &params).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_bf16_rounding_is_the_cpus_bit_for_bit() {
+    require_emu();
+    // The prelude's f32 -> bf16 (`cvt.rn.bf16.f32` on sm_80+, emulated in integers): a dense
+    // sweep of f32 bit patterns and every kind of tie (low half exactly 0x8000 with an even
+    // and an odd upper half, one below and one above), subnormals, the largest finites
+    // (which round to infinity) and infinities, against the CPU's rounding, bit for bit.
+    let mut bits: Vec<u32> = (0..1u32 << 17).map(|i| i.wrapping_mul(32771)).collect();
+    for hi in (0..0xffffu32).step_by(97).chain([0x7f7f, 0x0000, 0x8000, 0x0001, 0x7f80]) {
+        for lo in [0x8000u32, 0x7fff, 0x8001, 0x0000, 0xffff] {
+            bits.push(hi << 16 | lo);
+        }
+    }
+    bits.extend([0x7f7f_ffff, 0xff7f_ffff, 0x7f80_0000, 0xff80_0000, 0x0000_0001, 0x8000_8000]);
+    let values: Vec<f32> = bits
+        .iter()
+        .map(|&b| f32::from_bits(b))
+        .filter(|x| !x.is_nan())
+        .collect();
+    let n = values.len() as u64;
+    let source = format!("input x : f32[{n}]\ny = bf16(x * 1)\noutput y\n");
+    let program = tc_compiler::compile(&source, &cuda_options(&[])).expect("compiles");
+    let inputs = vec![HostTensor::from_f32(DType::F32, vec![n], &values)];
+    let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &[]).expect("CPU");
+    let kernels = emit_kernels(&program.plan).expect("the plan lowers");
+    let emulated = emu::run(&program.plan, &kernels, &inputs, &[], &EmuOptions::default())
+        .expect("emulated");
+    assert_eq!(cpu[0].dtype, DType::BF16);
+    let differ = cpu[0]
+        .bytes
+        .chunks(2)
+        .zip(emulated[0].bytes.chunks(2))
+        .position(|(a, b)| a != b);
+    if let Some(i) = differ {
+        panic!(
+            "bf16({:e} = {:#010x}): CPU {:?}, emulated CUDA {:?}",
+            values[i],
+            values[i].to_bits(),
+            &cpu[0].bytes[2 * i..2 * i + 2],
+            &emulated[0].bytes[2 * i..2 * i + 2]
+        );
+    }
+}

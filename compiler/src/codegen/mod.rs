@@ -21,20 +21,22 @@ use serde::Serialize;
 
 pub use matmul::{gemm_plan, GemmCall};
 
-/// Helpers every generated kernel uses: f16/bf16 conversions (plain C and one PTX `cvt`, so
-/// NVRTC needs no include path), NaN-propagating min/max and warp/block reductions.
+/// Helpers every generated kernel uses: f16/bf16 conversions (PTX `cvt`s, so NVRTC needs no
+/// include path; bf16 from f32 in plain C below sm_80), NaN-propagating min/max and
+/// warp/block reductions.
 /// `PRELUDE_PTX` followed by `PRELUDE_PORTABLE`.
 pub const PRELUDE: &str = concat!(
     include_str!("prelude_ptx.cu"),
     include_str!("prelude_portable.cu")
 );
 
-/// The part of `PRELUDE` written in inline PTX: f16 <-> f32 conversions. The host
+/// The part of `PRELUDE` written in inline PTX: f16 <-> f32 conversions and f32 -> bf16
+/// (`cvt.rn.bf16.f32` on sm_80 and later). The host
 /// emulation of the CUDA backend (`tc_runtime::cuda::emu`) replaces it with C++ of the same
 /// semantics and compiles the rest of the prelude unchanged.
 pub const PRELUDE_PTX: &str = include_str!("prelude_ptx.cu");
 
-/// The part of `PRELUDE` in plain CUDA C (no inline assembly): bf16 conversions, rounding,
+/// The part of `PRELUDE` in plain CUDA C (no inline assembly): bf16 -> f32, rounding,
 /// NaN-propagating min/max, warp, block and slice reductions.
 pub const PRELUDE_PORTABLE: &str = include_str!("prelude_portable.cu");
 
