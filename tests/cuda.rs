@@ -1152,6 +1152,37 @@ fn gpu_examples_match_the_cpu() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Split column reductions (`emu::COLUMN_REDUCTIONS`: both launches of each, partials in the
+/// planned workspace) on the GPU against the CPU, twice: bitwise the same both times (the
+/// fold's order is fixed), measured = planned.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu.sh runs it (--include-ignored, TC_REQUIRE_CUDA=1)"]
+fn gpu_split_column_reductions_match_the_cpu() {
+    if !gpu_ready() {
+        return;
+    }
+    let options = cuda_options(&[]);
+    check_cuda_against_cpu_with("column reductions", emu::COLUMN_REDUCTIONS, &options)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let program = tc_compiler::compile(emu::COLUMN_REDUCTIONS, &options).expect("compiles");
+    let (inputs, params) =
+        tc_runtime::data::load_leaves(&program.checked, &[], None, 0).expect("data");
+    let run = || {
+        cuda::run(
+            &program.plan,
+            &inputs,
+            &params,
+            &cuda::CudaOptions::default(),
+        )
+        .expect("runs")
+        .outputs
+    };
+    let (first, second) = (run(), run());
+    for ((a, b), out) in first.iter().zip(&second).zip(&program.plan.outputs) {
+        assert!(a.bytes == b.bytes, "{}: two runs differ", out.name);
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU: scripts/gpu.sh runs it (--include-ignored, TC_REQUIRE_CUDA=1)"]
 fn gpu_runs_are_bitwise_deterministic() {

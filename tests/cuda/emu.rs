@@ -805,12 +805,22 @@ fn emu_bf16_rounding_is_the_cpus_bit_for_bit() {
     // and an odd upper half, one below and one above), subnormals, the largest finites
     // (which round to infinity) and infinities, against the CPU's rounding, bit for bit.
     let mut bits: Vec<u32> = (0..1u32 << 17).map(|i| i.wrapping_mul(32771)).collect();
-    for hi in (0..0xffffu32).step_by(97).chain([0x7f7f, 0x0000, 0x8000, 0x0001, 0x7f80]) {
+    for hi in (0..0xffffu32)
+        .step_by(97)
+        .chain([0x7f7f, 0x0000, 0x8000, 0x0001, 0x7f80])
+    {
         for lo in [0x8000u32, 0x7fff, 0x8001, 0x0000, 0xffff] {
             bits.push(hi << 16 | lo);
         }
     }
-    bits.extend([0x7f7f_ffff, 0xff7f_ffff, 0x7f80_0000, 0xff80_0000, 0x0000_0001, 0x8000_8000]);
+    bits.extend([
+        0x7f7f_ffff,
+        0xff7f_ffff,
+        0x7f80_0000,
+        0xff80_0000,
+        0x0000_0001,
+        0x8000_8000,
+    ]);
     let values: Vec<f32> = bits
         .iter()
         .map(|&b| f32::from_bits(b))
@@ -822,8 +832,14 @@ fn emu_bf16_rounding_is_the_cpus_bit_for_bit() {
     let inputs = vec![HostTensor::from_f32(DType::F32, vec![n], &values)];
     let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &[]).expect("CPU");
     let kernels = emit_kernels(&program.plan).expect("the plan lowers");
-    let emulated = emu::run(&program.plan, &kernels, &inputs, &[], &EmuOptions::default())
-        .expect("emulated");
+    let emulated = emu::run(
+        &program.plan,
+        &kernels,
+        &inputs,
+        &[],
+        &EmuOptions::default(),
+    )
+    .expect("emulated");
     assert_eq!(cpu[0].dtype, DType::BF16);
     let differ = cpu[0]
         .bytes
