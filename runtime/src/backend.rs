@@ -243,6 +243,18 @@ pub fn traffic_bytes(plan: &Plan) -> u64 {
                 .into_iter()
                 .chain(a.loads.iter().map(|l| l.buffer))
                 .collect(),
+            KernelKind::AttentionBackward(a) => {
+                [a.q.buffer, a.k.buffer, a.v.buffer, a.d_out.buffer]
+                    .into_iter()
+                    .chain(a.loads.iter().chain(&a.grad_loads).map(|l| l.buffer))
+                    .chain(
+                        [&a.dq, &a.dk, &a.dv_out]
+                            .into_iter()
+                            .flatten()
+                            .map(|g| g.buffer),
+                    )
+                    .collect()
+            }
         };
         touched.sort();
         touched.dedup();

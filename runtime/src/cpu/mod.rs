@@ -6,6 +6,7 @@
 
 mod arena;
 mod attention;
+mod attention_backward;
 mod fused;
 mod index;
 mod math;
@@ -201,6 +202,9 @@ pub fn run(
             KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, &mems)?,
             KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, &mems)?,
             KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, &mems)?,
+            KernelKind::AttentionBackward(k) => {
+                attention_backward::run(plan, &kernel.name, k, &mems)?
+            }
         }
     }
 
