@@ -7,7 +7,7 @@
 
 use tc_compiler::schedule::KernelKind;
 use tc_compiler::{CompileOptions, Program};
-use tc_tests::attention::{programs, Sizes};
+use tc_tests::attention::{backward_fuses, programs, training_step, Sizes};
 use tc_tests::{differential, examples};
 
 fn compile(src: &str) -> Program {
@@ -29,21 +29,6 @@ fn count(p: &Program, backward: bool) -> usize {
         .count()
 }
 
-/// The training step of an attention program: a weighted sum of its output as the loss,
-/// and the gradient of each of `wrt` (`q`, `k`, `v`).
-pub fn training_step(src: &str, wrt: &[&str]) -> String {
-    let body = src
-        .strip_suffix("output out\n")
-        .expect("an attention program ends with `output out`");
-    let mut out = format!("{body}input w : f32[B, H, S, Dv]\nloss = sum(out * w)\n");
-    for x in wrt {
-        out += &format!("g{x} = grad(loss, {x})\n");
-    }
-    let names: Vec<String> = wrt.iter().map(|x| format!("g{x}")).collect();
-    out += &format!("output loss, {}\n", names.join(", "));
-    out
-}
-
 #[test]
 fn random_attention_training_steps_fuse_the_backward_and_match_the_reference() {
     let mut failures = Vec::new();
@@ -56,9 +41,7 @@ fn random_attention_training_steps_fuse_the_backward_and_match_the_reference() {
         // plan exceeds eager's and the program runs unfused (memory first). f16/bf16
         // programs keep their stored probabilities (the promotions autodiff inserts are
         // not matched yet) and must say why.
-        let fusable = label.contains(" f32 ")
-            && !label.contains("prologue 2")
-            && !label.contains("prologue 4");
+        let fusable = backward_fuses(&label);
         let text = tc_compiler::plan::print(&p.plan);
         if !fusable && count(&p, true) == 0 && !text.contains("backward not fused") {
             failures.push(format!("{label}: no reason given:\n{text}"));
