@@ -74,7 +74,7 @@ fn a_backward_that_does_not_match_says_why_and_stores_the_probabilities() {
         text.contains("backward not fused: the probabilities are an output"),
         "{text}"
     );
-    differential(src, &[], 3).unwrap();
+    differential(src, &[], 3).expect("matches the reference");
     // A learnt bias on the scores: its gradient is a sum of the scores' gradient, which
     // another kernel reads, so that gradient is stored.
     let src = "dim S = 40\ninput q : f32[S, 16]\ninput k : f32[S, 16]\ninput v : f32[S, 16]\n\
@@ -84,7 +84,7 @@ fn a_backward_that_does_not_match_says_why_and_stores_the_probabilities() {
     assert_eq!(count(&p, true), 0);
     let text = tc_compiler::plan::print(&p.plan);
     assert!(text.contains("backward not fused:"), "{text}");
-    differential(src, &[], 4).unwrap();
+    differential(src, &[], 4).expect("matches the reference");
 }
 
 #[test]

@@ -381,7 +381,7 @@ pub enum KernelKind {
     Fused(FusedKernel),
     MatMul(MatMulKernel),
     Attention(AttentionKernel),
-    AttentionBackward(AttentionBackwardKernel),
+    AttentionBackward(Box<AttentionBackwardKernel>),
 }
 
 /// One step of the schedule.
