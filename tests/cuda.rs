@@ -746,6 +746,31 @@ fn attention_programs_compile_with_nvrtc() {
     }
 }
 
+/// The fused attention backward over the training steps of `tc_tests::attention`'s
+/// programs (every head size; the f32 ones fuse) compiles for sm_80 and sm_90.
+#[test]
+#[cfg_attr(
+    tc_no_nvrtc,
+    ignore = "needs NVRTC, not found when the tests were built (tests/build.rs)"
+)]
+fn attention_backward_programs_compile_with_nvrtc() {
+    require_nvrtc();
+    let mut fused = 0;
+    for (label, source) in tc_tests::attention::programs(tc_tests::attention::Sizes::Cpu, 16) {
+        let step = tc_tests::attention::training_step(&source, &["q", "k", "v"]);
+        let program = tc_compiler::compile(&step, &cuda_options(&[])).expect("compiles");
+        fused += usize::from(
+            program
+                .plan
+                .kernels
+                .iter()
+                .any(|k| matches!(k.kind, KernelKind::AttentionBackward(_))),
+        );
+        check_compiles(&label, &program.plan);
+    }
+    assert!(fused >= 3, "only {fused} fused attention backwards");
+}
+
 /// Sibling fusion (docs/memory-planning.md §2 rule 10) makes kernels with several stores and
 /// several sets of reductions: one of each code path of the generator, each a single kernel
 /// loading `x` once, storing both values, and compiling with NVRTC.

@@ -38,8 +38,25 @@ fn random_training_steps_match_finite_differences() {
     let mut compared = 0;
     // The ops whose gradients came last are drawn too.
     let mut drawn = std::collections::BTreeMap::new();
+    let mut attention_backwards = 0;
     for seed in 0..200u64 {
         let source = gen::differentiable(seed);
+        if source.contains("att_ = ") {
+            let program = tc_compiler::compile(&source, &CompileOptions::default())
+                .map_err(|d| format!("{d:?}"))
+                .expect("compiles");
+            attention_backwards += program
+                .plan
+                .kernels
+                .iter()
+                .filter(|k| {
+                    matches!(
+                        k.kind,
+                        tc_compiler::schedule::KernelKind::AttentionBackward(_)
+                    )
+                })
+                .count();
+        }
         for op in ["take(", "gather(", "cumsum(", "concat(", "stack(", "]\n"] {
             *drawn.entry(op).or_insert(0) += usize::from(source.contains(op));
         }
@@ -64,6 +81,11 @@ fn random_training_steps_match_finite_differences() {
     assert!(
         drawn.values().all(|&n| n >= 3),
         "programs drawing each op: {drawn:?}"
+    );
+    // The attention the generator draws in one program in three: its backward fused.
+    assert!(
+        attention_backwards >= 20,
+        "only {attention_backwards} fused attention backwards"
     );
 }
 

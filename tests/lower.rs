@@ -82,7 +82,12 @@ fn every_example_and_large_reduction_verifies() {
                             lower::verify(ir).unwrap_or_else(|e| panic!("{label}: {e}"));
                             checked += 1;
                         }
-                        (KernelKind::MatMul(_) | KernelKind::Attention(_), None) => {}
+                        (
+                            KernelKind::MatMul(_)
+                            | KernelKind::Attention(_)
+                            | KernelKind::AttentionBackward(_),
+                            None,
+                        ) => {}
                         _ => panic!("{label}: {} lowered as the wrong kind", kernel.name),
                     }
                 }

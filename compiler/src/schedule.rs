@@ -58,7 +58,8 @@ pub enum BufferKind {
     Param { index: usize },
     /// A kernel output in the arena at `offset` bytes.
     Arena,
-    /// Scratch memory for one kernel (a cuBLAS workspace), in the arena.
+    /// Scratch memory for one kernel (a cuBLAS workspace, an attention backward's row
+    /// statistics), in the arena.
     Workspace,
 }
 
@@ -377,12 +378,69 @@ impl AttentionKernel {
     }
 }
 
+/// Index of the gradient of the logits in an `AttentionBackwardKernel`'s `grad_body`:
+/// `InstOp::Load(GRAD)` reads it; `InstOp::Load(i)` for `i > GRAD` reads `grad_loads[i - 1]`.
+pub const GRAD: usize = 0;
+
+/// Where an attention gradient goes: element (`b…`, `r`, `c`) of the gradient, for batch
+/// index `b…`, row `r` (a query for `dq`, a key for `dk` and `dv`) and column `c` (a head
+/// component), is written at `buffer[offset + Σ b·strides[..nb] + r·strides[nb] +
+/// c·strides[nb + 1]]` (`dk` is the gradient of `q @ kᵀ`'s right operand, `[batch…, d, n]`,
+/// so its row stride is 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GradOut {
+    pub buffer: BufferId,
+    pub dtype: DType,
+    pub offset: i64,
+    pub strides: Vec<i64>,
+}
+
+/// The backward of an `AttentionKernel`'s attention (flash attention's backward): with
+/// `p = softmax(f(q·k))` recomputed a tile at a time from `q`, `k`, the forward's prologue
+/// and each query row's max and sum, and `dp = dO·vᵀ`,
+/// `gx = p ∘ (dp − Σ_j dp ∘ p)` (softmax's backward), `gs = g(gx, …)` (the prologue's
+/// backward, the elementwise `grad_body`), then `dq = gs·kᵀ`, `dk = qᵀ·gs`
+/// (`[batch…, d, n]`), `dv = pᵀ·dO`. Neither the scores, the probabilities nor their
+/// gradients are ever stored. Deterministic in two phases: per query tile, one walk over the
+/// keys gives each row's max, sum and `Σ dp ∘ p` (online, written to `workspace`), a second
+/// gives `dq`; per key tile, a walk over the queries gives `dk` and `dv`. f32 accumulation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AttentionBackwardKernel {
+    pub batch: Vec<u64>,
+    pub m: u64,
+    pub n: u64,
+    pub d: u64,
+    pub dv: u64,
+    /// The forward's operands, as in `AttentionKernel`.
+    pub q: MatOperand,
+    pub k: MatOperand,
+    pub v: MatOperand,
+    pub score_dtype: DType,
+    /// The forward's prologue (see `AttentionKernel`).
+    pub loads: Vec<Load>,
+    pub body: Vec<Inst>,
+    pub logits: InstId,
+    /// The gradient of the output, `[batch…, m, dv]`.
+    pub d_out: MatOperand,
+    /// The prologue's backward: elementwise insts over `batch ++ [m, n]` from the gradient
+    /// of the logits (`GRAD`) to that of the scores (`grad_scores`).
+    pub grad_loads: Vec<Load>,
+    pub grad_body: Vec<Inst>,
+    pub grad_scores: InstId,
+    pub dq: Option<GradOut>,
+    pub dk: Option<GradOut>,
+    pub dv_out: Option<GradOut>,
+    /// `3 · rows` f32 (`rows = Π batch · m`): each query row's max, sum and `Σ dp ∘ p`.
+    pub workspace: BufferId,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KernelKind {
     Fused(FusedKernel),
     MatMul(MatMulKernel),
     Attention(AttentionKernel),
+    AttentionBackward(Box<AttentionBackwardKernel>),
 }
 
 /// One step of the schedule.

@@ -240,6 +240,18 @@ pub fn traffic_bytes(plan: &Plan) -> u64 {
                 .collect(),
             KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer, m.out],
             KernelKind::Attention(a) => a.reads().into_iter().chain([a.out]).collect(),
+            KernelKind::AttentionBackward(a) => {
+                [a.q.buffer, a.k.buffer, a.v.buffer, a.d_out.buffer]
+                    .into_iter()
+                    .chain(a.loads.iter().chain(&a.grad_loads).map(|l| l.buffer))
+                    .chain(
+                        [&a.dq, &a.dk, &a.dv_out]
+                            .into_iter()
+                            .flatten()
+                            .map(|g| g.buffer),
+                    )
+                    .collect()
+            }
         };
         touched.sort();
         touched.dedup();

@@ -151,3 +151,26 @@ pub fn programs(sizes: Sizes, count: usize) -> Vec<(String, String)> {
     }
     out
 }
+
+/// The training step of an attention program: a weighted sum of its output as the loss,
+/// and the gradient of each of `wrt` (`q`, `k`, `v`).
+pub fn training_step(src: &str, wrt: &[&str]) -> String {
+    let body = src
+        .strip_suffix("output out\n")
+        .expect("an attention program ends with `output out`");
+    let mut out = format!("{body}input w : f32[B, H, S, Dv]\nloss = sum(out * w)\n");
+    for x in wrt {
+        out += &format!("g{x} = grad(loss, {x})\n");
+    }
+    let names: Vec<String> = wrt.iter().map(|x| format!("g{x}")).collect();
+    out += &format!("output loss, {}\n", names.join(", "));
+    out
+}
+
+/// Whether the training step of the program `label` names fuses its backward: f32, with a
+/// prologue whose derivative reads no value computed from the scores (not `tanh`, not
+/// `maximum`: prologues 2 and 4). f16/bf16 steps keep their stored probabilities (the f32
+/// promotions autodiff inserts around them are not matched yet).
+pub fn backward_fuses(label: &str) -> bool {
+    label.contains(" f32 ") && !label.contains("prologue 2") && !label.contains("prologue 4")
+}

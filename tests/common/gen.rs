@@ -1318,6 +1318,33 @@ pub fn differentiable(seed: u64) -> String {
         body.push_str(line);
         body.push('\n');
     }
+    // One program in three also runs attention over leaves of its own (drawn from a stream
+    // of its own, so the rest of the program is the one `generate` drew), with the
+    // prologues whose backward fuses (`fuse::attention_backward`).
+    let mut r = Rng(seed ^ 0xa77e_2710_b0d5);
+    if r.below(3) == 0 {
+        let h = [1, 2][r.below(2)];
+        let s = [3, 5, 9][r.below(3)];
+        let t = [4, 7, 12][r.below(3)];
+        let d = [4, 8][r.below(2)];
+        body.push_str(&format!(
+            "input aq_ : f32[{h}, {s}, {d}]\ninput ak_ : f32[{h}, {t}, {d}]\ninput av_ : f32[{h}, {t}, {d}]\n"
+        ));
+        leaves.extend(["aq_", "ak_", "av_"].map(String::from));
+        let scores = "aq_ @ transpose(ak_)";
+        let logits = match r.below(4) {
+            0 => format!("{scores} * 0.5"),
+            1 => scores.to_string(),
+            2 => {
+                format!("where(reshape(arange({s}), [{s}, 1]) >= arange({t}), {scores} / 3, -1e30)")
+            }
+            _ => format!(
+                "{scores} * 0.25 + where(arange({t}) > reshape(arange({s}), [{s}, 1]), -1e9, 0)"
+            ),
+        };
+        body.push_str(&format!("att_ = softmax({logits}, axis=-1) @ av_\n"));
+        outs.push("att_".into());
+    }
     let terms: Vec<String> = outs.iter().map(|o| format!("sum(tanh({o}))")).collect();
     body.push_str(&format!("loss_ = {}\n", terms.join(" + ")));
     let mut results = outs;

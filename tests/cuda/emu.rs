@@ -533,6 +533,37 @@ fn emu_attention_programs_match_the_cpu() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Training steps of attention programs: the fused attention backward's CUDA C (both phases
+/// in one block per batch matrix) under the emulation against the CPU executor.
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_attention_backward_matches_the_cpu() {
+    require_emu();
+    let mut failures = Vec::new();
+    let mut fused = 0;
+    for (label, source) in tc_tests::attention::programs(tc_tests::attention::Sizes::Emu, 12) {
+        let step = tc_tests::attention::training_step(&source, &["q", "k", "v"]);
+        let options = cuda_options(&[]);
+        let program = tc_compiler::compile(&step, &options).expect("compiles");
+        if program
+            .plan
+            .kernels
+            .iter()
+            .any(|k| matches!(k.kind, KernelKind::AttentionBackward(_)))
+        {
+            fused += 1;
+        } else if tc_tests::attention::backward_fuses(&label) && !program.plan.unfused_fallback {
+            failures.push(format!("{label}: backward not fused"));
+        }
+        failures.extend(check_source(&label, &step, &options).err());
+    }
+    assert!(fused >= 3, "only {fused} fused attention backwards");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 /// SPEC §3.5's maths in the generated CUDA C against the CPU executor on special values:
 /// the correctly rounded ones (`floor`, `ceil`, `round` half to even, `sign` with +0 for ±0
 /// and NaN, `reciprocal`, `clamp` with crossed bounds) bit for bit, the transcendental ones

@@ -8,6 +8,7 @@
 //! kernel's `source` as one translation unit and launches by `name`.
 
 pub mod attention;
+pub mod attention_backward;
 mod cuda;
 pub mod index;
 pub mod launch;
@@ -146,6 +147,9 @@ pub fn emit_lowered(
                 }
                 (KernelKind::MatMul(mm), _) => Ok(matmul::emit_matmul(plan, index, kernel, mm)),
                 (KernelKind::Attention(a), _) => Ok(attention::emit(plan, index, kernel, a)),
+                (KernelKind::AttentionBackward(a), _) => {
+                    Ok(attention_backward::emit(plan, index, kernel, a))
+                }
                 (KernelKind::Fused(_), _) => Err(lower::Error::Missing {
                     kernel: kernel.name.clone(),
                     what: "its kernel IR".into(),

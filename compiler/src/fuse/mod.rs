@@ -9,6 +9,7 @@
 //! kept only when the caller (the driver's `search`: the arena must not grow) accepts it.
 
 pub mod attention;
+pub mod attention_backward;
 mod siblings;
 #[cfg(test)]
 pub(crate) mod testgraph;
@@ -35,6 +36,8 @@ pub struct Group {
     pub matmul: bool,
     /// The group is attention (`attention`): two products and the softmax between them.
     pub attention: Option<attention::Attention>,
+    /// The group is attention's backward (`attention_backward`).
+    pub attention_backward: Option<attention_backward::AttentionBackward>,
 }
 
 /// True for the nodes a kernel computes (everything but views, inputs, params, scalars).
@@ -322,6 +325,8 @@ struct Fuser<'a> {
     /// and in `level` the level of each of its nodes.
     shape: Vec<Option<Shape>>,
     level: Vec<Level>,
+    /// The attention backwards `attention_backward::merge` made groups.
+    backward: Vec<attention_backward::AttentionBackward>,
 }
 
 impl<'a> Fuser<'a> {
@@ -351,6 +356,10 @@ impl<'a> Fuser<'a> {
             pred: Vec::new(),
             shape: vec![None; groups.len()],
             level: vec![Level::Element; graph.len()],
+            backward: groups
+                .iter()
+                .filter_map(|g| g.attention_backward.clone())
+                .collect(),
         };
         f.rebuild_edges();
         f
@@ -612,6 +621,7 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
         pred: Vec::new(),
         shape: Vec::new(),
         level: vec![Level::Element; graph.len()],
+        backward: Vec::new(),
     };
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
     // The backward pass (`autodiff`) a source-level node belongs to, if any.
@@ -712,8 +722,9 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
     f.rebuild_edges();
     let mut misses = Vec::new();
     if enabled {
+        misses = attention_backward::merge(&mut f);
         attention::merge(&mut f);
-        misses = attention::misses(&f);
+        misses.extend(attention::misses(&f));
     }
     (order(&f), misses)
 }
@@ -722,6 +733,17 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
 /// between them (`attention::parts`), else what `analyze` makes of them.
 fn group_of(f: &Fuser<'_>, nodes: Vec<NodeId>) -> Group {
     let graph = f.graph;
+    if let Some(ab) = f.backward.iter().find(|ab| ab.nodes() == nodes) {
+        return Group {
+            domain: graph.ty(ab.forward.scores).sizes(),
+            reduce_axes: Vec::new(),
+            levels: vec![Level::Element; nodes.len()],
+            nodes,
+            matmul: false,
+            attention: None,
+            attention_backward: Some(ab.clone()),
+        };
+    }
     let products = nodes
         .iter()
         .filter(|&&n| matches!(graph.node(n).op, Op::MatMul(..)))
@@ -735,6 +757,7 @@ fn group_of(f: &Fuser<'_>, nodes: Vec<NodeId>) -> Group {
                 nodes,
                 matmul: false,
                 attention: Some(att),
+                attention_backward: None,
             };
         }
     }
@@ -753,6 +776,7 @@ fn group_of(f: &Fuser<'_>, nodes: Vec<NodeId>) -> Group {
         levels,
         matmul,
         attention: None,
+        attention_backward: None,
     }
 }
 

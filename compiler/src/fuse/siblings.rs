@@ -83,6 +83,8 @@ pub fn siblings<E>(
                 })
                 && ga.attention.is_none()
                 && gb.attention.is_none()
+                && ga.attention_backward.is_none()
+                && gb.attention_backward.is_none()
                 && ga.domain == gb.domain
                 && ga.reduce_axes == gb.reduce_axes
                 && !f.successors(a).contains(&b)

@@ -10,6 +10,11 @@ pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
         KernelKind::Fused(f) => f.loads.iter().map(|l| l.buffer).collect(),
         KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer],
         KernelKind::Attention(a) => a.reads(),
+        KernelKind::AttentionBackward(a) => [a.q.buffer, a.k.buffer, a.v.buffer, a.d_out.buffer]
+            .into_iter()
+            .chain(a.loads.iter().map(|l| l.buffer))
+            .chain(a.grad_loads.iter().map(|l| l.buffer))
+            .collect(),
     }
 }
 
@@ -24,6 +29,12 @@ pub fn writes(kernel: &Kernel) -> Vec<BufferId> {
             .collect(),
         KernelKind::MatMul(m) => std::iter::once(m.out).chain(m.workspace).collect(),
         KernelKind::Attention(a) => vec![a.out],
+        KernelKind::AttentionBackward(a) => [&a.dq, &a.dk, &a.dv_out]
+            .into_iter()
+            .flatten()
+            .map(|o| o.buffer)
+            .chain([a.workspace])
+            .collect(),
     }
 }
 

@@ -425,6 +425,22 @@ pub fn memory_report_for(
             ));
         }
     }
+    for k in &plan.kernels {
+        if let crate::schedule::KernelKind::AttentionBackward(a) = &k.kind {
+            let elems: u64 = a.batch.iter().product::<u64>() * a.m * a.n;
+            let bytes = elems.saturating_mul(4);
+            notes.push(format!(
+                "{} (attention backward, lines {}): the scores, the probabilities and their gradients ({} {:?}, {} ({} bytes) each in f32) are never materialised: the probabilities are recomputed by tiles from q, k and each query's max and sum (a {}-byte workspace), as PyTorch's flash attention backward does; eager counts the probabilities as saved for the backward",
+                k.name,
+                k.lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+                a.score_dtype,
+                a.batch.iter().chain([&a.m, &a.n]).collect::<Vec<_>>(),
+                human(bytes),
+                bytes,
+                12 * a.batch.iter().product::<u64>() * a.m
+            ));
+        }
+    }
     // Attention candidates that keep their stored scores, and why.
     notes.extend(
         plan.notes

@@ -81,7 +81,7 @@ impl Builder<'_> {
         }))
     }
 
-    fn operand(&self, o: NodeId) -> Result<MatOperand, Diagnostic> {
+    pub(super) fn operand(&self, o: NodeId) -> Result<MatOperand, Diagnostic> {
         let lay = &self.lays[o.index()];
         let buffer = *self
             .buf_of
@@ -184,6 +184,7 @@ impl Builder<'_> {
             levels: vec![Level::Element; att.prologue.len()],
             matmul: false,
             attention: None,
+            attention_backward: None,
         };
         let built = if att.prologue.is_empty() {
             Ok(None)

@@ -7,6 +7,7 @@
 //! `crate::search`. `verify` checks a plan independently; `text` prints it for
 //! `tc emit --plan`.
 
+mod attention_backward;
 mod kernel;
 pub mod label;
 pub mod split;
@@ -245,6 +246,13 @@ fn plan_traced(
         .map(|o| lays[o.node.index()].root)
         .collect();
     let live = graph.needed();
+    // The forward values each attention backward recomputes rather than reads.
+    let mut recomputes: HashMap<usize, BTreeSet<NodeId>> = HashMap::new();
+    for (g, group) in groups.iter().enumerate() {
+        if let Some(ab) = &group.attention_backward {
+            recomputes.insert(g, ab.recomputed(graph, &lays));
+        }
+    }
     // Stored values: outputs, and values a later kernel reads.
     let mut stored = vec![false; graph.len()];
     for r in &output_roots {
@@ -254,8 +262,12 @@ fn plan_traced(
         if !live[id.index()] || !is_compute(&graph.node(id).op) || folded[id.index()] {
             continue;
         }
+        let recomputed = group_of[id.index()].and_then(|g| recomputes.get(&g));
         for o in graph.node(id).op.operands() {
             let r = flays[o.index()].root;
+            if recomputed.is_some_and(|set| set.contains(&r)) {
+                continue;
+            }
             if group_of[r.index()].is_some() && group_of[r.index()] != group_of[id.index()] {
                 stored[r.index()] = true;
             }
@@ -383,7 +395,16 @@ fn plan_traced(
             };
             out_bufs.push(b.arena(n, bname, step)?);
         }
-        let kind = if let Some(att) = &group.attention {
+        let kind = if let Some(ab) = &group.attention_backward {
+            let k = b.attention_backward(ab, &live, &outs, &out_bufs, step)?;
+            notes.push(format!(
+                "{name}: attention backward (line {}): the scores, the probabilities and their gradients ({} {}) never materialised (recomputed by tiles from q, k and each row's max and sum)",
+                graph.origin(ab.forward.scores).line,
+                graph.dtype(ab.forward.scores),
+                list(&graph.ty(ab.forward.scores).sizes()),
+            ));
+            k
+        } else if let Some(att) = &group.attention {
             let stored_ok = match outs[..] {
                 [n] if att.epilogue.is_empty() => n == att.out,
                 [n] => att.epilogue.contains(&n) && regions[0].is_none(),
@@ -455,7 +476,9 @@ fn plan_traced(
                     .collect();
                 split::split(f, &sp, &partials)
             }),
-            KernelKind::MatMul(_) | KernelKind::Attention(_) => None,
+            KernelKind::MatMul(_) | KernelKind::Attention(_) | KernelKind::AttentionBackward(_) => {
+                None
+            }
         };
         match halves {
             Some((first, second)) => {

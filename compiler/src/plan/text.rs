@@ -241,6 +241,67 @@ pub fn print(plan: &Plan) -> String {
                     );
                 }
             }
+            KernelKind::AttentionBackward(a) => {
+                let grad = |o: &Option<crate::schedule::GradOut>| match o {
+                    Some(o) => format!("{} strides {}", bname(o.buffer), list(&o.strides)),
+                    None => "-".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  attention backward batch {} m {} n {} d {} dv {} (scores {} never stored; workspace {})",
+                    list(&a.batch),
+                    a.m,
+                    a.n,
+                    a.d,
+                    a.dv,
+                    a.score_dtype,
+                    bname(a.workspace)
+                );
+                let _ = writeln!(out, "  -> dq {}", grad(&a.dq));
+                let _ = writeln!(out, "  -> dk {}", grad(&a.dk));
+                let _ = writeln!(out, "  -> dv {}", grad(&a.dv_out));
+                for (tag, op) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("dO", &a.d_out)] {
+                    let _ = writeln!(
+                        out,
+                        "  {tag} = {} {} +{} strides {}",
+                        bname(op.buffer),
+                        op.dtype,
+                        op.offset,
+                        list(&op.strides)
+                    );
+                }
+                for (tag, loads, body, first) in [
+                    ("l", &a.loads, &a.body, "score q·k"),
+                    ("g", &a.grad_loads, &a.grad_body, "grad of logits"),
+                ] {
+                    for (i, l) in loads.iter().enumerate() {
+                        let _ = writeln!(
+                            out,
+                            "  load {tag}{} = {} {} +{} strides {}",
+                            i + 1,
+                            bname(l.buffer),
+                            l.dtype,
+                            l.offset,
+                            list(&l.strides)
+                        );
+                    }
+                    for (i, inst) in body.iter().enumerate() {
+                        let rhs = inst_text(&inst.op, |l| {
+                            if l == 0 {
+                                first.to_string()
+                            } else {
+                                format!("load {tag}{l}")
+                            }
+                        });
+                        let _ = writeln!(out, "  {tag}%{i:<3} = {rhs:<22} : {}", inst_type(inst));
+                    }
+                }
+                let _ = writeln!(
+                    out,
+                    "  p = softmax over n of l%{} (recomputed by tiles); gx = p∘(dO·vᵀ − Σ); gs = g%{}",
+                    a.logits, a.grad_scores
+                );
+            }
         }
     }
     let _ = writeln!(out, "\nbuffers");

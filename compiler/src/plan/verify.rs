@@ -421,6 +421,127 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 }
                 written_at[a.out.index()].push(s);
             }
+            KernelKind::AttentionBackward(a) => {
+                let mut dom = a.batch.clone();
+                dom.extend([a.m, a.n]);
+                for (what, body, nloads, result) in [
+                    ("prologue", &a.body, a.loads.len(), a.logits),
+                    (
+                        "prologue backward",
+                        &a.grad_body,
+                        a.grad_loads.len(),
+                        a.grad_scores,
+                    ),
+                ] {
+                    for (i, inst) in body.iter().enumerate() {
+                        let ok = inst.level == Level::Element
+                            && match inst.op {
+                                InstOp::Load(l) => l <= nloads,
+                                InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => {
+                                    false
+                                }
+                                InstOp::Index { ref strides, .. } => strides.len() == dom.len(),
+                                ref op => op.operands().iter().all(|&o| o < i),
+                            };
+                        if !ok {
+                            return Err(bad(
+                                KernelBody,
+                                format!(
+                                    "{}: {what} inst {i} is not elementwise over earlier insts",
+                                    k.name
+                                ),
+                            ));
+                        }
+                    }
+                    if result >= body.len() || body[result].dtype.is_integral() {
+                        return Err(bad(
+                            KernelBody,
+                            format!("{}: the {what}'s result is no float inst", k.name),
+                        ));
+                    }
+                }
+                for l in a.loads.iter().chain(&a.grad_loads) {
+                    check_id(l.buffer)?;
+                    let b = plan.buffer(l.buffer);
+                    let (lo, hi) = span(l.offset, &l.strides, &dom);
+                    if l.dtype != b.dtype
+                        || l.strides.len() != dom.len()
+                        || lo < 0
+                        || hi >= numel(&b.shape)
+                    {
+                        return Err(bad(
+                            InBounds,
+                            format!("{}: prologue load of {} is out of bounds", k.name, b.name),
+                        ));
+                    }
+                    read_at[l.buffer.index()].push(s);
+                }
+                for (op, rows, cols) in [
+                    (&a.q, a.m, a.d),
+                    (&a.k, a.d, a.n),
+                    (&a.v, a.n, a.dv),
+                    (&a.d_out, a.m, a.dv),
+                ] {
+                    check_id(op.buffer)?;
+                    let b = plan.buffer(op.buffer);
+                    let mut sizes = a.batch.clone();
+                    sizes.extend([rows, cols]);
+                    let (lo, hi) = span(op.offset, &op.strides, &sizes);
+                    if op.strides.len() != sizes.len() || lo < 0 || hi >= numel(&b.shape) {
+                        return Err(bad(
+                            InBounds,
+                            format!("{}: operand {} is out of bounds", k.name, b.name),
+                        ));
+                    }
+                    read_at[op.buffer.index()].push(s);
+                }
+                if a.dq.is_none() && a.dk.is_none() && a.dv_out.is_none() {
+                    return Err(bad(
+                        KernelBody,
+                        format!("{}: an attention backward writes no gradient", k.name),
+                    ));
+                }
+                for (o, rows, cols) in
+                    [(&a.dq, a.m, a.d), (&a.dk, a.n, a.d), (&a.dv_out, a.n, a.dv)]
+                {
+                    let Some(o) = o else { continue };
+                    check_id(o.buffer)?;
+                    let b = plan.buffer(o.buffer);
+                    let mut sizes = a.batch.clone();
+                    sizes.extend([rows, cols]);
+                    let (lo, hi) = span(o.offset, &o.strides, &sizes);
+                    if o.strides.len() != sizes.len()
+                        || lo < 0
+                        || hi >= numel(&b.shape)
+                        || numel(&sizes) != numel(&b.shape)
+                        || b.dtype != o.dtype
+                    {
+                        return Err(bad(
+                            InBounds,
+                            format!("{}: gradient {} is out of bounds", k.name, b.name),
+                        ));
+                    }
+                    written_at[o.buffer.index()].push(s);
+                }
+                check_id(a.workspace)?;
+                let w = plan.buffer(a.workspace);
+                let rows = numel(&a.batch) * a.m as i128;
+                if w.kind != BufferKind::Workspace
+                    || w.first_step != s
+                    || w.last_step != s
+                    || numel(&w.shape) < 3 * rows
+                    || w.dtype != crate::ir::DType::F32
+                {
+                    return Err(bad(
+                        Lifetimes,
+                        format!(
+                            "{}: workspace {} is not 3 floats a row live exactly at its step",
+                            k.name, w.name
+                        ),
+                    ));
+                }
+                written_at[a.workspace.index()].push(s);
+            }
             KernelKind::MatMul(m) => {
                 for (op, rows, cols) in [(&m.a, m.m, m.k), (&m.b, m.k, m.n)] {
                     check_id(op.buffer)?;

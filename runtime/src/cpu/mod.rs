@@ -8,6 +8,7 @@ mod arena;
 mod attention;
 #[cfg(feature = "test-support")]
 pub use attention::{TileCount, TILE_LOG};
+mod attention_backward;
 mod fused;
 mod index;
 mod math;
@@ -203,6 +204,9 @@ pub fn run(
             KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, &mems)?,
             KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, &mems)?,
             KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, &mems)?,
+            KernelKind::AttentionBackward(k) => {
+                attention_backward::run(plan, &kernel.name, k, &mems)?
+            }
         }
     }
 

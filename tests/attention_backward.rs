@@ -1,0 +1,114 @@
+//! The attention backward (`fuse::attention_backward`, `schedule::AttentionBackwardKernel`,
+//! `cpu::attention_backward`): training steps over the random attention programs fuse
+//! their backward into one kernel (and their forward into another) and match the f64
+//! oracle on the CPU in every plan variant; programs whose backward cannot fuse say why in
+//! `tc emit --plan` and keep their stored probabilities; and `train_block`'s plan stores
+//! no S×S buffer.
+
+use tc_compiler::schedule::KernelKind;
+use tc_compiler::{CompileOptions, Program};
+use tc_tests::attention::{backward_fuses, programs, training_step, Sizes};
+use tc_tests::{differential, examples};
+
+fn compile(src: &str) -> Program {
+    match tc_compiler::compile(src, &CompileOptions::default()) {
+        Ok(p) => p,
+        Err(d) => panic!("does not compile: {d:?}\n{src}"),
+    }
+}
+
+fn count(p: &Program, backward: bool) -> usize {
+    p.plan
+        .kernels
+        .iter()
+        .filter(|k| match k.kind {
+            KernelKind::AttentionBackward(_) => backward,
+            KernelKind::Attention(_) => !backward,
+            _ => false,
+        })
+        .count()
+}
+
+#[test]
+fn random_attention_training_steps_fuse_the_backward_and_match_the_reference() {
+    let mut failures = Vec::new();
+    let wrts: [&[&str]; 4] = [&["q", "k", "v"], &["q"], &["k", "v"], &["v", "q"]];
+    for (i, (label, src)) in programs(Sizes::Cpu, 20).into_iter().enumerate() {
+        let step = training_step(&src, wrts[i % wrts.len()]);
+        let p = compile(&step);
+        // Fused: f32 programs whose prologue's derivative needs no forward value computed
+        // from the scores (not `tanh`, not `maximum`: prologues 2 and 4), unless the fused
+        // plan exceeds eager's and the program runs unfused (memory first). f16/bf16
+        // programs keep their stored probabilities (the promotions autodiff inserts are
+        // not matched yet) and must say why.
+        let fusable = backward_fuses(&label);
+        let text = tc_compiler::plan::print(&p.plan);
+        if !fusable && count(&p, true) == 0 && !text.contains("backward not fused") {
+            failures.push(format!("{label}: no reason given:\n{text}"));
+        }
+        if fusable && !p.plan.unfused_fallback && (count(&p, true) != 1 || count(&p, false) != 1) {
+            failures.push(format!(
+                "{label}: not one attention and one attention backward kernel:\n{}",
+                tc_compiler::plan::print(&p.plan)
+            ));
+            continue;
+        }
+        if let Err(e) = differential(&step, &[], 11 + i as u64) {
+            failures.push(format!("{label}: {e}\n{step}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_backward_that_does_not_match_says_why_and_stores_the_probabilities() {
+    // The probabilities are also an output: the forward keeps them, and so does the
+    // backward.
+    let src = "dim S = 40\ninput q : f32[S, 16]\ninput k : f32[S, 16]\ninput v : f32[S, 16]\n\
+               p = softmax(q @ transpose(k), axis=-1)\nout = p @ v\nloss = sum(out * out)\n\
+               g = grad(loss, q)\noutput loss, g, p\n";
+    let p = compile(src);
+    assert_eq!(count(&p, true), 0);
+    let text = tc_compiler::plan::print(&p.plan);
+    assert!(
+        text.contains("backward not fused: the probabilities are an output"),
+        "{text}"
+    );
+    differential(src, &[], 3).expect("matches the reference");
+    // A learnt bias on the scores: its gradient is a sum of the scores' gradient, which
+    // another kernel reads, so that gradient is stored.
+    let src = "dim S = 40\ninput q : f32[S, 16]\ninput k : f32[S, 16]\ninput v : f32[S, 16]\n\
+               param bias : f32[S, S]\nout = softmax(q @ transpose(k) + bias, axis=-1) @ v\n\
+               loss = sum(out * out)\ng = grad(loss, bias)\ngq = grad(loss, q)\noutput loss, g, gq\n";
+    let p = compile(src);
+    assert_eq!(count(&p, true), 0);
+    let text = tc_compiler::plan::print(&p.plan);
+    assert!(text.contains("backward not fused:"), "{text}");
+    differential(src, &[], 4).expect("matches the reference");
+}
+
+#[test]
+fn train_block_stores_no_scores_and_plans_below_torch_compile() {
+    let (_, src) = examples()
+        .into_iter()
+        .find(|(n, _)| n == "train_block")
+        .expect("examples/train_block.tx");
+    let p = compile(&src);
+    assert_eq!(count(&p, false), 1, "one fused forward attention");
+    assert_eq!(count(&p, true), 1, "one fused attention backward");
+    // S = 512, H = 8: no buffer of H·S·S elements anywhere in the plan.
+    let ss = 8 * 512 * 512;
+    for b in &p.plan.buffers {
+        let n: u64 = b.shape.iter().product();
+        assert!(n < ss, "{} {:?} is an S×S buffer", b.name, b.shape);
+    }
+    // torch.compile's peak above inputs and params at these dims: 20.5 MiB
+    // (`shared/bench/train_anchors.py`).
+    assert!(
+        p.plan.arena_bytes <= 20 * 1024 * 1024 + 512 * 1024,
+        "planned {} bytes",
+        p.plan.arena_bytes
+    );
+    // The eager model still counts the probabilities as saved.
+    assert!(p.memory.peaks.eager.without_inputs > p.plan.arena_bytes + 8 * 1024 * 1024);
+}
