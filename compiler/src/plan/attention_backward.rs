@@ -7,6 +7,7 @@
 use super::internal;
 use super::kernel::Builder;
 use crate::diag::Diagnostic;
+use crate::fuse::attention::Attention;
 use crate::fuse::attention_backward::AttentionBackward;
 use crate::fuse::Group;
 use crate::ir::types::contiguous_strides;
@@ -27,7 +28,13 @@ impl Builder<'_> {
         out_bufs: &[BufferId],
         step: usize,
     ) -> Result<KernelKind, Diagnostic> {
-        let KernelKind::Attention(fw) = self.attention(&ab.forward, live, BufferId(u32::MAX))?
+        // The forward's products and prologue; its epilogue (if any) is the forward kernel's.
+        let forward = Attention {
+            epilogue: Vec::new(),
+            ..ab.forward.clone()
+        };
+        let KernelKind::Attention(fw) =
+            self.attention(&forward, live, forward.out, BufferId(u32::MAX))?
         else {
             return Err(internal(
                 "the forward of an attention backward is no attention",

@@ -293,6 +293,7 @@ impl Builder<'_> {
             levels: vec![Level::Element; att.epilogue.len()],
             matmul: false,
             attention: None,
+            attention_backward: None,
         };
         let built = self.fused(&group, live, &[result], &[out]);
         self.buffers.pop();
