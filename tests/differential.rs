@@ -317,14 +317,18 @@ fn residual_adds_accumulate_in_place_only_where_the_residual_dies() {
             .collect()
     };
     assert_eq!(gemms(&plan(RESIDUAL_IN_PLACE)), [("a".to_string(), true)]);
-    assert_eq!(gemms(&plan(RESIDUAL_READ_AFTER)), [("a".to_string(), false)]);
+    assert_eq!(
+        gemms(&plan(RESIDUAL_READ_AFTER)),
+        [("a".to_string(), false)]
+    );
     let own = "input x : f32[8, 8]\na = exp(x / 4)\ny = a + a @ a\noutput y";
     assert_eq!(gemms(&plan(own)), [("a".to_string(), false)]);
     // An input is never written: copied.
     let input = "input x : f32[6, 8]\nparam w : f32[8, 8]\ny = x + x @ w\noutput y";
     assert_eq!(gemms(&plan(input)), [("x".to_string(), false)]);
     // A bias row (a broadcast) is not absorbed, nor an add the kernel after it needs anyway.
-    let bias = "input x : f32[6, 8]\nparam w : f32[8, 8]\nparam b : f32[8]\ny = x @ w + b\noutput y";
+    let bias =
+        "input x : f32[6, 8]\nparam w : f32[8, 8]\nparam b : f32[8]\ny = x @ w + b\noutput y";
     assert!(gemms(&plan(bias)).is_empty());
     let fused = "input x : f32[6, 8]\nparam w : f32[8, 8]\ny = exp(x + x @ w)\noutput y";
     assert!(gemms(&plan(fused)).is_empty());

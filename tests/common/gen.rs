@@ -1053,7 +1053,12 @@ impl Gen<'_> {
             let k = x.shape[r - 1];
             // A leaf is copied (never written); a computed value mostly is not.
             let x = if !x.name.starts_with('v') && self.rng.chance(70) {
-                self.bind(format!("{} * 0.5", x.name), x.dtype, x.shape.clone(), x.bound / 2.0)
+                self.bind(
+                    format!("{} * 0.5", x.name),
+                    x.dtype,
+                    x.shape.clone(),
+                    x.bound / 2.0,
+                )
             } else {
                 x.clone()
             };
@@ -1303,9 +1308,6 @@ impl Gen<'_> {
             8 => {
                 self.view(&x);
             }
-            9 if x.shape.len() >= 2 && self.rng.chance(40) => {
-                self.residual(&x);
-            }
             9 if x.shape.len() >= 2 => {
                 self.matmul(&x);
             }
@@ -1453,6 +1455,26 @@ fn generate(seed: u64, sizes: &Sizes, f32_leaves: bool) -> String {
         if !outs.contains(&v) {
             outs.push(v);
         }
+    }
+    // Residual products, appended from a stream of their own so that the program above is
+    // the one this seed always drew: each is an output.
+    g.rng = Rng(seed ^ 0x5851_f42d_4c95_7f2d);
+    for _ in 0..2 {
+        if !g.rng.chance(45) {
+            continue;
+        }
+        let matrices: Vec<Var> = g
+            .vars
+            .iter()
+            .filter(|v| is_float(v.dtype) && v.shape.len() >= 2)
+            .cloned()
+            .collect();
+        if matrices.is_empty() {
+            break;
+        }
+        let x = g.rng.pick(&matrices).clone();
+        let v = g.residual(&x);
+        outs.push(v.name);
     }
     let mut text = String::new();
     for (n, v) in &sizes.dims {

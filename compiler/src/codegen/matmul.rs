@@ -250,12 +250,12 @@ fn header(w: &mut Writer, plan: &Plan, kernel: &Kernel, mm: &MatMulKernel) {
     ));
     if let Some(x) = mm.accumulate {
         let how = if plan.buffer(mm.out).in_place_of == Some(x) {
-            "in place"
+            "out in place of it"
         } else {
-            "copied into out first"
+            "it is copied into out first"
         };
         w.line(format!(
-            "//   out += {} (the residual add, beta = 1: {how})",
+            "//   beta = 1: out = {} + a @ b (the residual add; {how})",
             plan.buffer(x).name
         ));
     }
@@ -303,17 +303,6 @@ pub(crate) fn describe_call(plan: &Plan, name: &str, call: &GemmCall) -> String 
         call.stride_c,
         call.batch_count
     ));
-    if let Some(x) = call.accumulate {
-        w.line(format!(
-            "//   alpha = 1, beta = 1: C = {} + A·B ({})",
-            buf(x),
-            if plan.buffer(call.c).in_place_of == Some(x) {
-                "in place"
-            } else {
-                "C copied from it first"
-            }
-        ));
-    }
     if call.calls.len() > 1 {
         w.line(format!(
             "//   repeated {} times over the non-uniform batch axes",
@@ -470,7 +459,11 @@ fn emit_fallback(plan: &Plan, index: usize, kernel: &Kernel, mm: &MatMulKernel) 
         }
         None => store_conv(mm.out_dtype, "acc"),
     };
-    w.line(format!("{}[oc + row * {} + col] = {value};", pname(mm.out), mm.n));
+    w.line(format!(
+        "{}[oc + row * {} + col] = {value};",
+        pname(mm.out),
+        mm.n
+    ));
     w.close();
     w.close();
     w.close();
