@@ -232,6 +232,7 @@ fn pointwise_plan(dtype: DType, rows: u64, cols: u64) -> Plan {
             buffer: y,
             region: None,
         }],
+        workspace: None,
     };
     b.kernel(KernelKind::Fused(f), &["mul", "add", "gelu"], &[3, 4]);
     b.output("y", y);
@@ -261,6 +262,7 @@ fn softmax_plan(dtype: DType, rows: u64, cols: u64) -> Plan {
             buffer: y,
             region: None,
         }],
+        workspace: None,
     };
     b.kernel(KernelKind::Fused(f), &["softmax"], &[2]);
     b.output("y", y);
@@ -288,6 +290,7 @@ fn reductions_plan() -> Plan {
             buffer: t,
             region: None,
         }],
+        workspace: None,
     };
     b.kernel(KernelKind::Fused(col), &["mean"], &[2]);
     let all = FusedKernel {
@@ -305,6 +308,7 @@ fn reductions_plan() -> Plan {
             buffer: s,
             region: None,
         }],
+        workspace: None,
     };
     b.kernel(KernelKind::Fused(all), &["square", "sum", "sqrt"], &[3]);
     b.output("total", t);
@@ -345,6 +349,7 @@ fn layernorm_plan(rows: u64, cols: u64) -> Plan {
             buffer: y,
             region: None,
         }],
+        workspace: None,
     };
     b.kernel(KernelKind::Fused(f), &["layernorm", "mul"], &[5]);
     b.output("y", y);
@@ -682,6 +687,41 @@ fn more_maths_kernels_compile_with_nvrtc() {
             let program = tc_compiler::compile(&source, &options).expect("compiles");
             check_compiles(&format!("more maths {dtype} fuse={fuse}"), &program.plan);
         }
+    }
+}
+
+/// Split column reductions (`emu::COLUMN_REDUCTIONS`: f32, f16, bf16, integers, max and min,
+/// two reduced axes, and the ones that run whole), fused and not: both launches of each
+/// compile for sm_80 and sm_90.
+#[test]
+#[cfg_attr(
+    tc_no_nvrtc,
+    ignore = "needs NVRTC, not found when the tests were built (tests/build.rs)"
+)]
+fn split_column_reductions_compile_with_nvrtc() {
+    require_nvrtc();
+    for fuse in [true, false] {
+        let mut options = cuda_options(&[]);
+        options.plan.fuse = fuse;
+        let program = tc_compiler::compile(emu::COLUMN_REDUCTIONS, &options).expect("compiles");
+        let kernels = emit_kernels(&program.plan).expect("the plan lowers");
+        let folds = kernels
+            .iter()
+            .filter_map(|k| match &k.launch {
+                Launch::Split { fold, .. } => Some(fold),
+                _ => None,
+            })
+            .inspect(|fold| {
+                assert!(
+                    kernels.iter().any(|k| k
+                        .source
+                        .contains(&format!("__launch_bounds__(256) {fold}("))),
+                    "{fold} is not in the source"
+                )
+            })
+            .count();
+        assert!(folds >= 6, "fuse={fuse}: {folds} split kernels");
+        check_compiles(&format!("column reductions fuse={fuse}"), &program.plan);
     }
 }
 
@@ -1112,6 +1152,37 @@ fn gpu_examples_match_the_cpu() {
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Split column reductions (`emu::COLUMN_REDUCTIONS`: both launches of each, partials in the
+/// planned workspace) on the GPU against the CPU, twice: bitwise the same both times (the
+/// fold's order is fixed), measured = planned.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu.sh runs it (--include-ignored, TC_REQUIRE_CUDA=1)"]
+fn gpu_split_column_reductions_match_the_cpu() {
+    if !gpu_ready() {
+        return;
+    }
+    let options = cuda_options(&[]);
+    check_cuda_against_cpu_with("column reductions", emu::COLUMN_REDUCTIONS, &options)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let program = tc_compiler::compile(emu::COLUMN_REDUCTIONS, &options).expect("compiles");
+    let (inputs, params) =
+        tc_runtime::data::load_leaves(&program.checked, &[], None, 0).expect("data");
+    let run = || {
+        cuda::run(
+            &program.plan,
+            &inputs,
+            &params,
+            &cuda::CudaOptions::default(),
+        )
+        .expect("runs")
+        .outputs
+    };
+    let (first, second) = (run(), run());
+    for ((a, b), out) in first.iter().zip(&second).zip(&program.plan.outputs) {
+        assert!(a.bytes == b.bytes, "{}: two runs differ", out.name);
+    }
 }
 
 #[test]

@@ -336,3 +336,40 @@ fn the_random_program_generator_draws_every_index_op() {
         tc_compiler::check(p, &[]).unwrap_or_else(|d| panic!("{d:?}\n{p}"));
     }
 }
+
+/// The typed interpreter (`cpu::typed`) walks rows in blocks of 1024 elements: masks from
+/// `arange`, ties of `argmax`/`argmin`, running sums (f32 and wrapping i32), wrapping
+/// products, gathers, a one-hot and NaN first met in the second block (`log` of negatives
+/// past 1500) over rows of 2500 (three blocks, the last partial), and
+/// an integer pointwise kernel longer than one parallel task (16384), against the reference.
+#[test]
+fn integer_kernels_over_several_blocks_match_the_reference() {
+    let src = "\
+dim N = 3
+dim V = 2500
+dim M = 40000
+input x : f32[N, V]
+input k : i32[N, V]
+input z : i64[M]
+pos = arange(V)
+m = where(pos <= reshape(arange(N), [N, 1]) * 1100, x, -1.0)
+t = floor(x * 2)
+a = argmax(t, axis=1)
+b = argmin(t, axis=-1)
+c = cumsum(k * 1000003, axis=1)
+w = k * 1000003 * 7919
+s = cumsum(x, axis=1)
+g = gather(x, reshape(a, [N, 1]), axis=1)
+oh = one_hot(b, 2500)
+y = z * z - 3 * z + (z > 2)
+n = where(pos > 1500, log(x), x)
+na = argmax(n, axis=1)
+nb = argmin(n, axis=1)
+output m, a, b, c, w, s, g, oh, y, na, nb
+";
+    for seed in 0..2 {
+        if let Err(e) = tc_tests::differential(src, &[], seed) {
+            panic!("seed {seed}: {e}");
+        }
+    }
+}

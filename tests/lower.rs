@@ -147,6 +147,7 @@ fn row_plan(body: Vec<Inst>, stores: Vec<Store>) -> Plan {
         }],
         body,
         stores,
+        workspace: None,
     };
     Plan {
         kernels: vec![Kernel {

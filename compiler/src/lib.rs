@@ -69,7 +69,7 @@ pub fn compile_with_budget(
     budget: Option<u64>,
 ) -> Result<Program, Diagnostics> {
     let checked = check::check_source(source, &options.dims)?;
-    let inputs = memory::unfused_model(&checked, options.plan.matmul_workspace).inputs;
+    let inputs = memory::unfused_model(&checked, &options.plan).inputs;
     let mut plan_of = |g: &ir::Graph| -> Result<memory::remat::Planned, Diagnostic> {
         let primitive = ir::decompose::decompose(g);
         let (groups, misses) = fuse::fuse_explained(&primitive, options.plan.fuse);
@@ -167,7 +167,7 @@ pub fn search_with(
     options: &PlanOptions,
     reorder: bool,
 ) -> Result<Plan, Diagnostic> {
-    let figures = memory::unfused_model(checked, options.matmul_workspace);
+    let figures = memory::unfused_model(checked, options);
     let budget = figures.eager;
     let mut best = plan::plan_ordered(primitive, groups, options, budget, reorder)?;
     if options.fuse {

@@ -236,6 +236,13 @@ pub struct FusedKernel {
     pub loads: Vec<Load>,
     pub body: Vec<Inst>,
     pub stores: Vec<Store>,
+    /// Scratch for a column reduction split over blocks on the GPU (`plan::split::column_split`:
+    /// each block folds a part of every column into a partial, a second launch of the same
+    /// step folds the partials in a fixed order). A `Workspace` buffer live at this step
+    /// only; planned for the GPU alone (`PlanOptions::for_gpu`), and an executor that runs the
+    /// kernel whole (the CPU's) ignores it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<BufferId>,
 }
 
 impl FusedKernel {
@@ -368,6 +375,15 @@ pub struct PlanOptions {
     pub reuse: bool,
     /// Bytes of scratch each matmul kernel gets (0 for the CPU).
     pub matmul_workspace: u64,
+}
+
+impl PlanOptions {
+    /// Whether the plan is for the GPU: only the CUDA target asks for a cuBLAS workspace
+    /// (`codegen::cuda_plan_options`), and the GPU plan also gives each column reduction that
+    /// would not fill the GPU the scratch of its split (`FusedKernel::workspace`).
+    pub fn for_gpu(&self) -> bool {
+        self.matmul_workspace > 0
+    }
 }
 
 impl Default for PlanOptions {

@@ -338,6 +338,7 @@ fn faulty(body: &str, block: u32) -> (Plan, Vec<CudaKernel>, Vec<HostTensor>) {
             buffer: y,
             region: None,
         }],
+        workspace: None,
     };
     b.kernel(KernelKind::Fused(f), &["copy"], &[1]);
     b.output("y", y);
@@ -725,5 +726,133 @@ fn emu_cumsum_scans_rows_in_tiles() {
         };
         check_source(&format!("cumsum (fuse: {fuse})"), source, &options)
             .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Column reductions (the innermost axis kept) as the GPU plan runs them: split over blocks
+/// with partials in a workspace and a second launch folding them in order, where the GPU
+/// would otherwise be underfilled, and whole where not; against the CPU executor, forward
+/// and in reverse block order (bit for bit: the fold's order is fixed).
+pub(crate) const COLUMN_REDUCTIONS: &str = "input a : f32[8192, 64]\n\
+     input o : f32[1501, 777]\n\
+     input h : f16[4096, 100]\n\
+     input g : bf16[2048, 130]\n\
+     input n : i32[4096, 96]\n\
+     input t : f32[64, 128, 40]\n\
+     input s : f32[300, 200]\n\
+     input q : f32[1024, 300]\n\
+     sa = sum(a, axis=0)\n\
+     ma = mean(exp(a) * 2, axis=0)\n\
+     mo = max(o, axis=0)\n\
+     no = min(o * 3, axis=0) + 1\n\
+     sh = sum(h, axis=0)\n\
+     sg = sum(g * g, axis=0)\n\
+     sn = sum(n, axis=0)\n\
+     st = sum(t, axis=[0, 1])\n\
+     ss = sum(s, axis=0)\n\
+     am = argmax(q, axis=0)\n\
+     output sa, ma, mo, no, sh, sg, sn, st, ss, am\n";
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_split_column_reductions_match_the_cpu() {
+    require_emu();
+    let program = tc_compiler::compile(COLUMN_REDUCTIONS, &cuda_options(&[])).expect("compiles");
+    let plan = &program.plan;
+    let kernels = emit_kernels(plan).expect("the plan lowers");
+    let split: Vec<&str> = kernels
+        .iter()
+        .filter(|k| matches!(k.launch, tc_compiler::codegen::Launch::Split { .. }))
+        .map(|k| k.source.lines().next().unwrap_or(""))
+        .collect();
+    // Every column reduction above SPLIT_MIN elements splits (f32 alone and fused, odd
+    // sizes, max and min fused, f16, bf16, integers, two reduced axes); the small one and the
+    // argmax do not.
+    assert!(split.len() >= 6, "{split:#?}");
+    let whole: Vec<&str> = kernels
+        .iter()
+        .filter(|k| matches!(k.launch, tc_compiler::codegen::Launch::Grid { .. }))
+        .map(|k| k.source.as_str())
+        .collect();
+    assert!(
+        whole.iter().any(|k| k.contains("argmax"))
+            && whole.iter().any(|k| k.contains("[300, 200]")),
+        "the argmax and the small reduction run whole"
+    );
+    let workspaces = plan
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Workspace)
+        .count();
+    assert_eq!(workspaces, split.len());
+    let (inputs, params) =
+        tc_runtime::data::load_leaves(&program.checked, &[], None, 0).expect("data");
+    check_plan("column reductions", plan, &inputs, &params).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emu_bf16_rounding_is_the_cpus_bit_for_bit() {
+    require_emu();
+    // The prelude's f32 -> bf16 (`cvt.rn.bf16.f32` on sm_80+, emulated in integers): a dense
+    // sweep of f32 bit patterns and every kind of tie (low half exactly 0x8000 with an even
+    // and an odd upper half, one below and one above), subnormals, the largest finites
+    // (which round to infinity) and infinities, against the CPU's rounding, bit for bit.
+    let mut bits: Vec<u32> = (0..1u32 << 17).map(|i| i.wrapping_mul(32771)).collect();
+    for hi in (0..0xffffu32)
+        .step_by(97)
+        .chain([0x7f7f, 0x0000, 0x8000, 0x0001, 0x7f80])
+    {
+        for lo in [0x8000u32, 0x7fff, 0x8001, 0x0000, 0xffff] {
+            bits.push(hi << 16 | lo);
+        }
+    }
+    bits.extend([
+        0x7f7f_ffff,
+        0xff7f_ffff,
+        0x7f80_0000,
+        0xff80_0000,
+        0x0000_0001,
+        0x8000_8000,
+    ]);
+    let values: Vec<f32> = bits
+        .iter()
+        .map(|&b| f32::from_bits(b))
+        .filter(|x| !x.is_nan())
+        .collect();
+    let n = values.len() as u64;
+    let source = format!("input x : f32[{n}]\ny = bf16(x * 1)\noutput y\n");
+    let program = tc_compiler::compile(&source, &cuda_options(&[])).expect("compiles");
+    let inputs = vec![HostTensor::from_f32(DType::F32, vec![n], &values)];
+    let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &[]).expect("CPU");
+    let kernels = emit_kernels(&program.plan).expect("the plan lowers");
+    let emulated = emu::run(
+        &program.plan,
+        &kernels,
+        &inputs,
+        &[],
+        &EmuOptions::default(),
+    )
+    .expect("emulated");
+    assert_eq!(cpu[0].dtype, DType::BF16);
+    let differ = cpu[0]
+        .bytes
+        .chunks(2)
+        .zip(emulated[0].bytes.chunks(2))
+        .position(|(a, b)| a != b);
+    if let Some(i) = differ {
+        panic!(
+            "bf16({:e} = {:#010x}): CPU {:?}, emulated CUDA {:?}",
+            values[i],
+            values[i].to_bits(),
+            &cpu[0].bytes[2 * i..2 * i + 2],
+            &emulated[0].bytes[2 * i..2 * i + 2]
+        );
     }
 }

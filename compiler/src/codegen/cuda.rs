@@ -5,7 +5,7 @@
 //! Every size, offset and stride is a constant in the source; the only parameters are the
 //! buffers' base pointers. Semantics are `schedule`'s module doc, exactly.
 
-use super::launch::{Online, PointwiseLaunch, RowLaunch, Strategy, BLOCK};
+use super::launch::{ColumnSplit, Online, PointwiseLaunch, RowLaunch, Strategy, BLOCK, FOLD_BLOCK};
 use super::writer::Writer;
 use super::{storage_type, CudaKernel};
 use crate::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
@@ -19,13 +19,15 @@ struct Params {
 }
 
 impl Params {
-    fn new(k: &KernelIr) -> Params {
+    /// Loads' buffers, stores' and, last, the workspace of a split column reduction.
+    fn new(k: &KernelIr, workspace: Option<BufferId>) -> Params {
         let mut buffers = Vec::new();
         for b in k
             .loads
             .iter()
             .map(|l| l.buffer)
             .chain(k.stores.iter().map(|s| s.buffer))
+            .chain(workspace)
         {
             if !buffers.contains(&b) {
                 buffers.push(b);
@@ -33,7 +35,7 @@ impl Params {
         }
         let written = buffers
             .iter()
-            .map(|b| k.stores.iter().any(|s| s.buffer == *b))
+            .map(|b| k.stores.iter().any(|s| s.buffer == *b) || Some(*b) == workspace)
             .collect();
         Params { buffers, written }
     }
@@ -420,17 +422,29 @@ fn header(
 
 /// The CUDA C of plan kernel `index` (`kernel`, lowered to `k`).
 pub(crate) fn emit_fused(plan: &Plan, index: usize, kernel: &Kernel, k: &KernelIr) -> CudaKernel {
-    let params = Params::new(k);
-    let strategy = Strategy::of(k);
+    let workspace = match &kernel.kind {
+        crate::schedule::KernelKind::Fused(f) => f.workspace,
+        _ => None,
+    };
+    let strategy = Strategy::with_workspace(k, workspace.map(|w| plan.buffer(w).bytes));
+    // (a workspace the strategy does not split with is not passed)
+    let split = matches!(&strategy, Strategy::Rows(r) if r.split.is_some());
+    let params = Params::new(k, workspace.filter(|_| split));
     let source = match &strategy {
         Strategy::Pointwise(s) => emit_pointwise(plan, kernel, k, &params, s, &strategy),
-        Strategy::Rows(s) => emit_rows(plan, kernel, k, &params, s, &strategy),
+        Strategy::Rows(s) => {
+            let mut source = emit_rows(plan, kernel, k, &params, s, &strategy);
+            if let (Some(sp), Some(w)) = (&s.split, workspace) {
+                source.push_str(&emit_fold(plan, kernel, k, &params, s, sp, w));
+            }
+            source
+        }
     };
     CudaKernel {
         kernel_index: index,
         name: kernel.name.clone(),
         source,
-        launch: strategy.launch(),
+        launch: strategy.launch(&kernel.name),
         params: params.buffers,
         checks: super::index::checks(&kernel.name, k),
     }
@@ -836,6 +850,18 @@ fn emit_rows(
         w.line(format!("const {idx_t} tc_row0 = blockIdx.x;"));
         w.line(format!("const {idx_t} tc_rstep = gridDim.x;"));
     }
+    if let Some(sp) = &s.split {
+        // This block's part of every column, and where its partials go.
+        w.line(format!(
+            "const {idx_t} tc_j0 = ({idx_t})blockIdx.y * {};",
+            sp.chunk
+        ));
+        w.line(format!(
+            "const {idx_t} tc_j1 = tc_j0 + {c} < {len} ? tc_j0 + {c} : {len};",
+            c = sp.chunk
+        ));
+        split_pointers(&mut w, k, params, sp);
+    }
     if slices > 1 {
         // Every thread of the block runs every iteration (the reductions synchronise the
         // block); lanes past the last row work on the last row and store nothing.
@@ -945,6 +971,10 @@ fn emit_rows(
             w.line(format!(
                 "const {idx_t} j = tc_in ? tc_jt + tid : {};",
                 len.saturating_sub(1)
+            ));
+        } else if s.split.is_some() {
+            w.open(format!(
+                "for ({idx_t} j = tc_j0 + tid; j < tc_j1; j += {threads})"
             ));
         } else {
             w.open(format!("for ({idx_t} j = tid; j < {len}; j += {threads})"));
@@ -1355,7 +1385,14 @@ fn emit_rows(
                 } else {
                     "tc_smem"
                 };
-                if slices > 1 {
+                if s.split.is_some() {
+                    // This part's partial (a mean's is its sum); the fold finishes the row.
+                    w.line(format!("acc{i} = tc_slice_{suffix}(acc{i}, {smem});"));
+                    w.line(format!(
+                        "if (tid == 0 && tc_live) tc_ws{i}[({idx_t})blockIdx.y * {rows} + r] = acc{i};"
+                    ));
+                    continue;
+                } else if slices > 1 {
                     w.line(format!("acc{i} = tc_slice_{suffix}(acc{i}, {smem});"));
                 } else if group == 1 {
                     // one thread holds the whole row: nothing to combine
@@ -1377,7 +1414,9 @@ fn emit_rows(
                 }
             }
         }
-        row_values(&mut w, phase);
+        if s.split.is_none() {
+            row_values(&mut w, phase);
+        }
     }
     let late = elem_stores_of(last);
     if !late.is_empty() {
@@ -1430,7 +1469,7 @@ fn emit_rows(
         .map(StoreId::new)
         .filter(|&st| k.store(st).order == Level::Row)
         .collect();
-    if !row_stores.is_empty() {
+    if !row_stores.is_empty() && s.split.is_none() {
         w.open(if slices > 1 {
             "if (tid == 0 && tc_live)"
         } else {
@@ -1451,6 +1490,182 @@ fn emit_rows(
             ));
         }
         w.close();
+    }
+    w.close();
+    w.close();
+    w.finish()
+}
+
+/// `tc_ws<i>`, the partials of reduction `i` in the workspace (the last parameter) of a split
+/// column reduction, for each reduction of the first pass.
+fn split_pointers(w: &mut Writer, k: &KernelIr, params: &Params, sp: &ColumnSplit) {
+    let Some(&ws) = params.buffers.last() else {
+        return;
+    };
+    let name = params.name(ws);
+    for (&r, &off) in k.passes[0].reduces.iter().zip(&sp.offsets) {
+        // (the workspace is addressed as f32; offsets are 16-byte multiples)
+        let at = format!("{name} + {}", off / 4);
+        if k.value(r).dtype.is_integral() {
+            w.line(format!(
+                "long long* const tc_ws{} = reinterpret_cast<long long*>({at});",
+                r.index()
+            ));
+        } else {
+            w.line(format!("float* const tc_ws{} = {at};", r.index()));
+        }
+    }
+}
+
+/// The second launch of a split column reduction (`{name}_fold`, same parameters): one
+/// thread per column folds the column's partials in part order (0, 1, …: the same sums
+/// whichever block finished first), then computes the row values after the reductions and
+/// makes the row stores, as the whole kernel would after its walk.
+fn emit_fold(
+    plan: &Plan,
+    kernel: &Kernel,
+    k: &KernelIr,
+    params: &Params,
+    s: &RowLaunch,
+    sp: &ColumnSplit,
+    workspace: BufferId,
+) -> String {
+    let idx_t = if s.wide { "long long" } else { "int" };
+    let rows = s.rows;
+    let row_axes = k.axes.row_axes();
+    let mut w = Writer::new();
+    w.line(format!(
+        "// {}_fold: the {} partials of each of {rows} columns of {} (workspace {}), folded in order",
+        kernel.name,
+        sp.parts,
+        kernel.name,
+        plan.buffer(workspace).name
+    ));
+    w.open(format!(
+        "extern \"C\" __global__ void __launch_bounds__({FOLD_BLOCK}) {}_fold({})",
+        kernel.name,
+        params.signature(plan, false)
+    ));
+    consts(&mut w, k);
+    split_pointers(&mut w, k, params, sp);
+    w.open(format!(
+        "for ({idx_t} r = ({idx_t})blockIdx.x * {FOLD_BLOCK} + threadIdx.x; r < {rows}; r += ({idx_t})gridDim.x * {FOLD_BLOCK})"
+    ));
+    let ridx = decompose(&mut w, idx_t, "r", "r", &k.axes.row_sizes());
+    // The row values the row stores need (through the reductions' results, not into them).
+    let mut need = vec![false; k.values.len()];
+    let mut stack: Vec<ValueId> = k
+        .stores
+        .iter()
+        .filter(|st| st.order == Level::Row)
+        .map(|st| st.value)
+        .collect();
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut need[i.index()], true)
+            && !matches!(k.value(i).op, ValueOp::Reduce(..))
+        {
+            stack.extend(k.value(i).op.operands());
+        }
+    }
+    let needed_rows = |pass: usize| -> Vec<ValueId> {
+        k.passes[pass]
+            .row
+            .iter()
+            .copied()
+            .filter(|i| need[i.index()])
+            .collect()
+    };
+    let row_loads: Vec<LoadId> = (0..k.loads.len())
+        .map(LoadId::new)
+        .filter(|&l| {
+            (0..2).any(|p| {
+                needed_rows(p).iter().any(|&i| {
+                    matches!(k.value(i).op, ValueOp::Load(x) if x == l)
+                        || k.gathers_from(k.value(i), l)
+                })
+            })
+        })
+        .collect();
+    for &l in &row_loads {
+        let ld = k.load(l);
+        let st: Vec<i64> = row_axes.iter().map(|&d| ld.strides[d]).collect();
+        w.line(format!(
+            "const {idx_t} base{} = {};",
+            l.index(),
+            address(ld.offset, &ridx, &st)
+        ));
+    }
+    let names = {
+        let mut names = vec!["0".to_string(); k.axes.sizes.len()];
+        for (p, &d) in row_axes.iter().enumerate() {
+            names[d] = ridx[p].clone();
+        }
+        names
+    };
+    let at = |l: LoadId| (params.name(k.load(l).buffer), format!("base{}", l.index()));
+    let site = super::index::Site {
+        kernel: &kernel.name,
+        names,
+        at: &at,
+    };
+    let row_values = |w: &mut Writer, pass: usize| {
+        for i in needed_rows(pass) {
+            if super::index::emit_value(w, k, i, &site) {
+                continue;
+            }
+            let inst = k.value(i);
+            let e = match &inst.op {
+                ValueOp::Load(l) => {
+                    let ld = k.load(*l);
+                    load_conv(
+                        ld.dtype,
+                        &format!("{}[base{}]", params.name(ld.buffer), l.index()),
+                    )
+                }
+                _ => arith_expr(k, inst),
+            };
+            w.line(format!("const {} {} = {e};", value_type(inst.dtype), v(i)));
+        }
+    };
+    row_values(&mut w, 0);
+    for &r in &k.passes[0].reduces {
+        let ValueOp::Reduce(op, _) = k.value(r).op else {
+            continue;
+        };
+        if !need[r.index()] {
+            continue;
+        }
+        let (i, dt) = (r.index(), k.value(r).dtype);
+        let (init, combine) = if dt.is_integral() {
+            (
+                literal(dt, crate::ir::eval::reduce_init_int(op, dt) as f64),
+                reduce_parts(op).1,
+            )
+        } else {
+            (reduce_parts(op).0.to_string(), reduce_parts(op).1)
+        };
+        w.line(format!("{} acc{i} = {init};", value_type(dt)));
+        w.line(format!(
+            "for (int p = 0; p < {}; ++p) acc{i} = {combine}(acc{i}, tc_ws{i}[({idx_t})p * {rows} + r]);",
+            sp.parts
+        ));
+        if !dt.is_integral() && op == ReduceOp::Mean {
+            w.line(format!(
+                "const float {} = acc{i} / {};",
+                v(r),
+                float_literal(s.len as f64)
+            ));
+        } else {
+            w.line(format!("const {} {} = acc{i};", value_type(dt), v(r)));
+        }
+    }
+    row_values(&mut w, 1);
+    for st in k.stores.iter().filter(|st| st.order == Level::Row) {
+        w.line(format!(
+            "{}[r] = {};",
+            params.name(st.buffer),
+            store_conv(st.dtype, &v(st.value))
+        ));
     }
     w.close();
     w.close();

@@ -86,6 +86,26 @@ pub struct RowLaunch {
     /// scalar reads. Thread `tid`'s slot `t` is then element
     /// `((t / lanes) * threads + tid) * lanes + t % lanes` of the row.
     pub lanes: u64,
+    /// A column reduction split over blocks (the kernel's workspace, `plan::split::column_split`).
+    pub split: Option<ColumnSplit>,
+}
+
+/// Threads per block of the launch that folds a split column reduction's partials (one
+/// thread per column).
+pub const FOLD_BLOCK: u64 = 256;
+
+/// How a column reduction runs split over blocks: blocks `(x, y)` fold elements
+/// `[y·chunk, min((y + 1)·chunk, len))` of the 32 columns of block `x` into partials
+/// (`parts × rows` accumulators per reduction, at `offsets` bytes into the workspace), then
+/// a second launch, `fold_grid` blocks of `FOLD_BLOCK` threads, folds each column's partials
+/// in part order and finishes the row (deterministic: no atomics, a fixed order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ColumnSplit {
+    pub parts: u64,
+    pub chunk: u64,
+    /// Byte offset of each reduction's partials in the workspace, in value order.
+    pub offsets: Vec<u64>,
+    pub fold_grid: u64,
 }
 
 impl RowLaunch {
@@ -133,25 +153,44 @@ impl Online {
 }
 
 impl Strategy {
-    /// The strategy for kernel `k`.
+    /// The strategy for kernel `k`, run whole (no workspace).
     pub fn of(k: &KernelIr) -> Strategy {
+        Strategy::with_workspace(k, None)
+    }
+
+    /// The strategy for kernel `k` whose plan gives it a workspace of `workspace` bytes
+    /// (`FusedKernel::workspace`): a column reduction then splits over blocks when its
+    /// shape is the one the planner sized the workspace for.
+    pub fn with_workspace(k: &KernelIr, workspace: Option<u64>) -> Strategy {
         if k.is_pointwise() {
             Strategy::Pointwise(pointwise(k))
         } else {
-            Strategy::Rows(rows(k))
+            Strategy::Rows(rows(k, workspace))
         }
     }
 
-    /// Grid and block the executor launches with.
-    pub fn launch(&self) -> Launch {
+    /// Grid and block the executor launches kernel `name` with (and its fold, for a split
+    /// column reduction: `{name}_fold`).
+    pub fn launch(&self, name: &str) -> Launch {
         let (grid, block) = match self {
             Strategy::Pointwise(p) => (p.grid, BLOCK as u64),
             Strategy::Rows(r) => (r.grid, r.block),
         };
-        Launch::Grid {
-            grid: [grid as u32, 1, 1],
-            block: [block as u32, 1, 1],
-            shared_bytes: 0,
+        match self {
+            Strategy::Rows(RowLaunch {
+                split: Some(sp), ..
+            }) => Launch::Split {
+                grid: [grid as u32, sp.parts as u32, 1],
+                block: [block as u32, 1, 1],
+                fold: format!("{name}_fold"),
+                fold_grid: [sp.fold_grid as u32, 1, 1],
+                fold_block: [FOLD_BLOCK as u32, 1, 1],
+            },
+            _ => Launch::Grid {
+                grid: [grid as u32, 1, 1],
+                block: [block as u32, 1, 1],
+                shared_bytes: 0,
+            },
         }
     }
 
@@ -182,6 +221,14 @@ impl Strategy {
                 r.rows,
                 r.len,
                 match r.group {
+                    1 if r.split.is_some() => {
+                        let sp = r.split.as_ref().map_or((0, 0), |sp| (sp.parts, sp.chunk));
+                        format!(
+                            "32 rows per block, each split over {} threads and {} blocks of {} \
+                             elements (partials in the workspace, folded in order by a second launch)",
+                            r.slices, sp.0, sp.1
+                        )
+                    }
                     1 if r.slices > 1 =>
                         format!("32 rows per block, each split over {} threads", r.slices),
                     1 => "one thread per row".to_string(),
@@ -266,7 +313,7 @@ fn pointwise(k: &KernelIr) -> PointwiseLaunch {
     }
 }
 
-fn rows(k: &KernelIr) -> RowLaunch {
+fn rows(k: &KernelIr, workspace: Option<u64>) -> RowLaunch {
     let rows = k.axes.rows();
     let len = k.axes.row_len();
     let innermost_is_row = k.axes.reduce.last() == Some(&false);
@@ -319,8 +366,11 @@ fn rows(k: &KernelIr) -> RowLaunch {
     } else {
         MAX_CACHED_VALUES
     };
-    // (a tiled scan walks the row tile by tile, every thread in step: not from registers)
-    let cache = !tiled
+    let split = workspace.and_then(|bytes| column_split(k, slices, bytes));
+    // (a tiled scan walks the row tile by tile, every thread in step: not from registers;
+    // a split column's part is read once, by its own blocks)
+    let cache = split.is_none()
+        && !tiled
         && !cached.is_empty()
         && items <= MAX_ITEMS
         && cached.len() as u64 * items <= register_budget;
@@ -384,7 +434,47 @@ fn rows(k: &KernelIr) -> RowLaunch {
         online,
         tiled,
         lanes,
+        split,
     }
+}
+
+/// The split of a column reduction walked by `slices` threads a column, when the planner
+/// gave it a workspace of `bytes` (`plan::split::column_split`, whose sizes this checks
+/// again on the kernel IR): the innermost axis a row axis, every reduction folded in the
+/// first walk, nothing after it per element that needs one, no argmax/argmin or scan, and
+/// the workspace the layout's size. `None`: the kernel runs whole.
+fn column_split(k: &KernelIr, slices: u64, bytes: u64) -> Option<ColumnSplit> {
+    let innermost_is_row = k.axes.reduce.last() == Some(&false);
+    let reduces: Vec<ValueId> = k.passes.first()?.reduces.clone();
+    let simple = innermost_is_row
+        && slices == 32
+        && k.passes.len() == 2
+        && !super::index::needs_row_order(k)
+        && !k.has_scan()
+        && reduces
+            .iter()
+            .all(|&r| matches!(k.value(r).op, ValueOp::Reduce(op, _) if !op.is_arg()))
+        && k.passes[1]
+            .elements
+            .iter()
+            .all(|&v| k.value(v).pass.index() == 0)
+        && k.stores.iter().all(|s| s.is_plain(&k.axes));
+    if !simple {
+        return None;
+    }
+    let (rows, len) = (k.axes.rows(), k.axes.row_len());
+    let parts = crate::memory::sizes::shared_column_parts(rows, len, reduces.len())?;
+    let integral: Vec<bool> = reduces
+        .iter()
+        .map(|&r| k.value(r).dtype.is_integral())
+        .collect();
+    let (offsets, total) = crate::plan::split::column_layout(rows, parts, &integral);
+    (total == bytes).then(|| ColumnSplit {
+        parts,
+        chunk: len.div_ceil(parts),
+        offsets,
+        fold_grid: rows.div_ceil(FOLD_BLOCK).clamp(1, MAX_GRID),
+    })
 }
 
 /// Elements per 16-byte vector for reading the `cached` loads of a row of `len`, or 1.
@@ -563,6 +653,7 @@ mod tests {
                     region: None,
                 })
                 .collect(),
+            workspace: None,
         };
         let plan = Plan {
             kernels: vec![Kernel {
@@ -695,7 +786,7 @@ mod tests {
             .describe()
             .contains("online softmax"));
         assert_eq!(
-            Strategy::Rows(long).launch(),
+            Strategy::Rows(long).launch("k0"),
             Launch::Grid {
                 grid: [16, 1, 1],
                 block: [1024, 1, 1],

@@ -21,20 +21,22 @@ use serde::Serialize;
 
 pub use matmul::{gemm_plan, GemmCall};
 
-/// Helpers every generated kernel uses: f16/bf16 conversions (plain C and one PTX `cvt`, so
-/// NVRTC needs no include path), NaN-propagating min/max and warp/block reductions.
+/// Helpers every generated kernel uses: f16/bf16 conversions (PTX `cvt`s, so NVRTC needs no
+/// include path; bf16 from f32 in plain C below sm_80), NaN-propagating min/max and
+/// warp/block reductions.
 /// `PRELUDE_PTX` followed by `PRELUDE_PORTABLE`.
 pub const PRELUDE: &str = concat!(
     include_str!("prelude_ptx.cu"),
     include_str!("prelude_portable.cu")
 );
 
-/// The part of `PRELUDE` written in inline PTX: f16 <-> f32 conversions. The host
+/// The part of `PRELUDE` written in inline PTX: f16 <-> f32 conversions and f32 -> bf16
+/// (`cvt.rn.bf16.f32` on sm_80 and later). The host
 /// emulation of the CUDA backend (`tc_runtime::cuda::emu`) replaces it with C++ of the same
 /// semantics and compiles the rest of the prelude unchanged.
 pub const PRELUDE_PTX: &str = include_str!("prelude_ptx.cu");
 
-/// The part of `PRELUDE` in plain CUDA C (no inline assembly): bf16 conversions, rounding,
+/// The part of `PRELUDE` in plain CUDA C (no inline assembly): bf16 -> f32, rounding,
 /// NaN-propagating min/max, warp, block and slice reductions.
 pub const PRELUDE_PORTABLE: &str = include_str!("prelude_portable.cu");
 
@@ -64,6 +66,19 @@ pub enum Launch {
     },
     /// Call cuBLAS (no CUDA C): `cublasGemmStridedBatchedEx`, see `GemmCall`.
     Cublas(GemmCall),
+    /// A column reduction split over blocks (`launch::ColumnSplit`), two launches at the
+    /// kernel's step on the same stream: `CudaKernel::name` over `grid` and `block` (each
+    /// block writes its partials into the kernel's workspace), then `fold`, a second
+    /// `__global__` function of the same source taking the same parameters, over
+    /// `fold_grid` and `fold_block` (each column's partials folded in part order). No
+    /// dynamic shared memory.
+    Split {
+        grid: [u32; 3],
+        block: [u32; 3],
+        fold: String,
+        fold_grid: [u32; 3],
+        fold_block: [u32; 3],
+    },
 }
 
 /// One plan kernel turned into something a GPU runs.
@@ -193,6 +208,20 @@ pub fn emit_program(plan: &Plan) -> String {
                 out.push_str(&format!(
                     "// launch {}: grid [{}, {}, {}], block [{}, {}, {}], {} bytes dynamic shared memory\n",
                     k.name, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared_bytes
+                ));
+                out.push_str(&k.source);
+            }
+            Launch::Split {
+                grid,
+                block,
+                fold,
+                fold_grid,
+                fold_block,
+            } => {
+                out.push_str(&format!(
+                    "// launch {}: grid [{}, {}, {}], block [{}, {}, {}]; then {fold}: grid [{}, {}, {}], block [{}, {}, {}]\n",
+                    k.name, grid[0], grid[1], grid[2], block[0], block[1], block[2],
+                    fold_grid[0], fold_grid[1], fold_grid[2], fold_block[0], fold_block[1], fold_block[2]
                 ));
                 out.push_str(&k.source);
             }

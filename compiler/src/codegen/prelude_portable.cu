@@ -2,15 +2,6 @@ __device__ __forceinline__ float tc_bf16_to_f32(unsigned short h) {
     return __uint_as_float(((unsigned int)h) << 16);
 }
 
-__device__ __forceinline__ unsigned short tc_f32_to_bf16(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return (unsigned short)((u >> 16) | 0x0040u);  // NaN stays a (quiet) NaN
-    }
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
-    return (unsigned short)(u >> 16);
-}
-
 __device__ __forceinline__ float tc_round_f16(float f) { return tc_f16_to_f32(tc_f32_to_f16(f)); }
 __device__ __forceinline__ float tc_round_bf16(float f) { return tc_bf16_to_f32(tc_f32_to_bf16(f)); }
 

@@ -14,3 +14,21 @@ __device__ __forceinline__ unsigned short tc_f32_to_f16(float f) {
     return h;
 }
 
+
+// f32 -> bf16, round to nearest, ties to even: one `cvt.rn.bf16.f32` where the target has it
+// (sm_80 and later), else the same rounding in integer arithmetic (a NaN stays a quiet NaN;
+// which NaN is the hardware's choice).
+__device__ __forceinline__ unsigned short tc_f32_to_bf16(float f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (unsigned short)((u >> 16) | 0x0040u);
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+#endif
+}

@@ -22,7 +22,12 @@ pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
 /// The buffers a kernel writes (its workspace included).
 pub fn writes(kernel: &Kernel) -> Vec<BufferId> {
     match &kernel.kind {
-        KernelKind::Fused(f) => f.stores.iter().map(|s| s.buffer).collect(),
+        KernelKind::Fused(f) => f
+            .stores
+            .iter()
+            .map(|s| s.buffer)
+            .chain(f.workspace)
+            .collect(),
         KernelKind::MatMul(m) => std::iter::once(m.out).chain(m.workspace).collect(),
         KernelKind::Attention(a) => vec![a.out],
     }

@@ -8,7 +8,7 @@
 
 use super::inplace::storage_objects;
 use super::liveness::peak;
-use super::sizes::{align_up, staging_bytes};
+use super::sizes::{align_up, column_staging_bytes, staging_bytes};
 use crate::ir::{Graph, NodeId, Op};
 use crate::schedule::{Plan, PlanOptions};
 use std::collections::BTreeSet;
@@ -72,11 +72,15 @@ fn promotions_read_by_matmul(graph: &Graph) -> BTreeSet<NodeId> {
 
 /// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
 /// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
-/// figures), ops run in order, each op's result a buffer; a matmul also holds a
-/// `workspace` at its step, a large reduction into one value its staged partials. Views
-/// and checker-inserted casts are free, except a cast a matmul reads. Every buffer is
-/// counted rounded up to 16 bytes, the alignment any allocator (and the arena) gives it.
-pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
+/// figures), ops run in order, each op's result a buffer; a matmul also holds the options'
+/// `matmul_workspace` at its step, a large reduction into one value its staged partials,
+/// and on the GPU (`PlanOptions::for_gpu`) a column reduction too few columns wide to fill
+/// it its partials (`sizes::column_staging_bytes`; PyTorch's reduction kernel stages such a
+/// reduction over several blocks per output in global memory). Views and checker-inserted
+/// casts are free, except a cast a matmul reads. Every buffer is counted rounded up to 16
+/// bytes, the alignment any allocator (and the arena) gives it.
+pub fn unfused_model(graph: &Graph, options: &PlanOptions) -> Unfused {
+    let workspace = options.matmul_workspace;
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
     let kept = promotions_read_by_matmul(graph);
     let is_op = |n: NodeId| {
@@ -122,6 +126,32 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
     for (s, bytes) in staging.iter_mut().enumerate() {
         if not_scalar[s] {
             *bytes = 0;
+        }
+    }
+    // Column reductions on the GPU (`plan::split::column_split`'s sizes).
+    if options.for_gpu() {
+        for id in graph.ids() {
+            let Op::Reduce {
+                arg, op, ref axes, ..
+            } = graph.node(id).op
+            else {
+                continue;
+            };
+            if !is_op(id) || op.is_arg() {
+                continue;
+            }
+            let sizes = graph.ty(arg).sizes();
+            let inner = (0..sizes.len()).rev().find(|&d| sizes[d] > 1);
+            let (Some(inner), Some(n)) = (inner, graph.ty(arg).numel()) else {
+                continue;
+            };
+            if axes.contains(&inner) {
+                continue;
+            }
+            let len: u64 = axes.iter().map(|&a| sizes[a]).product();
+            let partial = if graph.dtype(id).is_integral() { 8 } else { 4 };
+            let s = step_of_key[&key(id)];
+            staging[s] = staging[s].max(column_staging_bytes(n / len.max(1), len, partial));
         }
     }
     // Result buffers: values read by another op or by an output.
@@ -209,7 +239,7 @@ pub fn unfused_model(graph: &Graph, workspace: u64) -> Unfused {
 
 /// The eager figure (without inputs) the planner must not exceed.
 pub fn eager_budget(graph: &Graph, options: &PlanOptions) -> u64 {
-    unfused_model(graph, options.matmul_workspace).eager
+    unfused_model(graph, options).eager
 }
 
 /// The largest total of arena bytes (each rounded up to 16) live at one step of the plan,

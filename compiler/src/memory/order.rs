@@ -594,7 +594,7 @@ impl OrderModel {
 
     /// What a local move must lower: the peak, then how many steps reach it, then the bytes
     /// summed over the steps (freeing sooner), so that moves off a plateau are taken.
-    fn cost(&self, order: &[usize]) -> (u64, usize, u64) {
+    pub fn cost(&self, order: &[usize]) -> (u64, usize, u64) {
         let steps = self.steps(order);
         let peak = steps.iter().copied().max().unwrap_or(0);
         let at = steps.iter().filter(|&&s| s == peak).count();
@@ -604,8 +604,11 @@ impl OrderModel {
 
     /// Local search from `order`: move one kernel to another place between its last
     /// predecessor and its first successor whenever that lowers `cost`, until no move does
-    /// or `max_moves` kernel steps have been evaluated. The order stays topological and its
-    /// peak never rises.
+    /// or `max_moves` kernel steps have been counted (each order tried counts one per
+    /// kernel, however much of it is evaluated). The order stays topological and its peak
+    /// never rises. A trial order shares its steps before the moved kernel's old and new
+    /// places with the current order, so it is evaluated from there (`Prefix`), and given up
+    /// as soon as its steps so far cost as much as the best (the cost only grows).
     pub fn improve(&self, mut order: Vec<usize>, max_moves: usize) -> Vec<usize> {
         let mut succs = vec![Vec::new(); self.n];
         for (k, ps) in self.preds.iter().enumerate() {
@@ -614,6 +617,8 @@ impl OrderModel {
             }
         }
         let mut best = self.cost(&order);
+        let mut prefixes = self.prefixes(&order);
+        let mut done = vec![false; self.n];
         let mut evaluated = 0usize;
         let mut improved = true;
         while improved {
@@ -644,10 +649,12 @@ impl OrderModel {
                     }
                     let mut trial = rest.clone();
                     trial.insert(j, k);
-                    let c = self.cost(&trial);
-                    if c < best {
+                    let from = i.min(j);
+                    if let Some(c) = self.cost_below(&trial, from, &prefixes[from], best, &mut done)
+                    {
                         best = c;
                         order = trial;
+                        prefixes = self.prefixes(&order);
                         improved = true;
                         break;
                     }
@@ -655,5 +662,77 @@ impl OrderModel {
             }
         }
         order
+    }
+
+    /// The state after each prefix of `order` (`out[p]`: after its first `p` kernels).
+    fn prefixes(&self, order: &[usize]) -> Vec<Prefix> {
+        let mut done = vec![false; self.n];
+        let mut at = Prefix::default();
+        let mut out = Vec::with_capacity(order.len() + 1);
+        out.push(at);
+        for &k in order {
+            let (during, after) = self.step(&|j| done[j], at.live, k);
+            at = at.then(during, after);
+            done[k] = true;
+            out.push(at);
+        }
+        out
+    }
+
+    /// `cost(order)` when it is below `best`, else `None`: `order`'s first `from` kernels
+    /// have the state `prefix`; evaluation stops once the cost so far reaches `best`.
+    fn cost_below(
+        &self,
+        order: &[usize],
+        from: usize,
+        prefix: &Prefix,
+        best: (u64, usize, u64),
+        done: &mut [bool],
+    ) -> Option<(u64, usize, u64)> {
+        done.fill(false);
+        for &k in &order[..from] {
+            done[k] = true;
+        }
+        let mut at = *prefix;
+        for &k in &order[from..] {
+            let (during, after) = self.step(&|j| done[j], at.live, k);
+            at = at.then(during, after);
+            done[k] = true;
+            if at.cost() >= best {
+                return None;
+            }
+        }
+        Some(at.cost())
+    }
+}
+
+/// The state of an order after some of its kernels: the bytes live, and `cost`'s three
+/// figures over the steps so far (each step can only raise them, in `cost`'s order).
+#[derive(Clone, Copy, Debug, Default)]
+struct Prefix {
+    live: u64,
+    peak: u64,
+    at: usize,
+    sum: u64,
+}
+
+impl Prefix {
+    /// After one more step holding `during` bytes and leaving `after`.
+    fn then(self, during: u64, after: u64) -> Prefix {
+        let (peak, at) = match during.cmp(&self.peak) {
+            std::cmp::Ordering::Greater => (during, 1),
+            std::cmp::Ordering::Equal => (self.peak, self.at + 1),
+            std::cmp::Ordering::Less => (self.peak, self.at),
+        };
+        Prefix {
+            live: after,
+            peak,
+            at,
+            sum: self.sum.saturating_add(during),
+        }
+    }
+
+    fn cost(&self) -> (u64, usize, u64) {
+        (self.peak, self.at, self.sum)
     }
 }

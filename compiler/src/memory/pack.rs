@@ -7,7 +7,7 @@ pub use super::sizes::{align_up, ALIGN};
 use crate::schedule::Buffer;
 
 /// One storage object: `size` bytes live from step `first` to step `last` (inclusive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Item {
     pub size: u64,
     pub first: usize,
@@ -80,28 +80,73 @@ fn lowest_fit(busy: &mut [(u64, u64)], size: u64, best_fit: bool) -> u64 {
 /// smallest gap that fits (`best_fit: true`) among the already placed items it meets in time.
 /// Returns the offsets (by item index) and the arena size.
 pub fn place(items: &[Item], order: &[usize], best_fit: bool) -> (Vec<u64>, u64) {
-    let mut offsets = vec![0u64; items.len()];
-    let mut placed = Placed::new(items);
-    let mut met: Vec<usize> = Vec::new();
-    let mut arena = 0u64;
-    for &i in order {
-        let size = align_up(items[i].size);
-        placed.meeting(&items[i], &mut met);
-        let mut busy: Vec<(u64, u64)> = met
-            .iter()
-            .map(|&j| {
+    let mut placer = Placer::new(items);
+    match placer.place_below(order, best_fit, None) {
+        Some(placed) => placed,
+        None => unreachable!("a placement without a limit is never given up"),
+    }
+}
+
+/// `place`, run many times over the same items: its storage is kept between placements.
+struct Placer<'a> {
+    placed: Placed<'a>,
+    offsets: Vec<u64>,
+    met: Vec<usize>,
+    busy: Vec<(u64, u64)>,
+}
+
+impl<'a> Placer<'a> {
+    fn new(items: &'a [Item]) -> Placer<'a> {
+        Placer::with_index(items, items.len() > SCAN_MAX)
+    }
+
+    /// A placer whose placed items are kept in the tree (`tree`) or scanned.
+    fn with_index(items: &'a [Item], tree: bool) -> Placer<'a> {
+        Placer {
+            placed: Placed::new(items, tree),
+            offsets: vec![0; items.len()],
+            met: Vec::new(),
+            busy: Vec::new(),
+        }
+    }
+
+    /// `place`'s offsets and arena when the arena is below `limit` (if any); `None` as soon as
+    /// the items placed so far reach it (the arena only grows as items are placed).
+    fn place_below(
+        &mut self,
+        order: &[usize],
+        best_fit: bool,
+        limit: Option<u64>,
+    ) -> Option<(Vec<u64>, u64)> {
+        let items = self.placed.items;
+        self.placed.clear();
+        let mut arena = 0u64;
+        for &i in order {
+            let size = align_up(items[i].size);
+            self.placed.meeting(&items[i], &mut self.met);
+            self.busy.clear();
+            let offsets = &self.offsets;
+            self.busy.extend(self.met.iter().map(|&j| {
                 (
                     offsets[j],
                     offsets[j].saturating_add(align_up(items[j].size)),
                 )
-            })
-            .collect();
-        let off = lowest_fit(&mut busy, size, best_fit);
-        offsets[i] = off;
-        arena = arena.max(off.saturating_add(size));
-        placed.insert(i);
+            }));
+            let off = lowest_fit(&mut self.busy, size, best_fit);
+            self.offsets[i] = off;
+            arena = arena.max(off.saturating_add(size));
+            if limit.is_some_and(|l| arena >= l) {
+                return None;
+            }
+            self.placed.insert(i);
+        }
+        // Items not in `order` (none, from `pack`) keep offset 0, as `place` always gave them.
+        let mut offsets = vec![0u64; items.len()];
+        for &i in order {
+            offsets[i] = self.offsets[i];
+        }
+        Some((offsets, arena))
     }
-    (offsets, arena)
 }
 
 /// The items placed so far, indexed by time: a segment tree over the steps, each item kept
@@ -116,23 +161,49 @@ struct Placed<'a> {
     /// The query that last reported each item (an item kept at several nodes is reported once).
     seen: Vec<usize>,
     query: usize,
+    /// The placed items in placement order, looked at one by one instead of the tree when
+    /// there are few items (`SCAN_MAX`): a scan of a hundred is cheaper than the tree's walk.
+    list: Vec<usize>,
+    tree: bool,
 }
 
+/// Up to this many items, `Placed` scans its placed items rather than keeping the tree.
+const SCAN_MAX: usize = 256;
+
 impl<'a> Placed<'a> {
-    fn new(items: &'a [Item]) -> Placed<'a> {
+    /// The index for `items`: the tree (`tree`) or the scanned list.
+    fn new(items: &'a [Item], tree: bool) -> Placed<'a> {
         let steps = items.iter().map(|i| i.last + 1).max().unwrap_or(1).max(1);
+        let nodes = if tree { 4 * steps } else { 0 };
         Placed {
             items,
             steps,
-            at: vec![Vec::new(); 4 * steps],
-            below: vec![0; 4 * steps],
+            at: vec![Vec::new(); nodes],
+            below: vec![0; nodes],
             seen: vec![usize::MAX; items.len()],
             query: 0,
+            list: Vec::new(),
+            tree,
+        }
+    }
+
+    /// Forgets every placed item.
+    fn clear(&mut self) {
+        self.list.clear();
+        for (at, below) in self.at.iter_mut().zip(&mut self.below) {
+            if *below != 0 {
+                at.clear();
+                *below = 0;
+            }
         }
     }
 
     fn insert(&mut self, i: usize) {
         let it = self.items[i];
+        if !self.tree {
+            self.list.push(i);
+            return;
+        }
         if it.first <= it.last {
             self.insert_at(1, 0, self.steps - 1, it.first, it.last, i);
         }
@@ -157,6 +228,14 @@ impl<'a> Placed<'a> {
     /// The placed items whose lifetime meets `it`'s, into `out` (in no particular order).
     fn meeting(&mut self, it: &Item, out: &mut Vec<usize>) {
         out.clear();
+        if !self.tree {
+            let items = self.items;
+            out.extend(self.list.iter().copied().filter(|&j| {
+                let o = &items[j];
+                o.first <= o.last && it.first <= it.last && o.first <= it.last && it.first <= o.last
+            }));
+            return;
+        }
         self.query += 1;
         if it.first <= it.last {
             self.meeting_at(
@@ -213,9 +292,33 @@ impl Lcg {
 /// last step) with best fit and first fit and keeps the smallest arena; then, while the
 /// arena exceeds `max_live` (which no packing can beat), 256 seeded random orderings, and
 /// up to 2048 while it also exceeds `budget` (the eager figure the plan must not exceed).
+///
+/// `pack` is a pure function of its items and budget, and the planner's search packs the
+/// same items many times over (the search with and without reordering plans the same groups
+/// first; orders that differ only where it does not matter give the same lifetimes): the
+/// last `MEMO` results are kept per thread and given back as they are.
 pub fn pack(items: &[Item], budget: u64) -> (Vec<u64>, u64) {
-    pack_with(items, budget, 256)
+    type Memo = std::collections::HashMap<(Vec<Item>, u64), (Vec<u64>, u64)>;
+    thread_local! {
+        static PACKED: std::cell::RefCell<Memo> = std::cell::RefCell::new(Memo::new());
+    }
+    let key = (items.to_vec(), budget);
+    if let Some(hit) = PACKED.with(|m| m.borrow().get(&key).cloned()) {
+        return hit;
+    }
+    let result = pack_with(items, budget, 256);
+    PACKED.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= MEMO {
+            m.clear();
+        }
+        m.insert(key, result.clone());
+    });
+    result
 }
+
+/// How many packings `pack` remembers per thread.
+const MEMO: usize = 512;
 
 /// `pack` with `restarts` random orderings while above the floor (0: the five heuristic
 /// orderings only, plus the budget fallback).
@@ -243,11 +346,13 @@ pub fn pack_with(items: &[Item], budget: u64, restarts: usize) -> (Vec<u64>, u64
         },
     ];
     let mut best: Option<(Vec<u64>, u64)> = None;
-    let consider = |order: &[usize], best: &mut Option<(Vec<u64>, u64)>| {
+    let mut placer = Placer::new(items);
+    // A placement is kept only below the best arena so far, so it is given up on reaching it.
+    let mut consider = |order: &[usize], best: &mut Option<(Vec<u64>, u64)>| {
         for best_fit in [true, false] {
-            let (offs, arena) = place(items, order, best_fit);
-            if best.as_ref().is_none_or(|(_, a)| arena < *a) {
-                *best = Some((offs, arena));
+            let limit = best.as_ref().map(|(_, a)| *a);
+            if let Some(p) = placer.place_below(order, best_fit, limit) {
+                *best = Some(p);
             }
         }
     };
@@ -324,12 +429,21 @@ mod tests {
             for i in (1..n).rev() {
                 order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
             }
-            for best_fit in [true, false] {
-                assert_eq!(
-                    place(&items, &order, best_fit),
-                    place_by_scan(&items, &order, best_fit),
-                    "{items:?}"
-                );
+            for tree in [false, true] {
+                let mut placer = Placer::with_index(&items, tree);
+                for best_fit in [true, false] {
+                    let scan = place_by_scan(&items, &order, best_fit);
+                    assert_eq!(place(&items, &order, best_fit), scan, "{items:?}");
+                    assert_eq!(
+                        placer.place_below(&order, best_fit, None),
+                        Some(scan.clone())
+                    );
+                    // Reused storage, and a limit: given up exactly when the arena reaches it.
+                    for limit in [scan.1, scan.1 + 1, scan.1 / 2] {
+                        let below = placer.place_below(&order, best_fit, Some(limit));
+                        assert_eq!(below, (scan.1 < limit).then(|| scan.clone()), "{items:?}");
+                    }
+                }
             }
         }
     }

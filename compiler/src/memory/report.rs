@@ -170,6 +170,11 @@ fn buffer_label(plan: &Plan, primitive: &Graph, i: usize, source: Option<&str>) 
     });
     let of = stored.map_or_else(|| "a kernel".to_string(), |n| label(primitive, n, source));
     match b.kind {
+        BufferKind::Workspace
+            if writer.is_some_and(|k| matches!(k.kind, crate::schedule::KernelKind::Fused(_))) =>
+        {
+            format!("column partials of {of}")
+        }
         BufferKind::Workspace => format!("matmul workspace of {of}"),
         _ => format!("partial results of {of}"),
     }
@@ -255,7 +260,7 @@ pub fn memory_report_for(
     plan: &Plan,
     source: Option<&str>,
 ) -> MemoryReport {
-    let unfused = unfused_model(checked, plan.options.matmul_workspace);
+    let unfused = unfused_model(checked, &plan.options);
     let with = |x: u64| Peak {
         with_inputs: x.saturating_add(unfused.inputs),
         without_inputs: x,

@@ -51,6 +51,54 @@ pub fn staging_bytes(n: u64) -> u64 {
     partial_rows(n).map_or(0, |r| align_up(r * PARTIAL_BYTES))
 }
 
+/// Multiprocessors the GPU launch shapes assume: an H100 SXM's 132 (an H200 has as many).
+/// Each keeps 2048 threads resident: two blocks of a column reduction.
+pub const GPU_SMS: u64 = 132;
+
+/// Columns a block of a column reduction reads side by side (a warp's lanes), each walked by
+/// 32 threads (`codegen::launch`: 32 slices of 1024-thread blocks below 8192 columns).
+pub const COLUMN_BLOCK: u64 = 32;
+
+/// Fewest elements of each column one part walks: 8 a thread of the 32 walking it.
+pub const COLUMN_PART_MIN: u64 = 256;
+
+/// Most parts a column is split into (each column's fold reads this many partials).
+pub const COLUMN_PARTS_MAX: u64 = 64;
+
+/// Parts the reduced axis of a column reduction (`rows` columns of `len` elements, the
+/// innermost axis a column's) is split into so that its blocks fill the GPU: the whole of
+/// `GPU_SMS` × 2 resident blocks (not more, no second wave) over the `rows / COLUMN_BLOCK`
+/// blocks of columns, at most `COLUMN_PARTS_MAX`, each part at least `COLUMN_PART_MIN` long.
+/// `None` (not split) below 2 parts, for one column (a reduction into one value is
+/// `partial_rows`'s) and below `SPLIT_MIN` elements.
+pub fn column_parts(rows: u64, len: u64) -> Option<u64> {
+    if rows < 2 || rows.saturating_mul(len) < SPLIT_MIN {
+        return None;
+    }
+    let blocks = rows.div_ceil(COLUMN_BLOCK);
+    let parts = (GPU_SMS * 2 / blocks)
+        .min(len / COLUMN_PART_MIN)
+        .min(COLUMN_PARTS_MAX);
+    (parts >= 2).then_some(parts)
+}
+
+/// Parts when `count` reductions share one column kernel: together their partials take no
+/// more than one reduction's staging (what the eager model counts for each), as
+/// `shared_rows` does.
+pub fn shared_column_parts(rows: u64, len: u64, count: usize) -> Option<u64> {
+    let parts = column_parts(rows, len)? / (count.max(1) as u64);
+    (parts >= 2).then_some(parts)
+}
+
+/// Bytes a column reduction stages (0: not split): `column_parts` partials of
+/// `partial_bytes` (4 for a float accumulator, 8 for an integer one) per column, rounded up
+/// to `ALIGN`.
+pub fn column_staging_bytes(rows: u64, len: u64, partial_bytes: u64) -> u64 {
+    column_parts(rows, len).map_or(0, |p| {
+        align_up(p.saturating_mul(rows).saturating_mul(partial_bytes))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +130,31 @@ mod tests {
         for count in 1..6 {
             if let Some(r) = shared_rows(n, count) {
                 assert!(align_up(r * PARTIAL_BYTES) * count as u64 <= staging_bytes(n));
+            }
+        }
+    }
+
+    #[test]
+    fn column_reductions_split_until_the_gpu_is_full() {
+        // broadcast.tx: 4096 columns of 4096, 128 blocks of columns: 2 parts, 256 blocks.
+        assert_eq!(column_parts(4096, 4096), Some(2));
+        assert_eq!(column_staging_bytes(4096, 4096, 4), 2 * 4096 * 4);
+        // 64 columns: 2 blocks; parts of at least 256 elements limit it to 16.
+        assert_eq!(column_parts(64, 4096), Some(16));
+        assert_eq!(column_parts(64, 1 << 20), Some(COLUMN_PARTS_MAX));
+        // Enough columns to fill the GPU alone, too few elements, or one column: no split.
+        assert_eq!(column_parts(8192, 4096), None);
+        assert_eq!(column_parts(4097 + 128, 4096), None);
+        assert_eq!(column_parts(64, 1024), None);
+        assert_eq!(column_parts(1, 1 << 20), None);
+        // An odd count of odd columns: parts need not divide anything.
+        assert_eq!(column_parts(1001, 3001), Some(8));
+        // Shared: two reductions halve the parts; below 2 none.
+        assert_eq!(shared_column_parts(4096, 4096, 2), None);
+        assert_eq!(shared_column_parts(64, 4096, 2), Some(8));
+        for count in 1..5 {
+            if let Some(p) = shared_column_parts(64, 4096, count) {
+                assert!(align_up(p * 64 * 4) * count as u64 <= column_staging_bytes(64, 4096, 4));
             }
         }
     }

@@ -293,6 +293,7 @@ impl Builder<'_> {
             loads: Vec::new(),
             body: Vec::new(),
             stores: Vec::new(),
+            workspace: None,
         };
         let mut inst_of: HashMap<NodeId, InstId> = HashMap::new();
         let mut loads: HashMap<(BufferId, i64, Vec<i64>), InstId> = HashMap::new();

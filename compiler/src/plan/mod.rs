@@ -403,6 +403,22 @@ fn plan_traced(
             for (st, region) in f.stores.iter_mut().zip(&regions) {
                 st.region = region.clone();
             }
+            // On the GPU, a column reduction that would not fill it splits over blocks within
+            // this step, through a workspace live at the step alone.
+            if let Some(cs) = split::column_split(&f).filter(|_| options.for_gpu()) {
+                f.workspace = Some(b.push(Buffer {
+                    name: format!("{name}.workspace"),
+                    kind: BufferKind::Workspace,
+                    dtype: crate::ir::DType::F32,
+                    shape: vec![cs.bytes / 4],
+                    bytes: cs.bytes,
+                    offset: 0,
+                    first_step: step,
+                    last_step: step,
+                    in_place_of: None,
+                    node: None,
+                }));
+            }
             KernelKind::Fused(f)
         };
         let (ops, lines) = label::kernel_label(graph, group, &live);

@@ -8,9 +8,16 @@
 //! two steps. How many rows, and so how many bytes, is `memory::sizes`'s rule, which the eager
 //! model counts for the same reduction (PyTorch's reduction kernel allocates one staging
 //! buffer for a grid-wide reduction).
+//!
+//! On the GPU a column reduction (the innermost axis a row axis: `sum(x, axis=0)`) with too
+//! few columns to fill the GPU splits too, within one step (`column_split`): its blocks each
+//! fold one part of the reduced axis of 32 columns into partials in the kernel's
+//! `Workspace`, and a second launch folds each column's partials in part order. The
+//! workspace is `memory::sizes::column_parts`'s, which the eager model counts on the GPU
+//! (PyTorch's reduction kernel stages a grid-wide column reduction the same way).
 
 use crate::ir::{BinaryOp, DType, ReduceOp};
-use crate::memory::sizes::shared_rows;
+use crate::memory::sizes::{align_up, shared_column_parts, shared_rows};
 use crate::schedule::{BufferId, FusedKernel, Inst, InstId, InstOp, Level, Load, Store};
 
 /// How a kernel splits: the rows of partials and, in body order, its reductions (one
@@ -62,6 +69,79 @@ pub fn splittable(k: &FusedKernel) -> Option<Split> {
         flat_stride(&k.domain, &ld.strides)?;
     }
     Some(Split { rows, reduces })
+}
+
+/// How a column reduction splits on the GPU: `parts` of the reduced axis, and the byte
+/// offset in the workspace of each reduction's partials (in body order: `parts × rows`
+/// accumulators, part-major, f32 or, for an integer reduction, i64), `bytes` in all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnSplit {
+    pub parts: u64,
+    pub offsets: Vec<u64>,
+    pub bytes: u64,
+}
+
+/// The workspace layout of `parts` partials for each of `rows` columns, one region per
+/// reduction whose accumulator is integral (`true`: 8 bytes) or f32, each 16-byte aligned.
+pub fn column_layout(rows: u64, parts: u64, integral: &[bool]) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::with_capacity(integral.len());
+    let mut at = 0u64;
+    for &int in integral {
+        offsets.push(at);
+        let size = if int { 8 } else { 4 };
+        at = at.saturating_add(align_up(parts.saturating_mul(rows).saturating_mul(size)));
+    }
+    (offsets, at)
+}
+
+/// Whether fused kernel `k` runs as a split column reduction on the GPU: it reduces with the
+/// innermost axis (of more than one element) a row axis, over more than one row; it has no
+/// scan, argmax/argmin or store into a region; no reduction reads another's result and no
+/// element store one (so every reduction is folded in one walk, which the parts share, and
+/// nothing per element waits for the fold); and its sizes call for parts
+/// (`sizes::shared_column_parts`).
+pub fn column_split(k: &FusedKernel) -> Option<ColumnSplit> {
+    if k.reduce_axes.is_empty() || k.stores.iter().any(|s| s.region.is_some()) {
+        return None;
+    }
+    let inner = (0..k.domain.len()).rev().find(|&d| k.domain[d] > 1)?;
+    if k.reduce_axes.contains(&inner) {
+        return None;
+    }
+    let whole_row = k.body.iter().any(|i| match i.op {
+        InstOp::Scan(_) => true,
+        InstOp::Reduce(op, _) => op.is_arg(),
+        _ => false,
+    });
+    if whole_row {
+        return None;
+    }
+    let mut after = vec![false; k.body.len()];
+    let mut integral = Vec::new();
+    for (i, inst) in k.body.iter().enumerate() {
+        let ops = inst.op.operands();
+        let reduce = matches!(inst.op, InstOp::Reduce(..));
+        if reduce && ops.iter().any(|&o| after[o]) {
+            return None;
+        }
+        if reduce {
+            integral.push(inst.dtype.is_integral());
+        }
+        after[i] = reduce || ops.iter().any(|&o| after[o]);
+    }
+    if k.stores
+        .iter()
+        .any(|st| k.body[st.inst].level == Level::Element && after[st.inst])
+    {
+        return None;
+    }
+    let parts = shared_column_parts(k.rows(), k.row_len(), integral.len())?;
+    let (offsets, bytes) = column_layout(k.rows(), parts, &integral);
+    Some(ColumnSplit {
+        parts,
+        offsets,
+        bytes,
+    })
 }
 
 /// The one stride that reads a domain in its own (row-major) order: `strides[d]` is it
@@ -130,6 +210,7 @@ pub fn split(k: &FusedKernel, split: &Split, partials: &[BufferId]) -> (FusedKer
         loads,
         body,
         stores,
+        workspace: None,
     };
 
     // Second: fold the partials, then the row-level insts of `k` after its reductions.
@@ -139,6 +220,7 @@ pub fn split(k: &FusedKernel, split: &Split, partials: &[BufferId]) -> (FusedKer
         loads: Vec::new(),
         body: Vec::new(),
         stores: Vec::new(),
+        workspace: None,
     };
     let mut map: Vec<Option<InstId>> = vec![None; k.body.len()];
     let push = |kern: &mut FusedKernel, op: InstOp, dtype: DType, level: Level, inst: &Inst| {

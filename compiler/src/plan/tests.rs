@@ -181,6 +181,77 @@ fn workspace_lives_only_at_its_matmul() {
     assert_eq!(plan.arena_bytes, 64 + 64 + 112);
 }
 
+/// `exp(x)` summed over axis 0 of a `[rows, cols]` input, and stored, then doubled.
+fn column_sum(rows: u64, cols: u64) -> G {
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[rows, cols]);
+    let e = b.un(U::Exp, x);
+    let s = b.reduce(R::Sum, e, &[0], false);
+    let y = b.bin_s(B::Mul, s, 2.0);
+    b.output("e", e);
+    b.output("y", y);
+    b
+}
+
+#[test]
+fn a_column_reduction_too_narrow_for_the_gpu_gets_a_workspace_at_its_step_alone() {
+    let gpu = PlanOptions {
+        matmul_workspace: 100,
+        ..opts(true, true)
+    };
+    // 64 columns of 8192: 32 parts (parts of 256) of f32 partials, a workspace of its step.
+    let plan = planned(&column_sum(8192, 64), &gpu);
+    let (step, f) = plan
+        .kernels
+        .iter()
+        .enumerate()
+        .find_map(|(s, k)| match &k.kind {
+            KernelKind::Fused(f) if f.workspace.is_some() => Some((s, f)),
+            _ => None,
+        })
+        .expect("a kernel with a workspace");
+    let w = plan.buffer(f.workspace.expect("workspace"));
+    assert_eq!(w.kind, BufferKind::Workspace);
+    assert_eq!((w.first_step, w.last_step), (step, step));
+    assert_eq!(w.bytes, 32 * 64 * 4);
+    let g = column_sum(8192, 64);
+    let report = memory_report(&g.g, &decompose(&g.g), &plan);
+    let p = &report.peaks;
+    // The eager model stages the same partials at the reduction's step.
+    assert_eq!(p.planned.without_inputs, plan.arena_bytes);
+    assert!(p.planned.without_inputs <= p.eager.without_inputs, "{p:?}");
+    assert!(
+        p.eager.without_inputs >= 8192 * 64 * 4 + 32 * 64 * 4,
+        "{p:?}"
+    );
+    let entry = report
+        .buffers
+        .iter()
+        .find(|b| b.kind == "workspace")
+        .expect("the workspace in the report");
+    assert!(
+        entry.label.starts_with("column partials of"),
+        "{}",
+        entry.label
+    );
+    // The CPU plan has none; neither has a column reduction wide enough to fill the GPU.
+    let cpu = planned(&column_sum(8192, 64), &opts(true, true));
+    assert!(cpu.buffers.iter().all(|b| b.kind != BufferKind::Workspace));
+    let wide = planned(&column_sum(64, 8192), &gpu);
+    assert!(wide.buffers.iter().all(|b| b.kind != BufferKind::Workspace));
+    // A workspace live past its step is a broken plan.
+    let mut bad = plan.clone();
+    let id = f.workspace.expect("workspace").index();
+    bad.buffers[id].last_step += 1;
+    if bad.buffers[id].last_step < bad.kernels.len() {
+        let e = verify(&bad).expect_err("a workspace live past its step passes");
+        assert_eq!(e.invariant, Invariant::Lifetimes, "{e}");
+    }
+    let mut moved = plan.clone();
+    moved.buffers[id].first_step = usize::MAX;
+    assert!(verify(&moved).is_err());
+}
+
 #[test]
 fn verify_catches_overlap_misaligned_in_place_and_out_of_bounds() {
     let mut b = G::new();

@@ -143,6 +143,9 @@ pub fn print(plan: &Plan) -> String {
                         bname(s.buffer)
                     );
                 }
+                if let Some(w) = f.workspace {
+                    let _ = writeln!(out, "  workspace {} (column partials)", bname(w));
+                }
             }
             KernelKind::Attention(a) => {
                 let _ = writeln!(

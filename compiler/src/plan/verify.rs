@@ -17,7 +17,8 @@
 //! - 13 (buffers are written before they are read): every arena buffer is written once, at
 //!   its first step (a buffer written in parts, a concat's, from its first step on, and
 //!   read only after its last part), and read only in `first_step + 1 ..= last_step`; outputs live to the
-//!   last step; a workspace lives exactly at its kernel's step.
+//!   last step; a workspace (a matmul's, or a split column reduction's) lives exactly at its
+//!   kernel's step.
 
 use crate::invariant::{Invariant, Violation};
 use crate::schedule::{BufferId, BufferKind, InstOp, KernelKind, Level, Plan};
@@ -178,6 +179,26 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                         KernelBody,
                         format!("{}: bad reduce axes {:?}", k.name, f.reduce_axes),
                     ));
+                }
+                // A split column reduction's partials: scratch of this step alone, of a
+                // reduction kernel.
+                if let Some(w) = f.workspace {
+                    check_id(w)?;
+                    let b = plan.buffer(w);
+                    if b.kind != BufferKind::Workspace
+                        || b.first_step != s
+                        || b.last_step != s
+                        || f.reduce_axes.is_empty()
+                    {
+                        return Err(bad(
+                            Lifetimes,
+                            format!(
+                                "{}: workspace {} is not a reduction's scratch live exactly at its step",
+                                k.name, b.name
+                            ),
+                        ));
+                    }
+                    written_at[w.index()].push(s);
                 }
                 for (li, l) in f.loads.iter().enumerate() {
                     check_id(l.buffer)?;

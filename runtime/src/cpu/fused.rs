@@ -105,6 +105,7 @@ pub(super) fn run(
         for_each_task(
             chunks,
             1,
+            || Scratch::new(&p),
             |s, c| {
                 let start = c * CHUNK;
                 let end = (start + CHUNK).min(total);
@@ -121,38 +122,63 @@ pub(super) fn run(
                     at += n;
                 }
             },
-            &p,
         );
     } else {
         // SAFETY: as above; each row is computed and stored by one task.
         for_each_task(
             p.rows,
             rows_per_task(p.row_len),
+            || Scratch::new(&p),
             |s, r| unsafe { s.row(&p, r) },
-            &p,
         );
     }
     Ok(())
 }
 
-/// Runs `f(scratch, i)` for every `i < n` over the rayon pool, in tasks of consecutive
+/// Runs `f(state, i)` for every `i < n` over the rayon pool, in tasks of consecutive
 /// indices (at least `min_len`, about eight tasks per thread for balance), each with its
-/// own scratch: one allocation per task, not one per work item or per rayon split.
-fn for_each_task(n: usize, min_len: usize, f: impl Fn(&mut Scratch, usize) + Sync, p: &Prepared) {
+/// own state from `new`: one allocation per task, not one per work item or per rayon
+/// split. A kernel of one task runs on the calling thread, paying no hand-off to the pool.
+pub(super) fn for_each_task<S>(
+    n: usize,
+    min_len: usize,
+    new: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize) + Sync,
+) {
     let per_task = n
         .div_ceil(8 * rayon::current_num_threads())
         .max(min_len)
         .max(1);
-    (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
-        let mut s = Scratch::new(p);
+    let task = |t: usize| {
+        let mut s = new();
         for i in t * per_task..((t + 1) * per_task).min(n) {
             f(&mut s, i);
         }
-    });
+    };
+    match n.div_ceil(per_task) {
+        0 => {}
+        1 => task(0),
+        tasks => (0..tasks).into_par_iter().for_each(task),
+    }
+}
+
+/// The element offset of each load, then each store, at row `r`, into `bases`.
+pub(super) fn row_bases(p: &Prepared, r: usize, bases: &mut [i64]) {
+    let accesses = p.loads.iter().chain(p.stores.iter().map(|(_, a)| a));
+    for (b, acc) in bases.iter_mut().zip(accesses) {
+        let mut q = r;
+        let mut off = acc.offset;
+        for d in (0..p.row_sizes.len()).rev() {
+            let stride = acc.row_strides.get(d).copied().unwrap_or(0);
+            off += (q % p.row_sizes[d]) as i64 * stride;
+            q /= p.row_sizes[d];
+        }
+        *b = off;
+    }
 }
 
 /// Enough rows per task that a task does at least a few blocks of work.
-fn rows_per_task(row_len: usize) -> usize {
+pub(super) fn rows_per_task(row_len: usize) -> usize {
     (4 * BLOCK / row_len.max(1)).max(1)
 }
 
@@ -464,17 +490,7 @@ impl Scratch {
 
     /// Sets each access's base offset for row `r`.
     fn bases_for_row(&mut self, p: &Prepared, r: usize) {
-        let accesses = p.loads.iter().chain(p.stores.iter().map(|(_, a)| a));
-        for (b, acc) in self.bases.iter_mut().zip(accesses) {
-            let mut q = r;
-            let mut off = acc.offset;
-            for d in (0..p.row_sizes.len()).rev() {
-                let stride = acc.row_strides.get(d).copied().unwrap_or(0);
-                off += (q % p.row_sizes[d]) as i64 * stride;
-                q /= p.row_sizes[d];
-            }
-            *b = off;
-        }
+        row_bases(p, r, &mut self.bases);
     }
 
     /// Runs every pass of row `r`.
@@ -750,7 +766,7 @@ fn single_run(sizes: &[usize], strides: &[i64], base: i64, at: usize, n: usize) 
 /// Walks `n` consecutive inner indices from `at` as runs along the innermost dim, calling
 /// `f(position in block, element offset of the run start, run length, run stride)`.
 #[inline]
-fn runs(
+pub(super) fn runs(
     sizes: &[usize],
     strides: &[i64],
     base: i64,
@@ -884,7 +900,7 @@ impl Mem {
     /// # Safety
     /// Every element read is in bounds.
     #[inline]
-    unsafe fn read_run(&self, off: i64, step: i64, out: &mut [f32]) {
+    pub(super) unsafe fn read_run(&self, off: i64, step: i64, out: &mut [f32]) {
         if step == 1 && self.dtype == DType::F32 {
             // SAFETY: in bounds by the caller; `out` is a distinct Rust allocation, and an
             // unaligned byte copy is always valid.
@@ -908,7 +924,7 @@ impl Mem {
     /// # Safety
     /// Every element written is in bounds and owned by this thread.
     #[inline]
-    unsafe fn write_run(&self, off: i64, step: i64, src: &[f32]) {
+    pub(super) unsafe fn write_run(&self, off: i64, step: i64, src: &[f32]) {
         if step == 1 && self.dtype == DType::F32 {
             // SAFETY: in bounds and owned by this thread (the caller); byte copies need no
             // alignment.

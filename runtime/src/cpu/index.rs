@@ -1,4 +1,4 @@
-//! The index values of a fused kernel on the CPU (SPEC §3.3), for the element-at-a-time
+//! The index values of a fused kernel on the CPU (SPEC §3.3), for the typed block
 //! interpreter (`typed`), which runs every kernel that has one: an `arange`'s value from
 //! the current row and position, a gathered read's index check, and after the run the
 //! error in the data for the smallest bad index of each gather (`IndexCheck::message`, the
@@ -14,7 +14,7 @@ pub(super) fn bad_indices(values: usize) -> Vec<AtomicI64> {
     (0..values).map(|_| AtomicI64::new(NO_ERROR)).collect()
 }
 
-/// Whether a kernel must run element at a time (`typed`): it has an index value (an
+/// Whether a kernel must run in the typed interpreter (`typed`): it has an index value (an
 /// `arange`, a gather, a scan or an `argmax`/`argmin`).
 pub(super) fn needed(p: &Prepared) -> bool {
     p.ir.values.iter().any(|v| match v.op {
@@ -55,6 +55,23 @@ pub(super) fn index_value(
         }
     }
     off
+}
+
+/// An `arange` index map's strides over the inner dims of `p` (one per entry of
+/// `p.inner_sizes`), so that its value at inner index `j` is the row part
+/// (`index_value(.., None)`) plus the odometer of `j` over `p.inner_sizes` with these.
+pub(super) fn inner_strides(p: &Prepared, strides: &[i64]) -> Vec<i64> {
+    let inner_dims: Vec<usize> = if p.ir.is_pointwise() {
+        (0..p.ir.axes.sizes.len()).collect()
+    } else {
+        p.ir.axes.reduce_axes()
+    };
+    let mut s: Vec<i64> = inner_dims
+        .iter()
+        .map(|&d| strides.get(d).copied().unwrap_or(0))
+        .collect();
+    s.resize(p.inner_sizes.len(), 0);
+    s
 }
 
 /// Checks gather `i`'s index `g` against `size`: the index to read at (`g`, or 0 for a bad

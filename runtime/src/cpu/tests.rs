@@ -81,6 +81,7 @@ fn fused(
                     region: None,
                 })
                 .collect(),
+            workspace: None,
         }),
         ops: vec![],
         lines: vec![],

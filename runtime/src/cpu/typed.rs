@@ -1,19 +1,27 @@
-//! The fused-kernel interpreter for kernels that hold integer or `bool` values: one element
-//! at a time, each value a `Lane` — an f32 for the float dtypes (the same f32 maths, with the
-//! same rounding, as `fused`) or an exact i64 for `i32`, `i64` and `bool`, with `ir::eval`'s
-//! integer meaning (wrapping to the dtype). An i64 never travels in an f32 lane.
+//! The fused-kernel interpreter for kernels that hold integer or `bool` values or index
+//! values: block by block like `fused`, each element value a typed block (`Slot`) — f32 for
+//! the float dtypes (the same f32 maths, with the same rounding, as `fused`) or exact i64
+//! for `i32`, `i64` and `bool`, with `ir::eval`'s integer meaning (wrapping to the dtype).
+//! An i64 never travels in an f32 lane. Row values are single `Lane`s.
 //!
-//! A kernel goes here when any of its values, loads or stores is integral; the all-float
-//! kernels keep the block interpreter (`fused`). The walk is the kernel IR's: per row, each
-//! pass computes its row values, then walks the row computing its element values, folding
-//! its reductions and writing its element stores; row stores follow their pass.
+//! A kernel goes here when any of its values, loads or stores is integral, or it has an
+//! index value (`index::needed`); the all-float kernels keep `fused`. The walk is the kernel
+//! IR's: per row, each pass computes its row values, then walks the row in blocks computing
+//! its element values (each inst over the whole block, its op matched once a block), folding
+//! its reductions in element order and writing its element stores; row stores follow their
+//! pass. Every result is the one the element-at-a-time meaning gives (the reductions and
+//! scans fold one element at a time, in order).
 
-use super::fused::{Access, Prepared};
-use super::math::{self, KahanSum};
+use super::fused::{self, Prepared};
+use super::math::{self, KahanSum, Operand};
 use super::Mem;
-use rayon::prelude::*;
-use tc_compiler::ir::{eval, BinaryOp, DType, ReduceOp};
-use tc_compiler::lower::{Level, ValueOp};
+use tc_compiler::ir::{eval, BinaryOp, CmpOp, DType, ReduceOp, UnaryOp};
+use tc_compiler::lower::{Level, ValueId, ValueOp};
+
+/// Elements per block.
+const BLOCK: usize = 1024;
+/// Elements per parallel task of a pointwise kernel.
+const CHUNK: usize = 16 * BLOCK;
 
 /// One value: f32 for the float dtypes, an exact integer for the integral ones.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -93,17 +101,43 @@ enum Acc {
     },
 }
 
-/// Per-row (per-task) state: every value's current lane, and the reductions' accumulators.
+/// One value's block: f32 for a float dtype, exact i64 for an integral one (empty until
+/// first written).
+#[derive(Clone, Debug)]
+enum Slot {
+    F(Vec<f32>),
+    I(Vec<i64>),
+}
+
+/// An integer operand of a block operation: a value per element, or one for the block.
+#[derive(Clone, Copy)]
+enum Ints<'a> {
+    Block(&'a [i64]),
+    Scalar(i64),
+}
+
+/// Per-task state: row values, block slots, the reductions' accumulators.
 struct State {
+    /// Each row value's (and constant's) lane.
     vals: Vec<Lane>,
+    /// Each value's block (a row value's is filled when a block operation needs it).
+    slots: Vec<Slot>,
     accs: Vec<Acc>,
     /// The current row (for `arange` values: `cpu::index`).
     row: usize,
     /// Each scan's running sum along the current row (reset at each pass).
     scans: Vec<Lane>,
+    /// Element offset of each load, then each store, at the current row.
+    bases: Vec<i64>,
+    /// Element offsets of the current block for one access.
+    offs: Vec<i64>,
+    /// Conversions of an operand to the other kind (one buffer per operand position), and
+    /// a result before it goes into its slot.
+    tmp_f: [Vec<f32>; 3],
+    tmp_i: [Vec<i64>; 3],
 }
 
-/// Runs `p` (prepared against its buffers) one element at a time.
+/// Runs `p` (prepared against its buffers) block by block.
 ///
 /// # Safety
 /// `p` was prepared (every access bounds-checked over the domain) and no other thread
@@ -112,93 +146,189 @@ pub(super) unsafe fn run(p: &Prepared) {
     if p.rows == 0 || p.row_len == 0 {
         return;
     }
-    let init = State {
-        vals: p
-            .ir
-            .values
-            .iter()
-            .map(|v| match v.op {
-                ValueOp::Const(c) => constant(v.dtype, c),
-                _ => Lane::I(0),
-            })
-            .collect(),
-        accs: vec![Acc::Int(0); p.ir.values.len()],
-        row: 0,
-        scans: vec![Lane::I(0); p.ir.values.len()],
-    };
     if p.ir.is_pointwise() {
-        const CHUNK: usize = 16 * 1024;
         let total = p.row_len;
-        (0..total.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
-            let mut s = State {
-                vals: init.vals.clone(),
-                accs: init.accs.clone(),
-                row: 0,
-                scans: init.scans.clone(),
-            };
-            let bases = bases(p, 0);
-            let pass = &p.ir.passes[0];
-            for &v in &pass.row {
-                // SAFETY: forwarded from the caller.
-                s.vals[v.index()] = unsafe { s.compute(p, v.index(), &bases, None) };
-            }
-            for j in c * CHUNK..((c + 1) * CHUNK).min(total) {
+        let new = || State::new(p);
+        fused::for_each_task(total.div_ceil(CHUNK), 1, new, |s, c| {
+            s.set_row(p, 0);
+            // SAFETY: forwarded from the caller.
+            unsafe { s.row_values(p, 0) };
+            let end = ((c + 1) * CHUNK).min(total);
+            let mut at = c * CHUNK;
+            while at < end {
+                let n = BLOCK.min(end - at);
                 // SAFETY: forwarded from the caller; chunks store disjoint elements.
-                unsafe { s.element(p, 0, &bases, j) };
+                unsafe { s.block(p, 0, at, n) };
+                at += n;
             }
         });
     } else {
-        (0..p.rows).into_par_iter().for_each(|r| {
-            let mut s = State {
-                vals: init.vals.clone(),
-                accs: init.accs.clone(),
-                row: 0,
-                scans: init.scans.clone(),
-            };
-            // SAFETY: forwarded from the caller; each row is one task's.
-            unsafe { s.row(p, r) };
-        });
+        // SAFETY: forwarded from the caller; each row is one task's.
+        let per_task = fused::rows_per_task(p.row_len);
+        fused::for_each_task(
+            p.rows,
+            per_task,
+            || State::new(p),
+            |s, r| unsafe { s.row(p, r) },
+        );
     }
 }
 
-/// Element offsets of each load, then each store, at row `r`.
-fn bases(p: &Prepared, r: usize) -> Vec<i64> {
-    p.loads
-        .iter()
-        .chain(p.stores.iter().map(|(_, a)| a))
-        .map(|acc| {
-            let mut q = r;
-            let mut off = acc.offset;
-            for d in (0..p.row_sizes.len()).rev() {
-                let stride = acc.row_strides.get(d).copied().unwrap_or(0);
-                off += (q % p.row_sizes[d]) as i64 * stride;
-                q /= p.row_sizes[d];
+/// Fills `out` with the element offsets of inner indices `at ..` (`out.len()` of them)
+/// over `sizes` with `strides` from `base`, wrapping (an `arange` may wrap as `index`'s
+/// arithmetic does).
+fn offsets(sizes: &[usize], strides: &[i64], base: i64, at: usize, out: &mut [i64]) {
+    let nd = sizes.len();
+    let last = sizes[nd - 1].max(1);
+    let step = strides[nd - 1];
+    let n = out.len();
+    let (mut pos, mut j) = (0, at);
+    while pos < n {
+        let i_last = j % last;
+        let len = (last - i_last).min(n - pos);
+        let mut off = base.wrapping_add((i_last as i64).wrapping_mul(step));
+        let mut q = j / last;
+        for d in (0..nd - 1).rev() {
+            let s = sizes[d].max(1);
+            off = off.wrapping_add(((q % s) as i64).wrapping_mul(strides[d]));
+            q /= s;
+        }
+        for (k, o) in out[pos..pos + len].iter_mut().enumerate() {
+            *o = off.wrapping_add((k as i64).wrapping_mul(step));
+        }
+        pos += len;
+        j += len;
+    }
+}
+
+/// `dst[k] = f(a[k], b[k])` with either side possibly one value for the block.
+#[inline(always)]
+fn apply_ints(a: Ints<'_>, b: Ints<'_>, dst: &mut [i64], f: impl Fn(i64, i64) -> i64) {
+    match (a, b) {
+        (Ints::Block(a), Ints::Block(b)) => {
+            for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+                *d = f(x, y);
             }
-            off
-        })
-        .collect()
+        }
+        (Ints::Block(a), Ints::Scalar(y)) => {
+            for (d, &x) in dst.iter_mut().zip(a) {
+                *d = f(x, y);
+            }
+        }
+        (Ints::Scalar(x), Ints::Block(b)) => {
+            for (d, &y) in dst.iter_mut().zip(b) {
+                *d = f(x, y);
+            }
+        }
+        (Ints::Scalar(x), Ints::Scalar(y)) => dst.fill(f(x, y)),
+    }
 }
 
-/// The element offset of inner index `j` for `acc` from `base`.
-fn at(p: &Prepared, acc: &Access, base: i64, j: usize) -> i64 {
-    let mut q = j;
-    let mut off = base;
-    for d in (0..p.inner_sizes.len()).rev() {
-        off += (q % p.inner_sizes[d]) as i64 * acc.inner_strides[d];
-        q /= p.inner_sizes[d];
+/// `dst[k] = a[k] op b[k]` on integers of `dtype` (`eval::binary_int`), the op matched
+/// once for the block for the common ones.
+fn binary_ints(op: BinaryOp, dtype: DType, a: Ints<'_>, b: Ints<'_>, dst: &mut [i64]) {
+    macro_rules! wrapped {
+        ($f:expr) => {
+            match dtype {
+                DType::I32 => apply_ints(a, b, dst, |x, y| $f(x, y) as i32 as i64),
+                DType::Bool => apply_ints(a, b, dst, |x, y| ($f(x, y) != 0) as i64),
+                _ => apply_ints(a, b, dst, |x, y| $f(x, y)),
+            }
+        };
     }
-    off
+    match op {
+        BinaryOp::Add => wrapped!(i64::wrapping_add),
+        BinaryOp::Sub => wrapped!(i64::wrapping_sub),
+        BinaryOp::Mul => wrapped!(i64::wrapping_mul),
+        BinaryOp::Cmp(CmpOp::Lt) => apply_ints(a, b, dst, |x, y| (x < y) as i64),
+        BinaryOp::Cmp(CmpOp::Le) => apply_ints(a, b, dst, |x, y| (x <= y) as i64),
+        BinaryOp::Cmp(CmpOp::Gt) => apply_ints(a, b, dst, |x, y| (x > y) as i64),
+        BinaryOp::Cmp(CmpOp::Ge) => apply_ints(a, b, dst, |x, y| (x >= y) as i64),
+        BinaryOp::Cmp(CmpOp::Eq) => apply_ints(a, b, dst, |x, y| (x == y) as i64),
+        BinaryOp::Cmp(CmpOp::Ne) => apply_ints(a, b, dst, |x, y| (x != y) as i64),
+        BinaryOp::And => apply_ints(a, b, dst, |x, y| (x != 0 && y != 0) as i64),
+        BinaryOp::Or => apply_ints(a, b, dst, |x, y| (x != 0 || y != 0) as i64),
+        _ => apply_ints(a, b, dst, |x, y| eval::binary_int(op, dtype, x, y)),
+    }
+}
+
+/// A float block converted to exact integers as a lane does (`Lane::i`).
+fn to_ints(src: &[f32], dst: &mut [i64]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = Lane::F(x).i();
+    }
+}
+
+/// An integer block as f32 (`Lane::f`: rounded once, to nearest).
+fn to_floats(src: &[i64], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x as f32;
+    }
+}
+
+/// A block of at least `n` entries of `v`, grown if needed.
+fn grown<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n.max(BLOCK.min(n.next_power_of_two())), T::default());
+    }
+    &mut v[..n]
 }
 
 impl State {
+    fn new(p: &Prepared) -> State {
+        let values = &p.ir.values;
+        State {
+            vals: values
+                .iter()
+                .map(|v| match v.op {
+                    ValueOp::Const(c) => constant(v.dtype, c),
+                    _ => Lane::I(0),
+                })
+                .collect(),
+            slots: values
+                .iter()
+                .map(|v| {
+                    if v.dtype.is_integral() {
+                        Slot::I(Vec::new())
+                    } else {
+                        Slot::F(Vec::new())
+                    }
+                })
+                .collect(),
+            accs: vec![Acc::Int(0); values.len()],
+            row: 0,
+            scans: vec![Lane::I(0); values.len()],
+            bases: vec![0; p.loads.len() + p.stores.len()],
+            offs: Vec::new(),
+            tmp_f: [Vec::new(), Vec::new(), Vec::new()],
+            tmp_i: [Vec::new(), Vec::new(), Vec::new()],
+        }
+    }
+
+    /// Sets the current row and each access's base offset there.
+    fn set_row(&mut self, p: &Prepared, r: usize) {
+        self.row = r;
+        fused::row_bases(p, r, &mut self.bases);
+    }
+
+    /// Computes the row values of pass `q` for the current row.
+    ///
+    /// # Safety
+    /// As `run`.
+    unsafe fn row_values(&mut self, p: &Prepared, q: usize) {
+        for &v in &p.ir.passes[q].row {
+            // SAFETY: forwarded from the caller.
+            self.vals[v.index()] = unsafe { self.row_value(p, v.index()) };
+        }
+    }
+
     /// Runs every pass of row `r`.
     ///
     /// # Safety
     /// As `run`.
     unsafe fn row(&mut self, p: &Prepared, r: usize) {
-        let bases = bases(p, r);
+        self.set_row(p, r);
         let nl = p.loads.len();
-        self.row = r;
         for (q, pass) in p.ir.passes.iter().enumerate() {
             // A scan walks the row again from its start in each pass that computes it.
             for (i, v) in p.ir.values.iter().enumerate() {
@@ -210,10 +340,8 @@ impl State {
                     };
                 }
             }
-            for &v in &pass.row {
-                // SAFETY: forwarded from the caller.
-                self.vals[v.index()] = unsafe { self.compute(p, v.index(), &bases, None) };
-            }
+            // SAFETY: forwarded from the caller.
+            unsafe { self.row_values(p, q) };
             for &v in &pass.reduces {
                 let i = v.index();
                 let inst = &p.ir.values[i];
@@ -243,9 +371,12 @@ impl State {
                     .iter()
                     .any(|s| p.ir.store(*s).order == Level::Element);
             if walks {
-                for j in 0..p.row_len {
+                let mut at = 0;
+                while at < p.row_len {
+                    let n = BLOCK.min(p.row_len - at);
                     // SAFETY: forwarded from the caller.
-                    unsafe { self.element(p, q, &bases, j) };
+                    unsafe { self.block(p, q, at, n) };
+                    at += n;
                 }
             }
             for &v in &pass.reduces {
@@ -271,58 +402,28 @@ impl State {
                 }
                 let (v, acc) = &p.stores[si];
                 // SAFETY: bounds checked in `prepare`; this row is this task's.
-                unsafe { write(acc.mem, bases[nl + si], self.vals[*v]) };
+                unsafe { write(acc.mem, self.bases[nl + si], self.vals[*v]) };
             }
         }
     }
 
-    /// Element `j` of the current row in pass `q`: its element values, reductions and
-    /// element stores.
+    /// Inner indices `at .. at + n` of the current row in pass `q`: its element values,
+    /// reductions and element stores.
     ///
     /// # Safety
     /// As `run`.
-    unsafe fn element(&mut self, p: &Prepared, q: usize, bases: &[i64], j: usize) {
+    unsafe fn block(&mut self, p: &Prepared, q: usize, at: usize, n: usize) {
         let pass = &p.ir.passes[q];
         for &v in &pass.elements {
-            let i = v.index();
-            if let ValueOp::Scan(a) = p.ir.values[i].op {
-                // The running sum: f32 as the GPU's one thread per row adds, or exact.
-                self.scans[i] = match (self.scans[i], self.vals[a.index()]) {
-                    (Lane::I(s), x) => Lane::I(s.wrapping_add(x.i())),
-                    (Lane::F(s), x) => Lane::F(s + x.f()),
-                };
-                self.vals[i] = self.scans[i];
-                continue;
-            }
             // SAFETY: forwarded from the caller.
-            self.vals[i] = unsafe { self.compute(p, i, bases, Some(j)) };
+            unsafe { self.element_value(p, v.index(), at, n) };
         }
         for &v in &pass.reduces {
             let i = v.index();
-            let inst = &p.ir.values[i];
-            let ValueOp::Reduce(op, a) = inst.op else {
+            let ValueOp::Reduce(op, a) = p.ir.values[i].op else {
                 continue;
             };
-            let x = self.vals[a.index()];
-            self.accs[i] = match self.accs[i] {
-                Acc::Arg { best, pos } => {
-                    if pos < 0 || arg_better(op == ReduceOp::ArgMax, x, best) {
-                        Acc::Arg {
-                            best: x,
-                            pos: j as i64,
-                        }
-                    } else {
-                        Acc::Arg { best, pos }
-                    }
-                }
-                Acc::Int(acc) => Acc::Int(eval::reduce_step_int(op, inst.dtype, acc, x.i())),
-                Acc::Sum(mut k) => {
-                    k.add(x.f());
-                    Acc::Sum(k)
-                }
-                Acc::Ext(e) if op == ReduceOp::Max => Acc::Ext(math::maximum(e, x.f())),
-                Acc::Ext(e) => Acc::Ext(math::minimum(e, x.f())),
-            };
+            self.fold(p, i, op, a.index(), at, n);
         }
         let nl = p.loads.len();
         for &st in &pass.stores {
@@ -331,49 +432,412 @@ impl State {
                 continue;
             }
             let (v, acc) = &p.stores[si];
-            let off = at(p, acc, bases[nl + si], j);
-            // SAFETY: bounds checked in `prepare`; this element is this task's.
-            unsafe { write(acc.mem, off, self.vals[*v]) };
+            self.spread(p, *v, n);
+            let base = self.bases[nl + si];
+            // SAFETY: bounds checked in `prepare`; these elements are this task's.
+            unsafe { store_block(acc, &p.inner_sizes, base, at, &self.slots[*v], n) };
         }
     }
 
-    /// Value `i` at inner index `j` (`None` for a row value).
+    /// Fills row value `i`'s slot with its lane (`n` entries; nothing for an element
+    /// value, whose slot holds the block).
+    fn spread(&mut self, p: &Prepared, i: usize, n: usize) {
+        if p.ir.values[i].level != Level::Row {
+            return;
+        }
+        match (&mut self.slots[i], self.vals[i]) {
+            (Slot::F(v), x) => grown(v, n).fill(x.f()),
+            (Slot::I(v), x) => grown(v, n).fill(x.i()),
+        }
+    }
+
+    /// Operand `o` of a float operation over `n` elements (converted into `tmp` from an
+    /// integer block).
+    fn floats<'a>(
+        p: &Prepared,
+        vals: &[Lane],
+        slots: &'a [Slot],
+        o: ValueId,
+        tmp: &'a mut Vec<f32>,
+        n: usize,
+    ) -> Operand<'a> {
+        let o = o.index();
+        if p.ir.values[o].level == Level::Row {
+            return Operand::Scalar(vals[o].f());
+        }
+        match &slots[o] {
+            Slot::F(v) => Operand::Block(&v[..n]),
+            Slot::I(v) => {
+                let t = grown(tmp, n);
+                to_floats(&v[..n], t);
+                Operand::Block(t)
+            }
+        }
+    }
+
+    /// Operand `o` of an integer operation over `n` elements (converted into `tmp` from a
+    /// float block).
+    fn ints<'a>(
+        p: &Prepared,
+        vals: &[Lane],
+        slots: &'a [Slot],
+        o: ValueId,
+        tmp: &'a mut Vec<i64>,
+        n: usize,
+    ) -> Ints<'a> {
+        let o = o.index();
+        if p.ir.values[o].level == Level::Row {
+            return Ints::Scalar(vals[o].i());
+        }
+        match &slots[o] {
+            Slot::I(v) => Ints::Block(&v[..n]),
+            Slot::F(v) => {
+                let t = grown(tmp, n);
+                to_ints(&v[..n], t);
+                Ints::Block(t)
+            }
+        }
+    }
+
+    /// Element value `i` over inner indices `at .. at + n` of the current row, into its
+    /// slot.
     ///
     /// # Safety
     /// As `run`.
-    unsafe fn compute(&self, p: &Prepared, i: usize, bases: &[i64], j: Option<usize>) -> Lane {
+    unsafe fn element_value(&mut self, p: &Prepared, i: usize, at: usize, n: usize) {
         let inst = &p.ir.values[i];
         let dt = inst.dtype;
-        let v = |o: tc_compiler::lower::ValueId| self.vals[o.index()];
+        // The slot is taken out while its operands (earlier values) are read.
+        let mut slot = std::mem::replace(&mut self.slots[i], Slot::I(Vec::new()));
+        match inst.op {
+            ValueOp::Load(l) => {
+                let l = l.index();
+                let acc = &p.loads[l];
+                // SAFETY: bounds checked in `prepare`.
+                unsafe { load_block(acc, &p.inner_sizes, self.bases[l], at, &mut slot, n) };
+            }
+            ValueOp::Const(c) => match (&mut slot, constant(dt, c)) {
+                (Slot::F(v), x) => grown(v, n).fill(x.f()),
+                (Slot::I(v), x) => grown(v, n).fill(x.i()),
+            },
+            ValueOp::Unary(op, a) => {
+                let a_int = p.ir.values[a.index()].dtype.is_integral();
+                if a_int {
+                    let [t0, _, t2] = &mut self.tmp_i;
+                    let xs = Self::ints(p, &self.vals, &self.slots, a, t0, n);
+                    ints_out(&mut slot, t2, n, |out| unary_ints(op, dt, xs, out));
+                } else {
+                    let [t0, _, t2] = &mut self.tmp_f;
+                    let xs = Self::floats(p, &self.vals, &self.slots, a, t0, n);
+                    floats_out(&mut slot, t2, n, |out| {
+                        match xs {
+                            Operand::Block(src) => math::unary_block(op, src, out),
+                            Operand::Scalar(x) => out.fill(math::unary(op, x)),
+                        }
+                        math::round_block(dt, out);
+                    });
+                }
+            }
+            ValueOp::Binary(op, a, b) => {
+                let (da, db) = (p.ir.values[a.index()].dtype, p.ir.values[b.index()].dtype);
+                if da.is_integral() && db.is_integral() {
+                    let [t0, t1, t2] = &mut self.tmp_i;
+                    let x = Self::ints(p, &self.vals, &self.slots, a, t0, n);
+                    let y = Self::ints(p, &self.vals, &self.slots, b, t1, n);
+                    ints_out(&mut slot, t2, n, |out| binary_ints(op, da, x, y, out));
+                } else {
+                    let [t0, t1, t2] = &mut self.tmp_f;
+                    let x = Self::floats(p, &self.vals, &self.slots, a, t0, n);
+                    let y = Self::floats(p, &self.vals, &self.slots, b, t1, n);
+                    // A comparison or logical op gives a truth value (1 or 0), an exact
+                    // integer in its `bool` slot; the others are rounded to their dtype.
+                    let flag = op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or);
+                    floats_out(&mut slot, t2, n, |out| {
+                        math::binary_block(op, x, y, out);
+                        if !flag {
+                            math::round_block(dt, out);
+                        }
+                    });
+                }
+            }
+            ValueOp::Cast(a) | ValueOp::Reduce(_, a) => {
+                // (A reduction here is in a pointwise kernel: over no axes, the identity.)
+                self.cast_into(p, a, dt, &mut slot, n);
+            }
+            ValueOp::Where(c, a, b) => {
+                self.spread(p, a.index(), n);
+                self.spread(p, b.index(), n);
+                let cond = match Self::ints(p, &self.vals, &self.slots, c, &mut self.tmp_i[0], n) {
+                    Ints::Block(v) => v,
+                    // One condition for the block: a copy of one side.
+                    Ints::Scalar(x) => {
+                        let cond = &mut self.tmp_i[1];
+                        grown(cond, n).fill(x);
+                        &cond[..n]
+                    }
+                };
+                let (sa, sb) = (&self.slots[a.index()], &self.slots[b.index()]);
+                let pick = |k: usize, s: &Slot| -> Lane {
+                    match s {
+                        Slot::F(v) => Lane::F(v[k]),
+                        Slot::I(v) => Lane::I(v[k]),
+                    }
+                };
+                match (&mut slot, sa, sb) {
+                    // (Zipped, so the loops have no bounds checks and vectorise as blends.)
+                    (Slot::F(d), Slot::F(x), Slot::F(y)) => {
+                        let lanes = grown(d, n).iter_mut().zip(cond).zip(x).zip(y);
+                        for (((d, &c), &x), &y) in lanes {
+                            *d = if c != 0 { x } else { y };
+                        }
+                    }
+                    (Slot::I(d), Slot::I(x), Slot::I(y)) => {
+                        let lanes = grown(d, n).iter_mut().zip(cond).zip(x).zip(y);
+                        for (((d, &c), &x), &y) in lanes {
+                            *d = if c != 0 { x } else { y };
+                        }
+                    }
+                    (Slot::F(d), _, _) => {
+                        for (k, d) in grown(d, n).iter_mut().enumerate() {
+                            *d = pick(k, if cond[k] != 0 { sa } else { sb }).f();
+                        }
+                    }
+                    (Slot::I(d), _, _) => {
+                        for (k, d) in grown(d, n).iter_mut().enumerate() {
+                            *d = pick(k, if cond[k] != 0 { sa } else { sb }).i();
+                        }
+                    }
+                }
+            }
+            ValueOp::Index {
+                offset,
+                ref strides,
+            } => {
+                let base = super::index::index_value(p, offset, strides, self.row, None);
+                let inner = super::index::inner_strides(p, strides);
+                ints_out(&mut slot, &mut self.tmp_i[2], n, |out| {
+                    offsets(&p.inner_sizes, &inner, base, at, out)
+                });
+            }
+            ValueOp::Gather {
+                load,
+                index,
+                stride,
+                size,
+                ..
+            } => {
+                let mut idx = std::mem::take(&mut self.tmp_i[2]);
+                match Self::ints(p, &self.vals, &self.slots, index, &mut self.tmp_i[0], n) {
+                    Ints::Block(v) => grown(&mut idx, n).copy_from_slice(v),
+                    Ints::Scalar(x) => grown(&mut idx, n).fill(x),
+                }
+                for g in idx[..n].iter_mut() {
+                    *g = super::index::checked(p, i, *g, size);
+                }
+                match load {
+                    None => {
+                        for g in idx[..n].iter_mut() {
+                            *g = g.wrapping_mul(stride);
+                        }
+                        ints_out(&mut slot, &mut self.tmp_i[1], n, |out| {
+                            out.copy_from_slice(&idx[..n])
+                        });
+                    }
+                    Some(l) => {
+                        let acc = &p.loads[l.index()];
+                        let offs = grown(&mut self.offs, n);
+                        offsets(
+                            &p.inner_sizes,
+                            &acc.inner_strides,
+                            self.bases[l.index()],
+                            at,
+                            offs,
+                        );
+                        for (o, &g) in offs.iter_mut().zip(&idx[..n]) {
+                            *o += g * stride;
+                        }
+                        // SAFETY: `prepare` checked every in-range index along the axis;
+                        // `checked` gives one.
+                        unsafe { read_at(acc.mem, offs, &mut slot) };
+                    }
+                }
+                self.tmp_i[2] = idx;
+            }
+            ValueOp::Scan(a) => {
+                // The running sum: f32 as the GPU's one thread per row adds, or exact.
+                match (self.scans[i], &mut slot) {
+                    (Lane::I(mut s), Slot::I(d)) => {
+                        let xs = Self::ints(p, &self.vals, &self.slots, a, &mut self.tmp_i[0], n);
+                        let d = grown(d, n);
+                        for (k, d) in d.iter_mut().enumerate() {
+                            let x = match xs {
+                                Ints::Block(v) => v[k],
+                                Ints::Scalar(x) => x,
+                            };
+                            s = s.wrapping_add(x);
+                            *d = s;
+                        }
+                        self.scans[i] = Lane::I(s);
+                    }
+                    (Lane::F(mut s), Slot::F(d)) => {
+                        let xs = Self::floats(p, &self.vals, &self.slots, a, &mut self.tmp_f[0], n);
+                        let d = grown(d, n);
+                        for (k, d) in d.iter_mut().enumerate() {
+                            let x = match xs {
+                                Operand::Block(v) => v[k],
+                                Operand::Scalar(x) => x,
+                            };
+                            s += x;
+                            *d = s;
+                        }
+                        self.scans[i] = Lane::F(s);
+                    }
+                    // The running sum's kind follows the dtype (reset in `row`).
+                    _ => {}
+                }
+            }
+        }
+        self.slots[i] = slot;
+    }
+
+    /// Value `a` over `n` elements converted to `to` into `slot` (`cast`).
+    fn cast_into(&mut self, p: &Prepared, a: ValueId, to: DType, slot: &mut Slot, n: usize) {
+        let from_int = p.ir.values[a.index()].dtype.is_integral();
+        match (from_int, slot) {
+            (false, Slot::F(d)) => {
+                let d = grown(d, n);
+                match Self::floats(p, &self.vals, &self.slots, a, &mut self.tmp_f[0], n) {
+                    Operand::Block(v) => d.copy_from_slice(v),
+                    Operand::Scalar(x) => d.fill(x),
+                }
+                math::round_block(to, d);
+            }
+            (false, Slot::I(d)) => {
+                let d = grown(d, n);
+                match Self::floats(p, &self.vals, &self.slots, a, &mut self.tmp_f[0], n) {
+                    Operand::Block(v) => {
+                        for (d, &x) in d.iter_mut().zip(v) {
+                            *d = eval::float_to_int(to, x as f64);
+                        }
+                    }
+                    Operand::Scalar(x) => d.fill(eval::float_to_int(to, x as f64)),
+                }
+            }
+            (true, Slot::F(d)) => {
+                let d = grown(d, n);
+                match Self::ints(p, &self.vals, &self.slots, a, &mut self.tmp_i[0], n) {
+                    Ints::Block(v) => {
+                        for (d, &x) in d.iter_mut().zip(v) {
+                            *d = math::round_to(to, x as f32);
+                        }
+                    }
+                    Ints::Scalar(x) => d.fill(math::round_to(to, x as f32)),
+                }
+            }
+            (true, Slot::I(d)) => {
+                let d = grown(d, n);
+                match Self::ints(p, &self.vals, &self.slots, a, &mut self.tmp_i[0], n) {
+                    Ints::Block(v) => {
+                        for (d, &x) in d.iter_mut().zip(v) {
+                            *d = eval::wrap(to, x);
+                        }
+                    }
+                    Ints::Scalar(x) => d.fill(eval::wrap(to, x)),
+                }
+            }
+        }
+    }
+
+    /// Folds `n` elements of value `a` into reduction `i`, in element order.
+    fn fold(&mut self, p: &Prepared, i: usize, op: ReduceOp, a: usize, at: usize, n: usize) {
+        self.spread(p, a, n);
+        let dt = p.ir.values[i].dtype;
+        let acc = &mut self.accs[i];
+        match (&mut *acc, &self.slots[a]) {
+            (Acc::Arg { best, pos }, s) => {
+                let max = op == ReduceOp::ArgMax;
+                let mut step = |k: usize, x: Lane| {
+                    if *pos < 0 || arg_better(max, x, *best) {
+                        *best = x;
+                        *pos = (at + k) as i64;
+                    }
+                };
+                match s {
+                    // Floats: the block's extremum (NaN if any is) by the vector loop, then
+                    // its first position. That is where the element-by-element fold ends:
+                    // within the block the first occurrence of its extremum (or of its
+                    // first NaN), taken only if strictly better than the best so far.
+                    Slot::F(v) => {
+                        let xs = &v[..n];
+                        let m = math::block_extremum(xs, max);
+                        let first = if m.is_nan() {
+                            xs.iter().position(|x| x.is_nan())
+                        } else {
+                            xs.iter().position(|&x| x == m)
+                        };
+                        if let Some(k) = first {
+                            if *pos < 0 || arg_better(max, Lane::F(m), *best) {
+                                (*best, *pos) = (Lane::F(xs[k]), (at + k) as i64);
+                            }
+                        }
+                    }
+                    Slot::I(v) => v[..n]
+                        .iter()
+                        .enumerate()
+                        .for_each(|(k, &x)| step(k, Lane::I(x))),
+                }
+            }
+            (Acc::Int(r), s) => {
+                let mut x = *r;
+                match s {
+                    Slot::I(v) => {
+                        for &e in &v[..n] {
+                            x = eval::reduce_step_int(op, dt, x, e);
+                        }
+                    }
+                    Slot::F(v) => {
+                        for &e in &v[..n] {
+                            x = eval::reduce_step_int(op, dt, x, Lane::F(e).i());
+                        }
+                    }
+                }
+                *r = x;
+            }
+            (Acc::Sum(k), s) => match s {
+                Slot::F(v) => v[..n].iter().for_each(|&x| k.add(x)),
+                Slot::I(v) => v[..n].iter().for_each(|&x| k.add(x as f32)),
+            },
+            (Acc::Ext(e), s) => {
+                let pick = if op == ReduceOp::Max {
+                    math::maximum
+                } else {
+                    math::minimum
+                };
+                match s {
+                    Slot::F(v) => v[..n].iter().for_each(|&x| *e = pick(*e, x)),
+                    Slot::I(v) => v[..n].iter().for_each(|&x| *e = pick(*e, x as f32)),
+                }
+            }
+        }
+    }
+
+    /// Row value `i` of the current row.
+    ///
+    /// # Safety
+    /// As `run`.
+    unsafe fn row_value(&self, p: &Prepared, i: usize) -> Lane {
+        let inst = &p.ir.values[i];
+        let dt = inst.dtype;
+        let v = |o: ValueId| self.vals[o.index()];
         match inst.op {
             ValueOp::Load(l) => {
                 let acc = &p.loads[l.index()];
-                let off = match j {
-                    Some(j) => at(p, acc, bases[l.index()], j),
-                    None => bases[l.index()],
-                };
                 // SAFETY: bounds checked in `prepare`.
-                unsafe { read(acc.mem, off) }
+                unsafe { read(acc.mem, self.bases[l.index()]) }
             }
             ValueOp::Const(c) => constant(dt, c),
-            ValueOp::Unary(op, a) => match v(a) {
-                Lane::F(x) => Lane::F(math::round_to(dt, math::unary(op, x))),
-                Lane::I(x) => Lane::I(eval::unary_int(op, dt, x)),
-            },
-            ValueOp::Binary(op, a, b) => match (v(a), v(b)) {
-                (Lane::I(x), Lane::I(y)) => {
-                    let odt = p.ir.values[a.index()].dtype;
-                    Lane::I(eval::binary_int(op, odt, x, y))
-                }
-                (x, y) => {
-                    let r = math::binary(op, x.f(), y.f());
-                    if op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or) {
-                        Lane::I(r as i64)
-                    } else {
-                        Lane::F(math::round_to(dt, r))
-                    }
-                }
-            },
+            ValueOp::Unary(op, a) => unary(op, dt, v(a)),
+            ValueOp::Binary(op, a, b) => binary(op, p.ir.values[a.index()].dtype, dt, v(a), v(b)),
             ValueOp::Cast(a) => cast(dt, v(a)),
             ValueOp::Where(c, a, b) => {
                 if v(c).i() != 0 {
@@ -387,7 +851,9 @@ impl State {
             ValueOp::Index {
                 offset,
                 ref strides,
-            } => Lane::I(super::index::index_value(p, offset, strides, self.row, j)),
+            } => Lane::I(super::index::index_value(
+                p, offset, strides, self.row, None,
+            )),
             ValueOp::Gather {
                 load,
                 index,
@@ -400,18 +866,190 @@ impl State {
                     None => Lane::I(g.wrapping_mul(stride)),
                     Some(l) => {
                         let acc = &p.loads[l.index()];
-                        let off = match j {
-                            Some(j) => at(p, acc, bases[l.index()], j),
-                            None => bases[l.index()],
-                        };
                         // SAFETY: `prepare` checked every in-range index along the axis;
                         // `checked` gives one.
-                        unsafe { read(acc.mem, off + g * stride) }
+                        unsafe { read(acc.mem, self.bases[l.index()] + g * stride) }
                     }
                 }
             }
-            // Computed by `element` (a running sum along the row).
+            // Element values only (a running sum along the row).
             ValueOp::Scan(_) => self.vals[i],
+        }
+    }
+}
+
+/// `op(x)` on one lane of a value of `dtype`: f32 maths rounded to a float dtype, or
+/// `eval::unary_int`'s exact integer meaning.
+pub(super) fn unary(op: UnaryOp, dtype: DType, x: Lane) -> Lane {
+    match x {
+        Lane::F(x) => Lane::F(math::round_to(dtype, math::unary(op, x))),
+        Lane::I(x) => Lane::I(eval::unary_int(op, dtype, x)),
+    }
+}
+
+/// `x op y` on lanes (`operand` is the operands' dtype, `dtype` the result's): exact on two
+/// integers (`eval::binary_int`), else in f32 (a comparison or logical op gives an exact
+/// 0 or 1).
+pub(super) fn binary(op: BinaryOp, operand: DType, dtype: DType, x: Lane, y: Lane) -> Lane {
+    match (x, y) {
+        (Lane::I(x), Lane::I(y)) => Lane::I(eval::binary_int(op, operand, x, y)),
+        (x, y) => {
+            let r = math::binary(op, x.f(), y.f());
+            if op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or) {
+                Lane::I(r as i64)
+            } else {
+                Lane::F(math::round_to(dtype, r))
+            }
+        }
+    }
+}
+
+/// `dst[k] = op(x[k])` on integers of `dtype` (`eval::unary_int`).
+fn unary_ints(op: UnaryOp, dtype: DType, xs: Ints<'_>, dst: &mut [i64]) {
+    match xs {
+        Ints::Block(v) => {
+            for (d, &x) in dst.iter_mut().zip(v) {
+                *d = eval::unary_int(op, dtype, x);
+            }
+        }
+        Ints::Scalar(x) => dst.fill(eval::unary_int(op, dtype, x)),
+    }
+}
+
+/// Runs `f` on a block of `n` integer results: the slot itself when it is an integer
+/// one, else `tmp`, converted into the slot after (as `Lane::f`).
+fn ints_out(slot: &mut Slot, tmp: &mut Vec<i64>, n: usize, f: impl FnOnce(&mut [i64])) {
+    match slot {
+        Slot::I(v) => f(grown(v, n)),
+        Slot::F(v) => {
+            let t = grown(tmp, n);
+            f(t);
+            to_floats(t, grown(v, n));
+        }
+    }
+}
+
+/// Runs `f` on a block of `n` f32 results: the slot itself when it is a float one, else
+/// `tmp`, converted into the slot after (as exact integers, `Lane::i`).
+fn floats_out(slot: &mut Slot, tmp: &mut Vec<f32>, n: usize, f: impl FnOnce(&mut [f32])) {
+    match slot {
+        Slot::F(v) => f(grown(v, n)),
+        Slot::I(v) => {
+            let t = grown(tmp, n);
+            f(t);
+            to_ints(t, grown(v, n));
+        }
+    }
+}
+
+/// Reads `n` elements of load `acc` from inner index `at` into `slot`.
+///
+/// # Safety
+/// Every element read lies inside `acc.mem` (checked in `prepare`).
+unsafe fn load_block(
+    acc: &fused::Access,
+    sizes: &[usize],
+    base: i64,
+    at: usize,
+    slot: &mut Slot,
+    n: usize,
+) {
+    let mem = acc.mem;
+    match slot {
+        Slot::F(v) if !mem.dtype.is_integral() => {
+            let out = grown(v, n);
+            fused::runs(
+                sizes,
+                &acc.inner_strides,
+                base,
+                at,
+                n,
+                |pos, off, len, step| {
+                    // SAFETY: forwarded from the caller.
+                    unsafe { mem.read_run(off, step, &mut out[pos..pos + len]) }
+                },
+            );
+        }
+        _ => {
+            let mut offs = vec![0i64; n];
+            offsets(sizes, &acc.inner_strides, base, at, &mut offs);
+            // SAFETY: forwarded from the caller.
+            unsafe { read_at(mem, &offs, slot) };
+        }
+    }
+}
+
+/// Reads the elements of `mem` at `offs` into `slot` (converted as `Lane::f`/`Lane::i`
+/// where the kinds differ).
+///
+/// # Safety
+/// Every offset is inside `mem`.
+unsafe fn read_at(mem: Mem, offs: &[i64], slot: &mut Slot) {
+    let n = offs.len();
+    // SAFETY (all reads): in bounds by the caller; unaligned reads are fine.
+    match (slot, mem.dtype) {
+        (Slot::I(v), DType::I64) => {
+            for (d, &o) in grown(v, n).iter_mut().zip(offs) {
+                *d = unsafe { mem.ptr.cast::<i64>().offset(o as isize).read_unaligned() };
+            }
+        }
+        (Slot::I(v), DType::I32) => {
+            for (d, &o) in grown(v, n).iter_mut().zip(offs) {
+                *d = unsafe { mem.ptr.cast::<i32>().offset(o as isize).read_unaligned() } as i64;
+            }
+        }
+        (Slot::I(v), _) => {
+            for (d, &o) in grown(v, n).iter_mut().zip(offs) {
+                *d = unsafe { read(mem, o) }.i();
+            }
+        }
+        (Slot::F(v), _) => {
+            for (d, &o) in grown(v, n).iter_mut().zip(offs) {
+                *d = unsafe { read(mem, o) }.f();
+            }
+        }
+    }
+}
+
+/// Writes `n` elements of `slot` to store `acc` from inner index `at`, converted to the
+/// buffer's dtype (`write`).
+///
+/// # Safety
+/// Every element written lies inside `acc.mem`, and no other thread touches it.
+unsafe fn store_block(
+    acc: &fused::Access,
+    sizes: &[usize],
+    base: i64,
+    at: usize,
+    slot: &Slot,
+    n: usize,
+) {
+    let mem = acc.mem;
+    match slot {
+        Slot::F(v) if !mem.dtype.is_integral() => {
+            fused::runs(
+                sizes,
+                &acc.inner_strides,
+                base,
+                at,
+                n,
+                |pos, off, len, step| {
+                    // SAFETY: forwarded from the caller.
+                    unsafe { mem.write_run(off, step, &v[pos..pos + len]) }
+                },
+            );
+        }
+        _ => {
+            let mut offs = vec![0i64; n];
+            offsets(sizes, &acc.inner_strides, base, at, &mut offs);
+            for (k, &o) in offs.iter().enumerate() {
+                let x = match slot {
+                    Slot::F(v) => Lane::F(v[k]),
+                    Slot::I(v) => Lane::I(v[k]),
+                };
+                // SAFETY: forwarded from the caller.
+                unsafe { write(mem, o, x) };
+            }
         }
     }
 }
@@ -420,7 +1058,7 @@ impl State {
 ///
 /// # Safety
 /// `0 <= i < mem.numel`.
-unsafe fn read(mem: Mem, i: i64) -> Lane {
+pub(super) unsafe fn read(mem: Mem, i: i64) -> Lane {
     // SAFETY: in bounds by the caller; unaligned reads are fine.
     unsafe {
         match mem.dtype {

@@ -154,14 +154,47 @@ fn type_code(d: DType) -> u32 {
     }
 }
 
-/// The `N` of `__launch_bounds__(N)` in a kernel's source (0: none).
-fn launch_bound(source: &str) -> u32 {
+/// The `N` of `__launch_bounds__(N)` of function `name` in a kernel's source (0: none).
+fn launch_bound(source: &str, name: &str) -> u32 {
     source
         .split("__launch_bounds__(")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|n| n.trim().parse().ok())
+        .skip(1)
+        .find_map(|rest| {
+            let (n, after) = rest.split_once(')')?;
+            after
+                .trim_start()
+                .starts_with(&format!("{name}("))
+                .then(|| n.trim().parse().ok())
+                .flatten()
+        })
         .unwrap_or(0)
+}
+
+/// One `tc_launch` statement of function `name` over `grid` and `block`.
+fn launch_line(
+    s: &mut String,
+    args: &[String],
+    name: &str,
+    grid: &[u32; 3],
+    block: &[u32; 3],
+    shared_bytes: u32,
+    bound: u32,
+) {
+    let _ = writeln!(
+        s,
+        "    {{\n        void* a[] = {{{}}};\n        tc_launch(\"{}\", tc_thunk_{}, {}, {}, {}, {}, {}, {}, {}, {}, a);\n    }}",
+        args.join(", "),
+        name,
+        name,
+        grid[0],
+        grid[1],
+        grid[2],
+        block[0],
+        block[1],
+        block[2],
+        shared_bytes,
+        bound
+    );
 }
 
 fn gemm_lines(out: &mut String, plan: &Plan, call: &GemmCall) {
@@ -222,6 +255,13 @@ pub fn program_source(plan: &Plan, kernels: &[CudaKernel]) -> String {
             "static void tc_thunk_{0}(void** a) {{ tc_call({0}, a); }}",
             k.name
         );
+        if let Launch::Split { fold, .. } = &k.launch {
+            let _ = writeln!(
+                s,
+                "static void tc_thunk_{0}(void** a) {{ tc_call({0}, a); }}",
+                fold
+            );
+        }
     }
     s.push_str("static TcAlloc tc_allocs[] = {\n");
     let _ = writeln!(
@@ -249,21 +289,21 @@ pub fn program_source(plan: &Plan, kernels: &[CudaKernel]) -> String {
                 shared_bytes,
             } => {
                 let args: Vec<String> = k.params.iter().map(|b| address(plan, *b, 0)).collect();
-                let _ = writeln!(
-                    s,
-                    "    {{\n        void* a[] = {{{}}};\n        tc_launch(\"{}\", tc_thunk_{}, {}, {}, {}, {}, {}, {}, {}, {}, a);\n    }}",
-                    args.join(", "),
-                    k.name,
-                    k.name,
-                    grid[0],
-                    grid[1],
-                    grid[2],
-                    block[0],
-                    block[1],
-                    block[2],
-                    shared_bytes,
-                    launch_bound(&k.source)
-                );
+                let bound = launch_bound(&k.source, &k.name);
+                launch_line(&mut s, &args, &k.name, grid, block, *shared_bytes, bound);
+            }
+            Launch::Split {
+                grid,
+                block,
+                fold,
+                fold_grid,
+                fold_block,
+            } => {
+                let args: Vec<String> = k.params.iter().map(|b| address(plan, *b, 0)).collect();
+                let bound = launch_bound(&k.source, &k.name);
+                launch_line(&mut s, &args, &k.name, grid, block, 0, bound);
+                let bound = launch_bound(&k.source, fold);
+                launch_line(&mut s, &args, fold, fold_grid, fold_block, 0, bound);
             }
             Launch::Cublas(call) => gemm_lines(&mut s, plan, call),
         }

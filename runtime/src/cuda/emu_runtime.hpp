@@ -96,6 +96,14 @@ static inline unsigned short tc_f32_to_f16(float x) {
     memcpy(&h, &f, 2);
     return h;
 }
+// The prelude's `cvt.rn.bf16.f32`: round to nearest, ties to even, in integer arithmetic (a
+// NaN stays a quiet NaN).
+static inline unsigned short tc_f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
 
 static ucontext_t tc_scheduler;
 static unsigned long long tc_block_epoch;  // counts blocks run, across launches

@@ -293,6 +293,8 @@ impl Drop for Blas {
 struct Prepared {
     kernels: Vec<CudaKernel>,
     functions: Vec<Option<ds::CUfunction>>,
+    /// The second function of each split column reduction (`Launch::Split`'s `fold`).
+    folds: Vec<Option<ds::CUfunction>>,
     arena: Option<DeviceBuffer>,
     inputs: Vec<Option<DeviceBuffer>>,
     params: Vec<Option<DeviceBuffer>>,
@@ -320,6 +322,7 @@ fn prepare(
 
     // Compile (or load from the cache) every CUDA C kernel as one module.
     let mut functions = vec![None; kernels.len()];
+    let mut folds = vec![None; kernels.len()];
     let (mut module, mut compile_seconds, mut from_cache) = (None, 0.0, false);
     if kernels.iter().any(|k| !k.source.is_empty()) {
         nvrtc_available()?;
@@ -338,6 +341,14 @@ fn prepare(
                     .map_err(|_| CudaError::Nvrtc("kernel name has a NUL".into()))?;
                 // SAFETY: the module is loaded; `name` is an extern "C" symbol in it.
                 functions[i] = Some(drv("cuModuleGetFunction", unsafe {
+                    dr::module::get_function(m.module, name)
+                })?);
+            }
+            if let Launch::Split { fold, .. } = &k.launch {
+                let name = CString::new(fold.clone())
+                    .map_err(|_| CudaError::Nvrtc("kernel name has a NUL".into()))?;
+                // SAFETY: the module is loaded; `name` is an extern "C" symbol in it.
+                folds[i] = Some(drv("cuModuleGetFunction", unsafe {
                     dr::module::get_function(m.module, name)
                 })?);
             }
@@ -424,6 +435,7 @@ fn prepare(
     Ok(Prepared {
         kernels,
         functions,
+        folds,
         arena,
         inputs: dev_inputs,
         params: dev_params,
@@ -483,7 +495,31 @@ impl Prepared {
 
     /// Enqueues every kernel of the plan, in order, on the default stream.
     fn launch_all(&self, plan: &Plan) -> Result<(), CudaError> {
-        for (k, f) in self.kernels.iter().zip(&self.functions) {
+        for ((k, f), fold) in self.kernels.iter().zip(&self.functions).zip(&self.folds) {
+            let launch = |f: ds::CUfunction, grid: &[u32; 3], block: &[u32; 3], shared: u32| {
+                let mut ptrs: Vec<ds::CUdeviceptr> = k
+                    .params
+                    .iter()
+                    .map(|b| self.ptr(plan, *b))
+                    .collect::<Result<_, _>>()?;
+                let mut args: Vec<*mut c_void> = ptrs
+                    .iter_mut()
+                    .map(|p| p as *mut ds::CUdeviceptr as *mut c_void)
+                    .collect();
+                // SAFETY: `f` is from the loaded module; `args` point at one device
+                // pointer per kernel parameter, in signature order, alive until the
+                // call returns (the driver copies them).
+                drv("cuLaunchKernel", unsafe {
+                    dr::launch_kernel(
+                        f,
+                        (grid[0], grid[1], grid[2]),
+                        (block[0], block[1], block[2]),
+                        shared,
+                        std::ptr::null_mut(),
+                        &mut args,
+                    )
+                })
+            };
             match (&k.launch, f) {
                 (
                     Launch::Grid {
@@ -492,32 +528,26 @@ impl Prepared {
                         shared_bytes,
                     },
                     Some(f),
+                ) => launch(*f, grid, block, *shared_bytes)?,
+                // Both halves on the default stream: the fold starts after every part.
+                (
+                    Launch::Split {
+                        grid,
+                        block,
+                        fold_grid,
+                        fold_block,
+                        ..
+                    },
+                    Some(f),
                 ) => {
-                    let mut ptrs: Vec<ds::CUdeviceptr> = k
-                        .params
-                        .iter()
-                        .map(|b| self.ptr(plan, *b))
-                        .collect::<Result<_, _>>()?;
-                    let mut args: Vec<*mut c_void> = ptrs
-                        .iter_mut()
-                        .map(|p| p as *mut ds::CUdeviceptr as *mut c_void)
-                        .collect();
-                    // SAFETY: `f` is from the loaded module; `args` point at one device
-                    // pointer per kernel parameter, in signature order, alive until the
-                    // call returns (the driver copies them).
-                    drv("cuLaunchKernel", unsafe {
-                        dr::launch_kernel(
-                            *f,
-                            (grid[0], grid[1], grid[2]),
-                            (block[0], block[1], block[2]),
-                            *shared_bytes,
-                            std::ptr::null_mut(),
-                            &mut args,
-                        )
+                    let g = fold.ok_or_else(|| {
+                        CudaError::Nvrtc(format!("the fold of kernel {} was not compiled", k.name))
                     })?;
+                    launch(*f, grid, block, 0)?;
+                    launch(g, fold_grid, fold_block, 0)?;
                 }
                 (Launch::Cublas(call), _) => self.gemm(plan, call)?,
-                (Launch::Grid { .. }, None) => {
+                (Launch::Grid { .. } | Launch::Split { .. }, None) => {
                     return Err(CudaError::Nvrtc(format!(
                         "kernel {} was not compiled",
                         k.name
