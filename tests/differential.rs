@@ -87,6 +87,13 @@ fn every_example_matches_the_reference_in_every_plan_variant() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `a` is read by a kernel after the GEMM that accumulates `a + x @ w`: the GEMM copies it.
+const RESIDUAL_READ_AFTER: &str =
+    "input x : f32[8, 8]\nparam w : f32[8, 8]\na = exp(x / 4)\ny = a + tanh(a) @ w\nz = transpose(y) * a\noutput z";
+/// `a` dies at the GEMM that accumulates `a + x @ w`: the GEMM writes in place of it.
+const RESIDUAL_IN_PLACE: &str =
+    "input x : f32[6, 8]\nparam w : f32[8, 8]\na = tanh(x)\ny = a + exp(a) @ w\noutput y";
+
 /// Programs where a buffer reused in place, or a view, could be clobbered while still needed.
 const HAZARDS: &[(&str, &str)] = &[
     (
@@ -149,6 +156,26 @@ const HAZARDS: &[(&str, &str)] = &[
     (
         "concat and stack: parts written in place by their producers, copied, promoted",
         "input x : f32[4, 6]\ninput y : f16[4, 2]\na = exp(x)\nb = tanh(y) * 2\nc = concat([a, b], axis=-1)\nd = stack([x, x * 3], axis=1)\ne = concat([softmax(x), x[:, :2] + 1, y], axis=1)\nf = c * 2 + sum(e, axis=1, keepdim=true)\noutput f, d, e",
+    ),
+    (
+        "a residual add whose residual is read after it (copied into the GEMM's output, never clobbered)",
+        RESIDUAL_READ_AFTER,
+    ),
+    (
+        "a residual add written in place of its residual",
+        RESIDUAL_IN_PLACE,
+    ),
+    (
+        "a residual that is also an operand of its product",
+        "input x : f32[8, 8]\na = exp(x / 4)\ny = a + a @ a\noutput y",
+    ),
+    (
+        "f16 and bf16 residual adds, one batched over a shared weight",
+        "input x : f16[4, 8]\nparam w : f16[8, 8]\na = x * 2\ny = x @ w + a\ninput u : bf16[2, 4, 8]\nparam v : bf16[8, 8]\nz = u + u @ v\noutput y, z",
+    ),
+    (
+        "two products added, one the other's residual",
+        "input x : f32[6, 8]\nparam w : f32[8, 8]\nparam v : f32[8, 8]\ny = x @ w + x @ v\noutput y",
     ),
     (
         "a concat whose operand is also read after it, and a part of a row kernel",
@@ -262,4 +289,89 @@ fn the_generator_draws_every_dtype_and_comparison_op() {
     ] {
         assert!(text.contains(needle), "no generated program has `{needle}`");
     }
+}
+
+/// The residual programs above plan the GEMM `beta = 1` path as they should: after a copy when
+/// the residual is read later (or is an operand of the product), in place when it dies there.
+#[test]
+fn residual_adds_accumulate_in_place_only_where_the_residual_dies() {
+    use tc_compiler::schedule::{KernelKind, Plan};
+    let plan = |src: &str| -> Plan {
+        tc_compiler::compile(src, &Default::default())
+            .expect("compiles")
+            .plan
+    };
+    // (residual buffer, in place?) of every accumulating GEMM of a plan.
+    let gemms = |p: &Plan| -> Vec<(String, bool)> {
+        p.kernels
+            .iter()
+            .filter_map(|k| match &k.kind {
+                KernelKind::MatMul(m) => m.accumulate.map(|x| {
+                    (
+                        p.buffer(x).name.clone(),
+                        p.buffer(m.out).in_place_of == Some(x),
+                    )
+                }),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(gemms(&plan(RESIDUAL_IN_PLACE)), [("a".to_string(), true)]);
+    assert_eq!(
+        gemms(&plan(RESIDUAL_READ_AFTER)),
+        [("a".to_string(), false)]
+    );
+    let own = "input x : f32[8, 8]\na = exp(x / 4)\ny = a + a @ a\noutput y";
+    assert_eq!(gemms(&plan(own)), [("a".to_string(), false)]);
+    // An input is never written: copied.
+    let input = "input x : f32[6, 8]\nparam w : f32[8, 8]\ny = x + x @ w\noutput y";
+    assert_eq!(gemms(&plan(input)), [("x".to_string(), false)]);
+    // A bias row (a broadcast) is not absorbed, nor an add the kernel after it needs anyway.
+    let bias =
+        "input x : f32[6, 8]\nparam w : f32[8, 8]\nparam b : f32[8]\ny = x @ w + b\noutput y";
+    assert!(gemms(&plan(bias)).is_empty());
+    let fused = "input x : f32[6, 8]\nparam w : f32[8, 8]\ny = exp(x + x @ w)\noutput y";
+    assert!(gemms(&plan(fused)).is_empty());
+    // Unfused plans keep the add a kernel of its own.
+    let opts = tc_compiler::CompileOptions {
+        plan: tc_compiler::schedule::PlanOptions {
+            fuse: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let unfused = tc_compiler::compile(RESIDUAL_IN_PLACE, &opts).expect("compiles");
+    assert!(gemms(&unfused.plan).is_empty());
+}
+
+/// The random programs draw residual adds that the GEMM absorbs, both in place and after a
+/// copy, in plain and half precision (so the differential tests run every path).
+#[test]
+fn the_generator_draws_residual_gemms() {
+    use tc_compiler::schedule::KernelKind;
+    let (mut in_place, mut copied, mut half) = (0, 0, 0);
+    for seed in 0..300u64 {
+        let src = tc_tests::gen::program(seed);
+        let Ok(p) = tc_compiler::compile(&src, &Default::default()) else {
+            continue;
+        };
+        for k in &p.plan.kernels {
+            if let KernelKind::MatMul(m) = &k.kind {
+                if let Some(x) = m.accumulate {
+                    if p.plan.buffer(m.out).in_place_of == Some(x) {
+                        in_place += 1;
+                    } else {
+                        copied += 1;
+                    }
+                    if m.out_dtype != tc_compiler::ir::DType::F32 {
+                        half += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        in_place >= 3 && copied >= 3 && half >= 2,
+        "residual GEMMs in 300 programs: {in_place} in place, {copied} copied, {half} half"
+    );
 }

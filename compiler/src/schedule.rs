@@ -274,7 +274,8 @@ pub struct MatOperand {
     pub strides: Vec<i64>,
 }
 
-/// `out[b…, m, n] = Σ_k a[b…, m, k] · b[b…, k, n]`, accumulated in f32, out contiguous.
+/// `out[b…, m, n] = Σ_k a[b…, m, k] · b[b…, k, n]`, accumulated in f32, out contiguous;
+/// with `accumulate`, `out = x + a·b` (a residual add absorbed by the GEMM: BLAS's `beta = 1`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MatMulKernel {
     pub batch: Vec<u64>,
@@ -287,6 +288,14 @@ pub struct MatMulKernel {
     pub out_dtype: DType,
     /// Scratch for the GPU library, if the target wants one.
     pub workspace: Option<BufferId>,
+    /// `x` of `out = x + a·b`: a buffer of `out`'s dtype and shape, read contiguously. When
+    /// `out` is planned in place of it (its storage, `x` read here for the last time) the
+    /// GEMM accumulates into it as it stands; otherwise `x` is copied into `out` first. The
+    /// product is rounded to `out`'s dtype before the add where the library lets it (the
+    /// CPU and the fallback kernel, as the unfused add rounds); cuBLAS rounds `x + a·b`
+    /// once, as PyTorch's `addmm` does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accumulate: Option<BufferId>,
 }
 
 /// Index of the score `q·kᵀ` in an `AttentionKernel`'s prologue: `InstOp::Load(SCORE)`

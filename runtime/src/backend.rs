@@ -238,7 +238,10 @@ pub fn traffic_bytes(plan: &Plan) -> u64 {
                 .map(|l| l.buffer)
                 .chain(f.stores.iter().map(|s| s.buffer))
                 .collect(),
-            KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer, m.out],
+            KernelKind::MatMul(m) => [m.a.buffer, m.b.buffer, m.out]
+                .into_iter()
+                .chain(m.accumulate)
+                .collect(),
             KernelKind::Attention(a) => a.reads().into_iter().chain([a.out]).collect(),
             KernelKind::AttentionBackward(a) => {
                 [a.q.buffer, a.k.buffer, a.v.buffer, a.d_out.buffer]

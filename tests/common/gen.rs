@@ -1032,6 +1032,75 @@ impl Gen<'_> {
     }
 
     fn matmul(&mut self, x: &Var) -> Var {
+        let (y, shape, k) = self.right_operand(x);
+        self.bind(
+            format!("{} @ {}", x.name, y.name),
+            x.dtype,
+            shape,
+            x.bound * y.bound * k as f64,
+        )
+    }
+
+    /// A residual add of a product, `r + x @ (y * s)` or `x @ (y * s) + r` (the GEMM
+    /// accumulates into `r`: `fuse::gemm`), the product scaled to at most 1 so that no `tanh`
+    /// comes between it and the add. `r` is a value of the product's shape and dtype, a new
+    /// leaf (copied by the GEMM) or a new value a kernel stores (written in place).
+    fn residual(&mut self, x: &Var) -> Var {
+        let r = x.shape.len();
+        if self.rng.chance(50) {
+            // Pre-norm style, `x + tanh(x) @ (w * s)` with a new square `w`: the product
+            // depends on `x`, so the GEMM writes in place of `x` when nothing reads it later.
+            let k = x.shape[r - 1];
+            // A leaf is copied (never written); a computed value mostly is not.
+            let x = if !x.name.starts_with('v') && self.rng.chance(70) {
+                self.bind(
+                    format!("{} * 0.5", x.name),
+                    x.dtype,
+                    x.shape.clone(),
+                    x.bound / 2.0,
+                )
+            } else {
+                x.clone()
+            };
+            let w = self.leaf(x.dtype, vec![k, k]);
+            let scale = 1.0 / (w.bound * k as f64).max(1.0);
+            let expr = format!("{0} + tanh({0}) @ ({1} * {scale:.6})", x.name, w.name);
+            return self.bind(expr, x.dtype, x.shape.clone(), x.bound + 1.0);
+        }
+        let (y, shape, k) = self.right_operand(x);
+        let scale = 1.0 / (x.bound * y.bound * k as f64).max(1.0);
+        let prod = format!("{} @ ({} * {scale:.6})", x.name, y.name);
+        let fits: Vec<Var> = self
+            .vars
+            .iter()
+            .filter(|v| v.shape == shape && v.dtype == x.dtype && v.bound <= 7.0)
+            .cloned()
+            .collect();
+        let r = if !fits.is_empty() && self.rng.chance(50) {
+            self.rng.pick(&fits).clone()
+        } else {
+            let leaf = self.leaf(x.dtype, shape.clone());
+            if leaf.dtype != x.dtype {
+                // (`f32_leaves`: an f32 leaf for a half product)
+                let cast = format!("{}({})", x.dtype, leaf.name);
+                self.bind(cast, x.dtype, shape.clone(), leaf.bound)
+            } else if self.rng.chance(50) {
+                self.bind(format!("tanh({})", leaf.name), x.dtype, shape.clone(), 1.0)
+            } else {
+                leaf
+            }
+        };
+        let expr = if self.rng.chance(50) {
+            format!("{} + {prod}", r.name)
+        } else {
+            format!("{prod} + {}", r.name)
+        };
+        self.bind(expr, x.dtype, shape, r.bound + 1.0)
+    }
+
+    /// The right operand of `x @ …` (an existing value of a fitting shape, else a new leaf
+    /// `[.., K, N]`), the product's shape and its `K`.
+    fn right_operand(&mut self, x: &Var) -> (Var, Vec<u64>, u64) {
         let r = x.shape.len();
         let k = x.shape[r - 1];
         let n = *self.rng.pick(&self.sizes.extra);
@@ -1060,12 +1129,7 @@ impl Gen<'_> {
         let yr = y.shape.len();
         let mut shape = broadcast(&x.shape[..r - 2], &y.shape[..yr - 2]).unwrap_or_default();
         shape.extend([x.shape[r - 2], y.shape[yr - 1]]);
-        self.bind(
-            format!("{} @ {}", x.name, y.name),
-            x.dtype,
-            shape,
-            x.bound * y.bound * k as f64,
-        )
+        (y, shape, k)
     }
 
     /// An index tensor (`i64`) whose values are known to lie in `[0, range)`: the `argmax`
@@ -1418,6 +1482,26 @@ fn generate(seed: u64, sizes: &Sizes, f32_leaves: bool) -> String {
         if !outs.contains(&v) {
             outs.push(v);
         }
+    }
+    // Residual products, appended from a stream of their own so that the program above is
+    // the one this seed always drew: each is an output.
+    g.rng = Rng(seed ^ 0x5851_f42d_4c95_7f2d);
+    for _ in 0..2 {
+        if !g.rng.chance(45) {
+            continue;
+        }
+        let matrices: Vec<Var> = g
+            .vars
+            .iter()
+            .filter(|v| is_float(v.dtype) && v.shape.len() >= 2)
+            .cloned()
+            .collect();
+        if matrices.is_empty() {
+            break;
+        }
+        let x = g.rng.pick(&matrices).clone();
+        let v = g.residual(&x);
+        outs.push(v.name);
     }
     let mut text = String::new();
     for (n, v) in &sizes.dims {

@@ -43,6 +43,10 @@ pub struct GemmCall {
     pub calls: Vec<[i64; 3]>,
     /// The plan's scratch buffer, given to `cublasSetWorkspace` (none: workspace size 0).
     pub workspace: Option<BufferId>,
+    /// `beta = 1`: C accumulates `x + A·B` (`MatMulKernel::accumulate`), `x` this buffer,
+    /// copied into C first (all of C's bytes) unless C is in place of it (the same address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accumulate: Option<BufferId>,
 }
 
 /// cuBLAS op and leading dimension for a row-major `rows × cols` operand read with
@@ -193,6 +197,7 @@ fn plan_call(mm: &MatMulKernel) -> Option<GemmCall> {
         batch_count: small(count as i64)?,
         calls,
         workspace: mm.workspace,
+        accumulate: mm.accumulate,
     })
 }
 
@@ -243,6 +248,17 @@ fn header(w: &mut Writer, plan: &Plan, kernel: &Kernel, mm: &MatMulKernel) {
         plan.buffer(mm.out).name,
         mm.out_dtype
     ));
+    if let Some(x) = mm.accumulate {
+        let how = if plan.buffer(mm.out).in_place_of == Some(x) {
+            "out in place of it"
+        } else {
+            "it is copied into out first"
+        };
+        w.line(format!(
+            "//   beta = 1: out = {} + a @ b (the residual add; {how})",
+            plan.buffer(x).name
+        ));
+    }
 }
 
 /// A comment giving the exact cuBLAS call, for `emit_program`.
@@ -311,6 +327,10 @@ fn emit_fallback(plan: &Plan, index: usize, kernel: &Kernel, mm: &MatMulKernel) 
     let mut params: Vec<BufferId> = vec![mm.a.buffer];
     if mm.b.buffer != mm.a.buffer {
         params.push(mm.b.buffer);
+    }
+    // The residual read where each element is written: no copy first, in place or not.
+    if let Some(x) = mm.accumulate.filter(|x| !params.contains(x)) {
+        params.push(x);
     }
     params.push(mm.out);
     let pname = |b: BufferId| format!("b{}", params.iter().position(|x| *x == b).unwrap_or(0));
@@ -427,11 +447,22 @@ fn emit_fallback(plan: &Plan, index: usize, kernel: &Kernel, mm: &MatMulKernel) 
     w.line("__syncthreads();");
     w.close();
     w.open(format!("if (row < {} && col < {})", mm.m, mm.n));
+    let value = match mm.accumulate {
+        // The product rounded to the output's dtype, then the add, as the unfused add.
+        Some(x) => {
+            let rounded = load_conv(mm.out_dtype, &store_conv(mm.out_dtype, "acc"));
+            let res = load_conv(
+                mm.out_dtype,
+                &format!("{}[oc + row * {} + col]", pname(x), mm.n),
+            );
+            store_conv(mm.out_dtype, &format!("{res} + {rounded}"))
+        }
+        None => store_conv(mm.out_dtype, "acc"),
+    };
     w.line(format!(
-        "{}[oc + row * {} + col] = {};",
+        "{}[oc + row * {} + col] = {value};",
         pname(mm.out),
-        mm.n,
-        store_conv(mm.out_dtype, "acc")
+        mm.n
     ));
     w.close();
     w.close();
@@ -489,6 +520,7 @@ mod tests {
             out: BufferId(2),
             out_dtype: DType::F32,
             workspace: None,
+            accumulate: None,
         };
         let call = gemm_plan(&mm).expect("cuBLAS can take it");
         assert_eq!((call.m, call.n, call.k, call.batch_count), (7, 30, 4, 1));

@@ -3,13 +3,15 @@
 //! Rules (see `docs/memory-planning.md`): views, inputs, params and scalars are never
 //! kernels; elementwise chains fuse; a reduction fuses with its elementwise producers and
 //! consumers when every reduction of the kernel folds the same axes of the same domain;
-//! matmul is a kernel of its own; an in-kernel edge must read the producer's element at the
+//! matmul is a kernel of its own (with, at most, the residual add it accumulates into:
+//! `gemm`); an in-kernel edge must read the producer's element at the
 //! consumer's domain index (no transposed read, no recomputation of a smaller value).
 //! `siblings` then merges kernels that load the same data (horizontal fusion), each merge
 //! kept only when the caller (the driver's `search`: the arena must not grow) accepts it.
 
 pub mod attention;
 pub mod attention_backward;
+pub mod gemm;
 mod siblings;
 #[cfg(test)]
 pub(crate) mod testgraph;
@@ -167,13 +169,19 @@ struct Shape {
 }
 
 /// The shape of a candidate group (`analyze`'s first half): `None` when its reductions
-/// disagree, its pointwise nodes differ in shape, or a matmul is not alone.
+/// disagree, its pointwise nodes differ in shape, or a matmul is not alone (but for the
+/// residual add it accumulates into, `gemm`).
 fn shape_of(graph: &Graph, nodes: &[NodeId]) -> Option<Shape> {
     if nodes
         .iter()
         .any(|&n| matches!(graph.node(n).op, Op::MatMul(..)))
     {
-        return (nodes.len() == 1).then(|| Shape {
+        let alone = match nodes[..] {
+            [_] => true,
+            [mm, add] => gemm::accumulated(graph, add).is_some_and(|(p, _)| p == mm),
+            _ => false,
+        };
+        return alone.then(|| Shape {
             domain: graph.ty(nodes[0]).sizes(),
             reduce: Vec::new(),
             reduces: false,
@@ -725,6 +733,7 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
         misses = attention_backward::merge(&mut f);
         attention::merge(&mut f);
         misses.extend(attention::misses(&f));
+        gemm::absorb(&mut f);
     }
     (order(&f), misses)
 }

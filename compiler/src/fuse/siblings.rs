@@ -263,13 +263,14 @@ mod tests {
         g.output("a", a);
         g.output("c", c);
         assert_eq!(merged(&g.g).len(), 2);
-        // Through a third kernel: `a` feeds a matmul whose result `d` adds to `x`.
+        // Through a third kernel: `a` feeds a matmul whose result `d` multiplies `x` (a
+        // product, not an add the matmul would absorb: `fuse::gemm`).
         let mut g = G::new();
         let x = g.input("x", DType::F32, &[8, 8]);
         let w = g.param("w", DType::F32, &[8, 8]);
         let a = g.un(U::Exp, x);
         let m = g.matmul(a, w);
-        let d = g.bin(B::Add, m, x);
+        let d = g.bin(B::Mul, m, x);
         g.output("a", a);
         g.output("d", d);
         let groups = merged(&g.g);

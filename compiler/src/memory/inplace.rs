@@ -6,7 +6,7 @@
 use crate::fuse::{row_shapes, strides_agree, to_domain};
 use crate::ir::types::contiguous_strides;
 use crate::schedule::{
-    Buffer, BufferId, BufferKind, FusedKernel, Kernel, KernelKind, Level, Store,
+    Buffer, BufferId, BufferKind, FusedKernel, Kernel, KernelKind, Level, MatMulKernel, Store,
 };
 use std::collections::BTreeSet;
 
@@ -33,6 +33,16 @@ pub fn store_strides(kernel: &FusedKernel, level: Level) -> Vec<i64> {
 /// gathered read does: `can_take_over`).
 pub fn in_place(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<BufferId>) {
     for (step, kernel) in kernels.iter().enumerate() {
+        if let KernelKind::MatMul(m) = &kernel.kind {
+            // A GEMM accumulating into `x` (`fuse::gemm`) writes in place of it where `x`
+            // dies there; else the runtime copies `x` into the output first.
+            if let Some(x) = accumulating_pair(m, buffers) {
+                if buffers[x.index()].last_step == step && !outputs.contains(&x) {
+                    buffers[m.out.index()].in_place_of = Some(x);
+                }
+            }
+            continue;
+        }
         let KernelKind::Fused(f) = &kernel.kind else {
             continue;
         };
@@ -81,6 +91,22 @@ pub fn can_take_over(f: &FusedKernel, store: &Store, cand: BufferId, buffers: &[
             .iter()
             .filter(|l| l.buffer == cand)
             .all(|l| l.offset == 0 && strides_agree(&l.strides, &want, &f.domain))
+}
+
+/// The buffer a GEMM's output may take over: the `x` it accumulates into, when both are arena
+/// buffers of the same bytes and dtype and `x` is not an operand of the product (which is
+/// read while the output is written). What does not depend on the order of kernels.
+pub fn accumulating_pair(m: &MatMulKernel, buffers: &[Buffer]) -> Option<BufferId> {
+    let x = m.accumulate?;
+    let (c, o) = (&buffers[x.index()], &buffers[m.out.index()]);
+    (c.kind == BufferKind::Arena
+        && o.kind == BufferKind::Arena
+        && c.bytes == o.bytes
+        && c.dtype == o.dtype
+        && x != m.a.buffer
+        && x != m.b.buffer
+        && x != m.out)
+        .then_some(x)
 }
 
 /// The storage object (first buffer of its in-place chain) a buffer lives in.

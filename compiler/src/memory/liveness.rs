@@ -8,7 +8,10 @@ use crate::schedule::{Buffer, BufferId, Kernel, KernelKind, PlanOutput};
 pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
     match &kernel.kind {
         KernelKind::Fused(f) => f.loads.iter().map(|l| l.buffer).collect(),
-        KernelKind::MatMul(m) => vec![m.a.buffer, m.b.buffer],
+        KernelKind::MatMul(m) => [m.a.buffer, m.b.buffer]
+            .into_iter()
+            .chain(m.accumulate)
+            .collect(),
         KernelKind::Attention(a) => a.reads(),
         KernelKind::AttentionBackward(a) => [a.q.buffer, a.k.buffer, a.v.buffer, a.d_out.buffer]
             .into_iter()

@@ -6,7 +6,7 @@
 //! (Serenity's, pruned by the best heuristic order) where the graph is small enough, else a
 //! proved lower bound. See `docs/memory-planning.md` §8.
 
-use super::inplace::can_take_over;
+use super::inplace::{accumulating_pair, can_take_over};
 use super::liveness::{reads, writes};
 use super::sizes::align_up;
 use crate::schedule::{BufferId, BufferKind, KernelKind, Plan};
@@ -102,6 +102,15 @@ impl OrderModel {
                     if !ins[k].contains(&b) && !outs[k].contains(&b) {
                         ins[k].push(b);
                         bufs[b].consumers.push(k);
+                    }
+                }
+            }
+            if let KernelKind::MatMul(m) = &kernel.kind {
+                if let Some(x) = accumulating_pair(m, &plan.buffers) {
+                    if let (Some(&o), Some(&c)) = (index.get(&m.out), index.get(&x)) {
+                        if !bufs[c].output {
+                            pairs[k].push((o, c));
+                        }
                     }
                 }
             }

@@ -130,6 +130,33 @@ impl Builder<'_> {
         } else {
             None
         };
+        // The residual add the product accumulates into (`fuse::gemm`): `x`'s buffer, read
+        // whole and contiguously.
+        let accumulate = match group.nodes[..] {
+            [_] => None,
+            [_, add] => {
+                let x = match crate::fuse::gemm::accumulated(self.graph, add) {
+                    Some((mm, x)) if mm == n => x,
+                    _ => return Err(internal(format!("{add} is not a residual add of {n}"))),
+                };
+                let lay = &self.lays[x.index()];
+                let buffer = *self.buf_of.get(&lay.root).ok_or_else(|| {
+                    internal(format!("the residual {x} of matmul {n} is not in memory"))
+                })?;
+                let contiguous = crate::ir::types::contiguous_strides(&shape);
+                if lay.offset != 0
+                    || lay.strides != contiguous
+                    || self.buffers[buffer.index()].shape != shape
+                    || self.buffers[buffer.index()].dtype != self.graph.dtype(n)
+                {
+                    return Err(internal(format!(
+                        "the residual {x} of matmul {n} is not its whole buffer"
+                    )));
+                }
+                Some(buffer)
+            }
+            _ => return Err(internal("a matmul group of more than a product and an add")),
+        };
         Ok(KernelKind::MatMul(MatMulKernel {
             batch: shape[..r - 2].to_vec(),
             m: shape[r - 2],
@@ -140,6 +167,7 @@ impl Builder<'_> {
             out,
             out_dtype: self.graph.dtype(n),
             workspace,
+            accumulate,
         }))
     }
 

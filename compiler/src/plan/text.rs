@@ -97,6 +97,9 @@ pub fn print(plan: &Plan) -> String {
                         list(&op.strides)
                     );
                 }
+                if let Some(x) = m.accumulate {
+                    let _ = writeln!(out, "  accumulate into {} (beta = 1)", bname(x));
+                }
                 if let Some(w) = m.workspace {
                     let _ = writeln!(out, "  workspace {}", bname(w));
                 }

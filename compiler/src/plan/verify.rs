@@ -588,6 +588,26 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     ));
                 }
                 written_at[m.out.index()].push(s);
+                if let Some(x) = m.accumulate {
+                    check_id(x)?;
+                    let (xb, ob) = (plan.buffer(x), plan.buffer(m.out));
+                    if xb.shape != ob.shape || xb.dtype != ob.dtype || ob.dtype != m.out_dtype {
+                        return Err(bad(
+                            InBounds,
+                            format!(
+                                "{}: the residual {} is not of the output's shape and dtype",
+                                k.name, xb.name
+                            ),
+                        ));
+                    }
+                    if ob.in_place_of == Some(x) && (x == m.a.buffer || x == m.b.buffer) {
+                        return Err(bad(
+                            InPlaceSafe,
+                            format!("{}: {} is an operand it overwrites", k.name, xb.name),
+                        ));
+                    }
+                    read_at[x.index()].push(s);
+                }
                 if let Some(w) = m.workspace {
                     check_id(w)?;
                     let b = plan.buffer(w);
@@ -726,11 +746,17 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 ),
             ));
         }
-        let KernelKind::Fused(f) = &plan.kernels[s].kind else {
-            return Err(bad(
-                InPlaceSafe,
-                format!("{} is in place of {} in a matmul", b.name, p.name),
-            ));
+        let f = match &plan.kernels[s].kind {
+            KernelKind::Fused(f) => f,
+            // A GEMM accumulating into the buffer it takes over reads each element it writes
+            // (an operand it also reads is refused above).
+            KernelKind::MatMul(m) if m.out.index() == i && m.accumulate == Some(prev) => continue,
+            _ => {
+                return Err(bad(
+                    InPlaceSafe,
+                    format!("{} is in place of {} in a matmul", b.name, p.name),
+                ))
+            }
         };
         for st in f.stores.iter().filter(|st| st.buffer.index() == i) {
             let want = match f.body[st.inst].level {

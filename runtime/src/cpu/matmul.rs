@@ -1,6 +1,10 @@
 //! Matrix products on the CPU with the `gemm` crate: f32 operands are read in place through
 //! their strides; f16/bf16 (or oddly strided) operands are widened to a contiguous f32 copy
-//! of one batch matrix. Accumulation is f32; the result is rounded to the output dtype.
+//! of one batch matrix. Accumulation is f32; the result is rounded to the output dtype. A
+//! product with a residual (`MatMulKernel::accumulate`) finds `x` in its output (copied
+//! there first unless the output is in place of it) and adds to it: gemm's `dst := dst +
+//! a·b` for an f32 output, else the product rounded to the output's dtype and then added,
+//! as the unfused add rounds.
 
 use super::fused::check_bounds;
 use super::{CpuError, Mem};
@@ -65,6 +69,32 @@ pub(super) fn run(
     if nbatch == 0 || m == 0 || n == 0 {
         return Ok(());
     }
+    let accumulate = match mm.accumulate {
+        Some(x) => {
+            let x_mem = mem_of(x, "residual")?;
+            if x_mem.dtype != out.dtype || x_mem.numel < nbatch * m * n {
+                return Err(bad(format!(
+                    "the residual {} is not a {} buffer of {} elements",
+                    plan.buffer(x).name,
+                    out.dtype,
+                    nbatch * m * n
+                )));
+            }
+            if x_mem.ptr != out.ptr {
+                if x_mem.overlaps(&out) || out.overlaps(&a_mem) || out.overlaps(&b_mem) {
+                    return Err(bad(format!(
+                        "the residual {} is copied into an output that overlaps it or an operand",
+                        plan.buffer(x).name
+                    )));
+                }
+                let bytes = nbatch * m * n * out.dtype.size() as usize;
+                // SAFETY: both hold `bytes` bytes (checked above) and do not overlap.
+                unsafe { std::ptr::copy_nonoverlapping(x_mem.ptr.cast_const(), out.ptr, bytes) };
+            }
+            true
+        }
+        None => false,
+    };
 
     let direct_ok = |op: &MatOperand, mem: Mem| {
         mem.dtype == DType::F32
@@ -84,6 +114,7 @@ pub(super) fn run(
     let tiled = Tiled {
         a: (&mm.a, a_mem, direct_a),
         b: (&mm.b, b_mem, direct_b),
+        accumulate,
         nb,
         scratch: scratch_bytes(plan),
         batch: &batch,
@@ -111,33 +142,55 @@ pub(super) fn run(
                     None,
                     (dst, n),
                     par_inside,
+                    tiled.accumulate,
                 )
             };
         });
         return Ok(());
     }
+    // The element's final value: the product, or (with a residual) the product rounded to
+    // the output's dtype plus the residual the output holds, rounded again by the write.
+    let put = |i: usize, v: f32| {
+        // SAFETY: `i < nbatch·m·n <= out.numel` (checked above); each element is read and
+        // written by one thread.
+        unsafe {
+            if accumulate {
+                out.write(i as i64, out.read(i as i64) + round_to(out.dtype, v));
+            } else {
+                out.write(i as i64, v);
+            }
+        }
+    };
     if out.overlaps(&a_mem) || out.overlaps(&b_mem) {
         // Only a wrong plan gets here: compute every batch first, then round into the
         // output, so that no operand is clobbered mid-product.
         let mut tmp = vec![0f32; nbatch * m * n];
         let base = tmp.as_mut_ptr() as usize;
-        tiled.run(None, &|bi, r, c, v| {
+        let products = Tiled {
+            accumulate: false,
+            ..tiled
+        };
+        products.run(None, &|bi, r, c, v| {
             // SAFETY: `(bi·m + r)·n + c < nbatch·m·n`; each element is written once.
             unsafe { *(base as *mut f32).add((bi * m + r) * n + c) = v };
         });
         for (i, &v) in tmp.iter().enumerate() {
-            // SAFETY: `i < nbatch·m·n <= out.numel`, checked above; single-threaded.
-            unsafe { out.write(i as i64, v) };
+            put(i, v);
         }
     } else {
         let direct = direct_out.then(|| out.base() as usize);
-        tiled.run(direct, &|bi, r, c, v| {
-            // SAFETY: `(bi·m + r)·n + c < nbatch·m·n <= out.numel` (checked above); each
-            // element is written once, by one thread.
-            unsafe { out.write(((bi * m + r) * n + c) as i64, v) };
-        });
+        tiled.run(direct, &|bi, r, c, v| put((bi * m + r) * n + c, v));
     }
     Ok(())
+}
+
+/// `v` rounded to `dtype` (a float dtype), as a store of it would round.
+fn round_to(dtype: DType, v: f32) -> f32 {
+    match dtype {
+        DType::F16 => half::f16::from_f32(v).to_f32(),
+        DType::BF16 => half::bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
 }
 
 /// Bytes of f32 scratch a product that cannot be read and written in place (f16/bf16 or
@@ -164,6 +217,9 @@ struct Tiled<'a> {
     /// Each operand, its memory and whether it is read in place (f32, positive strides).
     a: (&'a MatOperand, Mem, bool),
     b: (&'a MatOperand, Mem, bool),
+    /// gemm adds to what the destination holds (`dst := dst + a·b`) when it writes the
+    /// output directly.
+    accumulate: bool,
     /// Batch axes.
     nb: usize,
     /// The scratch budget (`scratch_bytes`).
@@ -219,7 +275,8 @@ impl Tiled<'_> {
         unsafe { mem.base().cast::<f32>().cast_const().offset(at as isize) }
     }
 
-    /// `dst := A·B` for a `rows × cols` tile: A and B in place at
+    /// `dst := A·B` (or `dst := dst + A·B` with `accumulate`) for a `rows × cols` tile: A and
+    /// B in place at
     /// `ptrs` through their strides, or widened (`widened = Some((a, b))`, each `true` for
     /// a contiguous copy: A `rows × k`, B `k × cols`); `dst` at row stride `dst.1`.
     ///
@@ -232,6 +289,7 @@ impl Tiled<'_> {
         widened: Option<(bool, bool)>,
         (dst, dst_rs): (*mut f32, usize),
         parallelism: Parallelism,
+        read_dst: bool,
     ) {
         let nb = self.nb;
         let (wa, wb) = widened.unwrap_or((false, false));
@@ -251,7 +309,8 @@ impl Tiled<'_> {
                 self.b.0.strides[nb + 1] as isize,
             )
         };
-        // SAFETY: forwarded from the caller; dst := 0·dst + 1·a·b.
+        // SAFETY: forwarded from the caller; dst := 0·dst + 1·a·b, or with `read_dst`
+        // dst := 1·dst + 1·a·b (the sum rounded once, as `x + (a·b)` rounds in f32).
         unsafe {
             gemm::gemm(
                 rows,
@@ -260,14 +319,14 @@ impl Tiled<'_> {
                 dst,
                 1,
                 dst_rs as isize,
-                false,
+                read_dst,
                 a_ptr,
                 a_cs,
                 a_rs,
                 b_ptr,
                 b_cs,
                 b_rs,
-                0.0f32,
+                if read_dst { 1.0f32 } else { 0.0f32 },
                 1.0f32,
                 false,
                 false,
@@ -350,9 +409,11 @@ impl Tiled<'_> {
                             Some((!direct_a, !direct_b)),
                             dst,
                             Parallelism::Rayon(0),
+                            self.accumulate && direct.is_some(),
                         )
                     };
                     if direct.is_none() {
+                        // (with a residual, `put` adds the rounded product to it)
                         o_tmp.par_chunks(cols).enumerate().for_each(|(r, row)| {
                             for (c, &v) in row.iter().enumerate() {
                                 put(bi, r0 + r, c0 + c, v);

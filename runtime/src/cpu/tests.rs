@@ -531,6 +531,7 @@ fn batched_matmul_with_transposed_and_broadcast_operands() {
         out: BufferId(2),
         out_dtype: DType::F32,
         workspace: None,
+        accumulate: None,
     };
     let shape = [bt as u64, m as u64, n as u64];
     let p = plan(
@@ -595,6 +596,7 @@ fn half_matmul_accumulates_in_f32_and_rounds_the_result() {
         out: BufferId(2),
         out_dtype: DType::BF16,
         workspace: None,
+        accumulate: None,
     };
     let p = plan(
         vec![Kernel {

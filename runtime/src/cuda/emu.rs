@@ -198,10 +198,21 @@ fn launch_line(
 }
 
 fn gemm_lines(out: &mut String, plan: &Plan, call: &GemmCall) {
+    // `beta = 1`: C holds the residual first, copied unless C is in place of it.
+    if let Some(x) = call.accumulate {
+        let _ = writeln!(
+            out,
+            "    tc_residual({}, {}, {}ULL, {}ULL);",
+            address(plan, x, 0),
+            address(plan, call.c, 0),
+            plan.buffer(x).bytes,
+            plan.buffer(call.c).bytes,
+        );
+    }
     for [oa, ob, oc] in gemm_offsets(call) {
         let _ = writeln!(
             out,
-            "    tc_gemm({}, {}, {}, {}, {}, {}, {}, {}, {}LL, {}, {}, {}, {}LL, {}, {}, {}, {}LL, {});",
+            "    tc_gemm({}, {}, {}, {}, {}, {}, {}, {}, {}LL, {}, {}, {}, {}LL, {}, {}, {}, {}LL, {}, {});",
             call.trans_a as u32,
             call.trans_b as u32,
             call.m,
@@ -220,6 +231,7 @@ fn gemm_lines(out: &mut String, plan: &Plan, call: &GemmCall) {
             call.ldc,
             call.stride_c,
             call.batch_count,
+            u8::from(call.accumulate.is_some()),
         );
     }
 }

@@ -358,7 +358,7 @@ static void tc_call(void (*f)(A...), void** a) {
     tc_call_with(f, a, std::index_sequence_for<A...>{});
 }
 
-// ---- cuBLAS: cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F, alpha 1, beta 0
+// ---- cuBLAS: cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F, alpha 1, beta 0 or 1
 
 enum TcType { TC_F32 = 0, TC_F16 = 1, TC_BF16 = 2 };
 
@@ -408,11 +408,27 @@ static inline unsigned short tc_bf16_bits(float f) {
     return (unsigned short)(u >> 16);
 }
 
-// Column-major C = op(A)·op(B) per batch, as cuBLAS defines it, after cuBLAS's own argument
-// checks (a call it would refuse with CUBLAS_STATUS_INVALID_VALUE stops the run).
+// The residual of a `beta = 1` GEMM: C holds x first. The same address is the plan's in-place
+// case (nothing to copy); an overlap that is not the same address is a planner bug; else
+// the bytes are copied, as the executor's cuMemcpyDtoDAsync does.
+static void tc_residual(const unsigned char* x, unsigned char* c, unsigned long long x_bytes,
+                        unsigned long long c_bytes) {
+    tc_kernel = "residual copy";
+    if (x == c) {
+        tc_kernel = "(none)";
+        return;
+    }
+    if (x < c + c_bytes && c < x + x_bytes) tc_fail("the residual overlaps the product without being in place");
+    memcpy(c, x, c_bytes);
+    tc_kernel = "(none)";
+}
+
+// Column-major C = op(A)·op(B) + beta·C per batch (beta 0 or 1), as cuBLAS defines it: the
+// sum in f32 and one rounding to C's type; after cuBLAS's own argument checks (a call it
+// would refuse with CUBLAS_STATUS_INVALID_VALUE stops the run). With beta 0, C is not read.
 static void tc_gemm(int trans_a, int trans_b, int m, int n, int k, const void* a, int a_type, long long lda,
                     long long stride_a, const void* b, int b_type, long long ldb, long long stride_b, void* c,
-                    int c_type, long long ldc, long long stride_c, int batch) {
+                    int c_type, long long ldc, long long stride_c, int batch, int beta) {
     tc_kernel = "cublasGemmStridedBatchedEx";
     const long long a_rows = trans_a ? k : m, b_rows = trans_b ? n : k;
     if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < (a_rows > 1 ? a_rows : 1) ||
@@ -431,7 +447,8 @@ static void tc_gemm(int trans_a, int trans_b, int m, int n, int k, const void* a
                     const float bv = tc_read(pb, b_type, p * stride_b + (trans_b ? j + l * ldb : l + j * ldb));
                     acc += av * bv;
                 }
-                tc_write(pc, c_type, p * stride_c + i + j * ldc, acc);
+                const long long at = p * stride_c + i + j * ldc;
+                tc_write(pc, c_type, at, beta ? acc + tc_read(pc, c_type, at) : acc);
             }
         }
     }

@@ -601,12 +601,36 @@ impl Prepared {
         if ws_bytes > 0 {
             blas("cublasSetWorkspace", set)?;
         }
-        let (alpha, beta) = (1.0f32, 0.0f32);
         let (a, b, c) = (
             self.ptr(plan, call.a)?,
             self.ptr(plan, call.b)?,
             self.ptr(plan, call.c)?,
         );
+        // `beta = 1`: C holds the residual `x` first (copied, unless C is in place of it).
+        let beta = match call.accumulate {
+            Some(x) => {
+                let src = self.ptr(plan, x)?;
+                let bytes = plan.buffer(call.c).bytes;
+                if src != c {
+                    if src < c + bytes && c < src + plan.buffer(x).bytes {
+                        return Err(CudaError::Internal(format!(
+                            "the residual {} overlaps the product {} without being in place",
+                            plan.buffer(x).name,
+                            plan.buffer(call.c).name
+                        )));
+                    }
+                    // SAFETY: both ranges lie inside their allocations (placed by the plan)
+                    // and do not overlap (checked above); ordered on the default stream
+                    // before the GEMM.
+                    drv("cuMemcpyDtoDAsync", unsafe {
+                        dr::memcpy_dtod_async(c, src, bytes as usize, std::ptr::null_mut())
+                    })?;
+                }
+                1.0f32
+            }
+            None => 0.0f32,
+        };
+        let alpha = 1.0f32;
         for [oa, ob, oc] in gemm_offsets(call) {
             let (pa, pb, pc) = (a + oa, b + ob, c + oc);
             // SAFETY: pointers and leading dimensions come from `gemm_plan`, which checked
