@@ -158,7 +158,16 @@ pub fn training_step(src: &str, wrt: &[&str]) -> String {
     let body = src
         .strip_suffix("output out\n")
         .expect("an attention program ends with `output out`");
-    let mut out = format!("{body}input w : f32[B, H, S, Dv]\nloss = sum(out * w)\n");
+    // The weight has the output's shape, which the epilogue (`programs`) may permute or
+    // merge; the output may be f16 (the scale-and-cast epilogue).
+    let shape = if body.contains("reshape(permute(") {
+        "[B, S, H * Dv]"
+    } else if body.contains("out = permute(") {
+        "[B, S, H, Dv]"
+    } else {
+        "[B, H, S, Dv]"
+    };
+    let mut out = format!("{body}input w : f32{shape}\nloss = sum(f32(out) * w)\n");
     for x in wrt {
         out += &format!("g{x} = grad(loss, {x})\n");
     }

@@ -280,7 +280,9 @@ impl Builder<'_> {
             logits,
             epilogue,
             out,
-            out_dtype: self.buffers[out.index()].dtype,
+            // `result`'s dtype is its buffer's (the attention backward builds its forward
+            // part with no buffer behind `out`).
+            out_dtype: self.graph.dtype(result),
             out_offset: 0,
             out_strides,
         }))
