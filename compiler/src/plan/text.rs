@@ -43,6 +43,43 @@ fn inst_type(inst: &crate::schedule::Inst) -> String {
     format!("{} {level}", inst.dtype)
 }
 
+/// The loads and insts of an attention kernel's elementwise body, loads numbered from 1 as
+/// `{tag}1…` and insts as `{prefix}%i`; load `special` (the scores, `p @ v`, the logits'
+/// gradient: none of the body's loads) reads as `special_text`.
+#[allow(clippy::too_many_arguments)]
+fn write_elementwise(
+    out: &mut String,
+    bname: &dyn Fn(crate::schedule::BufferId) -> String,
+    loads: &[crate::schedule::Load],
+    body: &[crate::schedule::Inst],
+    tag: &str,
+    prefix: &str,
+    special: usize,
+    special_text: &str,
+) {
+    for (i, l) in loads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  load {tag}{} = {} {} +{} strides {}",
+            i + 1,
+            bname(l.buffer),
+            l.dtype,
+            l.offset,
+            list(&l.strides)
+        );
+    }
+    for (i, inst) in body.iter().enumerate() {
+        let rhs = inst_text(&inst.op, |l| {
+            if l == special {
+                special_text.to_string()
+            } else {
+                format!("load {tag}{l}")
+            }
+        });
+        let _ = writeln!(out, "  {prefix}%{i:<3} = {rhs:<22} : {}", inst_type(inst));
+    }
+}
+
 pub fn print(plan: &Plan) -> String {
     let mut out = String::new();
     let o = &plan.options;
@@ -170,27 +207,17 @@ pub fn print(plan: &Plan) -> String {
                         list(&op.strides)
                     );
                 }
-                for (i, l) in a.loads.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "  load l{} = {} {} +{} strides {}",
-                        i + 1,
-                        bname(l.buffer),
-                        l.dtype,
-                        l.offset,
-                        list(&l.strides)
-                    );
-                }
-                for (i, inst) in a.body.iter().enumerate() {
-                    let rhs = inst_text(&inst.op, |l| {
-                        if l == crate::schedule::SCORE {
-                            "score q·k".to_string()
-                        } else {
-                            format!("load l{l}")
-                        }
-                    });
-                    let _ = writeln!(out, "  %{i:<3} = {rhs:<22} : {}", inst_type(inst));
-                }
+                let special = crate::schedule::SCORE;
+                write_elementwise(
+                    &mut out,
+                    &bname,
+                    &a.loads,
+                    &a.body,
+                    "l",
+                    "",
+                    special,
+                    "score q·k",
+                );
                 let _ = writeln!(
                     out,
                     "  softmax over n of %{}, online (max, sum) by tiles of keys; @ v",
@@ -198,27 +225,10 @@ pub fn print(plan: &Plan) -> String {
                 );
                 if let Some(e) = &a.epilogue {
                     let _ = writeln!(out, "  epilogue over [batch…, m, dv]:");
-                    for (i, l) in e.loads.iter().enumerate() {
-                        let _ = writeln!(
-                            out,
-                            "  load e{} = {} {} +{} strides {}",
-                            i + 1,
-                            bname(l.buffer),
-                            l.dtype,
-                            l.offset,
-                            list(&l.strides)
-                        );
-                    }
-                    for (i, inst) in e.body.iter().enumerate() {
-                        let rhs = inst_text(&inst.op, |l| {
-                            if l == crate::schedule::RESULT {
-                                "p @ v".to_string()
-                            } else {
-                                format!("load e{l}")
-                            }
-                        });
-                        let _ = writeln!(out, "  %{i:<3} = {rhs:<22} : {}", inst_type(inst));
-                    }
+                    let special = crate::schedule::RESULT;
+                    write_elementwise(
+                        &mut out, &bname, &e.loads, &e.body, "e", "", special, "p @ v",
+                    );
                 }
                 let default = crate::ir::types::contiguous_strides(
                     &a.batch
@@ -277,27 +287,7 @@ pub fn print(plan: &Plan) -> String {
                     ("l", &a.loads, &a.body, "score q·k"),
                     ("g", &a.grad_loads, &a.grad_body, "grad of logits"),
                 ] {
-                    for (i, l) in loads.iter().enumerate() {
-                        let _ = writeln!(
-                            out,
-                            "  load {tag}{} = {} {} +{} strides {}",
-                            i + 1,
-                            bname(l.buffer),
-                            l.dtype,
-                            l.offset,
-                            list(&l.strides)
-                        );
-                    }
-                    for (i, inst) in body.iter().enumerate() {
-                        let rhs = inst_text(&inst.op, |l| {
-                            if l == 0 {
-                                first.to_string()
-                            } else {
-                                format!("load {tag}{l}")
-                            }
-                        });
-                        let _ = writeln!(out, "  {tag}%{i:<3} = {rhs:<22} : {}", inst_type(inst));
-                    }
+                    write_elementwise(&mut out, &bname, loads, body, tag, tag, 0, first);
                 }
                 let _ = writeln!(
                     out,

@@ -21,7 +21,7 @@
 //!   kernel's step.
 
 use crate::invariant::{Invariant, Violation};
-use crate::schedule::{BufferId, BufferKind, InstOp, KernelKind, Level, Plan};
+use crate::schedule::{BufferId, BufferKind, Inst, InstOp, KernelKind, Level, Load, Plan};
 use Invariant::{InBounds, InPlaceSafe, KernelBody, LeavesReadOnly, Lifetimes, NoOverlap};
 
 /// Lowest and highest element offset of `offset + Σ i·strides` over `0 ≤ i < sizes`.
@@ -55,6 +55,63 @@ fn contiguous(sizes: &[u64]) -> Vec<i64> {
 
 fn bad(invariant: Invariant, message: String) -> Violation {
     Violation::new(invariant, message)
+}
+
+/// An attention kernel's elementwise body (its prologue, epilogue or prologue backward,
+/// `what`) over a domain of `rank` axes: every inst elementwise over earlier insts and
+/// loads among its `loads`, no reductions, gathers or scans, and `result` one of its insts.
+fn check_elementwise(
+    kernel: &str,
+    what: &str,
+    body: &[Inst],
+    loads: usize,
+    rank: usize,
+    result: usize,
+) -> Result<(), Violation> {
+    for (i, inst) in body.iter().enumerate() {
+        let ok = inst.level == Level::Element
+            && match inst.op {
+                InstOp::Load(l) => l <= loads,
+                InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => false,
+                InstOp::Index { ref strides, .. } => strides.len() == rank,
+                ref op => op.operands().iter().all(|&o| o < i),
+            };
+        if !ok {
+            return Err(bad(
+                KernelBody,
+                format!("{kernel}: {what} inst {i} is not elementwise over earlier insts"),
+            ));
+        }
+    }
+    if result >= body.len() {
+        return Err(bad(
+            KernelBody,
+            format!("{kernel}: the {what}'s result is no inst"),
+        ));
+    }
+    Ok(())
+}
+
+/// An attention kernel's loads (its prologue's, epilogue's, `what`) over `dom`: of their
+/// buffer's dtype and inside it. The buffers must exist (checked by the caller).
+fn check_loads(
+    plan: &Plan,
+    kernel: &str,
+    what: &str,
+    loads: &[Load],
+    dom: &[u64],
+) -> Result<(), Violation> {
+    for l in loads {
+        let b = plan.buffer(l.buffer);
+        let (lo, hi) = span(l.offset, &l.strides, dom);
+        if l.dtype != b.dtype || l.strides.len() != dom.len() || lo < 0 || hi >= numel(&b.shape) {
+            return Err(bad(
+                InBounds,
+                format!("{kernel}: {what} load of {} is out of bounds", b.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `Ok` when `plan` keeps every invariant above, else the first violation, naming it.
@@ -287,46 +344,19 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
             KernelKind::Attention(a) => {
                 let mut dom = a.batch.clone();
                 dom.extend([a.m, a.n]);
-                for (i, inst) in a.body.iter().enumerate() {
-                    let ok = inst.level == Level::Element
-                        && match inst.op {
-                            InstOp::Load(l) => l <= a.loads.len(),
-                            InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => false,
-                            InstOp::Index { ref strides, .. } => strides.len() == dom.len(),
-                            ref op => op.operands().iter().all(|&o| o < i),
-                        };
-                    if !ok {
-                        return Err(bad(
-                            KernelBody,
-                            format!(
-                                "{}: prologue inst {i} is not elementwise over earlier insts",
-                                k.name
-                            ),
-                        ));
-                    }
-                }
-                if a.logits >= a.body.len() {
-                    return Err(bad(
-                        KernelBody,
-                        format!("{}: the logits are no inst", k.name),
-                    ));
-                }
+                check_elementwise(
+                    &k.name,
+                    "prologue",
+                    &a.body,
+                    a.loads.len(),
+                    dom.len(),
+                    a.logits,
+                )?;
                 for l in &a.loads {
                     check_id(l.buffer)?;
-                    let b = plan.buffer(l.buffer);
-                    let (lo, hi) = span(l.offset, &l.strides, &dom);
-                    if l.dtype != b.dtype
-                        || l.strides.len() != dom.len()
-                        || lo < 0
-                        || hi >= numel(&b.shape)
-                    {
-                        return Err(bad(
-                            InBounds,
-                            format!("{}: prologue load of {} is out of bounds", k.name, b.name),
-                        ));
-                    }
                     read_at[l.buffer.index()].push(s);
                 }
+                check_loads(plan, &k.name, "prologue", &a.loads, &dom)?;
                 for (op, rows, cols) in [(&a.q, a.m, a.d), (&a.k, a.d, a.n), (&a.v, a.n, a.dv)] {
                     check_id(op.buffer)?;
                     let b = plan.buffer(op.buffer);
@@ -345,48 +375,13 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 let mut sizes = a.batch.clone();
                 sizes.extend([a.m, a.dv]);
                 if let Some(e) = &a.epilogue {
-                    for (i, inst) in e.body.iter().enumerate() {
-                        let ok = inst.level == Level::Element
-                            && match inst.op {
-                                InstOp::Load(l) => l <= e.loads.len(),
-                                InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => {
-                                    false
-                                }
-                                InstOp::Index { ref strides, .. } => strides.len() == sizes.len(),
-                                ref op => op.operands().iter().all(|&o| o < i),
-                            };
-                        if !ok {
-                            return Err(bad(
-                                KernelBody,
-                                format!(
-                                    "{}: epilogue inst {i} is not elementwise over earlier insts",
-                                    k.name
-                                ),
-                            ));
-                        }
-                    }
-                    if e.result >= e.body.len() {
-                        return Err(bad(
-                            KernelBody,
-                            format!("{}: the epilogue's result is no inst", k.name),
-                        ));
-                    }
+                    let rank = sizes.len();
+                    check_elementwise(&k.name, "epilogue", &e.body, e.loads.len(), rank, e.result)?;
                     for l in &e.loads {
                         check_id(l.buffer)?;
-                        let b = plan.buffer(l.buffer);
-                        let (lo, hi) = span(l.offset, &l.strides, &sizes);
-                        if l.dtype != b.dtype
-                            || l.strides.len() != sizes.len()
-                            || lo < 0
-                            || hi >= numel(&b.shape)
-                        {
-                            return Err(bad(
-                                InBounds,
-                                format!("{}: epilogue load of {} is out of bounds", k.name, b.name),
-                            ));
-                        }
                         read_at[l.buffer.index()].push(s);
                     }
+                    check_loads(plan, &k.name, "epilogue", &e.loads, &sizes)?;
                 }
                 let b = plan.buffer(a.out);
                 // The output's strides write each element of the buffer once: sorted by
@@ -424,58 +419,37 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
             KernelKind::AttentionBackward(a) => {
                 let mut dom = a.batch.clone();
                 dom.extend([a.m, a.n]);
-                for (what, body, nloads, result) in [
-                    ("prologue", &a.body, a.loads.len(), a.logits),
-                    (
-                        "prologue backward",
-                        &a.grad_body,
-                        a.grad_loads.len(),
-                        a.grad_scores,
-                    ),
-                ] {
-                    for (i, inst) in body.iter().enumerate() {
-                        let ok = inst.level == Level::Element
-                            && match inst.op {
-                                InstOp::Load(l) => l <= nloads,
-                                InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => {
-                                    false
-                                }
-                                InstOp::Index { ref strides, .. } => strides.len() == dom.len(),
-                                ref op => op.operands().iter().all(|&o| o < i),
-                            };
-                        if !ok {
-                            return Err(bad(
-                                KernelBody,
-                                format!(
-                                    "{}: {what} inst {i} is not elementwise over earlier insts",
-                                    k.name
-                                ),
-                            ));
-                        }
-                    }
-                    if result >= body.len() || body[result].dtype.is_integral() {
-                        return Err(bad(
-                            KernelBody,
-                            format!("{}: the {what}'s result is no float inst", k.name),
-                        ));
-                    }
+                check_elementwise(
+                    &k.name,
+                    "prologue",
+                    &a.body,
+                    a.loads.len(),
+                    dom.len(),
+                    a.logits,
+                )?;
+                let (grad_loads, rank) = (a.grad_loads.len(), dom.len());
+                check_elementwise(
+                    &k.name,
+                    "prologue backward",
+                    &a.grad_body,
+                    grad_loads,
+                    rank,
+                    a.grad_scores,
+                )?;
+                if a.body[a.logits].dtype.is_integral()
+                    || a.grad_body[a.grad_scores].dtype.is_integral()
+                {
+                    return Err(bad(
+                        KernelBody,
+                        format!("{}: the logits or their gradient are no float inst", k.name),
+                    ));
                 }
                 for l in a.loads.iter().chain(&a.grad_loads) {
                     check_id(l.buffer)?;
-                    let b = plan.buffer(l.buffer);
-                    let (lo, hi) = span(l.offset, &l.strides, &dom);
-                    if l.dtype != b.dtype
-                        || l.strides.len() != dom.len()
-                        || lo < 0
-                        || hi >= numel(&b.shape)
-                    {
-                        return Err(bad(
-                            InBounds,
-                            format!("{}: prologue load of {} is out of bounds", k.name, b.name),
-                        ));
-                    }
                     read_at[l.buffer.index()].push(s);
                 }
+                check_loads(plan, &k.name, "prologue", &a.loads, &dom)?;
+                check_loads(plan, &k.name, "prologue backward", &a.grad_loads, &dom)?;
                 for (op, rows, cols) in [
                     (&a.q, a.m, a.d),
                     (&a.k, a.d, a.n),
