@@ -21,7 +21,9 @@
 //!   kernel's step.
 
 use crate::invariant::{Invariant, Violation};
-use crate::schedule::{BufferId, BufferKind, Inst, InstOp, KernelKind, Level, Load, Plan};
+use crate::schedule::{
+    BufferId, BufferKind, Inst, InstOp, KernelKind, Level, Load, MatOperand, Plan,
+};
 use Invariant::{InBounds, InPlaceSafe, KernelBody, LeavesReadOnly, Lifetimes, NoOverlap};
 
 /// Lowest and highest element offset of `offset + Σ i·strides` over `0 ≤ i < sizes`.
@@ -110,6 +112,29 @@ fn check_loads(
                 format!("{kernel}: {what} load of {} is out of bounds", b.name),
             ));
         }
+    }
+    Ok(())
+}
+
+/// An attention kernel's matrix operand `[batch…, rows, cols]`: inside its buffer, which
+/// must exist (checked by the caller).
+fn check_operand(
+    plan: &Plan,
+    kernel: &str,
+    op: &MatOperand,
+    batch: &[u64],
+    rows: u64,
+    cols: u64,
+) -> Result<(), Violation> {
+    let b = plan.buffer(op.buffer);
+    let mut sizes = batch.to_vec();
+    sizes.extend([rows, cols]);
+    let (lo, hi) = span(op.offset, &op.strides, &sizes);
+    if op.strides.len() != sizes.len() || lo < 0 || hi >= numel(&b.shape) {
+        return Err(bad(
+            InBounds,
+            format!("{kernel}: operand {} is out of bounds", b.name),
+        ));
     }
     Ok(())
 }
@@ -359,16 +384,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 check_loads(plan, &k.name, "prologue", &a.loads, &dom)?;
                 for (op, rows, cols) in [(&a.q, a.m, a.d), (&a.k, a.d, a.n), (&a.v, a.n, a.dv)] {
                     check_id(op.buffer)?;
-                    let b = plan.buffer(op.buffer);
-                    let mut sizes = a.batch.clone();
-                    sizes.extend([rows, cols]);
-                    let (lo, hi) = span(op.offset, &op.strides, &sizes);
-                    if op.strides.len() != sizes.len() || lo < 0 || hi >= numel(&b.shape) {
-                        return Err(bad(
-                            InBounds,
-                            format!("{}: operand {} is out of bounds", k.name, b.name),
-                        ));
-                    }
+                    check_operand(plan, &k.name, op, &a.batch, rows, cols)?;
                     read_at[op.buffer.index()].push(s);
                 }
                 check_id(a.out)?;
@@ -457,16 +473,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     (&a.d_out, a.m, a.dv),
                 ] {
                     check_id(op.buffer)?;
-                    let b = plan.buffer(op.buffer);
-                    let mut sizes = a.batch.clone();
-                    sizes.extend([rows, cols]);
-                    let (lo, hi) = span(op.offset, &op.strides, &sizes);
-                    if op.strides.len() != sizes.len() || lo < 0 || hi >= numel(&b.shape) {
-                        return Err(bad(
-                            InBounds,
-                            format!("{}: operand {} is out of bounds", k.name, b.name),
-                        ));
-                    }
+                    check_operand(plan, &k.name, op, &a.batch, rows, cols)?;
                     read_at[op.buffer.index()].push(s);
                 }
                 if a.dq.is_none() && a.dk.is_none() && a.dv_out.is_none() {
