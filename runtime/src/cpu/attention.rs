@@ -568,8 +568,8 @@ impl Ctx<'_> {
                     }
                 }
                 (Some(e), None) => {
-                    for c in 0..dv {
-                        let value = acc[c] * inv;
+                    for (c, &a) in acc.iter().enumerate() {
+                        let value = a * inv;
                         let v = self.epilogue(e, &idx, q0 + r, c, value, &mut sc.elanes);
                         // SAFETY: as above.
                         unsafe { typed::write(self.out, row + c as i64 * os[nb + 1], v) };
