@@ -1,8 +1,11 @@
-//! `cpubench FILE.tx [tc bench's options] [--reps N] [--print-plan]`: `tc bench`'s own path (the same
-//! arguments, compile, preflight, data and `Backend::bench`), for one variant on the CPU
-//! backend — the default plan, or `--no-fuse`/`--no-reuse` — printed as one JSON object
-//! for `scripts/bench_cpu_numpy.py` and `scripts/bench_peers.py`: best and median seconds, CPU seconds per run, arena
-//! bytes, resident memory before the data and at its peak. Errors exit as `tc` does.
+//! `cpubench FILE.tx [tc bench's options] [--reps N] [--print-plan] [--per-kernel]`: `tc
+//! bench`'s own path (the same arguments, compile, preflight, data and `Backend::bench`),
+//! for one variant on the CPU backend — the default plan, or `--no-fuse`/`--no-reuse` —
+//! printed as one JSON object for `scripts/bench_cpu_numpy.py` and `scripts/bench_peers.py`:
+//! best and median seconds, CPU seconds per run, arena bytes, resident memory before the
+//! data and at its peak. `--per-kernel` adds a breakdown: as many more runs, each kernel's
+//! best wall and CPU times (with its kind, ops and lines), also printed as a table on stderr. Errors
+//! exit as `tc` does.
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -25,6 +28,10 @@ struct Args {
     /// sides: best of N after the inputs exist.
     #[arg(long, value_name = "N")]
     reps: Option<u64>,
+    /// After the timed runs, as many runs again timing each kernel (`cpu::run_timed`): each
+    /// kernel's best time goes into the JSON (`per_kernel`) and a table on stderr.
+    #[arg(long)]
+    per_kernel: bool,
 }
 
 /// A `VmRSS`/`VmHWM`-style line of /proc/self/status, in bytes (0 where unavailable).
@@ -78,6 +85,11 @@ fn run(args: &Args) -> Result<(), CliError> {
     let (inputs, params) = cli::bind_data(&program, &a.exec)?;
     let figures = cli::time_variant(&backend, &program, &inputs, &params, repeats)?;
     let peak = status_bytes("VmHWM:");
+    let per_kernel = if args.per_kernel {
+        per_kernel(&program.plan, &inputs, &params, repeats.runs)?
+    } else {
+        serde_json::Value::Null
+    };
     let t = &figures.timing;
     let dims: serde_json::Map<String, serde_json::Value> = a
         .compile
@@ -104,7 +116,67 @@ fn run(args: &Args) -> Result<(), CliError> {
         "rss_baseline_bytes": baseline,
         "peak_rss_bytes": peak,
         "threads": rayon::current_num_threads(),
+        "per_kernel": per_kernel,
     });
     println!("{json}");
     Ok(())
+}
+
+/// Each kernel's best wall time and best process CPU time over `runs` runs of the plan
+/// (after one untimed run), as a JSON list in plan order; the same as a table on stderr,
+/// with each kernel's share of the sum of the best wall times.
+fn per_kernel(
+    plan: &tc_compiler::schedule::Plan,
+    inputs: &[tc_runtime::HostTensor],
+    params: &[tc_runtime::HostTensor],
+    runs: usize,
+) -> Result<serde_json::Value, CliError> {
+    use tc_compiler::schedule::KernelKind;
+    let error =
+        |e: tc_runtime::cpu::CpuError| CliError::from(tc_runtime::backend::BackendError::from(e));
+    let n = plan.kernels.len();
+    let (mut best, mut best_cpu) = (vec![f64::INFINITY; n], vec![f64::INFINITY; n]);
+    for i in 0..=runs.max(1) {
+        let (outs, times) = tc_runtime::cpu::run_timed(plan, inputs, params).map_err(error)?;
+        drop(outs);
+        if i == 0 {
+            continue;
+        }
+        for (k, t) in times.iter().enumerate() {
+            best[k] = best[k].min(t.wall_s);
+            best_cpu[k] = best_cpu[k].min(t.cpu_s);
+        }
+    }
+    let total: f64 = best.iter().sum();
+    eprintln!("kernel  kind         best ms   share  best CPU ms  ops (lines)");
+    let mut list = Vec::new();
+    for ((k, &t), &c) in plan.kernels.iter().zip(&best).zip(&best_cpu) {
+        let kind = match &k.kind {
+            KernelKind::Fused(_) => "fused",
+            KernelKind::MatMul(_) => "matmul",
+            KernelKind::Attention(_) => "attention",
+            KernelKind::AttentionBackward(_) => "attention_bwd",
+        };
+        let lines: Vec<String> = k.lines.iter().map(u32::to_string).collect();
+        eprintln!(
+            "{:<7} {:<12} {:>8.3} {:>6.1}%  {:>11.3}  {} ({})",
+            k.name,
+            kind,
+            t * 1e3,
+            100.0 * t / total.max(f64::MIN_POSITIVE),
+            c * 1e3,
+            k.ops.join(", "),
+            lines.join(", ")
+        );
+        list.push(serde_json::json!({
+            "kernel": k.name,
+            "kind": kind,
+            "ops": k.ops,
+            "lines": k.lines,
+            "best_s": t,
+            "best_cpu_s": c,
+        }));
+    }
+    eprintln!("sum of best times {:.3} ms", total * 1e3);
+    Ok(serde_json::Value::Array(list))
 }

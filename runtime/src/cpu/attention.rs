@@ -227,6 +227,7 @@ pub(super) fn run(
         out,
         bk,
         tiles,
+        rounding: rounding_chain(a),
     };
     let qtiles = m.div_ceil(BQ);
     let computed: u64 = (0..nbatch * qtiles)
@@ -307,6 +308,37 @@ struct Ctx<'a> {
     /// Keys per tile (at most `BK`) and the key tiles each tile of `BQ` queries computes.
     bk: usize,
     tiles: KeyTiles,
+    /// The roundings `p @ v` goes through before its store when the epilogue is only
+    /// casts to float dtypes (`rounding_chain`), in order; `None` for any other epilogue,
+    /// which is evaluated per element.
+    rounding: Option<Vec<DType>>,
+}
+
+/// The float dtypes the stored value is rounded to, in order, when the epilogue computes
+/// nothing but roundings of `p @ v` (the head-merge copy of a permute is such an epilogue:
+/// its store's strides do the permuting): the chain of casts from the result back to
+/// `Load(RESULT)`. Empty without an epilogue; `None` when the result depends on anything
+/// else.
+fn rounding_chain(a: &AttentionKernel) -> Option<Vec<DType>> {
+    let Some(e) = &a.epilogue else {
+        return Some(Vec::new());
+    };
+    let mut chain = Vec::new();
+    let mut at = e.result;
+    loop {
+        let inst = e.body.get(at)?;
+        if inst.dtype.is_integral() {
+            return None;
+        }
+        chain.push(inst.dtype);
+        match inst.op {
+            InstOp::Load(RESULT) => break,
+            InstOp::Cast(x) if x < at => at = x,
+            _ => return None,
+        }
+    }
+    chain.reverse();
+    Some(chain)
 }
 
 // SAFETY: `Mem` is Send + Sync (see cpu/mod.rs); the rest is shared immutable data.
@@ -329,14 +361,20 @@ impl Ctx<'_> {
             self.k.batch_offset(&idx),
             self.v.batch_offset(&idx),
         );
-        // The queries, contiguous f32 (`rows × d`).
-        sc.q.clear();
-        for r in 0..rows {
-            for c in 0..d {
-                // SAFETY: (q0 + r, c) is inside the matrix checked in `run`.
-                sc.q.push(unsafe { self.q.at(qb, nb, q0 + r, c) });
+        // The queries: in place (f32), or widened to contiguous f32 (`rows × d`).
+        let (q_ptr, q_rs, q_cs) = if self.q.direct {
+            let s = &self.q.op.strides;
+            (self.q.ptr(qb, nb, q0, 0), s[nb], s[nb + 1])
+        } else {
+            sc.q.clear();
+            for r in 0..rows {
+                for c in 0..d {
+                    // SAFETY: (q0 + r, c) is inside the matrix checked in `run`.
+                    sc.q.push(unsafe { self.q.at(qb, nb, q0 + r, c) });
+                }
             }
-        }
+            (sc.q.as_ptr(), d as i64, 1)
+        };
         sc.acc.clear();
         sc.acc.resize(rows * dv, 0.0);
         sc.max.clear();
@@ -413,9 +451,9 @@ impl Ctx<'_> {
                     1,
                     BK as isize,
                     false,
-                    sc.q.as_ptr(),
-                    1,
-                    d as isize,
+                    q_ptr,
+                    q_cs as isize,
+                    q_rs as isize,
                     k_ptr,
                     k_cs as isize,
                     k_rs as isize,
@@ -432,13 +470,20 @@ impl Ctx<'_> {
                 if self.a.score_dtype != DType::F32 {
                     math::round_block(self.a.score_dtype, srow);
                 }
-                if !bare {
-                    self.prologue(&idx, q0 + r, k0, cols, r, sc);
-                }
-                let srow = &mut sc.s[r * BK..r * BK + cols];
+                // The logits: the scores themselves, or a prologue's row of registers
+                // (read there, not copied back).
+                let logits = if bare {
+                    None
+                } else {
+                    self.prologue(&idx, q0 + r, k0, cols, r, sc)
+                };
+                let logits = match logits {
+                    Some(l) => &sc.regs[l * BK..l * BK + cols],
+                    None => &sc.s[r * BK..r * BK + cols],
+                };
                 // Online softmax: the row's new max (NaN if a logit is), the old terms
                 // rescaled.
-                let tmax = math::block_extremum(srow, true);
+                let tmax = math::block_extremum(logits, true);
                 let old = sc.max[r];
                 let mnew = math::maximum(old, tmax);
                 // A row all of whose logits so far are -inf keeps p = 0 (exp(-inf - 0)).
@@ -447,10 +492,11 @@ impl Ctx<'_> {
                 let tmp = &mut sc.tmp[..cols];
                 math::binary_block(
                     BinaryOp::Sub,
-                    Operand::Block(srow),
+                    Operand::Block(logits),
                     Operand::Scalar(mref),
                     tmp,
                 );
+                let srow = &mut sc.s[r * BK..r * BK + cols];
                 math::unary_block(UnaryOp::Exp, tmp, srow);
                 let tsum = math::block_sum(srow);
                 sc.sum[r] = sc.sum[r] * alpha + tsum;
@@ -492,25 +538,45 @@ impl Ctx<'_> {
         for r in 0..rows {
             let inv = 1.0 / sc.sum[r];
             let row = base + (q0 + r) as i64 * os[nb];
-            match &self.a.epilogue {
-                None => {
-                    for c in 0..dv {
+            let acc = &mut sc.acc[r * dv..(r + 1) * dv];
+            match (&self.a.epilogue, &self.rounding) {
+                // The value, rounded as the casts round, stored through the strides.
+                (_, Some(chain)) => {
+                    for x in acc.iter_mut() {
+                        *x *= inv;
+                        for &dt in chain {
+                            *x = math::round_to(dt, *x);
+                        }
+                    }
+                    if self.out.dtype == DType::F32 && os[nb + 1] == 1 {
                         // SAFETY: batch `bi`, rows q0.. of the output belong to this task
-                        // alone; its strides stay inside the buffer (checked in `run`).
+                        // alone; the row's `dv` elements are inside the buffer (checked in
+                        // `run`), and the accumulator is a distinct allocation; a byte copy
+                        // needs no alignment.
                         unsafe {
-                            self.out
-                                .write(row + c as i64 * os[nb + 1], sc.acc[r * dv + c] * inv)
+                            std::ptr::copy_nonoverlapping(
+                                acc.as_ptr().cast::<u8>(),
+                                self.out.base().offset(row as isize * 4),
+                                dv * 4,
+                            )
                         };
+                    } else {
+                        for (c, &x) in acc.iter().enumerate() {
+                            // SAFETY: as above.
+                            unsafe { self.out.write(row + c as i64 * os[nb + 1], x) };
+                        }
                     }
                 }
-                Some(e) => {
-                    for c in 0..dv {
-                        let value = sc.acc[r * dv + c] * inv;
+                (Some(e), None) => {
+                    for (c, &a) in acc.iter().enumerate() {
+                        let value = a * inv;
                         let v = self.epilogue(e, &idx, q0 + r, c, value, &mut sc.elanes);
                         // SAFETY: as above.
                         unsafe { typed::write(self.out, row + c as i64 * os[nb + 1], v) };
                     }
                 }
+                // `rounding_chain` is `Some` without an epilogue.
+                (None, None) => {}
             }
         }
         computed
@@ -558,10 +624,11 @@ impl Ctx<'_> {
         lanes[e.result]
     }
 
-    /// Runs the prologue over one row's tile of scores (`sc.s`, row `r`), leaving the
-    /// logits there: each inst over the whole row of `cols` keys at once, a value that is
-    /// the same for every key (a constant, a row-constant load, maths on those) as one
-    /// number.
+    /// Runs the prologue over one row's tile of scores (`sc.s`, row `r`): each inst over
+    /// the whole row of `cols` keys at once, a value that is the same for every key (a
+    /// constant, a row-constant load, maths on those) as one number. Returns where the
+    /// logits are: `Some(i)`, row `i` of `sc.regs` (inst `i`'s values), or `None`, the
+    /// scores' row itself (overwritten when the logits are one number).
     fn prologue(
         &self,
         idx: &[usize],
@@ -570,7 +637,7 @@ impl Ctx<'_> {
         cols: usize,
         r: usize,
         sc: &mut Scratch,
-    ) {
+    ) -> Option<usize> {
         let a = self.a;
         let nb = self.nb;
         sc.kinds.clear();
@@ -688,13 +755,17 @@ impl Ctx<'_> {
         }
         let l = a.logits;
         match sc.kinds[l] {
-            Reg::Score => {}
-            Reg::Scalar(v) => sc.s[r * BK..r * BK + cols].fill(v),
-            Reg::Row => {
-                sc.s[r * BK..r * BK + cols].copy_from_slice(&sc.regs[l * BK..l * BK + cols])
+            Reg::Score => None,
+            Reg::Row => Some(l),
+            Reg::Scalar(v) => {
+                sc.s[r * BK..r * BK + cols].fill(v);
+                None
             }
             // The logits are a float inst (checked in `run`).
-            Reg::IScalar(_) | Reg::IRow => sc.s[r * BK..r * BK + cols].fill(f32::NAN),
+            Reg::IScalar(_) | Reg::IRow => {
+                sc.s[r * BK..r * BK + cols].fill(f32::NAN);
+                None
+            }
         }
     }
 
@@ -950,4 +1021,51 @@ enum Reg {
     Row,
     IScalar(i64),
     IRow,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rounding_chain;
+    use tc_compiler::ir::DType;
+    use tc_compiler::schedule::{AttentionKernel, KernelKind};
+
+    /// The plan's attention kernel for `body` (after q, k, v of `[B, H, S, Dh]` in `dt`).
+    fn attention(dt: &str, body: &str) -> AttentionKernel {
+        let source = format!(
+            "dim B = 1\ndim H = 2\ndim S = 8\ndim Dh = 4\n\
+             input q : {dt}[B, H, S, Dh]\ninput k : {dt}[B, H, S, Dh]\n\
+             input v : {dt}[B, H, S, Dh]\n{body}output out\n"
+        );
+        let program = tc_compiler::compile(&source, &Default::default()).expect("compiles");
+        program
+            .plan
+            .kernels
+            .iter()
+            .find_map(|k| match &k.kind {
+                KernelKind::Attention(a) => Some(a.clone()),
+                _ => None,
+            })
+            .expect("an attention kernel")
+    }
+
+    /// Epilogues that only round (the head-merge copy, a cast) are stored by the rounding
+    /// chain; one that computes anything goes element by element.
+    #[test]
+    fn only_rounding_epilogues_have_a_rounding_chain() {
+        let att = "softmax(q @ transpose(k) / 2, axis=-1) @ v";
+        let plain = attention("f32", &format!("out = {att}\n"));
+        assert!(plain.epilogue.is_none());
+        assert_eq!(rounding_chain(&plain), Some(vec![]));
+        let merge = format!("out = reshape(permute({att}, [0, 2, 1, 3]), [B, S, H * Dh])\n");
+        let a = attention("f32", &merge);
+        assert!(a.epilogue.is_some());
+        let chain = rounding_chain(&a).expect("a rounding epilogue");
+        assert!(chain.iter().all(|&d| d == DType::F32), "{chain:?}");
+        let a = attention("f16", &merge);
+        let chain = rounding_chain(&a).expect("a rounding epilogue");
+        assert!(chain.contains(&DType::F16), "{chain:?}");
+        let a = attention("f32", &format!("out = f16({att} * 2)\n"));
+        assert!(a.epilogue.is_some());
+        assert_eq!(rounding_chain(&a), None);
+    }
 }

@@ -126,6 +126,50 @@ pub fn run(
     inputs: &[HostTensor],
     params: &[HostTensor],
 ) -> Result<Vec<HostTensor>, CpuError> {
+    run_observed(plan, inputs, params, &mut |_, _| {})
+}
+
+/// One kernel's time in one run: wall seconds, and the CPU seconds of the whole process
+/// (every thread) meanwhile, which a loaded machine disturbs less.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KernelTime {
+    pub wall_s: f64,
+    pub cpu_s: f64,
+}
+
+/// `run`, also returning each kernel's `KernelTime` in `plan.kernels` order (the per-kernel
+/// breakdown `cpubench --per-kernel` prints). The clocks are read between kernels only.
+pub fn run_timed(
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<(Vec<HostTensor>, Vec<KernelTime>), CpuError> {
+    let mut times = vec![KernelTime::default(); plan.kernels.len()];
+    let outs = run_observed(plan, inputs, params, &mut |k, t| times[k] = t)?;
+    Ok((outs, times))
+}
+
+/// CPU seconds of this process so far, all threads (`CLOCK_PROCESS_CPUTIME_ID`; 0 where
+/// unavailable).
+fn process_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer to one `timespec`.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// `run`, handing `kernel_done(index, time)` each kernel's time as it finishes.
+fn run_observed(
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+    kernel_done: &mut (dyn FnMut(usize, KernelTime) + Send),
+) -> Result<Vec<HostTensor>, CpuError> {
     check_data(plan, inputs, params)?;
 
     // Large contiguous outputs that share no byte with another output get their vectors
@@ -199,16 +243,32 @@ pub fn run(
         mems.push(mem);
     }
 
-    for kernel in &plan.kernels {
-        match &kernel.kind {
-            KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, &mems)?,
-            KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, &mems)?,
-            KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, &mems)?,
-            KernelKind::AttentionBackward(k) => {
-                attention_backward::run(plan, &kernel.name, k, &mems)?
+    // The kernels run on a thread of the rayon pool: each kernel's parallel parts (and the
+    // gemm crate's, several a product) are then shared out from inside the pool, where
+    // the waiting thread works too, instead of being handed over from outside it and
+    // waited for.
+    let mems = &mems;
+    rayon::scope(|_| -> Result<(), CpuError> {
+        for (i, kernel) in plan.kernels.iter().enumerate() {
+            let (start, cpu_start) = (std::time::Instant::now(), process_cpu_s());
+            match &kernel.kind {
+                KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, mems)?,
+                KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, mems)?,
+                KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, mems)?,
+                KernelKind::AttentionBackward(k) => {
+                    attention_backward::run(plan, &kernel.name, k, mems)?
+                }
             }
+            kernel_done(
+                i,
+                KernelTime {
+                    wall_s: start.elapsed().as_secs_f64(),
+                    cpu_s: process_cpu_s() - cpu_start,
+                },
+            );
         }
-    }
+        Ok(())
+    })?;
 
     // Output bytes still to take out of the arena (moved or copied); everything else is
     // handed back to the system before and while they leave, so copies do not add to the

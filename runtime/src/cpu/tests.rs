@@ -1179,6 +1179,19 @@ fn results_are_the_same_bits_whatever_the_thread_count() {
             include_str!("../../../examples/mlp.tx"),
             &[("B", 33), ("D", 64), ("H", 96), ("C", 50)],
         ),
+        // Attention (two query tiles, the head-merge store), matrix products and the row
+        // kernels between them.
+        (
+            include_str!("../../../examples/transformer_block.tx"),
+            &[
+                ("B", 2),
+                ("S", 200),
+                ("D", 32),
+                ("H", 2),
+                ("Dh", 16),
+                ("F", 64),
+            ],
+        ),
     ];
     for (source, dims) in cases {
         let options = tc_compiler::CompileOptions {
@@ -1206,4 +1219,45 @@ fn results_are_the_same_bits_whatever_the_thread_count() {
             }
         }
     }
+}
+
+#[test]
+fn timed_runs_give_the_same_outputs_and_a_time_per_kernel() {
+    let options = tc_compiler::CompileOptions {
+        dims: [
+            ("B", 1),
+            ("S", 70),
+            ("D", 32),
+            ("H", 2),
+            ("Dh", 16),
+            ("F", 48),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect(),
+        plan: Default::default(),
+    };
+    let program = tc_compiler::compile(
+        include_str!("../../../examples/transformer_block.tx"),
+        &options,
+    )
+    .expect("compiles");
+    let (inputs, params) = crate::data::load_leaves(&program.checked, &[], None, 0).expect("data");
+    let plain = run(&program.plan, &inputs, &params).expect("runs");
+    let (timed, times) = super::run_timed(&program.plan, &inputs, &params).expect("runs");
+    assert_eq!(times.len(), program.plan.kernels.len());
+    assert!(
+        times.iter().all(|t| t.wall_s > 0.0 && t.cpu_s >= 0.0),
+        "{times:?}"
+    );
+    for (a, b) in plain.iter().zip(&timed) {
+        assert!(a.bytes == b.bytes && a.shape == b.shape);
+    }
+    // A plan the executor rejects is the same error timed or not.
+    let mut bad = program.plan.clone();
+    bad.arena_bytes = 0;
+    assert_eq!(
+        super::run_timed(&bad, &inputs, &params).map(|_| ()),
+        run(&bad, &inputs, &params).map(|_| ())
+    );
 }
