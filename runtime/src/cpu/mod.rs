@@ -168,7 +168,7 @@ fn run_observed(
     plan: &Plan,
     inputs: &[HostTensor],
     params: &[HostTensor],
-    kernel_done: &mut (dyn FnMut(usize, KernelTime) + Send),
+    kernel_done: &mut dyn FnMut(usize, KernelTime),
 ) -> Result<Vec<HostTensor>, CpuError> {
     check_data(plan, inputs, params)?;
 
@@ -243,32 +243,24 @@ fn run_observed(
         mems.push(mem);
     }
 
-    // The kernels run on a thread of the rayon pool: each kernel's parallel parts (and the
-    // gemm crate's, several a product) are then shared out from inside the pool, where
-    // the waiting thread works too, instead of being handed over from outside it and
-    // waited for.
-    let mems = &mems;
-    rayon::scope(|_| -> Result<(), CpuError> {
-        for (i, kernel) in plan.kernels.iter().enumerate() {
-            let (start, cpu_start) = (std::time::Instant::now(), process_cpu_s());
-            match &kernel.kind {
-                KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, mems)?,
-                KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, mems)?,
-                KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, mems)?,
-                KernelKind::AttentionBackward(k) => {
-                    attention_backward::run(plan, &kernel.name, k, mems)?
-                }
+    for (i, kernel) in plan.kernels.iter().enumerate() {
+        let (start, cpu_start) = (std::time::Instant::now(), process_cpu_s());
+        match &kernel.kind {
+            KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, &mems)?,
+            KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, &mems)?,
+            KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, &mems)?,
+            KernelKind::AttentionBackward(k) => {
+                attention_backward::run(plan, &kernel.name, k, &mems)?
             }
-            kernel_done(
-                i,
-                KernelTime {
-                    wall_s: start.elapsed().as_secs_f64(),
-                    cpu_s: process_cpu_s() - cpu_start,
-                },
-            );
         }
-        Ok(())
-    })?;
+        kernel_done(
+            i,
+            KernelTime {
+                wall_s: start.elapsed().as_secs_f64(),
+                cpu_s: process_cpu_s() - cpu_start,
+            },
+        );
+    }
 
     // Output bytes still to take out of the arena (moved or copied); everything else is
     // handed back to the system before and while they leave, so copies do not add to the
