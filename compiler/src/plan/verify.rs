@@ -523,6 +523,72 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 }
                 written_at[a.workspace.index()].push(s);
             }
+            KernelKind::IndexAdd(ia) => {
+                // The index and the gradient inside their buffers over their own shapes,
+                // the index an integer, the gradient a float; the result f32 of
+                // `pre ++ [rows] ++ post`, written whole; the sort's workspace (the CPU's)
+                // scratch of this step alone, large enough.
+                let mut g_shape = ia.pre.clone();
+                g_shape.extend(&ia.index_shape);
+                g_shape.extend(&ia.post);
+                for (what, l, sizes) in [
+                    ("index", &ia.index, &ia.index_shape),
+                    ("gradient", &ia.grad, &g_shape),
+                ] {
+                    check_id(l.buffer)?;
+                    check_loads(plan, &k.name, what, std::slice::from_ref(l), sizes)?;
+                    read_at[l.buffer.index()].push(s);
+                }
+                if !ia.index.dtype.is_integral() || !ia.grad.dtype.is_float() {
+                    return Err(bad(
+                        KernelBody,
+                        format!(
+                            "{}: index add of a {} gradient by a {} index",
+                            k.name, ia.grad.dtype, ia.index.dtype
+                        ),
+                    ));
+                }
+                check_id(ia.out)?;
+                let b = plan.buffer(ia.out);
+                let mut out_shape = ia.pre.clone();
+                out_shape.push(ia.rows);
+                out_shape.extend(&ia.post);
+                if numel(&b.shape) != numel(&out_shape) || b.dtype != crate::ir::DType::F32 {
+                    return Err(bad(
+                        InBounds,
+                        format!(
+                            "{}: index add of {} elements into {} of {} {}",
+                            k.name,
+                            numel(&out_shape),
+                            b.name,
+                            numel(&b.shape),
+                            b.dtype
+                        ),
+                    ));
+                }
+                written_at[ia.out.index()].push(s);
+                if let Some(w) = ia.workspace {
+                    check_id(w)?;
+                    let wb = plan.buffer(w);
+                    let need =
+                        crate::schedule::IndexAddKernel::workspace_bytes(ia.rows, ia.positions());
+                    if wb.kind != BufferKind::Workspace
+                        || wb.first_step != s
+                        || wb.last_step != s
+                        || wb.bytes < need
+                        || wb.dtype != crate::ir::DType::I64
+                    {
+                        return Err(bad(
+                            Lifetimes,
+                            format!(
+                                "{}: workspace {} is not the sort's {need} bytes live exactly at its step",
+                                k.name, wb.name
+                            ),
+                        ));
+                    }
+                    written_at[w.index()].push(s);
+                }
+            }
             KernelKind::MatMul(m) => {
                 for (op, rows, cols) in [(&m.a, m.m, m.k), (&m.b, m.k, m.n)] {
                     check_id(op.buffer)?;
