@@ -447,6 +447,8 @@ pub struct AttentionBackwardKernel {
 /// (`ir::Op::IndexAdd`), with `a` over `pre`, `p` over the index's shape (`N` positions,
 /// in row-major order), `v` over `rows`, `c` over `post`; `out` is f32, contiguous
 /// `pre ++ [rows] ++ post`, every element written (0 where no position names the row).
+/// Both executors split the rows into ranges and walk the index in position order for each
+/// (no scratch memory: PyTorch's `index_add_` needs none either, so neither does `planned`).
 /// The sum for each element is taken in ascending position order in f32 (no atomics), so
 /// every executor gives the same bits run to run and the CPU and CUDA the same sums. An
 /// index outside `[0, rows)` adds nothing and is an error in the data naming `what` (the
@@ -464,11 +466,6 @@ pub struct IndexAddKernel {
     pub grad: Load,
     pub out: BufferId,
     pub what: String,
-    /// The CPU's counting sort of the positions by index: `rows + 1 + N` `i64`s (each row's
-    /// first position in the sorted order, then the positions). Planned for the CPU alone:
-    /// the CUDA kernel (a block per range of rows, walking the index in order) needs none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workspace: Option<BufferId>,
 }
 
 impl IndexAddKernel {
@@ -480,11 +477,6 @@ impl IndexAddKernel {
     /// `Π pre` and `Π post`.
     pub fn outer(&self) -> (u64, u64) {
         (self.pre.iter().product(), self.post.iter().product())
-    }
-
-    /// Bytes of the CPU's sort workspace.
-    pub fn workspace_bytes(rows: u64, positions: u64) -> u64 {
-        (rows + 1 + positions) * 8
     }
 }
 

@@ -675,11 +675,12 @@ fn reduce(
 
 /// `take(x, idx, axis)`'s gradient: `g` added back into the rows of `x` it read
 /// (`index_select_backward` / `embedding_dense_backward`: `zeros(x.shape).index_add_(axis,
-/// idx, grad)`; saves `idx`). One `index_add` node, its own kernel: the positions sorted
-/// by index (a stable counting sort on the CPU, `N + V`), then each row of the result the
-/// sum of its positions' gradients in ascending position order, so both executors give the
-/// same bits every run with no atomics; `N · row` adds, where the comparison of every
-/// index with every row (`where(idx == v, g, 0)` summed over the positions) was `V · N`.
+/// idx, grad)`; saves `idx`). One `index_add` node, its own kernel: the table's rows in
+/// ranges, each range walking the index in order and adding the gradient of the positions
+/// that name its rows, so each row is the sum of its positions' gradients in ascending
+/// position order and both executors give the same bits every run with no atomics;
+/// `N · row` adds, where the comparison of every index with every row
+/// (`where(idx == v, g, 0)` summed over the positions) was `V · N`.
 fn take_backward(t: &mut Tape, x: NodeId, idx: NodeId, axis: usize, g: NodeId) -> NodeId {
     t.save(idx);
     let xs = shape(t, x);

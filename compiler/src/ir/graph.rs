@@ -439,8 +439,7 @@ pub enum Op {
     /// the index positions `p` with `index[p] == v`, in ascending order of `p` (f32
     /// accumulation, rounded once to the node's dtype). An index outside `[0, size)` is an
     /// error in the data, as in the `take` it differentiates. Its own kernel
-    /// (`schedule::IndexAddKernel`): `N + V` work to sort the positions, `N · |pre ++ post|`
-    /// adds, never `V · N`.
+    /// (`schedule::IndexAddKernel`): `N · |pre ++ post|` adds, never `V · N`.
     IndexAdd {
         grad: NodeId,
         index: NodeId,

@@ -39,7 +39,7 @@ pub fn writes(kernel: &Kernel) -> Vec<BufferId> {
             .map(|o| o.buffer)
             .chain([a.workspace])
             .collect(),
-        KernelKind::IndexAdd(k) => std::iter::once(k.out).chain(k.workspace).collect(),
+        KernelKind::IndexAdd(k) => vec![k.out],
     }
 }
 

@@ -1,25 +1,20 @@
 //! The kernel of an `index_add` group (`take`'s gradient, `ir::Op::IndexAdd`): the index
 //! and the gradient as strided loads over their own shapes (seen through folded
-//! promotions), the f32 result, and on the CPU the counting sort's workspace.
+//! promotions) and the f32 result; no scratch memory on either device.
 
 use super::internal;
 use super::kernel::Builder;
 use crate::diag::Diagnostic;
 use crate::fuse::Group;
 use crate::ir::{DType, NodeId, Op};
-use crate::schedule::{
-    Buffer, BufferId, BufferKind, IndexAddKernel, KernelKind, Load, PlanOptions,
-};
+use crate::schedule::{BufferId, IndexAddKernel, KernelKind, Load};
 
 impl Builder<'_> {
-    /// The `IndexAddKernel` of `group` (one `IndexAdd` node) writing `out` at `step`.
+    /// The `IndexAddKernel` of `group` (one `IndexAdd` node) writing `out`.
     pub(super) fn index_add(
         &mut self,
         group: &Group,
         out: BufferId,
-        name: &str,
-        options: &PlanOptions,
-        step: usize,
     ) -> Result<KernelKind, Diagnostic> {
         let n = group.nodes[0];
         let Op::IndexAdd {
@@ -43,22 +38,6 @@ impl Builder<'_> {
         let index_load = self.strided(index, "index")?;
         let grad_load = self.strided(grad, "gradient")?;
         let what = self.index_add_what(n, index);
-        let positions: u64 = index_shape.iter().product();
-        let workspace = (!options.for_gpu()).then(|| {
-            let bytes = IndexAddKernel::workspace_bytes(size, positions);
-            self.push(Buffer {
-                name: format!("{name}.workspace"),
-                kind: BufferKind::Workspace,
-                dtype: DType::I64,
-                shape: vec![bytes / 8],
-                bytes,
-                offset: 0,
-                first_step: step,
-                last_step: step,
-                in_place_of: None,
-                node: None,
-            })
-        });
         Ok(KernelKind::IndexAdd(IndexAddKernel {
             pre,
             index_shape,
@@ -68,7 +47,6 @@ impl Builder<'_> {
             grad: grad_load,
             out,
             what,
-            workspace,
         }))
     }
 

@@ -426,19 +426,19 @@ fn plan_traced(
         } else if group.matmul {
             b.matmul(group, out_bufs[0], options, step)?
         } else if matches!(graph.node(group.nodes[0]).op, Op::IndexAdd { .. }) {
-            let k = b.index_add(group, out_bufs[0], &name, options, step)?;
+            let k = b.index_add(group, out_bufs[0])?;
             if let KernelKind::IndexAdd(ia) = &k {
                 notes.push(format!(
-                    "{name}: index add (line {}): the gradient of {} positions added into the {} rows they read, no {} x {} comparison ({})",
+                    "{name}: index add (line {}): the gradient of {} positions added into the {} rows they read, no {} x {} comparison (the rows in ranges, each walking the index in order: {})",
                     graph.origin(group.nodes[0]).line,
                     ia.positions(),
                     ia.rows,
                     ia.rows,
                     ia.positions(),
                     if options.for_gpu() {
-                        "a block per range of rows walks the index in order"
+                        "a block a range"
                     } else {
-                        "positions sorted by index in a workspace, rows in parallel"
+                        "a task a range"
                     }
                 ));
             }

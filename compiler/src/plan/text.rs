@@ -116,7 +116,7 @@ pub fn print(plan: &Plan) -> String {
             KernelKind::IndexAdd(ia) => {
                 let _ = writeln!(
                     out,
-                    "  index add pre {} index {} rows {} post {} -> {} f32 (positions sorted by index, each row summed in position order)",
+                    "  index add pre {} index {} rows {} post {} -> {} f32 (each row summed in position order)",
                     list(&ia.pre),
                     list(&ia.index_shape),
                     ia.rows,
@@ -132,9 +132,6 @@ pub fn print(plan: &Plan) -> String {
                         l.offset,
                         list(&l.strides)
                     );
-                }
-                if let Some(w) = ia.workspace {
-                    let _ = writeln!(out, "  workspace {} (the sort)", bname(w));
                 }
             }
             KernelKind::MatMul(m) => {

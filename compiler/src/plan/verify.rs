@@ -526,8 +526,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
             KernelKind::IndexAdd(ia) => {
                 // The index and the gradient inside their buffers over their own shapes,
                 // the index an integer, the gradient a float; the result f32 of
-                // `pre ++ [rows] ++ post`, written whole; the sort's workspace (the CPU's)
-                // scratch of this step alone, large enough.
+                // `pre ++ [rows] ++ post`, written whole.
                 let mut g_shape = ia.pre.clone();
                 g_shape.extend(&ia.index_shape);
                 g_shape.extend(&ia.post);
@@ -567,27 +566,6 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     ));
                 }
                 written_at[ia.out.index()].push(s);
-                if let Some(w) = ia.workspace {
-                    check_id(w)?;
-                    let wb = plan.buffer(w);
-                    let need =
-                        crate::schedule::IndexAddKernel::workspace_bytes(ia.rows, ia.positions());
-                    if wb.kind != BufferKind::Workspace
-                        || wb.first_step != s
-                        || wb.last_step != s
-                        || wb.bytes < need
-                        || wb.dtype != crate::ir::DType::I64
-                    {
-                        return Err(bad(
-                            Lifetimes,
-                            format!(
-                                "{}: workspace {} is not the sort's {need} bytes live exactly at its step",
-                                k.name, wb.name
-                            ),
-                        ));
-                    }
-                    written_at[w.index()].push(s);
-                }
             }
             KernelKind::MatMul(m) => {
                 for (op, rows, cols) in [(&m.a, m.m, m.k), (&m.b, m.k, m.n)] {

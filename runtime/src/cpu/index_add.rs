@@ -1,13 +1,17 @@
-//! `take`'s gradient on the CPU (`IndexAddKernel`): a stable counting sort of the index
-//! positions by row (`N + V` steps, in the kernel's planned workspace: each row's first
-//! place, then the positions' gradient offsets in sorted order), then the rows in parallel,
-//! each element the f32 sum of its positions' gradients in ascending position order, from
-//! 0 — the order the CUDA kernel adds in, so both give the same bits. An index outside
+//! `take`'s gradient on the CPU (`IndexAddKernel`), as the CUDA kernel runs it and as
+//! PyTorch's CPU `embedding_dense_backward` does: the table's rows split into ranges, one
+//! task a range (in parallel), each zeroing its rows and then walking the index in position
+//! order, adding the gradient of each position whose row is in its range. Every element is
+//! the f32 sum of its positions' gradients in ascending position order from 0, the CUDA
+//! kernel's order, so both give the same bits, run after run; no scratch memory beyond
+//! the result (so `planned` needs nothing the eager model does not count). Work:
+//! `tasks · N` index reads (a few per thread) plus `N · row` adds. An index outside
 //! `[0, rows)` adds nothing and is the forward's error in the data.
 
-use super::fused::{check_bounds, for_each_task};
+use super::fused::check_bounds;
 use super::typed::{read, Lane};
 use super::{CpuError, Mem};
+use rayon::prelude::*;
 use tc_compiler::codegen::index::IndexCheck;
 use tc_compiler::ir::DType;
 use tc_compiler::schedule::{IndexAddKernel, Plan};
@@ -25,6 +29,12 @@ fn offset(mut q: usize, sizes: &[u64], strides: &[i64]) -> i64 {
 
 fn bad(name: &str, msg: impl std::fmt::Display) -> CpuError {
     CpuError::BadPlan(format!("kernel {name}: {msg}"))
+}
+
+/// Rows per task: enough tasks to balance the threads (a few each), few enough that
+/// reading the whole index once per task stays small beside the adds.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads()).max(1)
 }
 
 pub(super) fn run(
@@ -75,102 +85,65 @@ pub(super) fn run(
             ),
         ));
     }
-    // The sort's memory: the planned workspace, or (a plan made for the GPU) a vector.
-    let need = rows + 1 + n;
-    let mut own: Vec<i64> = Vec::new();
-    let sort: &mut [i64] = match k.workspace {
-        Some(w) => {
-            let m = mem(w)?;
-            if m.dtype != DType::I64 || m.numel < need || !m.writable {
-                return Err(bad(
-                    name,
-                    format!(
-                        "workspace {} holds fewer than {need} i64",
-                        plan.buffer(w).name
-                    ),
-                ));
-            }
-            // SAFETY: the workspace is this kernel's alone at this step (the plan's
-            // contract), `need` i64 long and 16-byte aligned in the arena.
-            unsafe { std::slice::from_raw_parts_mut(m.ptr.cast::<i64>(), need) }
-        }
-        None => {
-            own.resize(need, 0);
-            &mut own
-        }
-    };
-    let (start, order) = sort.split_at_mut(rows + 1);
-    start.fill(0);
-    let ni = k.index_shape.len();
-    let np = k.pre.len();
+    let (np, ni) = (k.pre.len(), k.index_shape.len());
     let pos_strides = &k.grad.strides[np..np + ni];
-    // Count, place (stable: positions in ascending order), shift the starts back.
-    let mut smallest_bad: Option<i64> = None;
-    let row_of = |p: usize| -> Option<usize> {
+    let index_at = |p: usize| -> i64 {
         let off = k.index.offset + offset(p, &k.index_shape, &k.index.strides);
         // SAFETY: every position of the index is in bounds (checked above).
-        let v = match unsafe { read(index, off) } {
+        match unsafe { read(index, off) } {
             Lane::I(v) => v,
             Lane::F(f) => f as i64,
-        };
-        (v >= 0 && (v as u64) < k.rows).then_some(v as usize)
+        }
     };
-    for p in 0..n {
-        match row_of(p) {
-            Some(v) => start[v + 1] += 1,
-            None => {
-                let off = k.index.offset + offset(p, &k.index_shape, &k.index.strides);
-                // SAFETY: as above.
-                if let Lane::I(v) = unsafe { read(index, off) } {
-                    smallest_bad = Some(smallest_bad.map_or(v, |b| b.min(v)));
-                }
-            }
-        }
-    }
-    for v in 0..rows {
-        start[v + 1] += start[v];
-    }
-    for p in 0..n {
-        if let Some(v) = row_of(p) {
-            order[start[v] as usize] = offset(p, &k.index_shape, pos_strides);
-            start[v] += 1;
-        }
-    }
-    for v in (1..=rows).rev() {
-        start[v] = start[v - 1];
-    }
-    start[0] = 0;
-    let (start, order) = (&*start, &*order);
     let pre_off: Vec<i64> = (0..a_n)
         .map(|a| k.grad.offset + offset(a, &k.pre, &k.grad.strides[..np]))
         .collect();
     let post_off: Vec<i64> = (0..c_n)
         .map(|c| offset(c, &k.post, &k.grad.strides[np + ni..]))
         .collect();
-    for_each_task(
-        rows,
-        64,
-        || vec![0f32; c_n],
-        |acc, v| {
-            let here = &order[start[v] as usize..start[v + 1] as usize];
-            for (a, &pa) in pre_off.iter().enumerate() {
-                acc.fill(0.0);
-                for &pp in here {
-                    let base = pa + pp;
-                    for (s, &pc) in acc.iter_mut().zip(&post_off) {
-                        // SAFETY: inside the gradient's bounds (checked above).
-                        *s += unsafe { grad.read(base + pc) };
+    let per = rows_per_task(rows);
+    let tasks = rows.div_ceil(per);
+    let smallest_bad = (0..tasks.max(1))
+        .into_par_iter()
+        .map(|t| {
+            let (v0, v1) = (t * per, ((t + 1) * per).min(rows));
+            for a in 0..a_n {
+                for v in v0..v1 {
+                    let o = ((a * rows + v) * c_n) as i64;
+                    for c in 0..c_n {
+                        // SAFETY: rows v0..v1 are this task's alone; in bounds (the
+                        // buffer's size was checked above).
+                        unsafe { out.write(o + c as i64, 0.0) };
                     }
                 }
-                let o = ((a * rows + v) * c_n) as i64;
-                for (c, &s) in acc.iter().enumerate() {
-                    // SAFETY: row `v` of block `a` is this task's alone; in bounds (the
-                    // buffer's size was checked above).
-                    unsafe { out.write(o + c as i64, s) };
+            }
+            let mut worst: Option<i64> = None;
+            for p in 0..n {
+                let v = index_at(p);
+                if v < 0 || v as u64 >= k.rows {
+                    worst = Some(worst.map_or(v, |w| w.min(v)));
+                    continue;
+                }
+                let v = v as usize;
+                if v < v0 || v >= v1 {
+                    continue;
+                }
+                let pp = offset(p, &k.index_shape, pos_strides);
+                for (a, &pa) in pre_off.iter().enumerate() {
+                    let o = ((a * rows + v) * c_n) as i64;
+                    for (c, &pc) in post_off.iter().enumerate() {
+                        // SAFETY: the gradient's element is in bounds (checked above); the
+                        // result's row is this task's alone.
+                        unsafe {
+                            let s = out.read(o + c as i64) + grad.read(pa + pp + pc);
+                            out.write(o + c as i64, s);
+                        }
+                    }
                 }
             }
-        },
-    );
+            worst
+        })
+        .reduce(|| None, |x, y| x.into_iter().chain(y).min());
     match smallest_bad {
         Some(v) => Err(CpuError::IndexOutOfRange(
             IndexCheck {
