@@ -2,8 +2,8 @@
 //! `cpu::attention_backward`): training steps over the random attention programs fuse
 //! their backward into one kernel (and their forward into another) and match the f64
 //! oracle on the CPU in every plan variant; programs whose backward cannot fuse say why in
-//! `tc emit --plan` and keep their stored probabilities; and `train_block`'s plan stores
-//! no S×S buffer.
+//! `tc emit --plan` and keep their stored probabilities; and `train_block`'s plan, in f32
+//! and in bf16, stores no S×S buffer.
 
 use tc_compiler::schedule::KernelKind;
 use tc_compiler::{CompileOptions, Program};
@@ -36,11 +36,10 @@ fn random_attention_training_steps_fuse_the_backward_and_match_the_reference() {
     for (i, (label, src)) in programs(Sizes::Cpu, 20).into_iter().enumerate() {
         let step = training_step(&src, wrts[i % wrts.len()]);
         let p = compile(&step);
-        // Fused: f32 programs whose prologue's derivative needs no forward value computed
-        // from the scores (not `tanh`, not `maximum`: prologues 2 and 4), unless the fused
-        // plan exceeds eager's and the program runs unfused (memory first). f16/bf16
-        // programs keep their stored probabilities (the promotions autodiff inserts are
-        // not matched yet) and must say why.
+        // Fused: programs of every dtype whose prologue's derivative needs no forward value
+        // computed from the scores (not `tanh`, not `maximum`: prologues 2 and 4), unless
+        // the fused plan exceeds eager's and the program runs unfused (memory first); the
+        // others must say why.
         let fusable = backward_fuses(&label);
         let text = tc_compiler::plan::print(&p.plan);
         if !fusable && count(&p, true) == 0 && !text.contains("backward not fused") {
@@ -111,4 +110,29 @@ fn train_block_stores_no_scores_and_plans_below_torch_compile() {
     );
     // The eager model still counts the probabilities as saved.
     assert!(p.memory.peaks.eager.without_inputs > p.plan.arena_bytes + 8 * 1024 * 1024);
+}
+
+#[test]
+fn a_bf16_train_block_stores_no_scores() {
+    // Every f32 tensor of train_block in bf16: autodiff reads `p`, `q`, `k` and `v` through
+    // f32 promotions (one per use), which the backward's group computes from what it reads.
+    let (_, src) = examples()
+        .into_iter()
+        .find(|(n, _)| n == "train_block")
+        .expect("examples/train_block.tx");
+    let src = src.replace("f32[", "bf16[");
+    let p = compile(&src);
+    assert_eq!(count(&p, false), 1, "one fused forward attention");
+    assert_eq!(count(&p, true), 1, "one fused attention backward");
+    let ss = 8 * 512 * 512;
+    for b in &p.plan.buffers {
+        let n: u64 = b.shape.iter().product();
+        assert!(n < ss, "{} {:?} is an S×S buffer", b.name, b.shape);
+    }
+    // Smaller dims (several tiles of queries and keys), against the f64 oracle.
+    let dims: Vec<(String, u64)> = [("S", 80), ("D", 64), ("H", 2), ("Dh", 32), ("F", 128)]
+        .iter()
+        .map(|&(n, v)| (n.to_string(), v))
+        .collect();
+    differential(&src, &dims, 5).expect("matches the reference");
 }

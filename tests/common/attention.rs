@@ -176,10 +176,10 @@ pub fn training_step(src: &str, wrt: &[&str]) -> String {
     out
 }
 
-/// Whether the training step of the program `label` names fuses its backward: f32, with a
-/// prologue whose derivative reads no value computed from the scores (not `tanh`, not
-/// `maximum`: prologues 2 and 4). f16/bf16 steps keep their stored probabilities (the f32
-/// promotions autodiff inserts around them are not matched yet).
+/// Whether the training step of the program `label` names fuses its backward: any dtype
+/// (f16/bf16 steps read `p`, `q`, `k`, `v` through f32 promotions, which the matcher
+/// follows), with a prologue whose derivative reads no value computed from the scores (not
+/// `tanh`, not `maximum`: prologues 2 and 4).
 pub fn backward_fuses(label: &str) -> bool {
-    label.contains(" f32 ") && !label.contains("prologue 2") && !label.contains("prologue 4")
+    !label.contains("prologue 2") && !label.contains("prologue 4")
 }

@@ -122,16 +122,25 @@ fn reads_operand_transposed(
         return Some(None);
     }
     let r = lays[o.index()].root;
-    match graph.node(r).op {
-        Op::Cast {
-            arg,
-            implicit: true,
-        } if (arg == fwd || lays[arg.index()] == lays[fwd.index()])
-            && reads_transposed(lays, o, &Layout::contiguous(r, &graph.ty(r).sizes())) =>
-        {
-            Some(Some(r))
-        }
-        _ => None,
+    let Op::Cast {
+        arg,
+        implicit: true,
+    } = graph.node(r).op
+    else {
+        return None;
+    };
+    let whole = Layout::contiguous(r, &graph.ty(r).sizes());
+    // `f32(fwd)` read transposed, or `f32(fwdᵀ)` read whole (the promotion of a view).
+    let of_fwd = arg == fwd || lays[arg.index()] == lays[fwd.index()];
+    let fwd_lay = &lays[fwd.index()];
+    let of_transposed = lays[arg.index()].root == fwd_lay.root
+        && lays[arg.index()].offset == fwd_lay.offset
+        && lays[arg.index()].strides == swapped(fwd_lay);
+    if (of_fwd && reads_transposed(lays, o, &whole)) || (of_transposed && lays[o.index()] == whole)
+    {
+        Some(Some(r))
+    } else {
+        None
     }
 }
 
@@ -249,27 +258,44 @@ fn backward_of(
     };
     // `dv = pᵀ @ dO` and the softmax backward's group.
     // An f16/bf16 `p` is read through its f32 promotion, in the softmax backward's group.
+    // An f16/bf16 `p` is read through its f32 promotions (autodiff makes one per use): of
+    // `p` in the softmax backward's group, and of `pᵀ` (`f32(transpose(p))`) for `dv`.
     let mut readers = readers.clone();
-    let mut p32 = None;
+    let mut p32: Vec<NodeId> = Vec::new();
+    let mut pt32 = None;
+    let p_whole = Layout::contiguous(p, &graph.ty(p).sizes());
     for &c in &readers.clone() {
-        if let Op::Cast {
+        let Op::Cast {
             arg,
             implicit: true,
         } = graph.node(c).op
-        {
-            if reads_whole(graph, lays, arg, p) && p32.replace(c).is_none() {
-                readers.remove(&c);
-                readers.extend(
-                    f.consumers[c.index()]
-                        .iter()
-                        .copied()
-                        .filter(|&x| f.gid[x.index()] != f.gid[c.index()] || x != c),
-                );
+        else {
+            continue;
+        };
+        if reads_whole(graph, lays, arg, p) {
+            p32.push(c);
+        } else if reads_transposed(lays, arg, &p_whole) {
+            if pt32.replace(c).is_some() {
+                return Err("the probabilities are promoted to f32 transposed twice".into());
             }
+        } else {
+            continue;
         }
+        readers.remove(&c);
+        readers.extend(f.consumers[c.index()].iter().copied());
     }
-    let pv = p32.unwrap_or(p);
-    let p_lay = Layout::contiguous(pv, &graph.ty(pv).sizes());
+    // `p` itself or one of its promotions.
+    let is_pv = |n: NodeId| n == p || p32.contains(&n) || pt32 == Some(n);
+    let is_p = |o: NodeId| {
+        reads_whole(graph, lays, o, p) || p32.iter().any(|&c| reads_whole(graph, lays, o, c))
+    };
+    let is_pt = |a: NodeId| {
+        reads_transposed(lays, a, &p_whole)
+            || p32
+                .iter()
+                .any(|&c| reads_transposed(lays, a, &Layout::contiguous(c, &graph.ty(c).sizes())))
+            || pt32.is_some_and(|t| reads_whole(graph, lays, a, t))
+    };
     let mut dv = None;
     let mut g4 = None;
     for &c in &readers {
@@ -277,7 +303,7 @@ fn backward_of(
             continue;
         }
         match graph.node(c).op {
-            Op::MatMul(a, b) if reads_transposed(lays, a, &p_lay) && root(b) != pv => {
+            Op::MatMul(a, b) if is_pt(a) && !is_pv(root(b)) => {
                 if dv.replace((c, b)).is_some() {
                     return Err("the probabilities are read by more than one `pᵀ @ …`".into());
                 }
@@ -295,9 +321,26 @@ fn backward_of(
     }
     let g4 = g4.ok_or("no softmax backward reads the probabilities")?;
     let nodes4 = sorted(f, g4);
-    if let Some(c) = p32 {
-        if f.gid[c.index()] != Some(g4) {
-            return Err("the probabilities' promotion is a kernel of its own".into());
+    if p32.iter().any(|c| f.gid[c.index()] != Some(g4)) {
+        return Err("the probabilities' promotion is a kernel of its own".into());
+    }
+    // The promotion of `pᵀ`: in the softmax backward's kernel or a kernel of its own, read
+    // by `dv` alone (the group computes it from the recomputed `p`).
+    let mut g_pt = None;
+    if let Some(c) = pt32 {
+        if f.consumers[c.index()]
+            .iter()
+            .any(|&x| Some(x) != dv.map(|d: (NodeId, NodeId)| d.0))
+            || outputs.contains(&c)
+        {
+            return Err("the promotion of the probabilities is read by more than `dv`".into());
+        }
+        let g = f.gid[c.index()].ok_or("the probabilities' promotion is in no kernel")?;
+        if g != g4 {
+            if f.members[g] != [c] {
+                return Err("the probabilities' promotion shares a kernel".into());
+            }
+            g_pt = Some(g);
         }
     }
     // The softmax group stores `p`, and values the prologue's backward reads that do not
@@ -341,7 +384,6 @@ fn backward_of(
     // Softmax's backward in g4: m1 = dp ∘ p, r = Σ m1, s1 = dp − r, gx = p ∘ s1.
     let not_softmax =
         || "the kernel reading the probabilities is not softmax's backward".to_string();
-    let is_p = |o: NodeId| reads_whole(graph, lays, o, pv);
     let mut dprobs = None;
     let mut m1 = None;
     let mut gx = None;
@@ -392,13 +434,9 @@ fn backward_of(
     for &n in &nodes4 {
         if n != m1
             && n != gx
-            && Some(n) != p32
-            && graph
-                .node(n)
-                .op
-                .operands()
-                .iter()
-                .any(|&o| root(o) == pv || root(o) == p)
+            && !p32.contains(&n)
+            && Some(n) != pt32
+            && graph.node(n).op.operands().iter().any(|&o| is_pv(root(o)))
         {
             return Err("the softmax backward reads the probabilities elsewhere".into());
         }
@@ -419,7 +457,8 @@ fn backward_of(
     }
     let g_dp = single(dprobs)?;
     let mut softmax = vec![m1, r, s1, gx];
-    softmax.extend(p32);
+    softmax.extend(&p32);
+    softmax.extend(pt32);
     // The prologue's backward: the rest of g4, elementwise, reading none of p, dp, m1, r, s1.
     let tail: Vec<NodeId> = nodes4
         .iter()
@@ -441,7 +480,7 @@ fn backward_of(
             .op
             .operands()
             .iter()
-            .any(|&o| [p, pv, dprobs, m1, r, s1].contains(&root(o)))
+            .any(|&o| is_pv(root(o)) || [dprobs, m1, r, s1].contains(&root(o)))
         {
             return Err("the prologue's backward reads the softmax's values".into());
         }
@@ -520,6 +559,7 @@ fn backward_of(
         return Err("no product reads the scores' gradient".into());
     }
     let mut groups = vec![g4, g_dp];
+    groups.extend(g_pt);
     for n in [dq, dk, dv.map(|x| x.0)].into_iter().flatten() {
         groups.push(single(n)?);
     }
