@@ -7,8 +7,9 @@
 # Stages run in this order (issue 10), each writing its result to $OUT before the next
 # starts, so a run cut off by the time limit still reports what it reached:
 #   1 differential      CUDA against the CPU executor: every example variant, >= 200 random
-#                       programs, split column reductions (the test binary's gpu_examples_*,
-#                       gpu_random_programs_*, gpu_split_column_reductions_*)
+#                       programs, split column reductions, take's gradient (index add) bit for
+#                       bit (the test binary's gpu_examples_*, gpu_random_programs_*,
+#                       gpu_split_column_reductions_*, gpu_index_add_*)
 #   2 measured          every example at its default dims: tc's device allocation equals
 #                       `planned`, and the driver's free-memory drop agrees
 #   3 figures           `tc bench` of every example, then scripts/torch_compare.py (PyTorch
@@ -125,7 +126,7 @@ tests_verdict() { # LABEL RC LOG
 stage "1 differential"
 : >"$OUT/differential.log"
 run_tests "$OUT/differential.log" 120 gpu_examples_match_the_cpu gpu_random_programs_match_the_cpu \
-  gpu_split_column_reductions_match_the_cpu
+  gpu_split_column_reductions_match_the_cpu gpu_index_add_matches_the_cpu_bit_for_bit
 tests_verdict "examples and random programs, CUDA = CPU" $? "$OUT/differential.log"
 
 # ---- 2. measured == planned, and the driver's free-memory drop agrees.

@@ -18,6 +18,9 @@ mod emu;
 #[path = "cuda/static_figures.rs"]
 mod static_figures;
 
+#[path = "cuda/index_add.rs"]
+mod index_add;
+
 // ------------------------------------------------------------------ NVRTC setup
 
 /// Loads NVRTC: the loader path, `$TC_NVRTC_LIB`, /usr/local/cuda, or the pip wheel

@@ -443,6 +443,43 @@ pub struct AttentionBackwardKernel {
     pub workspace: BufferId,
 }
 
+/// `out[a, v, c] = Σ_{p : index[p] = v, p ascending} grad[a, p, c]`: `take`'s gradient
+/// (`ir::Op::IndexAdd`), with `a` over `pre`, `p` over the index's shape (`N` positions,
+/// in row-major order), `v` over `rows`, `c` over `post`; `out` is f32, contiguous
+/// `pre ++ [rows] ++ post`, every element written (0 where no position names the row).
+/// Both executors split the rows into ranges and walk the index in position order for each
+/// (no scratch memory: PyTorch's `index_add_` needs none either, so neither does `planned`).
+/// The sum for each element is taken in ascending position order in f32 (no atomics), so
+/// every executor gives the same bits run to run and the CPU and CUDA the same sums. An
+/// index outside `[0, rows)` adds nothing and is an error in the data naming `what` (the
+/// text of the `take` it differentiates), as the forward's gathered read is.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IndexAddKernel {
+    pub pre: Vec<u64>,
+    /// The index's shape (`N` = its product).
+    pub index_shape: Vec<u64>,
+    pub rows: u64,
+    pub post: Vec<u64>,
+    /// The index (an integer dtype), strided over `index_shape`.
+    pub index: Load,
+    /// The gradient read (a float dtype), strided over `pre ++ index_shape ++ post`.
+    pub grad: Load,
+    pub out: BufferId,
+    pub what: String,
+}
+
+impl IndexAddKernel {
+    /// `N`, the index's positions.
+    pub fn positions(&self) -> u64 {
+        self.index_shape.iter().product()
+    }
+
+    /// `Π pre` and `Π post`.
+    pub fn outer(&self) -> (u64, u64) {
+        (self.pre.iter().product(), self.post.iter().product())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KernelKind {
@@ -450,6 +487,7 @@ pub enum KernelKind {
     MatMul(MatMulKernel),
     Attention(AttentionKernel),
     AttentionBackward(Box<AttentionBackwardKernel>),
+    IndexAdd(IndexAddKernel),
 }
 
 /// One step of the schedule.

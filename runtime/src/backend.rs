@@ -255,6 +255,7 @@ pub fn traffic_bytes(plan: &Plan) -> u64 {
                     )
                     .collect()
             }
+            KernelKind::IndexAdd(k) => vec![k.index.buffer, k.grad.buffer, k.out],
         };
         touched.sort();
         touched.dedup();

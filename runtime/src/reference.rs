@@ -187,6 +187,18 @@ fn evaluate_with(
             }
             Op::OneHot { arg, classes } => one_hot(get(*arg), *classes, &index_name(graph, *arg))?,
             Op::Cumsum { arg, axis } => cumsum(get(*arg), *axis)?,
+            Op::IndexAdd {
+                grad,
+                index,
+                axis,
+                size,
+            } => floats(index_add(
+                get(*grad),
+                get(*index),
+                *axis,
+                *size,
+                &index_name(graph, *index),
+            )?),
             Op::Softmax { arg, axis, log } => {
                 let log = *log;
                 floats(along_axis(get(*arg), *axis, |line| {
@@ -544,6 +556,34 @@ fn checked_index(v: Value, size: u64, what: &str) -> Result<usize, String> {
     } else {
         Err(format!("index {v} of {what} is out of range [0, {size})"))
     }
+}
+
+/// `take`'s gradient: `grad` (`pre ++ idx.shape ++ post`) added into `size` rows along
+/// `axis` at the rows `idx` names, each sum in ascending position order.
+fn index_add(
+    g: &RefTensor,
+    idx: &RefTensor,
+    axis: usize,
+    size: u64,
+    what: &str,
+) -> Result<(Vec<u64>, Vec<f64>), String> {
+    let ni = idx.shape.len();
+    let pre = &g.shape[..axis];
+    let post = &g.shape[axis + ni..];
+    let mut shape = pre.to_vec();
+    shape.push(size);
+    shape.extend_from_slice(post);
+    let (a_n, c_n, n) = (numel(pre), numel(post), numel(&idx.shape));
+    let mut out = vec![0.0f64; numel(&shape)];
+    for p in 0..n {
+        let v = checked_index(idx.at(p), size, what)?;
+        for a in 0..a_n {
+            for c in 0..c_n {
+                out[(a * size as usize + v) * c_n + c] += g.values[(a * n + p) * c_n + c];
+            }
+        }
+    }
+    Ok((shape, out))
 }
 
 /// `numpy.take(x, idx, axis)`.

@@ -11,6 +11,7 @@ use tc_runtime::HostTensor;
 pub mod attention;
 pub mod gen;
 pub mod gradcheck;
+pub mod index_add;
 
 /// The one tolerance table of the tests (the accuracy of single ops in f32 is
 /// `ir::eval::unary_accuracy` / `binary_accuracy`, which the executors' kernels are held to).

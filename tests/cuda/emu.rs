@@ -62,6 +62,21 @@ fn check_plan(
     compare_with_cpu(label, "emulated CUDA", plan, &cpu, &runs[0])
 }
 
+/// `require_emu` for the other test modules of this binary.
+pub(super) fn require_emu_pub() {
+    require_emu();
+}
+
+/// `check_plan` for the other test modules of this binary.
+pub(super) fn check_plan_pub(
+    label: &str,
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+) -> Result<(), String> {
+    check_plan(label, plan, inputs, params)
+}
+
 fn check_source(
     label: &str,
     source: &str,

@@ -50,6 +50,25 @@ pub fn node_backward(
                 out.push((arg, gather_backward(t, arg, index, axis, g)));
             }
         }
+        Op::IndexAdd {
+            grad, index, axis, ..
+        } => {
+            // index_add's backward (IndexAddBackward0, saves the index): the gradient read
+            // back at the rows the index names, `take(g, index, axis)`.
+            if need(grad) {
+                t.save(index);
+                let ty = t.graph().ty(grad).clone();
+                let gx = t.push(
+                    Op::Take {
+                        arg: g,
+                        index,
+                        axis,
+                    },
+                    crate::ir::TensorType::new(crate::ir::DType::F32, ty.shape),
+                );
+                out.push((grad, gx));
+            }
+        }
         Op::Unary(u, x) => {
             if need(x) {
                 out.push((x, unary(t, u, x, id, g)?));
@@ -655,38 +674,27 @@ fn reduce(
 }
 
 /// `take(x, idx, axis)`'s gradient: `g` added back into the rows of `x` it read
-/// (`index_select_backward`: `zeros(x.shape).index_add_(axis, idx, grad)`; saves `idx`).
-/// Written as a deterministic sum with no scatter: row `v` of the result is the sum over
-/// the index positions `p` of `where(idx[p] == v, g[p], 0)` — one reduction over the index
-/// axes of a comparison with an `arange`, which fuses into one kernel (each result element
-/// loops over the indices in a fixed order: no atomics, the same bits every run) and
-/// stores nothing of the `[…, V, idx…, …]` comparison. Its cost is `V × idx.numel()` per
-/// element of a row: memory-cheap, but quadratic work for a large vocabulary.
+/// (`index_select_backward` / `embedding_dense_backward`: `zeros(x.shape).index_add_(axis,
+/// idx, grad)`; saves `idx`). One `index_add` node, its own kernel: the table's rows in
+/// ranges, each range walking the index in order and adding the gradient of the positions
+/// that name its rows, so each row is the sum of its positions' gradients in ascending
+/// position order and both executors give the same bits every run with no atomics;
+/// `N · row` adds, where the comparison of every index with every row
+/// (`where(idx == v, g, 0)` summed over the positions) was `V · N`.
 fn take_backward(t: &mut Tape, x: NodeId, idx: NodeId, axis: usize, g: NodeId) -> NodeId {
     t.save(idx);
     let xs = shape(t, x);
-    let is = shape(t, idx);
-    let (pre, post) = (&xs[..axis], &xs[axis + 1..]);
-    let rank = xs.len() + is.len();
-    let one = || Dim::new(1);
-    // [pre, 1, idx…, post]: the gradient with a size-1 axis for the table's rows.
-    let mut gs = pre.to_vec();
-    gs.push(one());
-    gs.extend_from_slice(&is);
-    gs.extend_from_slice(post);
-    let gr = t.reshape(g, &gs);
-    // [1…, 1, idx…, 1…]: the index; [1…, V, 1…]: the row numbers.
-    let mut ishape: Vec<Dim> = pre.iter().map(|_| one()).collect();
-    ishape.push(one());
-    ishape.extend_from_slice(&is);
-    ishape.extend(post.iter().map(|_| one()));
-    let ir = t.reshape(idx, &ishape);
-    let rows = t.arange_on(&xs[axis], axis, rank);
-    let hit = t.index_eq(ir, rows);
-    let z = t.scalar(0.0, crate::ir::DType::F32);
-    let picked = t.select(hit, gr, z);
-    let axes: Vec<usize> = (axis + 1..axis + 1 + is.len()).collect();
-    sum_out(t, picked, &axes, &xs)
+    let g = t.f32(g);
+    let ty = crate::ir::TensorType::new(crate::ir::DType::F32, xs.clone());
+    t.push(
+        Op::IndexAdd {
+            grad: g,
+            index: idx,
+            axis,
+            size: xs[axis].size,
+        },
+        ty,
+    )
 }
 
 /// `gather(x, idx, axis)`'s gradient (`take_along_axis` with broadcasting): `g` added back

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod attention_backward;
 mod cuda;
 pub mod index;
+pub mod index_add;
 pub mod launch;
 mod matmul;
 mod writer;
@@ -150,6 +151,7 @@ pub fn emit_lowered(
                 (KernelKind::AttentionBackward(a), _) => {
                     Ok(attention_backward::emit(plan, index, kernel, a))
                 }
+                (KernelKind::IndexAdd(k), _) => Ok(index_add::emit(plan, index, kernel, k)),
                 (KernelKind::Fused(_), _) => Err(lower::Error::Missing {
                     kernel: kernel.name.clone(),
                     what: "its kernel IR".into(),

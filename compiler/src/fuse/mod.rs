@@ -174,6 +174,18 @@ struct Shape {
 fn shape_of(graph: &Graph, nodes: &[NodeId]) -> Option<Shape> {
     if nodes
         .iter()
+        .any(|&n| matches!(graph.node(n).op, Op::IndexAdd { .. }))
+    {
+        // An index add (`take`'s gradient) is a kernel of its own, like a matrix product.
+        return (nodes.len() == 1).then(|| Shape {
+            domain: graph.ty(nodes[0]).sizes(),
+            reduce: Vec::new(),
+            reduces: false,
+            matmul: true,
+        });
+    }
+    if nodes
+        .iter()
         .any(|&n| matches!(graph.node(n).op, Op::MatMul(..)))
     {
         let alone = match nodes[..] {
@@ -647,6 +659,11 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
                 fills.insert(f.lays[a.index()].root);
                 fills.insert(f.lays[b.index()].root);
             }
+            Op::IndexAdd { grad, index, .. } => {
+                // Read at computed positions: both in memory.
+                fills.insert(f.lays[grad.index()].root);
+                fills.insert(f.lays[index.index()].root);
+            }
             Op::Gather { arg, .. } => {
                 // (a gathered arange is the checked index itself: no table)
                 let r = f.lays[arg.index()].root;
@@ -666,7 +683,7 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
         let g = f.add(id);
         // A concat is a group of its own with no kernel: its operands' kernels write its
         // buffer (`plan`); the group orders its readers after them.
-        if matches!(op, Op::MatMul(..) | Op::Concat { .. }) || fill {
+        if matches!(op, Op::MatMul(..) | Op::Concat { .. } | Op::IndexAdd { .. }) || fill {
             continue;
         }
         for o in op.operands() {
@@ -683,7 +700,7 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
             if allowed
                 && !matches!(
                     graph.node(r).op,
-                    Op::MatMul(..) | Op::Scalar(_) | Op::Concat { .. }
+                    Op::MatMul(..) | Op::Scalar(_) | Op::Concat { .. } | Op::IndexAdd { .. }
                 )
                 && !graph.node(r).op.is_synthesized()
             {
@@ -701,6 +718,9 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
         .ids()
         .filter_map(|id| match graph.node(id).op {
             Op::MatMul(a, b) => Some([f.lays[a.index()].root, f.lays[b.index()].root]),
+            Op::IndexAdd { grad, index, .. } => {
+                Some([f.lays[grad.index()].root, f.lays[index.index()].root])
+            }
             _ => None,
         })
         .flatten()

@@ -77,9 +77,12 @@ pub fn siblings<E>(
                 && !ga.matmul
                 && !gb.matmul
                 && ![ga, gb].iter().any(|g| {
-                    g.nodes
-                        .iter()
-                        .any(|&n| matches!(graph.node(n).op, crate::ir::Op::Concat { .. }))
+                    g.nodes.iter().any(|&n| {
+                        matches!(
+                            graph.node(n).op,
+                            crate::ir::Op::Concat { .. } | crate::ir::Op::IndexAdd { .. }
+                        )
+                    })
                 })
                 && ga.attention.is_none()
                 && gb.attention.is_none()

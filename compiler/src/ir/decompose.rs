@@ -262,6 +262,17 @@ pub(crate) fn remap(op: &Op, map: &[NodeId]) -> Op {
             axis: *axis,
         },
         Op::Where(c, a, b) => Op::Where(m(c), m(a), m(b)),
+        Op::IndexAdd {
+            grad,
+            index,
+            axis,
+            size,
+        } => Op::IndexAdd {
+            grad: m(grad),
+            index: m(index),
+            axis: *axis,
+            size: *size,
+        },
         Op::Concat { args, axis } => Op::Concat {
             args: args.iter().map(m).collect(),
             axis: *axis,

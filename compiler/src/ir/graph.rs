@@ -433,6 +433,19 @@ pub enum Op {
         args: Vec<NodeId>,
         axis: usize,
     },
+    /// `take`'s gradient (`index_add`, PyTorch's `embedding_dense_backward`): `grad` has
+    /// shape `pre ++ index.shape ++ post` (`pre` of rank `axis`), the node
+    /// `pre ++ [size] ++ post`, and element `[a, v, c]` is the sum of `grad[a, p, c]` over
+    /// the index positions `p` with `index[p] == v`, in ascending order of `p` (f32
+    /// accumulation, rounded once to the node's dtype). An index outside `[0, size)` is an
+    /// error in the data, as in the `take` it differentiates. Its own kernel
+    /// (`schedule::IndexAddKernel`): `N · |pre ++ post|` adds, never `V · N`.
+    IndexAdd {
+        grad: NodeId,
+        index: NodeId,
+        axis: usize,
+        size: u64,
+    },
 }
 
 impl Op {
@@ -458,6 +471,7 @@ impl Op {
             Op::Take { arg, index, .. } | Op::Gather { arg, index, .. } => vec![*arg, *index],
             Op::Where(c, a, b) => vec![*c, *a, *b],
             Op::Concat { args, .. } => args.clone(),
+            Op::IndexAdd { grad, index, .. } => vec![*grad, *index],
         }
     }
 
@@ -494,6 +508,7 @@ impl Op {
             Op::Var { sqrt: false, .. } => "var",
             Op::Var { sqrt: true, .. } => "std",
             Op::LogSumExp { .. } => "logsumexp",
+            Op::IndexAdd { .. } => "index_add",
         }
     }
 

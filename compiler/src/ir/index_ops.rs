@@ -106,6 +106,34 @@ pub fn verify(graph: &Graph, op: &Op, ty: &TensorType) -> Result<(), (Invariant,
             }
             Ok(())
         }
+        Op::IndexAdd {
+            grad,
+            index,
+            axis,
+            size,
+        } => {
+            let (g, i) = (graph.ty(grad).sizes(), graph.ty(index).sizes());
+            let ok = integral(index)
+                && graph.dtype(grad).is_float()
+                && graph.dtype(grad) == ty.dtype
+                && axis + i.len() <= g.len()
+                && g[axis..axis + i.len()] == i[..]
+                && sizes.len() == g.len() + 1 - i.len()
+                && sizes[..axis] == g[..axis]
+                && sizes[axis] == size
+                && sizes[axis + 1..] == g[axis + i.len()..];
+            if !ok {
+                return bad(
+                    TypesFollowOps,
+                    format!(
+                        "index_add of {} by {} on axis {axis} into {size} rows is not {ty}",
+                        graph.ty(grad),
+                        graph.ty(index)
+                    ),
+                );
+            }
+            Ok(())
+        }
         _ => bad(
             ExplicitBroadcast,
             format!("{} is not an index op", op.name()),

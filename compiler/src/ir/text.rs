@@ -80,6 +80,7 @@ pub fn op_text(op: &Op) -> String {
             format!("{} {args} axis={axis}", op.name())
         }
         Op::OneHot { classes, .. } => format!("one_hot {args} classes={classes}"),
+        Op::IndexAdd { axis, size, .. } => format!("index_add {args} axis={axis} size={size}"),
         Op::Clamp { min, max, .. } => {
             let b = |k: &str, v: &Option<f64>| v.map(|v| format!(" {k}={v:?}")).unwrap_or_default();
             format!("clamp {args}{}{}", b("min", min), b("max", max))

@@ -253,6 +253,7 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
         | Op::Take { .. }
         | Op::Gather { .. }
         | Op::OneHot { .. }
+        | Op::IndexAdd { .. }
         | Op::Cumsum { .. } => super::index_ops::verify(graph, &n.op, ty)
             .map_err(|(inv, msg)| Violation::new(inv, msg)),
         Op::Cast { arg, .. } => {

@@ -452,9 +452,10 @@ pub fn lower(plan: &Plan) -> Result<Lowered, Error> {
     for kernel in &plan.kernels {
         kernels.push(match &kernel.kind {
             KernelKind::Fused(f) => Some(lower_fused(plan, &kernel.name, f)?),
-            KernelKind::MatMul(_) | KernelKind::Attention(_) | KernelKind::AttentionBackward(_) => {
-                None
-            }
+            KernelKind::MatMul(_)
+            | KernelKind::Attention(_)
+            | KernelKind::AttentionBackward(_)
+            | KernelKind::IndexAdd(_) => None,
         });
     }
     for i in 0..plan.kernels.len().saturating_sub(1) {
@@ -484,9 +485,10 @@ pub fn internal(e: &Error) -> crate::Diagnostic {
 pub fn lower_kernel(plan: &Plan, kernel: &Kernel) -> Result<Option<KernelIr>, Error> {
     match &kernel.kind {
         KernelKind::Fused(f) => lower_fused(plan, &kernel.name, f).map(Some),
-        KernelKind::MatMul(_) | KernelKind::Attention(_) | KernelKind::AttentionBackward(_) => {
-            Ok(None)
-        }
+        KernelKind::MatMul(_)
+        | KernelKind::Attention(_)
+        | KernelKind::AttentionBackward(_)
+        | KernelKind::IndexAdd(_) => Ok(None),
     }
 }
 

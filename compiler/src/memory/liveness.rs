@@ -18,6 +18,7 @@ pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
             .chain(a.loads.iter().map(|l| l.buffer))
             .chain(a.grad_loads.iter().map(|l| l.buffer))
             .collect(),
+        KernelKind::IndexAdd(k) => vec![k.index.buffer, k.grad.buffer],
     }
 }
 
@@ -38,6 +39,7 @@ pub fn writes(kernel: &Kernel) -> Vec<BufferId> {
             .map(|o| o.buffer)
             .chain([a.workspace])
             .collect(),
+        KernelKind::IndexAdd(k) => vec![k.out],
     }
 }
 

@@ -8,6 +8,7 @@
 //! `tc emit --plan`.
 
 mod attention_backward;
+mod index_add;
 mod kernel;
 pub mod label;
 pub mod split;
@@ -424,6 +425,24 @@ fn plan_traced(
             k
         } else if group.matmul {
             b.matmul(group, out_bufs[0], options, step)?
+        } else if matches!(graph.node(group.nodes[0]).op, Op::IndexAdd { .. }) {
+            let k = b.index_add(group, out_bufs[0])?;
+            if let KernelKind::IndexAdd(ia) = &k {
+                notes.push(format!(
+                    "{name}: index add (line {}): the gradient of {} positions added into the {} rows they read, no {} x {} comparison (the rows in ranges, each walking the index in order: {})",
+                    graph.origin(group.nodes[0]).line,
+                    ia.positions(),
+                    ia.rows,
+                    ia.rows,
+                    ia.positions(),
+                    if options.for_gpu() {
+                        "a block a range"
+                    } else {
+                        "a task a range"
+                    }
+                ));
+            }
+            k
         } else {
             let mut f = b.fused(group, &live, &outs, &out_bufs)?;
             for (st, region) in f.stores.iter_mut().zip(&regions) {
@@ -476,9 +495,10 @@ fn plan_traced(
                     .collect();
                 split::split(f, &sp, &partials)
             }),
-            KernelKind::MatMul(_) | KernelKind::Attention(_) | KernelKind::AttentionBackward(_) => {
-                None
-            }
+            KernelKind::MatMul(_)
+            | KernelKind::Attention(_)
+            | KernelKind::AttentionBackward(_)
+            | KernelKind::IndexAdd(_) => None,
         };
         match halves {
             Some((first, second)) => {

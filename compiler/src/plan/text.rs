@@ -113,6 +113,27 @@ pub fn print(plan: &Plan) -> String {
             lines.join(", ")
         );
         match &k.kind {
+            KernelKind::IndexAdd(ia) => {
+                let _ = writeln!(
+                    out,
+                    "  index add pre {} index {} rows {} post {} -> {} f32 (each row summed in position order)",
+                    list(&ia.pre),
+                    list(&ia.index_shape),
+                    ia.rows,
+                    list(&ia.post),
+                    bname(ia.out),
+                );
+                for (tag, l) in [("index", &ia.index), ("grad", &ia.grad)] {
+                    let _ = writeln!(
+                        out,
+                        "  {tag} = {} {} +{} strides {}",
+                        bname(l.buffer),
+                        l.dtype,
+                        l.offset,
+                        list(&l.strides)
+                    );
+                }
+            }
             KernelKind::MatMul(m) => {
                 let _ = writeln!(
                     out,

@@ -523,6 +523,50 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 }
                 written_at[a.workspace.index()].push(s);
             }
+            KernelKind::IndexAdd(ia) => {
+                // The index and the gradient inside their buffers over their own shapes,
+                // the index an integer, the gradient a float; the result f32 of
+                // `pre ++ [rows] ++ post`, written whole.
+                let mut g_shape = ia.pre.clone();
+                g_shape.extend(&ia.index_shape);
+                g_shape.extend(&ia.post);
+                for (what, l, sizes) in [
+                    ("index", &ia.index, &ia.index_shape),
+                    ("gradient", &ia.grad, &g_shape),
+                ] {
+                    check_id(l.buffer)?;
+                    check_loads(plan, &k.name, what, std::slice::from_ref(l), sizes)?;
+                    read_at[l.buffer.index()].push(s);
+                }
+                if !ia.index.dtype.is_integral() || !ia.grad.dtype.is_float() {
+                    return Err(bad(
+                        KernelBody,
+                        format!(
+                            "{}: index add of a {} gradient by a {} index",
+                            k.name, ia.grad.dtype, ia.index.dtype
+                        ),
+                    ));
+                }
+                check_id(ia.out)?;
+                let b = plan.buffer(ia.out);
+                let mut out_shape = ia.pre.clone();
+                out_shape.push(ia.rows);
+                out_shape.extend(&ia.post);
+                if numel(&b.shape) != numel(&out_shape) || b.dtype != crate::ir::DType::F32 {
+                    return Err(bad(
+                        InBounds,
+                        format!(
+                            "{}: index add of {} elements into {} of {} {}",
+                            k.name,
+                            numel(&out_shape),
+                            b.name,
+                            numel(&b.shape),
+                            b.dtype
+                        ),
+                    ));
+                }
+                written_at[ia.out.index()].push(s);
+            }
             KernelKind::MatMul(m) => {
                 for (op, rows, cols) in [(&m.a, m.m, m.k), (&m.b, m.k, m.n)] {
                     check_id(op.buffer)?;

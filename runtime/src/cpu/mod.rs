@@ -11,6 +11,7 @@ pub use attention::{TileCount, TILE_LOG};
 mod attention_backward;
 mod fused;
 mod index;
+mod index_add;
 mod math;
 mod matmul;
 #[cfg(test)]
@@ -252,6 +253,7 @@ fn run_observed(
             KernelKind::AttentionBackward(k) => {
                 attention_backward::run(plan, &kernel.name, k, &mems)?
             }
+            KernelKind::IndexAdd(k) => index_add::run(plan, &kernel.name, k, &mems)?,
         }
         kernel_done(
             i,
