@@ -401,3 +401,70 @@ fn the_picture_shows_every_buffer_chains_leaves_and_clean_ticks() {
     assert_eq!(text, tc_compiler::report::svg::render_svg(&p.memory));
     assert!(text.contains("inputs and params") && text.contains("loss"));
 }
+
+/// Issue 16's half budget (inputs and params plus half the unbudgeted planned peak without
+/// them) on the two training examples: their outputs, all live at the end beside the inputs
+/// and params, already exceed it, so no schedule meets it (docs/memory-planning.md §10.4);
+/// `tc plan --memory-budget` says so with exit 1 and the smallest peak it reached, which is
+/// above the budget and at most the unbudgeted plan's.
+#[test]
+fn half_budget_of_the_training_examples_is_below_their_outputs() {
+    let root = repo_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["train_block", "train_mlp"] {
+        let file = root.join("examples").join(format!("{name}.tx"));
+        let file = file.to_str().expect("utf-8 path");
+        let r = tc_in(dir.path(), &["plan", file, "--memory-json", "-"]);
+        r.expect_code(0);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON report");
+        let planned = &v["peaks"]["planned"];
+        let with = planned["with_inputs"].as_u64().expect("with");
+        let without = planned["without_inputs"].as_u64().expect("without");
+        let budget = (with - without) + without / 2;
+        // The outputs, by the program's `output` line, as the report sizes them.
+        let source = std::fs::read_to_string(file).expect("example");
+        let outputs: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("output "))
+            .flat_map(|l| l.split(',').map(str::trim))
+            .collect();
+        assert!(!outputs.is_empty(), "{name}: no output line");
+        let buffers = v["buffers"].as_array().expect("buffers");
+        let output_bytes: u64 = outputs
+            .iter()
+            .map(|o| {
+                // Its own size (an output can be a view of a kernel's result).
+                let b = buffers
+                    .iter()
+                    .find(|b| b["name"] == *o)
+                    .unwrap_or_else(|| panic!("{name}: no buffer for output {o}"));
+                let elements: u64 = b["shape"]
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .map(|d| d.as_u64().expect("dim"))
+                    .product();
+                let size = match b["dtype"].as_str().expect("dtype") {
+                    "f32" | "i32" => 4,
+                    "i64" => 8,
+                    "f16" | "bf16" => 2,
+                    other => panic!("{name}: output {o} of dtype {other}"),
+                };
+                elements * size
+            })
+            .sum();
+        assert!(
+            (with - without) + output_bytes > budget,
+            "{name}: inputs and params {} plus outputs {output_bytes} fit the half budget {budget}",
+            with - without
+        );
+        let b = budget.to_string();
+        let r = tc_in(dir.path(), &["plan", file, "--memory-budget", &b]);
+        r.expect_code(1);
+        assert!(
+            r.stderr.contains("smallest peak tc reached"),
+            "{name}: {}",
+            r.stderr
+        );
+    }
+}

@@ -332,19 +332,8 @@ impl Checker<'_> {
                 };
                 let id = self.coerce_dtype(id, to, x_span);
                 let ty = &self.graph.ty(id).clone();
-                let axes = match bound[1] {
-                    None => (0..rank).collect(),
-                    Some(e) => match self.axes(e, ty) {
-                        Some(a) => a,
-                        None => return Val::Error,
-                    },
-                };
-                let keepdim = match bound[2] {
-                    None => false,
-                    Some(e) => match self.boolean(e, "keepdim") {
-                        Some(b) => b,
-                        None => return Val::Error,
-                    },
+                let Some((axes, keepdim)) = self.reduction_axes(bound[1], bound[2], ty) else {
+                    return Val::Error;
                 };
                 if axes.is_empty() {
                     // A rank-0 reduction over all (no) axes is its argument.
@@ -367,19 +356,8 @@ impl Checker<'_> {
                 // Float-only: integers and `bool` compute in f32.
                 let id = self.coerce_dtype(id, ty.dtype.float_or_f32(), x_span);
                 let ty = &self.graph.ty(id).clone();
-                let axes = match bound[1] {
-                    None => (0..rank).collect(),
-                    Some(e) => match self.axes(e, ty) {
-                        Some(a) => a,
-                        None => return Val::Error,
-                    },
-                };
-                let keepdim = match bound[2] {
-                    None => false,
-                    Some(e) => match self.boolean(e, "keepdim") {
-                        Some(b) => b,
-                        None => return Val::Error,
-                    },
+                let Some((axes, keepdim)) = self.reduction_axes(bound[1], bound[2], ty) else {
+                    return Val::Error;
                 };
                 let correction = match bound.get(3).copied().flatten() {
                     None => 1.0,
@@ -763,6 +741,25 @@ impl Checker<'_> {
     }
 
     /// An axis or a list of axes: normalised, distinct, sorted.
+    /// A reduction's `axis` (every axis when absent) and `keepdim` (false when absent)
+    /// arguments; `None` once either has been reported.
+    fn reduction_axes(
+        &mut self,
+        axis: Option<&Expr>,
+        keepdim: Option<&Expr>,
+        ty: &TensorType,
+    ) -> Option<(Vec<usize>, bool)> {
+        let axes = match axis {
+            None => (0..ty.rank()).collect(),
+            Some(e) => self.axes(e, ty)?,
+        };
+        let keepdim = match keepdim {
+            None => false,
+            Some(e) => self.boolean(e, "keepdim")?,
+        };
+        Some((axes, keepdim))
+    }
+
     fn axes(&mut self, e: &Expr, ty: &TensorType) -> Option<Vec<usize>> {
         let items: Vec<&Expr> = match &e.kind {
             ExprKind::List(items) => items.iter().collect(),

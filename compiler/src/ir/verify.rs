@@ -223,32 +223,7 @@ fn node(graph: &Graph, id: NodeId, lay: &[super::Layout]) -> Result<(), Violatio
             if !op.is_arg() && t.dtype != ty.dtype {
                 return bad(TypesFollowOps, format!("operand is {t}, result is {ty}"));
             }
-            if axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a >= t.rank()) {
-                return bad(
-                    TypesFollowOps,
-                    format!(
-                        "axes {axes:?} not sorted, distinct and within rank {}",
-                        t.rank()
-                    ),
-                );
-            }
-            let want: Vec<u64> = t
-                .sizes()
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, s)| match (axes.contains(&i), keepdim) {
-                    (false, _) => Some(s),
-                    (true, true) => Some(1),
-                    (true, false) => None,
-                })
-                .collect();
-            if want != sizes {
-                return bad(
-                    TypesFollowOps,
-                    format!("reducing {t} over {axes:?} gives {want:?}, node says {ty}"),
-                );
-            }
-            Ok(())
+            reduced_shape(t, axes, *keepdim, ty)
         }
         Op::MatMul(a, b) => {
             let (ta, tb) = (graph.ty(*a), graph.ty(*b));
