@@ -15,7 +15,9 @@
 #   3 figures           `tc bench` of every example, then scripts/torch_compare.py (PyTorch
 #                       eager and torch.compile: CUDA-event median, max_memory_allocated;
 #                       device copy bandwidth; for attention also PyTorch's fused
-#                       scaled_dot_product_attention, with tc's time over it in the table)
+#                       scaled_dot_product_attention, and for two causal attentions
+#                       benched here, attention.tx with a causal mask and gpt_block's
+#                       attention alone, its is_causal=True, with tc's time over it)
 #   4 sanitize          compute-sanitizer memcheck and racecheck, every example, small dims
 #   5 start             cold compile (empty kernel cache) and cached start of `tc run`
 #   6 reliability       bitwise-identical runs, a plan larger than free memory refused
@@ -24,7 +26,8 @@
 # Every stage has a share of one time budget (TC_GPU_BUDGET seconds, default 400, so one
 # call fits in 7 minutes with the machine's start outside it); a stage past its share is cut
 # by `timeout` and says so. Writes to $OUT (default ./gpu-out): summary.md first of all,
-# then env.txt, differential.log, memory.jsonl, measured.log, bench.log, torch.json,
+# then env.txt, differential.log, memory.jsonl, measured.log, bench.log (and the causal
+# attentions it benches, causal/*.tx), torch.json,
 # torch.log, sanitizer.log, start.log, reliability.log.
 #
 # Without a GPU (a dry run on the build machine: TC_DEVBIN=target/release TC_TESTS_BIN=…)
@@ -173,6 +176,52 @@ for f in examples/*.tx; do
   name=$(basename "$f" .tx)
   echo "==== bench $name" >>"$OUT/bench.log"
   limited 20 "$TC" bench "$f" --device cuda >>"$OUT/bench.log" 2>&1 || fail "tc bench $name"
+done
+# Causal attention on its own, for PyTorch's scaled_dot_product_attention(is_causal=True)
+# (issue 15; torch_compare.py's CAUSAL): attention.tx with a causal mask of -inf (the masked
+# key tiles are never visited), and gpt_block's attention alone at its dims (the fused QKV
+# product's thirds as input, its -1e9 mask: masked tiles skipped by the block vote, the
+# heads merged by the kernel's epilogue). Benched like the examples, under these names.
+mkdir -p "$OUT/causal"
+cat >"$OUT/causal/attention_causal.tx" <<'TX'
+# examples/attention.tx with a causal mask (-1e39 rounds to -inf)
+dim B  = 8
+dim H  = 16
+dim S  = 1024
+dim Dh = 64
+input q : f32[B, H, S, Dh]
+input k : f32[B, H, S, Dh]
+input v : f32[B, H, S, Dh]
+pos    = arange(S)
+scores = q @ transpose(k) / sqrt(Dh)
+p      = softmax(where(reshape(pos, [S, 1]) >= pos, scores, -1e39), axis=-1)
+out    = p @ v
+output out
+TX
+cat >"$OUT/causal/gpt_block_attention.tx" <<'TX'
+# examples/gpt_block.tx's causal attention alone: the QKV product's thirds in, heads merged out
+dim B  = 4
+dim S  = 256
+dim D  = 512
+dim H  = 8
+dim Dh = 64
+input qkv : f32[B, S, 3 * D]
+pos    = arange(S)
+q      = permute(reshape(qkv[:, :, :D], [B, S, H, Dh]), [0, 2, 1, 3])
+k      = permute(reshape(qkv[:, :, D:2*D], [B, S, H, Dh]), [0, 2, 1, 3])
+v      = permute(reshape(qkv[:, :, 2*D:], [B, S, H, Dh]), [0, 2, 1, 3])
+causal = reshape(pos, [S, 1]) >= pos
+att    = softmax(where(causal, q @ transpose(k) / sqrt(Dh), -1e9), axis=-1)
+ctx    = reshape(permute(att @ v, [0, 2, 1, 3]), [B, S, D])
+output ctx
+TX
+for f in "$OUT"/causal/*.tx; do
+  name=$(basename "$f" .tx)
+  echo "==== bench $name" >>"$OUT/bench.log"
+  limited 20 "$TC" bench "$f" --device cuda >>"$OUT/bench.log" 2>&1
+  rc=$?
+  echo "(exit $rc)" >>"$OUT/bench.log"
+  [ $rc -eq 0 ] || fail "tc bench $name"
 done
 python3 - "$OUT/bench.log" <<'PY' | tee -a "$summary"
 import re, sys

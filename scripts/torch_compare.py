@@ -3,7 +3,9 @@
 torch.compile on the GPU: median time (CUDA events) and peak memory
 (torch.cuda.max_memory_allocated, inputs and params included, as tc's `planned` with
 inputs), printed beside tc's planned/measured bytes from scripts/gpu.sh's memory.jsonl.
-Also measures device-to-device copy bandwidth, the floor for memory-bound kernels.
+Also measures device-to-device copy bandwidth, the floor for memory-bound kernels, and
+PyTorch's `scaled_dot_product_attention` beside tc's attention (`attention`) and causal
+attentions (`CAUSAL`: is_causal=True; gpu.sh benches their .tx).
 
     python3 scripts/torch_compare.py --out torch.json [--memory memory.jsonl] [--runs 20]
 """
@@ -47,6 +49,44 @@ def ex_attention():
         return (p @ v,)
 
     return t, f
+
+
+def ex_attention_causal():
+    """gpu.sh's causal/attention_causal.tx: attention.tx with a causal mask of -inf."""
+    B, H, S, Dh = 8, 16, 1024, 64
+    t = dict(q=randn(B, H, S, Dh), k=randn(B, H, S, Dh), v=randn(B, H, S, Dh))
+    causal = torch.ones(S, S, dtype=torch.bool, device=DEV).tril()
+
+    def f(q, k, v):
+        scores = q @ k.transpose(-1, -2) / math.sqrt(Dh)
+        p = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        return (p @ v,)
+
+    def sdpa(q, k, v):
+        return (F.scaled_dot_product_attention(q, k, v, is_causal=True),)
+
+    return t, f, sdpa
+
+
+def ex_gpt_block_attention():
+    """gpu.sh's causal/gpt_block_attention.tx: examples/gpt_block.tx's causal attention
+    alone, from the fused QKV product's thirds to the heads merged, its mask -1e9."""
+    B, S, D, H, Dh = 4, 256, 512, 8, 64
+    t = dict(qkv=randn(B, S, 3 * D))
+    causal = torch.ones(S, S, dtype=torch.bool, device=DEV).tril()
+    heads = lambda u: u.reshape(B, S, H, Dh).permute(0, 2, 1, 3)
+    merge = lambda u: u.permute(0, 2, 1, 3).reshape(B, S, D)
+
+    def f(qkv):
+        q, k, v = heads(qkv[:, :, :D]), heads(qkv[:, :, D:2 * D]), heads(qkv[:, :, 2 * D:])
+        att = torch.softmax(torch.where(causal, q @ k.transpose(-1, -2) / math.sqrt(Dh), -1e9), dim=-1)
+        return (merge(att @ v),)
+
+    def sdpa(qkv):
+        q, k, v = heads(qkv[:, :, :D]), heads(qkv[:, :, D:2 * D]), heads(qkv[:, :, 2 * D:])
+        return (merge(F.scaled_dot_product_attention(q, k, v, is_causal=True)),)
+
+    return t, f, sdpa
 
 
 def ex_broadcast():
@@ -188,6 +228,11 @@ def ex_train_block():
     return t, f
 
 
+# Causal attentions that are no example (scripts/gpu.sh writes and benches their .tx under
+# these names): each maker also returns PyTorch's fused attention of the same maths,
+# `scaled_dot_product_attention(..., is_causal=True)`, measured as the `sdpa` column.
+CAUSAL = {"attention_causal", "gpt_block_attention"}
+
 # Training steps: measured with autograd on (the step's peak, `torch.cuda.max_memory_allocated`
 # around forward + backward + update, beside tc's planned with inputs).
 TRAINING = {"train_mlp", "train_block"}
@@ -197,6 +242,7 @@ EXAMPLES = {
     "layernorm": ex_layernorm, "mixed_precision": ex_mixed_precision, "mlp": ex_mlp,
     "softmax": ex_softmax, "transformer_block": ex_transformer_block,
     "train_mlp": ex_train_mlp, "train_block": ex_train_block,
+    "attention_causal": ex_attention_causal, "gpt_block_attention": ex_gpt_block_attention,
 }
 
 
@@ -285,7 +331,11 @@ def main():
     for name, make in EXAMPLES.items():
         if a.only and name not in a.only:
             continue
-        tensors, f = make()
+        made = make()
+        tensors, f = made[0], made[1]
+        # PyTorch's fused attention of the same maths: `attention`'s below, the causal ones'
+        # from their makers.
+        sdpa = made[2] if name in CAUSAL else None
         row = {}
         try:
             row["eager"] = measure(f, tensors, a.runs, grad=name in TRAINING)
@@ -298,11 +348,12 @@ def main():
         except Exception as e:  # noqa: BLE001
             row["compile"] = dict(error=repr(e))
         if name == "attention":
+            sdpa = lambda q, k, v: (torch.nn.functional.scaled_dot_product_attention(q, k, v),)
+        if sdpa is not None:
             # PyTorch's fused attention on the same shapes (flash or memory-efficient
             # kernel, whichever it picks for f32): tc's flash kernel should be within 1.5x.
             torch.cuda.empty_cache()
             try:
-                sdpa = lambda q, k, v: (torch.nn.functional.scaled_dot_product_attention(q, k, v),)
                 row["sdpa"] = measure(sdpa, tensors, a.runs)
             except Exception as e:  # noqa: BLE001
                 row["sdpa"] = dict(error=repr(e))
@@ -316,17 +367,18 @@ def main():
         del tensors
         torch.cuda.empty_cache()
         print(f"{name}: {json.dumps(row)}", flush=True)
-        if name == "attention" and row.get("sdpa", {}).get("median_ms") and name in tc_ms:
+        if row.get("sdpa", {}).get("median_ms") and name in tc_ms:
             ratio = tc_ms[name] / row["sdpa"]["median_ms"]
-            print(f"attention: tc {tc_ms[name]:.3f} ms vs scaled_dot_product_attention "
+            causal = ", is_causal=True" if name in CAUSAL else ""
+            print(f"{name}: tc {tc_ms[name]:.3f} ms vs scaled_dot_product_attention{causal} "
                   f"{row['sdpa']['median_ms']:.3f} ms: {ratio:.2f}x (target <= 1.5x)", flush=True)
     json.dump(result, open(a.out, "w"), indent=2)
 
     mib = lambda b: f"{b / 2**20:.1f}" if isinstance(b, (int, float)) else "-"
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     # The table (and what follows it) goes into gpu.sh's summary: PyTorch's fused attention
-    # (`scaled_dot_product_attention`, measured for `attention` only) is a column of it,
-    # with tc's time over it (issue 15: at most 1.5x).
+    # (`scaled_dot_product_attention`, measured for `attention`, and with is_causal=True for
+    # the CAUSAL ones) is a column of it, with tc's time over it (issue 15: at most 1.5x).
     print("\n| example | tc planned MiB | tc measured MiB | eager peak MiB | compile peak MiB | "
           "planned <= compile | tc ms | eager ms | compile ms | sdpa ms | tc / sdpa |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -345,7 +397,8 @@ def main():
                 why = row["sdpa"].get("error") or "no tc time (tc bench failed or was cut)"
                 verdicts.append(f"- {name}: tc / scaled_dot_product_attention not measured: {why}")
             else:
-                verdicts.append(f"- {name}: tc {tm:.3f} ms, scaled_dot_product_attention {sm:.3f} ms: "
+                causal = "(is_causal=True)" if name in CAUSAL else ""
+                verdicts.append(f"- {name}: tc {tm:.3f} ms, scaled_dot_product_attention{causal} {sm:.3f} ms: "
                                 f"{ratio:.2f}x (target <= 1.5x: {'yes' if ratio <= 1.5 else 'NO'})")
         print(f"| {name} | {mib(p)} | {mib(m)} | {mib(ep)} | {mib(cp)} | {ok} | "
               f"{fmt(tm)} | {fmt(em)} | {fmt(cm)} | {fmt(sm)} | "

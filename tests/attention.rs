@@ -470,3 +470,107 @@ fn cuda_attention_walks_only_the_unmasked_key_tiles() {
     );
     assert!(k.source.contains("if (skip) continue;"), "{}", k.source);
 }
+
+/// Under the CUDA emulation (`tc_runtime::cuda::emu`, which counts the kernel's
+/// `TC_KEY_TILE()`, empty on the device), a causal attention over S = 1000 queries and keys
+/// (not a multiple of the tile) computes exactly the key tiles its mask leaves — for each
+/// tile of queries, the key tiles holding a key at or before its last query — and gives the
+/// reference's results. With a mask of `-inf` the masked tiles are never visited; with a
+/// finite `-1e9` (as `gpt_block`) each is skipped by the block vote. The same kernel with
+/// its skipping taken out (every query tile's range made whole, the vote's `continue`
+/// removed) computes every tile and must give bit for bit the same outputs: a skipped tile
+/// would have added exactly nothing.
+#[test]
+#[cfg_attr(
+    tc_no_emu,
+    ignore = "needs a host C++ compiler, not found when the tests were built (tests/build.rs)"
+)]
+fn emulated_cuda_attention_computes_only_the_unmasked_key_tiles() {
+    use tc_compiler::codegen::attention::{keys_per_tile, BQ};
+    use tc_runtime::cuda::emu;
+    if let Err(e) = emu::compiler() {
+        panic!("no host C++ compiler: {e}");
+    }
+    let s = 1000u64;
+    for (what, mask, dh) in [
+        ("causal, -inf", "where(qi >= kj, s, -1e39)", 24),
+        ("causal, -1e9", "where(kj > qi, -1e9, s)", 40),
+    ] {
+        let src = format!(
+            "dim S = {s}\ndim Dh = {dh}\ninput q : f32[2, S, Dh]\ninput k : f32[2, S, Dh]\n\
+             input v : f32[2, S, 8]\nqi = reshape(arange(S), [S, 1])\nkj = arange(S)\n\
+             s = q @ transpose(k) / sqrt(Dh)\nout = softmax({mask}, axis=-1) @ v\noutput out\n"
+        );
+        let cuda = tc_compiler::codegen::cuda_plan_options(&PlanOptions::default());
+        let p = compile(&src, &[], cuda);
+        assert_eq!(attention_kernels(&p), 1, "{what}");
+        let at = p
+            .plan
+            .kernels
+            .iter()
+            .position(|k| matches!(k.kind, KernelKind::Attention(_)))
+            .expect("attention");
+        let kernels = tc_compiler::codegen::emit_kernels(&p.plan).expect("CUDA C");
+        let k = kernels
+            .iter()
+            .find(|k| k.kernel_index == at)
+            .expect("the attention kernel's CUDA C");
+
+        // The tiles: BQ queries by bk keys; query tile t's last query is
+        // min((t + 1)·BQ, S) - 1, and it computes key tiles 0 ..= that / bk.
+        let bk = keys_per_tile(dh, 8);
+        let (qtiles, ktiles) = (s.div_ceil(BQ), s.div_ceil(bk));
+        let per_head: u64 = (0..qtiles)
+            .map(|t| (((t + 1) * BQ).min(s) - 1) / bk + 1)
+            .sum();
+        // 32 × 32 tiles of 32: 1 + 2 + … + 32 = 528 of 1024 per head.
+        assert_eq!((BQ, bk, per_head), (32, 32, 528), "{what}");
+
+        // Skipping taken out: every range whole, and the vote's `continue` gone.
+        let table = format!("{}_key_tiles[{}] = {{", k.name, 2 * qtiles);
+        let (head, rest) = k.source.split_once(&table).expect("the key-tile table");
+        let (_, tail) = rest.split_once("};").expect("the table's end");
+        let whole = vec![format!("0, {ktiles}"); qtiles as usize].join(", ");
+        let mut full = format!("{head}{table}{whole}}};{tail}");
+        if mask.contains("-1e9") {
+            assert!(full.contains("if (skip) continue;"), "{}", k.source);
+            full = full.replace("if (skip) continue;", "");
+        }
+        let mut unskipped = kernels.clone();
+        unskipped[at].source = full;
+
+        let checked = tc_compiler::check(&src, &[]).expect("checks");
+        let inputs: Vec<_> = checked
+            .inputs
+            .iter()
+            .map(|l| tc_runtime::data::random_leaf(&checked, l, 11))
+            .collect();
+        let want = tc_runtime::reference::evaluate(&checked, &inputs, &[]).expect("reference");
+        let opts = emu::EmuOptions::default();
+        let skipping = emu::run_counted(&p.plan, &kernels, &inputs, &[], &opts)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let every = emu::run_counted(&p.plan, &unskipped, &inputs, &[], &opts)
+            .unwrap_or_else(|e| panic!("{what}, skipping taken out: {e}"));
+        assert_eq!(
+            skipping.key_tiles.get(&k.name),
+            Some(&(2 * per_head)),
+            "{what}: key tiles computed"
+        );
+        assert_eq!(
+            every.key_tiles.get(&k.name),
+            Some(&(2 * qtiles * ktiles)),
+            "{what}: key tiles computed with skipping taken out"
+        );
+        tc_tests::compare(
+            "out",
+            &skipping.outputs[0],
+            &want[0],
+            tc_tests::tolerance_for(&checked, checked.outputs[0].node),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            skipping.outputs[0].bytes == every.outputs[0].bytes,
+            "{what}: skipping masked tiles changed the results"
+        );
+    }
+}

@@ -1,7 +1,9 @@
 //! The GPU script's flow, on a machine without a GPU (a dry run): `scripts/gpu.sh` must get
 //! through all six stages in order, every CUDA step failing cleanly with exit 3 (never a
 //! hang, a panic or a shell error), so that the one device call a GPU session gets is not
-//! spent on a broken script.
+//! spent on a broken script. The causal attentions stage 3 writes and benches for PyTorch's
+//! `scaled_dot_product_attention(is_causal=True)` must be the ones `torch_compare.py` makes,
+//! each one attention kernel that skips its masked key tiles.
 
 #[path = "support/cli.rs"]
 mod cli;
@@ -68,6 +70,7 @@ fn gpu_script_runs_every_stage_in_order_and_fails_cleanly_without_a_gpu() {
         assert!(line.ends_with("(exit 3)"), "{line}\n{measured}");
     }
     assert!(summary.contains("refused, exit 3"), "{all}");
+    causal_attentions_are_benched(&root, out.path());
     // No shell or Python error in the script itself.
     for bad in [
         "command not found",
@@ -77,5 +80,78 @@ fn gpu_script_runs_every_stage_in_order_and_fails_cleanly_without_a_gpu() {
     ] {
         assert!(!stderr.contains(bad), "{bad}\n{all}");
         assert!(!summary.contains(bad), "{bad}\n{all}");
+    }
+}
+
+/// Stage 3's causal attentions (`$OUT/causal/*.tx`): each benched (the device's exit 3
+/// here, not a program's error), each one CUDA attention kernel with its key-tile table
+/// (the masked tiles skipped), and the same names as `torch_compare.py`'s `CAUSAL`, which
+/// must at least compile as Python.
+fn causal_attentions_are_benched(root: &std::path::Path, out: &std::path::Path) {
+    let bench = std::fs::read_to_string(out.join("bench.log")).expect("bench.log");
+    let mut names: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(out.join("causal")).expect("$OUT/causal") {
+        let path = entry.expect("an entry").path();
+        let name = path
+            .file_stem()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        let at = bench
+            .find(&format!("==== bench {name}\n"))
+            .unwrap_or_else(|| panic!("{name} not benched:\n{bench}"));
+        let rest = &bench[at..];
+        let exit = rest.find("(exit ").map(|i| &rest[i..]).unwrap_or("");
+        assert!(exit.starts_with("(exit 3)"), "{name}:\n{rest}");
+        let source = std::fs::read_to_string(&path).expect("the .tx");
+        let options = tc_compiler::CompileOptions {
+            dims: Vec::new(),
+            plan: tc_compiler::codegen::cuda_plan_options(&Default::default()),
+        };
+        let p = tc_compiler::compile(&source, &options)
+            .unwrap_or_else(|d| panic!("{name} does not compile: {d:?}\n{source}"));
+        let at = p
+            .plan
+            .kernels
+            .iter()
+            .position(|k| matches!(k.kind, tc_compiler::schedule::KernelKind::Attention(_)))
+            .unwrap_or_else(|| panic!("{name}: no attention kernel"));
+        let kernels = tc_compiler::codegen::emit_kernels(&p.plan).expect("CUDA C");
+        let k = kernels
+            .iter()
+            .find(|k| k.kernel_index == at)
+            .expect("the attention kernel's CUDA C");
+        assert!(k.source.contains("_key_tiles["), "{name}:\n{}", k.source);
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["attention_causal", "gpt_block_attention"]);
+    let script =
+        std::fs::read_to_string(root.join("scripts/torch_compare.py")).expect("torch_compare.py");
+    let causal = script
+        .lines()
+        .find(|l| l.starts_with("CAUSAL = {"))
+        .expect("torch_compare.py's CAUSAL");
+    for name in &names {
+        assert!(
+            causal.contains(&format!("\"{name}\"")),
+            "{name} not in {causal}"
+        );
+        assert!(
+            script.contains(&format!("\"{name}\": ex_")),
+            "{name} has no maker"
+        );
+    }
+    if let Ok(py) = Command::new("python3")
+        .args(["-m", "py_compile"])
+        .arg(root.join("scripts/torch_compare.py"))
+        .env("PYTHONPYCACHEPREFIX", out.join("pycache"))
+        .output()
+    {
+        assert!(
+            py.status.success(),
+            "{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! the output columns for the accumulator. Every sum runs in one fixed order, so the result
 //! does not depend on scheduling. Key tiles a mask hides entirely (`crate::masked`) are not
 //! walked: each query tile reads its range of the others from a table in constant memory;
-//! the output is written through strides, with the epilogue computed per element.
+//! the output is written through strides, with the epilogue computed per element. Each key
+//! tile computed invokes `TC_KEY_TILE()`, empty on the device, a count under the CUDA
+//! emulation (the tests hold it to the tiles the mask leaves).
 
 use super::cuda::{address, float_literal, load_conv, op_expr, store_conv, value_type};
 use super::writer::Writer;
@@ -90,6 +92,11 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
             body.join(", ")
         ));
     }
+    // The emulation's count of the key tiles computed (`tc_runtime::cuda::emu`, which
+    // defines it first); nothing on the device.
+    w.line("#ifndef TC_KEY_TILE");
+    w.line("#define TC_KEY_TILE()");
+    w.line("#endif");
     w.line(format!(
         "// {}: attention (lines {:?}): batch {:?} m {m} n {n} d {d} dv {dv}; the scores are never stored",
         kernel.name, kernel.lines, a.batch
@@ -214,6 +221,7 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     } else {
         w.open(format!("for (long long kt = 0; kt < {n}; kt += {bk})"));
     }
+    w.line("TC_KEY_TILE();");
     w.line("__syncthreads();");
     w.open(format!("for (int e = tid; e < {}; e += {THREADS})", bk * d));
     w.line(format!("const int r = e / {d}, c = e % {d};"));

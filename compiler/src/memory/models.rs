@@ -237,6 +237,56 @@ pub fn unfused_model(graph: &Graph, options: &PlanOptions) -> Unfused {
     }
 }
 
+/// Bytes the ops of `graph` (checked) store between kernels of their own when run unfused:
+/// an op whose primitives cannot be one kernel (`fuse::fuse` without fusion splits it: a
+/// backward formula that reduces over a leading axis and broadcasts the result back,
+/// `cumsum`'s backward through its reversals) hands values from one of its kernels to the
+/// next, as PyTorch eager allocates the temporaries of such a formula. `unfused_model`
+/// counts one buffer per op, its result; the naive figure adds these (each rounded up to
+/// 16 bytes), so that the unfused plan without reuse, one buffer per kernel output, is
+/// never above it. A value counts when some kernel other than its own reads it and every
+/// reader is a primitive of the same op (promotions in no kernel seen through).
+pub fn split_op_intermediates(graph: &Graph) -> u64 {
+    let primitive = crate::ir::decompose::decompose(graph);
+    let groups = crate::fuse::fuse(&primitive, false);
+    let mut gid: Vec<Option<usize>> = vec![None; primitive.len()];
+    for (g, group) in groups.iter().enumerate() {
+        for &n in &group.nodes {
+            gid[n.index()] = Some(g);
+        }
+    }
+    let folded: Vec<bool> = primitive
+        .ids()
+        .map(|id| {
+            matches!(primitive.node(id).op, Op::Cast { implicit: true, .. })
+                && gid[id.index()].is_none()
+        })
+        .collect();
+    let lays = crate::ir::layout::layouts_through(&primitive, &folded);
+    let key = |n: NodeId| primitive.origin(n).group.unwrap_or(n);
+    // Per stored value: read from another kernel, and read only within its own op.
+    let mut crossed = vec![false; primitive.len()];
+    let mut own_op = vec![true; primitive.len()];
+    for id in primitive.ids() {
+        let Some(g) = gid[id.index()] else { continue };
+        for o in primitive.node(id).op.operands() {
+            let r = lays[o.index()].root;
+            let Some(h) = gid[r.index()] else { continue };
+            crossed[r.index()] |= h != g;
+            own_op[r.index()] &= key(r) == key(id);
+        }
+    }
+    for o in &primitive.outputs {
+        own_op[lays[o.node.index()].root.index()] = false;
+    }
+    primitive
+        .ids()
+        .filter(|r| crossed[r.index()] && own_op[r.index()])
+        .fold(0u64, |acc, r| {
+            acc.saturating_add(align_up(primitive.ty(r).bytes().unwrap_or(u64::MAX)))
+        })
+}
+
 /// The eager figure (without inputs) the planner must not exceed.
 pub fn eager_budget(graph: &Graph, options: &PlanOptions) -> u64 {
     unfused_model(graph, options).eager

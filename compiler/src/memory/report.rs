@@ -3,7 +3,7 @@
 //! kernel, and plain-language notes. `crate::report` renders it (text, JSON, SVG) and
 //! computes nothing; definitions of the figures are in `docs/memory-planning.md`.
 
-use super::models::{lower_bound, unfused_model};
+use super::models::{lower_bound, split_op_intermediates, unfused_model};
 use super::order::OrderModel;
 use crate::ir::{DType, Graph, NodeId, Op, ViewOp};
 use crate::schedule::{BufferKind, Plan};
@@ -268,7 +268,11 @@ pub fn memory_report_for(
     let lb = lower_bound(plan);
     let (bound, _) = OrderModel::of_plan(plan).bound();
     let peaks = Peaks {
-        naive: with(unfused.naive),
+        naive: with(
+            unfused
+                .naive
+                .saturating_add(split_op_intermediates(checked)),
+        ),
         eager: with(unfused.eager),
         planned: with(plan.arena_bytes),
         lower_bound: with(lb),

@@ -14,11 +14,15 @@
 //! indices (UBSan). Races between threads that need no barrier on the device show up as a
 //! difference between `EmuOptions::reverse` and forward runs. What it cannot find: timing,
 //! occupancy, register or shared-memory limits, and ulp differences of the device's maths.
+//! What it counts, for the tests (`run_counted`): the key tiles each attention kernel
+//! computes (`TC_KEY_TILE()` in its code, empty on the device), so that skipping masked
+//! tiles is seen at run time, not only in the emitted text.
 
 use super::executor::gather;
 use super::nvrtc::fnv;
 use super::place::{check_data, gemm_offsets, place, Allocation};
 use crate::tensor::HostTensor;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -316,7 +320,7 @@ pub fn program_source(plan: &Plan, kernels: &[CudaKernel]) -> String {
     s.push_str("    for (int i = 1; i < count; ++i) {\n");
     s.push_str("        snprintf(name, sizeof name, \"alloc%d.bin\", i);\n");
     s.push_str("        tc_read_file(argv[1], name, tc_allocs[i].base, tc_allocs[i].bytes);\n");
-    s.push_str("    }\n    tc_program();\n");
+    s.push_str("    }\n    tc_program();\n    tc_write_counts(argv[1]);\n");
     for (i, k) in kernels.iter().enumerate() {
         if let Some(c) = k.checks.first() {
             let _ = writeln!(
@@ -417,6 +421,16 @@ fn build(source: &str) -> Result<(PathBuf, PathBuf), EmuError> {
     Ok((bin, src))
 }
 
+/// An emulated run: the outputs, and what the kernels counted.
+#[derive(Clone, Debug)]
+pub struct EmuRun {
+    /// The plan's outputs, gathered through their layouts as the executor does.
+    pub outputs: Vec<HostTensor>,
+    /// Key tiles each attention kernel computed (`TC_KEY_TILE()`, once per block and
+    /// tile), by kernel name; kernels that computed none are absent.
+    pub key_tiles: BTreeMap<String, u64>,
+}
+
 /// Runs `kernels` (the plan's, from `codegen::emit_kernels`) over `plan`'s allocations on
 /// the host: `inputs` and `params` by declaration index, as `cuda::run` takes them. Returns
 /// the outputs, gathered through their layouts as the executor does.
@@ -427,6 +441,17 @@ pub fn run(
     params: &[HostTensor],
     opts: &EmuOptions,
 ) -> Result<Vec<HostTensor>, EmuError> {
+    run_counted(plan, kernels, inputs, params, opts).map(|r| r.outputs)
+}
+
+/// `run`, with what the kernels counted (`EmuRun::key_tiles`).
+pub fn run_counted(
+    plan: &Plan,
+    kernels: &[CudaKernel],
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+    opts: &EmuOptions,
+) -> Result<EmuRun, EmuError> {
     check_data(plan, &plan.inputs, inputs, "input").map_err(EmuError::Data)?;
     check_data(plan, &plan.params, params, "param").map_err(EmuError::Data)?;
     let (bin, src) = build(&program_source(plan, kernels))?;
@@ -446,7 +471,7 @@ fn run_in(
     inputs: &[HostTensor],
     params: &[HostTensor],
     opts: &EmuOptions,
-) -> Result<Vec<HostTensor>, EmuError> {
+) -> Result<EmuRun, EmuError> {
     for (i, t) in inputs.iter().chain(params).enumerate() {
         let p = dir.join(format!("alloc{}.bin", i + 1));
         std::fs::write(&p, &t.bytes).map_err(|e| io("cannot write", &p, e))?;
@@ -508,7 +533,8 @@ fn run_in(
             return Err(EmuError::IndexOutOfRange(msg));
         }
     }
-    plan.outputs
+    let outputs = plan
+        .outputs
         .iter()
         .enumerate()
         .map(|(j, out)| {
@@ -516,5 +542,17 @@ fn run_in(
             let raw = std::fs::read(&p).map_err(|e| io("cannot read", &p, e))?;
             gather(out, &raw).map_err(|e| EmuError::Data(e.to_string()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let p = dir.join("key_tiles.txt");
+    let text = std::fs::read_to_string(&p).map_err(|e| io("cannot read", &p, e))?;
+    let mut key_tiles = BTreeMap::new();
+    for line in text.lines() {
+        let count = line
+            .split_once(' ')
+            .and_then(|(k, n)| Some((k.to_string(), n.parse::<u64>().ok()?)));
+        let (kernel, n) =
+            count.ok_or_else(|| EmuError::Data(format!("{}: bad line `{line}`", p.display())))?;
+        key_tiles.insert(kernel, n);
+    }
+    Ok(EmuRun { outputs, key_tiles })
 }

@@ -500,6 +500,41 @@ static void tc_write_file(const char* dir, const char* file, const unsigned char
     if (bytes != 0 && fwrite(src, 1, bytes, f) != bytes) tc_fail("cannot write %s", path);
     fclose(f);
 }
+// ---- what the emulation counts
+
+// `TC_KEY_TILE()`: an attention kernel (codegen::attention) computes a tile of keys; the
+// device's definition is empty. Counted once per block (by its first thread: every thread of
+// the block walks the same tiles), under the kernel running now, and written to
+// `key_tiles.txt` (`kernel count` lines) after the run.
+struct TcCount {
+    const char* kernel;
+    unsigned long long count;
+};
+static TcCount tc_key_tiles[256];
+static int tc_key_tile_kernels;
+
+static void tc_count_key_tile() {
+    if (tc_cur == nullptr || tc_cur->linear != 0) return;
+    for (int i = 0; i < tc_key_tile_kernels; ++i) {
+        if (strcmp(tc_key_tiles[i].kernel, tc_kernel) == 0) {
+            ++tc_key_tiles[i].count;
+            return;
+        }
+    }
+    if (tc_key_tile_kernels == 256) tc_fail("more than 256 kernels count key tiles");
+    tc_key_tiles[tc_key_tile_kernels++] = {tc_kernel, 1};
+}
+#define TC_KEY_TILE() tc_count_key_tile()
+
+static void tc_write_counts(const char* dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/key_tiles.txt", dir);
+    FILE* f = fopen(path, "w");
+    if (f == nullptr) tc_fail("cannot create %s", path);
+    for (int i = 0; i < tc_key_tile_kernels; ++i) fprintf(f, "%s %llu\n", tc_key_tiles[i].kernel, tc_key_tiles[i].count);
+    fclose(f);
+}
+
 // atomicMin on a 64-bit integer (the kernels' index checks): one block runs at a time and its
 // fibers switch only at barriers and shuffles, so a plain read-modify-write is atomic here.
 static inline long long atomicMin(long long* p, long long v) {
