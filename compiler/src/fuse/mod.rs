@@ -736,19 +736,7 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
         };
         let src = f.lays[arg.index()].root;
         let Some(g) = f.gid[id.index()] else { continue };
-        // Without fusion, also a promotion that shares a kernel while another kernel reads
-        // it: one that joined its first consumer's kernel (a backward pass compares with the
-        // promoted operand too), or that joined its operand's (a promotion of `all` of a
-        // scalar, itself a cast). Stored, it would be a buffer the op-by-op models never
-        // count (PyTorch promotes inside each consuming kernel): every consumer converts on
-        // load instead, from the operand's storage (which the readers make stored). A
-        // consumer in the kernel may do so only when the operand is another kernel's.
-        let consumers = &f.consumers[id.index()];
-        let shared = !enabled
-            && consumers.iter().any(|c| f.gid[c.index()] != Some(g))
-            && (f.gid[src.index()].is_some_and(|h| h != g)
-                || consumers.iter().all(|c| f.gid[c.index()] != Some(g)));
-        if (f.members[g] != [id] && !shared)
+        if f.members[g] != [id]
             || materialised.contains(&id)
             || matches!(graph.node(src).op, Op::Scalar(_))
         {
@@ -756,8 +744,7 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
         }
         let users = std::mem::take(&mut f.consumers[id.index()]);
         f.consumers[src.index()].extend(users);
-        f.members[g].retain(|&n| n != id);
-        f.shape[g] = None;
+        f.members[g].clear();
         f.gid[id.index()] = None;
     }
     f.rebuild_edges();
@@ -930,10 +917,8 @@ mod tests {
         let p = crate::ir::decompose::decompose(&b.g);
         let unfused = fuse(&p, false);
         assert_eq!(unfused.len(), 2);
-        // 7 primitives: the f16 input's upcast is a converting load (`folded_casts`), and
-        // the promotion of the f16 result that the relu reads is dissolved (the relu
-        // converts on load: no stored f32 copy).
-        assert_eq!(unfused[0].nodes.len(), 7);
+        // 8 primitives: the f16 input's upcast is a converting load (`folded_casts`).
+        assert_eq!(unfused[0].nodes.len(), 8);
         let fused = fuse(&p, true);
         assert_eq!(fused.len(), 1);
     }

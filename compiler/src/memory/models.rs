@@ -279,9 +279,12 @@ pub fn split_op_intermediates(graph: &Graph) -> u64 {
     for o in &primitive.outputs {
         own_op[lays[o.node.index()].root.index()] = false;
     }
+    // Backward formulas only (a forward op's parts, such as a concat's, are ops of their
+    // own, already counted).
     primitive
         .ids()
         .filter(|r| crossed[r.index()] && own_op[r.index()])
+        .filter(|&r| primitive.origin(r).backward_of.is_some())
         .fold(0u64, |acc, r| {
             acc.saturating_add(align_up(primitive.ty(r).bytes().unwrap_or(u64::MAX)))
         })

@@ -156,6 +156,7 @@ fn per_kernel(
             KernelKind::MatMul(_) => "matmul",
             KernelKind::Attention(_) => "attention",
             KernelKind::AttentionBackward(_) => "attention_bwd",
+            KernelKind::IndexAdd(_) => "index_add",
         };
         let lines: Vec<String> = k.lines.iter().map(u32::to_string).collect();
         eprintln!(
