@@ -444,13 +444,10 @@ fn half_budget_of_the_training_examples_is_below_their_outputs() {
                     .iter()
                     .map(|d| d.as_u64().expect("dim"))
                     .product();
-                let size = match b["dtype"].as_str().expect("dtype") {
-                    "f32" | "i32" => 4,
-                    "i64" => 8,
-                    "f16" | "bf16" => 2,
-                    other => panic!("{name}: output {o} of dtype {other}"),
-                };
-                elements * size
+                let dtype = b["dtype"].as_str().expect("dtype");
+                let dtype = tc_compiler::ir::DType::from_name(dtype)
+                    .unwrap_or_else(|| panic!("{name}: output {o} of dtype {dtype}"));
+                elements * dtype.size()
             })
             .sum();
         assert!(
