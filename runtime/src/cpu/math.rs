@@ -126,33 +126,51 @@ fn exp_normal(x: f32) -> f32 {
     er * f32::from_bits((ni.wrapping_add(127) << 23) as u32)
 }
 
-/// `tanh x` in f32, within 2 ulp (`tests::transcendentals_dense_sweep`): an odd polynomial
-/// below 0.625 (Cephes `tanhf`), else `1 - 2/(e^{2|x|} + 1)`. Both are computed and one is
-/// selected, so loops over it vectorise; NaN reaches the second form through the clamp.
+/// `tanh x` in f32, within 3 ulp (2.31 over every f32 of [1/16, 10) and every third below;
+/// `tests::transcendentals_dense_sweep`): `tanh |x| = m / (m + 2)` with `m = e^{±2|x|} - 1`
+/// (`expm1_parts`; `m / (m + 2)` is the same value for either sign of the exponent), one
+/// exponential and one divide over the whole range. The exponent is negative below
+/// ln2/4, where `e^{-2|x|} - 1` needs no reduction (no cancellation, and `m + 2` lies just
+/// below 2, where its rounding costs least) and positive above (no `1 - e^{-2|x|}`
+/// cancellation near saturation). `|x|` is clamped at 10 (past 9.01 the result rounds to
+/// 1) by a compare, so NaN passes; the sign is copied from `x`.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    const SWITCH: f32 = 0.1733; // ln2/4 rounded down: 2|x| below it has n = 0
+    let a = x.abs();
+    let y = 2.0 * if 10.0 < a { 10.0 } else { a };
+    let m = expm1_parts(if a < SWITCH { -y } else { y });
+    (m / (m + 2.0)).copysign(x)
+}
+
+/// `e^y - 1` for `y` in [-20, 20] (or NaN): `exp`'s reduction `y = n·ln2 + r` and polynomial,
+/// with `e^r - 1 = r + r²·p(r)` kept apart from the 1, then `2^n·(e^r - 1) + (2^n - 1)` in
+/// one fused multiply-add: relatively accurate down to subnormal `y` (where it is `y`).
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes coefficients, as published
-pub fn tanh(x: f32) -> f32 {
-    let a = x.abs();
-    let z = x * x;
-    let q = fma(
+fn expm1_parts(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let t = fma(y, std::f32::consts::LOG2_E, MAGIC);
+    let n = t - MAGIC;
+    let r = fma(n, -0.693_359_4, y);
+    let r = fma(n, 2.121_944_4e-4, r);
+    let p = fma(
         fma(
-            fma(fma(-5.704_988_7e-3, z, 2.063_908_9e-2), z, -5.373_971_6e-2),
-            z,
-            1.333_144_2e-1,
+            fma(
+                fma(fma(1.987_569_1e-4, r, 1.398_199_9e-3), r, 8.333_452e-3),
+                r,
+                4.166_579_6e-2,
+            ),
+            r,
+            1.666_666_5e-1,
         ),
-        z,
-        -3.333_328_2e-1,
+        r,
+        0.5,
     );
-    let small = fma(q * z, x, x);
-    // `clamp` keeps NaN (`min` would turn it into 10); 2·10 is well inside `exp_normal`'s
-    // range.
-    let e = exp_normal(2.0 * a.clamp(0.0, 10.0));
-    let large = (1.0 - 2.0 / (e + 1.0)).copysign(x);
-    if a < 0.625 {
-        small
-    } else {
-        large
-    }
+    let q = fma(p * r, r, r);
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let s = f32::from_bits((ni.wrapping_add(127) << 23) as u32);
+    fma(s, q, s - 1.0)
 }
 
 /// The two parts of `erf` at `a = |x|` (not NaN-checked: NaN in gives NaN in both): below
@@ -280,8 +298,9 @@ pub fn gelu_tanh(x: f32) -> f32 {
 const ERROR_BOUNDS: [(UnaryOp, f64, f64); 6] = [
     // 0.983 ulp.
     (UnaryOp::Exp, 1.0, 0.0),
-    // 1.31 ulp (at 0.629, just past the polynomial).
-    (UnaryOp::Tanh, 1.5, 0.0),
+    // 2.19 ulp (at 0.226: `m` and `m + 2` each round where the result's ulp is largest
+    // relative to it, just below a power of 2); 2.31 over every f32 of [1/16, 10).
+    (UnaryOp::Tanh, 2.5, 0.0),
     // 2.13 ulp (at -16.6); 0 below -88.7, where e^-x overflows and the exact value is
     // subnormal.
     (UnaryOp::Sigmoid, 2.5, f32::MIN_POSITIVE as f64),
@@ -842,7 +861,7 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
-    /// `exp_normal` (tanh's and sigmoid's `e^x`) gives `exp`'s very bits over its whole
+    /// `exp_normal` (sigmoid's `e^x`) gives `exp`'s very bits over its whole
     /// range [-87, 88]: every f32 there with a low mantissa bit pattern of 0 mod 13, about
     /// 1.6 million inputs, both signs.
     #[test]
@@ -867,6 +886,22 @@ mod tests {
         assert_eq!(exp(-104.0), 0.0);
         assert_eq!(tanh(f32::INFINITY), 1.0);
         assert_eq!(tanh(f32::NEG_INFINITY), -1.0);
+        // Both ends of `tanh`'s range and its switch between exponent signs.
+        assert_eq!(tanh(9.1), 1.0);
+        assert_eq!(tanh(-1e30), -1.0);
+        assert!(tanh(f32::NAN).is_nan());
+        assert_eq!(tanh(-0.0).to_bits(), (-0.0f32).to_bits());
+        for x in [1e-30f32, -1e-12, f32::from_bits(1), -f32::MIN_POSITIVE] {
+            assert_eq!(tanh(x), x, "tanh({x:e})");
+        }
+        let below = 0.1733f32;
+        let above = f32::from_bits(below.to_bits() + 1);
+        assert!(
+            tanh(below) <= tanh(above),
+            "tanh across its switch: {:e} then {:e}",
+            tanh(below),
+            tanh(above)
+        );
     }
 
     /// `got`'s distance from `want` in units of the last place of the f32 nearest `want`
