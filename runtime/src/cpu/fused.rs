@@ -194,8 +194,9 @@ fn prepare(
     kernel: &FusedKernel,
     mems: &[Mem],
 ) -> Result<Prepared, CpuError> {
-    let ir =
+    let mut ir =
         lower::lower_fused(plan, name, kernel).map_err(|e| CpuError::BadPlan(e.to_string()))?;
+    super::peephole::rewrite(&mut ir);
     let pointwise = ir.is_pointwise();
     let n = ir.values.len();
     let level: Vec<Level> = ir.values.iter().map(|v| v.level).collect();
@@ -621,7 +622,10 @@ impl Scratch {
                 }))
             });
             self.views[i] = into.map_or(std::ptr::null(), |(_, ptr)| ptr.cast_const());
-            let (before, rest) = self.slots.split_at_mut(i);
+            // The slot is taken out while the inst runs: operands are other insts' blocks
+            // (an operand may have a larger index than its user after `peephole`).
+            let mut own = std::mem::take(&mut self.slots[i]);
+            let slots = &self.slots;
             let dst: &mut [f32] = match into {
                 Some((si, ptr)) => {
                     self.stored[si] = true;
@@ -629,7 +633,7 @@ impl Scratch {
                     // and that no load or other store of the kernel touches (`store_into`).
                     unsafe { std::slice::from_raw_parts_mut(ptr, n) }
                 }
-                None => &mut rest[0][..n],
+                None => &mut own[..n],
             };
             let rv = &self.row_vals;
             let views = &self.views;
@@ -641,7 +645,7 @@ impl Scratch {
                     // (same row, `at` and `n`): n f32 of a load's buffer that nothing
                     // writes while this kernel runs, or of a store's buffer that only this
                     // task writes, and not while the block lives (`store_into`).
-                    Operand::Block(unsafe { block_of(views[o], &before[o], n) })
+                    Operand::Block(unsafe { block_of(views[o], &slots[o], n) })
                 } else {
                     Operand::Scalar(rv[o])
                 }
@@ -683,6 +687,7 @@ impl Scratch {
                     Operand::Scalar(x) => dst.fill(math::round_to(body[i].dtype, x)),
                 },
             }
+            self.slots[i] = own;
         }
         for &i in &pass.reduces {
             if let ValueOp::Reduce(op, a) = body[i].op {

@@ -96,36 +96,6 @@ pub fn exp(x: f32) -> f32 {
     er * s1 * s2
 }
 
-/// `exp`'s value for `x` in [-87, 88] (or NaN), where `2^n` is one normal factor: the same
-/// reduction and polynomial, and `e^r · 2^n` as one exact product, so the bits are `exp`'s
-/// (there `e^r · s1 · s2` is exact too). Five fewer vector operations than `exp`, for the
-/// callers whose argument is bounded.
-#[inline(always)]
-#[allow(clippy::excessive_precision)] // Cephes coefficients, as published
-fn exp_normal(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    let t = fma(x, std::f32::consts::LOG2_E, MAGIC);
-    let n = t - MAGIC;
-    let r = fma(n, -0.693_359_4, x);
-    let r = fma(n, 2.121_944_4e-4, r);
-    let p = fma(
-        fma(
-            fma(
-                fma(fma(1.987_569_1e-4, r, 1.398_199_9e-3), r, 8.333_452e-3),
-                r,
-                4.166_579_6e-2,
-            ),
-            r,
-            1.666_666_5e-1,
-        ),
-        r,
-        0.5,
-    );
-    let er = p * r * r + r + 1.0;
-    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    er * f32::from_bits((ni.wrapping_add(127) << 23) as u32)
-}
-
 /// `tanh x` in f32, within 3 ulp (2.31 over every f32 of [1/16, 10) and every third below;
 /// `tests::transcendentals_dense_sweep`): `tanh |x| = m / (m + 2)` with `m = e^{±2|x|} - 1`
 /// (`expm1_parts`; `m / (m + 2)` is the same value for either sign of the exponent), one
@@ -245,12 +215,12 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + y.copysign(u))
 }
 
-/// `1 / (1 + e^-x)` in f32, within 3 ulp or `f32::MIN_POSITIVE`: `-x` clamped to
-/// [-87, 88], where `exp_normal` holds (below -88 the result, 6e-39 against the exact
-/// subnormal or 0, is within the smallest normal; above 87 it is exactly 1).
+/// `1 / (1 + e^-x)` in f32, within 3 ulp or `f32::MIN_POSITIVE` (0 once `e^-x` overflows,
+/// below -88.7, where the exact value is under 3e-39): exactly those three operations with
+/// `exp`, so a kernel that also computes `1 + exp(-x)` shares it (`cpu::peephole`).
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp_normal((-x).clamp(-87.0, 88.0)))
+    1.0 / (1.0 + exp(-x))
 }
 
 /// `x / (1 + e^-x)` in f32, within 3 ulp (0 once `e^-x` overflows).
@@ -859,25 +829,6 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
-    }
-
-    /// `exp_normal` (sigmoid's `e^x`) gives `exp`'s very bits over its whole
-    /// range [-87, 88]: every f32 there with a low mantissa bit pattern of 0 mod 13, about
-    /// 1.6 million inputs, both signs.
-    #[test]
-    fn exp_normal_is_exp_over_its_range() {
-        let (lo, hi) = (-87f32, 88f32);
-        let mut n = 0;
-        for bits in (0..0x4300_0000u32).step_by(13) {
-            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
-                if (lo..=hi).contains(&x) {
-                    assert_eq!(exp_normal(x).to_bits(), exp(x).to_bits(), "x = {x:e}");
-                    n += 1;
-                }
-            }
-        }
-        assert!(n > 1_000_000, "{n} inputs");
-        assert!(exp_normal(f32::NAN).is_nan());
     }
 
     #[test]

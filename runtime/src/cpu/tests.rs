@@ -1261,3 +1261,103 @@ fn timed_runs_give_the_same_outputs_and_a_time_per_kernel() {
         run(&bad, &inputs, &params).map(|_| ())
     );
 }
+
+/// `sigmoid(x)` in a kernel that also computes `1 + exp(-x)` shares that exponential
+/// (`peephole`): the kernel IR divides instead, sigmoid first in value order as in
+/// `examples/chain.tx`, and every output has the bits of the scalar functions, the
+/// specials and both ends of the range included; in an f16 kernel nothing is shared.
+#[test]
+fn sigmoid_shares_one_plus_exp_of_minus_x_with_the_same_bits() {
+    use super::math;
+    use tc_compiler::lower::{self, ValueOp};
+    let mut x = values(3000, 9);
+    x.extend([
+        -100.0,
+        -88.8,
+        -88.7,
+        -87.0,
+        0.0,
+        -0.0,
+        17.0,
+        100.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-30,
+    ]);
+    let n = x.len() as u64;
+    // s = sigmoid(x); t = 1 + exp(-x); y0 = s * 2, y1 = t
+    let kernel = |dtype: DType| {
+        let mut body = vec![
+            el(InstOp::Load(0)),
+            el(InstOp::Unary(UnaryOp::Sigmoid, 0)),
+            el(InstOp::Const(2.0)),
+            el(InstOp::Binary(BinaryOp::Mul, 1, 2)),
+            el(InstOp::Unary(UnaryOp::Neg, 0)),
+            el(InstOp::Unary(UnaryOp::Exp, 4)),
+            el(InstOp::Const(1.0)),
+            el(InstOp::Binary(BinaryOp::Add, 6, 5)),
+        ];
+        for inst in &mut body[1..] {
+            inst.dtype = dtype;
+        }
+        fused(
+            &[n],
+            &[],
+            vec![ld(0, DType::F32, 0, &[1])],
+            body,
+            &[(3, 1), (7, 2)],
+        )
+    };
+    let p = |dtype| {
+        plan(
+            vec![kernel(dtype)],
+            vec![
+                leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[n]),
+                arena("y0", DType::F32, &[n], 0),
+                arena("y1", DType::F32, &[n], n * 4 + 64),
+            ],
+            &[0],
+            vec![
+                out("y0", 1, DType::F32, &[n], 0, &[1]),
+                out("y1", 2, DType::F32, &[n], 0, &[1]),
+            ],
+        )
+    };
+    for (dtype, shared) in [(DType::F32, true), (DType::F16, false)] {
+        let plan = p(dtype);
+        let KernelKind::Fused(k) = &plan.kernels[0].kind else {
+            unreachable!()
+        };
+        let mut ir = lower::lower_fused(&plan, "k", k).expect("lowers");
+        super::peephole::rewrite(&mut ir);
+        let divides = ir
+            .values
+            .iter()
+            .any(|v| matches!(v.op, ValueOp::Binary(BinaryOp::Div, ..)));
+        assert_eq!(divides, shared, "{dtype}");
+        let order = &ir.passes[0].elements;
+        for (k, id) in order.iter().enumerate() {
+            for o in ir.value(*id).op.operands() {
+                assert!(
+                    !order[k..].contains(&o),
+                    "{id} computed before its operand {o}"
+                );
+            }
+        }
+        let input = HostTensor::from_f32(DType::F32, vec![n], &x);
+        let got = run(&plan, &[input], &[]).expect("runs");
+        let (y0, y1) = (got[0].to_f32(), got[1].to_f32());
+        let r = |v: f32| math::round_to(dtype, v);
+        for (i, &xi) in x.iter().enumerate() {
+            let s = r(math::sigmoid(xi));
+            let want = [r(s * 2.0), r(1.0 + r(math::exp(r(-xi))))];
+            for (got, want) in [y0[i], y1[i]].into_iter().zip(want) {
+                assert!(
+                    got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(),
+                    "{dtype} x = {xi:e}: {got:e}, want {want:e}"
+                );
+            }
+        }
+    }
+}
