@@ -14,7 +14,7 @@
 use super::math::{self, KahanSum, Operand};
 use super::{CpuError, Mem};
 use rayon::prelude::*;
-use tc_compiler::ir::{DType, ReduceOp};
+use tc_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 use tc_compiler::lower::{self, KernelIr, Level, ValueOp};
 use tc_compiler::schedule::{FusedKernel, Plan};
 
@@ -55,6 +55,21 @@ struct Pass {
     store_into: Vec<Option<usize>>,
 }
 
+/// How an element inst takes in the single-use cheap inst that feeds it, computed in the
+/// same loop over the block (the fed inst is then in no pass's `elem_insts`): one pass over
+/// memory instead of two, the same IEEE operations in the same order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fold {
+    None,
+    /// A unary inst whose operand is `neg`/`abs` of another value: `op(pre(x))`.
+    Pre(math::Pre),
+    /// A binary inst one of whose operands (`t`, left or right) is a binary inst:
+    /// `op2(op1(a, b), c)` with `a` an element value (`math::binary2_block`).
+    Pair {
+        t_left: bool,
+    },
+}
+
 /// A kernel lowered, checked against its buffers and split into passes.
 #[derive(Debug)]
 pub(super) struct Prepared {
@@ -73,6 +88,8 @@ pub(super) struct Prepared {
     passes: Vec<Pass>,
     /// Elements per block: `BLOCK`, or the whole row when rows are cached.
     block: usize,
+    /// Per value: how it takes in the inst that feeds it (`folds`).
+    fold: Vec<Fold>,
     /// Per load: f32, 4-byte aligned, and in a buffer no store of this kernel writes, so a
     /// block of it that is one contiguous run is read in place instead of copied.
     direct: Vec<bool>,
@@ -340,6 +357,10 @@ fn prepare(
             }
         })
         .collect();
+    let fold = folds(&ir);
+    for pass in passes.iter_mut() {
+        pass.elem_insts.retain(|&i| !fed(&ir, &fold, i));
+    }
     let mut slot: Vec<bool> = level.iter().map(|&l| l == Level::Element).collect();
     for st in &ir.stores {
         if st.order == Level::Element {
@@ -404,8 +425,82 @@ fn prepare(
         stores,
         passes,
         block,
+        fold,
         direct,
         bad: super::index::bad_indices(n),
+    })
+}
+
+/// Chooses each element inst's `Fold`, in value order: a unary inst takes in a `neg` or
+/// `abs`, a foldable binary inst a foldable binary inst (its left operand first), where the
+/// fed inst is an f32 element value with no other use (no other operand, store or
+/// reduction) and takes in nothing itself. Every inst here is f32, so folding changes no
+/// rounding.
+fn folds(ir: &KernelIr) -> Vec<Fold> {
+    let n = ir.values.len();
+    let mut uses = vec![0usize; n];
+    for v in &ir.values {
+        for o in v.op.operands() {
+            uses[o.index()] += 1;
+        }
+    }
+    for st in &ir.stores {
+        uses[st.value.index()] += 1;
+    }
+    let f32_elem =
+        |i: usize| ir.values[i].dtype == DType::F32 && ir.values[i].level == Level::Element;
+    let mut fold = vec![Fold::None; n];
+    for i in 0..n {
+        if !f32_elem(i) {
+            continue;
+        }
+        let single = |t: lower::ValueId, fold: &[Fold]| {
+            let t = t.index();
+            uses[t] == 1 && f32_elem(t) && fold[t] == Fold::None
+        };
+        match ir.values[i].op {
+            ValueOp::Unary(_, t) if single(t, &fold) => {
+                fold[i] = match ir.value(t).op {
+                    ValueOp::Unary(UnaryOp::Neg, _) => Fold::Pre(math::Pre::Neg),
+                    ValueOp::Unary(UnaryOp::Abs, _) => Fold::Pre(math::Pre::Abs),
+                    _ => Fold::None,
+                };
+            }
+            ValueOp::Binary(op2, l, r) if math::foldable(op2) => {
+                let pair = |t: lower::ValueId| {
+                    single(t, &fold)
+                        && matches!(ir.value(t).op, ValueOp::Binary(op1, a, b)
+                            if math::foldable(op1)
+                                && (ir.value(a).level == Level::Element
+                                    || commutes(op1) && ir.value(b).level == Level::Element))
+                };
+                if pair(l) {
+                    fold[i] = Fold::Pair { t_left: true };
+                } else if pair(r) {
+                    fold[i] = Fold::Pair { t_left: false };
+                }
+            }
+            _ => {}
+        }
+    }
+    fold
+}
+
+/// Whether `op`'s operands may be swapped (bit for bit: IEEE `+` and `*` commute, and so
+/// do the NaN-propagating `maximum`/`minimum` for anything but ±0 ties, which they resolve
+/// by the second operand: not swapped).
+fn commutes(op: BinaryOp) -> bool {
+    matches!(op, BinaryOp::Add | BinaryOp::Mul)
+}
+
+/// Whether value `i` is computed inside the loop of the inst it feeds (`Fold`).
+fn fed(ir: &KernelIr, fold: &[Fold], i: usize) -> bool {
+    ir.values.iter().zip(fold).any(|(v, f)| match (*f, &v.op) {
+        (Fold::Pre(_), &ValueOp::Unary(_, t)) => t.index() == i,
+        (Fold::Pair { t_left }, &ValueOp::Binary(_, l, r)) => {
+            (if t_left { l } else { r }).index() == i
+        }
+        _ => false,
     })
 }
 
@@ -654,15 +749,48 @@ impl Scratch {
                 // Read above, into `views` or the slot.
                 ValueOp::Load(_) => {}
                 ValueOp::Const(c) => dst.fill(math::round_to(body[i].dtype, c as f32)),
-                ValueOp::Unary(op, a) => {
-                    match operand(a) {
-                        Operand::Block(src) => math::unary_block(op, src, dst),
-                        Operand::Scalar(x) => dst.fill(math::unary(op, x)),
+                ValueOp::Unary(op, t) => {
+                    let (pre, a) = match (p.fold[i], &body[t.index()].op) {
+                        (Fold::Pre(pre), &ValueOp::Unary(_, x)) => (Some(pre), x),
+                        _ => (None, t),
+                    };
+                    match (operand(a), pre) {
+                        (Operand::Block(src), None) => math::unary_block(op, src, dst),
+                        (Operand::Block(src), Some(pre)) => {
+                            math::unary_pre_block(op, pre, src, dst)
+                        }
+                        (Operand::Scalar(x), _) => {
+                            let x = match pre {
+                                Some(math::Pre::Neg) => -x,
+                                Some(math::Pre::Abs) => x.abs(),
+                                None => x,
+                            };
+                            dst.fill(math::unary(op, x))
+                        }
                     }
                     math::round_block(body[i].dtype, dst);
                 }
-                ValueOp::Binary(op, a, b) => {
-                    math::binary_block(op, operand(a), operand(b), dst);
+                ValueOp::Binary(op2, l, r) => {
+                    let t = match p.fold[i] {
+                        Fold::Pair { t_left } => Some((t_left, if t_left { l } else { r })),
+                        _ => None,
+                    };
+                    match t.map(|(t_left, t)| (t_left, &body[t.index()].op)) {
+                        Some((t_left, &ValueOp::Binary(op1, a, b))) => {
+                            let c = operand(if t_left { r } else { l });
+                            // `a` the element operand (`folds` checked that one of them
+                            // is, and that `op1` commutes where it is `b`).
+                            let (a, b) = match operand(a) {
+                                Operand::Block(a) => (a, operand(b)),
+                                Operand::Scalar(y) => match operand(b) {
+                                    Operand::Block(b) => (b, Operand::Scalar(y)),
+                                    Operand::Scalar(_) => unreachable!("an element value"),
+                                },
+                            };
+                            math::binary2_block(op1, a, b, op2, c, t_left, dst)
+                        }
+                        _ => math::binary_block(op2, operand(l), operand(r), dst),
+                    }
                     math::round_block(body[i].dtype, dst);
                 }
                 ValueOp::Cast(a) => {

@@ -362,9 +362,33 @@ pub fn round_to(dtype: DType, x: f32) -> f32 {
 /// `dst[i] = op(src[i])`, the match hoisted out of the loop so each arm vectorises.
 #[inline(always)]
 fn unary_block_impl(op: UnaryOp, src: &[f32], dst: &mut [f32]) {
+    unary_block_with(op, src, dst, |x| x)
+}
+
+/// A cheap unary op folded into the loop of the op that consumes it (`cpu::fused`): one
+/// pass over the block instead of two, the same IEEE operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pre {
+    Neg,
+    Abs,
+}
+
+/// `dst[i] = op(pre(src[i]))`.
+#[inline(always)]
+fn unary_pre_block_impl(op: UnaryOp, pre: Pre, src: &[f32], dst: &mut [f32]) {
+    match pre {
+        Pre::Neg => unary_block_with(op, src, dst, |x| -x),
+        Pre::Abs => unary_block_with(op, src, dst, |x| x.abs()),
+    }
+}
+
+/// `dst[i] = op(pre(src[i]))` for a pre-op known at compile time.
+#[inline(always)]
+fn unary_block_with(op: UnaryOp, src: &[f32], dst: &mut [f32], pre: impl Fn(f32) -> f32) {
     macro_rules! each {
         (|$x:ident| $e:expr) => {
-            for (d, &$x) in dst.iter_mut().zip(src) {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                let $x = pre(s);
                 *d = $e;
             }
         };
@@ -502,6 +526,122 @@ fn binary_block_impl(op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f3
             apply(a, b, dst, |x, y| binary(op, x, y))
         }
     }
+}
+
+/// Whether `binary2_block` folds `op` (exact IEEE operations, or NaN-propagating
+/// selections).
+pub fn foldable(op: BinaryOp) -> bool {
+    matches!(
+        op,
+        BinaryOp::Add
+            | BinaryOp::Sub
+            | BinaryOp::Mul
+            | BinaryOp::Div
+            | BinaryOp::Maximum
+            | BinaryOp::Minimum
+    )
+}
+
+/// `dst[i] = op2(t[i], c[i])` (or `op2(c[i], t[i])` where `t_left` is false) with
+/// `t[i] = op1(a[i], b[i])` kept in a register: two binary ops in one pass over the block,
+/// each rounded as on its own. `a` is a block; `b` and `c` blocks or scalars; `op1` and
+/// `op2` `foldable` (others fall back to two passes through `dst`).
+#[inline(always)]
+fn binary2_block_impl(
+    op1: BinaryOp,
+    a: &[f32],
+    b: Operand<'_>,
+    op2: BinaryOp,
+    c: Operand<'_>,
+    t_left: bool,
+    dst: &mut [f32],
+) {
+    #[inline(always)]
+    fn pair(
+        a: &[f32],
+        b: Operand<'_>,
+        c: Operand<'_>,
+        t_left: bool,
+        dst: &mut [f32],
+        f: impl Fn(f32, f32) -> f32,
+        g: impl Fn(f32, f32) -> f32,
+    ) {
+        let n = dst.len();
+        let a = &a[..n];
+        macro_rules! each {
+            (|$x:ident, $i:ident| $y:expr, $z:expr) => {
+                if t_left {
+                    for ($i, (d, &$x)) in dst.iter_mut().zip(a).enumerate() {
+                        *d = g(f($x, $y), $z);
+                    }
+                } else {
+                    for ($i, (d, &$x)) in dst.iter_mut().zip(a).enumerate() {
+                        *d = g($z, f($x, $y));
+                    }
+                }
+            };
+        }
+        match (b, c) {
+            (Operand::Block(b), Operand::Block(c)) => {
+                let (b, c) = (&b[..n], &c[..n]);
+                each!(|x, i| b[i], c[i])
+            }
+            (Operand::Block(b), Operand::Scalar(z)) => {
+                let b = &b[..n];
+                each!(|x, i| b[i], z)
+            }
+            (Operand::Scalar(y), Operand::Block(c)) => {
+                let c = &c[..n];
+                each!(|x, i| y, c[i])
+            }
+            (Operand::Scalar(y), Operand::Scalar(z)) => each!(|x, _i| y, z),
+        }
+    }
+    macro_rules! ops {
+        ($($o1:ident => $f:expr),*) => {
+            match op1 {
+                $(BinaryOp::$o1 => match op2 {
+                    BinaryOp::Add => pair(a, b, c, t_left, dst, $f, |x, y| x + y),
+                    BinaryOp::Sub => pair(a, b, c, t_left, dst, $f, |x, y| x - y),
+                    BinaryOp::Mul => pair(a, b, c, t_left, dst, $f, |x, y| x * y),
+                    BinaryOp::Div => pair(a, b, c, t_left, dst, $f, |x, y| x / y),
+                    BinaryOp::Maximum => pair(a, b, c, t_left, dst, $f, maximum),
+                    BinaryOp::Minimum => pair(a, b, c, t_left, dst, $f, minimum),
+                    _ => two_passes(op1, a, b, op2, c, t_left, dst),
+                },)*
+                _ => two_passes(op1, a, b, op2, c, t_left, dst),
+            }
+        };
+    }
+    ops!(
+        Add => |x: f32, y: f32| x + y,
+        Sub => |x: f32, y: f32| x - y,
+        Mul => |x: f32, y: f32| x * y,
+        Div => |x: f32, y: f32| x / y,
+        Maximum => maximum,
+        Minimum => minimum
+    )
+}
+
+/// `binary2_block`'s meaning, as two block passes (for ops it does not fold).
+#[cold]
+fn two_passes(
+    op1: BinaryOp,
+    a: &[f32],
+    b: Operand<'_>,
+    op2: BinaryOp,
+    c: Operand<'_>,
+    t_left: bool,
+    dst: &mut [f32],
+) {
+    binary_block_impl(op1, Operand::Block(a), b, dst);
+    let t = dst.to_vec();
+    let (x, y) = if t_left {
+        (Operand::Block(&t), c)
+    } else {
+        (c, Operand::Block(&t))
+    };
+    binary_block_impl(op2, x, y, dst);
 }
 
 /// Rounds every value of `dst` to `dtype` in place.
@@ -831,6 +971,76 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
+    /// `binary2_block` and `unary_pre_block` give the bits of their ops one pass at a time,
+    /// for every foldable pair of ops, both sides of the outer op, block and scalar
+    /// operands, and values with NaN, ±inf, ±0 (where `maximum`/`minimum` ties matter).
+    #[test]
+    fn folded_block_ops_give_the_bits_of_one_op_at_a_time() {
+        let mut xs = mixed(61, 3);
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0,
+            -1.0,
+        ]);
+        let ys: Vec<f32> = xs.iter().rev().copied().collect();
+        let zs: Vec<f32> = xs.iter().map(|x| -x).rev().chain([0.0, -0.0]).collect();
+        let n = xs.len();
+        let zs = &zs[zs.len() - n..];
+        let same = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan())
+        };
+        let ops = [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Maximum,
+            BinaryOp::Minimum,
+        ];
+        let (mut t, mut want, mut got) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        for op1 in ops {
+            for op2 in ops {
+                for b in [
+                    Operand::Block(&ys),
+                    Operand::Scalar(-0.0),
+                    Operand::Scalar(2.5),
+                ] {
+                    for c in [
+                        Operand::Block(zs),
+                        Operand::Scalar(0.0),
+                        Operand::Scalar(-1.0),
+                    ] {
+                        for t_left in [true, false] {
+                            binary_block(op1, Operand::Block(&xs), b, &mut t);
+                            let (l, r) = if t_left {
+                                (Operand::Block(&t), c)
+                            } else {
+                                (c, Operand::Block(&t))
+                            };
+                            binary_block(op2, l, r, &mut want);
+                            binary2_block(op1, &xs, b, op2, c, t_left, &mut got);
+                            assert!(same(&got, &want), "{op1:?} then {op2:?}, {t_left}");
+                        }
+                    }
+                }
+            }
+        }
+        for op in UnaryOp::ALL {
+            for (pre, f) in [(Pre::Neg, UnaryOp::Neg), (Pre::Abs, UnaryOp::Abs)] {
+                unary_block(f, &xs, &mut t);
+                unary_block(op, &t, &mut want);
+                unary_pre_block(op, pre, &xs, &mut got);
+                assert!(same(&got, &want), "{pre:?} then {}", op.name());
+            }
+        }
+    }
+
     #[test]
     fn exp_tanh_erf_special_values() {
         assert_eq!(exp(89.0), f32::INFINITY);
@@ -1107,6 +1317,15 @@ dispatch! {
 dispatch! {
     /// `dst[i] = a[i] op b[i]`, either side possibly a scalar.
     fn binary_block / binary_block_avx2 (op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f32]) -> () = binary_block_impl
+}
+dispatch! {
+    /// `dst[i] = op(pre(src[i]))`.
+    fn unary_pre_block / unary_pre_block_avx2 (op: UnaryOp, pre: Pre, src: &[f32], dst: &mut [f32]) -> () = unary_pre_block_impl
+}
+dispatch! {
+    /// `dst[i] = op2(op1(a[i], b[i]), c[i])`, or `op2(c[i], op1(a[i], b[i]))` where `t_left`
+    /// is false: two binary ops in one pass.
+    fn binary2_block / binary2_block_avx2 (op1: BinaryOp, a: &[f32], b: Operand<'_>, op2: BinaryOp, c: Operand<'_>, t_left: bool, dst: &mut [f32]) -> () = binary2_block_impl
 }
 dispatch! {
     /// The largest (`max: true`) or smallest value of a block; NaN if any is.

@@ -1361,3 +1361,97 @@ fn sigmoid_shares_one_plus_exp_of_minus_x_with_the_same_bits() {
         }
     }
 }
+
+/// Cheap insts folded into the loop of the inst they feed (`fused::Fold`) give the bits of
+/// one inst at a time: `exp(-x)`, `sqrt(|x|)`, `x·1.5 + 0.25`, `c - a/b` (the fed inst on
+/// the right), `maximum(r + x, y)` with a row-level left operand (swapped: `+` commutes),
+/// `maximum(-0, x)` whose ±0 ties must not be swapped, and `y - x` fed into a value that
+/// is also stored. Checked element by element against the scalar functions.
+#[test]
+fn folded_cheap_insts_give_the_bits_of_one_inst_at_a_time() {
+    use super::math::{maximum, unary};
+    let mut x = values(2500, 4);
+    x.extend([
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+        -f32::INFINITY,
+        1e-40,
+        -3.0,
+    ]);
+    let y: Vec<f32> = x.iter().rev().map(|v| v * 0.5).collect();
+    let n = x.len() as u64;
+    let c = |v: f64| el(InstOp::Const(v));
+    let body = vec![
+        el(InstOp::Load(0)),                          // 0 x
+        el(InstOp::Load(1)),                          // 1 y
+        el(InstOp::Unary(UnaryOp::Neg, 0)),           // 2
+        el(InstOp::Unary(UnaryOp::Exp, 2)),           // 3 exp(-x)
+        el(InstOp::Unary(UnaryOp::Abs, 1)),           // 4
+        el(InstOp::Unary(UnaryOp::Sqrt, 4)),          // 5 sqrt(|y|)
+        c(1.5),                                       // 6
+        el(InstOp::Binary(BinaryOp::Mul, 0, 6)),      // 7
+        c(0.25),                                      // 8
+        el(InstOp::Binary(BinaryOp::Add, 7, 8)),      // 9 x·1.5 + 0.25
+        el(InstOp::Binary(BinaryOp::Div, 3, 5)),      // 10
+        el(InstOp::Binary(BinaryOp::Sub, 9, 10)),     // 11 (x·1.5 + 0.25) - exp(-x)/sqrt(|y|)
+        c(-2.0),                                      // 12
+        el(InstOp::Binary(BinaryOp::Add, 12, 0)),     // 13 -2 + x
+        el(InstOp::Binary(BinaryOp::Maximum, 13, 1)), // 14 maximum(-2 + x, y)
+        el(InstOp::Binary(BinaryOp::Sub, 1, 0)),      // 15 y - x
+        c(-0.0),                                      // 16
+        el(InstOp::Binary(BinaryOp::Maximum, 16, 0)), // 17 maximum(-0, x): not swapped
+        el(InstOp::Binary(BinaryOp::Mul, 0, 15)),     // 18 x·(y - x), also stored
+        el(InstOp::Binary(BinaryOp::Mul, 17, 18)),    // 19
+    ];
+    let stores = [(11, 2), (14, 3), (19, 4), (18, 5)];
+    let bytes = n * 4 + 64;
+    let p = plan(
+        vec![fused(
+            &[n],
+            &[],
+            vec![ld(0, DType::F32, 0, &[1]), ld(1, DType::F32, 0, &[1])],
+            body,
+            &stores,
+        )],
+        vec![
+            leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[n]),
+            leaf("y", BufferKind::Input { index: 1 }, DType::F32, &[n]),
+            arena("o0", DType::F32, &[n], 0),
+            arena("o1", DType::F32, &[n], bytes),
+            arena("o2", DType::F32, &[n], 2 * bytes),
+            arena("o3", DType::F32, &[n], 3 * bytes),
+        ],
+        &[0, 1],
+        (0..4)
+            .map(|k| out(&format!("o{k}"), 2 + k, DType::F32, &[n], 0, &[1]))
+            .collect(),
+    );
+    let inputs = [
+        HostTensor::from_f32(DType::F32, vec![n], &x),
+        HostTensor::from_f32(DType::F32, vec![n], &y),
+    ];
+    let got: Vec<Vec<f32>> = run(&p, &inputs, &[])
+        .expect("runs")
+        .iter()
+        .map(|t| t.to_f32())
+        .collect();
+    for i in 0..x.len() {
+        let (xi, yi) = (x[i], y[i]);
+        let e = unary(UnaryOp::Exp, -xi) / unary(UnaryOp::Sqrt, yi.abs());
+        let want = [
+            (xi * 1.5 + 0.25) - e,
+            maximum(-2.0 + xi, yi),
+            maximum(-0.0, xi) * (xi * (yi - xi)),
+            xi * (yi - xi),
+        ];
+        for (k, w) in want.into_iter().enumerate() {
+            let g = got[k][i];
+            assert!(
+                g.to_bits() == w.to_bits() || g.is_nan() && w.is_nan(),
+                "output {k}, x = {xi:e}, y = {yi:e}: {g:e}, want {w:e}"
+            );
+        }
+    }
+}
