@@ -9,7 +9,11 @@
 //! fused kernel rounds exactly where the unfused program stores. A block of a load that is
 //! one contiguous f32 run is read where it lies rather than copied into its slot, and a
 //! value stored in the last pass is computed straight into its buffer where nothing else
-//! of the kernel touches that buffer.
+//! of the kernel touches that buffer. Before it runs, `peephole` may rewrite the kernel IR (a
+//! shared exponential), and a single-use cheap inst is computed inside the loop of the
+//! inst it feeds (`Fold`: a `neg`/`abs` into a unary op, an add/sub/mul/div/maximum/
+//! minimum into another), the same IEEE operations in one pass over the block instead of
+//! two.
 
 use super::math::{self, KahanSum, Operand};
 use super::{CpuError, Mem};

@@ -1,7 +1,8 @@
 //! The numerics of every elementwise op and reduction on the CPU, in f32: fast forms of
 //! the meaning `ir::eval` defines (exact-erf `gelu`, NaN-propagating `maximum`/`minimum`/
 //! `max`/`min`), each within the accuracy `ir::eval` documents for it (the tests below hold
-//! them to it). One scalar function per op, plus block loops the fused interpreter calls.
+//! them to it). One scalar function per op, plus block loops the fused interpreter calls
+//! (two of them run a folded pair of ops in one loop: `unary_pre_block`, `binary2_block`).
 
 use half::{bf16, f16};
 use tc_compiler::ir::{BinaryOp, DType, UnaryOp};
