@@ -14,6 +14,7 @@ mod index;
 mod index_add;
 mod math;
 mod matmul;
+mod tile_gemm;
 #[cfg(test)]
 mod tests;
 mod typed;
