@@ -262,6 +262,10 @@ pub(super) fn run(
     Ok(())
 }
 
+/// Query rows taken from scores to `p · v` at a time (a multiple of the micro-kernel's 6):
+/// their scores (`ROW_BLOCK × BK` f32, 24 KiB, all the scores a thread holds) stay in L1.
+const ROW_BLOCK: usize = 12;
+
 /// Keys per tile: `BK`, or `BK_MASKED` when some tiles are masked (`tc_compiler::masked`),
 /// so that a causal mask leaves about half the tiles (with `BK` keys a tile, `S = 1024`
 /// has two key tiles per query tile, one of which is masked for only half the query tiles).
@@ -354,9 +358,7 @@ fn logits_form(a: &AttentionKernel) -> Logits {
     if body.len() == 1 && a.logits == 0 && score(0) {
         return Logits::Scores;
     }
-    if a.score_dtype != DType::F32
-        || body.len() != 3
-        || body.iter().any(|i| i.dtype != DType::F32)
+    if a.score_dtype != DType::F32 || body.len() != 3 || body.iter().any(|i| i.dtype != DType::F32)
     {
         return Logits::Prologue;
     }
@@ -374,9 +376,7 @@ fn logits_form(a: &AttentionKernel) -> Logits {
     // correctly rounded value), and cheaper.
     let scale = match scale {
         Some(Scale::Div(c))
-            if c.is_normal()
-                && c.to_bits() & 0x007f_ffff == 0
-                && (1.0 / c).is_normal() =>
+            if c.is_normal() && c.to_bits() & 0x007f_ffff == 0 && (1.0 / c).is_normal() =>
         {
             Some(Scale::Mul(1.0 / c))
         }
@@ -450,7 +450,7 @@ impl Ctx<'_> {
         sc.max.resize(rows, f32::NEG_INFINITY);
         sc.sum.clear();
         sc.sum.resize(rows, 0.0);
-        sc.s.resize(BQ * BK, 0.0);
+        sc.s.resize(ROW_BLOCK * BK, 0.0);
         let body = &self.a.body;
         if self.logits == Logits::Prologue {
             sc.regs.resize(body.len() * BK, 0.0);
@@ -478,10 +478,6 @@ impl Ctx<'_> {
             sc.kpack.resize(kt * bk * d, 0.0);
             sc.vpack.resize(kt * bk * dvp, 0.0);
         }
-        let scale = match self.logits {
-            Logits::Scaled(s) => s,
-            _ => Scale::None,
-        };
         let mut computed = 0u64;
         for j in (first..end).chain(late) {
             if j < first || j >= end {
@@ -491,90 +487,18 @@ impl Ctx<'_> {
                 }
             }
             computed += 1;
-            let k0 = j * bk;
-            let cols = bk.min(n - k0);
-            let kpanels = cols.div_ceil(NR);
             if !sc.packed[j] {
                 self.pack(&idx, j, sc);
                 sc.packed[j] = true;
             }
-            let kp = &sc.kpack[j * bk * d..][..kpanels * NR * d];
-            // Scores: s = q · k (rows × cols, row stride BK), scaled when the prologue is
-            // one multiply or divide by a constant.
-            // SAFETY: `sc.q` is `rows × d`, `kp` `kpanels` panels of `d × NR`, `sc.s` has
-            // `BQ` rows of `BK ≥ kpanels · NR`.
-            unsafe {
-                tile_gemm::product(
-                    rows,
-                    d,
-                    sc.q.as_ptr(),
-                    d,
-                    kp.as_ptr(),
-                    kpanels,
-                    sc.s.as_mut_ptr(),
-                    BK,
-                    false,
-                    scale,
-                )
-            };
-            for r in 0..rows {
-                if self.a.score_dtype != DType::F32 {
-                    math::round_block(self.a.score_dtype, &mut sc.s[r * BK..r * BK + cols]);
-                }
-                // The logits: the scores themselves, or a prologue's row of registers
-                // (read there, not copied back).
-                let logits = match self.logits {
-                    Logits::Prologue => self.prologue(&idx, q0 + r, k0, cols, r, sc),
-                    _ => None,
-                };
-                let lrow = match logits {
-                    Some(l) => l * BK,
-                    None => usize::MAX,
-                };
-                let tmax = if lrow == usize::MAX {
-                    math::block_extremum(&sc.s[r * BK..r * BK + cols], true)
-                } else {
-                    math::block_extremum(&sc.regs[lrow..lrow + cols], true)
-                };
-                // Online softmax: the row's new max (NaN if a logit is), the old terms
-                // rescaled.
-                let old = sc.max[r];
-                let mnew = math::maximum(old, tmax);
-                // A row all of whose logits so far are -inf keeps p = 0 (exp(-inf - 0)).
-                let mref = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
-                let alpha = math::exp(old - mref);
-                let srow = &mut sc.s[r * BK..r * BK + cols];
-                let tsum = if lrow == usize::MAX {
-                    exp_sum_in_place(srow, mref)
-                } else {
-                    exp_sum(&sc.regs[lrow..lrow + cols], mref, srow)
-                };
-                sc.sum[r] = sc.sum[r] * alpha + tsum;
-                sc.max[r] = mnew;
-                if alpha != 1.0 {
-                    for x in &mut sc.acc[r * dvp..(r + 1) * dvp] {
-                        *x *= alpha;
-                    }
-                }
+            // A block of query rows at a time from the scores to `p · v`, so that its
+            // scores stay in L1 while the packed keys and values stream from L2.
+            let mut r0 = 0;
+            while r0 < rows {
+                let r1 = (r0 + ROW_BLOCK).min(rows);
+                self.rows(&idx, q0, j, r0..r1, sc);
+                r0 = r1;
             }
-            let vp = &sc.vpack[j * bk * dvp..][..cols * dvp];
-            // acc += p · v (rows × dvp).
-            // SAFETY: `sc.s` holds `rows` rows of `cols` at stride BK, `vp` `dvp / NR`
-            // panels of `cols × NR`, `sc.acc` is `rows × dvp`.
-            unsafe {
-                tile_gemm::product(
-                    rows,
-                    cols,
-                    sc.s.as_ptr(),
-                    BK,
-                    vp.as_ptr(),
-                    dvp / NR,
-                    sc.acc.as_mut_ptr(),
-                    dvp,
-                    true,
-                    Scale::None,
-                )
-            };
         }
         let os = &self.a.out_strides;
         let base = self.a.out_offset + idx.iter().zip(os).map(|(&z, &s)| z as i64 * s).sum::<i64>();
@@ -587,9 +511,9 @@ impl Ctx<'_> {
                 (_, Some(chain)) => {
                     for x in acc.iter_mut() {
                         *x *= inv;
-                        for &dt in chain {
-                            *x = math::round_to(dt, *x);
-                        }
+                    }
+                    for &dt in chain.iter().filter(|&&dt| dt != DType::F32) {
+                        math::round_block(dt, acc);
                     }
                     if self.out.dtype == DType::F32 && os[nb + 1] == 1 {
                         // SAFETY: batch `bi`, rows q0.. of the output belong to this task
@@ -623,6 +547,108 @@ impl Ctx<'_> {
             }
         }
         computed
+    }
+
+    /// Rows `rs` of the query tile at `q0` against key tile `j`: their scores (`q · k`),
+    /// logits, online-softmax step and `acc += p · v`.
+    fn rows(
+        &self,
+        idx: &[usize],
+        q0: usize,
+        j: usize,
+        rs: std::ops::Range<usize>,
+        sc: &mut Scratch,
+    ) {
+        let (_, n, d, dv) = self.dims;
+        let bk = self.bk;
+        let dvp = dv.next_multiple_of(NR);
+        let k0 = j * bk;
+        let cols = bk.min(n - k0);
+        let kpanels = cols.div_ceil(NR);
+        let scale = match self.logits {
+            Logits::Scaled(s) => s,
+            _ => Scale::None,
+        };
+        let (r0, nr) = (rs.start, rs.len());
+        let kp = &sc.kpack[j * bk * d..][..kpanels * NR * d];
+        // Scores: s = q · k (nr × cols, row stride BK), scaled when the prologue is
+        // one multiply or divide by a constant.
+        // SAFETY: `sc.q` has rows `rs` of `d`, `kp` is `kpanels` panels of `d × NR`,
+        // `sc.s` has `ROW_BLOCK ≥ nr` rows of `BK ≥ kpanels · NR`.
+        unsafe {
+            tile_gemm::product(
+                nr,
+                d,
+                sc.q.as_ptr().add(r0 * d),
+                d,
+                kp.as_ptr(),
+                kpanels,
+                sc.s.as_mut_ptr(),
+                BK,
+                false,
+                scale,
+            )
+        };
+        for r in rs {
+            // Row `r` of the tile is row `i` of the block's scores.
+            let i = r - r0;
+            if self.a.score_dtype != DType::F32 {
+                math::round_block(self.a.score_dtype, &mut sc.s[i * BK..i * BK + cols]);
+            }
+            // The logits: the scores themselves, or a prologue's row of registers
+            // (read there, not copied back).
+            let logits = match self.logits {
+                Logits::Prologue => self.prologue(idx, q0 + r, k0, cols, i, sc),
+                _ => None,
+            };
+            let lrow = match logits {
+                Some(l) => l * BK,
+                None => usize::MAX,
+            };
+            let tmax = if lrow == usize::MAX {
+                math::block_extremum(&sc.s[i * BK..i * BK + cols], true)
+            } else {
+                math::block_extremum(&sc.regs[lrow..lrow + cols], true)
+            };
+            // Online softmax: the row's new max (NaN if a logit is), the old terms
+            // rescaled.
+            let old = sc.max[r];
+            let mnew = math::maximum(old, tmax);
+            // A row all of whose logits so far are -inf keeps p = 0 (exp(-inf - 0)).
+            let mref = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
+            let alpha = math::exp(old - mref);
+            let srow = &mut sc.s[i * BK..i * BK + cols];
+            let tsum = if lrow == usize::MAX {
+                exp_sum_in_place(srow, mref)
+            } else {
+                exp_sum(&sc.regs[lrow..lrow + cols], mref, srow)
+            };
+            sc.sum[r] = sc.sum[r] * alpha + tsum;
+            sc.max[r] = mnew;
+            if alpha != 1.0 {
+                for x in &mut sc.acc[r * dvp..(r + 1) * dvp] {
+                    *x *= alpha;
+                }
+            }
+        }
+        let vp = &sc.vpack[j * bk * dvp..][..cols * dvp];
+        // acc += p · v (nr × dvp).
+        // SAFETY: `sc.s` holds `nr` rows of `cols` at stride BK, `vp` is `dvp / NR`
+        // panels of `cols × NR`, `sc.acc` has rows `rs` of `dvp`.
+        unsafe {
+            tile_gemm::product(
+                nr,
+                cols,
+                sc.s.as_ptr(),
+                BK,
+                vp.as_ptr(),
+                dvp / NR,
+                sc.acc.as_mut_ptr().add(r0 * dvp),
+                dvp,
+                true,
+                Scale::None,
+            )
+        };
     }
 
     /// Packs key tile `j` of batch matrix `idx` into `sc.kpack` (panels of `NR` keys,
@@ -668,7 +694,12 @@ impl Ctx<'_> {
             for (c, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 if v_cols_unit && width == NR {
                     // SAFETY: (k0 + c, c0 .. c0 + NR) is inside the matrix.
-                    let src = unsafe { self.v.ptr(vb, nb, k0 + c, c0).cast::<[f32; NR]>().read_unaligned() };
+                    let src = unsafe {
+                        self.v
+                            .ptr(vb, nb, k0 + c, c0)
+                            .cast::<[f32; NR]>()
+                            .read_unaligned()
+                    };
                     dst.copy_from_slice(&src);
                 } else if v_cols_unit {
                     // SAFETY: (k0 + c, c0 .. c0 + width) is inside the matrix.
@@ -1166,10 +1197,7 @@ unsafe fn exp_sum_avx2(src: *const f32, dst: *mut f32, n: usize, m: f32) -> f32 
             for &ck in &c[2..] {
                 p = _mm256_fmadd_ps(p, r, ck);
             }
-            let er = _mm256_add_ps(
-                _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
-                one,
-            );
+            let er = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), one);
             let ni = _mm256_sub_epi32(_mm256_castps_si256(t), magic_bits);
             let half = _mm256_srai_epi32::<1>(ni);
             let s1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(half, bias));
@@ -1225,7 +1253,8 @@ unsafe fn exp_sum_tail(
             *lane += p;
         }
     }
-    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
 /// A prologue operand in `Ctx::fast`: a row of values, or one for the whole row.

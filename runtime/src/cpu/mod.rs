@@ -14,9 +14,9 @@ mod index;
 mod index_add;
 mod math;
 mod matmul;
-mod tile_gemm;
 #[cfg(test)]
 mod tests;
+mod tile_gemm;
 mod typed;
 
 use crate::tensor::HostTensor;

@@ -190,7 +190,9 @@ mod tests {
     fn product_is_the_ordered_fma_sum() {
         let mut seed = 12345u64;
         let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         for (rows, k, panels) in [(1, 1, 1), (5, 7, 2), (6, 64, 3), (13, 33, 2), (128, 64, 1)] {
@@ -241,6 +243,77 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    fn cpu_now() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
+    /// Attention's two tile products at BQ = 128, BK = 512, d = dv = 64: GFLOP/s on this
+    /// thread (`cargo test --release -p tc-runtime --lib tile_products -- --ignored
+    /// --nocapture`).
+    #[test]
+    #[ignore]
+    fn tile_products() {
+        let (rows, k, cols, dv) = (128, 64, 512, 64);
+        let a = vec![0.5f32; rows * k];
+        let kp = vec![0.25f32; k * cols];
+        let mut s = vec![0f32; rows * 512];
+        let vp = vec![0.125f32; cols * dv];
+        let mut acc = vec![0f32; rows * dv];
+        let mut time = |f: &mut dyn FnMut()| {
+            let mut best = f64::MAX;
+            for _ in 0..200 {
+                let t = cpu_now();
+                f();
+                best = best.min(cpu_now() - t);
+            }
+            best
+        };
+        // SAFETY (both): the buffers above cover the products' ranges.
+        let qk = time(&mut || unsafe {
+            product(
+                rows,
+                k,
+                a.as_ptr(),
+                k,
+                kp.as_ptr(),
+                cols / NR,
+                s.as_mut_ptr(),
+                512,
+                false,
+                Scale::None,
+            )
+        });
+        let pv = time(&mut || unsafe {
+            product(
+                rows,
+                cols,
+                s.as_ptr(),
+                512,
+                vp.as_ptr(),
+                dv / NR,
+                acc.as_mut_ptr(),
+                dv,
+                true,
+                Scale::None,
+            )
+        });
+        let flops = 2.0 * (rows * k * cols) as f64;
+        for (what, t) in [("q k", qk), ("p v", pv)] {
+            println!("{what}: {:.1} us, {:.1} GFLOP/s", t * 1e6, flops / t * 1e-9);
         }
     }
 }
