@@ -1294,7 +1294,8 @@ enum Reg {
 
 #[cfg(test)]
 mod tests {
-    use super::rounding_chain;
+    use super::{exp_sum, exp_sum_impl, exp_sum_in_place, logits_form, rounding_chain};
+    use super::{Logits, Scale};
     use tc_compiler::ir::DType;
     use tc_compiler::schedule::{AttentionKernel, KernelKind};
 
@@ -1336,5 +1337,80 @@ mod tests {
         let a = attention("f32", &format!("out = f16({att} * 2)\n"));
         assert!(a.epilogue.is_some());
         assert_eq!(rounding_chain(&a), None);
+    }
+
+    /// A constant scale of the scores is folded into the score product (a power-of-two
+    /// divisor as the exact multiply by its reciprocal); anything else runs the prologue.
+    #[test]
+    fn scaled_scores_are_recognised() {
+        let at = |dt: &str, s: &str| {
+            logits_form(&attention(
+                dt,
+                &format!("out = softmax({s}, axis=-1) @ v\n"),
+            ))
+        };
+        let qk = "q @ transpose(k)";
+        assert_eq!(at("f32", qk), Logits::Scores);
+        assert_eq!(
+            at("f32", &format!("{qk} / sqrt(Dh)")),
+            Logits::Scaled(Scale::Mul(0.5))
+        );
+        assert_eq!(
+            at("f32", &format!("{qk} / 3")),
+            Logits::Scaled(Scale::Div(3.0))
+        );
+        assert_eq!(
+            at("f32", &format!("{qk} * 0.3")),
+            Logits::Scaled(Scale::Mul(0.3))
+        );
+        assert_eq!(at("f32", &format!("{qk} / 2 + 1")), Logits::Prologue);
+        assert_eq!(at("f16", &format!("{qk} / 2")), Logits::Prologue);
+    }
+
+    /// The vector `exp` and sum give the scalar form's bits: every lane count, NaN, ±inf,
+    /// values past both ends of `exp`'s range, in place or not; the sum is within a few
+    /// ulps of the f64 sum.
+    #[test]
+    fn exp_sum_is_the_scalar_form_bit_for_bit() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 60.0
+        };
+        let mut xs: Vec<f32> = (0..600).map(|_| rnd()).collect();
+        xs[3] = f32::NEG_INFINITY;
+        xs[17] = -1e9;
+        xs[40] = 200.0;
+        xs[41] = -200.0;
+        xs[70] = -0.0;
+        for m in [0.0f32, 29.9, -3.5, 120.0] {
+            for n in (0..20).chain([255, 512, 600]) {
+                let src = &xs[..n];
+                let mut want = vec![0f32; n];
+                // SAFETY: `src` and `want` cover `n` elements and do not overlap.
+                let s0 = unsafe { exp_sum_impl(src.as_ptr(), want.as_mut_ptr(), n, m) };
+                let mut got = vec![0f32; n];
+                let s1 = exp_sum(src, m, &mut got);
+                let mut inplace = src.to_vec();
+                let s2 = exp_sum_in_place(&mut inplace, m);
+                for i in 0..n {
+                    assert_eq!(want[i].to_bits(), got[i].to_bits(), "{m} {n} {i}");
+                    assert_eq!(want[i].to_bits(), inplace[i].to_bits(), "{m} {n} {i}");
+                    assert_eq!(want[i].to_bits(), super::math::exp(src[i] - m).to_bits());
+                }
+                assert_eq!(s0.to_bits(), s1.to_bits(), "{m} {n}");
+                assert_eq!(s0.to_bits(), s2.to_bits(), "{m} {n}");
+                let exact: f64 = want.iter().map(|&p| p as f64).sum();
+                assert!(
+                    s0 as f64 == exact || (s0 as f64 - exact).abs() <= 1e-6 * exact + 1e-30,
+                    "{m} {n}: {s0} against {exact}"
+                );
+            }
+        }
+        let mut nan = xs[..9].to_vec();
+        nan[8] = f32::NAN;
+        assert!(exp_sum_in_place(&mut nan, 0.0).is_nan() && nan[8].is_nan());
     }
 }
