@@ -1,13 +1,15 @@
-//! Attention on the CPU (flash attention): for each batch matrix and tile of `BQ` queries
-//! (in parallel, rayon), the keys and values are walked in tiles of `BK`; each tile's scores
-//! `q·k` are one small product (the `gemm` crate), rounded to the score dtype and run through
-//! the prologue a row at a time, then folded into a running max and sum per query (online
-//! softmax) and into an f32 accumulator of `Σ p·v` (a second small product). The scores
-//! never exist beyond one tile of `BQ × BK` floats per thread, so the plan stores none.
-//! f32 operands are read in place through their strides; f16/bf16 ones are widened a tile
-//! at a time. Every sum runs in a fixed order, so results do not depend on the threads.
-//! Key tiles a mask hides entirely (`tc_compiler::masked`) are not computed; the output is
-//! written through its strides, the epilogue computed per element (`typed`'s meaning).
+//! Attention on the CPU (flash attention): each task takes one batch matrix and a group of
+//! its tiles of `BQ` queries (in parallel, rayon); the keys and values are walked in tiles of
+//! `BK`, packed once per task for `tile_gemm` (widened to f32 there), and the queries are
+//! taken `ROW_BLOCK` rows at a time: their scores `q·k` (a `tile_gemm` product, with a
+//! constant scale of the scores applied to each sum), rounded to the score dtype and run
+//! through the prologue a row at a time, then folded into a running max and sum per query
+//! (online softmax: one pass for the max, one for `exp` and its sum) and into an f32
+//! accumulator of `Σ p·v` (a second product). The scores never exist beyond `ROW_BLOCK × BK`
+//! floats per thread, so the plan stores none. Every sum runs in a fixed order, so results
+//! do not depend on the threads. Key tiles a mask hides entirely (`tc_compiler::masked`) are
+//! not computed; the output is written through its strides, the epilogue computed a row at a
+//! time when it only rounds, else per element (`typed`'s meaning).
 
 use super::fused::check_bounds;
 use super::math::{self, Operand};
