@@ -280,7 +280,7 @@ mod bench {
         let mut s = vec![0f32; rows * 512];
         let vp = vec![0.125f32; cols * dv];
         let mut acc = vec![0f32; rows * dv];
-        let mut time = |f: &mut dyn FnMut()| {
+        let time = |f: &mut dyn FnMut()| {
             let mut best = f64::MAX;
             for _ in 0..200 {
                 let t = cpu_now();
