@@ -17,6 +17,7 @@ mod matmul;
 mod peephole;
 #[cfg(test)]
 mod tests;
+mod tile_gemm;
 mod typed;
 
 use crate::tensor::HostTensor;
