@@ -5,6 +5,13 @@
 //! there first unless the output is in place of it) and adds to it: gemm's `dst := dst +
 //! a·b` for an f32 output, else the product rounded to the output's dtype and then added,
 //! as the unfused add rounds.
+//!
+//! Threads: a product read and written in place is split into column panels of its output
+//! (per batch matrix), each a single-threaded gemm call, handed to the pool as one job that
+//! the threads share dynamically (`Schedule`); gemm's own threads (a static split with a
+//! wait for both threads at every 512-long block of `k`) only where it packs A once for all
+//! of them. Every output element is summed in the same order either way, so the results
+//! are the same bits whatever the thread count.
 
 use super::fused::check_bounds;
 use super::{CpuError, Mem};
@@ -213,8 +220,9 @@ enum Schedule {
     Panels { count: usize, width: usize },
 }
 
-/// Below this many multiply-adds a product runs on the calling thread (about 0.1 ms).
-const INLINE_MACS: usize = 1 << 23;
+/// Below this many multiply-adds (about 0.03 ms on one core) a product runs on the calling
+/// thread: handing it to the pool would cost about what the second thread saves.
+const INLINE_MACS: usize = 1 << 21;
 /// Panels per thread: enough for one thread to take over another's share when that one is
 /// slowed, few enough that each panel keeps gemm's 128-column blocks.
 const PANELS_PER_THREAD: usize = 4;
