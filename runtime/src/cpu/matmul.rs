@@ -156,8 +156,9 @@ pub(super) fn run(
                 .into_par_iter()
                 .with_max_len(1)
                 .for_each(|t| {
-                    let c0 = t % count * width;
-                    task(t / count, (c0, (c0 + width).min(n)), Parallelism::None)
+                    let p = t % count;
+                    let c1 = if p + 1 == count { n } else { (p + 1) * width };
+                    task(t / count, (p * width, c1), Parallelism::None)
                 }),
         }
         return Ok(());
@@ -213,7 +214,8 @@ enum Schedule {
     Gemm,
     /// `(batch matrix, column panel)` tasks handed to the pool, each a single-threaded gemm
     /// call writing `width` columns of one batch matrix (`count` panels a matrix, the last
-    /// one narrower; `width` a multiple of 16 unless one panel is the whole): one hand-off to
+    /// one the rest, less than twice as wide; `width` a multiple of 16, or `n` for whole
+    /// matrices): one hand-off to
     /// the pool a product instead of gemm's one per 512-long block of `k` (each a wait for
     /// both threads), and a thread that is slowed (another process on its core) leaves its
     /// remaining panels to the other.
@@ -243,19 +245,18 @@ impl Schedule {
         if nbatch >= want {
             return whole;
         }
-        // A panel's single-threaded call must keep gemm's general path: more than 64 rows
-        // (gemm's small-matrix path blocks `k` differently, and the vector paths take one
-        // row or column), so only products of more than 64 rows are split into columns.
-        let per_matrix = want.div_ceil(nbatch).min(n / MIN_PANEL);
-        if n > GEMM_PACKS_A || m <= 64 || per_matrix < 2 {
+        // A panel's single-threaded call must keep gemm's general path, as the whole
+        // product's does: more than 64 rows (gemm's small-matrix path blocks `k` otherwise)
+        // and panels of at least 64 columns (a panel of one column would take the vector
+        // path, of a few its horizontal kernel, each summing in another order).
+        let per_matrix = want.div_ceil(nbatch).min(n / MIN_PANEL).max(1);
+        // Panels a multiple of 16 columns wide, the last one taking the rest.
+        let width = n.div_ceil(per_matrix).next_multiple_of(16);
+        let count = n / width;
+        if n > GEMM_PACKS_A || m <= 64 || count < 2 {
             return if nbatch >= 2 { whole } else { Schedule::Gemm };
         }
-        // Panels a multiple of 16 columns wide (the last one narrower).
-        let width = n.div_ceil(per_matrix).next_multiple_of(16);
-        Schedule::Panels {
-            count: n.div_ceil(width),
-            width,
-        }
+        Schedule::Panels { count, width }
     }
 }
 
@@ -557,7 +558,7 @@ mod tests {
         for threads in [1, 2, 3, 4, 8] {
             for nbatch in [1, 2, 3, 7, 40] {
                 for m in [1, 17, 64, 65, 512, 1000] {
-                    for n in [1, 16, 63, 64, 127, 128, 300, 512, 2048, 2049, 4096] {
+                    for n in [1, 16, 63, 64, 127, 128, 300, 321, 512, 2048, 2049, 4096] {
                         for k in [1, 64, 600, 4096] {
                             let s = Schedule::of(nbatch, m, n, k, threads);
                             let macs = nbatch * m * n * k;
@@ -573,7 +574,8 @@ mod tests {
                                 Schedule::Panels { count, width } => {
                                     seen[2] = true;
                                     assert!(count >= 1 && width >= 1, "{s:?}");
-                                    assert!(count * width >= n && (count - 1) * width < n);
+                                    // Every panel `width` wide, the last one the rest.
+                                    assert!(count * width <= n && (count + 1) * width > n);
                                     if count > 1 {
                                         assert!(m > 64 && width % 16 == 0 && width >= 64);
                                         assert!(n <= GEMM_PACKS_A, "{nbatch} {m} {n} {k}");
@@ -608,16 +610,19 @@ mod tests {
     }
 
     /// f32 products read and written in place, split into column panels (batched, with a
-    /// residual, `k` not a multiple of gemm's blocks): the same bytes in pools of 1, 2, 3
-    /// and 5 threads, and every element within f32 rounding of the f64 product.
+    /// residual, with B transposed, `k` not a multiple of gemm's blocks, 321 columns:
+    /// 80-column panels would leave one column, which gemm sums as a vector product when B
+    /// is transposed): the same bytes in pools of 1, 2, 3 and 5 threads, and every element
+    /// within f32 rounding of the f64 product.
     #[test]
     fn panelled_products_are_the_same_bits_whatever_the_thread_count() {
-        let (b, m, k, n) = (3usize, 130usize, 600usize, 350usize);
+        let (b, m, k, n) = (3usize, 130usize, 600usize, 321usize);
         let source = format!(
             "dim B = {b}\ndim M = {m}\ndim K = {k}\ndim N = {n}\n\
              input a : f32[B, M, K]\ninput w : f32[K, N]\ninput x : f32[M, N]\n\
-             input c : f32[48, 1400]\ninput v : f32[1400, 128]\n\
-             y = a @ w\nz = x + a[1] @ w\nu = c @ v\noutput y, z, u\n"
+             input c : f32[48, 1400]\ninput v : f32[1400, 128]\ninput wt : f32[N, K]\n\
+             y = a @ w\nz = x + a[1] @ w\nu = c @ v\nt = a[0] @ transpose(wt)\n\
+             output y, z, u, t\n"
         );
         let program = tc_compiler::compile(&source, &Default::default()).expect("compiles");
         let accumulates = program.plan.kernels.iter().any(|kernel| {
@@ -645,6 +650,14 @@ mod tests {
             // other blocks of `k` than the whole product (467 against 512).
             HostTensor::from_f32(DType::F32, vec![48, 1400], &vals(48 * 1400, 4)),
             HostTensor::from_f32(DType::F32, vec![1400, 128], &vals(1400 * 128, 5)),
+            // w's transpose, laid out [N, K].
+            HostTensor::from_f32(
+                DType::F32,
+                vec![n as u64, k as u64],
+                &(0..n * k)
+                    .map(|i| wf[i % k * n + i / k])
+                    .collect::<Vec<_>>(),
+            ),
         ];
         let in_pool = |threads: usize| {
             rayon::ThreadPoolBuilder::new()
@@ -660,7 +673,7 @@ mod tests {
                 assert!(x.bytes == y.bytes, "1 and {threads} threads differ");
             }
         }
-        let (y, z) = (one[0].to_f32(), one[1].to_f32());
+        let (y, z, t) = (one[0].to_f32(), one[1].to_f32(), one[3].to_f32());
         for bi in 0..b {
             for r in 0..m {
                 for c in 0..n {
@@ -677,6 +690,10 @@ mod tests {
                         (got - sum).abs() <= tol,
                         "y[{bi}, {r}, {c}]: {got} vs {sum}"
                     );
+                    if bi == 0 {
+                        let got = t[r * n + c] as f64;
+                        assert!((got - sum).abs() <= tol, "t[{r}, {c}]: {got} vs {sum}");
+                    }
                     if bi == 1 {
                         let want = sum + xf[r * n + c] as f64;
                         let got = z[r * n + c] as f64;
