@@ -1,21 +1,23 @@
-//! Attention on the CPU (flash attention): for each batch matrix and tile of `BQ` queries
-//! (in parallel, rayon), the keys and values are walked in tiles of `BK`; each tile's scores
-//! `q·k` are one small product (the `gemm` crate), rounded to the score dtype and run through
-//! the prologue a row at a time, then folded into a running max and sum per query (online
-//! softmax) and into an f32 accumulator of `Σ p·v` (a second small product). The scores
-//! never exist beyond one tile of `BQ × BK` floats per thread, so the plan stores none.
-//! f32 operands are read in place through their strides; f16/bf16 ones are widened a tile
-//! at a time. Every sum runs in a fixed order, so results do not depend on the threads.
-//! Key tiles a mask hides entirely (`tc_compiler::masked`) are not computed; the output is
-//! written through its strides, the epilogue computed per element (`typed`'s meaning).
+//! Attention on the CPU (flash attention): each task takes one batch matrix and a group of
+//! its tiles of `BQ` queries (in parallel, rayon); the keys and values are walked in tiles of
+//! `BK`, packed once per task for `tile_gemm` (widened to f32 there), and the queries are
+//! taken `ROW_BLOCK` rows at a time: their scores `q·k` (a `tile_gemm` product, with a
+//! constant scale of the scores applied to each sum), rounded to the score dtype and run
+//! through the prologue a row at a time, then folded into a running max and sum per query
+//! (online softmax: one pass for the max, one for `exp` and its sum) and into an f32
+//! accumulator of `Σ p·v` (a second product). The scores never exist beyond `ROW_BLOCK × BK`
+//! floats per thread, so the plan stores none. Every sum runs in a fixed order, so results
+//! do not depend on the threads. Key tiles a mask hides entirely (`tc_compiler::masked`) are
+//! not computed; the output is written through its strides, the epilogue computed a row at a
+//! time when it only rounds, else per element (`typed`'s meaning).
 
 use super::fused::check_bounds;
 use super::math::{self, Operand};
+use super::tile_gemm::{self, Scale, NR};
 use super::typed::{self, Lane};
 use super::{CpuError, Mem};
-use gemm::Parallelism;
 use rayon::prelude::*;
-use tc_compiler::ir::{eval, BinaryOp, DType, UnaryOp};
+use tc_compiler::ir::{eval, BinaryOp, DType};
 use tc_compiler::masked::{self, KeyTiles, SKIP_MARGIN};
 use tc_compiler::schedule::{
     AttentionKernel, BufferId, Epilogue, Inst, InstOp, MatOperand, Plan, RESULT, SCORE,
@@ -228,12 +230,24 @@ pub(super) fn run(
         bk,
         tiles,
         rounding: rounding_chain(a),
+        logits: logits_form(a),
     };
+    // Tasks: a batch matrix's query tiles in groups, at least about four tasks a thread
+    // (a task packs its keys and values once for all its query tiles). Which thread
+    // computes a row changes nothing in its result.
     let qtiles = m.div_ceil(BQ);
-    let computed: u64 = (0..nbatch * qtiles)
+    let groups = qtiles
+        .min((4 * rayon::current_num_threads()).div_ceil(nbatch))
+        .max(1);
+    let per = qtiles.div_ceil(groups);
+    let groups = qtiles.div_ceil(per);
+    let computed: u64 = (0..nbatch * groups)
         .into_par_iter()
         .map_init(Scratch::default, |scratch, task| {
-            ctx.tile(task / qtiles, (task % qtiles) * BQ, scratch)
+            let (bi, g) = (task / groups, task % groups);
+            (g * per..((g + 1) * per).min(qtiles))
+                .map(|t| ctx.tile(bi, t * BQ, scratch))
+                .sum::<u64>()
         })
         .sum();
     #[cfg(feature = "test-support")]
@@ -249,6 +263,10 @@ pub(super) fn run(
     let _ = computed;
     Ok(())
 }
+
+/// Query rows taken from scores to `p · v` at a time (a multiple of the micro-kernel's 6):
+/// their scores (`ROW_BLOCK × BK` f32, 24 KiB, all the scores a thread holds) stay in L1.
+const ROW_BLOCK: usize = 12;
 
 /// Keys per tile: `BK`, or `BK_MASKED` when some tiles are masked (`tc_compiler::masked`),
 /// so that a causal mask leaves about half the tiles (with `BK` keys a tile, `S = 1024`
@@ -275,9 +293,17 @@ pub static TILE_LOG: std::sync::Mutex<Vec<TileCount>> = std::sync::Mutex::new(Ve
 /// One thread's buffers, reused across its tasks.
 #[derive(Default)]
 struct Scratch {
+    /// The query tile, contiguous f32 (`rows × d`).
     q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// The keys of batch matrix `packed_for`, each key tile in panels of `NR` keys
+    /// (`d × NR`, `tile_gemm`'s `B`), `bk · d` floats a tile.
+    kpack: Vec<f32>,
+    /// Its values, each key tile in panels of `NR` columns (`cols × NR`), `bk · dvp` floats
+    /// a tile (`dvp`: `dv` rounded up to `NR`, zeros past `dv`).
+    vpack: Vec<f32>,
+    /// Which key tiles of `kpack`/`vpack` hold their batch matrix's keys and values.
+    packed: Vec<bool>,
+    packed_for: Option<usize>,
     s: Vec<f32>,
     acc: Vec<f32>,
     regs: Vec<f32>,
@@ -286,7 +312,6 @@ struct Scratch {
     /// One integral inst's values for a row, before they are stored.
     lanes: Vec<Lane>,
     kinds: Vec<Reg>,
-    tmp: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
     /// The epilogue's values at one output element.
@@ -312,6 +337,54 @@ struct Ctx<'a> {
     /// casts to float dtypes (`rounding_chain`), in order; `None` for any other epilogue,
     /// which is evaluated per element.
     rounding: Option<Vec<DType>>,
+    /// Where the logits come from (`logits_form`).
+    logits: Logits,
+}
+
+/// How a key tile's logits are made from its scores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Logits {
+    /// They are the scores (the prologue is the score alone).
+    Scores,
+    /// f32 scores multiplied or divided by a constant (`s / sqrt(Dh)`): the score product
+    /// applies it to each finished sum, the same IEEE operation the prologue would.
+    Scaled(Scale),
+    /// Anything else: the prologue runs over each row of scores.
+    Prologue,
+}
+
+/// The form of `a`'s prologue (`Logits`).
+fn logits_form(a: &AttentionKernel) -> Logits {
+    let body = &a.body;
+    let score = |x: usize| matches!(body[x].op, InstOp::Load(SCORE));
+    if body.len() == 1 && a.logits == 0 && score(0) {
+        return Logits::Scores;
+    }
+    if a.score_dtype != DType::F32 || body.len() != 3 || body.iter().any(|i| i.dtype != DType::F32)
+    {
+        return Logits::Prologue;
+    }
+    let konst = |x: usize| match body[x].op {
+        InstOp::Const(c) => Some(c as f32),
+        _ => None,
+    };
+    let scale = match body[a.logits].op {
+        InstOp::Binary(BinaryOp::Div, x, y) if score(x) => konst(y).map(Scale::Div),
+        InstOp::Binary(BinaryOp::Mul, x, y) if score(x) => konst(y).map(Scale::Mul),
+        InstOp::Binary(BinaryOp::Mul, x, y) if score(y) => konst(x).map(Scale::Mul),
+        _ => None,
+    };
+    // Dividing by a power of two is multiplying by its reciprocal, exactly (the same
+    // correctly rounded value), and cheaper.
+    let scale = match scale {
+        Some(Scale::Div(c))
+            if c.is_normal() && c.to_bits() & 0x007f_ffff == 0 && (1.0 / c).is_normal() =>
+        {
+            Some(Scale::Mul(1.0 / c))
+        }
+        s => s,
+    };
+    scale.map_or(Logits::Prologue, Logits::Scaled)
 }
 
 /// The float dtypes the stored value is rounded to, in order, when the epilogue computes
@@ -356,36 +429,32 @@ impl Ctx<'_> {
             idx[ax] = rest % self.batch[ax];
             rest /= self.batch[ax];
         }
-        let (qb, kb, vb) = (
-            self.q.batch_offset(&idx),
-            self.k.batch_offset(&idx),
-            self.v.batch_offset(&idx),
-        );
-        // The queries: in place (f32), or widened to contiguous f32 (`rows × d`).
-        let (q_ptr, q_rs, q_cs) = if self.q.direct {
-            let s = &self.q.op.strides;
-            (self.q.ptr(qb, nb, q0, 0), s[nb], s[nb + 1])
-        } else {
-            sc.q.clear();
-            for r in 0..rows {
+        let qb = self.q.batch_offset(&idx);
+        // The queries as contiguous f32 (`rows × d`).
+        sc.q.clear();
+        for r in 0..rows {
+            if self.q.direct && self.q.op.strides[nb + 1] == 1 {
+                // SAFETY: row q0 + r's `d` elements are inside the matrix checked in `run`.
+                sc.q.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(self.q.ptr(qb, nb, q0 + r, 0), d)
+                });
+            } else {
                 for c in 0..d {
                     // SAFETY: (q0 + r, c) is inside the matrix checked in `run`.
                     sc.q.push(unsafe { self.q.at(qb, nb, q0 + r, c) });
                 }
             }
-            (sc.q.as_ptr(), d as i64, 1)
-        };
+        }
+        let dvp = dv.next_multiple_of(NR);
         sc.acc.clear();
-        sc.acc.resize(rows * dv, 0.0);
+        sc.acc.resize(rows * dvp, 0.0);
         sc.max.clear();
         sc.max.resize(rows, f32::NEG_INFINITY);
         sc.sum.clear();
         sc.sum.resize(rows, 0.0);
-        sc.s.resize(BQ * BK, 0.0);
-        sc.tmp.resize(BK, 0.0);
+        sc.s.resize(ROW_BLOCK * BK, 0.0);
         let body = &self.a.body;
-        let bare = body.len() == 1 && self.a.logits == 0;
-        if !bare {
+        if self.logits == Logits::Prologue {
             sc.regs.resize(body.len() * BK, 0.0);
             if body.iter().any(|i| i.dtype.is_integral()) {
                 sc.iregs.resize(body.len() * BK, 0);
@@ -402,6 +471,15 @@ impl Ctx<'_> {
             Some(c) if c != f32::NEG_INFINITY => (0..first).chain(end..kt),
             _ => (0..0).chain(0..0),
         };
+        // Keys and values are packed once per batch matrix (for every query tile of it
+        // that this thread computes), each key tile when first needed.
+        if sc.packed_for != Some(bi) {
+            sc.packed_for = Some(bi);
+            sc.packed.clear();
+            sc.packed.resize(kt, false);
+            sc.kpack.resize(kt * bk * d, 0.0);
+            sc.vpack.resize(kt * bk * dvp, 0.0);
+        }
         let mut computed = 0u64;
         for j in (first..end).chain(late) {
             if j < first || j >= end {
@@ -411,142 +489,33 @@ impl Ctx<'_> {
                 }
             }
             computed += 1;
-            let k0 = j * bk;
-            let cols = bk.min(n - k0);
-            // Keys (`d × cols`) and values (`cols × dv`): in place, or widened.
-            let (k_ptr, k_rs, k_cs) = if self.k.direct {
-                let s = &self.k.op.strides;
-                (self.k.ptr(kb, nb, 0, k0), s[nb], s[nb + 1])
-            } else {
-                sc.k.clear();
-                for r in 0..d {
-                    for c in 0..cols {
-                        // SAFETY: (r, k0 + c) is inside the matrix.
-                        sc.k.push(unsafe { self.k.at(kb, nb, r, k0 + c) });
-                    }
-                }
-                (sc.k.as_ptr(), cols as i64, 1)
-            };
-            let (v_ptr, v_rs, v_cs) = if self.v.direct {
-                let s = &self.v.op.strides;
-                (self.v.ptr(vb, nb, k0, 0), s[nb], s[nb + 1])
-            } else {
-                sc.v.clear();
-                for r in 0..cols {
-                    for c in 0..dv {
-                        // SAFETY: (k0 + r, c) is inside the matrix.
-                        sc.v.push(unsafe { self.v.at(vb, nb, k0 + r, c) });
-                    }
-                }
-                (sc.v.as_ptr(), dv as i64, 1)
-            };
-            // Scores: s = q · k (rows × cols, row stride BK).
-            // SAFETY: every pointer covers the elements its strides reach for these sizes.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    cols,
-                    d,
-                    sc.s.as_mut_ptr(),
-                    1,
-                    BK as isize,
-                    false,
-                    q_ptr,
-                    q_cs as isize,
-                    q_rs as isize,
-                    k_ptr,
-                    k_cs as isize,
-                    k_rs as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            };
-            for r in 0..rows {
-                let srow = &mut sc.s[r * BK..r * BK + cols];
-                if self.a.score_dtype != DType::F32 {
-                    math::round_block(self.a.score_dtype, srow);
-                }
-                // The logits: the scores themselves, or a prologue's row of registers
-                // (read there, not copied back).
-                let logits = if bare {
-                    None
-                } else {
-                    self.prologue(&idx, q0 + r, k0, cols, r, sc)
-                };
-                let logits = match logits {
-                    Some(l) => &sc.regs[l * BK..l * BK + cols],
-                    None => &sc.s[r * BK..r * BK + cols],
-                };
-                // Online softmax: the row's new max (NaN if a logit is), the old terms
-                // rescaled.
-                let tmax = math::block_extremum(logits, true);
-                let old = sc.max[r];
-                let mnew = math::maximum(old, tmax);
-                // A row all of whose logits so far are -inf keeps p = 0 (exp(-inf - 0)).
-                let mref = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
-                let alpha = math::exp(old - mref);
-                let tmp = &mut sc.tmp[..cols];
-                math::binary_block(
-                    BinaryOp::Sub,
-                    Operand::Block(logits),
-                    Operand::Scalar(mref),
-                    tmp,
-                );
-                let srow = &mut sc.s[r * BK..r * BK + cols];
-                math::unary_block(UnaryOp::Exp, tmp, srow);
-                let tsum = math::block_sum(srow);
-                sc.sum[r] = sc.sum[r] * alpha + tsum;
-                sc.max[r] = mnew;
-                if alpha != 1.0 {
-                    for x in &mut sc.acc[r * dv..(r + 1) * dv] {
-                        *x *= alpha;
-                    }
-                }
+            if !sc.packed[j] {
+                self.pack(&idx, j, sc);
+                sc.packed[j] = true;
             }
-            // acc += p · v (rows × dv).
-            // SAFETY: as above.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    dv,
-                    cols,
-                    sc.acc.as_mut_ptr(),
-                    1,
-                    dv as isize,
-                    true,
-                    sc.s.as_ptr(),
-                    1,
-                    BK as isize,
-                    v_ptr,
-                    v_cs as isize,
-                    v_rs as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            };
+            // A block of query rows at a time from the scores to `p · v`, so that its
+            // scores stay in L1 while the packed keys and values stream from L2.
+            let mut r0 = 0;
+            while r0 < rows {
+                let r1 = (r0 + ROW_BLOCK).min(rows);
+                self.rows(&idx, q0, j, r0..r1, sc);
+                r0 = r1;
+            }
         }
         let os = &self.a.out_strides;
         let base = self.a.out_offset + idx.iter().zip(os).map(|(&z, &s)| z as i64 * s).sum::<i64>();
         for r in 0..rows {
             let inv = 1.0 / sc.sum[r];
             let row = base + (q0 + r) as i64 * os[nb];
-            let acc = &mut sc.acc[r * dv..(r + 1) * dv];
+            let acc = &mut sc.acc[r * dvp..r * dvp + dv];
             match (&self.a.epilogue, &self.rounding) {
                 // The value, rounded as the casts round, stored through the strides.
                 (_, Some(chain)) => {
                     for x in acc.iter_mut() {
                         *x *= inv;
-                        for &dt in chain {
-                            *x = math::round_to(dt, *x);
-                        }
+                    }
+                    for &dt in chain.iter().filter(|&&dt| dt != DType::F32) {
+                        math::round_block(dt, acc);
                     }
                     if self.out.dtype == DType::F32 && os[nb + 1] == 1 {
                         // SAFETY: batch `bi`, rows q0.. of the output belong to this task
@@ -580,6 +549,175 @@ impl Ctx<'_> {
             }
         }
         computed
+    }
+
+    /// Rows `rs` of the query tile at `q0` against key tile `j`: their scores (`q · k`),
+    /// logits, online-softmax step and `acc += p · v`.
+    fn rows(
+        &self,
+        idx: &[usize],
+        q0: usize,
+        j: usize,
+        rs: std::ops::Range<usize>,
+        sc: &mut Scratch,
+    ) {
+        let (_, n, d, dv) = self.dims;
+        let bk = self.bk;
+        let dvp = dv.next_multiple_of(NR);
+        let k0 = j * bk;
+        let cols = bk.min(n - k0);
+        let kpanels = cols.div_ceil(NR);
+        let scale = match self.logits {
+            Logits::Scaled(s) => s,
+            _ => Scale::None,
+        };
+        let (r0, nr) = (rs.start, rs.len());
+        let kp = &sc.kpack[j * bk * d..][..kpanels * NR * d];
+        // Scores: s = q · k (nr × cols, row stride BK), scaled when the prologue is
+        // one multiply or divide by a constant.
+        // SAFETY: `sc.q` has rows `rs` of `d`, `kp` is `kpanels` panels of `d × NR`,
+        // `sc.s` has `ROW_BLOCK ≥ nr` rows of `BK ≥ kpanels · NR`.
+        unsafe {
+            tile_gemm::product(
+                nr,
+                d,
+                sc.q.as_ptr().add(r0 * d),
+                d,
+                kp.as_ptr(),
+                kpanels,
+                sc.s.as_mut_ptr(),
+                BK,
+                false,
+                scale,
+            )
+        };
+        for r in rs {
+            // Row `r` of the tile is row `i` of the block's scores.
+            let i = r - r0;
+            if self.a.score_dtype != DType::F32 {
+                math::round_block(self.a.score_dtype, &mut sc.s[i * BK..i * BK + cols]);
+            }
+            // The logits: the scores themselves, or a prologue's row of registers
+            // (read there, not copied back).
+            let logits = match self.logits {
+                Logits::Prologue => self.prologue(idx, q0 + r, k0, cols, i, sc),
+                _ => None,
+            };
+            let lrow = match logits {
+                Some(l) => l * BK,
+                None => usize::MAX,
+            };
+            let tmax = if lrow == usize::MAX {
+                math::block_extremum(&sc.s[i * BK..i * BK + cols], true)
+            } else {
+                math::block_extremum(&sc.regs[lrow..lrow + cols], true)
+            };
+            // Online softmax: the row's new max (NaN if a logit is), the old terms
+            // rescaled.
+            let old = sc.max[r];
+            let mnew = math::maximum(old, tmax);
+            // A row all of whose logits so far are -inf keeps p = 0 (exp(-inf - 0)).
+            let mref = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
+            let alpha = math::exp(old - mref);
+            let srow = &mut sc.s[i * BK..i * BK + cols];
+            let tsum = if lrow == usize::MAX {
+                exp_sum_in_place(srow, mref)
+            } else {
+                exp_sum(&sc.regs[lrow..lrow + cols], mref, srow)
+            };
+            sc.sum[r] = sc.sum[r] * alpha + tsum;
+            sc.max[r] = mnew;
+            if alpha != 1.0 {
+                for x in &mut sc.acc[r * dvp..(r + 1) * dvp] {
+                    *x *= alpha;
+                }
+            }
+        }
+        let vp = &sc.vpack[j * bk * dvp..][..cols * dvp];
+        // acc += p · v (nr × dvp).
+        // SAFETY: `sc.s` holds `nr` rows of `cols` at stride BK, `vp` is `dvp / NR`
+        // panels of `cols × NR`, `sc.acc` has rows `rs` of `dvp`.
+        unsafe {
+            tile_gemm::product(
+                nr,
+                cols,
+                sc.s.as_ptr(),
+                BK,
+                vp.as_ptr(),
+                dvp / NR,
+                sc.acc.as_mut_ptr().add(r0 * dvp),
+                dvp,
+                true,
+                Scale::None,
+            )
+        };
+    }
+
+    /// Packs key tile `j` of batch matrix `idx` into `sc.kpack` (panels of `NR` keys,
+    /// `kp[p][t][jj] = k(t, k0 + p·NR + jj)`, zeros past the last key) and its values into
+    /// `sc.vpack` (panels of `NR` columns, `vp[p][c][jj] = v(k0 + c, p·NR + jj)`, zeros past
+    /// `dv`), widened to f32.
+    fn pack(&self, idx: &[usize], j: usize, sc: &mut Scratch) {
+        let (_, n, d, dv) = self.dims;
+        let (nb, bk) = (self.nb, self.bk);
+        let dvp = dv.next_multiple_of(NR);
+        let k0 = j * bk;
+        let cols = bk.min(n - k0);
+        let (kb, vb) = (self.k.batch_offset(idx), self.v.batch_offset(idx));
+        let kpanels = cols.div_ceil(NR);
+        let kp = &mut sc.kpack[j * bk * d..][..kpanels * NR * d];
+        let k_rows_unit = self.k.direct && self.k.op.strides[nb] == 1;
+        for (p, panel) in kp.chunks_exact_mut(d * NR).enumerate() {
+            for jj in 0..NR {
+                let key = p * NR + jj;
+                if key >= cols {
+                    for t in 0..d {
+                        panel[t * NR + jj] = 0.0;
+                    }
+                } else if k_rows_unit {
+                    let src = self.k.ptr(kb, nb, 0, k0 + key);
+                    for t in 0..d {
+                        // SAFETY: (t, k0 + key) is inside the matrix checked in `run`.
+                        panel[t * NR + jj] = unsafe { src.add(t).read() };
+                    }
+                } else {
+                    for t in 0..d {
+                        // SAFETY: as above.
+                        panel[t * NR + jj] = unsafe { self.k.at(kb, nb, t, k0 + key) };
+                    }
+                }
+            }
+        }
+        let vp = &mut sc.vpack[j * bk * dvp..][..cols * dvp];
+        let v_cols_unit = self.v.direct && self.v.op.strides[nb + 1] == 1;
+        for (p, panel) in vp.chunks_exact_mut(cols * NR).enumerate() {
+            let c0 = p * NR;
+            let width = NR.min(dv - c0);
+            for (c, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                if v_cols_unit && width == NR {
+                    // SAFETY: (k0 + c, c0 .. c0 + NR) is inside the matrix.
+                    let src = unsafe {
+                        self.v
+                            .ptr(vb, nb, k0 + c, c0)
+                            .cast::<[f32; NR]>()
+                            .read_unaligned()
+                    };
+                    dst.copy_from_slice(&src);
+                } else if v_cols_unit {
+                    // SAFETY: (k0 + c, c0 .. c0 + width) is inside the matrix.
+                    let src = unsafe {
+                        std::slice::from_raw_parts(self.v.ptr(vb, nb, k0 + c, c0), width)
+                    };
+                    dst[..width].copy_from_slice(src);
+                } else {
+                    for (jj, x) in dst[..width].iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        *x = unsafe { self.v.at(vb, nb, k0 + c, c0 + jj) };
+                    }
+                }
+                dst[width..].fill(0.0);
+            }
+        }
     }
 
     /// The epilogue at output element (batch `idx`, query `qi`, column `c`) of the value
@@ -988,6 +1126,139 @@ fn lane_value(
     }
 }
 
+/// `dst[i] = exp(src[i] - m)` for every `i < src.len()`, and their sum.
+fn exp_sum(src: &[f32], m: f32, dst: &mut [f32]) -> f32 {
+    assert!(dst.len() >= src.len());
+    // SAFETY: `dst` covers `src.len()` elements and does not overlap `src` (borrows).
+    unsafe { exp_sum_raw(src.as_ptr(), dst.as_mut_ptr(), src.len(), m) }
+}
+
+/// `x[i] = exp(x[i] - m)`, and their sum.
+fn exp_sum_in_place(x: &mut [f32], m: f32) -> f32 {
+    let p = x.as_mut_ptr();
+    // SAFETY: `x` covers its elements; each is read before it is written.
+    unsafe { exp_sum_raw(p, p, x.len(), m) }
+}
+
+/// `exp_sum` through pointers, in one pass: `math::exp` (built for AVX2 and FMA where the
+/// CPU has them, the same bits either way), element `i` added into lane `i % 8` of eight
+/// running sums, which are then added pairwise. The order is fixed, so the sum depends only
+/// on the values.
+///
+/// # Safety
+/// `src` and `dst` cover `n` elements; they are the same or do not overlap.
+unsafe fn exp_sum_raw(src: *const f32, dst: *mut f32, n: usize, m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA; the rest is forwarded.
+        return unsafe { exp_sum_avx2(src, dst, n, m) };
+    }
+    // SAFETY: forwarded.
+    unsafe { exp_sum_impl(src, dst, n, m) }
+}
+
+/// `exp_sum_impl` eight lanes at a time: `math::exp`'s operations, in its order, as vector
+/// instructions (the clamp as `max`/`min` that keep NaN), so each lane's bits are
+/// `math::exp`'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::excessive_precision)] // `math::exp`'s coefficients, as there
+unsafe fn exp_sum_avx2(src: *const f32, dst: *mut f32, n: usize, m: f32) -> f32 {
+    use std::arch::x86_64::*;
+    const MAGIC: f32 = 12_582_912.0;
+    let mut lanes = [0f32; 8];
+    let mut i = 0;
+    // SAFETY (whole body): `i + 8 <= n`, inside both ranges; eight values are read before
+    // any of them is written.
+    unsafe {
+        let set = _mm256_set1_ps;
+        let (mv, lo, hi) = (set(m), set(-104.5), set(89.0));
+        let (magic, log2e) = (set(MAGIC), set(std::f32::consts::LOG2_E));
+        let (ln2_hi, ln2_lo) = (set(-0.693_359_4), set(2.121_944_4e-4));
+        let c = [
+            set(1.987_569_1e-4),
+            set(1.398_199_9e-3),
+            set(8.333_452e-3),
+            set(4.166_579_6e-2),
+            set(1.666_666_5e-1),
+            set(0.5),
+        ];
+        let one = set(1.0);
+        let magic_bits = _mm256_set1_epi32(MAGIC.to_bits() as i32);
+        let bias = _mm256_set1_epi32(127);
+        let mut sum = _mm256_setzero_ps();
+        while i + 8 <= n {
+            let x = _mm256_sub_ps(_mm256_loadu_ps(src.add(i)), mv);
+            // `clamp`: NaN stays NaN (`max_ps`/`min_ps` return their second operand then).
+            let xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+            let t = _mm256_fmadd_ps(xc, log2e, magic);
+            let nf = _mm256_sub_ps(t, magic);
+            let r = _mm256_fmadd_ps(nf, ln2_hi, xc);
+            let r = _mm256_fmadd_ps(nf, ln2_lo, r);
+            let mut p = _mm256_fmadd_ps(c[0], r, c[1]);
+            for &ck in &c[2..] {
+                p = _mm256_fmadd_ps(p, r, ck);
+            }
+            let er = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), one);
+            let ni = _mm256_sub_epi32(_mm256_castps_si256(t), magic_bits);
+            let half = _mm256_srai_epi32::<1>(ni);
+            let s1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(half, bias));
+            let s2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias));
+            let e = _mm256_mul_ps(
+                _mm256_mul_ps(er, _mm256_castsi256_ps(s1)),
+                _mm256_castsi256_ps(s2),
+            );
+            _mm256_storeu_ps(dst.add(i), e);
+            sum = _mm256_add_ps(sum, e);
+            i += 8;
+        }
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    }
+    // SAFETY: the rest, `i .. n`, as `exp_sum_impl` (forwarded).
+    unsafe { exp_sum_tail(src, dst, n, m, i, lanes) }
+}
+
+/// The scalar form (see `exp_sum_raw`).
+unsafe fn exp_sum_impl(src: *const f32, dst: *mut f32, n: usize, m: f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut i = 0;
+    while i + 8 <= n {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            // SAFETY: `i + l < n`, inside both ranges.
+            unsafe {
+                let p = math::exp(*src.add(i + l) - m);
+                *dst.add(i + l) = p;
+                *lane += p;
+            }
+        }
+        i += 8;
+    }
+    // SAFETY: forwarded.
+    unsafe { exp_sum_tail(src, dst, n, m, i, lanes) }
+}
+
+/// Elements `i .. n` (fewer than 8) into their lanes, then the lanes added pairwise.
+#[inline(always)]
+unsafe fn exp_sum_tail(
+    src: *const f32,
+    dst: *mut f32,
+    n: usize,
+    m: f32,
+    i: usize,
+    mut lanes: [f32; 8],
+) -> f32 {
+    for (l, lane) in lanes.iter_mut().enumerate().take(n - i) {
+        // SAFETY: `i + l < n`, inside both ranges.
+        unsafe {
+            let p = math::exp(*src.add(i + l) - m);
+            *dst.add(i + l) = p;
+            *lane += p;
+        }
+    }
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+}
+
 /// A prologue operand in `Ctx::fast`: a row of values, or one for the whole row.
 #[derive(Clone, Copy)]
 enum Val<'a, T> {
@@ -1025,7 +1296,8 @@ enum Reg {
 
 #[cfg(test)]
 mod tests {
-    use super::rounding_chain;
+    use super::{exp_sum, exp_sum_impl, exp_sum_in_place, logits_form, rounding_chain};
+    use super::{Logits, Scale};
     use tc_compiler::ir::DType;
     use tc_compiler::schedule::{AttentionKernel, KernelKind};
 
@@ -1067,5 +1339,97 @@ mod tests {
         let a = attention("f32", &format!("out = f16({att} * 2)\n"));
         assert!(a.epilogue.is_some());
         assert_eq!(rounding_chain(&a), None);
+    }
+
+    /// A constant scale of the scores is folded into the score product (a power-of-two
+    /// divisor as the exact multiply by its reciprocal); anything else runs the prologue.
+    #[test]
+    fn scaled_scores_are_recognised() {
+        let at = |dt: &str, s: &str| {
+            logits_form(&attention(
+                dt,
+                &format!("out = softmax({s}, axis=-1) @ v\n"),
+            ))
+        };
+        let qk = "q @ transpose(k)";
+        assert_eq!(at("f32", qk), Logits::Scores);
+        assert_eq!(
+            at("f32", &format!("{qk} / sqrt(Dh)")),
+            Logits::Scaled(Scale::Mul(0.5))
+        );
+        assert_eq!(
+            at("f32", &format!("{qk} / 3")),
+            Logits::Scaled(Scale::Div(3.0))
+        );
+        assert_eq!(
+            at("f32", &format!("{qk} * 0.3")),
+            Logits::Scaled(Scale::Mul(0.3))
+        );
+        assert_eq!(at("f32", &format!("{qk} / 2 + 1")), Logits::Prologue);
+        assert_eq!(at("f16", &format!("{qk} / 2")), Logits::Prologue);
+    }
+
+    /// The vector `exp` and sum give the scalar form's bits: every lane count, NaN, ±inf,
+    /// values past both ends of `exp`'s range, in place or not; the sum is within a few
+    /// ulps of the f64 sum.
+    #[test]
+    fn exp_sum_is_the_scalar_form_bit_for_bit() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 60.0
+        };
+        let mut xs: Vec<f32> = (0..600).map(|_| rnd()).collect();
+        xs[3] = f32::NEG_INFINITY;
+        xs[17] = -1e9;
+        xs[40] = 200.0;
+        xs[41] = -200.0;
+        xs[70] = -0.0;
+        for m in [0.0f32, 29.9, -3.5, 120.0] {
+            for n in (0..20).chain([255, 512, 600]) {
+                let src = &xs[..n];
+                let mut want = vec![0f32; n];
+                // SAFETY: `src` and `want` cover `n` elements and do not overlap.
+                let s0 = unsafe { exp_sum_impl(src.as_ptr(), want.as_mut_ptr(), n, m) };
+                let mut got = vec![0f32; n];
+                let s1 = exp_sum(src, m, &mut got);
+                let mut inplace = src.to_vec();
+                let s2 = exp_sum_in_place(&mut inplace, m);
+                for i in 0..n {
+                    assert_eq!(want[i].to_bits(), got[i].to_bits(), "{m} {n} {i}");
+                    assert_eq!(want[i].to_bits(), inplace[i].to_bits(), "{m} {n} {i}");
+                    assert_eq!(want[i].to_bits(), super::math::exp(src[i] - m).to_bits());
+                }
+                assert_eq!(s0.to_bits(), s1.to_bits(), "{m} {n}");
+                assert_eq!(s0.to_bits(), s2.to_bits(), "{m} {n}");
+                let exact: f64 = want.iter().map(|&p| p as f64).sum();
+                assert!(
+                    s0 as f64 == exact || (s0 as f64 - exact).abs() <= 1e-6 * exact + 1e-30,
+                    "{m} {n}: {s0} against {exact}"
+                );
+            }
+        }
+        let mut nan = xs[..9].to_vec();
+        nan[8] = f32::NAN;
+        assert!(exp_sum_in_place(&mut nan, 0.0).is_nan() && nan[8].is_nan());
+    }
+
+    /// `exp_sum_in_place` over rows of 512 (the key tile), ns an element on this thread
+    /// (`cargo test --release -p tc-runtime --lib exp_sum_cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn exp_sum_cost() {
+        let row: Vec<f32> = (0..512).map(|i| -((i * 37 % 512) as f32) / 40.0).collect();
+        let mut x = row.clone();
+        let mut best = f64::MAX;
+        for _ in 0..2000 {
+            x.copy_from_slice(&row);
+            let t = std::time::Instant::now();
+            std::hint::black_box(exp_sum_in_place(&mut x, 0.0));
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("exp_sum: {:.3} ns an element", best * 1e9 / 512.0);
     }
 }

@@ -16,6 +16,7 @@ mod math;
 mod matmul;
 #[cfg(test)]
 mod tests;
+mod tile_gemm;
 mod typed;
 
 use crate::tensor::HostTensor;
