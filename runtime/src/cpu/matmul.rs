@@ -5,6 +5,13 @@
 //! there first unless the output is in place of it) and adds to it: gemm's `dst := dst +
 //! a·b` for an f32 output, else the product rounded to the output's dtype and then added,
 //! as the unfused add rounds.
+//!
+//! Threads: a product read and written in place is split into column panels of its output
+//! (per batch matrix), each a single-threaded gemm call, handed to the pool as one job that
+//! the threads share dynamically (`Schedule`); gemm's own threads (a static split with a
+//! wait for both threads at every 512-long block of `k`) only where it packs A once for all
+//! of them. Every output element is summed in the same order either way, so the results
+//! are the same bits whatever the thread count.
 
 use super::fused::check_bounds;
 use super::{CpuError, Mem};
@@ -123,29 +130,37 @@ pub(super) fn run(
         k,
     };
     if direct_a && direct_b && direct_out {
-        // Everything in place: one gemm per batch matrix, batches in parallel (gemm's own
-        // threads for a single matrix), no scratch.
-        let par_inside = if nbatch == 1 {
-            Parallelism::Rayon(0)
-        } else {
-            Parallelism::None
+        // Everything in place, no scratch: each task a single-threaded gemm call writing its
+        // own columns of one batch matrix, or gemm's own threads (`Schedule`).
+        let base = out.base() as usize;
+        // SAFETY: the task writes columns c0..c1 of batch `bi`'s m×n output (checked
+        // above), which no other task writes; the operands hold the m×k and k×n elements
+        // their strides reach (bounds checked).
+        let task = |bi: usize, (c0, c1): (usize, usize), parallelism: Parallelism| unsafe {
+            let dst = (base as *mut f32).add(bi * m * n + c0);
+            tiled.gemm(
+                (m, c1 - c0),
+                (tiled.a_ptr(bi, 0), tiled.b_ptr(bi, c0)),
+                None,
+                (dst, n),
+                parallelism,
+                tiled.accumulate,
+            )
         };
-        (0..nbatch).into_par_iter().for_each(|bi| {
-            // SAFETY: batch `bi` owns output elements bi·m·n .. (bi+1)·m·n (checked above).
-            let dst = unsafe { out.base().cast::<f32>().add(bi * m * n) };
-            // SAFETY: `dst` holds m·n f32 owned by this call; the operands hold the m×k
-            // and k×n elements their strides reach (bounds checked).
-            unsafe {
-                tiled.gemm(
-                    (m, n),
-                    (tiled.a_ptr(bi, 0), tiled.b_ptr(bi, 0)),
-                    None,
-                    (dst, n),
-                    par_inside,
-                    tiled.accumulate,
-                )
-            };
-        });
+        match Schedule::of(nbatch, m, n, k, rayon::current_num_threads()) {
+            Schedule::Inline => (0..nbatch).for_each(|bi| task(bi, (0, n), Parallelism::None)),
+            Schedule::Gemm => {
+                (0..nbatch).for_each(|bi| task(bi, (0, n), Parallelism::Rayon(0)));
+            }
+            Schedule::Panels { count, width } => (0..nbatch * count)
+                .into_par_iter()
+                .with_max_len(1)
+                .for_each(|t| {
+                    let p = t % count;
+                    let c1 = if p + 1 == count { n } else { (p + 1) * width };
+                    task(t / count, (p * width, c1), Parallelism::None)
+                }),
+        }
         return Ok(());
     }
     // The element's final value: the product, or (with a residual) the product rounded to
@@ -182,6 +197,67 @@ pub(super) fn run(
         tiled.run(direct, &|bi, r, c, v| put((bi * m + r) * n + c, v));
     }
     Ok(())
+}
+
+/// How a product read and written in place shares the pool's threads. Each output element
+/// is summed in the same order whichever is chosen (gemm blocks `k` by its length alone, and
+/// `Schedule::of` never hands it a panel its small-matrix paths would take), so the results
+/// are the same bits whatever the thread count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schedule {
+    /// One single-threaded gemm call per batch matrix, on the calling thread: too little
+    /// work to share, or one thread.
+    Inline,
+    /// gemm's own threads inside one call per batch matrix: outputs wider than
+    /// `GEMM_PACKS_A` columns, where gemm packs A once for all its threads (a panel would
+    /// read A unpacked), and outputs too narrow or short for panels.
+    Gemm,
+    /// `(batch matrix, column panel)` tasks handed to the pool, each a single-threaded gemm
+    /// call writing `width` columns of one batch matrix (`count` panels a matrix, the last
+    /// one the rest, less than twice as wide; `width` a multiple of 16, or `n` for whole
+    /// matrices): one hand-off to
+    /// the pool a product instead of gemm's one per 512-long block of `k` (each a wait for
+    /// both threads), and a thread that is slowed (another process on its core) leaves its
+    /// remaining panels to the other.
+    Panels { count: usize, width: usize },
+}
+
+/// Below this many multiply-adds (about 0.03 ms on one core) a product runs on the calling
+/// thread: handing it to the pool would cost about what the second thread saves.
+const INLINE_MACS: usize = 1 << 21;
+/// Panels per thread: enough for one thread to take over another's share when that one is
+/// slowed, few enough that each panel keeps gemm's 128-column blocks.
+const PANELS_PER_THREAD: usize = 4;
+/// The narrowest panel, in columns (a multiple of gemm's 16-row microkernel).
+const MIN_PANEL: usize = 64;
+/// gemm (0.19, x86-64) packs the f32 A operand of a row-major product (its internal
+/// right-hand side) when the output is wider than this, once for all its threads.
+const GEMM_PACKS_A: usize = 2048;
+
+impl Schedule {
+    fn of(nbatch: usize, m: usize, n: usize, k: usize, threads: usize) -> Schedule {
+        let macs = nbatch.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+        if threads <= 1 || macs < INLINE_MACS {
+            return Schedule::Inline;
+        }
+        let want = PANELS_PER_THREAD * threads;
+        let whole = Schedule::Panels { count: 1, width: n };
+        if nbatch >= want {
+            return whole;
+        }
+        // A panel's single-threaded call must keep gemm's general path, as the whole
+        // product's does: more than 64 rows (gemm's small-matrix path blocks `k` otherwise)
+        // and panels of at least 64 columns (a panel of one column would take the vector
+        // path, of a few its horizontal kernel, each summing in another order).
+        let per_matrix = want.div_ceil(nbatch).min(n / MIN_PANEL).max(1);
+        // Panels a multiple of 16 columns wide, the last one taking the rest.
+        let width = n.div_ceil(per_matrix).next_multiple_of(16);
+        let count = n / width;
+        if n > GEMM_PACKS_A || m <= 64 || count < 2 {
+            return if nbatch >= 2 { whole } else { Schedule::Gemm };
+        }
+        Schedule::Panels { count, width }
+    }
 }
 
 /// `v` rounded to `dtype` (a float dtype), as a store of it would round.
@@ -471,6 +547,165 @@ unsafe fn widen(v: &mut Vec<f32>, mem: Mem, off: i64, rs: i64, cs: i64, rows: us
 mod tests {
     use crate::tensor::HostTensor;
     use tc_compiler::ir::DType;
+
+    /// Every schedule covers each output column of each batch matrix once, in panels that
+    /// keep gemm on its general path (more than 64 rows) and, but for the last, a multiple of
+    /// 16 columns wide; small products stay on the calling thread.
+    #[test]
+    fn schedules_cover_the_output_in_panels_gemm_treats_alike() {
+        use super::{Schedule, GEMM_PACKS_A, INLINE_MACS};
+        let mut seen = [false; 3];
+        for threads in [1, 2, 3, 4, 8] {
+            for nbatch in [1, 2, 3, 7, 40] {
+                for m in [1, 17, 64, 65, 512, 1000] {
+                    for n in [1, 16, 63, 64, 127, 128, 300, 321, 512, 2048, 2049, 4096] {
+                        for k in [1, 64, 600, 4096] {
+                            let s = Schedule::of(nbatch, m, n, k, threads);
+                            let macs = nbatch * m * n * k;
+                            match s {
+                                Schedule::Inline => {
+                                    seen[0] = true;
+                                    assert!(threads == 1 || macs < INLINE_MACS, "{s:?}");
+                                }
+                                Schedule::Gemm => {
+                                    seen[1] = true;
+                                    assert!(threads > 1 && macs >= INLINE_MACS, "{s:?}");
+                                }
+                                Schedule::Panels { count, width } => {
+                                    seen[2] = true;
+                                    assert!(count >= 1 && width >= 1, "{s:?}");
+                                    // Every panel `width` wide, the last one the rest.
+                                    assert!(count * width <= n && (count + 1) * width > n);
+                                    if count > 1 {
+                                        assert!(m > 64 && width % 16 == 0 && width >= 64);
+                                        assert!(n <= GEMM_PACKS_A, "{nbatch} {m} {n} {k}");
+                                    } else {
+                                        assert_eq!(width, n);
+                                    }
+                                    assert!(nbatch * count > 1, "{s:?}: one task");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, [true; 3]);
+        // The transformer block's and mlp's products at the benchmark's sizes, two threads.
+        assert_eq!(
+            Schedule::of(1, 512, 512, 512, 2),
+            Schedule::Panels {
+                count: 8,
+                width: 64
+            }
+        );
+        assert_eq!(
+            Schedule::of(1, 512, 2048, 512, 2),
+            Schedule::Panels {
+                count: 8,
+                width: 256
+            }
+        );
+        assert_eq!(Schedule::of(1, 1024, 4096, 1024, 2), Schedule::Gemm);
+    }
+
+    /// f32 products read and written in place, split into column panels (batched, with a
+    /// residual, with B transposed, `k` not a multiple of gemm's blocks, 321 columns:
+    /// 80-column panels would leave one column, which gemm sums as a vector product when B
+    /// is transposed): the same bytes in pools of 1, 2, 3 and 5 threads, and every element
+    /// within f32 rounding of the f64 product.
+    #[test]
+    fn panelled_products_are_the_same_bits_whatever_the_thread_count() {
+        let (b, m, k, n) = (3usize, 130usize, 600usize, 321usize);
+        let source = format!(
+            "dim B = {b}\ndim M = {m}\ndim K = {k}\ndim N = {n}\n\
+             input a : f32[B, M, K]\ninput w : f32[K, N]\ninput x : f32[M, N]\n\
+             input c : f32[48, 1400]\ninput v : f32[1400, 128]\ninput wt : f32[N, K]\n\
+             y = a @ w\nz = x + a[1] @ w\nu = c @ v\nt = a[0] @ transpose(wt)\n\
+             output y, z, u, t\n"
+        );
+        let program = tc_compiler::compile(&source, &Default::default()).expect("compiles");
+        let accumulates = program.plan.kernels.iter().any(|kernel| {
+            matches!(&kernel.kind, tc_compiler::schedule::KernelKind::MatMul(mm) if mm.accumulate.is_some())
+        });
+        assert!(accumulates, "the residual is the product's");
+        // Two threads split each product into panels.
+        for nbatch in [1, b] {
+            assert!(matches!(
+                super::Schedule::of(nbatch, m, n, k, 2),
+                super::Schedule::Panels { count, .. } if count > 1
+            ));
+        }
+        let vals = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
+                .collect()
+        };
+        let (af, wf, xf) = (vals(b * m * k, 1), vals(k * n, 2), vals(m * n, 3));
+        let inputs = [
+            HostTensor::from_f32(DType::F32, vec![b as u64, m as u64, k as u64], &af),
+            HostTensor::from_f32(DType::F32, vec![k as u64, n as u64], &wf),
+            HostTensor::from_f32(DType::F32, vec![m as u64, n as u64], &xf),
+            // 48 rows: gemm's small-matrix path would sum a 64-column panel of it in
+            // other blocks of `k` than the whole product (467 against 512).
+            HostTensor::from_f32(DType::F32, vec![48, 1400], &vals(48 * 1400, 4)),
+            HostTensor::from_f32(DType::F32, vec![1400, 128], &vals(1400 * 128, 5)),
+            // w's transpose, laid out [N, K].
+            HostTensor::from_f32(
+                DType::F32,
+                vec![n as u64, k as u64],
+                &(0..n * k)
+                    .map(|i| wf[i % k * n + i / k])
+                    .collect::<Vec<_>>(),
+            ),
+        ];
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| super::super::run(&program.plan, &inputs, &[]).expect("runs"))
+        };
+        let one = in_pool(1);
+        for threads in [2, 3, 5] {
+            let got = in_pool(threads);
+            for (x, y) in one.iter().zip(&got) {
+                assert!(x.bytes == y.bytes, "1 and {threads} threads differ");
+            }
+        }
+        let (y, z, t) = (one[0].to_f32(), one[1].to_f32(), one[3].to_f32());
+        for bi in 0..b {
+            for r in 0..m {
+                for c in 0..n {
+                    let (mut sum, mut mag) = (0f64, 0f64);
+                    for kk in 0..k {
+                        let p = af[(bi * m + r) * k + kk] as f64 * wf[kk * n + c] as f64;
+                        sum += p;
+                        mag += p.abs();
+                    }
+                    let got = y[(bi * m + r) * n + c] as f64;
+                    // f32 sums of `k` products: within k·2^-24 of the magnitudes' sum.
+                    let tol = mag * k as f64 * f32::EPSILON as f64 / 2.0;
+                    assert!(
+                        (got - sum).abs() <= tol,
+                        "y[{bi}, {r}, {c}]: {got} vs {sum}"
+                    );
+                    if bi == 0 {
+                        let got = t[r * n + c] as f64;
+                        assert!((got - sum).abs() <= tol, "t[{r}, {c}]: {got} vs {sum}");
+                    }
+                    if bi == 1 {
+                        let want = sum + xf[r * n + c] as f64;
+                        let got = z[r * n + c] as f64;
+                        assert!(
+                            (got - want).abs() <= tol * 2.0,
+                            "z[{r}, {c}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// Products whose tiles do not cover the matrices in one (the scratch budget is at its
     /// floor for so small a plan), batched, with a transposed (strided) operand and a bf16
