@@ -1,8 +1,10 @@
-//! The host arena: one zeroed, 16-byte aligned allocation holding every arena buffer at its
-//! planned offset, and how outputs leave it. On Linux a large arena is its own anonymous
-//! mapping backed by transparent huge pages (one page fault per 2 MiB instead of per
-//! 4 KiB); an output's whole pages are moved into its vector (`mremap`) instead of copied,
-//! and pages no output still needs go back to the system as soon as possible.
+//! The host arena: one 16-byte aligned allocation holding every arena buffer at its planned
+//! offset (its contents are unspecified: the plan writes every element before reading it, as
+//! the CUDA emulation's NaN-filled arena checks), and how outputs leave it. On Linux an arena
+//! of 1 MiB or more is its own anonymous mapping advised to use transparent huge pages (one
+//! page fault per 2 MiB instead of per 4 KiB); an output's whole pages are moved into its
+//! vector (`mremap`) instead of copied, and pages no output still needs go back to the
+//! system as soon as possible.
 //!
 //! Moving pages into a vector: the vector is allocated before the kernels run, and the
 //! arena is placed so that the largest output's bytes and its vector's bytes sit at the
@@ -13,6 +15,14 @@
 //! the vector's pages, which were never touched: the vector then holds exactly the output's
 //! bytes in ordinary private anonymous memory, as if they had been copied. Where the
 //! offsets do not line up, or anything fails, the bytes are copied.
+//!
+//! Kept for the next run: a dropped mapping is not unmapped but kept (one, process-wide,
+//! up to `SPARE_MAX` bytes) for the next arena that fits in it, its holes (pages moved out)
+//! filled with fresh pages again. A plan run repeatedly (`tc bench`, a serving loop) then
+//! finds its arena's pages already faulted in: at 4 KiB a page fault costs about 3 µs on
+//! this VM, 1.5 ms for each 2 MiB, as much as the attention kernel spends on 15 % of its
+//! work. A run on a kept arena (`Arena::reused`) copies its small outputs into their vectors
+//! rather than moving pages out of it (see `cpu::run_observed`), so the arena stays whole.
 
 use super::CpuError;
 use rayon::prelude::*;
@@ -27,6 +37,43 @@ const HUGE: usize = 2 << 20;
 const PAGE: usize = 4096;
 /// Outputs at least this large are worth moving rather than copying.
 pub(super) const MOVE_MIN: usize = 1 << 20;
+/// Arenas at least this large are mappings of their own, kept for the next run.
+#[cfg(target_os = "linux")]
+const MAP_MIN: usize = 1 << 20;
+/// The largest mapping kept for the next run (`SPARE`).
+#[cfg(target_os = "linux")]
+const SPARE_MAX: usize = 1 << 30;
+
+/// The mapping of the last mapped arena dropped, kept for the next one that fits: whole
+/// pages `start .. start + len`, less `holes` (moved out; not ours any more).
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct Spare {
+    start: usize,
+    len: usize,
+    holes: Vec<(usize, usize)>,
+}
+
+#[cfg(target_os = "linux")]
+static SPARE: std::sync::Mutex<Option<Spare>> = std::sync::Mutex::new(None);
+
+/// Unmaps the pages of `lo .. hi` that are not in `holes` (sorted address ranges).
+///
+/// # Safety
+/// `lo .. hi` is whole pages of the caller's own mapping, apart from the holes, and nothing
+/// reads them afterwards.
+#[cfg(target_os = "linux")]
+unsafe fn unmap_except(lo: usize, hi: usize, holes: &[(usize, usize)]) {
+    let mut from = lo;
+    for &(a, b) in holes.iter().chain([&(hi, hi)]) {
+        let a = a.clamp(lo, hi);
+        if from < a {
+            // SAFETY: whole pages of our own mapping, not moved out (caller's contract).
+            unsafe { libc::munmap(from as *mut libc::c_void, a - from) };
+        }
+        from = from.max(b.min(hi));
+    }
+}
 /// Copies larger than this are split over the rayon pool.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -50,12 +97,14 @@ enum Backing {
     },
 }
 
-/// One zeroed, 16-byte aligned host allocation, freed on drop.
+/// One 16-byte aligned host allocation, freed (or kept for the next run) on drop.
 #[derive(Debug)]
 pub(super) struct Arena {
     pub(super) ptr: *mut u8,
     size: usize,
     backing: Backing,
+    /// Whether the memory is a kept mapping of an earlier run (`reused`).
+    reused: bool,
 }
 
 impl Arena {
@@ -71,15 +120,18 @@ impl Arena {
                 ptr: std::ptr::NonNull::<u128>::dangling().as_ptr().cast(),
                 size,
                 backing: Backing::Empty,
+                reused: false,
             });
         }
         #[cfg(target_os = "linux")]
-        if size >= HUGE_MIN {
+        if size >= MAP_MIN {
             let residue = line_up
                 .map(|(offset, address)| address.wrapping_sub(offset) % PAGE)
                 .filter(|r| r % 16 == 0)
                 .unwrap_or(0);
-            return map_huge(size, residue).ok_or_else(too_large);
+            return reuse(size, residue)
+                .or_else(|| map_huge(size, residue))
+                .ok_or_else(too_large);
         }
         let _ = line_up;
         let layout = std::alloc::Layout::from_size_align(size, 16).map_err(|_| too_large())?;
@@ -92,7 +144,15 @@ impl Arena {
             ptr,
             size,
             backing: Backing::Heap(layout),
+            reused: false,
         })
+    }
+
+    /// True when the arena is a mapping kept from an earlier run: its pages are (mostly)
+    /// resident already, so refilling a hole left by moving an output out costs more than
+    /// copying the output.
+    pub(super) fn reused(&self) -> bool {
+        self.reused
     }
 
     /// The address ranges moves have taken out of the mapping, in address order.
@@ -291,6 +351,65 @@ fn map_huge(size: usize, residue: usize) -> Option<Arena> {
             len: end - start,
             holes: Default::default(),
         },
+        reused: false,
+    })
+}
+
+/// The kept mapping (`SPARE`) as an arena of `size` bytes from `residue` (< 4 KiB) past its
+/// start, when it is large enough: pages past the arena's end unmapped, holes filled with
+/// fresh pages. `None` (and the mapping unmapped) when it is too small or a hole's
+/// addresses have been taken by another mapping.
+#[cfg(target_os = "linux")]
+fn reuse(size: usize, residue: usize) -> Option<Arena> {
+    let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    let need = residue.checked_add(size)?.next_multiple_of(PAGE);
+    let (start, end) = (spare.start, spare.start + need);
+    if need > spare.len {
+        // SAFETY: the kept mapping is ours, less its holes; nothing uses it.
+        unsafe { unmap_except(start, start + spare.len, &spare.holes) };
+        return None;
+    }
+    // SAFETY: as above; only the pages past the new arena's end.
+    unsafe { unmap_except(end, start + spare.len, &spare.holes) };
+    spare.holes.retain(|&(a, _)| a < end);
+    while let Some(&(a, b)) = spare.holes.first() {
+        let b = b.min(end);
+        // SAFETY: a fresh private anonymous mapping exactly at the hole, which never
+        // replaces another mapping (MAP_FIXED_NOREPLACE; a kernel without it takes the
+        // address as a hint, checked below).
+        let p = unsafe {
+            libc::mmap(
+                a as *mut libc::c_void,
+                b - a,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p as usize != a {
+            if p != libc::MAP_FAILED {
+                // SAFETY: the mapping just made elsewhere, ours.
+                unsafe { libc::munmap(p, b - a) };
+            }
+            // SAFETY: the pages of [start, end) that are ours: all but the holes left.
+            unsafe { unmap_except(start, end, &spare.holes) };
+            return None;
+        }
+        spare.holes.remove(0);
+    }
+    // SAFETY: advice on our own mapping (now whole again, so it may become one VMA);
+    // failure is harmless.
+    unsafe { libc::madvise(start as *mut libc::c_void, need, libc::MADV_HUGEPAGE) };
+    Some(Arena {
+        ptr: (start + residue) as *mut u8,
+        size,
+        backing: Backing::Map {
+            start,
+            len: need,
+            holes: Default::default(),
+        },
+        reused: true,
     })
 }
 
@@ -300,17 +419,24 @@ impl Drop for Arena {
             Backing::Empty => {}
             // SAFETY: allocated in `new` with this very layout, freed once.
             Backing::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr, layout) },
+            // The mapping made in `map_huge` (less the holes left by moves, whose addresses
+            // may belong to another mapping by now) is kept for the next run, the one kept
+            // before unmapped; or unmapped itself when too large to keep.
             #[cfg(target_os = "linux")]
-            // SAFETY: the mapping made in `map_huge`, unmapped once, less the holes left
-            // by moves (their addresses may belong to another mapping by now).
             Backing::Map { start, len, .. } => {
-                let (mut from, end) = (start, start + len);
-                for (a, b) in self.holes().into_iter().chain([(end, end)]) {
-                    if from < a {
-                        // SAFETY: [from, a) is pages of our own mapping, not moved out.
-                        unsafe { libc::munmap(from as *mut libc::c_void, a - from) };
+                let holes = self.holes();
+                if len <= SPARE_MAX {
+                    let old = SPARE
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .replace(Spare { start, len, holes });
+                    if let Some(old) = old {
+                        // SAFETY: the mapping kept before, ours less its holes, unused.
+                        unsafe { unmap_except(old.start, old.start + old.len, &old.holes) };
                     }
-                    from = from.max(b);
+                } else {
+                    // SAFETY: our own mapping less its holes; the kernels are done.
+                    unsafe { unmap_except(start, start + len, &holes) };
                 }
             }
         }
@@ -327,7 +453,7 @@ pub(super) fn copy_out(src: &[u8]) -> Vec<u8> {
 /// `src` copied into `dst` (empty, capacity at least `src.len()`): when large, advised to
 /// use huge pages and filled by the rayon pool in 1 MiB chunks (the page faults of fresh
 /// memory are most of the cost, and they run in parallel too).
-fn copy_into(src: &[u8], dst: &mut Vec<u8>) {
+pub(super) fn copy_into(src: &[u8], dst: &mut Vec<u8>) {
     let n = src.len();
     dst.clear();
     if n < 2 * COPY_CHUNK {
@@ -432,7 +558,14 @@ mod tests {
             assert!(matches!(move_pages(off, &mut v), Moved::Not));
             assert!(v.is_empty());
             let src = std::slice::from_raw_parts(arena.ptr, len);
-            assert!(matches!(move_pages(src, &mut v), Moved::Done(_)));
+            let Moved::Done(hole) = move_pages(src, &mut v) else {
+                panic!("the pages did not move");
+            };
+            // As `take` does: the hole is no longer the arena's (nor, once kept, the
+            // next run's).
+            if let Backing::Map { holes, .. } = &arena.backing {
+                holes.lock().unwrap_or_else(|e| e.into_inner()).push(hole);
+            }
         }
         assert_eq!(v, expected(0, len));
         // The vector is ordinary memory: it can be written, grown and freed.
@@ -451,6 +584,39 @@ mod tests {
             let got = unsafe { arena.take(0, len, Vec::with_capacity(len)) };
             assert_eq!(got, expected(0, len));
         }
+    }
+
+    /// A dropped mapping is kept and handed to the next arena that fits, the hole a moved
+    /// output left filled with fresh pages again (all of it writable and readable). Other
+    /// tests running beside this one may take the kept mapping first: then try again.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_kept_mapping_is_reused_with_its_holes_filled() {
+        for _ in 0..20 {
+            let (size, len) = (8 << 20, 3 << 20);
+            let v: Vec<u8> = Vec::with_capacity(len);
+            let arena = filled(size, Some((0, v.as_ptr() as usize)));
+            // SAFETY: in the arena, taken once.
+            let out = unsafe { arena.take(0, len, v) };
+            assert_eq!(out, expected(0, len));
+            assert_eq!(arena.holes().len(), 1, "the output's whole pages moved");
+            let start = arena.ptr as usize / PAGE * PAGE;
+            drop(arena);
+            let again = Arena::new((6 << 20) + 5, None).expect("arena");
+            if !again.reused() {
+                continue;
+            }
+            assert_eq!(
+                again.ptr as usize, start,
+                "the kept mapping, from its start"
+            );
+            // SAFETY: the arena's bytes, all writable.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(again.ptr, (6 << 20) + 5) };
+            bytes.fill(0x3c);
+            assert!(bytes.iter().all(|&b| b == 0x3c));
+            return;
+        }
+        panic!("in 20 tries, another test always took the kept mapping first");
     }
 
     /// A hole a move leaves may at once become another mapping's (a thread's stack, say):

@@ -186,7 +186,8 @@ fn run_observed(
         .filter_map(|(d, o)| Some((d.as_ref()?, arena_range(plan, o, 0).0)))
         .max_by_key(|(d, _)| d.capacity())
         .map(|(d, lo)| (lo, d.as_ptr() as usize));
-    // The arena: 16-byte aligned, zeroed lazily by the system (fresh pages, no memset).
+    // The arena: 16-byte aligned, its contents unspecified (fresh zero pages, or a mapping
+    // kept from the previous run: `arena`).
     let arena = Arena::new(plan.arena_bytes, line_up)?;
     let base = arena.ptr;
 
@@ -273,13 +274,29 @@ fn run_observed(
 
     // Output bytes still to take out of the arena (moved or copied); everything else is
     // handed back to the system before and while they leave, so copies do not add to the
-    // peak.
+    // peak. On an arena kept from an earlier run, whose pages are resident already, that
+    // would only make the next run fault them in again: there, when the outputs to copy
+    // come to at most `WARM_COPY_MAX` bytes in all, nothing is released and those outputs
+    // are copied even where their pages could move (a hole moved out of the arena is
+    // faulted in again by the next run, 4 KiB at a time: ~15x the cost of the copy), so the
+    // peak grows by at most that much. Outputs larger than that still move.
     let mut keep: Vec<(usize, usize)> = plan
         .outputs
         .iter()
         .map(|o| arena_range(plan, o, base as usize))
         .collect();
-    arena.release_except(&keep);
+    let warm = arena.reused() && {
+        let copied: usize = keep
+            .iter()
+            .zip(&dests)
+            .filter(|(_, d)| d.as_ref().is_none_or(|v| v.capacity() <= WARM_COPY_MAX))
+            .map(|(&(a, b), _)| b.saturating_sub(a))
+            .sum();
+        copied <= WARM_COPY_MAX
+    };
+    if !warm {
+        arena.release_except(&keep);
+    }
     let mut outs = Vec::with_capacity(plan.outputs.len());
     for (o, dest) in plan.outputs.iter().zip(dests.iter_mut()) {
         if !keep.is_empty() {
@@ -318,6 +335,12 @@ fn run_observed(
                 .checked_sub(base as usize)
                 .filter(|at| at + start + len <= plan.arena_bytes as usize);
             let bytes = match (dest.take(), in_arena) {
+                (Some(mut v), Some(_)) if warm && len <= WARM_COPY_MAX && v.capacity() >= len => {
+                    // SAFETY: elements offset .. offset + numel are in bounds (checked above).
+                    let src = unsafe { std::slice::from_raw_parts(mem.ptr.add(start), len) };
+                    arena::copy_into(src, &mut v);
+                    v
+                }
                 // SAFETY: the output's bytes are in bounds (checked above) and in the arena,
                 // and no other output shares a byte with them (`output_vectors`).
                 (Some(v), Some(at)) if v.capacity() >= len => unsafe {
@@ -334,7 +357,9 @@ fn run_observed(
                 shape: o.shape.clone(),
                 bytes,
             });
-            arena.release_except(&keep);
+            if !warm {
+                arena.release_except(&keep);
+            }
             continue;
         }
         let vals: Vec<f32> = crate::tensor::strided_offsets(o.offset, &o.strides, &o.shape)
@@ -343,7 +368,9 @@ fn run_observed(
             .collect();
         // Exact: the values were widened from this very dtype.
         outs.push(HostTensor::from_f32(o.dtype, o.shape.clone(), &vals));
-        arena.release_except(&keep);
+        if !warm {
+            arena.release_except(&keep);
+        }
     }
     drop(arena);
     Ok(outs)
@@ -375,6 +402,10 @@ fn output_vectors(plan: &Plan) -> Vec<Option<Vec<u8>>> {
         })
         .collect()
 }
+
+/// The most output bytes a run on a kept arena copies instead of moving pages and releasing
+/// the rest (see `run_observed`).
+const WARM_COPY_MAX: usize = 8 << 20;
 
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
     let mut s = vec![0i64; shape.len()];

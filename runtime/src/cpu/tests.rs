@@ -1222,6 +1222,39 @@ fn results_are_the_same_bits_whatever_the_thread_count() {
 }
 
 #[test]
+fn repeated_runs_of_different_data_give_each_its_own_bits() {
+    // Attention keeps each thread's buffers (and packed keys) across runs, and a 1 MiB
+    // arena is kept for the next run (copying its output rather than moving its pages):
+    // runs of two data sets, alternated in one pool, must each give the same bits every
+    // time. Fails when a thread's packed keys of one run are used by the next.
+    let options = tc_compiler::CompileOptions {
+        dims: [("B", 2), ("H", 8), ("S", 256), ("Dh", 64)]
+            .iter()
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect(),
+        plan: Default::default(),
+    };
+    let program = tc_compiler::compile(include_str!("../../../examples/attention.tx"), &options)
+        .expect("compiles");
+    assert!(program.plan.arena_bytes >= 1 << 20);
+    let data = |seed| crate::data::load_leaves(&program.checked, &[], None, seed).expect("data");
+    let (a, b) = (data(1), data(2));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("pool");
+    let go = |(i, p): &(Vec<HostTensor>, Vec<HostTensor>)| {
+        pool.install(|| run(&program.plan, i, p).expect("runs"))
+    };
+    let (a1, b1) = (go(&a), go(&b));
+    assert!(a1[0].bytes != b1[0].bytes, "two data sets, two results");
+    for _ in 0..3 {
+        assert!(go(&a)[0].bytes == a1[0].bytes, "a run of a after b differs");
+        assert!(go(&b)[0].bytes == b1[0].bytes, "a run of b after a differs");
+    }
+}
+
+#[test]
 fn timed_runs_give_the_same_outputs_and_a_time_per_kernel() {
     let options = tc_compiler::CompileOptions {
         dims: [
