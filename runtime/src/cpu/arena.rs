@@ -16,13 +16,14 @@
 //! bytes in ordinary private anonymous memory, as if they had been copied. Where the
 //! offsets do not line up, or anything fails, the bytes are copied.
 //!
-//! Kept for the next run: a dropped mapping is not unmapped but kept (one, process-wide,
-//! up to `SPARE_MAX` bytes) for the next arena that fits in it, its holes (pages moved out)
-//! filled with fresh pages again. A plan run repeatedly (`tc bench`, a serving loop) then
+//! Kept for the next run: a dropped mapping that no output's pages left is not unmapped
+//! but kept (one, process-wide, up to `SPARE_MAX` bytes) for the next arena that fits in
+//! it. A plan run repeatedly (`tc bench`, a serving loop) then
 //! finds its arena's pages already faulted in: at 4 KiB a page fault costs about 3 µs on
 //! this VM, 1.5 ms for each 2 MiB, as much as the attention kernel spends on 15 % of its
-//! work. A run on a kept arena (`Arena::reused`) copies its small outputs into their vectors
-//! rather than moving pages out of it (see `cpu::run_observed`), so the arena stays whole.
+//! work. So that the arena stays whole, a run copies small outputs into their vectors
+//! rather than moving pages out of it, and a run on a kept arena (`Arena::reused`) does not
+//! release its pages (see `cpu::run_observed`).
 
 use super::CpuError;
 use rayon::prelude::*;
@@ -45,13 +46,12 @@ const MAP_MIN: usize = 1 << 20;
 const SPARE_MAX: usize = 1 << 30;
 
 /// The mapping of the last mapped arena dropped, kept for the next one that fits: whole
-/// pages `start .. start + len`, less `holes` (moved out; not ours any more).
+/// pages `start .. start + len`.
 #[cfg(target_os = "linux")]
 #[derive(Debug)]
 struct Spare {
     start: usize,
     len: usize,
-    holes: Vec<(usize, usize)>,
 }
 
 #[cfg(target_os = "linux")]
@@ -356,51 +356,23 @@ fn map_huge(size: usize, residue: usize) -> Option<Arena> {
 }
 
 /// The kept mapping (`SPARE`) as an arena of `size` bytes from `residue` (< 4 KiB) past its
-/// start, when it is large enough: pages past the arena's end unmapped, holes filled with
-/// fresh pages. `None` (and the mapping unmapped) when it is too small or a hole's
-/// addresses have been taken by another mapping.
+/// start, when it is large enough (its pages past the arena's end unmapped); `None`, and
+/// the mapping unmapped, when it is too small.
 #[cfg(target_os = "linux")]
 fn reuse(size: usize, residue: usize) -> Option<Arena> {
-    let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    let spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).take()?;
     let need = residue.checked_add(size)?.next_multiple_of(PAGE);
-    let (start, end) = (spare.start, spare.start + need);
+    let (start, end) = (spare.start, spare.start + spare.len);
     if need > spare.len {
-        // SAFETY: the kept mapping is ours, less its holes; nothing uses it.
-        unsafe { unmap_except(start, start + spare.len, &spare.holes) };
+        // SAFETY: the kept mapping is ours (whole: only mappings without holes are kept),
+        // and nothing uses it.
+        unsafe { libc::munmap(start as *mut libc::c_void, spare.len) };
         return None;
     }
-    // SAFETY: as above; only the pages past the new arena's end.
-    unsafe { unmap_except(end, start + spare.len, &spare.holes) };
-    spare.holes.retain(|&(a, _)| a < end);
-    while let Some(&(a, b)) = spare.holes.first() {
-        let b = b.min(end);
-        // SAFETY: a fresh private anonymous mapping exactly at the hole, which never
-        // replaces another mapping (MAP_FIXED_NOREPLACE; a kernel without it takes the
-        // address as a hint, checked below).
-        let p = unsafe {
-            libc::mmap(
-                a as *mut libc::c_void,
-                b - a,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p as usize != a {
-            if p != libc::MAP_FAILED {
-                // SAFETY: the mapping just made elsewhere, ours.
-                unsafe { libc::munmap(p, b - a) };
-            }
-            // SAFETY: the pages of [start, end) that are ours: all but the holes left.
-            unsafe { unmap_except(start, end, &spare.holes) };
-            return None;
-        }
-        spare.holes.remove(0);
+    if end > start + need {
+        // SAFETY: as above; only the pages past the new arena's end.
+        unsafe { libc::munmap((start + need) as *mut libc::c_void, end - start - need) };
     }
-    // SAFETY: advice on our own mapping (now whole again, so it may become one VMA);
-    // failure is harmless.
-    unsafe { libc::madvise(start as *mut libc::c_void, need, libc::MADV_HUGEPAGE) };
     Some(Arena {
         ptr: (start + residue) as *mut u8,
         size,
@@ -419,20 +391,22 @@ impl Drop for Arena {
             Backing::Empty => {}
             // SAFETY: allocated in `new` with this very layout, freed once.
             Backing::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr, layout) },
-            // The mapping made in `map_huge` (less the holes left by moves, whose addresses
-            // may belong to another mapping by now) is kept for the next run, the one kept
-            // before unmapped; or unmapped itself when too large to keep.
+            // The mapping made in `map_huge`, whole (no output moved out of it), is kept
+            // for the next run, the one kept before unmapped. One with holes (moved-out
+            // outputs: large ones, whose refilled holes would fault in as much as a fresh
+            // mapping) or too large to keep is unmapped, less the holes (their addresses
+            // may belong to another mapping by now).
             #[cfg(target_os = "linux")]
             Backing::Map { start, len, .. } => {
                 let holes = self.holes();
-                if len <= SPARE_MAX {
+                if len <= SPARE_MAX && holes.is_empty() {
                     let old = SPARE
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .replace(Spare { start, len, holes });
+                        .replace(Spare { start, len });
                     if let Some(old) = old {
-                        // SAFETY: the mapping kept before, ours less its holes, unused.
-                        unsafe { unmap_except(old.start, old.start + old.len, &old.holes) };
+                        // SAFETY: the mapping kept before, ours and whole, unused.
+                        unsafe { libc::munmap(old.start as *mut libc::c_void, old.len) };
                     }
                 } else {
                     // SAFETY: our own mapping less its holes; the kernels are done.
@@ -586,21 +560,19 @@ mod tests {
         }
     }
 
-    /// A dropped mapping is kept and handed to the next arena that fits, the hole a moved
-    /// output left filled with fresh pages again (all of it writable and readable). Other
-    /// tests running beside this one may take the kept mapping first: then try again.
+    /// A dropped mapping no output left is kept and handed to the next arena that fits,
+    /// all of it writable and readable. Other tests running beside this one may take the
+    /// kept mapping first: then try again.
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_kept_mapping_is_reused_with_its_holes_filled() {
+    fn a_kept_mapping_is_reused() {
         for _ in 0..20 {
-            let (size, len) = (8 << 20, 3 << 20);
-            let v: Vec<u8> = Vec::with_capacity(len);
-            let arena = filled(size, Some((0, v.as_ptr() as usize)));
-            // SAFETY: in the arena, taken once.
-            let out = unsafe { arena.take(0, len, v) };
-            assert_eq!(out, expected(0, len));
-            assert_eq!(arena.holes().len(), 1, "the output's whole pages moved");
-            let start = arena.ptr as usize / PAGE * PAGE;
+            let size = 8 << 20;
+            let arena = filled(size, None);
+            // SAFETY: in the arena; a copy (no move without a lined-up vector of 1 MiB).
+            let out = unsafe { arena.take(100, 5000, Vec::with_capacity(5000)) };
+            assert_eq!(out, expected(100, 5000));
+            let start = arena.ptr as usize;
             drop(arena);
             let again = Arena::new((6 << 20) + 5, None).expect("arena");
             if !again.reused() {

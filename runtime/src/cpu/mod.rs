@@ -274,27 +274,27 @@ fn run_observed(
 
     // Output bytes still to take out of the arena (moved or copied); everything else is
     // handed back to the system before and while they leave, so copies do not add to the
-    // peak. On an arena kept from an earlier run, whose pages are resident already, that
-    // would only make the next run fault them in again: there, when the outputs to copy
-    // come to at most `WARM_COPY_MAX` bytes in all, nothing is released and those outputs
-    // are copied even where their pages could move (a hole moved out of the arena is
-    // faulted in again by the next run, 4 KiB at a time: ~15x the cost of the copy), so the
-    // peak grows by at most that much. Outputs larger than that still move.
+    // peak. Outputs moved out leave holes, and an arena with holes is not kept for the next
+    // run (`arena`), which then faults a fresh one in: so when the outputs to copy come to
+    // at most `WARM_COPY_MAX` bytes in all, those that could move are copied too (a 2 MiB
+    // hole costs ~1.5 ms of page faults here, its copy ~0.1 ms), and larger ones still
+    // move. On an arena kept from an earlier run, whose pages are resident already,
+    // releasing them would only make the next run fault them in again: there, with such
+    // small copies, nothing is released, so the peak grows by at most `WARM_COPY_MAX`.
     let mut keep: Vec<(usize, usize)> = plan
         .outputs
         .iter()
         .map(|o| arena_range(plan, o, base as usize))
         .collect();
-    let warm = arena.reused() && {
-        let copied: usize = keep
-            .iter()
-            .zip(&dests)
-            .filter(|(_, d)| d.as_ref().is_none_or(|v| v.capacity() <= WARM_COPY_MAX))
-            .map(|(&(a, b), _)| b.saturating_sub(a))
-            .sum();
-        copied <= WARM_COPY_MAX
-    };
-    if !warm {
+    let copy_small = keep
+        .iter()
+        .zip(&dests)
+        .filter(|(_, d)| d.as_ref().is_none_or(|v| v.capacity() <= WARM_COPY_MAX))
+        .map(|(&(a, b), _)| b.saturating_sub(a))
+        .sum::<usize>()
+        <= WARM_COPY_MAX;
+    let release = !(arena.reused() && copy_small);
+    if release {
         arena.release_except(&keep);
     }
     let mut outs = Vec::with_capacity(plan.outputs.len());
@@ -335,7 +335,9 @@ fn run_observed(
                 .checked_sub(base as usize)
                 .filter(|at| at + start + len <= plan.arena_bytes as usize);
             let bytes = match (dest.take(), in_arena) {
-                (Some(mut v), Some(_)) if warm && len <= WARM_COPY_MAX && v.capacity() >= len => {
+                (Some(mut v), Some(_))
+                    if copy_small && len <= WARM_COPY_MAX && v.capacity() >= len =>
+                {
                     // SAFETY: elements offset .. offset + numel are in bounds (checked above).
                     let src = unsafe { std::slice::from_raw_parts(mem.ptr.add(start), len) };
                     arena::copy_into(src, &mut v);
@@ -357,7 +359,7 @@ fn run_observed(
                 shape: o.shape.clone(),
                 bytes,
             });
-            if !warm {
+            if release {
                 arena.release_except(&keep);
             }
             continue;
@@ -368,7 +370,7 @@ fn run_observed(
             .collect();
         // Exact: the values were widened from this very dtype.
         outs.push(HostTensor::from_f32(o.dtype, o.shape.clone(), &vals));
-        if !warm {
+        if release {
             arena.release_except(&keep);
         }
     }
@@ -403,8 +405,8 @@ fn output_vectors(plan: &Plan) -> Vec<Option<Vec<u8>>> {
         .collect()
 }
 
-/// The most output bytes a run on a kept arena copies instead of moving pages and releasing
-/// the rest (see `run_observed`).
+/// The most output bytes in all a run copies instead of moving their pages out of the arena
+/// (and, on a kept arena, instead of releasing the rest: see `run_observed`).
 const WARM_COPY_MAX: usize = 8 << 20;
 
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
