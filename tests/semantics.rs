@@ -353,22 +353,12 @@ fn a_folded_maximum_of_nan_is_nan_as_on_tensors() {
         "input x : f32[3]\ny = x * 0 + maximum(log(0 - 1), 0)\nm = minimum(0, 0 / 0)\noutput y, m\n",
     );
     let x = cli::write_npy_f32(dir.path(), "x.npy", &[3], &[1.0, 2.0, 3.0]);
-    cli::tc_in(
-        dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--input",
-            &format!("x={x}"),
-        ],
-    )
-    .expect_code(0)
-    .expect_mentions(&[
-        "y: f32[3]  [NaN, NaN, NaN]  3 NaN",
-        "m: f32[]  [NaN]  1 NaN",
-    ]);
+    cli::tc_run_cpu(dir.path(), &prog, &["--input", &format!("x={x}")])
+        .expect_code(0)
+        .expect_mentions(&[
+            "y: f32[3]  [NaN, NaN, NaN]  3 NaN",
+            "m: f32[]  [NaN]  1 NaN",
+        ]);
 }
 
 /// Integer, `bool` and comparison programs (SPEC §3.1–3.2) agree with the f64 reference,
