@@ -4,7 +4,8 @@
 //! A row kernel runs each row in passes: pass `q` first computes the `Row` insts whose
 //! inputs are ready, then walks the row in blocks, computing the `Element` insts that the
 //! reductions of that pass fold; the last pass computes and stores the outputs, so a row is
-//! written only after all its reductions. A pointwise kernel is one pass over element chunks.
+//! written only after all its reductions. A pointwise kernel is one pass over element pieces
+//! that the threads claim as they come free (`for_each_piece`), rows go to the pool in tasks.
 //! Every inst's value is rounded to its dtype as it is computed (a no-op for f32), so a
 //! fused kernel rounds exactly where the unfused program stores. A block of a load that is
 //! one contiguous f32 run is read where it lies rather than copied into its slot, and a
