@@ -158,7 +158,7 @@ pub(super) fn run(
 /// indices (at least `min_len`, about eight tasks per thread for balance), each with its
 /// own state from `new`: one allocation per task, not one per work item or per rayon
 /// split. Every task can be taken by a free thread (rayon would otherwise run runs of
-/// several tasks as one unit, a quarter of the work each with 16 tasks on two threads, and
+/// several tasks as one unit, up to a quarter of the work with 16 tasks on two threads, and
 /// a thread slowed by another process would hold the other idle at the end). A kernel of
 /// one task runs on the calling thread, paying no hand-off to the pool.
 pub(super) fn for_each_task<S>(
