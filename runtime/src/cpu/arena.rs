@@ -8,9 +8,11 @@
 //!
 //! Moving pages into a vector: the vector is allocated before the kernels run, and the
 //! arena is placed so that the largest output's bytes and its vector's bytes sit at the
-//! same offset within a 4 KiB page (and the arena otherwise starts on a huge-page
+//! same offset within a 2 MiB huge page (and the arena otherwise starts on a huge-page
 //! boundary, so the plan's buffers share huge pages as little as they can: a touched huge
-//! page is resident whole, untouched neighbours included). After the kernels, the bytes before the output's
+//! page is resident whole, untouched neighbours included): the output's huge pages then
+//! move as whole page-table entries, neither split into 4 KiB ones by the move nor freed
+//! 4 KiB at a time when the vector is dropped. After the kernels, the bytes before the output's
 //! first whole page and after its last are copied, and the whole pages in between replace
 //! the vector's pages, which were never touched: the vector then holds exactly the output's
 //! bytes in ordinary private anonymous memory, as if they had been copied. Where the
@@ -109,8 +111,8 @@ pub(super) struct Arena {
 
 impl Arena {
     /// An arena of `bytes`. With `line_up = Some((offset, address))`, a mapped arena is
-    /// placed so that arena byte `offset` and `address` have the same offset within a page
-    /// (when that keeps the arena 16-byte aligned), so the output at `offset` can move
+    /// placed so that arena byte `offset` and `address` have the same offset within a huge
+    /// page (when that keeps the arena 16-byte aligned), so the output at `offset` can move
     /// into the vector at `address`.
     pub(super) fn new(bytes: u64, line_up: Option<(usize, usize)>) -> Result<Arena, CpuError> {
         let too_large = || CpuError::ArenaTooLarge(bytes);
@@ -126,7 +128,7 @@ impl Arena {
         #[cfg(target_os = "linux")]
         if size >= MAP_MIN {
             let residue = line_up
-                .map(|(offset, address)| address.wrapping_sub(offset) % PAGE)
+                .map(|(offset, address)| address.wrapping_sub(offset) % HUGE)
                 .filter(|r| r % 16 == 0)
                 .unwrap_or(0);
             return reuse(size, residue)
@@ -322,7 +324,7 @@ unsafe fn move_pages(src: &[u8], dst: &mut Vec<u8>) -> Moved {
     Moved::Done((s + head, s + head + mid))
 }
 
-/// A fresh anonymous mapping holding `size` bytes from an address `residue` (< 4 KiB) past
+/// A fresh anonymous mapping holding `size` bytes from an address `residue` (< 2 MiB) past
 /// a 2 MiB boundary, advised to use transparent huge pages. Only the pages the arena covers stay
 /// mapped, so a huge page never reaches past the arena's ends: the resident set is what
 /// the plan says, rounded to 4 KiB.
@@ -515,10 +517,10 @@ mod tests {
         #[cfg(target_os = "linux")]
         {
             let (s, d) = (arena.ptr as usize + a_lo, va.as_ptr() as usize);
-            assert_eq!((s - d) % PAGE, 0, "the arena lines up with a's vector");
-            assert!(
-                (arena.ptr as usize) % HUGE < PAGE,
-                "and otherwise on a huge page"
+            assert_eq!(
+                (s - d) % HUGE,
+                0,
+                "the arena lines up with a's vector within a huge page"
             );
         }
         // SAFETY: every range is inside the arena and taken once; the kernels are done.

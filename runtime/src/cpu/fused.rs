@@ -4,7 +4,8 @@
 //! A row kernel runs each row in passes: pass `q` first computes the `Row` insts whose
 //! inputs are ready, then walks the row in blocks, computing the `Element` insts that the
 //! reductions of that pass fold; the last pass computes and stores the outputs, so a row is
-//! written only after all its reductions. A pointwise kernel is one pass over element chunks.
+//! written only after all its reductions. A pointwise kernel is one pass over element pieces
+//! that the threads claim as they come free (`for_each_piece`), rows go to the pool in tasks.
 //! Every inst's value is rounded to its dtype as it is computed (a no-op for f32), so a
 //! fused kernel rounds exactly where the unfused program stores. A block of a load that is
 //! one contiguous f32 run is read where it lies rather than copied into its slot, and a
@@ -24,7 +25,7 @@ use tc_compiler::schedule::{FusedKernel, Plan};
 
 /// Elements per block: one block per inst fits in L2 for kernels of a few dozen insts.
 const BLOCK: usize = 1024;
-/// Elements per parallel task of a pointwise kernel.
+/// The smallest piece of a pointwise kernel handed to a thread (`for_each_piece`).
 const CHUNK: usize = 16 * BLOCK;
 /// Rows up to this long are computed as one block, so each pass reuses the values the
 /// earlier passes computed (per-thread scratch of one row per inst, never full-size).
@@ -122,14 +123,11 @@ pub(super) fn run(
     }
     if kernel.reduce_axes.is_empty() {
         let total = p.row_len;
-        let chunks = total.div_ceil(CHUNK);
-        for_each_task(
-            chunks,
-            1,
+        for_each_piece(
+            total,
+            CHUNK,
             || Scratch::new(&p),
-            |s, c| {
-                let start = c * CHUNK;
-                let end = (start + CHUNK).min(total);
+            |s, start, end| {
                 s.bases_for_row(&p, 0);
                 let pass = &p.passes[0];
                 // SAFETY: as below (a pointwise kernel's row values read no load).
@@ -138,7 +136,7 @@ pub(super) fn run(
                 while at < end {
                     let n = BLOCK.min(end - at);
                     // SAFETY: every access was bounds-checked over the whole domain in
-                    // `prepare`; parallel tasks store disjoint element ranges.
+                    // `prepare`; parallel pieces store disjoint element ranges.
                     unsafe { s.block(&p, pass, at, n) };
                     at += n;
                 }
@@ -159,7 +157,10 @@ pub(super) fn run(
 /// Runs `f(state, i)` for every `i < n` over the rayon pool, in tasks of consecutive
 /// indices (at least `min_len`, about eight tasks per thread for balance), each with its
 /// own state from `new`: one allocation per task, not one per work item or per rayon
-/// split. A kernel of one task runs on the calling thread, paying no hand-off to the pool.
+/// split. Every task can be taken by a free thread (rayon would otherwise run runs of
+/// several tasks as one unit, up to a quarter of the work with 16 tasks on two threads, and
+/// a thread slowed by another process would hold the other idle at the end). A kernel of
+/// one task runs on the calling thread, paying no hand-off to the pool.
 pub(super) fn for_each_task<S>(
     n: usize,
     min_len: usize,
@@ -179,8 +180,60 @@ pub(super) fn for_each_task<S>(
     match n.div_ceil(per_task) {
         0 => {}
         1 => task(0),
-        tasks => (0..tasks).into_par_iter().for_each(task),
+        tasks => (0..tasks).into_par_iter().with_max_len(1).for_each(task),
     }
+}
+
+/// Runs `f(state, start, end)` over consecutive pieces that cover `0..n`, shared by the
+/// rayon pool's threads as they come free (guided self-scheduling): each thread claims the
+/// next piece from one atomic counter, a piece being about `1/(2·threads)` of what is left,
+/// in multiples of `grain`, never less than `grain`. The pieces shrink towards the end, so
+/// the threads finish within about one `grain` of each other whatever slows one of them
+/// (another process, a page fault), while the first, large pieces keep the threads in
+/// regions of their own. Each thread has one state from `new`. Which thread computes a
+/// piece never changes what it computes. Work of at most two grains runs on the calling
+/// thread.
+pub(super) fn for_each_piece<S>(
+    n: usize,
+    grain: usize,
+    new: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, usize) + Sync,
+) {
+    let grain = grain.max(1);
+    let threads = rayon::current_num_threads();
+    if n <= 2 * grain || threads == 1 {
+        if n > 0 {
+            f(&mut new(), 0, n);
+        }
+        return;
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let claim = || {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut at = next.load(Relaxed);
+        loop {
+            if at >= n {
+                return None;
+            }
+            let want = ((n - at) / (2 * threads))
+                .next_multiple_of(grain)
+                .max(grain);
+            let end = (at + want).min(n);
+            match next.compare_exchange_weak(at, end, Relaxed, Relaxed) {
+                Ok(_) => return Some((at, end)),
+                Err(now) => at = now,
+            }
+        }
+    };
+    let work = |_| {
+        let Some((start, end)) = claim() else { return };
+        let mut s = new();
+        f(&mut s, start, end);
+        while let Some((start, end)) = claim() {
+            f(&mut s, start, end);
+        }
+    };
+    (0..threads).into_par_iter().with_max_len(1).for_each(work);
 }
 
 /// The element offset of each load, then each store, at row `r`, into `bases`.
@@ -1077,6 +1130,72 @@ impl Mem {
         for (j, &v) in src.iter().enumerate() {
             // SAFETY: in bounds by the caller.
             unsafe { self.write(off + j as i64 * step, v) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Runs `for_each_piece` in a pool of `threads` and returns its pieces in order.
+    fn pieces(threads: usize, n: usize, grain: usize) -> Vec<(usize, usize)> {
+        let got = Mutex::new(Vec::new());
+        let states = std::sync::atomic::AtomicUsize::new(0);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+            .install(|| {
+                for_each_piece(
+                    n,
+                    grain,
+                    || states.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    |_, a, b| got.lock().expect("lock").push((a, b)),
+                )
+            });
+        assert!(
+            states.into_inner() <= threads.max(1),
+            "one state per thread at most"
+        );
+        let mut got = got.into_inner().expect("lock");
+        got.sort_unstable();
+        got
+    }
+
+    #[test]
+    fn pieces_cover_the_domain_once_in_grains_shrinking_towards_the_end() {
+        for threads in [1, 2, 3, 5] {
+            for (n, grain) in [
+                (0, 16),
+                (5, 16),
+                (32, 16),
+                (33, 16),
+                (1000, 16),
+                (1 << 20, 1 << 14),
+                ((1 << 20) + 7, 1 << 14),
+            ] {
+                let got = pieces(threads, n, grain);
+                let mut at = 0;
+                for &(a, b) in &got {
+                    assert_eq!(a, at, "{threads} threads, n {n}: pieces {got:?}");
+                    assert!(a < b);
+                    assert!(
+                        b == n || (b - a) % grain == 0,
+                        "a piece is whole grains but the last: {got:?}"
+                    );
+                    at = b;
+                }
+                assert_eq!(at, n, "{threads} threads, n {n}: pieces {got:?}");
+                if n > 2 * grain && threads > 1 {
+                    // Guided: the first piece is about 1/(2·threads) of the whole, the last
+                    // ones a grain.
+                    let first = got[0].1 - got[0].0;
+                    assert!(first >= n / (2 * threads) && first <= n / (2 * threads) + grain);
+                    assert!(got.last().is_some_and(|&(a, b)| b - a <= grain));
+                }
+            }
         }
     }
 }
