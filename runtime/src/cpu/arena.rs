@@ -373,30 +373,46 @@ fn map_huge(size: usize, residue: usize) -> Option<Arena> {
     })
 }
 
-/// The kept mapping (`SPARE`) as an arena of `size` bytes from `residue` (< 4 KiB) past its
-/// start, when it is large enough (its pages past the arena's end unmapped); `None`, and
-/// the mapping unmapped, when it is too small.
+/// The kept mapping (`SPARE`) as an arena of `size` bytes at an address `residue` (< 2 MiB)
+/// past a 2 MiB boundary, as `map_huge` places it, or failing that at the same offset
+/// within a 4 KiB page, when it fits; its pages before and after the arena unmapped.
+/// `None`, and the mapping unmapped, when it does not fit.
 #[cfg(target_os = "linux")]
 fn reuse(size: usize, residue: usize) -> Option<Arena> {
     let spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-    let need = residue.checked_add(size)?.next_multiple_of(PAGE);
     let (start, end) = (spare.start, spare.start + spare.len);
-    if need > spare.len {
+    let fits = |ptr: usize| {
+        let (lo, hi) = (
+            ptr / PAGE * PAGE,
+            ptr.checked_add(size)?.next_multiple_of(PAGE),
+        );
+        (lo >= start && hi <= end).then_some((ptr, lo, hi))
+    };
+    let mut huge = start / HUGE * HUGE + residue % HUGE;
+    if huge / PAGE * PAGE < start {
+        huge += HUGE;
+    }
+    let Some((ptr, lo, hi)) = fits(huge).or_else(|| fits(start + residue % PAGE)) else {
         // SAFETY: the kept mapping is ours (whole: only mappings without holes are kept),
         // and nothing uses it.
         unsafe { libc::munmap(start as *mut libc::c_void, spare.len) };
         return None;
-    }
-    if end > start + need {
-        // SAFETY: as above; only the pages past the new arena's end.
-        unsafe { libc::munmap((start + need) as *mut libc::c_void, end - start - need) };
+    };
+    // SAFETY: as above; only the pages before and after the new arena.
+    unsafe {
+        if lo > start {
+            libc::munmap(start as *mut libc::c_void, lo - start);
+        }
+        if end > hi {
+            libc::munmap(hi as *mut libc::c_void, end - hi);
+        }
     }
     Some(Arena {
-        ptr: (start + residue) as *mut u8,
+        ptr: ptr as *mut u8,
         size,
         backing: Backing::Map {
-            start,
-            len: need,
+            start: lo,
+            len: hi - lo,
             holes: Default::default(),
         },
         reused: true,
