@@ -5,7 +5,9 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use cli::{f32_bytes, read_npy_f32, repo_root, safetensors, tc_in, write, write_npy_f32};
+use cli::{
+    f32_bytes, read_npy_f32, repo_root, safetensors, tc_in, tc_run_cpu, write, write_npy_f32,
+};
 use std::path::Path;
 
 /// Small dims for every example so a debug-build CPU run stays fast.
@@ -133,13 +135,10 @@ fn npy_and_safetensors_in_npy_out_values_checked() {
     );
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("mkdir");
-    tc_in(
+    tc_run_cpu(
         dir.path(),
+        &prog,
         &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
             "--input",
             &format!("x={x}"),
             "--params",
@@ -175,13 +174,10 @@ fn safetensors_out_keeps_every_dtype() {
         &[("w", &[4], &[2.0, 0.5, 1.0, 4.0]), ("b", &[], &[0.25])],
     );
     let path = dir.path().join("out.safetensors");
-    tc_in(
+    tc_run_cpu(
         dir.path(),
+        &prog,
         &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
             "--input",
             &format!("x={x}"),
             "--params",
@@ -225,13 +221,10 @@ fn f32_npy_feeds_an_f16_input() {
     let x = write_npy_f32(dir.path(), "x.npy", &[3], &[1.0, 0.1, 65504.0]);
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("mkdir");
-    tc_in(
+    tc_run_cpu(
         dir.path(),
+        &prog,
         &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
             "--input",
             &format!("x={x}"),
             "--save",

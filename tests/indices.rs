@@ -7,7 +7,7 @@
 #[path = "support/cli.rs"]
 mod cli;
 
-use cli::{npy_bytes, tc_in};
+use cli::{npy_bytes, tc_in, tc_run_cpu};
 use tc_compiler::schedule::{BufferKind, KernelKind};
 use tc_compiler::{CompileOptions, Program};
 use tc_runtime::HostTensor;
@@ -238,13 +238,10 @@ fn an_out_of_range_index_is_an_error_in_the_data_and_nothing_is_saved() {
         good.extend_from_slice(&(v * 4).to_le_bytes());
     }
     let tokens = npy_bytes(dir.path(), "good.npy", "<i8", "(12,)", &good);
-    tc_in(
+    tc_run_cpu(
         dir.path(),
+        &prog,
         &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
             "--input",
             &format!("tokens={tokens}"),
             "--save",

@@ -11,7 +11,7 @@ mod cli;
 #[path = "support/invariants.rs"]
 mod invariants;
 
-use cli::{f32_bytes, npy_bytes, safetensors, tc_in, write, write_npy_f32};
+use cli::{f32_bytes, npy_bytes, safetensors, tc_in, tc_run_cpu, write, write_npy_f32};
 use std::path::Path;
 
 /// A small valid program most data cases use.
@@ -243,13 +243,10 @@ fn nan_and_inf_flow_through_as_ieee_says() {
     );
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("mkdir");
-    tc_in(
+    tc_run_cpu(
         dir.path(),
+        &prog,
         &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
             "--input",
             &format!("x={npy}"),
             "--save",
@@ -275,16 +272,10 @@ fn save_failure_leaves_no_file_behind() {
     // A file where a folder is expected: the save cannot happen.
     write(dir.path(), "blocker", "i am a file");
     let target = dir.path().join("blocker").join("out.safetensors");
-    tc_in(
+    tc_run_cpu(
         dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--save",
-            &target.display().to_string(),
-        ],
+        &prog,
+        &["--save", &target.display().to_string()],
     )
     .expect_code(1)
     .expect_mentions(&["blocker"]);
@@ -307,18 +298,7 @@ fn save_into_directory_and_safetensors_leave_only_the_outputs() {
     let prog = small_program(dir.path());
     let out = dir.path().join("out");
     std::fs::create_dir(&out).expect("mkdir");
-    tc_in(
-        dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--save",
-            &out.display().to_string(),
-        ],
-    )
-    .expect_code(0);
+    tc_run_cpu(dir.path(), &prog, &["--save", &out.display().to_string()]).expect_code(0);
     let names: Vec<String> = std::fs::read_dir(&out)
         .expect("ls")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -431,18 +411,10 @@ fn same_seed_same_bits_different_seed_different_bits() {
     let mut saved = Vec::new();
     for (i, seed) in ["7", "7", "8"].iter().enumerate() {
         let path = dir.path().join(format!("out{i}.safetensors"));
-        tc_in(
+        tc_run_cpu(
             dir.path(),
-            &[
-                "run",
-                &prog,
-                "--device",
-                "cpu",
-                "--seed",
-                seed,
-                "--save",
-                &path.display().to_string(),
-            ],
+            &prog,
+            &["--seed", seed, "--save", &path.display().to_string()],
         )
         .expect_code(0);
         saved.push(std::fs::read(&path).expect("saved file"));
@@ -648,19 +620,9 @@ fn a_tensor_past_two_to_the_31_elements_works_with_64_bit_indexing() {
         "dim N = 2147483712\ninput x : f32[1]\nh = f16(expand(x, [N]) * 2 + 1)\noutput h\n",
     );
     let x = write_npy_f32(dir.path(), "x.npy", &[1], &[0.25]);
-    tc_in(
-        dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--input",
-            &format!("x={x}"),
-        ],
-    )
-    .expect_code(0)
-    .expect_mentions(&["h: f16[2147483712]  min 1.5 max 1.5 mean 1.5"]);
+    tc_run_cpu(dir.path(), &prog, &["--input", &format!("x={x}")])
+        .expect_code(0)
+        .expect_mentions(&["h: f16[2147483712]  min 1.5 max 1.5 mean 1.5"]);
     // The CUDA C for it indexes with 64 bits; a small program's does not.
     let big = tc_in(dir.path(), &["emit", &prog, "--kernels"]);
     big.expect_code(0);

@@ -201,27 +201,17 @@ fn check_unary(dtype: DType, op: UnaryOp, x: f32) -> Result<(), String> {
         "input a : {dtype}[]\ny = {}\noutput y\n",
         unary_text(op, "a")
     );
-    let (fold_ref, fold_cpu) = run(&folded, dtype, &[])?;
-    let (ten_ref, ten_cpu) = run(&tensor, dtype, &[x])?;
+    let folded_runs = run(&folded, dtype, &[])?;
+    let tensor_runs = run(&tensor, dtype, &[x])?;
     let what = format!("{dtype} {}({x:e} = {:#x})", op.name(), x.to_bits());
-    if !same(fold_ref, ten_ref) {
-        return Err(format!(
-            "{what}: folded {fold_ref:e} but the reference runs it to {ten_ref:e}\n{folded}"
-        ));
-    }
-    // Folded, a constant the CPU stores as is (`gelu` and `erf` of a literal stay nodes).
-    let acc = eval::unary_accuracy(op);
-    if !cpu_agrees(dtype, acc, fold_cpu, fold_ref) {
-        return Err(format!(
-            "{what}: folded to {fold_ref:e}, the CPU computes {fold_cpu:e}"
-        ));
-    }
-    if !cpu_agrees(dtype, acc, ten_cpu, ten_ref) {
-        return Err(format!(
-            "{what}: the CPU executor computes {ten_cpu:e}, the reference {ten_ref:e}"
-        ));
-    }
-    Ok(())
+    agree(
+        &what,
+        &folded,
+        dtype,
+        eval::unary_accuracy(op),
+        folded_runs,
+        tensor_runs,
+    )
 }
 
 /// Checks one binary op at `(x, y)` in `dtype`: folded, reference and CPU executor.
@@ -232,21 +222,41 @@ fn check_binary(dtype: DType, op: BinaryOp, x: f32, y: f32) -> Result<(), String
         "input a : {dtype}[]\ninput b : {dtype}[]\ny = {}\noutput y\n",
         binary_text(op, "a", "b")
     );
-    let (fold_ref, fold_cpu) = run(&folded, dtype, &[])?;
-    let (ten_ref, ten_cpu) = run(&tensor, dtype, &[x, y])?;
+    let folded_runs = run(&folded, dtype, &[])?;
+    let tensor_runs = run(&tensor, dtype, &[x, y])?;
     let what = format!(
         "{dtype} {}({x:e} = {:#x}, {y:e} = {:#x})",
         op.name(),
         x.to_bits(),
         y.to_bits()
     );
+    agree(
+        &what,
+        &folded,
+        dtype,
+        eval::binary_accuracy(op),
+        folded_runs,
+        tensor_runs,
+    )
+}
+
+/// The three-way check of one op at one point: the folded constant equals the reference
+/// run of the tensor program, and the CPU executor agrees with the reference, within
+/// `acc`, on both programs. Each run is `(reference, cpu)`.
+fn agree(
+    what: &str,
+    folded: &str,
+    dtype: DType,
+    acc: eval::Accuracy,
+    (fold_ref, fold_cpu): (f32, f32),
+    (ten_ref, ten_cpu): (f32, f32),
+) -> Result<(), String> {
     if !same(fold_ref, ten_ref) {
         return Err(format!(
             "{what}: folded {fold_ref:e} but the reference runs it to {ten_ref:e}\n{folded}"
         ));
     }
     // Folded, a constant the CPU stores as is (`gelu` and `erf` of a literal stay nodes).
-    let acc = eval::binary_accuracy(op);
     if !cpu_agrees(dtype, acc, fold_cpu, fold_ref) {
         return Err(format!(
             "{what}: folded to {fold_ref:e}, the CPU computes {fold_cpu:e}"
@@ -353,22 +363,12 @@ fn a_folded_maximum_of_nan_is_nan_as_on_tensors() {
         "input x : f32[3]\ny = x * 0 + maximum(log(0 - 1), 0)\nm = minimum(0, 0 / 0)\noutput y, m\n",
     );
     let x = cli::write_npy_f32(dir.path(), "x.npy", &[3], &[1.0, 2.0, 3.0]);
-    cli::tc_in(
-        dir.path(),
-        &[
-            "run",
-            &prog,
-            "--device",
-            "cpu",
-            "--input",
-            &format!("x={x}"),
-        ],
-    )
-    .expect_code(0)
-    .expect_mentions(&[
-        "y: f32[3]  [NaN, NaN, NaN]  3 NaN",
-        "m: f32[]  [NaN]  1 NaN",
-    ]);
+    cli::tc_run_cpu(dir.path(), &prog, &["--input", &format!("x={x}")])
+        .expect_code(0)
+        .expect_mentions(&[
+            "y: f32[3]  [NaN, NaN, NaN]  3 NaN",
+            "m: f32[]  [NaN]  1 NaN",
+        ]);
 }
 
 /// Integer, `bool` and comparison programs (SPEC §3.1–3.2) agree with the f64 reference,

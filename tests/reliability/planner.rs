@@ -2,7 +2,7 @@
 //! refused, and programs large enough that a quadratic step in fusion, planning or the
 //! memory models would not finish.
 
-use super::cli::{tc_in, write, write_npy_f32};
+use super::cli::{tc_in, tc_run_cpu, write, write_npy_f32};
 
 /// Item 9: a scalar input reshaped to one element (or viewed further) checked, then failed
 /// to plan with `[planner-internal]` (the reshape of a rank-0 value had no strides).
@@ -24,19 +24,9 @@ fn reshapes_of_a_scalar_plan_and_run() {
         let prog = write(dir.path(), "scalar.tx", &src);
         tc_in(dir.path(), &["emit", &prog, "--plan"]).expect_code(0);
         let want = if expr.contains("* 2") { "[2]" } else { "[0.5]" };
-        tc_in(
-            dir.path(),
-            &[
-                "run",
-                &prog,
-                "--device",
-                "cpu",
-                "--input",
-                &format!("x={x}"),
-            ],
-        )
-        .expect_code(0)
-        .expect_mentions(&[shape, want]);
+        tc_run_cpu(dir.path(), &prog, &["--input", &format!("x={x}")])
+            .expect_code(0)
+            .expect_mentions(&[shape, want]);
         // Every plan passes the independent verifier, fused or not.
         for fuse in [true, false] {
             let options = tc_compiler::CompileOptions {

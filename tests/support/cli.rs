@@ -57,6 +57,14 @@ pub fn tc_in(dir: &Path, args: &[&str]) -> Run {
     tc_env(dir, args, &[])
 }
 
+/// Runs `tc run PROG --device cpu REST` in `dir`: the end-to-end tests' usual run.
+#[track_caller]
+pub fn tc_run_cpu(dir: &Path, prog: &str, rest: &[&str]) -> Run {
+    let mut args = vec!["run", prog, "--device", "cpu"];
+    args.extend_from_slice(rest);
+    tc_in(dir, &args)
+}
+
 /// Runs `tc ARGS` in `dir` with extra environment variables.
 #[track_caller]
 pub fn tc_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {

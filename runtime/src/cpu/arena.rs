@@ -150,24 +150,40 @@ impl Arena {
         // SAFETY: in bounds by the caller's contract.
         let src = unsafe { std::slice::from_raw_parts(self.ptr.add(lo), len) };
         #[cfg(target_os = "linux")]
-        if let Backing::Map { holes, .. } = &self.backing {
-            // SAFETY: forwarded from the caller.
-            match unsafe { move_pages(src, &mut dst) } {
-                Moved::Done(hole) => {
-                    holes.lock().unwrap_or_else(|e| e.into_inner()).push(hole);
-                    return dst;
-                }
-                Moved::Not => {}
-                Moved::Lost => {
-                    // The vector's middle could neither be replaced nor restored: never
-                    // hand its memory back to the allocator.
-                    std::mem::forget(dst);
-                    return copy_out(src);
-                }
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.move_out(src, &mut dst) } {
+            Moved::Done(_) => return dst,
+            Moved::Not => {}
+            Moved::Lost => {
+                // The vector's middle could neither be replaced nor restored: never
+                // hand its memory back to the allocator.
+                std::mem::forget(dst);
+                return copy_out(src);
             }
         }
         copy_into(src, &mut dst);
         dst
+    }
+
+    /// Moves `src`'s whole pages into `dst` (`move_pages`) when the arena is a mapping, and
+    /// records the hole they leave. Every move goes through here: a hole left unrecorded
+    /// would be unmapped again by the drop even after the system has handed its addresses
+    /// to another mapping (a SIGSEGV in whichever thread's stack landed there; seen when a
+    /// test called `move_pages` directly).
+    ///
+    /// # Safety
+    /// As `move_pages`: `src` lies in this arena; nothing reads its whole pages afterwards.
+    #[cfg(target_os = "linux")]
+    unsafe fn move_out(&self, src: &[u8], dst: &mut Vec<u8>) -> Moved {
+        let Backing::Map { holes, .. } = &self.backing else {
+            return Moved::Not;
+        };
+        // SAFETY: forwarded from the caller.
+        let moved = unsafe { move_pages(src, dst) };
+        if let Moved::Done(hole) = moved {
+            holes.lock().unwrap_or_else(|e| e.into_inner()).push(hole);
+        }
+        moved
     }
 }
 
@@ -183,7 +199,7 @@ enum Moved {
 }
 
 /// Moves `src`'s whole pages into `dst` (empty, capacity `src.len()`), copying the partial
-/// pages at either end.
+/// pages at either end. Called only by `Arena::move_out`, which records the hole.
 ///
 /// # Safety
 /// `src` lies in the arena's mapping; nothing reads its whole pages afterwards.
@@ -429,10 +445,16 @@ mod tests {
         // SAFETY: both ranges are inside the arena; only the first is moved.
         unsafe {
             let off = std::slice::from_raw_parts(arena.ptr.add(16), len);
-            assert!(matches!(move_pages(off, &mut v), Moved::Not));
+            assert!(matches!(arena.move_out(off, &mut v), Moved::Not));
             assert!(v.is_empty());
+            assert!(arena.holes().is_empty(), "nothing moved, no hole");
             let src = std::slice::from_raw_parts(arena.ptr, len);
-            assert!(matches!(move_pages(src, &mut v), Moved::Done(_)));
+            let Moved::Done(hole) = arena.move_out(src, &mut v) else {
+                panic!("lined-up pages move");
+            };
+            // The hole is the arena's record: its drop must not unmap those addresses,
+            // which the system may already have given to another thread's stack.
+            assert_eq!(arena.holes(), vec![hole]);
         }
         assert_eq!(v, expected(0, len));
         // The vector is ordinary memory: it can be written, grown and freed.
