@@ -29,9 +29,6 @@ const KC: usize = 512;
 /// Rows of a task at most (a multiple of `MR`): its packed `A` block, `MC × KC` floats (288
 /// KiB), stays in the 512 KiB L2 while every `B` panel of the `k` block meets it.
 const MC: usize = 144;
-/// Most floats of `B` packed at once (16 MiB): wider products are computed in column
-/// blocks of `B_BUDGET / k` columns, each packed in turn (and `A` packed once per block).
-const B_BUDGET: usize = 4 << 20;
 /// Tasks a thread, at least, where the work allows: a thread slowed by another process
 /// leaves its last tasks to the others.
 const TASKS_PER_THREAD: usize = 3;
@@ -79,8 +76,8 @@ pub fn has_simd() -> bool {
 thread_local! {
     /// This thread's packed `A` block (`MC × KC`).
     static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The packed `B` of products called from this thread (`k × NR·panels`, at most
-    /// `B_BUDGET` floats).
+    /// The packed `B` of products called from this thread (`k × NR·panels`, at most the
+    /// caller's budget).
     static B_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -105,6 +102,8 @@ fn with_buffer<R>(
 /// `C := A·B`, or `C := C + A·B` when `accumulate` (each element the ordered fma sum over
 /// `k`, from 0 or from `C`), for `A` `m × k`, `B` `k × n`, `C` `m × n` at row stride `ldc`
 /// (columns contiguous). With `parallel`, the work is shared by the current rayon pool.
+/// `B` is packed `b_budget` floats at a time (at least one panel): wider products are
+/// computed in column blocks, each packed in turn, `A` packed again for each.
 ///
 /// # Safety
 /// `a` and `b` reach only readable f32s for every index in range; `C`'s `m` rows of `n`
@@ -121,6 +120,7 @@ pub unsafe fn gemm(
     accumulate: bool,
     parallel: bool,
     kernel: Kernel,
+    b_budget: usize,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -140,8 +140,8 @@ pub unsafe fn gemm(
     } else {
         1
     };
-    // Column blocks of whole panels whose packed B fits the budget.
-    let nc = (B_BUDGET / k / NR).max(1) * NR;
+    // Column blocks of whole panels whose packed B fits the budget (at least one panel).
+    let nc = (b_budget / k / NR).max(1) * NR;
     let c_addr = c as usize;
     for j0 in (0..n).step_by(nc) {
         let cols = nc.min(n - j0);
@@ -580,7 +580,11 @@ mod tests {
                             want[i * ldc + j] = s;
                         }
                     }
-                    for threads in [1, 2, 3, 5] {
+                    // The whole of B packed at once, or two panels at a time.
+                    let budgets = [usize::MAX, 2 * NR * k.max(1)];
+                    for (threads, budget) in
+                        [1, 2, 3, 5].into_iter().zip(budgets.into_iter().cycle())
+                    {
                         for kernel in [Kernel::Best, Kernel::Scalar] {
                             let mut c = c0.clone();
                             let pool = rayon::ThreadPoolBuilder::new()
@@ -590,7 +594,19 @@ mod tests {
                             let cp = c.as_mut_ptr() as usize;
                             // SAFETY: the buffers cover every index the strides reach.
                             pool.install(|| unsafe {
-                                gemm(m, n, k, a, b, cp as *mut f32, ldc, accumulate, true, kernel)
+                                gemm(
+                                    m,
+                                    n,
+                                    k,
+                                    a,
+                                    b,
+                                    cp as *mut f32,
+                                    ldc,
+                                    accumulate,
+                                    true,
+                                    kernel,
+                                    budget,
+                                )
                             });
                             for (x, (g, w)) in c.iter().zip(&want).enumerate() {
                                 assert_eq!(
@@ -675,6 +691,7 @@ mod bench {
                                 false,
                                 threads > 1,
                                 Kernel::Best,
+                                usize::MAX,
                             )
                         } else {
                             gemm::gemm(

@@ -1,6 +1,7 @@
 //! Matrix products on the CPU. f32 products read and written in place (f32 operands with
-//! positive strides, an f32 output) go to tc's own GEMM (`gemm`) where the CPU has AVX2+FMA
-//! and the output has at least `OWN_MIN_ROWS` rows and 16 columns; the rest to the `gemm`
+//! positive strides, an f32 output) go to tc's own GEMM (`gemm`) where the CPU has AVX2+FMA,
+//! the output has at least `OWN_MIN_ROWS` rows and 16 columns and the packed B fits the
+//! scratch budget (`own_gemm`); the rest to the `gemm`
 //! crate: f32 operands read in place through their strides, f16/bf16 (or oddly strided)
 //! operands widened to a contiguous f32 copy tile by tile. Accumulation is f32; the result
 //! is rounded to the output dtype. A product with a residual (`MatMulKernel::accumulate`)
@@ -135,7 +136,7 @@ pub(super) fn run(
         n,
         k,
     };
-    if direct_a && direct_b && direct_out && own_gemm(m, n) {
+    if direct_a && direct_b && direct_out && own_gemm(m, n, k, tiled.scratch) {
         // tc's own GEMM, in place: the pool shares each batch matrix (its packed B, blocks
         // of its rows), or takes whole batch matrices when there are enough of them.
         let base = out.base() as usize;
@@ -162,6 +163,7 @@ pub(super) fn run(
                 accumulate,
                 parallel,
                 own::Kernel::Best,
+                tiled.scratch / 4,
             )
         };
         let threads = rayon::current_num_threads();
@@ -248,10 +250,18 @@ pub(super) fn run(
 }
 
 /// Whether an f32 product read and written in place goes to tc's own GEMM (`gemm`): where
-/// the CPU has its vector micro-kernel, and the output has rows and columns enough for its
-/// 6 × 16 tiles (the `gemm` crate's small-matrix paths are faster below that).
-fn own_gemm(m: usize, n: usize) -> bool {
-    m >= OWN_MIN_ROWS && n >= own::NR && own::has_simd()
+/// the CPU has its vector micro-kernel, the output has rows and columns enough for its
+/// 6 × 16 tiles (the `gemm` crate's small-matrix paths are faster below that), and its
+/// packed `B` (`k × n` floats) fits the scratch budget (`scratch_bytes`): the memory report
+/// counts no scratch (`peak_resident_memory_of_every_example_is_what_the_report_plans`),
+/// and packing `B` in narrower column blocks would pack `A` again for each.
+fn own_gemm(m: usize, n: usize, k: usize, scratch: usize) -> bool {
+    m >= OWN_MIN_ROWS
+        && n >= own::NR
+        && k.saturating_mul(n.next_multiple_of(own::NR))
+            .saturating_mul(4)
+            <= scratch
+        && own::has_simd()
 }
 
 /// The fewest rows of a product tc's own GEMM takes.
