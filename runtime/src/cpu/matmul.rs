@@ -1,19 +1,26 @@
-//! Matrix products on the CPU with the `gemm` crate: f32 operands are read in place through
-//! their strides; f16/bf16 (or oddly strided) operands are widened to a contiguous f32 copy
-//! of one batch matrix. Accumulation is f32; the result is rounded to the output dtype. A
-//! product with a residual (`MatMulKernel::accumulate`) finds `x` in its output (copied
-//! there first unless the output is in place of it) and adds to it: gemm's `dst := dst +
-//! a·b` for an f32 output, else the product rounded to the output's dtype and then added,
-//! as the unfused add rounds.
+//! Matrix products on the CPU. f32 products read and written in place (f32 operands with
+//! positive strides, an f32 output) go to tc's own GEMM (`gemm`) where the CPU has AVX2+FMA,
+//! the output has at least `OWN_MIN_ROWS` rows and 16 columns and the packed B fits the
+//! scratch budget (`own_gemm`); the rest to the `gemm`
+//! crate: f32 operands read in place through their strides, f16/bf16 (or oddly strided)
+//! operands widened to a contiguous f32 copy tile by tile. Accumulation is f32; the result
+//! is rounded to the output dtype. A product with a residual (`MatMulKernel::accumulate`)
+//! finds `x` in its output (copied there first unless the output is in place of it) and
+//! adds to it: for an f32 output the sum over `k` continues from `x` (tc's GEMM; gemm's
+//! `dst := dst + a·b`), else the product rounded to the output's dtype and then added, as
+//! the unfused add rounds.
 //!
-//! Threads: a product read and written in place is split into column panels of its output
-//! (per batch matrix), each a single-threaded gemm call, handed to the pool as one job that
-//! the threads share dynamically (`Schedule`); gemm's own threads (a static split with a
-//! wait for both threads at every 512-long block of `k`) only where it packs A once for all
-//! of them. Every output element is summed in the same order either way, so the results
-//! are the same bits whatever the thread count.
+//! Threads: tc's GEMM shares each batch matrix among the pool's threads (or takes whole
+//! batch matrices when there are enough of them); with the gemm crate a product read and
+//! written in place is split into column panels of its output (per batch matrix), each a
+//! single-threaded gemm call, handed to the pool as one job that the threads share
+//! dynamically (`Schedule`); gemm's own threads (a static split with a wait for both
+//! threads at every 512-long block of `k`) only where it packs A once for all of them.
+//! Every output element is summed in the same order either way, so the results are the
+//! same bits whatever the thread count.
 
 use super::fused::check_bounds;
+use super::gemm as own;
 use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -129,6 +136,49 @@ pub(super) fn run(
         n,
         k,
     };
+    if direct_a && direct_b && direct_out && own_gemm(m, n, k, tiled.scratch) {
+        // tc's own GEMM, in place: the pool shares each batch matrix (its packed B, blocks
+        // of its rows), or takes whole batch matrices when there are enough of them.
+        let base = out.base() as usize;
+        let (a_op, b_op) = (&mm.a, &mm.b);
+        // SAFETY: batch `bi`'s m×n output (checked above) is written by this call alone;
+        // the operands hold the m×k and k×n elements their strides reach (bounds checked).
+        let one = |bi: usize, parallel: bool| unsafe {
+            own::gemm(
+                m,
+                n,
+                k,
+                own::Operand {
+                    ptr: tiled.a_ptr(bi, 0),
+                    rs: a_op.strides[nb] as isize,
+                    cs: a_op.strides[nb + 1] as isize,
+                },
+                own::Operand {
+                    ptr: tiled.b_ptr(bi, 0),
+                    rs: b_op.strides[nb] as isize,
+                    cs: b_op.strides[nb + 1] as isize,
+                },
+                (base as *mut f32).add(bi * m * n),
+                n,
+                accumulate,
+                parallel,
+                own::Kernel::Best,
+                tiled.scratch / 4,
+            )
+        };
+        let threads = rayon::current_num_threads();
+        let macs = nbatch.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+        if threads > 1 && nbatch >= PANELS_PER_THREAD * threads {
+            (0..nbatch)
+                .into_par_iter()
+                .with_max_len(1)
+                .for_each(|bi| one(bi, false));
+        } else {
+            let parallel = threads > 1 && macs >= INLINE_MACS;
+            (0..nbatch).for_each(|bi| one(bi, parallel));
+        }
+        return Ok(());
+    }
     if direct_a && direct_b && direct_out {
         // Everything in place, no scratch: each task a single-threaded gemm call writing its
         // own columns of one batch matrix, or gemm's own threads (`Schedule`).
@@ -198,6 +248,24 @@ pub(super) fn run(
     }
     Ok(())
 }
+
+/// Whether an f32 product read and written in place goes to tc's own GEMM (`gemm`): where
+/// the CPU has its vector micro-kernel, the output has rows and columns enough for its
+/// 6 × 16 tiles (the `gemm` crate's small-matrix paths are faster below that), and its
+/// packed `B` (`k × n` floats) fits the scratch budget (`scratch_bytes`): the memory report
+/// counts no scratch (`peak_resident_memory_of_every_example_is_what_the_report_plans`),
+/// and packing `B` in narrower column blocks would pack `A` again for each.
+fn own_gemm(m: usize, n: usize, k: usize, scratch: usize) -> bool {
+    m >= OWN_MIN_ROWS
+        && n >= own::NR
+        && k.saturating_mul(n.next_multiple_of(own::NR))
+            .saturating_mul(4)
+            <= scratch
+        && own::has_simd()
+}
+
+/// The fewest rows of a product tc's own GEMM takes.
+const OWN_MIN_ROWS: usize = 24;
 
 /// How a product read and written in place shares the pool's threads. Each output element
 /// is summed in the same order whichever is chosen (gemm blocks `k` by its length alone, and

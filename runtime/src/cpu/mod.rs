@@ -10,6 +10,7 @@ mod attention;
 pub use attention::{TileCount, TILE_LOG};
 mod attention_backward;
 mod fused;
+mod gemm;
 mod index;
 mod index_add;
 mod math;

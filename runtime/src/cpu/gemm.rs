@@ -1,0 +1,741 @@
+//! tc's own f32 matrix product on the CPU, BLIS-style: `C := A·B` or `C := C + A·B` for
+//! strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row stride `ldc`). `B` is
+//! packed into panels of `NR` = 16 columns, `k` cut into blocks of `KC`, every `KC × 16`
+//! block contiguous (shared by the threads, packed once); each task takes a block of rows
+//! (and, where the rows are too few to share, of panels), packs its rows of `A` for one
+//! `k` block into panels of `MR` = 6 rows (`KC × 6`, interleaved; a buffer per thread,
+//! reused) and runs an AVX2+FMA micro-kernel of 6 × 16 (twelve accumulators) over them,
+//! each `B` panel kept in L1 while the task's rows of `A` (in L2) stream past it.
+//!
+//! Every element of `C` is `c = fma(a_t, b_t, c)` for `t = 0, 1, …, k - 1` in order, from 0
+//! (or from `C`'s value when accumulating): the micro-kernel starts each `k` block from what
+//! the previous one stored (a store and a load of an f32 are exact), and rows or columns
+//! past the matrix's edge are zeros in the packed copies, computed and thrown away. So the
+//! result is the same bits whatever the blocking, the split over threads and the thread
+//! count, and the scalar twin of the micro-kernel (used without AVX2+FMA, and by the
+//! tests) gives the same bits as the vector one.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Rows of a micro-tile (of a packed panel of `A`).
+pub const MR: usize = 6;
+/// Columns of a micro-tile (of a packed panel of `B`).
+pub const NR: usize = 16;
+/// The block of `k` a micro-kernel call sums: a `B` panel of `KC × NR` floats (32 KiB, the
+/// L1's size: its lines stay while the `A` panels, `KC × MR`, 12 KiB each, pass). 128, 256
+/// and 384 measured 0–15 % slower on one thread (one fewer pass over `C` per block too).
+const KC: usize = 512;
+/// Rows of a task at most (a multiple of `MR`): its packed `A` block, `MC × KC` floats (288
+/// KiB), stays in the 512 KiB L2 while every `B` panel of the `k` block meets it.
+const MC: usize = 144;
+/// Tasks a thread, at least, where the work allows: a thread slowed by another process
+/// leaves its last tasks to the others.
+const TASKS_PER_THREAD: usize = 3;
+
+/// A strided operand: element `(i, j)` at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: an operand is only read, by the tasks of one `gemm` call, while the caller
+// keeps it alive and unchanged (`gemm`'s contract).
+unsafe impl Send for Operand {}
+// SAFETY: as above.
+unsafe impl Sync for Operand {}
+
+/// Which micro-kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// The AVX2+FMA one where the CPU has both, else the scalar one.
+    Best,
+    /// The scalar twin (same bits).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Scalar,
+}
+
+impl Kernel {
+    fn simd(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Best {
+            return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        }
+        false
+    }
+}
+
+/// Whether this CPU runs the vector micro-kernel (the scalar twin is far slower than the
+/// `gemm` crate: callers keep that crate where this is false).
+pub fn has_simd() -> bool {
+    Kernel::Best.simd()
+}
+
+thread_local! {
+    /// This thread's packed `A` block (`MC × KC`).
+    static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The packed `B` of products called from this thread (`k × NR·panels`, at most the
+    /// caller's budget).
+    static B_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's buffer `key`, at least `len` floats (contents unspecified),
+/// or a fresh one when it is in use (a product called from inside another's task).
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// `C := A·B`, or `C := C + A·B` when `accumulate` (each element the ordered fma sum over
+/// `k`, from 0 or from `C`), for `A` `m × k`, `B` `k × n`, `C` `m × n` at row stride `ldc`
+/// (columns contiguous). With `parallel`, the work is shared by the current rayon pool.
+/// `B` is packed `b_budget` floats at a time (at least one panel): wider products are
+/// computed in column blocks, each packed in turn, `A` packed again for each.
+///
+/// # Safety
+/// `a` and `b` reach only readable f32s for every index in range; `C`'s `m` rows of `n`
+/// elements at stride `ldc` are writable, owned by this call and distinct from `A` and `B`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    kernel: Kernel,
+    b_budget: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                // SAFETY: row `i` of C (the caller's promise).
+                unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+            }
+        }
+        return;
+    }
+    let simd = kernel.simd();
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    // Column blocks of whole panels whose packed B fits the budget (at least one panel).
+    let nc = (b_budget / k / NR).max(1) * NR;
+    let c_addr = c as usize;
+    for j0 in (0..n).step_by(nc) {
+        let cols = nc.min(n - j0);
+        let panels = cols.div_ceil(NR);
+        let b_blk = Operand {
+            // SAFETY: column `j0` of B (in range).
+            ptr: unsafe { b.ptr.offset(j0 as isize * b.cs) },
+            ..b
+        };
+        with_buffer(&B_PACK, k * panels * NR, |bp| {
+            pack_b(k, cols, b_blk, bp, threads > 1);
+            let bp = &*bp;
+            // SAFETY: columns j0.. of C, in range.
+            let c_blk = unsafe { (c_addr as *mut f32).add(j0) } as usize;
+            let (row_tasks, rows) = split_rows(m, threads);
+            let col_tasks = if row_tasks >= TASKS_PER_THREAD * threads || threads == 1 {
+                1
+            } else {
+                (TASKS_PER_THREAD * threads)
+                    .div_ceil(row_tasks)
+                    .min(panels.div_ceil(4))
+            };
+            let per = panels.div_ceil(col_tasks);
+            let col_tasks = panels.div_ceil(per);
+            let task = |t: usize| {
+                let (ri, ci) = (t / col_tasks, t % col_tasks);
+                let r0 = ri * rows;
+                let p0 = ci * per;
+                let p1 = (p0 + per).min(panels);
+                // SAFETY: the task's rows r0.. and panels p0..p1 are in range, and no other
+                // task writes them.
+                unsafe {
+                    block(
+                        (r0, rows.min(m - r0)),
+                        (p0, p1, cols),
+                        k,
+                        a,
+                        bp,
+                        c_blk as *mut f32,
+                        ldc,
+                        accumulate,
+                        simd,
+                    )
+                };
+            };
+            let count = row_tasks * col_tasks;
+            if threads > 1 && count > 1 {
+                (0..count).into_par_iter().with_max_len(1).for_each(task);
+            } else {
+                (0..count).for_each(task);
+            }
+        });
+    }
+}
+
+/// Row tasks for `threads` threads and the rows each takes (a multiple of `MR`, at most
+/// `MC`; the last task the rest).
+fn split_rows(m: usize, threads: usize) -> (usize, usize) {
+    let want = if threads > 1 {
+        TASKS_PER_THREAD * threads
+    } else {
+        1
+    };
+    let tasks = want.max(m.div_ceil(MC));
+    let rows = m.div_ceil(tasks).next_multiple_of(MR).min(MC);
+    (m.div_ceil(rows), rows)
+}
+
+/// `B`'s `k × cols` packed into `dst`: for each block of `KC` rows starting at `t0`, for
+/// each panel `p`, the `kc × NR` block at `t0·NR·panels + p·kc·NR`, row by row, columns past
+/// `cols` zero.
+fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [f32], parallel: bool) {
+    let panels = cols.div_ceil(NR);
+    let base = dst.as_mut_ptr() as usize;
+    let b_addr = b.ptr as usize;
+    // A unit of work: one block of `KC` rows, `GROUP` panels of it (row-contiguous reads of
+    // B where its columns are contiguous).
+    const GROUP: usize = 8;
+    let groups = panels.div_ceil(GROUP);
+    let one = |u: usize| {
+        let (t0, g) = ((u / groups) * KC, u % groups);
+        let kc = KC.min(k - t0);
+        for p in g * GROUP..(g * GROUP + GROUP).min(panels) {
+            let c0 = p * NR;
+            let w = NR.min(cols - c0);
+            // SAFETY: inside `dst` (k·panels·NR floats), each panel's block written by one
+            // unit.
+            let out = unsafe { (base as *mut f32).add(t0 * NR * panels + p * kc * NR) };
+            let src = b_addr as *const f32;
+            // SAFETY: every (t, c) read is inside B (the caller's promise).
+            unsafe {
+                if b.cs == 1 {
+                    for t in 0..kc {
+                        let row = src.offset((t0 + t) as isize * b.rs + c0 as isize);
+                        let o = out.add(t * NR);
+                        if w == NR {
+                            // A fixed-size copy: vector moves, not a call.
+                            o.cast::<[f32; NR]>()
+                                .write_unaligned(row.cast::<[f32; NR]>().read_unaligned());
+                        } else {
+                            std::ptr::copy_nonoverlapping(row, o, w);
+                            std::ptr::write_bytes(o.add(w), 0, NR - w);
+                        }
+                    }
+                } else {
+                    for j in 0..NR {
+                        if j < w {
+                            let col = src.offset((c0 + j) as isize * b.cs + t0 as isize * b.rs);
+                            for t in 0..kc {
+                                *out.add(t * NR + j) = *col.offset(t as isize * b.rs);
+                            }
+                        } else {
+                            for t in 0..kc {
+                                *out.add(t * NR + j) = 0.0;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let units = k.div_ceil(KC) * groups;
+    if parallel && units > 1 {
+        (0..units).into_par_iter().for_each(one);
+    } else {
+        (0..units).for_each(one);
+    }
+}
+
+/// `A`'s rows `r0 .. r0 + rows`, columns `t0 .. t0 + kc`, packed into `dst`: panel `q` (rows
+/// `r0 + MR·q ..`) at `q·kc·MR`, element `(r, t)` at `t·MR + r`, rows past `rows` zero.
+///
+/// # Safety
+/// Every element read is inside `A`.
+unsafe fn pack_a(
+    a: Operand,
+    (r0, rows): (usize, usize),
+    (t0, kc): (usize, usize),
+    dst: &mut [f32],
+) {
+    for q in 0..rows.div_ceil(MR) {
+        let h = MR.min(rows - q * MR);
+        let out = &mut dst[q * kc * MR..(q + 1) * kc * MR];
+        // SAFETY: row r0 + q·MR, column t0 of A (in range).
+        let src = unsafe {
+            a.ptr
+                .offset((r0 + q * MR) as isize * a.rs + t0 as isize * a.cs)
+        };
+        if a.cs == 1 && h == MR {
+            // SAFETY: the panel's rows hold kc elements each.
+            let rows: [&[f32]; MR] = std::array::from_fn(|r| unsafe {
+                std::slice::from_raw_parts(src.offset(r as isize * a.rs), kc)
+            });
+            for (t, o) in out.chunks_exact_mut(MR).enumerate() {
+                for r in 0..MR {
+                    o[r] = rows[r][t];
+                }
+            }
+        } else if a.cs == 1 {
+            for r in 0..h {
+                // SAFETY: row r's kc elements are in A.
+                let row = unsafe { std::slice::from_raw_parts(src.offset(r as isize * a.rs), kc) };
+                for (t, &x) in row.iter().enumerate() {
+                    out[t * MR + r] = x;
+                }
+            }
+        } else {
+            for t in 0..kc {
+                for r in 0..h {
+                    // SAFETY: (r, t) is in A.
+                    out[t * MR + r] = unsafe { *src.offset(r as isize * a.rs + t as isize * a.cs) };
+                }
+            }
+        }
+        if h < MR {
+            for t in 0..kc {
+                out[t * MR + h..(t + 1) * MR].fill(0.0);
+            }
+        }
+    }
+}
+
+/// One task: rows `r0 .. r0 + rows` of `C` and its panels `p0 .. p1` (of a column block
+/// `cols` wide), over the whole `k`, `B` packed in `bp` (`pack_b`).
+///
+/// # Safety
+/// As `gemm`; `c` is the column block's first element, and this task alone writes its part.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    (r0, rows): (usize, usize),
+    (p0, p1, cols): (usize, usize, usize),
+    k: usize,
+    a: Operand,
+    bp: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    simd: bool,
+) {
+    let panels = cols.div_ceil(NR);
+    with_buffer(&A_PACK, MC * KC, |ap| {
+        for t0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - t0);
+            // SAFETY: the rows and columns are inside A.
+            unsafe { pack_a(a, (r0, rows), (t0, kc), ap) };
+            let load = accumulate || t0 > 0;
+            for p in p0..p1 {
+                let bpan = &bp[t0 * NR * panels + p * kc * NR..][..kc * NR];
+                let w = NR.min(cols - p * NR);
+                let tiles = rows.div_ceil(MR);
+                for q in 0..tiles {
+                    let h = MR.min(rows - q * MR);
+                    let apan = &ap[q * kc * MR..][..kc * MR];
+                    // SAFETY: the tile (rows r0 + q·MR .., columns p·NR ..) is in C.
+                    let ct = unsafe { c.add((r0 + q * MR) * ldc + p * NR) };
+                    // Cache hints: the next tile of C (this panel's next rows, or the next
+                    // panel's first), and with the panel's first tile the next B panel.
+                    let hint = Hint {
+                        c: if q + 1 < tiles {
+                            ct.wrapping_add(MR * ldc)
+                        } else {
+                            c.wrapping_add(r0 * ldc + (p + 1) * NR)
+                        },
+                        b: if q == 0 && p + 1 < p1 {
+                            bp.as_ptr()
+                                .wrapping_add(t0 * NR * panels + (p + 1) * kc * NR)
+                        } else {
+                            std::ptr::null()
+                        },
+                    };
+                    if h == MR && w == NR {
+                        // SAFETY: a whole 6 × 16 tile of C.
+                        unsafe { micro(kc, apan, bpan, (ct, ldc), load, hint, simd) };
+                    } else {
+                        // An edge tile: through a whole one.
+                        let mut tmp = [0f32; MR * NR];
+                        for i in 0..h {
+                            for j in 0..w {
+                                if load {
+                                    // SAFETY: (i, j) is in the tile.
+                                    tmp[i * NR + j] = unsafe { *ct.add(i * ldc + j) };
+                                }
+                            }
+                        }
+                        // SAFETY: `tmp` is a whole tile at stride NR.
+                        unsafe { micro(kc, apan, bpan, (tmp.as_mut_ptr(), NR), load, hint, simd) };
+                        for i in 0..h {
+                            for j in 0..w {
+                                // SAFETY: as above.
+                                unsafe { *ct.add(i * ldc + j) = tmp[i * NR + j] };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Addresses the micro-kernel asks the cache for while it runs (hints only, never read:
+/// they may point past the matrices): the next tile of C (`ldc` apart rows), and, unless
+/// null, a `B` panel (`kc` rows of 64 bytes, one a step).
+#[derive(Clone, Copy)]
+struct Hint {
+    c: *const f32,
+    b: *const f32,
+}
+
+/// The 6 × 16 tile `c` (row stride `c.1`) `:=` (or, with `load`, `+=`) the packed `a`
+/// panel times the packed `b` panel, each element an ordered fma sum.
+///
+/// # Safety
+/// `c` holds a whole 6 × 16 tile at its stride.
+#[inline]
+unsafe fn micro(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    (c, ldc): (*mut f32, usize),
+    load: bool,
+    hint: Hint,
+    simd: bool,
+) {
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` only where the CPU has AVX2 and FMA; the rest is forwarded.
+        unsafe {
+            if hint.b.is_null() {
+                avx2::micro::<false>(kc, a.as_ptr(), b.as_ptr(), c, ldc, load, hint)
+            } else {
+                avx2::micro::<true>(kc, a.as_ptr(), b.as_ptr(), c, ldc, load, hint)
+            }
+        };
+        return;
+    }
+    let _ = (simd, hint);
+    for i in 0..MR {
+        for j in 0..NR {
+            // SAFETY: (i, j) is in the tile.
+            let ci = unsafe { c.add(i * ldc + j) };
+            let mut s = if load { unsafe { *ci } } else { 0.0 };
+            for t in 0..kc {
+                s = a[t * MR + i].mul_add(b[t * NR + j], s);
+            }
+            // SAFETY: as above.
+            unsafe { *ci = s };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Hint, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The vector micro-kernel: twelve accumulators, per step two loads of `B` and six
+    /// broadcasts of `A`; with `PF`, a prefetch of one row of `hint.b` a step.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; `a` holds `kc·MR` floats, `b` `kc·NR`, `c` a 6 × 16 tile.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro<const PF: bool>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+        hint: Hint,
+    ) {
+        // SAFETY (whole body): within the ranges of the contract; prefetches read nothing.
+        unsafe {
+            for r in 0..MR {
+                let row = hint.c.wrapping_add(r * ldc).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(row);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(60));
+            }
+            let mut lo = [_mm256_setzero_ps(); MR];
+            let mut hi = [_mm256_setzero_ps(); MR];
+            if load {
+                for r in 0..MR {
+                    lo[r] = _mm256_loadu_ps(c.add(r * ldc));
+                    hi[r] = _mm256_loadu_ps(c.add(r * ldc + 8));
+                }
+            }
+            let mut pf = hint.b.cast::<i8>();
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
+                for r in 0..MR {
+                    let x = _mm256_broadcast_ss(&*a.add(r));
+                    lo[r] = _mm256_fmadd_ps(x, b0, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(x, b1, hi[r]);
+                }
+                if PF {
+                    _mm_prefetch::<_MM_HINT_T0>(pf);
+                    pf = pf.wrapping_add(NR * 4);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
+            }
+            for r in 0..MR {
+                _mm256_storeu_ps(c.add(r * ldc), lo[r]);
+                _mm256_storeu_ps(c.add(r * ldc + 8), hi[r]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Every shape's edges (rows not a multiple of 6, columns not of 16, `k` over several
+    /// blocks and not a multiple of `KC`, more rows than `MC`), `A` and `B` row-major,
+    /// transposed or both strided, `C` with a wider row stride, from 0 and accumulating:
+    /// the same bits as the plain ordered fma loop, with the vector and the scalar
+    /// micro-kernel, in pools of 1, 2, 3 and 5 threads.
+    #[test]
+    fn products_are_the_ordered_fma_sum_whatever_the_threads_and_kernel() {
+        let shapes = [
+            (1, 1, 1),
+            (5, 17, 3),
+            (6, 16, 256),
+            (13, 33, 257),
+            (150, 40, 600),
+            (7, 300, 70),
+            (290, 50, 0),
+        ];
+        for (si, &(m, n, k)) in shapes.iter().enumerate() {
+            let av = values(2 * m * k + m + n + k + 8, 1 + si as u64);
+            let bv = values(2 * k * n + m + n + k + 8, 100 + si as u64);
+            let ldc = n + 3;
+            let c0 = values(m * ldc, 200 + si as u64);
+            // (A row stride, column stride), (B's): row-major, transposed, strided.
+            let layouts = [
+                ((k as isize, 1), (n as isize, 1)),
+                ((1, m as isize), (1, k as isize)),
+                ((2 * k as isize + 1, 2), (1, 2 * k as isize + 1)),
+            ];
+            for (la, lb) in layouts {
+                let a = Operand {
+                    ptr: av.as_ptr(),
+                    rs: la.0,
+                    cs: la.1,
+                };
+                let b = Operand {
+                    ptr: bv.as_ptr(),
+                    rs: lb.0,
+                    cs: lb.1,
+                };
+                let at = |i: usize, t: usize| av[(i as isize * la.0 + t as isize * la.1) as usize];
+                let bt = |t: usize, j: usize| bv[(t as isize * lb.0 + j as isize * lb.1) as usize];
+                for accumulate in [false, true] {
+                    let mut want = c0.clone();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut s = if accumulate { c0[i * ldc + j] } else { 0.0 };
+                            for t in 0..k {
+                                s = at(i, t).mul_add(bt(t, j), s);
+                            }
+                            want[i * ldc + j] = s;
+                        }
+                    }
+                    // The whole of B packed at once, or two panels at a time.
+                    let budgets = [usize::MAX, 2 * NR * k.max(1)];
+                    for (threads, budget) in
+                        [1, 2, 3, 5].into_iter().zip(budgets.into_iter().cycle())
+                    {
+                        for kernel in [Kernel::Best, Kernel::Scalar] {
+                            let mut c = c0.clone();
+                            let pool = rayon::ThreadPoolBuilder::new()
+                                .num_threads(threads)
+                                .build()
+                                .expect("pool");
+                            let cp = c.as_mut_ptr() as usize;
+                            // SAFETY: the buffers cover every index the strides reach.
+                            pool.install(|| unsafe {
+                                gemm(
+                                    m,
+                                    n,
+                                    k,
+                                    a,
+                                    b,
+                                    cp as *mut f32,
+                                    ldc,
+                                    accumulate,
+                                    true,
+                                    kernel,
+                                    budget,
+                                )
+                            });
+                            for (x, (g, w)) in c.iter().zip(&want).enumerate() {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    w.to_bits(),
+                                    "{m}×{k}×{n} {la:?} {lb:?} acc {accumulate} \
+                                     {threads} threads {kernel:?}: element {x}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    fn thread_cpu() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
+    /// The examples' f32 products (m×k×n, row-major), tc's GEMM against the `gemm` crate:
+    /// best process CPU and wall milliseconds of `TC_GEMM_REPS` (default 10) calls each,
+    /// alternated, in the global pool (`RAYON_NUM_THREADS` threads): `cargo test --release
+    /// -p tc-runtime --lib gemm_shapes -- --ignored --nocapture`. `TC_GEMM_SHAPES` picks
+    /// shapes, e.g. `512x2048x512,1024x1024x4096`.
+    #[test]
+    #[ignore]
+    fn gemm_shapes() {
+        let shapes: Vec<(usize, usize, usize)> = std::env::var("TC_GEMM_SHAPES")
+            .unwrap_or_else(|_| {
+                "512x512x512,512x512x2048,512x2048x512,1024x1024x4096,1024x4096x1024,64x512x512,8x512x512".into()
+            })
+            .split(',')
+            .map(|s| {
+                let v: Vec<usize> = s.split('x').map(|x| x.parse().expect("m x k x n")).collect();
+                (v[0], v[1], v[2])
+            })
+            .collect();
+        let reps: usize = std::env::var("TC_GEMM_REPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
+        let threads = rayon::current_num_threads();
+        for (m, k, n) in shapes {
+            let a: Vec<f32> = (0..m * k).map(|i| (i % 97) as f32 * 0.01).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 89) as f32 * 0.01).collect();
+            let mut c = vec![0f32; m * n];
+            let mut best = [(f64::MAX, f64::MAX); 2];
+            for _ in 0..reps {
+                for (side, slot) in best.iter_mut().enumerate() {
+                    let (t0, w0) = (thread_cpu(), std::time::Instant::now());
+                    // SAFETY: the buffers hold the row-major matrices.
+                    unsafe {
+                        if side == 0 {
+                            gemm(
+                                m,
+                                n,
+                                k,
+                                Operand {
+                                    ptr: a.as_ptr(),
+                                    rs: k as isize,
+                                    cs: 1,
+                                },
+                                Operand {
+                                    ptr: b.as_ptr(),
+                                    rs: n as isize,
+                                    cs: 1,
+                                },
+                                c.as_mut_ptr(),
+                                n,
+                                false,
+                                threads > 1,
+                                Kernel::Best,
+                                usize::MAX,
+                            )
+                        } else {
+                            gemm::gemm(
+                                m,
+                                n,
+                                k,
+                                c.as_mut_ptr(),
+                                1,
+                                n as isize,
+                                false,
+                                a.as_ptr(),
+                                1,
+                                k as isize,
+                                b.as_ptr(),
+                                1,
+                                n as isize,
+                                0.0f32,
+                                1.0f32,
+                                false,
+                                false,
+                                false,
+                                if threads > 1 {
+                                    gemm::Parallelism::Rayon(0)
+                                } else {
+                                    gemm::Parallelism::None
+                                },
+                            )
+                        }
+                    }
+                    let (cpu, wall) = (thread_cpu() - t0, w0.elapsed().as_secs_f64());
+                    slot.0 = slot.0.min(cpu);
+                    slot.1 = slot.1.min(wall);
+                }
+            }
+            let gf = |t: f64| 2.0 * (m * k * n) as f64 / t * 1e-9;
+            println!(
+                "{m}x{k}x{n} threads {threads}: tc cpu {:.2} wall {:.2} ms ({:.0} GFLOP/s wall) | gemm crate cpu {:.2} wall {:.2} ms ({:.0})",
+                best[0].0 * 1e3,
+                best[0].1 * 1e3,
+                gf(best[0].1),
+                best[1].0 * 1e3,
+                best[1].1 * 1e3,
+                gf(best[1].1)
+            );
+        }
+    }
+}
