@@ -628,14 +628,9 @@ mod tests {
 mod bench {
     use super::*;
 
-    fn thread_cpu() -> f64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid out-pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    /// Process CPU seconds (all the pool's threads).
+    fn process_cpu() -> f64 {
+        crate::cpu::cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID)
     }
 
     /// The examples' f32 products (m×k×n, row-major), tc's GEMM against the `gemm` crate:
@@ -668,7 +663,7 @@ mod bench {
             let mut best = [(f64::MAX, f64::MAX); 2];
             for _ in 0..reps {
                 for (side, slot) in best.iter_mut().enumerate() {
-                    let (t0, w0) = (thread_cpu(), std::time::Instant::now());
+                    let (t0, w0) = (process_cpu(), std::time::Instant::now());
                     // SAFETY: the buffers hold the row-major matrices.
                     unsafe {
                         if side == 0 {
@@ -721,7 +716,7 @@ mod bench {
                             )
                         }
                     }
-                    let (cpu, wall) = (thread_cpu() - t0, w0.elapsed().as_secs_f64());
+                    let (cpu, wall) = (process_cpu() - t0, w0.elapsed().as_secs_f64());
                     slot.0 = slot.0.min(cpu);
                     slot.1 = slot.1.min(wall);
                 }

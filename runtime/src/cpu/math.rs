@@ -1224,13 +1224,7 @@ mod tests {
     #[ignore = "a timing, not a check: run by hand"]
     fn block_costs() {
         fn cpu_now() -> f64 {
-            let mut t = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `t` is a valid timespec to write.
-            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+            crate::cpu::cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID)
         }
         const N: usize = 1024;
         let src: Vec<f32> = (0..N)

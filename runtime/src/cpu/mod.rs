@@ -156,12 +156,18 @@ pub fn run_timed(
 /// CPU seconds of this process so far, all threads (`CLOCK_PROCESS_CPUTIME_ID`; 0 where
 /// unavailable).
 fn process_cpu_s() -> f64 {
+    cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// CPU seconds so far on `clock` (`CLOCK_PROCESS_CPUTIME_ID` or `CLOCK_THREAD_CPUTIME_ID`;
+/// 0 where unavailable): the executor's per-kernel times and the hand-run timings in tests.
+pub(super) fn cpu_seconds(clock: libc::clockid_t) -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a valid out-pointer to one `timespec`.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
         return 0.0;
     }
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9

@@ -259,13 +259,7 @@ mod bench {
     use super::*;
 
     fn cpu_now() -> f64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid out-pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+        crate::cpu::cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID)
     }
 
     /// Attention's two tile products at BQ = 128, BK = 512, d = dv = 64: GFLOP/s on this
