@@ -59,6 +59,21 @@ struct Spare {
 #[cfg(target_os = "linux")]
 static SPARE: std::sync::Mutex<Option<Spare>> = std::sync::Mutex::new(None);
 
+/// The parts of `lo .. hi` outside `ranges` (sorted address ranges), in address order.
+#[cfg(target_os = "linux")]
+fn gaps(lo: usize, hi: usize, ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut gaps = Vec::new();
+    let mut from = lo;
+    for &(a, b) in ranges.iter().chain([&(hi, hi)]) {
+        let a = a.clamp(lo, hi);
+        if from < a {
+            gaps.push((from, a));
+        }
+        from = from.max(b.min(hi));
+    }
+    gaps
+}
+
 /// Unmaps the pages of `lo .. hi` that are not in `holes` (sorted address ranges).
 ///
 /// # Safety
@@ -66,14 +81,9 @@ static SPARE: std::sync::Mutex<Option<Spare>> = std::sync::Mutex::new(None);
 /// reads them afterwards.
 #[cfg(target_os = "linux")]
 unsafe fn unmap_except(lo: usize, hi: usize, holes: &[(usize, usize)]) {
-    let mut from = lo;
-    for &(a, b) in holes.iter().chain([&(hi, hi)]) {
-        let a = a.clamp(lo, hi);
-        if from < a {
-            // SAFETY: whole pages of our own mapping, not moved out (caller's contract).
-            unsafe { libc::munmap(from as *mut libc::c_void, a - from) };
-        }
-        from = from.max(b.min(hi));
+    for (a, b) in gaps(lo, hi, holes) {
+        // SAFETY: whole pages of our own mapping, not moved out (caller's contract).
+        unsafe { libc::munmap(a as *mut libc::c_void, b - a) };
     }
 }
 /// Copies larger than this are split over the rayon pool.
@@ -183,9 +193,8 @@ impl Arena {
             // Holes are no longer ours: skipped like the ranges to keep.
             keep.extend(self.holes());
             keep.sort_unstable();
-            let mut from = start;
-            for (a, b) in keep.into_iter().chain([(end, end)]) {
-                let (lo, hi) = (from.next_multiple_of(PAGE), a.min(end) / PAGE * PAGE);
+            for (a, b) in gaps(start, end, &keep) {
+                let (lo, hi) = (a.next_multiple_of(PAGE), b / PAGE * PAGE);
                 if lo < hi {
                     // SAFETY: [lo, hi) is whole pages inside our own allocation that no
                     // output still needs and that no move has taken (holes are skipped
@@ -193,7 +202,6 @@ impl Arena {
                     // contents.
                     unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
                 }
-                from = from.max(b);
             }
         }
         #[cfg(not(target_os = "linux"))]
