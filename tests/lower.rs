@@ -64,15 +64,20 @@ fn every_example_and_large_reduction_verifies() {
     let mut checked = 0;
     for (name, source) in sources {
         for (fuse, reuse) in [(true, true), (true, false), (false, true), (false, false)] {
-            for workspace in [0, tc_compiler::codegen::CUBLAS_WORKSPACE_BYTES] {
-                let label = format!("{name} (fuse {fuse}, reuse {reuse}, workspace {workspace})");
+            for target in [
+                tc_compiler::Target::Cpu,
+                tc_compiler::Target::Cuda {
+                    matmul_workspace: tc_compiler::codegen::CUBLAS_WORKSPACE_BYTES,
+                },
+            ] {
+                let label = format!("{name} (fuse {fuse}, reuse {reuse}, {target:?})");
                 let program = compile(
                     &label,
                     &source,
                     PlanOptions {
                         fuse,
                         reuse,
-                        matmul_workspace: workspace,
+                        target,
                     },
                 );
                 assert_eq!(program.kernels.kernels.len(), program.plan.kernels.len());

@@ -18,7 +18,7 @@ fn options(fuse: bool, reuse: bool) -> CompileOptions {
         plan: PlanOptions {
             fuse,
             reuse,
-            matmul_workspace: 0,
+            target: tc_compiler::Target::Cpu,
         },
     }
 }

@@ -21,7 +21,7 @@ fn compile(name: &str, src: &str, fuse: bool, reuse: bool) -> Program {
         plan: PlanOptions {
             fuse,
             reuse,
-            matmul_workspace: 0,
+            target: tc_compiler::Target::Cpu,
         },
     };
     match tc_compiler::compile(src, &options) {
@@ -307,12 +307,13 @@ proptest! {
     fn random_graphs_plan_within_the_invariants(
         instrs in prop::collection::vec((0u8..10, any::<u8>(), any::<u8>()), 1..14),
         outs in prop::collection::vec(any::<u8>(), 0..3),
-        ws in prop::sample::select(vec![0u64, 40, 4096]),
+        ws in prop::sample::select(vec![None, Some(40u64), Some(4096)]),
     ) {
         let checked = random_graph(&instrs, &outs);
         let primitive = tc_compiler::ir::decompose::decompose(&checked);
         for (fuse, reuse) in COMBOS {
-            let options = PlanOptions { fuse, reuse, matmul_workspace: ws };
+            let target = ws.map_or(tc_compiler::Target::Cpu, |w| tc_compiler::Target::Cuda { matmul_workspace: w });
+            let options = PlanOptions { fuse, reuse, target };
             let groups = tc_compiler::fuse::fuse(&primitive, fuse);
             let plan = tc_compiler::search(&checked, &primitive, &groups, &options);
             let plan = match plan { Ok(p) => p, Err(d) => panic!("{d:?}") };
@@ -560,7 +561,9 @@ fn edge_programs_plan_verify_and_render() {
                 plan: PlanOptions {
                     fuse,
                     reuse,
-                    matmul_workspace: 64,
+                    target: tc_compiler::Target::Cuda {
+                        matmul_workspace: 64,
+                    },
                 },
             };
             // A program the front end rejects is fine here; one it accepts must plan.

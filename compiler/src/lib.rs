@@ -25,7 +25,7 @@ pub mod syntax;
 pub mod units;
 
 pub use diag::{Diagnostic, Diagnostics, ErrorKind, Span};
-pub use schedule::{Plan, PlanOptions};
+pub use schedule::{Plan, PlanOptions, Target};
 
 /// Everything `compile` needs besides the source.
 #[derive(Clone, Debug, Default)]

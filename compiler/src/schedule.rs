@@ -286,7 +286,8 @@ pub struct MatMulKernel {
     pub b: MatOperand,
     pub out: BufferId,
     pub out_dtype: DType,
-    /// Scratch for the GPU library, if the target wants one.
+    /// The product's workspace (`Target::matmul_workspace`): cuBLAS's on the GPU, the packed
+    /// `B` of tc's GEMM on the CPU; none where the target gives it none.
     pub workspace: Option<BufferId>,
     /// `x` of `out = x + a·b`: a buffer of `out`'s dtype and shape, read contiguously. When
     /// `out` is planned in place of it (its storage, `x` read here for the last time) the
@@ -296,6 +297,27 @@ pub struct MatMulKernel {
     /// once, as PyTorch's `addmm` does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accumulate: Option<BufferId>,
+}
+
+impl MatOperand {
+    /// Whether a product reads it in place as f32: positive strides along its two matrix
+    /// axes (the last two).
+    pub fn in_place_f32(&self) -> bool {
+        let r = self.strides.len();
+        self.dtype == DType::F32 && r >= 2 && self.strides[r - 2] > 0 && self.strides[r - 1] > 0
+    }
+}
+
+impl MatMulKernel {
+    /// Whether the product's operands and output are all f32 read and written in place.
+    pub fn in_place_f32(&self) -> bool {
+        self.a.in_place_f32() && self.b.in_place_f32() && self.out_dtype == DType::F32
+    }
+
+    /// Bytes of workspace the product needs on `target` (`Target::matmul_workspace`).
+    pub fn workspace_bytes(&self, target: &Target) -> u64 {
+        target.matmul_workspace(self.m, self.n, self.k, self.in_place_f32())
+    }
 }
 
 /// Index of the score `q·kᵀ` in an `AttentionKernel`'s prologue: `InstOp::Load(SCORE)`
@@ -521,17 +543,70 @@ pub struct PlanOptions {
     /// In-place reuse and offset packing (`--no-reuse`: every arena buffer gets its own
     /// region, nothing shared).
     pub reuse: bool,
-    /// Bytes of scratch each matmul kernel gets (0 for the CPU).
-    pub matmul_workspace: u64,
+    /// The executor the plan is for, and so the scratch each matrix product gets.
+    pub target: Target,
+}
+
+/// The executor a plan is made for. It decides each matrix product's workspace
+/// (`Target::matmul_workspace`): a `Workspace` buffer of the arena live at the product's
+/// step alone, which the planned peak, the report and the models count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// tc's CPU executor: an f32 product tc's own GEMM takes (`cpu_packs_b`) gets its
+    /// packed `B` (`cpu_packing_floats`); the rest (the `gemm` crate's) none.
+    Cpu,
+    /// CUDA: every product gets `matmul_workspace` bytes of cuBLAS workspace (0: none). The
+    /// GPU plan also gives each column reduction that would not fill the GPU the scratch of
+    /// its split (`FusedKernel::workspace`).
+    Cuda { matmul_workspace: u64 },
 }
 
 impl PlanOptions {
-    /// Whether the plan is for the GPU: only the CUDA target asks for a cuBLAS workspace
-    /// (`codegen::cuda_plan_options`), and the GPU plan also gives each column reduction that
-    /// would not fill the GPU the scratch of its split (`FusedKernel::workspace`).
+    /// Whether the plan is for the GPU.
     pub fn for_gpu(&self) -> bool {
-        self.matmul_workspace > 0
+        matches!(self.target, Target::Cuda { .. })
     }
+}
+
+impl Target {
+    /// Bytes of workspace a product `m × k` by `k × n` (each batch matrix) gets on this
+    /// target, `in_place` saying whether its operands and output are f32 read and written
+    /// through positive strides (`MatMulKernel::in_place_f32`). The one rule the planner,
+    /// the memory models, `verify` and the executors share.
+    pub fn matmul_workspace(&self, m: u64, n: u64, k: u64, in_place: bool) -> u64 {
+        match *self {
+            Target::Cuda { matmul_workspace } => matmul_workspace,
+            Target::Cpu if cpu_packs_b(m, n, k, in_place) => {
+                cpu_packing_floats(n, k).saturating_mul(4)
+            }
+            Target::Cpu => 0,
+        }
+    }
+}
+
+/// Columns of a packed panel of tc's CPU GEMM (its micro-tile's width).
+pub const CPU_GEMM_NR: u64 = 16;
+/// Columns of `B` the CPU GEMM packs at a time (a multiple of `CPU_GEMM_NR`): wider products
+/// are computed in column blocks, `A` packed again for each. 512 and 1024 measured alike on
+/// the examples' products (one thread; 256 and 2048 slower), 512 at half the memory (mlp's
+/// `h @ w2`, k = 4096: 8 MiB).
+pub const CPU_GEMM_NC: u64 = 512;
+/// The fewest output rows of a product tc's CPU GEMM takes (the `gemm` crate's small-matrix
+/// paths are faster below).
+pub const CPU_GEMM_MIN_ROWS: u64 = 24;
+
+/// Whether tc's CPU GEMM takes a product (on a CPU with AVX2+FMA; elsewhere the `gemm`
+/// crate does, and the workspace is unused): f32 read and written in place, at least
+/// `CPU_GEMM_MIN_ROWS` rows, `CPU_GEMM_NR` columns and one step of `k`.
+pub fn cpu_packs_b(m: u64, n: u64, k: u64, in_place: bool) -> bool {
+    in_place && m >= CPU_GEMM_MIN_ROWS && n >= CPU_GEMM_NR && k > 0
+}
+
+/// Floats of the CPU GEMM's packed `B` for a product of `k` by `n`: `k` rows of the widest
+/// column block (`CPU_GEMM_NC` columns, or all `n` rounded up to whole panels).
+pub fn cpu_packing_floats(n: u64, k: u64) -> u64 {
+    k.saturating_mul(n.next_multiple_of(CPU_GEMM_NR).min(CPU_GEMM_NC))
 }
 
 impl Default for PlanOptions {
@@ -539,7 +614,7 @@ impl Default for PlanOptions {
         PlanOptions {
             fuse: true,
             reuse: true,
-            matmul_workspace: 0,
+            target: Target::Cpu,
         }
     }
 }

@@ -323,12 +323,22 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_backend_plans_without_a_workspace_and_cuda_with_one() {
-        let base = PlanOptions::default();
-        assert_eq!(CpuBackend.plan_options(base.clone()).matmul_workspace, 0);
+    fn the_cpu_backend_plans_for_the_cpu_and_cuda_with_cublas_workspace() {
+        let base = PlanOptions {
+            target: tc_compiler::Target::Cuda {
+                matmul_workspace: 7,
+            },
+            ..PlanOptions::default()
+        };
         assert_eq!(
-            CudaBackend::default().plan_options(base).matmul_workspace,
-            crate::cuda::CUBLAS_WORKSPACE_BYTES
+            CpuBackend.plan_options(base.clone()).target,
+            tc_compiler::Target::Cpu
+        );
+        assert_eq!(
+            CudaBackend::default().plan_options(base).target,
+            tc_compiler::Target::Cuda {
+                matmul_workspace: crate::cuda::CUBLAS_WORKSPACE_BYTES
+            }
         );
     }
 

@@ -42,7 +42,7 @@ pub const PRELUDE_PTX: &str = include_str!("prelude_ptx.cu");
 /// NaN-propagating min/max, warp, block and slice reductions.
 pub const PRELUDE_PORTABLE: &str = include_str!("prelude_portable.cu");
 
-/// Bytes of cuBLAS workspace to ask the planner for (`PlanOptions::matmul_workspace`) when
+/// Bytes of cuBLAS workspace to ask the planner for (`Target::Cuda`) when
 /// planning for CUDA: NVIDIA's recommendation for Hopper. It is a `Workspace` buffer in the
 /// arena, so `planned` and `measured` count it.
 pub const CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
@@ -50,7 +50,9 @@ pub const CUBLAS_WORKSPACE_BYTES: u64 = 32 << 20;
 /// Plan options for the CUDA target: `base` with the cuBLAS workspace set.
 pub fn cuda_plan_options(base: &crate::schedule::PlanOptions) -> crate::schedule::PlanOptions {
     crate::schedule::PlanOptions {
-        matmul_workspace: CUBLAS_WORKSPACE_BYTES,
+        target: crate::schedule::Target::Cuda {
+            matmul_workspace: CUBLAS_WORKSPACE_BYTES,
+        },
         ..base.clone()
     }
 }

@@ -9,7 +9,7 @@
 use super::inplace::storage_objects;
 use super::liveness::peak;
 use super::sizes::{align_up, column_staging_bytes, staging_bytes};
-use crate::ir::{Graph, NodeId, Op};
+use crate::ir::{DType, Graph, NodeId, Op};
 use crate::schedule::{Plan, PlanOptions};
 use std::collections::BTreeSet;
 
@@ -72,15 +72,16 @@ fn promotions_read_by_matmul(graph: &Graph) -> BTreeSet<NodeId> {
 
 /// The naive and eager models of SPEC §2 over a graph: one op per source-level op (the
 /// nodes sharing an `Origin.group`, so a checked and a decomposed graph give the same
-/// figures), ops run in order, each op's result a buffer; a matmul also holds the options'
-/// `matmul_workspace` at its step, a large reduction into one value its staged partials,
+/// figures), ops run in order, each op's result a buffer; a matmul also holds its workspace
+/// at its step (`Target::matmul_workspace`: cuBLAS's on the GPU, as PyTorch's cuBLAS
+/// handle holds one; the packed `B` on the CPU, as PyTorch's MKL/oneDNN sgemm packs `B` in
+/// buffers of its own), a large reduction into one value its staged partials,
 /// and on the GPU (`PlanOptions::for_gpu`) a column reduction too few columns wide to fill
 /// it its partials (`sizes::column_staging_bytes`; PyTorch's reduction kernel stages such a
 /// reduction over several blocks per output in global memory). Views and checker-inserted
 /// casts are free, except a cast a matmul reads. Every buffer is counted rounded up to 16
 /// bytes, the alignment any allocator (and the arena) gives it.
 pub fn unfused_model(graph: &Graph, options: &PlanOptions) -> Unfused {
-    let workspace = options.matmul_workspace;
     let key = |n: NodeId| graph.origin(n).group.unwrap_or(n);
     let kept = promotions_read_by_matmul(graph);
     let is_op = |n: NodeId| {
@@ -90,13 +91,31 @@ pub fn unfused_model(graph: &Graph, options: &PlanOptions) -> Unfused {
     };
     // Steps: source-level ops in order of first node.
     let mut step_of_key: std::collections::HashMap<NodeId, usize> = Default::default();
-    let mut matmul_steps = BTreeSet::new();
+    // Each matmul step's workspace (`Target::matmul_workspace`, the rule the plan's products
+    // follow; an eager product's operands are f32 tensors or not, read in place).
+    // Naive holds every product's workspace at once (every buffer its own, as a plan
+    // without reuse gives each product its own).
+    let mut matmul_steps = std::collections::BTreeMap::new();
+    let mut ws_total = 0u64;
     for id in graph.ids() {
         if is_op(id) {
             let n = step_of_key.len();
             let s = *step_of_key.entry(key(id)).or_insert(n);
-            if matches!(graph.node(id).op, Op::MatMul(..)) {
-                matmul_steps.insert(s);
+            if let Op::MatMul(a, b) = graph.node(id).op {
+                let sizes = graph.ty(id).sizes();
+                let r = sizes.len();
+                let k = graph.ty(a).sizes().last().copied().unwrap_or(0);
+                let f32s = [a, b, id].iter().all(|&x| graph.dtype(x) == DType::F32);
+                let ws = if r >= 2 {
+                    options
+                        .target
+                        .matmul_workspace(sizes[r - 2], sizes[r - 1], k, f32s)
+                } else {
+                    0
+                };
+                let e = matmul_steps.entry(s).or_insert(0u64);
+                *e = (*e).max(align_up(ws));
+                ws_total = ws_total.saturating_add(align_up(ws));
             }
         }
     }
@@ -203,19 +222,13 @@ pub fn unfused_model(graph: &Graph, options: &PlanOptions) -> Unfused {
         }
     }
     let bytes = |n: NodeId| align_up(graph.ty(n).bytes().unwrap_or(u64::MAX));
-    let workspace = align_up(workspace);
-    let ws_total = workspace.saturating_mul(matmul_steps.len() as u64);
     let naive = life.keys().fold(
         ws_total.saturating_add(staging.iter().sum::<u64>()),
         |acc, &n| acc.saturating_add(bytes(n)),
     );
     // Each step also holds its own workspace and staging (one step long).
     let scratch = (0..steps).map(|s| {
-        let ws = if matmul_steps.contains(&s) {
-            workspace
-        } else {
-            0
-        };
+        let ws = matmul_steps.get(&s).copied().unwrap_or(0);
         (s, s, ws.saturating_add(staging[s]))
     });
     let eager = peak(

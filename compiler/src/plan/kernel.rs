@@ -114,22 +114,6 @@ impl Builder<'_> {
                 "matmul {n} operands are not of equal rank ≥ 2"
             )));
         }
-        let workspace = if options.matmul_workspace > 0 {
-            Some(self.push(Buffer {
-                name: format!("k{step}.workspace"),
-                kind: BufferKind::Workspace,
-                dtype: crate::ir::DType::F32,
-                shape: vec![options.matmul_workspace.div_ceil(4)],
-                bytes: options.matmul_workspace,
-                offset: 0,
-                first_step: step,
-                last_step: step,
-                in_place_of: None,
-                node: None,
-            }))
-        } else {
-            None
-        };
         // The residual add the product accumulates into (`fuse::gemm`): `x`'s buffer, read
         // whole and contiguously.
         let accumulate = match group.nodes[..] {
@@ -157,7 +141,7 @@ impl Builder<'_> {
             }
             _ => return Err(internal("a matmul group of more than a product and an add")),
         };
-        Ok(KernelKind::MatMul(MatMulKernel {
+        let mut mm = MatMulKernel {
             batch: shape[..r - 2].to_vec(),
             m: shape[r - 2],
             n: shape[r - 1],
@@ -166,9 +150,27 @@ impl Builder<'_> {
             b: self.operand(bn)?,
             out,
             out_dtype: self.graph.dtype(n),
-            workspace,
+            workspace: None,
             accumulate,
-        }))
+        };
+        // The target's workspace for this product (cuBLAS's, or the CPU GEMM's packed B),
+        // live at its step alone.
+        let bytes = mm.workspace_bytes(&options.target);
+        if bytes > 0 {
+            mm.workspace = Some(self.push(Buffer {
+                name: format!("k{step}.workspace"),
+                kind: BufferKind::Workspace,
+                dtype: crate::ir::DType::F32,
+                shape: vec![bytes.div_ceil(4)],
+                bytes,
+                offset: 0,
+                first_step: step,
+                last_step: step,
+                in_place_of: None,
+                node: None,
+            }));
+        }
+        Ok(KernelKind::MatMul(mm))
     }
 
     /// The attention kernel of `group` (`fuse::attention`): the products' operands, and

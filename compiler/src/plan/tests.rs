@@ -14,7 +14,7 @@ fn opts(fuse: bool, reuse: bool) -> PlanOptions {
     PlanOptions {
         fuse,
         reuse,
-        matmul_workspace: 0,
+        target: crate::schedule::Target::Cpu,
     }
 }
 
@@ -165,7 +165,9 @@ fn workspace_lives_only_at_its_matmul() {
     let o = PlanOptions {
         fuse: true,
         reuse: true,
-        matmul_workspace: 100,
+        target: crate::schedule::Target::Cuda {
+            matmul_workspace: 100,
+        },
     };
     let plan = planned(&b, &o);
     let ws: Vec<&Buffer> = plan
@@ -196,7 +198,9 @@ fn column_sum(rows: u64, cols: u64) -> G {
 #[test]
 fn a_column_reduction_too_narrow_for_the_gpu_gets_a_workspace_at_its_step_alone() {
     let gpu = PlanOptions {
-        matmul_workspace: 100,
+        target: crate::schedule::Target::Cuda {
+            matmul_workspace: 100,
+        },
         ..opts(true, true)
     };
     // 64 columns of 8192: 32 parts (parts of 256) of f32 partials, a workspace of its step.
@@ -423,4 +427,97 @@ fn promoted_broadcast_param_costs_no_kernel_and_no_buffer() {
             .expect("the f16 bias is loaded");
         assert_eq!(bias_load.strides, vec![0, 1], "read through the broadcast");
     }
+}
+
+/// On the CPU every f32 product tc's GEMM takes gets its packed `B` as a workspace live at
+/// its step alone (`k` rows of at most `CPU_GEMM_NC` columns, whole panels), and products
+/// the `gemm` crate takes (too few rows, too few columns, a bf16 operand) none; `verify`
+/// rejects a workspace smaller than the rule's, and a product left without one.
+#[test]
+fn cpu_products_get_their_packed_b_at_their_step_alone() {
+    use crate::schedule::{cpu_packing_floats, CPU_GEMM_NC, CPU_GEMM_NR};
+    let mut b = G::new();
+    let x = b.input("x", DType::F32, &[64, 40]);
+    let w = b.param("w", DType::F32, &[40, 1000]);
+    let y = b.matmul(x, w); // 64 × 40 × 1000: packed in blocks of CPU_GEMM_NC columns
+    let small = b.input("s", DType::F32, &[8, 40]);
+    let z = b.matmul(small, w); // 8 rows: the gemm crate's
+    let narrow = b.param("v", DType::F32, &[40, 10]);
+    let u = b.matmul(x, narrow); // 10 columns: the gemm crate's
+    let h = b.input("h", DType::BF16, &[64, 40]);
+    let hw = b.param("hw", DType::BF16, &[40, 32]);
+    let q = b.matmul(h, hw); // bf16: the gemm crate's
+    let e = b.un(U::Exp, y);
+    let t = b.transpose(x);
+    let r = b.matmul(t, x); // A transposed (positive strides): 40 × 64 × 40
+    for (name, n) in [("y", e), ("z", z), ("u", u), ("q", q), ("r", r)] {
+        b.output(name, n);
+    }
+    let plan = planned(&b, &opts(true, true));
+    let mut with = 0;
+    for (s, k) in plan.kernels.iter().enumerate() {
+        let KernelKind::MatMul(mm) = &k.kind else {
+            continue;
+        };
+        let want = if mm.m >= 24 && mm.n >= 16 && mm.in_place_f32() {
+            4 * mm.k * mm.n.next_multiple_of(CPU_GEMM_NR).min(CPU_GEMM_NC)
+        } else {
+            0
+        };
+        assert_eq!(
+            want,
+            4 * cpu_packing_floats(mm.n, mm.k) * u64::from(want > 0)
+        );
+        match mm.workspace {
+            Some(ws) => {
+                let buf = plan.buffer(ws);
+                assert_eq!(buf.kind, BufferKind::Workspace);
+                assert_eq!((buf.first_step, buf.last_step), (s, s));
+                assert_eq!(buf.bytes, want, "{}", print(&plan));
+                with += 1;
+            }
+            None => assert_eq!(want, 0, "{}: no workspace\n{}", k.name, print(&plan)),
+        }
+    }
+    assert_eq!(with, 2, "{}", print(&plan));
+    // The 1000-column product: one block of CPU_GEMM_NC columns over the whole k.
+    assert!(plan
+        .buffers
+        .iter()
+        .any(|b| b.kind == BufferKind::Workspace && b.bytes == 4 * 40 * CPU_GEMM_NC));
+    // A workspace a float short, or none, is a wrong plan.
+    let ws = plan
+        .buffers
+        .iter()
+        .position(|b| b.kind == BufferKind::Workspace)
+        .expect("a workspace");
+    let mut short = plan.clone();
+    short.buffers[ws].bytes -= 4;
+    short.buffers[ws].shape[0] -= 1;
+    let e = verify(&short).expect_err("a short workspace passes");
+    assert_eq!(e.invariant, Invariant::InBounds, "{e}");
+    assert!(e.message.contains("needs"), "{e}");
+    let mut none = plan.clone();
+    for k in &mut none.kernels {
+        if let KernelKind::MatMul(mm) = &mut k.kind {
+            mm.workspace = None;
+        }
+    }
+    verify(&none).expect_err("a product without its workspace passes");
+    // The same program planned for CUDA: cuBLAS's bytes for every product.
+    let gpu = PlanOptions {
+        target: crate::schedule::Target::Cuda {
+            matmul_workspace: 96,
+        },
+        ..opts(true, true)
+    };
+    let plan = planned(&b, &gpu);
+    let mut products = 0;
+    for k in &plan.kernels {
+        if let KernelKind::MatMul(mm) = &k.kind {
+            products += 1;
+            assert_eq!(plan.buffer(mm.workspace.expect("cuBLAS's")).bytes, 96);
+        }
+    }
+    assert_eq!(products, 5);
 }

@@ -85,13 +85,17 @@ pub fn print(plan: &Plan) -> String {
     let o = &plan.options;
     let _ = writeln!(
         out,
-        "plan: {}, {}, arena {} bytes (fuse: {}, reuse: {}, matmul workspace: {})",
+        "plan: {}, {}, arena {} bytes (fuse: {}, reuse: {}, target: {})",
         crate::units::count(plan.kernels.len(), "kernel"),
         crate::units::count(plan.buffers.len(), "buffer"),
         plan.arena_bytes,
         o.fuse,
         o.reuse,
-        o.matmul_workspace
+        match o.target {
+            crate::schedule::Target::Cpu => "the CPU".to_string(),
+            crate::schedule::Target::Cuda { matmul_workspace } =>
+                format!("CUDA, matmul workspace {matmul_workspace}"),
+        }
     );
     for note in &plan.notes {
         let _ = writeln!(out, "({note})");

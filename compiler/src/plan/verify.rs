@@ -8,7 +8,8 @@
 //! - 6 (in-place writes are safe): an in-place write hits a buffer no later kernel and no
 //!   output still reads, and reads it only at exactly the element it writes;
 //! - 7 (aligned and in bounds): arena and workspace offsets are 16-byte aligned and every
-//!   such buffer fits in `arena_bytes`; a buffer's bytes are its elements'; every load,
+//!   such buffer fits in `arena_bytes`; a buffer's bytes are its elements'; a matrix
+//!   product's workspace holds what its target asks (`Target::matmul_workspace`); every load,
 //!   store, matmul operand and output stays inside its buffer;
 //! - 10 (kernel bodies are well formed): insts refer only to earlier insts and existing
 //!   loads, a `Reduce` folds an `Element` operand into a `Row` value, reduce axes are
@@ -632,6 +633,17 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                         ));
                     }
                     read_at[x.index()].push(s);
+                }
+                let want = m.workspace_bytes(&plan.options.target);
+                let have = m.workspace.map_or(0, |w| plan.buffer(w).bytes);
+                if have < want {
+                    return Err(bad(
+                        InBounds,
+                        format!(
+                            "{}: a workspace of {have} bytes for a product that needs {want}",
+                            k.name
+                        ),
+                    ));
                 }
                 if let Some(w) = m.workspace {
                     check_id(w)?;

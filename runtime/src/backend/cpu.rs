@@ -29,9 +29,9 @@ impl Backend for CpuBackend {
     }
 
     fn plan_options(&self, base: PlanOptions) -> PlanOptions {
-        // The gemm crate needs no workspace in the arena.
+        // tc's GEMM packs each product's B into the workspace the plan gives it.
         PlanOptions {
-            matmul_workspace: 0,
+            target: tc_compiler::Target::Cpu,
             ..base
         }
     }

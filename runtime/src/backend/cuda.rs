@@ -43,7 +43,9 @@ impl Backend for CudaBackend {
     fn plan_options(&self, base: PlanOptions) -> PlanOptions {
         // Each matmul kernel gets cuBLAS's workspace in the arena, so it is counted.
         PlanOptions {
-            matmul_workspace: cuda::CUBLAS_WORKSPACE_BYTES,
+            target: tc_compiler::Target::Cuda {
+                matmul_workspace: cuda::CUBLAS_WORKSPACE_BYTES,
+            },
             ..base
         }
     }

@@ -1,7 +1,10 @@
 //! tc's own f32 matrix product on the CPU, BLIS-style: `C := A·B` or `C := C + A·B` for
 //! strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row stride `ldc`). `B` is
-//! packed into panels of `NR` = 16 columns, `k` cut into blocks of `KC`, every `KC × 16`
-//! block contiguous (shared by the threads, packed once); each task takes a block of rows
+//! packed, a column block of at most `nc` columns at a time (the whole `k`), into the
+//! caller's buffer (on the executor's path, the product's workspace in the plan's arena:
+//! `tc_compiler::schedule::cpu_packing_floats`), in panels of `NR` = 16 columns, `k` cut
+//! into blocks of `KC`, every `KC × 16` block contiguous (shared by the threads, packed
+//! once a column block); each task takes a block of rows
 //! (and, where the rows are too few to share, of panels), packs its rows of `A` for one
 //! `k` block into panels of `MR` = 6 rows (`KC × 6`, interleaved; a buffer per thread,
 //! reused) and runs an AVX2+FMA micro-kernel of 6 × 16 (twelve accumulators) over them,
@@ -20,8 +23,8 @@ use std::cell::RefCell;
 
 /// Rows of a micro-tile (of a packed panel of `A`).
 pub const MR: usize = 6;
-/// Columns of a micro-tile (of a packed panel of `B`).
-pub const NR: usize = 16;
+/// Columns of a micro-tile (of a packed panel of `B`): the planner's `CPU_GEMM_NR`.
+pub const NR: usize = tc_compiler::schedule::CPU_GEMM_NR as usize;
 /// The block of `k` a micro-kernel call sums: a `B` panel of `KC × NR` floats (32 KiB, the
 /// L1's size: its lines stay while the `A` panels, `KC × MR`, 12 KiB each, pass). 128, 256
 /// and 384 measured 0–15 % slower on one thread (one fewer pass over `C` per block too).
@@ -74,11 +77,14 @@ pub fn has_simd() -> bool {
 }
 
 thread_local! {
-    /// This thread's packed `A` block (`MC × KC`).
+    /// This thread's packed `A` block (`MC × KC`; outside the plan: 288 KiB a thread).
     static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The packed `B` of products called from this thread (`k × NR·panels`, at most the
-    /// caller's budget).
-    static B_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Floats of packed `B` that `gemm` needs for a `k × n` operand packed `nc` columns at a
+/// time: `k` rows of the widest column block, in whole panels.
+pub fn packing_floats(n: usize, k: usize, nc: usize) -> usize {
+    k.saturating_mul(n.next_multiple_of(NR).min(nc.max(NR)))
 }
 
 /// Runs `f` with this thread's buffer `key`, at least `len` floats (contents unspecified),
@@ -102,8 +108,9 @@ fn with_buffer<R>(
 /// `C := A·B`, or `C := C + A·B` when `accumulate` (each element the ordered fma sum over
 /// `k`, from 0 or from `C`), for `A` `m × k`, `B` `k × n`, `C` `m × n` at row stride `ldc`
 /// (columns contiguous). With `parallel`, the work is shared by the current rayon pool.
-/// `B` is packed `b_budget` floats at a time (at least one panel): wider products are
-/// computed in column blocks, each packed in turn, `A` packed again for each.
+/// `B` is packed into `bp` `nc` columns at a time (rounded down to whole panels, at least
+/// one): wider products are computed in column blocks, each packed in turn, `A` packed
+/// again for each. `bp` holds at least `packing_floats(n, k, nc)` floats (asserted).
 ///
 /// # Safety
 /// `a` and `b` reach only readable f32s for every index in range; `C`'s `m` rows of `n`
@@ -120,7 +127,8 @@ pub unsafe fn gemm(
     accumulate: bool,
     parallel: bool,
     kernel: Kernel,
-    b_budget: usize,
+    bp: &mut [f32],
+    nc: usize,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -140,8 +148,13 @@ pub unsafe fn gemm(
     } else {
         1
     };
-    // Column blocks of whole panels whose packed B fits the budget (at least one panel).
-    let nc = (b_budget / k / NR).max(1) * NR;
+    // Column blocks of whole panels (at least one).
+    let nc = (nc / NR).max(1) * NR;
+    assert!(
+        bp.len() >= packing_floats(n, k, nc),
+        "a packing buffer of {} floats for {k} × {n} in blocks of {nc} columns",
+        bp.len()
+    );
     let c_addr = c as usize;
     for j0 in (0..n).step_by(nc) {
         let cols = nc.min(n - j0);
@@ -151,7 +164,8 @@ pub unsafe fn gemm(
             ptr: unsafe { b.ptr.offset(j0 as isize * b.cs) },
             ..b
         };
-        with_buffer(&B_PACK, k * panels * NR, |bp| {
+        {
+            let bp = &mut bp[..k * panels * NR];
             pack_b(k, cols, b_blk, bp, threads > 1);
             let bp = &*bp;
             // SAFETY: columns j0.. of C, in range.
@@ -193,7 +207,7 @@ pub unsafe fn gemm(
             } else {
                 (0..count).for_each(task);
             }
-        });
+        }
     }
 }
 
@@ -580,11 +594,10 @@ mod tests {
                             want[i * ldc + j] = s;
                         }
                     }
-                    // The whole of B packed at once, or two panels at a time.
-                    let budgets = [usize::MAX, 2 * NR * k.max(1)];
-                    for (threads, budget) in
-                        [1, 2, 3, 5].into_iter().zip(budgets.into_iter().cycle())
-                    {
+                    // The whole of B packed at once, or in blocks of two panels (the
+                    // last one narrower where n is not a multiple of 32).
+                    let widths = [usize::MAX, 2 * NR];
+                    for (threads, nc) in [1, 2, 3, 5].into_iter().zip(widths.into_iter().cycle()) {
                         for kernel in [Kernel::Best, Kernel::Scalar] {
                             let mut c = c0.clone();
                             let pool = rayon::ThreadPoolBuilder::new()
@@ -592,6 +605,7 @@ mod tests {
                                 .build()
                                 .expect("pool");
                             let cp = c.as_mut_ptr() as usize;
+                            let mut bp = vec![f32::NAN; packing_floats(n, k, nc)];
                             // SAFETY: the buffers cover every index the strides reach.
                             pool.install(|| unsafe {
                                 gemm(
@@ -605,7 +619,8 @@ mod tests {
                                     accumulate,
                                     true,
                                     kernel,
-                                    budget,
+                                    &mut bp,
+                                    nc,
                                 )
                             });
                             for (x, (g, w)) in c.iter().zip(&want).enumerate() {
@@ -660,6 +675,11 @@ mod bench {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 97) as f32 * 0.01).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 89) as f32 * 0.01).collect();
             let mut c = vec![0f32; m * n];
+            let nc: usize = std::env::var("TC_GEMM_NC")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(tc_compiler::schedule::CPU_GEMM_NC as usize);
+            let mut bp = vec![0f32; packing_floats(n, k, nc)];
             let mut best = [(f64::MAX, f64::MAX); 2];
             for _ in 0..reps {
                 for (side, slot) in best.iter_mut().enumerate() {
@@ -686,7 +706,8 @@ mod bench {
                                 false,
                                 threads > 1,
                                 Kernel::Best,
-                                usize::MAX,
+                                &mut bp,
+                                nc,
                             )
                         } else {
                             gemm::gemm(

@@ -1,7 +1,9 @@
 //! Matrix products on the CPU. f32 products read and written in place (f32 operands with
-//! positive strides, an f32 output) go to tc's own GEMM (`gemm`) where the CPU has AVX2+FMA,
-//! the output has at least `OWN_MIN_ROWS` rows and 16 columns and the packed B fits the
-//! scratch budget (`own_gemm`); the rest to the `gemm`
+//! positive strides, an f32 output) of at least `CPU_GEMM_MIN_ROWS` rows and 16 columns go
+//! to tc's own GEMM (`gemm`) where the CPU has AVX2+FMA, packing `B` into the workspace the
+//! plan gives the product (`Target::matmul_workspace`, the rule the planner follows: a
+//! plan for the CPU whose workspace is missing or too small is an error, never a smaller
+//! buffer written past); the rest to the `gemm`
 //! crate: f32 operands read in place through their strides, f16/bf16 (or oddly strided)
 //! operands widened to a contiguous f32 copy tile by tile. Accumulation is f32; the result
 //! is rounded to the output dtype. A product with a residual (`MatMulKernel::accumulate`)
@@ -10,8 +12,8 @@
 //! `dst := dst + a·b`), else the product rounded to the output's dtype and then added, as
 //! the unfused add rounds.
 //!
-//! Threads: tc's GEMM shares each batch matrix among the pool's threads (or takes whole
-//! batch matrices when there are enough of them); with the gemm crate a product read and
+//! Threads: tc's GEMM shares each batch matrix among the pool's threads (batch matrices
+//! one after another, each packing its `B` into the one workspace); with the gemm crate a product read and
 //! written in place is split into column panels of its output (per batch matrix), each a
 //! single-threaded gemm call, handed to the pool as one job that the threads share
 //! dynamically (`Schedule`); gemm's own threads (a static split with a wait for both
@@ -25,7 +27,7 @@ use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use tc_compiler::ir::DType;
-use tc_compiler::schedule::{MatMulKernel, MatOperand, Plan};
+use tc_compiler::schedule::{MatMulKernel, MatOperand, Plan, CPU_GEMM_NC};
 
 pub(super) fn run(
     plan: &Plan,
@@ -136,14 +138,41 @@ pub(super) fn run(
         n,
         k,
     };
-    if direct_a && direct_b && direct_out && own_gemm(m, n, k, tiled.scratch) {
+    let packing = mm.workspace_bytes(&plan.options.target);
+    if direct_a && direct_b && direct_out && packing > 0 && own::has_simd() {
         // tc's own GEMM, in place: the pool shares each batch matrix (its packed B, blocks
-        // of its rows), or takes whole batch matrices when there are enough of them.
+        // of its rows); B packed into the product's workspace.
+        let (ws_id, ws) = match mm.workspace {
+            Some(w) => (w, mem_of(w, "workspace")?),
+            None => {
+                return Err(bad(format!(
+                    "no workspace for a product that packs {packing} bytes"
+                )))
+            }
+        };
+        let floats = own::packing_floats(n, k, CPU_GEMM_NC as usize);
+        if !ws.writable
+            || ws.dtype != DType::F32
+            || (ws.numel as u64).saturating_mul(4) < packing
+            || ws.numel < floats
+            || !(ws.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
+            || ws.overlaps(&a_mem)
+            || ws.overlaps(&b_mem)
+            || ws.overlaps(&out)
+        {
+            return Err(bad(format!(
+                "workspace {} is not a writable f32 buffer of {packing} bytes apart from the operands and the output",
+                plan.buffer(ws_id).name
+            )));
+        }
+        // SAFETY: the workspace is the product's alone at its step (checked: writable,
+        // `floats` f32s, sharing no byte with the operands or the output).
+        let bp = unsafe { std::slice::from_raw_parts_mut(ws.base().cast::<f32>(), floats) };
         let base = out.base() as usize;
         let (a_op, b_op) = (&mm.a, &mm.b);
         // SAFETY: batch `bi`'s m×n output (checked above) is written by this call alone;
         // the operands hold the m×k and k×n elements their strides reach (bounds checked).
-        let one = |bi: usize, parallel: bool| unsafe {
+        let mut one = |bi: usize, parallel: bool| unsafe {
             own::gemm(
                 m,
                 n,
@@ -163,20 +192,14 @@ pub(super) fn run(
                 accumulate,
                 parallel,
                 own::Kernel::Best,
-                tiled.scratch / 4,
+                &mut *bp,
+                CPU_GEMM_NC as usize,
             )
         };
         let threads = rayon::current_num_threads();
-        let macs = nbatch.saturating_mul(m).saturating_mul(n).saturating_mul(k);
-        if threads > 1 && nbatch >= PANELS_PER_THREAD * threads {
-            (0..nbatch)
-                .into_par_iter()
-                .with_max_len(1)
-                .for_each(|bi| one(bi, false));
-        } else {
-            let parallel = threads > 1 && macs >= INLINE_MACS;
-            (0..nbatch).for_each(|bi| one(bi, parallel));
-        }
+        let macs = m.saturating_mul(n).saturating_mul(k);
+        let parallel = threads > 1 && macs >= INLINE_MACS;
+        (0..nbatch).for_each(|bi| one(bi, parallel));
         return Ok(());
     }
     if direct_a && direct_b && direct_out {
@@ -248,24 +271,6 @@ pub(super) fn run(
     }
     Ok(())
 }
-
-/// Whether an f32 product read and written in place goes to tc's own GEMM (`gemm`): where
-/// the CPU has its vector micro-kernel, the output has rows and columns enough for its
-/// 6 × 16 tiles (the `gemm` crate's small-matrix paths are faster below that), and its
-/// packed `B` (`k × n` floats) fits the scratch budget (`scratch_bytes`): the memory report
-/// counts no scratch (`peak_resident_memory_of_every_example_is_what_the_report_plans`),
-/// and packing `B` in narrower column blocks would pack `A` again for each.
-fn own_gemm(m: usize, n: usize, k: usize, scratch: usize) -> bool {
-    m >= OWN_MIN_ROWS
-        && n >= own::NR
-        && k.saturating_mul(n.next_multiple_of(own::NR))
-            .saturating_mul(4)
-            <= scratch
-        && own::has_simd()
-}
-
-/// The fewest rows of a product tc's own GEMM takes.
-const OWN_MIN_ROWS: usize = 24;
 
 /// How a product read and written in place shares the pool's threads. Each output element
 /// is summed in the same order whichever is chosen (gemm blocks `k` by its length alone, and
@@ -827,5 +832,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The executor packs `B` into the plan's workspace only when it holds the product's
+    /// packed `B`: a workspace a float short, or none, is an error (never memory written past
+    /// a buffer), and the planned one gives the f64 product within f32 rounding.
+    #[test]
+    fn a_workspace_too_small_for_the_packed_b_is_an_error() {
+        if !super::own::has_simd() {
+            eprintln!("skipped: no AVX2+FMA, tc's GEMM does not run here");
+            return;
+        }
+        let source = "input a : f32[48, 70]\ninput w : f32[70, 600]\ny = a @ w\noutput y\n";
+        let program = tc_compiler::compile(source, &Default::default()).expect("compiles");
+        let vals = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
+                .collect()
+        };
+        let (af, wf) = (vals(48 * 70, 1), vals(70 * 600, 2));
+        let inputs = [
+            HostTensor::from_f32(DType::F32, vec![48, 70], &af),
+            HostTensor::from_f32(DType::F32, vec![70, 600], &wf),
+        ];
+        let y = super::super::run(&program.plan, &inputs, &[]).expect("runs")[0].to_f32();
+        for (i, &got) in y.iter().enumerate() {
+            let (r, c) = (i / 600, i % 600);
+            let want: f64 = (0..70)
+                .map(|t| af[r * 70 + t] as f64 * wf[t * 600 + c] as f64)
+                .sum();
+            assert!(
+                (got as f64 - want).abs() <= 1e-3,
+                "[{r}, {c}]: {got} vs {want}"
+            );
+        }
+        let ws = program
+            .plan
+            .buffers
+            .iter()
+            .position(|b| b.kind == tc_compiler::schedule::BufferKind::Workspace)
+            .expect("the product's workspace");
+        // 600 columns in blocks of 512: 70 rows of 512.
+        assert_eq!(program.plan.buffers[ws].bytes, 70 * 512 * 4);
+        let mut short = program.plan.clone();
+        short.buffers[ws].bytes -= 4;
+        short.buffers[ws].shape[0] -= 1;
+        let e = super::super::run(&short, &inputs, &[]).expect_err("a short workspace runs");
+        assert!(matches!(e, super::CpuError::BadPlan(_)), "{e}");
+        assert!(e.to_string().contains("workspace"), "{e}");
+        let mut none = program.plan.clone();
+        for k in &mut none.kernels {
+            if let tc_compiler::schedule::KernelKind::MatMul(mm) = &mut k.kind {
+                mm.workspace = None;
+            }
+        }
+        let e = super::super::run(&none, &inputs, &[]).expect_err("no workspace runs");
+        assert!(e.to_string().contains("workspace"), "{e}");
     }
 }
