@@ -309,7 +309,7 @@ thread_local! {
 struct Scratch {
     /// The kernel run (`RUNS`) the packed keys and values belong to.
     run: Option<u64>,
-    /// The query tile, contiguous f32 (`rows × d`).
+    /// The query tile as contiguous f32 (`rows × d`), when it is not read in place.
     q: Vec<f32>,
     /// The keys of batch matrix `packed_for`, each key tile in panels of `NR` keys
     /// (`d × NR`, `tile_gemm`'s `B`), `bk · d` floats a tile.
@@ -446,21 +446,21 @@ impl Ctx<'_> {
             rest /= self.batch[ax];
         }
         let qb = self.q.batch_offset(&idx);
-        // The queries as contiguous f32 (`rows × d`).
+        // The queries: f32 rows of unit stride read in place, else copied as contiguous
+        // f32 (`rows × d`); `tile_gemm` reads row `r` at `qa + r · lda`.
         sc.q.clear();
-        for r in 0..rows {
-            if self.q.direct && self.q.op.strides[nb + 1] == 1 {
-                // SAFETY: row q0 + r's `d` elements are inside the matrix checked in `run`.
-                sc.q.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(self.q.ptr(qb, nb, q0 + r, 0), d)
-                });
-            } else {
+        let qs = &self.q.op.strides;
+        let (qa, lda) = if self.q.direct && qs[nb + 1] == 1 && qs[nb] >= 0 {
+            (self.q.ptr(qb, nb, q0, 0), qs[nb] as usize)
+        } else {
+            for r in 0..rows {
                 for c in 0..d {
                     // SAFETY: (q0 + r, c) is inside the matrix checked in `run`.
                     sc.q.push(unsafe { self.q.at(qb, nb, q0 + r, c) });
                 }
             }
-        }
+            (sc.q.as_ptr(), d)
+        };
         let dvp = dv.next_multiple_of(NR);
         sc.acc.clear();
         sc.acc.resize(rows * dvp, 0.0);
@@ -514,7 +514,7 @@ impl Ctx<'_> {
             let mut r0 = 0;
             while r0 < rows {
                 let r1 = (r0 + ROW_BLOCK).min(rows);
-                self.rows(&idx, q0, j, r0..r1, sc);
+                self.rows(&idx, q0, (qa, lda), j, r0..r1, sc);
                 r0 = r1;
             }
         }
@@ -573,6 +573,7 @@ impl Ctx<'_> {
         &self,
         idx: &[usize],
         q0: usize,
+        (qa, lda): (*const f32, usize),
         j: usize,
         rs: std::ops::Range<usize>,
         sc: &mut Scratch,
@@ -591,14 +592,15 @@ impl Ctx<'_> {
         let kp = &sc.kpack[j * bk * d..][..kpanels * NR * d];
         // Scores: s = q · k (nr × cols, row stride BK), scaled when the prologue is
         // one multiply or divide by a constant.
-        // SAFETY: `sc.q` has rows `rs` of `d`, `kp` is `kpanels` panels of `d × NR`,
+        // SAFETY: `qa` has rows `rs` of `d` at stride `lda` (the query matrix, checked in
+        // `run`, or `sc.q`, unchanged since `tile` filled it), `kp` is `kpanels` panels of `d × NR`,
         // `sc.s` has `ROW_BLOCK ≥ nr` rows of `BK ≥ kpanels · NR`.
         unsafe {
             tile_gemm::product(
                 nr,
                 d,
-                sc.q.as_ptr().add(r0 * d),
-                d,
+                qa.add(r0 * lda),
+                lda,
                 kp.as_ptr(),
                 kpanels,
                 sc.s.as_mut_ptr(),
