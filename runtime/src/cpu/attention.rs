@@ -1182,7 +1182,8 @@ const ZERO_BELOW: f32 = -104.0;
 
 /// `exp_sum_impl` eight lanes at a time: `math::exp`'s operations, in its order, as vector
 /// instructions (the clamp as `max`/`min` that keep NaN), so each lane's bits are
-/// `math::exp`'s.
+/// `math::exp`'s; lanes below `ZERO_BELOW` get their +0 from a multiply by +0 (no
+/// underflow).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::excessive_precision)] // `math::exp`'s coefficients, as there
