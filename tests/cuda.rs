@@ -107,7 +107,14 @@ impl Builder {
                 inputs: Vec::new(),
                 params: Vec::new(),
                 outputs: Vec::new(),
-                options: PlanOptions::default(),
+                // Plans for CUDA: each product's cuBLAS workspace is the 4 KiB it is given
+                // (the CPU executor runs them through the gemm crate).
+                options: PlanOptions {
+                    target: tc_compiler::Target::Cuda {
+                        matmul_workspace: 4096,
+                    },
+                    ..PlanOptions::default()
+                },
                 unfused_fallback: false,
                 notes: Vec::new(),
             },

@@ -330,7 +330,9 @@ fn budget_without_grad_is_a_check() {
 /// The eager figure of the training examples is PyTorch eager's peak within 5%: PyTorch's
 /// own memory timeline (`shared/bench/train_anchors.py`, CPU, bytes above inputs and params)
 /// gave these at these dims. Planned is `torch.compile`'s for the MLP within 0.1% (tc's step
-/// also writes the SGD-updated biases, 20 KiB, which the anchor's step does not).
+/// also writes the SGD-updated biases, 20 KiB, which the anchor's step does not) plus the
+/// largest packed `B` of tc's CPU GEMM, a workspace of the plan: PyTorch's timeline does not
+/// see MKL's own packing buffers.
 #[test]
 fn eager_matches_pytorch_autograd() {
     for (name, source) in tc_tests::examples() {
@@ -346,9 +348,17 @@ fn eager_matches_pytorch_autograd() {
             "{name}: eager {eager} bytes against PyTorch's {torch_eager}"
         );
         let planned = p.memory.peaks.planned.without_inputs as f64;
+        let packing = p
+            .plan
+            .buffers
+            .iter()
+            .filter(|b| b.kind == tc_compiler::schedule::BufferKind::Workspace)
+            .map(|b| b.bytes)
+            .max()
+            .unwrap_or(0) as f64;
         if name == "train_mlp" {
             assert!(
-                planned <= torch_compiled as f64 * 1.001,
+                planned <= torch_compiled as f64 * 1.001 + packing,
                 "{name}: planned {planned} bytes against torch.compile's {torch_compiled}"
             );
         }

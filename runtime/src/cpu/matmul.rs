@@ -138,7 +138,12 @@ pub(super) fn run(
         n,
         k,
     };
-    let packing = mm.workspace_bytes(&plan.options.target);
+    // Only a plan for the CPU gives its products the packed B (a CUDA plan run here, as the
+    // emulation tests do, goes to the gemm crate).
+    let packing = match plan.options.target {
+        tc_compiler::Target::Cpu => mm.workspace_bytes(&plan.options.target),
+        tc_compiler::Target::Cuda { .. } => 0,
+    };
     if direct_a && direct_b && direct_out && packing > 0 && own::has_simd() {
         // tc's own GEMM, in place: the pool shares each batch matrix (its packed B, blocks
         // of its rows); B packed into the product's workspace.
