@@ -606,7 +606,14 @@ pub fn cpu_packs_b(m: u64, n: u64, k: u64, in_place: bool) -> bool {
 /// Floats of the CPU GEMM's packed `B` for a product of `k` by `n`: `k` rows of the widest
 /// column block (`CPU_GEMM_NC` columns, or all `n` rounded up to whole panels).
 pub fn cpu_packing_floats(n: u64, k: u64) -> u64 {
-    k.saturating_mul(n.next_multiple_of(CPU_GEMM_NR).min(CPU_GEMM_NC))
+    cpu_packing_floats_in_blocks(n, k, CPU_GEMM_NC)
+}
+
+/// Floats of the CPU GEMM's packed `B` for a `k × n` operand packed `nc` columns at a time
+/// (at least one panel): `k` rows of the widest column block, in whole panels of
+/// `CPU_GEMM_NR`. The one formula the planner and the GEMM itself (`cpu::gemm`) use.
+pub fn cpu_packing_floats_in_blocks(n: u64, k: u64, nc: u64) -> u64 {
+    k.saturating_mul(n.next_multiple_of(CPU_GEMM_NR).min(nc.max(CPU_GEMM_NR)))
 }
 
 impl Default for PlanOptions {

@@ -82,9 +82,10 @@ thread_local! {
 }
 
 /// Floats of packed `B` that `gemm` needs for a `k × n` operand packed `nc` columns at a
-/// time: `k` rows of the widest column block, in whole panels.
+/// time: the planner's formula (`cpu_packing_floats_in_blocks`), in `usize`.
 pub fn packing_floats(n: usize, k: usize, nc: usize) -> usize {
-    k.saturating_mul(n.next_multiple_of(NR).min(nc.max(NR)))
+    let floats = tc_compiler::schedule::cpu_packing_floats_in_blocks(n as u64, k as u64, nc as u64);
+    usize::try_from(floats).unwrap_or(usize::MAX)
 }
 
 /// Runs `f` with this thread's buffer `key`, at least `len` floats (contents unspecified),

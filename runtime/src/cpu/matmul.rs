@@ -158,7 +158,6 @@ pub(super) fn run(
         let floats = own::packing_floats(n, k, CPU_GEMM_NC as usize);
         if !ws.writable
             || ws.dtype != DType::F32
-            || (ws.numel as u64).saturating_mul(4) < packing
             || ws.numel < floats
             || !(ws.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
             || ws.overlaps(&a_mem)
