@@ -9,6 +9,10 @@ order), and every side is measured the same way:
 - time: best wall time of REPS runs (default 7) after the inputs exist; XLA and Inductor
   get one untimed call first (it compiles; its time is reported as "first call"), tc has
   compiled before its inputs exist, NumPy and eager have nothing to compile;
+- rounds: all of that ROUNDS times (default 3), every side on every program in each round,
+  the sides' order rotated round to round; a side's figure is its best round (its peak the
+  largest of its rounds), so that a machine whose speed drifts over minutes (a shared VM)
+  gives every side the same spread of draws rather than one draw each;
 - memory: peak resident set (VmHWM) at the end minus the resident set (VmRSS) just before
   the inputs were created, so interpreter and library start-up are not counted (inputs,
   compilation, temporaries and outputs are).
@@ -18,7 +22,7 @@ and, unless --no-docs, written into docs/benchmarks.md between the markers
 `<!-- bench_peers:LABEL:begin -->` and `<!-- bench_peers:LABEL:end -->` (appended to the
 CPU section when absent), with the date, load and versions.
 
-usage: scripts/bench_peers.py [--reps N] [--only NAME[,NAME]] [--sides tc,xla,...]
+usage: scripts/bench_peers.py [--reps N] [--rounds N] [--only NAME[,NAME]] [--sides tc,xla,...]
        [--cpubench PATH] [--label LABEL] [--json OUT] [--no-docs]
 Run it with the python of a venv that has the peers (benchmark dependencies only, never
 of the build or tests):
@@ -228,6 +232,25 @@ def run_peer(side, name, dims, reps):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def merge_row(name, dims, sides, runs):
+    """A program's row: each side's fastest round, with the largest peak of its rounds and
+    the first call of its first round (later rounds may find a warm compile cache)."""
+    r = {"program": name, "dims": dims}
+    for s in sides:
+        ok = [x for x in runs[(name, s)] if "best_s" in x]
+        if not ok:
+            r[s] = (runs[(name, s)] or [{"error": "not run"}])[-1]
+            continue
+        cell = dict(min(ok, key=lambda x: x["best_s"]))
+        worst = max(ok, key=lambda x: x["peak_rss_bytes"] - x["rss_baseline_bytes"])
+        cell["peak_rss_bytes"], cell["rss_baseline_bytes"] = worst["peak_rss_bytes"], worst["rss_baseline_bytes"]
+        if "first_call_s" in ok[0]:
+            cell["first_call_s"] = ok[0]["first_call_s"]
+        cell["rounds_best_s"] = [x["best_s"] for x in ok]
+        r[s] = cell
+    return r
+
+
 def versions():
     out = {"python": platform.python_version()}
     for mod in ("numpy", "scipy", "jax", "jaxlib", "torch"):
@@ -300,6 +323,8 @@ def main():
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0] if __doc__ else None)
     ap.add_argument("--reps", type=int, default=7, help="runs per side and program (best kept)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds over every side and program, interleaved (best round kept)")
     ap.add_argument("--only", default=None, help="comma-separated programs (default: all)")
     ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides: " + ",".join(SIDES))
     ap.add_argument("--cpubench", default=CPUBENCH, help="the tc cpubench binary")
@@ -307,20 +332,27 @@ def main():
     ap.add_argument("--json", default=None, help="also write the measurements to this file")
     ap.add_argument("--no-docs", action="store_true", help="print the table only")
     o = ap.parse_args(a)
-    reps, only, cpubench, label = o.reps, o.only, o.cpubench, o.label
+    reps, only, cpubench, label, rounds = o.reps, o.only, o.cpubench, o.label, max(1, o.rounds)
     sides = o.sides.split(",")
     load_before = os.getloadavg()
-    rows = []
-    for name, file, dims in CASES:
-        if only and name not in only.split(","):
-            continue
-        r = {"program": name, "dims": dims}
-        for s in sides:
-            r[s] = run_tc(cpubench, file, dims, reps) if s == "tc" else run_peer(s, name, dims, reps)
-            if "error" in r[s]:
-                print(f"{name} {s}: {r[s]['error']}", file=sys.stderr)
-        rows.append(r)
-        print(table([r], sides).splitlines()[-1], flush=True)
+    cases = [c for c in CASES if not only or c[0] in only.split(",")]
+    # Every round runs every side on every program once (its best of REPS), the sides in a
+    # rotated order each round; a side's cell is its best round. On a shared machine whose
+    # speed drifts over minutes, one process per side is a draw of when it ran: rounds give
+    # every side the same spread of draws.
+    runs = {(name, s): [] for name, _, _ in cases for s in sides}
+    for rnd in range(rounds):
+        order = sides[rnd % len(sides):] + sides[:rnd % len(sides)]
+        for name, file, dims in cases:
+            for s in order:
+                res = run_tc(cpubench, file, dims, reps) if s == "tc" else run_peer(s, name, dims, reps)
+                if "error" in res:
+                    print(f"{name} {s}: {res['error']}", file=sys.stderr)
+                runs[(name, s)].append(res)
+            r = merge_row(name, dims, sides, runs)
+            print(f"round {rnd + 1}/{rounds}: " + table([r], sides).splitlines()[-1], file=sys.stderr,
+                  flush=True)
+    rows = [merge_row(name, dims, sides, runs) for name, _, dims in cases]
     load_after = os.getloadavg()
     v = versions()
     def firsts(s):
@@ -329,13 +361,14 @@ def main():
     first = "; ".join(f"{TITLES[s]}: {firsts(s)}" for s in ("xla", "inductor") if s in sides)
     text = "\n".join([
         f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
-        f"`scripts/bench_peers.py --reps {reps}{' --label ' + label if label != 'latest' else ''}`; "
+        f"`scripts/bench_peers.py --reps {reps} --rounds {rounds}{' --label ' + label if label != 'latest' else ''}`; "
         f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), load average "
         f"{load_before[0]:.1f} before and {load_after[0]:.1f} after (1-minute). "
         f"Versions: tc {v['tc']}" + (f" (`{cpubench}`)" if cpubench != CPUBENCH else "") +
         f", Python {v['python']}, NumPy {v['numpy']}, SciPy {v['scipy']}, JAX {v['jax']} "
-        f"(jaxlib {v['jaxlib']}), torch {v['torch']}. Best of {reps} runs, seconds (fastest in "
-        "bold); peak MiB = VmHWM − VmRSS before the inputs (least in bold). "
+        f"(jaxlib {v['jaxlib']}), torch {v['torch']}. Best of {reps} runs in each of {rounds} "
+        "interleaved rounds (a fresh process each), seconds (fastest in bold); peak MiB = VmHWM − "
+        "VmRSS before the inputs, the largest of the rounds (least in bold). "
         "Dims: " + "; ".join(f"{r['program']} " + " ".join(f"{k}={x}" for k, x in r['dims'].items()) for r in rows) + ".",
         "",
         table(rows, sides),

@@ -171,7 +171,7 @@ pub unsafe fn gemm(
             let bp = &*bp;
             // SAFETY: columns j0.. of C, in range.
             let c_blk = unsafe { (c_addr as *mut f32).add(j0) } as usize;
-            let (row_tasks, rows) = split_rows(m, threads);
+            let row_tasks = row_tasks(m, threads);
             let col_tasks = if row_tasks >= TASKS_PER_THREAD * threads || threads == 1 {
                 1
             } else {
@@ -183,14 +183,14 @@ pub unsafe fn gemm(
             let col_tasks = panels.div_ceil(per);
             let task = |t: usize| {
                 let (ri, ci) = (t / col_tasks, t % col_tasks);
-                let r0 = ri * rows;
+                let (r0, rows) = task_rows(m, row_tasks, ri);
                 let p0 = ci * per;
                 let p1 = (p0 + per).min(panels);
                 // SAFETY: the task's rows r0.. and panels p0..p1 are in range, and no other
                 // task writes them.
                 unsafe {
                     block(
-                        (r0, rows.min(m - r0)),
+                        (r0, rows),
                         (p0, p1, cols),
                         k,
                         a,
@@ -212,17 +212,30 @@ pub unsafe fn gemm(
     }
 }
 
-/// Row tasks for `threads` threads and the rows each takes (a multiple of `MR`, at most
-/// `MC`; the last task the rest).
-fn split_rows(m: usize, threads: usize) -> (usize, usize) {
+/// Row tasks for `threads` threads: at least `TASKS_PER_THREAD` a thread, enough that none
+/// has more than `MC` rows, and a multiple of the threads, so that with tasks of equal size
+/// (`task_rows`) each thread gets the same share (with 1024 rows, eight tasks of 126–132
+/// rows rather than seven of 144 and one of 16, which left one thread a task ahead).
+fn row_tasks(m: usize, threads: usize) -> usize {
+    let tiles = m.div_ceil(MR);
     let want = if threads > 1 {
         TASKS_PER_THREAD * threads
     } else {
         1
     };
-    let tasks = want.max(m.div_ceil(MC));
-    let rows = m.div_ceil(tasks).next_multiple_of(MR).min(MC);
-    (m.div_ceil(rows), rows)
+    let tasks = want
+        .max(tiles.div_ceil(MC / MR))
+        .next_multiple_of(threads.max(1));
+    tasks.min(tiles)
+}
+
+/// Rows of row task `t` of `tasks` (`row_tasks`): the micro-tiles of `MR` rows shared out
+/// as evenly as they go (counts differing by at most one), the last tile cut at `m`.
+fn task_rows(m: usize, tasks: usize, t: usize) -> (usize, usize) {
+    let tiles = m.div_ceil(MR);
+    let (q0, q1) = (t * tiles / tasks, (t + 1) * tiles / tasks);
+    let r0 = q0 * MR;
+    (r0, (q1 * MR).min(m) - r0)
 }
 
 /// `B`'s `k × cols` packed into `dst`: for each block of `KC` rows starting at `t0`, for
@@ -549,6 +562,37 @@ mod tests {
     /// transposed or both strided, `C` with a wider row stride, from 0 and accumulating:
     /// the same bits as the plain ordered fma loop, with the vector and the scalar
     /// micro-kernel, in pools of 1, 2, 3 and 5 threads.
+    /// The row tasks cover the rows once, in order, none over `MC` rows, their sizes within
+    /// one micro-tile of each other, and (where there are enough tiles) as many for each
+    /// thread.
+    #[test]
+    fn row_tasks_share_the_rows_evenly() {
+        for threads in [1, 2, 3, 4, 8] {
+            for m in (1..400).chain([1000, 1024, 2048, 4096, 8192]) {
+                let tasks = row_tasks(m, threads);
+                let mut next = 0;
+                let (mut least, mut most) = (usize::MAX, 0);
+                for t in 0..tasks {
+                    let (r0, rows) = task_rows(m, tasks, t);
+                    assert_eq!(r0, next, "m {m} threads {threads} task {t}");
+                    assert!(
+                        rows > 0 && rows <= MC && r0 % MR == 0,
+                        "m {m} task {t}: {rows}"
+                    );
+                    next = r0 + rows;
+                    if next < m {
+                        (least, most) = (least.min(rows), most.max(rows));
+                    }
+                }
+                assert_eq!(next, m, "m {m} threads {threads}");
+                assert!(most == 0 || most - least <= MR, "m {m}: {least}..{most}");
+                if m.div_ceil(MR) >= TASKS_PER_THREAD * threads {
+                    assert_eq!(tasks % threads, 0, "m {m} threads {threads}: {tasks} tasks");
+                }
+            }
+        }
+    }
+
     #[test]
     fn products_are_the_ordered_fma_sum_whatever_the_threads_and_kernel() {
         let shapes = [

@@ -972,6 +972,72 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
+    /// Every tier this CPU runs (`Tier::available`) gives the baseline build's bits for every
+    /// block loop: each unary op over the samples and specials, each binary op with block
+    /// and scalar operands, the folded pairs, the extremum.
+    #[test]
+    fn every_tier_gives_the_same_bits() {
+        let tiers = Tier::available();
+        eprintln!("tiers compared with the baseline: {tiers:?}");
+        let same = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan())
+        };
+        let xs = samples_and_specials();
+        let ys: Vec<f32> = xs.iter().rev().copied().collect();
+        let n = xs.len();
+        let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+        for &tier in &tiers {
+            for op in UnaryOp::ALL {
+                unary_block_in(Tier::Base, op, &xs, &mut want);
+                unary_block_in(tier, op, &xs, &mut got);
+                assert!(same(&got, &want), "{tier:?}: {}", op.name());
+                for pre in [Pre::Neg, Pre::Abs] {
+                    unary_pre_block_in(Tier::Base, op, pre, &xs, &mut want);
+                    unary_pre_block_in(tier, op, pre, &xs, &mut got);
+                    assert!(same(&got, &want), "{tier:?}: {pre:?} then {}", op.name());
+                }
+            }
+            let ops = [
+                BinaryOp::Add,
+                BinaryOp::Sub,
+                BinaryOp::Mul,
+                BinaryOp::Div,
+                BinaryOp::Pow,
+                BinaryOp::Maximum,
+                BinaryOp::Minimum,
+            ];
+            for op in ops {
+                for (a, b) in [
+                    (Operand::Block(&xs), Operand::Block(&ys)),
+                    (Operand::Block(&xs), Operand::Scalar(-0.0)),
+                    (Operand::Scalar(2.5), Operand::Block(&ys)),
+                    (Operand::Block(&xs), Operand::Scalar(f32::NAN)),
+                ] {
+                    binary_block_in(Tier::Base, op, a, b, &mut want);
+                    binary_block_in(tier, op, a, b, &mut got);
+                    assert!(same(&got, &want), "{tier:?}: {op:?}");
+                }
+                for op2 in [BinaryOp::Add, BinaryOp::Div, BinaryOp::Maximum] {
+                    for t_left in [true, false] {
+                        let (b, c) = (Operand::Block(&ys), Operand::Scalar(-1.5));
+                        binary2_block_in(Tier::Base, op, &xs, b, op2, c, t_left, &mut want);
+                        binary2_block_in(tier, op, &xs, b, op2, c, t_left, &mut got);
+                        assert!(same(&got, &want), "{tier:?}: {op:?} then {op2:?}");
+                    }
+                }
+            }
+            for max in [true, false] {
+                for len in [0, 1, 7, 16, 17, 100, n] {
+                    let w = block_extremum_in(Tier::Base, &ys[..len], max);
+                    let g = block_extremum_in(tier, &ys[..len], max);
+                    assert!(same(&[g], &[w]), "{tier:?}: extremum {max} of {len}");
+                }
+            }
+        }
+    }
+
     /// `binary2_block` and `unary_pre_block` give the bits of their ops one pass at a time,
     /// for every foldable pair of ops, both sides of the outer op, block and scalar
     /// operands, and values with NaN, ±inf, ±0 (where `maximum`/`minimum` ties matter).
@@ -1280,26 +1346,95 @@ mod tests {
     }
 }
 
-/// Declares `pub fn $name` that runs `$imp` compiled for AVX2 and FMA when the CPU has them
-/// (8 lanes instead of SSE2's 4, fused multiply-adds in one instruction), else the baseline
-/// build. Both compute bit-identical results: the same IEEE operations in the same order
-/// (Rust never fuses a multiply-add by itself; the explicit `mul_add`s are correctly
-/// rounded in both, by a library call in the baseline build).
+/// The instruction sets a block loop is compiled for, narrowest first. Every tier computes
+/// bit-identical results (the same IEEE operations in the same order: Rust never fuses a
+/// multiply-add by itself, and the explicit `mul_add`s are correctly rounded in every tier,
+/// by a library call in the baseline one); a wider tier only does more lanes an instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// The build's baseline (SSE2 on x86-64).
+    Base,
+    /// AVX2 and FMA: 8 lanes, a fused multiply-add in one instruction.
+    Avx2,
+    /// AVX-512 F/VL/DQ/BW besides AVX2 and FMA: 16 lanes, half the instructions of AVX2 for
+    /// the same elements, which is what an issue-bound chain of polynomials is limited by.
+    Avx512,
+}
+
+impl Tier {
+    /// The widest tier this CPU runs.
+    pub fn hardware() -> Tier {
+        static HW: std::sync::OnceLock<Tier> = std::sync::OnceLock::new();
+        *HW.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::is_x86_feature_detected as has;
+                if has!("avx2") && has!("fma") {
+                    if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw") {
+                        return Tier::Avx512;
+                    }
+                    return Tier::Avx2;
+                }
+            }
+            Tier::Base
+        })
+    }
+
+    /// The tier the block loops run: the hardware's, but AVX2 when `TC_CPU_NO_AVX512` is set
+    /// (to compare the tiers' speed on one machine; their results are the same).
+    pub fn best() -> Tier {
+        static BEST: std::sync::OnceLock<Tier> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let off =
+                std::env::var_os("TC_CPU_NO_AVX512").is_some_and(|v| !v.is_empty() && v != "0");
+            match Tier::hardware() {
+                Tier::Avx512 if off => Tier::Avx2,
+                t => t,
+            }
+        })
+    }
+
+    /// Every tier this CPU runs, narrowest first.
+    #[cfg(test)]
+    pub fn available() -> Vec<Tier> {
+        [Tier::Base, Tier::Avx2, Tier::Avx512]
+            .into_iter()
+            .filter(|&t| t <= Tier::hardware())
+            .collect()
+    }
+}
+
+/// Declares `pub fn $name`, which runs `$imp` compiled for the widest tier (`Tier::best`),
+/// and `pub fn $in`, which runs it compiled for a given tier (at most the hardware's: a
+/// wider one runs the hardware's), so tests can hold the tiers to the same bits.
 macro_rules! dispatch {
-    ($(#[$doc:meta])* fn $name:ident / $avx:ident ($($arg:ident : $ty:ty),*) -> $ret:ty = $imp:ident) => {
+    ($(#[$doc:meta])* fn $name:ident / $in:ident ($($arg:ident : $ty:ty),*) -> $ret:ty = $imp:ident) => {
         $(#[$doc])*
         pub fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { $avx($($arg),*) };
-            }
-            $imp($($arg),*)
+            $in(Tier::best(), $($arg),*)
         }
 
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx($($arg: $ty),*) -> $ret {
+        $(#[$doc])*
+        /// Compiled for `tier`, or the hardware's widest when that is narrower.
+        pub fn $in(tier: Tier, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) -> $ret {
+                    $imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn narrow($($arg: $ty),*) -> $ret {
+                    $imp($($arg),*)
+                }
+                match tier.min(Tier::hardware()) {
+                    // SAFETY: the CPU has AVX-512 F/VL/DQ/BW, AVX2 and FMA (`Tier::hardware`).
+                    Tier::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: the CPU has AVX2 and FMA (`Tier::hardware`).
+                    Tier::Avx2 => return unsafe { narrow($($arg),*) },
+                    Tier::Base => {}
+                }
+            }
             $imp($($arg),*)
         }
     };
@@ -1307,22 +1442,22 @@ macro_rules! dispatch {
 
 dispatch! {
     /// `dst[i] = op(src[i])`.
-    fn unary_block / unary_block_avx2 (op: UnaryOp, src: &[f32], dst: &mut [f32]) -> () = unary_block_impl
+    fn unary_block / unary_block_in (op: UnaryOp, src: &[f32], dst: &mut [f32]) -> () = unary_block_impl
 }
 dispatch! {
     /// `dst[i] = a[i] op b[i]`, either side possibly a scalar.
-    fn binary_block / binary_block_avx2 (op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f32]) -> () = binary_block_impl
+    fn binary_block / binary_block_in (op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f32]) -> () = binary_block_impl
 }
 dispatch! {
     /// `dst[i] = op(pre(src[i]))`.
-    fn unary_pre_block / unary_pre_block_avx2 (op: UnaryOp, pre: Pre, src: &[f32], dst: &mut [f32]) -> () = unary_pre_block_impl
+    fn unary_pre_block / unary_pre_block_in (op: UnaryOp, pre: Pre, src: &[f32], dst: &mut [f32]) -> () = unary_pre_block_impl
 }
 dispatch! {
     /// `dst[i] = op2(op1(a[i], b[i]), c[i])`, or `op2(c[i], op1(a[i], b[i]))` where `t_left`
     /// is false: two binary ops in one pass.
-    fn binary2_block / binary2_block_avx2 (op1: BinaryOp, a: &[f32], b: Operand<'_>, op2: BinaryOp, c: Operand<'_>, t_left: bool, dst: &mut [f32]) -> () = binary2_block_impl
+    fn binary2_block / binary2_block_in (op1: BinaryOp, a: &[f32], b: Operand<'_>, op2: BinaryOp, c: Operand<'_>, t_left: bool, dst: &mut [f32]) -> () = binary2_block_impl
 }
 dispatch! {
     /// The largest (`max: true`) or smallest value of a block; NaN if any is.
-    fn block_extremum / block_extremum_avx2 (xs: &[f32], max: bool) -> f32 = block_extremum_impl
+    fn block_extremum / block_extremum_in (xs: &[f32], max: bool) -> f32 = block_extremum_impl
 }
