@@ -264,7 +264,26 @@ fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [f32], parallel: bool) {
     let one = |u: usize| {
         let (t0, g) = ((u / groups) * KC, u % groups);
         let kc = KC.min(k - t0);
-        for p in g * GROUP..(g * GROUP + GROUP).min(panels) {
+        let (pg0, pg1) = (g * GROUP, (g * GROUP + GROUP).min(panels));
+        if b.cs == 1 && pg1 * NR <= cols {
+            // Whole panels of row-contiguous B: row by row, each row's `GROUP · NR`
+            // contiguous floats to their panels (one sequential read stream).
+            let src = b_addr as *const f32;
+            for t in 0..kc {
+                // SAFETY: row t0 + t, columns pg0·NR .. pg1·NR of B (in range), and each
+                // panel's row `t` of this block inside `dst`, written by this unit alone.
+                unsafe {
+                    let row = src.offset((t0 + t) as isize * b.rs);
+                    for p in pg0..pg1 {
+                        let o = (base as *mut f32).add(t0 * NR * panels + p * kc * NR + t * NR);
+                        o.cast::<[f32; NR]>()
+                            .write_unaligned(row.add(p * NR).cast::<[f32; NR]>().read_unaligned());
+                    }
+                }
+            }
+            return;
+        }
+        for p in pg0..pg1 {
             let c0 = p * NR;
             let w = NR.min(cols - c0);
             // SAFETY: inside `dst` (k·panels·NR floats), each panel's block written by one
