@@ -13,7 +13,7 @@
 
 use super::fused::check_bounds;
 use super::math::{self, Operand};
-use super::tile_gemm::{self, Scale, NR};
+use super::tile_gemm::{self, Product, Scale, NR};
 use super::typed::{self, Lane};
 use super::{CpuError, Mem};
 use rayon::prelude::*;
@@ -596,18 +596,18 @@ impl Ctx<'_> {
         // `run`, or `sc.q`, unchanged since `tile` filled it), `kp` is `kpanels` panels of `d × NR`,
         // `sc.s` has `ROW_BLOCK ≥ nr` rows of `BK ≥ kpanels · NR`.
         unsafe {
-            tile_gemm::product(
-                nr,
-                d,
-                qa.add(r0 * lda),
+            tile_gemm::product(Product {
+                rows: nr,
+                k: d,
+                a: qa.add(r0 * lda),
                 lda,
-                kp.as_ptr(),
-                kpanels,
-                sc.s.as_mut_ptr(),
-                BK,
-                false,
+                b: kp.as_ptr(),
+                panels: kpanels,
+                c: sc.s.as_mut_ptr(),
+                ldc: BK,
+                accumulate: false,
                 scale,
-            )
+            })
         };
         for r in rs {
             // Row `r` of the tile is row `i` of the block's scores.
@@ -656,18 +656,18 @@ impl Ctx<'_> {
         // SAFETY: `sc.s` holds `nr` rows of `cols` at stride BK, `vp` is `dvp / NR`
         // panels of `cols × NR`, `sc.acc` has rows `rs` of `dvp`.
         unsafe {
-            tile_gemm::product(
-                nr,
-                cols,
-                sc.s.as_ptr(),
-                BK,
-                vp.as_ptr(),
-                dvp / NR,
-                sc.acc.as_mut_ptr().add(r0 * dvp),
-                dvp,
-                true,
-                Scale::None,
-            )
+            tile_gemm::product(Product {
+                rows: nr,
+                k: cols,
+                a: sc.s.as_ptr(),
+                lda: BK,
+                b: vp.as_ptr(),
+                panels: dvp / NR,
+                c: sc.acc.as_mut_ptr().add(r0 * dvp),
+                ldc: dvp,
+                accumulate: true,
+                scale: Scale::None,
+            })
         };
     }
 
@@ -1200,27 +1200,19 @@ unsafe fn exp_sum_raw_in(
 /// its order (the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-#[allow(clippy::excessive_precision)] // `math::exp`'s coefficients, as there
 unsafe fn exp_sum_avx512(src: *const f32, dst: *mut f32, n: usize, m: f32) -> f32 {
+    use math::exp_parts::*;
     use std::arch::x86_64::*;
-    const MAGIC: f32 = 12_582_912.0;
     let mut lanes = [0f32; 8];
     let mut i = 0;
     // SAFETY (whole body): every access is inside `i .. i + 16 <= n` (or `i + 8 <= n` for
     // the masked step), inside both ranges; the values are read before any is written.
     unsafe {
         let set = _mm512_set1_ps;
-        let (mv, lo, hi) = (set(m), set(-104.5), set(89.0));
+        let (mv, lo, hi) = (set(m), set(LO), set(HI));
         let (magic, log2e) = (set(MAGIC), set(std::f32::consts::LOG2_E));
-        let (ln2_hi, ln2_lo) = (set(-0.693_359_4), set(2.121_944_4e-4));
-        let c = [
-            set(1.987_569_1e-4),
-            set(1.398_199_9e-3),
-            set(8.333_452e-3),
-            set(4.166_579_6e-2),
-            set(1.666_666_5e-1),
-            set(0.5),
-        ];
+        let (ln2_hi, ln2_lo) = (set(LN2_HI), set(LN2_LO));
+        let c = POLY.map(|x| set(x));
         let one = set(1.0);
         let magic_bits = _mm512_set1_epi32(MAGIC.to_bits() as i32);
         let bias = _mm512_set1_epi32(127);
@@ -1279,27 +1271,19 @@ const ZERO_BELOW: f32 = -104.0;
 /// underflow).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::excessive_precision)] // `math::exp`'s coefficients, as there
 unsafe fn exp_sum_avx2(src: *const f32, dst: *mut f32, n: usize, m: f32) -> f32 {
+    use math::exp_parts::*;
     use std::arch::x86_64::*;
-    const MAGIC: f32 = 12_582_912.0;
     let mut lanes = [0f32; 8];
     let mut i = 0;
     // SAFETY (whole body): `i + 8 <= n`, inside both ranges; eight values are read before
     // any of them is written.
     unsafe {
         let set = _mm256_set1_ps;
-        let (mv, lo, hi) = (set(m), set(-104.5), set(89.0));
+        let (mv, lo, hi) = (set(m), set(LO), set(HI));
         let (magic, log2e) = (set(MAGIC), set(std::f32::consts::LOG2_E));
-        let (ln2_hi, ln2_lo) = (set(-0.693_359_4), set(2.121_944_4e-4));
-        let c = [
-            set(1.987_569_1e-4),
-            set(1.398_199_9e-3),
-            set(8.333_452e-3),
-            set(4.166_579_6e-2),
-            set(1.666_666_5e-1),
-            set(0.5),
-        ];
+        let (ln2_hi, ln2_lo) = (set(LN2_HI), set(LN2_LO));
+        let c = POLY.map(|x| set(x));
         let one = set(1.0);
         let magic_bits = _mm256_set1_epi32(MAGIC.to_bits() as i32);
         let bias = _mm256_set1_epi32(127);

@@ -57,6 +57,29 @@ fn fma(a: f32, b: f32, c: f32) -> f32 {
     a.mul_add(b, c)
 }
 
+/// `exp`'s constants, shared with the hand-vectorised forms that must give its very bits
+/// (`attention::exp_sum_avx2`/`_avx512`).
+#[allow(clippy::excessive_precision)] // Cephes coefficients, as published
+pub mod exp_parts {
+    /// 1.5 · 2^23: adding it rounds to an integer.
+    pub const MAGIC: f32 = 12_582_912.0;
+    /// The clamp: past both ends of the finite, non-zero results.
+    pub const LO: f32 = -104.5;
+    pub const HI: f32 = 89.0;
+    /// `-ln 2` in two parts (Cody–Waite).
+    pub const LN2_HI: f32 = -0.693_359_4;
+    pub const LN2_LO: f32 = 2.121_944_4e-4;
+    /// The polynomial's coefficients, highest degree first (Horner).
+    pub const POLY: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+}
+
 /// `e^x` in f32, within 1 ulp: Cody–Waite reduction `x = n·ln2 + r` (fused multiply-adds),
 /// a degree-6 polynomial for `e^r` (Cephes `expf`), and `2^n` built in the exponent bits as
 /// two factors. Branch-free and select-free, so loops over it vectorise tightly: the clamp
@@ -64,28 +87,17 @@ fn fma(a: f32, b: f32, c: f32) -> f32 {
 /// `e^r` rounds once, to +inf above ln(f32::MAX) and to 0 below ln(2^-150), as the exact
 /// value would; NaN passes through the arithmetic as NaN.
 #[inline(always)]
-#[allow(clippy::excessive_precision)] // Cephes coefficients, as published
 pub fn exp(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
-                                     // 89 and -104.5 are past both ends of the finite, non-zero results.
-    let xc = x.clamp(-104.5, 89.0);
+    use exp_parts::*;
+    let xc = x.clamp(LO, HI);
     let t = fma(xc, std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
-    let r = fma(n, -0.693_359_4, xc);
-    let r = fma(n, 2.121_944_4e-4, r);
-    let p = fma(
-        fma(
-            fma(
-                fma(fma(1.987_569_1e-4, r, 1.398_199_9e-3), r, 8.333_452e-3),
-                r,
-                4.166_579_6e-2,
-            ),
-            r,
-            1.666_666_5e-1,
-        ),
-        r,
-        0.5,
-    );
+    let r = fma(n, LN2_HI, xc);
+    let r = fma(n, LN2_LO, r);
+    let mut p = fma(POLY[0], r, POLY[1]);
+    for &c in &POLY[2..] {
+        p = fma(p, r, c);
+    }
     let er = p * r * r + r + 1.0;
     // The integer n sits in the low mantissa bits of t.
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -781,6 +793,17 @@ mod tests {
     use super::*;
     use tc_compiler::ir::{eval, ReduceOp};
 
+    /// The binary ops with a block loop of their own.
+    const BINARY_OPS: [BinaryOp; 7] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+    ];
+
     /// Values across the interesting range, including exact powers and tiny and huge ones.
     fn samples() -> Vec<f32> {
         let mut v: Vec<f32> = (-20000..=20000).map(|i| i as f32 / 200.0).collect();
@@ -856,15 +879,7 @@ mod tests {
             .chain(all[40_001..].iter().copied())
             .collect();
         let mut failures = Vec::new();
-        let ops = [
-            BinaryOp::Add,
-            BinaryOp::Sub,
-            BinaryOp::Mul,
-            BinaryOp::Div,
-            BinaryOp::Pow,
-            BinaryOp::Maximum,
-            BinaryOp::Minimum,
-        ];
+        let ops = BINARY_OPS;
         let mut out = vec![0f32; xs.len()];
         for op in ops {
             let acc = eval::binary_accuracy(op);
@@ -999,15 +1014,7 @@ mod tests {
                     assert!(same(&got, &want), "{tier:?}: {pre:?} then {}", op.name());
                 }
             }
-            let ops = [
-                BinaryOp::Add,
-                BinaryOp::Sub,
-                BinaryOp::Mul,
-                BinaryOp::Div,
-                BinaryOp::Pow,
-                BinaryOp::Maximum,
-                BinaryOp::Minimum,
-            ];
+            let ops = BINARY_OPS;
             for op in ops {
                 for (a, b) in [
                     (Operand::Block(&xs), Operand::Block(&ys)),

@@ -36,42 +36,33 @@ impl Scale {
     }
 }
 
-/// `C[i][NR·p + j] = Σ_t A[i·lda + t] · B[p][t][j]` (or `+=` when `accumulate`), then
-/// `scale`d, for `i < rows`, every panel `p < panels`, `j < NR`.
+/// One product `C[i][NR·p + j] = Σ_t A[i·lda + t] · B[p][t][j]` (or `+=` when
+/// `accumulate`), then `scale`d, for `i < rows`, every panel `p < panels`, `j < NR`.
+#[derive(Clone, Copy, Debug)]
+pub struct Product {
+    pub rows: usize,
+    pub k: usize,
+    /// `rows` rows of `k` elements at stride `lda`.
+    pub a: *const f32,
+    pub lda: usize,
+    /// `panels` panels of `k × NR` elements, contiguous.
+    pub b: *const f32,
+    pub panels: usize,
+    /// `rows` rows of `panels · NR` elements at stride `ldc`.
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub accumulate: bool,
+    pub scale: Scale,
+}
+
+/// Computes `p` with the widest micro-kernel the CPU runs (`Tier::best`).
 ///
 /// # Safety
-/// `a` covers `rows` rows of `k` elements at stride `lda`; `b` covers `panels · k · NR`
-/// elements; `c` covers `rows` rows of `panels · NR` elements at stride `ldc`, distinct from
-/// `a` and `b`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn product(
-    rows: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    panels: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    scale: Scale,
-) {
+/// `p.a`, `p.b` and `p.c` cover the elements `Product` says; `c`'s are distinct from
+/// `a`'s and `b`'s.
+pub unsafe fn product(p: Product) {
     // SAFETY: forwarded.
-    unsafe {
-        product_in(
-            Tier::best(),
-            rows,
-            k,
-            a,
-            lda,
-            b,
-            panels,
-            c,
-            ldc,
-            accumulate,
-            scale,
-        )
-    }
+    unsafe { product_in(Tier::best(), p) }
 }
 
 /// `product` built for `tier` (or the hardware's widest, when that is narrower): every
@@ -79,34 +70,33 @@ pub unsafe fn product(
 ///
 /// # Safety
 /// As `product`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn product_in(
-    tier: Tier,
-    rows: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    panels: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    scale: Scale,
-) {
+pub unsafe fn product_in(tier: Tier, p: Product) {
     #[cfg(target_arch = "x86_64")]
     match tier.min(Tier::hardware()) {
         Tier::Avx512 => {
             // SAFETY: the CPU has AVX-512 F/VL/DQ/BW, AVX2 and FMA; the rest is forwarded.
-            unsafe { avx512::product(rows, k, a, lda, b, panels, c, ldc, accumulate, scale) };
+            unsafe { avx512::product(p) };
             return;
         }
         Tier::Avx2 => {
             // SAFETY: the CPU has AVX2 and FMA; the rest is forwarded.
-            unsafe { avx2::product(rows, k, a, lda, b, panels, c, ldc, accumulate, scale) };
+            unsafe { avx2::product(p) };
             return;
         }
         Tier::Base => {}
     }
+    let Product {
+        rows,
+        k,
+        a,
+        lda,
+        b,
+        panels,
+        c,
+        ldc,
+        accumulate,
+        scale,
+    } = p;
     for p in 0..panels {
         // SAFETY: forwarded (panel `p` and its columns of `C` are inside the ranges).
         let (bp, cp) = unsafe { (b.add(p * k * NR), c.add(p * NR)) };
@@ -128,25 +118,25 @@ pub unsafe fn product_in(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Scale, MR, NR};
+    use super::{Product, Scale, MR, NR};
     use std::arch::x86_64::*;
 
     /// `super::product` with the micro-kernel: for each panel of `B` (4 KiB at `k = 64`, kept
     /// in L1), the rows of `A` six at a time.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn product(
-        rows: usize,
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        panels: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        scale: Scale,
-    ) {
+    pub(super) unsafe fn product(p: Product) {
+        let Product {
+            rows,
+            k,
+            a,
+            lda,
+            b,
+            panels,
+            c,
+            ldc,
+            accumulate,
+            scale,
+        } = p;
         for p in 0..panels {
             // SAFETY: inside the caller's ranges.
             let (bp, cp) = unsafe { (b.add(p * k * NR), c.add(p * NR)) };
@@ -238,7 +228,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Scale, NR};
+    use super::{Product, Scale, NR};
     use std::arch::x86_64::*;
 
     /// Rows of `A` per micro-kernel call: two panels of `B` (32 columns) by twelve rows are 24
@@ -248,19 +238,19 @@ mod avx512 {
     /// `super::product` with 512-bit micro-kernels: the panels of `B` two at a time (a last
     /// odd one alone), the rows of `A` twelve at a time.
     #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn product(
-        rows: usize,
-        k: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        panels: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        scale: Scale,
-    ) {
+    pub(super) unsafe fn product(p: Product) {
+        let Product {
+            rows,
+            k,
+            a,
+            lda,
+            b,
+            panels,
+            c,
+            ldc,
+            accumulate,
+            scale,
+        } = p;
         let mut p = 0;
         while p < panels {
             let two = p + 1 < panels;
@@ -391,16 +381,18 @@ mod tests {
                     unsafe {
                         product_in(
                             tier,
-                            rows,
-                            k,
-                            a.as_ptr(),
-                            lda,
-                            b.as_ptr(),
-                            panels,
-                            c.as_mut_ptr(),
-                            ldc,
-                            accumulate,
-                            scale,
+                            Product {
+                                rows,
+                                k,
+                                a: a.as_ptr(),
+                                lda,
+                                b: b.as_ptr(),
+                                panels,
+                                c: c.as_mut_ptr(),
+                                ldc,
+                                accumulate,
+                                scale,
+                            },
                         )
                     };
                     for i in 0..rows {
@@ -459,32 +451,32 @@ mod bench {
         };
         // SAFETY (both): the buffers above cover the products' ranges.
         let qk = time(&mut || unsafe {
-            product(
+            product(Product {
                 rows,
                 k,
-                a.as_ptr(),
-                k,
-                kp.as_ptr(),
-                cols / NR,
-                s.as_mut_ptr(),
-                512,
-                false,
-                Scale::None,
-            )
+                a: a.as_ptr(),
+                lda: k,
+                b: kp.as_ptr(),
+                panels: cols / NR,
+                c: s.as_mut_ptr(),
+                ldc: 512,
+                accumulate: false,
+                scale: Scale::None,
+            })
         });
         let pv = time(&mut || unsafe {
-            product(
+            product(Product {
                 rows,
-                cols,
-                s.as_ptr(),
-                512,
-                vp.as_ptr(),
-                dv / NR,
-                acc.as_mut_ptr(),
-                dv,
-                true,
-                Scale::None,
-            )
+                k: cols,
+                a: s.as_ptr(),
+                lda: 512,
+                b: vp.as_ptr(),
+                panels: dv / NR,
+                c: acc.as_mut_ptr(),
+                ldc: dv,
+                accumulate: true,
+                scale: Scale::None,
+            })
         });
         let flops = 2.0 * (rows * k * cols) as f64;
         for (what, t) in [("q k", qk), ("p v", pv)] {
