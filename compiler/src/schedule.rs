@@ -314,9 +314,14 @@ impl MatMulKernel {
         self.a.in_place_f32() && self.b.in_place_f32() && self.out_dtype == DType::F32
     }
 
+    /// Batch matrices: the product of `batch` (1 for none).
+    pub fn nbatch(&self) -> u64 {
+        self.batch.iter().fold(1u64, |p, &b| p.saturating_mul(b))
+    }
+
     /// Bytes of workspace the product needs on `target` (`Target::matmul_workspace`).
     pub fn workspace_bytes(&self, target: &Target) -> u64 {
-        target.matmul_workspace(self.m, self.n, self.k, self.in_place_f32())
+        target.matmul_workspace(self.nbatch(), self.m, self.n, self.k, self.in_place_f32())
     }
 }
 
@@ -570,14 +575,14 @@ impl PlanOptions {
 }
 
 impl Target {
-    /// Bytes of workspace a product `m × k` by `k × n` (each batch matrix) gets on this
+    /// Bytes of workspace a product of `nbatch` matrices `m × k` by `k × n` gets on this
     /// target, `in_place` saying whether its operands and output are f32 read and written
     /// through positive strides (`MatMulKernel::in_place_f32`). The one rule the planner,
     /// the memory models, `verify` and the executors share.
-    pub fn matmul_workspace(&self, m: u64, n: u64, k: u64, in_place: bool) -> u64 {
+    pub fn matmul_workspace(&self, nbatch: u64, m: u64, n: u64, k: u64, in_place: bool) -> u64 {
         match *self {
             Target::Cuda { matmul_workspace } => matmul_workspace,
-            Target::Cpu if cpu_packs_b(m, n, k, in_place) => {
+            Target::Cpu if cpu_packs_b(nbatch, m, n, k, in_place) => {
                 cpu_packing_floats(n, k).saturating_mul(4)
             }
             Target::Cpu => 0,
@@ -596,11 +601,38 @@ pub const CPU_GEMM_NC: u64 = 512;
 /// paths are faster below).
 pub const CPU_GEMM_MIN_ROWS: u64 = 24;
 
-/// Whether tc's CPU GEMM takes a product (on a CPU with AVX2+FMA; elsewhere the `gemm`
-/// crate does, and the workspace is unused): f32 read and written in place, at least
-/// `CPU_GEMM_MIN_ROWS` rows, `CPU_GEMM_NR` columns and one step of `k`.
-pub fn cpu_packs_b(m: u64, n: u64, k: u64, in_place: bool) -> bool {
-    in_place && m >= CPU_GEMM_MIN_ROWS && n >= CPU_GEMM_NR && k > 0
+/// Multiply-adds of one matrix below which the CPU executor runs it on one thread: handing
+/// it to the pool would cost about what a second thread saves (about 0.03 ms on one core).
+pub const CPU_SHARE_MIN_MACS: u64 = 1 << 21;
+
+/// Whether tc's CPU GEMM takes a product of `nbatch` matrices `m × k` by `k × n` (on a CPU
+/// with AVX2+FMA; elsewhere the `gemm` crate does, and the workspace is unused): f32 read
+/// and written in place, at least `CPU_GEMM_MIN_ROWS` rows, `CPU_GEMM_NR` columns and one
+/// step of `k` — and, when batched, matrices of at least `CPU_SHARE_MIN_MACS` each.
+///
+/// Why batched products of smaller matrices go to the `gemm` crate: tc's GEMM shares one
+/// matrix at a time among the threads (one packed `B` in the workspace), and a matrix under
+/// `CPU_SHARE_MIN_MACS` is not worth sharing, so such a product ran its matrices one after
+/// another on one thread; the crate's path hands all `(matrix, panel)` tasks to the pool at
+/// once and needs no workspace. Measured on 2 cores (the product's kernel, best of 5 × 20
+/// runs, µs at 1 → 2 threads, tc's GEMM vs the crate): 64 matrices of 128×64 by 64×128
+/// 1799 → 1939 vs 1813 → 746; 8·8 of the same 1825 → 1750 vs 1692 → 891; 256 of 32×64 by
+/// 64×32 588 → 603 vs 380 → 245; 48 of 64×64 by 64×256 1474 → 1306 vs 1222 → 544 — the
+/// crate no slower on one thread, twice as fast on two. The alternative, tc's GEMM running
+/// the matrices in parallel, each packing into its own slot of a workspace of a fixed
+/// number of slots (measured with a buffer allocated per task: 1927 → 998, 1842 → 900,
+/// 724 → 397, 1612 → 680), was no faster than the crate on two threads and slower on one,
+/// and would grow the plan by a packed `B` a slot; this rule instead frees the product's
+/// workspace. A single matrix keeps tc's GEMM at any size (no batch to spread). The rule
+/// depends on shapes alone, never on the thread count, so a plan is the same on any
+/// machine.
+pub fn cpu_packs_b(nbatch: u64, m: u64, n: u64, k: u64, in_place: bool) -> bool {
+    let per_matrix = m.saturating_mul(n).saturating_mul(k);
+    in_place
+        && m >= CPU_GEMM_MIN_ROWS
+        && n >= CPU_GEMM_NR
+        && k > 0
+        && (nbatch <= 1 || per_matrix >= CPU_SHARE_MIN_MACS)
 }
 
 /// Floats of the CPU GEMM's packed `B` for a product of `k` by `n`: `k` rows of the widest

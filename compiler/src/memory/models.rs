@@ -107,9 +107,10 @@ pub fn unfused_model(graph: &Graph, options: &PlanOptions) -> Unfused {
                 let k = graph.ty(a).sizes().last().copied().unwrap_or(0);
                 let f32s = [a, b, id].iter().all(|&x| graph.dtype(x) == DType::F32);
                 let ws = if r >= 2 {
+                    let nbatch = sizes[..r - 2].iter().product();
                     options
                         .target
-                        .matmul_workspace(sizes[r - 2], sizes[r - 1], k, f32s)
+                        .matmul_workspace(nbatch, sizes[r - 2], sizes[r - 1], k, f32s)
                 } else {
                     0
                 };

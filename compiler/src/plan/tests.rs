@@ -521,3 +521,62 @@ fn cpu_products_get_their_packed_b_at_their_step_alone() {
     }
     assert_eq!(products, 5);
 }
+
+/// The rule (`cpu_packs_b`) by shape: a batched f32 product goes to tc's GEMM (a packed-`B`
+/// workspace) only when each matrix has at least `CPU_SHARE_MIN_MACS` multiply-adds, enough
+/// to share among threads; a batched product of smaller matrices goes to the gemm crate
+/// (which spreads the batch over the threads) and gets no workspace, in the plan and in the
+/// eager model alike. One matrix keeps tc's GEMM at any size.
+#[test]
+fn batched_cpu_products_of_small_matrices_get_no_packed_b() {
+    use crate::schedule::{cpu_packing_floats, cpu_packs_b, CPU_SHARE_MIN_MACS};
+    // (batch, m, k, n, packs)
+    let cases: [(&[u64], u64, u64, u64, bool); 8] = [
+        (&[64], 128, 64, 128, false), // 2^20 a matrix
+        (&[8, 8], 128, 64, 128, false),
+        (&[256], 32, 64, 32, false),
+        (&[2], 127, 128, 128, false), // one row short of 2^21
+        (&[2], 128, 128, 128, true),  // 2^21 exactly
+        (&[4], 512, 64, 512, true),
+        (&[1], 128, 64, 128, true), // one matrix: no batch to spread
+        (&[], 24, 8, 16, true),
+    ];
+    for (batch, m, k, n, packs) in cases {
+        let nbatch: u64 = batch.iter().product();
+        assert_eq!(
+            cpu_packs_b(nbatch, m, n, k, true),
+            packs,
+            "{batch:?} {m}×{k}×{n}"
+        );
+        assert_eq!(
+            !packs,
+            nbatch > 1 && m * n * k < CPU_SHARE_MIN_MACS,
+            "{batch:?} {m}×{k}×{n}"
+        );
+        let mut b = G::new();
+        let sa: Vec<u64> = batch.iter().copied().chain([m, k]).collect();
+        let sb: Vec<u64> = batch.iter().copied().chain([k, n]).collect();
+        let x = b.input("x", DType::F32, &sa);
+        let w = b.input("w", DType::F32, &sb);
+        let y = b.matmul(x, w);
+        b.output("y", y);
+        let plan = planned(&b, &opts(true, true));
+        let mm = plan
+            .kernels
+            .iter()
+            .find_map(|k| match &k.kind {
+                KernelKind::MatMul(mm) => Some(mm),
+                _ => None,
+            })
+            .expect("the product");
+        assert_eq!(mm.nbatch(), nbatch);
+        let ws = 4 * cpu_packing_floats(n, k) * u64::from(packs);
+        assert_eq!(mm.workspace.map_or(0, |w| plan.buffer(w).bytes), ws);
+        // The eager model holds the product's result and the same workspace (the product
+        // of each is a multiple of 16 bytes here).
+        let report = memory_report(&b.g, &decompose(&b.g), &plan);
+        let out = 4 * nbatch * m * n;
+        assert_eq!(report.peaks.eager.without_inputs, out + ws, "{batch:?}");
+        assert_eq!(report.peaks.planned.without_inputs, out + ws, "{batch:?}");
+    }
+}

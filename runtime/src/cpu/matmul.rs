@@ -13,11 +13,15 @@
 //! the unfused add rounds.
 //!
 //! Threads: tc's GEMM shares each batch matrix among the pool's threads (batch matrices
-//! one after another, each packing its `B` into the one workspace); with the gemm crate a product read and
-//! written in place is split into column panels of its output (per batch matrix), each a
-//! single-threaded gemm call, handed to the pool as one job that the threads share
-//! dynamically (`Schedule`); gemm's own threads (a static split with a wait for both
-//! threads at every 512-long block of `k`) only where it packs A once for all of them.
+//! one after another, each packing its `B` into the one workspace). That is why the rule
+//! (`cpu_packs_b`) gives it a batched product only when each matrix is large enough to
+//! share (`CPU_SHARE_MIN_MACS`): a batched product of smaller matrices goes to the gemm
+//! crate, whose tasks spread the batch over the threads, with no workspace. With the gemm
+//! crate a product read and written in place is split into column panels of its output
+//! (per batch matrix), each a single-threaded gemm call, handed to the pool as one job
+//! that the threads share dynamically (`Schedule`); gemm's own threads (a static split
+//! with a wait for both threads at every 512-long block of `k`) only where it packs A once
+//! for all of them.
 //! Every output element is summed in the same order either way, so the results are the
 //! same bits whatever the thread count.
 
@@ -27,7 +31,7 @@ use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use tc_compiler::ir::DType;
-use tc_compiler::schedule::{MatMulKernel, MatOperand, Plan, CPU_GEMM_NC};
+use tc_compiler::schedule::{MatMulKernel, MatOperand, Plan, CPU_GEMM_NC, CPU_SHARE_MIN_MACS};
 
 pub(super) fn run(
     plan: &Plan,
@@ -200,6 +204,9 @@ pub(super) fn run(
                 CPU_GEMM_NC as usize,
             )
         };
+        // Matrices one after another, each shared by the pool when large enough: the rule
+        // (`cpu_packs_b`) gives tc's GEMM a batched product only when each matrix is, so
+        // only a single matrix runs here on one thread.
         let threads = rayon::current_num_threads();
         let macs = m.saturating_mul(n).saturating_mul(k);
         let parallel = threads > 1 && macs >= INLINE_MACS;
@@ -300,8 +307,10 @@ enum Schedule {
 }
 
 /// Below this many multiply-adds (about 0.03 ms on one core) a product runs on the calling
-/// thread: handing it to the pool would cost about what the second thread saves.
-const INLINE_MACS: usize = 1 << 21;
+/// thread: handing it to the pool would cost about what the second thread saves. The
+/// planner's threshold (`CPU_SHARE_MIN_MACS`), by which a batched product of smaller
+/// matrices goes to the gemm crate, not tc's GEMM.
+const INLINE_MACS: usize = CPU_SHARE_MIN_MACS as usize;
 /// Panels per thread: enough for one thread to take over another's share when that one is
 /// slowed, few enough that each panel keeps gemm's 128-column blocks.
 const PANELS_PER_THREAD: usize = 4;
@@ -892,5 +901,76 @@ mod tests {
         }
         let e = super::super::run(&none, &inputs, &[]).expect_err("no workspace runs");
         assert!(e.to_string().contains("workspace"), "{e}");
+    }
+
+    /// Batched f32 products of matrices too small to share (24 of 96 × 64 × 80, 4-D batch)
+    /// go to the gemm crate, with no workspace, and one of matrices large enough (2 of
+    /// 130 × 128 × 130) to tc's GEMM with its packed `B`: each the same bytes in pools of 1,
+    /// 2 and 3 threads, and within f32 rounding of the f64 product.
+    #[test]
+    fn batched_products_are_the_same_bits_whatever_the_thread_count() {
+        let source = "input a : f32[6, 4, 96, 64]\ninput b : f32[6, 4, 64, 80]\n\
+                      input c : f32[2, 130, 128]\ninput d : f32[2, 128, 130]\n\
+                      y = a @ b\nz = c @ d\noutput y, z\n";
+        let program = tc_compiler::compile(source, &Default::default()).expect("compiles");
+        let mut products = Vec::new();
+        for k in &program.plan.kernels {
+            if let tc_compiler::schedule::KernelKind::MatMul(mm) = &k.kind {
+                products.push((mm.nbatch(), mm.workspace.is_some()));
+            }
+        }
+        products.sort();
+        assert_eq!(products, [(2, true), (24, false)]);
+        let vals = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
+                .collect()
+        };
+        // (batch matrices, m, k, n) of y and z.
+        let shapes = [(24usize, 96usize, 64usize, 80usize), (2, 130, 128, 130)];
+        let mut operands = Vec::new();
+        let mut inputs = Vec::new();
+        for (i, &(nb, m, k, n)) in shapes.iter().enumerate() {
+            let (a, b) = (vals(nb * m * k, 2 * i), vals(nb * k * n, 2 * i + 1));
+            let lead: Vec<u64> = if i == 0 { vec![6, 4] } else { vec![2] };
+            let dims = |r: usize, c: usize| -> Vec<u64> {
+                lead.iter().copied().chain([r as u64, c as u64]).collect()
+            };
+            inputs.push(HostTensor::from_f32(DType::F32, dims(m, k), &a));
+            inputs.push(HostTensor::from_f32(DType::F32, dims(k, n), &b));
+            operands.push((a, b));
+        }
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| super::super::run(&program.plan, &inputs, &[]).expect("runs"))
+        };
+        let one = in_pool(1);
+        for threads in [2, 3] {
+            let got = in_pool(threads);
+            for (x, y) in one.iter().zip(&got) {
+                assert!(x.bytes == y.bytes, "1 and {threads} threads differ");
+            }
+        }
+        for (out, (&(nb, m, k, n), (a, b))) in one.iter().zip(shapes.iter().zip(&operands)) {
+            let got = out.to_f32();
+            for bi in 0..nb {
+                for r in 0..m {
+                    for c in 0..n {
+                        let (mut sum, mut mag) = (0f64, 0f64);
+                        for t in 0..k {
+                            let p = a[(bi * m + r) * k + t] as f64 * b[(bi * k + t) * n + c] as f64;
+                            sum += p;
+                            mag += p.abs();
+                        }
+                        let g = got[(bi * m + r) * n + c] as f64;
+                        let tol = mag * k as f64 * f32::EPSILON as f64 / 2.0;
+                        assert!((g - sum).abs() <= tol, "[{bi}, {r}, {c}]: {g} vs {sum}");
+                    }
+                }
+            }
+        }
     }
 }
