@@ -605,16 +605,22 @@ pub const CPU_GEMM_MIN_ROWS: u64 = 24;
 /// it to the pool would cost about what a second thread saves (about 0.03 ms on one core).
 pub const CPU_SHARE_MIN_MACS: u64 = 1 << 21;
 
+/// Multiply-adds of each matrix below which a batched product goes to the `gemm` crate
+/// (`cpu_packs_b`): about where the crate's spreading of the batch over the threads stops
+/// beating tc's GEMM sharing one matrix at a time (measured below).
+pub const CPU_BATCH_MIN_MACS: u64 = 1 << 24;
+
 /// Whether tc's CPU GEMM takes a product of `nbatch` matrices `m × k` by `k × n` (on a CPU
 /// with AVX2+FMA; elsewhere the `gemm` crate does, and the workspace is unused): f32 read
 /// and written in place, at least `CPU_GEMM_MIN_ROWS` rows, `CPU_GEMM_NR` columns and one
-/// step of `k` — and, when batched, matrices of at least `CPU_SHARE_MIN_MACS` each.
+/// step of `k` — and, when batched, matrices of at least `CPU_BATCH_MIN_MACS` each.
 ///
 /// Why batched products of smaller matrices go to the `gemm` crate: tc's GEMM shares one
 /// matrix at a time among the threads (one packed `B` in the workspace), and a matrix under
 /// `CPU_SHARE_MIN_MACS` is not worth sharing, so such a product ran its matrices one after
-/// another on one thread; the crate's path hands all `(matrix, panel)` tasks to the pool at
-/// once and needs no workspace. Measured on 2 cores (the product's kernel, best of 5 × 20
+/// another on one thread, and one a little larger pays a fork and a join (two with its
+/// `B` packing) for each matrix; the crate's path hands all `(matrix, panel)` tasks to the
+/// pool at once and needs no workspace. Measured on 2 cores (the product's kernel, best of 5 × 20
 /// runs, µs at 1 → 2 threads, tc's GEMM vs the crate): 64 matrices of 128×64 by 64×128
 /// 1799 → 1939 vs 1813 → 746; 8·8 of the same 1825 → 1750 vs 1692 → 891; 256 of 32×64 by
 /// 64×32 588 → 603 vs 380 → 245; 48 of 64×64 by 64×256 1474 → 1306 vs 1222 → 544 — the
@@ -623,7 +629,14 @@ pub const CPU_SHARE_MIN_MACS: u64 = 1 << 21;
 /// number of slots (measured with a buffer allocated per task: 1927 → 998, 1842 → 900,
 /// 724 → 397, 1612 → 680), was no faster than the crate on two threads and slower on one,
 /// and would grow the plan by a packed `B` a slot; this rule instead frees the product's
-/// workspace. A single matrix keeps tc's GEMM at any size (no batch to spread). The rule
+/// workspace. Above `CPU_SHARE_MIN_MACS` (the product's kernel through `cpubench`, 2
+/// threads, best of 30, ms, tc's GEMM vs the crate, alternated twice): 4 × 128³ (2^21)
+/// 0.15–0.25 vs 0.12–0.13; 8 × [256,64]@[64,256] (2^22) 0.49–0.51 vs 0.33; 4 ×
+/// [256,128]@[128,256] (2^23) 0.45–0.50 vs 0.42; 16 × [128,64]@[64,1024] (2^23) 2.4–2.6 vs
+/// 1.9–2.1; 4 × 256³ (2^24) 0.79–0.88 vs 0.75–0.81, a tie; 4 × 512³ alike within the
+/// noise. A single matrix keeps tc's GEMM at any size (no batch to spread; through the
+/// executor it measured as fast as the crate or faster from 2^21 up: [128,1024]@[1024,128]
+/// 0.22 vs 0.22–0.23, [128,64]@[64,1024] 0.17 vs 0.22). The rule
 /// depends on shapes alone, never on the thread count, so a plan is the same on any
 /// machine.
 pub fn cpu_packs_b(nbatch: u64, m: u64, n: u64, k: u64, in_place: bool) -> bool {
@@ -632,7 +645,7 @@ pub fn cpu_packs_b(nbatch: u64, m: u64, n: u64, k: u64, in_place: bool) -> bool 
         && m >= CPU_GEMM_MIN_ROWS
         && n >= CPU_GEMM_NR
         && k > 0
-        && (nbatch <= 1 || per_matrix >= CPU_SHARE_MIN_MACS)
+        && (nbatch <= 1 || per_matrix >= CPU_BATCH_MIN_MACS)
 }
 
 /// Floats of the CPU GEMM's packed `B` for a product of `k` by `n`: `k` rows of the widest

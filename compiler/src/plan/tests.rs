@@ -523,20 +523,22 @@ fn cpu_products_get_their_packed_b_at_their_step_alone() {
 }
 
 /// The rule (`cpu_packs_b`) by shape: a batched f32 product goes to tc's GEMM (a packed-`B`
-/// workspace) only when each matrix has at least `CPU_SHARE_MIN_MACS` multiply-adds, enough
+/// workspace) only when each matrix has at least `CPU_BATCH_MIN_MACS` multiply-adds, enough
 /// to share among threads; a batched product of smaller matrices goes to the gemm crate
 /// (which spreads the batch over the threads) and gets no workspace, in the plan and in the
 /// eager model alike. One matrix keeps tc's GEMM at any size.
 #[test]
 fn batched_cpu_products_of_small_matrices_get_no_packed_b() {
-    use crate::schedule::{cpu_packing_floats, cpu_packs_b, CPU_SHARE_MIN_MACS};
+    use crate::schedule::{cpu_packing_floats, cpu_packs_b, CPU_BATCH_MIN_MACS};
     // (batch, m, k, n, packs)
-    let cases: [(&[u64], u64, u64, u64, bool); 8] = [
+    let cases: [(&[u64], u64, u64, u64, bool); 10] = [
         (&[64], 128, 64, 128, false), // 2^20 a matrix
         (&[8, 8], 128, 64, 128, false),
         (&[256], 32, 64, 32, false),
-        (&[2], 127, 128, 128, false), // one row short of 2^21
-        (&[2], 128, 128, 128, true),  // 2^21 exactly
+        (&[2], 128, 128, 128, false),  // 2^21
+        (&[16], 128, 64, 1024, false), // 2^23
+        (&[2], 255, 256, 256, false),  // one row short of 2^24
+        (&[2], 256, 256, 256, true),   // 2^24 exactly
         (&[4], 512, 64, 512, true),
         (&[1], 128, 64, 128, true), // one matrix: no batch to spread
         (&[], 24, 8, 16, true),
@@ -550,7 +552,7 @@ fn batched_cpu_products_of_small_matrices_get_no_packed_b() {
         );
         assert_eq!(
             !packs,
-            nbatch > 1 && m * n * k < CPU_SHARE_MIN_MACS,
+            nbatch > 1 && m * n * k < CPU_BATCH_MIN_MACS,
             "{batch:?} {m}×{k}×{n}"
         );
         let mut b = G::new();

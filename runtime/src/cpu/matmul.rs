@@ -15,7 +15,7 @@
 //! Threads: tc's GEMM shares each batch matrix among the pool's threads (batch matrices
 //! one after another, each packing its `B` into the one workspace). That is why the rule
 //! (`cpu_packs_b`) gives it a batched product only when each matrix is large enough to
-//! share (`CPU_SHARE_MIN_MACS`): a batched product of smaller matrices goes to the gemm
+//! share well (`CPU_BATCH_MIN_MACS`): a batched product of smaller matrices goes to the gemm
 //! crate, whose tasks spread the batch over the threads, with no workspace. With the gemm
 //! crate a product read and written in place is split into column panels of its output
 //! (per batch matrix), each a single-threaded gemm call, handed to the pool as one job
@@ -905,12 +905,12 @@ mod tests {
 
     /// Batched f32 products of matrices too small to share (24 of 96 × 64 × 80, 4-D batch)
     /// go to the gemm crate, with no workspace, and one of matrices large enough (2 of
-    /// 130 × 128 × 130) to tc's GEMM with its packed `B`: each the same bytes in pools of 1,
+    /// 260 × 256 × 260) to tc's GEMM with its packed `B`: each the same bytes in pools of 1,
     /// 2 and 3 threads, and within f32 rounding of the f64 product.
     #[test]
     fn batched_products_are_the_same_bits_whatever_the_thread_count() {
         let source = "input a : f32[6, 4, 96, 64]\ninput b : f32[6, 4, 64, 80]\n\
-                      input c : f32[2, 130, 128]\ninput d : f32[2, 128, 130]\n\
+                      input c : f32[2, 260, 256]\ninput d : f32[2, 256, 260]\n\
                       y = a @ b\nz = c @ d\noutput y, z\n";
         let program = tc_compiler::compile(source, &Default::default()).expect("compiles");
         let mut products = Vec::new();
@@ -927,7 +927,7 @@ mod tests {
                 .collect()
         };
         // (batch matrices, m, k, n) of y and z.
-        let shapes = [(24usize, 96usize, 64usize, 80usize), (2, 130, 128, 130)];
+        let shapes = [(24usize, 96usize, 64usize, 80usize), (2, 260, 256, 260)];
         let mut operands = Vec::new();
         let mut inputs = Vec::new();
         for (i, &(nb, m, k, n)) in shapes.iter().enumerate() {
