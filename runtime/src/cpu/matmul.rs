@@ -634,6 +634,30 @@ mod tests {
     use crate::tensor::HostTensor;
     use tc_compiler::ir::DType;
 
+    /// Runs `plan` on one thread and on each of `threads`, asserts that every run gives the
+    /// one-thread run's bytes, and returns those outputs.
+    fn same_bytes_at_thread_counts(
+        plan: &tc_compiler::schedule::Plan,
+        inputs: &[HostTensor],
+        threads: &[usize],
+    ) -> Vec<HostTensor> {
+        let in_pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| super::super::run(plan, inputs, &[]).expect("runs"))
+        };
+        let one = in_pool(1);
+        for &t in threads {
+            let got = in_pool(t);
+            for (x, y) in one.iter().zip(&got) {
+                assert!(x.bytes == y.bytes, "1 and {t} threads differ");
+            }
+        }
+        one
+    }
+
     /// Every schedule covers each output column of each batch matrix once, in panels that
     /// keep gemm on its general path (more than 64 rows) and, but for the last, a multiple of
     /// 16 columns wide; small products stay on the calling thread.
@@ -745,20 +769,7 @@ mod tests {
                     .collect::<Vec<_>>(),
             ),
         ];
-        let in_pool = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("pool")
-                .install(|| super::super::run(&program.plan, &inputs, &[]).expect("runs"))
-        };
-        let one = in_pool(1);
-        for threads in [2, 3, 5] {
-            let got = in_pool(threads);
-            for (x, y) in one.iter().zip(&got) {
-                assert!(x.bytes == y.bytes, "1 and {threads} threads differ");
-            }
-        }
+        let one = same_bytes_at_thread_counts(&program.plan, &inputs, &[2, 3, 5]);
         let (y, z, t) = (one[0].to_f32(), one[1].to_f32(), one[3].to_f32());
         for bi in 0..b {
             for r in 0..m {
@@ -940,20 +951,7 @@ mod tests {
             inputs.push(HostTensor::from_f32(DType::F32, dims(k, n), &b));
             operands.push((a, b));
         }
-        let in_pool = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("pool")
-                .install(|| super::super::run(&program.plan, &inputs, &[]).expect("runs"))
-        };
-        let one = in_pool(1);
-        for threads in [2, 3] {
-            let got = in_pool(threads);
-            for (x, y) in one.iter().zip(&got) {
-                assert!(x.bytes == y.bytes, "1 and {threads} threads differ");
-            }
-        }
+        let one = same_bytes_at_thread_counts(&program.plan, &inputs, &[2, 3]);
         for (out, (&(nb, m, k, n), (a, b))) in one.iter().zip(shapes.iter().zip(&operands)) {
             let got = out.to_f32();
             for bi in 0..nb {
