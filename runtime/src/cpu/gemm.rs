@@ -442,22 +442,22 @@ unsafe fn block(
                 }
                 // The edge tiles: the rows past the whole tiles in the whole panels, then
                 // every tile of the panels past them.
+                let none = Hint {
+                    c: std::ptr::null(),
+                    b: std::ptr::null(),
+                };
                 for p in p0..p1 {
+                    let bpan = &bp[bbase + p * kc * NR..][..kc * NR];
+                    let w = NR.min(cols - p * NR);
                     let first = if p < full_p { full_q } else { 0 };
                     for q in first..rows.div_ceil(MR) {
-                        // SAFETY: as for the tiles above (forwarded).
+                        let apan = &ap[q * kc * MR..][..kc * MR];
+                        let h = MR.min(rows - q * MR);
+                        // SAFETY: the tile's `h × w` corner is in C (rows r0 + q·MR ..,
+                        // columns p·NR ..); AVX2 and FMA are present (`tier`).
                         unsafe {
-                            edge_tile(
-                                (r0, rows),
-                                (p, cols),
-                                (q, t0, kc),
-                                ap,
-                                bp,
-                                c,
-                                ldc,
-                                load,
-                                tier,
-                            )
+                            let ct = c.add((r0 + q * MR) * ldc + p * NR);
+                            edge_tile(kc, apan, bpan, (ct, ldc), (h, w), load, none, true)
                         };
                     }
                 }
@@ -491,24 +491,8 @@ unsafe fn block(
                         // SAFETY: a whole 6 × 16 tile of C.
                         unsafe { micro(kc, apan, bpan, (ct, ldc), load, hint, simd) };
                     } else {
-                        // An edge tile: through a whole one.
-                        let mut tmp = [0f32; MR * NR];
-                        for i in 0..h {
-                            for j in 0..w {
-                                if load {
-                                    // SAFETY: (i, j) is in the tile.
-                                    tmp[i * NR + j] = unsafe { *ct.add(i * ldc + j) };
-                                }
-                            }
-                        }
-                        // SAFETY: `tmp` is a whole tile at stride NR.
-                        unsafe { micro(kc, apan, bpan, (tmp.as_mut_ptr(), NR), load, hint, simd) };
-                        for i in 0..h {
-                            for j in 0..w {
-                                // SAFETY: as above.
-                                unsafe { *ct.add(i * ldc + j) = tmp[i * NR + j] };
-                            }
-                        }
+                        // SAFETY: the tile's `h × w` corner is in C.
+                        unsafe { edge_tile(kc, apan, bpan, (ct, ldc), (h, w), load, hint, simd) };
                     }
                 }
             }
@@ -516,29 +500,22 @@ unsafe fn block(
     });
 }
 
-/// Tile `q` (rows `r0 + q·MR ..`) of panel `p` computed on its own through a whole tile
-/// (the edge tiles of the AVX-512 path): the AVX2 or scalar micro-kernel.
+/// An edge tile (its `h × w` corner of `C` at `ct`, short of a whole `MR × NR` tile)
+/// through a whole one: copied into a whole tile, the micro-kernel, copied back.
 ///
 /// # Safety
-/// As `block`, for one tile of it.
+/// As `micro`, for the `h × w` corner of the tile at `ct` rather than the whole of it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn edge_tile(
-    (r0, rows): (usize, usize),
-    (p, cols): (usize, usize),
-    (q, t0, kc): (usize, usize, usize),
-    ap: &[f32],
-    bp: &[f32],
-    c: *mut f32,
-    ldc: usize,
+    kc: usize,
+    apan: &[f32],
+    bpan: &[f32],
+    (ct, ldc): (*mut f32, usize),
+    (h, w): (usize, usize),
     load: bool,
-    tier: Tier,
+    hint: Hint,
+    simd: bool,
 ) {
-    let panels = cols.div_ceil(NR);
-    let bpan = &bp[t0 * NR * panels + p * kc * NR..][..kc * NR];
-    let apan = &ap[q * kc * MR..][..kc * MR];
-    let (h, w) = (MR.min(rows - q * MR), NR.min(cols - p * NR));
-    // SAFETY: the tile's (h, w) corner is in C (the caller's promise).
-    let ct = unsafe { c.add((r0 + q * MR) * ldc + p * NR) };
     let mut tmp = [0f32; MR * NR];
     for i in 0..h {
         for j in 0..w {
@@ -548,22 +525,8 @@ unsafe fn edge_tile(
             }
         }
     }
-    let hint = Hint {
-        c: std::ptr::null(),
-        b: std::ptr::null(),
-    };
     // SAFETY: `tmp` is a whole tile at stride NR.
-    unsafe {
-        micro(
-            kc,
-            apan,
-            bpan,
-            (tmp.as_mut_ptr(), NR),
-            load,
-            hint,
-            tier >= Tier::Avx2,
-        )
-    };
+    unsafe { micro(kc, apan, bpan, (tmp.as_mut_ptr(), NR), load, hint, simd) };
     for i in 0..h {
         for j in 0..w {
             // SAFETY: as above.
@@ -755,11 +718,6 @@ mod tests {
             .collect()
     }
 
-    /// Every shape's edges (rows not a multiple of 6, columns not of 16, `k` over several
-    /// blocks and not a multiple of `KC`, more rows than `MC`), `A` and `B` row-major,
-    /// transposed or both strided, `C` with a wider row stride, from 0 and accumulating:
-    /// the same bits as the plain ordered fma loop, with the vector and the scalar
-    /// micro-kernel, in pools of 1, 2, 3 and 5 threads.
     /// The row tasks cover the rows once, in order, none over `MC` rows, their sizes within
     /// one micro-tile of each other, and (where there are enough tiles) as many for each
     /// thread.
@@ -791,6 +749,11 @@ mod tests {
         }
     }
 
+    /// Every shape's edges (rows not a multiple of 6, columns not of 16, `k` over several
+    /// blocks and not a multiple of `KC`, more rows than `MC`), `A` and `B` row-major,
+    /// transposed or both strided, `C` with a wider row stride, from 0 and accumulating:
+    /// the same bits as the plain ordered fma loop, with each micro-kernel the CPU runs
+    /// (512-bit, AVX2, scalar), in pools of 1, 2, 3 and 5 threads.
     #[test]
     fn products_are_the_ordered_fma_sum_whatever_the_threads_and_kernel() {
         let shapes = [
