@@ -609,6 +609,8 @@ pub const CPU_SHARE_MIN_MACS: u64 = 1 << 21;
 /// (`cpu_packs_b`): about where the crate's spreading of the batch over the threads stops
 /// beating tc's GEMM sharing one matrix at a time (measured below).
 pub const CPU_BATCH_MIN_MACS: u64 = 1 << 24;
+// A batched product's matrices tc's GEMM takes are each large enough to share.
+const _: () = assert!(CPU_BATCH_MIN_MACS >= CPU_SHARE_MIN_MACS);
 
 /// Whether tc's CPU GEMM takes a product of `nbatch` matrices `m × k` by `k × n` (on a CPU
 /// with AVX2+FMA; elsewhere the `gemm` crate does, and the workspace is unused): f32 read

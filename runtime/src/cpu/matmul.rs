@@ -307,9 +307,9 @@ enum Schedule {
 }
 
 /// Below this many multiply-adds (about 0.03 ms on one core) a product runs on the calling
-/// thread: handing it to the pool would cost about what the second thread saves. The
-/// planner's threshold (`CPU_SHARE_MIN_MACS`), by which a batched product of smaller
-/// matrices goes to the gemm crate, not tc's GEMM.
+/// thread: handing it to the pool would cost about what the second thread saves
+/// (`CPU_SHARE_MIN_MACS`, which the planner's batched threshold `CPU_BATCH_MIN_MACS` is
+/// at least, so every matrix of a batched product tc's GEMM takes is shared).
 const INLINE_MACS: usize = CPU_SHARE_MIN_MACS as usize;
 /// Panels per thread: enough for one thread to take over another's share when that one is
 /// slowed, few enough that each panel keeps gemm's 128-column blocks.
@@ -634,6 +634,13 @@ mod tests {
     use crate::tensor::HostTensor;
     use tc_compiler::ir::DType;
 
+    /// `len` values in about [-1.94, 1.94], a different sequence for each `seed`.
+    fn vals(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
+            .collect()
+    }
+
     /// Runs `plan` on one thread and on each of `threads`, asserts that every run gives the
     /// one-thread run's bytes, and returns those outputs.
     fn same_bytes_at_thread_counts(
@@ -746,11 +753,6 @@ mod tests {
                 super::Schedule::Panels { count, .. } if count > 1
             ));
         }
-        let vals = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
-                .collect()
-        };
         let (af, wf, xf) = (vals(b * m * k, 1), vals(k * n, 2), vals(m * n, 3));
         let inputs = [
             HostTensor::from_f32(DType::F32, vec![b as u64, m as u64, k as u64], &af),
@@ -818,11 +820,6 @@ mod tests {
         let program = tc_compiler::compile(&source, &Default::default()).expect("compiles");
         // The tiles really are smaller than the matrices.
         assert!(super::scratch_bytes(&program.plan) < k * n * 4);
-        let vals = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
-                .collect()
-        };
         let a = HostTensor::from_f32(
             DType::BF16,
             vec![b as u64, m as u64, k as u64],
@@ -869,11 +866,6 @@ mod tests {
         }
         let source = "input a : f32[48, 70]\ninput w : f32[70, 600]\ny = a @ w\noutput y\n";
         let program = tc_compiler::compile(source, &Default::default()).expect("compiles");
-        let vals = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
-                .collect()
-        };
         let (af, wf) = (vals(48 * 70, 1), vals(70 * 600, 2));
         let inputs = [
             HostTensor::from_f32(DType::F32, vec![48, 70], &af),
@@ -932,11 +924,6 @@ mod tests {
         }
         products.sort();
         assert_eq!(products, [(2, true), (24, false)]);
-        let vals = |len: usize, seed: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 - 1001.0) / 517.0)
-                .collect()
-        };
         // (batch matrices, m, k, n) of y and z.
         let shapes = [(24usize, 96usize, 64usize, 80usize), (2, 260, 256, 260)];
         let mut operands = Vec::new();
