@@ -755,8 +755,8 @@ unsafe fn block_sum_avx2(xs: &[f32]) -> f32 {
 /// The pairwise f32 sum of a block.
 pub fn block_sum(xs: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
+    if Tier::hardware() >= Tier::Avx2 {
+        // SAFETY: the CPU supports AVX2 (`Tier::hardware`).
         return unsafe { block_sum_avx2(xs) };
     }
     block_sum_base(xs)
@@ -803,6 +803,13 @@ mod tests {
         BinaryOp::Maximum,
         BinaryOp::Minimum,
     ];
+
+    /// Whether two blocks hold the same bits, any NaN matching any NaN.
+    fn same(a: &[f32], b: &[f32]) -> bool {
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan())
+    }
 
     /// Values across the interesting range, including exact powers and tiny and huge ones.
     fn samples() -> Vec<f32> {
@@ -879,9 +886,8 @@ mod tests {
             .chain(all[40_001..].iter().copied())
             .collect();
         let mut failures = Vec::new();
-        let ops = BINARY_OPS;
         let mut out = vec![0f32; xs.len()];
-        for op in ops {
+        for op in BINARY_OPS {
             let acc = eval::binary_accuracy(op);
             for &y in &xs {
                 let ys = vec![y; xs.len()];
@@ -994,11 +1000,6 @@ mod tests {
     fn every_tier_gives_the_same_bits() {
         let tiers = Tier::available();
         eprintln!("tiers compared with the baseline: {tiers:?}");
-        let same = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .all(|(x, y)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan())
-        };
         let xs = samples_and_specials();
         let ys: Vec<f32> = xs.iter().rev().copied().collect();
         let n = xs.len();
@@ -1014,8 +1015,7 @@ mod tests {
                     assert!(same(&got, &want), "{tier:?}: {pre:?} then {}", op.name());
                 }
             }
-            let ops = BINARY_OPS;
-            for op in ops {
+            for op in BINARY_OPS {
                 for (a, b) in [
                     (Operand::Block(&xs), Operand::Block(&ys)),
                     (Operand::Block(&xs), Operand::Scalar(-0.0)),
@@ -1064,11 +1064,6 @@ mod tests {
         let zs: Vec<f32> = xs.iter().map(|x| -x).rev().chain([0.0, -0.0]).collect();
         let n = xs.len();
         let zs = &zs[zs.len() - n..];
-        let same = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .all(|(x, y)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan())
-        };
         let ops = [
             BinaryOp::Add,
             BinaryOp::Sub,
