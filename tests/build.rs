@@ -1,10 +1,11 @@
 //! Decides, when the test binaries are built, which tests cannot run on this machine, so
 //! that the test harness reports them as *ignored* (with the reason) instead of as passed:
 //! the NVRTC tests (`tests/cuda.rs`) need `libnvrtc`, the CUDA emulation tests
-//! (`tests/cuda/emu.rs`) a host C++ compiler. It sets `cfg(tc_no_nvrtc)` / `cfg(tc_no_emu)`,
+//! (`tests/cuda/emu.rs`) a host C++ compiler, the per-element SASS test (`tests/cuda/sass.rs`)
+//! also `nvdisasm`. It sets `cfg(tc_no_nvrtc)` / `cfg(tc_no_emu)` / `cfg(tc_no_nvdisasm)`,
 //! which the tests turn into `#[ignore = "…"]`.
 //!
-//! `TC_REQUIRE_NVRTC=1` / `TC_REQUIRE_EMU=1` never set them: the tests then run and fail
+//! `TC_REQUIRE_NVRTC=1` / `TC_REQUIRE_EMU=1` / `TC_REQUIRE_NVDISASM=1` never set them: the tests then run and fail
 //! when what they need is missing; so does `cargo test -- --include-ignored`. The probe
 //! runs again when the variables that steer it change, when the library it found changes,
 //! or when a file is added to the folders it searched (see `watch`).
@@ -12,12 +13,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+#[path = "support/nvdisasm.rs"]
+mod nvdisasm;
+
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     for v in [
         "TC_REQUIRE_NVRTC",
         "TC_REQUIRE_EMU",
+        "TC_REQUIRE_NVDISASM",
         "TC_NVRTC_LIB",
+        "TC_NVDISASM",
         "TC_EMU_CXX",
         "LD_LIBRARY_PATH",
         "PATH",
@@ -26,6 +32,7 @@ fn main() {
     }
     println!("cargo::rustc-check-cfg=cfg(tc_no_nvrtc)");
     println!("cargo::rustc-check-cfg=cfg(tc_no_emu)");
+    println!("cargo::rustc-check-cfg=cfg(tc_no_nvdisasm)");
 
     let required = |v: &str| std::env::var(v).as_deref() == Ok("1");
     if !required("TC_REQUIRE_NVRTC") {
@@ -49,6 +56,13 @@ fn main() {
         for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
             watch(&dir);
         }
+    }
+    if !required("TC_REQUIRE_NVDISASM") && nvdisasm::find_nvdisasm().is_none() {
+        println!("cargo::rustc-cfg=tc_no_nvdisasm");
+        println!(
+            "cargo::warning=nvdisasm not found: the per-element SASS test will be reported as \
+             ignored (TC_REQUIRE_NVDISASM=1 makes it fail instead)"
+        );
     }
 }
 

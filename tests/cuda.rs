@@ -18,6 +18,9 @@ mod emu;
 #[path = "cuda/static_figures.rs"]
 mod static_figures;
 
+#[path = "cuda/sass.rs"]
+mod sass;
+
 #[path = "cuda/index_add.rs"]
 mod index_add;
 
