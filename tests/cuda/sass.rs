@@ -194,7 +194,7 @@ fn cuda_sass_per_element() {
             let fast = loop_fast_path(lines)
                 .unwrap_or_else(|| panic!("{name} {kernel}: no grid-stride loop found"));
             assert!(
-                stores > 0 && fast.stores > 0 && fast.stores % stores == 0,
+                stores > 0 && fast.stores > 0 && fast.stores.is_multiple_of(stores),
                 "{name} {kernel}: {} global stores in the loop, {stores} a source iteration",
                 fast.stores
             );
