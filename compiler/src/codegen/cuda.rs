@@ -183,10 +183,10 @@ pub(crate) fn unary_expr(op: UnaryOp, a: &str) -> String {
         UnaryOp::Sin => format!("sinf({a})"),
         UnaryOp::Cos => format!("cosf({a})"),
         UnaryOp::Tanh => format!("tanhf({a})"),
-        UnaryOp::Sigmoid => format!("1.0f / (1.0f + expf(-{a}))"),
+        UnaryOp::Sigmoid => format!("tc_sigmoid({a})"),
         UnaryOp::Relu => format!("({a} <= 0.0f ? 0.0f : {a})"),
         UnaryOp::Gelu => format!("0.5f * {a} * (1.0f + erff({a} * 0.70710678118654752f))"),
-        UnaryOp::Silu => format!("{a} / (1.0f + expf(-{a}))"),
+        UnaryOp::Silu => format!("tc_silu({a})"),
         UnaryOp::Erf => format!("erff({a})"),
         UnaryOp::Square => format!("{a} * {a}"),
         UnaryOp::Not => format!("({a} == 0.0f ? 1.0f : 0.0f)"),
@@ -201,9 +201,10 @@ pub(crate) fn unary_expr(op: UnaryOp, a: &str) -> String {
         UnaryOp::Reciprocal => format!("1.0f / {a}"),
         UnaryOp::Tan => format!("tanf({a})"),
         UnaryOp::Softplus => format!("({a} > 20.0f ? {a} : log1pf(expf({a})))"),
-        // x / (1 + e^(-2u)) = x/2 · (1 + tanh u), u = √(2/π)(x + 0.044715x³), as on the CPU.
+        // x / (1 + e^(-2u)) = x/2 · (1 + tanh u), u = √(2/π)(x + 0.044715x³), as on the CPU
+        // (the division as a refined reciprocal: `tc_recip_ge1`).
         UnaryOp::GeluTanh => format!(
-            "{a} / (1.0f + expf(-1.5957691216057308f * fmaf(0.044715f * {a} * {a}, {a}, {a})))"
+            "{a} * tc_recip_ge1(1.0f + expf(-1.5957691216057308f * fmaf(0.044715f * {a} * {a}, {a}, {a})))"
         ),
     }
 }

@@ -10,6 +10,20 @@ __device__ __forceinline__ float tc_max(float a, float b) { return (a != a || a 
 __device__ __forceinline__ float tc_min(float a, float b) { return (a != a || a < b) ? a : b; }
 __device__ __forceinline__ float tc_add(float a, float b) { return a + b; }
 
+// 1/d for the denominators `1 + e^t` of sigmoid, silu and gelu_tanh (d >= 1, +inf or NaN):
+// the approximate reciprocal refined by one Newton step, so within 0.5 ulp plus 2^-40
+// relative where 1/d is normal; 0 for d = +inf (where the step would give NaN) and where
+// 1/d < 2^-126 (`ftz`), NaN for NaN. Five instructions and no branch, where the IEEE
+// `1.0f / d` takes about ten and a slow-path branch (tests/cuda/sass.rs). These functions
+// promise ulps, not correct rounding (`ir::eval::unary_accuracy`); a user's `/` stays IEEE.
+__device__ __forceinline__ float tc_recip_ge1(float d) {
+    const float r = tc_rcp_approx(d);
+    const float refined = fmaf(r, fmaf(-d, r, 1.0f), r);
+    return d == __int_as_float(0x7f800000) ? 0.0f : refined;
+}
+__device__ __forceinline__ float tc_sigmoid(float x) { return tc_recip_ge1(1.0f + expf(-x)); }
+__device__ __forceinline__ float tc_silu(float x) { return x * tc_recip_ge1(1.0f + expf(-x)); }
+
 // Integers (i32, i64 and bool values are held as long long): two's-complement wrapping
 // arithmetic (by way of unsigned, so overflow is defined), i32 wrapping, and the float to
 // integer conversions of ir::eval (truncate; NaN gives 0; out of range saturates).

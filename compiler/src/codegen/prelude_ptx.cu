@@ -32,3 +32,12 @@ __device__ __forceinline__ unsigned short tc_f32_to_bf16(float f) {
     return (unsigned short)(u >> 16);
 #endif
 }
+
+// The approximate reciprocal `rcp.approx.ftz.f32` (one MUFU.RCP: within 1 ulp where 1/d is
+// normal, 0 where it is not; 0 for ±inf, NaN for NaN). Only `tc_recip_ge1` uses it, and
+// refines it.
+__device__ __forceinline__ float tc_rcp_approx(float d) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+    return r;
+}

@@ -97,6 +97,15 @@ static inline unsigned short tc_f32_to_f16(float x) {
     memcpy(&h, &f, 2);
     return h;
 }
+// The prelude's `rcp.approx.ftz.f32`: here the correctly rounded reciprocal (which the
+// device's refinement step in `tc_recip_ge1` leaves unchanged), flushed below 2^-126 as
+// `ftz` flushes. The device's approximation is within the Newton step's reach; its last
+// bit is the device's.
+static inline float tc_rcp_approx(float d) {
+    float r = 1.0f / d;
+    return (r != 0.0f && r < 1.17549435e-38f && r > -1.17549435e-38f) ? 0.0f * r : r;
+}
+
 // The prelude's `cvt.rn.bf16.f32`: round to nearest, ties to even, in integer arithmetic (a
 // NaN stays a quiet NaN).
 static inline unsigned short tc_f32_to_bf16(float f) {

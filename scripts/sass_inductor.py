@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""scripts/sass_inductor.py — the SASS an element of examples/chain.tx as torch.compile
+(Inductor) writes it in Triton, compiled ahead of time for sm_90 with no GPU, beside tc's own
+figure (tests/cuda/sass.rs's snapshot). Static evidence for issue 17's "the elementwise chain
+is limited by instruction issue": both kernels are counted the same way (instructions on the
+common path over the elements they handle).
+
+The Triton kernel is written as Inductor lowers the chain's ops (its decompositions as of
+torch 2.x: `libdevice.tanh`, `libdevice.erf`, `libdevice.sqrt`, `tl.sigmoid`, `/`, NaN-
+propagating `maximum`/`minimum`, `silu` as `x * sigmoid(x)`, `gelu` as `0.5·x·(1 + erf(x/√2))`),
+one tile of XBLOCK elements a program, as Inductor's pointwise template does; Triton's
+defaults (FMA contraction on, `div.full.f32` for `/`, approximate `ex2`). On a GPU,
+scripts/gpu.sh times the real torch.compile kernel; this only counts instructions.
+
+    python3 scripts/sass_inductor.py [--nvdisasm PATH]
+
+Needs `pip install torch` (Triton comes with it) and `nvidia-cuda-nvdisasm`.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.language.extra import libdevice
+
+XBLOCK = 1024
+NUM_WARPS = 4
+
+
+@triton.jit
+def _maximum(a, b):
+    # Inductor's triton_helpers.maximum: NaN propagates.
+    return tl.where((a > b) | (a != a), a, b)
+
+
+@triton.jit
+def _minimum(a, b):
+    return tl.where((a < b) | (a != a), a, b)
+
+
+@triton.jit
+def chain(in_ptr, out_ptr, xnumel, XBLOCK: tl.constexpr):
+    xindex = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
+    xmask = xindex < xnumel
+    x = tl.load(in_ptr + xindex, xmask)
+    a = x * 1.5 + 0.25
+    b = libdevice.tanh(a) * tl.sigmoid(x)
+    c = b * b - tl.abs(a) / (1.0 + tl.exp(-x))
+    d = _maximum(c, -1.0) + _minimum(libdevice.sqrt(tl.abs(b)), 2.0)
+    y = d * tl.sigmoid(d) + (0.5 * a * (1.0 + libdevice.erf(a * 0.7071067811865476))) * 0.5
+    tl.store(out_ptr + xindex, y, xmask)
+
+
+def find_nvdisasm(given):
+    if given:
+        return given
+    found = shutil.which("nvdisasm")
+    if found:
+        return found
+    import nvidia  # the pip wheels' namespace package
+
+    for d in nvidia.__path__:
+        p = os.path.join(d, "cu13", "bin", "nvdisasm")
+        if os.path.exists(p):
+            return p
+    sys.exit("nvdisasm not found: pip install nvidia-cuda-nvdisasm, or --nvdisasm PATH")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nvdisasm")
+    args = ap.parse_args()
+    src = triton.compiler.ASTSource(
+        fn=chain,
+        signature={"in_ptr": "*fp32", "out_ptr": "*fp32", "xnumel": "i32", "XBLOCK": "constexpr"},
+        constexprs={"XBLOCK": XBLOCK},
+    )
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS})
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "chain.cubin")
+        with open(path, "wb") as f:
+            f.write(k.asm["cubin"])
+        listing = subprocess.run(
+            [find_nvdisasm(args.nvdisasm), "-c", path], check=True, capture_output=True, text=True
+        ).stdout
+    ins = [m.group(1).strip() for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s*(.*?)\s*;", listing)]
+    # No loop: every instruction of the kernel runs once (bar the predicated-off ones), for
+    # XBLOCK / threads elements a thread. The few index instructions are counted too.
+    per_thread = XBLOCK // (32 * NUM_WARPS)
+    ptx = k.asm["ptx"]
+    kinds = {
+        op: len(re.findall(rf"\b{re.escape(op)}\b", ptx))
+        for op in ["div.rn.f32", "div.full.f32", "rcp.approx.ftz.f32", "sqrt.rn.f32",
+                   "sqrt.approx.ftz.f32", "ex2.approx.f32", "ex2.approx.ftz.f32", "fma.rn.f32"]
+    }
+    print(f"triton {triton.__version__}, sm_90, XBLOCK {XBLOCK}, {NUM_WARPS} warps: "
+          f"{per_thread} elements a thread")
+    print(f"SASS instructions: {len(ins)} = {len(ins) / per_thread:.1f} an element; "
+          f"MUFU {sum('MUFU' in t for t in ins) / per_thread:.1f} an element; "
+          f"calls {sum('CALL' in t for t in ins)}")
+    print("PTX operations an element: " + ", ".join(
+        f"{op} {n / per_thread:g}" for op, n in kinds.items() if n))
+
+
+if __name__ == "__main__":
+    main()
