@@ -11,10 +11,10 @@
 //! or when a file is added to the folders it searched (see `watch`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-#[path = "support/nvdisasm.rs"]
-mod nvdisasm;
+#[path = "support/tools.rs"]
+mod tools;
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
@@ -57,7 +57,7 @@ fn main() {
             watch(&dir);
         }
     }
-    if !required("TC_REQUIRE_NVDISASM") && nvdisasm::find_nvdisasm().is_none() {
+    if !required("TC_REQUIRE_NVDISASM") && tools::find_nvdisasm().is_none() {
         println!("cargo::rustc-cfg=tc_no_nvdisasm");
         println!(
             "cargo::warning=nvdisasm not found: the per-element SASS test will be reported as \
@@ -133,12 +133,5 @@ fn find_cxx() -> Option<String> {
         Ok(c) if !c.is_empty() => vec![c],
         _ => ["g++", "c++", "clang++"].map(String::from).to_vec(),
     };
-    candidates.into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    candidates.into_iter().find(|c| tools::runs(c))
 }

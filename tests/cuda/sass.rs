@@ -21,8 +21,8 @@ use tc_compiler::lower::lower_kernel;
 use tc_runtime::cuda;
 use tc_tests::examples;
 
-#[path = "../support/nvdisasm.rs"]
-mod nvdisasm;
+#[path = "../support/tools.rs"]
+mod tools;
 
 /// One disassembled line: an instruction, or a label (`.L_x_12`).
 #[derive(Debug, PartialEq)]
@@ -147,7 +147,7 @@ fn loop_fast_path(lines: &[Line]) -> Option<FastPath> {
 )]
 fn cuda_sass_per_element() {
     require_nvrtc();
-    let nvdisasm = nvdisasm::find_nvdisasm()
+    let nvdisasm = tools::find_nvdisasm()
         .expect("nvdisasm: set TC_NVDISASM, put it on PATH or pip install nvidia-cuda-nvdisasm");
     let dir = tempfile::tempdir().expect("a temporary folder");
     let mut table = String::from(
