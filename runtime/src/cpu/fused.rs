@@ -155,33 +155,49 @@ pub(super) fn run(
 }
 
 /// Runs `f(state, i)` for every `i < n` over the rayon pool, in tasks of consecutive
-/// indices (at least `min_len`, about eight tasks per thread for balance), each with its
-/// own state from `new`: one allocation per task, not one per work item or per rayon
-/// split. Every task can be taken by a free thread (rayon would otherwise run runs of
-/// several tasks as one unit, up to a quarter of the work with 16 tasks on two threads, and
-/// a thread slowed by another process would hold the other idle at the end). A kernel of
-/// one task runs on the calling thread, paying no hand-off to the pool.
+/// indices (at least `min_len`, about eight tasks per thread for balance) that the threads
+/// claim one at a time from an atomic counter as they come free, so a thread slowed by
+/// another process never holds the others idle at the end. Each thread makes one state
+/// with `new` when it claims its first task and keeps it for every task it runs (a task
+/// runs its indices in order on one state, as one longer task would; the state must not
+/// carry anything from one index to the next that changes what `f` computes). A kernel of
+/// one task, or a pool of one thread, runs on the calling thread, paying no hand-off.
 pub(super) fn for_each_task<S>(
     n: usize,
     min_len: usize,
     new: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, usize) + Sync,
 ) {
-    let per_task = n
-        .div_ceil(8 * rayon::current_num_threads())
-        .max(min_len)
-        .max(1);
-    let task = |t: usize| {
-        let mut s = new();
+    let threads = rayon::current_num_threads();
+    let per_task = n.div_ceil(8 * threads).max(min_len).max(1);
+    let tasks = n.div_ceil(per_task);
+    let run = |s: &mut S, t: usize| {
         for i in t * per_task..((t + 1) * per_task).min(n) {
-            f(&mut s, i);
+            f(s, i);
         }
     };
-    match n.div_ceil(per_task) {
-        0 => {}
-        1 => task(0),
-        tasks => (0..tasks).into_par_iter().with_max_len(1).for_each(task),
+    if tasks == 0 {
+        return;
     }
+    if tasks == 1 || threads == 1 {
+        let mut s = new();
+        (0..tasks).for_each(|t| run(&mut s, t));
+        return;
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    (0..threads.min(tasks))
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each(|_| {
+            let mut state = None;
+            loop {
+                let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if t >= tasks {
+                    break;
+                }
+                run(state.get_or_insert_with(&new), t);
+            }
+        });
 }
 
 /// Runs `f(state, start, end)` over consecutive pieces that cover `0..n`, shared by the
@@ -1195,6 +1211,51 @@ mod tests {
                     assert!(first >= n / (2 * threads) && first <= n / (2 * threads) + grain);
                     assert!(got.last().is_some_and(|&(a, b)| b - a <= grain));
                 }
+            }
+        }
+    }
+    #[test]
+    fn tasks_run_every_index_once_with_one_state_a_thread() {
+        for threads in [1, 2, 3, 5] {
+            for (n, min_len) in [
+                (0, 1),
+                (1, 1),
+                (7, 1),
+                (100, 1),
+                (100, 8),
+                (4096, 8),
+                (13, 50),
+            ] {
+                let seen = Mutex::new(vec![0u32; n]);
+                let states = std::sync::atomic::AtomicUsize::new(0);
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool")
+                    .install(|| {
+                        for_each_task(
+                            n,
+                            min_len,
+                            || {
+                                states.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                Vec::<usize>::new()
+                            },
+                            |mine, i| {
+                                mine.push(i);
+                                seen.lock().expect("lock")[i] += 1;
+                            },
+                        )
+                    });
+                let seen = seen.into_inner().expect("lock");
+                assert!(
+                    seen.iter().all(|&c| c == 1),
+                    "{threads} threads, n {n}: every index once: {seen:?}"
+                );
+                let states = states.into_inner();
+                assert!(
+                    states <= threads && (n == 0 || states >= 1),
+                    "{threads} threads, n {n}: {states} states, one a thread at most"
+                );
             }
         }
     }
