@@ -9,7 +9,7 @@ The Triton kernel is written as Inductor lowers the chain's ops (its decompositi
 torch 2.x: `libdevice.tanh`, `libdevice.erf`, `libdevice.sqrt`, `tl.sigmoid`, `/`, NaN-
 propagating `maximum`/`minimum`, `silu` as `x * sigmoid(x)`, `gelu` as `0.5·x·(1 + erf(x/√2))`),
 one tile of XBLOCK elements a program, as Inductor's pointwise template does; Triton's
-defaults (FMA contraction on, `div.full.f32` for `/`, approximate `ex2`). On a GPU,
+`div.full.f32` for `/` and approximate `ex2`, with FMA contraction ("FP fusion") on and off. On a GPU,
 scripts/gpu.sh times the real torch.compile kernel; this only counts instructions.
 
     python3 scripts/sass_inductor.py [--nvdisasm PATH]
@@ -72,40 +72,49 @@ def find_nvdisasm(given):
     sys.exit("nvdisasm not found: pip install nvidia-cuda-nvdisasm, or --nvdisasm PATH")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--nvdisasm")
-    args = ap.parse_args()
+def count(fusion, nvdisasm):
+    """(SASS instructions, of them MUFU, PTX operation counts) of the chain's kernel."""
     src = triton.compiler.ASTSource(
         fn=chain,
         signature={"in_ptr": "*fp32", "out_ptr": "*fp32", "xnumel": "i32", "XBLOCK": "constexpr"},
         constexprs={"XBLOCK": XBLOCK},
     )
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": NUM_WARPS, "enable_fp_fusion": fusion})
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "chain.cubin")
         with open(path, "wb") as f:
             f.write(k.asm["cubin"])
         listing = subprocess.run(
-            [find_nvdisasm(args.nvdisasm), "-c", path], check=True, capture_output=True, text=True
+            [nvdisasm, "-c", path], check=True, capture_output=True, text=True
         ).stdout
     ins = [m.group(1).strip() for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s*(.*?)\s*;", listing)]
-    # No loop: every instruction of the kernel runs once (bar the predicated-off ones), for
-    # XBLOCK / threads elements a thread. The few index instructions are counted too.
-    per_thread = XBLOCK // (32 * NUM_WARPS)
     ptx = k.asm["ptx"]
     kinds = {
         op: len(re.findall(rf"\b{re.escape(op)}\b", ptx))
         for op in ["div.rn.f32", "div.full.f32", "rcp.approx.ftz.f32", "sqrt.rn.f32",
                    "sqrt.approx.ftz.f32", "ex2.approx.f32", "ex2.approx.ftz.f32", "fma.rn.f32"]
     }
+    return len(ins), sum("MUFU" in t for t in ins), kinds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nvdisasm")
+    args = ap.parse_args()
+    nvdisasm = find_nvdisasm(args.nvdisasm)
+    # No loop: every instruction of the kernel runs once (bar the predicated-off ones), for
+    # XBLOCK / threads elements a thread. The few index instructions are counted too.
+    per_thread = XBLOCK // (32 * NUM_WARPS)
     print(f"triton {triton.__version__}, sm_90, XBLOCK {XBLOCK}, {NUM_WARPS} warps: "
           f"{per_thread} elements a thread")
-    print(f"SASS instructions: {len(ins)} = {len(ins) / per_thread:.1f} an element; "
-          f"MUFU {sum('MUFU' in t for t in ins) / per_thread:.1f} an element; "
-          f"calls {sum('CALL' in t for t in ins)}")
-    print("PTX operations an element: " + ", ".join(
-        f"{op} {n / per_thread:g}" for op, n in kinds.items() if n))
+    # FP fusion (contracting a*b + c into one FMA): on by default up to Triton 3.9, off from
+    # 3.10 (Triton's own warning); tc never contracts across ops.
+    for fusion in (True, False):
+        n, mufu, kinds = count(fusion, nvdisasm)
+        print(f"FP fusion {'on ' if fusion else 'off'}: {n} SASS = {n / per_thread:.1f} an element, "
+              f"MUFU {mufu / per_thread:.1f} an element; PTX an element: " + ", ".join(
+                  f"{op} {c / per_thread:g}" for op, c in kinds.items() if c))
 
 
 if __name__ == "__main__":
