@@ -506,8 +506,11 @@ pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
             Accuracy::EXACT
         }
         // The platform's `log1pf`, `expm1f`; `tanf` near its poles loses what the argument
-        // reduction of an f32 loses.
-        UnaryOp::Log1p | UnaryOp::Expm1 => a(1.0, 0.0),
+        // reduction of an f32 loses. glibc's `log1pf` (2.36, every f32 tried) is within 1 ulp
+        // but at one input, 0.41421396 (0x3ed413da, where it switches forms at √2 - 1): 1.29
+        // ulp, which tests/common/accuracy.rs's dense sweep found.
+        UnaryOp::Log1p => a(1.5, 0.0),
+        UnaryOp::Expm1 => a(1.0, 0.0),
         UnaryOp::Tan => a(2.0, 0.0),
         // log1p(e^x): e^x's ulp, then log1p's; 0 once e^x underflows (exact ~1e-45).
         UnaryOp::Softplus => a(3.0, FLUSH),
