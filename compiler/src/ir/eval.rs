@@ -480,8 +480,9 @@ pub fn ulp_f32(x: f64) -> f64 {
 const FLUSH: f64 = f32::MIN_POSITIVE as f64;
 
 /// The accuracy an executor's f32 `op` must reach (see `Accuracy`). Measured on the CPU
-/// kernels (`cpu::math`, whose tests hold them to it); CUDA's maths is held to the CPU's
-/// results by the tests of that backend.
+/// kernels (`cpu::math`, whose tests hold them to it); both executors are held to it over a
+/// dense sweep of f32 inputs by tc-tests' `accuracy` (the CPU in CI, CUDA on a GPU:
+/// `gpu_elementwise_ops_meet_their_accuracy`).
 pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
     let a = |ulps: f64, abs: f64| Accuracy { ulps, abs };
     match op {
