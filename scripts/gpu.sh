@@ -9,7 +9,11 @@
 #   1 differential      CUDA against the CPU executor: every example variant, >= 200 random
 #                       programs, split column reductions, take's gradient (index add) bit for
 #                       bit (the test binary's gpu_examples_*, gpu_random_programs_*,
-#                       gpu_split_column_reductions_*, gpu_index_add_*)
+#                       gpu_split_column_reductions_*, gpu_index_add_*); then every float
+#                       elementwise op (libdevice's expf, sinf, powf, ...) over a dense f32
+#                       sweep against its accuracy contract, ir::eval's f64 meaning
+#                       (gpu_elementwise_ops_meet_their_accuracy: a table row per op, in the
+#                       summary)
 #   2 measured          every example at its default dims: tc's device allocation equals
 #                       `planned`, and the driver's free-memory drop agrees
 #   3 figures           `tc bench` of every example, then scripts/torch_compare.py (PyTorch
@@ -26,9 +30,9 @@
 # Every stage has a share of one time budget (TC_GPU_BUDGET seconds, default 400, so one
 # call fits in 7 minutes with the machine's start outside it); a stage past its share is cut
 # by `timeout` and says so. Writes to $OUT (default ./gpu-out): summary.md first of all,
-# then env.txt, differential.log, memory.jsonl, measured.log, bench.log (and the causal
-# attentions it benches, causal/*.tx), torch.json,
-# torch.log, sanitizer.log, start.log, reliability.log.
+# then env.txt, differential.log, accuracy.log, memory.jsonl, measured.log, bench.log (and
+# the causal attentions it benches, causal/*.tx), torch.json, torch.log, sanitizer.log,
+# start.log, reliability.log.
 #
 # Without a GPU (a dry run on the build machine: TC_DEVBIN=target/release TC_TESTS_BIN=…)
 # every CUDA step must fail cleanly with exit 3, never hang or crash the script:
@@ -131,6 +135,14 @@ stage "1 differential"
 run_tests "$OUT/differential.log" 120 gpu_examples_match_the_cpu gpu_random_programs_match_the_cpu \
   gpu_split_column_reductions_match_the_cpu gpu_index_add_matches_the_cpu_bit_for_bit
 tests_verdict "examples and random programs, CUDA = CPU" $? "$OUT/differential.log"
+# The CUDA maths against the accuracy contract (tests/common/accuracy.rs): its own share
+# and verdict, and its table (one row per op: the largest error measured, the bound).
+: >"$OUT/accuracy.log"
+run_tests "$OUT/accuracy.log" 60 gpu_elementwise_ops_meet_their_accuracy
+tests_verdict "elementwise ops within their accuracy contract on CUDA" $? "$OUT/accuracy.log"
+if grep -q '^|' "$OUT/accuracy.log"; then
+  { echo; grep '^|' "$OUT/accuracy.log"; } >>"$summary"
+fi
 
 # ---- 2. measured == planned, and the driver's free-memory drop agrees.
 stage "2 measured == planned"

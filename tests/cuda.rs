@@ -1314,6 +1314,31 @@ fn gpu_random_programs_match_the_cpu() {
     );
 }
 
+/// Every float elementwise op on the CUDA executor (libdevice's `expf`, `sinf`, `powf`, …
+/// as `codegen::cuda` writes them) over a dense sweep of f32 inputs, within the accuracy
+/// contract the CPU's kernels are held to (`ir::eval::unary_accuracy`, `binary_accuracy`):
+/// one table row per op, the worst inputs of any op outside its bound.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu.sh runs it (--include-ignored, TC_REQUIRE_CUDA=1)"]
+fn gpu_elementwise_ops_meet_their_accuracy() {
+    if !gpu_ready() {
+        return;
+    }
+    let gpu = |p: &tc_compiler::Program, inputs: &[tc_runtime::HostTensor]| {
+        cuda::run(&p.plan, inputs, &[], &cuda::CudaOptions::default())
+            .map(|r| r.outputs)
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = tc_tests::accuracy::check_elementwise_accuracy(
+        "CUDA",
+        &cuda_options(&[]),
+        tc_tests::accuracy::Sweep::GPU,
+        &gpu,
+    ) {
+        panic!("{e}");
+    }
+}
+
 #[test]
 fn cuda_entry_points_never_panic_without_a_gpu() {
     // On any machine: `available` and `run` answer with a value, and on a machine without

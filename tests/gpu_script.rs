@@ -52,6 +52,14 @@ fn gpu_script_runs_every_stage_in_order_and_fails_cleanly_without_a_gpu() {
             .unwrap_or_else(|| panic!("stage {stage:?} missing or out of order\n{all}"));
         at += found + stage.len();
     }
+    // Stage 1's two verdicts, the differential tests' and the accuracy sweep's: each failed,
+    // with the exit status of a missing test binary.
+    for verdict in [
+        "- examples and random programs, CUDA = CPU (exit 2;",
+        "- elementwise ops within their accuracy contract on CUDA (exit 2;",
+    ] {
+        assert!(summary.contains(verdict), "{verdict:?} missing\n{all}");
+    }
     // Every `tc run --device cuda` of stage 2 failed with the device exit code, 3.
     let measured = std::fs::read_to_string(out.path().join("measured.log")).expect("measured.log");
     let runs: Vec<&str> = measured

@@ -6,6 +6,10 @@
 //! CPU executor bit for bit on the correctly rounded ops and within the op's documented
 //! accuracy (`ir::eval::unary_accuracy`, `binary_accuracy`) on the others.
 //!
+//! And every float elementwise op on the CPU executor over a sweep of f32 inputs, within
+//! its accuracy (`cpu_elementwise_ops_meet_their_accuracy`, `tc_tests::accuracy`, the same
+//! check `tests/cuda.rs` runs on a GPU).
+//!
 //! Also the regression test of issue 11: `maximum(log(0 - 1), 0)` was folded to 0 while the
 //! same maths on a tensor ran to NaN.
 
@@ -299,6 +303,25 @@ fn folding_and_running_agree_on_special_values_for_every_op() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Every float elementwise op on the CPU executor, through the whole pipeline (a one-op
+/// program over a sweep of f32 inputs, `tc_tests::accuracy`), within its accuracy contract
+/// (`ir::eval::unary_accuracy`, `binary_accuracy`); the same check as the GPU's
+/// `gpu_elementwise_ops_meet_their_accuracy`, at a sweep a CI run can afford.
+#[test]
+fn cpu_elementwise_ops_meet_their_accuracy() {
+    let cpu = |p: &tc_compiler::Program, inputs: &[HostTensor]| {
+        tc_runtime::cpu::run(&p.plan, inputs, &[]).map_err(|e| e.to_string())
+    };
+    if let Err(e) = tc_tests::accuracy::check_elementwise_accuracy(
+        "CPU",
+        &CompileOptions::default(),
+        tc_tests::accuracy::Sweep::CPU,
+        &cpu,
+    ) {
+        panic!("{e}");
+    }
 }
 
 /// Any f32 bit pattern (every NaN payload, subnormals, both zeros), or a special value.

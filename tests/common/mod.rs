@@ -8,6 +8,7 @@ use tc_compiler::{CompileOptions, PlanOptions};
 use tc_runtime::reference::{self, RefTensor};
 use tc_runtime::HostTensor;
 
+pub mod accuracy;
 pub mod attention;
 pub mod gen;
 pub mod gradcheck;

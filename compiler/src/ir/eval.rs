@@ -480,8 +480,9 @@ pub fn ulp_f32(x: f64) -> f64 {
 const FLUSH: f64 = f32::MIN_POSITIVE as f64;
 
 /// The accuracy an executor's f32 `op` must reach (see `Accuracy`). Measured on the CPU
-/// kernels (`cpu::math`, whose tests hold them to it); CUDA's maths is held to the CPU's
-/// results by the tests of that backend.
+/// kernels (`cpu::math`, whose tests hold them to it); both executors are held to it over a
+/// dense sweep of f32 inputs by tc-tests' `accuracy` (the CPU in CI, CUDA on a GPU:
+/// `gpu_elementwise_ops_meet_their_accuracy`).
 pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
     let a = |ulps: f64, abs: f64| Accuracy { ulps, abs };
     match op {
@@ -508,8 +509,11 @@ pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
             Accuracy::EXACT
         }
         // The platform's `log1pf`, `expm1f`; `tanf` near its poles loses what the argument
-        // reduction of an f32 loses.
-        UnaryOp::Log1p | UnaryOp::Expm1 => a(1.0, 0.0),
+        // reduction of an f32 loses. glibc's `log1pf` (2.36, every f32 tried) is within 1 ulp
+        // but at one input, 0.41421396 (0x3ed413da, where it switches forms at √2 - 1): 1.29
+        // ulp, which tests/common/accuracy.rs's dense sweep found.
+        UnaryOp::Log1p => a(1.5, 0.0),
+        UnaryOp::Expm1 => a(1.0, 0.0),
         UnaryOp::Tan => a(2.0, 0.0),
         // log1p(e^x): e^x's ulp, then log1p's; 0 once e^x underflows (exact ~1e-45).
         UnaryOp::Softplus => a(3.0, FLUSH),

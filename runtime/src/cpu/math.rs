@@ -326,11 +326,15 @@ fn flag(b: bool) -> f32 {
 }
 
 /// `torch.pow`: C `powf` (a negative base with an integral exponent is fine, with a
-/// fractional one NaN); `x ** 2` is exactly `x * x`.
+/// fractional one NaN); `x ** 2` is exactly `x * x`. `pow(x, ±0)` and `pow(1, y)` are 1
+/// even for a NaN, a signaling one included: glibc's `powf` gives NaN for a signaling NaN
+/// there, where the meaning (in f64, the NaN quieted by the widening) is 1.
 #[inline]
 pub fn pow(a: f32, b: f32) -> f32 {
     if b == 2.0 {
         a * a
+    } else if b == 0.0 || a == 1.0 {
+        1.0
     } else {
         a.powf(b)
     }
@@ -828,6 +832,8 @@ mod tests {
             f32::INFINITY,
             f32::NEG_INFINITY,
             f32::NAN,
+            // A signaling NaN (quiet bit clear), which C's `powf` treats apart.
+            f32::from_bits(0xff95_a158),
             f32::from_bits(1),
             -f32::from_bits(1),
             f32::from_bits(0x007f_ffff),
