@@ -29,17 +29,24 @@
 #
 # Every stage has a share of one time budget (TC_GPU_BUDGET seconds, default 400, so one
 # call fits in 7 minutes with the machine's start outside it); a stage past its share is cut
-# by `timeout` and says so. Writes to $OUT (default ./gpu-out): summary.md first of all,
-# then env.txt, differential.log, accuracy.log, memory.jsonl, measured.log, bench.log (and
-# the causal attentions it benches, causal/*.tx), torch.json, torch.log, sanitizer.log,
-# start.log, reliability.log.
+# by `timeout` and says so. Returns in $OUT (default ./gpu-out) two files: summary.md, and
+# logs.tar.gz holding env.txt, differential.log, accuracy.log, memory.jsonl, measured.log,
+# bench.log (and the causal attentions it benches, causal/*.tx), torch.json, torch.log,
+# sanitizer.log, start.log, reliability.log (`tar xzf logs.tar.gz` to read them).
 #
 # Without a GPU (a dry run on the build machine: TC_DEVBIN=target/release TC_TESTS_BIN=…)
 # every CUDA step must fail cleanly with exit 3, never hang or crash the script:
 # tests/gpu_script.rs runs it so on every CI run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-$PWD/gpu-out}"
+# What comes back from the device machine is at most 8 files (16 MiB each, 64 MiB in all)
+# under $OUT, named in letters, digits, '.', '_' and '-': the script works in a folder of
+# its own ($TC_GPU_WORK, else a fresh one under /tmp) and, when each stage starts and at the
+# end, copies summary.md to $OUT and packs every other file into $OUT/logs.tar.gz, so a run
+# cut off mid-stage still returns the stages before it. Nothing else is written to $OUT.
+DEST="${OUT:-$PWD/gpu-out}"
+mkdir -p "$DEST"
+OUT="${TC_GPU_WORK:-$(mktemp -d /tmp/tc-gpu.XXXXXX)}"
 mkdir -p "$OUT"
 BIN="${TC_DEVBIN:-.devbin}"
 TC="$BIN/tc"
@@ -57,7 +64,13 @@ limited() {
   [ "$s" -lt 1 ] && return 124
   timeout --kill-after=5 "$s" "$@"
 }
-stage() { note ""; note "## $1 (at $(($(date +%s) - T0)) s of $BUDGET)"; }
+# pack: summary.md, then the rest as logs.tar.gz, into $DEST (each replaced whole).
+pack() {
+  cp "$summary" "$DEST/summary.md.part" && mv -f "$DEST/summary.md.part" "$DEST/summary.md"
+  tar czf "$DEST/logs.tar.gz.part" -C "$OUT" --exclude=./summary.md . 2>/dev/null \
+    && mv -f "$DEST/logs.tar.gz.part" "$DEST/logs.tar.gz"
+}
+stage() { pack; note ""; note "## $1 (at $(($(date +%s) - T0)) s of $BUDGET)"; }
 status=0
 fail() { note "- $*: FAIL"; status=1; }
 
@@ -100,6 +113,7 @@ echo "# tc on ${gpu_name:-no GPU}, $(date -u +%F), commit $(git rev-parse --shor
 
 if [ ! -x "$TC" ]; then
   note "FAIL: $TC missing: run scripts/build-devbin.sh on the build machine and carry .devbin"
+  pack
   exit 1
 fi
 
@@ -337,4 +351,5 @@ rm -f "$OUT/bad_tokens.npy"
 
 note ""
 note "done at $(($(date +%s) - T0)) s; exit status $status"
+pack
 exit $status

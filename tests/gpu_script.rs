@@ -18,11 +18,13 @@ fn gpu_script_runs_every_stage_in_order_and_fails_cleanly_without_a_gpu() {
     }
     let root = cli::repo_root();
     let out = tempfile::tempdir().expect("temp dir");
+    let work = tempfile::tempdir().expect("temp dir");
     let devbin = tempfile::tempdir().expect("temp dir");
     std::os::unix::fs::symlink(cli::tc_path(), devbin.path().join("tc")).expect("symlink tc");
     let run = Command::new("bash")
         .arg(root.join("scripts/gpu.sh"))
         .env("OUT", out.path())
+        .env("TC_GPU_WORK", work.path())
         .env("TC_DEVBIN", devbin.path())
         .env("TC_TESTS_BIN", devbin.path().join("no-such-test-binary"))
         .env("TC_GPU_BUDGET", "300")
@@ -60,6 +62,43 @@ fn gpu_script_runs_every_stage_in_order_and_fails_cleanly_without_a_gpu() {
     ] {
         assert!(summary.contains(verdict), "{verdict:?} missing\n{all}");
     }
+    // What comes back fits the device tool's limits (at most 8 files, 16 MiB each, plain
+    // names): summary.md and logs.tar.gz, which holds every log of the work folder.
+    let mut returned: Vec<String> = std::fs::read_dir(out.path())
+        .expect("$OUT")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    returned.sort();
+    assert_eq!(returned, ["logs.tar.gz", "summary.md"], "{all}");
+    for name in &returned {
+        let bytes = std::fs::metadata(out.path().join(name))
+            .expect("a file")
+            .len();
+        assert!(bytes > 0 && bytes <= 16 << 20, "{name}: {bytes} bytes");
+    }
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(out.path().join("logs.tar.gz"))
+        .output()
+        .expect("tar runs");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for log in [
+        "./measured.log",
+        "./bench.log",
+        "./reliability.log",
+        "./env.txt",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == log),
+            "{log} not packed:\n{listing}"
+        );
+    }
+    let out = work;
     // Every `tc run --device cuda` of stage 2 failed with the device exit code, 3.
     let measured = std::fs::read_to_string(out.path().join("measured.log")).expect("measured.log");
     let runs: Vec<&str> = measured
@@ -91,7 +130,7 @@ fn gpu_script_runs_every_stage_in_order_and_fails_cleanly_without_a_gpu() {
     }
 }
 
-/// Stage 3's causal attentions (`$OUT/causal/*.tx`): each benched (the device's exit 3
+/// Stage 3's causal attentions (`causal/*.tx` in the work folder): each benched (the device's exit 3
 /// here, not a program's error), each one CUDA attention kernel with its key-tile table
 /// (the masked tiles skipped), and the same names as `torch_compare.py`'s `CAUSAL`, which
 /// must at least compile as Python.
