@@ -22,15 +22,7 @@ use tc_compiler::ir::{eval, BinaryOp, DType, UnaryOp};
 use tc_compiler::CompileOptions;
 use tc_runtime::{reference, HostTensor};
 
-const BINARY: [BinaryOp; 7] = [
-    BinaryOp::Add,
-    BinaryOp::Sub,
-    BinaryOp::Mul,
-    BinaryOp::Div,
-    BinaryOp::Pow,
-    BinaryOp::Maximum,
-    BinaryOp::Minimum,
-];
+const BINARY: [BinaryOp; 7] = BinaryOp::ARITHMETIC;
 
 /// The values every op is tried on, pairwise for binary ops.
 fn specials() -> Vec<f32> {

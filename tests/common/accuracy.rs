@@ -84,15 +84,7 @@ pub fn unary_ops() -> Vec<UnaryOp> {
 /// The binary ops on f32 operands: arithmetic, `maximum`/`minimum` and the comparisons
 /// (`logical_and`/`logical_or` take `bool` operands).
 pub fn binary_ops() -> Vec<BinaryOp> {
-    let mut ops = vec![
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Pow,
-        BinaryOp::Maximum,
-        BinaryOp::Minimum,
-    ];
+    let mut ops = BinaryOp::ARITHMETIC.to_vec();
     ops.extend(CmpOp::ALL.map(BinaryOp::Cmp));
     ops
 }

@@ -222,6 +222,18 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
+    /// The arithmetic ops, whose result has the operands' dtype (every op but the
+    /// comparisons and the logical ones): the list tests iterate over.
+    pub const ARITHMETIC: [BinaryOp; 7] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+    ];
+
     /// Whether the result is `bool` whatever the operands' dtype (the comparisons).
     pub fn is_cmp(self) -> bool {
         matches!(self, BinaryOp::Cmp(_))

@@ -1155,22 +1155,27 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Runs `for_each_piece` in a pool of `threads` and returns its pieces in order.
-    fn pieces(threads: usize, n: usize, grain: usize) -> Vec<(usize, usize)> {
-        let got = Mutex::new(Vec::new());
-        let states = std::sync::atomic::AtomicUsize::new(0);
+    /// Runs `f` in a pool of `threads`.
+    fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .expect("pool")
-            .install(|| {
-                for_each_piece(
-                    n,
-                    grain,
-                    || states.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    |_, a, b| got.lock().expect("lock").push((a, b)),
-                )
-            });
+            .install(f)
+    }
+
+    /// Runs `for_each_piece` in a pool of `threads` and returns its pieces in order.
+    fn pieces(threads: usize, n: usize, grain: usize) -> Vec<(usize, usize)> {
+        let got = Mutex::new(Vec::new());
+        let states = std::sync::atomic::AtomicUsize::new(0);
+        in_pool(threads, || {
+            for_each_piece(
+                n,
+                grain,
+                || states.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                |_, a, b| got.lock().expect("lock").push((a, b)),
+            )
+        });
         assert!(
             states.into_inner() <= threads.max(1),
             "one state per thread at most"
@@ -1228,24 +1233,20 @@ mod tests {
             ] {
                 let seen = Mutex::new(vec![0u32; n]);
                 let states = std::sync::atomic::AtomicUsize::new(0);
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool")
-                    .install(|| {
-                        for_each_task(
-                            n,
-                            min_len,
-                            || {
-                                states.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                Vec::<usize>::new()
-                            },
-                            |mine, i| {
-                                mine.push(i);
-                                seen.lock().expect("lock")[i] += 1;
-                            },
-                        )
-                    });
+                in_pool(threads, || {
+                    for_each_task(
+                        n,
+                        min_len,
+                        || {
+                            states.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Vec::<usize>::new()
+                        },
+                        |mine, i| {
+                            mine.push(i);
+                            seen.lock().expect("lock")[i] += 1;
+                        },
+                    )
+                });
                 let seen = seen.into_inner().expect("lock");
                 assert!(
                     seen.iter().all(|&c| c == 1),

@@ -798,15 +798,7 @@ mod tests {
     use tc_compiler::ir::{eval, ReduceOp};
 
     /// The binary ops with a block loop of their own.
-    const BINARY_OPS: [BinaryOp; 7] = [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Pow,
-        BinaryOp::Maximum,
-        BinaryOp::Minimum,
-    ];
+    const BINARY_OPS: [BinaryOp; 7] = BinaryOp::ARITHMETIC;
 
     /// Whether two blocks hold the same bits, any NaN matching any NaN.
     fn same(a: &[f32], b: &[f32]) -> bool {
