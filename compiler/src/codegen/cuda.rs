@@ -201,11 +201,11 @@ pub(crate) fn unary_expr(op: UnaryOp, a: &str) -> String {
         UnaryOp::Reciprocal => format!("1.0f / {a}"),
         UnaryOp::Tan => format!("tanf({a})"),
         UnaryOp::Softplus => format!("({a} > 20.0f ? {a} : log1pf(expf({a})))"),
-        // x / (1 + e^(-2u)) = x/2 · (1 + tanh u), u = √(2/π)(x + 0.044715x³), as on the CPU
-        // (the division as a refined reciprocal: `tc_recip_ge1`).
-        UnaryOp::GeluTanh => format!(
-            "{a} * tc_recip_ge1(1.0f + expf(-1.5957691216057308f * fmaf(0.044715f * {a} * {a}, {a}, {a})))"
-        ),
+        // x / (1 + e^(-2u)) = x · sigmoid(2u) = x/2 · (1 + tanh u), u = √(2/π)(x + 0.044715x³),
+        // as on the CPU.
+        UnaryOp::GeluTanh => {
+            format!("{a} * tc_sigmoid(1.5957691216057308f * fmaf(0.044715f * {a} * {a}, {a}, {a}))")
+        }
     }
 }
 

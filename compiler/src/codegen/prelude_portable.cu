@@ -22,7 +22,7 @@ __device__ __forceinline__ float tc_recip_ge1(float d) {
     return d == __int_as_float(0x7f800000) ? 0.0f : refined;
 }
 __device__ __forceinline__ float tc_sigmoid(float x) { return tc_recip_ge1(1.0f + expf(-x)); }
-__device__ __forceinline__ float tc_silu(float x) { return x * tc_recip_ge1(1.0f + expf(-x)); }
+__device__ __forceinline__ float tc_silu(float x) { return x * tc_sigmoid(x); }
 
 // Integers (i32, i64 and bool values are held as long long): two's-complement wrapping
 // arithmetic (by way of unsigned, so overflow is defined), i32 wrapping, and the float to
