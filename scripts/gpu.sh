@@ -13,10 +13,11 @@
 #                       elementwise op (libdevice's expf, sinf, powf, ...) over a dense f32
 #                       sweep against its accuracy contract, ir::eval's f64 meaning
 #                       (gpu_elementwise_ops_meet_their_accuracy: a table row per op, in the
-#                       summary)
+#                       summary); the examples and the sweep again under --fast-math
 #   2 measured          every example at its default dims: tc's device allocation equals
 #                       `planned`, and the driver's free-memory drop agrees
-#   3 figures           `tc bench` of every example, then scripts/torch_compare.py (PyTorch
+#   3 figures           `tc bench` of every example (chain, softmax, layernorm also with
+#                       --fast-math), then scripts/torch_compare.py (PyTorch
 #                       eager and torch.compile: CUDA-event median, max_memory_allocated;
 #                       device copy bandwidth; for attention also PyTorch's fused
 #                       scaled_dot_product_attention, and for two causal attentions
@@ -30,8 +31,8 @@
 # Every stage has a share of one time budget (TC_GPU_BUDGET seconds, default 400, so one
 # call fits in 7 minutes with the machine's start outside it); a stage past its share is cut
 # by `timeout` and says so. Returns in $OUT (default ./gpu-out) two files: summary.md, and
-# logs.tar.gz holding env.txt, differential.log, accuracy.log, memory.jsonl, measured.log,
-# bench.log (and the causal attentions it benches, causal/*.tx), torch.json, torch.log,
+# logs.tar.gz holding env.txt, differential.log, accuracy.log, accuracy_fast.log,
+# memory.jsonl, measured.log, bench.log, bench_fast.log (and the causal attentions it benches, causal/*.tx), torch.json, torch.log,
 # sanitizer.log, start.log, reliability.log (`tar xzf logs.tar.gz` to read them).
 #
 # Without a GPU (a dry run on the build machine: TC_DEVBIN=target/release TC_TESTS_BIN=…)
@@ -157,6 +158,15 @@ tests_verdict "elementwise ops within their accuracy contract on CUDA" $? "$OUT/
 if grep -q '^|' "$OUT/accuracy.log"; then
   { echo; grep '^|' "$OUT/accuracy.log"; } >>"$summary"
 fi
+# The same under --fast-math (contraction, approximate / and sqrt: ir::eval's fast-maths
+# bounds), on the CPU's sparser sweep. (The examples under --fast-math ran above:
+# gpu_examples_match_the_cpu_under_fast_math.)
+: >"$OUT/accuracy_fast.log"
+run_tests "$OUT/accuracy_fast.log" 30 gpu_elementwise_ops_meet_their_fast_math_accuracy
+tests_verdict "elementwise ops within the fast-maths contract (--fast-math)" $? "$OUT/accuracy_fast.log"
+if grep -q '^|' "$OUT/accuracy_fast.log"; then
+  { echo; echo "Under --fast-math:"; grep '^|' "$OUT/accuracy_fast.log"; } >>"$summary"
+fi
 
 # ---- 2. measured == planned, and the driver's free-memory drop agrees.
 stage "2 measured == planned"
@@ -249,6 +259,14 @@ for f in "$OUT"/causal/*.tx; do
   echo "(exit $rc)" >>"$OUT/bench.log"
   [ $rc -eq 0 ] || fail "tc bench $name"
 done
+# The examples torch.compile must be beaten on, again under --fast-math (the numerics
+# torch.compile's Triton kernels have: contraction, approximate / and sqrt).
+: >"$OUT/bench_fast.log"
+for name in chain softmax layernorm; do
+  echo "==== bench $name" >>"$OUT/bench_fast.log"
+  limited 20 "$TC" bench "examples/$name.tx" --device cuda --fast-math >>"$OUT/bench_fast.log" 2>&1 \
+    || fail "tc bench $name --fast-math"
+done
 python3 - "$OUT/bench.log" <<'PY' | tee -a "$summary"
 import re, sys
 target = {"chain": 1.15, "softmax": 1.2, "layernorm": 1.2}
@@ -265,7 +283,7 @@ for line in open(sys.argv[1]):
         print(f"| {name} | {m.group(1)} ms | {m.group(2)} | {m.group(3)} | {verdict} |")
 PY
 limited 150 python3 scripts/torch_compare.py --out "$OUT/torch.json" --memory "$OUT/memory.jsonl" \
-  --bench "$OUT/bench.log" >"$OUT/torch.log" 2>&1
+  --bench "$OUT/bench.log" --bench-fast "$OUT/bench_fast.log" >"$OUT/torch.log" 2>&1
 rc=$?
 if [ $rc -eq 0 ]; then
   note "- torch_compare: done (torch.json, torch.log)"

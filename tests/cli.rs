@@ -386,3 +386,45 @@ fn output_into_a_pipe_closed_early_ends_quietly() {
         "tc ended with {status:?}: {stderr}"
     );
 }
+
+/// `--fast-math` (an extension: CUDA kernels round as torch.compile's do) is accepted by
+/// `run` and `bench`; on the CPU it says it changes nothing there, and the outputs are the
+/// same bits as without it.
+#[test]
+fn fast_math_on_the_cpu_says_so_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = repo_root().join("examples/chain.tx").display().to_string();
+    let (plain, fast) = (dir.path().join("plain"), dir.path().join("fast"));
+    for (out, extra) in [(&plain, None), (&fast, Some("--fast-math"))] {
+        std::fs::create_dir(out).expect("mkdir");
+        let mut args = vec!["--dim", "N=4096", "--save", out.to_str().expect("utf-8")];
+        args.extend(extra);
+        let run = tc_run_cpu(dir.path(), &chain, &args);
+        run.expect_code(0);
+        let said = run.all().contains("--fast-math changes CUDA kernels only");
+        assert_eq!(said, extra.is_some(), "{}", run.all());
+    }
+    let (_, want) = read_npy_f32(&plain.join("y.npy"));
+    let (_, got) = read_npy_f32(&fast.join("y.npy"));
+    assert_eq!(want.len(), 4096);
+    assert!(
+        want.iter()
+            .zip(&got)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "--fast-math changed the CPU executor's results"
+    );
+    tc_in(
+        dir.path(),
+        &[
+            "bench",
+            &chain,
+            "--device",
+            "cpu",
+            "--dim",
+            "N=4096",
+            "--fast-math",
+        ],
+    )
+    .expect_code(0)
+    .expect_mentions(&["--fast-math changes CUDA kernels only"]);
+}

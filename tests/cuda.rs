@@ -78,7 +78,7 @@ fn check_compiles(label: &str, plan: &Plan) -> Vec<f64> {
     let unit = translation_unit(&kernels);
     let mut seconds = Vec::new();
     for arch in ["sm_80", "sm_90"] {
-        match cuda::compile(&unit, arch, &[]) {
+        match cuda::compile(&unit, arch, cuda::Maths::Exact, &[]) {
             Ok(c) => {
                 assert!(!c.cubin.is_empty(), "{label}: empty CUBIN for {arch}");
                 seconds.push(c.compile_seconds);
@@ -665,6 +665,11 @@ fn examples_kernels_compile_with_nvrtc() {
             s[0],
             s[1]
         );
+        // Fast maths (`--fast-math`): the same kernels under other options.
+        let unit = translation_unit(&emit_kernels(&program.plan).expect("the plan lowers"));
+        if let Err(e) = cuda::compile(&unit, "sm_90", cuda::Maths::Fast, &[]) {
+            panic!("{name} --fast-math: {e}");
+        }
         // Unfused: one kernel per op, the plan `tc bench` compares against.
         let mut options = cuda_options(&[]);
         options.plan.fuse = false;
@@ -701,6 +706,28 @@ fn more_maths_kernels_compile_with_nvrtc() {
             check_compiles(&format!("more maths {dtype} fuse={fuse}"), &program.plan);
         }
     }
+}
+
+/// Every example (small dims) with fast maths on the GPU against the CPU executor, within
+/// the same tolerance between executors: `--fast-math` moves results by a few ulps.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu.sh runs it (--include-ignored, TC_REQUIRE_CUDA=1)"]
+fn gpu_examples_match_the_cpu_under_fast_math() {
+    if !gpu_ready() {
+        return;
+    }
+    let fast = cuda::CudaOptions {
+        maths: cuda::Maths::Fast,
+        ..Default::default()
+    };
+    let failures: Vec<String> = examples()
+        .iter()
+        .filter_map(|(name, source)| {
+            let options = cuda_options(&small_dims(source));
+            check_cuda_against_cpu_in(&format!("{name} --fast-math"), source, &options, &fast).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 /// Split column reductions (`emu::COLUMN_REDUCTIONS`: f32, f16, bf16, integers, max and min,
@@ -1125,18 +1152,23 @@ fn check_cuda_against_cpu_with(
     source: &str,
     options: &tc_compiler::CompileOptions,
 ) -> Result<(), String> {
+    check_cuda_against_cpu_in(label, source, options, &cuda::CudaOptions::default())
+}
+
+/// `check_cuda_against_cpu_with`, the CUDA run under `run_options` (fast maths, say).
+fn check_cuda_against_cpu_in(
+    label: &str,
+    source: &str,
+    options: &tc_compiler::CompileOptions,
+    run_options: &cuda::CudaOptions,
+) -> Result<(), String> {
     let program = tc_compiler::compile(source, options).map_err(|d| format!("{label}: {d:?}"))?;
     let (inputs, params) = tc_runtime::data::load_leaves(&program.checked, &[], None, 0)
         .map_err(|e| format!("{label}: {e}"))?;
     let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &params)
         .map_err(|e| format!("{label}: CPU: {e}"))?;
-    let gpu = cuda::run(
-        &program.plan,
-        &inputs,
-        &params,
-        &cuda::CudaOptions::default(),
-    )
-    .map_err(|e| format!("{label}: CUDA: {e}"))?;
+    let gpu = cuda::run(&program.plan, &inputs, &params, run_options)
+        .map_err(|e| format!("{label}: CUDA: {e}"))?;
     let planned = program.memory.peaks.planned.with_inputs;
     if gpu.measured_bytes != planned {
         return Err(format!(
@@ -1332,7 +1364,38 @@ fn gpu_elementwise_ops_meet_their_accuracy() {
     if let Err(e) = tc_tests::accuracy::check_elementwise_accuracy(
         "CUDA",
         &cuda_options(&[]),
+        tc_tests::accuracy::Contract::EXACT,
         tc_tests::accuracy::Sweep::GPU,
+        &gpu,
+    ) {
+        panic!("{e}");
+    }
+}
+
+/// The same sweep on kernels compiled with fast maths (`tc run --fast-math`), within
+/// `ir::eval::fast_math_unary_accuracy` / `fast_math_binary_accuracy`: `/`, `sqrt`,
+/// `reciprocal`, `rsqrt` at NVIDIA's documented bounds, every other op at its own (the
+/// sparser CPU sweep: only the ops with a `/`, a `sqrt` or a multiply-add can change).
+#[test]
+#[ignore = "needs a GPU: scripts/gpu.sh runs it (--include-ignored, TC_REQUIRE_CUDA=1)"]
+fn gpu_elementwise_ops_meet_their_fast_math_accuracy() {
+    if !gpu_ready() {
+        return;
+    }
+    let fast = cuda::CudaOptions {
+        maths: cuda::Maths::Fast,
+        ..Default::default()
+    };
+    let gpu = |p: &tc_compiler::Program, inputs: &[tc_runtime::HostTensor]| {
+        cuda::run(&p.plan, inputs, &[], &fast)
+            .map(|r| r.outputs)
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = tc_tests::accuracy::check_elementwise_accuracy(
+        "CUDA --fast-math",
+        &cuda_options(&[]),
+        tc_tests::accuracy::Contract::FAST_MATH,
+        tc_tests::accuracy::Sweep::CPU,
         &gpu,
     ) {
         panic!("{e}");
@@ -1380,7 +1443,7 @@ fn cuda_entry_points_never_panic_without_a_gpu() {
 fn nvrtc_failure_carries_log_arch_and_source_file() {
     require_nvrtc();
     let bad = "extern \"C\" __global__ void k0(float* p) { p[0] = undeclared_name; }\n";
-    let err = match cuda::compile(bad, "sm_90", &[]) {
+    let err = match cuda::compile(bad, "sm_90", cuda::Maths::Exact, &[]) {
         Ok(_) => panic!("NVRTC accepted an undeclared identifier"),
         Err(e) => e.to_string(),
     };
@@ -1408,12 +1471,23 @@ fn compiled_kernels_are_cached_on_disk() {
     let unit = translation_unit(
         &emit_kernels(&softmax_plan(DType::F16, 10, 70)).expect("the plan lowers"),
     );
-    let first = cuda::compile_in_cache(&unit, "sm_80", &[], Some(dir.path())).expect("compiles");
-    let second = cuda::compile_in_cache(&unit, "sm_80", &[], Some(dir.path())).expect("cached");
+    let first = cuda::compile_in_cache(&unit, "sm_80", cuda::Maths::Exact, &[], Some(dir.path()))
+        .expect("compiles");
+    let second = cuda::compile_in_cache(&unit, "sm_80", cuda::Maths::Exact, &[], Some(dir.path()))
+        .expect("cached");
     assert!(!first.cached && second.cached);
     assert_eq!(first.cubin, second.cubin);
     // Another arch or other source is another entry.
-    let other = cuda::compile_in_cache(&unit, "sm_90", &[], Some(dir.path())).expect("compiles");
+    let other = cuda::compile_in_cache(&unit, "sm_90", cuda::Maths::Exact, &[], Some(dir.path()))
+        .expect("compiles");
     assert!(!other.cached);
-    assert_eq!(std::fs::read_dir(dir.path()).expect("cache dir").count(), 2);
+    // Fast maths is other code, so another entry too.
+    let fast = cuda::compile_in_cache(&unit, "sm_90", cuda::Maths::Fast, &[], Some(dir.path()))
+        .expect("compiles");
+    assert!(!fast.cached);
+    assert_ne!(
+        fast.cubin, other.cubin,
+        "fast maths changes the softmax's division"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("cache dir").count(), 3);
 }

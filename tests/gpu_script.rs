@@ -59,6 +59,9 @@ fn gpu_script_runs_every_stage_in_order_and_fails_cleanly_without_a_gpu() {
     for verdict in [
         "- examples and random programs, CUDA = CPU (exit 2;",
         "- elementwise ops within their accuracy contract on CUDA (exit 2;",
+        "- elementwise ops within the fast-maths contract (--fast-math) (exit 2;",
+        "tc bench chain --fast-math",
+        "tc bench layernorm --fast-math",
     ] {
         assert!(summary.contains(verdict), "{verdict:?} missing\n{all}");
     }
@@ -90,6 +93,8 @@ fn gpu_script_runs_every_stage_in_order_and_fails_cleanly_without_a_gpu() {
     for log in [
         "./measured.log",
         "./bench.log",
+        "./bench_fast.log",
+        "./accuracy_fast.log",
         "./reliability.log",
         "./env.txt",
     ] {

@@ -309,6 +309,7 @@ fn cpu_elementwise_ops_meet_their_accuracy() {
     if let Err(e) = tc_tests::accuracy::check_elementwise_accuracy(
         "CPU",
         &CompileOptions::default(),
+        tc_tests::accuracy::Contract::EXACT,
         tc_tests::accuracy::Sweep::CPU,
         &cpu,
     ) {

@@ -10,7 +10,9 @@
 //! instructions for 8 bytes an element), so the figures sit in a snapshot
 //! (`tests/cuda/snapshots/cuda__sass__cuda_sass_per_element.snap`) where a change of code
 //! generation or of a maths function that costs instructions shows in review.
-//! docs/benchmarks.md quotes them ("SASS an element").
+//! docs/benchmarks.md quotes them ("SASS an element"). Each kernel is counted twice: as tc
+//! compiles it by default, and under `--fast-math` (`cuda::Maths::Fast`: contraction,
+//! approximate `/` and `sqrt`), the rows marked so.
 
 use super::{compile_example, require_nvrtc};
 use std::collections::BTreeMap;
@@ -172,43 +174,49 @@ fn cuda_sass_per_element() {
             continue;
         }
         let unit = translation_unit(&emit_kernels(plan).expect("the plan lowers"));
-        let compiled = cuda::compile(&unit, "sm_90", &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let path = dir.path().join(format!("{name}.cubin"));
-        std::fs::write(&path, &compiled.cubin).expect("writing the CUBIN");
-        let out = std::process::Command::new(&nvdisasm)
-            .arg("-c")
-            .arg(&path)
-            .output()
-            .expect("nvdisasm runs");
-        assert!(
-            out.status.success(),
-            "{name}: nvdisasm failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listing = String::from_utf8_lossy(&out.stdout);
-        let functions = functions(&listing);
-        for (kernel, &(lanes, stores)) in &widths {
-            let lines = functions
-                .get(kernel)
-                .unwrap_or_else(|| panic!("{name}: {kernel} is not in the disassembly"));
-            let fast = loop_fast_path(lines)
-                .unwrap_or_else(|| panic!("{name} {kernel}: no grid-stride loop found"));
+        for (maths, mode) in [
+            (cuda::Maths::Exact, ""),
+            (cuda::Maths::Fast, " --fast-math"),
+        ] {
+            let compiled = cuda::compile(&unit, "sm_90", maths, &[])
+                .unwrap_or_else(|e| panic!("{name}{mode}: {e}"));
+            let path = dir.path().join(format!("{name}.cubin"));
+            std::fs::write(&path, &compiled.cubin).expect("writing the CUBIN");
+            let out = std::process::Command::new(&nvdisasm)
+                .arg("-c")
+                .arg(&path)
+                .output()
+                .expect("nvdisasm runs");
             assert!(
-                stores > 0 && fast.stores > 0 && fast.stores.is_multiple_of(stores),
-                "{name} {kernel}: {} global stores in the loop, {stores} a source iteration",
-                fast.stores
+                out.status.success(),
+                "{name}: nvdisasm failed: {}",
+                String::from_utf8_lossy(&out.stderr)
             );
-            let elements = lanes * (fast.stores / stores) as u64;
-            let per = |n: usize| n as f64 / elements as f64;
-            writeln!(
-                table,
-                "{name} {kernel}: {elements}, {:.1} ({:.1}), {:.2}",
-                per(fast.instructions),
-                per(fast.mufu),
-                per(fast.slow_paths)
-            )
-            .expect("writing to a String");
-            kernels_seen += 1;
+            let listing = String::from_utf8_lossy(&out.stdout);
+            let functions = functions(&listing);
+            for (kernel, &(lanes, stores)) in &widths {
+                let lines = functions
+                    .get(kernel)
+                    .unwrap_or_else(|| panic!("{name}: {kernel} is not in the disassembly"));
+                let common = loop_fast_path(lines)
+                    .unwrap_or_else(|| panic!("{name} {kernel}: no grid-stride loop found"));
+                assert!(
+                    stores > 0 && common.stores > 0 && common.stores.is_multiple_of(stores),
+                    "{name} {kernel}: {} global stores in the loop, {stores} a source iteration",
+                    common.stores
+                );
+                let elements = lanes * (common.stores / stores) as u64;
+                let per = |n: usize| n as f64 / elements as f64;
+                writeln!(
+                    table,
+                    "{name} {kernel}{mode}: {elements}, {:.1} ({:.1}), {:.2}",
+                    per(common.instructions),
+                    per(common.mufu),
+                    per(common.slow_paths)
+                )
+                .expect("writing to a String");
+                kernels_seen += 1;
+            }
         }
     }
     assert!(

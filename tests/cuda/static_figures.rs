@@ -98,8 +98,13 @@ fn cuda_static_figures() {
         let program = compile_example(&name, &source, &[]);
         let kernels = emit_kernels(&program.plan).expect("the plan lowers");
         let unit = translation_unit(&kernels);
-        let compiled = cuda::compile(&unit, "sm_90", &["--ptxas-options=-v".to_string()])
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let compiled = cuda::compile(
+            &unit,
+            "sm_90",
+            cuda::Maths::Exact,
+            &["--ptxas-options=-v".to_string()],
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         let ptxas = parse_ptxas(&compiled.log);
         let text = text_sections(&compiled.cubin);
         assert!(

@@ -545,6 +545,40 @@ pub fn binary_accuracy(op: BinaryOp) -> Accuracy {
     }
 }
 
+/// The accuracy of f32 `op` in CUDA kernels compiled with fast maths (`tc run --fast-math`:
+/// FMA contraction, `div.full.f32`, `sqrt.approx.f32`; `nvrtc::FAST_MATH_OPTIONS`): the
+/// ops whose code those options approximate get NVIDIA's documented bounds (CUDA C++
+/// Programming Guide, "Mathematical Functions": `x/y` 2 ulp over the full range, `1/x` 1
+/// ulp, `sqrtf` 1 ulp from compute capability 5.2); `rsqrt` is an approximate square root
+/// and reciprocal, each within 1 ulp, and a rounding. Every other op keeps
+/// `unary_accuracy`'s bound: its code has no `/` or `sqrt`, and contraction only leaves a
+/// product unrounded before the add it feeds. The GPU's sweep checks all of this
+/// (`gpu_elementwise_ops_meet_their_fast_math_accuracy`).
+pub fn fast_math_unary_accuracy(op: UnaryOp) -> Accuracy {
+    match op {
+        UnaryOp::Sqrt | UnaryOp::Reciprocal => Accuracy {
+            ulps: 1.0,
+            abs: 0.0,
+        },
+        UnaryOp::Rsqrt => Accuracy {
+            ulps: 2.5,
+            abs: 0.0,
+        },
+        _ => unary_accuracy(op),
+    }
+}
+
+/// `binary_accuracy` under fast maths (see `fast_math_unary_accuracy`): `/` within 2 ulp.
+pub fn fast_math_binary_accuracy(op: BinaryOp) -> Accuracy {
+    match op {
+        BinaryOp::Div => Accuracy {
+            ulps: 2.0,
+            abs: 0.0,
+        },
+        _ => binary_accuracy(op),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,6 +109,11 @@ pub struct ExecArgs {
     /// Allow TF32 tensor cores for f32 matmuls on CUDA (off by default: full f32 precision).
     #[arg(long)]
     pub allow_tf32: bool,
+    /// CUDA kernels round as torch.compile's do: multiply-adds fuse into FMAs, `/` within 2
+    /// ulp, approximate `sqrt` (off by default: every op correctly rounded on its own). The
+    /// CPU executor's maths is the same either way.
+    #[arg(long)]
+    pub fast_math: bool,
     /// Do not read or write the on-disk cache of compiled CUDA kernels.
     #[arg(long)]
     pub no_cache: bool,

@@ -122,8 +122,14 @@ fn check(file: &Path, dims: &[(String, u64)]) -> Result<(), CliError> {
 /// (unless `quiet`); an explicit `cuda` that cannot be had is a device failure (exit 3).
 pub fn select_backend(exec: &ExecArgs, quiet: bool) -> Result<Box<dyn Backend>, CliError> {
     let cuda = || Box::new(CudaBackend::new(cuda_options(exec))) as Box<dyn Backend>;
+    let cpu = || {
+        if exec.fast_math && !quiet {
+            eprintln!("note: --fast-math changes CUDA kernels only; the CPU executor's maths is the same either way");
+        }
+        Box::new(CpuBackend) as Box<dyn Backend>
+    };
     match exec.device {
-        DeviceChoice::Cpu => Ok(Box::new(CpuBackend)),
+        DeviceChoice::Cpu => Ok(cpu()),
         DeviceChoice::Cuda => match cuda::available() {
             Ok(_) => Ok(cuda()),
             Err(why) => Err(CliError::Device(format!(
@@ -136,7 +142,7 @@ pub fn select_backend(exec: &ExecArgs, quiet: bool) -> Result<Box<dyn Backend>, 
                 if !quiet {
                     eprintln!("note: no GPU found ({why}); running on the CPU");
                 }
-                Ok(Box::new(CpuBackend))
+                Ok(cpu())
             }
         },
     }
@@ -288,6 +294,11 @@ fn cuda_options(exec: &ExecArgs) -> cuda::CudaOptions {
     cuda::CudaOptions {
         allow_tf32: exec.allow_tf32,
         no_cache: exec.no_cache,
+        maths: if exec.fast_math {
+            cuda::Maths::Fast
+        } else {
+            cuda::Maths::Exact
+        },
         ..Default::default()
     }
 }

@@ -5,7 +5,7 @@
 //! Driver and cuBLAS calls go through cudarc's raw bindings; every failure becomes a
 //! `CudaError` carrying the driver's text.
 
-use super::nvrtc::{compile_cached, nvrtc_available, nvrtc_version};
+use super::nvrtc::{compile_cached, nvrtc_available, nvrtc_version, Maths};
 use super::place::{check_data, gemm_offsets, place, workspace_window, Allocation};
 use super::CudaError;
 use crate::tensor::HostTensor;
@@ -44,6 +44,8 @@ pub struct CudaOptions {
     pub no_cache: bool,
     /// Let cuBLAS use TF32 tensor cores for f32 products (off: exact f32 products).
     pub allow_tf32: bool,
+    /// How the generated kernels round (`--fast-math`: `Maths::Fast`).
+    pub maths: Maths,
 }
 
 /// The result of `run`.
@@ -327,7 +329,7 @@ fn prepare(
     if kernels.iter().any(|k| !k.source.is_empty()) {
         nvrtc_available()?;
         let unit = translation_unit(&kernels);
-        let compiled = compile_cached(&unit, &gpu.info.arch, &[], opts.no_cache)?;
+        let compiled = compile_cached(&unit, &gpu.info.arch, opts.maths, &[], opts.no_cache)?;
         compile_seconds = compiled.compile_seconds;
         from_cache = compiled.cached;
         // SAFETY: `cubin` is a complete CUBIN image produced by NVRTC for this arch.

@@ -16,7 +16,7 @@ mod place;
 
 pub use nvrtc::{
     cache_dir, compile, compile_cached, compile_in_cache, nvrtc_available, nvrtc_version,
-    preload_nvrtc, Compiled, NVRTC_OPTIONS,
+    preload_nvrtc, Compiled, Maths, FAST_MATH_OPTIONS, NVRTC_OPTIONS,
 };
 
 /// Why CUDA could not be used or a run failed. Messages carry the driver's / NVRTC's text.

@@ -8,8 +8,8 @@ use std::ffi::{c_char, CString};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// Options every tc kernel is compiled with: exact maths (no fast math, no FMA contraction,
-/// IEEE division and square root, denormals kept), C++17.
+/// Options every tc kernel is compiled with under the default `Maths::Exact`: no FMA
+/// contraction, IEEE division and square root, denormals kept, C++17.
 pub const NVRTC_OPTIONS: &[&str] = &[
     "--std=c++17",
     "--fmad=false",
@@ -17,6 +17,41 @@ pub const NVRTC_OPTIONS: &[&str] = &[
     "--prec-sqrt=true",
     "--ftz=false",
 ];
+
+/// The options of `Maths::Fast` (`tc run --fast-math`): what torch.compile's Triton kernels
+/// do on sm_90 — a multiply and an add may fuse into one FMA, `/` is `div.full.f32` (within
+/// 2 ulp over the full range) and `sqrt` is `sqrt.approx.f32` (NVIDIA: 1 ulp on sm_52 and
+/// later). Denormals are kept and every maths function (`expf`, `tanhf`, …) is the same
+/// as under `Exact`: this is not nvcc's `--use_fast_math`, whose `__expf` and `__sinf` lose
+/// accuracy over most of their range.
+pub const FAST_MATH_OPTIONS: &[&str] = &[
+    "--std=c++17",
+    "--fmad=true",
+    "--prec-div=false",
+    "--prec-sqrt=false",
+    "--ftz=false",
+];
+
+/// How generated kernels round their floating-point arithmetic on the GPU. The CPU
+/// executor's maths is the same under both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Maths {
+    /// Every op rounds on its own; `/` and `sqrt` are correctly rounded (`NVRTC_OPTIONS`).
+    #[default]
+    Exact,
+    /// Contraction into FMAs, approximate `/` and `sqrt` (`FAST_MATH_OPTIONS`).
+    Fast,
+}
+
+impl Maths {
+    /// NVRTC's options for this mode (the architecture and any extra options come after).
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            Maths::Exact => NVRTC_OPTIONS,
+            Maths::Fast => FAST_MATH_OPTIONS,
+        }
+    }
+}
 
 /// Where NVRTC was loaded from, once found.
 static PRELOADED: OnceLock<PathBuf> = OnceLock::new();
@@ -152,9 +187,14 @@ fn dump_source(source: &str, arch: &str) -> String {
     }
 }
 
-/// Compiles `source` to a CUBIN for `arch` (`sm_90`) with `NVRTC_OPTIONS` plus `extra`.
+/// Compiles `source` to a CUBIN for `arch` (`sm_90`) with `maths`'s options plus `extra`.
 /// No cache: see `compile_cached`.
-pub fn compile(source: &str, arch: &str, extra: &[String]) -> Result<Compiled, CudaError> {
+pub fn compile(
+    source: &str,
+    arch: &str,
+    maths: Maths,
+    extra: &[String],
+) -> Result<Compiled, CudaError> {
     nvrtc_available()?;
     let start = std::time::Instant::now();
     let src =
@@ -163,7 +203,7 @@ pub fn compile(source: &str, arch: &str, extra: &[String]) -> Result<Compiled, C
         CString::new("tc_kernels.cu").map_err(|_| CudaError::Nvrtc("bad program name".into()))?;
     let prog = cudarc::nvrtc::result::create_program(&src, Some(&name))
         .map_err(|e| CudaError::Nvrtc(format!("{e:?}")))?;
-    let mut opts: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
+    let mut opts: Vec<String> = maths.options().iter().map(|s| s.to_string()).collect();
     opts.push(format!("--gpu-architecture={arch}"));
     opts.extend(extra.iter().cloned());
     // SAFETY: `prog` was just created and is destroyed below, on every path.
@@ -220,10 +260,17 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// The cache key of a compilation: 128 bits of (source, options, NVRTC version, arch).
-pub fn cache_key(source: &str, arch: &str, extra: &[String], version: (i32, i32)) -> String {
+pub fn cache_key(
+    source: &str,
+    arch: &str,
+    maths: Maths,
+    extra: &[String],
+    version: (i32, i32),
+) -> String {
     let mut desc = String::new();
     desc.push_str(&format!("nvrtc {}.{}\narch {arch}\n", version.0, version.1));
-    for o in NVRTC_OPTIONS
+    for o in maths
+        .options()
         .iter()
         .map(|s| s.to_string())
         .chain(extra.iter().cloned())
@@ -243,11 +290,12 @@ pub fn cache_key(source: &str, arch: &str, extra: &[String], version: (i32, i32)
 pub fn compile_cached(
     source: &str,
     arch: &str,
+    maths: Maths,
     extra: &[String],
     no_cache: bool,
 ) -> Result<Compiled, CudaError> {
     let dir = if no_cache { None } else { cache_dir() };
-    compile_in_cache(source, arch, extra, dir.as_deref())
+    compile_in_cache(source, arch, maths, extra, dir.as_deref())
 }
 
 /// `compile`, reading and writing compiled code in `dir` (none: no cache). A cache that
@@ -255,14 +303,15 @@ pub fn compile_cached(
 pub fn compile_in_cache(
     source: &str,
     arch: &str,
+    maths: Maths,
     extra: &[String],
     dir: Option<&Path>,
 ) -> Result<Compiled, CudaError> {
     let Some(dir) = dir else {
-        return compile(source, arch, extra);
+        return compile(source, arch, maths, extra);
     };
     let version = nvrtc_version()?;
-    let key = cache_key(source, arch, extra, version);
+    let key = cache_key(source, arch, maths, extra, version);
     let path = dir.join(format!("{key}.cubin"));
     if let Ok(cubin) = std::fs::read(&path) {
         if !cubin.is_empty() {
@@ -274,7 +323,7 @@ pub fn compile_in_cache(
             });
         }
     }
-    let compiled = compile(source, arch, extra)?;
+    let compiled = compile(source, arch, maths, extra)?;
     let _ = std::fs::create_dir_all(dir);
     // Write to a temporary name first so a concurrent reader never sees half a file.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
