@@ -207,3 +207,36 @@ fn causal_attentions_are_benched(root: &std::path::Path, out: &std::path::Path) 
         );
     }
 }
+
+/// Issue 10's stage 3 writes every example in PyTorch: each `examples/*.tx` has a maker
+/// under its name in `scripts/torch_compare.py`'s `EXAMPLES` (an example added without one
+/// would go unmeasured beside torch.compile).
+#[test]
+fn every_example_has_a_pytorch_twin() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script =
+        std::fs::read_to_string(root.join("scripts/torch_compare.py")).expect("torch_compare.py");
+    let table = script
+        .split_once("\nEXAMPLES = {")
+        .and_then(|(_, rest)| rest.split_once("\n}"))
+        .map(|(table, _)| table)
+        .expect("torch_compare.py's EXAMPLES = { … }");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root.join("examples")).expect("examples/") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_some_and(|x| x == "tx") {
+            let name = path
+                .file_stem()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            if !table.contains(&format!("\"{name}\": ex_")) {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no PyTorch twin in torch_compare.py: {missing:?}"
+    );
+}
