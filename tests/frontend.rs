@@ -660,3 +660,31 @@ fn hints_offer_names_of_the_right_kind() {
     let h = help_of(&format!("{pre}xs = x * 2\ninput z : f32[xx]\noutput x\n"));
     assert_eq!(h, [None]);
 }
+
+/// A shape error in a two-operand function names the function, as the `where` message does
+/// (`maximum(f32[2, 3], f32[2])`), not a stray comma between the two types.
+#[test]
+fn broadcast_errors_of_functions_name_the_function() {
+    for (call, want) in [
+        ("maximum(a, b)", "maximum(f32[2, 3], f32[2])"),
+        ("minimum(a, b)", "minimum(f32[2, 3], f32[2])"),
+        (
+            "logical_and(a > 0, b > 0)",
+            "logical_and(bool[2, 3], bool[2])",
+        ),
+        (
+            "logical_or(a > 0, b > 0)",
+            "logical_or(bool[2, 3], bool[2])",
+        ),
+        ("a + b", "f32[2, 3] + f32[2]"),
+    ] {
+        let src = format!("input a : f32[2, 3]\ninput b : f32[2]\ny = {call}\noutput y\n");
+        let d = tc_compiler::check(&src, &[]).expect_err("does not broadcast");
+        assert_eq!(d[0].kind, ErrorKind::ShapeMismatch, "{src}");
+        assert_eq!(
+            d[0].message,
+            format!("shapes do not broadcast: {want}"),
+            "{src}"
+        );
+    }
+}

@@ -273,6 +273,8 @@ impl Checker<'_> {
         };
         let (ta, tb) = (self.graph.ty(ia).clone(), self.graph.ty(ib).clone());
         let Some(shape) = broadcast(&ta.shape, &tb.shape) else {
+            // Operators as written (`a + b`); the two-operand functions as calls
+            // (`maximum(a, b)`), as the `where` message does.
             let sym = match op {
                 BinaryOp::Add => "+",
                 BinaryOp::Sub => "-",
@@ -280,11 +282,16 @@ impl Checker<'_> {
                 BinaryOp::Div => "/",
                 BinaryOp::Pow => "**",
                 BinaryOp::Cmp(c) => c.symbol(),
-                BinaryOp::Maximum | BinaryOp::Minimum | BinaryOp::And | BinaryOp::Or => ",",
+                BinaryOp::Maximum | BinaryOp::Minimum | BinaryOp::And | BinaryOp::Or => "",
+            };
+            let both = if sym.is_empty() {
+                format!("{}({ta}, {tb})", op.name())
+            } else {
+                format!("{ta} {sym} {tb}")
             };
             let mut d = Diagnostic::error(
                 ErrorKind::ShapeMismatch,
-                format!("shapes do not broadcast: {ta} {sym} {tb}"),
+                format!("shapes do not broadcast: {both}"),
             )
             .with_primary(a.1.clone(), format!("this is {ta}"))
             .with_secondary(b.1.clone(), format!("this is {tb}"));
