@@ -660,3 +660,69 @@ fn hints_offer_names_of_the_right_kind() {
     let h = help_of(&format!("{pre}xs = x * 2\ninput z : f32[xx]\noutput x\n"));
     assert_eq!(h, [None]);
 }
+
+/// A shape error in a two-operand function names the function, as the `where` message does
+/// (`maximum(f32[2, 3], f32[2])`), not a stray comma between the two types.
+#[test]
+fn broadcast_errors_of_functions_name_the_function() {
+    for (call, want) in [
+        ("maximum(a, b)", "maximum(f32[2, 3], f32[2])"),
+        ("minimum(a, b)", "minimum(f32[2, 3], f32[2])"),
+        (
+            "logical_and(a > 0, b > 0)",
+            "logical_and(bool[2, 3], bool[2])",
+        ),
+        (
+            "logical_or(a > 0, b > 0)",
+            "logical_or(bool[2, 3], bool[2])",
+        ),
+        ("a + b", "f32[2, 3] + f32[2]"),
+    ] {
+        let src = format!("input a : f32[2, 3]\ninput b : f32[2]\ny = {call}\noutput y\n");
+        let d = tc_compiler::check(&src, &[]).expect_err("does not broadcast");
+        assert_eq!(d[0].kind, ErrorKind::ShapeMismatch, "{src}");
+        assert_eq!(
+            d[0].message,
+            format!("shapes do not broadcast: {want}"),
+            "{src}"
+        );
+    }
+}
+
+/// Integer arithmetic on weak scalars is Python's, exact: a result beyond 64 bits is a
+/// `bad-number` error, never a value wrapped to 64 bits (`x * 2 ** 70` was `x * 0`, where
+/// Python and SPEC §1's floating point give `x * 1.18e21`). A float operand computes in
+/// floating point, and results that fit still fold exactly.
+#[test]
+fn integer_folds_of_numbers_that_overflow_are_errors() {
+    for body in [
+        "y = x * 2 ** 70",
+        "y = x + (4611686018427387904 * 4)",
+        "y = x + (2 ** 62 + 2 ** 62)",
+        "y = x - (-9223372036854775807 - 2)",
+        "y = x * -(-9223372036854775807 - 1)",
+        "y = x * square(4294967296)",
+        "y = x * 3 ** 40",
+        "y = x * (N * N)",
+    ] {
+        let src = format!("dim N = 4294967296\ninput x : f32[2]\n{body}\noutput y\n");
+        assert_eq!(codes(&src, &[]), ["bad-number"], "{src}");
+        let d = tc_compiler::check(&src, &[]).expect_err("overflows");
+        assert!(
+            d[0].message.contains("does not fit in 64 bits"),
+            "{}",
+            d[0].message
+        );
+        assert!(d[0].help.is_some(), "{src}");
+    }
+    for body in [
+        "y = x * 2.0 ** 70",
+        "y = x * 3 ** 39",
+        "y = x * 1 ** 100000000000",
+        "y = x * (-1) ** 100000000001",
+        "y = x * (2 ** 62 + (2 ** 62 - 1))",
+        "y = x * (-9223372036854775807 - 1)",
+    ] {
+        check_ok(&format!("input x : f32[2]\n{body}\noutput y\n"));
+    }
+}

@@ -565,3 +565,60 @@ fn row_maths_on_special_values_match_the_reference() {
         );
     }
 }
+
+/// `var` and `std` of rows far from zero (1e4 ± 0.01) keep f32 accuracy: the mean rounded
+/// to f32 is off by up to half an ulp of 1e4 (5e-4), which the plain two-pass form squared
+/// into the variance (a relative error of 2e-3 here); the corrected two-pass form takes it
+/// out (PyTorch, accumulating in f64 on the CPU, is within 1e-7). Constant rows stay 0.
+#[test]
+fn var_of_rows_far_from_zero_keeps_f32_accuracy() {
+    let (rows, cols) = (6u64, 1000u64);
+    let mut state = 12345u64;
+    let mut noise = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f64 / (1u64 << 24) as f64 - 0.5
+    };
+    let offsets = [1e4, -3e4, 7.3, 1e4, 0.1, 2e5];
+    let scales = [0.01, 0.02, 1e-3, 0.0, 0.0, 1.0];
+    let values: Vec<f32> = (0..rows as usize)
+        .flat_map(|r| {
+            (0..cols)
+                .map(|_| (offsets[r] + scales[r] * noise()) as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let src = "input x : f32[6, 1000]\nv = var(x, axis=-1)\ns = std(x, axis=-1, correction=0)\n\
+               output v, s\n";
+    let x = HostTensor::from_f32(DType::F32, vec![rows, cols], &values);
+    for (fuse, reuse) in tc_tests::COMBOS {
+        let options = CompileOptions {
+            plan: tc_compiler::PlanOptions {
+                fuse,
+                reuse,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let program = tc_compiler::compile(src, &options).expect("compiles");
+        let got = tc_runtime::cpu::run(&program.plan, std::slice::from_ref(&x), &[]).expect("runs");
+        for (r, row) in values.chunks(cols as usize).enumerate() {
+            let n = cols as f64;
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let ss: f64 = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+            for (out, want) in [(0, ss / (n - 1.0)), (1, (ss / n).sqrt())] {
+                let g = got[out].to_f32()[r] as f64;
+                let ok = if want == 0.0 {
+                    g == 0.0
+                } else {
+                    ((g - want) / want).abs() < 1e-5
+                };
+                assert!(
+                    ok,
+                    "row {r} output {out} fuse={fuse} reuse={reuse}: {g}, want {want}"
+                );
+            }
+        }
+    }
+}

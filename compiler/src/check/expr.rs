@@ -213,9 +213,10 @@ impl Checker<'_> {
             .unwrap_or(DType::F32)
     }
 
-    /// Two weak scalars: folded (integers exactly, wrapping in 64 bits; `/`, and `**`
-    /// with a negative integer exponent, give floats as in Python); a comparison gives a
-    /// rank-0 `bool` tensor.
+    /// Two weak scalars: folded (integers exactly, as Python's, and a result beyond 64
+    /// bits is a `bad-number` error rather than a wrapped value; `/`, and `**` with a
+    /// negative integer exponent, give floats as in Python); a comparison gives a rank-0
+    /// `bool` tensor.
     fn fold_weak(&mut self, op: BinaryOp, x: Weak, y: Weak, span: &Span) -> Val {
         if let BinaryOp::Cmp(c) = op {
             let b = match (x, y) {
@@ -233,7 +234,13 @@ impl Checker<'_> {
             (Weak::Int(a), Weak::Int(b))
                 if !(op == BinaryOp::Div || op == BinaryOp::Pow && b < 0) =>
             {
-                Val::Weak(Weak::Int(eval::binary_int(op, DType::I64, a, b)))
+                match exact_int(op, a, b) {
+                    Some(v) => Val::Weak(Weak::Int(v)),
+                    None => {
+                        self.int_overflow(format!("{a} {} {b}", int_symbol(op)), span);
+                        Val::Error
+                    }
+                }
             }
             _ => Val::Weak(Weak::Float(eval::binary(op, x.as_f64(), y.as_f64()))),
         }
@@ -273,6 +280,8 @@ impl Checker<'_> {
         };
         let (ta, tb) = (self.graph.ty(ia).clone(), self.graph.ty(ib).clone());
         let Some(shape) = broadcast(&ta.shape, &tb.shape) else {
+            // Operators as written (`a + b`); the two-operand functions as calls
+            // (`maximum(a, b)`), as the `where` message does.
             let sym = match op {
                 BinaryOp::Add => "+",
                 BinaryOp::Sub => "-",
@@ -280,11 +289,16 @@ impl Checker<'_> {
                 BinaryOp::Div => "/",
                 BinaryOp::Pow => "**",
                 BinaryOp::Cmp(c) => c.symbol(),
-                BinaryOp::Maximum | BinaryOp::Minimum | BinaryOp::And | BinaryOp::Or => ",",
+                BinaryOp::Maximum | BinaryOp::Minimum | BinaryOp::And | BinaryOp::Or => "",
+            };
+            let both = if sym.is_empty() {
+                format!("{}({ta}, {tb})", op.name())
+            } else {
+                format!("{ta} {sym} {tb}")
             };
             let mut d = Diagnostic::error(
                 ErrorKind::ShapeMismatch,
-                format!("shapes do not broadcast: {ta} {sym} {tb}"),
+                format!("shapes do not broadcast: {both}"),
             )
             .with_primary(a.1.clone(), format!("this is {ta}"))
             .with_secondary(b.1.clone(), format!("this is {tb}"));
@@ -312,7 +326,21 @@ impl Checker<'_> {
         if let Val::Weak(x) = v {
             match (x, op) {
                 (Weak::Int(i), _) if op.keeps_int() => {
-                    return Val::Weak(Weak::Int(eval::unary_int(op, DType::I64, i)))
+                    let exact = match op {
+                        UnaryOp::Neg => i.checked_neg(),
+                        UnaryOp::Abs => i.checked_abs(),
+                        UnaryOp::Square => i.checked_mul(i),
+                        _ => Some(eval::unary_int(op, DType::I64, i)),
+                    };
+                    let Some(v) = exact else {
+                        let what = match op {
+                            UnaryOp::Neg => format!("-({i})"),
+                            _ => format!("{}({i})", op.name()),
+                        };
+                        self.int_overflow(what, span);
+                        return Val::Error;
+                    };
+                    return Val::Weak(Weak::Int(v));
                 }
                 (_, UnaryOp::Not) => {}
                 _ => {
@@ -507,6 +535,22 @@ impl Checker<'_> {
             _ => fail(err, &e.span, "expected an integer".into()),
         }
     }
+
+    /// An integer fold of weak scalars whose exact value does not fit in 64 bits: tc holds
+    /// integer constants in 64 bits, and a wrapped value would silently differ from what
+    /// Python (and SPEC §1's floating point) gives, so it is an error with the fix.
+    fn int_overflow(&mut self, what: String, span: &Span) {
+        self.error(
+            Diagnostic::error(
+                ErrorKind::BadNumber,
+                format!("the integer `{what}` does not fit in 64 bits"),
+            )
+            .with_primary(span.clone(), "integer arithmetic on numbers overflows here")
+            .with_help(
+                "write one of the numbers as a float (`2.0` for `2`) to compute in floating point",
+            ),
+        );
+    }
 }
 
 /// "axis -1: D=1024 against H=4096" for the first axis that does not broadcast.
@@ -526,5 +570,37 @@ fn fold_unary(op: UnaryOp, x: f64) -> Option<f64> {
     match op {
         UnaryOp::Gelu | UnaryOp::Erf => None,
         _ => Some(eval::unary(op, x)),
+    }
+}
+
+/// `a op b` on two integer weak scalars, exactly as Python computes it: `None` when the
+/// result does not fit in 64 bits (`+ - * **`; the other ops cannot overflow). `**` has a
+/// non-negative exponent here.
+fn exact_int(op: BinaryOp, a: i64, b: i64) -> Option<i64> {
+    match op {
+        BinaryOp::Add => a.checked_add(b),
+        BinaryOp::Sub => a.checked_sub(b),
+        BinaryOp::Mul => a.checked_mul(b),
+        BinaryOp::Pow => match u32::try_from(b) {
+            Ok(e) => a.checked_pow(e),
+            // An exponent beyond 2^32 keeps only 0, 1 and -1 in range.
+            Err(_) => match a {
+                0 | 1 => Some(a),
+                -1 => Some(if b % 2 == 0 { 1 } else { -1 }),
+                _ => None,
+            },
+        },
+        _ => Some(eval::binary_int(op, DType::I64, a, b)),
+    }
+}
+
+/// The operator of an integer fold as the user wrote it, for the overflow message.
+fn int_symbol(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "+",
+        BinaryOp::Sub => "-",
+        BinaryOp::Mul => "*",
+        BinaryOp::Pow => "**",
+        _ => op.name(),
     }
 }

@@ -69,7 +69,8 @@ enum Binding {
 }
 
 /// A weak scalar's value: an integer (integer literals, dims, and `+ - * **` on them,
-/// wrapping in 64 bits) or a float (float literals, `/`, functions of weak scalars).
+/// exact: a result beyond 64 bits is an error) or a float (float literals, `/`, functions
+/// of weak scalars).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Weak {
     Float(f64),

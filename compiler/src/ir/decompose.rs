@@ -504,7 +504,18 @@ impl Builder<'_> {
         let mean = self.reduce_axes(ReduceOp::Mean, x, axes, true);
         let xc = self.binary(BinaryOp::Sub, x, mean);
         let sq = self.binary(BinaryOp::Mul, xc, xc);
-        let s = self.reduce_axes(ReduceOp::Sum, sq, axes, keepdim);
+        let s2 = self.reduce_axes(ReduceOp::Sum, sq, axes, keepdim);
+        // The corrected two-pass form (Chan, Golub and LeVeque): the deviations' own sum,
+        // zero in exact arithmetic, takes out the error of the mean's rounding to f32, so
+        // a row far from zero (1e4 ± 0.01) keeps its variance to f32 accuracy.
+        let s1 = self.reduce_axes(ReduceOp::Sum, xc, axes, keepdim);
+        let s1sq = self.binary(BinaryOp::Mul, s1, s1);
+        let n = self.scalar(count);
+        let fix = self.binary(BinaryOp::Div, s1sq, n);
+        let s = self.binary(BinaryOp::Sub, s2, fix);
+        // Never below 0 by rounding (a constant row whose mean rounded off it).
+        let zero = self.scalar(0.0);
+        let s = self.binary(BinaryOp::Maximum, s, zero);
         let dof = self.scalar((count - correction).max(0.0));
         let v = self.binary(BinaryOp::Div, s, dof);
         let y = if sqrt {
