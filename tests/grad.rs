@@ -366,7 +366,8 @@ fn eager_matches_pytorch_autograd() {
 }
 
 /// PyTorch's rules at the kinks of SPEC §3.5's maths, on exact data: `clamp` passes the
-/// gradient where `min <= x <= max` (both ends inclusive), `leaky_relu` has the slope at
+/// gradient where `min < x < max` (0 at a bound, the minimum-norm subgradient, as `relu`
+/// and `hardtanh`: PyTorch 2.15, pytorch/pytorch#191142), `leaky_relu` has the slope at
 /// 0, `floor`/`ceil`/`round`/`sign` have slope 0, `std` of a constant row is 0 (not NaN).
 #[test]
 fn maths_kinks_follow_pytorch() {
@@ -374,11 +375,15 @@ fn maths_kinks_follow_pytorch() {
     let cases: &[(&str, &[f32])] = &[
         (
             "v = sum(clamp(x, min=-0.5, max=0.7))\ng = grad(v, x)",
-            &[1.0, 1.0, 1.0, 0.0, 0.0],
+            &[0.0, 0.0, 1.0, 0.0, 0.0],
         ),
         (
             "v = sum(clamp(x, min=0))\ng = grad(v, x)",
-            &[0.0, 1.0, 1.0, 1.0, 0.0],
+            &[0.0, 1.0, 0.0, 1.0, 0.0],
+        ),
+        (
+            "v = sum(clamp(x, max=0.7))\ng = grad(v, x)",
+            &[1.0, 0.0, 1.0, 0.0, 1.0],
         ),
         (
             "v = sum(clamp(x, min=1, max=-1))\ng = grad(v, x)",
