@@ -292,6 +292,21 @@ fn budget_is_met_by_recomputation() {
     let r = tight.memory.recompute.clone().expect("a recompute entry");
     assert!(!r.values.is_empty(), "something is recomputed");
     assert!(r.flops > 0 && r.flops <= r.forward_flops, "{r:?}");
+    // The text report (`--report-memory`) lists them too, with their cost (SPEC §3.6).
+    let text = tc_compiler::report::text::render_text(&tight.memory);
+    assert!(
+        text.contains("\nrecomputed in the backward pass\n"),
+        "{text}"
+    );
+    for v in &r.values {
+        assert!(text.contains(v.as_str()), "{v} not in\n{text}");
+    }
+    for figure in [r.bytes, r.flops, r.forward_flops] {
+        assert!(
+            text.contains(&figure.to_string()),
+            "{figure} not in\n{text}"
+        );
+    }
     let leaf = |l: &tc_compiler::ir::Leaf| {
         tc_runtime::data::random_tensor(0, &l.name, l.ty.dtype, &l.ty.sizes())
     };
