@@ -509,3 +509,29 @@ fn unfused_training_steps_stay_under_naive() {
         differential(source, &[], 3).unwrap_or_else(|e| panic!("{what}: {e}"));
     }
 }
+
+/// A loss of the wrong kind is `bad-grad` with a span and a help that fits the fault: a
+/// tensor of many values is reduced, an integer or bool scalar is cast (SPEC §3.6: `L` is a
+/// rank-0 floating tensor).
+#[test]
+fn a_bad_loss_gets_the_help_that_fits_it() {
+    let options = CompileOptions::default();
+    let cases = [
+        ("l = x * 2", "rank-0", "sum(…)"),
+        ("l = sum(x > 0)", "floating", "f32(…)"),
+        ("l = x > 0", "rank-0", "f32(sum(…))"),
+    ];
+    for (body, message, help) in cases {
+        let src = format!("input x : f32[4]\n{body}\ng = grad(l, x)\noutput g\n");
+        let err = tc_compiler::compile(&src, &options).expect_err("a bad loss");
+        assert_eq!(err[0].kind, tc_compiler::ErrorKind::BadGrad, "{body}");
+        assert!(
+            err[0].message.contains(message),
+            "{body}: {}",
+            err[0].message
+        );
+        let h = err[0].help.as_deref().unwrap_or("");
+        assert!(h.contains(help), "{body}: help `{h}`");
+        assert!(!err[0].labels.is_empty(), "{body}: no span");
+    }
+}
