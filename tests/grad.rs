@@ -292,6 +292,21 @@ fn budget_is_met_by_recomputation() {
     let r = tight.memory.recompute.clone().expect("a recompute entry");
     assert!(!r.values.is_empty(), "something is recomputed");
     assert!(r.flops > 0 && r.flops <= r.forward_flops, "{r:?}");
+    // The text report (`--report-memory`) lists them too, with their cost (SPEC §3.6).
+    let text = tc_compiler::report::text::render_text(&tight.memory);
+    assert!(
+        text.contains("\nrecomputed in the backward pass\n"),
+        "{text}"
+    );
+    for v in &r.values {
+        assert!(text.contains(v.as_str()), "{v} not in\n{text}");
+    }
+    for figure in [r.bytes, r.flops, r.forward_flops] {
+        assert!(
+            text.contains(&figure.to_string()),
+            "{figure} not in\n{text}"
+        );
+    }
     let leaf = |l: &tc_compiler::ir::Leaf| {
         tc_runtime::data::random_tensor(0, &l.name, l.ty.dtype, &l.ty.sizes())
     };
@@ -366,7 +381,8 @@ fn eager_matches_pytorch_autograd() {
 }
 
 /// PyTorch's rules at the kinks of SPEC §3.5's maths, on exact data: `clamp` passes the
-/// gradient where `min <= x <= max` (both ends inclusive), `leaky_relu` has the slope at
+/// gradient where `min < x < max` (0 at a bound, the minimum-norm subgradient, as `relu`
+/// and `hardtanh`: PyTorch 2.15, pytorch/pytorch#191142), `leaky_relu` has the slope at
 /// 0, `floor`/`ceil`/`round`/`sign` have slope 0, `std` of a constant row is 0 (not NaN).
 #[test]
 fn maths_kinks_follow_pytorch() {
@@ -374,11 +390,15 @@ fn maths_kinks_follow_pytorch() {
     let cases: &[(&str, &[f32])] = &[
         (
             "v = sum(clamp(x, min=-0.5, max=0.7))\ng = grad(v, x)",
-            &[1.0, 1.0, 1.0, 0.0, 0.0],
+            &[0.0, 0.0, 1.0, 0.0, 0.0],
         ),
         (
             "v = sum(clamp(x, min=0))\ng = grad(v, x)",
-            &[0.0, 1.0, 1.0, 1.0, 0.0],
+            &[0.0, 1.0, 0.0, 1.0, 0.0],
+        ),
+        (
+            "v = sum(clamp(x, max=0.7))\ng = grad(v, x)",
+            &[1.0, 0.0, 1.0, 0.0, 1.0],
         ),
         (
             "v = sum(clamp(x, min=1, max=-1))\ng = grad(v, x)",
@@ -487,5 +507,31 @@ fn unfused_training_steps_stay_under_naive() {
             );
         }
         differential(source, &[], 3).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
+/// A loss of the wrong kind is `bad-grad` with a span and a help that fits the fault: a
+/// tensor of many values is reduced, an integer or bool scalar is cast (SPEC §3.6: `L` is a
+/// rank-0 floating tensor).
+#[test]
+fn a_bad_loss_gets_the_help_that_fits_it() {
+    let options = CompileOptions::default();
+    let cases = [
+        ("l = x * 2", "rank-0", "sum(…)"),
+        ("l = sum(x > 0)", "floating", "f32(…)"),
+        ("l = x > 0", "rank-0", "f32(sum(…))"),
+    ];
+    for (body, message, help) in cases {
+        let src = format!("input x : f32[4]\n{body}\ng = grad(l, x)\noutput g\n");
+        let err = tc_compiler::compile(&src, &options).expect_err("a bad loss");
+        assert_eq!(err[0].kind, tc_compiler::ErrorKind::BadGrad, "{body}");
+        assert!(
+            err[0].message.contains(message),
+            "{body}: {}",
+            err[0].message
+        );
+        let h = err[0].help.as_deref().unwrap_or("");
+        assert!(h.contains(help), "{body}: help `{h}`");
+        assert!(!err[0].labels.is_empty(), "{body}: no span");
     }
 }

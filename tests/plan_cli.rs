@@ -69,6 +69,10 @@ fn plan_reports_without_running_and_cuda_adds_the_workspace() {
     );
     big.expect_code(0);
     assert!(planned_with_inputs(&big.stdout) > 1 << 40);
+    // The summary line counts in words: "1 kernel", not "1 kernels".
+    let one = tc_in(&root, &["plan", "examples/chain.tx", "--dim", "N=1"]);
+    one.expect_code(0);
+    assert!(one.stdout.contains(": 1 kernel, arena"), "{}", one.stdout);
 }
 
 #[test]

@@ -114,6 +114,7 @@ const CATALOGUE: &[Case] = &[
     case("--dim of an unknown dim", SMALL, &["check", "prog.tx", "--dim", "Q=3"], 1, &["Q"]),
     case("--dim malformed", SMALL, &["check", "prog.tx", "--dim", "N"], 2, &["NAME=INT"]),
     case("--dim zero", SMALL, &["check", "prog.tx", "--dim", "N=0"], 2, &["positive"]),
+    case("--dim without a name", SMALL, &["check", "prog.tx", "--dim", "=3"], 2, &["NAME=INT"]),
     case("inputs larger than host memory", "dim N = 68719476736\ninput x : f32[N]\ny = x * 2\noutput y\n", &["run", "prog.tx", "--device", "cpu"], 3, &["host memory", "smaller dims"]),
     case("arena larger than host memory", "dim N = 68719476736\ninput x : f32[1]\ny = expand(x, [N]) * 2\noutput y\n", &["run", "prog.tx", "--device", "cpu"], 3, &["host memory", "bytes", "smaller dims"]),
     // --- usage

@@ -444,12 +444,14 @@ fn kept_shape(t: &Tape, x: NodeId, axes: &[usize]) -> Vec<Dim> {
         .collect()
 }
 
-/// clamp_backward(grad, self, min, max): the gradient where `min <= self <= max`
-/// (inclusive; NaN passes none), zero elsewhere. Saves `self`.
+/// clamp_backward(grad, self, min, max): the gradient where `min < self < max`
+/// (strict: 0 at a bound, the minimum-norm subgradient, as `relu` and `hardtanh`; PyTorch's
+/// rule for number bounds since pytorch/pytorch#191142; NaN passes none), zero elsewhere.
+/// Saves `self`.
 fn clamp(t: &mut Tape, x: NodeId, min: Option<f64>, max: Option<f64>, g: NodeId) -> NodeId {
     t.save(x);
-    let lo = min.map(|m| t.cmp_const(CmpOp::Ge, x, m));
-    let hi = max.map(|m| t.cmp_const(CmpOp::Le, x, m));
+    let lo = min.map(|m| t.cmp_const(CmpOp::Gt, x, m));
+    let hi = max.map(|m| t.cmp_const(CmpOp::Lt, x, m));
     let mask = match (lo, hi) {
         (Some(a), Some(b)) => t.and(a, b),
         (Some(m), None) | (None, Some(m)) => m,

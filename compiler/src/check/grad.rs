@@ -175,7 +175,11 @@ impl Checker<'_> {
                     format!("the loss of `grad` must be {what}, but this is {ty}"),
                 )
                 .with_primary(span.clone(), format!("this is {ty}"))
-                .with_help("reduce it to one value first, e.g. `mean(…)` or `sum(…)`"),
+                .with_help(match (ty.rank() != 0, autodiff::is_float(ty.dtype)) {
+                    (true, true) => "reduce it to one value first, e.g. `mean(…)` or `sum(…)`",
+                    (true, false) => "reduce it to one float value first, e.g. `f32(sum(…))`",
+                    _ => "cast it to a float dtype first, e.g. `f32(…)`",
+                }),
             );
             return None;
         }

@@ -1,5 +1,5 @@
 //! The memory report as text (`tc run --report-memory`): kernels, buffers, the five peaks
-//! in human units and bytes, notes, and an ASCII chart of the arena over the steps in the
+//! in human units and bytes, what is recomputed in the backward pass and its cost, notes, and an ASCII chart of the arena over the steps in the
 //! manner of TensorFlow Lite Micro's memory-plan printout.
 
 use super::{MemoryReport, Peak};
@@ -134,6 +134,27 @@ pub fn render_text(report: &MemoryReport) -> String {
             "a bound: no order of these kernels peaks lower"
         }
     );
+    if let Some(r) = report.recompute.as_ref().filter(|r| !r.values.is_empty()) {
+        let _ = writeln!(out, "\nrecomputed in the backward pass");
+        let _ = writeln!(out, "  values  {}", r.values.join(", "));
+        let share = if r.forward_flops > 0 {
+            format!(
+                " ({:.2}% of the forward pass's {})",
+                r.flops as f64 * 100.0 / r.forward_flops as f64,
+                r.forward_flops
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  cost    {} more, {} ({} bytes) read and written, {} FLOPs{share}",
+            count(r.kernels as usize, "kernel"),
+            human(r.bytes),
+            r.bytes,
+            r.flops
+        );
+    }
     if !report.notes.is_empty() {
         let _ = writeln!(out, "\nnotes");
         for n in &report.notes {

@@ -183,6 +183,9 @@ fn parse_dim(s: &str) -> Result<(String, u64), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=INT, got `{s}`"))?;
+    if name.trim().is_empty() {
+        return Err(format!("expected NAME=INT, got `{s}`"));
+    }
     let value: u64 = value
         .trim()
         .parse()

@@ -8,7 +8,7 @@
 use super::args::{DeviceChoice, PlanArgs};
 use super::{compile_error, compile_options, console, output, read_source, CliError, Source};
 use crate::backend::{Backend, CpuBackend, CudaBackend};
-use tc_compiler::units::human;
+use tc_compiler::units::{count, human};
 use tc_compiler::{CompileOptions, ErrorKind, Program};
 
 /// The backend whose plan `--device` asks for, without opening a device: `auto` is what
@@ -45,10 +45,10 @@ pub fn plan(args: &PlanArgs) -> Result<(), CliError> {
     };
     let p = &program.memory.peaks;
     println!(
-        "planned {} for {}: {} kernels, arena {} ({} bytes); with inputs and params {} ({} bytes)",
+        "planned {} for {}: {}, arena {} ({} bytes); with inputs and params {} ({} bytes)",
         source.path,
         backend.name(),
-        program.plan.kernels.len(),
+        count(program.plan.kernels.len(), "kernel"),
         human(p.planned.without_inputs),
         p.planned.without_inputs,
         human(p.planned.with_inputs),
