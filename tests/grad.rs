@@ -535,3 +535,37 @@ fn a_bad_loss_gets_the_help_that_fits_it() {
         assert!(!err[0].labels.is_empty(), "{body}: no span");
     }
 }
+
+/// What a `grad(L, P)` call returns is labelled `grad of P` and the call's line (SPEC §3.8),
+/// whichever op's backward computed it; one value that is the gradient of two variables
+/// names both.
+#[test]
+fn what_grad_returns_is_labelled_grad_of_its_variable() {
+    let source = include_str!("../examples/train_mlp.tx");
+    let program = tc_compiler::compile(source, &CompileOptions::default()).expect("compiles");
+    let label_of = |program: &tc_compiler::Program, wrt: &str| -> Vec<String> {
+        program
+            .memory
+            .buffers
+            .iter()
+            .filter(|b| b.label.starts_with(&format!("grad of {wrt} ")))
+            .map(|b| b.label.clone())
+            .collect()
+    };
+    for (line, text) in source.lines().enumerate() {
+        let Some(at) = text.find("grad(loss, ") else {
+            continue;
+        };
+        let wrt = text[at + "grad(loss, ".len()..]
+            .split(')')
+            .next()
+            .expect("a variable");
+        let want = format!("grad of {wrt} (line {})", line + 1);
+        let got = label_of(&program, wrt);
+        assert!(got.contains(&want), "{want:?} not among {got:?}");
+    }
+    let shared = "dim N = 8\ninput a : f32[N]\nparam b : f32[N]\nloss = sum(a + b)\n\
+                  ga = grad(loss, a)\ngb = grad(loss, b)\noutput ga, gb\n";
+    let program = tc_compiler::compile(shared, &CompileOptions::default()).expect("compiles");
+    assert_eq!(label_of(&program, "a, b"), ["grad of a, b (line 5)"]);
+}

@@ -162,6 +162,7 @@ impl Rg {
                 line: id.0 + 1,
                 group: Some(id),
                 backward_of: None,
+                grad_of: None,
             },
         )
     }

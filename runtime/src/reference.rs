@@ -807,6 +807,7 @@ mod tests {
                     line: 1,
                     group: None,
                     backward_of: None,
+                    grad_of: None,
                 },
             )
         }

@@ -80,6 +80,7 @@ impl<'g> Tape<'g> {
             line: self.line,
             group: Some(group),
             backward_of: self.backward_of.clone(),
+            grad_of: None,
         };
         let id = self.graph.push(Node { op, ty, name: None }, origin);
         self.layouts.push(layout);

@@ -94,12 +94,16 @@ impl Checker<'_> {
         if self.grad_failed.contains(&loss) {
             return Val::Error;
         }
+        let line = self.line(span.start);
+        let wrt_name = self.graph.display_name(wrt);
         if let Some(g) = self
             .backwards
             .get(&loss)
             .and_then(|gs| gs.iter().find(|(w, _)| *w == wrt))
         {
-            return Val::Tensor(g.1);
+            let g = g.1;
+            self.graph.mark_grad_of(g, &wrt_name, line);
+            return Val::Tensor(g);
         }
         // The first `grad` of this loss: one backward pass for every variable it is
         // differentiated against (by name) that is bound by now.
@@ -116,7 +120,6 @@ impl Checker<'_> {
                 }
             }
         }
-        let line = self.line(span.start);
         let detached = self.detached.clone();
         match autodiff::backward(&mut self.graph, loss, &wrts, &detached, span.clone(), line) {
             Ok(grads) => {
@@ -126,6 +129,7 @@ impl Checker<'_> {
                     self.graph.grads.push(GradOf { loss, wrt, grad });
                 }
                 let g = pairs[0].1;
+                self.graph.mark_grad_of(g, &wrt_name, line);
                 self.backwards.entry(loss).or_default().extend(pairs);
                 Val::Tensor(g)
             }

@@ -186,6 +186,7 @@ impl<'s> Checker<'s> {
             line: self.line(span.start),
             group: Some(id),
             backward_of: None,
+            grad_of: None,
         };
         let id = self.graph.push(Node { op, ty, name: None }, origin);
         self.layouts.push(layout);

@@ -32,6 +32,7 @@ impl G {
             line: self.line,
             group: Some(id),
             backward_of: None,
+            grad_of: None,
         };
         self.g.push(Node { op, ty, name: None }, origin)
     }

@@ -560,6 +560,11 @@ pub struct Origin {
     /// report can say which gradient a buffer holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backward_of: Option<(Span, u32)>,
+    /// For the value a `grad(L, P)` call returns: `P`'s name and the call's line, so the
+    /// report labels it `grad of P (line N)` (SPEC §3.8). Names joined by ", " where one
+    /// value is the gradient of several variables (`L = sum(a + b)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_of: Option<(String, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -649,6 +654,16 @@ impl Graph {
 
     pub fn origin(&self, id: NodeId) -> &Origin {
         &self.origins[id.index()]
+    }
+
+    /// Records that `id` is what a `grad(L, name)` call on `line` returns (`Origin.grad_of`).
+    pub fn mark_grad_of(&mut self, id: NodeId, name: &str, line: u32) {
+        let o = &mut self.origins[id.index()];
+        o.grad_of = match o.grad_of.take() {
+            Some((prev, l)) if prev.split(", ").any(|n| n == name) => Some((prev, l)),
+            Some((prev, l)) => Some((format!("{prev}, {name}"), l)),
+            None => Some((name.to_string(), line)),
+        };
     }
 
     pub fn ty(&self, id: NodeId) -> &TensorType {

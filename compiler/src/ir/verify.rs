@@ -374,6 +374,7 @@ mod tests {
             line: 1,
             group: None,
             backward_of: None,
+            grad_of: None,
         }
     }
 

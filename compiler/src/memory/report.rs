@@ -233,6 +233,10 @@ fn span_text(span: crate::diag::Span, source: Option<&str>) -> Option<String> {
 /// their origin says). Without the source, the bound name or node and the line.
 pub fn label(graph: &Graph, id: NodeId, source: Option<&str>) -> String {
     let origin = graph.origin(id);
+    if let Some((names, line)) = &origin.grad_of {
+        // What a `grad` call returns: named by its variable, as SPEC §3.8 writes it.
+        return format!("grad of {names} (line {line})");
+    }
     if let Some((span, line)) = &origin.backward_of {
         // A gradient: named by the forward expression whose backward function made it.
         return match span_text(span.clone(), source) {
