@@ -708,6 +708,14 @@ fn more_maths_kernels_compile_with_nvrtc() {
     }
 }
 
+/// The options of `tc run --fast-math` on CUDA.
+fn fast_math() -> cuda::CudaOptions {
+    cuda::CudaOptions {
+        maths: cuda::Maths::Fast,
+        ..Default::default()
+    }
+}
+
 /// Every example (small dims) with fast maths on the GPU against the CPU executor, within
 /// the same tolerance between executors: `--fast-math` moves results by a few ulps.
 #[test]
@@ -716,10 +724,7 @@ fn gpu_examples_match_the_cpu_under_fast_math() {
     if !gpu_ready() {
         return;
     }
-    let fast = cuda::CudaOptions {
-        maths: cuda::Maths::Fast,
-        ..Default::default()
-    };
+    let fast = fast_math();
     let failures: Vec<String> = examples()
         .iter()
         .filter_map(|(name, source)| {
@@ -1356,18 +1361,31 @@ fn gpu_elementwise_ops_meet_their_accuracy() {
     if !gpu_ready() {
         return;
     }
+    check_gpu_accuracy(
+        "CUDA",
+        &cuda::CudaOptions::default(),
+        tc_tests::accuracy::Contract::EXACT,
+        tc_tests::accuracy::Sweep::GPU,
+    );
+}
+
+/// `tc_tests::accuracy::check_elementwise_accuracy` on the GPU, kernels run with `run`;
+/// panics with the worst inputs of every op outside `contract`.
+fn check_gpu_accuracy(
+    label: &str,
+    run: &cuda::CudaOptions,
+    contract: tc_tests::accuracy::Contract,
+    sweep: tc_tests::accuracy::Sweep,
+) {
     let gpu = |p: &tc_compiler::Program, inputs: &[tc_runtime::HostTensor]| {
-        cuda::run(&p.plan, inputs, &[], &cuda::CudaOptions::default())
+        cuda::run(&p.plan, inputs, &[], run)
             .map(|r| r.outputs)
             .map_err(|e| e.to_string())
     };
-    if let Err(e) = tc_tests::accuracy::check_elementwise_accuracy(
-        "CUDA",
-        &cuda_options(&[]),
-        tc_tests::accuracy::Contract::EXACT,
-        tc_tests::accuracy::Sweep::GPU,
-        &gpu,
-    ) {
+    let options = cuda_options(&[]);
+    if let Err(e) =
+        tc_tests::accuracy::check_elementwise_accuracy(label, &options, contract, sweep, &gpu)
+    {
         panic!("{e}");
     }
 }
@@ -1382,24 +1400,13 @@ fn gpu_elementwise_ops_meet_their_fast_math_accuracy() {
     if !gpu_ready() {
         return;
     }
-    let fast = cuda::CudaOptions {
-        maths: cuda::Maths::Fast,
-        ..Default::default()
-    };
-    let gpu = |p: &tc_compiler::Program, inputs: &[tc_runtime::HostTensor]| {
-        cuda::run(&p.plan, inputs, &[], &fast)
-            .map(|r| r.outputs)
-            .map_err(|e| e.to_string())
-    };
-    if let Err(e) = tc_tests::accuracy::check_elementwise_accuracy(
+    let fast = fast_math();
+    check_gpu_accuracy(
         "CUDA --fast-math",
-        &cuda_options(&[]),
+        &fast,
         tc_tests::accuracy::Contract::FAST_MATH,
         tc_tests::accuracy::Sweep::CPU,
-        &gpu,
-    ) {
-        panic!("{e}");
-    }
+    );
 }
 
 #[test]

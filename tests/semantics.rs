@@ -531,14 +531,7 @@ fn row_maths_on_special_values_match_the_reference() {
         let want = reference::evaluate(&program.checked, std::slice::from_ref(&x), &[])
             .expect("reference");
         for (fuse, reuse) in tc_tests::COMBOS {
-            let options = CompileOptions {
-                plan: tc_compiler::PlanOptions {
-                    fuse,
-                    reuse,
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
+            let options = tc_tests::combo_options(fuse, reuse);
             let program = tc_compiler::compile(&src, &options).expect("compiles");
             let got =
                 tc_runtime::cpu::run(&program.plan, std::slice::from_ref(&x), &[]).expect("runs");
@@ -593,14 +586,7 @@ fn var_of_rows_far_from_zero_keeps_f32_accuracy() {
                output v, s\n";
     let x = HostTensor::from_f32(DType::F32, vec![rows, cols], &values);
     for (fuse, reuse) in tc_tests::COMBOS {
-        let options = CompileOptions {
-            plan: tc_compiler::PlanOptions {
-                fuse,
-                reuse,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let options = tc_tests::combo_options(fuse, reuse);
         let program = tc_compiler::compile(src, &options).expect("compiles");
         let got = tc_runtime::cpu::run(&program.plan, std::slice::from_ref(&x), &[]).expect("runs");
         for (r, row) in values.chunks(cols as usize).enumerate() {

@@ -185,6 +185,18 @@ pub fn compare(
 /// The four plan variants every differential test runs: (fuse, reuse).
 pub const COMBOS: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
 
+/// The default compile options with fusion and reuse as given (one of `COMBOS`).
+pub fn combo_options(fuse: bool, reuse: bool) -> CompileOptions {
+    CompileOptions {
+        plan: PlanOptions {
+            fuse,
+            reuse,
+            ..PlanOptions::default()
+        },
+        ..CompileOptions::default()
+    }
+}
+
 /// Compiles `source` with `dims` in every fuse/reuse combination, runs each plan on the
 /// CPU with seeded random inputs and params, and compares every output with the reference
 /// evaluation of the checked graph. The error says which combination and output failed.
