@@ -277,7 +277,7 @@ fn memory_figures_are_ordered_with_grad() {
 const DEEP: &str = "dim B = 512\ndim D = 32\ninput x : f32[B, D]\nparam w1 : f32[D, D]\nparam w2 : f32[D, D]\nparam w3 : f32[D, D]\nparam w4 : f32[D, D]\nparam w5 : f32[D, D]\nparam w6 : f32[D, D]\nh1 = tanh(x @ w1)\nh2 = tanh(h1 @ w2)\nh3 = tanh(h2 @ w3)\nh4 = tanh(h3 @ w4)\nh5 = tanh(h4 @ w5)\nh6 = tanh(h5 @ w6)\nloss = mean(h6 * h6)\ng1 = grad(loss, w1)\ng2 = grad(loss, w2)\ng3 = grad(loss, w3)\ng4 = grad(loss, w4)\ng5 = grad(loss, w5)\ng6 = grad(loss, w6)\noutput loss, g1, g2, g3, g4, g5, g6\n";
 
 /// `--memory-budget` at the inputs and params plus three quarters of the unbudgeted planned
-/// peak without them (half is out of reach here: see docs/memory-planning.md §8.4): met by
+/// peak without them (half is out of reach here: see docs/memory-planning.md §10.4): met by
 /// recomputation, the results equal to the unbudgeted run's, the recomputation under one
 /// forward pass of FLOPs, and what is recomputed reported.
 #[test]

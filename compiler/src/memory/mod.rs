@@ -3,9 +3,10 @@
 //! peak of a set of lifetimes), `inplace` (a kernel's store taking over a dead input's
 //! storage; the walk from a buffer to its storage object), `pack` (arena offsets),
 //! `models` (the naive and eager figures of the graph run op by op, the lower bound of a
-//! plan) and `report` (the memory report's data). The planner uses the first four; the
-//! models use the same rules, so planned, eager, naive and lower bound compare like with
-//! like. See `docs/memory-planning.md`.
+//! plan), `order` (kernel orders for peak memory, `best_order_bound`), `remat` (forward
+//! values recomputed in the backward, `--memory-budget`) and `report` (the memory report's
+//! data). The planner uses the first four; the models use the same rules, so planned,
+//! eager, naive and lower bound compare like with like. See `docs/memory-planning.md`.
 
 pub mod inplace;
 pub mod liveness;

@@ -4,7 +4,7 @@
 //! first, breadth first, depth first), and `best_order_bound`, a bound no order of the same
 //! kernels can beat: exact by a dynamic programme over the sets of kernels already run
 //! (Serenity's, pruned by the best heuristic order) where the graph is small enough, else a
-//! proved lower bound. See `docs/memory-planning.md` §8.
+//! proved lower bound. See `docs/memory-planning.md` §9.
 
 use super::inplace::{accumulating_pair, can_take_over};
 use super::liveness::{reads, writes};
