@@ -32,8 +32,8 @@ pub const PRELUDE: &str = concat!(
     include_str!("prelude_portable.cu")
 );
 
-/// The part of `PRELUDE` written in inline PTX: f16 <-> f32 conversions and f32 -> bf16
-/// (`cvt.rn.bf16.f32` on sm_80 and later). The host
+/// The part of `PRELUDE` written in inline PTX: f16 <-> f32 conversions, f32 -> bf16
+/// (`cvt.rn.bf16.f32` on sm_80 and later) and `tc_rcp_approx` (`rcp.approx.ftz.f32`). The host
 /// emulation of the CUDA backend (`tc_runtime::cuda::emu`) replaces it with C++ of the same
 /// semantics and compiles the rest of the prelude unchanged.
 pub const PRELUDE_PTX: &str = include_str!("prelude_ptx.cu");
