@@ -13,7 +13,7 @@ use tc_compiler::{CompileOptions, PlanOptions, Program};
 
 use tc_tests::examples;
 
-const COMBOS: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
+use tc_tests::COMBOS;
 
 fn compile(name: &str, src: &str, fuse: bool, reuse: bool) -> Program {
     let options = CompileOptions {
