@@ -11,9 +11,7 @@ use tc_compiler::memory::pack::{align_up, max_live, pack, pack_with, Item};
 use tc_compiler::memory::{memory_report, MemoryReport};
 use tc_compiler::{CompileOptions, PlanOptions, Program};
 
-use tc_tests::examples;
-
-use tc_tests::COMBOS;
+use tc_tests::{examples, COMBOS};
 
 fn compile(name: &str, src: &str, fuse: bool, reuse: bool) -> Program {
     let options = CompileOptions {
