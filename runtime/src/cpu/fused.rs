@@ -185,19 +185,30 @@ pub(super) fn for_each_task<S>(
         return;
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    (0..threads.min(tasks))
-        .into_par_iter()
-        .with_max_len(1)
-        .for_each(|_| {
-            let mut state = None;
-            loop {
-                let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if t >= tasks {
-                    break;
-                }
-                run(state.get_or_insert_with(&new), t);
-            }
-        });
+    let claim = || {
+        let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (t < tasks).then_some(t)
+    };
+    share(threads.min(tasks), claim, new, run);
+}
+
+/// Runs `f(state, work)` for every piece of work `claim` hands out, on `workers` of the
+/// pool's threads that claim as they come free: each makes its one state with `new` when
+/// it claims its first piece (a worker that claims none makes none) and keeps it.
+fn share<S, W>(
+    workers: usize,
+    claim: impl Fn() -> Option<W> + Sync,
+    new: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, W) + Sync,
+) {
+    (0..workers).into_par_iter().with_max_len(1).for_each(|_| {
+        let Some(first) = claim() else { return };
+        let mut s = new();
+        f(&mut s, first);
+        while let Some(work) = claim() {
+            f(&mut s, work);
+        }
+    });
 }
 
 /// Runs `f(state, start, end)` over consecutive pieces that cover `0..n`, shared by the
@@ -241,15 +252,7 @@ pub(super) fn for_each_piece<S>(
             }
         }
     };
-    let work = |_| {
-        let Some((start, end)) = claim() else { return };
-        let mut s = new();
-        f(&mut s, start, end);
-        while let Some((start, end)) = claim() {
-            f(&mut s, start, end);
-        }
-    };
-    (0..threads).into_par_iter().with_max_len(1).for_each(work);
+    share(threads, claim, new, |s, (start, end)| f(s, start, end));
 }
 
 /// The element offset of each load, then each store, at row `r`, into `bases`.
