@@ -120,16 +120,9 @@ fn unary_source(op: UnaryOp, n: usize) -> String {
 }
 
 fn binary_source(op: BinaryOp, n: usize) -> String {
-    let y = match op {
-        BinaryOp::Add => "a + b".to_string(),
-        BinaryOp::Sub => "a - b".to_string(),
-        BinaryOp::Mul => "a * b".to_string(),
-        BinaryOp::Div => "a / b".to_string(),
-        BinaryOp::Pow => "a ** b".to_string(),
-        BinaryOp::Cmp(c) => format!("a {} b", c.symbol()),
-        BinaryOp::Maximum | BinaryOp::Minimum | BinaryOp::And | BinaryOp::Or => {
-            format!("{}(a, b)", op.name())
-        }
+    let y = match op.operator() {
+        Some(sym) => format!("a {sym} b"),
+        None => format!("{}(a, b)", op.name()),
     };
     format!("input a : f32[{n}]\ninput b : f32[{n}]\ny = {y}\noutput y\n")
 }

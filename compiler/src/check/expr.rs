@@ -237,7 +237,8 @@ impl Checker<'_> {
                 match exact_int(op, a, b) {
                     Some(v) => Val::Weak(Weak::Int(v)),
                     None => {
-                        self.int_overflow(format!("{a} {} {b}", int_symbol(op)), span);
+                        let sym = op.operator().unwrap_or(op.name());
+                        self.int_overflow(format!("{a} {sym} {b}"), span);
                         Val::Error
                     }
                 }
@@ -282,19 +283,9 @@ impl Checker<'_> {
         let Some(shape) = broadcast(&ta.shape, &tb.shape) else {
             // Operators as written (`a + b`); the two-operand functions as calls
             // (`maximum(a, b)`), as the `where` message does.
-            let sym = match op {
-                BinaryOp::Add => "+",
-                BinaryOp::Sub => "-",
-                BinaryOp::Mul => "*",
-                BinaryOp::Div => "/",
-                BinaryOp::Pow => "**",
-                BinaryOp::Cmp(c) => c.symbol(),
-                BinaryOp::Maximum | BinaryOp::Minimum | BinaryOp::And | BinaryOp::Or => "",
-            };
-            let both = if sym.is_empty() {
-                format!("{}({ta}, {tb})", op.name())
-            } else {
-                format!("{ta} {sym} {tb}")
+            let both = match op.operator() {
+                Some(sym) => format!("{ta} {sym} {tb}"),
+                None => format!("{}({ta}, {tb})", op.name()),
             };
             let mut d = Diagnostic::error(
                 ErrorKind::ShapeMismatch,
@@ -591,16 +582,5 @@ fn exact_int(op: BinaryOp, a: i64, b: i64) -> Option<i64> {
             },
         },
         _ => Some(eval::binary_int(op, DType::I64, a, b)),
-    }
-}
-
-/// The operator of an integer fold as the user wrote it, for the overflow message.
-fn int_symbol(op: BinaryOp) -> &'static str {
-    match op {
-        BinaryOp::Add => "+",
-        BinaryOp::Sub => "-",
-        BinaryOp::Mul => "*",
-        BinaryOp::Pow => "**",
-        _ => op.name(),
     }
 }

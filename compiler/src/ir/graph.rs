@@ -234,6 +234,20 @@ impl BinaryOp {
         BinaryOp::Minimum,
     ];
 
+    /// The infix operator a program writes the op with (`+`, `**`, `<=`), or `None` for the
+    /// ops written as calls (`maximum(a, b)`, `logical_and(a, b)`).
+    pub fn operator(self) -> Option<&'static str> {
+        match self {
+            BinaryOp::Add => Some("+"),
+            BinaryOp::Sub => Some("-"),
+            BinaryOp::Mul => Some("*"),
+            BinaryOp::Div => Some("/"),
+            BinaryOp::Pow => Some("**"),
+            BinaryOp::Cmp(c) => Some(c.symbol()),
+            BinaryOp::Maximum | BinaryOp::Minimum | BinaryOp::And | BinaryOp::Or => None,
+        }
+    }
+
     /// Whether the result is `bool` whatever the operands' dtype (the comparisons).
     pub fn is_cmp(self) -> bool {
         matches!(self, BinaryOp::Cmp(_))
