@@ -1352,9 +1352,10 @@ fn gpu_random_programs_match_the_cpu() {
 }
 
 /// Every float elementwise op on the CUDA executor (libdevice's `expf`, `sinf`, `powf`, …
-/// as `codegen::cuda` writes them) over a dense sweep of f32 inputs, within the accuracy
-/// contract the CPU's kernels are held to (`ir::eval::unary_accuracy`, `binary_accuracy`):
-/// one table row per op, the worst inputs of any op outside its bound.
+/// as `codegen::cuda` writes them) over a dense sweep of f32 inputs, within the CUDA
+/// accuracy contract (`ir::eval::cuda_unary_accuracy`, `cuda_binary_accuracy`: the CPU's,
+/// widened to NVIDIA's documented bound where a kernel calls the CUDA maths library): one
+/// table row per op, the worst inputs of any op outside its bound.
 #[test]
 #[ignore = "needs a GPU: scripts/gpu.sh runs it (--include-ignored, TC_REQUIRE_CUDA=1)"]
 fn gpu_elementwise_ops_meet_their_accuracy() {
@@ -1364,7 +1365,7 @@ fn gpu_elementwise_ops_meet_their_accuracy() {
     check_gpu_accuracy(
         "CUDA",
         &cuda::CudaOptions::default(),
-        tc_tests::accuracy::Contract::EXACT,
+        tc_tests::accuracy::Contract::CUDA,
         tc_tests::accuracy::Sweep::GPU,
     );
 }

@@ -15,7 +15,9 @@ use tc_compiler::{CompileOptions, Program};
 use tc_runtime::HostTensor;
 
 /// The bounds an executor is held to: `ir::eval`'s contract for kernels as tc compiles them
-/// by default, or for CUDA kernels compiled with fast maths (`--fast-math`).
+/// by default (`EXACT`, the CPU's), for CUDA kernels (`CUDA`: NVIDIA's documented bounds
+/// where a kernel calls the CUDA maths library), or for CUDA kernels compiled with fast
+/// maths (`--fast-math`).
 #[derive(Clone, Copy)]
 pub struct Contract {
     pub name: &'static str,
@@ -28,6 +30,11 @@ impl Contract {
         name: "the accuracy contract",
         unary: eval::unary_accuracy,
         binary: eval::binary_accuracy,
+    };
+    pub const CUDA: Contract = Contract {
+        name: "the CUDA accuracy contract",
+        unary: eval::cuda_unary_accuracy,
+        binary: eval::cuda_binary_accuracy,
     };
     pub const FAST_MATH: Contract = Contract {
         name: "the fast-maths contract",

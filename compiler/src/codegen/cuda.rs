@@ -1677,6 +1677,83 @@ fn emit_fold(
 mod tests {
     use super::*;
 
+    /// The functions an expression calls (`name(`), but tc's own (`tc_…`).
+    fn library_calls(expr: &str) -> Vec<String> {
+        let mut calls = Vec::new();
+        let bytes = expr.as_bytes();
+        for (i, _) in expr.match_indices('(') {
+            let start = expr[..i]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |j| j + 1);
+            let name = &expr[start..i];
+            if !name.is_empty() && !name.starts_with("tc_") && !bytes[start].is_ascii_digit() {
+                calls.push(name.to_string());
+            }
+        }
+        calls
+    }
+
+    /// Every CUDA maths function a kernel's elementwise code calls (and the prelude's) has
+    /// NVIDIA's documented bound in `eval::CUDA_LIBRARY_ULPS`, and the CUDA contract of an
+    /// op whose code calls it admits that bound: a new library call cannot slip under a
+    /// contract the GPU would break.
+    #[test]
+    fn cuda_library_calls_are_within_the_cuda_contract() {
+        use crate::ir::eval;
+        let check = |what: &str, expr: &str, contract: eval::Accuracy| {
+            for call in library_calls(expr) {
+                let documented = eval::cuda_library_ulps(&call).unwrap_or_else(|| {
+                    panic!("{what} calls {call}, whose bound CUDA_LIBRARY_ULPS does not list")
+                });
+                assert!(
+                    contract.ulps >= documented,
+                    "{what}'s CUDA contract ({} ulp) is below {call}'s documented {documented}",
+                    contract.ulps
+                );
+            }
+        };
+        for op in UnaryOp::ALL {
+            let cuda = eval::cuda_unary_accuracy(op);
+            let cpu = eval::unary_accuracy(op);
+            assert!(cuda.ulps >= cpu.ulps && cuda.abs >= cpu.abs, "{op:?}");
+            check(&format!("{op:?}"), &unary_expr(op, "x"), cuda);
+        }
+        let binaries = [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Pow,
+            BinaryOp::Maximum,
+            BinaryOp::Minimum,
+            BinaryOp::And,
+            BinaryOp::Or,
+        ];
+        for op in binaries {
+            let cuda = eval::cuda_binary_accuracy(op);
+            assert!(cuda.ulps >= eval::binary_accuracy(op).ulps, "{op:?}");
+            check(&format!("{op:?}"), &binary_expr(op, "x", "y", None), cuda);
+        }
+        // The prelude's helpers: each call is listed (what they feed is bounded above).
+        for call in library_calls(crate::codegen::PRELUDE_PORTABLE) {
+            if call.ends_with('f')
+                && call
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                assert!(
+                    eval::cuda_library_ulps(&call).is_some(),
+                    "the prelude calls {call}, whose bound CUDA_LIBRARY_ULPS does not list"
+                );
+            }
+        }
+        // The check reads calls: `expf(` in exp's code.
+        assert_eq!(
+            library_calls("0.5f * expf(x) + tc_sigmoid(fabsf(y))"),
+            ["expf", "fabsf"]
+        );
+    }
+
     #[test]
     fn float_literals_read_back_exactly() {
         for x in [
