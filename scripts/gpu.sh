@@ -193,16 +193,25 @@ PY
 done
 python3 - "$OUT/memory.jsonl" <<'PY' | tee -a "$summary"
 import json, sys
-print("| example | planned (with inputs) | measured | equal | driver's free-memory drop | agrees (within 2 MiB an allocation) |")
+# "measured" is the sum of tc's own cuMemAlloc sizes (the arena, each input and param);
+# the driver's free-memory drop is the independent figure. The driver hands out memory in
+# 2 MiB pages: an allocation of 2 MiB or more costs its size up to a page more; a smaller
+# one may land in a page already taken (cuBLAS's, the module's) and cost nothing, or take
+# a page of its own.
+print("| example | planned (with inputs) | measured (tc's allocations) | equal | driver's free-memory drop | agrees (each allocation its size to a 2 MiB page more; under 2 MiB, 0 to a page) |")
 print("|---|---|---|---|---|---|")
+PAGE = 2 << 20
 for line in open(sys.argv[1]):
     d = json.loads(line)
     p = d["peaks"]["planned"]["with_inputs"]
     m = (d["peaks"].get("measured") or {}).get("with_inputs")
     drv = d.get("driver_free_drop")
-    allocs = 1 + sum(1 for b in d.get("buffers", []) if b.get("kind") in ("input", "param"))
-    ok = drv is not None and m is not None and m <= drv <= m + allocs * (2 << 20)
-    print(f"| {d['example']} | {p} | {m} | {'yes' if p == m else 'NO'} | {drv} | {'yes' if ok else 'NO'} |")
+    sizes = [d.get("arena_bytes", 0)] + [b["bytes"] for b in d.get("buffers", []) if b.get("kind") in ("input", "param")]
+    sizes = [s for s in sizes if s > 0]
+    low = sum(s for s in sizes if s >= PAGE)
+    high = sum(s for s in sizes) + len(sizes) * PAGE
+    ok = drv is not None and m is not None and low <= drv <= high
+    print(f"| {d['example']} | {p} | {m} | {'yes' if p == m else 'NO'} | {drv} | {'yes' if ok else 'NO'} ({low}..{high}) |")
 PY
 
 # ---- 3. figures: tc bench, then PyTorch eager and torch.compile on the same GPU.

@@ -318,14 +318,16 @@ def measure(fn, tensors, runs, warmup=3, grad=False):
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         del out
-        times = []
-        for _ in range(runs):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        # Back to back, one wait at the end, as tc's `bench` times (cuda::executor's
+        # `time_back_to_back`): while the GPU is busy a run's time is its kernels'.
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(runs)]
+        for s, e in events:
             s.record()
             fn(*args)
             e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) for s, e in events]
     inputs = sum(t.numel() * t.element_size() for t in args)
     return dict(median_ms=statistics.median(times), peak_bytes=peak, inputs_bytes=inputs,
                 peak_without_inputs=peak - inputs, allocated_before=base)
@@ -335,14 +337,14 @@ def copy_bandwidth(nbytes=4 << 30, runs=20):
     src = torch.empty(nbytes, dtype=torch.uint8, device=DEV).fill_(1)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    times = []
-    for _ in range(runs):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(runs)]
+    for s, e in events:
         s.record()
         dst.copy_(src)
         e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
+    torch.cuda.synchronize()
+    times = [s.elapsed_time(e) for s, e in events]
     ms = statistics.median(times)
     del src, dst
     torch.cuda.empty_cache()

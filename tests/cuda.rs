@@ -1172,8 +1172,14 @@ fn check_cuda_against_cpu_in(
         .map_err(|e| format!("{label}: {e}"))?;
     let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &params)
         .map_err(|e| format!("{label}: CPU: {e}"))?;
-    let gpu = cuda::run(&program.plan, &inputs, &params, run_options)
-        .map_err(|e| format!("{label}: CUDA: {e}"))?;
+    let gpu = cuda::run(&program.plan, &inputs, &params, run_options).map_err(|e| {
+        // A fault that leaves the context unusable stops the test here, naming its kernel:
+        // every later run in the process would fail with it (`CudaError::ContextLost`).
+        if matches!(cuda::available(), Err(cuda::CudaError::ContextLost(_))) {
+            panic!("{label}: CUDA: {e}\nthe CUDA context is lost; stopping at the first fault\n{source}");
+        }
+        format!("{label}: CUDA: {e}")
+    })?;
     let planned = program.memory.peaks.planned.with_inputs;
     if gpu.measured_bytes != planned {
         return Err(format!(

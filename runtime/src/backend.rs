@@ -115,11 +115,15 @@ pub struct FreeMemory {
     pub device: Option<DeviceFree>,
 }
 
-/// A device's memory: its name, and its free bytes where they could be read.
+/// A device's memory: its name, and the bytes a run may take where they could be read
+/// (free, less `kept`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeviceFree {
     pub name: String,
     pub bytes: Option<u64>,
+    /// Free bytes left out of `bytes` for the device's own libraries
+    /// (`cuda::DEVICE_RESERVE_BYTES`).
+    pub kept: u64,
 }
 
 /// A measured copy bandwidth, the ceiling memory-bound kernels are compared with.
@@ -207,11 +211,17 @@ pub fn preflight(program: &Program, backend: &dyn Backend) -> Result<(), Backend
     if let Some(DeviceFree {
         name,
         bytes: Some(free),
+        kept,
     }) = &free.device
     {
         let needed = peaks.planned.with_inputs;
         if needed > *free {
-            return Err(refuse(&format!("device ({name})"), needed, *free, ""));
+            let why = if *kept > 0 {
+                format!(" once {} is kept for the CUDA libraries", human(*kept))
+            } else {
+                String::new()
+            };
+            return Err(refuse(&format!("device ({name})"), needed, *free, &why));
         }
     }
     let host_needed = match free.device {
@@ -444,11 +454,16 @@ mod tests {
                 device: Some(DeviceFree {
                     name: "GPU".into(),
                     bytes: Some(dev),
+                    kept: 256 << 20,
                 }),
             })
         };
         assert!(preflight(&p, &gpu(8000, 8000)).is_ok());
-        assert!(preflight(&p, &gpu(7999, 8000)).is_err());
+        let err = preflight(&p, &gpu(7999, 8000)).expect_err("does not fit the device");
+        assert!(
+            err.to_string().contains("kept for the CUDA libraries"),
+            "{err}"
+        );
         assert!(preflight(&p, &gpu(8000, 7999)).is_err());
     }
 }

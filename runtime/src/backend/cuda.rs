@@ -62,14 +62,18 @@ impl Backend for CudaBackend {
     fn free_memory(&self) -> FreeMemory {
         FreeMemory {
             host: host_memory::available(),
-            device: Some(match cuda::available() {
+            device: Some(match cuda::available_on(self.options.device) {
+                // What a run may take: the free memory less what the CUDA libraries keep
+                // (`cuda::DEVICE_RESERVE_BYTES`), the bar `cuda::run` itself applies.
                 Ok(info) => DeviceFree {
                     name: info.name,
-                    bytes: Some(info.free_bytes),
+                    bytes: Some(info.free_bytes.saturating_sub(cuda::DEVICE_RESERVE_BYTES)),
+                    kept: cuda::DEVICE_RESERVE_BYTES,
                 },
                 Err(_) => DeviceFree {
                     name: "the GPU".into(),
                     bytes: None,
+                    kept: 0,
                 },
             }),
         }

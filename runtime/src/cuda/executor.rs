@@ -70,7 +70,9 @@ pub struct CudaRun {
     pub from_cache: bool,
     /// Wall time from opening the device to the outputs on the host.
     pub total_seconds: f64,
-    /// GPU time of the kernels (CUDA events around the launches), milliseconds.
+    /// GPU time of the kernels (CUDA events around the launches, each kernel waited for
+    /// before the next so that a fault names its kernel), milliseconds; `bench` times
+    /// without the waits.
     pub gpu_ms: f64,
 }
 
@@ -104,11 +106,44 @@ pub struct CopyBandwidth {
 }
 
 fn drv<T>(call: &'static str, r: Result<T, dr::DriverError>) -> Result<T, CudaError> {
-    r.map_err(|e| CudaError::Driver {
-        call,
-        message: format!("{e:?}"),
+    r.map_err(|e| {
+        let message = format!("{e:?}");
+        if is_sticky(e.0) {
+            let _ = CONTEXT_LOST.set(format!("{call}: {message}"));
+        }
+        CudaError::Driver { call, message }
     })
 }
+
+/// The driver errors after which the context is unusable: every later call in the process
+/// returns the same error (a kernel's illegal or misaligned address, illegal instruction,
+/// device-side assert, launch failure or timeout).
+fn is_sticky(code: ds::CUresult) -> bool {
+    use ds::CUresult::*;
+    matches!(
+        code,
+        CUDA_ERROR_ILLEGAL_ADDRESS
+            | CUDA_ERROR_LAUNCH_TIMEOUT
+            | CUDA_ERROR_ASSERT
+            | CUDA_ERROR_HARDWARE_STACK_ERROR
+            | CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | CUDA_ERROR_MISALIGNED_ADDRESS
+            | CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | CUDA_ERROR_INVALID_PC
+            | CUDA_ERROR_LAUNCH_FAILED
+    )
+}
+
+/// The first sticky error of this process (`is_sticky`), after which no device is opened
+/// again: every later run fails at once with it (`CudaError::ContextLost`) instead of with
+/// an unrelated-looking copy of it from its first call.
+static CONTEXT_LOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The primary context of each device this process has opened, retained once and kept for
+/// the life of the process (`Gpu::open`): releasing it after every run would destroy it
+/// (the driver frees a primary context at its last release) and the next run would create
+/// it again, a large part of a cached start. Entries: (ordinal, context address).
+static CONTEXTS: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
 
 fn blas(call: &'static str, status: cb::cublasStatus_t) -> Result<(), CudaError> {
     if status == cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
@@ -181,15 +216,18 @@ fn cublas_present() -> Result<(), CudaError> {
     })
 }
 
-/// An open device: its primary context, current on this thread.
+/// An open device: its primary context (retained once a process, `CONTEXTS`), current on
+/// this thread.
 struct Gpu {
-    dev: ds::CUdevice,
     info: DeviceInfo,
 }
 
 impl Gpu {
     fn open(ordinal: usize) -> Result<Gpu, CudaError> {
         driver_present()?;
+        if let Some(first) = CONTEXT_LOST.get() {
+            return Err(CudaError::ContextLost(first.clone()));
+        }
         drv("cuInit", dr::init())?;
         let count = drv("cuDeviceGetCount", dr::device::get_count())?;
         if count <= 0 {
@@ -202,11 +240,22 @@ impl Gpu {
             });
         }
         let dev = drv("cuDeviceGet", dr::device::get(ordinal as i32))?;
-        // SAFETY: `dev` is a valid device; the context is released in Drop.
-        let ctx = drv("cuDevicePrimaryCtxRetain", unsafe {
-            dr::primary_ctx::retain(dev)
-        })?;
-        // SAFETY: `ctx` was just retained.
+        let ctx = {
+            let mut contexts = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+            match contexts.iter().find(|(o, _)| *o == ordinal) {
+                Some(&(_, ctx)) => ctx as ds::CUcontext,
+                None => {
+                    // SAFETY: `dev` is a valid device; the context stays retained for the
+                    // life of the process (`CONTEXTS`).
+                    let ctx = drv("cuDevicePrimaryCtxRetain", unsafe {
+                        dr::primary_ctx::retain(dev)
+                    })?;
+                    contexts.push((ordinal, ctx as usize));
+                    ctx
+                }
+            }
+        };
+        // SAFETY: `ctx` is retained for the life of the process.
         drv("cuCtxSetCurrent", unsafe { dr::ctx::set_current(ctx) })?;
         let attr = |a: ds::CUdevice_attribute| -> Result<i32, CudaError> {
             // SAFETY: `dev` is a valid device.
@@ -237,16 +286,26 @@ impl Gpu {
             driver_version,
             nvrtc_version: nvrtc_version().ok(),
         };
-        Ok(Gpu { dev, info })
+        if driver_version / 1000 < REQUIRED_DRIVER_MAJOR {
+            return Err(CudaError::Driver {
+                call: "cuDriverGetVersion",
+                message: format!(
+                    "driver version {}.{} is older than CUDA {REQUIRED_DRIVER_MAJOR}, which tc's \
+                     kernels and timing need (update the NVIDIA driver)",
+                    driver_version / 1000,
+                    driver_version % 1000 / 10
+                ),
+            });
+        }
+        Ok(Gpu { info })
     }
 }
 
-impl Drop for Gpu {
-    fn drop(&mut self) {
-        // SAFETY: the primary context was retained once in `open`.
-        let _ = unsafe { dr::primary_ctx::release(self.dev) };
-    }
-}
+/// The oldest driver (CUDA major version) tc runs on: the version cudarc's bindings are
+/// built for (`cuda-13000`), whose calls (`cuEventElapsedTime_v2`) an older driver lacks,
+/// and the NVRTC 13 CUBINs need it anyway. Refused with an error rather than a panic when a
+/// binding is first looked up.
+const REQUIRED_DRIVER_MAJOR: i32 = 13;
 
 /// One device allocation, freed on drop.
 struct DeviceBuffer {
@@ -370,10 +429,13 @@ fn prepare(
         blas("cublasSetStream", unsafe {
             cb::cublasSetStream_v2(b.handle, std::ptr::null_mut())
         })?;
+        // Without TF32: the default maths with no reduced-precision reductions, so a
+        // product with f16/bf16 output sums in f32 and rounds once (cuBLAS may otherwise
+        // reduce split-K partial sums in the output type), as the CPU and the emulation do.
         let mode = if opts.allow_tf32 {
             cb::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         } else {
-            cb::cublasMath_t::CUBLAS_DEFAULT_MATH
+            cb::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION
         };
         // SAFETY: a live handle.
         blas("cublasSetMathMode", unsafe {
@@ -397,19 +459,29 @@ fn prepare(
         .sum();
     let needed = plan.arena_bytes + data_bytes;
     let (free_before, _) = drv("cuMemGetInfo", dr::mem_get_info())?;
-    if needed > free_before as u64 {
+    if needed.saturating_add(super::DEVICE_RESERVE_BYTES) > free_before as u64 {
         return Err(CudaError::OutOfMemory {
             needed,
             free: free_before as u64,
             device: gpu.info.name.clone(),
         });
     }
+    // An allocation the driver refuses all the same (memory taken by another process since
+    // the check) is the same out-of-memory error.
     let alloc = |bytes: u64| -> Result<Option<DeviceBuffer>, CudaError> {
         if bytes == 0 {
-            Ok(None)
-        } else {
-            DeviceBuffer::new(bytes).map(Some)
+            return Ok(None);
         }
+        DeviceBuffer::new(bytes).map(Some).map_err(|e| match e {
+            CudaError::Driver { ref message, .. } if message.contains("OUT_OF_MEMORY") => {
+                CudaError::OutOfMemory {
+                    needed,
+                    free: free_before as u64,
+                    device: gpu.info.name.clone(),
+                }
+            }
+            e => e,
+        })
     };
     let arena = alloc(plan.arena_bytes)?;
     let mut dev_inputs = Vec::with_capacity(inputs.len());
@@ -495,66 +567,94 @@ impl Prepared {
         Ok(())
     }
 
-    /// Enqueues every kernel of the plan, in order, on the default stream.
-    fn launch_all(&self, plan: &Plan) -> Result<(), CudaError> {
-        for ((k, f), fold) in self.kernels.iter().zip(&self.functions).zip(&self.folds) {
-            let launch = |f: ds::CUfunction, grid: &[u32; 3], block: &[u32; 3], shared: u32| {
-                let mut ptrs: Vec<ds::CUdeviceptr> = k
-                    .params
-                    .iter()
-                    .map(|b| self.ptr(plan, *b))
-                    .collect::<Result<_, _>>()?;
-                let mut args: Vec<*mut c_void> = ptrs
-                    .iter_mut()
-                    .map(|p| p as *mut ds::CUdeviceptr as *mut c_void)
-                    .collect();
-                // SAFETY: `f` is from the loaded module; `args` point at one device
-                // pointer per kernel parameter, in signature order, alive until the
-                // call returns (the driver copies them).
-                drv("cuLaunchKernel", unsafe {
-                    dr::launch_kernel(
-                        f,
-                        (grid[0], grid[1], grid[2]),
-                        (block[0], block[1], block[2]),
-                        shared,
-                        std::ptr::null_mut(),
-                        &mut args,
-                    )
-                })
-            };
-            match (&k.launch, f) {
-                (
-                    Launch::Grid {
-                        grid,
-                        block,
-                        shared_bytes,
-                    },
-                    Some(f),
-                ) => launch(*f, grid, block, *shared_bytes)?,
-                // Both halves on the default stream: the fold starts after every part.
-                (
-                    Launch::Split {
-                        grid,
-                        block,
-                        fold_grid,
-                        fold_block,
-                        ..
-                    },
-                    Some(f),
-                ) => {
-                    let g = fold.ok_or_else(|| {
-                        CudaError::Nvrtc(format!("the fold of kernel {} was not compiled", k.name))
-                    })?;
-                    launch(*f, grid, block, 0)?;
-                    launch(g, fold_grid, fold_block, 0)?;
-                }
-                (Launch::Cublas(call), _) => self.gemm(plan, call)?,
-                (Launch::Grid { .. } | Launch::Split { .. }, None) => {
-                    return Err(CudaError::Nvrtc(format!(
-                        "kernel {} was not compiled",
-                        k.name
-                    )));
-                }
+    /// Enqueues every kernel of the plan, in order, on the default stream. With `each`,
+    /// waits for every kernel before the next, so a fault on the device is reported with
+    /// the kernel that made it (`CudaError::Kernel`: its name, ops and source lines).
+    fn launch_all(&self, plan: &Plan, each: bool) -> Result<(), CudaError> {
+        for (i, k) in self.kernels.iter().enumerate() {
+            self.launch(plan, i)?;
+            if each {
+                drv("cuCtxSynchronize", dr::ctx::synchronize()).map_err(|e| {
+                    let what = plan.kernels.get(k.kernel_index).map_or_else(
+                        || "a kernel of the plan".to_string(),
+                        |pk| {
+                            let lines: Vec<String> =
+                                pk.lines.iter().map(|l| l.to_string()).collect();
+                            let word = if lines.len() == 1 { "line" } else { "lines" };
+                            format!("{}, {word} {}", pk.ops.join(", "), lines.join(", "))
+                        },
+                    );
+                    CudaError::Kernel {
+                        kernel: k.name.clone(),
+                        what,
+                        error: Box::new(e),
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues the `i`-th kernel (its grid, its split reduction's two grids, or its
+    /// cuBLAS call).
+    fn launch(&self, plan: &Plan, i: usize) -> Result<(), CudaError> {
+        let (k, f, fold) = (&self.kernels[i], &self.functions[i], &self.folds[i]);
+        let launch = |f: ds::CUfunction, grid: &[u32; 3], block: &[u32; 3], shared: u32| {
+            let mut ptrs: Vec<ds::CUdeviceptr> = k
+                .params
+                .iter()
+                .map(|b| self.ptr(plan, *b))
+                .collect::<Result<_, _>>()?;
+            let mut args: Vec<*mut c_void> = ptrs
+                .iter_mut()
+                .map(|p| p as *mut ds::CUdeviceptr as *mut c_void)
+                .collect();
+            // SAFETY: `f` is from the loaded module; `args` point at one device
+            // pointer per kernel parameter, in signature order, alive until the
+            // call returns (the driver copies them).
+            drv("cuLaunchKernel", unsafe {
+                dr::launch_kernel(
+                    f,
+                    (grid[0], grid[1], grid[2]),
+                    (block[0], block[1], block[2]),
+                    shared,
+                    std::ptr::null_mut(),
+                    &mut args,
+                )
+            })
+        };
+        match (&k.launch, f) {
+            (
+                Launch::Grid {
+                    grid,
+                    block,
+                    shared_bytes,
+                },
+                Some(f),
+            ) => launch(*f, grid, block, *shared_bytes)?,
+            // Both halves on the default stream: the fold starts after every part.
+            (
+                Launch::Split {
+                    grid,
+                    block,
+                    fold_grid,
+                    fold_block,
+                    ..
+                },
+                Some(f),
+            ) => {
+                let g = fold.ok_or_else(|| {
+                    CudaError::Nvrtc(format!("the fold of kernel {} was not compiled", k.name))
+                })?;
+                launch(*f, grid, block, 0)?;
+                launch(g, fold_grid, fold_block, 0)?;
+            }
+            (Launch::Cublas(call), _) => self.gemm(plan, call)?,
+            (Launch::Grid { .. } | Launch::Split { .. }, None) => {
+                return Err(CudaError::Nvrtc(format!(
+                    "kernel {} was not compiled",
+                    k.name
+                )));
             }
         }
         Ok(())
@@ -718,7 +818,12 @@ pub fn gather(out: &PlanOutput, raw: &[u8]) -> Result<HostTensor, CudaError> {
 /// no kernel can be built); says which device, or why not. cuBLAS is checked when a plan
 /// first needs it.
 pub fn available() -> Result<DeviceInfo, CudaError> {
-    let info = Gpu::open(0)?.info.clone();
+    available_on(0)
+}
+
+/// `available` for device `ordinal` (`CudaOptions::device`).
+pub fn available_on(ordinal: usize) -> Result<DeviceInfo, CudaError> {
+    let info = Gpu::open(ordinal)?.info.clone();
     nvrtc_available()?;
     Ok(info)
 }
@@ -742,18 +847,17 @@ impl Timer {
         Ok(Timer { start, stop })
     }
 
-    /// Milliseconds of GPU time `work` enqueues.
-    fn time(&self, work: impl FnOnce() -> Result<(), CudaError>) -> Result<f64, CudaError> {
-        // SAFETY: both events are live; the null stream is the legacy default stream.
+    /// Records `event` (one of this timer's) on the default stream.
+    fn record(&self, event: ds::CUevent) -> Result<(), CudaError> {
+        // SAFETY: the event is live; the null stream is the legacy default stream.
         drv("cuEventRecord", unsafe {
-            dr::event::record(self.start, std::ptr::null_mut())
-        })?;
-        work()?;
-        // SAFETY: as above.
-        drv("cuEventRecord", unsafe {
-            dr::event::record(self.stop, std::ptr::null_mut())
-        })?;
-        // SAFETY: as above.
+            dr::event::record(event, std::ptr::null_mut())
+        })
+    }
+
+    /// Milliseconds between the two events, once `stop` has completed.
+    fn elapsed(&self) -> Result<f64, CudaError> {
+        // SAFETY: the event is live.
         drv("cuEventSynchronize", unsafe {
             dr::event::synchronize(self.stop)
         })?;
@@ -761,6 +865,14 @@ impl Timer {
         Ok(drv("cuEventElapsedTime", unsafe {
             dr::event::elapsed(self.start, self.stop)
         })? as f64)
+    }
+
+    /// Milliseconds of GPU time `work` enqueues (waited for).
+    fn time(&self, work: impl FnOnce() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+        self.record(self.start)?;
+        work()?;
+        self.record(self.stop)?;
+        self.elapsed()
     }
 }
 
@@ -774,6 +886,26 @@ impl Drop for Timer {
     }
 }
 
+/// Milliseconds of GPU time of each of `runs` calls of `work`, enqueued back to back
+/// (an event before and after each, one wait at the end): while the GPU is busy, a run's
+/// time is its kernels', not the host's gap before its first launch.
+/// `scripts/torch_compare.py` times PyTorch the same way.
+fn time_back_to_back(
+    runs: usize,
+    mut work: impl FnMut() -> Result<(), CudaError>,
+) -> Result<Vec<f64>, CudaError> {
+    let timers = (0..runs)
+        .map(|_| Timer::new())
+        .collect::<Result<Vec<_>, _>>()?;
+    for t in &timers {
+        t.record(t.start)?;
+        work()?;
+        t.record(t.stop)?;
+    }
+    drv("cuCtxSynchronize", dr::ctx::synchronize())?;
+    timers.iter().map(Timer::elapsed).collect()
+}
+
 /// Runs `plan` on the GPU: `inputs` and `params` by declaration index, as the CPU executor
 /// takes them. Returns the outputs and the memory tc really took.
 pub fn run(
@@ -785,7 +917,7 @@ pub fn run(
     let start = std::time::Instant::now();
     let p = prepare(plan, inputs, params, opts)?;
     let timer = Timer::new()?;
-    let gpu_ms = timer.time(|| p.launch_all(plan))?;
+    let gpu_ms = timer.time(|| p.launch_all(plan, true))?;
     drv("cuCtxSynchronize", dr::ctx::synchronize())?;
     p.check_indices()?;
     let outputs = p.outputs(plan)?;
@@ -828,15 +960,10 @@ pub fn bench(
     let p = prepare(plan, inputs, params, opts)?;
     let startup_seconds = start.elapsed().as_secs_f64();
     for _ in 0..warmup {
-        p.launch_all(plan)?;
+        p.launch_all(plan, false)?;
     }
     drv("cuCtxSynchronize", dr::ctx::synchronize())?;
-    let timer = Timer::new()?;
-    let mut times = Vec::with_capacity(runs.max(1));
-    for _ in 0..runs.max(1) {
-        times.push(timer.time(|| p.launch_all(plan))?);
-    }
-    drv("cuCtxSynchronize", dr::ctx::synchronize())?;
+    let mut times = time_back_to_back(runs.max(1), || p.launch_all(plan, false))?;
     p.check_indices()?;
     let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let max_ms = times.iter().copied().fold(0.0, f64::max);
@@ -858,7 +985,11 @@ pub fn bench(
 pub fn copy_bandwidth(bytes: u64, runs: usize, device: usize) -> Result<CopyBandwidth, CudaError> {
     let gpu = Gpu::open(device)?;
     let (free, _) = drv("cuMemGetInfo", dr::mem_get_info())?;
-    if bytes.saturating_mul(2) > free as u64 {
+    if bytes
+        .saturating_mul(2)
+        .saturating_add(super::DEVICE_RESERVE_BYTES)
+        > free as u64
+    {
         return Err(CudaError::OutOfMemory {
             needed: bytes * 2,
             free: free as u64,
@@ -884,11 +1015,7 @@ pub fn copy_bandwidth(bytes: u64, runs: usize, device: usize) -> Result<CopyBand
     };
     copy()?;
     drv("cuCtxSynchronize", dr::ctx::synchronize())?;
-    let timer = Timer::new()?;
-    let mut times = Vec::new();
-    for _ in 0..runs.max(1) {
-        times.push(timer.time(copy)?);
-    }
+    let mut times = time_back_to_back(runs.max(1), copy)?;
     let median_ms = median(&mut times);
     let gbps = if median_ms > 0.0 {
         2.0 * bytes as f64 / (median_ms * 1e-3) / 1e9

@@ -43,14 +43,30 @@ pub enum CudaError {
         source_path: String,
     },
     #[error(
-        "the plan needs {needed} bytes of device memory but only {free} bytes are free on {device}; \
-         try smaller dims (--dim NAME=INT)"
+        "the plan needs {needed} bytes of device memory but only {free} bytes are free on {device} \
+         (less {reserve} bytes kept for the CUDA libraries' own code and buffers); try smaller \
+         dims (--dim NAME=INT)",
+        reserve = DEVICE_RESERVE_BYTES
     )]
     OutOfMemory {
         needed: u64,
         free: u64,
         device: String,
     },
+    /// A kernel failed on the device (found by the synchronisation after it, `run`).
+    #[error("kernel {kernel} ({what}) failed on the GPU: {error}")]
+    Kernel {
+        kernel: String,
+        what: String,
+        error: Box<CudaError>,
+    },
+    /// An earlier error of this process left the CUDA context unusable (a kernel's illegal
+    /// address, a launch failure): nothing more can run on the device in this process.
+    #[error(
+        "the CUDA context is unusable after an earlier error in this process ({0}); \
+         nothing more can run on the GPU until the process restarts"
+    )]
+    ContextLost(String),
     #[error("bad data for the CUDA run: {0}")]
     Data(String),
     /// A kernel met an index out of range (`take`, `gather`): an error in the data.
@@ -63,9 +79,15 @@ pub enum CudaError {
 
 mod executor;
 
+/// Device memory a run leaves free beyond its own allocations: what loading tc's module,
+/// creating cuBLAS's handle and loading its kernels (lazily, at the first product) may
+/// still take after tc's memory check. A plan needing more than the free memory less this
+/// is refused before anything is allocated (exit 3), not failed at its first launch.
+pub const DEVICE_RESERVE_BYTES: u64 = 256 << 20;
+
 pub use executor::{
-    available, bench, copy_bandwidth, gather, run, CopyBandwidth, CudaBench, CudaOptions, CudaRun,
-    DeviceInfo,
+    available, available_on, bench, copy_bandwidth, gather, run, CopyBandwidth, CudaBench,
+    CudaOptions, CudaRun, DeviceInfo,
 };
 
 pub use tc_compiler::codegen::CUBLAS_WORKSPACE_BYTES;
