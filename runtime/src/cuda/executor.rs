@@ -165,8 +165,11 @@ fn blas(call: &'static str, status: cb::cublasStatus_t) -> Result<(), CudaError>
 }
 
 fn driver_present() -> Result<(), CudaError> {
-    // SAFETY: only tries to open the driver library by its usual names.
+    // SAFETY: only tries to open the driver library by its usual names; once it opens,
+    // `culib` keeps it loaded (each presence check would otherwise load and unload it).
     if unsafe { ds::is_culib_present() } {
+        // SAFETY: present, so cudarc's loader finds it.
+        unsafe { ds::culib() };
         Ok(())
     } else {
         Err(CudaError::NoLibrary {
@@ -177,8 +180,17 @@ fn driver_present() -> Result<(), CudaError> {
 }
 
 fn cublas_present() -> Result<(), CudaError> {
-    // SAFETY: only tries to open the cuBLAS library by its usual names.
-    if unsafe { cb::is_culib_present() } {
+    let found = || {
+        // SAFETY: only tries to open the cuBLAS library by its usual names; once it opens,
+        // `culib` keeps it loaded (a presence check alone loads and unloads it).
+        let present = unsafe { cb::is_culib_present() };
+        if present {
+            // SAFETY: present, so cudarc's loader finds it.
+            unsafe { cb::culib() };
+        }
+        present
+    };
+    if found() {
         return Ok(());
     }
     // Not on the loader path: load it (and cuBLASLt, which it needs) from the CUDA
@@ -203,8 +215,7 @@ fn cublas_present() -> Result<(), CudaError> {
                         std::mem::forget(b);
                     }
                 }
-                // SAFETY: as above.
-                if unsafe { cb::is_culib_present() } {
+                if found() {
                     return Ok(());
                 }
             }

@@ -108,12 +108,21 @@ fn candidates() -> Vec<PathBuf> {
 
 /// Whether NVRTC can be used, loading it from a known folder if the loader cannot find it.
 pub fn nvrtc_available() -> Result<(), CudaError> {
-    // SAFETY: only tries to open the library by its usual names.
-    if unsafe { sys::is_culib_present() } {
+    let found = || {
+        // SAFETY: only tries to open the library by its usual names; once it opens,
+        // `culib` keeps it loaded (a presence check alone loads and unloads it).
+        let present = unsafe { sys::is_culib_present() };
+        if present {
+            // SAFETY: present, so cudarc's loader finds it.
+            unsafe { sys::culib() };
+        }
+        present
+    };
+    if found() {
         return Ok(());
     }
     for c in candidates() {
-        if c.is_file() && preload_nvrtc(&c).is_ok() && unsafe { sys::is_culib_present() } {
+        if c.is_file() && preload_nvrtc(&c).is_ok() && found() {
             return Ok(());
         }
     }
