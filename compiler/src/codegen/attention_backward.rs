@@ -393,16 +393,11 @@ pub(crate) fn emit(
     w.line("__syncthreads();");
     w.close();
     w.close();
-    let g = |x: u64| x.clamp(1, 65535) as u32;
     CudaKernel {
         kernel_index: index,
         name: kernel.name.clone(),
         source: w.finish(),
-        launch: Launch::Grid {
-            grid: [1, g(batches), 1],
-            block: [THREADS as u32, 1, 1],
-            shared_bytes: 0,
-        },
+        launch: Launch::clamped_grid([1, batches, 1], THREADS as u32),
         params,
         // The prologue and its backward gather nothing (`fuse::attention_backward` takes
         // only elementwise nodes and aranges), so no index is checked.

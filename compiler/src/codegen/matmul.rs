@@ -469,16 +469,11 @@ fn emit_fallback(plan: &Plan, index: usize, kernel: &Kernel, mm: &MatMulKernel) 
     w.close();
     w.close();
     w.close();
-    let g = |x: u64| x.clamp(1, 65535) as u32;
     CudaKernel {
         kernel_index: index,
         name: kernel.name.clone(),
         source: w.finish(),
-        launch: Launch::Grid {
-            grid: [g(nt), g(mt), g(batches)],
-            block: [256, 1, 1],
-            shared_bytes: 0,
-        },
+        launch: Launch::clamped_grid([nt, mt, batches], 256),
         params,
         checks: Vec::new(),
     }
