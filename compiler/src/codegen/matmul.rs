@@ -4,7 +4,7 @@
 //!
 //! The fallback needs no extra memory, so the plan's figures hold whichever path runs.
 
-use super::cuda::{load_conv, may_alias, store_conv};
+use super::cuda::{load_conv, may_alias, origin_comment, store_conv};
 use super::writer::Writer;
 use super::{storage_type, CudaKernel, Launch};
 use crate::ir::DType;
@@ -221,13 +221,7 @@ pub(crate) fn emit_matmul(
 }
 
 fn header(w: &mut Writer, plan: &Plan, kernel: &Kernel, mm: &MatMulKernel) {
-    let lines: Vec<String> = kernel.lines.iter().map(|l| l.to_string()).collect();
-    w.line(format!(
-        "// {}: {} (source lines {})",
-        kernel.name,
-        kernel.ops.join(", "),
-        lines.join(", ")
-    ));
+    origin_comment(w, kernel);
     w.line(format!(
         "// out[{:?}, {}, {}] = a[.., {}, {}] @ b[.., {}, {}], f32 accumulation",
         mm.batch, mm.m, mm.n, mm.m, mm.k, mm.k, mm.n
