@@ -130,27 +130,24 @@ impl<'g> Tape<'g> {
 
     /// `a op b` in f32 with NumPy broadcasting (the operands' shapes must broadcast).
     pub fn bin(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
-        let a = self.f32(a);
-        let b = self.f32(b);
-        let (ta, tb) = (self.ty(a), self.ty(b));
-        let shape = broadcast_dims(&ta.shape, &tb.shape).unwrap_or_else(|| ta.shape.clone());
-        let a = self.expand(a, &shape);
-        let b = self.expand(b, &shape);
-        self.push(Op::Binary(op, a, b), TensorType::new(DType::F32, shape))
+        self.broadcast_binary(op, a, b, DType::F32)
     }
 
     /// `a cmp b` (both read as f32, broadcast): a `bool` tensor.
     pub fn cmp(&mut self, op: CmpOp, a: NodeId, b: NodeId) -> NodeId {
+        self.broadcast_binary(BinaryOp::Cmp(op), a, b, DType::Bool)
+    }
+
+    /// `a op b` of dtype `dtype`, both operands read as f32 and broadcast to their common
+    /// shape (for `bin` and `cmp`).
+    fn broadcast_binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId, dtype: DType) -> NodeId {
         let a = self.f32(a);
         let b = self.f32(b);
         let (ta, tb) = (self.ty(a), self.ty(b));
         let shape = broadcast_dims(&ta.shape, &tb.shape).unwrap_or_else(|| ta.shape.clone());
         let a = self.expand(a, &shape);
         let b = self.expand(b, &shape);
-        self.push(
-            Op::Binary(BinaryOp::Cmp(op), a, b),
-            TensorType::new(DType::Bool, shape),
-        )
+        self.push(Op::Binary(op, a, b), TensorType::new(dtype, shape))
     }
 
     /// `a cmp c` for a constant `c`.

@@ -351,16 +351,11 @@ pub(crate) fn emit(plan: &Plan, index: usize, kernel: &Kernel, a: &AttentionKern
     w.close();
     w.close();
     w.close();
-    let g = |x: u64| x.clamp(1, 65535) as u32;
     CudaKernel {
         kernel_index: index,
         name: kernel.name.clone(),
         source: w.finish(),
-        launch: Launch::Grid {
-            grid: [g(qtiles), g(batches), 1],
-            block: [THREADS as u32, 1, 1],
-            shared_bytes: 0,
-        },
+        launch: Launch::clamped_grid([qtiles, batches, 1], THREADS as u32),
         params,
         // The prologue gathers nothing (`fuse::attention` takes only elementwise nodes and
         // aranges), so no index is checked.

@@ -207,6 +207,27 @@ pub(crate) fn emit(
         w.line(format!("gs = {};", ValueId::new(a.grad_scores)));
         w.close();
     };
+    // Writes gradient `g` from the accumulator `acc[c]` (`c < cols`) of this thread's row
+    // `row` (when `row < rows`), each column `col < width` it holds.
+    let store_grad =
+        |w: &mut Writer, g: &GradOut, row: &str, rows: u64, acc: &str, cols: u64, width: u64| {
+            w.open(format!("if ({row} < {rows})"));
+            w.line(format!(
+                "const long long oo = {} + {row} * {};",
+                boff(g.offset, &g.strides),
+                g.strides[nb]
+            ));
+            w.open(format!("for (int c = 0; c < {cols}; ++c)"));
+            w.line(format!("const int col = part + c * {tpr};"));
+            w.line(format!(
+                "if (col < {width}) {}[oo + (long long)col * {}] = {};",
+                pname(g.buffer),
+                g.strides[nb + 1],
+                store_conv(g.dtype, &format!("{acc}[c]"))
+            ));
+            w.close();
+            w.close();
+        };
     let shuffles = |w: &mut Writer, var: &str, max: bool| {
         let mut s = 1;
         while s < tpr {
@@ -304,22 +325,7 @@ pub(crate) fn emit(
         ));
         w.close();
         w.close();
-        w.open(format!("if (i < {m})"));
-        w.line(format!(
-            "const long long oo = {} + i * {};",
-            boff(dq.offset, &dq.strides),
-            dq.strides[nb]
-        ));
-        w.open(format!("for (int c = 0; c < {cq}; ++c)"));
-        w.line(format!("const int col = part + c * {tpr};"));
-        w.line(format!(
-            "if (col < {d}) {}[oo + (long long)col * {}] = {};",
-            pname(dq.buffer),
-            dq.strides[nb + 1],
-            store_conv(dq.dtype, "acc[c]")
-        ));
-        w.close();
-        w.close();
+        store_grad(&mut w, dq, "i", m, "acc", cq, d);
     }
     w.close();
     w.line("__syncthreads();");
@@ -380,38 +386,18 @@ pub(crate) fn emit(
         w.close();
         for (g, acc, cols, width) in [(&a.dk, "acck", cq, d), (&a.dv_out, "accv", cv, dv)] {
             let Some(g) = g else { continue };
-            w.open(format!("if (j < {n})"));
-            w.line(format!(
-                "const long long oo = {} + j * {};",
-                boff(g.offset, &g.strides),
-                g.strides[nb]
-            ));
-            w.open(format!("for (int c = 0; c < {cols}; ++c)"));
-            w.line(format!("const int col = part + c * {tpr};"));
-            w.line(format!(
-                "if (col < {width}) {}[oo + (long long)col * {}] = {};",
-                pname(g.buffer),
-                g.strides[nb + 1],
-                store_conv(g.dtype, &format!("{acc}[c]"))
-            ));
-            w.close();
-            w.close();
+            store_grad(&mut w, g, "j", n, acc, cols, width);
         }
         w.close();
     }
     w.line("__syncthreads();");
     w.close();
     w.close();
-    let g = |x: u64| x.clamp(1, 65535) as u32;
     CudaKernel {
         kernel_index: index,
         name: kernel.name.clone(),
         source: w.finish(),
-        launch: Launch::Grid {
-            grid: [1, g(batches), 1],
-            block: [THREADS as u32, 1, 1],
-            shared_bytes: 0,
-        },
+        launch: Launch::clamped_grid([1, batches, 1], THREADS as u32),
         params,
         // The prologue and its backward gather nothing (`fuse::attention_backward` takes
         // only elementwise nodes and aranges), so no index is checked.

@@ -370,6 +370,18 @@ fn decompose(w: &mut Writer, idx_t: &str, var: &str, prefix: &str, sizes: &[u64]
     }
 }
 
+/// The first comment line of a kernel's source: its name, the ops it computes and the
+/// source lines they come from (fused and matmul kernels).
+pub(super) fn origin_comment(w: &mut Writer, kernel: &Kernel) {
+    let lines: Vec<String> = kernel.lines.iter().map(|l| l.to_string()).collect();
+    w.line(format!(
+        "// {}: {} (source lines {})",
+        kernel.name,
+        kernel.ops.join(", "),
+        lines.join(", ")
+    ));
+}
+
 fn header(
     w: &mut Writer,
     plan: &Plan,
@@ -378,13 +390,7 @@ fn header(
     params: &Params,
     strategy: &str,
 ) {
-    let lines: Vec<String> = kernel.lines.iter().map(|l| l.to_string()).collect();
-    w.line(format!(
-        "// {}: {} (source lines {})",
-        kernel.name,
-        kernel.ops.join(", "),
-        lines.join(", ")
-    ));
+    origin_comment(w, kernel);
     w.line(format!(
         "// domain {:?}, reduce axes {:?}: {strategy}",
         k.domain, k.reduce_axes

@@ -4,7 +4,7 @@
 //!
 //! The fallback needs no extra memory, so the plan's figures hold whichever path runs.
 
-use super::cuda::{load_conv, may_alias, store_conv};
+use super::cuda::{load_conv, may_alias, origin_comment, store_conv};
 use super::writer::Writer;
 use super::{storage_type, CudaKernel, Launch};
 use crate::ir::DType;
@@ -221,13 +221,7 @@ pub(crate) fn emit_matmul(
 }
 
 fn header(w: &mut Writer, plan: &Plan, kernel: &Kernel, mm: &MatMulKernel) {
-    let lines: Vec<String> = kernel.lines.iter().map(|l| l.to_string()).collect();
-    w.line(format!(
-        "// {}: {} (source lines {})",
-        kernel.name,
-        kernel.ops.join(", "),
-        lines.join(", ")
-    ));
+    origin_comment(w, kernel);
     w.line(format!(
         "// out[{:?}, {}, {}] = a[.., {}, {}] @ b[.., {}, {}], f32 accumulation",
         mm.batch, mm.m, mm.n, mm.m, mm.k, mm.k, mm.n
@@ -469,16 +463,11 @@ fn emit_fallback(plan: &Plan, index: usize, kernel: &Kernel, mm: &MatMulKernel) 
     w.close();
     w.close();
     w.close();
-    let g = |x: u64| x.clamp(1, 65535) as u32;
     CudaKernel {
         kernel_index: index,
         name: kernel.name.clone(),
         source: w.finish(),
-        launch: Launch::Grid {
-            grid: [g(nt), g(mt), g(batches)],
-            block: [256, 1, 1],
-            shared_bytes: 0,
-        },
+        launch: Launch::clamped_grid([nt, mt, batches], 256),
         params,
         checks: Vec::new(),
     }

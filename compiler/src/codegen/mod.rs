@@ -85,6 +85,19 @@ pub enum Launch {
     },
 }
 
+impl Launch {
+    /// A `Grid` launch of `threads` threads a block and no dynamic shared memory over
+    /// `grid`, each dimension clamped into `1..=65535` (the product kernels' grids: they
+    /// loop over what a clamped dimension leaves).
+    pub fn clamped_grid(grid: [u64; 3], threads: u32) -> Launch {
+        Launch::Grid {
+            grid: grid.map(|x| x.clamp(1, 65535) as u32),
+            block: [threads, 1, 1],
+            shared_bytes: 0,
+        }
+    }
+}
+
 /// One plan kernel turned into something a GPU runs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CudaKernel {

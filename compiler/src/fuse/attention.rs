@@ -354,22 +354,7 @@ fn epilogue_of(f: &Fuser<'_>, g: usize) -> Result<Option<usize>, String> {
     if !elementwise {
         return Err("that kernel is not elementwise".into());
     }
-    let outputs: BTreeSet<NodeId> = graph
-        .outputs
-        .iter()
-        .map(|o| f.lays[o.node.index()].root)
-        .collect();
-    let escaping: Vec<NodeId> = f.members[h]
-        .iter()
-        .copied()
-        .filter(|&n| {
-            outputs.contains(&n)
-                || f.consumers[n.index()]
-                    .iter()
-                    .any(|c| f.gid[c.index()] != Some(h))
-        })
-        .collect();
-    let [result] = escaping[..] else {
+    let [result] = f.leaving(h, &f.output_roots())[..] else {
         return Err("that kernel stores more than one value".into());
     };
     if f.consumers[result.index()]
@@ -392,11 +377,7 @@ type Candidate = ((usize, usize, usize), Result<(), String>);
 /// its three groups and whether they form attention (else why not).
 fn triples(f: &Fuser<'_>) -> Vec<Candidate> {
     let graph = f.graph;
-    let outputs: BTreeSet<NodeId> = graph
-        .outputs
-        .iter()
-        .map(|o| f.lays[o.node.index()].root)
-        .collect();
+    let outputs = f.output_roots();
     let mut out = Vec::new();
     for (g1, members) in f.members.iter().enumerate() {
         let [mm1] = members[..] else { continue };
@@ -431,17 +412,7 @@ fn triples(f: &Fuser<'_>) -> Vec<Candidate> {
                 return Err("the scores are read by another kernel or are an output".into());
             }
             // The values of the softmax group that leave it.
-            let escaping: Vec<NodeId> = f.members[g2]
-                .iter()
-                .copied()
-                .filter(|&n| {
-                    outputs.contains(&n)
-                        || f.consumers[n.index()]
-                            .iter()
-                            .any(|c| f.gid[c.index()] != Some(g2))
-                })
-                .collect();
-            let [p] = escaping[..] else {
+            let [p] = f.leaving(g2, &outputs)[..] else {
                 return Err("the softmax kernel stores more than the probabilities".into());
             };
             if outputs.contains(&p) {

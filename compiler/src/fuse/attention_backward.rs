@@ -165,8 +165,7 @@ type Candidate = (NodeId, Result<(AttentionBackward, Vec<usize>), String>);
 fn candidates(f: &Fuser<'_>) -> Vec<Candidate> {
     let graph = f.graph;
     let lays = &f.lays;
-    let root = |n: NodeId| lays[n.index()].root;
-    let outputs: BTreeSet<NodeId> = graph.outputs.iter().map(|o| root(o.node)).collect();
+    let outputs = f.output_roots();
     let mut out = Vec::new();
     for (g2, members) in f.members.iter().enumerate() {
         if members.is_empty() || members.iter().any(|&n| is_mm(graph, n)) {

@@ -20,7 +20,7 @@ use super::{analyze, Fuser};
 use crate::ir::layout::Layout;
 use crate::ir::types::contiguous_strides;
 use crate::ir::{BinaryOp, Graph, NodeId, Op};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 
 /// `(product, x)` when `add` is `product + x` or `x + product` with `x` of the add's type
 /// and not the product itself (the shape of the pattern only; `absorb` decides the rest).
@@ -65,11 +65,7 @@ fn reaches(f: &Fuser<'_>, from: usize, to: usize) -> bool {
 /// Moves each residual add that pays (see the module doc) into its product's group.
 pub(super) fn absorb(f: &mut Fuser<'_>) {
     let graph = f.graph;
-    let outputs: BTreeSet<NodeId> = graph
-        .outputs
-        .iter()
-        .map(|o| f.lays[o.node.index()].root)
-        .collect();
+    let outputs = f.output_roots();
     for add in graph.ids() {
         let Some((mm, x)) = accumulated(graph, add) else {
             continue;

@@ -590,6 +590,30 @@ impl<'a> Fuser<'a> {
         self.succ[g].iter().copied().collect()
     }
 
+    /// The storage of each program output (its layout's root).
+    fn output_roots(&self) -> BTreeSet<NodeId> {
+        self.graph
+            .outputs
+            .iter()
+            .map(|o| self.lays[o.node.index()].root)
+            .collect()
+    }
+
+    /// The members of group `g` whose value leaves it: a program output (`outputs`, from
+    /// `output_roots`) or read by another group.
+    fn leaving(&self, g: usize, outputs: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        self.members[g]
+            .iter()
+            .copied()
+            .filter(|&n| {
+                outputs.contains(&n)
+                    || self.consumers[n.index()]
+                        .iter()
+                        .any(|c| self.gid[c.index()] != Some(g))
+            })
+            .collect()
+    }
+
     /// Would merging `a` and `b` close a cycle through a third group?
     fn creates_cycle(&self, a: usize, b: usize) -> bool {
         let mut stack: Vec<usize> = self.succ[a]
@@ -648,11 +672,7 @@ pub fn fuse_explained(graph: &Graph, enabled: bool) -> (Vec<Group>, Vec<String>)
     let backward = |k: NodeId| graph.passes.iter().position(|&(s, e)| s <= k && k < e);
     // Scalars and aranges that must exist in memory: an output, a matmul operand, a gathered
     // table.
-    let mut fills: BTreeSet<NodeId> = graph
-        .outputs
-        .iter()
-        .map(|o| f.lays[o.node.index()].root)
-        .collect();
+    let mut fills = f.output_roots();
     for id in graph.ids() {
         match graph.node(id).op {
             Op::MatMul(a, b) => {

@@ -170,31 +170,7 @@ pub fn decompose(graph: &Graph) -> Graph {
         };
         map.push(new_id);
     }
-    let m = |n: NodeId| map[n.index()];
-    out.inputs = graph
-        .inputs
-        .iter()
-        .map(|l| super::Leaf {
-            node: m(l.node),
-            ..l.clone()
-        })
-        .collect();
-    out.params = graph
-        .params
-        .iter()
-        .map(|l| super::Leaf {
-            node: m(l.node),
-            ..l.clone()
-        })
-        .collect();
-    out.outputs = graph
-        .outputs
-        .iter()
-        .map(|o| super::Output {
-            node: m(o.node),
-            ..o.clone()
-        })
-        .collect();
+    out.declarations_from(graph, &map);
     // Backward passes, in checked-graph ids (the primitive nodes' `Origin.group`s).
     out.passes = graph.passes.clone();
     out

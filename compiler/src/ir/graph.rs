@@ -670,6 +670,26 @@ impl Graph {
         &self.origins[id.index()]
     }
 
+    /// Takes `from`'s inputs, params and outputs, each pointing at `map[node]`: for a pass
+    /// that rebuilds a graph node by node (`map[old]` being the new id of `old`).
+    pub fn declarations_from(&mut self, from: &Graph, map: &[NodeId]) {
+        let m = |n: NodeId| map[n.index()];
+        let leaf = |l: &Leaf| Leaf {
+            node: m(l.node),
+            ..l.clone()
+        };
+        self.inputs = from.inputs.iter().map(leaf).collect();
+        self.params = from.params.iter().map(leaf).collect();
+        self.outputs = from
+            .outputs
+            .iter()
+            .map(|o| Output {
+                node: m(o.node),
+                ..o.clone()
+            })
+            .collect();
+    }
+
     /// Records that `id` is what a `grad(L, name)` call on `line` returns (`Origin.grad_of`).
     pub fn mark_grad_of(&mut self, id: NodeId, name: &str, line: u32) {
         let o = &mut self.origins[id.index()];

@@ -315,23 +315,16 @@ pub fn verify(k: &KernelIr) -> Result<(), Error> {
     let mut row_in = vec![Vec::new(); n];
     let mut reduce_in = vec![Vec::new(); n];
     for (q, pass) in k.passes.iter().enumerate() {
-        for &v in &pass.row {
-            row_in
-                .get_mut(v.index())
-                .map(|x| x.push(q))
-                .ok_or_else(|| Error::Missing {
-                    kernel: kernel(),
-                    what: format!("{v} (in pass p{q})"),
-                })?;
-        }
-        for &v in &pass.reduces {
-            reduce_in
-                .get_mut(v.index())
-                .map(|x| x.push(q))
-                .ok_or_else(|| Error::Missing {
-                    kernel: kernel(),
-                    what: format!("{v} (in pass p{q})"),
-                })?;
+        for (values, passes_of) in [(&pass.row, &mut row_in), (&pass.reduces, &mut reduce_in)] {
+            for &v in values {
+                passes_of
+                    .get_mut(v.index())
+                    .map(|x| x.push(q))
+                    .ok_or_else(|| Error::Missing {
+                        kernel: kernel(),
+                        what: format!("{v} (in pass p{q})"),
+                    })?;
+            }
         }
     }
     for (i, v) in k.values.iter().enumerate() {

@@ -98,31 +98,8 @@ pub fn rewrite(graph: &Graph, remat: &BTreeSet<NodeId>) -> Graph {
         );
         map.push(new);
     }
+    out.declarations_from(graph, &map);
     let m = |n: NodeId| map[n.index()];
-    out.inputs = graph
-        .inputs
-        .iter()
-        .map(|l| crate::ir::Leaf {
-            node: m(l.node),
-            ..l.clone()
-        })
-        .collect();
-    out.params = graph
-        .params
-        .iter()
-        .map(|l| crate::ir::Leaf {
-            node: m(l.node),
-            ..l.clone()
-        })
-        .collect();
-    out.outputs = graph
-        .outputs
-        .iter()
-        .map(|o| crate::ir::Output {
-            node: m(o.node),
-            ..o.clone()
-        })
-        .collect();
     out.passes = graph
         .passes
         .iter()

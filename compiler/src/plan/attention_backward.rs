@@ -5,7 +5,7 @@
 //! of the output, where each of `dq`, `dk`, `dv` goes, and the row statistics' workspace.
 
 use super::internal;
-use super::kernel::Builder;
+use super::kernel::{around_stand_in, Builder};
 use crate::diag::Diagnostic;
 use crate::fuse::attention::Attention;
 use crate::fuse::attention_backward::AttentionBackward;
@@ -82,33 +82,14 @@ impl Builder<'_> {
             self.buffers.pop();
             self.buf_of.remove(&gx);
             let k = built?;
-            let mut map = Vec::with_capacity(k.loads.len());
-            let mut loads = Vec::new();
-            for l in &k.loads {
-                if l.buffer == stand_in {
-                    if l.offset != 0 || l.strides != contiguous {
-                        return Err(internal(
-                            "the prologue's backward reads the logits' gradient through a view",
-                        ));
-                    }
-                    map.push(GRAD);
-                } else {
-                    loads.push(l.clone());
-                    map.push(GRAD + loads.len());
-                }
-            }
-            let body = k
-                .body
-                .iter()
-                .map(|i| Inst {
-                    op: match i.op {
-                        InstOp::Load(l) => InstOp::Load(map[l]),
-                        ref op => op.clone(),
-                    },
-                    level: Level::Element,
-                    ..i.clone()
-                })
-                .collect();
+            let (loads, body) = around_stand_in(
+                &k,
+                stand_in,
+                (0, &contiguous),
+                "the prologue's backward reads the logits' gradient through a view",
+                GRAD,
+                <[i64]>::to_vec,
+            )?;
             (loads, body, k.stores[0].inst)
         };
         let Op::MatMul(d_out, _) = self.graph.node(ab.dprobs).op else {

@@ -238,31 +238,14 @@ impl Builder<'_> {
                 0,
             ),
             Some(k) => {
-                let mut map = Vec::with_capacity(k.loads.len());
-                let mut loads = Vec::new();
-                for l in &k.loads {
-                    if l.buffer == stand_in {
-                        if l.offset != 0 || l.strides != contiguous {
-                            return Err(internal("the prologue reads the scores through a view"));
-                        }
-                        map.push(SCORE);
-                    } else {
-                        loads.push(l.clone());
-                        map.push(SCORE + loads.len());
-                    }
-                }
-                let body = k
-                    .body
-                    .iter()
-                    .map(|i| Inst {
-                        op: match i.op {
-                            InstOp::Load(l) => InstOp::Load(map[l]),
-                            ref op => op.clone(),
-                        },
-                        level: Level::Element,
-                        ..i.clone()
-                    })
-                    .collect();
+                let (loads, body) = around_stand_in(
+                    &k,
+                    stand_in,
+                    (0, &contiguous),
+                    "the prologue reads the scores through a view",
+                    SCORE,
+                    <[i64]>::to_vec,
+                )?;
                 (loads, body, k.stores[0].inst)
             }
         };
@@ -346,41 +329,14 @@ impl Builder<'_> {
             }
             o
         };
-        let mut map = Vec::with_capacity(k.loads.len());
-        let mut loads = Vec::new();
-        for l in &k.loads {
-            if l.buffer == stand_in {
-                if (l.offset, &l.strides) != (read.offset, &read.strides) {
-                    return Err(internal("the attention epilogue reads the output twice"));
-                }
-                map.push(RESULT);
-            } else {
-                loads.push(Load {
-                    strides: onto(&l.strides),
-                    ..l.clone()
-                });
-                map.push(RESULT + loads.len());
-            }
-        }
-        let body = k
-            .body
-            .iter()
-            .map(|i| Inst {
-                op: match i.op {
-                    InstOp::Load(l) => InstOp::Load(map[l]),
-                    InstOp::Index {
-                        offset,
-                        ref strides,
-                    } => InstOp::Index {
-                        offset,
-                        strides: onto(strides),
-                    },
-                    ref op => op.clone(),
-                },
-                level: Level::Element,
-                ..i.clone()
-            })
-            .collect();
+        let (loads, body) = around_stand_in(
+            &k,
+            stand_in,
+            (read.offset, &read.strides),
+            "the attention epilogue reads the output twice",
+            RESULT,
+            onto,
+        )?;
         let out_strides = onto(&crate::ir::types::contiguous_strides(&eshape));
         Ok((
             Some(Epilogue {
@@ -662,6 +618,58 @@ impl Builder<'_> {
         }
         Ok(k)
     }
+}
+
+/// The loads and body of `k`, a kernel built around the stand-in buffer `stand_in`, as a
+/// part of a larger kernel (an attention's prologue, its backward or its epilogue): every
+/// read of the stand-in, which must be through `view` (offset and strides; else the
+/// internal error `misread`), becomes load `special` (`SCORE`, `GRAD`, `RESULT`); the
+/// other loads follow it, numbered from `special + 1`, with their strides and those of
+/// `Index` insts taken through `onto`; every inst runs per element.
+pub(super) fn around_stand_in(
+    k: &FusedKernel,
+    stand_in: BufferId,
+    view: (i64, &[i64]),
+    misread: &str,
+    special: usize,
+    onto: impl Fn(&[i64]) -> Vec<i64>,
+) -> Result<(Vec<Load>, Vec<Inst>), Diagnostic> {
+    let mut map = Vec::with_capacity(k.loads.len());
+    let mut loads = Vec::new();
+    for l in &k.loads {
+        if l.buffer == stand_in {
+            if (l.offset, l.strides.as_slice()) != view {
+                return Err(internal(misread));
+            }
+            map.push(special);
+        } else {
+            loads.push(Load {
+                strides: onto(&l.strides),
+                ..l.clone()
+            });
+            map.push(special + loads.len());
+        }
+    }
+    let body = k
+        .body
+        .iter()
+        .map(|i| Inst {
+            op: match i.op {
+                InstOp::Load(l) => InstOp::Load(map[l]),
+                InstOp::Index {
+                    offset,
+                    ref strides,
+                } => InstOp::Index {
+                    offset,
+                    strides: onto(strides),
+                },
+                ref op => op.clone(),
+            },
+            level: Level::Element,
+            ..i.clone()
+        })
+        .collect();
+    Ok((loads, body))
 }
 
 impl Builder<'_> {

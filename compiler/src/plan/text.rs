@@ -80,6 +80,25 @@ fn write_elementwise(
     }
 }
 
+/// The operand lines of a product kernel (a matmul, an attention or its backward), one a
+/// line: `{tag} = buffer dtype +offset strides [...]`.
+fn write_operands(
+    out: &mut String,
+    bname: &dyn Fn(crate::schedule::BufferId) -> String,
+    operands: &[(&str, &crate::schedule::MatOperand)],
+) {
+    for (tag, op) in operands {
+        let _ = writeln!(
+            out,
+            "  {tag} = {} {} +{} strides {}",
+            bname(op.buffer),
+            op.dtype,
+            op.offset,
+            list(&op.strides)
+        );
+    }
+}
+
 pub fn print(plan: &Plan) -> String {
     let mut out = String::new();
     let o = &plan.options;
@@ -149,16 +168,7 @@ pub fn print(plan: &Plan) -> String {
                     bname(m.out),
                     m.out_dtype
                 );
-                for (tag, op) in [("a", &m.a), ("b", &m.b)] {
-                    let _ = writeln!(
-                        out,
-                        "  {tag} = {} {} +{} strides {}",
-                        bname(op.buffer),
-                        op.dtype,
-                        op.offset,
-                        list(&op.strides)
-                    );
-                }
+                write_operands(&mut out, &bname, &[("a", &m.a), ("b", &m.b)]);
                 if let Some(x) = m.accumulate {
                     let _ = writeln!(out, "  accumulate into {} (beta = 1)", bname(x));
                 }
@@ -222,16 +232,7 @@ pub fn print(plan: &Plan) -> String {
                     a.out_dtype,
                     a.score_dtype
                 );
-                for (tag, op) in [("q", &a.q), ("k", &a.k), ("v", &a.v)] {
-                    let _ = writeln!(
-                        out,
-                        "  {tag} = {} {} +{} strides {}",
-                        bname(op.buffer),
-                        op.dtype,
-                        op.offset,
-                        list(&op.strides)
-                    );
-                }
+                write_operands(&mut out, &bname, &[("q", &a.q), ("k", &a.k), ("v", &a.v)]);
                 let special = crate::schedule::SCORE;
                 write_elementwise(
                     &mut out,
@@ -298,16 +299,8 @@ pub fn print(plan: &Plan) -> String {
                 let _ = writeln!(out, "  -> dq {}", grad(&a.dq));
                 let _ = writeln!(out, "  -> dk {}", grad(&a.dk));
                 let _ = writeln!(out, "  -> dv {}", grad(&a.dv_out));
-                for (tag, op) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("dO", &a.d_out)] {
-                    let _ = writeln!(
-                        out,
-                        "  {tag} = {} {} +{} strides {}",
-                        bname(op.buffer),
-                        op.dtype,
-                        op.offset,
-                        list(&op.strides)
-                    );
-                }
+                let operands = [("q", &a.q), ("k", &a.k), ("v", &a.v), ("dO", &a.d_out)];
+                write_operands(&mut out, &bname, &operands);
                 for (tag, loads, body, first) in [
                     ("l", &a.loads, &a.body, "score q·k"),
                     ("g", &a.grad_loads, &a.grad_body, "grad of logits"),
