@@ -529,6 +529,20 @@ pub struct Kernel {
     pub lines: Vec<u32>,
 }
 
+impl Kernel {
+    /// What the kernel computes, for people: its ops and source lines
+    /// (`add, gelu (source lines 35)`), as its CUDA C's first comment and a GPU fault's
+    /// error name it.
+    pub fn origin(&self) -> String {
+        let lines: Vec<String> = self.lines.iter().map(|l| l.to_string()).collect();
+        format!(
+            "{} (source lines {})",
+            self.ops.join(", "),
+            lines.join(", ")
+        )
+    }
+}
+
 /// A program output: `name`, read from `buffer` through a layout (an output may be a view).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PlanOutput {

@@ -373,13 +373,7 @@ fn decompose(w: &mut Writer, idx_t: &str, var: &str, prefix: &str, sizes: &[u64]
 /// The first comment line of a kernel's source: its name, the ops it computes and the
 /// source lines they come from (fused and matmul kernels).
 pub(super) fn origin_comment(w: &mut Writer, kernel: &Kernel) {
-    let lines: Vec<String> = kernel.lines.iter().map(|l| l.to_string()).collect();
-    w.line(format!(
-        "// {}: {} (source lines {})",
-        kernel.name,
-        kernel.ops.join(", "),
-        lines.join(", ")
-    ));
+    w.line(format!("// {}: {}", kernel.name, kernel.origin()));
 }
 
 fn header(

@@ -165,11 +165,7 @@ fn blas(call: &'static str, status: cb::cublasStatus_t) -> Result<(), CudaError>
 }
 
 fn driver_present() -> Result<(), CudaError> {
-    // SAFETY: only tries to open the driver library by its usual names; once it opens,
-    // `culib` keeps it loaded (each presence check would otherwise load and unload it).
-    if unsafe { ds::is_culib_present() } {
-        // SAFETY: present, so cudarc's loader finds it.
-        unsafe { ds::culib() };
+    if super::keep_if_present(ds::is_culib_present, ds::culib) {
         Ok(())
     } else {
         Err(CudaError::NoLibrary {
@@ -180,16 +176,7 @@ fn driver_present() -> Result<(), CudaError> {
 }
 
 fn cublas_present() -> Result<(), CudaError> {
-    let found = || {
-        // SAFETY: only tries to open the cuBLAS library by its usual names; once it opens,
-        // `culib` keeps it loaded (a presence check alone loads and unloads it).
-        let present = unsafe { cb::is_culib_present() };
-        if present {
-            // SAFETY: present, so cudarc's loader finds it.
-            unsafe { cb::culib() };
-        }
-        present
-    };
+    let found = || super::keep_if_present(cb::is_culib_present, cb::culib);
     if found() {
         return Ok(());
     }
@@ -325,8 +312,13 @@ struct DeviceBuffer {
 
 impl DeviceBuffer {
     fn new(bytes: u64) -> Result<DeviceBuffer, CudaError> {
+        drv("cuMemAlloc", Self::try_new(bytes))
+    }
+
+    /// `new`, with the driver's own error (`CUDA_ERROR_OUT_OF_MEMORY` to tell apart).
+    fn try_new(bytes: u64) -> Result<DeviceBuffer, dr::DriverError> {
         // SAFETY: plain device allocation of `bytes` (> 0) bytes; freed in Drop.
-        let ptr = drv("cuMemAlloc", unsafe { dr::malloc_sync(bytes as usize) })?;
+        let ptr = unsafe { dr::malloc_sync(bytes as usize) }?;
         Ok(DeviceBuffer { ptr })
     }
 }
@@ -483,16 +475,17 @@ fn prepare(
         if bytes == 0 {
             return Ok(None);
         }
-        DeviceBuffer::new(bytes).map(Some).map_err(|e| match e {
-            CudaError::Driver { ref message, .. } if message.contains("OUT_OF_MEMORY") => {
-                CudaError::OutOfMemory {
+        match DeviceBuffer::try_new(bytes) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.0 == ds::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                Err(CudaError::OutOfMemory {
                     needed,
                     free: free_before as u64,
                     device: gpu.info.name.clone(),
-                }
+                })
             }
-            e => e,
-        })
+            Err(e) => drv("cuMemAlloc", Err(e)),
+        }
     };
     let arena = alloc(plan.arena_bytes)?;
     let mut dev_inputs = Vec::with_capacity(inputs.len());
@@ -585,21 +578,13 @@ impl Prepared {
         for (i, k) in self.kernels.iter().enumerate() {
             self.launch(plan, i)?;
             if each {
-                drv("cuCtxSynchronize", dr::ctx::synchronize()).map_err(|e| {
-                    let what = plan.kernels.get(k.kernel_index).map_or_else(
-                        || "a kernel of the plan".to_string(),
-                        |pk| {
-                            let lines: Vec<String> =
-                                pk.lines.iter().map(|l| l.to_string()).collect();
-                            let word = if lines.len() == 1 { "line" } else { "lines" };
-                            format!("{}, {word} {}", pk.ops.join(", "), lines.join(", "))
-                        },
-                    );
-                    CudaError::Kernel {
-                        kernel: k.name.clone(),
-                        what,
-                        error: Box::new(e),
-                    }
+                drv("cuCtxSynchronize", dr::ctx::synchronize()).map_err(|e| CudaError::Kernel {
+                    kernel: k.name.clone(),
+                    what: plan
+                        .kernels
+                        .get(k.kernel_index)
+                        .map_or_else(|| "a kernel of the plan".into(), |pk| pk.origin()),
+                    error: Box::new(e),
                 })?;
             }
         }

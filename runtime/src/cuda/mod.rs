@@ -54,7 +54,7 @@ pub enum CudaError {
         device: String,
     },
     /// A kernel failed on the device (found by the synchronisation after it, `run`).
-    #[error("kernel {kernel} ({what}) failed on the GPU: {error}")]
+    #[error("kernel {kernel}: {what} failed on the GPU: {error}")]
     Kernel {
         kernel: String,
         what: String,
@@ -78,6 +78,22 @@ pub enum CudaError {
 }
 
 mod executor;
+
+/// Whether a CUDA library opens by its usual names (`present`: cudarc's
+/// `is_culib_present`, which loads and unloads it each time); if so it stays loaded for the
+/// life of the process (`culib`: cudarc's own handle to it), so later checks are cheap.
+fn keep_if_present(
+    present: unsafe fn() -> bool,
+    culib: unsafe fn() -> &'static libloading::Library,
+) -> bool {
+    // SAFETY: only tries to open the library by its usual names.
+    let found = unsafe { present() };
+    if found {
+        // SAFETY: present, so cudarc's loader finds it.
+        unsafe { culib() };
+    }
+    found
+}
 
 /// Device memory a run leaves free beyond its own allocations: what loading tc's module,
 /// creating cuBLAS's handle and loading its kernels (lazily, at the first product) may

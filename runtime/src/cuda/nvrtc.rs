@@ -108,16 +108,7 @@ fn candidates() -> Vec<PathBuf> {
 
 /// Whether NVRTC can be used, loading it from a known folder if the loader cannot find it.
 pub fn nvrtc_available() -> Result<(), CudaError> {
-    let found = || {
-        // SAFETY: only tries to open the library by its usual names; once it opens,
-        // `culib` keeps it loaded (a presence check alone loads and unloads it).
-        let present = unsafe { sys::is_culib_present() };
-        if present {
-            // SAFETY: present, so cudarc's loader finds it.
-            unsafe { sys::culib() };
-        }
-        present
-    };
+    let found = || super::keep_if_present(sys::is_culib_present, sys::culib);
     if found() {
         return Ok(());
     }
