@@ -137,6 +137,8 @@ fn per_kernel(
         |e: tc_runtime::cpu::CpuError| CliError::from(tc_runtime::backend::BackendError::from(e));
     let n = plan.kernels.len();
     let (mut best, mut best_cpu) = (vec![f64::INFINITY; n], vec![f64::INFINITY; n]);
+    // Per kernel: the product it ran in as the epilogue (its time counted there).
+    let mut epilogue_of = vec![None; n];
     // Per run: its wall time less the sum of its kernels' (set-up, arena, outputs, and the
     // gaps between kernels).
     let mut outside = Vec::new();
@@ -152,13 +154,20 @@ fn per_kernel(
         for (k, t) in times.iter().enumerate() {
             best[k] = best[k].min(t.wall_s);
             best_cpu[k] = best_cpu[k].min(t.cpu_s);
+            epilogue_of[k] = t.epilogue_of;
         }
     }
     outside.sort_by(f64::total_cmp);
     let total: f64 = best.iter().sum();
     eprintln!("kernel  kind         best ms   share  best CPU ms  ops (lines)");
     let mut list = Vec::new();
-    for ((k, &t), &c) in plan.kernels.iter().zip(&best).zip(&best_cpu) {
+    for (((k, &t), &c), of) in plan
+        .kernels
+        .iter()
+        .zip(&best)
+        .zip(&best_cpu)
+        .zip(&epilogue_of)
+    {
         let kind = match &k.kind {
             KernelKind::Fused(_) => "fused",
             KernelKind::MatMul(_) => "matmul",
@@ -167,8 +176,10 @@ fn per_kernel(
             KernelKind::IndexAdd(_) => "index_add",
         };
         let lines: Vec<String> = k.lines.iter().map(u32::to_string).collect();
+        let host = of.map(|j| plan.kernels[j].name.as_str());
+        let within = host.map_or(String::new(), |h| format!(" [epilogue of {h}]"));
         eprintln!(
-            "{:<7} {:<12} {:>8.3} {:>6.1}%  {:>11.3}  {} ({})",
+            "{:<7} {:<12} {:>8.3} {:>6.1}%  {:>11.3}  {} ({}){within}",
             k.name,
             kind,
             t * 1e3,
@@ -184,6 +195,7 @@ fn per_kernel(
             "lines": k.lines,
             "best_s": t,
             "best_cpu_s": c,
+            "epilogue_of": host,
         }));
     }
     let (out_best, out_median) = (outside[0], outside[outside.len() / 2]);

@@ -44,7 +44,7 @@ pub(super) struct Access {
 /// What one pass over a row computes: the kernel IR's pass (`tc_compiler::lower::Pass`) as
 /// indices, with what this executor adds (`store_into`).
 #[derive(Clone, Debug, Default)]
-struct Pass {
+pub(super) struct Pass {
     /// Row values computed before the block loop, in order.
     row_insts: Vec<usize>,
     /// Element values computed per block, in order (less, when rows are one block, those
@@ -90,9 +90,9 @@ pub(super) struct Prepared {
     pub(super) row_len: usize,
     pub(super) loads: Vec<Access>,
     pub(super) stores: Vec<(usize, Access)>,
-    passes: Vec<Pass>,
+    pub(super) passes: Vec<Pass>,
     /// Elements per block: `BLOCK`, or the whole row when rows are cached.
-    block: usize,
+    pub(super) block: usize,
     /// Per value: how it takes in the inst that feeds it (`folds`).
     fold: Vec<Fold>,
     /// Per load: f32, 4-byte aligned, and in a buffer no store of this kernel writes, so a
@@ -281,7 +281,7 @@ fn bad(name: &str, msg: impl std::fmt::Display) -> CpuError {
 
 /// Lowers `kernel` (`tc_compiler::lower`: merged axes, levels, passes) and binds it to the
 /// resolved buffers `mems`: every access checked in bounds over the whole domain.
-fn prepare(
+pub(super) fn prepare(
     plan: &Plan,
     name: &str,
     kernel: &FusedKernel,
@@ -615,7 +615,7 @@ pub(super) fn check_bounds(
 }
 
 /// Per-thread state: one block per inst, row values, reduction accumulators, access bases.
-struct Scratch {
+pub(super) struct Scratch {
     slots: Vec<Vec<f32>>,
     /// Per inst: where its block is when not in its slot (a load read in place, a value
     /// computed straight into a store's buffer), else null.
@@ -630,7 +630,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(p: &Prepared) -> Scratch {
+    pub(super) fn new(p: &Prepared) -> Scratch {
         let n = p.ir.values.len();
         Scratch {
             slots: (0..n)
@@ -661,7 +661,7 @@ impl Scratch {
     }
 
     /// Sets each access's base offset for row `r`.
-    fn bases_for_row(&mut self, p: &Prepared, r: usize) {
+    pub(super) fn bases_for_row(&mut self, p: &Prepared, r: usize) {
         row_bases(p, r, &mut self.bases);
     }
 
@@ -669,7 +669,7 @@ impl Scratch {
     ///
     /// # Safety
     /// The kernel was prepared (bounds checked) and no other thread touches row `r`'s stores.
-    unsafe fn row(&mut self, p: &Prepared, r: usize) {
+    pub(super) unsafe fn row(&mut self, p: &Prepared, r: usize) {
         self.bases_for_row(p, r);
         let body = &p.ir.values;
         for pass in &p.passes {
@@ -715,7 +715,7 @@ impl Scratch {
     ///
     /// # Safety
     /// The kernel was prepared (bounds checked) and the bases are set for the current row.
-    unsafe fn row_values(&mut self, p: &Prepared, pass: &Pass) {
+    pub(super) unsafe fn row_values(&mut self, p: &Prepared, pass: &Pass) {
         for &i in &pass.row_insts {
             // SAFETY: forwarded from the caller.
             self.row_vals[i] = unsafe { self.row_inst(p, i) };
@@ -754,7 +754,7 @@ impl Scratch {
     ///
     /// # Safety
     /// The kernel was prepared (bounds checked) and no other thread touches these elements.
-    unsafe fn block(&mut self, p: &Prepared, pass: &Pass, at: usize, n: usize) {
+    pub(super) unsafe fn block(&mut self, p: &Prepared, pass: &Pass, at: usize, n: usize) {
         let body = &p.ir.values;
         for &i in &pass.elem_insts {
             if let ValueOp::Load(l) = body[i].op {

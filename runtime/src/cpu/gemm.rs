@@ -118,16 +118,32 @@ fn with_buffer<R>(
     })
 }
 
+/// Work to run on each block of `C` as soon as its elements are final (after the last
+/// block of `k`), on the thread that computed it while the block is still in that core's
+/// cache: `f(r0, rows, c0, cols)`, the block's rows and columns in `C`'s coordinates (a
+/// fused kernel that consumes the product: `cpu::epilogue`). Every element of `C` is in
+/// exactly one call; calls for different blocks may run at once on different threads.
+#[derive(Clone, Copy)]
+pub struct Finish<'a> {
+    pub f: &'a (dyn Fn(usize, usize, usize, usize) + Sync),
+    /// Whether each call must cover whole rows (all `n` columns): a row kernel's.
+    pub whole_rows: bool,
+}
+
 /// `C := A·B`, or `C := C + A·B` when `accumulate` (each element the ordered fma sum over
 /// `k`, from 0 or from `C`), for `A` `m × k`, `B` `k × n`, `C` `m × n` at row stride `ldc`
 /// (columns contiguous). With `parallel`, the work is shared by the current rayon pool.
 /// `B` is packed into `bp` `nc` columns at a time (rounded down to whole panels, at least
 /// one): wider products are computed in column blocks, each packed in turn, `A` packed
 /// again for each. `bp` holds at least `packing_floats(n, k, nc)` floats (asserted).
+/// `finish`, if any, runs on each block of `C` once it is final: a task's block where it
+/// can (whole rows when `whole_rows`: tasks then never split columns), else, for whole
+/// rows of a product wider than `nc`, by blocks of rows after the last column block.
 ///
 /// # Safety
 /// `a` and `b` reach only readable f32s for every index in range; `C`'s `m` rows of `n`
-/// elements at stride `ldc` are writable, owned by this call and distinct from `A` and `B`.
+/// elements at stride `ldc` are writable, owned by this call and distinct from `A` and `B`;
+/// `finish` may run on any block of `C` once it is final, from any of the pool's threads.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
     m: usize,
@@ -142,6 +158,7 @@ pub unsafe fn gemm(
     kernel: Kernel,
     bp: &mut [f32],
     nc: usize,
+    finish: Option<Finish<'_>>,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -152,6 +169,9 @@ pub unsafe fn gemm(
                 // SAFETY: row `i` of C (the caller's promise).
                 unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
             }
+        }
+        if let Some(fin) = finish {
+            (fin.f)(0, m, 0, n);
         }
         return;
     }
@@ -169,6 +189,11 @@ pub unsafe fn gemm(
         bp.len()
     );
     let c_addr = c as usize;
+    // Whole rows wider than a column block are final only after the last block.
+    let (per_task, after) = match finish {
+        Some(fin) if fin.whole_rows && n > nc => (None, Some(fin)),
+        fin => (fin, None),
+    };
     for j0 in (0..n).step_by(nc) {
         let cols = nc.min(n - j0);
         let panels = cols.div_ceil(NR);
@@ -184,7 +209,9 @@ pub unsafe fn gemm(
             // SAFETY: columns j0.. of C, in range.
             let c_blk = unsafe { (c_addr as *mut f32).add(j0) } as usize;
             let row_tasks = row_tasks(m, threads);
-            let col_tasks = if row_tasks >= TASKS_PER_THREAD * threads || threads == 1 {
+            let whole_rows = per_task.is_some_and(|f| f.whole_rows);
+            let col_tasks = if row_tasks >= TASKS_PER_THREAD * threads || threads == 1 || whole_rows
+            {
                 1
             } else {
                 (TASKS_PER_THREAD * threads)
@@ -213,6 +240,10 @@ pub unsafe fn gemm(
                         tier,
                     )
                 };
+                if let Some(fin) = per_task {
+                    let (c0, c1) = (j0 + p0 * NR, j0 + (p1 * NR).min(cols));
+                    (fin.f)(r0, rows, c0, c1 - c0);
+                }
             };
             let count = row_tasks * col_tasks;
             if threads > 1 && count > 1 {
@@ -220,6 +251,18 @@ pub unsafe fn gemm(
             } else {
                 (0..count).for_each(task);
             }
+        }
+    }
+    if let Some(fin) = after {
+        let tasks = row_tasks(m, threads);
+        let rows_of = |t: usize| {
+            let (r0, rows) = task_rows(m, tasks, t);
+            (fin.f)(r0, rows, 0, n)
+        };
+        if threads > 1 && tasks > 1 {
+            (0..tasks).into_par_iter().with_max_len(1).for_each(rows_of);
+        } else {
+            (0..tasks).for_each(rows_of);
         }
     }
 }
@@ -754,6 +797,82 @@ mod tests {
     /// transposed or both strided, `C` with a wider row stride, from 0 and accumulating:
     /// the same bits as the plain ordered fma loop, with each micro-kernel the CPU runs
     /// (512-bit, AVX2, scalar), in pools of 1, 2, 3 and 5 threads.
+    /// `Finish` runs on every element of `C` exactly once, after the element is final (the
+    /// block it is given already holds the product's bits), in whole rows when asked: blocks
+    /// of one column block and of several, whole rows wider than a column block (after the
+    /// last one), small products on one thread and shared ones, `k` of one block and more.
+    #[test]
+    fn finish_runs_once_on_every_block_of_final_elements() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        for (m, k, n) in [(70, 40, 600), (13, 600, 50), (200, 64, 1040), (5, 3, 17)] {
+            let (av, bv) = (values(m * k, 1), values(k * n, 2));
+            let a = Operand {
+                ptr: av.as_ptr(),
+                rs: k as isize,
+                cs: 1,
+            };
+            let b = Operand {
+                ptr: bv.as_ptr(),
+                rs: n as isize,
+                cs: 1,
+            };
+            let mut want = vec![0f32; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = 0f32;
+                    for t in 0..k {
+                        s = av[i * k + t].mul_add(bv[t * n + j], s);
+                    }
+                    want[i * n + j] = s;
+                }
+            }
+            for (threads, whole_rows) in [(1, false), (2, false), (3, true), (2, true)] {
+                let mut c = vec![f32::NAN; m * n];
+                let cp = c.as_mut_ptr() as usize;
+                let seen: Vec<AtomicU8> = (0..m * n).map(|_| AtomicU8::new(0)).collect();
+                let f = |r0: usize, rows: usize, c0: usize, cols: usize| {
+                    assert!(!whole_rows || (c0 == 0 && cols == n), "{c0} {cols} of {n}");
+                    for i in r0..r0 + rows {
+                        for j in c0..c0 + cols {
+                            // SAFETY: inside C; the block is final, so no task writes it.
+                            let v = unsafe { *(cp as *const f32).add(i * n + j) };
+                            assert_eq!(v.to_bits(), want[i * n + j].to_bits(), "({i}, {j})");
+                            seen[i * n + j].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                };
+                let nc = tc_compiler::schedule::CPU_GEMM_NC as usize;
+                let mut bp = vec![f32::NAN; packing_floats(n, k, nc)];
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                // SAFETY: the buffers hold the row-major matrices.
+                pool.install(|| unsafe {
+                    gemm(
+                        m,
+                        n,
+                        k,
+                        a,
+                        b,
+                        cp as *mut f32,
+                        n,
+                        false,
+                        true,
+                        Kernel::Best,
+                        &mut bp,
+                        nc,
+                        Some(Finish { f: &f, whole_rows }),
+                    )
+                });
+                assert!(
+                    seen.iter().all(|x| x.load(Ordering::Relaxed) == 1),
+                    "{m}×{k}×{n}, {threads} threads, whole rows {whole_rows}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn products_are_the_ordered_fma_sum_whatever_the_threads_and_kernel() {
         let shapes = [
@@ -827,6 +946,7 @@ mod tests {
                                     kernel,
                                     &mut bp,
                                     nc,
+                                    None,
                                 )
                             });
                             for (x, (g, w)) in c.iter().zip(&want).enumerate() {
@@ -914,6 +1034,7 @@ mod bench {
                                 Kernel::Best,
                                 &mut bp,
                                 nc,
+                                None,
                             )
                         } else {
                             gemm::gemm(

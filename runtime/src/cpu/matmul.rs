@@ -25,20 +25,26 @@
 //! Every output element is summed in the same order either way, so the results are the
 //! same bits whatever the thread count.
 
+use super::epilogue;
 use super::fused::check_bounds;
 use super::gemm as own;
 use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use tc_compiler::ir::DType;
-use tc_compiler::schedule::{MatMulKernel, MatOperand, Plan, CPU_GEMM_NC, CPU_SHARE_MIN_MACS};
+use tc_compiler::schedule::{
+    FusedKernel, MatMulKernel, MatOperand, Plan, CPU_GEMM_NC, CPU_SHARE_MIN_MACS,
+};
 
+/// Runs product `mm`, and `next` (the kernel after it) as its epilogue where tc's GEMM
+/// takes the product and `next` qualifies (`epilogue`); returns whether `next` ran.
 pub(super) fn run(
     plan: &Plan,
     name: &str,
     mm: &MatMulKernel,
     mems: &[Mem],
-) -> Result<(), CpuError> {
+    next: Option<(&str, &FusedKernel)>,
+) -> Result<bool, CpuError> {
     let bad = |msg: String| CpuError::BadPlan(format!("kernel {name}: {msg}"));
     let nb = mm.batch.len();
     let (m, n, k) = (mm.m as usize, mm.n as usize, mm.k as usize);
@@ -87,8 +93,10 @@ pub(super) fn run(
         )));
     }
     if nbatch == 0 || m == 0 || n == 0 {
-        return Ok(());
+        return Ok(false);
     }
+    // The residual when it is copied into the output (read before the product starts).
+    let mut residual = None;
     let accumulate = match mm.accumulate {
         Some(x) => {
             let x_mem = mem_of(x, "residual")?;
@@ -110,6 +118,7 @@ pub(super) fn run(
                 let bytes = nbatch * m * n * out.dtype.size() as usize;
                 // SAFETY: both hold `bytes` bytes (checked above) and do not overlap.
                 unsafe { std::ptr::copy_nonoverlapping(x_mem.ptr.cast_const(), out.ptr, bytes) };
+                residual = Some(x_mem);
             }
             true
         }
@@ -178,9 +187,31 @@ pub(super) fn run(
         let bp = unsafe { std::slice::from_raw_parts_mut(ws.base().cast::<f32>(), floats) };
         let base = out.base() as usize;
         let (a_op, b_op) = (&mm.a, &mm.b);
+        let reads: Vec<Mem> = [a_mem, b_mem].into_iter().chain(residual).collect();
+        let product = epilogue::Product {
+            out,
+            rows: nbatch * m,
+            n,
+            reads: &reads,
+            writes: &[ws],
+        };
+        let tail = next.and_then(|(next_name, kernel)| {
+            epilogue::Epilogue::new(plan, next_name, kernel, mems, &product)
+        });
         // SAFETY: batch `bi`'s m×n output (checked above) is written by this call alone;
-        // the operands hold the m×k and k×n elements their strides reach (bounds checked).
+        // the operands hold the m×k and k×n elements their strides reach (bounds checked);
+        // the epilogue runs on each block of it once final (`gemm::Finish`), a block of
+        // rows `bi·m ..` of the product it was prepared for.
         let mut one = |bi: usize, parallel: bool| unsafe {
+            let f = |r0: usize, rows: usize, c0: usize, cols: usize| {
+                if let Some(t) = &tail {
+                    t.run(bi * m + r0, rows, c0, cols)
+                }
+            };
+            let finish = tail.as_ref().map(|t| own::Finish {
+                f: &f,
+                whole_rows: t.whole_rows(),
+            });
             own::gemm(
                 m,
                 n,
@@ -202,6 +233,7 @@ pub(super) fn run(
                 own::Kernel::Best,
                 &mut *bp,
                 CPU_GEMM_NC as usize,
+                finish,
             )
         };
         // Matrices one after another, each shared by the pool when large enough: the rule
@@ -211,7 +243,7 @@ pub(super) fn run(
         let macs = m.saturating_mul(n).saturating_mul(k);
         let parallel = threads > 1 && macs >= INLINE_MACS;
         (0..nbatch).for_each(|bi| one(bi, parallel));
-        return Ok(());
+        return Ok(tail.is_some());
     }
     if direct_a && direct_b && direct_out {
         // Everything in place, no scratch: each task a single-threaded gemm call writing its
@@ -245,7 +277,7 @@ pub(super) fn run(
                     task(t / count, (p * width, c1), Parallelism::None)
                 }),
         }
-        return Ok(());
+        return Ok(false);
     }
     // The element's final value: the product, or (with a residual) the product rounded to
     // the output's dtype plus the residual the output holds, rounded again by the write.
@@ -280,7 +312,7 @@ pub(super) fn run(
         let direct = direct_out.then(|| out.base() as usize);
         tiled.run(direct, &|bi, r, c, v| put((bi * m + r) * n + c, v));
     }
-    Ok(())
+    Ok(false)
 }
 
 /// How a product read and written in place shares the pool's threads. Each output element

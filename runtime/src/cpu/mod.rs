@@ -1,14 +1,17 @@
 //! The CPU executor: runs a plan's kernels in order over one host arena, every arena
 //! buffer at its planned offset — the same plan CUDA runs, so a planning mistake shows up
 //! here as wrong numbers. Fused kernels are interpreted block by block (`fused`), matrix
-//! products go to the `gemm` crate (`matmul`); elementwise numerics live in `math`; the
-//! arena's memory and how outputs leave it (moved page by page where possible) in `arena`.
+//! products go to tc's GEMM or the `gemm` crate (`matmul`), a product's consuming kernel
+//! run on its finished blocks where it can be (`epilogue`); elementwise numerics live in
+//! `math`; the arena's memory and how outputs leave it (moved page by page where possible)
+//! in `arena`.
 
 mod arena;
 mod attention;
 #[cfg(feature = "test-support")]
 pub use attention::{TileCount, TILE_LOG};
 mod attention_backward;
+mod epilogue;
 mod fused;
 mod gemm;
 mod index;
@@ -130,7 +133,31 @@ pub fn run(
     inputs: &[HostTensor],
     params: &[HostTensor],
 ) -> Result<Vec<HostTensor>, CpuError> {
-    run_observed(plan, inputs, params, None)
+    run_observed(plan, inputs, params, &Options::default(), None)
+}
+
+/// How the executor may run a plan; every choice gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Run a fused kernel that consumes a matrix product on the product's blocks as they
+    /// are finished (`epilogue`), rather than after the whole product.
+    pub epilogues: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { epilogues: true }
+    }
+}
+
+/// `run` with `options`.
+pub fn run_with(
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+    options: &Options,
+) -> Result<Vec<HostTensor>, CpuError> {
+    run_observed(plan, inputs, params, options, None)
 }
 
 /// One kernel's time in one run: wall seconds, and the CPU seconds of the whole process
@@ -139,6 +166,8 @@ pub fn run(
 pub struct KernelTime {
     pub wall_s: f64,
     pub cpu_s: f64,
+    /// The product whose epilogue this kernel ran as (its time is that product's).
+    pub epilogue_of: Option<usize>,
 }
 
 /// `run`, also returning each kernel's `KernelTime` in `plan.kernels` order (the per-kernel
@@ -149,7 +178,13 @@ pub fn run_timed(
     params: &[HostTensor],
 ) -> Result<(Vec<HostTensor>, Vec<KernelTime>), CpuError> {
     let mut times = vec![KernelTime::default(); plan.kernels.len()];
-    let outs = run_observed(plan, inputs, params, Some(&mut |k, t| times[k] = t))?;
+    let outs = run_observed(
+        plan,
+        inputs,
+        params,
+        &Options::default(),
+        Some(&mut |k, t| times[k] = t),
+    )?;
     Ok((outs, times))
 }
 
@@ -179,6 +214,7 @@ fn run_observed(
     plan: &Plan,
     inputs: &[HostTensor],
     params: &[HostTensor],
+    options: &Options,
     mut kernel_done: Option<&mut dyn FnMut(usize, KernelTime)>,
 ) -> Result<Vec<HostTensor>, CpuError> {
     check_data(plan, inputs, params)?;
@@ -255,13 +291,22 @@ fn run_observed(
         mems.push(mem);
     }
 
-    for (i, kernel) in plan.kernels.iter().enumerate() {
+    let mut i = 0;
+    while let Some(kernel) = plan.kernels.get(i) {
         let start = kernel_done
             .is_some()
             .then(|| (std::time::Instant::now(), process_cpu_s()));
+        // The fused kernel after a product, offered to it as its epilogue.
+        let next = match plan.kernels.get(i + 1).map(|k| (&k.name, &k.kind)) {
+            Some((name, KernelKind::Fused(k))) if options.epilogues => Some((name.as_str(), k)),
+            _ => None,
+        };
+        let mut with_next = false;
         match &kernel.kind {
             KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, &mems)?,
-            KernelKind::MatMul(k) => matmul::run(plan, &kernel.name, k, &mems)?,
+            KernelKind::MatMul(k) => {
+                with_next = matmul::run(plan, &kernel.name, k, &mems, next)?;
+            }
             KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, &mems)?,
             KernelKind::AttentionBackward(k) => {
                 attention_backward::run(plan, &kernel.name, k, &mems)?
@@ -274,9 +319,18 @@ fn run_observed(
                 KernelTime {
                     wall_s: wall.elapsed().as_secs_f64(),
                     cpu_s: process_cpu_s() - cpu,
+                    epilogue_of: None,
                 },
             );
+            if with_next {
+                let time = KernelTime {
+                    epilogue_of: Some(i),
+                    ..KernelTime::default()
+                };
+                done(i + 1, time);
+            }
         }
+        i += if with_next { 2 } else { 1 };
     }
 
     // Output bytes still to take out of the arena (moved or copied); everything else is

@@ -1279,8 +1279,13 @@ fn timed_runs_give_the_same_outputs_and_a_time_per_kernel() {
     let plain = run(&program.plan, &inputs, &params).expect("runs");
     let (timed, times) = super::run_timed(&program.plan, &inputs, &params).expect("runs");
     assert_eq!(times.len(), program.plan.kernels.len());
+    // A kernel run as a product's epilogue has its time in the product's.
     assert!(
-        times.iter().all(|t| t.wall_s > 0.0 && t.cpu_s >= 0.0),
+        times.iter().enumerate().all(|(i, t)| t.cpu_s >= 0.0
+            && match t.epilogue_of {
+                None => t.wall_s > 0.0,
+                Some(j) => j + 1 == i && t.wall_s == 0.0 && times[j].wall_s > 0.0,
+            }),
         "{times:?}"
     );
     for (a, b) in plain.iter().zip(&timed) {
@@ -1485,6 +1490,112 @@ fn folded_cheap_insts_give_the_bits_of_one_inst_at_a_time() {
                 g.to_bits() == w.to_bits() || g.is_nan() && w.is_nan(),
                 "output {k}, x = {xi:e}, y = {yi:e}: {g:e}, want {w:e}"
             );
+        }
+    }
+}
+
+/// A fused kernel that consumes a matrix product, run on the product's finished blocks
+/// (`epilogue`), gives the bits it gives run after the product: pointwise kernels over
+/// products one column block wide and several, a row kernel over rows one block wide and
+/// wider (run after the last block), a product with a residual absorbed, a batched
+/// product, edges that are not whole micro-tiles, in pools of 1, 2 and 3 threads. Which
+/// kernels ran as an epilogue is checked too: a consumer that reads the product transposed,
+/// or writes over an operand's storage or the packing workspace, must not.
+#[test]
+fn product_epilogues_give_the_bits_of_the_kernels_after_the_product() {
+    let dense = "dim M = 70\ndim K = 40\ndim N = 600\n\
+        input x : f32[M, K]\nparam w : f32[K, N]\nparam b : f32[N]\nparam r : f32[M, N]\n";
+    /// (source, dims, kernels expected to run as an epilogue)
+    type Case = (String, Vec<(&'static str, u64)>, Vec<usize>);
+    let cases: Vec<Case> = vec![
+        // bias + gelu over one column block, then over two (600 > 512 columns).
+        (
+            format!("{dense}y = gelu(x @ w + b)\noutput y"),
+            vec![("N", 500)],
+            vec![1],
+        ),
+        (
+            format!("{dense}y = gelu(x @ w + b)\noutput y"),
+            vec![],
+            vec![1],
+        ),
+        // Two stores, one in place of the product (`s`, which a later product reads).
+        (
+            format!("{dense}param w2 : f32[N, N]\ns = r + x @ w\ny = tanh(s) * b\nz = s @ w2\noutput y, z"),
+            vec![("M", 31), ("N", 77)],
+            vec![1],
+        ),
+        // Not epilogues: `y` planned where the product's packing workspace was (dead once
+        // the product is done, live while it runs); `y` planned in place of `s`, which
+        // the product `s @ w2` reads.
+        (
+            format!("{dense}s = r + x @ w\ny = tanh(s) * b\noutput y, s"),
+            vec![("M", 31), ("N", 77)],
+            vec![],
+        ),
+        (
+            format!("{dense}param w2 : f32[N, N]\ns = r + x @ w\nz = s @ w2\ny = tanh(z) * s\noutput y"),
+            vec![("M", 31), ("N", 77)],
+            vec![],
+        ),
+        // Row kernels: rows of one column block, and wider (run after the last block).
+        (
+            format!("{dense}y = layernorm(x @ w + r, axis=-1) * b\noutput y"),
+            vec![("N", 200)],
+            vec![1],
+        ),
+        (
+            format!("{dense}y = softmax(x @ w + b, axis=-1)\noutput y"),
+            vec![("M", 100)],
+            vec![1],
+        ),
+        // A batched product whose matrices tc's GEMM shares (each large enough).
+        (
+            "dim G = 2\ndim M = 150\ndim K = 320\ndim N = 360\n\
+             input x : f32[G, M, K]\nparam w : f32[G, K, N]\nparam b : f32[N]\n\
+             y = relu(x @ w + b)\noutput y"
+                .to_string(),
+            vec![],
+            vec![1],
+        ),
+        // The product read transposed: not an epilogue.
+        (
+            format!("{dense}y = transpose(x @ w) * 2.0\noutput y"),
+            vec![("N", 70)],
+            vec![],
+        ),
+    ];
+    for (source, dims, want) in &cases {
+        let options = tc_compiler::CompileOptions {
+            dims: dims.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            plan: Default::default(),
+        };
+        let program = tc_compiler::compile(source, &options).expect("compiles");
+        let plan = &program.plan;
+        let (inputs, params) =
+            crate::data::load_leaves(&program.checked, &[], None, 7).expect("data");
+        let (_, times) = super::run_timed(plan, &inputs, &params).expect("runs");
+        let got: Vec<usize> = (0..times.len())
+            .filter(|&i| times[i].epilogue_of.is_some())
+            .collect();
+        assert_eq!(&got, want, "{source}\n{dims:?}: kernels run as an epilogue");
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let go = |epilogues| {
+                let options = super::Options { epilogues };
+                pool.install(|| super::run_with(plan, &inputs, &params, &options))
+                    .expect("runs")
+            };
+            let (with, without) = (go(true), go(false));
+            for (a, b) in with.iter().zip(&without) {
+                assert!(
+                    a.bytes == b.bytes && a.shape == b.shape,
+                    "{source}\n{dims:?}, {threads} threads: the epilogue changed the result"
+                );
+            }
         }
     }
 }
