@@ -1160,6 +1160,17 @@ fn check_cuda_against_cpu_with(
     check_cuda_against_cpu_in(label, source, options, &cuda::CudaOptions::default())
 }
 
+/// Panics where `e` left the CUDA context unusable, naming its kernel: every later run in
+/// the process would fail with the same error (`CudaError::ContextLost`), so a test stops
+/// at the first fault instead of listing it once per case.
+fn stop_if_context_lost(label: &str, e: &cuda::CudaError, source: &str) {
+    if matches!(cuda::available(), Err(cuda::CudaError::ContextLost(_))) {
+        panic!(
+            "{label}: CUDA: {e}\nthe CUDA context is lost; stopping at the first fault\n{source}"
+        );
+    }
+}
+
 /// `check_cuda_against_cpu_with`, the CUDA run under `run_options` (fast maths, say).
 fn check_cuda_against_cpu_in(
     label: &str,
@@ -1173,11 +1184,7 @@ fn check_cuda_against_cpu_in(
     let cpu = tc_runtime::cpu::run(&program.plan, &inputs, &params)
         .map_err(|e| format!("{label}: CPU: {e}"))?;
     let gpu = cuda::run(&program.plan, &inputs, &params, run_options).map_err(|e| {
-        // A fault that leaves the context unusable stops the test here, naming its kernel:
-        // every later run in the process would fail with it (`CudaError::ContextLost`).
-        if matches!(cuda::available(), Err(cuda::CudaError::ContextLost(_))) {
-            panic!("{label}: CUDA: {e}\nthe CUDA context is lost; stopping at the first fault\n{source}");
-        }
+        stop_if_context_lost(label, &e, source);
         format!("{label}: CUDA: {e}")
     })?;
     let planned = program.memory.peaks.planned.with_inputs;
@@ -1387,7 +1394,10 @@ fn check_gpu_accuracy(
     let gpu = |p: &tc_compiler::Program, inputs: &[tc_runtime::HostTensor]| {
         cuda::run(&p.plan, inputs, &[], run)
             .map(|r| r.outputs)
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                stop_if_context_lost(label, &e, "");
+                e.to_string()
+            })
     };
     let options = cuda_options(&[]);
     if let Err(e) =
