@@ -216,6 +216,11 @@ pub fn search_with(
             }
         }
     }
+    // On the CPU, the products whose consumer runs on their tiles never stored whole,
+    // where that packs smaller (`plan::tile`).
+    if options.fuse && options.target == schedule::Target::Cpu {
+        plan::tile::retile(&mut best, budget);
+    }
     // The independent verifier runs on every plan in debug builds (and in every test).
     if cfg!(debug_assertions) {
         plan::verify(&best)

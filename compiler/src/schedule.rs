@@ -61,6 +61,10 @@ pub enum BufferKind {
     /// Scratch memory for one kernel (a cuBLAS workspace, an attention backward's row
     /// statistics), in the arena.
     Workspace,
+    /// A matrix product's output that is never stored whole (`plan::tile`, CPU plans only):
+    /// the fused kernel right after the product, its only reader, runs on each block of it
+    /// as tc's GEMM finishes the block in a buffer of the thread's own. No arena bytes.
+    Tile,
 }
 
 /// One storage region: a tensor of `dtype` and `shape`, contiguous.

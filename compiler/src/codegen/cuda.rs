@@ -90,7 +90,8 @@ pub(crate) fn may_alias(plan: &Plan, a: BufferId, b: BufferId) -> bool {
     let range = |id: BufferId| {
         let buf = plan.buffer(id);
         match buf.kind {
-            BufferKind::Input { .. } | BufferKind::Param { .. } => None,
+            // (a tile-local product is in no CUDA plan; it has no storage to share)
+            BufferKind::Input { .. } | BufferKind::Param { .. } | BufferKind::Tile => None,
             BufferKind::Arena | BufferKind::Workspace => Some((buf.offset, buf.offset + buf.bytes)),
         }
     };

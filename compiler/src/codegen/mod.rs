@@ -207,6 +207,7 @@ pub fn emit_program(plan: &Plan) -> String {
             crate::schedule::BufferKind::Param { index } => format!("param {index}"),
             crate::schedule::BufferKind::Arena => format!("arena +{}", b.offset),
             crate::schedule::BufferKind::Workspace => format!("workspace, arena +{}", b.offset),
+            crate::schedule::BufferKind::Tile => "never stored: tiles".to_string(),
         };
         out.push_str(&format!(
             "//   b{i} {} {}[{}] {} bytes ({place})\n",

@@ -64,11 +64,21 @@ impl OrderModel {
         let mut index: HashMap<BufferId, usize> = HashMap::new();
         let mut bufs = Vec::new();
         for (i, b) in plan.buffers.iter().enumerate() {
-            if matches!(b.kind, BufferKind::Arena | BufferKind::Workspace) {
+            // A product never stored whole (`plan::tile`) holds no bytes but still orders
+            // its consumer after it.
+            if matches!(
+                b.kind,
+                BufferKind::Arena | BufferKind::Workspace | BufferKind::Tile
+            ) {
                 let id = BufferId(i as u32);
                 index.insert(id, bufs.len());
+                let bytes = if b.kind == BufferKind::Tile {
+                    0
+                } else {
+                    b.bytes
+                };
                 bufs.push(MBuf {
-                    bytes: align_up(b.bytes),
+                    bytes: align_up(bytes),
                     consumers: Vec::new(),
                     output: outputs.contains(&id),
                 });

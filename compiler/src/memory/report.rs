@@ -34,7 +34,9 @@ pub struct Peaks {
     pub planned: Peak,
     pub lower_bound: Peak,
     /// No order of the same kernels can hold fewer bytes live at its peak
-    /// (`memory::order`, SPEC §3.8); `exact` when it is the least peak over every order.
+    /// (`memory::order`, SPEC §3.8); `exact` when it is the least peak over every order
+    /// (never where the plan has a product never stored whole, which the order model counts
+    /// as free in every order, though only orders keeping it beside its consumer make it so).
     pub best_order_bound: BoundPeak,
     /// Device memory tc really took; set by the CUDA runtime, `None` elsewhere.
     pub measured: Option<Peak>,
@@ -186,6 +188,7 @@ fn kind_name(kind: &BufferKind) -> &'static str {
         BufferKind::Param { .. } => "param",
         BufferKind::Arena => "arena",
         BufferKind::Workspace => "workspace",
+        BufferKind::Tile => "tile",
     }
 }
 
@@ -271,6 +274,9 @@ pub fn memory_report_for(
     };
     let lb = lower_bound(plan);
     let (bound, _) = OrderModel::of_plan(plan).bound();
+    // The model counts a product never stored whole (`plan::tile`) as free in any order,
+    // which only orders keeping it beside its consumer achieve: a bound, not the least peak.
+    let tiles = plan.buffers.iter().any(|b| b.kind == BufferKind::Tile);
     let peaks = Peaks {
         naive: with(
             unfused
@@ -283,7 +289,7 @@ pub fn memory_report_for(
         best_order_bound: BoundPeak {
             with_inputs: bound.bytes.saturating_add(unfused.inputs),
             without_inputs: bound.bytes,
-            exact: bound.exact,
+            exact: bound.exact && !tiles,
         },
         measured: None,
     };
@@ -447,6 +453,23 @@ pub fn memory_report_for(
                 bytes,
                 12 * a.batch.iter().product::<u64>() * a.m
             ));
+        }
+    }
+    for (s, k) in plan.kernels.iter().enumerate() {
+        if let crate::schedule::KernelKind::MatMul(m) = &k.kind {
+            let b = plan.buffer(m.out);
+            if b.kind == BufferKind::Tile {
+                notes.push(format!(
+                    "{} (matmul, lines {}): the product ({} {:?}, {} ({} bytes)) is never stored whole: {} runs on each block of it as the GEMM finishes it, the block in a buffer of the computing thread's own; naive and eager count it as PyTorch stores it",
+                    k.name,
+                    k.lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+                    b.dtype,
+                    b.shape,
+                    human(b.bytes),
+                    b.bytes,
+                    plan.kernels.get(s + 1).map_or("?", |n| n.name.as_str())
+                ));
+            }
         }
     }
     // Attention candidates that keep their stored scores, and why.

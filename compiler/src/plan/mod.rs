@@ -13,6 +13,7 @@ mod kernel;
 pub mod label;
 pub mod split;
 pub mod text;
+pub mod tile;
 pub mod verify;
 
 pub use label::{source_key, source_op_name};

@@ -322,6 +322,7 @@ pub fn print(plan: &Plan) -> String {
             BufferKind::Param { index } => format!("param {index}"),
             BufferKind::Arena => "arena".to_string(),
             BufferKind::Workspace => "workspace".to_string(),
+            BufferKind::Tile => "tile".to_string(),
         };
         let off = match b.kind {
             BufferKind::Arena | BufferKind::Workspace => format!("@{}", b.offset),

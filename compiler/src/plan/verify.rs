@@ -648,7 +648,14 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 if let Some(w) = m.workspace {
                     check_id(w)?;
                     let b = plan.buffer(w);
-                    if b.kind != BufferKind::Workspace || b.first_step != s || b.last_step != s {
+                    // A product never stored whole keeps it through its consumer's step
+                    // (`plan::tile`).
+                    let last = if plan.buffer(m.out).kind == BufferKind::Tile {
+                        s + 1
+                    } else {
+                        s
+                    };
+                    if b.kind != BufferKind::Workspace || b.first_step != s || b.last_step != last {
                         return Err(bad(
                             Lifetimes,
                             format!(
@@ -691,6 +698,34 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     return Err(bad(
                         LeavesReadOnly,
                         format!("input/param {} is written", b.name),
+                    ));
+                }
+            }
+            BufferKind::Tile => {
+                // A product never stored whole (`plan::tile`): a CPU plan's, written by one
+                // product and read by the fused kernel right after it alone, no output.
+                let s = b.first_step;
+                let by_product = matches!(
+                    plan.kernels.get(s).map(|k| &k.kind),
+                    Some(KernelKind::MatMul(m)) if m.out.index() == i && m.accumulate.is_none()
+                );
+                let next_fused = matches!(
+                    plan.kernels.get(s + 1).map(|k| &k.kind),
+                    Some(KernelKind::Fused(_))
+                );
+                if plan.options.for_gpu()
+                    || !by_product
+                    || !next_fused
+                    || written_at[i] != [s]
+                    || read_at[i].iter().any(|&r| r != s + 1)
+                    || output_bufs[i]
+                {
+                    return Err(bad(
+                        Lifetimes,
+                        format!(
+                            "buffer {} is never stored whole but is not a CPU product read by the fused kernel after it alone",
+                            b.name
+                        ),
                     ));
                 }
             }

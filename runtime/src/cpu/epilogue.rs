@@ -3,11 +3,14 @@
 //! `h @ w1`, `+ b2 + x` after `@ w2`, a residual add and layer norm after `ctx @ wo`), and
 //! the GEMM runs it on each block of the output as soon as that block is final, while the
 //! block is still in the core's cache (`gemm::Finish`), instead of a second pass over the
-//! whole output after the product. The plan is unchanged (the product's buffer is still
-//! planned and written), so is the arena, and so is every bit: the kernel computes what it
+//! whole output after the product. Every bit is the same: the kernel computes what it
 //! would after the product, only sooner and a block at a time, which its elements allow —
 //! a pointwise kernel's elements, or a row kernel's rows, are independent and run in any
-//! order already (`fused::for_each_piece`, `fused::for_each_task`).
+//! order already (`fused::for_each_piece`, `fused::for_each_task`). The kernel reads the
+//! product from the block the GEMM hands it (`fused::Product`): where the plan stores the
+//! product, that is the product's buffer; where it never stores it whole
+//! (`BufferKind::Tile`, `tc_compiler::plan::tile`), a buffer of the computing thread's own,
+//! and the arena holds nothing of it.
 //!
 //! A kernel is taken only where that holds: its domain is the product's output (a
 //! pointwise kernel's elements, or a row kernel's rows of `n`, in the output's order), it
@@ -18,12 +21,14 @@
 //! after the other as before.
 
 use super::fused::{self, Access, Prepared, Scratch};
+use super::gemm::Block;
 use super::Mem;
-use tc_compiler::schedule::{FusedKernel, Plan};
+use tc_compiler::schedule::{BufferId, FusedKernel, Plan};
 
-/// The product an epilogue finishes: its f32 output (`rows` of `n`, contiguous) and the
-/// other buffers the GEMM uses while it runs.
+/// The product an epilogue finishes: its f32 output (`rows` of `n`, contiguous; a tile
+/// `Mem` where it is never stored whole) and the other buffers the GEMM uses while it runs.
 pub(super) struct Product<'a> {
+    pub id: BufferId,
     pub out: Mem,
     pub rows: usize,
     pub n: usize,
@@ -38,6 +43,8 @@ pub(super) struct Product<'a> {
 pub(super) struct Epilogue {
     p: Prepared,
     n: usize,
+    /// Per load: whether it reads the product (from the block, not its buffer).
+    reads_product: Vec<bool>,
 }
 
 impl Epilogue {
@@ -62,16 +69,19 @@ impl Epilogue {
             return None;
         }
         let out = &product.out;
-        let in_place = |a: &Access| a.mem.ptr == out.ptr && identity(&p, a);
-        let mut reads_product = false;
-        for a in &p.loads {
-            if a.mem.overlaps(out) {
-                if !in_place(a) || a.mem.dtype != out.dtype {
-                    return None;
-                }
-                reads_product = true;
+        let reads_product: Vec<bool> = p.ir.loads.iter().map(|l| l.buffer == product.id).collect();
+        // The product read element for element, never otherwise; no other product's tile.
+        for (a, &of_product) in p.loads.iter().zip(&reads_product) {
+            let ok = if of_product {
+                identity(&p, a) && a.mem.dtype == out.dtype
+            } else {
+                !a.mem.is_tile() && !a.mem.overlaps(out)
+            };
+            if !ok {
+                return None;
             }
         }
+        let in_place = |a: &Access| !out.is_tile() && a.mem.ptr == out.ptr && identity(&p, a);
         let meets = |a: &Access, list: &[Mem]| list.iter().any(|m| m.overlaps(&a.mem));
         let bad_store = |a: &Access| {
             meets(a, product.reads)
@@ -79,13 +89,17 @@ impl Epilogue {
                 || (a.mem.overlaps(out) && !in_place(a))
         };
         let bad_load = |a: &Access| meets(a, product.writes);
-        if !reads_product
+        if !reads_product.contains(&true)
             || p.loads.iter().any(bad_load)
             || p.stores.iter().any(|(_, a)| bad_store(a))
         {
             return None;
         }
-        Some(Epilogue { p, n })
+        Some(Epilogue {
+            p,
+            n,
+            reads_product,
+        })
     }
 
     /// Whether each block run must be whole rows (a row kernel's).
@@ -93,29 +107,37 @@ impl Epilogue {
         !self.p.ir.is_pointwise()
     }
 
-    /// Runs the kernel on rows `r0 .. r0 + rows`, columns `c0 .. c0 + cols` of the product
-    /// (rows counted over the batch: batch matrix `b`'s row `i` is `b·m + i`).
+    /// Runs the kernel on `block` of the product, its rows counted from row `first` of the
+    /// product (over the batch: batch matrix `b`'s row `i` is `b·m + i`).
     ///
     /// # Safety
-    /// Those elements of the product are final, the block is inside it (whole rows for a
-    /// row kernel), and no other thread runs this epilogue on any of them.
-    pub(super) unsafe fn run(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
+    /// The block's elements are final and readable where it says, the block is inside the
+    /// product (whole rows for a row kernel), and no other thread runs this epilogue on any
+    /// of its rows and columns.
+    pub(super) unsafe fn run(&self, first: usize, block: Block) {
         let p = &self.p;
+        let (r0, rows, c0, cols) = (first + block.r0, block.rows, block.c0, block.cols);
         let mut s = Scratch::new(p);
+        s.product = Some(fused::Product {
+            loads: self.reads_product.clone(),
+            base: block.at,
+            origin: 0,
+        });
         if !self.whole_rows() {
             s.bases_for_row(p, 0);
             let pass = &p.passes[0];
             // SAFETY: the kernel was prepared (bounds checked over its whole domain, which
             // is the product's); a pointwise kernel's row values read no load.
             unsafe { s.row_values(p, pass) };
-            // One run of elements for whole rows, else one a row.
-            let (runs, len) = if c0 == 0 && cols == self.n {
+            // One run of elements for whole rows stored contiguously, else one a row.
+            let (runs, len) = if c0 == 0 && cols == self.n && block.ld == self.n {
                 (1, rows * self.n)
             } else {
                 (rows, cols)
             };
             for r in 0..runs {
                 let start = (r0 + r) * self.n + c0;
+                set_product(&mut s, &block, r, start);
                 let mut at = start;
                 while at < start + len {
                     let b = p.block.min(start + len - at);
@@ -126,11 +148,22 @@ impl Epilogue {
                 }
             }
         } else {
-            for r in r0..r0 + rows {
-                // SAFETY: as above; row `r` is this call's alone.
-                unsafe { s.row(p, r) };
+            for r in 0..rows {
+                set_product(&mut s, &block, r, 0);
+                // SAFETY: as above; row `r0 + r` is this call's alone.
+                unsafe { s.row(p, r0 + r) };
             }
         }
+    }
+}
+
+/// Points the product's loads of `s` at row `row` of `block`, its first element being
+/// inner index `origin` of the kernel's walk.
+fn set_product(s: &mut Scratch, block: &Block, row: usize, origin: usize) {
+    if let Some(pr) = s.product.as_mut() {
+        // SAFETY: row `row` of the block is in it (`Epilogue::run`'s promise).
+        pr.base = unsafe { block.at.add(row * block.ld) };
+        pr.origin = origin;
     }
 }
 

@@ -627,6 +627,17 @@ pub(super) struct Scratch {
     extrema: Vec<f32>,
     /// Element offset of each load, then each store, at the current row.
     bases: Vec<i64>,
+    /// Where the product's loads read instead, when the kernel runs as a product's epilogue.
+    pub(super) product: Option<Product>,
+}
+
+/// The block of a product an epilogue reads (`cpu::epilogue`): for each load with `loads[l]`
+/// set, inner index `at` of the current row is at `base[at - origin]`.
+#[derive(Clone, Debug)]
+pub(super) struct Product {
+    pub(super) loads: Vec<bool>,
+    pub(super) base: *const f32,
+    pub(super) origin: usize,
 }
 
 impl Scratch {
@@ -657,6 +668,7 @@ impl Scratch {
             sums: vec![KahanSum::default(); n],
             extrema: vec![0f32; n],
             bases: vec![0i64; p.loads.len() + p.stores.len()],
+            product: None,
         }
     }
 
@@ -759,6 +771,21 @@ impl Scratch {
         for &i in &pass.elem_insts {
             if let ValueOp::Load(l) = body[i].op {
                 let l = l.index();
+                if let Some(pr) = self.product.as_ref().filter(|pr| pr.loads[l]) {
+                    // SAFETY: the epilogue's caller hands the block's `n` elements from
+                    // `at` there (`Epilogue::run`).
+                    let src = unsafe { pr.base.add(at - pr.origin) };
+                    self.views[i] = if p.direct[l] {
+                        src
+                    } else {
+                        // A store of the kernel writes there: read the block first.
+                        // SAFETY: as above.
+                        let xs = unsafe { std::slice::from_raw_parts(src, n) };
+                        self.slots[i][..n].copy_from_slice(xs);
+                        std::ptr::null()
+                    };
+                    continue;
+                }
                 let acc = &p.loads[l];
                 let run = single_run(&p.inner_sizes, &acc.inner_strides, self.bases[l], at, n);
                 self.views[i] = match run {

@@ -91,6 +91,9 @@ pub fn has_simd() -> bool {
 thread_local! {
     /// This thread's packed `A` block (`MC × KC`; outside the plan: 288 KiB a thread).
     static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// This thread's block of a product never stored whole (`Finish::tile`; at most
+    /// `MC × nc` floats, outside the plan: 288 KiB a thread for `CPU_GEMM_NC`).
+    static C_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Floats of packed `B` that `gemm` needs for a `k × n` operand packed `nc` columns at a
@@ -120,14 +123,29 @@ fn with_buffer<R>(
 
 /// Work to run on each block of `C` as soon as its elements are final (after the last
 /// block of `k`), on the thread that computed it while the block is still in that core's
-/// cache: `f(r0, rows, c0, cols)`, the block's rows and columns in `C`'s coordinates (a
-/// fused kernel that consumes the product: `cpu::epilogue`). Every element of `C` is in
-/// exactly one call; calls for different blocks may run at once on different threads.
+/// cache (a fused kernel that consumes the product: `cpu::epilogue`). Every element of `C`
+/// is in exactly one call; calls for different blocks may run at once on different threads.
 #[derive(Clone, Copy)]
 pub struct Finish<'a> {
-    pub f: &'a (dyn Fn(usize, usize, usize, usize) + Sync),
+    pub f: &'a (dyn Fn(Block) + Sync),
     /// Whether each call must cover whole rows (all `n` columns): a row kernel's.
     pub whole_rows: bool,
+    /// `C` is never stored: each task computes its block in a buffer of its thread's own
+    /// (`C_TILE`) and hands it to `f` there; `c` is not touched. Needs whole rows no wider
+    /// than a column block where `whole_rows` (asserted).
+    pub tile: bool,
+}
+
+/// A finished block of `C`: rows `r0 .. r0 + rows`, columns `c0 .. c0 + cols`, element
+/// `(r0 + i, c0 + j)` at `at[i·ld + j]` (in `C`, or in the computing thread's tile).
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    pub r0: usize,
+    pub rows: usize,
+    pub c0: usize,
+    pub cols: usize,
+    pub at: *const f32,
+    pub ld: usize,
 }
 
 /// `C := A·B`, or `C := C + A·B` when `accumulate` (each element the ordered fma sum over
@@ -171,7 +189,21 @@ pub unsafe fn gemm(
             }
         }
         if let Some(fin) = finish {
-            (fin.f)(0, m, 0, n);
+            // Zeros (`C`'s own, or a tile's): k = 0 leaves an empty sum.
+            let zeros = vec![0f32; if fin.tile { m * n } else { 0 }];
+            let (at, ld) = if fin.tile {
+                (zeros.as_ptr(), n)
+            } else {
+                (c.cast_const(), ldc)
+            };
+            (fin.f)(Block {
+                r0: 0,
+                rows: m,
+                c0: 0,
+                cols: n,
+                at,
+                ld,
+            });
         }
         return;
     }
@@ -191,7 +223,11 @@ pub unsafe fn gemm(
     let c_addr = c as usize;
     // Whole rows wider than a column block are final only after the last block.
     let (per_task, after) = match finish {
-        Some(fin) if fin.whole_rows && n > nc => (None, Some(fin)),
+        Some(fin) if fin.tile && accumulate => panic!("a product in tiles cannot accumulate"),
+        Some(fin) if fin.whole_rows && n > nc => {
+            assert!(!fin.tile, "whole rows of {n} columns in tiles of {nc}");
+            (None, Some(fin))
+        }
         fin => (fin, None),
     };
     for j0 in (0..n).step_by(nc) {
@@ -207,7 +243,7 @@ pub unsafe fn gemm(
             pack_b(k, cols, b_blk, bp, threads > 1);
             let bp = &*bp;
             // SAFETY: columns j0.. of C, in range.
-            let c_blk = unsafe { (c_addr as *mut f32).add(j0) } as usize;
+            let c_blk = (c_addr as *mut f32).wrapping_add(j0) as usize;
             let row_tasks = row_tasks(m, threads);
             let whole_rows = per_task.is_some_and(|f| f.whole_rows);
             let col_tasks = if row_tasks >= TASKS_PER_THREAD * threads || threads == 1 || whole_rows
@@ -225,24 +261,46 @@ pub unsafe fn gemm(
                 let (r0, rows) = task_rows(m, row_tasks, ri);
                 let p0 = ci * per;
                 let p1 = (p0 + per).min(panels);
+                let (c0, c1) = (j0 + p0 * NR, j0 + (p1 * NR).min(cols));
                 // SAFETY: the task's rows r0.. and panels p0..p1 are in range, and no other
                 // task writes them.
-                unsafe {
+                let compute = |at: *mut f32, ld: usize| unsafe {
                     block(
                         (r0, rows),
                         (p0, p1, cols),
                         k,
                         a,
                         bp,
-                        c_blk as *mut f32,
-                        ldc,
+                        at,
+                        ld,
                         accumulate,
                         tier,
                     )
                 };
-                if let Some(fin) = per_task {
-                    let (c0, c1) = (j0 + p0 * NR, j0 + (p1 * NR).min(cols));
-                    (fin.f)(r0, rows, c0, c1 - c0);
+                let done = |at: *const f32, ld: usize| {
+                    if let Some(fin) = per_task {
+                        (fin.f)(Block {
+                            r0,
+                            rows,
+                            c0,
+                            cols: c1 - c0,
+                            at,
+                            ld,
+                        });
+                    }
+                };
+                if per_task.is_some_and(|f| f.tile) {
+                    // Whole panels wide (edge tiles store only their corner).
+                    let ld = (p1 - p0) * NR;
+                    with_buffer(&C_TILE, rows * ld, |t| {
+                        compute(t.as_mut_ptr(), ld);
+                        done(t.as_ptr(), ld);
+                    });
+                } else {
+                    // SAFETY: row r0, column c0 of C (in range).
+                    let at = unsafe { (c_blk as *mut f32).add(r0 * ldc + p0 * NR) };
+                    compute(at, ldc);
+                    done(at, ldc);
                 }
             };
             let count = row_tasks * col_tasks;
@@ -257,7 +315,15 @@ pub unsafe fn gemm(
         let tasks = row_tasks(m, threads);
         let rows_of = |t: usize| {
             let (r0, rows) = task_rows(m, tasks, t);
-            (fin.f)(r0, rows, 0, n)
+            (fin.f)(Block {
+                r0,
+                rows,
+                c0: 0,
+                cols: n,
+                // SAFETY: row r0 of C (in range).
+                at: unsafe { (c_addr as *const f32).add(r0 * ldc) },
+                ld: ldc,
+            })
         };
         if threads > 1 && tasks > 1 {
             (0..tasks).into_par_iter().with_max_len(1).for_each(rows_of);
@@ -430,7 +496,8 @@ unsafe fn pack_a(
 /// `cols` wide), over the whole `k`, `B` packed in `bp` (`pack_b`).
 ///
 /// # Safety
-/// As `gemm`; `c` is the column block's first element, and this task alone writes its part.
+/// As `gemm`; `c` is the task's first element (row `r0`, the column of panel `p0`), rows
+/// `ldc` apart, and this task alone writes its part.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
     (r0, rows): (usize, usize),
@@ -470,7 +537,7 @@ unsafe fn block(
                         // SAFETY: the tiles (rows r0 + q·MR .. + nq·MR, columns
                         // p·NR .. + np·NR) are whole and in C; AVX-512 is present (`tier`).
                         unsafe {
-                            let ct = c.add((r0 + q * MR) * ldc + p * NR);
+                            let ct = c.add(q * MR * ldc + (p - p0) * NR);
                             let args = (kc, apan.as_ptr(), bpan.as_ptr(), ct, ldc, load);
                             match (nq, np) {
                                 (2, 2) => avx512::micro::<2, 2>(args),
@@ -499,7 +566,7 @@ unsafe fn block(
                         // SAFETY: the tile's `h × w` corner is in C (rows r0 + q·MR ..,
                         // columns p·NR ..); AVX2 and FMA are present (`tier`).
                         unsafe {
-                            let ct = c.add((r0 + q * MR) * ldc + p * NR);
+                            let ct = c.add(q * MR * ldc + (p - p0) * NR);
                             edge_tile(kc, apan, bpan, (ct, ldc), (h, w), load, none, true)
                         };
                     }
@@ -514,14 +581,14 @@ unsafe fn block(
                     let h = MR.min(rows - q * MR);
                     let apan = &ap[q * kc * MR..][..kc * MR];
                     // SAFETY: the tile (rows r0 + q·MR .., columns p·NR ..) is in C.
-                    let ct = unsafe { c.add((r0 + q * MR) * ldc + p * NR) };
+                    let ct = unsafe { c.add(q * MR * ldc + (p - p0) * NR) };
                     // Cache hints: the next tile of C (this panel's next rows, or the next
                     // panel's first), and with the panel's first tile the next B panel.
                     let hint = Hint {
                         c: if q + 1 < tiles {
                             ct.wrapping_add(MR * ldc)
                         } else {
-                            c.wrapping_add(r0 * ldc + (p + 1) * NR)
+                            c.wrapping_add((p + 1 - p0) * NR)
                         },
                         b: if q == 0 && p + 1 < p1 {
                             bp.as_ptr()
@@ -800,7 +867,8 @@ mod tests {
     /// `Finish` runs on every element of `C` exactly once, after the element is final (the
     /// block it is given already holds the product's bits), in whole rows when asked: blocks
     /// of one column block and of several, whole rows wider than a column block (after the
-    /// last one), small products on one thread and shared ones, `k` of one block and more.
+    /// last one), small products on one thread and shared ones, `k` of one block and more;
+    /// and in tiles (`Finish::tile`), where `C` is never written.
     #[test]
     fn finish_runs_once_on_every_block_of_final_elements() {
         use std::sync::atomic::{AtomicU8, Ordering};
@@ -826,22 +894,32 @@ mod tests {
                     want[i * n + j] = s;
                 }
             }
-            for (threads, whole_rows) in [(1, false), (2, false), (3, true), (2, true)] {
+            let nc = tc_compiler::schedule::CPU_GEMM_NC as usize;
+            let cases = [
+                (1, false, false),
+                (2, false, false),
+                (3, true, false),
+                (2, true, false),
+                (2, false, true),
+                (3, n <= nc, true),
+            ];
+            for (threads, whole_rows, tile) in cases {
                 let mut c = vec![f32::NAN; m * n];
                 let cp = c.as_mut_ptr() as usize;
                 let seen: Vec<AtomicU8> = (0..m * n).map(|_| AtomicU8::new(0)).collect();
-                let f = |r0: usize, rows: usize, c0: usize, cols: usize| {
+                let f = |blk: Block| {
+                    let (r0, c0, cols) = (blk.r0, blk.c0, blk.cols);
                     assert!(!whole_rows || (c0 == 0 && cols == n), "{c0} {cols} of {n}");
-                    for i in r0..r0 + rows {
-                        for j in c0..c0 + cols {
-                            // SAFETY: inside C; the block is final, so no task writes it.
-                            let v = unsafe { *(cp as *const f32).add(i * n + j) };
+                    for i in 0..blk.rows {
+                        for j in 0..cols {
+                            // SAFETY: inside the block; it is final, so no task writes it.
+                            let v = unsafe { *blk.at.add(i * blk.ld + j) };
+                            let (i, j) = (r0 + i, c0 + j);
                             assert_eq!(v.to_bits(), want[i * n + j].to_bits(), "({i}, {j})");
                             seen[i * n + j].fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 };
-                let nc = tc_compiler::schedule::CPU_GEMM_NC as usize;
                 let mut bp = vec![f32::NAN; packing_floats(n, k, nc)];
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -862,13 +940,20 @@ mod tests {
                         Kernel::Best,
                         &mut bp,
                         nc,
-                        Some(Finish { f: &f, whole_rows }),
+                        Some(Finish {
+                            f: &f,
+                            whole_rows,
+                            tile,
+                        }),
                     )
                 });
+                let what = format!("{m}×{k}×{n}, {threads} threads, rows {whole_rows} tile {tile}");
                 assert!(
                     seen.iter().all(|x| x.load(Ordering::Relaxed) == 1),
-                    "{m}×{k}×{n}, {threads} threads, whole rows {whole_rows}"
+                    "{what}"
                 );
+                // In tiles, C is never written.
+                assert_eq!(c.iter().all(|x| x.is_nan()), tile, "{what}");
             }
         }
     }

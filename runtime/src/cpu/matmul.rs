@@ -84,12 +84,21 @@ pub(super) fn run(
             &dom,
         )?;
     }
-    if !out.writable || out.dtype != mm.out_dtype || out.numel < nbatch * m * n {
+    // A product never stored whole (`BufferKind::Tile`): computed block by block for the
+    // kernel after it, which must run on the blocks.
+    let never_stored = out.is_tile();
+    if !(out.writable || never_stored) || out.dtype != mm.out_dtype || out.numel < nbatch * m * n {
         return Err(bad(format!(
             "output {} is not a writable {} buffer of {} elements",
             plan.buffer(mm.out).name,
             mm.out_dtype,
             nbatch * m * n
+        )));
+    }
+    if never_stored && (mm.accumulate.is_some() || out.dtype != DType::F32) {
+        return Err(bad(format!(
+            "the product {} is never stored whole but accumulates or is not f32",
+            plan.buffer(mm.out).name
         )));
     }
     if nbatch == 0 || m == 0 || n == 0 {
@@ -157,7 +166,8 @@ pub(super) fn run(
         tc_compiler::Target::Cpu => mm.workspace_bytes(&plan.options.target),
         tc_compiler::Target::Cuda { .. } => 0,
     };
-    if direct_a && direct_b && direct_out && packing > 0 && own::has_simd() {
+    // (A product never stored whole goes to tc's GEMM even without AVX2: its scalar twin.)
+    if direct_a && direct_b && direct_out && packing > 0 && (own::has_simd() || never_stored) {
         // tc's own GEMM, in place: the pool shares each batch matrix (its packed B, blocks
         // of its rows); B packed into the product's workspace.
         let (ws_id, ws) = match mm.workspace {
@@ -189,6 +199,7 @@ pub(super) fn run(
         let (a_op, b_op) = (&mm.a, &mm.b);
         let reads: Vec<Mem> = [a_mem, b_mem].into_iter().chain(residual).collect();
         let product = epilogue::Product {
+            id: mm.out,
             out,
             rows: nbatch * m,
             n,
@@ -198,19 +209,29 @@ pub(super) fn run(
         let tail = next.and_then(|(next_name, kernel)| {
             epilogue::Epilogue::new(plan, next_name, kernel, mems, &product)
         });
+        if never_stored
+            && (tail.is_none()
+                || (tail.as_ref().is_some_and(|t| t.whole_rows()) && n > CPU_GEMM_NC as usize))
+        {
+            return Err(bad(format!(
+                "the product {} is never stored whole, but the kernel after it cannot run on its blocks",
+                plan.buffer(mm.out).name
+            )));
+        }
         // SAFETY: batch `bi`'s m×n output (checked above) is written by this call alone;
         // the operands hold the m×k and k×n elements their strides reach (bounds checked);
         // the epilogue runs on each block of it once final (`gemm::Finish`), a block of
         // rows `bi·m ..` of the product it was prepared for.
         let mut one = |bi: usize, parallel: bool| unsafe {
-            let f = |r0: usize, rows: usize, c0: usize, cols: usize| {
+            let f = |block: own::Block| {
                 if let Some(t) = &tail {
-                    t.run(bi * m + r0, rows, c0, cols)
+                    t.run(bi * m, block)
                 }
             };
             let finish = tail.as_ref().map(|t| own::Finish {
                 f: &f,
                 whole_rows: t.whole_rows(),
+                tile: never_stored,
             });
             own::gemm(
                 m,
@@ -226,7 +247,7 @@ pub(super) fn run(
                     rs: b_op.strides[nb] as isize,
                     cs: b_op.strides[nb + 1] as isize,
                 },
-                (base as *mut f32).add(bi * m * n),
+                (base as *mut f32).wrapping_add(bi * m * n),
                 n,
                 accumulate,
                 parallel,
@@ -244,6 +265,12 @@ pub(super) fn run(
         let parallel = threads > 1 && macs >= INLINE_MACS;
         (0..nbatch).for_each(|bi| one(bi, parallel));
         return Ok(tail.is_some());
+    }
+    if never_stored {
+        return Err(bad(format!(
+            "the product {} is never stored whole, but tc's GEMM does not take it",
+            plan.buffer(mm.out).name
+        )));
     }
     if direct_a && direct_b && direct_out {
         // Everything in place, no scratch: each task a single-threaded gemm call writing its

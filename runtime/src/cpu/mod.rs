@@ -85,10 +85,25 @@ impl Mem {
         self.numel * self.dtype.size() as usize
     }
 
-    /// True when the two buffers share a byte.
+    /// True when the two buffers share a byte (a tile-local product shares none).
     fn overlaps(&self, other: &Mem) -> bool {
         let (a, b) = (self.ptr as usize, other.ptr as usize);
-        a < b + other.bytes() && b < a + self.bytes()
+        !self.is_tile() && !other.is_tile() && a < b + other.bytes() && b < a + self.bytes()
+    }
+
+    /// A product never stored whole (`BufferKind::Tile`): no storage here, its blocks are
+    /// in the GEMM's threads' buffers (`epilogue`).
+    fn tile(dtype: DType, numel: usize) -> Mem {
+        Mem {
+            ptr: std::ptr::null_mut(),
+            dtype,
+            numel,
+            writable: false,
+        }
+    }
+
+    fn is_tile(&self) -> bool {
+        self.ptr.is_null()
     }
 }
 
@@ -287,6 +302,7 @@ fn run_observed(
                     writable: true,
                 }
             }
+            BufferKind::Tile => Mem::tile(buf.dtype, numel),
         };
         mems.push(mem);
     }
@@ -296,11 +312,32 @@ fn run_observed(
         let start = kernel_done
             .is_some()
             .then(|| (std::time::Instant::now(), process_cpu_s()));
-        // The fused kernel after a product, offered to it as its epilogue.
+        // The fused kernel after a product, offered to it as its epilogue (always to a
+        // product never stored whole, which needs it).
+        let never_stored = match &kernel.kind {
+            KernelKind::MatMul(m) => {
+                plan.buffers.get(m.out.index()).map(|b| &b.kind) == Some(&BufferKind::Tile)
+            }
+            _ => false,
+        };
         let next = match plan.kernels.get(i + 1).map(|k| (&k.name, &k.kind)) {
-            Some((name, KernelKind::Fused(k))) if options.epilogues => Some((name.as_str(), k)),
+            Some((name, KernelKind::Fused(k))) if options.epilogues || never_stored => {
+                Some((name.as_str(), k))
+            }
             _ => None,
         };
+        // A product never stored whole is read by the kernel after it alone, run on its
+        // blocks (`matmul`), never here.
+        let tile = tc_compiler::memory::liveness::reads(kernel)
+            .into_iter()
+            .find(|b| plan.buffers.get(b.index()).map(|b| &b.kind) == Some(&BufferKind::Tile));
+        if let Some(b) = tile {
+            return Err(CpuError::BadPlan(format!(
+                "kernel {} reads {}, a product never stored whole, but does not run on its blocks",
+                kernel.name,
+                plan.buffer(b).name
+            )));
+        }
         let mut with_next = false;
         match &kernel.kind {
             KernelKind::Fused(k) => fused::run(plan, &kernel.name, k, &mems)?,

@@ -1579,17 +1579,29 @@ fn product_epilogues_give_the_bits_of_the_kernels_after_the_product() {
             .filter(|&i| times[i].epilogue_of.is_some())
             .collect();
         assert_eq!(&got, want, "{source}\n{dims:?}: kernels run as an epilogue");
+        // The plan with every product stored whole (a tile buffer given arena bytes past
+        // the others), run with no epilogue: the kernels one after the other.
+        let mut stored = plan.clone();
+        for b in stored
+            .buffers
+            .iter_mut()
+            .filter(|b| b.kind == BufferKind::Tile)
+        {
+            b.kind = BufferKind::Arena;
+            b.offset = stored.arena_bytes.next_multiple_of(16);
+            stored.arena_bytes = b.offset + b.bytes;
+        }
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .expect("pool");
-            let go = |epilogues| {
+            let go = |plan: &Plan, epilogues| {
                 let options = super::Options { epilogues };
                 pool.install(|| super::run_with(plan, &inputs, &params, &options))
                     .expect("runs")
             };
-            let (with, without) = (go(true), go(false));
+            let (with, without) = (go(plan, true), go(&stored, false));
             for (a, b) in with.iter().zip(&without) {
                 assert!(
                     a.bytes == b.bytes && a.shape == b.shape,
@@ -1597,5 +1609,74 @@ fn product_epilogues_give_the_bits_of_the_kernels_after_the_product() {
                 );
             }
         }
+    }
+}
+
+/// A plan whose products are never stored whole (`BufferKind::Tile`: products of the
+/// transformer block consumed on their tiles: a pointwise consumer and a row kernel's)
+/// gives the bits of the same plan with those products stored and the kernels run one after
+/// the other, in pools of 1, 2 and 3 threads; a plan whose tile a kernel reads other than
+/// on the product's blocks is an error, not a read of nothing.
+#[test]
+fn products_in_tiles_give_the_bits_of_products_stored() {
+    let dims = [
+        ("B", 1),
+        ("S", 128),
+        ("D", 256),
+        ("H", 4),
+        ("Dh", 64),
+        ("F", 1024),
+    ];
+    let options = tc_compiler::CompileOptions {
+        dims: dims.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        plan: Default::default(),
+    };
+    let program = tc_compiler::compile(
+        include_str!("../../../examples/transformer_block.tx"),
+        &options,
+    )
+    .expect("compiles");
+    let plan = &program.plan;
+    let tiles: Vec<usize> = (0..plan.buffers.len())
+        .filter(|&i| plan.buffers[i].kind == BufferKind::Tile)
+        .collect();
+    assert!(
+        !tiles.is_empty(),
+        "no product in tiles:\n{}",
+        tc_compiler::plan::text::print(plan)
+    );
+    let (inputs, params) = crate::data::load_leaves(&program.checked, &[], None, 3).expect("data");
+    let mut stored = plan.clone();
+    for &i in &tiles {
+        let b = &mut stored.buffers[i];
+        b.kind = BufferKind::Arena;
+        b.offset = stored.arena_bytes.next_multiple_of(16);
+        stored.arena_bytes = b.offset + b.bytes;
+    }
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        let tiled = pool.install(|| run(plan, &inputs, &params)).expect("runs");
+        let options = super::Options { epilogues: false };
+        let whole = pool
+            .install(|| super::run_with(&stored, &inputs, &params, &options))
+            .expect("runs");
+        for (a, b) in tiled.iter().zip(&whole) {
+            assert!(
+                a.bytes == b.bytes,
+                "{threads} threads: tiles changed the result"
+            );
+        }
+    }
+    // The kernel after a tiled product moved away from it: an error naming the tile.
+    let mut bad = plan.clone();
+    let t = tiles[0];
+    let step = bad.buffers[t].first_step;
+    bad.kernels.swap(step + 1, step + 2);
+    match run(&bad, &inputs, &params) {
+        Err(CpuError::BadPlan(msg)) => assert!(msg.contains("never stored whole"), "{msg}"),
+        other => panic!("{:?}", other.map(|_| ())),
     }
 }

@@ -15,7 +15,7 @@ use cudarc::driver::sys as ds;
 use std::ffi::{c_void, CString};
 use tc_compiler::codegen::{emit_kernels, translation_unit, CudaKernel, GemmCall, Launch};
 use tc_compiler::ir::DType;
-use tc_compiler::schedule::{BufferId, Plan, PlanOutput};
+use tc_compiler::schedule::{BufferId, BufferKind, Plan, PlanOutput};
 
 /// What `available` found.
 #[derive(Clone, Debug, PartialEq)]
@@ -381,6 +381,12 @@ fn prepare(
 ) -> Result<Prepared, CudaError> {
     check_data(plan, &plan.inputs, inputs, "input").map_err(CudaError::Data)?;
     check_data(plan, &plan.params, params, "param").map_err(CudaError::Data)?;
+    if let Some(b) = plan.buffers.iter().find(|b| b.kind == BufferKind::Tile) {
+        return Err(CudaError::Internal(format!(
+            "a plan for the CPU reached the CUDA executor: the product {} is never stored whole",
+            b.name
+        )));
+    }
     let gpu = Gpu::open(opts.device)?;
     let kernels = emit_kernels(plan).map_err(|e| CudaError::Internal(e.to_string()))?;
 

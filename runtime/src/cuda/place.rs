@@ -23,7 +23,10 @@ pub(crate) enum Allocation {
 pub(crate) fn place(plan: &Plan, id: BufferId) -> (Allocation, u64) {
     let b = plan.buffer(id);
     match b.kind {
-        BufferKind::Arena | BufferKind::Workspace => (Allocation::Arena, b.offset),
+        // (a product never stored whole is in CPU plans only: `prepare` refuses them)
+        BufferKind::Arena | BufferKind::Workspace | BufferKind::Tile => {
+            (Allocation::Arena, b.offset)
+        }
         BufferKind::Input { index } => (Allocation::Input(index), 0),
         BufferKind::Param { index } => (Allocation::Param(index), 0),
     }
