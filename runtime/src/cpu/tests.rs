@@ -1579,36 +1579,7 @@ fn product_epilogues_give_the_bits_of_the_kernels_after_the_product() {
             .filter(|&i| times[i].epilogue_of.is_some())
             .collect();
         assert_eq!(&got, want, "{source}\n{dims:?}: kernels run as an epilogue");
-        // The plan with every product stored whole (a tile buffer given arena bytes past
-        // the others), run with no epilogue: the kernels one after the other.
-        let mut stored = plan.clone();
-        for b in stored
-            .buffers
-            .iter_mut()
-            .filter(|b| b.kind == BufferKind::Tile)
-        {
-            b.kind = BufferKind::Arena;
-            b.offset = stored.arena_bytes.next_multiple_of(16);
-            stored.arena_bytes = b.offset + b.bytes;
-        }
-        for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("pool");
-            let go = |plan: &Plan, epilogues| {
-                let options = super::Options { epilogues };
-                pool.install(|| super::run_with(plan, &inputs, &params, &options))
-                    .expect("runs")
-            };
-            let (with, without) = (go(plan, true), go(&stored, false));
-            for (a, b) in with.iter().zip(&without) {
-                assert!(
-                    a.bytes == b.bytes && a.shape == b.shape,
-                    "{source}\n{dims:?}, {threads} threads: the epilogue changed the result"
-                );
-            }
-        }
+        assert_same_bits_as_stored(plan, &inputs, &params, &format!("{source}\n{dims:?}"));
     }
 }
 
@@ -1646,30 +1617,7 @@ fn products_in_tiles_give_the_bits_of_products_stored() {
         tc_compiler::plan::text::print(plan)
     );
     let (inputs, params) = crate::data::load_leaves(&program.checked, &[], None, 3).expect("data");
-    let mut stored = plan.clone();
-    for &i in &tiles {
-        let b = &mut stored.buffers[i];
-        b.kind = BufferKind::Arena;
-        b.offset = stored.arena_bytes.next_multiple_of(16);
-        stored.arena_bytes = b.offset + b.bytes;
-    }
-    for threads in [1, 2, 3] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("pool");
-        let tiled = pool.install(|| run(plan, &inputs, &params)).expect("runs");
-        let options = super::Options { epilogues: false };
-        let whole = pool
-            .install(|| super::run_with(&stored, &inputs, &params, &options))
-            .expect("runs");
-        for (a, b) in tiled.iter().zip(&whole) {
-            assert!(
-                a.bytes == b.bytes,
-                "{threads} threads: tiles changed the result"
-            );
-        }
-    }
+    assert_same_bits_as_stored(plan, &inputs, &params, "transformer block");
     // The kernel after a tiled product moved away from it: an error naming the tile.
     let mut bad = plan.clone();
     let t = tiles[0];
@@ -1679,4 +1627,50 @@ fn products_in_tiles_give_the_bits_of_products_stored() {
         Err(CpuError::BadPlan(msg)) => assert!(msg.contains("never stored whole"), "{msg}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
+}
+
+/// Asserts that `plan` gives, in pools of 1, 2 and 3 threads, the bits of the same plan
+/// with every product stored whole (`stored_whole`) and no epilogue (each kernel after the
+/// one before).
+fn assert_same_bits_as_stored(
+    plan: &Plan,
+    inputs: &[HostTensor],
+    params: &[HostTensor],
+    what: &str,
+) {
+    let stored = stored_whole(plan);
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        let go = |plan: &Plan, epilogues| {
+            let options = super::Options { epilogues };
+            pool.install(|| super::run_with(plan, inputs, params, &options))
+                .expect("runs")
+        };
+        let (with, without) = (go(plan, true), go(&stored, false));
+        for (a, b) in with.iter().zip(&without) {
+            assert!(
+                a.bytes == b.bytes && a.shape == b.shape,
+                "{what}, {threads} threads: epilogues or tiles changed the result"
+            );
+        }
+    }
+}
+
+/// `plan` with every product stored whole: each tile buffer given arena bytes of its own
+/// past the others.
+fn stored_whole(plan: &Plan) -> Plan {
+    let mut stored = plan.clone();
+    for b in stored
+        .buffers
+        .iter_mut()
+        .filter(|b| b.kind == BufferKind::Tile)
+    {
+        b.kind = BufferKind::Arena;
+        b.offset = stored.arena_bytes.next_multiple_of(16);
+        stored.arena_bytes = b.offset + b.bytes;
+    }
+    stored
 }
