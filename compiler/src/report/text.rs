@@ -71,8 +71,9 @@ pub fn render_text(report: &MemoryReport) -> String {
         "name", "kind", "dtype", "shape", "bytes", "steps", "offset", "note"
     );
     for b in &report.buffers {
-        // Inputs and params (and views of them) live outside the arena.
-        let outside = |kind: &str| kind == "input" || kind == "param";
+        // Inputs and params (and views of them) live outside the arena, and a product in
+        // tiles nowhere.
+        let outside = |kind: &str| kind == "input" || kind == "param" || kind == "tile";
         let root_outside = b.view_of.as_ref().is_some_and(|v| {
             report
                 .buffers

@@ -188,22 +188,30 @@ pub unsafe fn gemm(
                 unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
             }
         }
-        if let Some(fin) = finish {
-            // Zeros (`C`'s own, or a tile's): k = 0 leaves an empty sum.
-            let zeros = vec![0f32; if fin.tile { m * n } else { 0 }];
-            let (at, ld) = if fin.tile {
-                (zeros.as_ptr(), n)
-            } else {
-                (c.cast_const(), ldc)
-            };
-            (fin.f)(Block {
+        // An empty sum: zeros, `C`'s own or (in tiles) one row of them a row at a time.
+        match finish {
+            Some(fin) if fin.tile => {
+                let zeros = vec![0f32; n];
+                for r0 in 0..m {
+                    (fin.f)(Block {
+                        r0,
+                        rows: 1,
+                        c0: 0,
+                        cols: n,
+                        at: zeros.as_ptr(),
+                        ld: n,
+                    });
+                }
+            }
+            Some(fin) => (fin.f)(Block {
                 r0: 0,
                 rows: m,
                 c0: 0,
                 cols: n,
-                at,
-                ld,
-            });
+                at: c.cast_const(),
+                ld: ldc,
+            }),
+            None => {}
         }
         return;
     }

@@ -102,7 +102,8 @@ pub(super) fn run(
         )));
     }
     if nbatch == 0 || m == 0 || n == 0 {
-        return Ok(false);
+        // Nothing to compute; the kernel after an empty product in tiles has nothing to do.
+        return Ok(never_stored && next.is_some());
     }
     // The residual when it is copied into the output (read before the product starts).
     let mut residual = None;
