@@ -582,3 +582,61 @@ fn batched_cpu_products_of_small_matrices_get_no_packed_b() {
         assert_eq!(report.peaks.planned.without_inputs, out + ws, "{batch:?}");
     }
 }
+
+/// A product read only by the kernel after it, element for element, whose result takes
+/// another buffer's place (`tanh(x @ w) * (a @ w)`, in place of `a @ w`): on the CPU it is
+/// never stored whole (`tile`), the arena holding the other product and the workspace; the verifier refuses the tile in a GPU
+/// plan and once the consumer is not right after the product.
+#[test]
+fn a_product_consumed_on_its_tiles_is_never_stored() {
+    let mut b = G::new();
+    let a = b.input("a", DType::F32, &[128, 256]);
+    let x = b.input("x", DType::F32, &[128, 256]);
+    let w = b.param("w", DType::F32, &[256, 256]);
+    let r = b.matmul(a, w);
+    let p = b.matmul(x, w);
+    let t = b.un(U::Tanh, p);
+    let y = b.bin(B::Mul, t, r);
+    b.name(y, "y");
+    b.output("y", y);
+    let plan = planned(&b, &opts(true, true));
+    let tiles: Vec<&Buffer> = plan
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Tile)
+        .collect();
+    assert_eq!(tiles.len(), 1, "{}", print(&plan));
+    assert_eq!(tiles[0].shape, vec![128, 256]);
+    assert!(plan.notes.iter().any(|n| n.contains("never stored whole")));
+    // `a @ w` (then `y` in its place) and one packing workspace at a time: no room for
+    // `x @ w`.
+    let workspace = plan
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Workspace)
+        .map(|b| b.bytes)
+        .max()
+        .expect("a workspace");
+    assert_eq!(
+        plan.arena_bytes,
+        128 * 256 * 4 + workspace,
+        "{}",
+        print(&plan)
+    );
+    let s = tiles[0].first_step;
+    let mut gpu = plan.clone();
+    gpu.options.target = crate::schedule::Target::Cuda {
+        matmul_workspace: 0,
+    };
+    assert!(verify(&gpu).is_err(), "a tile in a GPU plan passes");
+    let mut apart = plan.clone();
+    apart.buffers.iter_mut().for_each(|b| {
+        if b.kind == BufferKind::Tile {
+            b.first_step = s + 1;
+        }
+    });
+    assert!(
+        verify(&apart).is_err(),
+        "a tile not written by its product passes"
+    );
+}
