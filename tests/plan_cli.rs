@@ -413,6 +413,41 @@ fn the_picture_shows_every_buffer_chains_leaves_and_clean_ticks() {
 /// and params, already exceed it, so no schedule meets it (docs/memory-planning.md §10.4);
 /// `tc plan --memory-budget` says so with exit 1 and the smallest peak it reached, which is
 /// above the budget and at most the unbudgeted plan's.
+/// A CPU plan's products never stored whole (`tile`) are in the picture's lane below the
+/// arena, over their own steps, and in no arena shape.
+#[test]
+fn the_picture_shows_products_in_tiles_over_their_steps() {
+    use tc_compiler::report::svg::layout;
+    let src = std::fs::read_to_string(repo_root().join("examples/transformer_block.tx"))
+        .expect("example");
+    let p = tc_compiler::compile(&src, &Default::default()).expect("compiles");
+    let tiles: Vec<_> = p
+        .memory
+        .buffers
+        .iter()
+        .filter(|b| b.kind == "tile")
+        .collect();
+    assert!(!tiles.is_empty(), "no product in tiles");
+    let l = layout(&p.memory);
+    for t in tiles {
+        let drawn: Vec<_> = l
+            .shapes
+            .iter()
+            .filter(|s| s.names.contains(&t.name))
+            .collect();
+        assert_eq!(drawn.len(), 1, "{} drawn {} times", t.name, drawn.len());
+        let lane_shape = drawn[0];
+        assert!(
+            lane_shape.leaf && lane_shape.y >= l.lane_top,
+            "{} not in the lane",
+            t.name
+        );
+        // Starts at its own step, not at step 0 as an input does.
+        let leftmost = l.shapes.iter().map(|s| s.x).fold(f64::MAX, f64::min);
+        assert!(lane_shape.x > leftmost, "{} drawn from step 0", t.name);
+    }
+}
+
 #[test]
 fn half_budget_of_the_training_examples_is_below_their_outputs() {
     let root = repo_root();

@@ -1,8 +1,9 @@
 //! The memory report as a picture (`--memory-svg`): steps on x, named by their kernel and
 //! source lines; arena offsets on y with round tick labels; one shape per storage object (an
 //! in-place chain is one shape, its buffers named along it), every buffer at least a few
-//! pixels tall however small, each its own colour; the inputs and params in a lane of their
-//! own below; the step of the peak marked. A standalone SVG 1.1. `layout` computes every
+//! pixels tall however small, each its own colour; the inputs and params, and the products
+//! never stored whole (`tile`, CPU plans: no storage, drawn over their steps), in a lane of
+//! their own below; the step of the peak marked. A standalone SVG 1.1. `layout` computes every
 //! shape and label, so the tests can check the picture's geometry.
 
 use super::text::human;
@@ -179,11 +180,12 @@ pub fn layout(report: &MemoryReport) -> Layout {
             leaf: false,
         });
     }
-    // The lane of inputs and params: each its share of the lane's height (at least MIN_H).
+    // The lane of inputs and params (and products in tiles, outside the arena too): each its
+    // share of the lane's height (at least MIN_H).
     let leaves: Vec<&super::BufferEntry> = report
         .buffers
         .iter()
-        .filter(|b| matches!(b.kind.as_str(), "input" | "param"))
+        .filter(|b| matches!(b.kind.as_str(), "input" | "param" | "tile"))
         .collect();
     let lane_top = TOP + PLOT_H + AXIS_H + LANE_GAP;
     let lane_h = (leaves.len() as f64 * (MIN_H + 1.0)).max(80.0);
@@ -193,10 +195,15 @@ pub fn layout(report: &MemoryReport) -> Layout {
     for (i, b) in leaves.iter().enumerate() {
         let h = MIN_H + spare * b.bytes as f64 / total;
         let last = b.last_step.min(steps - 1);
+        let first = if b.kind == "tile" {
+            b.first_step.min(last)
+        } else {
+            0
+        };
         shapes.push(Shape {
-            x: LEFT,
+            x: LEFT + first as f64 * cw,
             y,
-            w: ((last + 1) as f64 * cw).max(2.0),
+            w: ((last + 1 - first) as f64 * cw).max(2.0),
             h,
             fill: colour(chains.len() + i),
             names: vec![b.name.clone()],
@@ -296,7 +303,7 @@ pub fn render_svg(report: &MemoryReport) -> String {
     }
     let _ = writeln!(
         s,
-        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555">inputs and params</text>"##,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555">inputs, params, tiles</text>"##,
         LEFT - 6.0,
         l.lane_top + 12.0
     );
