@@ -538,12 +538,17 @@ impl Kernel {
     /// (`add, gelu (source lines 35)`), as its CUDA C's first comment and a GPU fault's
     /// error name it.
     pub fn origin(&self) -> String {
-        let lines: Vec<String> = self.lines.iter().map(|l| l.to_string()).collect();
         format!(
             "{} (source lines {})",
             self.ops.join(", "),
-            lines.join(", ")
+            self.source_lines()
         )
+    }
+
+    /// Its source lines, as people read them: `31, 34`.
+    pub fn source_lines(&self) -> String {
+        let lines: Vec<String> = self.lines.iter().map(|l| l.to_string()).collect();
+        lines.join(", ")
     }
 }
 

@@ -431,7 +431,7 @@ pub fn memory_report_for(
             notes.push(format!(
                 "{} (attention, lines {}): the scores and the probabilities ({} {:?}, {} ({} bytes) each) are never materialised: one kernel walks the keys in tiles with an online softmax; naive and eager count them as PyTorch eager stores them",
                 k.name,
-                k.lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+                k.source_lines(),
                 a.score_dtype,
                 a.batch.iter().chain([&a.m, &a.n]).collect::<Vec<_>>(),
                 human(bytes),
@@ -446,7 +446,7 @@ pub fn memory_report_for(
             notes.push(format!(
                 "{} (attention backward, lines {}): the scores, the probabilities and their gradients ({} {:?}, {} ({} bytes) each in f32) are never materialised: the probabilities are recomputed by tiles from q, k and each query's max and sum (a {}-byte workspace), as PyTorch's flash attention backward does; eager counts the probabilities as saved for the backward",
                 k.name,
-                k.lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+                k.source_lines(),
                 a.score_dtype,
                 a.batch.iter().chain([&a.m, &a.n]).collect::<Vec<_>>(),
                 human(bytes),
@@ -462,7 +462,7 @@ pub fn memory_report_for(
                 notes.push(format!(
                     "{} (matmul, lines {}): the product ({} {:?}, {} ({} bytes)) is never stored whole: {} runs on each block of it as the GEMM finishes it, the block in a buffer of the computing thread's own; naive and eager count it as PyTorch stores it",
                     k.name,
-                    k.lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
+                    k.source_lines(),
                     b.dtype,
                     b.shape,
                     human(b.bytes),

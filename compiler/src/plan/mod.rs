@@ -560,10 +560,7 @@ fn plan_traced(
     }
     liveness::extend_lives(&kernels, &mut buffers, &outputs);
     let output_bufs: BTreeSet<BufferId> = outputs.iter().map(|o| o.buffer).collect();
-    if options.reuse {
-        inplace::in_place(&kernels, &mut buffers, &output_bufs);
-    }
-    let arena_bytes = pack::pack_arena(&mut buffers, options.reuse, budget);
+    let arena_bytes = place(&kernels, &mut buffers, &output_bufs, options.reuse, budget);
     // Packing saturates instead of wrapping: an arena of u64::MAX bytes is one whose
     // offsets overflowed, and so is one that, with the inputs and params, cannot be counted.
     let leaves: u64 = buffers
@@ -587,6 +584,21 @@ fn plan_traced(
         },
         trace,
     ))
+}
+
+/// Gives `buffers` (lives set, no storage chosen yet) their storage: in-place reuse where
+/// `reuse`, then offsets in the arena; returns the arena's bytes.
+pub(crate) fn place(
+    kernels: &[Kernel],
+    buffers: &mut [Buffer],
+    outputs: &BTreeSet<BufferId>,
+    reuse: bool,
+    budget: u64,
+) -> u64 {
+    if reuse {
+        inplace::in_place(kernels, buffers, outputs);
+    }
+    pack::pack_arena(buffers, reuse, budget)
 }
 
 fn list(xs: &[u64]) -> String {

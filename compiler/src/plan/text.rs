@@ -127,13 +127,12 @@ pub fn print(plan: &Plan) -> String {
     }
     let bname = |id: crate::schedule::BufferId| format!("b{}:{}", id.0, plan.buffer(id).name);
     for k in &plan.kernels {
-        let lines: Vec<String> = k.lines.iter().map(|l| l.to_string()).collect();
         let _ = writeln!(
             out,
             "\n{}  ops {}  lines {}",
             k.name,
             k.ops.join(", "),
-            lines.join(", ")
+            k.source_lines()
         );
         match &k.kind {
             KernelKind::IndexAdd(ia) => {

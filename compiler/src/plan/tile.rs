@@ -23,8 +23,8 @@
 
 use crate::fuse::strides_agree;
 use crate::ir::types::contiguous_strides;
-use crate::memory::inplace::{self, in_arena};
-use crate::memory::{liveness, pack};
+use crate::memory::inplace::in_arena;
+use crate::memory::liveness;
 use crate::schedule::{
     Buffer, BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, MatMulKernel, Plan,
     CPU_GEMM_NC,
@@ -47,10 +47,13 @@ pub fn retile(plan: &mut Plan, budget: u64) {
     if notes.is_empty() {
         return;
     }
-    if plan.options.reuse {
-        inplace::in_place(&plan.kernels, &mut buffers, &outputs);
-    }
-    let arena = pack::pack_arena(&mut buffers, plan.options.reuse, budget);
+    let arena = super::place(
+        &plan.kernels,
+        &mut buffers,
+        &outputs,
+        plan.options.reuse,
+        budget,
+    );
     if arena < plan.arena_bytes {
         plan.buffers = buffers;
         plan.arena_bytes = arena;
@@ -113,12 +116,13 @@ fn tileable(mm: &MatMulKernel, f: &FusedKernel, buffers: &[Buffer]) -> bool {
         && (f.reduce_axes.is_empty()
             || (f.reduce_axes == [rank - 1] && f.domain[rank - 1] == mm.n && mm.n <= CPU_GEMM_NC));
     let own = contiguous_strides(&f.domain);
-    let in_place = f
+    let in_place: Vec<bool> = f
         .loads
         .iter()
         .filter(|l| l.buffer == mm.out)
-        .map(|l| l.offset == 0 && strides_agree(&l.strides, &own, &f.domain));
-    let reads_product = in_place.clone().count() > 0 && in_place.clone().all(|ok| ok);
+        .map(|l| l.offset == 0 && strides_agree(&l.strides, &own, &f.domain))
+        .collect();
+    let reads_product = !in_place.is_empty() && in_place.iter().all(|&ok| ok);
     let gemm_uses: Vec<BufferId> = [mm.a.buffer, mm.b.buffer]
         .into_iter()
         .chain(mm.workspace)

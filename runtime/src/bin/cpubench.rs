@@ -175,7 +175,6 @@ fn per_kernel(
             KernelKind::AttentionBackward(_) => "attention_bwd",
             KernelKind::IndexAdd(_) => "index_add",
         };
-        let lines: Vec<String> = k.lines.iter().map(u32::to_string).collect();
         let host = of.map(|j| plan.kernels[j].name.as_str());
         let within = host.map_or(String::new(), |h| format!(" [epilogue of {h}]"));
         eprintln!(
@@ -186,7 +185,7 @@ fn per_kernel(
             100.0 * t / total.max(f64::MIN_POSITIVE),
             c * 1e3,
             k.ops.join(", "),
-            lines.join(", ")
+            k.source_lines()
         );
         list.push(serde_json::json!({
             "kernel": k.name,

@@ -57,6 +57,10 @@ impl Epilogue {
         mems: &[Mem],
         product: &Product,
     ) -> Option<Epilogue> {
+        // (A kernel that does not read the product is not lowered here a second time.)
+        if !kernel.loads.iter().any(|l| l.buffer == product.id) {
+            return None;
+        }
         let p = fused::prepare(plan, name, kernel, mems).ok()?;
         let pointwise = p.ir.is_pointwise();
         let (rows, n) = (product.rows, product.n);

@@ -27,7 +27,7 @@ mod typed;
 use crate::tensor::HostTensor;
 use arena::Arena;
 use tc_compiler::ir::DType;
-use tc_compiler::schedule::{BufferKind, KernelKind, Plan};
+use tc_compiler::schedule::{BufferId, BufferKind, KernelKind, Plan};
 use thiserror::Error;
 
 /// Why a plan could not run on the CPU.
@@ -307,6 +307,8 @@ fn run_observed(
         mems.push(mem);
     }
 
+    // (Only a plan with products never stored whole needs each kernel's reads checked.)
+    let any_tiles = mems.iter().any(Mem::is_tile);
     let mut i = 0;
     while let Some(kernel) = plan.kernels.get(i) {
         let start = kernel_done
@@ -314,12 +316,8 @@ fn run_observed(
             .then(|| (std::time::Instant::now(), process_cpu_s()));
         // The fused kernel after a product, offered to it as its epilogue (always to a
         // product never stored whole, which needs it).
-        let never_stored = match &kernel.kind {
-            KernelKind::MatMul(m) => {
-                plan.buffers.get(m.out.index()).map(|b| &b.kind) == Some(&BufferKind::Tile)
-            }
-            _ => false,
-        };
+        let in_tiles = |id: BufferId| mems.get(id.index()).is_some_and(Mem::is_tile);
+        let never_stored = matches!(&kernel.kind, KernelKind::MatMul(m) if in_tiles(m.out));
         let next = match plan.kernels.get(i + 1).map(|k| (&k.name, &k.kind)) {
             Some((name, KernelKind::Fused(k))) if options.epilogues || never_stored => {
                 Some((name.as_str(), k))
@@ -328,9 +326,9 @@ fn run_observed(
         };
         // A product never stored whole is read by the kernel after it alone, run on its
         // blocks (`matmul`), never here.
-        let tile = tc_compiler::memory::liveness::reads(kernel)
-            .into_iter()
-            .find(|b| plan.buffers.get(b.index()).map(|b| &b.kind) == Some(&BufferKind::Tile));
+        let tile = any_tiles
+            .then(|| tc_compiler::memory::liveness::reads(kernel))
+            .and_then(|reads| reads.into_iter().find(|&b| in_tiles(b)));
         if let Some(b) = tile {
             return Err(CpuError::BadPlan(format!(
                 "kernel {} reads {}, a product never stored whole, but does not run on its blocks",
