@@ -61,9 +61,11 @@ pub enum BufferKind {
     /// Scratch memory for one kernel (a cuBLAS workspace, an attention backward's row
     /// statistics), in the arena.
     Workspace,
-    /// A matrix product's output that is never stored whole (`plan::tile`, CPU plans only):
-    /// the fused kernel right after the product, its only reader, runs on each block of it
-    /// as tc's GEMM finishes the block in a buffer of the thread's own. No arena bytes.
+    /// A value never stored whole (CPU plans only), no arena bytes: a matrix product's
+    /// output whose only reader, the fused kernel right after the product, runs on each
+    /// block of it as tc's GEMM finishes the block in a buffer of the thread's own
+    /// (`plan::tile`); or a product's `A` that its `prologue` computes block by block as the
+    /// GEMM packs it, read by such products alone (`plan::prologue`).
     Tile,
 }
 
@@ -301,6 +303,14 @@ pub struct MatMulKernel {
     /// once, as PyTorch's `addmm` does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accumulate: Option<BufferId>,
+    /// `a` computed, not read (`plan::prologue`, CPU plans only): a pointwise kernel over
+    /// `a`'s buffer's domain whose one store writes that buffer, a `Tile` that is never
+    /// stored. tc's CPU GEMM runs it on each block of `A` it packs (the rows and columns of
+    /// the buffer that block reaches, into a buffer of the thread's own), so the value an
+    /// activation such as `gelu(pre)` would be stored as is computed where the product
+    /// needs it from what is stored anyway (`pre`). Its loads are the product's reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prologue: Option<Box<FusedKernel>>,
 }
 
 impl MatOperand {

@@ -510,6 +510,7 @@ mod tests {
             out_dtype: DType::F32,
             workspace: None,
             accumulate: None,
+            prologue: None,
         };
         let call = gemm_plan(&mm).expect("cuBLAS can take it");
         assert_eq!((call.m, call.n, call.k, call.batch_count), (7, 30, 4, 1));

@@ -11,6 +11,7 @@ pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
         KernelKind::MatMul(m) => [m.a.buffer, m.b.buffer]
             .into_iter()
             .chain(m.accumulate)
+            .chain(m.prologue.iter().flat_map(|p| p.loads.iter().map(|l| l.buffer)))
             .collect(),
         KernelKind::Attention(a) => a.reads(),
         KernelKind::AttentionBackward(a) => [a.q.buffer, a.k.buffer, a.v.buffer, a.d_out.buffer]

@@ -152,6 +152,7 @@ impl Builder<'_> {
             out_dtype: self.graph.dtype(n),
             workspace: None,
             accumulate,
+            prologue: None,
         };
         // The target's workspace for this product (cuBLAS's, or the CPU GEMM's packed B),
         // live at its step alone.

@@ -532,6 +532,7 @@ fn batched_matmul_with_transposed_and_broadcast_operands() {
         out_dtype: DType::F32,
         workspace: None,
         accumulate: None,
+        prologue: None,
     };
     let shape = [bt as u64, m as u64, n as u64];
     let p = plan(
@@ -597,6 +598,7 @@ fn half_matmul_accumulates_in_f32_and_rounds_the_result() {
         out_dtype: DType::BF16,
         workspace: None,
         accumulate: None,
+        prologue: None,
     };
     let p = plan(
         vec![Kernel {
