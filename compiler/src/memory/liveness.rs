@@ -2,7 +2,8 @@
 //! schedule is live, and the largest total live at one step of any set of lifetimes (one
 //! sweep over the steps, shared by the packer's floor, the lower bound and the eager model).
 
-use crate::schedule::{Buffer, BufferId, Kernel, KernelKind, PlanOutput};
+use crate::schedule::{Buffer, BufferId, BufferKind, Kernel, KernelKind, PlanOutput};
+use std::collections::BTreeSet;
 
 /// The buffers a kernel reads.
 pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
@@ -11,7 +12,11 @@ pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
         KernelKind::MatMul(m) => [m.a.buffer, m.b.buffer]
             .into_iter()
             .chain(m.accumulate)
-            .chain(m.prologue.iter().flat_map(|p| p.loads.iter().map(|l| l.buffer)))
+            .chain(
+                m.prologue
+                    .iter()
+                    .flat_map(|p| p.loads.iter().map(|l| l.buffer)),
+            )
             .collect(),
         KernelKind::Attention(a) => a.reads(),
         KernelKind::AttentionBackward(a) => [a.q.buffer, a.k.buffer, a.v.buffer, a.d_out.buffer]
@@ -56,6 +61,39 @@ pub fn extend_lives(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &[PlanO
     let last = kernels.len().saturating_sub(1);
     for o in outputs {
         buffers[o.buffer.index()].last_step = last;
+    }
+}
+
+/// Sets every buffer's life from the kernels alone (after kernels are inserted or their
+/// reads change, `plan::tile::retile`): a buffer kernels write from the first step that
+/// writes it, one no kernel writes (an input or param from step 0, a product's `A` its
+/// prologue computes from its first reader) to the last step that reads or writes it; the
+/// outputs' buffers to the last step.
+pub fn set_lives(kernels: &[Kernel], buffers: &mut [Buffer], outputs: &BTreeSet<BufferId>) {
+    let mut first: Vec<Option<usize>> = vec![None; buffers.len()];
+    let mut read_first: Vec<Option<usize>> = vec![None; buffers.len()];
+    let mut last = vec![0usize; buffers.len()];
+    for (step, kernel) in kernels.iter().enumerate() {
+        for id in writes(kernel) {
+            first[id.index()].get_or_insert(step);
+            last[id.index()] = step;
+        }
+        for id in reads(kernel) {
+            read_first[id.index()].get_or_insert(step);
+            last[id.index()] = step;
+        }
+    }
+    let end = kernels.len().saturating_sub(1);
+    for (i, b) in buffers.iter_mut().enumerate() {
+        b.first_step = match b.kind {
+            BufferKind::Input { .. } | BufferKind::Param { .. } => 0,
+            _ => first[i].or(read_first[i]).unwrap_or(0),
+        };
+        b.last_step = if outputs.contains(&BufferId(i as u32)) {
+            end
+        } else {
+            last[i].max(b.first_step)
+        };
     }
 }
 

@@ -457,6 +457,35 @@ pub fn memory_report_for(
     }
     for (s, k) in plan.kernels.iter().enumerate() {
         if let crate::schedule::KernelKind::MatMul(m) = &k.kind {
+            let a = plan.buffer(m.a.buffer);
+            if let Some(p) = m.prologue.as_ref().filter(|_| a.first_step == s) {
+                let readers: Vec<&str> = plan
+                    .kernels
+                    .iter()
+                    .filter(|r| {
+                        matches!(&r.kind, crate::schedule::KernelKind::MatMul(rm)
+                            if rm.a.buffer == m.a.buffer && rm.prologue.is_some())
+                    })
+                    .map(|r| r.name.as_str())
+                    .collect();
+                let sources: std::collections::BTreeSet<&str> = p
+                    .loads
+                    .iter()
+                    .map(|l| plan.buffer(l.buffer).name.as_str())
+                    .collect();
+                notes.push(format!(
+                    "{} (matmul, lines {}): {} ({} {:?}, {} ({} bytes)) is never stored: {} compute it from {} as their GEMM packs each block of it (its maths once more per element and column block of the product); naive and eager count it as PyTorch stores it",
+                    readers.join(", "),
+                    k.source_lines(),
+                    a.name,
+                    a.dtype,
+                    a.shape,
+                    human(a.bytes),
+                    a.bytes,
+                    if readers.len() > 1 { "the products" } else { "the product" },
+                    sources.into_iter().collect::<Vec<_>>().join(", "),
+                ));
+            }
             let b = plan.buffer(m.out);
             if b.kind == BufferKind::Tile {
                 notes.push(format!(
@@ -472,6 +501,13 @@ pub fn memory_report_for(
             }
         }
     }
+    // Kernels after products split so that they run on the products' tiles.
+    notes.extend(
+        plan.notes
+            .iter()
+            .filter(|n| n.contains("the column folds of the kernel after"))
+            .cloned(),
+    );
     // Attention candidates that keep their stored scores, and why.
     notes.extend(
         plan.notes

@@ -11,6 +11,7 @@ mod attention_backward;
 mod index_add;
 mod kernel;
 pub mod label;
+pub mod prologue;
 pub mod split;
 pub mod text;
 pub mod tile;

@@ -322,7 +322,7 @@ pub fn split(k: &FusedKernel, split: &Split, partials: &[BufferId]) -> (FusedKer
 }
 
 /// `k` without the insts no store needs and the loads no inst reads.
-fn prune(k: FusedKernel) -> FusedKernel {
+pub(super) fn prune(k: FusedKernel) -> FusedKernel {
     let mut need = vec![false; k.body.len()];
     let mut stack: Vec<InstId> = k.stores.iter().map(|s| s.inst).collect();
     while let Some(i) = stack.pop() {
@@ -353,8 +353,7 @@ fn prune(k: FusedKernel) -> FusedKernel {
         .iter()
         .map(|s| Store {
             inst: inst_map[s.inst],
-            buffer: s.buffer,
-            region: None,
+            ..s.clone()
         })
         .collect();
     FusedKernel {

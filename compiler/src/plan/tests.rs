@@ -640,3 +640,126 @@ fn a_product_consumed_on_its_tiles_is_never_stored() {
         "a tile not written by its product passes"
     );
 }
+
+/// One SGD step of a two-layer perceptron, at the example's dims (B = 1024, D = 1024, H =
+/// 4096, C = 1024), where the activations, not the packing workspaces, set the peak.
+const TRAIN_MLP: &str = include_str!("../../../examples/train_mlp.tx");
+
+/// `h = gelu(pre)` in a training step is read only by `h @ w2` and `hᵀ · g`, and `pre` is
+/// stored for gelu's backward: on the CPU both products compute `h` from `pre` as they
+/// pack it (`prologue`), `h` is never stored, the gelu backward's column sum (`b1`'s
+/// gradient) is split off so that it runs on `grad h`'s tiles, and the arena is below
+/// what any order holds with `h` stored. The verifier refuses the prologue's tile
+/// in a GPU plan, read by a kernel other than its products, or without its prologue.
+#[test]
+fn a_value_only_products_read_is_computed_in_them() {
+    let compile = |cpu: bool| {
+        let options = crate::CompileOptions {
+            dims: Vec::new(),
+            plan: PlanOptions {
+                target: if cpu {
+                    crate::schedule::Target::Cpu
+                } else {
+                    crate::schedule::Target::Cuda {
+                        matmul_workspace: 0,
+                    }
+                },
+                ..opts(true, true)
+            },
+        };
+        crate::compile(TRAIN_MLP, &options)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .plan
+    };
+    let plan = compile(true);
+    verify(&plan).unwrap_or_else(|e| panic!("{e}\n{}", print(&plan)));
+    let text = print(&plan);
+    let h = plan
+        .buffers
+        .iter()
+        .position(|b| b.name == "h")
+        .expect("h has a buffer");
+    assert_eq!(plan.buffers[h].kind, BufferKind::Tile, "{text}");
+    let computing: Vec<&crate::schedule::MatMulKernel> = plan
+        .kernels
+        .iter()
+        .filter_map(|k| match &k.kind {
+            KernelKind::MatMul(mm) if mm.a.buffer.index() == h => Some(mm),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(computing.len(), 2, "{text}");
+    for mm in &computing {
+        let p = mm.prologue.as_ref().expect("a prologue");
+        let ops: Vec<String> = p.body.iter().map(|i| format!("{:?}", i.op)).collect();
+        assert!(ops.iter().any(|o| o.contains("Gelu")), "{ops:?}");
+        assert!(
+            p.body
+                .iter()
+                .all(|i| !matches!(i.op, InstOp::Binary(..) | InstOp::Reduce(..))),
+            "the prologue recomputes more than gelu: {ops:?}"
+        );
+    }
+    // No kernel stores h; one folds the gelu backward's values apart.
+    for k in &plan.kernels {
+        if let KernelKind::Fused(f) = &k.kind {
+            assert!(f.stores.iter().all(|s| s.buffer.index() != h), "{text}");
+        }
+    }
+    assert!(
+        plan.notes.iter().any(|n| n.contains("column folds")),
+        "{text}"
+    );
+    // Stored, h is live at `grad w2 = hᵀ · g` with pre, g, grad w2 and the product's
+    // packing workspace, in any order: 52 MiB and the workspace. Computed, less.
+    let transposed = computing
+        .iter()
+        .find(|mm| mm.a.strides == [1, 4096])
+        .and_then(|mm| mm.workspace)
+        .expect("grad w2 = hᵀ · g packs");
+    let floor: u64 =
+        (2 * 1024 * 4096 + 1024 * 1024 + 4096 * 1024) * 4 + plan.buffer(transposed).bytes;
+    assert!(
+        plan.arena_bytes < floor,
+        "{} >= {floor}\n{text}",
+        plan.arena_bytes
+    );
+    let gpu = compile(false);
+    assert!(gpu.buffers.iter().all(|b| b.kind != BufferKind::Tile));
+    let without = {
+        let mut p = plan.clone();
+        p.kernels.iter_mut().for_each(|k| {
+            if let KernelKind::MatMul(mm) = &mut k.kind {
+                mm.prologue = None;
+            }
+        });
+        p
+    };
+    assert!(
+        verify(&without).is_err(),
+        "a tile no prologue computes passes"
+    );
+    let mut on_gpu = plan.clone();
+    on_gpu.options.target = crate::schedule::Target::Cuda {
+        matmul_workspace: 0,
+    };
+    assert!(
+        verify(&on_gpu).is_err(),
+        "a prologue's tile in a GPU plan passes"
+    );
+    let mut other_reader = plan.clone();
+    if let Some(KernelKind::Fused(f)) = other_reader
+        .kernels
+        .iter_mut()
+        .map(|k| &mut k.kind)
+        .find(|k| matches!(k, KernelKind::Fused(f) if !f.loads.is_empty()))
+    {
+        f.loads[0].buffer = BufferId(h as u32);
+        f.loads[0].dtype = DType::F32;
+        f.loads[0].strides = contiguous_strides(&[1024, 4096])[..f.loads[0].strides.len()].to_vec();
+    }
+    assert!(
+        verify(&other_reader).is_err(),
+        "a fused kernel reading the tile passes"
+    );
+}

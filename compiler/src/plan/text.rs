@@ -168,6 +168,30 @@ pub fn print(plan: &Plan) -> String {
                     m.out_dtype
                 );
                 write_operands(&mut out, &bname, &[("a", &m.a), ("b", &m.b)]);
+                if let Some(p) = &m.prologue {
+                    let _ = writeln!(
+                        out,
+                        "  prologue over {} (a computed as it is packed, never stored)",
+                        list(&p.domain)
+                    );
+                    for (i, l) in p.loads.iter().enumerate() {
+                        let _ = writeln!(
+                            out,
+                            "  load p{i} = {} {} +{} strides {}",
+                            bname(l.buffer),
+                            l.dtype,
+                            l.offset,
+                            list(&l.strides)
+                        );
+                    }
+                    for (i, inst) in p.body.iter().enumerate() {
+                        let rhs = inst_text(&inst.op, |l| format!("load p{l}"));
+                        let _ = writeln!(out, "  p%{i:<2} = {rhs:<22} : {}", inst_type(inst));
+                    }
+                    for st in &p.stores {
+                        let _ = writeln!(out, "  store p%{} -> {}", st.inst, bname(st.buffer));
+                    }
+                }
                 if let Some(x) = m.accumulate {
                     let _ = writeln!(out, "  accumulate into {} (beta = 1)", bname(x));
                 }

@@ -21,44 +21,269 @@
 //! block, `CPU_GEMM_NC`), every read of the product the element in its own place, only
 //! float values, no gathers, indices or scans.
 
+use super::split::prune;
 use crate::fuse::strides_agree;
 use crate::ir::types::contiguous_strides;
 use crate::memory::inplace::in_arena;
 use crate::memory::liveness;
 use crate::schedule::{
-    Buffer, BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, MatMulKernel, Plan,
-    CPU_GEMM_NC,
+    Buffer, BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, Level, Load,
+    MatMulKernel, Plan, Store, CPU_GEMM_NC,
 };
 use std::collections::BTreeSet;
 
 /// `plan` (a CPU plan, its order and kernels final) with its tileable products never stored
-/// whole, in-place reuse and packing redone, where the arena comes out smaller; else
-/// unchanged (the consumer still runs on the product's blocks, `cpu::epilogue`, with the
-/// product stored). Done last so that the search over fusions and orders compares plans as
-/// they are without tiles, and tiles never raise the arena it found.
+/// whole, and with the values only products read computed in them (`plan::prologue`, with
+/// the column folds split off the kernels after products so that those run on tiles too),
+/// in-place reuse and packing redone, where the arena comes out smaller; else unchanged
+/// (the consumer still runs on the product's blocks, `cpu::epilogue`, with the product
+/// stored). Done last so that the search over fusions and orders compares plans as they are
+/// without tiles, and tiles never raise the arena it found.
 pub fn retile(plan: &mut Plan, budget: u64) {
-    let mut buffers = plan.buffers.clone();
-    for b in &mut buffers {
-        b.in_place_of = None;
-        b.offset = 0;
-    }
     let outputs: BTreeSet<BufferId> = plan.outputs.iter().map(|o| o.buffer).collect();
+    let unplaced = || {
+        let mut buffers = plan.buffers.clone();
+        for b in &mut buffers {
+            b.in_place_of = None;
+            b.offset = 0;
+        }
+        buffers
+    };
+    let mut variants = Vec::new();
+    // Products in tiles alone.
+    let mut buffers = unplaced();
     let notes = tile_products(&plan.kernels, &mut buffers, &outputs);
-    if notes.is_empty() {
-        return;
+    if !notes.is_empty() {
+        variants.push((plan.kernels.clone(), buffers, notes, plan.notes.clone()));
     }
-    let arena = super::place(
-        &plan.kernels,
-        &mut buffers,
-        &outputs,
-        plan.options.reuse,
-        budget,
-    );
-    if arena < plan.arena_bytes {
-        plan.buffers = buffers;
-        plan.arena_bytes = arena;
-        plan.notes.extend(notes);
+    // Values computed in the products that read them, then products in tiles.
+    let (mut kernels, mut buffers, mut old_notes) =
+        (plan.kernels.clone(), unplaced(), plan.notes.clone());
+    let mut notes = split_column_folds(&mut kernels, &mut buffers, &outputs, &mut old_notes);
+    let prologues = super::prologue::add_prologues(&mut kernels, &mut buffers, &outputs);
+    if !prologues.is_empty() {
+        liveness::set_lives(&kernels, &mut buffers, &outputs);
+        notes.extend(prologues);
+        notes.extend(tile_products(&kernels, &mut buffers, &outputs));
+        variants.push((kernels, buffers, notes, old_notes));
     }
+    for (kernels, mut buffers, notes, old_notes) in variants {
+        let arena = super::place(&kernels, &mut buffers, &outputs, plan.options.reuse, budget);
+        if arena < plan.arena_bytes {
+            plan.kernels = kernels;
+            plan.buffers = buffers;
+            plan.arena_bytes = arena;
+            plan.notes = old_notes;
+            plan.notes.extend(notes);
+        }
+    }
+}
+
+/// Splits each fused kernel right after a product that also folds columns (a bias
+/// gradient's sum beside an activation's backward, `sum(g * gelu'(pre), axis=0)`) into two
+/// steps: the element values, stored as before, and then their folds, which read them back
+/// (the same values summed in the same order: the same bits). Where the first half can run
+/// on the product's blocks (`tileable`) and the second no longer reads the product, the
+/// product can be in tiles; a kernel folding rows alone (a layer norm) runs on tiles whole.
+/// Kernels after each split are renamed in order, and so are the buffers and `notes` that
+/// name them. Returns a note for each split.
+fn split_column_folds(
+    kernels: &mut Vec<Kernel>,
+    buffers: &mut [Buffer],
+    outputs: &BTreeSet<BufferId>,
+    notes: &mut [String],
+) -> Vec<String> {
+    let mut split = Vec::new();
+    let mut i = 0;
+    while i + 1 < kernels.len() {
+        let (KernelKind::MatMul(mm), KernelKind::Fused(f)) =
+            (&kernels[i].kind, &kernels[i + 1].kind)
+        else {
+            i += 1;
+            continue;
+        };
+        let read_elsewhere = kernels
+            .iter()
+            .enumerate()
+            .any(|(j, k)| j != i + 1 && liveness::reads(k).contains(&mm.out));
+        let halves = (!read_elsewhere && !outputs.contains(&mm.out))
+            .then(|| fold_halves(mm, f, buffers))
+            .flatten();
+        let Some((first, second)) = halves else {
+            i += 1;
+            continue;
+        };
+        let consumer = &kernels[i + 1];
+        let folds: Vec<String> = second
+            .body
+            .iter()
+            .filter_map(|inst| match inst.op {
+                InstOp::Reduce(op, _) => Some(op.name().to_string()),
+                _ => None,
+            })
+            .collect();
+        let mut ops = consumer.ops.clone();
+        for f in &folds {
+            if let Some(at) = ops.iter().position(|o| o == f) {
+                ops.remove(at);
+            }
+        }
+        let lines = consumer.lines.clone();
+        let name = consumer.name.clone();
+        kernels[i + 1] = Kernel {
+            name: name.clone(),
+            kind: KernelKind::Fused(first),
+            ops,
+            lines: lines.clone(),
+        };
+        kernels.insert(
+            i + 2,
+            Kernel {
+                name: format!("{name}+"),
+                kind: KernelKind::Fused(second),
+                ops: folds,
+                lines,
+            },
+        );
+        split.push(i + 1);
+        i += 2;
+    }
+    if split.is_empty() {
+        return Vec::new();
+    }
+    // Every kernel named by its step again: `k10+` is the new `k11`, the old `k11` `k12`.
+    let renames: Vec<(String, String)> = kernels
+        .iter()
+        .enumerate()
+        .map(|(s, k)| (k.name.clone(), format!("k{s}")))
+        .filter(|(old, new)| old != new)
+        .collect();
+    let map: std::collections::HashMap<&str, &str> = renames
+        .iter()
+        .filter(|(old, _)| !old.ends_with('+'))
+        .map(|(o, n)| (o.as_str(), n.as_str()))
+        .collect();
+    for b in buffers.iter_mut() {
+        b.name = rename(&b.name, &map);
+    }
+    for n in notes.iter_mut() {
+        *n = rename(n, &map);
+    }
+    for (s, k) in kernels.iter_mut().enumerate() {
+        k.name = format!("k{s}");
+    }
+    split
+        .into_iter()
+        .map(|s| {
+            format!(
+                "{}: the column folds of the kernel after {} split off into {}, which reads \
+                 back the values {} stores (one more pass over them), so that {} runs on the \
+                 product's blocks",
+                kernels[s].name,
+                kernels[s - 1].name,
+                kernels[s + 1].name,
+                kernels[s].name,
+                kernels[s].name
+            )
+        })
+        .collect()
+}
+
+/// `text` with every kernel name (`k` and digits, a word of its own) that `map` renames
+/// renamed.
+fn rename(text: &str, map: &std::collections::HashMap<&str, &str>) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        if word_start && bytes[i] == b'k' {
+            let end = (i + 1..text.len())
+                .find(|&j| !bytes[j].is_ascii_digit())
+                .unwrap_or(text.len());
+            let whole = end > i + 1 && (end == text.len() || !bytes[end].is_ascii_alphanumeric());
+            if whole {
+                let word = &text[i..end];
+                out.push_str(map.get(word).copied().unwrap_or(word));
+                i = end;
+                continue;
+            }
+        }
+        let c = text[i..].chars().next().unwrap_or(' ');
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
+/// `f` (the kernel after `mm`, folding along its reduce axes) as two kernels, where that
+/// lets the first run on the product's blocks: the first computes and stores the element
+/// values (pointwise), the second folds them, read back, with the row maths after. `None`
+/// where an element value depends on a fold, an element value the folds read is not
+/// stored whole, or the second would still read the product.
+fn fold_halves(
+    mm: &MatMulKernel,
+    f: &FusedKernel,
+    buffers: &[Buffer],
+) -> Option<(FusedKernel, FusedKernel)> {
+    if f.reduce_axes.is_empty() || f.workspace.is_some() {
+        return None;
+    }
+    let (elem, row): (Vec<&Store>, Vec<&Store>) = f
+        .stores
+        .iter()
+        .partition(|s| f.body[s.inst].level == Level::Element);
+    if elem.is_empty() || row.is_empty() {
+        return None;
+    }
+    // Insts that depend on a fold: no element value may.
+    let mut after = vec![false; f.body.len()];
+    for (i, inst) in f.body.iter().enumerate() {
+        after[i] =
+            matches!(inst.op, InstOp::Reduce(..)) || inst.op.operands().iter().any(|&o| after[o]);
+    }
+    if elem.iter().any(|s| after[s.inst]) {
+        return None;
+    }
+    let mut body = f.body.clone();
+    for inst in &mut body {
+        inst.level = Level::Element;
+    }
+    let first = prune(FusedKernel {
+        reduce_axes: Vec::new(),
+        body,
+        stores: elem.iter().map(|&s| s.clone()).collect(),
+        ..f.clone()
+    });
+    if !tileable(mm, &first, buffers) {
+        return None;
+    }
+    let own = contiguous_strides(&f.domain);
+    let mut loads = f.loads.clone();
+    let mut body = f.body.clone();
+    for s in &elem {
+        let buf = &buffers[s.buffer.index()];
+        if s.region.is_some() || buf.dtype != f.body[s.inst].dtype {
+            return None;
+        }
+        loads.push(Load {
+            buffer: s.buffer,
+            dtype: buf.dtype,
+            offset: 0,
+            strides: own.clone(),
+        });
+        body[s.inst].op = InstOp::Load(loads.len() - 1);
+    }
+    let second = prune(FusedKernel {
+        loads,
+        body,
+        stores: row.iter().map(|&s| s.clone()).collect(),
+        ..f.clone()
+    });
+    if second.loads.iter().any(|l| l.buffer == mm.out) {
+        return None;
+    }
+    Some((first, second))
 }
 
 /// Marks the output of every product whose consumer can run on its blocks as `Tile`,
@@ -93,7 +318,7 @@ pub fn tile_products(
             shape.join(", "),
             pair[1].name
         ));
-        for id in [mm.a.buffer, mm.b.buffer].into_iter().chain(mm.workspace) {
+        for id in gemm_uses(mm) {
             let b = &mut buffers[id.index()];
             if in_arena(b) {
                 b.last_step = b.last_step.max(i + 1);
@@ -123,10 +348,7 @@ fn tileable(mm: &MatMulKernel, f: &FusedKernel, buffers: &[Buffer]) -> bool {
         .map(|l| l.offset == 0 && strides_agree(&l.strides, &own, &f.domain))
         .collect();
     let reads_product = !in_place.is_empty() && in_place.iter().all(|&ok| ok);
-    let gemm_uses: Vec<BufferId> = [mm.a.buffer, mm.b.buffer]
-        .into_iter()
-        .chain(mm.workspace)
-        .collect();
+    let gemm_uses = gemm_uses(mm);
     let apart = f.loads.iter().all(|l| !gemm_uses.contains(&l.buffer))
         && f.stores.iter().all(|s| !gemm_uses.contains(&s.buffer))
         && f.workspace.is_none();
@@ -143,4 +365,19 @@ fn tileable(mm: &MatMulKernel, f: &FusedKernel, buffers: &[Buffer]) -> bool {
             }
     }) && f.loads.iter().all(|l| !l.dtype.is_integral());
     product_ok && shape_ok && reads_product && apart && floats
+}
+
+/// The buffers a product uses while it runs, its consumer's step too when in tiles: its
+/// operands, residual, the loads of its prologue and its workspace.
+fn gemm_uses(mm: &MatMulKernel) -> Vec<BufferId> {
+    [mm.a.buffer, mm.b.buffer]
+        .into_iter()
+        .chain(mm.accumulate)
+        .chain(
+            mm.prologue
+                .iter()
+                .flat_map(|p| p.loads.iter().map(|l| l.buffer)),
+        )
+        .chain(mm.workspace)
+        .collect()
 }

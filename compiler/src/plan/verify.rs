@@ -600,6 +600,48 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     }
                     read_at[op.buffer.index()].push(s);
                 }
+                // A prologue (`plan::prologue`): a pointwise kernel over `a`'s buffer, in
+                // bounds, whose one store is that buffer, whole; its loads read at this step.
+                if let Some(p) = &m.prologue {
+                    let a = plan.buffer(m.a.buffer);
+                    let one_store = matches!(
+                        p.stores[..],
+                        [ref st] if st.buffer == m.a.buffer && st.region.is_none() && st.inst < p.body.len()
+                    );
+                    let body_ok = p.body.iter().enumerate().all(|(i, inst)| {
+                        inst.level == Level::Element
+                            && match inst.op {
+                                InstOp::Load(l) => l < p.loads.len(),
+                                InstOp::Reduce(..)
+                                | InstOp::Gather { .. }
+                                | InstOp::Scan(_)
+                                | InstOp::Index { .. } => false,
+                                ref op => op.operands().iter().all(|&o| o < i),
+                            }
+                    });
+                    if !one_store
+                        || !body_ok
+                        || !p.reduce_axes.is_empty()
+                        || p.workspace.is_some()
+                        || p.domain != a.shape
+                        || a.kind != BufferKind::Tile
+                    {
+                        return Err(bad(
+                            KernelBody,
+                            format!(
+                                "{}: the prologue is not a pointwise kernel writing the whole of {}, never stored",
+                                k.name, a.name
+                            ),
+                        ));
+                    }
+                    for l in &p.loads {
+                        check_id(l.buffer)?;
+                    }
+                    check_loads(plan, &k.name, "prologue", &p.loads, &p.domain)?;
+                    for l in &p.loads {
+                        read_at[l.buffer.index()].push(s);
+                    }
+                }
                 check_id(m.out)?;
                 let mut sizes = m.batch.clone();
                 sizes.extend([m.m, m.n]);
@@ -698,6 +740,33 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     return Err(bad(
                         LeavesReadOnly,
                         format!("input/param {} is written", b.name),
+                    ));
+                }
+            }
+            BufferKind::Tile if written_at[i].is_empty() => {
+                // A product's `A` its prologue computes (`plan::prologue`): a CPU plan's,
+                // read only as that by products, live from the first to the last, no output.
+                let computed = |r: &usize| {
+                    matches!(
+                        plan.kernels.get(*r).map(|k| &k.kind),
+                        Some(KernelKind::MatMul(m)) if m.a.buffer.index() == i
+                            && m.b.buffer.index() != i
+                            && m.prologue.is_some()
+                    )
+                };
+                if plan.options.for_gpu()
+                    || read_at[i].is_empty()
+                    || !read_at[i].iter().all(computed)
+                    || read_at[i].iter().min() != Some(&b.first_step)
+                    || read_at[i].iter().max() != Some(&b.last_step)
+                    || output_bufs[i]
+                {
+                    return Err(bad(
+                        Lifetimes,
+                        format!(
+                            "buffer {} is never stored but is not a CPU product's A its prologue computes",
+                            b.name
+                        ),
                     ));
                 }
             }
