@@ -119,7 +119,8 @@ fn candidate(
         let reads = liveness::reads(k).contains(&h);
         match &k.kind {
             KernelKind::Fused(f) if writes && !reads => {
-                if writer.replace(s).is_some() || f.workspace.is_some() {
+                let second_writer = writer.replace(s).is_some();
+                if second_writer || f.workspace.is_some() {
                     return None;
                 }
             }
