@@ -85,8 +85,8 @@ pub fn retile(plan: &mut Plan, budget: u64) {
 /// (the same values summed in the same order: the same bits). Where the first half can run
 /// on the product's blocks (`tileable`) and the second no longer reads the product, the
 /// product can be in tiles; a kernel folding rows alone (a layer norm) runs on tiles whole.
-/// Kernels after each split are renamed in order, and so are the buffers and `notes` that
-/// name them. Returns a note for each split.
+/// Kernels after each split are renamed in order, and so are the buffers named after them
+/// (`k11.out`) and the `notes` that start with their names. Returns a note for each split.
 fn split_column_folds(
     kernels: &mut Vec<Kernel>,
     buffers: &mut [Buffer],
@@ -164,10 +164,10 @@ fn split_column_folds(
         .map(|(o, n)| (o.as_str(), n.as_str()))
         .collect();
     for b in buffers.iter_mut() {
-        b.name = rename(&b.name, &map);
+        b.name = rename(&b.name, '.', &map);
     }
     for n in notes.iter_mut() {
-        *n = rename(n, &map);
+        *n = rename(n, ':', &map);
     }
     for (s, k) in kernels.iter_mut().enumerate() {
         k.name = format!("k{s}");
@@ -189,31 +189,14 @@ fn split_column_folds(
         .collect()
 }
 
-/// `text` with every kernel name (`k` and digits, a word of its own) that `map` renames
-/// renamed.
-fn rename(text: &str, map: &std::collections::HashMap<&str, &str>) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        let word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
-        if word_start && bytes[i] == b'k' {
-            let end = (i + 1..text.len())
-                .find(|&j| !bytes[j].is_ascii_digit())
-                .unwrap_or(text.len());
-            let whole = end > i + 1 && (end == text.len() || !bytes[end].is_ascii_alphanumeric());
-            if whole {
-                let word = &text[i..end];
-                out.push_str(map.get(word).copied().unwrap_or(word));
-                i = end;
-                continue;
-            }
-        }
-        let c = text[i..].chars().next().unwrap_or(' ');
-        out.push(c);
-        i += c.len_utf8();
+/// `text` with its leading kernel name (the `k3` of a buffer `k3.out` or of a note `k3:
+/// attention …`, up to `sep`) renamed where `map` renames it; a name of the program's own
+/// (a tensor `k3`) is not followed by `sep` and stays.
+fn rename(text: &str, sep: char, map: &std::collections::HashMap<&str, &str>) -> String {
+    match text.split_once(sep) {
+        Some((name, rest)) if map.contains_key(name) => format!("{}{sep}{rest}", map[name]),
+        _ => text.to_string(),
     }
-    out
 }
 
 /// `f` (the kernel after `mm`, folding along its reduce axes) as two kernels, where that
@@ -380,4 +363,23 @@ fn gemm_uses(mm: &MatMulKernel) -> Vec<BufferId> {
         )
         .chain(mm.workspace)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rename;
+
+    #[test]
+    fn renaming_after_a_split_touches_kernel_names_alone() {
+        let map = [("k10", "k11"), ("k11", "k12")].into_iter().collect();
+        assert_eq!(rename("k10.out1", '.', &map), "k11.out1");
+        assert_eq!(rename("k11.workspace", '.', &map), "k12.workspace");
+        assert_eq!(rename("k1.out", '.', &map), "k1.out");
+        // A tensor of the program's own named like a kernel keeps its name.
+        assert_eq!(rename("k10", '.', &map), "k10");
+        assert_eq!(
+            rename("k10: attention (line 3): k10.out", ':', &map),
+            "k11: attention (line 3): k10.out"
+        );
+    }
 }
