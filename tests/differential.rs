@@ -375,3 +375,37 @@ fn the_generator_draws_residual_gemms() {
         "residual GEMMs in 300 programs: {in_place} in place, {copied} copied, {half} half"
     );
 }
+
+/// A training step whose activation `h = gelu(pre)` only products read (`train_mlp` at dims
+/// where its products pack `B`): on the CPU both products compute `h` from `pre` as they
+/// pack it, gelu's backward runs on `grad h`'s tiles with `b1`'s column sum split off, and
+/// every plan variant matches the reference. The fused plan is checked to have the
+/// prologues, so this stays a test of them.
+#[test]
+fn values_computed_in_their_products_match_the_reference() {
+    use tc_compiler::schedule::KernelKind;
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train_mlp.tx"),
+    )
+    .expect("train_mlp.tx");
+    let dims: Vec<(String, u64)> = [("B", 256), ("D", 64), ("H", 1024), ("C", 64)]
+        .iter()
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect();
+    let plan = tc_compiler::compile(
+        &source,
+        &tc_compiler::CompileOptions {
+            dims: dims.clone(),
+            ..Default::default()
+        },
+    )
+    .expect("compiles")
+    .plan;
+    let prologues = plan
+        .kernels
+        .iter()
+        .filter(|k| matches!(&k.kind, KernelKind::MatMul(m) if m.prologue.is_some()))
+        .count();
+    assert_eq!(prologues, 2, "{}", tc_compiler::plan::print(&plan));
+    differential(&source, &dims, 7).unwrap_or_else(|e| panic!("{e}"));
+}
