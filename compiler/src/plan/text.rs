@@ -80,6 +80,32 @@ fn write_elementwise(
     }
 }
 
+/// A fused kernel's loads and insts (`load l0 = …`, `%0 = …`), or a product's prologue's
+/// with `prefix` `p` (`load p0 = …`, `p%0 = …`).
+fn write_kernel_body(
+    out: &mut String,
+    bname: &dyn Fn(crate::schedule::BufferId) -> String,
+    loads: &[crate::schedule::Load],
+    body: &[crate::schedule::Inst],
+    prefix: &str,
+) {
+    let tag = if prefix.is_empty() { "l" } else { prefix };
+    for (i, l) in loads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  load {tag}{i} = {} {} +{} strides {}",
+            bname(l.buffer),
+            l.dtype,
+            l.offset,
+            list(&l.strides)
+        );
+    }
+    for (i, inst) in body.iter().enumerate() {
+        let rhs = inst_text(&inst.op, |l| format!("load {tag}{l}"));
+        let _ = writeln!(out, "  {prefix}%{i:<3} = {rhs:<22} : {}", inst_type(inst));
+    }
+}
+
 /// The operand lines of a product kernel (a matmul, an attention or its backward), one a
 /// line: `{tag} = buffer dtype +offset strides [...]`.
 fn write_operands(
@@ -174,20 +200,7 @@ pub fn print(plan: &Plan) -> String {
                         "  prologue over {} (a computed as it is packed, never stored)",
                         list(&p.domain)
                     );
-                    for (i, l) in p.loads.iter().enumerate() {
-                        let _ = writeln!(
-                            out,
-                            "  load p{i} = {} {} +{} strides {}",
-                            bname(l.buffer),
-                            l.dtype,
-                            l.offset,
-                            list(&l.strides)
-                        );
-                    }
-                    for (i, inst) in p.body.iter().enumerate() {
-                        let rhs = inst_text(&inst.op, |l| format!("load p{l}"));
-                        let _ = writeln!(out, "  p%{i:<2} = {rhs:<22} : {}", inst_type(inst));
-                    }
+                    write_kernel_body(&mut out, &bname, &p.loads, &p.body, "p");
                     for st in &p.stores {
                         let _ = writeln!(out, "  store p%{} -> {}", st.inst, bname(st.buffer));
                     }
@@ -206,20 +219,7 @@ pub fn print(plan: &Plan) -> String {
                     list(&f.domain),
                     list(&f.reduce_axes)
                 );
-                for (i, l) in f.loads.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "  load l{i} = {} {} +{} strides {}",
-                        bname(l.buffer),
-                        l.dtype,
-                        l.offset,
-                        list(&l.strides)
-                    );
-                }
-                for (i, inst) in f.body.iter().enumerate() {
-                    let rhs = inst_text(&inst.op, |l| format!("load l{l}"));
-                    let _ = writeln!(out, "  %{i:<3} = {rhs:<22} : {}", inst_type(inst));
-                }
+                write_kernel_body(&mut out, &bname, &f.loads, &f.body, "");
                 for s in &f.stores {
                     let b = plan.buffer(s.buffer);
                     let inplace = b
