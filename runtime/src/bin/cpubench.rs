@@ -170,6 +170,7 @@ fn per_kernel(
     {
         let kind = match &k.kind {
             KernelKind::Fused(_) => "fused",
+            KernelKind::MatMul(m) if m.prologue.is_some() => "matmul+pro",
             KernelKind::MatMul(_) => "matmul",
             KernelKind::Attention(_) => "attention",
             KernelKind::AttentionBackward(_) => "attention_bwd",
