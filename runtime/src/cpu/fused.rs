@@ -629,6 +629,17 @@ pub(super) struct Scratch {
     bases: Vec<i64>,
     /// Where the product's loads read instead, when the kernel runs as a product's epilogue.
     pub(super) product: Option<Product>,
+    /// Where every element store writes instead, when the kernel runs as a product's
+    /// prologue (`cpu::prologue`): inner index `at` of the current row to `base[at -
+    /// origin]`, a block of `A` in the GEMM thread's own buffer.
+    pub(super) out: Option<Out>,
+}
+
+/// The redirected element stores of a prologue (`Scratch::out`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Out {
+    pub(super) base: *mut f32,
+    pub(super) origin: usize,
 }
 
 /// The block of a product an epilogue reads (`cpu::epilogue`): for each load with `loads[l]`
@@ -669,6 +680,7 @@ impl Scratch {
             extrema: vec![0f32; n],
             bases: vec![0i64; p.loads.len() + p.stores.len()],
             product: None,
+            out: None,
         }
     }
 
@@ -811,6 +823,11 @@ impl Scratch {
             }
             // Straight into a store's buffer, or into the slot.
             let into = pass.store_into.get(i).copied().flatten().and_then(|si| {
+                if let Some(o) = self.out {
+                    // SAFETY: the prologue's caller hands `n` floats from `at` there
+                    // (`Prologue::fill`).
+                    return Some((si, unsafe { o.base.add(at - o.origin) }));
+                }
                 let acc = &p.stores[si].1;
                 let base = self.bases[p.loads.len() + si];
                 let off = single_run(&p.inner_sizes, &acc.inner_strides, base, at, n)?;
@@ -950,6 +967,14 @@ impl Scratch {
             self.spread_row(p, *inst, n);
             // SAFETY: as for `operand` above.
             let src = unsafe { block_of(self.views[*inst], &self.slots[*inst], n) };
+            if let Some(o) = self.out {
+                // SAFETY: as above (`Prologue::fill`); the block is the caller's own buffer,
+                // apart from every load.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), o.base.add(at - o.origin), n)
+                };
+                continue;
+            }
             // SAFETY: bounds checked in `prepare`; the caller owns these elements.
             unsafe { scatter(acc, &p.inner_sizes, base, at, src) };
         }

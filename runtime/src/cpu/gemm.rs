@@ -94,6 +94,20 @@ thread_local! {
     /// This thread's block of a product never stored whole (`Finish::tile`; at most
     /// `MC × nc` floats, outside the plan: 288 KiB a thread for `CPU_GEMM_NC`).
     static C_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// This thread's block of an `A` that is computed, not read (`AFrom`; at most `MC × KC`
+    /// floats, outside the plan: 288 KiB a thread).
+    static A_FROM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where `A` comes from when it is computed rather than read (a product's prologue,
+/// `cpu::prologue`): `f((r0, rows), (t0, kc), dst)` computes `A`'s rows `r0 .. r0 + rows`,
+/// columns `t0 .. t0 + kc` into `dst` (`rows · kc` floats, the thread's own) and returns them
+/// as an operand there; each task packs its block of `A` from that instead of from `a`.
+/// Called from any of the pool's threads, for each task's rows and block of `k` once per
+/// column block of `C`.
+#[derive(Clone, Copy)]
+pub struct AFrom<'a> {
+    pub f: &'a (dyn Fn((usize, usize), (usize, usize), &mut [f32]) -> Operand + Sync),
 }
 
 /// Floats of packed `B` that `gemm` needs for a `k × n` operand packed `nc` columns at a
@@ -177,6 +191,7 @@ pub unsafe fn gemm(
     bp: &mut [f32],
     nc: usize,
     finish: Option<Finish<'_>>,
+    a_from: Option<AFrom<'_>>,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -277,7 +292,7 @@ pub unsafe fn gemm(
                         (r0, rows),
                         (p0, p1, cols),
                         k,
-                        a,
+                        (a, a_from),
                         bp,
                         at,
                         ld,
@@ -511,7 +526,7 @@ unsafe fn block(
     (r0, rows): (usize, usize),
     (p0, p1, cols): (usize, usize, usize),
     k: usize,
-    a: Operand,
+    (a, a_from): (Operand, Option<AFrom<'_>>),
     bp: &[f32],
     c: *mut f32,
     ldc: usize,
@@ -523,8 +538,16 @@ unsafe fn block(
     with_buffer(&A_PACK, MC * KC, |ap| {
         for t0 in (0..k).step_by(KC) {
             let kc = KC.min(k - t0);
-            // SAFETY: the rows and columns are inside A.
-            unsafe { pack_a(a, (r0, rows), (t0, kc), ap) };
+            match a_from {
+                // The block computed into this thread's buffer, then packed from there.
+                Some(from) => with_buffer(&A_FROM, rows * kc, |src| {
+                    let op = (from.f)((r0, rows), (t0, kc), src);
+                    // SAFETY: `f` put the block's `rows × kc` elements where `op` says.
+                    unsafe { pack_a(op, (0, rows), (0, kc), ap) }
+                }),
+                // SAFETY: the rows and columns are inside A.
+                None => unsafe { pack_a(a, (r0, rows), (t0, kc), ap) },
+            }
             let load = accumulate || t0 > 0;
             #[cfg(target_arch = "x86_64")]
             if tier == Tier::Avx512 {
@@ -953,6 +976,7 @@ mod tests {
                             whole_rows,
                             tile,
                         }),
+                        None,
                     )
                 });
                 let what = format!("{m}×{k}×{n}, {threads} threads, rows {whole_rows} tile {tile}");
@@ -1039,6 +1063,7 @@ mod tests {
                                     kernel,
                                     &mut bp,
                                     nc,
+                                    None,
                                     None,
                                 )
                             });
@@ -1127,6 +1152,7 @@ mod bench {
                                 Kernel::Best,
                                 &mut bp,
                                 nc,
+                                None,
                                 None,
                             )
                         } else {

@@ -28,6 +28,7 @@
 use super::epilogue;
 use super::fused::check_bounds;
 use super::gemm as own;
+use super::prologue;
 use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -84,6 +85,25 @@ pub(super) fn run(
             &dom,
         )?;
     }
+    // An `A` computed, not read (`MatMulKernel::prologue`): each block as tc's GEMM packs it.
+    let computed_a = match &mm.prologue {
+        Some(p) => {
+            if nbatch != 1 {
+                return Err(bad(format!(
+                    "the product computes its operand {} but is batched",
+                    plan.buffer(mm.a.buffer).name
+                )));
+            }
+            Some(prologue::Prologue::new(plan, name, p, mems, &mm.a)?)
+        }
+        None if a_mem.is_tile() => {
+            return Err(bad(format!(
+                "operand a {} is never stored and nothing computes it",
+                plan.buffer(mm.a.buffer).name
+            )))
+        }
+        None => None,
+    };
     // A product never stored whole (`BufferKind::Tile`): computed block by block for the
     // kernel after it, which must run on the blocks.
     let never_stored = out.is_tile();
@@ -167,8 +187,10 @@ pub(super) fn run(
         tc_compiler::Target::Cpu => mm.workspace_bytes(&plan.options.target),
         tc_compiler::Target::Cuda { .. } => 0,
     };
-    // (A product never stored whole goes to tc's GEMM even without AVX2: its scalar twin.)
-    if direct_a && direct_b && direct_out && packing > 0 && (own::has_simd() || never_stored) {
+    // (A product never stored whole, or computing its `A`, goes to tc's GEMM even without
+    // AVX2: its scalar twin.)
+    let needs_own = never_stored || computed_a.is_some();
+    if direct_a && direct_b && direct_out && packing > 0 && (own::has_simd() || needs_own) {
         // tc's own GEMM, in place: the pool shares each batch matrix (its packed B, blocks
         // of its rows); B packed into the product's workspace.
         let (ws_id, ws) = match mm.workspace {
@@ -198,7 +220,11 @@ pub(super) fn run(
         let bp = unsafe { std::slice::from_raw_parts_mut(ws.base().cast::<f32>(), floats) };
         let base = out.base() as usize;
         let (a_op, b_op) = (&mm.a, &mm.b);
-        let reads: Vec<Mem> = [a_mem, b_mem].into_iter().chain(residual).collect();
+        let reads: Vec<Mem> = [a_mem, b_mem]
+            .into_iter()
+            .chain(residual)
+            .chain(computed_a.iter().flat_map(prologue::Prologue::reads))
+            .collect();
         let product = epilogue::Product {
             id: mm.out,
             out,
@@ -234,12 +260,23 @@ pub(super) fn run(
                 whole_rows: t.whole_rows(),
                 tile: never_stored,
             });
+            let fill = |rows, cols, dst: &mut [f32]| match &computed_a {
+                Some(p) => p.fill(rows, cols, dst),
+                None => unreachable!("asked only where a prologue computes A"),
+            };
+            let a_from = computed_a.as_ref().map(|_| own::AFrom { f: &fill });
+            // (A computed `A` is never read where the operand points: nowhere.)
+            let a_ptr = if computed_a.is_some() {
+                std::ptr::null()
+            } else {
+                tiled.a_ptr(bi, 0)
+            };
             own::gemm(
                 m,
                 n,
                 k,
                 own::Operand {
-                    ptr: tiled.a_ptr(bi, 0),
+                    ptr: a_ptr,
                     rs: a_op.strides[nb] as isize,
                     cs: a_op.strides[nb + 1] as isize,
                 },
@@ -256,6 +293,7 @@ pub(super) fn run(
                 &mut *bp,
                 CPU_GEMM_NC as usize,
                 finish,
+                a_from,
             )
         };
         // Matrices one after another, each shared by the pool when large enough: the rule
@@ -267,9 +305,9 @@ pub(super) fn run(
         (0..nbatch).for_each(|bi| one(bi, parallel));
         return Ok(tail.is_some());
     }
-    if never_stored {
+    if needs_own {
         return Err(bad(format!(
-            "the product {} is never stored whole, but tc's GEMM does not take it",
+            "the product {} is never stored whole, or computes its A, but tc's GEMM does not take it",
             plan.buffer(mm.out).name
         )));
     }

@@ -19,6 +19,7 @@ mod index_add;
 mod math;
 mod matmul;
 mod peephole;
+mod prologue;
 #[cfg(test)]
 mod tests;
 mod tile_gemm;
@@ -325,10 +326,12 @@ fn run_observed(
             _ => None,
         };
         // A product never stored whole is read by the kernel after it alone, run on its
-        // blocks (`matmul`), never here.
+        // blocks (`matmul`), never here; an `A` never stored, by the products that compute
+        // it (`prologue`).
+        let computes = |b: BufferId| matches!(&kernel.kind, KernelKind::MatMul(m) if m.prologue.is_some() && m.a.buffer == b);
         let tile = any_tiles
             .then(|| tc_compiler::memory::liveness::reads(kernel))
-            .and_then(|reads| reads.into_iter().find(|&b| in_tiles(b)));
+            .and_then(|reads| reads.into_iter().find(|&b| in_tiles(b) && !computes(b)));
         if let Some(b) = tile {
             return Err(CpuError::BadPlan(format!(
                 "kernel {} reads {}, a product never stored whole, but does not run on its blocks",
