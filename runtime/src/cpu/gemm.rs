@@ -107,11 +107,11 @@ thread_local! {
 /// column block of `C`.
 #[derive(Clone, Copy)]
 pub struct AFrom<'a> {
-    pub f: &'a FillA,
+    pub f: &'a FillA<'a>,
 }
 
 /// `AFrom::f`: `(rows of A, columns of A, the thread's buffer) → the block there`.
-pub type FillA = dyn Fn((usize, usize), (usize, usize), &mut [f32]) -> Operand + Sync;
+pub type FillA<'a> = dyn Fn((usize, usize), (usize, usize), &mut [f32]) -> Operand + Sync + 'a;
 
 /// Floats of packed `B` that `gemm` needs for a `k × n` operand packed `nc` columns at a
 /// time: the planner's formula (`cpu_packing_floats_in_blocks`), in `usize`.
