@@ -409,3 +409,96 @@ fn values_computed_in_their_products_match_the_reference() {
     assert_eq!(prologues, 2, "{}", tc_compiler::plan::print(&plan));
     differential(&source, &dims, 7).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The same step with `h` computed in its products and with `h` stored (each prologue run
+/// as a kernel of its own before the first product, `h` given arena bytes past the others):
+/// the same bits, in pools of 1–3 threads; and a prologue the executor cannot run (its
+/// store moved off `h`) is a plan error, not a panic.
+#[test]
+fn values_computed_in_their_products_give_the_bits_of_values_stored() {
+    use tc_compiler::schedule::{BufferKind, KernelKind, Plan};
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train_mlp.tx"),
+    )
+    .expect("train_mlp.tx");
+    let dims: Vec<(String, u64)> = [("B", 250), ("D", 70), ("H", 1030), ("C", 66)]
+        .iter()
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect();
+    let options = tc_compiler::CompileOptions {
+        dims,
+        ..Default::default()
+    };
+    let program = tc_compiler::compile(&source, &options).expect("compiles");
+    let plan = program.plan;
+    let stored = {
+        let mut p: Plan = plan.clone();
+        let mut i = 0;
+        while i < p.kernels.len() {
+            let pro = match &mut p.kernels[i].kind {
+                KernelKind::MatMul(mm) => mm.prologue.take().map(|pro| (mm.a.buffer, pro)),
+                _ => None,
+            };
+            if let Some((h, pro)) = pro {
+                let b = &mut p.buffers[h.index()];
+                if b.kind == BufferKind::Tile {
+                    b.kind = BufferKind::Arena;
+                    b.offset = p.arena_bytes.next_multiple_of(16);
+                    p.arena_bytes = b.offset + b.bytes;
+                    let k = tc_compiler::schedule::Kernel {
+                        name: format!("{}.h", p.kernels[i].name),
+                        kind: KernelKind::Fused(*pro),
+                        ..p.kernels[i].clone()
+                    };
+                    p.kernels.insert(i, k);
+                    i += 1;
+                }
+            }
+            i += 1;
+        }
+        p
+    };
+    assert_eq!(
+        stored.kernels.len(),
+        plan.kernels.len() + 1,
+        "one h, two products"
+    );
+    let checked = tc_compiler::check(&source, &options.dims).expect("checks");
+    let leaf = |l: &tc_compiler::ir::Leaf| tc_runtime::data::random_leaf(&checked, l, 11);
+    let inputs: Vec<_> = checked.inputs.iter().map(leaf).collect();
+    let params: Vec<_> = checked.params.iter().map(leaf).collect();
+    let want = tc_runtime::cpu::run(&stored, &inputs, &params).expect("runs stored");
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        let got = pool
+            .install(|| tc_runtime::cpu::run(&plan, &inputs, &params))
+            .expect("runs");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                g.bytes == w.bytes,
+                "{threads} threads: h computed changed the result"
+            );
+        }
+    }
+    // The prologue's store moved to another buffer: refused by name.
+    let mut bad = plan.clone();
+    let other = bad
+        .buffers
+        .iter()
+        .position(|b| b.kind == BufferKind::Arena && b.shape.len() == 2)
+        .expect("an arena matrix");
+    for k in &mut bad.kernels {
+        if let KernelKind::MatMul(mm) = &mut k.kind {
+            if let Some(p) = &mut mm.prologue {
+                p.stores[0].buffer = tc_compiler::schedule::BufferId(other as u32);
+            }
+        }
+    }
+    match tc_runtime::cpu::run(&bad, &inputs, &params) {
+        Err(e) => assert!(e.to_string().contains("prologue"), "{e}"),
+        Ok(_) => panic!("a prologue writing another buffer ran"),
+    }
+}

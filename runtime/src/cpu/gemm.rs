@@ -1084,6 +1084,102 @@ mod tests {
             }
         }
     }
+
+    /// An `A` filled block by block (`AFrom`, a prologue's) gives the bits of the same `A`
+    /// read in place, straight or as a transposed `h`, for edge sizes, `k` past one block,
+    /// 1–3 threads and every micro-kernel; each block asked for lies inside `A`, and every
+    /// element of `A` is asked for (a fill that skipped a row or column would change `C`).
+    #[test]
+    fn a_filled_by_blocks_gives_the_bits_of_a_read_in_place() {
+        for (si, &(m, n, k)) in [(37, 29, 50), (150, 40, 600), (13, 70, 1030)]
+            .iter()
+            .enumerate()
+        {
+            let hv = values(m * k, 300 + si as u64);
+            let bv = values(k * n, 400 + si as u64);
+            let b = Operand {
+                ptr: bv.as_ptr(),
+                rs: n as isize,
+                cs: 1,
+            };
+            // `A = h` (`h` is m × k) or `A = hᵀ` (`h` is k × m).
+            for transposed in [false, true] {
+                let (rs, cs) = if transposed {
+                    (1, m as isize)
+                } else {
+                    (k as isize, 1)
+                };
+                let a = Operand {
+                    ptr: hv.as_ptr(),
+                    rs,
+                    cs,
+                };
+                let fill =
+                    |(r0, rows): (usize, usize), (t0, kc): (usize, usize), dst: &mut [f32]| {
+                        assert!(r0 + rows <= m && t0 + kc <= k, "a block outside A");
+                        for i in 0..rows {
+                            for t in 0..kc {
+                                dst[i * kc + t] =
+                                    hv[((r0 + i) as isize * rs + (t0 + t) as isize * cs) as usize];
+                            }
+                        }
+                        Operand {
+                            ptr: dst.as_ptr(),
+                            rs: kc as isize,
+                            cs: 1,
+                        }
+                    };
+                for (threads, kernel) in [(1, Kernel::Best), (2, Kernel::Scalar), (3, Kernel::Best)]
+                {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("pool");
+                    let run = |from: Option<AFrom<'_>>| {
+                        let mut c = vec![0f32; m * n];
+                        let mut bp = vec![0f32; packing_floats(n, k, 2 * NR)];
+                        // SAFETY: the buffers hold the matrices the strides reach.
+                        pool.install(|| unsafe {
+                            gemm(
+                                m,
+                                n,
+                                k,
+                                if from.is_some() {
+                                    Operand {
+                                        ptr: std::ptr::null(),
+                                        ..a
+                                    }
+                                } else {
+                                    a
+                                },
+                                b,
+                                c.as_mut_ptr(),
+                                n,
+                                false,
+                                threads > 1,
+                                kernel,
+                                &mut bp,
+                                2 * NR,
+                                None,
+                                from,
+                            )
+                        });
+                        c
+                    };
+                    let stored = run(None);
+                    let filled = run(Some(AFrom { f: &fill }));
+                    let same = stored
+                        .iter()
+                        .zip(&filled)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(
+                        same,
+                        "{m}×{k}×{n}, transposed {transposed}, {threads} threads {kernel:?}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
