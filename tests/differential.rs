@@ -408,7 +408,32 @@ fn values_computed_in_their_products_match_the_reference() {
         .count();
     assert_eq!(prologues, 2, "{}", tc_compiler::plan::print(&plan));
     differential(&source, &dims, 7).unwrap_or_else(|e| panic!("{e}"));
+    // A forward program: `h` computed from the output `p` it is stored beside, read
+    // straight by one product and transposed by the other.
+    differential(FORWARD_PROLOGUE, &[], 5).unwrap_or_else(|e| panic!("{e}"));
+    let forward = tc_compiler::compile(FORWARD_PROLOGUE, &Default::default())
+        .expect("compiles")
+        .plan;
+    let prologues = forward
+        .kernels
+        .iter()
+        .filter(|k| matches!(&k.kind, KernelKind::MatMul(m) if m.prologue.is_some()))
+        .count();
+    assert_eq!(prologues, 2, "{}", tc_compiler::plan::print(&forward));
 }
+
+/// `h = sigmoid(p) * p + 1` beside its output `p`, read only by `h @ w2` and `hᵀ @ u`.
+const FORWARD_PROLOGUE: &str = "input x : f32[300, 200]
+param w1 : f32[200, 520]
+param b : f32[520]
+param w2 : f32[520, 130]
+input u : f32[300, 90]
+p = x @ w1 + b
+h = sigmoid(p) * p + 1
+y = h @ w2
+z = transpose(h) @ u
+output p, y, z
+";
 
 /// The same step with `h` computed in its products and with `h` stored (each prologue run
 /// as a kernel of its own before the first product, `h` given arena bytes past the others):
