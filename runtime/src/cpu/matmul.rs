@@ -260,11 +260,12 @@ pub(super) fn run(
                 whole_rows: t.whole_rows(),
                 tile: never_stored,
             });
-            let fill = |rows, cols, dst: &mut [f32]| match &computed_a {
-                Some(p) => p.fill(rows, cols, dst),
-                None => unreachable!("asked only where a prologue computes A"),
-            };
-            let a_from = computed_a.as_ref().map(|_| own::AFrom { f: &fill });
+            let fill = computed_a.as_ref().map(|p| {
+                move |rows: (usize, usize), cols: (usize, usize), dst: &mut [f32]| {
+                    p.fill(rows, cols, dst)
+                }
+            });
+            let a_from = fill.as_ref().map(|f| own::AFrom { f });
             // (A computed `A` is never read where the operand points: nowhere.)
             let a_ptr = if computed_a.is_some() {
                 std::ptr::null()
