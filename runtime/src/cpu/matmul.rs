@@ -215,6 +215,21 @@ pub(super) fn run(
                 plan.buffer(ws_id).name
             )));
         }
+        // What a prologue reads must stay as it is while the product runs (a plan never
+        // places the output or the workspace over it, but a wrong plan must not corrupt it).
+        let pro_reads: Vec<Mem> = computed_a
+            .iter()
+            .flat_map(prologue::Prologue::reads)
+            .collect();
+        if pro_reads
+            .iter()
+            .any(|m| m.overlaps(&out) || m.overlaps(&ws))
+        {
+            return Err(bad(format!(
+                "the output or workspace of the product overlaps what its prologue reads to compute {}",
+                plan.buffer(mm.a.buffer).name
+            )));
+        }
         // SAFETY: the workspace is the product's alone at its step (checked: writable,
         // `floats` f32s, sharing no byte with the operands or the output).
         let bp = unsafe { std::slice::from_raw_parts_mut(ws.base().cast::<f32>(), floats) };
@@ -223,7 +238,7 @@ pub(super) fn run(
         let reads: Vec<Mem> = [a_mem, b_mem]
             .into_iter()
             .chain(residual)
-            .chain(computed_a.iter().flat_map(prologue::Prologue::reads))
+            .chain(pro_reads)
             .collect();
         let product = epilogue::Product {
             id: mm.out,

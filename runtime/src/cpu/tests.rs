@@ -1676,3 +1676,204 @@ fn stored_whole(plan: &Plan) -> Plan {
     }
     stored
 }
+
+/// `plan` with the pointwise kernel that stores the `A` of the product after it, read by
+/// that product alone, moved into the product as its prologue (`MatMulKernel::prologue`)
+/// and `A` made a tile, never stored; and the names of the buffers so computed.
+fn with_prologues(plan: &Plan) -> (Plan, Vec<String>) {
+    let mut out = plan.clone();
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i + 1 < out.kernels.len() {
+        let (KernelKind::Fused(f), KernelKind::MatMul(mm)) =
+            (&out.kernels[i].kind, &out.kernels[i + 1].kind)
+        else {
+            i += 1;
+            continue;
+        };
+        let h = mm.a.buffer;
+        let readers = out
+            .kernels
+            .iter()
+            .filter(|k| tc_compiler::memory::liveness::reads(k).contains(&h))
+            .count();
+        let is_output = out.outputs.iter().any(|o| o.buffer == h);
+        if !f.reduce_axes.is_empty()
+            || f.stores.len() != 1
+            || f.stores[0].buffer != h
+            || readers != 1
+            || is_output
+        {
+            i += 1;
+            continue;
+        }
+        let f = Box::new(f.clone());
+        let KernelKind::MatMul(mm) = &mut out.kernels[i + 1].kind else {
+            unreachable!()
+        };
+        mm.prologue = Some(f);
+        out.buffers[h.index()].kind = BufferKind::Tile;
+        names.push(out.buffers[h.index()].name.clone());
+        out.kernels.remove(i);
+    }
+    (out, names)
+}
+
+/// The inverse of `with_prologues`: every prologue run as its own kernel just before its
+/// product, and the tile it computes given arena bytes of its own past the others.
+fn prologues_stored(plan: &Plan) -> Plan {
+    let mut stored = plan.clone();
+    let mut i = 0;
+    while i < stored.kernels.len() {
+        let taken = match &mut stored.kernels[i].kind {
+            KernelKind::MatMul(mm) => mm.prologue.take().map(|p| (*p, mm.a.buffer)),
+            _ => None,
+        };
+        if let Some((f, h)) = taken {
+            let b = &mut stored.buffers[h.index()];
+            b.kind = BufferKind::Arena;
+            b.offset = stored.arena_bytes.next_multiple_of(16);
+            stored.arena_bytes = b.offset + b.bytes;
+            let name = format!("{}_prologue", stored.kernels[i].name);
+            stored.kernels.insert(
+                i,
+                Kernel {
+                    name,
+                    kind: KernelKind::Fused(f),
+                    ops: vec![],
+                    lines: vec![],
+                },
+            );
+            i += 1;
+        }
+        i += 1;
+    }
+    stored
+}
+
+/// A product whose `A` a prologue computes where tc's GEMM packs it (`h = gelu(pre)`, `h =
+/// x * y + 1`, read straight as `h @ w` and transposed as `hᵀ @ g`; `k` below and past
+/// `KC` = 512) gives, in pools of 1, 2 and 3 threads, the bits of the same plan with the
+/// prologue run as its own kernel and `h` stored.
+#[test]
+fn prologue_products_give_the_bits_of_a_stored() {
+    let cases = [
+        // (source, R, C, N)
+        ("h = gelu(pre)\ny = h @ w\n", 37, 50, 29),
+        ("h = gelu(pre)\ny = h @ w\n", 37, 600, 29),
+        ("h = pre * q + 1.0\ny = h @ w\n", 41, 530, 70),
+        ("h = gelu(pre)\ny = transpose(h) @ g\n", 37, 50, 29),
+        ("h = gelu(pre)\ny = transpose(h) @ g\n", 620, 50, 29),
+        ("h = pre * q + 1.0\ny = transpose(h) @ g\n", 700, 45, 33),
+        // With an epilogue after the product (which reads what the prologue reads).
+        ("h = gelu(pre)\ny = (h @ w) * 2.0 + 1.0\n", 150, 600, 40),
+    ];
+    for (body, r, c, n) in cases {
+        let source = format!(
+            "dim R = {r}\ndim C = {c}\ndim N = {n}\ninput pre : f32[R, C]\n\
+             param q : f32[R, C]\nparam w : f32[C, N]\nparam g : f32[R, N]\n{body}output y"
+        );
+        let program = tc_compiler::compile(&source, &Default::default()).expect("compiles");
+        let (plan, names) = with_prologues(&program.plan);
+        assert_eq!(
+            names,
+            ["h"],
+            "{source}\n{}",
+            tc_compiler::plan::text::print(&program.plan)
+        );
+        let stored = prologues_stored(&plan);
+        let (inputs, params) =
+            crate::data::load_leaves(&program.checked, &[], None, 5).expect("data");
+        if body.contains("* 2.0") {
+            // The kernel after the product runs on its blocks, beside the prologue.
+            let (_, times) = super::run_timed(&plan, &inputs, &params).expect("runs");
+            assert!(
+                times.iter().any(|t| t.epilogue_of.is_some()),
+                "{source}: no epilogue"
+            );
+        }
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let go = |plan: &Plan| pool.install(|| run(plan, &inputs, &params)).expect("runs");
+            let (with, without) = (go(&plan), go(&stored));
+            assert_eq!(with.len(), without.len());
+            for (a, b) in with.iter().zip(&without) {
+                assert!(
+                    a.bytes == b.bytes && a.shape == b.shape,
+                    "{source}\n{threads} threads: the prologue changed the result"
+                );
+            }
+        }
+    }
+}
+
+/// A prologue the executor cannot run where the GEMM packs (strides that read `h` other
+/// than straight or transposed, a reduction, a store of another buffer), or a prologue
+/// tile read by a kernel other than its product, is a plan error naming the problem,
+/// never a panic or a read of nothing.
+#[test]
+fn bad_prologues_are_plan_errors() {
+    let source = "dim R = 37\ndim C = 50\ndim N = 29\ninput pre : f32[R, C]\n\
+                  param w : f32[C, N]\nh = gelu(pre)\ny = h @ w\noutput y";
+    let program = tc_compiler::compile(source, &Default::default()).expect("compiles");
+    let (plan, names) = with_prologues(&program.plan);
+    assert_eq!(names, ["h"]);
+    let (inputs, params) = crate::data::load_leaves(&program.checked, &[], None, 5).expect("data");
+    run(&plan, &inputs, &params).expect("the good plan runs");
+    let mm_at = plan
+        .kernels
+        .iter()
+        .position(|k| matches!(&k.kind, KernelKind::MatMul(m) if m.prologue.is_some()))
+        .expect("a product with a prologue");
+    let edit = |f: &dyn Fn(&mut MatMulKernel)| {
+        let mut bad = plan.clone();
+        let KernelKind::MatMul(mm) = &mut bad.kernels[mm_at].kind else {
+            unreachable!()
+        };
+        f(mm);
+        bad
+    };
+    let expect_bad = |bad: &Plan, what: &str| match run(bad, &inputs, &params) {
+        Err(CpuError::BadPlan(msg)) => assert!(msg.contains(what), "{msg}"),
+        other => panic!("{what}: {:?}", other.map(|_| ())),
+    };
+    // `h` read other than straight or transposed (in bounds: 37 × 25 with strides [25, 2]).
+    let bad = edit(&|mm| {
+        mm.a.strides = vec![25, 2];
+        mm.k = 25;
+    });
+    expect_bad(&bad, "prologue");
+    // A prologue that is a reduction (its domain no longer pointwise).
+    let bad = edit(&|mm| {
+        let p = mm.prologue.as_mut().expect("prologue");
+        p.reduce_axes = vec![1];
+    });
+    expect_bad(&bad, "prologue");
+    // A prologue storing another buffer than `A`'s.
+    let bad = edit(&|mm| {
+        let p = mm.prologue.as_mut().expect("prologue");
+        p.stores[0].buffer = mm.b.buffer;
+    });
+    expect_bad(&bad, "prologue");
+    // A product whose `A` is a tile and no prologue computes it.
+    let bad = edit(&|mm| mm.prologue = None);
+    expect_bad(&bad, "never stored");
+    // The prologue's tile read by a kernel other than its product.
+    let mut bad = plan.clone();
+    let h = match &bad.kernels[mm_at].kind {
+        KernelKind::MatMul(mm) => mm.a.buffer,
+        _ => unreachable!(),
+    };
+    let y = bad.outputs[0].buffer;
+    bad.kernels.push(fused(
+        &[37, 29],
+        &[],
+        vec![ld(h.0, DType::F32, 0, &[50, 1])],
+        vec![el(InstOp::Load(0))],
+        &[(0, y.0)],
+    ));
+    expect_bad(&bad, "never stored");
+}
