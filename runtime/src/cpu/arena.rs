@@ -542,7 +542,7 @@ mod tests {
         {
             let (s, d) = (arena.ptr as usize + a_lo, va.as_ptr() as usize);
             assert_eq!(
-                (s - d) % HUGE,
+                s.wrapping_sub(d) % HUGE,
                 0,
                 "the arena lines up with a's vector within a huge page"
             );
