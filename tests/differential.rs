@@ -383,43 +383,30 @@ fn the_generator_draws_residual_gemms() {
 /// prologues, so this stays a test of them.
 #[test]
 fn values_computed_in_their_products_match_the_reference() {
-    use tc_compiler::schedule::KernelKind;
-    let source = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train_mlp.tx"),
-    )
-    .expect("train_mlp.tx");
-    let dims: Vec<(String, u64)> = [("B", 256), ("D", 64), ("H", 1024), ("C", 64)]
-        .iter()
-        .map(|(n, v)| (n.to_string(), *v))
-        .collect();
-    let plan = tc_compiler::compile(
-        &source,
-        &tc_compiler::CompileOptions {
+    let (source, dims) = train_mlp(&[("B", 256), ("D", 64), ("H", 1024), ("C", 64)]);
+    // And a forward program: `h` computed from the output `p` it is stored beside, read
+    // straight by one product and transposed by the other.
+    for (source, dims, seed) in [
+        (source.as_str(), dims, 7),
+        (FORWARD_PROLOGUE, Vec::new(), 5),
+    ] {
+        let options = tc_compiler::CompileOptions {
             dims: dims.clone(),
             ..Default::default()
-        },
-    )
-    .expect("compiles")
-    .plan;
-    let prologues = plan
-        .kernels
-        .iter()
-        .filter(|k| matches!(&k.kind, KernelKind::MatMul(m) if m.prologue.is_some()))
-        .count();
-    assert_eq!(prologues, 2, "{}", tc_compiler::plan::print(&plan));
-    differential(&source, &dims, 7).unwrap_or_else(|e| panic!("{e}"));
-    // A forward program: `h` computed from the output `p` it is stored beside, read
-    // straight by one product and transposed by the other.
-    differential(FORWARD_PROLOGUE, &[], 5).unwrap_or_else(|e| panic!("{e}"));
-    let forward = tc_compiler::compile(FORWARD_PROLOGUE, &Default::default())
-        .expect("compiles")
-        .plan;
-    let prologues = forward
-        .kernels
-        .iter()
-        .filter(|k| matches!(&k.kind, KernelKind::MatMul(m) if m.prologue.is_some()))
-        .count();
-    assert_eq!(prologues, 2, "{}", tc_compiler::plan::print(&forward));
+        };
+        let plan = tc_compiler::compile(source, &options)
+            .expect("compiles")
+            .plan;
+        let prologues = plan
+            .kernels
+            .iter()
+            .filter(|k| {
+                matches!(&k.kind, tc_compiler::schedule::KernelKind::MatMul(m) if m.prologue.is_some())
+            })
+            .count();
+        assert_eq!(prologues, 2, "{}", tc_compiler::plan::print(&plan));
+        differential(source, &dims, seed).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// `h = sigmoid(p) * p + 1` beside its output `p`, read only by `h @ w2` and `hᵀ @ u`.
@@ -442,14 +429,7 @@ output p, y, z
 #[test]
 fn values_computed_in_their_products_give_the_bits_of_values_stored() {
     use tc_compiler::schedule::{BufferKind, KernelKind, Plan};
-    let source = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train_mlp.tx"),
-    )
-    .expect("train_mlp.tx");
-    let dims: Vec<(String, u64)> = [("B", 250), ("D", 70), ("H", 1030), ("C", 66)]
-        .iter()
-        .map(|(n, v)| (n.to_string(), *v))
-        .collect();
+    let (source, dims) = train_mlp(&[("B", 250), ("D", 70), ("H", 1030), ("C", 66)]);
     let options = tc_compiler::CompileOptions {
         dims,
         ..Default::default()
@@ -526,4 +506,14 @@ fn values_computed_in_their_products_give_the_bits_of_values_stored() {
         Err(e) => assert!(e.to_string().contains("prologue"), "{e}"),
         Ok(_) => panic!("a prologue writing another buffer ran"),
     }
+}
+
+/// `examples/train_mlp.tx` and `dims` as `--dim` overrides.
+fn train_mlp(dims: &[(&str, u64)]) -> (String, Vec<(String, u64)>) {
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/train_mlp.tx"),
+    )
+    .expect("train_mlp.tx");
+    let dims = dims.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+    (source, dims)
 }

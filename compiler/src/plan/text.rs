@@ -57,27 +57,13 @@ fn write_elementwise(
     special: usize,
     special_text: &str,
 ) {
-    for (i, l) in loads.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  load {tag}{} = {} {} +{} strides {}",
-            i + 1,
-            bname(l.buffer),
-            l.dtype,
-            l.offset,
-            list(&l.strides)
-        );
-    }
-    for (i, inst) in body.iter().enumerate() {
-        let rhs = inst_text(&inst.op, |l| {
-            if l == special {
-                special_text.to_string()
-            } else {
-                format!("load {tag}{l}")
-            }
-        });
-        let _ = writeln!(out, "  {prefix}%{i:<3} = {rhs:<22} : {}", inst_type(inst));
-    }
+    let names = Names {
+        tag,
+        prefix,
+        first: 1,
+        special: Some((special, special_text)),
+    };
+    write_body(out, bname, loads, body, &names);
 }
 
 /// A fused kernel's loads and insts (`load l0 = …`, `%0 = …`), or a product's prologue's
@@ -89,11 +75,43 @@ fn write_kernel_body(
     body: &[crate::schedule::Inst],
     prefix: &str,
 ) {
-    let tag = if prefix.is_empty() { "l" } else { prefix };
+    let names = Names {
+        tag: if prefix.is_empty() { "l" } else { prefix },
+        prefix,
+        first: 0,
+        special: None,
+    };
+    write_body(out, bname, loads, body, &names);
+}
+
+/// How `write_body` names a body's loads (`load {tag}{first + i}`; `special`'s index reads
+/// as its text) and insts (`{prefix}%i`).
+struct Names<'a> {
+    tag: &'a str,
+    prefix: &'a str,
+    first: usize,
+    special: Option<(usize, &'a str)>,
+}
+
+/// One line a load, then one an inst.
+fn write_body(
+    out: &mut String,
+    bname: &dyn Fn(crate::schedule::BufferId) -> String,
+    loads: &[crate::schedule::Load],
+    body: &[crate::schedule::Inst],
+    names: &Names,
+) {
+    let Names {
+        tag,
+        prefix,
+        first,
+        special,
+    } = names;
     for (i, l) in loads.iter().enumerate() {
         let _ = writeln!(
             out,
-            "  load {tag}{i} = {} {} +{} strides {}",
+            "  load {tag}{} = {} {} +{} strides {}",
+            i + first,
             bname(l.buffer),
             l.dtype,
             l.offset,
@@ -101,7 +119,10 @@ fn write_kernel_body(
         );
     }
     for (i, inst) in body.iter().enumerate() {
-        let rhs = inst_text(&inst.op, |l| format!("load {tag}{l}"));
+        let rhs = inst_text(&inst.op, |l| match special {
+            Some((s, text)) if *s == l => text.to_string(),
+            _ => format!("load {tag}{l}"),
+        });
         let _ = writeln!(out, "  {prefix}%{i:<3} = {rhs:<22} : {}", inst_type(inst));
     }
 }
