@@ -2,22 +2,14 @@
 //! schedule is live, and the largest total live at one step of any set of lifetimes (one
 //! sweep over the steps, shared by the packer's floor, the lower bound and the eager model).
 
-use crate::schedule::{Buffer, BufferId, BufferKind, Kernel, KernelKind, PlanOutput};
+use crate::schedule::{Buffer, BufferId, BufferKind, Kernel, KernelKind, MatMulKernel, PlanOutput};
 use std::collections::BTreeSet;
 
 /// The buffers a kernel reads.
 pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
     match &kernel.kind {
         KernelKind::Fused(f) => f.loads.iter().map(|l| l.buffer).collect(),
-        KernelKind::MatMul(m) => [m.a.buffer, m.b.buffer]
-            .into_iter()
-            .chain(m.accumulate)
-            .chain(
-                m.prologue
-                    .iter()
-                    .flat_map(|p| p.loads.iter().map(|l| l.buffer)),
-            )
-            .collect(),
+        KernelKind::MatMul(m) => product_reads(m),
         KernelKind::Attention(a) => a.reads(),
         KernelKind::AttentionBackward(a) => [a.q.buffer, a.k.buffer, a.v.buffer, a.d_out.buffer]
             .into_iter()
@@ -26,6 +18,19 @@ pub fn reads(kernel: &Kernel) -> Vec<BufferId> {
             .collect(),
         KernelKind::IndexAdd(k) => vec![k.index.buffer, k.grad.buffer],
     }
+}
+
+/// The buffers a matrix product reads: its operands, its residual and its prologue's loads.
+pub fn product_reads(m: &MatMulKernel) -> Vec<BufferId> {
+    [m.a.buffer, m.b.buffer]
+        .into_iter()
+        .chain(m.accumulate)
+        .chain(
+            m.prologue
+                .iter()
+                .flat_map(|p| p.loads.iter().map(|l| l.buffer)),
+        )
+        .collect()
 }
 
 /// The buffers a kernel writes (its workspace included).

@@ -468,11 +468,6 @@ pub fn memory_report_for(
                     })
                     .map(|r| r.name.as_str())
                     .collect();
-                let sources: std::collections::BTreeSet<&str> = p
-                    .loads
-                    .iter()
-                    .map(|l| plan.buffer(l.buffer).name.as_str())
-                    .collect();
                 notes.push(format!(
                     "{} (matmul, lines {}): {} ({} {:?}, {} ({} bytes)) is never stored: {} compute it from {} as their GEMM packs each block of it (its maths once more per element and column block of the product); naive and eager count it as PyTorch stores it",
                     readers.join(", "),
@@ -483,7 +478,7 @@ pub fn memory_report_for(
                     human(a.bytes),
                     a.bytes,
                     if readers.len() > 1 { "the products" } else { "the product" },
-                    sources.into_iter().collect::<Vec<_>>().join(", "),
+                    crate::plan::prologue::sources(p, &plan.buffers),
                 ));
             }
             let b = plan.buffer(m.out);

@@ -24,8 +24,8 @@ use super::split::prune;
 use crate::ir::types::contiguous_strides;
 use crate::memory::liveness;
 use crate::schedule::{
-    Buffer, BufferId, BufferKind, FusedKernel, InstId, InstOp, Kernel, KernelKind, Level, Load,
-    Store,
+    Buffer, BufferId, BufferKind, FusedKernel, Inst, InstId, InstOp, Kernel, KernelKind, Level,
+    Load, Store,
 };
 use std::collections::BTreeSet;
 
@@ -65,7 +65,7 @@ pub fn add_prologues(
                 }
             }
         }
-        let sources = prologue_sources(&prologue, buffers);
+        let sources = sources(&prologue, buffers);
         let b = &mut buffers[h];
         b.kind = BufferKind::Tile;
         b.offset = 0;
@@ -83,8 +83,8 @@ pub fn add_prologues(
     notes
 }
 
-/// The names of the buffers a prologue reads, for its note.
-fn prologue_sources(p: &FusedKernel, buffers: &[Buffer]) -> String {
+/// The names of the buffers a prologue reads, for its notes (here and the report's).
+pub fn sources(p: &FusedKernel, buffers: &[Buffer]) -> String {
     let names: BTreeSet<&str> = p
         .loads
         .iter()
@@ -164,11 +164,34 @@ fn candidate(
     Some((w, p))
 }
 
+/// `inst`, which `store` writes whole into its buffer, read back from there instead of
+/// computed: a load of the buffer, contiguous over the kernel's `domain`, added to `loads`.
+/// Nothing where the buffer holds another dtype than the value (returns whether it was).
+pub(super) fn read_back(
+    loads: &mut Vec<Load>,
+    inst: &mut Inst,
+    store: &Store,
+    buffers: &[Buffer],
+    domain: &[u64],
+) -> bool {
+    let buf = &buffers[store.buffer.index()];
+    if store.region.is_some() || buf.dtype != inst.dtype {
+        return false;
+    }
+    loads.push(Load {
+        buffer: store.buffer,
+        dtype: buf.dtype,
+        offset: 0,
+        strides: contiguous_strides(domain),
+    });
+    inst.op = InstOp::Load(loads.len() - 1);
+    true
+}
+
 /// The maths `f` computes `store`'s value by, alone, with each value `f` stores elsewhere
 /// (whole, contiguously) read back from its buffer; `None` where it needs more than float
 /// maths (the runtime's f32 interpreter runs it).
 fn prologue_of(f: &FusedKernel, store: &Store, buffers: &[Buffer]) -> Option<FusedKernel> {
-    let own = contiguous_strides(&f.domain);
     // Insts stored elsewhere (whole): read back rather than computed.
     let stored_at = |i: InstId| {
         f.stores
@@ -182,17 +205,9 @@ fn prologue_of(f: &FusedKernel, store: &Store, buffers: &[Buffer]) -> Option<Fus
             continue;
         }
         if let Some(s) = stored_at(i) {
-            let buf = &buffers[s.buffer.index()];
-            if buf.dtype != inst.dtype || buf.kind != BufferKind::Arena {
-                continue;
+            if buffers[s.buffer.index()].kind == BufferKind::Arena {
+                read_back(&mut loads, inst, s, buffers, &f.domain);
             }
-            loads.push(Load {
-                buffer: s.buffer,
-                dtype: buf.dtype,
-                offset: 0,
-                strides: own.clone(),
-            });
-            inst.op = InstOp::Load(loads.len() - 1);
         }
     }
     for inst in &mut body {

@@ -21,14 +21,15 @@
 //! block, `CPU_GEMM_NC`), every read of the product the element in its own place, only
 //! float values, no gathers, indices or scans.
 
+use super::prologue::read_back;
 use super::split::prune;
 use crate::fuse::strides_agree;
 use crate::ir::types::contiguous_strides;
 use crate::memory::inplace::in_arena;
 use crate::memory::liveness;
 use crate::schedule::{
-    Buffer, BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, Level, Load,
-    MatMulKernel, Plan, Store, CPU_GEMM_NC,
+    Buffer, BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, Level, MatMulKernel,
+    Plan, Store, CPU_GEMM_NC,
 };
 use std::collections::BTreeSet;
 
@@ -102,11 +103,7 @@ fn split_column_folds(
             i += 1;
             continue;
         };
-        let read_elsewhere = kernels
-            .iter()
-            .enumerate()
-            .any(|(j, k)| j != i + 1 && liveness::reads(k).contains(&mm.out));
-        let halves = (!read_elsewhere && !outputs.contains(&mm.out))
+        let halves = next_reads_alone(kernels, i, mm, outputs)
             .then(|| fold_halves(mm, f, buffers))
             .flatten();
         let Some((first, second)) = halves else {
@@ -241,21 +238,12 @@ fn fold_halves(
     if !tileable(mm, &first, buffers) {
         return None;
     }
-    let own = contiguous_strides(&f.domain);
     let mut loads = f.loads.clone();
     let mut body = f.body.clone();
     for s in &elem {
-        let buf = &buffers[s.buffer.index()];
-        if s.region.is_some() || buf.dtype != f.body[s.inst].dtype {
+        if !read_back(&mut loads, &mut body[s.inst], s, buffers, &f.domain) {
             return None;
         }
-        loads.push(Load {
-            buffer: s.buffer,
-            dtype: buf.dtype,
-            offset: 0,
-            strides: own.clone(),
-        });
-        body[s.inst].op = InstOp::Load(loads.len() - 1);
     }
     let second = prune(FusedKernel {
         loads,
@@ -282,11 +270,7 @@ pub fn tile_products(
         let (KernelKind::MatMul(mm), KernelKind::Fused(f)) = (&pair[0].kind, &pair[1].kind) else {
             continue;
         };
-        let read_elsewhere = kernels
-            .iter()
-            .enumerate()
-            .any(|(j, k)| j != i + 1 && liveness::reads(k).contains(&mm.out));
-        if read_elsewhere || outputs.contains(&mm.out) || !tileable(mm, f, buffers) {
+        if !next_reads_alone(kernels, i, mm, outputs) || !tileable(mm, f, buffers) {
             continue;
         }
         let out = &mut buffers[mm.out.index()];
@@ -350,19 +334,27 @@ fn tileable(mm: &MatMulKernel, f: &FusedKernel, buffers: &[Buffer]) -> bool {
     product_ok && shape_ok && reads_product && apart && floats
 }
 
-/// The buffers a product uses while it runs, its consumer's step too when in tiles: its
-/// operands, residual, the loads of its prologue and its workspace.
+/// The buffers a product uses while it runs, its consumer's step too when in tiles: what it
+/// reads (`liveness::product_reads`) and its workspace.
 fn gemm_uses(mm: &MatMulKernel) -> Vec<BufferId> {
-    [mm.a.buffer, mm.b.buffer]
-        .into_iter()
-        .chain(mm.accumulate)
-        .chain(
-            mm.prologue
-                .iter()
-                .flat_map(|p| p.loads.iter().map(|l| l.buffer)),
-        )
-        .chain(mm.workspace)
-        .collect()
+    let mut uses = liveness::product_reads(mm);
+    uses.extend(mm.workspace);
+    uses
+}
+
+/// Whether the product of kernel `i` is read by kernel `i + 1` alone and is no output: the
+/// first condition for its consumer to take it in tiles.
+fn next_reads_alone(
+    kernels: &[Kernel],
+    i: usize,
+    mm: &MatMulKernel,
+    outputs: &BTreeSet<BufferId>,
+) -> bool {
+    !outputs.contains(&mm.out)
+        && !kernels
+            .iter()
+            .enumerate()
+            .any(|(j, k)| j != i + 1 && liveness::reads(k).contains(&mm.out))
 }
 
 #[cfg(test)]

@@ -60,21 +60,22 @@ fn bad(invariant: Invariant, message: String) -> Violation {
     Violation::new(invariant, message)
 }
 
-/// An attention kernel's elementwise body (its prologue, epilogue or prologue backward,
-/// `what`) over a domain of `rank` axes: every inst elementwise over earlier insts and
-/// loads among its `loads`, no reductions, gathers or scans, and `result` one of its insts.
+/// An elementwise body (an attention kernel's prologue, epilogue or prologue backward, a
+/// product's prologue: `what`) over a domain of `rank` axes: every inst elementwise over
+/// earlier insts and load ids below `load_ids`, no reductions, gathers or scans, and
+/// `result` one of its insts.
 fn check_elementwise(
     kernel: &str,
     what: &str,
     body: &[Inst],
-    loads: usize,
+    load_ids: usize,
     rank: usize,
     result: usize,
 ) -> Result<(), Violation> {
     for (i, inst) in body.iter().enumerate() {
         let ok = inst.level == Level::Element
             && match inst.op {
-                InstOp::Load(l) => l <= loads,
+                InstOp::Load(l) => l < load_ids,
                 InstOp::Reduce(..) | InstOp::Gather { .. } | InstOp::Scan(_) => false,
                 InstOp::Index { ref strides, .. } => strides.len() == rank,
                 ref op => op.operands().iter().all(|&o| o < i),
@@ -374,7 +375,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     &k.name,
                     "prologue",
                     &a.body,
-                    a.loads.len(),
+                    a.loads.len() + 1,
                     dom.len(),
                     a.logits,
                 )?;
@@ -393,7 +394,14 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 sizes.extend([a.m, a.dv]);
                 if let Some(e) = &a.epilogue {
                     let rank = sizes.len();
-                    check_elementwise(&k.name, "epilogue", &e.body, e.loads.len(), rank, e.result)?;
+                    check_elementwise(
+                        &k.name,
+                        "epilogue",
+                        &e.body,
+                        e.loads.len() + 1,
+                        rank,
+                        e.result,
+                    )?;
                     for l in &e.loads {
                         check_id(l.buffer)?;
                         read_at[l.buffer.index()].push(s);
@@ -440,7 +448,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     &k.name,
                     "prologue",
                     &a.body,
-                    a.loads.len(),
+                    a.loads.len() + 1,
                     dom.len(),
                     a.logits,
                 )?;
@@ -449,7 +457,7 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                     &k.name,
                     "prologue backward",
                     &a.grad_body,
-                    grad_loads,
+                    grad_loads + 1,
                     rank,
                     a.grad_scores,
                 )?;
@@ -608,19 +616,18 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                         p.stores[..],
                         [ref st] if st.buffer == m.a.buffer && st.region.is_none() && st.inst < p.body.len()
                     );
-                    let body_ok = p.body.iter().enumerate().all(|(i, inst)| {
-                        inst.level == Level::Element
-                            && match inst.op {
-                                InstOp::Load(l) => l < p.loads.len(),
-                                InstOp::Reduce(..)
-                                | InstOp::Gather { .. }
-                                | InstOp::Scan(_)
-                                | InstOp::Index { .. } => false,
-                                ref op => op.operands().iter().all(|&o| o < i),
-                            }
-                    });
+                    // Its loads are numbered from 0 (no stand-in load as an attention
+                    // body's), and an index map is not the interpreter's to run.
+                    check_elementwise(
+                        &k.name,
+                        "prologue",
+                        &p.body,
+                        p.loads.len(),
+                        p.domain.len(),
+                        p.stores.first().map_or(usize::MAX, |st| st.inst),
+                    )?;
                     if !one_store
-                        || !body_ok
+                        || p.body.iter().any(|i| matches!(i.op, InstOp::Index { .. }))
                         || !p.reduce_axes.is_empty()
                         || p.workspace.is_some()
                         || p.domain != a.shape
