@@ -142,14 +142,9 @@ impl Epilogue {
             for r in 0..runs {
                 let start = (r0 + r) * self.n + c0;
                 set_product(&mut s, &block, r, start);
-                let mut at = start;
-                while at < start + len {
-                    let b = p.block.min(start + len - at);
-                    // SAFETY: as above; these elements are this call's alone (the caller's
-                    // promise).
-                    unsafe { s.block(p, pass, at, b) };
-                    at += b;
-                }
+                // SAFETY: as above; these elements are this call's alone (the caller's
+                // promise).
+                unsafe { s.span(p, pass, start, start + len) };
             }
         } else {
             for r in 0..rows {

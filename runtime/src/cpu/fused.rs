@@ -132,14 +132,9 @@ pub(super) fn run(
                 let pass = &p.passes[0];
                 // SAFETY: as below (a pointwise kernel's row values read no load).
                 unsafe { s.row_values(&p, pass) };
-                let mut at = start;
-                while at < end {
-                    let n = BLOCK.min(end - at);
-                    // SAFETY: every access was bounds-checked over the whole domain in
-                    // `prepare`; parallel pieces store disjoint element ranges.
-                    unsafe { s.block(&p, pass, at, n) };
-                    at += n;
-                }
+                // SAFETY: every access was bounds-checked over the whole domain in
+                // `prepare`; parallel pieces store disjoint element ranges.
+                unsafe { s.span(&p, pass, start, end) };
             },
         );
     } else {
@@ -710,13 +705,8 @@ impl Scratch {
                 || !pass.reduces.is_empty()
                 || !pass.elem_stores.is_empty()
             {
-                let mut at = 0;
-                while at < p.row_len {
-                    let n = p.block.min(p.row_len - at);
-                    // SAFETY: forwarded from the caller.
-                    unsafe { self.block(p, pass, at, n) };
-                    at += n;
-                }
+                // SAFETY: forwarded from the caller.
+                unsafe { self.span(p, pass, 0, p.row_len) };
             }
             for &i in &pass.reduces {
                 let v = match body[i].op {
@@ -732,6 +722,21 @@ impl Scratch {
                 // SAFETY: bounds checked in `prepare`.
                 unsafe { acc.mem.write(base, self.row_vals[*inst]) };
             }
+        }
+    }
+
+    /// Computes inner indices `start .. end` of `pass` for the current row, a block
+    /// (`p.block` elements) at a time.
+    ///
+    /// # Safety
+    /// As `block`, for every element of the span.
+    pub(super) unsafe fn span(&mut self, p: &Prepared, pass: &Pass, start: usize, end: usize) {
+        let mut at = start;
+        while at < end {
+            let n = p.block.min(end - at);
+            // SAFETY: forwarded from the caller.
+            unsafe { self.block(p, pass, at, n) };
+            at += n;
         }
     }
 

@@ -118,15 +118,10 @@ impl Prologue {
                 base: dst[r * h_cols..].as_mut_ptr(),
                 origin: start,
             });
-            let mut at = start;
-            while at < start + h_cols {
-                let n = p.block.min(start + h_cols - at);
-                // SAFETY: elements `at .. at + n` of the walk are inside the domain (the
-                // block is inside `A`, so inside `h`), and their stores land in `dst`'s row
-                // `r`, which this call alone writes.
-                unsafe { s.block(p, pass, at, n) };
-                at += n;
-            }
+            // SAFETY: elements `start .. start + h_cols` of the walk are inside the domain
+            // (the block is inside `A`, so inside `h`), and their stores land in `dst`'s
+            // row `r`, which this call alone writes.
+            unsafe { s.span(p, pass, start, start + h_cols) };
         }
         let ptr = dst.as_ptr();
         if self.transposed {
