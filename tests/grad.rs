@@ -191,6 +191,36 @@ fn one_backward_pass_per_loss() {
     assert_eq!(checked.grads.len(), 2);
 }
 
+/// Undoing a broadcast sums no axis of one element: a weight's gradient through a batched
+/// product of batch 1 (`[1, S, D] @ [D, F]`) is the product reshaped, with no reduction
+/// kernel over the batch axis (the sum of one element is that element), and a bias's
+/// gradient sums over `S` alone (two reductions: it and the loss); the gradients still
+/// match the oracle.
+#[test]
+fn a_batch_of_one_is_not_summed() {
+    let source = "input x : f32[1, 6, 4]\nparam w : f32[4, 5]\nparam b : f32[5]\nloss = sum(tanh(x @ w + b))\ngw = grad(loss, w)\ngb = grad(loss, b)\noutput gw, gb\n";
+    let p = tc_compiler::compile(source, &CompileOptions::default()).expect("compiles");
+    for k in &p.plan.kernels {
+        if let tc_compiler::schedule::KernelKind::Fused(f) = &k.kind {
+            let ones = f.reduce_axes.iter().all(|&a| f.domain[a] == 1);
+            assert!(
+                f.reduce_axes.is_empty() || !ones,
+                "{} sums over axes of one element only:\n{}",
+                k.name,
+                tc_compiler::plan::print(&p.plan)
+            );
+        }
+    }
+    let reductions = p
+        .plan
+        .kernels
+        .iter()
+        .filter(|k| matches!(&k.kind, tc_compiler::schedule::KernelKind::Fused(f) if !f.reduce_axes.is_empty()))
+        .count();
+    assert_eq!(reductions, 2, "{}", tc_compiler::plan::print(&p.plan));
+    differential(source, &[], 3).expect("matches the reference");
+}
+
 /// f16 and bf16 variables: the gradient is computed in f32 and rounded once.
 #[test]
 fn half_precision_gradients_round_once() {

@@ -291,13 +291,18 @@ impl<'g> Tape<'g> {
         self.push(Op::MatMul(a, b), TensorType::new(DType::F32, shape))
     }
 
-    /// The sum of `g` down to `shape`, undoing a NumPy broadcast (`sum_to_size`).
+    /// The sum of `g` down to `shape`, undoing a NumPy broadcast (`sum_to_size`). An axis
+    /// of one element is not summed (its sum is the element): a leading batch axis of
+    /// size 1 (a weight's gradient through `x @ w` with `B = 1`) is a reshape, no kernel.
     pub fn sum_to(&mut self, g: NodeId, shape: &[Dim]) -> NodeId {
         let t = self.ty(g);
         let lead = t.rank() - shape.len();
         let axes: Vec<usize> = (0..t.rank())
-            .filter(|&i| i < lead || (shape[i - lead].size == 1 && t.shape[i].size != 1))
+            .filter(|&i| t.shape[i].size != 1 && (i < lead || shape[i - lead].size == 1))
             .collect();
+        if axes.is_empty() {
+            return self.reshape(g, shape);
+        }
         let s = self.reduce(ReduceOp::Sum, g, &axes, true);
         self.reshape(s, shape)
     }
