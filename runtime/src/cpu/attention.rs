@@ -359,7 +359,7 @@ struct Ctx<'a> {
 
 /// How a key tile's logits are made from its scores.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Logits {
+pub(super) enum Logits {
     /// They are the scores (the prologue is the score alone).
     Scores,
     /// f32 scores multiplied or divided by a constant (`s / sqrt(Dh)`): the score product
@@ -371,23 +371,29 @@ enum Logits {
 
 /// The form of `a`'s prologue (`Logits`).
 fn logits_form(a: &AttentionKernel) -> Logits {
-    let body = &a.body;
-    let score = |x: usize| matches!(body[x].op, InstOp::Load(SCORE));
-    if body.len() == 1 && a.logits == 0 && score(0) {
+    body_form(&a.body, a.logits, a.score_dtype)
+}
+
+/// The form of an elementwise body over one f32 input (`Load(0)`: the scores, or in the
+/// backward the gradient of the logits) whose value `result` is: the input alone, the
+/// input times or over a constant (`Logits::Scaled`), or anything else. `input_dtype` is
+/// the input's dtype (a scaled form needs f32 throughout).
+pub(super) fn body_form(body: &[Inst], result: usize, input_dtype: DType) -> Logits {
+    let input = |x: usize| matches!(body[x].op, InstOp::Load(SCORE));
+    if body.len() == 1 && result == 0 && input(0) {
         return Logits::Scores;
     }
-    if a.score_dtype != DType::F32 || body.len() != 3 || body.iter().any(|i| i.dtype != DType::F32)
-    {
+    if input_dtype != DType::F32 || body.len() != 3 || body.iter().any(|i| i.dtype != DType::F32) {
         return Logits::Prologue;
     }
     let konst = |x: usize| match body[x].op {
         InstOp::Const(c) => Some(c as f32),
         _ => None,
     };
-    let scale = match body[a.logits].op {
-        InstOp::Binary(BinaryOp::Div, x, y) if score(x) => konst(y).map(Scale::Div),
-        InstOp::Binary(BinaryOp::Mul, x, y) if score(x) => konst(y).map(Scale::Mul),
-        InstOp::Binary(BinaryOp::Mul, x, y) if score(y) => konst(x).map(Scale::Mul),
+    let scale = match body[result].op {
+        InstOp::Binary(BinaryOp::Div, x, y) if input(x) => konst(y).map(Scale::Div),
+        InstOp::Binary(BinaryOp::Mul, x, y) if input(x) => konst(y).map(Scale::Mul),
+        InstOp::Binary(BinaryOp::Mul, x, y) if input(y) => konst(x).map(Scale::Mul),
         _ => None,
     };
     // Dividing by a power of two is multiplying by its reciprocal, exactly (the same
@@ -1145,14 +1151,14 @@ fn lane_value(
 }
 
 /// `dst[i] = exp(src[i] - m)` for every `i < src.len()`, and their sum.
-fn exp_sum(src: &[f32], m: f32, dst: &mut [f32]) -> f32 {
+pub(super) fn exp_sum(src: &[f32], m: f32, dst: &mut [f32]) -> f32 {
     assert!(dst.len() >= src.len());
     // SAFETY: `dst` covers `src.len()` elements and does not overlap `src` (borrows).
     unsafe { exp_sum_raw(src.as_ptr(), dst.as_mut_ptr(), src.len(), m) }
 }
 
 /// `x[i] = exp(x[i] - m)`, and their sum.
-fn exp_sum_in_place(x: &mut [f32], m: f32) -> f32 {
+pub(super) fn exp_sum_in_place(x: &mut [f32], m: f32) -> f32 {
     let p = x.as_mut_ptr();
     // SAFETY: `x` covers its elements; each is read before it is written.
     unsafe { exp_sum_raw(p, p, x.len(), m) }

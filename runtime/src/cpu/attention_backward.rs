@@ -9,11 +9,12 @@
 //! probabilities and their gradients never exist beyond one tile per thread; every sum runs
 //! in a fixed order, so results do not depend on the threads.
 
+use super::attention::{body_form, exp_sum_in_place, Logits};
 use super::fused::check_bounds;
 use super::math;
+use super::tile_gemm::{self, Product, Scale, NR};
 use super::typed::{self, Lane};
 use super::{CpuError, Mem};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use tc_compiler::ir::{eval, BinaryOp, DType};
 use tc_compiler::schedule::{
@@ -38,34 +39,6 @@ impl Mat<'_> {
                 .zip(&self.op.strides)
                 .map(|(&z, &s)| z as i64 * s)
                 .sum::<i64>()
-    }
-
-    /// Rows `first..first + count` of the batch matrix at `base` as a contiguous f32
-    /// `count × cols` tile; with `transposed`, element (`r`, `c`) is the matrix's (`c`, `r`)
-    /// (the keys, stored `[d, n]`).
-    fn tile(
-        &self,
-        base: i64,
-        nb: usize,
-        first: usize,
-        count: usize,
-        cols: usize,
-        transposed: bool,
-        out: &mut Vec<f32>,
-    ) {
-        let s = &self.op.strides;
-        let (rs, cs) = if transposed {
-            (s[nb + 1], s[nb])
-        } else {
-            (s[nb], s[nb + 1])
-        };
-        out.clear();
-        for r in first..first + count {
-            for c in 0..cols {
-                // SAFETY: inside the matrix, whose bounds `run` checked.
-                out.push(unsafe { self.mem.read(base + r as i64 * rs + c as i64 * cs) });
-            }
-        }
     }
 }
 
@@ -157,53 +130,6 @@ unsafe fn read_lane(mem: Mem, i: i64) -> Lane {
             DType::Bool => Lane::I((mem.ptr.offset(i as isize).read() != 0) as i64),
             _ => Lane::F(mem.read(i)),
         }
-    }
-}
-
-/// `dst (rows × cols, row stride cols) (+)= lhs · rhs` with `lhs` element (`r`, `k`) at
-/// `lhs[r·lrs + k·lcs]` and `rhs` (`k`, `c`) at `rhs[k·rrs + c·rcs]`.
-#[allow(clippy::too_many_arguments)]
-fn product(
-    dst: &mut [f32],
-    accumulate: bool,
-    (rows, cols, depth): (usize, usize, usize),
-    lhs: &[f32],
-    (lrs, lcs): (usize, usize),
-    rhs: &[f32],
-    (rrs, rcs): (usize, usize),
-) {
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    if depth == 0 {
-        if !accumulate {
-            dst[..rows * cols].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: every slice holds the elements its strides reach for these sizes.
-    unsafe {
-        gemm::gemm(
-            rows,
-            cols,
-            depth,
-            dst.as_mut_ptr(),
-            1,
-            cols as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            rhs.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            if accumulate { 1.0f32 } else { 0.0f32 },
-            1.0f32,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
     }
 }
 
@@ -365,6 +291,8 @@ pub(super) fn run(
         score_dtype: a.score_dtype,
         prologue: &bodies[0],
         grad: &bodies[1],
+        logits: body_form(&a.body, a.logits, a.score_dtype),
+        grad_form: body_form(&a.grad_body, a.grad_scores, DType::F32),
         ws,
         dq: outs[0],
         dk: outs[1],
@@ -405,16 +333,97 @@ fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
     }
 }
 
-/// One thread's buffers, reused across its tasks.
+/// Packs the `depth × cols` matrix `b` (element (`t`, `c`) is `b(t, c)`) as `tile_gemm`'s
+/// `B`: panels of `NR` columns, `depth × NR` each, zeros past the last column, into `out`.
+fn pack_panels(out: &mut Vec<f32>, depth: usize, cols: usize, b: impl Fn(usize, usize) -> f32) {
+    let panels = cols.div_ceil(NR);
+    out.clear();
+    out.resize(panels * depth * NR, 0.0);
+    for (p, panel) in out.chunks_exact_mut(depth * NR).enumerate() {
+        let width = NR.min(cols - p * NR);
+        for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
+            for (jj, x) in row[..width].iter_mut().enumerate() {
+                *x = b(t, p * NR + jj);
+            }
+        }
+    }
+}
+
+/// Copies the `rows × cols` matrix `a` (element (`r`, `c`) is `a(r, c)`) into `out`,
+/// row-major with row stride `cols`: `tile_gemm`'s `A`.
+fn copy_rows(out: &mut Vec<f32>, rows: usize, cols: usize, a: impl Fn(usize, usize) -> f32) {
+    out.clear();
+    out.reserve(rows * cols);
+    for r in 0..rows {
+        out.extend((0..cols).map(|c| a(r, c)));
+    }
+}
+
+/// `c (rows × panels·NR, row stride ldc) (+)= a (rows × k, row stride lda) · b` (`panels`
+/// panels of `k × NR`), then `scale`d: `tile_gemm`'s product over slices.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    (rows, k): (usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    panels: usize,
+    scale: Scale,
+) {
+    if rows == 0 || panels == 0 {
+        return;
+    }
+    assert!(
+        panels * NR <= ldc
+            && c.len() >= (rows - 1) * ldc + panels * NR
+            && (k == 0 || a.len() >= (rows - 1) * lda + k)
+            && b.len() >= panels * k * NR
+    );
+    // SAFETY: the slices cover what `Product` reads and writes (asserted above), and `c`
+    // is a distinct borrow from `a` and `b`.
+    unsafe {
+        tile_gemm::product(Product {
+            rows,
+            k,
+            a: a.as_ptr(),
+            lda,
+            b: b.as_ptr(),
+            panels,
+            c: c.as_mut_ptr(),
+            ldc,
+            accumulate,
+            scale,
+        })
+    }
+}
+
+/// One thread's buffers, reused across its tasks. Phase 1 packs its batch matrix's keys
+/// and values (`kt`, `vt`: every key, as `B` of the scores and of `dp`; `kp`: each key
+/// tile as `B` of `dq`), phase 2 its queries and output gradient likewise; `packed_for`
+/// says for which batch matrix they are packed.
 #[derive(Default)]
 struct Scratch {
-    q: Vec<f32>,
-    d_out: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    packed_for: Option<usize>,
+    /// The `A` operands of the tile (queries and `dO` rows in phase 1, keys and values
+    /// in phase 2), row-major.
+    a1: Vec<f32>,
+    a2: Vec<f32>,
+    /// Whole-matrix `B` panels (phase 1: `kᵀ`, `vᵀ` over the keys; phase 2: `qᵀ`, `dOᵀ`
+    /// over the queries).
+    b1: Vec<f32>,
+    b2: Vec<f32>,
+    /// Per tile `B` panels, `T · dp` floats a tile (phase 1: keys as `B` of `dq`; phase 2:
+    /// queries as `B` of `dk`), and `T · dvp` (phase 2: `dO` as `B` of `dv`).
+    bt1: Vec<f32>,
+    bt2: Vec<f32>,
+    /// Tiles of `T × T`, row stride `T`: logits (then probabilities), `dp`, the gradient.
     s: Vec<f32>,
     dp: Vec<f32>,
     g: Vec<f32>,
+    row: Vec<f32>,
     acc: Vec<f32>,
     acc2: Vec<f32>,
     stats: Vec<f32>,
@@ -432,6 +441,11 @@ struct Ctx<'a> {
     score_dtype: DType,
     prologue: &'a Body<'a>,
     grad: &'a Body<'a>,
+    /// The prologue's form: the scale folded into the score products where it is one.
+    logits: Logits,
+    /// The prologue backward's form: applied to a row of gradients at once where it is
+    /// the gradient alone or scaled.
+    grad_form: Logits,
     ws: Mem,
     dq: Option<(&'a GradOut, Mem)>,
     dk: Option<(&'a GradOut, Mem)>,
@@ -453,58 +467,65 @@ impl Ctx<'_> {
         idx
     }
 
-    /// The logits of queries `q0..q0 + rq` and keys `k0..k0 + rk` (tiles `sc.q`, `sc.k`)
-    /// into `sc.s`, and `dp = dO·vᵀ` into `sc.dp` (both `rq × rk`).
-    fn logits(
+    /// Element (`r`, `c`) of operand `x`'s batch matrix at `base`, as f32.
+    fn at(&self, x: &Mat, base: i64, r: usize, c: usize) -> f32 {
+        let s = &x.op.strides;
+        // SAFETY: (r, c) is inside the matrix, whose bounds `run` checked.
+        unsafe {
+            x.mem
+                .read(base + r as i64 * s[self.nb] + c as i64 * s[self.nb + 1])
+        }
+    }
+
+    /// The scale folded into the score products.
+    fn scale(&self) -> Scale {
+        match self.logits {
+            Logits::Scaled(s) => s,
+            _ => Scale::None,
+        }
+    }
+
+    /// The logits from the scores in row `r` of `sc.s` (`cols` of them): rounded to the
+    /// score dtype and through the prologue (the scale, when it is one, is already
+    /// applied); `query`/`key` give element `c`'s query and key.
+    fn logits_row(
         &self,
         idx: &[usize],
-        (q0, rq): (usize, usize),
-        (k0, rk): (usize, usize),
+        r: usize,
+        cols: usize,
+        at: impl Fn(usize) -> (usize, usize),
         sc: &mut Scratch,
     ) {
-        let (_, _, d, dv) = self.dims;
-        sc.s.resize(rq * rk, 0.0);
-        sc.dp.resize(rq * rk, 0.0);
-        product(&mut sc.s, false, (rq, rk, d), &sc.q, (d, 1), &sc.k, (1, d));
-        product(
-            &mut sc.dp,
-            false,
-            (rq, rk, dv),
-            &sc.d_out,
-            (dv, 1),
-            &sc.v,
-            (1, dv),
-        );
-        for r in 0..rq {
-            for c in 0..rk {
-                let x = &mut sc.s[r * rk + c];
-                let s = math::round_to(self.score_dtype, *x);
-                *x = self.prologue.eval(idx, q0 + r, k0 + c, s, &mut sc.regs);
+        let row = &mut sc.s[r * T..r * T + cols];
+        if self.score_dtype != DType::F32 {
+            math::round_block(self.score_dtype, row);
+        }
+        if self.logits == Logits::Prologue {
+            for (c, x) in row.iter_mut().enumerate() {
+                let (i, j) = at(c);
+                *x = self.prologue.eval(idx, i, j, *x, &mut sc.regs);
             }
         }
     }
 
-    /// The gradient of the scores from the logits in `sc.s`, `dp` in `sc.dp` and the
-    /// queries' statistics (`sc.stats`, three a query): `sc.g`; with `probs`, the
-    /// probabilities replace the logits in `sc.s`.
-    fn grads(
+    /// The gradient of the scores from the gradient of the logits in row `r` of `sc.g`.
+    fn grad_row(
         &self,
         idx: &[usize],
-        (q0, rq): (usize, usize),
-        (k0, rk): (usize, usize),
-        probs: bool,
+        r: usize,
+        cols: usize,
+        at: impl Fn(usize) -> (usize, usize),
         sc: &mut Scratch,
     ) {
-        sc.g.resize(rq * rk, 0.0);
-        for r in 0..rq {
-            let (mref, l, dd) = (sc.stats[3 * r], sc.stats[3 * r + 1], sc.stats[3 * r + 2]);
-            for c in 0..rk {
-                let e = math::exp(sc.s[r * rk + c] - mref);
-                let p = e / l;
-                let gx = p * (sc.dp[r * rk + c] - dd);
-                sc.g[r * rk + c] = self.grad.eval(idx, q0 + r, k0 + c, gx, &mut sc.regs);
-                if probs {
-                    sc.s[r * rk + c] = p;
+        let row = &mut sc.g[r * T..r * T + cols];
+        match self.grad_form {
+            Logits::Scores => {}
+            Logits::Scaled(Scale::Mul(c)) => row.iter_mut().for_each(|x| *x *= c),
+            Logits::Scaled(Scale::Div(c)) => row.iter_mut().for_each(|x| *x /= c),
+            Logits::Scaled(Scale::None) | Logits::Prologue => {
+                for (c, x) in row.iter_mut().enumerate() {
+                    let (i, j) = at(c);
+                    *x = self.grad.eval(idx, i, j, *x, &mut sc.regs);
                 }
             }
         }
@@ -513,42 +534,56 @@ impl Ctx<'_> {
     /// Phase 1 for queries `q0..` of batch matrix `bi`: their statistics, and `dq`.
     fn queries(&self, bi: usize, q0: usize, sc: &mut Scratch) {
         let (m, n, d, dv) = self.dims;
-        let nb = self.nb;
         let idx = self.index(bi);
         let rq = T.min(m - q0);
+        let dp = d.next_multiple_of(NR);
         let (qb, kb, vb, ob) = (
             self.q.base(&idx),
             self.k.base(&idx),
             self.v.base(&idx),
             self.d_out.base(&idx),
         );
-        let mut q = std::mem::take(&mut sc.q);
-        self.q.tile(qb, nb, q0, rq, d, false, &mut q);
-        sc.q = q;
-        let mut o = std::mem::take(&mut sc.d_out);
-        self.d_out.tile(ob, nb, q0, rq, dv, false, &mut o);
-        sc.d_out = o;
+        if sc.packed_for != Some(bi) {
+            sc.packed_for = Some(bi);
+            pack_panels(&mut sc.b1, d, n, |t, j| self.at(&self.k, kb, t, j));
+            pack_panels(&mut sc.b2, dv, n, |t, j| self.at(&self.v, vb, j, t));
+            // Key tile by key tile, `T · dp` floats apart: the keys as `dq`'s `B`.
+            let mut tile = Vec::new();
+            sc.bt1.clear();
+            for k0 in (0..n).step_by(T) {
+                let rk = T.min(n - k0);
+                pack_panels(&mut tile, rk, d, |t, c| self.at(&self.k, kb, c, k0 + t));
+                sc.bt1.extend_from_slice(&tile);
+                sc.bt1.resize(sc.bt1.len() + (T - rk) * dp, 0.0);
+            }
+        }
+        copy_rows(&mut sc.a1, rq, d, |r, c| self.at(&self.q, qb, q0 + r, c));
+        copy_rows(&mut sc.a2, rq, dv, |r, c| {
+            self.at(&self.d_out, ob, q0 + r, c)
+        });
+        sc.s.resize(T * T, 0.0);
+        sc.dp.resize(T * T, 0.0);
+        sc.g.resize(T * T, 0.0);
         let mut mx = vec![f32::NEG_INFINITY; rq];
         let mut sum = vec![0.0f32; rq];
         let mut tot = vec![0.0f32; rq];
         for k0 in (0..n).step_by(T) {
             let rk = T.min(n - k0);
-            self.keys_tile(kb, vb, k0, rk, sc);
-            self.logits(&idx, (q0, rq), (k0, rk), sc);
+            self.scores(&idx, (q0, rq), (k0, rk), sc);
             for r in 0..rq {
-                let row = &sc.s[r * rk..(r + 1) * rk];
-                let tmax = row
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |a, &b| math::maximum(a, b));
+                let row = &mut sc.s[r * T..r * T + rk];
+                let tmax = math::block_extremum(row, true);
                 let mnew = math::maximum(mx[r], tmax);
                 let mref = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
                 let alpha = math::exp(mx[r] - mref);
-                let (mut ts, mut tt) = (0.0f32, 0.0f32);
-                for (c, &x) in row.iter().enumerate() {
-                    let e = math::exp(x - mref);
-                    ts += e;
-                    tt += e * sc.dp[r * rk + c];
-                }
+                let ts = exp_sum_in_place(row, mref);
+                sc.row.clear();
+                sc.row.extend(
+                    row.iter()
+                        .zip(&sc.dp[r * T..r * T + rk])
+                        .map(|(e, p)| e * p),
+                );
+                let tt = math::block_sum(&sc.row);
                 sum[r] = sum[r] * alpha + ts;
                 tot[r] = tot[r] * alpha + tt;
                 mx[r] = mnew;
@@ -571,106 +606,188 @@ impl Ctx<'_> {
         }
         let Some((g, mem)) = self.dq else { return };
         sc.acc.clear();
-        sc.acc.resize(rq * d, 0.0);
+        sc.acc.resize(rq * dp, 0.0);
         for k0 in (0..n).step_by(T) {
             let rk = T.min(n - k0);
-            self.keys_tile(kb, vb, k0, rk, sc);
-            self.logits(&idx, (q0, rq), (k0, rk), sc);
-            self.grads(&idx, (q0, rq), (k0, rk), false, sc);
+            self.scores(&idx, (q0, rq), (k0, rk), sc);
+            for r in 0..rq {
+                let (mref, l, dd) = (sc.stats[3 * r], sc.stats[3 * r + 1], sc.stats[3 * r + 2]);
+                let row = &mut sc.s[r * T..r * T + rk];
+                exp_sum_in_place(row, mref);
+                let (dprow, grow) = (&sc.dp[r * T..r * T + rk], &mut sc.g[r * T..r * T + rk]);
+                for ((g, &e), &p) in grow.iter_mut().zip(row.iter()).zip(dprow) {
+                    *g = (e / l) * (p - dd);
+                }
+                self.grad_row(&idx, r, rk, |c| (q0 + r, k0 + c), sc);
+            }
             // dq += gs · k.
+            let kp = &sc.bt1[(k0 / T) * T * dp..][..rk * dp];
             product(
                 &mut sc.acc,
+                dp,
                 true,
-                (rq, d, rk),
+                (rq, rk),
                 &sc.g,
-                (rk, 1),
-                &sc.k,
-                (d, 1),
+                T,
+                kp,
+                dp / NR,
+                Scale::None,
             );
         }
-        write(g, mem, &idx, q0, rq, d, &sc.acc);
+        write(g, mem, &idx, (q0, rq), (d, dp), &sc.acc);
     }
 
-    /// Keys and values `k0..k0 + rk` into `sc.k` (`rk × d`) and `sc.v` (`rk × dv`).
-    fn keys_tile(&self, kb: i64, vb: i64, k0: usize, rk: usize, sc: &mut Scratch) {
+    /// Phase 1's tile of logits (`sc.s`) and `dp = dO·vᵀ` (`sc.dp`) for queries `q0..` and
+    /// keys `k0..` (`T × T`, row stride `T`).
+    fn scores(
+        &self,
+        idx: &[usize],
+        (q0, rq): (usize, usize),
+        (k0, rk): (usize, usize),
+        sc: &mut Scratch,
+    ) {
         let (_, _, d, dv) = self.dims;
-        let mut k = std::mem::take(&mut sc.k);
-        self.k.tile(kb, self.nb, k0, rk, d, true, &mut k);
-        sc.k = k;
-        let mut v = std::mem::take(&mut sc.v);
-        self.v.tile(vb, self.nb, k0, rk, dv, false, &mut v);
-        sc.v = v;
+        let panels = rk.div_ceil(NR);
+        let (kt, vt) = (&sc.b1[k0 * d..], &sc.b2[k0 * dv..]);
+        product(
+            &mut sc.s,
+            T,
+            false,
+            (rq, d),
+            &sc.a1,
+            d,
+            kt,
+            panels,
+            self.scale(),
+        );
+        let none = Scale::None;
+        product(&mut sc.dp, T, false, (rq, dv), &sc.a2, dv, vt, panels, none);
+        for r in 0..rq {
+            self.logits_row(idx, r, rk, |c| (q0 + r, k0 + c), sc);
+        }
     }
 
-    /// Phase 2 for keys `k0..` of batch matrix `bi`: `dk` and `dv`.
+    /// Phase 2 for keys `k0..` of batch matrix `bi`: `dk` and `dv`. The tiles are
+    /// transposed (a row per key): the logits `k·qᵀ` are phase 1's `q·kᵀ` bit for bit
+    /// (each is the same fused multiply-adds over `d` in order), so the probabilities are
+    /// the ones phase 1's statistics describe.
     fn keys(&self, bi: usize, k0: usize, sc: &mut Scratch) {
         let (m, n, d, dv) = self.dims;
-        let nb = self.nb;
         let idx = self.index(bi);
         let rk = T.min(n - k0);
+        let (dp, dvp) = (d.next_multiple_of(NR), dv.next_multiple_of(NR));
         let (qb, kb, vb, ob) = (
             self.q.base(&idx),
             self.k.base(&idx),
             self.v.base(&idx),
             self.d_out.base(&idx),
         );
-        self.keys_tile(kb, vb, k0, rk, sc);
+        if sc.packed_for != Some(bi) {
+            sc.packed_for = Some(bi);
+            pack_panels(&mut sc.b1, d, m, |t, i| self.at(&self.q, qb, i, t));
+            pack_panels(&mut sc.b2, dv, m, |t, i| self.at(&self.d_out, ob, i, t));
+            // Query tile by query tile: the queries as `dk`'s `B` (`T · dp` floats apart)
+            // and `dO` as `dv`'s (`T · dvp` apart).
+            let mut tile = Vec::new();
+            sc.bt1.clear();
+            sc.bt2.clear();
+            for q0 in (0..m).step_by(T) {
+                let rq = T.min(m - q0);
+                pack_panels(&mut tile, rq, d, |t, c| self.at(&self.q, qb, q0 + t, c));
+                sc.bt1.extend_from_slice(&tile);
+                sc.bt1.resize(sc.bt1.len() + (T - rq) * dp, 0.0);
+                pack_panels(&mut tile, rq, dv, |t, c| {
+                    self.at(&self.d_out, ob, q0 + t, c)
+                });
+                sc.bt2.extend_from_slice(&tile);
+                sc.bt2.resize(sc.bt2.len() + (T - rq) * dvp, 0.0);
+            }
+        }
+        copy_rows(&mut sc.a1, rk, d, |j, t| self.at(&self.k, kb, t, k0 + j));
+        copy_rows(&mut sc.a2, rk, dv, |j, t| self.at(&self.v, vb, k0 + j, t));
+        sc.s.resize(T * T, 0.0);
+        sc.dp.resize(T * T, 0.0);
+        sc.g.resize(T * T, 0.0);
         sc.acc.clear();
-        sc.acc.resize(rk * d, 0.0);
+        sc.acc.resize(rk * dp, 0.0);
         sc.acc2.clear();
-        sc.acc2.resize(rk * dv, 0.0);
+        sc.acc2.resize(rk * dvp, 0.0);
         for q0 in (0..m).step_by(T) {
             let rq = T.min(m - q0);
-            let mut q = std::mem::take(&mut sc.q);
-            self.q.tile(qb, nb, q0, rq, d, false, &mut q);
-            sc.q = q;
-            let mut o = std::mem::take(&mut sc.d_out);
-            self.d_out.tile(ob, nb, q0, rq, dv, false, &mut o);
-            sc.d_out = o;
+            let panels = rq.div_ceil(NR);
+            let (qt, ot) = (&sc.b1[q0 * d..], &sc.b2[q0 * dv..]);
+            product(
+                &mut sc.s,
+                T,
+                false,
+                (rk, d),
+                &sc.a1,
+                d,
+                qt,
+                panels,
+                self.scale(),
+            );
+            let none = Scale::None;
+            product(&mut sc.dp, T, false, (rk, dv), &sc.a2, dv, ot, panels, none);
             sc.stats.clear();
             for i in 3 * (bi * m + q0)..3 * (bi * m + q0 + rq) {
                 // SAFETY: phase 1 wrote every row's statistics before phase 2 began.
                 sc.stats.push(unsafe { self.ws.read(i as i64) });
             }
-            self.logits(&idx, (q0, rq), (k0, rk), sc);
-            self.grads(&idx, (q0, rq), (k0, rk), true, sc);
+            for j in 0..rk {
+                self.logits_row(&idx, j, rq, |c| (q0 + c, k0 + j), sc);
+                // x − max per query, then exp (`exp(x − max − 0)` is `exp(x − max)`, the
+                // very value phase 1 took), over the sum: the probabilities.
+                let row = &mut sc.s[j * T..j * T + rq];
+                for (x, st) in row.iter_mut().zip(sc.stats.chunks_exact(3)) {
+                    *x -= st[0];
+                }
+                exp_sum_in_place(row, 0.0);
+                let (dprow, grow) = (&sc.dp[j * T..j * T + rq], &mut sc.g[j * T..j * T + rq]);
+                for (((g, p), &x), st) in grow
+                    .iter_mut()
+                    .zip(row.iter_mut())
+                    .zip(dprow)
+                    .zip(sc.stats.chunks_exact(3))
+                {
+                    *p /= st[1];
+                    *g = *p * (x - st[2]);
+                }
+                self.grad_row(&idx, j, rq, |c| (q0 + c, k0 + j), sc);
+            }
             // dv += pᵀ · dO; dk += gsᵀ · q.
+            let op = &sc.bt2[(q0 / T) * T * dvp..][..rq * dvp];
             product(
                 &mut sc.acc2,
+                dvp,
                 true,
-                (rk, dv, rq),
+                (rk, rq),
                 &sc.s,
-                (1, rk),
-                &sc.d_out,
-                (dv, 1),
+                T,
+                op,
+                dvp / NR,
+                none,
             );
-            product(
-                &mut sc.acc,
-                true,
-                (rk, d, rq),
-                &sc.g,
-                (1, rk),
-                &sc.q,
-                (d, 1),
-            );
+            let qp = &sc.bt1[(q0 / T) * T * dp..][..rq * dp];
+            product(&mut sc.acc, dp, true, (rk, rq), &sc.g, T, qp, dp / NR, none);
         }
         if let Some((g, mem)) = self.dk {
-            write(g, mem, &idx, k0, rk, d, &sc.acc);
+            write(g, mem, &idx, (k0, rk), (d, dp), &sc.acc);
         }
         if let Some((g, mem)) = self.dv {
-            write(g, mem, &idx, k0, rk, dv, &sc.acc2);
+            write(g, mem, &idx, (k0, rk), (dv, dvp), &sc.acc2);
         }
     }
 }
 
-/// Writes rows `first..first + rows` (`rows × cols` in `acc`) of a gradient.
+/// Writes rows `first..first + rows` of a gradient, `cols` wide, from `acc` (row stride
+/// `stride`).
 fn write(
     g: &GradOut,
     mem: Mem,
     idx: &[usize],
-    first: usize,
-    rows: usize,
-    cols: usize,
+    (first, rows): (usize, usize),
+    (cols, stride): (usize, usize),
     acc: &[f32],
 ) {
     let nb = idx.len();
@@ -679,7 +796,7 @@ fn write(
         for c in 0..cols {
             let at = base + (first + r) as i64 * g.strides[nb] + c as i64 * g.strides[nb + 1];
             // SAFETY: inside the gradient's checked domain; these rows belong to this task.
-            unsafe { mem.write(at, math::round_to(g.dtype, acc[r * cols + c])) };
+            unsafe { mem.write(at, math::round_to(g.dtype, acc[r * stride + c])) };
         }
     }
 }
