@@ -13,14 +13,13 @@ shapes and dtypes), and every side is measured the same way:
   tensor (i64: the `tokens` and `labels`) is `integers(0, HI, shape, dtype=int64)`, with HI
   the dim that bounds it (INT_RANGE: gpt_block's tokens and labels in [0, V), train_mlp's
   labels in [0, C), train_block's in [0, D)), so every index is in range;
-- training steps (train_mlp, train_block) are written as `/work/shared/bench/train_anchors.py`
-  writes them: torch eager = forward + `loss.backward()`, the grads then read (and dropped);
+- training steps (train_mlp, train_block) are written as `../shared/bench/train_anchors.py`
+  (beside the repository) writes them: torch eager = forward + `loss.backward()`, the grads then read (and dropped);
   Inductor = `torch.compile(forward)` + `loss.backward()` (AOTAutograd compiles the
   backward); XLA = `jax.jit(jax.value_and_grad(loss))` over the params; NumPy = the backward
-  written by hand (train_mlp) or n/a (train_block: no autodiff). Each side computes exactly
+  written by hand (it has no autodiff). Each side computes exactly
   the program's outputs: train_mlp the loss and the SGD-updated weights `w - 0.01 * grad`,
   train_block the loss and the 12 gradients;
-
 - time: best wall time of REPS runs (default 7) after the inputs exist; XLA and Inductor
   get one untimed call first (it compiles; its time is reported as "first call"), tc has
   compiled before its inputs exist, NumPy and eager have nothing to compile;
@@ -45,11 +44,13 @@ inputs to a temporary folder as .npy (bf16 as f32, exactly), runs `tc run --devi
 arrays and compares each output with tc's: it prints the largest absolute and relative
 error per program, side and output and exits 1 on any mismatch (an element off by more than
 ATOL * max|tc| + RTOL * |tc|: RTOL 1e-4, ATOL 1e-5 for f32 outputs, 2e-2 and 1e-2 for the
-f16/bf16 ones of mixed_precision).
+f16/bf16 ones of mixed_precision; an SGD-updated weight `w_next` is compared both as it is
+and as its step `w_next - w`, so that a wrong gradient cannot hide under lr = 0.01).
 Run it with the python of a venv that has the peers (benchmark dependencies only, never
 of the build or tests):
   python3 -m venv /work/venv-perf && /work/venv-perf/bin/pip install jax jaxlib torch numpy scipy
-  cargo build --release -p tc-runtime --bin cpubench
+  (NumPy's bf16 is `ml_dtypes`, which jax installs)
+  cargo build --release -p tc-runtime --bin cpubench --bin tc
   /work/venv-perf/bin/python scripts/bench_peers.py
 A side whose library is missing is reported as an error in its cell; the others still run.
 """
@@ -122,7 +123,7 @@ TRAIN = {"train_mlp": lambda loss, ps, gs: [loss] + [p - 0.01 * g for p, g in zi
          "train_block": lambda loss, ps, gs: [loss] + list(gs)}
 
 # A side that cannot run a program, with why (its cell reads "n/a").
-NOT_APPLICABLE = {("train_block", "numpy"): "no autodiff"}
+NOT_APPLICABLE = {}
 
 _DECL = re.compile(r"^\s*(input|param)\s+(\w+)\s*:\s*(\w+)\s*\[([^\]]*)\]", re.M)
 _DIM = re.compile(r"^\s*dim\s+(\w+)\s*=\s*(\d+)", re.M)
@@ -257,8 +258,8 @@ def train_block_loss(x, labels, *params):
     return nll(log_softmax(transformer_block(x, *params)[0]), labels)
 '''
 
-# NumPy has no autodiff: train_mlp's backward by hand (in ARRAY_PROGRAMS' scope), returning
-# the loss and the grads of the params in declaration order.
+# NumPy has no autodiff: the training steps' backward passes by hand (in ARRAY_PROGRAMS'
+# scope), each returning the loss and the grads of the params in declaration order.
 NUMPY_PROGRAMS = r'''
 def train_mlp_grads(x, labels, w1, b1, w2, b2):
     a = x @ w1 + b1
@@ -272,6 +273,49 @@ def train_mlp_grads(x, labels, w1, b1, w2, b2):
     dz /= x.shape[0]
     da = (dz @ w2.T) * (cdf + a * X.exp(-0.5 * a * a) * 0.3989422804014327)  # gelu'(a)
     return loss, [x.T @ da, da.sum(axis=0), h.T @ dz, dz.sum(axis=0)]
+
+def train_block_grads(x, labels, g1, c1, wq, wk, wv, wo, g2, c2, w1, b1, w2, b2):
+    B, S, Dm, H, Dh = D["B"], D["S"], D["D"], D["H"], D["Dh"]
+    N, sc = B * S, 1 / float(Dh) ** 0.5
+    def norm(v):                                     # (v - mean) / sqrt(var + eps), and 1/sqrt
+        xc = v - v.mean(axis=-1, keepdims=True)
+        r = 1 / X.sqrt((xc * xc).mean(axis=-1, keepdims=True) + 1e-5)
+        return xc * r, r
+    def norm_back(dxh, xh, r):                       # d input from d normalised
+        return r * (dxh - dxh.mean(axis=-1, keepdims=True) - xh * (dxh * xh).mean(axis=-1, keepdims=True))
+    heads = lambda t: X.transpose(X.reshape(t, (B, S, H, Dh)), (0, 2, 1, 3))
+    merge = lambda t: X.reshape(X.transpose(t, (0, 2, 1, 3)), (N, Dm))
+    flat = lambda t: X.reshape(t, (N, -1))
+    # forward, keeping what the backward reads (rows flattened to N = B*S)
+    xh1, r1 = norm(flat(x))
+    xn = xh1 * g1 + c1
+    q, k, v = heads(xn @ wq), heads(xn @ wk), heads(xn @ wv)
+    att = softmax(q @ X.swapaxes(k, -1, -2) * sc)
+    ctx = merge(att @ v)
+    x1 = flat(x) + ctx @ wo
+    xh2, r2 = norm(x1)
+    hn = xh2 * g2 + c2
+    a = hn @ w1 + b1
+    cdf = 0.5 * (1 + erf(a * 0.7071067811865476))
+    h = a * cdf
+    logp = log_softmax(x1 + h @ w2 + b2)
+    rows, lab = X.arange(N), labels.reshape(N)
+    loss = -logp[rows, lab].mean()
+    # backward
+    dout = X.exp(logp)
+    dout[rows, lab] -= 1
+    dout /= N
+    da = (dout @ w2.T) * (cdf + a * X.exp(-0.5 * a * a) * 0.3989422804014327)
+    dhn = da @ w1.T
+    dx1 = dout + norm_back(dhn * g2, xh2, r2)
+    do = heads(dx1 @ wo.T)
+    datt = do @ X.swapaxes(v, -1, -2)
+    ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * sc
+    dq, dk, dv = merge(ds @ k), merge(X.swapaxes(ds, -1, -2) @ q), merge(X.swapaxes(att, -1, -2) @ do)
+    dxn = dq @ wq.T + dk @ wk.T + dv @ wv.T
+    return loss, [(dxn * xh1).sum(axis=0), dxn.sum(axis=0), xn.T @ dq, xn.T @ dk, xn.T @ dv,
+                  ctx.T @ dx1, (dhn * xh2).sum(axis=0), dhn.sum(axis=0), hn.T @ da,
+                  da.sum(axis=0), h.T @ dout, dout.sum(axis=0)]
 '''
 
 TORCH_PROGRAMS = r'''
