@@ -78,13 +78,13 @@ CASES = [
     ("transformer_block", "transformer_block.tx",
      {"B": 1, "S": 512, "D": 512, "H": 8, "Dh": 64, "F": 2048}),
     ("branches", "branches.tx", {"B": 1024, "D": 256, "H": 4096}),
-    ("broadcast", "broadcast.tx", {"B": 4096, "D": 4096}),
+    ("broadcast", "broadcast.tx", {"B": 2048, "D": 4096}),
     ("rotary", "rotary.tx", {"B": 4, "H": 8, "S": 2048, "Dh": 128, "Hf": 64}),
-    ("mixed_precision", "mixed_precision.tx", {"N": 2048, "D": 1024}),
+    ("mixed_precision", "mixed_precision.tx", {"N": 1024, "D": 1024}),
     ("gpt_block", "gpt_block.tx",
-     {"B": 4, "S": 256, "P": 1024, "V": 8192, "D": 512, "H": 8, "Dh": 64, "F": 2048}),
+     {"B": 2, "S": 256, "P": 1024, "V": 8192, "D": 512, "H": 8, "Dh": 64, "F": 2048}),
     ("train_mlp", "train_mlp.tx", {"B": 1024, "D": 512, "H": 2048, "C": 512}),
-    ("train_block", "train_block.tx", {"B": 1, "S": 256, "D": 512, "H": 8, "Dh": 64, "F": 2048}),
+    ("train_block", "train_block.tx", {"B": 1, "S": 256, "D": 512, "H": 8, "Dh": 64, "F": 1024}),
 ]
 FILES = {name: file for name, file, _ in CASES}
 
