@@ -323,6 +323,43 @@ impl MatOperand {
 }
 
 impl MatMulKernel {
+    /// `[B…, M, K] @ [K, N]` (the right operand the same for every batch, the left one's
+    /// batch and row axes one uniform axis) as the one `[B…·M, K] @ [K, N]` product it is:
+    /// the same memory read and written (the output is contiguous), one large GEMM instead
+    /// of a batch of small ones, `B` packed once. `None` for a product with no batch axes or
+    /// another layout.
+    pub fn batch_folded_into_rows(&self) -> Option<MatMulKernel> {
+        let nb = self.batch.len();
+        if nb == 0 || self.a.strides.len() != nb + 2 || self.b.strides.len() != nb + 2 {
+            return None;
+        }
+        if !(0..nb).all(|d| self.batch[d] == 1 || self.b.strides[d] == 0) {
+            return None;
+        }
+        let rs = self.a.strides[nb];
+        let mut expect = rs.checked_mul(self.m as i64)?;
+        for d in (0..nb).rev() {
+            if self.batch[d] != 1 && self.a.strides[d] != expect {
+                return None;
+            }
+            expect = expect.checked_mul(self.batch[d] as i64)?;
+        }
+        let rows: u64 = self.batch.iter().product::<u64>() * self.m;
+        Some(MatMulKernel {
+            batch: Vec::new(),
+            m: rows,
+            a: MatOperand {
+                strides: vec![rs, self.a.strides[nb + 1]],
+                ..self.a.clone()
+            },
+            b: MatOperand {
+                strides: self.b.strides[nb..].to_vec(),
+                ..self.b.clone()
+            },
+            ..self.clone()
+        })
+    }
+
     /// Whether the product's operands and output are all f32 read and written in place.
     pub fn in_place_f32(&self) -> bool {
         self.a.in_place_f32() && self.b.in_place_f32() && self.out_dtype == DType::F32

@@ -73,45 +73,10 @@ fn blas_layout(rows: u64, cols: u64, rs: i64, cs: i64) -> Option<(bool, i64)> {
 
 /// The cuBLAS call for `mm`, or `None` when it needs the generated fallback kernel.
 pub fn gemm_plan(mm: &MatMulKernel) -> Option<GemmCall> {
-    match fold_batch_into_rows(mm) {
+    match mm.batch_folded_into_rows() {
         Some(folded) => plan_call(&folded),
         None => plan_call(mm),
     }
-}
-
-/// `[B…, M, K] @ [K, N]` (the right operand the same for every batch, the left one's batch
-/// and row axes one uniform axis) is one `[B…·M, K] @ [K, N]` product: one large GEMM
-/// instead of a batch of small ones.
-fn fold_batch_into_rows(mm: &MatMulKernel) -> Option<MatMulKernel> {
-    let nb = mm.batch.len();
-    if nb == 0 || mm.a.strides.len() != nb + 2 || mm.b.strides.len() != nb + 2 {
-        return None;
-    }
-    if !(0..nb).all(|d| mm.batch[d] == 1 || mm.b.strides[d] == 0) {
-        return None;
-    }
-    let rs = mm.a.strides[nb];
-    let mut expect = rs.checked_mul(mm.m as i64)?;
-    for d in (0..nb).rev() {
-        if mm.batch[d] != 1 && mm.a.strides[d] != expect {
-            return None;
-        }
-        expect = expect.checked_mul(mm.batch[d] as i64)?;
-    }
-    let rows: u64 = mm.batch.iter().product::<u64>() * mm.m;
-    Some(MatMulKernel {
-        batch: Vec::new(),
-        m: rows,
-        a: MatOperand {
-            strides: vec![rs, mm.a.strides[nb + 1]],
-            ..mm.a.clone()
-        },
-        b: MatOperand {
-            strides: mm.b.strides[nb..].to_vec(),
-            ..mm.b.clone()
-        },
-        ..mm.clone()
-    })
 }
 
 fn plan_call(mm: &MatMulKernel) -> Option<GemmCall> {

@@ -46,6 +46,15 @@ pub(super) fn run(
     mems: &[Mem],
     next: Option<(&str, &FusedKernel)>,
 ) -> Result<bool, CpuError> {
+    // A batch over one shared `B` whose `A` rows run on from batch to batch is one
+    // product of all the rows: `B` packed once, the threads sharing one large GEMM. (Where
+    // the plan gave the batch no packing workspace, only if the one product needs none.)
+    if let Some(folded) = mm.batch_folded_into_rows().filter(|f| {
+        let target = &plan.options.target;
+        mm.prologue.is_none() && (mm.workspace.is_some() || f.workspace_bytes(target) == 0)
+    }) {
+        return run(plan, name, &folded, mems, next);
+    }
     let bad = |msg: String| CpuError::BadPlan(format!("kernel {name}: {msg}"));
     let nb = mm.batch.len();
     let (m, n, k) = (mm.m as usize, mm.n as usize, mm.k as usize);
@@ -918,6 +927,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A batch over one shared `B` whose rows run on from batch to batch runs as one
+    /// product of all its rows (`MatMulKernel::batch_folded_into_rows`): the same bits as
+    /// the product of those rows written as one matrix, at any thread count.
+    #[test]
+    fn a_batch_over_a_shared_b_is_one_product() {
+        // Matrices large enough that the plan gives the batch tc's GEMM and its packing
+        // workspace (`cpu_packs_b`), so the executor folds it.
+        let (b, m, k, n) = (2usize, 130usize, 300usize, 450usize);
+        let batched = tc_compiler::compile(
+            "input a : f32[2, 130, 300]\ninput w : f32[300, 450]\ny = a @ w\noutput y\n",
+            &Default::default(),
+        )
+        .expect("compiles");
+        let flat = tc_compiler::compile(
+            "input a : f32[260, 300]\ninput w : f32[300, 450]\ny = a @ w\noutput y\n",
+            &Default::default(),
+        )
+        .expect("compiles");
+        let folds = batched.plan.kernels.iter().any(|kernel| {
+            matches!(&kernel.kind, tc_compiler::schedule::KernelKind::MatMul(mm)
+                if mm.batch == [2] && mm.workspace.is_some()
+                    && mm.batch_folded_into_rows().is_some_and(|f| f.m == 260))
+        });
+        assert!(folds, "{}", tc_compiler::plan::print(&batched.plan));
+        let (af, wf) = (vals(b * m * k, 1), vals(k * n, 2));
+        let w = HostTensor::from_f32(DType::F32, vec![k as u64, n as u64], &wf);
+        let a3 = HostTensor::from_f32(DType::F32, vec![b as u64, m as u64, k as u64], &af);
+        let a2 = HostTensor::from_f32(DType::F32, vec![(b * m) as u64, k as u64], &af);
+        let one = same_bytes_at_thread_counts(&batched.plan, &[a3, w.clone()], &[1, 2, 3]);
+        let two = same_bytes_at_thread_counts(&flat.plan, &[a2, w], &[1, 2]);
+        assert_eq!(one[0].bytes, two[0].bytes);
     }
 
     /// Products whose tiles do not cover the matrices in one (the scratch budget is at its
