@@ -10,19 +10,19 @@
 //! in a fixed order, so results do not depend on the threads.
 
 use super::attention::{body_form, exp_sum_in_place, Logits};
-use super::fused::check_bounds;
+use super::fused::{check_bounds, for_each_task};
 use super::math;
 use super::tile_gemm::{self, Product, Scale, NR};
 use super::typed::{self, Lane};
 use super::{CpuError, Mem};
-use rayon::prelude::*;
 use tc_compiler::ir::{eval, BinaryOp, DType};
 use tc_compiler::schedule::{
     AttentionBackwardKernel, BufferId, GradOut, Inst, InstOp, Load, MatOperand, Plan,
 };
 
-/// Rows (queries or keys) per tile: a tile of logits is `T × T` f32 (16 KiB).
-pub const T: usize = 64;
+/// Rows (queries or keys) per tile: a tile of logits is `T × T` f32 (64 KiB); 128 measured
+/// 6 % faster than 64 and 2 % faster than 96 (train_block, one thread).
+pub const T: usize = 128;
 
 /// An operand's memory with its strides.
 #[derive(Clone, Copy)]
@@ -298,19 +298,32 @@ pub(super) fn run(
         dk: outs[1],
         dv: outs[2],
     };
+    // Tasks of consecutive tiles, claimed by the threads as they come free, each thread
+    // with its own buffers (`fused::for_each_task`); a task is a whole batch matrix's tiles
+    // where there are enough matrices to go round, so each matrix's operands are packed
+    // once, by the thread that computes it.
+    let per_task = |tiles: usize| {
+        if nbatch >= 4 * rayon::current_num_threads() {
+            tiles
+        } else {
+            1
+        }
+    };
     let qtiles = m.div_ceil(T);
-    (0..nbatch * qtiles)
-        .into_par_iter()
-        .for_each_init(Scratch::default, |sc, task| {
-            ctx.queries(task / qtiles, (task % qtiles) * T, sc)
-        });
+    for_each_task(
+        nbatch * qtiles,
+        per_task(qtiles),
+        Scratch::default,
+        |sc, task| ctx.queries(task / qtiles, (task % qtiles) * T, sc),
+    );
     if ctx.dk.is_some() || ctx.dv.is_some() {
         let ktiles = n.div_ceil(T);
-        (0..nbatch * ktiles)
-            .into_par_iter()
-            .for_each_init(Scratch::default, |sc, task| {
-                ctx.keys(task / ktiles, (task % ktiles) * T, sc)
-            });
+        for_each_task(
+            nbatch * ktiles,
+            per_task(ktiles),
+            Scratch::default,
+            |sc, task| ctx.keys(task / ktiles, (task % ktiles) * T, sc),
+        );
     }
     Ok(())
 }
@@ -335,6 +348,7 @@ fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
 
 /// Packs the `depth × cols` matrix `b` (element (`t`, `c`) is `b(t, c)`) as `tile_gemm`'s
 /// `B`: panels of `NR` columns, `depth × NR` each, zeros past the last column, into `out`.
+#[inline(always)]
 fn pack_panels(out: &mut Vec<f32>, depth: usize, cols: usize, b: impl Fn(usize, usize) -> f32) {
     let panels = cols.div_ceil(NR);
     out.clear();
@@ -351,6 +365,7 @@ fn pack_panels(out: &mut Vec<f32>, depth: usize, cols: usize, b: impl Fn(usize, 
 
 /// Copies the `rows × cols` matrix `a` (element (`r`, `c`) is `a(r, c)`) into `out`,
 /// row-major with row stride `cols`: `tile_gemm`'s `A`.
+#[inline(always)]
 fn copy_rows(out: &mut Vec<f32>, rows: usize, cols: usize, a: impl Fn(usize, usize) -> f32) {
     out.clear();
     out.reserve(rows * cols);
@@ -467,13 +482,20 @@ impl Ctx<'_> {
         idx
     }
 
-    /// Element (`r`, `c`) of operand `x`'s batch matrix at `base`, as f32.
+    /// Element (`r`, `c`) of operand `x`'s batch matrix at `base`, as f32 (an f32 operand
+    /// read straight through its pointer: packing reads every operand element per task).
+    #[inline(always)]
     fn at(&self, x: &Mat, base: i64, r: usize, c: usize) -> f32 {
         let s = &x.op.strides;
-        // SAFETY: (r, c) is inside the matrix, whose bounds `run` checked.
+        let i = base + r as i64 * s[self.nb] + c as i64 * s[self.nb + 1];
+        // SAFETY: (r, c) is inside the matrix, whose bounds `run` checked; unaligned reads
+        // are fine.
         unsafe {
-            x.mem
-                .read(base + r as i64 * s[self.nb] + c as i64 * s[self.nb + 1])
+            if x.mem.dtype == DType::F32 {
+                x.mem.ptr.cast::<f32>().offset(i as isize).read_unaligned()
+            } else {
+                x.mem.read(i)
+            }
         }
     }
 
