@@ -86,17 +86,17 @@ fn a_backward_that_does_not_match_says_why_and_stores_the_probabilities() {
     differential(src, &[], 4).expect("matches the reference");
 }
 
-/// Sizes that fill no tile and no panel evenly (`cpu::attention_backward` takes tiles of 64
+/// Sizes that fill no tile and no panel evenly (`cpu::attention_backward` takes tiles of 128
 /// queries and keys and packs operands in panels of 16 columns): a head size of 20, values
-/// of 12, 97 queries against 130 keys, scaled by a constant that is not a power of two
+/// of 12, 200 queries against 300 keys, scaled by a constant that is not a power of two
 /// (a divide folded into the score products) and by one that is (a multiply); the fused
 /// backward matches the reference.
 #[test]
 fn ragged_tiles_and_panels_match_the_reference() {
     for scale in ["/ 3", "* 0.25"] {
         let src = format!(
-            "input q : f32[2, 97, 20]\ninput k : f32[2, 130, 20]\ninput v : f32[2, 130, 12]\n\
-             input w : f32[2, 97, 12]\n\
+            "input q : f32[2, 200, 20]\ninput k : f32[2, 300, 20]\ninput v : f32[2, 300, 12]\n\
+             input w : f32[2, 200, 12]\n\
              out = softmax(q @ transpose(k) {scale}, axis=-1) @ v\nloss = sum(out * w)\n\
              gq = grad(loss, q)\ngk = grad(loss, k)\ngv = grad(loss, v)\noutput gq, gk, gv\n"
         );
