@@ -1,0 +1,535 @@
+//! The wide column mode of the fused interpreter (`cpu::fused`): a row kernel whose walk
+//! along a row strides through memory while consecutive rows lie next to each other (a
+//! column reduction, `sum(x, axis=0)`, with or without element-order stores) computes `W`
+//! consecutive rows at once, `W` being `WIDE` (64) and then `NARROW` (16) for what a run of
+//! rows has left. Its blocks hold `[inner index i][lane w]`, so a load copies `W`
+//! contiguous floats per inner index instead of gathering one float per cache line per
+//! row, and the element ops run unchanged over the `n·W` values (an operand that is a row
+//! value is spread over the lanes, or is a scalar where every lane has the same bits). A
+//! row is still walked in the blocks of `p.block`, and each block's sum is
+//! `math::block_sum`'s for each lane to the bit: the same halving tree, whose leaves (at
+//! most 256 inner indices) are computed one at a time and summed by
+//! `math::lane_leaf_sums`, then the same `KahanSum` per lane across blocks and the same
+//! division for a mean. The rows a run leaves after its groups (fewer than 16) run on the
+//! row path, and so do kernels with a max/min, an index value or a `where`.
+
+use super::fused::{self, Access, Prepared, Scratch};
+use super::math::{self, KahanSum, Operand};
+use tc_compiler::ir::{DType, ReduceOp};
+use tc_compiler::lower::{Level, ValueOp};
+
+/// Rows computed at once: 256 bytes of f32 per inner index (one float per cache line
+/// costs most at large strides, where each inner index is another page as well).
+pub(super) const WIDE: usize = 64;
+/// Rows computed at once among the rows a run has left after its groups of `WIDE`.
+pub(super) const NARROW: usize = 16;
+/// Elements per leaf of `math::block_sum` (its `SUM_LEAF`).
+const LEAF: usize = 256;
+
+/// Switches the wide mode off (tests compare it with the row path).
+#[cfg(test)]
+pub(super) static OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Groups of rows run wide so far (tests check the mode ran).
+#[cfg(test)]
+pub(super) static GROUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How a kernel runs wide (`plan`).
+pub(super) struct Wide {
+    /// Rows in a run of the innermost row dim: a group of rows never crosses its end, so
+    /// lane `w`'s offsets are lane 0's plus `w` times the row stride.
+    last: usize,
+    /// Per load, then per store: the element distance between consecutive rows.
+    lane_stride: Vec<i64>,
+    /// Per pass: the element values computed per leaf, in value order (all the pass needs:
+    /// no pass reuses an earlier pass's blocks, which are not kept).
+    elems: Vec<Vec<usize>>,
+    /// Per pass: the row values an element value, reduction or element store of the pass
+    /// reads, spread over the lanes of a leaf.
+    spread: Vec<Vec<usize>>,
+    /// Per value: whether it has a slot of a leaf's values (`LEAF·W`).
+    slot: Vec<bool>,
+}
+
+/// The wide plan of `p`, or `None` when the kernel is not eligible: a row kernel of f32
+/// element ops (loads, constants, unary and binary ops, casts) and sums or means, at
+/// least `NARROW` rows to a run of the innermost row dim, an element load that walks the row
+/// with a stride other than 1 while its consecutive rows are adjacent, every element load
+/// and store with consecutive rows adjacent (or the same, for a load), and no store into a
+/// buffer a load reads other than element for element in place.
+pub(super) fn plan(p: &Prepared) -> Option<Wide> {
+    #[cfg(test)]
+    if OFF.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let last = *p.row_sizes.last()?;
+    if last < NARROW || p.row_len == 0 {
+        return None;
+    }
+    let values = &p.ir.values;
+    for v in values {
+        let ok = match v.op {
+            ValueOp::Load(_) | ValueOp::Const(_) | ValueOp::Unary(..) | ValueOp::Binary(..) => true,
+            ValueOp::Cast(_) => v.level == Level::Element,
+            ValueOp::Reduce(op, _) => {
+                v.level == Level::Row && matches!(op, ReduceOp::Sum | ReduceOp::Mean)
+            }
+            _ => false,
+        };
+        if !ok || !matches!(v.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return None;
+        }
+    }
+    let accesses: Vec<&Access> = p
+        .loads
+        .iter()
+        .chain(p.stores.iter().map(|(_, a)| a))
+        .collect();
+    let lane_stride: Vec<i64> = accesses
+        .iter()
+        .map(|a| a.row_strides.last().copied().unwrap_or(0))
+        .collect();
+    let inner_unit = |a: &Access| a.inner_strides.last() == Some(&1);
+    let mut strided = false;
+    for v in values {
+        if let (&ValueOp::Load(l), Level::Element) = (&v.op, v.level) {
+            let l = l.index();
+            match lane_stride[l] {
+                1 => strided |= !inner_unit(&p.loads[l]) && p.row_len > 1,
+                0 => {}
+                _ => return None,
+            }
+        }
+    }
+    if !strided {
+        return None;
+    }
+    for (si, (inst, st)) in p.stores.iter().enumerate() {
+        if p.level[*inst] == Level::Element && lane_stride[p.loads.len() + si] != 1 {
+            return None;
+        }
+        for ld in &p.loads {
+            let same = ld.mem.ptr == st.mem.ptr
+                && ld.offset == st.offset
+                && ld.row_strides == st.row_strides
+                && ld.inner_strides == st.inner_strides;
+            if ld.mem.overlaps(&st.mem) && !same {
+                return None;
+            }
+        }
+    }
+    let n = values.len();
+    let mut slot = vec![false; n];
+    let mut elems = Vec::new();
+    let mut spread = Vec::new();
+    for (q, pass) in p.ir.passes.iter().enumerate() {
+        let es: Vec<usize> = pass.elements.iter().map(|v| v.index()).collect();
+        let mut reads: Vec<usize> = Vec::new();
+        for &i in &es {
+            reads.extend(values[i].op.operands().iter().map(|o| o.index()));
+        }
+        for &r in &p.passes[q].reduces {
+            reads.extend(values[r].op.operands().iter().map(|o| o.index()));
+        }
+        for &si in &p.passes[q].elem_stores {
+            reads.push(p.stores[si].0);
+        }
+        let mut sp: Vec<usize> = reads
+            .into_iter()
+            .filter(|&o| p.level[o] == Level::Row)
+            .collect();
+        sp.sort_unstable();
+        sp.dedup();
+        for &i in es.iter().chain(&sp) {
+            slot[i] = true;
+        }
+        elems.push(es);
+        spread.push(sp);
+    }
+    Some(Wide {
+        last,
+        lane_stride,
+        elems,
+        spread,
+        slot,
+    })
+}
+
+/// Runs the rows of `p` (a row kernel `plan` found eligible) over the rayon pool: each
+/// run of the innermost row dim in groups of `WIDE` rows, then of `NARROW`, the rows left
+/// over on the row path.
+///
+/// # Safety
+/// As `Scratch::row`: the kernel was prepared (every access bounds-checked).
+pub(super) unsafe fn run(p: &Prepared, wide: &Wide) {
+    let groups = wide.last / WIDE;
+    let narrow = wide.last % WIDE / NARROW;
+    let singles = wide.last % NARROW;
+    let units = groups + narrow + singles;
+    let runs = p.rows / wide.last;
+    let min_len = (fused::rows_per_task(p.row_len) / WIDE).max(1);
+    type State = (Option<Scratch>, Option<Lanes<WIDE>>, Option<Lanes<NARROW>>);
+    fused::for_each_task(
+        runs * units,
+        min_len,
+        || -> State { (None, None, None) },
+        |(s, wide_lanes, narrow_lanes), u| {
+            let (k, j) = (u / units, u % units);
+            let first = k * wide.last;
+            if j < groups {
+                let lanes = wide_lanes.get_or_insert_with(|| Lanes::new(p, wide));
+                // SAFETY: forwarded from the caller; each group of rows is one task's.
+                unsafe { lanes.group(p, wide, first + j * WIDE) };
+            } else if j < groups + narrow {
+                let lanes = narrow_lanes.get_or_insert_with(|| Lanes::new(p, wide));
+                let r = first + groups * WIDE + (j - groups) * NARROW;
+                // SAFETY: as above.
+                unsafe { lanes.group(p, wide, r) };
+            } else {
+                let s = s.get_or_insert_with(|| Scratch::new(p));
+                let r = first + groups * WIDE + narrow * NARROW + (j - groups - narrow);
+                // SAFETY: as above.
+                unsafe { s.row(p, r) };
+            }
+        },
+    );
+}
+
+/// Per-thread state of the wide mode: a leaf's block per value, the lanes' row values and
+/// sums, the access bases of the group's first row.
+struct Lanes<const W: usize> {
+    slots: Vec<Vec<f32>>,
+    row: Vec<[f32; W]>,
+    /// Per row value: every lane holds the same bits (an operand then is a scalar).
+    uniform: Vec<bool>,
+    sums: Vec<[KahanSum; W]>,
+    /// Per depth of the halving tree, per reduction of the pass: the lanes' partial sums.
+    partial: Vec<Vec<[f32; W]>>,
+    /// Element offset of each load, then each store, at the group's first row.
+    bases: Vec<i64>,
+}
+
+impl<const W: usize> Lanes<W> {
+    fn new(p: &Prepared, wide: &Wide) -> Lanes<W> {
+        let n = p.ir.values.len();
+        let mut row = vec![[0f32; W]; n];
+        for (r, v) in row.iter_mut().zip(&p.ir.values) {
+            if let ValueOp::Const(c) = v.op {
+                *r = [math::round_to(v.dtype, c as f32); W];
+            }
+        }
+        Lanes {
+            slots: wide
+                .slot
+                .iter()
+                .map(|&s| if s { vec![0f32; LEAF * W] } else { Vec::new() })
+                .collect(),
+            row,
+            uniform: vec![true; n],
+            sums: vec![[KahanSum::default(); W]; n],
+            partial: Vec::new(),
+            bases: vec![0i64; p.loads.len() + p.stores.len()],
+        }
+    }
+
+    /// Runs every pass of rows `r0 .. r0 + W` (one run of the innermost row dim).
+    ///
+    /// # Safety
+    /// As `Scratch::row`, for each of the rows.
+    unsafe fn group(&mut self, p: &Prepared, wide: &Wide, r0: usize) {
+        #[cfg(test)]
+        GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fused::row_bases(p, r0, &mut self.bases);
+        let body = &p.ir.values;
+        for (q, pass) in p.passes.iter().enumerate() {
+            for &i in &pass.row_insts {
+                for w in 0..W {
+                    // SAFETY: forwarded from the caller.
+                    self.row[i][w] = unsafe { self.row_inst(p, wide, i, w) };
+                }
+                self.uniform[i] = same_lanes(&self.row[i]);
+            }
+            for &i in &wide.spread[q] {
+                let lanes = self.row[i];
+                for c in self.slots[i].chunks_exact_mut(W) {
+                    c.copy_from_slice(&lanes);
+                }
+            }
+            for &i in &pass.reduces {
+                self.sums[i] = [KahanSum::default(); W];
+            }
+            if !wide.elems[q].is_empty() || !pass.reduces.is_empty() || !pass.elem_stores.is_empty()
+            {
+                let k = pass.reduces.len();
+                for level in self.partial.iter_mut() {
+                    level.resize(k, [0f32; W]);
+                }
+                let mut at = 0;
+                while at < p.row_len {
+                    let n = p.block.min(p.row_len - at);
+                    // SAFETY: forwarded from the caller.
+                    unsafe { self.tree(p, wide, q, at, n, 0) };
+                    for (r, &i) in pass.reduces.iter().enumerate() {
+                        for (s, &x) in self.sums[i].iter_mut().zip(&self.partial[0][r]) {
+                            s.add(x);
+                        }
+                    }
+                    at += n;
+                }
+            }
+            for &i in &pass.reduces {
+                let mean = matches!(body[i].op, ValueOp::Reduce(ReduceOp::Mean, _));
+                for w in 0..W {
+                    let s = self.sums[i][w].value();
+                    let v = if mean { s / p.row_len as f32 } else { s };
+                    self.row[i][w] = math::round_to(body[i].dtype, v);
+                }
+                self.uniform[i] = same_lanes(&self.row[i]);
+            }
+            for &si in &pass.row_stores {
+                let (inst, acc) = &p.stores[si];
+                let at = p.loads.len() + si;
+                for w in 0..W {
+                    let off = self.bases[at] + w as i64 * wide.lane_stride[at];
+                    // SAFETY: bounds checked in `prepare`; row `r0 + w` is this task's.
+                    unsafe { acc.mem.write(off, self.row[*inst][w]) };
+                }
+            }
+        }
+    }
+
+    /// Row value `i` of lane `w` (`Scratch::row_inst` for row `r0 + w`).
+    ///
+    /// # Safety
+    /// The kernel was prepared (bounds checked) and the bases are set for the group.
+    unsafe fn row_inst(&self, p: &Prepared, wide: &Wide, i: usize, w: usize) -> f32 {
+        let inst = &p.ir.values[i];
+        let v = |o: tc_compiler::lower::ValueId| self.row[o.index()][w];
+        match inst.op {
+            ValueOp::Load(l) => {
+                let l = l.index();
+                let off = self.bases[l] + w as i64 * wide.lane_stride[l];
+                // SAFETY: bounds checked in `prepare`.
+                unsafe { p.loads[l].mem.read(off) }
+            }
+            ValueOp::Const(c) => math::round_to(inst.dtype, c as f32),
+            ValueOp::Unary(op, a) => math::round_to(inst.dtype, math::unary(op, v(a))),
+            ValueOp::Binary(op, a, b) => math::round_to(inst.dtype, math::binary(op, v(a), v(b))),
+            ValueOp::Cast(a) | ValueOp::Reduce(_, a) => math::round_to(inst.dtype, v(a)),
+            // Not in a kernel `plan` admits.
+            ValueOp::Index { .. }
+            | ValueOp::Gather { .. }
+            | ValueOp::Scan(_)
+            | ValueOp::Where(..) => unreachable!("not a wide kernel"),
+        }
+    }
+
+    /// The block of inner indices `at .. at + n` of pass `q` in `block_sum`'s halving tree:
+    /// halves down to leaves of at most `LEAF`, each computed (element values, element
+    /// stores) and summed; the lanes' sums of each reduction go to `partial[depth]`.
+    ///
+    /// # Safety
+    /// As `group`.
+    unsafe fn tree(
+        &mut self,
+        p: &Prepared,
+        wide: &Wide,
+        q: usize,
+        at: usize,
+        n: usize,
+        depth: usize,
+    ) {
+        let k = p.passes[q].reduces.len();
+        if self.partial.len() <= depth + 1 {
+            self.partial.resize(depth + 2, vec![[0f32; W]; k]);
+        }
+        if n > LEAF {
+            let h = n / 2;
+            // SAFETY: forwarded from the caller.
+            unsafe { self.tree(p, wide, q, at, h, depth + 1) };
+            let (upper, lower) = self.partial.split_at_mut(depth + 1);
+            upper[depth].copy_from_slice(&lower[0]);
+            // SAFETY: as above.
+            unsafe { self.tree(p, wide, q, at + h, n - h, depth + 1) };
+            let (upper, lower) = self.partial.split_at_mut(depth + 1);
+            for (a, b) in upper[depth].iter_mut().zip(&lower[0]) {
+                for (a, &b) in a.iter_mut().zip(b) {
+                    *a += b;
+                }
+            }
+            return;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.leaf(p, wide, q, at, n) };
+        for (r, &i) in p.passes[q].reduces.iter().enumerate() {
+            if let ValueOp::Reduce(_, a) = p.ir.values[i].op {
+                let xs = &self.slots[a.index()][..n * W];
+                math::lane_leaf_sums(xs, &mut self.partial[depth][r]);
+            }
+        }
+    }
+
+    /// Computes the element values of pass `q` at inner indices `at .. at + n` (at most a
+    /// leaf) for every lane, and writes its element stores.
+    ///
+    /// # Safety
+    /// As `group`.
+    unsafe fn leaf(&mut self, p: &Prepared, wide: &Wide, q: usize, at: usize, n: usize) {
+        let body = &p.ir.values;
+        let m = n * W;
+        for &i in &wide.elems[q] {
+            let mut own = std::mem::take(&mut self.slots[i]);
+            let dst = &mut own[..m];
+            let slots = &self.slots;
+            let (row, uniform) = (&self.row, &self.uniform);
+            let operand = |o: tc_compiler::lower::ValueId| -> Operand<'_> {
+                let o = o.index();
+                if p.level[o] == Level::Row && uniform[o] {
+                    Operand::Scalar(row[o][0])
+                } else {
+                    Operand::Block(&slots[o][..m])
+                }
+            };
+            match body[i].op {
+                ValueOp::Load(l) => {
+                    let l = l.index();
+                    let acc = &p.loads[l];
+                    let (base, step) = (self.bases[l], wide.lane_stride[l]);
+                    // SAFETY: bounds checked in `prepare`.
+                    unsafe { read_lanes::<W>(acc, &p.inner_sizes, base, step, at, dst) };
+                }
+                ValueOp::Const(c) => dst.fill(math::round_to(body[i].dtype, c as f32)),
+                ValueOp::Unary(op, a) => {
+                    match operand(a) {
+                        Operand::Block(src) => math::unary_block(op, src, dst),
+                        Operand::Scalar(x) => dst.fill(math::unary(op, x)),
+                    }
+                    math::round_block(body[i].dtype, dst);
+                }
+                ValueOp::Binary(op, a, b) => {
+                    math::binary_block(op, operand(a), operand(b), dst);
+                    math::round_block(body[i].dtype, dst);
+                }
+                ValueOp::Cast(a) => {
+                    match operand(a) {
+                        Operand::Block(src) => dst.copy_from_slice(src),
+                        Operand::Scalar(x) => dst.fill(x),
+                    }
+                    math::round_block(body[i].dtype, dst);
+                }
+                _ => unreachable!("not a wide kernel"),
+            }
+            self.slots[i] = own;
+        }
+        for &si in &p.passes[q].elem_stores {
+            let (inst, acc) = &p.stores[si];
+            let at_s = p.loads.len() + si;
+            let (base, step) = (self.bases[at_s], wide.lane_stride[at_s]);
+            // SAFETY: bounds checked in `prepare`; these rows are this task's.
+            unsafe {
+                write_lanes::<W>(acc, &p.inner_sizes, base, step, at, &self.slots[*inst][..m])
+            };
+        }
+    }
+}
+
+/// Whether every lane holds the same bits.
+fn same_lanes<const W: usize>(x: &[f32; W]) -> bool {
+    x.iter().all(|v| v.to_bits() == x[0].to_bits())
+}
+
+/// Reads inner indices `at .. at + dst.len() / W` of `acc` for the `W` rows whose offsets
+/// are `base + w·step`, into `dst[i·W + w]`, widened to f32.
+///
+/// # Safety
+/// Every element read lies inside `acc.mem` (checked in `prepare`).
+unsafe fn read_lanes<const W: usize>(
+    acc: &Access,
+    sizes: &[usize],
+    base: i64,
+    step: i64,
+    at: usize,
+    dst: &mut [f32],
+) {
+    let f32_run = acc.mem.dtype == DType::F32 && step == 1;
+    let f32_same = acc.mem.dtype == DType::F32 && step == 0;
+    fused::runs(
+        sizes,
+        &acc.inner_strides,
+        base,
+        at,
+        dst.len() / W,
+        |pos, off, len, stride| {
+            for (j, d) in dst[pos * W..(pos + len) * W]
+                .chunks_exact_mut(W)
+                .enumerate()
+            {
+                let o = off + j as i64 * stride;
+                if f32_run {
+                    // SAFETY: in bounds by the caller; `d` holds W floats, a distinct
+                    // allocation; an unaligned byte copy is always valid.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            acc.mem.ptr.cast::<f32>().offset(o as isize).cast::<u8>(),
+                            d.as_mut_ptr().cast::<u8>(),
+                            W * 4,
+                        )
+                    };
+                } else if f32_same {
+                    // SAFETY: in bounds by the caller.
+                    d.fill(unsafe {
+                        acc.mem
+                            .ptr
+                            .cast::<f32>()
+                            .offset(o as isize)
+                            .read_unaligned()
+                    });
+                } else {
+                    // SAFETY: in bounds by the caller.
+                    unsafe { acc.mem.read_run(o, step, d) };
+                }
+            }
+        },
+    );
+}
+
+/// Writes `src[i·W + w]` to inner index `at + i` of `acc` for the `W` rows whose offsets are
+/// `base + w·step`, rounded to the buffer's dtype.
+///
+/// # Safety
+/// Every element written lies inside `acc.mem`, and no other thread touches it.
+unsafe fn write_lanes<const W: usize>(
+    acc: &Access,
+    sizes: &[usize],
+    base: i64,
+    step: i64,
+    at: usize,
+    src: &[f32],
+) {
+    let f32_run = acc.mem.dtype == DType::F32 && step == 1;
+    fused::runs(
+        sizes,
+        &acc.inner_strides,
+        base,
+        at,
+        src.len() / W,
+        |pos, off, len, stride| {
+            for (j, s) in src[pos * W..(pos + len) * W].chunks_exact(W).enumerate() {
+                let o = off + j as i64 * stride;
+                if f32_run {
+                    // SAFETY: in bounds and this thread's by the caller; byte copies need
+                    // no alignment.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            s.as_ptr().cast::<u8>(),
+                            acc.mem.ptr.cast::<f32>().offset(o as isize).cast::<u8>(),
+                            W * 4,
+                        )
+                    };
+                } else {
+                    // SAFETY: as above.
+                    unsafe { acc.mem.write_run(o, step, s) };
+                }
+            }
+        },
+    );
+}
