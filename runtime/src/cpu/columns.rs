@@ -10,8 +10,10 @@
 //! `math::block_sum`'s for each lane to the bit: the same halving tree, whose leaves (at
 //! most 256 inner indices) are computed one at a time and summed by
 //! `math::lane_leaf_sums`, then the same `KahanSum` per lane across blocks and the same
-//! division for a mean. The rows a run leaves after its groups (fewer than 16) run on the
-//! row path, and so do kernels with a max/min, an index value or a `where`.
+//! division for a mean. Row values are computed for the lanes by the same block loops.
+//! Kernels whose rows are one element (a sum over an axis of one: a copy) run wide too,
+//! one row value per lane. The rows a run leaves after its groups (fewer than 16) run on
+//! the row path, and so do kernels with a max/min, an index value or a `where`.
 
 use super::fused::{self, Access, Prepared, Scratch};
 use super::math::{self, KahanSum, Operand};
@@ -50,12 +52,14 @@ pub(super) struct Wide {
     slot: Vec<bool>,
 }
 
-/// The wide plan of `p`, or `None` when the kernel is not eligible: a row kernel of f32
-/// element ops (loads, constants, unary and binary ops, casts) and sums or means, at
-/// least `NARROW` rows to a run of the innermost row dim, an element load that walks the row
-/// with a stride other than 1 while its consecutive rows are adjacent, every element load
-/// and store with consecutive rows adjacent (or the same, for a load), and no store into a
-/// buffer a load reads other than element for element in place.
+/// The wide plan of `p`, or `None` when the kernel is not eligible: a row kernel of float
+/// ops (loads, constants, unary and binary ops, casts) and sums or means, at least
+/// `NARROW` rows to a run of the innermost row dim, a load whose consecutive rows are
+/// adjacent while the row path reads them apart (an element load that walks the row with
+/// a stride other than 1, or any load when a row is one element: a reduction over an axis
+/// of one), every element load and store with consecutive rows adjacent (or the same, for
+/// a load), and no store into a buffer a load reads other than element for element in
+/// place.
 pub(super) fn plan(p: &Prepared) -> Option<Wide> {
     #[cfg(test)]
     if OFF.load(std::sync::atomic::Ordering::Relaxed) {
@@ -69,7 +73,7 @@ pub(super) fn plan(p: &Prepared) -> Option<Wide> {
     for v in values {
         let ok = match v.op {
             ValueOp::Load(_) | ValueOp::Const(_) | ValueOp::Unary(..) | ValueOp::Binary(..) => true,
-            ValueOp::Cast(_) => v.level == Level::Element,
+            ValueOp::Cast(_) => true,
             ValueOp::Reduce(op, _) => {
                 v.level == Level::Row && matches!(op, ReduceOp::Sum | ReduceOp::Mean)
             }
@@ -89,18 +93,22 @@ pub(super) fn plan(p: &Prepared) -> Option<Wide> {
         .map(|a| a.row_strides.last().copied().unwrap_or(0))
         .collect();
     let inner_unit = |a: &Access| a.inner_strides.last() == Some(&1);
-    let mut strided = false;
+    // Whether some load reads its rows' values next to each other while the row path
+    // reads them apart: along a strided walk, or one value a row.
+    let mut adjacent = false;
     for v in values {
-        if let (&ValueOp::Load(l), Level::Element) = (&v.op, v.level) {
+        if let ValueOp::Load(l) = v.op {
             let l = l.index();
+            let apart = p.row_len == 1 || v.level == Level::Element && !inner_unit(&p.loads[l]);
             match lane_stride[l] {
-                1 => strided |= !inner_unit(&p.loads[l]) && p.row_len > 1,
+                1 => adjacent |= apart,
                 0 => {}
-                _ => return None,
+                _ if v.level == Level::Element => return None,
+                _ => {}
             }
         }
     }
-    if !strided {
+    if !adjacent {
         return None;
     }
     for (si, (inst, st)) in p.stores.iter().enumerate() {
@@ -242,11 +250,8 @@ impl<const W: usize> Lanes<W> {
         let body = &p.ir.values;
         for (q, pass) in p.passes.iter().enumerate() {
             for &i in &pass.row_insts {
-                for w in 0..W {
-                    // SAFETY: forwarded from the caller.
-                    self.row[i][w] = unsafe { self.row_inst(p, wide, i, w) };
-                }
-                self.uniform[i] = same_lanes(&self.row[i]);
+                // SAFETY: forwarded from the caller.
+                unsafe { self.row_inst(p, wide, i) };
             }
             for &i in &wide.spread[q] {
                 let lanes = self.row[i];
@@ -288,39 +293,74 @@ impl<const W: usize> Lanes<W> {
             for &si in &pass.row_stores {
                 let (inst, acc) = &p.stores[si];
                 let at = p.loads.len() + si;
-                for w in 0..W {
-                    let off = self.bases[at] + w as i64 * wide.lane_stride[at];
-                    // SAFETY: bounds checked in `prepare`; row `r0 + w` is this task's.
-                    unsafe { acc.mem.write(off, self.row[*inst][w]) };
-                }
+                let (base, step) = (self.bases[at], wide.lane_stride[at]);
+                // SAFETY: bounds checked in `prepare`; rows `r0 .. r0 + W` are this task's.
+                unsafe { acc.mem.write_run(base, step, &self.row[*inst]) };
             }
         }
     }
 
-    /// Row value `i` of lane `w` (`Scratch::row_inst` for row `r0 + w`).
+    /// Row value `i` for every lane (`Scratch::row_inst` for rows `r0 .. r0 + W`): the
+    /// block loops over the `W` lanes, each lane the scalar op's bits (`math`'s scalar and
+    /// block forms agree to the bit), an operand whose lanes agree passed as a scalar.
     ///
     /// # Safety
     /// The kernel was prepared (bounds checked) and the bases are set for the group.
-    unsafe fn row_inst(&self, p: &Prepared, wide: &Wide, i: usize, w: usize) -> f32 {
+    unsafe fn row_inst(&mut self, p: &Prepared, wide: &Wide, i: usize) {
         let inst = &p.ir.values[i];
-        let v = |o: tc_compiler::lower::ValueId| self.row[o.index()][w];
+        let mut out = [0f32; W];
+        let (row, uniform) = (&self.row, &self.uniform);
+        let operand = |o: tc_compiler::lower::ValueId| -> Operand<'_> {
+            let o = o.index();
+            if uniform[o] {
+                Operand::Scalar(row[o][0])
+            } else {
+                Operand::Block(&row[o])
+            }
+        };
         match inst.op {
             ValueOp::Load(l) => {
                 let l = l.index();
-                let off = self.bases[l] + w as i64 * wide.lane_stride[l];
-                // SAFETY: bounds checked in `prepare`.
-                unsafe { p.loads[l].mem.read(off) }
+                let (acc, base, step) = (&p.loads[l], self.bases[l], wide.lane_stride[l]);
+                if acc.mem.dtype == DType::F32 && step == 1 {
+                    // SAFETY: bounds checked in `prepare`; `out` is a distinct allocation
+                    // and an unaligned byte copy is always valid.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            acc.mem.ptr.cast::<f32>().offset(base as isize).cast::<u8>(),
+                            out.as_mut_ptr().cast::<u8>(),
+                            W * 4,
+                        )
+                    };
+                } else {
+                    // SAFETY: as above.
+                    unsafe { acc.mem.read_run(base, step, &mut out) };
+                }
             }
-            ValueOp::Const(c) => math::round_to(inst.dtype, c as f32),
-            ValueOp::Unary(op, a) => math::round_to(inst.dtype, math::unary(op, v(a))),
-            ValueOp::Binary(op, a, b) => math::round_to(inst.dtype, math::binary(op, v(a), v(b))),
-            ValueOp::Cast(a) | ValueOp::Reduce(_, a) => math::round_to(inst.dtype, v(a)),
+            ValueOp::Const(c) => out.fill(math::round_to(inst.dtype, c as f32)),
+            ValueOp::Unary(op, a) => {
+                match operand(a) {
+                    Operand::Block(src) => math::unary_block(op, src, &mut out),
+                    Operand::Scalar(x) => out.fill(math::unary(op, x)),
+                }
+                math::round_block(inst.dtype, &mut out);
+            }
+            ValueOp::Binary(op, a, b) => {
+                math::binary_block(op, operand(a), operand(b), &mut out);
+                math::round_block(inst.dtype, &mut out);
+            }
+            ValueOp::Cast(a) | ValueOp::Reduce(_, a) => {
+                out = self.row[a.index()];
+                math::round_block(inst.dtype, &mut out);
+            }
             // Not in a kernel `plan` admits.
             ValueOp::Index { .. }
             | ValueOp::Gather { .. }
             | ValueOp::Scan(_)
             | ValueOp::Where(..) => unreachable!("not a wide kernel"),
         }
+        self.row[i] = out;
+        self.uniform[i] = same_lanes(&out);
     }
 
     /// The block of inner indices `at .. at + n` of pass `q` in `block_sum`'s halving tree:
