@@ -1950,6 +1950,23 @@ fn column_reductions_run_wide_give_the_row_paths_bits() {
                 ),
                 vec![whole.clone(), col.clone()],
             ),
+            (
+                // A sum over an axis of one (a copy, rows of one element): row values only.
+                "axis of one",
+                fused(
+                    &[1, r, c],
+                    &[0],
+                    vec![ld(0, DType::F32, 0, &[(r * c) as i64, c as i64, 1])],
+                    vec![
+                        row(InstOp::Load(0)),
+                        row(InstOp::Const(1.0)),
+                        row(InstOp::Binary(BinaryOp::Mul, 0, 1)),
+                        row(InstOp::Unary(UnaryOp::Exp, 2)),
+                    ],
+                    &[(2, 3), (3, 4)],
+                ),
+                vec![whole.clone(), whole.clone()],
+            ),
         ]
     };
     let run_with = |off: bool, p: &Plan, inputs: &[HostTensor]| {
@@ -2006,7 +2023,8 @@ fn column_reductions_run_wide_give_the_row_paths_bits() {
                 let p = plan(vec![k], buffers, &[0, 1, 2], plan_outs);
                 let (rows, _) = run_with(true, &p, &inputs);
                 let (wide, groups) = run_with(false, &p, &inputs);
-                if r > 1 && c >= columns::NARROW as u64 && name != "max" {
+                if (r > 1 || name == "axis of one") && c >= columns::NARROW as u64 && name != "max"
+                {
                     assert!(groups > 0, "{name} {r}×{c}: not run wide");
                 }
                 wide_groups += groups;
