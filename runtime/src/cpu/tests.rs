@@ -2057,3 +2057,34 @@ fn column_reductions_run_wide_give_the_row_paths_bits() {
     }
     assert!(wide_groups > 0);
 }
+
+/// `math::lane_leaf_sums` in every tier this CPU runs gives, for each of its lanes, the
+/// bits of `math::block_sum` over that lane's column alone, for every leaf length (0 to
+/// 256), 16 and 64 lanes.
+#[test]
+fn lane_leaf_sums_are_block_sum_per_lane_in_every_tier() {
+    use super::math::{self, Tier};
+    fn check<const W: usize>() {
+        for n in 0..=256usize {
+            let mut xs = values(n * W, n as u32 + W as u32);
+            // Magnitudes far apart, so any other order of additions shows.
+            for (i, x) in xs.iter_mut().enumerate() {
+                *x *= [1.0, 1e-3, 1e4, 3e7][(i * i + i / 3) % 4];
+            }
+            let want: Vec<u32> = (0..W)
+                .map(|w| {
+                    let column: Vec<f32> = (0..n).map(|i| xs[i * W + w]).collect();
+                    math::block_sum(&column).to_bits()
+                })
+                .collect();
+            for tier in Tier::available() {
+                let mut out = [0f32; W];
+                math::lane_leaf_sums_in(tier, &xs, &mut out);
+                let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{W} lanes, {n} elements, {tier:?}");
+            }
+        }
+    }
+    check::<64>();
+    check::<16>();
+}
