@@ -13,7 +13,9 @@
 //! division for a mean. Row values are computed for the lanes by the same block loops.
 //! Kernels whose rows are one element (a sum over an axis of one: a copy) run wide too,
 //! one row value per lane. The rows a run leaves after its groups (fewer than 16) run on
-//! the row path, and so do kernels with a max/min, an index value or a `where`.
+//! the row path, and so do kernels with an index value or a `where`. A max or min is
+//! `math::block_extremum`'s per lane (`Extremum`), its 32 interleaved accumulators fed a
+//! leaf at a time.
 
 use super::fused::{self, Access, Prepared, Scratch};
 use super::math::{self, KahanSum, Operand};
@@ -53,7 +55,7 @@ pub(super) struct Wide {
 }
 
 /// The wide plan of `p`, or `None` when the kernel is not eligible: a row kernel of float
-/// ops (loads, constants, unary and binary ops, casts) and sums or means, at least
+/// ops (loads, constants, unary and binary ops, casts) and sums, means, maxes or mins, at least
 /// `NARROW` rows to a run of the innermost row dim, a load whose consecutive rows are
 /// adjacent while the row path reads them apart (an element load that walks the row with
 /// a stride other than 1, or any load when a row is one element: a reduction over an axis
@@ -75,7 +77,11 @@ pub(super) fn plan(p: &Prepared) -> Option<Wide> {
             ValueOp::Load(_) | ValueOp::Const(_) | ValueOp::Unary(..) | ValueOp::Binary(..) => true,
             ValueOp::Cast(_) => true,
             ValueOp::Reduce(op, _) => {
-                v.level == Level::Row && matches!(op, ReduceOp::Sum | ReduceOp::Mean)
+                v.level == Level::Row
+                    && matches!(
+                        op,
+                        ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min
+                    )
             }
             _ => false,
         };
@@ -210,6 +216,14 @@ struct Lanes<const W: usize> {
     /// Per row value: every lane holds the same bits (an operand then is a scalar).
     uniform: Vec<bool>,
     sums: Vec<[KahanSum; W]>,
+    /// Per value: the lanes' max or min over the blocks so far (`math::maximum`/`minimum`
+    /// of the blocks' extrema, as the row path folds them).
+    extrema: Vec<[f32; W]>,
+    /// Per reduction of the pass: the current block's extremum so far (for a max or min).
+    block_extrema: Vec<Extremum<W>>,
+    /// The current block's first inner index and its length (for the extrema).
+    block_at: usize,
+    block_len: usize,
     /// Per depth of the halving tree, per reduction of the pass: the lanes' partial sums.
     partial: Vec<Vec<[f32; W]>>,
     /// Element offset of each load, then each store, at the group's first row.
@@ -234,6 +248,10 @@ impl<const W: usize> Lanes<W> {
             row,
             uniform: vec![true; n],
             sums: vec![[KahanSum::default(); W]; n],
+            extrema: vec![[0f32; W]; n],
+            block_extrema: Vec::new(),
+            block_at: 0,
+            block_len: 0,
             partial: Vec::new(),
             bases: vec![0i64; p.loads.len() + p.stores.len()],
         }
@@ -261,6 +279,10 @@ impl<const W: usize> Lanes<W> {
             }
             for &i in &pass.reduces {
                 self.sums[i] = [KahanSum::default(); W];
+                self.extrema[i] = match body[i].op {
+                    ValueOp::Reduce(ReduceOp::Max, _) => [f32::NEG_INFINITY; W],
+                    _ => [f32::INFINITY; W],
+                };
             }
             if !wide.elems[q].is_empty() || !pass.reduces.is_empty() || !pass.elem_stores.is_empty()
             {
@@ -271,21 +293,48 @@ impl<const W: usize> Lanes<W> {
                 let mut at = 0;
                 while at < p.row_len {
                     let n = p.block.min(p.row_len - at);
+                    (self.block_at, self.block_len) = (at, n);
+                    self.block_extrema.clear();
+                    for &i in &pass.reduces {
+                        let max = matches!(body[i].op, ValueOp::Reduce(ReduceOp::Max, _));
+                        self.block_extrema.push(Extremum::new(max));
+                    }
                     // SAFETY: forwarded from the caller.
                     unsafe { self.tree(p, wide, q, at, n, 0) };
                     for (r, &i) in pass.reduces.iter().enumerate() {
-                        for (s, &x) in self.sums[i].iter_mut().zip(&self.partial[0][r]) {
-                            s.add(x);
+                        match body[i].op {
+                            ValueOp::Reduce(ReduceOp::Max, _) => {
+                                let b = self.block_extrema[r].finish();
+                                for (e, b) in self.extrema[i].iter_mut().zip(b) {
+                                    *e = math::maximum(*e, b);
+                                }
+                            }
+                            ValueOp::Reduce(ReduceOp::Min, _) => {
+                                let b = self.block_extrema[r].finish();
+                                for (e, b) in self.extrema[i].iter_mut().zip(b) {
+                                    *e = math::minimum(*e, b);
+                                }
+                            }
+                            _ => {
+                                let sums = self.sums[i].iter_mut();
+                                for (s, &x) in sums.zip(&self.partial[0][r]) {
+                                    s.add(x);
+                                }
+                            }
                         }
                     }
                     at += n;
                 }
             }
             for &i in &pass.reduces {
-                let mean = matches!(body[i].op, ValueOp::Reduce(ReduceOp::Mean, _));
                 for w in 0..W {
-                    let s = self.sums[i][w].value();
-                    let v = if mean { s / p.row_len as f32 } else { s };
+                    let v = match body[i].op {
+                        ValueOp::Reduce(ReduceOp::Sum, _) => self.sums[i][w].value(),
+                        ValueOp::Reduce(ReduceOp::Mean, _) => {
+                            self.sums[i][w].value() / p.row_len as f32
+                        }
+                        _ => self.extrema[i][w],
+                    };
                     self.row[i][w] = math::round_to(body[i].dtype, v);
                 }
                 self.uniform[i] = same_lanes(&self.row[i]);
@@ -401,9 +450,14 @@ impl<const W: usize> Lanes<W> {
         // SAFETY: forwarded from the caller.
         unsafe { self.leaf(p, wide, q, at, n) };
         for (r, &i) in p.passes[q].reduces.iter().enumerate() {
-            if let ValueOp::Reduce(_, a) = p.ir.values[i].op {
+            if let ValueOp::Reduce(op, a) = p.ir.values[i].op {
                 let xs = &self.slots[a.index()][..n * W];
-                math::lane_leaf_sums(xs, &mut self.partial[depth][r]);
+                if matches!(op, ReduceOp::Max | ReduceOp::Min) {
+                    let whole = self.block_len / 32 * 32;
+                    self.block_extrema[r].feed(xs, at - self.block_at, whole);
+                } else {
+                    math::lane_leaf_sums(xs, &mut self.partial[depth][r]);
+                }
             }
         }
     }
@@ -469,6 +523,90 @@ impl<const W: usize> Lanes<W> {
                 write_lanes::<W>(acc, &p.inner_sizes, base, step, at, &self.slots[*inst][..m])
             };
         }
+    }
+}
+
+/// `math::block_extremum` of a block for each lane, fed the block a leaf at a time: the
+/// first whole chunks of 32 elements go to 32 interleaved accumulators (element `i` to
+/// accumulator `i % 32`), which are then folded in order, followed by the elements after
+/// the last whole chunk; NaN if any element is. The same picks in the same order as the
+/// scalar loop, so the same bits (which of ±0 wins a tie included).
+struct Extremum<const W: usize> {
+    max: bool,
+    lanes: [[f32; W]; 32],
+    nan: [bool; W],
+    /// The fold of `lanes` and of the elements after the chunks, once begun.
+    m: [f32; W],
+    folded: bool,
+}
+
+impl<const W: usize> Extremum<W> {
+    fn new(max: bool) -> Extremum<W> {
+        let init = if max {
+            f32::NEG_INFINITY
+        } else {
+            f32::INFINITY
+        };
+        Extremum {
+            max,
+            lanes: [[init; W]; 32],
+            nan: [false; W],
+            m: [init; W],
+            folded: false,
+        }
+    }
+
+    /// `block_extremum`'s pick: the new value where it is greater (smaller), else the old.
+    #[inline(always)]
+    fn pick(max: bool, l: &mut [f32; W], x: &[f32]) {
+        if max {
+            for (l, &x) in l.iter_mut().zip(x) {
+                *l = if x > *l { x } else { *l };
+            }
+        } else {
+            for (l, &x) in l.iter_mut().zip(x) {
+                *l = if x < *l { x } else { *l };
+            }
+        }
+    }
+
+    fn note_nan(&mut self, x: &[f32]) {
+        for (n, &x) in self.nan.iter_mut().zip(x) {
+            *n |= x.is_nan();
+        }
+    }
+
+    /// Takes in `xs` (`xs.len() / W` elements of each lane, interleaved), the elements
+    /// from `pos` of a block whose whole chunks end at `whole`.
+    fn feed(&mut self, xs: &[f32], pos: usize, whole: usize) {
+        for (j, x) in xs.chunks_exact(W).enumerate() {
+            self.note_nan(x);
+            let p = pos + j;
+            if p < whole {
+                Self::pick(self.max, &mut self.lanes[p % 32], x);
+            } else {
+                self.fold();
+                Self::pick(self.max, &mut self.m, x);
+            }
+        }
+    }
+
+    /// Folds the 32 accumulators into `m`, once.
+    fn fold(&mut self) {
+        if !self.folded {
+            for l in 0..32 {
+                let lane = self.lanes[l];
+                self.note_nan(&lane);
+                Self::pick(self.max, &mut self.m, &lane);
+            }
+            self.folded = true;
+        }
+    }
+
+    /// The block's extremum per lane.
+    fn finish(&mut self) -> [f32; W] {
+        self.fold();
+        std::array::from_fn(|w| if self.nan[w] { f32::NAN } else { self.m[w] })
     }
 }
 
