@@ -44,8 +44,9 @@ pub(super) struct Wide {
     last: usize,
     /// Per load, then per store: the element distance between consecutive rows.
     lane_stride: Vec<i64>,
-    /// Per pass: the element values computed per leaf, in value order (all the pass needs:
-    /// no pass reuses an earlier pass's blocks, which are not kept).
+    /// Per pass: the element values computed per leaf, in the kernel IR's order (operands
+    /// first, after `peephole`): all the pass needs, as no pass reuses an earlier pass's
+    /// blocks, which are not kept.
     elems: Vec<Vec<usize>>,
     /// Per pass: the row values an element value, reduction or element store of the pass
     /// reads, spread over the lanes of a leaf.
@@ -55,13 +56,13 @@ pub(super) struct Wide {
 }
 
 /// The wide plan of `p`, or `None` when the kernel is not eligible: a row kernel of float
-/// ops (loads, constants, unary and binary ops, casts) and sums, means, maxes or mins, at least
-/// `NARROW` rows to a run of the innermost row dim, a load whose consecutive rows are
-/// adjacent while the row path reads them apart (an element load that walks the row with
-/// a stride other than 1, or any load when a row is one element: a reduction over an axis
-/// of one), every element load and store with consecutive rows adjacent (or the same, for
-/// a load), and no store into a buffer a load reads other than element for element in
-/// place.
+/// ops (loads, constants, unary and binary ops, casts) and sums, means, maxes or mins, at
+/// least `NARROW` rows to a run of the innermost row dim, a load whose consecutive rows
+/// are adjacent while the row path reads them apart (an element load that walks the row
+/// with a stride other than 1, or any load when a row is one element: a reduction over an
+/// axis of one), every element load and store with consecutive rows adjacent (or the
+/// same, for a load), and no store into a buffer a load reads other than element for
+/// element in place.
 pub(super) fn plan(p: &Prepared) -> Option<Wide> {
     #[cfg(test)]
     if OFF.load(std::sync::atomic::Ordering::Relaxed) {
@@ -670,8 +671,8 @@ unsafe fn read_lanes<const W: usize>(
     );
 }
 
-/// Writes `src[i·W + w]` to inner index `at + i` of `acc` for the `W` rows whose offsets are
-/// `base + w·step`, rounded to the buffer's dtype.
+/// Writes `src[i·W + w]` to inner index `at + i` of `acc` for the `W` rows whose offsets
+/// are `base + w·step`, rounded to the buffer's dtype.
 ///
 /// # Safety
 /// Every element written lies inside `acc.mem`, and no other thread touches it.
