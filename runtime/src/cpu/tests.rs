@@ -1154,8 +1154,9 @@ fn values_computed_straight_into_outputs_match_their_copies() {
 #[test]
 fn results_are_the_same_bits_whatever_the_thread_count() {
     // Row kernels with cached rows and with rows longer than the cache (blocked, several
-    // passes, Kahan-combined block sums), a pointwise chain, half precision and a matmul,
-    // each run in pools of 1, 2, 3 and 5 threads: every output byte must agree.
+    // passes, Kahan-combined block sums), column sums, a pointwise chain, half precision
+    // and a matmul, each run in pools of 1, 2, 3 and 5 threads: every output byte must
+    // agree.
     let cases: &[(&str, &[(&str, u64)])] = &[
         (
             include_str!("../../../examples/softmax.tx"),
@@ -1180,6 +1181,16 @@ fn results_are_the_same_bits_whatever_the_thread_count() {
         (
             include_str!("../../../examples/mlp.tx"),
             &[("B", 33), ("D", 64), ("H", 96), ("C", 50)],
+        ),
+        // Column sums run wide (`cpu::columns`): groups of 64 and 16 rows and single rows,
+        // one with an element store; a training step's bias gradients.
+        (
+            include_str!("../../../examples/broadcast.tx"),
+            &[("B", 300), ("D", 200)],
+        ),
+        (
+            include_str!("../../../examples/train_mlp.tx"),
+            &[("B", 33), ("D", 17), ("H", 70), ("C", 31)],
         ),
         // Attention (two query tiles, the head-merge store), matrix products and the row
         // kernels between them.
