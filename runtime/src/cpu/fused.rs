@@ -14,7 +14,9 @@
 //! shared exponential), and a single-use cheap inst is computed inside the loop of the
 //! inst it feeds (`Fold`: a `neg`/`abs` into a unary op, an add/sub/mul/div/maximum/
 //! minimum into another), the same IEEE operations in one pass over the block instead of
-//! two.
+//! two. A row kernel whose walk along a row strides through memory while its consecutive
+//! rows are adjacent (a column reduction) runs in the wide mode of `cpu::columns`: 64 or 16
+//! rows at once, each row's values and sums the very bits of the row path.
 
 use super::math::{self, KahanSum, Operand};
 use super::{CpuError, Mem};
@@ -46,15 +48,15 @@ pub(super) struct Access {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Pass {
     /// Row values computed before the block loop, in order.
-    row_insts: Vec<usize>,
+    pub(super) row_insts: Vec<usize>,
     /// Element values computed per block, in order (less, when rows are one block, those
     /// an earlier pass left in their slots).
     elem_insts: Vec<usize>,
     /// Reductions folded per block.
-    reduces: Vec<usize>,
+    pub(super) reduces: Vec<usize>,
     /// Indices into `stores`.
-    elem_stores: Vec<usize>,
-    row_stores: Vec<usize>,
+    pub(super) elem_stores: Vec<usize>,
+    pub(super) row_stores: Vec<usize>,
     /// Per value: the store its block may be computed straight into, skipping the slot
     /// and the copy (see `prepare`).
     store_into: Vec<Option<usize>>,
@@ -80,7 +82,7 @@ enum Fold {
 pub(super) struct Prepared {
     pub(super) ir: KernelIr,
     /// Level of each value (from the kernel IR).
-    level: Vec<Level>,
+    pub(super) level: Vec<Level>,
     /// Per value: whether it has a block-sized slot (element values, and row values that
     /// are stored in domain order or folded by a reduction, filled when needed).
     slot: Vec<bool>,
@@ -137,6 +139,10 @@ pub(super) fn run(
                 unsafe { s.span(&p, pass, start, end) };
             },
         );
+    } else if let Some(wide) = super::columns::plan(&p) {
+        // SAFETY: as above; each row, and each group of rows run wide, is computed and
+        // stored by one task.
+        unsafe { super::columns::run(&p, &wide) };
     } else {
         // SAFETY: as above; each row is computed and stored by one task.
         for_each_task(

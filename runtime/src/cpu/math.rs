@@ -766,6 +766,75 @@ pub fn block_sum(xs: &[f32]) -> f32 {
     block_sum_base(xs)
 }
 
+/// `block_sum`'s leaf for `W` columns at once (`cpu::columns`): `xs` holds `n =
+/// xs.len() / W` elements of each column interleaved, element `i` of column `w` at
+/// `xs[i·W + w]`, with `n` at most a leaf (256); `out[w]` gets the very bits
+/// `block_sum_leaf` gives column `w` alone. Each lane does the scalar additions in the
+/// scalar order (32 accumulators from 0 over the whole chunks of 32, the same pairing of
+/// them, the tail summed from 0 in order), as `[f32; W]` arrays the compiler turns into
+/// vector adds.
+#[inline(always)]
+fn lane_leaf_sums_impl<const W: usize>(xs: &[f32], out: &mut [f32; W]) {
+    #[inline(always)]
+    fn add<const W: usize>(a: [f32; W], b: [f32; W]) -> [f32; W] {
+        std::array::from_fn(|w| a[w] + b[w])
+    }
+    #[inline(always)]
+    fn lanes<const W: usize>(xs: &[f32], i: usize) -> [f32; W] {
+        xs[i * W..(i + 1) * W].try_into().expect("W lanes")
+    }
+    let n = xs.len() / W;
+    debug_assert!(n <= SUM_LEAF);
+    let whole = n / 32 * 32;
+    let mut acc = [[0f32; W]; 32];
+    for c in (0..whole).step_by(32) {
+        for (m, a) in acc.iter_mut().enumerate() {
+            *a = add(*a, lanes(xs, c + m));
+        }
+    }
+    // `block_sum_leaf`'s acc[k][j] is accumulator 8k + j here.
+    let s: [[f32; W]; 8] =
+        std::array::from_fn(|j| add(add(acc[j], acc[8 + j]), add(acc[16 + j], acc[24 + j])));
+    let mut tail = [0f32; W];
+    for i in whole..n {
+        tail = add(tail, lanes(xs, i));
+    }
+    *out = add(
+        add(add(s[0], s[4]), add(s[2], s[6])),
+        add(add(s[1], s[5]), add(s[3], s[7])),
+    );
+    *out = add(*out, tail);
+}
+
+/// `block_sum`'s leaf for `W` interleaved columns (`lane_leaf_sums_impl`), compiled for
+/// the widest tier (`Tier::best`).
+pub fn lane_leaf_sums<const W: usize>(xs: &[f32], out: &mut [f32; W]) {
+    lane_leaf_sums_in(Tier::best(), xs, out)
+}
+
+/// `lane_leaf_sums` compiled for `tier`, or the hardware's widest when that is narrower.
+pub fn lane_leaf_sums_in<const W: usize>(tier: Tier, xs: &[f32], out: &mut [f32; W]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+        unsafe fn wide<const W: usize>(xs: &[f32], out: &mut [f32; W]) {
+            lane_leaf_sums_impl(xs, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn narrow<const W: usize>(xs: &[f32], out: &mut [f32; W]) {
+            lane_leaf_sums_impl(xs, out)
+        }
+        match tier.min(Tier::hardware()) {
+            // SAFETY: the CPU has AVX-512 F/VL/DQ/BW, AVX2 and FMA (`Tier::hardware`).
+            Tier::Avx512 => return unsafe { wide(xs, out) },
+            // SAFETY: the CPU has AVX2 and FMA (`Tier::hardware`).
+            Tier::Avx2 => return unsafe { narrow(xs, out) },
+            Tier::Base => {}
+        }
+    }
+    lane_leaf_sums_impl(xs, out)
+}
+
 /// A running f32 sum with Kahan compensation, fed block sums.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KahanSum {

@@ -11,6 +11,7 @@ mod attention;
 #[cfg(feature = "test-support")]
 pub use attention::{TileCount, TILE_LOG};
 mod attention_backward;
+mod columns;
 mod epilogue;
 mod fused;
 mod gemm;

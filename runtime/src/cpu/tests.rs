@@ -1154,8 +1154,9 @@ fn values_computed_straight_into_outputs_match_their_copies() {
 #[test]
 fn results_are_the_same_bits_whatever_the_thread_count() {
     // Row kernels with cached rows and with rows longer than the cache (blocked, several
-    // passes, Kahan-combined block sums), a pointwise chain, half precision and a matmul,
-    // each run in pools of 1, 2, 3 and 5 threads: every output byte must agree.
+    // passes, Kahan-combined block sums), column sums, a pointwise chain, half precision
+    // and a matmul, each run in pools of 1, 2, 3 and 5 threads: every output byte must
+    // agree.
     let cases: &[(&str, &[(&str, u64)])] = &[
         (
             include_str!("../../../examples/softmax.tx"),
@@ -1180,6 +1181,16 @@ fn results_are_the_same_bits_whatever_the_thread_count() {
         (
             include_str!("../../../examples/mlp.tx"),
             &[("B", 33), ("D", 64), ("H", 96), ("C", 50)],
+        ),
+        // Column sums run wide (`cpu::columns`): groups of 64 and 16 rows and single rows,
+        // one with an element store; a training step's bias gradients.
+        (
+            include_str!("../../../examples/broadcast.tx"),
+            &[("B", 300), ("D", 200)],
+        ),
+        (
+            include_str!("../../../examples/train_mlp.tx"),
+            &[("B", 33), ("D", 17), ("H", 70), ("C", 31)],
         ),
         // Attention (two query tiles, the head-merge store), matrix products and the row
         // kernels between them.
@@ -1876,4 +1887,215 @@ fn bad_prologues_are_plan_errors() {
         &[(0, y.0)],
     ));
     expect_bad(&bad, "never stored");
+}
+
+/// Column reductions over awkward sizes, run wide (`cpu::columns`) and on the row path:
+/// every output the same bits, the plain sums and means also those of `math::block_sum`
+/// per column block and `KahanSum` across blocks (what the row path does), with ±0, ±inf
+/// and NaN in some columns.
+#[test]
+fn column_reductions_run_wide_give_the_row_paths_bits() {
+    use super::columns;
+    use std::sync::atomic::Ordering::Relaxed;
+    // The kernels over domain [r, c] reducing axis 0, x [r, c] row-major, bias [c], scale
+    // [r, 1]; buffer 0 is x, 1 bias, 2 scale, then the outputs.
+    let kernels = |r: u64, c: u64| -> Vec<(&str, Kernel, Vec<Vec<u64>>)> {
+        let x = || ld(0, DType::F32, 0, &[c as i64, 1]);
+        let bias = || ld(1, DType::F32, 0, &[0, 1]);
+        let scale = || ld(2, DType::F32, 0, &[1, 0]);
+        let col = vec![c];
+        let whole = vec![r, c];
+        let reduce = |op| {
+            fused(
+                &[r, c],
+                &[0],
+                vec![x()],
+                vec![el(InstOp::Load(0)), row(InstOp::Reduce(op, 0))],
+                &[(1, 3)],
+            )
+        };
+        vec![
+            ("sum", reduce(ReduceOp::Sum), vec![col.clone()]),
+            ("mean", reduce(ReduceOp::Mean), vec![col.clone()]),
+            ("max", reduce(ReduceOp::Max), vec![col.clone()]),
+            ("min", reduce(ReduceOp::Min), vec![col.clone()]),
+            (
+                // broadcast.tx: ((x + bias) + x·bias)·scale stored, and its column sum.
+                "fused",
+                fused(
+                    &[r, c],
+                    &[0],
+                    vec![x(), bias(), scale()],
+                    vec![
+                        el(InstOp::Load(0)),
+                        row(InstOp::Load(1)),
+                        el(InstOp::Binary(BinaryOp::Add, 0, 1)),
+                        el(InstOp::Binary(BinaryOp::Mul, 0, 1)),
+                        el(InstOp::Binary(BinaryOp::Add, 2, 3)),
+                        el(InstOp::Load(2)),
+                        el(InstOp::Binary(BinaryOp::Mul, 4, 5)),
+                        row(InstOp::Reduce(ReduceOp::Sum, 6)),
+                    ],
+                    &[(6, 3), (7, 4)],
+                ),
+                vec![whole.clone(), col.clone()],
+            ),
+            (
+                // Two passes: the column mean, then x - mean stored and the mean of its
+                // squares (a per-lane row value spread over the lanes), and a constant.
+                "centred",
+                fused(
+                    &[r, c],
+                    &[0],
+                    vec![x()],
+                    vec![
+                        el(InstOp::Load(0)),
+                        row(InstOp::Reduce(ReduceOp::Mean, 0)),
+                        el(InstOp::Binary(BinaryOp::Sub, 0, 1)),
+                        el(InstOp::Binary(BinaryOp::Mul, 2, 2)),
+                        el(InstOp::Const(0.5)),
+                        el(InstOp::Binary(BinaryOp::Mul, 3, 4)),
+                        row(InstOp::Reduce(ReduceOp::Mean, 5)),
+                        row(InstOp::Unary(UnaryOp::Sqrt, 6)),
+                    ],
+                    &[(2, 3), (7, 4)],
+                ),
+                vec![whole.clone(), col.clone()],
+            ),
+            (
+                // A sum over an axis of one (a copy, rows of one element): row values only.
+                "axis of one",
+                fused(
+                    &[1, r, c],
+                    &[0],
+                    vec![ld(0, DType::F32, 0, &[(r * c) as i64, c as i64, 1])],
+                    vec![
+                        row(InstOp::Load(0)),
+                        row(InstOp::Const(1.0)),
+                        row(InstOp::Binary(BinaryOp::Mul, 0, 1)),
+                        row(InstOp::Unary(UnaryOp::Exp, 2)),
+                    ],
+                    &[(2, 3), (3, 4)],
+                ),
+                vec![whole.clone(), whole.clone()],
+            ),
+        ]
+    };
+    let run_with = |off: bool, p: &Plan, inputs: &[HostTensor]| {
+        columns::OFF.store(off, Relaxed);
+        let before = columns::GROUPS.load(Relaxed);
+        let got = run(p, inputs, &[]).expect("runs");
+        columns::OFF.store(false, Relaxed);
+        (got, columns::GROUPS.load(Relaxed) - before)
+    };
+    let mut wide_groups = 0;
+    for r in [1u64, 31, 257, 1025, 20000] {
+        for c in [1u64, 15, 17, 100, 130] {
+            let (ru, cu) = (r as usize, c as usize);
+            let mut x = values(ru * cu, (r * 7 + c) as u32);
+            // Column 0: ±0 only; column 1 (where there is one): an infinity; the last
+            // column: a NaN. Some large values, so the order of additions shows.
+            for i in 0..ru {
+                x[i * cu] = if i % 3 == 0 { -0.0 } else { 0.0 };
+                x[i * cu + cu - 1] *= 1e4 * (i % 7) as f32;
+            }
+            if cu > 2 {
+                x[(ru / 2) * cu + 1] = f32::INFINITY;
+                x[(ru - 1) * cu + cu - 1] = f32::NAN;
+            }
+            let bias = values(cu, 3);
+            let scale = values(ru, 4);
+            let inputs = [
+                HostTensor::from_f32(DType::F32, vec![r, c], &x),
+                HostTensor::from_f32(DType::F32, vec![c], &bias),
+                HostTensor::from_f32(DType::F32, vec![r, 1], &scale),
+            ];
+            for (name, k, outs) in kernels(r, c) {
+                let mut buffers = vec![
+                    leaf("x", BufferKind::Input { index: 0 }, DType::F32, &[r, c]),
+                    leaf("bias", BufferKind::Input { index: 1 }, DType::F32, &[c]),
+                    leaf("scale", BufferKind::Input { index: 2 }, DType::F32, &[r, 1]),
+                ];
+                let mut offset = 0;
+                let mut plan_outs = Vec::new();
+                for (j, shape) in outs.iter().enumerate() {
+                    let b = arena(&format!("o{j}"), DType::F32, shape, offset);
+                    offset += b.bytes.div_ceil(64) * 64;
+                    buffers.push(b);
+                    let id = 3 + j as u32;
+                    plan_outs.push(out(
+                        &format!("o{j}"),
+                        id,
+                        DType::F32,
+                        shape,
+                        0,
+                        &contiguous(shape),
+                    ));
+                }
+                let p = plan(vec![k], buffers, &[0, 1, 2], plan_outs);
+                let (rows, _) = run_with(true, &p, &inputs);
+                let (wide, groups) = run_with(false, &p, &inputs);
+                if (r > 1 || name == "axis of one") && c >= columns::NARROW as u64 {
+                    assert!(groups > 0, "{name} {r}×{c}: not run wide");
+                }
+                wide_groups += groups;
+                for (j, (a, b)) in rows.iter().zip(&wide).enumerate() {
+                    assert!(
+                        a.bytes == b.bytes,
+                        "{name} {r}×{c}: output {j} differs: row path {:?}…, wide {:?}…",
+                        &a.to_f32()[..cu.min(20)],
+                        &b.to_f32()[..cu.min(20)]
+                    );
+                }
+                if name == "sum" || name == "mean" {
+                    let block = if ru <= 16 * 1024 { ru } else { 1024 };
+                    let want: Vec<u32> = (0..cu)
+                        .map(|j| {
+                            let column: Vec<f32> = (0..ru).map(|i| x[i * cu + j]).collect();
+                            let mut s = super::math::KahanSum::default();
+                            for b in column.chunks(block) {
+                                s.add(super::math::block_sum(b));
+                            }
+                            let v = s.value();
+                            if name == "mean" { v / r as f32 } else { v }.to_bits()
+                        })
+                        .collect();
+                    let got: Vec<u32> = wide[0].to_f32().iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "{name} {r}×{c}: not block_sum's bits");
+                }
+            }
+        }
+    }
+    assert!(wide_groups > 0);
+}
+
+/// `math::lane_leaf_sums` in every tier this CPU runs gives, for each of its lanes, the
+/// bits of `math::block_sum` over that lane's column alone, for every leaf length (0 to
+/// 256), 16 and 64 lanes.
+#[test]
+fn lane_leaf_sums_are_block_sum_per_lane_in_every_tier() {
+    use super::math::{self, Tier};
+    fn check<const W: usize>() {
+        for n in 0..=256usize {
+            let mut xs = values(n * W, n as u32 + W as u32);
+            // Magnitudes far apart, so any other order of additions shows.
+            for (i, x) in xs.iter_mut().enumerate() {
+                *x *= [1.0, 1e-3, 1e4, 3e7][(i * i + i / 3) % 4];
+            }
+            let want: Vec<u32> = (0..W)
+                .map(|w| {
+                    let column: Vec<f32> = (0..n).map(|i| xs[i * W + w]).collect();
+                    math::block_sum(&column).to_bits()
+                })
+                .collect();
+            for tier in Tier::available() {
+                let mut out = [0f32; W];
+                math::lane_leaf_sums_in(tier, &xs, &mut out);
+                let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{W} lanes, {n} elements, {tier:?}");
+            }
+        }
+    }
+    check::<64>();
+    check::<16>();
 }
