@@ -1185,10 +1185,34 @@ impl Mem {
             };
             return;
         }
+        if step == 1 && self.halves() {
+            // SAFETY: in bounds by the caller; 2-byte aligned (`halves`).
+            let src = unsafe {
+                std::slice::from_raw_parts(self.ptr.cast::<u16>().offset(off as isize), out.len())
+            };
+            if self.dtype == DType::BF16 {
+                for (o, &h) in out.iter_mut().zip(src) {
+                    *o = f32::from_bits(u32::from(h) << 16);
+                }
+            } else {
+                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                src.reinterpret_cast::<half::f16>()
+                    .convert_to_f32_slice(out);
+            }
+            return;
+        }
         for (j, o) in out.iter_mut().enumerate() {
             // SAFETY: in bounds by the caller.
             *o = unsafe { self.read(off + j as i64 * step) };
         }
+    }
+
+    /// An f16 or bf16 buffer that is 2-byte aligned, so runs of it convert as `u16` slices
+    /// (the `half` crate's vector conversions for f16, `math::bf16_bits` for bf16: the bits
+    /// of the one-element forms).
+    #[inline]
+    fn halves(&self) -> bool {
+        matches!(self.dtype, DType::F16 | DType::BF16) && (self.ptr as usize).is_multiple_of(2)
     }
 
     /// Writes `src` to `off` with stride `step`, rounded to the buffer's dtype.
@@ -1207,6 +1231,26 @@ impl Mem {
                     src.len() * 4,
                 )
             };
+            return;
+        }
+        if step == 1 && self.halves() {
+            // SAFETY: in bounds and owned by this thread (the caller); 2-byte aligned
+            // (`halves`).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.ptr.cast::<u16>().offset(off as isize),
+                    src.len(),
+                )
+            };
+            if self.dtype == DType::BF16 {
+                for (d, &x) in dst.iter_mut().zip(src) {
+                    *d = super::math::bf16_bits(x);
+                }
+            } else {
+                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                dst.reinterpret_cast_mut::<half::f16>()
+                    .convert_from_f32_slice(src);
+            }
             return;
         }
         for (j, &v) in src.iter().enumerate() {
