@@ -370,9 +370,25 @@ impl MatMulKernel {
         self.batch.iter().fold(1u64, |p, &b| p.saturating_mul(b))
     }
 
+    /// Whether tc's CPU GEMM can take the product: float operands (f32, or f16/bf16
+    /// widened as they are packed) read through positive strides, and a float output (f32
+    /// written in place, a half dtype rounded from each finished block), a residual only
+    /// into an f32 output.
+    pub fn cpu_gemm_operands(&self) -> bool {
+        let ok = |o: &MatOperand| {
+            let r = o.strides.len();
+            o.dtype.is_float() && r >= 2 && o.strides[r - 2] > 0 && o.strides[r - 1] > 0
+        };
+        ok(&self.a)
+            && ok(&self.b)
+            && self.out_dtype.is_float()
+            && (self.accumulate.is_none() || self.out_dtype == DType::F32)
+    }
+
     /// Bytes of workspace the product needs on `target` (`Target::matmul_workspace`).
     pub fn workspace_bytes(&self, target: &Target) -> u64 {
-        target.matmul_workspace(self.nbatch(), self.m, self.n, self.k, self.in_place_f32())
+        let takes = self.cpu_gemm_operands();
+        target.matmul_workspace(self.nbatch(), self.m, self.n, self.k, takes)
     }
 }
 
@@ -628,8 +644,8 @@ pub struct PlanOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    /// tc's CPU executor: an f32 product tc's own GEMM takes (`cpu_packs_b`) gets its
-    /// packed `B` (`cpu_packing_floats`); the rest (the `gemm` crate's) none.
+    /// tc's CPU executor: a product tc's own GEMM takes (`cpu_packs_b`; f32, f16 or bf16)
+    /// gets its packed `B` (`cpu_packing_floats`, f32); the rest (the `gemm` crate's) none.
     Cpu,
     /// CUDA: every product gets `matmul_workspace` bytes of cuBLAS workspace (0: none). The
     /// GPU plan also gives each column reduction that would not fill the GPU the scratch of
@@ -646,8 +662,8 @@ impl PlanOptions {
 
 impl Target {
     /// Bytes of workspace a product of `nbatch` matrices `m × k` by `k × n` gets on this
-    /// target, `in_place` saying whether its operands and output are f32 read and written
-    /// through positive strides (`MatMulKernel::in_place_f32`). The one rule the planner,
+    /// target, `in_place` saying whether tc's CPU GEMM can take it: float operands read
+    /// through positive strides, a float output (`MatMulKernel::cpu_gemm_operands`). The one rule the planner,
     /// the memory models, `verify` and the executors share.
     pub fn matmul_workspace(&self, nbatch: u64, m: u64, n: u64, k: u64, in_place: bool) -> u64 {
         match *self {

@@ -9,7 +9,7 @@
 use super::inplace::storage_objects;
 use super::liveness::peak;
 use super::sizes::{align_up, column_staging_bytes, staging_bytes};
-use crate::ir::{DType, Graph, NodeId, Op};
+use crate::ir::{Graph, NodeId, Op};
 use crate::schedule::{Plan, PlanOptions};
 use std::collections::BTreeSet;
 
@@ -92,7 +92,7 @@ pub fn unfused_model(graph: &Graph, options: &PlanOptions) -> Unfused {
     // Steps: source-level ops in order of first node.
     let mut step_of_key: std::collections::HashMap<NodeId, usize> = Default::default();
     // Each matmul step's workspace (`Target::matmul_workspace`, the rule the plan's products
-    // follow; an eager product's operands are f32 tensors or not, read in place).
+    // follow; an eager product's operands are float tensors read in place).
     // Naive holds every product's workspace at once (every buffer its own, as a plan
     // without reuse gives each product its own).
     let mut matmul_steps = std::collections::BTreeMap::new();
@@ -105,7 +105,8 @@ pub fn unfused_model(graph: &Graph, options: &PlanOptions) -> Unfused {
                 let sizes = graph.ty(id).sizes();
                 let r = sizes.len();
                 let k = graph.ty(a).sizes().last().copied().unwrap_or(0);
-                let f32s = [a, b, id].iter().all(|&x| graph.dtype(x) == DType::F32);
+                // (tc's CPU GEMM takes float operands of any width: `cpu_gemm_operands`)
+                let f32s = [a, b, id].iter().all(|&x| graph.dtype(x).is_float());
                 let ws = if r >= 2 {
                     let nbatch = sizes[..r - 2].iter().product();
                     options

@@ -429,9 +429,10 @@ fn promoted_broadcast_param_costs_no_kernel_and_no_buffer() {
     }
 }
 
-/// On the CPU every f32 product tc's GEMM takes gets its packed `B` as a workspace live at
-/// its step alone (`k` rows of at most `CPU_GEMM_NC` columns, whole panels), and products
-/// the `gemm` crate takes (too few rows, too few columns, a bf16 operand) none; `verify`
+/// On the CPU every product tc's GEMM takes (f32, or bf16 widened as it packs) gets its
+/// packed `B` as a workspace live at its step alone (`k` rows of at most `CPU_GEMM_NC`
+/// columns, whole panels), and products the `gemm` crate takes (too few rows, too few
+/// columns) none; `verify`
 /// rejects a workspace smaller than the rule's, and a product left without one.
 #[test]
 fn cpu_products_get_their_packed_b_at_their_step_alone() {
@@ -446,7 +447,7 @@ fn cpu_products_get_their_packed_b_at_their_step_alone() {
     let u = b.matmul(x, narrow); // 10 columns: the gemm crate's
     let h = b.input("h", DType::BF16, &[64, 40]);
     let hw = b.param("hw", DType::BF16, &[40, 32]);
-    let q = b.matmul(h, hw); // bf16: the gemm crate's
+    let q = b.matmul(h, hw); // bf16: tc's GEMM, B widened as it is packed
     let e = b.un(U::Exp, y);
     let t = b.transpose(x);
     let r = b.matmul(t, x); // A transposed (positive strides): 40 × 64 × 40
@@ -459,7 +460,7 @@ fn cpu_products_get_their_packed_b_at_their_step_alone() {
         let KernelKind::MatMul(mm) = &k.kind else {
             continue;
         };
-        let want = if mm.m >= 24 && mm.n >= 16 && mm.in_place_f32() {
+        let want = if mm.m >= 24 && mm.n >= 16 && mm.cpu_gemm_operands() {
             4 * mm.k * mm.n.next_multiple_of(CPU_GEMM_NR).min(CPU_GEMM_NC)
         } else {
             0
@@ -479,7 +480,7 @@ fn cpu_products_get_their_packed_b_at_their_step_alone() {
             None => assert_eq!(want, 0, "{}: no workspace\n{}", k.name, print(&plan)),
         }
     }
-    assert_eq!(with, 2, "{}", print(&plan));
+    assert_eq!(with, 3, "{}", print(&plan));
     // The 1000-column product: one block of CPU_GEMM_NC columns over the whole k.
     assert!(plan
         .buffers

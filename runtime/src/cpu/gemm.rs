@@ -196,6 +196,59 @@ pub unsafe fn gemm(
     finish: Option<Finish<'_>>,
     a_from: Option<AFrom<'_>>,
 ) {
+    // SAFETY: forwarded (an f32 `B`).
+    unsafe {
+        gemm_of(
+            m,
+            n,
+            k,
+            a,
+            b,
+            Elem::F32,
+            c,
+            ldc,
+            accumulate,
+            parallel,
+            kernel,
+            bp,
+            nc,
+            finish,
+            a_from,
+        )
+    }
+}
+
+/// What `B`'s elements are: f32, or f16/bf16 widened to f32 as they are packed (the
+/// operand's pointer then addresses 2-byte elements, its strides counted in them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    F16,
+    BF16,
+}
+
+/// `gemm` with `B`'s elements of type `b_elem` (`Elem`).
+///
+/// # Safety
+/// As `gemm`, `b` reaching readable elements of `b_elem`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_of(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    b_elem: Elem,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    kernel: Kernel,
+    bp: &mut [f32],
+    nc: usize,
+    finish: Option<Finish<'_>>,
+    a_from: Option<AFrom<'_>>,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -259,14 +312,19 @@ pub unsafe fn gemm(
     for j0 in (0..n).step_by(nc) {
         let cols = nc.min(n - j0);
         let panels = cols.div_ceil(NR);
+        let size = if b_elem == Elem::F32 { 4 } else { 2 };
         let b_blk = Operand {
             // SAFETY: column `j0` of B (in range).
-            ptr: unsafe { b.ptr.offset(j0 as isize * b.cs) },
+            ptr: unsafe { b.ptr.cast::<u8>().offset(j0 as isize * b.cs * size).cast() },
             ..b
         };
         {
             let bp = &mut bp[..k * panels * NR];
-            pack_b(k, cols, b_blk, bp, threads > 1);
+            if b_elem == Elem::F32 {
+                pack_b(k, cols, b_blk, bp, threads > 1);
+            } else {
+                pack_b_half(k, cols, b_blk, b_elem, bp, threads > 1);
+            }
             let bp = &*bp;
             // SAFETY: columns j0.. of C, in range.
             let c_blk = (c_addr as *mut f32).wrapping_add(j0) as usize;
@@ -462,6 +520,82 @@ fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [f32], parallel: bool) {
         (0..units).into_par_iter().for_each(one);
     } else {
         (0..units).for_each(one);
+    }
+}
+
+/// `pack_b` for an f16 or bf16 `B` (`Elem`), widened to f32 as it is packed: the same
+/// layout, each row's run of a panel group converted at once (`half`'s vector f16
+/// conversion, a shift for bf16) where the columns are contiguous.
+fn pack_b_half(k: usize, cols: usize, b: Operand, elem: Elem, dst: &mut [f32], parallel: bool) {
+    let panels = cols.div_ceil(NR);
+    let base = dst.as_mut_ptr() as usize;
+    let b_addr = b.ptr as usize;
+    const GROUP: usize = 8;
+    let groups = panels.div_ceil(GROUP);
+    let one = |u: usize| {
+        let (t0, g) = ((u / groups) * KC, u % groups);
+        let kc = KC.min(k - t0);
+        let (pg0, pg1) = (g * GROUP, (g * GROUP + GROUP).min(panels));
+        let (c0, c1) = (pg0 * NR, (pg1 * NR).min(cols));
+        let mut row = [0f32; GROUP * NR];
+        for t in 0..kc {
+            let src = b_addr as *const u16;
+            // SAFETY: row t0 + t, columns c0..c1 of B (in range, the caller's promise).
+            let at =
+                |c: usize| unsafe { *src.offset((t0 + t) as isize * b.rs + c as isize * b.cs) };
+            let w = c1 - c0;
+            if b.cs == 1 {
+                // SAFETY: as above: `w` contiguous elements.
+                let run = unsafe {
+                    std::slice::from_raw_parts(
+                        src.offset((t0 + t) as isize * b.rs + c0 as isize),
+                        w,
+                    )
+                };
+                widen_halves(run, elem, &mut row[..w]);
+            } else {
+                for (j, x) in row[..w].iter_mut().enumerate() {
+                    let h = at(c0 + j);
+                    widen_halves(&[h], elem, std::slice::from_mut(x));
+                }
+            }
+            row[w..].fill(0.0);
+            for p in pg0..pg1 {
+                // SAFETY: each panel's row `t` of this block inside `dst`, written by this
+                // unit alone.
+                unsafe {
+                    let o = (base as *mut f32).add(t0 * NR * panels + p * kc * NR + t * NR);
+                    o.cast::<[f32; NR]>().write_unaligned(
+                        row.as_ptr()
+                            .add((p - pg0) * NR)
+                            .cast::<[f32; NR]>()
+                            .read_unaligned(),
+                    );
+                }
+            }
+        }
+    };
+    let units = k.div_ceil(KC) * groups;
+    if parallel && units > 1 {
+        (0..units).into_par_iter().for_each(one);
+    } else {
+        (0..units).for_each(one);
+    }
+}
+
+/// f16 or bf16 bits (`Elem`) to f32, exactly.
+pub fn widen_halves(src: &[u16], elem: Elem, dst: &mut [f32]) {
+    match elem {
+        Elem::BF16 => {
+            for (d, &h) in dst.iter_mut().zip(src) {
+                *d = f32::from_bits(u32::from(h) << 16);
+            }
+        }
+        _ => {
+            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+            src.reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(dst);
+        }
     }
 }
 

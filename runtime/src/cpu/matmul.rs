@@ -1,9 +1,12 @@
-//! Matrix products on the CPU. f32 products read and written in place (f32 operands with
-//! positive strides, an f32 output) of at least `CPU_GEMM_MIN_ROWS` rows and 16 columns go
-//! to tc's own GEMM (`gemm`) where the CPU has AVX2+FMA, packing `B` into the workspace the
-//! plan gives the product (`Target::matmul_workspace`, the rule the planner follows: a
+//! Matrix products on the CPU. Products of float operands read through positive strides
+//! (`MatMulKernel::cpu_gemm_operands`) of at least `CPU_GEMM_MIN_ROWS` rows and 16 columns
+//! go to tc's own GEMM (`gemm`) where the CPU has AVX2+FMA, packing `B` into the workspace
+//! the plan gives the product (`Target::matmul_workspace`, the rule the planner follows: a
 //! plan for the CPU whose workspace is missing or too small is an error, never a smaller
-//! buffer written past); the rest to the `gemm`
+//! buffer written past); f16/bf16 operands are widened as the GEMM packs them (`A` a block
+//! at a time into the thread's buffer, `AFrom`; `B` into its packing, `gemm_of`) and a
+//! half output is rounded from each finished block (`Finish::tile`), so such a product
+//! takes nothing beyond its workspace and one block a thread. The rest go to the `gemm`
 //! crate: f32 operands read in place through their strides, f16/bf16 (or oddly strided)
 //! operands widened to a contiguous f32 copy tile by tile. Accumulation is f32; the result
 //! is rounded to the output dtype. A product with a residual (`MatMulKernel::accumulate`)
@@ -329,6 +332,117 @@ pub(super) fn run(
         let parallel = threads > 1 && macs >= INLINE_MACS;
         (0..nbatch).for_each(|bi| one(bi, parallel));
         return Ok(tail.is_some());
+    }
+    // (B is packed through typed pointers: aligned to its element's size.)
+    let b_aligned = (b_mem.ptr as usize).is_multiple_of(b_mem.dtype.size() as usize);
+    if packing > 0 && own::has_simd() && !needs_own && mm.cpu_gemm_operands() && b_aligned {
+        // tc's GEMM for f16/bf16 operands or output: each task's block of `A` widened into
+        // its thread's buffer as it packs it (`AFrom`), `B` widened as it is packed into
+        // the workspace (`gemm_of`), and a half output rounded from each finished block,
+        // computed in the thread's own buffer (`Finish::tile`); an f32 output in place.
+        let ws = match mm.workspace {
+            Some(w) => mem_of(w, "workspace")?,
+            None => {
+                return Err(bad(format!(
+                    "no workspace for a product that packs {packing} bytes"
+                )))
+            }
+        };
+        let floats = own::packing_floats(n, k, CPU_GEMM_NC as usize);
+        if !ws.writable
+            || ws.dtype != DType::F32
+            || ws.numel < floats
+            || !(ws.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
+            || [a_mem, b_mem, out].iter().any(|m| ws.overlaps(m))
+            || out.overlaps(&a_mem)
+            || out.overlaps(&b_mem)
+        {
+            return Err(bad(format!(
+                "workspace {} is not a writable f32 buffer of {packing} bytes apart from the operands and the output",
+                plan.buffer(mm.workspace.expect("matched above")).name
+            )));
+        }
+        // SAFETY: the workspace is the product's alone at its step (checked above).
+        let bp = unsafe { std::slice::from_raw_parts_mut(ws.base().cast::<f32>(), floats) };
+        let b_elem = match b_mem.dtype {
+            DType::F16 => own::Elem::F16,
+            DType::BF16 => own::Elem::BF16,
+            _ => own::Elem::F32,
+        };
+        let (a_op, b_op) = (&mm.a, &mm.b);
+        let base = out.base() as usize;
+        for bi in 0..nbatch {
+            let a_off = tiled.base_off(a_op, bi);
+            let (ars, acs) = (a_op.strides[nb], a_op.strides[nb + 1]);
+            // SAFETY (the closure): rows r0.. and columns t0.. of batch `bi`'s A, inside the
+            // operand (bounds checked); `dst` is the calling thread's `rows · kc` floats.
+            let fill = |(r0, rows): (usize, usize), (t0, kc): (usize, usize), dst: &mut [f32]| {
+                for (r, row) in dst[..rows * kc].chunks_exact_mut(kc).enumerate() {
+                    let at = a_off + (r0 + r) as i64 * ars + t0 as i64 * acs;
+                    unsafe { a_mem.read_run(at, acs, row) };
+                }
+                own::Operand {
+                    ptr: dst.as_ptr(),
+                    rs: kc as isize,
+                    cs: 1,
+                }
+            };
+            let a_from = (!direct_a).then_some(own::AFrom { f: &fill });
+            let a_ptr = if direct_a {
+                tiled.a_ptr(bi, 0)
+            } else {
+                std::ptr::null()
+            };
+            let b_at = tiled.base_off(b_op, bi) as isize * b_mem.dtype.size() as isize;
+            // SAFETY (the closure): the block's rows of batch `bi`'s output, written by the
+            // task that computed them alone.
+            let store = |blk: own::Block| {
+                for i in 0..blk.rows {
+                    let row =
+                        unsafe { std::slice::from_raw_parts(blk.at.add(i * blk.ld), blk.cols) };
+                    let at = (bi * m * n + (blk.r0 + i) * n + blk.c0) as i64;
+                    unsafe { out.write_run(at, 1, row) };
+                }
+            };
+            let finish = (!direct_out).then_some(own::Finish {
+                f: &store,
+                whole_rows: false,
+                tile: true,
+            });
+            let threads = rayon::current_num_threads();
+            let parallel = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= INLINE_MACS;
+            // SAFETY: the operands reach what their strides say (bounds checked), B's
+            // elements of `b_elem` from `b_at` bytes in; the output (f32, in place, or
+            // written by `store`) is this call's; the workspace holds `floats`.
+            unsafe {
+                own::gemm_of(
+                    m,
+                    n,
+                    k,
+                    own::Operand {
+                        ptr: a_ptr,
+                        rs: a_op.strides[nb] as isize,
+                        cs: a_op.strides[nb + 1] as isize,
+                    },
+                    own::Operand {
+                        ptr: b_mem.base().cast_const().offset(b_at).cast(),
+                        rs: b_op.strides[nb] as isize,
+                        cs: b_op.strides[nb + 1] as isize,
+                    },
+                    b_elem,
+                    (base as *mut f32).wrapping_add(bi * m * n),
+                    n,
+                    accumulate,
+                    parallel,
+                    own::Kernel::Best,
+                    &mut *bp,
+                    CPU_GEMM_NC as usize,
+                    finish,
+                    a_from,
+                )
+            };
+        }
+        return Ok(false);
     }
     if needs_own {
         return Err(bad(format!(
@@ -925,6 +1039,54 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// f16 and bf16 products go to tc's GEMM (`cpu_gemm_operands`), `A` widened by blocks as
+    /// it is packed, `B` widened into its packing, the output rounded from each finished
+    /// block: the bits of the f32 product of the widened operands, rounded once, at any
+    /// thread count — with `B` transposed (strided columns), more than one column block
+    /// (`n` > 512) and block of `k` (> 512), and a batch.
+    #[test]
+    fn half_products_are_the_f32_product_of_their_values_rounded_once() {
+        let (b, m, k, n) = (2usize, 50usize, 700usize, 530usize);
+        for dt in [DType::BF16, DType::F16] {
+            let src = |t: &str| {
+                format!(
+                    "input a : {t}[{b}, {m}, {k}]\ninput w : {t}[{k}, {n}]\ninput v : {t}[{n}, {k}]\n\
+                     y = a @ w\nz = a[1] @ transpose(v)\noutput y, z\n"
+                )
+            };
+            let half =
+                tc_compiler::compile(&src(&dt.to_string()), &Default::default()).expect("compiles");
+            let full = tc_compiler::compile(&src("f32"), &Default::default()).expect("compiles");
+            let own = half.plan.kernels.iter().all(|kernel| match &kernel.kind {
+                tc_compiler::schedule::KernelKind::MatMul(mm) => mm.workspace.is_some(),
+                _ => true,
+            });
+            assert!(own, "{}", tc_compiler::plan::print(&half.plan));
+            let round = |v: Vec<f32>| -> Vec<f32> {
+                let mut v = v;
+                super::super::math::round_block(dt, &mut v);
+                v
+            };
+            let (af, wf, vf) = (
+                round(vals(b * m * k, 1)),
+                round(vals(k * n, 2)),
+                round(vals(n * k, 3)),
+            );
+            let tensors = |t: DType| {
+                vec![
+                    HostTensor::from_f32(t, vec![b as u64, m as u64, k as u64], &af),
+                    HostTensor::from_f32(t, vec![k as u64, n as u64], &wf),
+                    HostTensor::from_f32(t, vec![n as u64, k as u64], &vf),
+                ]
+            };
+            let got = same_bytes_at_thread_counts(&half.plan, &tensors(dt), &[2, 3]);
+            let want = same_bytes_at_thread_counts(&full.plan, &tensors(DType::F32), &[]);
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.to_f32(), round(w.to_f32()), "{dt}");
             }
         }
     }
