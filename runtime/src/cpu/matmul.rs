@@ -202,31 +202,33 @@ pub(super) fn run(
     // (A product never stored whole, or computing its `A`, goes to tc's GEMM even without
     // AVX2: its scalar twin.)
     let needs_own = never_stored || computed_a.is_some();
-    if direct_a && direct_b && direct_out && packing > 0 && (own::has_simd() || needs_own) {
-        // tc's own GEMM, in place: the pool shares each batch matrix (its packed B, blocks
-        // of its rows); B packed into the product's workspace.
-        let (ws_id, ws) = match mm.workspace {
-            Some(w) => (w, mem_of(w, "workspace")?),
-            None => {
-                return Err(bad(format!(
-                    "no workspace for a product that packs {packing} bytes"
-                )))
-            }
+    // The product's workspace for tc's GEMM (its packed `B`): the plan's, a writable f32
+    // buffer of the rule's size apart from the operands and the output.
+    let floats = own::packing_floats(n, k, CPU_GEMM_NC as usize);
+    let workspace = || -> Result<Mem, CpuError> {
+        let Some(ws_id) = mm.workspace else {
+            return Err(bad(format!(
+                "no workspace for a product that packs {packing} bytes"
+            )));
         };
-        let floats = own::packing_floats(n, k, CPU_GEMM_NC as usize);
+        let ws = mem_of(ws_id, "workspace")?;
         if !ws.writable
             || ws.dtype != DType::F32
             || ws.numel < floats
             || !(ws.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
-            || ws.overlaps(&a_mem)
-            || ws.overlaps(&b_mem)
-            || ws.overlaps(&out)
+            || [a_mem, b_mem, out].iter().any(|m| ws.overlaps(m))
         {
             return Err(bad(format!(
                 "workspace {} is not a writable f32 buffer of {packing} bytes apart from the operands and the output",
                 plan.buffer(ws_id).name
             )));
         }
+        Ok(ws)
+    };
+    if direct_a && direct_b && direct_out && packing > 0 && (own::has_simd() || needs_own) {
+        // tc's own GEMM, in place: the pool shares each batch matrix (its packed B, blocks
+        // of its rows); B packed into the product's workspace.
+        let ws = workspace()?;
         // What a prologue reads must stay as it is while the product runs (a plan never
         // places the output or the workspace over it, but a wrong plan must not corrupt it).
         let pro_reads: Vec<Mem> = computed_a
@@ -340,26 +342,11 @@ pub(super) fn run(
         // its thread's buffer as it packs it (`AFrom`), `B` widened as it is packed into
         // the workspace (`gemm_of`), and a half output rounded from each finished block,
         // computed in the thread's own buffer (`Finish::tile`); an f32 output in place.
-        let ws = match mm.workspace {
-            Some(w) => mem_of(w, "workspace")?,
-            None => {
-                return Err(bad(format!(
-                    "no workspace for a product that packs {packing} bytes"
-                )))
-            }
-        };
-        let floats = own::packing_floats(n, k, CPU_GEMM_NC as usize);
-        if !ws.writable
-            || ws.dtype != DType::F32
-            || ws.numel < floats
-            || !(ws.ptr as usize).is_multiple_of(std::mem::align_of::<f32>())
-            || [a_mem, b_mem, out].iter().any(|m| ws.overlaps(m))
-            || out.overlaps(&a_mem)
-            || out.overlaps(&b_mem)
-        {
+        let ws = workspace()?;
+        if out.overlaps(&a_mem) || out.overlaps(&b_mem) {
             return Err(bad(format!(
-                "workspace {} is not a writable f32 buffer of {packing} bytes apart from the operands and the output",
-                plan.buffer(mm.workspace.expect("matched above")).name
+                "the output {} overlaps an operand",
+                plan.buffer(mm.out).name
             )));
         }
         // SAFETY: the workspace is the product's alone at its step (checked above).
