@@ -1190,15 +1190,7 @@ impl Mem {
             let src = unsafe {
                 std::slice::from_raw_parts(self.ptr.cast::<u16>().offset(off as isize), out.len())
             };
-            if self.dtype == DType::BF16 {
-                for (o, &h) in out.iter_mut().zip(src) {
-                    *o = f32::from_bits(u32::from(h) << 16);
-                }
-            } else {
-                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                src.reinterpret_cast::<half::f16>()
-                    .convert_to_f32_slice(out);
-            }
+            math::widen_halves(self.dtype, src, out);
             return;
         }
         for (j, o) in out.iter_mut().enumerate() {
@@ -1242,15 +1234,7 @@ impl Mem {
                     src.len(),
                 )
             };
-            if self.dtype == DType::BF16 {
-                for (d, &x) in dst.iter_mut().zip(src) {
-                    *d = super::math::bf16_bits(x);
-                }
-            } else {
-                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                dst.reinterpret_cast_mut::<half::f16>()
-                    .convert_from_f32_slice(src);
-            }
+            math::narrow_to_halves(self.dtype, src, dst);
             return;
         }
         for (j, &v) in src.iter().enumerate() {

@@ -1,5 +1,7 @@
 //! tc's own f32 matrix product on the CPU, BLIS-style: `C := A·B` or `C := C + A·B` for
-//! strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row stride `ldc`). `B` is
+//! strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row stride `ldc`); an f16 or
+//! bf16 `B` is widened as it is packed (`gemm_of`), an `A` of any kind comes through
+//! `AFrom`. `B` is
 //! packed, a column block of at most `nc` columns at a time (the whole `k`), into the
 //! caller's buffer (on the executor's path, the product's workspace in the plan's arena:
 //! `tc_compiler::schedule::cpu_packing_floats`), in panels of `NR` = 16 columns, `k` cut
@@ -21,9 +23,10 @@
 //! count, and the scalar twin of the micro-kernel (used without AVX2+FMA, and by the
 //! tests) gives the same bits as the vector one.
 
-use super::math::Tier;
+use super::math::{self, Tier};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use tc_compiler::ir::DType;
 
 /// Rows of a micro-tile (of a packed panel of `A`).
 pub const MR: usize = 6;
@@ -204,7 +207,7 @@ pub unsafe fn gemm(
             k,
             a,
             b,
-            Elem::F32,
+            DType::F32,
             c,
             ldc,
             accumulate,
@@ -218,19 +221,12 @@ pub unsafe fn gemm(
     }
 }
 
-/// What `B`'s elements are: f32, or f16/bf16 widened to f32 as they are packed (the
-/// operand's pointer then addresses 2-byte elements, its strides counted in them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Elem {
-    F32,
-    F16,
-    BF16,
-}
-
-/// `gemm` with `B`'s elements of type `b_elem` (`Elem`).
+/// `gemm` with `B`'s elements of `b_dtype`: f32, or f16/bf16 widened to f32 as they are
+/// packed (the operand's pointer then addresses 2-byte elements, its strides counted in
+/// them), the same packing and so the same sums as the f32 product of the widened values.
 ///
 /// # Safety
-/// As `gemm`, `b` reaching readable elements of `b_elem`.
+/// As `gemm`, `b` reaching readable, aligned elements of `b_dtype`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_of(
     m: usize,
@@ -238,7 +234,7 @@ pub unsafe fn gemm_of(
     k: usize,
     a: Operand,
     b: Operand,
-    b_elem: Elem,
+    b_dtype: DType,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -312,7 +308,7 @@ pub unsafe fn gemm_of(
     for j0 in (0..n).step_by(nc) {
         let cols = nc.min(n - j0);
         let panels = cols.div_ceil(NR);
-        let size = if b_elem == Elem::F32 { 4 } else { 2 };
+        let size = b_dtype.size() as isize;
         let b_blk = Operand {
             // SAFETY: column `j0` of B (in range).
             ptr: unsafe { b.ptr.cast::<u8>().offset(j0 as isize * b.cs * size).cast() },
@@ -320,10 +316,10 @@ pub unsafe fn gemm_of(
         };
         {
             let bp = &mut bp[..k * panels * NR];
-            if b_elem == Elem::F32 {
+            if b_dtype == DType::F32 {
                 pack_b(k, cols, b_blk, bp, threads > 1);
             } else {
-                pack_b_half(k, cols, b_blk, b_elem, bp, threads > 1);
+                pack_b_half(k, cols, b_blk, b_dtype, bp, threads > 1);
             }
             let bp = &*bp;
             // SAFETY: columns j0.. of C, in range.
@@ -523,10 +519,10 @@ fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [f32], parallel: bool) {
     }
 }
 
-/// `pack_b` for an f16 or bf16 `B` (`Elem`), widened to f32 as it is packed: the same
+/// `pack_b` for an f16 or bf16 `B` (`dtype`), widened to f32 as it is packed: the same
 /// layout, each row's run of a panel group converted at once (`half`'s vector f16
 /// conversion, a shift for bf16) where the columns are contiguous.
-fn pack_b_half(k: usize, cols: usize, b: Operand, elem: Elem, dst: &mut [f32], parallel: bool) {
+fn pack_b_half(k: usize, cols: usize, b: Operand, dtype: DType, dst: &mut [f32], parallel: bool) {
     let panels = cols.div_ceil(NR);
     let base = dst.as_mut_ptr() as usize;
     let b_addr = b.ptr as usize;
@@ -552,11 +548,11 @@ fn pack_b_half(k: usize, cols: usize, b: Operand, elem: Elem, dst: &mut [f32], p
                         w,
                     )
                 };
-                widen_halves(run, elem, &mut row[..w]);
+                math::widen_halves(dtype, run, &mut row[..w]);
             } else {
                 for (j, x) in row[..w].iter_mut().enumerate() {
                     let h = at(c0 + j);
-                    widen_halves(&[h], elem, std::slice::from_mut(x));
+                    math::widen_halves(dtype, &[h], std::slice::from_mut(x));
                 }
             }
             row[w..].fill(0.0);
@@ -580,22 +576,6 @@ fn pack_b_half(k: usize, cols: usize, b: Operand, elem: Elem, dst: &mut [f32], p
         (0..units).into_par_iter().for_each(one);
     } else {
         (0..units).for_each(one);
-    }
-}
-
-/// f16 or bf16 bits (`Elem`) to f32, exactly.
-pub fn widen_halves(src: &[u16], elem: Elem, dst: &mut [f32]) {
-    match elem {
-        Elem::BF16 => {
-            for (d, &h) in dst.iter_mut().zip(src) {
-                *d = f32::from_bits(u32::from(h) << 16);
-            }
-        }
-        _ => {
-            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-            src.reinterpret_cast::<half::f16>()
-                .convert_to_f32_slice(dst);
-        }
     }
 }
 

@@ -694,6 +694,33 @@ pub fn bf16_bits(x: f32) -> u16 {
     (if nan { (x >> 16) | 0x40 } else { rounded }) as u16
 }
 
+/// f16 or bf16 values (`dtype`), as their bits, to f32, exactly: f16 through `half`'s
+/// vector conversion (F16C where the CPU has it), bf16 by a shift.
+pub fn widen_halves(dtype: DType, src: &[u16], dst: &mut [f32]) {
+    if dtype == DType::BF16 {
+        for (d, &h) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(h) << 16);
+        }
+    } else {
+        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+        src.reinterpret_cast::<f16>().convert_to_f32_slice(dst);
+    }
+}
+
+/// f32 values rounded to f16 or bf16 (`dtype`), as their bits: the one-value forms' bits
+/// (`round_block`'s conversions).
+pub fn narrow_to_halves(dtype: DType, src: &[f32], dst: &mut [u16]) {
+    if dtype == DType::BF16 {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = bf16_bits(x);
+        }
+    } else {
+        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+        dst.reinterpret_cast_mut::<f16>()
+            .convert_from_f32_slice(src);
+    }
+}
+
 /// Elements per leaf of the pairwise sum.
 const SUM_LEAF: usize = 256;
 

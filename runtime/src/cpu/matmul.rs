@@ -351,11 +351,6 @@ pub(super) fn run(
         }
         // SAFETY: the workspace is the product's alone at its step (checked above).
         let bp = unsafe { std::slice::from_raw_parts_mut(ws.base().cast::<f32>(), floats) };
-        let b_elem = match b_mem.dtype {
-            DType::F16 => own::Elem::F16,
-            DType::BF16 => own::Elem::BF16,
-            _ => own::Elem::F32,
-        };
         let (a_op, b_op) = (&mm.a, &mm.b);
         let base = out.base() as usize;
         for bi in 0..nbatch {
@@ -399,7 +394,7 @@ pub(super) fn run(
             let threads = rayon::current_num_threads();
             let parallel = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= INLINE_MACS;
             // SAFETY: the operands reach what their strides say (bounds checked), B's
-            // elements of `b_elem` from `b_at` bytes in; the output (f32, in place, or
+            // elements of its dtype from `b_at` bytes in; the output (f32, in place, or
             // written by `store`) is this call's; the workspace holds `floats`.
             unsafe {
                 own::gemm_of(
@@ -416,7 +411,7 @@ pub(super) fn run(
                         rs: b_op.strides[nb] as isize,
                         cs: b_op.strides[nb + 1] as isize,
                     },
-                    b_elem,
+                    b_mem.dtype,
                     (base as *mut f32).wrapping_add(bi * m * n),
                     n,
                     accumulate,
