@@ -1,13 +1,18 @@
 //! Attention's backward on the CPU (flash attention's backward, `AttentionBackwardKernel`):
-//! two phases, each parallel (rayon) over batch matrices and tiles of `T` rows. Phase 1, per
-//! tile of queries: one walk over the keys in tiles recomputes the logits (the scores `q·k`
-//! as one small product, rounded to the score dtype, through the prologue) and `dp = dO·vᵀ`,
-//! folding them into each query's running max, sum and `Σ dp·e^(x − max)` (online), which go
-//! to the workspace; a second walk gives `gs = g(p ∘ (dp − D))` per logit and `dq = gs·k`.
-//! Phase 2, per tile of keys: a walk over the query tiles recomputes `p` and `gs` from the
-//! workspace's statistics and accumulates `dv = pᵀ·dO` and `dk = gsᵀ·q`. The scores, the
-//! probabilities and their gradients never exist beyond one tile per thread; every sum runs
-//! in a fixed order, so results do not depend on the threads.
+//! two phases, each over batch matrices and tiles of `T` rows, claimed by the threads in
+//! tasks (`fused::for_each_task`; a whole batch matrix a task where there are enough, so
+//! that each matrix's operands are packed once). Phase 1, per tile of queries: one walk over
+//! the keys in tiles recomputes the logits (the scores `q·k` as a `tile_gemm` product with a
+//! constant scale folded in where the prologue is one, rounded to the score dtype, else
+//! through the prologue) and `dp = dO·vᵀ`, folding them into each query's running max, sum
+//! and `Σ dp·e^(x − max)` (online, `exp` by the forward's vector `exp_sum`), which go to the
+//! workspace; a second walk gives `gs = g(p ∘ (dp − D))` per logit and `dq = gs·k`. Phase 2,
+//! per tile of keys: a walk over the query tiles recomputes `p` and `gs` transposed (a row
+//! per key: `k·qᵀ` is phase 1's `q·kᵀ` bit for bit, the same fused multiply-adds in order)
+//! from the workspace's statistics and accumulates `dv = pᵀ·dO` and `dk = gsᵀ·q`, the
+//! transposed tiles being those products' `A` as they stand. The scores, the probabilities
+//! and their gradients never exist beyond one tile per thread; every sum runs in a fixed
+//! order, so results do not depend on the threads.
 
 use super::attention::{body_form, exp_sum_in_place, Logits};
 use super::fused::{check_bounds, for_each_task};
