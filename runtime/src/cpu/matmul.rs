@@ -337,7 +337,10 @@ pub(super) fn run(
     }
     // (B is packed through typed pointers: aligned to its element's size.)
     let b_aligned = (b_mem.ptr as usize).is_multiple_of(b_mem.dtype.size() as usize);
-    if packing > 0 && own::has_simd() && !needs_own && mm.cpu_gemm_operands() && b_aligned {
+    // (An output computed in tiles cannot take a residual: one only into an f32 output
+    // written in place.)
+    let takes = mm.cpu_gemm_operands() && b_aligned && (direct_out || !accumulate);
+    if packing > 0 && own::has_simd() && !needs_own && takes {
         // tc's GEMM for f16/bf16 operands or output: each task's block of `A` widened into
         // its thread's buffer as it packs it (`AFrom`), `B` widened as it is packed into
         // the workspace (`gemm_of`), and a half output rounded from each finished block,
