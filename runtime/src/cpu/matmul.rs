@@ -305,16 +305,8 @@ pub(super) fn run(
                 m,
                 n,
                 k,
-                own::Operand {
-                    ptr: a_ptr,
-                    rs: a_op.strides[nb] as isize,
-                    cs: a_op.strides[nb + 1] as isize,
-                },
-                own::Operand {
-                    ptr: tiled.b_ptr(bi, 0),
-                    rs: b_op.strides[nb] as isize,
-                    cs: b_op.strides[nb + 1] as isize,
-                },
+                strided(a_ptr, a_op, nb),
+                strided(tiled.b_ptr(bi, 0), b_op, nb),
                 (base as *mut f32).wrapping_add(bi * m * n),
                 n,
                 accumulate,
@@ -404,16 +396,8 @@ pub(super) fn run(
                     m,
                     n,
                     k,
-                    own::Operand {
-                        ptr: a_ptr,
-                        rs: a_op.strides[nb] as isize,
-                        cs: a_op.strides[nb + 1] as isize,
-                    },
-                    own::Operand {
-                        ptr: b_mem.base().cast_const().offset(b_at).cast(),
-                        rs: b_op.strides[nb] as isize,
-                        cs: b_op.strides[nb + 1] as isize,
-                    },
+                    strided(a_ptr, a_op, nb),
+                    strided(b_mem.base().cast_const().offset(b_at).cast(), b_op, nb),
                     b_mem.dtype,
                     (base as *mut f32).wrapping_add(bi * m * n),
                     n,
@@ -574,6 +558,15 @@ fn round_to(dtype: DType, v: f32) -> f32 {
         DType::F16 => half::f16::from_f32(v).to_f32(),
         DType::BF16 => half::bf16::from_f32(v).to_f32(),
         _ => v,
+    }
+}
+
+/// tc's GEMM's view of operand `op` (batch axes `nb`) whose batch matrix starts at `ptr`.
+fn strided(ptr: *const f32, op: &MatOperand, nb: usize) -> own::Operand {
+    own::Operand {
+        ptr,
+        rs: op.strides[nb] as isize,
+        cs: op.strides[nb + 1] as isize,
     }
 }
 
