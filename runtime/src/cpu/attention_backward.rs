@@ -820,10 +820,9 @@ fn write(
     let nb = idx.len();
     let base = g.offset + dot(idx, &g.strides);
     for r in 0..rows {
-        for c in 0..cols {
-            let at = base + (first + r) as i64 * g.strides[nb] + c as i64 * g.strides[nb + 1];
-            // SAFETY: inside the gradient's checked domain; these rows belong to this task.
-            unsafe { mem.write(at, math::round_to(g.dtype, acc[r * stride + c])) };
-        }
+        let at = base + (first + r) as i64 * g.strides[nb];
+        // SAFETY: inside the gradient's checked domain (whose dtype is `g.dtype`, checked in
+        // `run`: the run is rounded to it); these rows belong to this task.
+        unsafe { mem.write_run(at, g.strides[nb + 1], &acc[r * stride..r * stride + cols]) };
     }
 }
