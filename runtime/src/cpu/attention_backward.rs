@@ -756,29 +756,36 @@ impl Ctx<'_> {
             );
             let none = Scale::None;
             product(&mut sc.dp, T, false, (rk, dv), &sc.a2, dv, ot, panels, none);
+            // The queries' max, sum and `D`, each a run of its own (so the loops below
+            // run on vectors).
             sc.stats.clear();
-            for i in 3 * (bi * m + q0)..3 * (bi * m + q0 + rq) {
-                // SAFETY: phase 1 wrote every row's statistics before phase 2 began.
-                sc.stats.push(unsafe { self.ws.read(i as i64) });
+            for f in 0..3 {
+                for q in bi * m + q0..bi * m + q0 + rq {
+                    // SAFETY: phase 1 wrote every row's statistics before phase 2 began.
+                    sc.stats.push(unsafe { self.ws.read((3 * q + f) as i64) });
+                }
             }
             for j in 0..rk {
                 self.logits_row(&idx, j, rq, |c| (q0 + c, k0 + j), sc);
                 // x − max per query, then exp (`exp(x − max − 0)` is `exp(x − max)`, the
                 // very value phase 1 took), over the sum: the probabilities.
+                let (mx, rest) = sc.stats.split_at(rq);
+                let (sum, dd) = rest.split_at(rq);
                 let row = &mut sc.s[j * T..j * T + rq];
-                for (x, st) in row.iter_mut().zip(sc.stats.chunks_exact(3)) {
-                    *x -= st[0];
+                for (x, &mref) in row.iter_mut().zip(mx) {
+                    *x -= mref;
                 }
                 exp_sum_in_place(row, 0.0);
                 let (dprow, grow) = (&sc.dp[j * T..j * T + rq], &mut sc.g[j * T..j * T + rq]);
-                for (((g, p), &x), st) in grow
+                for ((((g, p), &x), &l), &d) in grow
                     .iter_mut()
                     .zip(row.iter_mut())
                     .zip(dprow)
-                    .zip(sc.stats.chunks_exact(3))
+                    .zip(sum)
+                    .zip(dd)
                 {
-                    *p /= st[1];
-                    *g = *p * (x - st[2]);
+                    *p /= l;
+                    *g = *p * (x - d);
                 }
                 self.grad_row(&idx, j, rq, |c| (q0 + c, k0 + j), sc);
             }
