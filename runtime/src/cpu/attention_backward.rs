@@ -368,6 +368,21 @@ fn pack_panels(out: &mut Vec<f32>, depth: usize, cols: usize, b: impl Fn(usize, 
     }
 }
 
+/// The `rows × cols` matrix `b` (element (`r`, `c`) is `b(r, c)`) as `tile_gemm`'s `B` a tile
+/// of `T` rows at a time (`pack_panels` of each), the tiles `T · cols` (in whole panels)
+/// floats apart, so tile `r0 / T` starts at `(r0 / T) · T · cols` rounded up.
+fn pack_tiles(out: &mut Vec<f32>, rows: usize, cols: usize, b: impl Fn(usize, usize) -> f32) {
+    let width = cols.next_multiple_of(NR);
+    let mut tile = Vec::new();
+    out.clear();
+    for r0 in (0..rows).step_by(T) {
+        let rt = T.min(rows - r0);
+        pack_panels(&mut tile, rt, cols, |t, c| b(r0 + t, c));
+        out.extend_from_slice(&tile);
+        out.resize(out.len() + (T - rt) * width, 0.0);
+    }
+}
+
 /// Copies the `rows × cols` matrix `a` (element (`r`, `c`) is `a(r, c)`) into `out`,
 /// row-major with row stride `cols`: `tile_gemm`'s `A`.
 #[inline(always)]
@@ -574,15 +589,8 @@ impl Ctx<'_> {
             sc.packed_for = Some(bi);
             pack_panels(&mut sc.b1, d, n, |t, j| self.at(&self.k, kb, t, j));
             pack_panels(&mut sc.b2, dv, n, |t, j| self.at(&self.v, vb, j, t));
-            // Key tile by key tile, `T · dp` floats apart: the keys as `dq`'s `B`.
-            let mut tile = Vec::new();
-            sc.bt1.clear();
-            for k0 in (0..n).step_by(T) {
-                let rk = T.min(n - k0);
-                pack_panels(&mut tile, rk, d, |t, c| self.at(&self.k, kb, c, k0 + t));
-                sc.bt1.extend_from_slice(&tile);
-                sc.bt1.resize(sc.bt1.len() + (T - rk) * dp, 0.0);
-            }
+            // Key tile by key tile: the keys as `dq`'s `B`.
+            pack_tiles(&mut sc.bt1, n, d, |key, c| self.at(&self.k, kb, c, key));
         }
         copy_rows(&mut sc.a1, rq, d, |r, c| self.at(&self.q, qb, q0 + r, c));
         copy_rows(&mut sc.a2, rq, dv, |r, c| {
@@ -713,22 +721,9 @@ impl Ctx<'_> {
             sc.packed_for = Some(bi);
             pack_panels(&mut sc.b1, d, m, |t, i| self.at(&self.q, qb, i, t));
             pack_panels(&mut sc.b2, dv, m, |t, i| self.at(&self.d_out, ob, i, t));
-            // Query tile by query tile: the queries as `dk`'s `B` (`T · dp` floats apart)
-            // and `dO` as `dv`'s (`T · dvp` apart).
-            let mut tile = Vec::new();
-            sc.bt1.clear();
-            sc.bt2.clear();
-            for q0 in (0..m).step_by(T) {
-                let rq = T.min(m - q0);
-                pack_panels(&mut tile, rq, d, |t, c| self.at(&self.q, qb, q0 + t, c));
-                sc.bt1.extend_from_slice(&tile);
-                sc.bt1.resize(sc.bt1.len() + (T - rq) * dp, 0.0);
-                pack_panels(&mut tile, rq, dv, |t, c| {
-                    self.at(&self.d_out, ob, q0 + t, c)
-                });
-                sc.bt2.extend_from_slice(&tile);
-                sc.bt2.resize(sc.bt2.len() + (T - rq) * dvp, 0.0);
-            }
+            // Query tile by query tile: the queries as `dk`'s `B`, `dO` as `dv`'s.
+            pack_tiles(&mut sc.bt1, m, d, |i, c| self.at(&self.q, qb, i, c));
+            pack_tiles(&mut sc.bt2, m, dv, |i, c| self.at(&self.d_out, ob, i, c));
         }
         copy_rows(&mut sc.a1, rk, d, |j, t| self.at(&self.k, kb, t, k0 + j));
         copy_rows(&mut sc.a2, rk, dv, |j, t| self.at(&self.v, vb, k0 + j, t));
