@@ -5,8 +5,8 @@
 //! best and median seconds, CPU seconds per run, arena bytes, resident memory before the
 //! data and at its peak (a run's time stops before its outputs are freed, as the peers'
 //! do). `--per-kernel` adds a breakdown: as many more runs, each kernel's best wall and CPU
-//! times (with its kind, ops and lines), and each run's time outside its kernels (best and
-//! median), also printed as a table on stderr. Errors exit as `tc` does.
+//! times (with its kind, ops and lines), each run's time outside its kernels (best and
+//! median) and its minor page faults (least and median), also printed as a table on stderr. Errors exit as `tc` does.
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -49,7 +49,20 @@ fn status_bytes(key: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Minor page faults of this process so far, all threads (0 where unavailable).
+fn minor_faults() -> i64 {
+    // SAFETY: a zeroed `rusage` is a valid out-value for `getrusage`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer to one `rusage`.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_minflt as i64
+}
+
 fn main() -> ExitCode {
+    // As `tc` does (`tc bench` is what this times).
+    tc_runtime::cpu::tune_host_allocator();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -142,7 +155,10 @@ fn per_kernel(
     // Per run: its wall time less the sum of its kernels' (set-up, arena, outputs, and the
     // gaps between kernels).
     let mut outside = Vec::new();
+    // Per run: the minor page faults of the run and of freeing its outputs.
+    let mut faults = Vec::new();
     for i in 0..=runs.max(1) {
+        let before = minor_faults();
         let start = std::time::Instant::now();
         let (outs, times) = tc_runtime::cpu::run_timed(plan, inputs, params).map_err(error)?;
         let wall = start.elapsed().as_secs_f64();
@@ -150,6 +166,7 @@ fn per_kernel(
         if i == 0 {
             continue;
         }
+        faults.push(minor_faults() - before);
         outside.push(wall - times.iter().map(|t| t.wall_s).sum::<f64>());
         for (k, t) in times.iter().enumerate() {
             best[k] = best[k].min(t.wall_s);
@@ -199,8 +216,11 @@ fn per_kernel(
         }));
     }
     let (out_best, out_median) = (outside[0], outside[outside.len() / 2]);
+    faults.sort_unstable();
+    let (faults_least, faults_median) = (faults[0], faults[faults.len() / 2]);
     eprintln!(
-        "sum of best times {:.3} ms; outside the kernels per run: best {:.3} ms, median {:.3} ms",
+        "sum of best times {:.3} ms; outside the kernels per run: best {:.3} ms, median {:.3} ms; \
+         page faults per run: least {faults_least}, median {faults_median}",
         total * 1e3,
         out_best * 1e3,
         out_median * 1e3
@@ -209,5 +229,7 @@ fn per_kernel(
         "kernels": list,
         "outside_best_s": out_best,
         "outside_median_s": out_median,
+        "page_faults_least": faults_least,
+        "page_faults_median": faults_median,
     }))
 }

@@ -35,6 +35,9 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Repeated runs (`tc bench`) reuse the last run's freed output pages instead of
+    // faulting in fresh ones.
+    crate::cpu::tune_host_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -7,6 +7,7 @@
 //! in `arena`.
 
 mod arena;
+pub use arena::tune_host_allocator;
 mod attention;
 #[cfg(feature = "test-support")]
 pub use attention::{TileCount, TILE_LOG};
@@ -377,10 +378,12 @@ fn run_observed(
     // peak. Outputs moved out leave holes, and an arena with holes is not kept for the next
     // run (`arena`), which then faults a fresh one in: so when the outputs to copy come to
     // at most `WARM_COPY_MAX` bytes in all, those that could move are copied too (a 2 MiB
-    // hole costs ~1.5 ms of page faults here, its copy ~0.1 ms), and larger ones still
-    // move. On an arena kept from an earlier run, whose pages are resident already,
-    // releasing them would only make the next run fault them in again: there, with such
-    // small copies, nothing is released, so the peak grows by at most `WARM_COPY_MAX`.
+    // hole costs ~1.5 ms of page faults here, its copy ~0.1 ms, and none at all where
+    // `tune_host_allocator` has the allocator hand the copies the last run's freed output
+    // pages), and larger ones still move. On an arena kept from an earlier run, whose pages
+    // are resident already, releasing them would only make the next run fault them in
+    // again: there, with such copies, nothing is released, so the peak grows by at most
+    // `WARM_COPY_MAX`.
     let mut keep: Vec<(usize, usize)> = plan
         .outputs
         .iter()
@@ -506,8 +509,10 @@ fn output_vectors(plan: &Plan) -> Vec<Option<Vec<u8>>> {
 }
 
 /// The most output bytes in all a run copies instead of moving their pages out of the arena
-/// (and, on a kept arena, instead of releasing the rest: see `run_observed`).
-const WARM_COPY_MAX: usize = 8 << 20;
+/// (and, on a kept arena, instead of releasing the rest: see `run_observed`): as much as
+/// the tuned allocator serves from its heap (`arena::HEAP_BLOCK_MAX`), whose freed pages
+/// the next run's copies reuse.
+const WARM_COPY_MAX: usize = arena::HEAP_BLOCK_MAX;
 
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
     let mut s = vec![0i64; shape.len()];
