@@ -792,3 +792,70 @@ fn concat_of_computed_operands_has_no_copy_kernel() {
         check_figures("concat", &p.memory, reuse);
     }
 }
+
+/// A product's consumer whose small output the packer would put over the product's
+/// workspace (`branches.tx`'s last row sum, at the benchmark's sizes) still runs as its
+/// epilogue: the plan keeps the workspace live through the consumer's step
+/// (`plan::tile::room_for_epilogues`) for at most 1/64 more arena, and the executor runs
+/// every sum on the product's finished rows, with the same bits as a pass of its own.
+#[test]
+fn every_sum_of_branches_runs_as_its_products_epilogue() {
+    let src = examples()
+        .into_iter()
+        .find(|(n, _)| n == "branches")
+        .expect("examples/branches.tx")
+        .1;
+    let options = CompileOptions {
+        dims: vec![("B".into(), 256), ("D".into(), 64), ("H".into(), 2048)],
+        plan: PlanOptions {
+            fuse: true,
+            reuse: true,
+            target: tc_compiler::Target::Cpu,
+        },
+    };
+    let program = tc_compiler::compile(&src, &options).expect("compiles");
+    let plan = &program.plan;
+    // The workspaces live at their products' steps, and the one the last sum was packed
+    // over through that sum's step too.
+    let mut kept = Vec::new();
+    for (s, k) in plan.kernels.iter().enumerate() {
+        let tc_compiler::schedule::KernelKind::MatMul(mm) = &k.kind else {
+            continue;
+        };
+        let ws = plan.buffer(mm.workspace.expect("a packed B"));
+        assert!(
+            ws.first_step == s && (s..=s + 1).contains(&ws.last_step),
+            "{}",
+            tc_compiler::plan::text::print(plan)
+        );
+        kept.push(ws.last_step == s + 1);
+    }
+    assert_eq!(kept, [false, false, true]);
+    // One `h` (B·H floats) at a time beside its workspace, and the three sums (a page each
+    // at most, as packed).
+    let (h, ws) = (4 * 256 * 2048, 4 * 64 * 512);
+    assert!(
+        plan.arena_bytes <= h + ws + 3 * 4096,
+        "arena {}",
+        plan.arena_bytes
+    );
+
+    let leaf = |l: &tc_compiler::ir::Leaf| {
+        tc_runtime::data::random_tensor(0, &l.name, l.ty.dtype, &l.ty.sizes())
+    };
+    let ins: Vec<_> = program.checked.inputs.iter().map(leaf).collect();
+    let ps: Vec<_> = program.checked.params.iter().map(leaf).collect();
+    let (outs, times) = tc_runtime::cpu::run_timed(plan, &ins, &ps).expect("runs");
+    let epilogues: Vec<Option<usize>> = times.iter().map(|t| t.epilogue_of).collect();
+    assert_eq!(
+        epilogues,
+        [None, Some(0), None, Some(2), None, Some(4)],
+        "{}",
+        tc_compiler::plan::text::print(plan)
+    );
+    let apart = tc_runtime::cpu::Options { epilogues: false };
+    let alone = tc_runtime::cpu::run_with(plan, &ins, &ps, &apart).expect("runs");
+    for (a, b) in outs.iter().zip(&alone) {
+        assert_eq!(a.bytes, b.bytes);
+    }
+}

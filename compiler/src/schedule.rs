@@ -698,6 +698,22 @@ pub const CPU_BATCH_MIN_MACS: u64 = 1 << 24;
 // A batched product's matrices tc's GEMM takes are each large enough to share.
 const _: () = assert!(CPU_BATCH_MIN_MACS >= CPU_SHARE_MIN_MACS);
 
+/// Whether kernel `i` is a product and the kernel after it a fused kernel that reads it:
+/// the pair the CPU executor may run as product and epilogue, the consumer on the product's
+/// finished blocks (`cpu::epilogue`), for which the plan may keep the product's operands
+/// and workspace live through the consumer's step (`plan::tile`).
+pub fn epilogue_pair(kernels: &[Kernel], i: usize) -> bool {
+    match (
+        kernels.get(i).map(|k| &k.kind),
+        kernels.get(i + 1).map(|k| &k.kind),
+    ) {
+        (Some(KernelKind::MatMul(mm)), Some(KernelKind::Fused(f))) => {
+            f.loads.iter().any(|l| l.buffer == mm.out)
+        }
+        _ => false,
+    }
+}
+
 /// Whether tc's CPU GEMM takes a product of `nbatch` matrices `m × k` by `k × n` (on a CPU
 /// with AVX2+FMA; elsewhere the `gemm` crate does, and the workspace is unused): f32 read
 /// and written in place, at least `CPU_GEMM_MIN_ROWS` rows, `CPU_GEMM_NR` columns and one

@@ -28,8 +28,8 @@ use crate::ir::types::contiguous_strides;
 use crate::memory::inplace::in_arena;
 use crate::memory::liveness;
 use crate::schedule::{
-    Buffer, BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, Level, MatMulKernel,
-    Plan, Store, CPU_GEMM_NC,
+    epilogue_pair, Buffer, BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, Level,
+    MatMulKernel, Plan, Store, CPU_GEMM_NC,
 };
 use std::collections::BTreeSet;
 
@@ -78,6 +78,88 @@ pub fn retile(plan: &mut Plan, budget: u64) {
             plan.notes.extend(notes);
         }
     }
+    room_for_epilogues(plan, budget);
+}
+
+/// The most the arena may grow, as a share of it (1/64), so that products' consumers can
+/// run as their epilogues (`room_for_epilogues`).
+const EPILOGUE_ROOM: u64 = 64;
+
+/// Keeps a stored product's operands and workspace live through the next kernel's step
+/// where that kernel reads the product and writes over one of them as packed: the executor
+/// runs such a consumer on the product's blocks as they are finished (`cpu::epilogue`),
+/// and refuses one whose stores meet what the GEMM still reads or writes (a bias
+/// gradient's sum packed over the workspace, say), which then makes a pass of its own over
+/// the stored product. Pair by pair, each tried once, kept where the arena grows by at
+/// most `1 / EPILOGUE_ROOM` in all and stays within the budget. (Products in tiles keep
+/// them already.)
+fn room_for_epilogues(plan: &mut Plan, budget: u64) {
+    let outputs: BTreeSet<BufferId> = plan.outputs.iter().map(|o| o.buffer).collect();
+    let limit = plan
+        .arena_bytes
+        .saturating_add(plan.arena_bytes / EPILOGUE_ROOM)
+        .min(budget.max(plan.arena_bytes));
+    let mut tried = BTreeSet::new();
+    // (Each placement may move every buffer, so the pairs are looked at again after one.)
+    while let Some((i, short)) = (0..plan.kernels.len())
+        .filter(|i| !tried.contains(i))
+        .find_map(|i| Some((i, in_the_way(plan, i)?)))
+    {
+        tried.insert(i);
+        let mut buffers = plan.buffers.clone();
+        for b in &mut buffers {
+            b.in_place_of = None;
+            b.offset = 0;
+        }
+        for id in short {
+            buffers[id.index()].last_step = i + 1;
+        }
+        let arena = super::place(
+            &plan.kernels,
+            &mut buffers,
+            &outputs,
+            plan.options.reuse,
+            budget,
+        );
+        if arena <= limit {
+            plan.buffers = buffers;
+            plan.arena_bytes = arena;
+        }
+    }
+}
+
+/// For a stored product at step `i` whose consumer at `i + 1` (`epilogue_pair`) writes
+/// over one of the product's operands or its workspace, as the plan places them: those of
+/// them live no further than step `i`.
+fn in_the_way(plan: &Plan, i: usize) -> Option<Vec<BufferId>> {
+    let (KernelKind::MatMul(mm), KernelKind::Fused(f)) =
+        (&plan.kernels[i].kind, &plan.kernels.get(i + 1)?.kind)
+    else {
+        return None;
+    };
+    if !epilogue_pair(&plan.kernels, i) || plan.buffer(mm.out).kind == BufferKind::Tile {
+        return None;
+    }
+    let range = |id: BufferId| {
+        let b = plan.buffer(id);
+        in_arena(b).then_some((b.offset, b.offset + b.bytes))
+    };
+    let out = range(mm.out);
+    let short: Vec<BufferId> = gemm_uses(mm)
+        .into_iter()
+        .filter(|&id| plan.buffer(id).last_step <= i)
+        .filter_map(|id| Some((id, range(id)?)))
+        // (What shares the output's bytes, an accumulated `C` it replaces, is the output's.)
+        .filter(|&(_, r)| Some(r) != out)
+        .map(|(id, _)| id)
+        .collect();
+    let meets = |id: BufferId| {
+        let (a, b) = range(id).unwrap_or((0, 0));
+        f.stores
+            .iter()
+            .any(|st| range(st.buffer).is_some_and(|(c, d)| Some((c, d)) != out && c < b && a < d))
+    };
+    (short.iter().any(|&id| meets(id))).then_some(short)
 }
 
 /// Splits each fused kernel right after a product that also folds columns (a bias

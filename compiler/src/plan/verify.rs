@@ -697,14 +697,19 @@ pub fn verify(plan: &Plan) -> Result<(), Violation> {
                 if let Some(w) = m.workspace {
                     check_id(w)?;
                     let b = plan.buffer(w);
-                    // A product never stored whole keeps it through its consumer's step
-                    // (`plan::tile`).
-                    let last = if plan.buffer(m.out).kind == BufferKind::Tile {
-                        s + 1
+                    // A product never stored whole keeps it through its consumer's step,
+                    // and one whose consumer may run as its epilogue may (`plan::tile`).
+                    let lasts = if plan.buffer(m.out).kind == BufferKind::Tile {
+                        s + 1..=s + 1
+                    } else if crate::schedule::epilogue_pair(&plan.kernels, s) {
+                        s..=s + 1
                     } else {
-                        s
+                        s..=s
                     };
-                    if b.kind != BufferKind::Workspace || b.first_step != s || b.last_step != last {
+                    if b.kind != BufferKind::Workspace
+                        || b.first_step != s
+                        || !lasts.contains(&b.last_step)
+                    {
                         return Err(bad(
                             Lifetimes,
                             format!(
