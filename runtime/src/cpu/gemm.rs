@@ -494,6 +494,21 @@ fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [f32], parallel: bool) {
                             std::ptr::write_bytes(o.add(w), 0, NR - w);
                         }
                     }
+                } else if b.rs == 1 && w == NR && transpose::available() {
+                    // A transposed B (a weight's gradient, `x @ transpose(w)`): each
+                    // column's run of `kc` floats is contiguous, transposed 8 × 8 at a time.
+                    let col = |j: usize| src.offset((c0 + j) as isize * b.cs + t0 as isize);
+                    let whole = kc / 8 * 8;
+                    for t in (0..whole).step_by(8) {
+                        for j in (0..NR).step_by(8) {
+                            transpose::block8(col(j).add(t), b.cs, out.add(t * NR + j), NR);
+                        }
+                    }
+                    for t in whole..kc {
+                        for j in 0..NR {
+                            *out.add(t * NR + j) = *col(j).add(t);
+                        }
+                    }
                 } else {
                     for j in 0..NR {
                         if j < w {
@@ -516,6 +531,64 @@ fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [f32], parallel: bool) {
         (0..units).into_par_iter().for_each(one);
     } else {
         (0..units).for_each(one);
+    }
+}
+
+/// 8 × 8 transposes of f32 blocks, for packing a transposed `B` (`pack_b`).
+mod transpose {
+    /// Whether `block8` may run: AVX on x86-64 (`has_simd`'s CPUs have it), never
+    /// elsewhere.
+    pub(super) fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::arch::is_x86_feature_detected!("avx");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// Writes the 8 × 8 block whose row `i` is the 8 floats at `src + i·src_stride` to
+    /// `dst` transposed: `dst[j·dst_stride + i] = src[i·src_stride + j]`.
+    ///
+    /// # Safety
+    /// `available()`; the 64 floats read and the 64 written are in bounds, and the two
+    /// blocks do not overlap.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn block8(src: *const f32, src_stride: isize, dst: *mut f32, dst_stride: usize) {
+        use std::arch::x86_64::*;
+        // SAFETY: in bounds by the caller's contract; unaligned loads and stores.
+        unsafe {
+            let r = |i: isize| _mm256_loadu_ps(src.offset(i * src_stride));
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
+            // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves.
+            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+            let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+            let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let w = |j: usize, v: __m256| _mm256_storeu_ps(dst.add(j * dst_stride), v);
+            w(0, _mm256_permute2f128_ps::<0x20>(u0, u4));
+            w(1, _mm256_permute2f128_ps::<0x20>(u1, u5));
+            w(2, _mm256_permute2f128_ps::<0x20>(u2, u6));
+            w(3, _mm256_permute2f128_ps::<0x20>(u3, u7));
+            w(4, _mm256_permute2f128_ps::<0x31>(u0, u4));
+            w(5, _mm256_permute2f128_ps::<0x31>(u1, u5));
+            w(6, _mm256_permute2f128_ps::<0x31>(u2, u6));
+            w(7, _mm256_permute2f128_ps::<0x31>(u3, u7));
+        }
+    }
+
+    /// Never called: `available()` is false off x86-64.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn block8(_: *const f32, _: isize, _: *mut f32, _: usize) {
+        unreachable!("no transposes off x86-64")
     }
 }
 
@@ -963,6 +1036,39 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transposed `B` (rows contiguous down its columns) packs as the element-by-element
+    /// path packs it: whole 8 × 8 transposes, the rows of `k` past the last whole eight,
+    /// blocks of `KC`, and partial panels (which take the element path).
+    #[test]
+    fn a_transposed_b_packs_as_element_by_element() {
+        for (k, cols) in [(8, NR), (37, 3 * NR), (KC + 13, 2 * NR + 5), (2 * KC, NR * 9)] {
+            // B is k × cols, held column by column with 3 floats of padding per column.
+            let ld = k + 3;
+            let data: Vec<f32> = (0..cols * ld).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let b = Operand {
+                ptr: data.as_ptr(),
+                rs: 1,
+                cs: ld as isize,
+            };
+            let mut got = vec![f32::NAN; packing_floats(cols, k, usize::MAX)];
+            pack_b(k, cols, b, &mut got, true);
+            let panels = cols.div_ceil(NR);
+            for t0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - t0);
+                for p in 0..panels {
+                    for t in 0..kc {
+                        for j in 0..NR {
+                            let (row, col) = (t0 + t, p * NR + j);
+                            let want = if col < cols { data[col * ld + row] } else { 0.0 };
+                            let at = t0 * NR * panels + p * kc * NR + t * NR + j;
+                            assert_eq!(got[at].to_bits(), want.to_bits(), "k {k} cols {cols} ({row}, {col})");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
