@@ -106,6 +106,44 @@ fn ragged_tiles_and_panels_match_the_reference() {
     }
 }
 
+/// Phase 1 keeps its first walk's tiles of logits and `dp` for the second where the keys
+/// fit (`cpu::Options::keep_tiles`, up to 512 keys): the same bits as computing them
+/// again. Past that (700 keys) it computes them again, and matches the reference.
+#[test]
+fn kept_tiles_give_the_bits_of_tiles_computed_again() {
+    for keys in [300, 700] {
+        let src = format!(
+            "input q : f32[2, 150, 24]\ninput k : f32[2, {keys}, 24]\n\
+             input v : f32[2, {keys}, 16]\ninput w : f32[2, 150, 16]\n\
+             out = softmax(q @ transpose(k) / 5, axis=-1) @ v\nloss = sum(out * w)\n\
+             gq = grad(loss, q)\ngk = grad(loss, k)\ngv = grad(loss, v)\noutput gq, gk, gv\n"
+        );
+        let p = compile(&src);
+        assert_eq!(count(&p, true), 1, "{}", tc_compiler::plan::print(&p.plan));
+        let leaf = |l: &tc_compiler::ir::Leaf| {
+            tc_runtime::data::random_tensor(3, &l.name, l.ty.dtype, &l.ty.sizes())
+        };
+        let ins: Vec<_> = p.checked.inputs.iter().map(leaf).collect();
+        let run = |keep_tiles| {
+            let options = tc_runtime::cpu::Options {
+                keep_tiles,
+                ..Default::default()
+            };
+            tc_runtime::cpu::run_with(&p.plan, &ins, &[], &options).expect("runs")
+        };
+        let (kept, again) = (run(true), run(false));
+        for (a, b) in kept.iter().zip(&again) {
+            assert!(
+                a.bytes == b.bytes,
+                "{keys} keys: the kept tiles changed the bits"
+            );
+        }
+        if keys > 512 {
+            differential(&src, &[], 7).expect("matches the reference");
+        }
+    }
+}
+
 #[test]
 fn train_block_stores_no_scores_and_plans_below_torch_compile() {
     let (_, src) = examples()

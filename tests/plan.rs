@@ -853,7 +853,10 @@ fn every_sum_of_branches_runs_as_its_products_epilogue() {
         "{}",
         tc_compiler::plan::text::print(plan)
     );
-    let apart = tc_runtime::cpu::Options { epilogues: false };
+    let apart = tc_runtime::cpu::Options {
+        epilogues: false,
+        ..Default::default()
+    };
     let alone = tc_runtime::cpu::run_with(plan, &ins, &ps, &apart).expect("runs");
     for (a, b) in outs.iter().zip(&alone) {
         assert_eq!(a.bytes, b.bytes);

@@ -6,7 +6,9 @@
 //! constant scale folded in where the prologue is one, rounded to the score dtype, else
 //! through the prologue) and `dp = dO·vᵀ`, folding them into each query's running max, sum
 //! and `Σ dp·e^(x − max)` (online, `exp` by the forward's vector `exp_sum`), which go to the
-//! workspace; a second walk gives `gs = g(p ∘ (dp − D))` per logit and `dq = gs·k`. Phase 2,
+//! workspace; a second walk gives `gs = g(p ∘ (dp − D))` per logit and `dq = gs·k`, on
+//! the first walk's very tiles where the keys are few enough to keep them (`KEPT_KEYS`:
+//! seven products a tile pair instead of nine), else on tiles computed again. Phase 2,
 //! per tile of keys: a walk over the query tiles recomputes `p` and `gs` transposed (a row
 //! per key: `k·qᵀ` is phase 1's `q·kᵀ` bit for bit, the same fused multiply-adds in order)
 //! from the workspace's statistics and accumulates `dv = pᵀ·dO` and `dk = gsᵀ·q`, the
@@ -14,7 +16,7 @@
 //! and their gradients never exist beyond one tile per thread; every sum runs in a fixed
 //! order, so results do not depend on the threads.
 
-use super::attention::{body_form, exp_sum_in_place, Logits};
+use super::attention::{body_form, exp_sum, exp_sum_in_place, Logits};
 use super::fused::{check_bounds, for_each_task};
 use super::math;
 use super::tile_gemm::{self, Product, Scale, NR};
@@ -143,6 +145,7 @@ pub(super) fn run(
     name: &str,
     a: &AttentionBackwardKernel,
     mems: &[Mem],
+    keep_tiles: bool,
 ) -> Result<(), CpuError> {
     let bad = |msg: String| CpuError::BadPlan(format!("kernel {name}: {msg}"));
     let nb = a.batch.len();
@@ -302,6 +305,7 @@ pub(super) fn run(
         dq: outs[0],
         dk: outs[1],
         dv: outs[2],
+        kept_keys: if keep_tiles { KEPT_KEYS } else { 0 },
     };
     // Tasks of consecutive tiles, claimed by the threads as they come free, each thread
     // with its own buffers (`fused::for_each_task`); a task is a whole batch matrix's tiles
@@ -463,7 +467,17 @@ struct Scratch {
     acc2: Vec<f32>,
     stats: Vec<f32>,
     regs: Vec<Lane>,
+    /// Phase 1's tiles of logits and `dp` for every key tile of the query tile, as the
+    /// first walk over the keys computed them, for the second walk (at most `KEPT_KEYS`
+    /// keys: `KEPT_KEYS / T · 2` tiles, 512 KiB a thread, outside the plan).
+    kept: Vec<(Vec<f32>, Vec<f32>)>,
+    /// One row's exponentials in the first walk, where the logits are kept.
+    e: Vec<f32>,
 }
+
+/// The most keys for which phase 1 keeps its first walk's tiles for the second instead of
+/// computing them again (two products of the nine a tile pair otherwise takes).
+const KEPT_KEYS: usize = 512;
 
 struct Ctx<'a> {
     nb: usize,
@@ -485,6 +499,9 @@ struct Ctx<'a> {
     dq: Option<(&'a GradOut, Mem)>,
     dk: Option<(&'a GradOut, Mem)>,
     dv: Option<(&'a GradOut, Mem)>,
+    /// Phase 1 keeps its first walk's tiles for the second up to this many keys
+    /// (`KEPT_KEYS`, or 0: `Options::keep_tiles`).
+    kept_keys: usize,
 }
 
 // SAFETY: `Mem` is Send + Sync (see cpu/mod.rs); the rest is shared immutable data, and
@@ -602,22 +619,46 @@ impl Ctx<'_> {
         let mut mx = vec![f32::NEG_INFINITY; rq];
         let mut sum = vec![0.0f32; rq];
         let mut tot = vec![0.0f32; rq];
-        for k0 in (0..n).step_by(T) {
+        // Where the second walk will take the first's tiles, each tile pair's logits and
+        // `dp` are swapped into `kept` as computed, and the exponentials go to `e`.
+        let keep = self.dq.is_some() && n <= self.kept_keys;
+        let mut kept = std::mem::take(&mut sc.kept);
+        if keep {
+            kept.resize_with(n.div_ceil(T), Default::default);
+        }
+        for (kt, k0) in (0..n).step_by(T).enumerate() {
             let rk = T.min(n - k0);
             self.scores(&idx, (q0, rq), (k0, rk), sc);
+            if keep {
+                std::mem::swap(&mut sc.s, &mut kept[kt].0);
+                std::mem::swap(&mut sc.dp, &mut kept[kt].1);
+                // (What came back is a tile from before, or nothing the first time.)
+                sc.s.resize(T * T, 0.0);
+                sc.dp.resize(T * T, 0.0);
+            }
+            let (s, dp) = if keep {
+                let (s, dp) = &mut kept[kt];
+                (s, &*dp)
+            } else {
+                (&mut sc.s, &sc.dp)
+            };
             for r in 0..rq {
-                let row = &mut sc.s[r * T..r * T + rk];
+                let row = &mut s[r * T..r * T + rk];
                 let tmax = math::block_extremum(row, true);
                 let mnew = math::maximum(mx[r], tmax);
                 let mref = if mnew == f32::NEG_INFINITY { 0.0 } else { mnew };
                 let alpha = math::exp(mx[r] - mref);
-                let ts = exp_sum_in_place(row, mref);
+                // (The same exponentials either way: `exp_sum` is `exp_sum_in_place`'s
+                // loop writing elsewhere.)
+                let (ts, e) = if keep {
+                    sc.e.resize(rk, 0.0);
+                    (exp_sum(row, mref, &mut sc.e), &sc.e[..])
+                } else {
+                    (exp_sum_in_place(row, mref), &row[..])
+                };
                 sc.row.clear();
-                sc.row.extend(
-                    row.iter()
-                        .zip(&sc.dp[r * T..r * T + rk])
-                        .map(|(e, p)| e * p),
-                );
+                sc.row
+                    .extend(e.iter().zip(&dp[r * T..r * T + rk]).map(|(e, p)| e * p));
                 let tt = math::block_sum(&sc.row);
                 sum[r] = sum[r] * alpha + ts;
                 tot[r] = tot[r] * alpha + tt;
@@ -639,12 +680,21 @@ impl Ctx<'_> {
                 sc.stats.push(v);
             }
         }
-        let Some((g, mem)) = self.dq else { return };
+        let Some((g, mem)) = self.dq else {
+            sc.kept = kept;
+            return;
+        };
         sc.acc.clear();
         sc.acc.resize(rq * dp, 0.0);
-        for k0 in (0..n).step_by(T) {
+        for (kt, k0) in (0..n).step_by(T).enumerate() {
             let rk = T.min(n - k0);
-            self.scores(&idx, (q0, rq), (k0, rk), sc);
+            if keep {
+                // The first walk's very tiles (swapped back into place: `s` is consumed).
+                std::mem::swap(&mut sc.s, &mut kept[kt].0);
+                std::mem::swap(&mut sc.dp, &mut kept[kt].1);
+            } else {
+                self.scores(&idx, (q0, rq), (k0, rk), sc);
+            }
             for r in 0..rq {
                 let (mref, l, dd) = (sc.stats[3 * r], sc.stats[3 * r + 1], sc.stats[3 * r + 2]);
                 let row = &mut sc.s[r * T..r * T + rk];
@@ -669,6 +719,7 @@ impl Ctx<'_> {
                 Scale::None,
             );
         }
+        sc.kept = kept;
         write(g, mem, &idx, (q0, rq), (d, dp), &sc.acc);
     }
 

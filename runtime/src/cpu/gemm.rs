@@ -553,7 +553,12 @@ mod transpose {
     /// blocks do not overlap.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx")]
-    pub(super) unsafe fn block8(src: *const f32, src_stride: isize, dst: *mut f32, dst_stride: usize) {
+    pub(super) unsafe fn block8(
+        src: *const f32,
+        src_stride: isize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
         use std::arch::x86_64::*;
         // SAFETY: in bounds by the caller's contract; unaligned loads and stores.
         unsafe {
@@ -1042,7 +1047,12 @@ mod tests {
     /// blocks of `KC`, and partial panels (which take the element path).
     #[test]
     fn a_transposed_b_packs_as_element_by_element() {
-        for (k, cols) in [(8, NR), (37, 3 * NR), (KC + 13, 2 * NR + 5), (2 * KC, NR * 9)] {
+        for (k, cols) in [
+            (8, NR),
+            (37, 3 * NR),
+            (KC + 13, 2 * NR + 5),
+            (2 * KC, NR * 9),
+        ] {
             // B is k × cols, held column by column with 3 floats of padding per column.
             let ld = k + 3;
             let data: Vec<f32> = (0..cols * ld).map(|i| i as f32 * 0.5 - 7.0).collect();
@@ -1060,9 +1070,17 @@ mod tests {
                     for t in 0..kc {
                         for j in 0..NR {
                             let (row, col) = (t0 + t, p * NR + j);
-                            let want = if col < cols { data[col * ld + row] } else { 0.0 };
+                            let want = if col < cols {
+                                data[col * ld + row]
+                            } else {
+                                0.0
+                            };
                             let at = t0 * NR * panels + p * kc * NR + t * NR + j;
-                            assert_eq!(got[at].to_bits(), want.to_bits(), "k {k} cols {cols} ({row}, {col})");
+                            assert_eq!(
+                                got[at].to_bits(),
+                                want.to_bits(),
+                                "k {k} cols {cols} ({row}, {col})"
+                            );
                         }
                     }
                 }

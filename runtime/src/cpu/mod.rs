@@ -160,11 +160,18 @@ pub struct Options {
     /// Run a fused kernel that consumes a matrix product on the product's blocks as they
     /// are finished (`epilogue`), rather than after the whole product.
     pub epilogues: bool,
+    /// Attention's backward keeps the tiles of logits and `dp` its first walk over the
+    /// keys computes for its second, where they fit (`attention_backward::KEPT_KEYS`),
+    /// rather than computing them again.
+    pub keep_tiles: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { epilogues: true }
+        Options {
+            epilogues: true,
+            keep_tiles: true,
+        }
     }
 }
 
@@ -349,7 +356,7 @@ fn run_observed(
             }
             KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, &mems)?,
             KernelKind::AttentionBackward(k) => {
-                attention_backward::run(plan, &kernel.name, k, &mems)?
+                attention_backward::run(plan, &kernel.name, k, &mems, options.keep_tiles)?
             }
             KernelKind::IndexAdd(k) => index_add::run(plan, &kernel.name, k, &mems)?,
         }

@@ -1658,7 +1658,10 @@ fn assert_same_bits_as_stored(
             .build()
             .expect("pool");
         let go = |plan: &Plan, epilogues| {
-            let options = super::Options { epilogues };
+            let options = super::Options {
+                epilogues,
+                ..super::Options::default()
+            };
             pool.install(|| super::run_with(plan, inputs, params, &options))
                 .expect("runs")
         };
