@@ -141,6 +141,8 @@ struct RowState {
     scans: Vec<Lane>,
     /// Element offset of each load, then each store, at the row.
     bases: Vec<i64>,
+    /// Per `Select`: its `arange`'s value at the row's start.
+    select_bases: Vec<i64>,
 }
 
 /// Per-task state: the current row's `RowState`, block slots, scratch.
@@ -433,6 +435,7 @@ impl State {
                 accs: vec![Acc::Int(0); values.len()],
                 scans: vec![Lane::I(0); values.len()],
                 bases: vec![0; p.loads.len() + p.stores.len()],
+                select_bases: vec![0; values.len()],
             },
             group: Vec::new(),
             lane: None,
@@ -461,6 +464,11 @@ impl State {
     fn set_row(&mut self, p: &Prepared, r: usize) {
         self.r.row = r;
         fused::row_bases(p, r, &mut self.r.bases);
+        for (b, sel) in self.r.select_bases.iter_mut().zip(&self.selects) {
+            if let Some(sel) = sel {
+                *b = super::index::index_value(p, sel.offset, &sel.strides, r, None);
+            }
+        }
     }
 
     /// Computes the row values of pass `q` for the current row.
@@ -798,7 +806,7 @@ impl State {
             ValueOp::Where(..) if self.selects[i].is_some() => {
                 let sel = self.selects[i].take();
                 if let Some(sel) = &sel {
-                    self.select(p, sel, &mut slot, at, n);
+                    self.select(p, i, sel, &mut slot, at, n);
                 }
                 self.selects[i] = sel;
             }
@@ -953,12 +961,20 @@ impl State {
         self.slots[i] = slot;
     }
 
-    /// The block `at .. at + n` of a `where` computed as `sel` into `slot`: the miss side
+    /// The block `at .. at + n` of `where` value `i`, computed as `sel`, into `slot`: the miss side
     /// everywhere, then the hit side where the `arange`'s value equals the row value.
     /// Each element is the lane the plain `where` picks, converted to the slot's kind as
     /// it converts it.
-    fn select(&mut self, p: &Prepared, sel: &Select, slot: &mut Slot, at: usize, n: usize) {
-        let base = super::index::index_value(p, sel.offset, &sel.strides, self.r.row, None);
+    fn select(
+        &mut self,
+        p: &Prepared,
+        i: usize,
+        sel: &Select,
+        slot: &mut Slot,
+        at: usize,
+        n: usize,
+    ) {
+        let base = self.r.select_bases[i];
         let want = self.r.vals[sel.row].i();
         let (vals, slots) = (&self.r.vals, &self.slots);
         let lane = |v: ValueId, k: usize| -> Lane {
