@@ -370,3 +370,93 @@ output m, a, b, c, w, s, g, oh, y, na, nb
         }
     }
 }
+
+/// A `take` of whole rows by a row's one index, in a kernel with a reduction (the index a
+/// row value: `cpu::typed` reads the picked row as a load, in runs): the rows come out as
+/// the table's very bytes for every dtype, from a contiguous and a transposed table, over
+/// rows of 1100 (two blocks); the sums agree with the plain path of an unfused program;
+/// and a bad index, negative or too large, is the same error in the data as elsewhere.
+#[test]
+fn a_take_of_whole_rows_copies_them_in_every_dtype_and_layout() {
+    use tc_compiler::ir::DType;
+    let tokens: Vec<i64> = (0..37).map(|t| (t * 7 + 3) % 40).collect();
+    for (dt, name) in [
+        (DType::F32, "f32"),
+        (DType::F16, "f16"),
+        (DType::BF16, "bf16"),
+        (DType::I32, "i32"),
+        (DType::I64, "i64"),
+    ] {
+        for transposed in [false, true] {
+            let table_decl = if transposed {
+                format!("input w : {name}[D, V]\nt = transpose(w)")
+            } else {
+                format!("input w : {name}[V, D]\nt = w")
+            };
+            let src = format!(
+                "dim V = 40\ndim D = 1100\ndim T = 37\ninput tokens : i64[T]\n{table_decl}\n\
+                 e = take(t, tokens, axis=0)\ns = sum(e, axis=-1)\noutput e, s\n"
+            );
+            let p = compile(&src);
+            let shape: Vec<u64> = if transposed {
+                vec![1100, 40]
+            } else {
+                vec![40, 1100]
+            };
+            let w = tc_runtime::data::random_tensor(5, "w", dt, &shape);
+            let ids = i64_tensor(&[37], &tokens);
+            let got = tc_runtime::cpu::run(&p.plan, &[ids.clone(), w.clone()], &[])
+                .unwrap_or_else(|e| panic!("{name} (transposed {transposed}): {e}"));
+            let size = dt.size() as usize;
+            let at = |v: usize, d: usize| if transposed { d * 40 + v } else { v * 1100 + d };
+            for (t, &v) in tokens.iter().enumerate() {
+                for d in 0..1100 {
+                    let (i, o) = (at(v as usize, d) * size, (t * 1100 + d) * size);
+                    assert_eq!(
+                        w.bytes[i..i + size],
+                        got[0].bytes[o..o + size],
+                        "{name} (transposed {transposed}): row {t}, column {d}"
+                    );
+                }
+            }
+            // The rows and sums of an unfused program, whose take is a gather by an index
+            // per element and whose sum is a kernel of its own (block sums for floats: the
+            // same sums to rounding).
+            let options = CompileOptions {
+                plan: tc_compiler::schedule::PlanOptions {
+                    fuse: false,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let unfused = tc_compiler::compile(&src, &options).expect("compiles");
+            let plain = tc_runtime::cpu::run(&unfused.plan, &[ids.clone(), w.clone()], &[])
+                .expect("runs unfused");
+            assert_eq!(got[0].bytes, plain[0].bytes, "{name}: the rows");
+            for (a, b) in got[1].to_f32().iter().zip(plain[1].to_f32()) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "{name} (transposed {transposed}): the sums {a} vs {b}"
+                );
+            }
+            // Bad indices: the smallest is reported, negative or not.
+            for (bad, want) in [
+                (vec![(3, 40i64), (9, 41)], "index 40"),
+                (vec![(5, -2), (30, 70)], "index -2"),
+            ] {
+                let mut ids = tokens.clone();
+                for (k, x) in bad {
+                    ids[k] = x;
+                }
+                let e = tc_runtime::cpu::run(&p.plan, &[i64_tensor(&[37], &ids), w.clone()], &[])
+                    .expect_err("out of range");
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("{want} is out of range [0, 40)"))
+                        && msg.contains("`tokens`"),
+                    "{name}: {msg}"
+                );
+            }
+        }
+    }
+}

@@ -884,6 +884,59 @@ pub fn lane_leaf_sums_in<const W: usize>(tier: Tier, xs: &[f32], out: &mut [f32;
     lane_leaf_sums_impl(xs, out)
 }
 
+/// `KahanSum::add` of `xs.len() / W` elements into each of `W` sums at once: element `j`
+/// of sum `w` at `xs[j·W + w]`, each lane the very operations of the one-sum loop in its
+/// order (the lanes side by side in vector registers instead of one chain of dependent
+/// additions), compiled for the widest tier (`Tier::best`).
+pub fn kahan_lanes<const W: usize>(xs: &[f32], sums: &mut [KahanSum; W]) {
+    kahan_lanes_in(Tier::best(), xs, sums)
+}
+
+/// `kahan_lanes` compiled for `tier`, or the hardware's widest when that is narrower.
+pub fn kahan_lanes_in<const W: usize>(tier: Tier, xs: &[f32], sums: &mut [KahanSum; W]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+        unsafe fn wide<const W: usize>(xs: &[f32], sums: &mut [KahanSum; W]) {
+            kahan_lanes_impl(xs, sums)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn narrow<const W: usize>(xs: &[f32], sums: &mut [KahanSum; W]) {
+            kahan_lanes_impl(xs, sums)
+        }
+        match tier.min(Tier::hardware()) {
+            // SAFETY: the CPU has AVX-512 F/VL/DQ/BW, AVX2 and FMA (`Tier::hardware`).
+            Tier::Avx512 => return unsafe { wide(xs, sums) },
+            // SAFETY: the CPU has AVX2 and FMA (`Tier::hardware`).
+            Tier::Avx2 => return unsafe { narrow(xs, sums) },
+            Tier::Base => {}
+        }
+    }
+    kahan_lanes_impl(xs, sums)
+}
+
+#[inline(always)]
+fn kahan_lanes_impl<const W: usize>(xs: &[f32], sums: &mut [KahanSum; W]) {
+    let mut sum: [f32; W] = std::array::from_fn(|w| sums[w].sum);
+    let mut carry: [f32; W] = std::array::from_fn(|w| sums[w].carry);
+    for x in xs.chunks_exact(W) {
+        for w in 0..W {
+            let y = x[w] - carry[w];
+            let t = sum[w] + y;
+            // (`is_finite` as a compare of the bits, which vectorises as a select.)
+            let finite = t.to_bits() & 0x7fff_ffff < 0x7f80_0000;
+            carry[w] = if finite { (t - sum[w]) - y } else { 0.0 };
+            sum[w] = t;
+        }
+    }
+    for (w, s) in sums.iter_mut().enumerate() {
+        *s = KahanSum {
+            sum: sum[w],
+            carry: carry[w],
+        };
+    }
+}
+
 /// A running f32 sum with Kahan compensation, fed block sums.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KahanSum {

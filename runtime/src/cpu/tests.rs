@@ -1192,6 +1192,33 @@ fn results_are_the_same_bits_whatever_the_thread_count() {
             include_str!("../../../examples/train_mlp.tx"),
             &[("B", 33), ("D", 17), ("H", 70), ("C", 31)],
         ),
+        // Kernels with index values (`cpu::typed`): rows in groups of 16, 10, 6 and 4 by
+        // the thread count, their sums folded side by side; embedding rows taken by a row's
+        // index; the one-hot of the labels as a select.
+        (
+            include_str!("../../../examples/gpt_block.tx"),
+            &[
+                ("B", 2),
+                ("S", 20),
+                ("P", 32),
+                ("V", 50),
+                ("D", 24),
+                ("H", 2),
+                ("Dh", 12),
+                ("F", 32),
+            ],
+        ),
+        (
+            include_str!("../../../examples/train_block.tx"),
+            &[
+                ("B", 1),
+                ("S", 40),
+                ("D", 1100),
+                ("H", 2),
+                ("Dh", 550),
+                ("F", 64),
+            ],
+        ),
         // Attention (two query tiles, the head-merge store), matrix products and the row
         // kernels between them.
         (
@@ -2101,4 +2128,217 @@ fn lane_leaf_sums_are_block_sum_per_lane_in_every_tier() {
     }
     check::<64>();
     check::<16>();
+}
+
+/// `out = w - exp(z)·sum(w)` with `w = where(iota ⋈ label, g, 0)` per row (`⋈` one of
+/// `==`, `!=`), the backward of a `gather` of labels: in one kernel (`cpu::typed` takes the
+/// where as a select without its index and condition blocks, and folds the sums of 16 rows
+/// side by side) and with the condition stored by a kernel before and loaded (the plain
+/// `where`), run on as many threads as rows (one row a group: each sum folded alone). The
+/// two give the same bits for labels in range, negative and past the row, an `arange` of
+/// any offset and step (one that wraps along the row too), rows of one, three and several
+/// blocks, 37 rows (two groups of 16 and one of 5), and integer branches.
+#[test]
+fn a_one_hot_select_and_sums_folded_side_by_side_give_the_plain_where_bits() {
+    use tc_compiler::ir::CmpOp;
+    let typed = |dtype: DType, op: InstOp| Inst { dtype, ..el(op) };
+    let pool = |threads: usize, p: &Plan, inputs: &[HostTensor]| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+            .install(|| run(p, inputs, &[]).expect("runs"))
+    };
+    let rows = 37u64;
+    for (cols, offset, step, cmp, int) in [
+        (7u64, 0i64, 1i64, CmpOp::Eq, false),
+        (2500, 0, 1, CmpOp::Eq, false),
+        (2500, 5, 2, CmpOp::Ne, false),
+        (1100, 3000, -1, CmpOp::Eq, false),
+        (300, i64::MAX - 100, 1, CmpOp::Eq, false),
+        (300, 0, 1, CmpOp::Eq, true),
+        (1030, -7, 3, CmpOp::Ne, true),
+    ] {
+        let (r, c) = (rows as usize, cols as usize);
+        // Labels that hit in every block, miss both ways, and hit the wrapped values.
+        let labels: Vec<i64> = (0..r)
+            .map(|i| match i % 6 {
+                0 => offset.wrapping_add(step.wrapping_mul((i * 131 % c) as i64)),
+                1 => -1 - i as i64,
+                2 => offset.wrapping_add(step.wrapping_mul(c as i64 + i as i64)),
+                3 => offset.wrapping_add(step.wrapping_mul((c - 1) as i64)),
+                4 => i64::MIN + 99 + i as i64,
+                _ => offset,
+            })
+            .collect();
+        let vt = if int { DType::I64 } else { DType::F32 };
+        let g: Vec<f32> = values(r, 3).iter().map(|x| x.round() * 3.0 + 0.5).collect();
+        let z = values(r * c, 4);
+        // The value kernel's body after its condition (inst `cond`): where, sum, and the
+        // rest; loads l0 labels, l1 g, l2 z (and l3 the stored condition).
+        let tail = |cond: usize| {
+            let n = cond + 1;
+            let mut body = vec![
+                Inst {
+                    level: Level::Row,
+                    ..typed(vt, InstOp::Load(1))
+                },
+                typed(vt, InstOp::Const(0.0)),
+                typed(vt, InstOp::Where(cond, n, n + 1)),
+                Inst {
+                    level: Level::Row,
+                    ..typed(vt, InstOp::Reduce(ReduceOp::Sum, n + 2))
+                },
+            ];
+            if !int {
+                body.extend([
+                    el(InstOp::Load(2)),
+                    el(InstOp::Unary(UnaryOp::Exp, n + 4)),
+                    el(InstOp::Binary(BinaryOp::Mul, n + 5, n + 3)),
+                    el(InstOp::Binary(BinaryOp::Sub, n + 2, n + 6)),
+                ]);
+            }
+            let last = cond + body.len();
+            (body, vec![(last, 3u32), (n + 3, 4u32)])
+        };
+        let cond_insts = vec![
+            Inst {
+                level: Level::Row,
+                ..typed(DType::I64, InstOp::Load(0))
+            },
+            typed(
+                DType::I64,
+                InstOp::Index {
+                    offset,
+                    strides: vec![0, step],
+                },
+            ),
+            typed(DType::Bool, InstOp::Binary(BinaryOp::Cmp(cmp), 1, 0)),
+        ];
+        let mut loads = vec![
+            ld(0, DType::I64, 0, &[1, 0]),
+            ld(1, vt, 0, &[1, 0]),
+            ld(2, DType::F32, 0, &[cols as i64, 1]),
+        ];
+        let (mut body, stores) = tail(2);
+        body.splice(0..0, cond_insts.clone());
+        let one = fused(&[rows, cols], &[1], loads.clone(), body, &stores);
+        // The plain path: the condition stored, then loaded.
+        let first = fused(
+            &[rows, cols],
+            &[],
+            vec![ld(0, DType::I64, 0, &[1, 0])],
+            cond_insts,
+            &[(2, 5)],
+        );
+        loads.push(ld(5, DType::Bool, 0, &[cols as i64, 1]));
+        let (mut body, stores) = tail(0);
+        body.insert(0, typed(DType::Bool, InstOp::Load(3)));
+        let second = fused(&[rows, cols], &[1], loads, body, &stores);
+        let n = rows * cols;
+        let buffers = vec![
+            leaf(
+                "labels",
+                BufferKind::Input { index: 0 },
+                DType::I64,
+                &[rows],
+            ),
+            leaf("g", BufferKind::Input { index: 1 }, vt, &[rows]),
+            leaf(
+                "z",
+                BufferKind::Input { index: 2 },
+                DType::F32,
+                &[rows, cols],
+            ),
+            arena("out", vt, &[rows, cols], 0),
+            arena("sum", vt, &[rows], (n * 8).next_multiple_of(64)),
+            arena(
+                "cond",
+                DType::Bool,
+                &[rows, cols],
+                (n * 8).next_multiple_of(64) + 512,
+            ),
+        ];
+        let outputs = vec![
+            out("out", 3, vt, &[rows, cols], 0, &[cols as i64, 1]),
+            out("sum", 4, vt, &[rows], 0, &[1]),
+        ];
+        let inputs = [
+            HostTensor::from_i64(DType::I64, vec![rows], &labels),
+            if int {
+                let g: Vec<i64> = g.iter().map(|&x| x as i64).collect();
+                HostTensor::from_i64(vt, vec![rows], &g)
+            } else {
+                HostTensor::from_f32(vt, vec![rows], &g)
+            },
+            HostTensor::from_f32(DType::F32, vec![rows, cols], &z),
+        ];
+        let fused_plan = plan(vec![one], buffers.clone(), &[0, 1, 2], outputs.clone());
+        let plain_plan = plan(vec![first, second], buffers, &[0, 1, 2], outputs);
+        let got = pool(1, &fused_plan, &inputs);
+        let want = pool(rows as usize, &plain_plan, &inputs);
+        let case = format!("{cols} columns, arange {offset} + {step}·j, {cmp:?}, int {int}");
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(a.bytes == b.bytes, "{case}: output {k} differs");
+        }
+        // Not vacuous: some rows' sums are not zero, some are.
+        let sums = want[1].to_f32();
+        assert!(sums.iter().any(|&s| s != 0.0), "{case}: {sums:?}");
+        if cmp == CmpOp::Eq {
+            assert!(sums.contains(&0.0), "{case}: {sums:?}");
+        }
+    }
+}
+
+#[test]
+fn kahan_lanes_are_kahan_sums_per_lane_in_every_tier() {
+    use super::math::{self, KahanSum, Tier};
+    fn check<const W: usize>() {
+        for n in [0usize, 1, 2, 7, 300] {
+            let mut xs = values(n * W, n as u32 + 7 * W as u32);
+            // Magnitudes far apart (so the carry matters), infinities and NaN (so the
+            // carry is dropped), signed zeros.
+            for (i, x) in xs.iter_mut().enumerate() {
+                *x *= [1.0, 1e-3, 1e4, 3e7, 1e-30][(i * i + i / 3) % 5];
+                match i % 97 {
+                    13 => *x = f32::INFINITY,
+                    41 if i % 3 == 0 => *x = f32::NAN,
+                    50 => *x = -0.0,
+                    _ => {}
+                }
+            }
+            let start: [KahanSum; W] = std::array::from_fn(|w| {
+                let mut k = KahanSum::default();
+                k.add(w as f32 * 0.1);
+                k.add(1e-9 * w as f32);
+                k
+            });
+            let want: Vec<(u32, u32)> = (0..W)
+                .map(|w| {
+                    let mut k = start[w];
+                    (0..n).for_each(|i| k.add(xs[i * W + w]));
+                    // The carry shows in the next addition.
+                    let v = k.value().to_bits();
+                    k.add(1.0);
+                    (v, k.value().to_bits())
+                })
+                .collect();
+            for tier in Tier::available() {
+                let mut sums = start;
+                math::kahan_lanes_in(tier, &xs, &mut sums);
+                let got: Vec<(u32, u32)> = sums
+                    .iter()
+                    .map(|k| {
+                        let mut k = *k;
+                        let v = k.value().to_bits();
+                        k.add(1.0);
+                        (v, k.value().to_bits())
+                    })
+                    .collect();
+                assert_eq!(got, want, "{W} lanes, {n} elements, {tier:?}");
+            }
+        }
+    }
+    check::<16>();
+    check::<3>();
 }

@@ -11,6 +11,14 @@
 //! its reductions in element order and writing its element stores; row stores follow their
 //! pass. Every result is the one the element-at-a-time meaning gives (the reductions and
 //! scans fold one element at a time, in order).
+//!
+//! Three shortcuts keep that meaning at memory speed. A task runs up to 16 rows side by
+//! side, block by block (`State::rows`), and folds their float sums in vector lanes
+//! (`math::kahan_lanes`): each row's chain of dependent additions is the very one it was,
+//! the rows' chains interleaved. A `where(iota == r, a, b)` of an `arange` along the row
+//! and a row value (a label's one-hot) is a select at the one matching position
+//! (`Select`), its index and condition blocks left uncomputed. A gather whose index is a
+//! row value (an embedding row) is read as a load is, in runs.
 
 use super::fused::{self, Prepared};
 use super::math::{self, KahanSum, Operand};
@@ -22,6 +30,9 @@ use tc_compiler::lower::{Level, ValueId, ValueOp};
 const BLOCK: usize = 1024;
 /// Elements per parallel task of a pointwise kernel.
 const CHUNK: usize = 16 * BLOCK;
+/// Rows a task runs side by side at most (`State::rows`), their float sums folded in
+/// vector lanes (`math::kahan_lanes`).
+const LANES: usize = 16;
 
 /// One value: f32 for the float dtypes, an exact integer for the integral ones.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -116,25 +127,147 @@ enum Ints<'a> {
     Scalar(i64),
 }
 
-/// Per-task state: row values, block slots, the reductions' accumulators.
-struct State {
+/// What a task holds for one row: its row values, reductions, scans and access offsets.
+/// A task runs a group of rows block by block (`State::rows`), one `RowState` a row,
+/// swapped into `State::r` while that row computes.
+#[derive(Clone, Debug)]
+struct RowState {
+    /// The row (for `arange` values: `cpu::index`).
+    row: usize,
     /// Each row value's (and constant's) lane.
     vals: Vec<Lane>,
+    accs: Vec<Acc>,
+    /// Each scan's running sum along the row (reset at each pass).
+    scans: Vec<Lane>,
+    /// Element offset of each load, then each store, at the row.
+    bases: Vec<i64>,
+    /// Per `Select`: its `arange`'s value at the row's start.
+    select_bases: Vec<i64>,
+}
+
+/// Per-task state: the current row's `RowState`, block slots, scratch.
+struct State {
+    /// The row being computed.
+    r: RowState,
+    /// The other rows of the group (`rows`), each swapped with `r` in turn.
+    group: Vec<RowState>,
+    /// Where the current row is lane `k` of a group folded wide, its float sums go to
+    /// `pending` instead of their accumulators (`fold`), for `fold_lanes`.
+    lane: Option<usize>,
+    /// Per reduction value: the block's elements of each lane, interleaved (element `j` of
+    /// lane `k` at `j·LANES + k`).
+    pending: Vec<Vec<f32>>,
+    /// Per value: a `where` computed as a `Select` (taken out while it runs).
+    selects: Vec<Option<Select>>,
+    /// Per value: left out of the block loop (what only a `Select` would read).
+    skip: Vec<bool>,
     /// Each value's block (a row value's is filled when a block operation needs it).
     slots: Vec<Slot>,
-    accs: Vec<Acc>,
-    /// The current row (for `arange` values: `cpu::index`).
-    row: usize,
-    /// Each scan's running sum along the current row (reset at each pass).
-    scans: Vec<Lane>,
-    /// Element offset of each load, then each store, at the current row.
-    bases: Vec<i64>,
     /// Element offsets of the current block for one access.
     offs: Vec<i64>,
     /// Conversions of an operand to the other kind (one buffer per operand position), and
     /// a result before it goes into its slot.
     tmp_f: [Vec<f32>; 3],
     tmp_i: [Vec<i64>; 3],
+}
+
+/// A `where(c, a, b)` whose condition compares an `arange` along the row with a row value
+/// (`c = (index == r)`, or `!=` with the sides swapped), in a kernel whose rows are one
+/// inner dim: a select of `hit` at the one position of each row where the index equals
+/// `r` and `miss` elsewhere (`State::select`), the one-hot of a label without its index
+/// and condition blocks (`skipped` leaves those out of the block loop where nothing else
+/// reads them).
+#[derive(Clone, Debug)]
+struct Select {
+    /// The row value compared (integral).
+    row: usize,
+    /// The `arange`'s index map, and its stride along the row.
+    offset: i64,
+    strides: Vec<i64>,
+    step: i64,
+    hit: ValueId,
+    miss: ValueId,
+}
+
+/// Per value of `p`: its `where` as a `Select`, where it is one.
+fn selects(p: &Prepared) -> Vec<Option<Select>> {
+    let values = &p.ir.values;
+    let one_inner = p.inner_sizes.len() == 1;
+    values
+        .iter()
+        .map(|v| {
+            let ValueOp::Where(c, a, b) = v.op else {
+                return None;
+            };
+            let ValueOp::Binary(BinaryOp::Cmp(cmp @ (CmpOp::Eq | CmpOp::Ne)), x, y) =
+                values[c.index()].op
+            else {
+                return None;
+            };
+            let (x, y) = (x.index(), y.index());
+            let is_index = |i: usize| {
+                matches!(values[i].op, ValueOp::Index { .. }) && values[i].level == Level::Element
+            };
+            let (row, ix) = match (is_index(x), is_index(y)) {
+                (true, false) => (y, x),
+                (false, true) => (x, y),
+                _ => return None,
+            };
+            let ValueOp::Index {
+                offset,
+                ref strides,
+            } = values[ix].op
+            else {
+                return None;
+            };
+            let ok = one_inner
+                && v.level == Level::Element
+                && values[row].level == Level::Row
+                && values[row].dtype.is_integral()
+                && values[ix].dtype.is_integral();
+            let step = super::index::inner_strides(p, strides)[0];
+            let (hit, miss) = if cmp == CmpOp::Eq { (a, b) } else { (b, a) };
+            ok.then(|| Select {
+                row,
+                offset,
+                strides: strides.clone(),
+                step,
+                hit,
+                miss,
+            })
+        })
+        .collect()
+}
+
+/// Per value of `p`: whether the block loop leaves it out, being read only by the
+/// `Select`s that compute without it (a condition, then an index only it reads).
+fn skipped(p: &Prepared, selects: &[Option<Select>]) -> Vec<bool> {
+    let values = &p.ir.values;
+    let mut uses = vec![0usize; values.len()];
+    for v in values {
+        for o in v.op.operands() {
+            uses[o.index()] += 1;
+        }
+    }
+    for (v, _) in &p.stores {
+        uses[*v] += 1;
+    }
+    let mut skip = vec![false; values.len()];
+    for (v, sel) in values.iter().zip(selects) {
+        let (Some(_), ValueOp::Where(c, ..)) = (sel, &v.op) else {
+            continue;
+        };
+        let c = c.index();
+        if uses[c] == 1 {
+            skip[c] = true;
+            for o in values[c].op.operands() {
+                if uses[o.index()] == 1 && values[o.index()].level == Level::Element {
+                    skip[o.index()] = true;
+                }
+            }
+        }
+    }
+    skip
 }
 
 /// Runs `p` (prepared against its buffers) block by block.
@@ -163,13 +296,25 @@ pub(super) unsafe fn run(p: &Prepared) {
             }
         });
     } else {
-        // SAFETY: forwarded from the caller; each row is one task's.
-        let per_task = fused::rows_per_task(p.row_len);
+        // Rows in groups when some pass folds a float sum, as many as keep every thread
+        // two groups at least; each row's bits are the same in any group.
+        let sums = p.ir.values.iter().any(|v| {
+            matches!(v.op, ValueOp::Reduce(ReduceOp::Sum | ReduceOp::Mean, _))
+                && !v.dtype.is_integral()
+        });
+        let threads = rayon::current_num_threads();
+        let group = if sums {
+            (p.rows / (2 * threads)).clamp(1, LANES)
+        } else {
+            1
+        };
+        let per_task = fused::rows_per_task(p.row_len).div_ceil(group);
+        // SAFETY: forwarded from the caller; each group of rows is one task's.
         fused::for_each_task(
-            p.rows,
+            p.rows.div_ceil(group),
             per_task,
             || State::new(p),
-            |s, r| unsafe { s.row(p, r) },
+            |s, g| unsafe { s.rows(p, g * group, group.min(p.rows - g * group)) },
         );
     }
 }
@@ -277,14 +422,26 @@ fn grown<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
 impl State {
     fn new(p: &Prepared) -> State {
         let values = &p.ir.values;
-        State {
-            vals: values
-                .iter()
-                .map(|v| match v.op {
-                    ValueOp::Const(c) => constant(v.dtype, c),
-                    _ => Lane::I(0),
-                })
-                .collect(),
+        let mut s = State {
+            r: RowState {
+                row: 0,
+                vals: values
+                    .iter()
+                    .map(|v| match v.op {
+                        ValueOp::Const(c) => constant(v.dtype, c),
+                        _ => Lane::I(0),
+                    })
+                    .collect(),
+                accs: vec![Acc::Int(0); values.len()],
+                scans: vec![Lane::I(0); values.len()],
+                bases: vec![0; p.loads.len() + p.stores.len()],
+                select_bases: vec![0; values.len()],
+            },
+            group: Vec::new(),
+            lane: None,
+            pending: vec![Vec::new(); values.len()],
+            selects: selects(p),
+            skip: vec![false; values.len()],
             slots: values
                 .iter()
                 .map(|v| {
@@ -295,20 +452,23 @@ impl State {
                     }
                 })
                 .collect(),
-            accs: vec![Acc::Int(0); values.len()],
-            row: 0,
-            scans: vec![Lane::I(0); values.len()],
-            bases: vec![0; p.loads.len() + p.stores.len()],
             offs: Vec::new(),
             tmp_f: [Vec::new(), Vec::new(), Vec::new()],
             tmp_i: [Vec::new(), Vec::new(), Vec::new()],
-        }
+        };
+        s.skip = skipped(p, &s.selects);
+        s
     }
 
     /// Sets the current row and each access's base offset there.
     fn set_row(&mut self, p: &Prepared, r: usize) {
-        self.row = r;
-        fused::row_bases(p, r, &mut self.bases);
+        self.r.row = r;
+        fused::row_bases(p, r, &mut self.r.bases);
+        for (b, sel) in self.r.select_bases.iter_mut().zip(&self.selects) {
+            if let Some(sel) = sel {
+                *b = super::index::index_value(p, sel.offset, &sel.strides, r, None);
+            }
+        }
     }
 
     /// Computes the row values of pass `q` for the current row.
@@ -318,52 +478,40 @@ impl State {
     unsafe fn row_values(&mut self, p: &Prepared, q: usize) {
         for &v in &p.ir.passes[q].row {
             // SAFETY: forwarded from the caller.
-            self.vals[v.index()] = unsafe { self.row_value(p, v.index()) };
+            self.r.vals[v.index()] = unsafe { self.row_value(p, v.index()) };
         }
     }
 
-    /// Runs every pass of row `r`.
+    /// Runs every pass of rows `first .. first + count` (at most `LANES`), block by block:
+    /// each block of a pass is computed for every row of the group in turn (each row's
+    /// `RowState` swapped into `r`), then, for a group of more than one row, the float
+    /// sums of the block are folded for all the rows at once (`fold_lanes`): the very
+    /// additions each row's own fold does, in its order, the rows side by side in vector
+    /// lanes instead of one long chain of dependent additions each.
     ///
     /// # Safety
     /// As `run`.
-    unsafe fn row(&mut self, p: &Prepared, r: usize) {
-        self.set_row(p, r);
-        let nl = p.loads.len();
-        for (q, pass) in p.ir.passes.iter().enumerate() {
-            // A scan walks the row again from its start in each pass that computes it.
-            for (i, v) in p.ir.values.iter().enumerate() {
-                if let ValueOp::Scan(_) = v.op {
-                    self.scans[i] = if v.dtype.is_integral() {
-                        Lane::I(0)
-                    } else {
-                        Lane::F(0.0)
-                    };
-                }
+    unsafe fn rows(&mut self, p: &Prepared, first: usize, count: usize) {
+        debug_assert!((1..=LANES).contains(&count));
+        if self.group.len() < count - 1 {
+            self.group.resize(count - 1, self.r.clone());
+        }
+        let wide = count > 1;
+        // Row `first + k` is in `r` for k = 0 and in `group[k - 1]` otherwise; `each` swaps
+        // each in turn into `r` and back.
+        let each = |s: &mut State, f: &mut dyn FnMut(&mut State, usize)| {
+            f(s, 0);
+            for k in 1..count {
+                std::mem::swap(&mut s.r, &mut s.group[k - 1]);
+                f(s, k);
+                std::mem::swap(&mut s.r, &mut s.group[k - 1]);
             }
+        };
+        each(self, &mut |s, k| s.set_row(p, first + k));
+        for q in 0..p.ir.passes.len() {
             // SAFETY: forwarded from the caller.
-            unsafe { self.row_values(p, q) };
-            for &v in &pass.reduces {
-                let i = v.index();
-                let inst = &p.ir.values[i];
-                let ValueOp::Reduce(op, _) = inst.op else {
-                    continue;
-                };
-                self.accs[i] = if op.is_arg() {
-                    Acc::Arg {
-                        best: Lane::I(0),
-                        pos: -1,
-                    }
-                } else if inst.dtype.is_integral() {
-                    Acc::Int(eval::reduce_init_int(op, inst.dtype))
-                } else {
-                    match op {
-                        ReduceOp::Sum | ReduceOp::Mean => Acc::Sum(KahanSum::default()),
-                        ReduceOp::Max => Acc::Ext(f32::NEG_INFINITY),
-                        ReduceOp::Min => Acc::Ext(f32::INFINITY),
-                        ReduceOp::ArgMax | ReduceOp::ArgMin => Acc::Int(0),
-                    }
-                };
-            }
+            each(self, &mut |s, _| unsafe { s.begin_pass(p, q) });
+            let pass = &p.ir.passes[q];
             let walks = !pass.elements.is_empty()
                 || !pass.reduces.is_empty()
                 || pass
@@ -374,35 +522,123 @@ impl State {
                 let mut at = 0;
                 while at < p.row_len {
                     let n = BLOCK.min(p.row_len - at);
-                    // SAFETY: forwarded from the caller.
-                    unsafe { self.block(p, q, at, n) };
+                    each(self, &mut |s, k| {
+                        s.lane = wide.then_some(k);
+                        // SAFETY: forwarded from the caller.
+                        unsafe { s.block(p, q, at, n) };
+                    });
+                    self.lane = None;
+                    if wide {
+                        self.fold_lanes(p, q, count, n);
+                    }
                     at += n;
                 }
             }
-            for &v in &pass.reduces {
-                let i = v.index();
-                let inst = &p.ir.values[i];
-                let ValueOp::Reduce(op, _) = inst.op else {
-                    continue;
-                };
-                self.vals[i] = match self.accs[i] {
-                    Acc::Int(x) => Lane::I(x),
-                    Acc::Arg { pos, .. } => Lane::I(pos),
-                    Acc::Sum(k) if op == ReduceOp::Mean => {
-                        Lane::F(math::round_to(inst.dtype, k.value() / p.row_len as f32))
-                    }
-                    Acc::Sum(k) => Lane::F(math::round_to(inst.dtype, k.value())),
-                    Acc::Ext(x) => Lane::F(math::round_to(inst.dtype, x)),
+            // SAFETY: forwarded from the caller.
+            each(self, &mut |s, _| unsafe { s.end_pass(p, q) });
+        }
+    }
+
+    /// Starts pass `q` of the current row: its scans from 0, its row values, its
+    /// reductions' accumulators.
+    ///
+    /// # Safety
+    /// As `run`.
+    unsafe fn begin_pass(&mut self, p: &Prepared, q: usize) {
+        let pass = &p.ir.passes[q];
+        // A scan walks the row again from its start in each pass that computes it.
+        for (i, v) in p.ir.values.iter().enumerate() {
+            if let ValueOp::Scan(_) = v.op {
+                self.r.scans[i] = if v.dtype.is_integral() {
+                    Lane::I(0)
+                } else {
+                    Lane::F(0.0)
                 };
             }
-            for &st in &pass.stores {
-                let si = st.index();
-                if p.ir.store(st).order != Level::Row {
-                    continue;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.row_values(p, q) };
+        for &v in &pass.reduces {
+            let i = v.index();
+            let inst = &p.ir.values[i];
+            let ValueOp::Reduce(op, _) = inst.op else {
+                continue;
+            };
+            self.r.accs[i] = if op.is_arg() {
+                Acc::Arg {
+                    best: Lane::I(0),
+                    pos: -1,
                 }
-                let (v, acc) = &p.stores[si];
-                // SAFETY: bounds checked in `prepare`; this row is this task's.
-                unsafe { write(acc.mem, self.bases[nl + si], self.vals[*v]) };
+            } else if inst.dtype.is_integral() {
+                Acc::Int(eval::reduce_init_int(op, inst.dtype))
+            } else {
+                match op {
+                    ReduceOp::Sum | ReduceOp::Mean => Acc::Sum(KahanSum::default()),
+                    ReduceOp::Max => Acc::Ext(f32::NEG_INFINITY),
+                    ReduceOp::Min => Acc::Ext(f32::INFINITY),
+                    ReduceOp::ArgMax | ReduceOp::ArgMin => Acc::Int(0),
+                }
+            };
+        }
+    }
+
+    /// Ends pass `q` of the current row: its reductions' values, its row stores.
+    ///
+    /// # Safety
+    /// As `run`.
+    unsafe fn end_pass(&mut self, p: &Prepared, q: usize) {
+        let pass = &p.ir.passes[q];
+        for &v in &pass.reduces {
+            let i = v.index();
+            let inst = &p.ir.values[i];
+            let ValueOp::Reduce(op, _) = inst.op else {
+                continue;
+            };
+            self.r.vals[i] = match self.r.accs[i] {
+                Acc::Int(x) => Lane::I(x),
+                Acc::Arg { pos, .. } => Lane::I(pos),
+                Acc::Sum(k) if op == ReduceOp::Mean => {
+                    Lane::F(math::round_to(inst.dtype, k.value() / p.row_len as f32))
+                }
+                Acc::Sum(k) => Lane::F(math::round_to(inst.dtype, k.value())),
+                Acc::Ext(x) => Lane::F(math::round_to(inst.dtype, x)),
+            };
+        }
+        let nl = p.loads.len();
+        for &st in &pass.stores {
+            let si = st.index();
+            if p.ir.store(st).order != Level::Row {
+                continue;
+            }
+            let (v, acc) = &p.stores[si];
+            // SAFETY: bounds checked in `prepare`; this row is this task's.
+            unsafe { write(acc.mem, self.r.bases[nl + si], self.r.vals[*v]) };
+        }
+    }
+
+    /// Folds the `n` elements of the block that each of the group's `count` rows left in
+    /// `pending` into its float sums, all the rows at once (`math::kahan_lanes`).
+    fn fold_lanes(&mut self, p: &Prepared, q: usize, count: usize, n: usize) {
+        for &v in &p.ir.passes[q].reduces {
+            let i = v.index();
+            if !matches!(self.r.accs[i], Acc::Sum(_)) {
+                continue;
+            }
+            let mut sums = [KahanSum::default(); LANES];
+            for (k, sum) in sums.iter_mut().enumerate().take(count) {
+                let rs = if k == 0 { &self.r } else { &self.group[k - 1] };
+                if let Acc::Sum(s) = rs.accs[i] {
+                    *sum = s;
+                }
+            }
+            math::kahan_lanes(&self.pending[i][..n * LANES], &mut sums);
+            for (k, sum) in sums.into_iter().enumerate().take(count) {
+                let rs = if k == 0 {
+                    &mut self.r
+                } else {
+                    &mut self.group[k - 1]
+                };
+                rs.accs[i] = Acc::Sum(sum);
             }
         }
     }
@@ -415,6 +651,9 @@ impl State {
     unsafe fn block(&mut self, p: &Prepared, q: usize, at: usize, n: usize) {
         let pass = &p.ir.passes[q];
         for &v in &pass.elements {
+            if self.skip[v.index()] {
+                continue;
+            }
             // SAFETY: forwarded from the caller.
             unsafe { self.element_value(p, v.index(), at, n) };
         }
@@ -433,7 +672,7 @@ impl State {
             }
             let (v, acc) = &p.stores[si];
             self.spread(p, *v, n);
-            let base = self.bases[nl + si];
+            let base = self.r.bases[nl + si];
             // SAFETY: bounds checked in `prepare`; these elements are this task's.
             unsafe { store_block(acc, &p.inner_sizes, base, at, &self.slots[*v], n) };
         }
@@ -445,7 +684,7 @@ impl State {
         if p.ir.values[i].level != Level::Row {
             return;
         }
-        match (&mut self.slots[i], self.vals[i]) {
+        match (&mut self.slots[i], self.r.vals[i]) {
             (Slot::F(v), x) => grown(v, n).fill(x.f()),
             (Slot::I(v), x) => grown(v, n).fill(x.i()),
         }
@@ -514,7 +753,7 @@ impl State {
                 let l = l.index();
                 let acc = &p.loads[l];
                 // SAFETY: bounds checked in `prepare`.
-                unsafe { load_block(acc, &p.inner_sizes, self.bases[l], at, &mut slot, n) };
+                unsafe { load_block(acc, &p.inner_sizes, self.r.bases[l], at, &mut slot, n) };
             }
             ValueOp::Const(c) => match (&mut slot, constant(dt, c)) {
                 (Slot::F(v), x) => grown(v, n).fill(x.f()),
@@ -524,11 +763,11 @@ impl State {
                 let a_int = p.ir.values[a.index()].dtype.is_integral();
                 if a_int {
                     let [t0, _, t2] = &mut self.tmp_i;
-                    let xs = Self::ints(p, &self.vals, &self.slots, a, t0, n);
+                    let xs = Self::ints(p, &self.r.vals, &self.slots, a, t0, n);
                     ints_out(&mut slot, t2, n, |out| unary_ints(op, dt, xs, out));
                 } else {
                     let [t0, _, t2] = &mut self.tmp_f;
-                    let xs = Self::floats(p, &self.vals, &self.slots, a, t0, n);
+                    let xs = Self::floats(p, &self.r.vals, &self.slots, a, t0, n);
                     floats_out(&mut slot, t2, n, |out| {
                         match xs {
                             Operand::Block(src) => math::unary_block(op, src, out),
@@ -542,13 +781,13 @@ impl State {
                 let (da, db) = (p.ir.values[a.index()].dtype, p.ir.values[b.index()].dtype);
                 if da.is_integral() && db.is_integral() {
                     let [t0, t1, t2] = &mut self.tmp_i;
-                    let x = Self::ints(p, &self.vals, &self.slots, a, t0, n);
-                    let y = Self::ints(p, &self.vals, &self.slots, b, t1, n);
+                    let x = Self::ints(p, &self.r.vals, &self.slots, a, t0, n);
+                    let y = Self::ints(p, &self.r.vals, &self.slots, b, t1, n);
                     ints_out(&mut slot, t2, n, |out| binary_ints(op, da, x, y, out));
                 } else {
                     let [t0, t1, t2] = &mut self.tmp_f;
-                    let x = Self::floats(p, &self.vals, &self.slots, a, t0, n);
-                    let y = Self::floats(p, &self.vals, &self.slots, b, t1, n);
+                    let x = Self::floats(p, &self.r.vals, &self.slots, a, t0, n);
+                    let y = Self::floats(p, &self.r.vals, &self.slots, b, t1, n);
                     // A comparison or logical op gives a truth value (1 or 0), an exact
                     // integer in its `bool` slot; the others are rounded to their dtype.
                     let flag = op.is_cmp() || matches!(op, BinaryOp::And | BinaryOp::Or);
@@ -564,10 +803,18 @@ impl State {
                 // (A reduction here is in a pointwise kernel: over no axes, the identity.)
                 self.cast_into(p, a, dt, &mut slot, n);
             }
+            ValueOp::Where(..) if self.selects[i].is_some() => {
+                let sel = self.selects[i].take();
+                if let Some(sel) = &sel {
+                    self.select(p, i, sel, &mut slot, at, n);
+                }
+                self.selects[i] = sel;
+            }
             ValueOp::Where(c, a, b) => {
                 self.spread(p, a.index(), n);
                 self.spread(p, b.index(), n);
-                let cond = match Self::ints(p, &self.vals, &self.slots, c, &mut self.tmp_i[0], n) {
+                let cond = match Self::ints(p, &self.r.vals, &self.slots, c, &mut self.tmp_i[0], n)
+                {
                     Ints::Block(v) => v,
                     // One condition for the block: a copy of one side.
                     Ints::Scalar(x) => {
@@ -613,7 +860,7 @@ impl State {
                 offset,
                 ref strides,
             } => {
-                let base = super::index::index_value(p, offset, strides, self.row, None);
+                let base = super::index::index_value(p, offset, strides, self.r.row, None);
                 let inner = super::index::inner_strides(p, strides);
                 ints_out(&mut slot, &mut self.tmp_i[2], n, |out| {
                     offsets(&p.inner_sizes, &inner, base, at, out)
@@ -626,8 +873,21 @@ impl State {
                 size,
                 ..
             } => {
+                let row_index = p.ir.values[index.index()].level == Level::Row;
+                if let (true, Some(l)) = (row_index, load) {
+                    // One index for the block: the rows it picks are read as a load is,
+                    // in runs (a copy, for f32).
+                    let g = super::index::checked(p, i, self.r.vals[index.index()].i(), size);
+                    let acc = &p.loads[l.index()];
+                    let base = self.r.bases[l.index()] + g * stride;
+                    // SAFETY: `prepare` checked every in-range index along the axis;
+                    // `checked` gives one.
+                    unsafe { load_block(acc, &p.inner_sizes, base, at, &mut slot, n) };
+                    self.slots[i] = slot;
+                    return;
+                }
                 let mut idx = std::mem::take(&mut self.tmp_i[2]);
-                match Self::ints(p, &self.vals, &self.slots, index, &mut self.tmp_i[0], n) {
+                match Self::ints(p, &self.r.vals, &self.slots, index, &mut self.tmp_i[0], n) {
                     Ints::Block(v) => grown(&mut idx, n).copy_from_slice(v),
                     Ints::Scalar(x) => grown(&mut idx, n).fill(x),
                 }
@@ -649,7 +909,7 @@ impl State {
                         offsets(
                             &p.inner_sizes,
                             &acc.inner_strides,
-                            self.bases[l.index()],
+                            self.r.bases[l.index()],
                             at,
                             offs,
                         );
@@ -665,9 +925,9 @@ impl State {
             }
             ValueOp::Scan(a) => {
                 // The running sum: f32 as the GPU's one thread per row adds, or exact.
-                match (self.scans[i], &mut slot) {
+                match (self.r.scans[i], &mut slot) {
                     (Lane::I(mut s), Slot::I(d)) => {
-                        let xs = Self::ints(p, &self.vals, &self.slots, a, &mut self.tmp_i[0], n);
+                        let xs = Self::ints(p, &self.r.vals, &self.slots, a, &mut self.tmp_i[0], n);
                         let d = grown(d, n);
                         for (k, d) in d.iter_mut().enumerate() {
                             let x = match xs {
@@ -677,10 +937,11 @@ impl State {
                             s = s.wrapping_add(x);
                             *d = s;
                         }
-                        self.scans[i] = Lane::I(s);
+                        self.r.scans[i] = Lane::I(s);
                     }
                     (Lane::F(mut s), Slot::F(d)) => {
-                        let xs = Self::floats(p, &self.vals, &self.slots, a, &mut self.tmp_f[0], n);
+                        let xs =
+                            Self::floats(p, &self.r.vals, &self.slots, a, &mut self.tmp_f[0], n);
                         let d = grown(d, n);
                         for (k, d) in d.iter_mut().enumerate() {
                             let x = match xs {
@@ -690,7 +951,7 @@ impl State {
                             s += x;
                             *d = s;
                         }
-                        self.scans[i] = Lane::F(s);
+                        self.r.scans[i] = Lane::F(s);
                     }
                     // The running sum's kind follows the dtype (reset in `row`).
                     _ => {}
@@ -700,13 +961,88 @@ impl State {
         self.slots[i] = slot;
     }
 
+    /// The block `at .. at + n` of `where` value `i`, computed as `sel`, into `slot`: the miss side
+    /// everywhere, then the hit side where the `arange`'s value equals the row value.
+    /// Each element is the lane the plain `where` picks, converted to the slot's kind as
+    /// it converts it.
+    fn select(
+        &mut self,
+        p: &Prepared,
+        i: usize,
+        sel: &Select,
+        slot: &mut Slot,
+        at: usize,
+        n: usize,
+    ) {
+        let base = self.r.select_bases[i];
+        let want = self.r.vals[sel.row].i();
+        let (vals, slots) = (&self.r.vals, &self.slots);
+        let lane = |v: ValueId, k: usize| -> Lane {
+            if p.ir.values[v.index()].level == Level::Row {
+                return vals[v.index()];
+            }
+            match &slots[v.index()] {
+                Slot::F(x) => Lane::F(x[k]),
+                Slot::I(x) => Lane::I(x[k]),
+            }
+        };
+        let put = |slot: &mut Slot, k: usize, x: Lane| match slot {
+            Slot::F(d) => d[k] = x.f(),
+            Slot::I(d) => d[k] = x.i(),
+        };
+        // The miss side over the block: one value, a copy, or converted one by one.
+        let miss = sel.miss.index();
+        match (&mut *slot, &slots[miss]) {
+            _ if p.ir.values[miss].level == Level::Row => match (&mut *slot, vals[miss]) {
+                (Slot::F(d), x) => grown(d, n).fill(x.f()),
+                (Slot::I(d), x) => grown(d, n).fill(x.i()),
+            },
+            (Slot::F(d), Slot::F(x)) => grown(d, n).copy_from_slice(&x[..n]),
+            (Slot::I(d), Slot::I(x)) => grown(d, n).copy_from_slice(&x[..n]),
+            (Slot::F(d), _) => {
+                grown(d, n);
+                (0..n).for_each(|k| put(slot, k, lane(sel.miss, k)));
+            }
+            (Slot::I(d), _) => {
+                grown(d, n);
+                (0..n).for_each(|k| put(slot, k, lane(sel.miss, k)));
+            }
+        }
+        // The hits: the `arange`'s value at inner index j is `base + j·step` (wrapping, as
+        // `offsets` computes it), solved for j where no step of the row wraps.
+        let value = |j: usize| base.wrapping_add((j as i64).wrapping_mul(sel.step));
+        let last = (p.row_len - 1) as i128;
+        let exact = i64::try_from(base as i128 + last * sel.step as i128).is_ok();
+        if sel.step == 0 {
+            if base == want {
+                (0..n).for_each(|k| put(slot, k, lane(sel.hit, k)));
+            }
+        } else if exact {
+            let d = want as i128 - base as i128;
+            let step = sel.step as i128;
+            if d % step == 0 {
+                let j = d / step;
+                if j >= at as i128 && j < (at + n) as i128 {
+                    let k = j as usize - at;
+                    put(slot, k, lane(sel.hit, k));
+                }
+            }
+        } else {
+            for k in 0..n {
+                if value(at + k) == want {
+                    put(slot, k, lane(sel.hit, k));
+                }
+            }
+        }
+    }
+
     /// Value `a` over `n` elements converted to `to` into `slot` (`cast`).
     fn cast_into(&mut self, p: &Prepared, a: ValueId, to: DType, slot: &mut Slot, n: usize) {
         let from_int = p.ir.values[a.index()].dtype.is_integral();
         match (from_int, slot) {
             (false, Slot::F(d)) => {
                 let d = grown(d, n);
-                match Self::floats(p, &self.vals, &self.slots, a, &mut self.tmp_f[0], n) {
+                match Self::floats(p, &self.r.vals, &self.slots, a, &mut self.tmp_f[0], n) {
                     Operand::Block(v) => d.copy_from_slice(v),
                     Operand::Scalar(x) => d.fill(x),
                 }
@@ -714,7 +1050,7 @@ impl State {
             }
             (false, Slot::I(d)) => {
                 let d = grown(d, n);
-                match Self::floats(p, &self.vals, &self.slots, a, &mut self.tmp_f[0], n) {
+                match Self::floats(p, &self.r.vals, &self.slots, a, &mut self.tmp_f[0], n) {
                     Operand::Block(v) => {
                         for (d, &x) in d.iter_mut().zip(v) {
                             *d = eval::float_to_int(to, x as f64);
@@ -725,7 +1061,7 @@ impl State {
             }
             (true, Slot::F(d)) => {
                 let d = grown(d, n);
-                match Self::ints(p, &self.vals, &self.slots, a, &mut self.tmp_i[0], n) {
+                match Self::ints(p, &self.r.vals, &self.slots, a, &mut self.tmp_i[0], n) {
                     Ints::Block(v) => {
                         for (d, &x) in d.iter_mut().zip(v) {
                             *d = math::round_to(to, x as f32);
@@ -736,7 +1072,7 @@ impl State {
             }
             (true, Slot::I(d)) => {
                 let d = grown(d, n);
-                match Self::ints(p, &self.vals, &self.slots, a, &mut self.tmp_i[0], n) {
+                match Self::ints(p, &self.r.vals, &self.slots, a, &mut self.tmp_i[0], n) {
                     Ints::Block(v) => {
                         for (d, &x) in d.iter_mut().zip(v) {
                             *d = eval::wrap(to, x);
@@ -752,7 +1088,7 @@ impl State {
     fn fold(&mut self, p: &Prepared, i: usize, op: ReduceOp, a: usize, at: usize, n: usize) {
         self.spread(p, a, n);
         let dt = p.ir.values[i].dtype;
-        let acc = &mut self.accs[i];
+        let acc = &mut self.r.accs[i];
         match (&mut *acc, &self.slots[a]) {
             (Acc::Arg { best, pos }, s) => {
                 let max = op == ReduceOp::ArgMax;
@@ -803,6 +1139,15 @@ impl State {
                 }
                 *r = x;
             }
+            // In a group folded wide: the elements into this row's lane of `pending`.
+            (Acc::Sum(_), s) if self.lane.is_some() => {
+                let k = self.lane.unwrap_or(0);
+                let lanes = grown(&mut self.pending[i], n * LANES).chunks_exact_mut(LANES);
+                match s {
+                    Slot::F(v) => lanes.zip(&v[..n]).for_each(|(l, &x)| l[k] = x),
+                    Slot::I(v) => lanes.zip(&v[..n]).for_each(|(l, &x)| l[k] = x as f32),
+                }
+            }
             (Acc::Sum(k), s) => match s {
                 Slot::F(v) => v[..n].iter().for_each(|&x| k.add(x)),
                 Slot::I(v) => v[..n].iter().for_each(|&x| k.add(x as f32)),
@@ -828,12 +1173,12 @@ impl State {
     unsafe fn row_value(&self, p: &Prepared, i: usize) -> Lane {
         let inst = &p.ir.values[i];
         let dt = inst.dtype;
-        let v = |o: ValueId| self.vals[o.index()];
+        let v = |o: ValueId| self.r.vals[o.index()];
         match inst.op {
             ValueOp::Load(l) => {
                 let acc = &p.loads[l.index()];
                 // SAFETY: bounds checked in `prepare`.
-                unsafe { read(acc.mem, self.bases[l.index()]) }
+                unsafe { read(acc.mem, self.r.bases[l.index()]) }
             }
             ValueOp::Const(c) => constant(dt, c),
             ValueOp::Unary(op, a) => unary(op, dt, v(a)),
@@ -852,7 +1197,7 @@ impl State {
                 offset,
                 ref strides,
             } => Lane::I(super::index::index_value(
-                p, offset, strides, self.row, None,
+                p, offset, strides, self.r.row, None,
             )),
             ValueOp::Gather {
                 load,
@@ -868,12 +1213,12 @@ impl State {
                         let acc = &p.loads[l.index()];
                         // SAFETY: `prepare` checked every in-range index along the axis;
                         // `checked` gives one.
-                        unsafe { read(acc.mem, self.bases[l.index()] + g * stride) }
+                        unsafe { read(acc.mem, self.r.bases[l.index()] + g * stride) }
                     }
                 }
             }
             // Element values only (a running sum along the row).
-            ValueOp::Scan(_) => self.vals[i],
+            ValueOp::Scan(_) => self.r.vals[i],
         }
     }
 }
@@ -1001,6 +1346,11 @@ unsafe fn read_at(mem: Mem, offs: &[i64], slot: &mut Slot) {
         (Slot::I(v), _) => {
             for (d, &o) in grown(v, n).iter_mut().zip(offs) {
                 *d = unsafe { read(mem, o) }.i();
+            }
+        }
+        (Slot::F(v), DType::F32) => {
+            for (d, &o) in grown(v, n).iter_mut().zip(offs) {
+                *d = unsafe { mem.ptr.cast::<f32>().offset(o as isize).read_unaligned() };
             }
         }
         (Slot::F(v), _) => {
