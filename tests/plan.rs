@@ -793,20 +793,22 @@ fn concat_of_computed_operands_has_no_copy_kernel() {
     }
 }
 
-/// A product's consumer whose small output the packer would put over the product's
-/// workspace (`branches.tx`'s last row sum, at the benchmark's sizes) still runs as its
-/// epilogue: the plan keeps the workspace live through the consumer's step
-/// (`plan::tile::room_for_epilogues`) for at most 1/64 more arena, and the executor runs
-/// every sum on the product's finished rows, with the same bits as a pass of its own.
+/// A product's consumer whose output the packer would put over the product's workspace
+/// (`train_block`'s `add, gelu` after `hn @ w1`, at the benchmark's sizes) still runs as
+/// its epilogue: the plan keeps the workspace live through the consumer's step
+/// (`plan::tile::room_for_epilogues`) where the arena comes out no larger, and the executor
+/// runs the consumer on the product's finished blocks, with the same bits as a pass of its
+/// own.
 #[test]
-fn every_sum_of_branches_runs_as_its_products_epilogue() {
+fn train_blocks_add_gelu_runs_as_its_products_epilogue() {
     let src = examples()
         .into_iter()
-        .find(|(n, _)| n == "branches")
-        .expect("examples/branches.tx")
+        .find(|(n, _)| n == "train_block")
+        .expect("examples/train_block.tx")
         .1;
+    let dims = [("S", 256), ("F", 1024)];
     let options = CompileOptions {
-        dims: vec![("B".into(), 256), ("D".into(), 64), ("H".into(), 2048)],
+        dims: dims.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
         plan: PlanOptions {
             fuse: true,
             reuse: true,
@@ -815,44 +817,31 @@ fn every_sum_of_branches_runs_as_its_products_epilogue() {
     };
     let program = tc_compiler::compile(&src, &options).expect("compiles");
     let plan = &program.plan;
-    // The workspaces live at their products' steps, and the one the last sum was packed
-    // over through that sum's step too.
-    let mut kept = Vec::new();
-    for (s, k) in plan.kernels.iter().enumerate() {
-        let tc_compiler::schedule::KernelKind::MatMul(mm) = &k.kind else {
-            continue;
-        };
-        let ws = plan.buffer(mm.workspace.expect("a packed B"));
-        assert!(
-            ws.first_step == s && (s..=s + 1).contains(&ws.last_step),
-            "{}",
-            tc_compiler::plan::text::print(plan)
-        );
-        kept.push(ws.last_step == s + 1);
-    }
-    assert_eq!(kept, [false, false, true]);
-    // One `h` (B·H floats) at a time beside its workspace, and the three sums (a page each
-    // at most, as packed).
-    let (h, ws) = (4 * 256 * 2048, 4 * 64 * 512);
-    assert!(
-        plan.arena_bytes <= h + ws + 3 * 4096,
-        "arena {}",
-        plan.arena_bytes
-    );
-
-    let leaf = |l: &tc_compiler::ir::Leaf| {
-        tc_runtime::data::random_tensor(0, &l.name, l.ty.dtype, &l.ty.sizes())
+    let text = tc_compiler::plan::text::print(plan);
+    let s = plan
+        .kernels
+        .windows(2)
+        .position(|w| {
+            matches!(w[0].kind, tc_compiler::schedule::KernelKind::MatMul(_))
+                && w[1].ops == ["add", "gelu"]
+        })
+        .expect("a product followed by add, gelu");
+    let tc_compiler::schedule::KernelKind::MatMul(mm) = &plan.kernels[s].kind else {
+        unreachable!()
     };
+    let ws = plan.buffer(mm.workspace.expect("a packed B"));
+    assert_eq!((ws.first_step, ws.last_step), (s, s + 1), "{text}");
+    // Memory first: the arena this plan had before the workspace lived longer (session
+    // 15's plan at these sizes; `tests/order.rs` checks the examples at their own sizes
+    // against the exact best-order bound).
+    assert_eq!(plan.arena_bytes, 10_500_112, "{text}");
+
+    // (The labels in range: `random_leaf`.)
+    let leaf = |l: &tc_compiler::ir::Leaf| tc_runtime::data::random_leaf(&program.checked, l, 0);
     let ins: Vec<_> = program.checked.inputs.iter().map(leaf).collect();
     let ps: Vec<_> = program.checked.params.iter().map(leaf).collect();
     let (outs, times) = tc_runtime::cpu::run_timed(plan, &ins, &ps).expect("runs");
-    let epilogues: Vec<Option<usize>> = times.iter().map(|t| t.epilogue_of).collect();
-    assert_eq!(
-        epilogues,
-        [None, Some(0), None, Some(2), None, Some(4)],
-        "{}",
-        tc_compiler::plan::text::print(plan)
-    );
+    assert_eq!(times[s + 1].epilogue_of, Some(s), "{text}");
     let apart = tc_runtime::cpu::Options {
         epilogues: false,
         ..Default::default()

@@ -81,24 +81,17 @@ pub fn retile(plan: &mut Plan, budget: u64) {
     room_for_epilogues(plan, budget);
 }
 
-/// The most the arena may grow, as a share of it (1/64), so that products' consumers can
-/// run as their epilogues (`room_for_epilogues`).
-const EPILOGUE_ROOM: u64 = 64;
-
 /// Keeps a stored product's operands and workspace live through the next kernel's step
 /// where that kernel reads the product and writes over one of them as packed: the executor
 /// runs such a consumer on the product's blocks as they are finished (`cpu::epilogue`),
 /// and refuses one whose stores meet what the GEMM still reads or writes (a bias
 /// gradient's sum packed over the workspace, say), which then makes a pass of its own over
-/// the stored product. Pair by pair, each tried once, kept where the arena grows by at
-/// most `1 / EPILOGUE_ROOM` in all and stays within the budget. (Products in tiles keep
-/// them already.)
+/// the stored product. Pair by pair, each tried once, kept where the arena comes out no
+/// larger (memory first: a plan stays at the least peak its order allows, the report's
+/// exact best-order bound). (Products in tiles keep them already.)
 fn room_for_epilogues(plan: &mut Plan, budget: u64) {
     let outputs: BTreeSet<BufferId> = plan.outputs.iter().map(|o| o.buffer).collect();
-    let limit = plan
-        .arena_bytes
-        .saturating_add(plan.arena_bytes / EPILOGUE_ROOM)
-        .min(budget.max(plan.arena_bytes));
+    let limit = plan.arena_bytes;
     let mut tried = BTreeSet::new();
     // (Each placement may move every buffer, so the pairs are looked at again after one.)
     while let Some((i, short)) = (0..plan.kernels.len())
