@@ -348,8 +348,13 @@ unsafe fn drive(
         Operands::Floats { b, b_dtype, .. } => (b, b_dtype),
         Operands::Pairs { b, .. } => (b, DType::BF16),
     };
-    // The pairs' micro-kernel: `vdpbf16ps` or its twin.
-    let dot_simd = kernel == Kernel::Best && pairs::has_dot();
+    // The pairs' micro-kernel: `vdpbf16ps` (an AVX-512 instruction: not where
+    // `TC_CPU_NO_AVX512` turns those off), the f32 steps where exact, or the twin.
+    let mode = match kernel {
+        Kernel::Best if pairs::has_dot() && kernel.tier() == Tier::Avx512 => pairs::Mode::Dot,
+        Kernel::Best | Kernel::Avx2 if kernel.simd() => pairs::Mode::Fma,
+        _ => pairs::Mode::Twin,
+    };
     if m == 0 || n == 0 {
         return;
     }
@@ -425,13 +430,15 @@ unsafe fn drive(
                 Operands::Floats { .. } => k,
             };
             let bp = &mut bp[..rows_packed * panels * NR];
+            // (Whether packed pairs are all `pairs::plain`.)
+            let mut b_plain = false;
             match ops {
                 Operands::Pairs { .. } => {
                     // SAFETY: the same memory read as bits (same size and alignment).
                     let bits = unsafe {
                         std::slice::from_raw_parts_mut(bp.as_mut_ptr().cast::<u32>(), bp.len())
                     };
-                    pairs::pack_b(k, cols, b_blk, bits, threads > 1);
+                    b_plain = pairs::pack_b(k, cols, b_blk, bits, threads > 1);
                 }
                 Operands::Floats { .. } if b_dtype == DType::F32 => {
                     pack_b(k, cols, b_blk, bp, threads > 1)
@@ -479,11 +486,14 @@ unsafe fn drive(
                             (p0, p1, cols),
                             k,
                             a,
-                            std::slice::from_raw_parts(bp.as_ptr().cast::<u32>(), bp.len()),
+                            (
+                                std::slice::from_raw_parts(bp.as_ptr().cast::<u32>(), bp.len()),
+                                b_plain,
+                            ),
                             at,
                             ld,
                             accumulate,
-                            dot_simd,
+                            mode,
                         ),
                     }
                 };
@@ -1496,21 +1506,22 @@ mod tests {
         }
     }
 
-    /// The `vdpbf16ps` micro-kernel and its twin give the same bits on whole tiles: chains of
+    /// The bf16 micro-kernels and the twin give the same bits on whole tiles: chains of
     /// 1 to 300 pairs from 0 or from a loaded tile (denormal, tiny, NaN accumulators too),
     /// of moderate values, cancelling ones (a pair's products of opposite signs), values at
     /// the edges of the range (denormals, products that underflow or overflow, infinities,
-    /// NaNs), bits of any kind, and sums at 2⁻¹²⁶ (tiny or not after rounding). Skipped (saying so) where the
-    /// CPU lacks AVX512-BF16.
+    /// NaNs), bits of any kind, sums at 2⁻¹²⁶ (tiny or not after rounding), and infinities
+    /// and NaNs among moderate values from tiny, NaN or infinite accumulators. The f32
+    /// steps (`Mode::Fma`, AVX2) are held to the same bits, on `plain` pairs (the others go
+    /// to the twin); `vdpbf16ps` is skipped (saying so) where the CPU lacks AVX512-BF16.
     #[test]
     fn the_bf16_micro_kernel_and_its_twin_give_the_same_bits() {
         if !has_bf16_dot() {
-            eprintln!("skipped: no AVX512-BF16 on this CPU, the twin has nothing to match");
-            return;
+            eprintln!("no AVX512-BF16 on this CPU: vdpbf16ps skipped, the f32 steps checked");
         }
         let mut seed = 1u64;
         for kp in [1usize, 2, 3, 17, 300] {
-            for kind in 0..5 {
+            for kind in 0..6 {
                 for load in [false, true] {
                     seed += 1;
                     let (mut a, mut b): (Vec<u32>, Vec<u32>) = match kind {
@@ -1539,6 +1550,32 @@ mod tests {
                             };
                             (near(kp * MR, seed), near(kp * NR, seed + 100))
                         }
+                        // Infinities and NaNs among moderate values (`plain`, for the
+                        // f32 steps), from accumulators that are tiny, NaNs, infinities.
+                        5 => {
+                            // (With an even `kp` no infinity or NaN, so that the f32 steps
+                            // keep the tile: its accumulators start from tiny values.)
+                            let fix = |h: u16| {
+                                let small = h & 0x7fff != 0 && h & 0x7f80 < 72 << 7;
+                                if small || (kp % 2 == 0 && h & 0x7f80 == 0x7f80) {
+                                    (h & 0x807f) | 100 << 7
+                                } else {
+                                    h
+                                }
+                            };
+                            let a = bf16s(2 * kp * MR, seed, true);
+                            let b = bf16s(2 * kp * NR, seed + 100, true);
+                            // (Row 0 of `A` zero: its accumulators stay as they start.)
+                            let row =
+                                |i: usize, h: u16| if i.is_multiple_of(MR) { 0 } else { fix(h) };
+                            (
+                                a.chunks(2)
+                                    .enumerate()
+                                    .map(|(i, p)| pair(row(i, p[0]), row(i, p[1])))
+                                    .collect(),
+                                b.chunks(2).map(|p| pair(fix(p[0]), fix(p[1]))).collect(),
+                            )
+                        }
                         _ => {
                             let specials = kind == 2;
                             let a = bf16s(2 * kp * MR, seed, specials);
@@ -1559,10 +1596,14 @@ mod tests {
                     let c0: [f32; MR * NR] = std::array::from_fn(|i| {
                         let v = values(1, seed * 31 + i as u64)[0];
                         match (kind, i % 7) {
-                            (2, 0) => f32::from_bits(0x0000_1234 | (i as u32 & 1) << 31),
-                            (2, 1) => f32::MIN_POSITIVE * v.signum(),
+                            (2 | 5, 0) => f32::from_bits(0x0000_1234 | (i as u32 & 1) << 31),
+                            (2 | 5, 1) => f32::MIN_POSITIVE * v.signum(),
+                            // (A NaN sends the f32 steps' whole tile to the twin.)
                             (2, 2) => f32::NAN,
+                            (5, 2) if kp % 2 == 1 => f32::NAN,
                             (2, 3) => -f32::INFINITY,
+                            (5, 3) if kp % 2 == 1 => -f32::INFINITY,
+                            (5, 4) => 1e-31 * v,
                             (1, _) => v * 1e-3,
                             (4, _) => f32::from_bits(
                                 (f32::MIN_POSITIVE.to_bits() + (i as u32 % 3))
@@ -1571,15 +1612,21 @@ mod tests {
                             _ => v,
                         }
                     });
-                    let (mut simd, mut twin) = (c0, c0);
-                    pairs::micro_tile(kp, &a, &b, &mut simd, load, true);
-                    pairs::micro_tile(kp, &a, &b, &mut twin, load, false);
-                    for (x, (s, t)) in simd.iter().zip(&twin).enumerate() {
-                        assert_eq!(
-                            s.to_bits(),
-                            t.to_bits(),
-                            "kp {kp} kind {kind} load {load}: element {x}: {s:e} vs {t:e}"
-                        );
+                    let mut twin = c0;
+                    pairs::micro_tile(kp, &a, &b, &mut twin, load, pairs::Mode::Twin);
+                    for mode in [pairs::Mode::Dot, pairs::Mode::Fma] {
+                        if !mode.runs() {
+                            continue;
+                        }
+                        let mut simd = c0;
+                        pairs::micro_tile(kp, &a, &b, &mut simd, load, mode);
+                        for (x, (s, t)) in simd.iter().zip(&twin).enumerate() {
+                            assert_eq!(
+                                s.to_bits(),
+                                t.to_bits(),
+                                "{mode:?} kp {kp} kind {kind} load {load}: element {x}: {s:e} vs {t:e}"
+                            );
+                        }
                     }
                 }
             }
@@ -1602,7 +1649,7 @@ mod tests {
         let np = k.div_ceil(2);
         let mut dst = vec![u32::MAX; np * panels * NR];
         for parallel in [false, true] {
-            pairs::pack_b(k, cols, b, &mut dst, parallel);
+            assert!(pairs::pack_b(k, cols, b, &mut dst, parallel));
             for t in 0..np {
                 let (blk, tt) = (t / pairs::KP * pairs::KP, t % pairs::KP);
                 let kp = pairs::KP.min(np - blk);
@@ -1691,7 +1738,7 @@ mod tests {
                     let widths = [usize::MAX, 2 * NR];
                     let runs = [1, 2, 3, 5].into_iter().zip(widths.into_iter().cycle());
                     for (threads, nc) in runs.skip(li % 2) {
-                        for kernel in [Kernel::Best, Kernel::Scalar] {
+                        for kernel in [Kernel::Best, Kernel::Avx2, Kernel::Scalar] {
                             let mut c = c0.clone();
                             let pool = rayon::ThreadPoolBuilder::new()
                                 .num_threads(threads)

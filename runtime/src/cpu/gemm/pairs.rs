@@ -1,7 +1,8 @@
 //! tc's GEMM for a bf16 `A` times a bf16 `B` (`super::gemm_bf16`): both packed as bf16
 //! pairs along `k` (`k` padded to even with a zero) and multiplied by AVX512-BF16's
 //! `vdpbf16ps`, 32 products into 16 f32 lanes an instruction, or, where the CPU lacks it, by
-//! its exact scalar twin (`dot`), so the result is the same bits on every machine.
+//! the same steps in f32 (`Mode::Fma`) or by the exact scalar twin (`dot`), so that the
+//! result is the same bits on every machine.
 //!
 //! What `vdpbf16ps` computes, measured on Zen 4 (and as Intel documents it, with the details
 //! the documentation leaves open filled in by experiment): for each f32 lane, with the pair
@@ -13,12 +14,39 @@
 //! after rounding: a sum just below 2⁻¹²⁶ that rounds up to it is kept); a NaN result is the
 //! first NaN among `a`, `b`, `c`, quieted, or the default NaN (`0xffc00000`) for `∞·0` and
 //! `∞ − ∞`. MXCSR plays no part.
+//!
+//! Without AVX512-BF16, an AVX2 kernel runs the steps as plain f32 FMAs (high halves, then
+//! low), which are `step` exactly while no denormal, tiny result or NaN arises: where every
+//! nonzero element of the packed blocks is at least 2⁻⁵⁵ in magnitude (`plain`) and the
+//! accumulators start at 0 or at least 2⁻¹⁰² (a multiple of 2⁻¹²⁵), every product and so
+//! every sum is a multiple of 2⁻¹²⁵, never denormal nor ±2⁻¹²⁶; a NaN stays one to the end.
+//! A block with a smaller element goes to the twin, and a tile that ends with a NaN (or
+//! starts from a small accumulator) is computed again by the twin.
 
 use super::{with_buffer, Operand, A_PACK, MC, MR, NR};
 
 /// Pairs of `k` a micro-kernel call sums (`KP` u32s a row of a packed panel): a `B` panel of
 /// `KP × NR` pairs is 32 KiB, the L1's size, as the f32 kernels' `KC × NR` floats are.
 pub(super) const KP: usize = 512;
+
+/// How a bf16 product's tiles are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// `vdpbf16ps` (the CPU has AVX512-BF16).
+    Dot,
+    /// The steps as f32 FMAs where they are exact, else the twin (AVX2 and FMA).
+    Fma,
+    /// The scalar twin.
+    Twin,
+}
+
+/// Whether every nonzero element of these pairs is at least 2⁻⁵⁵ in magnitude (a
+/// biased exponent of at least 72; infinities and NaNs count): the products of two such are
+/// multiples of 2⁻¹²⁵ (`Mode::Fma`).
+fn plain(pairs: &[u32]) -> bool {
+    let small = |h: u32| h & 0x7fff != 0 && h & 0x7f80 < 72 << 7;
+    !pairs.iter().any(|&p| small(p & 0xffff) | small(p >> 16))
+}
 
 /// Whether the CPU has AVX512-BF16 (with AVX-512 F, for the micro-kernel's loads and stores).
 pub fn has_dot() -> bool {
@@ -101,9 +129,12 @@ pub(crate) fn dot(acc: f32, a: u32, b: u32) -> f32 {
 /// `B`'s `k × cols` (bf16, `b` counting 2-byte elements) packed as pairs into `dst`: for
 /// each block of `KP` pairs starting at pair `t0`, for each panel `p`, the `kp × NR` block
 /// at `t0·NR·panels + p·kp·NR`, pair row by pair row, element `(2t, j)` in the low half and
-/// `(2t + 1, j)` (zero past `k`) in the high half, columns past `cols` zero.
-pub(super) fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [u32], parallel: bool) {
+/// `(2t + 1, j)` (zero past `k`) in the high half, columns past `cols` zero. Returns
+/// whether the packed pairs are `plain`.
+pub(super) fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [u32], parallel: bool) -> bool {
     use rayon::prelude::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let all_plain = AtomicBool::new(true);
     let panels = cols.div_ceil(NR);
     let pairs = k.div_ceil(2);
     let base = dst.as_mut_ptr() as usize;
@@ -128,6 +159,9 @@ pub(super) fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [u32], paralle
                 *x = at(k0, c0 + j) | hi << 16;
             }
             row[c1 - c0..].fill(0);
+            if !plain(&row) {
+                all_plain.store(false, Ordering::Relaxed);
+            }
             for p in pg0..pg1 {
                 // SAFETY: each panel's pair row `t` of this block inside `dst`, written by
                 // this unit alone.
@@ -149,11 +183,12 @@ pub(super) fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [u32], paralle
     } else {
         (0..units).for_each(one);
     }
+    all_plain.into_inner()
 }
 
 /// `A`'s rows `r0 .. r0 + rows`, pairs `t0 .. t0 + kp` (elements `2·t0 ..`, zero at `k` and
 /// past it) packed into `dst`: panel `q` at `q·kp·MR`, the pair `(r, t)` at `t·MR + r`, rows
-/// past `rows` zero.
+/// past `rows` zero. Returns whether the packed pairs are `plain`.
 ///
 /// # Safety
 /// Every element read is inside `A` (`k` columns, bf16, `a` counting 2-byte elements).
@@ -163,7 +198,7 @@ unsafe fn pack_a(
     (r0, rows): (usize, usize),
     (t0, kp): (usize, usize),
     dst: &mut [u32],
-) {
+) -> bool {
     let src = a.ptr.cast::<u16>();
     for q in 0..rows.div_ceil(MR) {
         let h = MR.min(rows - q * MR);
@@ -189,25 +224,26 @@ unsafe fn pack_a(
             }
         }
     }
+    plain(&dst[..rows.div_ceil(MR) * kp * MR])
 }
 
 /// One task of a bf16 product: rows `r0 .. r0 + rows` of `C` and its panels `p0 .. p1` (of
-/// a column block `cols` wide), over the whole `k`, `B` packed in `bp` (`pack_b`); the
-/// vector micro-kernel where `simd` (the CPU has AVX512-BF16), else its twin.
+/// a column block `cols` wide), over the whole `k`, `B` packed in `bp` (`pack_b`, `plain`
+/// or not), its tiles as `mode` says.
 ///
 /// # Safety
-/// As `super::block`, `a` a bf16 operand.
+/// As `super::block`, `a` a bf16 operand; `mode` runs on this CPU.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn block(
     (r0, rows): (usize, usize),
     (p0, p1, cols): (usize, usize, usize),
     k: usize,
     a: Operand,
-    bp: &[u32],
+    (bp, b_plain): (&[u32], bool),
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
-    simd: bool,
+    mode: Mode,
 ) {
     let panels = cols.div_ceil(NR);
     let pairs = k.div_ceil(2);
@@ -217,14 +253,19 @@ pub(super) unsafe fn block(
         for t0 in (0..pairs).step_by(KP) {
             let kp = KP.min(pairs - t0);
             // SAFETY: the rows and columns are inside A.
-            unsafe { pack_a(a, k, (r0, rows), (t0, kp), ap) };
+            let a_plain = unsafe { pack_a(a, k, (r0, rows), (t0, kp), ap) };
+            // (The f32 steps are exact only on `plain` operands.)
+            let mode = match mode {
+                Mode::Fma if !(a_plain && b_plain) => Mode::Twin,
+                m => m,
+            };
             let load = accumulate || t0 > 0;
             let bbase = t0 * NR * panels;
             let tiles = rows.div_ceil(MR);
             let full_p = p0.max(p1.min(cols / NR));
             let full_q = rows / MR;
             #[cfg(target_arch = "x86_64")]
-            if simd {
+            if mode == Mode::Dot {
                 // The whole tiles two panels of `B` by two of `A` at a time, as the f32
                 // 512-bit kernel goes.
                 let mut p = p0;
@@ -236,7 +277,7 @@ pub(super) unsafe fn block(
                         let nq = if q + 1 < full_q { 2 } else { 1 };
                         let apan = &ap[q * kp * MR..][..nq * kp * MR];
                         // SAFETY: the tiles are whole and in C; the CPU has AVX512-BF16
-                        // (`simd`).
+                        // (`Mode::Dot`).
                         unsafe {
                             let ct = c.add(q * MR * ldc + (p - p0) * NR);
                             let args = (kp, apan.as_ptr(), bpan.as_ptr(), ct, ldc, load);
@@ -252,19 +293,22 @@ pub(super) unsafe fn block(
                     p += np;
                 }
             }
-            // The rest (all of it for the twin): tile by tile, an edge tile through a whole
-            // one in a buffer.
+            // The rest (all of it for the other modes): tile by tile.
             for p in p0..p1 {
                 let bpan = &bp[bbase + p * kp * NR..][..kp * NR];
                 let w = NR.min(cols - p * NR);
-                let first = if simd && p < full_p { full_q } else { 0 };
+                let first = if mode == Mode::Dot && p < full_p {
+                    full_q
+                } else {
+                    0
+                };
                 for q in first..tiles {
                     let apan = &ap[q * kp * MR..][..kp * MR];
                     let h = MR.min(rows - q * MR);
                     // SAFETY: the tile's `h × w` corner is in C.
                     unsafe {
                         let ct = c.add(q * MR * ldc + (p - p0) * NR);
-                        tile(kp, apan, bpan, (ct, ldc), (h, w), load, simd)
+                        tile(kp, apan, bpan, (ct, ldc), (h, w), load, mode)
                     };
                 }
             }
@@ -273,11 +317,11 @@ pub(super) unsafe fn block(
 }
 
 /// The `h × w` corner at `ct` of a 6 × 16 tile `:=` (or, with `load`, `+=`) the packed pair
-/// panels' product, by the micro-kernel (`simd`) through a whole tile in a buffer, or by
-/// the twin in place.
+/// panels' product, by `mode`'s micro-kernel (an edge tile through a whole one in a
+/// buffer; a tile the f32 steps cannot give exactly again by the twin), or by the twin.
 ///
 /// # Safety
-/// The corner is in C at row stride `ldc`; `simd` only where the CPU has AVX512-BF16.
+/// The corner is in C at row stride `ldc`; `mode` runs on this CPU.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     kp: usize,
@@ -286,32 +330,49 @@ unsafe fn tile(
     (ct, ldc): (*mut f32, usize),
     (h, w): (usize, usize),
     load: bool,
-    simd: bool,
+    mode: Mode,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd {
+    if mode != Mode::Twin {
+        let whole = h == MR && w == NR;
         let mut tmp = [0f32; MR * NR];
-        for i in 0..h {
-            for j in 0..w {
-                if load {
-                    // SAFETY: (i, j) is in the corner.
-                    tmp[i * NR + j] = unsafe { *ct.add(i * ldc + j) };
+        let (at, ld) = if whole {
+            (ct, ldc)
+        } else {
+            for i in 0..h {
+                for j in 0..w {
+                    if load {
+                        // SAFETY: (i, j) is in the corner.
+                        tmp[i * NR + j] = unsafe { *ct.add(i * ldc + j) };
+                    }
                 }
             }
-        }
-        // SAFETY: `tmp` is a whole tile; the CPU has AVX512-BF16.
-        unsafe {
-            avx512bf16::micro::<1, 1>((kp, a.as_ptr(), b.as_ptr(), tmp.as_mut_ptr(), NR, load))
+            (tmp.as_mut_ptr(), NR)
         };
-        for i in 0..h {
-            for j in 0..w {
-                // SAFETY: as above.
-                unsafe { *ct.add(i * ldc + j) = tmp[i * NR + j] };
+        // SAFETY: `at` holds a whole tile at stride `ld`; the CPU runs `mode`.
+        let done = unsafe {
+            let args = (kp, a.as_ptr(), b.as_ptr(), at, ld, load);
+            match mode {
+                Mode::Dot => {
+                    avx512bf16::micro::<1, 1>(args);
+                    true
+                }
+                _ => avx2::micro(args),
             }
+        };
+        if done {
+            if !whole {
+                for i in 0..h {
+                    for j in 0..w {
+                        // SAFETY: as above.
+                        unsafe { *ct.add(i * ldc + j) = tmp[i * NR + j] };
+                    }
+                }
+            }
+            return;
         }
-        return;
+        // (Not stored: `C` still holds what the twin starts from.)
     }
-    let _ = simd;
     for i in 0..h {
         for j in 0..w {
             // SAFETY: (i, j) is in the corner.
@@ -327,7 +388,8 @@ unsafe fn tile(
 }
 
 /// The micro-kernel on packed pair panels, for the tests: `c` (a whole 6 × 16 tile at row
-/// stride `NR`) `:=` or `+=` the product of `kp` pairs, by `vdpbf16ps` (`simd`) or the twin.
+/// stride `NR`) `:=` or `+=` the product of `kp` pairs, as `mode` computes it (`Mode::Fma`
+/// where the pairs are `plain`, as `block` does).
 #[cfg(test)]
 pub(super) fn micro_tile(
     kp: usize,
@@ -335,11 +397,110 @@ pub(super) fn micro_tile(
     b: &[u32],
     c: &mut [f32; MR * NR],
     load: bool,
-    simd: bool,
+    mode: Mode,
 ) {
-    assert!(a.len() >= kp * MR && b.len() >= kp * NR && (!simd || has_dot()));
-    // SAFETY: `c` is a whole tile at stride NR; `simd` only with AVX512-BF16 (asserted).
-    unsafe { tile(kp, a, b, (c.as_mut_ptr(), NR), (MR, NR), load, simd) }
+    assert!(a.len() >= kp * MR && b.len() >= kp * NR && mode.runs());
+    let mode = match mode {
+        Mode::Fma if !(plain(&a[..kp * MR]) && plain(&b[..kp * NR])) => Mode::Twin,
+        m => m,
+    };
+    // SAFETY: `c` is a whole tile at stride NR; the CPU runs `mode` (asserted).
+    unsafe { tile(kp, a, b, (c.as_mut_ptr(), NR), (MR, NR), load, mode) }
+}
+
+#[cfg(test)]
+impl Mode {
+    /// Whether this CPU runs the mode.
+    pub(super) fn runs(self) -> bool {
+        match self {
+            Mode::Dot => has_dot(),
+            Mode::Fma => super::Kernel::Avx2.simd(),
+            Mode::Twin => true,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The steps of a 6 × 16 tile as f32 FMAs, each pair's high halves then its low ones:
+    /// 12 accumulators, per pair two loads of `B`, its halves split by a mask and a shift,
+    /// and per row one broadcast of `A`, split alike. Stores the tile and returns true
+    /// unless an accumulator starts nonzero below 2⁻¹⁰² or ends a NaN, where the twin must
+    /// compute it (`C` is then untouched).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; `a` holds `kp·MR` pairs, `b` `kp·NR`, `c` a whole tile at
+    /// stride `ldc`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro(
+        (kp, a, b, c, ldc, load): (usize, *const u32, *const u32, *mut f32, usize, bool),
+    ) -> bool {
+        // SAFETY (whole body): within the ranges of the contract.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            if load {
+                // Nonzero magnitudes below 2⁻¹⁰² (biased exponent 25), NaNs aside.
+                let (least, abs) = (_mm256_set1_epi32(25 << 23), _mm256_set1_epi32(0x7fff_ffff));
+                let mut small = _mm256_setzero_si256();
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (h, x) in row.iter_mut().enumerate() {
+                        *x = _mm256_loadu_ps(c.add(r * ldc + 8 * h));
+                        let m = _mm256_and_si256(_mm256_castps_si256(*x), abs);
+                        let tiny = _mm256_andnot_si256(
+                            _mm256_cmpeq_epi32(m, _mm256_setzero_si256()),
+                            _mm256_cmpgt_epi32(least, m),
+                        );
+                        small = _mm256_or_si256(small, tiny);
+                    }
+                }
+                if _mm256_testz_si256(small, small) == 0 {
+                    return false;
+                }
+            }
+            let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kp {
+                let bv = [
+                    _mm256_loadu_si256(b.cast()),
+                    _mm256_loadu_si256(b.add(8).cast()),
+                ];
+                let bh = bv.map(|v| _mm256_castsi256_ps(_mm256_and_si256(v, high)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_epi32(*a.add(r) as i32);
+                    let x = _mm256_castsi256_ps(_mm256_and_si256(x, high));
+                    row[0] = _mm256_fmadd_ps(x, bh[0], row[0]);
+                    row[1] = _mm256_fmadd_ps(x, bh[1], row[1]);
+                }
+                let bl = bv.map(|v| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_epi32(*a.add(r) as i32);
+                    let x = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(x));
+                    row[0] = _mm256_fmadd_ps(x, bl[0], row[0]);
+                    row[1] = _mm256_fmadd_ps(x, bl[1], row[1]);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
+            }
+            let mut nan = _mm256_setzero_ps();
+            for row in &acc {
+                for &x in row {
+                    nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                }
+            }
+            if _mm256_movemask_ps(nan) != 0 {
+                return false;
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (h, &x) in row.iter().enumerate() {
+                    _mm256_storeu_ps(c.add(r * ldc + 8 * h), x);
+                }
+            }
+            true
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
