@@ -1,4 +1,4 @@
-//! tc's own f32 matrix product on the CPU, BLIS-style: `C := A·B` or `C := C + A·B` for
+//! tc's own matrix product on the CPU, f32 accumulation, BLIS-style: `C := A·B` or `C := C + A·B` for
 //! strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row stride `ldc`); an f16 or
 //! bf16 `B` is widened as it is packed (`gemm_of`), an `A` of any kind comes through
 //! `AFrom`. `B` is
@@ -22,6 +22,13 @@
 //! result is the same bits whatever the blocking, the split over threads and the thread
 //! count, and the scalar twin of the micro-kernel (used without AVX2+FMA, and by the
 //! tests) gives the same bits as the vector one.
+//!
+//! A bf16 `A` times a bf16 `B` (`gemm_bf16`) goes through the same blocks and tasks with
+//! both operands packed as bf16 pairs along `k` (`pairs`: half the bytes, blocks of 1024 of
+//! `k`): there every element of `C` is the chain of `vdpbf16ps` steps over the pairs, by
+//! that instruction (AVX512-BF16, two products a lane an instruction: twice the f32 rate),
+//! by f32 FMAs where they give its bits, or by its scalar twin — the same bits on every
+//! machine, whatever the blocking and threads.
 
 use super::math::{self, Tier};
 use rayon::prelude::*;

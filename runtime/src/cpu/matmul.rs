@@ -4,9 +4,11 @@
 //! the plan gives the product (`Target::matmul_workspace`, the rule the planner follows: a
 //! plan for the CPU whose workspace is missing or too small is an error, never a smaller
 //! buffer written past); f16/bf16 operands are widened as the GEMM packs them (`A` a block
-//! at a time into the thread's buffer, `AFrom`; `B` into its packing, `gemm_of`) and a
-//! half output is rounded from each finished block (`Finish::tile`), so such a product
-//! takes nothing beyond its workspace and one block a thread. The rest go to the `gemm`
+//! at a time into the thread's buffer, `AFrom`; `B` into its packing, `gemm_of`) — bf16
+//! times bf16 instead packed as bf16 pairs for `vdpbf16ps` (`gemm_bf16`: that
+//! instruction's bits on every machine that takes tc's GEMM) — and a half output is rounded
+//! from each finished block (`Finish::tile`), so such a product takes nothing beyond its
+//! workspace and one block a thread. The rest go to the `gemm`
 //! crate: f32 operands read in place through their strides, f16/bf16 (or oddly strided)
 //! operands widened to a contiguous f32 copy tile by tile. Accumulation is f32; the result
 //! is rounded to the output dtype. A product with a residual (`MatMulKernel::accumulate`)
