@@ -445,7 +445,8 @@ unsafe fn drive(
                     let bits = unsafe {
                         std::slice::from_raw_parts_mut(bp.as_mut_ptr().cast::<u32>(), bp.len())
                     };
-                    b_plain = pairs::pack_b(k, cols, b_blk, bits, threads > 1);
+                    let check = mode == pairs::Mode::Fma;
+                    b_plain = pairs::pack_b(k, cols, b_blk, bits, threads > 1, check);
                 }
                 Operands::Floats { .. } if b_dtype == DType::F32 => {
                     pack_b(k, cols, b_blk, bp, threads > 1)
@@ -1656,7 +1657,7 @@ mod tests {
         let np = k.div_ceil(2);
         let mut dst = vec![u32::MAX; np * panels * NR];
         for parallel in [false, true] {
-            assert!(pairs::pack_b(k, cols, b, &mut dst, parallel));
+            assert!(pairs::pack_b(k, cols, b, &mut dst, parallel, true));
             for t in 0..np {
                 let (blk, tt) = (t / pairs::KP * pairs::KP, t % pairs::KP);
                 let kp = pairs::KP.min(np - blk);

@@ -44,8 +44,11 @@ pub(super) enum Mode {
 /// biased exponent of at least 72; infinities and NaNs count): the products of two such are
 /// multiples of 2⁻¹²⁵ (`Mode::Fma`).
 fn plain(pairs: &[u32]) -> bool {
-    let small = |h: u32| h & 0x7fff != 0 && h & 0x7f80 < 72 << 7;
-    !pairs.iter().any(|&p| small(p & 0xffff) | small(p >> 16))
+    // (Branch-free, so that it vectorises.)
+    let small = |h: u32| (h & 0x7fff != 0) & (h & 0x7f80 < 72 << 7);
+    !pairs
+        .iter()
+        .fold(false, |any, &p| any | small(p & 0xffff) | small(p >> 16))
 }
 
 /// Whether the CPU has AVX512-BF16 (with AVX-512 F, for the micro-kernel's loads and stores).
@@ -129,12 +132,19 @@ pub(crate) fn dot(acc: f32, a: u32, b: u32) -> f32 {
 /// `B`'s `k × cols` (bf16, `b` counting 2-byte elements) packed as pairs into `dst`: for
 /// each block of `KP` pairs starting at pair `t0`, for each panel `p`, the `kp × NR` block
 /// at `t0·NR·panels + p·kp·NR`, pair row by pair row, element `(2t, j)` in the low half and
-/// `(2t + 1, j)` (zero past `k`) in the high half, columns past `cols` zero. Returns
-/// whether the packed pairs are `plain`.
-pub(super) fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [u32], parallel: bool) -> bool {
+/// `(2t + 1, j)` (zero past `k`) in the high half, columns past `cols` zero. Returns, with
+/// `check`, whether the packed pairs are `plain` (else false).
+pub(super) fn pack_b(
+    k: usize,
+    cols: usize,
+    b: Operand,
+    dst: &mut [u32],
+    parallel: bool,
+    check: bool,
+) -> bool {
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let all_plain = AtomicBool::new(true);
+    let all_plain = AtomicBool::new(check);
     let panels = cols.div_ceil(NR);
     let pairs = k.div_ceil(2);
     let base = dst.as_mut_ptr() as usize;
@@ -159,7 +169,7 @@ pub(super) fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [u32], paralle
                 *x = at(k0, c0 + j) | hi << 16;
             }
             row[c1 - c0..].fill(0);
-            if !plain(&row) {
+            if check && !plain(&row) {
                 all_plain.store(false, Ordering::Relaxed);
             }
             for p in pg0..pg1 {
@@ -188,7 +198,8 @@ pub(super) fn pack_b(k: usize, cols: usize, b: Operand, dst: &mut [u32], paralle
 
 /// `A`'s rows `r0 .. r0 + rows`, pairs `t0 .. t0 + kp` (elements `2·t0 ..`, zero at `k` and
 /// past it) packed into `dst`: panel `q` at `q·kp·MR`, the pair `(r, t)` at `t·MR + r`, rows
-/// past `rows` zero. Returns whether the packed pairs are `plain`.
+/// past `rows` zero. Returns, with `check`, whether the packed pairs are `plain` (else
+/// false).
 ///
 /// # Safety
 /// Every element read is inside `A` (`k` columns, bf16, `a` counting 2-byte elements).
@@ -198,6 +209,7 @@ unsafe fn pack_a(
     (r0, rows): (usize, usize),
     (t0, kp): (usize, usize),
     dst: &mut [u32],
+    check: bool,
 ) -> bool {
     let src = a.ptr.cast::<u16>();
     for q in 0..rows.div_ceil(MR) {
@@ -224,7 +236,7 @@ unsafe fn pack_a(
             }
         }
     }
-    plain(&dst[..rows.div_ceil(MR) * kp * MR])
+    check && plain(&dst[..rows.div_ceil(MR) * kp * MR])
 }
 
 /// One task of a bf16 product: rows `r0 .. r0 + rows` of `C` and its panels `p0 .. p1` (of
@@ -253,7 +265,7 @@ pub(super) unsafe fn block(
         for t0 in (0..pairs).step_by(KP) {
             let kp = KP.min(pairs - t0);
             // SAFETY: the rows and columns are inside A.
-            let a_plain = unsafe { pack_a(a, k, (r0, rows), (t0, kp), ap) };
+            let a_plain = unsafe { pack_a(a, k, (r0, rows), (t0, kp), ap, mode == Mode::Fma) };
             // (The f32 steps are exact only on `plain` operands.)
             let mode = match mode {
                 Mode::Fma if !(a_plain && b_plain) => Mode::Twin,
