@@ -1,12 +1,11 @@
-//! tc's own matrix product on the CPU, f32 accumulation, BLIS-style: `C := A·B` or `C := C + A·B` for
-//! strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row stride `ldc`); an f16 or
-//! bf16 `B` is widened as it is packed (`gemm_of`), an `A` of any kind comes through
-//! `AFrom`. `B` is
-//! packed, a column block of at most `nc` columns at a time (the whole `k`), into the
-//! caller's buffer (on the executor's path, the product's workspace in the plan's arena:
-//! `tc_compiler::schedule::cpu_packing_floats`), in panels of `NR` = 16 columns, `k` cut
-//! into blocks of `KC`, every `KC × 16` block contiguous (shared by the threads, packed
-//! once a column block); each task takes a block of rows
+//! tc's own matrix product on the CPU, f32-accumulated, BLIS-style: `C := A·B` or
+//! `C := C + A·B` for strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row
+//! stride `ldc`); an f16 or bf16 `B` is widened as it is packed (`gemm_of`), an `A` of any
+//! kind comes through `AFrom`. `B` is packed, a column block of at most `nc` columns at a
+//! time (the whole `k`), into the caller's buffer (on the executor's path, the product's
+//! workspace in the plan's arena: `tc_compiler::schedule::cpu_packing_floats`), in panels
+//! of `NR` = 16 columns, `k` cut into blocks of `KC`, every `KC × 16` block contiguous
+//! (shared by the threads, packed once a column block); each task takes a block of rows
 //! (and, where the rows are too few to share, of panels), packs its rows of `A` for one
 //! `k` block into panels of `MR` = 6 rows (`KC × 6`, interleaved; a buffer per thread,
 //! reused) and runs an AVX2+FMA micro-kernel of 6 × 16 (twelve accumulators) over them,
@@ -32,14 +31,14 @@
 
 use super::math::{self, Tier};
 use rayon::prelude::*;
+use std::cell::RefCell;
+use tc_compiler::ir::DType;
 
 mod pairs;
 #[cfg(test)]
 pub(crate) use pairs::dot as bf16_dot;
 #[cfg(test)]
 use pairs::has_dot as has_bf16_dot;
-use std::cell::RefCell;
-use tc_compiler::ir::DType;
 
 /// Rows of a micro-tile (of a packed panel of `A`).
 pub const MR: usize = 6;
@@ -75,7 +74,7 @@ unsafe impl Sync for Operand {}
 pub enum Kernel {
     /// The widest the CPU runs (`Tier::best`): AVX-512, AVX2+FMA, else the scalar one.
     Best,
-    /// The AVX2+FMA one (where the CPU has it; same bits).
+    /// The AVX2+FMA one (where the CPU has it; same bits). For bf16 pairs, the f32 steps.
     #[cfg_attr(not(test), allow(dead_code))]
     Avx2,
     /// The scalar twin (same bits).
@@ -275,10 +274,10 @@ pub unsafe fn gemm_of(
 /// `gemm` for a bf16 `A` and a bf16 `B` (each operand's pointer addressing 2-byte elements,
 /// its strides counted in them), both packed as bf16 pairs along `k` (`pairs`): each
 /// element of `C` the chain of `vdpbf16ps` steps over the pairs in order (`pairs::dot`,
-/// from 0 or from `C`), by the instruction where the CPU has AVX512-BF16 and `kernel` is
-/// `Best` (`has_bf16_dot`), else by its scalar twin: the same bits either way, whatever the
-/// blocking and the threads. `bp` holds at least `packing_floats(n, k, nc)` (the pairs take
-/// half of it, rounded up).
+/// from 0 or from `C`): by the instruction where the CPU has AVX512-BF16 and `kernel` is
+/// `Best`, else (`Best` or `Avx2` with AVX2+FMA) by f32 FMAs where they give its bits, else
+/// by its scalar twin — the same bits every way, whatever the blocking and the threads.
+/// `bp` holds at least `packing_floats(n, k, nc)` (the pairs take half of it, rounded up).
 ///
 /// # Safety
 /// As `gemm`, `a` and `b` reaching readable, 2-byte aligned bf16 elements.
