@@ -1,12 +1,11 @@
-//! tc's own f32 matrix product on the CPU, BLIS-style: `C := A·B` or `C := C + A·B` for
-//! strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row stride `ldc`); an f16 or
-//! bf16 `B` is widened as it is packed (`gemm_of`), an `A` of any kind comes through
-//! `AFrom`. `B` is
-//! packed, a column block of at most `nc` columns at a time (the whole `k`), into the
-//! caller's buffer (on the executor's path, the product's workspace in the plan's arena:
-//! `tc_compiler::schedule::cpu_packing_floats`), in panels of `NR` = 16 columns, `k` cut
-//! into blocks of `KC`, every `KC × 16` block contiguous (shared by the threads, packed
-//! once a column block); each task takes a block of rows
+//! tc's own matrix product on the CPU, f32-accumulated, BLIS-style: `C := A·B` or
+//! `C := C + A·B` for strided `A` (`m × k`) and `B` (`k × n`) and a row-major `C` (row
+//! stride `ldc`); an f16 or bf16 `B` is widened as it is packed (`gemm_of`), an `A` of any
+//! kind comes through `AFrom`. `B` is packed, a column block of at most `nc` columns at a
+//! time (the whole `k`), into the caller's buffer (on the executor's path, the product's
+//! workspace in the plan's arena: `tc_compiler::schedule::cpu_packing_floats`), in panels
+//! of `NR` = 16 columns, `k` cut into blocks of `KC`, every `KC × 16` block contiguous
+//! (shared by the threads, packed once a column block); each task takes a block of rows
 //! (and, where the rows are too few to share, of panels), packs its rows of `A` for one
 //! `k` block into panels of `MR` = 6 rows (`KC × 6`, interleaved; a buffer per thread,
 //! reused) and runs an AVX2+FMA micro-kernel of 6 × 16 (twelve accumulators) over them,
@@ -22,11 +21,24 @@
 //! result is the same bits whatever the blocking, the split over threads and the thread
 //! count, and the scalar twin of the micro-kernel (used without AVX2+FMA, and by the
 //! tests) gives the same bits as the vector one.
+//!
+//! A bf16 `A` times a bf16 `B` (`gemm_bf16`) goes through the same blocks and tasks with
+//! both operands packed as bf16 pairs along `k` (`pairs`: half the bytes, blocks of 1024 of
+//! `k`): there every element of `C` is the chain of `vdpbf16ps` steps over the pairs, by
+//! that instruction (AVX512-BF16, two products a lane an instruction: twice the f32 rate),
+//! by f32 FMAs where they give its bits, or by its scalar twin — the same bits on every
+//! machine, whatever the blocking and threads.
 
 use super::math::{self, Tier};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use tc_compiler::ir::DType;
+
+mod pairs;
+#[cfg(test)]
+pub(crate) use pairs::dot as bf16_dot;
+#[cfg(test)]
+use pairs::has_dot as has_bf16_dot;
 
 /// Rows of a micro-tile (of a packed panel of `A`).
 pub const MR: usize = 6;
@@ -62,7 +74,7 @@ unsafe impl Sync for Operand {}
 pub enum Kernel {
     /// The widest the CPU runs (`Tier::best`): AVX-512, AVX2+FMA, else the scalar one.
     Best,
-    /// The AVX2+FMA one (where the CPU has it; same bits).
+    /// The AVX2+FMA one (where the CPU has it; same bits). For bf16 pairs, the f32 steps.
     #[cfg_attr(not(test), allow(dead_code))]
     Avx2,
     /// The scalar twin (same bits).
@@ -245,6 +257,110 @@ pub unsafe fn gemm_of(
     finish: Option<Finish<'_>>,
     a_from: Option<AFrom<'_>>,
 ) {
+    let ops = Operands::Floats {
+        a,
+        a_from,
+        b,
+        b_dtype,
+    };
+    // SAFETY: forwarded.
+    unsafe {
+        drive(
+            m, n, k, ops, c, ldc, accumulate, parallel, kernel, bp, nc, finish,
+        )
+    }
+}
+
+/// `gemm` for a bf16 `A` and a bf16 `B` (each operand's pointer addressing 2-byte elements,
+/// its strides counted in them), both packed as bf16 pairs along `k` (`pairs`): each
+/// element of `C` the chain of `vdpbf16ps` steps over the pairs in order (`pairs::dot`,
+/// from 0 or from `C`): by the instruction where the CPU has AVX512-BF16 and `kernel` is
+/// `Best`, else (`Best` or `Avx2` with AVX2+FMA) by f32 FMAs where they give its bits, else
+/// by its scalar twin — the same bits every way, whatever the blocking and the threads.
+/// `bp` holds at least `packing_floats(n, k, nc)` (the pairs take half of it, rounded up).
+///
+/// # Safety
+/// As `gemm`, `a` and `b` reaching readable, 2-byte aligned bf16 elements.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    kernel: Kernel,
+    bp: &mut [f32],
+    nc: usize,
+    finish: Option<Finish<'_>>,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        drive(
+            m,
+            n,
+            k,
+            Operands::Pairs { a, b },
+            c,
+            ldc,
+            accumulate,
+            parallel,
+            kernel,
+            bp,
+            nc,
+            finish,
+        )
+    }
+}
+
+/// What `drive` multiplies and how it packs it.
+#[derive(Clone, Copy)]
+enum Operands<'a> {
+    /// An f32 `A` (or one computed, `a_from`) and a `B` of `b_dtype` widened to f32.
+    Floats {
+        a: Operand,
+        a_from: Option<AFrom<'a>>,
+        b: Operand,
+        b_dtype: DType,
+    },
+    /// bf16 `A` and `B`, packed as pairs (`pairs`).
+    Pairs { a: Operand, b: Operand },
+}
+
+/// The body of `gemm_of` and `gemm_bf16`: the column blocks, the packing of `B` and the
+/// tasks.
+///
+/// # Safety
+/// As `gemm_of` / `gemm_bf16`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn drive(
+    m: usize,
+    n: usize,
+    k: usize,
+    ops: Operands<'_>,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    kernel: Kernel,
+    bp: &mut [f32],
+    nc: usize,
+    finish: Option<Finish<'_>>,
+) {
+    let (b, b_dtype) = match ops {
+        Operands::Floats { b, b_dtype, .. } => (b, b_dtype),
+        Operands::Pairs { b, .. } => (b, DType::BF16),
+    };
+    // The pairs' micro-kernel: `vdpbf16ps` (an AVX-512 instruction: not where
+    // `TC_CPU_NO_AVX512` turns those off), the f32 steps where exact, or the twin.
+    let mode = match kernel {
+        Kernel::Best if pairs::has_dot() && kernel.tier() == Tier::Avx512 => pairs::Mode::Dot,
+        Kernel::Best | Kernel::Avx2 if kernel.simd() => pairs::Mode::Fma,
+        _ => pairs::Mode::Twin,
+    };
     if m == 0 || n == 0 {
         return;
     }
@@ -315,11 +431,26 @@ pub unsafe fn gemm_of(
             ..b
         };
         {
-            let bp = &mut bp[..k * panels * NR];
-            if b_dtype == DType::F32 {
-                pack_b(k, cols, b_blk, bp, threads > 1);
-            } else {
-                pack_b_half(k, cols, b_blk, b_dtype, bp, threads > 1);
+            let rows_packed = match ops {
+                Operands::Pairs { .. } => k.div_ceil(2),
+                Operands::Floats { .. } => k,
+            };
+            let bp = &mut bp[..rows_packed * panels * NR];
+            // (Whether packed pairs are all `pairs::plain`.)
+            let mut b_plain = false;
+            match ops {
+                Operands::Pairs { .. } => {
+                    // SAFETY: the same memory read as bits (same size and alignment).
+                    let bits = unsafe {
+                        std::slice::from_raw_parts_mut(bp.as_mut_ptr().cast::<u32>(), bp.len())
+                    };
+                    let check = mode == pairs::Mode::Fma;
+                    b_plain = pairs::pack_b(k, cols, b_blk, bits, threads > 1, check);
+                }
+                Operands::Floats { .. } if b_dtype == DType::F32 => {
+                    pack_b(k, cols, b_blk, bp, threads > 1)
+                }
+                Operands::Floats { .. } => pack_b_half(k, cols, b_blk, b_dtype, bp, threads > 1),
             }
             let bp = &*bp;
             // SAFETY: columns j0.. of C, in range.
@@ -345,17 +476,33 @@ pub unsafe fn gemm_of(
                 // SAFETY: the task's rows r0.. and panels p0..p1 are in range, and no other
                 // task writes them.
                 let compute = |at: *mut f32, ld: usize| unsafe {
-                    block(
-                        (r0, rows),
-                        (p0, p1, cols),
-                        k,
-                        (a, a_from),
-                        bp,
-                        at,
-                        ld,
-                        accumulate,
-                        tier,
-                    )
+                    match ops {
+                        Operands::Floats { a, a_from, .. } => block(
+                            (r0, rows),
+                            (p0, p1, cols),
+                            k,
+                            (a, a_from),
+                            bp,
+                            at,
+                            ld,
+                            accumulate,
+                            tier,
+                        ),
+                        Operands::Pairs { a, .. } => pairs::block(
+                            (r0, rows),
+                            (p0, p1, cols),
+                            k,
+                            a,
+                            (
+                                std::slice::from_raw_parts(bp.as_ptr().cast::<u32>(), bp.len()),
+                                b_plain,
+                            ),
+                            at,
+                            ld,
+                            accumulate,
+                            mode,
+                        ),
+                    }
                 };
                 let done = |at: *const f32, ld: usize| {
                     if let Some(fin) = per_task {
@@ -1414,6 +1561,350 @@ mod tests {
                         same,
                         "{m}×{k}×{n}, transposed {transposed}, {threads} threads {kernel:?}"
                     );
+                }
+            }
+        }
+    }
+
+    /// bf16 bits for the pair tests: mostly moderate values of both signs, with (where
+    /// `specials`) denormals, tiny and huge values, signed zeros, infinities and NaNs.
+    fn bf16s(len: usize, seed: u64, specials: bool) -> Vec<u16> {
+        let mut s = seed;
+        let mut next = move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 24) as u32
+        };
+        (0..len)
+            .map(|_| {
+                let (r, sign) = (next(), (next() as u16 & 1) << 15);
+                let mant = next() as u16 & 0x7f;
+                let kind = if specials { r % 16 } else { 15 };
+                sign | match kind {
+                    0 => mant,                                     // denormal or zero
+                    1 => (1 + (next() % 40) as u16) << 7 | mant,   // tiny: products underflow
+                    2 => (200 + (next() % 54) as u16) << 7 | mant, // huge: products overflow
+                    3 if r % 64 == 3 => 0x7f80 | mant,             // infinity or NaN (quiet or not)
+                    _ => (120 + (next() % 12) as u16) << 7 | mant,
+                }
+            })
+            .collect()
+    }
+
+    fn pair(lo: u16, hi: u16) -> u32 {
+        u32::from(lo) | u32::from(hi) << 16
+    }
+
+    /// The twin gives, bit for bit, what `vdpbf16ps` gave on a Zen 4 (`pairs`' module doc):
+    /// the high products first, one rounding a product, denormal inputs read as zero,
+    /// results tiny after rounding flushed (and one that rounds up to 2⁻¹²⁶ kept), the first
+    /// NaN of `a`, `b`, the accumulator, quieted, the default NaN for `∞ − ∞`. Runs on every
+    /// machine, so the twin stays what the hardware does where there is none to compare.
+    #[test]
+    fn the_bf16_twin_gives_what_vdpbf16ps_gave_on_zen4() {
+        // (accumulator, A's pair (low, high), B's pair, the result), all as bits.
+        let cases: [(u32, [u16; 2], [u16; 2], u32); 20] = [
+            (0xbe28_0552, [0xc130, 0xc066], [0x4033, 0x427f], 0xc382_0400),
+            (0xc305_1066, [0x3b89, 0xc059], [0xc0a3, 0xbbcc], 0xc305_1073),
+            (0xc1bb_49f3, [0x40ee, 0xc0a0], [0x3f86, 0x4048], 0xc1f9_fff4),
+            (0x703f_47e6, [0x7c3b, 0xd54a], [0xbf82, 0x5c16], 0xfc3d_ec07),
+            (0x55bf_b9a7, [0x6c39, 0x5e99], [0xde1e, 0x6757], 0x7f80_0000),
+            (0xfd42_f816, [0x7c79, 0xfc89], [0xf413, 0xf8fc], 0x7f80_0000),
+            (0x726f_4a48, [0xe58f, 0xec37], [0xf966, 0x6617], 0xff80_0000),
+            (0x7dad_b482, [0xeadc, 0x5fa0], [0xf188, 0xdf56], 0x7f80_0000),
+            (0x0080_0000, [0x9a00, 0], [0x1a00, 0], 0),
+            (0x0080_0000, [0, 0x9a00], [0, 0x1a00], 0),
+            (0x0080_0000, [0x9a00, 0], [0x1980, 0], 0x0080_0000),
+            (0x8080_0000, [0x1a00, 0], [0x1980, 0], 0x8080_0000),
+            (0x0042_88e0, [0x21ef, 0x0bd6], [0x0057, 0x0a6d], 0),
+            (0x0055_6541, [0x26a3, 0x255e], [0x82e7, 0xa399], 0x8984_ae00),
+            (0x8080_0000, [0xa224, 0x1938], [0x26ef, 0x19c0], 0x8999_1c20),
+            (0xaeca_8321, [0x7a3b, 0x85d7], [0x0079, 0x3272], 0xaeca_8321),
+            (0xd62c_b322, [0x7fc9, 0x9d47], [0x7f90, 0xdd0d], 0x7fc9_0000),
+            (0xe4d3_238f, [0xfffb, 0xffbf], [0x3f21, 0xbfe0], 0xfffb_0000),
+            (0xff80_0000, [0x7fad, 0x6b49], [0x804e, 0x7f80], 0x7fed_0000),
+            (0x7e46_2cf9, [0x006c, 0x7fb4], [0x7fcf, 0x0064], 0x7fcf_0000),
+        ];
+        for (acc, a, b, want) in cases {
+            let got = pairs::dot(f32::from_bits(acc), pair(a[0], a[1]), pair(b[0], b[1]));
+            assert_eq!(
+                got.to_bits(),
+                want,
+                "acc {acc:08x} a {a:04x?} b {b:04x?}: {:08x}",
+                got.to_bits()
+            );
+        }
+    }
+
+    /// The bf16 micro-kernels and the twin give the same bits on whole tiles: chains of
+    /// 1 to 300 pairs from 0 or from a loaded tile (denormal, tiny, NaN accumulators too),
+    /// of moderate values, cancelling ones (a pair's products of opposite signs), values at
+    /// the edges of the range (denormals, products that underflow or overflow, infinities,
+    /// NaNs), bits of any kind, sums at 2⁻¹²⁶ (tiny or not after rounding), and infinities
+    /// and NaNs among moderate values from tiny, NaN or infinite accumulators. The f32
+    /// steps (`Mode::Fma`, AVX2) are held to the same bits, on `plain` pairs (the others go
+    /// to the twin); `vdpbf16ps` is skipped (saying so) where the CPU lacks AVX512-BF16.
+    #[test]
+    fn the_bf16_micro_kernel_and_its_twin_give_the_same_bits() {
+        if !has_bf16_dot() {
+            eprintln!("no AVX512-BF16 on this CPU: vdpbf16ps skipped, the f32 steps checked");
+        }
+        let mut seed = 1u64;
+        for kp in [1usize, 2, 3, 17, 300] {
+            for kind in 0..6 {
+                for load in [false, true] {
+                    seed += 1;
+                    let (mut a, mut b): (Vec<u32>, Vec<u32>) = match kind {
+                        // Bits of any kind.
+                        3 => {
+                            let bits = |len, s| -> Vec<u32> {
+                                let v = bf16s(2 * len, s, true);
+                                let w = values(2 * len, s + 7);
+                                v.chunks(2)
+                                    .zip(w.chunks(2))
+                                    .map(|(h, f)| {
+                                        let any = (f[0].to_bits() ^ f[1].to_bits() << 9) as u16;
+                                        pair(h[0], if f[0] > 0.3 { any } else { h[1] })
+                                    })
+                                    .collect()
+                            };
+                            (bits(kp * MR, seed), bits(kp * NR, seed + 100))
+                        }
+                        // At the least normal: products of magnitude near 2⁻¹⁵⁰ added
+                        // to accumulators at ±2⁻¹²⁶ (tiny or not after rounding).
+                        4 => {
+                            let near = |len, s| -> Vec<u32> {
+                                let v = bf16s(2 * len, s, false);
+                                let e = |h: u16| h & 0x807f | (50 + (h >> 7 & 3)) << 7;
+                                v.chunks(2).map(|p| pair(e(p[0]), e(p[1]))).collect()
+                            };
+                            (near(kp * MR, seed), near(kp * NR, seed + 100))
+                        }
+                        // Infinities and NaNs among moderate values (`plain`, for the
+                        // f32 steps), from accumulators that are tiny, NaNs, infinities.
+                        5 => {
+                            // (With an even `kp` no infinity or NaN, so that the f32 steps
+                            // keep the tile: its accumulators start from tiny values.)
+                            let fix = |h: u16| {
+                                let small = h & 0x7fff != 0 && h & 0x7f80 < 72 << 7;
+                                if small || (kp % 2 == 0 && h & 0x7f80 == 0x7f80) {
+                                    (h & 0x807f) | 100 << 7
+                                } else {
+                                    h
+                                }
+                            };
+                            let a = bf16s(2 * kp * MR, seed, true);
+                            let b = bf16s(2 * kp * NR, seed + 100, true);
+                            // (Row 0 of `A` zero: its accumulators stay as they start.)
+                            let row =
+                                |i: usize, h: u16| if i.is_multiple_of(MR) { 0 } else { fix(h) };
+                            (
+                                a.chunks(2)
+                                    .enumerate()
+                                    .map(|(i, p)| pair(row(i, p[0]), row(i, p[1])))
+                                    .collect(),
+                                b.chunks(2).map(|p| pair(fix(p[0]), fix(p[1]))).collect(),
+                            )
+                        }
+                        _ => {
+                            let specials = kind == 2;
+                            let a = bf16s(2 * kp * MR, seed, specials);
+                            let b = bf16s(2 * kp * NR, seed + 100, specials);
+                            (
+                                a.chunks(2).map(|p| pair(p[0], p[1])).collect(),
+                                b.chunks(2).map(|p| pair(p[0], p[1])).collect(),
+                            )
+                        }
+                    };
+                    if kind == 1 {
+                        // Cancelling: each pair's high product minus its low one (the same
+                        // magnitudes), so sums land on 0 and near it.
+                        for x in a.iter_mut().chain(b.iter_mut()).step_by(3) {
+                            *x = pair(*x as u16, *x as u16 ^ 0x8000);
+                        }
+                    }
+                    let c0: [f32; MR * NR] = std::array::from_fn(|i| {
+                        let v = values(1, seed * 31 + i as u64)[0];
+                        match (kind, i % 7) {
+                            (2 | 5, 0) => f32::from_bits(0x0000_1234 | (i as u32 & 1) << 31),
+                            (2 | 5, 1) => f32::MIN_POSITIVE * v.signum(),
+                            // (A NaN sends the f32 steps' whole tile to the twin.)
+                            (2, 2) => f32::NAN,
+                            (5, 2) if kp % 2 == 1 => f32::NAN,
+                            (2, 3) => -f32::INFINITY,
+                            (5, 3) if kp % 2 == 1 => -f32::INFINITY,
+                            (5, 4) => 1e-31 * v,
+                            (1, _) => v * 1e-3,
+                            (4, _) => f32::from_bits(
+                                (f32::MIN_POSITIVE.to_bits() + (i as u32 % 3))
+                                    | ((i as u32 & 8) << 28),
+                            ),
+                            _ => v,
+                        }
+                    });
+                    let mut twin = c0;
+                    pairs::micro_tile(kp, &a, &b, &mut twin, load, pairs::Mode::Twin);
+                    for mode in [pairs::Mode::Dot, pairs::Mode::Fma] {
+                        if !mode.runs() {
+                            continue;
+                        }
+                        let mut simd = c0;
+                        pairs::micro_tile(kp, &a, &b, &mut simd, load, mode);
+                        for (x, (s, t)) in simd.iter().zip(&twin).enumerate() {
+                            assert_eq!(
+                                s.to_bits(),
+                                t.to_bits(),
+                                "{mode:?} kp {kp} kind {kind} load {load}: element {x}: {s:e} vs {t:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// bf16 pairs packed for `B` with an odd `k`: each pair row holds rows `2t` (low) and
+    /// `2t + 1` (high, zero past `k`), columns past `cols` zero, in blocks of `KP` pairs
+    /// (3 blocks for `k` = 2·KP·2 + 1 … rows).
+    #[test]
+    fn bf16_pairs_pack_an_odd_k_with_a_zero() {
+        let (k, cols) = (4 * pairs::KP + 3, 37);
+        let bv = bf16s(k * cols, 5, false);
+        let b = Operand {
+            ptr: bv.as_ptr().cast(),
+            rs: cols as isize,
+            cs: 1,
+        };
+        let panels = cols.div_ceil(NR);
+        let np = k.div_ceil(2);
+        let mut dst = vec![u32::MAX; np * panels * NR];
+        for parallel in [false, true] {
+            assert!(pairs::pack_b(k, cols, b, &mut dst, parallel, true));
+            for t in 0..np {
+                let (blk, tt) = (t / pairs::KP * pairs::KP, t % pairs::KP);
+                let kp = pairs::KP.min(np - blk);
+                for j in 0..panels * NR {
+                    let (p, jj) = (j / NR, j % NR);
+                    let got = dst[blk * NR * panels + p * kp * NR + tt * NR + jj];
+                    let el = |r: usize| {
+                        if r < k && j < cols {
+                            bv[r * cols + j]
+                        } else {
+                            0
+                        }
+                    };
+                    assert_eq!(got, pair(el(2 * t), el(2 * t + 1)), "pair {t} column {j}");
+                }
+            }
+        }
+    }
+
+    /// bf16 products in pairs (`gemm_bf16`) for every shape's edges (rows not a multiple of
+    /// 6, columns not of 16, odd `k`, `k` over several blocks of pairs, more rows than
+    /// `MC`), `A` and `B` row-major, transposed or strided, from 0 and accumulating, in
+    /// pools of 1–5 threads and column blocks of the whole or two panels: the same bits as
+    /// the plain chain of twin steps over the pairs (`pairs::dot`, the odd `k`'s last pair
+    /// with a zero), with `vdpbf16ps` where the CPU has it and with the twin.
+    #[test]
+    fn bf16_products_are_the_chain_of_dot_steps_whatever_the_threads_and_kernel() {
+        let shapes = [
+            (1, 1, 1),
+            (5, 17, 3),
+            (6, 16, 256),
+            (13, 33, 1025),
+            (150, 40, 2 * pairs::KP * 2 + 6),
+            (7, 300, 71),
+            (290, 50, 0),
+        ];
+        for (si, &(m, n, k)) in shapes.iter().enumerate() {
+            let specials = si % 2 == 1;
+            let av = bf16s(2 * m * k + m + n + k + 8, 1 + si as u64, specials);
+            let bv = bf16s(2 * k * n + m + n + k + 8, 100 + si as u64, specials);
+            let ldc = n + 3;
+            let c0 = values(m * ldc, 200 + si as u64);
+            let layouts = [
+                ((k as isize, 1), (n as isize, 1)),
+                ((1, m as isize), (1, k as isize)),
+                ((2 * k as isize + 1, 2), (1, 2 * k as isize + 1)),
+            ];
+            for (li, (la, lb)) in layouts.into_iter().enumerate() {
+                let a = Operand {
+                    ptr: av.as_ptr().cast(),
+                    rs: la.0,
+                    cs: la.1,
+                };
+                let b = Operand {
+                    ptr: bv.as_ptr().cast(),
+                    rs: lb.0,
+                    cs: lb.1,
+                };
+                let at = |i: usize, t: usize| {
+                    if t < k {
+                        av[(i as isize * la.0 + t as isize * la.1) as usize]
+                    } else {
+                        0
+                    }
+                };
+                let bt = |t: usize, j: usize| {
+                    if t < k {
+                        bv[(t as isize * lb.0 + j as isize * lb.1) as usize]
+                    } else {
+                        0
+                    }
+                };
+                for accumulate in [false, true] {
+                    let mut want = c0.clone();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut s = if accumulate { c0[i * ldc + j] } else { 0.0 };
+                            for t in (0..k).step_by(2) {
+                                let (x, y) =
+                                    (pair(at(i, t), at(i, t + 1)), pair(bt(t, j), bt(t + 1, j)));
+                                s = pairs::dot(s, x, y);
+                            }
+                            want[i * ldc + j] = s;
+                        }
+                    }
+                    let widths = [usize::MAX, 2 * NR];
+                    let runs = [1, 2, 3, 5].into_iter().zip(widths.into_iter().cycle());
+                    for (threads, nc) in runs.skip(li % 2) {
+                        for kernel in [Kernel::Best, Kernel::Avx2, Kernel::Scalar] {
+                            let mut c = c0.clone();
+                            let pool = rayon::ThreadPoolBuilder::new()
+                                .num_threads(threads)
+                                .build()
+                                .expect("pool");
+                            let cp = c.as_mut_ptr() as usize;
+                            let mut bp = vec![f32::NAN; packing_floats(n, k, nc)];
+                            // SAFETY: the buffers cover every index the strides reach.
+                            pool.install(|| unsafe {
+                                gemm_bf16(
+                                    m,
+                                    n,
+                                    k,
+                                    a,
+                                    b,
+                                    cp as *mut f32,
+                                    ldc,
+                                    accumulate,
+                                    true,
+                                    kernel,
+                                    &mut bp,
+                                    nc,
+                                    None,
+                                )
+                            });
+                            for (x, (g, w)) in c.iter().zip(&want).enumerate() {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    w.to_bits(),
+                                    "{m}×{k}×{n} {la:?} {lb:?} acc {accumulate} \
+                                     {threads} threads {kernel:?}: element {x}"
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -4,9 +4,11 @@
 //! the plan gives the product (`Target::matmul_workspace`, the rule the planner follows: a
 //! plan for the CPU whose workspace is missing or too small is an error, never a smaller
 //! buffer written past); f16/bf16 operands are widened as the GEMM packs them (`A` a block
-//! at a time into the thread's buffer, `AFrom`; `B` into its packing, `gemm_of`) and a
-//! half output is rounded from each finished block (`Finish::tile`), so such a product
-//! takes nothing beyond its workspace and one block a thread. The rest go to the `gemm`
+//! at a time into the thread's buffer, `AFrom`; `B` into its packing, `gemm_of`) — bf16
+//! times bf16 instead packed as bf16 pairs for `vdpbf16ps` (`gemm_bf16`: that
+//! instruction's bits on every machine that takes tc's GEMM) — and a half output is rounded
+//! from each finished block (`Finish::tile`), so such a product takes nothing beyond its
+//! workspace and one block a thread. The rest go to the `gemm`
 //! crate: f32 operands read in place through their strides, f16/bf16 (or oddly strided)
 //! operands widened to a contiguous f32 copy tile by tile. Accumulation is f32; the result
 //! is rounded to the output dtype. A product with a residual (`MatMulKernel::accumulate`)
@@ -348,6 +350,11 @@ pub(super) fn run(
         let bp = unsafe { std::slice::from_raw_parts_mut(ws.base().cast::<f32>(), floats) };
         let (a_op, b_op) = (&mm.a, &mm.b);
         let base = out.base() as usize;
+        // bf16 times bf16 goes in bf16 pairs (`gemm_bf16`): `vdpbf16ps` where the CPU has
+        // it, else its twin, the same bits.
+        let pairs = a_mem.dtype == DType::BF16
+            && b_mem.dtype == DType::BF16
+            && (a_mem.ptr as usize).is_multiple_of(2);
         for bi in 0..nbatch {
             let a_off = tiled.base_off(a_op, bi);
             let (ars, acs) = (a_op.strides[nb], a_op.strides[nb + 1]);
@@ -388,6 +395,34 @@ pub(super) fn run(
             });
             let threads = rayon::current_num_threads();
             let parallel = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= INLINE_MACS;
+            let b_ptr = b_mem.base().cast_const().wrapping_offset(b_at).cast();
+            if pairs {
+                // bf16 times bf16: both packed as pairs (`gemm_bf16`), A read in place.
+                let a_at = a_off as isize * 2;
+                let a_ptr = a_mem.base().cast_const().wrapping_offset(a_at).cast();
+                // SAFETY: the operands reach what their strides say (bounds checked), bf16
+                // elements from `a_at` and `b_at` bytes in, 2-byte aligned; the output (f32,
+                // in place, or written by `store`) is this call's; the workspace holds
+                // `floats`.
+                unsafe {
+                    own::gemm_bf16(
+                        m,
+                        n,
+                        k,
+                        strided(a_ptr, a_op, nb),
+                        strided(b_ptr, b_op, nb),
+                        (base as *mut f32).wrapping_add(bi * m * n),
+                        n,
+                        accumulate,
+                        parallel,
+                        own::Kernel::Best,
+                        &mut *bp,
+                        CPU_GEMM_NC as usize,
+                        finish,
+                    )
+                };
+                continue;
+            }
             // SAFETY: the operands reach what their strides say (bounds checked), B's
             // elements of its dtype from `b_at` bytes in; the output (f32, in place, or
             // written by `store`) is this call's; the workspace holds `floats`.
@@ -397,7 +432,7 @@ pub(super) fn run(
                     n,
                     k,
                     strided(a_ptr, a_op, nb),
-                    strided(b_mem.base().cast_const().offset(b_at).cast(), b_op, nb),
+                    strided(b_ptr, b_op, nb),
                     b_mem.dtype,
                     (base as *mut f32).wrapping_add(bi * m * n),
                     n,
@@ -1021,19 +1056,22 @@ mod tests {
         }
     }
 
-    /// f16 and bf16 products go to tc's GEMM (`cpu_gemm_operands`), `A` widened by blocks as
-    /// it is packed, `B` widened into its packing, the output rounded from each finished
-    /// block: the bits of the f32 product of the widened operands, rounded once, at any
-    /// thread count — with `B` transposed (strided columns), more than one column block
-    /// (`n` > 512) and block of `k` (> 512), and a batch.
+    /// f16 and bf16 products go to tc's GEMM (`cpu_gemm_operands`), at any thread count the
+    /// same bits — with `B` transposed (strided columns), more than one column block (`n` >
+    /// 512), a batch over a shared `B` and one over a batched `B`: an f16 product, `A`
+    /// widened by blocks as it is packed and `B` into its packing, is the f32 product of the
+    /// widened operands rounded once; a bf16 one (`gemm_bf16`, both packed as bf16 pairs) is
+    /// each element's chain of `vdpbf16ps` steps over the pairs of `k` (`gemm::bf16_dot`),
+    /// rounded once.
     #[test]
     fn half_products_are_the_f32_product_of_their_values_rounded_once() {
-        let (b, m, k, n) = (2usize, 50usize, 700usize, 530usize);
+        let (b, m, k, n, n2) = (2usize, 50usize, 701usize, 530usize, 480usize);
         for dt in [DType::BF16, DType::F16] {
             let src = |t: &str| {
                 format!(
                     "input a : {t}[{b}, {m}, {k}]\ninput w : {t}[{k}, {n}]\ninput v : {t}[{n}, {k}]\n\
-                     y = a @ w\nz = a[1] @ transpose(v)\noutput y, z\n"
+                     input x : {t}[{b}, {k}, {n2}]\n\
+                     y = a @ w\nz = a[1] @ transpose(v)\nu = a @ x\noutput y, z, u\n"
                 )
             };
             let half =
@@ -1049,22 +1087,61 @@ mod tests {
                 super::super::math::round_block(dt, &mut v);
                 v
             };
-            let (af, wf, vf) = (
+            let (af, wf, vf, xf) = (
                 round(vals(b * m * k, 1)),
                 round(vals(k * n, 2)),
                 round(vals(n * k, 3)),
+                round(vals(b * k * n2, 4)),
             );
             let tensors = |t: DType| {
                 vec![
                     HostTensor::from_f32(t, vec![b as u64, m as u64, k as u64], &af),
                     HostTensor::from_f32(t, vec![k as u64, n as u64], &wf),
                     HostTensor::from_f32(t, vec![n as u64, k as u64], &vf),
+                    HostTensor::from_f32(t, vec![b as u64, k as u64, n2 as u64], &xf),
                 ]
             };
             let got = same_bytes_at_thread_counts(&half.plan, &tensors(dt), &[2, 3]);
-            let want = same_bytes_at_thread_counts(&full.plan, &tensors(DType::F32), &[]);
-            for (g, w) in got.iter().zip(&want) {
-                assert_eq!(g.to_f32(), round(w.to_f32()), "{dt}");
+            let want: Vec<Vec<f32>> = if dt == DType::BF16 {
+                // Each element's chain over the pairs of `k` (the last with a zero), as bits.
+                let bits = |x: f32| half::bf16::from_f32(x).to_bits();
+                let chain = |rows: usize,
+                             cols: usize,
+                             a: &dyn Fn(usize, usize) -> f32,
+                             w: &dyn Fn(usize, usize) -> f32| {
+                    let mut out = Vec::with_capacity(rows * cols);
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            let ai = |t: usize| if t < k { u32::from(bits(a(i, t))) } else { 0 };
+                            let wj = |t: usize| if t < k { u32::from(bits(w(t, j))) } else { 0 };
+                            let mut s = 0f32;
+                            for t in (0..k).step_by(2) {
+                                let (pa, pb) = (ai(t) | ai(t + 1) << 16, wj(t) | wj(t + 1) << 16);
+                                s = super::own::bf16_dot(s, pa, pb);
+                            }
+                            out.push(s);
+                        }
+                    }
+                    round(out)
+                };
+                let y = chain(b * m, n, &|i, t| af[i * k + t], &|t, j| wf[t * n + j]);
+                let z = chain(m, n, &|i, t| af[(m + i) * k + t], &|t, j| vf[j * k + t]);
+                let mut u = chain(m, n2, &|i, t| af[i * k + t], &|t, j| xf[t * n2 + j]);
+                u.extend(chain(m, n2, &|i, t| af[(m + i) * k + t], &|t, j| {
+                    xf[(k + t) * n2 + j]
+                }));
+                vec![y, z, u]
+            } else {
+                let full = same_bytes_at_thread_counts(&full.plan, &tensors(DType::F32), &[]);
+                full.iter().map(|w| round(w.to_f32())).collect()
+            };
+            for (o, (g, w)) in got.iter().zip(&want).enumerate() {
+                let g = g.to_f32();
+                let first = g
+                    .iter()
+                    .zip(w)
+                    .position(|(x, y)| x.to_bits() != y.to_bits());
+                assert!(first.is_none(), "{dt} output {o} element {first:?}");
             }
         }
     }

@@ -1,0 +1,573 @@
+//! tc's GEMM for a bf16 `A` times a bf16 `B` (`super::gemm_bf16`): both packed as bf16
+//! pairs along `k` (`k` padded to even with a zero) and multiplied by AVX512-BF16's
+//! `vdpbf16ps`, 32 products into 16 f32 lanes an instruction, or, where the CPU lacks it, by
+//! the same steps in f32 (`Mode::Fma`) or by the exact scalar twin (`dot`), so that the
+//! result is the same bits on every machine.
+//!
+//! What `vdpbf16ps` computes, measured on Zen 4 (and as Intel documents it, with the details
+//! the documentation leaves open filled in by experiment): for each f32 lane, with the pair
+//! `(a0, a1)` of `A` and `(b0, b1)` of `B`, `acc := step(step(acc, a1, b1), a0, b0)` — the
+//! odd (high) element first — where `step(c, a, b)` is one fused multiply-add of the widened
+//! values, `a·b + c` rounded once to nearest-even, with bf16 and f32 denormal inputs
+//! (including `c`) read as zero of their sign, and a result whose magnitude, rounded to 24
+//! bits with an unbounded exponent, is below 2⁻¹²⁶ flushed to zero of its sign (tininess
+//! after rounding: a sum just below 2⁻¹²⁶ that rounds up to it is kept); a NaN result is the
+//! first NaN among `a`, `b`, `c`, quieted, or the default NaN (`0xffc00000`) for `∞·0` and
+//! `∞ − ∞`. MXCSR plays no part.
+//!
+//! Without AVX512-BF16, an AVX2 kernel runs the steps as plain f32 FMAs (high halves, then
+//! low), which are `step` exactly while no denormal, tiny result or NaN arises: where every
+//! nonzero element of the packed blocks is at least 2⁻⁵⁵ in magnitude (`plain`) and the
+//! accumulators start at 0 or at least 2⁻¹⁰² (a multiple of 2⁻¹²⁵), every product and so
+//! every sum is a multiple of 2⁻¹²⁵, never denormal nor ±2⁻¹²⁶; a NaN stays one to the end.
+//! A block with a smaller element goes to the twin, and a tile that ends with a NaN (or
+//! starts from a small accumulator) is computed again by the twin.
+
+use super::{with_buffer, Operand, A_PACK, MC, MR, NR};
+
+/// Pairs of `k` a micro-kernel call sums (`KP` u32s a row of a packed panel): a `B` panel of
+/// `KP × NR` pairs is 32 KiB, the L1's size, as the f32 kernels' `KC × NR` floats are.
+pub(super) const KP: usize = 512;
+
+/// How a bf16 product's tiles are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// `vdpbf16ps` (the CPU has AVX512-BF16).
+    Dot,
+    /// The steps as f32 FMAs where they are exact, else the twin (AVX2 and FMA).
+    Fma,
+    /// The scalar twin.
+    Twin,
+}
+
+/// Whether every nonzero element of these pairs is at least 2⁻⁵⁵ in magnitude (a
+/// biased exponent of at least 72; infinities and NaNs count): the products of two such are
+/// multiples of 2⁻¹²⁵ (`Mode::Fma`).
+fn plain(pairs: &[u32]) -> bool {
+    // (Branch-free, so that it vectorises.)
+    let small = |h: u32| (h & 0x7fff != 0) & (h & 0x7f80 < 72 << 7);
+    !pairs
+        .iter()
+        .fold(false, |any, &p| any | small(p & 0xffff) | small(p >> 16))
+}
+
+/// Whether the CPU has AVX512-BF16 (with AVX-512 F, for the micro-kernel's loads and stores).
+pub fn has_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// One multiply-add of `vdpbf16ps` (the module's `step`): `a·b + c` for bf16 bits `a`, `b`
+/// and an f32 `c`, denormal inputs read as zero, a tiny result flushed to zero, NaNs as the
+/// instruction makes them.
+#[inline]
+fn step(c: f32, a: u16, b: u16) -> f32 {
+    let daz = |x: f32| {
+        if x.is_subnormal() {
+            f32::from_bits(x.to_bits() & 0x8000_0000)
+        } else {
+            x
+        }
+    };
+    let (x, y) = (
+        daz(f32::from_bits(u32::from(a) << 16)),
+        daz(f32::from_bits(u32::from(b) << 16)),
+    );
+    let c = daz(c);
+    if x.is_nan() || y.is_nan() || c.is_nan() {
+        let first = if x.is_nan() {
+            x
+        } else if y.is_nan() {
+            y
+        } else {
+            c
+        };
+        return f32::from_bits(first.to_bits() | 0x0040_0000);
+    }
+    let r = x.mul_add(y, c);
+    if r.is_nan() {
+        return f32::from_bits(0xffc0_0000);
+    }
+    let mag = r.abs();
+    if mag > f32::MIN_POSITIVE {
+        return r;
+    }
+    let zero = f32::from_bits(r.to_bits() & 0x8000_0000);
+    if mag < f32::MIN_POSITIVE {
+        return zero;
+    }
+    // `r` is ±2⁻¹²⁶: the exact sum lies within half a denormal step of it and may be below
+    // it, tiny unless it rounds up to 2⁻¹²⁶ with 24 bits (at least 2⁻¹²⁶ − 2⁻¹⁵¹; the tie
+    // goes to the even 2⁻¹²⁶). The product of two bf16s is exact in f64, and the sum as
+    // `s + e` exactly (two-sum).
+    let p = f64::from(x) * f64::from(y);
+    let c = f64::from(c);
+    let s = c + p;
+    let bb = s - c;
+    let e = (c - (s - bb)) + (p - bb);
+    let least = f64::from(f32::MIN_POSITIVE) * (1.0 - 2f64.powi(-25));
+    let tiny = s.abs() < least || (s.abs() == least && e != 0.0 && (e < 0.0) == (s > 0.0));
+    if tiny {
+        zero
+    } else {
+        r
+    }
+}
+
+/// `vdpbf16ps` for one lane: `acc` plus the pair `a` (bf16 bits, element `2t` low, `2t + 1`
+/// high) times the pair `b`, the high products first — the scalar twin of the micro-kernel.
+#[inline]
+pub(crate) fn dot(acc: f32, a: u32, b: u32) -> f32 {
+    let hi = step(acc, (a >> 16) as u16, (b >> 16) as u16);
+    step(hi, a as u16, b as u16)
+}
+
+/// `B`'s `k × cols` (bf16, `b` counting 2-byte elements) packed as pairs into `dst`: for
+/// each block of `KP` pairs starting at pair `t0`, for each panel `p`, the `kp × NR` block
+/// at `t0·NR·panels + p·kp·NR`, pair row by pair row, element `(2t, j)` in the low half and
+/// `(2t + 1, j)` (zero past `k`) in the high half, columns past `cols` zero. Returns, with
+/// `check`, whether the packed pairs are `plain` (else false).
+pub(super) fn pack_b(
+    k: usize,
+    cols: usize,
+    b: Operand,
+    dst: &mut [u32],
+    parallel: bool,
+    check: bool,
+) -> bool {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let all_plain = AtomicBool::new(check);
+    let panels = cols.div_ceil(NR);
+    let pairs = k.div_ceil(2);
+    let base = dst.as_mut_ptr() as usize;
+    let b_addr = b.ptr as usize;
+    const GROUP: usize = 8;
+    let groups = panels.div_ceil(GROUP);
+    let one = |u: usize| {
+        let (t0, g) = ((u / groups) * KP, u % groups);
+        let kp = KP.min(pairs - t0);
+        let (pg0, pg1) = (g * GROUP, (g * GROUP + GROUP).min(panels));
+        let (c0, c1) = (pg0 * NR, (pg1 * NR).min(cols));
+        let src = b_addr as *const u16;
+        let mut row = [0u32; GROUP * NR];
+        for t in 0..kp {
+            let k0 = 2 * (t0 + t);
+            // SAFETY: row `r` of B, column `c` (in range: `r < k`, `c < cols`).
+            let at = |r: usize, c: usize| unsafe {
+                u32::from(*src.offset(r as isize * b.rs + c as isize * b.cs))
+            };
+            for (j, x) in row[..c1 - c0].iter_mut().enumerate() {
+                let hi = if k0 + 1 < k { at(k0 + 1, c0 + j) } else { 0 };
+                *x = at(k0, c0 + j) | hi << 16;
+            }
+            row[c1 - c0..].fill(0);
+            if check && !plain(&row) {
+                all_plain.store(false, Ordering::Relaxed);
+            }
+            for p in pg0..pg1 {
+                // SAFETY: each panel's pair row `t` of this block inside `dst`, written by
+                // this unit alone.
+                unsafe {
+                    let o = (base as *mut u32).add(t0 * NR * panels + p * kp * NR + t * NR);
+                    o.cast::<[u32; NR]>().write_unaligned(
+                        row.as_ptr()
+                            .add((p - pg0) * NR)
+                            .cast::<[u32; NR]>()
+                            .read_unaligned(),
+                    );
+                }
+            }
+        }
+    };
+    let units = pairs.div_ceil(KP) * groups;
+    if parallel && units > 1 {
+        (0..units).into_par_iter().for_each(one);
+    } else {
+        (0..units).for_each(one);
+    }
+    all_plain.into_inner()
+}
+
+/// `A`'s rows `r0 .. r0 + rows`, pairs `t0 .. t0 + kp` (elements `2·t0 ..`, zero at `k` and
+/// past it) packed into `dst`: panel `q` at `q·kp·MR`, the pair `(r, t)` at `t·MR + r`, rows
+/// past `rows` zero. Returns, with `check`, whether the packed pairs are `plain` (else
+/// false).
+///
+/// # Safety
+/// Every element read is inside `A` (`k` columns, bf16, `a` counting 2-byte elements).
+unsafe fn pack_a(
+    a: Operand,
+    k: usize,
+    (r0, rows): (usize, usize),
+    (t0, kp): (usize, usize),
+    dst: &mut [u32],
+    check: bool,
+) -> bool {
+    let src = a.ptr.cast::<u16>();
+    for q in 0..rows.div_ceil(MR) {
+        let h = MR.min(rows - q * MR);
+        let out = &mut dst[q * kp * MR..(q + 1) * kp * MR];
+        for r in 0..h {
+            // SAFETY: row r0 + q·MR + r of A (in range).
+            let row = unsafe { src.offset((r0 + q * MR + r) as isize * a.rs) };
+            // SAFETY: column `c < k` of that row.
+            let at = |c: usize| unsafe { u32::from(*row.offset(c as isize * a.cs)) };
+            let whole = kp.min((k / 2).saturating_sub(t0));
+            for t in 0..whole {
+                let c = 2 * (t0 + t);
+                out[t * MR + r] = at(c) | at(c + 1) << 16;
+            }
+            // The last pair of an odd `k` (its high half zero).
+            for t in whole..kp {
+                out[t * MR + r] = at(2 * (t0 + t));
+            }
+        }
+        if h < MR {
+            for t in 0..kp {
+                out[t * MR + h..(t + 1) * MR].fill(0);
+            }
+        }
+    }
+    check && plain(&dst[..rows.div_ceil(MR) * kp * MR])
+}
+
+/// One task of a bf16 product: rows `r0 .. r0 + rows` of `C` and its panels `p0 .. p1` (of
+/// a column block `cols` wide), over the whole `k`, `B` packed in `bp` (`pack_b`, `plain`
+/// or not), its tiles as `mode` says.
+///
+/// # Safety
+/// As `super::block`, `a` a bf16 operand; `mode` runs on this CPU.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn block(
+    (r0, rows): (usize, usize),
+    (p0, p1, cols): (usize, usize, usize),
+    k: usize,
+    a: Operand,
+    (bp, b_plain): (&[u32], bool),
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    mode: Mode,
+) {
+    let panels = cols.div_ceil(NR);
+    let pairs = k.div_ceil(2);
+    with_buffer(&A_PACK, MC * KP, |ap| {
+        // SAFETY: the thread's own buffer, read as bits.
+        let ap = unsafe { std::slice::from_raw_parts_mut(ap.as_mut_ptr().cast::<u32>(), ap.len()) };
+        for t0 in (0..pairs).step_by(KP) {
+            let kp = KP.min(pairs - t0);
+            // SAFETY: the rows and columns are inside A.
+            let a_plain = unsafe { pack_a(a, k, (r0, rows), (t0, kp), ap, mode == Mode::Fma) };
+            // (The f32 steps are exact only on `plain` operands.)
+            let mode = match mode {
+                Mode::Fma if !(a_plain && b_plain) => Mode::Twin,
+                m => m,
+            };
+            let load = accumulate || t0 > 0;
+            let bbase = t0 * NR * panels;
+            let tiles = rows.div_ceil(MR);
+            let full_p = p0.max(p1.min(cols / NR));
+            let full_q = rows / MR;
+            #[cfg(target_arch = "x86_64")]
+            if mode == Mode::Dot {
+                // The whole tiles two panels of `B` by two of `A` at a time, as the f32
+                // 512-bit kernel goes.
+                let mut p = p0;
+                while p < full_p {
+                    let np = if p + 1 < full_p { 2 } else { 1 };
+                    let bpan = &bp[bbase + p * kp * NR..][..np * kp * NR];
+                    let mut q = 0;
+                    while q < full_q {
+                        let nq = if q + 1 < full_q { 2 } else { 1 };
+                        let apan = &ap[q * kp * MR..][..nq * kp * MR];
+                        // SAFETY: the tiles are whole and in C; the CPU has AVX512-BF16
+                        // (`Mode::Dot`).
+                        unsafe {
+                            let ct = c.add(q * MR * ldc + (p - p0) * NR);
+                            let args = (kp, apan.as_ptr(), bpan.as_ptr(), ct, ldc, load);
+                            match (nq, np) {
+                                (2, 2) => avx512bf16::micro::<2, 2>(args),
+                                (2, _) => avx512bf16::micro::<2, 1>(args),
+                                (_, 2) => avx512bf16::micro::<1, 2>(args),
+                                _ => avx512bf16::micro::<1, 1>(args),
+                            }
+                        }
+                        q += nq;
+                    }
+                    p += np;
+                }
+            }
+            // The rest (all of it for the other modes): tile by tile.
+            for p in p0..p1 {
+                let bpan = &bp[bbase + p * kp * NR..][..kp * NR];
+                let w = NR.min(cols - p * NR);
+                let first = if mode == Mode::Dot && p < full_p {
+                    full_q
+                } else {
+                    0
+                };
+                for q in first..tiles {
+                    let apan = &ap[q * kp * MR..][..kp * MR];
+                    let h = MR.min(rows - q * MR);
+                    // SAFETY: the tile's `h × w` corner is in C.
+                    unsafe {
+                        let ct = c.add(q * MR * ldc + (p - p0) * NR);
+                        tile(kp, apan, bpan, (ct, ldc), (h, w), load, mode)
+                    };
+                }
+            }
+        }
+    });
+}
+
+/// The `h × w` corner at `ct` of a 6 × 16 tile `:=` (or, with `load`, `+=`) the packed pair
+/// panels' product, by `mode`'s micro-kernel (an edge tile through a whole one in a
+/// buffer; a tile the f32 steps cannot give exactly again by the twin), or by the twin.
+///
+/// # Safety
+/// The corner is in C at row stride `ldc`; `mode` runs on this CPU.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    kp: usize,
+    a: &[u32],
+    b: &[u32],
+    (ct, ldc): (*mut f32, usize),
+    (h, w): (usize, usize),
+    load: bool,
+    mode: Mode,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if mode != Mode::Twin {
+        let whole = h == MR && w == NR;
+        let mut tmp = [0f32; MR * NR];
+        let (at, ld) = if whole {
+            (ct, ldc)
+        } else {
+            for i in 0..h {
+                for j in 0..w {
+                    if load {
+                        // SAFETY: (i, j) is in the corner.
+                        tmp[i * NR + j] = unsafe { *ct.add(i * ldc + j) };
+                    }
+                }
+            }
+            (tmp.as_mut_ptr(), NR)
+        };
+        // SAFETY: `at` holds a whole tile at stride `ld`; the CPU runs `mode`.
+        let done = unsafe {
+            let args = (kp, a.as_ptr(), b.as_ptr(), at, ld, load);
+            match mode {
+                Mode::Dot => {
+                    avx512bf16::micro::<1, 1>(args);
+                    true
+                }
+                _ => avx2::micro(args),
+            }
+        };
+        if done {
+            if !whole {
+                for i in 0..h {
+                    for j in 0..w {
+                        // SAFETY: as above.
+                        unsafe { *ct.add(i * ldc + j) = tmp[i * NR + j] };
+                    }
+                }
+            }
+            return;
+        }
+        // (Not stored: `C` still holds what the twin starts from.)
+    }
+    for i in 0..h {
+        for j in 0..w {
+            // SAFETY: (i, j) is in the corner.
+            let ci = unsafe { ct.add(i * ldc + j) };
+            let mut s = if load { unsafe { *ci } } else { 0.0 };
+            for t in 0..kp {
+                s = dot(s, a[t * MR + i], b[t * NR + j]);
+            }
+            // SAFETY: as above.
+            unsafe { *ci = s };
+        }
+    }
+}
+
+/// The micro-kernel on packed pair panels, for the tests: `c` (a whole 6 × 16 tile at row
+/// stride `NR`) `:=` or `+=` the product of `kp` pairs, as `mode` computes it (`Mode::Fma`
+/// where the pairs are `plain`, as `block` does).
+#[cfg(test)]
+pub(super) fn micro_tile(
+    kp: usize,
+    a: &[u32],
+    b: &[u32],
+    c: &mut [f32; MR * NR],
+    load: bool,
+    mode: Mode,
+) {
+    assert!(a.len() >= kp * MR && b.len() >= kp * NR && mode.runs());
+    let mode = match mode {
+        Mode::Fma if !(plain(&a[..kp * MR]) && plain(&b[..kp * NR])) => Mode::Twin,
+        m => m,
+    };
+    // SAFETY: `c` is a whole tile at stride NR; the CPU runs `mode` (asserted).
+    unsafe { tile(kp, a, b, (c.as_mut_ptr(), NR), (MR, NR), load, mode) }
+}
+
+#[cfg(test)]
+impl Mode {
+    /// Whether this CPU runs the mode.
+    pub(super) fn runs(self) -> bool {
+        match self {
+            Mode::Dot => has_dot(),
+            Mode::Fma => super::Kernel::Avx2.simd(),
+            Mode::Twin => true,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The steps of a 6 × 16 tile as f32 FMAs, each pair's high halves then its low ones:
+    /// 12 accumulators, per pair two loads of `B`, its halves split by a mask and a shift,
+    /// and per row one broadcast of `A`, split alike. Stores the tile and returns true
+    /// unless an accumulator starts nonzero below 2⁻¹⁰² or ends a NaN, where the twin must
+    /// compute it (`C` is then untouched).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; `a` holds `kp·MR` pairs, `b` `kp·NR`, `c` a whole tile at
+    /// stride `ldc`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro(
+        (kp, a, b, c, ldc, load): (usize, *const u32, *const u32, *mut f32, usize, bool),
+    ) -> bool {
+        // SAFETY (whole body): within the ranges of the contract.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            if load {
+                // Nonzero magnitudes below 2⁻¹⁰² (biased exponent 25), NaNs aside.
+                let (least, abs) = (_mm256_set1_epi32(25 << 23), _mm256_set1_epi32(0x7fff_ffff));
+                let mut small = _mm256_setzero_si256();
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (h, x) in row.iter_mut().enumerate() {
+                        *x = _mm256_loadu_ps(c.add(r * ldc + 8 * h));
+                        let m = _mm256_and_si256(_mm256_castps_si256(*x), abs);
+                        let tiny = _mm256_andnot_si256(
+                            _mm256_cmpeq_epi32(m, _mm256_setzero_si256()),
+                            _mm256_cmpgt_epi32(least, m),
+                        );
+                        small = _mm256_or_si256(small, tiny);
+                    }
+                }
+                if _mm256_testz_si256(small, small) == 0 {
+                    return false;
+                }
+            }
+            let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kp {
+                let bv = [
+                    _mm256_loadu_si256(b.cast()),
+                    _mm256_loadu_si256(b.add(8).cast()),
+                ];
+                let bh = bv.map(|v| _mm256_castsi256_ps(_mm256_and_si256(v, high)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_epi32(*a.add(r) as i32);
+                    let x = _mm256_castsi256_ps(_mm256_and_si256(x, high));
+                    row[0] = _mm256_fmadd_ps(x, bh[0], row[0]);
+                    row[1] = _mm256_fmadd_ps(x, bh[1], row[1]);
+                }
+                let bl = bv.map(|v| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_epi32(*a.add(r) as i32);
+                    let x = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(x));
+                    row[0] = _mm256_fmadd_ps(x, bl[0], row[0]);
+                    row[1] = _mm256_fmadd_ps(x, bl[1], row[1]);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
+            }
+            let mut nan = _mm256_setzero_ps();
+            for row in &acc {
+                for &x in row {
+                    nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                }
+            }
+            if _mm256_movemask_ps(nan) != 0 {
+                return false;
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (h, &x) in row.iter().enumerate() {
+                    _mm256_storeu_ps(c.add(r * ldc + 8 * h), x);
+                }
+            }
+            true
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// `QA` packed pair panels of `A` (6 rows each, `kp·MR` apart) by `PB` of `B` (16
+    /// columns each, `kp·NR` apart), one accumulator a row and panel, each broadcast pair of
+    /// `A` feeding `PB` `vdpbf16ps` (`A` its first operand, `B` its second: the order of
+    /// the NaN it picks, `super::step`).
+    ///
+    /// # Safety
+    /// AVX-512 F and BF16 are present; `a` holds `QA·kp·MR` pairs, `b` `PB·kp·NR`, `c` a
+    /// whole `QA·6 × PB·16` tile at stride `ldc`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::needless_range_loop)] // rows and panels index the accumulators alike
+    pub(super) unsafe fn micro<const QA: usize, const PB: usize>(
+        (kp, a, b, c, ldc, load): (usize, *const u32, *const u32, *mut f32, usize, bool),
+    ) {
+        // SAFETY (whole body): within the ranges of the contract.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; 2 * MR];
+            if load {
+                for r in 0..QA * MR {
+                    for q in 0..PB {
+                        acc[r][q] = _mm512_loadu_ps(c.add(r * ldc + q * NR));
+                    }
+                }
+            }
+            let (astride, bstride) = (kp * MR, kp * NR);
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kp {
+                let mut bv = [_mm512_setzero_si512(); 2];
+                for (q, x) in bv.iter_mut().enumerate().take(PB) {
+                    *x = _mm512_loadu_si512(b.add(q * bstride).cast());
+                }
+                for qa in 0..QA {
+                    for r in 0..MR {
+                        let x: __m512bh =
+                            std::mem::transmute(_mm512_set1_epi32(*a.add(qa * astride + r) as i32));
+                        for q in 0..PB {
+                            let y: __m512bh = std::mem::transmute(bv[q]);
+                            acc[qa * MR + r][q] = _mm512_dpbf16_ps(acc[qa * MR + r][q], x, y);
+                        }
+                    }
+                }
+                a = a.add(MR);
+                b = b.add(NR);
+            }
+            for r in 0..QA * MR {
+                for q in 0..PB {
+                    _mm512_storeu_ps(c.add(r * ldc + q * NR), acc[r][q]);
+                }
+            }
+        }
+    }
+}
