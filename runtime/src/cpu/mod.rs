@@ -450,7 +450,21 @@ fn run_observed(
                 {
                     // SAFETY: elements offset .. offset + numel are in bounds (checked above).
                     let src = unsafe { std::slice::from_raw_parts(mem.ptr.add(start), len) };
-                    arena::copy_into(src, &mut v);
+                    if release {
+                        // A step at a time, each step's pages handed back as it is copied:
+                        // the copy adds at most a step to the peak (a first run's peak
+                        // is the plan's).
+                        v.clear();
+                        for step in src.chunks(RELEASE_STEP) {
+                            v.extend_from_slice(step);
+                            let rest = step.as_ptr_range().end as usize;
+                            let mut still = keep.clone();
+                            still.push((rest, src.as_ptr_range().end as usize));
+                            arena.release_except(&still);
+                        }
+                    } else {
+                        arena::copy_into(src, &mut v);
+                    }
                     v
                 }
                 // SAFETY: the output's bytes are in bounds (checked above) and in the arena,
@@ -520,6 +534,11 @@ fn output_vectors(plan: &Plan) -> Vec<Option<Vec<u8>>> {
 /// the tuned allocator serves from its heap (`arena::HEAP_BLOCK_MAX`), whose freed pages
 /// the next run's copies reuse.
 const WARM_COPY_MAX: usize = arena::HEAP_BLOCK_MAX;
+
+/// Where a run hands the arena's pages back as its outputs leave (a first run), it copies
+/// an output this many bytes at a time, handing back each step's pages after it: the copy
+/// adds at most this to the peak (2 MiB steps measured +3 % on `chain.tx`'s 64 MiB plan).
+const RELEASE_STEP: usize = 512 << 10;
 
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
     let mut s = vec![0i64; shape.len()];
