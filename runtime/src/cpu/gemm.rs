@@ -1189,6 +1189,40 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// Runs `product(kernel, c, packed_b, nc)` from `c0` on 1, 2, 3 and 5 threads (B
+    /// packed whole or in blocks of two panels, alternately, the first `skip` of those runs
+    /// left out), with every micro-kernel, and asserts each gives `want` bit for bit.
+    fn every_run_gives(
+        c0: &[f32],
+        want: &[f32],
+        (n, k): (usize, usize),
+        skip: usize,
+        what: &str,
+        product: impl Fn(Kernel, *mut f32, &mut [f32], usize) + Sync,
+    ) {
+        let widths = [usize::MAX, 2 * NR];
+        let runs = [1, 2, 3, 5].into_iter().zip(widths.into_iter().cycle());
+        for (threads, nc) in runs.skip(skip) {
+            for kernel in [Kernel::Best, Kernel::Avx2, Kernel::Scalar] {
+                let mut c = c0.to_vec();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                let cp = c.as_mut_ptr() as usize;
+                let mut bp = vec![f32::NAN; packing_floats(n, k, nc)];
+                pool.install(|| product(kernel, cp as *mut f32, &mut bp, nc));
+                for (x, (g, w)) in c.iter().zip(want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{what} {threads} threads {kernel:?}: element {x}"
+                    );
+                }
+            }
+        }
+    }
+
     /// A transposed `B` (rows contiguous down its columns) packs as the element-by-element
     /// path packs it: whole 8 × 8 transposes, the rows of `k` past the last whole eight,
     /// blocks of `KC`, and partial panels (which take the element path).
@@ -1426,45 +1460,16 @@ mod tests {
                     }
                     // The whole of B packed at once, or in blocks of two panels (the
                     // last one narrower where n is not a multiple of 32).
-                    let widths = [usize::MAX, 2 * NR];
-                    for (threads, nc) in [1, 2, 3, 5].into_iter().zip(widths.into_iter().cycle()) {
-                        for kernel in [Kernel::Best, Kernel::Avx2, Kernel::Scalar] {
-                            let mut c = c0.clone();
-                            let pool = rayon::ThreadPoolBuilder::new()
-                                .num_threads(threads)
-                                .build()
-                                .expect("pool");
-                            let cp = c.as_mut_ptr() as usize;
-                            let mut bp = vec![f32::NAN; packing_floats(n, k, nc)];
-                            // SAFETY: the buffers cover every index the strides reach.
-                            pool.install(|| unsafe {
-                                gemm(
-                                    m,
-                                    n,
-                                    k,
-                                    a,
-                                    b,
-                                    cp as *mut f32,
-                                    ldc,
-                                    accumulate,
-                                    true,
-                                    kernel,
-                                    &mut bp,
-                                    nc,
-                                    None,
-                                    None,
-                                )
-                            });
-                            for (x, (g, w)) in c.iter().zip(&want).enumerate() {
-                                assert_eq!(
-                                    g.to_bits(),
-                                    w.to_bits(),
-                                    "{m}×{k}×{n} {la:?} {lb:?} acc {accumulate} \
-                                     {threads} threads {kernel:?}: element {x}"
-                                );
-                            }
+                    let what = format!("{m}×{k}×{n} {la:?} {lb:?} acc {accumulate}");
+                    every_run_gives(&c0, &want, (n, k), 0, &what, |kernel, cp, bp, nc| {
+                        // SAFETY: the buffers cover every index the strides reach.
+                        unsafe {
+                            gemm(
+                                m, n, k, a, b, cp, ldc, accumulate, true, kernel, bp, nc, None,
+                                None,
+                            )
                         }
-                    }
+                    });
                 }
             }
         }
@@ -1866,45 +1871,15 @@ mod tests {
                             want[i * ldc + j] = s;
                         }
                     }
-                    let widths = [usize::MAX, 2 * NR];
-                    let runs = [1, 2, 3, 5].into_iter().zip(widths.into_iter().cycle());
-                    for (threads, nc) in runs.skip(li % 2) {
-                        for kernel in [Kernel::Best, Kernel::Avx2, Kernel::Scalar] {
-                            let mut c = c0.clone();
-                            let pool = rayon::ThreadPoolBuilder::new()
-                                .num_threads(threads)
-                                .build()
-                                .expect("pool");
-                            let cp = c.as_mut_ptr() as usize;
-                            let mut bp = vec![f32::NAN; packing_floats(n, k, nc)];
-                            // SAFETY: the buffers cover every index the strides reach.
-                            pool.install(|| unsafe {
-                                gemm_bf16(
-                                    m,
-                                    n,
-                                    k,
-                                    a,
-                                    b,
-                                    cp as *mut f32,
-                                    ldc,
-                                    accumulate,
-                                    true,
-                                    kernel,
-                                    &mut bp,
-                                    nc,
-                                    None,
-                                )
-                            });
-                            for (x, (g, w)) in c.iter().zip(&want).enumerate() {
-                                assert_eq!(
-                                    g.to_bits(),
-                                    w.to_bits(),
-                                    "{m}×{k}×{n} {la:?} {lb:?} acc {accumulate} \
-                                     {threads} threads {kernel:?}: element {x}"
-                                );
-                            }
+                    let what = format!("{m}×{k}×{n} {la:?} {lb:?} acc {accumulate}");
+                    every_run_gives(&c0, &want, (n, k), li % 2, &what, |kernel, cp, bp, nc| {
+                        // SAFETY: the buffers cover every index the strides reach.
+                        unsafe {
+                            gemm_bf16(
+                                m, n, k, a, b, cp, ldc, accumulate, true, kernel, bp, nc, None,
+                            )
                         }
-                    }
+                    });
                 }
             }
         }
