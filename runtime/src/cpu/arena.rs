@@ -497,6 +497,25 @@ pub(super) fn copy_out(src: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Advises the whole huge pages of `dst`'s first `n` bytes of capacity to be huge pages,
+/// when `n` is large (fresh memory then faults in 2 MiB at a time, not 4 KiB).
+pub(super) fn advise_huge(dst: &Vec<u8>, n: usize) {
+    #[cfg(target_os = "linux")]
+    if n >= HUGE_MIN && n <= dst.capacity() {
+        let (lo, hi) = (
+            (dst.as_ptr() as usize).next_multiple_of(HUGE),
+            (dst.as_ptr() as usize + n) / HUGE * HUGE,
+        );
+        if lo < hi {
+            // SAFETY: advice on whole huge pages inside the caller's own allocation (its
+            // capacity covers `n` bytes); it changes no contents, and failure is harmless.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (dst, n);
+}
+
 /// `src` copied into `dst` (empty, capacity at least `src.len()`): when large, advised to
 /// use huge pages and filled by the rayon pool in 1 MiB chunks (the page faults of fresh
 /// memory are most of the cost, and they run in parallel too).
@@ -508,18 +527,7 @@ pub(super) fn copy_into(src: &[u8], dst: &mut Vec<u8>) {
         return;
     }
     dst.reserve(n);
-    #[cfg(target_os = "linux")]
-    if n >= HUGE_MIN {
-        let (lo, hi) = (
-            (dst.as_ptr() as usize).next_multiple_of(HUGE),
-            (dst.as_ptr() as usize + n) / HUGE * HUGE,
-        );
-        if lo < hi {
-            // SAFETY: advice on whole huge pages inside our own allocation; it changes no
-            // contents, and failure is harmless.
-            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
-        }
-    }
+    advise_huge(dst, n);
     dst.spare_capacity_mut()[..n]
         .par_chunks_mut(COPY_CHUNK)
         .zip(src.par_chunks(COPY_CHUNK))

@@ -455,6 +455,7 @@ fn run_observed(
                         // the copy adds at most a step to the peak (a first run's peak
                         // is the plan's).
                         v.clear();
+                        arena::advise_huge(&v, len);
                         for step in src.chunks(RELEASE_STEP) {
                             v.extend_from_slice(step);
                             let rest = step.as_ptr_range().end as usize;
