@@ -42,14 +42,7 @@ use std::collections::BTreeSet;
 /// without tiles, and tiles never raise the arena it found.
 pub fn retile(plan: &mut Plan, budget: u64) {
     let outputs: BTreeSet<BufferId> = plan.outputs.iter().map(|o| o.buffer).collect();
-    let unplaced = || {
-        let mut buffers = plan.buffers.clone();
-        for b in &mut buffers {
-            b.in_place_of = None;
-            b.offset = 0;
-        }
-        buffers
-    };
+    let unplaced = || unplaced(&plan.buffers);
     let mut variants = Vec::new();
     // Products in tiles alone.
     let mut buffers = unplaced();
@@ -91,7 +84,6 @@ pub fn retile(plan: &mut Plan, budget: u64) {
 /// exact best-order bound). (Products in tiles keep them already.)
 fn room_for_epilogues(plan: &mut Plan, budget: u64) {
     let outputs: BTreeSet<BufferId> = plan.outputs.iter().map(|o| o.buffer).collect();
-    let limit = plan.arena_bytes;
     let mut tried = BTreeSet::new();
     // (Each placement may move every buffer, so the pairs are looked at again after one.)
     while let Some((i, short)) = (0..plan.kernels.len())
@@ -99,11 +91,7 @@ fn room_for_epilogues(plan: &mut Plan, budget: u64) {
         .find_map(|i| Some((i, in_the_way(plan, i)?)))
     {
         tried.insert(i);
-        let mut buffers = plan.buffers.clone();
-        for b in &mut buffers {
-            b.in_place_of = None;
-            b.offset = 0;
-        }
+        let mut buffers = unplaced(&plan.buffers);
         for id in short {
             buffers[id.index()].last_step = i + 1;
         }
@@ -114,11 +102,21 @@ fn room_for_epilogues(plan: &mut Plan, budget: u64) {
             plan.options.reuse,
             budget,
         );
-        if arena <= limit {
+        if arena <= plan.arena_bytes {
             plan.buffers = buffers;
             plan.arena_bytes = arena;
         }
     }
+}
+
+/// `buffers` with no placement: to be placed again (`super::place`) after their lives change.
+fn unplaced(buffers: &[Buffer]) -> Vec<Buffer> {
+    let mut buffers = buffers.to_vec();
+    for b in &mut buffers {
+        b.in_place_of = None;
+        b.offset = 0;
+    }
+    buffers
 }
 
 /// For a stored product at step `i` whose consumer at `i + 1` (`epilogue_pair`) writes

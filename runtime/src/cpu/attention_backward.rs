@@ -629,14 +629,12 @@ impl Ctx<'_> {
         for (kt, k0) in (0..n).step_by(T).enumerate() {
             let rk = T.min(n - k0);
             self.scores(&idx, (q0, rq), (k0, rk), sc);
-            if keep {
+            let (s, dp) = if keep {
                 std::mem::swap(&mut sc.s, &mut kept[kt].0);
                 std::mem::swap(&mut sc.dp, &mut kept[kt].1);
                 // (What came back is a tile from before, or nothing the first time.)
                 sc.s.resize(T * T, 0.0);
                 sc.dp.resize(T * T, 0.0);
-            }
-            let (s, dp) = if keep {
                 let (s, dp) = &mut kept[kt];
                 (s, &*dp)
             } else {

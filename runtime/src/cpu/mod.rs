@@ -458,10 +458,13 @@ fn run_observed(
                         arena::advise_huge(&v, len);
                         for step in src.chunks(RELEASE_STEP) {
                             v.extend_from_slice(step);
-                            let rest = step.as_ptr_range().end as usize;
-                            let mut still = keep.clone();
-                            still.push((rest, src.as_ptr_range().end as usize));
-                            arena.release_except(&still);
+                            // (Kept meanwhile: the rest of this output.)
+                            keep.push((
+                                step.as_ptr_range().end as usize,
+                                src.as_ptr_range().end as usize,
+                            ));
+                            arena.release_except(&keep);
+                            keep.pop();
                         }
                     } else {
                         arena::copy_into(src, &mut v);
