@@ -504,13 +504,10 @@ impl<const W: usize> Lanes<W> {
                     math::binary_block(op, operand(a), operand(b), dst);
                     math::round_block(body[i].dtype, dst);
                 }
-                ValueOp::Cast(a) => {
-                    match operand(a) {
-                        Operand::Block(src) => dst.copy_from_slice(src),
-                        Operand::Scalar(x) => dst.fill(x),
-                    }
-                    math::round_block(body[i].dtype, dst);
-                }
+                ValueOp::Cast(a) => match operand(a) {
+                    Operand::Block(src) => math::round_into(body[i].dtype, src, dst),
+                    Operand::Scalar(x) => dst.fill(math::round_to(body[i].dtype, x)),
+                },
                 _ => unreachable!("not a wide kernel"),
             }
             self.slots[i] = own;

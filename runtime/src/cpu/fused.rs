@@ -924,13 +924,10 @@ impl Scratch {
                     }
                     math::round_block(body[i].dtype, dst);
                 }
-                ValueOp::Cast(a) => {
-                    match operand(a) {
-                        Operand::Block(src) => dst.copy_from_slice(src),
-                        Operand::Scalar(x) => dst.fill(x),
-                    }
-                    math::round_block(body[i].dtype, dst);
-                }
+                ValueOp::Cast(a) => match operand(a) {
+                    Operand::Block(src) => math::round_into(body[i].dtype, src, dst),
+                    Operand::Scalar(x) => dst.fill(math::round_to(body[i].dtype, x)),
+                },
                 // Kernels with a `where` hold a `bool` and run in `typed`; so do kernels
                 // with index values (`index::needed`).
                 ValueOp::Where(..)
@@ -1200,7 +1197,7 @@ impl Mem {
     }
 
     /// An f16 or bf16 buffer that is 2-byte aligned, so runs of it convert as `u16` slices
-    /// (the `half` crate's vector conversions for f16, `math::bf16_bits` for bf16: the bits
+    /// (the `half` crate's vector conversions for f16, `halves::bf16_bits` for bf16: the bits
     /// of the one-element forms).
     #[inline]
     fn halves(&self) -> bool {

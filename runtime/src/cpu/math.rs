@@ -7,6 +7,8 @@
 use half::{bf16, f16};
 use tc_compiler::ir::{BinaryOp, DType, UnaryOp};
 
+pub use super::halves::{narrow_to_halves, round_block, round_into, widen_halves};
+
 /// `op(x)` in f32. `exp`, `tanh`, `erf` and the functions built on them use the
 /// branch-free polynomial kernels below (the same in scalar and block form, so a value
 /// computed per row equals the same value computed per element).
@@ -659,66 +661,6 @@ fn two_passes(
         (c, Operand::Block(&t))
     };
     binary_block_impl(op2, x, y, dst);
-}
-
-/// Rounds every value of `dst` to `dtype` in place: the bits of `f16::from_f32(x).to_f32()`
-/// and `bf16::from_f32(x).to_f32()`, a block at a time (f16 through the `half` crate's slice
-/// conversions, F16C where the CPU has it as the one-value form uses; bf16 by `bf16_bits`,
-/// which the compiler vectorises).
-pub fn round_block(dtype: DType, dst: &mut [f32]) {
-    match dtype {
-        DType::F32 | DType::I32 | DType::I64 | DType::Bool => {}
-        DType::F16 => {
-            use half::slice::HalfFloatSliceExt;
-            let mut tmp = [f16::ZERO; 256];
-            for chunk in dst.chunks_mut(256) {
-                let t = &mut tmp[..chunk.len()];
-                t.convert_from_f32_slice(chunk);
-                t.convert_to_f32_slice(chunk);
-            }
-        }
-        DType::BF16 => dst
-            .iter_mut()
-            .for_each(|x| *x = f32::from_bits(u32::from(bf16_bits(*x)) << 16)),
-    }
-}
-
-/// `bf16::from_f32(x).to_bits()` without branches (so that a loop of it vectorises): round
-/// to nearest, ties to even; a NaN keeps its sign and top mantissa bits, made quiet.
-#[inline(always)]
-pub fn bf16_bits(x: f32) -> u16 {
-    let x = x.to_bits();
-    let nan = x & 0x7fff_ffff > 0x7f80_0000;
-    let up = (x & 0x8000 != 0) & (x & 0x1_7fff != 0);
-    let rounded = (x >> 16) + u32::from(up);
-    (if nan { (x >> 16) | 0x40 } else { rounded }) as u16
-}
-
-/// f16 or bf16 values (`dtype`), as their bits, to f32, exactly: f16 through `half`'s
-/// vector conversion (F16C where the CPU has it), bf16 by a shift.
-pub fn widen_halves(dtype: DType, src: &[u16], dst: &mut [f32]) {
-    if dtype == DType::BF16 {
-        for (d, &h) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits(u32::from(h) << 16);
-        }
-    } else {
-        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-        src.reinterpret_cast::<f16>().convert_to_f32_slice(dst);
-    }
-}
-
-/// f32 values rounded to f16 or bf16 (`dtype`), as their bits: the one-value forms' bits
-/// (`round_block`'s conversions).
-pub fn narrow_to_halves(dtype: DType, src: &[f32], dst: &mut [u16]) {
-    if dtype == DType::BF16 {
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = bf16_bits(x);
-        }
-    } else {
-        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-        dst.reinterpret_cast_mut::<f16>()
-            .convert_from_f32_slice(src);
-    }
 }
 
 /// Elements per leaf of the pairwise sum.
@@ -1494,54 +1436,6 @@ mod tests {
                 )
             });
             eprintln!("{:>10}: {ns:.3} ns/element", op.name());
-        }
-    }
-
-    /// `round_block` and `bf16_bits` give the `half` crate's one-value bits: every 4099th
-    /// bit pattern of f32 (a million, both signs, subnormals, infinities, NaNs of many
-    /// payloads), ties at every exponent, and the edges of each range, in blocks of odd
-    /// lengths (the f16 form converts 256 at a time).
-    #[test]
-    fn half_rounding_of_blocks_is_the_one_value_forms() {
-        let mut xs: Vec<f32> = (0..=u32::MAX / 4099)
-            .map(|i| f32::from_bits(i * 4099))
-            .collect();
-        for e in 0..255u32 {
-            for low in [0x8000u32, 0x1_8000, 0x7fff, 0x1000, 0x1fff, 0xffff] {
-                xs.push(f32::from_bits(e << 23 | low));
-                xs.push(f32::from_bits(1 << 31 | e << 23 | low));
-            }
-        }
-        xs.extend([
-            65504.0,
-            65520.0,
-            65519.99,
-            6.1e-5,
-            5.96e-8,
-            2.9e-8,
-            f32::MAX,
-            -0.0,
-        ]);
-        for dtype in [DType::F16, DType::BF16] {
-            let mut got = xs.clone();
-            for block in got.chunks_mut(1021) {
-                round_block(dtype, block);
-            }
-            for (&x, &g) in xs.iter().zip(&got) {
-                let want = match dtype {
-                    DType::F16 => f16::from_f32(x).to_f32(),
-                    _ => bf16::from_f32(x).to_f32(),
-                };
-                assert_eq!(g.to_bits(), want.to_bits(), "{dtype} of {:#x}", x.to_bits());
-            }
-        }
-        for &x in &xs {
-            assert_eq!(
-                bf16_bits(x),
-                bf16::from_f32(x).to_bits(),
-                "{:#x}",
-                x.to_bits()
-            );
         }
     }
 

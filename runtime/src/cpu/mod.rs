@@ -16,6 +16,7 @@ mod columns;
 mod epilogue;
 mod fused;
 mod gemm;
+mod halves;
 mod index;
 mod index_add;
 mod math;

@@ -1,8 +1,10 @@
 //! Rewrites of a lowered fused kernel that the CPU executor applies before running it,
-//! each giving the very bits of what it replaces with less work: today, one shared
-//! exponential for `sigmoid(v)` where the kernel also computes `1 + exp(-v)` (as the
-//! peers' programs and `examples/chain.tx` do). `math::sigmoid` is `1 / (1 + exp(-v))`
-//! with the same `exp`, so `sigmoid(v)` becomes `1 / t` on that `t`.
+//! each giving the very bits of what it replaces with less work: one shared exponential
+//! for `sigmoid(v)` where the kernel also computes `1 + exp(-v)` (as the peers' programs
+//! and `examples/chain.tx` do) — `math::sigmoid` is `1 / (1 + exp(-v))` with the same
+//! `exp`, so `sigmoid(v)` becomes `1 / t` on that `t` — and no work for a cast that changes
+//! no value (f16 or bf16 to f32, a float dtype to itself: `halves::widens_exactly`), whose
+//! users read its operand instead (the f32 lanes hold the same bits either way).
 
 use tc_compiler::ir::{BinaryOp, DType, UnaryOp};
 use tc_compiler::lower::{KernelIr, Level, ValueId, ValueOp};
@@ -10,11 +12,77 @@ use tc_compiler::lower::{KernelIr, Level, ValueId, ValueOp};
 /// Applies every rewrite to `ir`, keeping each pass's element values in an order where
 /// every value comes after its operands.
 pub(super) fn rewrite(ir: &mut KernelIr) {
+    skip_exact_casts(ir);
     if share_sigmoid_exp(ir) {
         for q in 0..ir.passes.len() {
             let order = topological(ir, &ir.passes[q].elements);
             ir.passes[q].elements = order;
         }
+    }
+}
+
+/// Every use of a cast that changes no value (`halves::widens_exactly` from its operand's
+/// dtype), by an op or a store, reads the operand instead (through chains of such casts),
+/// and no pass computes the cast: it becomes an unused constant. Its operand is in every
+/// pass the cast was in (a pass computes the operands of its element values), and the
+/// values are the same bits, so every op, reduction and store sees what it saw.
+fn skip_exact_casts(ir: &mut KernelIr) {
+    let exact = |ir: &KernelIr, id: ValueId| match ir.value(id).op {
+        ValueOp::Cast(a) => {
+            super::halves::widens_exactly(ir.value(a).dtype, ir.value(id).dtype).then_some(a)
+        }
+        _ => None,
+    };
+    let n = ir.values.len();
+    let mut skip = vec![false; n];
+    let mut to: Vec<ValueId> = (0..n).map(ValueId::new).collect();
+    for id in (0..n).map(ValueId::new) {
+        let mut at = id;
+        while let Some(a) = exact(ir, at) {
+            at = a;
+        }
+        to[id.index()] = at;
+        skip[id.index()] = at != id;
+    }
+    if !skip.contains(&true) {
+        return;
+    }
+    for v in &mut ir.values {
+        v.op = match v.op.clone() {
+            ValueOp::Unary(op, a) => ValueOp::Unary(op, to[a.index()]),
+            ValueOp::Binary(op, a, b) => ValueOp::Binary(op, to[a.index()], to[b.index()]),
+            ValueOp::Cast(a) => ValueOp::Cast(to[a.index()]),
+            ValueOp::Reduce(op, a) => ValueOp::Reduce(op, to[a.index()]),
+            ValueOp::Scan(a) => ValueOp::Scan(to[a.index()]),
+            ValueOp::Where(c, a, b) => ValueOp::Where(to[c.index()], to[a.index()], to[b.index()]),
+            ValueOp::Gather {
+                load,
+                index,
+                stride,
+                size,
+                what,
+            } => ValueOp::Gather {
+                load,
+                index: to[index.index()],
+                stride,
+                size,
+                what,
+            },
+            op @ (ValueOp::Load(_) | ValueOp::Const(_) | ValueOp::Index { .. }) => op,
+        };
+    }
+    for st in &mut ir.stores {
+        st.value = to[st.value.index()];
+    }
+    for (i, v) in ir.values.iter_mut().enumerate() {
+        if skip[i] {
+            v.op = ValueOp::Const(0.0);
+            v.level = Level::Row;
+        }
+    }
+    for q in &mut ir.passes {
+        q.elements.retain(|e| !skip[e.index()]);
+        q.row.retain(|e| !skip[e.index()]);
     }
 }
 

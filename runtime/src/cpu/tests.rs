@@ -1440,6 +1440,108 @@ fn sigmoid_shares_one_plus_exp_of_minus_x_with_the_same_bits() {
     }
 }
 
+/// Casts that change no value (f16 or bf16 to f32, a float dtype to itself) are skipped
+/// (`peephole`): their users, chains of them and stores of them read the operand, no pass
+/// computes them, and the outputs are the bits of the element-at-a-time meaning — in a
+/// pointwise kernel and in a row kernel (a max over the row of an exact cast), every f16
+/// bit pattern as input.
+#[test]
+fn exact_casts_are_skipped_with_the_same_bits() {
+    use super::math;
+    use tc_compiler::lower::{self, ValueOp};
+    let typed = |op: InstOp, dtype: DType, level: Level| Inst {
+        op,
+        dtype,
+        level,
+        node: None,
+    };
+    let (rows, cols) = (256u64, 256u64);
+    let n = rows * cols;
+    // Every f16 bit pattern, NaNs and infinities included.
+    let x: Vec<f32> = (0..=u16::MAX)
+        .map(|h| half::f16::from_bits(h).to_f32())
+        .collect();
+    let e = Level::Element;
+    // a = f32(x) (exact); b = f32(a) (exact); c = bf16(3·b) (rounds); d = f16(f32(c) + a);
+    // y0 = f16(d) (exact), y1 = b, y2 = max over the row of f32(d) (exact).
+    let body = vec![
+        typed(InstOp::Load(0), DType::F16, e),
+        typed(InstOp::Cast(0), DType::F32, e),
+        typed(InstOp::Cast(1), DType::F32, e),
+        el(InstOp::Const(3.0)),
+        el(InstOp::Binary(BinaryOp::Mul, 2, 3)),
+        typed(InstOp::Cast(4), DType::BF16, e),
+        typed(InstOp::Cast(5), DType::F32, e),
+        typed(InstOp::Binary(BinaryOp::Add, 6, 1), DType::F16, e),
+        typed(InstOp::Cast(7), DType::F16, e),
+        typed(InstOp::Cast(8), DType::F32, e),
+        row(InstOp::Reduce(ReduceOp::Max, 9)),
+    ];
+    let k = fused(
+        &[rows, cols],
+        &[1],
+        vec![ld(0, DType::F16, 0, &[cols as i64, 1])],
+        body,
+        &[(8, 1), (2, 2), (10, 3)],
+    );
+    let p = plan(
+        vec![k],
+        vec![
+            leaf(
+                "x",
+                BufferKind::Input { index: 0 },
+                DType::F16,
+                &[rows, cols],
+            ),
+            arena("y0", DType::F16, &[rows, cols], 0),
+            arena("y1", DType::F32, &[rows, cols], n * 2),
+            arena("y2", DType::F32, &[rows], n * 6),
+        ],
+        &[0],
+        vec![
+            out("y0", 1, DType::F16, &[rows, cols], 0, &[cols as i64, 1]),
+            out("y1", 2, DType::F32, &[rows, cols], 0, &[cols as i64, 1]),
+            out("y2", 3, DType::F32, &[rows], 0, &[1]),
+        ],
+    );
+    let KernelKind::Fused(fk) = &p.kernels[0].kind else {
+        unreachable!()
+    };
+    let mut ir = lower::lower_fused(&p, "k", fk).expect("lowers");
+    let casts = |ir: &lower::KernelIr| {
+        ir.passes
+            .iter()
+            .flat_map(|q| q.elements.iter().chain(&q.row))
+            .filter(|v| matches!(ir.value(**v).op, ValueOp::Cast(_)))
+            .count()
+    };
+    assert_eq!(casts(&ir), 6, "the kernel as lowered");
+    super::peephole::rewrite(&mut ir);
+    assert_eq!(casts(&ir), 1, "only the cast to bf16 is computed");
+    for st in &ir.stores {
+        assert!(!matches!(
+            ir.value(st.value).op,
+            ValueOp::Cast(_) | ValueOp::Const(_)
+        ));
+    }
+    let input = HostTensor::from_f32(DType::F16, vec![rows, cols], &x);
+    let got = run(&p, &[input], &[]).expect("runs");
+    let (y0, y1, y2) = (got[0].to_f32(), got[1].to_f32(), got[2].to_f32());
+    let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan();
+    for (r, row) in x.chunks(cols as usize).enumerate() {
+        let mut max = f32::NEG_INFINITY;
+        for (j, &xi) in row.iter().enumerate() {
+            let i = r * cols as usize + j;
+            let c = math::round_to(DType::BF16, 3.0 * xi);
+            let d = math::round_to(DType::F16, c + xi);
+            assert!(same(y0[i], d), "x = {xi:e}: {} want {d:e}", y0[i]);
+            assert!(same(y1[i], xi), "x = {xi:e}: {}", y1[i]);
+            max = math::maximum(max, d);
+        }
+        assert!(same(y2[r], max), "row {r}: {} want {max:e}", y2[r]);
+    }
+}
+
 /// Cheap insts folded into the loop of the inst they feed (`fused::Fold`) give the bits of
 /// one inst at a time: `exp(-x)`, `sqrt(|x|)`, `x·1.5 + 0.25`, `c - a/b` (the fed inst on
 /// the right), `maximum(r + x, y)` with a row-level left operand (swapped: `+` commutes),

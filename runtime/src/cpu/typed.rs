@@ -1043,10 +1043,9 @@ impl State {
             (false, Slot::F(d)) => {
                 let d = grown(d, n);
                 match Self::floats(p, &self.r.vals, &self.slots, a, &mut self.tmp_f[0], n) {
-                    Operand::Block(v) => d.copy_from_slice(v),
-                    Operand::Scalar(x) => d.fill(x),
+                    Operand::Block(v) => math::round_into(to, v, d),
+                    Operand::Scalar(x) => d.fill(math::round_to(to, x)),
                 }
-                math::round_block(to, d);
             }
             (false, Slot::I(d)) => {
                 let d = grown(d, n);
