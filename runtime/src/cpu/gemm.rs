@@ -1807,7 +1807,8 @@ mod tests {
 
     /// bf16 products in pairs (`gemm_bf16`) for every shape's edges (rows not a multiple of
     /// 6, columns not of 16, odd `k`, `k` over several blocks of pairs, more rows than
-    /// `MC`), `A` and `B` row-major, transposed or strided, from 0 and accumulating, in
+    /// `MC`), `A` and `B` row-major (a row-major `A` of even `k` read in place), transposed
+    /// or strided, from 0 and accumulating, in
     /// pools of 1–5 threads and column blocks of the whole or two panels: the same bits as
     /// the plain chain of twin steps over the pairs (`pairs::dot`, the odd `k`'s last pair
     /// with a zero), with `vdpbf16ps` where the CPU has it and with the twin.
@@ -1819,6 +1820,8 @@ mod tests {
             (6, 16, 256),
             (13, 33, 1025),
             (150, 40, 2 * pairs::KP * 2 + 6),
+            // An even `k`, `A` read in place but for its last 3 rows (packed).
+            (27, 40, 130),
             (7, 300, 71),
             (290, 50, 0),
         ];

@@ -1,5 +1,6 @@
-//! tc's GEMM for a bf16 `A` times a bf16 `B` (`super::gemm_bf16`): both packed as bf16
-//! pairs along `k` (`k` padded to even with a zero) and multiplied by AVX512-BF16's
+//! tc's GEMM for a bf16 `A` times a bf16 `B` (`super::gemm_bf16`): both as bf16 pairs
+//! along `k` (`k` padded to even with a zero; `B` packed, `A` packed too unless
+//! `vdpbf16ps` can read its rows in place, `Panel`) and multiplied by AVX512-BF16's
 //! `vdpbf16ps`, 32 products into 16 f32 lanes an instruction, or, where the CPU lacks it, by
 //! the same steps in f32 (`Mode::Fma`) or by the exact scalar twin (`dot`), so that the
 //! result is the same bits on every machine.
@@ -196,6 +197,25 @@ pub(super) fn pack_b(
     all_plain.into_inner()
 }
 
+/// Where one tile of `A` (`MR` rows of pairs, bf16 bits as u32) lies: pair `t` of row `r`
+/// at `at + r·rs + t·ts` (u32s, perhaps 2-byte aligned only), packed (`rs` 1, `ts` `MR`;
+/// a second tile `kp·MR` further) or in `A` itself (`ts` 1; a second tile `MR` rows
+/// further). Every pair of the tile's `kp` is readable.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Panel {
+    pub(super) at: *const u32,
+    pub(super) rs: usize,
+    pub(super) ts: usize,
+}
+
+impl Panel {
+    /// The tile `MR` rows further down.
+    fn next(self, kp: usize) -> *const u32 {
+        let step = if self.ts == 1 { MR * self.rs } else { kp * MR };
+        self.at.wrapping_add(step)
+    }
+}
+
 /// `A`'s rows `r0 .. r0 + rows`, pairs `t0 .. t0 + kp` (elements `2·t0 ..`, zero at `k` and
 /// past it) packed into `dst`: panel `q` at `q·kp·MR`, the pair `(r, t)` at `t·MR + r`, rows
 /// past `rows` zero. Returns, with `check`, whether the packed pairs are `plain` (else
@@ -259,13 +279,49 @@ pub(super) unsafe fn block(
 ) {
     let panels = cols.div_ceil(NR);
     let pairs = k.div_ceil(2);
+    let tiles = rows.div_ceil(MR);
+    let full_q = rows / MR;
+    // `vdpbf16ps` reads `A`'s whole tiles where they lie when its rows are runs of whole
+    // pairs (unit column stride, `k` even, a row stride of whole pairs): a pair of `A` is
+    // then one u32 of its row, and only a last tile of fewer than `MR` rows is packed.
+    let direct = mode == Mode::Dot && a.cs == 1 && k % 2 == 0 && a.rs % 2 == 0;
     with_buffer(&A_PACK, MC * KP, |ap| {
         // SAFETY: the thread's own buffer, read as bits.
         let ap = unsafe { std::slice::from_raw_parts_mut(ap.as_mut_ptr().cast::<u32>(), ap.len()) };
         for t0 in (0..pairs).step_by(KP) {
             let kp = KP.min(pairs - t0);
+            // The packed rows: all of them, or (direct) those of the last, partial tile.
+            let packed = if direct { full_q * MR } else { 0 };
             // SAFETY: the rows and columns are inside A.
-            let a_plain = unsafe { pack_a(a, k, (r0, rows), (t0, kp), ap, mode == Mode::Fma) };
+            let a_plain = unsafe {
+                pack_a(
+                    a,
+                    k,
+                    (r0 + packed, rows - packed),
+                    (t0, kp),
+                    ap,
+                    mode == Mode::Fma,
+                )
+            };
+            // Tile `q` of `A`: in place (direct, whole) or packed.
+            let apanel = |q: usize| -> Panel {
+                if q * MR < packed {
+                    // SAFETY: row r0 + q·MR, pair t0 of A (in range; as u32, the pair).
+                    let at = unsafe { a.ptr.cast::<u16>().offset((r0 + q * MR) as isize * a.rs) };
+                    Panel {
+                        // SAFETY: as above.
+                        at: unsafe { at.cast::<u32>().add(t0) },
+                        rs: a.rs as usize / 2,
+                        ts: 1,
+                    }
+                } else {
+                    Panel {
+                        at: ap[(q - packed / MR) * kp * MR..].as_ptr(),
+                        rs: 1,
+                        ts: MR,
+                    }
+                }
+            };
             // (The f32 steps are exact only on `plain` operands.)
             let mode = match mode {
                 Mode::Fma if !(a_plain && b_plain) => Mode::Twin,
@@ -273,9 +329,7 @@ pub(super) unsafe fn block(
             };
             let load = accumulate || t0 > 0;
             let bbase = t0 * NR * panels;
-            let tiles = rows.div_ceil(MR);
             let full_p = p0.max(p1.min(cols / NR));
-            let full_q = rows / MR;
             #[cfg(target_arch = "x86_64")]
             if mode == Mode::Dot {
                 // The whole tiles two panels of `B` by two of `A` at a time, as the f32
@@ -287,12 +341,13 @@ pub(super) unsafe fn block(
                     let mut q = 0;
                     while q < full_q {
                         let nq = if q + 1 < full_q { 2 } else { 1 };
-                        let apan = &ap[q * kp * MR..][..nq * kp * MR];
+                        // (Two packed tiles lie `kp·MR` apart, two in place `MR` rows.)
+                        let apan = apanel(q);
                         // SAFETY: the tiles are whole and in C; the CPU has AVX512-BF16
                         // (`Mode::Dot`).
                         unsafe {
                             let ct = c.add(q * MR * ldc + (p - p0) * NR);
-                            let args = (kp, apan.as_ptr(), bpan.as_ptr(), ct, ldc, load);
+                            let args = (kp, apan, bpan.as_ptr(), ct, ldc, load);
                             match (nq, np) {
                                 (2, 2) => avx512bf16::micro::<2, 2>(args),
                                 (2, _) => avx512bf16::micro::<2, 1>(args),
@@ -315,7 +370,7 @@ pub(super) unsafe fn block(
                     0
                 };
                 for q in first..tiles {
-                    let apan = &ap[q * kp * MR..][..kp * MR];
+                    let apan = apanel(q);
                     let h = MR.min(rows - q * MR);
                     // SAFETY: the tile's `h × w` corner is in C.
                     unsafe {
@@ -337,7 +392,7 @@ pub(super) unsafe fn block(
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     kp: usize,
-    a: &[u32],
+    a: Panel,
     b: &[u32],
     (ct, ldc): (*mut f32, usize),
     (h, w): (usize, usize),
@@ -363,13 +418,15 @@ unsafe fn tile(
         };
         // SAFETY: `at` holds a whole tile at stride `ld`; the CPU runs `mode`.
         let done = unsafe {
-            let args = (kp, a.as_ptr(), b.as_ptr(), at, ld, load);
             match mode {
                 Mode::Dot => {
-                    avx512bf16::micro::<1, 1>(args);
+                    avx512bf16::micro::<1, 1>((kp, a, b.as_ptr(), at, ld, load));
                     true
                 }
-                _ => avx2::micro(args),
+                _ => {
+                    assert!(a.rs == 1 && a.ts == MR, "the f32 steps read packed tiles");
+                    avx2::micro((kp, a.at, b.as_ptr(), at, ld, load))
+                }
             }
         };
         if done {
@@ -391,7 +448,9 @@ unsafe fn tile(
             let ci = unsafe { ct.add(i * ldc + j) };
             let mut s = if load { unsafe { *ci } } else { 0.0 };
             for t in 0..kp {
-                s = dot(s, a[t * MR + i], b[t * NR + j]);
+                // SAFETY: pair `t` of the tile's row `i` (the panel's contract).
+                let x = unsafe { a.at.add(i * a.rs + t * a.ts).read_unaligned() };
+                s = dot(s, x, b[t * NR + j]);
             }
             // SAFETY: as above.
             unsafe { *ci = s };
@@ -415,6 +474,11 @@ pub(super) fn micro_tile(
     let mode = match mode {
         Mode::Fma if !(plain(&a[..kp * MR]) && plain(&b[..kp * NR])) => Mode::Twin,
         m => m,
+    };
+    let a = Panel {
+        at: a.as_ptr(),
+        rs: 1,
+        ts: MR,
     };
     // SAFETY: `c` is a whole tile at stride NR; the CPU runs `mode` (asserted).
     unsafe { tile(kp, a, b, (c.as_mut_ptr(), NR), (MR, NR), load, mode) }
@@ -517,21 +581,21 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16 {
-    use super::{MR, NR};
+    use super::{Panel, MR, NR};
     use std::arch::x86_64::*;
 
-    /// `QA` packed pair panels of `A` (6 rows each, `kp·MR` apart) by `PB` of `B` (16
-    /// columns each, `kp·NR` apart), one accumulator a row and panel, each broadcast pair of
-    /// `A` feeding `PB` `vdpbf16ps` (`A` its first operand, `B` its second: the order of
-    /// the NaN it picks, `super::step`).
+    /// `QA` tiles of `A` (6 rows each, packed or in place: `Panel`) by `PB` packed pair
+    /// panels of `B` (16 columns each, `kp·NR` apart), one accumulator a row and panel,
+    /// each broadcast pair of `A` feeding `PB` `vdpbf16ps` (`A` its first operand, `B` its
+    /// second: the order of the NaN it picks, `super::step`).
     ///
     /// # Safety
-    /// AVX-512 F and BF16 are present; `a` holds `QA·kp·MR` pairs, `b` `PB·kp·NR`, `c` a
-    /// whole `QA·6 × PB·16` tile at stride `ldc`.
+    /// AVX-512 F and BF16 are present; `a` and the tile after it (`QA` 2) hold `kp` pairs a
+    /// row, `b` `PB·kp·NR`, `c` a whole `QA·6 × PB·16` tile at stride `ldc`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::needless_range_loop)] // rows and panels index the accumulators alike
     pub(super) unsafe fn micro<const QA: usize, const PB: usize>(
-        (kp, a, b, c, ldc, load): (usize, *const u32, *const u32, *mut f32, usize, bool),
+        (kp, a, b, c, ldc, load): (usize, Panel, *const u32, *mut f32, usize, bool),
     ) {
         // SAFETY (whole body): within the ranges of the contract.
         unsafe {
@@ -543,24 +607,29 @@ mod avx512bf16 {
                     }
                 }
             }
-            let (astride, bstride) = (kp * MR, kp * NR);
-            let (mut a, mut b) = (a, b);
-            for _ in 0..kp {
+            let bstride = kp * NR;
+            // Each row's pairs, walked `ts` at a time.
+            let mut rows = [a.at; 2 * MR];
+            for qa in 0..QA {
+                let at = if qa == 0 { a.at } else { a.next(kp) };
+                for r in 0..MR {
+                    rows[qa * MR + r] = at.wrapping_add(r * a.rs);
+                }
+            }
+            let mut b = b;
+            for t in 0..kp {
                 let mut bv = [_mm512_setzero_si512(); 2];
                 for (q, x) in bv.iter_mut().enumerate().take(PB) {
                     *x = _mm512_loadu_si512(b.add(q * bstride).cast());
                 }
-                for qa in 0..QA {
-                    for r in 0..MR {
-                        let x: __m512bh =
-                            std::mem::transmute(_mm512_set1_epi32(*a.add(qa * astride + r) as i32));
-                        for q in 0..PB {
-                            let y: __m512bh = std::mem::transmute(bv[q]);
-                            acc[qa * MR + r][q] = _mm512_dpbf16_ps(acc[qa * MR + r][q], x, y);
-                        }
+                for (i, row) in rows.iter().enumerate().take(QA * MR) {
+                    let pair = row.add(t * a.ts).read_unaligned();
+                    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                    for q in 0..PB {
+                        let y: __m512bh = std::mem::transmute(bv[q]);
+                        acc[i][q] = _mm512_dpbf16_ps(acc[i][q], x, y);
                     }
                 }
-                a = a.add(MR);
                 b = b.add(NR);
             }
             for r in 0..QA * MR {
