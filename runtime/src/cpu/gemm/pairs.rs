@@ -161,13 +161,33 @@ pub(super) fn pack_b(
         let mut row = [0u32; GROUP * NR];
         for t in 0..kp {
             let k0 = 2 * (t0 + t);
-            // SAFETY: row `r` of B, column `c` (in range: `r < k`, `c < cols`).
-            let at = |r: usize, c: usize| unsafe {
-                u32::from(*src.offset(r as isize * b.rs + c as isize * b.cs))
-            };
-            for (j, x) in row[..c1 - c0].iter_mut().enumerate() {
-                let hi = if k0 + 1 < k { at(k0 + 1, c0 + j) } else { 0 };
-                *x = at(k0, c0 + j) | hi << 16;
+            if b.cs == 1 {
+                // Rows of contiguous columns: two slices interleaved (a loop the compiler
+                // vectorises).
+                // SAFETY: row `r < k` of B, columns `c0 .. c1` (in range).
+                let run = |r: usize| unsafe {
+                    std::slice::from_raw_parts(src.offset(r as isize * b.rs + c0 as isize), c1 - c0)
+                };
+                let lo = run(k0);
+                if k0 + 1 < k {
+                    let hi = run(k0 + 1);
+                    for ((x, &l), &h) in row.iter_mut().zip(lo).zip(hi) {
+                        *x = u32::from(l) | u32::from(h) << 16;
+                    }
+                } else {
+                    for (x, &l) in row.iter_mut().zip(lo) {
+                        *x = u32::from(l);
+                    }
+                }
+            } else {
+                // SAFETY: row `r` of B, column `c` (in range: `r < k`, `c < cols`).
+                let at = |r: usize, c: usize| unsafe {
+                    u32::from(*src.offset(r as isize * b.rs + c as isize * b.cs))
+                };
+                for (j, x) in row[..c1 - c0].iter_mut().enumerate() {
+                    let hi = if k0 + 1 < k { at(k0 + 1, c0 + j) } else { 0 };
+                    *x = at(k0, c0 + j) | hi << 16;
+                }
             }
             row[c1 - c0..].fill(0);
             if check && !plain(&row) {
