@@ -4,7 +4,9 @@
 //! and `examples/chain.tx` do) — `math::sigmoid` is `1 / (1 + exp(-v))` with the same
 //! `exp`, so `sigmoid(v)` becomes `1 / t` on that `t` — and no work for a cast that changes
 //! no value (f16 or bf16 to f32, a float dtype to itself: `halves::widens_exactly`), whose
-//! users read its operand instead (the f32 lanes hold the same bits either way).
+//! users read its operand instead (the f32 lanes hold the same bits either way), nor for a
+//! cast whose value is only stored to its own dtype (the store rounds alike), nor for any
+//! value no store needs.
 
 use tc_compiler::ir::{BinaryOp, DType, UnaryOp};
 use tc_compiler::lower::{KernelIr, Level, ValueId, ValueOp};
@@ -13,6 +15,8 @@ use tc_compiler::lower::{KernelIr, Level, ValueId, ValueOp};
 /// every value comes after its operands.
 pub(super) fn rewrite(ir: &mut KernelIr) {
     skip_exact_casts(ir);
+    store_before_narrowing(ir);
+    drop_unused(ir);
     if share_sigmoid_exp(ir) {
         for q in 0..ir.passes.len() {
             let order = topological(ir, &ir.passes[q].elements);
@@ -22,10 +26,10 @@ pub(super) fn rewrite(ir: &mut KernelIr) {
 }
 
 /// Every use of a cast that changes no value (`halves::widens_exactly` from its operand's
-/// dtype), by an op or a store, reads the operand instead (through chains of such casts),
-/// and no pass computes the cast: it becomes an unused constant. Its operand is in every
-/// pass the cast was in (a pass computes the operands of its element values), and the
-/// values are the same bits, so every op, reduction and store sees what it saw.
+/// dtype), by an op or a store, reads the operand instead (through chains of such casts);
+/// the cast is then unused (`drop_unused`). Its operand is in every pass the cast was in (a
+/// pass computes the operands of its element values), and the values are the same bits, so
+/// every op, reduction and store sees what it saw.
 fn skip_exact_casts(ir: &mut KernelIr) {
     let exact = |ir: &KernelIr, id: ValueId| match ir.value(id).op {
         ValueOp::Cast(a) => {
@@ -34,7 +38,6 @@ fn skip_exact_casts(ir: &mut KernelIr) {
         _ => None,
     };
     let n = ir.values.len();
-    let mut skip = vec![false; n];
     let mut to: Vec<ValueId> = (0..n).map(ValueId::new).collect();
     for id in (0..n).map(ValueId::new) {
         let mut at = id;
@@ -42,9 +45,8 @@ fn skip_exact_casts(ir: &mut KernelIr) {
             at = a;
         }
         to[id.index()] = at;
-        skip[id.index()] = at != id;
     }
-    if !skip.contains(&true) {
+    if to.iter().enumerate().all(|(i, t)| t.index() == i) {
         return;
     }
     for v in &mut ir.values {
@@ -74,15 +76,50 @@ fn skip_exact_casts(ir: &mut KernelIr) {
     for st in &mut ir.stores {
         st.value = to[st.value.index()];
     }
+}
+
+/// A store of a cast to the store's own float dtype stores the cast's float operand
+/// instead: a store rounds to its buffer's dtype anyway, and rounding twice to one dtype is
+/// rounding once (`f16(f16(x)) = f16(x)`), so the bits stored are the same.
+fn store_before_narrowing(ir: &mut KernelIr) {
+    let float = |d: DType| matches!(d, DType::F32 | DType::F16 | DType::BF16);
+    for s in 0..ir.stores.len() {
+        let v = ir.value(ir.stores[s].value);
+        if let ValueOp::Cast(a) = v.op {
+            if v.dtype == ir.stores[s].dtype && float(v.dtype) && float(ir.value(a).dtype) {
+                ir.stores[s].value = a;
+            }
+        }
+    }
+}
+
+/// Values no store needs (through the operands of those it does) leave every pass and,
+/// loads aside, become unused constants: nothing computes them, and no use of them is
+/// counted where the executor looks for single-use values to fold. (A gather stays: it
+/// checks its indices.)
+fn drop_unused(ir: &mut KernelIr) {
+    let mut live = vec![false; ir.values.len()];
+    let mut stack: Vec<ValueId> = ir.stores.iter().map(|s| s.value).collect();
+    stack.extend(
+        (0..ir.values.len())
+            .map(ValueId::new)
+            .filter(|&v| matches!(ir.value(v).op, ValueOp::Gather { .. })),
+    );
+    while let Some(v) = stack.pop() {
+        if !std::mem::replace(&mut live[v.index()], true) {
+            stack.extend(ir.value(v).op.operands());
+        }
+    }
     for (i, v) in ir.values.iter_mut().enumerate() {
-        if skip[i] {
+        if !live[i] && !matches!(v.op, ValueOp::Load(_)) {
             v.op = ValueOp::Const(0.0);
             v.level = Level::Row;
         }
     }
     for q in &mut ir.passes {
-        q.elements.retain(|e| !skip[e.index()]);
-        q.row.retain(|e| !skip[e.index()]);
+        q.elements.retain(|e| live[e.index()]);
+        q.row.retain(|e| live[e.index()]);
+        q.reduces.retain(|e| live[e.index()]);
     }
 }
 

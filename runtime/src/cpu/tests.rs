@@ -1442,9 +1442,9 @@ fn sigmoid_shares_one_plus_exp_of_minus_x_with_the_same_bits() {
 
 /// Casts that change no value (f16 or bf16 to f32, a float dtype to itself) are skipped
 /// (`peephole`): their users, chains of them and stores of them read the operand, no pass
-/// computes them, and the outputs are the bits of the element-at-a-time meaning — in a
-/// pointwise kernel and in a row kernel (a max over the row of an exact cast), every f16
-/// bit pattern as input.
+/// computes them; so is a cast only stored to its own dtype (the store rounds alike); and
+/// the outputs are the bits of the element-at-a-time meaning — in a row kernel (a max over
+/// the row of an exact cast), every f16 bit pattern as input.
 #[test]
 fn exact_casts_are_skipped_with_the_same_bits() {
     use super::math;
@@ -1463,7 +1463,8 @@ fn exact_casts_are_skipped_with_the_same_bits() {
         .collect();
     let e = Level::Element;
     // a = f32(x) (exact); b = f32(a) (exact); c = bf16(3·b) (rounds); d = f16(f32(c) + a);
-    // y0 = f16(d) (exact), y1 = b, y2 = max over the row of f32(d) (exact).
+    // y0 = f16(d) (exact), y1 = b, y2 = max over the row of f32(d) (exact), y3 = f16(3·b)
+    // stored to f16 (the store rounds), y4 = c stored to f32 (the cast rounds).
     let body = vec![
         typed(InstOp::Load(0), DType::F16, e),
         typed(InstOp::Cast(0), DType::F32, e),
@@ -1476,13 +1477,14 @@ fn exact_casts_are_skipped_with_the_same_bits() {
         typed(InstOp::Cast(7), DType::F16, e),
         typed(InstOp::Cast(8), DType::F32, e),
         row(InstOp::Reduce(ReduceOp::Max, 9)),
+        typed(InstOp::Cast(4), DType::F16, e),
     ];
     let k = fused(
         &[rows, cols],
         &[1],
         vec![ld(0, DType::F16, 0, &[cols as i64, 1])],
         body,
-        &[(8, 1), (2, 2), (10, 3)],
+        &[(8, 1), (2, 2), (10, 3), (11, 4), (5, 5)],
     );
     let p = plan(
         vec![k],
@@ -1496,12 +1498,16 @@ fn exact_casts_are_skipped_with_the_same_bits() {
             arena("y0", DType::F16, &[rows, cols], 0),
             arena("y1", DType::F32, &[rows, cols], n * 2),
             arena("y2", DType::F32, &[rows], n * 6),
+            arena("y3", DType::F16, &[rows, cols], n * 6 + rows * 4),
+            arena("y4", DType::F32, &[rows, cols], n * 8 + rows * 4),
         ],
         &[0],
         vec![
             out("y0", 1, DType::F16, &[rows, cols], 0, &[cols as i64, 1]),
             out("y1", 2, DType::F32, &[rows, cols], 0, &[cols as i64, 1]),
             out("y2", 3, DType::F32, &[rows], 0, &[1]),
+            out("y3", 4, DType::F16, &[rows, cols], 0, &[cols as i64, 1]),
+            out("y4", 5, DType::F32, &[rows, cols], 0, &[cols as i64, 1]),
         ],
     );
     let KernelKind::Fused(fk) = &p.kernels[0].kind else {
@@ -1515,27 +1521,29 @@ fn exact_casts_are_skipped_with_the_same_bits() {
             .filter(|v| matches!(ir.value(**v).op, ValueOp::Cast(_)))
             .count()
     };
-    assert_eq!(casts(&ir), 6, "the kernel as lowered");
+    assert_eq!(casts(&ir), 7, "the kernel as lowered");
     super::peephole::rewrite(&mut ir);
     assert_eq!(casts(&ir), 1, "only the cast to bf16 is computed");
-    for st in &ir.stores {
-        assert!(!matches!(
-            ir.value(st.value).op,
-            ValueOp::Cast(_) | ValueOp::Const(_)
-        ));
-    }
+    // y0 stores the add, y3 the product (their casts skipped); y4 keeps its cast.
+    let stored = |s: usize| &ir.value(ir.stores[s].value).op;
+    assert!(matches!(stored(0), ValueOp::Binary(BinaryOp::Add, ..)));
+    assert!(matches!(stored(3), ValueOp::Binary(BinaryOp::Mul, ..)));
+    assert!(matches!(stored(4), ValueOp::Cast(_)));
     let input = HostTensor::from_f32(DType::F16, vec![rows, cols], &x);
     let got = run(&p, &[input], &[]).expect("runs");
-    let (y0, y1, y2) = (got[0].to_f32(), got[1].to_f32(), got[2].to_f32());
+    let [y0, y1, y2, y3, y4] = [0, 1, 2, 3, 4].map(|o| got[o].to_f32());
     let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan();
     for (r, row) in x.chunks(cols as usize).enumerate() {
         let mut max = f32::NEG_INFINITY;
         for (j, &xi) in row.iter().enumerate() {
             let i = r * cols as usize + j;
             let c = math::round_to(DType::BF16, 3.0 * xi);
+            assert!(same(y4[i], c), "x = {xi:e}: {} want {c:e}", y4[i]);
             let d = math::round_to(DType::F16, c + xi);
             assert!(same(y0[i], d), "x = {xi:e}: {} want {d:e}", y0[i]);
             assert!(same(y1[i], xi), "x = {xi:e}: {}", y1[i]);
+            let f = math::round_to(DType::F16, 3.0 * xi);
+            assert!(same(y3[i], f), "x = {xi:e}: {} want {f:e}", y3[i]);
             max = math::maximum(max, d);
         }
         assert!(same(y2[r], max), "row {r}: {} want {max:e}", y2[r]);
