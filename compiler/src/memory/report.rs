@@ -469,7 +469,7 @@ pub fn memory_report_for(
                     .map(|r| r.name.as_str())
                     .collect();
                 notes.push(format!(
-                    "{} (matmul, lines {}): {} ({} {:?}, {} ({} bytes)) is never stored: {} compute it from {} as their GEMM packs each block of it (its maths once more per element and column block of the product); naive and eager count it as PyTorch stores it",
+                    "{} (matmul, lines {}): {} ({} {:?}, {} ({} bytes)) is never stored: {} it from {} as {} GEMM packs each block of it (its maths once more per element and column block of the product); naive and eager count it as PyTorch stores it",
                     readers.join(", "),
                     k.source_lines(),
                     a.name,
@@ -477,8 +477,13 @@ pub fn memory_report_for(
                     a.shape,
                     human(a.bytes),
                     a.bytes,
-                    if readers.len() > 1 { "the products" } else { "the product" },
+                    if readers.len() > 1 {
+                        "the products compute"
+                    } else {
+                        "the product computes"
+                    },
                     crate::plan::prologue::sources(p, &plan.buffers),
+                    if readers.len() > 1 { "their" } else { "its" },
                 ));
             }
             let b = plan.buffer(m.out);

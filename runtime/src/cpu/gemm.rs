@@ -278,9 +278,11 @@ pub unsafe fn gemm_of(
 /// `Best`, else (`Best` or `Avx2` with AVX2+FMA) by f32 FMAs where they give its bits, else
 /// by its scalar twin — the same bits every way, whatever the blocking and the threads.
 /// `bp` holds at least `packing_floats(n, k, nc)` (the pairs take half of it, rounded up).
+/// With `a_from`, `A`'s blocks are computed (f32 values, each a bf16's) rather than read.
 ///
 /// # Safety
-/// As `gemm`, `a` and `b` reaching readable, 2-byte aligned bf16 elements.
+/// As `gemm`, `a` (unless `a_from`) and `b` reaching readable, 2-byte aligned bf16
+/// elements.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_bf16(
     m: usize,
@@ -296,6 +298,7 @@ pub unsafe fn gemm_bf16(
     bp: &mut [f32],
     nc: usize,
     finish: Option<Finish<'_>>,
+    a_from: Option<AFrom<'_>>,
 ) {
     // SAFETY: forwarded.
     unsafe {
@@ -303,7 +306,7 @@ pub unsafe fn gemm_bf16(
             m,
             n,
             k,
-            Operands::Pairs { a, b },
+            Operands::Pairs { a, a_from, b },
             c,
             ldc,
             accumulate,
@@ -326,8 +329,13 @@ enum Operands<'a> {
         b: Operand,
         b_dtype: DType,
     },
-    /// bf16 `A` and `B`, packed as pairs (`pairs`).
-    Pairs { a: Operand, b: Operand },
+    /// bf16 `A` (or one computed, `a_from`: f32 values of bf16s) and `B`, packed as pairs
+    /// (`pairs`).
+    Pairs {
+        a: Operand,
+        a_from: Option<AFrom<'a>>,
+        b: Operand,
+    },
 }
 
 /// The body of `gemm_of` and `gemm_bf16`: the column blocks, the packing of `B` and the
@@ -488,11 +496,11 @@ unsafe fn drive(
                             accumulate,
                             tier,
                         ),
-                        Operands::Pairs { a, .. } => pairs::block(
+                        Operands::Pairs { a, a_from, .. } => pairs::block(
                             (r0, rows),
                             (p0, p1, cols),
                             k,
-                            a,
+                            (a, a_from),
                             (
                                 std::slice::from_raw_parts(bp.as_ptr().cast::<u32>(), bp.len()),
                                 b_plain,
@@ -1880,6 +1888,7 @@ mod tests {
                         unsafe {
                             gemm_bf16(
                                 m, n, k, a, b, cp, ldc, accumulate, true, kernel, bp, nc, None,
+                                None,
                             )
                         }
                     });

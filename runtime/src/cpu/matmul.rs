@@ -334,16 +334,27 @@ pub(super) fn run(
     // (An output computed in tiles cannot take a residual: one only into an f32 output
     // written in place.)
     let takes = mm.cpu_gemm_operands() && b_aligned && (direct_out || !accumulate);
-    if packing > 0 && own::has_simd() && !needs_own && takes {
+    if packing > 0 && (own::has_simd() || computed_a.is_some()) && !never_stored && takes {
         // tc's GEMM for f16/bf16 operands or output: each task's block of `A` widened into
-        // its thread's buffer as it packs it (`AFrom`), `B` widened as it is packed into
-        // the workspace (`gemm_of`), and a half output rounded from each finished block,
-        // computed in the thread's own buffer (`Finish::tile`); an f32 output in place.
+        // its thread's buffer as it packs it (`AFrom`; or computed there by the product's
+        // prologue), `B` widened as it is packed into the workspace (`gemm_of`), and a half
+        // output rounded from each finished block, computed in the thread's own buffer
+        // (`Finish::tile`); an f32 output in place.
         let ws = workspace()?;
         if out.overlaps(&a_mem) || out.overlaps(&b_mem) {
             return Err(bad(format!(
                 "the output {} overlaps an operand",
                 plan.buffer(mm.out).name
+            )));
+        }
+        if computed_a
+            .iter()
+            .flat_map(prologue::Prologue::reads)
+            .any(|m| m.overlaps(&out) || m.overlaps(&ws))
+        {
+            return Err(bad(format!(
+                "the output or workspace of the product overlaps what its prologue reads to compute {}",
+                plan.buffer(mm.a.buffer).name
             )));
         }
         // SAFETY: the workspace is the product's alone at its step (checked above).
@@ -371,8 +382,16 @@ pub(super) fn run(
                     cs: 1,
                 }
             };
-            let a_from = (!direct_a).then_some(own::AFrom { f: &fill });
-            let a_ptr = if direct_a {
+            let computed = computed_a.as_ref().map(|p| {
+                move |rows: (usize, usize), cols: (usize, usize), dst: &mut [f32]| {
+                    p.fill(rows, cols, dst)
+                }
+            });
+            let a_from = match &computed {
+                Some(f) => Some(own::AFrom { f }),
+                None => (!direct_a).then_some(own::AFrom { f: &fill }),
+            };
+            let a_ptr = if direct_a && computed.is_none() {
                 tiled.a_ptr(bi, 0)
             } else {
                 std::ptr::null()
@@ -397,9 +416,11 @@ pub(super) fn run(
             let parallel = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= INLINE_MACS;
             let b_ptr = b_mem.base().cast_const().wrapping_offset(b_at).cast();
             if pairs {
-                // bf16 times bf16: both packed as pairs (`gemm_bf16`), A read in place.
+                // bf16 times bf16: both packed as pairs (`gemm_bf16`), A read in place or
+                // computed (its prologue).
                 let a_at = a_off as isize * 2;
                 let a_ptr = a_mem.base().cast_const().wrapping_offset(a_at).cast();
+                let a_from = computed.as_ref().map(|f| own::AFrom { f });
                 // SAFETY: the operands reach what their strides say (bounds checked), bf16
                 // elements from `a_at` and `b_at` bytes in, 2-byte aligned; the output (f32,
                 // in place, or written by `store`) is this call's; the workspace holds
@@ -419,6 +440,7 @@ pub(super) fn run(
                         &mut *bp,
                         CPU_GEMM_NC as usize,
                         finish,
+                        a_from,
                     )
                 };
                 continue;

@@ -1,7 +1,8 @@
 //! A matrix product's `A` computed, not read: the product's prologue
 //! (`MatMulKernel::prologue`, planned by `tc_compiler::plan::prologue`) is a pointwise kernel
-//! over the buffer `h` that `A` reads (`gelu(pre)` in a training step), and `h` is never
-//! stored (`BufferKind::Tile`). tc's GEMM asks for each block of `A` as it packs it
+//! over the buffer `h` that `A` reads (`gelu(pre)` in a training step, `bf16(f32(x) * g)`
+//! before a bf16 product), and `h` is never stored (`BufferKind::Tile`); each value is
+//! rounded to `h`'s dtype as its store would have. tc's GEMM asks for each block of `A` as it packs it
 //! (`gemm::AFrom`): the block's rows and columns of `h` are computed by the interpreter into a
 //! buffer of the packing thread's own, its element stores redirected there
 //! (`fused::Scratch::out`), and packed from it as they would have been from `h`. The values
@@ -15,7 +16,8 @@
 
 use super::fused::{self, Out, Prepared, Scratch};
 use super::gemm::Operand;
-use super::{CpuError, Mem};
+use super::{math, CpuError, Mem};
+use tc_compiler::ir::DType;
 use tc_compiler::schedule::{FusedKernel, MatOperand, Plan};
 
 /// A product's prologue, prepared to fill blocks of its `A`.
@@ -25,6 +27,8 @@ pub(super) struct Prologue {
     cols: usize,
     /// `A = hᵀ` rather than `A = h`.
     transposed: bool,
+    /// `h`'s dtype, each value rounded to it as its store would.
+    dtype: DType,
 }
 
 impl Prologue {
@@ -57,19 +61,22 @@ impl Prologue {
             matches!(&kernel.stores[..], [s] if s.buffer == a.buffer && s.region.is_none());
         if !h.is_tile()
             || h.numel != rows * cols
-            || h.dtype != tc_compiler::ir::DType::F32
+            || !h.dtype.is_float()
             || !kernel.reduce_axes.is_empty()
             || !one_store
             || a.offset != 0
             || !(straight || transposed)
         {
             return Err(bad(
-                "is not a pointwise kernel writing the whole of an f32 value never stored, read from its start straight or transposed",
+                "is not a pointwise kernel writing the whole of a float value never stored, read from its start straight or transposed",
             ));
         }
-        // Its one store lands in the GEMM's buffer (`Scratch::out`), never in `h`.
+        // Its one store lands in the GEMM's f32 buffer (`Scratch::out`), never in `h`: so
+        // `h` is a writable f32 buffer to the interpreter, which computes the values there
+        // directly (`fill` rounds them to `h`'s dtype after).
         let mut own = mems.to_vec();
         own[a.buffer.index()].writable = true;
+        own[a.buffer.index()].dtype = DType::F32;
         let p = fused::prepare(plan, name, kernel, &own)?;
         if !p.ir.is_pointwise() || super::typed::needed(&p) || super::index::needed(&p) {
             return Err(bad("holds values other than floats"));
@@ -81,6 +88,7 @@ impl Prologue {
             p,
             cols,
             transposed,
+            dtype: h.dtype,
         })
     }
 
@@ -122,6 +130,8 @@ impl Prologue {
             // (the block is inside `A`, so inside `h`), and their stores land in `dst`'s
             // row `r`, which this call alone writes.
             unsafe { s.span(p, pass, start, start + h_cols) };
+            // (A store rounds to its buffer's dtype; `Scratch::out` takes the f32 values.)
+            math::round_block(self.dtype, &mut dst[r * h_cols..(r + 1) * h_cols]);
         }
         let ptr = dst.as_ptr();
         if self.transposed {

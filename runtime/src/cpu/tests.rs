@@ -1830,10 +1830,20 @@ fn stored_whole(plan: &Plan) -> Plan {
 
 /// `plan` with the pointwise kernel that stores the `A` of the product after it, read by
 /// that product alone, moved into the product as its prologue (`MatMulKernel::prologue`)
-/// and `A` made a tile, never stored; and the names of the buffers so computed.
+/// and `A` made a tile, never stored; and the names of the buffers so computed (those the
+/// planner gave prologues already among them).
 fn with_prologues(plan: &Plan) -> (Plan, Vec<String>) {
     let mut out = plan.clone();
-    let mut names = Vec::new();
+    let mut names: Vec<String> = plan
+        .kernels
+        .iter()
+        .filter_map(|k| match &k.kind {
+            KernelKind::MatMul(mm) if mm.prologue.is_some() => {
+                Some(plan.buffers[mm.a.buffer.index()].name.clone())
+            }
+            _ => None,
+        })
+        .collect();
     let mut i = 0;
     while i + 1 < out.kernels.len() {
         let (KernelKind::Fused(f), KernelKind::MatMul(mm)) =
@@ -1903,9 +1913,9 @@ fn prologues_stored(plan: &Plan) -> Plan {
 }
 
 /// A product whose `A` a prologue computes where tc's GEMM packs it (`h = gelu(pre)`, `h =
-/// x * y + 1`, read straight as `h @ w` and transposed as `hᵀ @ g`; `k` below and past
-/// `KC` = 512) gives, in pools of 1, 2 and 3 threads, the bits of the same plan with the
-/// prologue run as its own kernel and `h` stored.
+/// x * y + 1`, a bf16 `h = bf16(f32(x) * s)`, read straight as `h @ w` and transposed as
+/// `hᵀ @ g`; `k` below and past `KC` = 512) gives, in pools of 1, 2 and 3 threads, the bits
+/// of the same plan with the prologue run as its own kernel and `h` stored.
 #[test]
 fn prologue_products_give_the_bits_of_a_stored() {
     let cases = [
@@ -1919,11 +1929,24 @@ fn prologue_products_give_the_bits_of_a_stored() {
         // With an epilogue after the product (which reads what the prologue reads).
         ("h = gelu(pre)\ny = (h @ w) * 2.0 + 1.0\n", 150, 600, 40),
     ];
-    for (body, r, c, n) in cases {
-        let source = format!(
-            "dim R = {r}\ndim C = {c}\ndim N = {n}\ninput pre : f32[R, C]\n\
-             param q : f32[R, C]\nparam w : f32[C, N]\nparam g : f32[R, N]\n{body}output y"
-        );
+    // bf16 products (`gemm_bf16`: the computed rows as bits read in place by `vdpbf16ps`,
+    // or packed) of a bf16 `h` computed from f16 and f32: `k` even, odd, past `2·KP`.
+    let halves = [
+        ("h = bf16(f32(x) * s)\ny = h @ w\n", 37, 50, 29),
+        ("h = bf16(f32(x) * s)\ny = h @ w\n", 37, 51, 29),
+        ("h = bf16(f32(x) * s)\ny = h @ w\n", 150, 1030, 40),
+        ("h = bf16(f32(x) * s)\ny = transpose(h) @ g\n", 41, 45, 33),
+    ];
+    let f32_leaves = "input pre : f32[R, C]\nparam q : f32[R, C]\nparam w : f32[C, N]\n\
+                      param g : f32[R, N]\n";
+    let half_leaves = "input x : f16[R, C]\nparam s : f32[C]\nparam w : bf16[C, N]\n\
+                       param g : bf16[R, N]\n";
+    let all = cases
+        .iter()
+        .map(|c| (f32_leaves, c))
+        .chain(halves.iter().map(|c| (half_leaves, c)));
+    for (leaves, &(body, r, c, n)) in all {
+        let source = format!("dim R = {r}\ndim C = {c}\ndim N = {n}\n{leaves}{body}output y");
         let program = tc_compiler::compile(&source, &Default::default()).expect("compiles");
         let (plan, names) = with_prologues(&program.plan);
         assert_eq!(

@@ -1,6 +1,7 @@
 //! tc's GEMM for a bf16 `A` times a bf16 `B` (`super::gemm_bf16`): both as bf16 pairs
 //! along `k` (`k` padded to even with a zero; `B` packed, `A` packed too unless
-//! `vdpbf16ps` can read its rows in place, `Panel`) and multiplied by AVX512-BF16's
+//! `vdpbf16ps` can read its rows in place, `Panel`, or computed by a prologue, `AFrom`,
+//! packed from its f32 values) and multiplied by AVX512-BF16's
 //! `vdpbf16ps`, 32 products into 16 f32 lanes an instruction, or, where the CPU lacks it, by
 //! the same steps in f32 (`Mode::Fma`) or by the exact scalar twin (`dot`), so that the
 //! result is the same bits on every machine.
@@ -24,7 +25,9 @@
 //! A block with a smaller element goes to the twin, and a tile that ends with a NaN (or
 //! starts from a small accumulator) is computed again by the twin.
 
-use super::{with_buffer, Operand, A_PACK, MC, MR, NR};
+use super::{with_buffer, AFrom, Operand, A_FROM, A_PACK, MC, MR, NR};
+use crate::cpu::halves::bf16_bits;
+use tc_compiler::ir::DType;
 
 /// Pairs of `k` a micro-kernel call sums (`KP` u32s a row of a packed panel): a `B` panel of
 /// `KP × NR` pairs is 32 KiB, the L1's size, as the f32 kernels' `KC × NR` floats are.
@@ -238,28 +241,21 @@ impl Panel {
 
 /// `A`'s rows `r0 .. r0 + rows`, pairs `t0 .. t0 + kp` (elements `2·t0 ..`, zero at `k` and
 /// past it) packed into `dst`: panel `q` at `q·kp·MR`, the pair `(r, t)` at `t·MR + r`, rows
-/// past `rows` zero. Returns, with `check`, whether the packed pairs are `plain` (else
-/// false).
-///
-/// # Safety
-/// Every element read is inside `A` (`k` columns, bf16, `a` counting 2-byte elements).
-unsafe fn pack_a(
-    a: Operand,
+/// past `rows` zero; element `(r0 + i, c)` is `at(i, c)` (bf16 bits, `c < k`). Returns, with
+/// `check`, whether the packed pairs are `plain` (else false).
+fn pack_a(
     k: usize,
-    (r0, rows): (usize, usize),
+    rows: usize,
     (t0, kp): (usize, usize),
     dst: &mut [u32],
     check: bool,
+    at: impl Fn(usize, usize) -> u16,
 ) -> bool {
-    let src = a.ptr.cast::<u16>();
     for q in 0..rows.div_ceil(MR) {
         let h = MR.min(rows - q * MR);
         let out = &mut dst[q * kp * MR..(q + 1) * kp * MR];
         for r in 0..h {
-            // SAFETY: row r0 + q·MR + r of A (in range).
-            let row = unsafe { src.offset((r0 + q * MR + r) as isize * a.rs) };
-            // SAFETY: column `c < k` of that row.
-            let at = |c: usize| unsafe { u32::from(*row.offset(c as isize * a.cs)) };
+            let at = |c: usize| u32::from(at(q * MR + r, c));
             let whole = kp.min((k / 2).saturating_sub(t0));
             for t in 0..whole {
                 let c = 2 * (t0 + t);
@@ -290,7 +286,7 @@ pub(super) unsafe fn block(
     (r0, rows): (usize, usize),
     (p0, p1, cols): (usize, usize, usize),
     k: usize,
-    a: Operand,
+    (a, a_from): (Operand, Option<AFrom<'_>>),
     (bp, b_plain): (&[u32], bool),
     c: *mut f32,
     ldc: usize,
@@ -304,7 +300,8 @@ pub(super) unsafe fn block(
     // `vdpbf16ps` reads `A`'s whole tiles where they lie when its rows are runs of whole
     // pairs (unit column stride, `k` even, a row stride of whole pairs): a pair of `A` is
     // then one u32 of its row, and only a last tile of fewer than `MR` rows is packed.
-    let direct = mode == Mode::Dot && a.cs == 1 && k % 2 == 0 && a.rs % 2 == 0;
+    let direct =
+        mode == Mode::Dot && a_from.is_none() && a.cs == 1 && k.is_multiple_of(2) && a.rs % 2 == 0;
     with_buffer(&A_PACK, MC * KP, |ap| {
         // SAFETY: the thread's own buffer, read as bits.
         let ap = unsafe { std::slice::from_raw_parts_mut(ap.as_mut_ptr().cast::<u32>(), ap.len()) };
@@ -312,20 +309,77 @@ pub(super) unsafe fn block(
             let kp = KP.min(pairs - t0);
             // The packed rows: all of them, or (direct) those of the last, partial tile.
             let packed = if direct { full_q * MR } else { 0 };
-            // SAFETY: the rows and columns are inside A.
-            let a_plain = unsafe {
-                pack_a(
-                    a,
-                    k,
-                    (r0 + packed, rows - packed),
-                    (t0, kp),
-                    ap,
-                    mode == Mode::Fma,
-                )
+            let check = mode == Mode::Fma;
+            // (`vdpbf16ps` on a computed block: its rows as bf16 bits in `ap`, `kp` pairs
+            // apart, padded with zeros to whole pairs and whole tiles, read in place.)
+            let rows_of_bits = mode == Mode::Dot && a_from.is_some();
+            let a_plain = match a_from {
+                Some(from) if rows_of_bits => with_buffer(&A_FROM, rows * 2 * kp, |src| {
+                    let kc = (2 * kp).min(k - 2 * t0);
+                    let op = (from.f)((r0, rows), (2 * t0, kc), src);
+                    // SAFETY: the thread's own buffer (`MC·KP` u32s), as bf16s: at most
+                    // `MC` rows (a task's, `row_tasks`) of `2·kp ≤ 2·KP`.
+                    let bits = unsafe {
+                        std::slice::from_raw_parts_mut(ap.as_mut_ptr().cast::<u16>(), 2 * ap.len())
+                    };
+                    for (i, row) in bits[..tiles * MR * 2 * kp]
+                        .chunks_exact_mut(2 * kp)
+                        .enumerate()
+                    {
+                        if i >= rows {
+                            row.fill(0);
+                            continue;
+                        }
+                        // SAFETY: `f` put the block's `rows × kc` values where `op` says.
+                        let at = |c: usize| unsafe {
+                            *op.ptr.offset(i as isize * op.rs + c as isize * op.cs)
+                        };
+                        if op.cs == 1 {
+                            // SAFETY: as above, row `i`'s `kc` values in a run.
+                            let vals = unsafe {
+                                std::slice::from_raw_parts(op.ptr.offset(i as isize * op.rs), kc)
+                            };
+                            crate::cpu::halves::narrow_to_halves(DType::BF16, vals, &mut row[..kc]);
+                        } else {
+                            for (c, h) in row[..kc].iter_mut().enumerate() {
+                                *h = bf16_bits(at(c));
+                            }
+                        }
+                        row[kc..].fill(0);
+                    }
+                    false
+                }),
+                // The block computed into this thread's buffer (f32 values of bf16s), then
+                // packed from there.
+                Some(from) => with_buffer(&A_FROM, rows * 2 * kp, |src| {
+                    let kc = (2 * kp).min(k - 2 * t0);
+                    let op = (from.f)((r0, rows), (2 * t0, kc), src);
+                    let at = |i: usize, c: usize| {
+                        let at = i as isize * op.rs + (c - 2 * t0) as isize * op.cs;
+                        // SAFETY: `f` put the block's `rows × kc` values where `op` says.
+                        bf16_bits(unsafe { *op.ptr.offset(at) })
+                    };
+                    pack_a(k, rows, (t0, kp), ap, check, at)
+                }),
+                None => {
+                    let src = a.ptr.cast::<u16>();
+                    let at = |i: usize, c: usize| {
+                        let at = (r0 + packed + i) as isize * a.rs + c as isize * a.cs;
+                        // SAFETY: row `r0 + packed + i`, column `c < k` of A (in range).
+                        unsafe { *src.offset(at) }
+                    };
+                    pack_a(k, rows - packed, (t0, kp), ap, check, at)
+                }
             };
-            // Tile `q` of `A`: in place (direct, whole) or packed.
+            // Tile `q` of `A`: in place (direct, whole), rows of bits, or packed.
             let apanel = |q: usize| -> Panel {
-                if q * MR < packed {
+                if rows_of_bits {
+                    Panel {
+                        at: ap[q * MR * kp..].as_ptr(),
+                        rs: kp,
+                        ts: 1,
+                    }
+                } else if q * MR < packed {
                     // SAFETY: row r0 + q·MR, pair t0 of A (in range; as u32, the pair).
                     let at = unsafe { a.ptr.cast::<u16>().offset((r0 + q * MR) as isize * a.rs) };
                     Panel {
