@@ -30,18 +30,14 @@ use crate::schedule::{
 use std::collections::BTreeSet;
 
 /// Gives every value that qualifies (the module doc) to its products as their prologue:
-/// the writer loses its store (and, left with none, leaves the schedule, the kernels named
-/// by their steps again, in `notes` too: `tile::renumber`), each product gets the
-/// prologue, the value becomes a `Tile`. Returns a note for each; lives are not updated
-/// (the caller recomputes them).
+/// the writer loses its store, each product gets the prologue, the value becomes a
+/// `Tile`. Returns a note for each; lives are not updated (the caller recomputes them).
 pub fn add_prologues(
-    kernels: &mut Vec<Kernel>,
+    kernels: &mut [Kernel],
     buffers: &mut [Buffer],
     outputs: &BTreeSet<BufferId>,
-    notes: &mut [&mut [String]],
 ) -> Vec<String> {
-    // (The value, its products' steps, what the prologue reads.)
-    let mut given: Vec<(BufferId, Vec<usize>, String)> = Vec::new();
+    let mut notes = Vec::new();
     for h in 0..buffers.len() {
         let id = BufferId(h as u32);
         let Some((writer, prologue)) = candidate(kernels, buffers, outputs, id) else {
@@ -61,11 +57,11 @@ pub fn add_prologues(
         };
         *f = prune(kept);
         let mut readers = Vec::new();
-        for (s, k) in kernels.iter_mut().enumerate() {
+        for k in kernels.iter_mut() {
             if let KernelKind::MatMul(mm) = &mut k.kind {
                 if mm.a.buffer == id {
                     mm.prologue = Some(Box::new(prologue.clone()));
-                    readers.push(s);
+                    readers.push(k.name.clone());
                 }
             }
         }
@@ -73,41 +69,18 @@ pub fn add_prologues(
         let b = &mut buffers[h];
         b.kind = BufferKind::Tile;
         b.offset = 0;
-        given.push((id, readers, sources));
+        let shape: Vec<String> = b.shape.iter().map(u64::to_string).collect();
+        notes.push(format!(
+            "{}: {} ({} [{}]) never stored: {} compute it from {} as they pack it",
+            readers.join(", "),
+            b.name,
+            b.dtype,
+            shape.join(", "),
+            readers.join(" and "),
+            sources,
+        ));
     }
-    // Writers left with nothing to store run no more.
-    let mut step = 0;
-    let mut new_step = Vec::with_capacity(kernels.len());
-    for k in kernels.iter() {
-        new_step.push(step);
-        if !matches!(&k.kind, KernelKind::Fused(f) if f.stores.is_empty()) {
-            step += 1;
-        }
-    }
-    if step < kernels.len() {
-        kernels.retain(|k| !matches!(&k.kind, KernelKind::Fused(f) if f.stores.is_empty()));
-        super::tile::renumber(kernels, buffers, notes);
-    }
-    given
-        .into_iter()
-        .map(|(id, readers, sources)| {
-            let b = &buffers[id.index()];
-            let shape: Vec<String> = b.shape.iter().map(u64::to_string).collect();
-            let readers: Vec<&str> = readers
-                .iter()
-                .map(|&s| kernels[new_step[s]].name.as_str())
-                .collect();
-            format!(
-                "{}: {} ({} [{}]) never stored: {} compute it from {} as they pack it",
-                readers.join(", "),
-                b.name,
-                b.dtype,
-                shape.join(", "),
-                readers.join(" and "),
-                sources,
-            )
-        })
-        .collect()
+    notes
 }
 
 /// The names of the buffers a prologue reads, for its notes (here and the report's).
@@ -121,10 +94,9 @@ pub fn sources(p: &FusedKernel, buffers: &[Buffer]) -> String {
 }
 
 /// The kernel that writes `h` and the prologue that computes it, where `h` qualifies: a
-/// 2-D float arena buffer, no output, written whole by one pointwise kernel, read only as
-/// the `A` of products that pack it (CPU GEMM, one matrix, `h` read straight or transposed
-/// from its start, no residual but into an f32 product in place), its maths floats alone.
-/// (A writer that stores nothing else is left with no stores: `tile::retile` drops it.)
+/// 2-D f32 arena buffer, no output, written whole by one pointwise kernel that stores
+/// something else too, read only as the `A` of products that pack it (CPU GEMM, one matrix,
+/// `h` read straight or transposed from its start), its maths floats alone.
 fn candidate(
     kernels: &[Kernel],
     buffers: &[Buffer],
@@ -133,7 +105,7 @@ fn candidate(
 ) -> Option<(usize, FusedKernel)> {
     let b = &buffers[h.index()];
     if b.kind != BufferKind::Arena
-        || !b.dtype.is_float()
+        || b.dtype != crate::ir::DType::F32
         || b.shape.len() != 2
         || outputs.contains(&h)
     {
@@ -163,7 +135,7 @@ fn candidate(
                     && mm.a.offset == 0
                     && (straight || transposed)
                     && mm.workspace.is_some()
-                    && (mm.in_place_f32() || mm.cpu_gemm_operands() && mm.accumulate.is_none());
+                    && mm.in_place_f32();
                 if !ok {
                     return None;
                 }
@@ -181,7 +153,10 @@ fn candidate(
         return None;
     };
     let store = f.stores.iter().find(|s| s.buffer == h)?;
-    let whole = f.reduce_axes.is_empty() && f.domain == b.shape && store.region.is_none();
+    let whole = f.reduce_axes.is_empty()
+        && f.domain == b.shape
+        && store.region.is_none()
+        && f.stores.len() >= 2;
     if !whole {
         return None;
     }

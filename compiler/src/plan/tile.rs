@@ -54,12 +54,7 @@ pub fn retile(plan: &mut Plan, budget: u64) {
     let (mut kernels, mut buffers, mut old_notes) =
         (plan.kernels.clone(), unplaced(), plan.notes.clone());
     let mut notes = split_column_folds(&mut kernels, &mut buffers, &outputs, &mut old_notes);
-    let prologues = super::prologue::add_prologues(
-        &mut kernels,
-        &mut buffers,
-        &outputs,
-        &mut [&mut old_notes, &mut notes],
-    );
+    let prologues = super::prologue::add_prologues(&mut kernels, &mut buffers, &outputs);
     if !prologues.is_empty() {
         liveness::set_lives(&kernels, &mut buffers, &outputs);
         notes.extend(prologues);
@@ -226,8 +221,27 @@ fn split_column_folds(
     if split.is_empty() {
         return Vec::new();
     }
-    // `k10+` is the new `k11`, the old `k11` `k12`.
-    renumber(kernels, buffers, &mut [notes]);
+    // Every kernel named by its step again: `k10+` is the new `k11`, the old `k11` `k12`.
+    let renames: Vec<(String, String)> = kernels
+        .iter()
+        .enumerate()
+        .map(|(s, k)| (k.name.clone(), format!("k{s}")))
+        .filter(|(old, new)| old != new)
+        .collect();
+    let map: std::collections::HashMap<&str, &str> = renames
+        .iter()
+        .filter(|(old, _)| !old.ends_with('+'))
+        .map(|(o, n)| (o.as_str(), n.as_str()))
+        .collect();
+    for b in buffers.iter_mut() {
+        b.name = rename(&b.name, '.', &map);
+    }
+    for n in notes.iter_mut() {
+        *n = rename(n, ':', &map);
+    }
+    for (s, k) in kernels.iter_mut().enumerate() {
+        k.name = format!("k{s}");
+    }
     split
         .into_iter()
         .map(|s| {
@@ -248,36 +262,6 @@ fn split_column_folds(
 /// `text` with its leading kernel name (the `k3` of a buffer `k3.out` or of a note `k3:
 /// attention …`, up to `sep`) renamed where `map` renames it; a name of the program's own
 /// (a tensor `k3`) is not followed by `sep` and stays.
-/// Every kernel named by its step again (`k3`), after kernels were inserted (named `k2+`)
-/// or removed: the buffers named after a kernel (`k3.workspace`) and the notes that open
-/// with a kernel's name (`k3: …`) follow it.
-pub(super) fn renumber(
-    kernels: &mut [Kernel],
-    buffers: &mut [Buffer],
-    notes: &mut [&mut [String]],
-) {
-    let renames: Vec<(String, String)> = kernels
-        .iter()
-        .enumerate()
-        .map(|(s, k)| (k.name.clone(), format!("k{s}")))
-        .filter(|(old, new)| old != new)
-        .collect();
-    let map: std::collections::HashMap<&str, &str> = renames
-        .iter()
-        .filter(|(old, _)| !old.ends_with('+'))
-        .map(|(o, n)| (o.as_str(), n.as_str()))
-        .collect();
-    for b in buffers.iter_mut() {
-        b.name = rename(&b.name, '.', &map);
-    }
-    for n in notes.iter_mut().flat_map(|ns| ns.iter_mut()) {
-        *n = rename(n, ':', &map);
-    }
-    for (s, k) in kernels.iter_mut().enumerate() {
-        k.name = format!("k{s}");
-    }
-}
-
 fn rename(text: &str, sep: char, map: &std::collections::HashMap<&str, &str>) -> String {
     match text.split_once(sep) {
         Some((name, rest)) if map.contains_key(name) => format!("{}{sep}{rest}", map[name]),

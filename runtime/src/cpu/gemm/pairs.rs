@@ -25,7 +25,7 @@
 //! A block with a smaller element goes to the twin, and a tile that ends with a NaN (or
 //! starts from a small accumulator) is computed again by the twin.
 
-use super::{with_buffer, AFrom, Operand, A_FROM, A_PACK, MC, MR, NR};
+use super::{with_buffer, AFrom, Operand, A_FROM, A_PACK, KC, MC, MR, NR};
 use crate::cpu::halves::bf16_bits;
 use tc_compiler::ir::DType;
 
@@ -314,38 +314,44 @@ pub(super) unsafe fn block(
             // apart, padded with zeros to whole pairs and whole tiles, read in place.)
             let rows_of_bits = mode == Mode::Dot && a_from.is_some();
             let a_plain = match a_from {
-                Some(from) if rows_of_bits => with_buffer(&A_FROM, rows * 2 * kp, |src| {
+                Some(from) if rows_of_bits => with_buffer(&A_FROM, rows * KC, |src| {
                     let kc = (2 * kp).min(k - 2 * t0);
-                    let op = (from.f)((r0, rows), (2 * t0, kc), src);
                     // SAFETY: the thread's own buffer (`MC·KP` u32s), as bf16s: at most
                     // `MC` rows (a task's, `row_tasks`) of `2·kp ≤ 2·KP`.
                     let bits = unsafe {
                         std::slice::from_raw_parts_mut(ap.as_mut_ptr().cast::<u16>(), 2 * ap.len())
                     };
-                    for (i, row) in bits[..tiles * MR * 2 * kp]
-                        .chunks_exact_mut(2 * kp)
-                        .enumerate()
-                    {
-                        if i >= rows {
-                            row.fill(0);
-                            continue;
-                        }
-                        // SAFETY: `f` put the block's `rows × kc` values where `op` says.
-                        let at = |c: usize| unsafe {
-                            *op.ptr.offset(i as isize * op.rs + c as isize * op.cs)
-                        };
-                        if op.cs == 1 {
-                            // SAFETY: as above, row `i`'s `kc` values in a run.
-                            let vals = unsafe {
-                                std::slice::from_raw_parts(op.ptr.offset(i as isize * op.rs), kc)
+                    let bits = &mut bits[..tiles * MR * 2 * kp];
+                    // Computed `KC` columns at a time (the thread's buffer as for f32).
+                    for c0 in (0..kc).step_by(KC) {
+                        let w = KC.min(kc - c0);
+                        let op = (from.f)((r0, rows), (2 * t0 + c0, w), src);
+                        for (i, row) in bits.chunks_exact_mut(2 * kp).take(rows).enumerate() {
+                            let row = &mut row[c0..c0 + w];
+                            // SAFETY: `f` put the block's `rows × w` values where `op` says.
+                            let at = |c: usize| unsafe {
+                                *op.ptr.offset(i as isize * op.rs + c as isize * op.cs)
                             };
-                            crate::cpu::halves::narrow_to_halves(DType::BF16, vals, &mut row[..kc]);
-                        } else {
-                            for (c, h) in row[..kc].iter_mut().enumerate() {
-                                *h = bf16_bits(at(c));
+                            if op.cs == 1 {
+                                // SAFETY: as above, row `i`'s `w` values in a run.
+                                let vals = unsafe {
+                                    std::slice::from_raw_parts(op.ptr.offset(i as isize * op.rs), w)
+                                };
+                                crate::cpu::halves::narrow_to_halves(DType::BF16, vals, row);
+                            } else {
+                                for (c, h) in row.iter_mut().enumerate() {
+                                    *h = bf16_bits(at(c));
+                                }
                             }
                         }
-                        row[kc..].fill(0);
+                    }
+                    // Zeros past `k` and in the rows past the task's.
+                    for (i, row) in bits.chunks_exact_mut(2 * kp).enumerate() {
+                        if i >= rows {
+                            row.fill(0);
+                        } else {
+                            row[kc..].fill(0);
+                        }
                     }
                     false
                 }),
