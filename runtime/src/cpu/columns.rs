@@ -642,14 +642,8 @@ unsafe fn read_lanes<const W: usize>(
                 let o = off + j as i64 * stride;
                 if f32_run {
                     // SAFETY: in bounds by the caller; `d` holds W floats, a distinct
-                    // allocation; an unaligned byte copy is always valid.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            acc.mem.ptr.cast::<f32>().offset(o as isize).cast::<u8>(),
-                            d.as_mut_ptr().cast::<u8>(),
-                            W * 4,
-                        )
-                    };
+                    // allocation.
+                    unsafe { copy_lanes::<W>(acc.mem.ptr.cast::<f32>().offset(o as isize), d) };
                 } else if f32_same {
                     // SAFETY: in bounds by the caller.
                     d.fill(unsafe {
@@ -673,6 +667,34 @@ unsafe fn read_lanes<const W: usize>(
 ///
 /// # Safety
 /// Every element written lies inside `acc.mem`, and no other thread touches it.
+/// `W` floats from `src` into `dst` (`W` a multiple of 16), 64 bytes a move, inline: a
+/// call of `memcpy` a row group and inner index cost a third of a column kernel's time.
+///
+/// # Safety
+/// `W` floats readable at `src`, apart from `dst`.
+#[inline(always)]
+unsafe fn copy_lanes<const W: usize>(src: *const f32, dst: &mut [f32]) {
+    let dst = &mut dst[..W];
+    for (c, d) in dst.chunks_exact_mut(16).enumerate() {
+        // SAFETY: floats `16c .. 16c + 16 ≤ W` of `src` (the caller's bounds), unaligned.
+        let v = unsafe { src.add(16 * c).cast::<[f32; 16]>().read_unaligned() };
+        d.copy_from_slice(&v);
+    }
+}
+
+/// `W` floats from `src` to `dst` (`W` a multiple of 16), as `copy_lanes`.
+///
+/// # Safety
+/// `W` floats writable at `dst`, apart from `src`.
+#[inline(always)]
+unsafe fn store_lanes<const W: usize>(src: &[f32], dst: *mut f32) {
+    for (c, s) in src[..W].chunks_exact(16).enumerate() {
+        let v: [f32; 16] = s.try_into().expect("16 floats");
+        // SAFETY: floats `16c .. 16c + 16 ≤ W` of `dst` (the caller's bounds), unaligned.
+        unsafe { dst.add(16 * c).cast::<[f32; 16]>().write_unaligned(v) };
+    }
+}
+
 unsafe fn write_lanes<const W: usize>(
     acc: &Access,
     sizes: &[usize],
@@ -692,15 +714,8 @@ unsafe fn write_lanes<const W: usize>(
             for (j, s) in src[pos * W..(pos + len) * W].chunks_exact(W).enumerate() {
                 let o = off + j as i64 * stride;
                 if f32_run {
-                    // SAFETY: in bounds and this thread's by the caller; byte copies need
-                    // no alignment.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            s.as_ptr().cast::<u8>(),
-                            acc.mem.ptr.cast::<f32>().offset(o as isize).cast::<u8>(),
-                            W * 4,
-                        )
-                    };
+                    // SAFETY: in bounds and this thread's by the caller.
+                    unsafe { store_lanes::<W>(s, acc.mem.ptr.cast::<f32>().offset(o as isize)) };
                 } else {
                     // SAFETY: as above.
                     unsafe { acc.mem.write_run(o, step, s) };
