@@ -239,9 +239,9 @@ impl Panel {
     }
 }
 
-/// `A`'s rows `r0 .. r0 + rows`, pairs `t0 .. t0 + kp` (elements `2·t0 ..`, zero at `k` and
-/// past it) packed into `dst`: panel `q` at `q·kp·MR`, the pair `(r, t)` at `t·MR + r`, rows
-/// past `rows` zero; element `(r0 + i, c)` is `at(i, c)` (bf16 bits, `c < k`). Returns, with
+/// `rows` rows of `A`, pairs `t0 .. t0 + kp` (elements `2·t0 ..`, zero at `k` and past it)
+/// packed into `dst`: panel `q` at `q·kp·MR`, the pair `(r, t)` at `t·MR + r`, rows past
+/// `rows` zero; element `c` of row `i` is `at(i, c)` (bf16 bits, `c < k`). Returns, with
 /// `check`, whether the packed pairs are `plain` (else false).
 fn pack_a(
     k: usize,
