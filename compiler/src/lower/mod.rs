@@ -124,6 +124,32 @@ impl ValueOp {
         }
     }
 
+    /// The same op reading `f(v)` wherever it reads `v`.
+    pub fn map_operands(&self, f: impl Fn(ValueId) -> ValueId) -> ValueOp {
+        match self.clone() {
+            ValueOp::Unary(op, a) => ValueOp::Unary(op, f(a)),
+            ValueOp::Binary(op, a, b) => ValueOp::Binary(op, f(a), f(b)),
+            ValueOp::Cast(a) => ValueOp::Cast(f(a)),
+            ValueOp::Reduce(op, a) => ValueOp::Reduce(op, f(a)),
+            ValueOp::Scan(a) => ValueOp::Scan(f(a)),
+            ValueOp::Where(c, a, b) => ValueOp::Where(f(c), f(a), f(b)),
+            ValueOp::Gather {
+                load,
+                index,
+                stride,
+                size,
+                what,
+            } => ValueOp::Gather {
+                load,
+                index: f(index),
+                stride,
+                size,
+                what,
+            },
+            op @ (ValueOp::Load(_) | ValueOp::Const(_) | ValueOp::Index { .. }) => op,
+        }
+    }
+
     /// `of`, with an `Index`'s strides over the merged axes (`merged` maps domain strides).
     fn lowered(op: &InstOp, merged: &dyn Fn(&[i64]) -> Vec<i64>) -> ValueOp {
         match op {

@@ -50,28 +50,7 @@ fn skip_exact_casts(ir: &mut KernelIr) {
         return;
     }
     for v in &mut ir.values {
-        v.op = match v.op.clone() {
-            ValueOp::Unary(op, a) => ValueOp::Unary(op, to[a.index()]),
-            ValueOp::Binary(op, a, b) => ValueOp::Binary(op, to[a.index()], to[b.index()]),
-            ValueOp::Cast(a) => ValueOp::Cast(to[a.index()]),
-            ValueOp::Reduce(op, a) => ValueOp::Reduce(op, to[a.index()]),
-            ValueOp::Scan(a) => ValueOp::Scan(to[a.index()]),
-            ValueOp::Where(c, a, b) => ValueOp::Where(to[c.index()], to[a.index()], to[b.index()]),
-            ValueOp::Gather {
-                load,
-                index,
-                stride,
-                size,
-                what,
-            } => ValueOp::Gather {
-                load,
-                index: to[index.index()],
-                stride,
-                size,
-                what,
-            },
-            op @ (ValueOp::Load(_) | ValueOp::Const(_) | ValueOp::Index { .. }) => op,
-        };
+        v.op = v.op.map_operands(|a| to[a.index()]);
     }
     for st in &mut ir.stores {
         st.value = to[st.value.index()];
