@@ -756,55 +756,68 @@ mod transpose {
 /// layout, each row's run of a panel group converted at once (`half`'s vector f16
 /// conversion, a shift for bf16) where the columns are contiguous.
 fn pack_b_half(k: usize, cols: usize, b: Operand, dtype: DType, dst: &mut [f32], parallel: bool) {
-    let panels = cols.div_ceil(NR);
-    let base = dst.as_mut_ptr() as usize;
     let b_addr = b.ptr as usize;
+    pack_rows(k, KC, cols, dst, parallel, |t, (c0, c1), row| {
+        let src = b_addr as *const u16;
+        // SAFETY: row `t < k`, columns `c0 .. c1` of B (in range, the caller's promise).
+        let at = |c: usize| unsafe { *src.offset(t as isize * b.rs + c as isize * b.cs) };
+        if b.cs == 1 {
+            // SAFETY: as above: `c1 - c0` contiguous elements.
+            let run = unsafe {
+                std::slice::from_raw_parts(src.offset(t as isize * b.rs + c0 as isize), c1 - c0)
+            };
+            math::widen_halves(dtype, run, row);
+        } else {
+            for (j, x) in row.iter_mut().enumerate() {
+                math::widen_halves(dtype, &[at(c0 + j)], std::slice::from_mut(x));
+            }
+        }
+    });
+}
+
+/// The frame of a packing of `B` made row by row (`pack_b_half`, `pairs::pack_b`): `rows`
+/// packed rows of `cols` columns into `dst`, for each block of `block` rows starting at
+/// `t0`, for each panel `p`, the `kb × NR` block at `t0·NR·panels + p·kb·NR`, row by row,
+/// columns past `cols` zero. `fill(t, (c0, c1), row)` writes row `t`'s columns `c0 .. c1`
+/// into `row`; units of a block of rows by `GROUP` panels (row-contiguous reads of `B` where
+/// its columns are contiguous) go to the pool with `parallel`.
+fn pack_rows<T: Copy + Default + Send>(
+    rows: usize,
+    block: usize,
+    cols: usize,
+    dst: &mut [T],
+    parallel: bool,
+    fill: impl Fn(usize, (usize, usize), &mut [T]) + Sync,
+) {
     const GROUP: usize = 8;
+    let panels = cols.div_ceil(NR);
     let groups = panels.div_ceil(GROUP);
+    let base = dst.as_mut_ptr() as usize;
     let one = |u: usize| {
-        let (t0, g) = ((u / groups) * KC, u % groups);
-        let kc = KC.min(k - t0);
+        let (t0, g) = ((u / groups) * block, u % groups);
+        let kb = block.min(rows - t0);
         let (pg0, pg1) = (g * GROUP, (g * GROUP + GROUP).min(panels));
         let (c0, c1) = (pg0 * NR, (pg1 * NR).min(cols));
-        let mut row = [0f32; GROUP * NR];
-        for t in 0..kc {
-            let src = b_addr as *const u16;
-            // SAFETY: row t0 + t, columns c0..c1 of B (in range, the caller's promise).
-            let at =
-                |c: usize| unsafe { *src.offset((t0 + t) as isize * b.rs + c as isize * b.cs) };
-            let w = c1 - c0;
-            if b.cs == 1 {
-                // SAFETY: as above: `w` contiguous elements.
-                let run = unsafe {
-                    std::slice::from_raw_parts(
-                        src.offset((t0 + t) as isize * b.rs + c0 as isize),
-                        w,
-                    )
-                };
-                math::widen_halves(dtype, run, &mut row[..w]);
-            } else {
-                for (j, x) in row[..w].iter_mut().enumerate() {
-                    let h = at(c0 + j);
-                    math::widen_halves(dtype, &[h], std::slice::from_mut(x));
-                }
-            }
-            row[w..].fill(0.0);
+        let mut row = [T::default(); GROUP * NR];
+        for t in 0..kb {
+            fill(t0 + t, (c0, c1), &mut row[..c1 - c0]);
+            row[c1 - c0..].fill(T::default());
             for p in pg0..pg1 {
                 // SAFETY: each panel's row `t` of this block inside `dst`, written by this
                 // unit alone.
                 unsafe {
-                    let o = (base as *mut f32).add(t0 * NR * panels + p * kc * NR + t * NR);
-                    o.cast::<[f32; NR]>().write_unaligned(
+                    let o = (base as *mut T).add(t0 * NR * panels + p * kb * NR + t * NR);
+                    o.cast::<[T; NR]>().write_unaligned(
                         row.as_ptr()
                             .add((p - pg0) * NR)
-                            .cast::<[f32; NR]>()
+                            .cast::<[T; NR]>()
                             .read_unaligned(),
                     );
                 }
             }
         }
     };
-    let units = k.div_ceil(KC) * groups;
+    let units = rows.div_ceil(block) * groups;
     if parallel && units > 1 {
         (0..units).into_par_iter().for_each(one);
     } else {

@@ -146,24 +146,17 @@ pub(super) fn pack_b(
     parallel: bool,
     check: bool,
 ) -> bool {
-    use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     let all_plain = AtomicBool::new(check);
-    let panels = cols.div_ceil(NR);
-    let pairs = k.div_ceil(2);
-    let base = dst.as_mut_ptr() as usize;
     let b_addr = b.ptr as usize;
-    const GROUP: usize = 8;
-    let groups = panels.div_ceil(GROUP);
-    let one = |u: usize| {
-        let (t0, g) = ((u / groups) * KP, u % groups);
-        let kp = KP.min(pairs - t0);
-        let (pg0, pg1) = (g * GROUP, (g * GROUP + GROUP).min(panels));
-        let (c0, c1) = (pg0 * NR, (pg1 * NR).min(cols));
-        let src = b_addr as *const u16;
-        let mut row = [0u32; GROUP * NR];
-        for t in 0..kp {
-            let k0 = 2 * (t0 + t);
+    super::pack_rows(
+        k.div_ceil(2),
+        KP,
+        cols,
+        dst,
+        parallel,
+        |t, (c0, c1), row| {
+            let (k0, src) = (2 * t, b_addr as *const u16);
             if b.cs == 1 {
                 // Rows of contiguous columns: two slices interleaved (a loop the compiler
                 // vectorises).
@@ -187,36 +180,17 @@ pub(super) fn pack_b(
                 let at = |r: usize, c: usize| unsafe {
                     u32::from(*src.offset(r as isize * b.rs + c as isize * b.cs))
                 };
-                for (j, x) in row[..c1 - c0].iter_mut().enumerate() {
+                for (j, x) in row.iter_mut().enumerate() {
                     let hi = if k0 + 1 < k { at(k0 + 1, c0 + j) } else { 0 };
                     *x = at(k0, c0 + j) | hi << 16;
                 }
             }
-            row[c1 - c0..].fill(0);
-            if check && !plain(&row) {
+            // (The zero columns past `cols` are plain.)
+            if check && !plain(row) {
                 all_plain.store(false, Ordering::Relaxed);
             }
-            for p in pg0..pg1 {
-                // SAFETY: each panel's pair row `t` of this block inside `dst`, written by
-                // this unit alone.
-                unsafe {
-                    let o = (base as *mut u32).add(t0 * NR * panels + p * kp * NR + t * NR);
-                    o.cast::<[u32; NR]>().write_unaligned(
-                        row.as_ptr()
-                            .add((p - pg0) * NR)
-                            .cast::<[u32; NR]>()
-                            .read_unaligned(),
-                    );
-                }
-            }
-        }
-    };
-    let units = pairs.div_ceil(KP) * groups;
-    if parallel && units > 1 {
-        (0..units).into_par_iter().for_each(one);
-    } else {
-        (0..units).for_each(one);
-    }
+        },
+    );
     all_plain.into_inner()
 }
 
