@@ -291,11 +291,7 @@ pub(super) fn run(
                 whole_rows: t.whole_rows(),
                 tile: never_stored,
             });
-            let fill = computed_a.as_ref().map(|p| {
-                move |rows: (usize, usize), cols: (usize, usize), dst: &mut [f32]| {
-                    p.fill(rows, cols, dst)
-                }
-            });
+            let fill = computed_a.as_ref().map(prologue::Prologue::filler);
             let a_from = fill.as_ref().map(|f| own::AFrom { f });
             // (A computed `A` is never read where the operand points: nowhere.)
             let a_ptr = if computed_a.is_some() {
@@ -382,11 +378,7 @@ pub(super) fn run(
                     cs: 1,
                 }
             };
-            let computed = computed_a.as_ref().map(|p| {
-                move |rows: (usize, usize), cols: (usize, usize), dst: &mut [f32]| {
-                    p.fill(rows, cols, dst)
-                }
-            });
+            let computed = computed_a.as_ref().map(prologue::Prologue::filler);
             let a_from = match &computed {
                 Some(f) => Some(own::AFrom { f }),
                 None => (!direct_a).then_some(own::AFrom { f: &fill }),

@@ -92,6 +92,13 @@ impl Prologue {
         })
     }
 
+    /// `fill` as the GEMM asks for blocks of `A` (`gemm::AFrom`).
+    pub(super) fn filler(
+        &self,
+    ) -> impl Fn((usize, usize), (usize, usize), &mut [f32]) -> Operand + Sync + '_ {
+        move |rows, cols, dst| self.fill(rows, cols, dst)
+    }
+
     /// The loads' buffers: the product reads them while it runs.
     pub(super) fn reads(&self) -> Vec<Mem> {
         self.p.loads.iter().map(|l| l.mem).collect()
