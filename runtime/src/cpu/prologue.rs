@@ -1,8 +1,9 @@
 //! A matrix product's `A` computed, not read: the product's prologue
 //! (`MatMulKernel::prologue`, planned by `tc_compiler::plan::prologue`) is a pointwise kernel
-//! over the buffer `h` that `A` reads (`gelu(pre)` in a training step, `bf16(f32(x) * g)`
-//! before a bf16 product), and `h` is never stored (`BufferKind::Tile`); each value is
-//! rounded to `h`'s dtype as its store would have. tc's GEMM asks for each block of `A` as it packs it
+//! over the buffer `h` that `A` reads (`gelu(pre)` in a training step), and `h` is never
+//! stored (`BufferKind::Tile`). `h` may be of any float dtype (the planner gives only f32
+//! values prologues today; a bf16 one feeds the bf16 pairs), each value rounded to it as
+//! its store would. tc's GEMM asks for each block of `A` as it packs it
 //! (`gemm::AFrom`): the block's rows and columns of `h` are computed by the interpreter into a
 //! buffer of the packing thread's own, its element stores redirected there
 //! (`fused::Scratch::out`), and packed from it as they would have been from `h`. The values
