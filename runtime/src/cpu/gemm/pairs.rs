@@ -18,7 +18,10 @@
 //! `∞ − ∞`. MXCSR plays no part.
 //!
 //! Without AVX512-BF16, an AVX2 kernel runs the steps as plain f32 FMAs (high halves, then
-//! low), which are `step` exactly while no denormal, tiny result or NaN arises: where every
+//! low; `A` packed widened to f32, `B`'s pairs split in the kernel by a mask and a shift:
+//! the f32 kernel's speed, 17–18 ms for a 1024³ product on two Zen 3 cores against 28 with
+//! both split in the kernel), which are `step` exactly while no denormal, tiny result or
+//! NaN arises: where every
 //! nonzero element of the packed blocks is at least 2⁻⁵⁵ in magnitude (`plain`) and the
 //! accumulators start at 0 or at least 2⁻¹⁰² (a multiple of 2⁻¹²⁵), every product and so
 //! every sum is a multiple of 2⁻¹²⁵, never denormal nor ±2⁻¹²⁶; a NaN stays one to the end.
@@ -197,12 +200,15 @@ pub(super) fn pack_b(
 /// Where one tile of `A` (`MR` rows of pairs, bf16 bits as u32) lies: pair `t` of row `r`
 /// at `at + r·rs + t·ts` (u32s, perhaps 2-byte aligned only), packed (`rs` 1, `ts` `MR`;
 /// a second tile `kp·MR` further) or in `A` itself (`ts` 1; a second tile `MR` rows
-/// further). Every pair of the tile's `kp` is readable.
+/// further); or, `wide`, packed widened for the f32 steps (`pack_a`'s `wide`: the pair's
+/// high halves as f32 bits at `at + 2t·MR + r`, its low halves `MR` further). Every pair
+/// of the tile's `kp` is readable.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Panel {
     pub(super) at: *const u32,
     pub(super) rs: usize,
     pub(super) ts: usize,
+    pub(super) wide: bool,
 }
 
 impl Panel {
@@ -211,42 +217,71 @@ impl Panel {
         let step = if self.ts == 1 { MR * self.rs } else { kp * MR };
         self.at.wrapping_add(step)
     }
+
+    /// Pair `t` of row `r` (bf16 bits, element `2t` low).
+    ///
+    /// # Safety
+    /// `r < MR`, `t` below the tile's `kp`.
+    unsafe fn pair(self, r: usize, t: usize) -> u32 {
+        // SAFETY: inside the tile (the caller's promise).
+        unsafe {
+            if self.wide {
+                let hi = *self.at.add(2 * t * MR + r);
+                let lo = *self.at.add((2 * t + 1) * MR + r);
+                (hi & 0xffff_0000) | lo >> 16
+            } else {
+                self.at.add(r * self.rs + t * self.ts).read_unaligned()
+            }
+        }
+    }
 }
 
 /// `rows` rows of `A`, pairs `t0 .. t0 + kp` (elements `2·t0 ..`, zero at `k` and past it)
 /// packed into `dst`: panel `q` at `q·kp·MR`, the pair `(r, t)` at `t·MR + r`, rows past
-/// `rows` zero; element `c` of row `i` is `at(i, c)` (bf16 bits, `c < k`). Returns, with
-/// `check`, whether the packed pairs are `plain` (else false).
+/// `rows` zero; `fill(i, run)` puts row `i`'s elements `2·t0 ..` (bf16 bits, as many as
+/// `run` holds: up to `k`) into `run`. With `wide`, each pair as two f32s for the f32 steps
+/// (`Panel::wide`): panel `q` at `2q·kp·MR`, the high half of `(r, t)` at `2t·MR + r` and
+/// its low half `MR` further, each the f32 of the same value. Returns, with `check`,
+/// whether the packed pairs are `plain` (else false).
 fn pack_a(
     k: usize,
     rows: usize,
     (t0, kp): (usize, usize),
-    dst: &mut [u32],
+    (dst, wide): (&mut [u32], bool),
     check: bool,
-    at: impl Fn(usize, usize) -> u16,
+    fill: impl Fn(usize, &mut [u16]),
 ) -> bool {
+    let per = if wide { 2 * kp * MR } else { kp * MR };
+    let given = (2 * kp).min(k - 2 * t0);
+    let mut run = [0u16; 2 * KP];
+    let run = &mut run[..2 * kp];
     for q in 0..rows.div_ceil(MR) {
         let h = MR.min(rows - q * MR);
-        let out = &mut dst[q * kp * MR..(q + 1) * kp * MR];
+        let out = &mut dst[q * per..(q + 1) * per];
         for r in 0..h {
-            let at = |c: usize| u32::from(at(q * MR + r, c));
-            let whole = kp.min((k / 2).saturating_sub(t0));
-            for t in 0..whole {
-                let c = 2 * (t0 + t);
-                out[t * MR + r] = at(c) | at(c + 1) << 16;
-            }
-            // The last pair of an odd `k` (its high half zero).
-            for t in whole..kp {
-                out[t * MR + r] = at(2 * (t0 + t));
+            fill(q * MR + r, &mut run[..given]);
+            // (The high half of the last pair of an odd `k`.)
+            run[given..].fill(0);
+            let pairs = run.chunks_exact(2);
+            if wide {
+                for (o, p) in out.chunks_exact_mut(2 * MR).zip(pairs) {
+                    o[r] = u32::from(p[1]) << 16;
+                    o[MR + r] = u32::from(p[0]) << 16;
+                }
+            } else {
+                for (o, p) in out.chunks_exact_mut(MR).zip(pairs) {
+                    o[r] = u32::from(p[0]) | u32::from(p[1]) << 16;
+                }
             }
         }
         if h < MR {
-            for t in 0..kp {
-                out[t * MR + h..(t + 1) * MR].fill(0);
+            for row in out.chunks_exact_mut(MR) {
+                row[h..].fill(0);
             }
         }
     }
-    check && plain(&dst[..rows.div_ceil(MR) * kp * MR])
+    // (A widened pair's halves are the pair's, each shifted into the high half.)
+    check && plain(&dst[..rows.div_ceil(MR) * per])
 }
 
 /// One task of a bf16 product: rows `r0 .. r0 + rows` of `C` and its panels `p0 .. p1` (of
@@ -276,11 +311,19 @@ pub(super) unsafe fn block(
     // then one u32 of its row, and only a last tile of fewer than `MR` rows is packed.
     let direct =
         mode == Mode::Dot && a_from.is_none() && a.cs == 1 && k.is_multiple_of(2) && a.rs % 2 == 0;
+    // The f32 steps take `A` widened (twice the u32s a pair) in blocks of half the pairs:
+    // the same buffer, and `KP / 2` rows of a `B` panel (16 KiB) stay in L1 beside the
+    // tile's `A`.
+    let wide = mode == Mode::Fma;
+    let step = if wide { KP / 2 } else { KP };
     with_buffer(&A_PACK, MC * KP, |ap| {
         // SAFETY: the thread's own buffer, read as bits.
         let ap = unsafe { std::slice::from_raw_parts_mut(ap.as_mut_ptr().cast::<u32>(), ap.len()) };
-        for t0 in (0..pairs).step_by(KP) {
-            let kp = KP.min(pairs - t0);
+        for t0 in (0..pairs).step_by(step) {
+            let kp = step.min(pairs - t0);
+            // `B`'s block of `KP` pairs that holds these (`pack_b`): its first pair and size.
+            let tb = t0 / KP * KP;
+            let kpb = KP.min(pairs - tb);
             // The packed rows: all of them, or (direct) those of the last, partial tile.
             let packed = if direct { full_q * MR } else { 0 };
             let check = mode == Mode::Fma;
@@ -334,21 +377,41 @@ pub(super) unsafe fn block(
                 Some(from) => with_buffer(&A_FROM, rows * 2 * kp, |src| {
                     let kc = (2 * kp).min(k - 2 * t0);
                     let op = (from.f)((r0, rows), (2 * t0, kc), src);
-                    let at = |i: usize, c: usize| {
-                        let at = i as isize * op.rs + (c - 2 * t0) as isize * op.cs;
-                        // SAFETY: `f` put the block's `rows × kc` values where `op` says.
-                        bf16_bits(unsafe { *op.ptr.offset(at) })
+                    let fill = |i: usize, run: &mut [u16]| {
+                        let row = op.ptr.wrapping_offset(i as isize * op.rs);
+                        if op.cs == 1 {
+                            // SAFETY: `f` put the block's `rows × kc` values where `op`
+                            // says (`run` holds at most `kc`), row `i`'s in a run.
+                            let vals = unsafe { std::slice::from_raw_parts(row, run.len()) };
+                            crate::cpu::halves::narrow_to_halves(DType::BF16, vals, run);
+                        } else {
+                            for (c, x) in run.iter_mut().enumerate() {
+                                // SAFETY: as above, column `c` of row `i`.
+                                *x = bf16_bits(unsafe { *row.offset(c as isize * op.cs) });
+                            }
+                        }
                     };
-                    pack_a(k, rows, (t0, kp), ap, check, at)
+                    pack_a(k, rows, (t0, kp), (ap, wide), check, fill)
                 }),
                 None => {
                     let src = a.ptr.cast::<u16>();
-                    let at = |i: usize, c: usize| {
-                        let at = (r0 + packed + i) as isize * a.rs + c as isize * a.cs;
-                        // SAFETY: row `r0 + packed + i`, column `c < k` of A (in range).
-                        unsafe { *src.offset(at) }
+                    let fill = |i: usize, run: &mut [u16]| {
+                        let at = (r0 + packed + i) as isize * a.rs + 2 * t0 as isize * a.cs;
+                        let row = src.wrapping_offset(at);
+                        if a.cs == 1 {
+                            // SAFETY: row `r0 + packed + i` of A, columns `2·t0 ..` up to
+                            // `k` at most (in range).
+                            run.copy_from_slice(unsafe {
+                                std::slice::from_raw_parts(row, run.len())
+                            });
+                        } else {
+                            for (c, x) in run.iter_mut().enumerate() {
+                                // SAFETY: as above, column `2·t0 + c < k`.
+                                *x = unsafe { *row.offset(c as isize * a.cs) };
+                            }
+                        }
                     };
-                    pack_a(k, rows - packed, (t0, kp), ap, check, at)
+                    pack_a(k, rows - packed, (t0, kp), (ap, wide), check, fill)
                 }
             };
             // Tile `q` of `A`: in place (direct, whole), rows of bits, or packed.
@@ -358,6 +421,7 @@ pub(super) unsafe fn block(
                         at: ap[q * MR * kp..].as_ptr(),
                         rs: kp,
                         ts: 1,
+                        wide: false,
                     }
                 } else if q * MR < packed {
                     // SAFETY: row r0 + q·MR, pair t0 of A (in range; as u32, the pair).
@@ -367,12 +431,15 @@ pub(super) unsafe fn block(
                         at: unsafe { at.cast::<u32>().add(t0) },
                         rs: a.rs as usize / 2,
                         ts: 1,
+                        wide: false,
                     }
                 } else {
+                    let per = if wide { 2 * kp * MR } else { kp * MR };
                     Panel {
-                        at: ap[(q - packed / MR) * kp * MR..].as_ptr(),
+                        at: ap[(q - packed / MR) * per..].as_ptr(),
                         rs: 1,
                         ts: MR,
+                        wide,
                     }
                 }
             };
@@ -382,7 +449,8 @@ pub(super) unsafe fn block(
                 m => m,
             };
             let load = accumulate || t0 > 0;
-            let bbase = t0 * NR * panels;
+            // Panel `p`'s rows of these pairs.
+            let bpanel = |p: usize| &bp[tb * NR * panels + p * kpb * NR + (t0 - tb) * NR..];
             let full_p = p0.max(p1.min(cols / NR));
             #[cfg(target_arch = "x86_64")]
             if mode == Mode::Dot {
@@ -391,7 +459,8 @@ pub(super) unsafe fn block(
                 let mut p = p0;
                 while p < full_p {
                     let np = if p + 1 < full_p { 2 } else { 1 };
-                    let bpan = &bp[bbase + p * kp * NR..][..np * kp * NR];
+                    // (`kp` is `kpb` here: the two panels' blocks lie `kp·NR` apart.)
+                    let bpan = &bpanel(p)[..np * kp * NR];
                     let mut q = 0;
                     while q < full_q {
                         let nq = if q + 1 < full_q { 2 } else { 1 };
@@ -416,7 +485,7 @@ pub(super) unsafe fn block(
             }
             // The rest (all of it for the other modes): tile by tile.
             for p in p0..p1 {
-                let bpan = &bp[bbase + p * kp * NR..][..kp * NR];
+                let bpan = &bpanel(p)[..kp * NR];
                 let w = NR.min(cols - p * NR);
                 let first = if mode == Mode::Dot && p < full_p {
                     full_q
@@ -478,8 +547,8 @@ unsafe fn tile(
                     true
                 }
                 _ => {
-                    assert!(a.rs == 1 && a.ts == MR, "the f32 steps read packed tiles");
-                    avx2::micro((kp, a.at, b.as_ptr(), at, ld, load))
+                    assert!(a.wide, "the f32 steps read widened tiles");
+                    avx2::micro((kp, a.at.cast(), b.as_ptr(), at, ld, load))
                 }
             }
         };
@@ -502,8 +571,8 @@ unsafe fn tile(
             let ci = unsafe { ct.add(i * ldc + j) };
             let mut s = if load { unsafe { *ci } } else { 0.0 };
             for t in 0..kp {
-                // SAFETY: pair `t` of the tile's row `i` (the panel's contract).
-                let x = unsafe { a.at.add(i * a.rs + t * a.ts).read_unaligned() };
+                // SAFETY: pair `t` of the tile's row `i` (`i < h ≤ MR`, `t < kp`).
+                let x = unsafe { a.pair(i, t) };
                 s = dot(s, x, b[t * NR + j]);
             }
             // SAFETY: as above.
@@ -529,10 +598,23 @@ pub(super) fn micro_tile(
         Mode::Fma if !(plain(&a[..kp * MR]) && plain(&b[..kp * NR])) => Mode::Twin,
         m => m,
     };
+    // The f32 steps read the tile widened, as `block` packs it for them.
+    let wide: Vec<u32> = a[..kp * MR]
+        .chunks_exact(MR)
+        .flat_map(|t| {
+            let hi = t.iter().map(|&p| p & 0xffff_0000);
+            hi.chain(t.iter().map(|&p| p << 16)).collect::<Vec<_>>()
+        })
+        .collect();
     let a = Panel {
-        at: a.as_ptr(),
+        at: if mode == Mode::Fma {
+            wide.as_ptr()
+        } else {
+            a.as_ptr()
+        },
         rs: 1,
         ts: MR,
+        wide: mode == Mode::Fma,
     };
     // SAFETY: `c` is a whole tile at stride NR; the CPU runs `mode` (asserted).
     unsafe { tile(kp, a, b, (c.as_mut_ptr(), NR), (MR, NR), load, mode) }
@@ -557,16 +639,17 @@ mod avx2 {
 
     /// The steps of a 6 × 16 tile as f32 FMAs, each pair's high halves then its low ones:
     /// 12 accumulators, per pair two loads of `B`, its halves split by a mask and a shift,
-    /// and per row one broadcast of `A`, split alike. Stores the tile and returns true
-    /// unless an accumulator starts nonzero below 2⁻¹⁰² or ends a NaN, where the twin must
-    /// compute it (`C` is then untouched).
+    /// and per row and half one broadcast of `A` (widened when packed: `Panel::wide`), as
+    /// the f32 kernel has it. Stores the tile and returns true unless an accumulator starts
+    /// nonzero below 2⁻¹⁰² or ends a NaN, where the twin must compute it (`C` is then
+    /// untouched).
     ///
     /// # Safety
-    /// AVX2 and FMA are present; `a` holds `kp·MR` pairs, `b` `kp·NR`, `c` a whole tile at
-    /// stride `ldc`.
+    /// AVX2 and FMA are present; `a` holds `2·kp·MR` floats, `b` `kp·NR` pairs, `c` a whole
+    /// tile at stride `ldc`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn micro(
-        (kp, a, b, c, ldc, load): (usize, *const u32, *const u32, *mut f32, usize, bool),
+        (kp, a, b, c, ldc, load): (usize, *const f32, *const u32, *mut f32, usize, bool),
     ) -> bool {
         // SAFETY (whole body): within the ranges of the contract.
         unsafe {
@@ -592,26 +675,27 @@ mod avx2 {
             }
             let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
             let (mut a, mut b) = (a, b);
+            // `B`'s row as two vectors, loaded where they are used.
+            let row = |b: *const u32| [0, 8].map(|o| _mm256_loadu_si256(b.add(o).cast()));
             for _ in 0..kp {
-                let bv = [
-                    _mm256_loadu_si256(b.cast()),
-                    _mm256_loadu_si256(b.add(8).cast()),
-                ];
-                let bh = bv.map(|v| _mm256_castsi256_ps(_mm256_and_si256(v, high)));
+                let bh = row(b).map(|v| _mm256_castsi256_ps(_mm256_and_si256(v, high)));
                 for (r, row) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_epi32(*a.add(r) as i32);
-                    let x = _mm256_castsi256_ps(_mm256_and_si256(x, high));
+                    let x = _mm256_broadcast_ss(&*a.add(r));
                     row[0] = _mm256_fmadd_ps(x, bh[0], row[0]);
                     row[1] = _mm256_fmadd_ps(x, bh[1], row[1]);
                 }
-                let bl = bv.map(|v| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)));
+                // A compiler barrier that may write memory, so that the row is loaded
+                // again rather than kept from the high halves (with them, 18 vector
+                // registers live: a spill and a reload a step, 23 → 18 ms on a 1024³
+                // product, Zen 3).
+                std::arch::asm!("", options(nostack, preserves_flags));
+                let bl = row(b).map(|v| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)));
                 for (r, row) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_epi32(*a.add(r) as i32);
-                    let x = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(x));
+                    let x = _mm256_broadcast_ss(&*a.add(MR + r));
                     row[0] = _mm256_fmadd_ps(x, bl[0], row[0]);
                     row[1] = _mm256_fmadd_ps(x, bl[1], row[1]);
                 }
-                a = a.add(MR);
+                a = a.add(2 * MR);
                 b = b.add(NR);
             }
             let mut nan = _mm256_setzero_ps();
