@@ -144,6 +144,56 @@ fn kept_tiles_give_the_bits_of_tiles_computed_again() {
     }
 }
 
+/// Where the tasks are whole batch matrices (at least four a thread: 12 on two threads
+/// here), the backward runs each matrix in one walk, `dk` and `dv` summed in phase 1's
+/// second walk (`cpu::Options::one_walk`): the same bits as the two phases, with kept
+/// tiles (300 keys) and without (700), ragged tiles and panels, and for every subset of
+/// the gradients.
+#[test]
+fn one_walk_gives_the_bits_of_two_phases() {
+    for (keys, wrt) in [
+        (
+            300,
+            "gq = grad(loss, q)\ngk = grad(loss, k)\ngv = grad(loss, v)\noutput gq, gk, gv",
+        ),
+        (700, "gk = grad(loss, k)\ngv = grad(loss, v)\noutput gk, gv"),
+        (300, "gk = grad(loss, k)\noutput gk"),
+        (300, "gq = grad(loss, q)\ngv = grad(loss, v)\noutput gq, gv"),
+    ] {
+        let src = format!(
+            "input q : f32[12, 150, 24]\ninput k : f32[12, {keys}, 24]\n\
+             input v : f32[12, {keys}, 20]\ninput w : f32[12, 150, 20]\n\
+             out = softmax(q @ transpose(k) / 5, axis=-1) @ v\nloss = sum(out * w)\n{wrt}\n"
+        );
+        let p = compile(&src);
+        assert_eq!(count(&p, true), 1, "{}", tc_compiler::plan::print(&p.plan));
+        let leaf = |l: &tc_compiler::ir::Leaf| {
+            tc_runtime::data::random_tensor(5, &l.name, l.ty.dtype, &l.ty.sizes())
+        };
+        let ins: Vec<_> = p.checked.inputs.iter().map(leaf).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool of two threads");
+        let run = |one_walk| {
+            let options = tc_runtime::cpu::Options {
+                one_walk,
+                ..Default::default()
+            };
+            pool.install(|| tc_runtime::cpu::run_with(&p.plan, &ins, &[], &options))
+                .expect("runs")
+        };
+        let (one, two) = (run(true), run(false));
+        assert_eq!(one.len(), two.len());
+        for (i, (a, b)) in one.iter().zip(&two).enumerate() {
+            assert!(
+                a.bytes == b.bytes,
+                "{keys} keys, {wrt}: output {i} differs between one walk and two phases"
+            );
+        }
+    }
+}
+
 #[test]
 fn train_block_stores_no_scores_and_plans_below_torch_compile() {
     let (_, src) = examples()

@@ -39,7 +39,7 @@ fn arenas(source: &str, opts: &CompileOptions) -> Option<(u64, u64, Program)> {
 }
 
 #[test]
-fn three_branches_plan_at_16_mib_not_48() {
+fn three_branches_plan_at_4_mib_not_48() {
     let src = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/branches.tx"
@@ -48,17 +48,22 @@ fn three_branches_plan_at_16_mib_not_48() {
     let (before, after, p) = arenas(&src, &options(true, true)).expect("compiles");
     const MIB: u64 = 1 << 20;
     assert!(before >= 48 * MIB, "source order: {before}");
-    // One h (16 MiB), the three row sums (4 KiB each) and one product's packed w1 at a time
-    // (the CPU GEMM's workspace, 256 rows of 512 columns; each lives at its step alone).
-    let ws = 256 * 512 * 4;
+    // Branch after branch, each product right before its row sum, which then runs on the
+    // product's blocks as the GEMM finishes them with all of its w packed (`plan::tile`):
+    // no h is stored at all (one at a time, 16 MiB, without tiles), only the three row sums
+    // (4 KiB each) and one product's packed w at a time (the CPU GEMM's workspace, 256 rows
+    // of 4096 columns; each lives at its step alone).
+    let ws = 256 * 4096 * 4;
     assert!(
-        (16 * MIB..=16 * MIB + 3 * 4096 + ws).contains(&after),
+        (ws..=ws + 3 * 4096).contains(&after),
         "{}",
         tc_compiler::plan::print(&p.plan)
     );
+    let text = tc_compiler::plan::print(&p.plan);
+    assert_eq!(text.matches("never stored whole").count(), 3, "{text}");
+    // (With tiles the best-order figure is a bound: it counts a tile as free in any order.)
     let b = p.memory.peaks.best_order_bound;
-    assert!(b.exact);
-    assert_eq!(b.without_inputs, after);
+    assert!(b.without_inputs <= after, "{} > {after}", b.without_inputs);
 }
 
 #[test]

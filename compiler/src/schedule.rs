@@ -311,6 +311,12 @@ pub struct MatMulKernel {
     /// needs it from what is stored anyway (`pre`). Its loads are the product's reads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prologue: Option<Box<FusedKernel>>,
+    /// tc's CPU GEMM packs all of `B` at once (`k × n`, the workspace sized so) rather than
+    /// `CPU_GEMM_NC` columns at a time (`column_block`): set by `plan::tile` where a consumer
+    /// of whole rows wider than `CPU_GEMM_NC` then runs on the product's blocks and the
+    /// product is never stored (CPU plans only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub packs_whole_b: bool,
 }
 
 impl MatOperand {
@@ -385,10 +391,27 @@ impl MatMulKernel {
             && (self.accumulate.is_none() || self.out_dtype == DType::F32)
     }
 
-    /// Bytes of workspace the product needs on `target` (`Target::matmul_workspace`).
+    /// Bytes of workspace the product needs on `target` (`Target::matmul_workspace`; on the
+    /// CPU with `packs_whole_b`, all of `B` packed).
     pub fn workspace_bytes(&self, target: &Target) -> u64 {
         let takes = self.cpu_gemm_operands();
-        target.matmul_workspace(self.nbatch(), self.m, self.n, self.k, takes)
+        let bytes = target.matmul_workspace(self.nbatch(), self.m, self.n, self.k, takes);
+        match target {
+            Target::Cpu if self.packs_whole_b && bytes > 0 => {
+                cpu_packing_floats_in_blocks(self.n, self.k, self.column_block()).saturating_mul(4)
+            }
+            _ => bytes,
+        }
+    }
+
+    /// The columns of `B` tc's CPU GEMM packs at a time: `CPU_GEMM_NC`, or all of them
+    /// (whole panels) with `packs_whole_b`.
+    pub fn column_block(&self) -> u64 {
+        if self.packs_whole_b {
+            self.n.next_multiple_of(CPU_GEMM_NR).max(CPU_GEMM_NC)
+        } else {
+            CPU_GEMM_NC
+        }
     }
 }
 
@@ -683,6 +706,10 @@ pub const CPU_GEMM_NR: u64 = 16;
 /// the examples' products (one thread; 256 and 2048 slower), 512 at half the memory (mlp's
 /// `h @ w2`, k = 4096: 8 MiB).
 pub const CPU_GEMM_NC: u64 = 512;
+/// Rows of a task of tc's CPU GEMM at most: its thread's packed block of `A` (`MC × KC`
+/// floats) and, for a product never stored whole, its thread's tile of the product (`MC`
+/// rows of a column block), both outside the plan.
+pub const CPU_GEMM_MC: u64 = 144;
 /// The fewest output rows of a product tc's CPU GEMM takes (the `gemm` crate's small-matrix
 /// paths are faster below).
 pub const CPU_GEMM_MIN_ROWS: u64 = 24;

@@ -476,6 +476,7 @@ mod tests {
             workspace: None,
             accumulate: None,
             prologue: None,
+            packs_whole_b: false,
         };
         let call = gemm_plan(&mm).expect("cuBLAS can take it");
         assert_eq!((call.m, call.n, call.k, call.batch_count), (7, 30, 4, 1));

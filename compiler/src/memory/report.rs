@@ -488,15 +488,24 @@ pub fn memory_report_for(
             }
             let b = plan.buffer(m.out);
             if b.kind == BufferKind::Tile {
+                // (The thread's block: at most `MC` rows of a column block.)
+                let width = m.n.next_multiple_of(crate::schedule::CPU_GEMM_NR);
+                let block = 4 * crate::schedule::CPU_GEMM_MC * m.column_block().min(width);
                 notes.push(format!(
-                    "{} (matmul, lines {}): the product ({} {:?}, {} ({} bytes)) is never stored whole: {} runs on each block of it as the GEMM finishes it, the block in a buffer of the computing thread's own; naive and eager count it as PyTorch stores it",
+                    "{} (matmul, lines {}): the product ({} {:?}, {} ({} bytes)) is never stored whole: {} runs on each block of it as the GEMM finishes it, the block in a buffer of the computing thread's own (up to {} a thread, outside the plan){}; naive and eager count it as PyTorch stores it",
                     k.name,
                     k.source_lines(),
                     b.dtype,
                     b.shape,
                     human(b.bytes),
                     b.bytes,
-                    plan.kernels.get(s + 1).map_or("?", |n| n.name.as_str())
+                    plan.kernels.get(s + 1).map_or("?", |n| n.name.as_str()),
+                    human(block),
+                    if m.packs_whole_b {
+                        ", its rows whole with all of B packed in the workspace"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }

@@ -153,6 +153,7 @@ impl Builder<'_> {
             workspace: None,
             accumulate,
             prologue: None,
+            packs_whole_b: false,
         };
         // The target's workspace for this product (cuBLAS's, or the CPU GEMM's packed B),
         // live at its step alone.

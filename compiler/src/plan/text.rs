@@ -230,7 +230,12 @@ pub fn print(plan: &Plan) -> String {
                     let _ = writeln!(out, "  accumulate into {} (beta = 1)", bname(x));
                 }
                 if let Some(w) = m.workspace {
-                    let _ = writeln!(out, "  workspace {}", bname(w));
+                    let whole = if m.packs_whole_b {
+                        " (all of B packed)"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(out, "  workspace {}{whole}", bname(w));
                 }
             }
             KernelKind::Fused(f) => {

@@ -29,7 +29,7 @@ use crate::memory::inplace::in_arena;
 use crate::memory::liveness;
 use crate::schedule::{
     epilogue_pair, Buffer, BufferId, BufferKind, FusedKernel, InstOp, Kernel, KernelKind, Level,
-    MatMulKernel, Plan, Store, CPU_GEMM_NC,
+    MatMulKernel, Plan, Store, Target, CPU_GEMM_MC, CPU_GEMM_NC,
 };
 use std::collections::BTreeSet;
 
@@ -45,10 +45,10 @@ pub fn retile(plan: &mut Plan, budget: u64) {
     let unplaced = || unplaced(&plan.buffers);
     let mut variants = Vec::new();
     // Products in tiles alone.
-    let mut buffers = unplaced();
-    let notes = tile_products(&plan.kernels, &mut buffers, &outputs);
+    let (mut kernels, mut buffers) = (plan.kernels.clone(), unplaced());
+    let notes = tile_products(&mut kernels, &mut buffers, &outputs);
     if !notes.is_empty() {
-        variants.push((plan.kernels.clone(), buffers, notes, plan.notes.clone()));
+        variants.push((kernels, buffers, notes, plan.notes.clone()));
     }
     // Values computed in the products that read them, then products in tiles.
     let (mut kernels, mut buffers, mut old_notes) =
@@ -58,7 +58,7 @@ pub fn retile(plan: &mut Plan, budget: u64) {
     if !prologues.is_empty() {
         liveness::set_lives(&kernels, &mut buffers, &outputs);
         notes.extend(prologues);
-        notes.extend(tile_products(&kernels, &mut buffers, &outputs));
+        notes.extend(tile_products(&mut kernels, &mut buffers, &outputs));
         variants.push((kernels, buffers, notes, old_notes));
     }
     for (kernels, mut buffers, notes, old_notes) in variants {
@@ -334,30 +334,52 @@ fn fold_halves(
 /// keeps the product's operands and workspace live through the consumer's step, and
 /// returns a note for each.
 pub fn tile_products(
-    kernels: &[Kernel],
+    kernels: &mut [Kernel],
     buffers: &mut [Buffer],
     outputs: &BTreeSet<BufferId>,
 ) -> Vec<String> {
     let mut notes = Vec::new();
-    for (i, pair) in kernels.windows(2).enumerate() {
-        let (KernelKind::MatMul(mm), KernelKind::Fused(f)) = (&pair[0].kind, &pair[1].kind) else {
+    for i in 0..kernels.len().saturating_sub(1) {
+        let (KernelKind::MatMul(mm), KernelKind::Fused(f)) =
+            (&kernels[i].kind, &kernels[i + 1].kind)
+        else {
             continue;
         };
         if !next_reads_alone(kernels, i, mm, outputs) || !tileable(mm, f, buffers) {
             continue;
         }
+        let whole_b = !f.reduce_axes.is_empty() && mm.n > CPU_GEMM_NC;
         let out = &mut buffers[mm.out.index()];
         out.kind = BufferKind::Tile;
         out.offset = 0;
         let shape: Vec<String> = out.shape.iter().map(u64::to_string).collect();
         notes.push(format!(
             "{}: the product ({} [{}]) never stored whole: {} runs on each block of it as \
-             the GEMM finishes it",
-            pair[0].name,
+             the GEMM finishes it{}",
+            kernels[i].name,
             out.dtype,
             shape.join(", "),
-            pair[1].name
+            kernels[i + 1].name,
+            if whole_b {
+                " (its rows whole: all of B packed at once)"
+            } else {
+                ""
+            }
         ));
+        let KernelKind::MatMul(mm) = &mut kernels[i].kind else {
+            unreachable!("a product (matched above)");
+        };
+        if whole_b {
+            mm.packs_whole_b = true;
+            // (`tileable`: a product tc's GEMM packs, so with a workspace.)
+            if let Some(w) = mm.workspace {
+                let bytes = mm.workspace_bytes(&Target::Cpu);
+                let b = &mut buffers[w.index()];
+                b.bytes = bytes;
+                b.shape = vec![bytes.div_ceil(4)];
+            }
+        }
+        let mm = &*mm;
         for id in gemm_uses(mm) {
             let b = &mut buffers[id.index()];
             if in_arena(b) {
@@ -377,9 +399,14 @@ fn tileable(mm: &MatMulKernel, f: &FusedKernel, buffers: &[Buffer]) -> bool {
         && buffers[mm.out.index()].kind == BufferKind::Arena;
     let numel = |d: &[u64]| d.iter().fold(1u64, |p, &s| p.saturating_mul(s));
     let rank = f.domain.len();
+    // Rows wider than a column block go whole where all of `B` packed and a tile of `MC`
+    // rows for each of two threads come to less than the product.
+    let whole_b_pays = mm.nbatch() == 1 && mm.k.saturating_add(2 * CPU_GEMM_MC) < mm.m;
     let shape_ok = numel(&f.domain) == mm.nbatch().saturating_mul(mm.m).saturating_mul(mm.n)
         && (f.reduce_axes.is_empty()
-            || (f.reduce_axes == [rank - 1] && f.domain[rank - 1] == mm.n && mm.n <= CPU_GEMM_NC));
+            || (f.reduce_axes == [rank - 1]
+                && f.domain[rank - 1] == mm.n
+                && (mm.n <= CPU_GEMM_NC || whole_b_pays)));
     let own = contiguous_strides(&f.domain);
     let in_place: Vec<bool> = f
         .loads

@@ -38,9 +38,7 @@ use super::{CpuError, Mem};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use tc_compiler::ir::DType;
-use tc_compiler::schedule::{
-    FusedKernel, MatMulKernel, MatOperand, Plan, CPU_GEMM_NC, CPU_SHARE_MIN_MACS,
-};
+use tc_compiler::schedule::{FusedKernel, MatMulKernel, MatOperand, Plan, CPU_SHARE_MIN_MACS};
 
 /// Runs product `mm`, and `next` (the kernel after it) as its epilogue where tc's GEMM
 /// takes the product and `next` qualifies (`epilogue`); returns whether `next` ran.
@@ -206,7 +204,9 @@ pub(super) fn run(
     let needs_own = never_stored || computed_a.is_some();
     // The product's workspace for tc's GEMM (its packed `B`): the plan's, a writable f32
     // buffer of the rule's size apart from the operands and the output.
-    let floats = own::packing_floats(n, k, CPU_GEMM_NC as usize);
+    // (All of B where the plan packs it whole, `MatMulKernel::column_block`.)
+    let nc = mm.column_block() as usize;
+    let floats = own::packing_floats(n, k, nc);
     let workspace = || -> Result<Mem, CpuError> {
         let Some(ws_id) = mm.workspace else {
             return Err(bad(format!(
@@ -268,8 +268,7 @@ pub(super) fn run(
             epilogue::Epilogue::new(plan, next_name, kernel, mems, &product)
         });
         if never_stored
-            && (tail.is_none()
-                || (tail.as_ref().is_some_and(|t| t.whole_rows()) && n > CPU_GEMM_NC as usize))
+            && (tail.is_none() || (tail.as_ref().is_some_and(|t| t.whole_rows()) && n > nc))
         {
             return Err(bad(format!(
                 "the product {} is never stored whole, but the kernel after it cannot run on its blocks",
@@ -311,7 +310,7 @@ pub(super) fn run(
                 parallel,
                 own::Kernel::Best,
                 &mut *bp,
-                CPU_GEMM_NC as usize,
+                nc,
                 finish,
                 a_from,
             )
@@ -430,7 +429,7 @@ pub(super) fn run(
                         parallel,
                         own::Kernel::Best,
                         &mut *bp,
-                        CPU_GEMM_NC as usize,
+                        nc,
                         finish,
                         a_from,
                     )
@@ -454,7 +453,7 @@ pub(super) fn run(
                     parallel,
                     own::Kernel::Best,
                     &mut *bp,
-                    CPU_GEMM_NC as usize,
+                    nc,
                     finish,
                     a_from,
                 )

@@ -533,6 +533,7 @@ fn batched_matmul_with_transposed_and_broadcast_operands() {
         workspace: None,
         accumulate: None,
         prologue: None,
+        packs_whole_b: false,
     };
     let shape = [bt as u64, m as u64, n as u64];
     let p = plan(
@@ -599,6 +600,7 @@ fn half_matmul_accumulates_in_f32_and_rounds_the_result() {
         workspace: None,
         accumulate: None,
         prologue: None,
+        packs_whole_b: false,
     };
     let p = plan(
         vec![Kernel {
