@@ -18,10 +18,11 @@
 
 use super::attention::{body_form, exp_sum, exp_sum_in_place, Logits};
 use super::fused::{check_bounds, for_each_task};
+use super::gemm::transpose_into;
 use super::math;
 use super::tile_gemm::{self, Product, Scale, NR};
 use super::typed::{self, Lane};
-use super::{CpuError, Mem};
+use super::{CpuError, Mem, Options};
 use tc_compiler::ir::{eval, BinaryOp, DType};
 use tc_compiler::schedule::{
     AttentionBackwardKernel, BufferId, GradOut, Inst, InstOp, Load, MatOperand, Plan,
@@ -145,7 +146,7 @@ pub(super) fn run(
     name: &str,
     a: &AttentionBackwardKernel,
     mems: &[Mem],
-    keep_tiles: bool,
+    options: &Options,
 ) -> Result<(), CpuError> {
     let bad = |msg: String| CpuError::BadPlan(format!("kernel {name}: {msg}"));
     let nb = a.batch.len();
@@ -305,25 +306,24 @@ pub(super) fn run(
         dq: outs[0],
         dk: outs[1],
         dv: outs[2],
-        kept_keys: if keep_tiles { KEPT_KEYS } else { 0 },
+        kept_keys: if options.keep_tiles { KEPT_KEYS } else { 0 },
     };
     // Tasks of consecutive tiles, claimed by the threads as they come free, each thread
     // with its own buffers (`fused::for_each_task`); a task is a whole batch matrix's tiles
     // where there are enough matrices to go round, so each matrix's operands are packed
     // once, by the thread that computes it.
-    let per_task = |tiles: usize| {
-        if nbatch >= 4 * rayon::current_num_threads() {
-            tiles
-        } else {
-            1
-        }
-    };
+    let whole = nbatch >= 4 * rayon::current_num_threads();
+    if whole && options.one_walk && (ctx.dk.is_some() || ctx.dv.is_some()) {
+        for_each_task(nbatch, 1, Scratch::default, |sc, bi| ctx.matrix(bi, sc));
+        return Ok(());
+    }
+    let per_task = |tiles: usize| if whole { tiles } else { 1 };
     let qtiles = m.div_ceil(T);
     for_each_task(
         nbatch * qtiles,
         per_task(qtiles),
         Scratch::default,
-        |sc, task| ctx.queries(task / qtiles, (task % qtiles) * T, sc),
+        |sc, task| ctx.queries(task / qtiles, (task % qtiles) * T, false, sc),
     );
     if ctx.dk.is_some() || ctx.dv.is_some() {
         let ktiles = n.div_ceil(T);
@@ -473,6 +473,16 @@ struct Scratch {
     kept: Vec<(Vec<f32>, Vec<f32>)>,
     /// One row's exponentials in the first walk, where the logits are kept.
     e: Vec<f32>,
+    /// One walk over a whole batch matrix (`Ctx::matrix`): its queries and `dO` as `B` of
+    /// `dk` and `dv` a query tile at a time (`pack_tiles`), a tile pair's probabilities and
+    /// gradients transposed (a row per key: those products' `A`), and `dk`, `dv` of every
+    /// key, summed over the query tiles.
+    bq: Vec<f32>,
+    bo: Vec<f32>,
+    pt: Vec<f32>,
+    gt: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
 }
 
 /// The most keys for which phase 1 keeps its first walk's tiles for the second instead of
@@ -591,7 +601,10 @@ impl Ctx<'_> {
     }
 
     /// Phase 1 for queries `q0..` of batch matrix `bi`: their statistics, and `dq`.
-    fn queries(&self, bi: usize, q0: usize, sc: &mut Scratch) {
+    /// Phase 1 for queries `q0..` of batch matrix `bi`: their statistics, then `dq`. With
+    /// `walk` (`matrix`), the second walk also sums each key tile's `dv += pᵀ·dO` and
+    /// `dk += gsᵀ·q` into `sc.dv`, `sc.dk`.
+    fn queries(&self, bi: usize, q0: usize, walk: bool, sc: &mut Scratch) {
         let (m, n, d, dv) = self.dims;
         let idx = self.index(bi);
         let rq = T.min(m - q0);
@@ -678,10 +691,11 @@ impl Ctx<'_> {
                 sc.stats.push(v);
             }
         }
-        let Some((g, mem)) = self.dq else {
+        if self.dq.is_none() && !walk {
             sc.kept = kept;
             return;
-        };
+        }
+        let dvp = dv.next_multiple_of(NR);
         sc.acc.clear();
         sc.acc.resize(rq * dp, 0.0);
         for (kt, k0) in (0..n).step_by(T).enumerate() {
@@ -698,27 +712,92 @@ impl Ctx<'_> {
                 let row = &mut sc.s[r * T..r * T + rk];
                 exp_sum_in_place(row, mref);
                 let (dprow, grow) = (&sc.dp[r * T..r * T + rk], &mut sc.g[r * T..r * T + rk]);
-                for ((g, &e), &p) in grow.iter_mut().zip(row.iter()).zip(dprow) {
-                    *g = (e / l) * (p - dd);
+                if walk {
+                    // (The probabilities kept, for `dv`.)
+                    for ((g, e), &p) in grow.iter_mut().zip(row.iter_mut()).zip(dprow) {
+                        *e /= l;
+                        *g = *e * (p - dd);
+                    }
+                } else {
+                    for ((g, &e), &p) in grow.iter_mut().zip(row.iter()).zip(dprow) {
+                        *g = (e / l) * (p - dd);
+                    }
                 }
                 self.grad_row(&idx, r, rk, |c| (q0 + r, k0 + c), sc);
             }
-            // dq += gs · k.
-            let kp = &sc.bt1[(k0 / T) * T * dp..][..rk * dp];
-            product(
-                &mut sc.acc,
-                dp,
-                true,
-                (rq, rk),
-                &sc.g,
-                T,
-                kp,
-                dp / NR,
-                Scale::None,
-            );
+            if self.dq.is_some() {
+                // dq += gs · k.
+                let kp = &sc.bt1[(k0 / T) * T * dp..][..rk * dp];
+                product(
+                    &mut sc.acc,
+                    dp,
+                    true,
+                    (rq, rk),
+                    &sc.g,
+                    T,
+                    kp,
+                    dp / NR,
+                    Scale::None,
+                );
+            }
+            if walk {
+                // dv += pᵀ · dO; dk += gsᵀ · q: phase 2's products on these very tiles
+                // (its transposed ones are these, bit for bit), in the same order over the
+                // query tiles.
+                let none = Scale::None;
+                if self.dv.is_some() {
+                    transpose_into(&sc.s, T, (rq, rk), &mut sc.pt, T);
+                    let op = &sc.bo[(q0 / T) * T * dvp..][..rq * dvp];
+                    let acc = &mut sc.dv[k0 * dvp..];
+                    product(acc, dvp, true, (rk, rq), &sc.pt, T, op, dvp / NR, none);
+                }
+                if self.dk.is_some() {
+                    transpose_into(&sc.g, T, (rq, rk), &mut sc.gt, T);
+                    let qp = &sc.bq[(q0 / T) * T * dp..][..rq * dp];
+                    let acc = &mut sc.dk[k0 * dp..];
+                    product(acc, dp, true, (rk, rq), &sc.gt, T, qp, dp / NR, none);
+                }
+            }
         }
         sc.kept = kept;
-        write(g, mem, &idx, (q0, rq), (d, dp), &sc.acc);
+        if let Some((g, mem)) = self.dq {
+            write(g, mem, &idx, (q0, rq), (d, dp), &sc.acc);
+        }
+    }
+
+    /// A whole batch matrix in one walk: phase 1 for each query tile in order, its second
+    /// walk also summing `dv += pᵀ·dO` and `dk += gsᵀ·q` for each key tile from the
+    /// probabilities and gradients it has just computed (transposed: a row per key). Those
+    /// are phase 2's products on the same values, summed over the query tiles in the same
+    /// order, so the same bits, without the two products a tile pair with which phase 2
+    /// computes the tiles again: five products a pair instead of seven. A task must hold
+    /// whole matrices (the sums run over all their query tiles).
+    fn matrix(&self, bi: usize, sc: &mut Scratch) {
+        let (m, n, d, dv) = self.dims;
+        let idx = self.index(bi);
+        let (dp, dvp) = (d.next_multiple_of(NR), dv.next_multiple_of(NR));
+        let (qb, ob) = (self.q.base(&idx), self.d_out.base(&idx));
+        if self.dk.is_some() {
+            pack_tiles(&mut sc.bq, m, d, |i, c| self.at(&self.q, qb, i, c));
+        }
+        if self.dv.is_some() {
+            pack_tiles(&mut sc.bo, m, dv, |i, c| self.at(&self.d_out, ob, i, c));
+        }
+        for (acc, width) in [(&mut sc.dk, dp), (&mut sc.dv, dvp)] {
+            acc.clear();
+            acc.resize(n * width, 0.0);
+        }
+        sc.pt.resize(T * T, 0.0);
+        sc.gt.resize(T * T, 0.0);
+        for q0 in (0..m).step_by(T) {
+            self.queries(bi, q0, true, sc);
+        }
+        if let Some((g, mem)) = self.dk {
+            write(g, mem, &idx, (0, n), (d, dp), &sc.dk);
+        }
+        if let Some((g, mem)) = self.dv {
+            write(g, mem, &idx, (0, n), (dv, dvp), &sc.dv);
+        }
     }
 
     /// Phase 1's tile of logits (`sc.s`) and `dp = dO·vᵀ` (`sc.dp`) for queries `q0..` and

@@ -50,7 +50,7 @@ pub const NR: usize = tc_compiler::schedule::CPU_GEMM_NR as usize;
 const KC: usize = 512;
 /// Rows of a task at most (a multiple of `MR`): its packed `A` block, `MC × KC` floats (288
 /// KiB), stays in the 512 KiB L2 while every `B` panel of the `k` block meets it.
-const MC: usize = 144;
+const MC: usize = tc_compiler::schedule::CPU_GEMM_MC as usize;
 /// Tasks a thread, at least, where the work allows: a thread slowed by another process
 /// leaves its last tasks to the others.
 const TASKS_PER_THREAD: usize = 3;
@@ -749,6 +749,49 @@ mod transpose {
     #[cfg(not(target_arch = "x86_64"))]
     pub(super) unsafe fn block8(_: *const f32, _: isize, _: *mut f32, _: usize) {
         unreachable!("no transposes off x86-64")
+    }
+}
+
+/// `dst[j·ld_dst + i] = src[i·ld_src + j]` for `i < rows`, `j < cols`: a block of a
+/// row-major matrix written transposed (8 × 8 blocks through `transpose::block8` where the
+/// CPU has AVX, the edges element by element). Panics where a slice is too short.
+pub fn transpose_into(
+    src: &[f32],
+    ld_src: usize,
+    (rows, cols): (usize, usize),
+    dst: &mut [f32],
+    ld_dst: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        cols <= ld_src
+            && rows <= ld_dst
+            && src.len() >= (rows - 1) * ld_src + cols
+            && dst.len() >= (cols - 1) * ld_dst + rows
+    );
+    let (r8, c8) = if transpose::available() {
+        (rows / 8 * 8, cols / 8 * 8)
+    } else {
+        (0, 0)
+    };
+    for i in (0..r8).step_by(8) {
+        for j in (0..c8).step_by(8) {
+            // SAFETY: rows i..i + 8 and columns j..j + 8 of `src`, rows j..j + 8 and
+            // columns i..i + 8 of `dst` (in range: asserted), distinct slices; AVX present.
+            unsafe {
+                let from = src.as_ptr().add(i * ld_src + j);
+                let to = dst.as_mut_ptr().add(j * ld_dst + i);
+                transpose::block8(from, ld_src as isize, to, ld_dst);
+            }
+        }
+    }
+    for i in 0..rows {
+        let first = if i < r8 { c8 } else { 0 };
+        for j in first..cols {
+            dst[j * ld_dst + i] = src[i * ld_src + j];
+        }
     }
 }
 

@@ -165,6 +165,10 @@ pub struct Options {
     /// keys computes for its second, where they fit (`attention_backward::KEPT_KEYS`),
     /// rather than computing them again.
     pub keep_tiles: bool,
+    /// Attention's backward runs a task of whole batch matrices in one walk over their
+    /// query tiles, `dk` and `dv` summed along (`attention_backward::Ctx::matrix`: five
+    /// products a tile pair), rather than in two phases (seven).
+    pub one_walk: bool,
 }
 
 impl Default for Options {
@@ -172,6 +176,7 @@ impl Default for Options {
         Options {
             epilogues: true,
             keep_tiles: true,
+            one_walk: true,
         }
     }
 }
@@ -357,7 +362,7 @@ fn run_observed(
             }
             KernelKind::Attention(k) => attention::run(plan, &kernel.name, k, &mems)?,
             KernelKind::AttentionBackward(k) => {
-                attention_backward::run(plan, &kernel.name, k, &mems, options.keep_tiles)?
+                attention_backward::run(plan, &kernel.name, k, &mems, options)?
             }
             KernelKind::IndexAdd(k) => index_add::run(plan, &kernel.name, k, &mems)?,
         }
