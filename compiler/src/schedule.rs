@@ -314,7 +314,8 @@ pub struct MatMulKernel {
     /// tc's CPU GEMM packs all of `B` at once (`k × n`, the workspace sized so) rather than
     /// `CPU_GEMM_NC` columns at a time (`column_block`): set by `plan::tile` where a consumer
     /// of whole rows wider than `CPU_GEMM_NC` then runs on the product's blocks and the
-    /// product is never stored (CPU plans only).
+    /// product is never stored, and where the larger workspace leaves the arena no larger
+    /// (CPU plans only).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub packs_whole_b: bool,
 }

@@ -429,6 +429,52 @@ fn promoted_broadcast_param_costs_no_kernel_and_no_buffer() {
     }
 }
 
+/// A stored product wider than a column block packs all of `B` at once where the arena has
+/// room for the larger workspace at its step (`plan::tile`), and keeps `CPU_GEMM_NC`
+/// columns at a time where it has none: the arena is never larger for it.
+#[test]
+fn a_product_packs_all_of_b_where_the_arena_has_room() {
+    use crate::schedule::{CPU_GEMM_NC, CPU_GEMM_NR};
+    let product = |room: bool| {
+        let mut b = G::new();
+        let x = b.input("x", DType::F32, &[64, 40]);
+        let w = b.param("w", DType::F32, &[40, 1000]);
+        let y = b.matmul(x, w); // 64 × 40 × 1000
+        let e = b.un(U::Exp, y);
+        b.output("y", e);
+        if room {
+            // Two 2 MiB values live at once elsewhere: the arena's peak.
+            let g = b.input("g", DType::F32, &[512, 1024]);
+            let a1 = b.un(U::Exp, g);
+            let a2 = b.un(U::Tanh, g);
+            let s = b.bin(B::Add, a1, a2);
+            let t = b.bin(B::Mul, s, a1);
+            b.output("t", t);
+            b.output("a2", a2);
+        }
+        let plan = planned(&b, &opts(true, true));
+        let mm = plan
+            .kernels
+            .iter()
+            .find_map(|k| match &k.kind {
+                KernelKind::MatMul(mm) => Some(mm.clone()),
+                _ => None,
+            })
+            .expect("a product");
+        let ws = plan.buffer(mm.workspace.expect("packs B")).bytes;
+        (mm.packs_whole_b, ws, plan.arena_bytes, print(&plan))
+    };
+    let (whole, ws, _, text) = product(true);
+    assert!(whole, "{text}");
+    assert_eq!(ws, 4 * 40 * 1000u64.next_multiple_of(CPU_GEMM_NR), "{text}");
+    assert!(text.contains("(all of B packed)"), "{text}");
+    let (whole, ws, arena, text) = product(false);
+    assert!(!whole, "{text}");
+    assert_eq!(ws, 4 * 40 * CPU_GEMM_NC, "{text}");
+    // The product's step is the peak: its output and its workspace in blocks.
+    assert!(arena <= 4 * 64 * 1000 + ws + 16, "{text}");
+}
+
 /// On the CPU every product tc's GEMM takes (f32, or bf16 widened as it packs) gets its
 /// packed `B` as a workspace live at its step alone (`k` rows of at most `CPU_GEMM_NC`
 /// columns, whole panels), and products the `gemm` crate takes (too few rows, too few

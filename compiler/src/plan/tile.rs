@@ -72,6 +72,41 @@ pub fn retile(plan: &mut Plan, budget: u64) {
         }
     }
     room_for_epilogues(plan, budget);
+    whole_b_where_free(plan, budget);
+}
+
+/// Packs all of `B` at once (`MatMulKernel::packs_whole_b`) for each stored product wider
+/// than a column block where that leaves the arena no larger: its workspace grows from
+/// `k × CPU_GEMM_NC` floats to `k × n`, room the arena often has at the product's step
+/// (its peak is elsewhere). tc's GEMM then packs each task's rows of `A` once rather than
+/// once a column block, and its threads do not wait for each other between blocks. Product
+/// by product, each tried once: memory first, as `room_for_epilogues`.
+fn whole_b_where_free(plan: &mut Plan, budget: u64) {
+    let outputs: BTreeSet<BufferId> = plan.outputs.iter().map(|o| o.buffer).collect();
+    for i in 0..plan.kernels.len() {
+        let KernelKind::MatMul(mm) = &plan.kernels[i].kind else {
+            continue;
+        };
+        let Some(w) = mm.workspace else { continue };
+        if mm.packs_whole_b || mm.n <= CPU_GEMM_NC || plan.buffer(w).bytes == 0 {
+            continue;
+        }
+        let mut kernels = plan.kernels.clone();
+        let KernelKind::MatMul(mm) = &mut kernels[i].kind else {
+            unreachable!("a product (matched above)");
+        };
+        mm.packs_whole_b = true;
+        let bytes = mm.workspace_bytes(&Target::Cpu);
+        let mut buffers = unplaced(&plan.buffers);
+        buffers[w.index()].bytes = bytes;
+        buffers[w.index()].shape = vec![bytes.div_ceil(4)];
+        let arena = super::place(&kernels, &mut buffers, &outputs, plan.options.reuse, budget);
+        if arena <= plan.arena_bytes {
+            plan.kernels = kernels;
+            plan.buffers = buffers;
+            plan.arena_bytes = arena;
+        }
+    }
 }
 
 /// Keeps a stored product's operands and workspace live through the next kernel's step
