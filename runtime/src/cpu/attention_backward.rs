@@ -12,7 +12,11 @@
 //! per tile of keys: a walk over the query tiles recomputes `p` and `gs` transposed (a row
 //! per key: `k·qᵀ` is phase 1's `q·kᵀ` bit for bit, the same fused multiply-adds in order)
 //! from the workspace's statistics and accumulates `dv = pᵀ·dO` and `dk = gsᵀ·q`, the
-//! transposed tiles being those products' `A` as they stand. The scores, the probabilities
+//! transposed tiles being those products' `A` as they stand. Where the tasks are whole batch
+//! matrices (`Ctx::matrix`), phase 2 folds into phase 1's second walk: each tile pair's
+//! probabilities and gradients, transposed, feed `dv` and `dk` there — phase 2's products on
+//! the same values in the same order, without computing the tiles again (five products a
+//! pair instead of seven). The scores, the probabilities
 //! and their gradients never exist beyond one tile per thread; every sum runs in a fixed
 //! order, so results do not depend on the threads.
 
