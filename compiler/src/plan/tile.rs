@@ -95,17 +95,27 @@ fn whole_b_where_free(plan: &mut Plan, budget: u64) {
         let KernelKind::MatMul(mm) = &mut kernels[i].kind else {
             unreachable!("a product (matched above)");
         };
-        mm.packs_whole_b = true;
-        let bytes = mm.workspace_bytes(&Target::Cpu);
         let mut buffers = unplaced(&plan.buffers);
-        buffers[w.index()].bytes = bytes;
-        buffers[w.index()].shape = vec![bytes.div_ceil(4)];
+        pack_whole_b(mm, &mut buffers);
         let arena = super::place(&kernels, &mut buffers, &outputs, plan.options.reuse, budget);
         if arena <= plan.arena_bytes {
             plan.kernels = kernels;
             plan.buffers = buffers;
             plan.arena_bytes = arena;
         }
+    }
+}
+
+/// `mm` packing all of `B` at once (`MatMulKernel::packs_whole_b`), its workspace buffer
+/// grown to the size that asks (`tileable` and `whole_b_where_free` take only products
+/// with a workspace).
+fn pack_whole_b(mm: &mut MatMulKernel, buffers: &mut [Buffer]) {
+    mm.packs_whole_b = true;
+    if let Some(w) = mm.workspace {
+        let bytes = mm.workspace_bytes(&Target::Cpu);
+        let b = &mut buffers[w.index()];
+        b.bytes = bytes;
+        b.shape = vec![bytes.div_ceil(4)];
     }
 }
 
@@ -405,14 +415,7 @@ pub fn tile_products(
             unreachable!("a product (matched above)");
         };
         if whole_b {
-            mm.packs_whole_b = true;
-            // (`tileable`: a product tc's GEMM packs, so with a workspace.)
-            if let Some(w) = mm.workspace {
-                let bytes = mm.workspace_bytes(&Target::Cpu);
-                let b = &mut buffers[w.index()];
-                b.bytes = bytes;
-                b.shape = vec![bytes.div_ceil(4)];
-            }
+            pack_whole_b(mm, buffers);
         }
         let mm = &*mm;
         for id in gemm_uses(mm) {

@@ -1290,6 +1290,36 @@ mod tests {
     /// A transposed `B` (rows contiguous down its columns) packs as the element-by-element
     /// path packs it: whole 8 × 8 transposes, the rows of `k` past the last whole eight,
     /// blocks of `KC`, and partial panels (which take the element path).
+    /// `transpose_into` writes each element transposed, through whole 8 × 8 blocks and the
+    /// rows and columns past them, and nothing past the block in `dst`.
+    #[test]
+    fn transpose_into_writes_the_transposed_block() {
+        for (rows, cols) in [
+            (0, 5),
+            (1, 1),
+            (7, 9),
+            (8, 8),
+            (17, 30),
+            (128, 128),
+            (33, 8),
+        ] {
+            let (ld_src, ld_dst) = (cols + 3, rows + 5);
+            let src: Vec<f32> = (0..rows.max(1) * ld_src).map(|x| x as f32).collect();
+            let mut dst = vec![-1.0f32; cols.max(1) * ld_dst];
+            transpose_into(&src, ld_src, (rows, cols), &mut dst, ld_dst);
+            for j in 0..cols.max(1) {
+                for i in 0..ld_dst {
+                    let want = if i < rows && j < cols {
+                        src[i * ld_src + j]
+                    } else {
+                        -1.0
+                    };
+                    assert_eq!(dst[j * ld_dst + i], want, "{rows} × {cols}: ({i}, {j})");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_transposed_b_packs_as_element_by_element() {
         for (k, cols) in [
