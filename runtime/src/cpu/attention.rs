@@ -17,7 +17,7 @@ use super::tile_gemm::{self, Product, Scale, NR};
 use super::typed::{self, Lane};
 use super::{CpuError, Mem};
 use rayon::prelude::*;
-use tc_compiler::ir::{eval, BinaryOp, DType};
+use tc_compiler::ir::{eval, BinaryOp, CmpOp, DType};
 use tc_compiler::masked::{self, KeyTiles, SKIP_MARGIN};
 use tc_compiler::schedule::{
     AttentionKernel, BufferId, Epilogue, Inst, InstOp, MatOperand, Plan, RESULT, SCORE,
@@ -231,6 +231,18 @@ pub(super) fn run(
         tiles,
         rounding: rounding_chain(a),
         logits: logits_form(a),
+        typed_insts: a
+            .body
+            .iter()
+            .map(|inst| {
+                inst.dtype.is_integral()
+                    || inst
+                        .op
+                        .operands()
+                        .iter()
+                        .any(|&o| a.body[o].dtype.is_integral())
+            })
+            .collect(),
     };
     // Tasks: one query tile each, in order (batch matrix, tile), every one its own job for
     // the pool, so that at the end a thread that is done takes a single tile (0.3 ms at
@@ -355,6 +367,8 @@ struct Ctx<'a> {
     rounding: Option<Vec<DType>>,
     /// Where the logits come from (`logits_form`).
     logits: Logits,
+    /// Per prologue inst: whether it or an operand is integral (`Ctx::typed`'s insts).
+    typed_insts: Vec<bool>,
 }
 
 /// How a key tile's logits are made from its scores.
@@ -804,13 +818,7 @@ impl Ctx<'_> {
         let nb = self.nb;
         sc.kinds.clear();
         for (i, inst) in a.body.iter().enumerate() {
-            if inst.dtype.is_integral()
-                || inst
-                    .op
-                    .operands()
-                    .iter()
-                    .any(|&o| a.body[o].dtype.is_integral())
-            {
+            if self.typed_insts[i] {
                 let kind = self.typed(inst, i, idx, qi, k0, cols, r, sc);
                 sc.kinds.push(kind);
                 continue;
@@ -824,7 +832,9 @@ impl Ctx<'_> {
                 Reg::Scalar(v) => Operand::Scalar(v),
                 Reg::Row => Operand::Block(&done[x * BK..x * BK + cols]),
                 // Integral operands take the `typed` path (above).
-                Reg::IScalar(_) | Reg::IRow => Operand::Scalar(f32::NAN),
+                Reg::IScalar(_) | Reg::IRow | Reg::IAffine(..) | Reg::IRange(..) => {
+                    Operand::Scalar(f32::NAN)
+                }
             };
             let kind = match inst.op {
                 InstOp::Load(SCORE) => Reg::Score,
@@ -924,7 +934,7 @@ impl Ctx<'_> {
                 None
             }
             // The logits are a float inst (checked in `run`).
-            Reg::IScalar(_) | Reg::IRow => {
+            Reg::IScalar(_) | Reg::IRow | Reg::IAffine(..) | Reg::IRange(..) => {
                 sc.s[r * BK..r * BK + cols].fill(f32::NAN);
                 None
             }
@@ -971,10 +981,8 @@ impl Ctx<'_> {
                 if step == 0 {
                     return Reg::IScalar(base);
                 }
-                for (c, x) in sc.iregs[i * BK..i * BK + cols].iter_mut().enumerate() {
-                    *x = base + c as i64 * step;
-                }
-                return Reg::IRow;
+                // Written out only where a user needs the values (`materialize`).
+                return Reg::IAffine(base, step);
             }
             InstOp::Load(l) if l != SCORE => {
                 let load = &a.loads[l - 1];
@@ -985,6 +993,12 @@ impl Ctx<'_> {
                 return self.put(dt, i, cols, step != 0, read, sc);
             }
             _ => {}
+        }
+        if let Some(kind) = Self::ranges(inst, cols, sc) {
+            return kind;
+        }
+        for o in inst.op.operands() {
+            Self::materialize(o, cols, sc);
         }
         if let Some(kind) = Self::fast(inst, i, cols, r, sc) {
             return kind;
@@ -1004,14 +1018,17 @@ impl Ctx<'_> {
             Reg::Row => Lane::F(regs[x * BK + c]),
             Reg::IScalar(v) => Lane::I(v),
             Reg::IRow => Lane::I(iregs[x * BK + c]),
+            Reg::IAffine(base, step) => Lane::I(base + c as i64 * step),
+            Reg::IRange(lo, hi) => Lane::I((lo..hi).contains(&c) as i64),
         };
         let odt = |x: usize| a.body[x].dtype;
         let value = |c: usize| lane_value(&inst.op, dt, |x| lane(x, c), odt);
-        let per_key = inst
-            .op
-            .operands()
-            .iter()
-            .any(|&o| matches!(kinds[o], Reg::Score | Reg::Row | Reg::IRow));
+        let per_key = inst.op.operands().iter().any(|&o| {
+            matches!(
+                kinds[o],
+                Reg::Score | Reg::Row | Reg::IRow | Reg::IAffine(..) | Reg::IRange(..)
+            )
+        });
         // Computed before inst `i`'s own row is written (its operands come earlier).
         lanes.clear();
         lanes.extend((0..if per_key { cols } else { 1 }).map(value));
@@ -1019,6 +1036,44 @@ impl Ctx<'_> {
         let kind = self.put(dt, i, cols, per_key, |c| lanes[c], sc);
         sc.lanes = lanes;
         kind
+    }
+
+    /// A comparison of index maps as the range of keys where it holds, without a value a
+    /// key: both sides are `a + c·s` in the key `c` (`IAffine`, or `IScalar` with `s = 0`),
+    /// so their difference is linear in `c` and `<`, `<=`, `>`, `>=` hold on a prefix or a
+    /// suffix of the row and `==` on at most one key (a causal mask's `i >= j`). `None`
+    /// for anything else (`!=`, other operands), which then takes the element path.
+    fn ranges(inst: &Inst, cols: usize, sc: &Scratch) -> Option<Reg> {
+        let InstOp::Binary(BinaryOp::Cmp(op), x, y) = inst.op else {
+            return None;
+        };
+        let affine = |k: Reg| match k {
+            Reg::IScalar(v) => Some((v as i128, 0i128)),
+            Reg::IAffine(b, s) => Some((b as i128, s as i128)),
+            _ => None,
+        };
+        let ((a, s), (b, t)) = (affine(sc.kinds[x])?, affine(sc.kinds[y])?);
+        let (lo, hi) = cmp_range(op, a - b, s - t, cols)?;
+        Some(Reg::IRange(lo, hi))
+    }
+
+    /// Writes out operand `o`'s values where they are held as a formula (`IAffine`,
+    /// `IRange`), making it an `IRow`.
+    fn materialize(o: usize, cols: usize, sc: &mut Scratch) {
+        let row = &mut sc.iregs[o * BK..o * BK + cols];
+        match sc.kinds[o] {
+            Reg::IAffine(base, step) => {
+                for (c, x) in row.iter_mut().enumerate() {
+                    *x = base + c as i64 * step;
+                }
+            }
+            Reg::IRange(lo, hi) => {
+                row.fill(0);
+                row[lo..hi].fill(1);
+            }
+            _ => return,
+        }
+        sc.kinds[o] = Reg::IRow;
     }
 
     /// The masks' common shapes without `Lane`s (the same values as `typed`'s general
@@ -1045,16 +1100,61 @@ impl Ctx<'_> {
                 if let (Val::One(_), Val::One(_)) = (p, q) {
                     return None;
                 }
-                let at = |o: Val<'_, i64>, j: usize| match o {
-                    Val::One(v) => v,
-                    Val::Row(b) => b[j],
-                };
-                for (j, d) in idst.iter_mut().enumerate() {
-                    *d = eval::compare_int(c, at(p, j), at(q, j)) as i64;
+                // One loop a comparison and operand shape, so that each compiles to
+                // straight vector code (the per-element matches cost more than the rest
+                // of a causal mask's row).
+                macro_rules! each {
+                    ($f:expr) => {{
+                        let f = $f;
+                        match (p, q) {
+                            (Val::Row(x), Val::One(y)) => {
+                                for (d, &x) in idst.iter_mut().zip(x) {
+                                    *d = f(x, y) as i64;
+                                }
+                            }
+                            (Val::One(x), Val::Row(y)) => {
+                                for (d, &y) in idst.iter_mut().zip(y) {
+                                    *d = f(x, y) as i64;
+                                }
+                            }
+                            (Val::Row(x), Val::Row(y)) => {
+                                for ((d, &x), &y) in idst.iter_mut().zip(x).zip(y) {
+                                    *d = f(x, y) as i64;
+                                }
+                            }
+                            (Val::One(_), Val::One(_)) => unreachable!("returned above"),
+                        }
+                    }};
+                }
+                match c {
+                    CmpOp::Lt => each!(|x: i64, y: i64| x < y),
+                    CmpOp::Le => each!(|x: i64, y: i64| x <= y),
+                    CmpOp::Gt => each!(|x: i64, y: i64| x > y),
+                    CmpOp::Ge => each!(|x: i64, y: i64| x >= y),
+                    CmpOp::Eq => each!(|x: i64, y: i64| x == y),
+                    CmpOp::Ne => each!(|x: i64, y: i64| x != y),
                 }
                 Some(Reg::IRow)
             }
             InstOp::Where(k, x, y) if !inst.dtype.is_integral() => {
+                if let Reg::IRange(lo, hi) = kinds[k] {
+                    // The keys `lo .. hi` take `x`, the others `y`.
+                    let (done, rest) = regs.split_at_mut(i * BK);
+                    let dst = &mut rest[..cols];
+                    let score = &s[r * BK..r * BK + cols];
+                    let mut fill = |o: usize, part: std::ops::Range<usize>| {
+                        match kinds[o] {
+                            Reg::Score => dst[part.clone()].copy_from_slice(&score[part]),
+                            Reg::Scalar(v) => dst[part].fill(v),
+                            Reg::Row => dst[part.clone()]
+                                .copy_from_slice(&done[o * BK..o * BK + cols][part]),
+                            _ => return false,
+                        }
+                        true
+                    };
+                    let ok = fill(y, 0..lo) && fill(x, lo..hi) && fill(y, hi..cols);
+                    return ok.then_some(Reg::Row);
+                }
                 let Reg::IRow = kinds[k] else { return None };
                 let cond = &done[k * BK..k * BK + cols];
                 let (done, rest) = regs.split_at_mut(i * BK);
@@ -1067,12 +1167,28 @@ impl Ctx<'_> {
                     _ => None,
                 };
                 let (p, q) = (float(x)?, float(y)?);
-                let at = |o: Val<'_, f32>, j: usize| match o {
-                    Val::One(v) => v,
-                    Val::Row(b) => b[j],
-                };
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = if cond[j] != 0 { at(p, j) } else { at(q, j) };
+                // One loop an operand shape (as for the comparison above).
+                match (p, q) {
+                    (Val::Row(x), Val::One(y)) => {
+                        for ((d, &k), &x) in dst.iter_mut().zip(cond).zip(x) {
+                            *d = if k != 0 { x } else { y };
+                        }
+                    }
+                    (Val::One(x), Val::Row(y)) => {
+                        for ((d, &k), &y) in dst.iter_mut().zip(cond).zip(y) {
+                            *d = if k != 0 { x } else { y };
+                        }
+                    }
+                    (Val::Row(x), Val::Row(y)) => {
+                        for (((d, &k), &x), &y) in dst.iter_mut().zip(cond).zip(x).zip(y) {
+                            *d = if k != 0 { x } else { y };
+                        }
+                    }
+                    (Val::One(x), Val::One(y)) => {
+                        for (d, &k) in dst.iter_mut().zip(cond) {
+                            *d = if k != 0 { x } else { y };
+                        }
+                    }
                 }
                 Some(Reg::Row)
             }
@@ -1403,16 +1519,117 @@ enum Reg {
     Row,
     IScalar(i64),
     IRow,
+    /// `base + c · step` at key `c` (an index map along the keys), not written out.
+    IAffine(i64, i64),
+    /// A `bool` that is 1 at the keys `lo .. hi` and 0 elsewhere (`Ctx::ranges`).
+    IRange(usize, usize),
+}
+
+/// The keys `c` in `0 .. cols` where `e + c·g op 0` holds, as one range `lo .. hi` (empty
+/// as `0 .. 0`); `None` for `!=`, which can hold on two ranges.
+fn cmp_range(op: CmpOp, e: i128, g: i128, cols: usize) -> Option<(usize, usize)> {
+    let n = cols as i128;
+    // ⌊p / q⌋ and ⌈p / q⌉ for q ≠ 0.
+    let floor = |p: i128, q: i128| {
+        let d = p / q;
+        if p % q != 0 && ((p < 0) != (q < 0)) {
+            d - 1
+        } else {
+            d
+        }
+    };
+    let ceil = |p: i128, q: i128| -floor(-p, q);
+    // `e + c·g >= k` (`at_least`) or `<= k`, over the integers.
+    let bound = |k: i128, at_least: bool| -> (i128, i128) {
+        if g == 0 {
+            let holds = if at_least { e >= k } else { e <= k };
+            return if holds { (0, n) } else { (0, 0) };
+        }
+        // c·g >= k - e (or <=): dividing by a negative g turns the inequality round.
+        if at_least == (g > 0) {
+            (ceil(k - e, g), n)
+        } else {
+            (0, floor(k - e, g) + 1)
+        }
+    };
+    let (lo, hi) = match op {
+        CmpOp::Ge => bound(0, true),
+        CmpOp::Gt => bound(1, true),
+        CmpOp::Le => bound(0, false),
+        CmpOp::Lt => bound(-1, false),
+        CmpOp::Eq if g == 0 => {
+            if e == 0 {
+                (0, n)
+            } else {
+                (0, 0)
+            }
+        }
+        CmpOp::Eq if (-e) % g == 0 => (-e / g, -e / g + 1),
+        CmpOp::Eq => (0, 0),
+        CmpOp::Ne => return None,
+    };
+    let (lo, hi) = (lo.clamp(0, n), hi.clamp(0, n));
+    Some(if lo < hi {
+        (lo as usize, hi as usize)
+    } else {
+        (0, 0)
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{cmp_range, Logits, Scale};
     use super::{
         exp_sum, exp_sum_impl, exp_sum_in_place, exp_sum_raw_in, logits_form, rounding_chain,
     };
-    use super::{Logits, Scale};
-    use tc_compiler::ir::DType;
+    use tc_compiler::ir::{eval, CmpOp, DType};
     use tc_compiler::schedule::{AttentionKernel, KernelKind};
+
+    /// `cmp_range` is the set of keys where the comparison of the two index maps holds,
+    /// key by key: every comparison, offsets and slopes of both signs (a causal mask's
+    /// `i >= j` is offset `i - k0`, slope -1), rows of 0 to 9 keys; `!=` is left to the
+    /// element path.
+    #[test]
+    fn cmp_range_is_where_the_comparison_holds() {
+        let ops = [
+            CmpOp::Lt,
+            CmpOp::Le,
+            CmpOp::Gt,
+            CmpOp::Ge,
+            CmpOp::Eq,
+            CmpOp::Ne,
+        ];
+        let mut checked = 0;
+        for op in ops {
+            for (a, s) in [
+                (0i64, 0i64),
+                (3, 0),
+                (5, 1),
+                (-4, 1),
+                (7, -1),
+                (2, 2),
+                (9, -3),
+            ] {
+                for (b, t) in [(0i64, 0i64), (4, 0), (0, 1), (6, -1), (-3, 2), (1, 3)] {
+                    for cols in 0..10usize {
+                        let got = cmp_range(op, (a - b) as i128, (s - t) as i128, cols);
+                        let holds: Vec<bool> = (0..cols as i64)
+                            .map(|c| eval::compare_int(op, a + c * s, b + c * t))
+                            .collect();
+                        let Some((lo, hi)) = got else {
+                            assert_eq!(op, CmpOp::Ne);
+                            continue;
+                        };
+                        let want: Vec<bool> = (0..cols).map(|c| (lo..hi).contains(&c)).collect();
+                        assert_eq!(want, holds, "{op:?} {a}+{s}c vs {b}+{t}c over {cols}");
+                        assert!(lo <= hi && hi <= cols && (lo < hi || lo == 0));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 5 * 7 * 6 * 10);
+    }
 
     /// The plan's attention kernel for `body` (after q, k, v of `[B, H, S, Dh]` in `dt`).
     fn attention(dt: &str, body: &str) -> AttentionKernel {
