@@ -997,6 +997,9 @@ impl Ctx<'_> {
         if let Some(kind) = Self::ranges(inst, cols, sc) {
             return kind;
         }
+        if let Some(kind) = Self::range_where(inst, i, cols, r, sc) {
+            return kind;
+        }
         for o in inst.op.operands() {
             Self::materialize(o, cols, sc);
         }
@@ -1055,6 +1058,36 @@ impl Ctx<'_> {
         let ((a, s), (b, t)) = (affine(sc.kinds[x])?, affine(sc.kinds[y])?);
         let (lo, hi) = cmp_range(op, a - b, s - t, cols)?;
         Some(Reg::IRange(lo, hi))
+    }
+
+    /// A float `where` whose condition is a range of keys (`ranges`): the keys `lo .. hi`
+    /// take `x`, the others `y`, as copies and fills of the operands' rows. `None` for
+    /// anything else.
+    fn range_where(inst: &Inst, i: usize, cols: usize, r: usize, sc: &mut Scratch) -> Option<Reg> {
+        let InstOp::Where(k, x, y) = inst.op else {
+            return None;
+        };
+        let Reg::IRange(lo, hi) = sc.kinds[k] else {
+            return None;
+        };
+        let float = |o: usize| matches!(sc.kinds[o], Reg::Score | Reg::Scalar(_) | Reg::Row);
+        if inst.dtype.is_integral() || !float(x) || !float(y) {
+            return None;
+        }
+        let Scratch { kinds, regs, s, .. } = sc;
+        let (done, rest) = regs.split_at_mut(i * BK);
+        let dst = &mut rest[..cols];
+        let score = &s[r * BK..r * BK + cols];
+        let mut fill = |o: usize, part: std::ops::Range<usize>| match kinds[o] {
+            Reg::Score => dst[part.clone()].copy_from_slice(&score[part]),
+            Reg::Scalar(v) => dst[part].fill(v),
+            Reg::Row => dst[part.clone()].copy_from_slice(&done[o * BK..o * BK + cols][part]),
+            _ => unreachable!("checked above"),
+        };
+        fill(y, 0..lo);
+        fill(x, lo..hi);
+        fill(y, hi..cols);
+        Some(Reg::Row)
     }
 
     /// Writes out operand `o`'s values where they are held as a formula (`IAffine`,
@@ -1137,24 +1170,6 @@ impl Ctx<'_> {
                 Some(Reg::IRow)
             }
             InstOp::Where(k, x, y) if !inst.dtype.is_integral() => {
-                if let Reg::IRange(lo, hi) = kinds[k] {
-                    // The keys `lo .. hi` take `x`, the others `y`.
-                    let (done, rest) = regs.split_at_mut(i * BK);
-                    let dst = &mut rest[..cols];
-                    let score = &s[r * BK..r * BK + cols];
-                    let mut fill = |o: usize, part: std::ops::Range<usize>| {
-                        match kinds[o] {
-                            Reg::Score => dst[part.clone()].copy_from_slice(&score[part]),
-                            Reg::Scalar(v) => dst[part].fill(v),
-                            Reg::Row => dst[part.clone()]
-                                .copy_from_slice(&done[o * BK..o * BK + cols][part]),
-                            _ => return false,
-                        }
-                        true
-                    };
-                    let ok = fill(y, 0..lo) && fill(x, lo..hi) && fill(y, hi..cols);
-                    return ok.then_some(Reg::Row);
-                }
                 let Reg::IRow = kinds[k] else { return None };
                 let cond = &done[k * BK..k * BK + cols];
                 let (done, rest) = regs.split_at_mut(i * BK);
