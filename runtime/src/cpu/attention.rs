@@ -8,11 +8,11 @@
 //! accumulator of `Σ p·v` (a second product). The scores never exist beyond `ROW_BLOCK × BK`
 //! floats per thread, so the plan stores none. Every sum runs in a fixed order, so results
 //! do not depend on the threads. Key tiles a mask hides entirely (`tc_compiler::masked`) are
-//! not computed, and in the others a mask compared from `arange`s costs no work a key: an
-//! index map along the keys is kept as `base + c·step`, a comparison of two as the range of
-//! keys where it holds (`cmp_range`), a `where` over that range as fills and a copy. The
-//! output is written through its strides, the epilogue computed a row at a time when it only
-//! rounds, else per element (`typed`'s meaning).
+//! not computed, and in the others a mask compared from `arange`s is not evaluated key by
+//! key: an index map along the keys is kept as `base + c·step`, a comparison of two as the
+//! range of keys where it holds (`cmp_range`), a `where` over that range as fills and a
+//! copy. The output is written through its strides, the epilogue computed a row at a time
+//! when it only rounds, else per element (`typed`'s meaning).
 
 use super::fused::check_bounds;
 use super::math::{self, Operand};
