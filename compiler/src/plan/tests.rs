@@ -7,7 +7,7 @@ use crate::invariant::Invariant;
 use crate::ir::decompose::decompose;
 use crate::ir::{BinaryOp as B, DType, ReduceOp as R, UnaryOp as U};
 use crate::memory::memory_report;
-use crate::schedule::Level;
+use crate::schedule::{Level, MatMulKernel};
 use crate::search as plan;
 
 fn opts(fuse: bool, reuse: bool) -> PlanOptions {
@@ -16,6 +16,17 @@ fn opts(fuse: bool, reuse: bool) -> PlanOptions {
         reuse,
         target: crate::schedule::Target::Cpu,
     }
+}
+
+/// The plan's first matrix product.
+fn first_product(plan: &Plan) -> &MatMulKernel {
+    plan.kernels
+        .iter()
+        .find_map(|k| match &k.kind {
+            KernelKind::MatMul(mm) => Some(mm),
+            _ => None,
+        })
+        .expect("a product")
 }
 
 fn planned(b: &G, o: &PlanOptions) -> Plan {
@@ -453,14 +464,7 @@ fn a_product_packs_all_of_b_where_the_arena_has_room() {
             b.output("a2", a2);
         }
         let plan = planned(&b, &opts(true, true));
-        let mm = plan
-            .kernels
-            .iter()
-            .find_map(|k| match &k.kind {
-                KernelKind::MatMul(mm) => Some(mm.clone()),
-                _ => None,
-            })
-            .expect("a product");
+        let mm = first_product(&plan);
         let ws = plan.buffer(mm.workspace.expect("packs B")).bytes;
         (mm.packs_whole_b, ws, plan.arena_bytes, print(&plan))
     };
@@ -610,14 +614,7 @@ fn batched_cpu_products_of_small_matrices_get_no_packed_b() {
         let y = b.matmul(x, w);
         b.output("y", y);
         let plan = planned(&b, &opts(true, true));
-        let mm = plan
-            .kernels
-            .iter()
-            .find_map(|k| match &k.kind {
-                KernelKind::MatMul(mm) => Some(mm),
-                _ => None,
-            })
-            .expect("the product");
+        let mm = first_product(&plan);
         assert_eq!(mm.nbatch(), nbatch);
         let ws = 4 * cpu_packing_floats(n, k) * u64::from(packs);
         assert_eq!(mm.workspace.map_or(0, |w| plan.buffer(w).bytes), ws);

@@ -1024,17 +1024,15 @@ impl Ctx<'_> {
             Reg::Row => Lane::F(regs[x * BK + c]),
             Reg::IScalar(v) => Lane::I(v),
             Reg::IRow => Lane::I(iregs[x * BK + c]),
-            Reg::IAffine(base, step) => Lane::I(base + c as i64 * step),
-            Reg::IRange(lo, hi) => Lane::I((lo..hi).contains(&c) as i64),
+            Reg::IAffine(..) | Reg::IRange(..) => unreachable!("operands written out above"),
         };
         let odt = |x: usize| a.body[x].dtype;
         let value = |c: usize| lane_value(&inst.op, dt, |x| lane(x, c), odt);
-        let per_key = inst.op.operands().iter().any(|&o| {
-            matches!(
-                kinds[o],
-                Reg::Score | Reg::Row | Reg::IRow | Reg::IAffine(..) | Reg::IRange(..)
-            )
-        });
+        let per_key = inst
+            .op
+            .operands()
+            .iter()
+            .any(|&o| matches!(kinds[o], Reg::Score | Reg::Row | Reg::IRow));
         // Computed before inst `i`'s own row is written (its operands come earlier).
         lanes.clear();
         lanes.extend((0..if per_key { cols } else { 1 }).map(value));
