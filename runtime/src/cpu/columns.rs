@@ -5,20 +5,21 @@
 //! rows has left. Its blocks hold `[inner index i][lane w]`, so a load copies `W`
 //! contiguous floats per inner index instead of gathering one float per cache line per
 //! row, and the element ops run unchanged over the `n·W` values (an operand that is a row
-//! value is spread over the lanes, or is a scalar where every lane has the same bits). A
-//! row is still walked in the blocks of `p.block`, and each block's sum is
-//! `math::block_sum`'s for each lane to the bit: the same halving tree, whose leaves (at
-//! most 256 inner indices) are computed one at a time and summed by
-//! `math::lane_leaf_sums`, then the same `KahanSum` per lane across blocks and the same
-//! division for a mean. Row values are computed for the lanes by the same block loops.
-//! Kernels whose rows are one element (a sum over an axis of one: a copy) run wide too,
-//! one row value per lane. The rows a run leaves after its groups (fewer than 16) run on
-//! the row path, and so do kernels with an index value or a `where`. A max or min is
-//! `math::block_extremum`'s per lane (`Extremum`), its 32 interleaved accumulators fed a
-//! leaf at a time.
+//! value is spread over the lanes, or is a scalar where every lane has the same bits, and
+//! then is not spread). A row is still walked in the blocks of `p.block`, and each block's
+//! sum is `math::block_sum`'s for each lane to the bit: the same halving tree, whose leaves
+//! (at most 256 inner indices) are computed `SUB` (32) inner indices at a time, each chunk
+//! folded by `math::LaneLeafSums` before the next is computed into the same slots (a slot
+//! is 8 KiB, so the slots of a kernel of a few dozen values stay in the second-level
+//! cache), then the same `KahanSum` per lane across blocks and the same division for a
+//! mean. Row values are computed for the lanes by the same block loops. Kernels whose rows
+//! are one element (a sum over an axis of one: a copy) run wide too, one row value per
+//! lane. The rows a run leaves after its groups (fewer than 16) run on the row path, and so
+//! do kernels with an index value or a `where`. A max or min is `math::block_extremum`'s
+//! per lane (`Extremum`), its 32 interleaved accumulators fed a chunk at a time.
 
 use super::fused::{self, Access, Prepared, Scratch};
-use super::math::{self, KahanSum, Operand};
+use super::math::{self, KahanSum, LaneLeafSums, Operand};
 use tc_compiler::ir::{DType, ReduceOp};
 use tc_compiler::lower::{Level, ValueOp};
 
@@ -29,6 +30,11 @@ pub(super) const WIDE: usize = 64;
 pub(super) const NARROW: usize = 16;
 /// Elements per leaf of `math::block_sum` (its `SUM_LEAF`).
 const LEAF: usize = 256;
+/// Inner indices computed at once within a leaf (`Lanes::chunk`): a slot is `SUB·W`
+/// floats (8 KiB for `WIDE`), so a kernel's slots stay in the first- or second-level
+/// cache, where a leaf's (64 KiB each) spilled to the third; the chunks of
+/// `math::LaneLeafSums`, which folds them.
+const SUB: usize = 32;
 
 /// Switches the wide mode off (tests compare it with the row path).
 #[cfg(test)]
@@ -49,9 +55,11 @@ pub(super) struct Wide {
     /// blocks, which are not kept.
     elems: Vec<Vec<usize>>,
     /// Per pass: the row values an element value, reduction or element store of the pass
-    /// reads, spread over the lanes of a leaf.
-    spread: Vec<Vec<usize>>,
-    /// Per value: whether it has a slot of a leaf's values (`LEAF·W`).
+    /// reads, spread over the lanes of a leaf; with each, whether a reduction or element
+    /// store reads it (as a block whatever its lanes hold: an element value takes a row
+    /// value whose lanes agree as a scalar, and then its block is not filled).
+    spread: Vec<Vec<(usize, bool)>>,
+    /// Per value: whether it has a slot of a chunk's values (`SUB·W`).
     slot: Vec<bool>,
 }
 
@@ -138,23 +146,25 @@ pub(super) fn plan(p: &Prepared) -> Option<Wide> {
     let mut spread = Vec::new();
     for (q, pass) in p.ir.passes.iter().enumerate() {
         let es: Vec<usize> = pass.elements.iter().map(|v| v.index()).collect();
-        let mut reads: Vec<usize> = Vec::new();
+        // (value, read as a block whatever its lanes)
+        let mut reads: Vec<(usize, bool)> = Vec::new();
         for &i in &es {
-            reads.extend(values[i].op.operands().iter().map(|o| o.index()));
+            reads.extend(values[i].op.operands().iter().map(|o| (o.index(), false)));
         }
         for &r in &p.passes[q].reduces {
-            reads.extend(values[r].op.operands().iter().map(|o| o.index()));
+            reads.extend(values[r].op.operands().iter().map(|o| (o.index(), true)));
         }
         for &si in &p.passes[q].elem_stores {
-            reads.push(p.stores[si].0);
+            reads.push((p.stores[si].0, true));
         }
-        let mut sp: Vec<usize> = reads
+        let mut sp: Vec<(usize, bool)> = reads
             .into_iter()
-            .filter(|&o| p.level[o] == Level::Row)
+            .filter(|&(o, _)| p.level[o] == Level::Row)
             .collect();
-        sp.sort_unstable();
-        sp.dedup();
-        for &i in es.iter().chain(&sp) {
+        // One entry a value, `true` where any read needs it.
+        sp.sort_unstable_by_key(|&(o, block)| (o, !block));
+        sp.dedup_by_key(|&mut (o, _)| o);
+        for &i in es.iter().chain(sp.iter().map(|(o, _)| o)) {
             slot[i] = true;
         }
         elems.push(es);
@@ -222,6 +232,8 @@ struct Lanes<const W: usize> {
     extrema: Vec<[f32; W]>,
     /// Per reduction of the pass: the current block's extremum so far (for a max or min).
     block_extrema: Vec<Extremum<W>>,
+    /// Per reduction of the pass: the current leaf's sums so far (for a sum or mean).
+    leaf_sums: Vec<LaneLeafSums<W>>,
     /// The current block's first inner index and its length (for the extrema).
     block_at: usize,
     block_len: usize,
@@ -244,13 +256,14 @@ impl<const W: usize> Lanes<W> {
             slots: wide
                 .slot
                 .iter()
-                .map(|&s| if s { vec![0f32; LEAF * W] } else { Vec::new() })
+                .map(|&s| if s { vec![0f32; SUB * W] } else { Vec::new() })
                 .collect(),
             row,
             uniform: vec![true; n],
             sums: vec![[KahanSum::default(); W]; n],
             extrema: vec![[0f32; W]; n],
             block_extrema: Vec::new(),
+            leaf_sums: Vec::new(),
             block_at: 0,
             block_len: 0,
             partial: Vec::new(),
@@ -272,7 +285,10 @@ impl<const W: usize> Lanes<W> {
                 // SAFETY: forwarded from the caller.
                 unsafe { self.row_inst(p, wide, i) };
             }
-            for &i in &wide.spread[q] {
+            for &(i, block) in &wide.spread[q] {
+                if !block && self.uniform[i] {
+                    continue; // read as a scalar (`leaf`)
+                }
                 let lanes = self.row[i];
                 for c in self.slots[i].chunks_exact_mut(W) {
                     c.copy_from_slice(&lanes);
@@ -291,6 +307,7 @@ impl<const W: usize> Lanes<W> {
                 for level in self.partial.iter_mut() {
                     level.resize(k, [0f32; W]);
                 }
+                self.leaf_sums.resize_with(k, LaneLeafSums::default);
                 let mut at = 0;
                 while at < p.row_len {
                     let n = p.block.min(p.row_len - at);
@@ -449,26 +466,63 @@ impl<const W: usize> Lanes<W> {
             return;
         }
         // SAFETY: forwarded from the caller.
-        unsafe { self.leaf(p, wide, q, at, n) };
-        for (r, &i) in p.passes[q].reduces.iter().enumerate() {
-            if let ValueOp::Reduce(op, a) = p.ir.values[i].op {
-                let xs = &self.slots[a.index()][..n * W];
-                if matches!(op, ReduceOp::Max | ReduceOp::Min) {
-                    let whole = self.block_len / 32 * 32;
-                    self.block_extrema[r].feed(xs, at - self.block_at, whole);
-                } else {
-                    math::lane_leaf_sums(xs, &mut self.partial[depth][r]);
+        unsafe { self.leaf(p, wide, q, at, n, depth) };
+    }
+
+    /// The leaf of inner indices `at .. at + n` (at most `LEAF`) of pass `q`: computed
+    /// `SUB` inner indices at a time (`chunk`), each chunk's values folded into the
+    /// reductions (`LaneLeafSums`, `Extremum`) before the next is computed into the same
+    /// slots; the lanes' sums go to `partial[depth]`.
+    ///
+    /// # Safety
+    /// As `group`.
+    unsafe fn leaf(
+        &mut self,
+        p: &Prepared,
+        wide: &Wide,
+        q: usize,
+        at: usize,
+        n: usize,
+        depth: usize,
+    ) {
+        let reduces = &p.passes[q].reduces;
+        for s in &mut self.leaf_sums {
+            s.reset();
+        }
+        let mut c0 = 0;
+        while c0 < n {
+            let len = SUB.min(n - c0);
+            // SAFETY: forwarded from the caller.
+            unsafe { self.chunk(p, wide, q, at + c0, len) };
+            for (r, &i) in reduces.iter().enumerate() {
+                if let ValueOp::Reduce(op, a) = p.ir.values[i].op {
+                    let xs = &self.slots[a.index()][..len * W];
+                    if matches!(op, ReduceOp::Max | ReduceOp::Min) {
+                        let whole = self.block_len / 32 * 32;
+                        self.block_extrema[r].feed(xs, at + c0 - self.block_at, whole);
+                    } else {
+                        self.leaf_sums[r].feed(xs);
+                    }
                 }
+            }
+            c0 += len;
+        }
+        for (r, &i) in reduces.iter().enumerate() {
+            if !matches!(
+                p.ir.values[i].op,
+                ValueOp::Reduce(ReduceOp::Max | ReduceOp::Min, _)
+            ) {
+                self.partial[depth][r] = self.leaf_sums[r].finish();
             }
         }
     }
 
-    /// Computes the element values of pass `q` at inner indices `at .. at + n` (at most a
-    /// leaf) for every lane, and writes its element stores.
+    /// Computes the element values of pass `q` at inner indices `at .. at + n` (at most
+    /// `SUB`) for every lane, and writes its element stores.
     ///
     /// # Safety
     /// As `group`.
-    unsafe fn leaf(&mut self, p: &Prepared, wide: &Wide, q: usize, at: usize, n: usize) {
+    unsafe fn chunk(&mut self, p: &Prepared, wide: &Wide, q: usize, at: usize, n: usize) {
         let body = &p.ir.values;
         let m = n * W;
         for &i in &wide.elems[q] {
@@ -662,11 +716,6 @@ unsafe fn read_lanes<const W: usize>(
     );
 }
 
-/// Writes `src[i·W + w]` to inner index `at + i` of `acc` for the `W` rows whose offsets
-/// are `base + w·step`, rounded to the buffer's dtype.
-///
-/// # Safety
-/// Every element written lies inside `acc.mem`, and no other thread touches it.
 /// `W` floats from `src` into `dst` (`W` a multiple of 16), 64 bytes a move, inline: a
 /// call of `memcpy` a row group and inner index cost a third of a column kernel's time.
 ///
@@ -695,6 +744,11 @@ unsafe fn store_lanes<const W: usize>(src: &[f32], dst: *mut f32) {
     }
 }
 
+/// Writes `src[i·W + w]` to inner index `at + i` of `acc` for the `W` rows whose offsets
+/// are `base + w·step`, rounded to the buffer's dtype.
+///
+/// # Safety
+/// Every element written lies inside `acc.mem`, and no other thread touches it.
 unsafe fn write_lanes<const W: usize>(
     acc: &Access,
     sizes: &[usize],

@@ -757,73 +757,106 @@ pub fn block_sum(xs: &[f32]) -> f32 {
     block_sum_base(xs)
 }
 
-/// `block_sum`'s leaf for `W` columns at once (`cpu::columns`): `xs` holds `n =
-/// xs.len() / W` elements of each column interleaved, element `i` of column `w` at
-/// `xs[i·W + w]`, with `n` at most a leaf (256); `out[w]` gets the very bits
-/// `block_sum_leaf` gives column `w` alone. Each lane does the scalar additions in the
-/// scalar order (32 accumulators from 0 over the whole chunks of 32, the same pairing of
-/// them, the tail summed from 0 in order), as `[f32; W]` arrays the compiler turns into
-/// vector adds.
+/// `block_sum`'s leaf for `W` columns at once (`cpu::columns`), fed in chunks of at most
+/// 32 elements: element `i` of column `w` at `xs[i·W + w]` of a chunk, the leaf at most
+/// 256 elements in all; `finish` gives `out[w]`, the very bits `block_sum_leaf` gives
+/// column `w` alone. Each lane does the scalar additions in the scalar order (32
+/// accumulators from 0 over the whole chunks of 32, the same pairing of them, the tail
+/// summed from 0 in order), as `[f32; W]` arrays the compiler turns into vector adds. A
+/// leaf fed a chunk at a time need not be held whole: the wide mode computes its values 32
+/// elements at a time, in blocks that stay in the first-level cache.
+pub struct LaneLeafSums<const W: usize> {
+    acc: [[f32; W]; 32],
+    tail: [f32; W],
+    /// Elements fed so far, and whether the tail (a chunk of fewer than 32) has begun.
+    fed: usize,
+    tailed: bool,
+}
+
+impl<const W: usize> Default for LaneLeafSums<W> {
+    fn default() -> Self {
+        LaneLeafSums {
+            acc: [[0f32; W]; 32],
+            tail: [0f32; W],
+            fed: 0,
+            tailed: false,
+        }
+    }
+}
+
 #[inline(always)]
-fn lane_leaf_sums_impl<const W: usize>(xs: &[f32], out: &mut [f32; W]) {
-    #[inline(always)]
-    fn add<const W: usize>(a: [f32; W], b: [f32; W]) -> [f32; W] {
-        std::array::from_fn(|w| a[w] + b[w])
-    }
-    #[inline(always)]
-    fn lanes<const W: usize>(xs: &[f32], i: usize) -> [f32; W] {
-        xs[i * W..(i + 1) * W].try_into().expect("W lanes")
-    }
-    let n = xs.len() / W;
-    debug_assert!(n <= SUM_LEAF);
-    let whole = n / 32 * 32;
-    let mut acc = [[0f32; W]; 32];
-    for c in (0..whole).step_by(32) {
-        for (m, a) in acc.iter_mut().enumerate() {
-            *a = add(*a, lanes(xs, c + m));
-        }
-    }
-    // `block_sum_leaf`'s acc[k][j] is accumulator 8k + j here.
-    let s: [[f32; W]; 8] =
-        std::array::from_fn(|j| add(add(acc[j], acc[8 + j]), add(acc[16 + j], acc[24 + j])));
-    let mut tail = [0f32; W];
-    for i in whole..n {
-        tail = add(tail, lanes(xs, i));
-    }
-    *out = add(
-        add(add(s[0], s[4]), add(s[2], s[6])),
-        add(add(s[1], s[5]), add(s[3], s[7])),
-    );
-    *out = add(*out, tail);
+fn add_lanes<const W: usize>(a: [f32; W], b: &[f32]) -> [f32; W] {
+    std::array::from_fn(|w| a[w] + b[w])
 }
 
-/// `block_sum`'s leaf for `W` interleaved columns (`lane_leaf_sums_impl`), compiled for
-/// the widest tier (`Tier::best`).
-pub fn lane_leaf_sums<const W: usize>(xs: &[f32], out: &mut [f32; W]) {
-    lane_leaf_sums_in(Tier::best(), xs, out)
-}
+impl<const W: usize> LaneLeafSums<W> {
+    /// Starts a leaf.
+    pub fn reset(&mut self) {
+        *self = LaneLeafSums::default();
+    }
 
-/// `lane_leaf_sums` compiled for `tier`, or the hardware's widest when that is narrower.
-pub fn lane_leaf_sums_in<const W: usize>(tier: Tier, xs: &[f32], out: &mut [f32; W]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-        unsafe fn wide<const W: usize>(xs: &[f32], out: &mut [f32; W]) {
-            lane_leaf_sums_impl(xs, out)
+    /// Adds the next `xs.len() / W` elements (32, or fewer as the leaf's last chunk).
+    pub fn feed(&mut self, xs: &[f32]) {
+        self.feed_in(Tier::best(), xs)
+    }
+
+    /// `feed` compiled for `tier`, or the hardware's widest when that is narrower.
+    pub fn feed_in(&mut self, tier: Tier, xs: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+            unsafe fn wide<const W: usize>(s: &mut LaneLeafSums<W>, xs: &[f32]) {
+                s.feed_impl(xs)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn narrow<const W: usize>(s: &mut LaneLeafSums<W>, xs: &[f32]) {
+                s.feed_impl(xs)
+            }
+            match tier.min(Tier::hardware()) {
+                // SAFETY: the CPU has AVX-512 F/VL/DQ/BW, AVX2 and FMA (`Tier::hardware`).
+                Tier::Avx512 => return unsafe { wide(self, xs) },
+                // SAFETY: the CPU has AVX2 and FMA (`Tier::hardware`).
+                Tier::Avx2 => return unsafe { narrow(self, xs) },
+                Tier::Base => {}
+            }
         }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn narrow<const W: usize>(xs: &[f32], out: &mut [f32; W]) {
-            lane_leaf_sums_impl(xs, out)
-        }
-        match tier.min(Tier::hardware()) {
-            // SAFETY: the CPU has AVX-512 F/VL/DQ/BW, AVX2 and FMA (`Tier::hardware`).
-            Tier::Avx512 => return unsafe { wide(xs, out) },
-            // SAFETY: the CPU has AVX2 and FMA (`Tier::hardware`).
-            Tier::Avx2 => return unsafe { narrow(xs, out) },
-            Tier::Base => {}
+        self.feed_impl(xs)
+    }
+
+    #[inline(always)]
+    fn feed_impl(&mut self, xs: &[f32]) {
+        let n = xs.len() / W;
+        assert!(
+            n <= 32 && !self.tailed,
+            "a chunk of at most 32, none after the tail"
+        );
+        self.fed += n;
+        debug_assert!(self.fed <= SUM_LEAF);
+        if n == 32 {
+            for (a, x) in self.acc.iter_mut().zip(xs.chunks_exact(W)) {
+                *a = add_lanes(*a, x);
+            }
+        } else {
+            self.tailed = true;
+            for x in xs.chunks_exact(W) {
+                self.tail = add_lanes(self.tail, x);
+            }
         }
     }
-    lane_leaf_sums_impl(xs, out)
+
+    /// The leaf's sums.
+    pub fn finish(&self) -> [f32; W] {
+        let acc = &self.acc;
+        let pair = |a: [f32; W], b: [f32; W]| add_lanes(a, &b);
+        // `block_sum_leaf`'s acc[k][j] is accumulator 8k + j here.
+        let s: [[f32; W]; 8] =
+            std::array::from_fn(|j| pair(pair(acc[j], acc[8 + j]), pair(acc[16 + j], acc[24 + j])));
+        let out = pair(
+            pair(pair(s[0], s[4]), pair(s[2], s[6])),
+            pair(pair(s[1], s[5]), pair(s[3], s[7])),
+        );
+        pair(out, self.tail)
+    }
 }
 
 /// `KahanSum::add` of `xs.len() / W` elements into each of `W` sums at once: element `j`

@@ -2234,9 +2234,9 @@ fn column_reductions_run_wide_give_the_row_paths_bits() {
     assert!(wide_groups > 0);
 }
 
-/// `math::lane_leaf_sums` in every tier this CPU runs gives, for each of its lanes, the
-/// bits of `math::block_sum` over that lane's column alone, for every leaf length (0 to
-/// 256), 16 and 64 lanes.
+/// `math::LaneLeafSums` fed a leaf in chunks of 32 (the last one shorter), in every tier
+/// this CPU runs, gives for each of its lanes the bits of `math::block_sum` over that lane's
+/// column alone, for every leaf length (0 to 256), 16 and 64 lanes.
 #[test]
 fn lane_leaf_sums_are_block_sum_per_lane_in_every_tier() {
     use super::math::{self, Tier};
@@ -2254,9 +2254,14 @@ fn lane_leaf_sums_are_block_sum_per_lane_in_every_tier() {
                 })
                 .collect();
             for tier in Tier::available() {
-                let mut out = [0f32; W];
-                math::lane_leaf_sums_in(tier, &xs, &mut out);
-                let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                let mut sums = Box::<math::LaneLeafSums<W>>::default();
+                // Dirty state first: `reset` must clear all of it.
+                sums.feed_in(tier, &vec![1.0; 7 * W]);
+                sums.reset();
+                for chunk in xs.chunks(32 * W) {
+                    sums.feed_in(tier, chunk);
+                }
+                let got: Vec<u32> = sums.finish().iter().map(|v| v.to_bits()).collect();
                 assert_eq!(got, want, "{W} lanes, {n} elements, {tier:?}");
             }
         }
