@@ -48,6 +48,8 @@ pub const NR: usize = tc_compiler::schedule::CPU_GEMM_NR as usize;
 /// L1's size: its lines stay while the `A` panels, `KC × MR`, 12 KiB each, pass). 128, 256
 /// and 384 measured 0–15 % slower on one thread (one fewer pass over `C` per block too).
 const KC: usize = 512;
+/// Columns of a transposed `A` packed at once (`pack_a`).
+const TB: usize = 8;
 /// Rows of a task at most (a multiple of `MR`): its packed `A` block, `MC × KC` floats (288
 /// KiB), stays in the 512 KiB L2 while every `B` panel of the `k` block meets it.
 const MC: usize = tc_compiler::schedule::CPU_GEMM_MC as usize;
@@ -879,7 +881,35 @@ unsafe fn pack_a(
     (t0, kc): (usize, usize),
     dst: &mut [f32],
 ) {
-    for q in 0..rows.div_ceil(MR) {
+    // A transposed (`xᵀ @ dy`, a weight's gradient): the panels' rows are contiguous in
+    // each column, and the columns are far apart (4 KiB and more: one set of the first
+    // cache). A panel at a time reads each column's lines again for every panel, after
+    // the other columns have evicted them; so the whole panels go `TB` columns at a time,
+    // whose lines stay (one set holds eight) while every panel takes its `TB·MR` floats.
+    let mut first = 0;
+    if a.rs == 1 && a.cs != 1 {
+        let whole = rows / MR;
+        // SAFETY: row r0, column t0 of A (in range).
+        let src = unsafe { a.ptr.offset(r0 as isize + t0 as isize * a.cs) };
+        for tb in (0..kc).step_by(TB) {
+            let tn = TB.min(kc - tb);
+            for q in 0..whole {
+                for t in tb..tb + tn {
+                    // SAFETY: rows r0 + q·MR .. + MR of column t0 + t, contiguous, are in A.
+                    let x = unsafe {
+                        std::slice::from_raw_parts(
+                            src.offset(t as isize * a.cs + (q * MR) as isize),
+                            MR,
+                        )
+                    };
+                    let at = q * kc * MR + t * MR;
+                    dst[at..at + MR].copy_from_slice(x);
+                }
+            }
+        }
+        first = whole;
+    }
+    for q in first..rows.div_ceil(MR) {
         let h = MR.min(rows - q * MR);
         let out = &mut dst[q * kc * MR..(q + 1) * kc * MR];
         // SAFETY: row r0 + q·MR, column t0 of A (in range).
@@ -1355,6 +1385,53 @@ mod tests {
                                 got[at].to_bits(),
                                 want.to_bits(),
                                 "k {k} cols {cols} ({row}, {col})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `pack_a` gives panel `q`'s element `(r, t)` at `q·kc·MR + t·MR + r`, zero past the
+    /// rows, whatever `A`'s layout: rows contiguous (`cs = 1`), transposed (`rs = 1`, the
+    /// columns packed `TB` at a time), or neither; whole and partial panels, `kc` not a
+    /// multiple of `TB`, an offset block.
+    #[test]
+    fn a_packs_as_element_by_element_in_every_layout() {
+        for (rows, kc) in [
+            (MR, 1),
+            (4 * MR, TB + 3),
+            (MC, KC),
+            (5 * MR + 4, 2 * TB),
+            (3, 7),
+        ] {
+            let (m, k) = (rows + 5, kc + 9);
+            let (r0, t0) = (2, 5);
+            let data = values(3 * m * k + 64, rows as u64 + kc as u64);
+            for (rs, cs) in [(k as isize, 1), (1, m as isize), (2 * k as isize, 2)] {
+                let a = Operand {
+                    ptr: data.as_ptr(),
+                    rs,
+                    cs,
+                };
+                let mut got = vec![f32::NAN; rows.div_ceil(MR) * MR * kc];
+                // SAFETY: every (r, t) read is inside `data` (`rs·(m-1) + cs·(k-1)` is).
+                unsafe { pack_a(a, (r0, rows), (t0, kc), &mut got) };
+                for q in 0..rows.div_ceil(MR) {
+                    for t in 0..kc {
+                        for r in 0..MR {
+                            let row = q * MR + r;
+                            let want = if row < rows {
+                                data[(r0 + row) * rs as usize + (t0 + t) * cs as usize]
+                            } else {
+                                0.0
+                            };
+                            let at = q * kc * MR + t * MR + r;
+                            assert_eq!(
+                                got[at].to_bits(),
+                                want.to_bits(),
+                                "rows {rows} kc {kc} rs {rs} cs {cs}: ({row}, {t})"
                             );
                         }
                     }
