@@ -359,46 +359,129 @@ fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
     }
 }
 
-/// Packs the `depth × cols` matrix `b` (element (`t`, `c`) is `b(t, c)`) as `tile_gemm`'s
-/// `B`: panels of `NR` columns, `depth × NR` each, zeros past the last column, into `out`.
-#[inline(always)]
-fn pack_panels(out: &mut Vec<f32>, depth: usize, cols: usize, b: impl Fn(usize, usize) -> f32) {
+/// A batch matrix of an operand as the packing reads it: element (`r`, `c`) at
+/// `base + r·rs + c·cs` of `mem` (inside the operand's checked domain, `run`). Packing
+/// reads every element of the operands for each task, so an f32 matrix is copied a
+/// contiguous run at a time where its rows or its columns are one (the heads of a
+/// `[B, S, H, Dh]` projection viewed as `[B, H, S, Dh]`: rows of `Dh` floats, or those rows
+/// as columns, transposed) instead of element by element.
+#[derive(Clone, Copy)]
+struct View {
+    mem: Mem,
+    base: i64,
+    rs: i64,
+    cs: i64,
+}
+
+impl View {
+    /// The transposed matrix.
+    fn t(self) -> View {
+        View {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// The matrix from row `r0` on.
+    fn from_row(self, r0: usize) -> View {
+        View {
+            base: self.base + r0 as i64 * self.rs,
+            ..self
+        }
+    }
+
+    /// Element (`r`, `c`) as f32.
+    #[inline(always)]
+    fn at(&self, r: usize, c: usize) -> f32 {
+        let i = self.base + r as i64 * self.rs + c as i64 * self.cs;
+        // SAFETY: (r, c) is inside the matrix, whose bounds `run` checked; unaligned reads
+        // are fine.
+        unsafe {
+            if self.mem.dtype == DType::F32 {
+                self.mem
+                    .ptr
+                    .cast::<f32>()
+                    .offset(i as isize)
+                    .read_unaligned()
+            } else {
+                self.mem.read(i)
+            }
+        }
+    }
+
+    /// Elements (`r`, `c0 .. c0 + n`) as a slice, where they are contiguous f32 (`cs` 1).
+    #[inline(always)]
+    fn row(&self, r: usize, c0: usize, n: usize) -> Option<&[f32]> {
+        let aligned = (self.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>());
+        if self.mem.dtype != DType::F32 || self.cs != 1 || !aligned {
+            return None;
+        }
+        let i = self.base + r as i64 * self.rs + c0 as i64;
+        // SAFETY: the n elements are inside the matrix (bounds checked in `run`), f32 and
+        // aligned; nothing writes the operands while the kernel runs.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.mem.ptr.cast::<f32>().offset(i as isize), n)
+        })
+    }
+}
+
+/// Packs the `depth × cols` matrix `b` as `tile_gemm`'s `B`: panels of `NR` columns, `depth
+/// × NR` each, zeros past the last column, into `out`. A panel is copied a row at a time
+/// where `b`'s rows are contiguous, a column at a time where its columns are (the panel,
+/// `depth × NR` floats, stays in the first cache while its columns are written).
+fn pack_panels(out: &mut Vec<f32>, depth: usize, cols: usize, b: View) {
     let panels = cols.div_ceil(NR);
     out.clear();
     out.resize(panels * depth * NR, 0.0);
     for (p, panel) in out.chunks_exact_mut(depth * NR).enumerate() {
-        let width = NR.min(cols - p * NR);
-        for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
-            for (jj, x) in row[..width].iter_mut().enumerate() {
-                *x = b(t, p * NR + jj);
+        let (c0, width) = (p * NR, NR.min(cols - p * NR));
+        if b.row(0, c0, width).is_some() {
+            for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
+                row[..width].copy_from_slice(b.row(t, c0, width).expect("rows contiguous"));
+            }
+        } else if let Some(bt) = Some(b.t()).filter(|bt| bt.row(c0, 0, depth).is_some()) {
+            for jj in 0..width {
+                let col = bt.row(c0 + jj, 0, depth).expect("columns contiguous");
+                for (t, &x) in col.iter().enumerate() {
+                    panel[t * NR + jj] = x;
+                }
+            }
+        } else {
+            for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (jj, x) in row[..width].iter_mut().enumerate() {
+                    *x = b.at(t, c0 + jj);
+                }
             }
         }
     }
 }
 
-/// The `rows × cols` matrix `b` (element (`r`, `c`) is `b(r, c)`) as `tile_gemm`'s `B` a tile
-/// of `T` rows at a time (`pack_panels` of each), the tiles `T · cols` (in whole panels)
-/// floats apart, so tile `r0 / T` starts at `(r0 / T) · T · cols` rounded up.
-fn pack_tiles(out: &mut Vec<f32>, rows: usize, cols: usize, b: impl Fn(usize, usize) -> f32) {
+/// The `rows × cols` matrix `b` as `tile_gemm`'s `B` a tile of `T` rows at a time
+/// (`pack_panels` of each), the tiles `T · cols` (in whole panels) floats apart, so tile
+/// `r0 / T` starts at `(r0 / T) · T · cols` rounded up.
+fn pack_tiles(out: &mut Vec<f32>, rows: usize, cols: usize, b: View) {
     let width = cols.next_multiple_of(NR);
     let mut tile = Vec::new();
     out.clear();
     for r0 in (0..rows).step_by(T) {
         let rt = T.min(rows - r0);
-        pack_panels(&mut tile, rt, cols, |t, c| b(r0 + t, c));
+        pack_panels(&mut tile, rt, cols, b.from_row(r0));
         out.extend_from_slice(&tile);
         out.resize(out.len() + (T - rt) * width, 0.0);
     }
 }
 
-/// Copies the `rows × cols` matrix `a` (element (`r`, `c`) is `a(r, c)`) into `out`,
-/// row-major with row stride `cols`: `tile_gemm`'s `A`.
-#[inline(always)]
-fn copy_rows(out: &mut Vec<f32>, rows: usize, cols: usize, a: impl Fn(usize, usize) -> f32) {
+/// Copies the `rows × cols` matrix `a` into `out`, row-major with row stride `cols`:
+/// `tile_gemm`'s `A`.
+fn copy_rows(out: &mut Vec<f32>, rows: usize, cols: usize, a: View) {
     out.clear();
     out.reserve(rows * cols);
     for r in 0..rows {
-        out.extend((0..cols).map(|c| a(r, c)));
+        match a.row(r, 0, cols) {
+            Some(run) => out.extend_from_slice(run),
+            None => out.extend((0..cols).map(|c| a.at(r, c))),
+        }
     }
 }
 
@@ -533,20 +616,14 @@ impl Ctx<'_> {
         idx
     }
 
-    /// Element (`r`, `c`) of operand `x`'s batch matrix at `base`, as f32 (an f32 operand
-    /// read straight through its pointer: packing reads every operand element per task).
-    #[inline(always)]
-    fn at(&self, x: &Mat, base: i64, r: usize, c: usize) -> f32 {
+    /// Operand `x`'s batch matrix at `base`.
+    fn view(&self, x: &Mat, base: i64) -> View {
         let s = &x.op.strides;
-        let i = base + r as i64 * s[self.nb] + c as i64 * s[self.nb + 1];
-        // SAFETY: (r, c) is inside the matrix, whose bounds `run` checked; unaligned reads
-        // are fine.
-        unsafe {
-            if x.mem.dtype == DType::F32 {
-                x.mem.ptr.cast::<f32>().offset(i as isize).read_unaligned()
-            } else {
-                x.mem.read(i)
-            }
+        View {
+            mem: x.mem,
+            base,
+            rs: s[self.nb],
+            cs: s[self.nb + 1],
         }
     }
 
@@ -621,15 +698,13 @@ impl Ctx<'_> {
         );
         if sc.packed_for != Some(bi) {
             sc.packed_for = Some(bi);
-            pack_panels(&mut sc.b1, d, n, |t, j| self.at(&self.k, kb, t, j));
-            pack_panels(&mut sc.b2, dv, n, |t, j| self.at(&self.v, vb, j, t));
+            pack_panels(&mut sc.b1, d, n, self.view(&self.k, kb));
+            pack_panels(&mut sc.b2, dv, n, self.view(&self.v, vb).t());
             // Key tile by key tile: the keys as `dq`'s `B`.
-            pack_tiles(&mut sc.bt1, n, d, |key, c| self.at(&self.k, kb, c, key));
+            pack_tiles(&mut sc.bt1, n, d, self.view(&self.k, kb).t());
         }
-        copy_rows(&mut sc.a1, rq, d, |r, c| self.at(&self.q, qb, q0 + r, c));
-        copy_rows(&mut sc.a2, rq, dv, |r, c| {
-            self.at(&self.d_out, ob, q0 + r, c)
-        });
+        copy_rows(&mut sc.a1, rq, d, self.view(&self.q, qb).from_row(q0));
+        copy_rows(&mut sc.a2, rq, dv, self.view(&self.d_out, ob).from_row(q0));
         sc.s.resize(T * T, 0.0);
         sc.dp.resize(T * T, 0.0);
         sc.g.resize(T * T, 0.0);
@@ -782,10 +857,10 @@ impl Ctx<'_> {
         let (dp, dvp) = (d.next_multiple_of(NR), dv.next_multiple_of(NR));
         let (qb, ob) = (self.q.base(&idx), self.d_out.base(&idx));
         if self.dk.is_some() {
-            pack_tiles(&mut sc.bq, m, d, |i, c| self.at(&self.q, qb, i, c));
+            pack_tiles(&mut sc.bq, m, d, self.view(&self.q, qb));
         }
         if self.dv.is_some() {
-            pack_tiles(&mut sc.bo, m, dv, |i, c| self.at(&self.d_out, ob, i, c));
+            pack_tiles(&mut sc.bo, m, dv, self.view(&self.d_out, ob));
         }
         for (acc, width) in [(&mut sc.dk, dp), (&mut sc.dv, dvp)] {
             acc.clear();
@@ -851,14 +926,14 @@ impl Ctx<'_> {
         );
         if sc.packed_for != Some(bi) {
             sc.packed_for = Some(bi);
-            pack_panels(&mut sc.b1, d, m, |t, i| self.at(&self.q, qb, i, t));
-            pack_panels(&mut sc.b2, dv, m, |t, i| self.at(&self.d_out, ob, i, t));
+            pack_panels(&mut sc.b1, d, m, self.view(&self.q, qb).t());
+            pack_panels(&mut sc.b2, dv, m, self.view(&self.d_out, ob).t());
             // Query tile by query tile: the queries as `dk`'s `B`, `dO` as `dv`'s.
-            pack_tiles(&mut sc.bt1, m, d, |i, c| self.at(&self.q, qb, i, c));
-            pack_tiles(&mut sc.bt2, m, dv, |i, c| self.at(&self.d_out, ob, i, c));
+            pack_tiles(&mut sc.bt1, m, d, self.view(&self.q, qb));
+            pack_tiles(&mut sc.bt2, m, dv, self.view(&self.d_out, ob));
         }
-        copy_rows(&mut sc.a1, rk, d, |j, t| self.at(&self.k, kb, t, k0 + j));
-        copy_rows(&mut sc.a2, rk, dv, |j, t| self.at(&self.v, vb, k0 + j, t));
+        copy_rows(&mut sc.a1, rk, d, self.view(&self.k, kb).t().from_row(k0));
+        copy_rows(&mut sc.a2, rk, dv, self.view(&self.v, vb).from_row(k0));
         sc.s.resize(T * T, 0.0);
         sc.dp.resize(T * T, 0.0);
         sc.g.resize(T * T, 0.0);
