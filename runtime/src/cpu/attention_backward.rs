@@ -384,7 +384,7 @@ impl View {
     }
 
     /// The matrix from row `r0` on.
-    fn from_row(self, r0: usize) -> View {
+    fn rows_from(self, r0: usize) -> View {
         View {
             base: self.base + r0 as i64 * self.rs,
             ..self
@@ -466,7 +466,7 @@ fn pack_tiles(out: &mut Vec<f32>, rows: usize, cols: usize, b: View) {
     out.clear();
     for r0 in (0..rows).step_by(T) {
         let rt = T.min(rows - r0);
-        pack_panels(&mut tile, rt, cols, b.from_row(r0));
+        pack_panels(&mut tile, rt, cols, b.rows_from(r0));
         out.extend_from_slice(&tile);
         out.resize(out.len() + (T - rt) * width, 0.0);
     }
@@ -703,8 +703,8 @@ impl Ctx<'_> {
             // Key tile by key tile: the keys as `dq`'s `B`.
             pack_tiles(&mut sc.bt1, n, d, self.view(&self.k, kb).t());
         }
-        copy_rows(&mut sc.a1, rq, d, self.view(&self.q, qb).from_row(q0));
-        copy_rows(&mut sc.a2, rq, dv, self.view(&self.d_out, ob).from_row(q0));
+        copy_rows(&mut sc.a1, rq, d, self.view(&self.q, qb).rows_from(q0));
+        copy_rows(&mut sc.a2, rq, dv, self.view(&self.d_out, ob).rows_from(q0));
         sc.s.resize(T * T, 0.0);
         sc.dp.resize(T * T, 0.0);
         sc.g.resize(T * T, 0.0);
@@ -932,8 +932,8 @@ impl Ctx<'_> {
             pack_tiles(&mut sc.bt1, m, d, self.view(&self.q, qb));
             pack_tiles(&mut sc.bt2, m, dv, self.view(&self.d_out, ob));
         }
-        copy_rows(&mut sc.a1, rk, d, self.view(&self.k, kb).t().from_row(k0));
-        copy_rows(&mut sc.a2, rk, dv, self.view(&self.v, vb).from_row(k0));
+        copy_rows(&mut sc.a1, rk, d, self.view(&self.k, kb).t().rows_from(k0));
+        copy_rows(&mut sc.a2, rk, dv, self.view(&self.v, vb).rows_from(k0));
         sc.s.resize(T * T, 0.0);
         sc.dp.resize(T * T, 0.0);
         sc.g.resize(T * T, 0.0);
