@@ -862,9 +862,15 @@ impl Ctx<'_> {
         if self.dv.is_some() {
             pack_tiles(&mut sc.bo, m, dv, self.view(&self.d_out, ob));
         }
-        for (acc, width) in [(&mut sc.dk, dp), (&mut sc.dv, dvp)] {
+        // Only the wanted gradients' sums (the other stays empty, never read).
+        for (acc, width, wanted) in [
+            (&mut sc.dk, dp, self.dk.is_some()),
+            (&mut sc.dv, dvp, self.dv.is_some()),
+        ] {
             acc.clear();
-            acc.resize(n * width, 0.0);
+            if wanted {
+                acc.resize(n * width, 0.0);
+            }
         }
         sc.pt.resize(T * T, 0.0);
         sc.gt.resize(T * T, 0.0);
