@@ -31,7 +31,7 @@ pub(super) const NARROW: usize = 16;
 /// Elements per leaf of `math::block_sum` (its `SUM_LEAF`).
 const LEAF: usize = 256;
 /// Inner indices computed at once within a leaf (`Lanes::chunk`): a slot is `SUB·W`
-/// floats (8 KiB for `WIDE`), so a kernel's slots stay in the first- or second-level
+/// floats (8 KiB for `WIDE`), so a kernel's slots stay in the second-level
 /// cache, where a leaf's (64 KiB each) spilled to the third; the chunks of
 /// `math::LaneLeafSums`, which folds them.
 const SUB: usize = 32;
@@ -55,7 +55,7 @@ pub(super) struct Wide {
     /// blocks, which are not kept.
     elems: Vec<Vec<usize>>,
     /// Per pass: the row values an element value, reduction or element store of the pass
-    /// reads, spread over the lanes of a leaf; with each, whether a reduction or element
+    /// reads, spread over the lanes of a chunk; with each, whether a reduction or element
     /// store reads it (as a block whatever its lanes hold: an element value takes a row
     /// value whose lanes agree as a scalar, and then its block is not filled).
     spread: Vec<Vec<(usize, bool)>>,
@@ -287,7 +287,7 @@ impl<const W: usize> Lanes<W> {
             }
             for &(i, block) in &wide.spread[q] {
                 if !block && self.uniform[i] {
-                    continue; // read as a scalar (`leaf`)
+                    continue; // read as a scalar (`chunk`)
                 }
                 let lanes = self.row[i];
                 for c in self.slots[i].chunks_exact_mut(W) {

@@ -764,7 +764,7 @@ pub fn block_sum(xs: &[f32]) -> f32 {
 /// accumulators from 0 over the whole chunks of 32, the same pairing of them, the tail
 /// summed from 0 in order), as `[f32; W]` arrays the compiler turns into vector adds. A
 /// leaf fed a chunk at a time need not be held whole: the wide mode computes its values 32
-/// elements at a time, in blocks that stay in the first-level cache.
+/// elements at a time, in blocks that stay in the second-level cache.
 pub struct LaneLeafSums<const W: usize> {
     acc: [[f32; W]; 32],
     tail: [f32; W],
