@@ -410,11 +410,16 @@ impl View {
         }
     }
 
-    /// Elements (`r`, `c0 .. c0 + n`) as a slice, where they are contiguous f32 (`cs` 1).
+    /// Whether each row is a contiguous run of aligned f32 (`cs` 1).
+    fn rows_contiguous(&self) -> bool {
+        let aligned = (self.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>());
+        self.mem.dtype == DType::F32 && self.cs == 1 && aligned
+    }
+
+    /// Elements (`r`, `c0 .. c0 + n`) as a slice, where rows are contiguous.
     #[inline(always)]
     fn row(&self, r: usize, c0: usize, n: usize) -> Option<&[f32]> {
-        let aligned = (self.mem.ptr as usize).is_multiple_of(std::mem::align_of::<f32>());
-        if self.mem.dtype != DType::F32 || self.cs != 1 || !aligned {
+        if !self.rows_contiguous() {
             return None;
         }
         let i = self.base + r as i64 * self.rs + c0 as i64;
@@ -434,13 +439,15 @@ fn pack_panels(out: &mut Vec<f32>, depth: usize, cols: usize, b: View) {
     let panels = cols.div_ceil(NR);
     out.clear();
     out.resize(panels * depth * NR, 0.0);
+    let bt = b.t();
+    let (by_rows, by_cols) = (b.rows_contiguous(), bt.rows_contiguous());
     for (p, panel) in out.chunks_exact_mut(depth * NR).enumerate() {
         let (c0, width) = (p * NR, NR.min(cols - p * NR));
-        if b.row(0, c0, width).is_some() {
+        if by_rows {
             for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
                 row[..width].copy_from_slice(b.row(t, c0, width).expect("rows contiguous"));
             }
-        } else if let Some(bt) = Some(b.t()).filter(|bt| bt.row(c0, 0, depth).is_some()) {
+        } else if by_cols {
             for jj in 0..width {
                 let col = bt.row(c0 + jj, 0, depth).expect("columns contiguous");
                 for (t, &x) in col.iter().enumerate() {
