@@ -491,7 +491,9 @@ pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
         }
         // 1 / sqrt(x): two correctly rounded operations.
         UnaryOp::Rsqrt => a(1.5, 0.0),
-        // Polynomial `e^x` within 1 ulp; the platform's `logf`, `sinf`, `cosf`.
+        // The CPU: polynomial `e^x` within 1 ulp; `log`, `sin`, `cos` computed in f64 and
+        // rounded once (0.5 ulp and a sliver). CUDA: libdevice's `logf` (1 ulp), `expf`,
+        // `sinf`, `cosf` (2: `cuda_unary_accuracy`).
         UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos => a(1.0, 0.0),
         // m / (m + 2), m = e^{±2|x|} - 1: three roundings near 1 ulp each at worst.
         UnaryOp::Tanh => a(3.0, 0.0),
@@ -510,10 +512,10 @@ pub fn unary_accuracy(op: UnaryOp) -> Accuracy {
         UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Sign | UnaryOp::Reciprocal => {
             Accuracy::EXACT
         }
-        // The platform's `log1pf`, `expm1f`; `tanf` near its poles loses what the argument
-        // reduction of an f32 loses. glibc's `log1pf` (2.36, every f32 tried) is within 1 ulp
-        // but at one input, 0.41421396 (0x3ed413da, where it switches forms at √2 - 1): 1.29
-        // ulp, which tests/common/accuracy.rs's dense sweep found.
+        // The CPU computes `log1p`, `expm1` and `tan` in f64 and rounds once (0.5 ulp and a
+        // sliver: `cpu::math::in_f64`); the bounds are CUDA's libdevice's (`log1pf`, `expm1f`
+        // 1 ulp, `tanf` 4: `cuda_unary_accuracy`) and, for `log1p`, glibc's `log1pf`, which
+        // the CPU used before (1.29 ulp at 0.41421396, where it switches forms at √2 - 1).
         UnaryOp::Log1p => a(1.5, 0.0),
         UnaryOp::Expm1 => a(1.0, 0.0),
         UnaryOp::Tan => a(2.0, 0.0),

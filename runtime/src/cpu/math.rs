@@ -9,6 +9,9 @@ use tc_compiler::ir::{BinaryOp, DType, UnaryOp};
 
 pub use super::halves::{narrow_to_halves, round_block, round_into, widen_halves};
 
+mod in_f64;
+pub use in_f64::{cos, expm1, log, log1p, sin, tan};
+
 /// `op(x)` in f32. `exp`, `tanh`, `erf` and the functions built on them use the
 /// branch-free polynomial kernels below (the same in scalar and block form, so a value
 /// computed per row equals the same value computed per element).
@@ -18,11 +21,11 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Neg => -x,
         UnaryOp::Abs => x.abs(),
         UnaryOp::Exp => exp(x),
-        UnaryOp::Log => x.ln(),
+        UnaryOp::Log => log(x),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Sin => x.sin(),
-        UnaryOp::Cos => x.cos(),
+        UnaryOp::Sin => sin(x),
+        UnaryOp::Cos => cos(x),
         UnaryOp::Tanh => tanh(x),
         UnaryOp::Sigmoid => sigmoid(x),
         // torch.relu propagates NaN.
@@ -38,14 +41,14 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Erf => erf(x),
         UnaryOp::Square => x * x,
         UnaryOp::Not => flag(x == 0.0),
-        UnaryOp::Log1p => x.ln_1p(),
-        UnaryOp::Expm1 => x.exp_m1(),
+        UnaryOp::Log1p => log1p(x),
+        UnaryOp::Expm1 => expm1(x),
         UnaryOp::Floor => x.floor(),
         UnaryOp::Ceil => x.ceil(),
         UnaryOp::Round => x.round_ties_even(),
         UnaryOp::Sign => sign(x),
         UnaryOp::Reciprocal => 1.0 / x,
-        UnaryOp::Tan => x.tan(),
+        UnaryOp::Tan => tan(x),
         UnaryOp::Softplus => softplus(x),
         UnaryOp::GeluTanh => gelu_tanh(x),
     }
@@ -257,7 +260,7 @@ pub fn softplus(x: f32) -> f32 {
     if x > 20.0 {
         x
     } else {
-        exp(x).ln_1p()
+        log1p(exp(x))
     }
 }
 
@@ -280,7 +283,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
 /// 0.25 ≤ |x| < 10, where the forms switch: 16.9 million inputs), which asserts these
 /// bounds; the measured maxima (2026-11-27) are in the comments.
 #[cfg(test)]
-const ERROR_BOUNDS: [(UnaryOp, f64, f64); 6] = [
+const ERROR_BOUNDS: [(UnaryOp, f64, f64); 13] = [
     // 0.983 ulp.
     (UnaryOp::Exp, 1.0, 0.0),
     // 2.19 ulp (at 0.226: `m` and `m + 2` each round where the result's ulp is largest
@@ -298,6 +301,17 @@ const ERROR_BOUNDS: [(UnaryOp, f64, f64); 6] = [
     // that ulp. For -5.5 < x ≤ -√2 the result is x/2·(1 - erf(|x|/√2)), within erf's
     // absolute error times |x|/2 (2.8e-7).
     (UnaryOp::Gelu, 4.0, 5e-7),
+    // Computed in f64 and rounded once (`in_f64`): 0.5 ulp and a sliver (each 0.500 in
+    // the sweep, 2026-11-29).
+    (UnaryOp::Log, 0.5 + 1e-6, 0.0),
+    (UnaryOp::Log1p, 0.5 + 1e-6, 0.0),
+    (UnaryOp::Expm1, 0.5 + 1e-6, 0.0),
+    (UnaryOp::Sin, 0.5 + 1e-6, 0.0),
+    (UnaryOp::Cos, 0.5 + 1e-6, 0.0),
+    (UnaryOp::Tan, 0.5 + 1e-6, 0.0),
+    // 1.47 ulp (at -4.16): `exp`'s error (within 1 ulp) carried through `log1p` (0.5); 0
+    // once e^x underflows.
+    (UnaryOp::Softplus, 2.0, f32::MIN_POSITIVE as f64),
 ];
 
 /// `a op b` in f32.
@@ -425,20 +439,43 @@ fn unary_block_with(op: UnaryOp, src: &[f32], dst: &mut [f32], pre: impl Fn(f32)
         UnaryOp::Silu => each!(|x| silu(x)),
         UnaryOp::Gelu => each!(|x| gelu(x)),
         UnaryOp::Relu => each!(|x| if x > 0.0 || x.is_nan() { x } else { 0.0 }),
-        UnaryOp::Log => each!(|x| x.ln()),
-        UnaryOp::Sin => each!(|x| x.sin()),
-        UnaryOp::Cos => each!(|x| x.cos()),
+        UnaryOp::Log => each!(|x| log(x)),
+        // Every lane the fast way, then the rare ones past its range again (the same bits
+        // as `sin(x)` element by element).
+        UnaryOp::Sin => {
+            each!(|x| in_f64::sin_fast(x));
+            slow_trig(src, dst, &pre, in_f64::sin_slow);
+        }
+        UnaryOp::Cos => {
+            each!(|x| in_f64::cos_fast(x));
+            slow_trig(src, dst, &pre, in_f64::cos_slow);
+        }
         UnaryOp::Not => each!(|x| flag(x == 0.0)),
-        UnaryOp::Log1p => each!(|x| x.ln_1p()),
-        UnaryOp::Expm1 => each!(|x| x.exp_m1()),
+        UnaryOp::Log1p => each!(|x| log1p(x)),
+        UnaryOp::Expm1 => each!(|x| expm1(x)),
         UnaryOp::Floor => each!(|x| x.floor()),
         UnaryOp::Ceil => each!(|x| x.ceil()),
         UnaryOp::Round => each!(|x| x.round_ties_even()),
         UnaryOp::Sign => each!(|x| sign(x)),
         UnaryOp::Reciprocal => each!(|x| 1.0 / x),
-        UnaryOp::Tan => each!(|x| x.tan()),
+        UnaryOp::Tan => {
+            each!(|x| in_f64::tan_fast(x));
+            slow_trig(src, dst, &pre, in_f64::tan_slow);
+        }
         UnaryOp::Softplus => each!(|x| softplus(x)),
         UnaryOp::GeluTanh => each!(|x| gelu_tanh(x)),
+    }
+}
+
+/// `dst[i] = slow(pre(src[i]))` where `pre(src[i])` is past the fast trigonometric forms'
+/// range (`in_f64::needs_slow_trig`).
+#[inline(always)]
+fn slow_trig(src: &[f32], dst: &mut [f32], pre: &impl Fn(f32) -> f32, slow: fn(f32) -> f32) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        let x = pre(s);
+        if in_f64::needs_slow_trig(x) {
+            *d = slow(x);
+        }
     }
 }
 
