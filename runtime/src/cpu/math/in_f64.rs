@@ -68,13 +68,23 @@ fn split(u: f64) -> (f64, f64) {
 pub fn log(x: f32) -> f32 {
     // Every positive f32, subnormals included, is a normal f64; the other lanes compute 1
     // (no subnormal or infinite f64 through the arithmetic: on Zen 3 a subnormal operand
-    // costs as much as a vector of results).
+    // costs as much as a vector of results). The lane tests stay in f32.
     let ok = x > 0.0 && x < f32::INFINITY;
-    let (k, f) = split(if ok { x as f64 } else { 1.0 });
+    let (k, f) = split(if ok { x } else { 1.0 } as f64);
     let y = (k.mul_add(LN2_LO, log1p_kernel(f)) + k * LN2_HI) as f32;
-    if ok {
+    special(x, ok, y, 0.0)
+}
+
+/// `y` where `ok`, else what `log` (`at = 0`) or `log1p` (`at = -1`) gives past its
+/// domain: ±0 itself (only `log1p` has it in the domain, where the sum would make -0 into
+/// +0), -inf at `at`, +inf at +inf, NaN below `at` and for NaN.
+#[inline(always)]
+fn special(x: f32, ok: bool, y: f32, at: f32) -> f32 {
+    if x == 0.0 && at != 0.0 {
+        x
+    } else if ok {
         y
-    } else if x == 0.0 {
+    } else if x == at {
         f32::NEG_INFINITY
     } else if x == f32::INFINITY {
         x
@@ -83,31 +93,20 @@ pub fn log(x: f32) -> f32 {
     }
 }
 
-/// `ln(1 + x)` (see `log`): near 0 from `x` itself (`1 + x` is not formed), elsewhere from
-/// `1 + x` in f64 (its rounding, 2^-53 relative, is far below what the f32 result keeps,
-/// `ln` being at least 0.34 in size there). -inf at -1, NaN below.
+/// `ln(1 + x)` (see `log`): `ln u` of `u = 1 + x` rounded to f64, plus what that rounding
+/// dropped, `x - (u - 1)` (exact): the correction is below 2^-53·|x|, so the sum keeps the
+/// relative accuracy of `ln` near `x = 0` where `ln u` alone would lose `x`'s low bits.
+/// -inf at -1, NaN below.
 #[inline(always)]
 pub fn log1p(x: f32) -> f32 {
-    let xd = x as f64;
-    // `1 + x` in [√½, √2): `x` is already `f`, `k` is 0.
-    let near = xd > -0.292_893_218_813_452_5 && xd < 0.414_213_562_373_095_1;
-    // (1 for the lanes past the domain, as in `log`.)
+    // (0 for the lanes past the domain, as in `log`.)
     let ok = x > -1.0 && x < f32::INFINITY;
-    let (k, f) = split(if ok { 1.0 + xd } else { 1.0 });
-    let (k, f) = if near { (0.0, xd) } else { (k, f) };
-    let y = (k.mul_add(LN2_LO, log1p_kernel(f)) + k * LN2_HI) as f32;
-    if x == 0.0 {
-        // ±0 itself (the sum above would make -0 into +0).
-        x
-    } else if ok {
-        y
-    } else if x == -1.0 {
-        f32::NEG_INFINITY
-    } else if x == f32::INFINITY {
-        x
-    } else {
-        f32::NAN
-    }
+    let xd = if ok { x } else { 0.0 } as f64;
+    let u = 1.0 + xd;
+    let dropped = xd - (u - 1.0);
+    let (k, f) = split(u);
+    let y = (k.mul_add(LN2_LO, log1p_kernel(f) + dropped) + k * LN2_HI) as f32;
+    special(x, ok, y, -1.0)
 }
 
 /// `e^x - 1` (see the module doc): `x = n·ln2 + r` with |r| ≤ ln2/2, `e^r - 1` as its
