@@ -539,7 +539,9 @@ pub fn binary_accuracy(op: BinaryOp) -> Accuracy {
         | BinaryOp::Cmp(_)
         | BinaryOp::And
         | BinaryOp::Or => Accuracy::EXACT,
-        // The platform's `powf`.
+        // The CPU computes it in f64 and rounds once (0.5 ulp and a sliver:
+        // `cpu::math::in_f64::pow`); 1 ulp was glibc's `powf`, which it used before (CUDA's
+        // `powf`: 4, `cuda_binary_accuracy`).
         BinaryOp::Pow => Accuracy {
             ulps: 1.0,
             abs: 0.0,

@@ -341,18 +341,17 @@ fn flag(b: bool) -> f32 {
     }
 }
 
-/// `torch.pow`: C `powf` (a negative base with an integral exponent is fine, with a
-/// fractional one NaN); `x ** 2` is exactly `x * x`. `pow(x, ±0)` and `pow(1, y)` are 1
-/// even for a NaN, a signaling one included: glibc's `powf` gives NaN for a signaling NaN
-/// there, where the meaning (in f64, the NaN quieted by the widening) is 1.
-#[inline]
+/// `torch.pow`: C's `pow` (a negative base with an integral exponent is fine, with a
+/// fractional one NaN), computed in f64 and rounded once (`in_f64::pow`); `x ** 2` is
+/// exactly `x * x`. `pow(x, ±0)` and `pow(1, y)` are 1 even for a NaN, a signaling one
+/// included (glibc's `powf`, used before, gave NaN for a signaling NaN there, where the
+/// meaning, in f64, the NaN quieted by the widening, is 1).
+#[inline(always)]
 pub fn pow(a: f32, b: f32) -> f32 {
     if b == 2.0 {
         a * a
-    } else if b == 0.0 || a == 1.0 {
-        1.0
     } else {
-        a.powf(b)
+        in_f64::pow(a, b)
     }
 }
 
@@ -572,9 +571,27 @@ fn binary_block_impl(op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f3
         BinaryOp::Sub => apply(a, b, dst, |x, y| x - y),
         BinaryOp::Mul => apply(a, b, dst, |x, y| x * y),
         BinaryOp::Div => apply(a, b, dst, |x, y| x / y),
-        BinaryOp::Pow => match b {
-            Operand::Scalar(2.0) => apply(a, b, dst, |x, _| x * x),
-            _ => apply(a, b, dst, pow),
+        // The loops written out: `pow` (inlined) is too large for a closure around it to be
+        // inlined into `apply`'s loop, and a closure not inlined is built outside this
+        // tier's instructions, one call an element.
+        BinaryOp::Pow => match (a, b) {
+            (_, Operand::Scalar(2.0)) => apply(a, b, dst, |x, _| x * x),
+            (Operand::Block(a), Operand::Block(b)) => {
+                for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+                    *d = pow(x, y);
+                }
+            }
+            (Operand::Block(a), Operand::Scalar(y)) => {
+                for (d, &x) in dst.iter_mut().zip(a) {
+                    *d = pow(x, y);
+                }
+            }
+            (Operand::Scalar(x), Operand::Block(b)) => {
+                for (d, &y) in dst.iter_mut().zip(b) {
+                    *d = pow(x, y);
+                }
+            }
+            (Operand::Scalar(x), Operand::Scalar(y)) => dst.fill(pow(x, y)),
         },
         BinaryOp::Maximum => apply(a, b, dst, maximum),
         BinaryOp::Minimum => apply(a, b, dst, minimum),

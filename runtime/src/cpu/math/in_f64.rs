@@ -1,4 +1,4 @@
-//! `log`, `log1p`, `expm1`, `sin`, `cos` and `tan` of an f32, computed in f64 and rounded
+//! `log`, `log1p`, `expm1`, `sin`, `cos`, `tan` and `pow` of f32s, computed in f64 and rounded
 //! once to f32: branch-free f64 polynomials (fdlibm's kernels and reductions) whose error,
 //! around 1e-15 relative, vanishes in that one rounding, so each result is the correctly
 //! rounded value but where the exact one lies within about 1e-15 of a midpoint between two
@@ -13,6 +13,14 @@
 
 // fdlibm's constants and coefficients, as published.
 #![allow(clippy::excessive_precision)]
+
+/// `a·b + c` as two roundings: the kernels need nothing finer in f64, and a fused
+/// multiply-add would be a library call in the baseline build (the scalar paths), where
+/// plain operations are the same bits in every build.
+#[inline(always)]
+fn madd(a: f64, b: f64, c: f64) -> f64 {
+    a * b + c
+}
 
 /// 1.5 · 2^52: adding it rounds an f64 of magnitude below 2^51 to an integer, which then
 /// sits in the low bits of the sum.
@@ -39,7 +47,7 @@ fn log1p_kernel(f: f64) -> f64 {
     let z = s * s;
     let mut r = LG[6];
     for &c in LG[..6].iter().rev() {
-        r = r.mul_add(z, c);
+        r = madd(r, z, c);
     }
     let r = r * z;
     let hfsq = 0.5 * f * f;
@@ -71,7 +79,7 @@ pub fn log(x: f32) -> f32 {
     // costs as much as a vector of results). The lane tests stay in f32.
     let ok = x > 0.0 && x < f32::INFINITY;
     let (k, f) = split(if ok { x } else { 1.0 } as f64);
-    let y = (k.mul_add(LN2_LO, log1p_kernel(f)) + k * LN2_HI) as f32;
+    let y = (madd(k, LN2_LO, log1p_kernel(f)) + k * LN2_HI) as f32;
     special(x, ok, y, 0.0)
 }
 
@@ -105,24 +113,19 @@ pub fn log1p(x: f32) -> f32 {
     let u = 1.0 + xd;
     let dropped = xd - (u - 1.0);
     let (k, f) = split(u);
-    let y = (k.mul_add(LN2_LO, log1p_kernel(f) + dropped) + k * LN2_HI) as f32;
+    let y = (madd(k, LN2_LO, log1p_kernel(f) + dropped) + k * LN2_HI) as f32;
     special(x, ok, y, -1.0)
 }
 
-/// `e^x - 1` (see the module doc): `x = n·ln2 + r` with |r| ≤ ln2/2, `e^r - 1` as its
-/// Taylor polynomial to `r^12/12!` (truncation below 2e-14 relative), then `2^n·(e^r - 1) +
-/// (2^n - 1)` in one fused multiply-add: no cancellation near 0 (`n` = 0 there). The
-/// argument is clamped to [-104, 89] (NaN passes); -1 and +inf come from the
-/// arithmetic at the ends.
+/// `(2^n, e^r - 1)` with `y = n·ln2 + r`, |r| ≤ ln2/2, for |y| ≤ 2^10: `e^r - 1` as its
+/// Taylor polynomial to `r^12/12!` (truncation below 2e-14 relative), `2^n` from the
+/// integer in the rounding sum's low bits.
 #[inline(always)]
-pub fn expm1(x: f32) -> f32 {
+fn exp_parts(y: f64) -> (f64, f64) {
     const INV_LN2: f64 = std::f64::consts::LOG2_E;
-    let xd = x as f64;
-    // (`clamp` keeps NaN.)
-    let xc = xd.clamp(-104.0, 89.0);
-    let t = xc.mul_add(INV_LN2, MAGIC);
+    let t = madd(y, INV_LN2, MAGIC);
     let n = t - MAGIC;
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
+    let r = madd(n, -LN2_LO, madd(n, -LN2_HI, y));
     // e^r - 1 = r + r²·(1/2! + r/3! + … + r^10/12!).
     let mut p: f64 = 1.0 / 479_001_600.0;
     for c in [
@@ -137,18 +140,77 @@ pub fn expm1(x: f32) -> f32 {
         1.0 / 6.0,
         0.5,
     ] {
-        p = p.mul_add(r, c);
+        p = madd(p, r, c);
     }
-    let em1 = (p * r).mul_add(r, r);
-    // 2^n from the integer in t's low bits (n in [-151, 129]: a normal f64).
+    let em1 = madd(p * r, r, r);
     let ni = t.to_bits().wrapping_sub(MAGIC.to_bits());
-    let scale = f64::from_bits(ni.wrapping_add(1023) << 52);
-    let y = scale.mul_add(em1, scale - 1.0) as f32;
+    (f64::from_bits(ni.wrapping_add(1023) << 52), em1)
+}
+
+/// `e^x - 1` (see the module doc): `2^n·(e^r - 1) + (2^n - 1)` from `exp_parts` in one
+/// fused multiply-add, with no cancellation near 0 (`n` = 0 there). The argument is
+/// clamped to [-104, 89] (NaN passes); -1 and +inf come from the arithmetic at the ends.
+#[inline(always)]
+pub fn expm1(x: f32) -> f32 {
+    // (`clamp` keeps NaN.)
+    let (scale, em1) = exp_parts((x as f64).clamp(-104.0, 89.0));
+    let y = madd(scale, em1, scale - 1.0) as f32;
     // ±0 itself (the polynomial makes -0 into +0).
     if x == 0.0 {
         x
     } else {
         y
+    }
+}
+
+/// `a ** b` as C's `pow` (the meaning `ir::eval` gives it; see the module doc for the
+/// rounding): `|a|^b = e^(b·ln|a|)` in f64 (`ln|a|` within 2^-52 relative, so that `b·ln|a|`,
+/// at most about 104 in size where the result is neither 0 nor infinite, is within 4e-14
+/// and `e^` of it within that relatively), negative where `a` is and `b` is an odd integer,
+/// NaN for a negative `a` and a finite non-integral `b`; C99's special values (`pow(x, ±0)`
+/// and `pow(1, y)` are 1 even for NaN; ±0 and ±inf bases; ±inf exponents) by selects.
+#[inline(always)]
+pub fn pow(a: f32, b: f32) -> f32 {
+    let ax = a.abs();
+    let finite_a = ax > 0.0 && ax < f32::INFINITY;
+    let (k, f) = split(if finite_a { ax } else { 1.0 } as f64);
+    let ln = madd(k, LN2_LO, log1p_kernel(f)) + k * LN2_HI;
+    // Past ±160 the f32 result is 0 or infinite either way (and `exp_parts` needs |y| ≤
+    // 2^10); `b` infinite is a special value below.
+    let y = (b as f64 * ln).clamp(-160.0, 160.0);
+    let (scale, em1) = exp_parts(if y.is_nan() { 0.0 } else { y });
+    let mag = madd(scale, em1, scale) as f32;
+    // Integral and odd by a truncating conversion (no `trunc`, a library call in the
+    // baseline build): every f32 from 2^23 on is an integer, from 2^24 on an even one.
+    let bi = b as i32;
+    let integral = b.abs() >= 8_388_608.0 || bi as f32 == b;
+    let odd = integral && b.abs() < 16_777_216.0 && bi & 1 == 1;
+    let negative = a.is_sign_negative() && odd;
+    // ±0 and ±inf bases: 0 or inf by whether the result grows, signed as the general case.
+    let edge = if (ax == 0.0) == (b < 0.0) {
+        f32::INFINITY
+    } else {
+        0.0
+    };
+    let signed = |m: f32| if negative { -m } else { m };
+    if b == 0.0 || a == 1.0 {
+        1.0
+    } else if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if b.is_infinite() {
+        if ax == 1.0 {
+            1.0
+        } else if (ax < 1.0) == (b < 0.0) {
+            f32::INFINITY
+        } else {
+            0.0
+        }
+    } else if !finite_a {
+        signed(edge)
+    } else if a < 0.0 && !integral {
+        f32::NAN
+    } else {
+        signed(mag)
     }
 }
 
@@ -166,9 +228,9 @@ fn reduce(x: f32) -> (u64, f64) {
     const P2: f64 = 6.077_100_506_303_965_976_6e-11;
     const P3: f64 = 2.022_266_248_711_166_455_8e-21;
     let xd = x as f64;
-    let t = xd.mul_add(INV_PIO2, MAGIC);
+    let t = madd(xd, INV_PIO2, MAGIC);
     let q = t - MAGIC;
-    let r = q.mul_add(-P3, q.mul_add(-P2, q.mul_add(-P1, xd)));
+    let r = madd(q, -P3, madd(q, -P2, madd(q, -P1, xd)));
     (t.to_bits() & 3, r)
 }
 
@@ -186,9 +248,9 @@ fn sin_kernel(r: f64) -> f64 {
     let z = r * r;
     let mut p = S[5];
     for &c in S[..5].iter().rev() {
-        p = p.mul_add(z, c);
+        p = madd(p, z, c);
     }
-    (r * z).mul_add(p, r)
+    madd(r * z, p, r)
 }
 
 /// `cos r` for |r| ≤ π/4 (fdlibm's `__kernel_cos` polynomial: error below 2^-58).
@@ -205,10 +267,10 @@ fn cos_kernel(r: f64) -> f64 {
     let z = r * r;
     let mut p = C[5];
     for &c in C[..5].iter().rev() {
-        p = p.mul_add(z, c);
+        p = madd(p, z, c);
     }
     // 1 - z/2 + z²·p: the half taken first keeps the sum accurate near r = 0.
-    (z * z).mul_add(p, 1.0 - 0.5 * z)
+    madd(z * z, p, 1.0 - 0.5 * z)
 }
 
 /// Whether `sin`, `cos` or `tan` of `x` is the platform's (see `TRIG_FAST_MAX`): the block
@@ -352,6 +414,43 @@ mod tests {
         for f in [sin, cos, tan] {
             assert!(f(inf).is_nan() && f(-inf).is_nan() && f(f32::NAN).is_nan());
         }
+        let nan = f32::NAN;
+        for (a, b, want) in [
+            (nan, 0.0, 1.0),
+            (1.0, nan, 1.0),
+            (-1.0, inf, 1.0),
+            (-1.0, -inf, 1.0),
+            (0.5, inf, 0.0),
+            (0.5, -inf, inf),
+            (2.0, inf, inf),
+            (-2.0, -inf, 0.0),
+            (0.0, -3.0, inf),
+            (-0.0, -3.0, -inf),
+            (-0.0, -2.0, inf),
+            (-0.0, 3.0, -0.0),
+            (-0.0, 2.5, 0.0),
+            (-inf, 3.0, -inf),
+            (-inf, -3.0, -0.0),
+            (-inf, 2.0, inf),
+            (inf, -0.5, 0.0),
+            (-2.0, 3.0, -8.0),
+            (-2.0, -1.0, -0.5),
+            (2.0, 10.0, 1024.0),
+            (3.0, 2.0, 9.0),
+            (4.0, 0.5, 2.0),
+            (-8.0, 1e30, inf),
+            (-0.5, 1e30, 0.0),
+            (10.0, 39.0, inf),
+            (10.0, -46.0, 0.0),
+        ] {
+            let got = pow(a, b);
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "pow({a}, {b}) = {got}, not {want}"
+            );
+        }
+        assert!(pow(-2.0, 0.5).is_nan() && pow(nan, 1.0).is_nan() && pow(2.0, nan).is_nan());
         assert_eq!(sin(-0.0).to_bits(), (-0.0f32).to_bits());
         assert_eq!(cos(0.0), 1.0);
         for x in [0.5f32, 1.0, 3.0, -7.25, 1e3, 1e6, 2e6, 1e20, 3e38] {
@@ -407,5 +506,49 @@ mod tests {
             eprintln!("{name}: {worst:.6} ulp");
             assert!(worst <= 0.5 + 1e-6, "{name}: {worst} ulp");
         }
+        // `pow` on a grid: every 65537th f32 bit pattern as the base against exponents of
+        // every kind (integers, halves, small and large, every 99991st f32 of ±[2^-8, 2^8)).
+        let bases: Vec<f32> = (0..=u32::MAX)
+            .step_by(65537)
+            .map(f32::from_bits)
+            .filter(|x| x.is_finite())
+            .collect();
+        let mut exps: Vec<f32> = vec![2.0, 3.0, -1.0, 0.5, -0.5, 1.5, 7.0, -3.0, 1e-3, 40.0];
+        exps.extend(
+            (0x3b80_0000u32..0x4380_0000)
+                .step_by(99991)
+                .flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)]),
+        );
+        let worst = exps
+            .par_iter()
+            .map(|&b| {
+                let mut worst = 0f64;
+                for &a in &bases {
+                    let w = (a as f64).powf(b as f64);
+                    let got = pow(a, b);
+                    let e = if w.is_nan() {
+                        if got.is_nan() {
+                            0.0
+                        } else {
+                            f64::INFINITY
+                        }
+                    } else if w.abs() > f32::MAX as f64 {
+                        if got.is_infinite() || w.abs() < 3.41e38 {
+                            0.0
+                        } else {
+                            f64::INFINITY
+                        }
+                    } else {
+                        ulps(got, w)
+                    };
+                    if e > worst {
+                        worst = e;
+                    }
+                }
+                worst
+            })
+            .reduce(|| 0.0, f64::max);
+        eprintln!("pow: {worst:.6} ulp");
+        assert!(worst <= 0.5 + 1e-6, "pow: {worst} ulp");
     }
 }
