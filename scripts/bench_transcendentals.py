@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Elementwise programs of `log`, `sin`·`cos` and `softplus` over N f32s (default 2^24) on
+"""Elementwise programs of `log`, `sin`·`cos`, `softplus` and `**` over N f32s (default 2^24) on
 tc's CPU executor and the peers of `scripts/bench_peers.py` (JAX jit, torch.compile, torch
 eager, NumPy), each side in a fresh process, best of `--reps` runs after a first call, the
 same seeded normal data: the figures of docs/benchmarks.md's "Logarithms and trigonometry
@@ -21,6 +21,7 @@ PROGRAMS = {
     "log": ("log(abs(x) + 0.001)", "X.log(X.abs(x) + X.float32(0.001))", "torch.log(torch.abs(x) + 0.001)"),
     "sin_cos": ("sin(x) * cos(x)", "X.sin(x) * X.cos(x)", "torch.sin(x) * torch.cos(x)"),
     "softplus": ("softplus(x)", "X.logaddexp(X.float32(0), x)", "torch.nn.functional.softplus(x)"),
+    "pow": ("abs(x) ** 1.5", "X.abs(x) ** X.float32(1.5)", "torch.abs(x) ** 1.5"),
 }
 SIDES = ["tc", "xla", "inductor", "eager", "numpy"]
 

@@ -21,11 +21,11 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Neg => -x,
         UnaryOp::Abs => x.abs(),
         UnaryOp::Exp => exp(x),
-        UnaryOp::Log => log(x),
+        UnaryOp::Log => in_f64_unary(op, x),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Sin => sin(x),
-        UnaryOp::Cos => cos(x),
+        UnaryOp::Sin => in_f64_unary(op, x),
+        UnaryOp::Cos => in_f64_unary(op, x),
         UnaryOp::Tanh => tanh(x),
         UnaryOp::Sigmoid => sigmoid(x),
         // torch.relu propagates NaN.
@@ -41,15 +41,15 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Erf => erf(x),
         UnaryOp::Square => x * x,
         UnaryOp::Not => flag(x == 0.0),
-        UnaryOp::Log1p => log1p(x),
-        UnaryOp::Expm1 => expm1(x),
+        UnaryOp::Log1p => in_f64_unary(op, x),
+        UnaryOp::Expm1 => in_f64_unary(op, x),
         UnaryOp::Floor => x.floor(),
         UnaryOp::Ceil => x.ceil(),
         UnaryOp::Round => x.round_ties_even(),
         UnaryOp::Sign => sign(x),
         UnaryOp::Reciprocal => 1.0 / x,
-        UnaryOp::Tan => tan(x),
-        UnaryOp::Softplus => softplus(x),
+        UnaryOp::Tan => in_f64_unary(op, x),
+        UnaryOp::Softplus => in_f64_unary(op, x),
         UnaryOp::GeluTanh => gelu_tanh(x),
     }
 }
@@ -322,7 +322,7 @@ pub fn binary(op: BinaryOp, a: f32, b: f32) -> f32 {
         BinaryOp::Sub => a - b,
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
-        BinaryOp::Pow => pow(a, b),
+        BinaryOp::Pow => pow_scalar(a, b),
         BinaryOp::Maximum => maximum(a, b),
         BinaryOp::Minimum => minimum(a, b),
         BinaryOp::Cmp(c) => flag(tc_compiler::ir::eval::compare(c, a as f64, b as f64)),
@@ -463,6 +463,22 @@ fn unary_block_with(op: UnaryOp, src: &[f32], dst: &mut [f32], pre: impl Fn(f32)
         }
         UnaryOp::Softplus => each!(|x| softplus(x)),
         UnaryOp::GeluTanh => each!(|x| gelu_tanh(x)),
+    }
+}
+
+/// `in_f64_unary`'s body: the ops `in_f64` computes, and `softplus`; any other op as
+/// `unary`.
+#[inline(always)]
+fn in_f64_unary_impl(op: UnaryOp, x: f32) -> f32 {
+    match op {
+        UnaryOp::Log => log(x),
+        UnaryOp::Log1p => log1p(x),
+        UnaryOp::Expm1 => expm1(x),
+        UnaryOp::Sin => sin(x),
+        UnaryOp::Cos => cos(x),
+        UnaryOp::Tan => tan(x),
+        UnaryOp::Softplus => softplus(x),
+        _ => unary(op, x),
     }
 }
 
@@ -1643,6 +1659,16 @@ macro_rules! dispatch {
 dispatch! {
     /// `dst[i] = op(src[i])`.
     fn unary_block / unary_block_in (op: UnaryOp, src: &[f32], dst: &mut [f32]) -> () = unary_block_impl
+}
+dispatch! {
+    /// `op(x)` for an op computed in f64 (`in_f64`; and `softplus`, through its `log1p`),
+    /// one value: `unary`'s form, built for the widest tier, so that its multiply-adds are
+    /// instructions rather than library calls.
+    fn in_f64_unary / in_f64_unary_in (op: UnaryOp, x: f32) -> f32 = in_f64_unary_impl
+}
+dispatch! {
+    /// `pow(a, b)`, one value (`binary`'s form), built for the widest tier (see `in_f64_unary`).
+    fn pow_scalar / pow_scalar_in (a: f32, b: f32) -> f32 = pow
 }
 dispatch! {
     /// `dst[i] = a[i] op b[i]`, either side possibly a scalar.

@@ -14,12 +14,12 @@
 // fdlibm's constants and coefficients, as published.
 #![allow(clippy::excessive_precision)]
 
-/// `a·b + c` as two roundings: the kernels need nothing finer in f64, and a fused
-/// multiply-add would be a library call in the baseline build (the scalar paths), where
-/// plain operations are the same bits in every build.
+/// `a·b + c` rounded once: one instruction in the builds with FMA (the block loops, and
+/// the scalar forms through `math::in_f64_unary`/`math::pow_scalar`, which are built for
+/// the widest tier), a library call in the baseline build, the same bits everywhere.
 #[inline(always)]
 fn madd(a: f64, b: f64, c: f64) -> f64 {
-    a * b + c
+    a.mul_add(b, c)
 }
 
 /// 1.5 · 2^52: adding it rounds an f64 of magnitude below 2^51 to an integer, which then
