@@ -561,59 +561,41 @@ pub enum Operand<'a> {
 /// `dst[i] = a[i] op b[i]` with either side possibly a scalar.
 #[inline(always)]
 fn binary_block_impl(op: BinaryOp, a: Operand<'_>, b: Operand<'_>, dst: &mut [f32]) {
-    #[inline(always)]
-    fn apply(a: Operand<'_>, b: Operand<'_>, dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
-        match (a, b) {
-            (Operand::Block(a), Operand::Block(b)) => {
-                for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-                    *d = f(x, y);
+    // `$e` of `x` and `y` over the block, written into each loop (a closure around a large
+    // inlined function, `pow`, would not be inlined, and one not inlined is built outside
+    // this tier's instructions: a call an element).
+    macro_rules! apply {
+        (|$x:ident, $y:ident| $e:expr) => {
+            match (a, b) {
+                (Operand::Block(a), Operand::Block(b)) => {
+                    for ((d, &$x), &$y) in dst.iter_mut().zip(a).zip(b) {
+                        *d = $e;
+                    }
                 }
-            }
-            (Operand::Block(a), Operand::Scalar(y)) => {
-                for (d, &x) in dst.iter_mut().zip(a) {
-                    *d = f(x, y);
+                (Operand::Block(a), Operand::Scalar($y)) => {
+                    for (d, &$x) in dst.iter_mut().zip(a) {
+                        *d = $e;
+                    }
                 }
-            }
-            (Operand::Scalar(x), Operand::Block(b)) => {
-                for (d, &y) in dst.iter_mut().zip(b) {
-                    *d = f(x, y);
+                (Operand::Scalar($x), Operand::Block(b)) => {
+                    for (d, &$y) in dst.iter_mut().zip(b) {
+                        *d = $e;
+                    }
                 }
+                (Operand::Scalar($x), Operand::Scalar($y)) => dst.fill($e),
             }
-            (Operand::Scalar(x), Operand::Scalar(y)) => dst.fill(f(x, y)),
-        }
+        };
     }
     match op {
-        BinaryOp::Add => apply(a, b, dst, |x, y| x + y),
-        BinaryOp::Sub => apply(a, b, dst, |x, y| x - y),
-        BinaryOp::Mul => apply(a, b, dst, |x, y| x * y),
-        BinaryOp::Div => apply(a, b, dst, |x, y| x / y),
-        // The loops written out: `pow` (inlined) is too large for a closure around it to be
-        // inlined into `apply`'s loop, and a closure not inlined is built outside this
-        // tier's instructions, one call an element.
-        BinaryOp::Pow => match (a, b) {
-            (_, Operand::Scalar(2.0)) => apply(a, b, dst, |x, _| x * x),
-            (Operand::Block(a), Operand::Block(b)) => {
-                for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-                    *d = pow(x, y);
-                }
-            }
-            (Operand::Block(a), Operand::Scalar(y)) => {
-                for (d, &x) in dst.iter_mut().zip(a) {
-                    *d = pow(x, y);
-                }
-            }
-            (Operand::Scalar(x), Operand::Block(b)) => {
-                for (d, &y) in dst.iter_mut().zip(b) {
-                    *d = pow(x, y);
-                }
-            }
-            (Operand::Scalar(x), Operand::Scalar(y)) => dst.fill(pow(x, y)),
-        },
-        BinaryOp::Maximum => apply(a, b, dst, maximum),
-        BinaryOp::Minimum => apply(a, b, dst, minimum),
-        BinaryOp::Cmp(_) | BinaryOp::And | BinaryOp::Or => {
-            apply(a, b, dst, |x, y| binary(op, x, y))
-        }
+        BinaryOp::Add => apply!(|x, y| x + y),
+        BinaryOp::Sub => apply!(|x, y| x - y),
+        BinaryOp::Mul => apply!(|x, y| x * y),
+        BinaryOp::Div => apply!(|x, y| x / y),
+        BinaryOp::Pow if matches!(b, Operand::Scalar(2.0)) => apply!(|x, _y| x * x),
+        BinaryOp::Pow => apply!(|x, y| pow(x, y)),
+        BinaryOp::Maximum => apply!(|x, y| maximum(x, y)),
+        BinaryOp::Minimum => apply!(|x, y| minimum(x, y)),
+        BinaryOp::Cmp(_) | BinaryOp::And | BinaryOp::Or => apply!(|x, y| binary(op, x, y)),
     }
 }
 
