@@ -7,9 +7,9 @@
 //! four doubles a 256-bit vector, where the platform's `logf`/`sinf`… are one call an
 //! element (5–18 ns on Zen 3 against 2–4 here, `exp` being 0.6). `sin`, `cos` and `tan`
 //! reduce by π/2 in three parts (exact for |x| < 2^20·π/2); larger arguments (and the
-//! infinities) take the platform's f64 function, which reduces exactly (`TRIG_FAST_MAX`): the block loops
-//! compute every lane the fast way, then redo those few (`needs_slow_trig`), so a block
-//! gives the very bits of the scalar form.
+//! infinities) take the platform's f64 function, which reduces exactly (`TRIG_FAST_MAX`):
+//! the block loops compute every lane the fast way, then redo those few
+//! (`needs_slow_trig`), so a block gives the very bits of the scalar form.
 
 // fdlibm's constants and coefficients, as published.
 #![allow(clippy::excessive_precision)]
