@@ -70,6 +70,14 @@ fn split(u: f64) -> (f64, f64) {
     (k, m - 1.0)
 }
 
+/// `ln u + extra` for a positive normal `u` (`extra` a correction far below `ln u`'s last
+/// bits, or 0): `k·ln2 + log(1 + f)` from `split`, `ln2` in two parts.
+#[inline(always)]
+fn ln_plus(u: f64, extra: f64) -> f64 {
+    let (k, f) = split(u);
+    madd(k, LN2_LO, log1p_kernel(f) + extra) + k * LN2_HI
+}
+
 /// `ln x`, correctly rounded but within about 1e-15 of a midpoint (see the module doc); NaN
 /// below 0, -inf at ±0, +inf at +inf.
 #[inline(always)]
@@ -78,8 +86,7 @@ pub fn log(x: f32) -> f32 {
     // (no subnormal or infinite f64 through the arithmetic: on Zen 3 a subnormal operand
     // costs as much as a vector of results). The lane tests stay in f32.
     let ok = x > 0.0 && x < f32::INFINITY;
-    let (k, f) = split(if ok { x } else { 1.0 } as f64);
-    let y = (madd(k, LN2_LO, log1p_kernel(f)) + k * LN2_HI) as f32;
+    let y = ln_plus(if ok { x } else { 1.0 } as f64, 0.0) as f32;
     special(x, ok, y, 0.0)
 }
 
@@ -112,8 +119,7 @@ pub fn log1p(x: f32) -> f32 {
     let xd = if ok { x } else { 0.0 } as f64;
     let u = 1.0 + xd;
     let dropped = xd - (u - 1.0);
-    let (k, f) = split(u);
-    let y = (madd(k, LN2_LO, log1p_kernel(f) + dropped) + k * LN2_HI) as f32;
+    let y = ln_plus(u, dropped) as f32;
     special(x, ok, y, -1.0)
 }
 
@@ -173,8 +179,7 @@ pub fn expm1(x: f32) -> f32 {
 pub fn pow(a: f32, b: f32) -> f32 {
     let ax = a.abs();
     let finite_a = ax > 0.0 && ax < f32::INFINITY;
-    let (k, f) = split(if finite_a { ax } else { 1.0 } as f64);
-    let ln = madd(k, LN2_LO, log1p_kernel(f)) + k * LN2_HI;
+    let ln = ln_plus(if finite_a { ax } else { 1.0 } as f64, 0.0);
     // Past ±160 the f32 result is 0 or infinite either way (and `exp_parts` needs |y| ≤
     // 2^10); `b` infinite is a special value below.
     let y = (b as f64 * ln).clamp(-160.0, 160.0);
