@@ -18,6 +18,7 @@
 //! do kernels with an index value or a `where`. A max or min is `math::block_extremum`'s
 //! per lane (`Extremum`), its 32 interleaved accumulators fed a chunk at a time.
 
+use super::block::Block;
 use super::fused::{self, Access, Prepared, Scratch};
 use super::math::{self, KahanSum, LaneLeafSums, Operand};
 use tc_compiler::ir::{DType, ReduceOp};
@@ -222,7 +223,7 @@ pub(super) unsafe fn run(p: &Prepared, wide: &Wide) {
 /// Per-thread state of the wide mode: a leaf's block per value, the lanes' row values and
 /// sums, the access bases of the group's first row.
 struct Lanes<const W: usize> {
-    slots: Vec<Vec<f32>>,
+    slots: Vec<Block>,
     row: Vec<[f32; W]>,
     /// Per row value: every lane holds the same bits (an operand then is a scalar).
     uniform: Vec<bool>,
@@ -256,7 +257,14 @@ impl<const W: usize> Lanes<W> {
             slots: wide
                 .slot
                 .iter()
-                .map(|&s| if s { vec![0f32; SUB * W] } else { Vec::new() })
+                .enumerate()
+                .map(|(j, &s)| {
+                    if s {
+                        Block::new(SUB * W, j)
+                    } else {
+                        Block::default()
+                    }
+                })
                 .collect(),
             row,
             uniform: vec![true; n],

@@ -18,6 +18,7 @@
 //! rows are adjacent (a column reduction) runs in the wide mode of `cpu::columns`: 64 or 16
 //! rows at once, each row's values and sums the very bits of the row path.
 
+use super::block::Block;
 use super::math::{self, KahanSum, Operand};
 use super::{CpuError, Mem};
 use rayon::prelude::*;
@@ -617,7 +618,7 @@ pub(super) fn check_bounds(
 
 /// Per-thread state: one block per inst, row values, reduction accumulators, access bases.
 pub(super) struct Scratch {
-    slots: Vec<Vec<f32>>,
+    slots: Vec<Block>,
     /// Per inst: where its block is when not in its slot (a load read in place, a value
     /// computed straight into a store's buffer), else null.
     views: Vec<*const f32>,
@@ -659,9 +660,9 @@ impl Scratch {
             slots: (0..n)
                 .map(|i| {
                     if p.slot[i] {
-                        vec![0f32; p.block]
+                        Block::new(p.block, i)
                     } else {
-                        Vec::new()
+                        Block::default()
                     }
                 })
                 .collect(),

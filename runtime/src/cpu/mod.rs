@@ -12,6 +12,7 @@ mod attention;
 #[cfg(feature = "test-support")]
 pub use attention::{TileCount, TILE_LOG};
 mod attention_backward;
+mod block;
 mod columns;
 mod epilogue;
 mod fused;
