@@ -22,6 +22,7 @@ mod index;
 mod index_add;
 mod math;
 mod matmul;
+mod outputs;
 mod peephole;
 mod prologue;
 #[cfg(test)]
@@ -324,6 +325,53 @@ fn run_observed(
         mems.push(mem);
     }
 
+    // Output bytes still to take out of the arena (moved or copied); everything else is
+    // handed back to the system before and while they leave, so copies do not add to the
+    // peak. Outputs moved out leave holes, and an arena with holes is not kept for the next
+    // run (`arena`), which then faults a fresh one in: so when the outputs to copy come to
+    // at most `WARM_COPY_MAX` bytes in all, those that could move are copied too (a 2 MiB
+    // hole costs ~1.5 ms of page faults here, its copy ~0.1 ms, and none at all where
+    // `tune_host_allocator` has the allocator hand the copies the last run's freed output
+    // pages), and larger ones still move. On an arena kept from an earlier run, whose pages
+    // are resident already, releasing them would only make the next run fault them in
+    // again: there, with such copies, nothing is released, so the peak grows by at most
+    // `WARM_COPY_MAX`, and the outputs that can are computed in their vectors from the
+    // start instead of copied at the end (`outputs`).
+    let mut keep: Vec<(usize, usize)> = plan
+        .outputs
+        .iter()
+        .map(|o| arena_range(plan, o, base as usize))
+        .collect();
+    let copy_small = keep
+        .iter()
+        .zip(&dests)
+        .filter(|(_, d)| d.as_ref().is_none_or(|v| v.capacity() <= WARM_COPY_MAX))
+        .map(|(&(a, b), _)| b.saturating_sub(a))
+        .sum::<usize>()
+        <= WARM_COPY_MAX;
+    let release = !(arena.reused() && copy_small);
+    let mut written_out: Vec<Option<Vec<u8>>> = vec![None; plan.outputs.len()];
+    if !release {
+        for (k, chain) in outputs::chains(plan).into_iter().enumerate() {
+            let Some(chain) = chain else { continue };
+            let len = plan.buffer(chain[0]).bytes as usize;
+            let mut v = match dests[k].take() {
+                Some(v) if v.capacity() >= len => v,
+                _ => Vec::with_capacity(len),
+            };
+            // (Every buffer's offset in the arena is 16-byte aligned; so is `malloc`'s.)
+            if !(v.as_ptr() as usize).is_multiple_of(16) {
+                continue;
+            }
+            for b in &chain {
+                mems[b.index()].ptr = v.as_mut_ptr();
+            }
+            #[cfg(test)]
+            outputs::WRITTEN_OUT.with(|n| n.set(n.get() + 1));
+            written_out[k] = Some(v);
+        }
+    }
+
     // (Only a plan with products never stored whole needs each kernel's reads checked.)
     let any_tiles = mems.iter().any(Mem::is_tile);
     let mut i = 0;
@@ -387,37 +435,24 @@ fn run_observed(
         i += if with_next { 2 } else { 1 };
     }
 
-    // Output bytes still to take out of the arena (moved or copied); everything else is
-    // handed back to the system before and while they leave, so copies do not add to the
-    // peak. Outputs moved out leave holes, and an arena with holes is not kept for the next
-    // run (`arena`), which then faults a fresh one in: so when the outputs to copy come to
-    // at most `WARM_COPY_MAX` bytes in all, those that could move are copied too (a 2 MiB
-    // hole costs ~1.5 ms of page faults here, its copy ~0.1 ms, and none at all where
-    // `tune_host_allocator` has the allocator hand the copies the last run's freed output
-    // pages), and larger ones still move. On an arena kept from an earlier run, whose pages
-    // are resident already, releasing them would only make the next run fault them in
-    // again: there, with such copies, nothing is released, so the peak grows by at most
-    // `WARM_COPY_MAX`.
-    let mut keep: Vec<(usize, usize)> = plan
-        .outputs
-        .iter()
-        .map(|o| arena_range(plan, o, base as usize))
-        .collect();
-    let copy_small = keep
-        .iter()
-        .zip(&dests)
-        .filter(|(_, d)| d.as_ref().is_none_or(|v| v.capacity() <= WARM_COPY_MAX))
-        .map(|(&(a, b), _)| b.saturating_sub(a))
-        .sum::<usize>()
-        <= WARM_COPY_MAX;
-    let release = !(arena.reused() && copy_small);
     if release {
         arena.release_except(&keep);
     }
     let mut outs = Vec::with_capacity(plan.outputs.len());
-    for (o, dest) in plan.outputs.iter().zip(dests.iter_mut()) {
+    for ((o, dest), out) in plan.outputs.iter().zip(dests.iter_mut()).zip(written_out) {
         if !keep.is_empty() {
             keep.remove(0);
+        }
+        if let Some(mut bytes) = out {
+            // SAFETY: the plan wrote every byte of the output's buffer, which lives in
+            // this vector's capacity (`outputs::chains`: a whole buffer, `len` bytes).
+            unsafe { bytes.set_len(plan.buffer(o.buffer).bytes as usize) };
+            outs.push(HostTensor {
+                dtype: o.dtype,
+                shape: o.shape.clone(),
+                bytes,
+            });
+            continue;
         }
         let mem = *mems.get(o.buffer.index()).ok_or_else(|| {
             CpuError::BadPlan(format!(

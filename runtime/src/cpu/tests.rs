@@ -2482,3 +2482,59 @@ fn kahan_lanes_are_kahan_sums_per_lane_in_every_tier() {
     check::<16>();
     check::<3>();
 }
+
+#[test]
+fn outputs_computed_in_their_vectors_have_the_bits_of_outputs_copied_out() {
+    // A run on a kept arena computes the gradients (and train_mlp's updated weights, each
+    // in place of its gradient) in their vectors (`outputs`), a first run copies or moves
+    // them out of the arena: the same bits either way, run after run. Fails when an output's
+    // values do not reach its vector (its buffer left in the arena) or when another buffer
+    // shares the vector's bytes.
+    type Case<'a> = (&'a str, &'a [(&'a str, u64)], usize);
+    let cases: [Case; 2] = [
+        (
+            include_str!("../../../examples/train_block.tx"),
+            &[
+                ("B", 1),
+                ("S", 128),
+                ("D", 256),
+                ("H", 4),
+                ("Dh", 64),
+                ("F", 512),
+            ],
+            6,
+        ),
+        (
+            include_str!("../../../examples/train_mlp.tx"),
+            &[("B", 256), ("D", 128), ("H", 512), ("C", 128)],
+            2,
+        ),
+    ];
+    for (source, dims, at_least) in cases {
+        let options = tc_compiler::CompileOptions {
+            dims: dims.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            plan: Default::default(),
+        };
+        let program = tc_compiler::compile(source, &options).expect("compiles");
+        assert!(program.plan.arena_bytes >= 1 << 20, "a mapped arena, kept");
+        let (inputs, params) =
+            crate::data::load_leaves(&program.checked, &[], None, 0).expect("data");
+        let written = || super::outputs::WRITTEN_OUT.with(|n| n.get());
+        let first = run(&program.plan, &inputs, &params).expect("runs");
+        // The arena is kept process-wide: another test's run may take it between two of
+        // these, so run until a run has found it (almost always the second).
+        let mut found = false;
+        for _ in 0..20 {
+            let before = written();
+            let again = run(&program.plan, &inputs, &params).expect("runs");
+            for (o, (a, b)) in program.plan.outputs.iter().zip(first.iter().zip(&again)) {
+                assert!(a.bytes == b.bytes, "{} differs between runs", o.name);
+            }
+            if written() >= before + at_least {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "no run computed {at_least} outputs in their vectors");
+    }
+}
