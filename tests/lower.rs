@@ -317,3 +317,87 @@ fn the_verifier_catches_bent_kernel_ir() {
         Err(Error::RowAccessMoves { .. })
     ));
 }
+
+/// `row_plan` with `x` in the arena and a store of `exp(x)` into `w`, computed in place of
+/// `x` (the same bytes); with `also_z`, `z = x - sum(x)` is stored too (a second pass that
+/// reads `x`). With `into_x`, the store writes `x` itself.
+fn in_place_plan(also_z: bool, into_x: bool) -> Plan {
+    let (body, mut stores) = good_body();
+    let mut body = body;
+    body.push(inst(InstOp::Unary(UnaryOp::Exp, 0), Level::Element));
+    let mut plan = row_plan(body, Vec::new());
+    let bytes = plan.buffers[0].bytes;
+    plan.buffers[0].kind = BufferKind::Arena;
+    plan.buffers[0].offset = 4096;
+    plan.inputs.clear();
+    let mut w = buffer(
+        "w",
+        BufferKind::Arena,
+        DType::F32,
+        &plan.buffers[0].shape.clone(),
+    );
+    w.offset = 4096;
+    w.in_place_of = Some(BufferId(0));
+    plan.buffers.push(w);
+    plan.arena_bytes = 4096 + bytes;
+    if !also_z {
+        stores.truncate(1);
+    }
+    stores.push(Store {
+        inst: 4,
+        buffer: BufferId(if into_x { 0 } else { 3 }),
+        region: None,
+    });
+    let KernelKind::Fused(f) = &mut plan.kernels[0].kind else {
+        unreachable!("a fused kernel")
+    };
+    f.stores = stores;
+    plan
+}
+
+#[test]
+fn an_element_store_in_place_of_its_input_is_written_in_the_first_pass_unless_a_later_pass_reads_it(
+) {
+    // Alone beside a row sum (a column sum's shape): written as the sum is taken, so the
+    // elements are computed once (in the last pass, the walk would compute them again).
+    let ir = lowered(&in_place_plan(false, false)).expect("lowers");
+    lower::verify(&ir).expect("verifies");
+    let w = ir
+        .stores
+        .iter()
+        .find(|s| s.buffer == BufferId(3))
+        .expect("w");
+    assert_eq!(w.pass, PassId(0));
+    assert!(ir.passes[1].elements.is_empty(), "{:?}", ir.passes[1]);
+    // Beside `z = x - sum(x)`, whose pass reads `x` again: `w` over `x` in pass 0 would
+    // change what pass 1 reads, so it waits for the last pass.
+    let ir = lowered(&in_place_plan(true, false)).expect("lowers");
+    lower::verify(&ir).expect("verifies");
+    let w = ir
+        .stores
+        .iter()
+        .find(|s| s.buffer == BufferId(3))
+        .expect("w");
+    assert_eq!(w.pass, PassId(1));
+    // The same into `x` itself: the last pass, and the verifier refuses it in pass 0.
+    let ir = lowered(&in_place_plan(true, true)).expect("lowers");
+    lower::verify(&ir).expect("verifies");
+    let s = ir
+        .stores
+        .iter()
+        .position(|s| s.buffer == BufferId(0))
+        .expect("into x");
+    assert_eq!(ir.stores[s].pass, PassId(1));
+    let mut bent = ir.clone();
+    let id = lower::StoreId::new(s);
+    bent.passes[1].stores.retain(|&t| t != id);
+    bent.passes[0].stores.push(id);
+    bent.stores[s].pass = PassId(0);
+    let v = bent.stores[s].value;
+    bent.passes[0].elements.push(v);
+    assert!(
+        matches!(lower::verify(&bent), Err(Error::BadStore { .. })),
+        "{:?}",
+        lower::verify(&bent)
+    );
+}

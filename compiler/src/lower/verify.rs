@@ -21,7 +21,10 @@
 //!    values available by then, and include the element operands of its reductions and
 //!    the element values it stores;
 //! 7. a row-order store writes a row value, in the last pass; every store is written in
-//!    one pass, no earlier than its value is available.
+//!    one pass, no earlier than its value is available;
+//! 8. an element store written before the last pass into a buffer a load of the kernel
+//!    reads (the same buffer; `lower` also checks buffers that share memory) is in place:
+//!    the load reads exactly the stored elements, plainly, and no later pass reads it.
 
 use super::{KernelIr, Level, PassId, ValueId, ValueOp};
 use crate::schedule::{FusedKernel, InstOp, Plan};
@@ -456,6 +459,33 @@ pub fn verify(k: &KernelIr) -> Result<(), Error> {
                     kernel: kernel(),
                     access: format!("store {store}"),
                 });
+            }
+        }
+        // 8.
+        if st.order == Level::Element && st.pass != k.last_pass() {
+            for (l, ld) in k.loads.iter().enumerate() {
+                let l = super::LoadId::new(l);
+                if ld.buffer != st.buffer {
+                    continue;
+                }
+                let same =
+                    ld.dtype == st.dtype && ld.offset == st.offset && ld.strides == st.strides;
+                let later = k.passes[st.pass.index() + 1..].iter().any(|p| {
+                    p.elements
+                        .iter()
+                        .any(|v| k.values[v.index()].op == ValueOp::Load(l))
+                });
+                if !same || k.load_is_gathered(l) || later {
+                    return Err(bad(format!(
+                        "written in {} over load {l}, which {}",
+                        st.pass,
+                        if later {
+                            "a later pass reads"
+                        } else {
+                            "reads other elements"
+                        }
+                    )));
+                }
             }
         }
     }
