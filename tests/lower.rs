@@ -360,34 +360,28 @@ fn an_element_store_in_place_of_its_input_is_written_in_the_first_pass_unless_a_
 ) {
     // Alone beside a row sum (a column sum's shape): written as the sum is taken, so the
     // elements are computed once (in the last pass, the walk would compute them again).
-    let ir = lowered(&in_place_plan(false, false)).expect("lowers");
-    lower::verify(&ir).expect("verifies");
-    let w = ir
-        .stores
-        .iter()
-        .find(|s| s.buffer == BufferId(3))
-        .expect("w");
-    assert_eq!(w.pass, PassId(0));
+    // The verified kernel IR, and the pass of the store into buffer `b`.
+    let pass_of = |also_z, into_x, b: u32| {
+        let ir = lowered(&in_place_plan(also_z, into_x)).expect("lowers");
+        lower::verify(&ir).expect("verifies");
+        let s = ir.stores.iter().position(|s| s.buffer == BufferId(b));
+        let pass = ir.stores[s.expect("the store")].pass;
+        (ir, pass)
+    };
+    let (ir, pass) = pass_of(false, false, 3);
+    assert_eq!(pass, PassId(0));
     assert!(ir.passes[1].elements.is_empty(), "{:?}", ir.passes[1]);
     // Beside `z = x - sum(x)`, whose pass reads `x` again: `w` over `x` in pass 0 would
     // change what pass 1 reads, so it waits for the last pass.
-    let ir = lowered(&in_place_plan(true, false)).expect("lowers");
-    lower::verify(&ir).expect("verifies");
-    let w = ir
-        .stores
-        .iter()
-        .find(|s| s.buffer == BufferId(3))
-        .expect("w");
-    assert_eq!(w.pass, PassId(1));
+    assert_eq!(pass_of(true, false, 3).1, PassId(1));
     // The same into `x` itself: the last pass, and the verifier refuses it in pass 0.
-    let ir = lowered(&in_place_plan(true, true)).expect("lowers");
-    lower::verify(&ir).expect("verifies");
+    let (ir, pass) = pass_of(true, true, 0);
+    assert_eq!(pass, PassId(1));
     let s = ir
         .stores
         .iter()
         .position(|s| s.buffer == BufferId(0))
         .expect("into x");
-    assert_eq!(ir.stores[s].pass, PassId(1));
     let mut bent = ir.clone();
     let id = lower::StoreId::new(s);
     bent.passes[1].stores.retain(|&t| t != id);
