@@ -729,7 +729,6 @@ pub fn lower_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<KernelIr,
     Ok(ir)
 }
 
-/// The element values `targets` need, in value order.
 /// Which element stores of pass-0 values are written in pass 0 (`stores` come with
 /// `pass` 0 where that is a candidate, else the last pass; a candidate that may not be
 /// early is moved to the last pass). A store into a buffer no load of the kernel may read
@@ -815,6 +814,7 @@ fn place_early_stores(
     }
 }
 
+/// The element values `targets` need, in value order.
 fn element_closure(values: &[Value], targets: &[ValueId]) -> Vec<ValueId> {
     let element = |v: &ValueId| values[v.index()].level == Level::Element;
     let mut need = vec![false; values.len()];

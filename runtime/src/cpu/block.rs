@@ -6,10 +6,11 @@
 //! (the processor compares only those bits before the whole address is known: "4K
 //! aliasing"). Blocks of 4 or 8 KiB from the allocator lie one header (16 bytes) further
 //! apart than their size, so a value's block started 16·d bytes after the block of the value
-//! d places before it, modulo 4 KiB: every load of an operation on the two met a store of
-//! the iteration before. Here value `j`'s block starts at `−64·j` modulo 4 KiB (on a cache
+//! d places before it, modulo 4 KiB: a load of an operation on the two could match a store
+//! a few iterations back. Here value `j`'s block starts at `−64·j` modulo 4 KiB (on a cache
 //! line), so a block lies 64·d bytes *below* its operands' modulo 4 KiB: a load then matches
-//! only a later store, which it does not wait for, for any `d` up to 56.
+//! only a later store, which it does not wait for, for any `d` up to 56. (Measured: a column
+//! kernel of erf and exp, one thread, 10–15 % faster; row kernels within the noise.)
 
 use std::ops::{Deref, DerefMut};
 
