@@ -322,8 +322,7 @@ fn the_verifier_catches_bent_kernel_ir() {
 /// `x` (the same bytes); with `also_z`, `z = x - sum(x)` is stored too (a second pass that
 /// reads `x`). With `into_x`, the store writes `x` itself.
 fn in_place_plan(also_z: bool, into_x: bool) -> Plan {
-    let (body, mut stores) = good_body();
-    let mut body = body;
+    let (mut body, mut stores) = good_body();
     body.push(inst(InstOp::Unary(UnaryOp::Exp, 0), Level::Element));
     let mut plan = row_plan(body, Vec::new());
     let bytes = plan.buffers[0].bytes;

@@ -654,7 +654,7 @@ pub fn lower_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<KernelIr,
         }
         s
     };
-    let stores: Vec<StoreIr> = k
+    let mut stores: Vec<StoreIr> = k
         .stores
         .iter()
         .map(|st| {
@@ -681,7 +681,6 @@ pub fn lower_fused(plan: &Plan, name: &str, k: &FusedKernel) -> Result<KernelIr,
         })
         .collect();
 
-    let mut stores = stores;
     place_early_stores(plan, &loads, &values, &mut stores, last);
 
     let mut passes = vec![Pass::default(); last + 1];

@@ -21,11 +21,16 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Neg => -x,
         UnaryOp::Abs => x.abs(),
         UnaryOp::Exp => exp(x),
-        UnaryOp::Log => in_f64_unary(op, x),
+        // Computed in f64 and rounded once, built for the widest tier (`in_f64_unary`).
+        UnaryOp::Log
+        | UnaryOp::Log1p
+        | UnaryOp::Expm1
+        | UnaryOp::Sin
+        | UnaryOp::Cos
+        | UnaryOp::Tan
+        | UnaryOp::Softplus => in_f64_unary(op, x),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Sin => in_f64_unary(op, x),
-        UnaryOp::Cos => in_f64_unary(op, x),
         UnaryOp::Tanh => tanh(x),
         UnaryOp::Sigmoid => sigmoid(x),
         // torch.relu propagates NaN.
@@ -41,15 +46,11 @@ pub fn unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Erf => erf(x),
         UnaryOp::Square => x * x,
         UnaryOp::Not => flag(x == 0.0),
-        UnaryOp::Log1p => in_f64_unary(op, x),
-        UnaryOp::Expm1 => in_f64_unary(op, x),
         UnaryOp::Floor => x.floor(),
         UnaryOp::Ceil => x.ceil(),
         UnaryOp::Round => x.round_ties_even(),
         UnaryOp::Sign => sign(x),
         UnaryOp::Reciprocal => 1.0 / x,
-        UnaryOp::Tan => in_f64_unary(op, x),
-        UnaryOp::Softplus => in_f64_unary(op, x),
         UnaryOp::GeluTanh => gelu_tanh(x),
     }
 }
